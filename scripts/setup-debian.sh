@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs vireo's build, test and benchmark dependencies on Debian 12 (DESIGN §4).
+set -euo pipefail
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+	build-essential clang pkg-config \
+	libcmocka-dev libjson-c-dev liburing-dev libmicrohttpd-dev libmnl-dev \
+	libnftables-dev libseccomp-dev libzstd-dev zlib1g-dev \
+	python3-pytest qemu-utils qemu-system-x86 \
+	busybox-static cpio kmod iproute2 >/dev/null
