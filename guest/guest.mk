@@ -20,5 +20,5 @@ $(BUILD)/guest/%.S.o: guest/%.S
 	$(CC) $(GUEST_CFLAGS) -c $< -o $@
 
 $(BUILD)/guest/probe.elf: $(GUEST_OBJ) guest/probe.ld
-	$(CC) -nostdlib -static -no-pie -Wl,--build-id=none -Wl,-T,guest/probe.ld \
+	$(CC) -nostdlib -static -no-pie -Wl,--build-id=none -Wl,--no-warn-rwx-segments -Wl,-T,guest/probe.ld \
 		-o $@ $(GUEST_OBJ)

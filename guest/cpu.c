@@ -1,0 +1,107 @@
+/* CPL0 services for CPL3 code: the ud2 gate (rdmsr, wrmsr, hlt), the
+ * exception report, and interrupt dispatch. trap_dispatch runs emulated on
+ * our test hosts, so it stays short. */
+#include "probe.h"
+
+static void (*irq_handlers[256])(void);
+
+void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4])
+{
+	__asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3])
+			 : "a"(leaf), "c"(sub));
+}
+
+static void idt_set(unsigned vec, unsigned dpl)
+{
+	uint64_t addr = (uint64_t)(uintptr_t)trap_stubs + 16 * vec;
+	uint64_t *e = (uint64_t *)(idt + 16 * vec);
+
+	/* 64-bit interrupt gate (type 0xE): IF is cleared on entry. */
+	e[0] = (addr & 0xffff) | ((uint64_t)SEL_KCODE << 16) |
+	       ((uint64_t)(0x8e | dpl << 5) << 40) | ((addr >> 16 & 0xffff) << 48);
+	e[1] = addr >> 32;
+}
+
+/* Called at CPL3 by the BSP before anything can fault: the IDTR already
+ * points at this table. */
+void idt_init(void)
+{
+	for (unsigned v = 0; v < 256; v++)
+		idt_set(v, 0);
+}
+
+void irq_register(unsigned vec, void (*fn)(void))
+{
+	irq_handlers[vec & 0xff] = fn;
+}
+
+__attribute__((noreturn)) void halt_forever(void)
+{
+	for (;;)
+		sys_call(SYS_HALT, 0, 0);
+}
+
+__attribute__((format(printf, 1, 2)))
+static void fault_printf(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	probe_vprintf(fmt, ap, true);
+	va_end(ap);
+}
+
+static void fault_report(struct trap_frame *f)
+{
+	fault_printf("PROBE fault vector=%lu rip=0x%lx err=0x%lx\n",
+		     (unsigned long)f->vec, (unsigned long)f->rip,
+		     (unsigned long)f->err);
+	fault_printf("PROBE fault_state cs=0x%lx rflags=0x%lx rsp=0x%lx\n",
+		     (unsigned long)f->cs, (unsigned long)f->rflags, (unsigned long)f->rsp);
+	if (f->vec == 14) {
+		uint64_t cr2;
+
+		__asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
+		fault_printf("PROBE fault_addr=0x%lx\n", (unsigned long)cr2);
+	}
+	probe_exit(3);
+}
+
+static void sys_dispatch(struct trap_frame *f)
+{
+	uint32_t lo, hi;
+
+	switch (f->rax) {
+	case SYS_RDMSR:
+		__asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"((uint32_t)f->rdi));
+		f->rax = (uint64_t)hi << 32 | lo;
+		return;
+	case SYS_WRMSR:
+		__asm__ volatile("wrmsr" :: "c"((uint32_t)f->rdi),
+				 "a"((uint32_t)f->rsi), "d"((uint32_t)(f->rsi >> 32)));
+		f->rax = 0;
+		return;
+	case SYS_WAIT_IRQ:		/* sti;hlt is atomic: no lost wake-up */
+		__asm__ volatile("sti; hlt; cli" ::: "memory");
+		return;
+	case SYS_HALT:
+		__asm__ volatile("cli; hlt" ::: "memory");
+		return;
+	}
+	f->rax = (uint64_t)-1;
+}
+
+void trap_dispatch(struct trap_frame *f)
+{
+	if (f->vec == 6 && f->rip == (uintptr_t)sys_gate) {
+		sys_dispatch(f);
+		f->rip += 2;			/* past the ud2 */
+	} else if (f->vec < 32) {
+		fault_report(f);
+	} else {
+		if (irq_handlers[f->vec])
+			irq_handlers[f->vec]();
+		/* x2APIC EOI: already at CPL0, so no gate */
+		__asm__ volatile("wrmsr" :: "c"(0x80b), "a"(0), "d"(0));
+	}
+}
