@@ -150,6 +150,13 @@ static void table_parse(uint64_t paddr)
 
 	if (!h)
 		return;
+	size_t n = probe_strlen(acpi.tables);
+
+	if (n + 6 <= sizeof(acpi.tables)) {
+		if (n)
+			acpi.tables[n++] = ',';
+		probe_memcpy(acpi.tables + n, h->sig, 4);
+	}
 	if (!probe_memcmp(h->sig, "APIC", 4))
 		madt_parse(h);
 	else if (!probe_memcmp(h->sig, "FACP", 4))
@@ -169,6 +176,8 @@ int acpi_init(uint64_t rsdp_hint)
 		probe_printf("PROBE acpi_error=no-rsdp\n");
 		return -1;
 	}
+	acpi.rsdp = (uintptr_t)rsdp;
+	acpi.rsdp_scanned = !rsdp_hint;
 	xsdt = rsdp[15] >= 2 && rd64(rsdp + 24) && !sum8(rsdp, rd32(rsdp + 20));
 	root = sdt_get(xsdt ? rd64(rsdp + 24) : rd32(rsdp + 16));
 	if (!root)

@@ -74,6 +74,11 @@ static void scn_hello(const char *arg)
 	probe_printf("PROBE mem_bytes=%lu\n", mem);
 	probe_printf("PROBE mem_mib=%lu\n", (mem + (1 << 19)) >> 20);
 	probe_printf("PROBE cpus=%d\n", acpi.ncpus);
+	probe_printf("PROBE acpi rsdp=0x%lx rsdp_from=%s hw_reduced=%d sleep_ctl=%s:0x%lx "
+		     "pm1a_cnt=0x%x s5=%d ecam=0x%lx tables=%s\n", acpi.rsdp,
+		     acpi.rsdp_scanned ? "scan" : "start_info", acpi.hw_reduced,
+		     acpi.sleep_ctl.space == 1 ? "io" : "mem", acpi.sleep_ctl.addr,
+		     acpi.pm1a_cnt, acpi.slp_typ_s5, acpi.ecam_base, acpi.tables);
 }
 
 static void scn_cpus(const char *arg)
@@ -108,7 +113,20 @@ static void scn_exit(const char *arg)
 	probe_exit(code);
 }
 
-static void scn_pci_wrap(const char *arg) { (void)arg; scn_pci(); }
+/* QEMU microvm has no MCFG (its ECAM is only in the DSDT): "ecam=ADDR"
+ * on the command line supplies or overrides the base of bus 0. */
+static void scn_pci_wrap(const char *arg)
+{
+	char ecam[ARG_MAX];
+
+	(void)arg;
+	if (cmdline_get("ecam", ecam)) {
+		acpi.ecam_base = parse_u64(ecam, 0);
+		acpi.bus_start = 0;
+	}
+	scn_pci();
+}
+
 static void scn_serial_irq_wrap(const char *arg) { (void)arg; scn_serial_irq(); }
 
 static const struct scenario {

@@ -92,6 +92,9 @@ struct acpi_gas {
 	uint64_t addr;
 };
 struct acpi_info {
+	uint64_t rsdp;
+	bool rsdp_scanned;		/* not from start_info: BIOS area scan */
+	char tables[64];		/* signatures seen, comma-separated */
 	int ncpus;
 	uint32_t apic_ids[MAX_CPUS];
 	bool hw_reduced;
