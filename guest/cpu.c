@@ -67,6 +67,26 @@ static void fault_report(struct trap_frame *f)
 	probe_exit(3);
 }
 
+static void wrmsr0(uint32_t msr, uint64_t v)
+{
+	__asm__ volatile("wrmsr" :: "c"(msr), "a"((uint32_t)v), "d"((uint32_t)(v >> 32)));
+}
+
+/* sti;hlt is atomic (interrupt shadow): an interrupt pending in the APIC
+ * wakes it at once. A non-zero timeout arms the x2APIC one-shot timer
+ * (ticks of the APIC bus clock) so the wait is bounded. */
+static void wait_irq(uint64_t ticks)
+{
+	if (ticks) {
+		wrmsr0(0x83e, 0xb);		/* divide by 1 */
+		wrmsr0(0x832, VEC_TIMER);	/* LVT timer: one-shot */
+		wrmsr0(0x838, ticks);		/* initial count */
+	}
+	__asm__ volatile("sti; hlt; cli" ::: "memory");
+	if (ticks)
+		wrmsr0(0x838, 0);
+}
+
 static void sys_dispatch(struct trap_frame *f)
 {
 	uint32_t lo, hi;
@@ -77,12 +97,11 @@ static void sys_dispatch(struct trap_frame *f)
 		f->rax = (uint64_t)hi << 32 | lo;
 		return;
 	case SYS_WRMSR:
-		__asm__ volatile("wrmsr" :: "c"((uint32_t)f->rdi),
-				 "a"((uint32_t)f->rsi), "d"((uint32_t)(f->rsi >> 32)));
+		wrmsr0((uint32_t)f->rdi, f->rsi);
 		f->rax = 0;
 		return;
-	case SYS_WAIT_IRQ:		/* sti;hlt is atomic: no lost wake-up */
-		__asm__ volatile("sti; hlt; cli" ::: "memory");
+	case SYS_WAIT_IRQ:
+		wait_irq(f->rdi);
 		return;
 	case SYS_HALT:
 		__asm__ volatile("cli; hlt" ::: "memory");
@@ -101,7 +120,7 @@ void trap_dispatch(struct trap_frame *f)
 	} else {
 		if (irq_handlers[f->vec])
 			irq_handlers[f->vec]();
-		/* x2APIC EOI: already at CPL0, so no gate */
-		__asm__ volatile("wrmsr" :: "c"(0x80b), "a"(0), "d"(0));
+		if (f->vec != VEC_SPURIOUS)
+			wrmsr0(0x80b, 0);	/* x2APIC EOI */
 	}
 }

@@ -14,6 +14,9 @@
 #define SEL_UCODE	0x2b		/* 0x28 | RPL 3 */
 #define SEL_TSS0	0x30		/* CPU i: SEL_TSS0 + 16 * i */
 
+#define VEC_TIMER	0x31		/* bounds SYS_WAIT_IRQ */
+#define VEC_SPURIOUS	0xff
+
 /* TSS + I/O permission bitmap (all ports allowed, must be zero memory). */
 #define TSS_LIMIT	(104 + 8192)
 #define TSS_SIZE	8320
@@ -48,7 +51,12 @@ struct hvm_memmap_entry {
 
 /* Syscall gate (boot.S): sys_call(nr, a, b) traps with ud2 at sys_gate;
  * in the trap frame nr is rax, a is rdi, b is rsi, the result goes in rax. */
-enum { SYS_RDMSR = 1, SYS_WRMSR, SYS_WAIT_IRQ, SYS_HALT };
+enum {
+	SYS_RDMSR = 1,		/* a = msr; returns its value */
+	SYS_WRMSR,		/* a = msr, b = value */
+	SYS_WAIT_IRQ,		/* take one interrupt; a = timeout in APIC ticks or 0 */
+	SYS_HALT,		/* cli; hlt */
+};
 
 /* boot.S */
 extern uint32_t start_info_paddr;

@@ -25,7 +25,7 @@ int x2apic_enable(void)
 	base = rdmsr(MSR_APIC_BASE);
 	if ((base & 0xc00) != 0xc00)
 		wrmsr(MSR_APIC_BASE, base | 0xc00);	/* EN | EXTD */
-	wrmsr(MSR_X2APIC_SVR, 0x1ff);			/* enabled, spurious 0xff */
+	wrmsr(MSR_X2APIC_SVR, 0x100 | VEC_SPURIOUS);	/* software enable */
 	return 0;
 }
 
