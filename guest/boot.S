@@ -276,5 +276,6 @@ idt:	.fill	256 * 16, 1, 0
 kstacks: .fill	MAX_CPUS << KSTACK_SHIFT, 1, 0
 ustacks: .fill	MAX_CPUS << USTACK_SHIFT, 1, 0
 	.balign	128
+	.globl	tss_array
 tss_array: .fill MAX_CPUS * TSS_SIZE, 1, 0
 	.section .note.GNU-stack, "", @progbits

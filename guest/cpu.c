@@ -30,6 +30,14 @@ void idt_init(void)
 		idt_set(v, 0);
 }
 
+/* All ports allowed for every CPU. Loaders zero .noinit anyway; this is for
+ * one that does not. Harmless on the BSP's live bitmap: it only grants. */
+void tss_clear_iomaps(void)
+{
+	for (unsigned c = 0; c < MAX_CPUS; c++)
+		__builtin_memset(tss_array + c * TSS_SIZE + 104, 0, 8192);
+}
+
 void irq_register(unsigned vec, void (*fn)(void))
 {
 	irq_handlers[vec & 0xff] = fn;

@@ -115,6 +115,14 @@ static void scn_exit(const char *arg)
 
 /* QEMU microvm has no MCFG (its ECAM is only in the DSDT): "ecam=ADDR"
  * on the command line supplies or overrides the base of bus 0. */
+/* Faults on purpose, to test the exception path: "fault=ud" or "fault=pf". */
+static void scn_fault(const char *arg)
+{
+	if (!probe_memcmp(arg, "pf", 3))
+		*(volatile uint64_t *)0x100000000000ull = 1;	/* unmapped */
+	__asm__ volatile("ud2");
+}
+
 static void scn_pci_wrap(const char *arg)
 {
 	char ecam[ARG_MAX];
@@ -138,6 +146,7 @@ static const struct scenario {
 	{ "cpuburn", scn_cpuburn },
 	{ "exit", scn_exit },
 	{ "pci", scn_pci_wrap },
+	{ "fault", scn_fault },
 	{ "serial_irq", scn_serial_irq_wrap },
 };
 
@@ -167,9 +176,11 @@ static void run_scenario(void)
 
 void probe_main(void)
 {
+	char arg[ARG_MAX];
 	const char *clk;
 
 	idt_init();
+	tss_clear_iomaps();
 	serial_init();
 	si = (const void *)(uintptr_t)start_info_paddr;
 	if (si->magic != HVM_START_MAGIC) {
@@ -180,7 +191,8 @@ void probe_main(void)
 		cmdline = (const char *)(uintptr_t)si->cmdline_paddr;
 	clk = clock_init();
 	probe_printf("PROBE boot start_info_version=%u clock=%s\n", si->version, clk);
-	acpi_init(si->rsdp_paddr);
+	/* "rsdp=scan" ignores start_info's RSDP, to test the BIOS-area scan. */
+	acpi_init(cmdline_get("rsdp", arg) ? 0 : si->rsdp_paddr);
 	run_scenario();
 	acpi_poweroff();
 }

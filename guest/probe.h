@@ -63,13 +63,14 @@ extern uint32_t start_info_paddr;
 extern volatile uint32_t ap_boot_index;
 extern char ap_tramp_start[], ap_tramp_end[];
 extern char trap_stubs[], sys_gate[];
-extern uint8_t idt[];
+extern uint8_t idt[], tss_array[];
 
 /* cpu.c: privileged operations from CPL3, and the trap handler */
 uint64_t sys_call(uint64_t nr, uint64_t a, uint64_t b);
 static inline uint64_t rdmsr(uint32_t msr) { return sys_call(SYS_RDMSR, msr, 0); }
 static inline void wrmsr(uint32_t msr, uint64_t v) { sys_call(SYS_WRMSR, msr, v); }
 void idt_init(void);
+void tss_clear_iomaps(void);
 void irq_register(unsigned vec, void (*fn)(void));
 void trap_dispatch(struct trap_frame *f);
 __attribute__((noreturn)) void halt_forever(void);
