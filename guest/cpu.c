@@ -11,14 +11,15 @@ void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4])
 			 : "a"(leaf), "c"(sub));
 }
 
-static void idt_set(unsigned vec, unsigned dpl)
+static void idt_set(unsigned vec)
 {
 	uint64_t addr = (uint64_t)(uintptr_t)trap_stubs + 16 * vec;
 	uint64_t *e = (uint64_t *)(idt + 16 * vec);
 
-	/* 64-bit interrupt gate (type 0xE): IF is cleared on entry. */
+	/* 64-bit interrupt gate (type 0xE), DPL 0: IF is cleared on entry and
+	 * no vector can be raised by `int n` from CPL3 (the gate is ud2). */
 	e[0] = (addr & 0xffff) | ((uint64_t)SEL_KCODE << 16) |
-	       ((uint64_t)(0x8e | dpl << 5) << 40) | ((addr >> 16 & 0xffff) << 48);
+	       ((uint64_t)0x8e << 40) | ((addr >> 16 & 0xffff) << 48);
 	e[1] = addr >> 32;
 }
 
@@ -27,7 +28,7 @@ static void idt_set(unsigned vec, unsigned dpl)
 void idt_init(void)
 {
 	for (unsigned v = 0; v < 256; v++)
-		idt_set(v, 0);
+		idt_set(v);
 }
 
 /* All ports allowed for every CPU. Loaders zero .noinit anyway; this is for
