@@ -189,7 +189,8 @@ void probe_main(void)
 	}
 	if (si->cmdline_paddr)
 		cmdline = (const char *)(uintptr_t)si->cmdline_paddr;
-	clk = clock_init();
+	/* "clock=tsc" skips kvmclock, to test the fallbacks. */
+	clk = clock_init(!(cmdline_get("clock", arg) && !probe_memcmp(arg, "tsc", 4)));
 	probe_printf("PROBE boot start_info_version=%u clock=%s\n", si->version, clk);
 	/* "rsdp=scan" ignores start_info's RSDP, to test the BIOS-area scan. */
 	acpi_init(cmdline_get("rsdp", arg) ? 0 : si->rsdp_paddr);

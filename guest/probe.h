@@ -91,7 +91,7 @@ int probe_memcmp(const void *a, const void *b, size_t n);
 void probe_memcpy(void *d, const void *s, size_t n);
 
 /* clock.c: nanoseconds since an arbitrary origin */
-const char *clock_init(void);
+const char *clock_init(bool allow_kvmclock);
 uint64_t clock_ns(void);
 void clock_delay_us(uint64_t us);
 
