@@ -172,13 +172,18 @@ int acpi_init(uint64_t rsdp_hint)
 	const struct sdt_header *root;
 	bool xsdt;
 
-	if (!rsdp || probe_memcmp(rsdp, "RSD PTR ", 8) || sum8(rsdp, 20)) {
+	if (!rsdp || probe_memcmp(rsdp, "RSD PTR ", 8)) {
 		probe_printf("PROBE acpi_error=no-rsdp\n");
+		return -1;
+	}
+	if (sum8(rsdp, 20)) {
+		probe_printf("PROBE acpi_error=bad-checksum sig=RSDP\n");
 		return -1;
 	}
 	acpi.rsdp = (uintptr_t)rsdp;
 	acpi.rsdp_scanned = !rsdp_hint;
-	xsdt = rsdp[15] >= 2 && rd64(rsdp + 24) && !sum8(rsdp, rd32(rsdp + 20));
+	/* ACPI 2.0+ RSDP (36 bytes, extended checksum) with an XSDT address */
+	xsdt = rsdp[15] >= 2 && rd32(rsdp + 20) == 36 && !sum8(rsdp, 36) && rd64(rsdp + 24);
 	root = sdt_get(xsdt ? rd64(rsdp + 24) : rd32(rsdp + 16));
 	if (!root)
 		return -1;
