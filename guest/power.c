@@ -3,6 +3,7 @@
 #include "probe.h"
 
 #define DEBUG_EXIT_PORT	0xf4
+#define EXIT_POWEROFF_FAILED	4
 
 static void gas_write(const struct acpi_gas *g, uint32_t v)
 {
@@ -31,6 +32,7 @@ __attribute__((noreturn)) void acpi_poweroff(void)
 	/* The VMM may stop us a little later (QEMU: main loop); wait first. */
 	clock_delay_us(2000000);
 	probe_printf("PROBE poweroff=failed\n");
+	outl(DEBUG_EXIT_PORT, EXIT_POWEROFF_FAILED);	/* rather than hang */
 	halt_forever();
 }
 
