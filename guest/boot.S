@@ -1,6 +1,6 @@
 /* Probe guest boot path. CPL0 code is emulated (~1.5 M instr/s) on our test
  * hosts (DESIGN §5), so everything here is the minimum to reach CPL3 with
- * IOPL=3: tables are built by assembler directives, the IDT is filled later
+ * port I/O allowed: tables are built by assembler directives, the IDT is filled later
  * from C at CPL3 (lidt only loads its address), .bss is cleared at CPL3. */
 #include "probe.h"
 
@@ -62,8 +62,11 @@ long_entry_ap:
 	lea	ap_main(%rip), %r13
 	/* fall through */
 
-/* Per-CPU CPL0 state for CPU %r12: stack, TSS (rsp0 only), TR, IDTR; then
- * iretq to %r13 at CPL3 with IOPL=3, IF=0 and %rdi = CPU index. */
+/* Per-CPU CPL0 state for CPU %r12: stack, TSS (rsp0, I/O bitmap), TR, IDTR;
+ * then iretq to %r13 at CPL3 with IF=0 and %rdi = CPU index. Port I/O at
+ * CPL3 is granted by the TSS I/O bitmap, not IOPL=3: this host's KVM
+ * backend never lets IOPL reach CPL3 (iretq and popfq ignore it), so IOPL
+ * stays 0 everywhere and every host behaves the same. */
 cpu_setup:
 	mov	$SEL_KDATA, %eax
 	mov	%eax, %ds
@@ -106,17 +109,13 @@ cpu_setup:
 	lea	SEL_TSS0(%rdx), %eax
 	ltr	%ax
 	lidt	idt_ptr(%rip)
-	/* Set IOPL with popfq too: the iretq of some emulators (this host's
-	 * KVM backend) does not load IOPL from the stack image. */
-	pushq	$0x3002
-	popfq
 	lea	1(%r12), %rax
 	shl	$USTACK_SHIFT, %rax
 	lea	ustacks(%rip), %rcx
 	lea	-8(%rcx, %rax), %rax		/* as if called: rsp+8 16-aligned */
 	pushq	$SEL_UDATA
 	push	%rax
-	pushq	$0x3002				/* IOPL=3, IF=0 */
+	pushq	$0x0002				/* IOPL=0, IF=0: see above */
 	pushq	$SEL_UCODE
 	push	%r13
 	mov	%r12, %rdi

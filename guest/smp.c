@@ -89,6 +89,8 @@ int smp_start_aps(void)
 	for (int i = 0; i < n; i++) {
 		if (acpi.apic_ids[i] == bsp)
 			continue;
+		if (index >= MAX_CPUS)
+			break;
 		/* A late AP must not share a stack with the next one. */
 		if (start_ap(acpi.apic_ids[i], index++))
 			expected++;
