@@ -88,7 +88,7 @@ static void dsdt_parse(const struct sdt_header *h)
 {
 	const uint8_t *p = (const uint8_t *)(h + 1), *end = (const uint8_t *)h + h->length;
 
-	for (; p + 12 <= end; p++) {
+	for (; p + 10 <= end; p++) {	/* "_S5_" 0x12 len count prefix value */
 		if (probe_memcmp(p, "_S5_", 4) || p[4] != 0x12)
 			continue;
 		const uint8_t *q = p + 5;
