@@ -57,7 +57,7 @@ static int parse_count(const char *text, unsigned int *out)
 
 	errno = 0;
 	v = strtoul(text, &end, 10);
-	if (errno || *end || end == text || v > 4096 || text[0] == '-')
+	if (errno || *end || end == text || v > 1000000 || text[0] == '-')
 		return -EINVAL;
 	*out = (unsigned int)v;
 	return 0;
@@ -182,9 +182,6 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct serial **serial,
 
 	if (ret)
 		return ret;
-	if (!vm->hw_virt)
-		fprintf(stderr, "vireo: notice: this host's KVM has no hardware virtualization "
-			"(guest CPL0 code is emulated); hiding CX16 and XSAVE from the guest\n");
 	*serial = serial_create(vm, STDOUT_FILENO);
 	if (!*serial)
 		return -ENOMEM;
@@ -193,6 +190,9 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct serial **serial,
 		ret = pci_init(pci, vm);
 	if (!ret)
 		ret = boot_load(vm, &o->boot);
+	if (!ret && !vm->hw_virt)
+		fprintf(stderr, "vireo: notice: this host's KVM has no hardware virtualization "
+			"(guest CPL0 code is emulated); hiding CX16 and XSAVE from the guest\n");
 	return ret;
 }
 
@@ -231,7 +231,7 @@ int cmd_run(int argc, char **argv)
 	int status;
 
 	if (parse_run_options(argc, argv, &o)) {
-		fprintf(stderr, "vireo run: %s\n", err_get());
+		fprintf(stderr, "vireo: %s\n", err_get());
 		return VM_EXIT_VMM_ERROR;
 	}
 	status = run_vm(&o);

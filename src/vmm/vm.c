@@ -49,6 +49,9 @@ static int kvm_open(struct vm *vm)
 	if (max <= 0)
 		max = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_NR_VCPUS);
 	vm->max_cpus = max > 0 ? (unsigned int)max : 4;
+	/* The MADT lists CPUs with 8-bit APIC ids (0xff is broadcast). */
+	if (vm->max_cpus > 255)
+		vm->max_cpus = 255;
 	vm->run_size = (size_t)ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
 	vm->hw_virt = host_has_hw_virt();
 	return 0;
@@ -92,7 +95,7 @@ static int vm_map_memory(struct vm *vm)
 static int vm_check_config(const struct vm *vm, const struct vm_config *cfg)
 {
 	if (cfg->ncpus == 0 || cfg->ncpus > vm->max_cpus)
-		return err_set(-EINVAL, "--cpus must be between 1 and %u (KVM's limit on this host)",
+		return err_set(-EINVAL, "--cpus must be between 1 and %u (the limit of KVM and the MADT on this host)",
 			       vm->max_cpus);
 	if (cfg->mem_size < (16ULL << 20))
 		return err_set(-EINVAL, "--memory must be at least 16M");
