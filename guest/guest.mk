@@ -13,11 +13,13 @@ guest: $(if $(GUEST_SRC),$(BUILD)/guest/probe.elf)
 
 $(BUILD)/guest/%.c.o: guest/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(GUEST_CFLAGS) -c $< -o $@
+	@echo "  CC      $<"
+	@$(CC) $(GUEST_CFLAGS) -c $< -o $@
 
 $(BUILD)/guest/%.S.o: guest/%.S
 	@mkdir -p $(dir $@)
-	$(CC) $(GUEST_CFLAGS) -c $< -o $@
+	@echo "  CC      $<"
+	@$(CC) $(GUEST_CFLAGS) -c $< -o $@
 
 $(BUILD)/guest/probe.elf: $(GUEST_OBJ) guest/probe.ld
 	$(CC) -nostdlib -static -no-pie -Wl,--build-id=none -Wl,--no-warn-rwx-segments -Wl,-T,guest/probe.ld \

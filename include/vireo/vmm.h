@@ -67,10 +67,17 @@ struct vm {
 	int exit_status;      /* valid once stop_requested */
 	bool stop_requested;
 	pthread_mutex_t stop_lock;
+	pthread_t map_thread;  /* installs the memory slots (vm_create) */
+	bool map_thread_started;
+	int map_result;
+	char map_error[256];
 };
 
 int vm_create(struct vm *vm, const struct vm_config *cfg);
 void vm_destroy(struct vm *vm);
+/* Waits until guest memory is installed in KVM (vm_create starts that in
+ * the background). vm_start() calls it; returns 0 or -errno. */
+int vm_memory_ready(struct vm *vm);
 /* Starts a thread per vCPU; the BSP's registers must already be set. */
 int vm_start(struct vm *vm);
 /* Asks every vCPU to leave KVM_RUN and the event loop to end; the first

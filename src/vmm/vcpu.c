@@ -177,6 +177,10 @@ static void *vcpu_thread(void *arg)
 
 int vm_start(struct vm *vm)
 {
+	int ready = vm_memory_ready(vm);
+
+	if (ready)
+		return ready;
 	for (unsigned int i = 0; i < vm->ncpus; i++) {
 		int ret = pthread_create(&vm->vcpus[i].thread, NULL, vcpu_thread, &vm->vcpus[i]);
 

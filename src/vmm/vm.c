@@ -86,10 +86,36 @@ static int vm_map_memory(struct vm *vm)
 			.userspace_addr = (uint64_t)(uintptr_t)(vm->mem.host + r->offset),
 		};
 
-		if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &slot) < 0)
-			return err_set(-errno, "cannot map guest memory slot %u: %m", i);
+		if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &slot) < 0) {
+			int err = errno;
+
+			/* Runs on a helper thread: err_set() is per thread. */
+			snprintf(vm->map_error, sizeof(vm->map_error),
+				 "cannot map guest memory slot %u: %s", i, strerror(err));
+			return -err;
+		}
 	}
 	return 0;
+}
+
+/* Installing a memory slot waits for an SRCU grace period in the kernel
+ * (several ms here); doing it on a helper thread overlaps that wait with
+ * vCPU creation and kernel loading, which only touch the host mapping. */
+static void *vm_map_memory_thread(void *arg)
+{
+	struct vm *vm = arg;
+
+	vm->map_result = vm_map_memory(vm);
+	return NULL;
+}
+
+static int vm_map_memory_wait(struct vm *vm)
+{
+	if (vm->map_thread_started) {
+		pthread_join(vm->map_thread, NULL);
+		vm->map_thread_started = false;
+	}
+	return vm->map_result;
 }
 
 static int vm_check_config(const struct vm *vm, const struct vm_config *cfg)
@@ -132,13 +158,14 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 	if (vm->stop_fd < 0)
 		return err_set(-errno, "eventfd: %m");
 	sigaction(SIGUSR1, &kick, NULL);
-	ret = vm_setup_platform(vm);
-	if (ret)
-		return ret;
 	ret = guest_memory_init(&vm->mem, cfg->mem_size, cfg->hugepages);
 	if (ret)
 		return ret;
-	ret = vm_map_memory(vm);
+	ret = pthread_create(&vm->map_thread, NULL, vm_map_memory_thread, vm);
+	if (ret)
+		return err_set(-ret, "cannot start a thread: %s", strerror(ret));
+	vm->map_thread_started = true;
+	ret = vm_setup_platform(vm);
 	if (ret)
 		return ret;
 	vm->ncpus_hint = cfg->ncpus;
@@ -187,6 +214,7 @@ void vm_join(struct vm *vm)
 
 void vm_destroy(struct vm *vm)
 {
+	vm_map_memory_wait(vm);
 	for (unsigned int i = 0; i < vm->ncpus; i++) {
 		munmap(vm->vcpus[i].run, vm->run_size);
 		close(vm->vcpus[i].fd);
@@ -201,6 +229,13 @@ void vm_destroy(struct vm *vm)
 		close(vm->vm_fd);
 	if (vm->kvm_fd >= 0)
 		close(vm->kvm_fd);
+}
+
+int vm_memory_ready(struct vm *vm)
+{
+	int ret = vm_map_memory_wait(vm);
+
+	return ret ? err_set(ret, "%s", vm->map_error) : 0;
 }
 
 int vm_set_irq(struct vm *vm, unsigned int irq, bool level)
