@@ -7,7 +7,7 @@ BUILD   ?= build
 WARN    := -Wall -Wextra -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes \
            -Wshadow -Werror
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=gnu11 $(WARN) -Iinclude -D_GNU_SOURCE -pthread -MMD -MP
+ALL_CFLAGS = -std=gnu11 $(WARN) -Iinclude -D_GNU_SOURCE -pthread -MMD -MP $(CFLAGS)
 LDLIBS  := -pthread -lz -lzstd -luring -ljson-c
 
 LIB_SRC := $(filter-out src/main.c,$(wildcard src/*/*.c))
@@ -21,18 +21,18 @@ all: $(BUILD)/vireo guest
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	@$(CC) $(CFLAGS) -c $< -o $@
+	@$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(BUILD)/libvireo.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
 $(BUILD)/vireo: $(BUILD)/src/main.o $(BUILD)/libvireo.a
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libvireo.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libvireo.a $(LDLIBS) -lcmocka
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libvireo.a $(LDLIBS) -lcmocka
 
 include guest/guest.mk
 
