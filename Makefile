@@ -9,6 +9,9 @@ WARN    := -Wall -Wextra -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes \
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 $(WARN) -Iinclude -D_GNU_SOURCE -pthread -MMD -MP
 LDLIBS  := -pthread -lz -lzstd -luring -ljson-c
+# The whole library is linked so that modules that are only reached through
+# weak references (image formats in src/block/registry.c) are kept.
+WHOLE_LIB = -Wl,--whole-archive $(BUILD)/libvireo.a -Wl,--no-whole-archive
 
 LIB_SRC := $(filter-out src/main.c,$(wildcard src/*/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -27,11 +30,11 @@ $(BUILD)/libvireo.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/vireo: $(BUILD)/src/main.o $(BUILD)/libvireo.a
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $(BUILD)/src/main.o $(WHOLE_LIB) $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libvireo.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libvireo.a $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) -o $@ $< $(WHOLE_LIB) $(LDLIBS) -lcmocka
 
 include guest/guest.mk
 
