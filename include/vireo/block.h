@@ -221,6 +221,12 @@ struct image_format {
 	 * parent tables, refcounts before the use they count, so that a process
 	 * killed between any two file writes leaves at most leaked space. */
 	int (*write)(struct image *img, uint64_t off, const void *buf, size_t len);
+	/* write_compressed (optional; NULL: `convert -c` refuses the format):
+	 * store one cluster compressed. off is aligned to info.cluster_size and
+	 * len is one cluster (shorter only at the end of the image); the cluster
+	 * is unallocated in this layer. Data that doesn't shrink is stored as a
+	 * normal cluster. */
+	int (*write_compressed)(struct image *img, uint64_t off, const void *buf, size_t len);
 	/* flush (optional; default: bfile_flush of img->file): write back
 	 * metadata caches, then make everything durable. */
 	int (*flush)(struct image *img);
@@ -316,6 +322,7 @@ int image_create(const char *path, const char *fmt, const struct image_create_op
 int image_read(struct image *img, uint64_t off, void *buf, size_t len);
 int image_write(struct image *img, uint64_t off, const void *buf, size_t len);
 int image_write_zeroes(struct image *img, uint64_t off, uint64_t len);
+int image_write_compressed(struct image *img, uint64_t off, const void *buf, size_t len);
 int image_discard(struct image *img, uint64_t off, uint64_t len);
 int image_flush(struct image *img);
 int image_block_status(struct image *img, uint64_t off, uint64_t len,

@@ -215,6 +215,21 @@ int image_write(struct image *img, uint64_t off, const void *buf, size_t len)
 	return ret;
 }
 
+int image_write_compressed(struct image *img, uint64_t off, const void *buf, size_t len)
+{
+	int ret = check_write(img, off, len);
+
+	if (ret || !len)
+		return ret;
+	if (!img->fmt->write_compressed)
+		return err_set(-ENOTSUP, "%s: format %s does not support compression",
+			       img->filename, img->fmt->name);
+	pthread_mutex_lock(&img->lock);
+	ret = img->fmt->write_compressed(img, off, buf, len);
+	pthread_mutex_unlock(&img->lock);
+	return ret;
+}
+
 static int write_zeroes_default(struct image *img, uint64_t off, uint64_t len)
 {
 	enum { CHUNK = 1 << 20 };

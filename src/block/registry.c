@@ -7,7 +7,6 @@
 #include "vireo/block.h"
 #include "vireo/log.h"
 
-extern const struct image_format qcow2_format __attribute__((weak));
 extern const struct image_format vpc_format __attribute__((weak));
 extern const struct image_format vmdk_format __attribute__((weak));
 
