@@ -36,12 +36,19 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libvireo.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(WHOLE_LIB) $(LDLIBS) -lcmocka
 
+TOOL_SRC := $(wildcard tests/tools/*.c)
+TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/tools/%)
+
+$(BUILD)/tests/tools/%: tests/tools/%.c $(BUILD)/libvireo.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(WHOLE_LIB) $(LDLIBS)
+
 include guest/guest.mk
 
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
-integration: all
+integration: all $(TOOL_BIN)
 	pytest-3 -v -rs tests/integration
 
 test: unit integration

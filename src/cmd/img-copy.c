@@ -41,6 +41,7 @@ int img_chain_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pn
 			return ret;
 		len = *pnum;
 	}
+	--*depth;	/* as qemu-img: the deepest layer decides unallocated ranges */
 	*pnum = len;
 	return BLOCK_ZERO;
 }
