@@ -36,15 +36,16 @@ static int image_open_layer(struct bfile *file, const char *fmtname, int flags,
 	fmt = fmtname ? image_format_find(fmtname) : image_format_probe(file, &score);
 	if (!fmt) {
 		ret = fmtname ? err_set(-EINVAL, "%s: unknown image format '%s'", file->path, fmtname)
-			      : -EIO;
+			      : -EIO;	/* probe read failed: err_set() said why */
 		bfile_close(file);
 		return ret;
 	}
 	if (!fmtname && fmt == &raw_format && (flags & IMAGE_RDWR) &&
 	    !(flags & IMAGE_ALLOW_PROBE_RAW_RW)) {
+		ret = err_set(-EPERM, "%s: format probed as raw: refusing to write without "
+			      "an explicit '-f raw'", file->path);
 		bfile_close(file);
-		return err_set(-EPERM, "%s: format probed as raw: refusing to write without "
-			       "an explicit '-f raw'", file->path);
+		return ret;
 	}
 	img = calloc(1, sizeof(*img));
 	if (!img || !(img->filename = strdup(file->path))) {
@@ -94,8 +95,12 @@ static int image_open_chain(struct image *img, struct chain_seen *seen)
 				       img->filename, path);
 	strcpy(seen->paths[seen->depth++], real);
 	ret = bfile_open(path, BFILE_RDONLY, &file);
-	if (ret)
-		return err_set(ret, "%s: backing file: %s", img->filename, err_get());
+	if (ret) {
+		char why[512];
+
+		snprintf(why, sizeof(why), "%s", err_get());
+		return err_set(ret, "%s: backing file: %s", img->filename, why);
+	}
 	return image_open_layer(file, img->backing_fmt[0] ? img->backing_fmt : NULL, 0,
 				seen, &img->backing);
 }
@@ -157,8 +162,12 @@ int image_create(const char *path, const char *fmtname, const struct image_creat
 		ret = bfile_resolve(path, opts->backing, bpath);
 		if (!ret)
 			ret = image_open(bpath, opts->backing_fmt, 0, &b);
-		if (ret)
-			return err_set(ret, "%s: could not open backing file: %s", path, err_get());
+		if (ret) {
+			char why[512];
+
+			snprintf(why, sizeof(why), "%s", err_get());
+			return err_set(ret, "%s: could not open backing file: %s", path, why);
+		}
 		image_close(b);
 	}
 	ret = bfile_open(path, BFILE_RDWR | BFILE_CREATE, &file);

@@ -373,16 +373,18 @@ static void check_json(struct image *img, const struct image_check *r)
 	json_object *o = json_object_new_object();
 
 #define ADD(k, v) json_object_object_add(o, k, json_object_new_int64((int64_t)(v)))
+#define ADD_NZ(k, v) do { if (v) ADD(k, v); } while (0)	/* qemu-img omits zeroes */
 	ADD("image-end-offset", r->image_end_offset);
 	ADD("total-clusters", r->total_clusters);
 	ADD("check-errors", r->check_errors);
-	ADD("leaks", r->leaks);
-	ADD("corruptions", r->corruptions);
-	ADD("leaks-fixed", r->leaks_fixed);
-	ADD("corruptions-fixed", r->corruptions_fixed);
+	ADD_NZ("leaks", r->leaks);
+	ADD_NZ("corruptions", r->corruptions);
+	ADD_NZ("leaks-fixed", r->leaks_fixed);
+	ADD_NZ("corruptions-fixed", r->corruptions_fixed);
 	ADD("allocated-clusters", r->allocated_clusters);
-	ADD("fragmented-clusters", r->fragmented_clusters);
-	ADD("compressed-clusters", r->compressed_clusters);
+	ADD_NZ("fragmented-clusters", r->fragmented_clusters);
+	ADD_NZ("compressed-clusters", r->compressed_clusters);
+#undef ADD_NZ
 #undef ADD
 	json_object_object_add(o, "filename", json_object_new_string(img->filename));
 	json_object_object_add(o, "format", json_object_new_string(img->fmt->name));
