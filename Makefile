@@ -7,7 +7,7 @@ BUILD   ?= build
 WARN    := -Wall -Wextra -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes \
            -Wshadow -Werror
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=gnu11 $(WARN) -Iinclude -D_GNU_SOURCE -pthread -MMD -MP
+override CFLAGS += -std=gnu11 $(WARN) -Iinclude -D_GNU_SOURCE -pthread -MMD -MP
 LDLIBS  := -pthread -lz -lzstd -luring -ljson-c
 # The whole library is linked so that modules that are only reached through
 # weak references (image formats in src/block/registry.c) are kept.

@@ -60,7 +60,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	shadow = open(argv[optind + 1], O_RDWR);
-	buf = malloc(maxlen);
+	buf = malloc(maxlen + 512);	/* lengths are rounded up to sectors */
 	if (shadow < 0 || !buf)
 		return 1;
 	for (uint64_t i = 0; i < count; i++) {
