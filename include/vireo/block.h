@@ -292,6 +292,7 @@ enum image_open_flags {
 	IMAGE_RDWR        = 1 << 0,
 	IMAGE_NO_BACKING  = 1 << 1,	/* don't open the backing chain */
 	IMAGE_ALLOW_PROBE_RAW_RW = 1 << 2, /* -f raw explicitly given */
+	IMAGE_DIRECT      = 1 << 3,	/* O_DIRECT on this layer (cache=none) */
 };
 
 /* Registry. */

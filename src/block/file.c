@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,10 +14,47 @@
 
 /* ---- host files ---- */
 
+/* O_DIRECT needs aligned buffers, offsets and lengths; formats issue small
+ * unaligned metadata I/O, which goes through an aligned bounce buffer
+ * (read-modify-write for writes). */
+#define DIRECT_ALIGN 4096ull
+
+static bool direct_unaligned(struct bfile *f, const void *buf, size_t len, uint64_t off)
+{
+	return f->priv == (void *)1 && (((uintptr_t)buf | len | off) & (DIRECT_ALIGN - 1));
+}
+
+static ssize_t bounce_io(struct bfile *f, void *buf, size_t len, uint64_t off, bool wr)
+{
+	uint64_t start = off & ~(DIRECT_ALIGN - 1);
+	uint64_t end = (off + len + DIRECT_ALIGN - 1) & ~(DIRECT_ALIGN - 1);
+	ssize_t n;
+	void *b;
+
+	if (posix_memalign(&b, DIRECT_ALIGN, end - start))
+		return -ENOMEM;
+	memset(b, 0, end - start);
+	n = pread(f->fd, b, end - start, (off_t)start);
+	if (n >= 0 && wr) {
+		memcpy((uint8_t *)b + (off - start), buf, len);
+		n = pwrite(f->fd, b, end - start, (off_t)start);
+		n = n < 0 ? n : (ssize_t)len;
+	} else if (n >= 0) {
+		n = (uint64_t)n <= off - start ? 0 :
+		    (ssize_t)((uint64_t)n - (off - start) < len ? (uint64_t)n - (off - start) : len);
+		memcpy(buf, (uint8_t *)b + (off - start), (size_t)n);
+	}
+	n = n < 0 ? -errno : n;
+	free(b);
+	return n;
+}
+
 static ssize_t posix_pread(struct bfile *f, void *buf, size_t len, uint64_t off)
 {
 	ssize_t n;
 
+	if (direct_unaligned(f, buf, len, off))
+		return bounce_io(f, buf, len, off, false);
 	do
 		n = pread(f->fd, buf, len, (off_t)off);
 	while (n < 0 && errno == EINTR);
@@ -27,6 +65,8 @@ static ssize_t posix_pwrite(struct bfile *f, const void *buf, size_t len, uint64
 {
 	ssize_t n;
 
+	if (direct_unaligned(f, buf, len, off))
+		return bounce_io(f, (void *)buf, len, off, true);
 	do
 		n = pwrite(f->fd, buf, len, (off_t)off);
 	while (n < 0 && errno == EINTR);
@@ -114,6 +154,7 @@ int bfile_open(const char *path, int flags, struct bfile **out)
 		return err_set(-ENOMEM, "%s: out of memory", path);
 	}
 	f->fd = fd;
+	f->priv = (flags & BFILE_DIRECT) ? (void *)1 : NULL;	/* marks O_DIRECT */
 	*out = f;
 	return 0;
 }

@@ -128,7 +128,8 @@ int image_open(const char *path, const char *fmt, int flags, struct image **out)
 
 	if (fmt && !strcmp(fmt, "raw"))
 		flags |= IMAGE_ALLOW_PROBE_RAW_RW;
-	ret = bfile_open(path, (flags & IMAGE_RDWR) ? BFILE_RDWR : BFILE_RDONLY, &file);
+	ret = bfile_open(path, ((flags & IMAGE_RDWR) ? BFILE_RDWR : BFILE_RDONLY) |
+			 ((flags & IMAGE_DIRECT) ? BFILE_DIRECT : 0), &file);
 	if (ret)
 		return ret;
 	return image_open_file(file, fmt, flags, out);

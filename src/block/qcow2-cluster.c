@@ -365,6 +365,60 @@ static int read_old_cluster(struct qcow2 *s, uint64_t coff, uint8_t *buf)
 	return qcow2_read(s->img, coff, buf, n);
 }
 
+/* Whether the clusters being replaced read as zeroes (no backing file). */
+static bool fresh_zero_cow(struct qcow2 *s, const uint64_t *old, uint64_t k)
+{
+	if (s->img->backing)
+		return false;
+	for (uint64_t i = 0; i < k; i++) {
+		enum qcow2_ctype t = qcow2_ctype(s, old[i]);
+
+		if (t != QCOW2_UNALLOC && t != QCOW2_ZERO_PLAIN)
+			return false;
+	}
+	return true;
+}
+
+/* Points k L2 entries from idx at contiguous clusters from host, in one write. */
+static int point_l2(struct qcow2 *s, uint64_t l2_off, uint64_t idx, uint64_t host, uint64_t k)
+{
+	uint8_t *t;
+	int ret = qcow2_cache_get(s, &s->l2_cache, l2_off, &t);
+
+	if (ret)
+		return ret;
+	for (uint64_t i = 0; i < k; i++)
+		qcow2_put_be64(t + (idx + i) * 8, (host + i * s->cluster_size) | QCOW2_OFLAG_COPIED);
+	return bfile_pwrite(s->file, t + idx * 8, k * 8, l2_off + idx * 8);
+}
+
+/* Allocating write over clusters that read as zeroes: when the new clusters
+ * lie past the end of the file, their unwritten head and tail read as zeroes
+ * already, so only the guest's bytes are written (no zero-filling COW). */
+static int cow_write_fresh(struct qcow2 *s, uint64_t l2_off, uint64_t idx, uint64_t off,
+			   const uint8_t *buf, uint64_t len, uint64_t k)
+{
+	uint64_t cs = s->cluster_size, first = off & ~(cs - 1), head = off - first;
+	int64_t eof = bfile_length(s->file), host;
+	int ret;
+
+	if (eof < 0)
+		return (int)eof;
+	host = qcow2_alloc_clusters(s, k);
+	if (host < 0)
+		return (int)host;
+	if ((uint64_t)host < (uint64_t)eof) {	/* reused space: zero it */
+		ret = head ? bfile_pwrite_zeroes(s->file, (uint64_t)host, head) : 0;
+		if (!ret && (head + len) < k * cs)
+			ret = bfile_pwrite_zeroes(s->file, (uint64_t)host + head + len,
+						  k * cs - head - len);
+		if (ret)
+			return ret;
+	}
+	ret = bfile_pwrite(s->file, buf, len, (uint64_t)host + head);
+	return ret ? ret : point_l2(s, l2_off, idx, (uint64_t)host, k);
+}
+
 /* Writes [off, off+len), all within one L2 table, to newly allocated
  * clusters: fill a bounce buffer with the old head and tail, write it, point
  * the L2 entries at it, free what they pointed at before. */
@@ -372,7 +426,7 @@ static int cow_write(struct qcow2 *s, uint64_t off, const uint8_t *buf, uint64_t
 {
 	uint64_t cs = s->cluster_size, first = off & ~(cs - 1);
 	uint64_t k = (off + len - first + cs - 1) / cs, idx = (first / cs) & (s->l2_entries - 1);
-	uint64_t l2_off, old[WRITE_CHUNK / 512], new[WRITE_CHUNK / 512];
+	uint64_t l2_off, old[WRITE_CHUNK / 512];
 	uint8_t *bounce = NULL, *t;
 	int64_t host;
 	int ret = l2_for_write(s, off, &l2_off);
@@ -383,6 +437,8 @@ static int cow_write(struct qcow2 *s, uint64_t off, const uint8_t *buf, uint64_t
 		return ret;
 	for (uint64_t i = 0; i < k; i++)
 		old[i] = qcow2_be64(t + (idx + i) * 8);
+	if (fresh_zero_cow(s, old, k))
+		return cow_write_fresh(s, l2_off, idx, off, buf, len, k);
 	bounce = malloc(k * cs);
 	if (!bounce)
 		return err_set(-ENOMEM, "out of memory");
@@ -394,10 +450,8 @@ static int cow_write(struct qcow2 *s, uint64_t off, const uint8_t *buf, uint64_t
 	host = ret ? ret : qcow2_alloc_clusters(s, k);
 	ret = host < 0 ? (int)host : bfile_pwrite(s->file, bounce, k * cs, (uint64_t)host);
 	free(bounce);
-	for (uint64_t i = 0; i < k; i++)
-		new[i] = ((uint64_t)host + i * cs) | QCOW2_OFLAG_COPIED;
 	if (!ret)
-		ret = l2_put(s, l2_off, idx, new, k);
+		ret = point_l2(s, l2_off, idx, (uint64_t)host, k);
 	for (uint64_t i = 0; !ret && i < k; i++)
 		ret = qcow2_free_l2e(s, old[i]);
 	return ret;

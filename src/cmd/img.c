@@ -34,6 +34,7 @@ static int usage(void)
 		"  resize [-f fmt] [--shrink] FILE [+-]SIZE\n"
 		"  map [-f fmt] [--output=human|json] FILE\n"
 		"  compare [-f fmt] [-F fmt] A B\n"
+		"  bench [-f fmt] [-c count] [-s size] [-w] [-F] [-t none] FILE\n"
 		"sizes take K, M, G, T suffixes; formats:");
 	return 1;
 }
@@ -536,7 +537,7 @@ static const struct verb verbs[] = {
 	{ "create", img_create }, { "info", img_info }, { "check", img_check },
 	{ "convert", img_convert }, { "snapshot", img_snapshot }, { "commit", img_commit },
 	{ "rebase", img_rebase }, { "resize", img_resize }, { "map", img_map },
-	{ "compare", img_compare },
+	{ "compare", img_compare }, { "bench", img_bench },
 };
 
 int cmd_img(int argc, char **argv)
