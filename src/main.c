@@ -12,6 +12,7 @@ struct subcommand {
 
 static const struct subcommand subcommands[] = {
 	{ "run", cmd_run, "run one VM in the foreground (the VMM)" },
+	{ "img", cmd_img, "create, inspect, check, convert and snapshot disk images" },
 };
 
 static int usage(FILE *out)

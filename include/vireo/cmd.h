@@ -4,5 +4,6 @@
 #define VIREO_CMD_H
 
 int cmd_run(int argc, char **argv);
+int cmd_img(int argc, char **argv);
 
 #endif

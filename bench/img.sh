@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# vireo img vs qemu-img (DESIGN §7): convert throughput and random 4 KiB I/O
+# through each format driver vs raw. Prints one markdown table row per figure
+# (for docs/benchmarks.md). Usage: bench/img.sh [WORKDIR]   (needs ~3 GiB)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VIREO=$ROOT/build/vireo
+W=${1:-$(mktemp -d /tmp/vireo-bench.XXXXXX)}
+mkdir -p "$W"
+trap 'rm -rf "$W"/*.raw "$W"/*.qcow2 "$W"/*.vmdk' EXIT
+OPS=${OPS:-20000}
+
+# 1 GiB, every other 64 KiB chunk random data (50% data), the rest holes.
+python3 - "$W/src.raw" <<'PY'
+import os, random, sys
+r = random.Random(1)
+with open(sys.argv[1], "wb") as f:
+    f.truncate(1 << 30)
+    block = os.urandom(1 << 20)
+    for off in range(0, 1 << 30, 128 << 10):
+        f.seek(off)
+        i = r.randrange(0, (1 << 20) - (64 << 10))
+        f.write(block[i:i + (64 << 10)])
+PY
+sync
+
+best() {	# best wall time of 3 runs of "$@", in seconds
+	local b=999999 t
+	for _ in 1 2 3; do
+		rm -f "$W"/out.*
+		t=$( { /usr/bin/time -f %e "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
+		b=$(python3 -c "print(min($b, $t))")
+	done
+	echo "$b"
+}
+
+row() { printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4"; }
+
+echo "| figure | vireo | peer | ratio (vireo/peer, >1 = vireo better) |"
+echo "|---|---|---|---|"
+v=$(best "$VIREO" img convert -f raw -O qcow2 "$W/src.raw" "$W/out.qcow2")
+q=$(best qemu-img convert -f raw -O qcow2 "$W/src.raw" "$W/out.qcow2")
+row "convert raw→qcow2, 1 GiB, 50% data (s)" "$v" "$q (qemu-img)" \
+	"$(python3 -c "print(f'{$q/$v:.2f}x')")"
+qemu-img convert -f raw -O qcow2 "$W/src.raw" "$W/src.qcow2"
+if "$VIREO" img --help 2>&1 | grep -q ' vmdk'; then
+	v=$(best "$VIREO" img convert -f qcow2 -O vmdk "$W/src.qcow2" "$W/out.vmdk")
+	q=$(best qemu-img convert -f qcow2 -O vmdk "$W/src.qcow2" "$W/out.vmdk")
+	row "convert qcow2→vmdk, 1 GiB, 50% data (s)" "$v" "$q (qemu-img)" \
+		"$(python3 -c "print(f'{$q/$v:.2f}x')")"
+else
+	row "convert qcow2→vmdk" "n/a: no vmdk driver in this build" "" ""
+fi
+v=$(best "$VIREO" img convert -c -f raw -O qcow2 "$W/src.raw" "$W/out.qcow2")
+q=$(best qemu-img convert -c -f raw -O qcow2 "$W/src.raw" "$W/out.qcow2")
+row "convert -c raw→qcow2 (zlib), 1 GiB (s)" "$v" "$q (qemu-img)" \
+	"$(python3 -c "print(f'{$q/$v:.2f}x')")"
+
+# Random 4 KiB I/O through the driver, 256 MiB fully allocated images.
+head -c 256M /dev/urandom > "$W/io.raw"
+qemu-img convert -f raw -O qcow2 "$W/io.raw" "$W/io.qcow2"
+iops() { "$VIREO" img bench "$@" | sed -n 's/.*: \([0-9]*\) IOPS/\1/p'; }
+for mode in read write; do
+	w=""; [ $mode = write ] && w=-w
+	r=$(iops -f raw -c "$OPS" -s 4K $w "$W/io.raw")
+	c=$(iops -f qcow2 -c "$OPS" -s 4K $w "$W/io.qcow2")
+	row "random 4K $mode IOPS, qcow2 vs raw driver" "$c (qcow2)" "$r (raw)" \
+		"$(python3 -c "print(f'{$c/$r:.2f}x')")"
+done
+# Allocating writes: qcow2 image starts empty, every write allocates.
+"$VIREO" img create -f qcow2 "$W/empty.qcow2" 256M >/dev/null
+truncate -s 256M "$W/empty.raw"
+r=$(iops -f raw -c "$OPS" -s 4K -w "$W/empty.raw")
+c=$(iops -f qcow2 -c "$OPS" -s 4K -w "$W/empty.qcow2")
+row "random 4K allocating write IOPS, empty qcow2 vs sparse raw" "$c (qcow2)" "$r (raw)" \
+	"$(python3 -c "print(f'{$c/$r:.2f}x')")"

@@ -1,0 +1,436 @@
+/* The lower file layer (DESIGN §3.4): host files and in-memory files behind
+ * one ops table, with exact-length helpers and write-error injection. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "vireo/block.h"
+#include "vireo/log.h"
+
+/* ---- host files ---- */
+
+/* O_DIRECT needs aligned buffers, offsets and lengths; formats issue small
+ * unaligned metadata I/O, which goes through an aligned bounce buffer
+ * (read-modify-write for writes). */
+#define DIRECT_ALIGN 4096ull
+
+static bool direct_unaligned(struct bfile *f, const void *buf, size_t len, uint64_t off)
+{
+	return f->priv == (void *)1 && (((uintptr_t)buf | len | off) & (DIRECT_ALIGN - 1));
+}
+
+static ssize_t bounce_io(struct bfile *f, void *buf, size_t len, uint64_t off, bool wr)
+{
+	uint64_t start = off & ~(DIRECT_ALIGN - 1);
+	uint64_t end = (off + len + DIRECT_ALIGN - 1) & ~(DIRECT_ALIGN - 1);
+	ssize_t n;
+	void *b;
+
+	if (posix_memalign(&b, DIRECT_ALIGN, end - start))
+		return -ENOMEM;
+	memset(b, 0, end - start);
+	n = pread(f->fd, b, end - start, (off_t)start);
+	if (n >= 0 && wr) {
+		memcpy((uint8_t *)b + (off - start), buf, len);
+		n = pwrite(f->fd, b, end - start, (off_t)start);
+		n = n < 0 ? n : (ssize_t)len;
+	} else if (n >= 0) {
+		n = (uint64_t)n <= off - start ? 0 :
+		    (ssize_t)((uint64_t)n - (off - start) < len ? (uint64_t)n - (off - start) : len);
+		memcpy(buf, (uint8_t *)b + (off - start), (size_t)n);
+	}
+	n = n < 0 ? -errno : n;
+	free(b);
+	return n;
+}
+
+static ssize_t posix_pread(struct bfile *f, void *buf, size_t len, uint64_t off)
+{
+	ssize_t n;
+
+	if (direct_unaligned(f, buf, len, off))
+		return bounce_io(f, buf, len, off, false);
+	do
+		n = pread(f->fd, buf, len, (off_t)off);
+	while (n < 0 && errno == EINTR);
+	return n < 0 ? -errno : n;
+}
+
+static ssize_t posix_pwrite(struct bfile *f, const void *buf, size_t len, uint64_t off)
+{
+	ssize_t n;
+
+	if (direct_unaligned(f, buf, len, off))
+		return bounce_io(f, (void *)buf, len, off, true);
+	do
+		n = pwrite(f->fd, buf, len, (off_t)off);
+	while (n < 0 && errno == EINTR);
+	return n < 0 ? -errno : n;
+}
+
+static int posix_flush(struct bfile *f)
+{
+	return fdatasync(f->fd) ? -errno : 0;
+}
+
+static int64_t posix_length(struct bfile *f)
+{
+	struct stat st;
+
+	if (fstat(f->fd, &st))
+		return -errno;
+	return st.st_size;
+}
+
+static int posix_truncate(struct bfile *f, uint64_t len)
+{
+	return ftruncate(f->fd, (off_t)len) ? -errno : 0;
+}
+
+static int posix_punch(struct bfile *f, uint64_t off, uint64_t len)
+{
+	if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		      (off_t)off, (off_t)len))
+		return -errno;
+	return 0;
+}
+
+static void posix_close(struct bfile *f)
+{
+	if (f->fd >= 0)
+		close(f->fd);
+}
+
+static const struct bfile_ops posix_ops = {
+	.name = "file",
+	.pread = posix_pread,
+	.pwrite = posix_pwrite,
+	.flush = posix_flush,
+	.length = posix_length,
+	.truncate = posix_truncate,
+	.punch = posix_punch,
+	.close = posix_close,
+};
+
+static struct bfile *bfile_alloc(const struct bfile_ops *ops, const char *path, bool ro)
+{
+	struct bfile *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return NULL;
+	f->path = strdup(path ? path : "");
+	if (!f->path) {
+		free(f);
+		return NULL;
+	}
+	f->ops = ops;
+	f->readonly = ro;
+	f->fd = -1;
+	f->fail_writes_after = -1;
+	return f;
+}
+
+int bfile_open(const char *path, int flags, struct bfile **out)
+{
+	int oflags = O_CLOEXEC | ((flags & BFILE_RDWR) ? O_RDWR : O_RDONLY);
+	struct bfile *f;
+	int fd;
+
+	if (flags & BFILE_CREATE)
+		oflags |= O_CREAT | O_TRUNC | O_RDWR;
+	if (flags & BFILE_DIRECT)
+		oflags |= O_DIRECT;
+	fd = open(path, oflags, 0644);
+	if (fd < 0)
+		return err_set(-errno, "%s: %s", path, strerror(errno));
+	f = bfile_alloc(&posix_ops, path, !(oflags & O_RDWR));
+	if (!f) {
+		close(fd);
+		return err_set(-ENOMEM, "%s: out of memory", path);
+	}
+	f->fd = fd;
+	f->priv = (flags & BFILE_DIRECT) ? (void *)1 : NULL;	/* marks O_DIRECT */
+	*out = f;
+	return 0;
+}
+
+int bfile_resolve(const char *base, const char *name, char *out)
+{
+	const char *slash = strrchr(base, '/');
+	size_t dirlen = slash ? (size_t)(slash - base) + 1 : 0;
+
+	if (name[0] == '/' || dirlen == 0) {
+		if (strlen(name) >= BLOCK_PATH_MAX)
+			return err_set(-ENAMETOOLONG, "%s: file name too long", base);
+		strcpy(out, name);
+		return 0;
+	}
+	if (dirlen + strlen(name) >= BLOCK_PATH_MAX)
+		return err_set(-ENAMETOOLONG, "%s: file name too long", base);
+	memcpy(out, base, dirlen);
+	strcpy(out + dirlen, name);
+	return 0;
+}
+
+int bfile_open_relative(const struct bfile *base, const char *name, int flags,
+			struct bfile **out)
+{
+	char path[BLOCK_PATH_MAX];
+	int ret = bfile_resolve(base->path, name, path);
+
+	return ret ? ret : bfile_open(path, flags, out);
+}
+
+/* ---- memory files ---- */
+
+struct memfile {
+	uint8_t *data;
+	size_t len, cap;
+};
+
+static ssize_t mem_pread(struct bfile *f, void *buf, size_t len, uint64_t off)
+{
+	struct memfile *m = f->priv;
+
+	if (off >= m->len)
+		return 0;
+	if (len > m->len - off)
+		len = m->len - off;
+	memcpy(buf, m->data + off, len);
+	return (ssize_t)len;
+}
+
+static int mem_reserve(struct memfile *m, uint64_t end)
+{
+	size_t cap = m->cap ? m->cap : 4096;
+	uint8_t *p;
+
+	if (end > (1ull << 34))
+		return -EFBIG;	/* memory files are for tests and fuzzers */
+	if (end <= m->cap)
+		return 0;
+	while (cap < end)
+		cap *= 2;
+	p = realloc(m->data, cap);
+	if (!p)
+		return -ENOMEM;
+	memset(p + m->cap, 0, cap - m->cap);
+	m->data = p;
+	m->cap = cap;
+	return 0;
+}
+
+static ssize_t mem_pwrite(struct bfile *f, const void *buf, size_t len, uint64_t off)
+{
+	struct memfile *m = f->priv;
+	int ret = mem_reserve(m, off + len);
+
+	if (ret)
+		return ret;
+	memcpy(m->data + off, buf, len);
+	if (off + len > m->len)
+		m->len = off + len;
+	return (ssize_t)len;
+}
+
+static int mem_flush(struct bfile *f)
+{
+	(void)f;
+	return 0;
+}
+
+static int64_t mem_length(struct bfile *f)
+{
+	return (int64_t)((struct memfile *)f->priv)->len;
+}
+
+static int mem_truncate(struct bfile *f, uint64_t len)
+{
+	struct memfile *m = f->priv;
+	int ret = mem_reserve(m, len);
+
+	if (ret)
+		return ret;
+	if (len < m->len)
+		memset(m->data + len, 0, m->len - len);
+	m->len = len;
+	return 0;
+}
+
+static int mem_punch(struct bfile *f, uint64_t off, uint64_t len)
+{
+	struct memfile *m = f->priv;
+
+	if (off >= m->len)
+		return 0;
+	if (len > m->len - off)
+		len = m->len - off;
+	memset(m->data + off, 0, len);
+	return 0;
+}
+
+static void mem_close(struct bfile *f)
+{
+	struct memfile *m = f->priv;
+
+	free(m->data);
+	free(m);
+}
+
+static const struct bfile_ops mem_ops = {
+	.name = "memory",
+	.pread = mem_pread,
+	.pwrite = mem_pwrite,
+	.flush = mem_flush,
+	.length = mem_length,
+	.truncate = mem_truncate,
+	.punch = mem_punch,
+	.close = mem_close,
+};
+
+int bfile_mem_open(const char *name, const void *data, size_t len, bool readonly,
+		   struct bfile **out)
+{
+	struct memfile *m = calloc(1, sizeof(*m));
+	struct bfile *f = bfile_alloc(&mem_ops, name, readonly);
+
+	if (!m || !f || mem_reserve(m, len)) {
+		free(m ? m->data : NULL);
+		free(m);
+		if (f)
+			free(f->path);
+		free(f);
+		return err_set(-ENOMEM, "%s: out of memory", name);
+	}
+	if (data)
+		memcpy(m->data, data, len);
+	m->len = len;
+	f->priv = m;
+	*out = f;
+	return 0;
+}
+
+const uint8_t *bfile_mem_data(struct bfile *f, size_t *len)
+{
+	struct memfile *m = f->priv;
+
+	*len = m->len;
+	return m->data;
+}
+
+void bfile_close(struct bfile *f)
+{
+	if (!f)
+		return;
+	if (f->ops->close)
+		f->ops->close(f);
+	free(f->path);
+	free(f);
+}
+
+/* ---- exact-length helpers ---- */
+
+int bfile_pread(struct bfile *f, void *buf, size_t len, uint64_t off)
+{
+	uint8_t *p = buf;
+
+	if (off > INT64_MAX || len > INT64_MAX - off)
+		return err_set(-EINVAL, "%s: read at %llu past any file end", f->path,
+			       (unsigned long long)off);
+	while (len) {
+		ssize_t n = f->ops->pread(f, p, len, off);
+
+		if (n < 0)
+			return err_set((int)n, "%s: read at %llu: %s", f->path,
+				       (unsigned long long)off, strerror((int)-n));
+		if (n == 0) {
+			memset(p, 0, len);	/* past the end of file */
+			return 0;
+		}
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int bfile_pwrite(struct bfile *f, const void *buf, size_t len, uint64_t off)
+{
+	const uint8_t *p = buf;
+
+	if (f->readonly)
+		return err_set(-EROFS, "%s: file is read-only", f->path);
+	if (f->fail_writes_after == 0)
+		return err_set(-EIO, "%s: write at %llu: injected I/O error", f->path,
+			       (unsigned long long)off);
+	if (f->fail_writes_after > 0)
+		f->fail_writes_after--;
+	while (len) {
+		ssize_t n = f->ops->pwrite(f, p, len, off);
+
+		if (n <= 0)
+			return err_set(n ? (int)n : -EIO, "%s: write at %llu: %s", f->path,
+				       (unsigned long long)off, strerror(n ? (int)-n : EIO));
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int bfile_pwrite_zeroes(struct bfile *f, uint64_t off, uint64_t len)
+{
+	static const uint8_t zeroes[65536];
+
+	while (len) {
+		size_t n = len < sizeof(zeroes) ? (size_t)len : sizeof(zeroes);
+		int ret = bfile_pwrite(f, zeroes, n, off);
+
+		if (ret)
+			return ret;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+int bfile_flush(struct bfile *f)
+{
+	int ret;
+
+	if (f->readonly)
+		return 0;
+	ret = f->ops->flush(f);
+	return ret ? err_set(ret, "%s: flush: %s", f->path, strerror(-ret)) : 0;
+}
+
+int64_t bfile_length(struct bfile *f)
+{
+	int64_t ret = f->ops->length(f);
+
+	return ret < 0 ? err_set((int)ret, "%s: stat: %s", f->path, strerror((int)-ret)) : ret;
+}
+
+int bfile_truncate(struct bfile *f, uint64_t len)
+{
+	int ret;
+
+	if (f->readonly)
+		return err_set(-EROFS, "%s: file is read-only", f->path);
+	ret = f->ops->truncate(f, len);
+	return ret ? err_set(ret, "%s: truncate: %s", f->path, strerror(-ret)) : 0;
+}
+
+int bfile_punch(struct bfile *f, uint64_t off, uint64_t len)
+{
+	if (f->readonly)
+		return err_set(-EROFS, "%s: file is read-only", f->path);
+	if (!f->ops->punch)
+		return -EOPNOTSUPP;
+	return f->ops->punch(f, off, len);
+}
