@@ -18,12 +18,26 @@
 #include "vireo/power.h"
 #include "vireo/serial.h"
 #include "vireo/size.h"
+#include "vireo/virtio.h"
 #include "vireo/vmm.h"
+
+#define MAX_DISKS 8
 
 struct run_options {
 	struct boot_config boot;
 	struct vm_config vm;
 	bool reboot_restart;
+	struct disk_config disks[MAX_DISKS];
+	unsigned int ndisks;
+	bool rng;
+	uint64_t rng_bps;
+};
+
+/* The devices of one VM, torn down together. */
+struct vm_devices {
+	struct serial *serial;
+	struct virtio_blk *disks[MAX_DISKS];
+	struct virtio_rng *rng;
 };
 
 struct console {
@@ -45,6 +59,10 @@ static const char run_usage[] =
 	"  --memory SIZE    guest RAM, e.g. 512M or 2G (default 256M)\n"
 	"  --hugepages      back guest RAM with huge pages\n"
 	"  --reboot=MODE    on guest reboot: exit with status 3 (default) or restart\n"
+	"  --disk SPEC      a virtio-blk disk (repeatable, up to 8):\n"
+	"                   path=FILE[,format=raw|qcow2|vpc|vmdk][,readonly][,serial=ID]\n"
+	"                   [,iops=N][,bps=SIZE]   (bps: bytes per second, e.g. 50M)\n"
+	"  --rng[=bps=SIZE] a virtio-rng device, optionally rate-limited\n"
 	"\n"
 	"Exit status: 0 guest powered off, 1 VMM error, 2 guest crashed,\n"
 	"3 guest rebooted, or the value the guest wrote to the debug-exit port 0xf4.\n"
@@ -63,9 +81,42 @@ static int parse_count(const char *text, unsigned int *out)
 	return 0;
 }
 
+/* "path=a.img,format=qcow2,readonly,serial=d0,iops=100,bps=10M". The
+ * strings point into `spec`, which lives as long as argv. */
+static int parse_disk(char *spec, struct disk_config *d)
+{
+	char *save = NULL;
+
+	*d = (struct disk_config){ 0 };
+	for (char *tok = strtok_r(spec, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(tok, '=');
+		const char *val = eq ? eq + 1 : "";
+
+		if (eq)
+			*eq = '\0';
+		if (!strcmp(tok, "path") && eq)
+			d->path = val;
+		else if (!strcmp(tok, "format") && eq)
+			d->format = val;
+		else if (!strcmp(tok, "readonly") && (!eq || !strcmp(val, "on")))
+			d->readonly = true;
+		else if (!strcmp(tok, "serial") && eq && strlen(val) <= 20)
+			d->serial = val;
+		else if (!strcmp(tok, "iops") && eq && !size_parse(val, &d->iops))
+			;
+		else if (!strcmp(tok, "bps") && eq && !size_parse(val, &d->bps))
+			;
+		else
+			return err_set(-EINVAL, "--disk: bad item '%s%s%s'", tok, eq ? "=" : "", val);
+	}
+	if (!d->path)
+		return err_set(-EINVAL, "--disk needs path=FILE");
+	return 0;
+}
+
 static int parse_run_options(int argc, char **argv, struct run_options *o)
 {
-	enum { OPT_HUGEPAGES = 256, OPT_REBOOT };
+	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -74,6 +125,8 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "memory", required_argument, NULL, 'm' },
 		{ "hugepages", no_argument, NULL, OPT_HUGEPAGES },
 		{ "reboot", required_argument, NULL, OPT_REBOOT },
+		{ "disk", required_argument, NULL, OPT_DISK },
+		{ "rng", optional_argument, NULL, OPT_RNG },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -98,6 +151,18 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 			if (strcmp(optarg, "exit") && strcmp(optarg, "restart"))
 				return err_set(-EINVAL, "--reboot must be 'exit' or 'restart'");
 			o->reboot_restart = !strcmp(optarg, "restart");
+			break;
+		case OPT_DISK:
+			if (o->ndisks == MAX_DISKS)
+				return err_set(-EINVAL, "at most %d --disk options", MAX_DISKS);
+			if (parse_disk(optarg, &o->disks[o->ndisks]))
+				return -EINVAL;
+			o->ndisks++;
+			break;
+		case OPT_RNG:
+			o->rng = true;
+			if (optarg && (strncmp(optarg, "bps=", 4) || size_parse(optarg + 4, &o->rng_bps)))
+				return err_set(-EINVAL, "--rng takes only bps=SIZE");
 			break;
 		case 'h': fputs(run_usage, stdout); exit(0);
 		default: return err_set(-EINVAL, "see 'vireo run --help'");
@@ -175,19 +240,44 @@ static void console_restore(struct console *con)
 		tcsetattr(STDIN_FILENO, TCSANOW, &con->saved);
 }
 
-static int vm_build(struct vm *vm, struct pci_bus *pci, struct serial **serial,
+static int virtio_devices_create(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
+				 const struct run_options *o)
+{
+	int ret = 0;
+
+	for (unsigned int i = 0; i < o->ndisks && !ret; i++) {
+		ret = virtio_blk_create(vm, pci, &o->disks[i], &devs->disks[i]);
+		if (ret)
+			err_set(ret, "disk %s: %s", o->disks[i].path, err_get());
+	}
+	if (!ret && o->rng)
+		ret = virtio_rng_create(vm, pci, o->rng_bps, &devs->rng);
+	return ret;
+}
+
+static void vm_devices_destroy(struct vm_devices *devs)
+{
+	for (unsigned int i = 0; i < MAX_DISKS; i++)
+		virtio_blk_destroy(devs->disks[i]);
+	virtio_rng_destroy(devs->rng);
+	serial_destroy(devs->serial);
+}
+
+static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 		    const struct run_options *o)
 {
 	int ret = vm_create(vm, &o->vm);
 
 	if (ret)
 		return ret;
-	*serial = serial_create(vm, STDOUT_FILENO);
-	if (!*serial)
+	devs->serial = serial_create(vm, STDOUT_FILENO);
+	if (!devs->serial)
 		return -ENOMEM;
 	ret = power_devices_init(vm);
 	if (!ret)
 		ret = pci_init(pci, vm);
+	if (!ret)
+		ret = virtio_devices_create(vm, pci, devs, o);
 	if (!ret)
 		ret = boot_load(vm, &o->boot);
 	if (!ret && !vm->hw_virt)
@@ -200,16 +290,16 @@ static int run_vm(const struct run_options *o)
 {
 	struct vm vm;
 	struct pci_bus pci;
-	struct serial *serial = NULL;
+	struct vm_devices devs = { 0 };
 	struct console con = { 0 };
 	struct loop *loop = NULL;
 	int status = VM_EXIT_VMM_ERROR;
 
-	if (vm_build(&vm, &pci, &serial, o) || !(loop = loop_create()) || vm_start(&vm)) {
+	if (vm_build(&vm, &pci, &devs, o) || !(loop = loop_create()) || vm_start(&vm)) {
 		fprintf(stderr, "vireo: %s\n", err_get());
 		goto out;
 	}
-	con = (struct console){ .serial = serial, .vm = &vm };
+	con = (struct console){ .serial = devs.serial, .vm = &vm };
 	console_raw(&con);
 	loop_add(loop, vm.stop_fd, EPOLLIN, vm_stopped, NULL);
 	loop_add(loop, STDIN_FILENO, EPOLLIN, console_input, &con);
@@ -219,8 +309,8 @@ static int run_vm(const struct run_options *o)
 	console_restore(&con);
 	status = vm.exit_status;
 out:
+	vm_devices_destroy(&devs);
 	vm_destroy(&vm);
-	serial_destroy(serial);
 	loop_destroy(loop);
 	return status;
 }

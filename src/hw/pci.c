@@ -8,7 +8,6 @@
 #define PCI_VENDOR_ID  0x00
 #define PCI_COMMAND    0x04
 #define PCI_REVISION   0x08
-#define PCI_HEADER_TYPE 0x0e
 #define PCI_BAR0       0x10
 #define PCI_INT_LINE   0x3c
 #define CF8_ENABLE     0x80000000u
@@ -49,6 +48,23 @@ void pci_set_bar(struct pci_device *dev, unsigned int i, uint64_t size)
 	dev->bar_size[i] = size;
 	/* The low 4 bits (type) are read-only; the size's low bits read as 0. */
 	put_le(dev->wmask + PCI_BAR0 + 4 * i, 4, (uint32_t)~(size - 1));
+}
+
+uint64_t pci_alloc_mmio(struct pci_bus *bus, uint64_t size)
+{
+	uint64_t base = (bus->mmio_next + size - 1) & ~(size - 1);
+
+	if (base + size > LAYOUT_PCI_MMIO_START + LAYOUT_PCI_MMIO_SIZE)
+		return 0;
+	bus->mmio_next = base + size;
+	return base;
+}
+
+uint64_t pci_bar_address(const struct pci_device *dev, unsigned int i)
+{
+	if (i >= PCI_BARS || !dev->bar_size[i] || !(dev->config[PCI_COMMAND] & 0x2))
+		return 0;
+	return get_le(dev->config + PCI_BAR0 + 4 * i, 4) & ~0xfULL;
 }
 
 static struct pci_device *pci_lookup(struct pci_bus *bus, unsigned int devfn)
@@ -166,6 +182,7 @@ int pci_init(struct pci_bus *bus, struct vm *vm)
 	memset(bus->slots, 0, sizeof(bus->slots));
 	bus->vm = vm;
 	bus->config_address = 0;
+	bus->mmio_next = LAYOUT_PCI_MMIO_START;
 	pthread_mutex_init(&bus->lock, NULL);
 	/* Host bridge: Red Hat's generic PCIe host bridge id, class 06/00/00. */
 	pci_device_init(&bus->host_bridge, 0x1b36, 0x0008, 0x060000, "host-bridge");
