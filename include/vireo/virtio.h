@@ -151,6 +151,10 @@ int virtio_blk_create(struct vm *vm, struct pci_bus *bus, const struct disk_conf
 		      struct virtio_blk **out);
 void virtio_blk_destroy(struct virtio_blk *blk);
 struct virtio_dev *virtio_blk_dev(struct virtio_blk *blk);
+/* For the control plane: the disk's limiter (ratelimit_set() may be called
+ * from any thread) and its block device (blockdev_get_stats()). */
+struct ratelimit *virtio_blk_ratelimit(struct virtio_blk *blk);
+struct blockdev *virtio_blk_blockdev(struct virtio_blk *blk);
 
 struct virtio_rng;
 int virtio_rng_create(struct vm *vm, struct pci_bus *bus, uint64_t bps, struct virtio_rng **out);

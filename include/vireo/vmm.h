@@ -35,6 +35,10 @@ struct guest_memory {
 
 struct vm;
 
+/* The VM's run state (DESIGN §3.5), changed only through vm_start(),
+ * vm_pause(), vm_resume() and vm_request_stop(); see src/vmm/pause.c. */
+enum vm_state { VM_STATE_CREATED, VM_STATE_RUNNING, VM_STATE_PAUSED, VM_STATE_STOPPED };
+
 struct vcpu {
 	struct vm *vm;
 	unsigned int id;
@@ -42,6 +46,7 @@ struct vcpu {
 	struct kvm_run *run;
 	pthread_t thread;
 	bool thread_started;
+	int tid;              /* host thread id, once the thread runs (0 before) */
 	uint64_t exits;
 };
 
@@ -66,7 +71,11 @@ struct vm {
 	struct bus mmio;
 	int exit_status;      /* valid once stop_requested */
 	bool stop_requested;
-	pthread_mutex_t stop_lock;
+	pthread_mutex_t stop_lock; /* also guards state, pause_requested, parked */
+	pthread_cond_t state_cond; /* signalled when parked or the state changes */
+	enum vm_state state;
+	bool pause_requested;
+	unsigned int parked;  /* vCPU threads waiting in vcpu_park() */
 	pthread_t map_thread;  /* installs the memory slots (vm_create) */
 	bool map_thread_started;
 	int map_result;
@@ -83,6 +92,16 @@ int vm_start(struct vm *vm);
 /* Asks every vCPU to leave KVM_RUN and the event loop to end; the first
  * status given wins. Safe from any thread. */
 void vm_request_stop(struct vm *vm, int status);
+/* Kicks every vCPU out of KVM_RUN and waits until all are parked: legal
+ * only when running (-EBUSY otherwise, with err_set() detail). */
+int vm_pause(struct vm *vm);
+/* Lets parked vCPUs run again: legal only when paused. */
+int vm_resume(struct vm *vm);
+enum vm_state vm_get_state(struct vm *vm);
+const char *vm_state_name(enum vm_state state);
+/* Called by a vCPU thread that KVM_RUN left because immediate_exit was set:
+ * parks it while the VM is paused. Returns true if the vCPU must stop. */
+bool vcpu_park(struct vcpu *vcpu);
 /* Joins the vCPU threads after a stop. */
 void vm_join(struct vm *vm);
 /* Drives an IRQ line of the in-kernel PIC/IOAPIC (ISA numbering). */

@@ -12,6 +12,7 @@
 
 #include "vireo/boot.h"
 #include "vireo/cmd.h"
+#include "vireo/control.h"
 #include "vireo/log.h"
 #include "vireo/loop.h"
 #include "vireo/pci.h"
@@ -31,6 +32,7 @@ struct run_options {
 	unsigned int ndisks;
 	bool rng;
 	uint64_t rng_bps;
+	const char *api_socket;
 };
 
 /* The devices of one VM, torn down together. */
@@ -63,6 +65,7 @@ static const char run_usage[] =
 	"                   path=FILE[,format=raw|qcow2|vpc|vmdk][,readonly][,serial=ID]\n"
 	"                   [,iops=N][,bps=SIZE]   (bps: bytes per second, e.g. 50M)\n"
 	"  --rng[=bps=SIZE] a virtio-rng device, optionally rate-limited\n"
+	"  --api-socket PATH  serve the control socket (JSON, docs/api.md) at PATH\n"
 	"\n"
 	"Exit status: 0 guest powered off, 1 VMM error, 2 guest crashed,\n"
 	"3 guest rebooted, or the value the guest wrote to the debug-exit port 0xf4.\n"
@@ -116,7 +119,7 @@ static int parse_disk(char *spec, struct disk_config *d)
 
 static int parse_run_options(int argc, char **argv, struct run_options *o)
 {
-	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG };
+	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_API_SOCKET };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -127,6 +130,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "reboot", required_argument, NULL, OPT_REBOOT },
 		{ "disk", required_argument, NULL, OPT_DISK },
 		{ "rng", optional_argument, NULL, OPT_RNG },
+		{ "api-socket", required_argument, NULL, OPT_API_SOCKET },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -164,6 +168,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 			if (optarg && (strncmp(optarg, "bps=", 4) || size_parse(optarg + 4, &o->rng_bps)))
 				return err_set(-EINVAL, "--rng takes only bps=SIZE");
 			break;
+		case OPT_API_SOCKET: o->api_socket = optarg; break;
 		case 'h': fputs(run_usage, stdout); exit(0);
 		default: return err_set(-EINVAL, "see 'vireo run --help'");
 		}
@@ -286,8 +291,26 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 	return ret;
 }
 
+/* The control socket (--api-socket) on the event loop; NULL without it. */
+static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *devs,
+			 const struct run_options *o, const char **paths, struct control **out)
+{
+	struct control_target t = { .vm = vm, .disks = devs->disks, .disk_paths = paths,
+				    .ndisks = o->ndisks };
+
+	*out = NULL;
+	if (!o->api_socket)
+		return 0;
+	for (unsigned int i = 0; i < o->ndisks; i++)
+		paths[i] = o->disks[i].path;
+	*out = control_create(loop, o->api_socket, &t);
+	return *out ? 0 : -1;
+}
+
 static int run_vm(const struct run_options *o)
 {
+	const char *disk_paths[MAX_DISKS];
+	struct control *ctl = NULL;
 	struct vm vm;
 	struct pci_bus pci;
 	struct vm_devices devs = { 0 };
@@ -295,7 +318,8 @@ static int run_vm(const struct run_options *o)
 	struct loop *loop = NULL;
 	int status = VM_EXIT_VMM_ERROR;
 
-	if (vm_build(&vm, &pci, &devs, o) || !(loop = loop_create()) || vm_start(&vm)) {
+	if (vm_build(&vm, &pci, &devs, o) || !(loop = loop_create()) ||
+	    control_start(loop, &vm, &devs, o, disk_paths, &ctl) || vm_start(&vm)) {
 		fprintf(stderr, "vireo: %s\n", err_get());
 		goto out;
 	}
@@ -309,6 +333,7 @@ static int run_vm(const struct run_options *o)
 	console_restore(&con);
 	status = vm.exit_status;
 out:
+	control_destroy(ctl);
 	vm_devices_destroy(&devs);
 	vm_destroy(&vm);
 	loop_destroy(loop);

@@ -270,3 +270,13 @@ struct virtio_dev *virtio_blk_dev(struct virtio_blk *blk)
 {
 	return &blk->dev;
 }
+
+struct ratelimit *virtio_blk_ratelimit(struct virtio_blk *blk)
+{
+	return &blk->limit;
+}
+
+struct blockdev *virtio_blk_blockdev(struct virtio_blk *blk)
+{
+	return blk->bd;
+}

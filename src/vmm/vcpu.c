@@ -158,10 +158,13 @@ static void *vcpu_thread(void *arg)
 
 	snprintf(name, sizeof(name), "vcpu%u", vcpu->id);
 	pthread_setname_np(pthread_self(), name);
+	__atomic_store_n(&vcpu->tid, (int)gettid(), __ATOMIC_RELEASE);
 	for (;;) {
 		if (ioctl(vcpu->fd, KVM_RUN, 0) < 0) {
 			if (errno == EINTR || errno == EAGAIN) {
-				if (__atomic_load_n(&vcpu->run->immediate_exit, __ATOMIC_SEQ_CST))
+				/* Kicked: stop, or pause (vcpu_park). */
+				if (__atomic_load_n(&vcpu->run->immediate_exit, __ATOMIC_SEQ_CST) &&
+				    vcpu_park(vcpu))
 					break;
 				continue;
 			}
@@ -190,6 +193,10 @@ int vm_start(struct vm *vm)
 		}
 		vm->vcpus[i].thread_started = true;
 	}
+	pthread_mutex_lock(&vm->stop_lock);
+	if (vm->state == VM_STATE_CREATED)
+		vm->state = VM_STATE_RUNNING;
+	pthread_mutex_unlock(&vm->stop_lock);
 	return 0;
 }
 

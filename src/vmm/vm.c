@@ -143,6 +143,7 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 	memset(vm, 0, sizeof(*vm));
 	vm->kvm_fd = vm->vm_fd = vm->stop_fd = vm->mem.fd = -1;
 	pthread_mutex_init(&vm->stop_lock, NULL);
+	pthread_cond_init(&vm->state_cond, NULL);
 	bus_init(&vm->pio);
 	bus_init(&vm->mmio);
 	ret = kvm_open(vm);
@@ -190,6 +191,8 @@ void vm_request_stop(struct vm *vm, int status)
 		vm->stop_requested = true;
 		vm->exit_status = status;
 	}
+	vm->state = VM_STATE_STOPPED;
+	pthread_cond_broadcast(&vm->state_cond); /* wakes parked vCPUs */
 	pthread_mutex_unlock(&vm->stop_lock);
 	for (unsigned int i = 0; i < vm->ncpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];

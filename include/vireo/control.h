@@ -1,0 +1,81 @@
+/* The per-VM control socket (src/vmm/control*.c), `vireo run --api-socket`.
+ *
+ * A Unix stream socket served on the VMM's event loop. Wire format: each
+ * request is one JSON object on one line ('\n'-terminated, at most
+ * CONTROL_MAX_LINE bytes); each gets one JSON object on one line back; a
+ * connection may carry any number of requests. docs/api.md is the reference.
+ *
+ * Control plane apart from data plane (DESIGN §3.6): control_parse() turns a
+ * request into a typed struct control_action, validating every field;
+ * control_apply() applies it on the event loop, checking that the VM is in a
+ * state where that action is legal. */
+#ifndef VIREO_CONTROL_H
+#define VIREO_CONTROL_H
+
+#include <sched.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vireo/loop.h"
+
+#define CONTROL_MAX_LINE 65536
+#define CONTROL_MAX_CLIENTS 16
+
+struct vm;
+struct virtio_blk;
+struct json_object;
+
+enum control_kind {
+	CONTROL_INFO,       /* any state */
+	CONTROL_PAUSE,      /* running */
+	CONTROL_RESUME,     /* paused */
+	CONTROL_POWEROFF,   /* created, running, paused */
+	CONTROL_SET_LIMITS, /* running, paused */
+	CONTROL_PIN,        /* running, paused */
+};
+
+struct control_action {
+	enum control_kind kind;
+	unsigned int disk;      /* SET_LIMITS: disk index */
+	uint64_t bps, iops;     /* SET_LIMITS: 0 = unlimited */
+	bool has_bps, has_iops; /* SET_LIMITS: absent fields keep their value */
+	unsigned int vcpu;      /* PIN */
+	cpu_set_t cpus;         /* PIN: host CPUs, not empty */
+};
+
+/* What the control socket acts on; owned by the caller, outlives it. */
+struct control_target {
+	struct vm *vm;
+	struct virtio_blk *const *disks;
+	const char *const *disk_paths;
+	unsigned int ndisks;
+};
+
+/* Error classes in replies ("code"), which the daemon maps to HTTP statuses. */
+#define CONTROL_E_BAD_REQUEST "bad-request"
+#define CONTROL_E_WRONG_STATE "wrong-state"
+#define CONTROL_E_NOT_FOUND   "not-found"
+#define CONTROL_E_FAILED      "failed"
+
+/* Parses one request. Returns 0, or -EINVAL with err_set() detail for
+ * malformed JSON, a missing or unknown action, unknown fields or bad values. */
+int control_parse(const char *text, size_t len, struct control_action *out);
+/* Parses a host CPU list like "0-3,6" into a set. 0 or -EINVAL. */
+int control_parse_cpulist(const char *text, cpu_set_t *out);
+
+/* Applies an action; returns the reply object (the caller puts it). */
+struct json_object *control_apply(const struct control_target *t,
+				  const struct control_action *a);
+/* The reply for a request that failed to parse or apply. */
+struct json_object *control_error(const char *code, const char *message);
+
+struct control;
+/* Binds `path` (an existing socket file is replaced) and serves it on
+ * `loop`. Returns NULL with err_set() detail. */
+struct control *control_create(struct loop *loop, const char *path,
+			       const struct control_target *target);
+/* Closes every connection and removes the socket file. NULL is fine. */
+void control_destroy(struct control *ctl);
+
+#endif

@@ -1,0 +1,172 @@
+/* The host manager (src/mgr/): VM definitions, the VM table, one supervised
+ * VMM process per VM in its own cgroup, and the state directory.
+ *
+ * State directory layout (all JSON written to a temp file, fsynced and
+ * renamed, so a crash never leaves a half-written definition):
+ *   DIR/instance          random id; names this daemon's cgroups
+ *   DIR/vms/NAME.json     definition (struct vm_def), as POSTed/PATCHed
+ *   DIR/run/NAME.json     runtime record: pid, its start time, state, reason
+ *   DIR/run/NAME.sock     the VMM's control socket (include/vireo/control.h)
+ *   DIR/logs/NAME.log     the VMM's stdout and stderr (serial console too)
+ *
+ * Threading: the HTTP thread and the supervisor (reaper) thread both take
+ * mgr->lock for the whole of a request or a check, so requests on one VM
+ * are serialised and every state change is seen whole. */
+#ifndef VIREO_MGR_H
+#define VIREO_MGR_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct json_object;
+
+#define MGR_NAME_MAX 64
+#define MGR_MAX_DISKS 8
+#define MGR_MAX_VCPUS 64
+#define MGR_MAX_BODY 65536           /* largest request body accepted */
+#define MGR_MEM_OVERHEAD (64ULL << 20) /* cgroup memory limit = guest RAM + this */
+
+/* ---- definitions (src/mgr/def.c) ---- */
+
+struct mgr_disk {
+	char *path;
+	char *format;                /* NULL: probe */
+	bool readonly;
+	uint64_t bps, iops;          /* 0: unlimited */
+};
+
+struct vm_def {
+	char name[MGR_NAME_MAX + 1];
+	unsigned int cpus;
+	uint64_t memory;             /* bytes */
+	char *kernel;
+	char *cmdline;               /* may be NULL */
+	struct mgr_disk disks[MGR_MAX_DISKS];
+	unsigned int ndisks;
+	unsigned int cpu_weight;     /* 1..10000, relative share; default 100 */
+	unsigned int cpu_max;        /* cap in % of one host CPU; 0: none */
+	char *cpu_pin[MGR_MAX_VCPUS]; /* host CPU list per vCPU; npin == 1: all */
+	unsigned int npin;
+};
+
+/* Names: 1..64 of [A-Za-z0-9_.-], not starting with '.' or '-'. */
+bool vm_name_valid(const char *name);
+/* Validates a whole definition (POST /vms, or a file in the state dir).
+ * 0, or -EINVAL with err_set() detail naming the field. */
+int vm_def_from_json(struct json_object *obj, struct vm_def *def);
+struct json_object *vm_def_to_json(const struct vm_def *def);
+void vm_def_free(struct vm_def *def);
+
+/* A PATCH: what to change; has_* say which fields were given. */
+struct vm_patch {
+	bool has_weight, has_max, has_pin;
+	unsigned int cpu_weight, cpu_max;
+	char *cpu_pin[MGR_MAX_VCPUS];
+	unsigned int npin;
+	unsigned int nlimits;
+	struct { unsigned int disk; bool has_bps, has_iops; uint64_t bps, iops; } limits[MGR_MAX_DISKS];
+};
+/* Validates a PATCH body against `def` (disk indices, pin counts). */
+int vm_patch_from_json(struct json_object *obj, const struct vm_def *def, struct vm_patch *p);
+/* Applies a validated patch to the definition (takes the pin strings). */
+void vm_patch_apply(struct vm_def *def, struct vm_patch *p);
+void vm_patch_free(struct vm_patch *p);
+
+/* ---- cgroups (src/mgr/cgroup.c): v2, or v1 with cpu/cpuacct/memory ---- */
+
+enum cgroup_mode { CGROUP_NONE, CGROUP_V1, CGROUP_V2 };
+
+struct cgroups {
+	enum cgroup_mode mode;
+	char reason[160];            /* why NONE, for info and the log */
+	char v2[PATH_MAX];           /* v2: base directory of our VM cgroups */
+	char cpu[PATH_MAX];          /* v1: base directories, "" if absent */
+	char cpuacct[PATH_MAX];
+	char memory[PATH_MAX];
+};
+
+/* Finds the hierarchies (/proc/self/mountinfo, /proc/self/cgroup) and
+ * creates the base "vireo-ID" under this process's own cgroups. `want`:
+ * CGROUP_NONE for auto. Never fails: mode NONE says why in reason. */
+void cgroup_init(struct cgroups *cg, const char *id, const char *want);
+const char *cgroup_mode_name(enum cgroup_mode mode);
+/* Creates (or reuses) the VM's cgroup and sets its limits. */
+int cgroup_vm_create(const struct cgroups *cg, const char *name);
+int cgroup_vm_set_cpu(const struct cgroups *cg, const char *name, unsigned int weight,
+		      unsigned int max_pct);
+int cgroup_vm_set_memory(const struct cgroups *cg, const char *name, uint64_t bytes);
+int cgroup_vm_attach(const struct cgroups *cg, const char *name, pid_t pid);
+/* CPU time of everything in the VM's cgroup, ns; 0 if unknown. */
+uint64_t cgroup_vm_cpu_ns(const struct cgroups *cg, const char *name);
+void cgroup_vm_remove(const struct cgroups *cg, const char *name);
+
+/* ---- the manager (src/mgr/mgr.c, supervise.c, store.c) ---- */
+
+enum mgr_state { MGR_STOPPED, MGR_RUNNING, MGR_PAUSED, MGR_CRASHED };
+
+struct mgr_vm {
+	struct vm_def def;
+	enum mgr_state state;
+	char reason[256];            /* why stopped or crashed */
+	pid_t pid;                   /* VMM, when running or paused */
+	unsigned long long starttime; /* of pid, from /proc: guards pid reuse */
+	bool child;                  /* our child (else adopted after a restart) */
+	bool stopping;               /* a stop we asked for: not a crash */
+	struct mgr_vm *next;
+};
+
+struct mgr {
+	pthread_mutex_t lock;
+	char state_dir[PATH_MAX];
+	char exe[PATH_MAX];          /* the vireo binary, for `vireo run` */
+	struct cgroups cg;
+	unsigned int overcommit;     /* max vCPUs per host CPU, running VMs */
+	struct mgr_vm *vms;
+};
+
+const char *mgr_state_name(enum mgr_state s);
+/* Opens (creating) the state dir, loads the definitions, re-adopts the
+ * VMMs that are still running. */
+int mgr_open(struct mgr *m, const char *state_dir, const char *cgroup_mode);
+void mgr_close(struct mgr *m);
+struct mgr_vm *mgr_find(struct mgr *m, const char *name);
+/* Reaps exited VMMs and notices dead adopted ones; under m->lock. */
+void mgr_check(struct mgr *m);
+
+/* Error classes, mapped to HTTP statuses by the API. */
+enum mgr_err { MGR_OK, MGR_E_BAD, MGR_E_NOT_FOUND, MGR_E_CONFLICT, MGR_E_FAILED };
+
+/* Each returns MGR_OK or an error class with err_set() detail. */
+enum mgr_err mgr_create(struct mgr *m, struct vm_def *def); /* takes def */
+enum mgr_err mgr_delete(struct mgr *m, const char *name);
+enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm);
+enum mgr_err mgr_stop(struct mgr *m, struct mgr_vm *vm, bool force);
+enum mgr_err mgr_pause(struct mgr *m, struct mgr_vm *vm, bool pause);
+enum mgr_err mgr_patch(struct mgr *m, struct mgr_vm *vm, struct vm_patch *p);
+/* GET /vms/NAME: definition, state, and live counters when running. */
+struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live);
+/* Prometheus text exposition; the caller frees. */
+char *mgr_metrics(struct mgr *m);
+
+/* ---- store (src/mgr/store.c) ---- */
+int store_write_json(const char *path, struct json_object *obj);
+struct json_object *store_read_json(const char *path);
+int store_save_def(struct mgr *m, const struct vm_def *def);
+int store_save_run(struct mgr *m, const struct mgr_vm *vm);
+void store_remove(struct mgr *m, const char *name);
+int store_path(const struct mgr *m, char *buf, size_t size, const char *sub,
+	       const char *name, const char *ext);
+
+/* ---- talking to a VMM's control socket (src/mgr/supervise.c) ---- */
+/* Sends one request line, returns the reply object or NULL with err_set(). */
+struct json_object *vmm_request(const char *sock, const char *request);
+
+/* ---- HTTP API (src/mgr/api.c) ---- */
+struct api;
+struct api *api_start(struct mgr *m, const char *socket_path);
+void api_stop(struct api *api);
+
+#endif

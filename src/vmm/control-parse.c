@@ -1,0 +1,196 @@
+/* Control requests: JSON text → struct control_action (DESIGN §3.6). Every
+ * field is checked; unknown fields are refused so that a typo is an error,
+ * not a silent no-op. Pure functions, unit-tested in tests/unit. */
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vireo/control.h"
+#include "vireo/log.h"
+
+struct action_desc {
+	const char *name;
+	enum control_kind kind;
+	const char *const *fields; /* allowed besides "action", NULL-terminated */
+};
+
+static const char *const no_fields[] = { NULL };
+static const char *const limit_fields[] = { "disk", "bps", "iops", NULL };
+static const char *const pin_fields[] = { "vcpu", "cpus", NULL };
+
+static const struct action_desc actions[] = {
+	{ "info", CONTROL_INFO, no_fields },
+	{ "pause", CONTROL_PAUSE, no_fields },
+	{ "resume", CONTROL_RESUME, no_fields },
+	{ "poweroff", CONTROL_POWEROFF, no_fields },
+	{ "set-limits", CONTROL_SET_LIMITS, limit_fields },
+	{ "pin", CONTROL_PIN, pin_fields },
+};
+
+static bool field_allowed(const struct action_desc *d, const char *key)
+{
+	if (!strcmp(key, "action"))
+		return true;
+	for (const char *const *f = d->fields; *f; f++)
+		if (!strcmp(*f, key))
+			return true;
+	return false;
+}
+
+/* A non-negative integer no larger than max (json-c gives int64). */
+static int get_uint(struct json_object *obj, const char *key, uint64_t max, uint64_t *out)
+{
+	struct json_object *v;
+	int64_t n;
+
+	if (!json_object_object_get_ex(obj, key, &v))
+		return -ENOENT;
+	if (!json_object_is_type(v, json_type_int))
+		return err_set(-EINVAL, "'%s' must be an integer", key);
+	errno = 0;
+	n = json_object_get_int64(v);
+	if (n < 0 || errno == ERANGE || (uint64_t)n > max)
+		return err_set(-EINVAL, "'%s' must be between 0 and %llu", key,
+			       (unsigned long long)max);
+	*out = (uint64_t)n;
+	return 0;
+}
+
+static int parse_cpu_range(const char *tok, cpu_set_t *out)
+{
+	char *end;
+	unsigned long lo, hi;
+
+	if (*tok < '0' || *tok > '9')
+		return -EINVAL;
+	lo = strtoul(tok, &end, 10);
+	hi = lo;
+	if (*end == '-') {
+		if (end[1] < '0' || end[1] > '9')
+			return -EINVAL;
+		hi = strtoul(end + 1, &end, 10);
+	}
+	if (*end || lo > hi || hi >= CPU_SETSIZE)
+		return -EINVAL;
+	for (unsigned long c = lo; c <= hi; c++)
+		CPU_SET(c, out);
+	return 0;
+}
+
+int control_parse_cpulist(const char *text, cpu_set_t *out)
+{
+	char buf[256], *save = NULL;
+
+	CPU_ZERO(out);
+	if (strlen(text) >= sizeof(buf) || !*text)
+		return err_set(-EINVAL, "bad CPU list '%.64s'", text);
+	strcpy(buf, text);
+	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+		if (parse_cpu_range(tok, out))
+			return err_set(-EINVAL, "bad CPU list '%.64s' (want e.g. 0-3,6)", text);
+	if (!CPU_COUNT(out))
+		return err_set(-EINVAL, "empty CPU list");
+	return 0;
+}
+
+static int parse_limits(struct json_object *obj, struct control_action *a)
+{
+	uint64_t disk = 0;
+	int ret = get_uint(obj, "disk", 255, &disk);
+
+	if (ret == -ENOENT)
+		return err_set(-EINVAL, "set-limits needs 'disk' (an index)");
+	if (ret)
+		return ret;
+	a->disk = (unsigned int)disk;
+	ret = get_uint(obj, "bps", UINT64_MAX >> 1, &a->bps);
+	if (ret && ret != -ENOENT)
+		return ret;
+	a->has_bps = !ret;
+	ret = get_uint(obj, "iops", UINT64_MAX >> 1, &a->iops);
+	if (ret && ret != -ENOENT)
+		return ret;
+	a->has_iops = !ret;
+	if (!a->has_bps && !a->has_iops)
+		return err_set(-EINVAL, "set-limits needs 'bps' or 'iops'");
+	return 0;
+}
+
+static int parse_pin(struct json_object *obj, struct control_action *a)
+{
+	struct json_object *v;
+	uint64_t vcpu;
+	int ret = get_uint(obj, "vcpu", 1023, &vcpu);
+
+	if (ret == -ENOENT)
+		return err_set(-EINVAL, "pin needs 'vcpu' (an index)");
+	if (ret)
+		return ret;
+	a->vcpu = (unsigned int)vcpu;
+	if (!json_object_object_get_ex(obj, "cpus", &v) || !json_object_is_type(v, json_type_string))
+		return err_set(-EINVAL, "pin needs 'cpus', a host CPU list like \"0-3,6\"");
+	return control_parse_cpulist(json_object_get_string(v), &a->cpus);
+}
+
+static int parse_object(struct json_object *obj, struct control_action *a)
+{
+	struct json_object *act;
+	const struct action_desc *d = NULL;
+	const char *name;
+
+	if (!json_object_is_type(obj, json_type_object))
+		return err_set(-EINVAL, "a request must be a JSON object");
+	if (!json_object_object_get_ex(obj, "action", &act) ||
+	    !json_object_is_type(act, json_type_string))
+		return err_set(-EINVAL, "a request needs \"action\" (a string)");
+	name = json_object_get_string(act);
+	for (size_t i = 0; i < sizeof(actions) / sizeof(actions[0]); i++)
+		if (!strcmp(actions[i].name, name))
+			d = &actions[i];
+	if (!d)
+		return err_set(-EINVAL, "unknown action '%.64s'", name);
+	json_object_object_foreach(obj, key, val) {
+		(void)val;
+		if (!field_allowed(d, key))
+			return err_set(-EINVAL, "unknown field '%.64s' for action %s", key, d->name);
+	}
+	memset(a, 0, sizeof(*a));
+	a->kind = d->kind;
+	if (a->kind == CONTROL_SET_LIMITS)
+		return parse_limits(obj, a);
+	if (a->kind == CONTROL_PIN)
+		return parse_pin(obj, a);
+	return 0;
+}
+
+int control_parse(const char *text, size_t len, struct control_action *out)
+{
+	struct json_tokener *tok;
+	struct json_object *obj;
+	int ret;
+
+	if (len > CONTROL_MAX_LINE || len > INT32_MAX)
+		return err_set(-EINVAL, "request longer than %d bytes", CONTROL_MAX_LINE);
+	tok = json_tokener_new_ex(32);
+	if (!tok)
+		return err_set(-ENOMEM, "out of memory");
+	obj = json_tokener_parse_ex(tok, text, (int)len);
+	if (!obj || json_tokener_get_error(tok) != json_tokener_success) {
+		ret = err_set(-EINVAL, "malformed JSON: %s",
+			      json_tokener_error_desc(json_tokener_get_error(tok)));
+		goto out;
+	}
+	/* Anything but whitespace after the object is refused. */
+	for (size_t i = json_tokener_get_parse_end(tok); i < len; i++) {
+		if (text[i] != ' ' && text[i] != '\t' && text[i] != '\r' && text[i] != '\n') {
+			ret = err_set(-EINVAL, "trailing data after the JSON object");
+			goto out;
+		}
+	}
+	ret = parse_object(obj, out);
+out:
+	json_object_put(obj);
+	json_tokener_free(tok);
+	return ret;
+}

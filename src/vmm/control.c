@@ -1,0 +1,408 @@
+/* The per-VM control socket: a Unix socket on the VMM's event loop, one
+ * JSON request per line (include/vireo/control.h, docs/api.md). Requests
+ * are applied on the loop thread, which owns the control plane; the vCPU
+ * threads only see the state machine of src/vmm/pause.c. */
+#include <errno.h>
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vireo/block.h"
+#include "vireo/control.h"
+#include "vireo/log.h"
+#include "vireo/ratelimit.h"
+#include "vireo/virtio.h"
+#include "vireo/vmm.h"
+
+struct control_client {
+	int fd;
+	size_t len;
+	char buf[CONTROL_MAX_LINE + 1];
+};
+
+struct control {
+	struct loop *loop;
+	int listen_fd;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct control_target target;
+	struct control_client *clients[CONTROL_MAX_CLIENTS];
+};
+
+struct json_object *control_error(const char *code, const char *message)
+{
+	struct json_object *r = json_object_new_object();
+
+	json_object_object_add(r, "ok", json_object_new_boolean(0));
+	json_object_object_add(r, "code", json_object_new_string(code));
+	json_object_object_add(r, "error", json_object_new_string(message));
+	return r;
+}
+
+static struct json_object *reply_ok(struct vm *vm)
+{
+	struct json_object *r = json_object_new_object();
+
+	json_object_object_add(r, "ok", json_object_new_boolean(1));
+	json_object_object_add(r, "state", json_object_new_string(vm_state_name(vm_get_state(vm))));
+	return r;
+}
+
+static void add_u64(struct json_object *o, const char *key, uint64_t v)
+{
+	json_object_object_add(o, key, json_object_new_uint64(v));
+}
+
+static uint64_t thread_cpu_ns(pthread_t thread)
+{
+	clockid_t clock;
+	struct timespec ts;
+
+	if (pthread_getcpuclockid(thread, &clock) || clock_gettime(clock, &ts))
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static struct json_object *info_vcpus(struct vm *vm)
+{
+	struct json_object *arr = json_object_new_array();
+
+	for (unsigned int i = 0; i < vm->ncpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		struct json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "id", json_object_new_int((int)i));
+		json_object_object_add(o, "tid", json_object_new_int(__atomic_load_n(&v->tid, __ATOMIC_ACQUIRE)));
+		add_u64(o, "exits", __atomic_load_n(&v->exits, __ATOMIC_RELAXED));
+		add_u64(o, "cpu_ns", v->thread_started ? thread_cpu_ns(v->thread) : 0);
+		json_object_array_add(arr, o);
+	}
+	return arr;
+}
+
+static struct json_object *info_disk(const struct control_target *t, unsigned int i)
+{
+	struct json_object *o = json_object_new_object();
+	struct virtio_blk *blk = t->disks[i];
+	const struct virtio_stats *vs = &virtio_blk_dev(blk)->stats;
+	struct ratelimit *rl = virtio_blk_ratelimit(blk);
+	struct blockdev_stats bs;
+
+	blockdev_get_stats(virtio_blk_blockdev(blk), &bs);
+	json_object_object_add(o, "index", json_object_new_int((int)i));
+	json_object_object_add(o, "path", json_object_new_string(t->disk_paths[i]));
+	add_u64(o, "rd_ops", bs.rd_ops);
+	add_u64(o, "wr_ops", bs.wr_ops);
+	add_u64(o, "rd_bytes", bs.rd_bytes);
+	add_u64(o, "wr_bytes", bs.wr_bytes);
+	add_u64(o, "flush_ops", bs.flush_ops);
+	add_u64(o, "discard_ops", bs.discard_ops);
+	add_u64(o, "errors", bs.errors);
+	add_u64(o, "notifies", vs->notifies);
+	add_u64(o, "interrupts", vs->interrupts);
+	add_u64(o, "ring_errors", vs->ring_errors);
+	add_u64(o, "resets", vs->resets);
+	pthread_mutex_lock(&rl->lock);
+	add_u64(o, "bps", rl->bytes.rate);
+	add_u64(o, "iops", rl->ops.rate);
+	add_u64(o, "throttled_ns", rl->throttled_ns);
+	pthread_mutex_unlock(&rl->lock);
+	return o;
+}
+
+static struct json_object *control_info(const struct control_target *t)
+{
+	struct json_object *r = reply_ok(t->vm), *disks = json_object_new_array();
+	uint64_t exits = 0;
+
+	json_object_object_add(r, "pid", json_object_new_int((int)getpid()));
+	json_object_object_add(r, "cpus", json_object_new_int((int)t->vm->ncpus));
+	add_u64(r, "memory", t->vm->mem.size);
+	for (unsigned int i = 0; i < t->vm->ncpus; i++)
+		exits += __atomic_load_n(&t->vm->vcpus[i].exits, __ATOMIC_RELAXED);
+	add_u64(r, "exits", exits);
+	json_object_object_add(r, "vcpus", info_vcpus(t->vm));
+	for (unsigned int i = 0; i < t->ndisks; i++)
+		json_object_array_add(disks, info_disk(t, i));
+	json_object_object_add(r, "disks", disks);
+	return r;
+}
+
+/* Which states each action is legal in (bit per enum vm_state). */
+static bool action_legal(enum control_kind kind, enum vm_state s)
+{
+	switch (kind) {
+	case CONTROL_INFO: return true;
+	case CONTROL_PAUSE: return s == VM_STATE_RUNNING;
+	case CONTROL_RESUME: return s == VM_STATE_PAUSED;
+	case CONTROL_POWEROFF: return s != VM_STATE_STOPPED;
+	case CONTROL_SET_LIMITS:
+	case CONTROL_PIN: return s == VM_STATE_RUNNING || s == VM_STATE_PAUSED;
+	}
+	return false;
+}
+
+static const char *const kind_names[] = {
+	[CONTROL_INFO] = "info", [CONTROL_PAUSE] = "pause", [CONTROL_RESUME] = "resume",
+	[CONTROL_POWEROFF] = "poweroff", [CONTROL_SET_LIMITS] = "set-limits",
+	[CONTROL_PIN] = "pin",
+};
+
+static struct json_object *apply_limits(const struct control_target *t,
+					const struct control_action *a)
+{
+	struct ratelimit *rl;
+	uint64_t bps, iops;
+
+	if (a->disk >= t->ndisks) {
+		char msg[64];
+
+		snprintf(msg, sizeof(msg), "no disk %u (the VM has %u)", a->disk, t->ndisks);
+		return control_error(CONTROL_E_NOT_FOUND, msg);
+	}
+	rl = virtio_blk_ratelimit(t->disks[a->disk]);
+	pthread_mutex_lock(&rl->lock);
+	bps = a->has_bps ? a->bps : rl->bytes.rate;
+	iops = a->has_iops ? a->iops : rl->ops.rate;
+	pthread_mutex_unlock(&rl->lock);
+	ratelimit_set(rl, bps, iops);
+	return reply_ok(t->vm);
+}
+
+static struct json_object *apply_pin(const struct control_target *t, const struct control_action *a)
+{
+	char msg[128];
+	int tid;
+
+	if (a->vcpu >= t->vm->ncpus) {
+		snprintf(msg, sizeof(msg), "no vCPU %u (the VM has %u)", a->vcpu, t->vm->ncpus);
+		return control_error(CONTROL_E_NOT_FOUND, msg);
+	}
+	tid = __atomic_load_n(&t->vm->vcpus[a->vcpu].tid, __ATOMIC_ACQUIRE);
+	if (!tid)
+		return control_error(CONTROL_E_WRONG_STATE, "the vCPU thread has not started");
+	if (sched_setaffinity(tid, sizeof(a->cpus), &a->cpus) < 0) {
+		snprintf(msg, sizeof(msg), "cannot pin vCPU %u: %s", a->vcpu, strerror(errno));
+		return control_error(errno == EINVAL ? CONTROL_E_BAD_REQUEST : CONTROL_E_FAILED, msg);
+	}
+	return reply_ok(t->vm);
+}
+
+struct json_object *control_apply(const struct control_target *t, const struct control_action *a)
+{
+	enum vm_state s = vm_get_state(t->vm);
+	char msg[96];
+
+	if (!action_legal(a->kind, s)) {
+		snprintf(msg, sizeof(msg), "'%s' is not allowed while the VM is %s",
+			 kind_names[a->kind], vm_state_name(s));
+		return control_error(CONTROL_E_WRONG_STATE, msg);
+	}
+	switch (a->kind) {
+	case CONTROL_INFO:
+		return control_info(t);
+	case CONTROL_PAUSE:
+		if (vm_pause(t->vm))
+			return control_error(CONTROL_E_FAILED, err_get());
+		return reply_ok(t->vm);
+	case CONTROL_RESUME:
+		if (vm_resume(t->vm))
+			return control_error(CONTROL_E_WRONG_STATE, err_get());
+		return reply_ok(t->vm);
+	case CONTROL_POWEROFF:
+		vm_request_stop(t->vm, VM_EXIT_POWEROFF);
+		return reply_ok(t->vm);
+	case CONTROL_SET_LIMITS:
+		return apply_limits(t, a);
+	case CONTROL_PIN:
+		return apply_pin(t, a);
+	}
+	return control_error(CONTROL_E_FAILED, "unhandled action");
+}
+
+/* ---- the socket ---- */
+
+static void client_close(struct control *ctl, unsigned int slot)
+{
+	struct control_client *c = ctl->clients[slot];
+
+	loop_del(ctl->loop, c->fd);
+	close(c->fd);
+	free(c);
+	ctl->clients[slot] = NULL;
+}
+
+static int client_send(int fd, struct json_object *reply)
+{
+	size_t len;
+	const char *text = json_object_to_json_string_length(reply, JSON_C_TO_STRING_PLAIN, &len);
+	int ret = 0;
+
+	/* The socket has a send timeout: a client that does not read cannot
+	 * hold the event loop for long. */
+	for (size_t off = 0; off < len + 1 && !ret; ) {
+		const char *p = off < len ? text + off : "\n";
+		size_t n = off < len ? len - off : 1;
+		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			ret = -1;
+		else
+			off += (size_t)w;
+	}
+	json_object_put(reply);
+	return ret;
+}
+
+static int client_request(struct control *ctl, int fd, const char *line, size_t len)
+{
+	struct control_action a;
+
+	if (control_parse(line, len, &a))
+		return client_send(fd, control_error(CONTROL_E_BAD_REQUEST, err_get()));
+	return client_send(fd, control_apply(&ctl->target, &a));
+}
+
+/* Serves every complete line in the buffer; keeps the partial rest. */
+static int client_serve_lines(struct control *ctl, struct control_client *c)
+{
+	char *start = c->buf, *nl;
+
+	while ((nl = memchr(start, '\n', c->len - (size_t)(start - c->buf)))) {
+		size_t n = (size_t)(nl - start);
+
+		if (n && client_request(ctl, c->fd, start, n))
+			return -1;
+		start = nl + 1;
+	}
+	c->len -= (size_t)(start - c->buf);
+	memmove(c->buf, start, c->len);
+	return 0;
+}
+
+static void client_input(struct loop *loop, int fd, uint32_t events, void *opaque)
+{
+	struct control *ctl = opaque;
+	unsigned int slot = 0;
+	struct control_client *c;
+	ssize_t n;
+
+	(void)loop;
+	(void)events;
+	while (slot < CONTROL_MAX_CLIENTS && (!ctl->clients[slot] || ctl->clients[slot]->fd != fd))
+		slot++;
+	if (slot == CONTROL_MAX_CLIENTS)
+		return;
+	c = ctl->clients[slot];
+	n = recv(fd, c->buf + c->len, CONTROL_MAX_LINE - c->len, MSG_DONTWAIT);
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return;
+	if (n <= 0) {
+		/* EOF: a last request without '\n' still gets its answer. */
+		if (n == 0 && c->len)
+			client_request(ctl, fd, c->buf, c->len);
+		client_close(ctl, slot);
+		return;
+	}
+	c->len += (size_t)n;
+	if (client_serve_lines(ctl, c) < 0) {
+		client_close(ctl, slot);
+	} else if (c->len == CONTROL_MAX_LINE) {
+		client_send(fd, control_error(CONTROL_E_BAD_REQUEST, "request line too long"));
+		client_close(ctl, slot);
+	}
+}
+
+static void control_accept(struct loop *loop, int fd, uint32_t events, void *opaque)
+{
+	struct control *ctl = opaque;
+	struct timeval tv = { .tv_sec = 1 };
+	unsigned int slot = 0;
+	int cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+
+	(void)events;
+	if (cfd < 0)
+		return;
+	while (slot < CONTROL_MAX_CLIENTS && ctl->clients[slot])
+		slot++;
+	if (slot == CONTROL_MAX_CLIENTS) {
+		client_send(cfd, control_error(CONTROL_E_FAILED, "too many control connections"));
+		close(cfd);
+		return;
+	}
+	setsockopt(cfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	ctl->clients[slot] = calloc(1, sizeof(struct control_client));
+	if (!ctl->clients[slot]) {
+		close(cfd);
+		return;
+	}
+	ctl->clients[slot]->fd = cfd;
+	if (loop_add(loop, cfd, EPOLLIN, client_input, ctl) < 0) {
+		close(cfd);
+		free(ctl->clients[slot]);
+		ctl->clients[slot] = NULL;
+	}
+}
+
+static int control_listen(struct control *ctl, const char *path)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+
+	if (strlen(path) >= sizeof(addr.sun_path))
+		return err_set(-ENAMETOOLONG, "--api-socket: path longer than %zu bytes",
+			       sizeof(addr.sun_path) - 1);
+	strcpy(addr.sun_path, path);
+	strcpy(ctl->path, path);
+	ctl->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (ctl->listen_fd < 0)
+		return err_set(-errno, "socket: %m");
+	unlink(path); /* a stale socket of an earlier run */
+	if (bind(ctl->listen_fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+		return err_set(-errno, "cannot bind %s: %m", path);
+	if (listen(ctl->listen_fd, 16) < 0)
+		return err_set(-errno, "cannot listen on %s: %m", path);
+	return loop_add(ctl->loop, ctl->listen_fd, EPOLLIN, control_accept, ctl);
+}
+
+struct control *control_create(struct loop *loop, const char *path,
+			       const struct control_target *target)
+{
+	struct control *ctl = calloc(1, sizeof(*ctl));
+
+	if (!ctl) {
+		err_set(-ENOMEM, "out of memory");
+		return NULL;
+	}
+	ctl->loop = loop;
+	ctl->target = *target;
+	ctl->listen_fd = -1;
+	if (control_listen(ctl, path)) {
+		if (ctl->listen_fd >= 0)
+			close(ctl->listen_fd);
+		free(ctl);
+		return NULL;
+	}
+	return ctl;
+}
+
+void control_destroy(struct control *ctl)
+{
+	if (!ctl)
+		return;
+	for (unsigned int i = 0; i < CONTROL_MAX_CLIENTS; i++)
+		if (ctl->clients[i])
+			client_close(ctl, i);
+	loop_del(ctl->loop, ctl->listen_fd);
+	close(ctl->listen_fd);
+	unlink(ctl->path);
+	free(ctl);
+}
