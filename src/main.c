@@ -13,6 +13,8 @@ struct subcommand {
 static const struct subcommand subcommands[] = {
 	{ "run", cmd_run, "run one VM in the foreground (the VMM)" },
 	{ "img", cmd_img, "create, inspect, check, convert and snapshot disk images" },
+	{ "daemon", cmd_daemon, "the host manager: many VMs, JSON API on a Unix socket" },
+	{ "vm", cmd_vm, "client of the daemon: list, create, start, stop, pause, ..." },
 };
 
 static int usage(FILE *out)

@@ -5,5 +5,7 @@
 
 int cmd_run(int argc, char **argv);
 int cmd_img(int argc, char **argv);
+int cmd_daemon(int argc, char **argv);
+int cmd_vm(int argc, char **argv);
 
 #endif

@@ -102,6 +102,8 @@ int cgroup_vm_attach(const struct cgroups *cg, const char *name, pid_t pid);
 /* CPU time of everything in the VM's cgroup, ns; 0 if unknown. */
 uint64_t cgroup_vm_cpu_ns(const struct cgroups *cg, const char *name);
 void cgroup_vm_remove(const struct cgroups *cg, const char *name);
+/* Removes the base directories if no VM cgroup is left in them. */
+void cgroup_cleanup(const struct cgroups *cg);
 
 /* ---- the manager (src/mgr/mgr.c, supervise.c, store.c) ---- */
 
@@ -160,9 +162,21 @@ void store_remove(struct mgr *m, const char *name);
 int store_path(const struct mgr *m, char *buf, size_t size, const char *sub,
 	       const char *name, const char *ext);
 
-/* ---- talking to a VMM's control socket (src/mgr/supervise.c) ---- */
-/* Sends one request line, returns the reply object or NULL with err_set(). */
+/* ---- VMM processes (src/mgr/supervise.c); all under m->lock ---- */
+/* Sends one request line to a control socket; returns the reply object or
+ * NULL with err_set(). */
 struct json_object *vmm_request(const char *sock, const char *request);
+/* Starts the VMM of vm in its cgroup and waits until its socket answers. */
+int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock);
+int vmm_apply_pins(const char *sock, const struct vm_def *def);
+/* Whether vm->pid is still the VMM we started (pid and start time). */
+bool vmm_alive(const struct mgr_vm *vm);
+/* Has the VMM ended? If so, records why (state, reason) and returns true. */
+bool vmm_reap(struct mgr *m, struct mgr_vm *vm);
+void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known);
+int vmm_wait_exit(struct mgr *m, struct mgr_vm *vm, int timeout_ms);
+/* SIGKILL, then waits; the VM ends "stopped". */
+int vmm_kill(struct mgr *m, struct mgr_vm *vm);
 
 /* ---- HTTP API (src/mgr/api.c) ---- */
 struct api;

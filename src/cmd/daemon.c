@@ -1,0 +1,134 @@
+/* vireo daemon: the host manager (DESIGN §1). Serves the HTTP API on a
+ * Unix socket and supervises one VMM per VM; VMMs outlive the daemon and
+ * are re-adopted when it starts again (docs/api.md). */
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "vireo/cmd.h"
+#include "vireo/log.h"
+#include "vireo/mgr.h"
+
+#define CHECK_INTERVAL_MS 100
+
+static const char daemon_usage[] =
+	"usage: vireo daemon --state-dir DIR --socket PATH [--cgroup=auto|v2|v1|none]\n"
+	"                    [--overcommit N] [--verbose]\n"
+	"\n"
+	"  --state-dir DIR   VM definitions, runtime records, sockets and logs\n"
+	"  --socket PATH     the HTTP API's Unix socket (curl --unix-socket PATH)\n"
+	"  --cgroup MODE     cgroup hierarchy for VMMs (default auto: v2, else v1)\n"
+	"  --overcommit N    max vCPUs of running VMs per host CPU (default 16)\n"
+	"  --verbose         log VM state changes\n"
+	"\n"
+	"SIGTERM or SIGINT stops the daemon; running VMs keep running and are\n"
+	"re-adopted by the next daemon on the same state dir.\n";
+
+struct daemon_options {
+	const char *state_dir, *socket, *cgroup;
+	unsigned int overcommit;
+};
+
+static int parse_options(int argc, char **argv, struct daemon_options *o)
+{
+	static const struct option longopts[] = {
+		{ "state-dir", required_argument, NULL, 'd' },
+		{ "socket", required_argument, NULL, 's' },
+		{ "cgroup", required_argument, NULL, 'c' },
+		{ "overcommit", required_argument, NULL, 'o' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	char *end;
+	int c;
+
+	*o = (struct daemon_options){ .overcommit = 16 };
+	while ((c = getopt_long(argc, argv, "hv", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'd': o->state_dir = optarg; break;
+		case 's': o->socket = optarg; break;
+		case 'c':
+			if (strcmp(optarg, "auto") && strcmp(optarg, "v1") && strcmp(optarg, "v2") &&
+			    strcmp(optarg, "none"))
+				return err_set(-EINVAL, "--cgroup must be auto, v2, v1 or none");
+			o->cgroup = strcmp(optarg, "auto") ? optarg : NULL;
+			break;
+		case 'o':
+			o->overcommit = (unsigned int)strtoul(optarg, &end, 10);
+			if (*end || !*optarg || o->overcommit == 0 || o->overcommit > 1000)
+				return err_set(-EINVAL, "--overcommit must be 1 to 1000");
+			break;
+		case 'v': log_set_level(LOG_INFO); break;
+		case 'h': fputs(daemon_usage, stdout); exit(0);
+		default: return err_set(-EINVAL, "see 'vireo daemon --help'");
+		}
+	}
+	if (optind < argc)
+		return err_set(-EINVAL, "unexpected argument '%s'", argv[optind]);
+	if (!o->state_dir || !o->socket)
+		return err_set(-EINVAL, "--state-dir and --socket are required");
+	return 0;
+}
+
+/* The supervisor: checks the VMMs until SIGTERM or SIGINT. */
+static void supervise(struct mgr *m, int sfd)
+{
+	struct pollfd p = { .fd = sfd, .events = POLLIN };
+
+	for (;;) {
+		int n = poll(&p, 1, CHECK_INTERVAL_MS);
+
+		if (n > 0)
+			return;
+		pthread_mutex_lock(&m->lock);
+		mgr_check(m);
+		pthread_mutex_unlock(&m->lock);
+	}
+}
+
+int cmd_daemon(int argc, char **argv)
+{
+	static struct mgr m;
+	struct daemon_options o;
+	struct api *api;
+	sigset_t set;
+	int sfd;
+
+	if (parse_options(argc, argv, &o)) {
+		fprintf(stderr, "vireo: %s\n", err_get());
+		return 2;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	/* Blocked before any thread starts, so only the signalfd sees them. */
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	sfd = signalfd(-1, &set, SFD_CLOEXEC);
+	if (sfd < 0 || mgr_open(&m, o.state_dir, o.cgroup)) {
+		fprintf(stderr, "vireo: %s\n", sfd < 0 ? strerror(errno) : err_get());
+		return 1;
+	}
+	m.overcommit = o.overcommit;
+	api = api_start(&m, o.socket);
+	if (!api) {
+		fprintf(stderr, "vireo: %s\n", err_get());
+		return 1;
+	}
+	fprintf(stderr, "vireo: daemon listening on %s (state %s, cgroup %s)\n", o.socket,
+		m.state_dir, cgroup_mode_name(m.cg.mode));
+	supervise(&m, sfd);
+	api_stop(api);
+	pthread_mutex_lock(&m.lock);
+	mgr_close(&m);
+	pthread_mutex_unlock(&m.lock);
+	close(sfd);
+	return 0;
+}

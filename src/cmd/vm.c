@@ -1,0 +1,465 @@
+/* vireo vm: the command-line client of the daemon's HTTP API (docs/api.md).
+ * A minimal HTTP/1.1 client over the Unix socket: one request per
+ * connection, "Connection: close", body read to EOF. */
+#include <errno.h>
+#include <getopt.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "vireo/cmd.h"
+#include "vireo/log.h"
+#include "vireo/size.h"
+
+#define DEFAULT_SOCKET "/run/vireo/vireo.sock"
+#define MAX_REPLY (4 << 20)
+
+static const char vm_usage[] =
+	"usage: vireo vm [--socket PATH] [--output=text|json] COMMAND [ARGS]\n"
+	"\n"
+	"  list                      VMs and their states\n"
+	"  create NAME --kernel FILE [--cpus N] [--memory SIZE] [--cmdline TEXT]\n"
+	"         [--disk path=FILE[,format=F][,readonly][,bps=SIZE][,iops=N]]...\n"
+	"         [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
+	"  create --file DEF.json    the definition as JSON (docs/api.md)\n"
+	"  start|pause|resume|delete NAME\n"
+	"  stop NAME [--force]       power off (--force: kill the VMM)\n"
+	"  info NAME                 definition, state and live counters (JSON)\n"
+	"  set NAME [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
+	"         [--disk-limit INDEX[,bps=SIZE][,iops=N]]...\n"
+	"  metrics                   the Prometheus metrics\n"
+	"\n"
+	"The socket is --socket, else $VIREO_SOCKET, else " DEFAULT_SOCKET ".\n";
+
+struct http_reply {
+	int status;
+	char *body;   /* NUL-terminated, inside raw */
+	char *raw;
+};
+
+struct vm_cli {
+	const char *socket;
+	bool json;
+};
+
+static int http_connect(const char *path)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	int fd;
+
+	if (strlen(path) >= sizeof(addr.sun_path))
+		return err_set(-ENAMETOOLONG, "socket path too long");
+	strcpy(addr.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return err_set(-errno, "socket: %m");
+	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+		int ret = err_set(-errno, "cannot connect to the daemon at %s: %m", path);
+
+		close(fd);
+		return ret;
+	}
+	return fd;
+}
+
+static int send_all(int fd, const char *p, size_t len)
+{
+	while (len) {
+		ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return err_set(-errno, "cannot send to the daemon: %m");
+		p += w;
+		len -= (size_t)w;
+	}
+	return 0;
+}
+
+static int recv_all(int fd, struct http_reply *r)
+{
+	size_t len = 0, cap = 65536;
+
+	r->raw = malloc(cap + 1);
+	while (r->raw) {
+		ssize_t n;
+
+		if (len == cap) {
+			char *nr = cap < MAX_REPLY ? realloc(r->raw, cap * 2 + 1) : NULL;
+
+			if (!nr)
+				return err_set(-EFBIG, "reply too large");
+			r->raw = nr;
+			cap *= 2;
+		}
+		n = recv(fd, r->raw + len, cap - len, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return err_set(-errno, "cannot read from the daemon: %m");
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	if (!r->raw)
+		return err_set(-ENOMEM, "out of memory");
+	r->raw[len] = '\0';
+	return 0;
+}
+
+static int http_request(const struct vm_cli *cli, const char *method, const char *path,
+			const char *body, struct http_reply *r)
+{
+	char head[512];
+	int fd, ret, n;
+	char *sep;
+
+	memset(r, 0, sizeof(*r));
+	fd = http_connect(cli->socket);
+	if (fd < 0)
+		return fd;
+	n = snprintf(head, sizeof(head), "%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+		     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+		     method, path, body ? strlen(body) : 0);
+	ret = n >= (int)sizeof(head) ? err_set(-EINVAL, "request too long") :
+	      send_all(fd, head, (size_t)n);
+	if (!ret && body)
+		ret = send_all(fd, body, strlen(body));
+	if (!ret)
+		ret = recv_all(fd, r);
+	close(fd);
+	if (ret)
+		return ret;
+	sep = strstr(r->raw, "\r\n\r\n");
+	if (sscanf(r->raw, "HTTP/1.%*d %d", &r->status) != 1 || !sep)
+		return err_set(-EPROTO, "bad reply from the daemon");
+	r->body = sep + 4;
+	return 0;
+}
+
+/* Runs a request; prints the error of a non-2xx reply. Returns the parsed
+ * JSON body (or NULL for text), *ok says whether it succeeded. */
+static struct json_object *call(const struct vm_cli *cli, const char *method, const char *path,
+				const char *body, bool *ok)
+{
+	struct http_reply r;
+	struct json_object *obj = NULL, *e;
+
+	*ok = false;
+	if (http_request(cli, method, path, body, &r)) {
+		fprintf(stderr, "vireo: %s\n", err_get());
+		free(r.raw);
+		return NULL;
+	}
+	obj = json_tokener_parse(r.body);
+	if (r.status >= 200 && r.status < 300) {
+		*ok = true;
+	} else {
+		fprintf(stderr, "vireo: %s (HTTP %d)\n", obj && json_object_object_get_ex(obj, "error", &e) ?
+			json_object_get_string(e) : r.body, r.status);
+	}
+	free(r.raw);
+	return obj;
+}
+
+static const char *str(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
+}
+
+static void print_json(struct json_object *o)
+{
+	puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+}
+
+static int cmd_list(const struct vm_cli *cli)
+{
+	bool ok;
+	struct json_object *o = call(cli, "GET", "/vms", NULL, &ok), *vms;
+	char mem[32];
+
+	if (!ok) {
+		json_object_put(o);
+		return 1;
+	}
+	if (cli->json) {
+		print_json(o);
+	} else {
+		printf("%-20s %-8s %4s %10s %6s %5s %7s  %s\n", "NAME", "STATE", "CPUS", "MEMORY",
+		       "WEIGHT", "MAX%", "PID", "REASON");
+		json_object_object_get_ex(o, "vms", &vms);
+		for (size_t i = 0; vms && i < json_object_array_length(vms); i++) {
+			struct json_object *v = json_object_array_get_idx(vms, i), *x;
+
+			json_object_object_get_ex(v, "memory", &x);
+			size_format((uint64_t)json_object_get_int64(x), mem, sizeof(mem));
+			printf("%-20s %-8s %4s %10s %6s %5s %7s  %s\n", str(v, "name"), str(v, "state"),
+			       str(v, "cpus"), mem, str(v, "cpu_weight"), str(v, "cpu_max"),
+			       str(v, "pid"), str(v, "reason"));
+		}
+	}
+	json_object_put(o);
+	return 0;
+}
+
+/* "path=F,format=raw,readonly,bps=10M,iops=5" → a disk object. */
+static struct json_object *parse_disk(char *spec, bool limit_only)
+{
+	struct json_object *d = json_object_new_object();
+	char *save = NULL;
+
+	for (char *tok = strtok_r(spec, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(tok, '=');
+		uint64_t v;
+
+		if (eq)
+			*eq++ = '\0';
+		if (!strcmp(tok, "path") && eq && !limit_only) {
+			json_object_object_add(d, "path", json_object_new_string(eq));
+		} else if (!strcmp(tok, "format") && eq && !limit_only) {
+			json_object_object_add(d, "format", json_object_new_string(eq));
+		} else if (!strcmp(tok, "readonly") && !eq && !limit_only) {
+			json_object_object_add(d, "readonly", json_object_new_boolean(1));
+		} else if ((!strcmp(tok, "bps") || !strcmp(tok, "iops")) && eq && !size_parse(eq, &v)) {
+			json_object_object_add(d, tok, json_object_new_int64((int64_t)v));
+		} else {
+			json_object_put(d);
+			err_set(-EINVAL, "bad disk item '%s'", tok);
+			return NULL;
+		}
+	}
+	return d;
+}
+
+static int add_number(struct json_object *o, const char *key, const char *text)
+{
+	char *end;
+	long long v = strtoll(text, &end, 10);
+
+	if (*end || !*text)
+		return err_set(-EINVAL, "--%s needs a number", key);
+	json_object_object_add(o, key, json_object_new_int64(v));
+	return 0;
+}
+
+/* Flags shared by create and set; fills `o`. */
+static int parse_def_flags(int argc, char **argv, struct json_object *o, bool create,
+			   const char **file)
+{
+	static const struct option longopts[] = {
+		{ "kernel", required_argument, NULL, 'k' }, { "cpus", required_argument, NULL, 'n' },
+		{ "memory", required_argument, NULL, 'm' }, { "cmdline", required_argument, NULL, 'c' },
+		{ "disk", required_argument, NULL, 'd' }, { "cpu-weight", required_argument, NULL, 'w' },
+		{ "cpu-max", required_argument, NULL, 'x' }, { "cpu-pin", required_argument, NULL, 'p' },
+		{ "disk-limit", required_argument, NULL, 'l' }, { "file", required_argument, NULL, 'f' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct json_object *disks = json_object_new_array(), *pins = json_object_new_array();
+	int c, ret = 0;
+
+	optind = 1;
+	while (!ret && (c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		bool create_only = strchr("knmcdf", c) != NULL;
+		struct json_object *d;
+
+		if (c == '?' || (create_only && !create) || (c == 'l' && create)) {
+			ret = err_set(-EINVAL, "bad option (see 'vireo vm --help')");
+			break;
+		}
+		switch (c) {
+		case 'k': json_object_object_add(o, "kernel", json_object_new_string(optarg)); break;
+		case 'm': json_object_object_add(o, "memory", json_object_new_string(optarg)); break;
+		case 'c': json_object_object_add(o, "cmdline", json_object_new_string(optarg)); break;
+		case 'n': ret = add_number(o, "cpus", optarg); break;
+		case 'w': ret = add_number(o, "cpu_weight", optarg); break;
+		case 'x': ret = add_number(o, "cpu_max", optarg); break;
+		case 'p': json_object_array_add(pins, json_object_new_string(optarg)); break;
+		case 'f': *file = optarg; break;
+		case 'd':
+		case 'l': {
+			char *spec = optarg, *comma;
+
+			if (c == 'l') {
+				comma = strchr(spec, ',');
+				if (comma)
+					*comma = '\0';
+				d = comma ? parse_disk(comma + 1, true) : NULL;
+				if (d && add_number(d, "disk", spec)) {
+					json_object_put(d);
+					d = NULL;
+				}
+			} else {
+				d = parse_disk(spec, false);
+			}
+			if (!d)
+				ret = -EINVAL;
+			else
+				json_object_array_add(disks, d);
+			break;
+		}
+		}
+	}
+	if (!ret && json_object_array_length(pins))
+		json_object_object_add(o, "cpu_pin", json_object_get(pins));
+	if (!ret && json_object_array_length(disks))
+		json_object_object_add(o, create ? "disks" : "disk_limits", json_object_get(disks));
+	json_object_put(pins);
+	json_object_put(disks);
+	if (!ret && optind < argc)
+		ret = err_set(-EINVAL, "unexpected argument '%s'", argv[optind]);
+	return ret;
+}
+
+static int print_state(const struct vm_cli *cli, struct json_object *o, bool ok)
+{
+	if (ok && cli->json)
+		print_json(o);
+	else if (ok)
+		printf("%s: %s\n", str(o, "name"), str(o, "state"));
+	json_object_put(o);
+	return ok ? 0 : 1;
+}
+
+static int cmd_create(const struct vm_cli *cli, int argc, char **argv)
+{
+	struct json_object *def = json_object_new_object(), *o;
+	const char *file = NULL, *name = argc > 1 && argv[1][0] != '-' ? argv[1] : NULL;
+	bool ok;
+
+	if (parse_def_flags(name ? argc - 1 : argc, name ? argv + 1 : argv, def, true, &file)) {
+		fprintf(stderr, "vireo: %s\n", err_get());
+		json_object_put(def);
+		return 2;
+	}
+	if (file) {
+		json_object_put(def);
+		def = json_object_from_file(file);
+		if (!def) {
+			fprintf(stderr, "vireo: %s: %s\n", file, json_util_get_last_err());
+			return 1;
+		}
+	}
+	if (name)
+		json_object_object_add(def, "name", json_object_new_string(name));
+	o = call(cli, "POST", "/vms", json_object_to_json_string(def), &ok);
+	json_object_put(def);
+	return print_state(cli, o, ok);
+}
+
+static int cmd_set(const struct vm_cli *cli, int argc, char **argv)
+{
+	struct json_object *patch = json_object_new_object(), *o;
+	const char *file = NULL;
+	char path[128];
+	bool ok;
+
+	if (argc < 2 || parse_def_flags(argc - 1, argv + 1, patch, false, &file)) {
+		fprintf(stderr, "vireo: %s\n", argc < 2 ? "set needs a VM name" : err_get());
+		json_object_put(patch);
+		return 2;
+	}
+	snprintf(path, sizeof(path), "/vms/%.100s", argv[1]);
+	o = call(cli, "PATCH", path, json_object_to_json_string(patch), &ok);
+	json_object_put(patch);
+	return print_state(cli, o, ok);
+}
+
+/* start, stop, pause, resume, delete, info: COMMAND NAME [--force]. */
+static int cmd_simple(const struct vm_cli *cli, const char *cmd, int argc, char **argv)
+{
+	bool force = argc == 3 && !strcmp(argv[2], "--force"), ok;
+	struct json_object *o;
+	char path[160];
+
+	if (argc < 2 || (argc > 2 && !force) || (force && strcmp(cmd, "stop"))) {
+		fprintf(stderr, "vireo: usage: vireo vm %s NAME%s\n", cmd,
+			!strcmp(cmd, "stop") ? " [--force]" : "");
+		return 2;
+	}
+	if (strlen(argv[1]) > 100 || strchr(argv[1], '?') || strchr(argv[1], '#') ||
+	    strchr(argv[1], ' ')) {
+		fprintf(stderr, "vireo: bad VM name\n");
+		return 2;
+	}
+	if (!strcmp(cmd, "info") || !strcmp(cmd, "delete")) {
+		snprintf(path, sizeof(path), "/vms/%s", argv[1]);
+		o = call(cli, !strcmp(cmd, "info") ? "GET" : "DELETE", path, NULL, &ok);
+		if (ok && (!strcmp(cmd, "info") || cli->json))
+			print_json(o);
+		else if (ok)
+			printf("%s: deleted\n", argv[1]);
+		json_object_put(o);
+		return ok ? 0 : 1;
+	}
+	snprintf(path, sizeof(path), "/vms/%s/%s", argv[1], cmd);
+	o = call(cli, "POST", path, force ? "{\"force\":true}" : NULL, &ok);
+	return print_state(cli, o, ok);
+}
+
+static int cmd_metrics(const struct vm_cli *cli)
+{
+	struct http_reply r;
+
+	if (http_request(cli, "GET", "/metrics", NULL, &r)) {
+		fprintf(stderr, "vireo: %s\n", err_get());
+		free(r.raw);
+		return 1;
+	}
+	fputs(r.body, stdout);
+	free(r.raw);
+	return r.status == 200 ? 0 : 1;
+}
+
+int cmd_vm(int argc, char **argv)
+{
+	struct vm_cli cli = { .socket = getenv("VIREO_SOCKET") };
+	int i = 1;
+	const char *cmd;
+
+	if (!cli.socket)
+		cli.socket = DEFAULT_SOCKET;
+	for (; i < argc && argv[i][0] == '-'; i++) {
+		if (!strcmp(argv[i], "--socket") && i + 1 < argc)
+			cli.socket = argv[++i];
+		else if (!strncmp(argv[i], "--socket=", 9))
+			cli.socket = argv[i] + 9;
+		else if (!strcmp(argv[i], "--output=json") || !strcmp(argv[i], "--json"))
+			cli.json = true;
+		else if (!strcmp(argv[i], "--output=text"))
+			cli.json = false;
+		else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+			return fputs(vm_usage, stdout), 0;
+		else
+			return fprintf(stderr, "vireo: unknown option '%s'\n%s", argv[i], vm_usage), 2;
+	}
+	if (i == argc)
+		return fputs(vm_usage, stderr), 2;
+	cmd = argv[i];
+	argc -= i;
+	argv += i;
+	/* --output=json may also follow the command (vireo vm list --output=json). */
+	if (argc >= 2 && (!strcmp(argv[argc - 1], "--output=json") || !strcmp(argv[argc - 1], "--json"))) {
+		cli.json = true;
+		argc--;
+	}
+	if (!strcmp(cmd, "list"))
+		return argc == 1 ? cmd_list(&cli) : (fputs(vm_usage, stderr), 2);
+	if (!strcmp(cmd, "create"))
+		return cmd_create(&cli, argc, argv);
+	if (!strcmp(cmd, "set"))
+		return cmd_set(&cli, argc, argv);
+	if (!strcmp(cmd, "metrics"))
+		return cmd_metrics(&cli);
+	if (!strcmp(cmd, "start") || !strcmp(cmd, "stop") || !strcmp(cmd, "pause") ||
+	    !strcmp(cmd, "resume") || !strcmp(cmd, "delete") || !strcmp(cmd, "info"))
+		return cmd_simple(&cli, cmd, argc, argv);
+	fprintf(stderr, "vireo: unknown vm command '%s'\n%s", cmd, vm_usage);
+	return 2;
+}

@@ -1,0 +1,482 @@
+/* The daemon's HTTP/1.1 JSON API on a Unix socket (libmicrohttpd), so that
+ * `curl --unix-socket PATH http://localhost/vms` works. Routes and bodies
+ * are documented in docs/api.md. One MHD thread serves every connection;
+ * each request runs under mgr->lock, so two clients changing one VM are
+ * served one after the other, each with a consistent answer. Bodies are
+ * capped at MGR_MAX_BODY (413 past it); every error is a JSON object
+ * {"error": MESSAGE, "code": CLASS} with an HTTP status. */
+#include <errno.h>
+#include <json-c/json.h>
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "vireo/log.h"
+#include "vireo/mgr.h"
+
+struct api {
+	struct mgr *mgr;
+	struct MHD_Daemon *mhd;
+	int fd;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+};
+
+/* One request's upload. */
+struct upload {
+	size_t len;
+	bool too_big;
+	char *body;
+};
+
+struct reply {
+	unsigned int status;
+	struct json_object *json; /* or text */
+	char *text;
+	const char *allow;        /* for 405 */
+};
+
+static void reply_error(struct reply *r, unsigned int status, const char *code, const char *msg)
+{
+	r->status = status;
+	r->json = json_object_new_object();
+	json_object_object_add(r->json, "error", json_object_new_string(msg));
+	json_object_object_add(r->json, "code", json_object_new_string(code));
+}
+
+static void reply_mgr_error(struct reply *r, enum mgr_err e)
+{
+	static const struct { unsigned int status; const char *code; } map[] = {
+		[MGR_OK] = { 200, "ok" },
+		[MGR_E_BAD] = { 400, "bad-request" },
+		[MGR_E_NOT_FOUND] = { 404, "not-found" },
+		[MGR_E_CONFLICT] = { 409, "conflict" },
+		[MGR_E_FAILED] = { 500, "failed" },
+	};
+
+	reply_error(r, map[e].status, map[e].code, err_get());
+}
+
+/* The body as a JSON object; an empty body is NULL with no error when
+ * `optional`. Returns -1 after filling a 400 reply. */
+static int parse_body(const struct upload *u, bool optional, struct json_object **out,
+		      struct reply *r)
+{
+	struct json_tokener *tok;
+	struct json_object *obj;
+	enum json_tokener_error jerr;
+
+	*out = NULL;
+	if (!u->len) {
+		if (optional)
+			return 0;
+		reply_error(r, 400, "bad-request", "this request needs a JSON body");
+		return -1;
+	}
+	tok = json_tokener_new_ex(32);
+	obj = tok ? json_tokener_parse_ex(tok, u->body, (int)u->len) : NULL;
+	jerr = tok ? json_tokener_get_error(tok) : json_tokener_error_parse_unexpected;
+	if (obj && jerr == json_tokener_success) {
+		for (size_t i = json_tokener_get_parse_end(tok); i < u->len && obj; i++)
+			if (!strchr(" \t\r\n", u->body[i])) {
+				json_object_put(obj);
+				obj = NULL;
+			}
+	}
+	json_tokener_free(tok);
+	if (!obj || jerr != json_tokener_success || !json_object_is_type(obj, json_type_object)) {
+		char msg[160];
+
+		snprintf(msg, sizeof(msg), "the body must be one JSON object (%s)",
+			 obj || jerr == json_tokener_success ? "trailing data or not an object" :
+			 jerr == json_tokener_continue ? "unexpected end of the body" :
+			 json_tokener_error_desc(jerr));
+		json_object_put(obj);
+		reply_error(r, 400, "bad-request", msg);
+		return -1;
+	}
+	*out = obj;
+	return 0;
+}
+
+static void route_list(struct mgr *m, struct reply *r)
+{
+	struct json_object *arr = json_object_new_array();
+
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		json_object_array_add(arr, mgr_vm_json(m, vm, false));
+	r->json = json_object_new_object();
+	json_object_object_add(r->json, "vms", arr);
+	json_object_object_add(r->json, "cgroup", json_object_new_string(cgroup_mode_name(m->cg.mode)));
+	if (m->cg.mode == CGROUP_NONE)
+		json_object_object_add(r->json, "cgroup_reason", json_object_new_string(m->cg.reason));
+	r->status = 200;
+}
+
+static void route_create(struct mgr *m, const struct upload *u, struct reply *r)
+{
+	struct json_object *body;
+	struct vm_def def;
+	char name[MGR_NAME_MAX + 1];
+	enum mgr_err e;
+
+	if (parse_body(u, false, &body, r))
+		return;
+	if (vm_def_from_json(body, &def)) {
+		json_object_put(body);
+		reply_error(r, 400, "bad-request", err_get());
+		return;
+	}
+	json_object_put(body);
+	if (access(def.kernel, R_OK) < 0) {
+		err_set(-errno, "cannot read kernel %s: %m", def.kernel);
+		vm_def_free(&def);
+		reply_mgr_error(r, MGR_E_BAD);
+		return;
+	}
+	strcpy(name, def.name);
+	e = mgr_create(m, &def);
+	if (e != MGR_OK)
+		return reply_mgr_error(r, e);
+	r->status = 201;
+	r->json = mgr_vm_json(m, mgr_find(m, name), false);
+}
+
+static void route_patch(struct mgr *m, struct mgr_vm *vm, const struct upload *u, struct reply *r)
+{
+	struct json_object *body;
+	struct vm_patch p;
+	enum mgr_err e;
+
+	if (parse_body(u, false, &body, r))
+		return;
+	if (vm_patch_from_json(body, &vm->def, &p)) {
+		json_object_put(body);
+		return reply_error(r, 400, "bad-request", err_get());
+	}
+	json_object_put(body);
+	e = mgr_patch(m, vm, &p);
+	vm_patch_free(&p);
+	if (e != MGR_OK)
+		return reply_mgr_error(r, e);
+	r->status = 200;
+	r->json = mgr_vm_json(m, vm, false);
+}
+
+/* Body of start/pause/resume: none or {}; of stop: {"force": bool}. */
+static int action_body(const struct upload *u, bool stop, bool *force, struct reply *r)
+{
+	struct json_object *body, *v;
+	int ret = 0;
+
+	*force = false;
+	if (parse_body(u, true, &body, r))
+		return -1;
+	if (!body)
+		return 0;
+	json_object_object_foreach(body, key, val) {
+		(void)val;
+		if (!stop || strcmp(key, "force")) {
+			char msg[128];
+
+			snprintf(msg, sizeof(msg), "unknown field '%.64s'", key);
+			reply_error(r, 400, "bad-request", msg);
+			ret = -1;
+			break;
+		}
+	}
+	if (!ret && json_object_object_get_ex(body, "force", &v)) {
+		if (!json_object_is_type(v, json_type_boolean)) {
+			reply_error(r, 400, "bad-request", "'force' must be true or false");
+			ret = -1;
+		}
+		*force = json_object_get_boolean(v);
+	}
+	json_object_put(body);
+	return ret;
+}
+
+static void route_action(struct mgr *m, struct mgr_vm *vm, const char *action,
+			 const struct upload *u, struct reply *r)
+{
+	bool force;
+	enum mgr_err e;
+
+	if (strcmp(action, "start") && strcmp(action, "stop") && strcmp(action, "pause") &&
+	    strcmp(action, "resume"))
+		return reply_error(r, 404, "not-found", "unknown action (start, stop, pause, resume)");
+	if (action_body(u, !strcmp(action, "stop"), &force, r))
+		return;
+	if (!strcmp(action, "start"))
+		e = mgr_start(m, vm);
+	else if (!strcmp(action, "stop"))
+		e = mgr_stop(m, vm, force);
+	else
+		e = mgr_pause(m, vm, !strcmp(action, "pause"));
+	if (e != MGR_OK)
+		return reply_mgr_error(r, e);
+	r->status = 200;
+	r->json = mgr_vm_json(m, vm, false);
+}
+
+static void route_vm(struct mgr *m, const char *method, const char *name, const char *action,
+		     const struct upload *u, struct reply *r)
+{
+	struct mgr_vm *vm;
+	char msg[128];
+
+	if (!vm_name_valid(name))
+		return reply_error(r, 400, "bad-request", "bad VM name: 1 to 64 of A-Z a-z 0-9 _ . -, "
+				   "not starting with '.' or '-'");
+	vm = mgr_find(m, name);
+	if (!vm) {
+		snprintf(msg, sizeof(msg), "no VM named '%s'", name);
+		return reply_error(r, 404, "not-found", msg);
+	}
+	if (action) {
+		if (strcmp(method, "POST")) {
+			r->allow = "POST";
+			return reply_error(r, 405, "method-not-allowed", "use POST");
+		}
+		return route_action(m, vm, action, u, r);
+	}
+	if (!strcmp(method, "GET")) {
+		r->status = 200;
+		r->json = mgr_vm_json(m, vm, true);
+	} else if (!strcmp(method, "PATCH")) {
+		route_patch(m, vm, u, r);
+	} else if (!strcmp(method, "DELETE")) {
+		enum mgr_err e = mgr_delete(m, name);
+
+		if (e != MGR_OK)
+			return reply_mgr_error(r, e);
+		r->status = 200;
+		r->json = json_object_new_object();
+		json_object_object_add(r->json, "deleted", json_object_new_string(name));
+	} else {
+		r->allow = "GET, PATCH, DELETE";
+		reply_error(r, 405, "method-not-allowed", "use GET, PATCH or DELETE");
+	}
+}
+
+/* Splits "/vms/NAME/ACTION" into at most 3 segments; -1 if more or empty
+ * segments in the middle. */
+static int split_url(const char *url, char seg[3][MGR_NAME_MAX + 2])
+{
+	int n = 0;
+
+	if (*url != '/')
+		return -1;
+	while (*url == '/' && url[1]) {
+		const char *start = ++url;
+		size_t len = strcspn(start, "/");
+
+		if (n == 3 || len == 0 || len > MGR_NAME_MAX + 1)
+			return -1;
+		memcpy(seg[n], start, len);
+		seg[n++][len] = '\0';
+		url += len;
+	}
+	return *url && strcmp(url, "/") ? -1 : n;
+}
+
+static void route(struct mgr *m, const char *method, const char *url, const struct upload *u,
+		  struct reply *r)
+{
+	char seg[3][MGR_NAME_MAX + 2];
+	int n = split_url(url, seg);
+
+	if (n == 1 && !strcmp(seg[0], "metrics")) {
+		if (strcmp(method, "GET")) {
+			r->allow = "GET";
+			return reply_error(r, 405, "method-not-allowed", "use GET");
+		}
+		r->status = 200;
+		r->text = mgr_metrics(m);
+		return;
+	}
+	if (n < 1 || strcmp(seg[0], "vms"))
+		return reply_error(r, 404, "not-found", "no such route (see docs/api.md)");
+	if (n == 1 && !strcmp(method, "GET"))
+		return route_list(m, r);
+	if (n == 1 && !strcmp(method, "POST"))
+		return route_create(m, u, r);
+	if (n == 1) {
+		r->allow = "GET, POST";
+		return reply_error(r, 405, "method-not-allowed", "use GET or POST");
+	}
+	route_vm(m, method, seg[1], n == 3 ? seg[2] : NULL, u, r);
+}
+
+static enum MHD_Result send_reply(struct MHD_Connection *c, struct reply *r)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+	const char *type = r->text ? "text/plain; version=0.0.4" : "application/json";
+	size_t len;
+	const char *body;
+	char *json_text = NULL;
+
+	if (r->text) {
+		body = r->text;
+		len = strlen(body);
+	} else {
+		body = json_object_to_json_string_length(r->json, JSON_C_TO_STRING_PLAIN |
+							 JSON_C_TO_STRING_NOSLASHESCAPE, &len);
+		if (asprintf(&json_text, "%s\n", body) < 0)
+			json_text = NULL;
+		body = json_text ? json_text : "{}\n";
+		len = strlen(body);
+	}
+	resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+	free(json_text);
+	if (!resp)
+		return MHD_NO;
+	MHD_add_response_header(resp, "Content-Type", type);
+	if (r->allow)
+		MHD_add_response_header(resp, "Allow", r->allow);
+	ret = MHD_queue_response(c, r->status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+static enum MHD_Result api_handler(void *cls, struct MHD_Connection *c, const char *url,
+				   const char *method, const char *version, const char *data,
+				   size_t *data_size, void **con_cls)
+{
+	struct api *api = cls;
+	struct upload *u = *con_cls;
+	struct reply r = { 0 };
+	enum MHD_Result ret;
+
+	(void)version;
+	if (!u) {
+		u = calloc(1, sizeof(*u));
+		*con_cls = u;
+		return u ? MHD_YES : MHD_NO;
+	}
+	if (*data_size) {
+		if (u->too_big || u->len + *data_size > MGR_MAX_BODY) {
+			u->too_big = true;
+		} else {
+			char *nb = realloc(u->body, u->len + *data_size + 1);
+
+			if (!nb)
+				return MHD_NO;
+			u->body = nb;
+			memcpy(u->body + u->len, data, *data_size);
+			u->len += *data_size;
+			u->body[u->len] = '\0';
+		}
+		*data_size = 0;
+		return MHD_YES;
+	}
+	if (u->too_big) {
+		char msg[64];
+
+		snprintf(msg, sizeof(msg), "request body larger than %d bytes", MGR_MAX_BODY);
+		reply_error(&r, 413, "too-large", msg);
+	} else {
+		pthread_mutex_lock(&api->mgr->lock);
+		err_clear();
+		route(api->mgr, method, url, u, &r);
+		pthread_mutex_unlock(&api->mgr->lock);
+	}
+	if (!r.json && !r.text)
+		reply_error(&r, 500, "failed", "internal error");
+	ret = send_reply(c, &r);
+	json_object_put(r.json);
+	free(r.text);
+	return ret;
+}
+
+static void api_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+			  enum MHD_RequestTerminationCode code)
+{
+	struct upload *u = *con_cls;
+
+	(void)cls;
+	(void)c;
+	(void)code;
+	if (u) {
+		free(u->body);
+		free(u);
+		*con_cls = NULL;
+	}
+}
+
+static int api_listen(struct api *api, const char *path)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	int probe;
+
+	if (strlen(path) >= sizeof(addr.sun_path))
+		return err_set(-ENAMETOOLONG, "--socket: path longer than %zu bytes",
+			       sizeof(addr.sun_path) - 1);
+	strcpy(addr.sun_path, path);
+	/* Refuse to steal the socket of a daemon that still answers. */
+	probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (probe >= 0 && connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0) {
+		close(probe);
+		return err_set(-EADDRINUSE, "a daemon already listens on %s", path);
+	}
+	if (probe >= 0)
+		close(probe);
+	unlink(path);
+	api->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (api->fd < 0)
+		return err_set(-errno, "socket: %m");
+	if (bind(api->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+		return err_set(-errno, "cannot bind %s: %m", path);
+	chmod(path, 0660);
+	if (listen(api->fd, 64) < 0)
+		return err_set(-errno, "cannot listen on %s: %m", path);
+	strcpy(api->path, path);
+	return 0;
+}
+
+struct api *api_start(struct mgr *m, const char *socket_path)
+{
+	struct api *api = calloc(1, sizeof(*api));
+
+	if (!api) {
+		err_set(-ENOMEM, "out of memory");
+		return NULL;
+	}
+	api->mgr = m;
+	api->fd = -1;
+	if (api_listen(api, socket_path))
+		goto fail;
+	api->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL,
+				    NULL, api_handler, api,
+				    MHD_OPTION_LISTEN_SOCKET, api->fd,
+				    MHD_OPTION_NOTIFY_COMPLETED, api_completed, NULL,
+				    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
+				    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
+				    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(128 * 1024),
+				    MHD_OPTION_END);
+	if (!api->mhd) {
+		err_set(-EIO, "cannot start the HTTP server on %s", socket_path);
+		goto fail;
+	}
+	return api;
+fail:
+	if (api->fd >= 0)
+		close(api->fd);
+	free(api);
+	return NULL;
+}
+
+void api_stop(struct api *api)
+{
+	if (!api)
+		return;
+	MHD_stop_daemon(api->mhd);
+	close(api->fd);
+	unlink(api->path);
+	free(api);
+}

@@ -1,0 +1,457 @@
+/* VM definitions: JSON ↔ struct vm_def, validated field by field. The same
+ * parser reads API bodies and the state directory, so a definition on disk
+ * is exactly as trusted as one from a client (DESIGN §3.8). Unknown fields
+ * are errors. */
+#include <errno.h>
+#include <json-c/json.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vireo/control.h"
+#include "vireo/log.h"
+#include "vireo/mgr.h"
+#include "vireo/size.h"
+
+#define MAX_CMDLINE 4096
+#define MAX_MEMORY (1ULL << 40)
+
+bool vm_name_valid(const char *name)
+{
+	size_t n = strlen(name);
+
+	if (n == 0 || n > MGR_NAME_MAX || name[0] == '.' || name[0] == '-')
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char c = name[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '.' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+/* Prefixes the current error message (err_get() is the buffer err_set()
+ * writes, so it is copied first). */
+static int err_prefix(int ret, const char *what, size_t index)
+{
+	char msg[400];
+
+	snprintf(msg, sizeof(msg), "%s", err_get());
+	return err_set(ret, "%s[%zu]: %s", what, index, msg);
+}
+
+static bool key_in(const char *key, const char *const *keys)
+{
+	for (; *keys; keys++)
+		if (!strcmp(*keys, key))
+			return true;
+	return false;
+}
+
+static int check_keys(struct json_object *obj, const char *what, const char *const *keys)
+{
+	if (!json_object_is_type(obj, json_type_object))
+		return err_set(-EINVAL, "%s must be a JSON object", what);
+	json_object_object_foreach(obj, key, val) {
+		(void)val;
+		if (!key_in(key, keys))
+			return err_set(-EINVAL, "unknown field '%.64s' in %s", key, what);
+	}
+	return 0;
+}
+
+/* An integer field in [min, max]; -ENOENT if absent. */
+static int get_uint(struct json_object *obj, const char *key, uint64_t min, uint64_t max,
+		    uint64_t *out)
+{
+	struct json_object *v;
+	int64_t n;
+
+	if (!json_object_object_get_ex(obj, key, &v))
+		return -ENOENT;
+	if (!json_object_is_type(v, json_type_int))
+		return err_set(-EINVAL, "'%s' must be an integer", key);
+	n = json_object_get_int64(v);
+	if (n < 0 || (uint64_t)n < min || (uint64_t)n > max)
+		return err_set(-EINVAL, "'%s' must be between %llu and %llu", key,
+			       (unsigned long long)min, (unsigned long long)max);
+	*out = (uint64_t)n;
+	return 0;
+}
+
+/* A string field of at most max bytes without control characters. */
+static int get_str(struct json_object *obj, const char *key, size_t max, char **out)
+{
+	struct json_object *v;
+	const char *s;
+
+	if (!json_object_object_get_ex(obj, key, &v))
+		return -ENOENT;
+	if (!json_object_is_type(v, json_type_string))
+		return err_set(-EINVAL, "'%s' must be a string", key);
+	s = json_object_get_string(v);
+	if (strlen(s) > max || strlen(s) != (size_t)json_object_get_string_len(v))
+		return err_set(-EINVAL, "'%s' is too long or contains NUL", key);
+	for (const char *p = s; *p; p++)
+		if ((unsigned char)*p < 0x20)
+			return err_set(-EINVAL, "'%s' contains control characters", key);
+	*out = strdup(s);
+	return *out ? 0 : err_set(-ENOMEM, "out of memory");
+}
+
+static int get_bool(struct json_object *obj, const char *key, bool *out)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(obj, key, &v))
+		return -ENOENT;
+	if (!json_object_is_type(v, json_type_boolean))
+		return err_set(-EINVAL, "'%s' must be true or false", key);
+	*out = json_object_get_boolean(v);
+	return 0;
+}
+
+/* "memory": "64M" or a number of bytes. */
+static int get_memory(struct json_object *obj, uint64_t *out)
+{
+	struct json_object *v;
+	int ret;
+
+	if (!json_object_object_get_ex(obj, "memory", &v))
+		return -ENOENT;
+	if (json_object_is_type(v, json_type_string))
+		ret = size_parse(json_object_get_string(v), out);
+	else
+		ret = get_uint(obj, "memory", 0, MAX_MEMORY, out);
+	if (ret || *out < (16ULL << 20) || *out > MAX_MEMORY || (*out & 0xfff))
+		return err_set(-EINVAL, "'memory' must be a size from 16M to 1T, a multiple of 4K "
+			       "(e.g. \"64M\" or 67108864)");
+	return 0;
+}
+
+static bool opt_ok(int ret)
+{
+	return ret == 0 || ret == -ENOENT;
+}
+
+static int parse_disk(struct json_object *o, struct mgr_disk *d)
+{
+	static const char *const keys[] = { "path", "format", "readonly", "bps", "iops", NULL };
+	int ret = check_keys(o, "a disk", keys);
+
+	if (ret)
+		return ret;
+	ret = get_str(o, "path", PATH_MAX - 1, &d->path);
+	if (ret == -ENOENT || (!ret && d->path[0] != '/'))
+		return err_set(-EINVAL, "a disk needs 'path', an absolute path");
+	if (ret)
+		return ret;
+	if (strchr(d->path, ','))
+		return err_set(-EINVAL, "disk path must not contain ','");
+	if (!opt_ok(ret = get_str(o, "format", 16, &d->format)))
+		return ret;
+	if (d->format && strcmp(d->format, "raw") && strcmp(d->format, "qcow2") &&
+	    strcmp(d->format, "vpc") && strcmp(d->format, "vmdk"))
+		return err_set(-EINVAL, "disk 'format' must be raw, qcow2, vpc or vmdk");
+	if (!opt_ok(ret = get_bool(o, "readonly", &d->readonly)))
+		return ret;
+	if (!opt_ok(ret = get_uint(o, "bps", 0, INT64_MAX, &d->bps)))
+		return ret;
+	if (!opt_ok(ret = get_uint(o, "iops", 0, INT64_MAX, &d->iops)))
+		return ret;
+	return 0;
+}
+
+static int parse_disks(struct json_object *obj, struct vm_def *def)
+{
+	struct json_object *arr;
+	size_t n;
+
+	if (!json_object_object_get_ex(obj, "disks", &arr))
+		return 0;
+	if (!json_object_is_type(arr, json_type_array))
+		return err_set(-EINVAL, "'disks' must be an array");
+	n = json_object_array_length(arr);
+	if (n > MGR_MAX_DISKS)
+		return err_set(-EINVAL, "at most %d disks", MGR_MAX_DISKS);
+	for (size_t i = 0; i < n; i++) {
+		int ret = parse_disk(json_object_array_get_idx(arr, i), &def->disks[i]);
+
+		def->ndisks = (unsigned int)i + 1;
+		if (ret)
+			return err_prefix(ret, "disks", i);
+	}
+	return 0;
+}
+
+/* "cpu_pin": ["0", "1-3"] (one host CPU list per vCPU) or ["0-1"] for all. */
+static int parse_pin(struct json_object *obj, unsigned int cpus, char **pin, unsigned int *npin)
+{
+	struct json_object *arr;
+	size_t n;
+
+	*npin = 0;
+	if (!json_object_object_get_ex(obj, "cpu_pin", &arr))
+		return -ENOENT;
+	if (!json_object_is_type(arr, json_type_array))
+		return err_set(-EINVAL, "'cpu_pin' must be an array of host CPU lists like \"0-3\"");
+	n = json_object_array_length(arr);
+	if (n != 0 && n != 1 && n != cpus)
+		return err_set(-EINVAL, "'cpu_pin' needs 1 entry (all vCPUs) or %u (one per vCPU), not %zu",
+			       cpus, n);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *v = json_object_array_get_idx(arr, i);
+		cpu_set_t set;
+
+		if (!json_object_is_type(v, json_type_string))
+			return err_set(-EINVAL, "'cpu_pin' entries must be strings like \"0-3\"");
+		if (control_parse_cpulist(json_object_get_string(v), &set))
+			return err_prefix(-EINVAL, "cpu_pin", i);
+		pin[i] = strdup(json_object_get_string(v));
+		*npin = (unsigned int)i + 1;
+		if (!pin[i])
+			return err_set(-ENOMEM, "out of memory");
+	}
+	return 0;
+}
+
+static int parse_cpu_limits(struct json_object *obj, struct vm_def *def)
+{
+	uint64_t v;
+	int ret;
+
+	def->cpu_weight = 100;
+	ret = get_uint(obj, "cpu_weight", 1, 10000, &v);
+	if (!opt_ok(ret))
+		return ret;
+	if (!ret)
+		def->cpu_weight = (unsigned int)v;
+	ret = get_uint(obj, "cpu_max", 0, 100ULL * MGR_MAX_VCPUS, &v);
+	if (!opt_ok(ret))
+		return ret;
+	if (!ret)
+		def->cpu_max = (unsigned int)v;
+	ret = parse_pin(obj, def->cpus, def->cpu_pin, &def->npin);
+	return opt_ok(ret) ? 0 : ret;
+}
+
+static int parse_def(struct json_object *obj, struct vm_def *def)
+{
+	static const char *const keys[] = { "name", "cpus", "memory", "kernel", "cmdline", "disks",
+					    "cpu_weight", "cpu_max", "cpu_pin", NULL };
+	char *name = NULL;
+	uint64_t v;
+	int ret = check_keys(obj, "a VM definition", keys);
+
+	if (ret)
+		return ret;
+	ret = get_str(obj, "name", 1024, &name);
+	if (ret == -ENOENT)
+		return err_set(-EINVAL, "'name' is required");
+	if (ret)
+		return ret;
+	if (!vm_name_valid(name)) {
+		free(name);
+		return err_set(-EINVAL, "bad name: 1 to %d characters of A-Z a-z 0-9 _ . -, "
+			       "not starting with '.' or '-'", MGR_NAME_MAX);
+	}
+	strcpy(def->name, name);
+	free(name);
+	def->cpus = 1;
+	if (!opt_ok(ret = get_uint(obj, "cpus", 1, MGR_MAX_VCPUS, &v)))
+		return ret;
+	if (!ret)
+		def->cpus = (unsigned int)v;
+	def->memory = 256ULL << 20;
+	if (!opt_ok(ret = get_memory(obj, &def->memory)))
+		return ret;
+	ret = get_str(obj, "kernel", PATH_MAX - 1, &def->kernel);
+	if (ret == -ENOENT || (!ret && def->kernel[0] != '/'))
+		return err_set(-EINVAL, "'kernel' is required, an absolute path");
+	if (ret)
+		return ret;
+	if (!opt_ok(ret = get_str(obj, "cmdline", MAX_CMDLINE, &def->cmdline)))
+		return ret;
+	if ((ret = parse_disks(obj, def)))
+		return ret;
+	return parse_cpu_limits(obj, def);
+}
+
+int vm_def_from_json(struct json_object *obj, struct vm_def *def)
+{
+	int ret;
+
+	memset(def, 0, sizeof(*def));
+	ret = parse_def(obj, def);
+	if (ret)
+		vm_def_free(def);
+	return ret;
+}
+
+void vm_def_free(struct vm_def *def)
+{
+	free(def->kernel);
+	free(def->cmdline);
+	for (unsigned int i = 0; i < def->ndisks; i++) {
+		free(def->disks[i].path);
+		free(def->disks[i].format);
+	}
+	for (unsigned int i = 0; i < def->npin; i++)
+		free(def->cpu_pin[i]);
+	memset(def, 0, sizeof(*def));
+}
+
+static struct json_object *disk_to_json(const struct mgr_disk *d)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "path", json_object_new_string(d->path));
+	if (d->format)
+		json_object_object_add(o, "format", json_object_new_string(d->format));
+	json_object_object_add(o, "readonly", json_object_new_boolean(d->readonly));
+	json_object_object_add(o, "bps", json_object_new_int64((int64_t)d->bps));
+	json_object_object_add(o, "iops", json_object_new_int64((int64_t)d->iops));
+	return o;
+}
+
+struct json_object *vm_def_to_json(const struct vm_def *def)
+{
+	struct json_object *o = json_object_new_object();
+	struct json_object *disks = json_object_new_array(), *pin = json_object_new_array();
+
+	json_object_object_add(o, "name", json_object_new_string(def->name));
+	json_object_object_add(o, "cpus", json_object_new_int((int)def->cpus));
+	json_object_object_add(o, "memory", json_object_new_int64((int64_t)def->memory));
+	json_object_object_add(o, "kernel", json_object_new_string(def->kernel));
+	if (def->cmdline)
+		json_object_object_add(o, "cmdline", json_object_new_string(def->cmdline));
+	for (unsigned int i = 0; i < def->ndisks; i++)
+		json_object_array_add(disks, disk_to_json(&def->disks[i]));
+	json_object_object_add(o, "disks", disks);
+	json_object_object_add(o, "cpu_weight", json_object_new_int((int)def->cpu_weight));
+	json_object_object_add(o, "cpu_max", json_object_new_int((int)def->cpu_max));
+	for (unsigned int i = 0; i < def->npin; i++)
+		json_object_array_add(pin, json_object_new_string(def->cpu_pin[i]));
+	json_object_object_add(o, "cpu_pin", pin);
+	return o;
+}
+
+/* ---- PATCH ---- */
+
+static int parse_limit(struct json_object *o, const struct vm_def *def, struct vm_patch *p)
+{
+	static const char *const keys[] = { "disk", "bps", "iops", NULL };
+	unsigned int i = p->nlimits;
+	uint64_t disk;
+	int ret = check_keys(o, "a disk limit", keys);
+
+	if (ret)
+		return ret;
+	ret = get_uint(o, "disk", 0, MGR_MAX_DISKS, &disk);
+	if (ret == -ENOENT)
+		return err_set(-EINVAL, "a disk limit needs 'disk' (an index)");
+	if (ret)
+		return ret;
+	if (disk >= def->ndisks)
+		return err_set(-EINVAL, "no disk %llu (the VM has %u)", (unsigned long long)disk,
+			       def->ndisks);
+	p->limits[i].disk = (unsigned int)disk;
+	ret = get_uint(o, "bps", 0, INT64_MAX, &p->limits[i].bps);
+	if (!opt_ok(ret))
+		return ret;
+	p->limits[i].has_bps = !ret;
+	ret = get_uint(o, "iops", 0, INT64_MAX, &p->limits[i].iops);
+	if (!opt_ok(ret))
+		return ret;
+	p->limits[i].has_iops = !ret;
+	p->nlimits++;
+	return 0;
+}
+
+static int parse_limits(struct json_object *obj, const struct vm_def *def, struct vm_patch *p)
+{
+	struct json_object *arr;
+	size_t n;
+
+	if (!json_object_object_get_ex(obj, "disk_limits", &arr))
+		return 0;
+	if (!json_object_is_type(arr, json_type_array))
+		return err_set(-EINVAL, "'disk_limits' must be an array");
+	n = json_object_array_length(arr);
+	if (n > MGR_MAX_DISKS)
+		return err_set(-EINVAL, "at most %d disk limits", MGR_MAX_DISKS);
+	for (size_t i = 0; i < n; i++) {
+		int ret = parse_limit(json_object_array_get_idx(arr, i), def, p);
+
+		if (ret)
+			return err_prefix(ret, "disk_limits", i);
+	}
+	return 0;
+}
+
+static int parse_patch(struct json_object *obj, const struct vm_def *def, struct vm_patch *p)
+{
+	static const char *const keys[] = { "cpu_weight", "cpu_max", "cpu_pin", "disk_limits", NULL };
+	uint64_t v = 0;
+	int ret = check_keys(obj, "a PATCH body", keys);
+
+	if (ret)
+		return ret;
+	if (!opt_ok(ret = get_uint(obj, "cpu_weight", 1, 10000, &v)))
+		return ret;
+	p->has_weight = !ret;
+	p->cpu_weight = (unsigned int)v;
+	if (!opt_ok(ret = get_uint(obj, "cpu_max", 0, 100ULL * MGR_MAX_VCPUS, &v)))
+		return ret;
+	p->has_max = !ret;
+	p->cpu_max = (unsigned int)v;
+	if (!opt_ok(ret = parse_pin(obj, def->cpus, p->cpu_pin, &p->npin)))
+		return ret;
+	p->has_pin = !ret;
+	return parse_limits(obj, def, p);
+}
+
+int vm_patch_from_json(struct json_object *obj, const struct vm_def *def, struct vm_patch *p)
+{
+	int ret;
+
+	memset(p, 0, sizeof(*p));
+	ret = parse_patch(obj, def, p);
+	if (ret)
+		vm_patch_free(p);
+	return ret;
+}
+
+void vm_patch_apply(struct vm_def *def, struct vm_patch *p)
+{
+	if (p->has_weight)
+		def->cpu_weight = p->cpu_weight;
+	if (p->has_max)
+		def->cpu_max = p->cpu_max;
+	if (p->has_pin) {
+		for (unsigned int i = 0; i < def->npin; i++)
+			free(def->cpu_pin[i]);
+		memcpy(def->cpu_pin, p->cpu_pin, sizeof(def->cpu_pin));
+		def->npin = p->npin;
+		p->npin = 0; /* the definition owns the strings now */
+	}
+	for (unsigned int i = 0; i < p->nlimits; i++) {
+		struct mgr_disk *d = &def->disks[p->limits[i].disk];
+
+		if (p->limits[i].has_bps)
+			d->bps = p->limits[i].bps;
+		if (p->limits[i].has_iops)
+			d->iops = p->limits[i].iops;
+	}
+}
+
+void vm_patch_free(struct vm_patch *p)
+{
+	for (unsigned int i = 0; i < p->npin; i++)
+		free(p->cpu_pin[i]);
+	p->npin = 0;
+}

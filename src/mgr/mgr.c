@@ -1,0 +1,459 @@
+/* The VM table: definitions loaded from the state dir, VMMs re-adopted on
+ * start-up, and the lifecycle operations behind the API. Every function
+ * here runs under m->lock (taken by the API and the supervisor thread). */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "vireo/log.h"
+#include "vireo/mgr.h"
+
+const char *mgr_state_name(enum mgr_state s)
+{
+	switch (s) {
+	case MGR_STOPPED: return "stopped";
+	case MGR_RUNNING: return "running";
+	case MGR_PAUSED: return "paused";
+	case MGR_CRASHED: return "crashed";
+	}
+	return "unknown";
+}
+
+static int state_from_name(const char *s)
+{
+	for (int i = MGR_STOPPED; i <= MGR_CRASHED; i++)
+		if (!strcmp(s, mgr_state_name((enum mgr_state)i)))
+			return i;
+	return -1;
+}
+
+struct mgr_vm *mgr_find(struct mgr *m, const char *name)
+{
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		if (!strcmp(vm->def.name, name))
+			return vm;
+	return NULL;
+}
+
+static bool vm_active(const struct mgr_vm *vm)
+{
+	return vm->state == MGR_RUNNING || vm->state == MGR_PAUSED;
+}
+
+static int sock_path(struct mgr *m, const char *name, char *buf, size_t size)
+{
+	return store_path(m, buf, size, "run", name, ".sock");
+}
+
+/* ---- opening the state dir ---- */
+
+static int make_dirs(struct mgr *m)
+{
+	static const char *const subs[] = { "", "/vms", "/run", "/logs" };
+	char path[PATH_MAX + 8];
+
+	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
+		snprintf(path, sizeof(path), "%s%s", m->state_dir, subs[i]);
+		if (mkdir(path, 0700) < 0 && errno != EEXIST)
+			return err_set(-errno, "cannot create %s: %m", path);
+	}
+	return 0;
+}
+
+/* DIR/instance: a random id that names this state dir's cgroups. */
+static int instance_id(struct mgr *m, char *id, size_t size)
+{
+	char path[PATH_MAX];
+	unsigned char rnd[6];
+	int fd, n;
+
+	store_path(m, path, sizeof(path), "instance", NULL, NULL);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		n = (int)read(fd, id, size - 1);
+		close(fd);
+		if (n == 12) {
+			id[n] = '\0';
+			return 0;
+		}
+	}
+	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd))
+		return err_set(-EIO, "getrandom failed");
+	snprintf(id, size, "%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || write(fd, id, 12) != 12)
+		return err_set(-errno, "cannot write %s: %m", path);
+	close(fd);
+	return 0;
+}
+
+/* Re-adopts a VMM recorded as running, or records that it died. */
+static void adopt(struct mgr *m, struct mgr_vm *vm, struct json_object *run)
+{
+	struct json_object *v, *r;
+	char sock[PATH_MAX];
+
+	if (json_object_object_get_ex(run, "pid", &v))
+		vm->pid = json_object_get_int(v);
+	if (json_object_object_get_ex(run, "starttime", &v))
+		vm->starttime = (unsigned long long)json_object_get_int64(v);
+	vm->child = false;
+	if (!vmm_alive(vm)) {
+		vmm_exited(m, vm, 0, false);
+		return;
+	}
+	sock_path(m, vm->def.name, sock, sizeof(sock));
+	r = vmm_request(sock, "{\"action\":\"info\"}");
+	if (r && json_object_object_get_ex(r, "state", &v) &&
+	    !strcmp(json_object_get_string(v), "paused"))
+		vm->state = MGR_PAUSED;
+	else if (r)
+		vm->state = MGR_RUNNING;
+	else
+		snprintf(vm->reason, sizeof(vm->reason), "re-adopted, but its control socket "
+			 "does not answer: %s", err_get());
+	json_object_put(r);
+	log_info("VM %s: re-adopted VMM pid %d (%s)", vm->def.name, (int)vm->pid,
+		 mgr_state_name(vm->state));
+}
+
+static void load_run(struct mgr *m, struct mgr_vm *vm)
+{
+	char path[PATH_MAX];
+	struct json_object *run, *v;
+	int s;
+
+	if (store_path(m, path, sizeof(path), "run", vm->def.name, ".json") || access(path, F_OK))
+		return;
+	run = store_read_json(path);
+	if (!run)
+		return;
+	if (json_object_object_get_ex(run, "reason", &v))
+		snprintf(vm->reason, sizeof(vm->reason), "%s", json_object_get_string(v));
+	s = json_object_object_get_ex(run, "state", &v) ? state_from_name(json_object_get_string(v)) : -1;
+	if (s >= 0)
+		vm->state = (enum mgr_state)s;
+	if (vm_active(vm))
+		adopt(m, vm, run);
+	json_object_put(run);
+}
+
+static void load_one(struct mgr *m, const char *file)
+{
+	char path[PATH_MAX + 300];
+	struct json_object *obj;
+	struct mgr_vm *vm;
+	size_t n = strlen(file);
+
+	if (n < 6 || strcmp(file + n - 5, ".json"))
+		return;
+	snprintf(path, sizeof(path), "%s/vms/%s", m->state_dir, file);
+	obj = store_read_json(path);
+	vm = calloc(1, sizeof(*vm));
+	if (!obj || !vm || vm_def_from_json(obj, &vm->def)) {
+		log_error("skipping %s: %s", path, err_get());
+		free(vm);
+		json_object_put(obj);
+		return;
+	}
+	json_object_put(obj);
+	if (strlen(vm->def.name) != n - 5 || strncmp(vm->def.name, file, n - 5)) {
+		log_error("skipping %s: its name is '%s'", path, vm->def.name);
+		vm_def_free(&vm->def);
+		free(vm);
+		return;
+	}
+	load_run(m, vm);
+	vm->next = m->vms;
+	m->vms = vm;
+}
+
+static int load_all(struct mgr *m)
+{
+	char path[PATH_MAX + 8];
+	struct dirent *e;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/vms", m->state_dir);
+	d = opendir(path);
+	if (!d)
+		return err_set(-errno, "cannot open %s: %m", path);
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			load_one(m, e->d_name);
+	closedir(d);
+	return 0;
+}
+
+int mgr_open(struct mgr *m, const char *state_dir, const char *cgroup_mode)
+{
+	char id[16];
+	ssize_t n;
+	int ret;
+
+	memset(m, 0, sizeof(*m));
+	pthread_mutex_init(&m->lock, NULL);
+	m->overcommit = 16;
+	if (!realpath(state_dir, m->state_dir) && (mkdir(state_dir, 0700) < 0 ||
+						   !realpath(state_dir, m->state_dir)))
+		return err_set(-errno, "state dir %s: %m", state_dir);
+	n = readlink("/proc/self/exe", m->exe, sizeof(m->exe) - 1);
+	if (n <= 0)
+		return err_set(-errno, "cannot find our own binary: %m");
+	m->exe[n] = '\0';
+	ret = make_dirs(m);
+	if (!ret)
+		ret = instance_id(m, id, sizeof(id));
+	if (ret)
+		return ret;
+	cgroup_init(&m->cg, id, cgroup_mode);
+	if (m->cg.mode == CGROUP_NONE)
+		log_warn("no cgroups: VMs run without CPU and memory limits (%s)", m->cg.reason);
+	return load_all(m);
+}
+
+void mgr_close(struct mgr *m)
+{
+	/* VMMs keep running: the next daemon re-adopts them. */
+	mgr_check(m);
+	cgroup_cleanup(&m->cg);
+	while (m->vms) {
+		struct mgr_vm *vm = m->vms;
+
+		m->vms = vm->next;
+		vm_def_free(&vm->def);
+		free(vm);
+	}
+}
+
+void mgr_check(struct mgr *m)
+{
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		if (vm_active(vm))
+			vmm_reap(m, vm);
+}
+
+/* ---- operations ---- */
+
+enum mgr_err mgr_create(struct mgr *m, struct vm_def *def)
+{
+	struct mgr_vm *vm;
+
+	if (mgr_find(m, def->name)) {
+		err_set(-EEXIST, "a VM named '%s' exists", def->name);
+		vm_def_free(def);
+		return MGR_E_CONFLICT;
+	}
+	vm = calloc(1, sizeof(*vm));
+	if (!vm) {
+		vm_def_free(def);
+		err_set(-ENOMEM, "out of memory");
+		return MGR_E_FAILED;
+	}
+	vm->def = *def;
+	memset(def, 0, sizeof(*def));
+	if (store_save_def(m, &vm->def)) {
+		vm_def_free(&vm->def);
+		free(vm);
+		return MGR_E_FAILED;
+	}
+	snprintf(vm->reason, sizeof(vm->reason), "created");
+	store_save_run(m, vm);
+	vm->next = m->vms;
+	m->vms = vm;
+	return MGR_OK;
+}
+
+enum mgr_err mgr_delete(struct mgr *m, const char *name)
+{
+	for (struct mgr_vm **p = &m->vms; *p; p = &(*p)->next) {
+		struct mgr_vm *vm = *p;
+
+		if (strcmp(vm->def.name, name))
+			continue;
+		if (vm_active(vm)) {
+			err_set(-EBUSY, "VM '%s' is %s: stop it first", name, mgr_state_name(vm->state));
+			return MGR_E_CONFLICT;
+		}
+		store_remove(m, name);
+		cgroup_vm_remove(&m->cg, name);
+		*p = vm->next;
+		vm_def_free(&vm->def);
+		free(vm);
+		return MGR_OK;
+	}
+	err_set(-ENOENT, "no VM named '%s'", name);
+	return MGR_E_NOT_FOUND;
+}
+
+/* Refuses a start that would put more vCPUs on the host than the
+ * overcommit limit allows. */
+static int check_overcommit(struct mgr *m, const struct mgr_vm *vm)
+{
+	long host = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned int committed = vm->def.cpus;
+
+	if (host < 1)
+		host = 1;
+	for (struct mgr_vm *o = m->vms; o; o = o->next)
+		if (vm_active(o))
+			committed += o->def.cpus;
+	if (committed > m->overcommit * (unsigned long)host)
+		return err_set(-EBUSY, "starting '%s' would commit %u vCPUs to %ld host CPUs, "
+			       "past the overcommit limit of %u per CPU", vm->def.name, committed,
+			       host, m->overcommit);
+	return 0;
+}
+
+enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm)
+{
+	char sock[PATH_MAX];
+
+	if (vm_active(vm)) {
+		err_set(-EBUSY, "VM '%s' is already %s", vm->def.name, mgr_state_name(vm->state));
+		return MGR_E_CONFLICT;
+	}
+	if (check_overcommit(m, vm))
+		return MGR_E_CONFLICT;
+	if (sock_path(m, vm->def.name, sock, sizeof(sock)))
+		return MGR_E_FAILED;
+	vm->stopping = false;
+	if (vmm_start(m, vm, sock)) {
+		char why[200];
+
+		snprintf(why, sizeof(why), "%s", err_get());
+		if (vm->pid > 0)
+			vmm_kill(m, vm);
+		vm->state = MGR_CRASHED;
+		snprintf(vm->reason, sizeof(vm->reason), "start failed: %s", why);
+		store_save_run(m, vm);
+		err_set(-EIO, "%s", why);
+		return MGR_E_FAILED;
+	}
+	vm->state = MGR_RUNNING;
+	snprintf(vm->reason, sizeof(vm->reason), "started");
+	store_save_run(m, vm);
+	return MGR_OK;
+}
+
+/* A control request; the reply's "code" picks the error class. */
+static enum mgr_err control(struct mgr *m, struct mgr_vm *vm, const char *req,
+			    struct json_object **reply)
+{
+	char sock[PATH_MAX];
+	struct json_object *r, *ok, *v;
+	enum mgr_err e = MGR_OK;
+
+	sock_path(m, vm->def.name, sock, sizeof(sock));
+	r = vmm_request(sock, req);
+	if (!r)
+		return MGR_E_FAILED;
+	if (!json_object_object_get_ex(r, "ok", &ok) || !json_object_get_boolean(ok)) {
+		const char *code = json_object_object_get_ex(r, "code", &v) ? json_object_get_string(v) : "";
+
+		e = !strcmp(code, "wrong-state") ? MGR_E_CONFLICT :
+		    !strcmp(code, "bad-request") ? MGR_E_BAD :
+		    !strcmp(code, "not-found") ? MGR_E_NOT_FOUND : MGR_E_FAILED;
+		err_set(-EIO, "%s", json_object_object_get_ex(r, "error", &v) ?
+			json_object_get_string(v) : "the VMM refused");
+	}
+	if (reply && e == MGR_OK)
+		*reply = r;
+	else
+		json_object_put(r);
+	return e;
+}
+
+enum mgr_err mgr_stop(struct mgr *m, struct mgr_vm *vm, bool force)
+{
+	enum mgr_err e;
+
+	if (!vm_active(vm)) {
+		err_set(-EBUSY, "VM '%s' is %s", vm->def.name, mgr_state_name(vm->state));
+		return MGR_E_CONFLICT;
+	}
+	vm->stopping = true;
+	if (force) {
+		if (vmm_kill(m, vm))
+			return MGR_E_FAILED;
+	} else {
+		e = control(m, vm, "{\"action\":\"poweroff\"}", NULL);
+		if (e != MGR_OK || vmm_wait_exit(m, vm, 5000)) {
+			char why[200];
+
+			snprintf(why, sizeof(why), "%s", err_get());
+			err_set(-EIO, "%s (use force to kill the VMM)", why);
+			return MGR_E_FAILED;
+		}
+	}
+	vm->state = MGR_STOPPED;
+	snprintf(vm->reason, sizeof(vm->reason), "stopped by request%s", force ? " (forced)" : "");
+	store_save_run(m, vm);
+	return MGR_OK;
+}
+
+enum mgr_err mgr_pause(struct mgr *m, struct mgr_vm *vm, bool pause)
+{
+	enum mgr_state want = pause ? MGR_RUNNING : MGR_PAUSED;
+	enum mgr_err e;
+
+	if (vm->state != want) {
+		err_set(-EBUSY, "cannot %s VM '%s': it is %s", pause ? "pause" : "resume",
+			vm->def.name, mgr_state_name(vm->state));
+		return MGR_E_CONFLICT;
+	}
+	e = control(m, vm, pause ? "{\"action\":\"pause\"}" : "{\"action\":\"resume\"}", NULL);
+	if (e != MGR_OK)
+		return e;
+	vm->state = pause ? MGR_PAUSED : MGR_RUNNING;
+	snprintf(vm->reason, sizeof(vm->reason), pause ? "paused by request" : "resumed");
+	store_save_run(m, vm);
+	return MGR_OK;
+}
+
+/* Applies a patch to a running VMM: cgroup, pins, disk limits. */
+static enum mgr_err patch_live(struct mgr *m, struct mgr_vm *vm, const struct vm_def *nd,
+			       const struct vm_patch *p)
+{
+	char sock[PATH_MAX], req[160];
+	enum mgr_err e;
+
+	if ((p->has_weight || p->has_max) &&
+	    cgroup_vm_set_cpu(&m->cg, nd->name, nd->cpu_weight, nd->cpu_max))
+		return MGR_E_FAILED;
+	sock_path(m, vm->def.name, sock, sizeof(sock));
+	if (p->has_pin && vmm_apply_pins(sock, nd))
+		return MGR_E_FAILED;
+	for (unsigned int i = 0; i < p->nlimits; i++) {
+		const struct mgr_disk *d = &nd->disks[p->limits[i].disk];
+
+		snprintf(req, sizeof(req), "{\"action\":\"set-limits\",\"disk\":%u,\"bps\":%llu,\"iops\":%llu}",
+			 p->limits[i].disk, (unsigned long long)d->bps, (unsigned long long)d->iops);
+		e = control(m, vm, req, NULL);
+		if (e != MGR_OK)
+			return e;
+	}
+	return MGR_OK;
+}
+
+enum mgr_err mgr_patch(struct mgr *m, struct mgr_vm *vm, struct vm_patch *p)
+{
+	enum mgr_err e = MGR_OK;
+	struct vm_patch copy = *p;
+	/* Pin strings move into the definition: apply to the live VMM with the
+	 * new definition, then persist. */
+	vm_patch_apply(&vm->def, &copy);
+	p->npin = 0;
+	if (vm_active(vm))
+		e = patch_live(m, vm, &vm->def, &copy);
+	if (store_save_def(m, &vm->def) && e == MGR_OK)
+		e = MGR_E_FAILED;
+	return e;
+}

@@ -1,0 +1,165 @@
+/* What the daemon reports: a VM as JSON (GET /vms, GET /vms/NAME) and the
+ * Prometheus text exposition (GET /metrics). Live figures come from each
+ * VMM's control socket and from its cgroup. */
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vireo/mgr.h"
+
+static struct json_object *vmm_info(struct mgr *m, struct mgr_vm *vm)
+{
+	char sock[PATH_MAX];
+
+	if (store_path(m, sock, sizeof(sock), "run", vm->def.name, ".sock"))
+		return NULL;
+	return vmm_request(sock, "{\"action\":\"info\"}");
+}
+
+struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live)
+{
+	struct json_object *o = vm_def_to_json(&vm->def), *info;
+	bool active = vm->state == MGR_RUNNING || vm->state == MGR_PAUSED;
+
+	json_object_object_add(o, "state", json_object_new_string(mgr_state_name(vm->state)));
+	json_object_object_add(o, "reason", json_object_new_string(vm->reason));
+	json_object_object_add(o, "pid", json_object_new_int(active ? vm->pid : 0));
+	if (!live || !active)
+		return o;
+	json_object_object_add(o, "cgroup", json_object_new_string(cgroup_mode_name(m->cg.mode)));
+	json_object_object_add(o, "cpu_ns", json_object_new_uint64(cgroup_vm_cpu_ns(&m->cg, vm->def.name)));
+	info = vmm_info(m, vm);
+	if (info) {
+		json_object_object_del(info, "ok");
+		json_object_object_add(o, "vmm", info);
+	}
+	return o;
+}
+
+static void metric_help(FILE *f, const char *name, const char *type, const char *help)
+{
+	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static uint64_t get_u64(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_uint64(v) : 0;
+}
+
+static bool active(const struct mgr_vm *vm)
+{
+	return vm->state == MGR_RUNNING || vm->state == MGR_PAUSED;
+}
+
+/* A per-VM gauge from the definition. */
+static void def_family(FILE *f, struct mgr *m, const char *name, const char *type,
+		       const char *help, uint64_t (*get)(const struct vm_def *))
+{
+	metric_help(f, name, type, help);
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		fprintf(f, "%s{vm=\"%s\"} %llu\n", name, vm->def.name, (unsigned long long)get(&vm->def));
+}
+
+static uint64_t def_vcpus(const struct vm_def *d) { return d->cpus; }
+static uint64_t def_memory(const struct vm_def *d) { return d->memory; }
+static uint64_t def_weight(const struct vm_def *d) { return d->cpu_weight; }
+static uint64_t def_max(const struct vm_def *d) { return d->cpu_max; }
+
+/* A counter from the VMMs' info replies: per VM (disk_key NULL) or per disk. */
+static void info_family(FILE *f, struct mgr *m, struct json_object **infos, const char *name,
+			const char *type, const char *help, const char *key, bool per_disk)
+{
+	unsigned int i = 0;
+
+	metric_help(f, name, type, help);
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next, i++) {
+		struct json_object *disks;
+
+		if (!infos[i])
+			continue;
+		if (!per_disk) {
+			fprintf(f, "%s{vm=\"%s\"} %llu\n", name, vm->def.name,
+				(unsigned long long)get_u64(infos[i], key));
+			continue;
+		}
+		if (!json_object_object_get_ex(infos[i], "disks", &disks))
+			continue;
+		for (size_t d = 0; d < json_object_array_length(disks); d++)
+			fprintf(f, "%s{vm=\"%s\",disk=\"%zu\"} %llu\n", name, vm->def.name, d,
+				(unsigned long long)get_u64(json_object_array_get_idx(disks, d), key));
+	}
+}
+
+static void state_family(FILE *f, struct mgr *m)
+{
+	metric_help(f, "vireo_vm_state", "gauge", "1 for the state the VM is in");
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		for (int s = MGR_STOPPED; s <= MGR_CRASHED; s++)
+			fprintf(f, "vireo_vm_state{vm=\"%s\",state=\"%s\"} %d\n", vm->def.name,
+				mgr_state_name((enum mgr_state)s), vm->state == (enum mgr_state)s);
+	metric_help(f, "vireo_vm_cpu_seconds_total", "counter", "CPU time of the VM's VMM (its cgroup)");
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		if (active(vm))
+			fprintf(f, "vireo_vm_cpu_seconds_total{vm=\"%s\"} %.6f\n", vm->def.name,
+				(double)cgroup_vm_cpu_ns(&m->cg, vm->def.name) / 1e9);
+}
+
+static void host_family(FILE *f, struct mgr *m)
+{
+	unsigned int committed = 0;
+
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		if (active(vm))
+			committed += vm->def.cpus;
+	metric_help(f, "vireo_host_cpus", "gauge", "online host CPUs");
+	fprintf(f, "vireo_host_cpus %ld\n", sysconf(_SC_NPROCESSORS_ONLN));
+	metric_help(f, "vireo_vcpus_committed", "gauge", "vCPUs of running and paused VMs");
+	fprintf(f, "vireo_vcpus_committed %u\n", committed);
+}
+
+char *mgr_metrics(struct mgr *m)
+{
+	static const struct { const char *name, *type, *help, *key; bool disk; } fams[] = {
+		{ "vireo_vm_exits_total", "counter", "vCPU exits to userspace", "exits", false },
+		{ "vireo_vm_disk_read_bytes_total", "counter", "bytes read", "rd_bytes", true },
+		{ "vireo_vm_disk_written_bytes_total", "counter", "bytes written", "wr_bytes", true },
+		{ "vireo_vm_disk_reads_total", "counter", "read requests", "rd_ops", true },
+		{ "vireo_vm_disk_writes_total", "counter", "write requests", "wr_ops", true },
+		{ "vireo_vm_disk_errors_total", "counter", "failed requests", "errors", true },
+		{ "vireo_vm_disk_throttled_nanoseconds_total", "counter", "time requests waited for the rate limiter", "throttled_ns", true },
+		{ "vireo_vm_disk_limit_bytes_per_second", "gauge", "bandwidth limit, 0 = none", "bps", true },
+		{ "vireo_vm_disk_limit_ops_per_second", "gauge", "operations limit, 0 = none", "iops", true },
+	};
+	char *text = NULL;
+	size_t len = 0, nvms = 0, i = 0;
+	struct json_object **infos;
+	FILE *f;
+
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		nvms++;
+	infos = calloc(nvms + 1, sizeof(*infos));
+	f = infos ? open_memstream(&text, &len) : NULL;
+	if (!f) {
+		free(infos);
+		return NULL;
+	}
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next, i++)
+		infos[i] = active(vm) ? vmm_info(m, vm) : NULL;
+	host_family(f, m);
+	state_family(f, m);
+	def_family(f, m, "vireo_vm_vcpus", "gauge", "vCPUs", def_vcpus);
+	def_family(f, m, "vireo_vm_memory_bytes", "gauge", "guest RAM", def_memory);
+	def_family(f, m, "vireo_vm_cpu_weight", "gauge", "relative CPU share", def_weight);
+	def_family(f, m, "vireo_vm_cpu_max_percent", "gauge", "CPU cap in % of one host CPU, 0 = none", def_max);
+	for (size_t k = 0; k < sizeof(fams) / sizeof(fams[0]); k++)
+		info_family(f, m, infos, fams[k].name, fams[k].type, fams[k].help, fams[k].key, fams[k].disk);
+	for (i = 0; i < nvms; i++)
+		json_object_put(infos[i]);
+	free(infos);
+	fclose(f);
+	return text;
+}

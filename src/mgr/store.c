@@ -1,0 +1,128 @@
+/* The state directory (layout in include/vireo/mgr.h). Every file is
+ * written whole to NAME.tmp, fsynced, and renamed over the old one, and the
+ * directory is fsynced: a crash leaves the old or the new file, never half
+ * of one. */
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vireo/log.h"
+#include "vireo/mgr.h"
+
+int store_path(const struct mgr *m, char *buf, size_t size, const char *sub,
+	       const char *name, const char *ext)
+{
+	int n = snprintf(buf, size, "%s/%s%s%s%s", m->state_dir, sub, name ? "/" : "",
+			 name ? name : "", ext ? ext : "");
+
+	if (n < 0 || (size_t)n >= size)
+		return err_set(-ENAMETOOLONG, "state path too long");
+	return 0;
+}
+
+static int fsync_dir_of(const char *path)
+{
+	char dir[PATH_MAX];
+	char *slash;
+	int fd;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	slash = strrchr(dir, '/');
+	if (!slash)
+		return 0;
+	*slash = '\0';
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	fsync(fd);
+	close(fd);
+	return 0;
+}
+
+int store_write_json(const char *path, struct json_object *obj)
+{
+	char tmp[PATH_MAX + 8];
+	size_t len;
+	const char *text = json_object_to_json_string_length(obj, JSON_C_TO_STRING_PRETTY |
+							     JSON_C_TO_STRING_NOSLASHESCAPE, &len);
+	int fd, ret = 0;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return err_set(-errno, "cannot create %s: %m", tmp);
+	for (size_t off = 0; off < len && !ret; ) {
+		ssize_t w = write(fd, text + off, len - off);
+
+		if (w < 0 && errno != EINTR)
+			ret = err_set(-errno, "cannot write %s: %m", tmp);
+		else if (w > 0)
+			off += (size_t)w;
+	}
+	if (!ret && (write(fd, "\n", 1) != 1 || fsync(fd) < 0))
+		ret = err_set(-errno, "cannot write %s: %m", tmp);
+	close(fd);
+	if (!ret && rename(tmp, path) < 0)
+		ret = err_set(-errno, "cannot rename %s: %m", tmp);
+	if (ret)
+		unlink(tmp);
+	else
+		fsync_dir_of(path);
+	return ret;
+}
+
+struct json_object *store_read_json(const char *path)
+{
+	struct json_object *obj = json_object_from_file(path);
+
+	if (!obj)
+		err_set(-EINVAL, "cannot read %s: %s", path, json_util_get_last_err());
+	return obj;
+}
+
+int store_save_def(struct mgr *m, const struct vm_def *def)
+{
+	char path[PATH_MAX];
+	struct json_object *obj;
+	int ret = store_path(m, path, sizeof(path), "vms", def->name, ".json");
+
+	if (ret)
+		return ret;
+	obj = vm_def_to_json(def);
+	ret = store_write_json(path, obj);
+	json_object_put(obj);
+	return ret;
+}
+
+int store_save_run(struct mgr *m, const struct mgr_vm *vm)
+{
+	char path[PATH_MAX];
+	struct json_object *obj;
+	int ret = store_path(m, path, sizeof(path), "run", vm->def.name, ".json");
+
+	if (ret)
+		return ret;
+	obj = json_object_new_object();
+	json_object_object_add(obj, "state", json_object_new_string(mgr_state_name(vm->state)));
+	json_object_object_add(obj, "reason", json_object_new_string(vm->reason));
+	json_object_object_add(obj, "pid", json_object_new_int(vm->pid));
+	json_object_object_add(obj, "starttime", json_object_new_int64((int64_t)vm->starttime));
+	ret = store_write_json(path, obj);
+	json_object_put(obj);
+	return ret;
+}
+
+void store_remove(struct mgr *m, const char *name)
+{
+	static const char *const files[][2] = {
+		{ "vms", ".json" }, { "run", ".json" }, { "run", ".sock" }, { "logs", ".log" },
+	};
+	char path[PATH_MAX];
+
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+		if (!store_path(m, path, sizeof(path), files[i][0], name, files[i][1]))
+			unlink(path);
+}

@@ -1,0 +1,412 @@
+/* VMM processes: start one `vireo run --api-socket` per VM in its cgroup,
+ * talk to its control socket, stop it, and notice when it dies. The VMM
+ * runs in its own session (setsid), so it outlives a daemon restart and is
+ * re-adopted from DIR/run/NAME.json (pid + its start time, which guards
+ * against pid reuse). */
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vireo/log.h"
+#include "vireo/mgr.h"
+
+#define START_TIMEOUT_MS 5000
+#define STOP_TIMEOUT_MS 5000
+#define REPLY_MAX 65536
+
+static int vmm_connect(const char *sock)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct timeval tv = { .tv_sec = 3 };
+	int fd;
+
+	if (strlen(sock) >= sizeof(addr.sun_path))
+		return err_set(-ENAMETOOLONG, "socket path too long: %s", sock);
+	strcpy(addr.sun_path, sock);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return err_set(-errno, "socket: %m");
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+		int ret = err_set(-errno, "cannot connect to the VMM's control socket: %m");
+
+		close(fd);
+		return ret;
+	}
+	return fd;
+}
+
+struct json_object *vmm_request(const char *sock, const char *request)
+{
+	static __thread char reply[REPLY_MAX];
+	struct json_object *obj = NULL;
+	size_t len = 0;
+	int fd = vmm_connect(sock);
+
+	if (fd < 0)
+		return NULL;
+	if (send(fd, request, strlen(request), MSG_NOSIGNAL) < 0 ||
+	    send(fd, "\n", 1, MSG_NOSIGNAL) < 0) {
+		err_set(-errno, "cannot send to the VMM: %m");
+		goto out;
+	}
+	while (len < sizeof(reply) - 1 && !memchr(reply, '\n', len)) {
+		ssize_t n = recv(fd, reply + len, sizeof(reply) - 1 - len, 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			err_set(-EIO, "no reply from the VMM%s", n < 0 ? " (timeout)" : "");
+			goto out;
+		}
+		len += (size_t)n;
+	}
+	reply[len] = '\0';
+	obj = json_tokener_parse(reply);
+	if (!obj)
+		err_set(-EIO, "bad reply from the VMM");
+out:
+	close(fd);
+	return obj;
+}
+
+/* Field 22 of /proc/PID/stat: start time in clock ticks since boot; 0 if
+ * the process is gone or a zombie. */
+static unsigned long long proc_starttime(pid_t pid)
+{
+	char path[64], buf[1024];
+	unsigned long long start = 0;
+	char *p;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return 0;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = '\0';
+	fclose(f);
+	p = strrchr(buf, ')'); /* the command name may contain spaces */
+	if (!p || p[1] != ' ' || p[2] == 'Z')
+		return 0;
+	if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+		   &start) != 1)
+		return 0;
+	return start;
+}
+
+bool vmm_alive(const struct mgr_vm *vm)
+{
+	return vm->pid > 0 && proc_starttime(vm->pid) == vm->starttime;
+}
+
+/* The last line the VMM wrote to its log (its error message), for reasons. */
+static void log_tail(struct mgr *m, const char *name, char *out, size_t size)
+{
+	char path[PATH_MAX], buf[1024];
+	ssize_t n = 0;
+	char *start;
+	int fd;
+
+	out[0] = '\0';
+	if (store_path(m, path, sizeof(path), "logs", name, ".log"))
+		return;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	off_t size_f = lseek(fd, 0, SEEK_END);
+	if (size_f > 0)
+		n = pread(fd, buf, sizeof(buf) - 1, size_f > (off_t)sizeof(buf) - 1 ?
+			  size_f - (off_t)sizeof(buf) + 1 : 0);
+	close(fd);
+	if (n <= 0)
+		return;
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		n--;
+	buf[n] = '\0';
+	start = strrchr(buf, '\n');
+	start = start ? start + 1 : buf;
+	n = (ssize_t)strlen(start);
+	if ((size_t)n >= size)
+		n = (ssize_t)size - 1;
+	memcpy(out, start, (size_t)n);
+	out[n] = '\0';
+}
+
+/* What an exit status means (docs/run.md), as a state and a reason. */
+void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known)
+{
+	char tail[160];
+
+	log_tail(m, vm->def.name, tail, sizeof(tail));
+	vm->state = MGR_CRASHED;
+	if (!known) {
+		snprintf(vm->reason, sizeof(vm->reason),
+			 "the VMM (pid %d) died; exit status unknown (adopted after a daemon restart); last output: %s",
+			 (int)vm->pid, tail);
+		if (vm->stopping)
+			vm->state = MGR_STOPPED;
+	} else if (WIFSIGNALED(status)) {
+		snprintf(vm->reason, sizeof(vm->reason), "the VMM was killed by signal %d (%s)",
+			 WTERMSIG(status), strsignal(WTERMSIG(status)));
+		if (vm->stopping)
+			vm->state = MGR_STOPPED;
+	} else if (WEXITSTATUS(status) == 0) {
+		vm->state = MGR_STOPPED;
+		snprintf(vm->reason, sizeof(vm->reason), "powered off");
+	} else if (WEXITSTATUS(status) == 1) {
+		snprintf(vm->reason, sizeof(vm->reason), "VMM error: %s", tail);
+	} else if (WEXITSTATUS(status) == 2) {
+		snprintf(vm->reason, sizeof(vm->reason), "guest crashed: %s", tail);
+	} else {
+		vm->state = MGR_STOPPED;
+		snprintf(vm->reason, sizeof(vm->reason), "guest exited with status %d",
+			 WEXITSTATUS(status));
+	}
+	log_info("VM %s: %s: %s", vm->def.name, mgr_state_name(vm->state), vm->reason);
+	vm->pid = 0;
+	vm->starttime = 0;
+	vm->stopping = false;
+	cgroup_vm_remove(&m->cg, vm->def.name);
+	store_save_run(m, vm);
+}
+
+/* Has the VMM ended? Reaps it if it is our child. */
+bool vmm_reap(struct mgr *m, struct mgr_vm *vm)
+{
+	int status;
+	pid_t r;
+
+	if (vm->pid <= 0)
+		return true;
+	r = vm->child ? waitpid(vm->pid, &status, WNOHANG) : -1;
+	if (r == vm->pid) {
+		vmm_exited(m, vm, status, true);
+		return true;
+	}
+	if ((r < 0 || !vm->child) && !vmm_alive(vm)) {
+		vmm_exited(m, vm, 0, false);
+		return true;
+	}
+	return false;
+}
+
+static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xasprintf(const char *fmt, ...)
+{
+	va_list ap;
+	char *s = NULL;
+
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		s = NULL;
+	va_end(ap);
+	return s;
+}
+
+/* argv of `vireo run` for a definition; NULL-terminated, heap strings. */
+static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock)
+{
+	char **argv = calloc(16 + 2 * MGR_MAX_DISKS, sizeof(char *));
+	unsigned int n = 0;
+
+	if (!argv)
+		return NULL;
+	argv[n++] = strdup(m->exe);
+	argv[n++] = strdup("run");
+	argv[n++] = xasprintf("--kernel=%s", d->kernel);
+	argv[n++] = xasprintf("--cpus=%u", d->cpus);
+	argv[n++] = xasprintf("--memory=%lluK", (unsigned long long)(d->memory >> 10));
+	if (d->cmdline)
+		argv[n++] = xasprintf("--cmdline=%s", d->cmdline);
+	for (unsigned int i = 0; i < d->ndisks; i++) {
+		const struct mgr_disk *k = &d->disks[i];
+
+		argv[n++] = xasprintf("--disk=path=%s%s%s%s,bps=%llu,iops=%llu", k->path,
+				      k->format ? ",format=" : "", k->format ? k->format : "",
+				      k->readonly ? ",readonly" : "", (unsigned long long)k->bps,
+				      (unsigned long long)k->iops);
+	}
+	argv[n++] = strdup("--reboot=restart");
+	argv[n++] = xasprintf("--api-socket=%s", sock);
+	return argv;
+}
+
+static void argv_free(char **argv)
+{
+	for (char **p = argv; p && *p; p++)
+		free(*p);
+	free(argv);
+}
+
+/* The child: waits until the parent has put it in its cgroup, then execs.
+ * Only async-signal-safe calls here (the daemon has threads). */
+static void vmm_child(char **argv, int gate, int logfd)
+{
+	char c;
+	int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	sigset_t none;
+
+	/* The daemon blocks SIGTERM/SIGINT (for its signalfd) and ignores
+	 * SIGPIPE; both would survive exec. */
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	signal(SIGPIPE, SIG_DFL);
+	setsid();
+	if (read(gate, &c, 1) != 1)
+		_exit(127);
+	dup2(null, 0);
+	dup2(logfd, 1);
+	dup2(logfd, 2);
+	execv(argv[0], argv);
+	_exit(127);
+}
+
+static int vmm_spawn(struct mgr *m, struct mgr_vm *vm, char **argv, int logfd)
+{
+	int gate[2], ret;
+	pid_t pid;
+
+	if (pipe2(gate, O_CLOEXEC) < 0)
+		return err_set(-errno, "pipe: %m");
+	pid = fork();
+	if (pid < 0) {
+		ret = err_set(-errno, "fork: %m");
+		close(gate[0]);
+		close(gate[1]);
+		return ret;
+	}
+	if (pid == 0)
+		vmm_child(argv, gate[0], logfd);
+	close(gate[0]);
+	ret = cgroup_vm_attach(&m->cg, vm->def.name, pid);
+	if (ret) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		close(gate[1]);
+		return ret;
+	}
+	vm->pid = pid;
+	vm->child = true;
+	vm->starttime = proc_starttime(pid);
+	if (write(gate[1], "g", 1) != 1)
+		log_warn("VM %s: cannot release the VMM: %s", vm->def.name, strerror(errno));
+	close(gate[1]);
+	return 0;
+}
+
+/* Waits until the control socket answers, or the VMM dies. */
+static int vmm_wait_ready(struct mgr *m, struct mgr_vm *vm, const char *sock)
+{
+	for (int waited = 0; waited < START_TIMEOUT_MS; waited += 10) {
+		struct json_object *r;
+		int fd = vmm_connect(sock);
+
+		if (fd >= 0) {
+			close(fd);
+			r = vmm_request(sock, "{\"action\":\"info\"}");
+			json_object_put(r);
+			if (r)
+				return 0;
+		}
+		if (vmm_reap(m, vm))
+			return err_set(-EIO, "the VMM did not start: %s", vm->reason);
+		usleep(10000);
+	}
+	return err_set(-ETIMEDOUT, "the VMM did not answer within %d ms", START_TIMEOUT_MS);
+}
+
+static int vmm_prepare_cgroup(struct mgr *m, const struct vm_def *d)
+{
+	int ret = cgroup_vm_create(&m->cg, d->name);
+
+	if (!ret)
+		ret = cgroup_vm_set_cpu(&m->cg, d->name, d->cpu_weight, d->cpu_max);
+	if (!ret)
+		ret = cgroup_vm_set_memory(&m->cg, d->name, d->memory + MGR_MEM_OVERHEAD);
+	return ret;
+}
+
+int vmm_apply_pins(const char *sock, const struct vm_def *d)
+{
+	for (unsigned int i = 0; i < d->cpus && d->npin; i++) {
+		const char *cpus = d->cpu_pin[d->npin == 1 ? 0 : i];
+		char req[320];
+		struct json_object *r, *ok;
+		int ret = 0;
+
+		snprintf(req, sizeof(req), "{\"action\":\"pin\",\"vcpu\":%u,\"cpus\":\"%s\"}", i, cpus);
+		r = vmm_request(sock, req);
+		if (!r)
+			return -EIO;
+		if (!json_object_object_get_ex(r, "ok", &ok) || !json_object_get_boolean(ok)) {
+			struct json_object *e = NULL;
+
+			json_object_object_get_ex(r, "error", &e);
+			ret = err_set(-EINVAL, "pinning vCPU %u: %s", i, e ? json_object_get_string(e) : "?");
+		}
+		json_object_put(r);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock)
+{
+	char log[PATH_MAX];
+	char **argv;
+	int logfd, ret;
+
+	ret = store_path(m, log, sizeof(log), "logs", vm->def.name, ".log");
+	if (ret)
+		return ret;
+	ret = vmm_prepare_cgroup(m, &vm->def);
+	if (ret)
+		return ret;
+	logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (logfd < 0)
+		return err_set(-errno, "cannot create %s: %m", log);
+	argv = vmm_argv(m, &vm->def, sock);
+	ret = argv ? vmm_spawn(m, vm, argv, logfd) : err_set(-ENOMEM, "out of memory");
+	argv_free(argv);
+	close(logfd);
+	if (!ret)
+		ret = vmm_wait_ready(m, vm, sock);
+	if (!ret)
+		ret = vmm_apply_pins(sock, &vm->def);
+	return ret;
+}
+
+/* Waits for the VMM to end after a poweroff or a signal. */
+int vmm_wait_exit(struct mgr *m, struct mgr_vm *vm, int timeout_ms)
+{
+	for (int waited = 0; waited <= timeout_ms; waited += 10) {
+		if (vmm_reap(m, vm))
+			return 0;
+		usleep(10000);
+	}
+	return err_set(-ETIMEDOUT, "the VMM did not exit within %d ms", timeout_ms);
+}
+
+int vmm_kill(struct mgr *m, struct mgr_vm *vm)
+{
+	vm->stopping = true;
+	if (vmm_alive(vm))
+		kill(vm->pid, SIGKILL);
+	return vmm_wait_exit(m, vm, STOP_TIMEOUT_MS);
+}

@@ -1,0 +1,125 @@
+"""Helpers for the daemon tests: a daemon on a private state dir, and an
+HTTP client over its Unix socket (http.client, so real HTTP/1.1)."""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from conftest import PROBE, VIREO
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=30):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+def wait_for(cond, timeout=5.0, step=0.02):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    return cond()
+
+
+class Daemon:
+    """`vireo daemon` on a short temp dir (Unix socket paths are limited to
+    107 bytes, pytest's tmp_path is long)."""
+
+    def __init__(self, root=None, extra=()):
+        self.root = root or tempfile.mkdtemp(prefix="vd-", dir="/tmp")
+        self.state = os.path.join(self.root, "state")
+        self.socket = os.path.join(self.root, "api.sock")
+        self.extra = list(extra)
+        self.proc = None
+        self.log = None
+
+    def start(self):
+        self.log = open(os.path.join(self.root, "daemon.log"), "a")
+        self.proc = subprocess.Popen(
+            [str(VIREO), "daemon", "--state-dir", self.state, "--socket", self.socket,
+             "--verbose", *self.extra],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        assert wait_for(self._answers), self.logtext()
+        return self
+
+    def _answers(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("daemon exited: " + self.logtext())
+        try:
+            return self.request("GET", "/vms")[0] == 200
+        except OSError:
+            return False
+
+    def logtext(self):
+        with open(os.path.join(self.root, "daemon.log")) as f:
+            return f.read()
+
+    def kill(self, sig=signal.SIGKILL):
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+    def request(self, method, path, body=None, raw=None, headers=None):
+        """(status, parsed JSON or text)."""
+        c = UnixHTTPConnection(self.socket)
+        try:
+            data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+            c.request(method, path, body=data, headers=headers or {})
+            r = c.getresponse()
+            text = r.read().decode()
+            ctype = r.getheader("Content-Type", "")
+            return r.status, (json.loads(text) if ctype.startswith("application/json") else text)
+        finally:
+            c.close()
+
+    def ok(self, method, path, body=None, status=200):
+        st, js = self.request(method, path, body)
+        assert st == status, (method, path, st, js)
+        return js
+
+    def vm(self, name):
+        return self.ok("GET", f"/vms/{name}")
+
+    def create(self, name, scenario="cpuburn=100000", **kw):
+        d = {"name": name, "cpus": 1, "memory": "64M", "kernel": str(PROBE),
+             "cmdline": f"scenario={scenario}"}
+        d.update(kw)
+        return self.ok("POST", "/vms", d, status=201)
+
+    def cleanup(self):
+        """Kills every VMM this state dir knows of, then the daemon."""
+        run = os.path.join(self.state, "run")
+        for f in os.listdir(run) if os.path.isdir(run) else ():
+            if f.endswith(".json"):
+                try:
+                    with open(os.path.join(run, f)) as fh:
+                        pid = json.load(fh).get("pid", 0)
+                    if pid > 0 and _is_vmm(pid):
+                        os.kill(pid, signal.SIGKILL)
+                        wait_for(lambda: not _is_vmm(pid), timeout=2)
+                except (OSError, ValueError):
+                    pass
+        if self.proc and self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _is_vmm(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"--api-socket" in f.read()
+    except OSError:
+        return False

@@ -1,0 +1,258 @@
+"""The host manager end to end (issue 5): `vireo daemon` over its real
+socket, real VMMs running the probe guest."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import PROBE, VIREO, needs_kvm
+from daemonutil import Daemon, wait_for
+
+pytestmark = [needs_kvm]
+
+
+@pytest.fixture
+def daemon():
+    d = Daemon().start()
+    yield d
+    d.cleanup()
+
+
+def vcpu_cpu_ns(d, name):
+    return sum(v["cpu_ns"] for v in d.vm(name)["vmm"]["vcpus"])
+
+
+def test_lifecycle_of_several_vms(daemon):
+    names = ["a", "b", "c"]
+    for n in names:
+        assert daemon.create(n)["state"] == "stopped"
+    for n in names:
+        js = daemon.ok("POST", f"/vms/{n}/start")
+        assert js["state"] == "running" and js["pid"] > 0
+    listing = daemon.ok("GET", "/vms")["vms"]
+    assert sorted(v["name"] for v in listing) == names
+    assert all(v["state"] == "running" for v in listing)
+    assert len({v["pid"] for v in listing}) == 3  # one VMM per VM
+
+    # Paused: the vCPU threads stop consuming CPU.
+    assert daemon.ok("POST", "/vms/b/pause")["state"] == "paused"
+    before = vcpu_cpu_ns(daemon, "b")
+    time.sleep(0.3)
+    assert vcpu_cpu_ns(daemon, "b") - before < 20_000_000
+    assert daemon.vm("b")["vmm"]["state"] == "paused"
+    st, js = daemon.request("POST", "/vms/b/pause")
+    assert st == 409 and "paused" in js["error"]
+    assert daemon.ok("POST", "/vms/b/resume")["state"] == "running"
+    before = vcpu_cpu_ns(daemon, "b")
+    time.sleep(0.3)
+    assert vcpu_cpu_ns(daemon, "b") - before > 20_000_000
+
+    # Wrong states are refused with 409, the VM untouched.
+    assert daemon.request("POST", "/vms/a/start")[0] == 409
+    assert daemon.request("POST", "/vms/a/resume")[0] == 409
+    assert daemon.request("DELETE", "/vms/a")[0] == 409
+
+    assert daemon.ok("POST", "/vms/a/stop")["state"] == "stopped"
+    js = daemon.ok("POST", "/vms/c/stop", {"force": True})
+    assert js["state"] == "stopped" and "forced" in js["reason"]
+    assert daemon.ok("POST", "/vms/b/stop")["state"] == "stopped"
+    assert daemon.request("POST", "/vms/b/stop")[0] == 409
+    # A stopped VM starts again.
+    assert daemon.ok("POST", "/vms/a/start")["state"] == "running"
+    daemon.ok("POST", "/vms/a/stop")
+    for n in names:
+        daemon.ok("DELETE", f"/vms/{n}")
+    assert daemon.ok("GET", "/vms")["vms"] == []
+    assert os.listdir(os.path.join(daemon.state, "vms")) == []
+
+
+def test_guest_poweroff_shows_stopped(daemon):
+    daemon.create("h", scenario="hello")
+    daemon.ok("POST", "/vms/h/start")
+    js = wait_for(lambda: (v := daemon.vm("h"))["state"] == "stopped" and v, timeout=10)
+    assert js and js["reason"] == "powered off", daemon.vm("h")
+
+
+def test_daemon_restart_readopts_running_vms(daemon):
+    for n in ("r1", "r2"):
+        daemon.create(n)
+        daemon.ok("POST", f"/vms/{n}/start")
+    daemon.ok("POST", "/vms/r2/pause")
+    pids = {n: daemon.vm(n)["pid"] for n in ("r1", "r2")}
+    daemon.kill(signal.SIGKILL)
+    for pid in pids.values():
+        os.kill(pid, 0)  # the VMMs outlive the daemon
+
+    daemon.start()
+    assert daemon.vm("r1")["state"] == "running"
+    assert daemon.vm("r2")["state"] == "paused"
+    for n, pid in pids.items():
+        assert daemon.vm(n)["pid"] == pid
+    # Still controllable.
+    assert daemon.ok("POST", "/vms/r2/resume")["state"] == "running"
+    assert daemon.ok("POST", "/vms/r1/pause")["state"] == "paused"
+    assert daemon.vm("r1")["vmm"]["state"] == "paused"
+    daemon.ok("POST", "/vms/r1/stop")
+    # A re-adopted VMM that dies is noticed too.
+    os.kill(pids["r2"], signal.SIGKILL)
+    js = wait_for(lambda: (v := daemon.vm("r2"))["state"] == "crashed" and v)
+    assert js and "died" in js["reason"], daemon.vm("r2")
+
+    # SIGTERM stops the daemon cleanly, VMs keep their definitions.
+    daemon.kill(signal.SIGTERM)
+    assert daemon.proc.returncode == 0
+    daemon.start()
+    assert {v["name"] for v in daemon.ok("GET", "/vms")["vms"]} == {"r1", "r2"}
+
+
+def test_killed_vmm_crashes_only_its_vm(daemon):
+    for n in ("k1", "k2", "k3"):
+        daemon.create(n)
+        daemon.ok("POST", f"/vms/{n}/start")
+    victim = daemon.vm("k2")["pid"]
+    os.kill(victim, signal.SIGKILL)
+    js = wait_for(lambda: (v := daemon.vm("k2"))["state"] == "crashed" and v)
+    assert js, daemon.vm("k2")
+    assert "signal 9" in js["reason"]
+    for n in ("k1", "k3"):
+        assert daemon.vm(n)["state"] == "running"
+        assert daemon.ok("POST", f"/vms/{n}/pause")["state"] == "paused"
+        assert daemon.ok("POST", f"/vms/{n}/resume")["state"] == "running"
+    # The crashed VM can be started again, or deleted.
+    assert daemon.ok("POST", "/vms/k2/start")["state"] == "running"
+    daemon.ok("POST", "/vms/k2/stop")
+    daemon.ok("DELETE", "/vms/k2")
+
+
+def test_vmm_error_is_reported(daemon, tmp_path):
+    daemon.create("bad", disks=[{"path": str(tmp_path / "missing.img")}])
+    st, js = daemon.request("POST", "/vms/bad/start")
+    assert st == 500 and "missing.img" in js["error"], js
+    vm = daemon.vm("bad")
+    assert vm["state"] == "crashed" and "missing.img" in vm["reason"]
+
+
+def test_patch_limits_while_running(daemon, tmp_path):
+    img = tmp_path / "d.img"
+    img.write_bytes(b"\0" * (1 << 20))
+    daemon.create("p", disks=[{"path": str(img), "format": "raw"}], cpu_pin=["0"])
+    daemon.ok("POST", "/vms/p/start")
+    js = daemon.ok("PATCH", "/vms/p", {"cpu_weight": 300, "cpu_max": 40,
+                                        "disk_limits": [{"disk": 0, "bps": 1048576, "iops": 50}]})
+    assert js["cpu_weight"] == 300 and js["cpu_max"] == 40
+    disk = daemon.vm("p")["vmm"]["disks"][0]
+    assert disk["bps"] == 1048576 and disk["iops"] == 50
+    # Persisted in the state dir.
+    with open(os.path.join(daemon.state, "vms", "p.json")) as f:
+        assert json.load(f)["disks"][0]["iops"] == 50
+    # Pinning: the vCPU thread's affinity follows.
+    tid = daemon.vm("p")["vmm"]["vcpus"][0]["tid"]
+    assert os.sched_getaffinity(tid) == {0}
+    daemon.ok("PATCH", "/vms/p", {"cpu_pin": ["1"]})
+    assert os.sched_getaffinity(tid) == {1}
+    st, js = daemon.request("PATCH", "/vms/p", {"disk_limits": [{"disk": 3, "bps": 1}]})
+    assert st == 400 and "no disk 3" in js["error"]
+    st, js = daemon.request("PATCH", "/vms/p", {"cpu_pin": ["99999"]})
+    assert st == 400
+
+
+def test_cgroup_limits(daemon):
+    mode = daemon.ok("GET", "/vms")["cgroup"]
+    if mode == "none":
+        pytest.skip("skipped: no usable cgroup hierarchy: " +
+                    daemon.ok("GET", "/vms").get("cgroup_reason", ""))
+    daemon.create("g", cpu_weight=200, cpu_max=50)
+    pid = daemon.ok("POST", "/vms/g/start")["pid"]
+    with open(f"/proc/{pid}/cgroup") as f:
+        lines = f.read().splitlines()
+    paths = {l.split(":")[1]: l.split(":")[2] for l in lines}
+    if mode == "v1":
+        cg = "/sys/fs/cgroup/cpu" + paths["cpu"]
+        assert cg.endswith("/g")
+        assert open(cg + "/cpu.shares").read().strip() == "2048"
+        assert open(cg + "/cpu.cfs_quota_us").read().strip() == "50000"
+        daemon.ok("PATCH", "/vms/g", {"cpu_weight": 50, "cpu_max": 0})
+        assert open(cg + "/cpu.shares").read().strip() == "512"
+        assert open(cg + "/cpu.cfs_quota_us").read().strip() == "-1"
+        mem = "/sys/fs/cgroup/memory" + paths["memory"]
+        assert int(open(mem + "/memory.limit_in_bytes").read()) == (64 + 64) << 20
+    else:
+        cg = "/sys/fs/cgroup" + paths[""]
+        assert open(cg + "/cpu.weight").read().strip() == "200"
+        assert open(cg + "/cpu.max").read().split()[0] == "50000"
+    assert daemon.vm("g")["cpu_ns"] > 0
+    daemon.ok("POST", "/vms/g/stop")
+
+
+def test_metrics(daemon):
+    daemon.create("m1")
+    daemon.create("m2")
+    daemon.ok("POST", "/vms/m1/start")
+    st, text = daemon.request("GET", "/metrics")
+    assert st == 200
+    assert 'vireo_vm_state{vm="m1",state="running"} 1' in text
+    assert 'vireo_vm_state{vm="m2",state="stopped"} 1' in text
+    assert "vireo_vcpus_committed 1" in text
+    assert 'vireo_vm_exits_total{vm="m1"}' in text
+    # Every family is one group after its TYPE line (Prometheus text format).
+    seen, current = set(), None
+    for line in text.splitlines():
+        if line.startswith("# TYPE"):
+            current = line.split()[2]
+            assert current not in seen
+            seen.add(current)
+        elif not line.startswith("#"):
+            assert line.split("{")[0].split()[0] == current, line
+
+
+def test_overcommit_limit():
+    d = Daemon(extra=["--overcommit", "1"]).start()
+    try:
+        ncpu = os.cpu_count()
+        d.create("big", cpus=ncpu)
+        d.create("more")
+        d.ok("POST", "/vms/big/start")
+        st, js = d.request("POST", "/vms/more/start")
+        assert st == 409 and "overcommit" in js["error"]
+        d.ok("POST", "/vms/big/stop")
+        d.ok("POST", "/vms/more/start")
+    finally:
+        d.cleanup()
+
+
+def vm_cli(d, *args):
+    return subprocess.run([str(VIREO), "vm", "--socket", d.socket, *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_cli(daemon, tmp_path):
+    r = vm_cli(daemon, "create", "cli1", "--kernel", str(PROBE), "--memory", "64M",
+               "--cmdline", "scenario=cpuburn=100000", "--cpu-weight", "150")
+    assert r.returncode == 0, r.stderr
+    spec = tmp_path / "cli2.json"
+    spec.write_text(json.dumps({"name": "cli2", "kernel": str(PROBE), "memory": "64M",
+                                "cmdline": "scenario=cpuburn=100000"}))
+    assert vm_cli(daemon, "create", "--file", str(spec)).returncode == 0
+    assert vm_cli(daemon, "start", "cli1").stdout == "cli1: running\n"
+    assert vm_cli(daemon, "pause", "cli1").stdout == "cli1: paused\n"
+    assert vm_cli(daemon, "resume", "cli1").stdout == "cli1: running\n"
+    r = vm_cli(daemon, "list")
+    assert r.returncode == 0 and "cli1" in r.stdout and "running" in r.stdout
+    js = json.loads(vm_cli(daemon, "list", "--output=json").stdout)
+    assert {v["name"]: v["state"] for v in js["vms"]} == {"cli1": "running", "cli2": "stopped"}
+    assert vm_cli(daemon, "set", "cli1", "--cpu-weight", "77").returncode == 0
+    assert json.loads(vm_cli(daemon, "info", "cli1").stdout)["cpu_weight"] == 77
+    r = vm_cli(daemon, "start", "cli1")
+    assert r.returncode == 1 and "already running" in r.stderr and "409" in r.stderr
+    assert vm_cli(daemon, "stop", "cli1", "--force").stdout == "cli1: stopped\n"
+    assert vm_cli(daemon, "delete", "cli1").returncode == 0
+    assert vm_cli(daemon, "delete", "cli2").returncode == 0
+    r = vm_cli(daemon, "info", "cli1")
+    assert r.returncode == 1 and "no VM named" in r.stderr
+    assert "vireo_host_cpus" in vm_cli(daemon, "metrics").stdout
+    r = subprocess.run([str(VIREO), "vm", "--socket", "/nonexistent.sock", "list"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "cannot connect" in r.stderr
