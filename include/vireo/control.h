@@ -21,6 +21,9 @@
 
 #define CONTROL_MAX_LINE 65536
 #define CONTROL_MAX_CLIENTS 16
+/* Largest bps/iops limit accepted (2^50, ~1 PB/s): far below where json-c
+ * saturates out-of-range integers to INT64_MAX. */
+#define CONTROL_MAX_RATE (1ULL << 50)
 
 struct vm;
 struct virtio_blk;

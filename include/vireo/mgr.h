@@ -81,7 +81,7 @@ enum cgroup_mode { CGROUP_NONE, CGROUP_V1, CGROUP_V2 };
 
 struct cgroups {
 	enum cgroup_mode mode;
-	char reason[160];            /* why NONE, for info and the log */
+	char reason[400];            /* why NONE, for info and the log */
 	char v2[PATH_MAX];           /* v2: base directory of our VM cgroups */
 	char cpu[PATH_MAX];          /* v1: base directories, "" if absent */
 	char cpuacct[PATH_MAX];

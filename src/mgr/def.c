@@ -159,9 +159,9 @@ static int parse_disk(struct json_object *o, struct mgr_disk *d)
 		return err_set(-EINVAL, "disk 'format' must be raw, qcow2, vpc or vmdk");
 	if (!opt_ok(ret = get_bool(o, "readonly", &d->readonly)))
 		return ret;
-	if (!opt_ok(ret = get_uint(o, "bps", 0, INT64_MAX, &d->bps)))
+	if (!opt_ok(ret = get_uint(o, "bps", 0, CONTROL_MAX_RATE, &d->bps)))
 		return ret;
-	if (!opt_ok(ret = get_uint(o, "iops", 0, INT64_MAX, &d->iops)))
+	if (!opt_ok(ret = get_uint(o, "iops", 0, CONTROL_MAX_RATE, &d->iops)))
 		return ret;
 	return 0;
 }
@@ -360,11 +360,11 @@ static int parse_limit(struct json_object *o, const struct vm_def *def, struct v
 		return err_set(-EINVAL, "no disk %llu (the VM has %u)", (unsigned long long)disk,
 			       def->ndisks);
 	p->limits[i].disk = (unsigned int)disk;
-	ret = get_uint(o, "bps", 0, INT64_MAX, &p->limits[i].bps);
+	ret = get_uint(o, "bps", 0, CONTROL_MAX_RATE, &p->limits[i].bps);
 	if (!opt_ok(ret))
 		return ret;
 	p->limits[i].has_bps = !ret;
-	ret = get_uint(o, "iops", 0, INT64_MAX, &p->limits[i].iops);
+	ret = get_uint(o, "iops", 0, CONTROL_MAX_RATE, &p->limits[i].iops);
 	if (!opt_ok(ret))
 		return ret;
 	p->limits[i].has_iops = !ret;

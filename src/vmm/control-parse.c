@@ -83,7 +83,10 @@ int control_parse_cpulist(const char *text, cpu_set_t *out)
 	char buf[256], *save = NULL;
 
 	CPU_ZERO(out);
-	if (strlen(text) >= sizeof(buf) || !*text)
+	size_t n = strlen(text);
+
+	/* strtok_r would skip empty items: refuse them here. */
+	if (n >= sizeof(buf) || !n || text[0] == ',' || text[n - 1] == ',' || strstr(text, ",,"))
 		return err_set(-EINVAL, "bad CPU list '%.64s'", text);
 	strcpy(buf, text);
 	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
@@ -104,11 +107,11 @@ static int parse_limits(struct json_object *obj, struct control_action *a)
 	if (ret)
 		return ret;
 	a->disk = (unsigned int)disk;
-	ret = get_uint(obj, "bps", UINT64_MAX >> 1, &a->bps);
+	ret = get_uint(obj, "bps", CONTROL_MAX_RATE, &a->bps);
 	if (ret && ret != -ENOENT)
 		return ret;
 	a->has_bps = !ret;
-	ret = get_uint(obj, "iops", UINT64_MAX >> 1, &a->iops);
+	ret = get_uint(obj, "iops", CONTROL_MAX_RATE, &a->iops);
 	if (ret && ret != -ENOENT)
 		return ret;
 	a->has_iops = !ret;

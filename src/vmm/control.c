@@ -178,19 +178,22 @@ static struct json_object *apply_limits(const struct control_target *t,
 
 static struct json_object *apply_pin(const struct control_target *t, const struct control_action *a)
 {
+	struct vcpu *v;
 	char msg[128];
-	int tid;
+	int ret;
 
 	if (a->vcpu >= t->vm->ncpus) {
 		snprintf(msg, sizeof(msg), "no vCPU %u (the VM has %u)", a->vcpu, t->vm->ncpus);
 		return control_error(CONTROL_E_NOT_FOUND, msg);
 	}
-	tid = __atomic_load_n(&t->vm->vcpus[a->vcpu].tid, __ATOMIC_ACQUIRE);
-	if (!tid)
+	v = &t->vm->vcpus[a->vcpu];
+	/* thread_started is written by this (the loop's) thread in vm_start. */
+	if (!v->thread_started)
 		return control_error(CONTROL_E_WRONG_STATE, "the vCPU thread has not started");
-	if (sched_setaffinity(tid, sizeof(a->cpus), &a->cpus) < 0) {
-		snprintf(msg, sizeof(msg), "cannot pin vCPU %u: %s", a->vcpu, strerror(errno));
-		return control_error(errno == EINVAL ? CONTROL_E_BAD_REQUEST : CONTROL_E_FAILED, msg);
+	ret = pthread_setaffinity_np(v->thread, sizeof(a->cpus), &a->cpus);
+	if (ret) {
+		snprintf(msg, sizeof(msg), "cannot pin vCPU %u: %s", a->vcpu, strerror(ret));
+		return control_error(ret == EINVAL ? CONTROL_E_BAD_REQUEST : CONTROL_E_FAILED, msg);
 	}
 	return reply_ok(t->vm);
 }

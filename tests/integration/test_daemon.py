@@ -256,3 +256,24 @@ def test_cli(daemon, tmp_path):
     r = subprocess.run([str(VIREO), "vm", "--socket", "/nonexistent.sock", "list"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "cannot connect" in r.stderr
+
+
+def test_sixteen_vms_at_once(daemon):
+    """Issue 5: 16 probe VMs of 64 MiB on this 2-core host, all controllable.
+    Each is capped at 5 % of a CPU (cpu_max) so that the test does not hog
+    the machine; without cgroups they simply share it for a second."""
+    names = [f"v{i:02d}" for i in range(16)]
+    for n in names:
+        daemon.create(n, cpu_max=5)
+        assert daemon.ok("POST", f"/vms/{n}/start")["state"] == "running"
+    vms = {v["name"]: v for v in daemon.ok("GET", "/vms")["vms"]}
+    assert all(vms[n]["state"] == "running" for n in names)
+    assert len({vms[n]["pid"] for n in names}) == 16
+    for n in names:
+        assert daemon.ok("POST", f"/vms/{n}/pause")["state"] == "paused"
+    for n in names:
+        assert daemon.ok("POST", f"/vms/{n}/resume")["state"] == "running"
+    st, text = daemon.request("GET", "/metrics")
+    assert "vireo_vcpus_committed 16" in text
+    for n in names:
+        daemon.ok("POST", f"/vms/{n}/stop", {"force": True})
