@@ -73,12 +73,13 @@ def fairness(d, seconds):
           f"{'ok' if abs(share - 0.5) <= 0.05 else 'MISSED'})")
 
 
-def rss_kib(pid):
+def mem_kib(pid):
+    """smaps_rollup figures (KiB): Rss, Pss, Pss_Anon, Pss_File, Pss_Shmem."""
     out = {}
-    with open(f"/proc/{pid}/status") as f:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
             k, _, v = line.partition(":")
-            if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            if k in ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem"):
                 out[k] = int(v.split()[0])
     return out
 
@@ -99,16 +100,20 @@ def scale(d, n=16):
     for name in names:
         d.ok("POST", f"/vms/{name}/resume")
     t_pr = (time.monotonic() - t0) / (2 * n)
-    vmm = [rss_kib(vms[x]["pid"]) for x in names]
-    dm = rss_kib(d.proc.pid)
-    # Guest RAM is a memfd (RssShmem); the VMM's own overhead is the rest.
-    over = sorted(v["RssAnon"] + v["RssFile"] for v in vmm)
-    guest = sorted(v["RssShmem"] for v in vmm)
+    vmm = [mem_kib(vms[x]["pid"]) for x in names]
+    dm = mem_kib(d.proc.pid)
+    # Guest RAM is a memfd (Pss_Shmem); the VMM's own overhead is the rest of
+    # its proportional set size (shared library pages divided among the 16).
+    over = sorted(v["Pss"] - v["Pss_Shmem"] for v in vmm)
+    anon = sorted(v["Pss_Anon"] for v in vmm)
+    rss = sorted(v["Rss"] - v["Pss_Shmem"] for v in vmm)
+    guest = sorted(v["Pss_Shmem"] for v in vmm)
     print(f"{n} VMs x 64 MiB: {running} running; create+start {t_start/n*1000:.1f} ms per VM; "
           f"pause or resume {t_pr*1000:.2f} ms per request")
-    print(f"daemon RSS {dm['VmRSS']/1024:.2f} MiB; VMM overhead (RSS minus guest RAM) median "
-          f"{over[n//2]/1024:.2f} MiB, max {over[-1]/1024:.2f} MiB; guest RAM touched median "
-          f"{guest[n//2]/1024:.2f} MiB")
+    print(f"daemon: RSS {dm['Rss']/1024:.2f} MiB, PSS {dm['Pss']/1024:.2f} MiB")
+    print(f"each VMM without guest RAM (median, max): PSS {over[n//2]/1024:.2f}, {over[-1]/1024:.2f} MiB;"
+          f" anonymous {anon[n//2]/1024:.2f}, {anon[-1]/1024:.2f} MiB; RSS {rss[n//2]/1024:.2f} MiB;"
+          f" guest RAM touched {guest[n//2]/1024:.2f} MiB")
     for name in names:
         d.ok("POST", f"/vms/{name}/stop", {"force": True})
 

@@ -98,6 +98,9 @@ int cgroup_vm_create(const struct cgroups *cg, const char *name);
 int cgroup_vm_set_cpu(const struct cgroups *cg, const char *name, unsigned int weight,
 		      unsigned int max_pct);
 int cgroup_vm_set_memory(const struct cgroups *cg, const char *name, uint64_t bytes);
+/* The file a vCPU thread writes its tid to, to enter NAME/vcpus (the
+ * cgroup that carries cpu_max); -ENOENT if there is none. */
+int cgroup_vm_vcpu_file(const struct cgroups *cg, const char *name, char *buf, size_t size);
 int cgroup_vm_attach(const struct cgroups *cg, const char *name, pid_t pid);
 /* CPU time of everything in the VM's cgroup, ns; 0 if unknown. */
 uint64_t cgroup_vm_cpu_ns(const struct cgroups *cg, const char *name);

@@ -76,6 +76,7 @@ struct vm {
 	enum vm_state state;
 	bool pause_requested;
 	unsigned int parked;  /* vCPU threads waiting in vcpu_park() */
+	const char *vcpu_cgroup; /* file each vCPU thread writes its tid to, or NULL */
 	pthread_t map_thread;  /* installs the memory slots (vm_create) */
 	bool map_thread_started;
 	int map_result;

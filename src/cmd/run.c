@@ -33,6 +33,7 @@ struct run_options {
 	bool rng;
 	uint64_t rng_bps;
 	const char *api_socket;
+	const char *vcpu_cgroup;
 };
 
 /* The devices of one VM, torn down together. */
@@ -66,6 +67,8 @@ static const char run_usage[] =
 	"                   [,iops=N][,bps=SIZE]   (bps: bytes per second, e.g. 50M)\n"
 	"  --rng[=bps=SIZE] a virtio-rng device, optionally rate-limited\n"
 	"  --api-socket PATH  serve the control socket (JSON, docs/api.md) at PATH\n"
+	"  --vcpu-cgroup FILE each vCPU thread writes its thread id to FILE (the\n"
+	"                   daemon's vCPU cgroup: 'tasks' or 'cgroup.threads')\n"
 	"\n"
 	"Exit status: 0 guest powered off, 1 VMM error, 2 guest crashed,\n"
 	"3 guest rebooted, or the value the guest wrote to the debug-exit port 0xf4.\n"
@@ -119,7 +122,7 @@ static int parse_disk(char *spec, struct disk_config *d)
 
 static int parse_run_options(int argc, char **argv, struct run_options *o)
 {
-	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_API_SOCKET };
+	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_API_SOCKET, OPT_VCPU_CGROUP };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -131,6 +134,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "disk", required_argument, NULL, OPT_DISK },
 		{ "rng", optional_argument, NULL, OPT_RNG },
 		{ "api-socket", required_argument, NULL, OPT_API_SOCKET },
+		{ "vcpu-cgroup", required_argument, NULL, OPT_VCPU_CGROUP },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -169,6 +173,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 				return err_set(-EINVAL, "--rng takes only bps=SIZE");
 			break;
 		case OPT_API_SOCKET: o->api_socket = optarg; break;
+		case OPT_VCPU_CGROUP: o->vcpu_cgroup = optarg; break;
 		case 'h': fputs(run_usage, stdout); exit(0);
 		default: return err_set(-EINVAL, "see 'vireo run --help'");
 		}
@@ -299,6 +304,7 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 				    .ndisks = o->ndisks };
 
 	*out = NULL;
+	vm->vcpu_cgroup = o->vcpu_cgroup;
 	if (!o->api_socket)
 		return 0;
 	for (unsigned int i = 0; i < o->ndisks; i++)

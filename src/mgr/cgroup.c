@@ -2,7 +2,13 @@
  * daemon's own cgroup (so whatever limits the daemon lives under also bound
  * its VMs). cgroup v2 (cpu.weight, cpu.max, memory.max) when a v2 hierarchy
  * has the cpu controller; else v1 (cpu.shares, cpu.cfs_quota_us,
- * memory.limit_in_bytes, cpuacct.usage); else none, with the reason. */
+ * memory.limit_in_bytes, cpuacct.usage); else none, with the reason.
+ *
+ * Layout per VM: NAME holds the whole VMM and carries the weight and the
+ * memory limit; NAME/vcpus (v1: a plain child in the cpu hierarchy; v2: a
+ * threaded child) holds only the vCPU threads and carries the cap, so a
+ * capped VM still answers its control socket at once. The vCPU threads
+ * enter NAME/vcpus themselves (vireo run --vcpu-cgroup). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -219,22 +225,6 @@ static int mkdir_vm(const char *base, const char *name)
 	return 0;
 }
 
-int cgroup_vm_create(const struct cgroups *cg, const char *name)
-{
-	int ret = 0;
-
-	if (cg->mode == CGROUP_V2)
-		return mkdir_vm(cg->v2, name);
-	if (cg->mode == CGROUP_V1) {
-		ret = mkdir_vm(cg->cpu, name);
-		if (!ret)
-			ret = mkdir_vm(cg->cpuacct, name);
-		if (!ret)
-			ret = mkdir_vm(cg->memory, name);
-	}
-	return ret;
-}
-
 static int write_vm(const char *base, const char *name, const char *file, const char *text)
 {
 	char dir[PATH_MAX];
@@ -246,33 +236,106 @@ static int write_vm(const char *base, const char *name, const char *file, const 
 	return write_file(dir, file, text);
 }
 
-int cgroup_vm_set_cpu(const struct cgroups *cg, const char *name, unsigned int weight,
-		      unsigned int max_pct)
+/* The base of the hierarchy that carries cpu limits. */
+static const char *cpu_base(const struct cgroups *cg)
 {
-	char w[32], m[64];
+	return cg->mode == CGROUP_V2 ? cg->v2 : cg->mode == CGROUP_V1 ? cg->cpu : "";
+}
+
+int cgroup_vm_vcpu_file(const struct cgroups *cg, const char *name, char *buf, size_t size)
+{
+	int n;
+
+	if (!*cpu_base(cg))
+		return -ENOENT;
+	n = snprintf(buf, size, "%s/%s/vcpus/%s", cpu_base(cg), name,
+		     cg->mode == CGROUP_V2 ? "cgroup.threads" : "tasks");
+	if (n < 0 || (size_t)n >= size)
+		return -ENAMETOOLONG;
+	return access(buf, W_OK) ? -errno : 0;
+}
+
+/* NAME/vcpus; on failure the cap goes on NAME as a whole. */
+static void mkdir_vcpus(const struct cgroups *cg, const char *name)
+{
+	char sub[MGR_NAME_MAX + 8], dir[PATH_MAX];
+
+	snprintf(sub, sizeof(sub), "%s/vcpus", name);
+	if (mkdir_vm(cpu_base(cg), sub))
+		goto fail;
+	if (cg->mode == CGROUP_V1)
+		return;
+	if (vm_dir(cg->v2, sub, dir, sizeof(dir)) || write_file(dir, "cgroup.type", "threaded") ||
+	    write_vm(cg->v2, name, "cgroup.subtree_control", "+cpu")) {
+		rmdir(dir);
+		goto fail;
+	}
+	return;
+fail:
+	log_warn("VM %s: no vCPU cgroup (%s); cpu_max caps the whole VMM", name, err_get());
+}
+
+int cgroup_vm_create(const struct cgroups *cg, const char *name)
+{
+	int ret = 0;
+
+	if (cg->mode == CGROUP_V2) {
+		ret = mkdir_vm(cg->v2, name);
+	} else if (cg->mode == CGROUP_V1) {
+		ret = mkdir_vm(cg->cpu, name);
+		if (!ret)
+			ret = mkdir_vm(cg->cpuacct, name);
+		if (!ret)
+			ret = mkdir_vm(cg->memory, name);
+	}
+	if (!ret && cg->mode != CGROUP_NONE)
+		mkdir_vcpus(cg, name);
+	return ret;
+}
+
+/* The cap: "QUOTA PERIOD" / "max PERIOD" (v2) or the quota in us, -1 (v1). */
+static int write_cap(const struct cgroups *cg, const char *group, unsigned int max_pct)
+{
 	/* quota per period: max_pct % of one CPU */
 	unsigned long quota = (unsigned long)max_pct * CFS_PERIOD_US / 100;
+	char m[64];
 	int ret;
 
 	if (cg->mode == CGROUP_V2) {
-		snprintf(w, sizeof(w), "%u", weight);
 		if (max_pct)
 			snprintf(m, sizeof(m), "%lu %d", quota, CFS_PERIOD_US);
 		else
 			snprintf(m, sizeof(m), "max %d", CFS_PERIOD_US);
-		ret = write_vm(cg->v2, name, "cpu.weight", w);
-		return ret ? ret : write_vm(cg->v2, name, "cpu.max", m);
+		return write_vm(cg->v2, group, "cpu.max", m);
 	}
-	if (cg->mode == CGROUP_V1) {
+	snprintf(m, sizeof(m), "%ld", max_pct ? (long)quota : -1L);
+	ret = write_vm(cg->cpu, group, "cpu.cfs_period_us", "100000");
+	return ret ? ret : write_vm(cg->cpu, group, "cpu.cfs_quota_us", m);
+}
+
+int cgroup_vm_set_cpu(const struct cgroups *cg, const char *name, unsigned int weight,
+		      unsigned int max_pct)
+{
+	char w[32], file[PATH_MAX], vcpus[MGR_NAME_MAX + 8];
+	bool split = !cgroup_vm_vcpu_file(cg, name, file, sizeof(file));
+	int ret;
+
+	if (cg->mode == CGROUP_NONE)
+		return 0;
+	if (cg->mode == CGROUP_V2) {
+		snprintf(w, sizeof(w), "%u", weight);
+		ret = write_vm(cg->v2, name, "cpu.weight", w);
+	} else {
 		/* weight 100 (the v2 default) = 1024 shares (the v1 default) */
 		snprintf(w, sizeof(w), "%lu", (unsigned long)weight * 1024 / 100);
-		snprintf(m, sizeof(m), "%ld", max_pct ? (long)quota : -1L);
-		ret = write_vm(cg->cpu, name, "cpu.cfs_period_us", "100000");
-		if (!ret)
-			ret = write_vm(cg->cpu, name, "cpu.shares", w);
-		return ret ? ret : write_vm(cg->cpu, name, "cpu.cfs_quota_us", m);
+		ret = write_vm(cg->cpu, name, "cpu.shares", w);
 	}
-	return 0;
+	snprintf(vcpus, sizeof(vcpus), "%s/vcpus", name);
+	if (!ret)
+		ret = write_cap(cg, name, split ? 0 : max_pct);
+	if (!ret && split)
+		ret = write_cap(cg, vcpus, max_pct);
+	return ret;
 }
 
 int cgroup_vm_set_memory(const struct cgroups *cg, const char *name, uint64_t bytes)
@@ -331,6 +394,11 @@ static void rmdir_vm(const char *base, const char *name)
 
 void cgroup_vm_remove(const struct cgroups *cg, const char *name)
 {
+	char vcpus[MGR_NAME_MAX + 8];
+
+	snprintf(vcpus, sizeof(vcpus), "%s/vcpus", name);
+	if (cg->mode != CGROUP_NONE)
+		rmdir_vm(cpu_base(cg), vcpus);
 	if (cg->mode == CGROUP_V2) {
 		rmdir_vm(cg->v2, name);
 	} else if (cg->mode == CGROUP_V1) {

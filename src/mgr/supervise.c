@@ -222,6 +222,7 @@ static char *xasprintf(const char *fmt, ...)
 static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock)
 {
 	char **argv = calloc(16 + 2 * MGR_MAX_DISKS, sizeof(char *));
+	char file[PATH_MAX];
 	unsigned int n = 0;
 
 	if (!argv)
@@ -243,6 +244,8 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock)
 	}
 	argv[n++] = strdup("--reboot=restart");
 	argv[n++] = xasprintf("--api-socket=%s", sock);
+	if (!cgroup_vm_vcpu_file(&m->cg, d->name, file, sizeof(file)))
+		argv[n++] = xasprintf("--vcpu-cgroup=%s", file);
 	return argv;
 }
 

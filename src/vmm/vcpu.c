@@ -1,6 +1,7 @@
 /* vCPU threads: KVM_RUN in a loop and one switch over the exit reason
  * (DESIGN §3.5). Port and MMIO exits go to the range tables in struct bus. */
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/kvm.h>
 #include <stdio.h>
 #include <string.h>
@@ -151,6 +152,22 @@ bool vcpu_handle_exit(struct vcpu *vcpu)
 	}
 }
 
+/* vireo run --vcpu-cgroup: the daemon caps the vCPU threads apart from the
+ * VMM's own (control, I/O) threads. Each vCPU thread enters that cgroup
+ * itself, so no thread ever runs outside it, even after a restart. */
+static void vcpu_enter_cgroup(struct vcpu *vcpu)
+{
+	char tid[16];
+	int n = snprintf(tid, sizeof(tid), "%d", vcpu->tid);
+	int fd = open(vcpu->vm->vcpu_cgroup, O_WRONLY | O_CLOEXEC);
+
+	if (fd < 0 || write(fd, tid, (size_t)n) != n)
+		log_warn("vCPU %u: cannot enter cgroup %s: %s", vcpu->id, vcpu->vm->vcpu_cgroup,
+			 strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
 static void *vcpu_thread(void *arg)
 {
 	struct vcpu *vcpu = arg;
@@ -159,6 +176,8 @@ static void *vcpu_thread(void *arg)
 	snprintf(name, sizeof(name), "vcpu%u", vcpu->id);
 	pthread_setname_np(pthread_self(), name);
 	__atomic_store_n(&vcpu->tid, (int)gettid(), __ATOMIC_RELEASE);
+	if (vcpu->vm->vcpu_cgroup)
+		vcpu_enter_cgroup(vcpu);
 	for (;;) {
 		if (ioctl(vcpu->fd, KVM_RUN, 0) < 0) {
 			if (errno == EINTR || errno == EAGAIN) {
