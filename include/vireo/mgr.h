@@ -104,6 +104,8 @@ int cgroup_vm_vcpu_file(const struct cgroups *cg, const char *name, char *buf, s
 int cgroup_vm_attach(const struct cgroups *cg, const char *name, pid_t pid);
 /* CPU time of everything in the VM's cgroup, ns; 0 if unknown. */
 uint64_t cgroup_vm_cpu_ns(const struct cgroups *cg, const char *name);
+/* Time the VM's vCPUs were held back by cpu_max, ns; 0 if unknown. */
+uint64_t cgroup_vm_throttled_ns(const struct cgroups *cg, const char *name);
 void cgroup_vm_remove(const struct cgroups *cg, const char *name);
 /* Removes the base directories if no VM cgroup is left in them. */
 void cgroup_cleanup(const struct cgroups *cg);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vireo/cmd.h"
@@ -31,6 +32,7 @@ static const char vm_usage[] =
 	"  info NAME                 definition, state and live counters (JSON)\n"
 	"  set NAME [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
 	"         [--disk-limit INDEX[,bps=SIZE][,iops=N]]...\n"
+	"  top [--interval S] [--count N]  CPU use, steal and throttling per VM\n"
 	"  metrics                   the Prometheus metrics\n"
 	"\n"
 	"The socket is --socket, else $VIREO_SOCKET, else " DEFAULT_SOCKET ".\n";
@@ -403,6 +405,152 @@ static int cmd_simple(const struct vm_cli *cli, const char *cmd, int argc, char 
 	return print_state(cli, o, ok);
 }
 
+/* ---- top ---- */
+
+struct top_sample {
+	char name[72];
+	char state[16];
+	unsigned int cpus, weight, max;
+	uint64_t cpu_ns, wait_ns, throttled_ns;
+};
+
+static uint64_t u64_of(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_uint64(v) : 0;
+}
+
+static void top_fill(struct top_sample *s, struct json_object *vm)
+{
+	struct json_object *vmm, *vcpus;
+
+	snprintf(s->name, sizeof(s->name), "%s", str(vm, "name"));
+	snprintf(s->state, sizeof(s->state), "%s", str(vm, "state"));
+	s->cpus = (unsigned int)u64_of(vm, "cpus");
+	s->weight = (unsigned int)u64_of(vm, "cpu_weight");
+	s->max = (unsigned int)u64_of(vm, "cpu_max");
+	s->cpu_ns = u64_of(vm, "cpu_ns");
+	s->throttled_ns = u64_of(vm, "cpu_throttled_ns");
+	s->wait_ns = 0;
+	if (json_object_object_get_ex(vm, "vmm", &vmm) && json_object_object_get_ex(vmm, "vcpus", &vcpus))
+		for (size_t i = 0; i < json_object_array_length(vcpus); i++)
+			s->wait_ns += u64_of(json_object_array_get_idx(vcpus, i), "wait_ns");
+}
+
+/* Every VM, with live figures for the running ones. Returns the count. */
+static int top_snapshot(const struct vm_cli *cli, struct top_sample *out, int max)
+{
+	struct json_object *list = NULL, *vms;
+	int n = 0;
+	bool ok;
+
+	list = call(cli, "GET", "/vms", NULL, &ok);
+	if (!ok || !json_object_object_get_ex(list, "vms", &vms)) {
+		json_object_put(list);
+		return -1;
+	}
+	for (size_t i = 0; i < json_object_array_length(vms) && n < max; i++) {
+		struct json_object *vm = json_object_array_get_idx(vms, i), *live = NULL;
+		char path[160];
+
+		if (!strcmp(str(vm, "state"), "running") || !strcmp(str(vm, "state"), "paused")) {
+			snprintf(path, sizeof(path), "/vms/%s", str(vm, "name"));
+			live = call(cli, "GET", path, NULL, &ok);
+		}
+		top_fill(&out[n++], live ? live : vm);
+		json_object_put(live);
+	}
+	json_object_put(list);
+	return n;
+}
+
+static const struct top_sample *top_find(const struct top_sample *s, int n, const char *name)
+{
+	for (int i = 0; i < n; i++)
+		if (!strcmp(s[i].name, name))
+			return &s[i];
+	return NULL;
+}
+
+static double pct(uint64_t now, uint64_t before, double dt)
+{
+	return now >= before ? (double)(now - before) / 1e9 / dt * 100 : 0;
+}
+
+static void top_print(const struct vm_cli *cli, const struct top_sample *now, int n,
+		      const struct top_sample *prev, int np, double dt)
+{
+	struct json_object *arr = json_object_new_array();
+
+	if (!cli->json)
+		printf("%-20s %-8s %4s %6s %5s %7s %7s %7s\n", "NAME", "STATE", "CPUS", "WEIGHT",
+		       "MAX%", "CPU%", "STEAL%", "THROT%");
+	for (int i = 0; i < n; i++) {
+		const struct top_sample *p = top_find(prev, np, now[i].name);
+		double cpu = p ? pct(now[i].cpu_ns, p->cpu_ns, dt) : 0;
+		double steal = p ? pct(now[i].wait_ns, p->wait_ns, dt) : 0;
+		double thr = p ? pct(now[i].throttled_ns, p->throttled_ns, dt) : 0;
+		struct json_object *o;
+
+		if (!cli->json) {
+			printf("%-20s %-8s %4u %6u %5u %7.1f %7.1f %7.1f\n", now[i].name, now[i].state,
+			       now[i].cpus, now[i].weight, now[i].max, cpu, steal, thr);
+			continue;
+		}
+		o = json_object_new_object();
+		json_object_object_add(o, "name", json_object_new_string(now[i].name));
+		json_object_object_add(o, "state", json_object_new_string(now[i].state));
+		json_object_object_add(o, "cpu_percent", json_object_new_double(cpu));
+		json_object_object_add(o, "steal_percent", json_object_new_double(steal));
+		json_object_object_add(o, "throttled_percent", json_object_new_double(thr));
+		json_object_array_add(arr, o);
+	}
+	if (cli->json)
+		puts(json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN));
+	json_object_put(arr);
+	fflush(stdout);
+}
+
+/* top [--interval SECONDS] [--count N]: per-VM CPU use (% of one host CPU,
+ * all vCPUs and VMM threads), steal (vCPU time runnable but not running)
+ * and throttling by cpu_max, over each interval. */
+static int cmd_top(const struct vm_cli *cli, int argc, char **argv)
+{
+	enum { MAX_VMS = 1024 };
+	static struct top_sample a[MAX_VMS], b[MAX_VMS];
+	struct top_sample *prev = a, *now = b, *t;
+	double interval = 1;
+	long count = 0;
+	int np, n;
+
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--interval") && i + 1 < argc)
+			interval = atof(argv[++i]);
+		else if (!strcmp(argv[i], "--count") && i + 1 < argc)
+			count = atol(argv[++i]);
+		else
+			return fprintf(stderr, "vireo: usage: vireo vm top [--interval S] [--count N]\n"), 2;
+	}
+	if (interval < 0.1 || interval > 3600 || count < 0)
+		return fprintf(stderr, "vireo: bad --interval or --count\n"), 2;
+	np = top_snapshot(cli, prev, MAX_VMS);
+	for (long k = 0; np >= 0 && (count == 0 || k < count); k++) {
+		struct timespec ts = { (time_t)interval, (long)((interval - (time_t)interval) * 1e9) };
+
+		nanosleep(&ts, NULL);
+		n = top_snapshot(cli, now, MAX_VMS);
+		if (n < 0)
+			return 1;
+		if (!cli->json && isatty(STDOUT_FILENO) && count != 1)
+			fputs("\033[H\033[J", stdout);
+		top_print(cli, now, n, prev, np, interval);
+		t = prev, prev = now, now = t;
+		np = n;
+	}
+	return np < 0 ? 1 : 0;
+}
+
 static int cmd_metrics(const struct vm_cli *cli)
 {
 	struct http_reply r;
@@ -457,6 +605,8 @@ int cmd_vm(int argc, char **argv)
 		return cmd_set(&cli, argc, argv);
 	if (!strcmp(cmd, "metrics"))
 		return cmd_metrics(&cli);
+	if (!strcmp(cmd, "top"))
+		return cmd_top(&cli, argc, argv);
 	if (!strcmp(cmd, "start") || !strcmp(cmd, "stop") || !strcmp(cmd, "pause") ||
 	    !strcmp(cmd, "resume") || !strcmp(cmd, "delete") || !strcmp(cmd, "info"))
 		return cmd_simple(&cli, cmd, argc, argv);

@@ -384,6 +384,20 @@ uint64_t cgroup_vm_cpu_ns(const struct cgroups *cg, const char *name)
 	return 0;
 }
 
+uint64_t cgroup_vm_throttled_ns(const struct cgroups *cg, const char *name)
+{
+	char path[PATH_MAX + 32], file[PATH_MAX];
+	bool split = !cgroup_vm_vcpu_file(cg, name, file, sizeof(file));
+	uint64_t v = 0;
+
+	if (cg->mode == CGROUP_NONE)
+		return 0;
+	snprintf(path, sizeof(path), "%s/%s%s/cpu.stat", cpu_base(cg), name, split ? "/vcpus" : "");
+	if (cg->mode == CGROUP_V2)
+		return read_u64(path, "throttled_usec", &v) ? 0 : v * 1000;
+	return read_u64(path, "throttled_time", &v) ? 0 : v;
+}
+
 static void rmdir_vm(const char *base, const char *name)
 {
 	char dir[PATH_MAX];

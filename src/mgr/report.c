@@ -30,6 +30,8 @@ struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live)
 		return o;
 	json_object_object_add(o, "cgroup", json_object_new_string(cgroup_mode_name(m->cg.mode)));
 	json_object_object_add(o, "cpu_ns", json_object_new_uint64(cgroup_vm_cpu_ns(&m->cg, vm->def.name)));
+	json_object_object_add(o, "cpu_throttled_ns",
+			       json_object_new_uint64(cgroup_vm_throttled_ns(&m->cg, vm->def.name)));
 	info = vmm_info(m, vm);
 	if (info) {
 		json_object_object_del(info, "ok");
@@ -94,7 +96,7 @@ static void info_family(FILE *f, struct mgr *m, struct json_object **infos, cons
 	}
 }
 
-static void state_family(FILE *f, struct mgr *m)
+static void state_cpu_families(FILE *f, struct mgr *m)
 {
 	metric_help(f, "vireo_vm_state", "gauge", "1 for the state the VM is in");
 	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
@@ -106,6 +108,12 @@ static void state_family(FILE *f, struct mgr *m)
 		if (active(vm))
 			fprintf(f, "vireo_vm_cpu_seconds_total{vm=\"%s\"} %.6f\n", vm->def.name,
 				(double)cgroup_vm_cpu_ns(&m->cg, vm->def.name) / 1e9);
+	metric_help(f, "vireo_vm_cpu_throttled_seconds_total", "counter",
+		    "time the VM's vCPUs were held back by cpu_max");
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		if (active(vm))
+			fprintf(f, "vireo_vm_cpu_throttled_seconds_total{vm=\"%s\"} %.6f\n", vm->def.name,
+				(double)cgroup_vm_throttled_ns(&m->cg, vm->def.name) / 1e9);
 }
 
 static void host_family(FILE *f, struct mgr *m)
@@ -150,7 +158,7 @@ char *mgr_metrics(struct mgr *m)
 	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next, i++)
 		infos[i] = active(vm) ? vmm_info(m, vm) : NULL;
 	host_family(f, m);
-	state_family(f, m);
+	state_cpu_families(f, m);
 	def_family(f, m, "vireo_vm_vcpus", "gauge", "vCPUs", def_vcpus);
 	def_family(f, m, "vireo_vm_memory_bytes", "gauge", "guest RAM", def_memory);
 	def_family(f, m, "vireo_vm_cpu_weight", "gauge", "relative CPU share", def_weight);

@@ -70,6 +70,25 @@ static uint64_t thread_cpu_ns(pthread_t thread)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+/* The scheduler's view of a thread: time on a CPU and time runnable but
+ * waiting for one (the vCPU's "steal"), from /proc/self/task/TID/schedstat. */
+static void thread_schedstat(int tid, uint64_t *run_ns, uint64_t *wait_ns)
+{
+	char path[64];
+	unsigned long long run = 0, wait = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/schedstat", tid);
+	f = tid ? fopen(path, "re") : NULL;
+	if (f) {
+		if (fscanf(f, "%llu %llu", &run, &wait) != 2)
+			run = wait = 0;
+		fclose(f);
+	}
+	*run_ns = run;
+	*wait_ns = wait;
+}
+
 static struct json_object *info_vcpus(struct vm *vm)
 {
 	struct json_object *arr = json_object_new_array();
@@ -77,11 +96,14 @@ static struct json_object *info_vcpus(struct vm *vm)
 	for (unsigned int i = 0; i < vm->ncpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
 		struct json_object *o = json_object_new_object();
+		uint64_t run, wait;
 
 		json_object_object_add(o, "id", json_object_new_int((int)i));
 		json_object_object_add(o, "tid", json_object_new_int(__atomic_load_n(&v->tid, __ATOMIC_ACQUIRE)));
 		add_u64(o, "exits", __atomic_load_n(&v->exits, __ATOMIC_RELAXED));
 		add_u64(o, "cpu_ns", v->thread_started ? thread_cpu_ns(v->thread) : 0);
+		thread_schedstat(__atomic_load_n(&v->tid, __ATOMIC_ACQUIRE), &run, &wait);
+		add_u64(o, "wait_ns", wait);
 		json_object_array_add(arr, o);
 	}
 	return arr;

@@ -254,6 +254,11 @@ def test_cli(daemon, tmp_path):
     assert r.returncode == 0 and "cli1" in r.stdout and "running" in r.stdout
     js = json.loads(vm_cli(daemon, "list", "--output=json").stdout)
     assert {v["name"]: v["state"] for v in js["vms"]} == {"cli1": "running", "cli2": "stopped"}
+    r = vm_cli(daemon, "top", "--count", "1", "--interval", "0.3", "--output=json")
+    top = {v["name"]: v for v in json.loads(r.stdout)}
+    assert top["cli1"]["cpu_percent"] > 20 and top["cli2"]["cpu_percent"] == 0, top
+    r = vm_cli(daemon, "top", "--count", "1", "--interval", "0.2")
+    assert r.returncode == 0 and "STEAL%" in r.stdout and "cli1" in r.stdout
     assert vm_cli(daemon, "set", "cli1", "--cpu-weight", "77").returncode == 0
     assert json.loads(vm_cli(daemon, "info", "cli1").stdout)["cpu_weight"] == 77
     r = vm_cli(daemon, "start", "cli1")
