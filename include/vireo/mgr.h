@@ -4,6 +4,7 @@
  * State directory layout (all JSON written to a temp file, fsynced and
  * renamed, so a crash never leaves a half-written definition):
  *   DIR/instance          random id; names this daemon's cgroups
+ *   DIR/daemon.lock       flock()ed by the daemon: one daemon per state dir
  *   DIR/vms/NAME.json     definition (struct vm_def), as POSTed/PATCHed
  *   DIR/run/NAME.json     runtime record: pid, its start time, state, reason
  *   DIR/run/NAME.sock     the VMM's control socket (include/vireo/control.h)

@@ -120,6 +120,7 @@ int cmd_daemon(int argc, char **argv)
 	api = api_start(&m, o.socket);
 	if (!api) {
 		fprintf(stderr, "vireo: %s\n", err_get());
+		mgr_close(&m);
 		return 1;
 	}
 	fprintf(stderr, "vireo: daemon listening on %s (state %s, cgroup %s)\n", o.socket,

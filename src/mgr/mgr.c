@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -192,6 +193,24 @@ static int load_all(struct mgr *m)
 	return 0;
 }
 
+/* One daemon per state dir: two would adopt the same VMMs and fight over
+ * them. The lock lives as long as the daemon (the fd is never closed). */
+static int lock_state_dir(struct mgr *m)
+{
+	char path[PATH_MAX];
+	int fd;
+
+	store_path(m, path, sizeof(path), "daemon.lock", NULL, NULL);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return err_set(-errno, "cannot open %s: %m", path);
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		close(fd);
+		return err_set(-EBUSY, "another daemon uses the state dir %s", m->state_dir);
+	}
+	return 0;
+}
+
 int mgr_open(struct mgr *m, const char *state_dir, const char *cgroup_mode)
 {
 	char id[16];
@@ -209,6 +228,8 @@ int mgr_open(struct mgr *m, const char *state_dir, const char *cgroup_mode)
 		return err_set(-errno, "cannot find our own binary: %m");
 	m->exe[n] = '\0';
 	ret = make_dirs(m);
+	if (!ret)
+		ret = lock_state_dir(m);
 	if (!ret)
 		ret = instance_id(m, id, sizeof(id));
 	if (ret)

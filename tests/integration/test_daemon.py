@@ -219,6 +219,16 @@ def test_metrics(daemon):
             assert line.split("{")[0].split()[0] == current, line
 
 
+def test_one_daemon_per_state_dir(daemon):
+    p = subprocess.run([str(VIREO), "daemon", "--state-dir", daemon.state, "--socket",
+                        daemon.socket + "2"], capture_output=True, text=True, timeout=10)
+    assert p.returncode == 1 and "another daemon" in p.stderr
+    p = subprocess.run([str(VIREO), "daemon", "--state-dir", daemon.state + "x", "--socket",
+                        daemon.socket], capture_output=True, text=True, timeout=10)
+    assert p.returncode == 1 and "already listens" in p.stderr
+    assert daemon.ok("GET", "/vms")["vms"] == []
+
+
 def test_overcommit_limit():
     d = Daemon(extra=["--overcommit", "1"]).start()
     try:
