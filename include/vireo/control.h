@@ -34,6 +34,7 @@ enum control_kind {
 	CONTROL_PAUSE,      /* running */
 	CONTROL_RESUME,     /* paused */
 	CONTROL_POWEROFF,   /* created, running, paused */
+	CONTROL_REBOOT,     /* running, paused: as a guest reboot (run --reboot=...) */
 	CONTROL_SET_LIMITS, /* running, paused */
 	CONTROL_PIN,        /* running, paused */
 };

@@ -123,6 +123,8 @@ struct mgr_vm {
 	unsigned long long starttime; /* of pid, from /proc: guards pid reuse */
 	bool child;                  /* our child (else adopted after a restart) */
 	bool stopping;               /* a stop we asked for: not a crash */
+	uint64_t sock_id;            /* the control socket's identity (inode and
+				      * ctime): a new one means the VMM restarted */
 	struct mgr_vm *next;
 };
 
@@ -153,6 +155,7 @@ enum mgr_err mgr_delete(struct mgr *m, const char *name);
 enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm);
 enum mgr_err mgr_stop(struct mgr *m, struct mgr_vm *vm, bool force);
 enum mgr_err mgr_pause(struct mgr *m, struct mgr_vm *vm, bool pause);
+enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm);
 enum mgr_err mgr_patch(struct mgr *m, struct mgr_vm *vm, struct vm_patch *p);
 /* GET /vms/NAME: definition, state, and live counters when running. */
 struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live);
@@ -183,6 +186,11 @@ void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known);
 int vmm_wait_exit(struct mgr *m, struct mgr_vm *vm, int timeout_ms);
 /* SIGKILL, then waits; the VM ends "stopped". */
 int vmm_kill(struct mgr *m, struct mgr_vm *vm);
+/* Notices a VMM that restarted itself after a guest reboot (a new control
+ * socket) and re-applies what a restart loses (vCPU pins). With `wait_ms`,
+ * waits that long for the restart. Returns 1 if it restarted, 0 if not. */
+int vmm_check_restart(struct mgr *m, struct mgr_vm *vm, int wait_ms);
+uint64_t vmm_sock_id(const char *sock);
 
 /* ---- HTTP API (src/mgr/api.c) ---- */
 struct api;

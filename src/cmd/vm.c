@@ -27,7 +27,7 @@ static const char vm_usage[] =
 	"         [--disk path=FILE[,format=F][,readonly][,bps=SIZE][,iops=N]]...\n"
 	"         [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
 	"  create --file DEF.json    the definition as JSON (docs/api.md)\n"
-	"  start|pause|resume|delete NAME\n"
+	"  start|pause|resume|reboot|delete NAME\n"
 	"  stop NAME [--force]       power off (--force: kill the VMM)\n"
 	"  info NAME                 definition, state and live counters (JSON)\n"
 	"  set NAME [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
@@ -608,7 +608,8 @@ int cmd_vm(int argc, char **argv)
 	if (!strcmp(cmd, "top"))
 		return cmd_top(&cli, argc, argv);
 	if (!strcmp(cmd, "start") || !strcmp(cmd, "stop") || !strcmp(cmd, "pause") ||
-	    !strcmp(cmd, "resume") || !strcmp(cmd, "delete") || !strcmp(cmd, "info"))
+	    !strcmp(cmd, "resume") || !strcmp(cmd, "reboot") || !strcmp(cmd, "delete") ||
+	    !strcmp(cmd, "info"))
 		return cmd_simple(&cli, cmd, argc, argv);
 	fprintf(stderr, "vireo: unknown vm command '%s'\n%s", cmd, vm_usage);
 	return 2;

@@ -207,14 +207,17 @@ static void route_action(struct mgr *m, struct mgr_vm *vm, const char *action,
 	enum mgr_err e;
 
 	if (strcmp(action, "start") && strcmp(action, "stop") && strcmp(action, "pause") &&
-	    strcmp(action, "resume"))
-		return reply_error(r, 404, "not-found", "unknown action (start, stop, pause, resume)");
+	    strcmp(action, "resume") && strcmp(action, "reboot"))
+		return reply_error(r, 404, "not-found",
+				   "unknown action (start, stop, pause, resume, reboot)");
 	if (action_body(u, !strcmp(action, "stop"), &force, r))
 		return;
 	if (!strcmp(action, "start"))
 		e = mgr_start(m, vm);
 	else if (!strcmp(action, "stop"))
 		e = mgr_stop(m, vm, force);
+	else if (!strcmp(action, "reboot"))
+		e = mgr_reboot(m, vm);
 	else
 		e = mgr_pause(m, vm, !strcmp(action, "pause"));
 	if (e != MGR_OK)

@@ -111,6 +111,7 @@ static void adopt(struct mgr *m, struct mgr_vm *vm, struct json_object *run)
 		return;
 	}
 	sock_path(m, vm->def.name, sock, sizeof(sock));
+	vm->sock_id = vmm_sock_id(sock);
 	r = vmm_request(sock, "{\"action\":\"info\"}");
 	if (r && json_object_object_get_ex(r, "state", &v) &&
 	    !strcmp(json_object_get_string(v), "paused"))
@@ -257,8 +258,8 @@ void mgr_close(struct mgr *m)
 void mgr_check(struct mgr *m)
 {
 	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
-		if (vm_active(vm))
-			vmm_reap(m, vm);
+		if (vm_active(vm) && !vmm_reap(m, vm))
+			vmm_check_restart(m, vm, 0);
 }
 
 /* ---- operations ---- */
@@ -436,6 +437,28 @@ enum mgr_err mgr_pause(struct mgr *m, struct mgr_vm *vm, bool pause)
 	vm->state = pause ? MGR_PAUSED : MGR_RUNNING;
 	snprintf(vm->reason, sizeof(vm->reason), pause ? "paused by request" : "resumed");
 	store_save_run(m, vm);
+	return MGR_OK;
+}
+
+enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm)
+{
+	enum mgr_err e;
+
+	if (!vm_active(vm)) {
+		err_set(-EBUSY, "cannot reboot VM '%s': it is %s", vm->def.name,
+			mgr_state_name(vm->state));
+		return MGR_E_CONFLICT;
+	}
+	e = control(m, vm, "{\"action\":\"reboot\"}", NULL);
+	if (e != MGR_OK)
+		return e;
+	if (vmm_check_restart(m, vm, 5000) != 1) {
+		if (vm_active(vm))
+			err_set(-ETIMEDOUT, "the VMM did not come back within 5 s");
+		else
+			err_set(-EIO, "the VMM did not restart: %s", vm->reason);
+		return MGR_E_FAILED;
+	}
 	return MGR_OK;
 }
 

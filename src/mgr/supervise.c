@@ -172,6 +172,9 @@ void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known)
 		snprintf(vm->reason, sizeof(vm->reason), "VMM error: %s", tail);
 	} else if (WEXITSTATUS(status) == 2) {
 		snprintf(vm->reason, sizeof(vm->reason), "guest crashed: %s", tail);
+	} else if (WEXITSTATUS(status) == 3) {
+		vm->state = MGR_STOPPED;
+		snprintf(vm->reason, sizeof(vm->reason), "guest rebooted, and the VMM did not restart");
 	} else {
 		vm->state = MGR_STOPPED;
 		snprintf(vm->reason, sizeof(vm->reason), "guest exited with status %d",
@@ -369,6 +372,48 @@ int vmm_apply_pins(const char *sock, const struct vm_def *d)
 	return 0;
 }
 
+/* The inode alone is not enough: tmpfs reuses a freed inode number for
+ * the very next file, which is the restarted VMM's socket. */
+uint64_t vmm_sock_id(const char *sock)
+{
+	struct stat st;
+
+	if (stat(sock, &st))
+		return 0;
+	return ((uint64_t)st.st_ino << 40) ^ ((uint64_t)st.st_ctim.tv_sec * 1000000000ULL +
+					      (uint64_t)st.st_ctim.tv_nsec);
+}
+
+int vmm_check_restart(struct mgr *m, struct mgr_vm *vm, int wait_ms)
+{
+	char sock[PATH_MAX];
+	uint64_t ino;
+	struct json_object *r;
+
+	if (store_path(m, sock, sizeof(sock), "run", vm->def.name, ".sock"))
+		return 0;
+	for (int waited = 0; ; waited += 10) {
+		ino = vmm_sock_id(sock);
+		if (ino && ino != vm->sock_id)
+			break;
+		if (waited >= wait_ms || vmm_reap(m, vm))
+			return 0;
+		usleep(10000);
+	}
+	r = vmm_request(sock, "{\"action\":\"info\"}");
+	if (!r)
+		return 0; /* not answering yet: the next check will see it */
+	json_object_put(r);
+	vm->sock_id = ino;
+	vm->state = MGR_RUNNING;
+	snprintf(vm->reason, sizeof(vm->reason), "rebooted");
+	if (vmm_apply_pins(sock, &vm->def))
+		log_warn("VM %s: after reboot: %s", vm->def.name, err_get());
+	log_info("VM %s: the VMM restarted after a guest reboot", vm->def.name);
+	store_save_run(m, vm);
+	return 1;
+}
+
 int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock)
 {
 	char log[PATH_MAX];
@@ -392,6 +437,7 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock)
 		ret = vmm_wait_ready(m, vm, sock);
 	if (!ret)
 		ret = vmm_apply_pins(sock, &vm->def);
+	vm->sock_id = vmm_sock_id(sock);
 	return ret;
 }
 

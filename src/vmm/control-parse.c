@@ -24,6 +24,7 @@ static const struct action_desc actions[] = {
 	{ "pause", CONTROL_PAUSE, no_fields },
 	{ "resume", CONTROL_RESUME, no_fields },
 	{ "poweroff", CONTROL_POWEROFF, no_fields },
+	{ "reboot", CONTROL_REBOOT, no_fields },
 	{ "set-limits", CONTROL_SET_LIMITS, limit_fields },
 	{ "pin", CONTROL_PIN, pin_fields },
 };

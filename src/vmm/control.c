@@ -165,6 +165,7 @@ static bool action_legal(enum control_kind kind, enum vm_state s)
 	case CONTROL_PAUSE: return s == VM_STATE_RUNNING;
 	case CONTROL_RESUME: return s == VM_STATE_PAUSED;
 	case CONTROL_POWEROFF: return s != VM_STATE_STOPPED;
+	case CONTROL_REBOOT:
 	case CONTROL_SET_LIMITS:
 	case CONTROL_PIN: return s == VM_STATE_RUNNING || s == VM_STATE_PAUSED;
 	}
@@ -173,7 +174,8 @@ static bool action_legal(enum control_kind kind, enum vm_state s)
 
 static const char *const kind_names[] = {
 	[CONTROL_INFO] = "info", [CONTROL_PAUSE] = "pause", [CONTROL_RESUME] = "resume",
-	[CONTROL_POWEROFF] = "poweroff", [CONTROL_SET_LIMITS] = "set-limits",
+	[CONTROL_POWEROFF] = "poweroff", [CONTROL_REBOOT] = "reboot",
+	[CONTROL_SET_LIMITS] = "set-limits",
 	[CONTROL_PIN] = "pin",
 };
 
@@ -243,6 +245,9 @@ struct json_object *control_apply(const struct control_target *t, const struct c
 		return reply_ok(t->vm);
 	case CONTROL_POWEROFF:
 		vm_request_stop(t->vm, VM_EXIT_POWEROFF);
+		return reply_ok(t->vm);
+	case CONTROL_REBOOT:
+		vm_request_stop(t->vm, VM_EXIT_REBOOT);
 		return reply_ok(t->vm);
 	case CONTROL_SET_LIMITS:
 		return apply_limits(t, a);

@@ -127,6 +127,24 @@ def test_killed_vmm_crashes_only_its_vm(daemon):
     daemon.ok("DELETE", "/vms/k2")
 
 
+def test_reboot_restarts_the_vmm_and_keeps_pins(daemon):
+    daemon.create("rb", cpus=2, cpu_pin=["1", "0"])
+    pid = daemon.ok("POST", "/vms/rb/start")["pid"]
+    daemon.ok("POST", "/vms/rb/pause")
+    old = [v["tid"] for v in daemon.vm("rb")["vmm"]["vcpus"]]
+    js = daemon.ok("POST", "/vms/rb/reboot")
+    assert js["state"] == "running" and js["reason"] == "rebooted" and js["pid"] == pid
+    vcpus = daemon.vm("rb")["vmm"]["vcpus"]
+    tids = [v["tid"] for v in vcpus]
+    assert wait_for(lambda: all(v["tid"] for v in daemon.vm("rb")["vmm"]["vcpus"]))
+    tids = [v["tid"] for v in daemon.vm("rb")["vmm"]["vcpus"]]
+    assert not set(tids) & set(old)  # a fresh VMM image, new vCPU threads
+    assert os.sched_getaffinity(tids[0]) == {1} and os.sched_getaffinity(tids[1]) == {0}
+    assert daemon.ok("POST", "/vms/rb/pause")["state"] == "paused"
+    daemon.ok("POST", "/vms/rb/stop")
+    assert daemon.request("POST", "/vms/rb/reboot")[0] == 409
+
+
 def test_vmm_error_is_reported(daemon, tmp_path):
     daemon.create("bad", disks=[{"path": str(tmp_path / "missing.img")}])
     st, js = daemon.request("POST", "/vms/bad/start")
