@@ -163,7 +163,9 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		case OPT_DISK:
 			if (o->ndisks == MAX_DISKS)
 				return err_set(-EINVAL, "at most %d --disk options", MAX_DISKS);
-			if (parse_disk(optarg, &o->disks[o->ndisks]))
+			/* parse_disk() cuts its argument up: give it a copy, so
+			 * that argv stays intact for --reboot=restart's execv. */
+			if (parse_disk(strdup(optarg), &o->disks[o->ndisks]))
 				return -EINVAL;
 			o->ndisks++;
 			break;

@@ -251,6 +251,25 @@ static int add_number(struct json_object *o, const char *key, const char *text)
 	return 0;
 }
 
+/* --disk-limit "INDEX,bps=SIZE,iops=N" → {"disk": INDEX, "bps": …, "iops": …} */
+static struct json_object *parse_disk_limit(char *spec)
+{
+	char *comma = strchr(spec, ',');
+	struct json_object *d;
+
+	if (!comma) {
+		err_set(-EINVAL, "--disk-limit needs INDEX,bps=SIZE and/or iops=N");
+		return NULL;
+	}
+	*comma = '\0';
+	d = parse_disk(comma + 1, true);
+	if (d && add_number(d, "disk", spec)) {
+		json_object_put(d);
+		d = NULL;
+	}
+	return d;
+}
+
 /* Flags shared by create and set; fills `o`. */
 static int parse_def_flags(int argc, char **argv, struct json_object *o, bool create,
 			   const char **file)
@@ -285,27 +304,13 @@ static int parse_def_flags(int argc, char **argv, struct json_object *o, bool cr
 		case 'p': json_object_array_add(pins, json_object_new_string(optarg)); break;
 		case 'f': *file = optarg; break;
 		case 'd':
-		case 'l': {
-			char *spec = optarg, *comma;
-
-			if (c == 'l') {
-				comma = strchr(spec, ',');
-				if (comma)
-					*comma = '\0';
-				d = comma ? parse_disk(comma + 1, true) : NULL;
-				if (d && add_number(d, "disk", spec)) {
-					json_object_put(d);
-					d = NULL;
-				}
-			} else {
-				d = parse_disk(spec, false);
-			}
+		case 'l':
+			d = c == 'l' ? parse_disk_limit(optarg) : parse_disk(optarg, false);
 			if (!d)
 				ret = -EINVAL;
 			else
 				json_object_array_add(disks, d);
 			break;
-		}
 		}
 	}
 	if (!ret && json_object_array_length(pins))

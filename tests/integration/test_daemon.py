@@ -127,8 +127,12 @@ def test_killed_vmm_crashes_only_its_vm(daemon):
     daemon.ok("DELETE", "/vms/k2")
 
 
-def test_reboot_restarts_the_vmm_and_keeps_pins(daemon):
-    daemon.create("rb", cpus=2, cpu_pin=["1", "0"])
+def test_reboot_restarts_the_vmm_and_keeps_pins(daemon, tmp_path):
+    img = tmp_path / "rb.img"
+    img.write_bytes(b"\0" * (1 << 20))
+    # A disk too: the restarted VMM parses the same arguments again.
+    daemon.create("rb", cpus=2, cpu_pin=["1", "0"],
+                  disks=[{"path": str(img), "format": "raw", "bps": 1 << 20}])
     pid = daemon.ok("POST", "/vms/rb/start")["pid"]
     daemon.ok("POST", "/vms/rb/pause")
     old = [v["tid"] for v in daemon.vm("rb")["vmm"]["vcpus"]]
