@@ -30,7 +30,9 @@ struct log_ratelimit { long window; unsigned int count; };
 bool log_ratelimit_ok(struct log_ratelimit *rl);
 
 /* Thread-local last error message. err_set() returns -errnum so that callers
- * can write `return err_set(-EINVAL, "bad size %s", s);`. */
+ * can write `return err_set(-EINVAL, "bad size %s", s);`; err_get() may be
+ * one of its arguments, to prefix the message: `err_set(ret, "disk %s: %s",
+ * path, err_get())`. */
 int err_set(int errnum, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *err_get(void);
 void err_clear(void);

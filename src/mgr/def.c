@@ -34,14 +34,10 @@ bool vm_name_valid(const char *name)
 	return true;
 }
 
-/* Prefixes the current error message (err_get() is the buffer err_set()
- * writes, so it is copied first). */
+/* Prefixes the current error message with the array element it is about. */
 static int err_prefix(int ret, const char *what, size_t index)
 {
-	char msg[400];
-
-	snprintf(msg, sizeof(msg), "%s", err_get());
-	return err_set(ret, "%s[%zu]: %s", what, index, msg);
+	return err_set(ret, "%s[%zu]: %s", what, index, err_get());
 }
 
 static bool key_in(const char *key, const char *const *keys)

@@ -42,11 +42,15 @@ bool log_ratelimit_ok(struct log_ratelimit *rl)
 
 int err_set(int errnum, const char *fmt, ...)
 {
+	char msg[sizeof(last_error)];
 	va_list ap;
 
+	/* Through a copy: callers prefix a message with err_get() as an
+	 * argument, which is last_error itself. */
 	va_start(ap, fmt);
-	vsnprintf(last_error, sizeof(last_error), fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	memcpy(last_error, msg, sizeof(msg));
 	return errnum;
 }
 

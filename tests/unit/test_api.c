@@ -212,6 +212,14 @@ static void patches(void **state)
 	vm_def_free(&d);
 }
 
+static void error_prefix_through_err_get(void **state)
+{
+	(void)state;
+	err_set(-EINVAL, "inner %d", 42);
+	assert_int_equal(err_set(-EIO, "outer: %s", err_get()), -EIO);
+	assert_string_equal(err_get(), "outer: inner 42");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -222,6 +230,7 @@ int main(void)
 		cmocka_unit_test(definitions),
 		cmocka_unit_test(bad_definitions),
 		cmocka_unit_test(patches),
+		cmocka_unit_test(error_prefix_through_err_get),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
