@@ -95,6 +95,31 @@ static int instance_id(struct mgr *m, char *id, size_t size)
 	return 0;
 }
 
+/* Whether process pid is `vireo run` serving `sock`: a run record is never
+ * enough to make the daemon signal a process (pid and start time could be
+ * stale or forged). */
+static bool is_our_vmm(pid_t pid, const char *sock)
+{
+	char path[64], want[PATH_MAX + 16], buf[8192];
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+	snprintf(want, sizeof(want), "--api-socket=%s", sock);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return false;
+	buf[n] = '\0';
+	for (ssize_t i = 0; i < n; i += (ssize_t)strlen(buf + i) + 1)
+		if (!strcmp(buf + i, want))
+			return true;
+	return false;
+}
+
 /* Re-adopts a VMM recorded as running, or records that it died. */
 static void adopt(struct mgr *m, struct mgr_vm *vm, struct json_object *run)
 {
@@ -106,11 +131,11 @@ static void adopt(struct mgr *m, struct mgr_vm *vm, struct json_object *run)
 	if (json_object_object_get_ex(run, "starttime", &v))
 		vm->starttime = (unsigned long long)json_object_get_int64(v);
 	vm->child = false;
-	if (!vmm_alive(vm)) {
+	sock_path(m, vm->def.name, sock, sizeof(sock));
+	if (!vmm_alive(vm) || !is_our_vmm(vm->pid, sock)) {
 		vmm_exited(m, vm, 0, false);
 		return;
 	}
-	sock_path(m, vm->def.name, sock, sizeof(sock));
 	vm->sock_id = vmm_sock_id(sock);
 	r = vmm_request(sock, "{\"action\":\"info\"}");
 	if (r && json_object_object_get_ex(r, "state", &v) &&

@@ -325,3 +325,37 @@ def test_sixteen_vms_at_once(daemon):
     assert "vireo_vcpus_committed 16" in text
     for n in names:
         daemon.ok("POST", f"/vms/{n}/stop", {"force": True})
+
+
+def test_damaged_state_files_are_skipped(daemon):
+    """Definitions on disk are as untrusted as API bodies: a broken one is
+    skipped with a log line, the others load, the daemon runs."""
+    daemon.create("good")
+    daemon.kill(signal.SIGTERM)
+    vms = os.path.join(daemon.state, "vms")
+    with open(os.path.join(vms, "junk.json"), "w") as f:
+        f.write("{not json")
+    with open(os.path.join(vms, "liar.json"), "w") as f:
+        json.dump({"name": "other", "kernel": str(PROBE)}, f)
+    with open(os.path.join(vms, "evil.json"), "w") as f:
+        json.dump({"name": "../evil", "kernel": str(PROBE)}, f)
+    with open(os.path.join(vms, "half.json.tmp"), "w") as f:
+        f.write('{"name": "half"')
+    with open(os.path.join(daemon.state, "run", "good.json"), "w") as f:
+        f.write('{"state": "running", "pid": "x"}')
+    # A forged record naming a live process (this test) with its real start
+    # time: not adopted, so never signalled.
+    me = os.getpid()
+    start = int(open(f"/proc/{me}/stat").read().rsplit(")", 1)[1].split()[19])
+    with open(os.path.join(vms, "forged.json"), "w") as f:
+        json.dump({"name": "forged", "kernel": str(PROBE)}, f)
+    with open(os.path.join(daemon.state, "run", "forged.json"), "w") as f:
+        json.dump({"state": "running", "pid": me, "starttime": start}, f)
+    daemon.start()
+    assert sorted(v["name"] for v in daemon.ok("GET", "/vms")["vms"]) == ["forged", "good"]
+    assert daemon.vm("good")["state"] in ("stopped", "crashed")
+    assert daemon.vm("forged")["state"] == "crashed"
+    assert daemon.request("POST", "/vms/forged/stop", {"force": True})[0] == 409
+    log = daemon.logtext()
+    assert "junk.json" in log and "liar.json" in log and "evil.json" in log
+    assert daemon.ok("POST", "/vms/good/start")["state"] == "running"
