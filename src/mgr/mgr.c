@@ -498,8 +498,19 @@ static enum mgr_err patch_live(struct mgr *m, struct mgr_vm *vm, const struct vm
 	    cgroup_vm_set_cpu(&m->cg, nd->name, nd->cpu_weight, nd->cpu_max))
 		return MGR_E_FAILED;
 	sock_path(m, vm->def.name, sock, sizeof(sock));
-	if (p->has_pin && vmm_apply_pins(sock, nd))
+	if (p->has_pin && nd->npin == 0) {
+		/* "cpu_pin": [] unpins: every online host CPU again. */
+		struct vm_def all = *nd;
+		char cpus[32], *list[1] = { cpus };
+
+		snprintf(cpus, sizeof(cpus), "0-%ld", sysconf(_SC_NPROCESSORS_CONF) - 1);
+		memcpy(all.cpu_pin, list, sizeof(list));
+		all.npin = 1;
+		if (vmm_apply_pins(sock, &all))
+			return MGR_E_FAILED;
+	} else if (p->has_pin && vmm_apply_pins(sock, nd)) {
 		return MGR_E_FAILED;
+	}
 	for (unsigned int i = 0; i < p->nlimits; i++) {
 		const struct mgr_disk *d = &nd->disks[p->limits[i].disk];
 

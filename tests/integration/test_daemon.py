@@ -175,6 +175,8 @@ def test_patch_limits_while_running(daemon, tmp_path):
     assert os.sched_getaffinity(tid) == {0}
     daemon.ok("PATCH", "/vms/p", {"cpu_pin": ["1"]})
     assert os.sched_getaffinity(tid) == {1}
+    daemon.ok("PATCH", "/vms/p", {"cpu_pin": []})
+    assert os.sched_getaffinity(tid) == set(range(os.cpu_count()))
     st, js = daemon.request("PATCH", "/vms/p", {"disk_limits": [{"disk": 3, "bps": 1}]})
     assert st == 400 and "no disk 3" in js["error"]
     st, js = daemon.request("PATCH", "/vms/p", {"cpu_pin": ["99999"]})
