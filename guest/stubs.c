@@ -1,0 +1,4 @@
+#include "virtio.h"
+void scn_balloon(const char *arg) { (void)arg; }
+void scn_net(const char *arg) { (void)arg; }
+void scn_hostile(const char *arg) { (void)arg; }
