@@ -1,4 +1,3 @@
 #include "virtio.h"
-void scn_balloon(const char *arg) { (void)arg; }
 void scn_net(const char *arg) { (void)arg; }
 void scn_hostile(const char *arg) { (void)arg; }
