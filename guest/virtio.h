@@ -73,6 +73,7 @@ struct vdev {
 	volatile uint32_t *msix_table;
 	uint16_t msix_count;
 	uint8_t msix_cap;
+	uint8_t vec_base;		/* first IDT vector of its queues */
 	uint64_t features;		/* negotiated */
 	uint16_t num_queues;
 	struct virtq vq[VDEV_MAX_VQ];

@@ -385,8 +385,12 @@ static int vq_setup(struct vdev *d, struct virtq *q, uint16_t index, uint16_t qs
 	cc_w64(d, CC_Q_AVAIL, (uintptr_t)q->avail);
 	cc_w64(d, CC_Q_USED, (uintptr_t)q->used);
 	q->notify = (volatile uint16_t *)(d->notify_base + (uint32_t)*cc16(d, CC_Q_NOFF) * d->notify_mult);
-	if (d->msix && index < d->msix_count - 1 && next_vector < 0xf0) {
-		q->vector = next_vector++;
+	if (!d->vec_base && d->msix) {		/* IDT vectors: once per device */
+		d->vec_base = next_vector;
+		next_vector = (uint8_t)(next_vector + VDEV_MAX_VQ);
+	}
+	if (d->msix && index < d->msix_count - 1 && index < VDEV_MAX_VQ && d->vec_base < 0xf0) {
+		q->vector = (uint8_t)(d->vec_base + index);
 		msix_program(d, (uint16_t)(index + 1), q->vector);
 		*cc16(d, CC_Q_MSIX) = (uint16_t)(index + 1);
 		if (*cc16(d, CC_Q_MSIX) != index + 1) {
