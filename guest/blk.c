@@ -408,7 +408,7 @@ static uint64_t bench_run(struct blk *b, const struct bench_mode *m, uint64_t ms
 
 	probe_printf("PROBE blk_bench mode=%s bs=%u qd=%d ops=%lu ms=%lu iops=%lu mbps=%lu\n",
 		     m->name, m->bytes, qd, ops, ns / 1000000, ops * 1000000000 / (ns ? ns : 1),
-		     ops * m->bytes / 1000 * 1000 / (ns ? ns : 1));
+		     ops * m->bytes * 1000 / (ns ? ns : 1));
 	return ops;
 }
 
