@@ -129,6 +129,9 @@ int virtio_pci_create(struct virtio_dev *dev, struct vm *vm, struct pci_bus *bus
 void virtio_pci_destroy(struct virtio_dev *dev);
 /* Interrupts the guest for queue q (MSI-X vector, or INTx/ISR). */
 void virtio_notify(struct virtio_dev *dev, unsigned int q);
+/* Device config changed: bump the generation, interrupt the driver.
+ * Called with dev->lock held. */
+void virtio_config_changed(struct virtio_dev *dev);
 /* The guest broke a ring: set NEEDS_RESET, tell the driver, count it. */
 void virtio_set_broken(struct virtio_dev *dev, const char *why);
 bool virtio_feature(const struct virtio_dev *dev, uint64_t bit);
@@ -151,6 +154,28 @@ int virtio_blk_create(struct vm *vm, struct pci_bus *bus, const struct disk_conf
 		      struct virtio_blk **out);
 void virtio_blk_destroy(struct virtio_blk *blk);
 struct virtio_dev *virtio_blk_dev(struct virtio_blk *blk);
+
+/* Balloon statistics as the guest last reported them (tags of §5.5.6.3:
+ * 0 swap in, 1 swap out, 2 major faults, 3 minor faults, 4 free memory,
+ * 5 total memory, 6 available memory, 7 disk caches, ...). */
+#define BALLOON_STATS_MAX 16
+struct balloon_stats {
+	uint64_t value[BALLOON_STATS_MAX];
+	uint32_t valid;          /* bit per tag seen */
+	uint64_t updates;
+	uint32_t actual_pages;   /* pages the driver says it holds */
+	uint64_t inflated_pages; /* pages freed on the host by inflation */
+	uint64_t reported_pages; /* pages freed through free page reporting */
+};
+
+struct virtio_balloon;
+int virtio_balloon_create(struct vm *vm, struct pci_bus *bus, uint64_t target_bytes,
+			  struct virtio_balloon **out);
+/* Sets how much memory the guest should give back (num_pages). */
+void virtio_balloon_set_target(struct virtio_balloon *b, uint64_t target_bytes);
+/* Latest statistics; also asks the guest for new ones. */
+void virtio_balloon_get_stats(struct virtio_balloon *b, struct balloon_stats *out);
+void virtio_balloon_destroy(struct virtio_balloon *b);
 
 struct virtio_rng;
 int virtio_rng_create(struct vm *vm, struct pci_bus *bus, uint64_t bps, struct virtio_rng **out);

@@ -31,6 +31,8 @@ struct run_options {
 	unsigned int ndisks;
 	bool rng;
 	uint64_t rng_bps;
+	bool balloon;
+	uint64_t balloon_target;
 };
 
 /* The devices of one VM, torn down together. */
@@ -38,6 +40,7 @@ struct vm_devices {
 	struct serial *serial;
 	struct virtio_blk *disks[MAX_DISKS];
 	struct virtio_rng *rng;
+	struct virtio_balloon *balloon;
 };
 
 struct console {
@@ -63,6 +66,7 @@ static const char run_usage[] =
 	"                   path=FILE[,format=raw|qcow2|vpc|vmdk][,readonly][,serial=ID]\n"
 	"                   [,iops=N][,bps=SIZE]   (bps: bytes per second, e.g. 50M)\n"
 	"  --rng[=bps=SIZE] a virtio-rng device, optionally rate-limited\n"
+	"  --balloon[=target=SIZE]  a virtio-balloon device; target: memory to reclaim\n"
 	"\n"
 	"Exit status: 0 guest powered off, 1 VMM error, 2 guest crashed,\n"
 	"3 guest rebooted, or the value the guest wrote to the debug-exit port 0xf4.\n"
@@ -116,7 +120,7 @@ static int parse_disk(char *spec, struct disk_config *d)
 
 static int parse_run_options(int argc, char **argv, struct run_options *o)
 {
-	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG };
+	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_BALLOON };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -127,6 +131,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "reboot", required_argument, NULL, OPT_REBOOT },
 		{ "disk", required_argument, NULL, OPT_DISK },
 		{ "rng", optional_argument, NULL, OPT_RNG },
+		{ "balloon", optional_argument, NULL, OPT_BALLOON },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -163,6 +168,12 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 			o->rng = true;
 			if (optarg && (strncmp(optarg, "bps=", 4) || size_parse(optarg + 4, &o->rng_bps)))
 				return err_set(-EINVAL, "--rng takes only bps=SIZE");
+			break;
+		case OPT_BALLOON:
+			o->balloon = true;
+			if (optarg && (strncmp(optarg, "target=", 7) ||
+				       size_parse(optarg + 7, &o->balloon_target)))
+				return err_set(-EINVAL, "--balloon takes only target=SIZE");
 			break;
 		case 'h': fputs(run_usage, stdout); exit(0);
 		default: return err_set(-EINVAL, "see 'vireo run --help'");
@@ -252,6 +263,8 @@ static int virtio_devices_create(struct vm *vm, struct pci_bus *pci, struct vm_d
 	}
 	if (!ret && o->rng)
 		ret = virtio_rng_create(vm, pci, o->rng_bps, &devs->rng);
+	if (!ret && o->balloon)
+		ret = virtio_balloon_create(vm, pci, o->balloon_target, &devs->balloon);
 	return ret;
 }
 
@@ -260,6 +273,7 @@ static void vm_devices_destroy(struct vm_devices *devs)
 	for (unsigned int i = 0; i < MAX_DISKS; i++)
 		virtio_blk_destroy(devs->disks[i]);
 	virtio_rng_destroy(devs->rng);
+	virtio_balloon_destroy(devs->balloon);
 	serial_destroy(devs->serial);
 }
 

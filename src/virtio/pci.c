@@ -123,6 +123,13 @@ void virtio_notify(struct virtio_dev *dev, unsigned int q)
 		virtio_interrupt(dev, vq->msix_vector, 1);
 }
 
+void virtio_config_changed(struct virtio_dev *dev)
+{
+	dev->config_generation++;
+	if (dev->status & VIRTIO_STATUS_DRIVER_OK)
+		virtio_interrupt(dev, dev->config_vector, 2);
+}
+
 void virtio_set_broken(struct virtio_dev *dev, const char *why)
 {
 	dev->stats.ring_errors++;

@@ -94,3 +94,40 @@ def test_hostile_guest_cannot_crash_vireo(tmp_path):
         assert d["failed"] == "0" and d["recovered"] == d["cases"], d
         assert int(d["needs_reset"]) >= 5, d
     assert "guest broke a virtqueue" in run.stderr
+
+
+def proc_status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def test_balloon_returns_memory_to_the_host():
+    """512 MiB guest touches then gives 384 MiB (75%) to the balloon: the VMM's
+    RSS must drop by at least 300 MiB; deflating gives the pages back."""
+    cmd = "scenario=balloon balloon_mib=384 balloon_hold_ms=1500 deflate=1"
+    p = subprocess.Popen([str(VIREO), "run", "--kernel", str(ROOT / "build/guest/probe.elf"),
+                          "--memory", "512M", "--balloon", "--cmdline", cmd],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    rss_after = peak = None
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith("PROBE balloon target_pages="):
+            rss_after = proc_status_kib(p.pid, "VmRSS")
+            peak = proc_status_kib(p.pid, "VmHWM")
+    assert p.wait(timeout=60) == 0, "".join(lines) + p.stderr.read()
+    assert rss_after is not None, "".join(lines)
+    assert peak >= 384 * 1024, peak          # the guest really touched its pages
+    assert peak - rss_after >= 300 * 1024, (peak, rss_after)
+    out = "".join(lines)
+    assert "PROBE balloon target_pages=98304 actual_pages=98304" in out
+    assert "PROBE balloon_deflate pages=98304 actual_pages=0" in out
+
+    ref = run_qemu(f"{cmd} {QEMU_ECAM}", machine=QEMU_PCI, memory="512M",
+                   extra=["-device", "virtio-balloon-pci"])
+    assert ref.returncode == 0, ref.stdout
+    assert "PROBE balloon target_pages=98304 actual_pages=98304" in ref.stdout
