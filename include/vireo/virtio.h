@@ -58,6 +58,8 @@ struct virtq_elem {
  * ring is empty, or -EINVAL (with err_set() detail) if the guest broke the
  * ring: then the device must go to NEEDS_RESET. */
 int virtq_pop(struct virtq *vq, struct virtq_elem *elem);
+/* Gives back the last `count` popped chains unused (no room for them yet). */
+void virtq_unpop(struct virtq *vq, unsigned int count);
 /* Returns a chain to the guest with `written` bytes in its in-segments. */
 void virtq_push(struct virtq *vq, const struct virtq_elem *elem, uint32_t written);
 /* Whether the guest wants an interrupt for what was pushed since the last
@@ -88,6 +90,12 @@ struct virtio_device_ops {
 	void (*queue_notify)(struct virtio_dev *dev, unsigned int q);
 	/* The guest reset the device: forget in-flight state. Optional. */
 	void (*reset)(struct virtio_dev *dev);
+	/* The driver set DRIVER_OK; negotiated features are final. Optional;
+	 * vCPU thread, dev->lock held. */
+	void (*activate)(struct virtio_dev *dev);
+	/* dev->extra_fd became readable (edge-triggered). Optional; when set,
+	 * the model fills dev->extra_fd before virtio_pci_create(). */
+	void (*fd_ready)(struct virtio_dev *dev);
 };
 
 struct virtio_stats {
@@ -113,6 +121,7 @@ struct virtio_dev {
 	int kick_fd[4];                /* ioeventfd per queue */
 	int wake_fd;                   /* stops the I/O thread */
 	int timer_fd;                  /* wakes deferred queues (rate limits) */
+	int extra_fd;                  /* a host fd the model reads (a tap) */
 	unsigned int deferred;         /* bit per queue waiting for timer_fd */
 	pthread_t thread;
 	bool thread_started;
@@ -176,6 +185,19 @@ void virtio_balloon_set_target(struct virtio_balloon *b, uint64_t target_bytes);
 /* Latest statistics; also asks the guest for new ones. */
 void virtio_balloon_get_stats(struct virtio_balloon *b, struct balloon_stats *out);
 void virtio_balloon_destroy(struct virtio_balloon *b);
+
+struct nic_config {
+	const char *tap;       /* tap device name; NULL: let the kernel pick */
+	uint8_t mac[6];
+	bool mac_set;
+	uint16_t mtu;          /* 0: 1500 */
+	uint64_t rx_bps, tx_bps;
+};
+
+struct virtio_net;
+int virtio_net_create(struct vm *vm, struct pci_bus *bus, const struct nic_config *cfg,
+		      struct virtio_net **out);
+void virtio_net_destroy(struct virtio_net *net);
 
 struct virtio_rng;
 int virtio_rng_create(struct vm *vm, struct pci_bus *bus, uint64_t bps, struct virtio_rng **out);

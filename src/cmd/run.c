@@ -22,6 +22,7 @@
 #include "vireo/vmm.h"
 
 #define MAX_DISKS 8
+#define MAX_NICS 4
 
 struct run_options {
 	struct boot_config boot;
@@ -33,6 +34,8 @@ struct run_options {
 	uint64_t rng_bps;
 	bool balloon;
 	uint64_t balloon_target;
+	struct nic_config nics[MAX_NICS];
+	unsigned int nnics;
 };
 
 /* The devices of one VM, torn down together. */
@@ -41,6 +44,7 @@ struct vm_devices {
 	struct virtio_blk *disks[MAX_DISKS];
 	struct virtio_rng *rng;
 	struct virtio_balloon *balloon;
+	struct virtio_net *nics[MAX_NICS];
 };
 
 struct console {
@@ -67,6 +71,9 @@ static const char run_usage[] =
 	"                   [,iops=N][,bps=SIZE]   (bps: bytes per second, e.g. 50M)\n"
 	"  --rng[=bps=SIZE] a virtio-rng device, optionally rate-limited\n"
 	"  --balloon[=target=SIZE]  a virtio-balloon device; target: memory to reclaim\n"
+	"  --net SPEC       a virtio-net vNIC on a tap device (repeatable, up to 4):\n"
+	"                   [tap=NAME][,mac=52:54:00:12:34:56][,mtu=N][,rx_bps=SIZE][,tx_bps=SIZE]\n"
+	"                   (a missing tap is created; that needs CAP_NET_ADMIN)\n"
 	"\n"
 	"Exit status: 0 guest powered off, 1 VMM error, 2 guest crashed,\n"
 	"3 guest rebooted, or the value the guest wrote to the debug-exit port 0xf4.\n"
@@ -118,9 +125,56 @@ static int parse_disk(char *spec, struct disk_config *d)
 	return 0;
 }
 
+static int parse_mac(const char *text, uint8_t mac[6])
+{
+	unsigned int b[6];
+	char end;
+
+	if (sscanf(text, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
+		   &end) != 6 || (b[0] & 1))
+		return -EINVAL;
+	for (int i = 0; i < 6; i++)
+		mac[i] = (uint8_t)b[i];
+	return 0;
+}
+
+/* "tap=tap0,mac=52:54:00:12:34:56,mtu=9000,rx_bps=10M,tx_bps=10M" */
+static int parse_nic(char *spec, struct nic_config *n)
+{
+	char *save = NULL;
+	uint64_t mtu;
+
+	*n = (struct nic_config){ 0 };
+	for (char *tok = strtok_r(spec, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(tok, '=');
+		const char *val = eq ? eq + 1 : "";
+		int bad = !eq;
+
+		if (eq)
+			*eq = '\0';
+		if (bad)
+			;
+		else if (!strcmp(tok, "tap"))
+			n->tap = val;
+		else if (!strcmp(tok, "mac"))
+			bad = parse_mac(val, n->mac) != 0, n->mac_set = true;
+		else if (!strcmp(tok, "mtu"))
+			bad = size_parse(val, &mtu) || mtu < 68 || mtu > 65535, n->mtu = (uint16_t)mtu;
+		else if (!strcmp(tok, "rx_bps"))
+			bad = size_parse(val, &n->rx_bps) != 0;
+		else if (!strcmp(tok, "tx_bps"))
+			bad = size_parse(val, &n->tx_bps) != 0;
+		else
+			bad = 1;
+		if (bad)
+			return err_set(-EINVAL, "--net: bad item '%s%s%s'", tok, eq ? "=" : "", val);
+	}
+	return 0;
+}
+
 static int parse_run_options(int argc, char **argv, struct run_options *o)
 {
-	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_BALLOON };
+	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_BALLOON, OPT_NET };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -132,6 +186,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "disk", required_argument, NULL, OPT_DISK },
 		{ "rng", optional_argument, NULL, OPT_RNG },
 		{ "balloon", optional_argument, NULL, OPT_BALLOON },
+		{ "net", required_argument, NULL, OPT_NET },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -168,6 +223,13 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 			o->rng = true;
 			if (optarg && (strncmp(optarg, "bps=", 4) || size_parse(optarg + 4, &o->rng_bps)))
 				return err_set(-EINVAL, "--rng takes only bps=SIZE");
+			break;
+		case OPT_NET:
+			if (o->nnics == MAX_NICS)
+				return err_set(-EINVAL, "at most %d --net options", MAX_NICS);
+			if (parse_nic(optarg, &o->nics[o->nnics]))
+				return -EINVAL;
+			o->nnics++;
 			break;
 		case OPT_BALLOON:
 			o->balloon = true;
@@ -263,6 +325,8 @@ static int virtio_devices_create(struct vm *vm, struct pci_bus *pci, struct vm_d
 	}
 	if (!ret && o->rng)
 		ret = virtio_rng_create(vm, pci, o->rng_bps, &devs->rng);
+	for (unsigned int i = 0; i < o->nnics && !ret; i++)
+		ret = virtio_net_create(vm, pci, &o->nics[i], &devs->nics[i]);
 	if (!ret && o->balloon)
 		ret = virtio_balloon_create(vm, pci, o->balloon_target, &devs->balloon);
 	return ret;
@@ -274,6 +338,8 @@ static void vm_devices_destroy(struct vm_devices *devs)
 		virtio_blk_destroy(devs->disks[i]);
 	virtio_rng_destroy(devs->rng);
 	virtio_balloon_destroy(devs->balloon);
+	for (unsigned int i = 0; i < MAX_NICS; i++)
+		virtio_net_destroy(devs->nics[i]);
 	serial_destroy(devs->serial);
 }
 

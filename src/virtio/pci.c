@@ -194,6 +194,9 @@ static void status_write(struct virtio_dev *dev, uint8_t status)
 		    !(dev->driver_features & VIRTIO_F_VERSION_1))
 			status &= (uint8_t)~VIRTIO_STATUS_FEATURES_OK;
 	}
+	if ((status & VIRTIO_STATUS_DRIVER_OK) && !(dev->status & VIRTIO_STATUS_DRIVER_OK) &&
+	    dev->ops->activate)
+		dev->ops->activate(dev);
 	dev->status = (uint8_t)(status | (dev->status & VIRTIO_STATUS_NEEDS_RESET));
 }
 
@@ -484,6 +487,9 @@ static void *virtio_thread(void *arg)
 								     .data.u32 = ~0u });
 	epoll_ctl(ep, EPOLL_CTL_ADD, dev->timer_fd, &(struct epoll_event){ .events = EPOLLIN,
 								      .data.u32 = ~1u });
+	if (dev->ops->fd_ready)
+		epoll_ctl(ep, EPOLL_CTL_ADD, dev->extra_fd,
+			  &(struct epoll_event){ .events = EPOLLIN | EPOLLET, .data.u32 = ~2u });
 	for (;;) {
 		int n = epoll_wait(ep, evs, 8, -1);
 
@@ -493,6 +499,14 @@ static void *virtio_thread(void *arg)
 
 			if (q == ~0u)
 				goto out;
+			if (q == ~2u) {
+				pthread_mutex_lock(&dev->lock);
+				if ((dev->status & VIRTIO_STATUS_DRIVER_OK) &&
+				    !(dev->status & VIRTIO_STATUS_NEEDS_RESET))
+					dev->ops->fd_ready(dev);
+				pthread_mutex_unlock(&dev->lock);
+				continue;
+			}
 			if (q == ~1u) {
 				if (read(dev->timer_fd, &count, 8) > 0)
 					virtio_run_deferred(dev);

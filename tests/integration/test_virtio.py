@@ -131,3 +131,56 @@ def test_balloon_returns_memory_to_the_host():
                    extra=["-device", "virtio-balloon-pci"])
     assert ref.returncode == 0, ref.stdout
     assert "PROBE balloon target_pages=98304 actual_pages=98304" in ref.stdout
+
+
+@pytest.fixture
+def netns_tap():
+    """A network namespace with tap0 (MTU 9000) and the echo helper on it."""
+    import os
+    import shutil
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("skipped: needs root and iproute2 for network namespaces")
+    ns = f"vireo-test-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "sh", "-c",
+                        "ip tuntap add tap0 mode tap && "
+                        "sysctl -qw net.ipv6.conf.tap0.disable_ipv6=1 && "
+                        "ip link set tap0 mtu 9000 up"], check=True)
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
+
+
+def echo_helper(ns):
+    p = subprocess.Popen(["ip", "netns", "exec", ns, "/usr/bin/python3",
+                          str(ROOT / "tests/net_echo.py"), "tap0", "--timeout", "30"],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+@pytest.mark.parametrize("irq", ["poll", "msix"])
+def test_net_echo_same_on_vireo_and_qemu(netns_tap, irq):
+    mac = "52:54:00:12:34:56"
+    cmd = f"scenario=net n=64 irq={irq}"
+    results = []
+    for vmm in ("vireo", "qemu"):
+        echo = echo_helper(netns_tap)
+        try:
+            if vmm == "vireo":
+                run = run_vireo(cmd, extra=["--net", f"tap=tap0,mtu=9000,mac={mac}"],
+                                netns=netns_tap)
+            else:
+                run = run_qemu(f"{cmd} {QEMU_ECAM}", machine=QEMU_PCI, netns=netns_tap, extra=[
+                    "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
+                    "-device", f"virtio-net-pci,netdev=n0,disable-legacy=on,mac={mac},"
+                               "host_mtu=9000"])
+        finally:
+            echo.kill()
+        assert run.returncode == 0, run.stdout + run.stderr
+        results.append(run)
+    for run in results:
+        net = run.all("net")[0]
+        assert net == {"mac": mac, "sent": "64", "received": "64", "mismatches": "0"}
+        assert run.all("net_stats")[0]["max_frame"] == "9014"
