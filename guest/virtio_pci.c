@@ -280,6 +280,10 @@ void virtio_setup(void)
 			probe_exit(1);
 		}
 		bsp_apic_id = x2apic_id();
+		/* SeaBIOS (-M q35/pc) leaves the 8259s on with IRQ0 at vector 8:
+		 * mask them, interrupts come only through MSI-X. */
+		outb(0x21, 0xff);
+		outb(0xa1, 0xff);
 	}
 	pci_scan();
 }
