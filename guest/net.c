@@ -213,14 +213,8 @@ void scn_net(const char *arg)
 		vq_kick(t.tx);
 		while (vq_get(t.tx, NULL))
 			inflight--;
-		if (!vq_has_used(t.rx)) {
-			if (t.rx->vector) {
-				sys_call(SYS_WAIT_IRQ, 10000000, 0);
-			} else {
-				cpu_relax();
-				continue;
-			}
-		}
+		if (!vq_has_used(t.rx))
+			vq_sleep(t.rx);
 		rx_poll(&t, n);
 	}
 	uint16_t status = t.d->features & NET_F_STATUS ? cfg_r16(t.d, 6) : 1;
