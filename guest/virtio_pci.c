@@ -332,9 +332,15 @@ uint64_t cfg_r64(struct vdev *d, uint32_t off)
 void vdev_reset(struct vdev *d)
 {
 	*cc8(d, CC_STATUS) = 0;
-	/* The device is reset when it reads 0 again (§4.1.4.3.2). */
-	for (int i = 0; i < 1000000 && *cc8(d, CC_STATUS); i++)
-		cpu_relax();
+	/* The device is reset when it reads 0 again (§4.1.4.3.2); each read
+	 * is an exit, so bound it by time. */
+	for (uint64_t end = clock_ns() + 1000000000; *cc8(d, CC_STATUS);) {
+		if (clock_ns() > end) {
+			probe_printf("PROBE virtio_error=reset-timeout type=%u\n", d->type);
+			return;
+		}
+		clock_delay_us(10);
+	}
 }
 
 uint64_t vdev_offered(struct vdev *d)
