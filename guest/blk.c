@@ -168,7 +168,7 @@ static int blk_sync(struct blk *b, uint32_t type, uint64_t sector, void *data, u
 
 static int blk_open(struct blk *b, uint64_t wanted)
 {
-	b->d = virtio_find(VIRTIO_ID_BLK, 0);
+	b->d = virtio_find(VIRTIO_ID_BLK, (int)cmdline_u64("blk_dev", 0));
 	if (!b->d) {
 		probe_printf("PROBE blk_error=no-device\n");
 		return -1;
@@ -293,6 +293,30 @@ static const char *range_op(struct blk *b, uint32_t type, uint64_t s, uint32_t m
 	return blk_complete(b, k) ? "fail" : "ok";
 }
 
+/* verify=1: only read the N pattern ranges back (a disk written by an
+ * earlier "blk" run with the same seed and n, e.g. opened read-only now);
+ * on a VIRTIO_BLK_F_RO disk also try to write request 0's range with its
+ * own pattern, which the device must refuse. */
+static void blk_verify(struct blk *b, const struct layout *l, const char *serial)
+{
+	const char *ro_write = "skipped";
+	uint32_t mism = pattern_pass(b, l, true, NULL);
+
+	if (b->d->features & BLK_F_RO) {
+		uint64_t sector;
+		uint32_t len;
+
+		rng_state = pat_seed;
+		req_range(l, 0, &sector, &len);
+		pat_fill(b->buf, sector, len);
+		int st = blk_sync(b, T_OUT, sector, b->buf, len * 512u);
+
+		ro_write = st == 0 ? "accepted" : st == 0xff ? "timeout" : "refused";
+	}
+	probe_printf("PROBE blk_verify capacity=%lu serial=%s reads=%u mismatches=%u ro=%d ro_write=%s\n",
+		     b->capacity, serial, l->n, mism, !!(b->d->features & BLK_F_RO), ro_write);
+}
+
 void scn_blk(const char *arg)
 {
 	static const char *const reads_name[] = { "pattern", "zero", "mixed" };
@@ -313,10 +337,6 @@ void scn_blk(const char *arg)
 		probe_printf("PROBE blk_error=disk-too-small capacity=%lu\n", b.capacity);
 		probe_exit(1);
 	}
-	if (b.d->features & BLK_F_RO) {
-		probe_printf("PROBE blk_error=read-only\n");
-		probe_exit(1);
-	}
 	l.tail = (b.capacity & ~2047ull) - 4096;
 	if (!l.n)
 		l.n = 1;
@@ -327,6 +347,14 @@ void scn_blk(const char *arg)
 	probe_printf("PROBE blk_layout seed=%lu n=%u stride=%lu tail=%lu features=0x%lx\n",
 		     pat_seed, l.n, l.stride, l.tail, b.d->features);
 
+	if (cmdline_u64("verify", 0)) {
+		blk_verify(&b, &l, serial);
+		return;
+	}
+	if (b.d->features & BLK_F_RO) {
+		probe_printf("PROBE blk_error=read-only\n");
+		probe_exit(1);
+	}
 	mism = pattern_pass(&b, &l, false, &crc);
 	range_io(&b, l.tail, false);
 	range_io(&b, l.tail + 2048, false);

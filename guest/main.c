@@ -178,6 +178,7 @@ VIRTIO_SCN(scn_blk_bench_wrap, scn_blk_bench)
 VIRTIO_SCN(scn_rng_wrap, scn_rng)
 VIRTIO_SCN(scn_balloon_wrap, scn_balloon)
 VIRTIO_SCN(scn_net_wrap, scn_net)
+VIRTIO_SCN(scn_net_bench_wrap, scn_net_bench)
 VIRTIO_SCN(scn_hostile_wrap, scn_hostile)
 
 static const struct scenario {
@@ -196,6 +197,7 @@ static const struct scenario {
 	{ "rng", scn_rng_wrap },
 	{ "balloon", scn_balloon_wrap },
 	{ "net", scn_net_wrap },
+	{ "net_bench", scn_net_bench_wrap },
 	{ "hostile", scn_hostile_wrap },
 };
 

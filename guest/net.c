@@ -23,7 +23,7 @@
 #define HDR_LEN			12
 #define ETHERTYPE		0x88b5
 #define RX_BUF_MRG		2048
-#define TX_WINDOW		16
+#define TX_WINDOW		32		/* tx buffer slots; net_window <= this */
 #define MAX_FRAME		9014
 #define MAX_FRAMES		4096
 
@@ -186,19 +186,23 @@ void scn_net(const char *arg)
 {
 	struct net t = { 0 };
 	uint32_t n = (uint32_t)parse_u64(arg, cmdline_u64("n", 64)), sent = 0, inflight = 0;
-	uint64_t timeout_ms = cmdline_u64("net_timeout_ms", 5000), deadline;
+	uint64_t timeout_ms = cmdline_u64("net_timeout_ms", 5000), deadline, t0;
+	uint32_t window = (uint32_t)cmdline_u64("net_window", 16);
 
 	if (n > MAX_FRAMES)
 		n = MAX_FRAMES;
+	if (window < 1 || window > TX_WINDOW)
+		window = 16;
 	t.seed = cmdline_u64("seed", 1);
 	if (net_open(&t))
 		probe_exit(1);
 	/* Give the host side a moment to see the link (net_wait_ms). */
 	clock_delay_us(cmdline_u64("net_wait_ms", 0) * 1000);
-	deadline = clock_ns() + timeout_ms * 1000000;
+	t0 = clock_ns();
+	deadline = t0 + timeout_ms * 1000000;
 	while ((sent < n || t.received < n) && clock_ns() < deadline) {
-		/* Keep at most TX_WINDOW frames unanswered so receive buffers suffice. */
-		while (sent < n && inflight < TX_WINDOW && sent - t.received - t.dup < TX_WINDOW) {
+		/* Keep at most "window" frames unanswered so receive buffers suffice. */
+		while (sent < n && inflight < TX_WINDOW && sent - t.received - t.dup < window) {
 			uint8_t *p = t.tx_bufs + (size_t)(sent % TX_WINDOW) * (HDR_LEN + MAX_FRAME + 2);
 			uint32_t len = frame_size(sent, n, t.max_frame);
 			struct vq_buf v = { p, HDR_LEN + len };
@@ -213,23 +217,70 @@ void scn_net(const char *arg)
 		vq_kick(t.tx);
 		while (vq_get(t.tx, NULL))
 			inflight--;
-		if (!vq_has_used(t.rx)) {
-			if (t.rx->vector) {
-				sys_call(SYS_WAIT_IRQ, 10000000, 0);
-			} else {
-				cpu_relax();
-				continue;
-			}
-		}
+		if (!vq_has_used(t.rx))
+			vq_sleep(t.rx);
 		rx_poll(&t, n);
 	}
+	uint64_t ms = (clock_ns() - t0) / 1000000;
 	uint16_t status = t.d->features & NET_F_STATUS ? cfg_r16(t.d, 6) : 1;
 
 	probe_printf("PROBE net mac=%02x:%02x:%02x:%02x:%02x:%02x sent=%u received=%u mismatches=%u\n",
 		     t.mac[0], t.mac[1], t.mac[2], t.mac[3], t.mac[4], t.mac[5], sent, t.received,
 		     t.mismatches);
 	probe_printf("PROBE net_stats max_frame=%u mrg_rxbuf=%d link=%s other=%u dup=%u irq=%s irqs=%u "
-		     "tx_kicks=%lu\n", t.max_frame, !!(t.d->features & NET_F_MRG_RXBUF),
+		     "tx_kicks=%lu ms=%lu\n", t.max_frame, !!(t.d->features & NET_F_MRG_RXBUF),
 		     status & 1 ? "up" : "down", t.other, t.dup, t.d->msix ? "msix" : "poll",
-		     virtio_irq_count(), t.tx->kicks);
+		     virtio_irq_count(), t.tx->kicks, ms);
+}
+
+/* net_bench: transmit only, for time_ms=T (default 2000), frames of
+ * net_size=BYTES (default 1514, at most max_frame), as many in flight as
+ * the tx slots allow; the host needs no helper (the tap drops them).
+ * PROBE net_bench size=B frames=N ms=T pps=N mbps=N (10^6 frame bytes/s). */
+void scn_net_bench(const char *arg)
+{
+	struct net t = { 0 };
+	uint64_t ms = cmdline_u64("time_ms", 2000), frames = 0, sent = 0, t0, end;
+	uint32_t size = (uint32_t)cmdline_u64("net_size", 1514);
+
+	(void)arg;
+	t.seed = 1;
+	if (net_open(&t))
+		probe_exit(1);
+	if (size < 60 || size > t.max_frame)
+		size = t.max_frame;
+	for (uint32_t i = 0; i < TX_WINDOW; i++) {
+		uint8_t *p = t.tx_bufs + (size_t)i * (HDR_LEN + MAX_FRAME + 2);
+
+		probe_memset(p, 0, HDR_LEN);
+		fill(&t, p + HDR_LEN, i, size);
+	}
+	t0 = clock_ns();
+	end = t0 + ms * 1000000;
+	while (clock_ns() < end) {
+		while (sent - frames < TX_WINDOW) {
+			struct vq_buf v = { t.tx_bufs + (size_t)(sent % TX_WINDOW) * (HDR_LEN + MAX_FRAME + 2),
+					    HDR_LEN + size };
+
+			if (vq_add(t.tx, &v, 1, 0, (void *)v.addr) < 0)
+				break;
+			sent++;
+		}
+		vq_kick(t.tx);
+		if (!vq_has_used(t.tx))
+			vq_sleep(t.tx);
+		while (vq_get(t.tx, NULL))
+			frames++;
+		/* drop whatever arrives */
+		uint8_t *b;
+
+		while ((b = vq_get(t.rx, NULL)))
+			rx_post(&t, b);
+		vq_kick(t.rx);
+	}
+	uint64_t ns = clock_ns() - t0;
+
+	probe_printf("PROBE net_bench size=%u frames=%lu ms=%lu pps=%lu mbps=%lu irq=%s tx_kicks=%lu\n",
+		     size, frames, ns / 1000000, frames * 1000000000 / ns, frames * size * 1000 / ns,
+		     t.d->msix ? "msix" : "poll", t.tx->kicks);
 }

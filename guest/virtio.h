@@ -18,6 +18,7 @@ enum { VIRTIO_ID_NET = 1, VIRTIO_ID_BLK = 2, VIRTIO_ID_BALLOON = 5, VIRTIO_ID_RN
 #define VS_FAILED		0x80
 
 #define VIRTIO_F_VERSION_1	(1ull << 32)
+#define VIRTIO_F_EVENT_IDX	(1ull << 29)
 
 /* split ring layout (little-endian, x86 native) */
 #define VRING_DESC_F_NEXT	1
@@ -54,6 +55,7 @@ struct virtq {
 	uint16_t avail_idx;		/* our shadow of avail->idx */
 	uint16_t last_used;		/* next used entry to consume */
 	uint16_t pending;		/* added since the last kick */
+	bool event_idx;			/* VIRTIO_F_EVENT_IDX negotiated */
 	uint8_t vector;			/* IDT vector in MSI-X mode, else 0 */
 	volatile struct vring_desc *desc;
 	volatile struct vring_avail *avail;
@@ -86,6 +88,7 @@ struct vq_buf {
 
 /* virtio_pci.c */
 extern bool virtio_use_msix;		/* irq=msix on the command line */
+extern bool virtio_use_event_idx;	/* event_idx=1 */
 void virtio_setup(void);		/* ECAM and irq mode from the command line */
 struct vdev *virtio_find(uint16_t type, int nth);
 int vdev_init(struct vdev *d, uint64_t wanted, int nvq, uint16_t qsize);
@@ -106,6 +109,7 @@ void vq_kick(struct virtq *q);
 void *vq_get(struct virtq *q, uint32_t *len);
 bool vq_has_used(struct virtq *q);
 bool vq_wait(struct virtq *q, uint64_t timeout_ms);
+void vq_sleep(struct virtq *q);
 void *vq_get_wait(struct virtq *q, uint32_t *len, uint64_t timeout_ms);
 
 /* dma memory: a bump allocator over RAM above the image, zeroed. */
@@ -127,5 +131,6 @@ void scn_blk_bench(const char *arg);
 void scn_rng(const char *arg);
 void scn_balloon(const char *arg);
 void scn_net(const char *arg);
+void scn_net_bench(const char *arg);
 void scn_hostile(const char *arg);
 #endif

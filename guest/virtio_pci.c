@@ -46,7 +46,7 @@ enum { CAP_COMMON = 1, CAP_NOTIFY = 2, CAP_ISR = 3, CAP_DEVICE = 4 };
 #define VEC_VIRTIO_BASE	0x40		/* one IDT vector per queue from here */
 #define MAX_VDEVS	16
 
-bool virtio_use_msix;
+bool virtio_use_msix, virtio_use_event_idx;
 static struct vdev vdevs[MAX_VDEVS];
 static int nvdevs;
 static uint64_t mmio_next, mmio_end;
@@ -270,6 +270,7 @@ void virtio_setup(void)
 	mmio_next = cmdline_u64("pci_mmio", 0xc0000000);
 	mmio_end = mmio_next + 0x20000000;
 	virtio_use_msix = cmdline_get("irq", v) && !probe_memcmp(v, "msix", 5);
+	virtio_use_event_idx = cmdline_u64("event_idx", 0);
 	if (!acpi.ecam_base) {
 		probe_printf("PROBE virtio_error=no-ecam\n");
 		probe_exit(1);
@@ -280,6 +281,10 @@ void virtio_setup(void)
 			probe_exit(1);
 		}
 		bsp_apic_id = x2apic_id();
+		/* SeaBIOS (-M q35/pc) leaves the 8259s on with IRQ0 at vector 8:
+		 * mask them, interrupts come only through MSI-X. */
+		outb(0x21, 0xff);
+		outb(0xa1, 0xff);
 	}
 	pci_scan();
 }
@@ -327,9 +332,15 @@ uint64_t cfg_r64(struct vdev *d, uint32_t off)
 void vdev_reset(struct vdev *d)
 {
 	*cc8(d, CC_STATUS) = 0;
-	/* The device is reset when it reads 0 again (§4.1.4.3.2). */
-	for (int i = 0; i < 1000000 && *cc8(d, CC_STATUS); i++)
-		cpu_relax();
+	/* The device is reset when it reads 0 again (§4.1.4.3.2); each read
+	 * is an exit, so bound it by time. */
+	for (uint64_t end = clock_ns() + 1000000000; *cc8(d, CC_STATUS);) {
+		if (clock_ns() > end) {
+			probe_printf("PROBE virtio_error=reset-timeout type=%u\n", d->type);
+			return;
+		}
+		clock_delay_us(10);
+	}
 }
 
 uint64_t vdev_offered(struct vdev *d)
@@ -381,6 +392,7 @@ static int vq_setup(struct vdev *d, struct virtq *q, uint16_t index, uint16_t qs
 	q->num_free = qsize;
 	q->avail_idx = q->last_used = q->pending = 0;
 	q->vector = 0;
+	q->event_idx = d->features & VIRTIO_F_EVENT_IDX;
 	cc_w64(d, CC_Q_DESC, (uintptr_t)q->desc);
 	cc_w64(d, CC_Q_AVAIL, (uintptr_t)q->avail);
 	cc_w64(d, CC_Q_USED, (uintptr_t)q->used);
@@ -399,7 +411,9 @@ static int vq_setup(struct vdev *d, struct virtq *q, uint16_t index, uint16_t qs
 		}
 	} else {
 		*cc16(d, CC_Q_MSIX) = MSIX_NO_VECTOR;
-		q->avail->flags = VRING_AVAIL_F_NO_INTERRUPT;
+		/* with EVENT_IDX flags must stay 0; no vector means no interrupt anyway */
+		if (!q->event_idx)
+			q->avail->flags = VRING_AVAIL_F_NO_INTERRUPT;
 	}
 	*cc16(d, CC_Q_ENABLE) = 1;
 	return 0;
@@ -420,6 +434,8 @@ int vdev_init(struct vdev *d, uint64_t wanted, int nvq, uint16_t qsize)
 		probe_printf("PROBE virtio_error=no-version-1 type=%u\n", d->type);
 		goto fail;
 	}
+	if (virtio_use_event_idx)
+		wanted |= VIRTIO_F_EVENT_IDX;
 	d->features = offered & (wanted | VIRTIO_F_VERSION_1);
 	*cc32(d, CC_GFSELECT) = 0;
 	*cc32(d, CC_GF) = (uint32_t)d->features;

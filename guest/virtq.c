@@ -34,13 +34,24 @@ int vq_add(struct virtq *q, const struct vq_buf *bufs, int nout, int nin, void *
 
 void vq_kick(struct virtq *q)
 {
-	if (!q->pending)
+	uint16_t added = q->pending;
+
+	if (!added)
 		return;
 	q->pending = 0;
-	/* avail->idx must be visible before we read used->flags (§2.7.13) */
+	/* avail->idx must be visible before we read used->flags or
+	 * avail_event (§2.7.13) */
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (q->used->flags & VRING_USED_F_NO_NOTIFY)
+	if (q->event_idx) {
+		/* avail_event sits after the used ring: notify only if the
+		 * device asked for an index among the ones just added. */
+		uint16_t ev = *(volatile uint16_t *)((volatile uint8_t *)q->used + 4 + 8u * q->size);
+
+		if ((uint16_t)(q->avail_idx - ev - 1) >= added)
+			return;
+	} else if (q->used->flags & VRING_USED_F_NO_NOTIFY) {
 		return;
+	}
 	*q->notify = q->index;
 	q->kicks++;
 }
@@ -86,12 +97,27 @@ bool vq_wait(struct virtq *q, uint64_t timeout_ms)
 	while (!vq_has_used(q)) {
 		if (clock_ns() > end)
 			return false;
-		if (q->vector)
-			sys_call(SYS_WAIT_IRQ, WAIT_TICKS, 0);
-		else
-			cpu_relax();
+		vq_sleep(q);
 	}
 	return true;
+}
+
+/* Polling: one pause. MSI-X: sleep until an interrupt (at most 10 ms)
+ * unless the used ring already moved; with EVENT_IDX, used_event asks
+ * for an interrupt on the next used entry first. */
+void vq_sleep(struct virtq *q)
+{
+	if (!q->vector) {
+		cpu_relax();
+		return;
+	}
+	if (q->event_idx) {
+		q->avail->ring[q->size] = q->last_used;
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		if (vq_has_used(q))
+			return;
+	}
+	sys_call(SYS_WAIT_IRQ, WAIT_TICKS, 0);
 }
 
 void *vq_get_wait(struct virtq *q, uint32_t *len, uint64_t timeout_ms)
