@@ -13,7 +13,8 @@
  *   next_oob      last descriptor gets NEXT with next = queue size + 5
  *   addr_oob      first buffer at 1 TiB (no RAM there)
  *   addr_straddle first buffer starts 8 bytes before the end of RAM (len 4096)
- *   loop          last descriptor chains back to the head
+ *   loop          last descriptor chains to itself (for blk the status
+ *                 byte: a loop of writable descriptors, not an order error)
  *   long_chain    all queue-size descriptors chained 0,1,..,size-1 and then
  *                 back to 1: more than queue-size descriptors without
  *                 revisiting the head
@@ -113,9 +114,9 @@ static void apply_case(struct virtq *q, uint16_t type, int c, int n, uint16_t *h
 		d[0].addr = ram_end() - 8;
 		d[0].len = 4096;
 		break;
-	case C_LOOP:
+	case C_LOOP:		/* a pure loop: no direction change on the way */
 		d[n - 1].flags |= VRING_DESC_F_NEXT;
-		d[n - 1].next = 0;
+		d[n - 1].next = (uint16_t)(n - 1);
 		break;
 	case C_LONG_CHAIN:
 		for (uint16_t i = (uint16_t)n; i < q->size; i++)
