@@ -45,6 +45,7 @@ compare() {
 for irq in poll msix; do
 	compare "blk irq=$irq" "scenario=blk irq=$irq seed=3 n=200"
 	compare "blk irq=$irq event_idx=1" "scenario=blk irq=$irq event_idx=1 seed=4 n=200"
+	compare "blk irq=$irq indirect=1" "scenario=blk irq=$irq indirect=1 seed=5 n=200"
 	compare "rng irq=$irq" "scenario=rng irq=$irq"
 	compare "balloon irq=$irq" "scenario=balloon irq=$irq balloon_mib=32 deflate=1"
 done

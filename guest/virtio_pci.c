@@ -46,7 +46,7 @@ enum { CAP_COMMON = 1, CAP_NOTIFY = 2, CAP_ISR = 3, CAP_DEVICE = 4 };
 #define VEC_VIRTIO_BASE	0x40		/* one IDT vector per queue from here */
 #define MAX_VDEVS	16
 
-bool virtio_use_msix, virtio_use_event_idx;
+bool virtio_use_msix, virtio_use_event_idx, virtio_use_indirect;
 static struct vdev vdevs[MAX_VDEVS];
 static int nvdevs;
 static uint64_t mmio_next, mmio_end;
@@ -289,6 +289,7 @@ void virtio_setup(void)
 	mmio_end = mmio_next + 0x20000000;
 	virtio_use_msix = cmdline_get("irq", v) && !probe_memcmp(v, "msix", 5);
 	virtio_use_event_idx = cmdline_u64("event_idx", 0);
+	virtio_use_indirect = cmdline_u64("indirect", 0);
 	if (!acpi.ecam_base) {
 		probe_printf("PROBE virtio_error=no-ecam\n");
 		probe_exit(1);
@@ -411,6 +412,8 @@ static int vq_setup(struct vdev *d, struct virtq *q, uint16_t index, uint16_t qs
 	q->avail_idx = q->last_used = q->pending = 0;
 	q->vector = 0;
 	q->event_idx = d->features & VIRTIO_F_EVENT_IDX;
+	q->ind = d->features & VIRTIO_F_INDIRECT_DESC ?
+		 dma_alloc((size_t)qsize * VQ_IND_MAX * 16, 4096) : NULL;
 	cc_w64(d, CC_Q_DESC, (uintptr_t)q->desc);
 	cc_w64(d, CC_Q_AVAIL, (uintptr_t)q->avail);
 	cc_w64(d, CC_Q_USED, (uintptr_t)q->used);
@@ -454,6 +457,8 @@ int vdev_init(struct vdev *d, uint64_t wanted, int nvq, uint16_t qsize)
 	}
 	if (virtio_use_event_idx)
 		wanted |= VIRTIO_F_EVENT_IDX;
+	if (virtio_use_indirect)
+		wanted |= VIRTIO_F_INDIRECT_DESC;
 	d->features = offered & (wanted | VIRTIO_F_VERSION_1);
 	*cc32(d, CC_GFSELECT) = 0;
 	*cc32(d, CC_GF) = (uint32_t)d->features;
