@@ -4,8 +4,9 @@
  * device's num_pages; the pages (zeroed, hence resident, first) go to the
  * host through the inflate queue, 256 PFNs per buffer, then "actual" is
  * written. Then, for balloon_hold_ms=T (default 0), keep answering the
- * stats queue; then deflate=1 gives every page back through the deflate
- * queue. Features: VIRTIO_BALLOON_F_MUST_TELL_HOST (we always deflate
+ * stats queue (and with balloon_follow=1 inflate or deflate to the
+ * device's num_pages whenever it changes, checked every 10 ms); then
+ * deflate=1 gives every page back through the deflate queue. Features: VIRTIO_BALLOON_F_MUST_TELL_HOST (we always deflate
  * before reuse) and VIRTIO_BALLOON_F_STATS_VQ (memory free and total). */
 #include "virtio.h"
 
@@ -82,9 +83,35 @@ static int balloon_xfer(int qi, uint8_t *base, uint64_t npages, uint32_t *pfnbuf
 	return 0;
 }
 
+static uint64_t inflated;		/* pages [0, inflated) are the host's */
+
+/* Inflates or deflates to want pages (the top ones go first on deflate),
+ * then writes "actual". Pages are zeroed (made resident) before they are
+ * given, and touched again when they come back. */
+static int balloon_resize(uint8_t *pages, uint64_t want, uint32_t *pfnbufs)
+{
+	if (want > inflated) {
+		uint8_t *p = pages + inflated * 4096;
+
+		probe_memset(p, 0, (want - inflated) * 4096);
+		if (balloon_xfer(0, p, want - inflated, pfnbufs))
+			return -1;
+	} else if (want < inflated) {
+		if (balloon_xfer(1, pages + want * 4096, inflated - want, pfnbufs))
+			return -1;
+		for (uint64_t i = want; i < inflated; i++)
+			pages[i * 4096] = 1;
+	}
+	inflated = want;
+	ram_given = want * 4096;
+	cfg_w32(d, 4, (uint32_t)want);
+	return 0;
+}
+
 void scn_balloon(const char *arg)
 {
-	uint64_t target, hold_ms = cmdline_u64("balloon_hold_ms", 0);
+	uint64_t target, limit, ticks = 0, hold_ms = cmdline_u64("balloon_hold_ms", 0);
+	bool follow = cmdline_u64("balloon_follow", 0);
 	uint32_t *pfnbufs;
 	uint8_t *pages;
 
@@ -109,25 +136,39 @@ void scn_balloon(const char *arg)
 	target = target == ~0ull ? cfg_r32(d, 0) : target * 256;
 	if (parse_u64(arg, 0))
 		target = parse_u64(arg, 0) * 256;
-	pages = dma_alloc(target * 4096 + 1, 4096);	/* zeroed: resident */
-	if (balloon_xfer(0, pages, target, pfnbufs))
+	/* The balloon's pages: all RAM above our allocations but 1 MiB. */
+	pages = dma_alloc(4096, 4096);
+	limit = (ram_end() - (uintptr_t)pages) / 4096 - 256;
+	if (target > limit) {
+		probe_printf("PROBE balloon_error=target-too-large target_pages=%lu max=%lu\n", target, limit);
 		probe_exit(1);
-	ram_given = target * 4096;
-	cfg_w32(d, 4, (uint32_t)target);
+	}
+	if (balloon_resize(pages, target, pfnbufs))
+		probe_exit(1);
 	probe_printf("PROBE balloon target_pages=%lu actual_pages=%u\n", target, cfg_r32(d, 4));
 	for (uint64_t end = clock_ns() + hold_ms * 1000000; clock_ns() < end;) {
 		stats_service();
 		clock_delay_us(1000);
+		/* balloon_follow=1: track the device's num_pages (every 10 ms) */
+		if (follow && ++ticks % 10 == 0) {
+			uint64_t want = cfg_r32(d, 0);
+
+			if (want > limit)
+				want = limit;
+			if (want != inflated) {
+				if (balloon_resize(pages, want, pfnbufs))
+					probe_exit(1);
+				probe_printf("PROBE balloon_follow num_pages=%u actual_pages=%u\n",
+					     cfg_r32(d, 0), cfg_r32(d, 4));
+			}
+		}
 	}
 	if (cmdline_u64("deflate", 0)) {
-		if (balloon_xfer(1, pages, target, pfnbufs))
+		uint64_t had = inflated;
+
+		if (balloon_resize(pages, 0, pfnbufs))
 			probe_exit(1);
-		ram_given = 0;
-		cfg_w32(d, 4, 0);
-		/* The pages are ours again: touch them. */
-		for (uint64_t i = 0; i < target; i++)
-			pages[i * 4096] = 1;
-		probe_printf("PROBE balloon_deflate pages=%lu actual_pages=%u\n", target, cfg_r32(d, 4));
+		probe_printf("PROBE balloon_deflate pages=%lu actual_pages=%u\n", had, cfg_r32(d, 4));
 	}
 	stats_service();
 	probe_printf("PROBE balloon_stats stats_requests=%u irq=%s irqs=%u\n", stats_requests,

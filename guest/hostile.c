@@ -13,13 +13,22 @@
  *   next_oob      last descriptor gets NEXT with next = queue size + 5
  *   addr_oob      first buffer at 1 TiB (no RAM there)
  *   addr_straddle first buffer starts 8 bytes before the end of RAM (len 4096)
- *   loop          last descriptor chains back to the head
+ *   loop          last descriptor chains to itself (for blk the status
+ *                 byte: a loop of writable descriptors, not an order error)
  *   long_chain    all queue-size descriptors chained 0,1,..,size-1 and then
  *                 back to 1: more than queue-size descriptors without
  *                 revisiting the head
  *   zero_len      the data (or only) buffer has length 0
  *   wrong_dir     a buffer the device must read is write-only (blk header,
  *                 net frame, balloon PFNs), or rng's buffer is read-only
+ * and when the device offers VIRTIO_F_INDIRECT_DESC (negotiated then), six
+ * more with the template in an indirect table (scratch + 1024):
+ *   ind_nested    an INDIRECT descriptor inside the table
+ *   ind_len       table length not a multiple of 16
+ *   ind_next_oob  a next beyond the table
+ *   ind_loop      the table's last descriptor chains to itself
+ *   ind_and_next  the ring descriptor has INDIRECT and NEXT (forbidden)
+ *   ind_empty     table length 0
  * Result per case, from the used ring and device_status after 300 ms:
  *   needs_reset (DEVICE_NEEDS_RESET set), used (the device returned the
  *   chain; blk adds its status byte), ignored (neither), failed (FAILED or
@@ -36,10 +45,14 @@ enum { R_NEEDS_RESET, R_USED, R_IGNORED, R_FAILED, R_COUNT };
 static const char *const rname[R_COUNT] = { "needs_reset", "used", "ignored", "failed" };
 
 enum { C_HEAD_OOB, C_NEXT_OOB, C_ADDR_OOB, C_ADDR_STRADDLE, C_LOOP, C_LONG_CHAIN,
-       C_ZERO_LEN, C_WRONG_DIR, C_COUNT };
+       C_ZERO_LEN, C_WRONG_DIR,
+       C_IND_NESTED, C_IND_LEN, C_IND_NEXT_OOB, C_IND_LOOP, C_IND_AND_NEXT, C_IND_EMPTY,
+       C_COUNT };
+#define C_IND_FIRST C_IND_NESTED
 static const char *const cname[C_COUNT] = {
 	"head_oob", "next_oob", "addr_oob", "addr_straddle", "loop", "long_chain",
 	"zero_len", "wrong_dir",
+	"ind_nested", "ind_len", "ind_next_oob", "ind_loop", "ind_and_next", "ind_empty",
 };
 
 struct tmpl {
@@ -93,11 +106,51 @@ static int data_desc(uint16_t type)
 	return type == VIRTIO_ID_BLK ? 1 : 0;
 }
 
+/* Indirect cases: the template moves into a table at scratch + 1024 and
+ * ring descriptor 0 points at it; then one thing is broken. */
+static void apply_indirect(struct virtq *q, int c, int n)
+{
+	volatile struct vring_desc *d = q->desc, *t = (volatile struct vring_desc *)(scratch + 1024);
+
+	for (int i = 0; i < n; i++) {
+		t[i] = d[i];
+		t[i].next = (uint16_t)(i + 1);
+	}
+	d[0] = (struct vring_desc){ (uintptr_t)t, (uint32_t)n * 16, VRING_DESC_F_INDIRECT, 1 };
+	d[1] = (struct vring_desc){ (uintptr_t)(scratch + 2048), 16, 0, 0 };
+	switch (c) {
+	case C_IND_NESTED:	/* an indirect descriptor inside the table */
+		t[0].flags |= VRING_DESC_F_INDIRECT;
+		break;
+	case C_IND_LEN:		/* table length not a multiple of 16 */
+		d[0].len += 8;
+		break;
+	case C_IND_NEXT_OOB:
+		t[n - 1].flags |= VRING_DESC_F_NEXT;
+		t[n - 1].next = (uint16_t)(n + 3);
+		break;
+	case C_IND_LOOP:
+		t[n - 1].flags |= VRING_DESC_F_NEXT;
+		t[n - 1].next = (uint16_t)(n - 1);
+		break;
+	case C_IND_AND_NEXT:	/* INDIRECT and NEXT together (forbidden) */
+		d[0].flags |= VRING_DESC_F_NEXT;
+		break;
+	case C_IND_EMPTY:
+		d[0].len = 0;
+		break;
+	}
+}
+
 static void apply_case(struct virtq *q, uint16_t type, int c, int n, uint16_t *head)
 {
 	volatile struct vring_desc *d = q->desc;
 
 	*head = 0;
+	if (c >= C_IND_FIRST) {
+		apply_indirect(q, c, n);
+		return;
+	}
 	switch (c) {
 	case C_HEAD_OOB:
 		*head = q->size;
@@ -113,9 +166,9 @@ static void apply_case(struct virtq *q, uint16_t type, int c, int n, uint16_t *h
 		d[0].addr = ram_end() - 8;
 		d[0].len = 4096;
 		break;
-	case C_LOOP:
+	case C_LOOP:		/* a pure loop: no direction change on the way */
 		d[n - 1].flags |= VRING_DESC_F_NEXT;
-		d[n - 1].next = 0;
+		d[n - 1].next = (uint16_t)(n - 1);
 		break;
 	case C_LONG_CHAIN:
 		for (uint16_t i = (uint16_t)n; i < q->size; i++)
@@ -195,15 +248,20 @@ static bool sanity(struct vdev *dv, const struct tmpl *t)
 
 static void hostile_dev(struct vdev *dv, const struct tmpl *t)
 {
-	uint32_t count[R_COUNT] = { 0 }, recovered = 0;
+	uint32_t count[R_COUNT] = { 0 }, recovered = 0, cases = 0;
 	char extra[24];
+	bool indirect = vdev_offered(dv) & VIRTIO_F_INDIRECT_DESC;
 
 	for (int c = 0; c < C_COUNT; c++) {
 		uint16_t head;
 		int r;
 
+		if (c >= C_IND_FIRST && !indirect)
+			break;
+		cases++;
+
 		dma_mark();
-		if (vdev_init(dv, t->features, t->nvq, 64)) {
+		if (vdev_init(dv, t->features | (indirect ? VIRTIO_F_INDIRECT_DESC : 0), t->nvq, 64)) {
 			probe_printf("PROBE hostile dev=%s case=%s result=init-failed\n", t->name, cname[c]);
 			dma_release();
 			continue;
@@ -222,7 +280,7 @@ static void hostile_dev(struct vdev *dv, const struct tmpl *t)
 		dma_release();
 		/* Reset, set up again, and try a good request. */
 		dma_mark();
-		bool ok = !vdev_init(dv, t->features, t->nvq, 64);
+		bool ok = !vdev_init(dv, t->features | (indirect ? VIRTIO_F_INDIRECT_DESC : 0), t->nvq, 64);
 
 		if (ok) {
 			vdev_driver_ok(dv);
@@ -239,8 +297,8 @@ static void hostile_dev(struct vdev *dv, const struct tmpl *t)
 	for (int r = 1; r < R_COUNT; r++)
 		if (count[r] > count[best])
 			best = r;
-	probe_printf("PROBE hostile dev=%s result=%s cases=%d needs_reset=%u used=%u ignored=%u "
-		     "failed=%u recovered=%u\n", t->name, rname[best], C_COUNT, count[R_NEEDS_RESET],
+	probe_printf("PROBE hostile dev=%s result=%s cases=%u needs_reset=%u used=%u ignored=%u "
+		     "failed=%u recovered=%u\n", t->name, rname[best], cases, count[R_NEEDS_RESET],
 		     count[R_USED], count[R_IGNORED], count[R_FAILED], recovered);
 }
 

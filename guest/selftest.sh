@@ -66,8 +66,8 @@ QEMU_EXTRA="-device virtio-balloon-pci,disable-legacy=on" check 1 \
 QEMU_EXTRA="$blk -device virtio-rng-pci,disable-legacy=on -device virtio-balloon-pci,disable-legacy=on
 	-netdev user,id=n0 -device virtio-net-pci,netdev=n0,disable-legacy=on" check 1 \
 	"scenario=hostile ecam=0xe0000000" 0 '^PROBE hostile_devices=4$' \
-	'^PROBE hostile dev=blk result=needs_reset .* recovered=8$' '^PROBE hostile dev=net .* recovered=8$' \
-	'^PROBE hostile dev=rng .* recovered=8$' '^PROBE hostile dev=balloon .* recovered=8$'
+	'^PROBE hostile dev=blk result=needs_reset cases=14 .* recovered=14$' '^PROBE hostile dev=net .*cases=14 .* recovered=14$' \
+	'^PROBE hostile dev=rng .*cases=14 .* recovered=14$' '^PROBE hostile dev=balloon .*cases=14 .* recovered=14$'
 if [ "$(id -u)" = 0 ]; then
 	for irq in poll msix; do
 		out=$("$(dirname "$0")/run-net-qemu.sh" "scenario=net ecam=0xe0000000 n=100 irq=$irq" ,host_mtu=9000 2>/dev/null)

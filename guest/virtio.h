@@ -19,10 +19,12 @@ enum { VIRTIO_ID_NET = 1, VIRTIO_ID_BLK = 2, VIRTIO_ID_BALLOON = 5, VIRTIO_ID_RN
 
 #define VIRTIO_F_VERSION_1	(1ull << 32)
 #define VIRTIO_F_EVENT_IDX	(1ull << 29)
+#define VIRTIO_F_INDIRECT_DESC	(1ull << 28)
 
 /* split ring layout (little-endian, x86 native) */
 #define VRING_DESC_F_NEXT	1
 #define VRING_DESC_F_WRITE	2
+#define VRING_DESC_F_INDIRECT	4
 #define VRING_AVAIL_F_NO_INTERRUPT 1
 #define VRING_USED_F_NO_NOTIFY	1
 
@@ -43,6 +45,7 @@ struct vring_used {
 };
 
 #define VQ_MAX_SIZE		256
+#define VQ_IND_MAX		8	/* descriptors per indirect table */
 #define VDEV_MAX_VQ		4
 #define MSIX_NO_VECTOR		0xffff
 
@@ -56,6 +59,7 @@ struct virtq {
 	uint16_t last_used;		/* next used entry to consume */
 	uint16_t pending;		/* added since the last kick */
 	bool event_idx;			/* VIRTIO_F_EVENT_IDX negotiated */
+	volatile struct vring_desc *ind;	/* INDIRECT_DESC: VQ_IND_MAX per head */
 	uint8_t vector;			/* IDT vector in MSI-X mode, else 0 */
 	volatile struct vring_desc *desc;
 	volatile struct vring_avail *avail;
@@ -89,6 +93,7 @@ struct vq_buf {
 /* virtio_pci.c */
 extern bool virtio_use_msix;		/* irq=msix on the command line */
 extern bool virtio_use_event_idx;	/* event_idx=1 */
+extern bool virtio_use_indirect;	/* indirect=1 */
 void virtio_setup(void);		/* ECAM and irq mode from the command line */
 struct vdev *virtio_find(uint16_t type, int nth);
 int vdev_init(struct vdev *d, uint64_t wanted, int nvq, uint16_t qsize);

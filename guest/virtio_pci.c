@@ -46,7 +46,7 @@ enum { CAP_COMMON = 1, CAP_NOTIFY = 2, CAP_ISR = 3, CAP_DEVICE = 4 };
 #define VEC_VIRTIO_BASE	0x40		/* one IDT vector per queue from here */
 #define MAX_VDEVS	16
 
-bool virtio_use_msix, virtio_use_event_idx;
+bool virtio_use_msix, virtio_use_event_idx, virtio_use_indirect;
 static struct vdev vdevs[MAX_VDEVS];
 static int nvdevs;
 static uint64_t mmio_next, mmio_end;
@@ -91,11 +91,32 @@ void dma_release(void) { dma_next = dma_saved; }
 
 /* ---- BARs ---- */
 
-/* Highest end of a memory BAR some VMM already placed in the window. */
+/* Size of the memory BAR at config offset off (low 32 bits of a 64-bit
+ * one), decoding off meanwhile; 0 if not implemented. */
+static uint64_t bar_size(unsigned slot, unsigned fn, unsigned off)
+{
+	volatile uint16_t *cmd = (volatile uint16_t *)ecam(slot, fn, PCI_COMMAND);
+	volatile uint32_t *r = (volatile uint32_t *)ecam(slot, fn, off);
+	uint16_t saved = *cmd;
+	uint32_t orig = *r, mask;
+
+	*cmd = saved & (uint16_t)~PCI_CMD_MEM;
+	*r = 0xffffffff;
+	mask = *r & ~0xfu;
+	*r = orig;
+	*cmd = saved;
+	return mask ? (uint64_t)(uint32_t)(~mask + 1) : 0;
+}
+
+/* Moves the window cursor above every memory BAR some VMM already placed
+ * in the window. */
 static void window_skip_assigned(unsigned slot, unsigned fn)
 {
-	for (unsigned b = 0; b < 6; b++) {
-		volatile uint32_t *r = (volatile uint32_t *)ecam(slot, fn, 0x10 + 4 * b);
+	uint8_t hdr = *ecam(slot, fn, 0xe) & 0x7f;
+
+	for (unsigned b = 0; b < (hdr == 1 ? 2u : hdr == 0 ? 6u : 0u); b++) {
+		unsigned off = 0x10 + 4 * b;
+		volatile uint32_t *r = (volatile uint32_t *)ecam(slot, fn, off);
 		uint32_t v = *r;
 		uint64_t base = v & ~0xfull;
 
@@ -103,8 +124,11 @@ static void window_skip_assigned(unsigned slot, unsigned fn)
 			continue;
 		if ((v & 6) == 4)
 			base |= (uint64_t)r[1] << 32, b++;
-		if (base >= mmio_next && base < mmio_end)
-			mmio_next = base + 0x100000;	/* conservative: BARs here are small */
+		if (base >= mmio_next && base < mmio_end) {
+			uint64_t size = bar_size(slot, fn, off);
+
+			mmio_next = base + (size ? size : 4096);
+		}
 	}
 }
 
@@ -132,18 +156,12 @@ static void bars_assign(struct vdev *d)
 			b += is64;
 			continue;
 		}
-		pci_w32(d, off, 0xffffffff);
-		uint32_t mask = pci_r32(d, off) & ~0xfu;
+		uint64_t size = bar_size(d->slot, d->fn, off);
 
-		pci_w32(d, off, orig);
-		if (!mask) {
+		if (!size) {
 			b += is64;
 			continue;
 		}
-		uint64_t size = (uint64_t)(~mask) + 1;
-
-		if (is64)
-			size = (uint32_t)size ? (uint32_t)size : 1ull << 32;
 		uint64_t a = (mmio_next + size - 1) & ~(size - 1);
 
 		if (a + size > mmio_end) {
@@ -271,6 +289,7 @@ void virtio_setup(void)
 	mmio_end = mmio_next + 0x20000000;
 	virtio_use_msix = cmdline_get("irq", v) && !probe_memcmp(v, "msix", 5);
 	virtio_use_event_idx = cmdline_u64("event_idx", 0);
+	virtio_use_indirect = cmdline_u64("indirect", 0);
 	if (!acpi.ecam_base) {
 		probe_printf("PROBE virtio_error=no-ecam\n");
 		probe_exit(1);
@@ -393,6 +412,8 @@ static int vq_setup(struct vdev *d, struct virtq *q, uint16_t index, uint16_t qs
 	q->avail_idx = q->last_used = q->pending = 0;
 	q->vector = 0;
 	q->event_idx = d->features & VIRTIO_F_EVENT_IDX;
+	q->ind = d->features & VIRTIO_F_INDIRECT_DESC ?
+		 dma_alloc((size_t)qsize * VQ_IND_MAX * 16, 4096) : NULL;
 	cc_w64(d, CC_Q_DESC, (uintptr_t)q->desc);
 	cc_w64(d, CC_Q_AVAIL, (uintptr_t)q->avail);
 	cc_w64(d, CC_Q_USED, (uintptr_t)q->used);
@@ -436,6 +457,8 @@ int vdev_init(struct vdev *d, uint64_t wanted, int nvq, uint16_t qsize)
 	}
 	if (virtio_use_event_idx)
 		wanted |= VIRTIO_F_EVENT_IDX;
+	if (virtio_use_indirect)
+		wanted |= VIRTIO_F_INDIRECT_DESC;
 	d->features = offered & (wanted | VIRTIO_F_VERSION_1);
 	*cc32(d, CC_GFSELECT) = 0;
 	*cc32(d, CC_GF) = (uint32_t)d->features;

@@ -6,24 +6,50 @@
 
 #define WAIT_TICKS	10000000	/* 10 ms of KVM's 1 GHz APIC timer */
 
+static void desc_fill(volatile struct vring_desc *d, const struct vq_buf *b, int k, int nout, int n)
+{
+	d->addr = (uintptr_t)b->addr;
+	d->len = b->len;
+	d->flags = (uint16_t)((k >= nout ? VRING_DESC_F_WRITE : 0) | (k + 1 < n ? VRING_DESC_F_NEXT : 0));
+}
+
+/* A chain of n > 1 buffers in the head's indirect table: one ring slot. */
+static uint16_t add_indirect(struct virtq *q, const struct vq_buf *bufs, int nout, int n)
+{
+	uint16_t head = q->free_head;
+	volatile struct vring_desc *t = q->ind + (size_t)head * VQ_IND_MAX;
+
+	for (int k = 0; k < n; k++) {
+		desc_fill(&t[k], &bufs[k], k, nout, n);
+		t[k].next = (uint16_t)(k + 1);
+	}
+	q->desc[head].addr = (uintptr_t)t;
+	q->desc[head].len = (uint32_t)n * 16;
+	q->desc[head].flags = VRING_DESC_F_INDIRECT;
+	q->free_head = q->desc[head].next;
+	q->num_free--;
+	return head;
+}
+
 int vq_add(struct virtq *q, const struct vq_buf *bufs, int nout, int nin, void *cookie)
 {
 	int n = nout + nin;
 	uint16_t head = q->free_head, i = head;
 
-	if (n < 1 || n > q->num_free)
+	if (n < 1 || !q->num_free)
 		return -1;
-	for (int k = 0; k < n; k++) {
-		volatile struct vring_desc *d = &q->desc[i];
-
-		d->addr = (uintptr_t)bufs[k].addr;
-		d->len = bufs[k].len;
-		d->flags = (uint16_t)((k >= nout ? VRING_DESC_F_WRITE : 0) |
-				      (k + 1 < n ? VRING_DESC_F_NEXT : 0));
-		i = d->next;
+	if (q->ind && n > 1 && n <= VQ_IND_MAX) {
+		head = add_indirect(q, bufs, nout, n);
+	} else {
+		if (n > q->num_free)
+			return -1;
+		for (int k = 0; k < n; k++) {
+			desc_fill(&q->desc[i], &bufs[k], k, nout, n);
+			i = q->desc[i].next;
+		}
+		q->free_head = i;
+		q->num_free = (uint16_t)(q->num_free - n);
 	}
-	q->free_head = i;
-	q->num_free = (uint16_t)(q->num_free - n);
 	q->cookie[head] = cookie;
 	q->avail->ring[q->avail_idx % q->size] = head;
 	__atomic_thread_fence(__ATOMIC_RELEASE);
