@@ -29,7 +29,7 @@ def expected_image(tmp_path, seed, n):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("irq", ["poll", "msix"])
+@pytest.mark.parametrize("irq", ["poll", "msix", "msix event_idx=1 indirect=1"])
 def test_blk_same_on_vireo_and_qemu(tmp_path, fmt, irq):
     seed, n = 7, 200
     cmd = f"scenario=blk seed={seed} n={n} irq={irq}"
