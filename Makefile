@@ -18,7 +18,7 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test unit integration asan fuzz bench clean
+.PHONY: all test unit integration asan fuzz fuzz-run bench clean
 all: $(BUILD)/vireo guest
 
 $(BUILD)/%.o: %.c
@@ -58,6 +58,10 @@ asan:
 
 fuzz:
 	$(MAKE) -f tests/fuzz/fuzz.mk
+
+# Short fuzzing run of every format parser (CI).
+fuzz-run: all
+	$(MAKE) -f tests/fuzz/fuzz.mk fuzz-run
 
 bench: all
 	bench/boot.sh

@@ -42,6 +42,8 @@ int qcow2_cache_get(struct qcow2 *s, struct qcow2_cache *c, uint64_t off, uint8_
 	struct qcow2_cache_entry *victim = &c->e[0];
 	int ret;
 
+	if (!off)
+		return err_set(-EIO, "%s: metadata cache: table at offset 0", s->file->path);
 	for (int i = 0; i < c->nr; i++) {
 		if (c->e[i].offset == off) {
 			c->e[i].lru = ++c->tick;

@@ -82,6 +82,23 @@ int qcow2_get_refcount(struct qcow2 *s, uint64_t cluster, uint64_t *rc)
 	return ret;
 }
 
+static bool in_range(uint64_t off, uint64_t start, uint64_t len)
+{
+	return len && off + 1 > start && off < start + len;
+}
+
+/* Clusters of the header and the fixed tables: a zero refcount there means
+ * a corrupt image, and allocating them would overwrite metadata. */
+static bool fixed_metadata(struct qcow2 *s, uint64_t c)
+{
+	uint64_t off = c * s->cluster_size, cs = s->cluster_size;
+
+	return c == 0 ||
+	       in_range(off + cs - 1, s->h.l1_table_offset, s->l1_size * 8ull + cs - 1) ||
+	       in_range(off + cs - 1, s->h.refcount_table_offset, s->rt_size * 8 + cs - 1) ||
+	       (s->nr_snaps && in_range(off + cs - 1, s->h.snapshots_offset, s->snap_bytes + cs - 1));
+}
+
 /* n free clusters in a row at or above the hint (clusters past the end of
  * the file are free). Advances the hint and the file end past them. */
 static int find_free(struct qcow2 *s, uint64_t n, uint64_t *first)
@@ -92,6 +109,9 @@ static int find_free(struct qcow2 *s, uint64_t n, uint64_t *first)
 		uint64_t rc = 0;
 		int ret = c < end ? qcow2_get_refcount(s, c, &rc) : 0;
 
+		if (!ret && !rc && c < end && fixed_metadata(s, c))
+			ret = qcow2_corrupt(s, "metadata cluster %llu has refcount 0",
+					    (unsigned long long)c);
 		if (ret)
 			return ret;
 		run = rc ? 0 : run + 1;
