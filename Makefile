@@ -23,7 +23,8 @@ all: $(BUILD)/vireo guest
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libvireo.a: $(LIB_OBJ)
 	@rm -f $@

@@ -2,7 +2,7 @@
 # booted by vireo and by QEMU -M microvm alike. Included by the top Makefile.
 
 GUEST_CFLAGS := -std=gnu11 $(WARN) -O2 -g -ffreestanding -fno-pic -fno-pie \
-	-fno-stack-protector -mno-red-zone -mno-sse -mno-mmx -mno-avx \
+	-fno-stack-protector -fno-tree-loop-distribute-patterns -mno-red-zone -mno-sse -mno-mmx -mno-avx \
 	-mgeneral-regs-only -mcmodel=small -fno-asynchronous-unwind-tables \
 	-nostdinc -isystem $(shell $(CC) -print-file-name=include) -Iguest -MMD -MP
 GUEST_SRC := $(strip $(wildcard guest/*.c) $(wildcard guest/*.S))
@@ -13,12 +13,14 @@ guest: $(if $(GUEST_SRC),$(BUILD)/guest/probe.elf)
 
 $(BUILD)/guest/%.c.o: guest/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(GUEST_CFLAGS) -c $< -o $@
+	@echo "  CC      $<"
+	@$(CC) $(GUEST_CFLAGS) -c $< -o $@
 
 $(BUILD)/guest/%.S.o: guest/%.S
 	@mkdir -p $(dir $@)
-	$(CC) $(GUEST_CFLAGS) -c $< -o $@
+	@echo "  CC      $<"
+	@$(CC) $(GUEST_CFLAGS) -c $< -o $@
 
 $(BUILD)/guest/probe.elf: $(GUEST_OBJ) guest/probe.ld
-	$(CC) -nostdlib -static -no-pie -Wl,--build-id=none -Wl,-T,guest/probe.ld \
+	$(CC) -nostdlib -static -no-pie -Wl,--build-id=none -Wl,--no-warn-rwx-segments -Wl,-T,guest/probe.ld \
 		-o $@ $(GUEST_OBJ)

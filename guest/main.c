@@ -1,0 +1,199 @@
+/* Probe guest main (BSP, CPL3): parse the PVH start info and command line,
+ * walk ACPI, run the scenario named by "scenario=NAME", power off.
+ * A scenario's argument is either "scenario=NAME=ARG" or "NAME=ARG". */
+#include "probe.h"
+
+#define ARG_MAX 64
+
+static const struct hvm_start_info *si;
+static const char *cmdline = "";
+
+void probe_main(void);
+
+/* Copies the value of "key=" on the command line into out; false if absent. */
+static bool cmdline_get(const char *key, char out[ARG_MAX])
+{
+	size_t klen = probe_strlen(key);
+
+	for (const char *p = cmdline; *p;) {
+		while (*p == ' ')
+			p++;
+		if (!probe_memcmp(p, key, klen) && p[klen] == '=') {
+			size_t n = 0;
+
+			for (p += klen + 1; *p && *p != ' ' && n < ARG_MAX - 1; p++)
+				out[n++] = *p;
+			out[n] = 0;
+			return true;
+		}
+		while (*p && *p != ' ')
+			p++;
+	}
+	return false;
+}
+
+static uint64_t parse_u64(const char *s, uint64_t dflt)
+{
+	uint64_t v = 0;
+	unsigned base = 10;
+
+	if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
+		base = 16, s += 2;
+	if (!*s)
+		return dflt;
+	for (; *s; s++) {
+		unsigned d = *s >= '0' && *s <= '9' ? (unsigned)(*s - '0') :
+			     *s >= 'a' && *s <= 'f' ? (unsigned)(*s - 'a' + 10) : 99;
+		if (d >= base)
+			return dflt;
+		v = v * base + d;
+	}
+	return v;
+}
+
+static uint64_t mem_bytes(void)
+{
+	uint64_t sum = 0;
+
+	if (si->version < 1 || !si->memmap_paddr)
+		return 0;
+	const struct hvm_memmap_entry *e = (const void *)(uintptr_t)si->memmap_paddr;
+
+	for (uint32_t i = 0; i < si->memmap_entries; i++)
+		if (e[i].type == 1)
+			sum += e[i].size;
+	return sum;
+}
+
+static void scn_hello(const char *arg)
+{
+	uint64_t mem = mem_bytes();
+
+	(void)arg;
+	probe_printf("PROBE banner=vireo-probe\n");
+	probe_printf("PROBE mem_bytes=%lu\n", mem);
+	probe_printf("PROBE mem_mib=%lu\n", (mem + (1 << 19)) >> 20);
+	probe_printf("PROBE cpus=%d\n", acpi.ncpus);
+	probe_printf("PROBE acpi rsdp=0x%lx rsdp_from=%s hw_reduced=%d sleep_ctl=%s:0x%lx "
+		     "pm1a_cnt=0x%x s5=%d ecam=0x%lx tables=%s\n", acpi.rsdp,
+		     acpi.rsdp_scanned ? "scan" : "start_info", acpi.hw_reduced,
+		     acpi.sleep_ctl.space == 1 ? "io" : "mem", acpi.sleep_ctl.addr,
+		     acpi.pm1a_cnt, acpi.slp_typ_s5, acpi.ecam_base, acpi.tables);
+}
+
+static void scn_cpus(const char *arg)
+{
+	(void)arg;
+	if (x2apic_enable()) {
+		probe_printf("PROBE error=no-x2apic\n");
+		probe_exit(1);
+	}
+	probe_printf("PROBE cpu_up apic_id=%u\n", x2apic_id());
+	probe_printf("PROBE cpus_up=%d\n", smp_start_aps());
+}
+
+static void scn_cpuburn(const char *arg)
+{
+	uint64_t ms = parse_u64(arg, 1000), iterations = 0;
+	uint64_t end = clock_ns() + ms * 1000000;
+
+	do {
+		for (volatile int i = 0; i < 1000; i++)
+			;
+		iterations++;
+	} while (clock_ns() < end);
+	probe_printf("PROBE burn_ms=%lu iterations=%lu\n", ms, iterations);
+}
+
+static void scn_exit(const char *arg)
+{
+	uint32_t code = (uint32_t)parse_u64(arg, 0);
+
+	probe_printf("PROBE exit=%u\n", code);
+	probe_exit(code);
+}
+
+/* QEMU microvm has no MCFG (its ECAM is only in the DSDT): "ecam=ADDR"
+ * on the command line supplies or overrides the base of bus 0. */
+/* Faults on purpose, to test the exception path: "fault=ud" or "fault=pf". */
+static void scn_fault(const char *arg)
+{
+	if (!probe_memcmp(arg, "pf", 3))
+		*(volatile uint64_t *)0x100000000000ull = 1;	/* unmapped */
+	__asm__ volatile("ud2");
+}
+
+static void scn_pci_wrap(const char *arg)
+{
+	char ecam[ARG_MAX];
+
+	(void)arg;
+	if (cmdline_get("ecam", ecam)) {
+		acpi.ecam_base = parse_u64(ecam, 0);
+		acpi.bus_start = 0;
+	}
+	scn_pci();
+}
+
+static void scn_serial_irq_wrap(const char *arg) { (void)arg; scn_serial_irq(); }
+
+static const struct scenario {
+	const char *name;
+	void (*run)(const char *arg);
+} scenarios[] = {
+	{ "hello", scn_hello },
+	{ "cpus", scn_cpus },
+	{ "cpuburn", scn_cpuburn },
+	{ "exit", scn_exit },
+	{ "pci", scn_pci_wrap },
+	{ "fault", scn_fault },
+	{ "serial_irq", scn_serial_irq_wrap },
+};
+
+static void run_scenario(void)
+{
+	char name[ARG_MAX] = "hello", arg[ARG_MAX] = "";
+	char *eq;
+
+	cmdline_get("scenario", name);
+	for (eq = name; *eq && *eq != '='; eq++)
+		;
+	if (*eq) {				/* scenario=NAME=ARG */
+		*eq = 0;
+		probe_memcpy(arg, eq + 1, probe_strlen(eq + 1) + 1);
+	} else {
+		cmdline_get(name, arg);		/* NAME=ARG */
+	}
+	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
+		if (!probe_memcmp(name, scenarios[i].name, probe_strlen(scenarios[i].name) + 1)) {
+			scenarios[i].run(arg);
+			return;
+		}
+	}
+	probe_printf("PROBE error=unknown-scenario name=%s\n", name);
+	probe_exit(1);
+}
+
+void probe_main(void)
+{
+	char arg[ARG_MAX];
+	const char *clk;
+
+	idt_init();
+	tss_clear_iomaps();
+	serial_init();
+	si = (const void *)(uintptr_t)start_info_paddr;
+	if (si->magic != HVM_START_MAGIC) {
+		probe_printf("PROBE error=bad-start-info magic=0x%x\n", si->magic);
+		probe_exit(1);
+	}
+	if (si->cmdline_paddr)
+		cmdline = (const char *)(uintptr_t)si->cmdline_paddr;
+	/* "clock=tsc" skips kvmclock, to test the fallbacks. */
+	clk = clock_init(!(cmdline_get("clock", arg) && !probe_memcmp(arg, "tsc", 4)));
+	probe_printf("PROBE boot start_info_version=%u clock=%s\n", si->version, clk);
+	/* "rsdp=scan" ignores start_info's RSDP, to test the BIOS-area scan. */
+	acpi_init(cmdline_get("rsdp", arg) ? 0 : si->rsdp_paddr);
+	run_scenario();
+	acpi_poweroff();
+}

@@ -1,0 +1,47 @@
+/* The guest-physical address map of an x86-64 vireo VM. One place, so boot
+ * code, ACPI tables and devices agree.
+ *
+ *   0x00000000  RAM (low), with boot structures at the fixed spots below
+ *   0x0009fc00  reserved (EBDA) to 0x000a0000
+ *   0x000a0000  reserved (legacy VGA/BIOS area); ACPI tables at 0xe0000
+ *   0x00100000  RAM: kernel, initrd, ... up to MMIO_GAP_START
+ *   0xc0000000  PCI 32-bit MMIO window (512 MiB)
+ *   0xe0000000  PCI ECAM (256 buses, 256 MiB)
+ *   0xfec00000  IOAPIC; 0xfee00000 local APIC
+ *   4 GiB       RAM (high), the part that did not fit below the gap
+ */
+#ifndef VIREO_LAYOUT_H
+#define VIREO_LAYOUT_H
+
+#define LAYOUT_BOOT_GDT         0x00000500ULL
+#define LAYOUT_PVH_START_INFO   0x00006000ULL
+#define LAYOUT_BOOT_PARAMS      0x00007000ULL
+#define LAYOUT_PML4             0x00009000ULL /* + PDPT, 4 PDs: 0x9000..0xefff */
+#define LAYOUT_CMDLINE          0x00020000ULL
+#define LAYOUT_CMDLINE_MAX      0x00010000ULL
+#define LAYOUT_EBDA_START       0x0009fc00ULL
+#define LAYOUT_ACPI_TABLES      0x000e0000ULL
+#define LAYOUT_ACPI_TABLES_END  0x00100000ULL
+#define LAYOUT_HIGH_RAM_START   0x00100000ULL
+#define LAYOUT_MMIO_GAP_START   0xc0000000ULL
+#define LAYOUT_PCI_MMIO_START   0xc0000000ULL
+#define LAYOUT_PCI_MMIO_SIZE    0x20000000ULL
+#define LAYOUT_ECAM_BASE        0xe0000000ULL
+#define LAYOUT_ECAM_SIZE        0x10000000ULL
+#define LAYOUT_IOAPIC_BASE      0xfec00000ULL
+#define LAYOUT_LAPIC_BASE       0xfee00000ULL
+#define LAYOUT_4G               0x100000000ULL
+
+/* Port I/O. */
+#define PORT_DEBUG_EXIT         0x00f4 /* test device: guest status -> exit code */
+#define PORT_I8042_DATA         0x0060
+#define PORT_I8042_CMD          0x0064
+#define PORT_COM1               0x03f8
+#define PORT_ACPI_SLEEP_CONTROL 0x0600 /* FADT hardware-reduced sleep registers */
+#define PORT_ACPI_SLEEP_STATUS  0x0601
+#define PORT_PCI_CONFIG_ADDRESS 0x0cf8
+#define PORT_PCI_CONFIG_DATA    0x0cfc
+
+#define IRQ_COM1 4
+
+#endif

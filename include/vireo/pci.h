@@ -1,0 +1,53 @@
+/* PCI (src/hw/pci.c): the host bridge at 00:00.0 and bus 0's configuration
+ * space, reachable through ports 0xCF8/0xCFC (configuration mechanism #1)
+ * and through ECAM at LAYOUT_ECAM_BASE (advertised in the MCFG table).
+ * Devices keep their 4 KiB configuration space plus a write mask; BARs are
+ * sized the standard way (write all ones, read back the size mask). */
+#ifndef VIREO_PCI_H
+#define VIREO_PCI_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "vireo/vmm.h"
+
+#define PCI_CONFIG_SIZE 4096
+#define PCI_SLOTS 32
+#define PCI_BARS 6
+
+struct pci_device {
+	uint8_t config[PCI_CONFIG_SIZE];
+	uint8_t wmask[PCI_CONFIG_SIZE]; /* bits the guest may change */
+	uint64_t bar_size[PCI_BARS];    /* 0: BAR unused */
+	const char *name;
+	void *opaque;
+	/* Called after a config write (BAR moved, command changed), with the
+	 * bus lock held. Optional. */
+	void (*config_written)(struct pci_device *dev, unsigned int offset, unsigned int len);
+};
+
+struct pci_bus {
+	struct vm *vm;
+	pthread_mutex_t lock;
+	uint32_t config_address; /* the 0xCF8 latch */
+	struct pci_device *slots[PCI_SLOTS];
+	struct pci_device host_bridge;
+};
+
+int pci_init(struct pci_bus *bus, struct vm *vm);
+/* Puts dev at the first free slot of bus 0; returns the slot or -ENOSPC. */
+int pci_add_device(struct pci_bus *bus, struct pci_device *dev);
+/* Fills IDs and class; sets the standard writable bits of the header. */
+void pci_device_init(struct pci_device *dev, uint16_t vendor, uint16_t device, uint32_t class_code,
+		     const char *name);
+/* Declares BAR i as 32-bit memory of `size` bytes (a power of two). */
+void pci_set_bar(struct pci_device *dev, unsigned int i, uint64_t size);
+
+/* Configuration access to bus 0, as the two access paths do it; unit tests
+ * call these directly. Absent devices read as all ones. */
+uint32_t pci_config_read(struct pci_bus *bus, unsigned int devfn, unsigned int offset,
+			 unsigned int len);
+void pci_config_write(struct pci_bus *bus, unsigned int devfn, unsigned int offset,
+		      unsigned int len, uint32_t value);
+
+#endif

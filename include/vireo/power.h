@@ -1,0 +1,12 @@
+/* How a guest ends (src/hw/power.c): the ACPI hardware-reduced sleep
+ * control register (power-off), the i8042 controller's reset line (reboot)
+ * and the debug-exit port (a status for tests; QEMU's isa-debug-exit does
+ * the same at the same port, there as (status << 1) | 1). */
+#ifndef VIREO_POWER_H
+#define VIREO_POWER_H
+
+#include "vireo/vmm.h"
+
+int power_devices_init(struct vm *vm);
+
+#endif

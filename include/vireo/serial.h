@@ -1,0 +1,25 @@
+/* 16550A UART (src/hw/serial.c) at COM1 with IRQ 4: the guest console.
+ * Transmitted bytes go to out_fd; received bytes come from the event loop. */
+#ifndef VIREO_SERIAL_H
+#define VIREO_SERIAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vireo/vmm.h"
+
+struct serial;
+
+/* Registers the UART's ports on vm->pio. Returns NULL with err_set(). */
+struct serial *serial_create(struct vm *vm, int out_fd);
+void serial_destroy(struct serial *s);
+/* Queues bytes for the guest to read; returns how many fit. */
+size_t serial_receive(struct serial *s, const uint8_t *buf, size_t len);
+/* Free space in the receive buffer, so the loop reads no more than fits. */
+size_t serial_rx_room(struct serial *s);
+
+/* Pure register model, for unit tests: one access at offset 0..7. */
+uint8_t serial_read_reg(struct serial *s, unsigned int offset);
+void serial_write_reg(struct serial *s, unsigned int offset, uint8_t value);
+
+#endif

@@ -1,0 +1,106 @@
+/* The VM and its vCPUs (src/vmm/): KVM VM, guest memory, CPUID, the vCPU
+ * threads and their exit dispatch, and the stop protocol. */
+#ifndef VIREO_VMM_H
+#define VIREO_VMM_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vireo/bus.h"
+
+/* Exit statuses of `vireo run` (documented in docs/run.md). */
+enum vm_exit_status {
+	VM_EXIT_POWEROFF = 0,
+	VM_EXIT_VMM_ERROR = 1,
+	VM_EXIT_GUEST_CRASH = 2,
+	VM_EXIT_REBOOT = 3,
+};
+
+struct mem_region {
+	uint64_t gpa;
+	uint64_t size;
+	uint64_t offset; /* into the memfd */
+};
+
+/* Guest RAM: one memfd, so that snapshot and migration can map or share it. */
+struct guest_memory {
+	int fd;
+	uint8_t *host;
+	uint64_t size;
+	struct mem_region regions[2];
+	unsigned int nregions;
+};
+
+struct vm;
+
+struct vcpu {
+	struct vm *vm;
+	unsigned int id;
+	int fd;
+	struct kvm_run *run;
+	pthread_t thread;
+	bool thread_started;
+	uint64_t exits;
+};
+
+struct vm_config {
+	unsigned int ncpus;
+	uint64_t mem_size;
+	bool hugepages;
+};
+
+struct vm {
+	int kvm_fd;
+	int vm_fd;
+	int stop_fd;          /* eventfd: written when the VM must stop */
+	size_t run_size;
+	bool hw_virt;         /* false on a host KVM that emulates CPL0 (DESIGN §5) */
+	unsigned int ncpus;
+	unsigned int max_cpus;
+	unsigned int ncpus_hint; /* vCPUs the VM will have, for CPUID topology */
+	struct guest_memory mem;
+	struct vcpu *vcpus;
+	struct bus pio;
+	struct bus mmio;
+	int exit_status;      /* valid once stop_requested */
+	bool stop_requested;
+	pthread_mutex_t stop_lock;
+	pthread_t map_thread;  /* installs the memory slots (vm_create) */
+	bool map_thread_started;
+	int map_result;
+	char map_error[256];
+};
+
+int vm_create(struct vm *vm, const struct vm_config *cfg);
+void vm_destroy(struct vm *vm);
+/* Waits until guest memory is installed in KVM (vm_create starts that in
+ * the background). vm_start() calls it; returns 0 or -errno. */
+int vm_memory_ready(struct vm *vm);
+/* Starts a thread per vCPU; the BSP's registers must already be set. */
+int vm_start(struct vm *vm);
+/* Asks every vCPU to leave KVM_RUN and the event loop to end; the first
+ * status given wins. Safe from any thread. */
+void vm_request_stop(struct vm *vm, int status);
+/* Joins the vCPU threads after a stop. */
+void vm_join(struct vm *vm);
+/* Drives an IRQ line of the in-kernel PIC/IOAPIC (ISA numbering). */
+int vm_set_irq(struct vm *vm, unsigned int irq, bool level);
+
+/* Host pointer for guest range [gpa, gpa+len), or NULL if any part of it is
+ * not RAM. Every guest-supplied address goes through this (DESIGN §3.8). */
+void *guest_ptr(const struct guest_memory *mem, uint64_t gpa, uint64_t len);
+int guest_memory_init(struct guest_memory *mem, uint64_t size, bool hugepages);
+void guest_memory_free(struct guest_memory *mem);
+
+/* CPUID for vCPU `id` from KVM's supported list (src/vmm/cpuid.c). */
+int cpuid_setup(struct vm *vm, struct vcpu *vcpu);
+
+/* One vCPU exit, dispatched (src/vmm/vcpu.c). Returns false when the vCPU
+ * must stop running. Exposed so that tests can feed fake exits. */
+bool vcpu_handle_exit(struct vcpu *vcpu);
+void vcpu_dump_registers(struct vcpu *vcpu);
+int vcpu_init(struct vm *vm, struct vcpu *vcpu, unsigned int id);
+
+#endif

@@ -1,0 +1,238 @@
+/* A small encoder for the ACPI Machine Language subset the DSDT needs
+ * (ACPI 6.x §20): names, integers, packages, buffers, scopes, devices and
+ * the resource descriptors of _CRS (§6.4). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "vireo/acpi.h"
+
+void aml_free(struct aml *a)
+{
+	free(a->data);
+	memset(a, 0, sizeof(*a));
+}
+
+void aml_bytes(struct aml *a, const void *p, size_t n)
+{
+	if (a->failed)
+		return;
+	if (a->len + n > a->cap) {
+		size_t cap = (a->len + n) * 2 + 64;
+		uint8_t *grown = realloc(a->data, cap);
+
+		if (!grown) {
+			a->failed = true;
+			return;
+		}
+		a->data = grown;
+		a->cap = cap;
+	}
+	memcpy(a->data + a->len, p, n);
+	a->len += n;
+}
+
+void aml_byte(struct aml *a, uint8_t b)
+{
+	aml_bytes(a, &b, 1);
+}
+
+void aml_pkglength(struct aml *a, size_t body_len)
+{
+	size_t total;
+	unsigned int extra;
+
+	/* The length counts its own encoding: find the smallest that fits. */
+	for (extra = 0; extra < 4; extra++) {
+		total = body_len + 1 + extra;
+		if ((extra == 0 && total < 0x40) || (extra > 0 && total < (1UL << (4 + 8 * extra))))
+			break;
+	}
+	if (extra == 0) {
+		aml_byte(a, (uint8_t)total);
+		return;
+	}
+	aml_byte(a, (uint8_t)((extra << 6) | (total & 0xf)));
+	for (unsigned int i = 0; i < extra; i++)
+		aml_byte(a, (uint8_t)(total >> (4 + 8 * i)));
+}
+
+void aml_integer(struct aml *a, uint64_t v)
+{
+	if (v <= 1) {
+		aml_byte(a, (uint8_t)v); /* ZeroOp / OneOp */
+		return;
+	}
+	unsigned int size = v <= 0xff ? 1 : v <= 0xffff ? 2 : v <= 0xffffffff ? 4 : 8;
+	uint8_t prefix = size == 1 ? 0x0a : size == 2 ? 0x0b : size == 4 ? 0x0c : 0x0e;
+
+	aml_byte(a, prefix);
+	for (unsigned int i = 0; i < size; i++)
+		aml_byte(a, (uint8_t)(v >> (8 * i)));
+}
+
+void aml_namestring(struct aml *a, const char *name)
+{
+	size_t segs;
+
+	if (*name == '\\') {
+		aml_byte(a, '\\');
+		name++;
+	}
+	segs = strlen(name) / 4;
+	if (segs == 2)
+		aml_byte(a, 0x2e); /* DualNamePrefix */
+	else if (segs > 2) {
+		aml_byte(a, 0x2f); /* MultiNamePrefix */
+		aml_byte(a, (uint8_t)segs);
+	}
+	aml_bytes(a, name, segs * 4);
+}
+
+void aml_name_integer(struct aml *a, const char *name, uint64_t v)
+{
+	aml_byte(a, 0x08); /* NameOp */
+	aml_namestring(a, name);
+	aml_integer(a, v);
+}
+
+uint32_t aml_eisaid(const char *id)
+{
+	uint32_t hex = (uint32_t)strtoul(id + 3, NULL, 16);
+	uint8_t b0 = (uint8_t)(((id[0] & 0x1f) << 2) | ((id[1] & 0x1f) >> 3));
+	uint8_t b1 = (uint8_t)(((id[1] & 0x1f) << 5) | (id[2] & 0x1f));
+
+	return b0 | (uint32_t)b1 << 8 | ((hex >> 8) & 0xff) << 16 | (hex & 0xff) << 24;
+}
+
+void aml_name_eisaid(struct aml *a, const char *name, const char *id)
+{
+	uint32_t v = aml_eisaid(id);
+
+	aml_byte(a, 0x08);
+	aml_namestring(a, name);
+	aml_byte(a, 0x0c); /* always DWord, as ASL's EISAID() does */
+	aml_bytes(a, &v, 4);
+}
+
+void aml_name_buffer(struct aml *a, const char *name, const struct aml *buf)
+{
+	struct aml size = { 0 };
+
+	aml_integer(&size, buf->len);
+	aml_byte(a, 0x08);
+	aml_namestring(a, name);
+	aml_byte(a, 0x11); /* BufferOp */
+	aml_pkglength(a, size.len + buf->len);
+	aml_bytes(a, size.data, size.len);
+	aml_bytes(a, buf->data, buf->len);
+	a->failed |= size.failed || buf->failed;
+	aml_free(&size);
+}
+
+void aml_name_package(struct aml *a, const char *name, const uint64_t *v, uint8_t n)
+{
+	struct aml body = { 0 };
+
+	aml_byte(&body, n);
+	for (uint8_t i = 0; i < n; i++)
+		aml_integer(&body, v[i]);
+	aml_byte(a, 0x08);
+	aml_namestring(a, name);
+	aml_byte(a, 0x12); /* PackageOp */
+	aml_pkglength(a, body.len);
+	aml_bytes(a, body.data, body.len);
+	a->failed |= body.failed;
+	aml_free(&body);
+}
+
+static void aml_named_block(struct aml *a, const uint8_t *op, size_t oplen, const char *name,
+			    const struct aml *body)
+{
+	struct aml head = { 0 };
+
+	aml_namestring(&head, name);
+	aml_bytes(a, op, oplen);
+	aml_pkglength(a, head.len + body->len);
+	aml_bytes(a, head.data, head.len);
+	aml_bytes(a, body->data, body->len);
+	a->failed |= head.failed || body->failed;
+	aml_free(&head);
+}
+
+void aml_scope(struct aml *a, const char *name, const struct aml *body)
+{
+	static const uint8_t op[] = { 0x10 };
+
+	aml_named_block(a, op, sizeof(op), name, body);
+}
+
+void aml_device(struct aml *a, const char *name, const struct aml *body)
+{
+	static const uint8_t op[] = { 0x5b, 0x82 }; /* ExtOpPrefix DeviceOp */
+
+	aml_named_block(a, op, sizeof(op), name, body);
+}
+
+void aml_res_io(struct aml *a, uint16_t base, uint8_t len)
+{
+	uint8_t d[8] = { 0x47, 0x01, (uint8_t)base, (uint8_t)(base >> 8),
+			 (uint8_t)base, (uint8_t)(base >> 8), 1, len };
+
+	aml_bytes(a, d, sizeof(d));
+}
+
+void aml_res_irq(struct aml *a, uint8_t irq)
+{
+	uint16_t mask = (uint16_t)(1u << irq);
+	uint8_t d[3] = { 0x22, (uint8_t)mask, (uint8_t)(mask >> 8) };
+
+	aml_bytes(a, d, sizeof(d));
+}
+
+/* Word address space descriptor (§6.4.3.5.3): producer, fixed min and max. */
+static void aml_res_word(struct aml *a, uint8_t type, uint8_t type_flags, uint16_t first,
+			 uint16_t last)
+{
+	uint16_t len = (uint16_t)(last - first + 1);
+	uint8_t d[16] = { 0x88, 13, 0, type, 0x0c, type_flags, 0, 0,
+			  (uint8_t)first, (uint8_t)(first >> 8), (uint8_t)last, (uint8_t)(last >> 8),
+			  0, 0, (uint8_t)len, (uint8_t)(len >> 8) };
+
+	aml_bytes(a, d, sizeof(d));
+}
+
+void aml_res_bus(struct aml *a, uint16_t first, uint16_t last)
+{
+	aml_res_word(a, 2, 0, first, last);
+}
+
+void aml_res_io_window(struct aml *a, uint16_t first, uint16_t last)
+{
+	aml_res_word(a, 1, 3, first, last);
+}
+
+void aml_res_mem32_window(struct aml *a, uint32_t first, uint32_t last)
+{
+	uint32_t f[5] = { 0, first, last, 0, last - first + 1 };
+	uint8_t d[6] = { 0x87, 23, 0, 0, 0x0c, 0x01 }; /* memory, producer, read-write */
+
+	aml_bytes(a, d, sizeof(d));
+	aml_bytes(a, f, sizeof(f));
+}
+
+void aml_res_end(struct aml *a)
+{
+	uint8_t d[2] = { 0x79, 0 };
+
+	aml_bytes(a, d, sizeof(d));
+}
+
+uint8_t acpi_checksum(const void *p, size_t n)
+{
+	const uint8_t *b = p;
+	uint8_t sum = 0;
+
+	while (n--)
+		sum = (uint8_t)(sum + *b++);
+	return (uint8_t)-sum;
+}

@@ -1,0 +1,180 @@
+#include <errno.h>
+#include <string.h>
+
+#include "vireo/layout.h"
+#include "vireo/log.h"
+#include "vireo/pci.h"
+
+#define PCI_VENDOR_ID  0x00
+#define PCI_COMMAND    0x04
+#define PCI_REVISION   0x08
+#define PCI_HEADER_TYPE 0x0e
+#define PCI_BAR0       0x10
+#define PCI_INT_LINE   0x3c
+#define CF8_ENABLE     0x80000000u
+
+static void put_le(uint8_t *p, unsigned int len, uint32_t v)
+{
+	for (unsigned int i = 0; i < len; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_le(const uint8_t *p, unsigned int len)
+{
+	uint32_t v = 0;
+
+	for (unsigned int i = 0; i < len; i++)
+		v |= (uint32_t)p[i] << (8 * i);
+	return v;
+}
+
+void pci_device_init(struct pci_device *dev, uint16_t vendor, uint16_t device, uint32_t class_code,
+		     const char *name)
+{
+	memset(dev->config, 0, sizeof(dev->config));
+	memset(dev->wmask, 0, sizeof(dev->wmask));
+	memset(dev->bar_size, 0, sizeof(dev->bar_size));
+	put_le(dev->config + PCI_VENDOR_ID, 2, vendor);
+	put_le(dev->config + 2, 2, device);
+	put_le(dev->config + PCI_REVISION, 4, class_code << 8);
+	put_le(dev->wmask + PCI_COMMAND, 2, 0x0547); /* io, mem, master, parity, serr, intx-disable */
+	dev->wmask[PCI_INT_LINE] = 0xff;
+	dev->name = name;
+}
+
+void pci_set_bar(struct pci_device *dev, unsigned int i, uint64_t size)
+{
+	if (i >= PCI_BARS || size < 16 || (size & (size - 1)))
+		return;
+	dev->bar_size[i] = size;
+	/* The low 4 bits (type) are read-only; the size's low bits read as 0. */
+	put_le(dev->wmask + PCI_BAR0 + 4 * i, 4, (uint32_t)~(size - 1));
+}
+
+static struct pci_device *pci_lookup(struct pci_bus *bus, unsigned int devfn)
+{
+	/* Function 0 only: vireo's devices are single-function. */
+	if ((devfn & 7) != 0 || (devfn >> 3) >= PCI_SLOTS)
+		return NULL;
+	return bus->slots[devfn >> 3];
+}
+
+uint32_t pci_config_read(struct pci_bus *bus, unsigned int devfn, unsigned int offset,
+			 unsigned int len)
+{
+	struct pci_device *dev;
+	uint32_t v = 0xffffffffu >> (32 - 8 * len);
+
+	if (offset + len > PCI_CONFIG_SIZE || (offset & (len - 1)))
+		return v;
+	pthread_mutex_lock(&bus->lock);
+	dev = pci_lookup(bus, devfn);
+	if (dev)
+		v = get_le(dev->config + offset, len);
+	pthread_mutex_unlock(&bus->lock);
+	return v;
+}
+
+void pci_config_write(struct pci_bus *bus, unsigned int devfn, unsigned int offset,
+		      unsigned int len, uint32_t value)
+{
+	struct pci_device *dev;
+
+	if (offset + len > PCI_CONFIG_SIZE || (offset & (len - 1)))
+		return;
+	pthread_mutex_lock(&bus->lock);
+	dev = pci_lookup(bus, devfn);
+	if (dev) {
+		for (unsigned int i = 0; i < len; i++) {
+			uint8_t m = dev->wmask[offset + i], b = (uint8_t)(value >> (8 * i));
+
+			dev->config[offset + i] = (uint8_t)((dev->config[offset + i] & ~m) | (b & m));
+		}
+		if (dev->config_written)
+			dev->config_written(dev, offset, len);
+	}
+	pthread_mutex_unlock(&bus->lock);
+}
+
+/* Mechanism #1: 0xCF8 latches bus/device/function/register; 0xCFC-0xCFF
+ * move the data. Only bus 0 exists. */
+static void pci_cf8_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool is_write)
+{
+	struct pci_bus *bus = opaque;
+	uint32_t addr = bus->config_address;
+	unsigned int reg, devfn;
+
+	if (offset < 4) {
+		if (len != 4 || offset != 0) {
+			if (!is_write)
+				memset(data, 0xff, len);
+		} else if (is_write) {
+			bus->config_address = (uint32_t)bus_get(data, 4);
+		} else {
+			bus_put(data, 4, addr);
+		}
+		return;
+	}
+	reg = (addr & 0xfc) | (unsigned int)(offset - 4) | ((addr >> 16) & 0xf00);
+	devfn = (addr >> 8) & 0xff;
+	if (!(addr & CF8_ENABLE) || ((addr >> 16) & 0xff) != 0) {
+		if (!is_write)
+			memset(data, 0xff, len);
+	} else if (is_write) {
+		pci_config_write(bus, devfn, reg, len, (uint32_t)bus_get(data, len));
+	} else {
+		bus_put(data, len, pci_config_read(bus, devfn, reg, len));
+	}
+}
+
+static void pci_ecam_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool is_write)
+{
+	struct pci_bus *bus = opaque;
+	unsigned int busno = (unsigned int)(offset >> 20), devfn = (offset >> 12) & 0xff;
+	unsigned int reg = offset & 0xfff;
+
+	if (busno != 0 || len > 4) {
+		if (!is_write)
+			memset(data, 0xff, len);
+	} else if (is_write) {
+		pci_config_write(bus, devfn, reg, len, (uint32_t)bus_get(data, len));
+	} else {
+		bus_put(data, len, pci_config_read(bus, devfn, reg, len));
+	}
+}
+
+int pci_add_device(struct pci_bus *bus, struct pci_device *dev)
+{
+	int slot = -ENOSPC;
+
+	pthread_mutex_lock(&bus->lock);
+	for (int i = 0; i < PCI_SLOTS; i++) {
+		if (!bus->slots[i]) {
+			bus->slots[i] = dev;
+			slot = i;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&bus->lock);
+	return slot;
+}
+
+int pci_init(struct pci_bus *bus, struct vm *vm)
+{
+	int ret;
+
+	memset(bus->slots, 0, sizeof(bus->slots));
+	bus->vm = vm;
+	bus->config_address = 0;
+	pthread_mutex_init(&bus->lock, NULL);
+	/* Host bridge: Red Hat's generic PCIe host bridge id, class 06/00/00. */
+	pci_device_init(&bus->host_bridge, 0x1b36, 0x0008, 0x060000, "host-bridge");
+	pci_add_device(bus, &bus->host_bridge);
+	if (!vm)
+		return 0;
+	ret = bus_register(&vm->pio, PORT_PCI_CONFIG_ADDRESS, 8, pci_cf8_io, bus, "pci-cf8");
+	if (!ret)
+		ret = bus_register(&vm->mmio, LAYOUT_ECAM_BASE, LAYOUT_ECAM_SIZE, pci_ecam_io, bus,
+				   "pci-ecam");
+	return ret ? err_set(ret, "cannot register the PCI host bridge") : 0;
+}

@@ -1,0 +1,86 @@
+"""The probe guest's scenarios on vireo, each also on QEMU microvm, the
+reference (DESIGN §5): both must report the same facts."""
+import pytest
+
+from conftest import needs_kvm, needs_qemu, run_qemu, run_vireo
+
+pytestmark = [needs_kvm, needs_qemu]
+
+
+def qemu_exit(code):
+    return (code << 1) | 1
+
+
+@pytest.mark.parametrize("cpus,memory", [(1, "256M"), (2, "512M")])
+def test_hello_same_on_vireo_and_qemu(cpus, memory):
+    ours = run_vireo("scenario=hello", cpus=cpus, memory=memory)
+    ref = run_qemu("scenario=hello", cpus=cpus, memory=memory)
+    assert ours.returncode == 0, ours.stderr
+    assert ref.returncode == 0, ref.stderr
+    f, r = ours.facts(), ref.facts()
+    assert f["banner"] == "vireo-probe"
+    assert int(f["cpus"]) == cpus
+    assert int(f["mem_mib"]) == int(memory[:-1])
+    for key in ("cpus", "mem_mib", "hw_reduced", "s5"):
+        assert f[key] == r[key], key
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 8])
+def test_cpus_start_every_ap(cpus):
+    for run in (run_vireo("scenario=cpus", cpus=cpus, timeout=300),
+                run_qemu("scenario=cpus", cpus=cpus, timeout=300)):
+        assert run.returncode == 0, run.stdout + run.stderr
+        ids = sorted(int(c["apic_id"]) for c in run.all("cpu_up"))
+        assert ids == list(range(cpus)), run.stdout
+        assert int(run.facts()["cpus_up"]) == cpus
+        assert not run.all("cpu_timeout")
+
+
+@pytest.mark.parametrize("code", [0, 7, 42])
+def test_exit_code_reaches_the_host(code):
+    ours = run_vireo(f"scenario=exit={code}")
+    ref = run_qemu(f"scenario=exit={code}")
+    assert ours.returncode == code
+    assert ref.returncode == qemu_exit(code)
+    assert ours.facts()["exit"] == ref.facts()["exit"] == str(code)
+
+
+def test_cpuburn_counts_iterations():
+    for run in (run_vireo("scenario=cpuburn=300"), run_qemu("scenario=cpuburn=300")):
+        assert run.returncode == 0, run.stderr
+        f = run.facts()
+        assert f["burn_ms"] == "300"
+        # CPL3 code runs natively: far more than one iteration per microsecond.
+        assert int(f["iterations"]) > 300
+
+
+def test_serial_interrupts_like_qemu():
+    ours = run_vireo("scenario=serial_irq")
+    ref = run_qemu("scenario=serial_irq")
+    for run in (ours, ref):
+        assert run.returncode == 0, run.stderr
+        f = run.facts()
+        assert int(f["serial_irqs"]) == int(f["chars"]) + 1
+        assert f["other_irqs"] == "0"
+    assert ours.facts()["serial_irqs"] == ref.facts()["serial_irqs"]
+
+
+def test_pci_host_bridge_visible_through_mcfg():
+    run = run_vireo("scenario=pci")
+    assert run.returncode == 0, run.stderr
+    devs = run.all("pci")
+    assert {"dev": "00:00.0", "id": "1b36:0008", "class": "060000"} in devs
+    assert int(run.facts()["pci_count"]) == len(devs)
+
+
+def test_unknown_scenario_fails_on_both():
+    ours = run_vireo("scenario=nonsense")
+    ref = run_qemu("scenario=nonsense")
+    assert ours.returncode == 1
+    assert ref.returncode == qemu_exit(1)
+    assert ours.facts()["error"] == ref.facts()["error"] == "unknown-scenario"
+
+
+def test_guest_exception_is_reported():
+    for run in (run_vireo("scenario=fault=ud"), run_qemu("scenario=fault=ud")):
+        assert run.facts()["vector"] == "6"

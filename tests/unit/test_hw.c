@@ -1,0 +1,125 @@
+/* Device models without KVM: the range table, the 16550 register model and
+ * PCI configuration space. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "vireo/bus.h"
+#include "vireo/pci.h"
+#include "vireo/serial.h"
+
+static int hits;
+static uint64_t last_offset;
+
+static void count_handler(void *opaque, uint64_t offset, uint8_t *data, uint32_t len,
+			  bool is_write)
+{
+	(void)opaque;
+	hits++;
+	last_offset = offset;
+	if (!is_write)
+		memset(data, 0xab, len);
+}
+
+static void bus_dispatches_and_refuses_overlaps(void **state)
+{
+	struct bus bus;
+	uint8_t data[4];
+
+	(void)state;
+	bus_init(&bus);
+	assert_int_equal(bus_register(&bus, 0x100, 8, count_handler, NULL, "a"), 0);
+	assert_int_equal(bus_register(&bus, 0x200, 4, count_handler, NULL, "b"), 0);
+	assert_int_equal(bus_register(&bus, 0x104, 8, count_handler, NULL, "c"), -EEXIST);
+	assert_int_equal(bus_register(&bus, 0xfc, 8, count_handler, NULL, "d"), -EEXIST);
+	assert_true(bus_access(&bus, 0x203, data, 1, false));
+	assert_int_equal(last_offset, 3);
+	assert_int_equal(data[0], 0xab);
+	/* An access that straddles the end of a range is not the device's. */
+	assert_false(bus_access(&bus, 0x202, data, 4, false));
+	assert_int_equal(data[0], 0xff);
+	assert_false(bus_access(&bus, 0x150, data, 1, true));
+	assert_int_equal(bus.unhandled, 2);
+	assert_int_equal(bus_unregister(&bus, 0x100), 0);
+	assert_false(bus_access(&bus, 0x100, data, 1, false));
+	bus_destroy(&bus);
+}
+
+static void serial_loopback_and_interrupt_identification(void **state)
+{
+	struct serial *s = serial_create(NULL, -1);
+
+	(void)state;
+	assert_int_equal(serial_read_reg(s, 2) & 0x0f, 0x01); /* no interrupt */
+	serial_write_reg(s, 1, 0x02);                         /* IER: THRE */
+	assert_int_equal(serial_read_reg(s, 2) & 0x0f, 0x02); /* THRE pending */
+	assert_int_equal(serial_read_reg(s, 2) & 0x0f, 0x01); /* read IIR acknowledges */
+	serial_write_reg(s, 4, 0x10 | 0x0a);                  /* MCR: loop, RTS, OUT2 */
+	assert_int_equal(serial_read_reg(s, 6) & 0xf0, 0x90); /* CTS and DCD looped */
+	serial_write_reg(s, 0, 'z');                          /* loops into RBR */
+	assert_int_equal(serial_read_reg(s, 5) & 0x01, 0x01);
+	serial_write_reg(s, 1, 0x01);                         /* IER: RDA */
+	assert_int_equal(serial_read_reg(s, 2) & 0x0f, 0x04);
+	assert_int_equal(serial_read_reg(s, 0), 'z');
+	assert_int_equal(serial_read_reg(s, 5) & 0x01, 0);
+	serial_write_reg(s, 3, 0x80);                         /* DLAB */
+	serial_write_reg(s, 0, 0x0c);
+	assert_int_equal(serial_read_reg(s, 0), 0x0c);
+	serial_destroy(s);
+}
+
+static void serial_receive_is_bounded(void **state)
+{
+	struct serial *s = serial_create(NULL, -1);
+	uint8_t buf[1000];
+
+	(void)state;
+	memset(buf, 'a', sizeof(buf));
+	size_t total = 0;
+	for (int i = 0; i < 10; i++)
+		total += serial_receive(s, buf, sizeof(buf));
+	assert_int_equal(total, 4096);
+	assert_int_equal(serial_rx_room(s), 0);
+	assert_int_equal(serial_read_reg(s, 0), 'a');
+	assert_int_equal(serial_rx_room(s), 1);
+	serial_destroy(s);
+}
+
+static void pci_config_space_and_bar_sizing(void **state)
+{
+	static struct pci_bus bus;
+	static struct pci_device dev;
+
+	(void)state;
+	assert_int_equal(pci_init(&bus, NULL), 0);
+	assert_int_equal(pci_config_read(&bus, 0, 0, 4), 0x00081b36);
+	assert_int_equal(pci_config_read(&bus, 1 << 3, 0, 4), 0xffffffff); /* empty slot */
+	assert_int_equal(pci_config_read(&bus, 1, 0, 2), 0xffff);           /* function 1 */
+	pci_device_init(&dev, 0x1af4, 0x1042, 0x010000, "disk");
+	pci_set_bar(&dev, 0, 0x4000);
+	assert_int_equal(pci_add_device(&bus, &dev), 1);
+	pci_config_write(&bus, 1 << 3, 0x10, 4, 0xffffffff);
+	assert_int_equal(pci_config_read(&bus, 1 << 3, 0x10, 4), 0xffffc000);
+	pci_config_write(&bus, 1 << 3, 0x10, 4, 0xc0001234);
+	assert_int_equal(pci_config_read(&bus, 1 << 3, 0x10, 4), 0xc0000000);
+	/* IDs are read-only; unaligned and out-of-range accesses are ignored. */
+	pci_config_write(&bus, 1 << 3, 0, 4, 0);
+	assert_int_equal(pci_config_read(&bus, 1 << 3, 0, 2), 0x1af4);
+	assert_int_equal(pci_config_read(&bus, 1 << 3, 0x11, 2), 0xffff);
+	assert_int_equal(pci_config_read(&bus, 1 << 3, 4094, 4), 0xffffffff);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(bus_dispatches_and_refuses_overlaps),
+		cmocka_unit_test(serial_loopback_and_interrupt_identification),
+		cmocka_unit_test(serial_receive_is_bounded),
+		cmocka_unit_test(pci_config_space_and_bar_sizing),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
