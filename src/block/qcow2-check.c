@@ -419,14 +419,19 @@ static int repair(struct qcow2 *s, const struct image_check *before, int fix, ui
 		ret = rebuild(&(struct checker){ .s = s, .n = s->file_end / s->cluster_size }, base);
 	if (!ret && (fix & IMAGE_FIX_ERRORS))
 		ret = qcow2_fix_copied(s, &fixed);
-	if (!ret && (fix & IMAGE_FIX_ERRORS) &&
-	    (s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT)) {
-		s->h.incompatible_features &= ~QCOW2_INCOMPAT_CORRUPT;
-		ret = qcow2_header_write(s);
-	}
-	if (!ret && (fix & IMAGE_FIX_ERRORS))
-		s->img->broken = false;
 	return ret;
+}
+
+/* After a repair that left no corruption, the image may be written again. */
+static int clear_corrupt(struct qcow2 *s, const struct image_check *res, int fix)
+{
+	if (!(fix & IMAGE_FIX_ERRORS) || res->corruptions)
+		return 0;
+	s->img->broken = false;
+	if (!(s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT))
+		return 0;
+	s->h.incompatible_features &= ~QCOW2_INCOMPAT_CORRUPT;
+	return qcow2_header_write(s);
 }
 
 int qcow2_check(struct image *img, struct image_check *res, int fix)
@@ -438,7 +443,7 @@ int qcow2_check(struct image *img, struct image_check *res, int fix)
 
 	if (ret || !fix || (!res->corruptions && !res->leaks)) {
 		free(base);
-		return ret;
+		return ret ? ret : clear_corrupt(s, res, fix);
 	}
 	ret = repair(s, res, fix, base);
 	free(base);
@@ -461,5 +466,5 @@ int qcow2_check(struct image *img, struct image_check *res, int fix)
 	res->compressed_clusters = after.compressed_clusters;
 	res->image_end_offset = after.image_end_offset;
 	image_check_free(&after);
-	return 0;
+	return clear_corrupt(s, res, fix);
 }

@@ -194,3 +194,24 @@ def test_random_pokes_never_crash(good, tmp_path):
         no_crash("snapshot", "-l", bad)
         no_crash("check", "-r", "all", bad)
         no_crash("convert", "-O", "qcow2", bad, tmp_path / "o.qcow2")
+
+
+def test_dirty_image_repaired_when_opened_writable(good, tmp_path):
+    bad = copy(good, tmp_path)
+    poke(bad, 72, struct.pack(">Q", 1))                     # incompatible: dirty
+    poke(bad, refcount_block(bad), struct.pack(">H", 2))    # and a leak
+    assert json.loads(vireo("info", "--output=json", bad).stdout)["dirty-flag"] is True
+    vireo("resize", bad, "+1M")
+    assert json.loads(qimg("info", "--output=json", bad).stdout)["dirty-flag"] is False
+    qcheck(bad, "qcow2")
+    vireo("compare", "-F", "raw", bad, good[1])
+
+
+def test_corrupt_flag_blocks_writes_until_repaired(good, tmp_path):
+    bad = copy(good, tmp_path)
+    poke(bad, 72, struct.pack(">Q", 2))                     # incompatible: corrupt
+    vireo("compare", "-F", "raw", bad, good[1])             # still readable
+    p = no_crash("commit", bad)
+    assert p.returncode == 1
+    vireo("check", "-r", "all", bad)
+    assert json.loads(qimg("info", "--output=json", bad).stdout)["format-specific"]["data"]["corrupt"] is False
