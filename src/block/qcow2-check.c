@@ -334,7 +334,8 @@ static int rebuild(struct checker *ck, const uint32_t *ref)
 	s->cpack = 0;
 	for (int i = 0; i < s->rb_cache.nr; i++)
 		s->rb_cache.e[i].offset = 0;
-	return bfile_flush(s->file);
+	ret = qcow2_meta_init(s);
+	return ret ? ret : bfile_flush(s->file);
 }
 
 int qcow2_fix_copied(struct qcow2 *s, uint64_t *fixed)
@@ -447,6 +448,8 @@ int qcow2_check(struct image *img, struct image_check *res, int fix)
 	}
 	ret = repair(s, res, fix, base);
 	free(base);
+	if (!ret)
+		ret = qcow2_meta_init(s);	/* repair may have dropped tables */
 	if (ret)
 		return ret;
 	memset(&after, 0, sizeof(after));

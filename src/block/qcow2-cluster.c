@@ -332,6 +332,9 @@ static int l2_for_write(struct qcow2 *s, uint64_t off, uint64_t *l2_off)
 	free(copy);
 	if (ret)
 		return ret;
+	ret = qcow2_meta_add(s, (uint64_t)new_off);
+	if (ret)
+		return ret;
 	s->l1[l1_idx] = (uint64_t)new_off | QCOW2_OFLAG_COPIED;
 	ret = qcow2_l1_write_entry(s, (uint32_t)l1_idx);
 	if (!ret && old)
@@ -478,7 +481,7 @@ int qcow2_write(struct image *img, uint64_t off, const void *buf, size_t len)
 		if (ret)
 			return ret;
 		if (t == QCOW2_NORMAL && (l2e & QCOW2_OFLAG_COPIED))
-			ret = bfile_pwrite(s->file, p, n, host);
+			ret = qcow2_check_data_write(s, host, n) ?: bfile_pwrite(s->file, p, n, host);
 		else
 			ret = cow_write(s, off, p, n);
 		if (ret)

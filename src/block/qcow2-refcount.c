@@ -82,23 +82,6 @@ int qcow2_get_refcount(struct qcow2 *s, uint64_t cluster, uint64_t *rc)
 	return ret;
 }
 
-static bool in_range(uint64_t off, uint64_t start, uint64_t len)
-{
-	return len && off + 1 > start && off < start + len;
-}
-
-/* Clusters of the header and the fixed tables: a zero refcount there means
- * a corrupt image, and allocating them would overwrite metadata. */
-static bool fixed_metadata(struct qcow2 *s, uint64_t c)
-{
-	uint64_t off = c * s->cluster_size, cs = s->cluster_size;
-
-	return c == 0 ||
-	       in_range(off + cs - 1, s->h.l1_table_offset, s->l1_size * 8ull + cs - 1) ||
-	       in_range(off + cs - 1, s->h.refcount_table_offset, s->rt_size * 8 + cs - 1) ||
-	       (s->nr_snaps && in_range(off + cs - 1, s->h.snapshots_offset, s->snap_bytes + cs - 1));
-}
-
 /* n free clusters in a row at or above the hint (clusters past the end of
  * the file are free). Advances the hint and the file end past them. */
 static int find_free(struct qcow2 *s, uint64_t n, uint64_t *first)
@@ -109,7 +92,7 @@ static int find_free(struct qcow2 *s, uint64_t n, uint64_t *first)
 		uint64_t rc = 0;
 		int ret = c < end ? qcow2_get_refcount(s, c, &rc) : 0;
 
-		if (!ret && !rc && c < end && fixed_metadata(s, c))
+		if (!ret && !rc && c < end && qcow2_is_metadata(s, c))
 			ret = qcow2_corrupt(s, "metadata cluster %llu has refcount 0",
 					    (unsigned long long)c);
 		if (ret)
@@ -212,6 +195,8 @@ static int grow_table(struct qcow2 *s, uint64_t min)
 			qcow2_rc_set(blk, c % s->rb_entries, s->refcount_bits, 1);
 		rt[i] = (E + j++) * cs;
 		ret = bfile_pwrite(s->file, blk, cs, rt[i]);
+		if (!ret)
+			ret = qcow2_meta_add(s, rt[i]);
 	}
 	free(blk);
 	if (!ret)
@@ -257,7 +242,7 @@ static int alloc_block(struct qcow2 *s, uint64_t i)
 	}
 	if (!ret)
 		s->rt[i] = c * cs;
-	return ret;
+	return ret ? ret : qcow2_meta_add(s, c * cs);
 }
 
 static void cluster_freed(struct qcow2 *s, uint64_t c)
@@ -266,6 +251,7 @@ static void cluster_freed(struct qcow2 *s, uint64_t c)
 
 	qcow2_cache_drop(&s->l2_cache, off);
 	qcow2_cache_drop(&s->rb_cache, off);
+	qcow2_meta_del(s, c);
 	if (s->cpack >= off && s->cpack < off + s->cluster_size)
 		s->cpack = 0;
 	if (c < s->free_hint)

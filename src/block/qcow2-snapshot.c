@@ -303,7 +303,9 @@ int qcow2_snapshot_create(struct image *img, const char *name)
 	}
 	s->snaps = arr;
 	s->snaps[s->nr_snaps++] = sn;
-	return write_table(s, old_off, old_bytes);
+	for (uint64_t o = 0; !ret && o < sn.l1_size * 8ull; o += s->cluster_size)
+		ret = qcow2_meta_add(s, sn.l1_table_offset + o);
+	return ret ? ret : write_table(s, old_off, old_bytes);
 }
 
 int qcow2_snapshot_list(struct image *img, struct image_snapshot **out, size_t *n)
@@ -380,6 +382,8 @@ int qcow2_snapshot_apply(struct image *img, const char *name)
 		s->h.size = img->size = s->snaps[i].disk_size;
 	}
 	s->cbuf_l2e = 0;
+	if (!ret)
+		ret = qcow2_meta_init(s);	/* the snapshot's L2 tables are active now */
 	return ret ? ret : qcow2_fix_copied(s, &fixed);
 }
 

@@ -298,6 +298,7 @@ static void qcow2_free_state(struct qcow2 *s)
 	if (!s)
 		return;
 	qcow2_snapshots_free(s);
+	qcow2_meta_free(s);
 	qcow2_cache_free(&s->l2_cache);
 	qcow2_cache_free(&s->rb_cache);
 	for (size_t i = 0; i < s->nr_exts; i++)
@@ -366,6 +367,8 @@ static int open_state(struct qcow2 *s, int64_t file_len)
 		ret = qcow2_snapshots_read(s);
 	if (!ret)
 		ret = open_caches(s);
+	if (!ret)
+		ret = qcow2_meta_init(s);
 	return ret;
 }
 

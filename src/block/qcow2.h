@@ -15,6 +15,7 @@
 #ifndef VIREO_QCOW2_H
 #define VIREO_QCOW2_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "vireo/block.h"
@@ -95,6 +96,12 @@ struct qcow2_cache {
 	struct qcow2_cache_entry *e;
 };
 
+/* Open-addressing set of cluster indices (+1; 0 empty). */
+struct qcow2_mset {
+	uint64_t *slots;
+	size_t cap, n, used;
+};
+
 struct qcow2 {
 	struct image *img;
 	struct bfile *file;
@@ -118,6 +125,7 @@ struct qcow2 {
 	size_t nr_exts;
 	uint8_t *cbuf;			/* last decompressed cluster */
 	uint64_t cbuf_l2e;		/* its L2 entry; 0: none */
+	struct qcow2_mset meta;		/* clusters holding tables (qcow2-meta.c) */
 	int csize_shift;		/* compressed L2 entry: sector count position */
 	uint64_t csize_mask;
 };
@@ -169,6 +177,15 @@ void qcow2_rc_set(uint8_t *block, uint64_t idx, uint32_t bits, uint64_t v);
 int qcow2_check(struct image *img, struct image_check *res, int fix);
 /* Sets or clears OFLAG_COPIED in the active tables to match refcounts. */
 int qcow2_fix_copied(struct qcow2 *s, uint64_t *fixed);
+
+/* qcow2-meta.c: overlap checks */
+int qcow2_meta_init(struct qcow2 *s);
+int qcow2_meta_add(struct qcow2 *s, uint64_t off);
+void qcow2_meta_del(struct qcow2 *s, uint64_t cluster);
+bool qcow2_meta_has(struct qcow2 *s, uint64_t cluster);
+void qcow2_meta_free(struct qcow2 *s);
+bool qcow2_is_metadata(struct qcow2 *s, uint64_t cluster);
+int qcow2_check_data_write(struct qcow2 *s, uint64_t host, uint64_t len);
 
 /* qcow2-snapshot.c */
 int qcow2_snapshots_read(struct qcow2 *s);

@@ -215,3 +215,15 @@ def test_corrupt_flag_blocks_writes_until_repaired(good, tmp_path):
     assert p.returncode == 1
     vireo("check", "-r", "all", bad)
     assert json.loads(qimg("info", "--output=json", bad).stdout)["format-specific"]["data"]["corrupt"] is False
+
+
+def test_guest_write_never_lands_on_metadata(good, tmp_path):
+    bad = copy(good, tmp_path)
+    h = header(bad)
+    l2 = l2_offset(bad)
+    for i in range(128):     # every guest cluster "is" the L1 table, COPIED
+        poke(bad, l2 + 8 * i, struct.pack(">Q", (1 << 63) | h["l1"]))
+    l1_before = bad.read_bytes()[h["l1"]:h["l1"] + 512]
+    p = no_crash("bench", "-w", "-c", "20", "-s", "4K", bad)
+    assert p.returncode == 1 and "overlaps metadata" in p.stderr
+    assert bad.read_bytes()[h["l1"]:h["l1"] + 512] == l1_before
