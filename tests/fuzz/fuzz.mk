@@ -10,7 +10,7 @@ FCC      := clang
 FCFLAGS  := -O1 -g -std=gnu11 -Wall -Wextra -Werror -Iinclude -D_GNU_SOURCE -pthread \
             -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all
 FLIBS    := -pthread -lz -lzstd -luring -ljson-c
-FSRC     := $(filter-out src/main.c src/cmd/%,$(wildcard src/*/*.c))
+FSRC     := $(wildcard src/block/*.c src/util/*.c)
 FOBJ     := $(FSRC:%.c=$(FB)/%.o)
 FTARGETS := $(FUZZ_FORMATS:%=$(FB)/fuzz_%)
 
