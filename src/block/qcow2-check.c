@@ -440,7 +440,11 @@ int qcow2_check(struct image *img, struct image_check *res, int fix)
 	struct qcow2 *s = img->opaque;
 	struct image_check after;
 	uint32_t *base = NULL;
-	int ret = check_once(s, res, fix, &base);
+	int ret = qcow2_flush_caches(s);	/* the check reads the file */
+
+	if (ret)
+		return ret;
+	ret = check_once(s, res, fix, &base);
 
 	if (ret || !fix || (!res->corruptions && !res->leaks)) {
 		free(base);

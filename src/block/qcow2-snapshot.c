@@ -164,6 +164,8 @@ static int write_table(struct qcow2 *s, uint64_t old_off, uint64_t old_bytes)
 	}
 	free(buf);
 	if (!ret)
+		ret = qcow2_flush_caches(s);
+	if (!ret)
 		ret = bfile_flush(s->file);
 	if (ret)
 		return ret;
@@ -370,7 +372,7 @@ int qcow2_snapshot_apply(struct image *img, const char *name)
 		memset(s->l1, 0, s->l1_size * 8ul);
 		for (uint32_t k = 0; k < s->snaps[i].l1_size; k++)
 			s->l1[k] = sl1[k] & ~QCOW2_OFLAG_COPIED;
-		ret = write_active_l1(s);
+		ret = qcow2_flush_caches(s) ?: write_active_l1(s);
 	}
 	if (!ret)
 		ret = qcow2_tree_refcount(s, old, s->l1_size, -1);

@@ -9,9 +9,12 @@
  *   refcount table -> refcount blocks (one cluster each) -> 2^refcount_order
  *     bit counters, one per host cluster.
  *   snapshot table: entries each naming a frozen copy of the L1 table.
- * Tables are cached in memory in their on-disk (big-endian) form. Caches are
- * write-through: an update changes the cached copy and writes the changed
- * entries at once, in the order documented at qcow2_write(). */
+ * Tables are cached in memory in their on-disk (big-endian) form. The L2 and
+ * refcount block caches are write-back, with the ordering rules of
+ * qcow2-cluster.c: refcount increments reach the file before any L2, L1 or
+ * header write that could point at the clusters they count; refcount
+ * decrements are written only after the L2 tables that dropped the
+ * reference. */
 #ifndef VIREO_QCOW2_H
 #define VIREO_QCOW2_H
 
@@ -87,6 +90,7 @@ struct qcow2_cache_entry {
 	uint64_t offset;	/* 0: empty */
 	uint64_t lru;
 	uint8_t *data;
+	uint32_t dirty_lo, dirty_hi;	/* bytes not yet written; hi == 0: clean */
 };
 
 struct qcow2_cache {
@@ -148,6 +152,11 @@ int qcow2_cache_init(struct qcow2_cache *c, int nr, size_t size);
 void qcow2_cache_free(struct qcow2_cache *c);
 int qcow2_cache_get(struct qcow2 *s, struct qcow2_cache *c, uint64_t off, uint8_t **data);
 void qcow2_cache_drop(struct qcow2_cache *c, uint64_t off);
+/* Marks bytes [lo, hi) of the cached table at off as changed. */
+void qcow2_cache_dirty(struct qcow2_cache *c, uint64_t off, uint32_t lo, uint32_t hi);
+/* Writes back dirty refcount blocks; then (flush_all) dirty L2 tables. */
+int qcow2_flush_refcounts(struct qcow2 *s);
+int qcow2_flush_caches(struct qcow2 *s);
 enum qcow2_ctype qcow2_ctype(struct qcow2 *s, uint64_t l2e);
 int qcow2_get_extent(struct qcow2 *s, uint64_t off, uint64_t len, enum qcow2_ctype *type,
 		     uint64_t *host, uint64_t *bytes, uint64_t *l2e);
