@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "../../src/block/qcow2.h"
@@ -193,6 +194,51 @@ static void raw_probe_is_read_only(void **state)
 	image_close(img);
 }
 
+/* The API virtio-blk uses: iovec I/O, read-only devices, counters. */
+static void blockdev_iovecs_and_stats(void **state)
+{
+	char path[] = "/tmp/vireo-test-XXXXXX";
+	struct image_create_opts o = { .size = 1 << 20 };
+	struct blockdev_opts bo = { .path = path, .format = "qcow2" };
+	struct blockdev *bd;
+	struct blockdev_stats st;
+	char a[100], b[412], c[512], back[1024];
+	struct iovec w[3] = { { a, sizeof(a) }, { b, sizeof(b) }, { c, sizeof(c) } };
+	struct iovec r[1] = { { back, sizeof(back) } };
+	int fd = mkstemp(path);
+
+	(void)state;
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(image_create(path, "qcow2", &o), 0);
+	memset(a, 'a', sizeof(a));
+	memset(b, 'b', sizeof(b));
+	memset(c, 'c', sizeof(c));
+	assert_int_equal(blockdev_open(&bo, &bd), 0);
+	assert_int_equal(blockdev_size(bd), 1 << 20);
+	assert_int_equal(blockdev_writev(bd, 4096, w, 3), 0);
+	assert_int_equal(blockdev_flush(bd), 0);
+	assert_int_equal(blockdev_readv(bd, 4096, r, 1), 0);
+	assert_memory_equal(back, a, sizeof(a));
+	assert_memory_equal(back + 100, b, sizeof(b));
+	assert_memory_equal(back + 512, c, sizeof(c));
+	assert_int_equal(blockdev_writev(bd, (1 << 20) - 10, w, 1), -EINVAL);
+	assert_int_equal(blockdev_discard(bd, 0, 1 << 20), 0);
+	assert_int_equal(blockdev_readv(bd, 4096, r, 1), 0);
+	assert_int_equal(back[0], 0);
+	blockdev_get_stats(bd, &st);
+	assert_int_equal(st.wr_ops, 2);
+	assert_int_equal(st.rd_ops, 2);
+	assert_int_equal(st.wr_bytes, 1124);
+	assert_int_equal(st.errors, 1);
+	blockdev_close(bd);
+	bo.readonly = true;
+	assert_int_equal(blockdev_open(&bo, &bd), 0);
+	assert_int_equal(blockdev_writev(bd, 0, w, 1), -EROFS);
+	blockdev_close(bd);
+	unlink(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -202,6 +248,7 @@ int main(void)
 		cmocka_unit_test(qcow2_write_error_at_every_step),
 		cmocka_unit_test(bad_header_named),
 		cmocka_unit_test(raw_probe_is_read_only),
+		cmocka_unit_test(blockdev_iovecs_and_stats),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
