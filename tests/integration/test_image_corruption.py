@@ -227,3 +227,20 @@ def test_guest_write_never_lands_on_metadata(good, tmp_path):
     p = no_crash("bench", "-w", "-c", "20", "-s", "4K", bad)
     assert p.returncode == 1 and "overlaps metadata" in p.stderr
     assert bad.read_bytes()[h["l1"]:h["l1"] + 512] == l1_before
+
+
+@pytest.mark.parametrize("opt,what", [("extended_l2=on", "incompatible features 0x10"),
+                                      ("encryption=on,encrypt.key-secret=x", "encrypted")])
+def test_unsupported_qemu_features_refused(tmp_path, opt, what):
+    img = tmp_path / "u.qcow2"
+    if "encrypt" in opt:
+        p = qimg("create", "--object", "secret,id=x,data=abc", "-f", "qcow2", "-o", opt, img,
+                 "1M", ok=False)
+    else:
+        p = qimg("create", "-f", "qcow2", "-o", opt, img, "1M", ok=False)
+    if p.returncode:
+        pytest.skip(f"qemu-img cannot create {opt}")
+    before = md5(img)
+    r = no_crash("info", img)
+    assert r.returncode == 1 and what in r.stderr and img.name in r.stderr
+    assert md5(img) == before
