@@ -298,6 +298,7 @@ static void qcow2_free_state(struct qcow2 *s)
 	if (!s)
 		return;
 	qcow2_snapshots_free(s);
+	qcow2_meta_free(s);
 	qcow2_cache_free(&s->l2_cache);
 	qcow2_cache_free(&s->rb_cache);
 	for (size_t i = 0; i < s->nr_exts; i++)
@@ -366,6 +367,8 @@ static int open_state(struct qcow2 *s, int64_t file_len)
 		ret = qcow2_snapshots_read(s);
 	if (!ret)
 		ret = open_caches(s);
+	if (!ret)
+		ret = qcow2_meta_init(s);
 	return ret;
 }
 
@@ -433,7 +436,7 @@ static void qcow2_close(struct image *img)
 
 static int qcow2_flush(struct image *img)
 {
-	return bfile_flush(img->file);
+	return qcow2_flush_caches(img->opaque) ?: bfile_flush(img->file);
 }
 
 /* ---- L1 table ---- */
@@ -441,7 +444,10 @@ static int qcow2_flush(struct image *img)
 int qcow2_l1_write_entry(struct qcow2 *s, uint32_t idx)
 {
 	uint8_t b[8];
+	int ret = qcow2_flush_refcounts(s);
 
+	if (ret)
+		return ret;
 	qcow2_put_be64(b, s->l1[idx]);
 	return bfile_pwrite(s->file, b, 8, s->h.l1_table_offset + idx * 8ull);
 }
@@ -482,6 +488,8 @@ int qcow2_grow_l1(struct qcow2 *s, uint64_t min_size)
 	ret = off < 0 ? (int)off : bfile_pwrite_zeroes(s->file, (uint64_t)off, bytes);
 	if (!ret)
 		ret = write_table(s, l1, min_size, (uint64_t)off);
+	if (!ret)
+		ret = qcow2_flush_caches(s);
 	if (!ret)
 		ret = bfile_flush(s->file);
 	if (ret) {

@@ -52,12 +52,14 @@ static bool opt_on(const char *v)
 
 int img_parse_opts(const char *text, struct image_create_opts *o)
 {
-	char *copy = strdup(text), *save = NULL, *kv;
+	static char *copies[8];	/* the options point into these until exit */
 	static const char *extra[16];
+	static size_t ncopies;
+	char *copy, *save = NULL, *kv;
 	size_t nextra = 0;
 
-	if (!copy)
-		return err_set(-ENOMEM, "out of memory");
+	if (ncopies >= 8 || !(copy = copies[ncopies++] = strdup(text)))
+		return err_set(-ENOMEM, "too many -o options");
 	for (kv = strtok_r(copy, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
 		char *v = strchr(kv, '=');
 		uint64_t n;
@@ -93,7 +95,7 @@ int img_parse_opts(const char *text, struct image_create_opts *o)
 	}
 	extra[nextra] = NULL;
 	o->extra = extra;
-	return 0;	/* copy stays alive: opts point into it */
+	return 0;
 }
 
 /* ---- create ---- */
