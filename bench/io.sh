@@ -65,7 +65,7 @@ o = vireo("scenario=blk_bench time_ms=5000",
           ["--disk", f"path={image('raw')},format=raw,bps=50M"])
 w = next(x for x in o if x["mode"] == "seqwrite")
 mb = int(w["ops"]) * 1048576 / (int(w["ms"]) / 1000) / 1048576
-print(f"  measured {mb:.1f} MiB/s over {int(w['ms'])/1000:.1f} s (limit 50 MiB/s, burst 1 s)")
+print(f"  measured {mb:.1f} MiB/s over {int(w['ms'])/1000:.1f} s (limit 50 MiB/s, burst 100 ms)")
 
 subprocess.run(["ip", "netns", "add", ns], check=True)
 try:
@@ -80,7 +80,7 @@ try:
           f"ratio {int(o['mbps']) / max(1, int(q['mbps'])):.2f}x")
     print("vNIC rate limit tx 10 MB/s, 5 s")
     o = vireo("scenario=net_bench time_ms=5000", ["--net", "tap=tap0,tx_bps=10M"], netns=True)[0]
-    print(f"  measured {int(o['mbps']) / 1.048576:.1f} MiB/s (limit 10 MiB/s, burst 1 s)")
+    print(f"  measured {int(o['mbps']) / 1.048576:.1f} MiB/s (limit 10 MiB/s, burst 100 ms)")
 finally:
     subprocess.run(["ip", "netns", "del", ns])
 PY
