@@ -127,6 +127,8 @@ struct virtio_dev {
 	bool thread_started;
 	uint64_t bar_base;             /* where BAR0 is mapped, 0 if not */
 	uint32_t msix[64][4];          /* MSI-X table: addr lo, addr hi, data, control */
+	int msix_gsi[64];              /* MSI route of each vector, -1: none yet */
+	int msix_irqfd[64];            /* eventfd bound to that route */
 	uint64_t msix_pba;
 	struct virtio_stats stats;
 };

@@ -79,7 +79,7 @@ static uint16_t msix_control(const struct virtio_dev *dev)
 static void msix_send(struct virtio_dev *dev, uint16_t vector)
 {
 	const uint32_t *e;
-	struct kvm_msi msi;
+	uint64_t one = 1;
 
 	if (vector >= MSIX_VECTORS)
 		return;
@@ -88,10 +88,36 @@ static void msix_send(struct virtio_dev *dev, uint16_t vector)
 		dev->msix_pba |= 1ULL << vector; /* delivered when unmasked */
 		return;
 	}
-	msi = (struct kvm_msi){ .address_lo = e[0], .address_hi = e[1], .data = e[2] };
+	dev->stats.interrupts++;
+	if (dev->msix_gsi[vector] >= 0) {
+		/* The irqfd path: KVM raises the MSI itself. */
+		if (write(dev->msix_irqfd[vector], &one, 8) < 0)
+			log_ratelimited("%s: irqfd: %s", dev->ops->name, strerror(errno));
+		return;
+	}
+	struct kvm_msi msi = { .address_lo = e[0], .address_hi = e[1], .data = e[2] };
+
 	if (dev->vm && ioctl(dev->vm->vm_fd, KVM_SIGNAL_MSI, &msi) < 0)
 		log_ratelimited("%s: MSI delivery failed: %s", dev->ops->name, strerror(errno));
-	dev->stats.interrupts++;
+}
+
+/* The driver wrote a vector's address or data: follow it with its route. */
+static void msix_route(struct virtio_dev *dev, unsigned int vector)
+{
+	const uint32_t *e = dev->msix[vector];
+	int gsi;
+
+	if (!dev->vm || dev->msix_irqfd[vector] < 0)
+		return;
+	gsi = irq_msi_route(dev->vm, dev->msix_gsi[vector], e[0] | (uint64_t)e[1] << 32, e[2]);
+	if (gsi < 0) {
+		log_ratelimited("%s: MSI route: %s", dev->ops->name, strerror(-gsi));
+		return;
+	}
+	if (dev->msix_gsi[vector] < 0 && irq_irqfd(dev->vm, dev->msix_irqfd[vector],
+						   (uint32_t)gsi, true) < 0)
+		return; /* stays on KVM_SIGNAL_MSI */
+	dev->msix_gsi[vector] = gsi;
 }
 
 static void intx_update(struct virtio_dev *dev)
@@ -291,6 +317,8 @@ static void msix_write(struct virtio_dev *dev, unsigned int off, uint64_t v, uns
 	dev->msix[vector][word] = (uint32_t)v;
 	if (len == 8 && word < 3)
 		dev->msix[vector][word + 1] = (uint32_t)(v >> 32);
+	if (word < 3)
+		msix_route(dev, vector);
 	if (was_masked && !(dev->msix[vector][3] & 1) && (dev->msix_pba & (1ULL << vector))) {
 		dev->msix_pba &= ~(1ULL << vector);
 		msix_send(dev, (uint16_t)vector);
@@ -543,8 +571,11 @@ int virtio_pci_create(struct virtio_dev *dev, struct vm *vm, struct pci_bus *bus
 	pthread_mutex_init(&dev->lock, NULL);
 	virtio_reset(dev);
 	dev->stats.resets = 0;
-	for (unsigned int v = 0; v < MSIX_VECTORS; v++)
+	for (unsigned int v = 0; v < MSIX_VECTORS; v++) {
 		dev->msix[v][3] = 1; /* masked */
+		dev->msix_gsi[v] = -1;
+		dev->msix_irqfd[v] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	}
 	pci_identity(dev, bus);
 	slot = pci_add_device(bus, &dev->pci);
 	if (slot < 0)
@@ -571,4 +602,10 @@ void virtio_pci_destroy(struct virtio_dev *dev)
 		close(dev->kick_fd[q]);
 	close(dev->wake_fd);
 	close(dev->timer_fd);
+	for (unsigned int v = 0; v < MSIX_VECTORS; v++) {
+		if (dev->msix_gsi[v] >= 0)
+			irq_irqfd(dev->vm, dev->msix_irqfd[v], (uint32_t)dev->msix_gsi[v], false);
+		if (dev->msix_irqfd[v] >= 0)
+			close(dev->msix_irqfd[v]);
+	}
 }
