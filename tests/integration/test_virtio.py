@@ -184,3 +184,21 @@ def test_net_echo_same_on_vireo_and_qemu(netns_tap, irq):
         net = run.all("net")[0]
         assert net == {"mac": mac, "sent": "64", "received": "64", "mismatches": "0"}
         assert run.all("net_stats")[0]["max_frame"] == "9014"
+
+
+def test_two_disks_are_independent(tmp_path):
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.raw"
+    make_image(a, "qcow2")
+    make_image(b, "raw")
+    run = run_vireo("scenario=blk blk_dev=1 seed=3 n=32",
+                    extra=["--disk", f"path={a},format=qcow2,serial=first",
+                           "--disk", f"path={b},format=raw,serial=second"])
+    assert run.returncode == 0, run.stdout + run.stderr
+    blk = run.all("blk")[0]
+    assert blk["serial"] == "second" and blk["mismatches"] == "0"
+    expected, _ = expected_image(tmp_path, 3, 32)
+    assert subprocess.run(["cmp", str(b), str(expected)]).returncode == 0
+    # the first disk was not written
+    m = subprocess.run(["qemu-img", "map", "--output=json", str(a)], capture_output=True,
+                       text=True, check=True)
+    assert '"data": true' not in m.stdout
