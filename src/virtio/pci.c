@@ -43,21 +43,6 @@
 #define MSIX_ENABLE   0x8000
 #define MSIX_MASKALL  0x4000
 
-static void put(uint8_t *p, unsigned int len, uint64_t v)
-{
-	for (unsigned int i = 0; i < len; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get(const uint8_t *p, unsigned int len)
-{
-	uint64_t v = 0;
-
-	for (unsigned int i = 0; i < len; i++)
-		v |= (uint64_t)p[i] << (8 * i);
-	return v;
-}
-
 bool virtio_feature(const struct virtio_dev *dev, uint64_t bit)
 {
 	return (dev->driver_features & bit) != 0;
@@ -73,7 +58,7 @@ static uint64_t device_features(const struct virtio_dev *dev)
 
 static uint16_t msix_control(const struct virtio_dev *dev)
 {
-	return (uint16_t)get(dev->pci.config + CAP_AT_MSIX + 2, 2);
+	return (uint16_t)bus_get(dev->pci.config + CAP_AT_MSIX + 2, 2);
 }
 
 static void msix_send(struct virtio_dev *dev, uint16_t vector)
@@ -336,7 +321,7 @@ static void bar_read(struct virtio_dev *dev, unsigned int off, uint8_t *data, un
 		dev->isr = 0;
 		intx_update(dev);
 	} else if (off >= OFF_DEVICE && off - OFF_DEVICE + len <= dev->config_size) {
-		v = get(dev->config + off - OFF_DEVICE, len);
+		v = bus_get(dev->config + off - OFF_DEVICE, len);
 	} else if (off >= OFF_MSIX_TABLE && off < OFF_MSIX_TABLE + 16 * MSIX_VECTORS) {
 		unsigned int i = (off - OFF_MSIX_TABLE) / 16, w = (off % 16) / 4;
 
@@ -344,12 +329,12 @@ static void bar_read(struct virtio_dev *dev, unsigned int off, uint8_t *data, un
 	} else if (off == OFF_MSIX_PBA) {
 		v = dev->msix_pba;
 	}
-	put(data, len, v);
+	bus_put(data, len, v);
 }
 
 static void bar_write(struct virtio_dev *dev, unsigned int off, const uint8_t *data, unsigned int len)
 {
-	uint64_t v = get(data, len);
+	uint64_t v = bus_get(data, len);
 
 	if (off < OFF_COMMON + 64) {
 		common_write(dev, off - OFF_COMMON, v, len);
@@ -425,8 +410,8 @@ static void add_virtio_cap(uint8_t *c, unsigned int at, unsigned int next, uint8
 	c[at + 2] = (uint8_t)caplen;
 	c[at + 3] = type;
 	c[at + 4] = 0;          /* BAR0 */
-	put(c + at + 8, 4, offset);
-	put(c + at + 12, 4, length);
+	bus_put(c + at + 8, 4, offset);
+	bus_put(c + at + 12, 4, length);
 }
 
 static void pci_identity(struct virtio_dev *dev, struct pci_bus *bus)
@@ -438,29 +423,29 @@ static void pci_identity(struct virtio_dev *dev, struct pci_bus *bus)
 	pci_device_init(p, 0x1af4, (uint16_t)(0x1040 + dev->ops->device_id), dev->ops->pci_class,
 			dev->ops->name);
 	c[0x08] = 1;                              /* revision 1: modern only */
-	put(c + 0x2c, 2, 0x1af4);
-	put(c + 0x2e, 2, dev->ops->device_id);
-	put(c + 0x06, 2, 0x10);                   /* status: capability list */
+	bus_put(c + 0x2c, 2, 0x1af4);
+	bus_put(c + 0x2e, 2, dev->ops->device_id);
+	bus_put(c + 0x06, 2, 0x10);                   /* status: capability list */
 	c[0x34] = CAP_AT_MSIX;
 	c[0x3d] = 1;                              /* INTA# */
 	/* MSI-X: table and PBA in BAR0. */
 	c[CAP_AT_MSIX] = 0x11;
 	c[CAP_AT_MSIX + 1] = CAP_AT_COMMON;
-	put(c + CAP_AT_MSIX + 2, 2, MSIX_VECTORS - 1);
-	put(c + CAP_AT_MSIX + 4, 4, OFF_MSIX_TABLE);
-	put(c + CAP_AT_MSIX + 8, 4, OFF_MSIX_PBA);
-	put(p->wmask + CAP_AT_MSIX + 2, 2, MSIX_ENABLE | MSIX_MASKALL);
+	bus_put(c + CAP_AT_MSIX + 2, 2, MSIX_VECTORS - 1);
+	bus_put(c + CAP_AT_MSIX + 4, 4, OFF_MSIX_TABLE);
+	bus_put(c + CAP_AT_MSIX + 8, 4, OFF_MSIX_PBA);
+	bus_put(p->wmask + CAP_AT_MSIX + 2, 2, MSIX_ENABLE | MSIX_MASKALL);
 	add_virtio_cap(c, CAP_AT_COMMON, CAP_AT_NOTIFY, CAP_COMMON, OFF_COMMON, 64, 16);
 	add_virtio_cap(c, CAP_AT_NOTIFY, CAP_AT_ISR, CAP_NOTIFY, OFF_NOTIFY,
 		       NOTIFY_MULT * dev->ops->num_queues, 20);
-	put(c + CAP_AT_NOTIFY + 16, 4, NOTIFY_MULT);
+	bus_put(c + CAP_AT_NOTIFY + 16, 4, NOTIFY_MULT);
 	add_virtio_cap(c, CAP_AT_ISR, CAP_AT_DEVICE, CAP_ISR, OFF_ISR, 1, 16);
 	add_virtio_cap(c, CAP_AT_DEVICE, 0, CAP_DEVICE, OFF_DEVICE, dev->config_size, 16);
 	pci_set_bar(p, 0, BAR_SIZE);
 	/* Pre-assign BAR0 and enable decoding, as firmware would. */
 	bar = pci_alloc_mmio(bus, BAR_SIZE);
-	put(c + 0x10, 4, bar);
-	put(c + 0x04, 2, bar ? 0x6 : 0);          /* memory space, bus master */
+	bus_put(c + 0x10, 4, bar);
+	bus_put(c + 0x04, 2, bar ? 0x6 : 0);          /* memory space, bus master */
 	p->opaque = dev;
 	p->config_written = bar_remap;
 }
