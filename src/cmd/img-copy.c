@@ -78,25 +78,28 @@ static int write_out(struct copy *c, uint64_t off, uint64_t n)
 }
 
 /* Copies every range that isn't zero through the whole input chain. The
- * output is new, so zero ranges are left unwritten. */
+ * output is new, so zero ranges are left unwritten. Status is asked for the
+ * whole rest of the disk, so that a huge empty image takes few steps. With
+ * -c, off stays cluster-aligned: data is read in whole clusters. */
 static int copy_data(struct copy *c)
 {
 	uint64_t off = 0, size = c->in->size;
 
 	while (off < size) {
-		uint64_t want = size - off < CHUNK ? size - off : CHUNK, n, host;
-		int depth, st = img_chain_status(c->in, off, want, &n, &depth, &host);
+		uint64_t rest = size - off, cap = rest < CHUNK ? rest : CHUNK, n, host;
+		int depth, st = img_chain_status(c->in, off, rest, &n, &depth, &host);
 
 		if (st < 0)
 			return st;
+		if (c->compress && (st & BLOCK_ZERO) && n >= c->cluster && n < rest)
+			n -= n % c->cluster;
+		else if (c->compress && !((st & BLOCK_ZERO) && n == rest))
+			st = 0, n = cap;
+		else if (n > cap)
+			n = (st & BLOCK_ZERO) ? n : cap;
 		if (!(st & BLOCK_ZERO)) {
-			int ret;
+			int ret = image_read(c->in, off, c->buf, n);
 
-			if (c->compress && n % c->cluster && off + n < size && n > c->cluster)
-				n -= n % c->cluster;	/* keep whole clusters together */
-			else if (c->compress && n % c->cluster && off + n < size)
-				n = want;
-			ret = image_read(c->in, off, c->buf, n);
 			if (!ret)
 				ret = write_out(c, off, n);
 			if (ret)
@@ -200,9 +203,11 @@ int img_commit(int argc, char **argv)
 	if (!ret && base->size < top->size)
 		ret = image_resize(base, top->size);
 	while (!ret && off < top->size) {
-		uint64_t want = top->size - off < CHUNK ? top->size - off : CHUNK, n, host;
-		int st = image_block_status(top, off, want, &n, &host);
+		uint64_t n, host;
+		int st = image_block_status(top, off, top->size - off, &n, &host);
 
+		if (st >= 0 && (st & BLOCK_ALLOCATED) && !(st & BLOCK_ZERO) && n > CHUNK)
+			n = CHUNK;
 		if (st < 0)
 			ret = st;
 		else if (st & BLOCK_ALLOCATED)
@@ -237,13 +242,15 @@ static int rebase_copy(struct image *img, struct image *newb)
 	int ret = a && b ? 0 : err_set(-ENOMEM, "out of memory");
 
 	while (!ret && off < img->size) {
-		uint64_t want = img->size - off < CHUNK ? img->size - off : CHUNK, n, host;
-		int st = image_block_status(img, off, want, &n, &host);
+		uint64_t n, host;
+		int st = image_block_status(img, off, img->size - off, &n, &host);
 
 		if (st < 0) {
 			ret = st;
 			break;
 		}
+		if (!(st & BLOCK_ALLOCATED) && n > CHUNK)
+			n = CHUNK;
 		if (!(st & BLOCK_ALLOCATED)) {
 			ret = image_read(img, off, a, n);
 			memset(b, 0, n);
