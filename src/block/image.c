@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vireo/block.h"
 #include "vireo/log.h"
@@ -178,6 +179,8 @@ int image_create(const char *path, const char *fmtname, const struct image_creat
 	if (!ret)
 		ret = bfile_flush(file);
 	bfile_close(file);
+	if (ret)
+		unlink(path);	/* no half-made image left behind */
 	return ret;
 }
 

@@ -117,6 +117,7 @@ int img_convert(int argc, char **argv)
 	const char *ifmt = NULL, *ofmt = "raw";
 	struct copy c = { 0 };
 	struct image_info info;
+	bool no_create = false;	/* -n: the output exists already */
 	int opt, ret;
 
 	while ((opt = getopt(argc, argv, "f:O:o:cpqUn")) != -1) {
@@ -126,7 +127,8 @@ int img_convert(int argc, char **argv)
 		case 'o': if (img_parse_opts(optarg, &o)) return img_fail(NULL); break;
 		case 'c': c.compress = true; break;
 		case 'p': c.progress = isatty(STDERR_FILENO); break;
-		case 'q': case 'U': case 'n': break;
+		case 'n': no_create = true; break;
+		case 'q': case 'U': break;
 		default: return img_fail("convert: bad option");
 		}
 	}
@@ -137,7 +139,7 @@ int img_convert(int argc, char **argv)
 	if (image_open(argv[optind], ifmt, 0, &c.in))
 		return img_fail(NULL);
 	o.size = c.in->size;
-	ret = image_create(argv[optind + 1], ofmt, &o);
+	ret = no_create ? 0 : image_create(argv[optind + 1], ofmt, &o);
 	if (!ret)
 		ret = image_open(argv[optind + 1], ofmt, IMAGE_RDWR, &c.out);
 	if (ret) {
