@@ -88,6 +88,8 @@ int img_parse_opts(const char *text, struct image_create_opts *o)
 		} else if (!strcmp(kv, "size")) {
 			if (size_parse(v, &o->size))
 				return err_set(-EINVAL, "invalid size '%s'", v);
+		} else if (!strcmp(kv, "preallocation") && !strcmp(v, "off")) {
+			continue;	/* the default: thin */
 		} else if (nextra < 15) {
 			v[-1] = '=';
 			extra[nextra++] = kv;
