@@ -237,10 +237,7 @@ int image_write_compressed(struct image *img, uint64_t off, const void *buf, siz
 	if (!img->fmt->write_compressed)
 		return err_set(-ENOTSUP, "%s: format %s does not support compression",
 			       img->filename, img->fmt->name);
-	pthread_mutex_lock(&img->lock);
-	ret = img->fmt->write_compressed(img, off, buf, len);
-	pthread_mutex_unlock(&img->lock);
-	return ret;
+	return img->fmt->write_compressed(img, off, buf, len);	/* locks itself */
 }
 
 static int write_zeroes_default(struct image *img, uint64_t off, uint64_t len)

@@ -46,6 +46,8 @@ int img_chain_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pn
 	return BLOCK_ZERO;
 }
 
+#include <pthread.h>
+
 static void progress(bool on, uint64_t done, uint64_t total)
 {
 	if (on)
@@ -58,19 +60,23 @@ struct copy {
 	bool compress, progress;
 	uint32_t cluster;
 	uint8_t *buf;
+	/* convert -c: worker threads take data ranges from a shared cursor */
+	pthread_mutex_t lock;
+	uint64_t cursor;
+	int error;
 };
 
-static int write_out(struct copy *c, uint64_t off, uint64_t n)
+static int write_out(struct copy *c, const uint8_t *buf, uint64_t off, uint64_t n)
 {
 	if (!c->compress)
-		return img_is_zero(c->buf, n) ? 0 : image_write(c->out, off, c->buf, n);
+		return img_is_zero(buf, n) ? 0 : image_write(c->out, off, buf, n);
 	for (uint64_t p = 0; p < n; p += c->cluster) {
 		size_t len = n - p < c->cluster ? (size_t)(n - p) : c->cluster;
 		int ret;
 
-		if (img_is_zero(c->buf + p, len))
+		if (img_is_zero(buf + p, len))
 			continue;
-		ret = image_write_compressed(c->out, off + p, c->buf + p, len);
+		ret = image_write_compressed(c->out, off + p, buf + p, len);
 		if (ret)
 			return ret;
 	}
@@ -101,7 +107,7 @@ static int copy_data(struct copy *c)
 			int ret = image_read(c->in, off, c->buf, n);
 
 			if (!ret)
-				ret = write_out(c, off, n);
+				ret = write_out(c, c->buf, off, n);
 			if (ret)
 				return ret;
 		}
@@ -109,6 +115,74 @@ static int copy_data(struct copy *c)
 		progress(c->progress, off, size);
 	}
 	return 0;
+}
+
+/* Under c->lock: the next cluster-aligned data range (at most CHUNK) after
+ * the cursor, skipping what reads as zero. Returns 0 when done, 1 with the range set. */
+static int next_range(struct copy *c, uint64_t *off, uint64_t *n)
+{
+	uint64_t size = c->in->size;
+
+	while (c->cursor < size && !c->error) {
+		uint64_t rest = size - c->cursor, host, len;
+		int depth, st = img_chain_status(c->in, c->cursor, rest, &len, &depth, &host);
+
+		if (st < 0)
+			return st;
+		if ((st & BLOCK_ZERO) && (len >= c->cluster || len == rest)) {
+			c->cursor += len < rest ? len - len % c->cluster : len;
+			continue;
+		}
+		*off = c->cursor;
+		*n = rest < CHUNK ? rest : CHUNK;
+		c->cursor += *n;
+		progress(c->progress, c->cursor, size);
+		return 1;
+	}
+	return 0;
+}
+
+static void *compress_worker(void *arg)
+{
+	struct copy *c = arg;
+	uint8_t *buf = malloc(CHUNK);
+	uint64_t off = 0, n = 0;
+	int ret = buf ? 0 : -ENOMEM;
+
+	while (!ret) {
+		pthread_mutex_lock(&c->lock);
+		ret = c->error ? c->error : next_range(c, &off, &n);
+		pthread_mutex_unlock(&c->lock);
+		if (ret != 1)
+			break;
+		ret = image_read(c->in, off, buf, n) ?: write_out(c, buf, off, n);
+	}
+	if (ret < 0) {
+		pthread_mutex_lock(&c->lock);
+		if (!c->error)
+			c->error = ret;
+		pthread_mutex_unlock(&c->lock);
+	}
+	free(buf);
+	return NULL;
+}
+
+/* convert -c: compression is CPU-bound, so one worker per CPU (up to 8). */
+static int copy_compressed(struct copy *c)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	int nr = cpus < 1 ? 1 : cpus > 8 ? 8 : (int)cpus, started = 0;
+	pthread_t t[8];
+
+	pthread_mutex_init(&c->lock, NULL);
+	for (int i = 0; i < nr; i++)
+		started += pthread_create(&t[started], NULL, compress_worker, c) == 0;
+	if (!started)
+		compress_worker(c);
+	for (int i = 0; i < started; i++)
+		pthread_join(t[i], NULL);
+	pthread_mutex_destroy(&c->lock);
+	return c->error;
 }
 
 int img_convert(int argc, char **argv)
@@ -154,7 +228,7 @@ int img_convert(int argc, char **argv)
 	if (!ret && !c.buf)
 		ret = err_set(-ENOMEM, "out of memory");
 	if (!ret)
-		ret = copy_data(&c);
+		ret = c.compress ? copy_compressed(&c) : copy_data(&c);
 	if (!ret)
 		ret = image_flush(c.out);
 	if (c.progress)
