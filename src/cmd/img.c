@@ -552,6 +552,12 @@ int cmd_img(int argc, char **argv)
 		fprintf(stderr, "\n");
 		return argc < 2 ? 1 : 0;
 	}
+	for (int i = 2; i < argc; i++)
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			usage();
+			fprintf(stderr, "\n");
+			return 0;
+		}
 	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
 		if (!strcmp(argv[1], verbs[i].name)) {
 			optind = 1;
