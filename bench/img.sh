@@ -7,7 +7,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VIREO=$ROOT/build/vireo
 W=${1:-$(mktemp -d /tmp/vireo-bench.XXXXXX)}
 mkdir -p "$W"
-trap 'rm -rf "$W"/*.raw "$W"/*.qcow2 "$W"/*.vmdk' EXIT
+trap 'rm -rf "$W"/*.raw "$W"/*.qcow2 "$W"/*.vmdk "$W"/*.vpc' EXIT
 OPS=${OPS:-10000}
 
 # 1 GiB, every other 64 KiB chunk random data (50% data), the rest holes.
@@ -73,12 +73,17 @@ iops() {	# best of 3
 	done
 	echo "$b"
 }
-for mode in read write; do
-	w=""; [ $mode = write ] && w=-w
-	r=$(iops -f raw -c "$OPS" -s 4K $w "$W/io.raw")
-	c=$(iops -f qcow2 -c "$OPS" -s 4K $w "$W/io.qcow2")
-	row "random 4K $mode IOPS, qcow2 vs raw driver" "$c (qcow2)" "$r (raw)" \
-		"$(python3 -c "print(f'{$c/$r:.2f}x')")"
+FORMATS=$("$VIREO" img --help 2>&1 | sed -n 's/.*formats://p')
+for fmt in qcow2 vpc vmdk; do
+	case " $FORMATS " in *" $fmt "*) ;; *) continue ;; esac
+	[ "$fmt" = qcow2 ] || qemu-img convert -f raw -O "$fmt" "$W/io.raw" "$W/io.$fmt"
+	for mode in read write; do
+		w=""; [ $mode = write ] && w=-w
+		r=$(iops -f raw -c "$OPS" -s 4K $w "$W/io.raw")
+		c=$(iops -f "$fmt" -c "$OPS" -s 4K $w "$W/io.$fmt")
+		row "random 4K $mode IOPS, $fmt vs raw driver" "$c ($fmt)" "$r (raw)" \
+			"$(python3 -c "print(f'{$c/$r:.2f}x')")"
+	done
 done
 # Allocating writes (page cache): each run starts from an empty image.
 alloc() {

@@ -600,13 +600,29 @@ static int64_t compressed_alloc(struct qcow2 *s, uint64_t n)
 	return off;
 }
 
+/* Under img->lock: place clen compressed bytes and point the L2 entry. */
+static int store_compressed(struct qcow2 *s, uint64_t off, const uint8_t *out, size_t clen)
+{
+	uint64_t l2_off, l2e, nb;
+	int64_t coff;
+	int ret = l2_for_write(s, off, &l2_off);
+
+	coff = ret ? ret : compressed_alloc(s, clen);
+	ret = coff < 0 ? (int)coff : bfile_pwrite(s->file, out, clen, (uint64_t)coff);
+	if (ret)
+		return ret;
+	nb = (((uint64_t)coff + clen - 1) >> 9) - ((uint64_t)coff >> 9);
+	l2e = (uint64_t)coff | (nb << s->csize_shift) | QCOW2_OFLAG_COMPRESSED;
+	return l2_put(s, l2_off, (off >> s->cluster_bits) & (s->l2_entries - 1), &l2e, 1);
+}
+
+/* Called without img->lock (see block.h): compression runs in parallel. */
 int qcow2_write_compressed(struct image *img, uint64_t off, const void *buf, size_t len)
 {
 	struct qcow2 *s = img->opaque;
-	uint64_t cs = s->cluster_size, l2_off, l2e, nb;
+	uint64_t cs = s->cluster_size;
 	uint8_t *in = calloc(2, cs), *out;
 	size_t clen;
-	int64_t coff;
 	int ret;
 
 	if (!in)
@@ -618,19 +634,11 @@ int qcow2_write_compressed(struct image *img, uint64_t off, const void *buf, siz
 	out = in + cs;
 	memcpy(in, buf, len);
 	clen = compress_cluster(s, in, out, cs - 512);
-	if (!clen) {
-		free(in);
-		return qcow2_write(img, off, buf, len);
-	}
-	ret = l2_for_write(s, off, &l2_off);
-	coff = ret ? ret : compressed_alloc(s, clen);
-	ret = coff < 0 ? (int)coff : bfile_pwrite(s->file, out, clen, (uint64_t)coff);
+	pthread_mutex_lock(&img->lock);
+	ret = clen ? store_compressed(s, off, out, clen) : qcow2_write(img, off, buf, len);
+	pthread_mutex_unlock(&img->lock);
 	free(in);
-	if (ret)
-		return ret;
-	nb = (((uint64_t)coff + clen - 1) >> 9) - ((uint64_t)coff >> 9);
-	l2e = (uint64_t)coff | (nb << s->csize_shift) | QCOW2_OFLAG_COMPRESSED;
-	return l2_put(s, l2_off, (off >> s->cluster_bits) & (s->l2_entries - 1), &l2e, 1);
+	return ret;
 }
 
 /* ---- discard, zeroes, status ---- */

@@ -538,6 +538,9 @@ static int create_check_opts(struct bfile *file, const struct image_create_opts 
 	uint32_t cs = o->cluster_size ? o->cluster_size : 65536;
 	int rbits = o->refcount_bits ? o->refcount_bits : 16;
 
+	if (o->subformat || (o->extra && o->extra[0]))
+		return err_set(-EINVAL, "%s: qcow2 has no option '%s'", file->path,
+			       o->subformat ? "subformat" : o->extra[0]);
 	*version = (o->compat && !strcmp(o->compat, "0.10")) ? 2 : 3;
 	if (o->compat && strcmp(o->compat, "0.10") && strcmp(o->compat, "1.1") &&
 	    strcmp(o->compat, "v2") && strcmp(o->compat, "v3"))

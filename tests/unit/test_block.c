@@ -135,6 +135,44 @@ static void qcow2_random_rw(void **state)
 	free(back);
 }
 
+/* Tiny caches force dirty L2 tables and refcount blocks out by eviction. */
+static void shrink_caches(struct image *img)
+{
+	struct qcow2 *s = img->opaque;
+
+	assert_int_equal(qcow2_flush_caches(s), 0);
+	qcow2_cache_free(&s->l2_cache);
+	qcow2_cache_free(&s->rb_cache);
+	assert_int_equal(qcow2_cache_init(&s->l2_cache, 2, s->cluster_size), 0);
+	assert_int_equal(qcow2_cache_init(&s->rb_cache, 2, s->cluster_size), 0);
+}
+
+static void qcow2_tiny_caches(void **state)
+{
+	uint8_t *shadow = calloc(1, SIZE), *back = malloc(SIZE);
+	struct image *img = mem_qcow2(512), *after;
+	struct image_check r;
+
+	(void)state;
+	shrink_caches(img);
+	rng_state = 7;
+	assert_int_equal(random_writes(img, shadow, 200), 0);
+	assert_int_equal(image_read(img, 0, back, SIZE), 0);
+	assert_memory_equal(back, shadow, SIZE);
+	assert_int_equal(image_flush(img), 0);
+	after = reopen_copy(img, 0);
+	assert_non_null(after);
+	assert_int_equal(image_read(after, 0, back, SIZE), 0);
+	assert_memory_equal(back, shadow, SIZE);
+	assert_int_equal(image_check(after, &r, 0), 0);
+	assert_int_equal(r.corruptions + r.leaks, 0);
+	image_check_free(&r);
+	image_close(after);
+	image_close(img);
+	free(shadow);
+	free(back);
+}
+
 /* Fail the n-th file write, for every n: the image left behind must open
  * and check without corruption (leaks are allowed). */
 static void qcow2_write_error_at_every_step(void **state)
@@ -143,10 +181,12 @@ static void qcow2_write_error_at_every_step(void **state)
 	int failures = 0;
 
 	(void)state;
-	for (int64_t n = 0; n < 400; n += 3) {
-		struct image *img = mem_qcow2(4096), *after;
+	for (int64_t n = 0; n < 600; n += 3) {
+		struct image *img = mem_qcow2(n % 2 ? 512 : 4096), *after;
 		struct image_check r;
 
+		if (n % 4 == 1)
+			shrink_caches(img);
 		rng_state = 42;
 		img->file->fail_writes_after = n;
 		if (random_writes(img, shadow, 40))
@@ -245,6 +285,7 @@ int main(void)
 		cmocka_unit_test(refcount_widths),
 		cmocka_unit_test(be64_roundtrip),
 		cmocka_unit_test(qcow2_random_rw),
+		cmocka_unit_test(qcow2_tiny_caches),
 		cmocka_unit_test(qcow2_write_error_at_every_step),
 		cmocka_unit_test(bad_header_named),
 		cmocka_unit_test(raw_probe_is_read_only),
