@@ -18,7 +18,7 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test unit integration asan fuzz bench clean
+.PHONY: all test unit integration asan asan-images fuzz fuzz-run bench clean
 all: $(BUILD)/vireo guest
 
 $(BUILD)/%.o: %.c
@@ -57,8 +57,19 @@ test: unit integration
 asan:
 	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" unit
 
+# The image corruption and random-write tests on the ASan/UBSan build.
+ASAN_CFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+asan-images:
+	$(MAKE) BUILD=build-asan CFLAGS="$(ASAN_CFLAGS)" build-asan/vireo build-asan/tests/tools/blkio
+	VIREO_BUILD=build-asan pytest-3 -q -rs tests/integration/test_image_corruption.py \
+		tests/integration/test_images.py -k 'corrupt or random or bad or poke or truncated'
+
 fuzz:
 	$(MAKE) -f tests/fuzz/fuzz.mk
+
+# Short fuzzing run of every format parser (CI).
+fuzz-run: all
+	$(MAKE) -f tests/fuzz/fuzz.mk fuzz-run
 
 bench: all
 	bench/boot.sh

@@ -225,7 +225,9 @@ struct image_format {
 	 * store one cluster compressed. off is aligned to info.cluster_size and
 	 * len is one cluster (shorter only at the end of the image); the cluster
 	 * is unallocated in this layer. Data that doesn't shrink is stored as a
-	 * normal cluster. */
+	 * normal cluster. Unlike the other callbacks it is called WITHOUT
+	 * img->lock, from several threads at once, so that clusters compress in
+	 * parallel: it compresses first, then takes img->lock for the rest. */
 	int (*write_compressed)(struct image *img, uint64_t off, const void *buf, size_t len);
 	/* flush (optional; default: bfile_flush of img->file): write back
 	 * metadata caches, then make everything durable. */

@@ -12,7 +12,7 @@
 
 struct token_bucket {
 	uint64_t rate;   /* tokens per second; 0: unlimited */
-	uint64_t burst;  /* bucket capacity; 0: one second's worth */
+	uint64_t burst;  /* bucket capacity; 0: 100 ms worth */
 	double tokens;
 	uint64_t last_ns;
 };

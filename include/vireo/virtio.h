@@ -58,6 +58,8 @@ struct virtq_elem {
  * ring is empty, or -EINVAL (with err_set() detail) if the guest broke the
  * ring: then the device must go to NEEDS_RESET. */
 int virtq_pop(struct virtq *vq, struct virtq_elem *elem);
+/* Gives back the last `count` popped chains unused (no room for them yet). */
+void virtq_unpop(struct virtq *vq, unsigned int count);
 /* Returns a chain to the guest with `written` bytes in its in-segments. */
 void virtq_push(struct virtq *vq, const struct virtq_elem *elem, uint32_t written);
 /* Whether the guest wants an interrupt for what was pushed since the last
@@ -88,6 +90,12 @@ struct virtio_device_ops {
 	void (*queue_notify)(struct virtio_dev *dev, unsigned int q);
 	/* The guest reset the device: forget in-flight state. Optional. */
 	void (*reset)(struct virtio_dev *dev);
+	/* The driver set DRIVER_OK; negotiated features are final. Optional;
+	 * vCPU thread, dev->lock held. */
+	void (*activate)(struct virtio_dev *dev);
+	/* dev->extra_fd became readable (edge-triggered). Optional; when set,
+	 * the model fills dev->extra_fd before virtio_pci_create(). */
+	void (*fd_ready)(struct virtio_dev *dev);
 };
 
 struct virtio_stats {
@@ -113,11 +121,14 @@ struct virtio_dev {
 	int kick_fd[4];                /* ioeventfd per queue */
 	int wake_fd;                   /* stops the I/O thread */
 	int timer_fd;                  /* wakes deferred queues (rate limits) */
+	int extra_fd;                  /* a host fd the model reads (a tap) */
 	unsigned int deferred;         /* bit per queue waiting for timer_fd */
 	pthread_t thread;
 	bool thread_started;
 	uint64_t bar_base;             /* where BAR0 is mapped, 0 if not */
 	uint32_t msix[64][4];          /* MSI-X table: addr lo, addr hi, data, control */
+	int msix_gsi[64];              /* MSI route of each vector, -1: none yet */
+	int msix_irqfd[64];            /* eventfd bound to that route */
 	uint64_t msix_pba;
 	struct virtio_stats stats;
 };
@@ -129,6 +140,9 @@ int virtio_pci_create(struct virtio_dev *dev, struct vm *vm, struct pci_bus *bus
 void virtio_pci_destroy(struct virtio_dev *dev);
 /* Interrupts the guest for queue q (MSI-X vector, or INTx/ISR). */
 void virtio_notify(struct virtio_dev *dev, unsigned int q);
+/* Device config changed: bump the generation, interrupt the driver.
+ * Called with dev->lock held. */
+void virtio_config_changed(struct virtio_dev *dev);
 /* The guest broke a ring: set NEEDS_RESET, tell the driver, count it. */
 void virtio_set_broken(struct virtio_dev *dev, const char *why);
 bool virtio_feature(const struct virtio_dev *dev, uint64_t bit);
@@ -155,6 +169,41 @@ struct virtio_dev *virtio_blk_dev(struct virtio_blk *blk);
  * from any thread) and its block device (blockdev_get_stats()). */
 struct ratelimit *virtio_blk_ratelimit(struct virtio_blk *blk);
 struct blockdev *virtio_blk_blockdev(struct virtio_blk *blk);
+
+/* Balloon statistics as the guest last reported them (tags of §5.5.6.3:
+ * 0 swap in, 1 swap out, 2 major faults, 3 minor faults, 4 free memory,
+ * 5 total memory, 6 available memory, 7 disk caches, ...). */
+#define BALLOON_STATS_MAX 16
+struct balloon_stats {
+	uint64_t value[BALLOON_STATS_MAX];
+	uint32_t valid;          /* bit per tag seen */
+	uint64_t updates;
+	uint32_t actual_pages;   /* pages the driver says it holds */
+	uint64_t inflated_pages; /* pages freed on the host by inflation */
+	uint64_t reported_pages; /* pages freed through free page reporting */
+};
+
+struct virtio_balloon;
+int virtio_balloon_create(struct vm *vm, struct pci_bus *bus, uint64_t target_bytes,
+			  struct virtio_balloon **out);
+/* Sets how much memory the guest should give back (num_pages). */
+void virtio_balloon_set_target(struct virtio_balloon *b, uint64_t target_bytes);
+/* Latest statistics; also asks the guest for new ones. */
+void virtio_balloon_get_stats(struct virtio_balloon *b, struct balloon_stats *out);
+void virtio_balloon_destroy(struct virtio_balloon *b);
+
+struct nic_config {
+	const char *tap;       /* tap device name; NULL: let the kernel pick */
+	uint8_t mac[6];
+	bool mac_set;
+	uint16_t mtu;          /* 0: 1500 */
+	uint64_t rx_bps, tx_bps;
+};
+
+struct virtio_net;
+int virtio_net_create(struct vm *vm, struct pci_bus *bus, const struct nic_config *cfg,
+		      struct virtio_net **out);
+void virtio_net_destroy(struct virtio_net *net);
 
 struct virtio_rng;
 int virtio_rng_create(struct vm *vm, struct pci_bus *bus, uint64_t bps, struct virtio_rng **out);

@@ -210,7 +210,7 @@ static int mem_reserve(struct memfile *m, uint64_t end)
 	size_t cap = m->cap ? m->cap : 4096;
 	uint8_t *p;
 
-	if (end > (1ull << 34))
+	if (end > (1ull << 30))
 		return -EFBIG;	/* memory files are for tests and fuzzers */
 	if (end <= m->cap)
 		return 0;
@@ -307,7 +307,7 @@ int bfile_mem_open(const char *name, const void *data, size_t len, bool readonly
 		free(f);
 		return err_set(-ENOMEM, "%s: out of memory", name);
 	}
-	if (data)
+	if (data && len)
 		memcpy(m->data, data, len);
 	m->len = len;
 	f->priv = m;

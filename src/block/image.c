@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vireo/block.h"
 #include "vireo/log.h"
@@ -178,6 +179,8 @@ int image_create(const char *path, const char *fmtname, const struct image_creat
 	if (!ret)
 		ret = bfile_flush(file);
 	bfile_close(file);
+	if (ret)
+		unlink(path);	/* no half-made image left behind */
 	return ret;
 }
 
@@ -234,10 +237,7 @@ int image_write_compressed(struct image *img, uint64_t off, const void *buf, siz
 	if (!img->fmt->write_compressed)
 		return err_set(-ENOTSUP, "%s: format %s does not support compression",
 			       img->filename, img->fmt->name);
-	pthread_mutex_lock(&img->lock);
-	ret = img->fmt->write_compressed(img, off, buf, len);
-	pthread_mutex_unlock(&img->lock);
-	return ret;
+	return img->fmt->write_compressed(img, off, buf, len);	/* locks itself */
 }
 
 static int write_zeroes_default(struct image *img, uint64_t off, uint64_t len)

@@ -334,7 +334,8 @@ static int rebuild(struct checker *ck, const uint32_t *ref)
 	s->cpack = 0;
 	for (int i = 0; i < s->rb_cache.nr; i++)
 		s->rb_cache.e[i].offset = 0;
-	return bfile_flush(s->file);
+	ret = qcow2_meta_init(s);
+	return ret ? ret : bfile_flush(s->file);
 }
 
 int qcow2_fix_copied(struct qcow2 *s, uint64_t *fixed)
@@ -419,14 +420,19 @@ static int repair(struct qcow2 *s, const struct image_check *before, int fix, ui
 		ret = rebuild(&(struct checker){ .s = s, .n = s->file_end / s->cluster_size }, base);
 	if (!ret && (fix & IMAGE_FIX_ERRORS))
 		ret = qcow2_fix_copied(s, &fixed);
-	if (!ret && (fix & IMAGE_FIX_ERRORS) &&
-	    (s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT)) {
-		s->h.incompatible_features &= ~QCOW2_INCOMPAT_CORRUPT;
-		ret = qcow2_header_write(s);
-	}
-	if (!ret && (fix & IMAGE_FIX_ERRORS))
-		s->img->broken = false;
 	return ret;
+}
+
+/* After a repair that left no corruption, the image may be written again. */
+static int clear_corrupt(struct qcow2 *s, const struct image_check *res, int fix)
+{
+	if (!(fix & IMAGE_FIX_ERRORS) || res->corruptions)
+		return 0;
+	s->img->broken = false;
+	if (!(s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT))
+		return 0;
+	s->h.incompatible_features &= ~QCOW2_INCOMPAT_CORRUPT;
+	return qcow2_header_write(s);
 }
 
 int qcow2_check(struct image *img, struct image_check *res, int fix)
@@ -434,14 +440,20 @@ int qcow2_check(struct image *img, struct image_check *res, int fix)
 	struct qcow2 *s = img->opaque;
 	struct image_check after;
 	uint32_t *base = NULL;
-	int ret = check_once(s, res, fix, &base);
+	int ret = qcow2_flush_caches(s);	/* the check reads the file */
+
+	if (ret)
+		return ret;
+	ret = check_once(s, res, fix, &base);
 
 	if (ret || !fix || (!res->corruptions && !res->leaks)) {
 		free(base);
-		return ret;
+		return ret ? ret : clear_corrupt(s, res, fix);
 	}
 	ret = repair(s, res, fix, base);
 	free(base);
+	if (!ret)
+		ret = qcow2_meta_init(s);	/* repair may have dropped tables */
 	if (ret)
 		return ret;
 	memset(&after, 0, sizeof(after));
@@ -461,5 +473,5 @@ int qcow2_check(struct image *img, struct image_check *res, int fix)
 	res->compressed_clusters = after.compressed_clusters;
 	res->image_end_offset = after.image_end_offset;
 	image_check_free(&after);
-	return 0;
+	return clear_corrupt(s, res, fix);
 }

@@ -2,10 +2,15 @@
  * writes with copy-on-write, compressed clusters, zero clusters, discard.
  *
  * Write ordering (crash safety, DESIGN §3.4): a new cluster's refcount is
- * written first (qcow2_alloc_clusters), then its contents, then the L2 entry
- * pointing at it, and only then is the cluster it replaces released. New L2
- * tables are written before the L1 entry pointing at them. A process killed
- * between any two of these writes leaves leaked clusters at worst. */
+ * counted first (qcow2_alloc_clusters), then its contents are written, then
+ * the L2 entry points at it, and only then is the cluster it replaced
+ * released. L2 tables and refcount blocks are cached write-back; a dirty L2
+ * table is written only after every dirty refcount block, an L1 entry or a
+ * header field only after the refcount blocks too, and a refcount decrement
+ * only after every dirty L2 table. So whatever subset of writes reached the
+ * file when the process dies, no table points at a cluster whose refcount
+ * doesn't count it: at worst clusters leak. New L2 tables are written before
+ * the L1 entry pointing at them. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,11 +42,67 @@ void qcow2_cache_free(struct qcow2_cache *c)
 	c->e = NULL;
 }
 
+static int writeback(struct qcow2 *s, struct qcow2_cache *c, struct qcow2_cache_entry *e)
+{
+	int ret;
+
+	if (e->dirty_hi <= e->dirty_lo)
+		return 0;
+	if (c == &s->l2_cache && (ret = qcow2_flush_refcounts(s)))
+		return ret;
+	ret = bfile_pwrite(s->file, e->data + e->dirty_lo, e->dirty_hi - e->dirty_lo,
+			   e->offset + e->dirty_lo);
+	if (!ret)
+		e->dirty_lo = e->dirty_hi = 0;
+	return ret;
+}
+
+static int cache_flush(struct qcow2 *s, struct qcow2_cache *c)
+{
+	for (int i = 0; i < c->nr; i++) {
+		int ret = c->e[i].offset ? writeback(s, c, &c->e[i]) : 0;
+
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+int qcow2_flush_refcounts(struct qcow2 *s)
+{
+	return cache_flush(s, &s->rb_cache);
+}
+
+int qcow2_flush_caches(struct qcow2 *s)
+{
+	return qcow2_flush_refcounts(s) ?: cache_flush(s, &s->l2_cache);
+}
+
+void qcow2_cache_dirty(struct qcow2_cache *c, uint64_t off, uint32_t lo, uint32_t hi)
+{
+	for (int i = 0; i < c->nr; i++) {
+		struct qcow2_cache_entry *e = &c->e[i];
+
+		if (e->offset != off)
+			continue;
+		if (e->dirty_hi <= e->dirty_lo) {
+			e->dirty_lo = lo;
+			e->dirty_hi = hi;
+		} else {
+			e->dirty_lo = lo < e->dirty_lo ? lo : e->dirty_lo;
+			e->dirty_hi = hi > e->dirty_hi ? hi : e->dirty_hi;
+		}
+		return;
+	}
+}
+
 int qcow2_cache_get(struct qcow2 *s, struct qcow2_cache *c, uint64_t off, uint8_t **data)
 {
 	struct qcow2_cache_entry *victim = &c->e[0];
 	int ret;
 
+	if (!off)
+		return err_set(-EIO, "%s: metadata cache: table at offset 0", s->file->path);
 	for (int i = 0; i < c->nr; i++) {
 		if (c->e[i].offset == off) {
 			c->e[i].lru = ++c->tick;
@@ -53,6 +114,8 @@ int qcow2_cache_get(struct qcow2 *s, struct qcow2_cache *c, uint64_t off, uint8_
 	}
 	if (!victim->data && !(victim->data = malloc(c->size)))
 		return err_set(-ENOMEM, "out of memory");
+	if (victim->offset && (ret = writeback(s, c, victim)))
+		return ret;
 	victim->offset = 0;
 	ret = bfile_pread(s->file, victim->data, c->size, off);
 	if (ret)
@@ -66,9 +129,10 @@ int qcow2_cache_get(struct qcow2 *s, struct qcow2_cache *c, uint64_t off, uint8_
 void qcow2_cache_drop(struct qcow2_cache *c, uint64_t off)
 {
 	for (int i = 0; i < c->nr; i++)
-		if (c->e[i].offset == off) {
+		if (c->e[i].offset == off) {	/* freed: its contents don't matter */
 			c->e[i].offset = 0;
 			c->e[i].lru = 0;
+			c->e[i].dirty_lo = c->e[i].dirty_hi = 0;
 		}
 }
 
@@ -298,7 +362,8 @@ static int l2_put(struct qcow2 *s, uint64_t l2_off, uint64_t idx, const uint64_t
 		return ret;
 	for (uint64_t i = 0; i < n; i++)
 		qcow2_put_be64(t + (idx + i) * 8, v[i]);
-	return bfile_pwrite(s->file, t + idx * 8, n * 8, l2_off + idx * 8);
+	qcow2_cache_dirty(&s->l2_cache, l2_off, (uint32_t)(idx * 8), (uint32_t)((idx + n) * 8));
+	return 0;
 }
 
 /* The L2 table covering guest offset off, private to the active L1 (refcount
@@ -328,6 +393,9 @@ static int l2_for_write(struct qcow2 *s, uint64_t off, uint64_t *l2_off)
 	ret = new_off < 0 ? (int)new_off : bfile_pwrite(s->file, copy, s->cluster_size,
 							(uint64_t)new_off);
 	free(copy);
+	if (ret)
+		return ret;
+	ret = qcow2_meta_add(s, (uint64_t)new_off);
 	if (ret)
 		return ret;
 	s->l1[l1_idx] = (uint64_t)new_off | QCOW2_OFLAG_COPIED;
@@ -389,7 +457,8 @@ static int point_l2(struct qcow2 *s, uint64_t l2_off, uint64_t idx, uint64_t hos
 		return ret;
 	for (uint64_t i = 0; i < k; i++)
 		qcow2_put_be64(t + (idx + i) * 8, (host + i * s->cluster_size) | QCOW2_OFLAG_COPIED);
-	return bfile_pwrite(s->file, t + idx * 8, k * 8, l2_off + idx * 8);
+	qcow2_cache_dirty(&s->l2_cache, l2_off, (uint32_t)(idx * 8), (uint32_t)((idx + k) * 8));
+	return 0;
 }
 
 /* Allocating write over clusters that read as zeroes: when the new clusters
@@ -476,7 +545,7 @@ int qcow2_write(struct image *img, uint64_t off, const void *buf, size_t len)
 		if (ret)
 			return ret;
 		if (t == QCOW2_NORMAL && (l2e & QCOW2_OFLAG_COPIED))
-			ret = bfile_pwrite(s->file, p, n, host);
+			ret = qcow2_check_data_write(s, host, n) ?: bfile_pwrite(s->file, p, n, host);
 		else
 			ret = cow_write(s, off, p, n);
 		if (ret)
@@ -531,13 +600,29 @@ static int64_t compressed_alloc(struct qcow2 *s, uint64_t n)
 	return off;
 }
 
+/* Under img->lock: place clen compressed bytes and point the L2 entry. */
+static int store_compressed(struct qcow2 *s, uint64_t off, const uint8_t *out, size_t clen)
+{
+	uint64_t l2_off, l2e, nb;
+	int64_t coff;
+	int ret = l2_for_write(s, off, &l2_off);
+
+	coff = ret ? ret : compressed_alloc(s, clen);
+	ret = coff < 0 ? (int)coff : bfile_pwrite(s->file, out, clen, (uint64_t)coff);
+	if (ret)
+		return ret;
+	nb = (((uint64_t)coff + clen - 1) >> 9) - ((uint64_t)coff >> 9);
+	l2e = (uint64_t)coff | (nb << s->csize_shift) | QCOW2_OFLAG_COMPRESSED;
+	return l2_put(s, l2_off, (off >> s->cluster_bits) & (s->l2_entries - 1), &l2e, 1);
+}
+
+/* Called without img->lock (see block.h): compression runs in parallel. */
 int qcow2_write_compressed(struct image *img, uint64_t off, const void *buf, size_t len)
 {
 	struct qcow2 *s = img->opaque;
-	uint64_t cs = s->cluster_size, l2_off, l2e, nb;
+	uint64_t cs = s->cluster_size;
 	uint8_t *in = calloc(2, cs), *out;
 	size_t clen;
-	int64_t coff;
 	int ret;
 
 	if (!in)
@@ -549,19 +634,11 @@ int qcow2_write_compressed(struct image *img, uint64_t off, const void *buf, siz
 	out = in + cs;
 	memcpy(in, buf, len);
 	clen = compress_cluster(s, in, out, cs - 512);
-	if (!clen) {
-		free(in);
-		return qcow2_write(img, off, buf, len);
-	}
-	ret = l2_for_write(s, off, &l2_off);
-	coff = ret ? ret : compressed_alloc(s, clen);
-	ret = coff < 0 ? (int)coff : bfile_pwrite(s->file, out, clen, (uint64_t)coff);
+	pthread_mutex_lock(&img->lock);
+	ret = clen ? store_compressed(s, off, out, clen) : qcow2_write(img, off, buf, len);
+	pthread_mutex_unlock(&img->lock);
 	free(in);
-	if (ret)
-		return ret;
-	nb = (((uint64_t)coff + clen - 1) >> 9) - ((uint64_t)coff >> 9);
-	l2e = (uint64_t)coff | (nb << s->csize_shift) | QCOW2_OFLAG_COMPRESSED;
-	return l2_put(s, l2_off, (off >> s->cluster_bits) & (s->l2_entries - 1), &l2e, 1);
+	return ret;
 }
 
 /* ---- discard, zeroes, status ---- */

@@ -92,6 +92,9 @@ static int find_free(struct qcow2 *s, uint64_t n, uint64_t *first)
 		uint64_t rc = 0;
 		int ret = c < end ? qcow2_get_refcount(s, c, &rc) : 0;
 
+		if (!ret && !rc && c < end && qcow2_is_metadata(s, c))
+			ret = qcow2_corrupt(s, "metadata cluster %llu has refcount 0",
+					    (unsigned long long)c);
 		if (ret)
 			return ret;
 		run = rc ? 0 : run + 1;
@@ -122,10 +125,12 @@ static int install_table(struct qcow2 *s, uint64_t *rt, uint64_t entries, uint64
 {
 	uint64_t bytes = entries * 8;
 	uint8_t *raw = calloc(1, bytes);
-	int ret;
+	int ret = qcow2_flush_refcounts(s);
 
-	if (!raw)
-		return err_set(-ENOMEM, "out of memory");
+	if (!raw || ret) {
+		free(raw);
+		return ret ? ret : err_set(-ENOMEM, "out of memory");
+	}
 	for (uint64_t i = 0; i < entries; i++)
 		qcow2_put_be64(raw + i * 8, rt[i]);
 	ret = bfile_pwrite(s->file, raw, bytes, rt_off);
@@ -192,6 +197,8 @@ static int grow_table(struct qcow2 *s, uint64_t min)
 			qcow2_rc_set(blk, c % s->rb_entries, s->refcount_bits, 1);
 		rt[i] = (E + j++) * cs;
 		ret = bfile_pwrite(s->file, blk, cs, rt[i]);
+		if (!ret)
+			ret = qcow2_meta_add(s, rt[i]);
 	}
 	free(blk);
 	if (!ret)
@@ -229,6 +236,8 @@ static int alloc_block(struct qcow2 *s, uint64_t i)
 	if (!ret)
 		ret = bfile_pwrite(s->file, blk, cs, c * cs);
 	free(blk);
+	if (!ret)
+		ret = qcow2_flush_refcounts(s);	/* the block's own count, if elsewhere */
 	if (!ret) {
 		uint8_t b[8];
 
@@ -237,7 +246,7 @@ static int alloc_block(struct qcow2 *s, uint64_t i)
 	}
 	if (!ret)
 		s->rt[i] = c * cs;
-	return ret;
+	return ret ? ret : qcow2_meta_add(s, c * cs);
 }
 
 static void cluster_freed(struct qcow2 *s, uint64_t c)
@@ -246,6 +255,7 @@ static void cluster_freed(struct qcow2 *s, uint64_t c)
 
 	qcow2_cache_drop(&s->l2_cache, off);
 	qcow2_cache_drop(&s->rb_cache, off);
+	qcow2_meta_del(s, c);
 	if (s->cpack >= off && s->cpack < off + s->cluster_size)
 		s->cpack = 0;
 	if (c < s->free_hint)
@@ -270,6 +280,8 @@ static int update_block(struct qcow2 *s, uint64_t c, uint64_t n, int64_t delta)
 		if (!ret)
 			ret = rb_offset(s, i, &off);
 	}
+	if (!ret && delta < 0)
+		ret = qcow2_flush_caches(s);	/* the dropped references first */
 	if (!ret)
 		ret = qcow2_cache_get(s, &s->rb_cache, off, &b);
 	if (ret)
@@ -286,7 +298,8 @@ static int update_block(struct qcow2 *s, uint64_t c, uint64_t n, int64_t delta)
 	}
 	lo = first * s->refcount_bits / 8;
 	hi = ((first + n) * s->refcount_bits + 7) / 8;
-	return bfile_pwrite(s->file, b + lo, hi - lo, off + lo);
+	qcow2_cache_dirty(&s->rb_cache, off, (uint32_t)lo, (uint32_t)hi);
+	return 0;
 }
 
 int qcow2_update_refcount(struct qcow2 *s, uint64_t offset, uint64_t len, int64_t delta)

@@ -164,6 +164,8 @@ static int write_table(struct qcow2 *s, uint64_t old_off, uint64_t old_bytes)
 	}
 	free(buf);
 	if (!ret)
+		ret = qcow2_flush_caches(s);
+	if (!ret)
 		ret = bfile_flush(s->file);
 	if (ret)
 		return ret;
@@ -303,7 +305,9 @@ int qcow2_snapshot_create(struct image *img, const char *name)
 	}
 	s->snaps = arr;
 	s->snaps[s->nr_snaps++] = sn;
-	return write_table(s, old_off, old_bytes);
+	for (uint64_t o = 0; !ret && o < sn.l1_size * 8ull; o += s->cluster_size)
+		ret = qcow2_meta_add(s, sn.l1_table_offset + o);
+	return ret ? ret : write_table(s, old_off, old_bytes);
 }
 
 int qcow2_snapshot_list(struct image *img, struct image_snapshot **out, size_t *n)
@@ -368,7 +372,7 @@ int qcow2_snapshot_apply(struct image *img, const char *name)
 		memset(s->l1, 0, s->l1_size * 8ul);
 		for (uint32_t k = 0; k < s->snaps[i].l1_size; k++)
 			s->l1[k] = sl1[k] & ~QCOW2_OFLAG_COPIED;
-		ret = write_active_l1(s);
+		ret = qcow2_flush_caches(s) ?: write_active_l1(s);
 	}
 	if (!ret)
 		ret = qcow2_tree_refcount(s, old, s->l1_size, -1);
@@ -380,6 +384,8 @@ int qcow2_snapshot_apply(struct image *img, const char *name)
 		s->h.size = img->size = s->snaps[i].disk_size;
 	}
 	s->cbuf_l2e = 0;
+	if (!ret)
+		ret = qcow2_meta_init(s);	/* the snapshot's L2 tables are active now */
 	return ret ? ret : qcow2_fix_copied(s, &fixed);
 }
 

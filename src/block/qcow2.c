@@ -298,6 +298,7 @@ static void qcow2_free_state(struct qcow2 *s)
 	if (!s)
 		return;
 	qcow2_snapshots_free(s);
+	qcow2_meta_free(s);
 	qcow2_cache_free(&s->l2_cache);
 	qcow2_cache_free(&s->rb_cache);
 	for (size_t i = 0; i < s->nr_exts; i++)
@@ -366,6 +367,8 @@ static int open_state(struct qcow2 *s, int64_t file_len)
 		ret = qcow2_snapshots_read(s);
 	if (!ret)
 		ret = open_caches(s);
+	if (!ret)
+		ret = qcow2_meta_init(s);
 	return ret;
 }
 
@@ -433,7 +436,7 @@ static void qcow2_close(struct image *img)
 
 static int qcow2_flush(struct image *img)
 {
-	return bfile_flush(img->file);
+	return qcow2_flush_caches(img->opaque) ?: bfile_flush(img->file);
 }
 
 /* ---- L1 table ---- */
@@ -441,7 +444,10 @@ static int qcow2_flush(struct image *img)
 int qcow2_l1_write_entry(struct qcow2 *s, uint32_t idx)
 {
 	uint8_t b[8];
+	int ret = qcow2_flush_refcounts(s);
 
+	if (ret)
+		return ret;
 	qcow2_put_be64(b, s->l1[idx]);
 	return bfile_pwrite(s->file, b, 8, s->h.l1_table_offset + idx * 8ull);
 }
@@ -482,6 +488,8 @@ int qcow2_grow_l1(struct qcow2 *s, uint64_t min_size)
 	ret = off < 0 ? (int)off : bfile_pwrite_zeroes(s->file, (uint64_t)off, bytes);
 	if (!ret)
 		ret = write_table(s, l1, min_size, (uint64_t)off);
+	if (!ret)
+		ret = qcow2_flush_caches(s);
 	if (!ret)
 		ret = bfile_flush(s->file);
 	if (ret) {
@@ -530,6 +538,9 @@ static int create_check_opts(struct bfile *file, const struct image_create_opts 
 	uint32_t cs = o->cluster_size ? o->cluster_size : 65536;
 	int rbits = o->refcount_bits ? o->refcount_bits : 16;
 
+	if (o->subformat || (o->extra && o->extra[0]))
+		return err_set(-EINVAL, "%s: qcow2 has no option '%s'", file->path,
+			       o->subformat ? "subformat" : o->extra[0]);
 	*version = (o->compat && !strcmp(o->compat, "0.10")) ? 2 : 3;
 	if (o->compat && strcmp(o->compat, "0.10") && strcmp(o->compat, "1.1") &&
 	    strcmp(o->compat, "v2") && strcmp(o->compat, "v3"))

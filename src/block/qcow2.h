@@ -9,12 +9,16 @@
  *   refcount table -> refcount blocks (one cluster each) -> 2^refcount_order
  *     bit counters, one per host cluster.
  *   snapshot table: entries each naming a frozen copy of the L1 table.
- * Tables are cached in memory in their on-disk (big-endian) form. Caches are
- * write-through: an update changes the cached copy and writes the changed
- * entries at once, in the order documented at qcow2_write(). */
+ * Tables are cached in memory in their on-disk (big-endian) form. The L2 and
+ * refcount block caches are write-back, with the ordering rules of
+ * qcow2-cluster.c: refcount increments reach the file before any L2, L1 or
+ * header write that could point at the clusters they count; refcount
+ * decrements are written only after the L2 tables that dropped the
+ * reference. */
 #ifndef VIREO_QCOW2_H
 #define VIREO_QCOW2_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "vireo/block.h"
@@ -86,6 +90,7 @@ struct qcow2_cache_entry {
 	uint64_t offset;	/* 0: empty */
 	uint64_t lru;
 	uint8_t *data;
+	uint32_t dirty_lo, dirty_hi;	/* bytes not yet written; hi == 0: clean */
 };
 
 struct qcow2_cache {
@@ -93,6 +98,12 @@ struct qcow2_cache {
 	uint64_t tick;
 	size_t size;		/* bytes per entry (one cluster) */
 	struct qcow2_cache_entry *e;
+};
+
+/* Open-addressing set of cluster indices (+1; 0 empty). */
+struct qcow2_mset {
+	uint64_t *slots;
+	size_t cap, n, used;
 };
 
 struct qcow2 {
@@ -118,6 +129,7 @@ struct qcow2 {
 	size_t nr_exts;
 	uint8_t *cbuf;			/* last decompressed cluster */
 	uint64_t cbuf_l2e;		/* its L2 entry; 0: none */
+	struct qcow2_mset meta;		/* clusters holding tables (qcow2-meta.c) */
 	int csize_shift;		/* compressed L2 entry: sector count position */
 	uint64_t csize_mask;
 };
@@ -140,6 +152,11 @@ int qcow2_cache_init(struct qcow2_cache *c, int nr, size_t size);
 void qcow2_cache_free(struct qcow2_cache *c);
 int qcow2_cache_get(struct qcow2 *s, struct qcow2_cache *c, uint64_t off, uint8_t **data);
 void qcow2_cache_drop(struct qcow2_cache *c, uint64_t off);
+/* Marks bytes [lo, hi) of the cached table at off as changed. */
+void qcow2_cache_dirty(struct qcow2_cache *c, uint64_t off, uint32_t lo, uint32_t hi);
+/* Writes back dirty refcount blocks; then (flush_all) dirty L2 tables. */
+int qcow2_flush_refcounts(struct qcow2 *s);
+int qcow2_flush_caches(struct qcow2 *s);
 enum qcow2_ctype qcow2_ctype(struct qcow2 *s, uint64_t l2e);
 int qcow2_get_extent(struct qcow2 *s, uint64_t off, uint64_t len, enum qcow2_ctype *type,
 		     uint64_t *host, uint64_t *bytes, uint64_t *l2e);
@@ -169,6 +186,15 @@ void qcow2_rc_set(uint8_t *block, uint64_t idx, uint32_t bits, uint64_t v);
 int qcow2_check(struct image *img, struct image_check *res, int fix);
 /* Sets or clears OFLAG_COPIED in the active tables to match refcounts. */
 int qcow2_fix_copied(struct qcow2 *s, uint64_t *fixed);
+
+/* qcow2-meta.c: overlap checks */
+int qcow2_meta_init(struct qcow2 *s);
+int qcow2_meta_add(struct qcow2 *s, uint64_t off);
+void qcow2_meta_del(struct qcow2 *s, uint64_t cluster);
+bool qcow2_meta_has(struct qcow2 *s, uint64_t cluster);
+void qcow2_meta_free(struct qcow2 *s);
+bool qcow2_is_metadata(struct qcow2 *s, uint64_t cluster);
+int qcow2_check_data_write(struct qcow2 *s, uint64_t host, uint64_t len);
 
 /* qcow2-snapshot.c */
 int qcow2_snapshots_read(struct qcow2 *s);

@@ -74,6 +74,9 @@ static int raw_create(struct bfile *file, const char *path, const struct image_c
 	(void)path;
 	if (opts->backing)
 		return err_set(-EINVAL, "%s: raw images have no backing file", file->path);
+	if (opts->cluster_size || opts->compat || opts->subformat || opts->compression_type ||
+	    opts->refcount_bits || (opts->extra && opts->extra[0]))
+		return err_set(-EINVAL, "%s: raw images take no creation options", file->path);
 	return bfile_truncate(file, opts->size);
 }
 

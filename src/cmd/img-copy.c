@@ -46,6 +46,8 @@ int img_chain_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pn
 	return BLOCK_ZERO;
 }
 
+#include <pthread.h>
+
 static void progress(bool on, uint64_t done, uint64_t total)
 {
 	if (on)
@@ -58,19 +60,23 @@ struct copy {
 	bool compress, progress;
 	uint32_t cluster;
 	uint8_t *buf;
+	/* convert -c: worker threads take data ranges from a shared cursor */
+	pthread_mutex_t lock;
+	uint64_t cursor;
+	int error;
 };
 
-static int write_out(struct copy *c, uint64_t off, uint64_t n)
+static int write_out(struct copy *c, const uint8_t *buf, uint64_t off, uint64_t n)
 {
 	if (!c->compress)
-		return img_is_zero(c->buf, n) ? 0 : image_write(c->out, off, c->buf, n);
+		return img_is_zero(buf, n) ? 0 : image_write(c->out, off, buf, n);
 	for (uint64_t p = 0; p < n; p += c->cluster) {
 		size_t len = n - p < c->cluster ? (size_t)(n - p) : c->cluster;
 		int ret;
 
-		if (img_is_zero(c->buf + p, len))
+		if (img_is_zero(buf + p, len))
 			continue;
-		ret = image_write_compressed(c->out, off + p, c->buf + p, len);
+		ret = image_write_compressed(c->out, off + p, buf + p, len);
 		if (ret)
 			return ret;
 	}
@@ -78,27 +84,30 @@ static int write_out(struct copy *c, uint64_t off, uint64_t n)
 }
 
 /* Copies every range that isn't zero through the whole input chain. The
- * output is new, so zero ranges are left unwritten. */
+ * output is new, so zero ranges are left unwritten. Status is asked for the
+ * whole rest of the disk, so that a huge empty image takes few steps. With
+ * -c, off stays cluster-aligned: data is read in whole clusters. */
 static int copy_data(struct copy *c)
 {
 	uint64_t off = 0, size = c->in->size;
 
 	while (off < size) {
-		uint64_t want = size - off < CHUNK ? size - off : CHUNK, n, host;
-		int depth, st = img_chain_status(c->in, off, want, &n, &depth, &host);
+		uint64_t rest = size - off, cap = rest < CHUNK ? rest : CHUNK, n, host;
+		int depth, st = img_chain_status(c->in, off, rest, &n, &depth, &host);
 
 		if (st < 0)
 			return st;
+		if (c->compress && (st & BLOCK_ZERO) && n >= c->cluster && n < rest)
+			n -= n % c->cluster;
+		else if (c->compress && !((st & BLOCK_ZERO) && n == rest))
+			st = 0, n = cap;
+		else if (n > cap)
+			n = (st & BLOCK_ZERO) ? n : cap;
 		if (!(st & BLOCK_ZERO)) {
-			int ret;
+			int ret = image_read(c->in, off, c->buf, n);
 
-			if (c->compress && n % c->cluster && off + n < size && n > c->cluster)
-				n -= n % c->cluster;	/* keep whole clusters together */
-			else if (c->compress && n % c->cluster && off + n < size)
-				n = want;
-			ret = image_read(c->in, off, c->buf, n);
 			if (!ret)
-				ret = write_out(c, off, n);
+				ret = write_out(c, c->buf, off, n);
 			if (ret)
 				return ret;
 		}
@@ -108,12 +117,81 @@ static int copy_data(struct copy *c)
 	return 0;
 }
 
+/* Under c->lock: the next cluster-aligned data range (at most CHUNK) after
+ * the cursor, skipping what reads as zero. Returns 0 when done, 1 with the range set. */
+static int next_range(struct copy *c, uint64_t *off, uint64_t *n)
+{
+	uint64_t size = c->in->size;
+
+	while (c->cursor < size && !c->error) {
+		uint64_t rest = size - c->cursor, host, len;
+		int depth, st = img_chain_status(c->in, c->cursor, rest, &len, &depth, &host);
+
+		if (st < 0)
+			return st;
+		if ((st & BLOCK_ZERO) && (len >= c->cluster || len == rest)) {
+			c->cursor += len < rest ? len - len % c->cluster : len;
+			continue;
+		}
+		*off = c->cursor;
+		*n = rest < CHUNK ? rest : CHUNK;
+		c->cursor += *n;
+		progress(c->progress, c->cursor, size);
+		return 1;
+	}
+	return 0;
+}
+
+static void *compress_worker(void *arg)
+{
+	struct copy *c = arg;
+	uint8_t *buf = malloc(CHUNK);
+	uint64_t off = 0, n = 0;
+	int ret = buf ? 0 : -ENOMEM;
+
+	while (!ret) {
+		pthread_mutex_lock(&c->lock);
+		ret = c->error ? c->error : next_range(c, &off, &n);
+		pthread_mutex_unlock(&c->lock);
+		if (ret != 1)
+			break;
+		ret = image_read(c->in, off, buf, n) ?: write_out(c, buf, off, n);
+	}
+	if (ret < 0) {
+		pthread_mutex_lock(&c->lock);
+		if (!c->error)
+			c->error = ret;
+		pthread_mutex_unlock(&c->lock);
+	}
+	free(buf);
+	return NULL;
+}
+
+/* convert -c: compression is CPU-bound, so one worker per CPU (up to 8). */
+static int copy_compressed(struct copy *c)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	int nr = cpus < 1 ? 1 : cpus > 8 ? 8 : (int)cpus, started = 0;
+	pthread_t t[8];
+
+	pthread_mutex_init(&c->lock, NULL);
+	for (int i = 0; i < nr; i++)
+		started += pthread_create(&t[started], NULL, compress_worker, c) == 0;
+	if (!started)
+		compress_worker(c);
+	for (int i = 0; i < started; i++)
+		pthread_join(t[i], NULL);
+	pthread_mutex_destroy(&c->lock);
+	return c->error;
+}
+
 int img_convert(int argc, char **argv)
 {
 	struct image_create_opts o = { 0 };
 	const char *ifmt = NULL, *ofmt = "raw";
 	struct copy c = { 0 };
 	struct image_info info;
+	bool no_create = false;	/* -n: the output exists already */
 	int opt, ret;
 
 	while ((opt = getopt(argc, argv, "f:O:o:cpqUn")) != -1) {
@@ -123,7 +201,8 @@ int img_convert(int argc, char **argv)
 		case 'o': if (img_parse_opts(optarg, &o)) return img_fail(NULL); break;
 		case 'c': c.compress = true; break;
 		case 'p': c.progress = isatty(STDERR_FILENO); break;
-		case 'q': case 'U': case 'n': break;
+		case 'n': no_create = true; break;
+		case 'q': case 'U': break;
 		default: return img_fail("convert: bad option");
 		}
 	}
@@ -134,7 +213,7 @@ int img_convert(int argc, char **argv)
 	if (image_open(argv[optind], ifmt, 0, &c.in))
 		return img_fail(NULL);
 	o.size = c.in->size;
-	ret = image_create(argv[optind + 1], ofmt, &o);
+	ret = no_create ? 0 : image_create(argv[optind + 1], ofmt, &o);
 	if (!ret)
 		ret = image_open(argv[optind + 1], ofmt, IMAGE_RDWR, &c.out);
 	if (ret) {
@@ -149,7 +228,7 @@ int img_convert(int argc, char **argv)
 	if (!ret && !c.buf)
 		ret = err_set(-ENOMEM, "out of memory");
 	if (!ret)
-		ret = copy_data(&c);
+		ret = c.compress ? copy_compressed(&c) : copy_data(&c);
 	if (!ret)
 		ret = image_flush(c.out);
 	if (c.progress)
@@ -200,9 +279,11 @@ int img_commit(int argc, char **argv)
 	if (!ret && base->size < top->size)
 		ret = image_resize(base, top->size);
 	while (!ret && off < top->size) {
-		uint64_t want = top->size - off < CHUNK ? top->size - off : CHUNK, n, host;
-		int st = image_block_status(top, off, want, &n, &host);
+		uint64_t n, host;
+		int st = image_block_status(top, off, top->size - off, &n, &host);
 
+		if (st >= 0 && (st & BLOCK_ALLOCATED) && !(st & BLOCK_ZERO) && n > CHUNK)
+			n = CHUNK;
 		if (st < 0)
 			ret = st;
 		else if (st & BLOCK_ALLOCATED)
@@ -237,13 +318,15 @@ static int rebase_copy(struct image *img, struct image *newb)
 	int ret = a && b ? 0 : err_set(-ENOMEM, "out of memory");
 
 	while (!ret && off < img->size) {
-		uint64_t want = img->size - off < CHUNK ? img->size - off : CHUNK, n, host;
-		int st = image_block_status(img, off, want, &n, &host);
+		uint64_t n, host;
+		int st = image_block_status(img, off, img->size - off, &n, &host);
 
 		if (st < 0) {
 			ret = st;
 			break;
 		}
+		if (!(st & BLOCK_ALLOCATED) && n > CHUNK)
+			n = CHUNK;
 		if (!(st & BLOCK_ALLOCATED)) {
 			ret = image_read(img, off, a, n);
 			memset(b, 0, n);

@@ -20,14 +20,19 @@ int img_fail(const char *what)
 	return 1;
 }
 
-static int usage(void)
+static void print_fmt(const struct image_format *f, void *ctx)
 {
-	fprintf(stderr,
+	fprintf(ctx, " %s", f->name);
+}
+
+static int usage_to(FILE *out)
+{
+	fprintf(out,
 		"usage: vireo img COMMAND [ARGS]\n"
 		"  create [-f fmt] [-o opt=val,...] [-b backing [-F fmt]] FILE [SIZE]\n"
 		"  info [-f fmt] [--output=human|json] [--backing-chain] FILE\n"
 		"  check [-f fmt] [-r leaks|all] [--output=human|json] FILE\n"
-		"  convert [-f fmt] -O fmt [-o opts] [-c] [-p] IN OUT\n"
+		"  convert [-f fmt] -O fmt [-o opts] [-c] [-p] [-n] IN OUT\n"
 		"  snapshot -c|-l|-a|-d [NAME] FILE\n"
 		"  commit [-f fmt] FILE\n"
 		"  rebase [-f fmt] [-u] -b NEW [-F fmt] FILE\n"
@@ -36,13 +41,14 @@ static int usage(void)
 		"  compare [-f fmt] [-F fmt] A B\n"
 		"  bench [-f fmt] [-c count] [-s size] [-w] [-F] [-t none] FILE\n"
 		"sizes take K, M, G, T suffixes; formats:");
-	return 1;
+	image_format_foreach(print_fmt, out);
+	fprintf(out, "\n");
+	return out == stdout ? 0 : 1;
 }
 
-static void print_fmt(const struct image_format *f, void *ctx)
+static int usage(void)
 {
-	(void)ctx;
-	fprintf(stderr, " %s", f->name);
+	return usage_to(stderr);
 }
 
 static bool opt_on(const char *v)
@@ -52,12 +58,14 @@ static bool opt_on(const char *v)
 
 int img_parse_opts(const char *text, struct image_create_opts *o)
 {
-	char *copy = strdup(text), *save = NULL, *kv;
+	static char *copies[8];	/* the options point into these until exit */
 	static const char *extra[16];
+	static size_t ncopies;
+	char *copy, *save = NULL, *kv;
 	size_t nextra = 0;
 
-	if (!copy)
-		return err_set(-ENOMEM, "out of memory");
+	if (ncopies >= 8 || !(copy = copies[ncopies++] = strdup(text)))
+		return err_set(-ENOMEM, "too many -o options");
 	for (kv = strtok_r(copy, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
 		char *v = strchr(kv, '=');
 		uint64_t n;
@@ -86,6 +94,8 @@ int img_parse_opts(const char *text, struct image_create_opts *o)
 		} else if (!strcmp(kv, "size")) {
 			if (size_parse(v, &o->size))
 				return err_set(-EINVAL, "invalid size '%s'", v);
+		} else if (!strcmp(kv, "preallocation") && !strcmp(v, "off")) {
+			continue;	/* the default: thin */
 		} else if (nextra < 15) {
 			v[-1] = '=';
 			extra[nextra++] = kv;
@@ -93,7 +103,7 @@ int img_parse_opts(const char *text, struct image_create_opts *o)
 	}
 	extra[nextra] = NULL;
 	o->extra = extra;
-	return 0;	/* copy stays alive: opts point into it */
+	return 0;
 }
 
 /* ---- create ---- */
@@ -542,12 +552,11 @@ static const struct verb verbs[] = {
 
 int cmd_img(int argc, char **argv)
 {
-	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-		usage();
-		image_format_foreach(print_fmt, NULL);
-		fprintf(stderr, "\n");
-		return argc < 2 ? 1 : 0;
-	}
+	if (argc < 2)
+		return usage();
+	for (int i = 1; i < argc; i++)
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+			return usage_to(stdout);
 	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
 		if (!strcmp(argv[1], verbs[i].name)) {
 			optind = 1;

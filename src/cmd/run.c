@@ -23,6 +23,7 @@
 #include "vireo/vmm.h"
 
 #define MAX_DISKS 8
+#define MAX_NICS 4
 
 struct run_options {
 	struct boot_config boot;
@@ -32,6 +33,10 @@ struct run_options {
 	unsigned int ndisks;
 	bool rng;
 	uint64_t rng_bps;
+	bool balloon;
+	uint64_t balloon_target;
+	struct nic_config nics[MAX_NICS];
+	unsigned int nnics;
 	const char *api_socket;
 	const char *vcpu_cgroup;
 };
@@ -41,6 +46,8 @@ struct vm_devices {
 	struct serial *serial;
 	struct virtio_blk *disks[MAX_DISKS];
 	struct virtio_rng *rng;
+	struct virtio_balloon *balloon;
+	struct virtio_net *nics[MAX_NICS];
 };
 
 struct console {
@@ -66,6 +73,10 @@ static const char run_usage[] =
 	"                   path=FILE[,format=raw|qcow2|vpc|vmdk][,readonly][,serial=ID]\n"
 	"                   [,iops=N][,bps=SIZE]   (bps: bytes per second, e.g. 50M)\n"
 	"  --rng[=bps=SIZE] a virtio-rng device, optionally rate-limited\n"
+	"  --balloon[=target=SIZE]  a virtio-balloon device; target: memory to reclaim\n"
+	"  --net SPEC       a virtio-net vNIC on a tap device (repeatable, up to 4):\n"
+	"                   [tap=NAME][,mac=52:54:00:12:34:56][,mtu=N][,rx_bps=SIZE][,tx_bps=SIZE]\n"
+	"                   (a missing tap is created; that needs CAP_NET_ADMIN)\n"
 	"  --api-socket PATH  serve the control socket (JSON, docs/api.md) at PATH\n"
 	"  --vcpu-cgroup FILE each vCPU thread writes its thread id to FILE (the\n"
 	"                   daemon's vCPU cgroup: 'tasks' or 'cgroup.threads')\n"
@@ -120,9 +131,57 @@ static int parse_disk(char *spec, struct disk_config *d)
 	return 0;
 }
 
+static int parse_mac(const char *text, uint8_t mac[6])
+{
+	unsigned int b[6];
+	char end;
+
+	if (sscanf(text, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
+		   &end) != 6 || (b[0] & 1))
+		return -EINVAL;
+	for (int i = 0; i < 6; i++)
+		mac[i] = (uint8_t)b[i];
+	return 0;
+}
+
+/* "tap=tap0,mac=52:54:00:12:34:56,mtu=9000,rx_bps=10M,tx_bps=10M" */
+static int parse_nic(char *spec, struct nic_config *n)
+{
+	char *save = NULL;
+	uint64_t mtu;
+
+	*n = (struct nic_config){ 0 };
+	for (char *tok = strtok_r(spec, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(tok, '=');
+		const char *val = eq ? eq + 1 : "";
+		int bad = !eq;
+
+		if (eq)
+			*eq = '\0';
+		if (bad)
+			;
+		else if (!strcmp(tok, "tap"))
+			n->tap = val;
+		else if (!strcmp(tok, "mac"))
+			bad = parse_mac(val, n->mac) != 0, n->mac_set = true;
+		else if (!strcmp(tok, "mtu"))
+			bad = size_parse(val, &mtu) || mtu < 68 || mtu > 65535, n->mtu = (uint16_t)mtu;
+		else if (!strcmp(tok, "rx_bps"))
+			bad = size_parse(val, &n->rx_bps) != 0;
+		else if (!strcmp(tok, "tx_bps"))
+			bad = size_parse(val, &n->tx_bps) != 0;
+		else
+			bad = 1;
+		if (bad)
+			return err_set(-EINVAL, "--net: bad item '%s%s%s'", tok, eq ? "=" : "", val);
+	}
+	return 0;
+}
+
 static int parse_run_options(int argc, char **argv, struct run_options *o)
 {
-	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_API_SOCKET, OPT_VCPU_CGROUP };
+	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_BALLOON, OPT_NET,
+	       OPT_API_SOCKET, OPT_VCPU_CGROUP };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -133,6 +192,8 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "reboot", required_argument, NULL, OPT_REBOOT },
 		{ "disk", required_argument, NULL, OPT_DISK },
 		{ "rng", optional_argument, NULL, OPT_RNG },
+		{ "balloon", optional_argument, NULL, OPT_BALLOON },
+		{ "net", required_argument, NULL, OPT_NET },
 		{ "api-socket", required_argument, NULL, OPT_API_SOCKET },
 		{ "vcpu-cgroup", required_argument, NULL, OPT_VCPU_CGROUP },
 		{ "help", no_argument, NULL, 'h' },
@@ -173,6 +234,19 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 			o->rng = true;
 			if (optarg && (strncmp(optarg, "bps=", 4) || size_parse(optarg + 4, &o->rng_bps)))
 				return err_set(-EINVAL, "--rng takes only bps=SIZE");
+			break;
+		case OPT_NET:
+			if (o->nnics == MAX_NICS)
+				return err_set(-EINVAL, "at most %d --net options", MAX_NICS);
+			if (parse_nic(strdup(optarg), &o->nics[o->nnics])) /* as --disk */
+				return -EINVAL;
+			o->nnics++;
+			break;
+		case OPT_BALLOON:
+			o->balloon = true;
+			if (optarg && (strncmp(optarg, "target=", 7) ||
+				       size_parse(optarg + 7, &o->balloon_target)))
+				return err_set(-EINVAL, "--balloon takes only target=SIZE");
 			break;
 		case OPT_API_SOCKET: o->api_socket = optarg; break;
 		case OPT_VCPU_CGROUP: o->vcpu_cgroup = optarg; break;
@@ -264,6 +338,10 @@ static int virtio_devices_create(struct vm *vm, struct pci_bus *pci, struct vm_d
 	}
 	if (!ret && o->rng)
 		ret = virtio_rng_create(vm, pci, o->rng_bps, &devs->rng);
+	for (unsigned int i = 0; i < o->nnics && !ret; i++)
+		ret = virtio_net_create(vm, pci, &o->nics[i], &devs->nics[i]);
+	if (!ret && o->balloon)
+		ret = virtio_balloon_create(vm, pci, o->balloon_target, &devs->balloon);
 	return ret;
 }
 
@@ -272,6 +350,9 @@ static void vm_devices_destroy(struct vm_devices *devs)
 	for (unsigned int i = 0; i < MAX_DISKS; i++)
 		virtio_blk_destroy(devs->disks[i]);
 	virtio_rng_destroy(devs->rng);
+	virtio_balloon_destroy(devs->balloon);
+	for (unsigned int i = 0; i < MAX_NICS; i++)
+		virtio_net_destroy(devs->nics[i]);
 	serial_destroy(devs->serial);
 }
 

@@ -10,9 +10,11 @@ uint64_t ratelimit_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+/* Default burst: 100 ms worth, so a limit holds within a few percent over
+ * a few seconds while short bursts still go at full speed. */
 static uint64_t bucket_capacity(const struct token_bucket *b)
 {
-	return b->burst ? b->burst : b->rate;
+	return b->burst ? b->burst : b->rate / 10;
 }
 
 static void bucket_refill(struct token_bucket *b, uint64_t now_ns)
@@ -46,7 +48,7 @@ static void bucket_set(struct token_bucket *b, uint64_t rate, uint64_t now_ns)
 {
 	b->rate = rate;
 	b->burst = 0;
-	b->tokens = (double)rate; /* a fresh limit starts with a full bucket */
+	b->tokens = (double)bucket_capacity(b); /* a fresh limit starts full */
 	b->last_ns = now_ns;
 }
 

@@ -43,21 +43,6 @@
 #define MSIX_ENABLE   0x8000
 #define MSIX_MASKALL  0x4000
 
-static void put(uint8_t *p, unsigned int len, uint64_t v)
-{
-	for (unsigned int i = 0; i < len; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get(const uint8_t *p, unsigned int len)
-{
-	uint64_t v = 0;
-
-	for (unsigned int i = 0; i < len; i++)
-		v |= (uint64_t)p[i] << (8 * i);
-	return v;
-}
-
 bool virtio_feature(const struct virtio_dev *dev, uint64_t bit)
 {
 	return (dev->driver_features & bit) != 0;
@@ -73,13 +58,13 @@ static uint64_t device_features(const struct virtio_dev *dev)
 
 static uint16_t msix_control(const struct virtio_dev *dev)
 {
-	return (uint16_t)get(dev->pci.config + CAP_AT_MSIX + 2, 2);
+	return (uint16_t)bus_get(dev->pci.config + CAP_AT_MSIX + 2, 2);
 }
 
 static void msix_send(struct virtio_dev *dev, uint16_t vector)
 {
 	const uint32_t *e;
-	struct kvm_msi msi;
+	uint64_t one = 1;
 
 	if (vector >= MSIX_VECTORS)
 		return;
@@ -88,10 +73,36 @@ static void msix_send(struct virtio_dev *dev, uint16_t vector)
 		dev->msix_pba |= 1ULL << vector; /* delivered when unmasked */
 		return;
 	}
-	msi = (struct kvm_msi){ .address_lo = e[0], .address_hi = e[1], .data = e[2] };
+	dev->stats.interrupts++;
+	if (dev->msix_gsi[vector] >= 0) {
+		/* The irqfd path: KVM raises the MSI itself. */
+		if (write(dev->msix_irqfd[vector], &one, 8) < 0)
+			log_ratelimited("%s: irqfd: %s", dev->ops->name, strerror(errno));
+		return;
+	}
+	struct kvm_msi msi = { .address_lo = e[0], .address_hi = e[1], .data = e[2] };
+
 	if (dev->vm && ioctl(dev->vm->vm_fd, KVM_SIGNAL_MSI, &msi) < 0)
 		log_ratelimited("%s: MSI delivery failed: %s", dev->ops->name, strerror(errno));
-	dev->stats.interrupts++;
+}
+
+/* The driver wrote a vector's address or data: follow it with its route. */
+static void msix_route(struct virtio_dev *dev, unsigned int vector)
+{
+	const uint32_t *e = dev->msix[vector];
+	int gsi;
+
+	if (!dev->vm || dev->msix_irqfd[vector] < 0)
+		return;
+	gsi = irq_msi_route(dev->vm, dev->msix_gsi[vector], e[0] | (uint64_t)e[1] << 32, e[2]);
+	if (gsi < 0) {
+		log_ratelimited("%s: MSI route: %s", dev->ops->name, strerror(-gsi));
+		return;
+	}
+	if (dev->msix_gsi[vector] < 0 && irq_irqfd(dev->vm, dev->msix_irqfd[vector],
+						   (uint32_t)gsi, true) < 0)
+		return; /* stays on KVM_SIGNAL_MSI */
+	dev->msix_gsi[vector] = gsi;
 }
 
 static void intx_update(struct virtio_dev *dev)
@@ -121,6 +132,13 @@ void virtio_notify(struct virtio_dev *dev, unsigned int q)
 
 	if (virtq_needs_interrupt(vq))
 		virtio_interrupt(dev, vq->msix_vector, 1);
+}
+
+void virtio_config_changed(struct virtio_dev *dev)
+{
+	dev->config_generation++;
+	if (dev->status & VIRTIO_STATUS_DRIVER_OK)
+		virtio_interrupt(dev, dev->config_vector, 2);
 }
 
 void virtio_set_broken(struct virtio_dev *dev, const char *why)
@@ -187,6 +205,9 @@ static void status_write(struct virtio_dev *dev, uint8_t status)
 		    !(dev->driver_features & VIRTIO_F_VERSION_1))
 			status &= (uint8_t)~VIRTIO_STATUS_FEATURES_OK;
 	}
+	if ((status & VIRTIO_STATUS_DRIVER_OK) && !(dev->status & VIRTIO_STATUS_DRIVER_OK) &&
+	    dev->ops->activate)
+		dev->ops->activate(dev);
 	dev->status = (uint8_t)(status | (dev->status & VIRTIO_STATUS_NEEDS_RESET));
 }
 
@@ -281,6 +302,8 @@ static void msix_write(struct virtio_dev *dev, unsigned int off, uint64_t v, uns
 	dev->msix[vector][word] = (uint32_t)v;
 	if (len == 8 && word < 3)
 		dev->msix[vector][word + 1] = (uint32_t)(v >> 32);
+	if (word < 3)
+		msix_route(dev, vector);
 	if (was_masked && !(dev->msix[vector][3] & 1) && (dev->msix_pba & (1ULL << vector))) {
 		dev->msix_pba &= ~(1ULL << vector);
 		msix_send(dev, (uint16_t)vector);
@@ -298,7 +321,7 @@ static void bar_read(struct virtio_dev *dev, unsigned int off, uint8_t *data, un
 		dev->isr = 0;
 		intx_update(dev);
 	} else if (off >= OFF_DEVICE && off - OFF_DEVICE + len <= dev->config_size) {
-		v = get(dev->config + off - OFF_DEVICE, len);
+		v = bus_get(dev->config + off - OFF_DEVICE, len);
 	} else if (off >= OFF_MSIX_TABLE && off < OFF_MSIX_TABLE + 16 * MSIX_VECTORS) {
 		unsigned int i = (off - OFF_MSIX_TABLE) / 16, w = (off % 16) / 4;
 
@@ -306,12 +329,12 @@ static void bar_read(struct virtio_dev *dev, unsigned int off, uint8_t *data, un
 	} else if (off == OFF_MSIX_PBA) {
 		v = dev->msix_pba;
 	}
-	put(data, len, v);
+	bus_put(data, len, v);
 }
 
 static void bar_write(struct virtio_dev *dev, unsigned int off, const uint8_t *data, unsigned int len)
 {
-	uint64_t v = get(data, len);
+	uint64_t v = bus_get(data, len);
 
 	if (off < OFF_COMMON + 64) {
 		common_write(dev, off - OFF_COMMON, v, len);
@@ -387,8 +410,8 @@ static void add_virtio_cap(uint8_t *c, unsigned int at, unsigned int next, uint8
 	c[at + 2] = (uint8_t)caplen;
 	c[at + 3] = type;
 	c[at + 4] = 0;          /* BAR0 */
-	put(c + at + 8, 4, offset);
-	put(c + at + 12, 4, length);
+	bus_put(c + at + 8, 4, offset);
+	bus_put(c + at + 12, 4, length);
 }
 
 static void pci_identity(struct virtio_dev *dev, struct pci_bus *bus)
@@ -400,29 +423,29 @@ static void pci_identity(struct virtio_dev *dev, struct pci_bus *bus)
 	pci_device_init(p, 0x1af4, (uint16_t)(0x1040 + dev->ops->device_id), dev->ops->pci_class,
 			dev->ops->name);
 	c[0x08] = 1;                              /* revision 1: modern only */
-	put(c + 0x2c, 2, 0x1af4);
-	put(c + 0x2e, 2, dev->ops->device_id);
-	put(c + 0x06, 2, 0x10);                   /* status: capability list */
+	bus_put(c + 0x2c, 2, 0x1af4);
+	bus_put(c + 0x2e, 2, dev->ops->device_id);
+	bus_put(c + 0x06, 2, 0x10);                   /* status: capability list */
 	c[0x34] = CAP_AT_MSIX;
 	c[0x3d] = 1;                              /* INTA# */
 	/* MSI-X: table and PBA in BAR0. */
 	c[CAP_AT_MSIX] = 0x11;
 	c[CAP_AT_MSIX + 1] = CAP_AT_COMMON;
-	put(c + CAP_AT_MSIX + 2, 2, MSIX_VECTORS - 1);
-	put(c + CAP_AT_MSIX + 4, 4, OFF_MSIX_TABLE);
-	put(c + CAP_AT_MSIX + 8, 4, OFF_MSIX_PBA);
-	put(p->wmask + CAP_AT_MSIX + 2, 2, MSIX_ENABLE | MSIX_MASKALL);
+	bus_put(c + CAP_AT_MSIX + 2, 2, MSIX_VECTORS - 1);
+	bus_put(c + CAP_AT_MSIX + 4, 4, OFF_MSIX_TABLE);
+	bus_put(c + CAP_AT_MSIX + 8, 4, OFF_MSIX_PBA);
+	bus_put(p->wmask + CAP_AT_MSIX + 2, 2, MSIX_ENABLE | MSIX_MASKALL);
 	add_virtio_cap(c, CAP_AT_COMMON, CAP_AT_NOTIFY, CAP_COMMON, OFF_COMMON, 64, 16);
 	add_virtio_cap(c, CAP_AT_NOTIFY, CAP_AT_ISR, CAP_NOTIFY, OFF_NOTIFY,
 		       NOTIFY_MULT * dev->ops->num_queues, 20);
-	put(c + CAP_AT_NOTIFY + 16, 4, NOTIFY_MULT);
+	bus_put(c + CAP_AT_NOTIFY + 16, 4, NOTIFY_MULT);
 	add_virtio_cap(c, CAP_AT_ISR, CAP_AT_DEVICE, CAP_ISR, OFF_ISR, 1, 16);
 	add_virtio_cap(c, CAP_AT_DEVICE, 0, CAP_DEVICE, OFF_DEVICE, dev->config_size, 16);
 	pci_set_bar(p, 0, BAR_SIZE);
 	/* Pre-assign BAR0 and enable decoding, as firmware would. */
 	bar = pci_alloc_mmio(bus, BAR_SIZE);
-	put(c + 0x10, 4, bar);
-	put(c + 0x04, 2, bar ? 0x6 : 0);          /* memory space, bus master */
+	bus_put(c + 0x10, 4, bar);
+	bus_put(c + 0x04, 2, bar ? 0x6 : 0);          /* memory space, bus master */
 	p->opaque = dev;
 	p->config_written = bar_remap;
 }
@@ -477,6 +500,9 @@ static void *virtio_thread(void *arg)
 								     .data.u32 = ~0u });
 	epoll_ctl(ep, EPOLL_CTL_ADD, dev->timer_fd, &(struct epoll_event){ .events = EPOLLIN,
 								      .data.u32 = ~1u });
+	if (dev->ops->fd_ready)
+		epoll_ctl(ep, EPOLL_CTL_ADD, dev->extra_fd,
+			  &(struct epoll_event){ .events = EPOLLIN | EPOLLET, .data.u32 = ~2u });
 	for (;;) {
 		int n = epoll_wait(ep, evs, 8, -1);
 
@@ -486,6 +512,14 @@ static void *virtio_thread(void *arg)
 
 			if (q == ~0u)
 				goto out;
+			if (q == ~2u) {
+				pthread_mutex_lock(&dev->lock);
+				if ((dev->status & VIRTIO_STATUS_DRIVER_OK) &&
+				    !(dev->status & VIRTIO_STATUS_NEEDS_RESET))
+					dev->ops->fd_ready(dev);
+				pthread_mutex_unlock(&dev->lock);
+				continue;
+			}
 			if (q == ~1u) {
 				if (read(dev->timer_fd, &count, 8) > 0)
 					virtio_run_deferred(dev);
@@ -522,8 +556,11 @@ int virtio_pci_create(struct virtio_dev *dev, struct vm *vm, struct pci_bus *bus
 	pthread_mutex_init(&dev->lock, NULL);
 	virtio_reset(dev);
 	dev->stats.resets = 0;
-	for (unsigned int v = 0; v < MSIX_VECTORS; v++)
+	for (unsigned int v = 0; v < MSIX_VECTORS; v++) {
 		dev->msix[v][3] = 1; /* masked */
+		dev->msix_gsi[v] = -1;
+		dev->msix_irqfd[v] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	}
 	pci_identity(dev, bus);
 	slot = pci_add_device(bus, &dev->pci);
 	if (slot < 0)
@@ -550,4 +587,10 @@ void virtio_pci_destroy(struct virtio_dev *dev)
 		close(dev->kick_fd[q]);
 	close(dev->wake_fd);
 	close(dev->timer_fd);
+	for (unsigned int v = 0; v < MSIX_VECTORS; v++) {
+		if (dev->msix_gsi[v] >= 0)
+			irq_irqfd(dev->vm, dev->msix_irqfd[v], (uint32_t)dev->msix_gsi[v], false);
+		if (dev->msix_irqfd[v] >= 0)
+			close(dev->msix_irqfd[v]);
+	}
 }

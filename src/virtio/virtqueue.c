@@ -157,6 +157,11 @@ int virtq_pop(struct virtq *vq, struct virtq_elem *elem)
 	return vq_walk_chain(vq, elem, head) ? -EINVAL : 1;
 }
 
+void virtq_unpop(struct virtq *vq, unsigned int count)
+{
+	vq->last_avail = (uint16_t)(vq->last_avail - count);
+}
+
 void virtq_push(struct virtq *vq, const struct virtq_elem *elem, uint32_t written)
 {
 	uint32_t *slot = vq_ptr(vq, vq->used_gpa + 4 + 8ULL * (vq->used_idx % vq->size), 8);

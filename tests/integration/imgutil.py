@@ -1,9 +1,15 @@
 """Helpers for the image tests: run vireo/qemu-img, make patterned data."""
+import os
+import pathlib
 import random
 import subprocess
 
 from conftest import BUILD, VIREO
 
+# VIREO_BUILD=build-asan runs these tests on the sanitizer build (make asan-images).
+if os.environ.get("VIREO_BUILD"):
+    BUILD = pathlib.Path(os.environ["VIREO_BUILD"]).resolve()
+    VIREO = BUILD / "vireo"
 BLKIO = BUILD / "tests" / "tools" / "blkio"
 
 # Every (format, create options) pair the interop tests run on. A format

@@ -194,3 +194,53 @@ def test_random_pokes_never_crash(good, tmp_path):
         no_crash("snapshot", "-l", bad)
         no_crash("check", "-r", "all", bad)
         no_crash("convert", "-O", "qcow2", bad, tmp_path / "o.qcow2")
+
+
+def test_dirty_image_repaired_when_opened_writable(good, tmp_path):
+    bad = copy(good, tmp_path)
+    poke(bad, 72, struct.pack(">Q", 1))                     # incompatible: dirty
+    poke(bad, refcount_block(bad), struct.pack(">H", 2))    # and a leak
+    assert json.loads(vireo("info", "--output=json", bad).stdout)["dirty-flag"] is True
+    vireo("resize", bad, "+1M")
+    assert json.loads(qimg("info", "--output=json", bad).stdout)["dirty-flag"] is False
+    qcheck(bad, "qcow2")
+    vireo("compare", "-F", "raw", bad, good[1])
+
+
+def test_corrupt_flag_blocks_writes_until_repaired(good, tmp_path):
+    bad = copy(good, tmp_path)
+    poke(bad, 72, struct.pack(">Q", 2))                     # incompatible: corrupt
+    vireo("compare", "-F", "raw", bad, good[1])             # still readable
+    p = no_crash("commit", bad)
+    assert p.returncode == 1
+    vireo("check", "-r", "all", bad)
+    assert json.loads(qimg("info", "--output=json", bad).stdout)["format-specific"]["data"]["corrupt"] is False
+
+
+def test_guest_write_never_lands_on_metadata(good, tmp_path):
+    bad = copy(good, tmp_path)
+    h = header(bad)
+    l2 = l2_offset(bad)
+    for i in range(128):     # every guest cluster "is" the L1 table, COPIED
+        poke(bad, l2 + 8 * i, struct.pack(">Q", (1 << 63) | h["l1"]))
+    l1_before = bad.read_bytes()[h["l1"]:h["l1"] + 512]
+    p = no_crash("bench", "-w", "-c", "20", "-s", "4K", bad)
+    assert p.returncode == 1 and "overlaps metadata" in p.stderr
+    assert bad.read_bytes()[h["l1"]:h["l1"] + 512] == l1_before
+
+
+@pytest.mark.parametrize("opt,what", [("extended_l2=on", "incompatible features 0x10"),
+                                      ("encryption=on,encrypt.key-secret=x", "encrypted")])
+def test_unsupported_qemu_features_refused(tmp_path, opt, what):
+    img = tmp_path / "u.qcow2"
+    if "encrypt" in opt:
+        p = qimg("create", "--object", "secret,id=x,data=abc", "-f", "qcow2", "-o", opt, img,
+                 "1M", ok=False)
+    else:
+        p = qimg("create", "-f", "qcow2", "-o", opt, img, "1M", ok=False)
+    if p.returncode:
+        pytest.skip(f"qemu-img cannot create {opt}")
+    before = md5(img)
+    r = no_crash("info", img)
+    assert r.returncode == 1 and what in r.stderr and img.name in r.stderr
+    assert md5(img) == before

@@ -238,3 +238,17 @@ def test_backing_loop_refused(tmp_path):
     qimg("rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", a)
     p = vireo("info", "--backing-chain", b, ok=False)
     assert p.returncode == 1 and "loop" in p.stderr and "a.qcow2" in p.stderr
+
+
+def test_deep_chain_read_and_depth_limit(tmp_path):
+    # 64 layers in all are followed; a 65th is refused with a clear error.
+    qimg("create", "-f", "qcow2", tmp_path / "l0.qcow2", "1M")
+    run("qemu-io", "-c", "write -P 0x10 0 4k", tmp_path / "l0.qcow2")
+    for i in range(1, 65):
+        qimg("create", "-f", "qcow2", "-u", "-b", f"l{i - 1}.qcow2", "-F", "qcow2",
+             tmp_path / f"l{i}.qcow2", "1M")
+    top63 = tmp_path / "l63.qcow2"
+    assert vireo("convert", "-O", "raw", top63, tmp_path / "o.raw").returncode == 0
+    assert (tmp_path / "o.raw").read_bytes()[:4096] == b"\x10" * 4096
+    p = vireo("info", "--backing-chain", tmp_path / "l64.qcow2", ok=False)
+    assert p.returncode == 1 and "deeper than 64" in p.stderr
