@@ -27,6 +27,7 @@
 
 struct vm;
 struct virtio_blk;
+struct virtio_balloon;
 struct json_object;
 
 enum control_kind {
@@ -37,6 +38,7 @@ enum control_kind {
 	CONTROL_REBOOT,     /* running, paused: as a guest reboot (run --reboot=...) */
 	CONTROL_SET_LIMITS, /* running, paused */
 	CONTROL_PIN,        /* running, paused */
+	CONTROL_BALLOON,    /* running, paused */
 };
 
 struct control_action {
@@ -46,6 +48,7 @@ struct control_action {
 	bool has_bps, has_iops; /* SET_LIMITS: absent fields keep their value */
 	unsigned int vcpu;      /* PIN */
 	cpu_set_t cpus;         /* PIN: host CPUs, not empty */
+	uint64_t target;        /* BALLOON: bytes the guest should give back */
 };
 
 /* What the control socket acts on; owned by the caller, outlives it. */
@@ -54,6 +57,8 @@ struct control_target {
 	struct virtio_blk *const *disks;
 	const char *const *disk_paths;
 	unsigned int ndisks;
+	struct virtio_balloon *balloon; /* NULL: none */
+	uint64_t balloon_target;        /* its target (control_apply updates it) */
 };
 
 /* Error classes in replies ("code"), which the daemon maps to HTTP statuses. */
@@ -69,8 +74,7 @@ int control_parse(const char *text, size_t len, struct control_action *out);
 int control_parse_cpulist(const char *text, cpu_set_t *out);
 
 /* Applies an action; returns the reply object (the caller puts it). */
-struct json_object *control_apply(const struct control_target *t,
-				  const struct control_action *a);
+struct json_object *control_apply(struct control_target *t, const struct control_action *a);
 /* The reply for a request that failed to parse or apply. */
 struct json_object *control_error(const char *code, const char *message);
 

@@ -51,6 +51,8 @@ struct vm_def {
 	unsigned int cpu_max;        /* cap in % of one host CPU; 0: none */
 	char *cpu_pin[MGR_MAX_VCPUS]; /* host CPU list per vCPU; npin == 1: all */
 	unsigned int npin;
+	bool balloon;                /* a virtio-balloon device */
+	uint64_t balloon_target;     /* bytes the guest should give back */
 };
 
 /* Names: 1..64 of [A-Za-z0-9_.-], not starting with '.' or '-'. */
@@ -63,7 +65,8 @@ void vm_def_free(struct vm_def *def);
 
 /* A PATCH: what to change; has_* say which fields were given. */
 struct vm_patch {
-	bool has_weight, has_max, has_pin;
+	bool has_weight, has_max, has_pin, has_balloon;
+	uint64_t balloon_target;
 	unsigned int cpu_weight, cpu_max;
 	char *cpu_pin[MGR_MAX_VCPUS];
 	unsigned int npin;
@@ -124,7 +127,7 @@ struct mgr_vm {
 	bool child;                  /* our child (else adopted after a restart) */
 	bool stopping;               /* a stop we asked for: not a crash */
 	uint64_t sock_id;            /* the control socket's identity (inode and
-				      * ctime): a new one means the VMM restarted */
+				      * mtime): a new one means the VMM restarted */
 	struct mgr_vm *next;
 };
 

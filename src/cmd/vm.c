@@ -26,12 +26,13 @@ static const char vm_usage[] =
 	"  create NAME --kernel FILE [--cpus N] [--memory SIZE] [--cmdline TEXT]\n"
 	"         [--disk path=FILE[,format=F][,readonly][,bps=SIZE][,iops=N]]...\n"
 	"         [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
+	"         [--balloon [--balloon-target SIZE]]\n"
 	"  create --file DEF.json    the definition as JSON (docs/api.md)\n"
 	"  start|pause|resume|reboot|delete NAME\n"
 	"  stop NAME [--force]       power off (--force: kill the VMM)\n"
 	"  info NAME                 definition, state and live counters (JSON)\n"
 	"  set NAME [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
-	"         [--disk-limit INDEX[,bps=SIZE][,iops=N]]...\n"
+	"         [--disk-limit INDEX[,bps=SIZE][,iops=N]]... [--balloon-target SIZE]\n"
 	"  top [--interval S] [--count N]  CPU use, steal and throttling per VM\n"
 	"  metrics                   the Prometheus metrics\n"
 	"\n"
@@ -280,6 +281,7 @@ static int parse_def_flags(int argc, char **argv, struct json_object *o, bool cr
 		{ "disk", required_argument, NULL, 'd' }, { "cpu-weight", required_argument, NULL, 'w' },
 		{ "cpu-max", required_argument, NULL, 'x' }, { "cpu-pin", required_argument, NULL, 'p' },
 		{ "disk-limit", required_argument, NULL, 'l' }, { "file", required_argument, NULL, 'f' },
+		{ "balloon", no_argument, NULL, 'b' }, { "balloon-target", required_argument, NULL, 't' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct json_object *disks = json_object_new_array(), *pins = json_object_new_array();
@@ -287,7 +289,7 @@ static int parse_def_flags(int argc, char **argv, struct json_object *o, bool cr
 
 	optind = 1;
 	while (!ret && (c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-		bool create_only = strchr("knmcdf", c) != NULL;
+		bool create_only = strchr("knmcdfb", c) != NULL;
 		struct json_object *d;
 
 		if (c == '?' || (create_only && !create) || (c == 'l' && create)) {
@@ -303,6 +305,8 @@ static int parse_def_flags(int argc, char **argv, struct json_object *o, bool cr
 		case 'x': ret = add_number(o, "cpu_max", optarg); break;
 		case 'p': json_object_array_add(pins, json_object_new_string(optarg)); break;
 		case 'f': *file = optarg; break;
+		case 'b': json_object_object_add(o, "balloon", json_object_new_boolean(1)); break;
+		case 't': json_object_object_add(o, "balloon_target", json_object_new_string(optarg)); break;
 		case 'd':
 		case 'l':
 			d = c == 'l' ? parse_disk_limit(optarg) : parse_disk(optarg, false);

@@ -111,18 +111,36 @@ static int get_bool(struct json_object *obj, const char *key, bool *out)
 	return 0;
 }
 
+/* A size: "64M" or a number of bytes; -ENOENT if absent, else 0 or
+ * -EINVAL (no message: the caller says what is expected). */
+static int get_size(struct json_object *obj, const char *key, uint64_t *out)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(obj, key, &v))
+		return -ENOENT;
+	if (json_object_is_type(v, json_type_string))
+		return size_parse(json_object_get_string(v), out) ? -EINVAL : 0;
+	return get_uint(obj, key, 0, MAX_MEMORY, out) ? -EINVAL : 0;
+}
+
+/* "balloon_target": a size, at most the guest's memory. */
+static int get_balloon_target(struct json_object *obj, uint64_t memory, uint64_t *out)
+{
+	int ret = get_size(obj, "balloon_target", out);
+
+	if (ret == -EINVAL || (!ret && *out > memory))
+		return err_set(-EINVAL, "'balloon_target' must be a size from 0 to the VM's memory");
+	return ret;
+}
+
 /* "memory": "64M" or a number of bytes. */
 static int get_memory(struct json_object *obj, uint64_t *out)
 {
-	struct json_object *v;
-	int ret;
+	int ret = get_size(obj, "memory", out);
 
-	if (!json_object_object_get_ex(obj, "memory", &v))
-		return -ENOENT;
-	if (json_object_is_type(v, json_type_string))
-		ret = size_parse(json_object_get_string(v), out);
-	else
-		ret = get_uint(obj, "memory", 0, MAX_MEMORY, out);
+	if (ret == -ENOENT)
+		return ret;
 	if (ret || *out < (16ULL << 20) || *out > MAX_MEMORY || (*out & 0xfff))
 		return err_set(-EINVAL, "'memory' must be a size from 16M to 1T, a multiple of 4K "
 			       "(e.g. \"64M\" or 67108864)");
@@ -238,7 +256,8 @@ static int parse_cpu_limits(struct json_object *obj, struct vm_def *def)
 static int parse_def(struct json_object *obj, struct vm_def *def)
 {
 	static const char *const keys[] = { "name", "cpus", "memory", "kernel", "cmdline", "disks",
-					    "cpu_weight", "cpu_max", "cpu_pin", NULL };
+					    "cpu_weight", "cpu_max", "cpu_pin", "balloon",
+					    "balloon_target", NULL };
 	char *name = NULL;
 	uint64_t v;
 	int ret = check_keys(obj, "a VM definition", keys);
@@ -274,6 +293,12 @@ static int parse_def(struct json_object *obj, struct vm_def *def)
 		return ret;
 	if ((ret = parse_disks(obj, def)))
 		return ret;
+	if (!opt_ok(ret = get_bool(obj, "balloon", &def->balloon)))
+		return ret;
+	if (!opt_ok(ret = get_balloon_target(obj, def->memory, &def->balloon_target)))
+		return ret;
+	if (!ret && !def->balloon)
+		return err_set(-EINVAL, "'balloon_target' needs \"balloon\": true");
 	return parse_cpu_limits(obj, def);
 }
 
@@ -333,6 +358,9 @@ struct json_object *vm_def_to_json(const struct vm_def *def)
 	for (unsigned int i = 0; i < def->npin; i++)
 		json_object_array_add(pin, json_object_new_string(def->cpu_pin[i]));
 	json_object_object_add(o, "cpu_pin", pin);
+	json_object_object_add(o, "balloon", json_object_new_boolean(def->balloon));
+	if (def->balloon)
+		json_object_object_add(o, "balloon_target", json_object_new_int64((int64_t)def->balloon_target));
 	return o;
 }
 
@@ -391,7 +419,8 @@ static int parse_limits(struct json_object *obj, const struct vm_def *def, struc
 
 static int parse_patch(struct json_object *obj, const struct vm_def *def, struct vm_patch *p)
 {
-	static const char *const keys[] = { "cpu_weight", "cpu_max", "cpu_pin", "disk_limits", NULL };
+	static const char *const keys[] = { "cpu_weight", "cpu_max", "cpu_pin", "disk_limits",
+					    "balloon_target", NULL };
 	uint64_t v = 0;
 	int ret = check_keys(obj, "a PATCH body", keys);
 
@@ -408,6 +437,11 @@ static int parse_patch(struct json_object *obj, const struct vm_def *def, struct
 	if (!opt_ok(ret = parse_pin(obj, def->cpus, p->cpu_pin, &p->npin)))
 		return ret;
 	p->has_pin = !ret;
+	if (!opt_ok(ret = get_balloon_target(obj, def->memory, &p->balloon_target)))
+		return ret;
+	p->has_balloon = !ret;
+	if (p->has_balloon && !def->balloon)
+		return err_set(-EINVAL, "VM '%s' has no balloon device", def->name);
 	return parse_limits(obj, def, p);
 }
 
@@ -428,6 +462,8 @@ void vm_patch_apply(struct vm_def *def, struct vm_patch *p)
 		def->cpu_weight = p->cpu_weight;
 	if (p->has_max)
 		def->cpu_max = p->cpu_max;
+	if (p->has_balloon)
+		def->balloon_target = p->balloon_target;
 	if (p->has_pin) {
 		for (unsigned int i = 0; i < def->npin; i++)
 			free(def->cpu_pin[i]);

@@ -511,6 +511,13 @@ static enum mgr_err patch_live(struct mgr *m, struct mgr_vm *vm, const struct vm
 	} else if (p->has_pin && vmm_apply_pins(sock, nd)) {
 		return MGR_E_FAILED;
 	}
+	if (p->has_balloon) {
+		snprintf(req, sizeof(req), "{\"action\":\"balloon\",\"target\":%llu}",
+			 (unsigned long long)nd->balloon_target);
+		e = control(m, vm, req, NULL);
+		if (e != MGR_OK)
+			return e;
+	}
 	for (unsigned int i = 0; i < p->nlimits; i++) {
 		const struct mgr_disk *d = &nd->disks[p->limits[i].disk];
 

@@ -96,6 +96,26 @@ static void info_family(FILE *f, struct mgr *m, struct json_object **infos, cons
 	}
 }
 
+/* From each VMM's "balloon" object; `sub` picks the guest's own stats. */
+static void balloon_family(FILE *f, struct mgr *m, struct json_object **infos, const char *name,
+			   const char *help, const char *key, bool sub)
+{
+	unsigned int i = 0;
+
+	metric_help(f, name, "gauge", help);
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next, i++) {
+		struct json_object *b, *g, *v;
+
+		if (!infos[i] || !json_object_object_get_ex(infos[i], "balloon", &b))
+			continue;
+		if (sub && !json_object_object_get_ex(b, "guest", &g))
+			continue;
+		if (json_object_object_get_ex(sub ? g : b, key, &v))
+			fprintf(f, "%s{vm=\"%s\"} %llu\n", name, vm->def.name,
+				(unsigned long long)json_object_get_uint64(v));
+	}
+}
+
 static void state_cpu_families(FILE *f, struct mgr *m)
 {
 	metric_help(f, "vireo_vm_state", "gauge", "1 for the state the VM is in");
@@ -165,6 +185,10 @@ char *mgr_metrics(struct mgr *m)
 	def_family(f, m, "vireo_vm_cpu_max_percent", "gauge", "CPU cap in % of one host CPU, 0 = none", def_max);
 	for (size_t k = 0; k < sizeof(fams) / sizeof(fams[0]); k++)
 		info_family(f, m, infos, fams[k].name, fams[k].type, fams[k].help, fams[k].key, fams[k].disk);
+	balloon_family(f, m, infos, "vireo_vm_balloon_target_bytes", "memory the guest is asked to give back", "target", false);
+	balloon_family(f, m, infos, "vireo_vm_balloon_actual_bytes", "memory the guest's balloon holds", "actual", false);
+	balloon_family(f, m, infos, "vireo_vm_guest_free_bytes", "free memory the guest last reported", "free", true);
+	balloon_family(f, m, infos, "vireo_vm_guest_total_bytes", "total memory the guest last reported", "total", true);
 	for (i = 0; i < nvms; i++)
 		json_object_put(infos[i]);
 	free(infos);

@@ -245,6 +245,8 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock)
 				      k->readonly ? ",readonly" : "", (unsigned long long)k->bps,
 				      (unsigned long long)k->iops);
 	}
+	if (d->balloon)
+		argv[n++] = xasprintf("--balloon=target=%llu", (unsigned long long)d->balloon_target);
 	argv[n++] = strdup("--reboot=restart");
 	argv[n++] = xasprintf("--api-socket=%s", sock);
 	if (!cgroup_vm_vcpu_file(&m->cg, d->name, file, sizeof(file)))
@@ -315,23 +317,40 @@ static int vmm_spawn(struct mgr *m, struct mgr_vm *vm, char **argv, int logfd)
 	return 0;
 }
 
-/* Waits until the control socket answers, or the VMM dies. */
+/* Whether an info reply shows every vCPU thread running (its tid known). */
+static bool vcpus_started(struct json_object *info)
+{
+	struct json_object *vcpus, *tid;
+
+	if (!info || !json_object_object_get_ex(info, "vcpus", &vcpus))
+		return false;
+	for (size_t i = 0; i < json_object_array_length(vcpus); i++)
+		if (!json_object_object_get_ex(json_object_array_get_idx(vcpus, i), "tid", &tid) ||
+		    json_object_get_int(tid) <= 0)
+			return false;
+	return true;
+}
+
+/* Waits until the control socket answers and every vCPU thread runs (so
+ * that "running" means it, and pins find their threads), or the VMM dies. */
 static int vmm_wait_ready(struct mgr *m, struct mgr_vm *vm, const char *sock)
 {
-	for (int waited = 0; waited < START_TIMEOUT_MS; waited += 10) {
+	for (int waited = 0; waited < START_TIMEOUT_MS; waited += 5) {
 		struct json_object *r;
 		int fd = vmm_connect(sock);
+		bool ready;
 
 		if (fd >= 0) {
 			close(fd);
 			r = vmm_request(sock, "{\"action\":\"info\"}");
+			ready = vcpus_started(r);
 			json_object_put(r);
-			if (r)
+			if (ready)
 				return 0;
 		}
 		if (vmm_reap(m, vm))
 			return err_set(-EIO, "the VMM did not start: %s", vm->reason);
-		usleep(10000);
+		usleep(5000);
 	}
 	return err_set(-ETIMEDOUT, "the VMM did not answer within %d ms", START_TIMEOUT_MS);
 }
@@ -373,15 +392,17 @@ int vmm_apply_pins(const char *sock, const struct vm_def *d)
 }
 
 /* The inode alone is not enough: tmpfs reuses a freed inode number for
- * the very next file, which is the restarted VMM's socket. */
+ * the very next file, which is the restarted VMM's socket; and its
+ * timestamps are coarse. So the VMM stamps its socket with a precise mtime
+ * (src/vmm/control.c), and the identity is inode and mtime. */
 uint64_t vmm_sock_id(const char *sock)
 {
 	struct stat st;
 
 	if (stat(sock, &st))
 		return 0;
-	return ((uint64_t)st.st_ino << 40) ^ ((uint64_t)st.st_ctim.tv_sec * 1000000000ULL +
-					      (uint64_t)st.st_ctim.tv_nsec);
+	return ((uint64_t)st.st_ino << 40) ^ ((uint64_t)st.st_mtim.tv_sec * 1000000000ULL +
+					      (uint64_t)st.st_mtim.tv_nsec);
 }
 
 int vmm_check_restart(struct mgr *m, struct mgr_vm *vm, int wait_ms)

@@ -18,6 +18,7 @@ struct action_desc {
 static const char *const no_fields[] = { NULL };
 static const char *const limit_fields[] = { "disk", "bps", "iops", NULL };
 static const char *const pin_fields[] = { "vcpu", "cpus", NULL };
+static const char *const balloon_fields[] = { "target", NULL };
 
 static const struct action_desc actions[] = {
 	{ "info", CONTROL_INFO, no_fields },
@@ -27,6 +28,7 @@ static const struct action_desc actions[] = {
 	{ "reboot", CONTROL_REBOOT, no_fields },
 	{ "set-limits", CONTROL_SET_LIMITS, limit_fields },
 	{ "pin", CONTROL_PIN, pin_fields },
+	{ "balloon", CONTROL_BALLOON, balloon_fields },
 };
 
 static bool field_allowed(const struct action_desc *d, const char *key)
@@ -165,6 +167,8 @@ static int parse_object(struct json_object *obj, struct control_action *a)
 		return parse_limits(obj, a);
 	if (a->kind == CONTROL_PIN)
 		return parse_pin(obj, a);
+	if (a->kind == CONTROL_BALLOON && get_uint(obj, "target", 1ULL << 40, &a->target))
+		return err_set(-EINVAL, "balloon needs 'target': bytes the guest gives back, up to 1T");
 	return 0;
 }
 

@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -139,6 +141,28 @@ static struct json_object *info_disk(const struct control_target *t, unsigned in
 	return o;
 }
 
+/* The balloon as the guest last reported it: 4 KiB pages, stat tags of
+ * virtio 1.x §5.5.6.3 (4 free, 5 total, 6 available memory). */
+static struct json_object *info_balloon(const struct control_target *t)
+{
+	static const char *const tags[] = { [4] = "free", [5] = "total", [6] = "available",
+					    [7] = "caches" };
+	struct json_object *o = json_object_new_object(), *st = json_object_new_object();
+	struct balloon_stats bs;
+
+	virtio_balloon_get_stats(t->balloon, &bs);
+	add_u64(o, "target", t->balloon_target);
+	add_u64(o, "actual", (uint64_t)bs.actual_pages << 12);
+	add_u64(o, "inflated_pages", bs.inflated_pages);
+	add_u64(o, "reported_pages", bs.reported_pages);
+	add_u64(o, "stats_updates", bs.updates);
+	for (unsigned int i = 4; i <= 7; i++)
+		if (bs.valid & (1u << i))
+			add_u64(st, tags[i], bs.value[i]);
+	json_object_object_add(o, "guest", st);
+	return o;
+}
+
 static struct json_object *control_info(const struct control_target *t)
 {
 	struct json_object *r = reply_ok(t->vm), *disks = json_object_new_array();
@@ -154,6 +178,8 @@ static struct json_object *control_info(const struct control_target *t)
 	for (unsigned int i = 0; i < t->ndisks; i++)
 		json_object_array_add(disks, info_disk(t, i));
 	json_object_object_add(r, "disks", disks);
+	if (t->balloon)
+		json_object_object_add(r, "balloon", info_balloon(t));
 	return r;
 }
 
@@ -166,6 +192,7 @@ static bool action_legal(enum control_kind kind, enum vm_state s)
 	case CONTROL_RESUME: return s == VM_STATE_PAUSED;
 	case CONTROL_POWEROFF: return s != VM_STATE_STOPPED;
 	case CONTROL_REBOOT:
+	case CONTROL_BALLOON:
 	case CONTROL_SET_LIMITS:
 	case CONTROL_PIN: return s == VM_STATE_RUNNING || s == VM_STATE_PAUSED;
 	}
@@ -176,7 +203,7 @@ static const char *const kind_names[] = {
 	[CONTROL_INFO] = "info", [CONTROL_PAUSE] = "pause", [CONTROL_RESUME] = "resume",
 	[CONTROL_POWEROFF] = "poweroff", [CONTROL_REBOOT] = "reboot",
 	[CONTROL_SET_LIMITS] = "set-limits",
-	[CONTROL_PIN] = "pin",
+	[CONTROL_PIN] = "pin", [CONTROL_BALLOON] = "balloon",
 };
 
 static struct json_object *apply_limits(const struct control_target *t,
@@ -222,7 +249,23 @@ static struct json_object *apply_pin(const struct control_target *t, const struc
 	return reply_ok(t->vm);
 }
 
-struct json_object *control_apply(const struct control_target *t, const struct control_action *a)
+static struct json_object *apply_balloon(struct control_target *t, const struct control_action *a)
+{
+	char msg[96];
+
+	if (!t->balloon)
+		return control_error(CONTROL_E_NOT_FOUND, "the VM has no balloon device (run --balloon)");
+	if (a->target > t->vm->mem.size) {
+		snprintf(msg, sizeof(msg), "target %llu is more than the guest's %llu bytes",
+			 (unsigned long long)a->target, (unsigned long long)t->vm->mem.size);
+		return control_error(CONTROL_E_BAD_REQUEST, msg);
+	}
+	virtio_balloon_set_target(t->balloon, a->target);
+	t->balloon_target = a->target;
+	return reply_ok(t->vm);
+}
+
+struct json_object *control_apply(struct control_target *t, const struct control_action *a)
 {
 	enum vm_state s = vm_get_state(t->vm);
 	char msg[96];
@@ -253,6 +296,8 @@ struct json_object *control_apply(const struct control_target *t, const struct c
 		return apply_limits(t, a);
 	case CONTROL_PIN:
 		return apply_pin(t, a);
+	case CONTROL_BALLOON:
+		return apply_balloon(t, a);
 	}
 	return control_error(CONTROL_E_FAILED, "unhandled action");
 }
@@ -383,6 +428,19 @@ static void control_accept(struct loop *loop, int fd, uint32_t events, void *opa
 	}
 }
 
+/* Gives the socket file a precise, unique mtime: with its inode, that tells
+ * a supervisor that this is a new VMM image (e.g. --reboot=restart), even
+ * where the file system reuses the inode and its clock is coarse. */
+static void stamp_socket(const char *path)
+{
+	struct timespec ts[2];
+
+	clock_gettime(CLOCK_REALTIME, &ts[0]);
+	ts[1] = ts[0];
+	if (utimensat(AT_FDCWD, path, ts, 0) < 0)
+		log_debug("utimensat %s: %s", path, strerror(errno));
+}
+
 static int control_listen(struct control *ctl, const char *path)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
@@ -398,6 +456,7 @@ static int control_listen(struct control *ctl, const char *path)
 	unlink(path); /* a stale socket of an earlier run */
 	if (bind(ctl->listen_fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
 		return err_set(-errno, "cannot bind %s: %m", path);
+	stamp_socket(path);
 	if (listen(ctl->listen_fd, 16) < 0)
 		return err_set(-errno, "cannot listen on %s: %m", path);
 	return loop_add(ctl->loop, ctl->listen_fd, EPOLLIN, control_accept, ctl);

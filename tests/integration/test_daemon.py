@@ -288,6 +288,13 @@ def test_cli(daemon, tmp_path):
     assert r.returncode == 0 and "cli1" in r.stdout and "running" in r.stdout
     js = json.loads(vm_cli(daemon, "list", "--output=json").stdout)
     assert {v["name"]: v["state"] for v in js["vms"]} == {"cli1": "running", "cli2": "stopped"}
+    r = vm_cli(daemon, "create", "cli3", "--kernel", str(PROBE), "--memory", "64M",
+               "--balloon", "--balloon-target", "8M")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(vm_cli(daemon, "info", "cli3").stdout)["balloon_target"] == 8 << 20
+    assert vm_cli(daemon, "set", "cli3", "--balloon-target", "4M").returncode == 0
+    assert json.loads(vm_cli(daemon, "info", "cli3").stdout)["balloon_target"] == 4 << 20
+    assert vm_cli(daemon, "delete", "cli3").returncode == 0
     r = vm_cli(daemon, "top", "--count", "1", "--interval", "0.3", "--output=json")
     top = {v["name"]: v for v in json.loads(r.stdout)}
     assert top["cli1"]["cpu_percent"] > 20 and top["cli2"]["cpu_percent"] == 0, top
@@ -361,3 +368,29 @@ def test_damaged_state_files_are_skipped(daemon):
     log = daemon.logtext()
     assert "junk.json" in log and "liar.json" in log and "evil.json" in log
     assert daemon.ok("POST", "/vms/good/start")["state"] == "running"
+
+
+def test_balloon_target_while_running(daemon):
+    """The probe follows the device's target (balloon_follow=1): a PATCH moves
+    memory out of the guest within a second, shown by the balloon figures."""
+    daemon.create("bal", memory="128M", balloon=True, balloon_target="16M",
+                  scenario="balloon balloon_follow=1 balloon_hold_ms=30000")
+    daemon.ok("POST", "/vms/bal/start")
+
+    def actual():
+        return daemon.vm("bal")["vmm"]["balloon"]["actual"]
+    assert wait_for(lambda: actual() == 16 << 20), daemon.vm("bal")
+    js = daemon.ok("PATCH", "/vms/bal", {"balloon_target": "64M"})
+    assert js["balloon_target"] == 64 << 20
+    assert wait_for(lambda: actual() == 64 << 20), daemon.vm("bal")
+    b = daemon.vm("bal")["vmm"]["balloon"]
+    assert b["target"] == 64 << 20 and b["inflated_pages"] >= 16384 - 4096
+    st, text = daemon.request("GET", "/metrics")
+    assert f'vireo_vm_balloon_actual_bytes{{vm="bal"}} {64 << 20}' in text
+    assert 'vireo_vm_guest_total_bytes{vm="bal"}' in text
+    st, js = daemon.request("PATCH", "/vms/bal", {"balloon_target": "1G"})
+    assert st == 400 and "balloon_target" in js["error"]
+    daemon.create("nob")
+    st, js = daemon.request("PATCH", "/vms/nob", {"balloon_target": "1M"})
+    assert st == 400 and "no balloon" in js["error"]
+    daemon.ok("POST", "/vms/bal/stop")

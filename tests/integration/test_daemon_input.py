@@ -235,7 +235,8 @@ def test_control_socket_actions(vmm):
     info = c(action="info")
     assert info["ok"] and info["state"] == "running" and info["cpus"] == 2
     assert info["pid"] == p.pid and len(info["vcpus"]) == 2
-    assert all(v["tid"] > 0 for v in info["vcpus"])
+    # tids appear as the vCPU threads start, right after the socket.
+    assert wait_for(lambda: all(v["tid"] > 0 for v in c(action="info")["vcpus"]))
     assert info["disks"][0]["path"].endswith("d.img")
     assert c(action="pause") == {"ok": True, "state": "paused"}
     r = c(action="pause")
@@ -273,6 +274,8 @@ def test_control_socket_bad_requests(vmm):
         ('{"action": "pin", "vcpu": 0, "cpus": ""}', "bad-request"),
         ('{"action": "pin", "vcpu": 0, "cpus": "99999"}', "bad-request"),
         ('{"action": "resume"}', "wrong-state"),
+        ('{"action": "balloon", "target": 4096}', "not-found"),
+        ('{"action": "balloon"}', "bad-request"),
     ]
     for line, code in cases:
         r = c.raw(line)

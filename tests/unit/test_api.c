@@ -37,6 +37,9 @@ static void control_actions_parse(void **state)
 	assert_int_equal(a.vcpu, 1);
 	assert_int_equal(CPU_COUNT(&a.cpus), 3);
 	assert_true(CPU_ISSET(0, &a.cpus) && CPU_ISSET(2, &a.cpus) && CPU_ISSET(3, &a.cpus));
+	assert_int_equal(parse("{\"action\":\"balloon\",\"target\":4096}", &a), 0);
+	assert_int_equal(a.kind, CONTROL_BALLOON);
+	assert_int_equal(a.target, 4096);
 }
 
 static void control_rejects_bad_requests(void **state)
@@ -57,6 +60,9 @@ static void control_rejects_bad_requests(void **state)
 		"{\"action\":\"pin\",\"vcpu\":0,\"cpus\":\"5-2\"}", "{\"action\":\"pin\",\"vcpu\":0,\"cpus\":\"1,,2\"}",
 		"{\"action\":\"pin\",\"vcpu\":0,\"cpus\":\"1048576\"}",
 		"{\"action\":\"pin\",\"vcpu\":4096,\"cpus\":\"0\"}",
+		"{\"action\":\"balloon\"}", "{\"action\":\"balloon\",\"target\":-1}",
+		"{\"action\":\"balloon\",\"target\":\"1M\"}",
+		"{\"action\":\"balloon\",\"target\":1,\"disk\":0}",
 	};
 	struct control_action a;
 
@@ -170,6 +176,9 @@ static void bad_definitions(void **state)
 		"{\"name\":\"v\",\"kernel\":\"/k\",\"cpu_pin\":[0]}",
 		"{\"name\":\"v\",\"kernel\":\"/k\",\"cpus\":3,\"cpu_pin\":[\"0\",\"1\"]}",
 		"{\"name\":\"v\",\"kernel\":\"/k\",\"cpus\":2,\"cpu_pin\":[\"0\",\"x\"]}",
+		"{\"name\":\"v\",\"kernel\":\"/k\",\"balloon_target\":\"1M\"}",
+		"{\"name\":\"v\",\"kernel\":\"/k\",\"balloon\":true,\"balloon_target\":\"1T\"}",
+		"{\"name\":\"v\",\"kernel\":\"/k\",\"balloon\":1}",
 	};
 	struct vm_def d;
 
