@@ -28,6 +28,7 @@
 struct vm;
 struct virtio_blk;
 struct virtio_balloon;
+struct virtio_net;
 struct json_object;
 
 enum control_kind {
@@ -43,8 +44,9 @@ enum control_kind {
 
 struct control_action {
 	enum control_kind kind;
-	unsigned int disk;      /* SET_LIMITS: disk index */
-	uint64_t bps, iops;     /* SET_LIMITS: 0 = unlimited */
+	bool nic;               /* SET_LIMITS: a vNIC, not a disk */
+	unsigned int disk;      /* SET_LIMITS: disk or vNIC index */
+	uint64_t bps, iops;     /* SET_LIMITS: 0 = unlimited; for a vNIC rx_bps, tx_bps */
 	bool has_bps, has_iops; /* SET_LIMITS: absent fields keep their value */
 	unsigned int vcpu;      /* PIN */
 	cpu_set_t cpus;         /* PIN: host CPUs, not empty */
@@ -57,6 +59,8 @@ struct control_target {
 	struct virtio_blk *const *disks;
 	const char *const *disk_paths;
 	unsigned int ndisks;
+	struct virtio_net *const *nics;
+	unsigned int nnics;
 	struct virtio_balloon *balloon; /* NULL: none */
 	uint64_t balloon_target;        /* its target (control_apply updates it) */
 };

@@ -26,6 +26,7 @@ struct json_object;
 
 #define MGR_NAME_MAX 64
 #define MGR_MAX_DISKS 8
+#define MGR_MAX_NICS 4
 #define MGR_MAX_VCPUS 64
 #define MGR_MAX_BODY 65536           /* largest request body accepted */
 #define MGR_MEM_OVERHEAD (64ULL << 20) /* cgroup memory limit = guest RAM + this */
@@ -39,6 +40,13 @@ struct mgr_disk {
 	uint64_t bps, iops;          /* 0: unlimited */
 };
 
+struct mgr_nic {
+	char *tap;                   /* NULL: the kernel names it */
+	char *mac;                   /* NULL: random */
+	unsigned int mtu;            /* 0: 1500 */
+	uint64_t rx_bps, tx_bps;     /* 0: unlimited */
+};
+
 struct vm_def {
 	char name[MGR_NAME_MAX + 1];
 	unsigned int cpus;
@@ -47,6 +55,8 @@ struct vm_def {
 	char *cmdline;               /* may be NULL */
 	struct mgr_disk disks[MGR_MAX_DISKS];
 	unsigned int ndisks;
+	struct mgr_nic nics[MGR_MAX_NICS];
+	unsigned int nnics;
 	unsigned int cpu_weight;     /* 1..10000, relative share; default 100 */
 	unsigned int cpu_max;        /* cap in % of one host CPU; 0: none */
 	char *cpu_pin[MGR_MAX_VCPUS]; /* host CPU list per vCPU; npin == 1: all */
@@ -71,7 +81,14 @@ struct vm_patch {
 	char *cpu_pin[MGR_MAX_VCPUS];
 	unsigned int npin;
 	unsigned int nlimits;
-	struct { unsigned int disk; bool has_bps, has_iops; uint64_t bps, iops; } limits[MGR_MAX_DISKS];
+	/* disk_limits, then nic_limits (nic: index is a vNIC, bps/iops are
+	 * rx_bps/tx_bps) */
+	struct {
+		bool nic;
+		unsigned int disk;
+		bool has_bps, has_iops;
+		uint64_t bps, iops;
+	} limits[MGR_MAX_DISKS + MGR_MAX_NICS];
 };
 /* Validates a PATCH body against `def` (disk indices, pin counts). */
 int vm_patch_from_json(struct json_object *obj, const struct vm_def *def, struct vm_patch *p);

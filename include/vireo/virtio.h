@@ -204,6 +204,14 @@ struct virtio_net;
 int virtio_net_create(struct vm *vm, struct pci_bus *bus, const struct nic_config *cfg,
 		      struct virtio_net **out);
 void virtio_net_destroy(struct virtio_net *net);
+/* For the control plane: the receive or transmit limiter (ratelimit_set()
+ * may be called from any thread) and the counters. */
+struct virtio_net_stats {
+	uint64_t rx_packets, tx_packets, rx_dropped, tx_dropped;
+	char tap[16];
+};
+struct ratelimit *virtio_net_ratelimit(struct virtio_net *net, bool tx);
+void virtio_net_get_stats(struct virtio_net *net, struct virtio_net_stats *out);
 
 struct virtio_rng;
 int virtio_rng_create(struct vm *vm, struct pci_bus *bus, uint64_t bps, struct virtio_rng **out);

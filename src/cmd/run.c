@@ -384,7 +384,8 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 			 const struct run_options *o, const char **paths, struct control **out)
 {
 	struct control_target t = { .vm = vm, .disks = devs->disks, .disk_paths = paths,
-				    .ndisks = o->ndisks, .balloon = devs->balloon,
+				    .ndisks = o->ndisks, .nics = devs->nics, .nnics = o->nnics,
+				    .balloon = devs->balloon,
 				    .balloon_target = o->balloon_target };
 
 	*out = NULL;

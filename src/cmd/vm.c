@@ -26,6 +26,7 @@ static const char vm_usage[] =
 	"  create NAME --kernel FILE [--cpus N] [--memory SIZE] [--cmdline TEXT]\n"
 	"         [--disk path=FILE[,format=F][,readonly][,bps=SIZE][,iops=N]]...\n"
 	"         [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
+	"         [--nic [tap=NAME][,mac=M][,mtu=N][,rx_bps=SIZE][,tx_bps=SIZE]]...\n"
 	"         [--balloon [--balloon-target SIZE]]\n"
 	"  create --file DEF.json    the definition as JSON (docs/api.md)\n"
 	"  start|pause|resume|reboot|delete NAME\n"
@@ -33,6 +34,7 @@ static const char vm_usage[] =
 	"  info NAME                 definition, state and live counters (JSON)\n"
 	"  set NAME [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
 	"         [--disk-limit INDEX[,bps=SIZE][,iops=N]]... [--balloon-target SIZE]\n"
+	"         [--nic-limit INDEX[,rx_bps=SIZE][,tx_bps=SIZE]]...\n"
 	"  top [--interval S] [--count N]  CPU use, steal and throttling per VM\n"
 	"  metrics                   the Prometheus metrics\n"
 	"\n"
@@ -252,6 +254,43 @@ static int add_number(struct json_object *o, const char *key, const char *text)
 	return 0;
 }
 
+/* --nic "tap=NAME,mac=M,mtu=N,rx_bps=SIZE,tx_bps=SIZE", or --nic-limit
+ * "INDEX,rx_bps=SIZE,tx_bps=SIZE" → an object of those fields. */
+static struct json_object *parse_nic(char *spec, bool limit)
+{
+	struct json_object *d = json_object_new_object();
+	char *save = NULL, *first = spec;
+
+	if (limit) {
+		spec = strchr(spec, ',');
+		if (spec)
+			*spec++ = '\0';
+		if (!spec || add_number(d, "nic", first)) {
+			json_object_put(d);
+			err_set(-EINVAL, "--nic-limit needs INDEX,rx_bps=SIZE and/or tx_bps=SIZE");
+			return NULL;
+		}
+	}
+	for (char *tok = strtok_r(spec, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(tok, '=');
+		uint64_t v;
+
+		if (eq)
+			*eq++ = '\0';
+		if (eq && !limit && (!strcmp(tok, "tap") || !strcmp(tok, "mac"))) {
+			json_object_object_add(d, tok, json_object_new_string(eq));
+		} else if (eq && (!strcmp(tok, "rx_bps") || !strcmp(tok, "tx_bps") ||
+				  (!limit && !strcmp(tok, "mtu"))) && !size_parse(eq, &v)) {
+			json_object_object_add(d, tok, json_object_new_int64((int64_t)v));
+		} else {
+			json_object_put(d);
+			err_set(-EINVAL, "bad nic item '%s'", tok);
+			return NULL;
+		}
+	}
+	return d;
+}
+
 /* --disk-limit "INDEX,bps=SIZE,iops=N" → {"disk": INDEX, "bps": …, "iops": …} */
 static struct json_object *parse_disk_limit(char *spec)
 {
@@ -282,17 +321,19 @@ static int parse_def_flags(int argc, char **argv, struct json_object *o, bool cr
 		{ "cpu-max", required_argument, NULL, 'x' }, { "cpu-pin", required_argument, NULL, 'p' },
 		{ "disk-limit", required_argument, NULL, 'l' }, { "file", required_argument, NULL, 'f' },
 		{ "balloon", no_argument, NULL, 'b' }, { "balloon-target", required_argument, NULL, 't' },
+		{ "nic", required_argument, NULL, 'N' }, { "nic-limit", required_argument, NULL, 'L' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct json_object *disks = json_object_new_array(), *pins = json_object_new_array();
+	struct json_object *nics = json_object_new_array();
 	int c, ret = 0;
 
 	optind = 1;
 	while (!ret && (c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-		bool create_only = strchr("knmcdfb", c) != NULL;
+		bool create_only = strchr("knmcdfbN", c) != NULL;
 		struct json_object *d;
 
-		if (c == '?' || (create_only && !create) || (c == 'l' && create)) {
+		if (c == '?' || (create_only && !create) || ((c == 'l' || c == 'L') && create)) {
 			ret = err_set(-EINVAL, "bad option (see 'vireo vm --help')");
 			break;
 		}
@@ -315,14 +356,25 @@ static int parse_def_flags(int argc, char **argv, struct json_object *o, bool cr
 			else
 				json_object_array_add(disks, d);
 			break;
+		case 'N':
+		case 'L':
+			d = parse_nic(optarg, c == 'L');
+			if (!d)
+				ret = -EINVAL;
+			else
+				json_object_array_add(nics, d);
+			break;
 		}
 	}
 	if (!ret && json_object_array_length(pins))
 		json_object_object_add(o, "cpu_pin", json_object_get(pins));
 	if (!ret && json_object_array_length(disks))
 		json_object_object_add(o, create ? "disks" : "disk_limits", json_object_get(disks));
+	if (!ret && json_object_array_length(nics))
+		json_object_object_add(o, create ? "nics" : "nic_limits", json_object_get(nics));
 	json_object_put(pins);
 	json_object_put(disks);
+	json_object_put(nics);
 	if (!ret && optind < argc)
 		ret = err_set(-EINVAL, "unexpected argument '%s'", argv[optind]);
 	return ret;

@@ -202,6 +202,80 @@ static int parse_disks(struct json_object *obj, struct vm_def *def)
 	return 0;
 }
 
+/* "52:54:00:12:34:56" */
+static bool mac_valid(const char *s)
+{
+	for (int i = 0; i < 17; i++) {
+		char c = s[i];
+		bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+
+		if (i % 3 == 2 ? c != ':' : !hex)
+			return false;
+	}
+	return s[17] == '\0';
+}
+
+static bool tap_valid(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 15)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+		      (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '-' || s[i] == '.'))
+			return false;
+	return true;
+}
+
+static int parse_nic(struct json_object *o, struct mgr_nic *n)
+{
+	static const char *const keys[] = { "tap", "mac", "mtu", "rx_bps", "tx_bps", NULL };
+	uint64_t mtu = 0;
+	int ret = check_keys(o, "a nic", keys);
+
+	if (ret)
+		return ret;
+	if (!opt_ok(ret = get_str(o, "tap", 64, &n->tap)))
+		return ret;
+	if (n->tap && !tap_valid(n->tap))
+		return err_set(-EINVAL, "'tap' must be 1 to 15 of A-Z a-z 0-9 _ . -");
+	if (!opt_ok(ret = get_str(o, "mac", 64, &n->mac)))
+		return ret;
+	if (n->mac && !mac_valid(n->mac))
+		return err_set(-EINVAL, "'mac' must look like 52:54:00:12:34:56");
+	if (!opt_ok(ret = get_uint(o, "mtu", 68, 65535, &mtu)))
+		return ret;
+	n->mtu = (unsigned int)mtu;
+	if (!opt_ok(ret = get_uint(o, "rx_bps", 0, CONTROL_MAX_RATE, &n->rx_bps)))
+		return ret;
+	if (!opt_ok(ret = get_uint(o, "tx_bps", 0, CONTROL_MAX_RATE, &n->tx_bps)))
+		return ret;
+	return 0;
+}
+
+static int parse_nics(struct json_object *obj, struct vm_def *def)
+{
+	struct json_object *arr;
+	size_t n;
+
+	if (!json_object_object_get_ex(obj, "nics", &arr))
+		return 0;
+	if (!json_object_is_type(arr, json_type_array))
+		return err_set(-EINVAL, "'nics' must be an array");
+	n = json_object_array_length(arr);
+	if (n > MGR_MAX_NICS)
+		return err_set(-EINVAL, "at most %d nics", MGR_MAX_NICS);
+	for (size_t i = 0; i < n; i++) {
+		int ret = parse_nic(json_object_array_get_idx(arr, i), &def->nics[i]);
+
+		def->nnics = (unsigned int)i + 1;
+		if (ret)
+			return err_prefix(ret, "nics", i);
+	}
+	return 0;
+}
+
 /* "cpu_pin": ["0", "1-3"] (one host CPU list per vCPU) or ["0-1"] for all. */
 static int parse_pin(struct json_object *obj, unsigned int cpus, char **pin, unsigned int *npin)
 {
@@ -257,7 +331,7 @@ static int parse_def(struct json_object *obj, struct vm_def *def)
 {
 	static const char *const keys[] = { "name", "cpus", "memory", "kernel", "cmdline", "disks",
 					    "cpu_weight", "cpu_max", "cpu_pin", "balloon",
-					    "balloon_target", NULL };
+					    "balloon_target", "nics", NULL };
 	char *name = NULL;
 	uint64_t v;
 	int ret = check_keys(obj, "a VM definition", keys);
@@ -291,7 +365,7 @@ static int parse_def(struct json_object *obj, struct vm_def *def)
 		return ret;
 	if (!opt_ok(ret = get_str(obj, "cmdline", MAX_CMDLINE, &def->cmdline)))
 		return ret;
-	if ((ret = parse_disks(obj, def)))
+	if ((ret = parse_disks(obj, def)) || (ret = parse_nics(obj, def)))
 		return ret;
 	if (!opt_ok(ret = get_bool(obj, "balloon", &def->balloon)))
 		return ret;
@@ -321,6 +395,10 @@ void vm_def_free(struct vm_def *def)
 		free(def->disks[i].path);
 		free(def->disks[i].format);
 	}
+	for (unsigned int i = 0; i < def->nnics; i++) {
+		free(def->nics[i].tap);
+		free(def->nics[i].mac);
+	}
 	for (unsigned int i = 0; i < def->npin; i++)
 		free(def->cpu_pin[i]);
 	memset(def, 0, sizeof(*def));
@@ -339,6 +417,21 @@ static struct json_object *disk_to_json(const struct mgr_disk *d)
 	return o;
 }
 
+static struct json_object *nic_to_json(const struct mgr_nic *n)
+{
+	struct json_object *o = json_object_new_object();
+
+	if (n->tap)
+		json_object_object_add(o, "tap", json_object_new_string(n->tap));
+	if (n->mac)
+		json_object_object_add(o, "mac", json_object_new_string(n->mac));
+	if (n->mtu)
+		json_object_object_add(o, "mtu", json_object_new_int((int)n->mtu));
+	json_object_object_add(o, "rx_bps", json_object_new_int64((int64_t)n->rx_bps));
+	json_object_object_add(o, "tx_bps", json_object_new_int64((int64_t)n->tx_bps));
+	return o;
+}
+
 struct json_object *vm_def_to_json(const struct vm_def *def)
 {
 	struct json_object *o = json_object_new_object();
@@ -353,6 +446,13 @@ struct json_object *vm_def_to_json(const struct vm_def *def)
 	for (unsigned int i = 0; i < def->ndisks; i++)
 		json_object_array_add(disks, disk_to_json(&def->disks[i]));
 	json_object_object_add(o, "disks", disks);
+	if (def->nnics) {
+		struct json_object *nics = json_object_new_array();
+
+		for (unsigned int i = 0; i < def->nnics; i++)
+			json_object_array_add(nics, nic_to_json(&def->nics[i]));
+		json_object_object_add(o, "nics", nics);
+	}
 	json_object_object_add(o, "cpu_weight", json_object_new_int((int)def->cpu_weight));
 	json_object_object_add(o, "cpu_max", json_object_new_int((int)def->cpu_max));
 	for (unsigned int i = 0; i < def->npin; i++)
@@ -366,29 +466,33 @@ struct json_object *vm_def_to_json(const struct vm_def *def)
 
 /* ---- PATCH ---- */
 
-static int parse_limit(struct json_object *o, const struct vm_def *def, struct vm_patch *p)
+/* {"disk": I, "bps"?, "iops"?} or, for a vNIC, {"nic": I, "rx_bps"?, "tx_bps"?} */
+static int parse_limit(struct json_object *o, const struct vm_def *def, struct vm_patch *p, bool nic)
 {
-	static const char *const keys[] = { "disk", "bps", "iops", NULL };
-	unsigned int i = p->nlimits;
-	uint64_t disk;
-	int ret = check_keys(o, "a disk limit", keys);
+	static const char *const disk_keys[] = { "disk", "bps", "iops", NULL };
+	static const char *const nic_keys[] = { "nic", "rx_bps", "tx_bps", NULL };
+	const char *const *keys = nic ? nic_keys : disk_keys;
+	unsigned int i = p->nlimits, have = nic ? def->nnics : def->ndisks;
+	uint64_t index;
+	int ret = check_keys(o, nic ? "a nic limit" : "a disk limit", keys);
 
 	if (ret)
 		return ret;
-	ret = get_uint(o, "disk", 0, MGR_MAX_DISKS, &disk);
+	ret = get_uint(o, keys[0], 0, 255, &index);
 	if (ret == -ENOENT)
-		return err_set(-EINVAL, "a disk limit needs 'disk' (an index)");
+		return err_set(-EINVAL, "a %s limit needs '%s' (an index)", keys[0], keys[0]);
 	if (ret)
 		return ret;
-	if (disk >= def->ndisks)
-		return err_set(-EINVAL, "no disk %llu (the VM has %u)", (unsigned long long)disk,
-			       def->ndisks);
-	p->limits[i].disk = (unsigned int)disk;
-	ret = get_uint(o, "bps", 0, CONTROL_MAX_RATE, &p->limits[i].bps);
+	if (index >= have)
+		return err_set(-EINVAL, "no %s %llu (the VM has %u)", keys[0],
+			       (unsigned long long)index, have);
+	p->limits[i].nic = nic;
+	p->limits[i].disk = (unsigned int)index;
+	ret = get_uint(o, keys[1], 0, CONTROL_MAX_RATE, &p->limits[i].bps);
 	if (!opt_ok(ret))
 		return ret;
 	p->limits[i].has_bps = !ret;
-	ret = get_uint(o, "iops", 0, CONTROL_MAX_RATE, &p->limits[i].iops);
+	ret = get_uint(o, keys[2], 0, CONTROL_MAX_RATE, &p->limits[i].iops);
 	if (!opt_ok(ret))
 		return ret;
 	p->limits[i].has_iops = !ret;
@@ -396,23 +500,26 @@ static int parse_limit(struct json_object *o, const struct vm_def *def, struct v
 	return 0;
 }
 
-static int parse_limits(struct json_object *obj, const struct vm_def *def, struct vm_patch *p)
+static int parse_limits(struct json_object *obj, const struct vm_def *def, struct vm_patch *p,
+			bool nic)
 {
+	const char *key = nic ? "nic_limits" : "disk_limits";
+	unsigned int max = nic ? MGR_MAX_NICS : MGR_MAX_DISKS;
 	struct json_object *arr;
 	size_t n;
 
-	if (!json_object_object_get_ex(obj, "disk_limits", &arr))
+	if (!json_object_object_get_ex(obj, key, &arr))
 		return 0;
 	if (!json_object_is_type(arr, json_type_array))
-		return err_set(-EINVAL, "'disk_limits' must be an array");
+		return err_set(-EINVAL, "'%s' must be an array", key);
 	n = json_object_array_length(arr);
-	if (n > MGR_MAX_DISKS)
-		return err_set(-EINVAL, "at most %d disk limits", MGR_MAX_DISKS);
+	if (n > max)
+		return err_set(-EINVAL, "at most %u entries in '%s'", max, key);
 	for (size_t i = 0; i < n; i++) {
-		int ret = parse_limit(json_object_array_get_idx(arr, i), def, p);
+		int ret = parse_limit(json_object_array_get_idx(arr, i), def, p, nic);
 
 		if (ret)
-			return err_prefix(ret, "disk_limits", i);
+			return err_prefix(ret, key, i);
 	}
 	return 0;
 }
@@ -420,7 +527,7 @@ static int parse_limits(struct json_object *obj, const struct vm_def *def, struc
 static int parse_patch(struct json_object *obj, const struct vm_def *def, struct vm_patch *p)
 {
 	static const char *const keys[] = { "cpu_weight", "cpu_max", "cpu_pin", "disk_limits",
-					    "balloon_target", NULL };
+					    "nic_limits", "balloon_target", NULL };
 	uint64_t v = 0;
 	int ret = check_keys(obj, "a PATCH body", keys);
 
@@ -442,7 +549,8 @@ static int parse_patch(struct json_object *obj, const struct vm_def *def, struct
 	p->has_balloon = !ret;
 	if (p->has_balloon && !def->balloon)
 		return err_set(-EINVAL, "VM '%s' has no balloon device", def->name);
-	return parse_limits(obj, def, p);
+	ret = parse_limits(obj, def, p, false);
+	return ret ? ret : parse_limits(obj, def, p, true);
 }
 
 int vm_patch_from_json(struct json_object *obj, const struct vm_def *def, struct vm_patch *p)
@@ -472,12 +580,15 @@ void vm_patch_apply(struct vm_def *def, struct vm_patch *p)
 		p->npin = 0; /* the definition owns the strings now */
 	}
 	for (unsigned int i = 0; i < p->nlimits; i++) {
-		struct mgr_disk *d = &def->disks[p->limits[i].disk];
+		uint64_t *bps = p->limits[i].nic ? &def->nics[p->limits[i].disk].rx_bps :
+				&def->disks[p->limits[i].disk].bps;
+		uint64_t *iops = p->limits[i].nic ? &def->nics[p->limits[i].disk].tx_bps :
+				 &def->disks[p->limits[i].disk].iops;
 
 		if (p->limits[i].has_bps)
-			d->bps = p->limits[i].bps;
+			*bps = p->limits[i].bps;
 		if (p->limits[i].has_iops)
-			d->iops = p->limits[i].iops;
+			*iops = p->limits[i].iops;
 	}
 }
 

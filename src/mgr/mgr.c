@@ -519,10 +519,18 @@ static enum mgr_err patch_live(struct mgr *m, struct mgr_vm *vm, const struct vm
 			return e;
 	}
 	for (unsigned int i = 0; i < p->nlimits; i++) {
-		const struct mgr_disk *d = &nd->disks[p->limits[i].disk];
+		unsigned int k = p->limits[i].disk;
 
-		snprintf(req, sizeof(req), "{\"action\":\"set-limits\",\"disk\":%u,\"bps\":%llu,\"iops\":%llu}",
-			 p->limits[i].disk, (unsigned long long)d->bps, (unsigned long long)d->iops);
+		if (p->limits[i].nic)
+			snprintf(req, sizeof(req), "{\"action\":\"set-limits\",\"nic\":%u,"
+				 "\"rx_bps\":%llu,\"tx_bps\":%llu}", k,
+				 (unsigned long long)nd->nics[k].rx_bps,
+				 (unsigned long long)nd->nics[k].tx_bps);
+		else
+			snprintf(req, sizeof(req), "{\"action\":\"set-limits\",\"disk\":%u,"
+				 "\"bps\":%llu,\"iops\":%llu}", k,
+				 (unsigned long long)nd->disks[k].bps,
+				 (unsigned long long)nd->disks[k].iops);
 		e = control(m, vm, req, NULL);
 		if (e != MGR_OK)
 			return e;

@@ -71,28 +71,30 @@ static uint64_t def_memory(const struct vm_def *d) { return d->memory; }
 static uint64_t def_weight(const struct vm_def *d) { return d->cpu_weight; }
 static uint64_t def_max(const struct vm_def *d) { return d->cpu_max; }
 
-/* A counter from the VMMs' info replies: per VM (disk_key NULL) or per disk. */
+/* A figure from the VMMs' info replies: per VM (array NULL), or per
+ * element of its "disks" or "nics" (labelled disk="N" or nic="N"). */
 static void info_family(FILE *f, struct mgr *m, struct json_object **infos, const char *name,
-			const char *type, const char *help, const char *key, bool per_disk)
+			const char *type, const char *help, const char *key, const char *array)
 {
 	unsigned int i = 0;
 
 	metric_help(f, name, type, help);
 	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next, i++) {
-		struct json_object *disks;
+		struct json_object *arr;
 
 		if (!infos[i])
 			continue;
-		if (!per_disk) {
+		if (!array) {
 			fprintf(f, "%s{vm=\"%s\"} %llu\n", name, vm->def.name,
 				(unsigned long long)get_u64(infos[i], key));
 			continue;
 		}
-		if (!json_object_object_get_ex(infos[i], "disks", &disks))
+		if (!json_object_object_get_ex(infos[i], array, &arr))
 			continue;
-		for (size_t d = 0; d < json_object_array_length(disks); d++)
-			fprintf(f, "%s{vm=\"%s\",disk=\"%zu\"} %llu\n", name, vm->def.name, d,
-				(unsigned long long)get_u64(json_object_array_get_idx(disks, d), key));
+		for (size_t d = 0; d < json_object_array_length(arr); d++)
+			fprintf(f, "%s{vm=\"%s\",%.*s=\"%zu\"} %llu\n", name, vm->def.name,
+				(int)strlen(array) - 1, array, d,
+				(unsigned long long)get_u64(json_object_array_get_idx(arr, d), key));
 	}
 }
 
@@ -151,16 +153,22 @@ static void host_family(FILE *f, struct mgr *m)
 
 char *mgr_metrics(struct mgr *m)
 {
-	static const struct { const char *name, *type, *help, *key; bool disk; } fams[] = {
-		{ "vireo_vm_exits_total", "counter", "vCPU exits to userspace", "exits", false },
-		{ "vireo_vm_disk_read_bytes_total", "counter", "bytes read", "rd_bytes", true },
-		{ "vireo_vm_disk_written_bytes_total", "counter", "bytes written", "wr_bytes", true },
-		{ "vireo_vm_disk_reads_total", "counter", "read requests", "rd_ops", true },
-		{ "vireo_vm_disk_writes_total", "counter", "write requests", "wr_ops", true },
-		{ "vireo_vm_disk_errors_total", "counter", "failed requests", "errors", true },
-		{ "vireo_vm_disk_throttled_nanoseconds_total", "counter", "time requests waited for the rate limiter", "throttled_ns", true },
-		{ "vireo_vm_disk_limit_bytes_per_second", "gauge", "bandwidth limit, 0 = none", "bps", true },
-		{ "vireo_vm_disk_limit_ops_per_second", "gauge", "operations limit, 0 = none", "iops", true },
+	static const struct { const char *name, *type, *help, *key, *array; } fams[] = {
+		{ "vireo_vm_exits_total", "counter", "vCPU exits to userspace", "exits", NULL },
+		{ "vireo_vm_disk_read_bytes_total", "counter", "bytes read", "rd_bytes", "disks" },
+		{ "vireo_vm_disk_written_bytes_total", "counter", "bytes written", "wr_bytes", "disks" },
+		{ "vireo_vm_disk_reads_total", "counter", "read requests", "rd_ops", "disks" },
+		{ "vireo_vm_disk_writes_total", "counter", "write requests", "wr_ops", "disks" },
+		{ "vireo_vm_disk_errors_total", "counter", "failed requests", "errors", "disks" },
+		{ "vireo_vm_disk_throttled_nanoseconds_total", "counter", "time requests waited for the rate limiter", "throttled_ns", "disks" },
+		{ "vireo_vm_disk_limit_bytes_per_second", "gauge", "bandwidth limit, 0 = none", "bps", "disks" },
+		{ "vireo_vm_disk_limit_ops_per_second", "gauge", "operations limit, 0 = none", "iops", "disks" },
+		{ "vireo_vm_nic_rx_packets_total", "counter", "packets to the guest", "rx_packets", "nics" },
+		{ "vireo_vm_nic_tx_packets_total", "counter", "packets from the guest", "tx_packets", "nics" },
+		{ "vireo_vm_nic_rx_dropped_total", "counter", "packets to the guest dropped", "rx_dropped", "nics" },
+		{ "vireo_vm_nic_tx_dropped_total", "counter", "packets from the guest dropped", "tx_dropped", "nics" },
+		{ "vireo_vm_nic_limit_rx_bytes_per_second", "gauge", "receive limit, 0 = none", "rx_bps", "nics" },
+		{ "vireo_vm_nic_limit_tx_bytes_per_second", "gauge", "transmit limit, 0 = none", "tx_bps", "nics" },
 	};
 	char *text = NULL;
 	size_t len = 0, nvms = 0, i = 0;
@@ -184,7 +192,7 @@ char *mgr_metrics(struct mgr *m)
 	def_family(f, m, "vireo_vm_cpu_weight", "gauge", "relative CPU share", def_weight);
 	def_family(f, m, "vireo_vm_cpu_max_percent", "gauge", "CPU cap in % of one host CPU, 0 = none", def_max);
 	for (size_t k = 0; k < sizeof(fams) / sizeof(fams[0]); k++)
-		info_family(f, m, infos, fams[k].name, fams[k].type, fams[k].help, fams[k].key, fams[k].disk);
+		info_family(f, m, infos, fams[k].name, fams[k].type, fams[k].help, fams[k].key, fams[k].array);
 	balloon_family(f, m, infos, "vireo_vm_balloon_target_bytes", "memory the guest is asked to give back", "target", false);
 	balloon_family(f, m, infos, "vireo_vm_balloon_actual_bytes", "memory the guest's balloon holds", "actual", false);
 	balloon_family(f, m, infos, "vireo_vm_guest_free_bytes", "free memory the guest last reported", "free", true);

@@ -224,7 +224,7 @@ static char *xasprintf(const char *fmt, ...)
 /* argv of `vireo run` for a definition; NULL-terminated, heap strings. */
 static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock)
 {
-	char **argv = calloc(16 + 2 * MGR_MAX_DISKS, sizeof(char *));
+	char **argv = calloc(16 + MGR_MAX_DISKS + MGR_MAX_NICS, sizeof(char *));
 	char file[PATH_MAX];
 	unsigned int n = 0;
 
@@ -244,6 +244,17 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock)
 				      k->format ? ",format=" : "", k->format ? k->format : "",
 				      k->readonly ? ",readonly" : "", (unsigned long long)k->bps,
 				      (unsigned long long)k->iops);
+	}
+	for (unsigned int i = 0; i < d->nnics; i++) {
+		const struct mgr_nic *k = &d->nics[i];
+		char mtu[16] = "";
+
+		if (k->mtu)
+			snprintf(mtu, sizeof(mtu), ",mtu=%u", k->mtu);
+		argv[n++] = xasprintf("--net=rx_bps=%llu,tx_bps=%llu%s%s%s%s%s",
+				      (unsigned long long)k->rx_bps, (unsigned long long)k->tx_bps,
+				      k->tap ? ",tap=" : "", k->tap ? k->tap : "",
+				      k->mac ? ",mac=" : "", k->mac ? k->mac : "", mtu);
 	}
 	if (d->balloon)
 		argv[n++] = xasprintf("--balloon=target=%llu", (unsigned long long)d->balloon_target);

@@ -248,3 +248,17 @@ void virtio_net_destroy(struct virtio_net *n)
 	close(n->tap);
 	free(n);
 }
+
+struct ratelimit *virtio_net_ratelimit(struct virtio_net *n, bool tx)
+{
+	return tx ? &n->tx_limit : &n->rx_limit;
+}
+
+void virtio_net_get_stats(struct virtio_net *n, struct virtio_net_stats *out)
+{
+	out->rx_packets = __atomic_load_n(&n->rx_packets, __ATOMIC_RELAXED);
+	out->tx_packets = __atomic_load_n(&n->tx_packets, __ATOMIC_RELAXED);
+	out->rx_dropped = __atomic_load_n(&n->rx_dropped, __ATOMIC_RELAXED);
+	out->tx_dropped = __atomic_load_n(&n->tx_dropped, __ATOMIC_RELAXED);
+	memcpy(out->tap, n->tap_name, sizeof(out->tap));
+}

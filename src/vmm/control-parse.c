@@ -16,7 +16,8 @@ struct action_desc {
 };
 
 static const char *const no_fields[] = { NULL };
-static const char *const limit_fields[] = { "disk", "bps", "iops", NULL };
+static const char *const limit_fields[] = { "disk", "bps", "iops", "nic", "rx_bps", "tx_bps",
+					    NULL };
 static const char *const pin_fields[] = { "vcpu", "cpus", NULL };
 static const char *const balloon_fields[] = { "target", NULL };
 
@@ -100,26 +101,45 @@ int control_parse_cpulist(const char *text, cpu_set_t *out)
 	return 0;
 }
 
+/* An optional rate: *has says whether it was given. */
+static int get_rate(struct json_object *obj, const char *key, uint64_t *out, bool *has)
+{
+	int ret = get_uint(obj, key, CONTROL_MAX_RATE, out);
+
+	*has = !ret;
+	return ret == -ENOENT ? 0 : ret;
+}
+
+/* {"disk": I, "bps"?, "iops"?} or {"nic": I, "rx_bps"?, "tx_bps"?} */
 static int parse_limits(struct json_object *obj, struct control_action *a)
 {
-	uint64_t disk = 0;
-	int ret = get_uint(obj, "disk", 255, &disk);
+	bool is_disk = json_object_object_get_ex(obj, "disk", NULL);
+	bool is_nic = json_object_object_get_ex(obj, "nic", NULL);
+	uint64_t index = 0;
+	int ret;
 
-	if (ret == -ENOENT)
-		return err_set(-EINVAL, "set-limits needs 'disk' (an index)");
+	if (is_disk == is_nic)
+		return err_set(-EINVAL, "set-limits needs one of 'disk' or 'nic' (an index)");
+	ret = get_uint(obj, is_disk ? "disk" : "nic", 255, &index);
 	if (ret)
 		return ret;
-	a->disk = (unsigned int)disk;
-	ret = get_uint(obj, "bps", CONTROL_MAX_RATE, &a->bps);
-	if (ret && ret != -ENOENT)
+	a->nic = is_nic;
+	a->disk = (unsigned int)index;
+	if (is_disk && ((ret = get_rate(obj, "bps", &a->bps, &a->has_bps)) ||
+			(ret = get_rate(obj, "iops", &a->iops, &a->has_iops))))
 		return ret;
-	a->has_bps = !ret;
-	ret = get_uint(obj, "iops", CONTROL_MAX_RATE, &a->iops);
-	if (ret && ret != -ENOENT)
+	if (is_nic && ((ret = get_rate(obj, "rx_bps", &a->bps, &a->has_bps)) ||
+		       (ret = get_rate(obj, "tx_bps", &a->iops, &a->has_iops))))
 		return ret;
-	a->has_iops = !ret;
 	if (!a->has_bps && !a->has_iops)
-		return err_set(-EINVAL, "set-limits needs 'bps' or 'iops'");
+		return err_set(-EINVAL, "set-limits needs %s", is_disk ? "'bps' or 'iops'" :
+			       "'rx_bps' or 'tx_bps'");
+	if (is_disk && (json_object_object_get_ex(obj, "rx_bps", NULL) ||
+			json_object_object_get_ex(obj, "tx_bps", NULL)))
+		return err_set(-EINVAL, "a disk has 'bps' and 'iops', not rx_bps/tx_bps");
+	if (is_nic && (json_object_object_get_ex(obj, "bps", NULL) ||
+		       json_object_object_get_ex(obj, "iops", NULL)))
+		return err_set(-EINVAL, "a nic has 'rx_bps' and 'tx_bps', not bps/iops");
 	return 0;
 }
 

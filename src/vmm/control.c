@@ -163,6 +163,29 @@ static struct json_object *info_balloon(const struct control_target *t)
 	return o;
 }
 
+static struct json_object *info_nic(const struct control_target *t, unsigned int i)
+{
+	struct json_object *o = json_object_new_object();
+	struct virtio_net_stats ns;
+	struct ratelimit *rx = virtio_net_ratelimit(t->nics[i], false);
+	struct ratelimit *tx = virtio_net_ratelimit(t->nics[i], true);
+
+	virtio_net_get_stats(t->nics[i], &ns);
+	json_object_object_add(o, "index", json_object_new_int((int)i));
+	json_object_object_add(o, "tap", json_object_new_string(ns.tap));
+	add_u64(o, "rx_packets", ns.rx_packets);
+	add_u64(o, "tx_packets", ns.tx_packets);
+	add_u64(o, "rx_dropped", ns.rx_dropped);
+	add_u64(o, "tx_dropped", ns.tx_dropped);
+	pthread_mutex_lock(&rx->lock);
+	add_u64(o, "rx_bps", rx->bytes.rate);
+	pthread_mutex_unlock(&rx->lock);
+	pthread_mutex_lock(&tx->lock);
+	add_u64(o, "tx_bps", tx->bytes.rate);
+	pthread_mutex_unlock(&tx->lock);
+	return o;
+}
+
 static struct json_object *control_info(const struct control_target *t)
 {
 	struct json_object *r = reply_ok(t->vm), *disks = json_object_new_array();
@@ -178,6 +201,13 @@ static struct json_object *control_info(const struct control_target *t)
 	for (unsigned int i = 0; i < t->ndisks; i++)
 		json_object_array_add(disks, info_disk(t, i));
 	json_object_object_add(r, "disks", disks);
+	if (t->nnics) {
+		struct json_object *nics = json_object_new_array();
+
+		for (unsigned int i = 0; i < t->nnics; i++)
+			json_object_array_add(nics, info_nic(t, i));
+		json_object_object_add(r, "nics", nics);
+	}
 	if (t->balloon)
 		json_object_object_add(r, "balloon", info_balloon(t));
 	return r;
@@ -206,17 +236,37 @@ static const char *const kind_names[] = {
 	[CONTROL_PIN] = "pin", [CONTROL_BALLOON] = "balloon",
 };
 
+/* Sets the bandwidth of a limiter, keeping its ops rate. */
+static void set_bandwidth(struct ratelimit *rl, uint64_t bps)
+{
+	uint64_t ops;
+
+	pthread_mutex_lock(&rl->lock);
+	ops = rl->ops.rate;
+	pthread_mutex_unlock(&rl->lock);
+	ratelimit_set(rl, bps, ops);
+}
+
 static struct json_object *apply_limits(const struct control_target *t,
 					const struct control_action *a)
 {
+	unsigned int count = a->nic ? t->nnics : t->ndisks;
 	struct ratelimit *rl;
 	uint64_t bps, iops;
 
-	if (a->disk >= t->ndisks) {
+	if (a->disk >= count) {
 		char msg[64];
 
-		snprintf(msg, sizeof(msg), "no disk %u (the VM has %u)", a->disk, t->ndisks);
+		snprintf(msg, sizeof(msg), "no %s %u (the VM has %u)", a->nic ? "nic" : "disk",
+			 a->disk, count);
 		return control_error(CONTROL_E_NOT_FOUND, msg);
+	}
+	if (a->nic) {
+		if (a->has_bps)
+			set_bandwidth(virtio_net_ratelimit(t->nics[a->disk], false), a->bps);
+		if (a->has_iops)
+			set_bandwidth(virtio_net_ratelimit(t->nics[a->disk], true), a->iops);
+		return reply_ok(t->vm);
 	}
 	rl = virtio_blk_ratelimit(t->disks[a->disk]);
 	pthread_mutex_lock(&rl->lock);

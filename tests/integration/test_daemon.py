@@ -295,6 +295,14 @@ def test_cli(daemon, tmp_path):
     assert vm_cli(daemon, "set", "cli3", "--balloon-target", "4M").returncode == 0
     assert json.loads(vm_cli(daemon, "info", "cli3").stdout)["balloon_target"] == 4 << 20
     assert vm_cli(daemon, "delete", "cli3").returncode == 0
+    r = vm_cli(daemon, "create", "cli4", "--kernel", str(PROBE), "--nic",
+               "tap=vtdcli,mac=52:54:00:00:00:01,tx_bps=1M")
+    assert r.returncode == 0, r.stderr
+    assert vm_cli(daemon, "set", "cli4", "--nic-limit", "0,rx_bps=2M").returncode == 0
+    nic = json.loads(vm_cli(daemon, "info", "cli4").stdout)["nics"][0]
+    assert nic == {"tap": "vtdcli", "mac": "52:54:00:00:00:01", "rx_bps": 2 << 20,
+                   "tx_bps": 1 << 20}, nic
+    assert vm_cli(daemon, "delete", "cli4").returncode == 0
     r = vm_cli(daemon, "top", "--count", "1", "--interval", "0.3", "--output=json")
     top = {v["name"]: v for v in json.loads(r.stdout)}
     assert top["cli1"]["cpu_percent"] > 20 and top["cli2"]["cpu_percent"] == 0, top
@@ -394,3 +402,25 @@ def test_balloon_target_while_running(daemon):
     st, js = daemon.request("PATCH", "/vms/nob", {"balloon_target": "1M"})
     assert st == 400 and "no balloon" in js["error"]
     daemon.ok("POST", "/vms/bal/stop")
+
+
+def test_nic_limits_while_running(daemon):
+    tap = f"vtd{os.getpid() % 100000}"
+    daemon.create("n1", nics=[{"tap": tap, "mac": "52:54:00:12:34:57", "tx_bps": 1 << 20}])
+    st, js = daemon.request("POST", "/vms/n1/start")
+    if st != 200 and "tap" in js.get("error", ""):
+        pytest.skip("skipped: cannot create tap devices here: " + js["error"])
+    assert st == 200, js
+    nic = daemon.vm("n1")["vmm"]["nics"][0]
+    assert nic["tap"] == tap and nic["tx_bps"] == 1 << 20 and nic["rx_bps"] == 0
+    js = daemon.ok("PATCH", "/vms/n1", {"nic_limits": [{"nic": 0, "rx_bps": 5 << 20}]})
+    assert js["nics"][0]["rx_bps"] == 5 << 20 and js["nics"][0]["tx_bps"] == 1 << 20
+    nic = daemon.vm("n1")["vmm"]["nics"][0]
+    assert nic["rx_bps"] == 5 << 20 and nic["tx_bps"] == 1 << 20
+    st, text = daemon.request("GET", "/metrics")
+    assert f'vireo_vm_nic_limit_rx_bytes_per_second{{vm="n1",nic="0"}} {5 << 20}' in text
+    for bad in ({"nic_limits": [{"nic": 1, "rx_bps": 1}]},
+                {"nic_limits": [{"nic": 0, "bps": 1}]},
+                {"nic_limits": [{"disk": 0, "rx_bps": 1}]}):
+        assert daemon.request("PATCH", "/vms/n1", bad)[0] == 400, bad
+    daemon.ok("POST", "/vms/n1/stop")

@@ -65,6 +65,12 @@ BAD = [
     ("POST", "/vms", json.dumps(with_(disks=[{"path": "/x", "size": 1}])), 400, "unknown field"),
     ("POST", "/vms", json.dumps(with_(disks=[{}] * 9)), 400, "at most"),
     ("POST", "/vms", json.dumps(with_(cmdline="a\nb")), 400, "control"),
+    ("POST", "/vms", json.dumps(with_(nics=[{"tap": "a/b"}])), 400, "tap"),
+    ("POST", "/vms", json.dumps(with_(nics=[{"tap": "x" * 16}])), 400, "tap"),
+    ("POST", "/vms", json.dumps(with_(nics=[{"mac": "52:54:00:12:34"}])), 400, "mac"),
+    ("POST", "/vms", json.dumps(with_(nics=[{"mtu": 20}])), 400, "mtu"),
+    ("POST", "/vms", json.dumps(with_(nics=[{}] * 5)), 400, "at most"),
+    ("POST", "/vms", json.dumps(with_(balloon_target="1M")), 400, "balloon"),
     ("POST", "/vms", json.dumps(with_(name="keep")), 409, "exists"),
     ("GET", "/vms/nope", None, 404, "no VM"),
     ("GET", "/vms/..", None, 400, "name"),
@@ -276,6 +282,10 @@ def test_control_socket_bad_requests(vmm):
         ('{"action": "resume"}', "wrong-state"),
         ('{"action": "balloon", "target": 4096}', "not-found"),
         ('{"action": "balloon"}', "bad-request"),
+        ('{"action": "set-limits", "nic": 0, "rx_bps": 1}', "not-found"),
+        ('{"action": "set-limits", "nic": 0, "bps": 1}', "bad-request"),
+        ('{"action": "set-limits", "disk": 0, "nic": 0, "bps": 1}', "bad-request"),
+        ('{"action": "set-limits", "disk": 0, "bps": 1, "tx_bps": 1}', "bad-request"),
     ]
     for line, code in cases:
         r = c.raw(line)
