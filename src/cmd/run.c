@@ -224,9 +224,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		case OPT_DISK:
 			if (o->ndisks == MAX_DISKS)
 				return err_set(-EINVAL, "at most %d --disk options", MAX_DISKS);
-			/* parse_disk() cuts its argument up: give it a copy, so
-			 * that argv stays intact for --reboot=restart's execv. */
-			if (parse_disk(strdup(optarg), &o->disks[o->ndisks]))
+			if (parse_disk(optarg, &o->disks[o->ndisks]))
 				return -EINVAL;
 			o->ndisks++;
 			break;
@@ -238,7 +236,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		case OPT_NET:
 			if (o->nnics == MAX_NICS)
 				return err_set(-EINVAL, "at most %d --net options", MAX_NICS);
-			if (parse_nic(strdup(optarg), &o->nics[o->nnics])) /* as --disk */
+			if (parse_nic(optarg, &o->nics[o->nnics]))
 				return -EINVAL;
 			o->nnics++;
 			break;
@@ -431,21 +429,47 @@ out:
 	return status;
 }
 
+/* The command line as given (argv[-1] is "vireo"): parse_disk() and
+ * parse_nic() cut their arguments up in place, and the restart after a
+ * guest reboot needs them whole. */
+static char **argv_save(int argc, char **argv)
+{
+	char **copy = calloc((size_t)argc + 2, sizeof(char *));
+
+	for (int i = -1; copy && i < argc; i++)
+		copy[i + 1] = argv[i];
+	for (int i = 0; copy && i <= argc; i++)
+		if (copy[i] && !(copy[i] = strdup(copy[i])))
+			copy[0] = NULL; /* found by the caller */
+	return copy;
+}
+
+static void argv_free(char **copy, int argc)
+{
+	for (int i = 0; copy && i <= argc; i++)
+		free(copy[i]);
+	free(copy);
+}
+
 int cmd_run(int argc, char **argv)
 {
+	char **saved = argv_save(argc, argv);
 	struct run_options o;
-	int status;
+	int status = VM_EXIT_VMM_ERROR;
 
 	if (parse_run_options(argc, argv, &o)) {
 		fprintf(stderr, "vireo: %s\n", err_get());
-		return VM_EXIT_VMM_ERROR;
+		goto out;
 	}
 	status = run_vm(&o);
 	if (status == VM_EXIT_REBOOT && o.reboot_restart) {
 		/* A fresh process is the simplest complete reset of every device. */
-		execv("/proc/self/exe", argv - 1);
+		if (saved && saved[0])
+			execv("/proc/self/exe", saved);
 		fprintf(stderr, "vireo: cannot restart after reboot: %s\n", strerror(errno));
-		return VM_EXIT_VMM_ERROR;
+		status = VM_EXIT_VMM_ERROR;
 	}
+out:
+	argv_free(saved, argc);
 	return status;
 }
