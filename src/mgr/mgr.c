@@ -268,8 +268,12 @@ int mgr_open(struct mgr *m, const char *state_dir, const char *cgroup_mode)
 
 void mgr_close(struct mgr *m)
 {
-	/* VMMs keep running: the next daemon re-adopts them. */
-	mgr_check(m);
+	/* VMMs keep running: the next daemon re-adopts them. One that is dying
+	 * right now (a zombie, or threads still exiting) is waited for, so
+	 * that its cgroup goes with it. */
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		if (vm_active(vm) && !vmm_reap(m, vm) && !vmm_alive(vm))
+			vmm_wait_exit(m, vm, 1000);
 	cgroup_cleanup(&m->cg);
 	while (m->vms) {
 		struct mgr_vm *vm = m->vms;

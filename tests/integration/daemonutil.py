@@ -109,12 +109,22 @@ class Daemon:
                         pid = json.load(fh).get("pid", 0)
                     if pid > 0 and _is_vmm(pid):
                         os.kill(pid, signal.SIGKILL)
-                        wait_for(lambda: not _is_vmm(pid), timeout=2)
+                        # Dead (a zombie) before the daemon stops, so that
+                        # it reaps it and removes its cgroup.
+                        wait_for(lambda: _proc_state(pid) in ("Z", None), timeout=2)
                 except (OSError, ValueError):
                     pass
         if self.proc and self.proc.poll() is None:
             self.kill(signal.SIGTERM)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _proc_state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def _is_vmm(pid):
