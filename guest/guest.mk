@@ -17,6 +17,7 @@ GUEST_EXTRA := guest/pvhnote.S guest/bzsetup.S
 GUEST_SRC := $(strip $(wildcard guest/*.c) $(filter-out $(GUEST_EXTRA),$(wildcard guest/*.S)))
 GUEST_OBJ := $(patsubst guest/%,$(BUILD)/guest/%.o,$(GUEST_SRC))
 G := $(BUILD)/guest
+OBJCOPY ?= objcopy
 
 .PHONY: guest
 guest: $(if $(GUEST_SRC),$(G)/probe.elf $(G)/probe64.elf $(G)/probe.bzimage)
@@ -50,7 +51,7 @@ $(G)/bzsetup.elf: $(G)/bzsetup.S.o guest/bzsetup.ld $(G)/probe64.elf
 		-o $@ $(G)/bzsetup.S.o
 
 $(G)/probe.bzimage: $(G)/bzsetup.elf $(G)/probe64.elf
-	objcopy -O binary -j .setup $(G)/bzsetup.elf $@.setup
-	objcopy -O binary $(G)/probe64.elf $@.pm
+	$(OBJCOPY) -O binary -j .setup $(G)/bzsetup.elf $@.setup
+	$(OBJCOPY) -O binary $(G)/probe64.elf $@.pm
 	cat $@.setup $@.pm > $@
 	@rm -f $@.setup $@.pm
