@@ -166,9 +166,6 @@ def test_initrd_stays_clear_of_init_size(tmp_path):
     assert "does not fit" in run.stderr
 
 
-@pytest.mark.xfail(strict=False, reason="vireo bug: src/boot/linux.c bzimage_load() reserves "
-                   "init_size from the load address (1 MiB), not from the kernel's runtime "
-                   "start (boot.rst, init_size: pref_address / kernel_alignment)")
 @pytest.mark.parametrize("relocatable", [1, 0], ids=["relocatable", "fixed"])
 def test_initrd_stays_clear_of_runtime_start(tmp_path, relocatable):
     """A bzImage runs at its runtime start, not where it was loaded
@@ -177,7 +174,8 @@ def test_initrd_stays_clear_of_runtime_start(tmp_path, relocatable):
     copies itself to [16 MiB, 16 MiB + init_size) before it reads its memory
     map, so the initrd must stay out of there. probe.bzimage with Linux's
     values patched in (the probe itself still runs at 1 MiB, where vireo
-    loads it) and an initrd that only fits by overlapping that range."""
+    loads it): an initrd that only fits by overlapping that range is refused,
+    the largest that fits above it arrives intact."""
     image = bytearray(BZIMAGE.read_bytes())
     image[0x230:0x234] = (0x200000).to_bytes(4, "little")     # kernel_alignment
     image[0x234] = relocatable
@@ -185,16 +183,18 @@ def test_initrd_stays_clear_of_runtime_start(tmp_path, relocatable):
     kernel = tmp_path / "linux-like.bzimage"
     kernel.write_bytes(bytes(image))
     init_size = int.from_bytes(image[0x260:0x264], "little")
-    runtime = 0x1000000
+    kernel_end = (0x1000000 + init_size + 4095) & ~4095
     path = tmp_path / "initrd.img"
-    crc = sparse_initrd(path, (256 << 20) - runtime - (1 << 20))
+    sparse_initrd(path, (256 << 20) - kernel_end + 4096)
     run = run_vireo("scenario=hello", kernel=kernel, extra=("--initrd", str(path)))
-    if run.returncode != 0:
-        assert "does not fit" in run.stderr
-        return
+    assert run.returncode != 0, run.stdout
+    assert "does not fit" in run.stderr
+    crc = sparse_initrd(path, (256 << 20) - kernel_end)
+    run = run_vireo("scenario=hello", kernel=kernel, extra=("--initrd", str(path)))
+    assert run.returncode == 0, run.stdout + run.stderr
     f = run.facts()
+    assert int(f["initrd_addr"], 16) == kernel_end
     assert f["initrd_crc32"] == crc
-    assert int(f["initrd_addr"], 16) >= runtime + init_size, run.stdout
 
 
 def long_cmdline(total):
