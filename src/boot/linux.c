@@ -74,7 +74,8 @@ int boot_linux64(struct vm *vm, uint64_t entry, const struct kernel_image *setup
 		 uint64_t kernel_end, const struct boot_config *cfg, uint64_t rsdp)
 {
 	uint8_t *bp = guest_ptr(&vm->mem, LAYOUT_BOOT_PARAMS, BP_SIZE);
-	uint32_t cmdline_max = LAYOUT_CMDLINE_MAX, initrd_max = 0x37ffffff;
+	uint64_t cmdline_max = LAYOUT_CMDLINE_MAX;
+	uint32_t initrd_max = 0x37ffffff;
 	uint64_t initrd, initrd_size;
 	int ret;
 
@@ -85,7 +86,7 @@ int boot_linux64(struct vm *vm, uint64_t entry, const struct kernel_image *setup
 
 		memcpy(bp + BP_SETUP_SECTS, setup->data + BP_SETUP_SECTS, hdr_end - BP_SETUP_SECTS);
 		if (get16(bp + BP_VERSION) >= 0x206)
-			cmdline_max = get32(bp + BP_CMDLINE_SIZE) + 1;
+			cmdline_max = (uint64_t)get32(bp + BP_CMDLINE_SIZE) + 1; /* no wrap at ~0 */
 		if (get32(bp + BP_INITRD_MAX))
 			initrd_max = get32(bp + BP_INITRD_MAX);
 	} else {
