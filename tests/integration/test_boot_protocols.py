@@ -221,6 +221,21 @@ def test_cmdline_longer_than_cmdline_size_is_refused():
     assert not run.lines
 
 
+def test_cmdline_size_without_limit(tmp_path):
+    """cmdline_size 0xffffffff leaves vireo's own limit (64 KiB with the NUL)."""
+    image = bytearray(BZIMAGE.read_bytes())
+    image[0x238:0x23c] = (0xffffffff).to_bytes(4, "little")
+    kernel = tmp_path / "nolimit.bzimage"
+    kernel.write_bytes(bytes(image))
+    for cmdline in ("scenario=hello", long_cmdline(65535)):
+        run = run_vireo(cmdline, kernel=kernel)
+        assert run.returncode == 0, run.stdout + run.stderr
+        check_cmdline(run, cmdline)
+    run = run_vireo(long_cmdline(65536), kernel=kernel, timeout=30)
+    assert run.returncode != 0
+    assert "command line is too long" in run.stderr
+
+
 @pytest.mark.parametrize("kernel", [BZIMAGE, PROBE64], ids=["bzimage", "elf64"])
 @pytest.mark.parametrize("code", [0, 7])
 def test_exit_code_on_vireo(kernel, code):
