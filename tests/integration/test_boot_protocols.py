@@ -236,6 +236,27 @@ def test_cmdline_size_without_limit(tmp_path):
     assert "command line is too long" in run.stderr
 
 
+@pytest.mark.parametrize("patch,error", [
+    ({0x236: b"\0\0"}, "has no 64-bit entry"),              # xloadflags without XLF_KERNEL_64
+    ({0x206: b"\x0b\x02"}, "has no 64-bit entry"),          # protocol 2.11: no xloadflags
+    ({"truncate": 16 * 512}, "truncated bzImage"),          # setup only
+    ({0x1f1: b"\xff"}, "truncated bzImage"),                # 255 setup sectors: past the end
+], ids=["no-xlf-kernel-64", "protocol-2.11", "setup-only", "setup-sects-past-end"])
+def test_bad_bzimage_refused(tmp_path, patch, error):
+    image = bytearray(BZIMAGE.read_bytes())
+    for off, val in patch.items():
+        if off == "truncate":
+            del image[val:]
+        else:
+            image[off:off + len(val)] = val
+    kernel = tmp_path / "bad.bzimage"
+    kernel.write_bytes(bytes(image))
+    run = run_vireo("scenario=hello", kernel=kernel, timeout=30)
+    assert run.returncode != 0
+    assert error in run.stderr, run.stderr
+    assert not run.lines
+
+
 @pytest.mark.parametrize("kernel", [BZIMAGE, PROBE64], ids=["bzimage", "elf64"])
 @pytest.mark.parametrize("code", [0, 7])
 def test_exit_code_on_vireo(kernel, code):
