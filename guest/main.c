@@ -98,7 +98,7 @@ static void report_boot_data(void)
 	probe_printf("PROBE cmdline_len=%lu cmdline_crc32=%08x\n", len, crc32_update(0, cmdline, len));
 	if (!n)
 		return;
-	if (a < 0x100000 || a >= 0x100000000ull || n > 0x100000000ull - a) {
+	if (a >= 0x100000000ull || n > 0x100000000ull - a) {
 		probe_printf("PROBE initrd_error=outside-4g initrd_addr=0x%lx initrd_size=%lu\n", a, n);
 		return;
 	}
