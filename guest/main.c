@@ -87,14 +87,17 @@ static uint64_t mem_bytes(void)
 	return sum;
 }
 
-/* The command line and the initrd as the guest sees them, for the host to
- * compare with what it passed (zlib CRC-32). The initrd must lie in the
+/* The memory map, the command line and the initrd as the guest sees them,
+ * for the host to compare with what it passed (zlib CRC-32). The initrd must lie in the
  * 4 GiB the probe maps. */
 static void report_boot_data(void)
 {
 	size_t len = probe_strlen(cmdline);
 	uint64_t a = boot.initrd_addr, n = boot.initrd_size;
 
+	for (uint32_t i = 0; i < boot.nmem; i++)
+		probe_printf("PROBE memmap base=0x%lx length=0x%lx type=%u\n", boot.mem[i].addr,
+			     boot.mem[i].size, boot.mem[i].type);
 	probe_printf("PROBE cmdline_len=%lu cmdline_crc32=%08x\n", len, crc32_update(0, cmdline, len));
 	if (!n)
 		return;

@@ -92,6 +92,9 @@ def test_hello_like_pvh_on_vireo(kernel, cpus, memory):
     assert ref.returncode == 0, ref.stderr
     run = run_vireo("scenario=hello", cpus=cpus, memory=memory, kernel=kernel)
     f = check_hello(run, "linux64", ref, cpus, memory)
+    # The e820 table in boot_params is the PVH memory map, entry by entry.
+    assert run.all("memmap") == ref.all("memmap")
+    assert len(run.all("memmap")) >= 3
     # vireo puts the RSDP in boot_params (acpi_rsdp_addr, 0x070).
     assert f["rsdp_from"] == "boot_params"
     # The bzImage's own header reached boot_params; for the ELF, vireo's.
@@ -279,6 +282,8 @@ def test_hello_like_pvh_on_qemu(cpus, memory):
     assert ref.returncode == 0, ref.stderr
     run = run_qemu_kernel(BZIMAGE, "scenario=hello", cpus=cpus, memory=memory)
     f = check_hello(run, "linux32", ref, cpus, memory)
+    # The setup code's INT 15h E820 map is what QEMU's PVH ROM passes.
+    assert run.all("memmap") == ref.all("memmap")
     # QEMU leaves acpi_rsdp_addr 0: the probe finds the same RSDP by scanning.
     assert f["rsdp_from"] == "scan"
 
