@@ -28,13 +28,7 @@ SAME_AS_PVH = ("mem_bytes", "mem_mib", "cpus", "hw_reduced", "sleep_ctl", "s5", 
 
 
 def run_qemu_kernel(kernel, cmdline, **kw):
-    """conftest.run_qemu boots conftest.PROBE: point it at kernel for one run."""
-    saved = conftest.PROBE
-    conftest.PROBE = kernel
-    try:
-        return conftest.run_qemu(cmdline, **kw)
-    finally:
-        conftest.PROBE = saved
+    return conftest.run_qemu(cmdline, kernel=kernel, **kw)
 
 
 def booted(run, entry):
