@@ -1,14 +1,37 @@
 """Debian's unmodified kernel as the guest (DESIGN §5). The kit is built
 everywhere, so it cannot rot; booting it needs hardware virtualization (an
-unmodified kernel cannot boot on a KVM that emulates CPL0)."""
+unmodified kernel cannot boot on a KVM that emulates CPL0), so the boot tests
+say "skipped: no hardware virtualization" elsewhere.
+
+The guest's /init (tests/linux/init) runs the scenarios named by vireo.test=
+on the kernel command line and reports "LINUX [name] key=value..." lines;
+the tests also check the host side: the disk images after power-off, the
+HTTP helper's view of the transfers (tests/linux/net_peer.py)."""
+import hashlib
+import os
+import random
 import shutil
+import socket
 import subprocess
 
 import pytest
 
-from conftest import BUILD, ROOT, VIREO, needs_hw_virt, needs_kvm
+from conftest import BUILD, ROOT, needs_hw_virt, needs_kvm, needs_qemu_img, run_vireo
 
 KIT = BUILD / "linux"
+INIT = ROOT / "tests/linux/init"
+NET_PEER = ROOT / "tests/linux/net_peer.py"
+BASE_CMDLINE = "console=ttyS0 panic=-1 quiet"
+BUSYBOX = "/bin/busybox"  # the binary mkinitramfs.sh puts into the initramfs
+
+DISK_MIB = 64
+BLK_SEED, BLK_MIB = 7, 4
+GUEST_IP, HOST_IP, PEER_PORT, PEER_SEED, PEER_SIZE = "10.0.2.2/24", "10.0.2.1", 8080, 5, 4 << 20
+MAC = "52:54:00:12:34:57"
+BALLOON_MIB = 64
+
+needs_busybox = pytest.mark.skipif(not os.access(BUSYBOX, os.X_OK),
+                                   reason="skipped: busybox-static not installed")
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +43,71 @@ def kit():
     return KIT
 
 
+def linux_lines(stdout):
+    """The guest's "LINUX ..." lines as {name: {key: value}}; lines that start
+    with a key=value pair (no name) are merged under ""."""
+    out = {}
+    for line in stdout.splitlines():
+        if not line.startswith("LINUX "):
+            continue
+        toks = line.split()[1:]
+        name = "" if not toks or "=" in toks[0] else toks.pop(0)
+        out.setdefault(name, {}).update(t.split("=", 1) for t in toks if "=" in t)
+    return out
+
+
+def boot(kit, cmdline="", cpus=1, memory="256M", extra=(), netns=None):
+    """Boots the kit's kernel under vireo; asserts a clean run (power-off,
+    every module loaded, no scenario failed) and returns the LINUX lines."""
+    run = run_vireo(f"{BASE_CMDLINE} {cmdline}".strip(), cpus=cpus, memory=memory,
+                    kernel=kit / "vmlinuz", extra=["--initrd", str(kit / "initrd.img"), *extra],
+                    netns=netns, timeout=300)
+    log = run.stdout[-4000:] + run.stderr
+    assert run.returncode == 0, log
+    lines = linux_lines(run.stdout)
+    facts = lines.get("", {})
+    assert facts.get("done") == "1", log
+    assert "insmod_failed" not in facts, log
+    assert "unknown_test" not in facts, log
+    assert facts.get("fails") == "0", log
+    return lines
+
+
+def blk_pattern(seed, first, count):
+    """The bytes the guest's blk_pattern writes (tests/linux/init)."""
+    return b"".join(b"%-511s\n" % (b"vireo-linux-blk seed=%d sector=%d" % (seed, i))
+                    for i in range(first, first + count))
+
+
+def expected_disk(path, seed, mib, disk_mib):
+    """A raw image of what the guest's blk scenario leaves on a fresh disk:
+    the pattern over the first MIB MiB and the last MiB, zeros elsewhere (the
+    MiB it discards was never written)."""
+    sectors = disk_mib * 2048
+    head, tail = blk_pattern(seed, 0, mib * 2048), blk_pattern(seed, sectors - 2048, 2048)
+    with open(path, "wb") as f:
+        f.truncate(disk_mib << 20)
+        f.write(head)
+        f.seek((sectors - 2048) * 512)
+        f.write(tail)
+    return hashlib.md5(head + tail).hexdigest()
+
+
+def busybox_sh(script, tmp_path, **env):
+    """Runs SCRIPT in Debian's busybox sh with /init's functions loaded, every
+    applet ahead of the host's commands on PATH (as in the guest)."""
+    bindir = tmp_path / "bin"
+    if not bindir.exists():
+        bindir.mkdir()
+        subprocess.run([BUSYBOX, "--install", "-s", str(bindir)], check=True)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "VIREO_INIT_LIB": "1",
+           "VIREO_TMP": str(tmp_path), **env}
+    return subprocess.run([BUSYBOX, "sh", "-c", f". {INIT}\n{script}"], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+# --- runs everywhere ---------------------------------------------------------
+
 def test_kit_has_kernel_modules_and_init(kit):
     assert (kit / "vmlinuz").read_bytes()[0x202:0x206] == b"HdrS"
     listing = subprocess.run(f"zcat {kit / 'initrd.img'} | cpio -t --quiet", shell=True,
@@ -28,20 +116,267 @@ def test_kit_has_kernel_modules_and_init(kit):
               "lib/modules/virtio_net.ko", "lib/modules/virtio_balloon.ko",
               "lib/modules/virtio-rng.ko", "lib/modules/load-order"):
         assert f in listing, f
+    order = subprocess.run(f"zcat {kit / 'initrd.img'} | cpio -i --quiet --to-stdout "
+                           "lib/modules/load-order", shell=True, capture_output=True, text=True,
+                           check=True).stdout.split()
+    # each module after what it depends on (modules.dep), the devices' last
+    for before, after in (("virtio.ko", "virtio_pci.ko"), ("virtio_ring.ko", "virtio_pci.ko"),
+                          ("virtio_pci_modern_dev.ko", "virtio_pci.ko"),
+                          ("virtio_pci.ko", "virtio_blk.ko"), ("net_failover.ko", "virtio_net.ko"),
+                          ("failover.ko", "net_failover.ko")):
+        assert order.index(before) < order.index(after), (before, after)
 
+
+@needs_busybox
+def test_init_uses_only_busybox_applets_and_parses():
+    applets = set(subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
+                                 check=True).stdout.split())
+    used = {"awk", "base64", "blkdiscard", "blockdev", "cat", "cmp", "cut", "dd", "dmesg",
+            "grep", "head", "insmod", "ip", "ls", "md5sum", "mount", "od", "ping", "poweroff",
+            "readlink", "rm", "sed", "sleep", "sort", "sync", "tail", "timeout", "tr", "uname",
+            "wc", "wget"}
+    assert used <= applets, used - applets
+    r = subprocess.run([BUSYBOX, "sh", "-n", str(INIT)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+@needs_busybox
+def test_init_functions_under_host_busybox(tmp_path):
+    """/init's pure parts, run by the same busybox binary the guest runs: the
+    command line, the scenario list, the blk pattern (which the host-side disk
+    check rebuilds in Python) and the byte counter of the rng scenario."""
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=ttyS0 vireo.test=rng,all,bogus vireo.seed=9 quiet\n")
+    r = busybox_sh('echo "seed=$(param vireo.seed 1) port=$(param vireo.port 8080)"\n'
+                   'echo "tests=$(tests "$(param vireo.test "")" 2>/dev/null | tr " " ,)"\n'
+                   'tests bogus', tmp_path, CMDLINE=str(cmdline))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["seed=9 port=8080", "tests=rng,blk,net,balloon", ""]
+    assert r.stderr.strip() == "LINUX unknown_test=bogus"
+
+    r = busybox_sh(f"blk_pattern {BLK_SEED} 4094 4 > {tmp_path}/p; md5sum < {tmp_path}/p",
+                   tmp_path)
+    assert r.stdout.split()[0] == hashlib.md5(blk_pattern(BLK_SEED, 4094, 4)).hexdigest()
+
+    (tmp_path / "bytes").write_bytes(bytes(range(256)) * 3 + b"\0")
+    (tmp_path / "zeros").write_bytes(bytes(4096))
+    r = busybox_sh(f"distinct {tmp_path}/bytes; distinct {tmp_path}/zeros", tmp_path)
+    assert r.stdout.split() == ["256", "1"]
+
+    r = busybox_sh("failed x; failed y; echo \"$x $y $fails\"", tmp_path)
+    assert r.stdout.strip() == "fail fail 2"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def peer_md5():
+    """md5 of the blob net_peer.py serves (its blob())."""
+    return hashlib.md5(random.Random(PEER_SEED).randbytes(PEER_SIZE)).hexdigest()
+
+
+def start_peer(port, netns=None):
+    args = ["/usr/bin/python3", str(NET_PEER), "--port", str(port), "--seed", str(PEER_SEED),
+            "--size", str(PEER_SIZE), "--timeout", "300"]
+    if netns:
+        args = ["ip", "netns", "exec", netns, *args]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def stop_peer(p):
+    p.terminate()
+    return p.communicate(timeout=10)[0].splitlines()
+
+
+@needs_busybox
+def test_net_transfer_against_the_http_helper(tmp_path):
+    """The net scenario's TCP part (busybox wget both ways, base64 upload)
+    against net_peer.py over loopback: the protocol the guest will speak."""
+    port = free_port()
+    peer = start_peer(port)
+    try:
+        r = busybox_sh(f'net_transfer 127.0.0.1 {port}; echo "$dl $up $fails"', tmp_path)
+    finally:
+        served = stop_peer(peer)
+    digest = peer_md5()
+    assert r.stdout.split() == [digest, digest, "0"], r.stdout + r.stderr
+    assert served == [f"get bytes={PEER_SIZE} md5={digest}",
+                      f"upload bytes={PEER_SIZE} md5={digest}"]
+
+
+# --- needs hardware virtualization --------------------------------------------
 
 @needs_kvm
 @needs_hw_virt
 def test_debian_kernel_boots_on_two_cpus(kit):
-    p = subprocess.run([str(VIREO), "run", "--kernel", str(kit / "vmlinuz"),
-                        "--initrd", str(kit / "initrd.img"), "--cpus", "2", "--memory", "256M",
-                        "--cmdline", "console=ttyS0 panic=-1 quiet"],
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
-    facts = dict(l.split(" ", 1)[1].split("=", 1) for l in p.stdout.splitlines()
-                 if l.startswith("LINUX ") and "=" in l)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr
-    assert facts.get("done") == "1"
-    assert "insmod_failed" not in facts
+    facts = boot(kit, cpus=2, memory="256M")[""]
     assert facts["cpus"] == "2"
     # MemTotal is RAM less what the kernel keeps for itself.
     assert 200 * 1024 < int(facts["memtotal_kb"]) <= 256 * 1024
+
+
+def blk_disks(tmp_path, fmt):
+    """A fresh DISK_MIB disk in FMT, and a read-only raw disk with known
+    content; returns their paths and the second one's bytes."""
+    img = tmp_path / f"linux.{fmt}"
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(img), f"{DISK_MIB}M"],
+                   check=True)
+    ro = tmp_path / "ro.raw"
+    ro_bytes = blk_pattern(99, 0, 2048 * 8)
+    ro.write_bytes(ro_bytes)
+    return img, ro, ro_bytes
+
+
+def check_blk(blk, tmp_path, img, fmt, ro=None, ro_bytes=None):
+    """The guest's report, then the image as the host sees it after power-off."""
+    expected = tmp_path / "expected.raw"
+    md5 = expected_disk(expected, BLK_SEED, BLK_MIB, DISK_MIB)
+    assert blk["bound"] == ("1" if ro is None else "2"), blk
+    assert blk["size_sectors"] == str(DISK_MIB * 2048), blk
+    assert blk["serial"] == "linux0", blk
+    assert blk["roundtrip"] == "ok", blk
+    assert blk["discard"] == "ok", blk          # vireo offers VIRTIO_BLK_F_DISCARD
+    assert blk["md5"] == md5, blk
+    if fmt == "qcow2":
+        subprocess.run(["qemu-img", "check", "-q", str(img)], check=True)
+    cmp = subprocess.run(["qemu-img", "compare", "-q", "-f", fmt, "-F", "raw", str(img),
+                          str(expected)], capture_output=True, text=True)
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    if ro is not None:
+        assert blk["vdb_ro"] == "1" and blk["vdb_write"] == "refused", blk
+        assert ro.read_bytes() == ro_bytes
+
+
+@needs_kvm
+@needs_hw_virt
+@needs_qemu_img
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_linux_blk_roundtrip(kit, tmp_path, fmt):
+    """virtio_blk binds; a pattern written with dd (fsync) at the start and
+    end of /dev/vda reads back after dropping the caches; a discard works; a
+    read-only second disk refuses writes. After power-off the image holds
+    exactly the pattern (qemu-img compare) and the read-only one is intact."""
+    img, ro, ro_bytes = blk_disks(tmp_path, fmt)
+    lines = boot(kit, f"vireo.test=blk vireo.seed={BLK_SEED} vireo.blk_mib={BLK_MIB}", extra=[
+        "--disk", f"path={img},format={fmt},serial=linux0",
+        "--disk", f"path={ro},format=raw,readonly"])
+    check_blk(lines["blk"], tmp_path, img, fmt, ro, ro_bytes)
+
+
+@pytest.fixture
+def netns_tap():
+    """A network namespace with tap0 at HOST_IP/24, the HTTP helper on it."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("skipped: needs root and iproute2 for network namespaces")
+    ns = f"vireo-linux-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    peer = None
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "sh", "-c",
+                        "ip link set lo up && ip tuntap add tap0 mode tap && "
+                        "sysctl -qw net.ipv6.conf.tap0.disable_ipv6=1 && "
+                        f"ip addr add {HOST_IP}/24 dev tap0 && ip link set tap0 up"],
+                       check=True)
+        peer = start_peer(PEER_PORT, ns)
+        yield ns, peer
+    finally:
+        if peer and peer.poll() is None:
+            peer.kill()
+            peer.wait()
+        subprocess.run(["ip", "netns", "del", ns])
+
+
+NET_CMDLINE = f"vireo.ip={GUEST_IP} vireo.peer={HOST_IP} vireo.port={PEER_PORT}"
+
+
+def check_net(net, peer):
+    digest = peer_md5()
+    assert net["bound"] == "1", net
+    assert net["mac"] == MAC, net
+    assert net["operstate"] == "up", net
+    assert net["ping"] == "ok", net
+    assert net["download_md5"] == digest, net
+    assert net["upload_md5"] == digest, net
+    served = stop_peer(peer)
+    assert f"get bytes={PEER_SIZE} md5={digest}" in served, served
+    assert f"upload bytes={PEER_SIZE} md5={digest}" in served, served
+
+
+@needs_kvm
+@needs_hw_virt
+def test_linux_net_ping_and_tcp(kit, netns_tap):
+    """virtio_net binds with our MAC; the guest (10.0.2.2) pings the host end
+    of the tap (10.0.2.1), then fetches 4 MiB over HTTP from the helper and
+    posts it back: both sides see the same md5."""
+    ns, peer = netns_tap
+    lines = boot(kit, f"vireo.test=net {NET_CMDLINE}", netns=ns,
+                 extra=["--net", f"tap=tap0,mac={MAC}"])
+    check_net(lines["net"], peer)
+
+
+def check_rng(rng):
+    assert rng["bound"] == "1", rng
+    assert rng["current"] == "virtio_rng.0", rng
+    assert rng["bytes"] == "4096", rng
+    assert int(rng["distinct"]) >= 250, rng     # 256 but for a 3e-5 chance
+
+
+@needs_kvm
+@needs_hw_virt
+def test_linux_rng(kit):
+    """virtio_rng binds and the hwrng core makes it current; 4 KiB read from
+    /dev/hwrng look random."""
+    check_rng(boot(kit, "vireo.test=rng", extra=["--rng"])["rng"])
+
+
+def check_balloon(b, target_kb):
+    assert b["bound"] == "1", b
+    assert b["target_kb"] == str(target_kb), b
+    total_drop = int(b["memtotal_before_kb"]) - int(b["memtotal_after_kb"])
+    free_drop = int(b["memfree_before_kb"]) - int(b["memfree_after_kb"])
+    # Linux 6.1 (virtio_balloon.c, fill_balloon): without DEFLATE_ON_OOM the
+    # pages leave MemTotal (adjust_managed_page_count); with it they count as
+    # used. Either way MemFree drops by the target.
+    assert target_kb * 95 // 100 <= free_drop <= target_kb + 16 * 1024, b
+    if b["deflate_on_oom"] == "1":
+        assert abs(total_drop) <= 1024, b
+    else:
+        assert target_kb <= total_drop <= target_kb + 1024, b
+
+
+@needs_kvm
+@needs_hw_virt
+def test_linux_balloon_inflates_to_the_boot_target(kit):
+    """With --balloon=target=64M the driver inflates as soon as it probes: the
+    guest sees 64 MiB leave MemFree (and MemTotal, without deflate-on-OOM)."""
+    target_kb = BALLOON_MIB * 1024
+    b = boot(kit, f"vireo.test=balloon vireo.balloon_kb={target_kb}", memory="256M",
+             extra=[f"--balloon=target={BALLOON_MIB}M"])["balloon"]
+    check_balloon(b, target_kb)
+
+
+@needs_kvm
+@needs_hw_virt
+@needs_qemu_img
+def test_linux_all_devices_on_two_cpus(kit, tmp_path, netns_tap):
+    """Every device at once (their MSI-X vectors and queues side by side), on
+    2 vCPUs: each scenario passes as it does alone."""
+    ns, peer = netns_tap
+    img, ro, ro_bytes = blk_disks(tmp_path, "qcow2")
+    target_kb = BALLOON_MIB * 1024
+    lines = boot(kit, f"vireo.test=all vireo.seed={BLK_SEED} vireo.blk_mib={BLK_MIB} "
+                 f"{NET_CMDLINE} vireo.balloon_kb={target_kb}", cpus=2, memory="512M", netns=ns,
+                 extra=["--disk", f"path={img},format=qcow2,serial=linux0",
+                        "--disk", f"path={ro},format=raw,readonly",
+                        "--net", f"tap=tap0,mac={MAC}", "--rng",
+                        f"--balloon=target={BALLOON_MIB}M"])
+    assert lines[""]["cpus"] == "2"
+    check_blk(lines["blk"], tmp_path, img, "qcow2", ro, ro_bytes)
+    check_net(lines["net"], peer)
+    check_rng(lines["rng"])
+    check_balloon(lines["balloon"], target_kb)
