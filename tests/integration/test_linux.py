@@ -9,6 +9,7 @@ the tests also check the host side: the disk images after power-off, the
 HTTP helper's view of the transfers (tests/linux/net_peer.py)."""
 import hashlib
 import os
+import pathlib
 import random
 import shutil
 import socket
@@ -165,6 +166,50 @@ def test_init_functions_under_host_busybox(tmp_path):
 
     r = busybox_sh("failed x; failed y; echo \"$x $y $fails\"", tmp_path)
     assert r.stdout.strip() == "fail fail 2"
+
+
+def host_rng_current():
+    try:
+        with open("/sys/class/misc/hw_random/rng_current") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+@needs_busybox
+@pytest.mark.skipif(not host_rng_current().startswith("virtio_rng"),
+                    reason="skipped: this host has no virtio-rng")
+def test_rng_scenario_on_this_hosts_virtio_rng(tmp_path):
+    """Our test machines are virtio guests themselves: /init's rng scenario
+    runs unchanged against the host kernel's virtio_rng and /dev/hwrng."""
+    r = busybox_sh("test_rng", tmp_path)
+    rng = linux_lines(r.stdout)["rng"]
+    assert rng["current"].startswith("virtio_rng."), rng
+    assert rng["bytes"] == "4096" and int(rng["distinct"]) >= 250, rng
+
+
+@needs_busybox
+def test_balloon_and_net_helpers_on_this_host(tmp_path):
+    """The balloon scenario with its module load stubbed and a target of 0
+    (its arithmetic, meminfo/vmstat parsing and feature bits); the lookup of
+    the virtio_net interface where the host has one."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "features").write_text("0011010" + "0" * 57 + "\n")
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("vireo.balloon_kb=0\n")
+    r = busybox_sh(f"load() {{ :; }}; virtio_dev() {{ echo {dev}; }}; test_balloon", tmp_path,
+                   CMDLINE=str(cmdline))
+    b = linux_lines(r.stdout)["balloon"]
+    assert (b["deflate_on_oom"], b["reporting"], b["target_kb"], b["balloon_kb"]) == \
+        ("1", "1", "0", "0"), b
+    for k in ("memtotal_before_kb", "memtotal_after_kb", "memfree_before_kb",
+              "memfree_after_kb"):
+        assert int(b[k]) > 0, b
+    virtio_nics = [d.name for d in pathlib.Path("/sys/class/net").iterdir()
+                   if os.path.realpath(d / "device/driver").endswith("/virtio_net")]
+    r = busybox_sh("net_if", tmp_path)
+    assert (r.stdout.strip() in virtio_nics) if virtio_nics else r.stdout.strip() == ""
 
 
 def free_port():
@@ -368,6 +413,7 @@ def test_linux_rng(kit):
 def check_balloon(b, target_kb):
     assert b["bound"] == "1", b
     assert b["target_kb"] == str(target_kb), b
+    assert b["balloon_kb"] == str(target_kb), b  # vmstat balloon_inflate - balloon_deflate
     total_drop = int(b["memtotal_before_kb"]) - int(b["memtotal_after_kb"])
     free_drop = int(b["memfree_before_kb"]) - int(b["memfree_after_kb"])
     # Linux 6.1 (virtio_balloon.c, fill_balloon): without DEFLATE_ON_OOM the
@@ -384,7 +430,8 @@ def check_balloon(b, target_kb):
 @needs_hw_virt
 def test_linux_balloon_inflates_to_the_boot_target(kit):
     """With --balloon=target=64M the driver inflates as soon as it probes: the
-    guest sees 64 MiB leave MemFree (and MemTotal, without deflate-on-OOM)."""
+    balloon holds 64 MiB (/proc/vmstat), MemFree drops by as much, MemTotal
+    too unless deflate-on-OOM was negotiated (vireo offers it)."""
     target_kb = BALLOON_MIB * 1024
     b = boot(kit, f"vireo.test=balloon vireo.balloon_kb={target_kb}", memory="256M",
              extra=[f"--balloon=target={BALLOON_MIB}M"])["balloon"]
