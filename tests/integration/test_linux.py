@@ -63,7 +63,9 @@ def boot(kit, cmdline="", cpus=1, memory="256M", extra=(), netns=None):
     run = run_vireo(f"{BASE_CMDLINE} {cmdline}".strip(), cpus=cpus, memory=memory,
                     kernel=kit / "vmlinuz", extra=["--initrd", str(kit / "initrd.img"), *extra],
                     netns=netns, timeout=300)
-    log = run.stdout[-4000:] + run.stderr
+    # the LINUX lines, then the end of the console (dmesg when a scenario failed)
+    log = "\n".join(l for l in run.stdout.splitlines() if l.startswith("LINUX ")) + \
+        "\n...\n" + run.stdout[-6000:] + run.stderr
     assert run.returncode == 0, log
     lines = linux_lines(run.stdout)
     facts = lines.get("", {})
