@@ -1,12 +1,16 @@
-"""Debian's unmodified kernel as the guest (DESIGN §5). The kit is built
-everywhere, so it cannot rot; booting it needs hardware virtualization (an
-unmodified kernel cannot boot on a KVM that emulates CPL0), so the boot tests
-say "skipped: no hardware virtualization" elsewhere.
+"""Debian's unmodified kernel as the guest (DESIGN §5; docs/linux-guest-tests.md).
 
 The guest's /init (tests/linux/init) runs the scenarios named by vireo.test=
 on the kernel command line and reports "LINUX [name] key=value..." lines;
 the tests also check the host side: the disk images after power-off, the
-HTTP helper's view of the transfers (tests/linux/net_peer.py)."""
+HTTP helper's view of the transfers (tests/linux/net_peer.py).
+
+Each scenario runs on vireo, which needs hardware virtualization (an
+unmodified kernel cannot boot on a KVM that emulates CPL0: "skipped: no
+hardware virtualization" elsewhere), and on QEMU with TCG, the reference,
+which boots the same kernel anywhere, so the kit and the checks cannot rot.
+/init's parts also run under the host's busybox (loop devices, the host's
+own virtio-rng, the HTTP helper over loopback)."""
 import hashlib
 import os
 import pathlib
