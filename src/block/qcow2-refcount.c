@@ -289,9 +289,13 @@ static int update_block(struct qcow2 *s, uint64_t c, uint64_t n, int64_t delta)
 	for (uint64_t k = first; k < first + n; k++) {
 		uint64_t v = qcow2_rc_get(b, k, s->refcount_bits);
 
-		if ((delta < 0 && v < (uint64_t)-delta) || (delta > 0 && max - v < (uint64_t)delta))
-			return qcow2_corrupt(s, "refcount of cluster %llu would be out of range",
+		if (delta < 0 && v < (uint64_t)-delta)
+			return qcow2_corrupt(s, "refcount of cluster %llu would drop below 0",
 					     (unsigned long long)(i * s->rb_entries + k));
+		if (delta > 0 && max - v < (uint64_t)delta)	/* a limit, not corruption */
+			return err_set(-ERANGE, "%s: refcount of cluster %llu would exceed %u bits "
+				       "(use a larger refcount_bits)", s->file->path,
+				       (unsigned long long)(i * s->rb_entries + k), s->refcount_bits);
 		qcow2_rc_set(b, k, s->refcount_bits, v + (uint64_t)delta);
 		if (v + (uint64_t)delta == 0)
 			cluster_freed(s, i * s->rb_entries + k);
