@@ -4,6 +4,7 @@
 #include "probe.h"
 
 static void (*irq_handlers[256])(void);
+volatile uint32_t irq_counts[256];
 
 void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4])
 {
@@ -127,6 +128,7 @@ void trap_dispatch(struct trap_frame *f)
 	} else if (f->vec < 32) {
 		fault_report(f);
 	} else {
+		irq_counts[f->vec & 0xff]++;
 		if (irq_handlers[f->vec])
 			irq_handlers[f->vec]();
 		if (f->vec != VEC_SPURIOUS)

@@ -2,6 +2,7 @@
  * walk ACPI, run the scenario named by "scenario=NAME", power off.
  * A scenario's argument is either "scenario=NAME=ARG" or "NAME=ARG". */
 #include "probe.h"
+#include "virtio.h"
 
 #define ARG_MAX 64
 
@@ -11,7 +12,7 @@ static const char *cmdline = "";
 void probe_main(void);
 
 /* Copies the value of "key=" on the command line into out; false if absent. */
-static bool cmdline_get(const char *key, char out[ARG_MAX])
+bool cmdline_get(const char *key, char out[ARG_MAX])
 {
 	size_t klen = probe_strlen(key);
 
@@ -32,7 +33,7 @@ static bool cmdline_get(const char *key, char out[ARG_MAX])
 	return false;
 }
 
-static uint64_t parse_u64(const char *s, uint64_t dflt)
+uint64_t parse_u64(const char *s, uint64_t dflt)
 {
 	uint64_t v = 0;
 	unsigned base = 10;
@@ -49,6 +50,32 @@ static uint64_t parse_u64(const char *s, uint64_t dflt)
 		v = v * base + d;
 	}
 	return v;
+}
+
+uint64_t cmdline_u64(const char *key, uint64_t dflt)
+{
+	char v[ARG_MAX];
+
+	return cmdline_get(key, v) ? parse_u64(v, dflt) : dflt;
+}
+
+/* End of the type-1 memmap region that holds the image (DMA memory comes
+ * from there). */
+uint64_t ram_end(void)
+{
+	static uint64_t end;
+
+	if (end)
+		return end;
+	end = 0x100000 + (64ull << 20);		/* no memmap: assume 64 MiB past 1 MiB */
+	if (si->version < 1 || !si->memmap_paddr)
+		return end;
+	const struct hvm_memmap_entry *e = (const void *)(uintptr_t)si->memmap_paddr;
+
+	for (uint32_t i = 0; i < si->memmap_entries; i++)
+		if (e[i].type == 1 && e[i].addr <= 0x100000 && e[i].addr + e[i].size > 0x100000)
+			end = e[i].addr + e[i].size;
+	return end;
 }
 
 static uint64_t mem_bytes(void)
@@ -137,6 +164,23 @@ static void scn_pci_wrap(const char *arg)
 
 static void scn_serial_irq_wrap(const char *arg) { (void)arg; scn_serial_irq(); }
 
+/* virtio scenarios: find the devices first (ecam=, pci_mmio=, irq=). */
+static void (*virtio_scn)(const char *);
+static void scn_virtio(const char *arg)
+{
+	virtio_setup();
+	virtio_scn(arg);
+}
+#define VIRTIO_SCN(name, fn) \
+	static void name(const char *arg) { virtio_scn = fn; scn_virtio(arg); }
+VIRTIO_SCN(scn_blk_wrap, scn_blk)
+VIRTIO_SCN(scn_blk_bench_wrap, scn_blk_bench)
+VIRTIO_SCN(scn_rng_wrap, scn_rng)
+VIRTIO_SCN(scn_balloon_wrap, scn_balloon)
+VIRTIO_SCN(scn_net_wrap, scn_net)
+VIRTIO_SCN(scn_net_bench_wrap, scn_net_bench)
+VIRTIO_SCN(scn_hostile_wrap, scn_hostile)
+
 static const struct scenario {
 	const char *name;
 	void (*run)(const char *arg);
@@ -148,6 +192,13 @@ static const struct scenario {
 	{ "pci", scn_pci_wrap },
 	{ "fault", scn_fault },
 	{ "serial_irq", scn_serial_irq_wrap },
+	{ "blk", scn_blk_wrap },
+	{ "blk_bench", scn_blk_bench_wrap },
+	{ "rng", scn_rng_wrap },
+	{ "balloon", scn_balloon_wrap },
+	{ "net", scn_net_wrap },
+	{ "net_bench", scn_net_bench_wrap },
+	{ "hostile", scn_hostile_wrap },
 };
 
 static void run_scenario(void)

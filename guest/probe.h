@@ -72,6 +72,7 @@ static inline void wrmsr(uint32_t msr, uint64_t v) { sys_call(SYS_WRMSR, msr, v)
 void idt_init(void);
 void tss_clear_iomaps(void);
 void irq_register(unsigned vec, void (*fn)(void));
+extern volatile uint32_t irq_counts[256];	/* interrupts taken per vector */
 void trap_dispatch(struct trap_frame *f);
 __attribute__((noreturn)) void halt_forever(void);
 void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]);

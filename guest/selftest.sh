@@ -9,7 +9,7 @@ fail=0
 check() {
 	smp=$1 cmdline=$2 want=$3
 	shift 3
-	out=$("$run" "$smp" "$cmdline" 2>/dev/null)
+	out=$("$run" "$smp" "$cmdline" ${QEMU_EXTRA:-} 2>/dev/null)
 	rc=$?
 	ok=1
 	[ "$rc" = "$want" ] || ok=0
@@ -38,4 +38,46 @@ check 1 "scenario=hello rsdp=scan" 0 'rsdp_from=scan' '^PROBE cpus=1$'
 check 1 "scenario=serial_irq" 0 '^PROBE serial_irqs=60 chars=59 '
 PROBE_MACHINE=microvm,pcie=on check 1 "scenario=pci ecam=0xe0000000" 0 \
 	'^PROBE pci dev=00:00.0 id=1b36:0008 class=060000$' '^PROBE pci_count=1$'
+
+# virtio (issue 4): microvm,pcie=on, BARs assigned by the probe itself
+export PROBE_MACHINE=microvm,pcie=on
+disk=$(mktemp /tmp/probe-disk.XXXXXX)
+exp=$(mktemp /tmp/probe-exp.XXXXXX)
+trap 'rm -f "$disk" "$exp"' EXIT
+blk="-drive file=$disk,if=none,id=d0,format=raw,discard=unmap -device virtio-blk-pci,drive=d0,serial=probe0,disable-legacy=on"
+for irq in poll msix; do
+	rm -f "$disk"; truncate -s 64M "$disk"
+	sum=$(python3 "$(dirname "$0")/blk_expected.py" 7 300 131072 "$exp")
+	QEMU_EXTRA=$blk check 1 "scenario=blk ecam=0xe0000000 irq=$irq seed=7 n=300" 0 \
+		"^PROBE blk capacity=131072 serial=probe0 writes=300 reads=300 mismatches=0 $sum flush=ok discard=ok discard_reads=zero write_zeroes=ok$" \
+		"^PROBE blk_stats irq=$irq "
+	if cmp -s "$disk" "$exp"; then echo "ok   blk image matches the layout (irq=$irq)"
+	else echo "FAIL blk image differs from the layout (irq=$irq)"; fail=1; fi
+done
+QEMU_EXTRA=$blk check 1 "scenario=blk_bench ecam=0xe0000000 time_ms=200" 0 \
+	'^PROBE blk_bench mode=randread bs=4096 qd=16 ops=[1-9]' '^PROBE blk_bench_done .* errors=0$'
+for irq in poll msix; do
+	QEMU_EXTRA="-device virtio-rng-pci,disable-legacy=on" check 1 "scenario=rng ecam=0xe0000000 irq=$irq" 0 \
+		'^PROBE rng bytes=65536 distinct=256$'
+done
+QEMU_EXTRA="-device virtio-balloon-pci,disable-legacy=on" check 1 \
+	"scenario=balloon ecam=0xe0000000 balloon_mib=64 deflate=1" 0 \
+	'^PROBE balloon target_pages=16384 actual_pages=16384$' '^PROBE balloon_deflate pages=16384 actual_pages=0$'
+QEMU_EXTRA="$blk -device virtio-rng-pci,disable-legacy=on -device virtio-balloon-pci,disable-legacy=on
+	-netdev user,id=n0 -device virtio-net-pci,netdev=n0,disable-legacy=on" check 1 \
+	"scenario=hostile ecam=0xe0000000" 0 '^PROBE hostile_devices=4$' \
+	'^PROBE hostile dev=blk result=needs_reset cases=14 .* recovered=14$' '^PROBE hostile dev=net .*cases=14 .* recovered=14$' \
+	'^PROBE hostile dev=rng .*cases=14 .* recovered=14$' '^PROBE hostile dev=balloon .*cases=14 .* recovered=14$'
+if [ "$(id -u)" = 0 ]; then
+	for irq in poll msix; do
+		out=$("$(dirname "$0")/run-net-qemu.sh" "scenario=net ecam=0xe0000000 n=100 irq=$irq" ,host_mtu=9000 2>/dev/null)
+		if printf '%s\n' "$out" | grep -q '^PROBE net mac=52:54:00:12:34:56 sent=100 received=100 mismatches=0$'; then
+			echo "ok   net irq=$irq"
+		else
+			echo "FAIL net irq=$irq"; printf '%s\n' "$out" | sed 's/^/     /'; fail=1
+		fi
+	done
+else
+	echo "skip net (needs root for the tap namespace)"
+fi
 exit $fail

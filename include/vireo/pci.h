@@ -32,6 +32,7 @@ struct pci_bus {
 	uint32_t config_address; /* the 0xCF8 latch */
 	struct pci_device *slots[PCI_SLOTS];
 	struct pci_device host_bridge;
+	uint64_t mmio_next;      /* BAR pre-assignment cursor in the 32-bit window */
 };
 
 int pci_init(struct pci_bus *bus, struct vm *vm);
@@ -42,6 +43,13 @@ void pci_device_init(struct pci_device *dev, uint16_t vendor, uint16_t device, u
 		     const char *name);
 /* Declares BAR i as 32-bit memory of `size` bytes (a power of two). */
 void pci_set_bar(struct pci_device *dev, unsigned int i, uint64_t size);
+
+/* Takes `size` bytes (a power of two), aligned, from the PCI MMIO window,
+ * for a BAR the VMM pre-assigns as firmware would. 0 when the window is full. */
+uint64_t pci_alloc_mmio(struct pci_bus *bus, uint64_t size);
+/* BAR i's address as the guest programmed it, or 0 when memory decoding is
+ * off. Call with the bus lock held (from config_written). */
+uint64_t pci_bar_address(const struct pci_device *dev, unsigned int i);
 
 /* Configuration access to bus 0, as the two access paths do it; unit tests
  * call these directly. Absent devices read as all ones. */

@@ -10,6 +10,8 @@
 
 #include "vireo/bus.h"
 
+struct kvm_irq_routing_entry;
+
 /* Exit statuses of `vireo run` (documented in docs/run.md). */
 enum vm_exit_status {
 	VM_EXIT_POWEROFF = 0,
@@ -71,7 +73,13 @@ struct vm {
 	bool map_thread_started;
 	int map_result;
 	char map_error[256];
+	pthread_mutex_t irq_lock;  /* the GSI routing table (src/vmm/irq.c) */
+	struct kvm_irq_routing_entry *routes;
+	unsigned int nroutes;
+	uint32_t next_msi_gsi;
 };
+
+#define VM_MAX_ROUTES 1024
 
 int vm_create(struct vm *vm, const struct vm_config *cfg);
 void vm_destroy(struct vm *vm);
@@ -87,6 +95,13 @@ void vm_request_stop(struct vm *vm, int status);
 void vm_join(struct vm *vm);
 /* Drives an IRQ line of the in-kernel PIC/IOAPIC (ISA numbering). */
 int vm_set_irq(struct vm *vm, unsigned int irq, bool level);
+
+/* GSI routing (src/vmm/irq.c). irq_msi_route() adds an MSI route (gsi < 0)
+ * or changes route `gsi`; returns the GSI or -errno. irq_irqfd() binds an
+ * eventfd to a GSI: a write to it raises the interrupt inside KVM. */
+int irq_routing_init(struct vm *vm);
+int irq_msi_route(struct vm *vm, int gsi, uint64_t address, uint32_t data);
+int irq_irqfd(struct vm *vm, int fd, uint32_t gsi, bool assign);
 
 /* Host pointer for guest range [gpa, gpa+len), or NULL if any part of it is
  * not RAM. Every guest-supplied address goes through this (DESIGN §3.8). */

@@ -18,12 +18,33 @@
 #include "vireo/power.h"
 #include "vireo/serial.h"
 #include "vireo/size.h"
+#include "vireo/virtio.h"
 #include "vireo/vmm.h"
+
+#define MAX_DISKS 8
+#define MAX_NICS 4
 
 struct run_options {
 	struct boot_config boot;
 	struct vm_config vm;
 	bool reboot_restart;
+	struct disk_config disks[MAX_DISKS];
+	unsigned int ndisks;
+	bool rng;
+	uint64_t rng_bps;
+	bool balloon;
+	uint64_t balloon_target;
+	struct nic_config nics[MAX_NICS];
+	unsigned int nnics;
+};
+
+/* The devices of one VM, torn down together. */
+struct vm_devices {
+	struct serial *serial;
+	struct virtio_blk *disks[MAX_DISKS];
+	struct virtio_rng *rng;
+	struct virtio_balloon *balloon;
+	struct virtio_net *nics[MAX_NICS];
 };
 
 struct console {
@@ -45,6 +66,14 @@ static const char run_usage[] =
 	"  --memory SIZE    guest RAM, e.g. 512M or 2G (default 256M)\n"
 	"  --hugepages      back guest RAM with huge pages\n"
 	"  --reboot=MODE    on guest reboot: exit with status 3 (default) or restart\n"
+	"  --disk SPEC      a virtio-blk disk (repeatable, up to 8):\n"
+	"                   path=FILE[,format=raw|qcow2|vpc|vmdk][,readonly][,serial=ID]\n"
+	"                   [,iops=N][,bps=SIZE]   (bps: bytes per second, e.g. 50M)\n"
+	"  --rng[=bps=SIZE] a virtio-rng device, optionally rate-limited\n"
+	"  --balloon[=target=SIZE]  a virtio-balloon device; target: memory to reclaim\n"
+	"  --net SPEC       a virtio-net vNIC on a tap device (repeatable, up to 4):\n"
+	"                   [tap=NAME][,mac=52:54:00:12:34:56][,mtu=N][,rx_bps=SIZE][,tx_bps=SIZE]\n"
+	"                   (a missing tap is created; that needs CAP_NET_ADMIN)\n"
 	"\n"
 	"Exit status: 0 guest powered off, 1 VMM error, 2 guest crashed,\n"
 	"3 guest rebooted, or the value the guest wrote to the debug-exit port 0xf4.\n"
@@ -63,9 +92,89 @@ static int parse_count(const char *text, unsigned int *out)
 	return 0;
 }
 
+/* "path=a.img,format=qcow2,readonly,serial=d0,iops=100,bps=10M". The
+ * strings point into `spec`, which lives as long as argv. */
+static int parse_disk(char *spec, struct disk_config *d)
+{
+	char *save = NULL;
+
+	*d = (struct disk_config){ 0 };
+	for (char *tok = strtok_r(spec, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(tok, '=');
+		const char *val = eq ? eq + 1 : "";
+
+		if (eq)
+			*eq = '\0';
+		if (!strcmp(tok, "path") && eq)
+			d->path = val;
+		else if (!strcmp(tok, "format") && eq)
+			d->format = val;
+		else if (!strcmp(tok, "readonly") && (!eq || !strcmp(val, "on")))
+			d->readonly = true;
+		else if (!strcmp(tok, "serial") && eq && strlen(val) <= 20)
+			d->serial = val;
+		else if (!strcmp(tok, "iops") && eq && !size_parse(val, &d->iops))
+			;
+		else if (!strcmp(tok, "bps") && eq && !size_parse(val, &d->bps))
+			;
+		else
+			return err_set(-EINVAL, "--disk: bad item '%s%s%s'", tok, eq ? "=" : "", val);
+	}
+	if (!d->path)
+		return err_set(-EINVAL, "--disk needs path=FILE");
+	return 0;
+}
+
+static int parse_mac(const char *text, uint8_t mac[6])
+{
+	unsigned int b[6];
+	char end;
+
+	if (sscanf(text, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5],
+		   &end) != 6 || (b[0] & 1))
+		return -EINVAL;
+	for (int i = 0; i < 6; i++)
+		mac[i] = (uint8_t)b[i];
+	return 0;
+}
+
+/* "tap=tap0,mac=52:54:00:12:34:56,mtu=9000,rx_bps=10M,tx_bps=10M" */
+static int parse_nic(char *spec, struct nic_config *n)
+{
+	char *save = NULL;
+	uint64_t mtu;
+
+	*n = (struct nic_config){ 0 };
+	for (char *tok = strtok_r(spec, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(tok, '=');
+		const char *val = eq ? eq + 1 : "";
+		int bad = !eq;
+
+		if (eq)
+			*eq = '\0';
+		if (bad)
+			;
+		else if (!strcmp(tok, "tap"))
+			n->tap = val;
+		else if (!strcmp(tok, "mac"))
+			bad = parse_mac(val, n->mac) != 0, n->mac_set = true;
+		else if (!strcmp(tok, "mtu"))
+			bad = size_parse(val, &mtu) || mtu < 68 || mtu > 65535, n->mtu = (uint16_t)mtu;
+		else if (!strcmp(tok, "rx_bps"))
+			bad = size_parse(val, &n->rx_bps) != 0;
+		else if (!strcmp(tok, "tx_bps"))
+			bad = size_parse(val, &n->tx_bps) != 0;
+		else
+			bad = 1;
+		if (bad)
+			return err_set(-EINVAL, "--net: bad item '%s%s%s'", tok, eq ? "=" : "", val);
+	}
+	return 0;
+}
+
 static int parse_run_options(int argc, char **argv, struct run_options *o)
 {
-	enum { OPT_HUGEPAGES = 256, OPT_REBOOT };
+	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_BALLOON, OPT_NET };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -74,6 +183,10 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "memory", required_argument, NULL, 'm' },
 		{ "hugepages", no_argument, NULL, OPT_HUGEPAGES },
 		{ "reboot", required_argument, NULL, OPT_REBOOT },
+		{ "disk", required_argument, NULL, OPT_DISK },
+		{ "rng", optional_argument, NULL, OPT_RNG },
+		{ "balloon", optional_argument, NULL, OPT_BALLOON },
+		{ "net", required_argument, NULL, OPT_NET },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -98,6 +211,31 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 			if (strcmp(optarg, "exit") && strcmp(optarg, "restart"))
 				return err_set(-EINVAL, "--reboot must be 'exit' or 'restart'");
 			o->reboot_restart = !strcmp(optarg, "restart");
+			break;
+		case OPT_DISK:
+			if (o->ndisks == MAX_DISKS)
+				return err_set(-EINVAL, "at most %d --disk options", MAX_DISKS);
+			if (parse_disk(optarg, &o->disks[o->ndisks]))
+				return -EINVAL;
+			o->ndisks++;
+			break;
+		case OPT_RNG:
+			o->rng = true;
+			if (optarg && (strncmp(optarg, "bps=", 4) || size_parse(optarg + 4, &o->rng_bps)))
+				return err_set(-EINVAL, "--rng takes only bps=SIZE");
+			break;
+		case OPT_NET:
+			if (o->nnics == MAX_NICS)
+				return err_set(-EINVAL, "at most %d --net options", MAX_NICS);
+			if (parse_nic(optarg, &o->nics[o->nnics]))
+				return -EINVAL;
+			o->nnics++;
+			break;
+		case OPT_BALLOON:
+			o->balloon = true;
+			if (optarg && (strncmp(optarg, "target=", 7) ||
+				       size_parse(optarg + 7, &o->balloon_target)))
+				return err_set(-EINVAL, "--balloon takes only target=SIZE");
 			break;
 		case 'h': fputs(run_usage, stdout); exit(0);
 		default: return err_set(-EINVAL, "see 'vireo run --help'");
@@ -175,19 +313,51 @@ static void console_restore(struct console *con)
 		tcsetattr(STDIN_FILENO, TCSANOW, &con->saved);
 }
 
-static int vm_build(struct vm *vm, struct pci_bus *pci, struct serial **serial,
+static int virtio_devices_create(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
+				 const struct run_options *o)
+{
+	int ret = 0;
+
+	for (unsigned int i = 0; i < o->ndisks && !ret; i++) {
+		ret = virtio_blk_create(vm, pci, &o->disks[i], &devs->disks[i]);
+		if (ret)
+			err_set(ret, "disk %s: %s", o->disks[i].path, err_get());
+	}
+	if (!ret && o->rng)
+		ret = virtio_rng_create(vm, pci, o->rng_bps, &devs->rng);
+	for (unsigned int i = 0; i < o->nnics && !ret; i++)
+		ret = virtio_net_create(vm, pci, &o->nics[i], &devs->nics[i]);
+	if (!ret && o->balloon)
+		ret = virtio_balloon_create(vm, pci, o->balloon_target, &devs->balloon);
+	return ret;
+}
+
+static void vm_devices_destroy(struct vm_devices *devs)
+{
+	for (unsigned int i = 0; i < MAX_DISKS; i++)
+		virtio_blk_destroy(devs->disks[i]);
+	virtio_rng_destroy(devs->rng);
+	virtio_balloon_destroy(devs->balloon);
+	for (unsigned int i = 0; i < MAX_NICS; i++)
+		virtio_net_destroy(devs->nics[i]);
+	serial_destroy(devs->serial);
+}
+
+static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 		    const struct run_options *o)
 {
 	int ret = vm_create(vm, &o->vm);
 
 	if (ret)
 		return ret;
-	*serial = serial_create(vm, STDOUT_FILENO);
-	if (!*serial)
+	devs->serial = serial_create(vm, STDOUT_FILENO);
+	if (!devs->serial)
 		return -ENOMEM;
 	ret = power_devices_init(vm);
 	if (!ret)
 		ret = pci_init(pci, vm);
+	if (!ret)
+		ret = virtio_devices_create(vm, pci, devs, o);
 	if (!ret)
 		ret = boot_load(vm, &o->boot);
 	if (!ret && !vm->hw_virt)
@@ -200,16 +370,16 @@ static int run_vm(const struct run_options *o)
 {
 	struct vm vm;
 	struct pci_bus pci;
-	struct serial *serial = NULL;
+	struct vm_devices devs = { 0 };
 	struct console con = { 0 };
 	struct loop *loop = NULL;
 	int status = VM_EXIT_VMM_ERROR;
 
-	if (vm_build(&vm, &pci, &serial, o) || !(loop = loop_create()) || vm_start(&vm)) {
+	if (vm_build(&vm, &pci, &devs, o) || !(loop = loop_create()) || vm_start(&vm)) {
 		fprintf(stderr, "vireo: %s\n", err_get());
 		goto out;
 	}
-	con = (struct console){ .serial = serial, .vm = &vm };
+	con = (struct console){ .serial = devs.serial, .vm = &vm };
 	console_raw(&con);
 	loop_add(loop, vm.stop_fd, EPOLLIN, vm_stopped, NULL);
 	loop_add(loop, STDIN_FILENO, EPOLLIN, console_input, &con);
@@ -219,8 +389,8 @@ static int run_vm(const struct run_options *o)
 	console_restore(&con);
 	status = vm.exit_status;
 out:
+	vm_devices_destroy(&devs);
 	vm_destroy(&vm);
-	serial_destroy(serial);
 	loop_destroy(loop);
 	return status;
 }

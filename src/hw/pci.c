@@ -8,25 +8,9 @@
 #define PCI_VENDOR_ID  0x00
 #define PCI_COMMAND    0x04
 #define PCI_REVISION   0x08
-#define PCI_HEADER_TYPE 0x0e
 #define PCI_BAR0       0x10
 #define PCI_INT_LINE   0x3c
 #define CF8_ENABLE     0x80000000u
-
-static void put_le(uint8_t *p, unsigned int len, uint32_t v)
-{
-	for (unsigned int i = 0; i < len; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_le(const uint8_t *p, unsigned int len)
-{
-	uint32_t v = 0;
-
-	for (unsigned int i = 0; i < len; i++)
-		v |= (uint32_t)p[i] << (8 * i);
-	return v;
-}
 
 void pci_device_init(struct pci_device *dev, uint16_t vendor, uint16_t device, uint32_t class_code,
 		     const char *name)
@@ -34,10 +18,10 @@ void pci_device_init(struct pci_device *dev, uint16_t vendor, uint16_t device, u
 	memset(dev->config, 0, sizeof(dev->config));
 	memset(dev->wmask, 0, sizeof(dev->wmask));
 	memset(dev->bar_size, 0, sizeof(dev->bar_size));
-	put_le(dev->config + PCI_VENDOR_ID, 2, vendor);
-	put_le(dev->config + 2, 2, device);
-	put_le(dev->config + PCI_REVISION, 4, class_code << 8);
-	put_le(dev->wmask + PCI_COMMAND, 2, 0x0547); /* io, mem, master, parity, serr, intx-disable */
+	bus_put(dev->config + PCI_VENDOR_ID, 2, vendor);
+	bus_put(dev->config + 2, 2, device);
+	bus_put(dev->config + PCI_REVISION, 4, class_code << 8);
+	bus_put(dev->wmask + PCI_COMMAND, 2, 0x0547); /* io, mem, master, parity, serr, intx-disable */
 	dev->wmask[PCI_INT_LINE] = 0xff;
 	dev->name = name;
 }
@@ -48,7 +32,24 @@ void pci_set_bar(struct pci_device *dev, unsigned int i, uint64_t size)
 		return;
 	dev->bar_size[i] = size;
 	/* The low 4 bits (type) are read-only; the size's low bits read as 0. */
-	put_le(dev->wmask + PCI_BAR0 + 4 * i, 4, (uint32_t)~(size - 1));
+	bus_put(dev->wmask + PCI_BAR0 + 4 * i, 4, (uint32_t)~(size - 1));
+}
+
+uint64_t pci_alloc_mmio(struct pci_bus *bus, uint64_t size)
+{
+	uint64_t base = (bus->mmio_next + size - 1) & ~(size - 1);
+
+	if (base + size > LAYOUT_PCI_MMIO_START + LAYOUT_PCI_MMIO_SIZE)
+		return 0;
+	bus->mmio_next = base + size;
+	return base;
+}
+
+uint64_t pci_bar_address(const struct pci_device *dev, unsigned int i)
+{
+	if (i >= PCI_BARS || !dev->bar_size[i] || !(dev->config[PCI_COMMAND] & 0x2))
+		return 0;
+	return (uint32_t)bus_get(dev->config + PCI_BAR0 + 4 * i, 4) & ~0xfULL;
 }
 
 static struct pci_device *pci_lookup(struct pci_bus *bus, unsigned int devfn)
@@ -70,7 +71,7 @@ uint32_t pci_config_read(struct pci_bus *bus, unsigned int devfn, unsigned int o
 	pthread_mutex_lock(&bus->lock);
 	dev = pci_lookup(bus, devfn);
 	if (dev)
-		v = get_le(dev->config + offset, len);
+		v = (uint32_t)bus_get(dev->config + offset, len);
 	pthread_mutex_unlock(&bus->lock);
 	return v;
 }
@@ -96,6 +97,21 @@ void pci_config_write(struct pci_bus *bus, unsigned int devfn, unsigned int offs
 	pthread_mutex_unlock(&bus->lock);
 }
 
+/* One access from either path; `valid` false (another bus, a bad size)
+ * reads as all ones and drops writes. */
+static void pci_config_access(struct pci_bus *bus, bool valid, unsigned int devfn,
+			      unsigned int reg, uint8_t *data, uint32_t len, bool is_write)
+{
+	if (!valid) {
+		if (!is_write)
+			memset(data, 0xff, len);
+	} else if (is_write) {
+		pci_config_write(bus, devfn, reg, len, (uint32_t)bus_get(data, len));
+	} else {
+		bus_put(data, len, pci_config_read(bus, devfn, reg, len));
+	}
+}
+
 /* Mechanism #1: 0xCF8 latches bus/device/function/register; 0xCFC-0xCFF
  * move the data. Only bus 0 exists. */
 static void pci_cf8_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool is_write)
@@ -117,14 +133,8 @@ static void pci_cf8_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t le
 	}
 	reg = (addr & 0xfc) | (unsigned int)(offset - 4) | ((addr >> 16) & 0xf00);
 	devfn = (addr >> 8) & 0xff;
-	if (!(addr & CF8_ENABLE) || ((addr >> 16) & 0xff) != 0) {
-		if (!is_write)
-			memset(data, 0xff, len);
-	} else if (is_write) {
-		pci_config_write(bus, devfn, reg, len, (uint32_t)bus_get(data, len));
-	} else {
-		bus_put(data, len, pci_config_read(bus, devfn, reg, len));
-	}
+	pci_config_access(bus, (addr & CF8_ENABLE) && ((addr >> 16) & 0xff) == 0, devfn, reg,
+			  data, len, is_write);
 }
 
 static void pci_ecam_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool is_write)
@@ -133,14 +143,7 @@ static void pci_ecam_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t l
 	unsigned int busno = (unsigned int)(offset >> 20), devfn = (offset >> 12) & 0xff;
 	unsigned int reg = offset & 0xfff;
 
-	if (busno != 0 || len > 4) {
-		if (!is_write)
-			memset(data, 0xff, len);
-	} else if (is_write) {
-		pci_config_write(bus, devfn, reg, len, (uint32_t)bus_get(data, len));
-	} else {
-		bus_put(data, len, pci_config_read(bus, devfn, reg, len));
-	}
+	pci_config_access(bus, busno == 0 && len <= 4, devfn, reg, data, len, is_write);
 }
 
 int pci_add_device(struct pci_bus *bus, struct pci_device *dev)
@@ -166,6 +169,7 @@ int pci_init(struct pci_bus *bus, struct vm *vm)
 	memset(bus->slots, 0, sizeof(bus->slots));
 	bus->vm = vm;
 	bus->config_address = 0;
+	bus->mmio_next = LAYOUT_PCI_MMIO_START;
 	pthread_mutex_init(&bus->lock, NULL);
 	/* Host bridge: Red Hat's generic PCIe host bridge id, class 06/00/00. */
 	pci_device_init(&bus->host_bridge, 0x1b36, 0x0008, 0x060000, "host-bridge");

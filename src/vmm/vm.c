@@ -72,7 +72,7 @@ static int vm_setup_platform(struct vm *vm)
 		return err_set(-errno, "cannot create the in-kernel irqchip: %m");
 	if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
 		return err_set(-errno, "cannot create the in-kernel PIT: %m");
-	return 0;
+	return irq_routing_init(vm);
 }
 
 static int vm_map_memory(struct vm *vm)
@@ -220,6 +220,7 @@ void vm_destroy(struct vm *vm)
 		close(vm->vcpus[i].fd);
 	}
 	free(vm->vcpus);
+	free(vm->routes);
 	guest_memory_free(&vm->mem);
 	bus_destroy(&vm->pio);
 	bus_destroy(&vm->mmio);

@@ -59,16 +59,21 @@ class ProbeRun:
         return res
 
 
-def run_vireo(cmdline, cpus=1, memory="256M", extra=(), timeout=120, kernel=None):
+def in_netns(args, netns):
+    return ["ip", "netns", "exec", netns, *args] if netns else args
+
+
+def run_vireo(cmdline, cpus=1, memory="256M", extra=(), timeout=120, kernel=None, netns=None):
     import subprocess
-    args = [str(VIREO), "run", "--kernel", str(kernel or PROBE), "--cpus", str(cpus),
-            "--memory", memory, "--cmdline", cmdline, *extra]
+    args = in_netns([str(VIREO), "run", "--kernel", str(kernel or PROBE), "--cpus", str(cpus),
+                     "--memory", memory, "--cmdline", cmdline, *extra], netns)
     p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                        timeout=timeout)
     return ProbeRun(p.returncode, p.stdout, p.stderr)
 
 
-def run_qemu(cmdline, cpus=1, memory="256M", machine="microvm", extra=(), timeout=120):
+def run_qemu(cmdline, cpus=1, memory="256M", machine="microvm", extra=(), timeout=120,
+             netns=None):
     """The reference VMM (DESIGN §5): QEMU microvm with the debug-exit device
     at the same port; its exit status is (code << 1) | 1 after a debug exit."""
     import subprocess
@@ -76,6 +81,6 @@ def run_qemu(cmdline, cpus=1, memory="256M", machine="microvm", extra=(), timeou
             "-smp", str(cpus), "-nographic", "-nodefaults", "-serial", "stdio",
             "-no-reboot", "-kernel", str(PROBE), "-append", cmdline,
             "-device", "isa-debug-exit,iobase=0xf4,iosize=4", *extra]
-    p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+    p = subprocess.run(in_netns(args, netns), stdin=subprocess.DEVNULL, capture_output=True, text=True,
                        timeout=timeout)
     return ProbeRun(p.returncode, p.stdout, p.stderr)

@@ -115,3 +115,38 @@ def test_triple_fault_prints_registers_and_fails(tmpfile):
     assert p.returncode == 2, p.stderr
     assert "triple fault" in p.stderr
     assert "rip=0000000000100000" in p.stderr
+
+
+@needs_kvm
+def test_reboot_exits_with_status_3(tmpfile):
+    # mov al, 0xfe; out 0x64, al (i8042 reset); hlt
+    path = tmpfile("reboot.elf", pvh_elf(b"\xb0\xfe\xe6\x64\xf4"))
+    p = vireo("--kernel", path)
+    assert p.returncode == 3, p.stderr
+
+
+@needs_kvm
+def test_ctrl_a_x_quits_from_a_terminal():
+    """On a tty, Ctrl-A x stops the VM; the terminal gets its mode back."""
+    import pty
+    import select
+    import termios
+    import time
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(str(VIREO), [str(VIREO), "run", "--kernel", str(PROBE),
+                              "--cmdline", "scenario=cpuburn=20000"])
+    out = b""
+    deadline = time.monotonic() + 20
+    while b"PROBE boot" not in out and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            out += os.read(fd, 4096)
+    assert b"PROBE boot" in out
+    assert not termios.tcgetattr(fd)[3] & termios.ICANON   # raw while the VM runs
+    os.write(fd, b"\x01x")
+    t0 = time.monotonic()
+    _, status = os.waitpid(pid, 0)
+    assert time.monotonic() - t0 < 5          # not the 20 s burn
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert termios.tcgetattr(fd)[3] & termios.ICANON       # restored on exit
+    os.close(fd)

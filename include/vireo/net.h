@@ -1,0 +1,18 @@
+/* Host networking (src/net/): tap devices for vNICs. Bridges, VLANs and the
+ * per-vNIC firewall come later in this module. */
+#ifndef VIREO_NET_H
+#define VIREO_NET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Opens (creating if needed, which needs CAP_NET_ADMIN) the tap device
+ * `name` (NULL or "": the kernel picks one) with IFF_VNET_HDR and a
+ * virtio-net header of hdr_len bytes, non-blocking, and brings it up.
+ * The chosen name is written to name_out[16]. Returns the fd or -errno. */
+int tap_open(const char *name, size_t hdr_len, char *name_out);
+/* Tells the tap which offloads the guest can take (TUNSETOFFLOAD): with
+ * none, the kernel hands us only complete, checksummed frames. */
+int tap_set_offload(int fd, bool csum, bool tso4, bool tso6, bool ecn);
+
+#endif

@@ -1,0 +1,208 @@
+/* Virtio devices (src/virtio/): split virtqueues, the virtio-pci modern
+ * transport with MSI-X, and the devices on top (blk, rng, ...).
+ *
+ * Everything a guest writes into a ring is hostile (DESIGN §3.8): every
+ * descriptor index, address, length and chain is checked; a violation marks
+ * the device NEEDS_RESET, is counted and logged (rate-limited), and the VMM
+ * goes on running. Ring layouts are little-endian, as virtio 1.x requires. */
+#ifndef VIREO_VIRTIO_H
+#define VIREO_VIRTIO_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "vireo/pci.h"
+#include "vireo/vmm.h"
+
+#define VIRTIO_F_VERSION_1        (1ULL << 32)
+#define VIRTIO_F_RING_INDIRECT_DESC (1ULL << 28)
+#define VIRTIO_F_RING_EVENT_IDX   (1ULL << 29)
+
+#define VIRTIO_STATUS_ACK         1
+#define VIRTIO_STATUS_DRIVER      2
+#define VIRTIO_STATUS_DRIVER_OK   4
+#define VIRTIO_STATUS_FEATURES_OK 8
+#define VIRTIO_STATUS_NEEDS_RESET 0x40
+#define VIRTIO_STATUS_FAILED      0x80
+
+#define VIRTQ_MAX_SIZE  256   /* largest queue vireo offers */
+#define VIRTQ_MAX_SEGS  256   /* longest chain, indirect tables included */
+#define VIRTIO_NO_VECTOR 0xffff
+
+/* ---- split virtqueue (virtio 1.x §2.7) ---- */
+
+struct virtq {
+	uint16_t size;          /* negotiated, a power of two <= VIRTQ_MAX_SIZE */
+	bool enabled;
+	uint64_t desc_gpa, avail_gpa, used_gpa;
+	uint16_t msix_vector;
+	uint16_t last_avail;    /* next avail ring entry to take */
+	uint16_t used_idx;      /* our copy of used->idx */
+	uint16_t signalled_used; /* used_idx when we last interrupted (event idx) */
+	bool event_idx;
+	const struct guest_memory *mem;
+};
+
+/* One descriptor chain: device-readable segments first (out), then
+ * device-writable (in), as the spec requires of drivers. */
+struct virtq_elem {
+	uint16_t head;
+	unsigned int out_num, in_num;
+	uint32_t out_len, in_len;  /* total bytes of each kind */
+	struct iovec iov[VIRTQ_MAX_SEGS];
+};
+
+/* Takes the next available chain. Returns 1 with *elem filled, 0 if the
+ * ring is empty, or -EINVAL (with err_set() detail) if the guest broke the
+ * ring: then the device must go to NEEDS_RESET. */
+int virtq_pop(struct virtq *vq, struct virtq_elem *elem);
+/* Gives back the last `count` popped chains unused (no room for them yet). */
+void virtq_unpop(struct virtq *vq, unsigned int count);
+/* Returns a chain to the guest with `written` bytes in its in-segments. */
+void virtq_push(struct virtq *vq, const struct virtq_elem *elem, uint32_t written);
+/* Whether the guest wants an interrupt for what was pushed since the last
+ * call (honours VIRTQ_AVAIL_F_NO_INTERRUPT and the event index). */
+bool virtq_needs_interrupt(struct virtq *vq);
+/* Copies between a chain's segments and a buffer, skipping `skip` bytes of
+ * the out (readable) or in (writable) part. Returns bytes copied. */
+size_t virtq_read_out(const struct virtq_elem *e, size_t skip, void *buf, size_t len);
+size_t virtq_write_in(const struct virtq_elem *e, size_t skip, const void *buf, size_t len);
+
+/* ---- virtio-pci transport (virtio 1.x §4.1) ---- */
+
+struct virtio_dev;
+
+/* A device model. Callbacks run on the device's own I/O thread unless
+ * said otherwise. */
+struct virtio_device_ops {
+	const char *name;
+	uint16_t device_id;            /* virtio device id: 1 net, 2 blk, 4 rng, 5 balloon */
+	uint32_t pci_class;
+	uint64_t features;             /* offered, VIRTIO_F_VERSION_1 included by the core */
+	unsigned int num_queues;
+	/* Device config space is dev->config (config_size bytes); the guest
+	 * writes only through config_write (vCPU thread, optional). */
+	void (*config_write)(struct virtio_dev *dev, unsigned int offset, const uint8_t *data,
+			     unsigned int len);
+	/* The guest kicked queue q. Pop, serve, push, then virtio_notify(). */
+	void (*queue_notify)(struct virtio_dev *dev, unsigned int q);
+	/* The guest reset the device: forget in-flight state. Optional. */
+	void (*reset)(struct virtio_dev *dev);
+	/* The driver set DRIVER_OK; negotiated features are final. Optional;
+	 * vCPU thread, dev->lock held. */
+	void (*activate)(struct virtio_dev *dev);
+	/* dev->extra_fd became readable (edge-triggered). Optional; when set,
+	 * the model fills dev->extra_fd before virtio_pci_create(). */
+	void (*fd_ready)(struct virtio_dev *dev);
+};
+
+struct virtio_stats {
+	uint64_t notifies, interrupts, ring_errors, resets;
+};
+
+struct virtio_dev {
+	const struct virtio_device_ops *ops;
+	void *opaque;                  /* the model's state */
+	struct vm *vm;
+	struct pci_device pci;
+	pthread_mutex_t lock;          /* transport state below */
+	uint64_t driver_features;
+	uint32_t device_feature_select, driver_feature_select;
+	uint16_t queue_select;
+	uint16_t config_vector;
+	uint8_t status;
+	uint8_t isr;
+	uint8_t config_generation;
+	uint8_t config[256];
+	unsigned int config_size;
+	struct virtq vqs[4];
+	int kick_fd[4];                /* ioeventfd per queue */
+	int wake_fd;                   /* stops the I/O thread */
+	int timer_fd;                  /* wakes deferred queues (rate limits) */
+	int extra_fd;                  /* a host fd the model reads (a tap) */
+	unsigned int deferred;         /* bit per queue waiting for timer_fd */
+	pthread_t thread;
+	bool thread_started;
+	uint64_t bar_base;             /* where BAR0 is mapped, 0 if not */
+	uint32_t msix[64][4];          /* MSI-X table: addr lo, addr hi, data, control */
+	int msix_gsi[64];              /* MSI route of each vector, -1: none yet */
+	int msix_irqfd[64];            /* eventfd bound to that route */
+	uint64_t msix_pba;
+	struct virtio_stats stats;
+};
+
+/* Creates the transport for a model, puts it on the PCI bus (BAR0
+ * pre-assigned in the PCI window) and starts its I/O thread. */
+int virtio_pci_create(struct virtio_dev *dev, struct vm *vm, struct pci_bus *bus,
+		      const struct virtio_device_ops *ops, void *opaque, unsigned int config_size);
+void virtio_pci_destroy(struct virtio_dev *dev);
+/* Interrupts the guest for queue q (MSI-X vector, or INTx/ISR). */
+void virtio_notify(struct virtio_dev *dev, unsigned int q);
+/* Device config changed: bump the generation, interrupt the driver.
+ * Called with dev->lock held. */
+void virtio_config_changed(struct virtio_dev *dev);
+/* The guest broke a ring: set NEEDS_RESET, tell the driver, count it. */
+void virtio_set_broken(struct virtio_dev *dev, const char *why);
+bool virtio_feature(const struct virtio_dev *dev, uint64_t bit);
+/* Serve queue q again in `ns` nanoseconds, not before (a rate limit said
+ * wait). Called from queue_notify. */
+void virtio_defer(struct virtio_dev *dev, unsigned int q, uint64_t ns);
+
+/* ---- device models ---- */
+
+struct disk_config {
+	const char *path;
+	const char *format;   /* NULL: probe (an unrecognised file is refused) */
+	bool readonly;
+	const char *serial;   /* up to 20 bytes, VIRTIO_BLK_T_GET_ID */
+	uint64_t bps, iops;   /* rate limits; 0 = none */
+};
+
+struct virtio_blk;
+int virtio_blk_create(struct vm *vm, struct pci_bus *bus, const struct disk_config *cfg,
+		      struct virtio_blk **out);
+void virtio_blk_destroy(struct virtio_blk *blk);
+struct virtio_dev *virtio_blk_dev(struct virtio_blk *blk);
+
+/* Balloon statistics as the guest last reported them (tags of §5.5.6.3:
+ * 0 swap in, 1 swap out, 2 major faults, 3 minor faults, 4 free memory,
+ * 5 total memory, 6 available memory, 7 disk caches, ...). */
+#define BALLOON_STATS_MAX 16
+struct balloon_stats {
+	uint64_t value[BALLOON_STATS_MAX];
+	uint32_t valid;          /* bit per tag seen */
+	uint64_t updates;
+	uint32_t actual_pages;   /* pages the driver says it holds */
+	uint64_t inflated_pages; /* pages freed on the host by inflation */
+	uint64_t reported_pages; /* pages freed through free page reporting */
+};
+
+struct virtio_balloon;
+int virtio_balloon_create(struct vm *vm, struct pci_bus *bus, uint64_t target_bytes,
+			  struct virtio_balloon **out);
+/* Sets how much memory the guest should give back (num_pages). */
+void virtio_balloon_set_target(struct virtio_balloon *b, uint64_t target_bytes);
+/* Latest statistics; also asks the guest for new ones. */
+void virtio_balloon_get_stats(struct virtio_balloon *b, struct balloon_stats *out);
+void virtio_balloon_destroy(struct virtio_balloon *b);
+
+struct nic_config {
+	const char *tap;       /* tap device name; NULL: let the kernel pick */
+	uint8_t mac[6];
+	bool mac_set;
+	uint16_t mtu;          /* 0: 1500 */
+	uint64_t rx_bps, tx_bps;
+};
+
+struct virtio_net;
+int virtio_net_create(struct vm *vm, struct pci_bus *bus, const struct nic_config *cfg,
+		      struct virtio_net **out);
+void virtio_net_destroy(struct virtio_net *net);
+
+struct virtio_rng;
+int virtio_rng_create(struct vm *vm, struct pci_bus *bus, uint64_t bps, struct virtio_rng **out);
+void virtio_rng_destroy(struct virtio_rng *rng);
+
+#endif

@@ -1,0 +1,88 @@
+#include <time.h>
+
+#include "vireo/ratelimit.h"
+
+uint64_t ratelimit_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* Default burst: 100 ms worth, so a limit holds within a few percent over
+ * a few seconds while short bursts still go at full speed. */
+static uint64_t bucket_capacity(const struct token_bucket *b)
+{
+	return b->burst ? b->burst : b->rate / 10;
+}
+
+static void bucket_refill(struct token_bucket *b, uint64_t now_ns)
+{
+	double cap = (double)bucket_capacity(b);
+
+	if (now_ns > b->last_ns)
+		b->tokens += (double)(now_ns - b->last_ns) * (double)b->rate / 1e9;
+	b->last_ns = now_ns;
+	if (b->tokens > cap)
+		b->tokens = cap;
+}
+
+static uint64_t bucket_delay(struct token_bucket *b, uint64_t now_ns)
+{
+	if (!b->rate)
+		return 0;
+	bucket_refill(b, now_ns);
+	if (b->tokens >= 0)
+		return 0;
+	return (uint64_t)(-b->tokens * 1e9 / (double)b->rate) + 1;
+}
+
+void ratelimit_init(struct ratelimit *rl)
+{
+	*rl = (struct ratelimit){ 0 };
+	pthread_mutex_init(&rl->lock, NULL);
+}
+
+static void bucket_set(struct token_bucket *b, uint64_t rate, uint64_t now_ns)
+{
+	b->rate = rate;
+	b->burst = 0;
+	b->tokens = (double)bucket_capacity(b); /* a fresh limit starts full */
+	b->last_ns = now_ns;
+}
+
+void ratelimit_set(struct ratelimit *rl, uint64_t bytes_per_s, uint64_t ops_per_s)
+{
+	uint64_t now = ratelimit_now_ns();
+
+	pthread_mutex_lock(&rl->lock);
+	bucket_set(&rl->bytes, bytes_per_s, now);
+	bucket_set(&rl->ops, ops_per_s, now);
+	pthread_mutex_unlock(&rl->lock);
+}
+
+uint64_t ratelimit_delay_ns(struct ratelimit *rl, uint64_t now_ns)
+{
+	uint64_t a, b;
+
+	pthread_mutex_lock(&rl->lock);
+	a = bucket_delay(&rl->bytes, now_ns);
+	b = bucket_delay(&rl->ops, now_ns);
+	pthread_mutex_unlock(&rl->lock);
+	return a > b ? a : b;
+}
+
+void ratelimit_charge(struct ratelimit *rl, uint64_t bytes, uint64_t now_ns)
+{
+	pthread_mutex_lock(&rl->lock);
+	if (rl->bytes.rate) {
+		bucket_refill(&rl->bytes, now_ns);
+		rl->bytes.tokens -= (double)bytes;
+	}
+	if (rl->ops.rate) {
+		bucket_refill(&rl->ops, now_ns);
+		rl->ops.tokens -= 1;
+	}
+	pthread_mutex_unlock(&rl->lock);
+}

@@ -1,0 +1,596 @@
+/* The virtio-pci modern transport (virtio 1.x §4.1). BAR0 (32 KiB, 32-bit
+ * memory) holds every structure:
+ *   0x0000 common configuration   0x1000 ISR status
+ *   0x2000 device configuration   0x3000 notifications (4 bytes per queue)
+ *   0x4000 MSI-X table            0x6000 MSI-X pending bits
+ * and vendor capabilities in config space point at them. Queue kicks reach
+ * the device's I/O thread through ioeventfds, interrupts go out as MSIs
+ * (KVM_SIGNAL_MSI), or as ISR + INTx when the driver has no MSI-X. */
+#include <errno.h>
+#include <linux/kvm.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "vireo/log.h"
+#include "vireo/virtio.h"
+
+#define BAR_SIZE        0x8000
+#define OFF_COMMON      0x0000
+#define OFF_ISR         0x1000
+#define OFF_DEVICE      0x2000
+#define OFF_NOTIFY      0x3000
+#define OFF_MSIX_TABLE  0x4000
+#define OFF_MSIX_PBA    0x6000
+#define NOTIFY_MULT     4
+#define MSIX_VECTORS    8       /* config + up to 4 queues, with room */
+
+#define CAP_COMMON 1
+#define CAP_NOTIFY 2
+#define CAP_ISR    3
+#define CAP_DEVICE 4
+
+/* Config-space offsets of the capabilities vireo lays out. */
+#define CAP_AT_MSIX   0x40
+#define CAP_AT_COMMON 0x4c
+#define CAP_AT_NOTIFY 0x5c
+#define CAP_AT_ISR    0x70
+#define CAP_AT_DEVICE 0x80
+#define MSIX_ENABLE   0x8000
+#define MSIX_MASKALL  0x4000
+
+bool virtio_feature(const struct virtio_dev *dev, uint64_t bit)
+{
+	return (dev->driver_features & bit) != 0;
+}
+
+static uint64_t device_features(const struct virtio_dev *dev)
+{
+	return dev->ops->features | VIRTIO_F_VERSION_1 | VIRTIO_F_RING_INDIRECT_DESC |
+	       VIRTIO_F_RING_EVENT_IDX;
+}
+
+/* ---- interrupts ---- */
+
+static uint16_t msix_control(const struct virtio_dev *dev)
+{
+	return (uint16_t)bus_get(dev->pci.config + CAP_AT_MSIX + 2, 2);
+}
+
+static void msix_send(struct virtio_dev *dev, uint16_t vector)
+{
+	const uint32_t *e;
+	uint64_t one = 1;
+
+	if (vector >= MSIX_VECTORS)
+		return;
+	e = dev->msix[vector];
+	if ((e[3] & 1) || (msix_control(dev) & MSIX_MASKALL)) {
+		dev->msix_pba |= 1ULL << vector; /* delivered when unmasked */
+		return;
+	}
+	dev->stats.interrupts++;
+	if (dev->msix_gsi[vector] >= 0) {
+		/* The irqfd path: KVM raises the MSI itself. */
+		if (write(dev->msix_irqfd[vector], &one, 8) < 0)
+			log_ratelimited("%s: irqfd: %s", dev->ops->name, strerror(errno));
+		return;
+	}
+	struct kvm_msi msi = { .address_lo = e[0], .address_hi = e[1], .data = e[2] };
+
+	if (dev->vm && ioctl(dev->vm->vm_fd, KVM_SIGNAL_MSI, &msi) < 0)
+		log_ratelimited("%s: MSI delivery failed: %s", dev->ops->name, strerror(errno));
+}
+
+/* The driver wrote a vector's address or data: follow it with its route. */
+static void msix_route(struct virtio_dev *dev, unsigned int vector)
+{
+	const uint32_t *e = dev->msix[vector];
+	int gsi;
+
+	if (!dev->vm || dev->msix_irqfd[vector] < 0)
+		return;
+	gsi = irq_msi_route(dev->vm, dev->msix_gsi[vector], e[0] | (uint64_t)e[1] << 32, e[2]);
+	if (gsi < 0) {
+		log_ratelimited("%s: MSI route: %s", dev->ops->name, strerror(-gsi));
+		return;
+	}
+	if (dev->msix_gsi[vector] < 0 && irq_irqfd(dev->vm, dev->msix_irqfd[vector],
+						   (uint32_t)gsi, true) < 0)
+		return; /* stays on KVM_SIGNAL_MSI */
+	dev->msix_gsi[vector] = gsi;
+}
+
+static void intx_update(struct virtio_dev *dev)
+{
+	uint8_t line = dev->pci.config[0x3c];
+
+	if (dev->vm && line && line < 24)
+		vm_set_irq(dev->vm, line, dev->isr != 0);
+}
+
+/* Called with dev->lock held. */
+static void virtio_interrupt(struct virtio_dev *dev, uint16_t vector, uint8_t isr_bit)
+{
+	if (msix_control(dev) & MSIX_ENABLE) {
+		if (vector != VIRTIO_NO_VECTOR)
+			msix_send(dev, vector);
+		return;
+	}
+	dev->isr |= isr_bit;
+	intx_update(dev);
+	dev->stats.interrupts++;
+}
+
+void virtio_notify(struct virtio_dev *dev, unsigned int q)
+{
+	struct virtq *vq = &dev->vqs[q];
+
+	if (virtq_needs_interrupt(vq))
+		virtio_interrupt(dev, vq->msix_vector, 1);
+}
+
+void virtio_config_changed(struct virtio_dev *dev)
+{
+	dev->config_generation++;
+	if (dev->status & VIRTIO_STATUS_DRIVER_OK)
+		virtio_interrupt(dev, dev->config_vector, 2);
+}
+
+void virtio_set_broken(struct virtio_dev *dev, const char *why)
+{
+	dev->stats.ring_errors++;
+	log_ratelimited("%s: guest broke a virtqueue (%s); device needs reset", dev->ops->name, why);
+	if (!(dev->status & VIRTIO_STATUS_NEEDS_RESET)) {
+		dev->status |= VIRTIO_STATUS_NEEDS_RESET;
+		dev->config_generation++;
+		virtio_interrupt(dev, dev->config_vector, 2);
+	}
+}
+
+/* ---- common configuration ---- */
+
+static void virtio_reset(struct virtio_dev *dev)
+{
+	if (dev->ops->reset)
+		dev->ops->reset(dev);
+	for (unsigned int q = 0; q < dev->ops->num_queues; q++)
+		dev->vqs[q] = (struct virtq){ .size = VIRTQ_MAX_SIZE, .msix_vector = VIRTIO_NO_VECTOR,
+					      .mem = dev->vqs[q].mem };
+	dev->driver_features = 0;
+	dev->status = 0;
+	dev->isr = 0;
+	dev->config_vector = VIRTIO_NO_VECTOR;
+	dev->deferred = 0;
+	dev->stats.resets++;
+	intx_update(dev);
+}
+
+static struct virtq *selected_queue(struct virtio_dev *dev)
+{
+	return dev->queue_select < dev->ops->num_queues ? &dev->vqs[dev->queue_select] : NULL;
+}
+
+static bool queue_rings_in_ram(const struct virtq *vq)
+{
+	return guest_ptr(vq->mem, vq->desc_gpa, 16ULL * vq->size) &&
+	       guest_ptr(vq->mem, vq->avail_gpa, 6 + 2ULL * vq->size) &&
+	       guest_ptr(vq->mem, vq->used_gpa, 6 + 8ULL * vq->size);
+}
+
+static void queue_enable(struct virtio_dev *dev, struct virtq *vq)
+{
+	if (!queue_rings_in_ram(vq)) {
+		virtio_set_broken(dev, "queue rings outside guest RAM");
+		return;
+	}
+	vq->event_idx = virtio_feature(dev, VIRTIO_F_RING_EVENT_IDX);
+	vq->last_avail = vq->used_idx = vq->signalled_used = 0;
+	vq->enabled = true;
+}
+
+static void status_write(struct virtio_dev *dev, uint8_t status)
+{
+	if (status == 0) {
+		virtio_reset(dev);
+		return;
+	}
+	if ((status & VIRTIO_STATUS_FEATURES_OK) && !(dev->status & VIRTIO_STATUS_FEATURES_OK)) {
+		/* Accept only subsets of what we offer, with VERSION_1 (§6.1). */
+		if ((dev->driver_features & ~device_features(dev)) ||
+		    !(dev->driver_features & VIRTIO_F_VERSION_1))
+			status &= (uint8_t)~VIRTIO_STATUS_FEATURES_OK;
+	}
+	if ((status & VIRTIO_STATUS_DRIVER_OK) && !(dev->status & VIRTIO_STATUS_DRIVER_OK) &&
+	    dev->ops->activate)
+		dev->ops->activate(dev);
+	dev->status = (uint8_t)(status | (dev->status & VIRTIO_STATUS_NEEDS_RESET));
+}
+
+static uint64_t common_read(struct virtio_dev *dev, unsigned int off)
+{
+	struct virtq *vq = selected_queue(dev);
+	uint64_t features = device_features(dev);
+
+	switch (off) {
+	case 0: return dev->device_feature_select;
+	case 4: return dev->device_feature_select < 2 ?
+		       (uint32_t)(features >> (32 * dev->device_feature_select)) : 0;
+	case 8: return dev->driver_feature_select;
+	case 12: return dev->driver_feature_select < 2 ?
+		       (uint32_t)(dev->driver_features >> (32 * dev->driver_feature_select)) : 0;
+	case 16: return dev->config_vector;
+	case 18: return dev->ops->num_queues;
+	case 20: return dev->status;
+	case 21: return dev->config_generation;
+	case 22: return dev->queue_select;
+	case 24: return vq ? vq->size : 0;
+	case 26: return vq ? vq->msix_vector : VIRTIO_NO_VECTOR;
+	case 28: return vq ? vq->enabled : 0;
+	case 30: return vq ? dev->queue_select : 0;
+	case 32: return vq ? vq->desc_gpa : 0;
+	case 40: return vq ? vq->avail_gpa : 0;
+	case 48: return vq ? vq->used_gpa : 0;
+	default: return 0;
+	}
+}
+
+static void queue_field_write(struct virtio_dev *dev, struct virtq *vq, unsigned int off,
+			      uint64_t v, unsigned int len)
+{
+	if (vq->enabled && off != 26)
+		return; /* ring layout is fixed while the queue runs */
+	switch (off) {
+	case 24:
+		if (v && v <= VIRTQ_MAX_SIZE && !(v & (v - 1)))
+			vq->size = (uint16_t)v;
+		break;
+	case 26: vq->msix_vector = v < MSIX_VECTORS ? (uint16_t)v : VIRTIO_NO_VECTOR; break;
+	case 28: if (v == 1) queue_enable(dev, vq); break;
+	case 32: case 36: case 40: case 44: case 48: case 52: {
+		/* 64-bit fields, written as one quad or two dwords. */
+		uint64_t *field = off < 40 ? &vq->desc_gpa : off < 48 ? &vq->avail_gpa : &vq->used_gpa;
+		unsigned int shift = (off & 4) ? 32 : 0;
+		uint64_t mask = (len == 8 ? ~0ULL : 0xffffffffULL) << shift;
+
+		*field = (*field & ~mask) | ((v << shift) & mask);
+		break;
+	}
+	default: break;
+	}
+}
+
+static void common_write(struct virtio_dev *dev, unsigned int off, uint64_t v, unsigned int len)
+{
+	struct virtq *vq = selected_queue(dev);
+
+	switch (off) {
+	case 0: dev->device_feature_select = (uint32_t)v; break;
+	case 8: dev->driver_feature_select = (uint32_t)v; break;
+	case 12:
+		if (dev->driver_feature_select < 2 && !(dev->status & VIRTIO_STATUS_FEATURES_OK)) {
+			unsigned int shift = 32 * dev->driver_feature_select;
+
+			dev->driver_features = (dev->driver_features & ~(0xffffffffULL << shift)) |
+					       ((v & 0xffffffffULL) << shift);
+		}
+		break;
+	case 16: dev->config_vector = v < MSIX_VECTORS ? (uint16_t)v : VIRTIO_NO_VECTOR; break;
+	case 20: status_write(dev, (uint8_t)v); break;
+	case 22: dev->queue_select = (uint16_t)v; break;
+	default:
+		if (vq && off >= 24)
+			queue_field_write(dev, vq, off, v, len);
+		break;
+	}
+}
+
+/* ---- BAR0 ---- */
+
+static void msix_write(struct virtio_dev *dev, unsigned int off, uint64_t v, unsigned int len)
+{
+	unsigned int vector = off / 16, word = (off % 16) / 4;
+	bool was_masked;
+
+	if (vector >= MSIX_VECTORS || (len != 4 && len != 8))
+		return;
+	was_masked = dev->msix[vector][3] & 1;
+	dev->msix[vector][word] = (uint32_t)v;
+	if (len == 8 && word < 3)
+		dev->msix[vector][word + 1] = (uint32_t)(v >> 32);
+	if (word < 3)
+		msix_route(dev, vector);
+	if (was_masked && !(dev->msix[vector][3] & 1) && (dev->msix_pba & (1ULL << vector))) {
+		dev->msix_pba &= ~(1ULL << vector);
+		msix_send(dev, (uint16_t)vector);
+	}
+}
+
+static void bar_read(struct virtio_dev *dev, unsigned int off, uint8_t *data, unsigned int len)
+{
+	uint64_t v = 0;
+
+	if (off < OFF_COMMON + 64) {
+		v = common_read(dev, off - OFF_COMMON);
+	} else if (off == OFF_ISR) {
+		v = dev->isr; /* reading acknowledges */
+		dev->isr = 0;
+		intx_update(dev);
+	} else if (off >= OFF_DEVICE && off - OFF_DEVICE + len <= dev->config_size) {
+		v = bus_get(dev->config + off - OFF_DEVICE, len);
+	} else if (off >= OFF_MSIX_TABLE && off < OFF_MSIX_TABLE + 16 * MSIX_VECTORS) {
+		unsigned int i = (off - OFF_MSIX_TABLE) / 16, w = (off % 16) / 4;
+
+		v = dev->msix[i][w] | (len == 8 && w < 3 ? (uint64_t)dev->msix[i][w + 1] << 32 : 0);
+	} else if (off == OFF_MSIX_PBA) {
+		v = dev->msix_pba;
+	}
+	bus_put(data, len, v);
+}
+
+static void bar_write(struct virtio_dev *dev, unsigned int off, const uint8_t *data, unsigned int len)
+{
+	uint64_t v = bus_get(data, len);
+
+	if (off < OFF_COMMON + 64) {
+		common_write(dev, off - OFF_COMMON, v, len);
+	} else if (off >= OFF_DEVICE && off - OFF_DEVICE + len <= dev->config_size) {
+		if (dev->ops->config_write)
+			dev->ops->config_write(dev, off - OFF_DEVICE, data, len);
+	} else if (off >= OFF_NOTIFY && off < OFF_NOTIFY + NOTIFY_MULT * dev->ops->num_queues) {
+		/* Only reached when the ioeventfd could not be installed. */
+		uint64_t one = 1;
+
+		if (write(dev->kick_fd[(off - OFF_NOTIFY) / NOTIFY_MULT], &one, 8) < 0)
+			log_ratelimited("%s: kick: %s", dev->ops->name, strerror(errno));
+	} else if (off >= OFF_MSIX_TABLE && off < OFF_MSIX_TABLE + 16 * MSIX_VECTORS) {
+		msix_write(dev, off - OFF_MSIX_TABLE, v, len);
+	}
+}
+
+static void bar_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool is_write)
+{
+	struct virtio_dev *dev = opaque;
+
+	pthread_mutex_lock(&dev->lock);
+	if (is_write)
+		bar_write(dev, (unsigned int)offset, data, len);
+	else
+		bar_read(dev, (unsigned int)offset, data, len);
+	pthread_mutex_unlock(&dev->lock);
+}
+
+static void ioeventfds_set(struct virtio_dev *dev, uint64_t base, bool assign)
+{
+	for (unsigned int q = 0; q < dev->ops->num_queues; q++) {
+		struct kvm_ioeventfd ev = {
+			.addr = base + OFF_NOTIFY + NOTIFY_MULT * q, .len = 0,
+			.fd = dev->kick_fd[q], .flags = assign ? 0 : KVM_IOEVENTFD_FLAG_DEASSIGN,
+		};
+
+		if (ioctl(dev->vm->vm_fd, KVM_IOEVENTFD, &ev) < 0) {
+			ev.len = 2; /* hosts without KVM_CAP_IOEVENTFD_ANY_LENGTH */
+			if (ioctl(dev->vm->vm_fd, KVM_IOEVENTFD, &ev) < 0)
+				log_debug("%s: ioeventfd: %s", dev->ops->name, strerror(errno));
+		}
+	}
+}
+
+/* BAR0 moved or decoding changed: follow it on the MMIO bus. */
+static void bar_remap(struct pci_device *pci, unsigned int offset, unsigned int len)
+{
+	struct virtio_dev *dev = pci->opaque;
+	uint64_t base = pci_bar_address(pci, 0);
+
+	(void)len;
+	if (!(offset <= 0x10 + 3 && offset + len > 0x4) || base == dev->bar_base || !dev->vm)
+		return;
+	if (dev->bar_base) {
+		ioeventfds_set(dev, dev->bar_base, false);
+		bus_unregister(&dev->vm->mmio, dev->bar_base);
+	}
+	dev->bar_base = 0;
+	if (base && !bus_register(&dev->vm->mmio, base, BAR_SIZE, bar_io, dev, dev->ops->name)) {
+		dev->bar_base = base;
+		ioeventfds_set(dev, base, true);
+	}
+}
+
+/* ---- PCI identity and capabilities ---- */
+
+static void add_virtio_cap(uint8_t *c, unsigned int at, unsigned int next, uint8_t type,
+			   uint32_t offset, uint32_t length, unsigned int caplen)
+{
+	c[at] = 0x09;           /* vendor-specific */
+	c[at + 1] = (uint8_t)next;
+	c[at + 2] = (uint8_t)caplen;
+	c[at + 3] = type;
+	c[at + 4] = 0;          /* BAR0 */
+	bus_put(c + at + 8, 4, offset);
+	bus_put(c + at + 12, 4, length);
+}
+
+static void pci_identity(struct virtio_dev *dev, struct pci_bus *bus)
+{
+	struct pci_device *p = &dev->pci;
+	uint8_t *c = p->config;
+	uint64_t bar;
+
+	pci_device_init(p, 0x1af4, (uint16_t)(0x1040 + dev->ops->device_id), dev->ops->pci_class,
+			dev->ops->name);
+	c[0x08] = 1;                              /* revision 1: modern only */
+	bus_put(c + 0x2c, 2, 0x1af4);
+	bus_put(c + 0x2e, 2, dev->ops->device_id);
+	bus_put(c + 0x06, 2, 0x10);                   /* status: capability list */
+	c[0x34] = CAP_AT_MSIX;
+	c[0x3d] = 1;                              /* INTA# */
+	/* MSI-X: table and PBA in BAR0. */
+	c[CAP_AT_MSIX] = 0x11;
+	c[CAP_AT_MSIX + 1] = CAP_AT_COMMON;
+	bus_put(c + CAP_AT_MSIX + 2, 2, MSIX_VECTORS - 1);
+	bus_put(c + CAP_AT_MSIX + 4, 4, OFF_MSIX_TABLE);
+	bus_put(c + CAP_AT_MSIX + 8, 4, OFF_MSIX_PBA);
+	bus_put(p->wmask + CAP_AT_MSIX + 2, 2, MSIX_ENABLE | MSIX_MASKALL);
+	add_virtio_cap(c, CAP_AT_COMMON, CAP_AT_NOTIFY, CAP_COMMON, OFF_COMMON, 64, 16);
+	add_virtio_cap(c, CAP_AT_NOTIFY, CAP_AT_ISR, CAP_NOTIFY, OFF_NOTIFY,
+		       NOTIFY_MULT * dev->ops->num_queues, 20);
+	bus_put(c + CAP_AT_NOTIFY + 16, 4, NOTIFY_MULT);
+	add_virtio_cap(c, CAP_AT_ISR, CAP_AT_DEVICE, CAP_ISR, OFF_ISR, 1, 16);
+	add_virtio_cap(c, CAP_AT_DEVICE, 0, CAP_DEVICE, OFF_DEVICE, dev->config_size, 16);
+	pci_set_bar(p, 0, BAR_SIZE);
+	/* Pre-assign BAR0 and enable decoding, as firmware would. */
+	bar = pci_alloc_mmio(bus, BAR_SIZE);
+	bus_put(c + 0x10, 4, bar);
+	bus_put(c + 0x04, 2, bar ? 0x6 : 0);          /* memory space, bus master */
+	p->opaque = dev;
+	p->config_written = bar_remap;
+}
+
+/* ---- the I/O thread ---- */
+
+/* Called with dev->lock held. */
+static void virtio_serve(struct virtio_dev *dev, unsigned int q)
+{
+	if ((dev->status & VIRTIO_STATUS_DRIVER_OK) &&
+	    !(dev->status & VIRTIO_STATUS_NEEDS_RESET) && dev->vqs[q].enabled &&
+	    !(dev->deferred & (1u << q)))
+		dev->ops->queue_notify(dev, q);
+}
+
+void virtio_defer(struct virtio_dev *dev, unsigned int q, uint64_t ns)
+{
+	struct itimerspec its = { .it_value = { .tv_sec = (time_t)(ns / 1000000000ULL),
+						.tv_nsec = (long)(ns % 1000000000ULL) } };
+
+	dev->deferred |= 1u << q;
+	timerfd_settime(dev->timer_fd, 0, &its, NULL);
+}
+
+static void virtio_run_deferred(struct virtio_dev *dev)
+{
+	pthread_mutex_lock(&dev->lock);
+	unsigned int queues = dev->deferred;
+
+	dev->deferred = 0;
+	for (unsigned int q = 0; q < dev->ops->num_queues; q++)
+		if (queues & (1u << q))
+			virtio_serve(dev, q);
+	pthread_mutex_unlock(&dev->lock);
+}
+
+static void *virtio_thread(void *arg)
+{
+	struct virtio_dev *dev = arg;
+	struct epoll_event evs[8];
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	char name[16];
+
+	snprintf(name, sizeof(name), "io-%s", dev->ops->name);
+	pthread_setname_np(pthread_self(), name);
+	for (unsigned int q = 0; q < dev->ops->num_queues; q++) {
+		struct epoll_event ev = { .events = EPOLLIN, .data.u32 = q };
+
+		epoll_ctl(ep, EPOLL_CTL_ADD, dev->kick_fd[q], &ev);
+	}
+	epoll_ctl(ep, EPOLL_CTL_ADD, dev->wake_fd, &(struct epoll_event){ .events = EPOLLIN,
+								     .data.u32 = ~0u });
+	epoll_ctl(ep, EPOLL_CTL_ADD, dev->timer_fd, &(struct epoll_event){ .events = EPOLLIN,
+								      .data.u32 = ~1u });
+	if (dev->ops->fd_ready)
+		epoll_ctl(ep, EPOLL_CTL_ADD, dev->extra_fd,
+			  &(struct epoll_event){ .events = EPOLLIN | EPOLLET, .data.u32 = ~2u });
+	for (;;) {
+		int n = epoll_wait(ep, evs, 8, -1);
+
+		for (int i = 0; i < n; i++) {
+			unsigned int q = evs[i].data.u32;
+			uint64_t count;
+
+			if (q == ~0u)
+				goto out;
+			if (q == ~2u) {
+				pthread_mutex_lock(&dev->lock);
+				if ((dev->status & VIRTIO_STATUS_DRIVER_OK) &&
+				    !(dev->status & VIRTIO_STATUS_NEEDS_RESET))
+					dev->ops->fd_ready(dev);
+				pthread_mutex_unlock(&dev->lock);
+				continue;
+			}
+			if (q == ~1u) {
+				if (read(dev->timer_fd, &count, 8) > 0)
+					virtio_run_deferred(dev);
+				continue;
+			}
+			if (read(dev->kick_fd[q], &count, 8) < 0)
+				continue;
+			pthread_mutex_lock(&dev->lock);
+			dev->stats.notifies++;
+			virtio_serve(dev, q);
+			pthread_mutex_unlock(&dev->lock);
+		}
+	}
+out:
+	close(ep);
+	return NULL;
+}
+
+int virtio_pci_create(struct virtio_dev *dev, struct vm *vm, struct pci_bus *bus,
+		      const struct virtio_device_ops *ops, void *opaque, unsigned int config_size)
+{
+	int slot, ret;
+
+	dev->ops = ops;
+	dev->opaque = opaque;
+	dev->vm = vm;
+	dev->config_size = config_size;
+	dev->wake_fd = eventfd(0, EFD_CLOEXEC);
+	dev->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	for (unsigned int q = 0; q < ops->num_queues; q++) {
+		dev->kick_fd[q] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		dev->vqs[q].mem = vm ? &vm->mem : NULL;
+	}
+	pthread_mutex_init(&dev->lock, NULL);
+	virtio_reset(dev);
+	dev->stats.resets = 0;
+	for (unsigned int v = 0; v < MSIX_VECTORS; v++) {
+		dev->msix[v][3] = 1; /* masked */
+		dev->msix_gsi[v] = -1;
+		dev->msix_irqfd[v] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	}
+	pci_identity(dev, bus);
+	slot = pci_add_device(bus, &dev->pci);
+	if (slot < 0)
+		return err_set(slot, "%s: no free PCI slot", ops->name);
+	bar_remap(&dev->pci, 0x10, 4);
+	ret = pthread_create(&dev->thread, NULL, virtio_thread, dev);
+	if (ret)
+		return err_set(-ret, "%s: cannot start its I/O thread", ops->name);
+	dev->thread_started = true;
+	return 0;
+}
+
+void virtio_pci_destroy(struct virtio_dev *dev)
+{
+	uint64_t one = 1;
+
+	if (dev->thread_started) {
+		if (write(dev->wake_fd, &one, 8) < 0)
+			log_debug("wake: %s", strerror(errno));
+		pthread_join(dev->thread, NULL);
+		dev->thread_started = false;
+	}
+	for (unsigned int q = 0; q < dev->ops->num_queues; q++)
+		close(dev->kick_fd[q]);
+	close(dev->wake_fd);
+	close(dev->timer_fd);
+	for (unsigned int v = 0; v < MSIX_VECTORS; v++) {
+		if (dev->msix_gsi[v] >= 0)
+			irq_irqfd(dev->vm, dev->msix_irqfd[v], (uint32_t)dev->msix_gsi[v], false);
+		if (dev->msix_irqfd[v] >= 0)
+			close(dev->msix_irqfd[v]);
+	}
+}
