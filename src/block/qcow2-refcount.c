@@ -119,9 +119,11 @@ static int write_rt_header(struct qcow2 *s, uint64_t off, uint32_t clusters)
 	return bfile_pwrite(s->file, b, 12, 48);
 }
 
-/* Writes the new refcount structures of grow_table()/rebuild, then switches
- * the header to the new table. */
-static int install_table(struct qcow2 *s, uint64_t *rt, uint64_t entries, uint64_t rt_off)
+/* Writes a new refcount table (its blocks are written already), switches the
+ * header to it and adopts it in memory (takes rt). For grow_table() and the
+ * rebuild of check -r. */
+int qcow2_install_refcount_table(struct qcow2 *s, uint64_t *rt, uint64_t entries,
+				 uint64_t rt_off)
 {
 	uint64_t bytes = entries * 8;
 	uint8_t *raw = calloc(1, bytes);
@@ -202,7 +204,7 @@ static int grow_table(struct qcow2 *s, uint64_t min)
 	}
 	free(blk);
 	if (!ret)
-		ret = install_table(s, rt, entries, (E + B) * cs);
+		ret = qcow2_install_refcount_table(s, rt, entries, (E + B) * cs);
 	if (ret) {
 		free(rt);
 		return ret;
