@@ -72,6 +72,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		exercise(img);
 		image_close(img);
 	}
+	if (bfile_mem_open("fuzz.img", data, size, true, &f) == 0 &&	/* probing */
+	    image_open_file(f, NULL, 0, &img) == 0)
+		image_close(img);
 	if (bfile_mem_open("fuzz.img", data, size, false, &f) == 0 &&
 	    image_open_file(f, FUZZ_FORMAT, IMAGE_RDWR, &img) == 0) {
 		if (img->size >= sizeof(pattern)) {
