@@ -20,6 +20,8 @@ VARIANTS = [
     ("qcow2", "compat=0.10"),
     ("qcow2", "cluster_size=4096"),
     ("qcow2", "cluster_size=512,refcount_bits=8"),
+    ("vpc", "subformat=dynamic"),
+    ("vpc", "subformat=fixed"),
 ]
 # Variants that can have a backing file.
 BACKING_VARIANTS = [v for v in VARIANTS if v[0] == "qcow2"]
