@@ -100,7 +100,7 @@ static void footer_decode(struct vhd_footer *f, const uint8_t *b)
 	f->saved_state = b[84];
 }
 
-/* Reads and validates a footer at off: -EINVAL without the cookie (the
+/* Reads and validates a footer at off: -ENODATA without the cookie (the
  * caller may look elsewhere), -EIO for a bad checksum or impossible field. */
 int vhd_footer_read(struct bfile *file, uint64_t off, struct vhd_footer *f)
 {
@@ -111,7 +111,7 @@ int vhd_footer_read(struct bfile *file, uint64_t off, struct vhd_footer *f)
 		return ret;
 	footer_decode(f, b);
 	if (memcmp(f->cookie, "conectix", 8))
-		return err_set(-EINVAL, "%s: no VHD footer at offset %llu", file->path,
+		return err_set(-ENODATA, "%s: not a VHD image (no footer at offset %llu)", file->path,
 			       (unsigned long long)off);
 	if (vhd_checksum(b, sizeof(b), 64) != f->checksum)
 		return err_set(-EIO, "%s: VHD footer checksum mismatch (stored %#x, computed %#x)",
@@ -460,12 +460,14 @@ static int vhd_open(struct image *img)
 	ret = file_len < VHD_FOOTER_SIZE
 		? err_set(-EINVAL, "%s: too short for a VHD image", img->file->path)
 		: vhd_footer_read(s->file, 0, &s->f);
-	if (ret == -EINVAL && file_len >= VHD_FOOTER_SIZE) {
+	if (ret == -ENODATA) {
 		ret = vhd_footer_read(s->file, ((uint64_t)file_len & ~511ull) - VHD_FOOTER_SIZE, &s->f);
 		if (!ret && s->f.type != VHD_FIXED)
 			ret = err_set(-EINVAL, "%s: dynamic VHD without its header copy at offset 0",
 				      img->file->path);
 	}
+	if (ret == -ENODATA)
+		ret = -EINVAL;
 	img->size = ret ? 0 : footer_size(&s->f);
 	if (!ret && img->size > VHD_MAX_SECTORS * 512)
 		ret = err_set(-EINVAL, "%s: VHD size %llu too large", img->file->path,

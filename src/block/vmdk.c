@@ -61,21 +61,32 @@ static char *unquote(char *v)
 	return v;
 }
 
+/* A descriptor line for an error message: at most 80 bytes, printable. */
+static const char *shown(const char *line, char out[81])
+{
+	size_t i;
+
+	for (i = 0; i < 80 && line[i]; i++)
+		out[i] = line[i] >= 0x20 && line[i] < 0x7f ? line[i] : '?';
+	out[i] = '\0';
+	return out;
+}
+
 /* One extent line: ACCESS SECTORS TYPE "NAME" [OFFSET]. */
 static int parse_extent(struct vmdk *s, char *line, const char *path)
 {
-	char access[16], type[16], name[256];
+	char access[16], type[16], name[256], tmp[81];
 	unsigned long long sectors, offset = 0;
 	struct vmdk_extent *e;
 	int n = 0;
 
 	if (sscanf(line, "%15s %llu %15s \"%255[^\"]\"%n", access, &sectors, type, name, &n) < 4 ||
 	    !n)
-		return err_set(-EINVAL, "%s: bad VMDK extent line '%.80s'", path, line);
+		return err_set(-EINVAL, "%s: bad VMDK extent line '%s'", path, shown(line, tmp));
 	if (line[n] && sscanf(line + n, "%llu", &offset) != 1)
-		return err_set(-EINVAL, "%s: bad VMDK extent offset in '%.80s'", path, line);
+		return err_set(-EINVAL, "%s: bad VMDK extent offset in '%s'", path, shown(line, tmp));
 	if (!sectors || sectors > (1ull << 40) || offset > (1ull << 40))
-		return err_set(-EINVAL, "%s: VMDK extent size or offset invalid in '%.80s'", path, line);
+		return err_set(-EINVAL, "%s: VMDK extent size or offset invalid in '%s'", path, shown(line, tmp));
 	if (s->nr_ext >= VMDK_MAX_EXTENTS)
 		return err_set(-EINVAL, "%s: more than %d VMDK extents", path, VMDK_MAX_EXTENTS);
 	e = realloc(s->ext, (s->nr_ext + 1) * sizeof(*e));
@@ -120,7 +131,7 @@ static int desc_parse(struct vmdk *s, char *text, bool extents, const char *path
 
 	s->parent_cid = UINT32_MAX;
 	for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-		char *eq, *p = trim(l);
+		char *eq, *p = trim(l), tmp[81];
 		int ret;
 
 		if (!*p || *p == '#')
@@ -134,7 +145,7 @@ static int desc_parse(struct vmdk *s, char *text, bool extents, const char *path
 		}
 		eq = strchr(p, '=');
 		if (!eq)
-			return err_set(-EINVAL, "%s: bad VMDK descriptor line '%.80s'", path, p);
+			return err_set(-EINVAL, "%s: bad VMDK descriptor line '%s'", path, shown(p, tmp));
 		*eq = '\0';
 		parse_key(s, trim(p), unquote(trim(eq + 1)));
 	}
@@ -196,7 +207,8 @@ static int open_extent(struct vmdk *s, struct vmdk_extent *e)
 	if (!ret && e->h.capacity * 512 < e->len)
 		ret = err_set(-EINVAL, "%s: VMDK extent capacity %llu sectors smaller than the "
 			      "descriptor says", e->file->path, (unsigned long long)e->h.capacity);
-	return ret;
+	return ret && e->own_file ? err_set(ret, "%s: VMDK extent: %s", img->file->path, err_get())
+				  : ret;
 }
 
 /* A sparse extent file opened directly: its embedded descriptor (if any)
