@@ -373,6 +373,9 @@ static int alloc_gt(struct vmdk_extent *e, uint32_t gdi)
 		if (!ret) {
 			dirs[i][gdi] = (uint32_t)(at / 512);
 			e->next_off += e->gt_bytes;
+			e->appended = true;
+			if (e->next_off > (uint64_t)e->file_len)
+				e->file_len = (int64_t)e->next_off;
 		}
 	}
 	return ret;
@@ -418,6 +421,7 @@ static int append_grain(struct vmdk_extent *e, uint64_t g, const uint8_t *data, 
 		return err_set(-EFBIG, "%s: VMDK extent full", e->file->path);
 	*sector = (uint32_t)(at / 512);
 	e->next_off += bytes;
+	e->appended = true;
 	if (e->next_off > (uint64_t)e->file_len)
 		e->file_len = (int64_t)e->next_off;
 	return bfile_pwrite(e->file, out, bytes, at);
@@ -485,11 +489,14 @@ int vmdk_sparse_flush(struct vmdk_extent *e)
 {
 	static const uint8_t eos[512];
 
-	if (!e->markers || e->read_only || e->file->readonly)
+	int ret;
+
+	if (!e->markers || e->read_only || e->file->readonly || !e->appended)
 		return 0;
-	if ((uint64_t)e->file_len > e->next_off)
-		return 0;
-	return bfile_pwrite(e->file, eos, sizeof(eos), e->next_off);
+	ret = bfile_pwrite(e->file, eos, sizeof(eos), e->next_off);
+	if (!ret)
+		e->appended = false;
+	return ret;
 }
 
 int vmdk_sparse_status(struct vmdk *s, struct vmdk_extent *e, uint64_t off, uint64_t len,

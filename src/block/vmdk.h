@@ -74,6 +74,7 @@ struct vmdk_extent {
 	uint64_t next_off;		/* where the next grain goes */
 	int64_t file_len;
 	bool compressed, markers, read_only;
+	bool appended;			/* grains appended since the last EOS marker */
 	struct vmdk_gt_slot cache[VMDK_GT_CACHE];
 	uint8_t *zbuf;			/* compressed grain I/O */
 	uint8_t *gbuf;			/* the last decompressed grain */
