@@ -62,7 +62,7 @@ ASAN_CFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-
 asan-images:
 	$(MAKE) BUILD=build-asan CFLAGS="$(ASAN_CFLAGS)" build-asan/vireo build-asan/tests/tools/blkio
 	VIREO_BUILD=build-asan pytest-3 -q -rs tests/integration/test_image_corruption.py \
-		tests/integration/test_images.py -k 'corrupt or random or bad or poke or truncated'
+		tests/integration/test_images.py tests/integration/test_image_vhd_vmdk.py -k 'corrupt or random or bad or poke or truncated'
 
 fuzz:
 	$(MAKE) -f tests/fuzz/fuzz.mk

@@ -21,14 +21,42 @@
 	ljmp	$SEL_KCODE, $\target
 .endm
 
-/* Xen PVH entry note: 32-bit physical entry point. Emitted as 8 bytes (as
- * Linux does) so both 4- and 8-byte readers see the right value. */
-	.section .note.Xen, "a", @note
-	.balign 4
-	.long	4, 8, 18			/* namesz, descsz, XEN_ELFNOTE_PHYS32_ENTRY */
-	.asciz	"Xen"
-	.balign 4
-	.quad	pvh_start
+/* The Linux boot protocol entries (Documentation/arch/x86/boot.rst), first
+ * in the image so they sit where a bzImage loader expects them: the 32-bit
+ * entry at the start of the protected-mode code (code32_start, 1 MiB) and
+ * the 64-bit entry 0x200 bytes further. Both only record where boot_params
+ * is and join the PVH path; boot_params is read at CPL3 (bootinfo.c). */
+	.section .text.head, "ax"
+	.code32
+	.globl	startup_32
+startup_32:					/* %esi = boot_params; flat CS/DS, paging off */
+	cli
+	cld
+	movl	$BOOT_ENTRY_LINUX32, boot_entry
+	mov	%esi, boot_params_paddr
+	lgdt	gdt_ptr
+	mov	$SEL_KDATA, %eax
+	mov	%eax, %ds
+	mov	%eax, %es
+	mov	%eax, %ss
+	ENTER_LONG long_entry_bsp
+
+	.org	0x200
+	.code64
+	.globl	startup_64
+startup_64:					/* %rsi = boot_params; long mode, loader's page tables */
+	cli
+	cld
+	movl	$BOOT_ENTRY_LINUX64, boot_entry(%rip)
+	mov	%rsi, boot_params_paddr(%rip)
+	lgdt	gdt_ptr(%rip)
+	lea	pml4(%rip), %rax		/* ours: the loader's may lack U/S */
+	mov	%rax, %cr3
+	lea	kstacks + (1 << KSTACK_SHIFT)(%rip), %rsp
+	pushq	$SEL_KCODE			/* reload CS from our GDT */
+	lea	long_entry_bsp(%rip), %rax
+	push	%rax
+	lretq
 
 	.section .text.boot, "ax"
 	.code32
@@ -219,9 +247,12 @@ ap_tramp_end:
 	.code64
 
 	.data
-	.globl	start_info_paddr, ap_boot_index
+	.globl	start_info_paddr, ap_boot_index, boot_entry, boot_params_paddr
 start_info_paddr: .long 0
+boot_entry:	.long BOOT_ENTRY_PVH
 ap_boot_index:	.long 0
+	.balign	8
+boot_params_paddr: .quad 0
 
 	.balign	16
 gdt:

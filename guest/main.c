@@ -1,12 +1,12 @@
-/* Probe guest main (BSP, CPL3): parse the PVH start info and command line,
+/* Probe guest main (BSP, CPL3): read the boot information (PVH start info
+ * or Linux boot_params, bootinfo.c) and the command line,
  * walk ACPI, run the scenario named by "scenario=NAME", power off.
  * A scenario's argument is either "scenario=NAME=ARG" or "NAME=ARG". */
 #include "probe.h"
-#include "virtio.h"
+#include "virtio.h"		/* crc32_update */
 
 #define ARG_MAX 64
 
-static const struct hvm_start_info *si;
 static const char *cmdline = "";
 
 void probe_main(void);
@@ -68,13 +68,12 @@ uint64_t ram_end(void)
 	if (end)
 		return end;
 	end = 0x100000 + (64ull << 20);		/* no memmap: assume 64 MiB past 1 MiB */
-	if (si->version < 1 || !si->memmap_paddr)
-		return end;
-	const struct hvm_memmap_entry *e = (const void *)(uintptr_t)si->memmap_paddr;
+	for (uint32_t i = 0; i < boot.nmem; i++) {
+		const struct hvm_memmap_entry *e = &boot.mem[i];
 
-	for (uint32_t i = 0; i < si->memmap_entries; i++)
-		if (e[i].type == 1 && e[i].addr <= 0x100000 && e[i].addr + e[i].size > 0x100000)
-			end = e[i].addr + e[i].size;
+		if (e->type == 1 && e->addr <= 0x100000 && e->addr + e->size > 0x100000)
+			end = e->addr + e->size;
+	}
 	return end;
 }
 
@@ -82,14 +81,32 @@ static uint64_t mem_bytes(void)
 {
 	uint64_t sum = 0;
 
-	if (si->version < 1 || !si->memmap_paddr)
-		return 0;
-	const struct hvm_memmap_entry *e = (const void *)(uintptr_t)si->memmap_paddr;
-
-	for (uint32_t i = 0; i < si->memmap_entries; i++)
-		if (e[i].type == 1)
-			sum += e[i].size;
+	for (uint32_t i = 0; i < boot.nmem; i++)
+		if (boot.mem[i].type == 1)
+			sum += boot.mem[i].size;
 	return sum;
+}
+
+/* The memory map, the command line and the initrd as the guest sees them,
+ * for the host to compare with what it passed (zlib CRC-32). The initrd must lie in the
+ * 4 GiB the probe maps. */
+static void report_boot_data(void)
+{
+	size_t len = probe_strlen(cmdline);
+	uint64_t a = boot.initrd_addr, n = boot.initrd_size;
+
+	for (uint32_t i = 0; i < boot.nmem; i++)
+		probe_printf("PROBE memmap base=0x%lx length=0x%lx type=%u\n", boot.mem[i].addr,
+			     boot.mem[i].size, boot.mem[i].type);
+	probe_printf("PROBE cmdline_len=%lu cmdline_crc32=%08x\n", len, crc32_update(0, cmdline, len));
+	if (!n)
+		return;
+	if (a >= 0x100000000ull || n > 0x100000000ull - a) {
+		probe_printf("PROBE initrd_error=outside-4g initrd_addr=0x%lx initrd_size=%lu\n", a, n);
+		return;
+	}
+	probe_printf("PROBE initrd_addr=0x%lx initrd_size=%lu initrd_crc32=%08x\n", a, n,
+		     crc32_update(0, (const void *)(uintptr_t)a, n));
 }
 
 static void scn_hello(const char *arg)
@@ -103,9 +120,10 @@ static void scn_hello(const char *arg)
 	probe_printf("PROBE cpus=%d\n", acpi.ncpus);
 	probe_printf("PROBE acpi rsdp=0x%lx rsdp_from=%s hw_reduced=%d sleep_ctl=%s:0x%lx "
 		     "pm1a_cnt=0x%x s5=%d ecam=0x%lx tables=%s\n", acpi.rsdp,
-		     acpi.rsdp_scanned ? "scan" : "start_info", acpi.hw_reduced,
+		     acpi.rsdp_scanned ? "scan" : boot.rsdp_from, acpi.hw_reduced,
 		     acpi.sleep_ctl.space == 1 ? "io" : "mem", acpi.sleep_ctl.addr,
 		     acpi.pm1a_cnt, acpi.slp_typ_s5, acpi.ecam_base, acpi.tables);
+	report_boot_data();
 }
 
 static void scn_cpus(const char *arg)
@@ -233,18 +251,19 @@ void probe_main(void)
 	idt_init();
 	tss_clear_iomaps();
 	serial_init();
-	si = (const void *)(uintptr_t)start_info_paddr;
-	if (si->magic != HVM_START_MAGIC) {
-		probe_printf("PROBE error=bad-start-info magic=0x%x\n", si->magic);
+	if (bootinfo_init())
 		probe_exit(1);
-	}
-	if (si->cmdline_paddr)
-		cmdline = (const char *)(uintptr_t)si->cmdline_paddr;
+	cmdline = boot.cmdline;
 	/* "clock=tsc" skips kvmclock, to test the fallbacks. */
 	clk = clock_init(!(cmdline_get("clock", arg) && !probe_memcmp(arg, "tsc", 4)));
-	probe_printf("PROBE boot start_info_version=%u clock=%s\n", si->version, clk);
-	/* "rsdp=scan" ignores start_info's RSDP, to test the BIOS-area scan. */
-	acpi_init(cmdline_get("rsdp", arg) ? 0 : si->rsdp_paddr);
+	if (boot_entry == BOOT_ENTRY_PVH)
+		probe_printf("PROBE boot start_info_version=%u clock=%s entry=pvh\n",
+			     boot.start_info_version, clk);
+	else
+		probe_printf("PROBE boot boot_protocol=%u.%02u clock=%s entry=%s\n",
+			     boot.protocol >> 8, boot.protocol & 0xff, clk, boot.entry);
+	/* "rsdp=scan" ignores the loader's RSDP, to test the BIOS-area scan. */
+	acpi_init(cmdline_get("rsdp", arg) ? 0 : boot.rsdp);
 	run_scenario();
 	acpi_poweroff();
 }

@@ -22,6 +22,11 @@
 #define TSS_SIZE	8320
 #define AP_TRAMP_PADDR	0x8000		/* SIPI vector 0x08 */
 
+/* How the probe was entered (boot_entry in boot.S). */
+#define BOOT_ENTRY_PVH		0	/* pvh_start: PVH start info in %ebx */
+#define BOOT_ENTRY_LINUX64	1	/* startup_64: boot_params in %rsi */
+#define BOOT_ENTRY_LINUX32	2	/* startup_32: boot_params in %esi */
+
 #ifndef __ASSEMBLER__
 #include <stdarg.h>
 #include <stdbool.h>
@@ -59,7 +64,8 @@ enum {
 };
 
 /* boot.S */
-extern uint32_t start_info_paddr;
+extern uint32_t start_info_paddr, boot_entry;
+extern uint64_t boot_params_paddr;
 extern volatile uint32_t ap_boot_index;
 extern char ap_tramp_start[], ap_tramp_end[];
 extern char trap_stubs[], sys_gate[];
@@ -95,6 +101,22 @@ void probe_memcpy(void *d, const void *s, size_t n);
 const char *clock_init(bool allow_kvmclock);
 uint64_t clock_ns(void);
 void clock_delay_us(uint64_t us);
+
+/* bootinfo.c: what the loader passed, whichever protocol it used */
+#define BOOT_MAX_MEM 128
+struct boot_info {
+	const char *entry;		/* "pvh", "linux64", "linux32" */
+	const char *rsdp_from;		/* "start_info", "boot_params" */
+	uint32_t start_info_version;	/* PVH */
+	uint16_t protocol;		/* Linux: boot_params version (0x20c = 2.12) */
+	const char *cmdline;
+	uint64_t rsdp;			/* 0: scan the BIOS area */
+	uint64_t initrd_addr, initrd_size;
+	uint32_t nmem;
+	struct hvm_memmap_entry mem[BOOT_MAX_MEM];
+};
+extern struct boot_info boot;
+int bootinfo_init(void);
 
 /* acpi.c */
 struct acpi_gas {

@@ -36,6 +36,10 @@ check 1 "scenario=bogus" 3 '^PROBE error=unknown-scenario'
 check 1 "scenario=fault=pf" 7 '^PROBE fault vector=14 ' '^PROBE fault_addr=0x100000000000$'
 check 1 "scenario=hello rsdp=scan" 0 'rsdp_from=scan' '^PROBE cpus=1$'
 check 1 "scenario=serial_irq" 0 '^PROBE serial_irqs=60 chars=59 '
+# probe.bzimage through QEMU's real-mode setup path (startup_32)
+PROBE_ELF=${PROBE_BZIMAGE:-build/guest/probe.bzimage} check 2 "scenario=hello" 0 \
+	'^PROBE boot boot_protocol=2.12 .*entry=linux32$' '^PROBE mem_mib=256$' '^PROBE cpus=2$'
+PROBE_ELF=${PROBE_BZIMAGE:-build/guest/probe.bzimage} check 2 "scenario=cpus" 0 '^PROBE cpus_up=2$'
 PROBE_MACHINE=microvm,pcie=on check 1 "scenario=pci ecam=0xe0000000" 0 \
 	'^PROBE pci dev=00:00.0 id=1b36:0008 class=060000$' '^PROBE pci_count=1$'
 

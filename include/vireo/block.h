@@ -376,6 +376,31 @@ int blockdev_discard(struct blockdev *bd, uint64_t off, uint64_t len);
 int blockdev_write_zeroes(struct blockdev *bd, uint64_t off, uint64_t len);
 void blockdev_get_stats(struct blockdev *bd, struct blockdev_stats *out);
 
+/* Asynchronous requests, for a device model that must not block its event
+ * loop: blockdev_start_workers() starts I/O threads; blockdev_submit() queues
+ * a request, and done() runs on a worker thread when it has completed (the
+ * device then signals its guest, e.g. through an irqfd). Requests run
+ * concurrently and may complete in any order; a FLUSH covers every write
+ * that completed before it was submitted. Without workers, submit runs the
+ * request inline. blockdev_close() drains the queue first. */
+enum blockdev_op {
+	BLOCKDEV_READ, BLOCKDEV_WRITE, BLOCKDEV_FLUSH, BLOCKDEV_DISCARD, BLOCKDEV_WRITE_ZEROES,
+};
+
+struct blockdev_req {
+	enum blockdev_op op;
+	uint64_t off;
+	uint64_t len;			/* DISCARD, WRITE_ZEROES */
+	const struct iovec *iov;	/* READ, WRITE */
+	int iovcnt;
+	void (*done)(struct blockdev_req *req, int ret);
+	void *opaque;			/* the caller's */
+	struct blockdev_req *next;	/* the queue's */
+};
+
+int blockdev_start_workers(struct blockdev *bd, int nr);
+void blockdev_submit(struct blockdev *bd, struct blockdev_req *req);
+
 /* The formats (src/block/<name>*.c). */
 extern const struct image_format raw_format;
 extern const struct image_format qcow2_format;

@@ -6,11 +6,20 @@
 #include "vireo/block.h"
 #include "vireo/log.h"
 
+#define BLOCKDEV_MAX_WORKERS 16
+
 struct blockdev {
 	struct image *img;
 	bool readonly;
 	pthread_mutex_t stats_lock;
 	struct blockdev_stats stats;
+	/* asynchronous requests: a FIFO served by worker threads */
+	pthread_mutex_t q_lock;
+	pthread_cond_t q_cond;
+	struct blockdev_req *head, *tail;
+	bool stopping;
+	int nr_workers;
+	pthread_t workers[BLOCKDEV_MAX_WORKERS];
 };
 
 int blockdev_open(const struct blockdev_opts *opts, struct blockdev **out)
@@ -27,14 +36,30 @@ int blockdev_open(const struct blockdev_opts *opts, struct blockdev **out)
 	}
 	bd->readonly = opts->readonly;
 	pthread_mutex_init(&bd->stats_lock, NULL);
+	pthread_mutex_init(&bd->q_lock, NULL);
+	pthread_cond_init(&bd->q_cond, NULL);
 	*out = bd;
 	return 0;
+}
+
+static void stop_workers(struct blockdev *bd)
+{
+	pthread_mutex_lock(&bd->q_lock);
+	bd->stopping = true;
+	pthread_cond_broadcast(&bd->q_cond);
+	pthread_mutex_unlock(&bd->q_lock);
+	for (int i = 0; i < bd->nr_workers; i++)
+		pthread_join(bd->workers[i], NULL);
+	bd->nr_workers = 0;
 }
 
 void blockdev_close(struct blockdev *bd)
 {
 	if (!bd)
 		return;
+	stop_workers(bd);
+	pthread_cond_destroy(&bd->q_cond);
+	pthread_mutex_destroy(&bd->q_lock);
 	image_close(bd->img);
 	pthread_mutex_destroy(&bd->stats_lock);
 	free(bd);
@@ -134,4 +159,80 @@ void blockdev_get_stats(struct blockdev *bd, struct blockdev_stats *out)
 	pthread_mutex_lock(&bd->stats_lock);
 	*out = bd->stats;
 	pthread_mutex_unlock(&bd->stats_lock);
+}
+
+static int run_request(struct blockdev *bd, struct blockdev_req *req)
+{
+	switch (req->op) {
+	case BLOCKDEV_READ:
+		return blockdev_readv(bd, req->off, req->iov, req->iovcnt);
+	case BLOCKDEV_WRITE:
+		return blockdev_writev(bd, req->off, req->iov, req->iovcnt);
+	case BLOCKDEV_FLUSH:
+		return blockdev_flush(bd);
+	case BLOCKDEV_DISCARD:
+		return blockdev_discard(bd, req->off, req->len);
+	case BLOCKDEV_WRITE_ZEROES:
+		return blockdev_write_zeroes(bd, req->off, req->len);
+	}
+	return err_set(-EINVAL, "%s: unknown request %d", bd->img->filename, (int)req->op);
+}
+
+/* Serves the queue until it is empty and the device is closing. */
+static void *worker(void *arg)
+{
+	struct blockdev *bd = arg;
+
+	for (;;) {
+		struct blockdev_req *req;
+
+		pthread_mutex_lock(&bd->q_lock);
+		while (!bd->head && !bd->stopping)
+			pthread_cond_wait(&bd->q_cond, &bd->q_lock);
+		req = bd->head;
+		if (req) {
+			bd->head = req->next;
+			if (!bd->head)
+				bd->tail = NULL;
+		}
+		pthread_mutex_unlock(&bd->q_lock);
+		if (!req)
+			return NULL;
+		req->done(req, run_request(bd, req));
+	}
+}
+
+int blockdev_start_workers(struct blockdev *bd, int nr)
+{
+	if (nr < 0 || nr > BLOCKDEV_MAX_WORKERS || bd->nr_workers)
+		return err_set(-EINVAL, "%s: between 0 and %d I/O workers, once",
+			       bd->img->filename, BLOCKDEV_MAX_WORKERS);
+	for (int i = 0; i < nr; i++) {
+		int ret = pthread_create(&bd->workers[i], NULL, worker, bd);
+
+		if (ret) {
+			stop_workers(bd);
+			return err_set(-ret, "%s: starting I/O workers: %s", bd->img->filename,
+				       strerror(ret));
+		}
+		bd->nr_workers = i + 1;
+	}
+	return 0;
+}
+
+void blockdev_submit(struct blockdev *bd, struct blockdev_req *req)
+{
+	if (!bd->nr_workers) {
+		req->done(req, run_request(bd, req));
+		return;
+	}
+	req->next = NULL;
+	pthread_mutex_lock(&bd->q_lock);
+	if (bd->tail)
+		bd->tail->next = req;
+	else
+		bd->head = req;
+	bd->tail = req;
+	pthread_cond_signal(&bd->q_cond);
+	pthread_mutex_unlock(&bd->q_lock);
 }

@@ -265,7 +265,25 @@ static void check_copied(struct checker *ck)
 	}
 }
 
-/* New refcount structures for ref[0..n) at the end of the file. */
+/* Refcount block i of a rebuild: counted references below n, and 1 for the
+ * new structures themselves in [first_new, end_new). */
+static void rebuild_block(struct checker *ck, const uint32_t *ref, uint64_t i, uint8_t *blk,
+			  uint64_t first_new, uint64_t end_new)
+{
+	struct qcow2 *s = ck->s;
+
+	memset(blk, 0, s->cluster_size);
+	for (uint64_t k = 0; k < s->rb_entries; k++) {
+		uint64_t c = i * s->rb_entries + k;
+		uint64_t v = c < ck->n ? ref[c] : (c >= first_new && c < end_new);
+
+		qcow2_rc_set(blk, k, s->refcount_bits, v);
+	}
+}
+
+/* New refcount structures for ref[0..n), placed after the end of the file:
+ * B blocks covering every cluster up to the new end, then the T-cluster
+ * table; then the header switches to them. */
 static int rebuild(struct checker *ck, const uint32_t *ref)
 {
 	struct qcow2 *s = ck->s;
@@ -283,57 +301,25 @@ static int rebuild(struct checker *ck, const uint32_t *ref)
 		return err_set(-EFBIG, "%s: refcount table too large", s->file->path);
 	rt = calloc(entries, 8);
 	blk = malloc(cs);
-	if (!rt || !blk) {
-		free(rt);
-		free(blk);
-		return err_set(-ENOMEM, "out of memory");
-	}
-	for (uint64_t i = 0; !ret && i < B; i++) {
-		memset(blk, 0, cs);
-		for (uint64_t k = 0; k < s->rb_entries; k++) {
-			uint64_t c = i * s->rb_entries + k;
-			uint64_t v = c < ck->n ? ref[c] : (c >= E && c < E + B + T);
-
-			qcow2_rc_set(blk, k, s->refcount_bits, v);
-		}
+	for (uint64_t i = 0; rt && blk && !ret && i < B; i++) {
+		rebuild_block(ck, ref, i, blk, E, E + B + T);
 		rt[i] = (E + i) * cs;
 		ret = bfile_pwrite(s->file, blk, cs, rt[i]);
 	}
+	if (!rt || !blk)
+		ret = err_set(-ENOMEM, "out of memory");
 	free(blk);
-	if (!ret) {
-		uint8_t *raw = calloc(entries, 8);
-
-		for (uint64_t i = 0; raw && i < entries; i++)
-			qcow2_put_be64(raw + i * 8, rt[i]);
-		ret = raw ? bfile_pwrite(s->file, raw, entries * 8, (E + B) * cs) : -ENOMEM;
-		free(raw);
-	}
 	if (!ret)
-		ret = bfile_flush(s->file);
-	if (!ret) {
-		uint8_t h[12];
-
-		qcow2_put_be64(h, (E + B) * cs);
-		h[8] = (uint8_t)(T >> 24);
-		h[9] = (uint8_t)(T >> 16);
-		h[10] = (uint8_t)(T >> 8);
-		h[11] = (uint8_t)T;
-		ret = bfile_pwrite(s->file, h, 12, 48);
-	}
+		ret = qcow2_install_refcount_table(s, rt, entries, (E + B) * cs);
 	if (ret) {
 		free(rt);
 		return ret;
 	}
-	free(s->rt);
-	s->rt = rt;
-	s->rt_size = entries;
-	s->h.refcount_table_offset = (E + B) * cs;
-	s->h.refcount_table_clusters = (uint32_t)T;
 	s->file_end = (E + B + T) * cs;
 	s->free_hint = 0;
 	s->cpack = 0;
 	for (int i = 0; i < s->rb_cache.nr; i++)
-		s->rb_cache.e[i].offset = 0;
+		s->rb_cache.e[i].offset = 0;	/* clean: flushed when the check began */
 	ret = qcow2_meta_init(s);
 	return ret ? ret : bfile_flush(s->file);
 }

@@ -204,8 +204,9 @@ static bool extends(struct qcow2 *s, enum qcow2_ctype t, uint64_t e0, uint64_t e
 	       (e & QCOW2_OFFSET_MASK) == (e0 & QCOW2_OFFSET_MASK) + i * s->cluster_size;
 }
 
-/* Maps [off, off+len) up to the end of one L2 table: type, host offset of
- * off (NORMAL, ZERO_ALLOC), bytes that share both, and the L2 entry of off. */
+/* Maps [off, off+len) up to the end of one L2 table (or, unallocated, over
+ * all following empty L1 entries): type, host offset of off (NORMAL,
+ * ZERO_ALLOC), bytes that share both, and the L2 entry of off. */
 int qcow2_get_extent(struct qcow2 *s, uint64_t off, uint64_t len, enum qcow2_ctype *type,
 		     uint64_t *host, uint64_t *bytes, uint64_t *l2e)
 {
@@ -216,18 +217,24 @@ int qcow2_get_extent(struct qcow2 *s, uint64_t off, uint64_t len, enum qcow2_cty
 	uint8_t *t;
 	int ret;
 
-	if (len > max)
-		len = max;
 	*host = 0;
 	ret = l2_lookup(s, off, &l2_off);
 	if (ret)
 		return ret;
-	if (!l2_off) {
+	if (!l2_off) {	/* runs on over the following empty L1 entries */
+		uint64_t i = (off >> (s->cluster_bits * 2 - 3)) + 1, span = max;
+
+		while (span < len && i < s->l1_size && !(s->l1[i] & QCOW2_OFFSET_MASK)) {
+			span += s->l2_entries * s->cluster_size;
+			i++;
+		}
 		*type = QCOW2_UNALLOC;
 		*l2e = 0;
-		*bytes = len;
+		*bytes = i >= s->l1_size || span > len ? len : span;
 		return 0;
 	}
+	if (len > max)
+		len = max;
 	ret = qcow2_cache_get(s, &s->l2_cache, l2_off, &t);
 	if (ret)
 		return ret;
@@ -539,8 +546,13 @@ int qcow2_write(struct image *img, uint64_t off, const void *buf, size_t len)
 		uint64_t host, n, l2e, want = len;
 		int ret;
 
+		uint64_t l2_span = s->l2_entries * s->cluster_size;
+		uint64_t l2_end = l2_span - (off & (l2_span - 1));	/* cow_write: one table */
+
 		if (want > chunk - (off & (s->cluster_size - 1)))
 			want = chunk - (off & (s->cluster_size - 1));
+		if (want > l2_end)
+			want = l2_end;
 		ret = qcow2_get_extent(s, off, want, &t, &host, &n, &l2e);
 		if (ret)
 			return ret;

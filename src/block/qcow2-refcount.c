@@ -119,9 +119,11 @@ static int write_rt_header(struct qcow2 *s, uint64_t off, uint32_t clusters)
 	return bfile_pwrite(s->file, b, 12, 48);
 }
 
-/* Writes the new refcount structures of grow_table()/rebuild, then switches
- * the header to the new table. */
-static int install_table(struct qcow2 *s, uint64_t *rt, uint64_t entries, uint64_t rt_off)
+/* Writes a new refcount table (its blocks are written already), switches the
+ * header to it and adopts it in memory (takes rt). For grow_table() and the
+ * rebuild of check -r. */
+int qcow2_install_refcount_table(struct qcow2 *s, uint64_t *rt, uint64_t entries,
+				 uint64_t rt_off)
 {
 	uint64_t bytes = entries * 8;
 	uint8_t *raw = calloc(1, bytes);
@@ -161,7 +163,12 @@ static int grow_table(struct qcow2 *s, uint64_t min)
 	uint8_t *blk;
 	int ret = 0;
 
+	if (min > QCOW2_MAX_RT_BYTES / 8)	/* before sizing anything by it */
+		return err_set(-EFBIG, "%s: refcount table would exceed %u bytes", s->file->path,
+			       QCOW2_MAX_RT_BYTES);
 	want = min > s->rt_size * 2 ? min : s->rt_size * 2;
+	if (want > QCOW2_MAX_RT_BYTES / 8)
+		want = QCOW2_MAX_RT_BYTES / 8;
 	for (int it = 0; it < 16; it++) {
 		uint64_t last = (E + B + T) / s->rb_entries, nb = 0;
 
@@ -202,7 +209,7 @@ static int grow_table(struct qcow2 *s, uint64_t min)
 	}
 	free(blk);
 	if (!ret)
-		ret = install_table(s, rt, entries, (E + B) * cs);
+		ret = qcow2_install_refcount_table(s, rt, entries, (E + B) * cs);
 	if (ret) {
 		free(rt);
 		return ret;
@@ -289,9 +296,13 @@ static int update_block(struct qcow2 *s, uint64_t c, uint64_t n, int64_t delta)
 	for (uint64_t k = first; k < first + n; k++) {
 		uint64_t v = qcow2_rc_get(b, k, s->refcount_bits);
 
-		if ((delta < 0 && v < (uint64_t)-delta) || (delta > 0 && max - v < (uint64_t)delta))
-			return qcow2_corrupt(s, "refcount of cluster %llu would be out of range",
+		if (delta < 0 && v < (uint64_t)-delta)
+			return qcow2_corrupt(s, "refcount of cluster %llu would drop below 0",
 					     (unsigned long long)(i * s->rb_entries + k));
+		if (delta > 0 && max - v < (uint64_t)delta)	/* a limit, not corruption */
+			return err_set(-ERANGE, "%s: refcount of cluster %llu would exceed %u bits "
+				       "(use a larger refcount_bits)", s->file->path,
+				       (unsigned long long)(i * s->rb_entries + k), s->refcount_bits);
 		qcow2_rc_set(b, k, s->refcount_bits, v + (uint64_t)delta);
 		if (v + (uint64_t)delta == 0)
 			cluster_freed(s, i * s->rb_entries + k);

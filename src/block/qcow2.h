@@ -179,6 +179,8 @@ int qcow2_update_refcount(struct qcow2 *s, uint64_t offset, uint64_t len, int64_
 /* Allocates n contiguous clusters with refcount 1; returns the byte offset. */
 int64_t qcow2_alloc_clusters(struct qcow2 *s, uint64_t n);
 int qcow2_free_clusters(struct qcow2 *s, uint64_t offset, uint64_t len);
+int qcow2_install_refcount_table(struct qcow2 *s, uint64_t *rt, uint64_t entries,
+				 uint64_t rt_off);
 uint64_t qcow2_rc_get(const uint8_t *block, uint64_t idx, uint32_t bits);
 void qcow2_rc_set(uint8_t *block, uint64_t idx, uint32_t bits, uint64_t v);
 

@@ -478,11 +478,31 @@ int img_map(int argc, char **argv)
 
 /* ---- compare ---- */
 
+/* Bytes from off that read as zeroes in both images (0 if not known). */
+static uint64_t zero_in_both(struct image *a, struct image *b, uint64_t off, uint64_t len)
+{
+	uint64_t na, nb, host;
+	int depth, sa = img_chain_status(a, off, len, &na, &depth, &host);
+	int sb = sa >= 0 && (sa & BLOCK_ZERO) ? img_chain_status(b, off, len, &nb, &depth, &host)
+					    : -1;
+
+	if (sb < 0 || !(sb & BLOCK_ZERO))
+		return 0;
+	return na < nb ? na : nb;
+}
+
 static int compare_tail(struct image *big, uint64_t from, uint8_t *buf, uint64_t *at)
 {
 	for (uint64_t off = from; off < big->size;) {
-		uint64_t n = big->size - off < CHUNK ? big->size - off : CHUNK;
-		int ret = image_read(big, off, buf, n);
+		uint64_t n = zero_in_both(big, big, off, big->size - off);
+		int ret;
+
+		if (n) {
+			off += n;
+			continue;
+		}
+		n = big->size - off < CHUNK ? big->size - off : CHUNK;
+		ret = image_read(big, off, buf, n);
 
 		if (ret)
 			return ret;
@@ -527,8 +547,13 @@ int img_compare(int argc, char **argv)
 	}
 	min = a->size < b->size ? a->size : b->size;
 	while (!ret && !diff && off < min) {
-		uint64_t n = min - off < CHUNK ? min - off : CHUNK;
+		uint64_t n = zero_in_both(a, b, off, min - off);
 
+		if (n) {	/* both read as zeroes: nothing to compare */
+			off += n;
+			continue;
+		}
+		n = min - off < CHUNK ? min - off : CHUNK;
 		ret = image_read(a, off, x, n) ?: image_read(b, off, y, n);
 		for (uint64_t i = 0; !ret && i < n; i++)
 			if (x[i] != y[i]) {

@@ -161,6 +161,30 @@ static int64_t disk_usage(const char *path)
 	return stat(path, &st) ? 0 : (int64_t)st.st_blocks * 512;
 }
 
+static json_object *snapshots_json(const struct image_snapshot *sn, size_t nsn)
+{
+	json_object *arr = json_object_new_array();
+
+	for (size_t i = 0; i < nsn; i++) {
+		json_object *e = json_object_new_object();
+
+		json_object_object_add(e, "id", json_object_new_string(sn[i].id));
+		json_object_object_add(e, "name", json_object_new_string(sn[i].name));
+		json_object_object_add(e, "vm-state-size",
+				       json_object_new_int64((int64_t)sn[i].vm_state_size));
+		json_object_object_add(e, "date-sec", json_object_new_int64(sn[i].date_sec));
+		json_object_object_add(e, "date-nsec", json_object_new_int64(sn[i].date_nsec));
+		json_object_object_add(e, "vm-clock-sec", json_object_new_int64(
+			(int64_t)(sn[i].vm_clock_nsec / 1000000000)));
+		json_object_object_add(e, "vm-clock-nsec", json_object_new_int64(
+			(int64_t)(sn[i].vm_clock_nsec % 1000000000)));
+		if (sn[i].icount != UINT64_MAX)
+			json_object_object_add(e, "icount", json_object_new_int64((int64_t)sn[i].icount));
+		json_object_array_add(arr, e);
+	}
+	return arr;
+}
+
 static json_object *info_json(struct image *img)
 {
 	json_object *o = json_object_new_object(), *fs = json_object_new_object();
@@ -190,29 +214,8 @@ static json_object *info_json(struct image *img)
 			json_object_object_add(o, "backing-filename-format",
 					       json_object_new_string(img->backing_fmt));
 	}
-	if (img->fmt->snapshot_list && !img->fmt->snapshot_list(img, &sn, &nsn) && nsn) {
-		json_object *arr = json_object_new_array();
-
-		for (size_t i = 0; i < nsn; i++) {
-			json_object *e = json_object_new_object();
-
-			json_object_object_add(e, "id", json_object_new_string(sn[i].id));
-			json_object_object_add(e, "name", json_object_new_string(sn[i].name));
-			json_object_object_add(e, "vm-state-size",
-					       json_object_new_int64((int64_t)sn[i].vm_state_size));
-			json_object_object_add(e, "date-sec", json_object_new_int64(sn[i].date_sec));
-			json_object_object_add(e, "date-nsec", json_object_new_int64(sn[i].date_nsec));
-			json_object_object_add(e, "vm-clock-sec", json_object_new_int64(
-				(int64_t)(sn[i].vm_clock_nsec / 1000000000)));
-			json_object_object_add(e, "vm-clock-nsec", json_object_new_int64(
-				(int64_t)(sn[i].vm_clock_nsec % 1000000000)));
-			if (sn[i].icount != UINT64_MAX)
-				json_object_object_add(e, "icount",
-						       json_object_new_int64((int64_t)sn[i].icount));
-			json_object_array_add(arr, e);
-		}
-		json_object_object_add(o, "snapshots", arr);
-	}
+	if (img->fmt->snapshot_list && !img->fmt->snapshot_list(img, &sn, &nsn) && nsn)
+		json_object_object_add(o, "snapshots", snapshots_json(sn, nsn));
 	free(sn);
 	for (size_t i = 0; i < info.nr_items; i++) {
 		struct image_info_item *it = &info.items[i];

@@ -47,8 +47,8 @@ struct virtio_net {
 };
 
 /* Spreads the pending packet over receive chains. Returns 1 when
- * delivered, 0 when the guest has not given enough buffers yet, -1 when
- * it broke the ring. */
+ * delivered (or dropped as undeliverable), 0 when the guest has not given
+ * enough buffers yet, -1 when it broke the ring. */
 static int net_deliver(struct virtio_net *n)
 {
 	struct virtq *vq = &n->dev.vqs[Q_RX];
@@ -59,14 +59,21 @@ static int net_deliver(struct virtio_net *n)
 
 	while (done < n->packet_len) {
 		struct virtq_elem *e = &n->elems[used];
-		int ret = used < MAX_MERGE && (merge || used == 0) ? virtq_pop(vq, e) : 0;
+		int ret;
 
+		if (used == MAX_MERGE || (!merge && used)) {
+			/* The buffers the guest gives can never hold this packet:
+			 * drop it, as a too-small receive ring on a real NIC would. */
+			virtq_unpop(vq, used);
+			n->rx_dropped++;
+			n->packet_len = 0;
+			return 1;
+		}
+		ret = virtq_pop(vq, e);
 		if (ret < 0 || (ret > 0 && (e->out_num || !e->in_len)))
 			return -1;
 		if (ret == 0) {
-			virtq_unpop(vq, used);
-			if (!merge && used) /* one buffer too small for the packet: drop it */
-				n->rx_dropped++, n->packet_len = 0;
+			virtq_unpop(vq, used); /* wait for more buffers */
 			return 0;
 		}
 		done += virtq_write_in(e, 0, n->packet + done, n->packet_len - done);

@@ -73,13 +73,13 @@ def run_vireo(cmdline, cpus=1, memory="256M", extra=(), timeout=120, kernel=None
 
 
 def run_qemu(cmdline, cpus=1, memory="256M", machine="microvm", extra=(), timeout=120,
-             netns=None):
+             netns=None, kernel=None):
     """The reference VMM (DESIGN §5): QEMU microvm with the debug-exit device
     at the same port; its exit status is (code << 1) | 1 after a debug exit."""
     import subprocess
     args = ["qemu-system-x86_64", "-enable-kvm", "-M", machine, "-m", memory,
             "-smp", str(cpus), "-nographic", "-nodefaults", "-serial", "stdio",
-            "-no-reboot", "-kernel", str(PROBE), "-append", cmdline,
+            "-no-reboot", "-kernel", str(kernel or PROBE), "-append", cmdline,
             "-device", "isa-debug-exit,iobase=0xf4,iosize=4", *extra]
     p = subprocess.run(in_netns(args, netns), stdin=subprocess.DEVNULL, capture_output=True, text=True,
                        timeout=timeout)

@@ -20,11 +20,17 @@ VARIANTS = [
     ("qcow2", "compat=0.10"),
     ("qcow2", "cluster_size=4096"),
     ("qcow2", "cluster_size=512,refcount_bits=8"),
+    ("vpc", "subformat=dynamic"),
+    ("vpc", "subformat=fixed"),
+    ("vmdk", "subformat=monolithicSparse"),
+    ("vmdk", "subformat=monolithicFlat"),
+    ("vmdk", "subformat=twoGbMaxExtentSparse"),
+    ("vmdk", "subformat=streamOptimized"),
 ]
 # Variants that can have a backing file.
 BACKING_VARIANTS = [v for v in VARIANTS if v[0] == "qcow2"]
 # Formats qemu-img check can verify (raw has nothing to check).
-CHECKABLE = {"qcow2"}
+CHECKABLE = {"qcow2", "vmdk"}
 
 
 def vid(v):

@@ -26,7 +26,10 @@ def test_create_passes_qemu_check(tmp_path, v):
     vireo("create", "-f", fmt, *opts(o), img, "1G")
     qcheck(img, fmt)
     info = json.loads(qimg("info", "--output=json", "-f", fmt, img).stdout)
-    assert info["virtual-size"] == 1 << 30
+    # vpc rounds sizes up to a CHS geometry: it must round as qemu-img does.
+    qimg("create", "-f", fmt, *opts(o), tmp_path / "q.img", "1G")
+    qinfo = json.loads(qimg("info", "--output=json", "-f", fmt, tmp_path / "q.img").stdout)
+    assert info["virtual-size"] == qinfo["virtual-size"] >= 1 << 30
     assert info["format"] == fmt
 
 
@@ -47,7 +50,9 @@ def test_convert_qemu_to_vireo(tmp_path, src, v):
     qimg("convert", "-f", "raw", "-O", fmt, *opts(o), src, img)
     vireo("compare", "-f", "raw", "-F", fmt, src, img)
     vireo("convert", "-f", fmt, "-O", "raw", img, back)
-    assert back.read_bytes() == src.read_bytes()
+    data, want = back.read_bytes(), src.read_bytes()
+    # vpc sizes are rounded up to a CHS geometry: the rest reads as zeroes
+    assert data[:len(want)] == want and not data[len(want):].strip(b"\0")
 
 
 @pytest.mark.parametrize("v", VARIANTS, ids=vid)

@@ -2,6 +2,7 @@
  * random writes read back, and crash consistency by write-error injection
  * at every metadata step (the image must never check as corrupt). */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -279,6 +280,75 @@ static void blockdev_iovecs_and_stats(void **state)
 	unlink(path);
 }
 
+struct async_state {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int done, errors;
+};
+
+static void async_done(struct blockdev_req *req, int ret)
+{
+	struct async_state *st = req->opaque;
+
+	pthread_mutex_lock(&st->lock);
+	st->done++;
+	st->errors += ret != 0;
+	pthread_cond_signal(&st->cond);
+	pthread_mutex_unlock(&st->lock);
+}
+
+static void async_wait(struct async_state *st, int n)
+{
+	pthread_mutex_lock(&st->lock);
+	while (st->done < n)
+		pthread_cond_wait(&st->cond, &st->lock);
+	pthread_mutex_unlock(&st->lock);
+}
+
+/* 64 writes through 4 I/O workers, then reads, then a flush. */
+static void blockdev_async_workers(void **state)
+{
+	enum { N = 64, LEN = 12288 };
+	char path[] = "/tmp/vireo-test-XXXXXX";
+	struct image_create_opts o = { .size = 4 << 20, .cluster_size = 4096 };
+	struct blockdev_opts bo = { .path = path, .format = "qcow2" };
+	struct async_state st = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
+	static uint8_t data[N][LEN], back[N][LEN];
+	static struct iovec iov[N], riov[N];
+	static struct blockdev_req req[N + 1];
+	struct blockdev *bd;
+	int fd = mkstemp(path);
+
+	(void)state;
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(image_create(path, "qcow2", &o), 0);
+	assert_int_equal(blockdev_open(&bo, &bd), 0);
+	assert_int_equal(blockdev_start_workers(bd, 4), 0);
+	for (int i = 0; i < N; i++) {
+		memset(data[i], i + 1, LEN);
+		iov[i] = (struct iovec){ data[i], LEN };
+		req[i] = (struct blockdev_req){ .op = BLOCKDEV_WRITE, .off = (uint64_t)i * 61440,
+			.iov = &iov[i], .iovcnt = 1, .done = async_done, .opaque = &st };
+		blockdev_submit(bd, &req[i]);
+	}
+	async_wait(&st, N);
+	req[N] = (struct blockdev_req){ .op = BLOCKDEV_FLUSH, .done = async_done, .opaque = &st };
+	blockdev_submit(bd, &req[N]);
+	for (int i = 0; i < N; i++) {
+		riov[i] = (struct iovec){ back[i], LEN };
+		req[i] = (struct blockdev_req){ .op = BLOCKDEV_READ, .off = (uint64_t)i * 61440,
+			.iov = &riov[i], .iovcnt = 1, .done = async_done, .opaque = &st };
+		blockdev_submit(bd, &req[i]);
+	}
+	async_wait(&st, 2 * N + 1);
+	assert_int_equal(st.errors, 0);
+	for (int i = 0; i < N; i++)
+		assert_memory_equal(back[i], data[i], LEN);
+	blockdev_close(bd);
+	unlink(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -290,6 +360,7 @@ int main(void)
 		cmocka_unit_test(bad_header_named),
 		cmocka_unit_test(raw_probe_is_read_only),
 		cmocka_unit_test(blockdev_iovecs_and_stats),
+		cmocka_unit_test(blockdev_async_workers),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
