@@ -69,8 +69,13 @@ uint64_t ratelimit_delay_ns(struct ratelimit *rl, uint64_t now_ns)
 	pthread_mutex_lock(&rl->lock);
 	a = bucket_delay(&rl->bytes, now_ns);
 	b = bucket_delay(&rl->ops, now_ns);
+	if (a < b)
+		a = b;
+	/* Callers wait exactly this long before asking again (a timer), so
+	 * the sum of the delays handed out is the time spent throttled. */
+	rl->throttled_ns += a;
 	pthread_mutex_unlock(&rl->lock);
-	return a > b ? a : b;
+	return a;
 }
 
 void ratelimit_charge(struct ratelimit *rl, uint64_t bytes, uint64_t now_ns)
