@@ -220,7 +220,7 @@ int vhd_write(struct image *img, uint64_t off, const void *buf, size_t len)
 	return 0;
 }
 
-/* Unallocated blocks of a dynamic image already read as zeroes. */
+/* Unallocated blocks already read as zeroes unless a parent shows through. */
 int vhd_write_zeroes(struct image *img, uint64_t off, uint64_t len)
 {
 	enum { CHUNK = 1 << 20 };
@@ -239,7 +239,7 @@ int vhd_write_zeroes(struct image *img, uint64_t off, uint64_t len)
 
 		n = n < len ? n : len;
 		n = n < CHUNK ? n : CHUNK;
-		if (s->f.type == VHD_DIFF || s->bat[blk] != VHD_BAT_FREE)
+		if (img->backing || s->bat[blk] != VHD_BAT_FREE)
 			ret = vhd_write(img, off, zero, n);
 		off += n;
 		len -= n;

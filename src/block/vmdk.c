@@ -194,6 +194,8 @@ static int open_extent(struct vmdk *s, struct vmdk_extent *e)
 
 	if (e->type == VMDK_EXT_ZERO)
 		return 0;
+	if (img->file->fd < 0)	/* memory files (fuzzers) name no host files */
+		return err_set(-ENOTSUP, "%s: VMDK extent files need a host file", img->file->path);
 	if (!e->file) {
 		ret = bfile_open_relative(img->file, e->name, img->writable ? BFILE_RDWR : BFILE_RDONLY,
 					  &e->file);
@@ -363,6 +365,37 @@ static int vmdk_read(struct image *img, uint64_t off, void *buf, size_t len)
 static int vmdk_write(struct image *img, uint64_t off, const void *buf, size_t len)
 {
 	return vmdk_rw(img, off, NULL, buf, len);
+}
+
+/* Unallocated grains without a parent already read as zeroes. */
+static int vmdk_write_zeroes(struct image *img, uint64_t off, uint64_t len)
+{
+	enum { CHUNK = 1 << 20 };
+	struct vmdk *s = img->opaque;
+	uint8_t *zero = calloc(1, CHUNK);
+	int ret = zero ? 0 : err_set(-ENOMEM, "out of memory");
+
+	while (len && !ret) {
+		struct vmdk_extent *e = find_extent(s, off);
+		uint64_t eoff = off - e->start, n = e->len - eoff < len ? e->len - eoff : len;
+		uint64_t pnum = n, host;
+
+		int st = BLOCK_DATA;
+
+		n = n < CHUNK ? n : CHUNK;
+		if (e->type == VMDK_EXT_SPARSE && !img->backing) {
+			st = vmdk_sparse_status(s, e, eoff, n, &pnum, &host);
+			n = pnum < n ? pnum : n;
+		}
+		if (st < 0)
+			ret = st;
+		else if (st & BLOCK_DATA)
+			ret = vmdk_rw(img, off, NULL, zero, n);
+		off += n;
+		len -= n;
+	}
+	free(zero);
+	return ret;
 }
 
 static int vmdk_flush(struct image *img)
@@ -562,6 +595,7 @@ const struct image_format vmdk_format = {
 	.close = vmdk_close,
 	.read = vmdk_read,
 	.write = vmdk_write,
+	.write_zeroes = vmdk_write_zeroes,
 	.flush = vmdk_flush,
 	.block_status = vmdk_block_status,
 	.create = vmdk_create,
