@@ -12,6 +12,7 @@
 
 #include "vhd.h"
 #include "vireo/log.h"
+#include "vireo/size.h"
 
 static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static uint32_t be32(const uint8_t *p)
@@ -608,10 +609,19 @@ static int create_dynamic(struct bfile *file, const char *path,
 	struct vhd_dyn d = { .cookie = "cxsparse", .data_offset = VHD_NO_OFFSET,
 			     .table_offset = 3 * 512, .version = 0x00010000,
 			     .block_size = 2u << 20 };
-	uint64_t bat_bytes, end;
+	const char *bs = extra_opt(o, "block_size");
+	uint64_t bat_bytes, end, v;
 	uint8_t *buf, locdata[1024] = { 0 };
 	int ret;
 
+	/* not a qemu-img option (it always uses 2 MiB), but the spec allows any */
+	if (bs && (size_parse(bs, &v) || v < 512 || v > (256u << 20) || (v & (v - 1))))
+		return err_set(-EINVAL, "%s: VHD block_size must be a power of two from 512 "
+			       "to 256M", file->path);
+	if (bs)
+		d.block_size = (uint32_t)v;
+	if ((f->cur_size + d.block_size - 1) / d.block_size > VHD_MAX_BAT)
+		return err_set(-EFBIG, "%s: too many VHD blocks for this block size", file->path);
 	d.max_entries = (uint32_t)((f->cur_size + d.block_size - 1) / d.block_size);
 	bat_bytes = ((uint64_t)d.max_entries * 4 + 511) & ~511ull;
 	end = d.table_offset + bat_bytes;
