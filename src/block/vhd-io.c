@@ -330,11 +330,17 @@ static void check_blocks(struct vhd *s, struct image_check *res, uint64_t *end)
 	free(sorted);
 }
 
+/* A missing end footer or space after the last block is what a killed
+ * writer leaves (see alloc_block): the image is consistent (the footer copy
+ * at offset 0 describes it), so both count as leaks; the repair writes the
+ * footer right after the last block and cuts the file there. */
 int vhd_check(struct image *img, struct image_check *res, int fix)
 {
 	struct vhd *s = img->opaque;
 	int64_t file_len = bfile_length(s->file);
 	struct vhd_footer tail;
+	uint8_t b[VHD_FOOTER_SIZE];
+	bool footer;
 	uint64_t end;
 
 	if (file_len < 0)
@@ -345,39 +351,26 @@ int vhd_check(struct image *img, struct image_check *res, int fix)
 	}
 	check_blocks(s, res, &end);
 	res->image_end_offset = end + VHD_FOOTER_SIZE;
-	if ((uint64_t)file_len < end + VHD_FOOTER_SIZE ||
-	    vhd_footer_read(s->file, (uint64_t)file_len - VHD_FOOTER_SIZE, &tail)) {
-		image_check_msg(res, "ERROR the footer at the end of the file is missing or bad");
-		if (fix & IMAGE_FIX_ERRORS) {
-			uint8_t b[VHD_FOOTER_SIZE];
-
-			vhd_footer_encode(&s->f, b);
-			if (bfile_pwrite(s->file, b, sizeof(b), s->next_off))
-				res->check_errors++;
-			else
-				res->corruptions_fixed++;
-		} else {
-			res->corruptions++;
-		}
-	} else if ((uint64_t)file_len > end + VHD_FOOTER_SIZE) {
-		/* space a crash left between the last block and the footer */
-		res->leaks += ((uint64_t)file_len - end - VHD_FOOTER_SIZE) /
-			      (s->bitmap_size + (uint64_t)s->d.block_size) + 1;
+	footer = (uint64_t)file_len >= end + VHD_FOOTER_SIZE &&
+		 !vhd_footer_read(s->file, (uint64_t)file_len - VHD_FOOTER_SIZE, &tail);
+	if (footer && (uint64_t)file_len == end + VHD_FOOTER_SIZE)
+		return 0;
+	res->leaks++;
+	if (!footer)
+		image_check_msg(res, "Leaked space: the footer at the end of the file is missing");
+	else
 		image_check_msg(res, "Leaked space: %llu bytes after the last block",
 				(unsigned long long)((uint64_t)file_len - end - VHD_FOOTER_SIZE));
-		if (fix & IMAGE_FIX_LEAKS) {
-			uint8_t b[VHD_FOOTER_SIZE];
-
-			vhd_footer_encode(&s->f, b);
-			if (bfile_pwrite(s->file, b, sizeof(b), end) ||
-			    bfile_truncate(s->file, end + VHD_FOOTER_SIZE)) {
-				res->check_errors++;
-			} else {
-				res->leaks_fixed += res->leaks;
-				res->leaks = 0;
-				s->next_off = end;
-			}
-		}
+	if (!(fix & IMAGE_FIX_LEAKS))
+		return 0;
+	vhd_footer_encode(&s->f, b);
+	if (bfile_pwrite(s->file, b, sizeof(b), end) ||
+	    bfile_truncate(s->file, end + VHD_FOOTER_SIZE)) {
+		res->check_errors++;
+		return 0;
 	}
+	res->leaks--;
+	res->leaks_fixed++;
+	s->next_off = end;
 	return 0;
 }
