@@ -163,7 +163,12 @@ static int grow_table(struct qcow2 *s, uint64_t min)
 	uint8_t *blk;
 	int ret = 0;
 
+	if (min > QCOW2_MAX_RT_BYTES / 8)	/* before sizing anything by it */
+		return err_set(-EFBIG, "%s: refcount table would exceed %u bytes", s->file->path,
+			       QCOW2_MAX_RT_BYTES);
 	want = min > s->rt_size * 2 ? min : s->rt_size * 2;
+	if (want > QCOW2_MAX_RT_BYTES / 8)
+		want = QCOW2_MAX_RT_BYTES / 8;
 	for (int it = 0; it < 16; it++) {
 		uint64_t last = (E + B + T) / s->rb_entries, nb = 0;
 

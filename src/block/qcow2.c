@@ -376,7 +376,7 @@ static int open_state(struct qcow2 *s, int64_t file_len)
  * refcounts of an image left dirty (lazy refcounts). */
 static int open_writable(struct qcow2 *s)
 {
-	struct image_check res;
+	struct image_check res = { 0 };
 	int ret;
 
 	if (s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT)

@@ -2,6 +2,7 @@
  * tests/fuzz/fuzz.mk): the input is an image file. Open it read-only, read
  * windows of the disk, list snapshots, check; then open a writable copy,
  * write, repair and check again. Nothing may crash, leak or hang. */
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -42,6 +43,24 @@ static void exercise(struct image *img)
 	image_check_free(&r);
 }
 
+/* Snapshot create/apply/delete on a writable copy, as `vireo img snapshot`. */
+static void snapshots(struct image *img)
+{
+	struct image_snapshot *sn = NULL;
+	size_t n = 0;
+
+	if (!img->fmt->snapshot_create)
+		return;
+	pthread_mutex_lock(&img->lock);
+	img->fmt->snapshot_create(img, "fuzz");
+	if (!img->fmt->snapshot_list(img, &sn, &n) && n) {
+		img->fmt->snapshot_apply(img, sn[0].name);
+		img->fmt->snapshot_delete(img, sn[n - 1].name);
+	}
+	pthread_mutex_unlock(&img->lock);
+	free(sn);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static const uint8_t pattern[4096] = { 1, 2, 3 };
@@ -53,13 +72,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		exercise(img);
 		image_close(img);
 	}
+	if (bfile_mem_open("fuzz.img", data, size, true, &f) == 0 &&	/* probing */
+	    image_open_file(f, NULL, 0, &img) == 0)
+		image_close(img);
 	if (bfile_mem_open("fuzz.img", data, size, false, &f) == 0 &&
 	    image_open_file(f, FUZZ_FORMAT, IMAGE_RDWR, &img) == 0) {
 		if (img->size >= sizeof(pattern)) {
 			image_write(img, 0, pattern, sizeof(pattern));
 			image_write(img, img->size / 3 & ~511ull, pattern, 1000);
 			image_write_zeroes(img, img->size / 2, img->size / 4);
+			image_discard(img, img->size / 4, img->size / 8);
 		}
+		snapshots(img);
 		exercise(img);
 		image_close(img);
 	}
