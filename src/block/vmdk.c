@@ -194,9 +194,10 @@ static int open_extent(struct vmdk *s, struct vmdk_extent *e)
 
 	if (e->type == VMDK_EXT_ZERO)
 		return 0;
-	if (img->file->fd < 0)	/* memory files (fuzzers) name no host files */
-		return err_set(-ENOTSUP, "%s: VMDK extent files need a host file", img->file->path);
 	if (!e->file) {
+		if (img->file->fd < 0)	/* memory files (fuzzers) name no host files */
+			return err_set(-ENOTSUP, "%s: VMDK extent files need a host file",
+				       img->file->path);
 		ret = bfile_open_relative(img->file, e->name, img->writable ? BFILE_RDWR : BFILE_RDONLY,
 					  &e->file);
 		if (ret)
