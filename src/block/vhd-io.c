@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vhd.h"
 #include "vireo/log.h"
@@ -248,6 +249,28 @@ int vhd_write_zeroes(struct image *img, uint64_t off, uint64_t len)
 	return ret;
 }
 
+/* A fixed image is a raw file with a footer: holes read as zeroes (as
+ * QEMU reports them, through the file's SEEK_DATA/SEEK_HOLE). */
+static int fixed_status(struct vhd *s, uint64_t off, uint64_t len, uint64_t *pnum)
+{
+	const int st = BLOCK_ALLOCATED | BLOCK_OFFSET;
+	off_t data, hole;
+
+	if (s->file->fd < 0)
+		return st | BLOCK_DATA;
+	data = lseek(s->file->fd, (off_t)off, SEEK_DATA);
+	if (data < 0 || (uint64_t)data > off) {
+		uint64_t end = data < 0 ? off + len : (uint64_t)data;
+
+		*pnum = (end < off + len ? end : off + len) - off;
+		return st | BLOCK_ZERO | BLOCK_DATA;	/* as QEMU reports it */
+	}
+	hole = lseek(s->file->fd, (off_t)off, SEEK_HOLE);
+	if (hole > (off_t)off && (uint64_t)hole < off + len)
+		*pnum = (uint64_t)hole - off;
+	return st | BLOCK_DATA;
+}
+
 int vhd_block_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pnum,
 		     uint64_t *host_off)
 {
@@ -259,7 +282,7 @@ int vhd_block_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pn
 	*pnum = len;
 	*host_off = off;
 	if (s->f.type == VHD_FIXED)
-		return BLOCK_DATA | BLOCK_ALLOCATED | BLOCK_OFFSET;
+		return fixed_status(s, off, len, pnum);
 	blk = (uint32_t)(off / s->d.block_size);
 	boff = off % s->d.block_size;
 	n = s->d.block_size - boff < len ? s->d.block_size - boff : len;
@@ -269,7 +292,8 @@ int vhd_block_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pn
 		while (got < len && s->bat[++blk] == VHD_BAT_FREE)
 			got += s->d.block_size < len - got ? s->d.block_size : len - got;
 		*pnum = got;
-		return 0;
+		/* as QEMU: without a parent, unallocated blocks are this layer's zeroes */
+		return s->f.type == VHD_DIFF ? 0 : BLOCK_ZERO | BLOCK_ALLOCATED;
 	}
 	*host_off = block_off(s, blk) + s->bitmap_size + boff;
 	*pnum = n;

@@ -78,6 +78,9 @@ def test_qemu_io_filled_read(tmp_path, fmt, o):
     q = json.loads(qimg("info", "-f", fmt, "--output=json", img).stdout)
     assert info["virtual-size"] == q["virtual-size"]
     assert info.get("cluster-size") == q.get("cluster-size")
+    if fmt != "vmdk" or "monolithicSparse" in o:    # qemu also maps extent files
+        qmap = json.loads(qimg("map", "-f", fmt, "--output=json", img).stdout)
+        assert json.loads(vireo("map", "-f", fmt, "--output=json", img).stdout) == qmap
     if fmt == "vmdk":
         for k in ("cid", "parent-cid", "create-type"):
             assert info["format-specific"]["data"][k] == q["format-specific"]["data"][k], k
