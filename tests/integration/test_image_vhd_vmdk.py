@@ -399,3 +399,69 @@ def test_vmdk_truncated_and_pokes(good_vmdk, tmp_path):
             no_crash("check", bad)
             no_crash("convert", "-O", "raw", bad, tmp_path / "o.raw")
             no_crash("bench", "-f", "vmdk", "-w", "-c", "5", "-s", "4K", bad)
+
+
+def vmware_stream(path, data, grain=65536):
+    """A streamOptimized VMDK as VMware's tools stream it: grains, then each
+    GT after its grains, then the GD, a footer (the header with the real GD
+    offset) and the end-of-stream marker; the header says "GD at end"."""
+    import zlib
+    sectors = len(data) // 512
+    desc = (b'# Disk DescriptorFile\nversion=1\nCID=1234abcd\nparentCID=ffffffff\n'
+            b'createType="streamOptimized"\nRW %d SPARSE "x.vmdk"\n' % sectors)
+
+    def header(gd):
+        h = struct.pack("<IIIQQQQIQQQB4sH", 0x564d444b, 3, 0x30001, sectors, grain // 512,
+                        1, 1, 512, 0, gd, 128, 0, b"\n \r\n", 1)
+        return h.ljust(512, b"\0")
+
+    def marker(val, typ):
+        return struct.pack("<QII", val, 0, typ).ljust(512, b"\0")
+
+    out = bytearray(header(0xffffffffffffffff) + desc.ljust(512, b"\0"))
+    out += bytes(128 * 512 - len(out))
+    grains = (len(data) + grain - 1) // grain
+    gts = (grains + 511) // 512
+    gd = [0] * gts
+    for t in range(gts):
+        gt = [0] * 512
+        for i in range(512):
+            g = t * 512 + i
+            chunk = data[g * grain:(g + 1) * grain]
+            if g >= grains or not chunk.strip(b"\0"):
+                continue
+            z = zlib.compress(chunk)
+            gt[i] = len(out) // 512
+            out += (struct.pack("<QI", g * grain // 512, len(z)) + z)
+            out += bytes(-len(out) % 512)
+        if any(gt):
+            out += marker(4, 1)
+            gd[t] = len(out) // 512
+            out += struct.pack("<512I", *gt)
+    out += marker((gts * 4 + 511) // 512, 2)
+    gd_sector = len(out) // 512
+    out += struct.pack(f"<{gts}I", *gd).ljust((gts * 4 + 511) // 512 * 512, b"\0")
+    out += marker(1, 3) + header(gd_sector) + marker(0, 0)
+    path.write_bytes(bytes(out))
+
+
+def test_vmdk_vmware_stream_read(tmp_path):
+    rnd = random.Random(11)
+    data = bytearray(40 << 20)
+    for off in range(0, len(data), 1 << 20):
+        if rnd.random() < 0.4:
+            n = rnd.randrange(1, 200000)
+            data[off:off + n] = rnd.randbytes(n)
+    src, img = tmp_path / "s.raw", tmp_path / "x.vmdk"
+    src.write_bytes(bytes(data))
+    vmware_stream(img, bytes(data))
+    same(src, img, "raw", "vmdk")                # the generator is right for qemu-img
+    vireo("compare", "-f", "raw", "-F", "vmdk", src, img)
+    assert vireo("check", img).returncode == 0
+    before = md5(img)
+    p = no_crash("bench", "-w", "-c", "5", "-s", "4K", img)
+    assert p.returncode == 1 and "read-only" in p.stderr
+    assert md5(img) == before
+    # a footer that no longer matches is refused, not guessed at
+    poke(img, img.stat().st_size - 1536 + 12, struct.pack("<I", 7))
+    refused(img, "vmdk", tmp_path, "footer")
