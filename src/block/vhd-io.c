@@ -42,6 +42,28 @@ static int load_bitmap(struct vhd *s, uint32_t blk)
 	return ret;
 }
 
+/* Reads from the parent of a differencing image, which must be the VHD
+ * whose UUID the child recorded (a replaced parent would silently change
+ * the child's contents). */
+static int check_parent(struct vhd *s)
+{
+	struct image *p = s->img->backing;
+
+	if (p && !s->parent_checked && s->f.type == VHD_DIFF) {
+		if (p->fmt != &vpc_format ||
+		    memcmp(((struct vhd *)p->opaque)->f.uuid, s->d.parent_uuid, 16))
+			return err_set(-EINVAL, "%s: parent %s is not the VHD this image was "
+				       "created on (UUID differs)", s->file->path, p->filename);
+		s->parent_checked = true;
+	}
+	return 0;
+}
+
+static int read_parent(struct vhd *s, uint64_t off, uint8_t *buf, uint64_t n)
+{
+	return check_parent(s) ?: image_read_backing(s->img, off, buf, n);
+}
+
 /* Reads [boff, boff+n) of allocated differencing block blk: sector runs
  * whose bits are set come from the file, the others from the parent. */
 static int read_diff_block(struct vhd *s, uint32_t blk, uint64_t boff, uint8_t *buf,
@@ -61,7 +83,7 @@ static int read_diff_block(struct vhd *s, uint32_t blk, uint64_t boff, uint8_t *
 			ret = bfile_pread(s->file, buf + (pos - boff), pend - pos,
 					  block_off(s, blk) + s->bitmap_size + pos);
 		else
-			ret = image_read_backing(s->img, base + pos, buf + (pos - boff), pend - pos);
+			ret = read_parent(s, base + pos, buf + (pos - boff), pend - pos);
 		pos = pend;
 	}
 	return ret;
@@ -72,7 +94,7 @@ static int read_block(struct vhd *s, uint32_t blk, uint64_t boff, uint8_t *buf, 
 	uint64_t off = (uint64_t)blk * s->d.block_size + boff;
 
 	if (s->bat[blk] == VHD_BAT_FREE)
-		return image_read_backing(s->img, off, buf, n);
+		return read_parent(s, off, buf, n);
 	if (s->f.type == VHD_DIFF)
 		return read_diff_block(s, blk, boff, buf, n);
 	return bfile_pread(s->file, buf, n, block_off(s, blk) + s->bitmap_size + boff);
@@ -292,6 +314,9 @@ int vhd_block_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pn
 		while (got < len && s->bat[++blk] == VHD_BAT_FREE)
 			got += s->d.block_size < len - got ? s->d.block_size : len - got;
 		*pnum = got;
+		ret = check_parent(s);	/* callers go to the parent next */
+		if (ret)
+			return ret;
 		/* as QEMU: without a parent, unallocated blocks are this layer's zeroes */
 		return s->f.type == VHD_DIFF ? 0 : BLOCK_ZERO | BLOCK_ALLOCATED;
 	}
@@ -309,7 +334,7 @@ int vhd_block_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pn
 		while (e * 512 < boff + n && bit_get(s->bitmap, e) == set)
 			e++;
 		*pnum = (e * 512 < boff + n ? e * 512 : boff + n) - boff;
-		return set ? BLOCK_DATA | BLOCK_ALLOCATED | BLOCK_OFFSET : 0;
+		return set ? BLOCK_DATA | BLOCK_ALLOCATED | BLOCK_OFFSET : check_parent(s);
 	}
 }
 

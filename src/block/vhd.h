@@ -74,6 +74,7 @@ struct vhd {
 	uint64_t next_off;		/* where the next block goes (the end footer) */
 	uint8_t *bitmap;		/* cached bitmap of bitmap_block */
 	uint32_t bitmap_block;		/* VHD_BAT_FREE: none cached */
+	bool parent_checked;		/* the parent's UUID matched */
 };
 
 uint32_t vhd_checksum(const uint8_t *buf, size_t len, size_t csum_off);

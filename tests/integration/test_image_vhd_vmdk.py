@@ -137,6 +137,10 @@ def test_vhd_differencing(tmp_path):
     # The parent is untouched; commit writes the child's data into it.
     vireo("commit", top)
     same(shadow, base, "raw", "vpc")
+    # A replaced parent (same name and size, another UUID) is refused.
+    qimg("create", "-f", "vpc", base, "24M")
+    p = no_crash("convert", "-O", "raw", top, tmp_path / "o.raw")
+    assert p.returncode == 1 and "UUID" in p.stderr and top.name in p.stderr
     # A parent that is not a VHD is refused.
     qimg("create", "-f", "qcow2", tmp_path / "b.qcow2", "24M")
     p = vireo("create", "-f", "vpc", "-b", "b.qcow2", "-F", "qcow2", tmp_path / "x.vhd", ok=False)
