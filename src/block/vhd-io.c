@@ -161,7 +161,10 @@ static int write_bat_entry(struct vhd *s, uint32_t blk, uint32_t v)
 static int alloc_block(struct vhd *s, uint32_t blk, uint64_t boff, const uint8_t *data,
 		       uint64_t n)
 {
-	uint64_t off = s->next_off, end = off + s->bitmap_size + s->d.block_size;
+	/* data 4 KiB-aligned (after its bitmap), so O_DIRECT I/O needs no
+	 * read-modify-write; the few sectors skipped stay unused */
+	uint64_t off = ((s->next_off + s->bitmap_size + 4095) & ~4095ull) - s->bitmap_size;
+	uint64_t end = off + s->bitmap_size + s->d.block_size;
 	uint8_t foot[VHD_FOOTER_SIZE];
 	int ret;
 
