@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -553,8 +554,9 @@ static int create_footer(struct bfile *file, const struct image_create_opts *o, 
 	memcpy(f->creator_os, "Wi2k", 4);
 	f->orig_size = f->cur_size = total * 512;
 	f->type = type;
-	for (int i = 0; i < 16; i++)
-		f->uuid[i] = (uint8_t)(rand() ^ (time(NULL) >> (i % 4 * 8)));
+	if (getrandom(f->uuid, sizeof(f->uuid), 0) != sizeof(f->uuid))
+		for (int i = 0; i < 16; i++)	/* no entropy: still differ per call */
+			f->uuid[i] = (uint8_t)(rand() ^ (time(NULL) >> (i % 4 * 8)));
 	f->uuid[6] = (uint8_t)((f->uuid[6] & 0x0f) | 0x40);
 	f->uuid[8] = (uint8_t)((f->uuid[8] & 0x3f) | 0x80);
 	return 0;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "vmdk.h"
@@ -489,10 +490,14 @@ static void desc_write(char *d, size_t cap, const char *type, uint64_t sectors, 
 		       const char *parent, const char *extents)
 {
 	uint64_t cyls = sectors / (16 * 63);
+	uint32_t cid;
 	int n;
 
+	if (getrandom(&cid, sizeof(cid), 0) != sizeof(cid))
+		cid = (uint32_t)(rand() ^ time(NULL));
+
 	n = snprintf(d, cap, "# Disk DescriptorFile\nversion=1\nCID=%08x\nparentCID=%08x\n"
-		     "createType=\"%s\"\n", (uint32_t)(rand() ^ time(NULL)), pcid, type);
+		     "createType=\"%s\"\n", cid, pcid, type);
 	if (parent)
 		n += snprintf(d + n, cap - (size_t)n, "parentFileNameHint=\"%s\"\n", parent);
 	snprintf(d + n, cap - (size_t)n, "\n# Extent description\n%s\n# The Disk Data Base\n#DDB\n\n"

@@ -138,7 +138,7 @@ def test_vhd_differencing(tmp_path):
     vireo("commit", top)
     same(shadow, base, "raw", "vpc")
     # A replaced parent (same name and size, another UUID) is refused.
-    qimg("create", "-f", "vpc", base, "24M")
+    vireo("create", "-f", "vpc", base, "24M")
     p = no_crash("convert", "-O", "raw", top, tmp_path / "o.raw")
     assert p.returncode == 1 and "UUID" in p.stderr and top.name in p.stderr
     # A parent that is not a VHD is refused.
