@@ -469,3 +469,38 @@ def test_vmdk_vmware_stream_read(tmp_path):
     # a footer that no longer matches is refused, not guessed at
     poke(img, img.stat().st_size - 1536 + 12, struct.pack("<I", 7))
     refused(img, "vmdk", tmp_path, "footer")
+
+
+def test_vmdk_zeroed_grains(tmp_path):
+    img, ref, shadow = tmp_path / "z.vmdk", tmp_path / "ref.raw", tmp_path / "sh.raw"
+    qimg("create", "-f", "vmdk", "-o", "zeroed_grain=on", img, "16M")
+    run("qemu-io", "-f", "vmdk", "-c", "write -P 0x66 0 4M", "-c", "write -z 1M 1M",
+        "-c", "write -z 8M 2M", img)
+    qimg("convert", "-f", "vmdk", "-O", "raw", img, ref)
+    vireo("compare", "-F", "raw", img, ref)
+    qmap = json.loads(qimg("map", "--output=json", img).stdout)
+    assert json.loads(vireo("map", "--output=json", img).stdout) == qmap
+    shutil.copy(ref, shadow)
+    run(BLKIO, "-f", "vmdk", "-n", "100", "-s", "2", "-z", img, shadow)
+    same(shadow, img, "raw", "vmdk")
+    assert qimg("check", img, ok=False).returncode == 0
+
+
+def test_vmdk_two_gb_extents(tmp_path):
+    img, shadow = tmp_path / "big.vmdk", tmp_path / "sh.raw"
+    vireo("create", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", img, "5G")
+    assert sorted(p.name for p in tmp_path.glob("big-s*.vmdk")) == \
+        ["big-s001.vmdk", "big-s002.vmdk", "big-s003.vmdk"]
+    q = json.loads(qimg("info", "--output=json", img).stdout)
+    assert q["virtual-size"] == 5 << 30 and len(q["format-specific"]["data"]["extents"]) == 3
+    # writes straddling the 2 GiB extent boundaries, from both sides
+    run("qemu-io", "-f", "vmdk", "-c", "write -P 0x21 2047M 2M", "-c", "write -P 0x22 4095M 3M",
+        img)
+    shadow.write_bytes(b"")
+    run("truncate", "-s", "5G", shadow)
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x21 2047M 2M", "-c", "write -P 0x22 4095M 3M",
+        shadow)
+    run(BLKIO, "-f", "vmdk", "-n", "60", "-s", "6", img, shadow)
+    vireo("compare", "-F", "raw", img, shadow)
+    same(shadow, img, "raw", "vmdk")
+    assert qimg("check", img, ok=False).returncode == 0
