@@ -3,7 +3,6 @@
  * vhd-io.c). Written from Microsoft's "Virtual Hard Disk Image Format
  * Specification" 1.0; sizes follow QEMU's rules so qemu-img agrees. */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,19 +30,6 @@ static void put64(uint8_t *p, uint64_t v)
 {
 	put32(p, (uint32_t)(v >> 32));
 	put32(p + 4, (uint32_t)v);
-}
-
-int vhd_corrupt(struct vhd *s, const char *fmt, ...)
-{
-	char msg[384];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	s->img->broken = true;
-	log_ratelimited("%s: VHD image is corrupt: %s", s->file->path, msg);
-	return err_set(-EIO, "%s: VHD image is corrupt: %s", s->file->path, msg);
 }
 
 /* One's complement of the byte sum, the checksum field counted as zero. */

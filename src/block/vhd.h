@@ -83,7 +83,6 @@ int vhd_footer_read(struct bfile *file, uint64_t off, struct vhd_footer *f);
 void vhd_geometry(uint64_t sectors, uint16_t *cyls, uint8_t *heads, uint8_t *secs);
 int vhd_dyn_read(struct vhd *s, int64_t file_len);
 void vhd_dyn_encode(const struct vhd_dyn *d, uint8_t *b);
-int vhd_corrupt(struct vhd *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* vhd-io.c */
 int vhd_read(struct image *img, uint64_t off, void *buf, size_t len);

@@ -400,23 +400,28 @@ static int set_gte(struct vmdk_extent *e, uint64_t g, uint32_t v)
 	return ret;
 }
 
-/* Appends grain g (e->grain bytes at data), compressed if the extent is. */
-static int append_grain(struct vmdk_extent *e, uint64_t g, const uint8_t *data, uint32_t *sector)
+/* Compresses len bytes of grain g into dst (compressBound + 524 bytes):
+ * LBA, size, deflate data, padded to a sector. No shared state, so
+ * `convert -c` runs it on several threads without the image lock. */
+int vmdk_sparse_compress(struct vmdk_extent *e, uint64_t g, const uint8_t *data, uint64_t len,
+			 uint8_t *dst, uint64_t *bytes)
 {
-	uint64_t at = e->next_off, bytes = e->grain;
-	const uint8_t *out = data;
+	uLongf zlen = compressBound((uLong)e->grain);
 
-	if (e->compressed) {
-		uLongf zlen = compressBound((uLong)e->grain);
+	if (compress2(dst + 12, &zlen, data, (uLong)len, Z_DEFAULT_COMPRESSION) != Z_OK)
+		return err_set(-EIO, "%s: compression failed", e->file->path);
+	put64(dst, g * e->h.grain_size);
+	put32(dst + 8, (uint32_t)zlen);
+	*bytes = (12 + zlen + 511) & ~511ull;
+	memset(dst + 12 + zlen, 0, *bytes - 12 - zlen);
+	return 0;
+}
 
-		if (compress2(e->zbuf + 12, &zlen, data, (uLong)e->grain, Z_DEFAULT_COMPRESSION) != Z_OK)
-			return err_set(-EIO, "%s: compression failed", e->file->path);
-		put64(e->zbuf, g * e->h.grain_size);
-		put32(e->zbuf + 8, (uint32_t)zlen);
-		bytes = (12 + zlen + 511) & ~511ull;
-		memset(e->zbuf + 12 + zlen, 0, bytes - 12 - zlen);
-		out = e->zbuf;
-	}
+/* Appends bytes of grain data at the end of the file. */
+static int append(struct vmdk_extent *e, const uint8_t *data, uint64_t bytes, uint32_t *sector)
+{
+	uint64_t at = e->next_off;
+
 	if ((at + bytes) / 512 > UINT32_MAX)
 		return err_set(-EFBIG, "%s: VMDK extent full", e->file->path);
 	*sector = (uint32_t)(at / 512);
@@ -424,7 +429,33 @@ static int append_grain(struct vmdk_extent *e, uint64_t g, const uint8_t *data, 
 	e->appended = true;
 	if (e->next_off > (uint64_t)e->file_len)
 		e->file_len = (int64_t)e->next_off;
-	return bfile_pwrite(e->file, out, bytes, at);
+	return bfile_pwrite(e->file, data, bytes, at);
+}
+
+/* Stores an already compressed grain g (vmdk_sparse_compress) and points
+ * its GT entry at it. */
+int vmdk_sparse_put_compressed(struct vmdk_extent *e, uint64_t g, const uint8_t *z,
+			       uint64_t bytes)
+{
+	uint32_t sector;
+	int ret;
+
+	if (e->read_only)
+		return err_set(-ENOTSUP, "%s: VMDK stream is read-only", e->file->path);
+	ret = append(e, z, bytes, &sector);
+	return ret ? ret : set_gte(e, g, sector);
+}
+
+/* Appends grain g (e->grain bytes at data), compressed if the extent is. */
+static int append_grain(struct vmdk_extent *e, uint64_t g, const uint8_t *data, uint32_t *sector)
+{
+	uint64_t bytes = e->grain;
+	int ret;
+
+	if (!e->compressed)
+		return append(e, data, bytes, sector);
+	ret = vmdk_sparse_compress(e, g, data, e->grain, e->zbuf, &bytes);
+	return ret ? ret : append(e, e->zbuf, bytes, sector);
 }
 
 /* A partial write to a grain that isn't plainly allocated: the whole new

@@ -118,6 +118,14 @@ def test_stream_optimized_is_compressed(tmp_path):
     q = json.loads(qimg("info", "--output=json", out).stdout)
     assert q["format-specific"]["data"]["extents"][0]["compressed"] is True
     same(src, out, "raw", "vmdk")
+    # convert -c (parallel compression): streamOptimized compresses, other
+    # subformats store plainly
+    for sub in ("streamOptimized", "monolithicSparse"):
+        c = tmp_path / f"c-{sub}.vmdk"
+        vireo("convert", "-c", "-f", "raw", "-O", "vmdk", "-o", f"subformat={sub}", src, c)
+        assert qimg("check", c, ok=False).returncode == 0
+        same(src, c, "raw", "vmdk")
+    assert (tmp_path / "c-streamOptimized.vmdk").stat().st_size < src.stat().st_size // 20
 
 
 # ---- differencing VHD, VMDK parents ----
