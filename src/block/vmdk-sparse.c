@@ -317,6 +317,19 @@ static int load_grain(struct vmdk *s, struct vmdk_extent *e, uint64_t g, uint32_
 	return 0;
 }
 
+/* Reads from plain grain g at sector entry, and on through the grains that
+ * follow it in the file too (one pread for a run); *n grows accordingly. */
+static int read_run(struct vmdk *s, struct vmdk_extent *e, uint64_t g, uint32_t entry,
+		    uint64_t goff, uint8_t *buf, uint64_t len, uint64_t *n)
+{
+	uint32_t got;
+
+	while (*n < len && !lookup(s, e, g + (*n + goff) / e->grain, &got) &&
+	       got == entry + (uint32_t)((*n + goff) / e->grain * e->h.grain_size) && got > 1)
+		*n = *n + e->grain < len ? *n + e->grain : len;
+	return bfile_pread(e->file, buf, *n, entry * 512ull + goff);
+}
+
 int vmdk_sparse_read(struct vmdk *s, struct vmdk_extent *e, uint64_t off, uint8_t *buf,
 		     uint64_t len)
 {
@@ -333,7 +346,7 @@ int vmdk_sparse_read(struct vmdk *s, struct vmdk_extent *e, uint64_t off, uint8_
 		else if (!ret && e->compressed && !(ret = load_grain(s, e, g, entry)))
 			memcpy(buf, e->gbuf + goff, n);
 		else if (!ret)
-			ret = bfile_pread(e->file, buf, n, entry * 512ull + goff);
+			ret = read_run(s, e, g, entry, goff, buf, len, &n);
 		if (ret)
 			return ret;
 		buf += n;
@@ -563,6 +576,15 @@ int vmdk_sparse_status(struct vmdk *s, struct vmdk_extent *e, uint64_t off, uint
 	if (e->compressed)
 		return BLOCK_DATA | BLOCK_ALLOCATED | BLOCK_COMPRESSED;
 	*host_off = entry * 512ull + goff;
+	/* grains that follow each other in the file too: one extent */
+	while (*pnum < len) {
+		uint64_t next = off + *pnum;
+		uint32_t want = entry + (uint32_t)((next / e->grain - g) * e->h.grain_size), got;
+
+		if (lookup(s, e, next / e->grain, &got) || got != want)
+			break;
+		*pnum = *pnum + e->grain < len ? *pnum + e->grain : len;
+	}
 	return BLOCK_DATA | BLOCK_ALLOCATED | BLOCK_OFFSET;
 }
 
