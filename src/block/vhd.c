@@ -279,8 +279,10 @@ static size_t utf16_to_utf8(const uint8_t *in, size_t len, bool be, char *out, s
 			break;
 		if (c >= 0xd800 && c < 0xe000)
 			c = '?';	/* names outside the BMP: not worth the code */
-		if (o + 4 >= cap)
+		if (o + 4 >= cap) {
+			out[0] = '\0';	/* too long: no name rather than half a name */
 			return 0;
+		}
 		if (c < 0x80) {
 			out[o++] = (char)c;
 		} else if (c < 0x800) {
