@@ -341,6 +341,39 @@ int vhd_block_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pn
 	}
 }
 
+/* `img commit`: every block is dropped (the BAT first, then the file is
+ * cut after the metadata and the footer rewritten there). */
+int vhd_make_empty(struct image *img)
+{
+	struct vhd *s = img->opaque;
+	uint64_t bat_bytes = ((uint64_t)s->d.max_entries * 4 + 511) & ~511ull;
+	uint8_t *bat, foot[VHD_FOOTER_SIZE];
+	int ret;
+
+	if (s->f.type == VHD_FIXED)
+		return 0;
+	bat = malloc(bat_bytes);
+	if (!bat)
+		return err_set(-ENOMEM, "out of memory");
+	memset(bat, 0xff, s->d.max_entries * 4ull);
+	memset(bat + s->d.max_entries * 4ull, 0, bat_bytes - s->d.max_entries * 4ull);
+	ret = bfile_pwrite(s->file, bat, bat_bytes, s->d.table_offset);
+	free(bat);
+	if (!ret)
+		ret = bfile_flush(s->file);
+	vhd_footer_encode(&s->f, foot);
+	if (!ret)
+		ret = bfile_pwrite(s->file, foot, sizeof(foot), s->meta_end);
+	if (!ret)
+		ret = bfile_truncate(s->file, s->meta_end + VHD_FOOTER_SIZE);
+	if (ret)
+		return ret;
+	memset(s->bat, 0xff, s->d.max_entries * 4ull);
+	s->next_off = s->meta_end;
+	s->bitmap_block = VHD_BAT_FREE;
+	return 0;
+}
+
 /* ---- check ---- */
 
 static int cmp_u32(const void *a, const void *b)

@@ -685,4 +685,5 @@ const struct image_format vpc_format = {
 	.create = vhd_create,
 	.check = vhd_check,
 	.info = vhd_info,
+	.make_empty = vhd_make_empty,
 };

@@ -91,5 +91,6 @@ int vhd_write_zeroes(struct image *img, uint64_t off, uint64_t len);
 int vhd_block_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pnum,
 		     uint64_t *host_off);
 int vhd_check(struct image *img, struct image_check *res, int fix);
+int vhd_make_empty(struct image *img);
 
 #endif

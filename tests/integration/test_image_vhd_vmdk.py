@@ -145,6 +145,9 @@ def test_vhd_differencing(tmp_path):
     # The parent is untouched; commit writes the child's data into it.
     vireo("commit", top)
     same(shadow, base, "raw", "vpc")
+    assert top.stat().st_size < 64 << 10         # commit emptied the child
+    vireo("compare", "-F", "raw", top, shadow)
+    assert vireo("check", top).returncode == 0
     # A replaced parent (same name and size, another UUID) is refused.
     vireo("create", "-f", "vpc", base, "24M")
     p = no_crash("convert", "-O", "raw", top, tmp_path / "o.raw")
