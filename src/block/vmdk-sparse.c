@@ -590,9 +590,34 @@ int vmdk_sparse_status(struct vmdk *s, struct vmdk_extent *e, uint64_t off, uint
 
 /* ---- check ---- */
 
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Two GT entries sharing a grain: writing one would change the other. */
+static void check_overlaps(struct vmdk_extent *e, uint32_t *sec, uint64_t n,
+			   struct image_check *res)
+{
+	if (n)
+		qsort(sec, n, 4, cmp_u32);
+	for (uint64_t i = 0; i + 1 < n; i++)
+		if (e->compressed ? sec[i] == sec[i + 1]
+				  : sec[i] + e->h.grain_size > sec[i + 1]) {
+			res->corruptions++;
+			image_check_msg(res, "ERROR %s: grains at sectors %u and %u overlap",
+					e->file->path, sec[i], sec[i + 1]);
+		}
+}
+
+/* Every GT entry must be valid (lookup() says why not); no two may share
+ * a grain. Nothing is repaired: no fix keeps the data. */
 int vmdk_sparse_check(struct vmdk *s, struct vmdk_extent *e, struct image_check *res)
 {
-	uint64_t grains = (e->len + e->grain - 1) / e->grain;
+	uint64_t grains = (e->len + e->grain - 1) / e->grain, n = 0, cap = 0;
+	uint32_t *sec = NULL;
 
 	res->total_clusters += grains;
 	for (uint64_t g = 0; g < grains; g++) {
@@ -609,12 +634,25 @@ int vmdk_sparse_check(struct vmdk *s, struct vmdk_extent *e, struct image_check 
 			image_check_msg(res, "ERROR %s", err_get());
 			s->img->broken = false;
 		} else if (ret) {
+			free(sec);
 			return ret;
 		} else if (entry > 1 || (entry == 1 && !(e->h.flags & VMDK_FLAG_ZERO_GRAIN))) {
 			res->allocated_clusters++;
 			res->compressed_clusters += e->compressed;
+			if (n == cap) {	/* grows with what the file holds, not the disk size */
+				uint32_t *t = realloc(sec, (cap = cap ? cap * 2 : 1024) * 4);
+
+				if (!t) {
+					free(sec);
+					return err_set(-ENOMEM, "out of memory");
+				}
+				sec = t;
+			}
+			sec[n++] = entry;
 		}
 	}
+	check_overlaps(e, sec, n, res);
+	free(sec);
 	if (e->next_off > res->image_end_offset)
 		res->image_end_offset = e->next_off;
 	return 0;
@@ -648,17 +686,25 @@ int vmdk_sparse_create(struct bfile *f, uint64_t sectors, const char *desc, bool
 	h.rgd_offset = desc ? 21 : 1;
 	h.gd_offset = h.rgd_offset + gd_sectors + gts * 4;
 	h.overhead = (h.gd_offset + gd_sectors + gts * 4 + 127) & ~127ull;
-	buf = calloc(h.overhead, 512);
+	/* header and descriptor, then both directories; the GTs are zeroes
+	 * (a sparse tail: a 2 TiB disk has 256 MiB of them) */
+	buf = calloc(1, (h.desc_offset + h.desc_size + 1) * 512 + gd_sectors * 512);
 	if (!buf)
 		return err_set(-ENOMEM, "out of memory");
 	vmdk_header_encode(&h, buf);
 	if (desc)
 		memcpy(buf + 512, desc, strlen(desc));
-	for (uint64_t i = 0; i < gts; i++) {
-		put32(buf + h.rgd_offset * 512 + i * 4, (uint32_t)(h.rgd_offset + gd_sectors + i * 4));
-		put32(buf + h.gd_offset * 512 + i * 4, (uint32_t)(h.gd_offset + gd_sectors + i * 4));
+	ret = bfile_truncate(f, h.overhead * 512);
+	if (!ret)
+		ret = bfile_pwrite(f, buf, h.rgd_offset * 512, 0);
+	for (int k = 0; k < 2 && !ret; k++) {
+		uint64_t dir = k ? h.gd_offset : h.rgd_offset;
+
+		memset(buf, 0, gd_sectors * 512);
+		for (uint64_t i = 0; i < gts; i++)
+			put32(buf + i * 4, (uint32_t)(dir + gd_sectors + i * 4));
+		ret = bfile_pwrite(f, buf, gd_sectors * 512, dir * 512);
 	}
-	ret = bfile_pwrite(f, buf, h.overhead * 512, 0);
 	free(buf);
 	return ret;
 }

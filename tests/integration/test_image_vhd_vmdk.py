@@ -515,3 +515,13 @@ def test_vmdk_two_gb_extents(tmp_path):
     vireo("compare", "-F", "raw", img, shadow)
     same(shadow, img, "raw", "vmdk")
     assert qimg("check", img, ok=False).returncode == 0
+
+
+def test_vmdk_shared_grain_is_corruption(good_vmdk, tmp_path):
+    bad = tmp_path / "dup.vmdk"
+    shutil.copy(good_vmdk[0], bad)
+    h = vmdk_hdr(bad)
+    first = struct.unpack_from("<I", bad.read_bytes(), h["gt"] * 512)[0]
+    poke(bad, h["gt"] * 512 + 4 * 100, struct.pack("<I", first))   # grain 100 = grain 0
+    p = no_crash("check", bad)
+    assert p.returncode == 2 and "overlap" in p.stdout + p.stderr
