@@ -76,7 +76,8 @@ iops() {	# best of 3
 FORMATS=$("$VIREO" img --help 2>&1 | sed -n 's/.*formats://p')
 for fmt in qcow2 vpc vmdk; do
 	case " $FORMATS " in *" $fmt "*) ;; *) continue ;; esac
-	[ "$fmt" = qcow2 ] || qemu-img convert -f raw -O "$fmt" "$W/io.raw" "$W/io.$fmt"
+	# vpc/vmdk: the layout vireo writes (VHD blocks with 4 KiB-aligned data)
+	[ "$fmt" = qcow2 ] || "$VIREO" img convert -f raw -O "$fmt" "$W/io.raw" "$W/io.$fmt"
 	for mode in read write; do
 		w=""; [ $mode = write ] && w=-w
 		r=$(iops -f raw -c "$OPS" -s 4K $w "$W/io.raw")

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vhd.h"
 #include "vireo/log.h"
@@ -41,6 +42,28 @@ static int load_bitmap(struct vhd *s, uint32_t blk)
 	return ret;
 }
 
+/* Reads from the parent of a differencing image, which must be the VHD
+ * whose UUID the child recorded (a replaced parent would silently change
+ * the child's contents). */
+static int check_parent(struct vhd *s)
+{
+	struct image *p = s->img->backing;
+
+	if (p && !s->parent_checked && s->f.type == VHD_DIFF) {
+		if (p->fmt != &vpc_format ||
+		    memcmp(((struct vhd *)p->opaque)->f.uuid, s->d.parent_uuid, 16))
+			return err_set(-EINVAL, "%s: parent %s is not the VHD this image was "
+				       "created on (UUID differs)", s->file->path, p->filename);
+		s->parent_checked = true;
+	}
+	return 0;
+}
+
+static int read_parent(struct vhd *s, uint64_t off, uint8_t *buf, uint64_t n)
+{
+	return check_parent(s) ?: image_read_backing(s->img, off, buf, n);
+}
+
 /* Reads [boff, boff+n) of allocated differencing block blk: sector runs
  * whose bits are set come from the file, the others from the parent. */
 static int read_diff_block(struct vhd *s, uint32_t blk, uint64_t boff, uint8_t *buf,
@@ -60,7 +83,7 @@ static int read_diff_block(struct vhd *s, uint32_t blk, uint64_t boff, uint8_t *
 			ret = bfile_pread(s->file, buf + (pos - boff), pend - pos,
 					  block_off(s, blk) + s->bitmap_size + pos);
 		else
-			ret = image_read_backing(s->img, base + pos, buf + (pos - boff), pend - pos);
+			ret = read_parent(s, base + pos, buf + (pos - boff), pend - pos);
 		pos = pend;
 	}
 	return ret;
@@ -71,7 +94,7 @@ static int read_block(struct vhd *s, uint32_t blk, uint64_t boff, uint8_t *buf, 
 	uint64_t off = (uint64_t)blk * s->d.block_size + boff;
 
 	if (s->bat[blk] == VHD_BAT_FREE)
-		return image_read_backing(s->img, off, buf, n);
+		return read_parent(s, off, buf, n);
 	if (s->f.type == VHD_DIFF)
 		return read_diff_block(s, blk, boff, buf, n);
 	return bfile_pread(s->file, buf, n, block_off(s, blk) + s->bitmap_size + boff);
@@ -138,7 +161,10 @@ static int write_bat_entry(struct vhd *s, uint32_t blk, uint32_t v)
 static int alloc_block(struct vhd *s, uint32_t blk, uint64_t boff, const uint8_t *data,
 		       uint64_t n)
 {
-	uint64_t off = s->next_off, end = off + s->bitmap_size + s->d.block_size;
+	/* data 4 KiB-aligned (after its bitmap), so O_DIRECT I/O needs no
+	 * read-modify-write; the few sectors skipped stay unused */
+	uint64_t off = ((s->next_off + s->bitmap_size + 4095) & ~4095ull) - s->bitmap_size;
+	uint64_t end = off + s->bitmap_size + s->d.block_size;
 	uint8_t foot[VHD_FOOTER_SIZE];
 	int ret;
 
@@ -220,7 +246,7 @@ int vhd_write(struct image *img, uint64_t off, const void *buf, size_t len)
 	return 0;
 }
 
-/* Unallocated blocks of a dynamic image already read as zeroes. */
+/* Unallocated blocks already read as zeroes unless a parent shows through. */
 int vhd_write_zeroes(struct image *img, uint64_t off, uint64_t len)
 {
 	enum { CHUNK = 1 << 20 };
@@ -239,13 +265,35 @@ int vhd_write_zeroes(struct image *img, uint64_t off, uint64_t len)
 
 		n = n < len ? n : len;
 		n = n < CHUNK ? n : CHUNK;
-		if (s->f.type == VHD_DIFF || s->bat[blk] != VHD_BAT_FREE)
+		if (img->backing || s->bat[blk] != VHD_BAT_FREE)
 			ret = vhd_write(img, off, zero, n);
 		off += n;
 		len -= n;
 	}
 	free(zero);
 	return ret;
+}
+
+/* A fixed image is a raw file with a footer: holes read as zeroes (as
+ * QEMU reports them, through the file's SEEK_DATA/SEEK_HOLE). */
+static int fixed_status(struct vhd *s, uint64_t off, uint64_t len, uint64_t *pnum)
+{
+	const int st = BLOCK_ALLOCATED | BLOCK_OFFSET;
+	off_t data, hole;
+
+	if (s->file->fd < 0)
+		return st | BLOCK_DATA;
+	data = lseek(s->file->fd, (off_t)off, SEEK_DATA);
+	if (data < 0 || (uint64_t)data > off) {
+		uint64_t end = data < 0 ? off + len : (uint64_t)data;
+
+		*pnum = (end < off + len ? end : off + len) - off;
+		return st | BLOCK_ZERO | BLOCK_DATA;	/* as QEMU reports it */
+	}
+	hole = lseek(s->file->fd, (off_t)off, SEEK_HOLE);
+	if (hole > (off_t)off && (uint64_t)hole < off + len)
+		*pnum = (uint64_t)hole - off;
+	return st | BLOCK_DATA;
 }
 
 int vhd_block_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pnum,
@@ -259,7 +307,7 @@ int vhd_block_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pn
 	*pnum = len;
 	*host_off = off;
 	if (s->f.type == VHD_FIXED)
-		return BLOCK_DATA | BLOCK_ALLOCATED | BLOCK_OFFSET;
+		return fixed_status(s, off, len, pnum);
 	blk = (uint32_t)(off / s->d.block_size);
 	boff = off % s->d.block_size;
 	n = s->d.block_size - boff < len ? s->d.block_size - boff : len;
@@ -269,7 +317,11 @@ int vhd_block_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pn
 		while (got < len && s->bat[++blk] == VHD_BAT_FREE)
 			got += s->d.block_size < len - got ? s->d.block_size : len - got;
 		*pnum = got;
-		return 0;
+		ret = check_parent(s);	/* callers go to the parent next */
+		if (ret)
+			return ret;
+		/* as QEMU: without a parent, unallocated blocks are this layer's zeroes */
+		return s->f.type == VHD_DIFF ? 0 : BLOCK_ZERO | BLOCK_ALLOCATED;
 	}
 	*host_off = block_off(s, blk) + s->bitmap_size + boff;
 	*pnum = n;
@@ -285,8 +337,41 @@ int vhd_block_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pn
 		while (e * 512 < boff + n && bit_get(s->bitmap, e) == set)
 			e++;
 		*pnum = (e * 512 < boff + n ? e * 512 : boff + n) - boff;
-		return set ? BLOCK_DATA | BLOCK_ALLOCATED | BLOCK_OFFSET : 0;
+		return set ? BLOCK_DATA | BLOCK_ALLOCATED | BLOCK_OFFSET : check_parent(s);
 	}
+}
+
+/* `img commit`: every block is dropped (the BAT first, then the file is
+ * cut after the metadata and the footer rewritten there). */
+int vhd_make_empty(struct image *img)
+{
+	struct vhd *s = img->opaque;
+	uint64_t bat_bytes = ((uint64_t)s->d.max_entries * 4 + 511) & ~511ull;
+	uint8_t *bat, foot[VHD_FOOTER_SIZE];
+	int ret;
+
+	if (s->f.type == VHD_FIXED)
+		return 0;
+	bat = malloc(bat_bytes);
+	if (!bat)
+		return err_set(-ENOMEM, "out of memory");
+	memset(bat, 0xff, s->d.max_entries * 4ull);
+	memset(bat + s->d.max_entries * 4ull, 0, bat_bytes - s->d.max_entries * 4ull);
+	ret = bfile_pwrite(s->file, bat, bat_bytes, s->d.table_offset);
+	free(bat);
+	if (!ret)
+		ret = bfile_flush(s->file);
+	vhd_footer_encode(&s->f, foot);
+	if (!ret)
+		ret = bfile_pwrite(s->file, foot, sizeof(foot), s->meta_end);
+	if (!ret)
+		ret = bfile_truncate(s->file, s->meta_end + VHD_FOOTER_SIZE);
+	if (ret)
+		return ret;
+	memset(s->bat, 0xff, s->d.max_entries * 4ull);
+	s->next_off = s->meta_end;
+	s->bitmap_block = VHD_BAT_FREE;
+	return 0;
 }
 
 /* ---- check ---- */
@@ -330,11 +415,17 @@ static void check_blocks(struct vhd *s, struct image_check *res, uint64_t *end)
 	free(sorted);
 }
 
+/* A missing end footer or space after the last block is what a killed
+ * writer leaves (see alloc_block): the image is consistent (the footer copy
+ * at offset 0 describes it), so both count as leaks; the repair writes the
+ * footer right after the last block and cuts the file there. */
 int vhd_check(struct image *img, struct image_check *res, int fix)
 {
 	struct vhd *s = img->opaque;
 	int64_t file_len = bfile_length(s->file);
 	struct vhd_footer tail;
+	uint8_t b[VHD_FOOTER_SIZE];
+	bool footer;
 	uint64_t end;
 
 	if (file_len < 0)
@@ -345,39 +436,26 @@ int vhd_check(struct image *img, struct image_check *res, int fix)
 	}
 	check_blocks(s, res, &end);
 	res->image_end_offset = end + VHD_FOOTER_SIZE;
-	if ((uint64_t)file_len < end + VHD_FOOTER_SIZE ||
-	    vhd_footer_read(s->file, (uint64_t)file_len - VHD_FOOTER_SIZE, &tail)) {
-		image_check_msg(res, "ERROR the footer at the end of the file is missing or bad");
-		if (fix & IMAGE_FIX_ERRORS) {
-			uint8_t b[VHD_FOOTER_SIZE];
-
-			vhd_footer_encode(&s->f, b);
-			if (bfile_pwrite(s->file, b, sizeof(b), s->next_off))
-				res->check_errors++;
-			else
-				res->corruptions_fixed++;
-		} else {
-			res->corruptions++;
-		}
-	} else if ((uint64_t)file_len > end + VHD_FOOTER_SIZE) {
-		/* space a crash left between the last block and the footer */
-		res->leaks += ((uint64_t)file_len - end - VHD_FOOTER_SIZE) /
-			      (s->bitmap_size + (uint64_t)s->d.block_size) + 1;
+	footer = (uint64_t)file_len >= end + VHD_FOOTER_SIZE &&
+		 !vhd_footer_read(s->file, (uint64_t)file_len - VHD_FOOTER_SIZE, &tail);
+	if (footer && (uint64_t)file_len == end + VHD_FOOTER_SIZE)
+		return 0;
+	res->leaks++;
+	if (!footer)
+		image_check_msg(res, "Leaked space: the footer at the end of the file is missing");
+	else
 		image_check_msg(res, "Leaked space: %llu bytes after the last block",
 				(unsigned long long)((uint64_t)file_len - end - VHD_FOOTER_SIZE));
-		if (fix & IMAGE_FIX_LEAKS) {
-			uint8_t b[VHD_FOOTER_SIZE];
-
-			vhd_footer_encode(&s->f, b);
-			if (bfile_pwrite(s->file, b, sizeof(b), end) ||
-			    bfile_truncate(s->file, end + VHD_FOOTER_SIZE)) {
-				res->check_errors++;
-			} else {
-				res->leaks_fixed += res->leaks;
-				res->leaks = 0;
-				s->next_off = end;
-			}
-		}
+	if (!(fix & IMAGE_FIX_LEAKS))
+		return 0;
+	vhd_footer_encode(&s->f, b);
+	if (bfile_pwrite(s->file, b, sizeof(b), end) ||
+	    bfile_truncate(s->file, end + VHD_FOOTER_SIZE)) {
+		res->check_errors++;
+		return 0;
 	}
+	res->leaks--;
+	res->leaks_fixed++;
+	s->next_off = end;
 	return 0;
 }

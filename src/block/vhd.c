@@ -3,15 +3,16 @@
  * vhd-io.c). Written from Microsoft's "Virtual Hard Disk Image Format
  * Specification" 1.0; sizes follow QEMU's rules so qemu-img agrees. */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 
 #include "vhd.h"
 #include "vireo/log.h"
+#include "vireo/size.h"
 
 static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static uint32_t be32(const uint8_t *p)
@@ -29,19 +30,6 @@ static void put64(uint8_t *p, uint64_t v)
 {
 	put32(p, (uint32_t)(v >> 32));
 	put32(p + 4, (uint32_t)v);
-}
-
-int vhd_corrupt(struct vhd *s, const char *fmt, ...)
-{
-	char msg[384];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	s->img->broken = true;
-	log_ratelimited("%s: VHD image is corrupt: %s", s->file->path, msg);
-	return err_set(-EIO, "%s: VHD image is corrupt: %s", s->file->path, msg);
 }
 
 /* One's complement of the byte sum, the checksum field counted as zero. */
@@ -291,8 +279,10 @@ static size_t utf16_to_utf8(const uint8_t *in, size_t len, bool be, char *out, s
 			break;
 		if (c >= 0xd800 && c < 0xe000)
 			c = '?';	/* names outside the BMP: not worth the code */
-		if (o + 4 >= cap)
+		if (o + 4 >= cap) {
+			out[0] = '\0';	/* too long: no name rather than half a name */
 			return 0;
+		}
 		if (c < 0x80) {
 			out[o++] = (char)c;
 		} else if (c < 0x800) {
@@ -552,8 +542,9 @@ static int create_footer(struct bfile *file, const struct image_create_opts *o, 
 	memcpy(f->creator_os, "Wi2k", 4);
 	f->orig_size = f->cur_size = total * 512;
 	f->type = type;
-	for (int i = 0; i < 16; i++)
-		f->uuid[i] = (uint8_t)(rand() ^ (time(NULL) >> (i % 4 * 8)));
+	if (getrandom(f->uuid, sizeof(f->uuid), 0) != sizeof(f->uuid))
+		for (int i = 0; i < 16; i++)	/* no entropy: still differ per call */
+			f->uuid[i] = (uint8_t)(rand() ^ (time(NULL) >> (i % 4 * 8)));
 	f->uuid[6] = (uint8_t)((f->uuid[6] & 0x0f) | 0x40);
 	f->uuid[8] = (uint8_t)((f->uuid[8] & 0x3f) | 0x80);
 	return 0;
@@ -608,10 +599,19 @@ static int create_dynamic(struct bfile *file, const char *path,
 	struct vhd_dyn d = { .cookie = "cxsparse", .data_offset = VHD_NO_OFFSET,
 			     .table_offset = 3 * 512, .version = 0x00010000,
 			     .block_size = 2u << 20 };
-	uint64_t bat_bytes, end;
+	const char *bs = extra_opt(o, "block_size");
+	uint64_t bat_bytes, end, v;
 	uint8_t *buf, locdata[1024] = { 0 };
 	int ret;
 
+	/* not a qemu-img option (it always uses 2 MiB), but the spec allows any */
+	if (bs && (size_parse(bs, &v) || v < 512 || v > (256u << 20) || (v & (v - 1))))
+		return err_set(-EINVAL, "%s: VHD block_size must be a power of two from 512 "
+			       "to 256M", file->path);
+	if (bs)
+		d.block_size = (uint32_t)v;
+	if ((f->cur_size + d.block_size - 1) / d.block_size > VHD_MAX_BAT)
+		return err_set(-EFBIG, "%s: too many VHD blocks for this block size", file->path);
 	d.max_entries = (uint32_t)((f->cur_size + d.block_size - 1) / d.block_size);
 	bat_bytes = ((uint64_t)d.max_entries * 4 + 511) & ~511ull;
 	end = d.table_offset + bat_bytes;
@@ -685,4 +685,5 @@ const struct image_format vpc_format = {
 	.create = vhd_create,
 	.check = vhd_check,
 	.info = vhd_info,
+	.make_empty = vhd_make_empty,
 };

@@ -74,6 +74,7 @@ struct vhd {
 	uint64_t next_off;		/* where the next block goes (the end footer) */
 	uint8_t *bitmap;		/* cached bitmap of bitmap_block */
 	uint32_t bitmap_block;		/* VHD_BAT_FREE: none cached */
+	bool parent_checked;		/* the parent's UUID matched */
 };
 
 uint32_t vhd_checksum(const uint8_t *buf, size_t len, size_t csum_off);
@@ -82,7 +83,6 @@ int vhd_footer_read(struct bfile *file, uint64_t off, struct vhd_footer *f);
 void vhd_geometry(uint64_t sectors, uint16_t *cyls, uint8_t *heads, uint8_t *secs);
 int vhd_dyn_read(struct vhd *s, int64_t file_len);
 void vhd_dyn_encode(const struct vhd_dyn *d, uint8_t *b);
-int vhd_corrupt(struct vhd *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* vhd-io.c */
 int vhd_read(struct image *img, uint64_t off, void *buf, size_t len);
@@ -91,5 +91,6 @@ int vhd_write_zeroes(struct image *img, uint64_t off, uint64_t len);
 int vhd_block_status(struct image *img, uint64_t off, uint64_t len, uint64_t *pnum,
 		     uint64_t *host_off);
 int vhd_check(struct image *img, struct image_check *res, int fix);
+int vhd_make_empty(struct image *img);
 
 #endif

@@ -317,6 +317,19 @@ static int load_grain(struct vmdk *s, struct vmdk_extent *e, uint64_t g, uint32_
 	return 0;
 }
 
+/* Reads from plain grain g at sector entry, and on through the grains that
+ * follow it in the file too (one pread for a run); *n grows accordingly. */
+static int read_run(struct vmdk *s, struct vmdk_extent *e, uint64_t g, uint32_t entry,
+		    uint64_t goff, uint8_t *buf, uint64_t len, uint64_t *n)
+{
+	uint32_t got;
+
+	while (*n < len && !lookup(s, e, g + (*n + goff) / e->grain, &got) &&
+	       got == entry + (uint32_t)((*n + goff) / e->grain * e->h.grain_size) && got > 1)
+		*n = *n + e->grain < len ? *n + e->grain : len;
+	return bfile_pread(e->file, buf, *n, entry * 512ull + goff);
+}
+
 int vmdk_sparse_read(struct vmdk *s, struct vmdk_extent *e, uint64_t off, uint8_t *buf,
 		     uint64_t len)
 {
@@ -333,7 +346,7 @@ int vmdk_sparse_read(struct vmdk *s, struct vmdk_extent *e, uint64_t off, uint8_
 		else if (!ret && e->compressed && !(ret = load_grain(s, e, g, entry)))
 			memcpy(buf, e->gbuf + goff, n);
 		else if (!ret)
-			ret = bfile_pread(e->file, buf, n, entry * 512ull + goff);
+			ret = read_run(s, e, g, entry, goff, buf, len, &n);
 		if (ret)
 			return ret;
 		buf += n;
@@ -400,23 +413,28 @@ static int set_gte(struct vmdk_extent *e, uint64_t g, uint32_t v)
 	return ret;
 }
 
-/* Appends grain g (e->grain bytes at data), compressed if the extent is. */
-static int append_grain(struct vmdk_extent *e, uint64_t g, const uint8_t *data, uint32_t *sector)
+/* Compresses len bytes of grain g into dst (compressBound + 524 bytes):
+ * LBA, size, deflate data, padded to a sector. No shared state, so
+ * `convert -c` runs it on several threads without the image lock. */
+int vmdk_sparse_compress(struct vmdk_extent *e, uint64_t g, const uint8_t *data, uint64_t len,
+			 uint8_t *dst, uint64_t *bytes)
 {
-	uint64_t at = e->next_off, bytes = e->grain;
-	const uint8_t *out = data;
+	uLongf zlen = compressBound((uLong)e->grain);
 
-	if (e->compressed) {
-		uLongf zlen = compressBound((uLong)e->grain);
+	if (compress2(dst + 12, &zlen, data, (uLong)len, Z_DEFAULT_COMPRESSION) != Z_OK)
+		return err_set(-EIO, "%s: compression failed", e->file->path);
+	put64(dst, g * e->h.grain_size);
+	put32(dst + 8, (uint32_t)zlen);
+	*bytes = (12 + zlen + 511) & ~511ull;
+	memset(dst + 12 + zlen, 0, *bytes - 12 - zlen);
+	return 0;
+}
 
-		if (compress2(e->zbuf + 12, &zlen, data, (uLong)e->grain, Z_DEFAULT_COMPRESSION) != Z_OK)
-			return err_set(-EIO, "%s: compression failed", e->file->path);
-		put64(e->zbuf, g * e->h.grain_size);
-		put32(e->zbuf + 8, (uint32_t)zlen);
-		bytes = (12 + zlen + 511) & ~511ull;
-		memset(e->zbuf + 12 + zlen, 0, bytes - 12 - zlen);
-		out = e->zbuf;
-	}
+/* Appends bytes of grain data at the end of the file. */
+static int append(struct vmdk_extent *e, const uint8_t *data, uint64_t bytes, uint32_t *sector)
+{
+	uint64_t at = e->next_off;
+
 	if ((at + bytes) / 512 > UINT32_MAX)
 		return err_set(-EFBIG, "%s: VMDK extent full", e->file->path);
 	*sector = (uint32_t)(at / 512);
@@ -424,7 +442,33 @@ static int append_grain(struct vmdk_extent *e, uint64_t g, const uint8_t *data, 
 	e->appended = true;
 	if (e->next_off > (uint64_t)e->file_len)
 		e->file_len = (int64_t)e->next_off;
-	return bfile_pwrite(e->file, out, bytes, at);
+	return bfile_pwrite(e->file, data, bytes, at);
+}
+
+/* Stores an already compressed grain g (vmdk_sparse_compress) and points
+ * its GT entry at it. */
+int vmdk_sparse_put_compressed(struct vmdk_extent *e, uint64_t g, const uint8_t *z,
+			       uint64_t bytes)
+{
+	uint32_t sector;
+	int ret;
+
+	if (e->read_only)
+		return err_set(-ENOTSUP, "%s: VMDK stream is read-only", e->file->path);
+	ret = append(e, z, bytes, &sector);
+	return ret ? ret : set_gte(e, g, sector);
+}
+
+/* Appends grain g (e->grain bytes at data), compressed if the extent is. */
+static int append_grain(struct vmdk_extent *e, uint64_t g, const uint8_t *data, uint32_t *sector)
+{
+	uint64_t bytes = e->grain;
+	int ret;
+
+	if (!e->compressed)
+		return append(e, data, bytes, sector);
+	ret = vmdk_sparse_compress(e, g, data, e->grain, e->zbuf, &bytes);
+	return ret ? ret : append(e, e->zbuf, bytes, sector);
 }
 
 /* A partial write to a grain that isn't plainly allocated: the whole new
@@ -532,14 +576,48 @@ int vmdk_sparse_status(struct vmdk *s, struct vmdk_extent *e, uint64_t off, uint
 	if (e->compressed)
 		return BLOCK_DATA | BLOCK_ALLOCATED | BLOCK_COMPRESSED;
 	*host_off = entry * 512ull + goff;
+	/* grains that follow each other in the file too: one extent */
+	while (*pnum < len) {
+		uint64_t next = off + *pnum;
+		uint32_t want = entry + (uint32_t)((next / e->grain - g) * e->h.grain_size), got;
+
+		if (lookup(s, e, next / e->grain, &got) || got != want)
+			break;
+		*pnum = *pnum + e->grain < len ? *pnum + e->grain : len;
+	}
 	return BLOCK_DATA | BLOCK_ALLOCATED | BLOCK_OFFSET;
 }
 
 /* ---- check ---- */
 
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Two GT entries sharing a grain: writing one would change the other. */
+static void check_overlaps(struct vmdk_extent *e, uint32_t *sec, uint64_t n,
+			   struct image_check *res)
+{
+	if (n)
+		qsort(sec, n, 4, cmp_u32);
+	for (uint64_t i = 0; i + 1 < n; i++)
+		if (e->compressed ? sec[i] == sec[i + 1]
+				  : sec[i] + e->h.grain_size > sec[i + 1]) {
+			res->corruptions++;
+			image_check_msg(res, "ERROR %s: grains at sectors %u and %u overlap",
+					e->file->path, sec[i], sec[i + 1]);
+		}
+}
+
+/* Every GT entry must be valid (lookup() says why not); no two may share
+ * a grain. Nothing is repaired: no fix keeps the data. */
 int vmdk_sparse_check(struct vmdk *s, struct vmdk_extent *e, struct image_check *res)
 {
-	uint64_t grains = (e->len + e->grain - 1) / e->grain;
+	uint64_t grains = (e->len + e->grain - 1) / e->grain, n = 0, cap = 0;
+	uint32_t *sec = NULL;
 
 	res->total_clusters += grains;
 	for (uint64_t g = 0; g < grains; g++) {
@@ -556,12 +634,25 @@ int vmdk_sparse_check(struct vmdk *s, struct vmdk_extent *e, struct image_check 
 			image_check_msg(res, "ERROR %s", err_get());
 			s->img->broken = false;
 		} else if (ret) {
+			free(sec);
 			return ret;
 		} else if (entry > 1 || (entry == 1 && !(e->h.flags & VMDK_FLAG_ZERO_GRAIN))) {
 			res->allocated_clusters++;
 			res->compressed_clusters += e->compressed;
+			if (n == cap) {	/* grows with what the file holds, not the disk size */
+				uint32_t *t = realloc(sec, (cap = cap ? cap * 2 : 1024) * 4);
+
+				if (!t) {
+					free(sec);
+					return err_set(-ENOMEM, "out of memory");
+				}
+				sec = t;
+			}
+			sec[n++] = entry;
 		}
 	}
+	check_overlaps(e, sec, n, res);
+	free(sec);
 	if (e->next_off > res->image_end_offset)
 		res->image_end_offset = e->next_off;
 	return 0;
@@ -595,17 +686,25 @@ int vmdk_sparse_create(struct bfile *f, uint64_t sectors, const char *desc, bool
 	h.rgd_offset = desc ? 21 : 1;
 	h.gd_offset = h.rgd_offset + gd_sectors + gts * 4;
 	h.overhead = (h.gd_offset + gd_sectors + gts * 4 + 127) & ~127ull;
-	buf = calloc(h.overhead, 512);
+	/* header and descriptor, then both directories; the GTs are zeroes
+	 * (a sparse tail: a 2 TiB disk has 256 MiB of them) */
+	buf = calloc(1, (h.desc_offset + h.desc_size + 1) * 512 + gd_sectors * 512);
 	if (!buf)
 		return err_set(-ENOMEM, "out of memory");
 	vmdk_header_encode(&h, buf);
 	if (desc)
 		memcpy(buf + 512, desc, strlen(desc));
-	for (uint64_t i = 0; i < gts; i++) {
-		put32(buf + h.rgd_offset * 512 + i * 4, (uint32_t)(h.rgd_offset + gd_sectors + i * 4));
-		put32(buf + h.gd_offset * 512 + i * 4, (uint32_t)(h.gd_offset + gd_sectors + i * 4));
+	ret = bfile_truncate(f, h.overhead * 512);
+	if (!ret)
+		ret = bfile_pwrite(f, buf, h.rgd_offset * 512, 0);
+	for (int k = 0; k < 2 && !ret; k++) {
+		uint64_t dir = k ? h.gd_offset : h.rgd_offset;
+
+		memset(buf, 0, gd_sectors * 512);
+		for (uint64_t i = 0; i < gts; i++)
+			put32(buf + i * 4, (uint32_t)(dir + gd_sectors + i * 4));
+		ret = bfile_pwrite(f, buf, gd_sectors * 512, dir * 512);
 	}
-	ret = bfile_pwrite(f, buf, h.overhead * 512, 0);
 	free(buf);
 	return ret;
 }

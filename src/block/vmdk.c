@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <zlib.h>
 
 #include "vmdk.h"
 #include "vireo/log.h"
@@ -195,6 +197,9 @@ static int open_extent(struct vmdk *s, struct vmdk_extent *e)
 	if (e->type == VMDK_EXT_ZERO)
 		return 0;
 	if (!e->file) {
+		if (img->file->fd < 0)	/* memory files (fuzzers) name no host files */
+			return err_set(-ENOTSUP, "%s: VMDK extent files need a host file",
+				       img->file->path);
 		ret = bfile_open_relative(img->file, e->name, img->writable ? BFILE_RDWR : BFILE_RDONLY,
 					  &e->file);
 		if (ret)
@@ -365,6 +370,63 @@ static int vmdk_write(struct image *img, uint64_t off, const void *buf, size_t l
 	return vmdk_rw(img, off, NULL, buf, len);
 }
 
+/* convert -c, called without img->lock from several threads: a grain of a
+ * streamOptimized extent is compressed first, then stored under the lock;
+ * other extents store it plainly (the contract allows it; QEMU refuses). */
+static int vmdk_write_compressed(struct image *img, uint64_t off, const void *buf, size_t len)
+{
+	struct vmdk *s = img->opaque;
+	struct vmdk_extent *e = find_extent(s, off);
+	uint64_t eoff = off - e->start, bytes = 0;
+	uint8_t *z = NULL;
+	int ret = 0;
+
+	if (e->type == VMDK_EXT_SPARSE && e->compressed && eoff % e->grain == 0 &&
+	    len <= e->grain && len <= e->len - eoff) {
+		z = malloc(compressBound((uLong)e->grain) + 1024);
+		ret = z ? vmdk_sparse_compress(e, eoff / e->grain, buf, len, z, &bytes)
+			: err_set(-ENOMEM, "out of memory");
+	}
+	pthread_mutex_lock(&img->lock);
+	if (!ret)
+		ret = z ? vmdk_sparse_put_compressed(e, eoff / e->grain, z, bytes)
+			: vmdk_rw(img, off, NULL, buf, len);
+	pthread_mutex_unlock(&img->lock);
+	free(z);
+	return ret;
+}
+
+/* Unallocated grains without a parent already read as zeroes. */
+static int vmdk_write_zeroes(struct image *img, uint64_t off, uint64_t len)
+{
+	enum { CHUNK = 1 << 20 };
+	struct vmdk *s = img->opaque;
+	uint8_t *zero = calloc(1, CHUNK);
+	int ret = zero ? 0 : err_set(-ENOMEM, "out of memory");
+
+	while (len && !ret) {
+		struct vmdk_extent *e = find_extent(s, off);
+		uint64_t eoff = off - e->start, n = e->len - eoff < len ? e->len - eoff : len;
+		uint64_t pnum = n, host;
+
+		int st = BLOCK_DATA;
+
+		n = n < CHUNK ? n : CHUNK;
+		if (e->type == VMDK_EXT_SPARSE && !img->backing) {
+			st = vmdk_sparse_status(s, e, eoff, n, &pnum, &host);
+			n = pnum < n ? pnum : n;
+		}
+		if (st < 0)
+			ret = st;
+		else if (st & BLOCK_DATA)
+			ret = vmdk_rw(img, off, NULL, zero, n);
+		off += n;
+		len -= n;
+	}
+	free(zero);
+	return ret;
+}
+
 static int vmdk_flush(struct image *img)
 {
 	struct vmdk *s = img->opaque;
@@ -455,10 +517,14 @@ static void desc_write(char *d, size_t cap, const char *type, uint64_t sectors, 
 		       const char *parent, const char *extents)
 {
 	uint64_t cyls = sectors / (16 * 63);
+	uint32_t cid;
 	int n;
 
+	if (getrandom(&cid, sizeof(cid), 0) != sizeof(cid))
+		cid = (uint32_t)(rand() ^ time(NULL));
+
 	n = snprintf(d, cap, "# Disk DescriptorFile\nversion=1\nCID=%08x\nparentCID=%08x\n"
-		     "createType=\"%s\"\n", (uint32_t)(rand() ^ time(NULL)), pcid, type);
+		     "createType=\"%s\"\n", cid, pcid, type);
 	if (parent)
 		n += snprintf(d + n, cap - (size_t)n, "parentFileNameHint=\"%s\"\n", parent);
 	snprintf(d + n, cap - (size_t)n, "\n# Extent description\n%s\n# The Disk Data Base\n#DDB\n\n"
@@ -562,6 +628,8 @@ const struct image_format vmdk_format = {
 	.close = vmdk_close,
 	.read = vmdk_read,
 	.write = vmdk_write,
+	.write_compressed = vmdk_write_compressed,
+	.write_zeroes = vmdk_write_zeroes,
 	.flush = vmdk_flush,
 	.block_status = vmdk_block_status,
 	.create = vmdk_create,

@@ -106,6 +106,10 @@ int vmdk_sparse_write(struct vmdk *s, struct vmdk_extent *e, uint64_t off, const
 int vmdk_sparse_status(struct vmdk *s, struct vmdk_extent *e, uint64_t off, uint64_t len,
 		       uint64_t *pnum, uint64_t *host_off);
 int vmdk_sparse_flush(struct vmdk_extent *e);
+int vmdk_sparse_compress(struct vmdk_extent *e, uint64_t g, const uint8_t *data, uint64_t len,
+			 uint8_t *dst, uint64_t *bytes);
+int vmdk_sparse_put_compressed(struct vmdk_extent *e, uint64_t g, const uint8_t *z,
+			       uint64_t bytes);
 int vmdk_sparse_check(struct vmdk *s, struct vmdk_extent *e, struct image_check *res);
 /* Writes an empty sparse extent of `sectors` with an embedded descriptor
  * (desc may be NULL). */

@@ -19,6 +19,16 @@ qcow2)
 	$V img snapshot -c s1 "$out/snap.qcow2"
 	$V img create -f qcow2 -o cluster_size=512 -b plain.qcow2 -F qcow2 "$out/overlay.qcow2" >/dev/null
 	;;
+vpc)
+	$V img convert -f raw -O vpc -o block_size=4K "$t/src.raw" "$out/dynamic.vhd" >/dev/null
+	$V img convert -f raw -O vpc -o subformat=fixed "$t/src.raw" "$out/fixed.vhd" >/dev/null
+	$V img create -f vpc -o block_size=4K -b dynamic.vhd "$out/diff.vhd" >/dev/null
+	$V img convert -n -f raw -O vpc "$t/src.raw" "$out/diff.vhd" >/dev/null
+	;;
+vmdk)
+	$V img convert -f raw -O vmdk "$t/src.raw" "$out/sparse.vmdk" >/dev/null
+	$V img convert -f raw -O vmdk -o subformat=streamOptimized "$t/src.raw" "$out/stream.vmdk" >/dev/null
+	;;
 *)
 	$V img convert -f raw -O "$fmt" "$t/src.raw" "$out/seed.$fmt" >/dev/null || true
 	;;
