@@ -210,7 +210,8 @@ int vm_start(struct vm *vm)
 			vm_request_stop(vm, VM_EXIT_VMM_ERROR);
 			return err_set(-ret, "cannot start vCPU thread %u: %s", i, strerror(ret));
 		}
-		vm->vcpus[i].thread_started = true;
+		/* Release: a vCPU already running may read .thread in vm_request_stop(). */
+		__atomic_store_n(&vm->vcpus[i].thread_started, true, __ATOMIC_RELEASE);
 	}
 	pthread_mutex_lock(&vm->stop_lock);
 	if (vm->state == VM_STATE_CREATED)

@@ -198,7 +198,8 @@ void vm_request_stop(struct vm *vm, int status)
 		struct vcpu *v = &vm->vcpus[i];
 
 		__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-		if (v->thread_started && !pthread_equal(v->thread, pthread_self()))
+		if (__atomic_load_n(&v->thread_started, __ATOMIC_ACQUIRE) &&
+		    !pthread_equal(v->thread, pthread_self()))
 			pthread_kill(v->thread, SIGUSR1);
 	}
 	if (write(vm->stop_fd, &one, sizeof(one)) < 0)
