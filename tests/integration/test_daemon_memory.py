@@ -47,6 +47,15 @@ def test_needy_guest_gets_memory_from_idle_one(auto):
     assert "memory policy" in auto.logtext()
 
 
+def test_needy_guest_alone_gets_memory_from_the_host(auto):
+    """No idle guest to take from: the host gives, above its reserve (64M here,
+    far below this host's MemAvailable)."""
+    auto.create("alone", memory="128M", balloon=True, balloon_target="112M", scenario=FOLLOW)
+    auto.ok("POST", "/vms/alone/start")
+    assert wait_for(lambda: actual(auto, "alone") == 80 * MIB, timeout=8), auto.vm("alone")
+    auto.ok("POST", "/vms/alone/stop")
+
+
 def test_host_reserve_reclaims_down_to_memory_min():
     """A reserve larger than the host: the policy takes memory back from an
     idle guest, but never below its memory_min."""
