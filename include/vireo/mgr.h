@@ -63,6 +63,8 @@ struct vm_def {
 	unsigned int npin;
 	bool balloon;                /* a virtio-balloon device */
 	uint64_t balloon_target;     /* bytes the guest should give back */
+	uint64_t memory_min;         /* the automatic policy leaves the guest at
+				      * least this much; 0: a quarter of memory */
 };
 
 /* Names: 1..64 of [A-Za-z0-9_.-], not starting with '.' or '-'. */
@@ -145,6 +147,8 @@ struct mgr_vm {
 	bool stopping;               /* a stop we asked for: not a crash */
 	uint64_t sock_id;            /* the control socket's identity (inode and
 				      * mtime): a new one means the VMM restarted */
+	uint64_t policy_fresh;       /* balloon stats_updates from which the
+				      * guest's figures reflect our last target */
 	struct mgr_vm *next;
 };
 
@@ -154,6 +158,9 @@ struct mgr {
 	char exe[PATH_MAX];          /* the vireo binary, for `vireo run` */
 	struct cgroups cg;
 	unsigned int overcommit;     /* max vCPUs per host CPU, running VMs */
+	bool mem_auto;               /* --memory-policy=auto */
+	unsigned int mem_interval_ms; /* how often the policy runs */
+	uint64_t mem_reserve;        /* host MemAvailable the policy keeps */
 	struct mgr_vm *vms;
 };
 
@@ -181,6 +188,14 @@ enum mgr_err mgr_patch(struct mgr *m, struct mgr_vm *vm, struct vm_patch *p);
 struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live);
 /* Prometheus text exposition; the caller frees. */
 char *mgr_metrics(struct mgr *m);
+
+/* ---- automatic memory policy (src/mgr/policy.c) ---- */
+/* One round, under m->lock: reads each running ballooned VM's guest
+ * statistics and moves memory from idle guests (free > 50% of total) to
+ * guests under pressure (free < 20%, balloon inflated), then from the host
+ * while its MemAvailable stays above mem_reserve; below the reserve it
+ * inflates idle guests' balloons. */
+void mgr_policy_run(struct mgr *m);
 
 /* ---- store (src/mgr/store.c) ---- */
 int store_write_json(const char *path, struct json_object *obj);

@@ -13,6 +13,10 @@ struct serial;
 /* Registers the UART's ports on vm->pio. Returns NULL with err_set(). */
 struct serial *serial_create(struct vm *vm, int out_fd);
 void serial_destroy(struct serial *s);
+/* A second sink for the guest's output (the console socket's client);
+ * -1 for none. Writes to it never block; the caller closes fd only after
+ * setting another. */
+void serial_set_tee(struct serial *s, int fd);
 /* Queues bytes for the guest to read; returns how many fit. */
 size_t serial_receive(struct serial *s, const uint8_t *buf, size_t len);
 /* Free space in the receive buffer, so the loop reads no more than fits. */

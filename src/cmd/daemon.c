@@ -14,17 +14,23 @@
 #include "vireo/cmd.h"
 #include "vireo/log.h"
 #include "vireo/mgr.h"
+#include "vireo/size.h"
 
 #define CHECK_INTERVAL_MS 100
 
 static const char daemon_usage[] =
 	"usage: vireo daemon --state-dir DIR --socket PATH [--cgroup=auto|v2|v1|none]\n"
-	"                    [--overcommit N] [--verbose]\n"
+	"                    [--overcommit N] [--memory-policy=manual|auto]\n"
+	"                    [--memory-interval MS] [--memory-reserve SIZE] [--verbose]\n"
 	"\n"
 	"  --state-dir DIR   VM definitions, runtime records, sockets and logs\n"
 	"  --socket PATH     the HTTP API's Unix socket (curl --unix-socket PATH)\n"
 	"  --cgroup MODE     cgroup hierarchy for VMMs (default auto: v2, else v1)\n"
 	"  --overcommit N    max vCPUs of running VMs per host CPU (default 16)\n"
+	"  --memory-policy P manual (default): balloon targets set by hand; auto:\n"
+	"                    move memory from idle guests to guests under pressure\n"
+	"  --memory-interval MS  how often the auto policy runs (default 1000)\n"
+	"  --memory-reserve SIZE host memory the auto policy keeps free (default 256M)\n"
 	"  --verbose         log VM state changes\n"
 	"\n"
 	"SIGTERM or SIGINT stops the daemon; running VMs keep running and are\n"
@@ -33,6 +39,9 @@ static const char daemon_usage[] =
 struct daemon_options {
 	const char *state_dir, *socket, *cgroup;
 	unsigned int overcommit;
+	bool mem_auto;
+	unsigned int mem_interval_ms;
+	uint64_t mem_reserve;
 };
 
 static int parse_options(int argc, char **argv, struct daemon_options *o)
@@ -42,6 +51,9 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		{ "socket", required_argument, NULL, 's' },
 		{ "cgroup", required_argument, NULL, 'c' },
 		{ "overcommit", required_argument, NULL, 'o' },
+		{ "memory-policy", required_argument, NULL, 'p' },
+		{ "memory-interval", required_argument, NULL, 'i' },
+		{ "memory-reserve", required_argument, NULL, 'r' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -49,7 +61,8 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 	char *end;
 	int c;
 
-	*o = (struct daemon_options){ .overcommit = 16 };
+	*o = (struct daemon_options){ .overcommit = 16, .mem_interval_ms = 1000,
+				      .mem_reserve = 256ULL << 20 };
 	while ((c = getopt_long(argc, argv, "hv", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'd': o->state_dir = optarg; break;
@@ -64,6 +77,21 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 			o->overcommit = (unsigned int)strtoul(optarg, &end, 10);
 			if (*end || !*optarg || o->overcommit == 0 || o->overcommit > 1000)
 				return err_set(-EINVAL, "--overcommit must be 1 to 1000");
+			break;
+		case 'p':
+			if (strcmp(optarg, "auto") && strcmp(optarg, "manual"))
+				return err_set(-EINVAL, "--memory-policy must be manual or auto");
+			o->mem_auto = !strcmp(optarg, "auto");
+			break;
+		case 'i':
+			o->mem_interval_ms = (unsigned int)strtoul(optarg, &end, 10);
+			if (*end || !*optarg || o->mem_interval_ms < 100 ||
+			    o->mem_interval_ms > 3600000)
+				return err_set(-EINVAL, "--memory-interval must be 100 to 3600000 ms");
+			break;
+		case 'r':
+			if (size_parse(optarg, &o->mem_reserve))
+				return err_set(-EINVAL, "--memory-reserve takes a size (e.g. 256M)");
 			break;
 		case 'v': log_set_level(LOG_INFO); break;
 		case 'h': fputs(daemon_usage, stdout); exit(0);
@@ -81,6 +109,7 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 static void supervise(struct mgr *m, int sfd)
 {
 	struct pollfd p = { .fd = sfd, .events = POLLIN };
+	unsigned int since = 0;
 
 	for (;;) {
 		int n = poll(&p, 1, CHECK_INTERVAL_MS);
@@ -89,6 +118,11 @@ static void supervise(struct mgr *m, int sfd)
 			return;
 		pthread_mutex_lock(&m->lock);
 		mgr_check(m);
+		since += CHECK_INTERVAL_MS;
+		if (m->mem_auto && since >= m->mem_interval_ms) {
+			since = 0;
+			mgr_policy_run(m);
+		}
 		pthread_mutex_unlock(&m->lock);
 	}
 }
@@ -117,14 +151,17 @@ int cmd_daemon(int argc, char **argv)
 		return 1;
 	}
 	m.overcommit = o.overcommit;
+	m.mem_auto = o.mem_auto;
+	m.mem_interval_ms = o.mem_interval_ms;
+	m.mem_reserve = o.mem_reserve;
 	api = api_start(&m, o.socket);
 	if (!api) {
 		fprintf(stderr, "vireo: %s\n", err_get());
 		mgr_close(&m);
 		return 1;
 	}
-	fprintf(stderr, "vireo: daemon listening on %s (state %s, cgroup %s)\n", o.socket,
-		m.state_dir, cgroup_mode_name(m.cg.mode));
+	fprintf(stderr, "vireo: daemon listening on %s (state %s, cgroup %s, memory policy %s)\n",
+		o.socket, m.state_dir, cgroup_mode_name(m.cg.mode), m.mem_auto ? "auto" : "manual");
 	supervise(&m, sfd);
 	api_stop(api);
 	pthread_mutex_lock(&m.lock);

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -39,6 +41,7 @@ struct run_options {
 	unsigned int nnics;
 	const char *api_socket;
 	const char *vcpu_cgroup;
+	const char *console_socket;
 };
 
 /* The devices of one VM, torn down together. */
@@ -78,6 +81,8 @@ static const char run_usage[] =
 	"                   [tap=NAME][,mac=52:54:00:12:34:56][,mtu=N][,rx_bps=SIZE][,tx_bps=SIZE]\n"
 	"                   (a missing tap is created; that needs CAP_NET_ADMIN)\n"
 	"  --api-socket PATH  serve the control socket (JSON, docs/api.md) at PATH\n"
+	"  --console-socket PATH  the serial console also on this Unix socket (one\n"
+	"                   client at a time; bytes both ways)\n"
 	"  --vcpu-cgroup FILE each vCPU thread writes its thread id to FILE (the\n"
 	"                   daemon's vCPU cgroup: 'tasks' or 'cgroup.threads')\n"
 	"\n"
@@ -181,7 +186,7 @@ static int parse_nic(char *spec, struct nic_config *n)
 static int parse_run_options(int argc, char **argv, struct run_options *o)
 {
 	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_BALLOON, OPT_NET,
-	       OPT_API_SOCKET, OPT_VCPU_CGROUP };
+	       OPT_API_SOCKET, OPT_VCPU_CGROUP, OPT_CONSOLE_SOCKET };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -196,6 +201,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "net", required_argument, NULL, OPT_NET },
 		{ "api-socket", required_argument, NULL, OPT_API_SOCKET },
 		{ "vcpu-cgroup", required_argument, NULL, OPT_VCPU_CGROUP },
+		{ "console-socket", required_argument, NULL, OPT_CONSOLE_SOCKET },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -248,6 +254,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 			break;
 		case OPT_API_SOCKET: o->api_socket = optarg; break;
 		case OPT_VCPU_CGROUP: o->vcpu_cgroup = optarg; break;
+		case OPT_CONSOLE_SOCKET: o->console_socket = optarg; break;
 		case 'h': fputs(run_usage, stdout); exit(0);
 		default: return err_set(-EINVAL, "see 'vireo run --help'");
 		}
@@ -293,6 +300,84 @@ static void console_input(struct loop *loop, int fd, uint32_t events, void *opaq
 		out[n_out++] = buf[i];
 	}
 	serial_receive(con->serial, out, n_out);
+}
+
+/* The console socket: the serial console for one client at a time. */
+struct console_sock {
+	struct serial *serial;
+	const char *path;
+	int listen_fd, client;
+};
+
+static void console_sock_drop(struct loop *loop, struct console_sock *cs)
+{
+	serial_set_tee(cs->serial, -1);
+	loop_del(loop, cs->client);
+	close(cs->client);
+	cs->client = -1;
+}
+
+static void console_sock_input(struct loop *loop, int fd, uint32_t events, void *opaque)
+{
+	struct console_sock *cs = opaque;
+	uint8_t buf[256];
+	ssize_t n;
+
+	(void)events;
+	n = read(fd, buf, sizeof(buf));
+	if (n > 0)
+		serial_receive(cs->serial, buf, (size_t)n); /* what does not fit is lost */
+	else if (n == 0 || (errno != EINTR && errno != EAGAIN))
+		console_sock_drop(loop, cs);
+}
+
+static void console_sock_accept(struct loop *loop, int fd, uint32_t events, void *opaque)
+{
+	static const char busy[] = "vireo: the console has a client already\r\n";
+	struct console_sock *cs = opaque;
+	int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+	(void)events;
+	if (c < 0)
+		return;
+	if (cs->client >= 0) {
+		send(c, busy, sizeof(busy) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+		close(c);
+		return;
+	}
+	cs->client = c;
+	loop_add(loop, c, EPOLLIN, console_sock_input, cs);
+	serial_set_tee(cs->serial, c);
+}
+
+static int console_sock_open(struct loop *loop, struct console_sock *cs)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+
+	cs->listen_fd = cs->client = -1;
+	if (!cs->path)
+		return 0;
+	if (strlen(cs->path) >= sizeof(addr.sun_path))
+		return err_set(-ENAMETOOLONG, "console socket path too long: %s", cs->path);
+	strcpy(addr.sun_path, cs->path);
+	unlink(cs->path);
+	cs->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (cs->listen_fd < 0 || bind(cs->listen_fd, (struct sockaddr *)&addr, sizeof(addr)) ||
+	    listen(cs->listen_fd, 4))
+		return err_set(-errno, "console socket %s: %s", cs->path, strerror(errno));
+	return loop_add(loop, cs->listen_fd, EPOLLIN, console_sock_accept, cs);
+}
+
+static void console_sock_close(struct console_sock *cs)
+{
+	if (cs->client >= 0) {
+		serial_set_tee(cs->serial, -1);
+		close(cs->client);
+	}
+	if (cs->listen_fd >= 0) {
+		close(cs->listen_fd);
+		unlink(cs->path);
+	}
 }
 
 static void vm_stopped(struct loop *loop, int fd, uint32_t events, void *opaque)
@@ -404,11 +489,13 @@ static int run_vm(const struct run_options *o)
 	struct pci_bus pci;
 	struct vm_devices devs = { 0 };
 	struct console con = { 0 };
+	struct console_sock cs = { .path = o->console_socket, .listen_fd = -1, .client = -1 };
 	struct loop *loop = NULL;
 	int status = VM_EXIT_VMM_ERROR;
 
 	if (vm_build(&vm, &pci, &devs, o) || !(loop = loop_create()) ||
-	    control_start(loop, &vm, &devs, o, disk_paths, &ctl) || vm_start(&vm)) {
+	    control_start(loop, &vm, &devs, o, disk_paths, &ctl) ||
+	    (cs.serial = devs.serial, console_sock_open(loop, &cs)) || vm_start(&vm)) {
 		fprintf(stderr, "vireo: %s\n", err_get());
 		goto out;
 	}
@@ -422,6 +509,7 @@ static int run_vm(const struct run_options *o)
 	console_restore(&con);
 	status = vm.exit_status;
 out:
+	console_sock_close(&cs);
 	control_destroy(ctl);
 	vm_devices_destroy(&devs);
 	vm_destroy(&vm);

@@ -35,6 +35,7 @@ static const char vm_usage[] =
 	"  set NAME [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
 	"         [--disk-limit INDEX[,bps=SIZE][,iops=N]]... [--balloon-target SIZE]\n"
 	"         [--nic-limit INDEX[,rx_bps=SIZE][,tx_bps=SIZE]]...\n"
+	"  console NAME              attach to the serial console (Ctrl-A x detaches)\n"
 	"  top [--interval S] [--count N]  CPU use, steal and throttling per VM\n"
 	"  metrics                   the Prometheus metrics\n"
 	"\n"
@@ -626,6 +627,32 @@ static int cmd_metrics(const struct vm_cli *cli)
 	return r.status == 200 ? 0 : 1;
 }
 
+static int cmd_console(const struct vm_cli *cli, int argc, char **argv)
+{
+	struct json_object *o;
+	char path[128];
+	bool ok;
+	int ret;
+
+	if (argc != 2 || strchr(argv[1], '/'))
+		return fputs(vm_usage, stderr), 2;
+	snprintf(path, sizeof(path), "/vms/%s", argv[1]);
+	o = call(cli, "GET", path, NULL, &ok);
+	if (!ok) {
+		json_object_put(o);
+		return 1;
+	}
+	if (!*str(o, "console")) {
+		fprintf(stderr, "vireo: VM '%s' is %s: no console to attach to\n", argv[1],
+			*str(o, "state") ? str(o, "state") : "not running");
+		json_object_put(o);
+		return 1;
+	}
+	ret = vm_console_attach(argv[1], str(o, "console"));
+	json_object_put(o);
+	return ret;
+}
+
 int cmd_vm(int argc, char **argv)
 {
 	struct vm_cli cli = { .socket = getenv("VIREO_SOCKET") };
@@ -668,6 +695,8 @@ int cmd_vm(int argc, char **argv)
 		return cmd_metrics(&cli);
 	if (!strcmp(cmd, "top"))
 		return cmd_top(&cli, argc, argv);
+	if (!strcmp(cmd, "console"))
+		return cmd_console(&cli, argc, argv);
 	if (!strcmp(cmd, "start") || !strcmp(cmd, "stop") || !strcmp(cmd, "pause") ||
 	    !strcmp(cmd, "resume") || !strcmp(cmd, "reboot") || !strcmp(cmd, "delete") ||
 	    !strcmp(cmd, "info"))

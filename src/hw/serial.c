@@ -4,6 +4,7 @@
  * it), and the THRE/RDA interrupts drive IRQ 4 gated by MCR.OUT2. */
 #include <errno.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -34,6 +35,7 @@ enum {
 struct serial {
 	struct vm *vm;
 	int out_fd;
+	int tee_fd;        /* a console client (socket), or -1 */
 	pthread_mutex_t lock;
 	uint8_t ier, lcr, mcr, scr, fcr, dll, dlm;
 	bool thre_pending; /* THR-empty interrupt waiting to be seen in IIR */
@@ -86,6 +88,9 @@ static void serial_transmit(struct serial *s, uint8_t byte)
 		while (write(s->out_fd, &byte, 1) < 0 && errno == EINTR)
 			;
 	}
+	/* Never block the vCPU on a slow client: a byte it cannot take is lost. */
+	if (!(s->mcr & MCR_LOOP) && s->tee_fd >= 0)
+		send(s->tee_fd, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
 	s->thre_pending = true;
 }
 
@@ -222,6 +227,7 @@ struct serial *serial_create(struct vm *vm, int out_fd)
 	}
 	s->vm = vm;
 	s->out_fd = out_fd;
+	s->tee_fd = -1;
 	s->mcr = MCR_OUT2;
 	pthread_mutex_init(&s->lock, NULL);
 	if (vm) {
@@ -233,6 +239,13 @@ struct serial *serial_create(struct vm *vm, int out_fd)
 		}
 	}
 	return s;
+}
+
+void serial_set_tee(struct serial *s, int fd)
+{
+	pthread_mutex_lock(&s->lock);
+	s->tee_fd = fd;
+	pthread_mutex_unlock(&s->lock);
 }
 
 void serial_destroy(struct serial *s)

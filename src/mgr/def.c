@@ -331,7 +331,7 @@ static int parse_def(struct json_object *obj, struct vm_def *def)
 {
 	static const char *const keys[] = { "name", "cpus", "memory", "kernel", "cmdline", "disks",
 					    "cpu_weight", "cpu_max", "cpu_pin", "balloon",
-					    "balloon_target", "nics", NULL };
+					    "balloon_target", "memory_min", "nics", NULL };
 	char *name = NULL;
 	uint64_t v;
 	int ret = check_keys(obj, "a VM definition", keys);
@@ -373,6 +373,9 @@ static int parse_def(struct json_object *obj, struct vm_def *def)
 		return ret;
 	if (!ret && !def->balloon)
 		return err_set(-EINVAL, "'balloon_target' needs \"balloon\": true");
+	ret = get_size(obj, "memory_min", &def->memory_min);
+	if (ret == -EINVAL || (!ret && def->memory_min > def->memory))
+		return err_set(-EINVAL, "'memory_min' must be a size from 0 to the VM's memory");
 	return parse_cpu_limits(obj, def);
 }
 
@@ -461,6 +464,8 @@ struct json_object *vm_def_to_json(const struct vm_def *def)
 	json_object_object_add(o, "balloon", json_object_new_boolean(def->balloon));
 	if (def->balloon)
 		json_object_object_add(o, "balloon_target", json_object_new_int64((int64_t)def->balloon_target));
+	if (def->memory_min)
+		json_object_object_add(o, "memory_min", json_object_new_int64((int64_t)def->memory_min));
 	return o;
 }
 

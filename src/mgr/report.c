@@ -26,6 +26,13 @@ struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live)
 	json_object_object_add(o, "state", json_object_new_string(mgr_state_name(vm->state)));
 	json_object_object_add(o, "reason", json_object_new_string(vm->reason));
 	json_object_object_add(o, "pid", json_object_new_int(active ? vm->pid : 0));
+	if (active) {
+		char path[PATH_MAX];
+
+		if (!store_path(m, path, sizeof(path), "run", vm->def.name, ".console") &&
+		    !access(path, F_OK))
+			json_object_object_add(o, "console", json_object_new_string(path));
+	}
 	if (!live || !active)
 		return o;
 	json_object_object_add(o, "cgroup", json_object_new_string(cgroup_mode_name(m->cg.mode)));

@@ -260,6 +260,10 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock)
 		argv[n++] = xasprintf("--balloon=target=%llu", (unsigned long long)d->balloon_target);
 	argv[n++] = strdup("--reboot=restart");
 	argv[n++] = xasprintf("--api-socket=%s", sock);
+	/* A state dir too deep for a socket path: no console, the log still has it. */
+	if (!store_path(m, file, sizeof(file), "run", d->name, ".console") &&
+	    strlen(file) < sizeof(((struct sockaddr_un *)0)->sun_path))
+		argv[n++] = xasprintf("--console-socket=%s", file);
 	if (!cgroup_vm_vcpu_file(&m->cg, d->name, file, sizeof(file)))
 		argv[n++] = xasprintf("--vcpu-cgroup=%s", file);
 	return argv;

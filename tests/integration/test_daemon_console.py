@@ -1,0 +1,91 @@
+"""vireo vm console: the VMM's serial console on a Unix socket
+(run --console-socket), attached to a terminal (a pty here)."""
+import os
+import pty
+import select
+import socket
+import termios
+import time
+
+import pytest
+
+from conftest import VIREO, needs_kvm
+from daemonutil import Daemon, wait_for
+
+pytestmark = [needs_kvm]
+
+
+@pytest.fixture
+def daemon():
+    d = Daemon().start()
+    yield d
+    d.cleanup()
+
+
+def attach(d, name):
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(str(VIREO), [str(VIREO), "vm", "--socket", d.socket, "console", name])
+    return pid, fd
+
+
+def read_until(fd, token, timeout=10):
+    out = b""
+    deadline = time.monotonic() + timeout
+    while token not in out and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                out += os.read(fd, 4096)
+            except OSError:
+                break
+    return out
+
+
+def test_console_shows_guest_output_until_poweroff(daemon):
+    daemon.create("c1", scenario="cpuburn=1500")
+    daemon.ok("POST", "/vms/c1/start")
+    assert daemon.vm("c1")["console"].endswith("/run/c1.console")
+    pid, fd = attach(daemon, "c1")
+    out = read_until(fd, b"closed")
+    assert b"Ctrl-A x detaches" in out and b"PROBE burn_ms=1500" in out, out
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
+    os.close(fd)
+    assert wait_for(lambda: daemon.vm("c1")["state"] == "stopped")
+    assert "console" not in daemon.vm("c1")
+
+
+def test_ctrl_a_x_detaches_and_one_client_at_a_time(daemon):
+    daemon.create("c2", scenario="cpuburn=20000")
+    daemon.ok("POST", "/vms/c2/start")
+    pid, fd = attach(daemon, "c2")
+    assert b"Ctrl-A x detaches" in read_until(fd, b"detaches")
+    assert not termios.tcgetattr(fd)[3] & termios.ICANON   # raw while attached
+    # A second client is turned away while the first is attached.
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(daemon.vm("c2")["console"])
+    s.settimeout(5)
+    assert b"has a client already" in s.recv(200)
+    s.close()
+    os.write(fd, b"\x01x")
+    t0 = time.monotonic()
+    _, status = os.waitpid(pid, 0)
+    assert time.monotonic() - t0 < 5
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert termios.tcgetattr(fd)[3] & termios.ICANON       # restored
+    os.close(fd)
+    assert daemon.vm("c2")["state"] == "running"           # detaching leaves the VM
+    # Reattach after detaching: the socket takes a new client.
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(daemon.vm("c2")["console"])
+    s.send(b"hello\r")
+    s.close()
+    daemon.ok("POST", "/vms/c2/stop")
+
+
+def test_console_of_a_stopped_vm(daemon):
+    import subprocess
+    daemon.create("c3")
+    r = subprocess.run([str(VIREO), "vm", "--socket", daemon.socket, "console", "c3"],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1 and "no console" in r.stderr, r.stderr
