@@ -18,6 +18,7 @@
 #define VIREO_BLOCK_H
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -337,6 +338,11 @@ void image_check_free(struct image_check *res);
 void image_check_msg(struct image_check *res, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void image_get_info(struct image *img, struct image_info *info);
+
+/* For formats: marks img broken, logs (rate-limited) and records the error
+ * "PATH: FORMAT image is corrupt: MSG"; returns -EIO. */
+int image_vcorrupt(struct image *img, const char *path, const char *format, const char *fmt,
+		   va_list ap) __attribute__((format(printf, 4, 0)));
 
 /* For formats: reads the backing file's data for [off, off+len) of this
  * layer, or zeroes where there is no backing data. */

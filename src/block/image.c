@@ -428,6 +428,17 @@ void image_info_add_bool(struct image_info *info, const char *key, bool val)
 		it->num = val;
 }
 
+int image_vcorrupt(struct image *img, const char *path, const char *format, const char *fmt,
+		   va_list ap)
+{
+	char msg[384];
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	img->broken = true;
+	log_ratelimited("%s: %s image is corrupt: %s", path, format, msg);
+	return err_set(-EIO, "%s: %s image is corrupt: %s", path, format, msg);
+}
+
 int image_read_backing(struct image *img, uint64_t off, void *buf, size_t len)
 {
 	struct image *b = img->backing;

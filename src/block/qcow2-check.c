@@ -93,7 +93,7 @@ static int walk_l2(struct checker *ck, uint64_t l2_off, bool active, uint64_t *p
 	for (uint64_t j = 0; j < s->l2_entries; j++) {
 		uint8_t zero[8] = { 0 };
 
-		if (!walk_l2e(ck, qcow2_be64(ck->l2 + j * 8), active, prev) ||
+		if (!walk_l2e(ck, be64(ck->l2 + j * 8), active, prev) ||
 		    !(ck->fix & IMAGE_FIX_ERRORS))
 			continue;
 		ret = bfile_pwrite(s->file, zero, 8, l2_off + j * 8);
@@ -152,7 +152,7 @@ static int walk_snapshots(struct checker *ck)
 						  s->snaps[i].l1_table_offset) : -ENOMEM;
 
 		for (uint32_t k = 0; !ret && k < s->snaps[i].l1_size; k++)
-			l1[k] = qcow2_be64(raw + k * 8ul);
+			l1[k] = be64(raw + k * 8ul);
 		if (!ret) {
 			inc(ck, s->snaps[i].l1_table_offset, s->snaps[i].l1_size * 8ull,
 			    "snapshot L1 table");
@@ -250,7 +250,7 @@ static void check_copied(struct checker *ck)
 		if (bfile_pread(s->file, ck->l2, s->cluster_size, off))
 			continue;
 		for (uint64_t j = 0; j < s->l2_entries; j++) {
-			uint64_t e = qcow2_be64(ck->l2 + j * 8), h = e & QCOW2_OFFSET_MASK;
+			uint64_t e = be64(ck->l2 + j * 8), h = e & QCOW2_OFFSET_MASK;
 			enum qcow2_ctype t = qcow2_ctype(s, e);
 
 			if ((t != QCOW2_NORMAL && t != QCOW2_ZERO_ALLOC) || bad_offset(ck, h))
@@ -344,7 +344,7 @@ int qcow2_fix_copied(struct qcow2 *s, uint64_t *fixed)
 		if (!ret)
 			ret = qcow2_cache_get(s, &s->l2_cache, off, &t);
 		for (uint64_t j = 0; !ret && j < s->l2_entries; j++) {
-			uint64_t e = qcow2_be64(t + j * 8);
+			uint64_t e = be64(t + j * 8);
 			enum qcow2_ctype ty = qcow2_ctype(s, e);
 
 			if (ty != QCOW2_NORMAL && ty != QCOW2_ZERO_ALLOC)
@@ -353,7 +353,7 @@ int qcow2_fix_copied(struct qcow2 *s, uint64_t *fixed)
 			want = rc == 1 ? QCOW2_OFLAG_COPIED : 0;
 			if (ret || (e & QCOW2_OFLAG_COPIED) == want)
 				continue;
-			qcow2_put_be64(t + j * 8, (e & ~QCOW2_OFLAG_COPIED) | want);
+			put_be64(t + j * 8, (e & ~QCOW2_OFLAG_COPIED) | want);
 			ret = bfile_pwrite(s->file, t + j * 8, 8, off + j * 8);
 			++*fixed;
 		}

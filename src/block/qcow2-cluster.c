@@ -238,13 +238,13 @@ int qcow2_get_extent(struct qcow2 *s, uint64_t off, uint64_t len, enum qcow2_cty
 	ret = qcow2_cache_get(s, &s->l2_cache, l2_off, &t);
 	if (ret)
 		return ret;
-	*l2e = e0 = qcow2_be64(t + idx * 8);
+	*l2e = e0 = be64(t + idx * 8);
 	ret = validate_l2e(s, e0);
 	if (ret)
 		return ret;
 	*type = qcow2_ctype(s, e0);
 	while (n * s->cluster_size - in_cluster < len &&
-	       extends(s, *type, e0, qcow2_be64(t + (idx + n) * 8), n))
+	       extends(s, *type, e0, be64(t + (idx + n) * 8), n))
 		n++;
 	*bytes = n * s->cluster_size - in_cluster < len ? n * s->cluster_size - in_cluster : len;
 	if (*type == QCOW2_NORMAL || *type == QCOW2_ZERO_ALLOC)
@@ -368,7 +368,7 @@ static int l2_put(struct qcow2 *s, uint64_t l2_off, uint64_t idx, const uint64_t
 	if (ret)
 		return ret;
 	for (uint64_t i = 0; i < n; i++)
-		qcow2_put_be64(t + (idx + i) * 8, v[i]);
+		put_be64(t + (idx + i) * 8, v[i]);
 	qcow2_cache_dirty(&s->l2_cache, l2_off, (uint32_t)(idx * 8), (uint32_t)((idx + n) * 8));
 	return 0;
 }
@@ -463,7 +463,7 @@ static int point_l2(struct qcow2 *s, uint64_t l2_off, uint64_t idx, uint64_t hos
 	if (ret)
 		return ret;
 	for (uint64_t i = 0; i < k; i++)
-		qcow2_put_be64(t + (idx + i) * 8, (host + i * s->cluster_size) | QCOW2_OFLAG_COPIED);
+		put_be64(t + (idx + i) * 8, (host + i * s->cluster_size) | QCOW2_OFLAG_COPIED);
 	qcow2_cache_dirty(&s->l2_cache, l2_off, (uint32_t)(idx * 8), (uint32_t)((idx + k) * 8));
 	return 0;
 }
@@ -512,7 +512,7 @@ static int cow_write(struct qcow2 *s, uint64_t off, const uint8_t *buf, uint64_t
 	if (ret)
 		return ret;
 	for (uint64_t i = 0; i < k; i++)
-		old[i] = qcow2_be64(t + (idx + i) * 8);
+		old[i] = be64(t + (idx + i) * 8);
 	if (fresh_zero_cow(s, old, k))
 		return cow_write_fresh(s, l2_off, idx, off, buf, len, k);
 	bounce = malloc(k * cs);
@@ -675,7 +675,7 @@ static int set_clusters(struct qcow2 *s, uint64_t off, uint64_t len, uint64_t va
 			ret = qcow2_cache_get(s, &s->l2_cache, l2_off, &t);
 		if (ret)
 			return ret;
-		e = qcow2_be64(t + idx * 8);
+		e = be64(t + idx * 8);
 		if (e == value)
 			continue;
 		ret = l2_put(s, l2_off, idx, &value, 1);

@@ -50,7 +50,7 @@ int qcow2_refcount_open(struct qcow2 *s)
 	}
 	ret = bfile_pread(s->file, raw, bytes, s->h.refcount_table_offset);
 	for (uint64_t i = 0; !ret && i < s->rt_size; i++)
-		s->rt[i] = qcow2_be64(raw + i * 8);
+		s->rt[i] = be64(raw + i * 8);
 	free(raw);
 	return ret;
 }
@@ -111,7 +111,7 @@ static int write_rt_header(struct qcow2 *s, uint64_t off, uint32_t clusters)
 {
 	uint8_t b[12];
 
-	qcow2_put_be64(b, off);
+	put_be64(b, off);
 	b[8] = (uint8_t)(clusters >> 24);
 	b[9] = (uint8_t)(clusters >> 16);
 	b[10] = (uint8_t)(clusters >> 8);
@@ -134,7 +134,7 @@ int qcow2_install_refcount_table(struct qcow2 *s, uint64_t *rt, uint64_t entries
 		return ret ? ret : err_set(-ENOMEM, "out of memory");
 	}
 	for (uint64_t i = 0; i < entries; i++)
-		qcow2_put_be64(raw + i * 8, rt[i]);
+		put_be64(raw + i * 8, rt[i]);
 	ret = bfile_pwrite(s->file, raw, bytes, rt_off);
 	free(raw);
 	if (!ret)
@@ -248,7 +248,7 @@ static int alloc_block(struct qcow2 *s, uint64_t i)
 	if (!ret) {
 		uint8_t b[8];
 
-		qcow2_put_be64(b, c * cs);
+		put_be64(b, c * cs);
 		ret = bfile_pwrite(s->file, b, 8, s->h.refcount_table_offset + i * 8);
 	}
 	if (!ret)

@@ -16,19 +16,6 @@
 #include "qcow2.h"
 #include "vireo/log.h"
 
-static uint32_t be32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24);
-	p[1] = (uint8_t)(v >> 16);
-	p[2] = (uint8_t)(v >> 8);
-	p[3] = (uint8_t)v;
-}
-
 void qcow2_snapshots_free(struct qcow2 *s)
 {
 	for (uint32_t i = 0; i < s->nr_snaps; i++) {
@@ -63,13 +50,13 @@ static int read_one(struct qcow2 *s, struct qcow2_snapshot *sn, uint64_t *off)
 			       s->file->path);
 	if (bfile_pread(s->file, h, sizeof(h), *off))
 		return -EIO;
-	sn->l1_table_offset = qcow2_be64(h);
+	sn->l1_table_offset = be64(h);
 	sn->l1_size = be32(h + 8);
 	id_len = (uint32_t)h[12] << 8 | h[13];
 	name_len = (uint32_t)h[14] << 8 | h[15];
 	sn->date_sec = be32(h + 16);
 	sn->date_nsec = be32(h + 20);
-	sn->vm_clock_nsec = qcow2_be64(h + 24);
+	sn->vm_clock_nsec = be64(h + 24);
 	sn->vm_state_size = be32(h + 32);
 	sn->extra_size = be32(h + 36);
 	if (sn->extra_size > 1024 || (sn->l1_table_offset & (cs - 1)) ||
@@ -78,10 +65,10 @@ static int read_one(struct qcow2 *s, struct qcow2_snapshot *sn, uint64_t *off)
 		return err_set(-EINVAL, "%s: invalid snapshot table entry", s->file->path);
 	if (bfile_pread(s->file, extra, sn->extra_size < 24 ? sn->extra_size : 24, *off + 40))
 		return -EIO;
-	sn->disk_size = sn->extra_size >= 16 ? qcow2_be64(extra + 8) : s->h.size;
+	sn->disk_size = sn->extra_size >= 16 ? be64(extra + 8) : s->h.size;
 	if (sn->extra_size >= 8)
-		sn->vm_state_size = qcow2_be64(extra);
-	sn->icount = sn->extra_size >= 24 ? qcow2_be64(extra + 16) : UINT64_MAX;
+		sn->vm_state_size = be64(extra);
+	sn->icount = sn->extra_size >= 24 ? be64(extra + 16) : UINT64_MAX;
 	*off += 40 + sn->extra_size;
 	sn->id = read_str(s, *off, id_len);
 	sn->name = read_str(s, *off + id_len, name_len);
@@ -125,7 +112,7 @@ static void encode_one(const struct qcow2_snapshot *sn, uint8_t *p)
 {
 	size_t id_len = strlen(sn->id), name_len = strlen(sn->name);
 
-	qcow2_put_be64(p, sn->l1_table_offset);
+	put_be64(p, sn->l1_table_offset);
 	put_be32(p + 8, sn->l1_size);
 	p[12] = (uint8_t)(id_len >> 8);
 	p[13] = (uint8_t)id_len;
@@ -133,12 +120,12 @@ static void encode_one(const struct qcow2_snapshot *sn, uint8_t *p)
 	p[15] = (uint8_t)name_len;
 	put_be32(p + 16, sn->date_sec);
 	put_be32(p + 20, sn->date_nsec);
-	qcow2_put_be64(p + 24, sn->vm_clock_nsec);
+	put_be64(p + 24, sn->vm_clock_nsec);
 	put_be32(p + 32, sn->vm_state_size > UINT32_MAX ? 0 : (uint32_t)sn->vm_state_size);
 	put_be32(p + 36, 24);
-	qcow2_put_be64(p + 40, sn->vm_state_size);
-	qcow2_put_be64(p + 48, sn->disk_size);
-	qcow2_put_be64(p + 56, sn->icount);
+	put_be64(p + 40, sn->vm_state_size);
+	put_be64(p + 48, sn->disk_size);
+	put_be64(p + 56, sn->icount);
 	memcpy(p + 64, sn->id, id_len);
 	memcpy(p + 64 + id_len, sn->name, name_len);
 }
@@ -170,7 +157,7 @@ static int write_table(struct qcow2 *s, uint64_t old_off, uint64_t old_bytes)
 	if (ret)
 		return ret;
 	put_be32(hdr, s->nr_snaps);
-	qcow2_put_be64(hdr + 4, (uint64_t)off);
+	put_be64(hdr + 4, (uint64_t)off);
 	ret = bfile_pwrite(s->file, hdr, 12, 60);
 	if (ret)
 		return ret;
@@ -187,7 +174,7 @@ static int read_l1_copy(struct qcow2 *s, uint64_t off, uint32_t n, uint64_t **ou
 	int ret = raw && l1 ? bfile_pread(s->file, raw, n * 8ul, off) : -ENOMEM;
 
 	for (uint32_t i = 0; !ret && i < n; i++)
-		l1[i] = qcow2_be64(raw + i * 8ul);
+		l1[i] = be64(raw + i * 8ul);
 	free(raw);
 	if (ret) {
 		free(l1);
@@ -215,7 +202,7 @@ int qcow2_tree_refcount(struct qcow2 *s, const uint64_t *l1, uint32_t l1_size, i
 		memcpy(copy, t, s->cluster_size);
 		ret = qcow2_update_refcount(s, l2_off, s->cluster_size, delta);
 		for (uint64_t j = 0; !ret && j < s->l2_entries; j++) {
-			uint64_t e = qcow2_be64(copy + j * 8), off, size;
+			uint64_t e = be64(copy + j * 8), off, size;
 
 			switch (qcow2_ctype(s, e)) {
 			case QCOW2_NORMAL:
@@ -287,7 +274,7 @@ int qcow2_snapshot_create(struct image *img, const char *name)
 	for (uint32_t i = 0; !ret && i < s->l1_size; i++) {
 		uint8_t b[8];
 
-		qcow2_put_be64(b, s->l1[i]);
+		put_be64(b, s->l1[i]);
 		ret = bfile_pwrite(s->file, b, 8, (uint64_t)l1_off + i * 8ull);
 	}
 	if (ret)
@@ -342,7 +329,7 @@ static int write_active_l1(struct qcow2 *s)
 	if (!raw)
 		return err_set(-ENOMEM, "out of memory");
 	for (uint32_t i = 0; i < s->l1_size; i++)
-		qcow2_put_be64(raw + i * 8ul, s->l1[i]);
+		put_be64(raw + i * 8ul, s->l1[i]);
 	ret = bfile_pwrite(s->file, raw, s->l1_size * 8ul, s->h.l1_table_offset);
 	free(raw);
 	return ret;
@@ -379,7 +366,7 @@ int qcow2_snapshot_apply(struct image *img, const char *name)
 	free(sl1);
 	free(old);
 	if (!ret && s->snaps[i].disk_size != s->h.size) {
-		qcow2_put_be64(b, s->snaps[i].disk_size);
+		put_be64(b, s->snaps[i].disk_size);
 		ret = bfile_pwrite(s->file, b, 8, 24);
 		s->h.size = img->size = s->snaps[i].disk_size;
 	}

@@ -10,45 +10,15 @@
 #include "qcow2.h"
 #include "vireo/log.h"
 
-uint64_t qcow2_be64(const uint8_t *p)
-{
-	uint64_t v = 0;
-
-	for (int i = 0; i < 8; i++)
-		v = v << 8 | p[i];
-	return v;
-}
-
-void qcow2_put_be64(uint8_t *p, uint64_t v)
-{
-	for (int i = 7; i >= 0; i--, v >>= 8)
-		p[i] = (uint8_t)v;
-}
-
-static uint32_t be32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24);
-	p[1] = (uint8_t)(v >> 16);
-	p[2] = (uint8_t)(v >> 8);
-	p[3] = (uint8_t)v;
-}
-
 int qcow2_corrupt(struct qcow2 *s, const char *fmt, ...)
 {
-	char msg[384];
 	va_list ap;
+	int ret;
 
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	ret = image_vcorrupt(s->img, s->file->path, "qcow2", fmt, ap);
 	va_end(ap);
-	s->img->broken = true;
-	log_ratelimited("%s: qcow2 image is corrupt: %s", s->file->path, msg);
-	return err_set(-EIO, "%s: qcow2 image is corrupt: %s", s->file->path, msg);
+	return ret;
 }
 
 /* A table or data offset must be cluster-aligned and inside the file. */
@@ -76,25 +46,25 @@ static void header_decode(struct qcow2_header *h, const uint8_t *b)
 {
 	h->magic = be32(b);
 	h->version = be32(b + 4);
-	h->backing_file_offset = qcow2_be64(b + 8);
+	h->backing_file_offset = be64(b + 8);
 	h->backing_file_size = be32(b + 16);
 	h->cluster_bits = be32(b + 20);
-	h->size = qcow2_be64(b + 24);
+	h->size = be64(b + 24);
 	h->crypt_method = be32(b + 32);
 	h->l1_size = be32(b + 36);
-	h->l1_table_offset = qcow2_be64(b + 40);
-	h->refcount_table_offset = qcow2_be64(b + 48);
+	h->l1_table_offset = be64(b + 40);
+	h->refcount_table_offset = be64(b + 48);
 	h->refcount_table_clusters = be32(b + 56);
 	h->nb_snapshots = be32(b + 60);
-	h->snapshots_offset = qcow2_be64(b + 64);
+	h->snapshots_offset = be64(b + 64);
 	if (h->version < 3) {
 		h->refcount_order = 4;
 		h->header_length = 72;
 		return;
 	}
-	h->incompatible_features = qcow2_be64(b + 72);
-	h->compatible_features = qcow2_be64(b + 80);
-	h->autoclear_features = qcow2_be64(b + 88);
+	h->incompatible_features = be64(b + 72);
+	h->compatible_features = be64(b + 80);
+	h->autoclear_features = be64(b + 88);
 	h->refcount_order = be32(b + 96);
 	h->header_length = be32(b + 100);
 	h->compression_type = h->header_length > 104 ? b[104] : 0;
@@ -104,22 +74,22 @@ static void header_encode(const struct qcow2_header *h, uint8_t *b)
 {
 	put_be32(b, h->magic);
 	put_be32(b + 4, h->version);
-	qcow2_put_be64(b + 8, h->backing_file_offset);
+	put_be64(b + 8, h->backing_file_offset);
 	put_be32(b + 16, h->backing_file_size);
 	put_be32(b + 20, h->cluster_bits);
-	qcow2_put_be64(b + 24, h->size);
+	put_be64(b + 24, h->size);
 	put_be32(b + 32, h->crypt_method);
 	put_be32(b + 36, h->l1_size);
-	qcow2_put_be64(b + 40, h->l1_table_offset);
-	qcow2_put_be64(b + 48, h->refcount_table_offset);
+	put_be64(b + 40, h->l1_table_offset);
+	put_be64(b + 48, h->refcount_table_offset);
 	put_be32(b + 56, h->refcount_table_clusters);
 	put_be32(b + 60, h->nb_snapshots);
-	qcow2_put_be64(b + 64, h->snapshots_offset);
+	put_be64(b + 64, h->snapshots_offset);
 	if (h->version < 3)
 		return;
-	qcow2_put_be64(b + 72, h->incompatible_features);
-	qcow2_put_be64(b + 80, h->compatible_features);
-	qcow2_put_be64(b + 88, h->autoclear_features);
+	put_be64(b + 72, h->incompatible_features);
+	put_be64(b + 80, h->compatible_features);
+	put_be64(b + 88, h->autoclear_features);
 	put_be32(b + 96, h->refcount_order);
 	put_be32(b + 100, h->header_length);
 	if (h->header_length > 104)
@@ -288,7 +258,7 @@ static int read_l1(struct qcow2 *s)
 	}
 	ret = bfile_pread(s->file, raw, s->l1_size * 8ul, s->h.l1_table_offset);
 	for (uint32_t i = 0; !ret && i < s->l1_size; i++)
-		s->l1[i] = qcow2_be64(raw + i * 8ul);
+		s->l1[i] = be64(raw + i * 8ul);
 	free(raw);
 	return ret;
 }
@@ -448,7 +418,7 @@ int qcow2_l1_write_entry(struct qcow2 *s, uint32_t idx)
 
 	if (ret)
 		return ret;
-	qcow2_put_be64(b, s->l1[idx]);
+	put_be64(b, s->l1[idx]);
 	return bfile_pwrite(s->file, b, 8, s->h.l1_table_offset + idx * 8ull);
 }
 
@@ -460,7 +430,7 @@ static int write_table(struct qcow2 *s, const uint64_t *t, uint64_t n, uint64_t 
 	if (!raw)
 		return err_set(-ENOMEM, "out of memory");
 	for (uint64_t i = 0; i < n; i++)
-		qcow2_put_be64(raw + i * 8, t[i]);
+		put_be64(raw + i * 8, t[i]);
 	ret = bfile_pwrite(s->file, raw, n * 8, off);
 	free(raw);
 	return ret;
@@ -497,7 +467,7 @@ int qcow2_grow_l1(struct qcow2 *s, uint64_t min_size)
 		return ret;
 	}
 	put_be32(b, (uint32_t)min_size);
-	qcow2_put_be64(b + 4, (uint64_t)off);
+	put_be64(b + 4, (uint64_t)off);
 	ret = bfile_pwrite(s->file, b, 12, 36);
 	if (ret) {
 		free(l1);
@@ -573,7 +543,7 @@ static int create_tables(struct qcow2 *s, const struct create_layout *L)
 	if (!buf)
 		return err_set(-ENOMEM, "out of memory");
 	for (uint64_t i = 0; i < L->rb_clusters; i++)
-		qcow2_put_be64(buf + i * 8, (1 + L->rt_clusters + i) * L->cs);
+		put_be64(buf + i * 8, (1 + L->rt_clusters + i) * L->cs);
 	for (uint64_t i = 0; i < n; i++)
 		qcow2_rc_set(buf + L->rt_clusters * L->cs, i, s->refcount_bits, 1);
 	ret = bfile_pwrite(s->file, buf, (L->rt_clusters + L->rb_clusters) * L->cs, L->cs);
@@ -661,7 +631,7 @@ static int qcow2_resize(struct image *img, uint64_t new_size)
 		if (ret)
 			return ret;
 	}
-	qcow2_put_be64(b, new_size);
+	put_be64(b, new_size);
 	ret = bfile_pwrite(s->file, b, 8, 24);
 	if (ret)
 		return ret;

@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "endian.h"
 #include "vireo/block.h"
 
 #define QCOW2_MAGIC 0x514649fbu
@@ -135,8 +136,6 @@ struct qcow2 {
 };
 
 /* Endianness helpers for table entries. */
-uint64_t qcow2_be64(const uint8_t *p);
-void qcow2_put_be64(uint8_t *p, uint64_t v);
 
 /* qcow2.c */
 int qcow2_header_write(struct qcow2 *s);

@@ -10,27 +10,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "endian.h"
 #include "vhd.h"
 #include "vireo/log.h"
 #include "vireo/size.h"
-
-static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static uint32_t be32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static uint64_t be64(const uint8_t *p) { return (uint64_t)be32(p) << 32 | be32(p + 4); }
-static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-static void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)(v >> 16));
-	put16(p + 2, (uint16_t)v);
-}
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)(v >> 32));
-	put32(p + 4, (uint32_t)v);
-}
 
 /* One's complement of the byte sum, the checksum field counted as zero. */
 uint32_t vhd_checksum(const uint8_t *buf, size_t len, size_t csum_off)
@@ -49,22 +32,22 @@ void vhd_footer_encode(const struct vhd_footer *f, uint8_t *b)
 {
 	memset(b, 0, VHD_FOOTER_SIZE);
 	memcpy(b, f->cookie, 8);
-	put32(b + 8, f->features);
-	put32(b + 12, f->version);
-	put64(b + 16, f->data_offset);
-	put32(b + 24, f->timestamp);
+	put_be32(b + 8, f->features);
+	put_be32(b + 12, f->version);
+	put_be64(b + 16, f->data_offset);
+	put_be32(b + 24, f->timestamp);
 	memcpy(b + 28, f->creator_app, 4);
-	put32(b + 32, f->creator_ver);
+	put_be32(b + 32, f->creator_ver);
 	memcpy(b + 36, f->creator_os, 4);
-	put64(b + 40, f->orig_size);
-	put64(b + 48, f->cur_size);
-	put16(b + 56, f->cyls);
+	put_be64(b + 40, f->orig_size);
+	put_be64(b + 48, f->cur_size);
+	put_be16(b + 56, f->cyls);
 	b[58] = f->heads;
 	b[59] = f->secs;
-	put32(b + 60, f->type);
+	put_be32(b + 60, f->type);
 	memcpy(b + 68, f->uuid, 16);
 	b[84] = f->saved_state;
-	put32(b + 64, vhd_checksum(b, VHD_FOOTER_SIZE, 64));
+	put_be32(b + 64, vhd_checksum(b, VHD_FOOTER_SIZE, 64));
 }
 
 static void footer_decode(struct vhd_footer *f, const uint8_t *b)
@@ -123,23 +106,23 @@ void vhd_dyn_encode(const struct vhd_dyn *d, uint8_t *b)
 {
 	memset(b, 0, VHD_DYN_SIZE);
 	memcpy(b, d->cookie, 8);
-	put64(b + 8, d->data_offset);
-	put64(b + 16, d->table_offset);
-	put32(b + 24, d->version);
-	put32(b + 28, d->max_entries);
-	put32(b + 32, d->block_size);
+	put_be64(b + 8, d->data_offset);
+	put_be64(b + 16, d->table_offset);
+	put_be32(b + 24, d->version);
+	put_be32(b + 28, d->max_entries);
+	put_be32(b + 32, d->block_size);
 	memcpy(b + 40, d->parent_uuid, 16);
-	put32(b + 56, d->parent_ts);
+	put_be32(b + 56, d->parent_ts);
 	memcpy(b + 64, d->parent_name, 512);
 	for (int i = 0; i < VHD_NR_LOCATORS; i++) {
 		uint8_t *l = b + 576 + 24 * i;
 
-		put32(l, d->loc[i].code);
-		put32(l + 4, d->loc[i].space);
-		put32(l + 8, d->loc[i].len);
-		put64(l + 16, d->loc[i].offset);
+		put_be32(l, d->loc[i].code);
+		put_be32(l + 4, d->loc[i].space);
+		put_be32(l + 8, d->loc[i].len);
+		put_be64(l + 16, d->loc[i].offset);
 	}
-	put32(b + 36, vhd_checksum(b, VHD_DYN_SIZE, 36));
+	put_be32(b + 36, vhd_checksum(b, VHD_DYN_SIZE, 36));
 }
 
 static void dyn_decode(struct vhd_dyn *d, const uint8_t *b)

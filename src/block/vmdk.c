@@ -15,15 +15,13 @@
 
 int vmdk_corrupt(struct vmdk *s, struct vmdk_extent *e, const char *fmt, ...)
 {
-	char msg[384];
 	va_list ap;
+	int ret;
 
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	ret = image_vcorrupt(s->img, e->file->path, "VMDK", fmt, ap);
 	va_end(ap);
-	s->img->broken = true;
-	log_ratelimited("%s: VMDK image is corrupt: %s", e->file->path, msg);
-	return err_set(-EIO, "%s: VMDK image is corrupt: %s", e->file->path, msg);
+	return ret;
 }
 
 static int vmdk_probe(const uint8_t *buf, size_t len, const char *filename)

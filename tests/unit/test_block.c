@@ -50,10 +50,10 @@ static void be64_roundtrip(void **state)
 	uint8_t b[8];
 
 	(void)state;
-	qcow2_put_be64(b, 0x0102030405060708ull);
+	put_be64(b, 0x0102030405060708ull);
 	assert_int_equal(b[0], 1);
 	assert_int_equal(b[7], 8);
-	assert_int_equal(qcow2_be64(b), 0x0102030405060708ull);
+	assert_int_equal(be64(b), 0x0102030405060708ull);
 }
 
 /* A fresh qcow2 image in a memory file, opened writable. */
