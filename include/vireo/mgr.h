@@ -77,8 +77,8 @@ void vm_def_free(struct vm_def *def);
 
 /* A PATCH: what to change; has_* say which fields were given. */
 struct vm_patch {
-	bool has_weight, has_max, has_pin, has_balloon;
-	uint64_t balloon_target;
+	bool has_weight, has_max, has_pin, has_balloon, has_memory_min;
+	uint64_t balloon_target, memory_min;
 	unsigned int cpu_weight, cpu_max;
 	char *cpu_pin[MGR_MAX_VCPUS];
 	unsigned int npin;
@@ -135,7 +135,10 @@ void cgroup_cleanup(const struct cgroups *cg);
 
 /* ---- the manager (src/mgr/mgr.c, supervise.c, store.c) ---- */
 
-enum mgr_state { MGR_STOPPED, MGR_RUNNING, MGR_PAUSED, MGR_CRASHED };
+/* STOPPING: the power button was pressed for a graceful stop; the VMM is
+ * killed if the guest has not powered off by stop_deadline_ms. */
+enum mgr_state { MGR_STOPPED, MGR_RUNNING, MGR_PAUSED, MGR_CRASHED, MGR_STOPPING,
+		 MGR_NSTATES };
 
 struct mgr_vm {
 	struct vm_def def;
@@ -145,6 +148,9 @@ struct mgr_vm {
 	unsigned long long starttime; /* of pid, from /proc: guards pid reuse */
 	bool child;                  /* our child (else adopted after a restart) */
 	bool stopping;               /* a stop we asked for: not a crash */
+	char warning[200];           /* of the last start (overcommit), or "" */
+	uint64_t stop_deadline_ms;   /* STOPPING: wall-clock ms of the forced stop */
+	unsigned int stop_timeout_s; /* STOPPING: the grace period asked for */
 	uint64_t sock_id;            /* the control socket's identity (inode and
 				      * mtime): a new one means the VMM restarted */
 	uint64_t policy_fresh;       /* balloon stats_updates from which the
@@ -158,18 +164,26 @@ struct mgr {
 	char exe[PATH_MAX];          /* the vireo binary, for `vireo run` */
 	struct cgroups cg;
 	unsigned int overcommit;     /* max vCPUs per host CPU, running VMs */
+	unsigned int overcommit_warn; /* past this per host CPU: warn; 0 = never */
 	bool mem_auto;               /* --memory-policy=auto */
 	unsigned int mem_interval_ms; /* how often the policy runs */
 	uint64_t mem_reserve;        /* host MemAvailable the policy keeps */
+	unsigned int mem_low_pct;    /* guest free below this %: under pressure */
+	unsigned int mem_high_pct;   /* guest free above this %: idle */
 	struct mgr_vm *vms;
 };
 
 const char *mgr_state_name(enum mgr_state s);
+/* Has a VMM: running, paused or stopping. */
+bool mgr_vm_active(const struct mgr_vm *vm);
 /* Opens (creating) the state dir, loads the definitions, re-adopts the
  * VMMs that are still running. */
 int mgr_open(struct mgr *m, const char *state_dir, const char *cgroup_mode);
 void mgr_close(struct mgr *m);
 struct mgr_vm *mgr_find(struct mgr *m, const char *name);
+/* vCPUs on the most committed host CPU (*cpu) with the active VMs and
+ * `vm` (may be NULL); a vCPU allowed on k CPUs counts 1/k on each. */
+double mgr_commitment(struct mgr *m, const struct mgr_vm *vm, long *cpu);
 /* Reaps exited VMMs and notices dead adopted ones; under m->lock. */
 void mgr_check(struct mgr *m);
 
@@ -180,7 +194,11 @@ enum mgr_err { MGR_OK, MGR_E_BAD, MGR_E_NOT_FOUND, MGR_E_CONFLICT, MGR_E_FAILED 
 enum mgr_err mgr_create(struct mgr *m, struct vm_def *def); /* takes def */
 enum mgr_err mgr_delete(struct mgr *m, const char *name);
 enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm);
-enum mgr_err mgr_stop(struct mgr *m, struct mgr_vm *vm, bool force);
+/* Graceful: presses the power button and returns with the VM STOPPING;
+ * mgr_check() kills it after timeout_s. force: powers off at once. */
+#define MGR_STOP_TIMEOUT_S 30
+#define MGR_STOP_TIMEOUT_MAX_S 3600
+enum mgr_err mgr_stop(struct mgr *m, struct mgr_vm *vm, bool force, unsigned int timeout_s);
 enum mgr_err mgr_pause(struct mgr *m, struct mgr_vm *vm, bool pause);
 enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm);
 enum mgr_err mgr_patch(struct mgr *m, struct mgr_vm *vm, struct vm_patch *p);
@@ -191,8 +209,9 @@ char *mgr_metrics(struct mgr *m);
 
 /* ---- automatic memory policy (src/mgr/policy.c) ---- */
 /* One round, under m->lock: reads each running ballooned VM's guest
- * statistics and moves memory from idle guests (free > 50% of total) to
- * guests under pressure (free < 20%, balloon inflated), then from the host
+ * statistics and moves memory from idle guests (free above mem_high_pct of
+ * total) to guests under pressure (free below mem_low_pct, balloon
+ * inflated), then from the host
  * while its MemAvailable stays above mem_reserve; below the reserve it
  * inflates idle guests' balloons. */
 void mgr_policy_run(struct mgr *m);

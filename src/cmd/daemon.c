@@ -20,17 +20,23 @@
 
 static const char daemon_usage[] =
 	"usage: vireo daemon --state-dir DIR --socket PATH [--cgroup=auto|v2|v1|none]\n"
-	"                    [--overcommit N] [--memory-policy=manual|auto]\n"
+	"                    [--overcommit N] [--overcommit-warn N]\n"
+	"                    [--memory-policy=manual|auto] [--memory-low PCT] [--memory-high PCT]\n"
 	"                    [--memory-interval MS] [--memory-reserve SIZE] [--verbose]\n"
 	"\n"
 	"  --state-dir DIR   VM definitions, runtime records, sockets and logs\n"
 	"  --socket PATH     the HTTP API's Unix socket (curl --unix-socket PATH)\n"
 	"  --cgroup MODE     cgroup hierarchy for VMMs (default auto: v2, else v1)\n"
-	"  --overcommit N    max vCPUs of running VMs per host CPU (default 16)\n"
+	"  --overcommit N    max vCPUs of running VMs per host CPU (default 16):\n"
+	"                    a start past it is refused\n"
+	"  --overcommit-warn N  past this many vCPUs per host CPU a start gets a\n"
+	"                    warning (default 4; 0: never)\n"
 	"  --memory-policy P manual (default): balloon targets set by hand; auto:\n"
 	"                    move memory from idle guests to guests under pressure\n"
 	"  --memory-interval MS  how often the auto policy runs (default 1000)\n"
 	"  --memory-reserve SIZE host memory the auto policy keeps free (default 256M)\n"
+	"  --memory-low PCT  a guest with less free memory is under pressure (default 20)\n"
+	"  --memory-high PCT a guest with more free memory is idle (default 50)\n"
 	"  --verbose         log VM state changes\n"
 	"\n"
 	"SIGTERM or SIGINT stops the daemon; running VMs keep running and are\n"
@@ -38,11 +44,23 @@ static const char daemon_usage[] =
 
 struct daemon_options {
 	const char *state_dir, *socket, *cgroup;
-	unsigned int overcommit;
+	unsigned int overcommit, overcommit_warn;
+	unsigned int mem_low_pct, mem_high_pct;
 	bool mem_auto;
 	unsigned int mem_interval_ms;
 	uint64_t mem_reserve;
 };
+
+static int uint_arg(const char *text, unsigned int lo, unsigned int hi, unsigned int *out)
+{
+	char *end;
+	unsigned long v = strtoul(text, &end, 10);
+
+	if (*end || !*text || *text == '-' || v < lo || v > hi)
+		return -EINVAL;
+	*out = (unsigned int)v;
+	return 0;
+}
 
 static int parse_options(int argc, char **argv, struct daemon_options *o)
 {
@@ -51,6 +69,9 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		{ "socket", required_argument, NULL, 's' },
 		{ "cgroup", required_argument, NULL, 'c' },
 		{ "overcommit", required_argument, NULL, 'o' },
+		{ "overcommit-warn", required_argument, NULL, 'w' },
+		{ "memory-low", required_argument, NULL, 'L' },
+		{ "memory-high", required_argument, NULL, 'H' },
 		{ "memory-policy", required_argument, NULL, 'p' },
 		{ "memory-interval", required_argument, NULL, 'i' },
 		{ "memory-reserve", required_argument, NULL, 'r' },
@@ -61,7 +82,8 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 	char *end;
 	int c;
 
-	*o = (struct daemon_options){ .overcommit = 16, .mem_interval_ms = 1000,
+	*o = (struct daemon_options){ .overcommit = 16, .overcommit_warn = 4,
+				      .mem_low_pct = 20, .mem_high_pct = 50, .mem_interval_ms = 1000,
 				      .mem_reserve = 256ULL << 20 };
 	while ((c = getopt_long(argc, argv, "hv", longopts, NULL)) != -1) {
 		switch (c) {
@@ -77,6 +99,18 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 			o->overcommit = (unsigned int)strtoul(optarg, &end, 10);
 			if (*end || !*optarg || o->overcommit == 0 || o->overcommit > 1000)
 				return err_set(-EINVAL, "--overcommit must be 1 to 1000");
+			break;
+		case 'w':
+			if (uint_arg(optarg, 0, 1000, &o->overcommit_warn))
+				return err_set(-EINVAL, "--overcommit-warn must be 0 to 1000");
+			break;
+		case 'L':
+			if (uint_arg(optarg, 1, 99, &o->mem_low_pct))
+				return err_set(-EINVAL, "--memory-low must be 1 to 99 (%% free)");
+			break;
+		case 'H':
+			if (uint_arg(optarg, 1, 99, &o->mem_high_pct))
+				return err_set(-EINVAL, "--memory-high must be 1 to 99 (%% free)");
 			break;
 		case 'p':
 			if (strcmp(optarg, "auto") && strcmp(optarg, "manual"))
@@ -102,6 +136,8 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		return err_set(-EINVAL, "unexpected argument '%s'", argv[optind]);
 	if (!o->state_dir || !o->socket)
 		return err_set(-EINVAL, "--state-dir and --socket are required");
+	if (o->mem_low_pct >= o->mem_high_pct)
+		return err_set(-EINVAL, "--memory-low must be below --memory-high");
 	return 0;
 }
 
@@ -151,6 +187,9 @@ int cmd_daemon(int argc, char **argv)
 		return 1;
 	}
 	m.overcommit = o.overcommit;
+	m.overcommit_warn = o.overcommit_warn;
+	m.mem_low_pct = o.mem_low_pct;
+	m.mem_high_pct = o.mem_high_pct;
 	m.mem_auto = o.mem_auto;
 	m.mem_interval_ms = o.mem_interval_ms;
 	m.mem_reserve = o.mem_reserve;

@@ -27,13 +27,16 @@ static const char vm_usage[] =
 	"         [--disk path=FILE[,format=F][,readonly][,bps=SIZE][,iops=N]]...\n"
 	"         [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
 	"         [--nic [tap=NAME][,mac=M][,mtu=N][,rx_bps=SIZE][,tx_bps=SIZE]]...\n"
-	"         [--balloon [--balloon-target SIZE]]\n"
+	"         [--balloon [--balloon-target SIZE] [--memory-min SIZE]]\n"
 	"  create --file DEF.json    the definition as JSON (docs/api.md)\n"
 	"  start|pause|resume|reboot|delete NAME\n"
-	"  stop NAME [--force]       power off (--force: kill the VMM)\n"
+	"  stop NAME [--timeout S] [--force]  press the power button and wait until\n"
+	"                            the guest powers off (killed after S seconds,\n"
+	"                            default 30); --force: power off at once\n"
 	"  info NAME                 definition, state and live counters (JSON)\n"
 	"  set NAME [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
 	"         [--disk-limit INDEX[,bps=SIZE][,iops=N]]... [--balloon-target SIZE]\n"
+	"         [--memory-min SIZE]\n"
 	"         [--nic-limit INDEX[,rx_bps=SIZE][,tx_bps=SIZE]]...\n"
 	"  console NAME              attach to the serial console (Ctrl-A x detaches)\n"
 	"  top [--interval S] [--count N]  CPU use, steal and throttling per VM\n"
@@ -323,6 +326,7 @@ static int parse_def_flags(int argc, char **argv, struct json_object *o, bool cr
 		{ "disk-limit", required_argument, NULL, 'l' }, { "file", required_argument, NULL, 'f' },
 		{ "balloon", no_argument, NULL, 'b' }, { "balloon-target", required_argument, NULL, 't' },
 		{ "nic", required_argument, NULL, 'N' }, { "nic-limit", required_argument, NULL, 'L' },
+		{ "memory-min", required_argument, NULL, 'M' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct json_object *disks = json_object_new_array(), *pins = json_object_new_array();
@@ -349,6 +353,7 @@ static int parse_def_flags(int argc, char **argv, struct json_object *o, bool cr
 		case 'f': *file = optarg; break;
 		case 'b': json_object_object_add(o, "balloon", json_object_new_boolean(1)); break;
 		case 't': json_object_object_add(o, "balloon_target", json_object_new_string(optarg)); break;
+		case 'M': json_object_object_add(o, "memory_min", json_object_new_string(optarg)); break;
 		case 'd':
 		case 'l':
 			d = c == 'l' ? parse_disk_limit(optarg) : parse_disk(optarg, false);
@@ -435,23 +440,86 @@ static int cmd_set(const struct vm_cli *cli, int argc, char **argv)
 	return print_state(cli, o, ok);
 }
 
-/* start, stop, pause, resume, delete, info: COMMAND NAME [--force]. */
-static int cmd_simple(const struct vm_cli *cli, const char *cmd, int argc, char **argv)
+static bool name_ok(const char *name)
 {
-	bool force = argc == 3 && !strcmp(argv[2], "--force"), ok;
-	struct json_object *o;
+	if (strlen(name) <= 100 && !strpbrk(name, "?# /"))
+		return true;
+	fprintf(stderr, "vireo: bad VM name\n");
+	return false;
+}
+
+/* A graceful stop returns with the VM "stopping": poll until the daemon
+ * says it ended (it kills the VMM at the timeout). */
+static struct json_object *stop_wait(const struct vm_cli *cli, const char *name,
+				     struct json_object *o, unsigned int timeout_s, bool *ok)
+{
 	char path[160];
 
-	if (argc < 2 || (argc > 2 && !force) || (force && strcmp(cmd, "stop"))) {
-		fprintf(stderr, "vireo: usage: vireo vm %s NAME%s\n", cmd,
-			!strcmp(cmd, "stop") ? " [--force]" : "");
+	snprintf(path, sizeof(path), "/vms/%s", name);
+	for (unsigned int ms = 0; *ok && !strcmp(str(o, "state"), "stopping"); ms += 100) {
+		if (ms > (timeout_s + 10) * 1000) {
+			fprintf(stderr, "vireo: VM '%s' is still stopping\n", name);
+			*ok = false;
+			break;
+		}
+		usleep(100000);
+		json_object_put(o);
+		o = call(cli, "GET", path, NULL, ok);
+	}
+	return o;
+}
+
+/* stop NAME [--force] [--timeout S] */
+static int cmd_stop(const struct vm_cli *cli, int argc, char **argv)
+{
+	unsigned int timeout_s = 30;
+	struct json_object *o;
+	bool force = false, ok;
+	char path[160], body[64], *end;
+
+	for (int i = 2; i < argc; i++) {
+		if (!strcmp(argv[i], "--force")) {
+			force = true;
+		} else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
+			timeout_s = (unsigned int)strtoul(argv[++i], &end, 10);
+			if (*end || !*argv[i] || timeout_s > 3600)
+				argc = 0;	/* usage */
+		} else {
+			argc = 0;
+		}
+	}
+	if (argc < 2) {
+		fprintf(stderr, "vireo: usage: vireo vm stop NAME [--timeout 0-3600] [--force]\n");
 		return 2;
 	}
-	if (strlen(argv[1]) > 100 || strchr(argv[1], '?') || strchr(argv[1], '#') ||
-	    strchr(argv[1], ' ')) {
-		fprintf(stderr, "vireo: bad VM name\n");
+	if (!name_ok(argv[1]))
+		return 2;
+	snprintf(path, sizeof(path), "/vms/%s/stop", argv[1]);
+	snprintf(body, sizeof(body), "{\"force\":%s,\"timeout\":%u}", force ? "true" : "false",
+		 timeout_s);
+	o = call(cli, "POST", path, body, &ok);
+	o = stop_wait(cli, argv[1], o, timeout_s, &ok);
+	if (ok && !cli->json)
+		printf("%s: %s (%s)\n", str(o, "name"), str(o, "state"), str(o, "reason"));
+	else if (ok)
+		print_json(o);
+	json_object_put(o);
+	return ok ? 0 : 1;
+}
+
+/* start, pause, resume, reboot, delete, info: COMMAND NAME. */
+static int cmd_simple(const struct vm_cli *cli, const char *cmd, int argc, char **argv)
+{
+	struct json_object *o;
+	char path[160];
+	bool ok;
+
+	if (argc != 2) {
+		fprintf(stderr, "vireo: usage: vireo vm %s NAME\n", cmd);
 		return 2;
 	}
+	if (!name_ok(argv[1]))
+		return 2;
 	if (!strcmp(cmd, "info") || !strcmp(cmd, "delete")) {
 		snprintf(path, sizeof(path), "/vms/%s", argv[1]);
 		o = call(cli, !strcmp(cmd, "info") ? "GET" : "DELETE", path, NULL, &ok);
@@ -463,7 +531,7 @@ static int cmd_simple(const struct vm_cli *cli, const char *cmd, int argc, char 
 		return ok ? 0 : 1;
 	}
 	snprintf(path, sizeof(path), "/vms/%s/%s", argv[1], cmd);
-	o = call(cli, "POST", path, force ? "{\"force\":true}" : NULL, &ok);
+	o = call(cli, "POST", path, NULL, &ok);
 	return print_state(cli, o, ok);
 }
 
@@ -697,7 +765,9 @@ int cmd_vm(int argc, char **argv)
 		return cmd_top(&cli, argc, argv);
 	if (!strcmp(cmd, "console"))
 		return cmd_console(&cli, argc, argv);
-	if (!strcmp(cmd, "start") || !strcmp(cmd, "stop") || !strcmp(cmd, "pause") ||
+	if (!strcmp(cmd, "stop"))
+		return cmd_stop(&cli, argc, argv);
+	if (!strcmp(cmd, "start") || !strcmp(cmd, "pause") ||
 	    !strcmp(cmd, "resume") || !strcmp(cmd, "reboot") || !strcmp(cmd, "delete") ||
 	    !strcmp(cmd, "info"))
 		return cmd_simple(&cli, cmd, argc, argv);

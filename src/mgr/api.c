@@ -167,34 +167,61 @@ static void route_patch(struct mgr *m, struct mgr_vm *vm, const struct upload *u
 	r->json = mgr_vm_json(m, vm, false);
 }
 
-/* Body of start/pause/resume: none or {}; of stop: {"force": bool}. */
-static int action_body(const struct upload *u, bool stop, bool *force, struct reply *r)
+/* Body of start/pause/resume/reboot: none or {}; of stop:
+ * {"force": bool, "timeout": seconds}. */
+struct action_args {
+	bool force;
+	unsigned int timeout_s;
+};
+
+static int bad_field(struct reply *r, const char *msg)
 {
-	struct json_object *body, *v;
+	reply_error(r, 400, "bad-request", msg);
+	return -1;
+}
+
+static int unknown_field(struct reply *r, const char *key)
+{
+	char msg[128];
+
+	snprintf(msg, sizeof(msg), "unknown field '%.64s'", key);
+	return bad_field(r, msg);
+}
+
+static int stop_field(const char *key, struct json_object *v, struct action_args *a,
+		      struct reply *r)
+{
+	if (!strcmp(key, "force")) {
+		if (!json_object_is_type(v, json_type_boolean))
+			return bad_field(r, "'force' must be true or false");
+		a->force = json_object_get_boolean(v);
+		return 0;
+	}
+	if (!strcmp(key, "timeout")) {
+		int64_t t = json_object_get_int64(v);
+
+		if (!json_object_is_type(v, json_type_int) || t < 0 || t > MGR_STOP_TIMEOUT_MAX_S)
+			return bad_field(r, "'timeout' must be whole seconds from 0 to 3600");
+		a->timeout_s = (unsigned int)t;
+		return 0;
+	}
+	return unknown_field(r, key);
+}
+
+static int action_body(const struct upload *u, bool stop, struct action_args *a, struct reply *r)
+{
+	struct json_object *body;
 	int ret = 0;
 
-	*force = false;
+	*a = (struct action_args){ .timeout_s = MGR_STOP_TIMEOUT_S };
 	if (parse_body(u, true, &body, r))
 		return -1;
 	if (!body)
 		return 0;
 	json_object_object_foreach(body, key, val) {
-		(void)val;
-		if (!stop || strcmp(key, "force")) {
-			char msg[128];
-
-			snprintf(msg, sizeof(msg), "unknown field '%.64s'", key);
-			reply_error(r, 400, "bad-request", msg);
-			ret = -1;
+		ret = stop ? stop_field(key, val, a, r) : unknown_field(r, key);
+		if (ret)
 			break;
-		}
-	}
-	if (!ret && json_object_object_get_ex(body, "force", &v)) {
-		if (!json_object_is_type(v, json_type_boolean)) {
-			reply_error(r, 400, "bad-request", "'force' must be true or false");
-			ret = -1;
-		}
-		*force = json_object_get_boolean(v);
 	}
 	json_object_put(body);
 	return ret;
@@ -203,27 +230,34 @@ static int action_body(const struct upload *u, bool stop, bool *force, struct re
 static void route_action(struct mgr *m, struct mgr_vm *vm, const char *action,
 			 const struct upload *u, struct reply *r)
 {
-	bool force;
+	struct action_args a;
 	enum mgr_err e;
 
 	if (strcmp(action, "start") && strcmp(action, "stop") && strcmp(action, "pause") &&
 	    strcmp(action, "resume") && strcmp(action, "reboot"))
 		return reply_error(r, 404, "not-found",
 				   "unknown action (start, stop, pause, resume, reboot)");
-	if (action_body(u, !strcmp(action, "stop"), &force, r))
+	if (action_body(u, !strcmp(action, "stop"), &a, r))
 		return;
 	if (!strcmp(action, "start"))
 		e = mgr_start(m, vm);
 	else if (!strcmp(action, "stop"))
-		e = mgr_stop(m, vm, force);
+		e = mgr_stop(m, vm, a.force, a.timeout_s);
 	else if (!strcmp(action, "reboot"))
 		e = mgr_reboot(m, vm);
 	else
 		e = mgr_pause(m, vm, !strcmp(action, "pause"));
 	if (e != MGR_OK)
 		return reply_mgr_error(r, e);
-	r->status = 200;
+	/* 202: a graceful stop goes on after the reply (state "stopping"). */
+	r->status = vm->state == MGR_STOPPING ? 202 : 200;
 	r->json = mgr_vm_json(m, vm, false);
+	if (!strcmp(action, "start") && vm->warning[0]) {
+		struct json_object *w = json_object_new_array();
+
+		json_object_array_add(w, json_object_new_string(vm->warning));
+		json_object_object_add(r->json, "warnings", w);
+	}
 }
 
 static void route_vm(struct mgr *m, const char *method, const char *name, const char *action,

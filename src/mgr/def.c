@@ -124,6 +124,16 @@ static int get_size(struct json_object *obj, const char *key, uint64_t *out)
 	return get_uint(obj, key, 0, MAX_MEMORY, out) ? -EINVAL : 0;
 }
 
+/* "memory_min": what the memory policy leaves a guest, at most its memory. */
+static int get_memory_min(struct json_object *obj, uint64_t memory, uint64_t *out)
+{
+	int ret = get_size(obj, "memory_min", out);
+
+	if (ret == -EINVAL || (!ret && *out > memory))
+		return err_set(-EINVAL, "'memory_min' must be a size from 0 to the VM's memory");
+	return ret;
+}
+
 /* "balloon_target": a size, at most the guest's memory. */
 static int get_balloon_target(struct json_object *obj, uint64_t memory, uint64_t *out)
 {
@@ -373,9 +383,11 @@ static int parse_def(struct json_object *obj, struct vm_def *def)
 		return ret;
 	if (!ret && !def->balloon)
 		return err_set(-EINVAL, "'balloon_target' needs \"balloon\": true");
-	ret = get_size(obj, "memory_min", &def->memory_min);
-	if (ret == -EINVAL || (!ret && def->memory_min > def->memory))
-		return err_set(-EINVAL, "'memory_min' must be a size from 0 to the VM's memory");
+	if (!opt_ok(ret = get_memory_min(obj, def->memory, &def->memory_min)))
+		return ret;
+	if (def->balloon && def->memory - def->balloon_target < def->memory_min)
+		return err_set(-EINVAL, "'balloon_target' would leave the guest less than its "
+			       "'memory_min'");
 	return parse_cpu_limits(obj, def);
 }
 
@@ -529,10 +541,27 @@ static int parse_limits(struct json_object *obj, const struct vm_def *def, struc
 	return 0;
 }
 
+/* memory_min is a floor for the balloon too: a target below it is refused;
+ * raising memory_min above what the balloon leaves deflates it. */
+static int check_memory_floor(const struct vm_def *def, struct vm_patch *p)
+{
+	uint64_t min = p->has_memory_min ? p->memory_min : def->memory_min;
+	uint64_t target = p->has_balloon ? p->balloon_target : def->balloon_target;
+
+	if (!def->balloon || def->memory - target >= min)
+		return 0;
+	if (p->has_balloon)
+		return err_set(-EINVAL, "'balloon_target' would leave the guest less than its "
+			       "memory_min (%llu bytes)", (unsigned long long)min);
+	p->has_balloon = true;
+	p->balloon_target = def->memory - min;
+	return 0;
+}
+
 static int parse_patch(struct json_object *obj, const struct vm_def *def, struct vm_patch *p)
 {
 	static const char *const keys[] = { "cpu_weight", "cpu_max", "cpu_pin", "disk_limits",
-					    "nic_limits", "balloon_target", NULL };
+					    "nic_limits", "balloon_target", "memory_min", NULL };
 	uint64_t v = 0;
 	int ret = check_keys(obj, "a PATCH body", keys);
 
@@ -552,8 +581,13 @@ static int parse_patch(struct json_object *obj, const struct vm_def *def, struct
 	if (!opt_ok(ret = get_balloon_target(obj, def->memory, &p->balloon_target)))
 		return ret;
 	p->has_balloon = !ret;
+	if (!opt_ok(ret = get_memory_min(obj, def->memory, &p->memory_min)))
+		return ret;
+	p->has_memory_min = !ret;
 	if (p->has_balloon && !def->balloon)
 		return err_set(-EINVAL, "VM '%s' has no balloon device", def->name);
+	if ((ret = check_memory_floor(def, p)))
+		return ret;
 	ret = parse_limits(obj, def, p, false);
 	return ret ? ret : parse_limits(obj, def, p, true);
 }
@@ -577,6 +611,8 @@ void vm_patch_apply(struct vm_def *def, struct vm_patch *p)
 		def->cpu_max = p->cpu_max;
 	if (p->has_balloon)
 		def->balloon_target = p->balloon_target;
+	if (p->has_memory_min)
+		def->memory_min = p->memory_min;
 	if (p->has_pin) {
 		for (unsigned int i = 0; i < def->npin; i++)
 			free(def->cpu_pin[i]);

@@ -5,14 +5,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "vireo/control.h"
 #include "vireo/log.h"
 #include "vireo/mgr.h"
 
@@ -23,13 +26,15 @@ const char *mgr_state_name(enum mgr_state s)
 	case MGR_RUNNING: return "running";
 	case MGR_PAUSED: return "paused";
 	case MGR_CRASHED: return "crashed";
+	case MGR_STOPPING: return "stopping";
+	case MGR_NSTATES: break;
 	}
 	return "unknown";
 }
 
 static int state_from_name(const char *s)
 {
-	for (int i = MGR_STOPPED; i <= MGR_CRASHED; i++)
+	for (int i = MGR_STOPPED; i < MGR_NSTATES; i++)
 		if (!strcmp(s, mgr_state_name((enum mgr_state)i)))
 			return i;
 	return -1;
@@ -43,9 +48,9 @@ struct mgr_vm *mgr_find(struct mgr *m, const char *name)
 	return NULL;
 }
 
-static bool vm_active(const struct mgr_vm *vm)
+bool mgr_vm_active(const struct mgr_vm *vm)
 {
-	return vm->state == MGR_RUNNING || vm->state == MGR_PAUSED;
+	return vm->state == MGR_RUNNING || vm->state == MGR_PAUSED || vm->state == MGR_STOPPING;
 }
 
 static int sock_path(struct mgr *m, const char *name, char *buf, size_t size)
@@ -138,11 +143,19 @@ static void adopt(struct mgr *m, struct mgr_vm *vm, struct json_object *run)
 	}
 	vm->sock_id = vmm_sock_id(sock);
 	r = vmm_request(sock, "{\"action\":\"info\"}");
-	if (r && json_object_object_get_ex(r, "state", &v) &&
-	    !strcmp(json_object_get_string(v), "paused"))
+	if (vm->state == MGR_STOPPING) {
+		/* A graceful stop in progress: its deadline still holds. */
+		vm->stopping = true;
+		if (json_object_object_get_ex(run, "stop_deadline_ms", &v))
+			vm->stop_deadline_ms = json_object_get_uint64(v);
+		if (json_object_object_get_ex(run, "stop_timeout_s", &v))
+			vm->stop_timeout_s = (unsigned int)json_object_get_int(v);
+	} else if (r && json_object_object_get_ex(r, "state", &v) &&
+		   !strcmp(json_object_get_string(v), "paused")) {
 		vm->state = MGR_PAUSED;
-	else if (r)
+	} else if (r) {
 		vm->state = MGR_RUNNING;
+	}
 	else
 		snprintf(vm->reason, sizeof(vm->reason), "re-adopted, but its control socket "
 			 "does not answer: %s", err_get());
@@ -167,7 +180,7 @@ static void load_run(struct mgr *m, struct mgr_vm *vm)
 	s = json_object_object_get_ex(run, "state", &v) ? state_from_name(json_object_get_string(v)) : -1;
 	if (s >= 0)
 		vm->state = (enum mgr_state)s;
-	if (vm_active(vm))
+	if (mgr_vm_active(vm))
 		adopt(m, vm, run);
 	json_object_put(run);
 }
@@ -246,6 +259,9 @@ int mgr_open(struct mgr *m, const char *state_dir, const char *cgroup_mode)
 	memset(m, 0, sizeof(*m));
 	pthread_mutex_init(&m->lock, NULL);
 	m->overcommit = 16;
+	m->overcommit_warn = 4;
+	m->mem_low_pct = 20;
+	m->mem_high_pct = 50;
 	if (!realpath(state_dir, m->state_dir) && (mkdir(state_dir, 0700) < 0 ||
 						   !realpath(state_dir, m->state_dir)))
 		return err_set(-errno, "state dir %s: %m", state_dir);
@@ -272,7 +288,7 @@ void mgr_close(struct mgr *m)
 	 * right now (a zombie, or threads still exiting) is waited for, so
 	 * that its cgroup goes with it. */
 	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
-		if (vm_active(vm) && !vmm_reap(m, vm) && !vmm_alive(vm))
+		if (mgr_vm_active(vm) && !vmm_reap(m, vm) && !vmm_alive(vm))
 			vmm_wait_exit(m, vm, 1000);
 	cgroup_cleanup(&m->cg);
 	while (m->vms) {
@@ -282,13 +298,6 @@ void mgr_close(struct mgr *m)
 		vm_def_free(&vm->def);
 		free(vm);
 	}
-}
-
-void mgr_check(struct mgr *m)
-{
-	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
-		if (vm_active(vm) && !vmm_reap(m, vm))
-			vmm_check_restart(m, vm, 0);
 }
 
 /* ---- operations ---- */
@@ -329,7 +338,7 @@ enum mgr_err mgr_delete(struct mgr *m, const char *name)
 
 		if (strcmp(vm->def.name, name))
 			continue;
-		if (vm_active(vm)) {
+		if (mgr_vm_active(vm)) {
 			err_set(-EBUSY, "VM '%s' is %s: stop it first", name, mgr_state_name(vm->state));
 			return MGR_E_CONFLICT;
 		}
@@ -344,22 +353,72 @@ enum mgr_err mgr_delete(struct mgr *m, const char *name)
 	return MGR_E_NOT_FOUND;
 }
 
-/* Refuses a start that would put more vCPUs on the host than the
- * overcommit limit allows. */
-static int check_overcommit(struct mgr *m, const struct mgr_vm *vm)
+/* The host CPUs a vCPU may run on: its pin, else every online CPU. */
+static void vcpu_cpus(const struct vm_def *d, unsigned int vcpu, long host, cpu_set_t *set)
+{
+	const char *pin = d->npin == 0 ? NULL : d->cpu_pin[d->npin == 1 ? 0 : vcpu];
+
+	CPU_ZERO(set);
+	if (!pin || control_parse_cpulist(pin, set) || CPU_COUNT(set) == 0)
+		for (long c = 0; c < host && c < CPU_SETSIZE; c++)
+			CPU_SET(c, set);
+}
+
+/* Adds a VM's vCPUs to per-host-CPU commitment: a vCPU that may run on k
+ * host CPUs weighs 1/k on each, so pinning piles weight onto few CPUs. */
+static void commit_add(const struct vm_def *d, long host, double *load)
+{
+	for (unsigned int v = 0; v < d->cpus; v++) {
+		cpu_set_t set;
+		int k;
+
+		vcpu_cpus(d, v, host, &set);
+		k = CPU_COUNT(&set);
+		for (long c = 0; c < host; c++)
+			if (CPU_ISSET(c, &set))
+				load[c] += 1.0 / k;
+	}
+}
+
+/* The most committed host CPU if `vm` starts: vCPUs per CPU. */
+double mgr_commitment(struct mgr *m, const struct mgr_vm *vm, long *cpu)
 {
 	long host = sysconf(_SC_NPROCESSORS_ONLN);
-	unsigned int committed = vm->def.cpus;
+	double load[CPU_SETSIZE] = { 0 }, worst = 0;
 
-	if (host < 1)
-		host = 1;
+	if (host < 1 || host > CPU_SETSIZE)
+		host = host < 1 ? 1 : CPU_SETSIZE;
 	for (struct mgr_vm *o = m->vms; o; o = o->next)
-		if (vm_active(o))
-			committed += o->def.cpus;
-	if (committed > m->overcommit * (unsigned long)host)
-		return err_set(-EBUSY, "starting '%s' would commit %u vCPUs to %ld host CPUs, "
-			       "past the overcommit limit of %u per CPU", vm->def.name, committed,
-			       host, m->overcommit);
+		if (mgr_vm_active(o) || o == vm)
+			commit_add(&o->def, host, load);
+	*cpu = 0;
+	for (long c = 0; c < host; c++)
+		if (load[c] > worst + 1e-9) {
+			worst = load[c];
+			*cpu = c;
+		}
+	return worst;
+}
+
+/* Refuses a start that would put more vCPUs on a host CPU than the
+ * overcommit limit allows; past the warning level it starts with a
+ * warning. */
+static int check_overcommit(struct mgr *m, struct mgr_vm *vm)
+{
+	long cpu;
+	double load = mgr_commitment(m, vm, &cpu);
+
+	vm->warning[0] = '\0';
+	if (load > m->overcommit + 1e-9)
+		return err_set(-EBUSY, "starting '%s' would put %.2f vCPUs on host CPU %ld, past "
+			       "the overcommit limit of %u per CPU", vm->def.name, load, cpu,
+			       m->overcommit);
+	if (m->overcommit_warn && load > m->overcommit_warn + 1e-9) {
+		snprintf(vm->warning, sizeof(vm->warning), "host CPU %ld now carries %.2f vCPUs, "
+			 "past the overcommit warning level of %u per CPU", cpu, load,
+			 m->overcommit_warn);
+		log_warn("VM %s: %s", vm->def.name, vm->warning);
+	}
 	return 0;
 }
 
@@ -367,7 +426,7 @@ enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm)
 {
 	char sock[PATH_MAX];
 
-	if (vm_active(vm)) {
+	if (mgr_vm_active(vm)) {
 		err_set(-EBUSY, "VM '%s' is already %s", vm->def.name, mgr_state_name(vm->state));
 		return MGR_E_CONFLICT;
 	}
@@ -422,32 +481,80 @@ static enum mgr_err control(struct mgr *m, struct mgr_vm *vm, const char *req,
 	return e;
 }
 
-enum mgr_err mgr_stop(struct mgr *m, struct mgr_vm *vm, bool force)
+static uint64_t wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* A hard stop: the VMM powers the VM off (flushing its disks); if it does
+ * not answer or end, it is killed. */
+static enum mgr_err stop_now(struct mgr *m, struct mgr_vm *vm)
+{
+	vm->stopping = true;
+	if (control(m, vm, "{\"action\":\"poweroff\"}", NULL) != MGR_OK ||
+	    vmm_wait_exit(m, vm, 5000)) {
+		log_warn("VM %s: no clean power-off (%s): killing the VMM", vm->def.name, err_get());
+		if (vmm_kill(m, vm))
+			return MGR_E_FAILED;
+	}
+	vm->state = MGR_STOPPED;
+	snprintf(vm->reason, sizeof(vm->reason), "stopped by request (forced)");
+	store_save_run(m, vm);
+	return MGR_OK;
+}
+
+enum mgr_err mgr_stop(struct mgr *m, struct mgr_vm *vm, bool force, unsigned int timeout_s)
 {
 	enum mgr_err e;
 
-	if (!vm_active(vm)) {
+	if (!mgr_vm_active(vm)) {
 		err_set(-EBUSY, "VM '%s' is %s", vm->def.name, mgr_state_name(vm->state));
 		return MGR_E_CONFLICT;
 	}
-	vm->stopping = true;
-	if (force) {
-		if (vmm_kill(m, vm))
-			return MGR_E_FAILED;
-	} else {
-		e = control(m, vm, "{\"action\":\"poweroff\"}", NULL);
-		if (e != MGR_OK || vmm_wait_exit(m, vm, 5000)) {
-			char why[200];
-
-			snprintf(why, sizeof(why), "%s", err_get());
-			err_set(-EIO, "%s (use force to kill the VMM)", why);
-			return MGR_E_FAILED;
-		}
+	if (force)
+		return stop_now(m, vm);
+	if (vm->state != MGR_RUNNING) {
+		err_set(-EBUSY, "VM '%s' is %s: %s", vm->def.name, mgr_state_name(vm->state),
+			vm->state == MGR_PAUSED ? "a paused guest cannot answer the power button; "
+			"resume it first, or stop with force" : "stop with force to end it now");
+		return MGR_E_CONFLICT;
 	}
-	vm->state = MGR_STOPPED;
-	snprintf(vm->reason, sizeof(vm->reason), "stopped by request%s", force ? " (forced)" : "");
+	e = control(m, vm, "{\"action\":\"powerdown\"}", NULL);
+	if (e != MGR_OK)
+		return e;
+	vm->stopping = true;
+	vm->state = MGR_STOPPING;
+	vm->stop_timeout_s = timeout_s;
+	vm->stop_deadline_ms = wall_ms() + (uint64_t)timeout_s * 1000;
+	snprintf(vm->reason, sizeof(vm->reason), "power button pressed; the VMM is killed if "
+		 "the guest has not powered off in %u s", timeout_s);
 	store_save_run(m, vm);
 	return MGR_OK;
+}
+
+/* A graceful stop whose guest ignored the power button. */
+static void stop_overdue(struct mgr *m, struct mgr_vm *vm)
+{
+	if (vm->state != MGR_STOPPING || wall_ms() < vm->stop_deadline_ms)
+		return;
+	log_info("VM %s: the guest did not power off in %u s: killing the VMM", vm->def.name,
+		 vm->stop_timeout_s);
+	if (vmm_kill(m, vm))
+		return;	/* still there: the next check tries again */
+	vm->state = MGR_STOPPED;
+	snprintf(vm->reason, sizeof(vm->reason), "stopped by request: the guest did not power "
+		 "off within %u s of the power button, so the VMM was killed", vm->stop_timeout_s);
+	store_save_run(m, vm);
+}
+
+void mgr_check(struct mgr *m)
+{
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		if (mgr_vm_active(vm) && !vmm_reap(m, vm) && !vmm_check_restart(m, vm, 0))
+			stop_overdue(m, vm);
 }
 
 enum mgr_err mgr_pause(struct mgr *m, struct mgr_vm *vm, bool pause)
@@ -473,7 +580,7 @@ enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm)
 {
 	enum mgr_err e;
 
-	if (!vm_active(vm)) {
+	if (!mgr_vm_active(vm)) {
 		err_set(-EBUSY, "cannot reboot VM '%s': it is %s", vm->def.name,
 			mgr_state_name(vm->state));
 		return MGR_E_CONFLICT;
@@ -482,7 +589,7 @@ enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm)
 	if (e != MGR_OK)
 		return e;
 	if (vmm_check_restart(m, vm, 5000) != 1) {
-		if (vm_active(vm))
+		if (mgr_vm_active(vm))
 			err_set(-ETIMEDOUT, "the VMM did not come back within 5 s");
 		else
 			err_set(-EIO, "the VMM did not restart: %s", vm->reason);
@@ -550,7 +657,7 @@ enum mgr_err mgr_patch(struct mgr *m, struct mgr_vm *vm, struct vm_patch *p)
 	 * new definition, then persist. */
 	vm_patch_apply(&vm->def, &copy);
 	p->npin = 0;
-	if (vm_active(vm))
+	if (mgr_vm_active(vm))
 		e = patch_live(m, vm, &vm->def, &copy);
 	if (store_save_def(m, &vm->def) && e == MGR_OK)
 		e = MGR_E_FAILED;

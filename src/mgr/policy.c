@@ -10,8 +10,6 @@
 #include "vireo/mgr.h"
 
 #define POLICY_MAX_VMS 256
-#define LOW_PCT 20                    /* free below this: under pressure */
-#define HIGH_PCT 50                   /* free above this: idle */
 #define MIB ((uint64_t)1 << 20)
 
 struct cand {
@@ -83,18 +81,18 @@ static int set_target(struct mgr *m, struct cand *c, uint64_t target)
 	return 0;
 }
 
-static bool is_needy(const struct cand *c)
+static bool is_needy(const struct mgr *m, const struct cand *c)
 {
-	return c->target && c->free * 100 < c->total * LOW_PCT;
+	return c->target && c->free * 100 < c->total * m->mem_low_pct;
 }
 
 /* What an idle guest can give without going below its floor or its own
  * idle threshold. */
-static uint64_t spare(const struct cand *c)
+static uint64_t spare(const struct mgr *m, const struct cand *c)
 {
-	uint64_t keep = c->total * HIGH_PCT / 100, room;
+	uint64_t keep = c->total * m->mem_high_pct / 100, room;
 
-	if (c->free * 100 <= c->total * HIGH_PCT || c->vm->def.memory <= c->target + c->floor)
+	if (c->free * 100 <= c->total * m->mem_high_pct || c->vm->def.memory <= c->target + c->floor)
 		return 0;
 	room = c->vm->def.memory - c->target - c->floor;
 	return (c->free - keep < room ? c->free - keep : room) & ~(MIB - 1);
@@ -124,7 +122,7 @@ static void feed(struct mgr *m, struct cand *n, struct cand *c, unsigned int nc,
 	if (want > n->target)
 		want = n->target;
 	for (unsigned int i = 0; i < nc && got < want; i++) {
-		uint64_t give = spare(&c[i]);
+		uint64_t give = spare(m, &c[i]);
 
 		if (&c[i] == n || !give)
 			continue;
@@ -144,7 +142,7 @@ static void feed(struct mgr *m, struct cand *n, struct cand *c, unsigned int nc,
 static void reclaim(struct mgr *m, struct cand *c, unsigned int nc, uint64_t avail)
 {
 	for (unsigned int i = 0; i < nc && avail < m->mem_reserve; i++) {
-		uint64_t give = spare(&c[i]), need = (m->mem_reserve - avail + MIB - 1) & ~(MIB - 1);
+		uint64_t give = spare(m, &c[i]), need = (m->mem_reserve - avail + MIB - 1) & ~(MIB - 1);
 
 		if (give > need)
 			give = need;
@@ -163,7 +161,7 @@ void mgr_policy_run(struct mgr *m)
 		if (vm->state == MGR_RUNNING && vm->def.balloon && read_cand(m, vm, &c[nc]))
 			nc++;
 	for (unsigned int i = 0; i < nc; i++)
-		if (is_needy(&c[i]))
+		if (is_needy(m, &c[i]))
 			feed(m, &c[i], c, nc, &avail);
 	reclaim(m, c, nc, avail);
 }

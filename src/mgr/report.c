@@ -21,7 +21,7 @@ static struct json_object *vmm_info(struct mgr *m, struct mgr_vm *vm)
 struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live)
 {
 	struct json_object *o = vm_def_to_json(&vm->def), *info;
-	bool active = vm->state == MGR_RUNNING || vm->state == MGR_PAUSED;
+	bool active = mgr_vm_active(vm);
 
 	json_object_object_add(o, "state", json_object_new_string(mgr_state_name(vm->state)));
 	json_object_object_add(o, "reason", json_object_new_string(vm->reason));
@@ -57,11 +57,6 @@ static uint64_t get_u64(struct json_object *o, const char *key)
 	struct json_object *v;
 
 	return json_object_object_get_ex(o, key, &v) ? json_object_get_uint64(v) : 0;
-}
-
-static bool active(const struct mgr_vm *vm)
-{
-	return vm->state == MGR_RUNNING || vm->state == MGR_PAUSED;
 }
 
 /* A per-VM gauge from the definition. */
@@ -129,18 +124,18 @@ static void state_cpu_families(FILE *f, struct mgr *m)
 {
 	metric_help(f, "vireo_vm_state", "gauge", "1 for the state the VM is in");
 	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
-		for (int s = MGR_STOPPED; s <= MGR_CRASHED; s++)
+		for (int s = MGR_STOPPED; s < MGR_NSTATES; s++)
 			fprintf(f, "vireo_vm_state{vm=\"%s\",state=\"%s\"} %d\n", vm->def.name,
 				mgr_state_name((enum mgr_state)s), vm->state == (enum mgr_state)s);
 	metric_help(f, "vireo_vm_cpu_seconds_total", "counter", "CPU time of the VM's VMM (its cgroup)");
 	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
-		if (active(vm))
+		if (mgr_vm_active(vm))
 			fprintf(f, "vireo_vm_cpu_seconds_total{vm=\"%s\"} %.6f\n", vm->def.name,
 				(double)cgroup_vm_cpu_ns(&m->cg, vm->def.name) / 1e9);
 	metric_help(f, "vireo_vm_cpu_throttled_seconds_total", "counter",
 		    "time the VM's vCPUs were held back by cpu_max");
 	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
-		if (active(vm))
+		if (mgr_vm_active(vm))
 			fprintf(f, "vireo_vm_cpu_throttled_seconds_total{vm=\"%s\"} %.6f\n", vm->def.name,
 				(double)cgroup_vm_throttled_ns(&m->cg, vm->def.name) / 1e9);
 }
@@ -150,12 +145,20 @@ static void host_family(FILE *f, struct mgr *m)
 	unsigned int committed = 0;
 
 	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
-		if (active(vm))
+		if (mgr_vm_active(vm))
 			committed += vm->def.cpus;
 	metric_help(f, "vireo_host_cpus", "gauge", "online host CPUs");
 	fprintf(f, "vireo_host_cpus %ld\n", sysconf(_SC_NPROCESSORS_ONLN));
+	long cpu;
+	double worst = mgr_commitment(m, NULL, &cpu);
+
 	metric_help(f, "vireo_vcpus_committed", "gauge", "vCPUs of running and paused VMs");
 	fprintf(f, "vireo_vcpus_committed %u\n", committed);
+	metric_help(f, "vireo_vcpus_per_cpu_max", "gauge",
+		    "vCPUs on the most committed host CPU (pins counted)");
+	fprintf(f, "vireo_vcpus_per_cpu_max %.3f\n", worst);
+	metric_help(f, "vireo_overcommit_limit", "gauge", "vCPUs per host CPU past which starts are refused");
+	fprintf(f, "vireo_overcommit_limit %u\n", m->overcommit);
 }
 
 char *mgr_metrics(struct mgr *m)
@@ -191,7 +194,7 @@ char *mgr_metrics(struct mgr *m)
 		return NULL;
 	}
 	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next, i++)
-		infos[i] = active(vm) ? vmm_info(m, vm) : NULL;
+		infos[i] = mgr_vm_active(vm) ? vmm_info(m, vm) : NULL;
 	host_family(f, m);
 	state_cpu_families(f, m);
 	def_family(f, m, "vireo_vm_vcpus", "gauge", "vCPUs", def_vcpus);

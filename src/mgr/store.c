@@ -110,6 +110,11 @@ int store_save_run(struct mgr *m, const struct mgr_vm *vm)
 	json_object_object_add(obj, "reason", json_object_new_string(vm->reason));
 	json_object_object_add(obj, "pid", json_object_new_int(vm->pid));
 	json_object_object_add(obj, "starttime", json_object_new_int64((int64_t)vm->starttime));
+	if (vm->state == MGR_STOPPING) {
+		json_object_object_add(obj, "stop_deadline_ms",
+				       json_object_new_uint64(vm->stop_deadline_ms));
+		json_object_object_add(obj, "stop_timeout_s", json_object_new_int((int)vm->stop_timeout_s));
+	}
 	ret = store_write_json(path, obj);
 	json_object_put(obj);
 	return ret;

@@ -93,6 +93,17 @@ class Daemon:
     def vm(self, name):
         return self.ok("GET", f"/vms/{name}")
 
+    def stop(self, name, timeout=30, **body):
+        """POST stop (graceful unless force=True) and wait until it ends;
+        returns the VM as the daemon then shows it."""
+        st, js = self.request("POST", f"/vms/{name}/stop", {"timeout": timeout, **body})
+        assert st in (200, 202), (name, st, js)
+        assert (st == 202) == (js["state"] == "stopping"), js
+        if st == 202:
+            js = wait_for(lambda: (v := self.vm(name))["state"] != "stopping" and v,
+                          timeout=timeout + 5)
+        return js
+
     def create(self, name, scenario="cpuburn=100000", **kw):
         d = {"name": name, "cpus": 1, "memory": "64M", "kernel": str(PROBE),
              "cmdline": f"scenario={scenario}"}
