@@ -427,3 +427,25 @@ def test_nic_limits_while_running(daemon):
                 {"nic_limits": [{"disk": 0, "rx_bps": 1}]}):
         assert daemon.request("PATCH", "/vms/n1", bad)[0] == 400, bad
     daemon.ok("POST", "/vms/n1/stop")
+
+
+def test_disk_limit_set_while_running_holds_in_the_guest(daemon, tmp_path):
+    """A PATCHed iops limit reaches the running guest's disk: its 4 KiB
+    modes (which run after the two 1.5 s sequential ones) stay under it,
+    and the VMM counts the time it held requests back."""
+    img = tmp_path / "d.img"
+    img.write_bytes(b"\0" * (16 << 20))
+    daemon.create("lim", memory="128M", disks=[{"path": str(img), "format": "raw"}],
+                  scenario="blk_bench time_ms=1500 qd=4")
+    daemon.ok("POST", "/vms/lim/start")
+    daemon.ok("PATCH", "/vms/lim", {"disk_limits": [{"disk": 0, "iops": 50}]})
+    assert wait_for(lambda: daemon.vm("lim").get("vmm", {}).get("disks", [{}])[0]
+                    .get("throttled_ns", 0) > 0, timeout=10)
+    assert wait_for(lambda: daemon.vm("lim")["state"] == "stopped", timeout=30)
+    with open(os.path.join(daemon.state, "logs", "lim.log")) as f:
+        rows = [dict(t.split("=", 1) for t in line.split()[2:])
+                for line in f if line.startswith("PROBE blk_bench mode=")]
+    rand = {r["mode"]: int(r["iops"]) for r in rows if r["bs"] == "4096"}
+    assert set(rand) == {"randwrite", "randread"}, rows
+    # 50/s plus at most one 100 ms burst per second of the limiter.
+    assert all(0 < v <= 60 for v in rand.values()), rand
