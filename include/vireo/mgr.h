@@ -8,7 +8,8 @@
  *   DIR/vms/NAME.json     definition (struct vm_def), as POSTed/PATCHed
  *   DIR/run/NAME.json     runtime record: pid, its start time, state, reason
  *   DIR/run/NAME.sock     the VMM's control socket (include/vireo/control.h)
- *   DIR/logs/NAME.log     the VMM's stdout and stderr (serial console too)
+ *   DIR/logs/NAME.log     the VMM's stdout and stderr (serial console too);
+ *   DIR/logs/NAME.log.1   its previous generation, past --log-max
  *
  * Threading: the HTTP thread and the supervisor (reaper) thread both take
  * mgr->lock for the whole of a request or a check, so requests on one VM
@@ -168,6 +169,7 @@ struct mgr {
 	bool mem_auto;               /* --memory-policy=auto */
 	unsigned int mem_interval_ms; /* how often the policy runs */
 	uint64_t mem_reserve;        /* host MemAvailable the policy keeps */
+	uint64_t log_max;            /* rotate a VM's log past this; 0 = never */
 	unsigned int mem_low_pct;    /* guest free below this %: under pressure */
 	unsigned int mem_high_pct;   /* guest free above this %: idle */
 	struct mgr_vm *vms;
@@ -221,6 +223,8 @@ int store_write_json(const char *path, struct json_object *obj);
 struct json_object *store_read_json(const char *path);
 int store_save_def(struct mgr *m, const struct vm_def *def);
 int store_save_run(struct mgr *m, const struct mgr_vm *vm);
+/* Past m->log_max bytes, the VM's log moves to NAME.log.1 (copy-truncate). */
+void store_rotate_log(struct mgr *m, const char *name);
 void store_remove(struct mgr *m, const char *name);
 int store_path(const struct mgr *m, char *buf, size_t size, const char *sub,
 	       const char *name, const char *ext);

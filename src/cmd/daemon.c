@@ -22,7 +22,8 @@ static const char daemon_usage[] =
 	"usage: vireo daemon --state-dir DIR --socket PATH [--cgroup=auto|v2|v1|none]\n"
 	"                    [--overcommit N] [--overcommit-warn N]\n"
 	"                    [--memory-policy=manual|auto] [--memory-low PCT] [--memory-high PCT]\n"
-	"                    [--memory-interval MS] [--memory-reserve SIZE] [--verbose]\n"
+	"                    [--memory-interval MS] [--memory-reserve SIZE]\n"
+	"                    [--log-max SIZE] [--verbose]\n"
 	"\n"
 	"  --state-dir DIR   VM definitions, runtime records, sockets and logs\n"
 	"  --socket PATH     the HTTP API's Unix socket (curl --unix-socket PATH)\n"
@@ -37,6 +38,8 @@ static const char daemon_usage[] =
 	"  --memory-reserve SIZE host memory the auto policy keeps free (default 256M)\n"
 	"  --memory-low PCT  a guest with less free memory is under pressure (default 20)\n"
 	"  --memory-high PCT a guest with more free memory is idle (default 50)\n"
+	"  --log-max SIZE    rotate a VM's log (DIR/logs/NAME.log) past this size,\n"
+	"                    keeping one old copy (default 16M; 0: never)\n"
 	"  --verbose         log VM state changes\n"
 	"\n"
 	"SIGTERM or SIGINT stops the daemon; running VMs keep running and are\n"
@@ -48,7 +51,7 @@ struct daemon_options {
 	unsigned int mem_low_pct, mem_high_pct;
 	bool mem_auto;
 	unsigned int mem_interval_ms;
-	uint64_t mem_reserve;
+	uint64_t mem_reserve, log_max;
 };
 
 static int uint_arg(const char *text, unsigned int lo, unsigned int hi, unsigned int *out)
@@ -72,6 +75,7 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		{ "overcommit-warn", required_argument, NULL, 'w' },
 		{ "memory-low", required_argument, NULL, 'L' },
 		{ "memory-high", required_argument, NULL, 'H' },
+		{ "log-max", required_argument, NULL, 'l' },
 		{ "memory-policy", required_argument, NULL, 'p' },
 		{ "memory-interval", required_argument, NULL, 'i' },
 		{ "memory-reserve", required_argument, NULL, 'r' },
@@ -84,7 +88,7 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 
 	*o = (struct daemon_options){ .overcommit = 16, .overcommit_warn = 4,
 				      .mem_low_pct = 20, .mem_high_pct = 50, .mem_interval_ms = 1000,
-				      .mem_reserve = 256ULL << 20 };
+				      .mem_reserve = 256ULL << 20, .log_max = 16ULL << 20 };
 	while ((c = getopt_long(argc, argv, "hv", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'd': o->state_dir = optarg; break;
@@ -126,6 +130,10 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		case 'r':
 			if (size_parse(optarg, &o->mem_reserve))
 				return err_set(-EINVAL, "--memory-reserve takes a size (e.g. 256M)");
+			break;
+		case 'l':
+			if (size_parse(optarg, &o->log_max))
+				return err_set(-EINVAL, "--log-max takes a size (e.g. 16M, 0 for never)");
 			break;
 		case 'v': log_set_level(LOG_INFO); break;
 		case 'h': fputs(daemon_usage, stdout); exit(0);
@@ -193,6 +201,7 @@ int cmd_daemon(int argc, char **argv)
 	m.mem_auto = o.mem_auto;
 	m.mem_interval_ms = o.mem_interval_ms;
 	m.mem_reserve = o.mem_reserve;
+	m.log_max = o.log_max;
 	api = api_start(&m, o.socket);
 	if (!api) {
 		fprintf(stderr, "vireo: %s\n", err_get());

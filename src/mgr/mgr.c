@@ -262,6 +262,7 @@ int mgr_open(struct mgr *m, const char *state_dir, const char *cgroup_mode)
 	m->overcommit_warn = 4;
 	m->mem_low_pct = 20;
 	m->mem_high_pct = 50;
+	m->log_max = 16ULL << 20;
 	if (!realpath(state_dir, m->state_dir) && (mkdir(state_dir, 0700) < 0 ||
 						   !realpath(state_dir, m->state_dir)))
 		return err_set(-errno, "state dir %s: %m", state_dir);
@@ -553,8 +554,10 @@ static void stop_overdue(struct mgr *m, struct mgr_vm *vm)
 void mgr_check(struct mgr *m)
 {
 	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
-		if (mgr_vm_active(vm) && !vmm_reap(m, vm) && !vmm_check_restart(m, vm, 0))
+		if (mgr_vm_active(vm) && !vmm_reap(m, vm) && !vmm_check_restart(m, vm, 0)) {
 			stop_overdue(m, vm);
+			store_rotate_log(m, vm->def.name);
+		}
 }
 
 enum mgr_err mgr_pause(struct mgr *m, struct mgr_vm *vm, bool pause)

@@ -7,6 +7,7 @@
 #include <json-c/json.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "vireo/log.h"
@@ -120,10 +121,49 @@ int store_save_run(struct mgr *m, const struct mgr_vm *vm)
 	return ret;
 }
 
+static int copy_fd(int in, int out)
+{
+	char buf[65536];
+	ssize_t n;
+
+	while ((n = read(in, buf, sizeof(buf))) > 0)
+		if (write(out, buf, (size_t)n) != n)
+			return -1;
+	return n < 0 ? -1 : 0;
+}
+
+/* Copy-truncate (as logrotate's copytruncate): the VMM keeps writing to
+ * its O_APPEND descriptor, which lands at the start of the emptied file.
+ * Output written between the copy and the truncation is lost; one old
+ * generation is kept. */
+void store_rotate_log(struct mgr *m, const char *name)
+{
+	char path[PATH_MAX], old[PATH_MAX];
+	struct stat st;
+	int in, out = -1;
+
+	if (!m->log_max || store_path(m, path, sizeof(path), "logs", name, ".log") ||
+	    store_path(m, old, sizeof(old), "logs", name, ".log.1") ||
+	    stat(path, &st) || (uint64_t)st.st_size <= m->log_max)
+		return;
+	in = open(path, O_RDWR | O_CLOEXEC);
+	if (in >= 0)
+		out = open(old, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (out >= 0 && copy_fd(in, out) == 0 && ftruncate(in, 0) == 0)
+		log_info("VM %s: log rotated at %lld bytes", name, (long long)st.st_size);
+	else
+		log_warn("VM %s: cannot rotate %s: %s", name, path, strerror(errno));
+	if (out >= 0)
+		close(out);
+	if (in >= 0)
+		close(in);
+}
+
 void store_remove(struct mgr *m, const char *name)
 {
 	static const char *const files[][2] = {
 		{ "vms", ".json" }, { "run", ".json" }, { "run", ".sock" }, { "logs", ".log" },
+		{ "logs", ".log.1" },
 	};
 	char path[PATH_MAX];
 

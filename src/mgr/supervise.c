@@ -462,7 +462,8 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock)
 	ret = vmm_prepare_cgroup(m, &vm->def);
 	if (ret)
 		return ret;
-	logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	/* O_APPEND: the log can be truncated under the VMM (rotation). */
+	logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
 	if (logfd < 0)
 		return err_set(-errno, "cannot create %s: %m", log);
 	argv = vmm_argv(m, &vm->def, sock);
