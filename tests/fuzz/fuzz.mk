@@ -1,7 +1,8 @@
 # libFuzzer targets, one per image format parser (DESIGN §6, issue 3).
 #   make fuzz            build build-fuzz/fuzz_<fmt>
 #   make fuzz-run        short run of each (CI): FUZZ_SECONDS each, seeded
-#                        with images made by vireo img / qemu-img
+#                        with images made by vireo img / qemu-img, plus
+#                        tests/fuzz/regress/<fmt>/ (inputs that once crashed)
 # A format is fuzzed by adding its name to FUZZ_FORMATS.
 FUZZ_FORMATS ?= qcow2 $(if $(wildcard src/block/vhd*.c),vpc) $(if $(wildcard src/block/vmdk*.c),vmdk)
 FUZZ_SECONDS ?= 20
@@ -32,5 +33,5 @@ fuzz-run: $(FTARGETS) $(FUZZ_FORMATS:%=$(FB)/corpus/%)
 		echo "== fuzz_$$f for $(FUZZ_SECONDS)s"; \
 		$(FB)/fuzz_$$f -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
 			-rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
-			$(FB)/corpus/$$f 2>&1 | tail -4; \
+			$(FB)/corpus/$$f $$(ls -d tests/fuzz/regress/$$f 2>/dev/null) 2>&1 | tail -4; \
 	done
