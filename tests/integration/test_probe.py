@@ -1,8 +1,12 @@
 """The probe guest's scenarios on vireo, each also on QEMU microvm, the
 reference (DESIGN §5): both must report the same facts."""
+import os
+import time
+
 import pytest
 
-from conftest import LiveProbe, needs_kvm, needs_qemu, qemu_args, run_qemu, run_vireo, vireo_args
+from conftest import (LiveProbe, needs_kvm, needs_qemu, qemu_args, run_qemu, run_vireo,
+                      vireo_args, wait_socket)
 
 pytestmark = [needs_kvm, needs_qemu]
 
@@ -107,3 +111,27 @@ def test_echo_times_out_without_input():
     for run in (run_vireo("scenario=echo=200"), run_qemu("scenario=echo=200")):
         assert run.returncode == 0, run.stdout + run.stderr
         assert run.facts()["echo_timeout"] == "1"
+
+
+def test_echo_through_the_console_socket():
+    """vireo run --console-socket: what a client writes reaches the guest's
+    UART, and the echo comes back on the socket (the path of 'vireo vm console')."""
+    path = f"/tmp/vireo-con-{os.getpid()}-{time.monotonic_ns()}.sock"
+    guest = LiveProbe(vireo_args("scenario=echo=20000", extra=["--console-socket", path]))
+    try:
+        with wait_socket(path) as s:
+            guest.wait_line("PROBE echo ready")
+            s.sendall(b"from the socket\nquit\n")
+            got = b""
+            while b"line=quit" not in got:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        assert b"PROBE echo line=from the socket" in got, got
+        run = guest.finish(timeout=30)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "echo line=from the socket" in run.lines
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
