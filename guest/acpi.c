@@ -1,10 +1,10 @@
 /* ACPI table walk at CPL3: RSDP -> RSDT/XSDT -> MADT (CPUs, IOAPIC), FADT
- * (sleep registers), DSDT (_S5_), MCFG (ECAM). Tables are read in place
- * through the identity map; every checksum is verified and a bad table is
+ * (sleep registers), DSDT (_S5_, the GED's interrupt), MCFG (ECAM). Tables
+ * are read in place through the identity map; every checksum is verified and a bad table is
  * reported as "PROBE acpi_error=..." and skipped. */
 #include "probe.h"
 
-struct acpi_info acpi = { .slp_typ_s5 = -1, .com1_gsi = 4 };
+struct acpi_info acpi = { .slp_typ_s5 = -1, .com1_gsi = 4, .ged_gsi = -1 };
 
 struct sdt_header {
 	char sig[4];
@@ -105,6 +105,25 @@ static void dsdt_parse(const struct sdt_header *h)
 	}
 }
 
+/* The Generic Event Device without an AML interpreter: after its _HID
+ * string "ACPI0013", the first Extended Interrupt descriptor (0x89, 16-bit
+ * length >= 6, flags, count >= 1, 32-bit GSIs) is taken as its _CRS. Both
+ * vireo and QEMU declare _HID before _CRS. */
+static void ged_scan(const uint8_t *p, const uint8_t *end)
+{
+	for (; p + 8 <= end && probe_memcmp(p, "ACPI0013", 8); p++)
+		;
+	for (; p + 9 <= end; p++) {
+		uint16_t len = (uint16_t)(p[1] | p[2] << 8);
+
+		if (p[0] != 0x89 || len < 6 || p[4] < 1 || len < 2 + 4 * p[4] || p + 3 + len > end)
+			continue;
+		acpi.ged_flags = p[3];
+		acpi.ged_gsi = (int)rd32(p + 5);
+		return;
+	}
+}
+
 static void fadt_parse(const struct sdt_header *h)
 {
 	const uint8_t *f = (const uint8_t *)h;
@@ -129,8 +148,10 @@ static void fadt_parse(const struct sdt_header *h)
 	}
 	const struct sdt_header *d = sdt_get(dsdt);
 
-	if (d)
+	if (d) {
 		dsdt_parse(d);
+		ged_scan((const uint8_t *)(d + 1), (const uint8_t *)d + d->length);
+	}
 }
 
 static void mcfg_parse(const struct sdt_header *h)

@@ -29,11 +29,12 @@ static void ioapic_write(uint32_t reg, uint32_t v)
 	io[4] = v;		/* IOWIN at +0x10 */
 }
 
-static void ioapic_route(uint32_t gsi, uint32_t vec, uint32_t apic_id, bool masked)
+/* Fixed delivery, physical destination; mode is IOAPIC_* (0: active high,
+ * edge, unmasked). */
+void ioapic_route(uint32_t gsi, uint32_t vec, uint32_t apic_id, uint32_t mode)
 {
 	ioapic_write(0x11 + 2 * gsi, apic_id << 24);
-	/* fixed, physical, active high, edge */
-	ioapic_write(0x10 + 2 * gsi, vec | (masked ? 1u << 16 : 0));
+	ioapic_write(0x10 + 2 * gsi, vec | mode);
 }
 
 /* Waits until thre_irqs moves past seen; false after the timer bound. */
@@ -57,7 +58,7 @@ void scn_serial_irq(void)
 	outb(0x21, 0xff);			/* mask both 8259s: IOAPIC only */
 	outb(0xa1, 0xff);
 	irq_register(VEC_COM1, com1_irq);
-	ioapic_route(acpi.com1_gsi, VEC_COM1, apic_id, false);
+	ioapic_route(acpi.com1_gsi, VEC_COM1, apic_id, 0);
 	/* The line goes out byte by byte from here, outside the print lock;
 	 * no other CPU runs in this scenario. */
 	outb(COM1 + 1, 0x02);			/* IER: THR empty (it is: irq now) */
@@ -70,7 +71,7 @@ void scn_serial_irq(void)
 	}
 	wait_thre(seen);			/* after the last byte */
 	outb(COM1 + 1, 0x00);
-	ioapic_route(acpi.com1_gsi, VEC_COM1, apic_id, true);
+	ioapic_route(acpi.com1_gsi, VEC_COM1, apic_id, IOAPIC_MASKED);
 	probe_printf("PROBE serial_irqs=%u chars=%u other_irqs=%u\n",
 		     thre_irqs, chars, other_irqs);
 }

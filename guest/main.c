@@ -137,17 +137,29 @@ static void scn_cpus(const char *arg)
 	probe_printf("PROBE cpus_up=%d\n", smp_start_aps());
 }
 
+/* With a GED (power button) the burn also ends at a button press; the
+ * check is a CPL0 round trip, so it is made only every BUTTON_CHECK_NS. */
+#define BUTTON_CHECK_NS 20000000ull
+
 static void scn_cpuburn(const char *arg)
 {
 	uint64_t ms = parse_u64(arg, 1000), iterations = 0;
-	uint64_t end = clock_ns() + ms * 1000000;
+	uint64_t start = clock_ns(), end = start + ms * 1000000, now, check = start;
+	bool button = !ged_arm(), pressed = false;
 
 	do {
 		for (volatile int i = 0; i < 1000; i++)
 			;
 		iterations++;
-	} while (clock_ns() < end);
+		now = clock_ns();
+		if (button && now >= check) {
+			check = now + BUTTON_CHECK_NS;
+			pressed = ged_pressed();
+		}
+	} while (now < end && !pressed);
 	probe_printf("PROBE burn_ms=%lu iterations=%lu\n", ms, iterations);
+	if (pressed)
+		probe_printf("PROBE power_button=1 burn_ran_ms=%lu\n", (now - start) / 1000000);
 }
 
 static void scn_exit(const char *arg)
@@ -217,6 +229,8 @@ static const struct scenario {
 	{ "net", scn_net_wrap },
 	{ "net_bench", scn_net_bench_wrap },
 	{ "hostile", scn_hostile_wrap },
+	{ "wait", scn_wait },
+	{ "echo", scn_echo },
 };
 
 static void run_scenario(void)

@@ -15,6 +15,7 @@
 #define SEL_TSS0	0x30		/* CPU i: SEL_TSS0 + 16 * i */
 
 #define VEC_TIMER	0x31		/* bounds SYS_WAIT_IRQ */
+#define VEC_GED		0x32		/* ACPI Generic Event Device (power button) */
 #define VEC_SPURIOUS	0xff
 
 /* TSS + I/O permission bitmap (all ports allowed, must be zero memory). */
@@ -137,7 +138,11 @@ struct acpi_info {
 	uint8_t bus_start, bus_end;
 	uint64_t ioapic_base;
 	uint32_t com1_gsi;
+	int ged_gsi;			/* -1: no GED (ACPI0013) in the DSDT */
+	uint8_t ged_flags;		/* its Extended Interrupt flags: AML_IRQ_* */
 };
+#define AML_IRQ_EDGE		0x02	/* else level */
+#define AML_IRQ_ACTIVE_LOW	0x04	/* else active high */
 extern struct acpi_info acpi;
 int acpi_init(uint64_t rsdp_hint);
 __attribute__((noreturn)) void acpi_poweroff(void);
@@ -151,8 +156,20 @@ uint32_t x2apic_id(void);
 int smp_start_aps(void);
 __attribute__((noreturn)) void ap_main(uint32_t cpu);
 
+/* irq.c: IOAPIC redirection entry bits for ioapic_route's mode */
+#define IOAPIC_ACTIVE_LOW	(1u << 13)
+#define IOAPIC_LEVEL		(1u << 15)
+#define IOAPIC_MASKED		(1u << 16)
+void ioapic_route(uint32_t gsi, uint32_t vec, uint32_t apic_id, uint32_t mode);
+
+/* ged.c: the ACPI power button (Generic Event Device) */
+int ged_arm(void);
+bool ged_pressed(void);
+
 /* scenarios */
 void scn_pci(void);
 void scn_serial_irq(void);
+void scn_wait(const char *arg);
+void scn_echo(const char *arg);
 #endif /* __ASSEMBLER__ */
 #endif /* PROBE_H */

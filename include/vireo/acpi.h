@@ -29,17 +29,45 @@ void aml_namestring(struct aml *a, const char *name);
 /* Name(name, <integer>) and friends. */
 void aml_name_integer(struct aml *a, const char *name, uint64_t v);
 void aml_name_eisaid(struct aml *a, const char *name, const char *id);
+/* Name(name, "string"). */
+void aml_name_string(struct aml *a, const char *name, const char *str);
 /* Name(name, Buffer) — used for ResourceTemplates. */
 void aml_name_buffer(struct aml *a, const char *name, const struct aml *buf);
 void aml_name_package(struct aml *a, const char *name, const uint64_t *v, uint8_t n);
 void aml_scope(struct aml *a, const char *name, const struct aml *body);
 void aml_device(struct aml *a, const char *name, const struct aml *body);
+/* Method(name, nargs, Serialized|NotSerialized) { body }. */
+void aml_method(struct aml *a, const char *name, uint8_t nargs, bool serialized,
+		const struct aml *body);
+/* OperationRegion(name, space, offset, len); space: AML_SPACE_*. */
+void aml_operation_region(struct aml *a, const char *name, uint8_t space, uint64_t offset,
+			  uint64_t len);
+#define AML_SPACE_MEMORY 0
+#define AML_SPACE_IO     1
+/* Field(region, flags) { field, bits } — one field at offset 0. */
+void aml_field(struct aml *a, const char *region, uint8_t flags, const char *field,
+	       uint32_t bits);
+#define AML_FIELD_DWORD_ACC      0x03
+#define AML_FIELD_WRITE_AS_ZEROS 0x40
+/* Statements: Store(name, LocalN); And(LocalN, mask) as an expression (no
+ * target); If(predicate) { body }; Notify(target, value). */
+void aml_store_local(struct aml *a, const char *name, unsigned int local);
+void aml_and_local(struct aml *a, unsigned int local, uint64_t mask);
+void aml_if(struct aml *a, const struct aml *predicate, const struct aml *body);
+void aml_notify(struct aml *a, const char *target, uint64_t value);
 /* EISA compressed id ("PNP0A08") as the 32-bit value AML stores. */
 uint32_t aml_eisaid(const char *id);
 
 /* Resource descriptors for _CRS buffers. */
 void aml_res_io(struct aml *a, uint16_t base, uint8_t len);
 void aml_res_irq(struct aml *a, uint8_t irq);
+/* Extended Interrupt descriptor (§6.4.3.6) with one interrupt: flags are
+ * AML_IRQ_* (active-high, exclusive = 0). */
+void aml_res_ext_irq(struct aml *a, uint32_t gsi, uint8_t flags);
+#define AML_IRQ_CONSUMER   0x01
+#define AML_IRQ_EDGE       0x02
+#define AML_IRQ_ACTIVE_LOW 0x04
+#define AML_IRQ_SHARED     0x08
 void aml_res_bus(struct aml *a, uint16_t first, uint16_t last);
 void aml_res_io_window(struct aml *a, uint16_t first, uint16_t last);
 void aml_res_mem32_window(struct aml *a, uint32_t first, uint32_t last);

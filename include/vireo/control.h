@@ -29,6 +29,7 @@ struct vm;
 struct virtio_blk;
 struct virtio_balloon;
 struct virtio_net;
+struct ged;
 struct json_object;
 
 enum control_kind {
@@ -40,6 +41,7 @@ enum control_kind {
 	CONTROL_SET_LIMITS, /* running, paused */
 	CONTROL_PIN,        /* running, paused */
 	CONTROL_BALLOON,    /* running, paused */
+	CONTROL_POWERDOWN,  /* running: presses the ACPI power button */
 };
 
 struct control_action {
@@ -62,6 +64,7 @@ struct control_target {
 	struct virtio_net *const *nics;
 	unsigned int nnics;
 	struct virtio_balloon *balloon; /* NULL: none */
+	struct ged *ged;                /* the power button; NULL: none */
 	uint64_t balloon_target;        /* its target (control_apply updates it) */
 };
 

@@ -39,9 +39,13 @@
 #define PORT_COM1               0x03f8
 #define PORT_ACPI_SLEEP_CONTROL 0x0600 /* FADT hardware-reduced sleep registers */
 #define PORT_ACPI_SLEEP_STATUS  0x0601
+#define PORT_ACPI_GED           0x0604 /* GED event selector, 4 bytes (vireo/ged.h) */
 #define PORT_PCI_CONFIG_ADDRESS 0x0cf8
 #define PORT_PCI_CONFIG_DATA    0x0cfc
 
 #define IRQ_COM1 4
+/* The GED's edge interrupt: an IOAPIC-only GSI (no 8259 line behind it),
+ * so a guest that never masked its PICs cannot see it twice. */
+#define IRQ_GED  16
 
 #endif

@@ -1,13 +1,15 @@
 /* The ACPI tables every guest gets, written at LAYOUT_ACPI_TABLES:
  * RSDP (v2) -> XSDT -> { FADT -> DSDT, MADT, MCFG }. The platform is
  * "hardware-reduced" (no PM1 blocks, no SCI): power-off goes through the
- * FADT's sleep control register, reset through the i8042 port. Debian's
+ * FADT's sleep control register, reset through the i8042 port, and the
+ * power button is signalled through a Generic Event Device. Debian's
  * kernel has no MP-table support, so the MADT is how it finds its CPUs. */
 #include <errno.h>
 #include <string.h>
 
 #include "vireo/acpi.h"
 #include "vireo/boot.h"
+#include "vireo/ged.h"
 #include "vireo/layout.h"
 #include "vireo/log.h"
 
@@ -151,6 +153,44 @@ static void dsdt_com1(struct aml *sb)
 	aml_free(&dev);
 }
 
+/* _EVT(gsi): the selector read clears it, so it is read once into Local0;
+ * the argument (our only GSI) needs no test. */
+static void dsdt_ged_evt(struct aml *dev)
+{
+	struct aml body = { 0 }, pred = { 0 }, then = { 0 };
+
+	aml_store_local(&body, "ESEL", 0);
+	aml_and_local(&pred, 0, GED_EVENT_POWER_BUTTON);
+	aml_notify(&then, "\\_SB_PWRB", 0x80); /* 0x80: "button pressed" */
+	aml_if(&body, &pred, &then);
+	aml_method(dev, "_EVT", 1, true, &body);
+	aml_free(&then);
+	aml_free(&pred);
+	aml_free(&body);
+}
+
+/* The Generic Event Device (vireo/ged.h) and the power button it notifies. */
+static void dsdt_ged(struct aml *sb)
+{
+	struct aml dev = { 0 }, crs = { 0 }, pwrb = { 0 };
+
+	aml_name_string(&dev, "_HID", "ACPI0013");
+	aml_name_integer(&dev, "_UID", 0);
+	aml_res_ext_irq(&crs, IRQ_GED, AML_IRQ_CONSUMER | AML_IRQ_EDGE);
+	aml_res_end(&crs);
+	aml_name_buffer(&dev, "_CRS", &crs);
+	aml_operation_region(&dev, "EREG", AML_SPACE_IO, PORT_ACPI_GED, 4);
+	aml_field(&dev, "EREG", AML_FIELD_DWORD_ACC | AML_FIELD_WRITE_AS_ZEROS, "ESEL", 32);
+	dsdt_ged_evt(&dev);
+	aml_device(sb, "GED0", &dev);
+	aml_name_eisaid(&pwrb, "_HID", "PNP0C0C");
+	aml_name_integer(&pwrb, "_UID", 0);
+	aml_device(sb, "PWRB", &pwrb);
+	aml_free(&pwrb);
+	aml_free(&crs);
+	aml_free(&dev);
+}
+
 static uint64_t acpi_build_dsdt(struct acpi_area *area)
 {
 	static const uint64_t s5[] = { ACPI_S5_SLP_TYP, 0 };
@@ -160,6 +200,7 @@ static uint64_t acpi_build_dsdt(struct acpi_area *area)
 
 	dsdt_pci_root(&sb);
 	dsdt_com1(&sb);
+	dsdt_ged(&sb);
 	aml_scope(&body, "\\_SB_", &sb);
 	aml_name_package(&body, "_S5_", s5, 2);
 	if (!body.failed && (h = acpi_alloc(area, sizeof(*h) + body.len, &gpa))) {

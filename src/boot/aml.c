@@ -1,6 +1,8 @@
 /* A small encoder for the ACPI Machine Language subset the DSDT needs
- * (ACPI 6.x §20): names, integers, packages, buffers, scopes, devices and
- * the resource descriptors of _CRS (§6.4). */
+ * (ACPI 6.x §20): names, integers, strings, packages, buffers, scopes,
+ * devices, the resource descriptors of _CRS (§6.4), and the few statements
+ * of the GED's _EVT method (operation region, field, method, store, and,
+ * if, notify). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,24 +38,32 @@ void aml_byte(struct aml *a, uint8_t b)
 	aml_bytes(a, &b, 1);
 }
 
-void aml_pkglength(struct aml *a, size_t body_len)
+/* PkgLength encoding of `value` (§20.2.4): one byte below 0x40, else a lead
+ * byte with the count of following bytes and the low 4 bits. */
+static bool pkg_fits(size_t value, unsigned int extra)
 {
-	size_t total;
-	unsigned int extra;
+	return extra == 0 ? value < 0x40 : value < (1UL << (4 + 8 * extra));
+}
 
-	/* The length counts its own encoding: find the smallest that fits. */
-	for (extra = 0; extra < 4; extra++) {
-		total = body_len + 1 + extra;
-		if ((extra == 0 && total < 0x40) || (extra > 0 && total < (1UL << (4 + 8 * extra))))
-			break;
-	}
+static void pkg_put(struct aml *a, size_t value, unsigned int extra)
+{
 	if (extra == 0) {
-		aml_byte(a, (uint8_t)total);
+		aml_byte(a, (uint8_t)value);
 		return;
 	}
-	aml_byte(a, (uint8_t)((extra << 6) | (total & 0xf)));
+	aml_byte(a, (uint8_t)((extra << 6) | (value & 0xf)));
 	for (unsigned int i = 0; i < extra; i++)
-		aml_byte(a, (uint8_t)(total >> (4 + 8 * i)));
+		aml_byte(a, (uint8_t)(value >> (4 + 8 * i)));
+}
+
+void aml_pkglength(struct aml *a, size_t body_len)
+{
+	unsigned int extra = 0;
+
+	/* The length counts its own encoding: find the smallest that fits. */
+	while (extra < 3 && !pkg_fits(body_len + 1 + extra, extra))
+		extra++;
+	pkg_put(a, body_len + 1 + extra, extra);
 }
 
 void aml_integer(struct aml *a, uint64_t v)
@@ -112,6 +122,14 @@ void aml_name_eisaid(struct aml *a, const char *name, const char *id)
 	aml_namestring(a, name);
 	aml_byte(a, 0x0c); /* always DWord, as ASL's EISAID() does */
 	aml_bytes(a, &v, 4);
+}
+
+void aml_name_string(struct aml *a, const char *name, const char *str)
+{
+	aml_byte(a, 0x08);
+	aml_namestring(a, name);
+	aml_byte(a, 0x0d); /* StringPrefix, then ASCII up to a NUL */
+	aml_bytes(a, str, strlen(str) + 1);
 }
 
 void aml_name_buffer(struct aml *a, const char *name, const struct aml *buf)
@@ -173,6 +191,84 @@ void aml_device(struct aml *a, const char *name, const struct aml *body)
 	aml_named_block(a, op, sizeof(op), name, body);
 }
 
+void aml_method(struct aml *a, const char *name, uint8_t nargs, bool serialized,
+		const struct aml *body)
+{
+	uint8_t op[1] = { 0x14 }; /* MethodOp */
+	struct aml head = { 0 };
+
+	aml_namestring(&head, name);
+	aml_byte(&head, (uint8_t)((nargs & 7) | (serialized ? 0x08 : 0)));
+	aml_bytes(a, op, sizeof(op));
+	aml_pkglength(a, head.len + body->len);
+	aml_bytes(a, head.data, head.len);
+	aml_bytes(a, body->data, body->len);
+	a->failed |= head.failed || body->failed;
+	aml_free(&head);
+}
+
+void aml_operation_region(struct aml *a, const char *name, uint8_t space, uint64_t offset,
+			  uint64_t len)
+{
+	aml_byte(a, 0x5b);
+	aml_byte(a, 0x80); /* OpRegionOp */
+	aml_namestring(a, name);
+	aml_byte(a, space);
+	aml_integer(a, offset);
+	aml_integer(a, len);
+}
+
+void aml_field(struct aml *a, const char *region, uint8_t flags, const char *field,
+	       uint32_t bits)
+{
+	struct aml body = { 0 };
+	unsigned int extra = 0;
+
+	aml_namestring(&body, region);
+	aml_byte(&body, flags);
+	while (extra < 3 && !pkg_fits(bits, extra))
+		extra++;
+	aml_bytes(&body, field, 4); /* NamedField: NameSeg, width in bits as a PkgLength */
+	pkg_put(&body, bits, extra);
+	aml_byte(a, 0x5b);
+	aml_byte(a, 0x81); /* FieldOp */
+	aml_pkglength(a, body.len);
+	aml_bytes(a, body.data, body.len);
+	a->failed |= body.failed;
+	aml_free(&body);
+}
+
+void aml_store_local(struct aml *a, const char *name, unsigned int local)
+{
+	aml_byte(a, 0x70); /* StoreOp */
+	aml_namestring(a, name);
+	aml_byte(a, (uint8_t)(0x60 + (local & 7)));
+}
+
+void aml_and_local(struct aml *a, unsigned int local, uint64_t mask)
+{
+	aml_byte(a, 0x7b); /* AndOp */
+	aml_byte(a, (uint8_t)(0x60 + (local & 7)));
+	aml_integer(a, mask);
+	aml_byte(a, 0x00); /* no target: NullName */
+}
+
+void aml_if(struct aml *a, const struct aml *predicate, const struct aml *body)
+{
+	aml_byte(a, 0xa0); /* IfOp */
+	aml_pkglength(a, predicate->len + body->len);
+	aml_bytes(a, predicate->data, predicate->len);
+	aml_bytes(a, body->data, body->len);
+	a->failed |= predicate->failed || body->failed;
+}
+
+void aml_notify(struct aml *a, const char *target, uint64_t value)
+{
+	aml_byte(a, 0x86); /* NotifyOp */
+	aml_namestring(a, target);
+	aml_integer(a, value);
+}
+
 void aml_res_io(struct aml *a, uint16_t base, uint8_t len)
 {
 	uint8_t d[8] = { 0x47, 0x01, (uint8_t)base, (uint8_t)(base >> 8),
@@ -185,6 +281,14 @@ void aml_res_irq(struct aml *a, uint8_t irq)
 {
 	uint16_t mask = (uint16_t)(1u << irq);
 	uint8_t d[3] = { 0x22, (uint8_t)mask, (uint8_t)(mask >> 8) };
+
+	aml_bytes(a, d, sizeof(d));
+}
+
+void aml_res_ext_irq(struct aml *a, uint32_t gsi, uint8_t flags)
+{
+	uint8_t d[9] = { 0x89, 6, 0, flags, 1, (uint8_t)gsi, (uint8_t)(gsi >> 8),
+			 (uint8_t)(gsi >> 16), (uint8_t)(gsi >> 24) };
 
 	aml_bytes(a, d, sizeof(d));
 }

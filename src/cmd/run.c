@@ -15,6 +15,7 @@
 #include "vireo/boot.h"
 #include "vireo/cmd.h"
 #include "vireo/control.h"
+#include "vireo/ged.h"
 #include "vireo/log.h"
 #include "vireo/loop.h"
 #include "vireo/pci.h"
@@ -47,6 +48,7 @@ struct run_options {
 /* The devices of one VM, torn down together. */
 struct vm_devices {
 	struct serial *serial;
+	struct ged *ged;
 	struct virtio_blk *disks[MAX_DISKS];
 	struct virtio_rng *rng;
 	struct virtio_balloon *balloon;
@@ -436,6 +438,7 @@ static void vm_devices_destroy(struct vm_devices *devs)
 	virtio_balloon_destroy(devs->balloon);
 	for (unsigned int i = 0; i < MAX_NICS; i++)
 		virtio_net_destroy(devs->nics[i]);
+	ged_destroy(devs->ged);
 	serial_destroy(devs->serial);
 }
 
@@ -450,6 +453,8 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 	if (!devs->serial)
 		return -ENOMEM;
 	ret = power_devices_init(vm);
+	if (!ret && !(devs->ged = ged_create(vm)))
+		ret = -ENOMEM;
 	if (!ret)
 		ret = pci_init(pci, vm);
 	if (!ret)
@@ -468,7 +473,7 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 {
 	struct control_target t = { .vm = vm, .disks = devs->disks, .disk_paths = paths,
 				    .ndisks = o->ndisks, .nics = devs->nics, .nnics = o->nnics,
-				    .balloon = devs->balloon,
+				    .balloon = devs->balloon, .ged = devs->ged,
 				    .balloon_target = o->balloon_target };
 
 	*out = NULL;

@@ -27,6 +27,7 @@ static const struct action_desc actions[] = {
 	{ "resume", CONTROL_RESUME, no_fields },
 	{ "poweroff", CONTROL_POWEROFF, no_fields },
 	{ "reboot", CONTROL_REBOOT, no_fields },
+	{ "powerdown", CONTROL_POWERDOWN, no_fields },
 	{ "set-limits", CONTROL_SET_LIMITS, limit_fields },
 	{ "pin", CONTROL_PIN, pin_fields },
 	{ "balloon", CONTROL_BALLOON, balloon_fields },

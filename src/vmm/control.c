@@ -19,6 +19,7 @@
 
 #include "vireo/block.h"
 #include "vireo/control.h"
+#include "vireo/ged.h"
 #include "vireo/log.h"
 #include "vireo/ratelimit.h"
 #include "vireo/virtio.h"
@@ -210,6 +211,8 @@ static struct json_object *control_info(const struct control_target *t)
 	}
 	if (t->balloon)
 		json_object_object_add(r, "balloon", info_balloon(t));
+	if (t->ged)
+		add_u64(r, "power_button_presses", ged_power_button_count(t->ged));
 	return r;
 }
 
@@ -219,6 +222,9 @@ static bool action_legal(enum control_kind kind, enum vm_state s)
 	switch (kind) {
 	case CONTROL_INFO: return true;
 	case CONTROL_PAUSE: return s == VM_STATE_RUNNING;
+	/* A paused guest could not answer the button, and the press would
+	 * be seen only on resume: refused, so the caller knows. */
+	case CONTROL_POWERDOWN: return s == VM_STATE_RUNNING;
 	case CONTROL_RESUME: return s == VM_STATE_PAUSED;
 	case CONTROL_POWEROFF: return s != VM_STATE_STOPPED;
 	case CONTROL_REBOOT:
@@ -234,6 +240,7 @@ static const char *const kind_names[] = {
 	[CONTROL_POWEROFF] = "poweroff", [CONTROL_REBOOT] = "reboot",
 	[CONTROL_SET_LIMITS] = "set-limits",
 	[CONTROL_PIN] = "pin", [CONTROL_BALLOON] = "balloon",
+	[CONTROL_POWERDOWN] = "powerdown",
 };
 
 /* Sets the bandwidth of a limiter, keeping its ops rate. */
@@ -348,6 +355,12 @@ struct json_object *control_apply(struct control_target *t, const struct control
 		return apply_pin(t, a);
 	case CONTROL_BALLOON:
 		return apply_balloon(t, a);
+	case CONTROL_POWERDOWN:
+		/* The guest decides when (and whether) to power off. */
+		if (!t->ged)
+			return control_error(CONTROL_E_NOT_FOUND, "the VM has no power button");
+		ged_raise(t->ged, GED_EVENT_POWER_BUTTON);
+		return reply_ok(t->vm);
 	}
 	return control_error(CONTROL_E_FAILED, "unhandled action");
 }

@@ -63,24 +63,154 @@ def in_netns(args, netns):
     return ["ip", "netns", "exec", netns, *args] if netns else args
 
 
+def vireo_args(cmdline, cpus=1, memory="256M", extra=(), kernel=None, netns=None):
+    return in_netns([str(VIREO), "run", "--kernel", str(kernel or PROBE), "--cpus", str(cpus),
+                     "--memory", memory, "--cmdline", cmdline, *extra], netns)
+
+
 def run_vireo(cmdline, cpus=1, memory="256M", extra=(), timeout=120, kernel=None, netns=None):
     import subprocess
-    args = in_netns([str(VIREO), "run", "--kernel", str(kernel or PROBE), "--cpus", str(cpus),
-                     "--memory", memory, "--cmdline", cmdline, *extra], netns)
+    args = vireo_args(cmdline, cpus, memory, extra, kernel, netns)
     p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                        timeout=timeout)
     return ProbeRun(p.returncode, p.stdout, p.stderr)
 
 
-def run_qemu(cmdline, cpus=1, memory="256M", machine="microvm", extra=(), timeout=120,
-             netns=None, kernel=None):
+def qemu_args(cmdline, cpus=1, memory="256M", machine="microvm", extra=(), netns=None,
+              kernel=None, qmp=None):
     """The reference VMM (DESIGN §5): QEMU microvm with the debug-exit device
-    at the same port; its exit status is (code << 1) | 1 after a debug exit."""
-    import subprocess
+    at the same port; its exit status is (code << 1) | 1 after a debug exit.
+    qmp: a Unix socket path for QMP (qmp_command)."""
     args = ["qemu-system-x86_64", "-enable-kvm", "-M", machine, "-m", memory,
             "-smp", str(cpus), "-nographic", "-nodefaults", "-serial", "stdio",
             "-no-reboot", "-kernel", str(kernel or PROBE), "-append", cmdline,
             "-device", "isa-debug-exit,iobase=0xf4,iosize=4", *extra]
-    p = subprocess.run(in_netns(args, netns), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+    if qmp:
+        args += ["-qmp", f"unix:{qmp},server=on,wait=off"]
+    return in_netns(args, netns)
+
+
+def run_qemu(cmdline, cpus=1, memory="256M", machine="microvm", extra=(), timeout=120,
+             netns=None, kernel=None):
+    import subprocess
+    args = qemu_args(cmdline, cpus, memory, machine, extra, netns, kernel)
+    p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                        timeout=timeout)
     return ProbeRun(p.returncode, p.stdout, p.stderr)
+
+
+class LiveProbe:
+    """A probe guest still running: its PROBE lines as they come, its stdin
+    (the serial console's input on both VMMs) as a pipe."""
+
+    def __init__(self, args):
+        import subprocess
+        import threading
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.out, self.err = [], []
+        self.cond = threading.Condition()
+        self.threads = [threading.Thread(target=self._drain, args=(f, l), daemon=True)
+                        for f, l in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for t in self.threads:
+            t.start()
+
+    def _drain(self, f, lines):
+        for line in f:
+            with self.cond:
+                lines.append(line)
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait_line(self, prefix, timeout=30):
+        """The first stdout line starting with prefix; fails after timeout
+        or when the VMM exits without printing it."""
+        import time
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for line in self.out:
+                    if line.startswith(prefix):
+                        return line.rstrip("\n")
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and
+                                 not any(t.is_alive() for t in self.threads)):
+                    raise AssertionError(f"no {prefix!r} line: {''.join(self.out + self.err)}")
+                self.cond.wait(min(left, 0.5))
+
+    def send(self, text):
+        self.proc.stdin.write(text)
+        self.proc.stdin.flush()
+
+    def wait_exit(self, timeout):
+        """True if the VMM exited within timeout seconds."""
+        import subprocess
+        try:
+            self.proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def finish(self, timeout=30):
+        """Waits for the exit (killing the VMM after timeout) -> ProbeRun."""
+        import subprocess
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for t in self.threads:
+            t.join(5)
+        return ProbeRun(self.proc.returncode, "".join(self.out), "".join(self.err))
+
+
+def wait_socket(path, timeout=10):
+    """Connects to a Unix socket as soon as the VMM has created it."""
+    import socket
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(5)
+        try:
+            s.connect(str(path))
+            return s
+        except (FileNotFoundError, ConnectionRefusedError):
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def vireo_control(path, **request):
+    """One request on a VMM's control socket (docs/api.md)."""
+    import json
+    with wait_socket(path) as s:
+        f = s.makefile("rw")
+        f.write(json.dumps(request) + "\n")
+        f.flush()
+        return json.loads(f.readline())
+
+
+def qmp_command(path, command, **arguments):
+    """One QMP command on a QEMU -qmp socket; returns its "return" (events
+    that arrive before it are skipped)."""
+    import json
+    with wait_socket(path) as s:
+        f = s.makefile("rw")
+        json.loads(f.readline())  # greeting
+        for cmd, args in (("qmp_capabilities", {}), (command, arguments)):
+            f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
+            f.flush()
+            while True:
+                reply = json.loads(f.readline())
+                if "error" in reply:
+                    raise AssertionError(f"QMP {cmd}: {reply['error']}")
+                if "return" in reply:
+                    break
+        return reply["return"]

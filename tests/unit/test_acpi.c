@@ -1,5 +1,6 @@
 /* ACPI tables and the AML encoder: checksums, table links, the DSDT's _S5_
- * package and PkgLength/EISAID encodings. */
+ * package and GED, and PkgLength/EISAID/statement encodings (the expected
+ * bytes are what iasl 20200925 compiles the same ASL to). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +11,7 @@
 
 #include "vireo/acpi.h"
 #include "vireo/boot.h"
+#include "vireo/ged.h"
 #include "vireo/layout.h"
 
 static struct vm *fake_vm(unsigned int ncpus)
@@ -123,12 +125,105 @@ static void eisaid_matches_iasl(void **state)
 	assert_int_equal(aml_eisaid("PNP0501"), 0x0105d041);
 }
 
+static void expect_bytes(struct aml *a, const uint8_t *want, size_t n)
+{
+	assert_false(a->failed);
+	assert_int_equal(a->len, n);
+	assert_memory_equal(a->data, want, n);
+	aml_free(a);
+}
+
+/* Name (_HID, "ACPI0013"); Interrupt (ResourceConsumer, Edge, ActiveHigh,
+ * Exclusive) {16}; OperationRegion (EREG, SystemIO, 0x0604, 4);
+ * Field (EREG, DWordAcc, NoLock, WriteAsZeros) { ESEL, 32 } */
+static void ged_declarations_match_iasl(void **state)
+{
+	static const uint8_t hid[] = { 0x08, '_', 'H', 'I', 'D', 0x0d, 'A', 'C', 'P', 'I', '0',
+				       '0', '1', '3', 0x00 };
+	static const uint8_t irq[] = { 0x89, 0x06, 0x00, 0x03, 0x01, 0x10, 0x00, 0x00, 0x00 };
+	static const uint8_t region[] = { 0x5b, 0x80, 'E', 'R', 'E', 'G', 0x01, 0x0b, 0x04, 0x06,
+					  0x0a, 0x04 };
+	static const uint8_t field[] = { 0x5b, 0x81, 0x0b, 'E', 'R', 'E', 'G', 0x43, 'E', 'S',
+					 'E', 'L', 0x20 };
+	struct aml a = { 0 };
+
+	(void)state;
+	aml_name_string(&a, "_HID", "ACPI0013");
+	expect_bytes(&a, hid, sizeof(hid));
+	aml_res_ext_irq(&a, 16, AML_IRQ_CONSUMER | AML_IRQ_EDGE);
+	expect_bytes(&a, irq, sizeof(irq));
+	aml_operation_region(&a, "EREG", AML_SPACE_IO, 0x604, 4);
+	expect_bytes(&a, region, sizeof(region));
+	aml_field(&a, "EREG", AML_FIELD_DWORD_ACC | AML_FIELD_WRITE_AS_ZEROS, "ESEL", 32);
+	expect_bytes(&a, field, sizeof(field));
+}
+
+/* Method (_EVT, 1, Serialized) { Local0 = ESEL
+ *   If ((Local0 & 0x02)) { Notify (PWRB, 0x80) } } */
+static void evt_method_matches_iasl(void **state)
+{
+	static const uint8_t want[] = {
+		0x14, 0x1a, '_', 'E', 'V', 'T', 0x09,
+		0x70, 'E', 'S', 'E', 'L', 0x60,
+		0xa0, 0x0d, 0x7b, 0x60, 0x0a, 0x02, 0x00,
+		0x86, 'P', 'W', 'R', 'B', 0x0a, 0x80,
+	};
+	struct aml body = { 0 }, pred = { 0 }, then = { 0 }, m = { 0 };
+
+	(void)state;
+	aml_store_local(&body, "ESEL", 0);
+	aml_and_local(&pred, 0, 2);
+	aml_notify(&then, "PWRB", 0x80);
+	aml_if(&body, &pred, &then);
+	aml_method(&m, "_EVT", 1, true, &body);
+	expect_bytes(&m, want, sizeof(want));
+	aml_free(&body);
+	aml_free(&pred);
+	aml_free(&then);
+}
+
+static bool contains(const uint8_t *hay, size_t n, const void *needle, size_t m)
+{
+	for (size_t i = 0; i + m <= n; i++)
+		if (!memcmp(hay + i, needle, m))
+			return true;
+	return false;
+}
+
+/* What the probe guest and Linux look for: the GED's _HID, its interrupt
+ * (IRQ_GED, edge, active-high, exclusive), _EVT and the PNP0C0C button. */
+static void dsdt_has_ged_and_power_button(void **state)
+{
+	struct vm *vm = fake_vm(1);
+	uint64_t rsdp = acpi_build_tables(vm);
+	const uint8_t *x = guest_ptr(&vm->mem, rd64(guest_ptr(&vm->mem, rsdp, 36) + 24), 60);
+	const uint8_t *fadt = NULL, *dsdt;
+	uint32_t pnp0c0c = aml_eisaid("PNP0C0C"), len;
+	uint8_t irq[9] = { 0x89, 6, 0, 0x03, 1, IRQ_GED, 0, 0, 0 };
+
+	(void)state;
+	for (unsigned int i = 0; i < 3 && !fadt; i++)
+		if (!memcmp(guest_ptr(&vm->mem, rd64(x + 36 + 8 * i), 4), "FACP", 4))
+			fadt = guest_ptr(&vm->mem, rd64(x + 36 + 8 * i), 148);
+	assert_non_null(fadt);
+	dsdt = table_at(vm, rd64(fadt + 140), "DSDT");
+	memcpy(&len, dsdt + 4, 4);
+	assert_true(contains(dsdt, len, "\x0d" "ACPI0013", 9));
+	assert_true(contains(dsdt, len, irq, sizeof(irq)));
+	assert_true(contains(dsdt, len, "_EVT", 4));
+	assert_true(contains(dsdt, len, &pnp0c0c, 4));
+	free_vm(vm);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(tables_link_and_sum),
 		cmocka_unit_test(pkglength_encodings),
 		cmocka_unit_test(eisaid_matches_iasl),
+		cmocka_unit_test(ged_declarations_match_iasl),
+		cmocka_unit_test(evt_method_matches_iasl),
+		cmocka_unit_test(dsdt_has_ged_and_power_button),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

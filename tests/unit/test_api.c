@@ -40,6 +40,8 @@ static void control_actions_parse(void **state)
 	assert_int_equal(parse("{\"action\":\"balloon\",\"target\":4096}", &a), 0);
 	assert_int_equal(a.kind, CONTROL_BALLOON);
 	assert_int_equal(a.target, 4096);
+	assert_int_equal(parse("{\"action\":\"powerdown\"}", &a), 0);
+	assert_int_equal(a.kind, CONTROL_POWERDOWN);
 }
 
 static void control_rejects_bad_requests(void **state)
@@ -48,6 +50,7 @@ static void control_rejects_bad_requests(void **state)
 		"", "{", "}", "null", "[]", "\"info\"", "{\"action\":null}", "{\"action\":1}",
 		"{\"action\":\"\"}", "{\"action\":\"INFO\"}", "{\"action\":\"info\",\"x\":0}",
 		"{\"action\":\"info\"}{}", "{\"action\":\"pause\",\"disk\":0}",
+		"{\"action\":\"powerdown\",\"force\":true}", "{\"action\":\"power-down\"}",
 		"{\"action\":\"set-limits\"}", "{\"action\":\"set-limits\",\"disk\":0}",
 		"{\"action\":\"set-limits\",\"disk\":-1,\"bps\":1}",
 		"{\"action\":\"set-limits\",\"disk\":256,\"bps\":1}",

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "vireo/bus.h"
+#include "vireo/ged.h"
 #include "vireo/pci.h"
 #include "vireo/serial.h"
 
@@ -89,6 +90,23 @@ static void serial_receive_is_bounded(void **state)
 	serial_destroy(s);
 }
 
+/* The GED selector: events accumulate until one read returns and clears them. */
+static void ged_selector_reads_and_clears(void **state)
+{
+	struct ged *g = ged_create(NULL);
+
+	(void)state;
+	assert_non_null(g);
+	assert_int_equal(ged_read_selector(g), 0);
+	ged_raise(g, GED_EVENT_POWER_BUTTON);
+	ged_raise(g, GED_EVENT_POWER_BUTTON);
+	ged_raise(g, 1u << 0);
+	assert_int_equal(ged_read_selector(g), GED_EVENT_POWER_BUTTON | 1);
+	assert_int_equal(ged_read_selector(g), 0);
+	assert_int_equal(ged_power_button_count(g), 2);
+	ged_destroy(g);
+}
+
 static void pci_config_space_and_bar_sizing(void **state)
 {
 	static struct pci_bus bus;
@@ -120,6 +138,7 @@ int main(void)
 		cmocka_unit_test(serial_loopback_and_interrupt_identification),
 		cmocka_unit_test(serial_receive_is_bounded),
 		cmocka_unit_test(pci_config_space_and_bar_sizing),
+		cmocka_unit_test(ged_selector_reads_and_clears),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
