@@ -3,6 +3,7 @@
 #ifndef VIREO_SERIAL_H
 #define VIREO_SERIAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,6 +22,12 @@ void serial_set_tee(struct serial *s, int fd);
 size_t serial_receive(struct serial *s, const uint8_t *buf, size_t len);
 /* Free space in the receive buffer, so the loop reads no more than fits. */
 size_t serial_rx_room(struct serial *s);
+/* Input flow control: when the buffer is full, the reader stops reading
+ * its source and calls serial_rx_wait(); serial_rx_space_fd() (an eventfd)
+ * becomes readable once the guest has read the buffer down to half.
+ * Returns true, arming nothing, if there is room already. */
+bool serial_rx_wait(struct serial *s);
+int serial_rx_space_fd(struct serial *s);
 
 /* Pure register model, for unit tests: one access at offset 0..7. */
 uint8_t serial_read_reg(struct serial *s, unsigned int offset);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -55,8 +56,18 @@ struct vm_devices {
 	struct virtio_net *nics[MAX_NICS];
 };
 
+/* Console input sources (the terminal, the console socket's client) parked
+ * while the guest's receive buffer is full: nothing typed is lost, the
+ * sender just waits, as on a real serial line with flow control. */
+struct input_gate {
+	struct serial *serial;
+	struct { int fd; loop_fn fn; void *opaque; } held[2];
+	unsigned int nheld;
+};
+
 struct console {
 	struct serial *serial;
+	struct input_gate *gate;
 	struct vm *vm;
 	bool is_tty;
 	bool escape; /* the previous byte was Ctrl-A */
@@ -272,15 +283,47 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 	return 0;
 }
 
+static void gate_release(struct loop *loop, int fd, uint32_t events, void *opaque)
+{
+	struct input_gate *g = opaque;
+	eventfd_t v;
+
+	(void)events;
+	eventfd_read(fd, &v);
+	for (unsigned int i = 0; i < g->nheld; i++)
+		loop_add(loop, g->held[i].fd, EPOLLIN, g->held[i].fn, g->held[i].opaque);
+	g->nheld = 0;
+}
+
+/* Reads at most what the guest's receive buffer takes; when it is full,
+ * parks the source (returns 0) until the guest has read some. */
+static ssize_t gate_read(struct loop *loop, struct input_gate *g, int fd, loop_fn fn,
+			 void *opaque, uint8_t *buf, size_t size)
+{
+	size_t room = serial_rx_room(g->serial);
+
+	if (room == 0 && g->nheld < 2) {
+		loop_del(loop, fd);
+		g->held[g->nheld].fd = fd;
+		g->held[g->nheld].fn = fn;
+		g->held[g->nheld++].opaque = opaque;
+		if (serial_rx_wait(g->serial))	/* the guest read meanwhile */
+			eventfd_write(serial_rx_space_fd(g->serial), 1);
+		errno = EAGAIN;
+		return -1;
+	}
+	return read(fd, buf, room < size ? room : size);
+}
+
 static void console_input(struct loop *loop, int fd, uint32_t events, void *opaque)
 {
 	struct console *con = opaque;
-	uint8_t buf[256], out[256];
-	size_t room = serial_rx_room(con->serial), n_out = 0;
+	uint8_t buf[256], out[512];
+	size_t n_out = 0;
 	ssize_t n;
 
 	(void)events;
-	n = read(fd, buf, room < sizeof(buf) ? room : sizeof(buf));
+	n = gate_read(loop, con->gate, fd, console_input, con, buf, sizeof(buf));
 	if (n <= 0) {
 		if (n == 0 || (errno != EINTR && errno != EAGAIN))
 			loop_del(loop, fd); /* EOF: the guest simply gets no more input */
@@ -307,6 +350,7 @@ static void console_input(struct loop *loop, int fd, uint32_t events, void *opaq
 /* The console socket: the serial console for one client at a time. */
 struct console_sock {
 	struct serial *serial;
+	struct input_gate *gate;
 	const char *path;
 	int listen_fd, client;
 };
@@ -326,9 +370,9 @@ static void console_sock_input(struct loop *loop, int fd, uint32_t events, void 
 	ssize_t n;
 
 	(void)events;
-	n = read(fd, buf, sizeof(buf));
+	n = gate_read(loop, cs->gate, fd, console_sock_input, cs, buf, sizeof(buf));
 	if (n > 0)
-		serial_receive(cs->serial, buf, (size_t)n); /* what does not fit is lost */
+		serial_receive(cs->serial, buf, (size_t)n);
 	else if (n == 0 || (errno != EINTR && errno != EAGAIN))
 		console_sock_drop(loop, cs);
 }
@@ -494,17 +538,21 @@ static int run_vm(const struct run_options *o)
 	struct pci_bus pci;
 	struct vm_devices devs = { 0 };
 	struct console con = { 0 };
-	struct console_sock cs = { .path = o->console_socket, .listen_fd = -1, .client = -1 };
+	struct input_gate gate = { 0 };
+	struct console_sock cs = { .path = o->console_socket, .gate = &gate, .listen_fd = -1,
+				   .client = -1 };
 	struct loop *loop = NULL;
 	int status = VM_EXIT_VMM_ERROR;
 
 	if (vm_build(&vm, &pci, &devs, o) || !(loop = loop_create()) ||
 	    control_start(loop, &vm, &devs, o, disk_paths, &ctl) ||
-	    (cs.serial = devs.serial, console_sock_open(loop, &cs)) || vm_start(&vm)) {
+	    (cs.serial = gate.serial = devs.serial, console_sock_open(loop, &cs)) ||
+	    loop_add(loop, serial_rx_space_fd(devs.serial), EPOLLIN, gate_release, &gate) ||
+	    vm_start(&vm)) {
 		fprintf(stderr, "vireo: %s\n", err_get());
 		goto out;
 	}
-	con = (struct console){ .serial = devs.serial, .vm = &vm };
+	con = (struct console){ .serial = devs.serial, .gate = &gate, .vm = &vm };
 	console_raw(&con);
 	loop_add(loop, vm.stop_fd, EPOLLIN, vm_stopped, NULL);
 	loop_add(loop, STDIN_FILENO, EPOLLIN, console_input, &con);

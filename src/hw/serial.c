@@ -4,6 +4,7 @@
  * it), and the THRE/RDA interrupts drive IRQ 4 gated by MCR.OUT2. */
 #include <errno.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,8 @@ struct serial {
 	bool irq_level;
 	uint8_t rx[RX_SIZE];
 	size_t rx_head, rx_len;
+	int space_fd;      /* eventfd: the guest made room (serial_rx_wait) */
+	bool rx_waiting;
 };
 
 static bool serial_rx_ready(const struct serial *s)
@@ -116,6 +119,10 @@ uint8_t serial_read_reg(struct serial *s, unsigned int offset)
 			v = s->rx[s->rx_head];
 			s->rx_head = (s->rx_head + 1) % RX_SIZE;
 			s->rx_len--;
+		}
+		if (s->rx_waiting && s->rx_len <= RX_SIZE / 2) {
+			s->rx_waiting = false;
+			eventfd_write(s->space_fd, 1);
 		}
 		return v;
 	case REG_IER:
@@ -216,6 +223,22 @@ size_t serial_rx_room(struct serial *s)
 	return room;
 }
 
+bool serial_rx_wait(struct serial *s)
+{
+	bool room;
+
+	pthread_mutex_lock(&s->lock);
+	room = s->rx_len < RX_SIZE;
+	s->rx_waiting = !room;
+	pthread_mutex_unlock(&s->lock);
+	return room;
+}
+
+int serial_rx_space_fd(struct serial *s)
+{
+	return s->space_fd;
+}
+
 struct serial *serial_create(struct vm *vm, int out_fd)
 {
 	struct serial *s = calloc(1, sizeof(*s));
@@ -229,11 +252,18 @@ struct serial *serial_create(struct vm *vm, int out_fd)
 	s->out_fd = out_fd;
 	s->tee_fd = -1;
 	s->mcr = MCR_OUT2;
+	s->space_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (s->space_fd < 0) {
+		err_set(-errno, "eventfd: %m");
+		free(s);
+		return NULL;
+	}
 	pthread_mutex_init(&s->lock, NULL);
 	if (vm) {
 		ret = bus_register(&vm->pio, PORT_COM1, 8, serial_io, s, "com1");
 		if (ret) {
 			err_set(ret, "cannot register COM1 ports");
+			close(s->space_fd);
 			free(s);
 			return NULL;
 		}
@@ -253,5 +283,6 @@ void serial_destroy(struct serial *s)
 	if (!s)
 		return;
 	pthread_mutex_destroy(&s->lock);
+	close(s->space_fd);
 	free(s);
 }

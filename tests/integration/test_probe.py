@@ -135,3 +135,31 @@ def test_echo_through_the_console_socket():
     finally:
         if os.path.exists(path):
             os.unlink(path)
+
+
+@pytest.mark.parametrize("source", ["stdin", "socket"])
+def test_console_input_larger_than_the_uart_buffer_is_not_lost(source):
+    """19 KiB of input, 4 times vireo's 4 KiB receive buffer, sent at once:
+    the VMM stops reading its source while the buffer is full and resumes
+    as the guest reads (flow control), so every line arrives."""
+    lines = [f"{i:05d} " + "abcdefghij" * 5 for i in range(330)]
+    data = "".join(l + "\n" for l in lines) + "quit\n"
+    assert len(data) > 4 * 4096
+    path = f"/tmp/vireo-con-{os.getpid()}-{time.monotonic_ns()}.sock"
+    extra = ["--console-socket", path] if source == "socket" else []
+    guest = LiveProbe(vireo_args("scenario=echo=20000", extra=extra))
+    try:
+        guest.wait_line("PROBE echo ready")
+        if source == "socket":
+            with wait_socket(path) as s:
+                s.sendall(data.encode())
+                run = guest.finish(timeout=60)
+        else:
+            guest.send(data)
+            run = guest.finish(timeout=60)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr
+    echoed = [l[len("echo line="):] for l in run.lines if l.startswith("echo line=")]
+    assert echoed == lines + ["quit"]

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <cmocka.h>
 
 #include "vireo/bus.h"
@@ -90,6 +91,30 @@ static void serial_receive_is_bounded(void **state)
 	serial_destroy(s);
 }
 
+/* Flow control: a reader parked on a full buffer is woken once the guest
+ * has read it down to half, not at every byte. */
+static void serial_rx_wait_wakes_at_half(void **state)
+{
+	struct serial *s = serial_create(NULL, -1);
+	uint8_t buf[4096];
+	eventfd_t v;
+	int fd = serial_rx_space_fd(s);
+
+	(void)state;
+	assert_true(serial_rx_wait(s));			/* empty: room, nothing armed */
+	memset(buf, 'b', sizeof(buf));
+	assert_int_equal(serial_receive(s, buf, sizeof(buf)), 4096);
+	assert_false(serial_rx_wait(s));		/* full: armed */
+	for (int i = 0; i < 2047; i++)
+		serial_read_reg(s, 0);
+	assert_int_equal(eventfd_read(fd, &v), -1);	/* 2049 left: not yet */
+	serial_read_reg(s, 0);
+	assert_int_equal(eventfd_read(fd, &v), 0);	/* 2048 left: woken */
+	serial_read_reg(s, 0);
+	assert_int_equal(eventfd_read(fd, &v), -1);	/* once per wait */
+	serial_destroy(s);
+}
+
 /* The GED selector: events accumulate until one read returns and clears them. */
 static void ged_selector_reads_and_clears(void **state)
 {
@@ -137,6 +162,7 @@ int main(void)
 		cmocka_unit_test(bus_dispatches_and_refuses_overlaps),
 		cmocka_unit_test(serial_loopback_and_interrupt_identification),
 		cmocka_unit_test(serial_receive_is_bounded),
+		cmocka_unit_test(serial_rx_wait_wakes_at_half),
 		cmocka_unit_test(pci_config_space_and_bar_sizing),
 		cmocka_unit_test(ged_selector_reads_and_clears),
 	};
