@@ -502,7 +502,7 @@ static enum mgr_err stop_now(struct mgr *m, struct mgr_vm *vm)
 			return MGR_E_FAILED;
 	}
 	vm->state = MGR_STOPPED;
-	snprintf(vm->reason, sizeof(vm->reason), "stopped by request (forced)");
+	snprintf(vm->reason, sizeof(vm->reason), "forced stop by request");
 	store_save_run(m, vm);
 	return MGR_OK;
 }

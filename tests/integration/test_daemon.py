@@ -55,14 +55,14 @@ def test_lifecycle_of_several_vms(daemon):
     assert daemon.request("POST", "/vms/a/resume")[0] == 409
     assert daemon.request("DELETE", "/vms/a")[0] == 409
 
-    assert daemon.ok("POST", "/vms/a/stop")["state"] == "stopped"
+    assert daemon.stop("a")["state"] == "stopped"
     js = daemon.ok("POST", "/vms/c/stop", {"force": True})
     assert js["state"] == "stopped" and "forced" in js["reason"]
-    assert daemon.ok("POST", "/vms/b/stop")["state"] == "stopped"
+    assert daemon.stop("b")["state"] == "stopped"
     assert daemon.request("POST", "/vms/b/stop")[0] == 409
     # A stopped VM starts again.
     assert daemon.ok("POST", "/vms/a/start")["state"] == "running"
-    daemon.ok("POST", "/vms/a/stop")
+    daemon.stop("a")
     for n in names:
         daemon.ok("DELETE", f"/vms/{n}")
     assert daemon.ok("GET", "/vms")["vms"] == []
@@ -95,7 +95,7 @@ def test_daemon_restart_readopts_running_vms(daemon):
     assert daemon.ok("POST", "/vms/r2/resume")["state"] == "running"
     assert daemon.ok("POST", "/vms/r1/pause")["state"] == "paused"
     assert daemon.vm("r1")["vmm"]["state"] == "paused"
-    daemon.ok("POST", "/vms/r1/stop")
+    daemon.stop("r1", force=True)  # paused: only a forced stop
     # A re-adopted VMM that dies is noticed too.
     os.kill(pids["r2"], signal.SIGKILL)
     js = wait_for(lambda: (v := daemon.vm("r2"))["state"] == "crashed" and v)
@@ -123,7 +123,7 @@ def test_killed_vmm_crashes_only_its_vm(daemon):
         assert daemon.ok("POST", f"/vms/{n}/resume")["state"] == "running"
     # The crashed VM can be started again, or deleted.
     assert daemon.ok("POST", "/vms/k2/start")["state"] == "running"
-    daemon.ok("POST", "/vms/k2/stop")
+    daemon.stop("k2")
     daemon.ok("DELETE", "/vms/k2")
 
 
@@ -145,7 +145,7 @@ def test_reboot_restarts_the_vmm_and_keeps_pins(daemon, tmp_path):
     assert not set(tids) & set(old)  # a fresh VMM image, new vCPU threads
     assert os.sched_getaffinity(tids[0]) == {1} and os.sched_getaffinity(tids[1]) == {0}
     assert daemon.ok("POST", "/vms/rb/pause")["state"] == "paused"
-    daemon.ok("POST", "/vms/rb/stop")
+    daemon.stop("rb", force=True)  # paused
     assert daemon.request("POST", "/vms/rb/reboot")[0] == 409
 
 
@@ -222,7 +222,7 @@ def test_cgroup_limits(daemon):
         capped = cg + "/vcpus" if os.path.exists(cg + "/vcpus") else cg
         assert open(capped + "/cpu.max").read().split()[0] == "50000"
     assert daemon.vm("g")["cpu_ns"] > 0
-    daemon.ok("POST", "/vms/g/stop")
+    daemon.stop("g")
 
 
 def test_metrics(daemon):
@@ -265,7 +265,7 @@ def test_overcommit_limit():
         d.ok("POST", "/vms/big/start")
         st, js = d.request("POST", "/vms/more/start")
         assert st == 409 and "overcommit" in js["error"]
-        d.ok("POST", "/vms/big/stop")
+        d.stop("big")
         d.ok("POST", "/vms/more/start")
     finally:
         d.cleanup()
@@ -315,7 +315,7 @@ def test_cli(daemon, tmp_path):
     assert json.loads(vm_cli(daemon, "info", "cli1").stdout)["cpu_weight"] == 77
     r = vm_cli(daemon, "start", "cli1")
     assert r.returncode == 1 and "already running" in r.stderr and "409" in r.stderr
-    assert vm_cli(daemon, "stop", "cli1", "--force").stdout == "cli1: stopped\n"
+    assert vm_cli(daemon, "stop", "cli1", "--force").stdout == "cli1: stopped (forced stop by request)\n"
     assert vm_cli(daemon, "delete", "cli1").returncode == 0
     assert vm_cli(daemon, "delete", "cli2").returncode == 0
     r = vm_cli(daemon, "info", "cli1")
@@ -404,7 +404,7 @@ def test_balloon_target_while_running(daemon):
     daemon.create("nob")
     st, js = daemon.request("PATCH", "/vms/nob", {"balloon_target": "1M"})
     assert st == 400 and "no balloon" in js["error"]
-    daemon.ok("POST", "/vms/bal/stop")
+    daemon.stop("bal", force=True)  # the balloon scenario ignores the button
 
 
 def test_nic_limits_while_running(daemon):
@@ -426,7 +426,7 @@ def test_nic_limits_while_running(daemon):
                 {"nic_limits": [{"nic": 0, "bps": 1}]},
                 {"nic_limits": [{"disk": 0, "rx_bps": 1}]}):
         assert daemon.request("PATCH", "/vms/n1", bad)[0] == 400, bad
-    daemon.ok("POST", "/vms/n1/stop")
+    daemon.stop("n1")
 
 
 def test_disk_limit_set_while_running_holds_in_the_guest(daemon, tmp_path):

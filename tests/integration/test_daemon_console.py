@@ -80,7 +80,7 @@ def test_ctrl_a_x_detaches_and_one_client_at_a_time(daemon):
     s.connect(daemon.vm("c2")["console"])
     s.send(b"hello\r")
     s.close()
-    daemon.ok("POST", "/vms/c2/stop")
+    daemon.stop("c2")
 
 
 def test_console_of_a_stopped_vm(daemon):
