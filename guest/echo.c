@@ -1,6 +1,7 @@
 /* Scenario "echo[=MS]": the input direction of COM1. Reads the UART by
  * polling LSR.DR (each poll is a VM exit, so idle polls are spaced out),
- * line by line, and prints each line back as "PROBE echo line=TEXT". The
+ * line by line, and prints each line back as "PROBE echo line=TEXT". A
+ * line ends at \n, \r (what a terminal's Enter sends) or \r\n. The
  * line "quit" ends the scenario; so does MS ms without input (default:
  * wait forever), with "PROBE echo_timeout=1". */
 #include "probe.h"
@@ -27,14 +28,17 @@ void scn_echo(const char *arg)
 	uint64_t ms = parse_u64(arg, 0);
 	char line[ECHO_LINE_MAX + 1];
 	size_t n = 0;
-	bool cut = false;
+	bool cut = false, after_cr = false;
 	int c;
 
 	probe_printf("PROBE echo ready\n");
 	while ((c = serial_getc(ms ? clock_ns() + ms * 1000000 : 0)) >= 0) {
-		if (c == '\r')
+		if (c == '\n' && after_cr) {	/* the \n of a \r\n */
+			after_cr = false;
 			continue;
-		if (c != '\n') {
+		}
+		after_cr = c == '\r';
+		if (c != '\n' && c != '\r') {
 			/* Control characters become '?': one line stays one PROBE line. */
 			if (n < ECHO_LINE_MAX)
 				line[n++] = c < 0x20 || c == 0x7f ? '?' : (char)c;
