@@ -3,7 +3,9 @@
 #include "probe.h"
 
 #define MSR_KVM_SYSTEM_TIME_NEW	0x4b564d01
+#define MSR_KVM_STEAL_TIME	0x4b564d03
 #define KVM_FEATURE_CLOCKSOURCE2	(1u << 3)
+#define KVM_FEATURE_STEAL_TIME	(1u << 5)
 
 /* pvclock_vcpu_time_info (Linux arch/x86/include/asm/pvclock-abi.h) */
 struct pvclock {
@@ -14,7 +16,16 @@ struct pvclock {
 	uint8_t flags, pad[2];
 } __attribute__((packed, aligned(64)));
 
+/* kvm_steal_time (Linux arch/x86/include/uapi/asm/kvm_para.h), 64 bytes */
+struct steal_time {
+	uint64_t steal;
+	uint32_t version, flags;
+	uint8_t preempted, pad[47];
+} __attribute__((packed, aligned(64)));
+
 static struct pvclock pvclock;
+static struct steal_time steal_area;
+static bool use_steal;
 static bool use_kvmclock;
 static uint64_t tsc_hz;
 
@@ -150,4 +161,38 @@ void clock_delay_us(uint64_t us)
 
 	while (clock_ns() < end)
 		cpu_relax();
+}
+
+/* Steal time: how long this vCPU was runnable on the host but waiting for
+ * a host CPU, which KVM keeps in steal_area once the guest enables it
+ * (only the BSP does here). False if the hypervisor does not offer it. */
+bool steal_init(void)
+{
+	uint32_t r[4];
+
+	if (use_steal)
+		return true;
+	if (!kvm_max_leaf())
+		return false;
+	cpuid(0x40000001, 0, r);
+	if (!(r[0] & KVM_FEATURE_STEAL_TIME))
+		return false;
+	wrmsr(MSR_KVM_STEAL_TIME, (uintptr_t)&steal_area | 1);
+	use_steal = true;
+	return true;
+}
+
+uint64_t steal_ns(void)
+{
+	uint32_t v;
+	uint64_t ns;
+
+	if (!use_steal)
+		return 0;
+	do {	/* an odd version: KVM is updating it */
+		v = __atomic_load_n(&steal_area.version, __ATOMIC_ACQUIRE);
+		ns = steal_area.steal;
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	} while ((v & 1) || v != __atomic_load_n(&steal_area.version, __ATOMIC_ACQUIRE));
+	return ns;
 }

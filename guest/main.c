@@ -144,7 +144,9 @@ static void scn_cpus(const char *arg)
 static void scn_cpuburn(const char *arg)
 {
 	uint64_t ms = parse_u64(arg, 1000), iterations = 0;
-	uint64_t start = clock_ns(), end = start + ms * 1000000, now, check = start;
+	bool steal = steal_init();
+	uint64_t steal0 = steal_ns(), start = clock_ns(), end = start + ms * 1000000, now;
+	uint64_t check = start;
 	bool button = !ged_arm(), pressed = false;
 
 	do {
@@ -158,6 +160,10 @@ static void scn_cpuburn(const char *arg)
 		}
 	} while (now < end && !pressed);
 	probe_printf("PROBE burn_ms=%lu iterations=%lu\n", ms, iterations);
+	if (steal)
+		probe_printf("PROBE burn_steal_ms=%lu\n", (steal_ns() - steal0) / 1000000);
+	else
+		probe_printf("PROBE burn_steal=unavailable\n");
 	if (pressed)
 		probe_printf("PROBE power_button=1 burn_ran_ms=%lu\n", (now - start) / 1000000);
 }

@@ -102,6 +102,9 @@ void probe_memcpy(void *d, const void *s, size_t n);
 const char *clock_init(bool allow_kvmclock);
 uint64_t clock_ns(void);
 void clock_delay_us(uint64_t us);
+/* KVM steal time of the BSP (ns); steal_init() false: not offered. */
+bool steal_init(void);
+uint64_t steal_ns(void);
 
 /* bootinfo.c: what the loader passed, whichever protocol it used */
 #define BOOT_MAX_MEM 128
