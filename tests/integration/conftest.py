@@ -214,3 +214,13 @@ def qmp_command(path, command, **arguments):
                 if "return" in reply:
                     break
         return reply["return"]
+
+
+@pytest.fixture
+def daemon():
+    """A `vireo daemon` on a private state dir (daemonutil.Daemon); every
+    VMM it started is killed afterwards."""
+    from daemonutil import Daemon
+    d = Daemon().start()
+    yield d
+    d.cleanup()

@@ -14,13 +14,6 @@ from daemonutil import Daemon, wait_for
 pytestmark = [needs_kvm]
 
 
-@pytest.fixture
-def daemon():
-    d = Daemon().start()
-    yield d
-    d.cleanup()
-
-
 def vcpu_cpu_ns(d, name):
     return sum(v["cpu_ns"] for v in d.vm(name)["vmm"]["vcpus"])
 

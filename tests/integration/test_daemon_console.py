@@ -15,13 +15,6 @@ from daemonutil import Daemon, wait_for
 pytestmark = [needs_kvm]
 
 
-@pytest.fixture
-def daemon():
-    d = Daemon().start()
-    yield d
-    d.cleanup()
-
-
 def attach(d, name):
     pid, fd = pty.fork()
     if pid == 0:

@@ -9,16 +9,9 @@ import time
 import pytest
 
 from conftest import VIREO, needs_kvm
-from daemonutil import Daemon, wait_for
+from daemonutil import wait_for
 
 pytestmark = [needs_kvm]
-
-
-@pytest.fixture
-def daemon():
-    d = Daemon().start()
-    yield d
-    d.cleanup()
 
 
 def log_of(d, name):
