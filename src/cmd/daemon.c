@@ -83,7 +83,6 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	char *end;
 	int c;
 
 	*o = (struct daemon_options){ .overcommit = 16, .overcommit_warn = 4,
@@ -100,8 +99,7 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 			o->cgroup = strcmp(optarg, "auto") ? optarg : NULL;
 			break;
 		case 'o':
-			o->overcommit = (unsigned int)strtoul(optarg, &end, 10);
-			if (*end || !*optarg || o->overcommit == 0 || o->overcommit > 1000)
+			if (uint_arg(optarg, 1, 1000, &o->overcommit))
 				return err_set(-EINVAL, "--overcommit must be 1 to 1000");
 			break;
 		case 'w':
@@ -122,9 +120,7 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 			o->mem_auto = !strcmp(optarg, "auto");
 			break;
 		case 'i':
-			o->mem_interval_ms = (unsigned int)strtoul(optarg, &end, 10);
-			if (*end || !*optarg || o->mem_interval_ms < 100 ||
-			    o->mem_interval_ms > 3600000)
+			if (uint_arg(optarg, 100, 3600000, &o->mem_interval_ms))
 				return err_set(-EINVAL, "--memory-interval must be 100 to 3600000 ms");
 			break;
 		case 'r':
