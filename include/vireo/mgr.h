@@ -152,8 +152,8 @@ struct mgr_vm {
 	char warning[200];           /* of the last start (overcommit), or "" */
 	uint64_t stop_deadline_ms;   /* STOPPING: wall-clock ms of the forced stop */
 	unsigned int stop_timeout_s; /* STOPPING: the grace period asked for */
-	uint64_t sock_id;            /* the control socket's identity (inode and
-				      * mtime): a new one means the VMM restarted */
+	bool restart_pending;        /* the guest rebooted: start a fresh VMM */
+	unsigned int vmm_uid;        /* the VMM's user (and group) id; 0: not dropped */
 	uint64_t policy_fresh;       /* balloon stats_updates from which the
 				      * guest's figures reflect our last target */
 	struct mgr_vm *next;
@@ -170,6 +170,8 @@ struct mgr {
 	unsigned int mem_interval_ms; /* how often the policy runs */
 	uint64_t mem_reserve;        /* host MemAvailable the policy keeps */
 	uint64_t log_max;            /* rotate a VM's log past this; 0 = never */
+	unsigned int vmm_uid_base;   /* VMMs run as base+k, one uid each; 0: as we do */
+#define MGR_VMM_UID_BASE 100000
 	unsigned int mem_low_pct;    /* guest free below this %: under pressure */
 	unsigned int mem_high_pct;   /* guest free above this %: idle */
 	struct mgr_vm *vms;
@@ -244,11 +246,6 @@ void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known);
 int vmm_wait_exit(struct mgr *m, struct mgr_vm *vm, int timeout_ms);
 /* SIGKILL, then waits; the VM ends "stopped". */
 int vmm_kill(struct mgr *m, struct mgr_vm *vm);
-/* Notices a VMM that restarted itself after a guest reboot (a new control
- * socket) and re-applies what a restart loses (vCPU pins). With `wait_ms`,
- * waits that long for the restart. Returns 1 if it restarted, 0 if not. */
-int vmm_check_restart(struct mgr *m, struct mgr_vm *vm, int wait_ms);
-uint64_t vmm_sock_id(const char *sock);
 
 /* ---- HTTP API (src/mgr/api.c) ---- */
 struct api;

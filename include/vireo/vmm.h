@@ -19,6 +19,9 @@ enum vm_exit_status {
 	VM_EXIT_GUEST_CRASH = 2,
 	VM_EXIT_REBOOT = 3,
 };
+/* The last line `vireo run --reboot=exit` prints to stderr after a guest
+ * reboot: a supervisor that cannot see the exit status reads it. */
+#define VM_REBOOT_LINE "vireo: guest rebooted"
 
 struct mem_region {
 	uint64_t gpa;
@@ -79,6 +82,7 @@ struct vm {
 	bool pause_requested;
 	unsigned int parked;  /* vCPU threads waiting in vcpu_park() */
 	const char *vcpu_cgroup; /* file each vCPU thread writes its tid to, or NULL */
+	int vcpu_cgroup_fd;      /* that file, opened before the sandbox; -1 none */
 	pthread_t map_thread;  /* installs the memory slots (vm_create) */
 	bool map_thread_started;
 	int map_result;

@@ -23,7 +23,7 @@ static const char daemon_usage[] =
 	"                    [--overcommit N] [--overcommit-warn N]\n"
 	"                    [--memory-policy=manual|auto] [--memory-low PCT] [--memory-high PCT]\n"
 	"                    [--memory-interval MS] [--memory-reserve SIZE]\n"
-	"                    [--log-max SIZE] [--verbose]\n"
+	"                    [--log-max SIZE] [--vmm-uid-base N|none] [--verbose]\n"
 	"\n"
 	"  --state-dir DIR   VM definitions, runtime records, sockets and logs\n"
 	"  --socket PATH     the HTTP API's Unix socket (curl --unix-socket PATH)\n"
@@ -40,6 +40,9 @@ static const char daemon_usage[] =
 	"  --memory-high PCT a guest with more free memory is idle (default 50)\n"
 	"  --log-max SIZE    rotate a VM's log (DIR/logs/NAME.log) past this size,\n"
 	"                    keeping one old copy (default 16M; 0: never)\n"
+	"  --vmm-uid-base N  run as root, each VMM runs as its own user id from N\n"
+	"                    (default 100000), chrooted in DIR/jail, under a seccomp\n"
+	"                    filter; none: VMMs keep the daemon's user\n"
 	"  --verbose         log VM state changes\n"
 	"\n"
 	"SIGTERM or SIGINT stops the daemon; running VMs keep running and are\n"
@@ -52,6 +55,7 @@ struct daemon_options {
 	bool mem_auto;
 	unsigned int mem_interval_ms;
 	uint64_t mem_reserve, log_max;
+	unsigned int vmm_uid_base;
 };
 
 static int uint_arg(const char *text, unsigned int lo, unsigned int hi, unsigned int *out)
@@ -76,6 +80,7 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		{ "memory-low", required_argument, NULL, 'L' },
 		{ "memory-high", required_argument, NULL, 'H' },
 		{ "log-max", required_argument, NULL, 'l' },
+		{ "vmm-uid-base", required_argument, NULL, 'u' },
 		{ "memory-policy", required_argument, NULL, 'p' },
 		{ "memory-interval", required_argument, NULL, 'i' },
 		{ "memory-reserve", required_argument, NULL, 'r' },
@@ -87,7 +92,8 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 
 	*o = (struct daemon_options){ .overcommit = 16, .overcommit_warn = 4,
 				      .mem_low_pct = 20, .mem_high_pct = 50, .mem_interval_ms = 1000,
-				      .mem_reserve = 256ULL << 20, .log_max = 16ULL << 20 };
+				      .mem_reserve = 256ULL << 20, .log_max = 16ULL << 20,
+				      .vmm_uid_base = MGR_VMM_UID_BASE };
 	while ((c = getopt_long(argc, argv, "hv", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'd': o->state_dir = optarg; break;
@@ -130,6 +136,12 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		case 'l':
 			if (size_parse(optarg, &o->log_max))
 				return err_set(-EINVAL, "--log-max takes a size (e.g. 16M, 0 for never)");
+			break;
+		case 'u':
+			if (strcmp(optarg, "none") &&
+			    uint_arg(optarg, 1000, 0xfffe0000u, &o->vmm_uid_base))
+				return err_set(-EINVAL, "--vmm-uid-base must be none or 1000 to 4294836224");
+			o->vmm_uid_base = strcmp(optarg, "none") ? o->vmm_uid_base : 0;
 			break;
 		case 'v': log_set_level(LOG_INFO); break;
 		case 'h': fputs(daemon_usage, stdout); exit(0);
@@ -198,6 +210,7 @@ int cmd_daemon(int argc, char **argv)
 	m.mem_interval_ms = o.mem_interval_ms;
 	m.mem_reserve = o.mem_reserve;
 	m.log_max = o.log_max;
+	m.vmm_uid_base = o.vmm_uid_base;
 	api = api_start(&m, o.socket);
 	if (!api) {
 		fprintf(stderr, "vireo: %s\n", err_get());

@@ -2,6 +2,7 @@
  * terminal (raw mode on a tty, Ctrl-A x quits); the exit status says how
  * the guest ended (docs/run.md). */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@
 #include "vireo/loop.h"
 #include "vireo/pci.h"
 #include "vireo/power.h"
+#include "vireo/sandbox.h"
 #include "vireo/serial.h"
 #include "vireo/size.h"
 #include "vireo/virtio.h"
@@ -44,6 +46,7 @@ struct run_options {
 	const char *api_socket;
 	const char *vcpu_cgroup;
 	const char *console_socket;
+	struct sandbox sandbox;
 };
 
 /* The devices of one VM, torn down together. */
@@ -98,6 +101,11 @@ static const char run_usage[] =
 	"                   client at a time; bytes both ways)\n"
 	"  --vcpu-cgroup FILE each vCPU thread writes its thread id to FILE (the\n"
 	"                   daemon's vCPU cgroup: 'tasks' or 'cgroup.threads')\n"
+	"  --user UID[:GID]|NAME  run as this user once everything is open\n"
+	"  --jail DIR       chroot into DIR (empty) once everything is open\n"
+	"  --seccomp=MODE   on (default): a syscall outside the VMM's allowlist kills\n"
+	"                   it (SIGSYS); log: allowed but logged by the kernel; off\n"
+	"                   (--reboot=restart implies off: a filter outlives exec)\n"
 	"\n"
 	"Exit status: 0 guest powered off, 1 VMM error, 2 guest crashed,\n"
 	"3 guest rebooted, or the value the guest wrote to the debug-exit port 0xf4.\n"
@@ -196,10 +204,36 @@ static int parse_nic(char *spec, struct nic_config *n)
 	return 0;
 }
 
+/* What the options mean together, and the files they name. */
+static int check_run_options(struct run_options *o, bool seccomp_given)
+{
+	if (o->reboot_restart && (o->sandbox.drop || o->sandbox.jail))
+		return err_set(-EINVAL, "--reboot=restart re-executes the VMM, which needs what "
+			       "--user and --jail take away: use --reboot=exit and restart it "
+			       "from outside (as the daemon does)");
+	/* A filter outlives execve, and the new VMM's start-up needs calls
+	 * a running VMM must not make. */
+	if (o->reboot_restart && seccomp_given && o->sandbox.seccomp != SANDBOX_SECCOMP_OFF)
+		return err_set(-EINVAL, "--reboot=restart re-executes the VMM, which a seccomp "
+			       "filter would not let start: use --reboot=exit with --seccomp");
+	if (o->reboot_restart)
+		o->sandbox.seccomp = SANDBOX_SECCOMP_OFF;
+	if (o->sandbox.jail && access(o->sandbox.jail, X_OK) < 0)
+		return err_set(-errno, "--jail %s: %s", o->sandbox.jail, strerror(errno));
+	if (!o->boot.kernel)
+		return err_set(-EINVAL, "--kernel is required (see 'vireo run --help')");
+	if (access(o->boot.kernel, R_OK) < 0)
+		return err_set(-errno, "cannot read kernel %s: %s", o->boot.kernel, strerror(errno));
+	if (o->boot.initrd && access(o->boot.initrd, R_OK) < 0)
+		return err_set(-errno, "cannot read initrd %s: %s", o->boot.initrd, strerror(errno));
+	return 0;
+}
+
 static int parse_run_options(int argc, char **argv, struct run_options *o)
 {
 	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_BALLOON, OPT_NET,
-	       OPT_API_SOCKET, OPT_VCPU_CGROUP, OPT_CONSOLE_SOCKET };
+	       OPT_API_SOCKET, OPT_VCPU_CGROUP, OPT_CONSOLE_SOCKET, OPT_USER, OPT_JAIL,
+	       OPT_SECCOMP };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -215,9 +249,13 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "api-socket", required_argument, NULL, OPT_API_SOCKET },
 		{ "vcpu-cgroup", required_argument, NULL, OPT_VCPU_CGROUP },
 		{ "console-socket", required_argument, NULL, OPT_CONSOLE_SOCKET },
+		{ "user", required_argument, NULL, OPT_USER },
+		{ "jail", required_argument, NULL, OPT_JAIL },
+		{ "seccomp", required_argument, NULL, OPT_SECCOMP },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
+	bool seccomp_given = false;
 	int c;
 
 	*o = (struct run_options){ .vm = { .ncpus = 1, .mem_size = 256ULL << 20 } };
@@ -268,19 +306,23 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		case OPT_API_SOCKET: o->api_socket = optarg; break;
 		case OPT_VCPU_CGROUP: o->vcpu_cgroup = optarg; break;
 		case OPT_CONSOLE_SOCKET: o->console_socket = optarg; break;
+		case OPT_USER:
+			if (sandbox_parse_user(optarg, &o->sandbox))
+				return -EINVAL;
+			break;
+		case OPT_JAIL: o->sandbox.jail = optarg; break;
+		case OPT_SECCOMP:
+			if (sandbox_parse_seccomp(optarg, &o->sandbox))
+				return -EINVAL;
+			seccomp_given = true;
+			break;
 		case 'h': fputs(run_usage, stdout); exit(0);
 		default: return err_set(-EINVAL, "see 'vireo run --help'");
 		}
 	}
 	if (optind < argc)
 		return err_set(-EINVAL, "unexpected argument '%s'", argv[optind]);
-	if (!o->boot.kernel)
-		return err_set(-EINVAL, "--kernel is required (see 'vireo run --help')");
-	if (access(o->boot.kernel, R_OK) < 0)
-		return err_set(-errno, "cannot read kernel %s: %s", o->boot.kernel, strerror(errno));
-	if (o->boot.initrd && access(o->boot.initrd, R_OK) < 0)
-		return err_set(-errno, "cannot read initrd %s: %s", o->boot.initrd, strerror(errno));
-	return 0;
+	return check_run_options(o, seccomp_given);
 }
 
 static void gate_release(struct loop *loop, int fd, uint32_t events, void *opaque)
@@ -493,6 +535,12 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 
 	if (ret)
 		return ret;
+	if (o->vcpu_cgroup) {
+		vm->vcpu_cgroup = o->vcpu_cgroup;
+		vm->vcpu_cgroup_fd = open(o->vcpu_cgroup, O_WRONLY | O_CLOEXEC);
+		if (vm->vcpu_cgroup_fd < 0)
+			return err_set(-errno, "--vcpu-cgroup %s: %m", o->vcpu_cgroup);
+	}
 	devs->serial = serial_create(vm, STDOUT_FILENO);
 	if (!devs->serial)
 		return -ENOMEM;
@@ -521,7 +569,6 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 				    .balloon_target = o->balloon_target };
 
 	*out = NULL;
-	vm->vcpu_cgroup = o->vcpu_cgroup;
 	if (!o->api_socket)
 		return 0;
 	for (unsigned int i = 0; i < o->ndisks; i++)
@@ -548,7 +595,7 @@ static int run_vm(const struct run_options *o)
 	    control_start(loop, &vm, &devs, o, disk_paths, &ctl) ||
 	    (cs.serial = gate.serial = devs.serial, console_sock_open(loop, &cs)) ||
 	    loop_add(loop, serial_rx_space_fd(devs.serial), EPOLLIN, gate_release, &gate) ||
-	    vm_start(&vm)) {
+	    sandbox_enter(&o->sandbox) || vm_start(&vm)) {
 		fprintf(stderr, "vireo: %s\n", err_get());
 		goto out;
 	}
@@ -603,6 +650,8 @@ int cmd_run(int argc, char **argv)
 		goto out;
 	}
 	status = run_vm(&o);
+	if (status == VM_EXIT_REBOOT && !o.reboot_restart)
+		fprintf(stderr, "%s\n", VM_REBOOT_LINE);
 	if (status == VM_EXIT_REBOOT && o.reboot_restart) {
 		/* A fresh process is the simplest complete reset of every device. */
 		if (saved && saved[0])

@@ -62,7 +62,8 @@ static int sock_path(struct mgr *m, const char *name, char *buf, size_t size)
 
 static int make_dirs(struct mgr *m)
 {
-	static const char *const subs[] = { "", "/vms", "/run", "/logs" };
+	/* jail: the VMMs' empty chroot (root's, 0700: they cannot even list it) */
+	static const char *const subs[] = { "", "/vms", "/run", "/logs", "/jail" };
 	char path[PATH_MAX + 8];
 
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
@@ -135,13 +136,14 @@ static void adopt(struct mgr *m, struct mgr_vm *vm, struct json_object *run)
 		vm->pid = json_object_get_int(v);
 	if (json_object_object_get_ex(run, "starttime", &v))
 		vm->starttime = (unsigned long long)json_object_get_int64(v);
+	if (json_object_object_get_ex(run, "vmm_uid", &v))
+		vm->vmm_uid = (unsigned int)json_object_get_int64(v);
 	vm->child = false;
 	sock_path(m, vm->def.name, sock, sizeof(sock));
 	if (!vmm_alive(vm) || !is_our_vmm(vm->pid, sock)) {
 		vmm_exited(m, vm, 0, false);
 		return;
 	}
-	vm->sock_id = vmm_sock_id(sock);
 	r = vmm_request(sock, "{\"action\":\"info\"}");
 	if (vm->state == MGR_STOPPING) {
 		/* A graceful stop in progress: its deadline still holds. */
@@ -263,6 +265,7 @@ int mgr_open(struct mgr *m, const char *state_dir, const char *cgroup_mode)
 	m->mem_low_pct = 20;
 	m->mem_high_pct = 50;
 	m->log_max = 16ULL << 20;
+	m->vmm_uid_base = MGR_VMM_UID_BASE;
 	if (!realpath(state_dir, m->state_dir) && (mkdir(state_dir, 0700) < 0 ||
 						   !realpath(state_dir, m->state_dir)))
 		return err_set(-errno, "state dir %s: %m", state_dir);
@@ -423,35 +426,38 @@ static int check_overcommit(struct mgr *m, struct mgr_vm *vm)
 	return 0;
 }
 
+/* Starts the VMM; the VM ends running (with `reason`) or crashed. */
+static enum mgr_err launch(struct mgr *m, struct mgr_vm *vm, const char *reason)
+{
+	char sock[PATH_MAX], why[200];
+
+	vm->stopping = false;
+	vm->restart_pending = false;
+	if (!sock_path(m, vm->def.name, sock, sizeof(sock)) && !vmm_start(m, vm, sock)) {
+		vm->state = MGR_RUNNING;
+		snprintf(vm->reason, sizeof(vm->reason), "%s", reason);
+		store_save_run(m, vm);
+		return MGR_OK;
+	}
+	snprintf(why, sizeof(why), "%s", err_get());
+	if (vm->pid > 0)
+		vmm_kill(m, vm);
+	vm->state = MGR_CRASHED;
+	snprintf(vm->reason, sizeof(vm->reason), "start failed: %s", why);
+	store_save_run(m, vm);
+	err_set(-EIO, "%s", why);
+	return MGR_E_FAILED;
+}
+
 enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm)
 {
-	char sock[PATH_MAX];
-
 	if (mgr_vm_active(vm)) {
 		err_set(-EBUSY, "VM '%s' is already %s", vm->def.name, mgr_state_name(vm->state));
 		return MGR_E_CONFLICT;
 	}
 	if (check_overcommit(m, vm))
 		return MGR_E_CONFLICT;
-	if (sock_path(m, vm->def.name, sock, sizeof(sock)))
-		return MGR_E_FAILED;
-	vm->stopping = false;
-	if (vmm_start(m, vm, sock)) {
-		char why[200];
-
-		snprintf(why, sizeof(why), "%s", err_get());
-		if (vm->pid > 0)
-			vmm_kill(m, vm);
-		vm->state = MGR_CRASHED;
-		snprintf(vm->reason, sizeof(vm->reason), "start failed: %s", why);
-		store_save_run(m, vm);
-		err_set(-EIO, "%s", why);
-		return MGR_E_FAILED;
-	}
-	vm->state = MGR_RUNNING;
-	snprintf(vm->reason, sizeof(vm->reason), "started");
-	store_save_run(m, vm);
-	return MGR_OK;
+	return launch(m, vm, "started");
 }
 
 /* A control request; the reply's "code" picks the error class. */
@@ -553,11 +559,15 @@ static void stop_overdue(struct mgr *m, struct mgr_vm *vm)
 
 void mgr_check(struct mgr *m)
 {
-	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
-		if (mgr_vm_active(vm) && !vmm_reap(m, vm) && !vmm_check_restart(m, vm, 0)) {
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next) {
+		if (mgr_vm_active(vm) && !vmm_reap(m, vm)) {
 			stop_overdue(m, vm);
 			store_rotate_log(m, vm->def.name);
 		}
+		if (vm->restart_pending && launch(m, vm, "rebooted") != MGR_OK)
+			log_warn("VM %s: no new VMM after the guest's reboot: %s", vm->def.name,
+				 vm->reason);
+	}
 }
 
 enum mgr_err mgr_pause(struct mgr *m, struct mgr_vm *vm, bool pause)
@@ -591,14 +601,14 @@ enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm)
 	e = control(m, vm, "{\"action\":\"reboot\"}", NULL);
 	if (e != MGR_OK)
 		return e;
-	if (vmm_check_restart(m, vm, 5000) != 1) {
-		if (mgr_vm_active(vm))
-			err_set(-ETIMEDOUT, "the VMM did not come back within 5 s");
-		else
-			err_set(-EIO, "the VMM did not restart: %s", vm->reason);
+	/* The VMM exits (status 3) and a new one starts: a complete reset. */
+	if (vmm_wait_exit(m, vm, 5000))
+		return MGR_E_FAILED;
+	if (!vm->restart_pending) {
+		err_set(-EIO, "the VMM ended instead of rebooting: %s", vm->reason);
 		return MGR_E_FAILED;
 	}
-	return MGR_OK;
+	return launch(m, vm, "rebooted");
 }
 
 /* Applies a patch to a running VMM: cgroup, pins, disk limits. */

@@ -26,6 +26,8 @@ struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live)
 	json_object_object_add(o, "state", json_object_new_string(mgr_state_name(vm->state)));
 	json_object_object_add(o, "reason", json_object_new_string(vm->reason));
 	json_object_object_add(o, "pid", json_object_new_int(active ? vm->pid : 0));
+	if (active && vm->vmm_uid)
+		json_object_object_add(o, "vmm_uid", json_object_new_int64(vm->vmm_uid));
 	if (active) {
 		char path[PATH_MAX];
 

@@ -111,6 +111,7 @@ int store_save_run(struct mgr *m, const struct mgr_vm *vm)
 	json_object_object_add(obj, "reason", json_object_new_string(vm->reason));
 	json_object_object_add(obj, "pid", json_object_new_int(vm->pid));
 	json_object_object_add(obj, "starttime", json_object_new_int64((int64_t)vm->starttime));
+	json_object_object_add(obj, "vmm_uid", json_object_new_int64(vm->vmm_uid));
 	if (vm->state == MGR_STOPPING) {
 		json_object_object_add(obj, "stop_deadline_ms",
 				       json_object_new_uint64(vm->stop_deadline_ms));

@@ -22,6 +22,7 @@
 
 #include "vireo/log.h"
 #include "vireo/mgr.h"
+#include "vireo/vmm.h"
 
 #define START_TIMEOUT_MS 5000
 #define STOP_TIMEOUT_MS 5000
@@ -147,22 +148,35 @@ static void log_tail(struct mgr *m, const char *name, char *out, size_t size)
 	out[n] = '\0';
 }
 
-/* What an exit status means (docs/run.md), as a state and a reason. */
+static bool exited_for_reboot(int status, bool known, const char *tail)
+{
+	return known ? WIFEXITED(status) && WEXITSTATUS(status) == VM_EXIT_REBOOT :
+		       !strcmp(tail, VM_REBOOT_LINE);	/* an adopted VMM */
+}
+
+/* What an exit status means (docs/run.md), as a state and a reason. A
+ * guest reboot ends the VMM (a fresh process is the complete reset) and
+ * the supervisor starts a new one: restart_pending. */
 void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known)
 {
 	char tail[160];
 
 	log_tail(m, vm->def.name, tail, sizeof(tail));
 	vm->state = MGR_CRASHED;
-	if (!known) {
+	if (exited_for_reboot(status, known, tail) && !vm->stopping) {
+		vm->state = MGR_STOPPED;
+		vm->restart_pending = true;
+		snprintf(vm->reason, sizeof(vm->reason), "guest rebooted");
+	} else if (!known) {
 		snprintf(vm->reason, sizeof(vm->reason),
 			 "the VMM (pid %d) died; exit status unknown (adopted after a daemon restart); last output: %s",
 			 (int)vm->pid, tail);
 		if (vm->stopping)
 			vm->state = MGR_STOPPED;
 	} else if (WIFSIGNALED(status)) {
-		snprintf(vm->reason, sizeof(vm->reason), "the VMM was killed by signal %d (%s)",
-			 WTERMSIG(status), strsignal(WTERMSIG(status)));
+		snprintf(vm->reason, sizeof(vm->reason), "the VMM was killed by signal %d (%s)%s",
+			 WTERMSIG(status), strsignal(WTERMSIG(status)), WTERMSIG(status) == SIGSYS ?
+			 ": a system call outside its seccomp filter" : "");
 		if (vm->stopping)
 			vm->state = MGR_STOPPED;
 	} else if (WEXITSTATUS(status) == 0) {
@@ -172,9 +186,6 @@ void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known)
 		snprintf(vm->reason, sizeof(vm->reason), "VMM error: %s", tail);
 	} else if (WEXITSTATUS(status) == 2) {
 		snprintf(vm->reason, sizeof(vm->reason), "guest crashed: %s", tail);
-	} else if (WEXITSTATUS(status) == 3) {
-		vm->state = MGR_STOPPED;
-		snprintf(vm->reason, sizeof(vm->reason), "guest rebooted, and the VMM did not restart");
 	} else {
 		vm->state = MGR_STOPPED;
 		snprintf(vm->reason, sizeof(vm->reason), "guest exited with status %d",
@@ -222,7 +233,8 @@ static char *xasprintf(const char *fmt, ...)
 }
 
 /* argv of `vireo run` for a definition; NULL-terminated, heap strings. */
-static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock)
+static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
+		       unsigned int uid)
 {
 	char **argv = calloc(16 + MGR_MAX_DISKS + MGR_MAX_NICS, sizeof(char *));
 	char file[PATH_MAX];
@@ -258,7 +270,6 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock)
 	}
 	if (d->balloon)
 		argv[n++] = xasprintf("--balloon=target=%llu", (unsigned long long)d->balloon_target);
-	argv[n++] = strdup("--reboot=restart");
 	argv[n++] = xasprintf("--api-socket=%s", sock);
 	/* A state dir too deep for a socket path: no console, the log still has it. */
 	if (!store_path(m, file, sizeof(file), "run", d->name, ".console") &&
@@ -266,6 +277,11 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock)
 		argv[n++] = xasprintf("--console-socket=%s", file);
 	if (!cgroup_vm_vcpu_file(&m->cg, d->name, file, sizeof(file)))
 		argv[n++] = xasprintf("--vcpu-cgroup=%s", file);
+	if (uid) {
+		argv[n++] = xasprintf("--user=%u:%u", uid, uid);
+		if (!store_path(m, file, sizeof(file), "jail", NULL, NULL))
+			argv[n++] = xasprintf("--jail=%s", file);
+	}
 	return argv;
 }
 
@@ -406,48 +422,22 @@ int vmm_apply_pins(const char *sock, const struct vm_def *d)
 	return 0;
 }
 
-/* The inode alone is not enough: tmpfs reuses a freed inode number for
- * the very next file, which is the restarted VMM's socket; and its
- * timestamps are coarse. So the VMM stamps its socket with a precise mtime
- * (src/vmm/control.c), and the identity is inode and mtime. */
-uint64_t vmm_sock_id(const char *sock)
+/* One uid per running VMM (Firecracker's advice: VMMs cannot signal or
+ * ptrace each other, nor touch each other's /proc files), the lowest free
+ * one from the base; 0 when the daemon cannot drop privileges (not root)
+ * or was told not to. */
+static unsigned int vmm_pick_uid(struct mgr *m, const struct mgr_vm *vm)
 {
-	struct stat st;
-
-	if (stat(sock, &st))
+	if (!m->vmm_uid_base || geteuid() != 0)
 		return 0;
-	return ((uint64_t)st.st_ino << 40) ^ ((uint64_t)st.st_mtim.tv_sec * 1000000000ULL +
-					      (uint64_t)st.st_mtim.tv_nsec);
-}
+	for (unsigned int uid = m->vmm_uid_base; ; uid++) {
+		const struct mgr_vm *o = m->vms;
 
-int vmm_check_restart(struct mgr *m, struct mgr_vm *vm, int wait_ms)
-{
-	char sock[PATH_MAX];
-	uint64_t ino;
-	struct json_object *r;
-
-	if (store_path(m, sock, sizeof(sock), "run", vm->def.name, ".sock"))
-		return 0;
-	for (int waited = 0; ; waited += 10) {
-		ino = vmm_sock_id(sock);
-		if (ino && ino != vm->sock_id)
-			break;
-		if (waited >= wait_ms || vmm_reap(m, vm))
-			return 0;
-		usleep(10000);
+		while (o && (o == vm || !mgr_vm_active(o) || o->vmm_uid != uid))
+			o = o->next;
+		if (!o)
+			return uid;
 	}
-	r = vmm_request(sock, "{\"action\":\"info\"}");
-	if (!r)
-		return 0; /* not answering yet: the next check will see it */
-	json_object_put(r);
-	vm->sock_id = ino;
-	vm->state = MGR_RUNNING;
-	snprintf(vm->reason, sizeof(vm->reason), "rebooted");
-	if (vmm_apply_pins(sock, &vm->def))
-		log_warn("VM %s: after reboot: %s", vm->def.name, err_get());
-	log_info("VM %s: the VMM restarted after a guest reboot", vm->def.name);
-	store_save_run(m, vm);
-	return 1;
 }
 
 int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock)
@@ -466,7 +456,8 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock)
 	logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
 	if (logfd < 0)
 		return err_set(-errno, "cannot create %s: %m", log);
-	argv = vmm_argv(m, &vm->def, sock);
+	vm->vmm_uid = vmm_pick_uid(m, vm);
+	argv = vmm_argv(m, &vm->def, sock, vm->vmm_uid);
 	ret = argv ? vmm_spawn(m, vm, argv, logfd) : err_set(-ENOMEM, "out of memory");
 	argv_free(argv);
 	close(logfd);
@@ -474,7 +465,6 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock)
 		ret = vmm_wait_ready(m, vm, sock);
 	if (!ret)
 		ret = vmm_apply_pins(sock, &vm->def);
-	vm->sock_id = vmm_sock_id(sock);
 	return ret;
 }
 

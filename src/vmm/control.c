@@ -75,14 +75,17 @@ static uint64_t thread_cpu_ns(pthread_t thread)
 
 /* The scheduler's view of a thread: time on a CPU and time runnable but
  * waiting for one (the vCPU's "steal"), from /proc/self/task/TID/schedstat. */
-static void thread_schedstat(int tid, uint64_t *run_ns, uint64_t *wait_ns)
+static void thread_schedstat(int task_dir, int tid, uint64_t *run_ns, uint64_t *wait_ns)
 {
 	char path[64];
 	unsigned long long run = 0, wait = 0;
-	FILE *f;
+	int fd;
+	FILE *f = NULL;
 
-	snprintf(path, sizeof(path), "/proc/self/task/%d/schedstat", tid);
-	f = tid ? fopen(path, "re") : NULL;
+	snprintf(path, sizeof(path), "%d/schedstat", tid);
+	fd = tid && task_dir >= 0 ? openat(task_dir, path, O_RDONLY | O_CLOEXEC) : -1;
+	if (fd >= 0 && !(f = fdopen(fd, "re")))
+		close(fd);
 	if (f) {
 		if (fscanf(f, "%llu %llu", &run, &wait) != 2)
 			run = wait = 0;
@@ -92,7 +95,7 @@ static void thread_schedstat(int tid, uint64_t *run_ns, uint64_t *wait_ns)
 	*wait_ns = wait;
 }
 
-static struct json_object *info_vcpus(struct vm *vm)
+static struct json_object *info_vcpus(struct vm *vm, int task_dir)
 {
 	struct json_object *arr = json_object_new_array();
 
@@ -105,7 +108,7 @@ static struct json_object *info_vcpus(struct vm *vm)
 		json_object_object_add(o, "tid", json_object_new_int(__atomic_load_n(&v->tid, __ATOMIC_ACQUIRE)));
 		add_u64(o, "exits", __atomic_load_n(&v->exits, __ATOMIC_RELAXED));
 		add_u64(o, "cpu_ns", v->thread_started ? thread_cpu_ns(v->thread) : 0);
-		thread_schedstat(__atomic_load_n(&v->tid, __ATOMIC_ACQUIRE), &run, &wait);
+		thread_schedstat(task_dir, __atomic_load_n(&v->tid, __ATOMIC_ACQUIRE), &run, &wait);
 		add_u64(o, "wait_ns", wait);
 		json_object_array_add(arr, o);
 	}
@@ -198,7 +201,7 @@ static struct json_object *control_info(const struct control_target *t)
 	for (unsigned int i = 0; i < t->vm->ncpus; i++)
 		exits += __atomic_load_n(&t->vm->vcpus[i].exits, __ATOMIC_RELAXED);
 	add_u64(r, "exits", exits);
-	json_object_object_add(r, "vcpus", info_vcpus(t->vm));
+	json_object_object_add(r, "vcpus", info_vcpus(t->vm, t->task_dir));
 	for (unsigned int i = 0; i < t->ndisks; i++)
 		json_object_array_add(disks, info_disk(t, i));
 	json_object_object_add(r, "disks", disks);
@@ -491,19 +494,6 @@ static void control_accept(struct loop *loop, int fd, uint32_t events, void *opa
 	}
 }
 
-/* Gives the socket file a precise, unique mtime: with its inode, that tells
- * a supervisor that this is a new VMM image (e.g. --reboot=restart), even
- * where the file system reuses the inode and its clock is coarse. */
-static void stamp_socket(const char *path)
-{
-	struct timespec ts[2];
-
-	clock_gettime(CLOCK_REALTIME, &ts[0]);
-	ts[1] = ts[0];
-	if (utimensat(AT_FDCWD, path, ts, 0) < 0)
-		log_debug("utimensat %s: %s", path, strerror(errno));
-}
-
 static int control_listen(struct control *ctl, const char *path)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
@@ -519,7 +509,6 @@ static int control_listen(struct control *ctl, const char *path)
 	unlink(path); /* a stale socket of an earlier run */
 	if (bind(ctl->listen_fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
 		return err_set(-errno, "cannot bind %s: %m", path);
-	stamp_socket(path);
 	if (listen(ctl->listen_fd, 16) < 0)
 		return err_set(-errno, "cannot listen on %s: %m", path);
 	return loop_add(ctl->loop, ctl->listen_fd, EPOLLIN, control_accept, ctl);
@@ -536,10 +525,13 @@ struct control *control_create(struct loop *loop, const char *path,
 	}
 	ctl->loop = loop;
 	ctl->target = *target;
+	ctl->target.task_dir = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	ctl->listen_fd = -1;
 	if (control_listen(ctl, path)) {
 		if (ctl->listen_fd >= 0)
 			close(ctl->listen_fd);
+		if (ctl->target.task_dir >= 0)
+			close(ctl->target.task_dir);
 		free(ctl);
 		return NULL;
 	}
@@ -555,6 +547,8 @@ void control_destroy(struct control *ctl)
 			client_close(ctl, i);
 	loop_del(ctl->loop, ctl->listen_fd);
 	close(ctl->listen_fd);
+	if (ctl->target.task_dir >= 0)
+		close(ctl->target.task_dir);
 	unlink(ctl->path);
 	free(ctl);
 }

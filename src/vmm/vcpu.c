@@ -159,13 +159,13 @@ static void vcpu_enter_cgroup(struct vcpu *vcpu)
 {
 	char tid[16];
 	int n = snprintf(tid, sizeof(tid), "%d", vcpu->tid);
-	int fd = open(vcpu->vm->vcpu_cgroup, O_WRONLY | O_CLOEXEC);
 
-	if (fd < 0 || write(fd, tid, (size_t)n) != n)
+	/* One descriptor, opened before the VMM dropped its privileges; the
+	 * kernel checks the opener's credentials, and each write moves one
+	 * thread. */
+	if (write(vcpu->vm->vcpu_cgroup_fd, tid, (size_t)n) != n)
 		log_warn("vCPU %u: cannot enter cgroup %s: %s", vcpu->id, vcpu->vm->vcpu_cgroup,
 			 strerror(errno));
-	if (fd >= 0)
-		close(fd);
 }
 
 static void *vcpu_thread(void *arg)
@@ -176,7 +176,7 @@ static void *vcpu_thread(void *arg)
 	snprintf(name, sizeof(name), "vcpu%u", vcpu->id);
 	pthread_setname_np(pthread_self(), name);
 	__atomic_store_n(&vcpu->tid, (int)gettid(), __ATOMIC_RELEASE);
-	if (vcpu->vm->vcpu_cgroup)
+	if (vcpu->vm->vcpu_cgroup_fd >= 0)
 		vcpu_enter_cgroup(vcpu);
 	for (;;) {
 		if (ioctl(vcpu->fd, KVM_RUN, 0) < 0) {

@@ -141,7 +141,7 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 	int ret;
 
 	memset(vm, 0, sizeof(*vm));
-	vm->kvm_fd = vm->vm_fd = vm->stop_fd = vm->mem.fd = -1;
+	vm->kvm_fd = vm->vm_fd = vm->stop_fd = vm->mem.fd = vm->vcpu_cgroup_fd = -1;
 	pthread_mutex_init(&vm->stop_lock, NULL);
 	pthread_cond_init(&vm->state_cond, NULL);
 	bus_init(&vm->pio);
@@ -230,6 +230,8 @@ void vm_destroy(struct vm *vm)
 	bus_destroy(&vm->mmio);
 	if (vm->stop_fd >= 0)
 		close(vm->stop_fd);
+	if (vm->vcpu_cgroup_fd >= 0)
+		close(vm->vcpu_cgroup_fd);
 	if (vm->vm_fd >= 0)
 		close(vm->vm_fd);
 	if (vm->kvm_fd >= 0)

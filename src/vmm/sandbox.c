@@ -1,0 +1,178 @@
+/* The VMM's sandbox: an empty chroot, an unprivileged uid/gid, no new
+ * privileges, and a seccomp allowlist of the system calls a running VMM
+ * makes. Everything the VMM needs from the host (/dev/kvm, guest memory,
+ * images, taps, sockets, cgroup files) is opened before, as descriptors. */
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sched.h>
+#include <seccomp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "vireo/log.h"
+#include "vireo/sandbox.h"
+
+/* What a running VMM calls: vCPU threads (KVM ioctls), device I/O threads
+ * (eventfds, epoll, timerfds, readv/writev on taps, preadv/pwritev on
+ * images), the event loop (control and console sockets: accept4 and
+ * recv/send on descriptors it already has), malloc, and thread start-up
+ * (clone with CLONE_THREAD only, see below). Not here: socket, connect,
+ * bind, execve, fork, ptrace, mount, setuid and the like. */
+static const char *const allowed[] = {
+	"read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
+	"preadv2", "pwritev2", "lseek", "close", "fsync", "fdatasync", "fallocate",
+	"ftruncate", "fstat", "newfstatat", "statx", "openat", "unlink", "unlinkat",
+	"fcntl", "dup", "dup3", "pipe2", "ioctl", "poll", "ppoll", "epoll_wait",
+	"epoll_pwait", "epoll_ctl", "epoll_create1", "eventfd2", "timerfd_create",
+	"timerfd_settime", "timerfd_gettime", "accept4", "recvfrom", "recvmsg", "sendto",
+	"sendmsg", "shutdown", "getsockopt", "setsockopt", "futex", "madvise", "mmap", "munmap",
+	"mremap", "mprotect", "brk", "clock_gettime", "clock_getres", "clock_nanosleep",
+	"nanosleep", "gettimeofday", "exit", "exit_group", "rt_sigaction",
+	"rt_sigprocmask", "rt_sigreturn", "sigaltstack", "tgkill", "gettid", "getpid",
+	"sched_setaffinity", "sched_getaffinity", "sched_yield", "getrandom",
+	"set_robust_list", "rseq", "restart_syscall",
+};
+
+static int allow_all(scmp_filter_ctx ctx)
+{
+	for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++) {
+		int nr = seccomp_syscall_resolve_name(allowed[i]);
+		int ret = nr == __NR_SCMP_ERROR ? -EINVAL : seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
+
+		if (ret)
+			return err_set(ret, "seccomp: cannot allow %s", allowed[i]);
+	}
+	return 0;
+}
+
+/* Threads, but no processes: clone only with CLONE_THREAD. clone3 passes
+ * its flags in memory, out of a filter's reach, so it fails with ENOSYS
+ * and glibc falls back to clone. prctl only names threads. */
+static int allow_threads(scmp_filter_ctx ctx)
+{
+	int ret = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
+				   SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD));
+
+	if (!ret)
+		ret = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+	if (!ret)
+		ret = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
+				       SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME));
+	return ret ? err_set(ret, "seccomp: cannot add the thread rules") : 0;
+}
+
+int sandbox_seccomp(enum sandbox_seccomp mode)
+{
+	scmp_filter_ctx ctx;
+	int ret;
+
+	if (mode == SANDBOX_SECCOMP_OFF)
+		return 0;
+	/* A call outside the list kills the whole VMM (SIGSYS), loudly; "log"
+	 * lets it through and has the kernel log it, to find what is missing. */
+	ctx = seccomp_init(mode == SANDBOX_SECCOMP_LOG ? SCMP_ACT_LOG : SCMP_ACT_KILL_PROCESS);
+	if (!ctx)
+		return err_set(-ENOMEM, "seccomp_init failed");
+	ret = allow_all(ctx);
+	if (!ret)
+		ret = allow_threads(ctx);
+	/* Every thread, including those started before (device I/O threads). */
+	if (!ret)
+		ret = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
+	if (!ret) {
+		ret = seccomp_load(ctx);
+		if (ret)
+			err_set(ret, "cannot install the seccomp filter: %s", strerror(-ret));
+	}
+	seccomp_release(ctx);
+	return ret;
+}
+
+static int enter_jail(const char *dir)
+{
+	if (chroot(dir) < 0)
+		return err_set(-errno, "cannot chroot into %s: %m", dir);
+	if (chdir("/") < 0)
+		return err_set(-errno, "chdir / in the jail: %m");
+	return 0;
+}
+
+/* glibc applies setgid/setuid to every thread of the process. */
+static int drop_ids(uid_t uid, gid_t gid)
+{
+	if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 ||
+	    setresuid(uid, uid, uid) < 0)
+		return err_set(-errno, "cannot switch to uid %u gid %u: %m", (unsigned int)uid,
+			       (unsigned int)gid);
+	if (uid != 0 && setuid(0) == 0)
+		return err_set(-EPERM, "uid %u could become root again", (unsigned int)uid);
+	return 0;
+}
+
+int sandbox_enter(const struct sandbox *sb)
+{
+	int ret = 0;
+
+	if (sb->jail)
+		ret = enter_jail(sb->jail);
+	if (!ret && sb->drop)
+		ret = drop_ids(sb->uid, sb->gid);
+	if (!ret && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		ret = err_set(-errno, "PR_SET_NO_NEW_PRIVS: %m");
+	if (!ret)
+		ret = sandbox_seccomp(sb->seccomp);
+	return ret;
+}
+
+static int parse_id(const char *text, unsigned long *out)
+{
+	char *end;
+
+	errno = 0;
+	*out = strtoul(text, &end, 10);
+	return *text && !*end && !errno && *text != '-' && *out < 0xffffffffUL ? 0 : -EINVAL;
+}
+
+int sandbox_parse_user(const char *text, struct sandbox *sb)
+{
+	char name[256];
+	const char *colon = strchr(text, ':');
+	size_t len = colon ? (size_t)(colon - text) : strlen(text);
+	unsigned long uid, gid;
+	struct passwd *pw = NULL;
+
+	if (len == 0 || len >= sizeof(name))
+		return err_set(-EINVAL, "--user: '%s' is not UID[:GID] or a user name", text);
+	memcpy(name, text, len);
+	name[len] = '\0';
+	if (parse_id(name, &uid)) {
+		pw = getpwnam(name);
+		if (!pw)
+			return err_set(-EINVAL, "--user: no user named '%s'", name);
+		uid = pw->pw_uid;
+	}
+	gid = pw ? pw->pw_gid : uid;
+	if (colon && parse_id(colon + 1, &gid))
+		return err_set(-EINVAL, "--user: '%s' is not a group id", colon + 1);
+	sb->drop = true;
+	sb->uid = (uid_t)uid;
+	sb->gid = (gid_t)gid;
+	return 0;
+}
+
+int sandbox_parse_seccomp(const char *text, struct sandbox *sb)
+{
+	if (!strcmp(text, "on"))
+		sb->seccomp = SANDBOX_SECCOMP_ON;
+	else if (!strcmp(text, "off"))
+		sb->seccomp = SANDBOX_SECCOMP_OFF;
+	else if (!strcmp(text, "log"))
+		sb->seccomp = SANDBOX_SECCOMP_LOG;
+	else
+		return err_set(-EINVAL, "--seccomp must be on, off or log");
+	return 0;
+}
