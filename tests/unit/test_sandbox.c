@@ -1,0 +1,113 @@
+/* The VMM's seccomp filter, applied in a child process: what it allows
+ * works, what it does not kills the process with SIGSYS; and the --user /
+ * --seccomp option parsers. */
+#include <errno.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "vireo/sandbox.h"
+
+/* Runs fn in a child under the filter; returns its wait status. */
+static int in_filtered_child(int (*fn)(void))
+{
+	int status = 0;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		if (sandbox_seccomp(SANDBOX_SECCOMP_ON))
+			_exit(100);
+		_exit(fn());
+	}
+	waitpid(pid, &status, 0);
+	return status;
+}
+
+static int allowed_calls(void)
+{
+	char buf[8];
+	int fds[2];
+
+	if (getpid() <= 0 || pipe2(fds, 0) || write(fds[1], "x", 1) != 1 ||
+	    read(fds[0], buf, 1) != 1)
+		return 1;
+	/* clone3 fails softly, so that glibc falls back to clone. */
+	return syscall(SYS_clone3, NULL, 0) == -1 && errno == ENOSYS ? 0 : 2;
+}
+
+static int open_inet_socket(void)
+{
+	return socket(AF_INET, SOCK_STREAM, 0) >= 0 ? 0 : 3;
+}
+
+static int make_process(void)
+{
+	/* fork() is clone without CLONE_THREAD */
+	return (int)syscall(SYS_clone, SIGCHLD, 0, NULL, NULL, 0) >= 0 ? 0 : 4;
+}
+
+static int exec_shell(void)
+{
+	char *argv[] = { "/bin/true", NULL };
+
+	execv(argv[0], argv);
+	return 5;
+}
+
+static void filter_allows_the_vmm_and_kills_the_rest(void **state)
+{
+	int st;
+
+	(void)state;
+	st = in_filtered_child(allowed_calls);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	st = in_filtered_child(open_inet_socket);
+	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
+	st = in_filtered_child(make_process);
+	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
+	st = in_filtered_child(exec_shell);
+	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
+}
+
+static void user_option(void **state)
+{
+	struct sandbox sb = { 0 };
+
+	(void)state;
+	assert_int_equal(sandbox_parse_user("65534", &sb), 0);
+	assert_true(sb.drop && sb.uid == 65534 && sb.gid == 65534);
+	assert_int_equal(sandbox_parse_user("100001:5", &sb), 0);
+	assert_true(sb.uid == 100001 && sb.gid == 5);
+	assert_int_equal(sandbox_parse_user("nobody", &sb), 0);
+	assert_int_equal(sb.uid, 65534);
+	assert_int_equal(sandbox_parse_user("root:0", &sb), 0);
+	assert_true(sb.uid == 0 && sb.gid == 0);
+	assert_int_equal(sandbox_parse_user("no-such-user-here", &sb), -EINVAL);
+	assert_int_equal(sandbox_parse_user("", &sb), -EINVAL);
+	assert_int_equal(sandbox_parse_user(":5", &sb), -EINVAL);
+	assert_int_equal(sandbox_parse_user("5:x", &sb), -EINVAL);
+	assert_int_equal(sandbox_parse_user("-1", &sb), -EINVAL);
+	assert_int_equal(sandbox_parse_seccomp("log", &sb), 0);
+	assert_int_equal(sb.seccomp, SANDBOX_SECCOMP_LOG);
+	assert_int_equal(sandbox_parse_seccomp("yes", &sb), -EINVAL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(filter_allows_the_vmm_and_kills_the_rest),
+		cmocka_unit_test(user_option),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
