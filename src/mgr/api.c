@@ -7,6 +7,7 @@
  * {"error": MESSAGE, "code": CLASS} with an HTTP status. */
 #include <errno.h>
 #include <json-c/json.h>
+#include <dlfcn.h>
 #include <microhttpd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,45 @@
 
 #include "vireo/log.h"
 #include "vireo/mgr.h"
+
+/* libmicrohttpd is loaded here, when the daemon starts, not linked: it
+ * pulls in gnutls and eight more libraries (~2.4 MiB of resident pages and
+ * p11-kit's start-up work), which every `vireo run` VMM would otherwise
+ * carry although only the daemon serves HTTP. */
+static struct {
+	__typeof__(MHD_start_daemon) *start_daemon;
+	__typeof__(MHD_stop_daemon) *stop_daemon;
+	__typeof__(MHD_create_response_from_buffer) *create_response_from_buffer;
+	__typeof__(MHD_add_response_header) *add_response_header;
+	__typeof__(MHD_queue_response) *queue_response;
+	__typeof__(MHD_destroy_response) *destroy_response;
+} mhd;
+
+static int mhd_load(void)
+{
+	static const char *const names[] = { "libmicrohttpd.so.12", "libmicrohttpd.so" };
+	void *lib = NULL;
+
+	if (mhd.start_daemon)
+		return 0;
+	for (size_t i = 0; !lib && i < sizeof(names) / sizeof(names[0]); i++)
+		lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+	if (!lib)
+		return err_set(-ENOENT, "cannot load libmicrohttpd (Debian package "
+			       "libmicrohttpd12): %s", dlerror());
+	*(void **)&mhd.stop_daemon = dlsym(lib, "MHD_stop_daemon");
+	*(void **)&mhd.create_response_from_buffer = dlsym(lib, "MHD_create_response_from_buffer");
+	*(void **)&mhd.add_response_header = dlsym(lib, "MHD_add_response_header");
+	*(void **)&mhd.queue_response = dlsym(lib, "MHD_queue_response");
+	*(void **)&mhd.destroy_response = dlsym(lib, "MHD_destroy_response");
+	*(void **)&mhd.start_daemon = dlsym(lib, "MHD_start_daemon");
+	if (!mhd.stop_daemon || !mhd.create_response_from_buffer || !mhd.add_response_header ||
+	    !mhd.queue_response || !mhd.destroy_response || !mhd.start_daemon) {
+		mhd.start_daemon = NULL;
+		return err_set(-ENOENT, "libmicrohttpd lacks a function vireo uses: %s", dlerror());
+	}
+	return 0;
+}
 
 struct api {
 	struct mgr *mgr;
@@ -369,15 +409,15 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct reply *r)
 		body = json_text ? json_text : "{}\n";
 		len = strlen(body);
 	}
-	resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+	resp = mhd.create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
 	free(json_text);
 	if (!resp)
 		return MHD_NO;
-	MHD_add_response_header(resp, "Content-Type", type);
+	mhd.add_response_header(resp, "Content-Type", type);
 	if (r->allow)
-		MHD_add_response_header(resp, "Allow", r->allow);
-	ret = MHD_queue_response(c, r->status, resp);
-	MHD_destroy_response(resp);
+		mhd.add_response_header(resp, "Allow", r->allow);
+	ret = mhd.queue_response(c, r->status, resp);
+	mhd.destroy_response(resp);
 	return ret;
 }
 
@@ -486,9 +526,9 @@ struct api *api_start(struct mgr *m, const char *socket_path)
 	}
 	api->mgr = m;
 	api->fd = -1;
-	if (api_listen(api, socket_path))
+	if (mhd_load() || api_listen(api, socket_path))
 		goto fail;
-	api->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL,
+	api->mhd = mhd.start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL,
 				    NULL, api_handler, api,
 				    MHD_OPTION_LISTEN_SOCKET, api->fd,
 				    MHD_OPTION_NOTIFY_COMPLETED, api_completed, NULL,
@@ -512,7 +552,7 @@ void api_stop(struct api *api)
 {
 	if (!api)
 		return;
-	MHD_stop_daemon(api->mhd);
+	mhd.stop_daemon(api->mhd);
 	close(api->fd);
 	unlink(api->path);
 	free(api);
