@@ -10,7 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/if_tun.h>
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "vireo/log.h"
@@ -20,13 +24,14 @@
  * (eventfds, epoll, timerfds, readv/writev on taps, preadv/pwritev on
  * images), the event loop (control and console sockets: accept4 and
  * recv/send on descriptors it already has), malloc, and thread start-up
- * (clone with CLONE_THREAD only, see below). Not here: socket, connect,
+ * (clone with CLONE_THREAD only, see below), ioctl with the requests
+ * listed further down. Not here: socket, connect,
  * bind, execve, fork, ptrace, mount, setuid and the like. */
 static const char *const allowed[] = {
 	"read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
 	"preadv2", "pwritev2", "lseek", "close", "fsync", "fdatasync", "fallocate",
 	"ftruncate", "fstat", "newfstatat", "statx", "openat", "unlink", "unlinkat",
-	"fcntl", "dup", "dup3", "pipe2", "ioctl", "poll", "ppoll", "epoll_wait",
+	"fcntl", "dup", "dup3", "pipe2", "poll", "ppoll", "epoll_wait",
 	"epoll_pwait", "epoll_ctl", "epoll_create1", "eventfd2", "timerfd_create",
 	"timerfd_settime", "timerfd_gettime", "accept4", "recvfrom", "recvmsg", "sendto",
 	"sendmsg", "shutdown", "getsockopt", "setsockopt", "futex", "madvise", "mmap", "munmap",
@@ -45,6 +50,30 @@ static int allow_all(scmp_filter_ctx ctx)
 
 		if (ret)
 			return err_set(ret, "seccomp: cannot allow %s", allowed[i]);
+	}
+	return 0;
+}
+
+/* ioctl only with the requests a running VMM makes: running vCPUs and
+ * reading their registers (crash reports), interrupt routing and
+ * notification fds (MSI-X programming, BAR moves), tap offloads (set when
+ * the driver is ready), the terminal's mode (restored at exit). */
+static const unsigned long ioctls[] = {
+	KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_SET_REGS, KVM_SET_SREGS, KVM_GET_MSRS,
+	KVM_SET_MSRS, KVM_IRQ_LINE, KVM_SET_GSI_ROUTING, KVM_SIGNAL_MSI, KVM_IRQFD,
+	KVM_IOEVENTFD, KVM_CHECK_EXTENSION, TUNSETOFFLOAD, TUNSETVNETHDRSZ, TCGETS, TCSETS,
+	TCSETSW, TCSETSF,
+};
+
+static int allow_ioctls(scmp_filter_ctx ctx)
+{
+	for (size_t i = 0; i < sizeof(ioctls) / sizeof(ioctls[0]); i++) {
+		/* The kernel reads the request as 32 bits. */
+		int ret = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
+					   SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffUL, ioctls[i]));
+
+		if (ret)
+			return err_set(ret, "seccomp: cannot allow ioctl 0x%lx", ioctls[i]);
 	}
 	return 0;
 }
@@ -78,6 +107,8 @@ int sandbox_seccomp(enum sandbox_seccomp mode)
 	if (!ctx)
 		return err_set(-ENOMEM, "seccomp_init failed");
 	ret = allow_all(ctx);
+	if (!ret)
+		ret = allow_ioctls(ctx);
 	if (!ret)
 		ret = allow_threads(ctx);
 	/* Every thread, including those started before (device I/O threads). */

@@ -9,9 +9,11 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -63,6 +65,21 @@ static int exec_shell(void)
 	return 5;
 }
 
+static int unlisted_ioctl(void)
+{
+	int n;
+
+	return ioctl(STDIN_FILENO, FIONREAD, &n) == 0 ? 0 : 6;	/* not a VMM's */
+}
+
+static int listed_ioctl(void)
+{
+	struct termios t;
+
+	/* TCGETS is allowed: on a non-terminal it fails with ENOTTY, no kill */
+	return tcgetattr(STDIN_FILENO, &t) == 0 || errno == ENOTTY || errno == EBADF ? 0 : 7;
+}
+
 static void filter_allows_the_vmm_and_kills_the_rest(void **state)
 {
 	int st;
@@ -77,6 +94,11 @@ static void filter_allows_the_vmm_and_kills_the_rest(void **state)
 	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
 	st = in_filtered_child(exec_shell);
 	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
+	st = in_filtered_child(unlisted_ioctl);
+	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
+	st = in_filtered_child(listed_ioctl);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
 }
 
 static void user_option(void **state)
