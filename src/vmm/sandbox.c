@@ -123,17 +123,6 @@ int sandbox_seccomp(enum sandbox_seccomp mode)
 	return ret;
 }
 
-/* New, empty network, IPC and UTS namespaces and a private mount
- * namespace: the taps and sockets opened before keep working (a
- * descriptor keeps its namespace), but the VMM sees no network, no other
- * process's IPC objects, and mount changes do not leak either way. */
-static int enter_namespaces(void)
-{
-	if (unshare(CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNS) < 0)
-		return err_set(-errno, "cannot enter new namespaces: %m");
-	return 0;
-}
-
 static int enter_jail(const char *dir)
 {
 	if (chroot(dir) < 0)
@@ -160,8 +149,6 @@ int sandbox_enter(const struct sandbox *sb)
 	int ret = 0;
 
 	if (sb->jail)
-		ret = enter_namespaces();
-	if (!ret && sb->jail)
 		ret = enter_jail(sb->jail);
 	if (!ret && sb->drop)
 		ret = drop_ids(sb->uid, sb->gid);

@@ -28,8 +28,6 @@ def assert_sandboxed(pid, uid, jail):
     assert st["Uid"].split() == [str(uid)] * 4 and st["Gid"].split() == [str(uid)] * 4, st
     assert st["CapEff"] == "0" * 16 and st["NoNewPrivs"] == "1", st
     assert os.readlink(f"/proc/{pid}/root") == str(jail)
-    for ns in ("net", "ipc", "uts", "mnt"):   # its own, empty namespaces
-        assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
     tasks = os.listdir(f"/proc/{pid}/task")
     assert len(tasks) >= 2           # the event loop, vCPUs, device I/O threads
     for t in tasks:                  # every thread is filtered
