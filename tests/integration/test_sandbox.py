@@ -30,8 +30,9 @@ def assert_sandboxed(pid, uid, jail):
     assert os.readlink(f"/proc/{pid}/root") == str(jail)
     tasks = os.listdir(f"/proc/{pid}/task")
     assert len(tasks) >= 2           # the event loop, vCPUs, device I/O threads
-    for t in tasks:                  # every thread is filtered
+    for t in tasks:                  # every thread is filtered and jailed
         assert status(pid, t)["Seccomp"] == "2", t
+        assert os.readlink(f"/proc/{pid}/task/{t}/root") == str(jail), t
 
 
 def sandbox_args(tmp_path):
