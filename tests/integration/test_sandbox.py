@@ -30,8 +30,10 @@ def assert_sandboxed(pid, uid, jail):
     assert os.readlink(f"/proc/{pid}/root") == str(jail)
     tasks = os.listdir(f"/proc/{pid}/task")
     assert len(tasks) >= 2           # the event loop, vCPUs, device I/O threads
-    for t in tasks:                  # every thread is filtered and jailed
-        assert status(pid, t)["Seccomp"] == "2", t
+    for t in tasks:                  # every thread is filtered, jailed, dropped
+        ts = status(pid, t)
+        assert ts["Seccomp"] == "2" and ts["NoNewPrivs"] == "1", (t, ts)
+        assert ts["Uid"] == st["Uid"] and ts["CapEff"] == "0" * 16, (t, ts)
         assert os.readlink(f"/proc/{pid}/task/{t}/root") == str(jail), t
 
 
