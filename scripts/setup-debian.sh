@@ -10,4 +10,4 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 	libcmocka-dev libjson-c-dev liburing-dev libmicrohttpd-dev libmnl-dev \
 	libnftables-dev libseccomp-dev libzstd-dev zlib1g-dev \
 	python3-pytest qemu-utils qemu-system-x86 \
-	busybox-static cpio kmod iproute2 acpica-tools >/dev/null
+	busybox-static cpio kmod iproute2 acpica-tools strace >/dev/null

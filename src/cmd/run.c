@@ -19,6 +19,7 @@
 #include "vireo/control.h"
 #include "vireo/ged.h"
 #include "vireo/log.h"
+#include "vireo/sock.h"
 #include "vireo/loop.h"
 #include "vireo/pci.h"
 #include "vireo/power.h"
@@ -440,19 +441,13 @@ static void console_sock_accept(struct loop *loop, int fd, uint32_t events, void
 
 static int console_sock_open(struct loop *loop, struct console_sock *cs)
 {
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-
 	cs->listen_fd = cs->client = -1;
 	if (!cs->path)
 		return 0;
-	if (strlen(cs->path) >= sizeof(addr.sun_path))
-		return err_set(-ENAMETOOLONG, "console socket path too long: %s", cs->path);
-	strcpy(addr.sun_path, cs->path);
-	unlink(cs->path);
-	cs->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (cs->listen_fd < 0 || bind(cs->listen_fd, (struct sockaddr *)&addr, sizeof(addr)) ||
-	    listen(cs->listen_fd, 4))
-		return err_set(-errno, "console socket %s: %s", cs->path, strerror(errno));
+	/* 0660: the daemon's group may attach (vireo vm console), as to its API. */
+	cs->listen_fd = unix_listen(cs->path, 4, 0660, 1);
+	if (cs->listen_fd < 0)
+		return err_set(cs->listen_fd, "console socket: %s", err_get());
 	return loop_add(loop, cs->listen_fd, EPOLLIN, console_sock_accept, cs);
 }
 
@@ -464,7 +459,7 @@ static void console_sock_close(struct console_sock *cs)
 	}
 	if (cs->listen_fd >= 0) {
 		close(cs->listen_fd);
-		unlink(cs->path);
+		unix_unlink(cs->path);
 	}
 }
 

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "vireo/log.h"
+#include "vireo/sock.h"
 #include "vireo/mgr.h"
 
 /* libmicrohttpd is loaded here, when the daemon starts, not linked: it
@@ -503,15 +504,9 @@ static int api_listen(struct api *api, const char *path)
 	}
 	if (probe >= 0)
 		close(probe);
-	unlink(path);
-	api->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	api->fd = unix_listen(path, 64, 0660, 0);
 	if (api->fd < 0)
-		return err_set(-errno, "socket: %m");
-	if (bind(api->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
-		return err_set(-errno, "cannot bind %s: %m", path);
-	chmod(path, 0660);
-	if (listen(api->fd, 64) < 0)
-		return err_set(-errno, "cannot listen on %s: %m", path);
+		return api->fd;
 	strcpy(api->path, path);
 	return 0;
 }
@@ -554,6 +549,6 @@ void api_stop(struct api *api)
 		return;
 	mhd.stop_daemon(api->mhd);
 	close(api->fd);
-	unlink(api->path);
+	unix_unlink(api->path);
 	free(api);
 }

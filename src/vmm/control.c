@@ -21,6 +21,7 @@
 #include "vireo/control.h"
 #include "vireo/ged.h"
 #include "vireo/log.h"
+#include "vireo/sock.h"
 #include "vireo/ratelimit.h"
 #include "vireo/virtio.h"
 #include "vireo/vmm.h"
@@ -49,12 +50,16 @@ struct json_object *control_error(const char *code, const char *message)
 	return r;
 }
 
-static struct json_object *reply_ok(struct vm *vm)
+/* A success reply. Its "state" is the state the action left the VM in at
+ * the instant it was applied (for info: the state now). The guest's reaction
+ * afterwards (a powerdown answered at once) never shows in it, so the reply
+ * is the same however fast the guest is (docs/api.md). */
+static struct json_object *reply_ok(enum vm_state state)
 {
 	struct json_object *r = json_object_new_object();
 
 	json_object_object_add(r, "ok", json_object_new_boolean(1));
-	json_object_object_add(r, "state", json_object_new_string(vm_state_name(vm_get_state(vm))));
+	json_object_object_add(r, "state", json_object_new_string(vm_state_name(state)));
 	return r;
 }
 
@@ -192,7 +197,7 @@ static struct json_object *info_nic(const struct control_target *t, unsigned int
 
 static struct json_object *control_info(const struct control_target *t)
 {
-	struct json_object *r = reply_ok(t->vm), *disks = json_object_new_array();
+	struct json_object *r = reply_ok(vm_get_state(t->vm)), *disks = json_object_new_array();
 	uint64_t exits = 0;
 
 	json_object_object_add(r, "pid", json_object_new_int((int)getpid()));
@@ -276,7 +281,7 @@ static struct json_object *apply_limits(const struct control_target *t,
 			set_bandwidth(virtio_net_ratelimit(t->nics[a->disk], false), a->bps);
 		if (a->has_iops)
 			set_bandwidth(virtio_net_ratelimit(t->nics[a->disk], true), a->iops);
-		return reply_ok(t->vm);
+		return NULL;
 	}
 	rl = virtio_blk_ratelimit(t->disks[a->disk]);
 	pthread_mutex_lock(&rl->lock);
@@ -284,7 +289,7 @@ static struct json_object *apply_limits(const struct control_target *t,
 	iops = a->has_iops ? a->iops : rl->ops.rate;
 	pthread_mutex_unlock(&rl->lock);
 	ratelimit_set(rl, bps, iops);
-	return reply_ok(t->vm);
+	return NULL;
 }
 
 static struct json_object *apply_pin(const struct control_target *t, const struct control_action *a)
@@ -306,7 +311,7 @@ static struct json_object *apply_pin(const struct control_target *t, const struc
 		snprintf(msg, sizeof(msg), "cannot pin vCPU %u: %s", a->vcpu, strerror(ret));
 		return control_error(ret == EINVAL ? CONTROL_E_BAD_REQUEST : CONTROL_E_FAILED, msg);
 	}
-	return reply_ok(t->vm);
+	return NULL;
 }
 
 static struct json_object *apply_balloon(struct control_target *t, const struct control_action *a)
@@ -322,12 +327,13 @@ static struct json_object *apply_balloon(struct control_target *t, const struct 
 	}
 	virtio_balloon_set_target(t->balloon, a->target);
 	t->balloon_target = a->target;
-	return reply_ok(t->vm);
+	return NULL;
 }
 
 struct json_object *control_apply(struct control_target *t, const struct control_action *a)
 {
 	enum vm_state s = vm_get_state(t->vm);
+	struct json_object *r = NULL;
 	char msg[96];
 
 	if (!action_legal(a->kind, s)) {
@@ -341,31 +347,37 @@ struct json_object *control_apply(struct control_target *t, const struct control
 	case CONTROL_PAUSE:
 		if (vm_pause(t->vm))
 			return control_error(CONTROL_E_FAILED, err_get());
-		return reply_ok(t->vm);
+		return reply_ok(VM_STATE_PAUSED);
 	case CONTROL_RESUME:
 		if (vm_resume(t->vm))
 			return control_error(CONTROL_E_WRONG_STATE, err_get());
-		return reply_ok(t->vm);
+		return reply_ok(VM_STATE_RUNNING);
 	case CONTROL_POWEROFF:
 		vm_request_stop(t->vm, VM_EXIT_POWEROFF);
-		return reply_ok(t->vm);
+		return reply_ok(VM_STATE_STOPPED);
 	case CONTROL_REBOOT:
 		vm_request_stop(t->vm, VM_EXIT_REBOOT);
-		return reply_ok(t->vm);
+		return reply_ok(VM_STATE_STOPPED);
 	case CONTROL_SET_LIMITS:
-		return apply_limits(t, a);
+		r = apply_limits(t, a);
+		break;
 	case CONTROL_PIN:
-		return apply_pin(t, a);
+		r = apply_pin(t, a);
+		break;
 	case CONTROL_BALLOON:
-		return apply_balloon(t, a);
+		r = apply_balloon(t, a);
+		break;
 	case CONTROL_POWERDOWN:
 		/* The guest decides when (and whether) to power off. */
 		if (!t->ged)
 			return control_error(CONTROL_E_NOT_FOUND, "the VM has no power button");
 		ged_raise(t->ged, GED_EVENT_POWER_BUTTON);
-		return reply_ok(t->vm);
+		break;
+	default:
+		return control_error(CONTROL_E_FAILED, "unhandled action");
 	}
-	return control_error(CONTROL_E_FAILED, "unhandled action");
+	/* These actions leave the state as it was. */
+	return r ? r : reply_ok(s);
 }
 
 /* ---- the socket ---- */
@@ -496,21 +508,14 @@ static void control_accept(struct loop *loop, int fd, uint32_t events, void *opa
 
 static int control_listen(struct control *ctl, const char *path)
 {
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-
-	if (strlen(path) >= sizeof(addr.sun_path))
+	if (strlen(path) >= sizeof(ctl->path))
 		return err_set(-ENAMETOOLONG, "--api-socket: path longer than %zu bytes",
-			       sizeof(addr.sun_path) - 1);
-	strcpy(addr.sun_path, path);
+			       sizeof(ctl->path) - 1);
 	strcpy(ctl->path, path);
-	ctl->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	/* Only the VMM's owner (the daemon) may control it. */
+	ctl->listen_fd = unix_listen(path, 16, 0600, 1);
 	if (ctl->listen_fd < 0)
-		return err_set(-errno, "socket: %m");
-	unlink(path); /* a stale socket of an earlier run */
-	if (bind(ctl->listen_fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
-		return err_set(-errno, "cannot bind %s: %m", path);
-	if (listen(ctl->listen_fd, 16) < 0)
-		return err_set(-errno, "cannot listen on %s: %m", path);
+		return ctl->listen_fd;
 	return loop_add(ctl->loop, ctl->listen_fd, EPOLLIN, control_accept, ctl);
 }
 
@@ -549,6 +554,6 @@ void control_destroy(struct control *ctl)
 	close(ctl->listen_fd);
 	if (ctl->target.task_dir >= 0)
 		close(ctl->target.task_dir);
-	unlink(ctl->path);
+	unix_unlink(ctl->path);
 	free(ctl);
 }

@@ -10,6 +10,31 @@ BUILD = ROOT / "build"
 VIREO = BUILD / "vireo"
 PROBE = BUILD / "guest" / "probe.elf"
 
+# Every deadline in the tests is multiplied by this (env VIREO_TEST_TIME_SCALE,
+# default 1): a loaded or emulated machine (the nested test host) is slower,
+# never different. Tests wait for conditions; the deadline only bounds a hang.
+TIME_SCALE = float(os.environ.get("VIREO_TEST_TIME_SCALE") or 1)
+
+
+def scaled(seconds):
+    return seconds * TIME_SCALE
+
+
+def wait_until(cond, timeout, what, step=0.02):
+    """Polls cond() until it returns a true value, which is returned; after
+    scaled(timeout) seconds fails, saying what was awaited (what: text, or a
+    callable giving it, evaluated only then)."""
+    import time
+    deadline = time.monotonic() + scaled(timeout)
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            detail = what() if callable(what) else what
+            raise AssertionError(f"timed out after {scaled(timeout):g} s waiting for {detail}")
+        time.sleep(step)
+
 
 def have_kvm():
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
@@ -72,7 +97,7 @@ def run_vireo(cmdline, cpus=1, memory="256M", extra=(), timeout=120, kernel=None
     import subprocess
     args = vireo_args(cmdline, cpus, memory, extra, kernel, netns)
     p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       timeout=timeout)
+                       timeout=scaled(timeout))
     return ProbeRun(p.returncode, p.stdout, p.stderr)
 
 
@@ -95,7 +120,7 @@ def run_qemu(cmdline, cpus=1, memory="256M", machine="microvm", extra=(), timeou
     import subprocess
     args = qemu_args(cmdline, cpus, memory, machine, extra, netns, kernel)
     p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       timeout=timeout)
+                       timeout=scaled(timeout))
     return ProbeRun(p.returncode, p.stdout, p.stderr)
 
 
@@ -127,7 +152,7 @@ class LiveProbe:
         """The first stdout line starting with prefix; fails after timeout
         or when the VMM exits without printing it."""
         import time
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         with self.cond:
             while True:
                 for line in self.out:
@@ -136,7 +161,8 @@ class LiveProbe:
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and
                                  not any(t.is_alive() for t in self.threads)):
-                    raise AssertionError(f"no {prefix!r} line: {''.join(self.out + self.err)}")
+                    raise AssertionError(f"no {prefix!r} line within {scaled(timeout):g} s "
+                                         f"or before the exit: {''.join(self.out + self.err)}")
                 self.cond.wait(min(left, 0.5))
 
     def send(self, text):
@@ -144,23 +170,23 @@ class LiveProbe:
         self.proc.stdin.flush()
 
     def wait_exit(self, timeout):
-        """True if the VMM exited within timeout seconds."""
+        """True if the VMM exited within scaled(timeout) seconds."""
         import subprocess
         try:
-            self.proc.wait(timeout=timeout)
+            self.proc.wait(timeout=scaled(timeout))
             return True
         except subprocess.TimeoutExpired:
             return False
 
     def finish(self, timeout=30):
-        """Waits for the exit (killing the VMM after timeout) -> ProbeRun."""
+        """Waits for the exit (killing the VMM after scaled(timeout)) -> ProbeRun."""
         import subprocess
         try:
             self.proc.stdin.close()
         except BrokenPipeError:
             pass
         try:
-            self.proc.wait(timeout=timeout)
+            self.proc.wait(timeout=scaled(timeout))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -169,22 +195,26 @@ class LiveProbe:
         return ProbeRun(self.proc.returncode, "".join(self.out), "".join(self.err))
 
 
-def wait_socket(path, timeout=10):
-    """Connects to a Unix socket as soon as the VMM has created it."""
+def wait_socket(path, timeout=10, retry_refused=False):
+    """Connects to a Unix socket as soon as its path exists. vireo creates
+    its sockets already listening (src/util/sock.c), so for vireo one try
+    once the path appears is enough and a refusal is a bug. QEMU binds
+    before it listens: retry_refused=True for its sockets."""
     import socket
     import time
-    deadline = time.monotonic() + timeout
+    wait_until(lambda: os.path.exists(path), timeout, f"socket {path}")
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         s = socket.socket(socket.AF_UNIX)
-        s.settimeout(5)
+        s.settimeout(scaled(5))
         try:
             s.connect(str(path))
             return s
-        except (FileNotFoundError, ConnectionRefusedError):
+        except ConnectionRefusedError:
             s.close()
-            if time.monotonic() > deadline:
+            if not retry_refused or time.monotonic() > deadline:
                 raise
-            time.sleep(0.05)
+            time.sleep(0.02)
 
 
 def vireo_control(path, **request):
@@ -201,7 +231,7 @@ def qmp_command(path, command, **arguments):
     """One QMP command on a QEMU -qmp socket; returns its "return" (events
     that arrive before it are skipped)."""
     import json
-    with wait_socket(path) as s:
+    with wait_socket(path, retry_refused=True) as s:
         f = s.makefile("rw")
         json.loads(f.readline())  # greeting
         for cmd, args in (("qmp_capabilities", {}), (command, arguments)):

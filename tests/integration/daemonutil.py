@@ -10,12 +10,12 @@ import subprocess
 import tempfile
 import time
 
-from conftest import PROBE, VIREO
+from conftest import PROBE, VIREO, scaled
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path, timeout=30):
-        super().__init__("localhost", timeout=timeout)
+        super().__init__("localhost", timeout=scaled(timeout))
         self.unix_path = path
 
     def connect(self):
@@ -25,7 +25,9 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def wait_for(cond, timeout=5.0, step=0.02):
-    end = time.monotonic() + timeout
+    """cond()'s first true value within scaled(timeout) seconds, else its
+    last (false) value: callers assert on it with their own message."""
+    end = time.monotonic() + scaled(timeout)
     while time.monotonic() < end:
         v = cond()
         if v:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import PROBE, VIREO, needs_kvm
+from conftest import PROBE, VIREO, needs_kvm, scaled
 from daemonutil import Daemon, wait_for
 
 pytestmark = [needs_kvm]
@@ -114,7 +114,7 @@ def test_raw_garbage_on_the_socket(daemon):
                  b"POST /vms HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n{",
                  b"GET /" + b"a" * 100000 + b" HTTP/1.1\r\n\r\n"):
         s = socket.socket(socket.AF_UNIX)
-        s.settimeout(5)
+        s.settimeout(scaled(5))
         s.connect(daemon.socket)
         try:
             s.sendall(junk)
@@ -205,7 +205,7 @@ def test_concurrent_clients_on_one_vm(daemon):
 class Control:
     def __init__(self, path):
         self.s = socket.socket(socket.AF_UNIX)
-        self.s.settimeout(5)
+        self.s.settimeout(scaled(5))
         self.s.connect(path)
         self.f = self.s.makefile("rw")
 
@@ -259,7 +259,7 @@ def test_control_socket_actions(vmm):
     assert c(action="pin", vcpu=1, cpus="0")["ok"]
     assert os.sched_getaffinity(c(action="info")["vcpus"][1]["tid"]) == {0}
     assert c(action="poweroff") == {"ok": True, "state": "stopped"}
-    assert p.wait(timeout=10) == 0
+    assert p.wait(timeout=scaled(10)) == 0
     assert not os.path.exists(sock)
 
 
