@@ -590,7 +590,9 @@ static int run_vm(const struct run_options *o)
 	    control_start(loop, &vm, &devs, o, disk_paths, &ctl) ||
 	    (cs.serial = gate.serial = devs.serial, console_sock_open(loop, &cs)) ||
 	    loop_add(loop, serial_rx_space_fd(devs.serial), EPOLLIN, gate_release, &gate) ||
-	    sandbox_enter(&o->sandbox) || vm_start(&vm)) {
+	    /* The memory slots are installed on a helper thread with an ioctl
+	     * the seccomp filter does not allow: it must be done first. */
+	    vm_memory_ready(&vm) || sandbox_enter(&o->sandbox) || vm_start(&vm)) {
 		fprintf(stderr, "vireo: %s\n", err_get());
 		goto out;
 	}
