@@ -34,6 +34,10 @@ void aml_name_string(struct aml *a, const char *name, const char *str);
 /* Name(name, Buffer) — used for ResourceTemplates. */
 void aml_name_buffer(struct aml *a, const char *name, const struct aml *buf);
 void aml_name_package(struct aml *a, const char *name, const uint64_t *v, uint8_t n);
+/* Name(NAME, Package() { Package() { row 0 }, ... }): rows × cols integers
+ * (cells row by row), e.g. a _PRT. */
+void aml_name_table(struct aml *a, const char *name, const uint64_t *cells, uint8_t rows,
+		    uint8_t cols);
 void aml_scope(struct aml *a, const char *name, const struct aml *body);
 void aml_device(struct aml *a, const char *name, const struct aml *body);
 /* Method(name, nargs, Serialized|NotSerialized) { body }. */

@@ -3,7 +3,8 @@
  *
  *   0x00000000  RAM (low), with boot structures at the fixed spots below
  *   0x0009fc00  reserved (EBDA) to 0x000a0000
- *   0x000a0000  reserved (legacy VGA/BIOS area); ACPI tables at 0xe0000
+ *   0x000a0000  reserved (legacy VGA/BIOS area); ACPI tables at 0xe0000, and
+ *               at the BIOS reset vector 0xffff0 a stub that resets the VM
  *   0x00100000  RAM: kernel, initrd, ... up to MMIO_GAP_START
  *   0xc0000000  PCI 32-bit MMIO window (512 MiB)
  *   0xe0000000  PCI ECAM (256 buses, 256 MiB)
@@ -21,7 +22,8 @@
 #define LAYOUT_CMDLINE_MAX      0x00010000ULL
 #define LAYOUT_EBDA_START       0x0009fc00ULL
 #define LAYOUT_ACPI_TABLES      0x000e0000ULL
-#define LAYOUT_ACPI_TABLES_END  0x00100000ULL
+#define LAYOUT_ACPI_TABLES_END  0x000f0000ULL
+#define LAYOUT_RESET_VECTOR     0x000ffff0ULL /* f000:fff0, where a real-mode reset jumps */
 #define LAYOUT_HIGH_RAM_START   0x00100000ULL
 #define LAYOUT_MMIO_GAP_START   0xc0000000ULL
 #define LAYOUT_PCI_MMIO_START   0xc0000000ULL
@@ -42,10 +44,16 @@
 #define PORT_ACPI_GED           0x0604 /* GED event selector, 4 bytes (vireo/ged.h) */
 #define PORT_PCI_CONFIG_ADDRESS 0x0cf8
 #define PORT_PCI_CONFIG_DATA    0x0cfc
+#define PORT_RESET_CONTROL      0x0cf9 /* PIIX/ICH reset control, a byte inside 0xcf8-0xcff */
 
 #define IRQ_COM1 4
 /* The GED's edge interrupt: an IOAPIC-only GSI (no 8259 line behind it),
  * so a guest that never masked its PICs cannot see it twice. */
 #define IRQ_GED  16
+/* PCI INTx: slot S's INTA# is GSI IRQ_PCI_FIRST + S % IRQ_PCI_COUNT, as the
+ * DSDT's _PRT says; level-triggered, shared (ORed) by slots 7 apart. IOAPIC
+ * pins only: GSIs above 15 have no 8259 line. */
+#define IRQ_PCI_FIRST 17
+#define IRQ_PCI_COUNT 7
 
 #endif

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "vireo/layout.h"
 #include "vireo/vmm.h"
 
 #define PCI_CONFIG_SIZE 4096
@@ -21,6 +22,8 @@ struct pci_device {
 	uint64_t bar_size[PCI_BARS];    /* 0: BAR unused */
 	const char *name;
 	void *opaque;
+	struct pci_bus *bus;     /* set by pci_add_device */
+	unsigned int slot;
 	/* Called after a config write (BAR moved, command changed), with the
 	 * bus lock held. Optional. */
 	void (*config_written)(struct pci_device *dev, unsigned int offset, unsigned int len);
@@ -30,13 +33,20 @@ struct pci_bus {
 	struct vm *vm;
 	pthread_mutex_t lock;
 	uint32_t config_address; /* the 0xCF8 latch */
+	uint8_t reset_control;   /* port 0xCF9 */
 	struct pci_device *slots[PCI_SLOTS];
 	struct pci_device host_bridge;
 	uint64_t mmio_next;      /* BAR pre-assignment cursor in the 32-bit window */
+	/* INTx lines: the slots asserting each one. A leaf lock, taken by
+	 * devices with their own lock held. */
+	pthread_mutex_t intx_lock;
+	uint32_t intx_slots[IRQ_PCI_COUNT];
 };
 
 int pci_init(struct pci_bus *bus, struct vm *vm);
-/* Puts dev at the first free slot of bus 0; returns the slot or -ENOSPC. */
+/* Puts dev at the first free slot of bus 0; returns the slot or -ENOSPC.
+ * A device with an interrupt pin gets its GSI in the Interrupt Line register,
+ * as firmware would write it. */
 int pci_add_device(struct pci_bus *bus, struct pci_device *dev);
 /* Fills IDs and class; sets the standard writable bits of the header. */
 void pci_device_init(struct pci_device *dev, uint16_t vendor, uint16_t device, uint32_t class_code,
@@ -50,6 +60,14 @@ uint64_t pci_alloc_mmio(struct pci_bus *bus, uint64_t size);
 /* BAR i's address as the guest programmed it, or 0 when memory decoding is
  * off. Call with the bus lock held (from config_written). */
 uint64_t pci_bar_address(const struct pci_device *dev, unsigned int i);
+
+/* The GSI behind a slot's INTA# (the DSDT's _PRT). */
+unsigned int pci_intx_gsi(unsigned int slot);
+/* Asserts or deasserts dev's INTA# (level-triggered; a line shared by
+ * several slots stays asserted while any of them asserts it). The
+ * command register's INTx Disable bit holds the pin deasserted. Does
+ * nothing before the device is on a bus or when it has no pin. */
+void pci_set_intx(struct pci_device *dev, bool level);
 
 /* Configuration access to bus 0, as the two access paths do it; unit tests
  * call these directly. Absent devices read as all ones. */

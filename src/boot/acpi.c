@@ -12,6 +12,7 @@
 #include "vireo/ged.h"
 #include "vireo/layout.h"
 #include "vireo/log.h"
+#include "vireo/pci.h"
 
 struct acpi_header {
 	char signature[4];
@@ -116,6 +117,23 @@ static void acpi_finish(struct acpi_header *h)
 	h->checksum = acpi_checksum(h, h->length);
 }
 
+/* _PRT: INTA# of slots 1-31 (00.0 is the host bridge) to the GSIs that
+ * pci_intx_gsi() drives; Source 0 means "a GSI, no link device". Linux
+ * takes such a GSI as level-triggered, active-low; KVM's IOAPIC ignores the
+ * polarity, so the VMM asserts with level 1. */
+static void dsdt_pci_prt(struct aml *dev)
+{
+	uint64_t prt[PCI_SLOTS - 1][4];
+
+	for (unsigned int slot = 1; slot < PCI_SLOTS; slot++) {
+		prt[slot - 1][0] = ((uint64_t)slot << 16) | 0xffff; /* any function */
+		prt[slot - 1][1] = 0;                               /* INTA# */
+		prt[slot - 1][2] = 0;
+		prt[slot - 1][3] = pci_intx_gsi(slot);
+	}
+	aml_name_table(dev, "_PRT", &prt[0][0], PCI_SLOTS - 1, 4);
+}
+
 static void dsdt_pci_root(struct aml *sb)
 {
 	struct aml dev = { 0 }, crs = { 0 };
@@ -132,6 +150,7 @@ static void dsdt_pci_root(struct aml *sb)
 			     (uint32_t)(LAYOUT_PCI_MMIO_START + LAYOUT_PCI_MMIO_SIZE - 1));
 	aml_res_end(&crs);
 	aml_name_buffer(&dev, "_CRS", &crs);
+	dsdt_pci_prt(&dev);
 	aml_device(sb, "PCI0", &dev);
 	sb->failed |= dev.failed;
 	aml_free(&crs);
@@ -226,7 +245,10 @@ static uint64_t acpi_build_fadt(struct acpi_area *area, uint64_t dsdt)
 	f->x_dsdt = dsdt;
 	f->flags = FADT_WBINVD | FADT_PWR_BUTTON | FADT_SLP_BUTTON | FADT_RESET_REG_SUP |
 		   FADT_HW_REDUCED;
-	f->iapc_boot_arch = BOOT_ARCH_8042 | BOOT_ARCH_NO_VGA | BOOT_ARCH_NO_CMOS;
+	/* No 8042 flag: vireo's i8042 is only a reset line, and a guest told
+	 * there is a keyboard controller probes it for seconds (Linux:
+	 * "Can't read CTR"). The reset register still goes through its port. */
+	f->iapc_boot_arch = BOOT_ARCH_NO_VGA | BOOT_ARCH_NO_CMOS;
 	f->reset_reg = (struct acpi_gas){ 1, 8, 0, 1, PORT_I8042_CMD };
 	f->reset_value = 0xfe;
 	f->sleep_control = (struct acpi_gas){ 1, 8, 0, 1, PORT_ACPI_SLEEP_CONTROL };

@@ -147,13 +147,36 @@ void aml_name_buffer(struct aml *a, const char *name, const struct aml *buf)
 	aml_free(&size);
 }
 
-void aml_name_package(struct aml *a, const char *name, const uint64_t *v, uint8_t n)
+/* PackageOp PkgLength NumElements followed by n integers. */
+static void aml_package(struct aml *a, const uint64_t *v, uint8_t n)
 {
 	struct aml body = { 0 };
 
 	aml_byte(&body, n);
 	for (uint8_t i = 0; i < n; i++)
 		aml_integer(&body, v[i]);
+	aml_byte(a, 0x12); /* PackageOp */
+	aml_pkglength(a, body.len);
+	aml_bytes(a, body.data, body.len);
+	a->failed |= body.failed;
+	aml_free(&body);
+}
+
+void aml_name_package(struct aml *a, const char *name, const uint64_t *v, uint8_t n)
+{
+	aml_byte(a, 0x08);
+	aml_namestring(a, name);
+	aml_package(a, v, n);
+}
+
+void aml_name_table(struct aml *a, const char *name, const uint64_t *cells, uint8_t rows,
+		    uint8_t cols)
+{
+	struct aml body = { 0 };
+
+	aml_byte(&body, rows);
+	for (uint8_t r = 0; r < rows; r++)
+		aml_package(&body, cells + (size_t)r * cols, cols);
 	aml_byte(a, 0x08);
 	aml_namestring(a, name);
 	aml_byte(a, 0x12); /* PackageOp */

@@ -100,6 +100,28 @@ static int boot_elf(struct vm *vm, const struct kernel_image *img, const struct 
 	return boot_linux64(vm, entry, NULL, end, cfg, rsdp);
 }
 
+/* What the BIOS reset vector (f000:fff0) holds without firmware: a hard
+ * reset through port 0xcf9, as the chipset would do. Linux's reboot=b (and
+ * reboot=e without EFI, and the default on hardware-reduced ACPI, which
+ * tries EFI first) jumps there in real mode; without it the vCPU runs
+ * whatever the zeroed memory decodes to, forever. */
+static int boot_write_reset_vector(struct vm *vm)
+{
+	static const uint8_t stub[] = {
+		0xb0, 0x06,             /* mov al, 6: SYS_RST | RST_CPU */
+		0xba, 0xf9, 0x0c,       /* mov dx, 0xcf9 */
+		0xee,                   /* out dx, al */
+		0xf4,                   /* hlt */
+		0xeb, 0xfd,             /* jmp back to hlt */
+	};
+	uint8_t *p = guest_ptr(&vm->mem, LAYOUT_RESET_VECTOR, sizeof(stub));
+
+	if (!p)
+		return err_set(-EINVAL, "no guest memory at the reset vector");
+	memcpy(p, stub, sizeof(stub));
+	return 0;
+}
+
 int boot_load(struct vm *vm, const struct boot_config *cfg)
 {
 	static const uint8_t elf_magic[4] = { 0x7f, 'E', 'L', 'F' };
@@ -115,6 +137,9 @@ int boot_load(struct vm *vm, const struct boot_config *cfg)
 		ret = -EINVAL;
 		goto unmap;
 	}
+	ret = boot_write_reset_vector(vm);
+	if (ret)
+		goto unmap;
 	if (!memcmp(img.data, elf_magic, 4))
 		ret = boot_elf(vm, &img, cfg, rsdp);
 	else if (!memcmp(img.data + 0x202, "HdrS", 4))

@@ -10,6 +10,8 @@
 #define PCI_REVISION   0x08
 #define PCI_BAR0       0x10
 #define PCI_INT_LINE   0x3c
+#define PCI_INT_PIN    0x3d
+#define PCI_COMMAND_INTX_DISABLE 0x400
 #define CF8_ENABLE     0x80000000u
 
 void pci_device_init(struct pci_device *dev, uint16_t vendor, uint16_t device, uint32_t class_code,
@@ -114,12 +116,30 @@ static void pci_config_access(struct pci_bus *bus, bool valid, unsigned int devf
 
 /* Mechanism #1: 0xCF8 latches bus/device/function/register; 0xCFC-0xCFF
  * move the data. Only bus 0 exists. */
+/* Port 0xcf9, the chipset's reset control register (Intel PIIX/ICH, which
+ * QEMU models too): SYS_RST (bit 1) and FULL_RST (bit 3) are kept, writing
+ * RST_CPU (bit 2) resets the machine. Linux's reboot=p uses it. */
+static void pci_reset_control(struct pci_bus *bus, uint8_t *data, bool is_write)
+{
+	if (!is_write) {
+		data[0] = bus->reset_control;
+		return;
+	}
+	bus->reset_control = data[0] & 0x0a;
+	if ((data[0] & 0x04) && bus->vm)
+		vm_request_stop(bus->vm, VM_EXIT_REBOOT);
+}
+
 static void pci_cf8_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool is_write)
 {
 	struct pci_bus *bus = opaque;
 	uint32_t addr = bus->config_address;
 	unsigned int reg, devfn;
 
+	if (offset == PORT_RESET_CONTROL - PORT_PCI_CONFIG_ADDRESS && len == 1) {
+		pci_reset_control(bus, data, is_write);
+		return;
+	}
 	if (offset < 4) {
 		if (len != 4 || offset != 0) {
 			if (!is_write)
@@ -154,6 +174,10 @@ int pci_add_device(struct pci_bus *bus, struct pci_device *dev)
 	for (int i = 0; i < PCI_SLOTS; i++) {
 		if (!bus->slots[i]) {
 			bus->slots[i] = dev;
+			dev->bus = bus;
+			dev->slot = (unsigned int)i;
+			if (dev->config[PCI_INT_PIN])
+				dev->config[PCI_INT_LINE] = (uint8_t)pci_intx_gsi((unsigned int)i);
 			slot = i;
 			break;
 		}
@@ -162,13 +186,43 @@ int pci_add_device(struct pci_bus *bus, struct pci_device *dev)
 	return slot;
 }
 
+unsigned int pci_intx_gsi(unsigned int slot)
+{
+	return IRQ_PCI_FIRST + slot % IRQ_PCI_COUNT;
+}
+
+void pci_set_intx(struct pci_device *dev, bool level)
+{
+	struct pci_bus *bus = dev->bus;
+	unsigned int line;
+
+	if (!bus || !dev->config[PCI_INT_PIN])
+		return;
+	if (bus_get(dev->config + PCI_COMMAND, 2) & PCI_COMMAND_INTX_DISABLE)
+		level = false;
+	line = dev->slot % IRQ_PCI_COUNT;
+	pthread_mutex_lock(&bus->intx_lock);
+	if (level)
+		bus->intx_slots[line] |= 1u << dev->slot;
+	else
+		bus->intx_slots[line] &= ~(1u << dev->slot);
+	/* Under the lock, so that two slots on one line cannot leave it in
+	 * the state of whichever ioctl ran last. */
+	if (bus->vm)
+		vm_set_irq(bus->vm, IRQ_PCI_FIRST + line, bus->intx_slots[line] != 0);
+	pthread_mutex_unlock(&bus->intx_lock);
+}
+
 int pci_init(struct pci_bus *bus, struct vm *vm)
 {
 	int ret;
 
 	memset(bus->slots, 0, sizeof(bus->slots));
+	memset(bus->intx_slots, 0, sizeof(bus->intx_slots));
+	pthread_mutex_init(&bus->intx_lock, NULL);
 	bus->vm = vm;
 	bus->config_address = 0;
+	bus->reset_control = 0;
 	bus->mmio_next = LAYOUT_PCI_MMIO_START;
 	pthread_mutex_init(&bus->lock, NULL);
 	/* Host bridge: Red Hat's generic PCIe host bridge id, class 06/00/00. */

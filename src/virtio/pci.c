@@ -105,12 +105,12 @@ static void msix_route(struct virtio_dev *dev, unsigned int vector)
 	dev->msix_gsi[vector] = gsi;
 }
 
+/* INTA# follows the ISR: asserted while any ISR bit is set (the driver's
+ * read of the ISR clears it). The line is the slot's, whatever the guest
+ * wrote into Interrupt Line. */
 static void intx_update(struct virtio_dev *dev)
 {
-	uint8_t line = dev->pci.config[0x3c];
-
-	if (dev->vm && line && line < 24)
-		vm_set_irq(dev->vm, line, dev->isr != 0);
+	pci_set_intx(&dev->pci, dev->isr != 0);
 }
 
 /* Called with dev->lock held. */
@@ -439,8 +439,11 @@ static void pci_identity(struct virtio_dev *dev, struct pci_bus *bus)
 	add_virtio_cap(c, CAP_AT_NOTIFY, CAP_AT_ISR, CAP_NOTIFY, OFF_NOTIFY,
 		       NOTIFY_MULT * dev->ops->num_queues, 20);
 	bus_put(c + CAP_AT_NOTIFY + 16, 4, NOTIFY_MULT);
-	add_virtio_cap(c, CAP_AT_ISR, CAP_AT_DEVICE, CAP_ISR, OFF_ISR, 1, 16);
-	add_virtio_cap(c, CAP_AT_DEVICE, 0, CAP_DEVICE, OFF_DEVICE, dev->config_size, 16);
+	/* A device without configuration (rng) has no device capability:
+	 * one of length 0 is malformed, and Linux refuses the device. */
+	add_virtio_cap(c, CAP_AT_ISR, dev->config_size ? CAP_AT_DEVICE : 0, CAP_ISR, OFF_ISR, 1, 16);
+	if (dev->config_size)
+		add_virtio_cap(c, CAP_AT_DEVICE, 0, CAP_DEVICE, OFF_DEVICE, dev->config_size, 16);
 	pci_set_bar(p, 0, BAR_SIZE);
 	/* Pre-assign BAR0 and enable decoding, as firmware would. */
 	bar = pci_alloc_mmio(bus, BAR_SIZE);

@@ -134,7 +134,12 @@ bool vcpu_handle_exit(struct vcpu *vcpu)
 	case KVM_EXIT_HLT:
 		return vcpu_crashed(vcpu, "halted with no in-kernel irqchip to wake it");
 	case KVM_EXIT_SHUTDOWN:
-		return vcpu_crashed(vcpu, "triple fault");
+		/* A triple fault resets a PC (and QEMU): Linux's reboot=t relies
+		 * on it. The registers help when a guest crashes this way. */
+		fprintf(stderr, "vireo: vCPU %u: triple fault: the machine resets\n", vcpu->id);
+		vcpu_dump_registers(vcpu);
+		vm_request_stop(vcpu->vm, VM_EXIT_REBOOT);
+		return false;
 	case KVM_EXIT_SYSTEM_EVENT:
 		return vcpu_handle_system_event(vcpu);
 	case KVM_EXIT_FAIL_ENTRY:

@@ -110,12 +110,12 @@ static void sleep_register_needs_s5_and_enable(void **state)
 	assert_int_equal(vm.exit_status, VM_EXIT_POWEROFF);
 }
 
-static void triple_fault_stops_with_crash_status(void **state)
+static void triple_fault_resets(void **state)
 {
 	(void)state;
 	area.run.exit_reason = KVM_EXIT_SHUTDOWN;
 	assert_false(vcpu_handle_exit(&vcpu));
-	assert_int_equal(vm.exit_status, VM_EXIT_GUEST_CRASH);
+	assert_int_equal(vm.exit_status, VM_EXIT_REBOOT);
 }
 
 static void oversized_mmio_is_ignored(void **state)
@@ -136,7 +136,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(string_io_is_split_into_accesses, setup, teardown),
 		cmocka_unit_test_setup_teardown(debug_exit_and_poweroff_stop_the_vm, setup, teardown),
 		cmocka_unit_test_setup_teardown(sleep_register_needs_s5_and_enable, setup, teardown),
-		cmocka_unit_test_setup_teardown(triple_fault_stops_with_crash_status, setup, teardown),
+		cmocka_unit_test_setup_teardown(triple_fault_resets, setup, teardown),
 		cmocka_unit_test_setup_teardown(oversized_mmio_is_ignored, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
