@@ -151,6 +151,7 @@ struct mgr_vm {
 	bool stopping;               /* a stop we asked for: not a crash */
 	char warning[200];           /* of the last start (overcommit), or "" */
 	uint64_t stop_deadline_ms;   /* STOPPING: wall-clock ms of the forced stop */
+	uint64_t next_press_ms;      /* STOPPING: when the button is pressed again */
 	unsigned int stop_timeout_s; /* STOPPING: the grace period asked for */
 	bool restart_pending;        /* the guest rebooted: start a fresh VMM */
 	unsigned int vmm_uid;        /* the VMM's user (and group) id; 0: not dropped */

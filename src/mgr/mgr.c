@@ -513,6 +513,9 @@ static enum mgr_err stop_now(struct mgr *m, struct mgr_vm *vm)
 	return MGR_OK;
 }
 
+/* How often a graceful stop presses the power button again. */
+#define STOP_PRESS_INTERVAL_MS 2000
+
 enum mgr_err mgr_stop(struct mgr *m, struct mgr_vm *vm, bool force, unsigned int timeout_s)
 {
 	enum mgr_err e;
@@ -536,17 +539,30 @@ enum mgr_err mgr_stop(struct mgr *m, struct mgr_vm *vm, bool force, unsigned int
 	vm->state = MGR_STOPPING;
 	vm->stop_timeout_s = timeout_s;
 	vm->stop_deadline_ms = wall_ms() + (uint64_t)timeout_s * 1000;
+	vm->next_press_ms = wall_ms() + STOP_PRESS_INTERVAL_MS;
 	snprintf(vm->reason, sizeof(vm->reason), "power button pressed; the VMM is killed if "
 		 "the guest has not powered off in %u s", timeout_s);
 	store_save_run(m, vm);
 	return MGR_OK;
 }
 
-/* A graceful stop whose guest ignored the power button. */
+/* A graceful stop in progress: the button is pressed again now and then,
+ * because a press is an edge that a guest still booting (its interrupt not
+ * yet armed) never sees, as on hardware and QEMU; then, past the deadline,
+ * the VMM is killed. A guest already shutting down ignores more presses. */
 static void stop_overdue(struct mgr *m, struct mgr_vm *vm)
 {
-	if (vm->state != MGR_STOPPING || wall_ms() < vm->stop_deadline_ms)
+	uint64_t now = wall_ms();
+
+	if (vm->state != MGR_STOPPING)
 		return;
+	if (now < vm->stop_deadline_ms) {
+		if (now >= vm->next_press_ms) {
+			vm->next_press_ms = now + STOP_PRESS_INTERVAL_MS;
+			control(m, vm, "{\"action\":\"powerdown\"}", NULL);
+		}
+		return;
+	}
 	log_info("VM %s: the guest did not power off in %u s: killing the VMM", vm->def.name,
 		 vm->stop_timeout_s);
 	if (vmm_kill(m, vm))

@@ -246,6 +246,25 @@ def qmp_command(path, command, **arguments):
         return reply["return"]
 
 
+def qemu_hmp(path, command, timeout=60):
+    """One human-monitor command on a QEMU -monitor unix socket, once QEMU
+    listens; returns what QEMU printed for it (up to its next prompt), so
+    the command has been applied when this returns."""
+    prompt = b"(qemu) "
+    with wait_socket(path, timeout=timeout, retry_refused=True) as s:
+        def until_prompt():
+            got = b""
+            while not got.endswith(prompt):
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise AssertionError(f"QEMU monitor closed during {command!r}: {got!r}")
+                got += chunk
+            return got
+        until_prompt()          # the banner
+        s.sendall(command.encode() + b"\n")
+        return until_prompt().decode(errors="replace")
+
+
 @pytest.fixture
 def daemon():
     """A `vireo daemon` on a private state dir (daemonutil.Daemon); every

@@ -104,6 +104,7 @@ class Daemon:
         if st == 202:
             js = wait_for(lambda: (v := self.vm(name))["state"] != "stopping" and v,
                           timeout=timeout + 5)
+            assert js, f"{name} still stopping after {scaled(timeout + 5):g} s: {self.vm(name)}"
         return js
 
     def create(self, name, scenario="cpuburn=100000", **kw):

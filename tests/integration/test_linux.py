@@ -21,7 +21,8 @@ import subprocess
 
 import pytest
 
-from conftest import BUILD, ROOT, needs_hw_virt, needs_kvm, needs_qemu, needs_qemu_img, run_vireo
+from conftest import (BUILD, ROOT, needs_hw_virt, needs_kvm, needs_qemu, needs_qemu_img, qemu_hmp,
+                      run_vireo, scaled)
 
 KIT = BUILD / "linux"
 INIT = ROOT / "tests/linux/init"
@@ -113,7 +114,6 @@ def run_qemu_linux(kit, cmdline, cpus, memory_mib, args, balloon_mib, netns, tmp
     its monitor, is set as soon as the monitor answers, long before the guest
     loads virtio_balloon."""
     import tempfile
-    import time
     sock = os.path.join(tempfile.mkdtemp(dir=tmp), "mon")
     cmd = ["qemu-system-x86_64", "-accel", "tcg", "-M", "pc", "-m", f"{memory_mib}M",
            "-smp", str(cpus), "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot",
@@ -125,16 +125,8 @@ def run_qemu_linux(kit, cmdline, cpus, memory_mib, args, balloon_mib, netns, tmp
                          stderr=subprocess.PIPE, text=True)
     try:
         if balloon_mib is not None:
-            for _ in range(100):
-                try:
-                    with socket.socket(socket.AF_UNIX) as s:
-                        s.connect(sock)
-                        s.sendall(f"balloon {memory_mib - balloon_mib}\n".encode())
-                        time.sleep(0.2)
-                    break
-                except OSError:
-                    time.sleep(0.05)
-        out, err = p.communicate(timeout=600)
+            qemu_hmp(sock, f"balloon {memory_mib - balloon_mib}")
+        out, err = p.communicate(timeout=scaled(600))
     finally:
         if p.poll() is None:
             p.kill()

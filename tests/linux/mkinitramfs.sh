@@ -31,7 +31,7 @@ cp "$work/kernel/boot/vmlinuz-$kver" "$out/vmlinuz"
 
 # Modules in load order: each wanted module after its dependencies (modules.dep).
 wanted="virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
-        failover net_failover virtio_net virtio_balloon virtio-rng"
+        failover net_failover virtio_net virtio_balloon virtio-rng button evdev"
 order=()
 add_module() {
 	local path deps dep
