@@ -53,6 +53,7 @@ struct vm_def {
 	unsigned int cpus;
 	uint64_t memory;             /* bytes */
 	char *kernel;
+	char *initrd;                /* NULL: none */
 	char *cmdline;               /* may be NULL */
 	struct mgr_disk disks[MGR_MAX_DISKS];
 	unsigned int ndisks;

@@ -163,6 +163,7 @@ static void route_create(struct mgr *m, const struct upload *u, struct reply *r)
 	struct json_object *body;
 	struct vm_def def;
 	char name[MGR_NAME_MAX + 1];
+	const char *unreadable;
 	enum mgr_err e;
 
 	if (parse_body(u, false, &body, r))
@@ -173,8 +174,11 @@ static void route_create(struct mgr *m, const struct upload *u, struct reply *r)
 		return;
 	}
 	json_object_put(body);
-	if (access(def.kernel, R_OK) < 0) {
-		err_set(-errno, "cannot read kernel %s: %m", def.kernel);
+	unreadable = access(def.kernel, R_OK) < 0 ? def.kernel :
+		     def.initrd && access(def.initrd, R_OK) < 0 ? def.initrd : NULL;
+	if (unreadable) {
+		err_set(-errno, "cannot read %s %s: %m", unreadable == def.kernel ? "kernel" : "initrd",
+			unreadable);
 		vm_def_free(&def);
 		reply_mgr_error(r, MGR_E_BAD);
 		return;

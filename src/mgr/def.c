@@ -339,7 +339,8 @@ static int parse_cpu_limits(struct json_object *obj, struct vm_def *def)
 
 static int parse_def(struct json_object *obj, struct vm_def *def)
 {
-	static const char *const keys[] = { "name", "cpus", "memory", "kernel", "cmdline", "disks",
+	static const char *const keys[] = { "name", "cpus", "memory", "kernel", "initrd",
+					    "cmdline", "disks",
 					    "cpu_weight", "cpu_max", "cpu_pin", "balloon",
 					    "balloon_target", "memory_min", "nics", NULL };
 	char *name = NULL;
@@ -373,6 +374,11 @@ static int parse_def(struct json_object *obj, struct vm_def *def)
 		return err_set(-EINVAL, "'kernel' is required, an absolute path");
 	if (ret)
 		return ret;
+	ret = get_str(obj, "initrd", PATH_MAX - 1, &def->initrd);
+	if (!opt_ok(ret))
+		return ret;
+	if (!ret && def->initrd[0] != '/')
+		return err_set(-EINVAL, "'initrd' must be an absolute path");
 	if (!opt_ok(ret = get_str(obj, "cmdline", MAX_CMDLINE, &def->cmdline)))
 		return ret;
 	if ((ret = parse_disks(obj, def)) || (ret = parse_nics(obj, def)))
@@ -405,6 +411,7 @@ int vm_def_from_json(struct json_object *obj, struct vm_def *def)
 void vm_def_free(struct vm_def *def)
 {
 	free(def->kernel);
+	free(def->initrd);
 	free(def->cmdline);
 	for (unsigned int i = 0; i < def->ndisks; i++) {
 		free(def->disks[i].path);
@@ -456,6 +463,8 @@ struct json_object *vm_def_to_json(const struct vm_def *def)
 	json_object_object_add(o, "cpus", json_object_new_int((int)def->cpus));
 	json_object_object_add(o, "memory", json_object_new_int64((int64_t)def->memory));
 	json_object_object_add(o, "kernel", json_object_new_string(def->kernel));
+	if (def->initrd)
+		json_object_object_add(o, "initrd", json_object_new_string(def->initrd));
 	if (def->cmdline)
 		json_object_object_add(o, "cmdline", json_object_new_string(def->cmdline));
 	for (unsigned int i = 0; i < def->ndisks; i++)

@@ -245,6 +245,8 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 	argv[n++] = strdup(m->exe);
 	argv[n++] = strdup("run");
 	argv[n++] = xasprintf("--kernel=%s", d->kernel);
+	if (d->initrd)
+		argv[n++] = xasprintf("--initrd=%s", d->initrd);
 	argv[n++] = xasprintf("--cpus=%u", d->cpus);
 	argv[n++] = xasprintf("--memory=%lluK", (unsigned long long)(d->memory >> 10));
 	if (d->cmdline)
