@@ -7,7 +7,7 @@
  *               at the BIOS reset vector 0xffff0 a stub that resets the VM
  *   0x00100000  RAM: kernel, initrd, ... up to MMIO_GAP_START
  *   0xc0000000  PCI 32-bit MMIO window (512 MiB)
- *   0xe0000000  PCI ECAM (256 buses, 256 MiB)
+ *   0xe0000000  PCI ECAM (bus 0, 1 MiB)
  *   0xfec00000  IOAPIC; 0xfee00000 local APIC
  *   4 GiB       RAM (high), the part that did not fit below the gap
  */
@@ -29,7 +29,10 @@
 #define LAYOUT_PCI_MMIO_START   0xc0000000ULL
 #define LAYOUT_PCI_MMIO_SIZE    0x20000000ULL
 #define LAYOUT_ECAM_BASE        0xe0000000ULL
-#define LAYOUT_ECAM_SIZE        0x10000000ULL
+/* ECAM for bus 0 only: vireo has no bridges, and an MCFG that promises 256
+ * buses makes Linux probe every one of them for peer host bridges through
+ * ports 0xcf8/0xcfc (pcibios_fixup_peer_bridges: 8192 reads, 16k exits). */
+#define LAYOUT_ECAM_SIZE        0x00100000ULL
 #define LAYOUT_IOAPIC_BASE      0xfec00000ULL
 #define LAYOUT_LAPIC_BASE       0xfee00000ULL
 #define LAYOUT_4G               0x100000000ULL

@@ -31,7 +31,7 @@ struct mem_region {
 
 /* Guest RAM: one memfd, so that snapshot and migration can map or share it. */
 struct guest_memory {
-	int fd;
+	int fd;          /* hugetlbfs memfd (--hugepages), else -1: anonymous */
 	uint8_t *host;
 	uint64_t size;
 	struct mem_region regions[2];
@@ -132,6 +132,9 @@ int irq_irqfd(struct vm *vm, int fd, uint32_t gsi, bool assign);
 void *guest_ptr(const struct guest_memory *mem, uint64_t gpa, uint64_t len);
 int guest_memory_init(struct guest_memory *mem, uint64_t size, bool hugepages);
 void guest_memory_free(struct guest_memory *mem);
+/* Gives len bytes of guest RAM at host (page aligned) back to the host: the
+ * guest reads zeros there afterwards. Returns 0 or -errno. */
+int guest_memory_discard(const struct guest_memory *mem, void *host, uint64_t len);
 
 /* CPUID for vCPU `id` from KVM's supported list (src/vmm/cpuid.c). */
 int cpuid_setup(struct vm *vm, struct vcpu *vcpu);

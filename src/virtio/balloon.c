@@ -1,7 +1,6 @@
 /* virtio-balloon (virtio 1.x §5.5): inflate, deflate, statistics and free
- * page reporting. Guest RAM is a shared memfd, so pages given back are
- * freed with MADV_REMOVE (a hole punched in the memfd): MADV_DONTNEED would
- * only unmap them and leave the memory allocated in the memfd.
+ * page reporting. Pages given back are freed on the host at once
+ * (guest_memory_discard()).
  * Config (little-endian): num_pages u32 @0 (target, set by the host),
  * actual u32 @4 (written by the driver). Queues: 0 inflate, 1 deflate,
  * 2 stats, 3 free page reporting. Inflate/deflate buffers hold u32 page
@@ -35,11 +34,13 @@ struct virtio_balloon {
 static uint64_t balloon_discard(struct virtio_balloon *b, uint64_t gpa, uint64_t len)
 {
 	void *host = guest_ptr(&b->dev.vm->mem, gpa, len);
+	int ret;
 
 	if (!host || (gpa | len) & ((1ULL << PFN_SHIFT) - 1))
 		return 0;
-	if (madvise(host, len, MADV_REMOVE) < 0) {
-		log_ratelimited("balloon: MADV_REMOVE: %s", strerror(errno));
+	ret = guest_memory_discard(&b->dev.vm->mem, host, len);
+	if (ret) {
+		log_ratelimited("balloon: cannot free guest pages: %s", strerror(-ret));
 		return 0;
 	}
 	return len >> PFN_SHIFT;
