@@ -357,8 +357,7 @@ class NestedHost:
             fsdevs = self._start_virtiofsd(tools)
             t0 = time.monotonic()
             self._start_qemu(tools, kernel, initrd, fsdevs)
-            self.info = self._frame(t0 + self.boot_timeout,
-                                    f"L1 did not come up within {self.boot_timeout} s")
+            self.info = self._frame(self.boot_timeout, "L1 did not come up")
             self.boot_seconds = time.monotonic() - t0
             if not self.info.get("ready"):
                 raise self._fail(f"L1's agent said {self.info!r} instead of ready")
@@ -473,11 +472,14 @@ class NestedHost:
         return L1Error(f"{msg}; L1's console ({self.console_log}) ends with:\n"
                        f"{tail(self.console_log)}")
 
-    def _frame(self, deadline, what):
+    def _frame(self, limit, what):
+        """The agent's next frame, within LIMIT seconds; else L1 is killed
+        and L1Error says WHAT was awaited."""
+        deadline = time.monotonic() + limit
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise self._fail(what)
+                raise self._fail(f"{what}: nothing from L1's agent within {limit:.0f} s")
             self._sock.settimeout(left)
             try:
                 chunk = self._sock.recv(65536)
@@ -521,9 +523,9 @@ class NestedHost:
             deadline = time.monotonic() + timeout + ANSWER_GRACE_S
             out = {1: bytearray(), 2: bytearray()}
             while True:
-                frame = self._frame(deadline, f"L1 stopped answering: no end of "
-                                              f"{shorten(cmd)!r} within {timeout} s + "
-                                              f"{ANSWER_GRACE_S} s")
+                frame = self._frame(deadline - time.monotonic(),
+                                    f"L1 stopped answering: no end of {shorten(cmd)!r} "
+                                    f"(timeout {timeout} s)")
                 if frame.get("id") != rid:
                     continue
                 if "error" in frame:
@@ -545,7 +547,8 @@ class NestedHost:
             with contextlib.suppress(OSError, L1Error):
                 self._send(op="poweroff")
                 deadline = time.monotonic() + POWEROFF_TIMEOUT_S
-                while not self._frame(deadline, "no goodbye from L1's agent").get("bye"):
+                while not self._frame(deadline - time.monotonic(),
+                                      "no goodbye from L1's agent").get("bye"):
                     pass
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._qemu.wait(timeout=POWEROFF_TIMEOUT_S)
