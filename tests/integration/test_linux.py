@@ -120,6 +120,26 @@ def qemu_args(disks, nic, rng, balloon_mib, balloon_doo):
     return args
 
 
+def qemu_monitor(sock, command):
+    """Runs COMMAND on QEMU's human monitor at SOCK; False while the monitor
+    is not there yet. Waits for the prompt that follows the command: QEMU may
+    drop a command whose client has already gone."""
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(30)
+            s.connect(sock)
+            s.sendall(f"{command}\n".encode())
+            seen = b""
+            while seen.count(b"(qemu) ") < 2:     # the greeting's, then the command's
+                chunk = s.recv(4096)
+                if not chunk:
+                    return False
+                seen += chunk
+            return True
+    except (FileNotFoundError, ConnectionRefusedError):
+        return False
+
+
 def run_qemu_linux(kit, cmdline, cpus, memory_mib, args, balloon_mib, netns, tmp):
     """QEMU on the kit, with KVM where there is hardware virtualization (as
     in the nested test host), TCG elsewhere; the balloon target, which QEMU
@@ -139,15 +159,11 @@ def run_qemu_linux(kit, cmdline, cpus, memory_mib, args, balloon_mib, netns, tmp
                          stderr=subprocess.PIPE, text=True)
     try:
         if balloon_mib is not None:
-            for _ in range(100):
-                try:
-                    with socket.socket(socket.AF_UNIX) as s:
-                        s.connect(sock)
-                        s.sendall(f"balloon {memory_mib - balloon_mib}\n".encode())
-                        time.sleep(0.2)
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            deadline = time.monotonic() + 30
+            while not qemu_monitor(sock, f"balloon {memory_mib - balloon_mib}"):
+                assert p.poll() is None and time.monotonic() < deadline, \
+                    f"QEMU's monitor took no balloon target (QEMU status {p.poll()})"
+                time.sleep(0.05)
         out, err = p.communicate(timeout=600)
     finally:
         if p.poll() is None:
