@@ -172,7 +172,13 @@ class NestedBatch:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.log.write_bytes(b"")
         with open(self.log, "ab") as log:     # appended to by children too
-            self._batch(log)
+            try:
+                self._batch(log)
+            except Exception:
+                why = traceback.format_exc()
+                log.write(why.encode())
+                self._settle([i for i in self.items.values() if i.nodeid not in self.outcomes],
+                             Outcome("failed", "setup", f"the nested test batch failed:\n{why}"))
 
     def _batch(self, log):
         with redirect_fds(log):
@@ -182,10 +188,10 @@ class NestedBatch:
         self._say(f"no hardware virtualization here: {len(todo)} tests go to the nested "
                   f"test host (log: {self.log})")
         root = str(self.config.rootpath)
-        host = l1.NestedHost(keep=[root], console_log=self.log.with_name(
-            "last-batch-console.log"))
         t0 = time.monotonic()
         try:
+            host = l1.NestedHost(keep=[root], console_log=self.log.with_name(
+                "last-batch-console.log"))
             host.start()
         except l1.L1Unavailable as e:
             return self._settle(todo, Outcome("skipped", "setup",

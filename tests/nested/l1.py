@@ -93,7 +93,7 @@ def env_int(name, default):
     try:
         return int(value)
     except ValueError:
-        raise L1Unavailable(f"{name}={value!r} is not a number") from None
+        raise L1Error(f"{name}={value!r} is not a number") from None
 
 
 def tool(name, package):
