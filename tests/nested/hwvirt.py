@@ -21,7 +21,9 @@ factor for deadlines: everything there runs under TCG); VIREO_* variables of
 this process go along. The inner run's output goes to build/nested/
 last-batch.log (under VIREO_L1_CACHE) as it comes, L1's console to
 last-batch-console.log next to it. VIREO_L1_BATCH_TIMEOUT (seconds) bounds
-the whole run (default 600 + 300 per test).
+the whole run (default 600 + 300 per test). VIREO_NESTED=always sends the
+tests to L1 even on a host with hardware virtualization, =never runs them
+directly even without.
 """
 import contextlib
 import os
@@ -62,9 +64,17 @@ def configure(config):
     config.addinivalue_line(
         "markers", f"{MARKER}(prepare=None): needs hardware virtualization; runs in the "
                    "nested test host where the host has none (tests/nested/hwvirt.py)")
-    if not host_has_hw_virt() and not os.environ.get("VIREO_IN_L1") and \
-            not config.pluginmanager.has_plugin("vireo-nested-batch"):
+    if nested() and not config.pluginmanager.has_plugin("vireo-nested-batch"):
         config.pluginmanager.register(NestedBatch(config), "vireo-nested-batch")
+
+
+def nested():
+    """Whether hw_virt tests go to L1: without hardware virtualization, or
+    always with VIREO_NESTED=always; never with VIREO_NESTED=never, nor in L1."""
+    mode = os.environ.get("VIREO_NESTED", "auto")
+    if os.environ.get("VIREO_IN_L1") or mode == "never":
+        return False
+    return mode == "always" or not host_has_hw_virt()
 
 
 def junit_name(nodeid):
@@ -185,8 +195,7 @@ class NestedBatch:
             todo = self._prepare(list(self.items.values()))
         if not todo:
             return
-        self._say(f"no hardware virtualization here: {len(todo)} tests go to the nested "
-                  f"test host (log: {self.log})")
+        self._say(f"{len(todo)} tests go to the nested test host (log: {self.log})")
         root = str(self.config.rootpath)
         t0 = time.monotonic()
         try:

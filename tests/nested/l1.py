@@ -142,7 +142,7 @@ class Kernel:
     ROOT/lib/modules/VERSION with its modules.dep (made by depmod)."""
 
     def __init__(self, root):
-        self.root = pathlib.Path(root)
+        self.root = pathlib.Path(root).resolve()
         versions = os.listdir(self.root / "lib/modules")
         if len(versions) != 1:
             raise L1Error(f"{self.root}: expected one kernel in lib/modules, found {versions}")
@@ -326,6 +326,7 @@ class NestedHost:
         self._buf = b""
         self._id = 0
         self._lock = threading.Lock()
+        self._in_flight = False     # a run() left before its command's end
         self._work = None
 
     def __enter__(self):
@@ -518,6 +519,7 @@ class NestedHost:
         with self._lock:
             self._id += 1
             rid = self._id
+            self._in_flight = True
             self._send(op="run", id=rid, argv=argv, cwd=str(cwd or "/"),
                        env={**L1_ENV, **(env or {})}, timeout=timeout)
             deadline = time.monotonic() + timeout + ANSWER_GRACE_S
@@ -531,6 +533,7 @@ class NestedHost:
                 if "error" in frame:
                     raise self._fail(f"L1's agent: {frame['error']}")
                 if "rc" in frame:
+                    self._in_flight = False
                     break
                 data = base64.b64decode(frame["data"])
                 out[frame["fd"]] += data
@@ -542,8 +545,10 @@ class NestedHost:
         return frame["rc"], stdout, stderr
 
     def close(self):
-        """Powers L1 off (kills it if it does not go within 30 s)."""
-        if self._qemu is not None and self._qemu.poll() is None and self._sock is not None:
+        """Powers L1 off (kills it if it does not go within 30 s, or at once
+        when a command is still running: after an interrupted run())."""
+        if self._qemu is not None and self._qemu.poll() is None and self._sock is not None \
+                and not self._in_flight:
             with contextlib.suppress(OSError, L1Error):
                 self._send(op="poweroff")
                 deadline = time.monotonic() + POWEROFF_TIMEOUT_S
