@@ -342,7 +342,8 @@ class NestedHost:
         kernel = fetch_kernel(self.cache)
         for w in self.writable:
             os.makedirs(w, exist_ok=True)
-        keep = [k for k in self.keep if under(k, TMPFS_DIRS)]
+        # only what L1's own tmpfs would hide (not those dirs themselves)
+        keep = [k for k in self.keep if under(k, TMPFS_DIRS) and k not in TMPFS_DIRS]
         for k in keep:
             if not os.path.isdir(k):
                 raise L1Error(f"{k} (to keep visible in L1) is not a directory")
