@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Installs vireo's build, test and benchmark dependencies on Debian 12 (DESIGN §4).
+# The nested test host (tests/nested/) needs qemu-system-x86, qemu-system-common
+# (virtiofsd), busybox-static and kmod, with apt-get, dpkg-deb and unshare from
+# the base system; it downloads Debian's kernel package itself.
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -9,5 +12,5 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 	build-essential clang pkg-config \
 	libcmocka-dev libjson-c-dev liburing-dev libmicrohttpd-dev libmnl-dev \
 	libnftables-dev libseccomp-dev libzstd-dev zlib1g-dev \
-	python3-pytest qemu-utils qemu-system-x86 \
+	python3-pytest qemu-utils qemu-system-x86 qemu-system-common \
 	busybox-static cpio kmod iproute2 acpica-tools strace >/dev/null

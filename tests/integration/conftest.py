@@ -2,6 +2,7 @@
 import os
 import pathlib
 import shutil
+import sys
 
 import pytest
 
@@ -273,3 +274,16 @@ def daemon():
     d = Daemon().start()
     yield d
     d.cleanup()
+
+
+# Tests that boot an unmodified Linux kernel need hardware virtualization:
+# @hw_virt runs them directly where the host has it, in the nested test host
+# elsewhere (DESIGN §5; tests/nested/hwvirt.py).
+sys.path.insert(0, str(ROOT / "tests" / "nested"))
+import hwvirt  # noqa: E402
+
+hw_virt = pytest.mark.hw_virt
+
+
+def pytest_configure(config):
+    hwvirt.configure(config)

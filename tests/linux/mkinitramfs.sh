@@ -4,6 +4,8 @@
 # modules, into OUT (default build/linux):
 #   OUT/vmlinuz          the kernel, as Debian ships it
 #   OUT/initrd.img       busybox + modules + /init (tests/linux/init)
+# both rebuilt only when older than this script, /init, busybox or the kernel
+# package (a new one is fetched when the package lists name a newer version).
 # The kernel package is downloaded and unpacked here, never installed on the
 # host. Needs apt-get, dpkg-deb, cpio and busybox-static (scripts/setup-debian.sh).
 set -euo pipefail
@@ -25,6 +27,19 @@ if [ ! -f "$out/$pkg.stamp" ]; then
 	depmod -b "$work/kernel" "$(ls "$work/kernel/lib/modules")"
 	touch "$out/$pkg.stamp"
 fi
+# Nothing is rewritten when the kit is newer than all its inputs: the nested
+# test host runs the Linux tests in a read-only copy of the checkout.
+fresh=1
+for f in "$out/vmlinuz" "$out/initrd.img"; do
+	for in in "$here/mkinitramfs.sh" "$here/init" /bin/busybox "$out/$pkg.stamp"; do
+		[ "$f" -nt "$in" ] || fresh=0
+	done
+done
+if [ $fresh = 1 ]; then
+	echo "mkinitramfs: $out/vmlinuz and $out/initrd.img are up to date ($pkg)"
+	exit 0
+fi
+
 kver=$(ls "$work/kernel/lib/modules")
 moddir="$work/kernel/lib/modules/$kver"
 cp "$work/kernel/boot/vmlinuz-$kver" "$out/vmlinuz"

@@ -1,0 +1,296 @@
+"""The nested test host itself (tests/nested/; DESIGN §5): its initramfs
+archive, the kernel's module order, the mapping of an inner pytest run's JUnit
+XML back to test outcomes, and then a real L1: commands with their status,
+output, directory and environment, timeouts, the read-only root, writable
+directories, modules loaded on request, the l1-run CLI and a whole hw_virt
+batch reported by an outer pytest.
+
+The L1 tests need root, qemu-system-x86, qemu-system-common (virtiofsd),
+busybox-static and the kernel package (apt-get download, once)."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import hwvirt
+import l1
+from conftest import ROOT
+
+L1_RUN = ROOT / "tests/nested/l1-run"
+
+
+def test_cpio_newc_is_what_cpio_reads(tmp_path):
+    if shutil.which("cpio") is None:
+        pytest.skip("skipped: cpio not installed")
+    data = l1.cpio_newc([("d", 0o040755, b"", (0, 0)),
+                         ("d/f", 0o100644, b"hello\n", (0, 0)),
+                         ("d/odd", 0o100755, b"12345", (0, 0)),
+                         ("d/l", 0o120777, b"f", (0, 0)),
+                         ("console", 0o020600, b"", (5, 1))])
+    listing = subprocess.run(["cpio", "-itv", "--quiet"], input=data, capture_output=True,
+                             check=True).stdout.decode().splitlines()
+    modes = {line.split()[-1] if "->" not in line else line.split()[-3]: line.split()[0]
+             for line in listing}
+    assert modes == {"d": "drwxr-xr-x", "d/f": "-rw-r--r--", "d/odd": "-rwxr-xr-x",
+                     "d/l": "lrwxrwxrwx", "console": "crw-------"}, listing
+    assert any(line.endswith("d/l -> f") for line in listing), listing
+    assert any(re.search(r"\b5,\s+1\b", line) for line in listing
+               if line.endswith("console")), listing
+    subprocess.run(["cpio", "-id", "--quiet", "d/f", "d/odd"], input=data, cwd=tmp_path,
+                   check=True)
+    assert (tmp_path / "d/f").read_bytes() == b"hello\n"
+    assert (tmp_path / "d/odd").read_bytes() == b"12345"
+
+
+def test_static_busybox_is_told_from_a_dynamic_program():
+    if not os.access(l1.BUSYBOX, os.X_OK):
+        pytest.skip("skipped: busybox-static not installed")
+    assert l1.is_static_elf(l1.BUSYBOX)
+    assert not l1.is_static_elf(os.path.realpath("/bin/sh"))
+
+
+def test_kernel_modules_come_after_their_dependencies(tmp_path):
+    moddir = tmp_path / "lib/modules/6.1.0-1-cloud-amd64"
+    moddir.mkdir(parents=True)
+    (moddir / "modules.dep").write_text(
+        "kernel/arch/x86/kvm/kvm-amd.ko: kernel/arch/x86/kvm/kvm.ko kernel/virt/lib/irqbypass.ko\n"
+        "kernel/arch/x86/kvm/kvm.ko: kernel/virt/lib/irqbypass.ko\n"
+        "kernel/virt/lib/irqbypass.ko:\n"
+        "kernel/drivers/virtio/virtio.ko:\n")
+    k = l1.Kernel(tmp_path)
+    assert k.version == "6.1.0-1-cloud-amd64"
+    assert k.modules(["kvm_amd", "virtio", "kvm"]) == [
+        "kernel/virt/lib/irqbypass.ko", "kernel/arch/x86/kvm/kvm.ko",
+        "kernel/arch/x86/kvm/kvm-amd.ko", "kernel/drivers/virtio/virtio.ko"]
+    with pytest.raises(l1.L1Error, match="no module tun"):
+        k.modules(["tun"])
+
+
+INNER_TESTS = '''
+import pytest
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("fixture broke")
+
+class TestC:
+    @pytest.mark.parametrize("p", ["a/b", "x::y"])
+    def test_pass(self, p):
+        print("said", p)
+
+def test_fail():
+    print("before the failure")
+    assert 1 == 2, "one is not two"
+
+def test_skip():
+    pytest.skip("skipped: for a reason")
+
+@pytest.mark.xfail(reason="known bad")
+def test_xfail():
+    assert False
+
+def test_setup_error(broken):
+    pass
+'''
+
+
+def test_junit_xml_maps_back_to_the_outcomes(tmp_path):
+    """An inner pytest run's JUnit XML, as the batch reads it: each node id
+    finds its test case, with the right outcome, text and captured output."""
+    (tmp_path / "test_inner.py").write_text(INNER_TESTS)
+    junit = tmp_path / "junit.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                    "--rootdir", str(tmp_path), f"--junitxml={junit}",
+                    "-o", "junit_logging=all", "test_inner.py"],
+                   cwd=tmp_path, capture_output=True)
+    cases = {(c.get("classname"), c.get("name")): c
+             for c in ET.parse(junit).getroot().iter("testcase")}
+
+    def outcome(nodeid):
+        return hwvirt.Outcome.from_junit(cases[hwvirt.junit_name(nodeid)], "[L1] ")
+
+    for p in ("a/b", "x::y"):
+        o = outcome(f"test_inner.py::TestC::test_pass[{p}]")
+        assert (o.outcome, o.when) == ("passed", "call")
+        assert any(f"said {p}" in text for _, text in o.sections), o.sections
+    o = outcome("test_inner.py::test_fail")
+    assert (o.outcome, o.when) == ("failed", "call")
+    assert o.text.startswith("[L1] ") and "one is not two" in o.text
+    assert any("before the failure" in text for _, text in o.sections)
+    o = outcome("test_inner.py::test_skip")
+    assert (o.outcome, o.when, o.text) == ("skipped", "setup", "skipped: for a reason")
+    o = outcome("test_inner.py::test_xfail")
+    assert (o.outcome, o.xfail, o.text) == ("skipped", True, "known bad")
+    o = outcome("test_inner.py::test_setup_error")
+    assert (o.outcome, o.when) == ("failed", "setup") and "fixture broke" in o.text
+
+
+# --- a real L1 ------------------------------------------------------------------
+
+def l1_or_skip(**kw):
+    if os.environ.get("VIREO_IN_L1"):
+        pytest.skip("skipped: no nested test host inside the nested test host")
+    try:
+        return l1.NestedHost(**kw).start()
+    except l1.L1Unavailable as e:
+        pytest.skip(f"skipped: {e}")
+
+
+@pytest.fixture(scope="module")
+def writable(tmp_path_factory):
+    return tmp_path_factory.mktemp("l1-writable")
+
+
+@pytest.fixture(scope="module")
+def host(writable):
+    h = l1_or_skip(writable=[writable], keep=[str(writable.parent)])
+    yield h
+    h.close()
+
+
+def test_l1_has_a_kvm_with_hardware_virtualization(host):
+    assert host.info["svm"] and host.info["kvm"], host.info
+    rc, out, err = host.run("grep -cw svm /proc/cpuinfo; stat -c %F /dev/kvm; "
+                            "grep -E '^kvm_amd ' /proc/modules | cut -d' ' -f1", timeout=60)
+    assert (rc, err) == (0, "")
+    assert out.split("\n")[1:] == ["character special file", "kvm_amd", ""], out
+    assert int(out.split()[0]) == host.smp
+
+
+def test_l1_command_status_output_directory_and_environment(host):
+    rc, out, err = host.run('echo out; echo err >&2; pwd; echo "$FOO $VIREO_IN_L1"; exit 7',
+                            timeout=60, cwd=ROOT, env={"FOO": "bar"})
+    assert (rc, out, err) == (7, f"out\n{ROOT}\nbar 1\n", "err\n")
+    assert host.run(["printf", "%s|", "a b", "c"], timeout=60) == (0, "a b|c|", "")
+    rc, _, err = host.run(["/nonexistent/program"], timeout=60)
+    assert rc == 127 and "nonexistent" in err
+    rc, _, _ = host.run("kill -TERM $$", timeout=60)
+    assert rc == -15
+
+
+def test_l1_timeout_kills_the_command_and_what_it_started(host):
+    seen = []
+    with pytest.raises(l1.CommandTimeout) as e:
+        host.run("echo before; sleep 1000 & sleep 1000", timeout=3,
+                 output=lambda fd, data: seen.append((fd, data)))
+    assert e.value.stdout == "before\n" and seen == [(1, b"before\n")]
+    # L1 serves on, and no sleep is left (the whole process group went)
+    rc, out, _ = host.run("cat /proc/[0-9]*/comm | grep -cx sleep", timeout=60)
+    assert (rc, out) == (1, "0\n")
+
+
+def test_l1_sees_this_root_read_only_and_writes_to_writable_dirs(host, writable):
+    rc, _, err = host.run(f"touch {ROOT}/l1-was-here", timeout=60)
+    assert rc != 0 and "Read-only file system" in err
+    assert not (ROOT / "l1-was-here").exists()
+    rc, out, err = host.run(f"head -n 3 {ROOT / 'Makefile'}; "
+                            f"echo from-l1 > {writable}/back; touch /tmp/own-tmpfs",
+                            timeout=60)
+    assert rc == 0, err
+    assert out.splitlines() == (ROOT / "Makefile").read_text().splitlines()[:3]
+    assert (writable / "back").read_text() == "from-l1\n"
+
+
+def test_l1_loads_modules_the_kernel_asks_for(host):
+    """ip link add ... type vlan makes the kernel request 8021q: it comes from
+    the unpacked kernel package, as do the dummy and bridge drivers."""
+    rc, out, err = host.run("ip link add d0 type dummy && "
+                            "ip link add link d0 name d0.10 type vlan id 10 && "
+                            "ip link add br0 type bridge vlan_filtering 1 && "
+                            "cut -d' ' -f1 /proc/modules | grep -xE '8021q|dummy|bridge' | sort",
+                            timeout=60)
+    assert (rc, out.split()) == (0, ["8021q", "bridge", "dummy"]), err
+
+
+def test_l1_run_cli_status_and_output(tmp_path):
+    if os.environ.get("VIREO_IN_L1"):
+        pytest.skip("skipped: no nested test host inside the nested test host")
+    r = subprocess.run([str(L1_RUN), "-t", "60", "--", "echo", "hi;", "echo", "there", ">&2;",
+                        "exit", "7"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if r.returncode == 125 and "needs" in r.stderr:
+        pytest.skip(f"skipped: {r.stderr.strip()}")
+    assert (r.returncode, r.stdout, r.stderr) == (7, "hi\n", "there\n")
+
+
+BATCH_TESTS = '''
+import os
+import pathlib
+
+import pytest
+
+import hwvirt
+
+HERE = pathlib.Path(__file__).parent
+
+
+def prepare():
+    (HERE / "prepared").write_text("on the host\\n")
+
+
+VM = pytest.mark.hw_virt(prepare=prepare)
+
+
+@VM
+def test_in_l1():
+    assert os.environ["VIREO_IN_L1"] == "1" and hwvirt.time_scale() == 4
+    assert os.path.exists("/dev/kvm")
+    assert (HERE / "prepared").read_text() == "on the host\\n"
+
+
+@VM
+def test_fails_in_l1():
+    assert 6 * 7 == 43, "arithmetic in L1"
+
+
+@VM
+def test_skips_in_l1():
+    pytest.skip("skipped: a reason from L1")
+
+
+def test_on_the_host():
+    assert "VIREO_IN_L1" not in os.environ
+'''
+
+
+def test_hw_virt_batch_reports_each_outcome(tmp_path):
+    """A test file with hw_virt tests, run by an outer pytest that sends them
+    to one L1 (VIREO_NESTED=always): each is reported with what it did there,
+    the unmarked one runs on the host, prepare ran on the host first."""
+    if os.environ.get("VIREO_IN_L1"):
+        pytest.skip("skipped: no nested test host inside the nested test host")
+    (tmp_path / "conftest.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(ROOT / 'tests/nested')!r})\nimport hwvirt\n\n\n"
+        "def pytest_configure(config):\n    hwvirt.configure(config)\n")
+    (tmp_path / "test_batch.py").write_text(BATCH_TESTS)
+    # its own logs, the kernel already fetched
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    kernels = l1.cache_dir() / "kernel"
+    kernels.mkdir(parents=True, exist_ok=True)
+    (cache / "kernel").symlink_to(kernels)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIREO_")}
+    env.update(VIREO_NESTED="always", VIREO_L1_CACHE=str(cache))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-rs",
+                        "--rootdir", str(tmp_path), "--junitxml", str(tmp_path / "outer.xml"),
+                        "test_batch.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=900)
+    if "skipped: no hardware virtualization, and" in r.stdout:
+        pytest.skip(r.stdout.split("skipped: no hardware virtualization, and")[1].split("\n")[0])
+    cases = {c.get("name"): c for c in ET.parse(tmp_path / "outer.xml").getroot().iter("testcase")}
+    out = r.stdout + r.stderr
+    assert set(cases) == {"test_in_l1", "test_fails_in_l1", "test_skips_in_l1",
+                          "test_on_the_host"}, out
+    assert not list(cases["test_in_l1"]) and not list(cases["test_on_the_host"]), out
+    failure = cases["test_fails_in_l1"].find("failure")
+    assert failure is not None and "arithmetic in L1" in failure.text, out
+    assert "[in the nested test host; the run's log:" in failure.text
+    skipped = cases["test_skips_in_l1"].find("skipped")
+    assert skipped is not None and skipped.get("message") == "skipped: a reason from L1", out
+    assert "tests go to the nested test host" in r.stdout and "L1 up in" in r.stdout, out
+    log = (cache / "last-batch.log").read_text()
+    assert "test_batch.py::test_in_l1 PASSED" in log and "test_on_the_host" not in log, log
+    assert (tmp_path / "prepared").read_text() == "on the host\n"
