@@ -52,8 +52,6 @@ needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                                 reason="skipped: qemu-system-x86_64 not installed")
 needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None,
                                     reason="skipped: qemu-img not installed")
-needs_hw_virt = pytest.mark.skipif(not have_hw_virt(),
-                                   reason="skipped: no hardware virtualization")
 
 
 class ProbeRun:

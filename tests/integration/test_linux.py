@@ -148,10 +148,11 @@ def run_qemu_linux(kit, cmdline, cpus, memory_mib, args, balloon_mib, netns, tmp
 
 
 def boot(kit, vmm, cmdline="", cpus=1, memory_mib=256, disks=(), nic=None, rng=False,
-         balloon_mib=None, balloon_doo=False, netns=None, tmp="/tmp"):
+         balloon_mib=None, balloon_doo=False, netns=None, tmp="/tmp", keep_output=False):
     """Boots the kit's kernel under VMM with the given virtio devices; asserts
     a clean run (power-off, every module loaded, no scenario failed) and
-    returns the LINUX lines."""
+    returns the LINUX lines (keep_output: and the whole console, as
+    "output")."""
     cmdline = f"{BASE_CMDLINE} {cmdline}".strip()
     if vmm == "vireo":
         run = run_vireo(cmdline, cpus=cpus, memory=f"{memory_mib}M", kernel=kit / "vmlinuz",
@@ -173,6 +174,8 @@ def boot(kit, vmm, cmdline="", cpus=1, memory_mib=256, disks=(), nic=None, rng=F
     assert "insmod_failed" not in facts, log
     assert "unknown_test" not in facts, log
     assert facts.get("fails") == "0", log
+    if keep_output:
+        lines["output"] = out
     return lines
 
 
