@@ -92,12 +92,24 @@ def vireo_args(cmdline, cpus=1, memory="256M", extra=(), kernel=None, netns=None
                      "--memory", memory, "--cmdline", cmdline, *extra], netns)
 
 
-def run_vireo(cmdline, cpus=1, memory="256M", extra=(), timeout=120, kernel=None, netns=None):
+def run_until_exit(args, timeout):
+    """(status, stdout, stderr) of ARGS; one that runs past scaled(timeout)
+    is killed and fails with what it printed so far."""
     import subprocess
+    try:
+        p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=scaled(timeout))
+    except subprocess.TimeoutExpired as e:
+        out, err = (x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                    for x in (e.stdout, e.stderr))
+        raise AssertionError(f"{args[0]} still running after {scaled(timeout):g} s:\n"
+                             f"{out[-4000:]}\n{err[-2000:]}") from None
+    return p.returncode, p.stdout, p.stderr
+
+
+def run_vireo(cmdline, cpus=1, memory="256M", extra=(), timeout=120, kernel=None, netns=None):
     args = vireo_args(cmdline, cpus, memory, extra, kernel, netns)
-    p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       timeout=scaled(timeout))
-    return ProbeRun(p.returncode, p.stdout, p.stderr)
+    return ProbeRun(*run_until_exit(args, timeout))
 
 
 def qemu_args(cmdline, cpus=1, memory="256M", machine="microvm", extra=(), netns=None,
@@ -116,11 +128,8 @@ def qemu_args(cmdline, cpus=1, memory="256M", machine="microvm", extra=(), netns
 
 def run_qemu(cmdline, cpus=1, memory="256M", machine="microvm", extra=(), timeout=120,
              netns=None, kernel=None):
-    import subprocess
     args = qemu_args(cmdline, cpus, memory, machine, extra, netns, kernel)
-    p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       timeout=scaled(timeout))
-    return ProbeRun(p.returncode, p.stdout, p.stderr)
+    return ProbeRun(*run_until_exit(args, timeout))
 
 
 class LiveProbe:

@@ -7,12 +7,11 @@ reference, runs the same where it applies. All of them need hardware
 virtualization: the nested test host runs them where the host has none."""
 import os
 import re
-import subprocess
 
 import pytest
 
 from conftest import (VIREO, LiveProbe, needs_kvm, needs_qemu, needs_qemu_img, qmp_command,
-                      scaled, vireo_control)
+                      run_until_exit, vireo_control)
 from daemonutil import Daemon, wait_for
 from test_linux import (BALLOON_MIB, BASE_CMDLINE, BLK_MIB, BLK_SEED, LINUX_VM, VMMS,
                         blk_devices, blk_disks, boot, check_blk, kit, linux_lines,  # noqa: F401
@@ -36,10 +35,8 @@ def linux_argv(vmm, kit, cmdline, cpus=1, memory_mib=256, extra=(), reboot=False
             "-initrd", str(kit / "initrd.img"), "-append", cmdline, *extra]
 
 
-def run(argv, timeout=300):
-    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       timeout=scaled(timeout))
-    return p.returncode, p.stdout, p.stderr
+def run(argv, timeout=150):
+    return run_until_exit(argv, timeout)
 
 
 @pytest.mark.parametrize("vmm", VMMS)
