@@ -139,7 +139,7 @@ def run_qemu_linux(kit, cmdline, cpus, memory_mib, args, balloon_mib, netns, tmp
     try:
         if balloon_mib is not None:
             qemu_hmp(sock, f"balloon {memory_mib - balloon_mib}")
-        out, err = p.communicate(timeout=scaled(600))
+        out, err = p.communicate(timeout=scaled(150))
     finally:
         if p.poll() is None:
             p.kill()
@@ -158,7 +158,7 @@ def boot(kit, vmm, cmdline="", cpus=1, memory_mib=256, disks=(), nic=None, rng=F
         run = run_vireo(cmdline, cpus=cpus, memory=f"{memory_mib}M", kernel=kit / "vmlinuz",
                         extra=["--initrd", str(kit / "initrd.img"),
                                *vireo_args(disks, nic, rng, balloon_mib)],
-                        netns=netns, timeout=300)
+                        netns=netns, timeout=150)
         rc, out, err = run.returncode, run.stdout, run.stderr
     else:
         rc, out, err = run_qemu_linux(kit, cmdline, cpus, memory_mib,

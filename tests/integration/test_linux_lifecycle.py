@@ -113,7 +113,7 @@ def test_linux_powers_off_at_the_power_button(kit, vmm, tmp_path):
         guest = LiveProbe(linux_argv(vmm, kit, "vireo.test=powerbutton",
                                      extra=["-qmp", f"unix:{sock},server=on,wait=off"]))
     try:
-        guest.wait_line("LINUX powerbutton ready", timeout=300)
+        guest.wait_line("LINUX powerbutton ready", timeout=150)
         if vmm == "vireo":
             assert vireo_control(sock, action="powerdown") == {"ok": True, "state": "running"}
         else:
@@ -150,7 +150,7 @@ def test_daemon_stops_linux_gracefully_and_its_disk_is_clean(kit, vmm, tmp_path)
                    {"path": str(ro), "format": "raw", "readonly": True}]), status=201)
         d.ok("POST", "/vms/lx/start")
         assert wait_for(lambda: "LINUX powerbutton ready" in daemon_log(d, "lx"),
-                        timeout=300), daemon_log(d, "lx")[-4000:]
+                        timeout=150), daemon_log(d, "lx")[-4000:]
         js = d.stop("lx", timeout=120)
         assert js["state"] == "stopped" and js["reason"] == "powered off", js
         log = daemon_log(d, "lx")
@@ -186,7 +186,7 @@ def test_daemon_cpu_weights_under_cgroup_v2(kit, vmm):
             d.ok("POST", f"/vms/{name}/start")
         for name in ("heavy", "light"):
             assert wait_for(lambda: "LINUX burn started=1" in daemon_log(d, name),
-                            timeout=300), daemon_log(d, name)[-4000:]
+                            timeout=150), daemon_log(d, name)[-4000:]
         before = {n: vcpu_cpu_ns(d, n) for n in ("heavy", "light")}
         # Both burn for a while; the ratio converges whatever the pace.
         assert wait_for(lambda: vcpu_cpu_ns(d, "light") - before["light"] > 3e9,

@@ -21,7 +21,7 @@ factor for deadlines: everything there runs under TCG); VIREO_* variables of
 this process go along. The inner run's output goes to build/nested/
 last-batch.log (under VIREO_L1_CACHE) as it comes, L1's console to
 last-batch-console.log next to it. VIREO_L1_BATCH_TIMEOUT (seconds) bounds
-the whole run (default 600 + 300 per test). VIREO_NESTED=always sends the
+the whole run (default 300 + 45 per test, ~4x what they take). VIREO_NESTED=always sends the
 tests to L1 even on a host with hardware virtualization, =never runs them
 directly even without.
 """
@@ -261,7 +261,7 @@ class NestedBatch:
         env = {k: v for k, v in os.environ.items()
                if k.startswith("VIREO_") and not k.startswith("VIREO_L1_")}
         env.update(PYTHONDONTWRITEBYTECODE="1")
-        timeout = l1.env_int("VIREO_L1_BATCH_TIMEOUT", 600 + 300 * len(items))
+        timeout = l1.env_int("VIREO_L1_BATCH_TIMEOUT", 300 + 45 * len(items))
         where = f"[in the nested test host; the run's log: {self.log}]\n"
         log.write(f"# {l1.shorten(cmd, 10**6)}\n# in L1 ({host.info}), cwd {root}\n".encode())
         log.flush()
