@@ -31,7 +31,7 @@ struct mem_region {
 
 /* Guest RAM: one memfd, so that snapshot and migration can map or share it. */
 struct guest_memory {
-	int fd;          /* hugetlbfs memfd (--hugepages), else -1: anonymous */
+	int fd;          /* the memfd behind guest RAM */
 	uint8_t *host;
 	uint64_t size;
 	struct mem_region regions[2];

@@ -1,10 +1,14 @@
-/* Guest RAM: one mapping in the VMM, split into a region below the 32-bit
- * MMIO gap and, for large guests, one above 4 GiB. It is private anonymous
- * memory with transparent huge pages (as QEMU's default backend): KVM then
- * maps the guest with 2 MiB pages where the host has them, and a booting
- * guest takes far fewer nested page faults than with 4 KiB pages (shmem,
- * a memfd, gets huge pages only if the host's shmem_enabled allows, which
- * Debian's default does not). --hugepages takes a hugetlbfs memfd. */
+/* Guest RAM: a memfd mapped once into the VMM, split into a region below
+ * the 32-bit MMIO gap and, for large guests, one above 4 GiB (--hugepages:
+ * a hugetlbfs memfd).
+ *
+ * Tried and taken back (2026-12-06): private anonymous memory with
+ * MADV_HUGEPAGE, as QEMU's default backend, which cut a Linux guest's nested
+ * page faults from ~28 k to ~60 (a memfd gets no transparent huge pages
+ * under Debian's shmem_enabled=never). In the nested test host, 2 of 5 test
+ * batches then had one Linux VM stall at start with both L1 CPUs busy and
+ * no console output, which never happened with the memfd; the cause is not
+ * found (direct compaction under TCG is a suspect). See docs/benchmarks.md. */
 #include <errno.h>
 #include <linux/memfd.h>
 #include <sys/mman.h>
@@ -14,41 +18,20 @@
 #include "vireo/log.h"
 #include "vireo/vmm.h"
 
-#define HUGE_PAGE (2ULL << 20)
-
-/* Anonymous memory whose start is 2 MiB aligned, so that guest-physical
- * huge pages line up with the host's. MAP_NORESERVE: RAM the guest never
- * touches costs the host nothing. */
-static int map_anonymous(struct guest_memory *mem, uint64_t size)
-{
-	uint8_t *p = mmap(NULL, size + HUGE_PAGE, PROT_READ | PROT_WRITE,
-			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	uint64_t head;
-
-	if (p == MAP_FAILED)
-		return err_set(-errno, "cannot map guest memory: %m");
-	head = (HUGE_PAGE - ((uintptr_t)p & (HUGE_PAGE - 1))) & (HUGE_PAGE - 1);
-	if (head)
-		munmap(p, head);
-	munmap(p + head + size, HUGE_PAGE - head);
-	mem->host = p + head;
-	/* Only a hint: without THP the guest still runs, on 4 KiB pages. */
-	madvise(mem->host, size, MADV_HUGEPAGE);
-	return 0;
-}
-
-static int map_hugetlb(struct guest_memory *mem, uint64_t size)
+static int map_memfd(struct guest_memory *mem, uint64_t size, bool hugepages)
 {
 	int ret;
 
-	mem->fd = memfd_create("vireo-ram", MFD_CLOEXEC | MFD_HUGETLB);
+	mem->fd = memfd_create("vireo-ram", MFD_CLOEXEC | (hugepages ? MFD_HUGETLB : 0));
 	if (mem->fd < 0)
-		return err_set(-errno, "cannot create guest memory (hugepages): %m");
+		return err_set(-errno, "cannot create guest memory%s: %m",
+			       hugepages ? " (hugepages)" : "");
 	if (ftruncate(mem->fd, (off_t)size) < 0) {
 		ret = err_set(-errno, "cannot size guest memory to %llu bytes: %m",
 			      (unsigned long long)size);
 		goto close_fd;
 	}
+	/* MAP_NORESERVE: RAM the guest never touches costs the host nothing. */
 	mem->host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
 			 mem->fd, 0);
 	if (mem->host == MAP_FAILED) {
@@ -69,7 +52,7 @@ int guest_memory_init(struct guest_memory *mem, uint64_t size, bool hugepages)
 	int ret;
 
 	mem->fd = -1;
-	ret = hugepages ? map_hugetlb(mem, size) : map_anonymous(mem, size);
+	ret = map_memfd(mem, size, hugepages);
 	if (ret)
 		return ret;
 	mem->size = size;
@@ -82,9 +65,10 @@ int guest_memory_init(struct guest_memory *mem, uint64_t size, bool hugepages)
 
 int guest_memory_discard(const struct guest_memory *mem, void *host, uint64_t len)
 {
-	/* A hugetlbfs memfd keeps its pages until a hole is punched; private
-	 * anonymous pages are freed by dropping them (they read as zeros). */
-	if (madvise(host, len, mem->fd >= 0 ? MADV_REMOVE : MADV_DONTNEED) < 0)
+	/* The backing decides how; a memfd keeps its pages until a hole is
+	 * punched (MADV_DONTNEED would only unmap them). */
+	(void)mem;
+	if (madvise(host, len, MADV_REMOVE) < 0)
 		return -errno;
 	return 0;
 }
