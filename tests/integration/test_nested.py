@@ -147,7 +147,8 @@ def writable(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def host(writable):
-    h = l1_or_skip(writable=[writable], keep=[str(writable.parent)])
+    # the checkout too: under /tmp (a CI clone), it is hidden by L1's own tmpfs
+    h = l1_or_skip(writable=[writable], keep=[str(writable.parent), str(ROOT)])
     yield h
     h.close()
 

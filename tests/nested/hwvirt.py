@@ -26,6 +26,7 @@ tests to L1 even on a host with hardware virtualization, =never runs them
 directly even without.
 """
 import contextlib
+from pathlib import Path
 import os
 import re
 import sys
@@ -165,6 +166,10 @@ class NestedBatch:
         for rep in self._reports(item, self.outcomes[item.nodeid]):
             ihook.pytest_runtest_logreport(report=rep)
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        # The item was never set up here; what earlier items set up and the
+        # next one does not need is torn down, as runtestprotocol would (else
+        # the next host test fails: "previous item was not torn down").
+        item.session._setupstate.teardown_exact(nextitem)
         return True
 
     def pytest_terminal_summary(self, terminalreporter):
@@ -199,7 +204,9 @@ class NestedBatch:
         root = str(self.config.rootpath)
         t0 = time.monotonic()
         try:
-            host = l1.NestedHost(keep=[root], console_log=self.log.with_name(
+            # the rootdir, and the checkout this module is in (its tests/nested)
+            checkout = str(Path(__file__).resolve().parents[2])
+            host = l1.NestedHost(keep=sorted({root, checkout}), console_log=self.log.with_name(
                 "last-batch-console.log"))
             host.start()
         except l1.L1Unavailable as e:
