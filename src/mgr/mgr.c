@@ -559,7 +559,10 @@ static void stop_overdue(struct mgr *m, struct mgr_vm *vm)
 	if (now < vm->stop_deadline_ms) {
 		if (now >= vm->next_press_ms) {
 			vm->next_press_ms = now + STOP_PRESS_INTERVAL_MS;
-			control(m, vm, "{\"action\":\"powerdown\"}", NULL);
+			/* A VMM that does not answer is not asked again: each
+			 * try may hold the manager lock for the request timeout. */
+			if (control(m, vm, "{\"action\":\"powerdown\"}", NULL) != MGR_OK)
+				vm->next_press_ms = vm->stop_deadline_ms;
 		}
 		return;
 	}
