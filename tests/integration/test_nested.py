@@ -129,6 +129,30 @@ def test_junit_xml_maps_back_to_the_outcomes(tmp_path):
     assert (o.outcome, o.when) == ("failed", "setup") and "fixture broke" in o.text
 
 
+ENTRY_CRASH = """\
+[    7.730512]  sysvec_apic_timer_interrupt+0xa/0x90
+[    7.730512] RIP: 0033:0x461610
+[    7.730512] ---[ end trace 0000000000000000 ]---
+[    7.730512] RIP: 0010:error_entry+0x10/0x130
+[    7.730512] Kernel panic - not syncing: Fatal exception in interrupt
+"""
+
+
+def test_only_a_guest_crash_in_cpu_entry_code_is_re_run():
+    """The batch re-runs a test whose guest died in its CPU entry code (seen
+    once under L1's emulated SVM), and nothing else: not a guest crash in a
+    driver, not a plain failure, not a pass."""
+    def fault(outcome, text):
+        return hwvirt.guest_cpu_fault(hwvirt.Outcome(outcome, text=text))
+    assert fault("failed", ENTRY_CRASH)
+    assert not fault("passed", ENTRY_CRASH)
+    in_driver = ENTRY_CRASH.replace("error_entry+0x10", "virtballoon_probe+0x10")
+    assert not fault("failed", in_driver)
+    assert not fault("failed", "assert 3 == 0")
+    assert not fault("failed", ENTRY_CRASH.replace("Fatal exception in interrupt",
+                                                   "Attempted to kill init!"))
+
+
 # --- a real L1 ------------------------------------------------------------------
 
 def l1_or_skip(**kw):

@@ -78,6 +78,26 @@ def nested():
     return mode == "always" or not host_has_hw_virt()
 
 
+# A guest kernel that dies in its own CPU entry code (GS base lost on an
+# interrupt from user mode, then recursive page faults to a double fault) was
+# seen once in ~10 full batches, on the same work that passes everywhere else:
+# QEMU's TCG emulation of SVM under L1's KVM is the suspect, not vireo, whose
+# devices it never touched. Such a failure is re-run once, in the same L1, and
+# the terminal summary names it; a second failure stands. Only crashes in the
+# entry paths qualify, and at most MAX_RERUNS per batch: a vireo bug that
+# crashes guests shows up elsewhere in the trace, or every time.
+MAX_RERUNS = 3
+GUEST_CPU_FAULT = re.compile(r"Kernel panic - not syncing: Fatal exception in interrupt")
+GUEST_ENTRY_FRAME = re.compile(r"RIP: 0010:(?:error_entry|asm_exc_\w+|asm_sysvec_\w+|"
+                               r"entry_SYSCALL_64\w*|paranoid_entry|irqentry_enter)\+")
+
+
+def guest_cpu_fault(outcome):
+    """Whether OUTCOME is a guest kernel that died in its CPU entry code."""
+    return outcome.outcome == "failed" and bool(GUEST_CPU_FAULT.search(outcome.text)) \
+        and bool(GUEST_ENTRY_FRAME.search(outcome.text))
+
+
 def junit_name(nodeid):
     """(classname, name) of a test in pytest's JUnit XML (junitxml.py's
     mangle_test_address)."""
@@ -149,6 +169,7 @@ class NestedBatch:
         self.items = {}         # nodeid -> item, the hw_virt tests selected
         self.outcomes = None    # nodeid -> Outcome, once the batch ran
         self.times = None
+        self.reruns = []        # what was re-run after a guest CPU fault in L1
         self.log = l1.cache_dir() / "last-batch.log"
 
     def pytest_collection_finish(self, session):
@@ -175,6 +196,8 @@ class NestedBatch:
     def pytest_terminal_summary(self, terminalreporter):
         if self.times:
             terminalreporter.write_line(self.times)
+        for line in self.reruns:
+            terminalreporter.write_line(f"hw_virt: guest kernel crashed in L1, re-run: {line}")
 
     # -- the batch -------------------------------------------------------------
 
@@ -276,25 +299,51 @@ class NestedBatch:
         def output(fd, data):
             log.write(data)
             log.flush()
+        deadline = time.monotonic() + timeout
         try:
             host.run(["mkdir", "-p", os.path.dirname(JUNIT)], timeout=30)
-            rc, _, _ = host.run(cmd, timeout=timeout, cwd=root, env=env, output=output)
-            log.write(f"# pytest exited with status {rc}\n".encode())
-            _, xml, err = host.run(["cat", JUNIT], timeout=60)
+            outcomes = self._pytest_in(host, root, cmd, items, env, timeout, where, output, log)
+            self.outcomes.update(outcomes)
+            again = [i for i in items if guest_cpu_fault(outcomes[i.nodeid])]
+            left = deadline - time.monotonic()
+            if 0 < len(again) <= MAX_RERUNS and left > 60:
+                self._say(f"re-running {len(again)} test(s) whose guest kernel crashed in L1")
+                log.write(f"# re-running, their guest kernel crashed: "
+                          f"{' '.join(i.nodeid for i in again)}\n".encode())
+                cmd = [*cmd[:-len(items)], *[i.nodeid for i in again]]
+                rerun = self._pytest_in(host, root, cmd, again, env, left, where, output, log)
+                for item in again:
+                    first, second = outcomes[item.nodeid], rerun[item.nodeid]
+                    second.sections.insert(0, ("First run in L1: the guest kernel crashed",
+                                               first.text))
+                    self.outcomes[item.nodeid] = second
+                    self.reruns.append(f"{item.nodeid}: {second.outcome} when re-run")
         except (l1.L1Error, l1.CommandTimeout) as e:
             log.write(f"# {e}\n".encode())
-            return self._settle(items, Outcome("failed", "call", f"{where}{e}"))
+            return self._settle([i for i in items if i.nodeid not in self.outcomes],
+                                Outcome("failed", "call", f"{where}{e}"))
+
+    @staticmethod
+    def _pytest_in(host, root, cmd, items, env, timeout, where, output, log):
+        """Runs pytest CMD in L1; returns nodeid -> Outcome for ITEMS."""
+        host.run(["rm", "-f", JUNIT], timeout=30)
+        rc, _, _ = host.run(cmd, timeout=timeout, cwd=root, env=env, output=output)
+        log.write(f"# pytest exited with status {rc}\n".encode())
+        _, xml, err = host.run(["cat", JUNIT], timeout=60)
         try:
             cases = ET.fromstring(xml).iter("testcase")
         except ET.ParseError:
-            return self._settle(items, Outcome(
-                "failed", "call", f"{where}pytest in L1 (status {rc}) left no JUnit XML: {err}"))
+            return {i.nodeid: Outcome("failed", "call", f"{where}pytest in L1 (status {rc}) "
+                                                         f"left no JUnit XML: {err}")
+                    for i in items}
         by_name = {(c.get("classname"), c.get("name")): c for c in cases}
+        outcomes = {}
         for item in items:
             case = by_name.get(junit_name(item.nodeid))
-            self.outcomes[item.nodeid] = Outcome.from_junit(case, where) if case is not None \
+            outcomes[item.nodeid] = Outcome.from_junit(case, where) if case is not None \
                 else Outcome("failed", "call", f"{where}not reported by pytest in L1 "
                                                f"(status {rc})")
+        return outcomes
 
     # -- reports ---------------------------------------------------------------
 
