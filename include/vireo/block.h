@@ -57,11 +57,17 @@ struct bfile_ops {
 	void (*close)(struct bfile *f);
 };
 
+struct block_policy;
+
 struct bfile {
 	const struct bfile_ops *ops;
 	char *path;		/* as given; used in error messages and for siblings */
 	bool readonly;
 	int fd;			/* posix backend only; -1 otherwise */
+	/* Where the files this one names (backing files, extents, parents)
+	 * may be: they are opened under the same policy. NULL: anywhere. */
+	const struct block_policy *policy;
+	int depth;		/* 0: the top image (and its extents); 1: its backing file... */
 	void *priv;		/* backend state */
 	/* Error injection (tests): after this many more successful writes,
 	 * every write fails with -EIO. Negative: disabled. */
@@ -77,8 +83,12 @@ enum bfile_flags {
 
 /* Opens a host file (pread/pwrite backend; io_uring later). */
 int bfile_open(const char *path, int flags, struct bfile **out);
+/* The same under a storage policy (NULL: none): see block_policy_open(). */
+int bfile_open_policy(const char *path, int flags, const struct block_policy *p,
+		      int depth, struct bfile **out);
 /* Opens a file named relative to the directory of `base` (backing files,
- * VMDK extents, VHD parents); absolute names are used as they are. */
+ * VMDK extents, VHD parents); absolute names are used as they are. The file
+ * is opened under base's policy, at base's depth. */
 int bfile_open_relative(const struct bfile *base, const char *name, int flags,
 			struct bfile **out);
 /* Resolves `name` relative to `base`'s directory into out[BLOCK_PATH_MAX]. */
@@ -99,6 +109,48 @@ int64_t bfile_length(struct bfile *f);
 int bfile_truncate(struct bfile *f, uint64_t len);
 /* Deallocates a range (raw discard); -EOPNOTSUPP if the backend can't. */
 int bfile_punch(struct bfile *f, uint64_t off, uint64_t len);
+
+/* ------------------------------------------------------------------------
+ * Storage policy (src/block/policy.c; DESIGN §3.15, docs/images.md): where
+ * the files of an image chain may live and with whose rights they are
+ * opened. `vireo run --storage`, `vireo daemon --storage` and `vireo img
+ * --backing-confine` are this one mechanism.
+ *
+ * Every file of a chain (the image, its backing files, VMDK extents and
+ * parents, VHD parents) is resolved with symlinks followed and must lie in
+ * one of `dirs` (or, with own_dir, in the top image's directory); it is
+ * then opened beneath that directory (openat2 RESOLVE_BENEATH, so a symlink
+ * swapped in after the check cannot lead out), without blocking, and must
+ * be a regular file or a block device. A refusal is -EPERM with err_set()
+ * naming the offending path.
+ * ---------------------------------------------------------------------- */
+
+#define BLOCK_POLICY_MAX_DIRS 16
+
+struct block_policy {
+	const char *const *dirs;	/* absolute and symlink-free (block_storage_dir) */
+	unsigned int ndirs;
+	bool own_dir;			/* the top image's directory is allowed too */
+	/* Open with this filesystem uid/gid (setfsuid/setfsgid on the calling
+	 * thread, around the open only): the files are opened with that
+	 * user's rights, never root's. */
+	bool as_user;
+	uid_t uid;
+	gid_t gid;
+	/* Called for every file opened under the policy, with its resolved
+	 * path and its depth in the chain (0: the top image and its extents). */
+	void (*seen)(void *ctx, const char *real, int depth);
+	void *ctx;
+};
+
+/* Resolves a storage directory given by the operator (it must exist and be
+ * a directory) into a heap string for block_policy.dirs. */
+int block_storage_dir(const char *dir, char **out);
+/* Opens path with open(2) flags `oflags` under policy p; stores the fd. */
+int block_policy_open(const struct block_policy *p, const char *path, int oflags, int depth,
+		      int *fd);
+/* The policy `vireo img` applies to every image it opens (NULL: none). */
+void image_set_default_policy(const struct block_policy *p);
 
 /* ------------------------------------------------------------------------
  * Image formats.
@@ -289,6 +341,8 @@ struct image {
 	char backing_fmt[32];		/* as recorded; "" if not */
 	bool broken;			/* metadata found corrupt while running */
 	pthread_mutex_t lock;
+	struct block_policy *own_policy; /* top layer: the per-chain copy (own_dir) */
+	char *own_dir;
 };
 
 enum image_open_flags {
@@ -312,6 +366,10 @@ void image_format_foreach(void (*fn)(const struct image_format *fmt, void *ctx),
  * Opens the backing chain read-only, refusing loops and chains deeper than
  * BLOCK_MAX_CHAIN. */
 int image_open(const char *path, const char *fmt, int flags, struct image **out);
+/* Same, under a storage policy (NULL: the default policy, if any). A VMDK's
+ * parent must be a VMDK image (-EPERM otherwise), with or without one. */
+int image_open_policy(const char *path, const char *fmt, int flags,
+		      const struct block_policy *p, struct image **out);
 /* Same, over an already open file (tests, fuzzers); takes ownership of
  * file even on failure. The chain is not opened if the file has no path. */
 int image_open_file(struct bfile *file, const char *fmt, int flags,
@@ -358,6 +416,7 @@ struct blockdev_opts {
 	const char *path;
 	const char *format;		/* NULL: probe (raw then read-only) */
 	bool readonly;
+	const struct block_policy *policy;	/* NULL: none */
 };
 
 struct blockdev_stats {

@@ -8,6 +8,8 @@
  *   DIR/vms/NAME.json     definition (struct vm_def), as POSTed/PATCHed
  *   DIR/run/NAME.json     runtime record: pid, its start time, state, reason
  *   DIR/run/NAME.sock     the VMM's control socket (include/vireo/control.h)
+ *   DIR/run/NAME.grants   the ACL entries given to the VMM's uid (storage.c)
+ *   DIR/images/           the storage directory when --storage names none
  *   DIR/logs/NAME.log     the VMM's stdout and stderr (serial console too);
  *   DIR/logs/NAME.log.1   its previous generation, past --log-max
  *
@@ -174,6 +176,8 @@ struct mgr {
 	uint64_t log_max;            /* rotate a VM's log past this; 0 = never */
 	unsigned int vmm_uid_base;   /* VMMs run as base+k, one uid each; 0: as we do */
 #define MGR_VMM_UID_BASE 100000
+	char *storage[16];           /* where disks may be (resolved); see storage.c */
+	unsigned int nstorage;
 	unsigned int mem_low_pct;    /* guest free below this %: under pressure */
 	unsigned int mem_high_pct;   /* guest free above this %: idle */
 	struct mgr_vm *vms;
@@ -248,6 +252,18 @@ void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known);
 int vmm_wait_exit(struct mgr *m, struct mgr_vm *vm, int timeout_ms);
 /* SIGKILL, then waits; the VM ends "stopped". */
 int vmm_kill(struct mgr *m, struct mgr_vm *vm);
+
+/* ---- storage (src/mgr/storage.c) ---- */
+/* Every disk of def and its whole backing chain must resolve inside
+ * m->storage: 0, or -EPERM with err_set() naming the offending path. Other
+ * problems (a missing file) are left for the VMM to report. */
+int storage_check(struct mgr *m, const struct vm_def *def);
+/* Gives uid access to exactly def's disks and their chains (read-write for
+ * the top layer of a writable disk, read for the rest, search on the
+ * directories below the storage directory) until storage_revoke(). */
+int storage_grant(struct mgr *m, const struct vm_def *def, unsigned int uid);
+/* Takes back what storage_grant() gave for VM `name`; idempotent. */
+void storage_revoke(struct mgr *m, const char *name);
 
 /* ---- HTTP API (src/mgr/api.c) ---- */
 struct api;

@@ -73,6 +73,7 @@ size_t virtq_write_in(const struct virtq_elem *e, size_t skip, const void *buf, 
 /* ---- virtio-pci transport (virtio 1.x §4.1) ---- */
 
 struct virtio_dev;
+struct block_policy;
 
 /* A device model. Callbacks run on the device's own I/O thread unless
  * said otherwise. */
@@ -158,6 +159,7 @@ struct disk_config {
 	bool readonly;
 	const char *serial;   /* up to 20 bytes, VIRTIO_BLK_T_GET_ID */
 	uint64_t bps, iops;   /* rate limits; 0 = none */
+	const struct block_policy *policy; /* where its chain may be; NULL: anywhere */
 };
 
 struct virtio_blk;

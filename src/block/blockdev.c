@@ -29,7 +29,8 @@ int blockdev_open(const struct blockdev_opts *opts, struct blockdev **out)
 
 	if (!bd)
 		return err_set(-ENOMEM, "out of memory");
-	ret = image_open(opts->path, opts->format, opts->readonly ? 0 : IMAGE_RDWR, &bd->img);
+	ret = image_open_policy(opts->path, opts->format, opts->readonly ? 0 : IMAGE_RDWR,
+				opts->policy, &bd->img);
 	if (ret) {
 		free(bd);
 		return ret;

@@ -137,16 +137,23 @@ static struct bfile *bfile_alloc(const struct bfile_ops *ops, const char *path, 
 
 int bfile_open(const char *path, int flags, struct bfile **out)
 {
+	return bfile_open_policy(path, flags, NULL, 0, out);
+}
+
+int bfile_open_policy(const char *path, int flags, const struct block_policy *p, int depth,
+		      struct bfile **out)
+{
 	int oflags = O_CLOEXEC | ((flags & BFILE_RDWR) ? O_RDWR : O_RDONLY);
 	struct bfile *f;
-	int fd;
+	int fd, ret;
 
 	if (flags & BFILE_CREATE)
 		oflags |= O_CREAT | O_TRUNC | O_RDWR;
 	if (flags & BFILE_DIRECT)
 		oflags |= O_DIRECT;
-	fd = open(path, oflags, 0644);
-	if (fd < 0)
+	if (p && (ret = block_policy_open(p, path, oflags, depth, &fd)))
+		return ret;
+	if (!p && (fd = open(path, oflags, 0644)) < 0)
 		return err_set(-errno, "%s: %s", path, strerror(errno));
 	f = bfile_alloc(&posix_ops, path, !(oflags & O_RDWR));
 	if (!f) {
@@ -154,6 +161,8 @@ int bfile_open(const char *path, int flags, struct bfile **out)
 		return err_set(-ENOMEM, "%s: out of memory", path);
 	}
 	f->fd = fd;
+	f->policy = p;
+	f->depth = depth;
 	f->priv = (flags & BFILE_DIRECT) ? (void *)1 : NULL;	/* marks O_DIRECT */
 	*out = f;
 	return 0;
@@ -183,7 +192,7 @@ int bfile_open_relative(const struct bfile *base, const char *name, int flags,
 	char path[BLOCK_PATH_MAX];
 	int ret = bfile_resolve(base->path, name, path);
 
-	return ret ? ret : bfile_open(path, flags, out);
+	return ret ? ret : bfile_open_policy(path, flags, base->policy, base->depth, out);
 }
 
 /* ---- memory files ---- */

@@ -11,11 +11,20 @@
 #include "vireo/block.h"
 #include "vireo/log.h"
 
+static const struct block_policy *default_policy;
+
+void image_set_default_policy(const struct block_policy *p)
+{
+	default_policy = p;
+}
+
 static void image_free(struct image *img)
 {
 	bfile_close(img->file);
 	pthread_mutex_destroy(&img->lock);
 	free(img->filename);
+	free(img->own_policy);	/* after the files that point at it */
+	free(img->own_dir);
 	free(img);
 }
 
@@ -74,6 +83,20 @@ static int image_open_layer(struct bfile *file, const char *fmtname, int flags,
 	return 0;
 }
 
+/* A VMDK's parent (parentFileNameHint) must be a VMDK image (docs/images.md):
+ * a name in a descriptor must not turn any file into a guest's disk. Closes
+ * file on failure. */
+static int check_vmdk_parent(struct image *img, struct bfile *file)
+{
+	int score;
+
+	if (image_format_probe(file, &score) == &vmdk_format)
+		return 0;
+	bfile_close(file);
+	return err_set(-EPERM, "%s: VMDK parent '%s' is not a VMDK image", img->filename,
+		       img->backing_name);
+}
+
 static int image_open_chain(struct image *img, struct chain_seen *seen)
 {
 	char path[BLOCK_PATH_MAX];
@@ -95,7 +118,9 @@ static int image_open_chain(struct image *img, struct chain_seen *seen)
 			return err_set(-ELOOP, "%s: backing chain loops back to '%s'",
 				       img->filename, path);
 	strcpy(seen->paths[seen->depth++], real);
-	ret = bfile_open(path, BFILE_RDONLY, &file);
+	ret = bfile_open_policy(path, BFILE_RDONLY, img->file->policy, img->file->depth + 1, &file);
+	if (!ret && img->fmt == &vmdk_format)
+		ret = check_vmdk_parent(img, file);
 	if (ret) {
 		char why[512];
 
@@ -122,18 +147,66 @@ int image_open_file(struct bfile *file, const char *fmt, int flags, struct image
 	return ret;
 }
 
-int image_open(const char *path, const char *fmt, int flags, struct image **out)
+/* own_dir: a copy of the policy with the top image's directory added, for
+ * this chain only (`vireo img --backing-confine`). */
+static int own_dir_policy(const struct block_policy *p, const char *path,
+			  struct block_policy **copy, char **dir)
 {
+	const char **dirs;
+	char *slash;
+
+	*dir = realpath(path, NULL);
+	if (!*dir)
+		return err_set(-errno, "%s: %s", path, strerror(errno));
+	slash = strrchr(*dir, '/');
+	slash[slash == *dir] = '\0';	/* "/a/b" -> "/a", "/b" -> "/" */
+	*copy = calloc(1, sizeof(**copy) + (p->ndirs + 1) * sizeof(char *));
+	if (!*copy) {
+		free(*dir);
+		*dir = NULL;
+		return err_set(-ENOMEM, "out of memory");
+	}
+	**copy = *p;
+	(*copy)->own_dir = false;
+	dirs = (const char **)(*copy + 1);
+	memcpy(dirs, p->dirs, p->ndirs * sizeof(char *));
+	dirs[p->ndirs] = *dir;
+	(*copy)->dirs = dirs;
+	(*copy)->ndirs = p->ndirs + 1;
+	return 0;
+}
+
+int image_open_policy(const char *path, const char *fmt, int flags,
+		      const struct block_policy *p, struct image **out)
+{
+	struct block_policy *copy = NULL;
+	char *dir = NULL;
 	struct bfile *file;
 	int ret;
 
 	if (fmt && !strcmp(fmt, "raw"))
 		flags |= IMAGE_ALLOW_PROBE_RAW_RW;
-	ret = bfile_open(path, ((flags & IMAGE_RDWR) ? BFILE_RDWR : BFILE_RDONLY) |
-			 ((flags & IMAGE_DIRECT) ? BFILE_DIRECT : 0), &file);
-	if (ret)
+	p = p ? p : default_policy;
+	if (p && p->own_dir && (ret = own_dir_policy(p, path, &copy, &dir)))
 		return ret;
-	return image_open_file(file, fmt, flags, out);
+	ret = bfile_open_policy(path, ((flags & IMAGE_RDWR) ? BFILE_RDWR : BFILE_RDONLY) |
+				((flags & IMAGE_DIRECT) ? BFILE_DIRECT : 0), copy ? copy : p, 0,
+				&file);
+	if (!ret)
+		ret = image_open_file(file, fmt, flags, out);
+	if (!ret) {
+		(*out)->own_policy = copy;
+		(*out)->own_dir = dir;
+		return 0;
+	}
+	free(copy);
+	free(dir);
+	return ret;
+}
+
+int image_open(const char *path, const char *fmt, int flags, struct image **out)
+{
+	return image_open_policy(path, fmt, flags, NULL, out);
 }
 
 void image_close(struct image *img)

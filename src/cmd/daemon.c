@@ -11,6 +11,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "vireo/block.h"
 #include "vireo/cmd.h"
 #include "vireo/log.h"
 #include "vireo/mgr.h"
@@ -23,7 +24,8 @@ static const char daemon_usage[] =
 	"                    [--overcommit N] [--overcommit-warn N]\n"
 	"                    [--memory-policy=manual|auto] [--memory-low PCT] [--memory-high PCT]\n"
 	"                    [--memory-interval MS] [--memory-reserve SIZE]\n"
-	"                    [--log-max SIZE] [--vmm-uid-base N|none] [--verbose]\n"
+	"                    [--log-max SIZE] [--vmm-uid-base N|none] [--storage DIR]...\n"
+	"                    [--verbose]\n"
 	"\n"
 	"  --state-dir DIR   VM definitions, runtime records, sockets and logs\n"
 	"  --socket PATH     the HTTP API's Unix socket (curl --unix-socket PATH)\n"
@@ -43,6 +45,10 @@ static const char daemon_usage[] =
 	"  --vmm-uid-base N  run as root, each VMM runs as its own user id from N\n"
 	"                    (default 100000), chrooted in DIR/jail, under a seccomp\n"
 	"                    filter; none: VMMs keep the daemon's user\n"
+	"  --storage DIR     disks and their whole backing chains must lie in DIR\n"
+	"                    (repeatable, up to 16; symlinks resolved); default: the\n"
+	"                    state dir's images/ directory. Each VMM gets access to\n"
+	"                    exactly its VM's files while it runs (docs/api.md)\n"
 	"  --verbose         log VM state changes\n"
 	"\n"
 	"SIGTERM or SIGINT stops the daemon; running VMs keep running and are\n"
@@ -56,6 +62,8 @@ struct daemon_options {
 	unsigned int mem_interval_ms;
 	uint64_t mem_reserve, log_max;
 	unsigned int vmm_uid_base;
+	const char *storage[16];
+	unsigned int nstorage;
 };
 
 static int uint_arg(const char *text, unsigned int lo, unsigned int hi, unsigned int *out)
@@ -84,6 +92,7 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		{ "memory-policy", required_argument, NULL, 'p' },
 		{ "memory-interval", required_argument, NULL, 'i' },
 		{ "memory-reserve", required_argument, NULL, 'r' },
+		{ "storage", required_argument, NULL, 'S' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -143,6 +152,11 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 				return err_set(-EINVAL, "--vmm-uid-base must be none or 1000 to 4294836224");
 			o->vmm_uid_base = strcmp(optarg, "none") ? o->vmm_uid_base : 0;
 			break;
+		case 'S':
+			if (o->nstorage == 16)
+				return err_set(-EINVAL, "at most 16 --storage directories");
+			o->storage[o->nstorage++] = optarg;
+			break;
 		case 'v': log_set_level(LOG_INFO); break;
 		case 'h': fputs(daemon_usage, stdout); exit(0);
 		default: return err_set(-EINVAL, "see 'vireo daemon --help'");
@@ -154,6 +168,22 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		return err_set(-EINVAL, "--state-dir and --socket are required");
 	if (o->mem_low_pct >= o->mem_high_pct)
 		return err_set(-EINVAL, "--memory-low must be below --memory-high");
+	return 0;
+}
+
+/* The storage directories, resolved; DIR/images when none is given (as
+ * libvirt's default pool): never "anywhere". */
+static int set_storage(struct mgr *m, const struct daemon_options *o)
+{
+	char def[PATH_MAX + 8];
+	unsigned int n = o->nstorage ? o->nstorage : 1;
+
+	snprintf(def, sizeof(def), "%s/images", m->state_dir);
+	for (unsigned int i = 0; i < n; i++) {
+		if (block_storage_dir(o->nstorage ? o->storage[i] : def, &m->storage[i]))
+			return err_set(-EINVAL, "--storage: %s", err_get());
+		m->nstorage = i + 1;
+	}
 	return 0;
 }
 
@@ -198,7 +228,7 @@ int cmd_daemon(int argc, char **argv)
 	/* Blocked before any thread starts, so only the signalfd sees them. */
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	sfd = signalfd(-1, &set, SFD_CLOEXEC);
-	if (sfd < 0 || mgr_open(&m, o.state_dir, o.cgroup)) {
+	if (sfd < 0 || mgr_open(&m, o.state_dir, o.cgroup) || set_storage(&m, &o)) {
 		fprintf(stderr, "vireo: %s\n", sfd < 0 ? strerror(errno) : err_get());
 		return 1;
 	}

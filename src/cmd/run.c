@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "vireo/block.h"
 #include "vireo/boot.h"
 #include "vireo/cmd.h"
 #include "vireo/control.h"
@@ -48,6 +50,8 @@ struct run_options {
 	const char *vcpu_cgroup;
 	const char *console_socket;
 	struct sandbox sandbox;
+	char *storage[BLOCK_POLICY_MAX_DIRS];	/* --storage, resolved */
+	struct block_policy policy;		/* every disk's, with --storage */
 };
 
 /* The devices of one VM, torn down together. */
@@ -102,6 +106,9 @@ static const char run_usage[] =
 	"                   client at a time; bytes both ways)\n"
 	"  --vcpu-cgroup FILE each vCPU thread writes its thread id to FILE (the\n"
 	"                   daemon's vCPU cgroup: 'tasks' or 'cgroup.threads')\n"
+	"  --storage DIR    every disk and every file of its backing chain must lie\n"
+	"                   in DIR (repeatable; symlinks resolved); with --user, disks\n"
+	"                   are opened with that user's rights (docs/images.md)\n"
 	"  --user UID[:GID]|NAME  run as this user once everything is open\n"
 	"  --jail DIR       chroot into DIR (empty) once everything is open\n"
 	"  --seccomp=MODE   on (default): a syscall outside the VMM's allowlist kills\n"
@@ -230,11 +237,35 @@ static int check_run_options(struct run_options *o, bool seccomp_given)
 	return 0;
 }
 
+static int add_storage(struct run_options *o, const char *dir)
+{
+	if (o->policy.ndirs == BLOCK_POLICY_MAX_DIRS)
+		return err_set(-EINVAL, "at most %d --storage options", BLOCK_POLICY_MAX_DIRS);
+	if (block_storage_dir(dir, &o->storage[o->policy.ndirs]))
+		return err_set(-EINVAL, "--storage: %s", err_get());
+	o->policy.ndirs++;
+	o->policy.dirs = (const char *const *)o->storage;
+	return 0;
+}
+
+/* With --storage, every disk's chain is confined to it, and opened as the
+ * VM's user when there is one (the daemon always gives both). */
+static void apply_storage(struct run_options *o)
+{
+	if (!o->policy.ndirs)
+		return;
+	o->policy.as_user = o->sandbox.drop;
+	o->policy.uid = o->sandbox.uid;
+	o->policy.gid = o->sandbox.gid;
+	for (unsigned int i = 0; i < o->ndisks; i++)
+		o->disks[i].policy = &o->policy;
+}
+
 static int parse_run_options(int argc, char **argv, struct run_options *o)
 {
 	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_BALLOON, OPT_NET,
 	       OPT_API_SOCKET, OPT_VCPU_CGROUP, OPT_CONSOLE_SOCKET, OPT_USER, OPT_JAIL,
-	       OPT_SECCOMP };
+	       OPT_SECCOMP, OPT_STORAGE };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -253,6 +284,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "user", required_argument, NULL, OPT_USER },
 		{ "jail", required_argument, NULL, OPT_JAIL },
 		{ "seccomp", required_argument, NULL, OPT_SECCOMP },
+		{ "storage", required_argument, NULL, OPT_STORAGE },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -317,12 +349,17 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 				return -EINVAL;
 			seccomp_given = true;
 			break;
+		case OPT_STORAGE:
+			if (add_storage(o, optarg))
+				return -EINVAL;
+			break;
 		case 'h': fputs(run_usage, stdout); exit(0);
 		default: return err_set(-EINVAL, "see 'vireo run --help'");
 		}
 	}
 	if (optind < argc)
 		return err_set(-EINVAL, "unexpected argument '%s'", argv[optind]);
+	apply_storage(o);
 	return check_run_options(o, seccomp_given);
 }
 
@@ -586,6 +623,12 @@ static int run_vm(const struct run_options *o)
 	struct loop *loop = NULL;
 	int status = VM_EXIT_VMM_ERROR;
 
+	/* Disks opened as the VM's user must not get root's groups either
+	 * (setfsgid changes only the primary one). */
+	if (o->policy.as_user && setgroups(0, NULL) < 0) {
+		fprintf(stderr, "vireo: setgroups: %s\n", strerror(errno));
+		return status;
+	}
 	if (vm_build(&vm, &pci, &devs, o) || !(loop = loop_create()) ||
 	    control_start(loop, &vm, &devs, o, disk_paths, &ctl) ||
 	    (cs.serial = gate.serial = devs.serial, console_sock_open(loop, &cs)) ||
@@ -639,7 +682,7 @@ static void argv_free(char **copy, int argc)
 int cmd_run(int argc, char **argv)
 {
 	char **saved = argv_save(argc, argv);
-	struct run_options o;
+	struct run_options o = { 0 };
 	int status = VM_EXIT_VMM_ERROR;
 
 	if (parse_run_options(argc, argv, &o)) {
@@ -657,6 +700,8 @@ int cmd_run(int argc, char **argv)
 		status = VM_EXIT_VMM_ERROR;
 	}
 out:
+	for (unsigned int i = 0; i < o.policy.ndirs; i++)
+		free(o.storage[i]);
 	argv_free(saved, argc);
 	return status;
 }

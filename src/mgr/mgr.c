@@ -63,7 +63,7 @@ static int sock_path(struct mgr *m, const char *name, char *buf, size_t size)
 static int make_dirs(struct mgr *m)
 {
 	/* jail: the VMMs' empty chroot (root's, 0700: they cannot even list it) */
-	static const char *const subs[] = { "", "/vms", "/run", "/logs", "/jail" };
+	static const char *const subs[] = { "", "/vms", "/run", "/logs", "/jail", "/images" };
 	char path[PATH_MAX + 8];
 
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
@@ -315,6 +315,10 @@ enum mgr_err mgr_create(struct mgr *m, struct vm_def *def)
 		vm_def_free(def);
 		return MGR_E_CONFLICT;
 	}
+	if (storage_check(m, def)) {
+		vm_def_free(def);
+		return MGR_E_BAD;
+	}
 	vm = calloc(1, sizeof(*vm));
 	if (!vm) {
 		vm_def_free(def);
@@ -442,6 +446,7 @@ static enum mgr_err launch(struct mgr *m, struct mgr_vm *vm, const char *reason)
 	snprintf(why, sizeof(why), "%s", err_get());
 	if (vm->pid > 0)
 		vmm_kill(m, vm);
+	storage_revoke(m, vm->def.name);
 	vm->state = MGR_CRASHED;
 	snprintf(vm->reason, sizeof(vm->reason), "start failed: %s", why);
 	store_save_run(m, vm);
@@ -457,6 +462,9 @@ enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm)
 	}
 	if (check_overcommit(m, vm))
 		return MGR_E_CONFLICT;
+	/* The files may have changed since the VM was created. */
+	if (storage_check(m, &vm->def))
+		return MGR_E_BAD;
 	return launch(m, vm, "started");
 }
 

@@ -196,6 +196,7 @@ void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known)
 	vm->starttime = 0;
 	vm->stopping = false;
 	cgroup_vm_remove(&m->cg, vm->def.name);
+	storage_revoke(m, vm->def.name);
 	store_save_run(m, vm);
 }
 
@@ -236,7 +237,7 @@ static char *xasprintf(const char *fmt, ...)
 static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 		       unsigned int uid)
 {
-	char **argv = calloc(16 + MGR_MAX_DISKS + MGR_MAX_NICS, sizeof(char *));
+	char **argv = calloc(16 + MGR_MAX_DISKS + MGR_MAX_NICS + m->nstorage, sizeof(char *));
 	char file[PATH_MAX];
 	unsigned int n = 0;
 
@@ -251,6 +252,10 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 	argv[n++] = xasprintf("--memory=%lluK", (unsigned long long)(d->memory >> 10));
 	if (d->cmdline)
 		argv[n++] = xasprintf("--cmdline=%s", d->cmdline);
+	/* The VMM enforces the storage directories too, and opens the disks
+	 * as its own uid (the daemon has granted it access: storage.c). */
+	for (unsigned int i = 0; i < m->nstorage; i++)
+		argv[n++] = xasprintf("--storage=%s", m->storage[i]);
 	for (unsigned int i = 0; i < d->ndisks; i++) {
 		const struct mgr_disk *k = &d->disks[i];
 
@@ -459,6 +464,10 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock)
 	if (logfd < 0)
 		return err_set(-errno, "cannot create %s: %m", log);
 	vm->vmm_uid = vmm_pick_uid(m, vm);
+	if (vm->vmm_uid && (ret = storage_grant(m, &vm->def, vm->vmm_uid))) {
+		close(logfd);
+		return ret;
+	}
 	argv = vmm_argv(m, &vm->def, sock, vm->vmm_uid);
 	ret = argv ? vmm_spawn(m, vm, argv, logfd) : err_set(-ENOMEM, "out of memory");
 	argv_free(argv);

@@ -227,7 +227,7 @@ int virtio_blk_create(struct vm *vm, struct pci_bus *bus, const struct disk_conf
 		      struct virtio_blk **out)
 {
 	struct blockdev_opts bo = { .path = cfg->path, .format = cfg->format,
-				    .readonly = cfg->readonly };
+				    .readonly = cfg->readonly, .policy = cfg->policy };
 	struct virtio_blk *blk = calloc(1, sizeof(*blk));
 	static struct virtio_device_ops ro_ops;
 	int ret;
