@@ -152,14 +152,18 @@ int image_open_file(struct bfile *file, const char *fmt, int flags, struct image
 static int own_dir_policy(const struct block_policy *p, const char *path,
 			  struct block_policy **copy, char **dir)
 {
+	char parent[BLOCK_PATH_MAX];
 	const char **dirs;
-	char *slash;
+	int ret;
 
-	*dir = realpath(path, NULL);
-	if (!*dir)
-		return err_set(-errno, "%s: %s", path, strerror(errno));
-	slash = strrchr(*dir, '/');
-	slash[slash == *dir] = '\0';	/* "/a/b" -> "/a", "/b" -> "/" */
+	/* The directory the name is in, where relative backing names resolve
+	 * (bfile_resolve): a symlinked image leading elsewhere is refused too. */
+	ret = bfile_resolve(path, ".", parent);
+	if (ret)
+		return ret;
+	ret = block_storage_dir(parent, dir);
+	if (ret)
+		return ret;
 	*copy = calloc(1, sizeof(**copy) + (p->ndirs + 1) * sizeof(char *));
 	if (!*copy) {
 		free(*dir);
@@ -176,6 +180,19 @@ static int own_dir_policy(const struct block_policy *p, const char *path,
 	return 0;
 }
 
+/* A command that reads only the top image (img info, check) still refuses
+ * a chain that leads out of the policy; one it cannot open otherwise (a
+ * missing backing file, `img rebase -u`) is its own business. */
+static int check_chain(const char *path, const char *fmt, const struct block_policy *p)
+{
+	struct image *img;
+	int ret = image_open_policy(path, fmt, 0, p, &img);
+
+	if (!ret)
+		image_close(img);
+	return ret == -EPERM ? ret : 0;
+}
+
 int image_open_policy(const char *path, const char *fmt, int flags,
 		      const struct block_policy *p, struct image **out)
 {
@@ -189,6 +206,11 @@ int image_open_policy(const char *path, const char *fmt, int flags,
 	p = p ? p : default_policy;
 	if (p && p->own_dir && (ret = own_dir_policy(p, path, &copy, &dir)))
 		return ret;
+	if (copy && (flags & IMAGE_NO_BACKING) && (ret = check_chain(path, fmt, copy))) {
+		free(copy);
+		free(dir);
+		return ret;
+	}
 	ret = bfile_open_policy(path, ((flags & IMAGE_RDWR) ? BFILE_RDWR : BFILE_RDONLY) |
 				((flags & IMAGE_DIRECT) ? BFILE_DIRECT : 0), copy ? copy : p, 0,
 				&file);

@@ -56,49 +56,46 @@ static int refuse(const struct block_policy *p, const char *path, const char *re
 	return err_set(-EPERM, "%s: outside the storage directories (%s)", path, dirs);
 }
 
-/* Opens real (which lies in dir) from a descriptor of dir: nothing in the
- * path can lead out of it any more, whatever was swapped in since the check.
- * Returns the fd or -errno. */
-static int open_beneath(const char *dir, int prefix, const char *real, int oflags)
+/* Opens real (which lies in the directory dfd) from that descriptor:
+ * nothing in the path can lead out of it any more, whatever was swapped in
+ * since the check. Returns the fd or -errno. */
+static int open_beneath(int dfd, int prefix, const char *real, int oflags)
 {
 	struct open_how how = { .flags = (uint64_t)oflags,
 				.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS };
 	const char *rel = real[prefix] ? real + prefix + 1 : ".";
-	int dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	int fd, err;
+	int fd = (int)syscall(SYS_openat2, dfd, rel, &how, sizeof(how));
 
-	if (dfd < 0)
-		return -errno;
-	fd = (int)syscall(SYS_openat2, dfd, rel, &how, sizeof(how));
-	err = errno;
-	close(dfd);
-	return fd < 0 ? -err : fd;
+	return fd < 0 ? -errno : fd;
 }
 
 /* The open itself, with the thread's filesystem ids switched to the
- * user's for its duration (setfsuid is per thread). */
+ * user's for its duration (setfsuid is per thread). The storage directory
+ * is opened before, with our own rights: the user needs search permission
+ * below it only, not on the directories above it. */
 static int open_as(const struct block_policy *p, const char *dir, int prefix, const char *real,
 		   int oflags)
 {
-	int old_uid = 0, old_gid = 0, fd;
+	int old_uid = 0, old_gid = 0, fd, dfd = -1;
 
+	if (dir && (dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+		return -errno;
 	if (p->as_user) {
 		old_gid = setfsgid(p->gid);
 		old_uid = setfsuid(p->uid);
-		if (setfsuid((uid_t)-1) != (int)p->uid || setfsgid((gid_t)-1) != (int)p->gid) {
-			setfsuid((uid_t)old_uid);
-			setfsgid((gid_t)old_gid);
-			return -EPERM;
-		}
 	}
-	if (dir)
-		fd = open_beneath(dir, prefix, real, oflags);
+	if (p->as_user && (setfsuid((uid_t)-1) != (int)p->uid || setfsgid((gid_t)-1) != (int)p->gid))
+		fd = -EPERM;
+	else if (dir)
+		fd = open_beneath(dfd, prefix, real, oflags);
 	else if ((fd = open(real, oflags)) < 0)
 		fd = -errno;
 	if (p->as_user) {
 		setfsuid((uid_t)old_uid);
 		setfsgid((gid_t)old_gid);
 	}
+	if (dfd >= 0)
+		close(dfd);
 	return fd;
 }
 

@@ -40,6 +40,8 @@ static int usage_to(FILE *out)
 		"  map [-f fmt] [--output=human|json] FILE\n"
 		"  compare [-f fmt] [-F fmt] A B\n"
 		"  bench [-f fmt] [-c count] [-s size] [-w] [-F] [-t none] FILE\n"
+		"--backing-confine (with any command): refuse backing files, VMDK extents\n"
+		"and parents, VHD parents that resolve outside the image's directory\n"
 		"sizes take K, M, G, T suffixes; formats:");
 	image_format_foreach(print_fmt, out);
 	fprintf(out, "\n");
@@ -553,8 +555,27 @@ static const struct verb verbs[] = {
 	{ "compare", img_compare }, { "bench", img_bench },
 };
 
+/* --backing-confine, anywhere on the line: every file an image names
+ * (backing files, VMDK extents and parents, VHD parents) must resolve
+ * inside that image's own directory (docs/images.md). */
+static int take_global_opts(int argc, char **argv)
+{
+	static const struct block_policy confine = { .own_dir = true };
+	int n = 0;
+
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--backing-confine"))
+			image_set_default_policy(&confine);
+		else
+			argv[n++] = argv[i];
+	}
+	argv[n] = NULL;
+	return n;
+}
+
 int cmd_img(int argc, char **argv)
 {
+	argc = take_global_opts(argc, argv);
 	if (argc < 2)
 		return usage();
 	for (int i = 1; i < argc; i++)

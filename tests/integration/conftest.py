@@ -274,11 +274,12 @@ def qemu_hmp(path, command, timeout=60):
 
 
 @pytest.fixture
-def daemon():
-    """A `vireo daemon` on a private state dir (daemonutil.Daemon); every
+def daemon(tmp_path):
+    """A `vireo daemon` on a private state dir (daemonutil.Daemon), with the
+    test's tmp_path as its storage directory (disks must be there); every
     VMM it started is killed afterwards."""
     from daemonutil import Daemon
-    d = Daemon().start()
+    d = Daemon(extra=["--storage", str(tmp_path)]).start()
     yield d
     d.cleanup()
 

@@ -143,7 +143,7 @@ def test_daemon_stops_linux_gracefully_and_its_disk_is_clean(kit, vmm, tmp_path)
     power button and Linux powers off (state stopped, "powered off"); the
     disk then passes qemu-img check and holds what the guest wrote."""
     img, ro, ro_bytes = blk_disks(tmp_path, "qcow2")
-    d = Daemon().start()
+    d = Daemon(extra=["--storage", str(tmp_path)]).start()
     try:
         d.ok("POST", "/vms", linux_def(
             kit, "lx", f"vireo.test=blk,powerbutton vireo.seed={BLK_SEED} "
