@@ -190,3 +190,19 @@ def test_img_backing_confine(tmp_path, case):
         r = subprocess.run([str(VIREO), "img", *cmd, "--backing-confine", str(img)],
                            capture_output=True, text=True)
         assert r.returncode == 1 and named in r.stderr, (cmd, r.stdout, r.stderr)
+
+
+def test_vmdk_parent_must_be_vmdk_without_any_policy(tmp_path):
+    """docs/images.md: a VMDK's parent is a VMDK. A descriptor naming a raw
+    file as its parent is refused by every path that opens the chain; a
+    VMDK parent still works."""
+    img, _ = vmdk_raw_parent(tmp_path)
+    r = subprocess.run([str(VIREO), "img", "info", "--backing-chain", str(img)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "VMDK parent 'parent.raw' is not a VMDK image" in r.stderr, \
+        (r.stdout, r.stderr)
+    qimg("create", "-f", "vmdk", str(tmp_path / "base.vmdk"), "1M")
+    qimg("create", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", str(tmp_path / "snap.vmdk"))
+    r = subprocess.run([str(VIREO), "img", "info", "--backing-chain", "--backing-confine",
+                        str(tmp_path / "snap.vmdk")], capture_output=True, text=True)
+    assert r.returncode == 0 and "base.vmdk" in r.stdout, (r.stdout, r.stderr)
