@@ -66,8 +66,6 @@ struct control_target {
 	struct virtio_balloon *balloon; /* NULL: none */
 	struct ged *ged;                /* the power button; NULL: none */
 	uint64_t balloon_target;        /* its target (control_apply updates it) */
-	int task_dir;                   /* /proc/self/task (control_create opens it,
-					 * so that a jailed VMM still reads schedstat) */
 };
 
 /* Error classes in replies ("code"), which the daemon maps to HTTP statuses. */

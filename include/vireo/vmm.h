@@ -52,6 +52,8 @@ struct vcpu {
 	pthread_t thread;
 	bool thread_started;
 	int tid;              /* host thread id, once the thread runs (0 before) */
+	int schedstat_fd;     /* its /proc/.../schedstat, opened by the thread
+			       * before the sandbox; -1 none */
 	uint64_t exits;
 };
 
@@ -81,6 +83,7 @@ struct vm {
 	enum vm_state state;
 	bool pause_requested;
 	unsigned int parked;  /* vCPU threads waiting in vcpu_park() */
+	unsigned int vcpus_ready; /* vCPU threads waiting for vm_start() */
 	const char *vcpu_cgroup; /* file each vCPU thread writes its tid to, or NULL */
 	int vcpu_cgroup_fd;      /* that file, opened before the sandbox; -1 none */
 	pthread_t map_thread;  /* installs the memory slots (vm_create) */
@@ -100,7 +103,12 @@ void vm_destroy(struct vm *vm);
 /* Waits until guest memory is installed in KVM (vm_create starts that in
  * the background). vm_start() calls it; returns 0 or -errno. */
 int vm_memory_ready(struct vm *vm);
-/* Starts a thread per vCPU; the BSP's registers must already be set. */
+/* Starts a thread per vCPU and returns once each has opened what it needs
+ * from the host (its schedstat file) and waits for vm_start(): call it
+ * before the sandbox. */
+int vm_start_vcpus(struct vm *vm);
+/* Lets the vCPUs run the guest (starting their threads first if
+ * vm_start_vcpus() was not called); the BSP's registers must already be set. */
 int vm_start(struct vm *vm);
 /* Asks every vCPU to leave KVM_RUN and the event loop to end; the first
  * status given wins. Safe from any thread. */

@@ -634,9 +634,15 @@ static int run_vm(const struct run_options *o)
 	    (cs.serial = gate.serial = devs.serial, console_sock_open(loop, &cs)) ||
 	    loop_add(loop, serial_rx_space_fd(devs.serial), EPOLLIN, gate_release, &gate) ||
 	    /* The memory slots are installed on a helper thread with an ioctl
-	     * the seccomp filter does not allow: it must be done first. */
-	    vm_memory_ready(&vm) || sandbox_enter(&o->sandbox) || vm_start(&vm)) {
+	     * the seccomp filter does not allow: it must be done first. The
+	     * vCPU threads open their schedstat files before the sandbox, and
+	     * run the guest only after it. */
+	    vm_memory_ready(&vm) || vm_start_vcpus(&vm) || sandbox_enter(&o->sandbox) ||
+	    vm_start(&vm)) {
 		fprintf(stderr, "vireo: %s\n", err_get());
+		/* vCPU threads already waiting for vm_start() end without running. */
+		vm_request_stop(&vm, VM_EXIT_VMM_ERROR);
+		vm_join(&vm);
 		goto out;
 	}
 	con = (struct console){ .serial = devs.serial, .gate = &gate, .vm = &vm };
@@ -685,7 +691,8 @@ int cmd_run(int argc, char **argv)
 	struct run_options o = { 0 };
 	int status = VM_EXIT_VMM_ERROR;
 
-	if (parse_run_options(argc, argv, &o)) {
+	/* The mount namespace, while this is the only thread. */
+	if (parse_run_options(argc, argv, &o) || sandbox_prepare(&o.sandbox)) {
 		fprintf(stderr, "vireo: %s\n", err_get());
 		goto out;
 	}

@@ -79,28 +79,24 @@ static uint64_t thread_cpu_ns(pthread_t thread)
 }
 
 /* The scheduler's view of a thread: time on a CPU and time runnable but
- * waiting for one (the vCPU's "steal"), from /proc/self/task/TID/schedstat. */
-static void thread_schedstat(int task_dir, int tid, uint64_t *run_ns, uint64_t *wait_ns)
+ * waiting for one (the vCPU's "steal"), from its schedstat file, which the
+ * thread opened before the sandbox (a fresh read at offset 0 each time). */
+static void thread_schedstat(int fd, uint64_t *run_ns, uint64_t *wait_ns)
 {
-	char path[64];
+	char buf[96];
 	unsigned long long run = 0, wait = 0;
-	int fd;
-	FILE *f = NULL;
+	ssize_t n = fd >= 0 ? pread(fd, buf, sizeof(buf) - 1, 0) : -1;
 
-	snprintf(path, sizeof(path), "%d/schedstat", tid);
-	fd = tid && task_dir >= 0 ? openat(task_dir, path, O_RDONLY | O_CLOEXEC) : -1;
-	if (fd >= 0 && !(f = fdopen(fd, "re")))
-		close(fd);
-	if (f) {
-		if (fscanf(f, "%llu %llu", &run, &wait) != 2)
+	if (n > 0) {
+		buf[n] = '\0';
+		if (sscanf(buf, "%llu %llu", &run, &wait) != 2)
 			run = wait = 0;
-		fclose(f);
 	}
 	*run_ns = run;
 	*wait_ns = wait;
 }
 
-static struct json_object *info_vcpus(struct vm *vm, int task_dir)
+static struct json_object *info_vcpus(struct vm *vm)
 {
 	struct json_object *arr = json_object_new_array();
 
@@ -113,7 +109,8 @@ static struct json_object *info_vcpus(struct vm *vm, int task_dir)
 		json_object_object_add(o, "tid", json_object_new_int(__atomic_load_n(&v->tid, __ATOMIC_ACQUIRE)));
 		add_u64(o, "exits", __atomic_load_n(&v->exits, __ATOMIC_RELAXED));
 		add_u64(o, "cpu_ns", v->thread_started ? thread_cpu_ns(v->thread) : 0);
-		thread_schedstat(task_dir, __atomic_load_n(&v->tid, __ATOMIC_ACQUIRE), &run, &wait);
+		/* Written by the vCPU thread before vm_start_vcpus() returned. */
+		thread_schedstat(v->thread_started ? v->schedstat_fd : -1, &run, &wait);
 		add_u64(o, "wait_ns", wait);
 		json_object_array_add(arr, o);
 	}
@@ -206,7 +203,7 @@ static struct json_object *control_info(const struct control_target *t)
 	for (unsigned int i = 0; i < t->vm->ncpus; i++)
 		exits += __atomic_load_n(&t->vm->vcpus[i].exits, __ATOMIC_RELAXED);
 	add_u64(r, "exits", exits);
-	json_object_object_add(r, "vcpus", info_vcpus(t->vm, t->task_dir));
+	json_object_object_add(r, "vcpus", info_vcpus(t->vm));
 	for (unsigned int i = 0; i < t->ndisks; i++)
 		json_object_array_add(disks, info_disk(t, i));
 	json_object_object_add(r, "disks", disks);
@@ -530,13 +527,10 @@ struct control *control_create(struct loop *loop, const char *path,
 	}
 	ctl->loop = loop;
 	ctl->target = *target;
-	ctl->target.task_dir = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	ctl->listen_fd = -1;
 	if (control_listen(ctl, path)) {
 		if (ctl->listen_fd >= 0)
 			close(ctl->listen_fd);
-		if (ctl->target.task_dir >= 0)
-			close(ctl->target.task_dir);
 		free(ctl);
 		return NULL;
 	}
@@ -552,8 +546,6 @@ void control_destroy(struct control *ctl)
 			client_close(ctl, i);
 	loop_del(ctl->loop, ctl->listen_fd);
 	close(ctl->listen_fd);
-	if (ctl->target.task_dir >= 0)
-		close(ctl->target.task_dir);
 	unix_unlink(ctl->path);
 	free(ctl);
 }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "vireo/log.h"
+#include "vireo/sandbox.h"
 #include "vireo/vmm.h"
 
 /* MSRs a Linux guest expects to find initialised (as Firecracker and
@@ -49,6 +50,7 @@ int vcpu_init(struct vm *vm, struct vcpu *vcpu, unsigned int id)
 
 	vcpu->vm = vm;
 	vcpu->id = id;
+	vcpu->schedstat_fd = -1;
 	vcpu->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, (unsigned long)id);
 	if (vcpu->fd < 0)
 		return err_set(-errno, "cannot create vCPU %u: %m", id);
@@ -173,6 +175,32 @@ static void vcpu_enter_cgroup(struct vcpu *vcpu)
 			 strerror(errno));
 }
 
+/* Before the sandbox: what the thread needs from the host is opened, then
+ * it waits for vm_start(). False: the VM stopped before it started. */
+static bool vcpu_wait_start(struct vcpu *vcpu)
+{
+	struct vm *vm = vcpu->vm;
+	bool go;
+	int ret;
+
+	/* A file, not the /proc/self/task directory: a directory descriptor
+	 * would lead out of the jail (openat "../.."). */
+	vcpu->schedstat_fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+	ret = sandbox_restrict_thread();
+	if (ret) {
+		fprintf(stderr, "vireo: vCPU %u: %s\n", vcpu->id, err_get());
+		vm_request_stop(vm, VM_EXIT_VMM_ERROR);
+	}
+	pthread_mutex_lock(&vm->stop_lock);
+	vm->vcpus_ready++;
+	pthread_cond_broadcast(&vm->state_cond);
+	while (vm->state == VM_STATE_CREATED && !vm->stop_requested)
+		pthread_cond_wait(&vm->state_cond, &vm->stop_lock);
+	go = !vm->stop_requested;
+	pthread_mutex_unlock(&vm->stop_lock);
+	return go;
+}
+
 static void *vcpu_thread(void *arg)
 {
 	struct vcpu *vcpu = arg;
@@ -183,6 +211,8 @@ static void *vcpu_thread(void *arg)
 	__atomic_store_n(&vcpu->tid, (int)gettid(), __ATOMIC_RELEASE);
 	if (vcpu->vm->vcpu_cgroup_fd >= 0)
 		vcpu_enter_cgroup(vcpu);
+	if (!vcpu_wait_start(vcpu))
+		return NULL;
 	for (;;) {
 		if (ioctl(vcpu->fd, KVM_RUN, 0) < 0) {
 			if (errno == EINTR || errno == EAGAIN) {
@@ -202,7 +232,7 @@ static void *vcpu_thread(void *arg)
 	return NULL;
 }
 
-int vm_start(struct vm *vm)
+int vm_start_vcpus(struct vm *vm)
 {
 	int ready = vm_memory_ready(vm);
 
@@ -219,8 +249,23 @@ int vm_start(struct vm *vm)
 		__atomic_store_n(&vm->vcpus[i].thread_started, true, __ATOMIC_RELEASE);
 	}
 	pthread_mutex_lock(&vm->stop_lock);
+	while (vm->vcpus_ready < vm->ncpus && !vm->stop_requested)
+		pthread_cond_wait(&vm->state_cond, &vm->stop_lock);
+	ready = vm->stop_requested ? err_set(-ESHUTDOWN, "the VM stopped while starting") : 0;
+	pthread_mutex_unlock(&vm->stop_lock);
+	return ready;
+}
+
+int vm_start(struct vm *vm)
+{
+	int ret = vm->ncpus && !vm->vcpus[0].thread_started ? vm_start_vcpus(vm) : 0;
+
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&vm->stop_lock);
 	if (vm->state == VM_STATE_CREATED)
 		vm->state = VM_STATE_RUNNING;
+	pthread_cond_broadcast(&vm->state_cond);
 	pthread_mutex_unlock(&vm->stop_lock);
 	return 0;
 }

@@ -222,6 +222,8 @@ void vm_destroy(struct vm *vm)
 	for (unsigned int i = 0; i < vm->ncpus; i++) {
 		munmap(vm->vcpus[i].run, vm->run_size);
 		close(vm->vcpus[i].fd);
+		if (vm->vcpus[i].schedstat_fd >= 0)
+			close(vm->vcpus[i].schedstat_fd);
 	}
 	free(vm->vcpus);
 	free(vm->routes);
