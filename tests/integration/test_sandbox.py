@@ -178,6 +178,54 @@ O_DIRECTORY = 0o200000
 AT_FDCWD = -100
 
 
+def assert_no_way_out(pid, tmp_path, made, jail, root, threads):
+    """openat() injected into VMM PID reaches no host file: relative to each
+    descriptor it holds, to its root and to its working directory, on every
+    thread (threads: names that must be among them); files it would create
+    start with MADE; JAIL must stay empty; ROOT: the VMM kept uid 0."""
+    fds = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+    what = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
+    up = "../" * 12
+    calls = []
+    for fd in fds:
+        calls += [(f"fd {fd} ({what[fd]}) ../etc/passwd", (fd, f"{up}etc/passwd", 0, 0)),
+                  (f"fd {fd} ({what[fd]}) O_CREAT ../tmp",
+                   (fd, f"{up}{made[1:]}-fd{fd}", O_WRONLY_CREAT, 0o644))]
+    for path in ("/etc/passwd", "/proc/self/root/etc/passwd", "/proc/1/root/etc/passwd",
+                 "/proc/self/../../etc/passwd", "/proc/self/cwd/etc/passwd",
+                 f"{up}etc/passwd", "/proc/self/task"):
+        calls.append((f"AT_FDCWD {path}", (AT_FDCWD, path, 0, 0)))
+    calls += [("AT_FDCWD O_CREAT /tmp", (AT_FDCWD, f"{made}-cwd", O_WRONLY_CREAT, 0o644)),
+              ("AT_FDCWD O_CREAT in the root", (AT_FDCWD, "/escape", O_WRONLY_CREAT, 0o644))]
+    results, out = gdb_openat(pid, [c for _, c in calls], tmp=tmp_path)
+    values = [v for _, v in results]
+    assert len(values) == len(calls), out
+    opened = [(what, v) for (what, _), v in zip(calls, values) if v >= 0]
+    assert not opened, f"opened from inside the sandbox: {opened}"
+    # Every thread: device I/O threads and vCPUs too.
+    results, out = gdb_openat(pid, [(AT_FDCWD, "/etc/passwd", 0, 0),
+                                    (AT_FDCWD, f"{made}-t", O_WRONLY_CREAT, 0o644)],
+                              all_threads=True, tmp=tmp_path)
+    values = [v for _, v in results]
+    names = [status(pid, t)["Name"] for t in os.listdir(f"/proc/{pid}/task")]
+    users = [n for n in names if not n.startswith("kvm-")]   # not KVM's own workers
+    assert threads <= set(names), names
+    assert "NOT-IN-SYSCALL" not in out and len(values) == 2 * len(users), out
+    assert all(v < 0 for v in values), out
+    # Landlock: even the empty root cannot be opened (EACCES), by the
+    # event loop and the vCPUs; by every thread from Landlock ABI 8 on.
+    # (For nobody, the root's mode 0700 alone refuses it.)
+    abi = landlock_abi()
+    if abi and root:
+        results, out = gdb_openat(pid, [(AT_FDCWD, "/", O_DIRECTORY, 0)],
+                                  all_threads=True, tmp=tmp_path)
+        denied = {n: v == -13 for n, v in results}
+        assert all(denied[n] for n in threads if not n.startswith("io-")), out
+        assert abi < 8 or all(denied.values()), out
+    leaked = [f for f in os.listdir("/tmp") if f.startswith(os.path.basename(made))]
+    assert not leaked and not os.listdir(jail), (leaked, os.listdir(jail))
+
+
 @pytest.mark.skipif(not shutil.which("gdb"), reason="skipped: needs gdb")
 @pytest.mark.parametrize("user", [True, False], ids=["nobody", "root"])
 def test_injected_openat_cannot_leave_the_jail(tmp_path, user):
@@ -197,48 +245,8 @@ def test_injected_openat_cannot_leave_the_jail(tmp_path, user):
         *extra, "--api-socket", sock, "--disk", f"path={img},format=raw", "--rng"]))
     try:
         guest.wait_line("PROBE wait ged_gsi=")
-        pid = guest.proc.pid
-        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
-        what = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
-        up = "../" * 12
-        calls = []
-        for fd in fds:
-            calls += [(f"fd {fd} ({what[fd]}) ../etc/passwd", (fd, f"{up}etc/passwd", 0, 0)),
-                      (f"fd {fd} ({what[fd]}) O_CREAT ../tmp",
-                       (fd, f"{up}{made[1:]}-fd{fd}", O_WRONLY_CREAT, 0o644))]
-        for path in ("/etc/passwd", "/proc/self/root/etc/passwd", "/proc/1/root/etc/passwd",
-                     "/proc/self/../../etc/passwd", "/proc/self/cwd/etc/passwd",
-                     f"{up}etc/passwd", "/proc/self/task"):
-            calls.append((f"AT_FDCWD {path}", (AT_FDCWD, path, 0, 0)))
-        calls += [("AT_FDCWD O_CREAT /tmp", (AT_FDCWD, f"{made}-cwd", O_WRONLY_CREAT, 0o644)),
-                  ("AT_FDCWD O_CREAT in the root", (AT_FDCWD, "/escape", O_WRONLY_CREAT, 0o644))]
-        results, out = gdb_openat(pid, [c for _, c in calls], tmp=tmp_path)
-        values = [v for _, v in results]
-        assert len(values) == len(calls), out
-        opened = [(what, v) for (what, _), v in zip(calls, values) if v >= 0]
-        assert not opened, f"opened from inside the sandbox: {opened}"
-        # Every thread: device I/O threads and vCPUs too.
-        results, out = gdb_openat(pid, [(AT_FDCWD, "/etc/passwd", 0, 0),
-                                        (AT_FDCWD, f"{made}-t", O_WRONLY_CREAT, 0o644)],
-                                  all_threads=True, tmp=tmp_path)
-        values = [v for _, v in results]
-        names = [status(pid, t)["Name"] for t in os.listdir(f"/proc/{pid}/task")]
-        threads = [n for n in names if not n.startswith("kvm-")]   # KVM's own workers
-        assert {"vireo", "vcpu0", "vcpu1", "io-blk", "io-rng"} <= set(threads), names
-        assert "NOT-IN-SYSCALL" not in out and len(values) == 2 * len(threads), out
-        assert all(v < 0 for v in values), out
-        # Landlock: even the empty root cannot be opened (EACCES), by the
-        # event loop and the vCPUs; by every thread from Landlock ABI 8 on.
-        # (For nobody, the root's mode 0700 alone refuses it.)
-        abi = landlock_abi()
-        if abi and not user:
-            results, out = gdb_openat(pid, [(AT_FDCWD, "/", O_DIRECTORY, 0)],
-                                      all_threads=True, tmp=tmp_path)
-            denied = {n: v == -13 for n, v in results}
-            assert denied["vireo"] and denied["vcpu0"] and denied["vcpu1"], out
-            assert abi < 8 or all(denied.values()), out
-        leaked = [f for f in os.listdir("/tmp") if f.startswith(os.path.basename(made))]
-        assert not leaked and not os.listdir(jail), (leaked, os.listdir(jail))
+        assert_no_way_out(guest.proc.pid, tmp_path, made, jail, root=not user,
+                          threads={"vireo", "vcpu0", "vcpu1", "io-blk", "io-rng"})
         # The VMM survived the probing (openat is in its seccomp allowlist)
         # and still serves its control socket, scheduler figures included.
         info = vireo_control(sock, action="info")
@@ -334,6 +342,27 @@ def test_daemon_gives_each_vmm_its_own_uid():
         with open(os.path.join(d.state, "run", "u3.json")) as f:
             assert json.load(f)["vmm_uid"] == 100000
     finally:
+        d.cleanup()
+
+
+@pytest.mark.skipif(not shutil.which("gdb"), reason="skipped: needs gdb")
+def test_daemon_vmm_has_no_way_out(tmp_path):
+    """The same injected openat() calls in a VMM the daemon started (its
+    descriptors: the log, the cgroup file, the sockets it inherits)."""
+    made = f"/tmp/vireo-escape-{os.getpid()}"
+    d = Daemon().start()
+    try:
+        d.create("e1", scenario="wait=60000")
+        js = d.ok("POST", "/vms/e1/start")
+        wait_for(lambda: all(status(js["pid"], t)["Seccomp"] == "2"
+                             for t in os.listdir(f"/proc/{js['pid']}/task")))
+        assert_no_way_out(js["pid"], tmp_path, made, os.path.join(d.state, "jail"), root=False,
+                          threads={"vireo", "vcpu0"})
+        assert d.ok("GET", "/vms/e1")["state"] == "running"
+    finally:
+        for f in os.listdir("/tmp"):
+            if f.startswith(os.path.basename(made)):
+                os.unlink(os.path.join("/tmp", f))
         d.cleanup()
 
 
