@@ -116,10 +116,29 @@ bool vmm_alive(const struct mgr_vm *vm)
 	return vm->pid > 0 && proc_starttime(vm->pid) == vm->starttime;
 }
 
+/* Its effective uid (the VMM's own user once sandboxed), so that no other
+ * VMM is given the same one. */
+static unsigned int proc_uid(pid_t pid)
+{
+	char path[64], line[256];
+	unsigned int real, eff = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "re");
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "Uid: %u %u", &real, &eff) == 2)
+			break;
+	if (f)
+		fclose(f);
+	return eff;
+}
+
 void vmm_adopt_pid(struct mgr_vm *vm, pid_t pid)
 {
 	vm->pid = pid;
 	vm->starttime = proc_starttime(pid);
+	vm->vmm_uid = proc_uid(pid);
 	vm->child = false;
 }
 

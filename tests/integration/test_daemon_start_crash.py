@@ -189,6 +189,9 @@ def test_damaged_run_record_never_gives_a_second_vmm(daemon, record):
     assert st == 409, (st, js)
     assert vmm_pids(daemon, "g") == [pid]
     with open(path) as f:
-        assert json.load(f)["pid"] == pid  # the record is repaired
+        rec = json.load(f)  # repaired, with the VMM's own uid (never given twice)
+    with open(f"/proc/{pid}/status") as f:
+        uid = next(int(l.split()[2]) for l in f if l.startswith("Uid:"))
+    assert rec["pid"] == pid and rec["vmm_uid"] == uid, (rec, uid)
     assert daemon.ok("POST", "/vms/g/stop", {"force": True})["state"] == "stopped"
     assert not vmm_pids(daemon, "g")
