@@ -63,6 +63,7 @@ struct bfile {
 	const struct bfile_ops *ops;
 	char *path;		/* as given; used in error messages and for siblings */
 	bool readonly;
+	bool force_share;	/* opened without image locks (-U) */
 	int fd;			/* posix backend only; -1 otherwise */
 	/* Where the files this one names (backing files, extents, parents)
 	 * may be: they are opened under the same policy. NULL: anywhere. */
@@ -79,9 +80,24 @@ enum bfile_flags {
 	BFILE_RDWR   = 1 << 0,
 	BFILE_CREATE = 1 << 1,	/* create or truncate to 0 */
 	BFILE_DIRECT = 1 << 2,	/* O_DIRECT where the backend supports it */
+	BFILE_FORCE_SHARE = 1 << 3, /* no image locks (qemu-img -U) */
 };
 
-/* Opens a host file (pread/pwrite backend; io_uring later). */
+/* Opens a host file (pread/pwrite backend; io_uring later).
+ *
+ * Image locking, compatible with QEMU's (block/file-posix.c): every open
+ * takes OFD read locks on single bytes, 100+i for each permission bit i it
+ * holds (0 consistent read, 1 write, 2 write-unchanged, 3 resize) and 200+i
+ * for each it does not let others hold, then fails with -EBUSY ("image is in
+ * use by another process: PATH") if another open file holds a permission it
+ * refuses, or refuses one it wants. A writable open holds read, write and
+ * resize and shares neither write nor resize; a read-only open holds read
+ * and shares neither either: one writer, or any number of readers, as with
+ * QEMU and qemu-img. The locks belong to the open file description: they
+ * conflict between two opens in one process, a forked child shares them,
+ * and they go with the last descriptor. BFILE_FORCE_SHARE takes none (and
+ * files opened relative to such a file take none either). BFILE_CREATE
+ * locks before it truncates. */
 int bfile_open(const char *path, int flags, struct bfile **out);
 /* The same under a storage policy (NULL: none): see block_policy_open(). */
 int bfile_open_policy(const char *path, int flags, const struct block_policy *p,
@@ -350,6 +366,7 @@ enum image_open_flags {
 	IMAGE_NO_BACKING  = 1 << 1,	/* don't open the backing chain */
 	IMAGE_ALLOW_PROBE_RAW_RW = 1 << 2, /* -f raw explicitly given */
 	IMAGE_DIRECT      = 1 << 3,	/* O_DIRECT on this layer (cache=none) */
+	IMAGE_FORCE_SHARE = 1 << 4,	/* no image locks, whole chain (-U) */
 };
 
 /* Registry. */

@@ -10,6 +10,7 @@
  *   DIR/run/NAME.sock     the VMM's control socket (include/vireo/control.h)
  *   DIR/run/NAME.grants   the ACL entries given to the VMM's uid (storage.c)
  *   DIR/images/           the storage directory when --storage names none
+ *   DIR/run/NAME.lock     OFD-locked by the VM's VMM for its whole life
  *   DIR/logs/NAME.log     the VMM's stdout and stderr (serial console too);
  *   DIR/logs/NAME.log.1   its previous generation, past --log-max
  *
@@ -234,6 +235,12 @@ int store_save_run(struct mgr *m, const struct mgr_vm *vm);
 /* Past m->log_max bytes, the VM's log moves to NAME.log.1 (copy-truncate). */
 void store_rotate_log(struct mgr *m, const char *name);
 void store_remove(struct mgr *m, const char *name);
+/* Takes the VM's lock (DIR/run/NAME.lock) into *fd; -EBUSY while a VMM of
+ * the VM (or its child not yet exec'd) holds it. */
+int store_lock_vm(struct mgr *m, const char *name, int *fd);
+/* Whether a VMM of the VM holds its lock: it lives, whatever the run
+ * record says. */
+bool store_vm_locked(struct mgr *m, const char *name);
 int store_path(const struct mgr *m, char *buf, size_t size, const char *sub,
 	       const char *name, const char *ext);
 
@@ -241,8 +248,13 @@ int store_path(const struct mgr *m, char *buf, size_t size, const char *sub,
 /* Sends one request line to a control socket; returns the reply object or
  * NULL with err_set(). */
 struct json_object *vmm_request(const char *sock, const char *request);
-/* Starts the VMM of vm in its cgroup and waits until its socket answers. */
-int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock);
+/* Starts the VMM of vm in its cgroup and waits until its socket answers.
+ * The run record (pid, "running") is saved before the VMM is let go; on
+ * failure *untouched says that nothing was started nor changed (the VM's
+ * lock is held: -EBUSY; the record could not be saved). */
+int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock, bool *untouched);
+/* Takes pid (a live VMM found by its socket) as vm's VMM. */
+void vmm_adopt_pid(struct mgr_vm *vm, pid_t pid);
 int vmm_apply_pins(const char *sock, const struct vm_def *def);
 /* Whether vm->pid is still the VMM we started (pid and start time). */
 bool vmm_alive(const struct mgr_vm *vm);

@@ -135,6 +135,79 @@ static struct bfile *bfile_alloc(const struct bfile_ops *ops, const char *path, 
 	return f;
 }
 
+/* ---- image locking (QEMU's scheme, include/vireo/block.h) ---- */
+
+#define LOCK_PERM_BASE   100
+#define LOCK_SHARED_BASE 200
+#define PERM_READ        (1u << 0)	/* consistent read */
+#define PERM_WRITE       (1u << 1)
+#define PERM_WRITE_SAME  (1u << 2)	/* write unchanged */
+#define PERM_RESIZE      (1u << 3)
+#define PERM_BITS        4
+
+static const char *const perm_names[PERM_BITS] = {
+	"consistent read", "write", "write unchanged", "resize",
+};
+
+/* One byte: F_OFD_SETLK of a read lock, or F_OFD_GETLK of a write lock,
+ * which reports a lock another open file holds (never our own). */
+static int lock_byte(int fd, int cmd, off_t off, bool *taken)
+{
+	struct flock fl = { .l_type = cmd == F_OFD_GETLK ? F_WRLCK : F_RDLCK,
+			    .l_whence = SEEK_SET, .l_start = off, .l_len = 1 };
+
+	if (fcntl(fd, cmd, &fl) < 0)
+		return -errno;
+	*taken = cmd == F_OFD_GETLK && fl.l_type != F_UNLCK;
+	return 0;
+}
+
+/* Takes our bytes first and checks the others' second, as QEMU does: two
+ * openers racing then both see each other (both fail) rather than neither. */
+static int lock_apply(int fd, unsigned int perm, unsigned int shared, const char **conflict)
+{
+	bool taken = false;
+	int ret = 0;
+
+	for (unsigned int i = 0; i < PERM_BITS && !ret; i++) {
+		if (perm & (1u << i))
+			ret = lock_byte(fd, F_OFD_SETLK, LOCK_PERM_BASE + i, &taken);
+		if (!ret && !(shared & (1u << i)))
+			ret = lock_byte(fd, F_OFD_SETLK, LOCK_SHARED_BASE + i, &taken);
+		if (ret == -EAGAIN || ret == -EACCES)
+			*conflict = perm_names[i];	/* someone write-locked it */
+	}
+	for (unsigned int i = 0; i < PERM_BITS && !ret && !*conflict; i++) {
+		if (perm & (1u << i))
+			ret = lock_byte(fd, F_OFD_GETLK, LOCK_SHARED_BASE + i, &taken);
+		if (!ret && !taken && !(shared & (1u << i)))
+			ret = lock_byte(fd, F_OFD_GETLK, LOCK_PERM_BASE + i, &taken);
+		if (taken)
+			*conflict = perm_names[i];
+	}
+	return *conflict ? -EBUSY : ret;
+}
+
+static int bfile_lock(struct bfile *f, bool writable)
+{
+	unsigned int perm = PERM_READ | (writable ? PERM_WRITE | PERM_RESIZE : 0);
+	unsigned int shared = PERM_READ | PERM_WRITE_SAME;
+	const char *conflict = NULL;
+	int ret = lock_apply(f->fd, perm, shared, &conflict);
+
+	if (ret == -EBUSY)
+		return err_set(-EBUSY, "image is in use by another process: %s (its \"%s\" "
+			       "lock is taken)", f->path, conflict);
+	if (ret == -EINVAL || ret == -ENOLCK || ret == -EOPNOTSUPP) {
+		/* A file system without OFD locks (QEMU's locking=auto also goes
+		 * on): the image is used unprotected, and we say so. */
+		log_warn("%s: no image locking on this file system (%s)", f->path,
+			 strerror(-ret));
+		return 0;
+	}
+	return ret ? err_set(ret, "%s: cannot lock: %s", f->path, strerror(-ret)) : 0;
+}
+
 int bfile_open(const char *path, int flags, struct bfile **out)
 {
 	return bfile_open_policy(path, flags, NULL, 0, out);
@@ -147,8 +220,10 @@ int bfile_open_policy(const char *path, int flags, const struct block_policy *p,
 	struct bfile *f;
 	int fd, ret;
 
+	/* No O_TRUNC: an image in use must not be emptied before the lock
+	 * check refuses to touch it. */
 	if (flags & BFILE_CREATE)
-		oflags |= O_CREAT | O_TRUNC | O_RDWR;
+		oflags |= O_CREAT | O_RDWR;
 	if (flags & BFILE_DIRECT)
 		oflags |= O_DIRECT;
 	if (p && (ret = block_policy_open(p, path, oflags, depth, &fd)))
@@ -164,6 +239,14 @@ int bfile_open_policy(const char *path, int flags, const struct block_policy *p,
 	f->policy = p;
 	f->depth = depth;
 	f->priv = (flags & BFILE_DIRECT) ? (void *)1 : NULL;	/* marks O_DIRECT */
+	f->force_share = (flags & BFILE_FORCE_SHARE) != 0;
+	ret = f->force_share ? 0 : bfile_lock(f, !f->readonly);
+	if (!ret && (flags & BFILE_CREATE) && ftruncate(fd, 0) < 0)
+		ret = err_set(-errno, "%s: truncate: %s", path, strerror(errno));
+	if (ret) {
+		bfile_close(f);
+		return ret;
+	}
 	*out = f;
 	return 0;
 }
@@ -192,6 +275,8 @@ int bfile_open_relative(const struct bfile *base, const char *name, int flags,
 	char path[BLOCK_PATH_MAX];
 	int ret = bfile_resolve(base->path, name, path);
 
+	if (base->force_share)
+		flags |= BFILE_FORCE_SHARE;
 	return ret ? ret : bfile_open_policy(path, flags, base->policy, base->depth, out);
 }
 

@@ -118,7 +118,8 @@ static int image_open_chain(struct image *img, struct chain_seen *seen)
 			return err_set(-ELOOP, "%s: backing chain loops back to '%s'",
 				       img->filename, path);
 	strcpy(seen->paths[seen->depth++], real);
-	ret = bfile_open_policy(path, BFILE_RDONLY, img->file->policy, img->file->depth + 1, &file);
+	ret = bfile_open_policy(path, img->file->force_share ? BFILE_FORCE_SHARE : BFILE_RDONLY,
+				img->file->policy, img->file->depth + 1, &file);
 	if (!ret && img->fmt == &vmdk_format)
 		ret = check_vmdk_parent(img, file);
 	if (ret) {
@@ -186,7 +187,8 @@ static int own_dir_policy(const struct block_policy *p, const char *path,
 static int check_chain(const char *path, const char *fmt, const struct block_policy *p)
 {
 	struct image *img;
-	int ret = image_open_policy(path, fmt, 0, p, &img);
+	/* No locks: only paths are read, and the image may be in use. */
+	int ret = image_open_policy(path, fmt, IMAGE_FORCE_SHARE, p, &img);
 
 	if (!ret)
 		image_close(img);
@@ -212,7 +214,8 @@ int image_open_policy(const char *path, const char *fmt, int flags,
 		return ret;
 	}
 	ret = bfile_open_policy(path, ((flags & IMAGE_RDWR) ? BFILE_RDWR : BFILE_RDONLY) |
-				((flags & IMAGE_DIRECT) ? BFILE_DIRECT : 0), copy ? copy : p, 0,
+				((flags & IMAGE_DIRECT) ? BFILE_DIRECT : 0) |
+				((flags & IMAGE_FORCE_SHARE) ? BFILE_FORCE_SHARE : 0), copy ? copy : p, 0,
 				&file);
 	if (!ret)
 		ret = image_open_file(file, fmt, flags, out);
@@ -258,7 +261,8 @@ int image_create(const char *path, const char *fmtname, const struct image_creat
 
 		ret = bfile_resolve(path, opts->backing, bpath);
 		if (!ret)
-			ret = image_open(bpath, opts->backing_fmt, 0, &b);
+			/* Only its size is read: it may be in use (as qemu-img). */
+			ret = image_open(bpath, opts->backing_fmt, IMAGE_FORCE_SHARE, &b);
 		if (ret) {
 			char why[512];
 

@@ -550,7 +550,7 @@ static int create_parent(struct bfile *file, const char *path,
 			       file->path, o->backing_fmt);
 	ret = bfile_resolve(path, o->backing, ppath);
 	if (!ret)
-		ret = image_open(ppath, "vpc", IMAGE_NO_BACKING, &parent);
+		ret = image_open(ppath, "vpc", IMAGE_NO_BACKING | IMAGE_FORCE_SHARE, &parent);
 	if (ret)
 		return ret;
 	memcpy(d->parent_uuid, ((struct vhd *)parent->opaque)->f.uuid, 16);

@@ -503,7 +503,7 @@ static int parent_cid(const char *path, const struct image_create_opts *o, uint3
 			       o->backing_fmt);
 	ret = bfile_resolve(path, o->backing, ppath);
 	if (!ret)
-		ret = image_open(ppath, "vmdk", IMAGE_NO_BACKING, &p);
+		ret = image_open(ppath, "vmdk", IMAGE_NO_BACKING | IMAGE_FORCE_SHARE, &p);
 	if (ret)
 		return ret;
 	*cid = ((struct vmdk *)p->opaque)->cid;

@@ -192,7 +192,7 @@ int img_convert(int argc, char **argv)
 	struct copy c = { 0 };
 	struct image_info info;
 	bool no_create = false;	/* -n: the output exists already */
-	int opt, ret;
+	int opt, ret, share = 0;
 
 	while ((opt = getopt(argc, argv, "f:O:o:cpqUn")) != -1) {
 		switch (opt) {
@@ -202,7 +202,8 @@ int img_convert(int argc, char **argv)
 		case 'c': c.compress = true; break;
 		case 'p': c.progress = isatty(STDERR_FILENO); break;
 		case 'n': no_create = true; break;
-		case 'q': case 'U': break;
+		case 'U': share = IMAGE_FORCE_SHARE; break;	/* the input */
+		case 'q': break;
 		default: return img_fail("convert: bad option");
 		}
 	}
@@ -210,7 +211,7 @@ int img_convert(int argc, char **argv)
 		fprintf(stderr, "vireo img: convert needs IN and OUT\n");
 		return 1;
 	}
-	if (image_open(argv[optind], ifmt, 0, &c.in))
+	if (image_open(argv[optind], ifmt, share, &c.in))
 		return img_fail(NULL);
 	o.size = c.in->size;
 	ret = no_create ? 0 : image_create(argv[optind + 1], ofmt, &o);
@@ -270,7 +271,10 @@ int img_commit(int argc, char **argv)
 		free(buf);
 		return img_fail("commit: FILE required");
 	}
-	ret = image_open(argv[optind], fmt, IMAGE_RDWR, &top);
+	/* Without its chain: the base is opened for writing next, which our
+	 * own read-only open of it would refuse (image locks). Only ranges
+	 * this layer allocates are read from it. */
+	ret = image_open(argv[optind], fmt, IMAGE_RDWR | IMAGE_NO_BACKING, &top);
 	if (ret) {
 		free(buf);
 		return img_fail(NULL);
@@ -433,18 +437,20 @@ int img_map(int argc, char **argv)
 	struct extent cur = { 0 }, e;
 	bool json, first = true, have = false;
 	struct image *img;
-	int c;
+	int c, share = 0;
 
 	while ((c = getopt_long(argc, argv, "f:U", lo, NULL)) != -1) {
 		if (c == 'f')
 			fmt = optarg;
 		else if (c == 'O')
 			out = optarg;
+		else if (c == 'U')
+			share = IMAGE_FORCE_SHARE;
 	}
 	if (optind >= argc)
 		return img_fail("map: FILE required");
 	json = !strcmp(out, "json");
-	if (image_open(argv[optind], fmt, 0, &img))
+	if (image_open(argv[optind], fmt, share, &img))
 		return img_fail(NULL);
 	if (json)
 		printf("[");
@@ -522,13 +528,15 @@ int img_compare(int argc, char **argv)
 	struct image *a, *b;
 	uint8_t *x = malloc(CHUNK), *y = malloc(CHUNK);
 	uint64_t off = 0, min, at = 0;
-	int c, ret = 0, diff = 0;
+	int c, ret = 0, diff = 0, share = 0;
 
 	while ((c = getopt(argc, argv, "f:F:qpsU")) != -1) {
 		if (c == 'f')
 			fa = optarg;
 		else if (c == 'F')
 			fb = optarg;
+		else if (c == 'U')
+			share = IMAGE_FORCE_SHARE;
 	}
 	if (optind + 2 != argc || !x || !y) {
 		fprintf(stderr, "vireo img: compare needs two images\n");
@@ -536,11 +544,11 @@ int img_compare(int argc, char **argv)
 		free(y);
 		return 2;
 	}
-	if (image_open(argv[optind], fa, 0, &a)) {
+	if (image_open(argv[optind], fa, share, &a)) {
 		img_fail(NULL);
 		return 2;
 	}
-	if (image_open(argv[optind + 1], fb ? fb : fa, 0, &b)) {
+	if (image_open(argv[optind + 1], fb ? fb : fa, share, &b)) {
 		img_fail(NULL);
 		image_close(a);
 		return 2;

@@ -314,7 +314,7 @@ static int img_info(int argc, char **argv)
 	bool chain = false, json;
 	struct image *img, *l;
 	json_object *arr;
-	int c;
+	int c, share = 0;
 
 	while ((c = getopt_long(argc, argv, "f:U", long_opts, NULL)) != -1) {
 		if (c == 'f')
@@ -323,13 +323,15 @@ static int img_info(int argc, char **argv)
 			out = optarg;
 		else if (c == 'B')
 			chain = true;
-		else if (c != 'U')
+		else if (c == 'U')
+			share = IMAGE_FORCE_SHARE;
+		else
 			return usage();
 	}
 	if (optind >= argc)
 		return usage();
 	json = !strcmp(out, "json");
-	if (image_open(argv[optind], fmt, chain ? 0 : IMAGE_NO_BACKING, &img))
+	if (image_open(argv[optind], fmt, (chain ? 0 : IMAGE_NO_BACKING) | share, &img))
 		return img_fail(NULL);
 	arr = json_object_new_array();
 	for (l = img; l; l = chain ? l->backing : NULL) {
@@ -416,7 +418,7 @@ static int img_check(int argc, char **argv)
 	const char *fmt = NULL, *out = "human";
 	struct image_check r;
 	struct image *img;
-	int c, fix = 0, ret;
+	int c, fix = 0, ret, share = 0;
 
 	while ((c = getopt_long(argc, argv, "f:r:qU", long_opts, NULL)) != -1) {
 		if (c == 'f')
@@ -427,12 +429,14 @@ static int img_check(int argc, char **argv)
 			fix = IMAGE_FIX_LEAKS;
 		else if (c == 'r' && !strcmp(optarg, "all"))
 			fix = IMAGE_FIX_LEAKS | IMAGE_FIX_ERRORS;
-		else if (c != 'q' && c != 'U')
+		else if (c == 'U')
+			share = IMAGE_FORCE_SHARE;	/* read-only checks only */
+		else if (c != 'q')
 			return usage();
 	}
 	if (optind >= argc)
 		return usage();
-	if (image_open(argv[optind], fmt, (fix ? IMAGE_RDWR : 0) | IMAGE_NO_BACKING, &img))
+	if (image_open(argv[optind], fmt, (fix ? IMAGE_RDWR : share) | IMAGE_NO_BACKING, &img))
 		return img_fail(NULL);
 	ret = image_check(img, &r, fix);
 	if (ret == -ENOTSUP) {
@@ -465,7 +469,7 @@ static int img_snapshot(int argc, char **argv)
 	struct image_snapshot *sn = NULL;
 	struct image *img;
 	size_t n;
-	int c, op = 0, ret = 0;
+	int c, op = 0, ret = 0, share = 0;
 
 	while ((c = getopt(argc, argv, "c:a:d:lqU")) != -1) {
 		if (c == 'c' || c == 'a' || c == 'd') {
@@ -473,13 +477,15 @@ static int img_snapshot(int argc, char **argv)
 			name = optarg;
 		} else if (c == 'l') {
 			op = 'l';
-		} else if (c != 'q' && c != 'U') {
+		} else if (c == 'U') {
+			share = IMAGE_FORCE_SHARE;	/* -l only */
+		} else if (c != 'q') {
 			return usage();
 		}
 	}
 	if (!op || optind >= argc)
 		return usage();
-	if (image_open(argv[optind], NULL, (op == 'l' ? 0 : IMAGE_RDWR) | IMAGE_NO_BACKING, &img))
+	if (image_open(argv[optind], NULL, (op == 'l' ? share : IMAGE_RDWR) | IMAGE_NO_BACKING, &img))
 		return img_fail(NULL);
 	if (op == 'l') {
 		print_snapshots(img);

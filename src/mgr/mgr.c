@@ -126,7 +126,49 @@ static bool is_our_vmm(pid_t pid, const char *sock)
 	return false;
 }
 
-/* Re-adopts a VMM recorded as running, or records that it died. */
+/* The VMM serving the VM's socket, found in /proc; 0 if none. */
+static pid_t find_vmm(const char *sock)
+{
+	struct dirent *e;
+	pid_t pid = 0;
+	DIR *d = opendir("/proc");
+
+	while (d && !pid && (e = readdir(d)))
+		if (e->d_name[0] >= '1' && e->d_name[0] <= '9' && is_our_vmm(atoi(e->d_name), sock))
+			pid = atoi(e->d_name);
+	if (d)
+		closedir(d);
+	return pid;
+}
+
+/* A VMM holds the VM's lock although the run record names none alive (it
+ * is damaged, stale, or was never saved): find it by its socket. */
+static bool find_locked(struct mgr *m, struct mgr_vm *vm, const char *sock)
+{
+	pid_t pid;
+
+	if (!store_vm_locked(m, vm->def.name))
+		return false;
+	pid = find_vmm(sock);
+	if (pid <= 0) {
+		vm->pid = 0;
+		vm->state = MGR_CRASHED;
+		snprintf(vm->reason, sizeof(vm->reason), "a VMM of this VM still holds its lock "
+			 "(run/%s.lock) but was not found; it is not started again until that "
+			 "VMM ends", vm->def.name);
+		log_warn("VM %s: %s", vm->def.name, vm->reason);
+		return true;
+	}
+	vmm_adopt_pid(vm, pid);
+	if (!mgr_vm_active(vm))
+		vm->state = MGR_RUNNING;
+	log_warn("VM %s: found its VMM (pid %d) by its lock, not by its run record",
+		 vm->def.name, (int)pid);
+	return true;
+}
+
+/* Re-adopts a VMM recorded as running or holding the VM's lock, or records
+ * that it died. `run` may be NULL (no or a damaged record). */
 static void adopt(struct mgr *m, struct mgr_vm *vm, struct json_object *run)
 {
 	struct json_object *v, *r;
@@ -141,8 +183,14 @@ static void adopt(struct mgr *m, struct mgr_vm *vm, struct json_object *run)
 	vm->child = false;
 	sock_path(m, vm->def.name, sock, sizeof(sock));
 	if (!vmm_alive(vm) || !is_our_vmm(vm->pid, sock)) {
-		vmm_exited(m, vm, 0, false);
-		return;
+		if (find_locked(m, vm, sock)) {
+			if (vm->pid <= 0)
+				return;
+		} else {
+			if (mgr_vm_active(vm))
+				vmm_exited(m, vm, 0, false);
+			return;
+		}
 	}
 	r = vmm_request(sock, "{\"action\":\"info\"}");
 	if (vm->state == MGR_STOPPING) {
@@ -164,25 +212,27 @@ static void adopt(struct mgr *m, struct mgr_vm *vm, struct json_object *run)
 	json_object_put(r);
 	log_info("VM %s: re-adopted VMM pid %d (%s)", vm->def.name, (int)vm->pid,
 		 mgr_state_name(vm->state));
+	store_save_run(m, vm);
 }
 
 static void load_run(struct mgr *m, struct mgr_vm *vm)
 {
 	char path[PATH_MAX];
-	struct json_object *run, *v;
+	struct json_object *run = NULL, *v;
 	int s;
 
-	if (store_path(m, path, sizeof(path), "run", vm->def.name, ".json") || access(path, F_OK))
+	if (store_path(m, path, sizeof(path), "run", vm->def.name, ".json"))
 		return;
-	run = store_read_json(path);
-	if (!run)
-		return;
+	if (!access(path, F_OK) && !(run = store_read_json(path))) {
+		log_warn("VM %s: %s", vm->def.name, err_get());
+		snprintf(vm->reason, sizeof(vm->reason), "run record damaged");
+	}
 	if (json_object_object_get_ex(run, "reason", &v))
 		snprintf(vm->reason, sizeof(vm->reason), "%s", json_object_get_string(v));
 	s = json_object_object_get_ex(run, "state", &v) ? state_from_name(json_object_get_string(v)) : -1;
 	if (s >= 0)
 		vm->state = (enum mgr_state)s;
-	if (mgr_vm_active(vm))
+	if (mgr_vm_active(vm) || store_vm_locked(m, vm->def.name))
 		adopt(m, vm, run);
 	json_object_put(run);
 }
@@ -346,8 +396,9 @@ enum mgr_err mgr_delete(struct mgr *m, const char *name)
 
 		if (strcmp(vm->def.name, name))
 			continue;
-		if (mgr_vm_active(vm)) {
-			err_set(-EBUSY, "VM '%s' is %s: stop it first", name, mgr_state_name(vm->state));
+		if (mgr_vm_active(vm) || store_vm_locked(m, name)) {
+			err_set(-EBUSY, "VM '%s' is %s: stop it first", name, mgr_vm_active(vm) ?
+				mgr_state_name(vm->state) : "still held by a VMM");
 			return MGR_E_CONFLICT;
 		}
 		store_remove(m, name);
@@ -434,16 +485,31 @@ static int check_overcommit(struct mgr *m, struct mgr_vm *vm)
 static enum mgr_err launch(struct mgr *m, struct mgr_vm *vm, const char *reason)
 {
 	char sock[PATH_MAX], why[200];
+	bool untouched = false;
+	int ret;
 
 	vm->stopping = false;
 	vm->restart_pending = false;
-	if (!sock_path(m, vm->def.name, sock, sizeof(sock)) && !vmm_start(m, vm, sock)) {
+	ret = sock_path(m, vm->def.name, sock, sizeof(sock));
+	if (!ret)
+		ret = vmm_start(m, vm, sock, &untouched);
+	if (!ret) {
 		vm->state = MGR_RUNNING;
 		snprintf(vm->reason, sizeof(vm->reason), "%s", reason);
 		store_save_run(m, vm);
 		return MGR_OK;
 	}
 	snprintf(why, sizeof(why), "%s", err_get());
+	if (untouched && ret == -EBUSY) {
+		/* A VMM the run record did not know: take it back, never a second. */
+		adopt(m, vm, NULL);
+		err_set(-EBUSY, "%s%s", why, vm->pid > 0 ? "; re-adopted it" : "");
+		return MGR_E_CONFLICT;
+	}
+	if (untouched) {
+		err_set(ret, "%s", why);
+		return MGR_E_FAILED;
+	}
 	if (vm->pid > 0)
 		vmm_kill(m, vm);
 	storage_revoke(m, vm->def.name);

@@ -160,6 +160,42 @@ void store_rotate_log(struct mgr *m, const char *name)
 		close(in);
 }
 
+/* DIR/run/NAME.lock: an OFD write lock on the whole file, taken before
+ * the VMM is forked and held through the descriptor the VMM inherits, for
+ * as long as it lives. OFD locks belong to the open file, so a second open
+ * in this process conflicts too, and the lock goes only with the last
+ * process holding it: the daemon, a child not yet exec'd, or the VMM. */
+int store_lock_vm(struct mgr *m, const char *name, int *out)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+	char path[PATH_MAX];
+	int fd, ret = store_path(m, path, sizeof(path), "run", name, ".lock");
+
+	if (ret)
+		return ret;
+	fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return err_set(-errno, "cannot open %s: %m", path);
+	if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+		ret = errno == EAGAIN || errno == EACCES ?
+		      err_set(-EBUSY, "a VMM of VM '%s' still runs (it holds %s)", name, path) :
+		      err_set(-errno, "cannot lock %s: %m", path);
+		close(fd);
+		return ret;
+	}
+	*out = fd;
+	return 0;
+}
+
+bool store_vm_locked(struct mgr *m, const char *name)
+{
+	int fd, ret = store_lock_vm(m, name, &fd);
+
+	if (!ret)
+		close(fd);
+	return ret == -EBUSY;
+}
+
 void store_remove(struct mgr *m, const char *name)
 {
 	static const char *const files[][2] = {
@@ -168,7 +204,16 @@ void store_remove(struct mgr *m, const char *name)
 	};
 	char path[PATH_MAX];
 
+	int lock;
+
 	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
 		if (!store_path(m, path, sizeof(path), files[i][0], name, files[i][1]))
 			unlink(path);
+	/* The lock file only when no VMM holds it: a new one, on a new file,
+	 * would not see a VMM still holding the old one. */
+	if (!store_lock_vm(m, name, &lock) &&
+	    !store_path(m, path, sizeof(path), "run", name, ".lock")) {
+		unlink(path);
+		close(lock);
+	}
 }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -113,6 +114,32 @@ static unsigned long long proc_starttime(pid_t pid)
 bool vmm_alive(const struct mgr_vm *vm)
 {
 	return vm->pid > 0 && proc_starttime(vm->pid) == vm->starttime;
+}
+
+/* Its effective uid (the VMM's own user once sandboxed), so that no other
+ * VMM is given the same one. */
+static unsigned int proc_uid(pid_t pid)
+{
+	char path[64], line[256];
+	unsigned int real, eff = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "re");
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "Uid: %u %u", &real, &eff) == 2)
+			break;
+	if (f)
+		fclose(f);
+	return eff;
+}
+
+void vmm_adopt_pid(struct mgr_vm *vm, pid_t pid)
+{
+	vm->pid = pid;
+	vm->starttime = proc_starttime(pid);
+	vm->vmm_uid = proc_uid(pid);
+	vm->child = false;
 }
 
 /* The last line the VMM wrote to its log (its error message), for reasons. */
@@ -299,33 +326,103 @@ static void argv_free(char **argv)
 	free(argv);
 }
 
-/* The child: waits until the parent has put it in its cgroup, then execs.
- * Only async-signal-safe calls here (the daemon has threads). */
-static void vmm_child(char **argv, int gate, int logfd)
+/* Closes every descriptor from 3 up but keep[0..n) (ascending). */
+static void close_others(const int *keep, int n)
 {
-	char c;
-	int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	sigset_t none;
+	unsigned int from = 3;
 
+	for (int i = 0; i <= n; i++) {
+		unsigned int to = i < n ? (unsigned int)keep[i] : ~0u;
+
+		if (i < n && to < from)
+			continue;
+		if (to > from && close_range(from, to - 1, 0) < 0)
+			for (unsigned int fd = from; fd < to && fd < 65536; fd++)
+				close((int)fd);
+		from = to + 1;
+	}
+}
+
+/* The child: waits until the parent has put it in its cgroup and saved the
+ * run record, then execs. Only async-signal-safe calls here (the daemon has
+ * threads). If the daemon dies first, the child must die too and hold
+ * nothing: it drops every descriptor it does not need (the API socket,
+ * daemon.lock, clients' connections, the gate's write end, other VMs'
+ * locks) before anything else, gets SIGKILL with its parent until exec, and
+ * reads EOF from the gate. `fds`: gate, log, lock. */
+static void vmm_child(char **argv, int fds[3], pid_t parent)
+{
+	int keep[3] = { fds[0], fds[1], fds[2] }, null, t;
+	sigset_t none;
+	char c;
+
+	for (int i = 0; i < 2; i++)	/* sort three */
+		for (int j = 0; j < 2 - i; j++)
+			if (keep[j] > keep[j + 1]) {
+				t = keep[j];
+				keep[j] = keep[j + 1];
+				keep[j + 1] = t;
+			}
+	close_others(keep, 3);
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+		_exit(127);
 	/* The daemon blocks SIGTERM/SIGINT (for its signalfd) and ignores
 	 * SIGPIPE; both would survive exec. */
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	signal(SIGPIPE, SIG_DFL);
 	setsid();
-	if (read(gate, &c, 1) != 1)
+	if (read(fds[0], &c, 1) != 1)
 		_exit(127);
+	/* Recorded now: the VMM outlives the daemon, holding the VM's lock. */
+	prctl(PR_SET_PDEATHSIG, 0);
+	null = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	dup2(null, 0);
-	dup2(logfd, 1);
-	dup2(logfd, 2);
+	dup2(fds[1], 1);
+	dup2(fds[1], 2);
+	fcntl(fds[2], F_SETFD, 0);
 	execv(argv[0], argv);
 	_exit(127);
 }
 
-static int vmm_spawn(struct mgr *m, struct mgr_vm *vm, char **argv, int logfd)
+/* Tests only (VIREO_TEST_START_PAUSE=forked|released): the daemon stops at
+ * that point of a start, to be killed there. */
+static void test_pause(const char *point)
 {
+	const char *want = getenv("VIREO_TEST_START_PAUSE");
+
+	if (!want || strcmp(want, point))
+		return;
+	fprintf(stderr, "vireo: test: start paused (%s)\n", point);
+	for (;;)
+		pause();
+}
+
+/* The run record, saved before the VMM is let go: a daemon that dies
+ * after this finds the VMM (pid, start time) and re-adopts it. If it
+ * cannot be saved nothing changes: the caller kills the child. */
+static int record_start(struct mgr *m, struct mgr_vm *vm)
+{
+	enum mgr_state state = vm->state;
+	char reason[sizeof(vm->reason)];
+	int ret;
+
+	memcpy(reason, vm->reason, sizeof(reason));
+	vm->state = MGR_RUNNING;
+	snprintf(vm->reason, sizeof(vm->reason), "starting");
+	ret = store_save_run(m, vm);
+	if (ret) {
+		vm->state = state;
+		memcpy(vm->reason, reason, sizeof(reason));
+	}
+	return ret;
+}
+
+static int vmm_spawn(struct mgr *m, struct mgr_vm *vm, char **argv, int logfd, int lockfd,
+		     bool *untouched)
+{
+	pid_t pid, self = getpid();
 	int gate[2], ret;
-	pid_t pid;
 
 	if (pipe2(gate, O_CLOEXEC) < 0)
 		return err_set(-errno, "pipe: %m");
@@ -337,21 +434,29 @@ static int vmm_spawn(struct mgr *m, struct mgr_vm *vm, char **argv, int logfd)
 		return ret;
 	}
 	if (pid == 0)
-		vmm_child(argv, gate[0], logfd);
+		vmm_child(argv, (int[3]){ gate[0], logfd, lockfd }, self);
 	close(gate[0]);
+	test_pause("forked");
 	ret = cgroup_vm_attach(&m->cg, vm->def.name, pid);
+	if (!ret) {
+		vm->pid = pid;
+		vm->child = true;
+		vm->starttime = proc_starttime(pid);
+		ret = record_start(m, vm);
+		*untouched = ret != 0;
+	}
 	if (ret) {
 		kill(pid, SIGKILL);
 		waitpid(pid, NULL, 0);
+		vm->pid = 0;
+		vm->starttime = 0;
 		close(gate[1]);
 		return ret;
 	}
-	vm->pid = pid;
-	vm->child = true;
-	vm->starttime = proc_starttime(pid);
 	if (write(gate[1], "g", 1) != 1)
 		log_warn("VM %s: cannot release the VMM: %s", vm->def.name, strerror(errno));
 	close(gate[1]);
+	test_pause("released");
 	return 0;
 }
 
@@ -447,31 +552,56 @@ static unsigned int vmm_pick_uid(struct mgr *m, const struct mgr_vm *vm)
 	}
 }
 
-int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock)
+/* The VM's lock, waiting a little for an adopted VMM whose main thread has
+ * exited (a zombie to us) while its other threads still hold it. */
+static int vmm_lock(struct mgr *m, struct mgr_vm *vm, int *fd)
+{
+	int ret = store_lock_vm(m, vm->def.name, fd);
+
+	for (int i = 0; ret == -EBUSY && i < 20; i++) {
+		usleep(10000);
+		ret = store_lock_vm(m, vm->def.name, fd);
+	}
+	return ret;
+}
+
+int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock, bool *untouched)
 {
 	char log[PATH_MAX];
 	char **argv;
-	int logfd, ret;
+	int logfd, lockfd, ret;
 
+	*untouched = false;
 	ret = store_path(m, log, sizeof(log), "logs", vm->def.name, ".log");
 	if (ret)
 		return ret;
-	ret = vmm_prepare_cgroup(m, &vm->def);
-	if (ret)
+	ret = vmm_lock(m, vm, &lockfd);
+	if (ret) {
+		*untouched = true;
 		return ret;
+	}
+	ret = vmm_prepare_cgroup(m, &vm->def);
+	if (ret) {
+		close(lockfd);
+		return ret;
+	}
 	/* O_APPEND: the log can be truncated under the VMM (rotation). */
 	logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
-	if (logfd < 0)
+	if (logfd < 0) {
+		close(lockfd);
 		return err_set(-errno, "cannot create %s: %m", log);
+	}
 	vm->vmm_uid = vmm_pick_uid(m, vm);
 	if (vm->vmm_uid && (ret = storage_grant(m, &vm->def, vm->vmm_uid))) {
 		close(logfd);
 		return ret;
 	}
 	argv = vmm_argv(m, &vm->def, sock, vm->vmm_uid);
-	ret = argv ? vmm_spawn(m, vm, argv, logfd) : err_set(-ENOMEM, "out of memory");
+	ret = argv ? vmm_spawn(m, vm, argv, logfd, lockfd, untouched) :
+		     err_set(-ENOMEM, "out of memory");
 	argv_free(argv);
 	close(logfd);
+	close(lockfd);	/* the VMM holds it now (or nobody does) */
 	if (!ret)
 		ret = vmm_wait_ready(m, vm, sock);
 	if (!ret)

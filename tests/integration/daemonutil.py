@@ -40,8 +40,9 @@ class Daemon:
     """`vireo daemon` on a short temp dir (Unix socket paths are limited to
     107 bytes, pytest's tmp_path is long)."""
 
-    def __init__(self, root=None, extra=()):
+    def __init__(self, root=None, extra=(), env=None):
         self.root = root or tempfile.mkdtemp(prefix="vd-", dir="/tmp")
+        self.env = env  # extra environment variables of the daemon
         self.state = os.path.join(self.root, "state")
         self.socket = os.path.join(self.root, "api.sock")
         self.extra = list(extra)
@@ -53,7 +54,8 @@ class Daemon:
         self.proc = subprocess.Popen(
             [str(VIREO), "daemon", "--state-dir", self.state, "--socket", self.socket,
              "--verbose", *self.extra],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+            env={**os.environ, **self.env} if self.env else None)
         assert wait_for(self._answers), self.logtext()
         return self
 
