@@ -50,7 +50,7 @@ struct virtq {
 struct virtq_elem {
 	uint16_t head;
 	unsigned int out_num, in_num;
-	uint32_t out_len, in_len;  /* total bytes of each kind */
+	uint32_t out_len, in_len;  /* total bytes of each kind (a longer chain is refused) */
 	struct iovec iov[VIRTQ_MAX_SEGS];
 };
 

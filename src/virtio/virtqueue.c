@@ -52,6 +52,10 @@ static int vq_add_segment(const struct virtq *vq, struct virtq_elem *e,
 	if (!host && d->len)
 		return err_set(-EINVAL, "descriptor buffer 0x%llx+%u outside guest RAM",
 			       (unsigned long long)d->addr, d->len);
+	/* The totals are 32-bit, as the used ring's length is: a chain
+	 * past 4 GiB would wrap them and make a huge request look small. */
+	if ((writable ? e->in_len : e->out_len) > UINT32_MAX - d->len)
+		return err_set(-EINVAL, "descriptor chain of more than 4 GiB");
 	e->iov[e->out_num + e->in_num] = (struct iovec){ host, d->len };
 	if (writable) {
 		e->in_num++;

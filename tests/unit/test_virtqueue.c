@@ -148,6 +148,30 @@ static void indirect_tables(void **state)
 	refuses(0);
 }
 
+/* 2 GiB + 2 GiB + 100 bytes: 32-bit totals would read it as 100 bytes. */
+static void chain_total_cannot_wrap(void **state)
+{
+	struct guest_memory big;
+	uint64_t buf = 0x100000;
+
+	(void)state;
+	guest_memory_free(&mem);
+	assert_int_equal(guest_memory_init(&big, buf + 0x80000000ULL, false), 0);
+	mem = big;                             /* sparse: nothing is touched */
+	set_desc(0, buf, 0x80000000U, 1, 1);
+	set_desc(1, buf, 0x80000000U, 1, 2);
+	set_desc(2, buf, 100, 0, 0);
+	refuses(0);
+	set_desc(0, buf, 0x80000000U, 2 | 1, 1); /* the same with writable segments */
+	set_desc(1, buf, 0x80000000U, 2 | 1, 2);
+	set_desc(2, buf, 100, 2, 0);
+	refuses(0);
+	set_desc(1, buf, 0x7fffff00U, 2 | 1, 2); /* just under 4 GiB is a chain */
+	offer(0);
+	assert_int_equal(virtq_pop(&vq, &elem), 1);
+	assert_int_equal(elem.in_len, 0xffffff64U);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -159,6 +183,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(readable_after_writable, setup, teardown),
 		cmocka_unit_test_setup_teardown(avail_index_jump, setup, teardown),
 		cmocka_unit_test_setup_teardown(indirect_tables, setup, teardown),
+		cmocka_unit_test_setup_teardown(chain_total_cannot_wrap, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
