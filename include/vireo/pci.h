@@ -48,6 +48,8 @@ int pci_init(struct pci_bus *bus, struct vm *vm);
  * A device with an interrupt pin gets its GSI in the Interrupt Line register,
  * as firmware would write it. */
 int pci_add_device(struct pci_bus *bus, struct pci_device *dev);
+/* Takes dev off its bus (its INTA# deasserted); no-op if it is on none. */
+void pci_remove_device(struct pci_device *dev);
 /* Fills IDs and class; sets the standard writable bits of the header. */
 void pci_device_init(struct pci_device *dev, uint16_t vendor, uint16_t device, uint32_t class_code,
 		     const char *name);

@@ -123,6 +123,7 @@ struct virtio_dev {
 	int wake_fd;                   /* stops the I/O thread */
 	int timer_fd;                  /* wakes deferred queues (rate limits) */
 	int extra_fd;                  /* a host fd the model reads (a tap) */
+	int epoll_fd;                  /* the I/O thread's set over the fds above */
 	unsigned int deferred;         /* bit per queue waiting for timer_fd */
 	pthread_t thread;
 	bool thread_started;

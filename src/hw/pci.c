@@ -186,6 +186,20 @@ int pci_add_device(struct pci_bus *bus, struct pci_device *dev)
 	return slot;
 }
 
+void pci_remove_device(struct pci_device *dev)
+{
+	struct pci_bus *bus = dev->bus;
+
+	if (!bus)
+		return;
+	pci_set_intx(dev, false);
+	pthread_mutex_lock(&bus->lock);
+	if (bus->slots[dev->slot] == dev)
+		bus->slots[dev->slot] = NULL;
+	dev->bus = NULL;
+	pthread_mutex_unlock(&bus->lock);
+}
+
 unsigned int pci_intx_gsi(unsigned int slot)
 {
 	return IRQ_PCI_FIRST + slot % IRQ_PCI_COUNT;

@@ -20,9 +20,20 @@
 #define PFN_SHIFT 12
 enum { Q_INFLATE, Q_DEFLATE, Q_STATS, Q_REPORTING };
 
+/* Bounds of one request (DESIGN §3.8): Linux sends at most 256 PFNs per
+ * inflate buffer and reports at most 32 ranges of 4 MiB; a request beyond
+ * these is refused (NEEDS_RESET), so a guest cannot keep the I/O thread
+ * busy for minutes with one chain of overlapping buffers. */
+#define BALLOON_MAX_PFNS         4096
+#define BALLOON_MAX_REPORT_BYTES (1ULL << 30)
+#define BALLOON_MAX_STATS_BYTES  1024
+
 struct virtio_balloon {
 	struct virtio_dev dev;
 	struct virtq_elem elem;
+	uint32_t pfns[BALLOON_MAX_PFNS];   /* the inflate request being served */
+	struct iovec ranges[BALLOON_MAX_PFNS]; /* host ranges to free, outside the lock */
+	unsigned int nranges;
 	bool stats_held;           /* the driver's stats buffer, kept until we ask */
 	struct virtq_elem stats_elem;
 	struct balloon_stats stats;
@@ -30,13 +41,12 @@ struct virtio_balloon {
 	uint64_t reported_pages;   /* pages freed through free page reporting */
 };
 
-/* Frees [gpa, gpa+len) of guest RAM on the host. Returns pages freed. */
-static uint64_t balloon_discard(struct virtio_balloon *b, uint64_t gpa, uint64_t len)
+/* Frees [host, host+len) of guest RAM. Returns pages freed. */
+static uint64_t balloon_discard(struct virtio_balloon *b, void *host, uint64_t len)
 {
-	void *host = guest_ptr(&b->dev.vm->mem, gpa, len);
 	int ret;
 
-	if (!host || (gpa | len) & ((1ULL << PFN_SHIFT) - 1))
+	if (!host || ((uintptr_t)host | len) & ((1ULL << PFN_SHIFT) - 1))
 		return 0;
 	ret = guest_memory_discard(&b->dev.vm->mem, host, len);
 	if (ret) {
@@ -46,54 +56,69 @@ static uint64_t balloon_discard(struct virtio_balloon *b, uint64_t gpa, uint64_t
 	return len >> PFN_SHIFT;
 }
 
-/* Inflate: free each listed page, merging runs of consecutive PFNs. */
-static void balloon_inflate(struct virtio_balloon *b)
+/* Turns one inflate request into runs of consecutive PFNs, resolved to
+ * host ranges (pages outside RAM are skipped). Called with dev->lock held:
+ * the chain's buffers are read here, the work is done without the lock. */
+static int balloon_inflate_ranges(struct virtio_balloon *b)
 {
-	uint32_t pfns[256];
-	size_t off = 0, n;
 	uint64_t run_start = 0, run_len = 0;
+	size_t n = b->elem.out_len / 4;
 
-	while ((n = virtq_read_out(&b->elem, off, pfns, sizeof(pfns)) / 4) > 0) {
-		for (size_t i = 0; i < n; i++) {
-			if (run_len && pfns[i] == run_start + run_len) {
-				run_len++;
-				continue;
-			}
-			if (run_len)
-				b->inflated_pages += balloon_discard(b, run_start << PFN_SHIFT,
-								     run_len << PFN_SHIFT);
-			run_start = pfns[i];
+	if (b->elem.out_len > BALLOON_MAX_PFNS * 4)
+		return err_set(-EINVAL, "inflate request of %u bytes (at most %d PFNs)",
+			       b->elem.out_len, BALLOON_MAX_PFNS);
+	virtq_read_out(&b->elem, 0, b->pfns, n * 4);
+	b->nranges = 0;
+	for (size_t i = 0; i <= n; i++) {
+		if (i < n && run_len && b->pfns[i] == run_start + run_len) {
+			run_len++;
+			continue;
+		}
+		if (run_len)
+			b->ranges[b->nranges++] = (struct iovec){
+				guest_ptr(&b->dev.vm->mem, run_start << PFN_SHIFT, run_len << PFN_SHIFT),
+				run_len << PFN_SHIFT };
+		if (i < n) {
+			run_start = b->pfns[i];
 			run_len = 1;
 		}
-		off += n * 4;
 	}
-	if (run_len)
-		b->inflated_pages += balloon_discard(b, run_start << PFN_SHIFT, run_len << PFN_SHIFT);
+	return 0;
 }
 
-static void balloon_report(struct virtio_balloon *b)
+/* A reporting buffer's descriptors are the free ranges themselves. */
+static int balloon_report_ranges(struct virtio_balloon *b)
 {
-	for (unsigned int i = 0; i < b->elem.out_num + b->elem.in_num; i++) {
-		uint8_t *host = b->elem.iov[i].iov_base;
-		uint64_t gpa = 0;
+	unsigned int segs = b->elem.out_num + b->elem.in_num;
 
-		/* Map the host pointer back to a guest address through the regions. */
-		for (unsigned int r = 0; r < b->dev.vm->mem.nregions; r++) {
-			const struct mem_region *reg = &b->dev.vm->mem.regions[r];
-			uint8_t *start = b->dev.vm->mem.host + reg->offset;
-
-			if (host >= start && host < start + reg->size)
-				gpa = reg->gpa + (uint64_t)(host - start);
-		}
-		b->reported_pages += balloon_discard(b, gpa, b->elem.iov[i].iov_len);
-	}
+	if ((uint64_t)b->elem.out_len + b->elem.in_len > BALLOON_MAX_REPORT_BYTES)
+		return err_set(-EINVAL, "free page report of more than %llu bytes",
+			       BALLOON_MAX_REPORT_BYTES);
+	memcpy(b->ranges, b->elem.iov, segs * sizeof(b->ranges[0]));
+	b->nranges = segs;
+	return 0;
 }
 
-static void balloon_stats_update(struct virtio_balloon *b)
+/* Frees the ranges of the current request, without dev->lock: the control
+ * plane (info, balloon target) never waits for the guest's discards. */
+static uint64_t balloon_discard_ranges(struct virtio_balloon *b)
+{
+	uint64_t pages = 0;
+
+	pthread_mutex_unlock(&b->dev.lock);
+	for (unsigned int i = 0; i < b->nranges; i++)
+		pages += balloon_discard(b, b->ranges[i].iov_base, b->ranges[i].iov_len);
+	pthread_mutex_lock(&b->dev.lock);
+	return pages;
+}
+
+static int balloon_stats_update(struct virtio_balloon *b)
 {
 	struct { uint16_t tag; uint64_t val; } __attribute__((packed)) e;
 	size_t off = 0;
 
+	if (b->stats_elem.out_len > BALLOON_MAX_STATS_BYTES)
+		return err_set(-EINVAL, "statistics buffer of %u bytes", b->stats_elem.out_len);
 	while (virtq_read_out(&b->stats_elem, off, &e, sizeof(e)) == sizeof(e)) {
 		if (e.tag < BALLOON_STATS_MAX)
 			b->stats.value[e.tag] = e.val;
@@ -101,6 +126,25 @@ static void balloon_stats_update(struct virtio_balloon *b)
 		off += sizeof(e);
 	}
 	b->stats.updates++;
+	return 0;
+}
+
+/* Serves one inflate or reporting request. Returns false if the device
+ * was reset meanwhile (the chain is no longer ours to return). */
+static bool balloon_free_request(struct virtio_balloon *b, unsigned int q)
+{
+	uint64_t resets = b->dev.stats.resets, pages;
+
+	if ((q == Q_INFLATE ? balloon_inflate_ranges(b) : balloon_report_ranges(b)) < 0) {
+		virtio_set_broken(&b->dev, err_get());
+		return false;
+	}
+	pages = balloon_discard_ranges(b);
+	if (q == Q_INFLATE)
+		b->inflated_pages += pages;
+	else
+		b->reported_pages += pages;
+	return b->dev.stats.resets == resets && !(b->dev.status & VIRTIO_STATUS_NEEDS_RESET);
 }
 
 static void balloon_notify(struct virtio_dev *dev, unsigned int q)
@@ -110,13 +154,14 @@ static void balloon_notify(struct virtio_dev *dev, unsigned int q)
 	int ret;
 
 	while ((ret = virtq_pop(&dev->vqs[q], elem)) > 0) {
-		if (q == Q_INFLATE)
-			balloon_inflate(b);
-		else if (q == Q_REPORTING)
-			balloon_report(b);
+		if ((q == Q_INFLATE || q == Q_REPORTING) && !balloon_free_request(b, q))
+			return;
 		if (q == Q_STATS) {
 			/* Keep the buffer: returning it is how we ask for new stats. */
-			balloon_stats_update(b);
+			if (balloon_stats_update(b) < 0) {
+				virtio_set_broken(dev, err_get());
+				return;
+			}
 			b->stats_held = true;
 			break;
 		}

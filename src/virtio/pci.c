@@ -291,6 +291,23 @@ static void common_write(struct virtio_dev *dev, unsigned int off, uint64_t v, u
 
 /* ---- BAR0 ---- */
 
+/* Sends the vectors that fired while masked and may be delivered now
+ * (PCI 3.0 §6.8.2.9: a pending message goes out once neither the
+ * function nor its vector is masked). Called with dev->lock held. */
+static void msix_deliver_pending(struct virtio_dev *dev)
+{
+	uint16_t control = msix_control(dev);
+
+	if (!(control & MSIX_ENABLE) || (control & MSIX_MASKALL))
+		return;
+	for (unsigned int v = 0; v < MSIX_VECTORS; v++) {
+		if (!(dev->msix_pba & (1ULL << v)) || (dev->msix[v][3] & 1))
+			continue;
+		dev->msix_pba &= ~(1ULL << v);
+		msix_send(dev, (uint16_t)v);
+	}
+}
+
 static void msix_write(struct virtio_dev *dev, unsigned int off, uint64_t v, unsigned int len)
 {
 	unsigned int vector = off / 16, word = (off % 16) / 4;
@@ -304,10 +321,8 @@ static void msix_write(struct virtio_dev *dev, unsigned int off, uint64_t v, uns
 		dev->msix[vector][word + 1] = (uint32_t)(v >> 32);
 	if (word < 3)
 		msix_route(dev, vector);
-	if (was_masked && !(dev->msix[vector][3] & 1) && (dev->msix_pba & (1ULL << vector))) {
-		dev->msix_pba &= ~(1ULL << vector);
-		msix_send(dev, (uint16_t)vector);
-	}
+	if (was_masked && !(dev->msix[vector][3] & 1))
+		msix_deliver_pending(dev);
 }
 
 static void bar_read(struct virtio_dev *dev, unsigned int off, uint8_t *data, unsigned int len)
@@ -400,6 +415,20 @@ static void bar_remap(struct pci_device *pci, unsigned int offset, unsigned int 
 	}
 }
 
+/* A config write: BAR0 may have moved, or the MSI-X function mask or
+ * enable bit changed (bus lock held; dev->lock is taken inside it). */
+static void config_written(struct pci_device *pci, unsigned int offset, unsigned int len)
+{
+	struct virtio_dev *dev = pci->opaque;
+
+	bar_remap(pci, offset, len);
+	if (offset <= CAP_AT_MSIX + 3 && offset + len > CAP_AT_MSIX + 2) {
+		pthread_mutex_lock(&dev->lock);
+		msix_deliver_pending(dev);
+		pthread_mutex_unlock(&dev->lock);
+	}
+}
+
 /* ---- PCI identity and capabilities ---- */
 
 static void add_virtio_cap(uint8_t *c, unsigned int at, unsigned int next, uint8_t type,
@@ -450,7 +479,7 @@ static void pci_identity(struct virtio_dev *dev, struct pci_bus *bus)
 	bus_put(c + 0x10, 4, bar);
 	bus_put(c + 0x04, 2, bar ? 0x6 : 0);          /* memory space, bus master */
 	p->opaque = dev;
-	p->config_written = bar_remap;
+	p->config_written = config_written;
 }
 
 /* ---- the I/O thread ---- */
@@ -485,60 +514,121 @@ static void virtio_run_deferred(struct virtio_dev *dev)
 	pthread_mutex_unlock(&dev->lock);
 }
 
+static void virtio_thread_event(struct virtio_dev *dev, unsigned int q)
+{
+	uint64_t count;
+
+	if (q == ~2u) {
+		pthread_mutex_lock(&dev->lock);
+		if ((dev->status & VIRTIO_STATUS_DRIVER_OK) &&
+		    !(dev->status & VIRTIO_STATUS_NEEDS_RESET))
+			dev->ops->fd_ready(dev);
+		pthread_mutex_unlock(&dev->lock);
+		return;
+	}
+	if (q == ~1u) {
+		if (read(dev->timer_fd, &count, 8) > 0)
+			virtio_run_deferred(dev);
+		return;
+	}
+	if (read(dev->kick_fd[q], &count, 8) < 0)
+		return;
+	pthread_mutex_lock(&dev->lock);
+	dev->stats.notifies++;
+	virtio_serve(dev, q);
+	pthread_mutex_unlock(&dev->lock);
+}
+
 static void *virtio_thread(void *arg)
 {
 	struct virtio_dev *dev = arg;
 	struct epoll_event evs[8];
-	int ep = epoll_create1(EPOLL_CLOEXEC);
 	char name[16];
 
 	snprintf(name, sizeof(name), "io-%s", dev->ops->name);
 	pthread_setname_np(pthread_self(), name);
-	for (unsigned int q = 0; q < dev->ops->num_queues; q++) {
-		struct epoll_event ev = { .events = EPOLLIN, .data.u32 = q };
-
-		epoll_ctl(ep, EPOLL_CTL_ADD, dev->kick_fd[q], &ev);
-	}
-	epoll_ctl(ep, EPOLL_CTL_ADD, dev->wake_fd, &(struct epoll_event){ .events = EPOLLIN,
-								     .data.u32 = ~0u });
-	epoll_ctl(ep, EPOLL_CTL_ADD, dev->timer_fd, &(struct epoll_event){ .events = EPOLLIN,
-								      .data.u32 = ~1u });
-	if (dev->ops->fd_ready)
-		epoll_ctl(ep, EPOLL_CTL_ADD, dev->extra_fd,
-			  &(struct epoll_event){ .events = EPOLLIN | EPOLLET, .data.u32 = ~2u });
 	for (;;) {
-		int n = epoll_wait(ep, evs, 8, -1);
+		int n = epoll_wait(dev->epoll_fd, evs, 8, -1);
 
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			/* Not retried: it would fail again at once, for ever. */
+			log_ratelimited("%s: epoll_wait: %s; the device stops", dev->ops->name,
+					strerror(errno));
+			return NULL;
+		}
 		for (int i = 0; i < n; i++) {
-			unsigned int q = evs[i].data.u32;
-			uint64_t count;
-
-			if (q == ~0u)
-				goto out;
-			if (q == ~2u) {
-				pthread_mutex_lock(&dev->lock);
-				if ((dev->status & VIRTIO_STATUS_DRIVER_OK) &&
-				    !(dev->status & VIRTIO_STATUS_NEEDS_RESET))
-					dev->ops->fd_ready(dev);
-				pthread_mutex_unlock(&dev->lock);
-				continue;
-			}
-			if (q == ~1u) {
-				if (read(dev->timer_fd, &count, 8) > 0)
-					virtio_run_deferred(dev);
-				continue;
-			}
-			if (read(dev->kick_fd[q], &count, 8) < 0)
-				continue;
-			pthread_mutex_lock(&dev->lock);
-			dev->stats.notifies++;
-			virtio_serve(dev, q);
-			pthread_mutex_unlock(&dev->lock);
+			if (evs[i].data.u32 == ~0u)
+				return NULL;
+			virtio_thread_event(dev, evs[i].data.u32);
 		}
 	}
-out:
-	close(ep);
-	return NULL;
+}
+
+static int epoll_watch(int ep, int fd, uint32_t events, uint32_t tag)
+{
+	struct epoll_event ev = { .events = events, .data.u32 = tag };
+
+	return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+}
+
+/* Every descriptor of the transport, and the I/O thread's epoll set over
+ * them. On failure the caller closes what was opened (virtio_fds_close). */
+static int virtio_fds_open(struct virtio_dev *dev)
+{
+	unsigned int q;
+
+	if ((dev->wake_fd = eventfd(0, EFD_CLOEXEC)) < 0 ||
+	    (dev->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK)) < 0 ||
+	    (dev->epoll_fd = epoll_create1(EPOLL_CLOEXEC)) < 0)
+		return err_set(-errno, "%s: %m", dev->ops->name);
+	for (q = 0; q < dev->ops->num_queues; q++)
+		if ((dev->kick_fd[q] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
+		    epoll_watch(dev->epoll_fd, dev->kick_fd[q], EPOLLIN, q) < 0)
+			return err_set(-errno, "%s: queue %u: %m", dev->ops->name, q);
+	for (unsigned int v = 0; v < MSIX_VECTORS; v++)
+		if ((dev->msix_irqfd[v] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
+			return err_set(-errno, "%s: MSI-X vector %u: %m", dev->ops->name, v);
+	if (epoll_watch(dev->epoll_fd, dev->wake_fd, EPOLLIN, ~0u) < 0 ||
+	    epoll_watch(dev->epoll_fd, dev->timer_fd, EPOLLIN, ~1u) < 0 ||
+	    (dev->ops->fd_ready &&
+	     epoll_watch(dev->epoll_fd, dev->extra_fd, EPOLLIN | EPOLLET, ~2u) < 0))
+		return err_set(-errno, "%s: epoll: %m", dev->ops->name);
+	return 0;
+}
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+static void virtio_fds_close(struct virtio_dev *dev)
+{
+	for (unsigned int q = 0; q < dev->ops->num_queues; q++)
+		close_fd(&dev->kick_fd[q]);
+	close_fd(&dev->wake_fd);
+	close_fd(&dev->timer_fd);
+	close_fd(&dev->epoll_fd);
+	for (unsigned int v = 0; v < MSIX_VECTORS; v++) {
+		if (dev->msix_gsi[v] >= 0 && dev->msix_irqfd[v] >= 0)
+			irq_irqfd(dev->vm, dev->msix_irqfd[v], (uint32_t)dev->msix_gsi[v], false);
+		dev->msix_gsi[v] = -1;
+		close_fd(&dev->msix_irqfd[v]);
+	}
+}
+
+/* Takes BAR0 off the MMIO bus and the device off the PCI bus. */
+static void virtio_unplug(struct virtio_dev *dev)
+{
+	if (dev->bar_base && dev->vm) {
+		ioeventfds_set(dev, dev->bar_base, false);
+		bus_unregister(&dev->vm->mmio, dev->bar_base);
+	}
+	dev->bar_base = 0;
+	pci_remove_device(&dev->pci);
 }
 
 int virtio_pci_create(struct virtio_dev *dev, struct vm *vm, struct pci_bus *bus,
@@ -550,30 +640,42 @@ int virtio_pci_create(struct virtio_dev *dev, struct vm *vm, struct pci_bus *bus
 	dev->opaque = opaque;
 	dev->vm = vm;
 	dev->config_size = config_size;
-	dev->wake_fd = eventfd(0, EFD_CLOEXEC);
-	dev->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	dev->wake_fd = dev->timer_fd = dev->epoll_fd = -1;
 	for (unsigned int q = 0; q < ops->num_queues; q++) {
-		dev->kick_fd[q] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		dev->kick_fd[q] = -1;
 		dev->vqs[q].mem = vm ? &vm->mem : NULL;
 	}
-	pthread_mutex_init(&dev->lock, NULL);
-	virtio_reset(dev);
-	dev->stats.resets = 0;
 	for (unsigned int v = 0; v < MSIX_VECTORS; v++) {
 		dev->msix[v][3] = 1; /* masked */
 		dev->msix_gsi[v] = -1;
-		dev->msix_irqfd[v] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		dev->msix_irqfd[v] = -1;
 	}
+	pthread_mutex_init(&dev->lock, NULL);
+	ret = virtio_fds_open(dev);
+	if (ret)
+		goto close_fds;
+	virtio_reset(dev);
+	dev->stats.resets = 0;
 	pci_identity(dev, bus);
 	slot = pci_add_device(bus, &dev->pci);
-	if (slot < 0)
-		return err_set(slot, "%s: no free PCI slot", ops->name);
+	if (slot < 0) {
+		ret = err_set(slot, "%s: no free PCI slot", ops->name);
+		goto close_fds;
+	}
 	bar_remap(&dev->pci, 0x10, 4);
 	ret = pthread_create(&dev->thread, NULL, virtio_thread, dev);
-	if (ret)
-		return err_set(-ret, "%s: cannot start its I/O thread", ops->name);
+	if (ret) {
+		ret = err_set(-ret, "%s: cannot start its I/O thread", ops->name);
+		goto unplug;
+	}
 	dev->thread_started = true;
 	return 0;
+unplug:
+	virtio_unplug(dev);
+close_fds:
+	virtio_fds_close(dev);
+	pthread_mutex_destroy(&dev->lock);
+	return ret;
 }
 
 void virtio_pci_destroy(struct virtio_dev *dev)
@@ -586,14 +688,6 @@ void virtio_pci_destroy(struct virtio_dev *dev)
 		pthread_join(dev->thread, NULL);
 		dev->thread_started = false;
 	}
-	for (unsigned int q = 0; q < dev->ops->num_queues; q++)
-		close(dev->kick_fd[q]);
-	close(dev->wake_fd);
-	close(dev->timer_fd);
-	for (unsigned int v = 0; v < MSIX_VECTORS; v++) {
-		if (dev->msix_gsi[v] >= 0)
-			irq_irqfd(dev->vm, dev->msix_irqfd[v], (uint32_t)dev->msix_gsi[v], false);
-		if (dev->msix_irqfd[v] >= 0)
-			close(dev->msix_irqfd[v]);
-	}
+	virtio_unplug(dev);
+	virtio_fds_close(dev);
 }
