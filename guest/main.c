@@ -176,6 +176,23 @@ static void scn_exit(const char *arg)
 	probe_exit(code);
 }
 
+/* "say=TEXT": after say_after=MS ms, prints TEXT ('_' for a space) as a
+ * bare line, not a PROBE line, then powers off: a guest writing what the
+ * VMM could have written, for the tests that the VMM's status cannot be
+ * forged through the console. */
+static void scn_say(const char *arg)
+{
+	char text[ARG_MAX], ms[ARG_MAX];
+	size_t i;
+
+	if (cmdline_get("say_after", ms))
+		clock_delay_us(parse_u64(ms, 0) * 1000);
+	for (i = 0; arg[i] && i < ARG_MAX - 1; i++)
+		text[i] = arg[i] == '_' ? ' ' : arg[i];
+	text[i] = 0;
+	probe_printf("%s\n", text);
+}
+
 /* QEMU microvm has no MCFG (its ECAM is only in the DSDT): "ecam=ADDR"
  * on the command line supplies or overrides the base of bus 0. */
 /* Faults on purpose, to test the exception path: "fault=ud" or "fault=pf". */
@@ -225,6 +242,7 @@ static const struct scenario {
 	{ "cpus", scn_cpus },
 	{ "cpuburn", scn_cpuburn },
 	{ "exit", scn_exit },
+	{ "say", scn_say },
 	{ "pci", scn_pci_wrap },
 	{ "fault", scn_fault },
 	{ "serial_irq", scn_serial_irq_wrap },

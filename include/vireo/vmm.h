@@ -77,6 +77,7 @@ struct vm {
 	struct bus pio;
 	struct bus mmio;
 	int exit_status;      /* valid once stop_requested */
+	char exit_reason[200]; /* why, in the VMM's words ("" if the status says it all) */
 	bool stop_requested;
 	pthread_mutex_t stop_lock; /* also guards state, pause_requested, parked */
 	pthread_cond_t state_cond; /* signalled when parked or the state changes */
@@ -113,6 +114,10 @@ int vm_start(struct vm *vm);
 /* Asks every vCPU to leave KVM_RUN and the event loop to end; the first
  * status given wins. Safe from any thread. */
 void vm_request_stop(struct vm *vm, int status);
+/* The same with the reason the VMM reports in its status file (never
+ * guest output: the guest cannot forge it). */
+void vm_request_stop_why(struct vm *vm, int status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 /* Kicks every vCPU out of KVM_RUN and waits until all are parked: legal
  * only when running (-EBUSY otherwise, with err_set() detail). */
 int vm_pause(struct vm *vm);

@@ -5,12 +5,14 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <termios.h>
 #include <unistd.h>
@@ -49,6 +51,8 @@ struct run_options {
 	const char *api_socket;
 	const char *vcpu_cgroup;
 	const char *console_socket;
+	const char *status_file;
+	bool debug_exit;
 	struct sandbox sandbox;
 	char *storage[BLOCK_POLICY_MAX_DIRS];	/* --storage, resolved */
 	struct block_policy policy;		/* every disk's, with --storage */
@@ -104,6 +108,10 @@ static const char run_usage[] =
 	"  --api-socket PATH  serve the control socket (JSON, docs/api.md) at PATH\n"
 	"  --console-socket PATH  the serial console also on this Unix socket (one\n"
 	"                   client at a time; bytes both ways)\n"
+	"  --status-file FILE  on exit, write {\"pid\",\"status\",\"reason\"} (JSON) to\n"
+	"                   FILE: the VMM's own account, apart from guest output\n"
+	"  --debug-exit     the guest may end the VMM with any status through port\n"
+	"                   0xf4 (a test device, as QEMU's isa-debug-exit)\n"
 	"  --vcpu-cgroup FILE each vCPU thread writes its thread id to FILE (the\n"
 	"                   daemon's vCPU cgroup: 'tasks' or 'cgroup.threads')\n"
 	"  --storage DIR    every disk and every file of its backing chain must lie\n"
@@ -118,7 +126,7 @@ static const char run_usage[] =
 	"                   (--reboot=restart implies off: a filter outlives exec)\n"
 	"\n"
 	"Exit status: 0 guest powered off, 1 VMM error, 2 guest crashed,\n"
-	"3 guest rebooted, or the value the guest wrote to the debug-exit port 0xf4.\n"
+	"3 guest rebooted, or (--debug-exit) the value the guest wrote to port 0xf4.\n"
 	"On a terminal, Ctrl-A x quits.\n";
 
 static int parse_count(const char *text, unsigned int *out)
@@ -267,7 +275,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 {
 	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_BALLOON, OPT_NET,
 	       OPT_API_SOCKET, OPT_VCPU_CGROUP, OPT_CONSOLE_SOCKET, OPT_USER, OPT_JAIL,
-	       OPT_SECCOMP, OPT_STORAGE };
+	       OPT_SECCOMP, OPT_STORAGE, OPT_STATUS_FILE, OPT_DEBUG_EXIT };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -287,6 +295,8 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "jail", required_argument, NULL, OPT_JAIL },
 		{ "seccomp", required_argument, NULL, OPT_SECCOMP },
 		{ "storage", required_argument, NULL, OPT_STORAGE },
+		{ "status-file", required_argument, NULL, OPT_STATUS_FILE },
+		{ "debug-exit", no_argument, NULL, OPT_DEBUG_EXIT },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -341,6 +351,8 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		case OPT_API_SOCKET: o->api_socket = optarg; break;
 		case OPT_VCPU_CGROUP: o->vcpu_cgroup = optarg; break;
 		case OPT_CONSOLE_SOCKET: o->console_socket = optarg; break;
+		case OPT_STATUS_FILE: o->status_file = optarg; break;
+		case OPT_DEBUG_EXIT: o->debug_exit = true; break;
 		case OPT_USER:
 			if (sandbox_parse_user(optarg, &o->sandbox))
 				return -EINVAL;
@@ -578,7 +590,7 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 	devs->serial = serial_create(vm, STDOUT_FILENO);
 	if (!devs->serial)
 		return -ENOMEM;
-	ret = power_devices_init(vm);
+	ret = power_devices_init(vm, o->debug_exit);
 	if (!ret && !(devs->ged = ged_create(vm)))
 		ret = -ENOMEM;
 	if (!ret)
@@ -611,7 +623,7 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 	return *out ? 0 : -1;
 }
 
-static int run_vm(const struct run_options *o)
+static int run_vm(const struct run_options *o, char *reason, size_t size)
 {
 	const char *disk_paths[MAX_DISKS];
 	struct control *ctl = NULL;
@@ -642,6 +654,7 @@ static int run_vm(const struct run_options *o)
 	    vm_memory_ready(&vm) || vm_start_vcpus(&vm) || sandbox_enter(&o->sandbox) ||
 	    vm_start(&vm)) {
 		fprintf(stderr, "vireo: %s\n", err_get());
+		snprintf(reason, size, "%s", err_get());
 		/* vCPU threads already waiting for vm_start() end without running. */
 		vm_request_stop(&vm, VM_EXIT_VMM_ERROR);
 		vm_join(&vm);
@@ -656,6 +669,7 @@ static int run_vm(const struct run_options *o)
 	vm_join(&vm);
 	console_restore(&con);
 	status = vm.exit_status;
+	snprintf(reason, size, "%s", vm.exit_reason);
 out:
 	console_sock_close(&cs);
 	control_destroy(ctl);
@@ -687,18 +701,63 @@ static void argv_free(char **copy, int argc)
 	free(copy);
 }
 
+/* The status file: created empty at start-up (before the sandbox, which
+ * could not reach it), filled at exit. Only the VMM writes it, so a
+ * supervisor can believe it where it cannot believe the console log that
+ * the guest writes into too. */
+static int status_open(const char *path)
+{
+	struct stat st;
+	int fd;
+
+	if (!path)
+		return -1;
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+	if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {
+		close(fd);
+		fd = -1;
+		errno = EINVAL;
+	}
+	if (fd < 0)
+		fprintf(stderr, "vireo: --status-file %s: %s\n", path, strerror(errno));
+	return fd;
+}
+
+static void status_write(int fd, int status, const char *reason)
+{
+	struct json_object *o = json_object_new_object();
+	const char *text;
+
+	if (fd < 0 || !o)
+		goto out;
+	json_object_object_add(o, "pid", json_object_new_int(getpid()));
+	json_object_object_add(o, "status", json_object_new_int(status));
+	json_object_object_add(o, "reason", json_object_new_string(reason));
+	text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+	if (ftruncate(fd, 0) < 0 || pwrite(fd, text, strlen(text), 0) < 0)
+		fprintf(stderr, "vireo: cannot write the status file: %s\n", strerror(errno));
+out:
+	json_object_put(o);
+}
+
 int cmd_run(int argc, char **argv)
 {
 	char **saved = argv_save(argc, argv);
 	struct run_options o = { 0 };
-	int status = VM_EXIT_VMM_ERROR;
+	char reason[256] = "";
+	int status = VM_EXIT_VMM_ERROR, status_fd;
 
 	/* The mount namespace, while this is the only thread. */
 	if (parse_run_options(argc, argv, &o) || sandbox_prepare(&o.sandbox)) {
 		fprintf(stderr, "vireo: %s\n", err_get());
+		snprintf(reason, sizeof(reason), "%s", err_get());
+		status_fd = status_open(o.status_file);
 		goto out;
 	}
-	status = run_vm(&o);
+	status_fd = status_open(o.status_file);
+	if (o.status_file && status_fd < 0)
+		goto out;
+	status = run_vm(&o, reason, sizeof(reason));
 	if (status == VM_EXIT_REBOOT && !o.reboot_restart)
 		fprintf(stderr, "%s\n", VM_REBOOT_LINE);
 	if (status == VM_EXIT_REBOOT && o.reboot_restart) {
@@ -706,9 +765,13 @@ int cmd_run(int argc, char **argv)
 		if (saved && saved[0])
 			execv("/proc/self/exe", saved);
 		fprintf(stderr, "vireo: cannot restart after reboot: %s\n", strerror(errno));
+		snprintf(reason, sizeof(reason), "cannot restart after reboot: %s", strerror(errno));
 		status = VM_EXIT_VMM_ERROR;
 	}
 out:
+	status_write(status_fd, status, reason);
+	if (status_fd >= 0)
+		close(status_fd);
 	for (unsigned int i = 0; i < o.policy.ndirs; i++)
 		free(o.storage[i]);
 	argv_free(saved, argc);

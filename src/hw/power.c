@@ -38,16 +38,17 @@ static void debug_exit_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t
 			  bool is_write)
 {
 	struct vm *vm = opaque;
+	uint8_t status = (uint8_t)bus_get(data, len);
 
 	(void)offset;
 	if (!is_write) {
 		bus_put(data, len, 0);
 		return;
 	}
-	vm_request_stop(vm, (int)(bus_get(data, len) & 0xff));
+	vm_request_stop_why(vm, status, "the guest wrote %u to the debug-exit port", status);
 }
 
-int power_devices_init(struct vm *vm)
+int power_devices_init(struct vm *vm, bool debug_exit)
 {
 	int ret;
 
@@ -55,7 +56,9 @@ int power_devices_init(struct vm *vm)
 	if (!ret)
 		ret = bus_register(&vm->pio, PORT_I8042_DATA, PORT_I8042_CMD - PORT_I8042_DATA + 1,
 				   i8042_io, vm, "i8042");
-	if (!ret)
+	/* Opt-in: it lets the guest pick the VMM's exit status, which a
+	 * supervisor must be able to trust (a guest could claim a reboot). */
+	if (!ret && debug_exit)
 		ret = bus_register(&vm->pio, PORT_DEBUG_EXIT, 4, debug_exit_io, vm, "debug-exit");
 	return ret ? err_set(ret, "cannot register power devices") : 0;
 }

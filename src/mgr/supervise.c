@@ -142,43 +142,40 @@ void vmm_adopt_pid(struct mgr_vm *vm, pid_t pid)
 	vm->child = false;
 }
 
-/* The last line the VMM wrote to its log (its error message), for reasons. */
-static void log_tail(struct mgr *m, const char *name, char *out, size_t size)
+/* The VMM's own account of its end (`vireo run --status-file`): its
+ * status and reason, if the file is this VMM's (its pid). The console log
+ * is never read for this: the guest writes into it too. */
+static bool vmm_status_read(struct mgr *m, const struct mgr_vm *vm, int *status, char *reason,
+			    size_t size)
 {
+	struct json_object *o = NULL, *v;
 	char path[PATH_MAX], buf[1024];
-	ssize_t n = 0;
-	char *start;
+	struct stat st;
+	bool ok = false;
+	ssize_t n = -1;
 	int fd;
 
-	out[0] = '\0';
-	if (store_path(m, path, sizeof(path), "logs", name, ".log"))
-		return;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (store_path(m, path, sizeof(path), "run", vm->def.name, ".status"))
+		return false;
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
-		return;
-	off_t size_f = lseek(fd, 0, SEEK_END);
-	if (size_f > 0)
-		n = pread(fd, buf, sizeof(buf) - 1, size_f > (off_t)sizeof(buf) - 1 ?
-			  size_f - (off_t)sizeof(buf) + 1 : 0);
+		return false;
+	if (!fstat(fd, &st) && S_ISREG(st.st_mode))
+		n = read(fd, buf, sizeof(buf) - 1);
 	close(fd);
-	if (n <= 0)
-		return;
-	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-		n--;
-	buf[n] = '\0';
-	start = strrchr(buf, '\n');
-	start = start ? start + 1 : buf;
-	n = (ssize_t)strlen(start);
-	if ((size_t)n >= size)
-		n = (ssize_t)size - 1;
-	memcpy(out, start, (size_t)n);
-	out[n] = '\0';
-}
-
-static bool exited_for_reboot(int status, bool known, const char *tail)
-{
-	return known ? WIFEXITED(status) && WEXITSTATUS(status) == VM_EXIT_REBOOT :
-		       !strcmp(tail, VM_REBOOT_LINE);	/* an adopted VMM */
+	if (n > 0) {
+		buf[n] = '\0';
+		o = json_tokener_parse(buf);
+	}
+	if (o && json_object_object_get_ex(o, "pid", &v) && json_object_get_int(v) == vm->pid &&
+	    json_object_object_get_ex(o, "status", &v)) {
+		*status = json_object_get_int(v);
+		if (json_object_object_get_ex(o, "reason", &v))
+			snprintf(reason, size, "%s", json_object_get_string(v));
+		ok = true;
+	}
+	json_object_put(o);
+	return ok;
 }
 
 /* What an exit status means (docs/run.md), as a state and a reason. A
@@ -186,18 +183,25 @@ static bool exited_for_reboot(int status, bool known, const char *tail)
  * the supervisor starts a new one: restart_pending. */
 void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known)
 {
-	char tail[160];
+	char tail[160] = "";
+	int reported;
 
-	log_tail(m, vm->def.name, tail, sizeof(tail));
+	/* An adopted VMM is not our child: its status file is all we know. */
+	if (vmm_status_read(m, vm, &reported, tail, sizeof(tail)) && !known) {
+		status = W_EXITCODE(reported & 0xff, 0);
+		known = true;
+	}
+	if (!tail[0])
+		snprintf(tail, sizeof(tail), "no reason reported (see the VMM's log)");
 	vm->state = MGR_CRASHED;
-	if (exited_for_reboot(status, known, tail) && !vm->stopping) {
+	if (known && WIFEXITED(status) && WEXITSTATUS(status) == VM_EXIT_REBOOT && !vm->stopping) {
 		vm->state = MGR_STOPPED;
 		vm->restart_pending = true;
 		snprintf(vm->reason, sizeof(vm->reason), "guest rebooted");
 	} else if (!known) {
 		snprintf(vm->reason, sizeof(vm->reason),
-			 "the VMM (pid %d) died; exit status unknown (adopted after a daemon restart); last output: %s",
-			 (int)vm->pid, tail);
+			 "the VMM (pid %d) died; exit status unknown (adopted after a daemon restart)",
+			 (int)vm->pid);
 		if (vm->stopping)
 			vm->state = MGR_STOPPED;
 	} else if (WIFSIGNALED(status)) {
@@ -305,6 +309,8 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 	if (d->balloon)
 		argv[n++] = xasprintf("--balloon=target=%llu", (unsigned long long)d->balloon_target);
 	argv[n++] = xasprintf("--api-socket=%s", sock);
+	if (!store_path(m, file, sizeof(file), "run", d->name, ".status"))
+		argv[n++] = xasprintf("--status-file=%s", file);
 	/* A state dir too deep for a socket path: no console, the log still has it. */
 	if (!store_path(m, file, sizeof(file), "run", d->name, ".console") &&
 	    strlen(file) < sizeof(((struct sockaddr_un *)0)->sun_path))

@@ -100,7 +100,7 @@ static bool vcpu_crashed(struct vcpu *vcpu, const char *why)
 {
 	fprintf(stderr, "vireo: guest crashed: vCPU %u: %s\n", vcpu->id, why);
 	vcpu_dump_registers(vcpu);
-	vm_request_stop(vcpu->vm, VM_EXIT_GUEST_CRASH);
+	vm_request_stop_why(vcpu->vm, VM_EXIT_GUEST_CRASH, "vCPU %u: %s", vcpu->id, why);
 	return false;
 }
 
@@ -140,7 +140,7 @@ bool vcpu_handle_exit(struct vcpu *vcpu)
 		 * on it. The registers help when a guest crashes this way. */
 		fprintf(stderr, "vireo: vCPU %u: triple fault: the machine resets\n", vcpu->id);
 		vcpu_dump_registers(vcpu);
-		vm_request_stop(vcpu->vm, VM_EXIT_REBOOT);
+		vm_request_stop_why(vcpu->vm, VM_EXIT_REBOOT, "vCPU %u: triple fault", vcpu->id);
 		return false;
 	case KVM_EXIT_SYSTEM_EVENT:
 		return vcpu_handle_system_event(vcpu);
@@ -222,8 +222,11 @@ static void *vcpu_thread(void *arg)
 					break;
 				continue;
 			}
-			fprintf(stderr, "vireo: vCPU %u: KVM_RUN: %s\n", vcpu->id, strerror(errno));
-			vm_request_stop(vcpu->vm, VM_EXIT_VMM_ERROR);
+			int err = errno;
+
+			fprintf(stderr, "vireo: vCPU %u: KVM_RUN: %s\n", vcpu->id, strerror(err));
+			vm_request_stop_why(vcpu->vm, VM_EXIT_VMM_ERROR, "vCPU %u: KVM_RUN: %s",
+					    vcpu->id, strerror(err));
 			break;
 		}
 		if (!vcpu_handle_exit(vcpu))

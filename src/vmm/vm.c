@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,7 +183,7 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 	return 0;
 }
 
-void vm_request_stop(struct vm *vm, int status)
+static void vm_stop(struct vm *vm, int status, const char *reason)
 {
 	uint64_t one = 1;
 
@@ -190,6 +191,7 @@ void vm_request_stop(struct vm *vm, int status)
 	if (!vm->stop_requested) {
 		vm->stop_requested = true;
 		vm->exit_status = status;
+		snprintf(vm->exit_reason, sizeof(vm->exit_reason), "%s", reason);
 	}
 	vm->state = VM_STATE_STOPPED;
 	pthread_cond_broadcast(&vm->state_cond); /* wakes parked vCPUs */
@@ -204,6 +206,22 @@ void vm_request_stop(struct vm *vm, int status)
 	}
 	if (write(vm->stop_fd, &one, sizeof(one)) < 0)
 		log_debug("stop eventfd: %s", strerror(errno));
+}
+
+void vm_request_stop(struct vm *vm, int status)
+{
+	vm_stop(vm, status, "");
+}
+
+void vm_request_stop_why(struct vm *vm, int status, const char *fmt, ...)
+{
+	char reason[sizeof(vm->exit_reason)];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	vm_stop(vm, status, reason);
 }
 
 void vm_join(struct vm *vm)

@@ -88,8 +88,11 @@ def in_netns(args, netns):
 
 
 def vireo_args(cmdline, cpus=1, memory="256M", extra=(), kernel=None, netns=None):
-    return in_netns([str(VIREO), "run", "--kernel", str(kernel or PROBE), "--cpus", str(cpus),
-                     "--memory", memory, "--cmdline", cmdline, *extra], netns)
+    """--debug-exit: the probe's exit status (a failure it found) is the VMM's,
+    as with QEMU's isa-debug-exit."""
+    return in_netns([str(VIREO), "run", "--debug-exit", "--kernel", str(kernel or PROBE),
+                     "--cpus", str(cpus), "--memory", memory, "--cmdline", cmdline, *extra],
+                    netns)
 
 
 def run_until_exit(args, timeout):

@@ -16,7 +16,8 @@ import zlib
 import pytest
 
 import conftest
-from conftest import BUILD, PROBE, needs_kvm, needs_qemu, run_qemu, run_vireo
+from conftest import (BUILD, PROBE, ProbeRun, needs_kvm, needs_qemu, run_qemu, run_until_exit,
+                      run_vireo, vireo_args)
 
 pytestmark = [needs_kvm]
 
@@ -264,6 +265,17 @@ def test_bad_bzimage_refused(tmp_path, patch, error):
 def test_exit_code_on_vireo(kernel, code):
     run = run_vireo(f"scenario=exit={code}", kernel=kernel)
     assert run.returncode == code, run.stdout + run.stderr
+    assert run.facts()["exit"] == str(code)
+
+
+@pytest.mark.parametrize("code", [2, 3, 7])
+def test_debug_exit_is_opt_in(code):
+    """Without --debug-exit the guest cannot choose the VMM's status (2 would
+    read as a crash, 3 as a reboot): port 0xf4 is unassigned, and the probe's
+    fallback, ACPI power-off, ends the run with 0."""
+    args = [a for a in vireo_args(f"scenario=exit={code}") if a != "--debug-exit"]
+    run = ProbeRun(*run_until_exit(args, 60))
+    assert run.returncode == 0, run.stdout + run.stderr
     assert run.facts()["exit"] == str(code)
 
 

@@ -114,7 +114,8 @@ def test_balloon_returns_memory_to_the_host():
     """512 MiB guest touches then gives 384 MiB (75%) to the balloon: the VMM's
     RSS must drop by at least 300 MiB; deflating gives the pages back."""
     cmd = "scenario=balloon balloon_mib=384 balloon_hold_ms=1500 deflate=1"
-    p = subprocess.Popen([str(VIREO), "run", "--kernel", str(ROOT / "build/guest/probe.elf"),
+    p = subprocess.Popen([str(VIREO), "run", "--debug-exit",
+                          "--kernel", str(ROOT / "build/guest/probe.elf"),
                           "--memory", "512M", "--balloon", "--cmdline", cmd],
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)

@@ -86,11 +86,12 @@ static void string_io_is_split_into_accesses(void **state)
 static void debug_exit_and_poweroff_stop_the_vm(void **state)
 {
 	(void)state;
-	assert_int_equal(power_devices_init(&vm), 0);
+	assert_int_equal(power_devices_init(&vm, true), 0);
 	fake_io(PORT_DEBUG_EXIT, KVM_EXIT_IO_OUT, 1, "\x09");
 	vcpu_handle_exit(&vcpu);
 	assert_true(vm.stop_requested);
 	assert_int_equal(vm.exit_status, 9);
+	assert_string_equal(vm.exit_reason, "the guest wrote 9 to the debug-exit port");
 	/* The first reason wins: a later power-off does not change it. */
 	fake_io(PORT_ACPI_SLEEP_CONTROL, KVM_EXIT_IO_OUT, 1, "\x34"); /* SLP_TYP 5, SLP_EN */
 	vcpu_handle_exit(&vcpu);
@@ -100,7 +101,10 @@ static void debug_exit_and_poweroff_stop_the_vm(void **state)
 static void sleep_register_needs_s5_and_enable(void **state)
 {
 	(void)state;
-	assert_int_equal(power_devices_init(&vm), 0);
+	assert_int_equal(power_devices_init(&vm, false), 0);
+	fake_io(PORT_DEBUG_EXIT, KVM_EXIT_IO_OUT, 1, "\x03"); /* no debug-exit device */
+	vcpu_handle_exit(&vcpu);
+	assert_false(vm.stop_requested);
 	fake_io(PORT_ACPI_SLEEP_CONTROL, KVM_EXIT_IO_OUT, 1, "\x14"); /* S5 without SLP_EN */
 	vcpu_handle_exit(&vcpu);
 	assert_false(vm.stop_requested);
