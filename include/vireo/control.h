@@ -21,6 +21,10 @@
 
 #define CONTROL_MAX_LINE 65536
 #define CONTROL_MAX_CLIENTS 16
+/* A client that sends nothing for this long loses its connection when a
+ * new one needs a slot; with every slot busy, the least recently active
+ * one does. */
+#define CONTROL_IDLE_MS 10000
 /* Largest bps/iops limit accepted (2^50, ~1 PB/s): far below where json-c
  * saturates out-of-range integers to INT64_MAX. */
 #define CONTROL_MAX_RATE (1ULL << 50)

@@ -14,9 +14,22 @@
  *   DIR/logs/NAME.log     the VMM's stdout and stderr (serial console too);
  *   DIR/logs/NAME.log.1   its previous generation, past --log-max
  *
- * Threading: the HTTP thread and the supervisor (reaper) thread both take
- * mgr->lock for the whole of a request or a check, so requests on one VM
- * are serialised and every state change is seen whole. */
+ * Threading: HTTP requests are served by one thread per connection, beside
+ * the supervisor (reaper) thread and the info thread. Two locks:
+ *   mgr->lock  the table lock: the VM list and every field of every VM.
+ *              Held only for work that does not wait on another process:
+ *              it is dropped around each VMM round trip and each wait for
+ *              a VMM to start or end (DESIGN §3.14).
+ *   vm->lock   the VM's operation lock, taken before mgr->lock: an
+ *              operation (start, stop, patch, ...) holds it from start to
+ *              end, so operations on one VM are serialised while the others
+ *              and every read (listing, metrics) go on. The supervisor only
+ *              trylocks it and skips a VM that is busy.
+ * A VM's fields change with both locks held and are read under either one.
+ * vm->refs keeps a VM allocated while a thread uses it with mgr->lock
+ * dropped; a deleted VM is unlinked at once and freed with its last
+ * reference. Listing and metrics read vm->info, the VMM's last `info`
+ * reply, refreshed in the background with a short deadline. */
 #ifndef VIREO_MGR_H
 #define VIREO_MGR_H
 
@@ -161,6 +174,13 @@ struct mgr_vm {
 	unsigned int vmm_uid;        /* the VMM's user (and group) id; 0: not dropped */
 	uint64_t policy_fresh;       /* balloon stats_updates from which the
 				      * guest's figures reflect our last target */
+	pthread_mutex_t lock;        /* the operation lock (above) */
+	unsigned int refs;           /* the list's, plus each user without mgr->lock */
+	bool deleted;                /* unlinked: operations waiting for it give up */
+	bool starting;               /* a VMM is being started: counts as active for
+				      * uids and commitment */
+	struct json_object *info;    /* the VMM's last info reply, or NULL */
+	uint64_t info_ms;            /* CLOCK_MONOTONIC ms of that reply */
 	struct mgr_vm *next;
 };
 
@@ -179,9 +199,15 @@ struct mgr {
 #define MGR_VMM_UID_BASE 100000
 	char *storage[16];           /* where disks may be (resolved); see storage.c */
 	unsigned int nstorage;
+	unsigned int request_timeout_s; /* an API request must be in whole within
+				      * this; 0: MGR_REQUEST_TIMEOUT_S */
+#define MGR_REQUEST_TIMEOUT_S 10
 	unsigned int mem_low_pct;    /* guest free below this %: under pressure */
 	unsigned int mem_high_pct;   /* guest free above this %: idle */
 	struct mgr_vm *vms;
+	pthread_t info_thread;       /* refreshes vm->info (mgr_info_start) */
+	bool info_running, info_quit;
+	pthread_cond_t info_cond;
 };
 
 const char *mgr_state_name(enum mgr_state s);
@@ -192,6 +218,15 @@ bool mgr_vm_active(const struct mgr_vm *vm);
 int mgr_open(struct mgr *m, const char *state_dir, const char *cgroup_mode);
 void mgr_close(struct mgr *m);
 struct mgr_vm *mgr_find(struct mgr *m, const char *name);
+/* For an operation on VM `name`: called under m->lock, returns with the
+ * VM's operation lock and m->lock held (m->lock is dropped while waiting
+ * for the VM's lock), or NULL if there is no such VM (any more). */
+struct mgr_vm *mgr_acquire(struct mgr *m, const char *name);
+/* Ends an operation (under m->lock, which stays held). */
+void mgr_release(struct mgr *m, struct mgr_vm *vm);
+/* A reference on vm for use with m->lock dropped; both under m->lock. */
+void mgr_ref(struct mgr_vm *vm);
+void mgr_unref(struct mgr *m, struct mgr_vm *vm);
 /* vCPUs on the most committed host CPU (*cpu) with the active VMs and
  * `vm` (may be NULL); a vCPU allowed on k CPUs counts 1/k on each. */
 double mgr_commitment(struct mgr *m, const struct mgr_vm *vm, long *cpu);
@@ -203,7 +238,8 @@ enum mgr_err { MGR_OK, MGR_E_BAD, MGR_E_NOT_FOUND, MGR_E_CONFLICT, MGR_E_FAILED 
 
 /* Each returns MGR_OK or an error class with err_set() detail. */
 enum mgr_err mgr_create(struct mgr *m, struct vm_def *def); /* takes def */
-enum mgr_err mgr_delete(struct mgr *m, const char *name);
+/* vm acquired (mgr_acquire); on MGR_OK it is unlinked, still to be released. */
+enum mgr_err mgr_delete(struct mgr *m, struct mgr_vm *vm);
 enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm);
 /* Graceful: presses the power button and returns with the VM STOPPING;
  * mgr_check() kills it after timeout_s. force: powers off at once. */
@@ -213,9 +249,17 @@ enum mgr_err mgr_stop(struct mgr *m, struct mgr_vm *vm, bool force, unsigned int
 enum mgr_err mgr_pause(struct mgr *m, struct mgr_vm *vm, bool pause);
 enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm);
 enum mgr_err mgr_patch(struct mgr *m, struct mgr_vm *vm, struct vm_patch *p);
-/* GET /vms/NAME: definition, state, and live counters when running. */
+/* GET /vms/NAME: definition, state, and with `live` the VMM's counters
+ * from vm->info (stale: "vmm_info_age_ms" says how old). */
 struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live);
-/* Prometheus text exposition; the caller frees. */
+/* Asks the VMM for `info` within timeout_ms and caches it in vm->info;
+ * under m->lock, which is dropped meanwhile (vm referenced). 0 or -errno. */
+#define MGR_INFO_TIMEOUT_MS 500
+int mgr_refresh_info(struct mgr *m, struct mgr_vm *vm, int timeout_ms);
+/* The background refresher of every active VM's info (each second). */
+int mgr_info_start(struct mgr *m);
+void mgr_info_stop(struct mgr *m);
+/* Prometheus text exposition from the cached infos; the caller frees. */
 char *mgr_metrics(struct mgr *m);
 
 /* ---- automatic memory policy (src/mgr/policy.c) ---- */
@@ -244,10 +288,15 @@ bool store_vm_locked(struct mgr *m, const char *name);
 int store_path(const struct mgr *m, char *buf, size_t size, const char *sub,
 	       const char *name, const char *ext);
 
-/* ---- VMM processes (src/mgr/supervise.c); all under m->lock ---- */
+/* ---- VMM processes (src/mgr/supervise.c); all under m->lock and the
+ * VM's operation lock; the waits for a VMM drop m->lock ---- */
 /* Sends one request line to a control socket; returns the reply object or
- * NULL with err_set(). */
+ * NULL with err_set(). The whole round trip (connect, send, reply) has a
+ * deadline: VMM_REQUEST_TIMEOUT_MS, or timeout_ms. Lock-free: callers drop
+ * m->lock around it. */
+#define VMM_REQUEST_TIMEOUT_MS 2000
 struct json_object *vmm_request(const char *sock, const char *request);
+struct json_object *vmm_request_ms(const char *sock, const char *request, int timeout_ms);
 /* Starts the VMM of vm in its cgroup and waits until its socket answers.
  * The run record (pid, "running") is saved before the VMM is let go; on
  * failure *untouched says that nothing was started nor changed (the VM's

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "vireo/block.h"
+#include "vireo/fileopen.h"
 #include "vireo/log.h"
 
 /* ---- host files ---- */
@@ -226,10 +227,13 @@ int bfile_open_policy(const char *path, int flags, const struct block_policy *p,
 		oflags |= O_CREAT | O_RDWR;
 	if (flags & BFILE_DIRECT)
 		oflags |= O_DIRECT;
+	/* An image is a regular file or a block device, checked before any
+	 * read: a FIFO would block its reader (the policy checks the same). */
 	if (p && (ret = block_policy_open(p, path, oflags, depth, &fd)))
 		return ret;
-	if (!p && (fd = open(path, oflags, 0644)) < 0)
-		return err_set(-errno, "%s: %s", path, strerror(errno));
+	if (!p && (fd = file_open_checked(path, oflags & ~O_CLOEXEC, 0644, NULL,
+					  FILE_REG | FILE_BLK)) < 0)
+		return fd;
 	f = bfile_alloc(&posix_ops, path, !(oflags & O_RDWR));
 	if (!f) {
 		close(fd);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "vireo/boot.h"
+#include "vireo/fileopen.h"
 #include "vireo/layout.h"
 #include "vireo/log.h"
 
@@ -48,9 +49,9 @@ int boot_read_file_into(struct vm *vm, const char *path, uint64_t gpa, uint64_t 
 
 	if (!dst)
 		return err_set(-ENOSPC, "%s does not fit in guest memory", path);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	fd = file_open_checked(path, O_RDONLY, 0, NULL, FILE_REG);
 	if (fd < 0)
-		return err_set(-errno, "%s: %m", path);
+		return fd;
 	while (done < size) {
 		ssize_t n = read(fd, dst + done, size - done);
 
@@ -70,10 +71,11 @@ static int boot_map_kernel(const char *path, struct kernel_image *img)
 	void *p;
 	int fd;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* Not blocking on a FIFO: it fails here, at once. */
+	fd = file_open_checked(path, O_RDONLY, 0, "kernel", FILE_REG);
 	if (fd < 0)
-		return err_set(-errno, "cannot open kernel %s: %m", path);
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size < 1024) {
+		return err_set(fd, "cannot open %s", err_get());
+	if (fstat(fd, &st) < 0 || st.st_size < 1024) {
 		close(fd);
 		return err_set(-ENOEXEC, "%s is not a Linux kernel (bzImage or ELF)", path);
 	}

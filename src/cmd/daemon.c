@@ -25,7 +25,7 @@ static const char daemon_usage[] =
 	"                    [--memory-policy=manual|auto] [--memory-low PCT] [--memory-high PCT]\n"
 	"                    [--memory-interval MS] [--memory-reserve SIZE]\n"
 	"                    [--log-max SIZE] [--vmm-uid-base N|none] [--storage DIR]...\n"
-	"                    [--verbose]\n"
+	"                    [--request-timeout S] [--verbose]\n"
 	"\n"
 	"  --state-dir DIR   VM definitions, runtime records, sockets and logs\n"
 	"  --socket PATH     the HTTP API's Unix socket (curl --unix-socket PATH)\n"
@@ -49,6 +49,8 @@ static const char daemon_usage[] =
 	"                    (repeatable, up to 16; symlinks resolved); default: the\n"
 	"                    state dir's images/ directory. Each VMM gets access to\n"
 	"                    exactly its VM's files while it runs (docs/api.md)\n"
+	"  --request-timeout S  an API request must arrive whole (headers and body)\n"
+	"                    within S seconds, or its connection is cut (default 10)\n"
 	"  --verbose         log VM state changes\n"
 	"\n"
 	"SIGTERM or SIGINT stops the daemon; running VMs keep running and are\n"
@@ -64,6 +66,7 @@ struct daemon_options {
 	unsigned int vmm_uid_base;
 	const char *storage[16];
 	unsigned int nstorage;
+	unsigned int request_timeout_s;
 };
 
 static int uint_arg(const char *text, unsigned int lo, unsigned int hi, unsigned int *out)
@@ -93,6 +96,7 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		{ "memory-interval", required_argument, NULL, 'i' },
 		{ "memory-reserve", required_argument, NULL, 'r' },
 		{ "storage", required_argument, NULL, 'S' },
+		{ "request-timeout", required_argument, NULL, 't' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -102,7 +106,8 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 	*o = (struct daemon_options){ .overcommit = 16, .overcommit_warn = 4,
 				      .mem_low_pct = 20, .mem_high_pct = 50, .mem_interval_ms = 1000,
 				      .mem_reserve = 256ULL << 20, .log_max = 16ULL << 20,
-				      .vmm_uid_base = MGR_VMM_UID_BASE };
+				      .vmm_uid_base = MGR_VMM_UID_BASE,
+				      .request_timeout_s = MGR_REQUEST_TIMEOUT_S };
 	while ((c = getopt_long(argc, argv, "hv", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'd': o->state_dir = optarg; break;
@@ -156,6 +161,10 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 			if (o->nstorage == 16)
 				return err_set(-EINVAL, "at most 16 --storage directories");
 			o->storage[o->nstorage++] = optarg;
+			break;
+		case 't':
+			if (uint_arg(optarg, 1, 3600, &o->request_timeout_s))
+				return err_set(-EINVAL, "--request-timeout must be 1 to 3600 seconds");
 			break;
 		case 'v': log_set_level(LOG_INFO); break;
 		case 'h': fputs(daemon_usage, stdout); exit(0);
@@ -241,16 +250,21 @@ int cmd_daemon(int argc, char **argv)
 	m.mem_reserve = o.mem_reserve;
 	m.log_max = o.log_max;
 	m.vmm_uid_base = o.vmm_uid_base;
-	api = api_start(&m, o.socket);
+	m.request_timeout_s = o.request_timeout_s;
+	api = mgr_info_start(&m) ? NULL : api_start(&m, o.socket);
 	if (!api) {
 		fprintf(stderr, "vireo: %s\n", err_get());
+		mgr_info_stop(&m);
+		pthread_mutex_lock(&m.lock);
 		mgr_close(&m);
+		pthread_mutex_unlock(&m.lock);
 		return 1;
 	}
 	fprintf(stderr, "vireo: daemon listening on %s (state %s, cgroup %s, memory policy %s)\n",
 		o.socket, m.state_dir, cgroup_mode_name(m.cg.mode), m.mem_auto ? "auto" : "manual");
 	supervise(&m, sfd);
 	api_stop(api);
+	mgr_info_stop(&m);
 	pthread_mutex_lock(&m.lock);
 	mgr_close(&m);
 	pthread_mutex_unlock(&m.lock);

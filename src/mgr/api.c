@@ -1,11 +1,19 @@
 /* The daemon's HTTP/1.1 JSON API on a Unix socket (libmicrohttpd), so that
  * `curl --unix-socket PATH http://localhost/vms` works. Routes and bodies
- * are documented in docs/api.md. One MHD thread serves every connection;
- * each request runs under mgr->lock, so two clients changing one VM are
- * served one after the other, each with a consistent answer. Bodies are
- * capped at MGR_MAX_BODY (413 past it); every error is a JSON object
- * {"error": MESSAGE, "code": CLASS} with an HTTP status. */
+ * are documented in docs/api.md. Each connection has its own thread; an
+ * operation on a VM holds that VM's lock (include/vireo/mgr.h), so two
+ * clients changing one VM are served one after the other, each with a
+ * consistent answer, while other VMs and reads go on. Bodies are capped at
+ * MGR_MAX_BODY (413 past it); every error is a JSON object
+ * {"error": MESSAGE, "code": CLASS} with an HTTP status.
+ *
+ * No client can hold the API (issue 10): a request must be in whole
+ * (headers and body) within the request timeout, or its connection is cut
+ * (MHD's own timeout only counts idle time: a byte every few seconds would
+ * keep a connection for ever); and past API_MAX_CONNS connections, a new one
+ * takes the place of the oldest still sending its request. */
 #include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
 #include <dlfcn.h>
 #include <microhttpd.h>
@@ -15,6 +23,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vireo/log.h"
@@ -32,6 +41,7 @@ static struct {
 	__typeof__(MHD_add_response_header) *add_response_header;
 	__typeof__(MHD_queue_response) *queue_response;
 	__typeof__(MHD_destroy_response) *destroy_response;
+	__typeof__(MHD_get_connection_info) *get_connection_info;
 } mhd;
 
 static int mhd_load(void)
@@ -51,21 +61,176 @@ static int mhd_load(void)
 	*(void **)&mhd.add_response_header = dlsym(lib, "MHD_add_response_header");
 	*(void **)&mhd.queue_response = dlsym(lib, "MHD_queue_response");
 	*(void **)&mhd.destroy_response = dlsym(lib, "MHD_destroy_response");
+	*(void **)&mhd.get_connection_info = dlsym(lib, "MHD_get_connection_info");
 	*(void **)&mhd.start_daemon = dlsym(lib, "MHD_start_daemon");
 	if (!mhd.stop_daemon || !mhd.create_response_from_buffer || !mhd.add_response_header ||
-	    !mhd.queue_response || !mhd.destroy_response || !mhd.start_daemon) {
+	    !mhd.queue_response || !mhd.destroy_response || !mhd.get_connection_info ||
+	    !mhd.start_daemon) {
 		mhd.start_daemon = NULL;
 		return err_set(-ENOENT, "libmicrohttpd lacks a function vireo uses: %s", dlerror());
 	}
 	return 0;
 }
 
+/* Connections: past API_MAX_CONNS the oldest one still sending its request
+ * is cut for a new one; MHD itself takes API_SPARE_CONNS more, so that the
+ * new one is accepted even while every other is being answered. */
+#define API_MAX_CONNS 64
+#define API_SPARE_CONNS 16
+#define API_WATCH_MS 100
+/* Waiting for the VMM's info in GET /vms/NAME; past it, the cached one. */
+#define API_LIVE_INFO_MS 1000
+
+/* One connection (MHD's socket context). */
+struct conn {
+	int fd;                   /* a dup of its socket: shutdown() ends it */
+	uint64_t deadline;        /* ms by which the request must be in; 0 while
+				   * it is answered */
+	uint64_t since;           /* when its current request began */
+	bool cut;
+	struct conn *prev, *next;
+};
+
 struct api {
 	struct mgr *mgr;
 	struct MHD_Daemon *mhd;
 	int fd;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	uint64_t timeout_ms;      /* for a whole request */
+	pthread_mutex_t lock;     /* the connections */
+	struct conn *conns;
+	unsigned int nlive;       /* connections not cut */
+	pthread_t watchdog;
+	pthread_cond_t cond;
+	bool watching, quit;
 };
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Ends a connection from outside its thread: MHD sees the socket shut and
+ * closes it. The dup keeps the socket (and its number) ours until then. */
+static void conn_cut(struct api *api, struct conn *k)
+{
+	if (k->cut)
+		return;
+	k->cut = true;
+	api->nlive--;
+	if (k->fd >= 0)
+		shutdown(k->fd, SHUT_RDWR);
+}
+
+/* Makes room for `fresh`: cuts the connection whose request began first
+ * among those still sending one. */
+static void conn_make_room(struct api *api, struct conn *fresh)
+{
+	struct conn *old = NULL;
+
+	for (struct conn *k = api->conns; k; k = k->next)
+		if (k != fresh && !k->cut && k->deadline && (!old || k->since < old->since))
+			old = k;
+	if (old) {
+		log_ratelimited("API: %u connections: cutting the oldest unfinished request "
+				"(%llu ms old) for a new client", api->nlive,
+				(unsigned long long)(mono_ms() - old->since));
+		conn_cut(api, old);
+	}
+}
+
+static void api_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+		       enum MHD_ConnectionNotificationCode toe)
+{
+	struct api *api = cls;
+	struct conn *k = *socket_context;
+
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+		const union MHD_ConnectionInfo *ci =
+			mhd.get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+		k = calloc(1, sizeof(*k));
+		if (!k)
+			return;
+		k->fd = ci ? fcntl(ci->connect_fd, F_DUPFD_CLOEXEC, 0) : -1;
+		k->since = mono_ms();
+		k->deadline = k->since + api->timeout_ms;
+		pthread_mutex_lock(&api->lock);
+		k->next = api->conns;
+		if (k->next)
+			k->next->prev = k;
+		api->conns = k;
+		if (++api->nlive > API_MAX_CONNS)
+			conn_make_room(api, k);
+		pthread_mutex_unlock(&api->lock);
+		*socket_context = k;
+		return;
+	}
+	if (!k)
+		return;
+	pthread_mutex_lock(&api->lock);
+	if (k->prev)
+		k->prev->next = k->next;
+	else
+		api->conns = k->next;
+	if (k->next)
+		k->next->prev = k->prev;
+	if (!k->cut)
+		api->nlive--;
+	pthread_mutex_unlock(&api->lock);
+	if (k->fd >= 0)
+		close(k->fd);
+	free(k);
+	*socket_context = NULL;
+}
+
+/* The request is in (answering: no deadline), or answered (the deadline
+ * runs again for the next request on the connection). */
+static void conn_set_busy(struct api *api, struct MHD_Connection *c, bool busy)
+{
+	const union MHD_ConnectionInfo *ci =
+		mhd.get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	struct conn *k = ci ? ci->socket_context : NULL;
+
+	if (!k)
+		return;
+	pthread_mutex_lock(&api->lock);
+	k->since = mono_ms();
+	k->deadline = busy ? 0 : k->since + api->timeout_ms;
+	pthread_mutex_unlock(&api->lock);
+}
+
+/* Cuts each connection whose request is not in by its deadline. */
+static void *api_watchdog(void *arg)
+{
+	struct api *api = arg;
+
+	pthread_mutex_lock(&api->lock);
+	while (!api->quit) {
+		struct timespec until;
+		uint64_t now = mono_ms();
+
+		for (struct conn *k = api->conns; k; k = k->next)
+			if (!k->cut && k->deadline && now >= k->deadline) {
+				log_ratelimited("API: a request took more than %llu ms to "
+						"arrive: connection cut",
+						(unsigned long long)api->timeout_ms);
+				conn_cut(api, k);
+			}
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_nsec += API_WATCH_MS * 1000000L;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&api->cond, &api->lock, &until);
+	}
+	pthread_mutex_unlock(&api->lock);
+	return NULL;
+}
 
 /* One request's upload. */
 struct upload {
@@ -305,44 +470,77 @@ static void route_action(struct mgr *m, struct mgr_vm *vm, const char *action,
 	}
 }
 
+static void reply_no_vm(struct reply *r, const char *name)
+{
+	char msg[128];
+
+	snprintf(msg, sizeof(msg), "no VM named '%s'", name);
+	reply_error(r, 404, "not-found", msg);
+}
+
+/* GET /vms/NAME: the VMM's figures asked now, with a short deadline and
+ * without the VM's lock (an operation on it may be long); the cached ones
+ * if it does not answer in time. */
+static void route_get(struct mgr *m, struct mgr_vm *vm, struct reply *r)
+{
+	mgr_ref(vm);
+	mgr_refresh_info(m, vm, API_LIVE_INFO_MS);
+	if (vm->deleted) {
+		reply_no_vm(r, vm->def.name);
+	} else {
+		r->status = 200;
+		r->json = mgr_vm_json(m, vm, true);
+	}
+	mgr_unref(m, vm);
+}
+
+/* Under the VM's operation lock. */
+static void route_delete(struct mgr *m, struct mgr_vm *vm, struct reply *r)
+{
+	char name[MGR_NAME_MAX + 1];
+	enum mgr_err e;
+
+	snprintf(name, sizeof(name), "%s", vm->def.name);
+	e = mgr_delete(m, vm);
+	if (e != MGR_OK)
+		return reply_mgr_error(r, e);
+	r->status = 200;
+	r->json = json_object_new_object();
+	json_object_object_add(r->json, "deleted", json_object_new_string(name));
+}
+
 static void route_vm(struct mgr *m, const char *method, const char *name, const char *action,
 		     const struct upload *u, struct reply *r)
 {
 	struct mgr_vm *vm;
-	char msg[128];
 
 	if (!vm_name_valid(name))
 		return reply_error(r, 400, "bad-request", "bad VM name: 1 to 64 of A-Z a-z 0-9 _ . -, "
 				   "not starting with '.' or '-'");
 	vm = mgr_find(m, name);
-	if (!vm) {
-		snprintf(msg, sizeof(msg), "no VM named '%s'", name);
-		return reply_error(r, 404, "not-found", msg);
+	if (!vm)
+		return reply_no_vm(r, name);
+	if (action && strcmp(method, "POST")) {
+		r->allow = "POST";
+		return reply_error(r, 405, "method-not-allowed", "use POST");
 	}
-	if (action) {
-		if (strcmp(method, "POST")) {
-			r->allow = "POST";
-			return reply_error(r, 405, "method-not-allowed", "use POST");
-		}
-		return route_action(m, vm, action, u, r);
-	}
-	if (!strcmp(method, "GET")) {
-		r->status = 200;
-		r->json = mgr_vm_json(m, vm, true);
-	} else if (!strcmp(method, "PATCH")) {
-		route_patch(m, vm, u, r);
-	} else if (!strcmp(method, "DELETE")) {
-		enum mgr_err e = mgr_delete(m, name);
-
-		if (e != MGR_OK)
-			return reply_mgr_error(r, e);
-		r->status = 200;
-		r->json = json_object_new_object();
-		json_object_object_add(r->json, "deleted", json_object_new_string(name));
-	} else {
+	if (!action && !strcmp(method, "GET"))
+		return route_get(m, vm, r);
+	if (!action && strcmp(method, "PATCH") && strcmp(method, "DELETE")) {
 		r->allow = "GET, PATCH, DELETE";
-		reply_error(r, 405, "method-not-allowed", "use GET, PATCH or DELETE");
+		return reply_error(r, 405, "method-not-allowed", "use GET, PATCH or DELETE");
 	}
+	/* Waits for an operation on this VM in progress, not for others. */
+	vm = mgr_acquire(m, name);
+	if (!vm)
+		return reply_no_vm(r, name);
+	if (action)
+		route_action(m, vm, action, u, r);
+	else if (!strcmp(method, "PATCH"))
+		route_patch(m, vm, u, r);
+	else
+		route_delete(m, vm, r);
+	mgr_release(m, vm);
 }
 
 /* Splits "/vms/NAME/ACTION" into at most 3 segments; -1 if more or empty
@@ -441,6 +639,8 @@ static enum MHD_Result api_handler(void *cls, struct MHD_Connection *c, const ch
 		*con_cls = u;
 		return u ? MHD_YES : MHD_NO;
 	}
+	if (!*data_size)	/* the whole request is in */
+		conn_set_busy(api, c, true);
 	if (*data_size) {
 		if (u->too_big || u->len + *data_size > MGR_MAX_BODY) {
 			u->too_big = true;
@@ -481,9 +681,8 @@ static void api_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 {
 	struct upload *u = *con_cls;
 
-	(void)cls;
-	(void)c;
 	(void)code;
+	conn_set_busy(cls, c, false);
 	if (u) {
 		free(u->body);
 		free(u);
@@ -515,6 +714,35 @@ static int api_listen(struct api *api, const char *path)
 	return 0;
 }
 
+static int api_watch_start(struct api *api)
+{
+	pthread_condattr_t attr;
+	int ret;
+
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&api->cond, &attr);
+	pthread_condattr_destroy(&attr);
+	ret = pthread_create(&api->watchdog, NULL, api_watchdog, api);
+	if (ret)
+		return err_set(-ret, "cannot start the API watchdog: %s", strerror(ret));
+	api->watching = true;
+	return 0;
+}
+
+static void api_watch_stop(struct api *api)
+{
+	if (!api->watching)
+		return;
+	pthread_mutex_lock(&api->lock);
+	api->quit = true;
+	pthread_cond_signal(&api->cond);
+	pthread_mutex_unlock(&api->lock);
+	pthread_join(api->watchdog, NULL);
+	pthread_cond_destroy(&api->cond);
+	api->watching = false;
+}
+
 struct api *api_start(struct mgr *m, const char *socket_path)
 {
 	struct api *api = calloc(1, sizeof(*api));
@@ -525,14 +753,22 @@ struct api *api_start(struct mgr *m, const char *socket_path)
 	}
 	api->mgr = m;
 	api->fd = -1;
-	if (mhd_load() || api_listen(api, socket_path))
+	api->timeout_ms = (uint64_t)(m->request_timeout_s ? m->request_timeout_s :
+				     MGR_REQUEST_TIMEOUT_S) * 1000;
+	pthread_mutex_init(&api->lock, NULL);
+	if (api_watch_start(api) || mhd_load() || api_listen(api, socket_path))
 		goto fail;
-	api->mhd = mhd.start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL,
+	/* A thread per connection: a request waiting for a VMM holds up no
+	 * other. MHD's timeout is the idle limit once a request is answered. */
+	api->mhd = mhd.start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+				    MHD_USE_POLL | MHD_USE_ERROR_LOG, 0, NULL,
 				    NULL, api_handler, api,
 				    MHD_OPTION_LISTEN_SOCKET, api->fd,
-				    MHD_OPTION_NOTIFY_COMPLETED, api_completed, NULL,
+				    MHD_OPTION_NOTIFY_COMPLETED, api_completed, api,
+				    MHD_OPTION_NOTIFY_CONNECTION, api_notify, api,
 				    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
-				    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
+				    MHD_OPTION_CONNECTION_LIMIT,
+				    (unsigned int)(API_MAX_CONNS + API_SPARE_CONNS),
 				    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(128 * 1024),
 				    MHD_OPTION_END);
 	if (!api->mhd) {
@@ -541,8 +777,10 @@ struct api *api_start(struct mgr *m, const char *socket_path)
 	}
 	return api;
 fail:
+	api_watch_stop(api);
 	if (api->fd >= 0)
 		close(api->fd);
+	pthread_mutex_destroy(&api->lock);
 	free(api);
 	return NULL;
 }
@@ -552,7 +790,9 @@ void api_stop(struct api *api)
 	if (!api)
 		return;
 	mhd.stop_daemon(api->mhd);
+	api_watch_stop(api);
 	close(api->fd);
 	unix_unlink(api->path);
+	pthread_mutex_destroy(&api->lock);
 	free(api);
 }

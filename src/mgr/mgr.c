@@ -1,6 +1,8 @@
 /* The VM table: definitions loaded from the state dir, VMMs re-adopted on
  * start-up, and the lifecycle operations behind the API. Every function
- * here runs under m->lock (taken by the API and the supervisor thread). */
+ * here runs under m->lock; the operations also under the VM's operation
+ * lock, and they drop m->lock while they wait for a VMM (locking rules in
+ * include/vireo/mgr.h). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +18,7 @@
 #include <unistd.h>
 
 #include "vireo/control.h"
+#include "vireo/fileopen.h"
 #include "vireo/log.h"
 #include "vireo/mgr.h"
 
@@ -46,6 +49,63 @@ struct mgr_vm *mgr_find(struct mgr *m, const char *name)
 		if (!strcmp(vm->def.name, name))
 			return vm;
 	return NULL;
+}
+
+static struct mgr_vm *vm_new(void)
+{
+	struct mgr_vm *vm = calloc(1, sizeof(*vm));
+
+	if (vm) {
+		pthread_mutex_init(&vm->lock, NULL);
+		vm->refs = 1;	/* the list's */
+	}
+	return vm;
+}
+
+static void vm_free(struct mgr_vm *vm)
+{
+	vm_def_free(&vm->def);
+	json_object_put(vm->info);
+	pthread_mutex_destroy(&vm->lock);
+	free(vm);
+}
+
+void mgr_ref(struct mgr_vm *vm)
+{
+	vm->refs++;
+}
+
+void mgr_unref(struct mgr *m, struct mgr_vm *vm)
+{
+	(void)m;
+	if (--vm->refs == 0)
+		vm_free(vm);
+}
+
+struct mgr_vm *mgr_acquire(struct mgr *m, const char *name)
+{
+	struct mgr_vm *vm = mgr_find(m, name);
+
+	if (!vm)
+		return NULL;
+	mgr_ref(vm);
+	/* Lock order: the VM's lock, then the table's. */
+	if (pthread_mutex_trylock(&vm->lock)) {
+		pthread_mutex_unlock(&m->lock);
+		pthread_mutex_lock(&vm->lock);
+		pthread_mutex_lock(&m->lock);
+	}
+	if (vm->deleted) {
+		mgr_release(m, vm);
+		return NULL;
+	}
+	return vm;
+}
+
+void mgr_release(struct mgr *m, struct mgr_vm *vm)
+{
+	pthread_mutex_unlock(&vm->lock);
+	mgr_unref(m, vm);
 }
 
 bool mgr_vm_active(const struct mgr_vm *vm)
@@ -82,7 +142,7 @@ static int instance_id(struct mgr *m, char *id, size_t size)
 	int fd, n;
 
 	store_path(m, path, sizeof(path), "instance", NULL, NULL);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	fd = file_open_checked(path, O_RDONLY, 0, NULL, FILE_REG);
 	if (fd >= 0) {
 		n = (int)read(fd, id, size - 1);
 		close(fd);
@@ -192,7 +252,10 @@ static void adopt(struct mgr *m, struct mgr_vm *vm, struct json_object *run)
 			return;
 		}
 	}
+	/* Under the VM's lock, or at start-up (mgr_open holds m->lock too). */
+	pthread_mutex_unlock(&m->lock);
 	r = vmm_request(sock, "{\"action\":\"info\"}");
+	pthread_mutex_lock(&m->lock);
 	if (vm->state == MGR_STOPPING) {
 		/* A graceful stop in progress: its deadline still holds. */
 		vm->stopping = true;
@@ -248,18 +311,18 @@ static void load_one(struct mgr *m, const char *file)
 		return;
 	snprintf(path, sizeof(path), "%s/vms/%s", m->state_dir, file);
 	obj = store_read_json(path);
-	vm = calloc(1, sizeof(*vm));
+	vm = vm_new();
 	if (!obj || !vm || vm_def_from_json(obj, &vm->def)) {
 		log_error("skipping %s: %s", path, err_get());
-		free(vm);
+		if (vm)
+			vm_free(vm);
 		json_object_put(obj);
 		return;
 	}
 	json_object_put(obj);
 	if (strlen(vm->def.name) != n - 5 || strncmp(vm->def.name, file, n - 5)) {
 		log_error("skipping %s: its name is '%s'", path, vm->def.name);
-		vm_def_free(&vm->def);
-		free(vm);
+		vm_free(vm);
 		return;
 	}
 	load_run(m, vm);
@@ -333,7 +396,11 @@ int mgr_open(struct mgr *m, const char *state_dir, const char *cgroup_mode)
 	cgroup_init(&m->cg, id, cgroup_mode);
 	if (m->cg.mode == CGROUP_NONE)
 		log_warn("no cgroups: VMs run without CPU and memory limits (%s)", m->cg.reason);
-	return load_all(m);
+	/* Locked as always, so that adopting a VMM can drop the lock. */
+	pthread_mutex_lock(&m->lock);
+	ret = load_all(m);
+	pthread_mutex_unlock(&m->lock);
+	return ret;
 }
 
 void mgr_close(struct mgr *m)
@@ -349,8 +416,8 @@ void mgr_close(struct mgr *m)
 		struct mgr_vm *vm = m->vms;
 
 		m->vms = vm->next;
-		vm_def_free(&vm->def);
-		free(vm);
+		vm->deleted = true;
+		mgr_unref(m, vm);
 	}
 }
 
@@ -369,7 +436,7 @@ enum mgr_err mgr_create(struct mgr *m, struct vm_def *def)
 		vm_def_free(def);
 		return MGR_E_BAD;
 	}
-	vm = calloc(1, sizeof(*vm));
+	vm = vm_new();
 	if (!vm) {
 		vm_def_free(def);
 		err_set(-ENOMEM, "out of memory");
@@ -378,8 +445,7 @@ enum mgr_err mgr_create(struct mgr *m, struct vm_def *def)
 	vm->def = *def;
 	memset(def, 0, sizeof(*def));
 	if (store_save_def(m, &vm->def)) {
-		vm_def_free(&vm->def);
-		free(vm);
+		vm_free(vm);
 		return MGR_E_FAILED;
 	}
 	snprintf(vm->reason, sizeof(vm->reason), "created");
@@ -389,23 +455,24 @@ enum mgr_err mgr_create(struct mgr *m, struct vm_def *def)
 	return MGR_OK;
 }
 
-enum mgr_err mgr_delete(struct mgr *m, const char *name)
+enum mgr_err mgr_delete(struct mgr *m, struct mgr_vm *vm)
 {
-	for (struct mgr_vm **p = &m->vms; *p; p = &(*p)->next) {
-		struct mgr_vm *vm = *p;
+	const char *name = vm->def.name;
 
-		if (strcmp(vm->def.name, name))
+	if (mgr_vm_active(vm) || store_vm_locked(m, name)) {
+		err_set(-EBUSY, "VM '%s' is %s: stop it first", name, mgr_vm_active(vm) ?
+			mgr_state_name(vm->state) : "still held by a VMM");
+		return MGR_E_CONFLICT;
+	}
+	for (struct mgr_vm **p = &m->vms; *p; p = &(*p)->next) {
+		if (*p != vm)
 			continue;
-		if (mgr_vm_active(vm) || store_vm_locked(m, name)) {
-			err_set(-EBUSY, "VM '%s' is %s: stop it first", name, mgr_vm_active(vm) ?
-				mgr_state_name(vm->state) : "still held by a VMM");
-			return MGR_E_CONFLICT;
-		}
 		store_remove(m, name);
 		cgroup_vm_remove(&m->cg, name);
 		*p = vm->next;
-		vm_def_free(&vm->def);
-		free(vm);
+		/* Freed with the last reference (the caller holds one). */
+		vm->deleted = true;
+		mgr_unref(m, vm);
 		return MGR_OK;
 	}
 	err_set(-ENOENT, "no VM named '%s'", name);
@@ -448,7 +515,7 @@ double mgr_commitment(struct mgr *m, const struct mgr_vm *vm, long *cpu)
 	if (host < 1 || host > CPU_SETSIZE)
 		host = host < 1 ? 1 : CPU_SETSIZE;
 	for (struct mgr_vm *o = m->vms; o; o = o->next)
-		if (mgr_vm_active(o) || o == vm)
+		if (mgr_vm_active(o) || o->starting || o == vm)
 			commit_add(&o->def, host, load);
 	*cpu = 0;
 	for (long c = 0; c < host; c++)
@@ -481,6 +548,21 @@ static int check_overcommit(struct mgr *m, struct mgr_vm *vm)
 	return 0;
 }
 
+/* The files a VMM would open, checked before it starts (a start refused,
+ * nothing changed): a kernel that is a FIFO would leave the VMM blocked in
+ * open() until the start times out. The VMM checks again when it opens
+ * them (DESIGN §3.15). */
+static int check_files(const struct vm_def *d)
+{
+	int ret = file_check_path(d->kernel, "kernel", FILE_REG);
+
+	if (!ret && d->initrd)
+		ret = file_check_path(d->initrd, "initrd", FILE_REG);
+	for (unsigned int i = 0; !ret && i < d->ndisks; i++)
+		ret = file_check_path(d->disks[i].path, "disk", FILE_REG | FILE_BLK);
+	return ret;
+}
+
 /* Starts the VMM; the VM ends running (with `reason`) or crashed. */
 static enum mgr_err launch(struct mgr *m, struct mgr_vm *vm, const char *reason)
 {
@@ -490,13 +572,18 @@ static enum mgr_err launch(struct mgr *m, struct mgr_vm *vm, const char *reason)
 
 	vm->stopping = false;
 	vm->restart_pending = false;
+	json_object_put(vm->info);	/* the last VMM's */
+	vm->info = NULL;
+	vm->starting = true;
 	ret = sock_path(m, vm->def.name, sock, sizeof(sock));
 	if (!ret)
 		ret = vmm_start(m, vm, sock, &untouched);
+	vm->starting = false;
 	if (!ret) {
 		vm->state = MGR_RUNNING;
 		snprintf(vm->reason, sizeof(vm->reason), "%s", reason);
 		store_save_run(m, vm);
+		mgr_refresh_info(m, vm, MGR_INFO_TIMEOUT_MS);
 		return MGR_OK;
 	}
 	snprintf(why, sizeof(why), "%s", err_get());
@@ -529,7 +616,7 @@ enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm)
 	if (check_overcommit(m, vm))
 		return MGR_E_CONFLICT;
 	/* The files may have changed since the VM was created. */
-	if (storage_check(m, &vm->def))
+	if (storage_check(m, &vm->def) || check_files(&vm->def))
 		return MGR_E_BAD;
 	return launch(m, vm, "started");
 }
@@ -543,7 +630,10 @@ static enum mgr_err control(struct mgr *m, struct mgr_vm *vm, const char *req,
 	enum mgr_err e = MGR_OK;
 
 	sock_path(m, vm->def.name, sock, sizeof(sock));
+	/* The VM's operation lock keeps it ours meanwhile. */
+	pthread_mutex_unlock(&m->lock);
 	r = vmm_request(sock, req);
+	pthread_mutex_lock(&m->lock);
 	if (!r)
 		return MGR_E_FAILED;
 	if (!json_object_object_get_ex(r, "ok", &ok) || !json_object_get_boolean(ok)) {
@@ -650,16 +740,27 @@ static void stop_overdue(struct mgr *m, struct mgr_vm *vm)
 	store_save_run(m, vm);
 }
 
+static void check_one(struct mgr *m, struct mgr_vm *vm)
+{
+	if (mgr_vm_active(vm) && !vmm_reap(m, vm)) {
+		stop_overdue(m, vm);
+		store_rotate_log(m, vm->def.name);
+	}
+	if (vm->restart_pending && launch(m, vm, "rebooted") != MGR_OK)
+		log_warn("VM %s: no new VMM after the guest's reboot: %s", vm->def.name,
+			 vm->reason);
+}
+
 void mgr_check(struct mgr *m)
 {
+	/* A VM in an operation is skipped: the operation sees to its VMM, and
+	 * the next check (100 ms on) to the rest. Its lock, held here, keeps
+	 * it in the list while check_one drops m->lock. */
 	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next) {
-		if (mgr_vm_active(vm) && !vmm_reap(m, vm)) {
-			stop_overdue(m, vm);
-			store_rotate_log(m, vm->def.name);
-		}
-		if (vm->restart_pending && launch(m, vm, "rebooted") != MGR_OK)
-			log_warn("VM %s: no new VMM after the guest's reboot: %s", vm->def.name,
-				 vm->reason);
+		if (pthread_mutex_trylock(&vm->lock))
+			continue;
+		check_one(m, vm);
+		pthread_mutex_unlock(&vm->lock);
 	}
 }
 
@@ -704,6 +805,17 @@ enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm)
 	return launch(m, vm, "rebooted");
 }
 
+/* Pins under the VM's operation lock only: it alone changes the pins. */
+static int apply_pins_unlocked(struct mgr *m, const char *sock, const struct vm_def *d)
+{
+	int ret;
+
+	pthread_mutex_unlock(&m->lock);
+	ret = vmm_apply_pins(sock, d);
+	pthread_mutex_lock(&m->lock);
+	return ret;
+}
+
 /* Applies a patch to a running VMM: cgroup, pins, disk limits. */
 static enum mgr_err patch_live(struct mgr *m, struct mgr_vm *vm, const struct vm_def *nd,
 			       const struct vm_patch *p)
@@ -723,9 +835,9 @@ static enum mgr_err patch_live(struct mgr *m, struct mgr_vm *vm, const struct vm
 		snprintf(cpus, sizeof(cpus), "0-%ld", sysconf(_SC_NPROCESSORS_CONF) - 1);
 		memcpy(all.cpu_pin, list, sizeof(list));
 		all.npin = 1;
-		if (vmm_apply_pins(sock, &all))
+		if (apply_pins_unlocked(m, sock, &all))
 			return MGR_E_FAILED;
-	} else if (p->has_pin && vmm_apply_pins(sock, nd)) {
+	} else if (p->has_pin && apply_pins_unlocked(m, sock, nd)) {
 		return MGR_E_FAILED;
 	}
 	if (p->has_balloon) {
@@ -767,5 +879,7 @@ enum mgr_err mgr_patch(struct mgr *m, struct mgr_vm *vm, struct vm_patch *p)
 		e = patch_live(m, vm, &vm->def, &copy);
 	if (store_save_def(m, &vm->def) && e == MGR_OK)
 		e = MGR_E_FAILED;
+	if (mgr_vm_active(vm))	/* listing and metrics show the new limits */
+		mgr_refresh_info(m, vm, MGR_INFO_TIMEOUT_MS);
 	return e;
 }

@@ -28,17 +28,18 @@ static uint64_t get_u64(struct json_object *o, const char *key, bool *ok)
 	return (uint64_t)json_object_get_int64(v);
 }
 
-/* The VM's balloon as its VMM reports it; false if the guest has not
+/* The VM's balloon as its VMM reports it (asked now, m->lock dropped
+ * meanwhile; vm referenced by the caller); false if the guest has not
  * reported fresh statistics since our last change. */
 static bool read_cand(struct mgr *m, struct mgr_vm *vm, struct cand *c)
 {
 	struct json_object *r, *b = NULL, *g = NULL;
-	char sock[PATH_MAX];
 	bool ok = true;
 
-	if (store_path(m, sock, sizeof(sock), "run", vm->def.name, ".sock"))
+	if (mgr_refresh_info(m, vm, MGR_INFO_TIMEOUT_MS) || vm->deleted ||
+	    vm->state != MGR_RUNNING)
 		return false;
-	r = vmm_request(sock, "{\"action\":\"info\"}");
+	r = vm->info;
 	if (!r)
 		return false;
 	if (json_object_object_get_ex(r, "balloon", &b))
@@ -48,21 +49,29 @@ static bool read_cand(struct mgr *m, struct mgr_vm *vm, struct cand *c)
 	c->updates = get_u64(b, "stats_updates", &ok);
 	c->free = get_u64(g, "free", &ok);
 	c->total = get_u64(g, "total", &ok);
-	json_object_put(r);
 	c->floor = vm->def.memory_min ? vm->def.memory_min : vm->def.memory / 4;
 	return ok && c->total && c->updates >= vm->policy_fresh;
 }
 
+/* Under the VM's operation lock (a VM in an operation is left for the next
+ * round), with m->lock dropped for the request. */
 static int set_target(struct mgr *m, struct cand *c, uint64_t target)
 {
 	struct json_object *r;
 	char sock[PATH_MAX], req[96];
 
+	if (c->vm->deleted || pthread_mutex_trylock(&c->vm->lock))
+		return -1;
 	store_path(m, sock, sizeof(sock), "run", c->vm->def.name, ".sock");
 	snprintf(req, sizeof(req), "{\"action\":\"balloon\",\"target\":%" PRIu64 "}", target);
+	pthread_mutex_unlock(&m->lock);
 	r = vmm_request(sock, req);
-	if (!r)
+	pthread_mutex_lock(&m->lock);
+	if (!r || c->vm->state != MGR_RUNNING) {
+		json_object_put(r);
+		pthread_mutex_unlock(&c->vm->lock);
 		return -1;
+	}
 	json_object_put(r);
 	log_info("VM %s: memory policy: balloon %" PRIu64 " -> %" PRIu64 " MiB (guest free %"
 		 PRIu64 " of %" PRIu64 " MiB)", c->vm->def.name, c->target / MIB, target / MIB,
@@ -78,6 +87,7 @@ static int set_target(struct mgr *m, struct cand *c, uint64_t target)
 	 * wait for the second update. */
 	c->vm->policy_fresh = c->updates + 2;
 	store_save_def(m, &c->vm->def);
+	pthread_mutex_unlock(&c->vm->lock);
 	return 0;
 }
 
@@ -154,14 +164,24 @@ static void reclaim(struct mgr *m, struct cand *c, unsigned int nc, uint64_t ava
 void mgr_policy_run(struct mgr *m)
 {
 	static struct cand c[POLICY_MAX_VMS];
-	unsigned int nc = 0;
+	static struct mgr_vm *vms[POLICY_MAX_VMS];
+	unsigned int nc = 0, nv = 0;
 	uint64_t avail = host_available();
 
-	for (struct mgr_vm *vm = m->vms; vm && nc < POLICY_MAX_VMS; vm = vm->next)
-		if (vm->state == MGR_RUNNING && vm->def.balloon && read_cand(m, vm, &c[nc]))
+	/* Referenced first: reading each drops m->lock, and the list may
+	 * change meanwhile. */
+	for (struct mgr_vm *vm = m->vms; vm && nv < POLICY_MAX_VMS; vm = vm->next)
+		if (vm->state == MGR_RUNNING && vm->def.balloon) {
+			mgr_ref(vm);
+			vms[nv++] = vm;
+		}
+	for (unsigned int i = 0; i < nv; i++)
+		if (read_cand(m, vms[i], &c[nc]))
 			nc++;
 	for (unsigned int i = 0; i < nc; i++)
 		if (is_needy(m, &c[i]))
 			feed(m, &c[i], c, nc, &avail);
 	reclaim(m, c, nc, avail);
+	for (unsigned int i = 0; i < nv; i++)
+		mgr_unref(m, vms[i]);
 }

@@ -1,21 +1,128 @@
 /* What the daemon reports: a VM as JSON (GET /vms, GET /vms/NAME) and the
  * Prometheus text exposition (GET /metrics). Live figures come from each
- * VMM's control socket and from its cgroup. */
+ * VMM's `info`, cached in vm->info and refreshed by a thread of its own, so
+ * that a VMM that does not answer slows no reader; and from its cgroup. */
+#include <errno.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "vireo/log.h"
 #include "vireo/mgr.h"
 
-static struct json_object *vmm_info(struct mgr *m, struct mgr_vm *vm)
+#define INFO_INTERVAL_MS 1000
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int mgr_refresh_info(struct mgr *m, struct mgr_vm *vm, int timeout_ms)
 {
 	char sock[PATH_MAX];
+	struct json_object *r;
+	pid_t pid = vm->pid;
+	int ret = 0;
 
+	if (!mgr_vm_active(vm))
+		return -ENOENT;
 	if (store_path(m, sock, sizeof(sock), "run", vm->def.name, ".sock"))
-		return NULL;
-	return vmm_request(sock, "{\"action\":\"info\"}");
+		return -ENAMETOOLONG;
+	mgr_ref(vm);
+	pthread_mutex_unlock(&m->lock);
+	r = vmm_request_ms(sock, "{\"action\":\"info\"}", timeout_ms);
+	if (!r)
+		ret = -EIO;
+	pthread_mutex_lock(&m->lock);
+	/* Only for the VMM asked: it may have ended, or been replaced. */
+	if (r && !vm->deleted && mgr_vm_active(vm) && vm->pid == pid) {
+		json_object_object_del(r, "ok");
+		json_object_put(vm->info);
+		vm->info = r;
+		vm->info_ms = mono_ms();
+		r = NULL;
+	}
+	json_object_put(r);
+	mgr_unref(m, vm);
+	return ret;
+}
+
+/* One round: every active VM, each with a short deadline, m->lock dropped
+ * around each request. */
+static void refresh_all(struct mgr *m)
+{
+	struct mgr_vm **vms;
+	size_t n = 0;
+
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		n += mgr_vm_active(vm);
+	vms = n ? calloc(n, sizeof(*vms)) : NULL;
+	if (!vms)
+		return;
+	n = 0;
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		if (mgr_vm_active(vm)) {
+			mgr_ref(vm);
+			vms[n++] = vm;
+		}
+	for (size_t i = 0; i < n; i++) {
+		if (!m->info_quit)
+			mgr_refresh_info(m, vms[i], MGR_INFO_TIMEOUT_MS);
+		mgr_unref(m, vms[i]);
+	}
+	free(vms);
+}
+
+static void *info_main(void *arg)
+{
+	struct mgr *m = arg;
+
+	pthread_mutex_lock(&m->lock);
+	while (!m->info_quit) {
+		struct timespec until;
+
+		refresh_all(m);
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_sec += INFO_INTERVAL_MS / 1000;
+		while (!m->info_quit && pthread_cond_timedwait(&m->info_cond, &m->lock, &until) == 0)
+			;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return NULL;
+}
+
+int mgr_info_start(struct mgr *m)
+{
+	pthread_condattr_t attr;
+	int ret;
+
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&m->info_cond, &attr);
+	pthread_condattr_destroy(&attr);
+	ret = pthread_create(&m->info_thread, NULL, info_main, m);
+	if (ret)
+		return err_set(-ret, "cannot start the info thread: %s", strerror(ret));
+	m->info_running = true;
+	return 0;
+}
+
+void mgr_info_stop(struct mgr *m)
+{
+	if (!m->info_running)
+		return;
+	pthread_mutex_lock(&m->lock);
+	m->info_quit = true;
+	pthread_cond_signal(&m->info_cond);
+	pthread_mutex_unlock(&m->lock);
+	pthread_join(m->info_thread, NULL);
+	m->info_running = false;
 }
 
 struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live)
@@ -41,10 +148,13 @@ struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live)
 	json_object_object_add(o, "cpu_ns", json_object_new_uint64(cgroup_vm_cpu_ns(&m->cg, vm->def.name)));
 	json_object_object_add(o, "cpu_throttled_ns",
 			       json_object_new_uint64(cgroup_vm_throttled_ns(&m->cg, vm->def.name)));
-	info = vmm_info(m, vm);
-	if (info) {
-		json_object_object_del(info, "ok");
+	/* A copy: the reply is serialised after m->lock is released, and
+	 * serialising writes into the object. */
+	info = NULL;
+	if (vm->info && json_object_deep_copy(vm->info, &info, NULL) == 0) {
 		json_object_object_add(o, "vmm", info);
+		json_object_object_add(o, "vmm_info_age_ms",
+				       json_object_new_uint64(mono_ms() - vm->info_ms));
 	}
 	return o;
 }
@@ -195,8 +305,9 @@ char *mgr_metrics(struct mgr *m)
 		free(infos);
 		return NULL;
 	}
+	/* Cached: a VMM that does not answer does not hold up the scrape. */
 	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next, i++)
-		infos[i] = mgr_vm_active(vm) ? vmm_info(m, vm) : NULL;
+		infos[i] = mgr_vm_active(vm) ? vm->info : NULL;
 	host_family(f, m);
 	state_cpu_families(f, m);
 	def_family(f, m, "vireo_vm_vcpus", "gauge", "vCPUs", def_vcpus);
@@ -209,8 +320,6 @@ char *mgr_metrics(struct mgr *m)
 	balloon_family(f, m, infos, "vireo_vm_balloon_actual_bytes", "memory the guest's balloon holds", "actual", false);
 	balloon_family(f, m, infos, "vireo_vm_guest_free_bytes", "free memory the guest last reported", "free", true);
 	balloon_family(f, m, infos, "vireo_vm_guest_total_bytes", "total memory the guest last reported", "total", true);
-	for (i = 0; i < nvms; i++)
-		json_object_put(infos[i]);
 	free(infos);
 	fclose(f);
 	return text;

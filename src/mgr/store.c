@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "vireo/fileopen.h"
 #include "vireo/log.h"
 #include "vireo/mgr.h"
 
@@ -77,8 +78,14 @@ int store_write_json(const char *path, struct json_object *obj)
 
 struct json_object *store_read_json(const char *path)
 {
-	struct json_object *obj = json_object_from_file(path);
+	/* Checked before it is read: a FIFO here would block the daemon. */
+	int fd = file_open_checked(path, O_RDONLY, 0, NULL, FILE_REG);
+	struct json_object *obj;
 
+	if (fd < 0)
+		return NULL;
+	obj = json_object_from_fd(fd);
+	close(fd);
 	if (!obj)
 		err_set(-EINVAL, "cannot read %s: %s", path, json_util_get_last_err());
 	return obj;

@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "vireo/fileopen.h"
 #include "vireo/log.h"
 #include "vireo/mgr.h"
 #include "vireo/vmm.h"
@@ -29,10 +30,34 @@
 #define STOP_TIMEOUT_MS 5000
 #define REPLY_MAX 65536
 
-static int vmm_connect(const char *sock)
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Gives the socket's sends, receives (and connect, which waits for room in
+ * a full backlog) what is left until `deadline`; false once it passed. */
+static bool time_left(int fd, uint64_t deadline)
+{
+	uint64_t now = mono_ms(), left;
+	struct timeval tv;
+
+	if (now >= deadline)
+		return false;
+	left = deadline - now;
+	tv.tv_sec = (time_t)(left / 1000);
+	tv.tv_usec = (suseconds_t)(left % 1000) * 1000;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	return true;
+}
+
+static int vmm_connect_until(const char *sock, uint64_t deadline)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	struct timeval tv = { .tv_sec = 3 };
 	int fd;
 
 	if (strlen(sock) >= sizeof(addr.sun_path))
@@ -41,8 +66,7 @@ static int vmm_connect(const char *sock)
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return err_set(-errno, "socket: %m");
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	time_left(fd, deadline);
 	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
 		int ret = err_set(-errno, "cannot connect to the VMM's control socket: %m");
 
@@ -52,27 +76,40 @@ static int vmm_connect(const char *sock)
 	return fd;
 }
 
+static int vmm_connect(const char *sock)
+{
+	return vmm_connect_until(sock, mono_ms() + VMM_REQUEST_TIMEOUT_MS);
+}
+
 struct json_object *vmm_request(const char *sock, const char *request)
+{
+	return vmm_request_ms(sock, request, VMM_REQUEST_TIMEOUT_MS);
+}
+
+struct json_object *vmm_request_ms(const char *sock, const char *request, int timeout_ms)
 {
 	static __thread char reply[REPLY_MAX];
 	struct json_object *obj = NULL;
+	uint64_t deadline = mono_ms() + (uint64_t)timeout_ms;
 	size_t len = 0;
-	int fd = vmm_connect(sock);
+	int fd = vmm_connect_until(sock, deadline);
 
 	if (fd < 0)
 		return NULL;
-	if (send(fd, request, strlen(request), MSG_NOSIGNAL) < 0 ||
+	if (!time_left(fd, deadline) || send(fd, request, strlen(request), MSG_NOSIGNAL) < 0 ||
 	    send(fd, "\n", 1, MSG_NOSIGNAL) < 0) {
 		err_set(-errno, "cannot send to the VMM: %m");
 		goto out;
 	}
+	/* One deadline for the whole answer, however it trickles in. */
 	while (len < sizeof(reply) - 1 && !memchr(reply, '\n', len)) {
-		ssize_t n = recv(fd, reply + len, sizeof(reply) - 1 - len, 0);
+		ssize_t n = time_left(fd, deadline) ? recv(fd, reply + len, sizeof(reply) - 1 - len, 0)
+						    : (errno = EAGAIN, -1);
 
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0) {
-			err_set(-EIO, "no reply from the VMM%s", n < 0 ? " (timeout)" : "");
+			err_set(-EIO, "no reply from the VMM%s", n < 0 ? " within the deadline" : "");
 			goto out;
 		}
 		len += (size_t)n;
@@ -486,20 +523,25 @@ static int vmm_wait_ready(struct mgr *m, struct mgr_vm *vm, const char *sock)
 {
 	for (int waited = 0; waited < START_TIMEOUT_MS; waited += 5) {
 		struct json_object *r;
-		int fd = vmm_connect(sock);
-		bool ready;
+		int fd;
+		bool ready = false;
 
+		/* The table is free meanwhile; the VM's own lock is held. */
+		pthread_mutex_unlock(&m->lock);
+		fd = vmm_connect(sock);
 		if (fd >= 0) {
 			close(fd);
 			r = vmm_request(sock, "{\"action\":\"info\"}");
 			ready = vcpus_started(r);
 			json_object_put(r);
-			if (ready)
-				return 0;
 		}
+		if (!ready)
+			usleep(5000);
+		pthread_mutex_lock(&m->lock);
+		if (ready)
+			return 0;
 		if (vmm_reap(m, vm))
 			return err_set(-EIO, "the VMM did not start: %s", vm->reason);
-		usleep(5000);
 	}
 	return err_set(-ETIMEDOUT, "the VMM did not answer within %d ms", START_TIMEOUT_MS);
 }
@@ -551,7 +593,7 @@ static unsigned int vmm_pick_uid(struct mgr *m, const struct mgr_vm *vm)
 	for (unsigned int uid = m->vmm_uid_base; ; uid++) {
 		const struct mgr_vm *o = m->vms;
 
-		while (o && (o == vm || !mgr_vm_active(o) || o->vmm_uid != uid))
+		while (o && (o == vm || (!mgr_vm_active(o) && !o->starting) || o->vmm_uid != uid))
 			o = o->next;
 		if (!o)
 			return uid;
@@ -565,7 +607,9 @@ static int vmm_lock(struct mgr *m, struct mgr_vm *vm, int *fd)
 	int ret = store_lock_vm(m, vm->def.name, fd);
 
 	for (int i = 0; ret == -EBUSY && i < 20; i++) {
+		pthread_mutex_unlock(&m->lock);
 		usleep(10000);
+		pthread_mutex_lock(&m->lock);
 		ret = store_lock_vm(m, vm->def.name, fd);
 	}
 	return ret;
@@ -592,10 +636,11 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock, bool *untouche
 		return ret;
 	}
 	/* O_APPEND: the log can be truncated under the VMM (rotation). */
-	logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+	logfd = file_open_checked(log, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600, "log",
+				  FILE_REG);
 	if (logfd < 0) {
 		close(lockfd);
-		return err_set(-errno, "cannot create %s: %m", log);
+		return err_set(logfd, "cannot create the VM's %s", err_get());
 	}
 	vm->vmm_uid = vmm_pick_uid(m, vm);
 	if (vm->vmm_uid && (ret = storage_grant(m, &vm->def, vm->vmm_uid))) {
@@ -610,8 +655,12 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock, bool *untouche
 	close(lockfd);	/* the VMM holds it now (or nobody does) */
 	if (!ret)
 		ret = vmm_wait_ready(m, vm, sock);
-	if (!ret)
+	if (!ret) {
+		/* Pins change only under the VM's lock, which is held. */
+		pthread_mutex_unlock(&m->lock);
 		ret = vmm_apply_pins(sock, &vm->def);
+		pthread_mutex_lock(&m->lock);
+	}
 	return ret;
 }
 
@@ -621,7 +670,9 @@ int vmm_wait_exit(struct mgr *m, struct mgr_vm *vm, int timeout_ms)
 	for (int waited = 0; waited <= timeout_ms; waited += 10) {
 		if (vmm_reap(m, vm))
 			return 0;
+		pthread_mutex_unlock(&m->lock);
 		usleep(10000);
+		pthread_mutex_lock(&m->lock);
 	}
 	return err_set(-ETIMEDOUT, "the VMM did not exit within %d ms", timeout_ms);
 }

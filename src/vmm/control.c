@@ -28,6 +28,7 @@
 
 struct control_client {
 	int fd;
+	uint64_t last_ms;       /* CLOCK_MONOTONIC ms of its last request bytes */
 	size_t len;
 	char buf[CONTROL_MAX_LINE + 1];
 };
@@ -379,6 +380,14 @@ struct json_object *control_apply(struct control_target *t, const struct control
 
 /* ---- the socket ---- */
 
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 static void client_close(struct control *ctl, unsigned int slot)
 {
 	struct control_client *c = ctl->clients[slot];
@@ -464,6 +473,7 @@ static void client_input(struct loop *loop, int fd, uint32_t events, void *opaqu
 		return;
 	}
 	c->len += (size_t)n;
+	c->last_ms = mono_ms();
 	if (client_serve_lines(ctl, c) < 0) {
 		client_close(ctl, slot);
 	} else if (c->len == CONTROL_MAX_LINE) {
@@ -472,23 +482,43 @@ static void client_input(struct loop *loop, int fd, uint32_t events, void *opaqu
 	}
 }
 
+/* A free slot for a new client. Clients idle past CONTROL_IDLE_MS are
+ * closed; if every slot is still taken, the least recently active client
+ * gives up its own: idle connections cannot lock the daemon out (its
+ * connection is the newest and sends its request at once). */
+static unsigned int control_free_slot(struct control *ctl)
+{
+	uint64_t now = mono_ms();
+	unsigned int slot, lru = 0;
+
+	for (slot = 0; slot < CONTROL_MAX_CLIENTS; slot++)
+		if (ctl->clients[slot] && now - ctl->clients[slot]->last_ms >= CONTROL_IDLE_MS)
+			client_close(ctl, slot);
+	for (slot = 0; slot < CONTROL_MAX_CLIENTS; slot++) {
+		if (!ctl->clients[slot])
+			return slot;
+		if (ctl->clients[slot]->last_ms < ctl->clients[lru]->last_ms)
+			lru = slot;
+	}
+	log_ratelimited("control socket: %d connections: closing the least recently active",
+			CONTROL_MAX_CLIENTS);
+	client_send(ctl->clients[lru]->fd, control_error(CONTROL_E_FAILED,
+				"closed for a new connection (too many control connections)"));
+	client_close(ctl, lru);
+	return lru;
+}
+
 static void control_accept(struct loop *loop, int fd, uint32_t events, void *opaque)
 {
 	struct control *ctl = opaque;
 	struct timeval tv = { .tv_sec = 1 };
-	unsigned int slot = 0;
+	unsigned int slot;
 	int cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
 
 	(void)events;
 	if (cfd < 0)
 		return;
-	while (slot < CONTROL_MAX_CLIENTS && ctl->clients[slot])
-		slot++;
-	if (slot == CONTROL_MAX_CLIENTS) {
-		client_send(cfd, control_error(CONTROL_E_FAILED, "too many control connections"));
-		close(cfd);
-		return;
-	}
+	slot = control_free_slot(ctl);
 	setsockopt(cfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	ctl->clients[slot] = calloc(1, sizeof(struct control_client));
 	if (!ctl->clients[slot]) {
@@ -496,6 +526,7 @@ static void control_accept(struct loop *loop, int fd, uint32_t events, void *opa
 		return;
 	}
 	ctl->clients[slot]->fd = cfd;
+	ctl->clients[slot]->last_ms = mono_ms();
 	if (loop_add(loop, cfd, EPOLLIN, client_input, ctl) < 0) {
 		close(cfd);
 		free(ctl->clients[slot]);
