@@ -521,7 +521,8 @@ static bool vcpus_started(struct json_object *info)
  * that "running" means it, and pins find their threads), or the VMM dies. */
 static int vmm_wait_ready(struct mgr *m, struct mgr_vm *vm, const char *sock)
 {
-	for (int waited = 0; waited < START_TIMEOUT_MS; waited += 5) {
+	/* A clock, not a count: each try may take up to a request's deadline. */
+	for (uint64_t end = mono_ms() + START_TIMEOUT_MS; mono_ms() < end; ) {
 		struct json_object *r;
 		int fd;
 		bool ready = false;
