@@ -548,18 +548,27 @@ static int check_overcommit(struct mgr *m, struct mgr_vm *vm)
 	return 0;
 }
 
+/* A file's type, if it can be seen: one that cannot is left to the VMM,
+ * whose own error then says why the start failed. */
+static int check_type(const char *path, const char *what, unsigned int types)
+{
+	struct stat st;
+
+	return stat(path, &st) < 0 ? 0 : file_check_path(path, what, types);
+}
+
 /* The files a VMM would open, checked before it starts (a start refused,
  * nothing changed): a kernel that is a FIFO would leave the VMM blocked in
  * open() until the start times out. The VMM checks again when it opens
  * them (DESIGN §3.15). */
 static int check_files(const struct vm_def *d)
 {
-	int ret = file_check_path(d->kernel, "kernel", FILE_REG);
+	int ret = check_type(d->kernel, "kernel", FILE_REG);
 
 	if (!ret && d->initrd)
-		ret = file_check_path(d->initrd, "initrd", FILE_REG);
+		ret = check_type(d->initrd, "initrd", FILE_REG);
 	for (unsigned int i = 0; !ret && i < d->ndisks; i++)
-		ret = file_check_path(d->disks[i].path, "disk", FILE_REG | FILE_BLK);
+		ret = check_type(d->disks[i].path, "disk", FILE_REG | FILE_BLK);
 	return ret;
 }
 

@@ -111,9 +111,10 @@ def test_a_request_has_a_deadline_for_its_whole(slow_daemon):
 
 
 def test_fifo_kernel_fails_at_once_and_blocks_no_one(daemon, tmp_path):
-    """A VM whose kernel became a FIFO: the start fails at once, naming it,
-    and other clients are answered within 100 ms meanwhile (before: the
-    VMM blocked opening the FIFO and the whole API waited 5 s)."""
+    """A VM whose kernel became a FIFO: the start is refused at once, naming
+    it, the VM unchanged, and other clients are answered within 100 ms
+    meanwhile (before: the VMM blocked opening the FIFO and the whole API
+    waited 5 s)."""
     kernel = tmp_path / "kernel"
     shutil.copy(PROBE, kernel)
     daemon.create("fifo", kernel=str(kernel))
@@ -133,10 +134,10 @@ def test_fifo_kernel_fails_at_once_and_blocks_no_one(daemon, tmp_path):
         worst = max(worst, took)
     t.join()
     st, js = result["reply"]
-    assert st == 500 and "FIFO" in js["error"], js
+    assert st == 400 and "kernel" in js["error"] and "FIFO" in js["error"], js
     assert result["took"] < scaled(1), result
     assert worst < scaled(0.1), worst
-    assert daemon.vm("fifo")["state"] == "crashed"
+    assert daemon.vm("fifo")["state"] == "stopped"
     # The VMM checks too, for a kernel that changes after the daemon looked.
     p = subprocess.run([str(VIREO), "run", "--kernel", str(kernel), "--memory", "64M"],
                        capture_output=True, text=True, timeout=scaled(10))
