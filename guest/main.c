@@ -193,6 +193,40 @@ static void scn_say(const char *arg)
 	probe_printf("%s\n", text);
 }
 
+/* One flood line: "PROBE flood seq=SSSSSSSS data=D\n", D 40 letters
+ * that depend on S (tests/integration/test_serial_output.py rebuilds it). */
+static size_t flood_line(char *line, uint64_t seq)
+{
+	static const char head[] = "PROBE flood seq=", mid[] = " data=";
+	size_t n = sizeof(head) - 1;
+
+	probe_memcpy(line, head, n);
+	for (int i = 7; i >= 0; i--, seq /= 10)
+		line[n + (size_t)i] = (char)('0' + seq % 10);
+	n += 8;
+	probe_memcpy(line + n, mid, sizeof(mid) - 1);
+	n += sizeof(mid) - 1;
+	for (unsigned int i = 0; i < 40; i++)
+		line[n + i] = (char)('a' + (line[23 - i % 8] - '0' + i) % 26);
+	n += 40;
+	line[n++] = '\n';
+	return n;
+}
+
+/* "flood=N": N lines (0: without end) of volume, each sent in one exit,
+ * then "PROBE flood_done lines=N": the VMM's console output must keep every
+ * byte in order for a reader that keeps up, and never stall the guest for
+ * one that does not. */
+static void scn_flood(const char *arg)
+{
+	uint64_t n = parse_u64(arg, 0);
+	char line[80];
+
+	for (uint64_t seq = 0; !n || seq < n; seq++)
+		probe_write_fast(line, flood_line(line, seq));
+	probe_printf("PROBE flood_done lines=%lu\n", n);
+}
+
 /* QEMU microvm has no MCFG (its ECAM is only in the DSDT): "ecam=ADDR"
  * on the command line supplies or overrides the base of bus 0. */
 /* Faults on purpose, to test the exception path: "fault=ud" or "fault=pf". */
@@ -243,6 +277,7 @@ static const struct scenario {
 	{ "cpuburn", scn_cpuburn },
 	{ "exit", scn_exit },
 	{ "say", scn_say },
+	{ "flood", scn_flood },
 	{ "pci", scn_pci_wrap },
 	{ "fault", scn_fault },
 	{ "serial_irq", scn_serial_irq_wrap },

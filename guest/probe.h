@@ -94,6 +94,8 @@ static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
 void serial_init(void);
 void probe_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void probe_vprintf(const char *fmt, va_list ap, bool force);
+/* A whole line in one string instruction (one VM exit), for volume. */
+void probe_write_fast(const char *s, size_t n);
 size_t probe_strlen(const char *s);
 int probe_memcmp(const void *a, const void *b, size_t n);
 void probe_memcpy(void *d, const void *s, size_t n);

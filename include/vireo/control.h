@@ -34,6 +34,7 @@ struct virtio_blk;
 struct virtio_balloon;
 struct virtio_net;
 struct ged;
+struct serial;
 struct json_object;
 
 enum control_kind {
@@ -69,6 +70,7 @@ struct control_target {
 	unsigned int nnics;
 	struct virtio_balloon *balloon; /* NULL: none */
 	struct ged *ged;                /* the power button; NULL: none */
+	struct serial *serial;          /* the console; NULL: none */
 	uint64_t balloon_target;        /* its target (control_apply updates it) */
 };
 

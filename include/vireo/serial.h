@@ -1,5 +1,6 @@
 /* 16550A UART (src/hw/serial.c) at COM1 with IRQ 4: the guest console.
- * Transmitted bytes go to out_fd; received bytes come from the event loop. */
+ * Transmitted bytes go to out_fd through a 64 KiB ring that the event loop
+ * drains without ever blocking the vCPU; received bytes come from the loop. */
 #ifndef VIREO_SERIAL_H
 #define VIREO_SERIAL_H
 
@@ -7,16 +8,33 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vireo/loop.h"
 #include "vireo/vmm.h"
 
 struct serial;
 
-/* Registers the UART's ports on vm->pio. Returns NULL with err_set(). */
+/* Guest output lost because nobody read it fast enough (bytes). */
+struct serial_stats {
+	uint64_t dropped_bytes;        /* never reached out_fd (full or gone) */
+	uint64_t client_dropped_bytes; /* never reached the console client */
+};
+
+/* Registers the UART's ports on vm->pio. out_fd (-1: none) is not taken:
+ * the UART writes to a descriptor of its own that never blocks. Returns
+ * NULL with err_set(). */
 struct serial *serial_create(struct vm *vm, int out_fd);
 void serial_destroy(struct serial *s);
+/* Drains the transmit ring on `loop` (its thread calls everything below).
+ * Until then, output waits in the ring. Returns 0 or -errno. */
+int serial_output_start(struct serial *s, struct loop *loop);
+/* Once the vCPUs are stopped: writes what is left in the ring, waiting at
+ * most timeout_ms in all for outputs that are full. */
+void serial_output_flush(struct serial *s, int timeout_ms);
+void serial_get_stats(struct serial *s, struct serial_stats *out);
 /* A second sink for the guest's output (the console socket's client);
- * -1 for none. Writes to it never block; the caller closes fd only after
- * setting another. */
+ * -1 for none. It gets the output from now on; a client that falls a
+ * whole ring behind loses its oldest bytes. The UART uses a duplicate of
+ * fd: the caller may close fd once it has set another. */
 void serial_set_tee(struct serial *s, int fd);
 /* Queues bytes for the guest to read; returns how many fit. */
 size_t serial_receive(struct serial *s, const uint8_t *buf, size_t len);

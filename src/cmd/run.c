@@ -35,6 +35,7 @@
 
 #define MAX_DISKS 8
 #define MAX_NICS 4
+#define SERIAL_FLUSH_MS 1000
 
 struct run_options {
 	struct boot_config boot;
@@ -612,6 +613,7 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 	struct control_target t = { .vm = vm, .disks = devs->disks, .disk_paths = paths,
 				    .ndisks = o->ndisks, .nics = devs->nics, .nnics = o->nnics,
 				    .balloon = devs->balloon, .ged = devs->ged,
+				    .serial = devs->serial,
 				    .balloon_target = o->balloon_target };
 
 	*out = NULL;
@@ -647,6 +649,7 @@ static int run_vm(const struct run_options *o, char *reason, size_t size)
 	    control_start(loop, &vm, &devs, o, disk_paths, &ctl) ||
 	    (cs.serial = gate.serial = devs.serial, console_sock_open(loop, &cs)) ||
 	    loop_add(loop, serial_rx_space_fd(devs.serial), EPOLLIN, gate_release, &gate) ||
+	    serial_output_start(devs.serial, loop) ||
 	    /* The memory slots are installed on a helper thread with an ioctl
 	     * the seccomp filter does not allow: it must be done first. The
 	     * vCPU threads open their schedstat files before the sandbox, and
@@ -667,6 +670,9 @@ static int run_vm(const struct run_options *o, char *reason, size_t size)
 	if (loop_run(loop) < 0)
 		vm_request_stop(&vm, VM_EXIT_VMM_ERROR);
 	vm_join(&vm);
+	/* The guest's last lines (its power-off messages), unless the output
+	 * is stuck: then stopping is worth more than them. */
+	serial_output_flush(devs.serial, SERIAL_FLUSH_MS);
 	console_restore(&con);
 	status = vm.exit_status;
 	snprintf(reason, size, "%s", vm.exit_reason);

@@ -1,13 +1,25 @@
 /* A 16550A UART as Linux's 8250 driver and the probe guest use it:
  * transmit is instantaneous (THR always empty), receive has a buffer fed by
  * the event loop, loopback mode works (the 8250 driver's autoconfig checks
- * it), and the THRE/RDA interrupts drive IRQ 4 gated by MCR.OUT2. */
+ * it), and the THRE/RDA interrupts drive IRQ 4 gated by MCR.OUT2.
+ *
+ * Transmitted bytes go into a ring that the event loop drains to the
+ * outputs with writes that never wait: the vCPU never blocks on a reader
+ * (a full pipe, a stopped terminal), so pause and stop always get through.
+ * Like a real serial line nobody listens to, bytes that find the ring full
+ * are lost and counted; the guest never sees back-pressure. */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vireo/layout.h"
@@ -32,11 +44,25 @@ enum {
 #define LSR_TEMT  0x40
 #define MSR_NORMAL 0xb0 /* DCD, DSR, CTS */
 #define RX_SIZE   4096
+#define TX_SIZE   65536	/* the transmit ring */
+#define TX_CHUNK  4096	/* bytes per write */
+
+/* One output of the transmit ring. fd is ours (its own description, on
+ * which writes never wait) and only the event loop writes to it; fd, dead
+ * and pos change under the UART lock. */
+struct serial_sink {
+	struct serial *s;
+	int fd;            /* -1: none */
+	bool is_sock;      /* written with send(MSG_DONTWAIT) */
+	bool waiting;      /* registered on the loop for EPOLLOUT */
+	bool dead;         /* a write failed for good */
+	uint64_t pos;      /* the next ring position it has to write */
+};
 
 struct serial {
 	struct vm *vm;
-	int out_fd;
-	int tee_fd;        /* a console client (socket), or -1 */
+	struct serial_sink out;  /* the VMM's output (stdout) */
+	struct serial_sink tee;  /* the console socket's client */
 	pthread_mutex_t lock;
 	uint8_t ier, lcr, mcr, scr, fcr, dll, dlm;
 	bool thre_pending; /* THR-empty interrupt waiting to be seen in IIR */
@@ -45,6 +71,13 @@ struct serial {
 	size_t rx_head, rx_len;
 	int space_fd;      /* eventfd: the guest made room (serial_rx_wait) */
 	bool rx_waiting;
+	uint8_t tx[TX_SIZE];
+	uint64_t tx_head;  /* bytes ever put in the ring; position of the next */
+	int tx_fd;         /* eventfd: the ring has bytes for the loop */
+	bool tx_kicked;    /* tx_fd signalled and not yet drained from */
+	bool kick_now;     /* serial_io() signals tx_fd after unlocking */
+	struct serial_stats stats;
+	struct loop *loop; /* serial_output_start() */
 };
 
 static bool serial_rx_ready(const struct serial *s)
@@ -83,17 +116,42 @@ static void serial_rx_push(struct serial *s, uint8_t byte)
 	}
 }
 
+static bool sink_live(const struct serial_sink *k)
+{
+	return k->fd >= 0 && !k->dead;
+}
+
+/* Called with the lock held. The output keeps every byte it has not
+ * written: a byte that finds its part of the ring full is dropped (for the
+ * client too). A console client that lags a whole ring behind loses its
+ * oldest bytes instead, so it never holds the output back. */
+static void serial_tx_push(struct serial *s, uint8_t byte)
+{
+	bool out_live = sink_live(&s->out), tee_live = sink_live(&s->tee);
+
+	if (s->out.dead) {
+		s->stats.dropped_bytes++;
+	} else if (out_live && s->tx_head - s->out.pos >= TX_SIZE) {
+		s->stats.dropped_bytes++;
+		return;
+	}
+	if (!out_live && !tee_live)
+		return;
+	if (tee_live && s->tx_head - s->tee.pos >= TX_SIZE) {
+		s->tee.pos++;
+		s->stats.client_dropped_bytes++;
+	}
+	s->tx[s->tx_head++ % TX_SIZE] = byte;
+	if (!s->tx_kicked)
+		s->tx_kicked = s->kick_now = true;
+}
+
 static void serial_transmit(struct serial *s, uint8_t byte)
 {
-	if (s->mcr & MCR_LOOP) {
+	if (s->mcr & MCR_LOOP)
 		serial_rx_push(s, byte);
-	} else if (s->out_fd >= 0) {
-		while (write(s->out_fd, &byte, 1) < 0 && errno == EINTR)
-			;
-	}
-	/* Never block the vCPU on a slow client: a byte it cannot take is lost. */
-	if (!(s->mcr & MCR_LOOP) && s->tee_fd >= 0)
-		send(s->tee_fd, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	else
+		serial_tx_push(s, byte);
 	s->thre_pending = true;
 }
 
@@ -186,6 +244,7 @@ void serial_write_reg(struct serial *s, unsigned int offset, uint8_t value)
 static void serial_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool is_write)
 {
 	struct serial *s = opaque;
+	bool kick;
 
 	if (len != 1) { /* the UART has byte registers only */
 		if (!is_write)
@@ -198,7 +257,11 @@ static void serial_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len
 	else
 		data[0] = serial_read_reg(s, (unsigned int)offset);
 	serial_update_irq(s);
+	kick = s->kick_now;
+	s->kick_now = false;
 	pthread_mutex_unlock(&s->lock);
+	if (kick)
+		eventfd_write(s->tx_fd, 1);
 }
 
 size_t serial_receive(struct serial *s, const uint8_t *buf, size_t len)
@@ -239,6 +302,188 @@ int serial_rx_space_fd(struct serial *s)
 	return s->space_fd;
 }
 
+/* Copies what `k` has still to write (at most TX_CHUNK bytes, from ring
+ * position *from) out of the ring: the lock is not held while writing, and
+ * the ring may overwrite a lagging client's bytes meanwhile. */
+static size_t sink_take(struct serial *s, struct serial_sink *k, uint8_t *buf, uint64_t *from)
+{
+	size_t n, first;
+
+	pthread_mutex_lock(&s->lock);
+	s->tx_kicked = false;	/* later bytes signal again */
+	*from = k->pos;
+	n = s->tx_head - k->pos < TX_CHUNK ? (size_t)(s->tx_head - k->pos) : TX_CHUNK;
+	first = TX_SIZE - (size_t)(k->pos % TX_SIZE);
+	if (first > n)
+		first = n;
+	memcpy(buf, s->tx + k->pos % TX_SIZE, first);
+	memcpy(buf + first, s->tx, n - first);
+	pthread_mutex_unlock(&s->lock);
+	return n;
+}
+
+/* Writes what `k` has pending without waiting: 0 once all is written,
+ * -EAGAIN when the output is full, another -errno when it is gone. */
+static int sink_flush(struct serial *s, struct serial_sink *k)
+{
+	uint8_t buf[TX_CHUNK];
+	uint64_t from;
+	size_t n;
+	ssize_t w;
+
+	while ((n = sink_take(s, k, buf, &from))) {
+		w = k->is_sock ? send(k->fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+			       : write(k->fd, buf, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+		pthread_mutex_lock(&s->lock);
+		if (k->pos < from + (uint64_t)w)	/* unless the ring skipped it ahead */
+			k->pos = from + (uint64_t)w;
+		pthread_mutex_unlock(&s->lock);
+	}
+	return 0;
+}
+
+static void sink_kill(struct serial *s, struct serial_sink *k)
+{
+	pthread_mutex_lock(&s->lock);
+	k->dead = true;
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void serial_writable(struct loop *loop, int fd, uint32_t events, void *opaque);
+
+/* On the event loop: writes what it can, and waits for EPOLLOUT if the
+ * output is full. */
+static void sink_drain(struct serial_sink *k)
+{
+	int ret;
+
+	if (k->fd < 0 || k->dead || k->waiting)
+		return;
+	ret = sink_flush(k->s, k);
+	if (ret == -EAGAIN)
+		k->waiting = !loop_add(k->s->loop, k->fd, EPOLLOUT, serial_writable, k);
+	else if (ret)
+		sink_kill(k->s, k);
+}
+
+static void serial_writable(struct loop *loop, int fd, uint32_t events, void *opaque)
+{
+	struct serial_sink *k = opaque;
+
+	(void)events;
+	loop_del(loop, fd);
+	k->waiting = false;
+	sink_drain(k);
+}
+
+static void serial_tx_kick(struct loop *loop, int fd, uint32_t events, void *opaque)
+{
+	struct serial *s = opaque;
+	eventfd_t v;
+
+	(void)loop;
+	(void)events;
+	eventfd_read(fd, &v);
+	sink_drain(&s->out);
+	sink_drain(&s->tee);
+}
+
+int serial_output_start(struct serial *s, struct loop *loop)
+{
+	s->loop = loop;
+	return loop_add(loop, s->tx_fd, EPOLLIN, serial_tx_kick, s);
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void serial_output_flush(struct serial *s, int timeout_ms)
+{
+	struct serial_sink *sinks[2] = { &s->out, &s->tee };
+	int64_t deadline = now_ms() + timeout_ms;
+	struct pollfd pfd[2];
+	int n, ret;
+
+	for (;;) {
+		n = 0;
+		for (int i = 0; i < 2; i++) {
+			if (!sink_live(sinks[i]))
+				continue;
+			ret = sink_flush(s, sinks[i]);
+			if (ret == -EAGAIN) {
+				pfd[n++] = (struct pollfd){ .fd = sinks[i]->fd, .events = POLLOUT };
+			} else if (ret) {
+				sink_kill(s, sinks[i]);
+			}
+		}
+		if (!n || now_ms() >= deadline)
+			return;
+		if (poll(pfd, (nfds_t)n, (int)(deadline - now_ms())) < 0 && errno != EINTR)
+			return;
+	}
+}
+
+void serial_get_stats(struct serial *s, struct serial_stats *out)
+{
+	pthread_mutex_lock(&s->lock);
+	*out = s->stats;
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Our own descriptor of the output, on which writes never wait. Pipes,
+ * FIFOs and terminals are reopened with O_NONBLOCK: setting the flag on
+ * the description we were given would change it for everyone sharing it
+ * (the shell's terminal, our own stderr). Sockets take MSG_DONTWAIT;
+ * files and block devices never wait for a reader. */
+static int sink_open(struct serial_sink *k, int fd)
+{
+	struct stat st;
+	char path[40];
+	int flags;
+
+	k->fd = -1;
+	if (fd < 0)
+		return 0;
+	if (fstat(fd, &st) < 0)
+		return err_set(-errno, "serial output: %m");
+	k->is_sock = S_ISSOCK(st.st_mode);
+	if (!k->is_sock && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		k->fd = open(path, O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+		if (k->fd >= 0)
+			return 0;
+	}
+	k->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (k->fd < 0)
+		return err_set(-errno, "serial output: %m");
+	/* No /proc: the flag on the shared description, rather than a vCPU
+	 * that can block. */
+	flags = fcntl(k->fd, F_GETFL);
+	if (!k->is_sock && flags >= 0 && !(flags & O_NONBLOCK))
+		fcntl(k->fd, F_SETFL, flags | O_NONBLOCK);
+	return 0;
+}
+
+static void serial_free(struct serial *s)
+{
+	if (s->out.fd >= 0)
+		close(s->out.fd);
+	if (s->tx_fd >= 0)
+		close(s->tx_fd);
+	if (s->space_fd >= 0)
+		close(s->space_fd);
+	free(s);
+}
+
 struct serial *serial_create(struct vm *vm, int out_fd)
 {
 	struct serial *s = calloc(1, sizeof(*s));
@@ -249,40 +494,61 @@ struct serial *serial_create(struct vm *vm, int out_fd)
 		return NULL;
 	}
 	s->vm = vm;
-	s->out_fd = out_fd;
-	s->tee_fd = -1;
+	s->out = (struct serial_sink){ .s = s, .fd = -1 };
+	s->tee = (struct serial_sink){ .s = s, .fd = -1, .is_sock = true };
 	s->mcr = MCR_OUT2;
 	s->space_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (s->space_fd < 0) {
+	s->tx_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (s->space_fd < 0 || s->tx_fd < 0) {
 		err_set(-errno, "eventfd: %m");
-		free(s);
-		return NULL;
+		goto fail;
 	}
+	if (sink_open(&s->out, out_fd))
+		goto fail;
 	pthread_mutex_init(&s->lock, NULL);
 	if (vm) {
 		ret = bus_register(&vm->pio, PORT_COM1, 8, serial_io, s, "com1");
 		if (ret) {
 			err_set(ret, "cannot register COM1 ports");
-			close(s->space_fd);
-			free(s);
-			return NULL;
+			pthread_mutex_destroy(&s->lock);
+			goto fail;
 		}
 	}
 	return s;
+fail:
+	serial_free(s);
+	return NULL;
+}
+
+static void sink_forget(struct serial_sink *k)
+{
+	if (k->waiting)
+		loop_del(k->s->loop, k->fd);
+	k->waiting = false;
 }
 
 void serial_set_tee(struct serial *s, int fd)
 {
+	int old = s->tee.fd, ours = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+
+	/* A descriptor of our own, to wait for EPOLLOUT on it where the
+	 * caller's is registered for input. */
+	sink_forget(&s->tee);
 	pthread_mutex_lock(&s->lock);
-	s->tee_fd = fd;
+	s->tee.fd = ours;
+	s->tee.dead = false;
+	s->tee.pos = s->tx_head;	/* a new client sees output from now on */
 	pthread_mutex_unlock(&s->lock);
+	if (old >= 0)
+		close(old);
 }
 
 void serial_destroy(struct serial *s)
 {
 	if (!s)
 		return;
+	serial_set_tee(s, -1);
+	sink_forget(&s->out);
 	pthread_mutex_destroy(&s->lock);
-	close(s->space_fd);
-	free(s);
+	serial_free(s);
 }

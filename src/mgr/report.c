@@ -277,6 +277,8 @@ char *mgr_metrics(struct mgr *m)
 {
 	static const struct { const char *name, *type, *help, *key, *array; } fams[] = {
 		{ "vireo_vm_exits_total", "counter", "vCPU exits to userspace", "exits", NULL },
+		{ "vireo_vm_serial_dropped_bytes_total", "counter", "guest console output lost: the VMM's output did not drain", "serial_dropped_bytes", NULL },
+		{ "vireo_vm_serial_client_dropped_bytes_total", "counter", "guest console output a slow console client missed", "serial_client_dropped_bytes", NULL },
 		{ "vireo_vm_disk_read_bytes_total", "counter", "bytes read", "rd_bytes", "disks" },
 		{ "vireo_vm_disk_written_bytes_total", "counter", "bytes written", "wr_bytes", "disks" },
 		{ "vireo_vm_disk_reads_total", "counter", "read requests", "rd_ops", "disks" },

@@ -23,6 +23,7 @@
 #include "vireo/log.h"
 #include "vireo/sock.h"
 #include "vireo/ratelimit.h"
+#include "vireo/serial.h"
 #include "vireo/virtio.h"
 #include "vireo/vmm.h"
 
@@ -219,6 +220,13 @@ static struct json_object *control_info(const struct control_target *t)
 		json_object_object_add(r, "balloon", info_balloon(t));
 	if (t->ged)
 		add_u64(r, "power_button_presses", ged_power_button_count(t->ged));
+	if (t->serial) {
+		struct serial_stats ss;
+
+		serial_get_stats(t->serial, &ss);
+		add_u64(r, "serial_dropped_bytes", ss.dropped_bytes);
+		add_u64(r, "serial_client_dropped_bytes", ss.client_dropped_bytes);
+	}
 	return r;
 }
 

@@ -237,6 +237,8 @@ def test_metrics(daemon):
     assert 'vireo_vm_state{vm="m2",state="stopped"} 1' in text
     assert "vireo_vcpus_committed 1" in text
     assert 'vireo_vm_exits_total{vm="m1"}' in text
+    # The log file always drains: no console output lost.
+    assert 'vireo_vm_serial_dropped_bytes_total{vm="m1"} 0' in text
     # Every family is one group after its TYPE line (Prometheus text format).
     seen, current = set(), None
     for line in text.splitlines():

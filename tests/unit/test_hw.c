@@ -1,12 +1,15 @@
 /* Device models without KVM: the range table, the 16550 register model and
  * PCI configuration space. */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "vireo/bus.h"
@@ -115,6 +118,105 @@ static void serial_rx_wait_wakes_at_half(void **state)
 	serial_destroy(s);
 }
 
+static uint8_t tx_pattern(uint64_t i)
+{
+	return (uint8_t)(i * 7 % 251);
+}
+
+static void serial_send(struct serial *s, uint64_t from, uint64_t n)
+{
+	for (uint64_t i = from; i < from + n; i++)
+		serial_write_reg(s, 0, tx_pattern(i));
+	/* Never back-pressured: THR stays empty. */
+	assert_int_equal(serial_read_reg(s, 5) & 0x60, 0x60);
+}
+
+/* Reads what the pipe holds and checks it is the pattern from `from`. */
+static uint64_t pipe_check(int fd, uint64_t from)
+{
+	static uint8_t buf[65536];
+	ssize_t n;
+
+	while ((n = read(fd, buf, sizeof(buf))) > 0)
+		for (ssize_t i = 0; i < n; i++, from++)
+			assert_int_equal(buf[i], tx_pattern(from));
+	return from;
+}
+
+static int pipe_nonblock(int p[2])
+{
+	if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0)
+		return -1;
+	return fcntl(p[1], F_SETPIPE_SZ, 65536) == 65536 ? 0 : -1;
+}
+
+/* Through the ring, which wraps twice: a reader that keeps up gets every
+ * byte in order. */
+static void serial_output_keeps_every_byte_in_order(void **state)
+{
+	struct serial_stats st;
+	struct serial *s;
+	uint64_t sent = 0, got = 0;
+	int p[2];
+
+	(void)state;
+	assert_int_equal(pipe_nonblock(p), 0);
+	s = serial_create(NULL, p[1]);
+	assert_non_null(s);
+	for (int round = 0; round < 5; round++) {
+		serial_send(s, sent, 30000);
+		sent += 30000;
+		serial_output_flush(s, 1000);
+		got = pipe_check(p[0], got);
+		assert_int_equal(got, sent);
+	}
+	serial_get_stats(s, &st);
+	assert_int_equal(st.dropped_bytes, 0);
+	serial_destroy(s);
+	close(p[0]);
+	close(p[1]);
+}
+
+static double mono_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A reader that does not read: the ring keeps 64 KiB, the rest is dropped
+ * and counted, and the final flush gives up in time. */
+static void serial_output_drops_what_a_stuck_reader_cannot_take(void **state)
+{
+	struct serial_stats st;
+	struct serial *s;
+	double t0;
+	int p[2];
+
+	(void)state;
+	assert_int_equal(pipe_nonblock(p), 0);
+	s = serial_create(NULL, p[1]);
+	assert_non_null(s);
+	serial_send(s, 0, 2 * 65536 + 1000);
+	serial_get_stats(s, &st);
+	assert_int_equal(st.dropped_bytes, 65536 + 1000);
+	serial_output_flush(s, 0);		/* the pipe takes the ring */
+	serial_send(s, 200000, 65536);		/* the ring fills again */
+	serial_send(s, 300000, 10);		/* dropped */
+	t0 = mono_s();
+	serial_output_flush(s, 100);		/* the pipe is full: gives up */
+	assert_true(mono_s() - t0 < 0.5);
+	serial_get_stats(s, &st);
+	assert_int_equal(st.dropped_bytes, 65536 + 1000 + 10);
+	assert_int_equal(pipe_check(p[0], 0), 65536);	/* the oldest, in order */
+	serial_output_flush(s, 1000);		/* a reader again: the rest */
+	assert_int_equal(pipe_check(p[0], 200000), 200000 + 65536);
+	serial_destroy(s);
+	close(p[0]);
+	close(p[1]);
+}
+
 /* The GED selector: events accumulate until one read returns and clears them. */
 static void ged_selector_reads_and_clears(void **state)
 {
@@ -163,6 +265,8 @@ int main(void)
 		cmocka_unit_test(serial_loopback_and_interrupt_identification),
 		cmocka_unit_test(serial_receive_is_bounded),
 		cmocka_unit_test(serial_rx_wait_wakes_at_half),
+		cmocka_unit_test(serial_output_keeps_every_byte_in_order),
+		cmocka_unit_test(serial_output_drops_what_a_stuck_reader_cannot_take),
 		cmocka_unit_test(pci_config_space_and_bar_sizing),
 		cmocka_unit_test(ged_selector_reads_and_clears),
 	};
