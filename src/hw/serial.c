@@ -451,10 +451,8 @@ static int sink_open(struct serial_sink *k, int fd)
 	int flags;
 
 	k->fd = -1;
-	if (fd < 0)
+	if (fd < 0 || fstat(fd, &st) < 0)	/* started with stdout closed: no output */
 		return 0;
-	if (fstat(fd, &st) < 0)
-		return err_set(-errno, "serial output: %m");
 	k->is_sock = S_ISSOCK(st.st_mode);
 	if (!k->is_sock && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
 		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
