@@ -6,6 +6,7 @@ scenario sends N numbered lines (guest/README.md)."""
 import array
 import fcntl
 import os
+import pty
 import subprocess
 import termios
 import time
@@ -45,28 +46,40 @@ def timed_control(path, action):
     return reply, time.monotonic() - t
 
 
-def pipe_bytes(f):
+def start_unread(sock, output):
+    """The VMM, flooding an output nobody reads: a pipe, or a terminal (a
+    pty, as stdin and stdout). Returns (process, the fd we do not read)."""
+    args = vireo_args("scenario=flood=0", extra=["--api-socket", sock])
+    if output == "pipe":
+        p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL)
+        return p, p.stdout.fileno()
+    master, slave = pty.openpty()
+    p = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=subprocess.DEVNULL)
+    os.close(slave)
+    return p, master
+
+
+def stuck(sock, fd):
+    """The output holds 64 KiB (a pipe written a byte at a time: full;
+    larger writes leave its pages part empty), or bytes are dropped."""
     n = array.array("i", [0])
-    fcntl.ioctl(f.fileno(), termios.FIONREAD, n)
-    return n[0]
+    fcntl.ioctl(fd, termios.FIONREAD, n)
+    return n[0] >= 65536 or vireo_control(sock, action="info").get("serial_dropped_bytes", 0)
 
 
-def test_stuck_output_never_blocks_pause_or_stop(sock, tmp_path):
-    """stdout is a pipe nobody reads: once it is full, the guest still runs,
-    its output is dropped and counted, pause and poweroff answer at once,
-    and the VMM exits after a final flush that gives up within 1 s."""
-    with open(tmp_path / "stderr", "w") as err:
-        p = subprocess.Popen(vireo_args("scenario=flood=0", extra=["--api-socket", sock]),
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+@pytest.mark.parametrize("output", ["pipe", "pty"])
+def test_stuck_output_never_blocks_pause_or_stop(sock, output):
+    """Once the output is full, the guest still runs, its output is dropped
+    and counted, pause and poweroff answer at once, and the VMM exits after
+    a final flush that gives up within 1 s."""
+    p, fd = start_unread(sock, output)
     try:
-        # Stuck: the pipe is full (65536 bytes when written a byte at a
-        # time; larger writes leave pages part empty), or bytes are dropped.
-        wait_until(lambda: pipe_bytes(p.stdout) >= 65536 or vireo_control(
-            sock, action="info").get("serial_dropped_bytes", 0) > 0, 30, "a stuck stdout")
+        wait_until(lambda: stuck(sock, fd), 30, f"a stuck {output}")
         reply, took = timed_control(sock, "pause")
         assert reply == {"ok": True, "state": "paused"} and took < scaled(2), (reply, took)
         assert vireo_control(sock, action="resume")["ok"]
-        # The guest goes on writing: the ring fills behind the full pipe.
+        # The guest goes on writing: the ring fills behind the full output.
         wait_until(lambda: vireo_control(sock, action="info")
                    .get("serial_dropped_bytes", 0) > 0, 30, "dropped console bytes")
         reply, took = timed_control(sock, "pause")
@@ -81,16 +94,20 @@ def test_stuck_output_never_blocks_pause_or_stop(sock, tmp_path):
         t = time.monotonic()
         assert p.wait(timeout=scaled(3)) == 0
         assert time.monotonic() - t < scaled(1) + 1
-        # What the pipe holds is the start of the output, in order.
-        lines = p.stdout.read().decode().split("\n")
-        assert lines[0].startswith("PROBE boot ")
-        check_flood(lines[1:-1])
-        assert len(lines) > 800
+        if output == "pipe":
+            # What the pipe holds is the start of the output, in order.
+            lines = p.stdout.read().decode().split("\n")
+            assert lines[0].startswith("PROBE boot ")
+            check_flood(lines[1:-1])
+            assert len(lines) > 800
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-        p.stdout.close()
+        if output == "pipe":
+            p.stdout.close()
+        else:
+            os.close(fd)
 
 
 def test_reader_that_keeps_up_gets_every_byte():
