@@ -97,17 +97,63 @@ def vireo_args(cmdline, cpus=1, memory="256M", extra=(), kernel=None, netns=None
 
 def run_until_exit(args, timeout):
     """(status, stdout, stderr) of ARGS; one that runs past scaled(timeout)
-    is killed and fails with what it printed so far."""
+    is killed and fails with what it printed so far, and where its threads
+    were (stall_report)."""
     import subprocess
+    with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as p:
+        try:
+            out, err = p.communicate(timeout=scaled(timeout))
+        except subprocess.TimeoutExpired:
+            report = stall_report(p.pid)
+            p.kill()
+            out, err = p.communicate()
+            quiet = "" if out.strip() else " (its stdout stayed empty)"
+            raise AssertionError(f"{args[0]} still running after {scaled(timeout):g} s"
+                                 f"{quiet}:\n{out[-4000:]}\n{err[-2000:]}\n{report}") from None
+    return p.returncode, out, err
+
+
+def stall_report(pid):
+    """What a process that does not end is doing: each thread's state, CPU
+    time and kernel stack, twice a second apart, and KVM's counters for its
+    VMs (debugfs, where mounted). Best effort: for the failure message."""
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return "?"
+
+    def snapshot():
+        lines = []
+        for pids in read(f"/proc/{pid}/task/{pid}/children").split() + [str(pid)]:
+            for tid in sorted(os.listdir(f"/proc/{pids}/task")) if os.path.isdir(
+                    f"/proc/{pids}/task") else ():
+                stat = read(f"/proc/{pids}/task/{tid}/stat").rsplit(")", 1)[-1].split()
+                comm = read(f"/proc/{pids}/task/{tid}/comm")
+                state, ticks = (stat[0], int(stat[11]) + int(stat[12])) if len(stat) > 12 \
+                    else ("?", -1)
+                stack = read(f"/proc/{pids}/task/{tid}/stack").replace("\n", " | ")[:300]
+                lines.append(f"  {pids}/{tid} {comm} {state} cpu_ticks={ticks} {stack}")
+        kvm = [d for d in (os.listdir("/sys/kernel/debug/kvm") if os.path.isdir(
+            "/sys/kernel/debug/kvm") else ()) if d.split("-")[0] == str(pid)]
+        for d in kvm:
+            base = f"/sys/kernel/debug/kvm/{d}"
+            stats = {n: read(f"{base}/{n}") for n in sorted(os.listdir(base))
+                     if os.path.isfile(f"{base}/{n}")}
+            lines.append(f"  kvm {d}: " + " ".join(f"{k}={v}" for k, v in stats.items()
+                                                     if v not in ("0", "?")))
+        return lines
+
+    import time
     try:
-        p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=scaled(timeout))
-    except subprocess.TimeoutExpired as e:
-        out, err = (x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
-                    for x in (e.stdout, e.stderr))
-        raise AssertionError(f"{args[0]} still running after {scaled(timeout):g} s:\n"
-                             f"{out[-4000:]}\n{err[-2000:]}") from None
-    return p.returncode, p.stdout, p.stderr
+        first = snapshot()
+        time.sleep(1)
+        return "\n".join(["stall report (threads, then again 1 s later):", *first,
+                          "  --", *snapshot()])
+    except Exception as e:    # noqa: BLE001 - a report must never hide the failure
+        return f"stall report failed: {e!r}"
 
 
 def run_vireo(cmdline, cpus=1, memory="256M", extra=(), timeout=120, kernel=None, netns=None):
