@@ -92,6 +92,15 @@ bool vm_name_valid(const char *name);
 int vm_def_from_json(struct json_object *obj, struct vm_def *def);
 struct json_object *vm_def_to_json(const struct vm_def *def);
 void vm_def_free(struct vm_def *def);
+/* What a new definition must also meet to be able to start on this host
+ * (checked at create, not when loading the state dir): a name that is no
+ * cgroup file and whose control socket path fits under state_dir, unicast
+ * MACs, no more memory than the host has, pins on online CPUs. */
+int vm_def_check_new(const struct vm_def *def, const char *state_dir);
+/* Pins name only online host CPUs. */
+int vm_pins_check_host(char *const *pin, unsigned int npin);
+/* A deep copy of a definition (0 or -errno). */
+int vm_def_copy(const struct vm_def *src, struct vm_def *dst);
 
 /* A PATCH: what to change; has_* say which fields were given. */
 struct vm_patch {

@@ -55,6 +55,47 @@ struct vm_cli {
 	bool json;
 };
 
+/* Text from the daemon (names, states, reasons, errors: some of it comes
+ * from a guest or another client) with control characters escaped, so that
+ * it cannot drive the terminal. C0 controls and DEL, and C1 controls in
+ * UTF-8 (U+0080..U+009F: U+009B is a CSI to some terminals); `json` keeps
+ * newlines (JSON's own layout) and escapes as JSON does. The result lives
+ * until 8 more calls. */
+static const char *escape_text(const char *s, bool json)
+{
+	static char *ring[8];
+	static unsigned int next;
+	const unsigned char *p = (const unsigned char *)s;
+	char *out = malloc(6 * strlen(s) + 1), *o = out;
+
+	if (!out)
+		return "?";
+	for (; *p; p++) {
+		unsigned int c = *p;
+
+		if (c == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+			c = *++p;
+		else if (!(c < 0x20 || c == 0x7f) || (json && c == '\n'))
+			c = 0;
+		if (!c)
+			*o++ = (char)*p;
+		else if (json || c >= 0x80)
+			o += sprintf(o, "\\u%04x", c);
+		else
+			o += sprintf(o, "\\x%02x", c);
+	}
+	*o = '\0';
+	free(ring[next]);
+	ring[next] = out;
+	next = (next + 1) % 8;
+	return out;
+}
+
+static const char *safe(const char *s)
+{
+	return escape_text(s, false);
+}
+
 static int http_connect(const char *path)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
@@ -169,8 +210,8 @@ static struct json_object *call(const struct vm_cli *cli, const char *method, co
 	if (r.status >= 200 && r.status < 300) {
 		*ok = true;
 	} else {
-		fprintf(stderr, "vireo: %s (HTTP %d)\n", obj && json_object_object_get_ex(obj, "error", &e) ?
-			json_object_get_string(e) : r.body, r.status);
+		fprintf(stderr, "vireo: %s (HTTP %d)\n", safe(obj && json_object_object_get_ex(obj,
+			"error", &e) ? json_object_get_string(e) : r.body), r.status);
 	}
 	free(r.raw);
 	return obj;
@@ -185,7 +226,8 @@ static const char *str(struct json_object *o, const char *key)
 
 static void print_json(struct json_object *o)
 {
-	puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+	puts(escape_text(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+							JSON_C_TO_STRING_NOSLASHESCAPE), true));
 }
 
 static int cmd_list(const struct vm_cli *cli)
@@ -209,9 +251,10 @@ static int cmd_list(const struct vm_cli *cli)
 
 			json_object_object_get_ex(v, "memory", &x);
 			size_format((uint64_t)json_object_get_int64(x), mem, sizeof(mem));
-			printf("%-20s %-8s %4s %10s %6s %5s %7s  %s\n", str(v, "name"), str(v, "state"),
-			       str(v, "cpus"), mem, str(v, "cpu_weight"), str(v, "cpu_max"),
-			       str(v, "pid"), str(v, "reason"));
+			printf("%-20s %-8s %4s %10s %6s %5s %7s  %s\n", safe(str(v, "name")),
+			       safe(str(v, "state")), safe(str(v, "cpus")), mem,
+			       safe(str(v, "cpu_weight")), safe(str(v, "cpu_max")),
+			       safe(str(v, "pid")), safe(str(v, "reason")));
 		}
 	}
 	json_object_put(o);
@@ -314,9 +357,129 @@ static struct json_object *parse_disk_limit(char *spec)
 	return d;
 }
 
+/* Options every command takes, before or after the command. */
+enum { OPT_SOCKET = 0x100, OPT_OUTPUT, OPT_JSON, OPT_HELP };
+#define MAX_OPTS 32
+
+static const struct option common_opts[] = {
+	{ "socket", required_argument, NULL, OPT_SOCKET },
+	{ "output", required_argument, NULL, OPT_OUTPUT },
+	{ "json", no_argument, NULL, OPT_JSON },
+	{ "help", no_argument, NULL, OPT_HELP },
+	{ NULL, 0, NULL, 0 },
+};
+
+/* 1 if c was a common option (applied to cli), 0 if not, -1 if bad. */
+static int common_option(struct vm_cli *cli, int c)
+{
+	switch (c) {
+	case OPT_SOCKET:
+		cli->socket = optarg;
+		return 1;
+	case OPT_JSON:
+		cli->json = true;
+		return 1;
+	case OPT_OUTPUT:
+		if (strcmp(optarg, "json") && strcmp(optarg, "text"))
+			return err_set(-EINVAL, "--output is text or json"), -1;
+		cli->json = !strcmp(optarg, "json");
+		return 1;
+	case 'h':
+	case OPT_HELP:
+		fputs(vm_usage, stdout);
+		exit(0);
+	}
+	return 0;
+}
+
+/* A command's options (own, then the common ones) in getopt_long's table. */
+static void merge_opts(const struct option *own, struct option *out)
+{
+	int n = 0;
+
+	for (; own && own->name && n < MAX_OPTS - 5; own++)
+		out[n++] = *own;
+	for (const struct option *c = common_opts; c->name; c++)
+		out[n++] = *c;
+	out[n] = (struct option){ NULL, 0, NULL, 0 };
+}
+
+/* Parses argv (argv[0] is the command) as getopt does, options anywhere:
+ * `vireo vm stop --force web` and `vireo vm stop web --force` are one.
+ * Each option of `own` goes to fn(ctx, c); the operands end up in
+ * argv[optind..argc). Returns 0 or -EINVAL (err_set()). */
+static int parse_opts(struct vm_cli *cli, int argc, char **argv, const struct option *own,
+		      int (*fn)(void *ctx, int c), void *ctx)
+{
+	struct option all[MAX_OPTS];
+	int c, ret = 0;
+
+	merge_opts(own, all);
+	optind = 0;	/* a fresh scan (glibc) */
+	opterr = 0;
+	while (!ret && (c = getopt_long(argc, argv, "h", all, NULL)) != -1) {
+		if (c == '?' || c == ':')
+			return err_set(-EINVAL, "bad option '%s' (see 'vireo vm --help')",
+				       argv[optind - 1]);
+		ret = common_option(cli, c);
+		if (ret == 1)
+			ret = 0;
+		else if (ret == 0)
+			ret = fn ? fn(ctx, c) : err_set(-EINVAL, "bad option");
+	}
+	return ret < 0 ? ret : 0;
+}
+
 /* Flags shared by create and set; fills `o`. */
-static int parse_def_flags(int argc, char **argv, struct json_object *o, bool create,
-			   const char **file)
+struct def_flags {
+	struct json_object *o, *disks, *pins, *nics;
+	bool create;
+	const char *file;
+};
+
+static int def_flag(void *ctx, int c)
+{
+	struct def_flags *f = ctx;
+	struct json_object *o = f->o, *d;
+	bool create_only = strchr("knmcdfbN", c) != NULL;
+
+	if ((create_only && !f->create) || ((c == 'l' || c == 'L') && f->create))
+		return err_set(-EINVAL, "bad option for %s (see 'vireo vm --help')",
+			       f->create ? "create" : "set");
+	switch (c) {
+	case 'k': json_object_object_add(o, "kernel", json_object_new_string(optarg)); break;
+	case 'm': json_object_object_add(o, "memory", json_object_new_string(optarg)); break;
+	case 'c': json_object_object_add(o, "cmdline", json_object_new_string(optarg)); break;
+	case 'n': return add_number(o, "cpus", optarg);
+	case 'w': return add_number(o, "cpu_weight", optarg);
+	case 'x': return add_number(o, "cpu_max", optarg);
+	case 'p': json_object_array_add(f->pins, json_object_new_string(optarg)); break;
+	case 'f': f->file = optarg; break;
+	case 'b': json_object_object_add(o, "balloon", json_object_new_boolean(1)); break;
+	case 't': json_object_object_add(o, "balloon_target", json_object_new_string(optarg)); break;
+	case 'M': json_object_object_add(o, "memory_min", json_object_new_string(optarg)); break;
+	case 'd':
+	case 'l':
+		d = c == 'l' ? parse_disk_limit(optarg) : parse_disk(optarg, false);
+		if (!d)
+			return -EINVAL;
+		json_object_array_add(f->disks, d);
+		break;
+	case 'N':
+	case 'L':
+		d = parse_nic(optarg, c == 'L');
+		if (!d)
+			return -EINVAL;
+		json_object_array_add(f->nics, d);
+		break;
+	}
+	return 0;
+}
+
+/* Fills `o` from the flags of create or set; the operands (the name) are
+ * left in argv[optind..argc). */
+static int parse_def_flags(struct vm_cli *cli, int argc, char **argv, struct json_object *o,
+			   bool create, const char **file)
 {
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' }, { "cpus", required_argument, NULL, 'n' },
@@ -329,60 +492,21 @@ static int parse_def_flags(int argc, char **argv, struct json_object *o, bool cr
 		{ "memory-min", required_argument, NULL, 'M' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct json_object *disks = json_object_new_array(), *pins = json_object_new_array();
-	struct json_object *nics = json_object_new_array();
-	int c, ret = 0;
+	struct def_flags f = { .o = o, .disks = json_object_new_array(),
+			       .pins = json_object_new_array(), .nics = json_object_new_array(),
+			       .create = create };
+	int ret = parse_opts(cli, argc, argv, longopts, def_flag, &f);
 
-	optind = 1;
-	while (!ret && (c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-		bool create_only = strchr("knmcdfbN", c) != NULL;
-		struct json_object *d;
-
-		if (c == '?' || (create_only && !create) || ((c == 'l' || c == 'L') && create)) {
-			ret = err_set(-EINVAL, "bad option (see 'vireo vm --help')");
-			break;
-		}
-		switch (c) {
-		case 'k': json_object_object_add(o, "kernel", json_object_new_string(optarg)); break;
-		case 'm': json_object_object_add(o, "memory", json_object_new_string(optarg)); break;
-		case 'c': json_object_object_add(o, "cmdline", json_object_new_string(optarg)); break;
-		case 'n': ret = add_number(o, "cpus", optarg); break;
-		case 'w': ret = add_number(o, "cpu_weight", optarg); break;
-		case 'x': ret = add_number(o, "cpu_max", optarg); break;
-		case 'p': json_object_array_add(pins, json_object_new_string(optarg)); break;
-		case 'f': *file = optarg; break;
-		case 'b': json_object_object_add(o, "balloon", json_object_new_boolean(1)); break;
-		case 't': json_object_object_add(o, "balloon_target", json_object_new_string(optarg)); break;
-		case 'M': json_object_object_add(o, "memory_min", json_object_new_string(optarg)); break;
-		case 'd':
-		case 'l':
-			d = c == 'l' ? parse_disk_limit(optarg) : parse_disk(optarg, false);
-			if (!d)
-				ret = -EINVAL;
-			else
-				json_object_array_add(disks, d);
-			break;
-		case 'N':
-		case 'L':
-			d = parse_nic(optarg, c == 'L');
-			if (!d)
-				ret = -EINVAL;
-			else
-				json_object_array_add(nics, d);
-			break;
-		}
-	}
-	if (!ret && json_object_array_length(pins))
-		json_object_object_add(o, "cpu_pin", json_object_get(pins));
-	if (!ret && json_object_array_length(disks))
-		json_object_object_add(o, create ? "disks" : "disk_limits", json_object_get(disks));
-	if (!ret && json_object_array_length(nics))
-		json_object_object_add(o, create ? "nics" : "nic_limits", json_object_get(nics));
-	json_object_put(pins);
-	json_object_put(disks);
-	json_object_put(nics);
-	if (!ret && optind < argc)
-		ret = err_set(-EINVAL, "unexpected argument '%s'", argv[optind]);
+	if (!ret && json_object_array_length(f.pins))
+		json_object_object_add(o, "cpu_pin", json_object_get(f.pins));
+	if (!ret && json_object_array_length(f.disks))
+		json_object_object_add(o, create ? "disks" : "disk_limits", json_object_get(f.disks));
+	if (!ret && json_object_array_length(f.nics))
+		json_object_object_add(o, create ? "nics" : "nic_limits", json_object_get(f.nics));
+	json_object_put(f.pins);
+	json_object_put(f.disks);
+	json_object_put(f.nics);
+	*file = f.file;
 	return ret;
 }
 
@@ -391,22 +515,24 @@ static int print_state(const struct vm_cli *cli, struct json_object *o, bool ok)
 	if (ok && cli->json)
 		print_json(o);
 	else if (ok)
-		printf("%s: %s\n", str(o, "name"), str(o, "state"));
+		printf("%s: %s\n", safe(str(o, "name")), safe(str(o, "state")));
 	json_object_put(o);
 	return ok ? 0 : 1;
 }
 
-static int cmd_create(const struct vm_cli *cli, int argc, char **argv)
+static int cmd_create(struct vm_cli *cli, int argc, char **argv)
 {
 	struct json_object *def = json_object_new_object(), *o;
-	const char *file = NULL, *name = argc > 1 && argv[1][0] != '-' ? argv[1] : NULL;
+	const char *file = NULL, *name = NULL;
 	bool ok;
 
-	if (parse_def_flags(name ? argc - 1 : argc, name ? argv + 1 : argv, def, true, &file)) {
+	if (parse_def_flags(cli, argc, argv, def, true, &file) ||
+	    (optind + 1 < argc && err_set(-EINVAL, "unexpected argument '%s'", argv[optind + 1]))) {
 		fprintf(stderr, "vireo: %s\n", err_get());
 		json_object_put(def);
 		return 2;
 	}
+	name = optind < argc ? argv[optind] : NULL;
 	if (file) {
 		json_object_put(def);
 		def = json_object_from_file(file);
@@ -422,19 +548,20 @@ static int cmd_create(const struct vm_cli *cli, int argc, char **argv)
 	return print_state(cli, o, ok);
 }
 
-static int cmd_set(const struct vm_cli *cli, int argc, char **argv)
+static int cmd_set(struct vm_cli *cli, int argc, char **argv)
 {
 	struct json_object *patch = json_object_new_object(), *o;
 	const char *file = NULL;
 	char path[128];
 	bool ok;
 
-	if (argc < 2 || parse_def_flags(argc - 1, argv + 1, patch, false, &file)) {
-		fprintf(stderr, "vireo: %s\n", argc < 2 ? "set needs a VM name" : err_get());
+	if (parse_def_flags(cli, argc, argv, patch, false, &file) ||
+	    (optind + 1 != argc && err_set(-EINVAL, "set needs one VM name"))) {
+		fprintf(stderr, "vireo: %s\n", err_get());
 		json_object_put(patch);
 		return 2;
 	}
-	snprintf(path, sizeof(path), "/vms/%.100s", argv[1]);
+	snprintf(path, sizeof(path), "/vms/%.100s", argv[optind]);
 	o = call(cli, "PATCH", path, json_object_to_json_string(patch), &ok);
 	json_object_put(patch);
 	return print_state(cli, o, ok);
@@ -469,29 +596,46 @@ static struct json_object *stop_wait(const struct vm_cli *cli, const char *name,
 	return o;
 }
 
-/* stop NAME [--force] [--timeout S] */
-static int cmd_stop(const struct vm_cli *cli, int argc, char **argv)
-{
-	unsigned int timeout_s = 30;
-	struct json_object *o;
-	bool force = false, ok;
-	char path[160], body[64], *end;
+struct stop_args {
+	bool force;
+	unsigned int timeout_s;
+};
 
-	for (int i = 2; i < argc; i++) {
-		if (!strcmp(argv[i], "--force")) {
-			force = true;
-		} else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
-			timeout_s = (unsigned int)strtoul(argv[++i], &end, 10);
-			if (*end || !*argv[i] || timeout_s > 3600)
-				argc = 0;	/* usage */
-		} else {
-			argc = 0;
-		}
+static int stop_flag(void *ctx, int c)
+{
+	struct stop_args *a = ctx;
+	char *end;
+
+	if (c == 'f') {
+		a->force = true;
+		return 0;
 	}
-	if (argc < 2) {
+	a->timeout_s = (unsigned int)strtoul(optarg, &end, 10);
+	if (*end || !*optarg || optarg[0] == '-' || a->timeout_s > 3600)
+		return err_set(-EINVAL, "--timeout is 0 to 3600 seconds");
+	return 0;
+}
+
+/* stop NAME [--force] [--timeout S] */
+static int cmd_stop(struct vm_cli *cli, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "force", no_argument, NULL, 'f' }, { "timeout", required_argument, NULL, 't' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct stop_args a = { .timeout_s = 30 };
+	unsigned int timeout_s;
+	struct json_object *o;
+	bool force, ok;
+	char path[160], body[64];
+
+	if (parse_opts(cli, argc, argv, opts, stop_flag, &a) || optind + 1 != argc) {
 		fprintf(stderr, "vireo: usage: vireo vm stop NAME [--timeout 0-3600] [--force]\n");
 		return 2;
 	}
+	argv += optind - 1;	/* the name in argv[1] */
+	force = a.force;
+	timeout_s = a.timeout_s;
 	if (!name_ok(argv[1]))
 		return 2;
 	snprintf(path, sizeof(path), "/vms/%s/stop", argv[1]);
@@ -500,7 +644,8 @@ static int cmd_stop(const struct vm_cli *cli, int argc, char **argv)
 	o = call(cli, "POST", path, body, &ok);
 	o = stop_wait(cli, argv[1], o, timeout_s, &ok);
 	if (ok && !cli->json)
-		printf("%s: %s (%s)\n", str(o, "name"), str(o, "state"), str(o, "reason"));
+		printf("%s: %s (%s)\n", safe(str(o, "name")), safe(str(o, "state")),
+		       safe(str(o, "reason")));
 	else if (ok)
 		print_json(o);
 	json_object_put(o);
@@ -508,16 +653,17 @@ static int cmd_stop(const struct vm_cli *cli, int argc, char **argv)
 }
 
 /* start, pause, resume, reboot, delete, info: COMMAND NAME. */
-static int cmd_simple(const struct vm_cli *cli, const char *cmd, int argc, char **argv)
+static int cmd_simple(struct vm_cli *cli, const char *cmd, int argc, char **argv)
 {
 	struct json_object *o;
 	char path[160];
 	bool ok;
 
-	if (argc != 2) {
+	if (parse_opts(cli, argc, argv, NULL, NULL, NULL) || optind + 1 != argc) {
 		fprintf(stderr, "vireo: usage: vireo vm %s NAME\n", cmd);
 		return 2;
 	}
+	argv += optind - 1;	/* the name in argv[1] */
 	if (!name_ok(argv[1]))
 		return 2;
 	if (!strcmp(cmd, "info") || !strcmp(cmd, "delete")) {
@@ -624,7 +770,8 @@ static void top_print(const struct vm_cli *cli, const struct top_sample *now, in
 		struct json_object *o;
 
 		if (!cli->json) {
-			printf("%-20s %-8s %4u %6u %5u %7.1f %7.1f %7.1f\n", now[i].name, now[i].state,
+			printf("%-20s %-8s %4u %6u %5u %7.1f %7.1f %7.1f\n", safe(now[i].name),
+			       safe(now[i].state),
 			       now[i].cpus, now[i].weight, now[i].max, cpu, steal, thr);
 			continue;
 		}
@@ -637,7 +784,7 @@ static void top_print(const struct vm_cli *cli, const struct top_sample *now, in
 		json_object_array_add(arr, o);
 	}
 	if (cli->json)
-		puts(json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN));
+		puts(escape_text(json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN), true));
 	json_object_put(arr);
 	fflush(stdout);
 }
@@ -645,23 +792,41 @@ static void top_print(const struct vm_cli *cli, const struct top_sample *now, in
 /* top [--interval SECONDS] [--count N]: per-VM CPU use (% of one host CPU,
  * all vCPUs and VMM threads), steal (vCPU time runnable but not running)
  * and throttling by cpu_max, over each interval. */
-static int cmd_top(const struct vm_cli *cli, int argc, char **argv)
+struct top_args {
+	double interval;
+	long count;
+};
+
+static int top_flag(void *ctx, int c)
 {
+	struct top_args *a = ctx;
+	char *end;
+
+	if (c == 'i')
+		a->interval = strtod(optarg, &end);
+	else
+		a->count = strtol(optarg, &end, 10);
+	return *end || !*optarg ? -EINVAL : 0;
+}
+
+static int cmd_top(struct vm_cli *cli, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "interval", required_argument, NULL, 'i' }, { "count", required_argument, NULL, 'c' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct top_args ta = { .interval = 1 };
 	enum { MAX_VMS = 1024 };
 	static struct top_sample a[MAX_VMS], b[MAX_VMS];
 	struct top_sample *prev = a, *now = b, *t;
-	double interval = 1;
-	long count = 0;
+	double interval;
+	long count;
 	int np, n;
 
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--interval") && i + 1 < argc)
-			interval = atof(argv[++i]);
-		else if (!strcmp(argv[i], "--count") && i + 1 < argc)
-			count = atol(argv[++i]);
-		else
-			return fprintf(stderr, "vireo: usage: vireo vm top [--interval S] [--count N]\n"), 2;
-	}
+	if (parse_opts(cli, argc, argv, opts, top_flag, &ta) || optind != argc)
+		return fprintf(stderr, "vireo: usage: vireo vm top [--interval S] [--count N]\n"), 2;
+	interval = ta.interval;
+	count = ta.count;
 	if (interval < 0.1 || interval > 3600 || count < 0)
 		return fprintf(stderr, "vireo: bad --interval or --count\n"), 2;
 	np = top_snapshot(cli, prev, MAX_VMS);
@@ -690,19 +855,22 @@ static int cmd_metrics(const struct vm_cli *cli)
 		free(r.raw);
 		return 1;
 	}
-	fputs(r.body, stdout);
+	fputs(escape_text(r.body, true), stdout);
 	free(r.raw);
 	return r.status == 200 ? 0 : 1;
 }
 
-static int cmd_console(const struct vm_cli *cli, int argc, char **argv)
+static int cmd_console(struct vm_cli *cli, int argc, char **argv)
 {
 	struct json_object *o;
 	char path[128];
 	bool ok;
 	int ret;
 
-	if (argc != 2 || strchr(argv[1], '/'))
+	if (parse_opts(cli, argc, argv, NULL, NULL, NULL) || optind + 1 != argc)
+		return fputs(vm_usage, stderr), 2;
+	argv += optind - 1;	/* the name in argv[1] */
+	if (strchr(argv[1], '/'))
 		return fputs(vm_usage, stderr), 2;
 	snprintf(path, sizeof(path), "/vms/%s", argv[1]);
 	o = call(cli, "GET", path, NULL, &ok);
@@ -711,8 +879,8 @@ static int cmd_console(const struct vm_cli *cli, int argc, char **argv)
 		return 1;
 	}
 	if (!*str(o, "console")) {
-		fprintf(stderr, "vireo: VM '%s' is %s: no console to attach to\n", argv[1],
-			*str(o, "state") ? str(o, "state") : "not running");
+		fprintf(stderr, "vireo: VM '%s' is %s: no console to attach to\n", safe(argv[1]),
+			*str(o, "state") ? safe(str(o, "state")) : "not running");
 		json_object_put(o);
 		return 1;
 	}
@@ -748,19 +916,15 @@ int cmd_vm(int argc, char **argv)
 	cmd = argv[i];
 	argc -= i;
 	argv += i;
-	/* --output=json may also follow the command (vireo vm list --output=json). */
-	if (argc >= 2 && (!strcmp(argv[argc - 1], "--output=json") || !strcmp(argv[argc - 1], "--json"))) {
-		cli.json = true;
-		argc--;
+	if (!strcmp(cmd, "list") || !strcmp(cmd, "metrics")) {
+		if (parse_opts(&cli, argc, argv, NULL, NULL, NULL) || optind != argc)
+			return fprintf(stderr, "vireo: usage: vireo vm %s\n", cmd), 2;
+		return !strcmp(cmd, "list") ? cmd_list(&cli) : cmd_metrics(&cli);
 	}
-	if (!strcmp(cmd, "list"))
-		return argc == 1 ? cmd_list(&cli) : (fputs(vm_usage, stderr), 2);
 	if (!strcmp(cmd, "create"))
 		return cmd_create(&cli, argc, argv);
 	if (!strcmp(cmd, "set"))
 		return cmd_set(&cli, argc, argv);
-	if (!strcmp(cmd, "metrics"))
-		return cmd_metrics(&cli);
 	if (!strcmp(cmd, "top"))
 		return cmd_top(&cli, argc, argv);
 	if (!strcmp(cmd, "console"))

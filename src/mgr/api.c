@@ -287,8 +287,10 @@ static int parse_body(const struct upload *u, bool optional, struct json_object 
 	obj = tok ? json_tokener_parse_ex(tok, u->body, (int)u->len) : NULL;
 	jerr = tok ? json_tokener_get_error(tok) : json_tokener_error_parse_unexpected;
 	if (obj && jerr == json_tokener_success) {
+		/* A NUL ends json-c's parse early: bytes after it are trailing
+		 * data too (strchr() would match the NUL itself). */
 		for (size_t i = json_tokener_get_parse_end(tok); i < u->len && obj; i++)
-			if (!strchr(" \t\r\n", u->body[i])) {
+			if (!u->body[i] || !strchr(" \t\r\n", u->body[i])) {
 				json_object_put(obj);
 				obj = NULL;
 			}
@@ -339,6 +341,10 @@ static void route_create(struct mgr *m, const struct upload *u, struct reply *r)
 		return;
 	}
 	json_object_put(body);
+	if (vm_def_check_new(&def, m->state_dir)) {
+		vm_def_free(&def);
+		return reply_error(r, 400, "bad-request", err_get());
+	}
 	unreadable = access(def.kernel, R_OK) < 0 ? def.kernel :
 		     def.initrd && access(def.initrd, R_OK) < 0 ? def.initrd : NULL;
 	if (unreadable) {
@@ -369,6 +375,10 @@ static void route_patch(struct mgr *m, struct mgr_vm *vm, const struct upload *u
 		return reply_error(r, 400, "bad-request", err_get());
 	}
 	json_object_put(body);
+	if (p.has_pin && vm_pins_check_host(p.cpu_pin, p.npin)) {
+		vm_patch_free(&p);
+		return reply_error(r, 400, "bad-request", err_get());
+	}
 	e = mgr_patch(m, vm, &p);
 	vm_patch_free(&p);
 	if (e != MGR_OK)
@@ -474,7 +484,7 @@ static void reply_no_vm(struct reply *r, const char *name)
 {
 	char msg[128];
 
-	snprintf(msg, sizeof(msg), "no VM named '%s'", name);
+	snprintf(msg, sizeof(msg), "no VM named '%.64s'", name);
 	reply_error(r, 404, "not-found", msg);
 }
 
@@ -543,9 +553,12 @@ static void route_vm(struct mgr *m, const char *method, const char *name, const 
 	mgr_release(m, vm);
 }
 
-/* Splits "/vms/NAME/ACTION" into at most 3 segments; -1 if more or empty
- * segments in the middle. */
-static int split_url(const char *url, char seg[3][MGR_NAME_MAX + 2])
+/* A raw path segment may hold a name of MGR_NAME_MAX bytes, each escaped. */
+#define SEG_MAX (3 * (MGR_NAME_MAX + 1))
+
+/* Splits "/vms/NAME/ACTION" into at most 3 raw (still %-escaped) segments;
+ * -1 if more or empty segments in the middle. */
+static int split_url(const char *url, char seg[3][SEG_MAX + 1])
 {
 	int n = 0;
 
@@ -555,7 +568,7 @@ static int split_url(const char *url, char seg[3][MGR_NAME_MAX + 2])
 		const char *start = ++url;
 		size_t len = strcspn(start, "/");
 
-		if (n == 3 || len == 0 || len > MGR_NAME_MAX + 1)
+		if (n == 3 || len == 0 || len > SEG_MAX)
 			return -1;
 		memcpy(seg[n], start, len);
 		seg[n++][len] = '\0';
@@ -564,11 +577,56 @@ static int split_url(const char *url, char seg[3][MGR_NAME_MAX + 2])
 	return *url && strcmp(url, "/") ? -1 : n;
 }
 
+static int hex_digit(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
+	       c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Decodes %XX in one segment, in place, after splitting, so that %2F stays
+ * inside its segment. -1 for a malformed escape or a decoded NUL, which
+ * would cut the name short ("cli1%00zzz" must not mean "cli1"). */
+static int decode_segment(char *s)
+{
+	char *out = s;
+
+	for (; *s; s++) {
+		int hi, lo;
+
+		if (*s != '%') {
+			*out++ = *s;
+			continue;
+		}
+		hi = hex_digit(s[1]);
+		lo = hi < 0 ? -1 : hex_digit(s[2]);
+		if (lo < 0 || (hi == 0 && lo == 0))
+			return -1;
+		*out++ = (char)(hi << 4 | lo);
+		s += 2;
+	}
+	*out = '\0';
+	return 0;
+}
+
+/* MHD's own decoding runs before the handler and would turn %00 into the
+ * end of the path: the router gets the path as sent and decodes it itself. */
+static size_t keep_escapes(void *cls, struct MHD_Connection *c, char *s)
+{
+	(void)cls;
+	(void)c;
+	return strlen(s);
+}
+
 static void route(struct mgr *m, const char *method, const char *url, const struct upload *u,
 		  struct reply *r)
 {
-	char seg[3][MGR_NAME_MAX + 2];
+	char seg[3][SEG_MAX + 1];
 	int n = split_url(url, seg);
+
+	for (int i = 0; i < n; i++)
+		if (decode_segment(seg[i]))
+			return reply_error(r, 400, "bad-request",
+					   "bad %-escape or NUL byte in the path");
 
 	if (n == 1 && !strcmp(seg[0], "metrics")) {
 		if (strcmp(method, "GET")) {
@@ -766,6 +824,7 @@ struct api *api_start(struct mgr *m, const char *socket_path)
 				    MHD_OPTION_LISTEN_SOCKET, api->fd,
 				    MHD_OPTION_NOTIFY_COMPLETED, api_completed, api,
 				    MHD_OPTION_NOTIFY_CONNECTION, api_notify, api,
+				    MHD_OPTION_UNESCAPE_CALLBACK, keep_escapes, NULL,
 				    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
 				    MHD_OPTION_CONNECTION_LIMIT,
 				    (unsigned int)(API_MAX_CONNS + API_SPARE_CONNS),

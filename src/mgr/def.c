@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "vireo/control.h"
@@ -405,6 +406,111 @@ int vm_def_from_json(struct json_object *obj, struct vm_def *def)
 	ret = parse_def(obj, def);
 	if (ret)
 		vm_def_free(def);
+	return ret;
+}
+
+/* ---- checks of a new definition against this host ---- */
+
+/* cgroup v1 interface files without a '.' in their names; every other
+ * cgroup file (v1 and v2) has one, and names with '.' are refused. */
+static const char *const cgroup_files[] = { "tasks", "notify_on_release", "release_agent",
+					    NULL };
+
+/* A VM's name becomes a cgroup directory and socket and file names, so a
+ * new VM may not have a '.' (cpu.max, cgroup.procs, ...) nor be a cgroup
+ * file; the older rule (vm_name_valid) still finds VMs made before. */
+static int check_new_name(const char *name, const char *state_dir)
+{
+	size_t sock_len = strlen(state_dir) + strlen("/run/") + strlen(name) + strlen(".sock");
+
+	if (strchr(name, '.') || key_in(name, cgroup_files))
+		return err_set(-EINVAL, "bad name '%s': a new VM's name is 1 to %d of A-Z a-z 0-9 "
+			       "_ -, not starting with '-', and not a cgroup file name", name,
+			       MGR_NAME_MAX);
+	if (sock_len >= sizeof(((struct sockaddr_un *)0)->sun_path))
+		return err_set(-ENAMETOOLONG, "'name' is too long for this state directory: its "
+			       "control socket path would be %zu bytes (at most %zu)", sock_len,
+			       sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+	return 0;
+}
+
+/* The CPUs a pin may name: the online ones. */
+static void online_cpus(cpu_set_t *set)
+{
+	char text[256] = "";
+	FILE *f = fopen("/sys/devices/system/cpu/online", "re");
+
+	if (f) {
+		if (!fgets(text, sizeof(text), f))
+			text[0] = '\0';
+		fclose(f);
+	}
+	text[strcspn(text, "\n")] = '\0';
+	if (!text[0] || control_parse_cpulist(text, set)) {
+		CPU_ZERO(set);
+		for (long i = 0; i < sysconf(_SC_NPROCESSORS_CONF) && i < CPU_SETSIZE; i++)
+			CPU_SET((int)i, set);
+	}
+}
+
+int vm_pins_check_host(char *const *pin, unsigned int npin)
+{
+	cpu_set_t online, set, both;
+
+	online_cpus(&online);
+	for (unsigned int i = 0; i < npin; i++) {
+		if (control_parse_cpulist(pin[i], &set))
+			return err_prefix(-EINVAL, "cpu_pin", i);
+		CPU_AND(&both, &set, &online);
+		if (!CPU_EQUAL(&both, &set))
+			return err_set(-EINVAL, "cpu_pin[%u]: \"%s\" names a CPU this host does not "
+				       "have online (%d online)", i, pin[i], CPU_COUNT(&online));
+	}
+	return 0;
+}
+
+/* Multicast (and all-zero) addresses cannot be a NIC's own. */
+static int check_macs(const struct vm_def *def)
+{
+	for (unsigned int i = 0; i < def->nnics; i++) {
+		const char *mac = def->nics[i].mac;
+
+		if (mac && (strtoul(mac, NULL, 16) & 1))
+			return err_set(-EINVAL, "nics[%u]: 'mac' %s is a multicast address", i, mac);
+		if (mac && !strcmp(mac, "00:00:00:00:00:00"))
+			return err_set(-EINVAL, "nics[%u]: 'mac' must not be all zeros", i);
+	}
+	return 0;
+}
+
+static int check_memory_host(uint64_t memory)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+	uint64_t host = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+
+	if (host && memory > host)
+		return err_set(-EINVAL, "'memory' (%llu bytes) is more than this host has "
+			       "(%llu bytes)", (unsigned long long)memory, (unsigned long long)host);
+	return 0;
+}
+
+int vm_def_check_new(const struct vm_def *def, const char *state_dir)
+{
+	int ret = check_new_name(def->name, state_dir);
+
+	if (!ret)
+		ret = check_macs(def);
+	if (!ret)
+		ret = check_memory_host(def->memory);
+	return ret ? ret : vm_pins_check_host(def->cpu_pin, def->npin);
+}
+
+int vm_def_copy(const struct vm_def *src, struct vm_def *dst)
+{
+	struct json_object *o = vm_def_to_json(src);
+	int ret = o ? vm_def_from_json(o, dst) : err_set(-ENOMEM, "out of memory");
+
+	json_object_put(o);
 	return ret;
 }
 

@@ -876,19 +876,35 @@ static enum mgr_err patch_live(struct mgr *m, struct mgr_vm *vm, const struct vm
 	return MGR_OK;
 }
 
+/* A patch changes nothing unless it all succeeds: it goes to a copy of the
+ * definition, then to the live VMM, then to disk; on a failure the VMM gets
+ * the old values back (best effort) and the definition stays as it was. */
 enum mgr_err mgr_patch(struct mgr *m, struct mgr_vm *vm, struct vm_patch *p)
 {
 	enum mgr_err e = MGR_OK;
-	struct vm_patch copy = *p;
-	/* Pin strings move into the definition: apply to the live VMM with the
-	 * new definition, then persist. */
-	vm_patch_apply(&vm->def, &copy);
-	p->npin = 0;
+	struct vm_def nd;
+
+	if (vm_def_copy(&vm->def, &nd))
+		return MGR_E_FAILED;
+	vm_patch_apply(&nd, p);	/* nd owns the pin strings now */
 	if (mgr_vm_active(vm))
-		e = patch_live(m, vm, &vm->def, &copy);
-	if (store_save_def(m, &vm->def) && e == MGR_OK)
+		e = patch_live(m, vm, &nd, p);
+	if (e == MGR_OK && store_save_def(m, &nd))
 		e = MGR_E_FAILED;
-	if (mgr_vm_active(vm))	/* listing and metrics show the new limits */
+	if (e != MGR_OK && mgr_vm_active(vm)) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "%s", err_get());
+		patch_live(m, vm, &vm->def, p);
+		err_set(-EIO, "%s", why);
+	}
+	if (e != MGR_OK) {
+		vm_def_free(&nd);
+	} else {
+		vm_def_free(&vm->def);
+		vm->def = nd;
+	}
+	if (mgr_vm_active(vm))	/* listing and metrics show the limits in force */
 		mgr_refresh_info(m, vm, MGR_INFO_TIMEOUT_MS);
 	return e;
 }

@@ -74,7 +74,7 @@ BAD = [
     ("POST", "/vms", json.dumps(with_(name="keep")), 409, "exists"),
     ("GET", "/vms/nope", None, 404, "no VM"),
     ("GET", "/vms/..", None, 400, "name"),
-    ("GET", "/vms/a%2F..%2Fb", None, 404, ""),
+    ("GET", "/vms/a%2F..%2Fb", None, 400, "name"),
     ("GET", "/nothing", None, 404, "route"),
     ("GET", "/vms/keep/start", None, 405, "POST"),
     ("PUT", "/vms", None, 405, "GET or POST"),
