@@ -67,7 +67,7 @@ asan-images:
 fuzz:
 	$(MAKE) -f tests/fuzz/fuzz.mk
 
-# Short fuzzing run of every format parser (CI).
+# Short fuzzing run of every libFuzzer target (CI): image formats, virtio, JSON, router.
 fuzz-run: all
 	$(MAKE) -f tests/fuzz/fuzz.mk fuzz-run
 

@@ -175,17 +175,10 @@ static struct virtq *selected_queue(struct virtio_dev *dev)
 	return dev->queue_select < dev->ops->num_queues ? &dev->vqs[dev->queue_select] : NULL;
 }
 
-static bool queue_rings_in_ram(const struct virtq *vq)
-{
-	return guest_ptr(vq->mem, vq->desc_gpa, 16ULL * vq->size) &&
-	       guest_ptr(vq->mem, vq->avail_gpa, 6 + 2ULL * vq->size) &&
-	       guest_ptr(vq->mem, vq->used_gpa, 6 + 8ULL * vq->size);
-}
-
 static void queue_enable(struct virtio_dev *dev, struct virtq *vq)
 {
-	if (!queue_rings_in_ram(vq)) {
-		virtio_set_broken(dev, "queue rings outside guest RAM");
+	if (!virtq_rings_ok(vq)) {
+		virtio_set_broken(dev, "queue rings misaligned or outside guest RAM");
 		return;
 	}
 	vq->event_idx = virtio_feature(dev, VIRTIO_F_RING_EVENT_IDX);

@@ -197,6 +197,17 @@ bool virtq_needs_interrupt(struct virtq *vq)
 	return !(flags & VIRTQ_AVAIL_F_NO_INTERRUPT);
 }
 
+bool virtq_rings_ok(const struct virtq *vq)
+{
+	/* §2.7: descriptor table 16-byte aligned, avail ring 2, used ring 4;
+	 * the ring code reads and writes them as aligned fields. */
+	if ((vq->desc_gpa & 15) || (vq->avail_gpa & 1) || (vq->used_gpa & 3))
+		return false;
+	return vq_ptr(vq, vq->desc_gpa, 16ULL * vq->size) &&
+	       vq_ptr(vq, vq->avail_gpa, 6 + 2ULL * vq->size) &&
+	       vq_ptr(vq, vq->used_gpa, 6 + 8ULL * vq->size);
+}
+
 static size_t iov_copy(const struct iovec *iov, unsigned int n, size_t skip, void *buf,
 		       size_t len, bool to_iov)
 {

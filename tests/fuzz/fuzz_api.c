@@ -1,0 +1,153 @@
+/* libFuzzer target: the daemon's API router (src/mgr/api.c, included so
+ * that its static functions are reachable): path splitting and %-decoding,
+ * name checks, body parsing, the definition and PATCH parsers behind it.
+ * The VM table is a stub with one VM, "web"; no VMM is touched.
+ * Input: byte 0 picks the method, then the raw path up to '\n', then the
+ * body. Every request must end in a reply (a status and a body). */
+#include "../../src/mgr/api.c"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static struct mgr fm;
+static struct mgr_vm web;
+
+static void stub_init(void)
+{
+	static const char def[] =
+		"{\"name\": \"web\", \"cpus\": 2, \"memory\": \"64M\", \"kernel\": \"/k\","
+		" \"disks\": [{\"path\": \"/d0\"}], \"nics\": [{\"tap\": \"t0\"}],"
+		" \"balloon\": true}";
+	struct json_object *o = json_tokener_parse(def);
+
+	if (!o || vm_def_from_json(o, &web.def))
+		abort();
+	json_object_put(o);
+	web.state = MGR_RUNNING;
+	snprintf(fm.state_dir, sizeof(fm.state_dir), "/var/lib/vireo");
+	fm.vms = &web;
+}
+
+/* ---- the VM table, stubbed ---- */
+
+const char *cgroup_mode_name(enum cgroup_mode mode)
+{
+	(void)mode;
+	return "none";
+}
+
+struct mgr_vm *mgr_find(struct mgr *m, const char *name)
+{
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		if (!strcmp(vm->def.name, name))
+			return vm;
+	return NULL;
+}
+
+enum mgr_err mgr_create(struct mgr *m, struct vm_def *def)
+{
+	(void)m;
+	vm_def_free(def);
+	return MGR_OK;
+}
+
+enum mgr_err mgr_delete(struct mgr *m, const char *name)
+{
+	(void)m;
+	err_set(-EBUSY, "VM '%s' is running", name);
+	return MGR_E_CONFLICT;
+}
+
+enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm)
+{
+	(void)m;
+	(void)vm;
+	return MGR_OK;
+}
+
+enum mgr_err mgr_stop(struct mgr *m, struct mgr_vm *vm, bool force, unsigned int timeout_s)
+{
+	(void)m;
+	(void)vm;
+	if (!force && timeout_s > MGR_STOP_TIMEOUT_MAX_S)
+		abort();
+	return MGR_OK;
+}
+
+enum mgr_err mgr_pause(struct mgr *m, struct mgr_vm *vm, bool pause)
+{
+	(void)m;
+	(void)vm;
+	(void)pause;
+	return MGR_OK;
+}
+
+enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm)
+{
+	(void)m;
+	(void)vm;
+	return MGR_OK;
+}
+
+/* As the real one: to a copy, which must round-trip. */
+enum mgr_err mgr_patch(struct mgr *m, struct mgr_vm *vm, struct vm_patch *p)
+{
+	struct vm_def d;
+
+	(void)m;
+	if (vm_def_copy(&vm->def, &d))
+		abort();
+	vm_patch_apply(&d, p);
+	vm_def_free(&d);
+	return MGR_OK;
+}
+
+struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live)
+{
+	(void)m;
+	(void)live;
+	return vm ? vm_def_to_json(&vm->def) : json_object_new_object();
+}
+
+char *mgr_metrics(struct mgr *m)
+{
+	(void)m;
+	return strdup("vireo_vms 1\n");
+}
+
+/* ---- the target ---- */
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static const char *const methods[] = { "GET", "POST", "PATCH", "DELETE", "PUT" };
+	struct upload u = { 0 };
+	struct reply r = { 0 };
+	const uint8_t *nl;
+	char *url;
+	size_t ulen;
+
+	if (!fm.vms)
+		stub_init();
+	if (size < 1 || size > MGR_MAX_BODY)
+		return 0;
+	nl = memchr(data + 1, '\n', size - 1);
+	ulen = nl ? (size_t)(nl - data - 1) : size - 1;
+	url = strndup((const char *)data + 1, ulen);	/* an HTTP path has no NUL */
+	u.len = nl ? size - 1 - ulen - 1 : 0;
+	u.body = malloc(u.len + 1);
+	if (!url || !u.body)
+		abort();
+	memcpy(u.body, nl ? nl + 1 : data, u.len);
+	u.body[u.len] = '\0';
+	keep_escapes(NULL, NULL, url);
+	err_clear();
+	route(&fm, methods[data[0] % 5], url, &u, &r);
+	if (!r.json && !r.text)
+		abort();	/* the handler would answer 500 "internal error" */
+	if (r.status < 200 || r.status > 599)
+		abort();
+	json_object_put(r.json);
+	free(r.text);
+	free(u.body);
+	free(url);
+	return 0;
+}
