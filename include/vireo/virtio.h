@@ -54,8 +54,9 @@ struct virtq_elem {
 	struct iovec iov[VIRTQ_MAX_SEGS];
 };
 
-/* Whether the rings are aligned as the spec requires and inside guest RAM:
- * the transport enables a queue only then. */
+/* Whether the rings are aligned as the spec requires, inside guest RAM,
+ * and the used ring (device-written) clear of the other two: the transport
+ * enables a queue only then. */
 bool virtq_rings_ok(const struct virtq *vq);
 /* Takes the next available chain. Returns 1 with *elem filled, 0 if the
  * ring is empty, or -EINVAL (with err_set() detail) if the guest broke the

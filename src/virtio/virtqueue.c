@@ -197,15 +197,27 @@ bool virtq_needs_interrupt(struct virtq *vq)
 	return !(flags & VIRTQ_AVAIL_F_NO_INTERRUPT);
 }
 
+static bool overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+	return a < b + blen && b < a + alen;
+}
+
 bool virtq_rings_ok(const struct virtq *vq)
 {
+	uint64_t dlen = 16ULL * vq->size, alen = 6 + 2ULL * vq->size, ulen = 6 + 8ULL * vq->size;
+
 	/* §2.7: descriptor table 16-byte aligned, avail ring 2, used ring 4;
 	 * the ring code reads and writes them as aligned fields. */
 	if ((vq->desc_gpa & 15) || (vq->avail_gpa & 1) || (vq->used_gpa & 3))
 		return false;
-	return vq_ptr(vq, vq->desc_gpa, 16ULL * vq->size) &&
-	       vq_ptr(vq, vq->avail_gpa, 6 + 2ULL * vq->size) &&
-	       vq_ptr(vq, vq->used_gpa, 6 + 8ULL * vq->size);
+	if (!vq_ptr(vq, vq->desc_gpa, dlen) || !vq_ptr(vq, vq->avail_gpa, alen) ||
+	    !vq_ptr(vq, vq->used_gpa, ulen))
+		return false;
+	/* The used ring is what the device writes: on top of the avail ring,
+	 * each push would offer the next chain, and a device loop serving
+	 * until the ring is empty would never end (found by fuzz_virtio_blk). */
+	return !overlap(vq->used_gpa, ulen, vq->avail_gpa, alen) &&
+	       !overlap(vq->used_gpa, ulen, vq->desc_gpa, dlen);
 }
 
 static size_t iov_copy(const struct iovec *iov, unsigned int n, size_t skip, void *buf,

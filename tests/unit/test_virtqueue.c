@@ -128,6 +128,22 @@ static void rings_must_be_aligned_and_in_ram(void **state)
 	assert_false(virtq_rings_ok(&vq));
 	vq.desc_gpa = RAM - 16;                /* the table runs past the end */
 	assert_false(virtq_rings_ok(&vq));
+	vq.desc_gpa = DESC;
+}
+
+/* Found by fuzz_virtio_blk: a used ring on top of the avail ring made each
+ * push offer another chain, and blk's serve-until-empty loop never ended. */
+static void used_ring_must_not_overlap(void **state)
+{
+	(void)state;
+	vq.used_gpa = AVAIL;
+	assert_false(virtq_rings_ok(&vq));
+	vq.used_gpa = AVAIL + 4 + 2 * QSIZE;   /* on its used_event field */
+	assert_false(virtq_rings_ok(&vq));
+	vq.used_gpa = DESC + 16 * QSIZE - 4;   /* on the last descriptor */
+	assert_false(virtq_rings_ok(&vq));
+	vq.used_gpa = AVAIL + 8 + 2 * QSIZE;   /* just past the avail ring */
+	assert_true(virtq_rings_ok(&vq));
 }
 
 static void readable_after_writable(void **state)
@@ -197,6 +213,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(good_chain_round_trip, setup, teardown),
 		cmocka_unit_test_setup_teardown(head_out_of_range, setup, teardown),
 		cmocka_unit_test_setup_teardown(rings_must_be_aligned_and_in_ram, setup, teardown),
+		cmocka_unit_test_setup_teardown(used_ring_must_not_overlap, setup, teardown),
 		cmocka_unit_test_setup_teardown(next_out_of_range, setup, teardown),
 		cmocka_unit_test_setup_teardown(loop_is_detected, setup, teardown),
 		cmocka_unit_test_setup_teardown(buffer_outside_ram, setup, teardown),
