@@ -31,18 +31,22 @@ FALL     := $(FUZZ_FORMATS) $(FUZZ_VIRTIO) $(FUZZ_JSON)
 .PHONY: all fuzz-run
 all: $(FTARGETS)
 
-$(FB)/%.o: %.c
+FHDR     := $(wildcard include/vireo/*.h)
+
+$(FB)/%.o: %.c $(FHDR)
 	@mkdir -p $(dir $@)
 	$(FCC) $(FCFLAGS) -c $< -o $@
 
-$(FB)/fuzz_virtio_%: tests/fuzz/fuzz_virtio.c $(FOBJ) $(FXOBJ)
-	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -DFUZZ_DEV_$* -o $@ $^ $(FLIBS)
+# The device targets include the device's .c file (and fuzz_api api.c).
+$(FB)/fuzz_virtio_%: tests/fuzz/fuzz_virtio.c $(FOBJ) $(FXOBJ) $(wildcard src/virtio/*.c) $(FHDR)
+	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -DFUZZ_DEV_$* -o $@ $(filter %.o,$^) $< $(FLIBS)
 
-$(FB)/fuzz_control $(FB)/fuzz_def $(FB)/fuzz_api: $(FB)/fuzz_%: tests/fuzz/fuzz_%.c $(FOBJ) $(FXOBJ)
-	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -o $@ $^ $(FLIBS)
+$(FB)/fuzz_control $(FB)/fuzz_def $(FB)/fuzz_api: $(FB)/fuzz_%: tests/fuzz/fuzz_%.c $(FOBJ) $(FXOBJ) \
+		src/mgr/api.c $(FHDR)
+	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -o $@ $< $(filter %.o,$^) $(FLIBS)
 
-$(FB)/fuzz_%: tests/fuzz/fuzz_image.c $(FOBJ)
-	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -DFUZZ_FORMAT='"$*"' -o $@ $^ $(FLIBS)
+$(FB)/fuzz_%: tests/fuzz/fuzz_image.c $(FOBJ) $(FHDR)
+	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -DFUZZ_FORMAT='"$*"' -o $@ $< $(filter %.o,$^) $(FLIBS)
 
 $(FB)/corpus/virtio_%: tests/fuzz/seeds_virtio.py
 	rm -rf $@ && tests/fuzz/seeds_virtio.py $* $@
