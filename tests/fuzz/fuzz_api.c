@@ -50,10 +50,41 @@ enum mgr_err mgr_create(struct mgr *m, struct vm_def *def)
 	return MGR_OK;
 }
 
-enum mgr_err mgr_delete(struct mgr *m, const char *name)
+/* No other thread: the operation lock and references are no-ops. */
+struct mgr_vm *mgr_acquire(struct mgr *m, const char *name)
+{
+	return mgr_find(m, name);
+}
+
+void mgr_release(struct mgr *m, struct mgr_vm *vm)
 {
 	(void)m;
-	err_set(-EBUSY, "VM '%s' is running", name);
+	(void)vm;
+}
+
+void mgr_ref(struct mgr_vm *vm)
+{
+	(void)vm;
+}
+
+void mgr_unref(struct mgr *m, struct mgr_vm *vm)
+{
+	(void)m;
+	(void)vm;
+}
+
+int mgr_refresh_info(struct mgr *m, struct mgr_vm *vm, int timeout_ms)
+{
+	(void)m;
+	(void)vm;
+	(void)timeout_ms;
+	return 0;
+}
+
+enum mgr_err mgr_delete(struct mgr *m, struct mgr_vm *vm)
+{
+	(void)m;
+	err_set(-EBUSY, "VM '%s' is running", vm->def.name);
 	return MGR_E_CONFLICT;
 }
 

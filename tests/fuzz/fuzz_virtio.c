@@ -84,6 +84,15 @@ void virtio_pci_destroy(struct virtio_dev *dev)
 	(void)dev;
 }
 
+/* As the transport's I/O thread calls a device: with dev->lock held. */
+static inline __attribute__((unused)) void notify(struct virtio_dev *dev, unsigned int q,
+			  void (*fn)(struct virtio_dev *dev, unsigned int q))
+{
+	pthread_mutex_lock(&dev->lock);
+	fn(dev, q);
+	pthread_mutex_unlock(&dev->lock);
+}
+
 /* ---- guest RAM and the queue ---- */
 
 static uint32_t le32(const uint8_t *p)
@@ -182,7 +191,9 @@ static void run(const uint8_t *data, size_t size, struct virtq *vq)
 	blk.dev.vm = &fvm;
 	blk.dev.vqs[0] = *vq;
 	strcpy(blk.serial, "fuzz-serial");
-	blk_notify(&blk.dev, 0);
+	pthread_mutex_init(&blk.dev.lock, NULL);
+	notify(&blk.dev, 0, blk_notify);
+	pthread_mutex_destroy(&blk.dev.lock);
 }
 
 #elif defined(FUZZ_DEV_balloon)
@@ -198,10 +209,10 @@ static void run(const uint8_t *data, size_t size, struct virtq *vq)
 	b.dev.opaque = &b;
 	b.dev.vm = &fvm;
 	b.dev.vqs[q] = *vq;
-	balloon_notify(&b.dev, q);
+	notify(&b.dev, q, balloon_notify);
 	virtio_balloon_get_stats(&b, &st);	/* hands a held stats buffer back */
 	if (q == Q_STATS)
-		balloon_notify(&b.dev, q);
+		notify(&b.dev, q, balloon_notify);
 	pthread_mutex_destroy(&b.dev.lock);
 }
 
@@ -239,7 +250,9 @@ static void run(const uint8_t *data, size_t size, struct virtq *vq)
 		if (send(sv[1], pkt, len, 0) < 0)
 			abort();
 	}
-	net_notify(&n.dev, q);
+	pthread_mutex_init(&n.dev.lock, NULL);
+	notify(&n.dev, q, net_notify);
+	pthread_mutex_destroy(&n.dev.lock);
 	drain(sv[0]);
 	drain(sv[1]);
 }
