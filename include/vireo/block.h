@@ -64,6 +64,8 @@ struct bfile {
 	char *path;		/* as given; used in error messages and for siblings */
 	bool readonly;
 	bool force_share;	/* opened without image locks (-U) */
+	bool no_flush;		/* cache=unsafe: flush does nothing */
+	unsigned int direct_align; /* O_DIRECT: buffer/offset/length alignment; 0: none */
 	int fd;			/* posix backend only; -1 otherwise */
 	/* Where the files this one names (backing files, extents, parents)
 	 * may be: they are opened under the same policy. NULL: anywhere. */
@@ -81,6 +83,8 @@ enum bfile_flags {
 	BFILE_CREATE = 1 << 1,	/* create or truncate to 0 */
 	BFILE_DIRECT = 1 << 2,	/* O_DIRECT where the backend supports it */
 	BFILE_FORCE_SHARE = 1 << 3, /* no image locks (qemu-img -U) */
+	BFILE_DSYNC  = 1 << 4,	/* O_DSYNC: every write durable (cache=writethrough) */
+	BFILE_NO_FLUSH = 1 << 5, /* flush is a no-op (cache=unsafe) */
 };
 
 /* Opens a host file (pread/pwrite backend; io_uring later).
@@ -367,7 +371,28 @@ enum image_open_flags {
 	IMAGE_ALLOW_PROBE_RAW_RW = 1 << 2, /* -f raw explicitly given */
 	IMAGE_DIRECT      = 1 << 3,	/* O_DIRECT on this layer (cache=none) */
 	IMAGE_FORCE_SHARE = 1 << 4,	/* no image locks, whole chain (-U) */
+	IMAGE_DSYNC       = 1 << 5,	/* O_DSYNC on this layer */
+	IMAGE_NO_FLUSH    = 1 << 6,	/* flushes ignored on this layer */
 };
+
+/* Host cache modes, QEMU's meanings: writeback = page cache, flushes
+ * honoured; none = O_DIRECT, flushes honoured; writethrough = O_DSYNC;
+ * directsync = O_DIRECT | O_DSYNC; unsafe = page cache, flushes ignored. */
+enum block_cache {
+	BLOCK_CACHE_WRITEBACK = 0,	/* the default (docs/run.md) */
+	BLOCK_CACHE_NONE,
+	BLOCK_CACHE_WRITETHROUGH,
+	BLOCK_CACHE_DIRECTSYNC,
+	BLOCK_CACHE_UNSAFE,
+};
+/* The mode named `name`, or -EINVAL. */
+int block_cache_parse(const char *name);
+const char *block_cache_name(enum block_cache mode);
+/* IMAGE_* flags of a mode. */
+int block_cache_image_flags(enum block_cache mode);
+/* Whether the guest sees a volatile write cache (VIRTIO_BLK_F_FLUSH): not
+ * when every write is already durable (O_DSYNC). */
+bool block_cache_volatile(enum block_cache mode);
 
 /* Registry. */
 const struct image_format *image_format_find(const char *name);
@@ -434,6 +459,7 @@ struct blockdev_opts {
 	const char *format;		/* NULL: probe (raw then read-only) */
 	bool readonly;
 	const struct block_policy *policy;	/* NULL: none */
+	enum block_cache cache;
 };
 
 struct blockdev_stats {

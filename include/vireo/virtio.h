@@ -164,6 +164,7 @@ struct disk_config {
 	bool readonly;
 	const char *serial;   /* up to 20 bytes, VIRTIO_BLK_T_GET_ID */
 	uint64_t bps, iops;   /* rate limits; 0 = none */
+	int cache;            /* enum block_cache (vireo/block.h); 0 = writeback */
 	const struct block_policy *policy; /* where its chain may be; NULL: anywhere */
 };
 

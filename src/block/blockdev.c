@@ -22,6 +22,47 @@ struct blockdev {
 	pthread_t workers[BLOCKDEV_MAX_WORKERS];
 };
 
+static const char *const cache_names[] = {
+	[BLOCK_CACHE_WRITEBACK] = "writeback", [BLOCK_CACHE_NONE] = "none",
+	[BLOCK_CACHE_WRITETHROUGH] = "writethrough", [BLOCK_CACHE_DIRECTSYNC] = "directsync",
+	[BLOCK_CACHE_UNSAFE] = "unsafe",
+};
+
+int block_cache_parse(const char *name)
+{
+	for (unsigned int i = 0; i < sizeof(cache_names) / sizeof(cache_names[0]); i++)
+		if (!strcmp(name, cache_names[i]))
+			return (int)i;
+	return -EINVAL;
+}
+
+const char *block_cache_name(enum block_cache mode)
+{
+	return (unsigned int)mode < sizeof(cache_names) / sizeof(cache_names[0]) ?
+	       cache_names[mode] : "?";
+}
+
+int block_cache_image_flags(enum block_cache mode)
+{
+	switch (mode) {
+	case BLOCK_CACHE_NONE:
+		return IMAGE_DIRECT;
+	case BLOCK_CACHE_WRITETHROUGH:
+		return IMAGE_DSYNC;
+	case BLOCK_CACHE_DIRECTSYNC:
+		return IMAGE_DIRECT | IMAGE_DSYNC;
+	case BLOCK_CACHE_UNSAFE:
+		return IMAGE_NO_FLUSH;
+	default:
+		return 0;
+	}
+}
+
+bool block_cache_volatile(enum block_cache mode)
+{
+	return mode != BLOCK_CACHE_WRITETHROUGH && mode != BLOCK_CACHE_DIRECTSYNC;
+}
+
 int blockdev_open(const struct blockdev_opts *opts, struct blockdev **out)
 {
 	struct blockdev *bd = calloc(1, sizeof(*bd));
@@ -29,8 +70,8 @@ int blockdev_open(const struct blockdev_opts *opts, struct blockdev **out)
 
 	if (!bd)
 		return err_set(-ENOMEM, "out of memory");
-	ret = image_open_policy(opts->path, opts->format, opts->readonly ? 0 : IMAGE_RDWR,
-				opts->policy, &bd->img);
+	ret = image_open_policy(opts->path, opts->format, (opts->readonly ? 0 : IMAGE_RDWR) |
+				block_cache_image_flags(opts->cache), opts->policy, &bd->img);
 	if (ret) {
 		free(bd);
 		return ret;

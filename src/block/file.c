@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,30 +17,47 @@
 
 /* ---- host files ---- */
 
+static int64_t posix_length_of(int fd)
+{
+	struct stat st;
+
+	return fstat(fd, &st) ? -1 : st.st_size;
+}
+
 /* O_DIRECT needs aligned buffers, offsets and lengths; formats issue small
- * unaligned metadata I/O, which goes through an aligned bounce buffer
- * (read-modify-write for writes). */
-#define DIRECT_ALIGN 4096ull
+ * unaligned metadata I/O (qcow2 headers, L2 entries, refcounts) and guests
+ * may hand sector-aligned buffers, which go through an aligned bounce
+ * buffer (read-modify-write for writes). The alignment is the device's
+ * logical block size for block devices; for files the page size, a
+ * multiple of every logical block size up to 4 KiB. */
+#define DIRECT_ALIGN_FILE 4096u
 
 static bool direct_unaligned(struct bfile *f, const void *buf, size_t len, uint64_t off)
 {
-	return f->priv == (void *)1 && (((uintptr_t)buf | len | off) & (DIRECT_ALIGN - 1));
+	return f->direct_align && (((uintptr_t)buf | len | off) & (f->direct_align - 1));
 }
 
 static ssize_t bounce_io(struct bfile *f, void *buf, size_t len, uint64_t off, bool wr)
 {
-	uint64_t start = off & ~(DIRECT_ALIGN - 1);
-	uint64_t end = (off + len + DIRECT_ALIGN - 1) & ~(DIRECT_ALIGN - 1);
+	uint64_t a = f->direct_align, start = off & ~(a - 1);
+	uint64_t end = (off + len + a - 1) & ~(a - 1);
 	ssize_t n;
 	void *b;
 
-	if (posix_memalign(&b, DIRECT_ALIGN, end - start))
+	if (posix_memalign(&b, a, end - start))
 		return -ENOMEM;
 	memset(b, 0, end - start);
 	n = pread(f->fd, b, end - start, (off_t)start);
 	if (n >= 0 && wr) {
+		/* The aligned write must not grow the file past what was
+		 * asked: a raw image's size is the disk's. */
+		int64_t flen = posix_length_of(f->fd);
+
 		memcpy((uint8_t *)b + (off - start), buf, len);
 		n = pwrite(f->fd, b, end - start, (off_t)start);
+		if (n >= 0 && flen >= 0 && (uint64_t)flen < end &&
+		    ftruncate(f->fd, (off_t)((uint64_t)flen > off + len ? (uint64_t)flen : off + len)))
+			n = -1;
 		n = n < 0 ? n : (ssize_t)len;
 	} else if (n >= 0) {
 		n = (uint64_t)n <= off - start ? 0 :
@@ -76,6 +95,8 @@ static ssize_t posix_pwrite(struct bfile *f, const void *buf, size_t len, uint64
 
 static int posix_flush(struct bfile *f)
 {
+	if (f->no_flush)
+		return 0;
 	return fdatasync(f->fd) ? -errno : 0;
 }
 
@@ -209,6 +230,27 @@ static int bfile_lock(struct bfile *f, bool writable)
 	return ret ? err_set(ret, "%s: cannot lock: %s", f->path, strerror(-ret)) : 0;
 }
 
+/* open() says EINVAL for O_DIRECT on a file system without direct I/O
+ * (older tmpfs, procfs, some FUSE): one message that names the way out. */
+static int direct_refused(const char *path, int oflags, int ret)
+{
+	if (ret != -EINVAL || !(oflags & O_DIRECT))
+		return ret;
+	return err_set(ret, "%s: the file system refuses O_DIRECT (cache=none and "
+		       "cache=directsync need it); use cache=writeback", path);
+}
+
+static unsigned int direct_align(int fd)
+{
+	struct stat st;
+	int ssz;
+
+	if (!fstat(fd, &st) && S_ISBLK(st.st_mode) && !ioctl(fd, BLKSSZGET, &ssz) &&
+	    ssz >= 512 && !(ssz & (ssz - 1)))
+		return (unsigned int)ssz;
+	return DIRECT_ALIGN_FILE;
+}
+
 int bfile_open(const char *path, int flags, struct bfile **out)
 {
 	return bfile_open_policy(path, flags, NULL, 0, out);
@@ -227,13 +269,15 @@ int bfile_open_policy(const char *path, int flags, const struct block_policy *p,
 		oflags |= O_CREAT | O_RDWR;
 	if (flags & BFILE_DIRECT)
 		oflags |= O_DIRECT;
+	if (flags & BFILE_DSYNC)
+		oflags |= O_DSYNC;
 	/* An image is a regular file or a block device, checked before any
 	 * read: a FIFO would block its reader (the policy checks the same). */
 	if (p && (ret = block_policy_open(p, path, oflags, depth, &fd)))
-		return ret;
+		return direct_refused(path, oflags, ret);
 	if (!p && (fd = file_open_checked(path, oflags & ~O_CLOEXEC, 0644, NULL,
 					  FILE_REG | FILE_BLK)) < 0)
-		return fd;
+		return direct_refused(path, oflags, fd);
 	f = bfile_alloc(&posix_ops, path, !(oflags & O_RDWR));
 	if (!f) {
 		close(fd);
@@ -242,7 +286,8 @@ int bfile_open_policy(const char *path, int flags, const struct block_policy *p,
 	f->fd = fd;
 	f->policy = p;
 	f->depth = depth;
-	f->priv = (flags & BFILE_DIRECT) ? (void *)1 : NULL;	/* marks O_DIRECT */
+	f->direct_align = (flags & BFILE_DIRECT) ? direct_align(fd) : 0;
+	f->no_flush = (flags & BFILE_NO_FLUSH) != 0;
 	f->force_share = (flags & BFILE_FORCE_SHARE) != 0;
 	ret = f->force_share ? 0 : bfile_lock(f, !f->readonly);
 	if (!ret && (flags & BFILE_CREATE) && ftruncate(fd, 0) < 0)
@@ -483,7 +528,8 @@ int bfile_pwrite(struct bfile *f, const void *buf, size_t len, uint64_t off)
 
 int bfile_pwrite_zeroes(struct bfile *f, uint64_t off, uint64_t len)
 {
-	static const uint8_t zeroes[65536];
+	/* aligned: with O_DIRECT it is written without a bounce */
+	static const uint8_t zeroes[65536] __attribute__((aligned(4096)));
 
 	while (len) {
 		size_t n = len < sizeof(zeroes) ? (size_t)len : sizeof(zeroes);

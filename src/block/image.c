@@ -215,6 +215,8 @@ int image_open_policy(const char *path, const char *fmt, int flags,
 	}
 	ret = bfile_open_policy(path, ((flags & IMAGE_RDWR) ? BFILE_RDWR : BFILE_RDONLY) |
 				((flags & IMAGE_DIRECT) ? BFILE_DIRECT : 0) |
+				((flags & IMAGE_DSYNC) ? BFILE_DSYNC : 0) |
+				((flags & IMAGE_NO_FLUSH) ? BFILE_NO_FLUSH : 0) |
 				((flags & IMAGE_FORCE_SHARE) ? BFILE_FORCE_SHARE : 0), copy ? copy : p, 0,
 				&file);
 	if (!ret)

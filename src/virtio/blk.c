@@ -46,6 +46,7 @@ struct virtio_blk {
 	struct virtio_dev dev;
 	struct blockdev *bd;
 	struct ratelimit limit;
+	struct virtio_device_ops ops;	/* blk_ops with this disk's features */
 	char serial[21];
 	struct virtq_elem elem;
 	struct iovec data[VIRTQ_MAX_SEGS];
@@ -227,9 +228,10 @@ int virtio_blk_create(struct vm *vm, struct pci_bus *bus, const struct disk_conf
 		      struct virtio_blk **out)
 {
 	struct blockdev_opts bo = { .path = cfg->path, .format = cfg->format,
-				    .readonly = cfg->readonly, .policy = cfg->policy };
+				    .readonly = cfg->readonly, .policy = cfg->policy,
+				    .cache = (enum block_cache)cfg->cache };
 	struct virtio_blk *blk = calloc(1, sizeof(*blk));
-	static struct virtio_device_ops ro_ops;
+	struct virtio_device_ops *ops;
 	int ret;
 
 	if (!blk)
@@ -241,10 +243,16 @@ int virtio_blk_create(struct vm *vm, struct pci_bus *bus, const struct disk_conf
 	ratelimit_set(&blk->limit, cfg->bps, cfg->iops);
 	if (cfg->serial)
 		strncpy(blk->serial, cfg->serial, 20);
-	ro_ops = blk_ops;
-	ro_ops.features |= BLK_F_RO;
-	ret = virtio_pci_create(&blk->dev, vm, bus, blockdev_readonly(blk->bd) ? &ro_ops : &blk_ops,
-				blk, 60);
+	/* Without F_FLUSH the guest treats the disk as write-through, which
+	 * O_DSYNC modes are; cache=unsafe still says "volatile cache" and
+	 * then ignores the flushes (as QEMU does). */
+	ops = &blk->ops;
+	*ops = blk_ops;
+	if (blockdev_readonly(blk->bd))
+		ops->features |= BLK_F_RO;
+	if (!block_cache_volatile(bo.cache))
+		ops->features &= ~BLK_F_FLUSH;
+	ret = virtio_pci_create(&blk->dev, vm, bus, ops, blk, 60);
 	if (ret)
 		goto close_bd;
 	blk_fill_config(blk);
