@@ -55,6 +55,7 @@ struct mgr_disk {
 	char *format;                /* NULL: probe */
 	bool readonly;
 	uint64_t bps, iops;          /* 0: unlimited */
+	int cache;                   /* enum block_cache; 0: writeback */
 };
 
 struct mgr_nic {

@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "vireo/block.h"
 #include "vireo/control.h"
 #include "vireo/log.h"
 #include "vireo/mgr.h"
@@ -165,8 +166,10 @@ static bool opt_ok(int ret)
 
 static int parse_disk(struct json_object *o, struct mgr_disk *d)
 {
-	static const char *const keys[] = { "path", "format", "readonly", "bps", "iops", NULL };
+	static const char *const keys[] = { "path", "format", "readonly", "bps", "iops", "cache",
+					    NULL };
 	int ret = check_keys(o, "a disk", keys);
+	char *cache = NULL;
 
 	if (ret)
 		return ret;
@@ -188,6 +191,13 @@ static int parse_disk(struct json_object *o, struct mgr_disk *d)
 		return ret;
 	if (!opt_ok(ret = get_uint(o, "iops", 0, CONTROL_MAX_RATE, &d->iops)))
 		return ret;
+	if (!opt_ok(ret = get_str(o, "cache", 16, &cache)))
+		return ret;
+	d->cache = cache ? block_cache_parse(cache) : BLOCK_CACHE_WRITEBACK;
+	free(cache);
+	if (d->cache < 0)
+		return err_set(-EINVAL, "disk 'cache' must be none, writeback, writethrough, "
+			       "directsync or unsafe");
 	return 0;
 }
 
@@ -542,6 +552,7 @@ static struct json_object *disk_to_json(const struct mgr_disk *d)
 	json_object_object_add(o, "readonly", json_object_new_boolean(d->readonly));
 	json_object_object_add(o, "bps", json_object_new_int64((int64_t)d->bps));
 	json_object_object_add(o, "iops", json_object_new_int64((int64_t)d->iops));
+	json_object_object_add(o, "cache", json_object_new_string(block_cache_name(d->cache)));
 	return o;
 }
 

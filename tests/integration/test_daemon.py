@@ -453,3 +453,24 @@ def test_disk_limit_set_while_running_holds_in_the_guest(daemon, tmp_path):
     assert set(rand) == {"randwrite", "randread"}, rows
     # 50/s plus at most one 100 ms burst per second of the limiter.
     assert all(0 < v <= 60 for v in rand.values()), rand
+
+
+def test_disk_cache_mode_reaches_the_vmm(daemon, tmp_path):
+    """A disk's "cache" (docs/api.md) is kept in the definition and opens
+    the image with its flags: directsync = O_DIRECT | O_DSYNC."""
+    img = tmp_path / "c.img"
+    img.write_bytes(b"\0" * (1 << 20))
+    st, js = daemon.request("POST", "/vms", {"name": "cbad", "kernel": str(PROBE),
+                                             "disks": [{"path": str(img), "cache": "fast"}]})
+    assert st == 400 and "'cache' must be" in js["error"], js
+    daemon.create("c", disks=[{"path": str(img), "format": "raw", "cache": "directsync"}])
+    assert daemon.vm("c")["disks"][0]["cache"] == "directsync"
+    daemon.ok("POST", "/vms/c/start")
+    pid = daemon.vm("c")["vmm"]["pid"]
+    fds = [fd for fd in os.listdir(f"/proc/{pid}/fd")
+           if os.readlink(f"/proc/{pid}/fd/{fd}") == str(img)]
+    assert fds
+    with open(f"/proc/{pid}/fdinfo/{fds[0]}") as f:
+        flags = int(next(l for l in f if l.startswith("flags:")).split()[1], 8)
+    assert flags & os.O_DIRECT and flags & os.O_DSYNC, oct(flags)
+    daemon.stop("c", force=True)
