@@ -470,3 +470,39 @@ void scn_blk_bench(const char *arg)
 	probe_printf("PROBE blk_bench_done irq=%s irqs=%u kicks=%lu errors=%lu\n",
 		     b.d->msix ? "msix" : "poll", virtio_irq_count(), b.q->kicks, b.errors);
 }
+
+/* blk_wz: mib=M (default 32) MiB of write-zeroes from sector 0, one
+ * request at a time, each as large as the device's max_write_zeroes_sectors
+ * allows; prints how long they took (a rate limit must pace them), then
+ * one request of max + 1 sectors, which the device must refuse. */
+void scn_blk_wz(const char *arg)
+{
+	struct blk b = { 0 };
+	uint64_t left = cmdline_u64("mib", 32) << 11, t0, s = 0;
+	uint32_t max, reqs = 0, failed = 0;
+	int over;
+
+	(void)arg;
+	if (blk_open(&b, BLK_F_WRITE_ZEROES))
+		probe_exit(1);
+	if (!(b.d->features & BLK_F_WRITE_ZEROES)) {
+		probe_printf("PROBE blk_error=no-write-zeroes\n");
+		probe_exit(1);
+	}
+	max = cfg_r32(b.d, 48);
+	if (left > b.capacity)
+		left = b.capacity;
+	t0 = clock_ns();
+	while (left && max) {
+		uint32_t n = left < max ? (uint32_t)left : max;
+
+		failed += blk_sync(&b, T_WRITE_ZEROES, s, NULL, n) != 0;
+		reqs++;
+		s += n;
+		left -= n;
+	}
+	probe_printf("PROBE blk_wz max_sectors=%u max_segs=%u requests=%u failed=%u ms=%lu\n",
+		     max, cfg_r32(b.d, 52), reqs, failed, (clock_ns() - t0) / 1000000);
+	over = max && max < b.capacity ? blk_sync(&b, T_WRITE_ZEROES, 0, NULL, max + 1) : -1;
+	probe_printf("PROBE blk_wz_over status=%d\n", over);
+}

@@ -262,6 +262,7 @@ static void scn_virtio(const char *arg)
 	static void name(const char *arg) { virtio_scn = fn; scn_virtio(arg); }
 VIRTIO_SCN(scn_blk_wrap, scn_blk)
 VIRTIO_SCN(scn_blk_bench_wrap, scn_blk_bench)
+VIRTIO_SCN(scn_blk_wz_wrap, scn_blk_wz)
 VIRTIO_SCN(scn_rng_wrap, scn_rng)
 VIRTIO_SCN(scn_balloon_wrap, scn_balloon)
 VIRTIO_SCN(scn_net_wrap, scn_net)
@@ -283,6 +284,7 @@ static const struct scenario {
 	{ "serial_irq", scn_serial_irq_wrap },
 	{ "blk", scn_blk_wrap },
 	{ "blk_bench", scn_blk_bench_wrap },
+	{ "blk_wz", scn_blk_wz_wrap },
 	{ "rng", scn_rng_wrap },
 	{ "balloon", scn_balloon_wrap },
 	{ "net", scn_net_wrap },

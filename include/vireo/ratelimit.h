@@ -29,6 +29,12 @@ void ratelimit_init(struct ratelimit *rl);
 void ratelimit_set(struct ratelimit *rl, uint64_t bytes_per_s, uint64_t ops_per_s);
 /* Nanoseconds to wait before the next request may start; 0 = now. */
 uint64_t ratelimit_delay_ns(struct ratelimit *rl, uint64_t now_ns);
+/* Firecracker's order, for requests whose cost is known before they run:
+ * takes one operation of `bytes` and returns 0 if both buckets hold it;
+ * else takes nothing and returns the nanoseconds until they will (the
+ * caller puts the request back and asks again then). A request larger than
+ * a bucket's capacity is taken when that bucket is full, into debt. */
+uint64_t ratelimit_consume(struct ratelimit *rl, uint64_t bytes, uint64_t now_ns);
 /* Charges one operation of `bytes`. */
 void ratelimit_charge(struct ratelimit *rl, uint64_t bytes, uint64_t now_ns);
 uint64_t ratelimit_now_ns(void);

@@ -91,3 +91,38 @@ void ratelimit_charge(struct ratelimit *rl, uint64_t bytes, uint64_t now_ns)
 	}
 	pthread_mutex_unlock(&rl->lock);
 }
+
+/* 0 if `cost` may be taken from b now; else how long until it may. */
+static uint64_t bucket_wait(struct token_bucket *b, double cost, uint64_t now_ns)
+{
+	double cap = (double)bucket_capacity(b), need;
+
+	if (!b->rate)
+		return 0;
+	bucket_refill(b, now_ns);
+	need = cost < cap ? cost : cap;	/* larger: a full bucket, then debt */
+	if (b->tokens >= need)
+		return 0;
+	return (uint64_t)((need - b->tokens) * 1e9 / (double)b->rate) + 1;
+}
+
+uint64_t ratelimit_consume(struct ratelimit *rl, uint64_t bytes, uint64_t now_ns)
+{
+	uint64_t a, b;
+
+	pthread_mutex_lock(&rl->lock);
+	a = bucket_wait(&rl->bytes, (double)bytes, now_ns);
+	b = bucket_wait(&rl->ops, 1, now_ns);
+	if (a < b)
+		a = b;
+	if (a) {
+		rl->throttled_ns += a;	/* the caller waits exactly this long */
+	} else {
+		if (rl->bytes.rate)
+			rl->bytes.tokens -= (double)bytes;
+		if (rl->ops.rate)
+			rl->ops.tokens -= 1;
+	}
+	pthread_mutex_unlock(&rl->lock);
+	return a;
+}

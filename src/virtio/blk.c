@@ -29,6 +29,13 @@ enum { S_OK = 0, S_IOERR = 1, S_UNSUPP = 2 };
 
 #define SECTOR 512ULL
 #define MAX_DISCARD_SEGS 32
+/* Per segment, advertised in the config: a guest splits larger ranges, so
+ * one request costs at most 8 MiB of the byte bucket and the limiter paces
+ * the rest (1 GiB of zeroes at 1 MiB/s takes ~1000 s, not one request's
+ * worth of debt). Write-zeroes takes one segment. */
+#define MAX_DISCARD_SECTORS 16384u
+#define MAX_WZ_SECTORS      16384u
+#define MAX_WZ_SEGS         1u
 
 struct blk_req_header {
 	uint32_t type;
@@ -104,18 +111,35 @@ static uint8_t blk_rw(struct virtio_blk *blk, const struct blk_req_header *h, bo
 	return S_OK;
 }
 
+/* A discard or write-zeroes request's segments, within the limits the
+ * config advertises: their count, or -S_IOERR / -S_UNSUPP. */
+static int blk_segs(struct virtio_blk *blk, bool zeroes, struct blk_discard_seg *segs)
+{
+	size_t bytes = blk->elem.out_len - sizeof(struct blk_req_header);
+	unsigned int n, max_segs = zeroes ? MAX_WZ_SEGS : MAX_DISCARD_SEGS;
+	uint32_t max_sectors = zeroes ? MAX_WZ_SECTORS : MAX_DISCARD_SECTORS;
+
+	if (bytes % sizeof(segs[0]) || bytes / sizeof(segs[0]) > MAX_DISCARD_SEGS || !bytes)
+		return -S_IOERR;
+	n = (unsigned int)(bytes / sizeof(segs[0]));
+	if (n > max_segs)
+		return -S_UNSUPP;
+	virtq_read_out(&blk->elem, sizeof(struct blk_req_header), segs, bytes);
+	for (unsigned int i = 0; i < n; i++)
+		if (segs[i].num_sectors > max_sectors)
+			return -S_UNSUPP;
+	return (int)n;
+}
+
 static uint8_t blk_discard(struct virtio_blk *blk, bool zeroes)
 {
 	struct blk_discard_seg segs[MAX_DISCARD_SEGS];
-	size_t bytes = blk->elem.out_len - sizeof(struct blk_req_header);
 	uint64_t size = blockdev_size(blk->bd);
-	unsigned int n;
+	int n = blk_segs(blk, zeroes, segs);
 
-	if (bytes % sizeof(segs[0]) || bytes / sizeof(segs[0]) > MAX_DISCARD_SEGS || !bytes)
-		return S_IOERR;
-	n = (unsigned int)(bytes / sizeof(segs[0]));
-	virtq_read_out(&blk->elem, sizeof(struct blk_req_header), segs, bytes);
-	for (unsigned int i = 0; i < n; i++) {
+	if (n < 0)
+		return (uint8_t)-n;
+	for (int i = 0; i < n; i++) {
 		uint64_t off = segs[i].sector * SECTOR, len = segs[i].num_sectors * SECTOR;
 		int ret;
 
@@ -154,45 +178,68 @@ static uint8_t blk_execute(struct virtio_blk *blk, const struct blk_req_header *
 	}
 }
 
-/* One popped request. Returns false if the chain is malformed. */
-static bool blk_handle(struct virtio_blk *blk, struct virtq *vq, uint64_t now)
+/* What a request costs the byte bucket, known before it runs: the data
+ * it moves, or the range it zeroes or discards (0 if it will be refused:
+ * it still costs an operation). */
+static uint64_t blk_cost(struct virtio_blk *blk, const struct blk_req_header *h)
 {
-	struct blk_req_header h;
-	uint32_t written = 0;
-	uint8_t status;
+	struct blk_discard_seg segs[MAX_DISCARD_SEGS];
+	uint64_t bytes = 0;
+	int n;
 
-	if (blk->elem.out_len < sizeof(h) || blk->elem.in_len < 1)
-		return false;
-	virtq_read_out(&blk->elem, 0, &h, sizeof(h));
-	status = blk_execute(blk, &h, &written);
-	virtq_write_in(&blk->elem, blk->elem.in_len - 1, &status, 1);
-	if (h.type == T_IN || h.type == T_OUT)
-		ratelimit_charge(&blk->limit, h.type == T_IN ? written :
-				 blk->elem.out_len - sizeof(h), now);
-	virtq_push(vq, &blk->elem, written + 1);
-	return true;
+	switch (h->type) {
+	case T_IN:
+		return blk->elem.in_len - 1;
+	case T_OUT:
+		return blk->elem.out_len - sizeof(*h);
+	case T_DISCARD:
+	case T_WRITE_ZEROES:
+		n = blk_segs(blk, h->type == T_WRITE_ZEROES, segs);
+		for (int i = 0; i < n; i++)
+			bytes += segs[i].num_sectors * SECTOR;
+		return bytes;
+	default:
+		return 0;
+	}
 }
 
+/* One popped request, already paid for. */
+static void blk_handle(struct virtio_blk *blk, struct virtq *vq, const struct blk_req_header *h)
+{
+	uint32_t written = 0;
+	uint8_t status = blk_execute(blk, h, &written);
+
+	virtq_write_in(&blk->elem, blk->elem.in_len - 1, &status, 1);
+	virtq_push(vq, &blk->elem, written + 1);
+}
+
+/* Every request is charged before it runs (Firecracker's order): one that
+ * does not fit the buckets goes back on the ring, untouched, until the
+ * refill. */
 static void blk_notify(struct virtio_dev *dev, unsigned int q)
 {
 	struct virtio_blk *blk = dev->opaque;
 	struct virtq *vq = &dev->vqs[q];
 
 	for (;;) {
-		uint64_t now = ratelimit_now_ns(), wait = ratelimit_delay_ns(&blk->limit, now);
-		int ret;
+		struct blk_req_header h;
+		uint64_t wait;
+		int ret = virtq_pop(vq, &blk->elem);
 
-		if (wait) {
-			virtio_defer(dev, q, wait);
-			break;
-		}
-		ret = virtq_pop(vq, &blk->elem);
 		if (ret == 0)
 			break;
-		if (ret < 0 || !blk_handle(blk, vq, now)) {
+		if (ret < 0 || blk->elem.out_len < sizeof(h) || blk->elem.in_len < 1) {
 			virtio_set_broken(dev, ret < 0 ? err_get() : "request without header or status");
 			break;
 		}
+		virtq_read_out(&blk->elem, 0, &h, sizeof(h));
+		wait = ratelimit_consume(&blk->limit, blk_cost(blk, &h), ratelimit_now_ns());
+		if (wait) {
+			virtq_unpop(vq, 1);
+			virtio_defer(dev, q, wait);
+			break;
+		}
+		blk_handle(blk, vq, &h);
 	}
 	virtio_notify(dev, q);
 }
@@ -216,11 +263,11 @@ static void blk_fill_config(struct virtio_blk *blk)
 	put32(c + 12, VIRTQ_MAX_SEGS - 2);
 	put32(c + 20, 512);
 	c[34] = 1;
-	put32(c + 36, 0x3fffff);      /* max_discard_sectors */
+	put32(c + 36, MAX_DISCARD_SECTORS);
 	put32(c + 40, MAX_DISCARD_SEGS);
 	put32(c + 44, 1);
-	put32(c + 48, 0x3fffff);
-	put32(c + 52, MAX_DISCARD_SEGS);
+	put32(c + 48, MAX_WZ_SECTORS);
+	put32(c + 52, MAX_WZ_SEGS);
 	c[56] = 1;
 }
 

@@ -64,12 +64,55 @@ static void ops_bucket_limits_count(void **state)
 	assert_true(ops >= 209 && ops <= 211); /* 10 burst + 2 s x 100 */
 }
 
+/* Firecracker's order: a request that does not fit takes nothing, and
+ * fits once the wait it was told has passed. */
+static void consume_takes_nothing_until_it_fits(void **state)
+{
+	struct ratelimit rl;
+	uint64_t t = 1000 * SEC, d;
+
+	(void)state;
+	ratelimit_init(&rl);
+	ratelimit_set(&rl, 1000000, 0);	/* 1 MB/s, a 100 kB bucket */
+	rl.bytes.last_ns = t;
+	assert_int_equal(ratelimit_consume(&rl, 60000, t), 0);
+	d = ratelimit_consume(&rl, 60000, t);	/* 40 kB left */
+	assert_true(d > 19 * SEC / 1000 && d <= 21 * SEC / 1000);
+	assert_true(rl.bytes.tokens > 39999 && rl.bytes.tokens < 40001); /* untouched */
+	assert_int_equal(ratelimit_consume(&rl, 60000, t + d), 0);
+}
+
+/* The issue's case: 1 GiB of write-zeroes through 1 MiB/s, as 8 MiB
+ * requests (the device's max_write_zeroes_sectors), each sent as soon as
+ * it is allowed: more than 1000 s. One request larger than the bucket goes
+ * on a full bucket, into debt. */
+static void gib_of_zeroes_at_one_mib_takes_1000_s(void **state)
+{
+	struct ratelimit rl;
+	uint64_t start = 1000 * SEC, t = start;
+
+	(void)state;
+	ratelimit_init(&rl);
+	ratelimit_set(&rl, 1 << 20, 0);
+	rl.bytes.last_ns = t;
+	for (int i = 0; i < 128; i++) {
+		uint64_t d;
+
+		while ((d = ratelimit_consume(&rl, 8 << 20, t)))
+			t += d;
+	}
+	assert_true(t - start >= 1000 * SEC);
+	assert_true(t - start <= 1024 * SEC);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(unlimited_never_waits),
 		cmocka_unit_test(bandwidth_debt_is_paid_at_the_rate),
 		cmocka_unit_test(ops_bucket_limits_count),
+		cmocka_unit_test(consume_takes_nothing_until_it_fits),
+		cmocka_unit_test(gib_of_zeroes_at_one_mib_takes_1000_s),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
