@@ -59,7 +59,9 @@ struct mgr_disk {
 };
 
 struct mgr_nic {
-	char *tap;                   /* NULL: the kernel names it */
+	char *tap;                   /* NULL: the kernel names it (or, with a
+				      * network, mgr_nic_tap() does) */
+	char *network;               /* NULL: none; else a bridge port there */
 	char *mac;                   /* NULL: random */
 	unsigned int mtu;            /* 0: 1500 */
 	uint64_t rx_bps, tx_bps;     /* 0: unlimited */
@@ -215,6 +217,7 @@ struct mgr {
 	unsigned int mem_low_pct;    /* guest free below this %: under pressure */
 	unsigned int mem_high_pct;   /* guest free above this %: idle */
 	struct mgr_vm *vms;
+	struct mgr_net *nets;        /* networks.c */
 	pthread_t info_thread;       /* refreshes vm->info (mgr_info_start) */
 	bool info_running, info_quit;
 	pthread_cond_t info_cond;
@@ -245,6 +248,34 @@ void mgr_check(struct mgr *m);
 
 /* Error classes, mapped to HTTP statuses by the API. */
 enum mgr_err { MGR_OK, MGR_E_BAD, MGR_E_NOT_FOUND, MGR_E_CONFLICT, MGR_E_FAILED };
+
+/* ---- networks (src/mgr/networks.c): a Linux bridge "vb-NAME" each ----
+ * DIR/networks/NAME.json holds {"name", "vlan_aware", "uplink"?}; at start
+ * every network's bridge is re-created, or adopted if it exists. All under
+ * m->lock. */
+#define MGR_NET_NAME_MAX 12          /* "vb-" + name fits IFNAMSIZ */
+struct mgr_net {
+	char name[MGR_NET_NAME_MAX + 1];
+	char bridge[16];
+	char uplink[16];             /* "": none */
+	bool vlan_aware;
+	struct mgr_net *next;
+};
+int mgr_net_load(struct mgr *m);
+void mgr_net_free_all(struct mgr *m);
+struct mgr_net *mgr_net_find(struct mgr *m, const char *name);
+enum mgr_err mgr_net_create(struct mgr *m, struct json_object *body, struct json_object **out);
+enum mgr_err mgr_net_delete(struct mgr *m, const char *name);
+struct json_object *mgr_net_json(const struct mgr_net *n);
+struct json_object *mgr_net_list_json(struct mgr *m);
+/* Every vNIC's network exists (at VM create): 0 or -EINVAL naming the field. */
+int mgr_net_check_def(struct mgr *m, const struct vm_def *def);
+/* The tap name of vNIC i: its "tap", or for a vNIC on a network without
+ * one a name made from the VM's name ("vt" + hash + "." + i), so the
+ * daemon knows which link to make a port. "" if the kernel picks. */
+void mgr_nic_tap(const struct vm_def *def, unsigned int i, char out[16]);
+/* Makes the running VMM's taps ports of their networks' bridges, up. */
+int mgr_net_attach(struct mgr *m, const struct vm_def *def);
 
 /* Each returns MGR_OK or an error class with err_set() detail. */
 enum mgr_err mgr_create(struct mgr *m, struct vm_def *def); /* takes def */

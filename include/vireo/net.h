@@ -15,4 +15,19 @@ int tap_open(const char *name, size_t hdr_len, char *name_out);
  * none, the kernel hands us only complete, checksummed frames. */
 int tap_set_offload(int fd, bool csum, bool tso4, bool tso6, bool ecn);
 
+/* Linux bridges over rtnetlink (src/net/bridge.c). Each returns 0 or
+ * -errno with err_set() detail. VLANs (per-port vids) and the firewall
+ * come later and take a bridge made here with vlan_filtering. */
+
+/* Creates bridge `name` and brings it up. vlan_filtering: the kernel must
+ * support it (CONFIG_BRIDGE_VLAN_FILTERING), else -EOPNOTSUPP and no bridge
+ * is left behind. */
+int bridge_create(const char *name, bool vlan_filtering);
+int bridge_delete(const char *name);
+/* Is `name` an existing bridge (-ENOENT: no such link, -ENOTTY: not a bridge)? */
+int bridge_check(const char *name);
+/* Makes link `port` a port of `bridge`, or (bridge NULL) of none. */
+int bridge_set_port(const char *bridge, const char *port);
+int link_set_up(const char *name);
+
 #endif

@@ -341,7 +341,7 @@ static void route_create(struct mgr *m, const struct upload *u, struct reply *r)
 		return;
 	}
 	json_object_put(body);
-	if (vm_def_check_new(&def, m->state_dir)) {
+	if (vm_def_check_new(&def, m->state_dir) || mgr_net_check_def(m, &def)) {
 		vm_def_free(&def);
 		return reply_error(r, 400, "bad-request", err_get());
 	}
@@ -617,6 +617,53 @@ static size_t keep_escapes(void *cls, struct MHD_Connection *c, char *s)
 	return strlen(s);
 }
 
+/* /networks[/NAME] (networks.c). */
+static void route_networks(struct mgr *m, const char *method, const char *name,
+			   const struct upload *u, struct reply *r)
+{
+	struct json_object *body;
+	struct mgr_net *n;
+	enum mgr_err e;
+
+	if (!name && !strcmp(method, "GET")) {
+		r->status = 200;
+		r->json = mgr_net_list_json(m);
+		return;
+	}
+	if (!name && !strcmp(method, "POST")) {
+		if (parse_body(u, false, &body, r))
+			return;
+		e = mgr_net_create(m, body, &r->json);
+		json_object_put(body);
+		if (e != MGR_OK)
+			return reply_mgr_error(r, e);
+		r->status = 201;
+		return;
+	}
+	if (!name) {
+		r->allow = "GET, POST";
+		return reply_error(r, 405, "method-not-allowed", "use GET or POST");
+	}
+	if (!strcmp(method, "DELETE")) {
+		e = mgr_net_delete(m, name);
+		if (e != MGR_OK)
+			return reply_mgr_error(r, e);
+		r->status = 200;
+		r->json = json_object_new_object();
+		json_object_object_add(r->json, "deleted", json_object_new_string(name));
+		return;
+	}
+	if (strcmp(method, "GET")) {
+		r->allow = "GET, DELETE";
+		return reply_error(r, 405, "method-not-allowed", "use GET or DELETE");
+	}
+	n = mgr_net_find(m, name);
+	if (!n)
+		return reply_error(r, 404, "not-found", "no such network");
+	r->status = 200;
+	r->json = mgr_net_json(n);
+}
+
 static void route(struct mgr *m, const char *method, const char *url, const struct upload *u,
 		  struct reply *r)
 {
@@ -637,6 +684,8 @@ static void route(struct mgr *m, const char *method, const char *url, const stru
 		r->text = mgr_metrics(m);
 		return;
 	}
+	if (n >= 1 && n <= 2 && !strcmp(seg[0], "networks"))
+		return route_networks(m, method, n == 2 ? seg[1] : NULL, u, r);
 	if (n < 1 || strcmp(seg[0], "vms"))
 		return reply_error(r, 404, "not-found", "no such route (see docs/api.md)");
 	if (n == 1 && !strcmp(method, "GET"))

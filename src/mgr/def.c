@@ -251,7 +251,8 @@ static bool tap_valid(const char *s)
 
 static int parse_nic(struct json_object *o, struct mgr_nic *n)
 {
-	static const char *const keys[] = { "tap", "mac", "mtu", "rx_bps", "tx_bps", NULL };
+	static const char *const keys[] = { "tap", "mac", "mtu", "rx_bps", "tx_bps", "network",
+					    NULL };
 	uint64_t mtu = 0;
 	int ret = check_keys(o, "a nic", keys);
 
@@ -261,6 +262,9 @@ static int parse_nic(struct json_object *o, struct mgr_nic *n)
 		return ret;
 	if (n->tap && !tap_valid(n->tap))
 		return err_set(-EINVAL, "'tap' must be 1 to 15 of A-Z a-z 0-9 _ . -");
+	/* Whether it exists is checked at create (mgr_net_check_def). */
+	if (!opt_ok(ret = get_str(o, "network", MGR_NET_NAME_MAX, &n->network)))
+		return ret;
 	if (!opt_ok(ret = get_str(o, "mac", 64, &n->mac)))
 		return ret;
 	if (n->mac && !mac_valid(n->mac))
@@ -535,6 +539,7 @@ void vm_def_free(struct vm_def *def)
 	}
 	for (unsigned int i = 0; i < def->nnics; i++) {
 		free(def->nics[i].tap);
+		free(def->nics[i].network);
 		free(def->nics[i].mac);
 	}
 	for (unsigned int i = 0; i < def->npin; i++)
@@ -562,6 +567,8 @@ static struct json_object *nic_to_json(const struct mgr_nic *n)
 
 	if (n->tap)
 		json_object_object_add(o, "tap", json_object_new_string(n->tap));
+	if (n->network)
+		json_object_object_add(o, "network", json_object_new_string(n->network));
 	if (n->mac)
 		json_object_object_add(o, "mac", json_object_new_string(n->mac));
 	if (n->mtu)

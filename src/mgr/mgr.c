@@ -123,7 +123,8 @@ static int sock_path(struct mgr *m, const char *name, char *buf, size_t size)
 static int make_dirs(struct mgr *m)
 {
 	/* jail: the VMMs' empty chroot (root's, 0700: they cannot even list it) */
-	static const char *const subs[] = { "", "/vms", "/run", "/logs", "/jail", "/images" };
+	static const char *const subs[] = { "", "/vms", "/run", "/logs", "/jail", "/images",
+						   "/networks" };
 	char path[PATH_MAX + 8];
 
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
@@ -398,6 +399,7 @@ int mgr_open(struct mgr *m, const char *state_dir, const char *cgroup_mode)
 		log_warn("no cgroups: VMs run without CPU and memory limits (%s)", m->cg.reason);
 	/* Locked as always, so that adopting a VMM can drop the lock. */
 	pthread_mutex_lock(&m->lock);
+	mgr_net_load(m);	/* before the VMs: adopted ones keep their ports */
 	ret = load_all(m);
 	pthread_mutex_unlock(&m->lock);
 	return ret;
@@ -419,6 +421,7 @@ void mgr_close(struct mgr *m)
 		vm->deleted = true;
 		mgr_unref(m, vm);
 	}
+	mgr_net_free_all(m);	/* the bridges stay: VMMs outlive the daemon */
 }
 
 /* ---- operations ---- */

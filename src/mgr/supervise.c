@@ -335,13 +335,14 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 	}
 	for (unsigned int i = 0; i < d->nnics; i++) {
 		const struct mgr_nic *k = &d->nics[i];
-		char mtu[16] = "";
+		char mtu[16] = "", tap[16];
 
+		mgr_nic_tap(d, i, tap);
 		if (k->mtu)
 			snprintf(mtu, sizeof(mtu), ",mtu=%u", k->mtu);
 		argv[n++] = xasprintf("--net=rx_bps=%llu,tx_bps=%llu%s%s%s%s%s",
 				      (unsigned long long)k->rx_bps, (unsigned long long)k->tx_bps,
-				      k->tap ? ",tap=" : "", k->tap ? k->tap : "",
+				      *tap ? ",tap=" : "", tap,
 				      k->mac ? ",mac=" : "", k->mac ? k->mac : "", mtu);
 	}
 	if (d->balloon)
@@ -657,6 +658,9 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock, bool *untouche
 	close(lockfd);	/* the VMM holds it now (or nobody does) */
 	if (!ret)
 		ret = vmm_wait_ready(m, vm, sock);
+	/* The VMM made its taps (they go with it): now they join their bridges. */
+	if (!ret)
+		ret = mgr_net_attach(m, &vm->def);
 	if (!ret) {
 		/* Pins change only under the VM's lock, which is held. */
 		pthread_mutex_unlock(&m->lock);

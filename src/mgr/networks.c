@@ -1,0 +1,336 @@
+/* Networks: named Linux bridges the daemon owns (include/vireo/mgr.h).
+ * The kernel's bridge forwards between the VMMs' taps (and an uplink); we
+ * create it, add ports and read its counters, nothing on the data path. */
+#include <dirent.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vireo/log.h"
+#include "vireo/mgr.h"
+#include "vireo/net.h"
+
+static bool net_name_valid(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > MGR_NET_NAME_MAX || s[0] == '-')
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+		      (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '-'))
+			return false;
+	return true;
+}
+
+struct mgr_net *mgr_net_find(struct mgr *m, const char *name)
+{
+	for (struct mgr_net *n = m->nets; n; n = n->next)
+		if (!strcmp(n->name, name))
+			return n;
+	return NULL;
+}
+
+void mgr_net_free_all(struct mgr *m)
+{
+	while (m->nets) {
+		struct mgr_net *n = m->nets;
+
+		m->nets = n->next;
+		free(n);
+	}
+}
+
+/* {"name", "vlan_aware"?, "uplink"?} into n: 0 or -EINVAL naming the field. */
+static int net_from_json(struct json_object *o, struct mgr_net *n)
+{
+	struct json_object *v;
+
+	memset(n, 0, sizeof(*n));
+	json_object_object_foreach(o, key, val) {
+		(void)val;
+		if (strcmp(key, "name") && strcmp(key, "vlan_aware") && strcmp(key, "uplink"))
+			return err_set(-EINVAL, "unknown field '%s' in a network", key);
+	}
+	if (!json_object_object_get_ex(o, "name", &v) || !json_object_is_type(v, json_type_string) ||
+	    !net_name_valid(json_object_get_string(v)))
+		return err_set(-EINVAL, "'name' must be 1 to %d of A-Z a-z 0-9 _ - (not starting "
+			       "with -)", MGR_NET_NAME_MAX);
+	strcpy(n->name, json_object_get_string(v));
+	snprintf(n->bridge, sizeof(n->bridge), "vb-%s", n->name);
+	if (json_object_object_get_ex(o, "vlan_aware", &v)) {
+		if (!json_object_is_type(v, json_type_boolean))
+			return err_set(-EINVAL, "'vlan_aware' must be true or false");
+		n->vlan_aware = json_object_get_boolean(v);
+	}
+	if (json_object_object_get_ex(o, "uplink", &v)) {
+		const char *s = json_object_is_type(v, json_type_string) ?
+				json_object_get_string(v) : "";
+
+		if (!*s || strlen(s) >= sizeof(n->uplink) || strchr(s, '/'))
+			return err_set(-EINVAL, "'uplink' must be an interface name (1 to 15 bytes)");
+		strcpy(n->uplink, s);
+	}
+	return 0;
+}
+
+static struct json_object *net_def_json(const struct mgr_net *n)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "name", json_object_new_string(n->name));
+	json_object_object_add(o, "vlan_aware", json_object_new_boolean(n->vlan_aware));
+	if (*n->uplink)
+		json_object_object_add(o, "uplink", json_object_new_string(n->uplink));
+	return o;
+}
+
+static uint64_t sys_counter(const char *ifname, const char *what)
+{
+	char path[128];
+	unsigned long long v = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/class/net/%s/statistics/%s", ifname, what);
+	f = fopen(path, "re");
+	if (f) {
+		if (fscanf(f, "%llu", &v) != 1)
+			v = 0;
+		fclose(f);
+	}
+	return v;
+}
+
+struct json_object *mgr_net_json(const struct mgr_net *n)
+{
+	static const char *const counters[] = { "rx_bytes", "rx_packets", "tx_bytes",
+						"tx_packets", "rx_dropped", "tx_dropped" };
+	struct json_object *o = net_def_json(n), *ports = json_object_new_array();
+	struct json_object *c = json_object_new_object();
+	char path[64];
+	struct dirent *e;
+	DIR *d;
+
+	json_object_object_add(o, "bridge", json_object_new_string(n->bridge));
+	json_object_object_add(o, "present", json_object_new_boolean(!bridge_check(n->bridge)));
+	snprintf(path, sizeof(path), "/sys/class/net/%s/brif", n->bridge);
+	d = opendir(path);
+	while (d && (e = readdir(d))) {
+		struct json_object *p;
+
+		if (e->d_name[0] == '.')
+			continue;
+		p = json_object_new_object();
+		json_object_object_add(p, "name", json_object_new_string(e->d_name));
+		json_object_object_add(p, "rx_bytes", json_object_new_int64(
+			(int64_t)sys_counter(e->d_name, "rx_bytes")));
+		json_object_object_add(p, "tx_bytes", json_object_new_int64(
+			(int64_t)sys_counter(e->d_name, "tx_bytes")));
+		json_object_array_add(ports, p);
+	}
+	if (d)
+		closedir(d);
+	json_object_object_add(o, "ports", ports);
+	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
+		json_object_object_add(c, counters[i], json_object_new_int64(
+			(int64_t)sys_counter(n->bridge, counters[i])));
+	json_object_object_add(o, "counters", c);
+	return o;
+}
+
+struct json_object *mgr_net_list_json(struct mgr *m)
+{
+	struct json_object *arr = json_object_new_array(), *o = json_object_new_object();
+
+	for (struct mgr_net *n = m->nets; n; n = n->next)
+		json_object_array_add(arr, mgr_net_json(n));
+	json_object_object_add(o, "networks", arr);
+	return o;
+}
+
+/* Creates (or, `adopt`, takes over an existing) bridge for n, with its
+ * uplink. A failure leaves no bridge we made. */
+static int net_build(const struct mgr_net *n, bool adopt)
+{
+	int ret = bridge_check(n->bridge);
+	bool made = false;
+
+	if (ret == -ENOTTY)
+		return err_set(-EEXIST, "%s exists and is not a bridge", n->bridge);
+	if (!ret && !adopt)
+		return err_set(-EEXIST, "bridge %s exists already", n->bridge);
+	if (ret) {
+		ret = bridge_create(n->bridge, n->vlan_aware);
+		if (ret)
+			return ret;
+		made = true;
+	}
+	if (*n->uplink && ((ret = bridge_set_port(n->bridge, n->uplink)) ||
+			   (ret = link_set_up(n->uplink)))) {
+		if (made)
+			bridge_delete(n->bridge);
+		return ret;
+	}
+	return 0;
+}
+
+static int net_path(struct mgr *m, const char *name, char *buf, size_t size)
+{
+	return store_path(m, buf, size, "networks", name, ".json");
+}
+
+enum mgr_err mgr_net_create(struct mgr *m, struct json_object *body, struct json_object **out)
+{
+	struct mgr_net *n = malloc(sizeof(*n));
+	char path[PATH_MAX];
+	struct json_object *def;
+	int ret;
+
+	if (!n)
+		return err_set(-ENOMEM, "out of memory"), MGR_E_FAILED;
+	if (net_from_json(body, n)) {
+		free(n);
+		return MGR_E_BAD;
+	}
+	if (mgr_net_find(m, n->name)) {
+		err_set(-EEXIST, "a network named '%s' exists", n->name);
+		free(n);
+		return MGR_E_CONFLICT;
+	}
+	if (*n->uplink && bridge_check(n->uplink) == -ENOENT) {
+		err_set(-EINVAL, "'uplink': no interface %s on this host", n->uplink);
+		free(n);
+		return MGR_E_BAD;
+	}
+	ret = net_path(m, n->name, path, sizeof(path));
+	if (!ret)
+		ret = net_build(n, false);
+	if (ret) {
+		free(n);
+		return ret == -EEXIST ? MGR_E_CONFLICT :
+		       ret == -EOPNOTSUPP || ret == -EINVAL ? MGR_E_BAD : MGR_E_FAILED;
+	}
+	def = net_def_json(n);
+	ret = store_write_json(path, def);
+	json_object_put(def);
+	if (ret) {
+		bridge_delete(n->bridge);
+		free(n);
+		return MGR_E_FAILED;
+	}
+	n->next = m->nets;
+	m->nets = n;
+	*out = mgr_net_json(n);
+	return MGR_OK;
+}
+
+enum mgr_err mgr_net_delete(struct mgr *m, const char *name)
+{
+	struct mgr_net **pp, *n;
+	char path[PATH_MAX];
+	int ret;
+
+	for (pp = &m->nets; *pp && strcmp((*pp)->name, name); pp = &(*pp)->next)
+		;
+	if (!(n = *pp))
+		return err_set(-ENOENT, "no network named '%s'", name), MGR_E_NOT_FOUND;
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		for (unsigned int i = 0; i < vm->def.nnics; i++)
+			if (vm->def.nics[i].network && !strcmp(vm->def.nics[i].network, name)) {
+				err_set(-EBUSY, "network '%s' is used by VM '%s' (nics[%u])", name,
+					vm->def.name, i);
+				return MGR_E_CONFLICT;
+			}
+	ret = bridge_check(n->bridge);
+	if (!ret && bridge_delete(n->bridge))
+		return MGR_E_FAILED;
+	if (!net_path(m, name, path, sizeof(path)))
+		unlink(path);
+	*pp = n->next;
+	free(n);
+	return MGR_OK;
+}
+
+int mgr_net_load(struct mgr *m)
+{
+	char dir[PATH_MAX], path[PATH_MAX + 300];
+	struct dirent *e;
+	DIR *d;
+
+	if (store_path(m, dir, sizeof(dir), "networks", NULL, NULL) || !(d = opendir(dir)))
+		return 0;
+	while ((e = readdir(d))) {
+		size_t len = strlen(e->d_name);
+		struct json_object *o;
+		struct mgr_net *n;
+
+		if (len < 6 || strcmp(e->d_name + len - 5, ".json"))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		o = store_read_json(path);
+		n = malloc(sizeof(*n));
+		if (!o || !n || net_from_json(o, n) || mgr_net_find(m, n->name)) {
+			log_warn("network file %s skipped: %s", path, err_get());
+			free(n);
+		} else {
+			if (net_build(n, true))
+				log_warn("network %s: %s", n->name, err_get());
+			n->next = m->nets;
+			m->nets = n;
+		}
+		json_object_put(o);
+	}
+	closedir(d);
+	return 0;
+}
+
+int mgr_net_check_def(struct mgr *m, const struct vm_def *def)
+{
+	for (unsigned int i = 0; i < def->nnics; i++)
+		if (def->nics[i].network && !mgr_net_find(m, def->nics[i].network))
+			return err_set(-EINVAL, "nics[%u]: 'network': no network named '%s'", i,
+				       def->nics[i].network);
+	return 0;
+}
+
+void mgr_nic_tap(const struct vm_def *def, unsigned int i, char out[16])
+{
+	uint32_t h = 2166136261u;	/* FNV-1a */
+
+	out[0] = '\0';
+	if (def->nics[i].tap) {
+		snprintf(out, 16, "%s", def->nics[i].tap);
+		return;
+	}
+	if (!def->nics[i].network)
+		return;
+	for (const char *p = def->name; *p; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	snprintf(out, 16, "vt%08x.%u", h, i);
+}
+
+int mgr_net_attach(struct mgr *m, const struct vm_def *def)
+{
+	for (unsigned int i = 0; i < def->nnics; i++) {
+		const struct mgr_net *n;
+		char tap[16];
+		int ret;
+
+		if (!def->nics[i].network)
+			continue;
+		n = mgr_net_find(m, def->nics[i].network);
+		if (!n)
+			return err_set(-ENOENT, "nics[%u]: network '%s' is gone", i,
+				       def->nics[i].network);
+		mgr_nic_tap(def, i, tap);
+		ret = bridge_set_port(n->bridge, tap);
+		if (!ret)
+			ret = link_set_up(tap);
+		if (ret)
+			return err_set(ret, "nics[%u]: network %s: %s", i, n->name, err_get());
+	}
+	return 0;
+}
