@@ -15,6 +15,7 @@ static const struct subcommand subcommands[] = {
 	{ "img", cmd_img, "create, inspect, check, convert and snapshot disk images" },
 	{ "daemon", cmd_daemon, "the host manager: many VMs, JSON API on a Unix socket" },
 	{ "vm", cmd_vm, "client of the daemon: list, create, start, stop, pause, ..." },
+	{ "net", cmd_net, "client of the daemon: virtual networks (Linux bridges)" },
 };
 
 static int usage(FILE *out)

@@ -3,10 +3,21 @@
 #ifndef VIREO_CMD_H
 #define VIREO_CMD_H
 
+#include <stdbool.h>
+
 int cmd_run(int argc, char **argv);
 int cmd_img(int argc, char **argv);
 int cmd_daemon(int argc, char **argv);
 int cmd_vm(int argc, char **argv);
+int cmd_net(int argc, char **argv);
+/* The daemon's HTTP client (src/cmd/vm.c), shared with `vireo net`: one
+ * request; prints a non-2xx reply's error, *ok says whether it succeeded. */
+struct json_object;
+struct json_object *vm_api_call(const char *socket, bool json, const char *method,
+				const char *path, const char *body, bool *ok);
+void vm_api_print_json(struct json_object *o);
+/* Control characters escaped, for text from the daemon (lives briefly). */
+const char *vm_api_safe(const char *s);
 /* vireo vm console (src/cmd/vm-console.c): attaches the terminal to a VMM's
  * console socket until Ctrl-A x or the VM goes away; an exit status. */
 int vm_console_attach(const char *name, const char *path);

@@ -26,7 +26,7 @@ static const char vm_usage[] =
 	"  create NAME --kernel FILE [--cpus N] [--memory SIZE] [--cmdline TEXT]\n"
 	"         [--disk path=FILE[,format=F][,readonly][,bps=SIZE][,iops=N][,cache=MODE]]...\n"
 	"         [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
-	"         [--nic [tap=NAME][,mac=M][,mtu=N][,rx_bps=SIZE][,tx_bps=SIZE]]...\n"
+	"         [--nic [tap=NAME][,network=NET][,mac=M][,mtu=N][,rx_bps=SIZE][,tx_bps=SIZE]]...\n"
 	"         [--balloon [--balloon-target SIZE] [--memory-min SIZE]]\n"
 	"  create --file DEF.json    the definition as JSON (docs/api.md)\n"
 	"  start|pause|resume|reboot|delete NAME\n"
@@ -303,7 +303,7 @@ static int add_number(struct json_object *o, const char *key, const char *text)
 	return 0;
 }
 
-/* --nic "tap=NAME,mac=M,mtu=N,rx_bps=SIZE,tx_bps=SIZE", or --nic-limit
+/* --nic "tap=NAME,network=NET,mac=M,mtu=N,rx_bps=SIZE,tx_bps=SIZE", or --nic-limit
  * "INDEX,rx_bps=SIZE,tx_bps=SIZE" → an object of those fields. */
 static struct json_object *parse_nic(char *spec, bool limit)
 {
@@ -326,7 +326,8 @@ static struct json_object *parse_nic(char *spec, bool limit)
 
 		if (eq)
 			*eq++ = '\0';
-		if (eq && !limit && (!strcmp(tok, "tap") || !strcmp(tok, "mac"))) {
+		if (eq && !limit && (!strcmp(tok, "tap") || !strcmp(tok, "mac") ||
+				     !strcmp(tok, "network"))) {
 			json_object_object_add(d, tok, json_object_new_string(eq));
 		} else if (eq && (!strcmp(tok, "rx_bps") || !strcmp(tok, "tx_bps") ||
 				  (!limit && !strcmp(tok, "mtu"))) && !size_parse(eq, &v)) {
@@ -939,4 +940,23 @@ int cmd_vm(int argc, char **argv)
 		return cmd_simple(&cli, cmd, argc, argv);
 	fprintf(stderr, "vireo: unknown vm command '%s'\n%s", cmd, vm_usage);
 	return 2;
+}
+
+/* For the other clients of the daemon (vireo net, src/cmd/net.c). */
+struct json_object *vm_api_call(const char *socket, bool json, const char *method,
+				const char *path, const char *body, bool *ok)
+{
+	struct vm_cli cli = { .socket = socket, .json = json };
+
+	return call(&cli, method, path, body, ok);
+}
+
+void vm_api_print_json(struct json_object *o)
+{
+	print_json(o);
+}
+
+const char *vm_api_safe(const char *s)
+{
+	return safe(s);
 }
