@@ -46,6 +46,8 @@ struct net {
 	uint64_t seed;
 	uint32_t other, mismatches, received, dup;
 	uint8_t *seen;
+	uint32_t echoed, tx_inflight;	/* net_echo */
+	void (*on_frame)(struct net *t, const uint8_t *f, uint32_t len, uint32_t n);
 };
 
 static uint32_t frame_size(uint32_t i, uint32_t n, uint32_t max)
@@ -134,7 +136,10 @@ static void rx_poll(struct net *t, uint32_t n)
 			}
 			rx_post(t, b);
 		}
-		check_frame(t, t->frame, total, n);
+		if (t->on_frame)
+			t->on_frame(t, t->frame, total, n);
+		else
+			check_frame(t, t->frame, total, n);
 	}
 	vq_kick(t->rx);
 }
@@ -231,6 +236,66 @@ void scn_net(const char *arg)
 		     "tx_kicks=%lu ms=%lu\n", t.max_frame, !!(t.d->features & NET_F_MRG_RXBUF),
 		     status & 1 ? "up" : "down", t.other, t.dup, t.d->msix ? "msix" : "poll",
 		     virtio_irq_count(), t.tx->kicks, ms);
+}
+
+/* net_echo: the guest side of tests/net_echo.py, so that two guests on
+ * one bridge can talk: a frame of our ethertype sent to our MAC goes back
+ * with the addresses swapped. */
+static void echo_frame(struct net *t, const uint8_t *f, uint32_t len, uint32_t n)
+{
+	uint8_t *p;
+	struct vq_buf v;
+
+	(void)n;
+	if (len < 14 || len > t->max_frame || f[12] != ETHERTYPE >> 8 ||
+	    f[13] != (ETHERTYPE & 0xff) || probe_memcmp(f, t->mac, 6)) {
+		t->other++;
+		return;
+	}
+	while (t->tx_inflight >= TX_WINDOW) {
+		while (vq_get(t->tx, NULL))
+			t->tx_inflight--;
+		if (t->tx_inflight >= TX_WINDOW && !vq_wait(t->tx, 1000))
+			return;
+	}
+	p = t->tx_bufs + (size_t)(t->echoed % TX_WINDOW) * (HDR_LEN + MAX_FRAME + 2);
+	probe_memset(p, 0, HDR_LEN);
+	probe_memcpy(p + HDR_LEN, f + 6, 6);
+	probe_memcpy(p + HDR_LEN + 6, t->mac, 6);
+	probe_memcpy(p + HDR_LEN + 12, f + 12, len - 12);
+	v = (struct vq_buf){ p, HDR_LEN + len };
+	if (vq_add(t->tx, &v, 1, 0, p) < 0)
+		return;
+	t->tx_inflight++;
+	t->echoed++;
+	vq_kick(t->tx);
+}
+
+/* net_echo=N (default 64) frames, or until net_echo_ms (default 30000).
+ * PROBE net_echo ready mac=M, then PROBE net_echo echoed=N other=N. */
+void scn_net_echo(const char *arg)
+{
+	struct net t = { .on_frame = echo_frame };
+	uint32_t n = (uint32_t)parse_u64(arg, 64);
+	uint64_t deadline;
+
+	if (net_open(&t))
+		probe_exit(1);
+	deadline = clock_ns() + cmdline_u64("net_echo_ms", 30000) * 1000000;
+	probe_printf("PROBE net_echo ready mac=%02x:%02x:%02x:%02x:%02x:%02x\n", t.mac[0],
+		     t.mac[1], t.mac[2], t.mac[3], t.mac[4], t.mac[5]);
+	while (t.echoed < n && clock_ns() < deadline) {
+		if (!vq_has_used(t.rx))
+			vq_sleep(t.rx);
+		rx_poll(&t, n);
+		while (vq_get(t.tx, NULL))
+			t.tx_inflight--;
+	}
+	/* The last echoes must leave before the VM powers off. */
+	while (t.tx_inflight && vq_wait(t.tx, 1000))
+		while (vq_get(t.tx, NULL))
+			t.tx_inflight--;
+	probe_printf("PROBE net_echo echoed=%u other=%u\n", t.echoed, t.other);
 }
 
 /* net_bench: transmit only, for time_ms=T (default 2000), frames of

@@ -138,5 +138,6 @@ void scn_rng(const char *arg);
 void scn_balloon(const char *arg);
 void scn_net(const char *arg);
 void scn_net_bench(const char *arg);
+void scn_net_echo(const char *arg);
 void scn_hostile(const char *arg);
 #endif

@@ -274,8 +274,14 @@ int mgr_net_check_def(struct mgr *m, const struct vm_def *def);
  * one a name made from the VM's name ("vt" + hash + "." + i), so the
  * daemon knows which link to make a port. "" if the kernel picks. */
 void mgr_nic_tap(const struct vm_def *def, unsigned int i, char out[16]);
-/* Makes the running VMM's taps ports of their networks' bridges, up. */
-int mgr_net_attach(struct mgr *m, const struct vm_def *def);
+/* Before the VMM starts: creates the taps of the vNICs on networks
+ * (persistent, owned by uid, which the VMM runs as) as ports of their
+ * bridges, up; all or none. mgr_net_detach() deletes them when the VMM has
+ * ended. */
+int mgr_net_attach(struct mgr *m, const struct vm_def *def, unsigned int uid);
+void mgr_net_detach(struct mgr *m, const struct vm_def *def);
+/* After a daemon restart re-created a bridge: a running VM's taps join it again. */
+void mgr_net_reattach(struct mgr *m, const struct vm_def *def);
 
 /* Each returns MGR_OK or an error class with err_set() detail. */
 enum mgr_err mgr_create(struct mgr *m, struct vm_def *def); /* takes def */

@@ -29,5 +29,12 @@ int bridge_check(const char *name);
 /* Makes link `port` a port of `bridge`, or (bridge NULL) of none. */
 int bridge_set_port(const char *bridge, const char *port);
 int link_set_up(const char *name);
+/* Deletes any link (a bridge, a persistent tap). */
+int link_delete(const char *name);
+/* Creates the persistent tap `name` (IFF_VNET_HDR, as tap_open() wants it)
+ * owned by uid (0: root only), so that it can be made a bridge port before
+ * the VMM opens it: the guest's first frames find the bridge. It outlives
+ * the VMM; link_delete() removes it. */
+int tap_create_persistent(const char *name, unsigned int uid);
 
 #endif

@@ -165,7 +165,7 @@ int cmd_net(int argc, char **argv)
 	if ((cli.vlan_aware || cli.uplink) && strcmp(cmd, "create"))
 		return fprintf(stderr, "vireo: --vlan-aware and --uplink go with create\n"), 2;
 	/* A name the path cannot carry is refused here, the daemon checks the rest. */
-	if (named && (strlen(argv[optind + 1]) > 64 || strpbrk(argv[optind + 1], "/?#% ")))
+	if (named && strcmp(cmd, "create") && (strlen(argv[optind + 1]) > 64 || strpbrk(argv[optind + 1], "/?#% ")))
 		return fprintf(stderr, "vireo: bad network name\n"), 2;
 	return run(&cli, cmd, named ? argv[optind + 1] : NULL);
 }

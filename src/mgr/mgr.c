@@ -401,6 +401,9 @@ int mgr_open(struct mgr *m, const char *state_dir, const char *cgroup_mode)
 	pthread_mutex_lock(&m->lock);
 	mgr_net_load(m);	/* before the VMs: adopted ones keep their ports */
 	ret = load_all(m);
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next)
+		if (mgr_vm_active(vm))
+			mgr_net_reattach(m, &vm->def);
 	pthread_mutex_unlock(&m->lock);
 	return ret;
 }

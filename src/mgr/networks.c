@@ -312,7 +312,61 @@ void mgr_nic_tap(const struct vm_def *def, unsigned int i, char out[16])
 	snprintf(out, 16, "vt%08x.%u", h, i);
 }
 
-int mgr_net_attach(struct mgr *m, const struct vm_def *def)
+/* The bridge a port belongs to, or "" (from sysfs). */
+static void port_master(const char *port, char out[16])
+{
+	char path[80], target[256];
+	ssize_t n;
+
+	out[0] = '\0';
+	snprintf(path, sizeof(path), "/sys/class/net/%s/master", port);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n > 0) {
+		const char *slash;
+
+		target[n] = '\0';
+		slash = strrchr(target, '/');
+		snprintf(out, 16, "%.15s", slash ? slash + 1 : target);
+	}
+}
+
+void mgr_net_detach(struct mgr *m, const struct vm_def *def)
+{
+	(void)m;
+	for (unsigned int i = 0; i < def->nnics; i++) {
+		char tap[16];
+
+		if (!def->nics[i].network)
+			continue;
+		mgr_nic_tap(def, i, tap);
+		if (bridge_check(tap) != -ENOENT && link_delete(tap))
+			log_warn("VM %s: %s", def->name, err_get());
+	}
+}
+
+/* One vNIC's tap, made and plugged in. A tap of that name already in this
+ * bridge is ours from a VMM that ended while no daemon ran: replaced. */
+static int attach_one(const struct mgr_net *n, const char *tap, unsigned int uid)
+{
+	char master[16];
+	int ret;
+
+	if (bridge_check(tap) != -ENOENT) {
+		port_master(tap, master);
+		if (strcmp(master, n->bridge))
+			return err_set(-EEXIST, "tap %s exists already (not ours)", tap);
+		if ((ret = link_delete(tap)))
+			return ret;
+	}
+	ret = tap_create_persistent(tap, uid);
+	if (!ret && (ret = bridge_set_port(n->bridge, tap)) == 0)
+		ret = link_set_up(tap);
+	if (ret && bridge_check(tap) != -ENOENT)
+		link_delete(tap);
+	return ret;
+}
+
+int mgr_net_attach(struct mgr *m, const struct vm_def *def, unsigned int uid)
 {
 	for (unsigned int i = 0; i < def->nnics; i++) {
 		const struct mgr_net *n;
@@ -322,15 +376,30 @@ int mgr_net_attach(struct mgr *m, const struct vm_def *def)
 		if (!def->nics[i].network)
 			continue;
 		n = mgr_net_find(m, def->nics[i].network);
-		if (!n)
-			return err_set(-ENOENT, "nics[%u]: network '%s' is gone", i,
-				       def->nics[i].network);
 		mgr_nic_tap(def, i, tap);
-		ret = bridge_set_port(n->bridge, tap);
-		if (!ret)
-			ret = link_set_up(tap);
-		if (ret)
-			return err_set(ret, "nics[%u]: network %s: %s", i, n->name, err_get());
+		ret = n ? attach_one(n, tap, uid) :
+		      err_set(-ENOENT, "network '%s' is gone", def->nics[i].network);
+		if (ret) {
+			err_set(ret, "nics[%u]: %s", i, err_get());
+			mgr_net_detach(m, def);
+			return ret;
+		}
 	}
 	return 0;
+}
+
+void mgr_net_reattach(struct mgr *m, const struct vm_def *def)
+{
+	for (unsigned int i = 0; i < def->nnics; i++) {
+		const struct mgr_net *n;
+		char tap[16], master[16];
+
+		if (!def->nics[i].network || !(n = mgr_net_find(m, def->nics[i].network)))
+			continue;
+		mgr_nic_tap(def, i, tap);
+		port_master(tap, master);
+		if (bridge_check(tap) != -ENOENT && strcmp(master, n->bridge) &&
+		    bridge_set_port(n->bridge, tap))
+			log_warn("VM %s: %s", def->name, err_get());
+	}
 }

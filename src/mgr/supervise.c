@@ -266,6 +266,7 @@ void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known)
 	vm->stopping = false;
 	cgroup_vm_remove(&m->cg, vm->def.name);
 	storage_revoke(m, vm->def.name);
+	mgr_net_detach(m, &vm->def);	/* its taps: no port stays behind */
 	store_save_run(m, vm);
 }
 
@@ -650,17 +651,22 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock, bool *untouche
 		close(logfd);
 		return ret;
 	}
+	ret = mgr_net_attach(m, &vm->def, vm->vmm_uid);
+	if (ret) {
+		close(logfd);
+		close(lockfd);
+		return ret;
+	}
 	argv = vmm_argv(m, &vm->def, sock, vm->vmm_uid);
 	ret = argv ? vmm_spawn(m, vm, argv, logfd, lockfd, untouched) :
 		     err_set(-ENOMEM, "out of memory");
 	argv_free(argv);
 	close(logfd);
 	close(lockfd);	/* the VMM holds it now (or nobody does) */
+	if (ret && vm->pid <= 0)
+		mgr_net_detach(m, &vm->def);	/* else when the VMM is reaped */
 	if (!ret)
 		ret = vmm_wait_ready(m, vm, sock);
-	/* The VMM made its taps (they go with it): now they join their bridges. */
-	if (!ret)
-		ret = mgr_net_attach(m, &vm->def);
 	if (!ret) {
 		/* Pins change only under the VM's lock, which is held. */
 		pthread_mutex_unlock(&m->lock);

@@ -122,6 +122,11 @@ int bridge_create(const char *name, bool vlan_filtering)
 
 int bridge_delete(const char *name)
 {
+	return link_delete(name);
+}
+
+int link_delete(const char *name)
+{
 	char buf[MNL_SOCKET_BUFFER_SIZE];
 	struct nlmsghdr *nlh = (struct nlmsghdr *)buf;
 	int ret;
@@ -132,7 +137,7 @@ int bridge_delete(const char *name)
 	mnl_attr_put_strz(nlh, IFLA_IFNAME, name);
 	ret = nl_talk(nlh);
 	if (ret)
-		return err_set(ret, "cannot delete bridge %s: %s", name, strerror(-ret));
+		return err_set(ret, "cannot delete %s: %s", name, strerror(-ret));
 	return 0;
 }
 

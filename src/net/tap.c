@@ -70,3 +70,24 @@ int tap_set_offload(int fd, bool csum, bool tso4, bool tso6, bool ecn)
 		return err_set(-errno, "TUNSETOFFLOAD: %m");
 	return 0;
 }
+
+int tap_create_persistent(const char *name, unsigned int uid)
+{
+	struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR };
+	int fd, ret = 0;
+
+	if (!name || !*name || strlen(name) >= IFNAMSIZ)
+		return err_set(-EINVAL, "bad tap name '%s'", name ? name : "");
+	fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return err_set(-errno, "cannot open /dev/net/tun: %m");
+	memcpy(ifr.ifr_name, name, strlen(name));
+	if (ioctl(fd, TUNSETIFF, &ifr) < 0)
+		ret = err_set(-errno, "cannot create tap %s: %m", name);
+	else if (uid && ioctl(fd, TUNSETOWNER, (unsigned long)uid) < 0)
+		ret = err_set(-errno, "tap %s: TUNSETOWNER: %m", name);
+	else if (ioctl(fd, TUNSETPERSIST, 1UL) < 0)
+		ret = err_set(-errno, "tap %s: TUNSETPERSIST: %m", name);
+	close(fd);	/* a tap not made persistent goes with the descriptor */
+	return ret;
+}

@@ -1,0 +1,237 @@
+"""Virtual networks (issue 13, first step): the daemon's Linux bridges
+(POST/GET/DELETE /networks, `vireo net`), vNICs on them, persistence.
+Needs root and iproute2; bridge names are unique per test run, and every
+bridge a test made is deleted afterwards."""
+import json
+import re
+import os
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from conftest import VIREO, needs_kvm
+from daemonutil import Daemon, wait_for
+
+pytestmark = [needs_kvm, pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None,
+    reason="skipped: needs root and iproute2")]
+
+TAG = "%x" % (os.getpid() & 0xfffff)
+
+
+def netname(suffix):
+    return f"t{TAG}{suffix}"[:12]
+
+
+def link_config(name):
+    """`ip -d link show NAME` without its running timers."""
+    out = subprocess.run(["ip", "-d", "link", "show", name], capture_output=True,
+                         text=True).stdout
+    return re.sub(r"\S*_timer\s+\S+", "", out)
+
+
+def link_exists(name):
+    return os.path.exists(f"/sys/class/net/{name}")
+
+
+def bridges():
+    out = subprocess.run(["ip", "-o", "-d", "link", "show", "type", "bridge"],
+                         capture_output=True, text=True, check=True).stdout
+    return sorted(line.split(":")[1].strip() for line in out.splitlines())
+
+
+def ports(bridge):
+    d = f"/sys/class/net/{bridge}/brif"
+    return sorted(os.listdir(d)) if os.path.isdir(d) else None
+
+
+@pytest.fixture
+def netd(tmp_path):
+    d = Daemon(extra=["--storage", str(tmp_path)]).start()
+    made = []
+    d.made = made
+    yield d
+    d.cleanup()
+    for n in made:
+        if link_exists("vb-" + n):
+            subprocess.run(["ip", "link", "del", "vb-" + n])
+
+
+def create_net(d, name, **kw):
+    d.made.append(name)
+    return d.ok("POST", "/networks", {"name": name, **kw}, status=201)
+
+
+def test_network_api_lifecycle(netd):
+    a = netname("a")
+    js = create_net(netd, a)
+    assert js["bridge"] == "vb-" + a and js["present"] and js["ports"] == []
+    assert "vb-" + a in bridges()
+    assert [n["name"] for n in netd.ok("GET", "/networks")["networks"]] == [a]
+    info = netd.ok("GET", f"/networks/{a}")
+    assert info["vlan_aware"] is False and "rx_bytes" in info["counters"]
+    st, js = netd.request("POST", "/networks", {"name": a})
+    assert st == 409 and "exists" in js["error"], js
+    assert netd.ok("DELETE", f"/networks/{a}")["deleted"] == a
+    assert not link_exists("vb-" + a)
+    assert netd.request("GET", f"/networks/{a}")[0] == 404
+    assert netd.request("DELETE", f"/networks/{a}")[0] == 404
+    assert not os.path.exists(os.path.join(netd.state, "networks", a + ".json"))
+
+
+def test_bad_input_changes_nothing(netd):
+    a = netname("b")
+    create_net(netd, a)
+    before = link_config("vb-" + a)
+    br_before, files_before = bridges(), sorted(os.listdir(os.path.join(netd.state, "networks")))
+    bad = [({"name": "bad name"}, "'name'"),
+           ({"name": "x" * 13}, "'name'"),
+           ({"name": "-x"}, "'name'"),
+           ({"name": netname("c"), "uplink": f"nope{TAG}"}, "'uplink'"),
+           ({"name": netname("c"), "vlan_aware": "yes"}, "'vlan_aware'"),
+           ({"name": netname("c"), "color": "red"}, "'color'"),
+           ({}, "'name'")]
+    for body, field in bad:
+        st, js = netd.request("POST", "/networks", body)
+        assert st == 400 and field in js["error"], (body, st, js)
+    # A VM on an unknown network is refused naming the field, and not created.
+    st, js = netd.request("POST", "/vms", {
+        "name": "vx", "cpus": 1, "memory": "64M", "kernel": str(netd_probe()),
+        "nics": [{"network": netname("zz")}]})
+    assert st == 400 and "nics[0]" in js["error"] and "'network'" in js["error"], js
+    assert netd.request("GET", "/vms/vx")[0] == 404
+    assert bridges() == br_before
+    assert sorted(os.listdir(os.path.join(netd.state, "networks"))) == files_before
+    assert link_config("vb-" + a) == before
+
+
+def test_vlan_aware_is_all_or_nothing(netd):
+    """This host's kernel may lack bridge VLAN filtering: then a clear 400
+    and no bridge; where it has it, a bridge with vlan_filtering 1."""
+    v = netname("v")
+    netd.made.append(v)
+    st, js = netd.request("POST", "/networks", {"name": v, "vlan_aware": True})
+    if st == 400:
+        assert "VLAN filtering" in js["error"], js
+        assert not link_exists("vb-" + v)
+        assert netd.ok("GET", "/networks")["networks"] == []
+    else:
+        assert st == 201, js
+        out = subprocess.run(["ip", "-d", "link", "show", "vb-" + v], capture_output=True,
+                             text=True, check=True).stdout
+        assert "vlan_filtering 1" in out
+
+
+def netd_probe():
+    from conftest import PROBE
+    return PROBE
+
+
+def cli(d, *args):
+    return subprocess.run([str(VIREO), "net", *args], capture_output=True, text=True,
+                          env={**os.environ, "VIREO_SOCKET": d.socket}, timeout=30)
+
+
+def test_cli(netd):
+    a = netname("l")
+    netd.made.append(a)
+    r = cli(netd, "create", a, "--output=json")     # options after the operand too
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bridge"] == "vb-" + a
+    r = cli(netd, "--output=json", "list")
+    assert [n["name"] for n in json.loads(r.stdout)["networks"]] == [a]
+    r = cli(netd, "list")
+    assert r.returncode == 0 and ("vb-" + a) in r.stdout and "BRIDGE" in r.stdout
+    r = cli(netd, "info", a)
+    assert r.returncode == 0 and "rx_bytes" in r.stdout, r
+    r = cli(netd, "create", "bad name")
+    assert r.returncode != 0 and "'name'" in r.stderr and "HTTP 400" in r.stderr, r
+    r = cli(netd, "info", a, "--uplink", "eth0")
+    assert r.returncode == 2, r
+    r = cli(netd, "delete", a)
+    assert r.returncode == 0 and not link_exists("vb-" + a)
+    r = cli(netd, "delete", a)
+    assert r.returncode == 1 and "HTTP 404" in r.stderr
+
+
+def test_networks_persist_across_restart(tmp_path):
+    a = netname("p")
+    d = Daemon(extra=["--storage", str(tmp_path)]).start()
+    try:
+        d.ok("POST", "/networks", {"name": a}, status=201)
+        d.kill(signal.SIGTERM)
+        assert link_exists("vb-" + a)            # bridges outlive the daemon
+        subprocess.run(["ip", "link", "del", "vb-" + a], check=True)
+        d.start()
+        assert link_exists("vb-" + a), d.logtext()   # re-created
+        assert d.ok("GET", f"/networks/{a}")["present"] is True
+        d.kill(signal.SIGTERM)
+        d.start()                                    # adopted as it is
+        assert [n["name"] for n in d.ok("GET", "/networks")["networks"]] == [a]
+        d.ok("DELETE", f"/networks/{a}")
+    finally:
+        d.cleanup()
+        if link_exists("vb-" + a):
+            subprocess.run(["ip", "link", "del", "vb-" + a])
+
+
+def log_of(d, vm):
+    try:
+        with open(os.path.join(d.state, "logs", vm + ".log")) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def test_two_vms_on_a_network_exchange_frames(netd):
+    """VM "echo" (MAC 02:00:00:00:00:01, the probe's "host" address) sends
+    back what VM "send" sends it, through the bridge only."""
+    a = netname("x")
+    br = "vb-" + a
+    create_net(netd, a)
+    netd.create("echo", scenario="net_echo", nics=[{"network": a, "mac": "02:00:00:00:00:01"}],
+                cmdline="scenario=net_echo net_echo=64")
+    netd.create("send", scenario="net", cmdline="scenario=net n=64",
+                nics=[{"network": a, "mac": "52:54:00:00:00:0a"}])
+    netd.ok("POST", "/vms/echo/start")
+    assert len(ports(br)) == 1
+    st, js = netd.request("DELETE", f"/networks/{a}")
+    assert st == 409 and "is used by VM" in js["error"], js
+    assert wait_for(lambda: "PROBE net_echo ready" in log_of(netd, "echo"), timeout=20), \
+        log_of(netd, "echo")
+    netd.ok("POST", "/vms/send/start")
+    assert wait_for(lambda: netd.vm("send")["state"] == "stopped", timeout=30), \
+        (netd.vm("send"), log_of(netd, "send"))
+    assert "PROBE net mac=52:54:00:00:00:0a sent=64 received=64 mismatches=0" in \
+        log_of(netd, "send"), log_of(netd, "send")
+    assert wait_for(lambda: netd.vm("echo")["state"] == "stopped", timeout=30), log_of(netd, "echo")
+    assert "PROBE net_echo echoed=64" in log_of(netd, "echo")
+    # Both VMMs ended: their taps (and so the ports) are gone.
+    assert wait_for(lambda: ports(br) == [], timeout=10), ports(br)
+    # Still defined on the network: deleting it is refused until the VMs go.
+    assert netd.request("DELETE", f"/networks/{a}")[0] == 409
+    netd.ok("DELETE", "/vms/echo")
+    netd.ok("DELETE", "/vms/send")
+    netd.ok("DELETE", f"/networks/{a}")
+    assert not link_exists(br)
+
+
+def test_vm_stop_and_crash_leave_no_port(netd):
+    a = netname("s")
+    br = "vb-" + a
+    create_net(netd, a)
+    netd.create("w", scenario="wait", nics=[{"network": a}])
+    netd.ok("POST", "/vms/w/start")
+    (tap,) = ports(br)
+    assert tap.startswith("vt")
+    netd.stop("w", force=True)
+    assert wait_for(lambda: ports(br) == [], timeout=10), ports(br)
+    assert not link_exists(tap)
+    pid = netd.ok("POST", "/vms/w/start")["pid"]
+    assert ports(br) == [tap]
+    os.kill(pid, signal.SIGKILL)                      # a crash too
+    assert wait_for(lambda: netd.vm("w")["state"] == "crashed", timeout=10)
+    assert wait_for(lambda: ports(br) == [], timeout=10), ports(br)
+    assert not link_exists(tap)
