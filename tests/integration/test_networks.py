@@ -235,3 +235,32 @@ def test_vm_stop_and_crash_leave_no_port(netd):
     assert wait_for(lambda: netd.vm("w")["state"] == "crashed", timeout=10)
     assert wait_for(lambda: ports(br) == [], timeout=10), ports(br)
     assert not link_exists(tap)
+
+
+def test_restart_rebuilds_the_bridge_of_a_running_vm(tmp_path):
+    """The bridge is deleted under a running VM while no daemon runs: the
+    next daemon re-creates it with the VM's tap as a port again; a VMM that
+    died meanwhile has its tap deleted."""
+    a = netname("r")
+    br = "vb-" + a
+    d = Daemon(extra=["--storage", str(tmp_path)]).start()
+    try:
+        d.ok("POST", "/networks", {"name": a}, status=201)
+        d.create("keep", scenario="wait", nics=[{"network": a}])
+        d.create("gone", scenario="wait", nics=[{"network": a}])
+        d.ok("POST", "/vms/keep/start")
+        gone_pid = d.ok("POST", "/vms/gone/start")["pid"]
+        taps = ports(br)
+        assert len(taps) == 2
+        d.kill(signal.SIGTERM)
+        subprocess.run(["ip", "link", "del", br], check=True)
+        os.kill(gone_pid, signal.SIGKILL)
+        d.start()
+        assert d.vm("keep")["state"] == "running"
+        assert wait_for(lambda: d.vm("gone")["state"] == "crashed", timeout=10)
+        (tap,) = [t for t in taps if link_exists(t)]
+        assert ports(br) == [tap], (ports(br), d.logtext())
+    finally:
+        d.cleanup()
+        if link_exists(br):
+            subprocess.run(["ip", "link", "del", br])
