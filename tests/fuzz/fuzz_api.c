@@ -145,6 +145,54 @@ char *mgr_metrics(struct mgr *m)
 	return strdup("vireo_vms 1\n");
 }
 
+/* Networks (src/mgr/networks.c makes real bridges: not here): one network
+ * "lan" that exists, so the router's paths and vNIC checks all run. */
+static struct mgr_net lan = { .name = "lan", .bridge = "vb-lan" };
+
+struct mgr_net *mgr_net_find(struct mgr *m, const char *name)
+{
+	(void)m;
+	return !strcmp(name, lan.name) ? &lan : NULL;
+}
+
+enum mgr_err mgr_net_create(struct mgr *m, struct json_object *body, struct json_object **out)
+{
+	(void)m;
+	(void)out;
+	(void)body;
+	err_set(-EEXIST, "a network named 'lan' exists");
+	return MGR_E_CONFLICT;
+}
+
+enum mgr_err mgr_net_delete(struct mgr *m, const char *name)
+{
+	(void)m;
+	err_set(-EBUSY, "network %s is used", name);
+	return mgr_net_find(m, name) ? MGR_E_CONFLICT : MGR_E_NOT_FOUND;
+}
+
+struct json_object *mgr_net_json(const struct mgr_net *n)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "name", json_object_new_string(n->name));
+	return o;
+}
+
+struct json_object *mgr_net_list_json(struct mgr *m)
+{
+	(void)m;
+	return mgr_net_json(&lan);
+}
+
+int mgr_net_check_def(struct mgr *m, const struct vm_def *def)
+{
+	for (unsigned int i = 0; i < def->nnics; i++)
+		if (def->nics[i].network && !mgr_net_find(m, def->nics[i].network))
+			return err_set(-EINVAL, "nics[%u]: 'network': no such network", i);
+	return 0;
+}
+
 /* ---- the target ---- */
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
