@@ -264,3 +264,17 @@ def test_restart_rebuilds_the_bridge_of_a_running_vm(tmp_path):
         d.cleanup()
         if link_exists(br):
             subprocess.run(["ip", "link", "del", br])
+
+
+def test_uplink_is_a_port_and_survives_the_network(netd):
+    a = netname("u")
+    up, peer = f"vu{TAG}", f"vp{TAG}"
+    subprocess.run(["ip", "link", "add", up, "type", "veth", "peer", "name", peer], check=True)
+    try:
+        js = create_net(netd, a, uplink=up)
+        assert js["uplink"] == up and [p["name"] for p in js["ports"]] == [up]
+        assert ports("vb-" + a) == [up]
+        netd.ok("DELETE", f"/networks/{a}")
+        assert link_exists(up) and not link_exists("vb-" + a)   # the uplink is the host's
+    finally:
+        subprocess.run(["ip", "link", "del", up])
