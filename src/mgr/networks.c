@@ -330,10 +330,10 @@ static void port_master(const char *port, char out[16])
 	}
 }
 
-void mgr_net_detach(struct mgr *m, const struct vm_def *def)
+/* Deletes the taps of the first `count` vNICs. */
+static void detach_upto(const struct vm_def *def, unsigned int count)
 {
-	(void)m;
-	for (unsigned int i = 0; i < def->nnics; i++) {
+	for (unsigned int i = 0; i < count; i++) {
 		char tap[16];
 
 		if (!def->nics[i].network)
@@ -342,6 +342,12 @@ void mgr_net_detach(struct mgr *m, const struct vm_def *def)
 		if (bridge_check(tap) != -ENOENT && link_delete(tap))
 			log_warn("VM %s: %s", def->name, err_get());
 	}
+}
+
+void mgr_net_detach(struct mgr *m, const struct vm_def *def)
+{
+	(void)m;
+	detach_upto(def, def->nnics);
 }
 
 /* One vNIC's tap, made and plugged in. A tap of that name already in this
@@ -366,10 +372,29 @@ static int attach_one(const struct mgr_net *n, const char *tap, unsigned int uid
 	return ret;
 }
 
+/* Another VM with a VMM has a vNIC on the tap `tap` (a user's "tap", or a
+ * hash collision of two names): its tap is not a stale one to replace. */
+static const char *tap_in_use(struct mgr *m, const struct vm_def *def, const char *tap)
+{
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next) {
+		if (&vm->def == def || !(mgr_vm_active(vm) || vm->starting))
+			continue;
+		for (unsigned int i = 0; i < vm->def.nnics; i++) {
+			char other[16];
+
+			mgr_nic_tap(&vm->def, i, other);
+			if (!strcmp(other, tap))
+				return vm->def.name;
+		}
+	}
+	return NULL;
+}
+
 int mgr_net_attach(struct mgr *m, const struct vm_def *def, unsigned int uid)
 {
 	for (unsigned int i = 0; i < def->nnics; i++) {
 		const struct mgr_net *n;
+		const char *user;
 		char tap[16];
 		int ret;
 
@@ -377,11 +402,14 @@ int mgr_net_attach(struct mgr *m, const struct vm_def *def, unsigned int uid)
 			continue;
 		n = mgr_net_find(m, def->nics[i].network);
 		mgr_nic_tap(def, i, tap);
-		ret = n ? attach_one(n, tap, uid) :
+		user = tap_in_use(m, def, tap);
+		ret = user ? err_set(-EEXIST, "tap %s is VM %s's (give this nic a \"tap\")", tap,
+				     user) :
+		      n ? attach_one(n, tap, uid) :
 		      err_set(-ENOENT, "network '%s' is gone", def->nics[i].network);
 		if (ret) {
 			err_set(ret, "nics[%u]: %s", i, err_get());
-			mgr_net_detach(m, def);
+			detach_upto(def, i);	/* only ours: never the tap in the way */
 			return ret;
 		}
 	}

@@ -278,3 +278,18 @@ def test_uplink_is_a_port_and_survives_the_network(netd):
         assert link_exists(up) and not link_exists("vb-" + a)   # the uplink is the host's
     finally:
         subprocess.run(["ip", "link", "del", up])
+
+
+def test_a_tap_name_in_use_is_refused_and_left_alone(netd):
+    """A second VM whose nic names the first one's tap cannot take it over:
+    its start fails naming the owner, and the first VM keeps its port."""
+    a = netname("t")
+    br = "vb-" + a
+    create_net(netd, a)
+    netd.create("w1", scenario="wait", nics=[{"network": a}])
+    netd.ok("POST", "/vms/w1/start")
+    (tap,) = ports(br)
+    netd.create("w2", scenario="wait", nics=[{"network": a, "tap": tap}])
+    st, js = netd.request("POST", "/vms/w2/start")
+    assert st >= 400 and "w1" in js["error"] and tap in js["error"], (st, js)
+    assert ports(br) == [tap] and netd.vm("w1")["state"] == "running"
