@@ -649,6 +649,7 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock, bool *untouche
 	vm->vmm_uid = vmm_pick_uid(m, vm);
 	if (vm->vmm_uid && (ret = storage_grant(m, &vm->def, vm->vmm_uid))) {
 		close(logfd);
+		close(lockfd);
 		return ret;
 	}
 	ret = mgr_net_attach(m, &vm->def, vm->vmm_uid);
