@@ -95,6 +95,16 @@ def vireo_args(cmdline, cpus=1, memory="256M", extra=(), kernel=None, netns=None
                     netns)
 
 
+@pytest.fixture
+def sock():
+    """A fresh path for a VMM's control socket, removed after the test."""
+    import time
+    path = f"/tmp/vireo-ctl-{os.getpid()}-{time.monotonic_ns()}.sock"
+    yield path
+    if os.path.exists(path):
+        os.unlink(path)
+
+
 def run_until_exit(args, timeout):
     """(status, stdout, stderr) of ARGS; one that runs past scaled(timeout)
     is killed and fails with what it printed so far, and where its threads

@@ -12,14 +12,6 @@ from conftest import (LiveProbe, needs_kvm, needs_qemu, qemu_args, qmp_command, 
 pytestmark = [needs_kvm, needs_qemu]
 
 
-@pytest.fixture
-def sock():
-    path = f"/tmp/vireo-pw-{os.getpid()}-{time.monotonic_ns()}.sock"
-    yield path
-    if os.path.exists(path):
-        os.unlink(path)
-
-
 def press_vireo(path):
     assert vireo_control(path, action="powerdown") == {"ok": True, "state": "running"}
 

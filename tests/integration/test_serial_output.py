@@ -32,14 +32,6 @@ def check_flood(lines, first=0):
         assert line == flood_line(first + i), f"line {i} of the flood"
 
 
-@pytest.fixture
-def sock():
-    path = f"/tmp/vireo-ser-{os.getpid()}-{time.monotonic_ns()}.sock"
-    yield path
-    if os.path.exists(path):
-        os.unlink(path)
-
-
 def timed_control(path, action):
     t = time.monotonic()
     reply = vireo_control(path, action=action)
