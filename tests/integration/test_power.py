@@ -1,7 +1,6 @@
 """The ACPI power button (a Generic Event Device, ACPI0013): vireo's control
 socket action "powerdown" and QEMU's QMP system_powerdown both reach the
 probe guest, which powers off through S5 (DESIGN §5: QEMU is the reference)."""
-import os
 import time
 
 import pytest
