@@ -1,12 +1,13 @@
 """The nested test host itself (tests/nested/; DESIGN §5): its initramfs
-archive, the kernel's module order, the mapping of an inner pytest run's JUnit
-XML back to test outcomes, and then a real L1: commands with their status,
-output, directory and environment, timeouts, the read-only root, writable
-directories, modules loaded on request, the l1-run CLI and a whole hw_virt
-batch reported by an outer pytest.
+archive, the kernel's module order, the mapping of an inner pytest run's
+report lines back to test outcomes, and then a real L1: commands with their
+status, output, directory and environment, timeouts, the read-only root,
+writable directories, modules loaded on request, the l1-run CLI and a whole
+hw_virt batch reported by an outer pytest, through a frozen L1.
 
 The L1 tests need root, qemu-system-x86, qemu-system-common (virtiofsd),
 busybox-static and the kernel package (apt-get download, once)."""
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import pytest
 
 import hwvirt
 import l1
+import report_stream
 from conftest import ROOT
 
 L1_RUN = ROOT / "tests/nested/l1-run"
@@ -98,20 +100,23 @@ def test_setup_error(broken):
 '''
 
 
-def test_junit_xml_maps_back_to_the_outcomes(tmp_path):
-    """An inner pytest run's JUnit XML, as the batch reads it: each node id
-    finds its test case, with the right outcome, text and captured output."""
+def test_report_stream_maps_back_to_the_outcomes(tmp_path):
+    """An inner pytest run's report lines (report_stream.py), as the batch
+    reads them: each node id with the right outcome, text and captured
+    output, and a line as each test starts."""
     (tmp_path / "test_inner.py").write_text(INNER_TESTS)
-    junit = tmp_path / "junit.xml"
-    subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                    "--rootdir", str(tmp_path), f"--junitxml={junit}",
-                    "-o", "junit_logging=all", "test_inner.py"],
-                   cwd=tmp_path, capture_output=True)
-    cases = {(c.get("classname"), c.get("name")): c
-             for c in ET.parse(junit).getroot().iter("testcase")}
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests" / "nested"))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                        "-p", "report_stream", "-q", "--rootdir", str(tmp_path), "test_inner.py"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    msgs = [json.loads(line[len(report_stream.PREFIX):]) for line in r.stderr.splitlines()
+            if line.startswith(report_stream.PREFIX)]
+    started = [m["nodeid"] for m in msgs if m.get("started")]
+    ended = {m["nodeid"]: m["phases"] for m in msgs if not m.get("started")}
+    assert started == list(ended) and len(ended) == 6, r.stderr
 
     def outcome(nodeid):
-        return hwvirt.Outcome.from_junit(cases[hwvirt.junit_name(nodeid)], "[L1] ")
+        return hwvirt.Outcome.from_phases(ended[nodeid], "[L1] ")
 
     for p in ("a/b", "x::y"):
         o = outcome(f"test_inner.py::TestC::test_pass[{p}]")
@@ -247,6 +252,8 @@ def test_l1_run_cli_status_and_output(tmp_path):
 BATCH_TESTS = '''
 import os
 import pathlib
+import signal
+import time
 
 import pytest
 
@@ -275,6 +282,20 @@ def test_fails_in_l1():
 
 
 @VM
+def test_quiet_for_a_while():
+    # longer than the outer run's silence timeout: the agent's heartbeats
+    # say that L1 is alive
+    time.sleep(25)
+
+
+@VM
+def test_freezes_l1_once():
+    if os.environ["VIREO_L1_BOOT"] == "1":
+        os.kill(os.getppid(), signal.SIGSTOP)   # the agent: L1 falls silent
+        time.sleep(600)
+
+
+@VM
 def test_skips_in_l1():
     pytest.skip("skipped: a reason from L1")
 
@@ -286,8 +307,11 @@ def test_on_the_host():
 
 def test_hw_virt_batch_reports_each_outcome(tmp_path):
     """A test file with hw_virt tests, run by an outer pytest that sends them
-    to one L1 (VIREO_NESTED=always): each is reported with what it did there,
-    the unmarked one runs on the host, prepare ran on the host first."""
+    to L1 (VIREO_NESTED=always): each is reported with what it did there,
+    the unmarked one runs on the host, prepare ran on the host first. One of
+    them freezes the first L1 (its agent stops): a second L1 runs it and the
+    tests after it, and none of those before runs twice; a test quiet for
+    longer than the silence timeout is not taken for a freeze."""
     if os.environ.get("VIREO_IN_L1"):
         pytest.skip("skipped: no nested test host inside the nested test host")
     (tmp_path / "conftest.py").write_text(
@@ -301,7 +325,7 @@ def test_hw_virt_batch_reports_each_outcome(tmp_path):
     kernels.mkdir(parents=True, exist_ok=True)
     (cache / "kernel").symlink_to(kernels)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIREO_")}
-    env.update(VIREO_NESTED="always", VIREO_L1_CACHE=str(cache))
+    env.update(VIREO_NESTED="always", VIREO_L1_CACHE=str(cache), VIREO_L1_SILENCE_TIMEOUT="15")
     r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-rs",
                         "--rootdir", str(tmp_path), "--junitxml", str(tmp_path / "outer.xml"),
                         "test_batch.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -310,15 +334,25 @@ def test_hw_virt_batch_reports_each_outcome(tmp_path):
         pytest.skip(r.stdout.split("skipped: no hardware virtualization, and")[1].split("\n")[0])
     cases = {c.get("name"): c for c in ET.parse(tmp_path / "outer.xml").getroot().iter("testcase")}
     out = r.stdout + r.stderr
-    assert set(cases) == {"test_in_l1", "test_fails_in_l1", "test_skips_in_l1",
-                          "test_on_the_host"}, out
-    assert not list(cases["test_in_l1"]) and not list(cases["test_on_the_host"]), out
+    assert set(cases) == {"test_in_l1", "test_fails_in_l1", "test_quiet_for_a_while",
+                          "test_freezes_l1_once", "test_skips_in_l1", "test_on_the_host"}, out
+    for name in ("test_in_l1", "test_on_the_host", "test_quiet_for_a_while",
+                 "test_freezes_l1_once"):
+        assert cases[name].find("failure") is None and cases[name].find("error") is None, out
     failure = cases["test_fails_in_l1"].find("failure")
     assert failure is not None and "arithmetic in L1" in failure.text, out
     assert "[in the nested test host; the run's log:" in failure.text
     skipped = cases["test_skips_in_l1"].find("skipped")
     assert skipped is not None and skipped.get("message") == "skipped: a reason from L1", out
     assert "tests go to the nested test host" in r.stdout and "L1 up in" in r.stdout, out
+    assert "L1 froze during test_batch.py::test_freezes_l1_once; a new L1 runs the 2 " \
+           "test(s)" in r.stdout, out
+    assert "2 boots of L1" in r.stdout, out
     log = (cache / "last-batch.log").read_text()
-    assert "test_batch.py::test_in_l1 PASSED" in log and "test_on_the_host" not in log, log
+    assert log.count("test_batch.py::test_in_l1 PASSED") == 1, log
+    assert log.count("test_batch.py::test_quiet_for_a_while PASSED") == 1, log
+    assert log.count("test_batch.py::test_freezes_l1_once PASSED") == 1, log
+    assert "test_on_the_host" not in log, log
+    cpus = (cache / "last-batch-console-cpus.txt").read_text()
+    assert "# info registers -a" in cpus and "RIP=" in cpus, cpus
     assert (tmp_path / "prepared").read_text() == "on the host\n"

@@ -12,6 +12,9 @@ The protocol is one JSON object per line, both ways.
                {"op": "poweroff"}
   L1 -> host   {"ready": 1, "kernel": ..., "kvm": bool, "svm": bool, "cpus": N}
                {"id": N, "fd": 1 or 2, "data": BASE64}    output as it comes
+               {"id": N, "alive": 1}     at least every HEARTBEAT_S while a
+                                         command runs (an L1 that is silent
+                                         longer has frozen)
                {"id": N, "rc": STATUS, "timed_out": bool}  (rc < 0: killed by
                signal -rc; an argv that cannot be started: 127 and the reason
                on fd 2)
@@ -34,6 +37,9 @@ import time
 # After a kill, how long the output pipes may stay open (held by a process
 # that left the group) before the command is reported without the rest.
 DRAIN_S = 10
+# The host counts L1 as frozen after a long silence (l1.py, SILENCE_TIMEOUT_S):
+# a command that prints nothing for minutes is normal, a silent agent is not.
+HEARTBEAT_S = 5
 
 
 def wait_file(path, timeout=120):
@@ -116,8 +122,13 @@ def run(port, req):
         sel.register(f, selectors.EVENT_READ, fd)
     deadline = time.monotonic() + float(req.get("timeout") or 600)
     timed_out = ended = False
+    beat = time.monotonic() + HEARTBEAT_S
     while sel.get_map():
-        left = deadline - time.monotonic()
+        now = time.monotonic()
+        if now >= beat:
+            port.send(id=rid, alive=1)
+            beat = now + HEARTBEAT_S
+        left = deadline - now
         if left <= 0:
             if ended:
                 break           # a process that left the group holds the pipes
@@ -127,7 +138,7 @@ def run(port, req):
             kill_group(p.pid)
             deadline = time.monotonic() + DRAIN_S
             continue
-        for key, _ in sel.select(left):
+        for key, _ in sel.select(min(left, beat - now)):
             if key.data == 0:
                 ended = True
                 sel.unregister(pidfd)

@@ -5,9 +5,10 @@ Linux kernel booted by vireo. Where the host has it, they run directly, as any
 test. Where it has not (our machines), they are not skipped: at the first of
 them one L1 boots (tests/nested/l1.py) and runs all the selected hw_virt tests
 in one pytest run inside it, in the checkout that L1 sees read-only at the
-same path; each of them then reports here the outcome of its run in L1 (from
-that run's JUnit XML): passed, failed with the failure text and the captured
-output, or skipped with its reason. Their fixtures run only in L1.
+same path; each of them then reports here the outcome of its run in L1 (a
+line per test from the plugin report_stream.py, as each ends): passed, failed
+with the failure text and the captured output, or skipped with its reason.
+Their fixtures run only in L1.
 
     @pytest.mark.hw_virt(prepare=build_kit)
 
@@ -24,22 +25,29 @@ last-batch-console.log next to it. VIREO_L1_BATCH_TIMEOUT (seconds) bounds
 the whole run (default 300 + 45 per test, ~4x what they take). VIREO_NESTED=always sends the
 tests to L1 even on a host with hardware virtualization, =never runs them
 directly even without.
+
+An L1 that freezes (its agent silent, l1.L1Frozen: seen in CI, cause unknown)
+is killed and a new one runs the tests that had not ended, up to
+MAX_L1_RESTARTS times; the test that was running when it froze is named in
+the terminal summary, and its first run's failure is kept in its report. In
+L1, VIREO_L1_BOOT says which boot of L1 runs the tests (1, 2, ...).
 """
 import contextlib
+import json
 from pathlib import Path
 import os
 import re
 import sys
 import time
 import traceback
-import xml.etree.ElementTree as ET
 
 import pytest
 
 import l1
+from report_stream import PREFIX as REPORT_PREFIX
 
 MARKER = "hw_virt"
-JUNIT = "/tmp/vireo-l1-batch/junit.xml"    # in L1's own /tmp
+MAX_L1_RESTARTS = 2
 
 
 def host_has_hw_virt():
@@ -104,16 +112,6 @@ def l1_fault(outcome):
     return bool(crashed or NEVER_STARTED.search(outcome.text))
 
 
-def junit_name(nodeid):
-    """(classname, name) of a test in pytest's JUnit XML (junitxml.py's
-    mangle_test_address)."""
-    path, bracket, params = nodeid.partition("[")
-    names = path.split("::")
-    names[0] = re.sub(r"\.py$", "", names[0].replace("/", "."))
-    names[-1] += bracket + params
-    return ".".join(names[:-1]), names[-1]
-
-
 @contextlib.contextmanager
 def redirect_fds(f):
     """Standard output and error, of this process and its children, into F."""
@@ -133,12 +131,6 @@ def redirect_fds(f):
             os.close(fd)
 
 
-def captured(text):
-    """Whether a JUnit system-out/err holds more than pytest's headers."""
-    return any(line.strip() and not re.fullmatch(r"-+ Captured \w+ -+", line.strip())
-               for line in (text or "").splitlines())
-
-
 class Outcome:
     """What one test did in L1 (or why it did not get there)."""
 
@@ -148,22 +140,18 @@ class Outcome:
         self.duration, self.sections, self.xfail = duration, list(sections), xfail
 
     @classmethod
-    def from_junit(cls, case, where):
-        duration = float(case.get("time") or 0)
-        sections = [(f"Captured {tag[len('system-'):]} in L1", el.text)
-                    for tag in ("system-out", "system-err")
-                    for el in case.findall(tag) if captured(el.text)]
-        for el in case:
-            text = el.text or el.get("message") or ""
-            if el.tag == "failure":
-                return cls("failed", "call", where + text, duration, sections)
-            if el.tag == "error":
-                when = "teardown" if "teardown" in (el.get("message") or "") else "setup"
-                return cls("failed", when, where + text, duration, sections)
-            if el.tag == "skipped":
-                xfail = el.get("type") == "pytest.xfail"
-                return cls("skipped", "call" if xfail else "setup", el.get("message") or "",
-                           duration, xfail=xfail)
+    def from_phases(cls, phases, where):
+        """From the setup/call/teardown reports that report_stream.py sent."""
+        duration = sum(p["duration"] for p in phases)
+        sections = [(f"{title} in L1", text) for p in phases for title, text in p["sections"]]
+        for p in phases:
+            if p["outcome"] == "failed":
+                return cls("failed", p["when"], where + p["text"], duration, sections)
+        for p in phases:
+            if p["outcome"] == "skipped" and p["xfail"] is not None:
+                return cls("skipped", "call", p["xfail"], duration, xfail=True)
+            if p["outcome"] == "skipped":
+                return cls("skipped", "setup", p["text"], duration)
         return cls("passed", "call", "", duration, sections)
 
 
@@ -176,6 +164,9 @@ class NestedBatch:
         self.outcomes = None    # nodeid -> Outcome, once the batch ran
         self.times = None
         self.reruns = []        # what was re-run after a known L1 fault (l1_fault)
+        self.host = None        # the L1 that runs the batch
+        self.boots = 0          # of L1, in this batch
+        self.running = None     # the test L1 runs now, by its report_stream
         self.log = l1.cache_dir() / "last-batch.log"
 
     def pytest_collection_finish(self, session):
@@ -230,29 +221,36 @@ class NestedBatch:
         if not todo:
             return
         self._say(f"{len(todo)} tests go to the nested test host (log: {self.log})")
-        root = str(self.config.rootpath)
         t0 = time.monotonic()
         try:
-            # the rootdir, and the checkout this module is in (its tests/nested)
-            checkout = str(Path(__file__).resolve().parents[2])
-            host = l1.NestedHost(keep=sorted({root, checkout}), console_log=self.log.with_name(
-                "last-batch-console.log"))
-            host.start()
+            self._start_l1()
         except l1.L1Unavailable as e:
             return self._settle(todo, Outcome("skipped", "setup",
                                               f"skipped: no hardware virtualization, and {e}"))
         except l1.L1Error as e:
             return self._settle(todo, Outcome("failed", "setup", f"nested test host: {e}"))
         t1 = time.monotonic()
+        boot = self.host.boot_seconds
         try:
-            self._run_in(host, root, todo, log)
+            self._run_in(todo, log)
         finally:
             t2 = time.monotonic()
-            host.close()
-            self.times = (f"hw_virt: L1 up in {host.boot_seconds:.1f} s ({t1 - t0:.1f} s with "
-                          f"its set-up), {len(todo)} tests in {t2 - t1:.1f} s, L1 off in "
+            self.host.close()
+            boots = f", {self.boots} boots of L1" if self.boots > 1 else ""
+            self.times = (f"hw_virt: L1 up in {boot:.1f} s ({t1 - t0:.1f} s with "
+                          f"its set-up), {len(todo)} tests in {t2 - t1:.1f} s{boots}, L1 off in "
                           f"{time.monotonic() - t2:.1f} s; log: {self.log}")
             log.write(f"# {self.times}\n".encode())
+
+    def _start_l1(self):
+        """Boots an L1 (self.host) that sees the rootdir and this checkout."""
+        checkout = str(Path(__file__).resolve().parents[2])
+        root = str(self.config.rootpath)
+        self.boots += 1
+        self.host = l1.NestedHost(keep=sorted({root, checkout}), console_log=self.log.with_name(
+            "last-batch-console.log"))
+        self.host.start()
+
 
     def _prepare(self, items):
         """Runs each prepare function once; returns the items to send to L1
@@ -289,67 +287,109 @@ class NestedBatch:
         for item in items:
             self.outcomes[item.nodeid] = outcome
 
-    def _run_in(self, host, root, items, log):
-        python = sys.executable if l1.visible_in_l1(sys.executable) else "/usr/bin/python3"
-        cmd = [python, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-rs", "--durations=0",
-               "--rootdir", root, f"--junitxml={JUNIT}", "-o", "junit_logging=all",
-               *[i.nodeid for i in items]]
-        env = {k: v for k, v in os.environ.items()
-               if k.startswith("VIREO_") and not k.startswith("VIREO_L1_")}
-        env.update(PYTHONDONTWRITEBYTECODE="1")
-        timeout = l1.env_int("VIREO_L1_BATCH_TIMEOUT", 300 + 45 * len(items))
+    def _run_in(self, items, log):
+        """Runs ITEMS in L1 (a new one after a freeze), then re-runs once those
+        that failed the way only L1 does."""
         where = f"[in the nested test host; the run's log: {self.log}]\n"
-        log.write(f"# {l1.shorten(cmd, 10**6)}\n# in L1 ({host.info}), cwd {root}\n".encode())
-        log.flush()
+        todo, frozen = list(items), {}
+        while todo:
+            got = {}
+            try:
+                self._pytest_in(todo, got, where, log)
+            except l1.L1Frozen as e:
+                self.outcomes.update(got)
+                todo = [i for i in todo if i.nodeid not in got]
+                if self.boots > MAX_L1_RESTARTS:
+                    return self._settle(todo, Outcome("failed", "call", f"{where}{e}"))
+                running = self.running or todo[0].nodeid
+                frozen[running] = str(e)
+                self.reruns.append(f"{running}: L1 froze while it ran; {len(todo)} test(s) "
+                                   "that had not ended went to a new L1")
+                self._say(f"L1 froze during {running}; a new L1 runs the {len(todo)} test(s) "
+                          "that had not ended")
+                log.write(f"# L1 froze during {running}: {e}\n# a new L1 for: "
+                          f"{' '.join(i.nodeid for i in todo)}\n".encode())
+                try:
+                    self._start_l1()
+                except l1.L1Error as e2:
+                    return self._settle(todo, Outcome("failed", "setup",
+                                                      f"{where}nested test host: {e2}"))
+                continue
+            except (l1.L1Error, l1.CommandTimeout) as e:
+                self.outcomes.update(got)
+                log.write(f"# {e}\n".encode())
+                return self._settle([i for i in todo if i.nodeid not in got],
+                                    Outcome("failed", "call", f"{where}{e}"))
+            self.outcomes.update(got)
+            todo = []
+        for nodeid, why in frozen.items():
+            self.outcomes[nodeid].sections.insert(0, ("First run in L1 (L1 froze)", why))
+        self._rerun_l1_faults(items, where, log)
 
-        def output(fd, data):
-            log.write(data)
-            log.flush()
-        deadline = time.monotonic() + timeout
+    def _rerun_l1_faults(self, items, where, log):
+        again = [i for i in items if l1_fault(self.outcomes[i.nodeid])]
+        if not 0 < len(again) <= MAX_RERUNS:
+            return
+        self._say(f"re-running {len(again)} test(s) that failed the way only L1 does")
+        log.write(f"# re-running, they failed the way only L1 does: "
+                  f"{' '.join(i.nodeid for i in again)}\n".encode())
+        rerun = {}
         try:
-            host.run(["mkdir", "-p", os.path.dirname(JUNIT)], timeout=30)
-            outcomes = self._pytest_in(host, root, cmd, items, env, timeout, where, output, log)
-            self.outcomes.update(outcomes)
-            again = [i for i in items if l1_fault(outcomes[i.nodeid])]
-            left = deadline - time.monotonic()
-            if 0 < len(again) <= MAX_RERUNS and left > 60:
-                self._say(f"re-running {len(again)} test(s) that failed the way only L1 does")
-                log.write(f"# re-running, they failed the way only L1 does: "
-                          f"{' '.join(i.nodeid for i in again)}\n".encode())
-                cmd = [*cmd[:-len(items)], *[i.nodeid for i in again]]
-                rerun = self._pytest_in(host, root, cmd, again, env, left, where, output, log)
-                for item in again:
-                    first, second = outcomes[item.nodeid], rerun[item.nodeid]
-                    second.sections.insert(0, ("First run in L1 (re-run: a known L1 fault)",
-                                               first.text))
-                    self.outcomes[item.nodeid] = second
-                    self.reruns.append(f"{item.nodeid}: {second.outcome} when re-run")
+            self._pytest_in(again, rerun, where, log)
         except (l1.L1Error, l1.CommandTimeout) as e:
             log.write(f"# {e}\n".encode())
-            return self._settle([i for i in items if i.nodeid not in self.outcomes],
-                                Outcome("failed", "call", f"{where}{e}"))
+            for item in again:
+                rerun.setdefault(item.nodeid, Outcome("failed", "call", f"{where}{e}"))
+        for item in again:
+            first, second = self.outcomes[item.nodeid], rerun[item.nodeid]
+            second.sections.insert(0, ("First run in L1 (re-run: a known L1 fault)",
+                                       first.text))
+            self.outcomes[item.nodeid] = second
+            self.reruns.append(f"{item.nodeid}: {second.outcome} when re-run")
 
-    @staticmethod
-    def _pytest_in(host, root, cmd, items, env, timeout, where, output, log):
-        """Runs pytest CMD in L1; returns nodeid -> Outcome for ITEMS."""
-        host.run(["rm", "-f", JUNIT], timeout=30)
-        rc, _, _ = host.run(cmd, timeout=timeout, cwd=root, env=env, output=output)
-        log.write(f"# pytest exited with status {rc}\n".encode())
-        _, xml, err = host.run(["cat", JUNIT], timeout=60)
-        try:
-            cases = ET.fromstring(xml).iter("testcase")
-        except ET.ParseError:
-            return {i.nodeid: Outcome("failed", "call", f"{where}pytest in L1 (status {rc}) "
-                                                         f"left no JUnit XML: {err}")
-                    for i in items}
-        by_name = {(c.get("classname"), c.get("name")): c for c in cases}
-        outcomes = {}
+    def _pytest_in(self, items, got, where, log):
+        """Runs ITEMS with pytest in L1; fills GOT (nodeid -> Outcome) as each
+        test ends, so that GOT holds what ended even when this raises."""
+        root = str(self.config.rootpath)
+        python = sys.executable if l1.visible_in_l1(sys.executable) else "/usr/bin/python3"
+        cmd = [python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "report_stream", "-v",
+               "-rs", "--durations=0", "--rootdir", root, *[i.nodeid for i in items]]
+        env = {k: v for k, v in os.environ.items()
+               if k.startswith("VIREO_") and not k.startswith("VIREO_L1_")}
+        env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(Path(__file__).parent),
+                   VIREO_L1_BOOT=str(self.boots))
+        timeout = l1.env_int("VIREO_L1_BATCH_TIMEOUT", 300 + 45 * len(items))
+        log.write(f"# {l1.shorten(cmd, 10**6)}\n# in L1 ({self.host.info}), cwd {root}\n"
+                  .encode())
+        log.flush()
+        self.running = None
+        partial = b""
+
+        def report(line):
+            msg = json.loads(line[len(REPORT_PREFIX):])
+            if msg.get("started"):
+                self.running = msg["nodeid"]
+            else:
+                got[msg["nodeid"]] = Outcome.from_phases(msg["phases"], where)
+                self.running = None
+
+        def output(fd, data):
+            nonlocal partial
+            if fd == 2:
+                *lines, partial = (partial + data).split(b"\n")
+                data = b"".join(line + b"\n" for line in lines
+                                if not line.startswith(REPORT_PREFIX.encode()))
+                for line in lines:
+                    if line.startswith(REPORT_PREFIX.encode()):
+                        report(line.decode())
+            log.write(data)
+            log.flush()
+        rc, _, _ = self.host.run(cmd, timeout=timeout, cwd=root, env=env, output=output)
+        log.write(partial + f"# pytest exited with status {rc}\n".encode())
         for item in items:
-            case = by_name.get(junit_name(item.nodeid))
-            outcomes[item.nodeid] = Outcome.from_junit(case, where) if case is not None \
-                else Outcome("failed", "call", f"{where}not reported by pytest in L1 "
-                                               f"(status {rc})")
-        return outcomes
+            got.setdefault(item.nodeid, Outcome("failed", "call", f"{where}not reported by "
+                                                                  f"pytest in L1 (status {rc})"))
+
 
     # -- reports ---------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import atexit
 import base64
 import contextlib
 import fcntl
+import glob
 import gzip
 import json
 import os
@@ -58,6 +59,9 @@ L1_ENV = {"VIREO_IN_L1": "1", "VIREO_TEST_TIME_SCALE": "4"}
 BOOT_TIMEOUT_S = 180    # QEMU start to the agent's "ready": ~4 s when idle
 START_TIMEOUT_S = 30    # QEMU's and virtiofsd's sockets
 ANSWER_GRACE_S = 60     # past a command's timeout, before L1 counts as hung
+# The agent says it is alive every 5 s while a command runs (agent.py): an L1
+# silent this long has frozen (seen in CI: both CPUs stuck, no console output).
+SILENCE_TIMEOUT_S = 120
 POWEROFF_TIMEOUT_S = 30
 
 
@@ -67,6 +71,10 @@ class L1Unavailable(Exception):
 
 class L1Error(Exception):
     """L1 did not come up, died, or stopped answering (it is killed)."""
+
+
+class L1Frozen(L1Error):
+    """L1's agent fell silent while a command ran (L1 is killed)."""
 
 
 class CommandTimeout(Exception):
@@ -307,10 +315,13 @@ class NestedHost:
     keep: host directories under L1's tmpfs dirs (e.g. a checkout in /root)
         that L1 must still see, read-only, at their own paths.
     console_log: where L1's serial console goes (default CACHE/console.log).
+    silence_timeout: how long the agent may be silent during a command before
+        L1 counts as frozen (VIREO_L1_SILENCE_TIMEOUT, default 120 s); the
+        state of L1's CPUs is then saved next to console_log (-cpus.txt).
     """
 
     def __init__(self, smp=None, mem_mib=None, writable=(), keep=(), cache=None,
-                 console_log=None, boot_timeout=BOOT_TIMEOUT_S):
+                 console_log=None, boot_timeout=BOOT_TIMEOUT_S, silence_timeout=None):
         self.smp = smp or env_int("VIREO_L1_SMP", 2)
         self.mem_mib = mem_mib or env_int("VIREO_L1_MEM_MIB", 4096)
         self.writable = [os.path.realpath(w) for w in writable]
@@ -318,6 +329,8 @@ class NestedHost:
         self.cache = pathlib.Path(cache or cache_dir()).resolve()
         self.console_log = pathlib.Path(console_log or self.cache / "console.log")
         self.boot_timeout = boot_timeout
+        self.silence_timeout = silence_timeout or env_int("VIREO_L1_SILENCE_TIMEOUT",
+                                                          SILENCE_TIMEOUT_S)
         self.info = None            # the agent's "ready" frame
         self.boot_seconds = None    # QEMU start to the agent's "ready"
         self._procs = []            # (what, Popen), QEMU last
@@ -450,6 +463,7 @@ class NestedHost:
                 "-device", "virtio-serial-pci",
                 "-chardev", f"socket,id=agent,path={qemu_escape(agent)},server=on,wait=off",
                 "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
+                "-monitor", f"unix:{qemu_escape(self._monitor_path())},server=on,wait=off",
                 *fsdevs,
                 "-kernel", str(kernel.vmlinuz), "-initrd", initrd,
                 # L1 runs only our tests: no speculation mitigations, which
@@ -461,10 +475,72 @@ class NestedHost:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.connect(agent)
 
+    def _monitor_path(self):
+        return os.path.join(self._work, "monitor.sock")
+
+    # -- a frozen L1 ---------------------------------------------------------------
+
+    def _hmp(self, command, timeout=5.0):
+        """COMMAND's answer from QEMU's human monitor, or why there is none."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout)
+                s.connect(self._monitor_path())
+                buf = b""
+                for send in (None, command):
+                    if send:
+                        s.sendall(send.encode() + b"\n")
+                        buf = b""
+                    while not buf.endswith(b"(qemu) "):
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        buf += chunk
+        except OSError as e:
+            return f"(QEMU's monitor did not answer {command!r}: {e})"
+        text = buf.decode(errors="replace").replace("\r", "")
+        return text.removesuffix("(qemu) ").split("\n", 1)[-1]
+
+    def _qemu_threads(self):
+        """One line per thread of QEMU: name, state, CPU seconds used in 1 s."""
+        def sample():
+            out = {}
+            for task in glob.glob(f"/proc/{self._qemu.pid}/task/*/stat"):
+                with contextlib.suppress(OSError):
+                    with open(task) as f:
+                        head, _, rest = f.read().rpartition(")")
+                    fields = rest.split()
+                    out[task] = (head.split("(", 1)[1], fields[0],
+                                 int(fields[11]) + int(fields[12]))
+            return out
+        first = sample()
+        time.sleep(1)
+        ticks = os.sysconf("SC_CLK_TCK")
+        return [f"  {task.split('/')[4]} {name}: state {state}, "
+                f"{(used - first.get(task, (0, 0, used))[2]) / ticks:.2f} CPU s in 1 s"
+                for task, (name, state, used) in sorted(sample().items())]
+
+    def _save_cpu_state(self):
+        """What L1's CPUs and QEMU's threads were doing, into a file next to
+        the console log; returns a few lines saying where and what."""
+        if self._qemu is None or self._qemu.poll() is not None:
+            return ""
+        threads = self._qemu_threads()
+        cpus = self._hmp("info cpus")
+        regs = self._hmp("info registers -a")
+        where = self.console_log.with_name(self.console_log.stem + "-cpus.txt")
+        with contextlib.suppress(OSError):
+            where.write_text("# QEMU's threads (on this host)\n" + "\n".join(threads) +
+                             f"\n# info cpus\n{cpus}\n# info registers -a\n{regs}\n")
+        rips = [line.strip() for line in regs.splitlines()
+                if line.startswith(("RIP=", "EIP=", "CPU#"))]
+        return ("\nQEMU's threads:\n" + "\n".join(threads) + "\nL1's CPUs:\n  " +
+                "\n  ".join(rips) + f"\n(all registers: {where})")
+
     # -- the agent's protocol ---------------------------------------------------
 
-    def _fail(self, what):
-        """Kills L1 and returns the L1Error to raise: WHAT, then why QEMU
+    def _fail(self, what, error=L1Error):
+        """Kills L1 and returns the ERROR to raise: WHAT, then why QEMU
         ended if it did, and the end of L1's console."""
         status = self._qemu.poll() if self._qemu else None
         qlog = tail(os.path.join(self._work, "qemu.log"), 5) if self._work else "  (empty)"
@@ -473,17 +549,21 @@ class NestedHost:
         if status is not None:
             msg += f" (QEMU exited with status {status}"
             msg += f"; it said:\n{qlog}\n" if qlog != "  (empty)" else ")"
-        return L1Error(f"{msg}; L1's console ({self.console_log}) ends with:\n"
-                       f"{tail(self.console_log)}")
+        return error(f"{msg}; L1's console ({self.console_log}) ends with:\n"
+                     f"{tail(self.console_log)}")
 
-    def _frame(self, limit, what):
+    def _frame(self, limit, what, frozen=False):
         """The agent's next frame, within LIMIT seconds; else L1 is killed
-        and L1Error says WHAT was awaited."""
+        and L1Error (FROZEN: L1Frozen, with the state of L1's CPUs) says
+        WHAT was awaited."""
         deadline = time.monotonic() + limit
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise self._fail(f"{what}: nothing from L1's agent within {limit:.0f} s")
+                silent = f"{what}: nothing from L1's agent within {limit:.0f} s"
+                if frozen:
+                    raise self._fail(silent + self._save_cpu_state(), L1Frozen)
+                raise self._fail(silent)
             self._sock.settimeout(left)
             try:
                 chunk = self._sock.recv(65536)
@@ -515,7 +595,8 @@ class NestedHost:
         given, sees stdout (1) and stderr (2) as they come. Returns
         (returncode, stdout, stderr) as text; a negative returncode is a
         signal. Raises CommandTimeout after TIMEOUT seconds (L1 killed the
-        command) and L1Error when L1 fails or stops answering."""
+        command), L1Frozen when the agent is silent for silence_timeout, and
+        L1Error when L1 fails or stops answering."""
         if self._sock is None:
             raise L1Error("L1 is not running")
         argv = ["/bin/bash", "-c", cmd] if isinstance(cmd, str) else [str(a) for a in cmd]
@@ -528,10 +609,12 @@ class NestedHost:
             deadline = time.monotonic() + timeout + ANSWER_GRACE_S
             out = {1: bytearray(), 2: bytearray()}
             while True:
-                frame = self._frame(deadline - time.monotonic(),
+                left = deadline - time.monotonic()
+                frozen = left > self.silence_timeout
+                frame = self._frame(min(left, self.silence_timeout),
                                     f"L1 stopped answering: no end of {shorten(cmd)!r} "
-                                    f"(timeout {timeout} s)")
-                if frame.get("id") != rid:
+                                    f"(timeout {timeout} s)", frozen=frozen)
+                if frame.get("id") != rid or frame.get("alive"):
                     continue
                 if "error" in frame:
                     raise self._fail(f"L1's agent: {frame['error']}")
