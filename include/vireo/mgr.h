@@ -39,6 +39,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "vireo/net.h"
+
 struct json_object;
 
 #define MGR_NAME_MAX 64
@@ -65,6 +67,13 @@ struct mgr_nic {
 	char *mac;                   /* NULL: random */
 	unsigned int mtu;            /* 0: 1500 */
 	uint64_t rx_bps, tx_bps;     /* 0: unlimited */
+	/* On a vlan_aware network: an access port (vlan: untagged in the
+	 * guest, that VLAN on the bridge), or a trunk (the tagged VLANs, and
+	 * native_vlan for untagged frames, 0: dropped). Neither: VLAN 1. */
+	unsigned int vlan;
+	bool is_trunk;
+	struct vlan_set trunk;
+	unsigned int native_vlan;
 };
 
 struct vm_def {
@@ -250,7 +259,7 @@ void mgr_check(struct mgr *m);
 enum mgr_err { MGR_OK, MGR_E_BAD, MGR_E_NOT_FOUND, MGR_E_CONFLICT, MGR_E_FAILED };
 
 /* ---- networks (src/mgr/networks.c): a Linux bridge "vb-NAME" each ----
- * DIR/networks/NAME.json holds {"name", "vlan_aware", "uplink"?}; at start
+ * DIR/networks/NAME.json holds {"name", "vlan_aware", "uplink"?, "vlans"?}; at start
  * every network's bridge is re-created, or adopted if it exists. All under
  * m->lock. */
 #define MGR_NET_NAME_MAX 12          /* "vb-" + name fits IFNAMSIZ */
@@ -259,6 +268,7 @@ struct mgr_net {
 	char bridge[16];
 	char uplink[16];             /* "": none */
 	bool vlan_aware;
+	struct vlan_set vlans;       /* the uplink carries these tagged */
 	struct mgr_net *next;
 };
 int mgr_net_load(struct mgr *m);

@@ -7,11 +7,13 @@
 #include <string.h>
 
 #include "vireo/cmd.h"
+#include "vireo/net.h"
 
 static const char net_usage[] =
 	"usage: vireo net [--socket PATH] [--output=text|json] COMMAND [ARGS]\n"
 	"\n"
-	"  create NAME [--vlan-aware] [--uplink IFNAME]  a Linux bridge vb-NAME\n"
+	"  create NAME [--vlan-aware [--vlans N;A-B...]] [--uplink IFNAME]\n"
+	"                            a Linux bridge vb-NAME (--vlans: the uplink's)\n"
 	"  list                      the networks, their bridges and ports\n"
 	"  info NAME                 a network's ports and counters\n"
 	"  delete NAME               (refused while a VM's vNIC uses it)\n"
@@ -20,11 +22,11 @@ static const char net_usage[] =
 	"$VIREO_SOCKET, else /run/vireo/vireo.sock.\n";
 
 struct net_cli {
-	const char *socket, *uplink;
+	const char *socket, *uplink, *vlans;
 	bool json, vlan_aware;
 };
 
-enum { OPT_SOCKET = 0x100, OPT_OUTPUT, OPT_JSON, OPT_VLAN, OPT_UPLINK };
+enum { OPT_SOCKET = 0x100, OPT_OUTPUT, OPT_JSON, OPT_VLAN, OPT_VLANS, OPT_UPLINK };
 
 static int parse(struct net_cli *cli, int argc, char **argv)
 {
@@ -34,6 +36,7 @@ static int parse(struct net_cli *cli, int argc, char **argv)
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "vlan-aware", no_argument, NULL, OPT_VLAN },
 		{ "uplink", required_argument, NULL, OPT_UPLINK },
+		{ "vlans", required_argument, NULL, OPT_VLANS },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -47,6 +50,7 @@ static int parse(struct net_cli *cli, int argc, char **argv)
 		case OPT_JSON: cli->json = true; break;
 		case OPT_VLAN: cli->vlan_aware = true; break;
 		case OPT_UPLINK: cli->uplink = optarg; break;
+		case OPT_VLANS: cli->vlans = optarg; break;
 		case OPT_OUTPUT:
 			if (strcmp(optarg, "json") && strcmp(optarg, "text")) {
 				fprintf(stderr, "vireo: --output is text or json\n");
@@ -116,6 +120,8 @@ static int run(struct net_cli *cli, const char *cmd, const char *name)
 			json_object_object_add(req, "vlan_aware", json_object_new_boolean(true));
 		if (cli->uplink)
 			json_object_object_add(req, "uplink", json_object_new_string(cli->uplink));
+		if (cli->vlans)
+			json_object_object_add(req, "vlans", vlan_list_json(cli->vlans));
 		body = strdup(json_object_to_json_string(req));
 		json_object_put(req);
 		o = vm_api_call(cli->socket, cli->json, "POST", "/networks", body, &ok);
@@ -162,8 +168,9 @@ int cmd_net(int argc, char **argv)
 	if (argc - optind != (named ? 2 : 1))
 		return fprintf(stderr, "vireo: usage: vireo net %s%s\n", cmd,
 			       named ? " NAME" : ""), 2;
-	if ((cli.vlan_aware || cli.uplink) && strcmp(cmd, "create"))
-		return fprintf(stderr, "vireo: --vlan-aware and --uplink go with create\n"), 2;
+	if ((cli.vlan_aware || cli.uplink || cli.vlans) && strcmp(cmd, "create"))
+		return fprintf(stderr, "vireo: --vlan-aware, --vlans and --uplink go with create\n"),
+		       2;
 	/* A name the path cannot carry is refused here, the daemon checks the rest. */
 	if (named && strcmp(cmd, "create") && (strlen(argv[optind + 1]) > 64 || strpbrk(argv[optind + 1], "/?#% ")))
 		return fprintf(stderr, "vireo: bad network name\n"), 2;

@@ -14,6 +14,7 @@
 
 #include "vireo/cmd.h"
 #include "vireo/log.h"
+#include "vireo/net.h"
 #include "vireo/size.h"
 
 #define DEFAULT_SOCKET "/run/vireo/vireo.sock"
@@ -26,7 +27,8 @@ static const char vm_usage[] =
 	"  create NAME --kernel FILE [--cpus N] [--memory SIZE] [--cmdline TEXT]\n"
 	"         [--disk path=FILE[,format=F][,readonly][,bps=SIZE][,iops=N][,cache=MODE]]...\n"
 	"         [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
-	"         [--nic [tap=NAME][,network=NET][,mac=M][,mtu=N][,rx_bps=SIZE][,tx_bps=SIZE]]...\n"
+	"         [--nic [tap=NAME][,network=NET][,mac=M][,mtu=N][,rx_bps=SIZE][,tx_bps=SIZE]\n"
+	"                [,vlan=N | ,trunk=N;A-B...[,native_vlan=N]]]...\n"
 	"         [--balloon [--balloon-target SIZE] [--memory-min SIZE]]\n"
 	"  create --file DEF.json    the definition as JSON (docs/api.md)\n"
 	"  start|pause|resume|reboot|delete NAME\n"
@@ -303,7 +305,8 @@ static int add_number(struct json_object *o, const char *key, const char *text)
 	return 0;
 }
 
-/* --nic "tap=NAME,network=NET,mac=M,mtu=N,rx_bps=SIZE,tx_bps=SIZE", or --nic-limit
+/* --nic "tap=NAME,network=NET,mac=M,mtu=N,rx_bps=SIZE,tx_bps=SIZE,vlan=N,
+ * trunk=N;A-B,native_vlan=N" (trunk's list as Proxmox's trunks=), or --nic-limit
  * "INDEX,rx_bps=SIZE,tx_bps=SIZE" → an object of those fields. */
 static struct json_object *parse_nic(char *spec, bool limit)
 {
@@ -329,6 +332,13 @@ static struct json_object *parse_nic(char *spec, bool limit)
 		if (eq && !limit && (!strcmp(tok, "tap") || !strcmp(tok, "mac") ||
 				     !strcmp(tok, "network"))) {
 			json_object_object_add(d, tok, json_object_new_string(eq));
+		} else if (eq && !limit && (!strcmp(tok, "vlan") || !strcmp(tok, "native_vlan"))) {
+			if (add_number(d, tok, eq)) {
+				json_object_put(d);
+				return NULL;
+			}
+		} else if (eq && !limit && !strcmp(tok, "trunk")) {
+			json_object_object_add(d, tok, vlan_list_json(eq));
 		} else if (eq && (!strcmp(tok, "rx_bps") || !strcmp(tok, "tx_bps") ||
 				  (!limit && !strcmp(tok, "mtu"))) && !size_parse(eq, &v)) {
 			json_object_object_add(d, tok, json_object_new_int64((int64_t)v));

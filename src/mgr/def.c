@@ -249,10 +249,37 @@ static bool tap_valid(const char *s)
 	return true;
 }
 
+/* "vlan" (an access port) or "trunk" + "native_vlan"; whether the network
+ * is vlan_aware is checked at create (mgr_net_check_def). */
+static int parse_nic_vlans(struct json_object *o, struct mgr_nic *n)
+{
+	struct json_object *trunk;
+	uint64_t v = 0;
+	int ret;
+
+	if (!opt_ok(ret = get_uint(o, "vlan", 1, VLAN_ID_MAX, &v)))
+		return ret;
+	n->vlan = (unsigned int)v;
+	v = 0;
+	if (!opt_ok(ret = get_uint(o, "native_vlan", 1, VLAN_ID_MAX, &v)))
+		return ret;
+	n->native_vlan = (unsigned int)v;
+	n->is_trunk = json_object_object_get_ex(o, "trunk", &trunk);
+	if (n->is_trunk && (ret = vlan_set_from_json(trunk, "trunk", &n->trunk)))
+		return ret;
+	if (n->vlan && n->is_trunk)
+		return err_set(-EINVAL, "'vlan' (an access port) and 'trunk' exclude each other");
+	if (n->native_vlan && !n->is_trunk)
+		return err_set(-EINVAL, "'native_vlan' is for a 'trunk'");
+	if ((n->vlan || n->is_trunk) && !n->network)
+		return err_set(-EINVAL, "'%s' needs a 'network'", n->vlan ? "vlan" : "trunk");
+	return 0;
+}
+
 static int parse_nic(struct json_object *o, struct mgr_nic *n)
 {
 	static const char *const keys[] = { "tap", "mac", "mtu", "rx_bps", "tx_bps", "network",
-					    NULL };
+					    "vlan", "trunk", "native_vlan", NULL };
 	uint64_t mtu = 0;
 	int ret = check_keys(o, "a nic", keys);
 
@@ -276,7 +303,7 @@ static int parse_nic(struct json_object *o, struct mgr_nic *n)
 		return ret;
 	if (!opt_ok(ret = get_uint(o, "tx_bps", 0, CONTROL_MAX_RATE, &n->tx_bps)))
 		return ret;
-	return 0;
+	return parse_nic_vlans(o, n);
 }
 
 static int parse_nics(struct json_object *obj, struct vm_def *def)
@@ -575,6 +602,12 @@ static struct json_object *nic_to_json(const struct mgr_nic *n)
 		json_object_object_add(o, "mtu", json_object_new_int((int)n->mtu));
 	json_object_object_add(o, "rx_bps", json_object_new_int64((int64_t)n->rx_bps));
 	json_object_object_add(o, "tx_bps", json_object_new_int64((int64_t)n->tx_bps));
+	if (n->vlan)
+		json_object_object_add(o, "vlan", json_object_new_int((int)n->vlan));
+	if (n->is_trunk)
+		json_object_object_add(o, "trunk", vlan_set_to_json(&n->trunk));
+	if (n->native_vlan)
+		json_object_object_add(o, "native_vlan", json_object_new_int((int)n->native_vlan));
 	return o;
 }
 

@@ -44,7 +44,8 @@ void mgr_net_free_all(struct mgr *m)
 	}
 }
 
-/* {"name", "vlan_aware"?, "uplink"?} into n: 0 or -EINVAL naming the field. */
+/* {"name", "vlan_aware"?, "uplink"?, "vlans"?} into n: 0 or -EINVAL naming
+ * the field. */
 static int net_from_json(struct json_object *o, struct mgr_net *n)
 {
 	struct json_object *v;
@@ -52,7 +53,8 @@ static int net_from_json(struct json_object *o, struct mgr_net *n)
 	memset(n, 0, sizeof(*n));
 	json_object_object_foreach(o, key, val) {
 		(void)val;
-		if (strcmp(key, "name") && strcmp(key, "vlan_aware") && strcmp(key, "uplink"))
+		if (strcmp(key, "name") && strcmp(key, "vlan_aware") && strcmp(key, "uplink") &&
+		    strcmp(key, "vlans"))
 			return err_set(-EINVAL, "unknown field '%s' in a network", key);
 	}
 	if (!json_object_object_get_ex(o, "name", &v) || !json_object_is_type(v, json_type_string) ||
@@ -74,6 +76,12 @@ static int net_from_json(struct json_object *o, struct mgr_net *n)
 			return err_set(-EINVAL, "'uplink' must be an interface name (1 to 15 bytes)");
 		strcpy(n->uplink, s);
 	}
+	if (json_object_object_get_ex(o, "vlans", &v)) {
+		if (!n->vlan_aware)
+			return err_set(-EINVAL, "'vlans' needs \"vlan_aware\": true");
+		if (vlan_set_from_json(v, "vlans", &n->vlans))
+			return -EINVAL;
+	}
 	return 0;
 }
 
@@ -85,7 +93,22 @@ static struct json_object *net_def_json(const struct mgr_net *n)
 	json_object_object_add(o, "vlan_aware", json_object_new_boolean(n->vlan_aware));
 	if (*n->uplink)
 		json_object_object_add(o, "uplink", json_object_new_string(n->uplink));
+	if (!vlan_set_empty(&n->vlans))
+		json_object_object_add(o, "vlans", vlan_set_to_json(&n->vlans));
 	return o;
+}
+
+/* A port's VLANs as the kernel has them: "pvid" (untagged) and "vlans"
+ * (tagged); nothing on a bridge without VLAN filtering. */
+static void port_vlans_json(struct json_object *p, const char *port)
+{
+	struct port_vlans v;
+
+	if (bridge_port_get_vlans(port, &v))
+		return;
+	if (v.pvid)
+		json_object_object_add(p, "pvid", json_object_new_int((int)v.pvid));
+	json_object_object_add(p, "vlans", vlan_set_to_json(&v.tagged));
 }
 
 static uint64_t sys_counter(const char *ifname, const char *what)
@@ -129,6 +152,8 @@ struct json_object *mgr_net_json(const struct mgr_net *n)
 			(int64_t)sys_counter(e->d_name, "rx_bytes")));
 		json_object_object_add(p, "tx_bytes", json_object_new_int64(
 			(int64_t)sys_counter(e->d_name, "tx_bytes")));
+		if (n->vlan_aware)
+			port_vlans_json(p, e->d_name);
 		json_object_array_add(ports, p);
 	}
 	if (d)
@@ -153,6 +178,15 @@ struct json_object *mgr_net_list_json(struct mgr *m)
 
 /* Creates (or, `adopt`, takes over an existing) bridge for n, with its
  * uplink. A failure leaves no bridge we made. */
+/* The uplink is a trunk: the network's VLANs tagged, VLAN 1 untagged (the
+ * bridge's default, which the host's own untagged traffic keeps). */
+static int uplink_vlans(const struct mgr_net *n)
+{
+	struct port_vlans v = { .tagged = n->vlans, .pvid = 1 };
+
+	return n->vlan_aware ? bridge_port_set_vlans(n->uplink, &v) : 0;
+}
+
 static int net_build(const struct mgr_net *n, bool adopt)
 {
 	int ret = bridge_check(n->bridge);
@@ -169,7 +203,7 @@ static int net_build(const struct mgr_net *n, bool adopt)
 		made = true;
 	}
 	if (*n->uplink && ((ret = bridge_set_port(n->bridge, n->uplink)) ||
-			   (ret = link_set_up(n->uplink)))) {
+			   (ret = uplink_vlans(n)) || (ret = link_set_up(n->uplink)))) {
 		if (made)
 			bridge_delete(n->bridge);
 		return ret;
@@ -289,11 +323,32 @@ int mgr_net_load(struct mgr *m)
 
 int mgr_net_check_def(struct mgr *m, const struct vm_def *def)
 {
-	for (unsigned int i = 0; i < def->nnics; i++)
-		if (def->nics[i].network && !mgr_net_find(m, def->nics[i].network))
+	for (unsigned int i = 0; i < def->nnics; i++) {
+		const struct mgr_nic *nic = &def->nics[i];
+		const struct mgr_net *n = nic->network ? mgr_net_find(m, nic->network) : NULL;
+
+		if (nic->network && !n)
 			return err_set(-EINVAL, "nics[%u]: 'network': no network named '%s'", i,
-				       def->nics[i].network);
+				       nic->network);
+		if ((nic->vlan || nic->is_trunk) && !n->vlan_aware)
+			return err_set(-EINVAL, "nics[%u]: '%s': network '%s' is not vlan_aware", i,
+				       nic->vlan ? "vlan" : "trunk", nic->network);
+	}
 	return 0;
+}
+
+/* The port VLANs of a vNIC on a vlan_aware network (mgr_nic). */
+static struct port_vlans nic_vlans(const struct mgr_nic *nic)
+{
+	struct port_vlans v = { .pvid = 1 };
+
+	if (nic->vlan) {
+		v.pvid = nic->vlan;
+	} else if (nic->is_trunk) {
+		v.tagged = nic->trunk;
+		v.pvid = nic->native_vlan;
+	}
+	return v;
 }
 
 void mgr_nic_tap(const struct vm_def *def, unsigned int i, char out[16])
@@ -352,8 +407,10 @@ void mgr_net_detach(struct mgr *m, const struct vm_def *def)
 
 /* One vNIC's tap, made and plugged in. A tap of that name already in this
  * bridge is ours from a VMM that ended while no daemon ran: replaced. */
-static int attach_one(const struct mgr_net *n, const char *tap, unsigned int uid)
+static int attach_one(const struct mgr_net *n, const struct mgr_nic *nic, const char *tap,
+		      unsigned int uid)
 {
+	struct port_vlans vlans = nic_vlans(nic);
 	char master[16];
 	int ret;
 
@@ -364,8 +421,13 @@ static int attach_one(const struct mgr_net *n, const char *tap, unsigned int uid
 		if ((ret = link_delete(tap)))
 			return ret;
 	}
+	/* VLANs before the link is up: no frame passes on the default VLAN */
 	ret = tap_create_persistent(tap, uid);
-	if (!ret && (ret = bridge_set_port(n->bridge, tap)) == 0)
+	if (!ret)
+		ret = bridge_set_port(n->bridge, tap);
+	if (!ret && n->vlan_aware)
+		ret = bridge_port_set_vlans(tap, &vlans);
+	if (!ret)
 		ret = link_set_up(tap);
 	if (ret && bridge_check(tap) != -ENOENT)
 		link_delete(tap);
@@ -405,7 +467,7 @@ int mgr_net_attach(struct mgr *m, const struct vm_def *def, unsigned int uid)
 		user = tap_in_use(m, def, tap);
 		ret = user ? err_set(-EEXIST, "tap %s is VM %s's (give this nic a \"tap\")", tap,
 				     user) :
-		      n ? attach_one(n, tap, uid) :
+		      n ? attach_one(n, &def->nics[i], tap, uid) :
 		      err_set(-ENOENT, "network '%s' is gone", def->nics[i].network);
 		if (ret) {
 			err_set(ret, "nics[%u]: %s", i, err_get());
@@ -426,8 +488,12 @@ void mgr_net_reattach(struct mgr *m, const struct vm_def *def)
 			continue;
 		mgr_nic_tap(def, i, tap);
 		port_master(tap, master);
-		if (bridge_check(tap) != -ENOENT && strcmp(master, n->bridge) &&
-		    bridge_set_port(n->bridge, tap))
-			log_warn("VM %s: %s", def->name, err_get());
+		if (bridge_check(tap) != -ENOENT && strcmp(master, n->bridge)) {
+			struct port_vlans vlans = nic_vlans(&def->nics[i]);
+
+			if (bridge_set_port(n->bridge, tap) ||
+			    (n->vlan_aware && bridge_port_set_vlans(tap, &vlans)))
+				log_warn("VM %s: %s", def->name, err_get());
+		}
 	}
 }

@@ -293,3 +293,34 @@ def test_a_tap_name_in_use_is_refused_and_left_alone(netd):
     st, js = netd.request("POST", "/vms/w2/start")
     assert st >= 400 and "w1" in js["error"] and tap in js["error"], (st, js)
     assert ports(br) == [tap] and netd.vm("w1")["state"] == "running"
+
+
+def test_bad_vlans_are_refused_naming_the_field(netd):
+    """VLAN ids out of 1..4094, a trunk with an access VLAN, a native VLAN
+    without a trunk, VLANs on a network that is not vlan_aware: 400 naming
+    the field, and no VM or network made."""
+    a = netname("q")
+    create_net(netd, a)
+    before = link_config("vb-" + a)
+    bad = [({"vlan": 0}, "'vlan'"), ({"vlan": 4095}, "'vlan'"), ({"vlan": 5000}, "'vlan'"),
+           ({"vlan": "10"}, "'vlan'"), ({"trunk": [10, 4095]}, "'trunk'[1]"),
+           ({"trunk": ["30-20"]}, "'trunk'[0]"), ({"trunk": []}, "'trunk'"),
+           ({"vlan": 10, "trunk": [20]}, "'trunk'"), ({"native_vlan": 10}, "'native_vlan'"),
+           ({"trunk": [20], "native_vlan": 0}, "'native_vlan'"),
+           ({"vlan": 10}, "not vlan_aware"), ({"trunk": [10]}, "not vlan_aware")]
+    for extra, field in bad:
+        st, js = netd.request("POST", "/vms", {
+            "name": "vv", "cpus": 1, "memory": "64M", "kernel": str(netd_probe()),
+            "nics": [{"network": a, **extra}]})
+        assert st == 400 and "nics[0]" in js["error"] and field in js["error"], (extra, js)
+    st, js = netd.request("POST", "/vms", {"name": "vv", "cpus": 1, "memory": "64M",
+                                           "kernel": str(netd_probe()), "nics": [{"vlan": 10}]})
+    assert st == 400 and "'network'" in js["error"], js
+    assert netd.request("GET", "/vms/vv")[0] == 404
+    st, js = netd.request("POST", "/networks", {"name": netname("w"), "vlans": [10]})
+    assert st == 400 and "'vlans'" in js["error"] and "vlan_aware" in js["error"], js
+    st, js = netd.request("POST", "/networks", {"name": netname("w"), "vlan_aware": True,
+                                                "vlans": [0]})
+    assert st == 400 and "'vlans'" in js["error"], js
+    assert not link_exists("vb-" + netname("w"))
+    assert link_config("vb-" + a) == before
