@@ -14,6 +14,7 @@ import pytest
 
 from conftest import ROOT, needs_kvm, scaled
 from daemonutil import Daemon, wait_for
+from test_linux import BASE_CMDLINE, MAC, build_kit, linux_lines
 
 pytestmark = [needs_kvm, pytest.mark.hw_virt, pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None, reason="skipped: needs root and iproute2")]
@@ -152,6 +153,44 @@ def test_vlans_survive_a_daemon_restart_that_rebuilds_the_bridge(tmp_path):
         out = subprocess.run(["ip", "-d", "link", "show", f"vb-{net}"], capture_output=True,
                              text=True, check=True).stdout
         assert "vlan_filtering 1" in out
+    finally:
+        d.cleanup()
+        subprocess.run(["ip", "link", "del", f"vb-{net}"], capture_output=True)
+
+
+@pytest.mark.hw_virt(prepare=build_kit)
+@pytest.mark.parametrize("port, reaches", [({"trunk": [20], "native_vlan": 1}, True),
+                                           ({"vlan": 10}, False)],
+                         ids=["trunk", "access-port-drops-a-foreign-tag"])
+def test_linux_vlan_subinterface(tmp_path, remote, port, reaches):
+    """Debian's kernel on vireo makes eth0.20 (8021q) and pings the remote
+    host's 10.0.20.1 on VLAN 20 through the uplink: it answers when the vNIC
+    is a trunk carrying 20; on an access port of VLAN 10 the guest's frames
+    tagged 20 are dropped at the bridge."""
+    ns, up, peer = remote
+    ip("addr", "add", "10.0.20.1/24", "dev", f"{peer}.20", ns=ns)
+    kit = build_kit()
+    d = Daemon(extra=["--storage", str(tmp_path)]).start()
+    net = f"l{TAG}"
+    try:
+        st, js = d.request("POST", "/networks", {"name": net, "vlan_aware": True, "uplink": up,
+                                                 "vlans": [10, 20]})
+        if st == 400 and "VLAN filtering" in js.get("error", ""):
+            pytest.skip(f"skipped: {js['error']}")
+        assert st == 201, js
+        cmdline = "vireo.test=net vireo.vlan=20 vireo.ip=10.0.20.2/24 vireo.peer=10.0.20.1 " \
+                  "vireo.port=0"
+        d.ok("POST", "/vms", {"name": "lx", "cpus": 1, "memory": "256M",
+                              "kernel": str(kit / "vmlinuz"), "initrd": str(kit / "initrd.img"),
+                              "cmdline": f"{BASE_CMDLINE} {cmdline}",
+                              "nics": [{"network": net, "mac": MAC, **port}]}, status=201)
+        d.ok("POST", "/vms/lx/start")
+        assert wait_for(lambda: d.vm("lx")["state"] == "stopped", timeout=scaled(150)), \
+            (d.vm("lx"), log_of(d, "lx")[-4000:])
+        net_line = linux_lines(log_of(d, "lx")).get("net")
+        assert net_line and net_line["bound"] == "1" and net_line["vlan"] == "20", \
+            log_of(d, "lx")[-4000:]
+        assert net_line["ping"] == ("ok" if reaches else "fail"), net_line
     finally:
         d.cleanup()
         subprocess.run(["ip", "link", "del", f"vb-{net}"], capture_output=True)

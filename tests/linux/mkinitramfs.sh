@@ -46,7 +46,7 @@ cp "$work/kernel/boot/vmlinuz-$kver" "$out/vmlinuz"
 
 # Modules in load order: each wanted module after its dependencies (modules.dep).
 wanted="virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
-        failover net_failover virtio_net virtio_balloon virtio-rng button evdev"
+        failover net_failover virtio_net virtio_balloon virtio-rng button evdev 8021q"
 order=()
 add_module() {
 	local path deps dep
