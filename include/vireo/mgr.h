@@ -60,6 +60,16 @@ struct mgr_disk {
 	int cache;                   /* enum block_cache; 0: writeback */
 };
 
+/* A vNIC's port on a vlan_aware network: an access port (vlan: untagged
+ * in the guest, that VLAN on the bridge), or a trunk (the tagged VLANs, and
+ * native_vlan for untagged frames, 0: dropped). Neither: VLAN 1. */
+struct nic_vlans {
+	unsigned int vlan;
+	bool is_trunk;
+	struct vlan_set trunk;
+	unsigned int native_vlan;
+};
+
 struct mgr_nic {
 	char *tap;                   /* NULL: the kernel names it (or, with a
 				      * network, mgr_nic_tap() does) */
@@ -67,13 +77,7 @@ struct mgr_nic {
 	char *mac;                   /* NULL: random */
 	unsigned int mtu;            /* 0: 1500 */
 	uint64_t rx_bps, tx_bps;     /* 0: unlimited */
-	/* On a vlan_aware network: an access port (vlan: untagged in the
-	 * guest, that VLAN on the bridge), or a trunk (the tagged VLANs, and
-	 * native_vlan for untagged frames, 0: dropped). Neither: VLAN 1. */
-	unsigned int vlan;
-	bool is_trunk;
-	struct vlan_set trunk;
-	unsigned int native_vlan;
+	struct nic_vlans vlans;
 };
 
 struct vm_def {
@@ -130,6 +134,11 @@ struct vm_patch {
 		bool has_bps, has_iops;
 		uint64_t bps, iops;
 	} limits[MGR_MAX_DISKS + MGR_MAX_NICS];
+	unsigned int nvlans;         /* nic_vlans: replace a vNIC's VLANs */
+	struct {
+		unsigned int nic;
+		struct nic_vlans v;
+	} vlans[MGR_MAX_NICS];
 };
 /* Validates a PATCH body against `def` (disk indices, pin counts). */
 int vm_patch_from_json(struct json_object *obj, const struct vm_def *def, struct vm_patch *p);
@@ -290,6 +299,9 @@ void mgr_nic_tap(const struct vm_def *def, unsigned int i, char out[16]);
  * ended. */
 int mgr_net_attach(struct mgr *m, const struct vm_def *def, unsigned int uid);
 void mgr_net_detach(struct mgr *m, const struct vm_def *def);
+/* Sets vNIC i's port VLANs (a running VM's tap on a vlan_aware network;
+ * else nothing to do). */
+int mgr_net_set_vlans(struct mgr *m, const struct vm_def *def, unsigned int i);
 /* After a daemon restart re-created a bridge: a running VM's taps join it again. */
 void mgr_net_reattach(struct mgr *m, const struct vm_def *def);
 

@@ -40,6 +40,7 @@ static const char vm_usage[] =
 	"         [--disk-limit INDEX[,bps=SIZE][,iops=N]]... [--balloon-target SIZE]\n"
 	"         [--memory-min SIZE]\n"
 	"         [--nic-limit INDEX[,rx_bps=SIZE][,tx_bps=SIZE]]...\n"
+	"         [--nic-vlan INDEX[,vlan=N | ,trunk=N;A-B...[,native_vlan=N]]]...\n"
 	"  console NAME              attach to the serial console (Ctrl-A x detaches)\n"
 	"  top [--interval S] [--count N]  CPU use, steal and throttling per VM\n"
 	"  metrics                   the Prometheus metrics\n"
@@ -351,6 +352,23 @@ static struct json_object *parse_nic(char *spec, bool limit)
 	return d;
 }
 
+/* --nic-vlan "INDEX[,vlan=N | ,trunk=N;A-B[,native_vlan=N]]" → {"nic": INDEX, …}
+ * (INDEX alone: back to VLAN 1). */
+static struct json_object *parse_nic_vlan(char *spec)
+{
+	char *comma = strchr(spec, ',');
+	struct json_object *d;
+
+	if (comma)
+		*comma = '\0';
+	d = comma ? parse_nic(comma + 1, false) : json_object_new_object();
+	if (d && add_number(d, "nic", spec)) {
+		json_object_put(d);
+		d = NULL;
+	}
+	return d;
+}
+
 /* --disk-limit "INDEX,bps=SIZE,iops=N" → {"disk": INDEX, "bps": …, "iops": …} */
 static struct json_object *parse_disk_limit(char *spec)
 {
@@ -445,7 +463,7 @@ static int parse_opts(struct vm_cli *cli, int argc, char **argv, const struct op
 
 /* Flags shared by create and set; fills `o`. */
 struct def_flags {
-	struct json_object *o, *disks, *pins, *nics;
+	struct json_object *o, *disks, *pins, *nics, *vlans;
 	bool create;
 	const char *file;
 };
@@ -456,7 +474,7 @@ static int def_flag(void *ctx, int c)
 	struct json_object *o = f->o, *d;
 	bool create_only = strchr("knmcdfbN", c) != NULL;
 
-	if ((create_only && !f->create) || ((c == 'l' || c == 'L') && f->create))
+	if ((create_only && !f->create) || (strchr("lLV", c) && f->create))
 		return err_set(-EINVAL, "bad option for %s (see 'vireo vm --help')",
 			       f->create ? "create" : "set");
 	switch (c) {
@@ -485,6 +503,12 @@ static int def_flag(void *ctx, int c)
 			return -EINVAL;
 		json_object_array_add(f->nics, d);
 		break;
+	case 'V':
+		d = parse_nic_vlan(optarg);
+		if (!d)
+			return -EINVAL;
+		json_object_array_add(f->vlans, d);
+		break;
 	}
 	return 0;
 }
@@ -503,11 +527,12 @@ static int parse_def_flags(struct vm_cli *cli, int argc, char **argv, struct jso
 		{ "balloon", no_argument, NULL, 'b' }, { "balloon-target", required_argument, NULL, 't' },
 		{ "nic", required_argument, NULL, 'N' }, { "nic-limit", required_argument, NULL, 'L' },
 		{ "memory-min", required_argument, NULL, 'M' },
+		{ "nic-vlan", required_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct def_flags f = { .o = o, .disks = json_object_new_array(),
 			       .pins = json_object_new_array(), .nics = json_object_new_array(),
-			       .create = create };
+			       .vlans = json_object_new_array(), .create = create };
 	int ret = parse_opts(cli, argc, argv, longopts, def_flag, &f);
 
 	if (!ret && json_object_array_length(f.pins))
@@ -516,9 +541,12 @@ static int parse_def_flags(struct vm_cli *cli, int argc, char **argv, struct jso
 		json_object_object_add(o, create ? "disks" : "disk_limits", json_object_get(f.disks));
 	if (!ret && json_object_array_length(f.nics))
 		json_object_object_add(o, create ? "nics" : "nic_limits", json_object_get(f.nics));
+	if (!ret && json_object_array_length(f.vlans))
+		json_object_object_add(o, "nic_vlans", json_object_get(f.vlans));
 	json_object_put(f.pins);
 	json_object_put(f.disks);
 	json_object_put(f.nics);
+	json_object_put(f.vlans);
 	*file = f.file;
 	return ret;
 }

@@ -249,14 +249,15 @@ static bool tap_valid(const char *s)
 	return true;
 }
 
-/* "vlan" (an access port) or "trunk" + "native_vlan"; whether the network
- * is vlan_aware is checked at create (mgr_net_check_def). */
-static int parse_nic_vlans(struct json_object *o, struct mgr_nic *n)
+/* "vlan" (an access port) or "trunk" + "native_vlan" of object o; whether
+ * the network is vlan_aware is checked at create (mgr_net_check_def). */
+static int parse_nic_vlans(struct json_object *o, struct nic_vlans *n)
 {
 	struct json_object *trunk;
 	uint64_t v = 0;
 	int ret;
 
+	memset(n, 0, sizeof(*n));
 	if (!opt_ok(ret = get_uint(o, "vlan", 1, VLAN_ID_MAX, &v)))
 		return ret;
 	n->vlan = (unsigned int)v;
@@ -271,8 +272,6 @@ static int parse_nic_vlans(struct json_object *o, struct mgr_nic *n)
 		return err_set(-EINVAL, "'vlan' (an access port) and 'trunk' exclude each other");
 	if (n->native_vlan && !n->is_trunk)
 		return err_set(-EINVAL, "'native_vlan' is for a 'trunk'");
-	if ((n->vlan || n->is_trunk) && !n->network)
-		return err_set(-EINVAL, "'%s' needs a 'network'", n->vlan ? "vlan" : "trunk");
 	return 0;
 }
 
@@ -303,7 +302,11 @@ static int parse_nic(struct json_object *o, struct mgr_nic *n)
 		return ret;
 	if (!opt_ok(ret = get_uint(o, "tx_bps", 0, CONTROL_MAX_RATE, &n->tx_bps)))
 		return ret;
-	return parse_nic_vlans(o, n);
+	if ((ret = parse_nic_vlans(o, &n->vlans)))
+		return ret;
+	if ((n->vlans.vlan || n->vlans.is_trunk) && !n->network)
+		return err_set(-EINVAL, "'%s' needs a 'network'", n->vlans.vlan ? "vlan" : "trunk");
+	return 0;
 }
 
 static int parse_nics(struct json_object *obj, struct vm_def *def)
@@ -602,12 +605,13 @@ static struct json_object *nic_to_json(const struct mgr_nic *n)
 		json_object_object_add(o, "mtu", json_object_new_int((int)n->mtu));
 	json_object_object_add(o, "rx_bps", json_object_new_int64((int64_t)n->rx_bps));
 	json_object_object_add(o, "tx_bps", json_object_new_int64((int64_t)n->tx_bps));
-	if (n->vlan)
-		json_object_object_add(o, "vlan", json_object_new_int((int)n->vlan));
-	if (n->is_trunk)
-		json_object_object_add(o, "trunk", vlan_set_to_json(&n->trunk));
-	if (n->native_vlan)
-		json_object_object_add(o, "native_vlan", json_object_new_int((int)n->native_vlan));
+	if (n->vlans.vlan)
+		json_object_object_add(o, "vlan", json_object_new_int((int)n->vlans.vlan));
+	if (n->vlans.is_trunk)
+		json_object_object_add(o, "trunk", vlan_set_to_json(&n->vlans.trunk));
+	if (n->vlans.native_vlan)
+		json_object_object_add(o, "native_vlan",
+				       json_object_new_int((int)n->vlans.native_vlan));
 	return o;
 }
 
@@ -724,10 +728,46 @@ static int check_memory_floor(const struct vm_def *def, struct vm_patch *p)
 	return 0;
 }
 
+/* "nic_vlans": [{"nic": I, "vlan"? | "trunk"? + "native_vlan"?}]: each
+ * replaces vNIC I's VLANs (none: back to VLAN 1). */
+static int parse_patch_vlans(struct json_object *obj, const struct vm_def *def,
+			     struct vm_patch *p)
+{
+	static const char *const keys[] = { "nic", "vlan", "trunk", "native_vlan", NULL };
+	struct json_object *arr;
+	size_t n;
+
+	if (!json_object_object_get_ex(obj, "nic_vlans", &arr))
+		return 0;
+	if (!json_object_is_type(arr, json_type_array) ||
+	    (n = json_object_array_length(arr)) > MGR_MAX_NICS)
+		return err_set(-EINVAL, "'nic_vlans' must be an array of at most %d entries",
+			       MGR_MAX_NICS);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *o = json_object_array_get_idx(arr, i);
+		uint64_t nic = 0;
+		int ret = check_keys(o, "a nic_vlans entry", keys);
+
+		if (!ret && (ret = get_uint(o, "nic", 0, MGR_MAX_NICS, &nic)) == -ENOENT)
+			ret = err_set(-EINVAL, "'nic' (an index) is required");
+		if (!ret && (nic >= def->nnics || !def->nics[nic].network))
+			ret = err_set(-EINVAL, "'nic': VM '%s' has no vNIC %llu on a network",
+				      def->name, (unsigned long long)nic);
+		if (!ret)
+			ret = parse_nic_vlans(o, &p->vlans[i].v);
+		if (ret)
+			return err_prefix(ret, "nic_vlans", i);
+		p->vlans[i].nic = (unsigned int)nic;
+		p->nvlans = (unsigned int)i + 1;
+	}
+	return 0;
+}
+
 static int parse_patch(struct json_object *obj, const struct vm_def *def, struct vm_patch *p)
 {
 	static const char *const keys[] = { "cpu_weight", "cpu_max", "cpu_pin", "disk_limits",
-					    "nic_limits", "balloon_target", "memory_min", NULL };
+					    "nic_limits", "nic_vlans", "balloon_target",
+					    "memory_min", NULL };
 	uint64_t v = 0;
 	int ret = check_keys(obj, "a PATCH body", keys);
 
@@ -754,8 +794,9 @@ static int parse_patch(struct json_object *obj, const struct vm_def *def, struct
 		return err_set(-EINVAL, "VM '%s' has no balloon device", def->name);
 	if ((ret = check_memory_floor(def, p)))
 		return ret;
-	ret = parse_limits(obj, def, p, false);
-	return ret ? ret : parse_limits(obj, def, p, true);
+	if ((ret = parse_limits(obj, def, p, false)) || (ret = parse_limits(obj, def, p, true)))
+		return ret;
+	return parse_patch_vlans(obj, def, p);
 }
 
 int vm_patch_from_json(struct json_object *obj, const struct vm_def *def, struct vm_patch *p)
@@ -797,6 +838,8 @@ void vm_patch_apply(struct vm_def *def, struct vm_patch *p)
 		if (p->limits[i].has_iops)
 			*iops = p->limits[i].iops;
 	}
+	for (unsigned int i = 0; i < p->nvlans; i++)
+		def->nics[p->vlans[i].nic].vlans = p->vlans[i].v;
 }
 
 void vm_patch_free(struct vm_patch *p)

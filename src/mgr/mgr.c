@@ -879,6 +879,9 @@ static enum mgr_err patch_live(struct mgr *m, struct mgr_vm *vm, const struct vm
 		if (e != MGR_OK)
 			return e;
 	}
+	for (unsigned int i = 0; i < p->nvlans; i++)
+		if (mgr_net_set_vlans(m, nd, p->vlans[i].nic))
+			return MGR_E_FAILED;
 	return MGR_OK;
 }
 
@@ -893,6 +896,10 @@ enum mgr_err mgr_patch(struct mgr *m, struct mgr_vm *vm, struct vm_patch *p)
 	if (vm_def_copy(&vm->def, &nd))
 		return MGR_E_FAILED;
 	vm_patch_apply(&nd, p);	/* nd owns the pin strings now */
+	if (mgr_net_check_def(m, &nd)) {
+		vm_def_free(&nd);
+		return MGR_E_BAD;
+	}
 	if (mgr_vm_active(vm))
 		e = patch_live(m, vm, &nd, p);
 	if (e == MGR_OK && store_save_def(m, &nd))

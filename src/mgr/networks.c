@@ -330,25 +330,38 @@ int mgr_net_check_def(struct mgr *m, const struct vm_def *def)
 		if (nic->network && !n)
 			return err_set(-EINVAL, "nics[%u]: 'network': no network named '%s'", i,
 				       nic->network);
-		if ((nic->vlan || nic->is_trunk) && !n->vlan_aware)
+		if ((nic->vlans.vlan || nic->vlans.is_trunk) && !n->vlan_aware)
 			return err_set(-EINVAL, "nics[%u]: '%s': network '%s' is not vlan_aware", i,
-				       nic->vlan ? "vlan" : "trunk", nic->network);
+				       nic->vlans.vlan ? "vlan" : "trunk", nic->network);
 	}
 	return 0;
 }
 
-/* The port VLANs of a vNIC on a vlan_aware network (mgr_nic). */
+/* The port VLANs of a vNIC on a vlan_aware network (struct nic_vlans). */
 static struct port_vlans nic_vlans(const struct mgr_nic *nic)
 {
 	struct port_vlans v = { .pvid = 1 };
 
-	if (nic->vlan) {
-		v.pvid = nic->vlan;
-	} else if (nic->is_trunk) {
-		v.tagged = nic->trunk;
-		v.pvid = nic->native_vlan;
+	if (nic->vlans.vlan) {
+		v.pvid = nic->vlans.vlan;
+	} else if (nic->vlans.is_trunk) {
+		v.tagged = nic->vlans.trunk;
+		v.pvid = nic->vlans.native_vlan;
 	}
 	return v;
+}
+
+int mgr_net_set_vlans(struct mgr *m, const struct vm_def *def, unsigned int i)
+{
+	const struct mgr_net *n = def->nics[i].network ? mgr_net_find(m, def->nics[i].network) :
+				  NULL;
+	struct port_vlans v = nic_vlans(&def->nics[i]);
+	char tap[16];
+
+	if (!n || !n->vlan_aware)
+		return 0;
+	mgr_nic_tap(def, i, tap);
+	return bridge_check(tap) == -ENOENT ? 0 : bridge_port_set_vlans(tap, &v);
 }
 
 void mgr_nic_tap(const struct vm_def *def, unsigned int i, char out[16])

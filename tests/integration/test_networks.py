@@ -324,3 +324,24 @@ def test_bad_vlans_are_refused_naming_the_field(netd):
     assert st == 400 and "'vlans'" in js["error"], js
     assert not link_exists("vb-" + netname("w"))
     assert link_config("vb-" + a) == before
+
+
+def test_patch_of_vlans_is_checked_and_changes_nothing_when_refused(netd):
+    a = netname("k")
+    create_net(netd, a)
+    netd.create("pv", scenario="wait", nics=[{"network": a}, {"mac": "52:54:00:00:00:0b"}])
+    before = netd.vm("pv")["nics"]
+    for body, field in [({"nic_vlans": [{"nic": 0, "vlan": 10}]}, "not vlan_aware"),
+                        ({"nic_vlans": [{"nic": 1, "vlan": 10}]}, "'nic'"),
+                        ({"nic_vlans": [{"nic": 2}]}, "'nic'"),
+                        ({"nic_vlans": [{"vlan": 10}]}, "'nic'"),
+                        ({"nic_vlans": [{"nic": 0, "vlan": 0}]}, "'vlan'"),
+                        ({"nic_vlans": [{"nic": 0, "tap": "x"}]}, "'tap'"),
+                        ({"nic_vlans": {}}, "'nic_vlans'")]:
+        st, js = netd.request("PATCH", "/vms/pv", body)
+        assert st == 400 and field in js["error"], (body, js)
+    assert netd.vm("pv")["nics"] == before
+    r = subprocess.run([str(VIREO), "vm", "set", "pv", "--nic-vlan", "0,vlan=10"],
+                       capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "VIREO_SOCKET": netd.socket})
+    assert r.returncode != 0 and "not vlan_aware" in r.stderr, r

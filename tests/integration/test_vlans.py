@@ -194,3 +194,41 @@ def test_linux_vlan_subinterface(tmp_path, remote, port, reaches):
     finally:
         d.cleanup()
         subprocess.run(["ip", "link", "del", f"vb-{net}"], capture_output=True)
+
+
+def test_patch_moves_a_running_vm_to_another_vlan(tmp_path):
+    """PATCH nic_vlans on a running VM: VM "echo" leaves VLAN 10 for VLAN 20
+    and VM "s" on VLAN 20 reaches it only afterwards; a refused PATCH
+    changes neither the port nor the definition."""
+    d = Daemon(extra=["--storage", str(tmp_path)]).start()
+    net = f"p{TAG}"
+    try:
+        st, js = d.request("POST", "/networks", {"name": net, "vlan_aware": True})
+        if st == 400 and "VLAN filtering" in js.get("error", ""):
+            pytest.skip(f"skipped: {js['error']}")
+        d.create("echo", scenario="net_echo",
+                 cmdline=f"scenario=net_echo net_echo=8 net_echo_ms={scaled(120) * 1000}",
+                 nics=[{"network": net, "vlan": 10, "mac": ECHO_MAC}])
+        d.create("s", scenario="net", cmdline="scenario=net n=8 net_timeout_ms=3000",
+                 nics=[{"network": net, "vlan": 20}])
+        d.ok("POST", "/vms/echo/start")
+        assert wait_for(lambda: "PROBE net_echo ready" in log_of(d, "echo"),
+                        timeout=scaled(30)), log_of(d, "echo")
+        d.ok("POST", "/vms/s/start")
+        assert "received=0 " in probe_line(d, "s", "PROBE net mac=")
+        before = port_vlans(d, net)
+        st, js = d.request("PATCH", "/vms/echo", {"nic_vlans": [{"nic": 0, "vlan": 4095}]})
+        assert st == 400 and "nic_vlans[0]" in js["error"], js
+        st, js = d.request("PATCH", "/vms/echo", {"nic_vlans": [{"nic": 1, "vlan": 20}]})
+        assert st == 400 and "'nic'" in js["error"], js
+        assert port_vlans(d, net) == before and d.vm("echo")["nics"][0]["vlan"] == 10
+        d.ok("PATCH", "/vms/echo", {"nic_vlans": [{"nic": 0, "vlan": 20}]})
+        assert d.vm("echo")["nics"][0]["vlan"] == 20
+        assert sorted(port_vlans(d, net).values()) == [(20, [])], port_vlans(d, net)
+        os.truncate(os.path.join(d.state, "logs", "s.log"), 0)
+        d.ok("POST", "/vms/s/start")
+        assert "received=8 mismatches=0" in probe_line(d, "s", "PROBE net mac=")
+        assert "PROBE net_echo echoed=8 " in probe_line(d, "echo", "PROBE net_echo echoed")
+    finally:
+        d.cleanup()
+        subprocess.run(["ip", "link", "del", f"vb-{net}"], capture_output=True)
