@@ -11,6 +11,8 @@
 #include "vireo/bus.h"
 
 struct kvm_irq_routing_entry;
+struct state_writer;
+struct state_reader;
 
 /* Exit statuses of `vireo run` (documented in docs/run.md). */
 enum vm_exit_status {
@@ -157,5 +159,14 @@ int cpuid_setup(struct vm *vm, struct vcpu *vcpu);
 bool vcpu_handle_exit(struct vcpu *vcpu);
 void vcpu_dump_registers(struct vcpu *vcpu);
 int vcpu_init(struct vm *vm, struct vcpu *vcpu, unsigned int id);
+
+/* Snapshot state (include/vireo/state.h) of the in-kernel irqchip, PIT and
+ * kvmclock and of every vCPU (src/vmm/vm-state.c, vcpu-state.c). Save:
+ * the VM paused; restore: into a VM built the same and not yet started.
+ * 0 or -errno with err_set(). */
+int vm_save_state(struct vm *vm, struct state_writer *w);
+int vm_restore_state(struct vm *vm, const struct state_reader *r);
+int vcpu_save(struct vcpu *vcpu, struct state_writer *w);
+int vcpu_restore(struct vcpu *vcpu, const struct state_reader *r);
 
 #endif
