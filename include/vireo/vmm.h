@@ -31,9 +31,11 @@ struct mem_region {
 	uint64_t offset; /* into the memfd */
 };
 
-/* Guest RAM: one memfd, so that snapshot and migration can map or share it. */
+/* Guest RAM: one memfd, so that snapshot and migration can map or share it;
+ * or, restored from a snapshot, its memory file mapped privately. */
 struct guest_memory {
-	int fd;          /* the memfd behind guest RAM */
+	int fd;          /* the memfd (or memory file) behind guest RAM */
+	bool from_file;  /* a snapshot's memory file, MAP_PRIVATE */
 	uint8_t *host;
 	uint64_t size;
 	struct mem_region regions[2];
@@ -63,6 +65,8 @@ struct vm_config {
 	unsigned int ncpus;
 	uint64_t mem_size;
 	bool hugepages;
+	bool mem_from_file; /* restore: guest RAM is mem_fd (taken), mapped privately */
+	int mem_fd;
 };
 
 struct vm {
@@ -146,6 +150,12 @@ int irq_irqfd(struct vm *vm, int fd, uint32_t gsi, bool assign);
  * not RAM. Every guest-supplied address goes through this (DESIGN §3.8). */
 void *guest_ptr(const struct guest_memory *mem, uint64_t gpa, uint64_t len);
 int guest_memory_init(struct guest_memory *mem, uint64_t size, bool hugepages);
+/* Guest RAM from a snapshot's memory file (fd taken, exactly size bytes),
+ * mapped privately: pages load on first touch, guest writes stay in memory. */
+int guest_memory_init_file(struct guest_memory *mem, uint64_t size, int fd);
+/* Writes guest RAM to fd (a regular file, truncated to the RAM size) with
+ * zero and never-touched pages left as holes; *written: bytes written. */
+int guest_memory_save(const struct guest_memory *mem, int fd, uint64_t *written);
 void guest_memory_free(struct guest_memory *mem);
 /* Gives len bytes of guest RAM at host (page aligned) back to the host: the
  * guest reads zeros there afterwards. Returns 0 or -errno. */
