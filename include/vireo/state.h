@@ -123,4 +123,44 @@ size_t state_get_blob_max(struct state_cursor *c, void *p, size_t max);
 int state_done(struct state_cursor *c);
 const char *state_section_name(uint32_t type);
 
+/* ---- whole-VM snapshots (src/state/snapshot.c) ----
+ *
+ * A snapshot is a directory with two files: "state" (this format: machine,
+ * vCPUs, in-kernel devices, serial, GED, the memory layout) and "memory"
+ * (guest RAM at its memfd offsets, zero pages as holes). Both are written
+ * under temporary names and renamed into place, "state" last: a directory
+ * with a "state" file holds a complete snapshot. */
+
+struct vm;
+struct serial;
+struct ged;
+struct machine_config;
+
+struct snapshot_target {
+	struct vm *vm;
+	struct serial *serial;
+	struct ged *ged;
+	const struct machine_config *machine;
+};
+
+struct snapshot_stats {
+	uint64_t state_bytes, memory_bytes; /* memory: bytes written (not holes) */
+};
+
+/* Saves a paused VM into dir (created if missing, 0700). 0 or -errno
+ * with err_set(). */
+int snapshot_save(const char *dir, const struct snapshot_target *t,
+		  struct snapshot_stats *stats);
+
+struct snapshot;
+/* Opens dir's snapshot, checks its state file whole and its memory file's
+ * size, and reads the machine to build. 0 or -errno with err_set(). */
+int snapshot_open(const char *dir, struct snapshot **out, struct machine_config *m);
+/* The memory file's descriptor, handed over (for vm_config.mem_fd). */
+int snapshot_take_memory_fd(struct snapshot *s);
+/* Restores the device state into a VM built from the machine (its RAM
+ * from the memory file), before its vCPUs run. */
+int snapshot_restore(struct snapshot *s, const struct snapshot_target *t);
+void snapshot_close(struct snapshot *s);
+
 #endif

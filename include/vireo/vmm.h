@@ -3,6 +3,7 @@
 #ifndef VIREO_VMM_H
 #define VIREO_VMM_H
 
+#include <linux/kvm.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -88,7 +89,10 @@ struct vm {
 	pthread_mutex_t stop_lock; /* also guards state, pause_requested, parked */
 	pthread_cond_t state_cond; /* signalled when parked or the state changes */
 	enum vm_state state;
+	bool start_paused;    /* vm_start() goes to paused, not running */
 	bool pause_requested;
+	struct kvm_clock_data pause_clock; /* kvmclock when vm_pause() parked all */
+	bool pause_clock_valid;
 	unsigned int parked;  /* vCPU threads waiting in vcpu_park() */
 	unsigned int vcpus_ready; /* vCPU threads waiting for vm_start() */
 	const char *vcpu_cgroup; /* file each vCPU thread writes its tid to, or NULL */
@@ -115,7 +119,8 @@ int vm_memory_ready(struct vm *vm);
  * before the sandbox. */
 int vm_start_vcpus(struct vm *vm);
 /* Lets the vCPUs run the guest (starting their threads first if
- * vm_start_vcpus() was not called); the BSP's registers must already be set. */
+ * vm_start_vcpus() was not called); the BSP's registers must already be set.
+ * With start_paused set, the VM goes to paused instead (vm_resume runs it). */
 int vm_start(struct vm *vm);
 /* Asks every vCPU to leave KVM_RUN and the event loop to end; the first
  * status given wins. Safe from any thread. */

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <linux/kvm.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <time.h>
 
 #include "vireo/log.h"
@@ -98,6 +99,9 @@ int vm_pause(struct vm *vm)
 	ret = vm_wait_parked(vm, want);
 	if (ret == 0) {
 		vm->state = VM_STATE_PAUSED;
+		/* kvmclock goes on while paused: a snapshot taken later records
+		 * the guest's time at this instant, not the host's at saving. */
+		vm->pause_clock_valid = ioctl(vm->vm_fd, KVM_GET_CLOCK, &vm->pause_clock) == 0;
 	} else if (!vm->stop_requested) {
 		/* Give up: release the vCPUs that did park. */
 		vm->pause_requested = false;
@@ -117,6 +121,7 @@ int vm_resume(struct vm *vm)
 		ret = err_set(-EBUSY, "cannot resume: the VM is %s", vm_state_name(vm->state));
 	} else {
 		vm->pause_requested = false;
+		vm->pause_clock_valid = false;
 		vm->state = VM_STATE_RUNNING;
 		pthread_cond_broadcast(&vm->state_cond);
 	}

@@ -47,7 +47,10 @@ static int vm_save_kvm(struct vm *vm, struct state_writer *w, struct vm_image *i
 	state_begin(w, STATE_SEC_PIT, 0, STATE_SECTION_CRITICAL);
 	state_put_blob(w, &im->pit, sizeof(im->pit));
 	state_end(w);
-	if (!ret)
+	/* The guest's time when it was paused (vm_pause), else now. */
+	if (!ret && vm->pause_clock_valid)
+		im->clock = vm->pause_clock;
+	else if (!ret)
 		ret = vm_get(vm, KVM_GET_CLOCK, "KVM_GET_CLOCK", &im->clock);
 	state_begin(w, STATE_SEC_CLOCK, 0, STATE_SECTION_CRITICAL);
 	state_put_u64(w, im->clock.clock);
