@@ -93,6 +93,8 @@ struct vm {
 	bool pause_requested;
 	struct kvm_clock_data pause_clock; /* kvmclock when vm_pause() parked all */
 	bool pause_clock_valid;
+	bool clock_on_resume; /* restored and started paused: vm_resume() sets
+			       * kvmclock to pause_clock, hiding the paused time */
 	unsigned int parked;  /* vCPU threads waiting in vcpu_park() */
 	unsigned int vcpus_ready; /* vCPU threads waiting for vm_start() */
 	const char *vcpu_cgroup; /* file each vCPU thread writes its tid to, or NULL */

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <linux/kvm.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <time.h>
 
@@ -120,8 +121,12 @@ int vm_resume(struct vm *vm)
 	if (vm->state != VM_STATE_PAUSED) {
 		ret = err_set(-EBUSY, "cannot resume: the VM is %s", vm_state_name(vm->state));
 	} else {
+		/* A restored VM that started paused goes on from its snapshot's
+		 * instant, however long it waited. */
+		if (vm->clock_on_resume && ioctl(vm->vm_fd, KVM_SET_CLOCK, &vm->pause_clock) < 0)
+			log_warn("KVM_SET_CLOCK: %s", strerror(errno));
 		vm->pause_requested = false;
-		vm->pause_clock_valid = false;
+		vm->pause_clock_valid = vm->clock_on_resume = false;
 		vm->state = VM_STATE_RUNNING;
 		pthread_cond_broadcast(&vm->state_cond);
 	}

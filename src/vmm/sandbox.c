@@ -78,6 +78,8 @@ static const unsigned long ioctls[] = {
 	KVM_GET_MP_STATE, KVM_GET_FPU, KVM_GET_XSAVE, KVM_GET_XSAVE2, KVM_GET_XCRS,
 	KVM_GET_DEBUGREGS, KVM_GET_LAPIC, KVM_GET_VCPU_EVENTS, KVM_GET_MSR_INDEX_LIST,
 	KVM_GET_IRQCHIP, KVM_GET_PIT2, KVM_GET_CLOCK,
+	/* the first resume of a VM restored paused (src/vmm/pause.c) */
+	KVM_SET_CLOCK,
 };
 
 static int allow_ioctls(scmp_filter_ctx ctx)

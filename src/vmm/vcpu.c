@@ -274,6 +274,7 @@ int vm_start(struct vm *vm)
 		vm->state = VM_STATE_PAUSED;
 	} else if (vm->state == VM_STATE_CREATED) {
 		vm->state = VM_STATE_RUNNING;
+		vm->pause_clock_valid = vm->clock_on_resume = false;
 	}
 	pthread_cond_broadcast(&vm->state_cond);
 	pthread_mutex_unlock(&vm->stop_lock);

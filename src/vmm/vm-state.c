@@ -115,6 +115,9 @@ int vm_restore_state(struct vm *vm, const struct state_reader *r)
 		ret = vm_get(vm, KVM_SET_CLOCK, "KVM_SET_CLOCK", &im.clock);
 	for (unsigned int i = 0; i < NCHIPS && !ret; i++)
 		ret = vm_get(vm, KVM_SET_IRQCHIP, "KVM_SET_IRQCHIP", &im.chips[i]);
+	/* Started paused (vm_start), the VM stays at this instant until resumed. */
+	vm->pause_clock = im.clock;
+	vm->pause_clock_valid = vm->clock_on_resume = true;
 	for (unsigned int i = 0; i < vm->ncpus && !ret; i++)
 		ret = vcpu_restore(&vm->vcpus[i], r);
 	return ret;
