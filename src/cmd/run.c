@@ -352,9 +352,11 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 	*o = (struct run_options){ .vm = { .ncpus = 1, .mem_size = 256ULL << 20 } };
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		/* The options that describe the machine (see check_restore). */
-		if ((c < 256 && strchr("kicnm", c)) || (c >= OPT_HUGEPAGES && c <= OPT_NET && c != OPT_REBOOT) ||
-		    c == OPT_DEBUG_EXIT)
+		switch (c) {
+		case 'k': case 'i': case 'c': case 'n': case 'm': case OPT_HUGEPAGES:
+		case OPT_DISK: case OPT_RNG: case OPT_BALLOON: case OPT_NET: case OPT_DEBUG_EXIT:
 			o->machine_opts++;
+		}
 		switch (c) {
 		case 'k': o->boot.kernel = optarg; break;
 		case 'i': o->boot.initrd = optarg; break;
