@@ -47,7 +47,8 @@ $(FB)/fuzz_control $(FB)/fuzz_def $(FB)/fuzz_api: $(FB)/fuzz_%: tests/fuzz/fuzz_
 		src/mgr/api.c $(FHDR)
 	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -o $@ $< $(filter %.o,$^) $(FLIBS)
 
-$(FB)/fuzz_state: tests/fuzz/fuzz_state.c $(FOBJ) $(FXOBJ) $(FHDR)
+# The state reader alone, with the util objects.
+$(FB)/fuzz_state: tests/fuzz/fuzz_state.c $(FOBJ) $(FB)/src/state/state.o $(FHDR)
 	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -o $@ $< $(filter %.o,$^) $(FLIBS)
 
 $(FB)/fuzz_%: tests/fuzz/fuzz_image.c $(FOBJ) $(FHDR)
