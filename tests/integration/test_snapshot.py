@@ -180,3 +180,30 @@ def test_restore_takes_the_machine_from_the_snapshot(tmp_path, sock):
     status, _, err = run_until_exit([str(VIREO), "run", "--restore", str(tmp_path),
                                      "--cpus", "2"], timeout=30)
     assert status == 1 and "--restore takes the machine from the snapshot" in err
+
+
+def test_restored_guest_takes_interrupts(tmp_path, sock):
+    """The wait scenario idles on its interrupts (the LAPIC timer, the GED's
+    IOAPIC pin that it unmasked): a restored guest must still get the power
+    button through the restored IOAPIC and LAPIC."""
+    guest = LiveProbe(vireo_args("scenario=wait", extra=["--api-socket", sock]))
+    snap = tmp_path / "snap"
+    try:
+        guest.wait_line("PROBE wait ")
+        assert vireo_control(sock, action="pause")["ok"]
+        assert vireo_control(sock, action="snapshot", dir=str(snap))["ok"]
+    finally:
+        guest.proc.kill()
+        guest.finish()
+    sock2 = sock + ".2"
+    guest = LiveProbe(restore_args(snap, sock2))
+    try:
+        assert vireo_control(sock2, action="info")["state"] == "running"
+        assert vireo_control(sock2, action="powerdown")["ok"]
+        guest.wait_line("PROBE power_button=1")
+        assert guest.wait_exit(10)
+    finally:
+        guest.proc.kill()
+        run = guest.finish()
+    assert run.returncode == 0, run.stderr
+    assert "PROBE boot" not in run.stdout
