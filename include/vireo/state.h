@@ -39,6 +39,7 @@
 #define STATE_SECTION_HEADER_SIZE 24
 #define STATE_MAX_SECTION (16u << 20)   /* payload bytes */
 #define STATE_MAX_FILE (256u << 20)
+#define STATE_MAX_SECTIONS 4096 /* known ones; 255 vCPUs and the devices fit */
 
 /* A section this build does not know is skipped, unless it has this flag. */
 #define STATE_SECTION_CRITICAL 1u

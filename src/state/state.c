@@ -287,6 +287,10 @@ static int check_section(struct state_reader *r, size_t off, size_t *next, bool 
 	*next = off + STATE_SECTION_HEADER_SIZE + len;
 	if (type >= STATE_SEC_COUNT || *end)
 		return 0;
+	/* A bound, so that the duplicate check stays cheap on any file. */
+	if (r->nsec == STATE_MAX_SECTIONS)
+		return err_set(-EINVAL, "damaged state file: more than %d sections",
+			       STATE_MAX_SECTIONS);
 	r->sec[r->nsec++] = (struct state_section_ref){ type, id,
 		off + STATE_SECTION_HEADER_SIZE, len };
 	return 0;
@@ -298,8 +302,7 @@ static int check_sections(struct state_reader *r)
 	bool end = false;
 	int ret;
 
-	/* At most one section per header's worth of bytes. */
-	r->sec = calloc(r->len / STATE_SECTION_HEADER_SIZE + 1, sizeof(*r->sec));
+	r->sec = calloc(STATE_MAX_SECTIONS, sizeof(*r->sec));
 	if (!r->sec)
 		return err_set(-ENOMEM, "out of memory");
 	while (!end) {

@@ -266,6 +266,25 @@ static void duplicate_section_refused(void **unused)
 	state_writer_free(w);
 }
 
+static void too_many_sections_refused(void **unused)
+{
+	struct state_header h = { .ncpus = 1 };
+	struct state_writer *w = state_writer_new(&h);
+	struct state_reader *r;
+	const uint8_t *buf;
+	size_t len;
+
+	(void)unused;
+	for (uint32_t i = 0; i <= STATE_MAX_SECTIONS; i++) {
+		state_begin(w, STATE_SEC_VCPU, i, STATE_SECTION_CRITICAL);
+		state_end(w);
+	}
+	assert_int_equal(state_writer_finish(w, &buf, &len), 0);
+	assert_int_equal(state_reader_open(buf, len, &r), -EINVAL);
+	assert_non_null(strstr(err_get(), "more than 4096 sections"));
+	state_writer_free(w);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -279,6 +298,7 @@ int main(void)
 		cmocka_unit_test(short_and_long_reads),
 		cmocka_unit_test(writer_misuse),
 		cmocka_unit_test(duplicate_section_refused),
+		cmocka_unit_test(too_many_sections_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
