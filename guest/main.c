@@ -227,6 +227,22 @@ static void scn_flood(const char *arg)
 	probe_printf("PROBE flood_done lines=%lu\n", n);
 }
 
+/* "count=MS": a counter printed every MS ms (default 100) without end,
+ * with the clock: the snapshot tests read from it that a restored guest
+ * went on where it stopped (the count follows on, the clock is monotonic,
+ * no second boot line). */
+static void scn_count(const char *arg)
+{
+	uint64_t ms = parse_u64(arg, 100), start = clock_ns();
+
+	if (!ms)
+		ms = 100;
+	for (uint64_t n = 0;; n++) {
+		probe_printf("PROBE count n=%lu ms=%lu\n", n, (clock_ns() - start) / 1000000);
+		clock_delay_us(ms * 1000);
+	}
+}
+
 /* QEMU microvm has no MCFG (its ECAM is only in the DSDT): "ecam=ADDR"
  * on the command line supplies or overrides the base of bus 0. */
 /* Faults on purpose, to test the exception path: "fault=ud" or "fault=pf". */
@@ -294,6 +310,7 @@ static const struct scenario {
 	{ "hostile", scn_hostile_wrap },
 	{ "wait", scn_wait },
 	{ "echo", scn_echo },
+	{ "count", scn_count },
 };
 
 static void run_scenario(void)

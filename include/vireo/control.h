@@ -35,6 +35,7 @@ struct virtio_balloon;
 struct virtio_net;
 struct ged;
 struct serial;
+struct machine_config;
 struct json_object;
 
 enum control_kind {
@@ -47,7 +48,10 @@ enum control_kind {
 	CONTROL_PIN,        /* running, paused */
 	CONTROL_BALLOON,    /* running, paused */
 	CONTROL_POWERDOWN,  /* running: presses the ACPI power button */
+	CONTROL_SNAPSHOT,   /* paused: saves the whole VM into a directory */
 };
+
+#define CONTROL_MAX_PATH 4096
 
 struct control_action {
 	enum control_kind kind;
@@ -58,6 +62,7 @@ struct control_action {
 	unsigned int vcpu;      /* PIN */
 	cpu_set_t cpus;         /* PIN: host CPUs, not empty */
 	uint64_t target;        /* BALLOON: bytes the guest should give back */
+	char dir[CONTROL_MAX_PATH]; /* SNAPSHOT: an absolute path */
 };
 
 /* What the control socket acts on; owned by the caller, outlives it. */
@@ -72,6 +77,7 @@ struct control_target {
 	struct ged *ged;                /* the power button; NULL: none */
 	struct serial *serial;          /* the console; NULL: none */
 	uint64_t balloon_target;        /* its target (control_apply updates it) */
+	const struct machine_config *machine; /* for snapshots; NULL: none taken */
 };
 
 /* Error classes in replies ("code"), which the daemon maps to HTTP statuses. */

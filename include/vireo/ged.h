@@ -32,4 +32,10 @@ uint32_t ged_read_selector(struct ged *g);
 /* Events raised so far, per bit 1 (the power button): a device counter. */
 uint64_t ged_power_button_count(const struct ged *g);
 
+/* Snapshot state (STATE_SEC_GED); restore: 0 or -errno with err_set(). */
+struct state_writer;
+struct state_reader;
+void ged_save(struct ged *g, struct state_writer *w);
+int ged_restore(struct ged *g, const struct state_reader *r);
+
 #endif

@@ -47,6 +47,13 @@ size_t serial_rx_room(struct serial *s);
 bool serial_rx_wait(struct serial *s);
 int serial_rx_space_fd(struct serial *s);
 
+/* Snapshot state (STATE_SEC_SERIAL): save with the vCPUs paused; restore
+ * before they run. serial_restore returns 0 or -errno with err_set(). */
+struct state_writer;
+struct state_reader;
+void serial_save(struct serial *s, struct state_writer *w);
+int serial_restore(struct serial *s, const struct state_reader *r);
+
 /* Pure register model, for unit tests: one access at offset 0..7. */
 uint8_t serial_read_reg(struct serial *s, unsigned int offset);
 void serial_write_reg(struct serial *s, unsigned int offset, uint8_t value);

@@ -3,6 +3,7 @@
 #ifndef VIREO_VMM_H
 #define VIREO_VMM_H
 
+#include <linux/kvm.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -11,6 +12,8 @@
 #include "vireo/bus.h"
 
 struct kvm_irq_routing_entry;
+struct state_writer;
+struct state_reader;
 
 /* Exit statuses of `vireo run` (documented in docs/run.md). */
 enum vm_exit_status {
@@ -29,9 +32,11 @@ struct mem_region {
 	uint64_t offset; /* into the memfd */
 };
 
-/* Guest RAM: one memfd, so that snapshot and migration can map or share it. */
+/* Guest RAM: one memfd, so that snapshot and migration can map or share it;
+ * or, restored from a snapshot, its memory file mapped privately. */
 struct guest_memory {
-	int fd;          /* the memfd behind guest RAM */
+	int fd;          /* the memfd (or memory file) behind guest RAM */
+	bool from_file;  /* a snapshot's memory file, MAP_PRIVATE */
 	uint8_t *host;
 	uint64_t size;
 	struct mem_region regions[2];
@@ -61,6 +66,8 @@ struct vm_config {
 	unsigned int ncpus;
 	uint64_t mem_size;
 	bool hugepages;
+	bool mem_from_file; /* restore: guest RAM is mem_fd (taken), mapped privately */
+	int mem_fd;
 };
 
 struct vm {
@@ -82,7 +89,12 @@ struct vm {
 	pthread_mutex_t stop_lock; /* also guards state, pause_requested, parked */
 	pthread_cond_t state_cond; /* signalled when parked or the state changes */
 	enum vm_state state;
+	bool start_paused;    /* vm_start() goes to paused, not running */
 	bool pause_requested;
+	struct kvm_clock_data pause_clock; /* kvmclock when vm_pause() parked all */
+	bool pause_clock_valid;
+	bool clock_on_resume; /* restored and started paused: vm_resume() sets
+			       * kvmclock to pause_clock, hiding the paused time */
 	unsigned int parked;  /* vCPU threads waiting in vcpu_park() */
 	unsigned int vcpus_ready; /* vCPU threads waiting for vm_start() */
 	const char *vcpu_cgroup; /* file each vCPU thread writes its tid to, or NULL */
@@ -109,7 +121,8 @@ int vm_memory_ready(struct vm *vm);
  * before the sandbox. */
 int vm_start_vcpus(struct vm *vm);
 /* Lets the vCPUs run the guest (starting their threads first if
- * vm_start_vcpus() was not called); the BSP's registers must already be set. */
+ * vm_start_vcpus() was not called); the BSP's registers must already be set.
+ * With start_paused set, the VM goes to paused instead (vm_resume runs it). */
 int vm_start(struct vm *vm);
 /* Asks every vCPU to leave KVM_RUN and the event loop to end; the first
  * status given wins. Safe from any thread. */
@@ -144,6 +157,12 @@ int irq_irqfd(struct vm *vm, int fd, uint32_t gsi, bool assign);
  * not RAM. Every guest-supplied address goes through this (DESIGN §3.8). */
 void *guest_ptr(const struct guest_memory *mem, uint64_t gpa, uint64_t len);
 int guest_memory_init(struct guest_memory *mem, uint64_t size, bool hugepages);
+/* Guest RAM from a snapshot's memory file (fd taken, exactly size bytes),
+ * mapped privately: pages load on first touch, guest writes stay in memory. */
+int guest_memory_init_file(struct guest_memory *mem, uint64_t size, int fd);
+/* Writes guest RAM to fd (a regular file, truncated to the RAM size) with
+ * zero and never-touched pages left as holes; *written: bytes written. */
+int guest_memory_save(const struct guest_memory *mem, int fd, uint64_t *written);
 void guest_memory_free(struct guest_memory *mem);
 /* Gives len bytes of guest RAM at host (page aligned) back to the host: the
  * guest reads zeros there afterwards. Returns 0 or -errno. */
@@ -157,5 +176,14 @@ int cpuid_setup(struct vm *vm, struct vcpu *vcpu);
 bool vcpu_handle_exit(struct vcpu *vcpu);
 void vcpu_dump_registers(struct vcpu *vcpu);
 int vcpu_init(struct vm *vm, struct vcpu *vcpu, unsigned int id);
+
+/* Snapshot state (include/vireo/state.h) of the in-kernel irqchip, PIT and
+ * kvmclock and of every vCPU (src/vmm/vm-state.c, vcpu-state.c). Save:
+ * the VM paused; restore: into a VM built the same and not yet started.
+ * 0 or -errno with err_set(). */
+int vm_save_state(struct vm *vm, struct state_writer *w);
+int vm_restore_state(struct vm *vm, const struct state_reader *r);
+int vcpu_save(struct vcpu *vcpu, struct state_writer *w);
+int vcpu_restore(struct vcpu *vcpu, const struct state_reader *r);
 
 #endif

@@ -23,6 +23,7 @@
 #include "vireo/control.h"
 #include "vireo/ged.h"
 #include "vireo/log.h"
+#include "vireo/machine.h"
 #include "vireo/sock.h"
 #include "vireo/loop.h"
 #include "vireo/pci.h"
@@ -30,6 +31,7 @@
 #include "vireo/sandbox.h"
 #include "vireo/serial.h"
 #include "vireo/size.h"
+#include "vireo/state.h"
 #include "vireo/virtio.h"
 #include "vireo/vmm.h"
 
@@ -57,6 +59,11 @@ struct run_options {
 	struct sandbox sandbox;
 	char *storage[BLOCK_POLICY_MAX_DIRS];	/* --storage, resolved */
 	struct block_policy policy;		/* every disk's, with --storage */
+	const char *restore;			/* --restore DIR */
+	bool paused;				/* --paused */
+	unsigned int machine_opts;		/* options --restore takes from the snapshot */
+	struct snapshot *snap;			/* --restore: the snapshot, checked */
+	struct machine_config machine;		/* what snapshots record */
 };
 
 /* The devices of one VM, torn down together. */
@@ -123,6 +130,10 @@ static const char run_usage[] =
 	"  --jail DIR       once everything is open, make an empty read-only tmpfs\n"
 	"                   on DIR the root of a mount namespace of its own (or\n"
 	"                   chroot into DIR where the kernel refuses), with Landlock\n"
+	"  --restore DIR    restore the snapshot in DIR (the control socket's\n"
+	"                   'snapshot' action) instead of booting: the machine and\n"
+	"                   its state come from DIR (docs/run.md)\n"
+	"  --paused         start paused (resume through the control socket)\n"
 	"  --seccomp=MODE   on (default): a syscall outside the VMM's allowlist kills\n"
 	"                   it (SIGSYS); log: allowed but logged by the kernel; off\n"
 	"                   (--reboot=restart implies off: a filter outlives exec)\n"
@@ -229,6 +240,29 @@ static int parse_nic(char *spec, struct nic_config *n)
 	return 0;
 }
 
+/* --restore: the machine and everything in it come from the snapshot. */
+static int check_restore(struct run_options *o)
+{
+	int ret;
+
+	if (o->machine_opts)
+		return err_set(-EINVAL, "--restore takes the machine from the snapshot: no --kernel, "
+			       "--initrd, --cmdline, --cpus, --memory, --hugepages, --disk, --net, "
+			       "--rng, --balloon or --debug-exit with it");
+	if (o->reboot_restart)
+		return err_set(-EINVAL, "--reboot=restart would restore the snapshot again: "
+			       "use --reboot=exit with --restore");
+	ret = snapshot_open(o->restore, &o->snap, &o->machine);
+	if (ret)
+		return err_set(ret, "--restore: %s", err_get());
+	o->vm.ncpus = o->machine.ncpus;
+	o->vm.mem_size = o->machine.mem_size;
+	o->vm.mem_from_file = true;
+	o->vm.mem_fd = snapshot_take_memory_fd(o->snap);
+	o->debug_exit = o->machine.debug_exit;
+	return 0;
+}
+
 /* What the options mean together, and the files they name. */
 static int check_run_options(struct run_options *o, bool seccomp_given)
 {
@@ -245,6 +279,8 @@ static int check_run_options(struct run_options *o, bool seccomp_given)
 		o->sandbox.seccomp = SANDBOX_SECCOMP_OFF;
 	if (o->sandbox.jail && access(o->sandbox.jail, X_OK) < 0)
 		return err_set(-errno, "--jail %s: %s", o->sandbox.jail, strerror(errno));
+	if (o->restore)
+		return check_restore(o);
 	if (!o->boot.kernel)
 		return err_set(-EINVAL, "--kernel is required (see 'vireo run --help')");
 	if (access(o->boot.kernel, R_OK) < 0)
@@ -282,7 +318,8 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 {
 	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_BALLOON, OPT_NET,
 	       OPT_API_SOCKET, OPT_VCPU_CGROUP, OPT_CONSOLE_SOCKET, OPT_USER, OPT_JAIL,
-	       OPT_SECCOMP, OPT_STORAGE, OPT_STATUS_FILE, OPT_DEBUG_EXIT };
+	       OPT_SECCOMP, OPT_STORAGE, OPT_STATUS_FILE, OPT_DEBUG_EXIT, OPT_RESTORE,
+	       OPT_PAUSED };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -304,6 +341,8 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "storage", required_argument, NULL, OPT_STORAGE },
 		{ "status-file", required_argument, NULL, OPT_STATUS_FILE },
 		{ "debug-exit", no_argument, NULL, OPT_DEBUG_EXIT },
+		{ "restore", required_argument, NULL, OPT_RESTORE },
+		{ "paused", no_argument, NULL, OPT_PAUSED },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -312,6 +351,12 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 
 	*o = (struct run_options){ .vm = { .ncpus = 1, .mem_size = 256ULL << 20 } };
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		/* The options that describe the machine (see check_restore). */
+		switch (c) {
+		case 'k': case 'i': case 'c': case 'n': case 'm': case OPT_HUGEPAGES:
+		case OPT_DISK: case OPT_RNG: case OPT_BALLOON: case OPT_NET: case OPT_DEBUG_EXIT:
+			o->machine_opts++;
+		}
 		switch (c) {
 		case 'k': o->boot.kernel = optarg; break;
 		case 'i': o->boot.initrd = optarg; break;
@@ -360,6 +405,8 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		case OPT_CONSOLE_SOCKET: o->console_socket = optarg; break;
 		case OPT_STATUS_FILE: o->status_file = optarg; break;
 		case OPT_DEBUG_EXIT: o->debug_exit = true; break;
+		case OPT_RESTORE: o->restore = optarg; break;
+		case OPT_PAUSED: o->paused = true; break;
 		case OPT_USER:
 			if (sandbox_parse_user(optarg, &o->sandbox))
 				return -EINVAL;
@@ -381,6 +428,9 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 	if (optind < argc)
 		return err_set(-EINVAL, "unexpected argument '%s'", argv[optind]);
 	apply_storage(o);
+	o->machine = (struct machine_config){ .ncpus = o->vm.ncpus, .mem_size = o->vm.mem_size,
+		.hugepages = o->vm.hugepages, .debug_exit = o->debug_exit, .ndisks = o->ndisks,
+		.nnics = o->nnics, .rng = o->rng, .balloon = o->balloon };
 	return check_run_options(o, seccomp_given);
 }
 
@@ -581,6 +631,16 @@ static void vm_devices_destroy(struct vm_devices *devs)
 	serial_destroy(devs->serial);
 }
 
+/* --restore: the devices get their state back before any vCPU runs. */
+static int restore_state(struct vm *vm, struct vm_devices *devs, const struct run_options *o)
+{
+	struct snapshot_target t = { .vm = vm, .serial = devs->serial, .ged = devs->ged,
+				     .machine = &o->machine };
+	int ret = vm_memory_ready(vm);
+
+	return ret ? ret : snapshot_restore(o->snap, &t);
+}
+
 static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 		    const struct run_options *o)
 {
@@ -605,7 +665,8 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 	if (!ret)
 		ret = virtio_devices_create(vm, pci, devs, o);
 	if (!ret)
-		ret = boot_load(vm, &o->boot);
+		ret = o->snap ? restore_state(vm, devs, o) : boot_load(vm, &o->boot);
+	vm->start_paused = o->paused;
 	if (!ret && !vm->hw_virt)
 		fprintf(stderr, "vireo: notice: this host's KVM has no hardware virtualization "
 			"(guest CPL0 code is emulated); hiding CX16 and XSAVE from the guest\n");
@@ -620,7 +681,7 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 				    .ndisks = o->ndisks, .nics = devs->nics, .nnics = o->nnics,
 				    .balloon = devs->balloon, .ged = devs->ged,
 				    .serial = devs->serial,
-				    .balloon_target = o->balloon_target };
+				    .balloon_target = o->balloon_target, .machine = &o->machine };
 
 	*out = NULL;
 	if (!o->api_socket)
@@ -786,6 +847,7 @@ out:
 		close(status_fd);
 	for (unsigned int i = 0; i < o.policy.ndirs; i++)
 		free(o.storage[i]);
+	snapshot_close(o.snap);
 	argv_free(saved, argc);
 	return status;
 }

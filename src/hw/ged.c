@@ -7,6 +7,7 @@
 #include "vireo/ged.h"
 #include "vireo/layout.h"
 #include "vireo/log.h"
+#include "vireo/state.h"
 
 struct ged {
 	struct vm *vm;
@@ -66,6 +67,34 @@ struct ged *ged_create(struct vm *vm)
 		}
 	}
 	return g;
+}
+
+/* STATE_SEC_GED: u32 pending events, u64 power-button presses. */
+void ged_save(struct ged *g, struct state_writer *w)
+{
+	state_begin(w, STATE_SEC_GED, 0, STATE_SECTION_CRITICAL);
+	state_put_u32(w, __atomic_load_n(&g->pending, __ATOMIC_ACQUIRE));
+	state_put_u64(w, ged_power_button_count(g));
+	state_end(w);
+}
+
+int ged_restore(struct ged *g, const struct state_reader *r)
+{
+	struct state_cursor c;
+	uint32_t pending;
+	uint64_t presses;
+	int ret = state_section(r, STATE_SEC_GED, 0, &c);
+
+	if (ret)
+		return ret;
+	pending = state_get_u32(&c);
+	presses = state_get_u64(&c);
+	ret = state_done(&c);
+	if (ret)
+		return ret;
+	__atomic_store_n(&g->pending, pending, __ATOMIC_RELEASE);
+	__atomic_store_n(&g->power_buttons, presses, __ATOMIC_RELAXED);
+	return 0;
 }
 
 void ged_destroy(struct ged *g)

@@ -25,6 +25,7 @@
 #include "vireo/layout.h"
 #include "vireo/log.h"
 #include "vireo/serial.h"
+#include "vireo/state.h"
 
 enum {
 	REG_DATA = 0, REG_IER = 1, REG_IIR_FCR = 2, REG_LCR = 3,
@@ -539,6 +540,64 @@ void serial_set_tee(struct serial *s, int fd)
 	pthread_mutex_unlock(&s->lock);
 	if (old >= 0)
 		close(old);
+}
+
+/* STATE_SEC_SERIAL: the registers (ier lcr mcr scr fcr dll dlm, u8 each),
+ * u8 THRE pending, u8 IRQ level, then the receive buffer's unread bytes as
+ * a blob. Output already queued for the host is not guest state. */
+void serial_save(struct serial *s, struct state_writer *w)
+{
+	uint8_t rx[RX_SIZE];
+
+	pthread_mutex_lock(&s->lock);
+	state_begin(w, STATE_SEC_SERIAL, 0, STATE_SECTION_CRITICAL);
+	state_put_u8(w, s->ier);
+	state_put_u8(w, s->lcr);
+	state_put_u8(w, s->mcr);
+	state_put_u8(w, s->scr);
+	state_put_u8(w, s->fcr);
+	state_put_u8(w, s->dll);
+	state_put_u8(w, s->dlm);
+	state_put_u8(w, s->thre_pending);
+	state_put_u8(w, s->irq_level);
+	for (size_t i = 0; i < s->rx_len; i++)
+		rx[i] = s->rx[(s->rx_head + i) % RX_SIZE];
+	state_put_blob(w, rx, s->rx_len);
+	state_end(w);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* The IRQ line's level comes back with the irqchip's state: it is only
+ * recorded here, not driven. */
+int serial_restore(struct serial *s, const struct state_reader *r)
+{
+	uint8_t reg[9], rx[RX_SIZE];
+	struct state_cursor c;
+	size_t n;
+	int ret = state_section(r, STATE_SEC_SERIAL, 0, &c);
+
+	if (ret)
+		return ret;
+	state_get_bytes(&c, reg, sizeof(reg));
+	n = state_get_blob_max(&c, rx, sizeof(rx));
+	ret = state_done(&c);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&s->lock);
+	s->ier = reg[0] & 0x0f;
+	s->lcr = reg[1];
+	s->mcr = reg[2] & 0x1f;
+	s->scr = reg[3];
+	s->fcr = reg[4] & 0xc9;
+	s->dll = reg[5];
+	s->dlm = reg[6];
+	s->thre_pending = reg[7] != 0;
+	s->irq_level = reg[8] != 0;
+	memcpy(s->rx, rx, n);
+	s->rx_head = 0;
+	s->rx_len = n;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
 }
 
 void serial_destroy(struct serial *s)

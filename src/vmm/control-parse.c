@@ -20,6 +20,7 @@ static const char *const limit_fields[] = { "disk", "bps", "iops", "nic", "rx_bp
 					    NULL };
 static const char *const pin_fields[] = { "vcpu", "cpus", NULL };
 static const char *const balloon_fields[] = { "target", NULL };
+static const char *const snapshot_fields[] = { "dir", NULL };
 
 static const struct action_desc actions[] = {
 	{ "info", CONTROL_INFO, no_fields },
@@ -31,6 +32,7 @@ static const struct action_desc actions[] = {
 	{ "set-limits", CONTROL_SET_LIMITS, limit_fields },
 	{ "pin", CONTROL_PIN, pin_fields },
 	{ "balloon", CONTROL_BALLOON, balloon_fields },
+	{ "snapshot", CONTROL_SNAPSHOT, snapshot_fields },
 };
 
 static bool field_allowed(const struct action_desc *d, const char *key)
@@ -160,6 +162,23 @@ static int parse_pin(struct json_object *obj, struct control_action *a)
 	return control_parse_cpulist(json_object_get_string(v), &a->cpus);
 }
 
+/* {"dir": "/abs/path"}: absolute, so that it does not depend on the
+ * VMM's working directory. */
+static int parse_snapshot(struct json_object *obj, struct control_action *a)
+{
+	struct json_object *v;
+	const char *dir;
+
+	if (!json_object_object_get_ex(obj, "dir", &v) || !json_object_is_type(v, json_type_string))
+		return err_set(-EINVAL, "snapshot needs 'dir', a directory path");
+	dir = json_object_get_string(v);
+	if (dir[0] != '/' || strlen(dir) >= sizeof(a->dir) - 16)
+		return err_set(-EINVAL, "snapshot 'dir' must be an absolute path of at most %zu bytes",
+			       sizeof(a->dir) - 17);
+	strcpy(a->dir, dir);
+	return 0;
+}
+
 static int parse_object(struct json_object *obj, struct control_action *a)
 {
 	struct json_object *act;
@@ -188,6 +207,8 @@ static int parse_object(struct json_object *obj, struct control_action *a)
 		return parse_limits(obj, a);
 	if (a->kind == CONTROL_PIN)
 		return parse_pin(obj, a);
+	if (a->kind == CONTROL_SNAPSHOT)
+		return parse_snapshot(obj, a);
 	if (a->kind == CONTROL_BALLOON && get_uint(obj, "target", 1ULL << 40, &a->target))
 		return err_set(-EINVAL, "balloon needs 'target': bytes the guest gives back, up to 1T");
 	return 0;

@@ -24,6 +24,7 @@
 #include "vireo/sock.h"
 #include "vireo/ratelimit.h"
 #include "vireo/serial.h"
+#include "vireo/state.h"
 #include "vireo/virtio.h"
 #include "vireo/vmm.h"
 
@@ -240,6 +241,8 @@ static bool action_legal(enum control_kind kind, enum vm_state s)
 	 * be seen only on resume: refused, so the caller knows. */
 	case CONTROL_POWERDOWN: return s == VM_STATE_RUNNING;
 	case CONTROL_RESUME: return s == VM_STATE_PAUSED;
+	/* Paused: every vCPU parked, so the state is one instant's. */
+	case CONTROL_SNAPSHOT: return s == VM_STATE_PAUSED;
 	case CONTROL_POWEROFF: return s != VM_STATE_STOPPED;
 	case CONTROL_REBOOT:
 	case CONTROL_BALLOON:
@@ -254,7 +257,7 @@ static const char *const kind_names[] = {
 	[CONTROL_POWEROFF] = "poweroff", [CONTROL_REBOOT] = "reboot",
 	[CONTROL_SET_LIMITS] = "set-limits",
 	[CONTROL_PIN] = "pin", [CONTROL_BALLOON] = "balloon",
-	[CONTROL_POWERDOWN] = "powerdown",
+	[CONTROL_POWERDOWN] = "powerdown", [CONTROL_SNAPSHOT] = "snapshot",
 };
 
 /* Sets the bandwidth of a limiter, keeping its ops rate. */
@@ -336,6 +339,27 @@ static struct json_object *apply_balloon(struct control_target *t, const struct 
 	return NULL;
 }
 
+static struct json_object *apply_snapshot(const struct control_target *t,
+					  const struct control_action *a)
+{
+	struct snapshot_target st = { .vm = t->vm, .serial = t->serial, .ged = t->ged,
+				      .machine = t->machine };
+	struct snapshot_stats stats;
+	struct json_object *r;
+	int ret;
+
+	if (!t->machine || !t->serial || !t->ged)
+		return control_error(CONTROL_E_FAILED, "this VMM cannot take snapshots");
+	ret = snapshot_save(a->dir, &st, &stats);
+	if (ret)
+		return control_error(ret == -ENOTSUP ? CONTROL_E_BAD_REQUEST : CONTROL_E_FAILED,
+				     err_get());
+	r = reply_ok(VM_STATE_PAUSED);
+	add_u64(r, "state_bytes", stats.state_bytes);
+	add_u64(r, "memory_bytes", stats.memory_bytes);
+	return r;
+}
+
 struct json_object *control_apply(struct control_target *t, const struct control_action *a)
 {
 	enum vm_state s = vm_get_state(t->vm);
@@ -373,6 +397,8 @@ struct json_object *control_apply(struct control_target *t, const struct control
 	case CONTROL_BALLOON:
 		r = apply_balloon(t, a);
 		break;
+	case CONTROL_SNAPSHOT:
+		return apply_snapshot(t, a);
 	case CONTROL_POWERDOWN:
 		/* The guest decides when (and whether) to power off. */
 		if (!t->ged)

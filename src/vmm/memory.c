@@ -10,8 +10,11 @@
  * no console output, which never happened with the memfd; the cause is not
  * found (direct compaction under TCG is a suspect). See docs/benchmarks.md. */
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/memfd.h>
+#include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "vireo/layout.h"
@@ -46,29 +49,126 @@ close_fd:
 	return ret;
 }
 
-int guest_memory_init(struct guest_memory *mem, uint64_t size, bool hugepages)
+static void set_regions(struct guest_memory *mem, uint64_t size)
 {
 	uint64_t low = size < LAYOUT_MMIO_GAP_START ? size : LAYOUT_MMIO_GAP_START;
-	int ret;
 
-	mem->fd = -1;
-	ret = map_memfd(mem, size, hugepages);
-	if (ret)
-		return ret;
 	mem->size = size;
 	mem->regions[0] = (struct mem_region){ 0, low, 0 };
 	mem->nregions = 1;
 	if (size > low)
 		mem->regions[mem->nregions++] = (struct mem_region){ LAYOUT_4G, size - low, low };
+}
+
+int guest_memory_init(struct guest_memory *mem, uint64_t size, bool hugepages)
+{
+	int ret;
+
+	mem->fd = -1;
+	mem->from_file = false;
+	ret = map_memfd(mem, size, hugepages);
+	if (ret)
+		return ret;
+	set_regions(mem, size);
 	return 0;
+}
+
+/* Restore maps the snapshot's memory file privately (Firecracker's file
+ * backend): a page is read from the file when the guest first touches it,
+ * and a guest write copies it, so the file stays as it was and restore
+ * time does not grow with memory size. */
+int guest_memory_init_file(struct guest_memory *mem, uint64_t size, int fd)
+{
+	struct stat st;
+
+	mem->fd = fd;
+	mem->from_file = true;
+	mem->host = NULL;
+	if (fstat(fd, &st) < 0)
+		return err_set(-errno, "memory file: %m");
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != size)
+		return err_set(-EINVAL, "memory file is %llu bytes, the snapshot's guest has %llu",
+			       (unsigned long long)st.st_size, (unsigned long long)size);
+	mem->host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
+	if (mem->host == MAP_FAILED) {
+		mem->host = NULL;
+		return err_set(-errno, "cannot map the memory file: %m");
+	}
+	set_regions(mem, size);
+	return 0;
+}
+
+static bool page_is_zero(const uint8_t *p, size_t n)
+{
+	const uint64_t *q = (const uint64_t *)p;
+
+	for (size_t i = 0; i < n / 8; i++)
+		if (q[i])
+			return false;
+	return true;
+}
+
+/* Writes the non-zero pages of [off, end) at the same offsets of fd. */
+static int save_range(const struct guest_memory *mem, int fd, uint64_t off, uint64_t end,
+		      uint64_t *written)
+{
+	const size_t page = 4096;
+
+	while (off < end) {
+		uint64_t run = off;
+
+		while (run < end && !page_is_zero(mem->host + run, page))
+			run += page;
+		for (uint64_t p = off; p < run; ) {
+			ssize_t n = pwrite(fd, mem->host + p, run - p, (off_t)p);
+
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				return err_set(n < 0 ? -errno : -EIO, "cannot write the memory file: %s",
+					       n < 0 ? strerror(errno) : "short write");
+			p += (uint64_t)n;
+			*written += (uint64_t)n;
+		}
+		off = run;
+		while (off < end && page_is_zero(mem->host + off, page))
+			off += page;
+	}
+	return 0;
+}
+
+int guest_memory_save(const struct guest_memory *mem, int fd, uint64_t *written)
+{
+	off_t data = 0, hole;
+	int ret;
+
+	*written = 0;
+	if (ftruncate(fd, 0) < 0 || ftruncate(fd, (off_t)mem->size) < 0)
+		return err_set(-errno, "cannot size the memory file: %m");
+	/* A memfd knows which pages were never touched (holes); a restored
+	 * guest's private mapping does not: all of it is scanned. */
+	if (mem->from_file)
+		return save_range(mem, fd, 0, mem->size, written);
+	for (;;) {
+		data = lseek(mem->fd, data, SEEK_DATA);
+		if (data < 0)
+			return errno == ENXIO ? 0 : err_set(-errno, "guest memory: SEEK_DATA: %m");
+		hole = lseek(mem->fd, data, SEEK_HOLE);
+		if (hole < 0)
+			return err_set(-errno, "guest memory: SEEK_HOLE: %m");
+		ret = save_range(mem, fd, (uint64_t)data & ~4095ull, (uint64_t)hole, written);
+		if (ret)
+			return ret;
+		data = hole;
+	}
 }
 
 int guest_memory_discard(const struct guest_memory *mem, void *host, uint64_t len)
 {
 	/* The backing decides how; a memfd keeps its pages until a hole is
-	 * punched (MADV_DONTNEED would only unmap them). */
-	(void)mem;
-	if (madvise(host, len, MADV_REMOVE) < 0)
+	 * punched (MADV_DONTNEED would only unmap them), a private file
+	 * mapping drops its copies (the file's contents show again). */
+	if (madvise(host, len, mem->from_file ? MADV_DONTNEED : MADV_REMOVE) < 0)
 		return -errno;
 	return 0;
 }

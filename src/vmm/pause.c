@@ -11,6 +11,8 @@
 #include <errno.h>
 #include <linux/kvm.h>
 #include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 
 #include "vireo/log.h"
@@ -98,6 +100,9 @@ int vm_pause(struct vm *vm)
 	ret = vm_wait_parked(vm, want);
 	if (ret == 0) {
 		vm->state = VM_STATE_PAUSED;
+		/* kvmclock goes on while paused: a snapshot taken later records
+		 * the guest's time at this instant, not the host's at saving. */
+		vm->pause_clock_valid = ioctl(vm->vm_fd, KVM_GET_CLOCK, &vm->pause_clock) == 0;
 	} else if (!vm->stop_requested) {
 		/* Give up: release the vCPUs that did park. */
 		vm->pause_requested = false;
@@ -116,7 +121,12 @@ int vm_resume(struct vm *vm)
 	if (vm->state != VM_STATE_PAUSED) {
 		ret = err_set(-EBUSY, "cannot resume: the VM is %s", vm_state_name(vm->state));
 	} else {
+		/* A restored VM that started paused goes on from its snapshot's
+		 * instant, however long it waited. */
+		if (vm->clock_on_resume && ioctl(vm->vm_fd, KVM_SET_CLOCK, &vm->pause_clock) < 0)
+			log_warn("KVM_SET_CLOCK: %s", strerror(errno));
 		vm->pause_requested = false;
+		vm->pause_clock_valid = vm->clock_on_resume = false;
 		vm->state = VM_STATE_RUNNING;
 		pthread_cond_broadcast(&vm->state_cond);
 	}

@@ -49,6 +49,8 @@ static const char *const allowed[] = {
 	"rt_sigprocmask", "rt_sigreturn", "sigaltstack", "tgkill", "gettid", "getpid",
 	"sched_setaffinity", "sched_getaffinity", "sched_yield", "getrandom",
 	"set_robust_list", "rseq", "restart_syscall",
+	/* the control socket's snapshot action: its directory and files */
+	"mkdir", "mkdirat", "rename", "renameat", "renameat2",
 };
 
 static int allow_all(scmp_filter_ctx ctx)
@@ -72,6 +74,12 @@ static const unsigned long ioctls[] = {
 	KVM_SET_MSRS, KVM_IRQ_LINE, KVM_SET_GSI_ROUTING, KVM_SIGNAL_MSI, KVM_IRQFD,
 	KVM_IOEVENTFD, KVM_CHECK_EXTENSION, TUNSETOFFLOAD, TUNSETVNETHDRSZ, TCGETS, TCSETS,
 	TCSETSW, TCSETSF,
+	/* snapshots (src/vmm/vm-state.c, vcpu-state.c): reading state only */
+	KVM_GET_MP_STATE, KVM_GET_FPU, KVM_GET_XSAVE, KVM_GET_XSAVE2, KVM_GET_XCRS,
+	KVM_GET_DEBUGREGS, KVM_GET_LAPIC, KVM_GET_VCPU_EVENTS, KVM_GET_MSR_INDEX_LIST,
+	KVM_GET_IRQCHIP, KVM_GET_PIT2, KVM_GET_CLOCK,
+	/* the first resume of a VM restored paused (src/vmm/pause.c) */
+	KVM_SET_CLOCK,
 };
 
 static int allow_ioctls(scmp_filter_ctx ctx)

@@ -266,8 +266,16 @@ int vm_start(struct vm *vm)
 	if (ret)
 		return ret;
 	pthread_mutex_lock(&vm->stop_lock);
-	if (vm->state == VM_STATE_CREATED)
+	if (vm->state == VM_STATE_CREATED && vm->start_paused) {
+		/* Each vCPU leaves its first KVM_RUN at once and parks. */
+		vm->pause_requested = true;
+		for (unsigned int i = 0; i < vm->ncpus; i++)
+			__atomic_store_n(&vm->vcpus[i].run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+		vm->state = VM_STATE_PAUSED;
+	} else if (vm->state == VM_STATE_CREATED) {
 		vm->state = VM_STATE_RUNNING;
+		vm->pause_clock_valid = vm->clock_on_resume = false;
+	}
 	pthread_cond_broadcast(&vm->state_cond);
 	pthread_mutex_unlock(&vm->stop_lock);
 	return 0;

@@ -143,6 +143,8 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 
 	memset(vm, 0, sizeof(*vm));
 	vm->kvm_fd = vm->vm_fd = vm->stop_fd = vm->mem.fd = vm->vcpu_cgroup_fd = -1;
+	if (cfg->mem_from_file)
+		vm->mem.fd = cfg->mem_fd; /* ours from here, closed by vm_destroy() */
 	pthread_mutex_init(&vm->stop_lock, NULL);
 	pthread_cond_init(&vm->state_cond, NULL);
 	bus_init(&vm->pio);
@@ -160,7 +162,8 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 	if (vm->stop_fd < 0)
 		return err_set(-errno, "eventfd: %m");
 	sigaction(SIGUSR1, &kick, NULL);
-	ret = guest_memory_init(&vm->mem, cfg->mem_size, cfg->hugepages);
+	ret = cfg->mem_from_file ? guest_memory_init_file(&vm->mem, cfg->mem_size, cfg->mem_fd) :
+	      guest_memory_init(&vm->mem, cfg->mem_size, cfg->hugepages);
 	if (ret)
 		return ret;
 	ret = pthread_create(&vm->map_thread, NULL, vm_map_memory_thread, vm);

@@ -12,6 +12,8 @@ FUZZ_FORMATS ?= qcow2 $(if $(wildcard src/block/vhd*.c),vpc) $(if $(wildcard src
 FUZZ_VIRTIO ?= virtio_vq virtio_blk virtio_balloon virtio_net
 # Client input: the VMM control socket, the daemon's definitions and router.
 FUZZ_JSON ?= control def api
+# Files from outside: snapshot state files (src/state/).
+FUZZ_FILES ?= state
 FUZZ_SECONDS ?= 20
 FB       := build-fuzz
 FCC      := clang
@@ -25,8 +27,8 @@ FXSRC    := src/virtio/virtqueue.c src/vmm/memory.c src/vmm/control-parse.c src/
             src/net/tap.c src/net/vlan.c
 FXOBJ    := $(FXSRC:%.c=$(FB)/%.o)
 FTARGETS := $(FUZZ_FORMATS:%=$(FB)/fuzz_%) $(FUZZ_VIRTIO:%=$(FB)/fuzz_%) \
-            $(FUZZ_JSON:%=$(FB)/fuzz_%)
-FALL     := $(FUZZ_FORMATS) $(FUZZ_VIRTIO) $(FUZZ_JSON)
+            $(FUZZ_JSON:%=$(FB)/fuzz_%) $(FUZZ_FILES:%=$(FB)/fuzz_%)
+FALL     := $(FUZZ_FORMATS) $(FUZZ_VIRTIO) $(FUZZ_JSON) $(FUZZ_FILES)
 
 .PHONY: all fuzz-run
 all: $(FTARGETS)
@@ -45,13 +47,17 @@ $(FB)/fuzz_control $(FB)/fuzz_def $(FB)/fuzz_api: $(FB)/fuzz_%: tests/fuzz/fuzz_
 		src/mgr/api.c $(FHDR)
 	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -o $@ $< $(filter %.o,$^) $(FLIBS)
 
+# The state reader alone, with the util objects.
+$(FB)/fuzz_state: tests/fuzz/fuzz_state.c $(FOBJ) $(FB)/src/state/state.o $(FHDR)
+	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -o $@ $< $(filter %.o,$^) $(FLIBS)
+
 $(FB)/fuzz_%: tests/fuzz/fuzz_image.c $(FOBJ) $(FHDR)
 	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -DFUZZ_FORMAT='"$*"' -o $@ $< $(filter %.o,$^) $(FLIBS)
 
 $(FB)/corpus/virtio_%: tests/fuzz/seeds_virtio.py
 	rm -rf $@ && tests/fuzz/seeds_virtio.py $* $@
 
-$(FB)/corpus/control $(FB)/corpus/def $(FB)/corpus/api: $(FB)/corpus/%: $(wildcard tests/fuzz/seeds/*/*)
+$(FB)/corpus/control $(FB)/corpus/def $(FB)/corpus/api $(FB)/corpus/state: $(FB)/corpus/%: $(wildcard tests/fuzz/seeds/*/*)
 	rm -rf $@ && mkdir -p $(dir $@) && cp -r tests/fuzz/seeds/$* $@
 
 $(FB)/corpus/%: build/vireo

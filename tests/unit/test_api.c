@@ -42,6 +42,9 @@ static void control_actions_parse(void **state)
 	assert_int_equal(a.target, 4096);
 	assert_int_equal(parse("{\"action\":\"powerdown\"}", &a), 0);
 	assert_int_equal(a.kind, CONTROL_POWERDOWN);
+	assert_int_equal(parse("{\"action\":\"snapshot\",\"dir\":\"/var/snap/a\"}", &a), 0);
+	assert_int_equal(a.kind, CONTROL_SNAPSHOT);
+	assert_string_equal(a.dir, "/var/snap/a");
 }
 
 static void control_rejects_bad_requests(void **state)
@@ -66,6 +69,9 @@ static void control_rejects_bad_requests(void **state)
 		"{\"action\":\"balloon\"}", "{\"action\":\"balloon\",\"target\":-1}",
 		"{\"action\":\"balloon\",\"target\":\"1M\"}",
 		"{\"action\":\"balloon\",\"target\":1,\"disk\":0}",
+		"{\"action\":\"snapshot\"}", "{\"action\":\"snapshot\",\"dir\":1}",
+		"{\"action\":\"snapshot\",\"dir\":\"\"}", "{\"action\":\"snapshot\",\"dir\":\"a/b\"}",
+		"{\"action\":\"snapshot\",\"dir\":\"/a\",\"incremental\":true}",
 	};
 	struct control_action a;
 

@@ -16,6 +16,7 @@
 #include "vireo/ged.h"
 #include "vireo/pci.h"
 #include "vireo/serial.h"
+#include "vireo/state.h"
 
 static int hits;
 static uint64_t last_offset;
@@ -258,6 +259,54 @@ static void pci_config_space_and_bar_sizing(void **state)
 	assert_int_equal(pci_config_read(&bus, 1 << 3, 4094, 4), 0xffffffff);
 }
 
+/* A UART and a GED saved and restored into fresh ones read back the
+ * same: registers, unread input in order, pending events. */
+static void serial_and_ged_state_round_trip(void **unused)
+{
+	struct state_header h = { .ncpus = 1 };
+	struct state_writer *w = state_writer_new(&h);
+	struct serial *a = serial_create(NULL, -1), *b = serial_create(NULL, -1);
+	struct ged *ga = ged_create(NULL), *gb = ged_create(NULL);
+	struct state_reader *r;
+	const uint8_t *buf;
+	size_t len;
+
+	(void)unused;
+	serial_write_reg(a, 3, 0x80);	/* DLAB: divisor 0x0c01 */
+	serial_write_reg(a, 0, 0x01);
+	serial_write_reg(a, 1, 0x0c);
+	serial_write_reg(a, 3, 0x03);
+	serial_write_reg(a, 1, 0x01);	/* IER: RDA */
+	serial_write_reg(a, 7, 0x5a);
+	assert_int_equal(serial_receive(a, (const uint8_t *)"xyz", 3), 3);
+	assert_int_equal(serial_read_reg(a, 0), 'x');
+	ged_raise(ga, GED_EVENT_POWER_BUTTON);
+	serial_save(a, w);
+	ged_save(ga, w);
+	assert_int_equal(state_writer_finish(w, &buf, &len), 0);
+	assert_int_equal(state_reader_open(buf, len, &r), 0);
+	assert_int_equal(serial_restore(b, r), 0);
+	assert_int_equal(ged_restore(gb, r), 0);
+	assert_int_equal(serial_read_reg(b, 1), 0x01);
+	assert_int_equal(serial_read_reg(b, 3), 0x03);
+	assert_int_equal(serial_read_reg(b, 7), 0x5a);
+	assert_int_equal(serial_read_reg(b, 2) & 0x0f, 0x04);	/* RDA pending */
+	assert_int_equal(serial_read_reg(b, 0), 'y');
+	assert_int_equal(serial_read_reg(b, 0), 'z');
+	assert_int_equal(serial_read_reg(b, 5) & 1, 0);
+	serial_write_reg(b, 3, 0x80);
+	assert_int_equal(serial_read_reg(b, 0), 0x01);
+	assert_int_equal(serial_read_reg(b, 1), 0x0c);
+	assert_int_equal(ged_read_selector(gb), GED_EVENT_POWER_BUTTON);
+	assert_int_equal(ged_power_button_count(gb), 1);
+	state_reader_free(r);
+	state_writer_free(w);
+	serial_destroy(a);
+	serial_destroy(b);
+	ged_destroy(ga);
+	ged_destroy(gb);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -269,6 +318,7 @@ int main(void)
 		cmocka_unit_test(serial_output_drops_what_a_stuck_reader_cannot_take),
 		cmocka_unit_test(pci_config_space_and_bar_sizing),
 		cmocka_unit_test(ged_selector_reads_and_clears),
+		cmocka_unit_test(serial_and_ged_state_round_trip),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

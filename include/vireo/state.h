@@ -1,0 +1,167 @@
+/* The save/restore state format (src/state/, DESIGN §3.9-3.10): one file
+ * that holds a whole machine's device state (guest RAM lives in a file of
+ * its own, see state_memory_save()).
+ *
+ * Layout, every integer little-endian:
+ *
+ *   file header, STATE_HEADER_SIZE (48) bytes:
+ *     0  magic "VIREOSTA"          8  u32 format version (STATE_VERSION)
+ *    12  u32 header size (48)     16  u32 vCPUs      20  u32 flags (0)
+ *    24  u64 guest RAM bytes      32  u64 creation time (Unix seconds)
+ *    40  u32 reserved (0)         44  u32 CRC-32 of bytes 0..43
+ *   then sections, each a STATE_SECTION_HEADER_SIZE (24) byte header:
+ *     0  u32 type   4  u32 id (vCPU index, device index)   8  u32 flags
+ *    12  u32 CRC-32 of the payload   16  u32 payload length
+ *    20  u32 CRC-32 of bytes 0..19
+ *   and its payload; the last section is STATE_SEC_END (length 0), and
+ *   nothing may follow it.
+ *
+ * Every byte is under a CRC (zlib's CRC-32, which catches every single
+ * burst of up to 32 bits), so truncation, a flipped byte, a wrong version
+ * and a section this build does not know but must not skip
+ * (STATE_SECTION_CRITICAL) are all refused by state_reader_open() before
+ * any state is handed out: a restore never applies half a file.
+ *
+ * Payloads are built with state_put_*() and read with state_get_*(). KVM's
+ * own structures (struct kvm_regs ...) are stored as their x86 byte image
+ * (x86 is little-endian), length-prefixed (state_put_blob) so that a size
+ * change is caught. */
+#ifndef VIREO_STATE_H
+#define VIREO_STATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define STATE_MAGIC "VIREOSTA"
+#define STATE_VERSION 1
+#define STATE_HEADER_SIZE 48
+#define STATE_SECTION_HEADER_SIZE 24
+#define STATE_MAX_SECTION (16u << 20)   /* payload bytes */
+#define STATE_MAX_FILE (256u << 20)
+#define STATE_MAX_SECTIONS 4096 /* known ones; 255 vCPUs and the devices fit */
+
+/* A section this build does not know is skipped, unless it has this flag. */
+#define STATE_SECTION_CRITICAL 1u
+
+enum state_section_type {
+	STATE_SEC_END = 0,
+	STATE_SEC_MACHINE = 1,  /* how to build the machine (src/vmm/machine.c) */
+	STATE_SEC_VCPU = 2,     /* id: vCPU index */
+	STATE_SEC_IRQCHIP = 3,  /* PIC master, PIC slave, IOAPIC */
+	STATE_SEC_PIT = 4,
+	STATE_SEC_CLOCK = 5,    /* kvmclock (KVM_GET_CLOCK) */
+	STATE_SEC_SERIAL = 6,
+	STATE_SEC_GED = 7,
+	STATE_SEC_MEMORY = 8,   /* the memory file: its size and layout */
+	STATE_SEC_COUNT,        /* types below this are known */
+};
+
+/* The machine summary of the file header. */
+struct state_header {
+	uint32_t version;
+	uint32_t ncpus;
+	uint64_t mem_size;
+	uint64_t created;
+};
+
+/* ---- writing ---- */
+
+struct state_writer;
+
+/* A writer that collects the whole file in memory. NULL if out of memory. */
+struct state_writer *state_writer_new(const struct state_header *h);
+void state_writer_free(struct state_writer *w);
+/* Starts a section; every section ends with state_end(). */
+void state_begin(struct state_writer *w, uint32_t type, uint32_t id, uint32_t flags);
+void state_put_u8(struct state_writer *w, uint8_t v);
+void state_put_u32(struct state_writer *w, uint32_t v);
+void state_put_u64(struct state_writer *w, uint64_t v);
+void state_put_bytes(struct state_writer *w, const void *p, size_t n);
+/* u32 length, then the bytes. */
+void state_put_blob(struct state_writer *w, const void *p, size_t n);
+void state_end(struct state_writer *w);
+/* Ends the file (STATE_SEC_END) and returns it: 0, or -errno with
+ * err_set() if anything put so far failed (out of memory, a section too
+ * large, begin/end unbalanced). The buffer belongs to the writer. */
+int state_writer_finish(struct state_writer *w, const uint8_t **buf, size_t *len);
+
+/* ---- reading ---- */
+
+struct state_reader;
+
+/* Checks a whole file image (header, every section, the end marker) and
+ * keeps a copy; 0, or -EINVAL/-ENOMEM with one err_set() line. */
+int state_reader_open(const void *buf, size_t len, struct state_reader **out);
+/* The same, from a file descriptor (read whole, at most STATE_MAX_FILE). */
+int state_reader_open_fd(int fd, struct state_reader **out);
+void state_reader_free(struct state_reader *r);
+const struct state_header *state_reader_header(const struct state_reader *r);
+
+/* A position in one section's payload. A read past its end sets `bad` and
+ * returns zeros; state_done() reports it. */
+struct state_cursor {
+	const uint8_t *p;
+	size_t len, pos;
+	uint32_t type, id;
+	bool bad;
+};
+
+/* Finds section (type, id): 0, or -ENOENT with err_set(). */
+int state_section(const struct state_reader *r, uint32_t type, uint32_t id,
+		  struct state_cursor *c);
+bool state_has_section(const struct state_reader *r, uint32_t type, uint32_t id);
+uint8_t state_get_u8(struct state_cursor *c);
+uint32_t state_get_u32(struct state_cursor *c);
+uint64_t state_get_u64(struct state_cursor *c);
+void state_get_bytes(struct state_cursor *c, void *p, size_t n);
+/* A blob of exactly n bytes (its length prefix must say n). */
+void state_get_blob(struct state_cursor *c, void *p, size_t n);
+/* A blob of at most max bytes; returns its length. */
+size_t state_get_blob_max(struct state_cursor *c, void *p, size_t max);
+/* 0 if the section was read whole and without error, else -EINVAL with
+ * err_set() naming it. */
+int state_done(struct state_cursor *c);
+const char *state_section_name(uint32_t type);
+
+/* ---- whole-VM snapshots (src/state/snapshot.c) ----
+ *
+ * A snapshot is a directory with two files: "state" (this format: machine,
+ * vCPUs, in-kernel devices, serial, GED, the memory layout) and "memory"
+ * (guest RAM at its memfd offsets, zero pages as holes). Both are written
+ * under temporary names and renamed into place, "state" last: a directory
+ * with a "state" file holds a complete snapshot. */
+
+struct vm;
+struct serial;
+struct ged;
+struct machine_config;
+
+struct snapshot_target {
+	struct vm *vm;
+	struct serial *serial;
+	struct ged *ged;
+	const struct machine_config *machine;
+};
+
+struct snapshot_stats {
+	uint64_t state_bytes, memory_bytes; /* memory: bytes written (not holes) */
+};
+
+/* Saves a paused VM into dir (created if missing, 0700). 0 or -errno
+ * with err_set(). */
+int snapshot_save(const char *dir, const struct snapshot_target *t,
+		  struct snapshot_stats *stats);
+
+struct snapshot;
+/* Opens dir's snapshot, checks its state file whole and its memory file's
+ * size, and reads the machine to build. 0 or -errno with err_set(). */
+int snapshot_open(const char *dir, struct snapshot **out, struct machine_config *m);
+/* The memory file's descriptor, handed over (for vm_config.mem_fd). */
+int snapshot_take_memory_fd(struct snapshot *s);
+/* Restores the device state into a VM built from the machine (its RAM
+ * from the memory file), before its vCPUs run. */
+int snapshot_restore(struct snapshot *s, const struct snapshot_target *t);
+void snapshot_close(struct snapshot *s);
+
+#endif

@@ -1,0 +1,271 @@
+/* Whole-VM snapshots: the state file and the memory file of a paused VM,
+ * and their restore into a freshly built one (include/vireo/state.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vireo/ged.h"
+#include "vireo/log.h"
+#include "vireo/machine.h"
+#include "vireo/serial.h"
+#include "vireo/state.h"
+#include "vireo/vmm.h"
+
+#define STATE_NAME "state"
+#define MEMORY_NAME "memory"
+
+struct snapshot {
+	struct state_reader *r;
+	int mem_fd;
+};
+
+static int path_in(char *out, size_t size, const char *dir, const char *name)
+{
+	if ((size_t)snprintf(out, size, "%s/%s", dir, name) >= size)
+		return err_set(-ENAMETOOLONG, "snapshot directory path too long");
+	return 0;
+}
+
+/* STATE_SEC_MEMORY: u64 RAM bytes, u32 regions, then (u64 gpa, u64 size,
+ * u64 file offset) each. */
+static void memory_save_layout(const struct guest_memory *mem, struct state_writer *w)
+{
+	state_begin(w, STATE_SEC_MEMORY, 0, STATE_SECTION_CRITICAL);
+	state_put_u64(w, mem->size);
+	state_put_u32(w, mem->nregions);
+	for (unsigned int i = 0; i < mem->nregions; i++) {
+		state_put_u64(w, mem->regions[i].gpa);
+		state_put_u64(w, mem->regions[i].size);
+		state_put_u64(w, mem->regions[i].offset);
+	}
+	state_end(w);
+}
+
+/* The layout must be the one this build gives a guest of that size. */
+static int memory_check_layout(const struct state_reader *r, const struct guest_memory *mem)
+{
+	struct state_cursor c;
+	int ret = state_section(r, STATE_SEC_MEMORY, 0, &c);
+	bool same;
+
+	if (ret)
+		return ret;
+	same = state_get_u64(&c) == mem->size && state_get_u32(&c) == mem->nregions;
+	for (unsigned int i = 0; same && i < mem->nregions; i++)
+		same = state_get_u64(&c) == mem->regions[i].gpa &&
+		       state_get_u64(&c) == mem->regions[i].size &&
+		       state_get_u64(&c) == mem->regions[i].offset;
+	if (!same)
+		return err_set(-EINVAL, "state file: guest memory layout differs from this vireo's");
+	return state_done(&c);
+}
+
+static int write_all(int fd, const uint8_t *buf, size_t len)
+{
+	for (size_t off = 0; off < len; ) {
+		ssize_t n = pwrite(fd, buf + off, len - off, (off_t)off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return err_set(n < 0 ? -errno : -EIO, "cannot write the state file: %s",
+				       n < 0 ? strerror(errno) : "short write");
+		off += (size_t)n;
+	}
+	return 0;
+}
+
+static int open_new(const char *dir, const char *name, char *path, size_t size)
+{
+	int fd, ret = path_in(path, size, dir, name);
+
+	if (ret)
+		return ret;
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return err_set(-errno, "cannot create %s: %m", path);
+	return fd;
+}
+
+/* Writes `name`.tmp with fill(), syncs it and renames it to `name`. */
+static int write_file(const char *dir, const char *name,
+		      int (*fill)(int fd, void *opaque), void *opaque)
+{
+	char tmp[4096], final[4096], tmpname[64];
+	int fd, ret;
+
+	snprintf(tmpname, sizeof(tmpname), ".%s.tmp", name);
+	fd = open_new(dir, tmpname, tmp, sizeof(tmp));
+	if (fd < 0)
+		return fd;
+	ret = fill(fd, opaque);
+	if (!ret && fsync(fd) < 0)
+		ret = err_set(-errno, "cannot sync %s: %m", tmp);
+	close(fd);
+	if (!ret)
+		ret = path_in(final, sizeof(final), dir, name);
+	if (!ret && rename(tmp, final) < 0)
+		ret = err_set(-errno, "cannot rename %s: %m", tmp);
+	if (ret)
+		unlink(tmp);
+	return ret;
+}
+
+struct fill_memory { const struct guest_memory *mem; uint64_t written; };
+struct fill_state { const uint8_t *buf; size_t len; };
+
+static int fill_memory(int fd, void *opaque)
+{
+	struct fill_memory *f = opaque;
+
+	return guest_memory_save(f->mem, fd, &f->written);
+}
+
+static int fill_state(int fd, void *opaque)
+{
+	struct fill_state *f = opaque;
+
+	return write_all(fd, f->buf, f->len);
+}
+
+static int collect_state(const struct snapshot_target *t, struct state_writer *w)
+{
+	int ret;
+
+	machine_save(t->machine, w);
+	memory_save_layout(&t->vm->mem, w);
+	ret = vm_save_state(t->vm, w);
+	if (!ret)
+		serial_save(t->serial, w);
+	if (!ret)
+		ged_save(t->ged, w);
+	return ret;
+}
+
+int snapshot_save(const char *dir, const struct snapshot_target *t,
+		  struct snapshot_stats *stats)
+{
+	struct state_header h = { .ncpus = t->vm->ncpus, .mem_size = t->vm->mem.size,
+				  .created = (uint64_t)time(NULL) };
+	struct fill_memory fm = { .mem = &t->vm->mem };
+	struct fill_state fs;
+	struct state_writer *w;
+	int ret;
+
+	if (machine_snapshot_unsupported(t->machine))
+		return -ENOTSUP;
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return err_set(-errno, "cannot create %s: %m", dir);
+	w = state_writer_new(&h);
+	if (!w)
+		return err_set(-ENOMEM, "out of memory");
+	ret = collect_state(t, w);
+	if (!ret)
+		ret = state_writer_finish(w, &fs.buf, &fs.len);
+	/* Memory first: "state" appears only once all of it is on disk. */
+	if (!ret)
+		ret = write_file(dir, MEMORY_NAME, fill_memory, &fm);
+	if (!ret)
+		ret = write_file(dir, STATE_NAME, fill_state, &fs);
+	if (!ret && stats)
+		*stats = (struct snapshot_stats){ .state_bytes = fs.len,
+						  .memory_bytes = fm.written };
+	state_writer_free(w);
+	return ret;
+}
+
+static int open_file(const char *dir, const char *name, int *fd)
+{
+	char path[4096];
+	struct stat st;
+	int ret = path_in(path, sizeof(path), dir, name);
+
+	if (ret)
+		return ret;
+	*fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (*fd < 0)
+		return err_set(-errno, "%s: %m", path);
+	if (fstat(*fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(*fd);
+		*fd = -1;
+		return err_set(-EINVAL, "%s: not a regular file", path);
+	}
+	return 0;
+}
+
+static int snapshot_check(const char *dir, struct snapshot *s, struct machine_config *m)
+{
+	struct stat st;
+	int fd, ret = open_file(dir, STATE_NAME, &fd);
+
+	if (ret)
+		return ret;
+	ret = state_reader_open_fd(fd, &s->r);
+	close(fd);
+	if (ret)
+		return err_set(ret, "%s/%s: %s", dir, STATE_NAME, err_get());
+	ret = machine_load(s->r, m);
+	if (!ret)
+		ret = open_file(dir, MEMORY_NAME, &s->mem_fd);
+	if (!ret && fstat(s->mem_fd, &st) == 0 && (uint64_t)st.st_size != m->mem_size)
+		ret = err_set(-EINVAL, "%s/%s is %llu bytes, the snapshot's guest has %llu",
+			      dir, MEMORY_NAME, (unsigned long long)st.st_size,
+			      (unsigned long long)m->mem_size);
+	if (!ret && machine_snapshot_unsupported(m))
+		ret = -ENOTSUP;
+	return ret;
+}
+
+int snapshot_open(const char *dir, struct snapshot **out, struct machine_config *m)
+{
+	struct snapshot *s = calloc(1, sizeof(*s));
+	int ret;
+
+	*out = NULL;
+	if (!s)
+		return err_set(-ENOMEM, "out of memory");
+	s->mem_fd = -1;
+	ret = snapshot_check(dir, s, m);
+	if (ret) {
+		snapshot_close(s);
+		return ret;
+	}
+	*out = s;
+	return 0;
+}
+
+int snapshot_take_memory_fd(struct snapshot *s)
+{
+	int fd = s->mem_fd;
+
+	s->mem_fd = -1;
+	return fd;
+}
+
+int snapshot_restore(struct snapshot *s, const struct snapshot_target *t)
+{
+	int ret = memory_check_layout(s->r, &t->vm->mem);
+
+	if (!ret)
+		ret = vm_restore_state(t->vm, s->r);
+	if (!ret)
+		ret = serial_restore(t->serial, s->r);
+	if (!ret)
+		ret = ged_restore(t->ged, s->r);
+	return ret ? err_set(ret, "cannot restore the snapshot: %s", err_get()) : 0;
+}
+
+void snapshot_close(struct snapshot *s)
+{
+	if (!s)
+		return;
+	state_reader_free(s->r);
+	if (s->mem_fd >= 0)
+		close(s->mem_fd);
+	free(s);
+}
