@@ -37,6 +37,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 #include "vireo/net.h"
@@ -58,6 +59,10 @@ struct mgr_disk {
 	bool readonly;
 	uint64_t bps, iops;          /* 0: unlimited */
 	int cache;                   /* enum block_cache; 0: writeback */
+	/* The I/O policy (iopolicy.c): share under contention (1..10000,
+	 * default 100) and what it always leaves the disk (0: nothing). */
+	unsigned int weight;
+	uint64_t floor_bps, floor_iops;
 };
 
 /* A vNIC's port on a vlan_aware network: an access port (vlan: untagged
@@ -77,6 +82,8 @@ struct mgr_nic {
 	char *mac;                   /* NULL: random */
 	unsigned int mtu;            /* 0: 1500 */
 	uint64_t rx_bps, tx_bps;     /* 0: unlimited */
+	unsigned int weight;         /* the I/O policy's, as a disk's */
+	uint64_t floor_bps;          /* each direction */
 	struct nic_vlans vlans;
 };
 
@@ -146,6 +153,19 @@ int vm_patch_from_json(struct json_object *obj, const struct vm_def *def, struct
 void vm_patch_apply(struct vm_def *def, struct vm_patch *p);
 void vm_patch_free(struct vm_patch *p);
 
+/* ---- the I/O policy's state per device (src/mgr/iopolicy.c) ----
+ * Slots: disk i is io[i], vNIC i's receive side io[MGR_MAX_DISKS + 2i],
+ * its transmit side the next one. Dimension 0 is bytes/s, 1 ops/s (disks). */
+#define MGR_IO_DEVS (MGR_MAX_DISKS + 2 * MGR_MAX_NICS)
+#define IO_UNBOUNDED UINT64_MAX      /* a demand: all it can get */
+struct io_dev {
+	bool seen;                   /* counters below are from the last round */
+	uint64_t bytes, ops, throttled_ns; /* the VMM's counters then */
+	uint64_t used[2];            /* rate in the last interval */
+	uint64_t demand[2];          /* estimate; IO_UNBOUNDED */
+	uint64_t limit[2];           /* what the policy set; 0: not managed */
+};
+
 /* ---- cgroups (src/mgr/cgroup.c): v2, or v1 with cpu/cpuacct/memory ---- */
 
 enum cgroup_mode { CGROUP_NONE, CGROUP_V1, CGROUP_V2 };
@@ -204,6 +224,9 @@ struct mgr_vm {
 	unsigned int vmm_uid;        /* the VMM's user (and group) id; 0: not dropped */
 	uint64_t policy_fresh;       /* balloon stats_updates from which the
 				      * guest's figures reflect our last target */
+	struct io_dev io[MGR_IO_DEVS]; /* the I/O policy's view (iopolicy.c) */
+	pid_t io_pid;                /* the VMM those counters are from */
+	uint64_t io_ms;              /* when they were read (monotonic ms) */
 	pthread_mutex_t lock;        /* the operation lock (above) */
 	unsigned int refs;           /* the list's, plus each user without mgr->lock */
 	bool deleted;                /* unlinked: operations waiting for it give up */
@@ -222,6 +245,13 @@ struct mgr {
 	unsigned int overcommit;     /* max vCPUs per host CPU, running VMs */
 	unsigned int overcommit_warn; /* past this per host CPU: warn; 0 = never */
 	bool mem_auto;               /* --memory-policy=auto */
+	bool io_auto;                /* --io-policy=auto */
+	unsigned int io_interval_ms; /* how often it runs */
+	/* Host budgets (0: that resource is not managed): disk bytes/s and
+	 * ops/s, vNIC bytes/s (each direction); and whether the floors asked
+	 * for more than one of them in the last round. */
+	uint64_t io_budget_bps, io_budget_iops, net_budget_bps;
+	bool io_over[3];
 	unsigned int mem_interval_ms; /* how often the policy runs */
 	uint64_t mem_reserve;        /* host MemAvailable the policy keeps */
 	uint64_t log_max;            /* rotate a VM's log past this; 0 = never */
@@ -339,6 +369,34 @@ char *mgr_metrics(struct mgr *m);
  * while its MemAvailable stays above mem_reserve; below the reserve it
  * inflates idle guests' balloons. */
 void mgr_policy_run(struct mgr *m);
+
+/* ---- automatic I/O policy (src/mgr/iopolicy.c, docs/api.md) ---- */
+/* One device's claim on a budget: the pure allocation's input and output. */
+struct io_share {
+	uint64_t demand;             /* estimated rate wanted; IO_UNBOUNDED */
+	unsigned int weight;         /* 0 counts as 1 */
+	uint64_t floor;              /* always granted (scaled if the floors
+				      * sum above the budget) */
+	uint64_t cap;                /* never exceeded; 0: none */
+	uint64_t limit;              /* out: >= 1 (0 would mean unlimited) */
+};
+/* Weighted max-min fair shares of `budget`: every share gets its floor;
+ * the rest goes by weight to those whose demand is not met yet; what no
+ * demand wants is spread by weight on top (work-conserving), caps always
+ * hold. Floors summing above the budget are scaled down in proportion
+ * and the rest get the minimum: returns true then. */
+bool io_allocate(struct io_share *s, unsigned int n, uint64_t budget);
+/* The demand of one dimension from a round's figures: unbounded if the
+ * device used most of its limit or was held back, else what it used plus
+ * headroom. `first`: no previous figures. */
+uint64_t io_demand(bool first, uint64_t used, uint64_t limit, uint64_t throttled_ns,
+		   uint64_t interval_ns, uint64_t budget);
+/* One round, under m->lock: reads every running VM's counters, allocates
+ * each budget and sets the changed limits through the control sockets. */
+void mgr_iopolicy_run(struct mgr *m);
+/* The policy's view of a VM's devices (GET /vms/NAME), NULL when off. */
+struct json_object *mgr_iopolicy_json(struct mgr *m, const struct mgr_vm *vm);
+void mgr_iopolicy_metrics(struct mgr *m, FILE *f);
 
 /* ---- store (src/mgr/store.c) ---- */
 int store_write_json(const char *path, struct json_object *obj);

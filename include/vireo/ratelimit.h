@@ -22,6 +22,9 @@ struct ratelimit {
 	struct token_bucket bytes;
 	struct token_bucket ops;
 	uint64_t throttled_ns; /* total time requests waited */
+	/* Totals of what was charged or consumed: what the daemon's I/O
+	 * policy reads as the device's demand (docs/api.md). */
+	uint64_t charged_bytes, charged_ops;
 };
 
 void ratelimit_init(struct ratelimit *rl);

@@ -24,6 +24,8 @@ static const char daemon_usage[] =
 	"                    [--overcommit N] [--overcommit-warn N]\n"
 	"                    [--memory-policy=manual|auto] [--memory-low PCT] [--memory-high PCT]\n"
 	"                    [--memory-interval MS] [--memory-reserve SIZE]\n"
+	"                    [--io-policy=manual|auto] [--io-interval MS] [--io-budget-bps N]\n"
+	"                    [--io-budget-iops N] [--net-budget-bps N]\n"
 	"                    [--log-max SIZE] [--vmm-uid-base N|none] [--storage DIR]...\n"
 	"                    [--request-timeout S] [--verbose]\n"
 	"\n"
@@ -40,6 +42,14 @@ static const char daemon_usage[] =
 	"  --memory-reserve SIZE host memory the auto policy keeps free (default 256M)\n"
 	"  --memory-low PCT  a guest with less free memory is under pressure (default 20)\n"
 	"  --memory-high PCT a guest with more free memory is idle (default 50)\n"
+	"  --io-policy P     manual (default): disk and vNIC limits stay as set; auto:\n"
+	"                    they follow demand within the budgets below, by weight,\n"
+	"                    above floors, never above the fixed limits (docs/api.md)\n"
+	"  --io-interval MS  how often the auto I/O policy runs (default 1000)\n"
+	"  --io-budget-bps N   host disk bandwidth, bytes/s, all disks (0: not managed)\n"
+	"  --io-budget-iops N  host disk operations/s, all disks (0: not managed)\n"
+	"  --net-budget-bps N  host vNIC bandwidth, bytes/s, each direction, all vNICs\n"
+	"                    (0: not managed)\n"
 	"  --log-max SIZE    rotate a VM's log (DIR/logs/NAME.log) past this size,\n"
 	"                    keeping one old copy (default 16M; 0: never)\n"
 	"  --vmm-uid-base N  run as root, each VMM runs as its own user id from N\n"
@@ -67,6 +77,9 @@ struct daemon_options {
 	const char *storage[16];
 	unsigned int nstorage;
 	unsigned int request_timeout_s;
+	bool io_auto;
+	unsigned int io_interval_ms;
+	uint64_t io_budget_bps, io_budget_iops, net_budget_bps;
 };
 
 static int uint_arg(const char *text, unsigned int lo, unsigned int hi, unsigned int *out)
@@ -78,6 +91,13 @@ static int uint_arg(const char *text, unsigned int lo, unsigned int hi, unsigned
 		return -EINVAL;
 	*out = (unsigned int)v;
 	return 0;
+}
+
+/* A rate: a number with an optional K/M/G suffix (powers of 1024, as
+ * sizes), at most CONTROL_MAX_RATE. */
+static int rate_arg(const char *text, uint64_t *out)
+{
+	return size_parse(text, out) || *out > (1ULL << 50) ? -EINVAL : 0;
 }
 
 static int parse_options(int argc, char **argv, struct daemon_options *o)
@@ -97,6 +117,11 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		{ "memory-reserve", required_argument, NULL, 'r' },
 		{ "storage", required_argument, NULL, 'S' },
 		{ "request-timeout", required_argument, NULL, 't' },
+		{ "io-policy", required_argument, NULL, 'P' },
+		{ "io-interval", required_argument, NULL, 'I' },
+		{ "io-budget-bps", required_argument, NULL, 'B' },
+		{ "io-budget-iops", required_argument, NULL, 'O' },
+		{ "net-budget-bps", required_argument, NULL, 'N' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -106,7 +131,7 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 	*o = (struct daemon_options){ .overcommit = 16, .overcommit_warn = 4,
 				      .mem_low_pct = 20, .mem_high_pct = 50, .mem_interval_ms = 1000,
 				      .mem_reserve = 256ULL << 20, .log_max = 16ULL << 20,
-				      .vmm_uid_base = MGR_VMM_UID_BASE,
+				      .vmm_uid_base = MGR_VMM_UID_BASE, .io_interval_ms = 1000,
 				      .request_timeout_s = MGR_REQUEST_TIMEOUT_S };
 	while ((c = getopt_long(argc, argv, "hv", longopts, NULL)) != -1) {
 		switch (c) {
@@ -166,6 +191,24 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 			if (uint_arg(optarg, 1, 3600, &o->request_timeout_s))
 				return err_set(-EINVAL, "--request-timeout must be 1 to 3600 seconds");
 			break;
+		case 'P':
+			if (strcmp(optarg, "auto") && strcmp(optarg, "manual"))
+				return err_set(-EINVAL, "--io-policy must be manual or auto");
+			o->io_auto = !strcmp(optarg, "auto");
+			break;
+		case 'I':
+			if (uint_arg(optarg, 100, 3600000, &o->io_interval_ms))
+				return err_set(-EINVAL, "--io-interval must be 100 to 3600000 ms");
+			break;
+		case 'B':
+		case 'O':
+		case 'N':
+			if (rate_arg(optarg, c == 'B' ? &o->io_budget_bps : c == 'O' ?
+				     &o->io_budget_iops : &o->net_budget_bps))
+				return err_set(-EINVAL, "--%s takes a rate (e.g. 100M)",
+					       c == 'B' ? "io-budget-bps" : c == 'O' ? "io-budget-iops"
+					       : "net-budget-bps");
+			break;
 		case 'v': log_set_level(LOG_INFO); break;
 		case 'h': fputs(daemon_usage, stdout); exit(0);
 		default: return err_set(-EINVAL, "see 'vireo daemon --help'");
@@ -175,6 +218,9 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		return err_set(-EINVAL, "unexpected argument '%s'", argv[optind]);
 	if (!o->state_dir || !o->socket)
 		return err_set(-EINVAL, "--state-dir and --socket are required");
+	if (o->io_auto && !o->io_budget_bps && !o->io_budget_iops && !o->net_budget_bps)
+		return err_set(-EINVAL, "--io-policy=auto needs a budget: --io-budget-bps, "
+			       "--io-budget-iops or --net-budget-bps");
 	if (o->mem_low_pct >= o->mem_high_pct)
 		return err_set(-EINVAL, "--memory-low must be below --memory-high");
 	return 0;
@@ -200,7 +246,7 @@ static int set_storage(struct mgr *m, const struct daemon_options *o)
 static void supervise(struct mgr *m, int sfd)
 {
 	struct pollfd p = { .fd = sfd, .events = POLLIN };
-	unsigned int since = 0;
+	unsigned int since = 0, io_since = 0;
 
 	for (;;) {
 		int n = poll(&p, 1, CHECK_INTERVAL_MS);
@@ -213,6 +259,11 @@ static void supervise(struct mgr *m, int sfd)
 		if (m->mem_auto && since >= m->mem_interval_ms) {
 			since = 0;
 			mgr_policy_run(m);
+		}
+		io_since += CHECK_INTERVAL_MS;
+		if (m->io_auto && io_since >= m->io_interval_ms) {
+			io_since = 0;
+			mgr_iopolicy_run(m);
 		}
 		pthread_mutex_unlock(&m->lock);
 	}
@@ -251,6 +302,11 @@ int cmd_daemon(int argc, char **argv)
 	m.log_max = o.log_max;
 	m.vmm_uid_base = o.vmm_uid_base;
 	m.request_timeout_s = o.request_timeout_s;
+	m.io_auto = o.io_auto;
+	m.io_interval_ms = o.io_interval_ms;
+	m.io_budget_bps = o.io_budget_bps;
+	m.io_budget_iops = o.io_budget_iops;
+	m.net_budget_bps = o.net_budget_bps;
 	api = mgr_info_start(&m) ? NULL : api_start(&m, o.socket);
 	if (!api) {
 		fprintf(stderr, "vireo: %s\n", err_get());
@@ -260,8 +316,9 @@ int cmd_daemon(int argc, char **argv)
 		pthread_mutex_unlock(&m.lock);
 		return 1;
 	}
-	fprintf(stderr, "vireo: daemon listening on %s (state %s, cgroup %s, memory policy %s)\n",
-		o.socket, m.state_dir, cgroup_mode_name(m.cg.mode), m.mem_auto ? "auto" : "manual");
+	fprintf(stderr, "vireo: daemon listening on %s (state %s, cgroup %s, memory policy %s, "
+		"I/O policy %s)\n", o.socket, m.state_dir, cgroup_mode_name(m.cg.mode),
+		m.mem_auto ? "auto" : "manual", m.io_auto ? "auto" : "manual");
 	supervise(&m, sfd);
 	api_stop(api);
 	mgr_info_stop(&m);

@@ -164,10 +164,31 @@ static bool opt_ok(int ret)
 	return ret == 0 || ret == -ENOENT;
 }
 
+/* The I/O policy's fields of a disk or vNIC: "weight" (when `weight` is
+ * given) and "floor_KEY". A floor above the fixed limit is allowed (a
+ * PATCH may lower the limit later) and counts as the limit: the policy
+ * never goes above a fixed limit. */
+static int parse_io_share(struct json_object *o, unsigned int *weight, const char *key,
+			  uint64_t *floor)
+{
+	char name[16];
+	uint64_t w = 100;
+	int ret;
+
+	if (weight) {
+		if (!opt_ok(ret = get_uint(o, "weight", 1, 10000, &w)))
+			return ret;
+		*weight = (unsigned int)w;
+	}
+	snprintf(name, sizeof(name), "floor_%s", key);
+	ret = get_uint(o, name, 0, CONTROL_MAX_RATE, floor);
+	return opt_ok(ret) ? 0 : ret;
+}
+
 static int parse_disk(struct json_object *o, struct mgr_disk *d)
 {
 	static const char *const keys[] = { "path", "format", "readonly", "bps", "iops", "cache",
-					    NULL };
+					    "weight", "floor_bps", "floor_iops", NULL };
 	int ret = check_keys(o, "a disk", keys);
 	char *cache = NULL;
 
@@ -190,6 +211,10 @@ static int parse_disk(struct json_object *o, struct mgr_disk *d)
 	if (!opt_ok(ret = get_uint(o, "bps", 0, CONTROL_MAX_RATE, &d->bps)))
 		return ret;
 	if (!opt_ok(ret = get_uint(o, "iops", 0, CONTROL_MAX_RATE, &d->iops)))
+		return ret;
+	if ((ret = parse_io_share(o, &d->weight, "bps", &d->floor_bps)))
+		return ret;
+	if ((ret = parse_io_share(o, NULL, "iops", &d->floor_iops)))
 		return ret;
 	if (!opt_ok(ret = get_str(o, "cache", 16, &cache)))
 		return ret;
@@ -278,7 +303,8 @@ static int parse_nic_vlans(struct json_object *o, struct nic_vlans *n)
 static int parse_nic(struct json_object *o, struct mgr_nic *n)
 {
 	static const char *const keys[] = { "tap", "mac", "mtu", "rx_bps", "tx_bps", "network",
-					    "vlan", "trunk", "native_vlan", NULL };
+					    "vlan", "trunk", "native_vlan", "weight", "floor_bps",
+					    NULL };
 	uint64_t mtu = 0;
 	int ret = check_keys(o, "a nic", keys);
 
@@ -301,6 +327,9 @@ static int parse_nic(struct json_object *o, struct mgr_nic *n)
 	if (!opt_ok(ret = get_uint(o, "rx_bps", 0, CONTROL_MAX_RATE, &n->rx_bps)))
 		return ret;
 	if (!opt_ok(ret = get_uint(o, "tx_bps", 0, CONTROL_MAX_RATE, &n->tx_bps)))
+		return ret;
+	/* One floor, for each direction. */
+	if ((ret = parse_io_share(o, &n->weight, "bps", &n->floor_bps)))
 		return ret;
 	if ((ret = parse_nic_vlans(o, &n->vlans)))
 		return ret;
@@ -588,6 +617,9 @@ static struct json_object *disk_to_json(const struct mgr_disk *d)
 	json_object_object_add(o, "bps", json_object_new_int64((int64_t)d->bps));
 	json_object_object_add(o, "iops", json_object_new_int64((int64_t)d->iops));
 	json_object_object_add(o, "cache", json_object_new_string(block_cache_name(d->cache)));
+	json_object_object_add(o, "weight", json_object_new_int((int)d->weight));
+	json_object_object_add(o, "floor_bps", json_object_new_int64((int64_t)d->floor_bps));
+	json_object_object_add(o, "floor_iops", json_object_new_int64((int64_t)d->floor_iops));
 	return o;
 }
 
@@ -605,6 +637,8 @@ static struct json_object *nic_to_json(const struct mgr_nic *n)
 		json_object_object_add(o, "mtu", json_object_new_int((int)n->mtu));
 	json_object_object_add(o, "rx_bps", json_object_new_int64((int64_t)n->rx_bps));
 	json_object_object_add(o, "tx_bps", json_object_new_int64((int64_t)n->tx_bps));
+	json_object_object_add(o, "weight", json_object_new_int((int)n->weight));
+	json_object_object_add(o, "floor_bps", json_object_new_int64((int64_t)n->floor_bps));
 	if (n->vlans.vlan)
 		json_object_object_add(o, "vlan", json_object_new_int((int)n->vlans.vlan));
 	if (n->vlans.is_trunk)

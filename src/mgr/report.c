@@ -148,6 +148,8 @@ struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live)
 	json_object_object_add(o, "cpu_ns", json_object_new_uint64(cgroup_vm_cpu_ns(&m->cg, vm->def.name)));
 	json_object_object_add(o, "cpu_throttled_ns",
 			       json_object_new_uint64(cgroup_vm_throttled_ns(&m->cg, vm->def.name)));
+	if ((info = mgr_iopolicy_json(m, vm)))
+		json_object_object_add(o, "io_policy", info);
 	/* A copy: the reply is serialised after m->lock is released, and
 	 * serialising writes into the object. */
 	info = NULL;
@@ -293,6 +295,10 @@ char *mgr_metrics(struct mgr *m)
 		{ "vireo_vm_nic_tx_dropped_total", "counter", "packets from the guest dropped", "tx_dropped", "nics" },
 		{ "vireo_vm_nic_limit_rx_bytes_per_second", "gauge", "receive limit, 0 = none", "rx_bps", "nics" },
 		{ "vireo_vm_nic_limit_tx_bytes_per_second", "gauge", "transmit limit, 0 = none", "tx_bps", "nics" },
+		{ "vireo_vm_nic_rx_bytes_total", "counter", "bytes to the guest", "rx_bytes", "nics" },
+		{ "vireo_vm_nic_tx_bytes_total", "counter", "bytes from the guest", "tx_bytes", "nics" },
+		{ "vireo_vm_nic_rx_throttled_nanoseconds_total", "counter", "time receiving waited for the rate limiter", "rx_throttled_ns", "nics" },
+		{ "vireo_vm_nic_tx_throttled_nanoseconds_total", "counter", "time transmitting waited for the rate limiter", "tx_throttled_ns", "nics" },
 	};
 	char *text = NULL;
 	size_t len = 0, nvms = 0, i = 0;
@@ -322,6 +328,7 @@ char *mgr_metrics(struct mgr *m)
 	balloon_family(f, m, infos, "vireo_vm_balloon_actual_bytes", "memory the guest's balloon holds", "actual", false);
 	balloon_family(f, m, infos, "vireo_vm_guest_free_bytes", "free memory the guest last reported", "free", true);
 	balloon_family(f, m, infos, "vireo_vm_guest_total_bytes", "total memory the guest last reported", "total", true);
+	mgr_iopolicy_metrics(m, f);
 	free(infos);
 	fclose(f);
 	return text;

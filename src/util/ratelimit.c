@@ -81,6 +81,8 @@ uint64_t ratelimit_delay_ns(struct ratelimit *rl, uint64_t now_ns)
 void ratelimit_charge(struct ratelimit *rl, uint64_t bytes, uint64_t now_ns)
 {
 	pthread_mutex_lock(&rl->lock);
+	rl->charged_bytes += bytes;
+	rl->charged_ops++;
 	if (rl->bytes.rate) {
 		bucket_refill(&rl->bytes, now_ns);
 		rl->bytes.tokens -= (double)bytes;
@@ -118,6 +120,8 @@ uint64_t ratelimit_consume(struct ratelimit *rl, uint64_t bytes, uint64_t now_ns
 	if (a) {
 		rl->throttled_ns += a;	/* the caller waits exactly this long */
 	} else {
+		rl->charged_bytes += bytes;
+		rl->charged_ops++;
 		if (rl->bytes.rate)
 			rl->bytes.tokens -= (double)bytes;
 		if (rl->ops.rate)

@@ -146,6 +146,8 @@ static struct json_object *info_disk(const struct control_target *t, unsigned in
 	add_u64(o, "bps", rl->bytes.rate);
 	add_u64(o, "iops", rl->ops.rate);
 	add_u64(o, "throttled_ns", rl->throttled_ns);
+	add_u64(o, "charged_bytes", rl->charged_bytes);
+	add_u64(o, "charged_ops", rl->charged_ops);
 	pthread_mutex_unlock(&rl->lock);
 	return o;
 }
@@ -188,9 +190,13 @@ static struct json_object *info_nic(const struct control_target *t, unsigned int
 	add_u64(o, "tx_dropped", ns.tx_dropped);
 	pthread_mutex_lock(&rx->lock);
 	add_u64(o, "rx_bps", rx->bytes.rate);
+	add_u64(o, "rx_bytes", rx->charged_bytes);
+	add_u64(o, "rx_throttled_ns", rx->throttled_ns);
 	pthread_mutex_unlock(&rx->lock);
 	pthread_mutex_lock(&tx->lock);
 	add_u64(o, "tx_bps", tx->bytes.rate);
+	add_u64(o, "tx_bytes", tx->charged_bytes);
+	add_u64(o, "tx_throttled_ns", tx->throttled_ns);
 	pthread_mutex_unlock(&tx->lock);
 	return o;
 }
