@@ -86,6 +86,7 @@ bool io_allocate(struct io_share *s, unsigned int n, uint64_t budget)
 	static double lo[IO_MAX_SHARES], hi[IO_MAX_SHARES], base[IO_MAX_SHARES],
 		out[IO_MAX_SHARES];
 	double b = (double)budget, floors = 0;
+	uint64_t least = min_limit(budget);
 	bool over;
 
 	if (n > IO_MAX_SHARES)
@@ -94,7 +95,9 @@ bool io_allocate(struct io_share *s, unsigned int n, uint64_t budget)
 		double cap = s[i].cap && s[i].cap < budget ? (double)s[i].cap : b;
 		double want = s[i].demand == IO_UNBOUNDED ? b : (double)s[i].demand;
 
-		lo[i] = (double)s[i].floor < cap ? (double)s[i].floor : cap;
+		/* The minimum counts as a floor, so that it fits in the budget. */
+		lo[i] = s[i].floor > least ? (double)s[i].floor : (double)least;
+		lo[i] = lo[i] < cap ? lo[i] : cap;
 		hi[i] = clampd(want, lo[i], cap);
 		base[i] = 0;
 		floors += lo[i];
@@ -115,11 +118,11 @@ bool io_allocate(struct io_share *s, unsigned int n, uint64_t budget)
 		fill(s, n, base, lo, hi, b, out);
 	}
 	for (unsigned int i = 0; i < n; i++) {
-		uint64_t v = (uint64_t)out[i], least = min_limit(budget);
+		uint64_t v = (uint64_t)out[i], lim = s[i].cap && least > s[i].cap ? s[i].cap : least;
 
-		if (s[i].cap && least > s[i].cap)
-			least = s[i].cap;
-		s[i].limit = v > least ? v : least;
+		/* Only scaled floors fall below: the sum passes the budget by
+		 * at most the minimum of each device then. */
+		s[i].limit = v > lim ? v : lim;
 	}
 	return over;
 }
