@@ -606,6 +606,19 @@ void vm_def_free(struct vm_def *def)
 	memset(def, 0, sizeof(*def));
 }
 
+/* The I/O policy's fields, only when not their defaults (weight 100, no
+ * floor): definitions without them read as before. */
+static void io_share_to_json(struct json_object *o, unsigned int weight, uint64_t floor_bps,
+			     uint64_t floor_iops)
+{
+	if (weight != 100)
+		json_object_object_add(o, "weight", json_object_new_int((int)weight));
+	if (floor_bps)
+		json_object_object_add(o, "floor_bps", json_object_new_int64((int64_t)floor_bps));
+	if (floor_iops)
+		json_object_object_add(o, "floor_iops", json_object_new_int64((int64_t)floor_iops));
+}
+
 static struct json_object *disk_to_json(const struct mgr_disk *d)
 {
 	struct json_object *o = json_object_new_object();
@@ -617,9 +630,7 @@ static struct json_object *disk_to_json(const struct mgr_disk *d)
 	json_object_object_add(o, "bps", json_object_new_int64((int64_t)d->bps));
 	json_object_object_add(o, "iops", json_object_new_int64((int64_t)d->iops));
 	json_object_object_add(o, "cache", json_object_new_string(block_cache_name(d->cache)));
-	json_object_object_add(o, "weight", json_object_new_int((int)d->weight));
-	json_object_object_add(o, "floor_bps", json_object_new_int64((int64_t)d->floor_bps));
-	json_object_object_add(o, "floor_iops", json_object_new_int64((int64_t)d->floor_iops));
+	io_share_to_json(o, d->weight, d->floor_bps, d->floor_iops);
 	return o;
 }
 
@@ -637,8 +648,7 @@ static struct json_object *nic_to_json(const struct mgr_nic *n)
 		json_object_object_add(o, "mtu", json_object_new_int((int)n->mtu));
 	json_object_object_add(o, "rx_bps", json_object_new_int64((int64_t)n->rx_bps));
 	json_object_object_add(o, "tx_bps", json_object_new_int64((int64_t)n->tx_bps));
-	json_object_object_add(o, "weight", json_object_new_int((int)n->weight));
-	json_object_object_add(o, "floor_bps", json_object_new_int64((int64_t)n->floor_bps));
+	io_share_to_json(o, n->weight, n->floor_bps, 0);
 	if (n->vlans.vlan)
 		json_object_object_add(o, "vlan", json_object_new_int((int)n->vlans.vlan));
 	if (n->vlans.is_trunk)
