@@ -387,8 +387,10 @@ struct io_share {
  * and the rest get the minimum: returns true then. */
 bool io_allocate(struct io_share *s, unsigned int n, uint64_t budget);
 /* The demand of one dimension from a round's figures: unbounded if the
- * device used most of its limit or was held back, else what it used plus
- * headroom. `first`: no previous figures. */
+ * device used most of its limit or was held back a tenth of the interval
+ * (throttled_ns: the caller passes 0 for a disk's bucket that was not the
+ * one holding it back), else what it used plus headroom. `first`: no
+ * previous figures. */
 uint64_t io_demand(bool first, uint64_t used, uint64_t limit, uint64_t throttled_ns,
 		   uint64_t interval_ns, uint64_t budget);
 /* One round, under m->lock: reads every running VM's counters, allocates

@@ -132,11 +132,11 @@ uint64_t io_demand(bool first, uint64_t used, uint64_t limit, uint64_t throttled
 {
 	if (first)
 		return IO_UNBOUNDED; /* nothing known yet: its fair share */
-	/* Near its limit, or held back a tenth of the time while using at
-	 * least half of it (the other bucket of a disk may be the one that
-	 * binds): it would take more. */
-	if (limit && (used >= limit - limit / 10 ||
-		      (throttled_ns >= interval_ns / 10 && used >= limit / 2)))
+	/* Held back a tenth of the time, or near its limit: it would take
+	 * more. Being held back is the steady sign: a guest that is short of
+	 * CPU now and then does not reach its limit in every interval, but
+	 * its requests still wait for the bucket. */
+	if (limit && (used >= limit - limit / 10 || throttled_ns >= interval_ns / 10))
 		return IO_UNBOUNDED;
 	/* Room to grow by a quarter, plus 1 % of the budget for a device
 	 * that starts from nothing; past that it saturates and is seen. */
@@ -172,19 +172,35 @@ static uint64_t pool_budget(const struct mgr *m, int pool)
 
 /* Takes in one device's new counters (ops: 0 for a vNIC side) and the
  * limits in force (the VMM's own figures), and estimates its demand. */
+/* Which bucket of a disk holds it back: the one nearest its limit (a
+ * fixed one included); the throttled time counts for that one only. */
+static int binding(const uint64_t used[2], const uint64_t cur[2])
+{
+	double r0 = cur[0] ? (double)used[0] / (double)cur[0] : 0;
+	double r1 = cur[1] ? (double)used[1] / (double)cur[1] : 0;
+
+	return r1 > r0;
+}
+
+/* Takes in one device's new counters (ops: 0 for a vNIC side) and the
+ * limits in force (the VMM's own figures), and estimates its demand. */
 static void dev_update(struct mgr *m, struct io_dev *d, bool fresh, uint64_t ms,
 		       const uint64_t cnt[3], const uint64_t cur[2], const int pools[2])
 {
 	bool first = !fresh || !d->seen || cnt[0] < d->bytes || cnt[1] < d->ops;
+	uint64_t throttled = first ? 0 : cnt[2] - d->throttled_ns;
+	int bind;
 
+	for (int k = 0; k < 2; k++)
+		d->used[k] = first ? 0 : rate(cnt[k], k ? d->ops : d->bytes, ms);
+	bind = binding(d->used, cur);
 	for (int k = 0; k < 2; k++) {
 		uint64_t budget = pools[k] < 0 ? 0 : pool_budget(m, pools[k]);
 
-		d->used[k] = first ? 0 : rate(cnt[k], k ? d->ops : d->bytes, ms);
 		d->limit[k] = budget ? cur[k] : 0;
 		d->demand[k] = budget ? io_demand(first, d->used[k], cur[k],
-						  cnt[2] - (first ? cnt[2] : d->throttled_ns),
-						  ms * 1000000, budget) : 0;
+						  k == bind ? throttled : 0, ms * 1000000,
+						  budget) : 0;
 	}
 	d->bytes = cnt[0];
 	d->ops = cnt[1];

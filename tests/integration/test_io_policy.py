@@ -14,7 +14,10 @@ from daemonutil import Daemon, wait_for
 
 pytestmark = [needs_kvm]
 
-BUDGET = 30_000_000        # bytes/s, disks and vNICs (each direction)
+BUDGET = 30_000_000        # disk bytes/s
+# vNIC bytes/s, each direction: lower, since every frame costs the guest
+# exits and the host shares 2 CPUs with other work.
+NET_BUDGET = 12_000_000
 INTERVAL_MS = 500
 BUSY_DISK = "blk_bench time_ms=600000 qd=4"   # 10 min of 1 MiB writes
 # 9014-byte frames (MTU 9000): a sixth of the exits of 1514-byte ones, so
@@ -27,7 +30,7 @@ IDLE = "wait=600000"
 def policy(tmp_path):
     d = Daemon(extra=["--storage", str(tmp_path), "--io-policy=auto",
                       f"--io-interval={INTERVAL_MS}", f"--io-budget-bps={BUDGET}",
-                      f"--net-budget-bps={BUDGET}"]).start()
+                      f"--net-budget-bps={NET_BUDGET}"]).start()
     yield d
     d.cleanup()
 
@@ -52,9 +55,10 @@ def nic_bytes(d, name):
 
 def rates(d, names, counter, least):
     """Bytes/s of each VM over a window that lasts until every one of them
-    has moved at least `least` bytes (and at least 2 s)."""
+    has moved at least `least` bytes (and at least 4 s, to average out
+    the moments a guest waits for a host CPU)."""
     t0, b0 = time.monotonic(), {n: counter(d, n) for n in names}
-    done = wait_for(lambda: time.monotonic() - t0 >= 2 and
+    done = wait_for(lambda: time.monotonic() - t0 >= 4 and
                     all(counter(d, n) - b0[n] >= least for n in names), timeout=60, step=0.2)
     t1, b1 = time.monotonic(), {n: counter(d, n) for n in names}
     assert done, ("window never filled", {n: b1[n] - b0[n] for n in names}, d.logtext()[-3000:])
@@ -143,18 +147,18 @@ def test_nic_bandwidth_follows_demand_and_weights(policy):
     holds."""
     nic_vm(policy, "n1", BUSY_NET, weight=100)
     assert wait_for(lambda: (limits(policy, "n1", "nics", "limit_tx_bps") or 0)
-                    >= 0.9 * BUDGET, timeout=10), policy.vm("n1").get("io_policy")
-    r = rates(policy, ["n1"], nic_bytes, 2 * BUDGET)["n1"]
-    assert 0.85 * BUDGET <= r <= 1.1 * BUDGET, r
+                    >= 0.9 * NET_BUDGET, timeout=10), policy.vm("n1").get("io_policy")
+    r = rates(policy, ["n1"], nic_bytes, 2 * NET_BUDGET)["n1"]
+    assert 0.85 * NET_BUDGET <= r <= 1.1 * NET_BUDGET, r
     nic_vm(policy, "n2", BUSY_NET, weight=200)
-    nic_vm(policy, "n3", BUSY_NET, weight=100, floor_bps=BUDGET // 2)
+    nic_vm(policy, "n3", BUSY_NET, weight=100, floor_bps=NET_BUDGET // 2)
     names = ["n1", "n2", "n3"]
     # n3's floor (1/2) is above its weighted share (1/4): n1 and n2 split
     # the other half 1:2.
-    want = {"n1": BUDGET / 6, "n2": BUDGET / 3, "n3": BUDGET / 2}
+    want = {"n1": NET_BUDGET / 6, "n2": NET_BUDGET / 3, "n3": NET_BUDGET / 2}
     assert wait_for(lambda: converged(policy, names, want, "nics", "limit_tx_bps"),
                     timeout=15), ({n: policy.vm(n)["io_policy"] for n in names},
                                   policy.logtext()[-3000:])
     r = rates(policy, names, nic_bytes, 2 * want["n1"])
-    assert r["n3"] >= 0.9 * BUDGET / 2, r
+    assert r["n3"] >= 0.9 * NET_BUDGET / 2, r
     assert abs(r["n2"] / r["n1"] - 2) <= 0.2, r
