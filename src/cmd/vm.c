@@ -25,9 +25,11 @@ static const char vm_usage[] =
 	"\n"
 	"  list                      VMs and their states\n"
 	"  create NAME --kernel FILE [--cpus N] [--memory SIZE] [--cmdline TEXT]\n"
-	"         [--disk path=FILE[,format=F][,readonly][,bps=SIZE][,iops=N][,cache=MODE]]...\n"
+	"         [--disk path=FILE[,format=F][,readonly][,bps=SIZE][,iops=N][,cache=MODE]\n"
+	"                [,weight=N][,floor_bps=SIZE][,floor_iops=N]]...\n"
 	"         [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
 	"         [--nic [tap=NAME][,network=NET][,mac=M][,mtu=N][,rx_bps=SIZE][,tx_bps=SIZE]\n"
+	"                [,weight=N][,floor_bps=SIZE]\n"
 	"                [,vlan=N | ,trunk=N;A-B...[,native_vlan=N]]]...\n"
 	"         [--balloon [--balloon-target SIZE] [--memory-min SIZE]]\n"
 	"  create --file DEF.json    the definition as JSON (docs/api.md)\n"
@@ -284,7 +286,9 @@ static struct json_object *parse_disk(char *spec, bool limit_only)
 			json_object_object_add(d, "cache", json_object_new_string(eq));
 		} else if (!strcmp(tok, "readonly") && !eq && !limit_only) {
 			json_object_object_add(d, "readonly", json_object_new_boolean(1));
-		} else if ((!strcmp(tok, "bps") || !strcmp(tok, "iops")) && eq && !size_parse(eq, &v)) {
+		} else if ((!strcmp(tok, "bps") || !strcmp(tok, "iops") ||
+			    (!limit_only && (!strcmp(tok, "weight") || !strcmp(tok, "floor_bps") ||
+					     !strcmp(tok, "floor_iops")))) && eq && !size_parse(eq, &v)) {
 			json_object_object_add(d, tok, json_object_new_int64((int64_t)v));
 		} else {
 			json_object_put(d);
@@ -341,7 +345,8 @@ static struct json_object *parse_nic(char *spec, bool limit)
 		} else if (eq && !limit && !strcmp(tok, "trunk")) {
 			json_object_object_add(d, tok, vlan_list_json(eq));
 		} else if (eq && (!strcmp(tok, "rx_bps") || !strcmp(tok, "tx_bps") ||
-				  (!limit && !strcmp(tok, "mtu"))) && !size_parse(eq, &v)) {
+				  (!limit && (!strcmp(tok, "mtu") || !strcmp(tok, "weight") ||
+					      !strcmp(tok, "floor_bps")))) && !size_parse(eq, &v)) {
 			json_object_object_add(d, tok, json_object_new_int64((int64_t)v));
 		} else {
 			json_object_put(d);

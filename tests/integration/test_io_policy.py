@@ -5,11 +5,12 @@
 counters (`vmm.disks[].wr_bytes`, `vmm.nics[].tx_bytes`) over a window that
 ends when enough bytes went through, never over a fixed sleep."""
 import os
+import subprocess
 import time
 
 import pytest
 
-from conftest import needs_kvm, scaled
+from conftest import PROBE, VIREO, needs_kvm, scaled
 from daemonutil import Daemon, wait_for
 
 pytestmark = [needs_kvm]
@@ -165,3 +166,27 @@ def test_nic_bandwidth_follows_demand_and_weights(policy):
     r = rates(policy, names, nic_bytes, 2 * want["n1"])
     assert r["n3"] >= 0.9 * NET_BUDGET / 2, r
     assert abs(r["n2"] / r["n1"] - 2) <= 0.2, r
+
+
+def test_weights_and_floors_in_definitions_and_cli(policy, tmp_path):
+    """The fields are kept, shown only when set, refused out of range, and
+    `vireo vm create` takes them."""
+    img = tmp_path / "c.img"
+    img.write_bytes(b"\0" * (1 << 20))
+    r = subprocess.run([str(VIREO), "vm", "--socket", policy.socket, "create", "c",
+                        "--kernel", str(PROBE), "--disk",
+                        f"path={img},format=raw,weight=300,floor_bps=2M,floor_iops=50",
+                        "--nic", "tap=vtioc0,weight=7,floor_bps=1M"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    v = policy.vm("c")
+    assert v["disks"][0]["weight"] == 300 and v["disks"][0]["floor_bps"] == 2 << 20
+    assert v["disks"][0]["floor_iops"] == 50
+    assert v["nics"][0] == {"tap": "vtioc0", "rx_bps": 0, "tx_bps": 0, "weight": 7,
+                            "floor_bps": 1 << 20}, v["nics"][0]
+    policy.create("plain", disks=[{"path": str(img), "format": "raw", "readonly": True}])
+    assert "weight" not in policy.vm("plain")["disks"][0]
+    for bad in ({"weight": 0}, {"weight": 10001}, {"floor_bps": -1}, {"floor_iops": "x"}):
+        st, js = policy.request("POST", "/vms", {"name": "bad", "kernel": str(PROBE),
+                                                 "disks": [{"path": str(img), **bad}]})
+        assert st == 400, (bad, js)
