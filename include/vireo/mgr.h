@@ -384,7 +384,8 @@ struct io_share {
  * the rest goes by weight to those whose demand is not met yet; what no
  * demand wants is spread by weight on top (work-conserving), caps always
  * hold. Floors summing above the budget are scaled down in proportion
- * and the rest get the minimum: returns true then. */
+ * and the rest get the minimum: returns true then. Not reentrant (static
+ * scratch space): the supervisor thread's. */
 bool io_allocate(struct io_share *s, unsigned int n, uint64_t budget);
 /* The demand of one dimension from a round's figures: unbounded if the
  * device used most of its limit or was held back a tenth of the interval

@@ -20,8 +20,6 @@
 /* The budgets: disk bytes/s, disk ops/s, vNIC bytes/s (receive and
  * transmit are separate pools of the same size: a link is full duplex). */
 enum { POOL_DISK_BPS, POOL_DISK_IOPS, POOL_NET_RX, POOL_NET_TX, NPOOLS };
-static const char *const pool_names[NPOOLS] = { "disk bytes/s", "disk ops/s",
-						"vNIC receive bytes/s", "vNIC transmit bytes/s" };
 
 /* ---- the allocation (pure) ---- */
 
@@ -282,7 +280,8 @@ static unsigned int pool_shares(int pool, struct mgr_vm **vms, unsigned int nv, 
 	return n;
 }
 
-static void run_pool(struct mgr *m, int pool, struct mgr_vm **vms, unsigned int nv,
+/* Divides one budget; true if its floors asked for more than it. */
+static bool run_pool(struct mgr *m, int pool, struct mgr_vm **vms, unsigned int nv,
 		     uint64_t want[][MGR_IO_DEVS][2])
 {
 	static struct io_share s[IO_MAX_SHARES];
@@ -292,19 +291,30 @@ static void run_pool(struct mgr *m, int pool, struct mgr_vm **vms, unsigned int 
 	bool over;
 
 	if (!budget)
-		return;
+		return false;
 	n = pool_shares(pool, vms, nv, s, where);
 	over = io_allocate(s, n, budget);
-	if (over && !m->io_over[pool < POOL_NET_RX ? pool : 2])
-		log_warn("I/O policy: the floors ask for more %s than the budget %" PRIu64
-			 ": each gets the same fraction of its floor", pool_names[pool], budget);
-	m->io_over[pool < POOL_NET_RX ? pool : 2] = over;
 	for (unsigned int i = 0; i < n; i++) {
 		unsigned int v = 0;
 
 		while (vms[v] != where[i].vm)
 			v++;
 		want[v][where[i].dev][where[i].dim] = s[i].limit;
+	}
+	return over;
+}
+
+/* Warns when a class's floors become overcommitted (once, not each round). */
+static void note_over(struct mgr *m, const bool over[3])
+{
+	static const char *const what[3] = { "disk bytes/s", "disk ops/s", "vNIC bytes/s" };
+	const uint64_t budgets[3] = { m->io_budget_bps, m->io_budget_iops, m->net_budget_bps };
+
+	for (int c = 0; c < 3; c++) {
+		if (over[c] && !m->io_over[c])
+			log_warn("I/O policy: the floors ask for more %s than the budget %" PRIu64
+				 ": each gets the same fraction of its floor", what[c], budgets[c]);
+		m->io_over[c] = over[c];
 	}
 }
 
@@ -392,6 +402,7 @@ void mgr_iopolicy_run(struct mgr *m)
 	static struct mgr_vm *vms[IO_MAX_VMS];
 	static uint64_t want[IO_MAX_VMS][MGR_IO_DEVS][2];
 	unsigned int nv = 0, nr = 0;
+	bool over[3] = { false, false, false };
 
 	/* Referenced first: reading each drops m->lock. */
 	for (struct mgr_vm *vm = m->vms; vm && nv < IO_MAX_VMS; vm = vm->next)
@@ -409,7 +420,8 @@ void mgr_iopolicy_run(struct mgr *m)
 	}
 	memset(want, 0, sizeof(want[0]) * nr);
 	for (int p = 0; p < NPOOLS; p++)
-		run_pool(m, p, vms, nr, want);
+		over[p < POOL_NET_RX ? p : 2] |= run_pool(m, p, vms, nr, want);
+	note_over(m, over);
 	for (unsigned int i = 0; i < nr; i++)
 		if (!vms[i]->deleted && vms[i]->state == MGR_RUNNING)
 			apply(m, vms[i], want[i]);

@@ -136,6 +136,20 @@ def test_disk_floor_holds_while_the_others_are_busy(policy, tmp_path):
     assert abs(r["big1"] - r["big2"]) <= 0.1 * r["big1"], r
 
 
+def test_floors_above_the_budget_are_scaled_and_reported(policy, tmp_path):
+    """Two disks each with a floor of the whole budget: both cannot hold;
+    each gets the same fraction (half), the daemon warns and says so in
+    /metrics (docs/api.md rule 5)."""
+    disk_vm(policy, tmp_path, "f1", IDLE, floor_bps=BUDGET)
+    disk_vm(policy, tmp_path, "f2", IDLE, floor_bps=BUDGET)
+    half = {"f1": BUDGET / 2, "f2": BUDGET / 2}
+    assert wait_for(lambda: converged(policy, ["f1", "f2"], half), timeout=10), \
+        ({n: policy.vm(n).get("io_policy") for n in half}, policy.logtext()[-2000:])
+    st, text = policy.request("GET", "/metrics")
+    assert 'vireo_io_floors_overcommitted{class="disk_bytes"} 1' in text
+    assert "floors ask for more disk bytes/s than the budget" in policy.logtext()
+
+
 def nic_vm(d, name, scenario, **nic):
     tap = f"vtio{os.getpid() % 10000}{name[-1]}"
     d.create(name, memory="128M", scenario=scenario, nics=[{"tap": tap, "mtu": 9000, **nic}])
