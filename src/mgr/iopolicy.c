@@ -168,8 +168,6 @@ static uint64_t pool_budget(const struct mgr *m, int pool)
 	}
 }
 
-/* Takes in one device's new counters (ops: 0 for a vNIC side) and the
- * limits in force (the VMM's own figures), and estimates its demand. */
 /* Which bucket of a disk holds it back: the one nearest its limit (a
  * fixed one included); the throttled time counts for that one only. */
 static int binding(const uint64_t used[2], const uint64_t cur[2])

@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include "vireo/mgr.h"
+#include "vireo/ratelimit.h"
 
 #define U IO_UNBOUNDED
 #define MB 1000000ULL
@@ -187,6 +188,25 @@ static void demand_estimate(void **state)
 	assert_int_equal(io_demand(false, 1 * MB, 10 * MB, sec / 20, sec, budget), 2250000);
 }
 
+/* What the policy reads from each device's limiter: what was charged or
+ * consumed (a refused request is not), and the time requests waited. */
+static void limiter_counts_what_it_charged(void **state)
+{
+	const uint64_t t = 1000000000000ULL;
+	struct ratelimit rl;
+
+	(void)state;
+	ratelimit_init(&rl);
+	ratelimit_charge(&rl, 1500, t);                  /* unlimited: counted too */
+	ratelimit_set(&rl, 1000000, 0);
+	rl.bytes.last_ns = t;
+	assert_int_equal(ratelimit_consume(&rl, 100000, t), 0); /* the full bucket */
+	assert_true(ratelimit_consume(&rl, 100000, t) > 0);     /* refused: waits */
+	assert_int_equal(rl.charged_bytes, 101500);
+	assert_int_equal(rl.charged_ops, 2);
+	assert_true(rl.throttled_ns >= 99000000);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -201,6 +221,7 @@ int main(void)
 		cmocka_unit_test(overcommitted_floors_are_scaled),
 		cmocka_unit_test(edges),
 		cmocka_unit_test(demand_estimate),
+		cmocka_unit_test(limiter_counts_what_it_charged),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
