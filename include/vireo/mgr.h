@@ -125,6 +125,19 @@ int vm_pins_check_host(char *const *pin, unsigned int npin);
 /* A deep copy of a definition (0 or -errno). */
 int vm_def_copy(const struct vm_def *src, struct vm_def *dst);
 
+/* One entry of a PATCH's disk_limits or nic_limits (nic: index is a vNIC,
+ * bps/iops are rx_bps/tx_bps). */
+struct vm_patch_limit {
+	bool nic;
+	unsigned int disk;
+	bool has_bps, has_iops;
+	uint64_t bps, iops;
+	/* the I/O policy's share (a vNIC has no floor_iops) */
+	bool has_weight, has_floor_bps, has_floor_iops;
+	unsigned int weight;
+	uint64_t floor_bps, floor_iops;
+};
+
 /* A PATCH: what to change; has_* say which fields were given. */
 struct vm_patch {
 	bool has_weight, has_max, has_pin, has_balloon, has_memory_min;
@@ -133,14 +146,8 @@ struct vm_patch {
 	char *cpu_pin[MGR_MAX_VCPUS];
 	unsigned int npin;
 	unsigned int nlimits;
-	/* disk_limits, then nic_limits (nic: index is a vNIC, bps/iops are
-	 * rx_bps/tx_bps) */
-	struct {
-		bool nic;
-		unsigned int disk;
-		bool has_bps, has_iops;
-		uint64_t bps, iops;
-	} limits[MGR_MAX_DISKS + MGR_MAX_NICS];
+	/* disk_limits, then nic_limits */
+	struct vm_patch_limit limits[MGR_MAX_DISKS + MGR_MAX_NICS];
 	unsigned int nvlans;         /* nic_vlans: replace a vNIC's VLANs */
 	struct {
 		unsigned int nic;

@@ -39,9 +39,10 @@ static const char vm_usage[] =
 	"                            default 30); --force: power off at once\n"
 	"  info NAME                 definition, state and live counters (JSON)\n"
 	"  set NAME [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
-	"         [--disk-limit INDEX[,bps=SIZE][,iops=N]]... [--balloon-target SIZE]\n"
+	"         [--disk-limit INDEX[,bps=SIZE][,iops=N][,weight=N][,floor_bps=SIZE]\n"
+	"                [,floor_iops=N]]... [--balloon-target SIZE]\n"
 	"         [--memory-min SIZE]\n"
-	"         [--nic-limit INDEX[,rx_bps=SIZE][,tx_bps=SIZE]]...\n"
+	"         [--nic-limit INDEX[,rx_bps=SIZE][,tx_bps=SIZE][,weight=N][,floor_bps=SIZE]]...\n"
 	"         [--nic-vlan INDEX[,vlan=N | ,trunk=N;A-B...[,native_vlan=N]]]...\n"
 	"  console NAME              attach to the serial console (Ctrl-A x detaches)\n"
 	"  top [--interval S] [--count N]  CPU use, steal and throttling per VM\n"
@@ -286,9 +287,9 @@ static struct json_object *parse_disk(char *spec, bool limit_only)
 			json_object_object_add(d, "cache", json_object_new_string(eq));
 		} else if (!strcmp(tok, "readonly") && !eq && !limit_only) {
 			json_object_object_add(d, "readonly", json_object_new_boolean(1));
-		} else if ((!strcmp(tok, "bps") || !strcmp(tok, "iops") ||
-			    (!limit_only && (!strcmp(tok, "weight") || !strcmp(tok, "floor_bps") ||
-					     !strcmp(tok, "floor_iops")))) && eq && !size_parse(eq, &v)) {
+		} else if ((!strcmp(tok, "bps") || !strcmp(tok, "iops") || !strcmp(tok, "weight") ||
+			    !strcmp(tok, "floor_bps") || !strcmp(tok, "floor_iops")) && eq &&
+			   !size_parse(eq, &v)) {
 			json_object_object_add(d, tok, json_object_new_int64((int64_t)v));
 		} else {
 			json_object_put(d);
@@ -345,8 +346,8 @@ static struct json_object *parse_nic(char *spec, bool limit)
 		} else if (eq && !limit && !strcmp(tok, "trunk")) {
 			json_object_object_add(d, tok, vlan_list_json(eq));
 		} else if (eq && (!strcmp(tok, "rx_bps") || !strcmp(tok, "tx_bps") ||
-				  (!limit && (!strcmp(tok, "mtu") || !strcmp(tok, "weight") ||
-					      !strcmp(tok, "floor_bps")))) && !size_parse(eq, &v)) {
+				  !strcmp(tok, "weight") || !strcmp(tok, "floor_bps") ||
+				  (!limit && !strcmp(tok, "mtu"))) && !size_parse(eq, &v)) {
 			json_object_object_add(d, tok, json_object_new_int64((int64_t)v));
 		} else {
 			json_object_put(d);

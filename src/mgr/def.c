@@ -698,10 +698,34 @@ struct json_object *vm_def_to_json(const struct vm_def *def)
 /* ---- PATCH ---- */
 
 /* {"disk": I, "bps"?, "iops"?} or, for a vNIC, {"nic": I, "rx_bps"?, "tx_bps"?} */
+/* A limit's I/O policy fields: each given one is changed, the others kept. */
+static int parse_limit_share(struct json_object *o, struct vm_patch_limit *l,
+			     bool nic)
+{
+	uint64_t w;
+	int ret = get_uint(o, "weight", 1, 10000, &w);
+
+	if (!opt_ok(ret))
+		return ret;
+	l->has_weight = !ret;
+	l->weight = (unsigned int)w;
+	ret = get_uint(o, "floor_bps", 0, CONTROL_MAX_RATE, &l->floor_bps);
+	if (!opt_ok(ret))
+		return ret;
+	l->has_floor_bps = !ret;
+	ret = nic ? -ENOENT : get_uint(o, "floor_iops", 0, CONTROL_MAX_RATE, &l->floor_iops);
+	if (!opt_ok(ret))
+		return ret;
+	l->has_floor_iops = !ret;
+	return 0;
+}
+
 static int parse_limit(struct json_object *o, const struct vm_def *def, struct vm_patch *p, bool nic)
 {
-	static const char *const disk_keys[] = { "disk", "bps", "iops", NULL };
-	static const char *const nic_keys[] = { "nic", "rx_bps", "tx_bps", NULL };
+	static const char *const disk_keys[] = { "disk", "bps", "iops", "weight", "floor_bps",
+						 "floor_iops", NULL };
+	static const char *const nic_keys[] = { "nic", "rx_bps", "tx_bps", "weight", "floor_bps",
+						NULL };
 	const char *const *keys = nic ? nic_keys : disk_keys;
 	unsigned int i = p->nlimits, have = nic ? def->nnics : def->ndisks;
 	uint64_t index;
@@ -727,6 +751,8 @@ static int parse_limit(struct json_object *o, const struct vm_def *def, struct v
 	if (!opt_ok(ret))
 		return ret;
 	p->limits[i].has_iops = !ret;
+	if ((ret = parse_limit_share(o, &p->limits[i], nic)))
+		return ret;
 	p->nlimits++;
 	return 0;
 }
@@ -854,6 +880,20 @@ int vm_patch_from_json(struct json_object *obj, const struct vm_def *def, struct
 	return ret;
 }
 
+static void apply_limit_share(struct vm_def *def,
+			      const struct vm_patch_limit *l)
+{
+	unsigned int *weight = l->nic ? &def->nics[l->disk].weight : &def->disks[l->disk].weight;
+	uint64_t *floor = l->nic ? &def->nics[l->disk].floor_bps : &def->disks[l->disk].floor_bps;
+
+	if (l->has_weight)
+		*weight = l->weight;
+	if (l->has_floor_bps)
+		*floor = l->floor_bps;
+	if (l->has_floor_iops && !l->nic)
+		def->disks[l->disk].floor_iops = l->floor_iops;
+}
+
 void vm_patch_apply(struct vm_def *def, struct vm_patch *p)
 {
 	if (p->has_weight)
@@ -881,6 +921,7 @@ void vm_patch_apply(struct vm_def *def, struct vm_patch *p)
 			*bps = p->limits[i].bps;
 		if (p->limits[i].has_iops)
 			*iops = p->limits[i].iops;
+		apply_limit_share(def, &p->limits[i]);
 	}
 	for (unsigned int i = 0; i < p->nvlans; i++)
 		def->nics[p->vlans[i].nic].vlans = p->vlans[i].v;

@@ -865,6 +865,9 @@ static enum mgr_err patch_live(struct mgr *m, struct mgr_vm *vm, const struct vm
 	for (unsigned int i = 0; i < p->nlimits; i++) {
 		unsigned int k = p->limits[i].disk;
 
+		/* Only a weight or floor: the I/O policy's next round uses it. */
+		if (!p->limits[i].has_bps && !p->limits[i].has_iops)
+			continue;
 		if (p->limits[i].nic)
 			snprintf(req, sizeof(req), "{\"action\":\"set-limits\",\"nic\":%u,"
 				 "\"rx_bps\":%llu,\"tx_bps\":%llu}", k,

@@ -119,6 +119,30 @@ def test_disk_shares_follow_weights_when_all_are_busy(policy, tmp_path):
     assert 0.85 * BUDGET <= total <= 1.1 * BUDGET, r
 
 
+def test_weight_and_floor_patched_on_running_vms(policy, tmp_path):
+    """PATCH disk_limits (and `vireo vm set --disk-limit`) change a running
+    VM's weight and floor; the next rounds follow, the fixed limit stays."""
+    disk_vm(policy, tmp_path, "p1", BUSY_DISK)
+    disk_vm(policy, tmp_path, "p2", BUSY_DISK)
+    names = ["p1", "p2"]
+    assert wait_for(lambda: converged(policy, names, {"p1": BUDGET / 2, "p2": BUDGET / 2}),
+                    timeout=10), {n: policy.vm(n)["io_policy"] for n in names}
+    js = policy.ok("PATCH", "/vms/p2", {"disk_limits": [{"disk": 0, "weight": 200}]})
+    assert js["disks"][0]["weight"] == 200 and js["disks"][0]["bps"] == 0, js
+    assert wait_for(lambda: converged(policy, names, {"p1": BUDGET / 3, "p2": BUDGET * 2 / 3}),
+                    timeout=10), {n: policy.vm(n)["io_policy"] for n in names}
+    r = subprocess.run([str(VIREO), "vm", "--socket", policy.socket, "set", "p1",
+                        "--disk-limit", f"0,floor_bps={BUDGET * 3 // 4}"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert wait_for(lambda: converged(policy, names, {"p1": BUDGET * 3 / 4, "p2": BUDGET / 4}),
+                    timeout=10), {n: policy.vm(n)["io_policy"] for n in names}
+    st, js = policy.request("PATCH", "/vms/p1", {"disk_limits": [{"disk": 0, "weight": 0}]})
+    assert st == 400 and "weight" in js["error"], js
+    st, js = policy.request("PATCH", "/vms/p1", {"nic_limits": [{"nic": 0, "floor_iops": 1}]})
+    assert st == 400, js
+
+
 def test_disk_floor_holds_while_the_others_are_busy(policy, tmp_path):
     """A floor of half the budget on a weight-100 disk against two weight-300
     ones (its weighted share would be a seventh): it gets its floor, the
