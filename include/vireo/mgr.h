@@ -58,6 +58,7 @@ struct mgr_disk {
 	bool readonly;
 	uint64_t bps, iops;          /* 0: unlimited */
 	int cache;                   /* enum block_cache; 0: writeback */
+	int aio;                     /* enum block_aio; 0: io_uring */
 };
 
 /* A vNIC's port on a vlan_aware network: an access port (vlan: untagged
