@@ -27,9 +27,6 @@
 #define WORKERS_THREADS 8
 #define WORKERS_URING   2	/* formats, discard, unaligned buffers */
 
-enum { T_IN = 0, T_OUT = 1, T_FLUSH = 4 };
-enum { S_OK = 0, S_IOERR = 1 };
-
 struct blk_io {
 	struct virtio_dev *dev;
 	struct blockdev *bd;

@@ -14,6 +14,10 @@
 #include "vireo/block.h"
 #include "vireo/virtio.h"
 
+/* Request types and status values (virtio 1.x §5.2.6). */
+enum { T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8, T_DISCARD = 11, T_WRITE_ZEROES = 13 };
+enum { S_OK = 0, S_IOERR = 1, S_UNSUPP = 2 };
+
 /* One guest request, from pop to push. blk.c fills the first part. */
 struct blk_req {
 	struct virtq_elem elem;

@@ -27,8 +27,6 @@
 #define BLK_F_DISCARD      (1ULL << 13)
 #define BLK_F_WRITE_ZEROES (1ULL << 14)
 
-enum { T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8, T_DISCARD = 11, T_WRITE_ZEROES = 13 };
-enum { S_OK = 0, S_IOERR = 1, S_UNSUPP = 2 };
 
 #define SECTOR 512ULL
 #define MAX_DISCARD_SEGS 32
