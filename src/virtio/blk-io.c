@@ -60,9 +60,12 @@ struct blk_io {
 
 /* ---- setup ---- */
 
-/* The ring may only read, write and sync the image's file (registered as
- * fixed file 0): a VMM taken over through a guest bug gains no open or
- * connect through it, which seccomp would not see. */
+/* The ring may only read, write and sync (a VMM taken over through a guest
+ * bug gains no open or connect through it, which seccomp would not see).
+ * The image's fd is not registered as a fixed file: the ring would hold
+ * the file, and with it the image lock, after the VMM exits, until the
+ * kernel's asynchronous ring teardown (a restarted VMM found its own image
+ * "in use"). */
 static int uring_setup(struct blk_io *io)
 {
 	struct io_uring_params p = { .flags = IORING_SETUP_R_DISABLED };
@@ -70,15 +73,13 @@ static int uring_setup(struct blk_io *io)
 		{ .opcode = IORING_RESTRICTION_SQE_OP, .sqe_op = IORING_OP_READV },
 		{ .opcode = IORING_RESTRICTION_SQE_OP, .sqe_op = IORING_OP_WRITEV },
 		{ .opcode = IORING_RESTRICTION_SQE_OP, .sqe_op = IORING_OP_FSYNC },
-		{ .opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED, .sqe_flags = IOSQE_FIXED_FILE },
-		{ .opcode = IORING_RESTRICTION_SQE_FLAGS_REQUIRED, .sqe_flags = IOSQE_FIXED_FILE },
+		{ .opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED, .sqe_flags = 0 },
 	};
 	int ret = io_uring_queue_init_params(URING_ENTRIES, &io->ring, &p);
 
 	if (ret)
 		return ret;
-	if ((ret = io_uring_register_files(&io->ring, &io->raw->fd, 1)) < 0 ||
-	    (ret = io_uring_register_eventfd(&io->ring, io->efd)) < 0 ||
+	if ((ret = io_uring_register_eventfd(&io->ring, io->efd)) < 0 ||
 	    /* io_uring_register(): Debian's liburing 2.3 does not export
 	     * io_uring_register_restrictions() and io_uring_enable_rings() */
 	    (ret = io_uring_register(io->ring.ring_fd, IORING_REGISTER_RESTRICTIONS, r,
@@ -251,17 +252,17 @@ static void uring_prep(struct blk_io *io, struct blk_req *req)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
 	uint64_t off = req->off + req->done;
+	int fd = io->raw->fd;
 
 	/* Never NULL: one SQE per request at most, as many SQEs as requests. */
 	if (req->type == T_FLUSH)
-		io_uring_prep_fsync(sqe, 0, IORING_FSYNC_DATASYNC);
+		io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
 	else if (req->type == T_IN)
-		io_uring_prep_readv(sqe, 0, req->data + req->seg, (unsigned)(req->ndata - req->seg),
+		io_uring_prep_readv(sqe, fd, req->data + req->seg, (unsigned)(req->ndata - req->seg),
 				    off);
 	else
-		io_uring_prep_writev(sqe, 0, req->data + req->seg, (unsigned)(req->ndata - req->seg),
-				     off);
-	sqe->flags |= IOSQE_FIXED_FILE;
+		io_uring_prep_writev(sqe, fd, req->data + req->seg,
+				     (unsigned)(req->ndata - req->seg), off);
 	io_uring_sqe_set_data(sqe, req);
 	io->uring_pending++;
 }

@@ -102,3 +102,19 @@ def test_limit_change_reaches_waiting_requests(tmp_path, sock, aio):
     assert "failed=0" in line, line
     run = vm.finish()
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("aio", AIO)
+def test_image_lock_is_free_when_the_vmm_has_exited(tmp_path, aio):
+    # a restarted VMM (guest reboot under the daemon) opens the image at
+    # once: nothing (an io_uring's registered file) may hold it past the exit
+    img = tmp_path / "l.raw"
+    make_image(img, "raw")
+    for _ in range(3):
+        run = subprocess.run(vireo_args("scenario=blk n=8", extra=[
+            "--disk", f"path={img},format=raw,aio={aio}"]), capture_output=True, text=True,
+            timeout=scaled(60))
+        assert run.returncode == 0, run.stdout + run.stderr
+        q = subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(img), "64M"],
+                           capture_output=True, text=True)
+        assert q.returncode == 0, q.stderr
