@@ -317,13 +317,11 @@ static void to_uring(struct blk_io *io, struct blk_req *req)
 	uring_prep(io, req);
 }
 
-void blk_io_submit(struct blk_io *io)
+static void uring_submit(struct blk_io *io)
 {
 	unsigned int n = io->uring_pending;
 	int ret;
 
-	if (!n)
-		return;
 	io->uring_pending = 0;
 	pthread_mutex_lock(&io->c_lock);
 	io->uring_out += n;
@@ -476,6 +474,20 @@ static unsigned int reap_workers(struct blk_io *io)
 		pushed += finish(io, req);
 	}
 	return pushed;
+}
+
+/* What the kernel finished inside io_uring_enter (page-cache hits) is
+ * pushed at once, not after a round trip through the eventfd. */
+void blk_io_submit(struct blk_io *io)
+{
+	while (io->uring_pending) {
+		uring_submit(io);
+		if (reap_uring(io)) {
+			run_parked(io);
+			run_held(io);
+			virtio_notify(io->dev, 0);
+		}
+	}
 }
 
 void blk_io_complete(struct blk_io *io)
