@@ -48,7 +48,7 @@ static void fake_run(struct virtio_dev *d, struct blk_req *req)
 	req->written = 0;
 }
 
-static void start(uint32_t type, uint64_t id)
+static void start_req(uint32_t type, uint64_t id, bool barrier)
 {
 	struct blk_req *req = blk_io_get(io);
 
@@ -63,10 +63,15 @@ static void start(uint32_t type, uint64_t id)
 	req->len = 0;
 	req->ndata = 0;
 	req->writes = type == T_OUT;
-	req->barrier = false;
+	req->barrier = barrier;
 	pthread_mutex_lock(&dev.lock);
 	blk_io_start(io, req);
 	pthread_mutex_unlock(&dev.lock);
+}
+
+static void start(uint32_t type, uint64_t id)
+{
+	start_req(type, id, false);
 }
 
 static void release(uint64_t id)
@@ -125,6 +130,8 @@ static int setup(void **state)
 	int fd = mkstemp(path);
 
 	(void)state;
+	memset(released, 0, sizeof(released));
+	entered = nran = 0;
 	assert_true(fd >= 0);
 	assert_int_equal(ftruncate(fd, 1 << 20), 0);
 	close(fd);
@@ -185,11 +192,58 @@ static void flush_waits_for_earlier_writes_only(void **state)
 	assert_int_equal(*(uint8_t *)guest_ptr(&mem, STATUS + 2, 1), S_OK);
 }
 
+/* A read-modify-write (unaligned O_DIRECT write) starts when nothing else
+ * is in flight, and nothing starts while it runs. */
+static void barrier_runs_alone(void **state)
+{
+	(void)state;
+	start(T_OUT, 1);
+	start_req(T_OUT, 3, true);
+	start(T_IN, 4);
+	assert_true(complete_until(both_entered, 1));
+	usleep(20000);	/* a chance to go wrong: what must not happen */
+	assert_false(both_entered(2));	/* neither the barrier nor the read began */
+	release(1);
+	assert_true(complete_until(both_entered, 2));	/* the barrier */
+	usleep(20000);	/* a chance to go wrong: what must not happen */
+	assert_false(has_run(4));	/* the read waits for it */
+	release(3);
+	assert_true(complete_until(has_run, 4));
+	assert_true(complete_until(pushed, 3));
+	assert_int_equal(used_id(0), 1);
+	assert_int_equal(used_id(1), 3);
+	assert_int_equal(used_id(2), 4);
+}
+
+/* A guest reset drops requests in flight: they are not pushed into the
+ * rings of the next driver. */
+static void reset_drops_requests_in_flight(void **state)
+{
+	(void)state;
+	start(T_OUT, 1);
+	assert_true(complete_until(both_entered, 1));
+	pthread_mutex_lock(&dev.lock);
+	blk_io_reset(io);
+	pthread_mutex_unlock(&dev.lock);
+	release(1);
+	start(T_IN, 6);
+	assert_true(complete_until(pushed, 1));
+	assert_true(has_run(1));
+	assert_int_equal(used_id(0), 6);	/* only the request after the reset */
+	usleep(20000);	/* a chance to go wrong: what must not happen */
+	pthread_mutex_lock(&dev.lock);
+	blk_io_complete(io);
+	pthread_mutex_unlock(&dev.lock);
+	assert_int_equal(used_idx(), 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(flush_waits_for_earlier_writes_only, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(barrier_runs_alone, setup, teardown),
+		cmocka_unit_test_setup_teardown(reset_drops_requests_in_flight, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
