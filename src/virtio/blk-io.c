@@ -505,8 +505,7 @@ void blk_io_complete(struct blk_io *io)
 		virtio_notify(dev, 0);	/* one interrupt for the batch */
 	if (io->stalled && io->nout < BLK_IO_MAX_REQS) {
 		io->stalled = false;
-		virtio_serve(dev, 0);	/* pops, submits */
-		return;
+		virtio_serve(dev, 0);	/* pops and submits, unless the queue is deferred */
 	}
 	blk_io_submit(io);
 }
