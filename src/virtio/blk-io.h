@@ -18,6 +18,14 @@
 enum { T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8, T_DISCARD = 11, T_WRITE_ZEROES = 13 };
 enum { S_OK = 0, S_IOERR = 1, S_UNSUPP = 2 };
 
+/* A discard or write-zeroes segment, as the guest gives it (little-endian). */
+#define MAX_DISCARD_SEGS 32
+struct blk_discard_seg {
+	uint64_t sector;
+	uint32_t num_sectors;
+	uint32_t flags;
+};
+
 /* One guest request, from pop to push. blk.c fills the first part. */
 struct blk_req {
 	struct virtq_elem elem;
@@ -25,6 +33,8 @@ struct blk_req {
 	int ndata;
 	uint32_t type;				/* VIRTIO_BLK_T_* */
 	uint64_t off, len;			/* reads and writes: byte range */
+	struct blk_discard_seg segs[MAX_DISCARD_SEGS];	/* discard, write-zeroes */
+	int nsegs;				/* their count, or -S_IOERR / -S_UNSUPP */
 	bool writes;				/* changes the disk: later flushes wait */
 	bool barrier;				/* read-modify-write: runs alone */
 	uint8_t status;

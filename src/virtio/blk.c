@@ -27,9 +27,7 @@
 #define BLK_F_DISCARD      (1ULL << 13)
 #define BLK_F_WRITE_ZEROES (1ULL << 14)
 
-
 #define SECTOR 512ULL
-#define MAX_DISCARD_SEGS 32
 /* Per segment, advertised in the config: a guest splits larger ranges, so
  * one request costs at most 8 MiB of the byte bucket and the limiter paces
  * the rest (1 GiB of zeroes at 1 MiB/s takes ~1000 s, not one request's
@@ -42,12 +40,6 @@ struct blk_req_header {
 	uint32_t type;
 	uint32_t reserved;
 	uint64_t sector;
-};
-
-struct blk_discard_seg {
-	uint64_t sector;
-	uint32_t num_sectors;
-	uint32_t flags;
 };
 
 struct virtio_blk {
@@ -139,11 +131,13 @@ static int blk_segs(const struct virtq_elem *e, bool zeroes, struct blk_discard_
 	return (int)n;
 }
 
+/* The segments were read once, when the request was charged: what the
+ * guest writes into them afterwards changes nothing. */
 static uint8_t blk_discard(struct virtio_blk *blk, const struct blk_req *req, bool zeroes)
 {
-	struct blk_discard_seg segs[MAX_DISCARD_SEGS];
+	const struct blk_discard_seg *segs = req->segs;
 	uint64_t size = blockdev_size(blk->bd);
-	int n = blk_segs(&req->elem, zeroes, segs);
+	int n = req->nsegs;
 
 	if (n < 0)
 		return (uint8_t)-n;
@@ -233,6 +227,8 @@ static bool blk_prepare(struct virtio_blk *blk, struct blk_req *req,
 	case T_WRITE_ZEROES:
 		if (ro)
 			req->status = S_IOERR;
+		else if (req->nsegs < 0)	/* read by blk_cost() */
+			req->status = (uint8_t)-req->nsegs;
 		break;
 	default:
 		req->status = S_UNSUPP;
@@ -247,11 +243,10 @@ static bool blk_prepare(struct virtio_blk *blk, struct blk_req *req,
 /* What a request costs the byte bucket, known before it runs: the data
  * it moves, or the range it zeroes or discards (0 if it will be refused:
  * it still costs an operation). */
-static uint64_t blk_cost(const struct virtq_elem *e, const struct blk_req_header *h)
+static uint64_t blk_cost(struct blk_req *req, const struct blk_req_header *h)
 {
-	struct blk_discard_seg segs[MAX_DISCARD_SEGS];
+	const struct virtq_elem *e = &req->elem;
 	uint64_t bytes = 0;
-	int n;
 
 	switch (h->type) {
 	case T_IN:
@@ -260,9 +255,9 @@ static uint64_t blk_cost(const struct virtq_elem *e, const struct blk_req_header
 		return e->out_len - sizeof(*h);
 	case T_DISCARD:
 	case T_WRITE_ZEROES:
-		n = blk_segs(e, h->type == T_WRITE_ZEROES, segs);
-		for (int i = 0; i < n; i++)
-			bytes += segs[i].num_sectors * SECTOR;
+		req->nsegs = blk_segs(e, h->type == T_WRITE_ZEROES, req->segs);
+		for (int i = 0; i < req->nsegs; i++)
+			bytes += req->segs[i].num_sectors * SECTOR;
 		return bytes;
 	default:
 		return 0;
@@ -303,7 +298,7 @@ static struct blk_req *blk_next(struct virtio_blk *blk, unsigned int q,
 		return NULL;
 	}
 	virtq_read_out(&req->elem, 0, h, sizeof(*h));
-	wait = ratelimit_consume(&blk->limit, blk_cost(&req->elem, h), ratelimit_now_ns());
+	wait = ratelimit_consume(&blk->limit, blk_cost(req, h), ratelimit_now_ns());
 	if (wait) {
 		virtq_unpop(vq, 1);
 		blk_put(blk, req);
