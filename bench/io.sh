@@ -2,8 +2,12 @@
 # I/O benchmark (DESIGN §7): the probe guest's blk_bench on a raw and a qcow2
 # image and its net_bench through a tap, under vireo and under QEMU microvm
 # in the same run, plus the rate limiters' accuracy (a 5 s transfer against
-# a disk limit and a vNIC limit). Needs root (tap in a network namespace).
+# a disk limit and a vNIC limit), and an O_DIRECT section on a file on the
+# machine's real disk: vireo cache=none,aio=io_uring against QEMU
+# cache=none with aio=io_uring and aio=threads, raw and qcow2 (preallocated, so
+# that reads reach the disk). Needs root (tap in a network namespace).
 # usage: bench/io.sh [SECONDS_PER_MODE]   (from the repository root, after make)
+#   BENCH_DISK_DIR: where the O_DIRECT images go (default build/; not a tmpfs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec /usr/bin/python3 - "${1:-2}" <<'PY'
@@ -59,6 +63,41 @@ for fmt in ("raw", "qcow2"):
         print(line, key)
     if fmt == "raw":
         ours_raw = o
+
+def direct_image(d, fmt):
+    path = f"{d}/direct.{fmt}"
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, "-o", "preallocation=full", path,
+                    "512M"], check=True)
+    return path
+
+ddir = tempfile.mkdtemp(prefix="vireo-bench-direct-", dir=os.environ.get("BENCH_DISK_DIR", "build"))
+if subprocess.run(["stat", "-f", "-c", "%T", ddir], capture_output=True,
+                  text=True).stdout.strip() == "tmpfs":
+    print(f"O_DIRECT section skipped: {ddir} is on tmpfs (set BENCH_DISK_DIR)")
+else:
+    print(f"O_DIRECT (cache=none) on {ddir}, 512 MiB preallocated images, queue depth 16, "
+          f"{secs:g} s per mode (IOPS; MB/s for 1 MiB modes)")
+    direct_raw = None
+    for fmt in ("raw", "qcow2"):
+        img = direct_image(ddir, fmt)
+        cmd = f"scenario=blk_bench time_ms={ms}"
+        o = vireo(cmd, ["--disk", f"path={img},format={fmt},cache=none,aio=io_uring"])
+        qu, qt = (qemu(cmd, ["-drive", f"file={img},if=none,id=d0,format={fmt},cache=none,"
+                                       f"aio={aio}", "-device", "virtio-blk-pci,drive=d0"])
+                  for aio in ("io_uring", "threads"))
+        for a, b, c in zip(o, qu, qt):
+            key = "mbps" if a["bs"] == "1048576" else "iops"
+            va, vb, vc = int(a[key]), int(b[key]), int(c[key])
+            line = (f"  {fmt:5s} {a['mode']:9s} vireo {va:7d}  qemu io_uring {vb:7d} "
+                    f"({va / max(1, vb):.2f}x)  qemu threads {vc:7d} ({va / max(1, vc):.2f}x)")
+            if fmt == "qcow2" and direct_raw:
+                r = next(x for x in direct_raw if x["mode"] == a["mode"])
+                line += f"  qcow2/raw {va / max(1, int(r[key])):.2f}x"
+            print(line, key)
+        if fmt == "raw":
+            direct_raw = o
+        os.unlink(img)
+os.rmdir(ddir)
 
 print(f"disk rate limit 50 MB/s, sequential 1 MiB writes for 5 s")
 o = vireo("scenario=blk_bench time_ms=5000",

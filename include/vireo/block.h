@@ -394,6 +394,17 @@ int block_cache_image_flags(enum block_cache mode);
  * when every write is already durable (O_DSYNC). */
 bool block_cache_volatile(enum block_cache mode);
 
+/* How a disk's requests run (docs/run.md): io_uring = reads, writes and
+ * flushes of raw images on host files go to an io_uring, the rest to I/O
+ * worker threads; threads = everything on worker threads. */
+enum block_aio {
+	BLOCK_AIO_IO_URING = 0,		/* the default */
+	BLOCK_AIO_THREADS,
+};
+/* The mode named `name`, or -EINVAL. */
+int block_aio_parse(const char *name);
+const char *block_aio_name(enum block_aio mode);
+
 /* Registry. */
 const struct image_format *image_format_find(const char *name);
 /* Best-scoring format for the file's first bytes; raw if none claims it.
@@ -483,6 +494,10 @@ int blockdev_flush(struct blockdev *bd);
 int blockdev_discard(struct blockdev *bd, uint64_t off, uint64_t len);
 int blockdev_write_zeroes(struct blockdev *bd, uint64_t off, uint64_t len);
 void blockdev_get_stats(struct blockdev *bd, struct blockdev_stats *out);
+/* The host file of a raw image (posix backend), which a caller may read and
+ * write itself at the guest's offsets (e.g. through io_uring), without the
+ * image lock, when it honours f->direct_align; NULL for any other image. */
+struct bfile *blockdev_raw_file(struct blockdev *bd);
 
 /* Asynchronous requests, for a device model that must not block its event
  * loop: blockdev_start_workers() starts I/O threads; blockdev_submit() queues
@@ -493,6 +508,7 @@ void blockdev_get_stats(struct blockdev *bd, struct blockdev_stats *out);
  * request inline. blockdev_close() drains the queue first. */
 enum blockdev_op {
 	BLOCKDEV_READ, BLOCKDEV_WRITE, BLOCKDEV_FLUSH, BLOCKDEV_DISCARD, BLOCKDEV_WRITE_ZEROES,
+	BLOCKDEV_CALL,			/* runs req->call(req) on a worker */
 };
 
 struct blockdev_req {
@@ -501,12 +517,16 @@ struct blockdev_req {
 	uint64_t len;			/* DISCARD, WRITE_ZEROES */
 	const struct iovec *iov;	/* READ, WRITE */
 	int iovcnt;
+	int (*call)(struct blockdev_req *req);	/* CALL */
 	void (*done)(struct blockdev_req *req, int ret);
 	void *opaque;			/* the caller's */
 	struct blockdev_req *next;	/* the queue's */
 };
 
 int blockdev_start_workers(struct blockdev *bd, int nr);
+/* Counts a read, write or flush the caller ran itself (on
+ * blockdev_raw_file()). */
+void blockdev_account(struct blockdev *bd, enum blockdev_op op, uint64_t bytes, int ret);
 void blockdev_submit(struct blockdev *bd, struct blockdev_req *req);
 
 /* The formats (src/block/<name>*.c). */

@@ -63,6 +63,7 @@ struct mgr_disk {
 	 * default 100) and what it always leaves the disk (0: nothing). */
 	unsigned int weight;
 	uint64_t floor_bps, floor_iops;
+	int aio;                     /* enum block_aio; 0: io_uring */
 };
 
 /* A vNIC's port on a vlan_aware network: an access port (vlan: untagged

@@ -155,6 +155,12 @@ bool virtio_feature(const struct virtio_dev *dev, uint64_t bit);
 /* Serve queue q again in `ns` nanoseconds, not before (a rate limit said
  * wait). Called from queue_notify. */
 void virtio_defer(struct virtio_dev *dev, unsigned int q, uint64_t ns);
+/* Serve the deferred queues now (a limit changed). Any thread; takes
+ * dev->lock. */
+void virtio_undefer(struct virtio_dev *dev);
+/* Serves queue q now if the driver is ready and q is not deferred (the
+ * model calls it when it can take requests again). dev->lock held. */
+void virtio_serve(struct virtio_dev *dev, unsigned int q);
 
 /* ---- device models ---- */
 
@@ -165,6 +171,7 @@ struct disk_config {
 	const char *serial;   /* up to 20 bytes, VIRTIO_BLK_T_GET_ID */
 	uint64_t bps, iops;   /* rate limits; 0 = none */
 	int cache;            /* enum block_cache (vireo/block.h); 0 = writeback */
+	int aio;              /* enum block_aio; 0 = io_uring */
 	const struct block_policy *policy; /* where its chain may be; NULL: anywhere */
 };
 
@@ -177,6 +184,12 @@ struct virtio_dev *virtio_blk_dev(struct virtio_blk *blk);
  * from any thread) and its block device (blockdev_get_stats()). */
 struct ratelimit *virtio_blk_ratelimit(struct virtio_blk *blk);
 struct blockdev *virtio_blk_blockdev(struct virtio_blk *blk);
+/* Changes the disk's limits; requests waiting for the old ones are looked
+ * at again at once. Any thread. */
+void virtio_blk_set_limits(struct virtio_blk *blk, uint64_t bps, uint64_t iops);
+/* The aio mode that runs ("io_uring", "threads") and the most requests it
+ * had in flight together. Any thread. */
+const char *virtio_blk_aio(struct virtio_blk *blk, uint64_t *inflight_max);
 
 /* Balloon statistics as the guest last reported them (tags of §5.5.6.3:
  * 0 swap in, 1 swap out, 2 major faults, 3 minor faults, 4 free memory,

@@ -109,6 +109,7 @@ static const char run_usage[] =
 	"                   path=FILE[,format=raw|qcow2|vpc|vmdk][,readonly][,serial=ID]\n"
 	"                   [,iops=N][,bps=SIZE]   (bps: bytes per second, e.g. 50M)\n"
 	"                   [,cache=writeback|none|writethrough|directsync|unsafe]\n"
+	"                   [,aio=io_uring|threads]\n"
 	"  --rng[=bps=SIZE] a virtio-rng device, optionally rate-limited\n"
 	"  --balloon[=target=SIZE]  a virtio-balloon device; target: memory to reclaim\n"
 	"  --net SPEC       a virtio-net vNIC on a tap device (repeatable, up to 4):\n"
@@ -155,7 +156,7 @@ static int parse_count(const char *text, unsigned int *out)
 	return 0;
 }
 
-/* "path=a.img,format=qcow2,readonly,serial=d0,iops=100,bps=10M,cache=none". The
+/* "path=a.img,format=qcow2,readonly,serial=d0,iops=100,bps=10M,cache=none,aio=threads". The
  * strings point into `spec`, which lives as long as argv. */
 static int parse_disk(char *spec, struct disk_config *d)
 {
@@ -185,6 +186,11 @@ static int parse_disk(char *spec, struct disk_config *d)
 		else if (!strcmp(tok, "cache"))
 			return err_set(-EINVAL, "--disk: cache must be none, writeback, writethrough, "
 				       "directsync or unsafe, not '%s'", val);
+		else if (!strcmp(tok, "aio") && eq && (d->aio = block_aio_parse(val)) >= 0)
+			;
+		else if (!strcmp(tok, "aio"))
+			return err_set(-EINVAL, "--disk: aio must be io_uring or threads, not '%s'",
+				       val);
 		else
 			return err_set(-EINVAL, "--disk: bad item '%s%s%s'", tok, eq ? "=" : "", val);
 	}

@@ -26,7 +26,7 @@ static const char vm_usage[] =
 	"  list                      VMs and their states\n"
 	"  create NAME --kernel FILE [--cpus N] [--memory SIZE] [--cmdline TEXT]\n"
 	"         [--disk path=FILE[,format=F][,readonly][,bps=SIZE][,iops=N][,cache=MODE]\n"
-	"                [,weight=N][,floor_bps=SIZE][,floor_iops=N]]...\n"
+	"                [,aio=io_uring|threads][,weight=N][,floor_bps=SIZE][,floor_iops=N]]...\n"
 	"         [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
 	"         [--nic [tap=NAME][,network=NET][,mac=M][,mtu=N][,rx_bps=SIZE][,tx_bps=SIZE]\n"
 	"                [,weight=N][,floor_bps=SIZE]\n"
@@ -267,7 +267,7 @@ static int cmd_list(const struct vm_cli *cli)
 	return 0;
 }
 
-/* "path=F,format=raw,readonly,bps=10M,iops=5,cache=none" → a disk object. */
+/* "path=F,format=raw,readonly,bps=10M,iops=5,cache=none,aio=threads" → a disk object. */
 static struct json_object *parse_disk(char *spec, bool limit_only)
 {
 	struct json_object *d = json_object_new_object();
@@ -283,8 +283,8 @@ static struct json_object *parse_disk(char *spec, bool limit_only)
 			json_object_object_add(d, "path", json_object_new_string(eq));
 		} else if (!strcmp(tok, "format") && eq && !limit_only) {
 			json_object_object_add(d, "format", json_object_new_string(eq));
-		} else if (!strcmp(tok, "cache") && eq && !limit_only) {
-			json_object_object_add(d, "cache", json_object_new_string(eq));
+		} else if ((!strcmp(tok, "cache") || !strcmp(tok, "aio")) && eq && !limit_only) {
+			json_object_object_add(d, tok, json_object_new_string(eq));
 		} else if (!strcmp(tok, "readonly") && !eq && !limit_only) {
 			json_object_object_add(d, "readonly", json_object_new_boolean(1));
 		} else if ((!strcmp(tok, "bps") || !strcmp(tok, "iops") || !strcmp(tok, "weight") ||

@@ -188,9 +188,9 @@ static int parse_io_share(struct json_object *o, unsigned int *weight, const cha
 static int parse_disk(struct json_object *o, struct mgr_disk *d)
 {
 	static const char *const keys[] = { "path", "format", "readonly", "bps", "iops", "cache",
-					    "weight", "floor_bps", "floor_iops", NULL };
+					    "aio", "weight", "floor_bps", "floor_iops", NULL };
 	int ret = check_keys(o, "a disk", keys);
-	char *cache = NULL;
+	char *cache = NULL, *aio = NULL;
 
 	if (ret)
 		return ret;
@@ -223,6 +223,12 @@ static int parse_disk(struct json_object *o, struct mgr_disk *d)
 	if (d->cache < 0)
 		return err_set(-EINVAL, "disk 'cache' must be none, writeback, writethrough, "
 			       "directsync or unsafe");
+	if (!opt_ok(ret = get_str(o, "aio", 16, &aio)))
+		return ret;
+	d->aio = aio ? block_aio_parse(aio) : BLOCK_AIO_IO_URING;
+	free(aio);
+	if (d->aio < 0)
+		return err_set(-EINVAL, "disk 'aio' must be io_uring or threads");
 	return 0;
 }
 
@@ -631,6 +637,7 @@ static struct json_object *disk_to_json(const struct mgr_disk *d)
 	json_object_object_add(o, "iops", json_object_new_int64((int64_t)d->iops));
 	json_object_object_add(o, "cache", json_object_new_string(block_cache_name(d->cache)));
 	io_share_to_json(o, d->weight, d->floor_bps, d->floor_iops);
+	json_object_object_add(o, "aio", json_object_new_string(block_aio_name(d->aio)));
 	return o;
 }
 

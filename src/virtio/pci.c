@@ -477,8 +477,7 @@ static void pci_identity(struct virtio_dev *dev, struct pci_bus *bus)
 
 /* ---- the I/O thread ---- */
 
-/* Called with dev->lock held. */
-static void virtio_serve(struct virtio_dev *dev, unsigned int q)
+void virtio_serve(struct virtio_dev *dev, unsigned int q)
 {
 	if ((dev->status & VIRTIO_STATUS_DRIVER_OK) &&
 	    !(dev->status & VIRTIO_STATUS_NEEDS_RESET) && dev->vqs[q].enabled &&
@@ -493,6 +492,16 @@ void virtio_defer(struct virtio_dev *dev, unsigned int q, uint64_t ns)
 
 	dev->deferred |= 1u << q;
 	timerfd_settime(dev->timer_fd, 0, &its, NULL);
+}
+
+void virtio_undefer(struct virtio_dev *dev)
+{
+	struct itimerspec now = { .it_value = { .tv_nsec = 1 } };
+
+	pthread_mutex_lock(&dev->lock);
+	if (dev->deferred)
+		timerfd_settime(dev->timer_fd, 0, &now, NULL);
+	pthread_mutex_unlock(&dev->lock);
 }
 
 static void virtio_run_deferred(struct virtio_dev *dev)

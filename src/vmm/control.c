@@ -127,6 +127,7 @@ static struct json_object *info_disk(const struct control_target *t, unsigned in
 	const struct virtio_stats *vs = &virtio_blk_dev(blk)->stats;
 	struct ratelimit *rl = virtio_blk_ratelimit(blk);
 	struct blockdev_stats bs;
+	uint64_t inflight_max;
 
 	blockdev_get_stats(virtio_blk_blockdev(blk), &bs);
 	json_object_object_add(o, "index", json_object_new_int((int)i));
@@ -142,6 +143,8 @@ static struct json_object *info_disk(const struct control_target *t, unsigned in
 	add_u64(o, "interrupts", vs->interrupts);
 	add_u64(o, "ring_errors", vs->ring_errors);
 	add_u64(o, "resets", vs->resets);
+	json_object_object_add(o, "aio", json_object_new_string(virtio_blk_aio(blk, &inflight_max)));
+	add_u64(o, "inflight_max", inflight_max);
 	pthread_mutex_lock(&rl->lock);
 	add_u64(o, "bps", rl->bytes.rate);
 	add_u64(o, "iops", rl->ops.rate);
@@ -303,7 +306,7 @@ static struct json_object *apply_limits(const struct control_target *t,
 	bps = a->has_bps ? a->bps : rl->bytes.rate;
 	iops = a->has_iops ? a->iops : rl->ops.rate;
 	pthread_mutex_unlock(&rl->lock);
-	ratelimit_set(rl, bps, iops);
+	virtio_blk_set_limits(t->disks[a->disk], bps, iops);
 	return NULL;
 }
 

@@ -51,6 +51,9 @@ static const char *const allowed[] = {
 	"set_robust_list", "rseq", "restart_syscall",
 	/* the control socket's snapshot action: its directory and files */
 	"mkdir", "mkdirat", "rename", "renameat", "renameat2",
+	/* disks' rings, set up (and restricted to read/write/fsync of their
+	 * image) before the sandbox: submitting and reaping only */
+	"io_uring_enter",
 };
 
 static int allow_all(scmp_filter_ctx ctx)

@@ -26,6 +26,7 @@
 
 #if defined(FUZZ_DEV_blk)
 #include "../../src/virtio/blk.c"
+#include "../../src/virtio/blk-io.c"	/* linked; the target runs requests inline */
 #elif defined(FUZZ_DEV_balloon)
 #include "../../src/virtio/balloon.c"
 #elif defined(FUZZ_DEV_net)
@@ -70,6 +71,16 @@ void virtio_defer(struct virtio_dev *dev, unsigned int q, uint64_t ns)
 {
 	(void)ns;
 	dev->deferred |= 1u << q;
+}
+
+void virtio_undefer(struct virtio_dev *dev)
+{
+	dev->deferred = 0;
+}
+
+void virtio_serve(struct virtio_dev *dev, unsigned int q)
+{
+	(void)dev, (void)q;
 }
 
 int virtio_pci_create(struct virtio_dev *dev, struct vm *vm, struct pci_bus *bus,

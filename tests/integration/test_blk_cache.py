@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT, needs_kvm, needs_qemu_img, run_until_exit, run_vireo, vireo_args
-from test_virtio import expected_image, make_image
+from test_virtio import AIO, expected_image, make_image
 
 pytestmark = [needs_kvm, needs_qemu_img]
 
@@ -29,14 +29,15 @@ def disk_dir(tmp_path):
     subprocess.run(["rm", "-rf", str(d)], check=False)
 
 
+@pytest.mark.parametrize("aio", AIO)
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 @pytest.mark.parametrize("mode", MODES)
-def test_blk_in_every_cache_mode(tmp_path, disk_dir, fmt, mode):
+def test_blk_in_every_cache_mode(tmp_path, disk_dir, fmt, mode, aio):
     seed, n = 11, 120
     img = disk_dir / f"d.{fmt}"
     make_image(img, fmt)
     run = run_vireo(f"scenario=blk seed={seed} n={n} irq=msix",
-                    extra=["--disk", f"path={img},format={fmt},cache={mode}"])
+                    extra=["--disk", f"path={img},format={fmt},cache={mode},aio={aio}"])
     assert run.returncode == 0, run.stdout + run.stderr
     f = run.all("blk")[0]
     assert f["mismatches"] == "0" and f["writes"] == str(n), f

@@ -474,3 +474,21 @@ def test_disk_cache_mode_reaches_the_vmm(daemon, tmp_path):
         flags = int(next(l for l in f if l.startswith("flags:")).split()[1], 8)
     assert flags & os.O_DIRECT and flags & os.O_DSYNC, oct(flags)
     daemon.stop("c", force=True)
+
+
+def test_disk_aio_mode_reaches_the_vmm(daemon, tmp_path):
+    """A disk's "aio" (docs/api.md) is kept in the definition, defaults to
+    io_uring, and is the mode the VMM runs (its info says which)."""
+    img = tmp_path / "a.img"
+    img.write_bytes(b"\0" * (1 << 20))
+    st, js = daemon.request("POST", "/vms", {"name": "abad", "kernel": str(PROBE),
+                                             "disks": [{"path": str(img), "aio": "native"}]})
+    assert st == 400 and "'aio' must be" in js["error"], js
+    daemon.create("a0", disks=[{"path": str(img), "format": "raw"}])
+    assert daemon.vm("a0")["disks"][0]["aio"] == "io_uring"
+    daemon.create("a", disks=[{"path": str(img), "format": "raw", "aio": "threads"}])
+    assert daemon.vm("a")["disks"][0]["aio"] == "threads"
+    daemon.ok("POST", "/vms/a/start")
+    assert wait_for(lambda: daemon.vm("a").get("vmm", {}).get("disks", [{}])[0].get("aio")
+                    == "threads")
+    daemon.stop("a", force=True)

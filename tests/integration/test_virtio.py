@@ -13,6 +13,7 @@ QEMU_PCI = "microvm,pcie=on"
 QEMU_ECAM = "ecam=0xe0000000"  # microvm has no MCFG; the probe takes the ECAM base
 DISK_MIB = 64
 FORMATS = ["raw", "qcow2", "vpc", "vmdk"]
+AIO = ["io_uring", "threads"]  # --disk aio=: every blk test runs with both
 
 
 def make_image(path, fmt):
@@ -30,15 +31,16 @@ def expected_image(tmp_path, seed, n, sectors=DISK_MIB * 2048, discard_reads="ze
     return out, p.stdout.strip().split("=")[1]
 
 
+@pytest.mark.parametrize("aio", AIO)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("irq", ["poll", "msix", "msix event_idx=1 indirect=1"])
-def test_blk_same_on_vireo_and_qemu(tmp_path, fmt, irq):
+def test_blk_same_on_vireo_and_qemu(tmp_path, fmt, irq, aio):
     seed, n = 7, 200
     cmd = f"scenario=blk seed={seed} n={n} irq={irq}"
     ours_img, ref_img = tmp_path / f"ours.{fmt}", tmp_path / f"ref.{fmt}"
     make_image(ours_img, fmt)
     make_image(ref_img, fmt)
-    ours = run_vireo(cmd, extra=["--disk", f"path={ours_img},format={fmt},serial=probe0"])
+    ours = run_vireo(cmd, extra=["--disk", f"path={ours_img},format={fmt},serial=probe0,aio={aio}"])
     ref = run_qemu(f"{cmd} {QEMU_ECAM}", machine=QEMU_PCI, extra=[
         "-drive", f"file={ref_img},if=none,id=d0,format={fmt},discard=unmap",
         "-device", "virtio-blk-pci,drive=d0,serial=probe0"])
@@ -62,11 +64,13 @@ def test_blk_same_on_vireo_and_qemu(tmp_path, fmt, irq):
     assert cmp.returncode == 0, cmp.stdout + cmp.stderr
 
 
-def test_blk_readonly_disk_refuses_writes(tmp_path):
+@pytest.mark.parametrize("aio", AIO)
+def test_blk_readonly_disk_refuses_writes(tmp_path, aio):
     img = tmp_path / "ro.qcow2"
     make_image(img, "qcow2")
     before = img.read_bytes()
-    ours = run_vireo("scenario=blk n=8", extra=["--disk", f"path={img},format=qcow2,readonly"])
+    ours = run_vireo("scenario=blk n=8",
+                     extra=["--disk", f"path={img},format=qcow2,readonly,aio={aio}"])
     ref = run_qemu(f"scenario=blk n=8 {QEMU_ECAM}", machine=QEMU_PCI, extra=[
         "-drive", f"file={img},if=none,id=d0,format=qcow2,readonly=on",
         "-device", "virtio-blk-pci,drive=d0"])
@@ -87,10 +91,12 @@ def test_rng_same_on_vireo_and_qemu():
     assert ours.all("rng")[0]["bytes"] == ref.all("rng")[0]["bytes"]
 
 
-def test_hostile_guest_cannot_crash_vireo(tmp_path):
+@pytest.mark.parametrize("aio", AIO)
+def test_hostile_guest_cannot_crash_vireo(tmp_path, aio):
     img = tmp_path / "h.raw"
     make_image(img, "raw")
-    run = run_vireo("scenario=hostile", extra=["--disk", f"path={img},format=raw", "--rng"])
+    run = run_vireo("scenario=hostile",
+                    extra=["--disk", f"path={img},format=raw,aio={aio}", "--rng"])
     assert run.returncode == 0, run.stdout + run.stderr
     summaries = [d for d in run.all("hostile") if "cases" in d]
     assert {d["dev"] for d in summaries} == {"blk", "rng"}
@@ -193,13 +199,14 @@ def test_net_echo_same_on_vireo_and_qemu(netns_tap, irq):
         assert run.all("net_stats")[0]["max_frame"] == "9014"
 
 
-def test_two_disks_are_independent(tmp_path):
+@pytest.mark.parametrize("aio", AIO)
+def test_two_disks_are_independent(tmp_path, aio):
     a, b = tmp_path / "a.qcow2", tmp_path / "b.raw"
     make_image(a, "qcow2")
     make_image(b, "raw")
     run = run_vireo("scenario=blk blk_dev=1 seed=3 n=32",
-                    extra=["--disk", f"path={a},format=qcow2,serial=first",
-                           "--disk", f"path={b},format=raw,serial=second"])
+                    extra=["--disk", f"path={a},format=qcow2,serial=first,aio={aio}",
+                           "--disk", f"path={b},format=raw,serial=second,aio={aio}"])
     assert run.returncode == 0, run.stdout + run.stderr
     blk = run.all("blk")[0]
     assert blk["serial"] == "second" and blk["mismatches"] == "0"
