@@ -284,6 +284,7 @@ VIRTIO_SCN(scn_balloon_wrap, scn_balloon)
 VIRTIO_SCN(scn_net_wrap, scn_net)
 VIRTIO_SCN(scn_net_bench_wrap, scn_net_bench)
 VIRTIO_SCN(scn_net_echo_wrap, scn_net_echo)
+VIRTIO_SCN(scn_net_ip_wrap, scn_net_ip)
 VIRTIO_SCN(scn_hostile_wrap, scn_hostile)
 
 static const struct scenario {
@@ -307,6 +308,7 @@ static const struct scenario {
 	{ "net", scn_net_wrap },
 	{ "net_bench", scn_net_bench_wrap },
 	{ "net_echo", scn_net_echo_wrap },
+	{ "net_ip", scn_net_ip_wrap },
 	{ "hostile", scn_hostile_wrap },
 	{ "wait", scn_wait },
 	{ "echo", scn_echo },

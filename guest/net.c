@@ -349,3 +349,307 @@ void scn_net_bench(const char *arg)
 		     size, frames, ns / 1000000, frames * 1000000000 / ns, frames * size * 1000 / ns,
 		     t.d->msix ? "msix" : "poll", t.tx->kicks);
 }
+
+/* net_ip: a tiny IPv4 host for the firewall tests (docs/networking.md),
+ * with the address net_ip=A.B.C.D and the device's MAC. It answers ARP
+ * for its address, ICMP echo requests, a TCP SYN to any port with a
+ * SYN-ACK, TCP data with the same data back (its sequence numbers are the
+ * peer's acknowledgements: no connection state), a FIN with a FIN-ACK, and
+ * UDP datagrams with the same datagram back; except a datagram to port
+ * 9998, which makes it start a flow of its own (UDP "hello" from its port
+ * 5555 to the sender's port in the datagram's first two bytes), and one to
+ * 9999, which it answers three times: "ok" from its own addresses,
+ * "spoof-ip" from another IPv4 address, "spoof-mac" from another MAC, and
+ * with an ARP reply claiming that other address (anti-spoofing tests).
+ * Runs net_ip_ms (default 30000). PROBE net_ip ready mac=M ip=A, then
+ * PROBE net_ip arp=N icmp=N syn=N tcp_data=N udp=N spoof=N other=N. */
+struct ipstat {
+	uint8_t ip[4];
+	uint32_t arp, icmp, syn, tcp_data, udp, spoof;
+};
+static struct ipstat ips;
+
+static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static uint32_t be32(const uint8_t *p) { return (uint32_t)be16(p) << 16 | be16(p + 2); }
+static void put16(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static void put32(uint8_t *p, uint32_t v) { put16(p, v >> 16); put16(p + 2, v); }
+
+static uint32_t csum_add(uint32_t sum, const uint8_t *p, uint32_t len)
+{
+	for (uint32_t i = 0; i + 1 < len; i += 2)
+		sum += be16(p + i);
+	if (len & 1)
+		sum += (uint32_t)p[len - 1] << 8;
+	return sum;
+}
+
+static uint16_t csum_fold(uint32_t sum)
+{
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return (uint16_t)~sum;
+}
+
+/* Queues frame f (len bytes) for transmission. */
+static void tx_frame(struct net *t, const uint8_t *f, uint32_t len)
+{
+	uint8_t *p;
+	struct vq_buf v;
+
+	while (t->tx_inflight >= TX_WINDOW) {
+		while (vq_get(t->tx, NULL))
+			t->tx_inflight--;
+		if (t->tx_inflight >= TX_WINDOW && !vq_wait(t->tx, 1000))
+			return;
+	}
+	if (len < 60)
+		len = 60;
+	p = t->tx_bufs + (size_t)(t->echoed++ % TX_WINDOW) * (HDR_LEN + MAX_FRAME + 2);
+	probe_memset(p, 0, HDR_LEN + 60);
+	probe_memcpy(p + HDR_LEN, f, len > t->max_frame ? t->max_frame : len);
+	v = (struct vq_buf){ p, HDR_LEN + len };
+	if (vq_add(t->tx, &v, 1, 0, p) < 0)
+		return;
+	t->tx_inflight++;
+	vq_kick(t->tx);
+}
+
+/* The reply frame r to IPv4 frame f: MACs and addresses swapped, header
+ * checksum done; returns the IP header's length. */
+static uint32_t ip_reply(struct net *t, const uint8_t *f, uint8_t *r, uint32_t iplen)
+{
+	uint32_t ihl = (f[14] & 15u) * 4;
+
+	probe_memcpy(r, f + 6, 6);
+	probe_memcpy(r + 6, t->mac, 6);
+	r[12] = 8;
+	r[13] = 0;
+	probe_memcpy(r + 14, f + 14, ihl);
+	put16(r + 16, iplen);
+	r[22] = 64;
+	probe_memcpy(r + 26, ips.ip, 4);
+	probe_memcpy(r + 30, f + 26, 4);
+	put16(r + 24, 0);
+	put16(r + 24, csum_fold(csum_add(0, r + 14, ihl)));
+	return ihl;
+}
+
+/* The TCP/UDP checksum of the segment at l4 (len bytes) of IP header ip. */
+static void l4_csum(uint8_t *ip, uint8_t *l4, uint32_t len, uint32_t off)
+{
+	uint8_t pseudo[12];
+
+	probe_memcpy(pseudo, ip + 12, 8);
+	pseudo[8] = 0;
+	pseudo[9] = ip[9];
+	put16(pseudo + 10, len);
+	put16(l4 + off, 0);
+	put16(l4 + off, csum_fold(csum_add(csum_add(0, pseudo, 12), l4, len)));
+}
+
+static void arp_frame(struct net *t, const uint8_t *f, const uint8_t *claim_ip)
+{
+	uint8_t r[60];
+
+	probe_memset(r, 0, sizeof(r));
+	probe_memcpy(r, f + 6, 6);
+	probe_memcpy(r + 6, t->mac, 6);
+	r[12] = 8;
+	r[13] = 6;
+	probe_memcpy(r + 14, "\x00\x01\x08\x00\x06\x04\x00\x02", 8);
+	probe_memcpy(r + 22, t->mac, 6);
+	probe_memcpy(r + 28, claim_ip, 4);
+	probe_memcpy(r + 32, f + 6, 6);	/* the requester */
+	probe_memcpy(r + 38, f + 26, 4);	/* its IP (ARP sender or IPv4 source) */
+	tx_frame(t, r, 60);
+}
+
+static void icmp_in(struct net *t, const uint8_t *f, uint32_t iplen)
+{
+	uint8_t *r = t->expect;
+	uint32_t ihl = ip_reply(t, f, r, iplen);
+
+	if (f[14 + ihl] != 8)
+		return;
+	probe_memcpy(r + 14 + ihl, f + 14 + ihl, iplen - ihl);
+	r[14 + ihl] = 0;
+	put16(r + 14 + ihl + 2, 0);
+	put16(r + 14 + ihl + 2, csum_fold(csum_add(0, r + 14 + ihl, iplen - ihl)));
+	ips.icmp++;
+	tx_frame(t, r, 14 + iplen);
+}
+
+static void tcp_in(struct net *t, const uint8_t *f, uint32_t iplen)
+{
+	uint32_t ihl = (f[14] & 15u) * 4, doff, data, len;
+	const uint8_t *s = f + 14 + ihl;
+	uint8_t *r = t->expect, *rs, flags = s[13];
+
+	doff = (s[12] >> 4) * 4u;
+	data = iplen - ihl - doff;
+	if ((flags & 0x04) || (!(flags & 0x02) && !data && !(flags & 0x01)))
+		return;	/* RST, or a bare ACK */
+	len = 20 + (flags & 0x02 ? 0 : data);
+	ip_reply(t, f, r, ihl + len);
+	rs = r + 14 + ihl;
+	probe_memset(rs, 0, 20);
+	probe_memcpy(rs, s + 2, 2);
+	probe_memcpy(rs + 2, s, 2);
+	if (flags & 0x02) {		/* SYN: SYN-ACK */
+		put32(rs + 4, 0x1000);
+		put32(rs + 8, be32(s + 4) + 1);
+		rs[13] = 0x12;
+		ips.syn++;
+	} else {			/* data back, FIN answered */
+		put32(rs + 4, be32(s + 8));
+		put32(rs + 8, be32(s + 4) + data + (flags & 1));
+		rs[13] = (uint8_t)(0x18 | (flags & 1));
+		probe_memcpy(rs + 20, s + doff, data);
+		ips.tcp_data += data ? 1 : 0;
+	}
+	rs[12] = 5 << 4;
+	put16(rs + 14, 65535);
+	l4_csum(r + 14, rs, len, 16);
+	tx_frame(t, r, 14 + ihl + len);
+}
+
+static void udp_reply(struct net *t, const uint8_t *f, uint32_t iplen, const char *text)
+{
+	uint32_t ihl = (f[14] & 15u) * 4, len = iplen - ihl;
+	const uint8_t *u = f + 14 + ihl;
+	uint8_t *r = t->expect, *ru;
+
+	if (text)
+		len = 8 + (uint32_t)probe_strlen(text);
+	ip_reply(t, f, r, ihl + len);
+	ru = r + 14 + ihl;
+	probe_memcpy(ru, u + 2, 2);
+	probe_memcpy(ru + 2, u, 2);
+	put16(ru + 4, len);
+	probe_memcpy(ru + 8, text ? (const uint8_t *)text : u + 8, len - 8);
+	if (text && !probe_memcmp(text, "spoof-ip", 8)) {
+		r[29] ^= 0x80;	/* another source address */
+		put16(r + 24, 0);
+		put16(r + 24, csum_fold(csum_add(0, r + 14, ihl)));
+	}
+	if (text && !probe_memcmp(text, "spoof-mac", 9))
+		r[11] ^= 0x40;	/* another source MAC */
+	l4_csum(r + 14, ru, len, 6);
+	tx_frame(t, r, 14 + ihl + len);
+}
+
+/* A flow of our own: "hello" from our port 5555 to the sender's port
+ * named by the datagram's first two bytes (big-endian). */
+static void start_flow(struct net *t, const uint8_t *f, uint32_t iplen)
+{
+	uint32_t ihl = (f[14] & 15u) * 4;
+	uint8_t *r = t->expect, *ru;
+
+	ip_reply(t, f, r, ihl + 8 + 5);
+	ru = r + 14 + ihl;
+	put16(ru, 5555);
+	probe_memcpy(ru + 2, f + 14 + ihl + 8, 2);
+	put16(ru + 4, 8 + 5);
+	probe_memcpy(ru + 8, "hello", 5);
+	l4_csum(r + 14, ru, 8 + 5, 6);
+	(void)iplen;
+	tx_frame(t, r, 14 + ihl + 8 + 5);
+}
+
+static void udp_in(struct net *t, const uint8_t *f, uint32_t iplen)
+{
+	uint32_t ihl = (f[14] & 15u) * 4;
+	uint8_t other[4];
+
+	ips.udp++;
+	if (be16(f + 14 + ihl + 2) == 9998 && iplen >= ihl + 10) {
+		start_flow(t, f, iplen);
+		return;
+	}
+	if (be16(f + 14 + ihl + 2) != 9999) {
+		udp_reply(t, f, iplen, NULL);
+		return;
+	}
+	udp_reply(t, f, iplen, "ok");
+	udp_reply(t, f, iplen, "spoof-ip");
+	udp_reply(t, f, iplen, "spoof-mac");
+	probe_memcpy(other, ips.ip, 4);
+	other[3] ^= 0x80;
+	arp_frame(t, f, other);
+	ips.spoof++;
+}
+
+static void ip_frame(struct net *t, const uint8_t *f, uint32_t len, uint32_t n)
+{
+	uint32_t iplen;
+
+	(void)n;
+	if (len >= 42 && f[12] == 8 && f[13] == 6 && be16(f + 20) == 1 &&
+	    !probe_memcmp(f + 38, ips.ip, 4)) {
+		ips.arp++;
+		arp_frame(t, f, ips.ip);
+		return;
+	}
+	if (len < 34 || f[12] != 8 || f[13] != 0 || (f[14] >> 4) != 4 ||
+	    probe_memcmp(f + 30, ips.ip, 4) || probe_memcmp(f, t->mac, 6)) {
+		t->other++;
+		return;
+	}
+	iplen = be16(f + 16);
+	if (iplen > len - 14 || iplen < (f[14] & 15u) * 4 + 8 || iplen + 14 > t->max_frame) {
+		t->other++;
+		return;
+	}
+	if (f[23] == 1)
+		icmp_in(t, f, iplen);
+	else if (f[23] == 6)
+		tcp_in(t, f, iplen);
+	else if (f[23] == 17)
+		udp_in(t, f, iplen);
+	else
+		t->other++;
+}
+
+/* "A.B.C.D" into ip[4]; false if malformed. */
+static bool parse_ip4(const char *s, uint8_t ip[4])
+{
+	for (int i = 0; i < 4; i++) {
+		uint32_t v = 0;
+		int digits = 0;
+
+		while (*s >= '0' && *s <= '9' && digits < 3) {
+			v = v * 10 + (uint32_t)(*s++ - '0');
+			digits++;
+		}
+		if (!digits || v > 255 || (i < 3 && *s++ != '.'))
+			return false;
+		ip[i] = (uint8_t)v;
+	}
+	return *s == '\0' || *s == ' ';
+}
+
+void scn_net_ip(const char *arg)
+{
+	struct net t = { .on_frame = ip_frame };
+	uint64_t deadline;
+
+	if (!parse_ip4(arg, ips.ip)) {
+		probe_printf("PROBE net_ip error=bad-address\n");
+		probe_exit(1);
+	}
+	if (net_open(&t))
+		probe_exit(1);
+	deadline = clock_ns() + cmdline_u64("net_ip_ms", 30000) * 1000000;
+	probe_printf("PROBE net_ip ready mac=%02x:%02x:%02x:%02x:%02x:%02x ip=%u.%u.%u.%u\n",
+		     t.mac[0], t.mac[1], t.mac[2], t.mac[3], t.mac[4], t.mac[5], ips.ip[0],
+		     ips.ip[1], ips.ip[2], ips.ip[3]);
+	while (clock_ns() < deadline) {
+		if (!vq_has_used(t.rx))
+			vq_wait(t.rx, 200);
+		rx_poll(&t, 0);
+		while (vq_get(t.tx, NULL))
+			t.tx_inflight--;
+	}
+	probe_printf("PROBE net_ip arp=%u icmp=%u syn=%u tcp_data=%u udp=%u spoof=%u other=%u\n",
+		     ips.arp, ips.icmp, ips.syn, ips.tcp_data, ips.udp, ips.spoof, t.other);
+}

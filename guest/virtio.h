@@ -139,5 +139,6 @@ void scn_balloon(const char *arg);
 void scn_net(const char *arg);
 void scn_net_bench(const char *arg);
 void scn_net_echo(const char *arg);
+void scn_net_ip(const char *arg);
 void scn_hostile(const char *arg);
 #endif

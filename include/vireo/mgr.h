@@ -40,6 +40,7 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+#include "vireo/firewall.h"
 #include "vireo/net.h"
 
 struct json_object;
@@ -86,6 +87,7 @@ struct mgr_nic {
 	unsigned int weight;         /* the I/O policy's, as a disk's */
 	uint64_t floor_bps;          /* each direction */
 	struct nic_vlans vlans;
+	struct fw_conf fw;           /* "firewall", "ips", "anti_spoof" (nicfw.c) */
 };
 
 struct vm_def {
@@ -340,8 +342,31 @@ void mgr_net_detach(struct mgr *m, const struct vm_def *def);
 /* Sets vNIC i's port VLANs (a running VM's tap on a vlan_aware network;
  * else nothing to do). */
 int mgr_net_set_vlans(struct mgr *m, const struct vm_def *def, unsigned int i);
-/* After a daemon restart re-created a bridge: a running VM's taps join it again. */
+/* After a daemon restart re-created a bridge: a running VM's taps join it
+ * again, and their firewall rules are put in force again. */
 void mgr_net_reattach(struct mgr *m, const struct vm_def *def);
+/* The MAC of vNIC i: its "mac", or for a vNIC on a network without one a
+ * stable one made from the VM's name (52:54:00 + hash), so that the
+ * anti-spoofing rules know it. "" if the VMM picks. */
+void mgr_nic_mac(const struct vm_def *def, unsigned int i, char out[18]);
+
+/* ---- per-vNIC firewall (src/mgr/nicfw.c, rules in src/net/firewall.c) ---- */
+/* A nic's "firewall", "ips" and "anti_spoof" (on_network: it has a
+ * "network"; the others are refused without one): 0 or -EINVAL naming the
+ * field. The caller frees c with nicfw_free() either way. */
+int nicfw_from_json(struct json_object *nic, bool on_network, struct fw_conf *c);
+void nicfw_to_json(const struct fw_conf *c, struct json_object *nic);
+void nicfw_free(struct fw_conf *c);
+/* The rules of every vNIC of def on a network, in one transaction, once
+ * their taps exist (mgr_net_attach); removed with mgr_fw_remove(). */
+int mgr_fw_apply(const struct vm_def *def);
+void mgr_fw_remove(const struct vm_def *def);
+/* [{"nic", "tap", "counters": {"spoof-mac": {"packets", "bytes"}, "rule 0": ...}}] */
+struct json_object *mgr_fw_counters(const struct vm_def *def);
+/* POST /vms/NAME/firewall {"nic", "firewall"?, "ips"?, "anti_spoof"?}:
+ * replaces the vNIC's firewall in the definition and, on a running VM, in
+ * the kernel, atomically; vm acquired. */
+enum mgr_err mgr_fw_update(struct mgr *m, struct mgr_vm *vm, struct json_object *body);
 
 /* Each returns MGR_OK or an error class with err_set() detail. */
 enum mgr_err mgr_create(struct mgr *m, struct vm_def *def); /* takes def */

@@ -447,16 +447,35 @@ static int action_body(const struct upload *u, bool stop, struct action_args *a,
 	return ret;
 }
 
+/* POST /vms/NAME/firewall: a vNIC's firewall replaced, live (nicfw.c). */
+static void route_firewall(struct mgr *m, struct mgr_vm *vm, const struct upload *u,
+			   struct reply *r)
+{
+	struct json_object *body;
+	enum mgr_err e;
+
+	if (parse_body(u, false, &body, r))
+		return;
+	e = mgr_fw_update(m, vm, body);
+	json_object_put(body);
+	if (e != MGR_OK)
+		return reply_mgr_error(r, e);
+	r->status = 200;
+	r->json = mgr_vm_json(m, vm, false);
+}
+
 static void route_action(struct mgr *m, struct mgr_vm *vm, const char *action,
 			 const struct upload *u, struct reply *r)
 {
 	struct action_args a;
 	enum mgr_err e;
 
+	if (!strcmp(action, "firewall"))
+		return route_firewall(m, vm, u, r);
 	if (strcmp(action, "start") && strcmp(action, "stop") && strcmp(action, "pause") &&
 	    strcmp(action, "resume") && strcmp(action, "reboot"))
 		return reply_error(r, 404, "not-found",
-				   "unknown action (start, stop, pause, resume, reboot)");
+				   "unknown action (start, stop, pause, resume, reboot, firewall)");
 	if (action_body(u, !strcmp(action, "stop"), &a, r))
 		return;
 	if (!strcmp(action, "start"))

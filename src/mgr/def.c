@@ -310,7 +310,7 @@ static int parse_nic(struct json_object *o, struct mgr_nic *n)
 {
 	static const char *const keys[] = { "tap", "mac", "mtu", "rx_bps", "tx_bps", "network",
 					    "vlan", "trunk", "native_vlan", "weight", "floor_bps",
-					    NULL };
+					    "firewall", "ips", "anti_spoof", NULL };
 	uint64_t mtu = 0;
 	int ret = check_keys(o, "a nic", keys);
 
@@ -341,7 +341,7 @@ static int parse_nic(struct json_object *o, struct mgr_nic *n)
 		return ret;
 	if ((n->vlans.vlan || n->vlans.is_trunk) && !n->network)
 		return err_set(-EINVAL, "'%s' needs a 'network'", n->vlans.vlan ? "vlan" : "trunk");
-	return 0;
+	return nicfw_from_json(o, n->network != NULL, &n->fw);
 }
 
 static int parse_nics(struct json_object *obj, struct vm_def *def)
@@ -606,6 +606,7 @@ void vm_def_free(struct vm_def *def)
 		free(def->nics[i].tap);
 		free(def->nics[i].network);
 		free(def->nics[i].mac);
+		nicfw_free(&def->nics[i].fw);
 	}
 	for (unsigned int i = 0; i < def->npin; i++)
 		free(def->cpu_pin[i]);
@@ -663,6 +664,7 @@ static struct json_object *nic_to_json(const struct mgr_nic *n)
 	if (n->vlans.native_vlan)
 		json_object_object_add(o, "native_vlan",
 				       json_object_new_int((int)n->vlans.native_vlan));
+	nicfw_to_json(&n->fw, o);
 	return o;
 }
 

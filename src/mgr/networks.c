@@ -380,6 +380,23 @@ void mgr_nic_tap(const struct vm_def *def, unsigned int i, char out[16])
 	snprintf(out, 16, "vt%08x.%u", h, i);
 }
 
+void mgr_nic_mac(const struct vm_def *def, unsigned int i, char out[18])
+{
+	uint32_t h = 2166136261u;	/* FNV-1a of the name and the index */
+
+	out[0] = '\0';
+	if (def->nics[i].mac) {
+		snprintf(out, 18, "%s", def->nics[i].mac);
+		return;
+	}
+	if (!def->nics[i].network)
+		return;
+	for (const char *p = def->name; *p; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	h = (h ^ i) * 16777619u;
+	snprintf(out, 18, "52:54:00:%02x:%02x:%02x", h >> 16 & 0xff, h >> 8 & 0xff, h & 0xff);
+}
+
 /* The bridge a port belongs to, or "" (from sysfs). */
 static void port_master(const char *port, char out[16])
 {
@@ -415,6 +432,7 @@ static void detach_upto(const struct vm_def *def, unsigned int count)
 void mgr_net_detach(struct mgr *m, const struct vm_def *def)
 {
 	(void)m;
+	mgr_fw_remove(def);
 	detach_upto(def, def->nnics);
 }
 
@@ -488,6 +506,12 @@ int mgr_net_attach(struct mgr *m, const struct vm_def *def, unsigned int uid)
 			return ret;
 		}
 	}
+	if (mgr_fw_apply(def)) {
+		int ret = -EINVAL;
+
+		detach_upto(def, def->nnics);
+		return ret;
+	}
 	return 0;
 }
 
@@ -509,4 +533,6 @@ void mgr_net_reattach(struct mgr *m, const struct vm_def *def)
 				log_warn("VM %s: %s", def->name, err_get());
 		}
 	}
+	if (mgr_fw_apply(def))	/* idempotent: the rules outlive the daemon */
+		log_warn("VM %s: %s", def->name, err_get());
 }

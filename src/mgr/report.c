@@ -158,6 +158,7 @@ struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live)
 		json_object_object_add(o, "vmm_info_age_ms",
 				       json_object_new_uint64(mono_ms() - vm->info_ms));
 	}
+	json_object_object_add(o, "firewall_counters", mgr_fw_counters(&vm->def));
 	return o;
 }
 

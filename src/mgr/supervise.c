@@ -338,15 +338,16 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 	}
 	for (unsigned int i = 0; i < d->nnics; i++) {
 		const struct mgr_nic *k = &d->nics[i];
-		char mtu[16] = "", tap[16];
+		char mtu[16] = "", tap[16], mac[18];
 
 		mgr_nic_tap(d, i, tap);
+		mgr_nic_mac(d, i, mac);	/* the anti-spoofing rules expect it */
 		if (k->mtu)
 			snprintf(mtu, sizeof(mtu), ",mtu=%u", k->mtu);
 		argv[n++] = xasprintf("--net=rx_bps=%llu,tx_bps=%llu%s%s%s%s%s",
 				      (unsigned long long)k->rx_bps, (unsigned long long)k->tx_bps,
 				      *tap ? ",tap=" : "", tap,
-				      k->mac ? ",mac=" : "", k->mac ? k->mac : "", mtu);
+				      *mac ? ",mac=" : "", mac, mtu);
 	}
 	if (d->balloon)
 		argv[n++] = xasprintf("--balloon=target=%llu", (unsigned long long)d->balloon_target);

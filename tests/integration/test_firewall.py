@@ -1,0 +1,292 @@
+"""The per-vNIC firewall and anti-spoofing (issue 13): nftables rules the
+daemon puts on a VM's tap. A probe guest (scenario net_ip: a tiny IPv4 host
+that answers ARP, ping, TCP SYNs and data, UDP) sits on a network; a
+namespace "peer" with a veth port on the same bridge talks to it. Needs root,
+iproute2 and nft (to compare rulesets); every bridge, namespace and veth the
+test makes is deleted afterwards."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import needs_kvm, scaled
+from daemonutil import Daemon, wait_for
+
+pytestmark = [needs_kvm, pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None,
+    reason="skipped: needs root, iproute2 and nft (Debian nftables)")]
+
+TAG = "%x" % (os.getpid() & 0xfffff)
+VM_IP, PEER_IP = "10.77.0.2", "10.77.0.1"
+VM_MAC = "52:54:00:77:00:02"
+
+
+def ruleset():
+    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def log_of(d, vm):
+    try:
+        with open(os.path.join(d.state, "logs", vm + ".log")) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+class Peer:
+    """A network namespace with a veth whose other end is a port of bridge br."""
+
+    def __init__(self, br):
+        self.ns, self.host = f"vfw{TAG}", f"vfh{TAG}"
+        subprocess.run(["ip", "netns", "add", self.ns], check=True)
+        subprocess.run(["ip", "link", "add", self.host, "type", "veth", "peer", "name", "eth0",
+                        "netns", self.ns], check=True)
+        for cmd in (["ip", "link", "set", self.host, "master", br],
+                    ["ip", "link", "set", self.host, "up"]):
+            subprocess.run(cmd, check=True)
+        for cmd in (["ip", "addr", "add", PEER_IP + "/24", "dev", "eth0"],
+                    ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"]):
+            subprocess.run(["ip", "netns", "exec", self.ns, *cmd], check=True)
+
+    def py(self, code, timeout=60):
+        """Runs python code in the namespace; its stdout as JSON."""
+        r = subprocess.run(["ip", "netns", "exec", self.ns, "python3", "-c", code],
+                           capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def close(self):
+        subprocess.run(["ip", "link", "del", self.host], stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "netns", "del", self.ns])
+
+
+# Code run in the peer namespace: what happens to connections and datagrams.
+TCP = """
+import json, socket, sys, time
+out = {}
+for port in %r:
+    s = socket.socket(); s.settimeout(%f)
+    t = time.monotonic()
+    try:
+        s.connect(("%s", port)); s.sendall(b"ping"); out[port] = s.recv(16).decode()
+    except ConnectionRefusedError: out[port] = "refused"
+    except socket.timeout: out[port] = "timeout"
+    out[str(port) + "_s"] = time.monotonic() - t
+    s.close()
+print(json.dumps(out))
+"""
+
+UDP = """
+import json, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 40000))
+s.settimeout(%f)
+got = []
+for i in range(%d):
+    s.sendto(b"x" * %d, ("%s", %d))
+try:
+    while True:
+        got.append(s.recv(2000).decode(errors="replace"))
+except socket.timeout:
+    pass
+print(json.dumps(got))
+"""
+
+
+def tcp(peer, ports, timeout=1.0):
+    return peer.py(TCP % (list(ports), scaled(timeout), VM_IP))
+
+
+def udp(peer, port, n=1, size=4, timeout=1.0):
+    return peer.py(UDP % (scaled(timeout), n, size, VM_IP, port))
+
+
+@pytest.fixture
+def fw(tmp_path):
+    d = Daemon(extra=["--storage", str(tmp_path)]).start()
+    net = f"f{TAG}"[:12]
+    d.ok("POST", "/networks", {"name": net}, status=201)
+    peer = Peer("vb-" + net)
+    d.net, d.peer = net, peer
+    yield d
+    try:
+        for vm in d.ok("GET", "/vms")["vms"]:     # stopped by the daemon: rules removed
+            if vm["state"] in ("running", "paused", "stopping"):
+                d.stop(vm["name"], force=True)
+    finally:
+        d.cleanup()
+        peer.close()
+        subprocess.run(["ip", "link", "del", "vb-" + net], stderr=subprocess.DEVNULL)
+    # The daemon keeps its (then empty) tables; a test leaves the host clean.
+    if "nic-" not in ruleset():
+        for t in ("bridge", "inet"):
+            subprocess.run(["nft", "delete", "table", t, "vireo"], stderr=subprocess.DEVNULL)
+
+
+def start_vm(d, name="web", **nic):
+    nic = {"network": d.net, "mac": VM_MAC, **nic}
+    d.create(name, scenario="net_ip", cmdline=f"scenario=net_ip net_ip={VM_IP} net_ip_ms=600000",
+             nics=[nic])
+    d.ok("POST", f"/vms/{name}/start")
+    assert wait_for(lambda: "PROBE net_ip ready" in log_of(d, name), timeout=scaled(20)), \
+        log_of(d, name)
+
+
+def counters(d, name="web"):
+    (c,) = d.vm(name)["firewall_counters"]
+    return c["counters"]
+
+
+WEB = {"policy_in": "drop",
+       "rules": [{"dir": "in", "proto": "tcp", "dport": "22", "action": "accept"},
+                 {"dir": "in", "proto": "tcp", "dport": "23", "action": "reject"},
+                 {"dir": "in", "proto": "udp", "dport": "9998-9999", "action": "accept"},
+                 {"dir": "in", "proto": "udp", "dport": 9, "action": "drop", "log": True}]}
+WEB_STORED = [dict(r, dport=str(r["dport"])) for r in WEB["rules"]]
+
+
+def test_allowed_dropped_rejected(fw):
+    start_vm(fw, firewall=WEB, ips=[VM_IP])
+    r = tcp(fw.peer, [22, 23, 24])
+    assert r["22"] == "ping", r                       # allowed: connects, data echoed
+    assert r["23"] == "refused" and r["23_s"] < 0.5, r   # rejected: refused at once
+    assert r["24"] == "timeout", r                    # policy drop: times out
+    # Counters: exactly the datagrams sent to a dropped port, with their bytes.
+    assert udp(fw.peer, 9, n=7, size=100) == []
+    c = counters(fw)
+    assert c["rule 3"] == {"packets": 7, "bytes": 7 * 128}, c
+    assert c["rule 0"]["packets"] == 1 and c["rule 1"]["packets"] == 1, c   # first packets
+    assert c["policy in"]["packets"] >= 1, c
+
+
+def test_replies_to_the_vms_own_flows_pass_with_policy_in_drop(fw):
+    """The guest starts a flow (UDP from its port 5555): the peer's reply
+    comes back in although only 9998-9999 are open; a datagram to 5555 that
+    is no reply is dropped."""
+    start_vm(fw, firewall=WEB, ips=[VM_IP])
+    got = fw.peer.py("""
+import json, socket
+a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); a.bind(("0.0.0.0", 41000))
+b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); b.bind(("0.0.0.0", 41001))
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.bind(("0.0.0.0", 41002))
+for s in (a, b, c): s.settimeout(%f)
+a.sendto((41001).to_bytes(2, "big"), ("%s", 9998))
+out = {"hello": b.recvfrom(100)[0].decode()}
+b.sendto(b"reply", ("%s", 5555))
+out["reply"] = b.recv(100).decode()
+c.sendto(b"intruder", ("%s", 5555))
+try: out["intruder"] = c.recv(100).decode()
+except socket.timeout: out["intruder"] = None
+print(json.dumps(out))
+""" % (scaled(1.5), VM_IP, VM_IP, VM_IP))
+    assert got == {"hello": "hello", "reply": "reply", "intruder": None}, got
+
+
+def test_spoofed_mac_and_ip_are_dropped_and_counted(fw):
+    start_vm(fw, ips=[VM_IP])                         # anti-spoofing alone, by default
+    assert udp(fw.peer, 9999) == ["ok"]
+    c = counters(fw)
+    for k in ("spoof-ip", "spoof-mac", "spoof-arp-ip"):
+        assert c[k]["packets"] == 1, (k, c)
+    # Switched off on the running VM: the spoofed frames reach the peer.
+    fw.ok("POST", "/vms/web/firewall", {"nic": 0, "anti_spoof": False})
+    assert sorted(udp(fw.peer, 9999)) == ["ok", "spoof-ip", "spoof-mac"]
+    assert "nic-" not in ruleset()
+    assert fw.vm("web")["nics"][0].get("anti_spoof") is False
+
+
+def test_live_change_keeps_established_connections(fw):
+    start_vm(fw, firewall=WEB, ips=[VM_IP])
+    code = """
+import json, socket, subprocess, sys
+s = socket.create_connection(("%s", 22), timeout=%f)
+s.sendall(b"one"); first = s.recv(16).decode()
+print(json.dumps(first)); sys.stdout.flush()
+sys.stdin.readline()
+s.sendall(b"two"); print(json.dumps(s.recv(16).decode()))
+""" % (VM_IP, scaled(2))
+    p = subprocess.Popen(["ip", "netns", "exec", fw.peer.ns, "python3", "-c", code],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(p.stdout.readline()) == "one"
+        rules = [{"dir": "in", "proto": "tcp", "dport": "80", "action": "accept"}]
+        js = fw.ok("POST", "/vms/web/firewall",
+                   {"nic": 0, "ips": [VM_IP], "firewall": {"policy_in": "drop", "rules": rules}})
+        assert js["nics"][0]["firewall"]["rules"] == rules
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert json.loads(p.stdout.readline()) == "two"   # established: still passes
+    finally:
+        p.kill()
+        p.wait()
+    r = tcp(fw.peer, [22, 80])
+    assert r == {"22": "timeout", "80": "ping", **{k: r[k] for k in ("22_s", "80_s")}}, r
+    # The change is in the definition too.
+    assert fw.vm("web")["nics"][0]["firewall"]["rules"] == rules
+
+
+BAD = [({"firewall": {"rules": [{"dir": "in", "action": "accept", "src": "10.0.0.0/33"}]}},
+        "'src'"),
+       ({"firewall": {"rules": [{"dir": "in", "action": "accept", "dst": "nope"}]}}, "'dst'"),
+       ({"firewall": {"rules": [{"dir": "in", "action": "accept", "proto": "tcp",
+                                 "dport": "80-70"}]}}, "'dport'"),
+       ({"firewall": {"rules": [{"dir": "in", "action": "accept", "proto": "tcp",
+                                 "dport": "0"}]}}, "'dport'"),
+       ({"firewall": {"rules": [{"dir": "in", "action": "accept", "proto": "sctp"}]}},
+        "'proto'"),
+       ({"firewall": {"rules": [{"dir": "in", "action": "accept", "dport": "22"}]}}, "'dport'"),
+       ({"firewall": {"rules": [{"dir": "up", "action": "accept"}]}}, "'dir'"),
+       ({"firewall": {"rules": [{"dir": "in", "action": "allow"}]}}, "'action'"),
+       ({"firewall": {"rules": [{"dir": "in", "action": "drop", "vlan": 10}]}}, "'vlan'"),
+       ({"firewall": {"policy_in": "reject"}}, "'policy_in'"),
+       ({"firewall": {"rules": [{"dir": "in", "action": "drop", "src": "10.0.0.1",
+                                 "dst": "::1"}]}}, "'src' and 'dst'"),
+       ({"ips": ["10.0.0.300"]}, "'ips'[0]"),
+       ({"anti_spoof": "yes"}, "'anti_spoof'")]
+
+
+def test_bad_input_is_400_naming_the_field_and_changes_nothing(fw):
+    start_vm(fw, firewall=WEB, ips=[VM_IP])
+    before = ruleset()
+    for body, field in BAD:
+        st, js = fw.request("POST", "/vms/web/firewall", {"nic": 0, **body})
+        assert st == 400 and field in js["error"], (body, st, js)
+        nic = {"network": fw.net, **body}
+        st, js = fw.request("POST", "/vms", {"name": "bad", "cpus": 1, "memory": "64M",
+                                             "kernel": "/nonexistent", "nics": [nic]})
+        assert st == 400 and "nics[0]" in js["error"] and field in js["error"], (body, st, js)
+    for body, field in [({"nic": 3}, "'nic'"), ({}, "'nic'"), ({"nic": 0, "x": 1}, "'x'")]:
+        st, js = fw.request("POST", "/vms/web/firewall", body)
+        assert st == 400 and field in js["error"], (body, st, js)
+    st, js = fw.request("POST", "/vms", {"name": "bad", "cpus": 1, "memory": "64M",
+                                         "kernel": "/x", "nics": [{"firewall": {}}]})
+    assert st == 400 and "'network'" in js["error"], js
+    assert ruleset() == before
+    assert fw.vm("web")["nics"][0]["firewall"]["rules"] == WEB_STORED
+    assert fw.request("GET", "/vms/bad")[0] == 404
+
+
+def test_stop_leaves_no_rule_and_restart_keeps_them(fw):
+    start_vm(fw, firewall=WEB, ips=[VM_IP])
+    (c,) = fw.vm("web")["firewall_counters"]
+    tap = c["tap"]
+    n = ruleset().count(f"nic-{tap}-in")
+    assert n == 4, ruleset()                          # a chain and a map element per table
+    fw.kill(signal.SIGTERM)                           # the rules outlive the daemon
+    assert ruleset().count(f"nic-{tap}-in") == n
+    r = tcp(fw.peer, [22, 24])
+    assert r["22"] == "ping" and r["24"] == "timeout", r
+    fw.start()
+    assert fw.vm("web")["state"] == "running"
+    assert ruleset().count(f"nic-{tap}-in") == n      # re-applied, not doubled
+    r = tcp(fw.peer, [22, 24])
+    assert r["22"] == "ping" and r["24"] == "timeout", r
+    fw.stop("web", force=True)
+    assert wait_for(lambda: fw.vm("web")["state"] == "stopped", timeout=10)
+    rs = ruleset()
+    assert tap not in rs and "nic-" not in rs, rs
