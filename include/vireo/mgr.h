@@ -350,13 +350,19 @@ void mgr_net_reattach(struct mgr *m, const struct vm_def *def);
  * anti-spoofing rules know it. "" if the VMM picks. */
 void mgr_nic_mac(const struct vm_def *def, unsigned int i, char out[18]);
 
-/* ---- per-vNIC firewall (src/mgr/nicfw.c, rules in src/net/firewall.c) ---- */
+/* ---- per-vNIC firewall (src/mgr/fwdef.c: JSON; nicfw.c: applying it with
+ * src/net/firewall.c) ---- */
 /* A nic's "firewall", "ips" and "anti_spoof" (on_network: it has a
  * "network"; the others are refused without one): 0 or -EINVAL naming the
  * field. The caller frees c with nicfw_free() either way. */
 int nicfw_from_json(struct json_object *nic, bool on_network, struct fw_conf *c);
 void nicfw_to_json(const struct fw_conf *c, struct json_object *nic);
 void nicfw_free(struct fw_conf *c);
+/* The body of POST /vms/NAME/firewall {"nic", "firewall"?, "ips"?,
+ * "anti_spoof"?} against def: the vNIC's index and its new c (which the
+ * caller frees either way). */
+int nicfw_update_from_json(struct json_object *body, const struct vm_def *def,
+			   unsigned int *index, struct fw_conf *c);
 /* The rules of every vNIC of def on a network, in one transaction, once
  * their taps exist (mgr_net_attach); removed with mgr_fw_remove(). */
 int mgr_fw_apply(const struct vm_def *def);

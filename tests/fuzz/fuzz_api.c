@@ -15,7 +15,7 @@ static void stub_init(void)
 {
 	static const char def[] =
 		"{\"name\": \"web\", \"cpus\": 2, \"memory\": \"64M\", \"kernel\": \"/k\","
-		" \"disks\": [{\"path\": \"/d0\"}], \"nics\": [{\"tap\": \"t0\"}],"
+		" \"disks\": [{\"path\": \"/d0\"}], \"nics\": [{\"tap\": \"t0\"}, {\"network\": \"lan\"}],"
 		" \"balloon\": true}";
 	struct json_object *o = json_tokener_parse(def);
 
@@ -191,6 +191,18 @@ int mgr_net_check_def(struct mgr *m, const struct vm_def *def)
 		if (def->nics[i].network && !mgr_net_find(m, def->nics[i].network))
 			return err_set(-EINVAL, "nics[%u]: 'network': no such network", i);
 	return 0;
+}
+
+/* As the real one without nftables: the body is parsed against the VM. */
+enum mgr_err mgr_fw_update(struct mgr *m, struct mgr_vm *vm, struct json_object *body)
+{
+	struct fw_conf c;
+	unsigned int i;
+	int ret = nicfw_update_from_json(body, &vm->def, &i, &c);
+
+	(void)m;
+	nicfw_free(&c);
+	return ret ? MGR_E_BAD : MGR_OK;
 }
 
 /* ---- the target ---- */

@@ -98,11 +98,11 @@ print(json.dumps(got))
 """
 
 
-def tcp(peer, ports, timeout=1.0):
+def tcp(peer, ports, timeout=3.0):
     return peer.py(TCP % (list(ports), scaled(timeout), VM_IP))
 
 
-def udp(peer, port, n=1, size=4, timeout=1.0):
+def udp(peer, port, n=1, size=4, timeout=2.0):
     return peer.py(UDP % (scaled(timeout), n, size, VM_IP, port))
 
 
@@ -114,16 +114,21 @@ def fw(tmp_path):
     peer = Peer("vb-" + net)
     d.net, d.peer = net, peer
     yield d
+    taps = [t for t in os.listdir(f"/sys/class/net/vb-{net}/brif") if t.startswith("vt")]
     try:
         for vm in d.ok("GET", "/vms")["vms"]:     # stopped by the daemon: rules removed
             if vm["state"] in ("running", "paused", "stopping"):
                 d.stop(vm["name"], force=True)
+    except OSError:
+        pass                                      # a test stopped the daemon
     finally:
         d.cleanup()
         peer.close()
+        for t in taps:
+            subprocess.run(["ip", "link", "del", t], stderr=subprocess.DEVNULL)
         subprocess.run(["ip", "link", "del", "vb-" + net], stderr=subprocess.DEVNULL)
-    # The daemon keeps its (then empty) tables; a test leaves the host clean.
-    if "nic-" not in ruleset():
+        # The daemon keeps its (then empty) tables; a test leaves the host
+        # clean, and after a failure without the rules it left.
         for t in ("bridge", "inet"):
             subprocess.run(["nft", "delete", "table", t, "vireo"], stderr=subprocess.DEVNULL)
 
