@@ -276,6 +276,50 @@ static void host_family(FILE *f, struct mgr *m)
 	fprintf(f, "vireo_overcommit_limit %u\n", m->overcommit);
 }
 
+/* The firewall's per-rule counters (nicfw.c) of every active VM, as
+ * packets or bytes, labelled with the rule's name ("rule 0", "spoof-mac"). */
+static void fw_family(FILE *f, struct mgr *m, struct json_object **fw, bool bytes)
+{
+	size_t i = 0;
+
+	metric_help(f, bytes ? "vireo_vm_nic_firewall_bytes_total" :
+		    "vireo_vm_nic_firewall_packets_total", "counter", bytes ?
+		    "bytes matched by a firewall or anti-spoofing rule" :
+		    "packets matched by a firewall or anti-spoofing rule");
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next, i++) {
+		size_t n = fw[i] ? json_object_array_length(fw[i]) : 0;
+
+		for (size_t k = 0; k < n; k++) {
+			struct json_object *nic = json_object_array_get_idx(fw[i], k), *c;
+
+			if (!json_object_object_get_ex(nic, "counters", &c))
+				continue;
+			json_object_object_foreach(c, rule, val)
+				fprintf(f, "%s{vm=\"%s\",nic=\"%llu\",rule=\"%s\"} %llu\n",
+					bytes ? "vireo_vm_nic_firewall_bytes_total" :
+					"vireo_vm_nic_firewall_packets_total", vm->def.name,
+					(unsigned long long)get_u64(nic, "nic"), rule,
+					(unsigned long long)get_u64(val, bytes ? "bytes" : "packets"));
+		}
+	}
+}
+
+static void fw_families(FILE *f, struct mgr *m, size_t nvms)
+{
+	struct json_object **fw = calloc(nvms + 1, sizeof(*fw));
+	size_t i = 0;
+
+	if (!fw)
+		return;
+	for (struct mgr_vm *vm = m->vms; vm; vm = vm->next, i++)
+		fw[i] = mgr_vm_active(vm) ? mgr_fw_counters(&vm->def) : NULL;
+	fw_family(f, m, fw, false);
+	fw_family(f, m, fw, true);
+	for (i = 0; i < nvms; i++)
+		json_object_put(fw[i]);
+	free(fw);
+}
+
 char *mgr_metrics(struct mgr *m)
 {
 	static const struct { const char *name, *type, *help, *key, *array; } fams[] = {
@@ -330,6 +374,7 @@ char *mgr_metrics(struct mgr *m)
 	balloon_family(f, m, infos, "vireo_vm_guest_free_bytes", "free memory the guest last reported", "free", true);
 	balloon_family(f, m, infos, "vireo_vm_guest_total_bytes", "total memory the guest last reported", "total", true);
 	mgr_iopolicy_metrics(m, f);
+	fw_families(f, m, nvms);
 	free(infos);
 	fclose(f);
 	return text;

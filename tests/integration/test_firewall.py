@@ -167,6 +167,26 @@ def test_allowed_dropped_rejected(fw):
     assert c["rule 3"] == {"packets": 7, "bytes": 7 * 128}, c
     assert c["rule 0"]["packets"] == 1 and c["rule 1"]["packets"] == 1, c   # first packets
     assert c["policy in"]["packets"] >= 1, c
+    st, text = fw.request("GET", "/metrics")
+    assert 'vireo_vm_nic_firewall_packets_total{vm="web",nic="0",rule="rule 3"} 7\n' in text
+    assert f'vireo_vm_nic_firewall_bytes_total{{vm="web",nic="0",rule="rule 3"}} {7 * 128}\n' \
+        in text
+
+
+def test_ipv6_rules_and_addresses_are_installed(fw):
+    """The probe speaks no IPv6: that nftables took the IPv6 rules (one
+    transaction with the IPv4 ones) is what is checked here."""
+    v6 = {"policy_out": "drop",
+          "rules": [{"dir": "out", "proto": "icmpv6", "dst": "fd00:77::/64", "action": "accept"},
+                    {"dir": "in", "proto": "tcp", "dport": "443", "src": "fd00:77::1",
+                     "action": "reject"}]}
+    start_vm(fw, firewall=v6, ips=[VM_IP, "fd00:77::2"])
+    rs = ruleset()
+    assert "ip6 saddr != { ::, fd00:77::2, fe80::/10 }" in rs, rs
+    assert "ip6 daddr fd00:77::/64" in rs and "ip6 saddr fd00:77::1" in rs, rs
+    assert "0xfd000077000000000000000000000002" in rs, rs    # NDP target
+    assert 'counter packets 0 bytes 0 drop comment "policy out"' in rs, rs
+    assert set(counters(fw)) >= {"rule 0", "rule 1", "spoof-ip6", "spoof-nd", "policy out"}
 
 
 def test_replies_to_the_vms_own_flows_pass_with_policy_in_drop(fw):
