@@ -357,7 +357,9 @@ void scn_net_bench(const char *arg)
  * peer's acknowledgements: no connection state), a FIN with a FIN-ACK, and
  * UDP datagrams with the same datagram back; except a datagram to port
  * 9998, which makes it start a flow of its own (UDP "hello" from its port
- * 5555 to the sender's port in the datagram's first two bytes), and one to
+ * 5555 to the sender's port in the datagram's first two bytes, or to the
+ * address and MAC in the next 10), one from port 5555 (another guest's
+ * flow: counted, not echoed, so two guests cannot loop), and one to
  * 9999, which it answers three times: "ok" from its own addresses,
  * "spoof-ip" from another IPv4 address, "spoof-mac" from another MAC, and
  * with an ARP reply claiming that other address (anti-spoofing tests).
@@ -538,21 +540,28 @@ static void udp_reply(struct net *t, const uint8_t *f, uint32_t iplen, const cha
 	tx_frame(t, r, 14 + ihl + len);
 }
 
-/* A flow of our own: "hello" from our port 5555 to the sender's port
- * named by the datagram's first two bytes (big-endian). */
+/* A flow of our own: "hello" from our port 5555 to the port named by the
+ * datagram's first two bytes (big-endian), at the sender, or with 12 bytes
+ * at the IPv4 address and MAC in bytes 2-5 and 6-11 (another guest). */
 static void start_flow(struct net *t, const uint8_t *f, uint32_t iplen)
 {
 	uint32_t ihl = (f[14] & 15u) * 4;
+	const uint8_t *arg = f + 14 + ihl + 8;
 	uint8_t *r = t->expect, *ru;
 
 	ip_reply(t, f, r, ihl + 8 + 5);
+	if (iplen >= ihl + 8 + 12) {
+		probe_memcpy(r + 30, arg + 2, 4);
+		probe_memcpy(r, arg + 6, 6);
+		put16(r + 24, 0);
+		put16(r + 24, csum_fold(csum_add(0, r + 14, ihl)));
+	}
 	ru = r + 14 + ihl;
 	put16(ru, 5555);
-	probe_memcpy(ru + 2, f + 14 + ihl + 8, 2);
+	probe_memcpy(ru + 2, arg, 2);
 	put16(ru + 4, 8 + 5);
 	probe_memcpy(ru + 8, "hello", 5);
 	l4_csum(r + 14, ru, 8 + 5, 6);
-	(void)iplen;
 	tx_frame(t, r, 14 + ihl + 8 + 5);
 }
 
@@ -566,6 +575,8 @@ static void udp_in(struct net *t, const uint8_t *f, uint32_t iplen)
 		start_flow(t, f, iplen);
 		return;
 	}
+	if (be16(f + 14 + ihl) == 5555)
+		return;		/* another guest's flow: no echo, or two would loop */
 	if (be16(f + 14 + ihl + 2) != 9999) {
 		udp_reply(t, f, iplen, NULL);
 		return;

@@ -50,7 +50,10 @@ class Peer:
         for cmd in (["ip", "link", "set", self.host, "master", br],
                     ["ip", "link", "set", self.host, "up"]):
             subprocess.run(cmd, check=True)
-        for cmd in (["ip", "addr", "add", PEER_IP + "/24", "dev", "eth0"],
+        # No IPv6 of its own: its multicast would add to the counters.
+        for cmd in (["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
+                    ["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"],
+                    ["ip", "addr", "add", PEER_IP + "/24", "dev", "eth0"],
                     ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"]):
             subprocess.run(["ip", "netns", "exec", self.ns, *cmd], check=True)
 
@@ -102,8 +105,8 @@ def tcp(peer, ports, timeout=3.0):
     return peer.py(TCP % (list(ports), scaled(timeout), VM_IP))
 
 
-def udp(peer, port, n=1, size=4, timeout=2.0):
-    return peer.py(UDP % (scaled(timeout), n, size, VM_IP, port))
+def udp(peer, port, n=1, size=4, timeout=2.0, ip=VM_IP):
+    return peer.py(UDP % (scaled(timeout), n, size, ip, port))
 
 
 @pytest.fixture
@@ -133,9 +136,9 @@ def fw(tmp_path):
             subprocess.run(["nft", "delete", "table", t, "vireo"], stderr=subprocess.DEVNULL)
 
 
-def start_vm(d, name="web", **nic):
+def start_vm(d, name="web", ip=VM_IP, **nic):
     nic = {"network": d.net, "mac": VM_MAC, **nic}
-    d.create(name, scenario="net_ip", cmdline=f"scenario=net_ip net_ip={VM_IP} net_ip_ms=600000",
+    d.create(name, scenario="net_ip", cmdline=f"scenario=net_ip net_ip={ip} net_ip_ms=600000",
              nics=[nic])
     d.ok("POST", f"/vms/{name}/start")
     assert wait_for(lambda: "PROBE net_ip ready" in log_of(d, name), timeout=scaled(20)), \
@@ -315,3 +318,62 @@ def test_stop_leaves_no_rule_and_restart_keeps_them(fw):
     assert wait_for(lambda: fw.vm("web")["state"] == "stopped", timeout=10)
     rs = ruleset()
     assert tap not in rs and "nic-" not in rs, rs
+
+
+def test_two_vms_each_chain_decides_and_one_cannot_spoof_the_other(fw):
+    """VM b sends to VM a across the bridge (asked by the peer: a datagram
+    to b's port 9998 names a's address, MAC and a port): the frame passes
+    b's out chain and a's in chain, each counted; b's spoofed frames claim
+    a's address (b's "other" address is .3 ^ 0x80 = .131) and are dropped,
+    so the peer's ARP entry for a still names a's MAC. The VMMs run as
+    different users (vmm_uid)."""
+    a_ip, a_mac, b_ip, b_mac = "10.77.0.131", "52:54:00:77:00:83", "10.77.0.3", "52:54:00:77:00:03"
+    start_vm(fw, "a", ip=a_ip, mac=a_mac, ips=[a_ip], firewall={
+        "policy_in": "drop", "rules": [{"dir": "in", "proto": "udp", "dport": 7777,
+                                        "action": "accept"}]})
+    start_vm(fw, "b", ip=b_ip, mac=b_mac, ips=[b_ip], firewall={
+        "policy_out": "drop", "rules": [
+            {"dir": "out", "proto": "udp", "dport": 7777, "action": "accept"},
+            {"dir": "out", "proto": "udp", "dport": 7779, "action": "accept"}]})
+    uids = {fw.vm(v).get("vmm_uid") for v in ("a", "b")}
+    assert len(uids) == 2, uids
+    # The bridge learns a's MAC (a answers the peer's ARP), else b's frames
+    # to a would be flooded and counted in b's chain once per port.
+    udp(fw.peer, 9, timeout=0.2, ip=a_ip)
+    assert wait_for(lambda: a_mac in subprocess.run(
+        ["bridge", "fdb", "show", "br", "vb-" + fw.net], capture_output=True,
+        text=True).stdout, timeout=scaled(5))
+    base_a, base_b = counters(fw, "a"), counters(fw, "b")
+    fw.peer.py("""
+import json, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for port in (7777, 7778, 7779):
+    s.sendto(port.to_bytes(2, "big") + socket.inet_aton("%s") + bytes.fromhex("%s"),
+             ("%s", 9998))
+print("[]")
+""" % (a_ip, a_mac.replace(":", ""), b_ip))
+
+    def delta(c, base, k):
+        return c[k]["packets"] - base.get(k, {"packets": 0})["packets"]
+
+    def done():
+        ca, cb = counters(fw, "a"), counters(fw, "b")
+        return ([delta(cb, base_b, k) for k in ("rule 0", "policy out", "rule 1")] ==
+                [1, 1, 1] and [delta(ca, base_a, k) for k in ("rule 0", "policy in")] == [1, 1])
+    assert wait_for(done, timeout=scaled(5)), json.dumps([counters(fw, "a"), counters(fw, "b")])
+    # b claims a's address: dropped; the peer still finds a at a's MAC.
+    r = fw.peer.py("""
+import json, socket, subprocess
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(%f)
+s.sendto(b"x", ("%s", 9999)); got = []
+try:
+    while True: got.append(s.recv(99).decode())
+except socket.timeout: pass
+s.sendto(b"ping", ("%s", 7777))
+neigh = subprocess.run(["ip", "neigh", "show", "%s"], capture_output=True, text=True).stdout
+print(json.dumps({"got": got, "neigh": neigh}))
+""" % (scaled(2), b_ip, a_ip, a_ip))
+    assert r["got"] == ["ok"], r
+    assert a_mac in r["neigh"], r
+    cb = counters(fw, "b")
+    assert cb["spoof-ip"]["packets"] == 1 and cb["spoof-arp-ip"]["packets"] == 1, cb
