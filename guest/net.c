@@ -449,8 +449,11 @@ static void l4_csum(uint8_t *ip, uint8_t *l4, uint32_t len, uint32_t off)
 	put16(l4 + off, csum_fold(csum_add(csum_add(0, pseudo, 12), l4, len)));
 }
 
+/* An ARP reply to the sender of f (an ARP request or an IPv4 frame) that
+ * claim_ip is at our MAC. */
 static void arp_frame(struct net *t, const uint8_t *f, const uint8_t *claim_ip)
 {
+	const uint8_t *their_ip = f[13] == 6 ? f + 28 : f + 26;
 	uint8_t r[60];
 
 	probe_memset(r, 0, sizeof(r));
@@ -462,7 +465,7 @@ static void arp_frame(struct net *t, const uint8_t *f, const uint8_t *claim_ip)
 	probe_memcpy(r + 22, t->mac, 6);
 	probe_memcpy(r + 28, claim_ip, 4);
 	probe_memcpy(r + 32, f + 6, 6);	/* the requester */
-	probe_memcpy(r + 38, f + 26, 4);	/* its IP (ARP sender or IPv4 source) */
+	probe_memcpy(r + 38, their_ip, 4);
 	tx_frame(t, r, 60);
 }
 
