@@ -76,7 +76,8 @@ bool fw_conf_active(const struct fw_conf *c);
 char *fw_install_text(const struct fw_vnic *v, unsigned int n);
 char *fw_remove_text(const char *const *taps, unsigned int n);
 /* Installs / removes in one transaction each: 0 or -errno with nftables'
- * message in err_set(). Removing what is absent is no error. */
+ * message in err_set(). Removing what is absent is no error; removing the
+ * last vNIC deletes both tables. */
 int fw_vnic_apply(const struct fw_vnic *v, unsigned int n);
 int fw_vnic_remove(const char *const *taps, unsigned int n);
 /* The counters of the vNIC's rules: {"COMMENT": {"packets", "bytes"}},

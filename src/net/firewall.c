@@ -456,17 +456,50 @@ char *fw_install_text(const struct fw_vnic *v, unsigned int n)
 	return sb_done(&b);
 }
 
+/* Does the bridge table jump for a tap other than taps[0..n)? */
+static bool others_left(struct json_object *table, const char *const *taps, unsigned int n)
+{
+	size_t len = table ? json_object_array_length(table) : 0;
+
+	for (size_t i = 0; i < len; i++) {
+		struct json_object *m, *elems;
+
+		if (!json_object_object_get_ex(json_object_array_get_idx(table, i), "map", &m) ||
+		    !json_object_object_get_ex(m, "elem", &elems))
+			continue;
+		for (size_t k = 0; k < json_object_array_length(elems); k++) {
+			struct json_object *e = json_object_array_get_idx(elems, k);
+			const char *key = json_object_get_string(json_object_array_get_idx(e, 0));
+			unsigned int t;
+
+			for (t = 0; t < n && strcmp(key ? key : "", taps[t]); t++)
+				;
+			if (t == n)
+				return true;
+		}
+	}
+	return false;
+}
+
 char *fw_remove_text(const char *const *taps, unsigned int n)
 {
-	struct json_object *old = list_table("inet");
+	struct json_object *old = list_table("inet"), *br = list_table("bridge");
 	struct sbuf b = { 0 };
 
+	if (!others_left(br, taps, n)) {
+		/* The last vNIC: no base chain stays hooked into every bridge. */
+		sb_printf(&b, "add table bridge vireo\ndelete table bridge vireo\n"
+			  "add table inet vireo\ndelete table inet vireo\n");
+		goto out;
+	}
 	base_text(&b);
 	for (unsigned int i = 0; i < n; i++) {
 		old_inet_elements(&b, old, taps[i]);
 		remove_text(&b, taps[i]);
 	}
+out:
 	json_object_put(old);
+	json_object_put(br);
 	return sb_done(&b);
 }
 
