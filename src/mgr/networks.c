@@ -506,13 +506,11 @@ int mgr_net_attach(struct mgr *m, const struct vm_def *def, unsigned int uid)
 			return ret;
 		}
 	}
-	if (mgr_fw_apply(def)) {
-		int ret = -EINVAL;
+	int ret = mgr_fw_apply(def);	/* all taps exist: their ifindexes mark */
 
+	if (ret)
 		detach_upto(def, def->nnics);
-		return ret;
-	}
-	return 0;
+	return ret;
 }
 
 void mgr_net_reattach(struct mgr *m, const struct vm_def *def)

@@ -129,41 +129,70 @@ static void chain_reset(struct sbuf *b, const char *family, const char *tap, con
 	sb_printf(b, "add rule bridge vireo nic-%s-out %s counter drop comment \"%s\"\n", tap, \
 		  match, what)
 
+/* The frames a check is about, untagged or inside an 802.1Q tag (where
+ * the bridge family matches the inner header after "vlan type"). */
+struct spoof_kind {
+	const char *ip, *arp, *ip6; /* prefixes before an ip / arp / ip6 match */
+	const char *sfx;            /* of the counters' names */
+};
+
+static const struct spoof_kind untagged = { "", "", "", "" };
+static const struct spoof_kind tagged = { "ether type 8021q vlan type ip ",
+					  "ether type 8021q vlan type arp ",
+					  "ether type 8021q vlan type ip6 ", "-vlan" };
+
 /* IPv4 and ARP from the vNIC: only its addresses (0.0.0.0 for DHCP and ARP
  * probes); it may ask for a lease but not serve one. */
-static void spoof_ipv4(struct sbuf *b, const char *tap, const struct fw_conf *c, unsigned int id)
+static void spoof_ipv4(struct sbuf *b, const char *tap, const struct fw_conf *c,
+		       const struct spoof_kind *k)
 {
-	sb_printf(b, "add rule bridge vireo nic-%s-out ip saddr 0.0.0.0 udp sport 68 udp dport 67 "
-		  "meta mark set 0x%08x accept\n", tap, id);
-	DROP(b, tap, "ether type ip udp sport 67", "dhcp-server");
-	sb_printf(b, "add rule bridge vireo nic-%s-out ip saddr != ", tap);
+	sb_printf(b, "add rule bridge vireo nic-%s-out %sudp sport 67 counter drop comment "
+		  "\"dhcp-server%s\"\n", tap, *k->ip ? k->ip : "ether type ip ", k->sfx);
+	sb_printf(b, "add rule bridge vireo nic-%s-out %sip saddr != ", tap, k->ip);
 	ip_set(b, c, AF_INET, "0.0.0.0");
-	sb_printf(b, " counter drop comment \"spoof-ip\"\n");
-	sb_printf(b, "add rule bridge vireo nic-%s-out arp saddr ip != ", tap);
+	sb_printf(b, " counter drop comment \"spoof-ip%s\"\n", k->sfx);
+	sb_printf(b, "add rule bridge vireo nic-%s-out %sarp saddr ip != ", tap, k->arp);
 	ip_set(b, c, AF_INET, "0.0.0.0");
-	sb_printf(b, " counter drop comment \"spoof-arp-ip\"\n");
+	sb_printf(b, " counter drop comment \"spoof-arp-ip%s\"\n", k->sfx);
 }
 
 /* IPv6 from the vNIC: its addresses, link-local and :: (duplicate address
  * detection); neighbour adverts only for those targets; no router adverts. */
-static void spoof_ipv6(struct sbuf *b, const char *tap, const struct fw_conf *c)
+static void spoof_ipv6(struct sbuf *b, const char *tap, const struct fw_conf *c,
+		       const struct spoof_kind *k)
 {
-	sb_printf(b, "add rule bridge vireo nic-%s-out ip6 saddr != ", tap);
+	sb_printf(b, "add rule bridge vireo nic-%s-out %sip6 saddr != ", tap, k->ip6);
 	ip_set(b, c, AF_INET6, "::, fe80::/10");
-	sb_printf(b, " counter drop comment \"spoof-ip6\"\n");
-	DROP(b, tap, "icmpv6 type nd-router-advert", "router-advert");
+	sb_printf(b, " counter drop comment \"spoof-ip6%s\"\n", k->sfx);
+	sb_printf(b, "add rule bridge vireo nic-%s-out %sicmpv6 type nd-router-advert counter drop "
+		  "comment \"router-advert%s\"\n", tap, k->ip6, k->sfx);
 	/* nft 1.0.6 has no "icmpv6 taddr": the target is 16 bytes at offset 8
 	 * of the ICMPv6 header; fe80::/10 is its first 10 bits 0x3fa. */
-	sb_printf(b, "add rule bridge vireo nic-%s-out icmpv6 type nd-neighbor-advert "
-		  "@th,64,10 != 0x3fa @th,64,128 != { 0x0", tap);
+	sb_printf(b, "add rule bridge vireo nic-%s-out %sicmpv6 type nd-neighbor-advert "
+		  "@th,64,10 != 0x3fa @th,64,128 != { 0x0", tap, k->ip6);
 	for (unsigned int i = 0; i < c->nips; i++) {
 		if (c->ips[i].family != AF_INET6 || c->ips[i].prefix != 128)
 			continue;
 		sb_printf(b, ", 0x");
-		for (int k = 0; k < 16; k++)
-			sb_printf(b, "%02x", c->ips[i].addr[k]);
+		for (int j = 0; j < 16; j++)
+			sb_printf(b, "%02x", c->ips[i].addr[j]);
 	}
-	sb_printf(b, " } counter drop comment \"spoof-nd\"\n");
+	sb_printf(b, " } counter drop comment \"spoof-nd%s\"\n", k->sfx);
+}
+
+/* Every address check, for untagged frames and for frames in one 802.1Q
+ * tag (a trunk's guest); two tags (802.1ad, or 802.1Q in 802.1Q) hide the
+ * addresses from the checks and are dropped. */
+static void spoof_ip(struct sbuf *b, const char *tap, const struct fw_conf *c, unsigned int id)
+{
+	sb_printf(b, "add rule bridge vireo nic-%s-out ip saddr 0.0.0.0 udp sport 68 udp dport 67 "
+		  "meta mark set 0x%08x accept\n", tap, id);
+	DROP(b, tap, "ether type 8021ad", "spoof-qinq");
+	DROP(b, tap, "ether type 8021q vlan type { 8021q, 8021ad }", "spoof-qinq-inner");
+	spoof_ipv4(b, tap, c, &untagged);
+	spoof_ipv6(b, tap, c, &untagged);
+	spoof_ipv4(b, tap, c, &tagged);
+	spoof_ipv6(b, tap, c, &tagged);
 }
 
 /* The vNIC's bridge chains: what it sends is checked, then marked with its
@@ -180,10 +209,7 @@ static void bridge_text(struct sbuf *b, const struct fw_vnic *v, unsigned int id
 			  "comment \"spoof-arp-mac\"\n", v->tap, v->mac);
 	}
 	if (c->anti_spoof && c->nips) {
-		/* IP checks cannot see inside a VLAN tag: tagged frames go. */
-		DROP(b, v->tap, "ether type { 8021q, 8021ad }", "spoof-vlan");
-		spoof_ipv4(b, v->tap, c, id);
-		spoof_ipv6(b, v->tap, c);
+		spoof_ip(b, v->tap, c, id);
 	}
 	sb_printf(b, "add rule bridge vireo nic-%s-out meta mark set 0x%08x\n", v->tap, id);
 	sb_printf(b, "add element bridge vireo from_vnic { \"%s\" : jump nic-%s-out }\n", v->tap,
