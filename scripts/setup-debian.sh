@@ -13,4 +13,4 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 	libcmocka-dev libjson-c-dev liburing-dev libmicrohttpd-dev libmnl-dev \
 	libnftables-dev libseccomp-dev libzstd-dev zlib1g-dev \
 	python3-pytest qemu-utils qemu-system-x86 qemu-system-common \
-	busybox-static cpio kmod iproute2 acpica-tools strace gdb >/dev/null
+	busybox-static cpio kmod iproute2 nftables acpica-tools strace gdb >/dev/null
