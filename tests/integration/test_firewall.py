@@ -382,3 +382,38 @@ print(json.dumps({"got": got, "neigh": neigh}))
     assert a_mac in r["neigh"], r
     cb = counters(fw, "b")
     assert cb["spoof-ip"]["packets"] == 1 and cb["spoof-arp-ip"]["packets"] == 1, cb
+
+
+def test_udp_reject_and_a_thousand_rules(fw):
+    """A rejected UDP port answers ICMP port unreachable (a connected socket
+    sees ECONNREFUSED): the host sends it through its routing, so it needs
+    an address on the network; 1,024 rules apply in one transaction on a
+    running VM and the last one still decides; 1,025 are refused."""
+    subprocess.run(["ip", "addr", "add", "10.77.0.254/24", "dev", "vb-" + fw.net], check=True)
+    rules = [{"dir": "in", "proto": "udp", "dport": 20000 + i, "action": "drop"}
+             for i in range(1023)]
+    rules.append({"dir": "in", "proto": "udp", "dport": 5353, "action": "reject"})
+    start_vm(fw, firewall={"rules": [{"dir": "in", "proto": "udp", "dport": 5353,
+                                      "action": "reject"}]}, ips=[VM_IP])
+    code = """
+import json, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(%f)
+s.connect(("%s", 5353)); s.send(b"x")
+try: print(json.dumps(s.recv(99).decode()))
+except ConnectionRefusedError: print(json.dumps("refused"))
+except socket.timeout: print(json.dumps("timeout"))
+"""
+    assert fw.peer.py(code % (scaled(2), VM_IP)) == "refused"
+    t = time.monotonic()
+    st, js = fw.request("POST", "/vms/web/firewall", raw=json.dumps(
+        {"nic": 0, "ips": [VM_IP], "firewall": {"rules": rules}}, separators=(",", ":")))
+    took = time.monotonic() - t
+    assert st == 200, js
+    assert fw.peer.py(code % (scaled(2), VM_IP)) == "refused"
+    c = counters(fw)
+    assert c["rule 1023"]["packets"] == 1 and c["rule 0"]["packets"] == 0, took
+    assert len([k for k in c if k.startswith("rule ")]) == 1024
+    st, js = fw.request("POST", "/vms/web/firewall", raw=json.dumps(
+        {"nic": 0, "firewall": {"rules": rules + rules[:1]}}, separators=(",", ":")))
+    assert st == 400 and "at most 1024" in js["error"], js
+    print(f"1,024 rules applied in {took:.2f} s")
