@@ -568,12 +568,73 @@ static void start_flow(struct net *t, const uint8_t *f, uint32_t iplen)
 	tx_frame(t, r, 14 + ihl + 8 + 5);
 }
 
+/* A datagram to 9997 [count be32, size be16, IPv4 address, MAC]: count
+ * datagrams of size payload bytes (zeros, no UDP checksum) from our port
+ * 5555 to that address's port 7777, TX_WINDOW in flight (bench/net.sh).
+ * PROBE net_ip blast frames=N size=B ms=T. */
+static void blast(struct net *t, const uint8_t *f, uint32_t iplen)
+{
+	uint32_t ihl = (f[14] & 15u) * 4, sent = 0, done = 0, len, count, size;
+	const uint8_t *arg = f + 14 + ihl + 8;
+	uint8_t *r = t->expect;
+	uint64_t t0;
+
+	if (iplen < ihl + 8 + 16)
+		return;
+	count = be32(arg);
+	size = be16(arg + 4);
+	if (14 + ihl + 8 + size > t->max_frame)
+		size = t->max_frame - 14 - ihl - 8;
+	len = 14 + ihl + 8 + size;
+	while (t->tx_inflight && vq_wait(t->tx, 1000))
+		while (vq_get(t->tx, NULL))
+			t->tx_inflight--;
+	ip_reply(t, f, r, ihl + 8 + size);
+	probe_memcpy(r + 30, arg + 6, 4);
+	probe_memcpy(r, arg + 10, 6);
+	put16(r + 24, 0);
+	put16(r + 24, csum_fold(csum_add(0, r + 14, ihl)));
+	put16(r + 14 + ihl, 5555);
+	put16(r + 14 + ihl + 2, 7777);
+	put16(r + 14 + ihl + 4, 8 + size);
+	put16(r + 14 + ihl + 6, 0);
+	probe_memset(r + 14 + ihl + 8, 0, size);
+	for (uint32_t i = 0; i < TX_WINDOW; i++) {
+		uint8_t *p = t->tx_bufs + (size_t)i * (HDR_LEN + MAX_FRAME + 2);
+
+		probe_memset(p, 0, HDR_LEN);
+		probe_memcpy(p + HDR_LEN, r, len);
+	}
+	t0 = clock_ns();
+	while (done < count) {
+		while (sent < count && sent - done < TX_WINDOW) {
+			struct vq_buf v = { t->tx_bufs + (size_t)(sent % TX_WINDOW) *
+					    (HDR_LEN + MAX_FRAME + 2), HDR_LEN + len };
+
+			if (vq_add(t->tx, &v, 1, 0, (void *)v.addr) < 0)
+				break;
+			sent++;
+		}
+		vq_kick(t->tx);
+		if (!vq_has_used(t->tx) && !vq_wait(t->tx, 1000))
+			break;
+		while (vq_get(t->tx, NULL))
+			done++;
+	}
+	probe_printf("PROBE net_ip blast frames=%u size=%u ms=%lu\n", done, size,
+		     (clock_ns() - t0) / 1000000);
+}
+
 static void udp_in(struct net *t, const uint8_t *f, uint32_t iplen)
 {
 	uint32_t ihl = (f[14] & 15u) * 4;
 	uint8_t other[4];
 
 	ips.udp++;
+	if (be16(f + 14 + ihl + 2) == 9997) {
+		blast(t, f, iplen);
+		return;
+	}
 	if (be16(f + 14 + ihl + 2) == 9998 && iplen >= ihl + 10) {
 		start_flow(t, f, iplen);
 		return;

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Guest-to-guest throughput through a bridge and the per-vNIC firewall
+# (DESIGN §7, issue 13): two probe guests (scenario net_ip) on vireo, on a
+# daemon network, and two on QEMU microvm, on taps in the same bridge with the
+# same rules, in one run. Guest A sends N UDP datagrams (blast, port 9997
+# trigger) to guest B; the rate is the frames B's tap delivered divided by
+# A's sending time. Rules: none (anti-spoofing off too), anti-spoofing only,
+# and a firewall of 10 and of 1,000 rules on both vNICs (the last rule the one
+# that accepts). Prints frames/s per VMM and setting, and each setting's ratio
+# to "none" (issue 13's target: 1,000 rules cost at most 10 %).
+# usage: bench/net.sh [FRAMES] [SIZE] [RUNS]   (root, from the repository root, after make)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec /usr/bin/python3 - "${1:-20000}" "${2:-1000}" "${3:-3}" <<'PY'
+import json, os, re, shutil, signal, socket, statistics, struct, subprocess, sys, tempfile, time
+sys.path.insert(0, "tests/integration")
+from daemonutil import Daemon, wait_for
+
+FRAMES, SIZE, RUNS = (int(a) for a in sys.argv[1:4])
+NET, BR, NS = "bench", "vb-bench", "vbench-peer"
+PEER_IP = "10.78.0.1"
+VMS = {  # name: (ip, mac, vmm)
+    "a": ("10.78.0.2", "52:54:00:78:00:02", "vireo"), "b": ("10.78.0.3", "52:54:00:78:00:03", "vireo"),
+    "qa": ("10.78.0.4", "52:54:00:78:00:04", "qemu"), "qb": ("10.78.0.5", "52:54:00:78:00:05", "qemu")}
+ELF = os.path.abspath("build/guest/probe.elf")
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def firewall(nrules):
+    """nrules rules on a vNIC, half in, half out, the accepting ones last."""
+    rules = [{"dir": ("in", "out")[i % 2], "proto": "udp", "dport": 20000 + i, "action": "drop"}
+             for i in range(nrules - 3)]
+    rules += [{"dir": "in", "proto": "udp", "dport": 7777, "action": "accept"},
+              {"dir": "out", "proto": "udp", "dport": 7777, "action": "accept"},
+              {"dir": "in", "proto": "udp", "dport": 9997, "action": "accept"}]  # the trigger
+    return {"policy_in": "drop", "policy_out": "drop", "rules": rules}
+
+
+def clone_rules(src_tap, src, dst_tap, dst):
+    """The nftables rules of vireo's vNIC src_tap, for QEMU's dst_tap: the
+    same chains with the guest's addresses and the tap's mark swapped."""
+    sid, did = (int(open(f"/sys/class/net/{t}/ifindex").read()) for t in (src_tap, dst_tap))
+    subs = [(f"nic-{src_tap}-", f"nic-{dst_tap}-"), (VMS[src][1], VMS[dst][1]),
+            (VMS[src][0], VMS[dst][0]), ("0x%08x" % sid, "0x%08x" % did),
+            ("0x%08x" % (sid << 16), "0x%08x" % (did << 16)), (f'"{src_tap}"', f'"{dst_tap}"')]
+    cmds = []
+    for fam in ("bridge", "inet"):
+        r = subprocess.run(["nft", "list", "table", fam, "vireo"], capture_output=True, text=True)
+        for name, body in re.findall(r"chain (nic-\S+) \{\n(.*?)\n\t\}", r.stdout, re.S):
+            if not name.startswith(f"nic-{src_tap}-"):
+                continue
+            new = name.replace(src_tap, dst_tap)
+            cmds += [f"add chain {fam} vireo {new}", f"flush chain {fam} vireo {new}"]
+            for line in body.split("\n"):
+                line = re.sub(r"counter packets \d+ bytes \d+", "counter", line.strip())
+                for a, b in subs:
+                    line = line.replace(a, b)
+                cmds.append(f"add rule {fam} vireo {new} {line}")
+        key = lambda m: f'"{dst_tap}"' if fam == "bridge" else ("0x%08x" % (did << 16 if m == "to_vnic" else did))
+        for m, d in (("from_vnic", "out"), ("to_vnic", "in")):
+            if f"nic-{src_tap}-{d}" in r.stdout:
+                cmds.append(f"add element {fam} vireo {m} {{ {key(m)} : jump nic-{dst_tap}-{d} }}")
+    return cmds
+
+
+def drop_clone(tap):
+    for fam in ("bridge", "inet"):
+        r = subprocess.run(["nft", "-a", "list", "table", fam, "vireo"], capture_output=True, text=True)
+        for m in ("from_vnic", "to_vnic"):
+            for el in re.findall(r'([^\s{,]+) : jump nic-' + re.escape(tap) + r'-', r.stdout):
+                subprocess.run(["nft", "delete", "element", fam, "vireo", m, "{", el, "}"],
+                               stderr=subprocess.DEVNULL)
+        for d in ("out", "in"):
+            subprocess.run(["nft", "delete", "chain", fam, "vireo", f"nic-{tap}-{d}"],
+                           stderr=subprocess.DEVNULL)
+
+
+def trigger(src, dst):
+    ip, mac, _ = VMS[dst]
+    payload = struct.pack(">IH", FRAMES, SIZE) + socket.inet_aton(ip) + bytes.fromhex(mac.replace(":", ""))
+    code = (f"import socket; s = socket.socket(2, 2); "
+            f"s.sendto(bytes.fromhex('{payload.hex()}'), ('{VMS[src][0]}', 9997))")
+    sh("ip", "netns", "exec", NS, "python3", "-c", code)
+
+
+def tx_packets(tap):
+    return int(open(f"/sys/class/net/{tap}/statistics/tx_packets").read())
+
+
+BLAST = re.compile(r"PROBE net_ip blast frames=\d+ size=\d+ ms=(\d+)\r?\n")
+
+
+def run_once(src, dst, taps, logs):
+    before, n0 = tx_packets(taps[dst]), len(BLAST.findall(logs[src]()))
+    trigger(src, dst)
+    if not wait_for(lambda: len(BLAST.findall(logs[src]())) > n0, timeout=120):
+        raise SystemExit(f"no blast from {src}: {logs[src]()[-600:]}")
+    ms = int(BLAST.findall(logs[src]())[-1])
+    time.sleep(0.2)                           # the last frames reach B's tap
+    return (tx_packets(taps[dst]) - before) / max(ms, 1) * 1000
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="vireo-bench-net-")
+    d = Daemon(extra=["--storage", tmp]).start()
+    qemus, logs, taps = [], {}, {}
+    try:
+        d.ok("POST", "/networks", {"name": NET}, status=201)
+        sh("ip", "netns", "add", NS)
+        sh("ip", "link", "add", "vbp-host", "type", "veth", "peer", "name", "eth0", "netns", NS)
+        sh("ip", "link", "set", "vbp-host", "master", BR, "up")
+        sh("ip", "netns", "exec", NS, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+        sh("ip", "-n", NS, "addr", "add", PEER_IP + "/24", "dev", "eth0")
+        sh("ip", "-n", NS, "link", "set", "eth0", "up")
+        for vm, (ip, mac, vmm) in VMS.items():
+            cmd = f"scenario=net_ip net_ip={ip} net_ip_ms=3600000"
+            if vmm == "vireo":
+                d.create(vm, scenario="net_ip", cmdline=cmd, memory="64M",
+                         nics=[{"network": NET, "mac": mac, "anti_spoof": False}])
+                d.ok("POST", f"/vms/{vm}/start")
+                logs[vm] = (lambda v: lambda: open(os.path.join(d.state, "logs", v + ".log")).read())(vm)
+                continue
+            tap = f"vbq-{vm}"
+            sh("ip", "tuntap", "add", tap, "mode", "tap")
+            sh("ip", "link", "set", tap, "master", BR, "up")
+            out = open(os.path.join(tmp, vm + ".log"), "w")
+            qemus.append(subprocess.Popen(
+                ["qemu-system-x86_64", "-enable-kvm", "-M", "microvm,pcie=on", "-m", "64M",
+                 "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot", "-kernel", ELF,
+                 "-append", cmd + " ecam=0xe0000000", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+                 "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+                 "-device", f"virtio-net-pci,netdev=n0,disable-legacy=on,mac={mac}"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT))
+            taps[vm] = tap
+            logs[vm] = (lambda p: lambda: open(p).read())(out.name)
+        for vm in VMS:
+            if not wait_for(lambda: "PROBE net_ip ready" in logs[vm](), timeout=30):
+                raise SystemExit(f"{vm} did not start: {logs[vm]()[-400:]}")
+        for vm in ("a", "b"):                     # the daemon's taps, from the counters
+            d.ok("POST", f"/vms/{vm}/firewall", {"nic": 0, "anti_spoof": True})
+            taps[vm] = d.vm(vm)["firewall_counters"][0]["tap"]
+        settings = [("none", None), ("anti-spoof", 0), ("10 rules", 10), ("1000 rules", 1000)]
+        res = {}
+        for label, n in settings:
+            for vm in ("a", "b"):
+                body = {"nic": 0, "anti_spoof": n is not None}
+                if n:
+                    body["ips"], body["firewall"] = [VMS[vm][0]], firewall(n)
+                st, js = d.request("POST", f"/vms/{vm}/firewall",
+                                   raw=json.dumps(body, separators=(",", ":")))
+                assert st == 200, js
+            for q, v in (("qa", "a"), ("qb", "b")):
+                drop_clone(taps[q])
+                if n is not None:
+                    cmds = clone_rules(taps[v], v, taps[q], q)
+                    subprocess.run(["nft", "-f", "-"], input="\n".join(cmds) + "\n", text=True, check=True)
+            for vmm, (src, dst) in (("vireo", ("a", "b")), ("qemu", ("qa", "qb"))):
+                run_once(src, dst, taps, logs)            # warm-up: ARP, conntrack
+                rates = [run_once(src, dst, taps, logs) for _ in range(RUNS)]
+                res[(vmm, label)] = statistics.median(rates)
+        print(f"# bench/net.sh: {FRAMES} UDP datagrams of {SIZE} bytes, guest to guest through "
+              f"{BR}, median of {RUNS}")
+        print(f"{'setting':<12} {'vireo fr/s':>12} {'qemu fr/s':>12} {'vireo/qemu':>11} "
+              f"{'vireo vs none':>14} {'qemu vs none':>13}")
+        for label, _ in settings:
+            v, q = res[("vireo", label)], res[("qemu", label)]
+            print(f"{label:<12} {v:>12.0f} {q:>12.0f} {v / q:>11.2f} "
+                  f"{v / res[('vireo', 'none')]:>14.3f} {q / res[('qemu', 'none')]:>13.3f}")
+    finally:
+        for p in qemus:
+            p.kill()
+            p.wait()
+        for vm in ("a", "b"):
+            try:
+                d.stop(vm, force=True)
+            except Exception:
+                pass
+        d.cleanup()
+        for q in ("qa", "qb"):
+            if q in taps:
+                drop_clone(taps[q])
+                subprocess.run(["ip", "link", "del", taps[q]], stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "link", "del", "vbp-host"], stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "netns", "del", NS], stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "link", "del", BR], stderr=subprocess.DEVNULL)
+        for fam in ("bridge", "inet"):
+            r = subprocess.run(["nft", "list", "table", fam, "vireo"], capture_output=True, text=True)
+            if r.returncode == 0 and "nic-" not in r.stdout:
+                subprocess.run(["nft", "delete", "table", fam, "vireo"])
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+main()
+PY
