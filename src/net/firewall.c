@@ -274,6 +274,67 @@ static void inet_prologue(struct sbuf *b, const char *tap, bool out)
 			  tap);
 }
 
+/* Rules a verdict map keyed by protocol . port can decide: tcp or udp with
+ * a port and nothing the key cannot say (addresses, a log, a reject). */
+static bool mapable(const struct fw_rule *r)
+{
+	return (r->proto == FW_TCP || r->proto == FW_UDP) && r->dport_lo && !r->src.family &&
+	       !r->dst.family && !r->log && r->action != FW_REJECT;
+}
+
+static bool overlap(const struct fw_rule *a, const struct fw_rule *b)
+{
+	return a->proto == b->proto && a->dport_lo <= b->dport_hi && b->dport_lo <= a->dport_hi;
+}
+
+/* The end (exclusive) of the run of rules of one direction from i that a
+ * verdict map can hold: mapable, and no two keys overlap, so that the one
+ * that matches is the first that would have. The other direction's rules
+ * in between are in the other chain. */
+static unsigned int run_end(const struct fw_conf *c, unsigned int i, bool out)
+{
+	unsigned int j;
+
+	for (j = i; j < c->nrules; j++) {
+		if (c->rules[j].out != out)
+			continue;
+		if (!mapable(&c->rules[j]))
+			break;
+		for (unsigned int k = i; k < j; k++)
+			if (c->rules[k].out == out && overlap(&c->rules[k], &c->rules[j]))
+				return j;
+	}
+	return j;
+}
+
+/* Rules [i, end) of one direction as one lookup: a map with a counter and
+ * a comment "rule N" per element, which the counters are read from. */
+static void rule_map(struct sbuf *b, const struct fw_vnic *v, bool out, unsigned int i,
+		     unsigned int end)
+{
+	const char *d = out ? "out" : "in", *sep = "";
+
+	sb_printf(b, "add map inet vireo nic-%s-%s-m%u { type inet_proto . inet_service : "
+		  "verdict; flags interval; counter; }\n", v->tap, d, i);
+	sb_printf(b, "add element inet vireo nic-%s-%s-m%u {", v->tap, d, i);
+	for (unsigned int k = i; k < end; k++) {
+		const struct fw_rule *r = &v->conf->rules[k];
+
+		if (r->out != out)
+			continue;
+		sb_printf(b, "%s %s . %u", sep, proto_nft[r->proto], r->dport_lo);
+		if (r->dport_hi != r->dport_lo)
+			sb_printf(b, "-%u", r->dport_hi);
+		sb_printf(b, " comment \"rule %u\" : %s", k, verdict(r->action, r->proto));
+		sep = ",";
+	}
+	sb_printf(b, " }\nadd rule inet vireo nic-%s-%s meta l4proto . th dport vmap "
+		  "@nic-%s-%s-m%u comment \"rules %u-%u\"\n", v->tap, d, v->tap, d, i, i, end - 1);
+}
+
+/* Fewer rules than this in a run stay rules (a lookup costs about as much). */
+#define FW_MAP_MIN 4
+
 static void inet_chain(struct sbuf *b, const struct fw_vnic *v, bool out)
 {
 	const struct fw_conf *c = v->conf;
@@ -284,9 +345,17 @@ static void inet_chain(struct sbuf *b, const struct fw_vnic *v, bool out)
 	inet_prologue(b, v->tap, out);
 	for (unsigned int i = 0; i < c->nrules; i++) {
 		const struct fw_rule *r = &c->rules[i];
+		unsigned int end = run_end(c, i, out), n = 0;
 
 		if (r->out != out)
 			continue;
+		for (unsigned int k = i; k < end; k++)
+			n += c->rules[k].out == out;
+		if (n >= FW_MAP_MIN) {
+			rule_map(b, v, out, i, end);
+			i = end - 1;
+			continue;
+		}
 		sb_printf(b, "add rule inet vireo nic-%s-%s", v->tap, d);
 		rule_match(b, r);
 		sb_printf(b, " counter");
@@ -305,29 +374,6 @@ static void inet_text(struct sbuf *b, const struct fw_vnic *v, unsigned int id)
 	sb_printf(b, "add element inet vireo from_vnic { 0x%08x : jump nic-%s-out }\n", id, v->tap);
 	sb_printf(b, "add element inet vireo to_vnic { 0x%08x : jump nic-%s-in }\n", id << 16,
 		  v->tap);
-}
-
-/* Removes a vNIC's chains and bridge map elements (the inet ones:
- * old_inet_elements()). Each is first added (a no-op if it exists: the
- * names are fixed by the tap) so that deleting it cannot fail on what is
- * absent. */
-static void remove_text(struct sbuf *b, const char *tap)
-{
-	static const char *const fam[] = { "bridge", "inet" };
-	static const char *const dir[] = { "out", "in" };
-	static const char *const map[] = { "from_vnic", "to_vnic" };
-
-	for (int d = 0; d < 2; d++) {
-		chain_reset(b, "bridge", tap, dir[d]);
-		sb_printf(b, "add element bridge vireo %s { \"%s\" : jump nic-%s-%s }\n"
-			  "delete element bridge vireo %s { \"%s\" }\n", map[d], tap, tap, dir[d],
-			  map[d], tap);
-	}
-	for (int f = 0; f < 2; f++)
-		for (int d = 0; d < 2; d++) {
-			chain_reset(b, fam[f], tap, dir[d]);
-			sb_printf(b, "delete chain %s vireo nic-%s-%s\n", fam[f], tap, dir[d]);
-		}
 }
 
 /* ---- running nftables ---- */
@@ -457,6 +503,51 @@ static void old_inet_elements(struct sbuf *b, struct json_object *table, const c
 	}
 }
 
+/* Deletes the tap's rule maps ("nic-TAP-DIR-mN") that the listing has. */
+static void old_rule_maps(struct sbuf *b, struct json_object *table, const char *tap)
+{
+	size_t n = table ? json_object_array_length(table) : 0;
+	char p1[300], p2[300];
+
+	snprintf(p1, sizeof(p1), "nic-%s-out-m", tap);
+	snprintf(p2, sizeof(p2), "nic-%s-in-m", tap);
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *m, *name;
+		const char *s;
+
+		if (!json_object_object_get_ex(json_object_array_get_idx(table, i), "map", &m) ||
+		    !json_object_object_get_ex(m, "name", &name))
+			continue;
+		s = json_object_get_string(name);
+		if (!strncmp(s, p1, strlen(p1)) || !strncmp(s, p2, strlen(p2)))
+			sb_printf(b, "delete map inet vireo %s\n", s);
+	}
+}
+
+/* Removes a vNIC's chains, its rule maps and its bridge map elements (the
+ * inet ones: old_inet_elements()). A bridge element or a chain is first
+ * added (a no-op if it exists: the names are fixed by the tap) so that
+ * deleting it cannot fail on what is absent; the rule maps are those the
+ * listing old_inet has. */
+static void remove_text(struct sbuf *b, const char *tap, struct json_object *old_inet)
+{
+	static const char *const dir[] = { "out", "in" };
+	static const char *const map[] = { "from_vnic", "to_vnic" };
+
+	for (int d = 0; d < 2; d++) {
+		chain_reset(b, "bridge", tap, dir[d]);
+		sb_printf(b, "add element bridge vireo %s { \"%s\" : jump nic-%s-%s }\n"
+			  "delete element bridge vireo %s { \"%s\" }\n"
+			  "delete chain bridge vireo nic-%s-%s\n", map[d], tap, tap, dir[d], map[d],
+			  tap, tap, dir[d]);
+	}
+	for (int d = 0; d < 2; d++)
+		chain_reset(b, "inet", tap, dir[d]);
+	old_rule_maps(b, old_inet, tap);	/* no longer used once the chains are empty */
+	for (int d = 0; d < 2; d++)
+		sb_printf(b, "delete chain inet vireo nic-%s-%s\n", tap, dir[d]);
+}
+
 char *fw_install_text(const struct fw_vnic *v, unsigned int n)
 {
 	struct json_object *old = list_table("inet");
@@ -473,7 +564,7 @@ char *fw_install_text(const struct fw_vnic *v, unsigned int n)
 		}
 		/* whatever an earlier configuration left */
 		old_inet_elements(&b, old, v[i].tap);
-		remove_text(&b, v[i].tap);
+		remove_text(&b, v[i].tap, old);
 		bridge_text(&b, &v[i], id);
 		if (v[i].conf->enabled)
 			inet_text(&b, &v[i], id);
@@ -521,7 +612,7 @@ char *fw_remove_text(const char *const *taps, unsigned int n)
 	base_text(&b);
 	for (unsigned int i = 0; i < n; i++) {
 		old_inet_elements(&b, old, taps[i]);
-		remove_text(&b, taps[i]);
+		remove_text(&b, taps[i], old);
 	}
 out:
 	json_object_put(old);
@@ -558,7 +649,34 @@ int fw_vnic_remove(const char *const *taps, unsigned int n)
 	return ret;
 }
 
-/* Adds the counters of one table's rules in the tap's chains to out. */
+/* Adds the counters of the elements of a rule map of the tap to out. */
+static void map_counters(struct json_object *m, const char *tap, struct json_object *out)
+{
+	struct json_object *name, *elems;
+	char p1[300], p2[300];
+	const char *s;
+
+	snprintf(p1, sizeof(p1), "nic-%s-out-m", tap);
+	snprintf(p2, sizeof(p2), "nic-%s-in-m", tap);
+	if (!json_object_object_get_ex(m, "name", &name) ||
+	    !json_object_object_get_ex(m, "elem", &elems))
+		return;
+	s = json_object_get_string(name);
+	if (strncmp(s, p1, strlen(p1)) && strncmp(s, p2, strlen(p2)))
+		return;
+	for (size_t k = 0; k < json_object_array_length(elems); k++) {
+		struct json_object *e = json_object_array_get_idx(json_object_array_get_idx(elems, k), 0);
+		struct json_object *el, *comment, *cnt;
+
+		if (json_object_object_get_ex(e, "elem", &el) &&
+		    json_object_object_get_ex(el, "comment", &comment) &&
+		    json_object_object_get_ex(el, "counter", &cnt))
+			json_object_object_add(out, json_object_get_string(comment),
+					       json_object_get(cnt));
+	}
+}
+
+/* Adds the counters of one table's rules (and rule maps) of the tap to out. */
 static void table_counters(struct json_object *table, const char *tap, struct json_object *out)
 {
 	char c1[300], c2[300];
@@ -567,8 +685,10 @@ static void table_counters(struct json_object *table, const char *tap, struct js
 	snprintf(c1, sizeof(c1), "nic-%s-out", tap);
 	snprintf(c2, sizeof(c2), "nic-%s-in", tap);
 	for (size_t i = 0; i < n; i++) {
-		struct json_object *r, *chain, *comment, *expr;
+		struct json_object *r, *chain, *comment, *expr, *m;
 
+		if (json_object_object_get_ex(json_object_array_get_idx(table, i), "map", &m))
+			map_counters(m, tap, out);
 		if (!json_object_object_get_ex(json_object_array_get_idx(table, i), "rule", &r) ||
 		    !json_object_object_get_ex(r, "chain", &chain) ||
 		    (strcmp(json_object_get_string(chain), c1) &&

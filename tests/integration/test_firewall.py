@@ -413,7 +413,24 @@ except socket.timeout: print(json.dumps("timeout"))
     c = counters(fw)
     assert c["rule 1023"]["packets"] == 1 and c["rule 0"]["packets"] == 0, took
     assert len([k for k in c if k.startswith("rule ")]) == 1024
+    assert "vmap @nic-" in ruleset()          # 1,023 of them are one lookup
     st, js = fw.request("POST", "/vms/web/firewall", raw=json.dumps(
         {"nic": 0, "firewall": {"rules": rules + rules[:1]}}, separators=(",", ":")))
     assert st == 400 and "at most 1024" in js["error"], js
     print(f"1,024 rules applied in {took:.2f} s")
+
+
+def test_rules_in_a_map_keep_their_order(fw):
+    """Runs of port rules become one map lookup; a rule that overlaps an
+    earlier one is not merged with it, so the first match still decides."""
+    rules = [{"dir": "in", "proto": "tcp", "dport": "1-100", "action": "drop"}] + \
+        [{"dir": "in", "proto": "tcp", "dport": p, "action": "accept"}
+         for p in (22, 80, 443, 8080)]
+    start_vm(fw, firewall={"policy_in": "drop", "rules": rules}, ips=[VM_IP])
+    rs = ruleset()
+    assert 'comment "rules 1-4"' in rs and 'comment "rule 0"' in rs, rs
+    r = tcp(fw.peer, [22, 8080])
+    assert r["22"] == "timeout" and r["8080"] == "ping", r
+    c = counters(fw)
+    assert c["rule 0"]["packets"] >= 1 and c["rule 4"]["packets"] == 1, c
+    assert c["rule 1"]["packets"] == 0, c
