@@ -47,6 +47,21 @@ def clone_rules(src_tap, src, dst_tap, dst):
             (VMS[src][0], VMS[dst][0]), ("0x%08x" % sid, "0x%08x" % did),
             ("0x%08x" % (sid << 16), "0x%08x" % (did << 16)), (f'"{src_tap}"', f'"{dst_tap}"')]
     cmds = []
+    r = subprocess.run(["nft", "list", "table", "inet", "vireo"], capture_output=True, text=True)
+    for name in re.findall(r"map (nic-" + re.escape(src_tap) + r"-\S+) \{", r.stdout):
+        new = name.replace(src_tap, dst_tap)
+        cmds.append(f"add map inet vireo {new} {{ type inet_proto . inet_service : verdict; "
+                    "flags interval; counter; }")
+        js = json.loads(subprocess.run(["nft", "-j", "list", "map", "inet", "vireo", name],
+                                       capture_output=True, text=True, check=True).stdout)
+        (m,) = [o["map"] for o in js["nftables"] if "map" in o]
+        elems = []
+        for key, verdict in m.get("elem", []):
+            proto, port = key["elem"]["val"]["concat"]
+            port = f"{port['range'][0]}-{port['range'][1]}" if isinstance(port, dict) else port
+            elems.append(f"{proto} . {port} : {next(iter(verdict))}")
+        if elems:
+            cmds.append(f"add element inet vireo {new} {{ {', '.join(elems)} }}")
     for fam in ("bridge", "inet"):
         r = subprocess.run(["nft", "list", "table", fam, "vireo"], capture_output=True, text=True)
         for name, body in re.findall(r"chain (nic-\S+) \{\n(.*?)\n\t\}", r.stdout, re.S):
@@ -73,6 +88,11 @@ def drop_clone(tap):
             for el in re.findall(r'([^\s{,]+) : jump nic-' + re.escape(tap) + r'-', r.stdout):
                 subprocess.run(["nft", "delete", "element", fam, "vireo", m, "{", el, "}"],
                                stderr=subprocess.DEVNULL)
+        for d in ("out", "in"):
+            subprocess.run(["nft", "flush", "chain", fam, "vireo", f"nic-{tap}-{d}"],
+                           stderr=subprocess.DEVNULL)
+        for name in re.findall(r"map (nic-" + re.escape(tap) + r"-\S+) \{", r.stdout):
+            subprocess.run(["nft", "delete", "map", fam, "vireo", name], stderr=subprocess.DEVNULL)
         for d in ("out", "in"):
             subprocess.run(["nft", "delete", "chain", fam, "vireo", f"nic-{tap}-{d}"],
                            stderr=subprocess.DEVNULL)
