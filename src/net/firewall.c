@@ -208,9 +208,8 @@ static void bridge_text(struct sbuf *b, const struct fw_vnic *v, unsigned int id
 		sb_printf(b, "add rule bridge vireo nic-%s-out arp saddr ether != %s counter drop "
 			  "comment \"spoof-arp-mac\"\n", v->tap, v->mac);
 	}
-	if (c->anti_spoof && c->nips) {
+	if (c->anti_spoof && c->nips)
 		spoof_ip(b, v->tap, c, id);
-	}
 	sb_printf(b, "add rule bridge vireo nic-%s-out meta mark set 0x%08x\n", v->tap, id);
 	sb_printf(b, "add element bridge vireo from_vnic { \"%s\" : jump nic-%s-out }\n", v->tap,
 		  v->tap);
