@@ -13,6 +13,9 @@
  *   DIR/run/NAME.lock     OFD-locked by the VM's VMM for its whole life
  *   DIR/logs/NAME.log     the VMM's stdout and stderr (serial console too);
  *   DIR/logs/NAME.log.1   its previous generation, past --log-max
+ *   DIR/snapshots/NAME/SNAP/  a VM snapshot: meta.json, and with memory the
+ *                         VMM's state and memory files (snapshot.c)
+ *   DIR/snapshots/NAME/current.json  the snapshot the VM descends from
  *
  * Threading: HTTP requests are served by one thread per connection, beside
  * the supervisor (reaper) thread and the info thread. Two locks:
@@ -239,6 +242,8 @@ struct mgr_vm {
 	bool deleted;                /* unlinked: operations waiting for it give up */
 	bool starting;               /* a VMM is being started: counts as active for
 				      * uids and commitment */
+	const char *restore_dir;     /* the next start restores this snapshot
+				      * (vireo run --restore); NULL: boots */
 	struct json_object *info;    /* the VMM's last info reply, or NULL */
 	uint64_t info_ms;            /* CLOCK_MONOTONIC ms of that reply */
 	struct mgr_vm *next;
@@ -354,6 +359,12 @@ enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm);
 enum mgr_err mgr_stop(struct mgr *m, struct mgr_vm *vm, bool force, unsigned int timeout_s);
 enum mgr_err mgr_pause(struct mgr *m, struct mgr_vm *vm, bool pause);
 enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm);
+/* Starts the VMM with `vireo run --restore dir` instead of a boot. */
+enum mgr_err mgr_start_restore(struct mgr *m, struct mgr_vm *vm, const char *dir);
+/* A control request with a deadline of timeout_ms; the reply's "code" picks
+ * the error class; *reply (if not NULL) gets a successful reply. */
+enum mgr_err mgr_control(struct mgr *m, struct mgr_vm *vm, const char *req, int timeout_ms,
+			 struct json_object **reply);
 enum mgr_err mgr_patch(struct mgr *m, struct mgr_vm *vm, struct vm_patch *p);
 /* GET /vms/NAME: definition, state, and with `live` the VMM's counters
  * from vm->info (stale: "vmm_info_age_ms" says how old). */
@@ -367,6 +378,19 @@ int mgr_info_start(struct mgr *m);
 void mgr_info_stop(struct mgr *m);
 /* Prometheus text exposition from the cached infos; the caller frees. */
 char *mgr_metrics(struct mgr *m);
+
+/* ---- VM snapshots (src/mgr/snapshot.c, docs/api.md); each under m->lock
+ * and the VM's operation lock ---- */
+#define MGR_MAX_SNAPSHOTS 32         /* per VM */
+/* POST /vms/NAME/snapshots {"name", "memory"}: *out is the new snapshot. */
+enum mgr_err mgr_snap_create(struct mgr *m, struct mgr_vm *vm, struct json_object *body,
+			     struct json_object **out);
+/* GET /vms/NAME/snapshots: {"snapshots": [...], "current"}. */
+enum mgr_err mgr_snap_list(struct mgr *m, struct mgr_vm *vm, struct json_object **out);
+enum mgr_err mgr_snap_rollback(struct mgr *m, struct mgr_vm *vm, const char *snap);
+enum mgr_err mgr_snap_delete(struct mgr *m, struct mgr_vm *vm, const char *snap);
+/* A deleted VM's snapshot files (its images keep their internal snapshots). */
+void mgr_snap_remove_all(struct mgr *m, const char *name);
 
 /* ---- automatic memory policy (src/mgr/policy.c) ---- */
 /* One round, under m->lock: reads each running ballooned VM's guest

@@ -305,7 +305,7 @@ static char *xasprintf(const char *fmt, ...)
 
 /* argv of `vireo run` for a definition; NULL-terminated, heap strings. */
 static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
-		       unsigned int uid)
+		       unsigned int uid, const char *restore)
 {
 	char **argv = calloc(16 + MGR_MAX_DISKS + MGR_MAX_NICS + m->nstorage, sizeof(char *));
 	char file[PATH_MAX];
@@ -315,6 +315,15 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 		return NULL;
 	argv[n++] = strdup(m->exe);
 	argv[n++] = strdup("run");
+	/* The VMM enforces the storage directories too, and opens the disks
+	 * as its own uid (the daemon has granted it access: storage.c). */
+	for (unsigned int i = 0; i < m->nstorage; i++)
+		argv[n++] = xasprintf("--storage=%s", m->storage[i]);
+	/* A restore takes the machine from the snapshot (run --restore). */
+	if (restore) {
+		argv[n++] = xasprintf("--restore=%s", restore);
+		goto host;
+	}
 	argv[n++] = xasprintf("--kernel=%s", d->kernel);
 	if (d->initrd)
 		argv[n++] = xasprintf("--initrd=%s", d->initrd);
@@ -322,10 +331,6 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 	argv[n++] = xasprintf("--memory=%lluK", (unsigned long long)(d->memory >> 10));
 	if (d->cmdline)
 		argv[n++] = xasprintf("--cmdline=%s", d->cmdline);
-	/* The VMM enforces the storage directories too, and opens the disks
-	 * as its own uid (the daemon has granted it access: storage.c). */
-	for (unsigned int i = 0; i < m->nstorage; i++)
-		argv[n++] = xasprintf("--storage=%s", m->storage[i]);
 	for (unsigned int i = 0; i < d->ndisks; i++) {
 		const struct mgr_disk *k = &d->disks[i];
 
@@ -348,6 +353,7 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 	}
 	if (d->balloon)
 		argv[n++] = xasprintf("--balloon=target=%llu", (unsigned long long)d->balloon_target);
+host:
 	argv[n++] = xasprintf("--api-socket=%s", sock);
 	if (!store_path(m, file, sizeof(file), "run", d->name, ".status"))
 		argv[n++] = xasprintf("--status-file=%s", file);
@@ -658,7 +664,7 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock, bool *untouche
 		close(lockfd);
 		return ret;
 	}
-	argv = vmm_argv(m, &vm->def, sock, vm->vmm_uid);
+	argv = vmm_argv(m, &vm->def, sock, vm->vmm_uid, vm->restore_dir);
 	ret = argv ? vmm_spawn(m, vm, argv, logfd, lockfd, untouched) :
 		     err_set(-ENOMEM, "out of memory");
 	argv_free(argv);

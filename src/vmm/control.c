@@ -249,6 +249,7 @@ static bool action_legal(enum control_kind kind, enum vm_state s)
 	case CONTROL_RESUME: return s == VM_STATE_PAUSED;
 	/* Paused: every vCPU parked, so the state is one instant's. */
 	case CONTROL_SNAPSHOT: return s == VM_STATE_PAUSED;
+	case CONTROL_DISK_SNAPSHOT_DELETE:
 	case CONTROL_POWEROFF: return s != VM_STATE_STOPPED;
 	case CONTROL_REBOOT:
 	case CONTROL_BALLOON:
@@ -264,6 +265,7 @@ static const char *const kind_names[] = {
 	[CONTROL_SET_LIMITS] = "set-limits",
 	[CONTROL_PIN] = "pin", [CONTROL_BALLOON] = "balloon",
 	[CONTROL_POWERDOWN] = "powerdown", [CONTROL_SNAPSHOT] = "snapshot",
+	[CONTROL_DISK_SNAPSHOT_DELETE] = "disk-snapshot-delete",
 };
 
 /* Sets the bandwidth of a limiter, keeping its ops rate. */
@@ -350,15 +352,21 @@ static struct json_object *apply_snapshot(const struct control_target *t,
 {
 	struct snapshot_target st = { .vm = t->vm, .serial = t->serial, .ged = t->ged,
 				      .machine = t->machine };
-	struct snapshot_stats stats;
+	struct snapshot_stats stats = { 0 };
 	struct json_object *r;
-	int ret;
+	int ret = 0;
 
 	if (!t->machine || !t->serial || !t->ged)
 		return control_error(CONTROL_E_FAILED, "this VMM cannot take snapshots");
-	ret = snapshot_save(a->dir, &st, &stats);
+	if (a->dir[0])
+		ret = snapshot_save(a->dir, &st, &stats);
+	/* The disks after the state: a refused state leaves the disks as they
+	 * were, and the caller drops the state files if the disks fail. */
+	if (!ret && a->disks)
+		ret = control_disks_snapshot(t, a->name, false);
 	if (ret)
-		return control_error(ret == -ENOTSUP ? CONTROL_E_BAD_REQUEST : CONTROL_E_FAILED,
+		return control_error(ret == -ENOTSUP ? CONTROL_E_BAD_REQUEST :
+				     ret == -EEXIST ? CONTROL_E_WRONG_STATE : CONTROL_E_FAILED,
 				     err_get());
 	r = reply_ok(VM_STATE_PAUSED);
 	add_u64(r, "state_bytes", stats.state_bytes);
@@ -405,6 +413,10 @@ struct json_object *control_apply(struct control_target *t, const struct control
 		break;
 	case CONTROL_SNAPSHOT:
 		return apply_snapshot(t, a);
+	case CONTROL_DISK_SNAPSHOT_DELETE:
+		if (control_disks_snapshot(t, a->name, true))
+			return control_error(CONTROL_E_FAILED, err_get());
+		break;
 	case CONTROL_POWERDOWN:
 		/* The guest decides when (and whether) to power off. */
 		if (!t->ged)
