@@ -523,6 +523,9 @@ static enum mgr_err take(struct mgr *m, struct mgr_vm *vm, const char *tmp,
 	if (resume && (e = mgr_pause(m, vm, true)) != MGR_OK)
 		return e;
 	e = vmm_take(m, vm, q->memory ? tmp : NULL, q->name, disks);
+	if (e == MGR_E_BAD && q->memory && strstr(err_get(), "not yet supported"))
+		err_set(-ENOTSUP, "%s (a snapshot without memory can be taken: \"memory\": "
+			"false, vireo vm snapshot --no-memory)", err_get());
 	if (resume && vm->state == MGR_PAUSED) {
 		char why[256];
 

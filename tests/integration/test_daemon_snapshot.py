@@ -8,7 +8,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -186,7 +189,7 @@ def test_memory_with_virtio_disk_refused_and_nothing_left(sdaemon, tmp_path):
     disk = qcow2(tmp_path)
     start_counting(d, "v", disks=[{"path": str(disk)}])
     st, js = d.request("POST", "/vms/v/snapshots", {"name": "full"})
-    assert st == 400 and "virtio devices" in js["error"], js
+    assert st == 400 and "virtio devices" in js["error"] and '"memory": false' in js["error"], js
     assert d.vm("v")["state"] == "running"
     assert internal_snapshots(disk, share=True) == []
     assert snapshots(d, "v")["snapshots"] == []
@@ -300,3 +303,33 @@ def test_cli_verbs(sdaemon, tmp_path):
     assert internal_snapshots(disk) == []
     r = vm_cli(d, "snapshot", "cli")
     assert r.returncode == 2 and "usage" in r.stderr, r
+
+
+def test_cli_progress_line_when_slow(tmp_path):
+    """A daemon that takes 1.5 s to answer: the CLI says what it waits for
+    (once, stderr not being a terminal), and only then the result."""
+    path = str(tmp_path / "slow.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+    seen = []
+
+    def serve():
+        c, _ = srv.accept()
+        seen.append(c.recv(65536).decode())
+        time.sleep(1.5)
+        body = json.dumps({"name": "s", "memory": True}).encode()
+        c.sendall(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        c.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    r = subprocess.run([str(VIREO), "vm", "--socket", path, "snapshot", "vm1", "s"],
+                       capture_output=True, text=True, timeout=scaled(30))
+    t.join()
+    srv.close()
+    assert seen and seen[0].startswith("POST /vms/vm1/snapshots "), seen
+    assert '{"name":"s","memory":true}' in seen[0].replace(" ", ""), seen
+    assert r.returncode == 0 and r.stdout == "vm1: snapshot s taken (memory and disks)\n", r
+    assert r.stderr == "vireo: taking snapshot s of vm1...\n", r
