@@ -423,6 +423,31 @@ static unsigned int ncovered(const struct vm_def *d)
 	return n;
 }
 
+/* Image work runs without the table lock (DESIGN §3.14: reverting a big
+ * image takes a while); the VM's operation lock, held by the caller, keeps
+ * the VM and its definition as they are meanwhile. */
+static int disks_check_unlocked(struct mgr *m, const struct vm_def *d, bool vmm,
+				const char *name, bool want)
+{
+	int ret;
+
+	pthread_mutex_unlock(&m->lock);
+	ret = disks_check(d, vmm, name, want);
+	pthread_mutex_lock(&m->lock);
+	return ret;
+}
+
+static int disks_do_unlocked(struct mgr *m, const struct vm_def *d, const char *name,
+			     enum disk_op op)
+{
+	int ret;
+
+	pthread_mutex_unlock(&m->lock);
+	ret = disks_do(d, name, op);
+	pthread_mutex_lock(&m->lock);
+	return ret;
+}
+
 /* ---- create ---- */
 
 struct snap_req {
@@ -481,10 +506,10 @@ static enum mgr_err create_check(struct mgr *m, struct mgr_vm *vm, const struct 
 	if (q->memory && mgr_vm_active(vm) && vm->vmm_uid) {
 		err_set(-ENOTSUP, "not yet supported: a memory snapshot of a sandboxed VMM (its jail "
 			"has nowhere to write; run the daemon with --vmm-uid-base none), or take "
-			"one with \"memory\": false");
+			"one without memory (\"memory\": false, vireo vm snapshot --no-memory)");
 		return MGR_E_CONFLICT;
 	}
-	return err_class(disks_check(&vm->def, mgr_vm_active(vm), q->name, false));
+	return err_class(disks_check_unlocked(m, &vm->def, mgr_vm_active(vm), q->name, false));
 }
 
 /* Asks the VMM of a paused VM for its part: memory and state into `dir`
@@ -517,7 +542,7 @@ static enum mgr_err take(struct mgr *m, struct mgr_vm *vm, const char *tmp,
 	enum mgr_err e = MGR_OK;
 
 	if (!mgr_vm_active(vm))
-		return err_class(disks_do(&vm->def, q->name, DISK_CREATE));
+		return err_class(disks_do_unlocked(m, &vm->def, q->name, DISK_CREATE));
 	if (!q->memory && !disks)
 		return MGR_OK;
 	if (resume && (e = mgr_pause(m, vm, true)) != MGR_OK)
@@ -586,7 +611,7 @@ static void undo_disks(struct mgr *m, struct mgr_vm *vm, const char *name)
 	if (!ncovered(&vm->def))
 		return;
 	if (!mgr_vm_active(vm)) {
-		disks_do(&vm->def, name, DISK_DELETE);
+		disks_do_unlocked(m, &vm->def, name, DISK_DELETE);
 		return;
 	}
 	snprintf(req, sizeof(req), "{\"action\":\"disk-snapshot-delete\",\"name\":\"%s\"}", name);
@@ -756,9 +781,12 @@ static int rollback_check(struct mgr *m, struct mgr_vm *vm, const struct snap_me
 	int ret = same_disks(&vm->def, s);
 
 	if (!ret)
-		ret = disks_check(&vm->def, mgr_vm_active(vm), s->name, true);
-	if (!ret && s->memory)
+		ret = disks_check_unlocked(m, &vm->def, mgr_vm_active(vm), s->name, true);
+	if (!ret && s->memory) {
+		pthread_mutex_unlock(&m->lock);
 		ret = memory_check(m, vm->def.name, s->name);
+		pthread_mutex_lock(&m->lock);
+	}
 	return ret;
 }
 
@@ -779,7 +807,7 @@ enum mgr_err mgr_snap_rollback(struct mgr *m, struct mgr_vm *vm, const char *sna
 		e = err_class(ret);
 	if (e == MGR_OK && mgr_vm_active(vm))
 		e = mgr_stop(m, vm, true, 0);
-	if (e == MGR_OK && (ret = disks_do(&vm->def, snap, DISK_APPLY)))
+	if (e == MGR_OK && (ret = disks_do_unlocked(m, &vm->def, snap, DISK_APPLY)))
 		e = err_class(ret) == MGR_E_CONFLICT ? MGR_E_FAILED : err_class(ret);
 	if (e == MGR_OK) {
 		current_set(m, vm->def.name, snap);
@@ -838,7 +866,7 @@ enum mgr_err mgr_snap_delete(struct mgr *m, struct mgr_vm *vm, const char *snap)
 		snprintf(req, sizeof(req), "{\"action\":\"disk-snapshot-delete\",\"name\":\"%s\"}",
 			 snap);
 		e = mgr_control(m, vm, req, SNAP_VMM_TIMEOUT_MS, NULL);
-	} else if ((ret = disks_do(&vm->def, snap, DISK_DELETE))) {
+	} else if ((ret = disks_do_unlocked(m, &vm->def, snap, DISK_DELETE))) {
 		e = err_class(ret);
 	}
 	if (e == MGR_OK && (snap_path(m, dir, sizeof(dir), vm->def.name, snap, NULL) ||
