@@ -620,6 +620,25 @@ static void undo_disks(struct mgr *m, struct mgr_vm *vm, const char *name)
 			 err_get());
 }
 
+/* The temporary directories (".SNAP.tmp") in a VM's snapshot directory:
+ * the VM's operation lock is held, so none is in use. */
+static void remove_leftovers(const char *dir)
+{
+	char path[PATH_MAX];
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	size_t len;
+
+	while (d && (e = readdir(d))) {
+		len = strlen(e->d_name);
+		if (e->d_name[0] == '.' && len > 5 && !strcmp(e->d_name + len - 4, ".tmp") &&
+		    (size_t)snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) < sizeof(path))
+			remove_dir(path);
+	}
+	if (d)
+		closedir(d);
+}
+
 static int make_tmp(struct mgr *m, const char *vm, const char *name, char *tmp, size_t size)
 {
 	char dir[PATH_MAX], base[MGR_NAME_MAX + 8];
@@ -631,12 +650,12 @@ static int make_tmp(struct mgr *m, const char *vm, const char *name, char *tmp, 
 		ret = snap_path(m, dir, sizeof(dir), vm, NULL, NULL);
 	if (!ret)
 		ret = make_dir(dir);
+	/* Leftovers of a daemon that died while taking one. */
+	if (!ret)
+		remove_leftovers(dir);
 	snprintf(base, sizeof(base), ".%s.tmp", name);
 	if (!ret)
 		ret = snap_path(m, tmp, size, vm, base, NULL);
-	/* A leftover of a daemon that died while taking it. */
-	if (!ret)
-		ret = remove_dir(tmp);
 	if (!ret)
 		ret = make_dir(tmp);
 	return ret;

@@ -118,6 +118,33 @@ def test_memory_snapshot_of_a_running_vm_and_rollback(sdaemon):
     assert before < counts(d, "c")[0] <= after + 1
 
 
+def test_rollback_into_a_sandboxed_vmm_and_leftovers(sdaemon):
+    """A memory snapshot restores under the daemon's default sandbox too (the
+    VMM opens the snapshot's files before it jails itself); a temporary
+    directory a dead daemon left behind is never listed and is cleaned up."""
+    d = sdaemon
+    start_counting(d, "j")
+    d.ok("POST", "/vms/j/snapshots", {"name": "m"}, status=201)
+    at = last_count(d, "j")
+    d.stop("j", force=True)
+    left = os.path.join(d.state, "snapshots", "j", ".x.tmp")
+    os.mkdir(left)
+    with open(os.path.join(left, "memory"), "w") as f:
+        f.write("half")
+    d.kill()
+    d2 = Daemon(root=d.root, extra=["--storage", d.extra[1]]).start()
+    try:
+        assert [s["name"] for s in snapshots(d2, "j")["snapshots"]] == ["m"]
+        vm = d2.ok("POST", "/vms/j/snapshots/m/rollback")
+        assert vm["state"] == "running" and vm["vmm_uid"] > 0, vm
+        assert wait_for(lambda: len(counts(d2, "j")) >= 3, timeout=10), log_of(d2, "j")
+        assert counts(d2, "j")[0] <= at + 1 and "PROBE boot" not in log_of(d2, "j")
+        d2.ok("POST", "/vms/j/snapshots", {"name": "d", "memory": False}, status=201)
+        assert not os.path.exists(left)
+    finally:
+        d2.cleanup()
+
+
 def test_disk_snapshot_of_a_stopped_vm(sdaemon, tmp_path):
     d = sdaemon
     disk = qcow2(tmp_path)
