@@ -380,7 +380,9 @@ static int disk_do(const struct mgr_disk *k, const char *name, enum disk_op op)
 	if (ret)
 		return ret;
 	ret = disk_has(img, name, &has);
-	if (!ret && op != DISK_CREATE && !has)
+	if (!ret && op == DISK_CREATE && has)
+		ret = err_set(-EEXIST, "disk %s already has an internal snapshot '%s'", k->path, name);
+	else if (!ret && op != DISK_CREATE && !has)
 		ret = op == DISK_DELETE ? 0 : err_set(-ENOENT, "disk %s has no internal snapshot '%s'",
 						      k->path, name);
 	else if (!ret) {

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import VIREO, needs_kvm, scaled
+from conftest import VIREO, LiveProbe, needs_kvm, scaled, vireo_args, vireo_control
 from daemonutil import Daemon, wait_for
 
 pytestmark = [needs_kvm]
@@ -223,6 +223,40 @@ def test_memory_with_virtio_disk_refused_and_nothing_left(sdaemon, tmp_path):
     assert os.listdir(os.path.join(d.state, "snapshots", "v")) == []
 
 
+def test_vmm_disk_snapshots_all_or_none(tmp_path, sock):
+    """The VMM's part on its own: internal snapshots of its writable disks,
+    only while paused; one disk that cannot take it and none has it after."""
+    a, b, ro = qcow2(tmp_path, "a.qcow2"), qcow2(tmp_path, "b.qcow2"), qcow2(tmp_path, "ro.qcow2")
+    subprocess.run(["qemu-img", "snapshot", "-c", "taken", str(b)], check=True)
+    guest = LiveProbe(vireo_args("scenario=count=50", memory="64M", extra=[
+        "--api-socket", sock, "--disk", f"path={a}", "--disk", f"path={b}",
+        "--disk", f"path={ro},readonly"]))
+    try:
+        guest.wait_line("PROBE count n=2 ")
+        r = vireo_control(sock, action="snapshot", disks=True, name="s1")
+        assert r["code"] == "wrong-state", r
+        assert vireo_control(sock, action="pause")["ok"]
+        r = vireo_control(sock, action="snapshot", disks=True, name="taken")
+        assert r["code"] == "wrong-state" and "already has an internal snapshot" in r["error"], r
+        assert internal_snapshots(a, share=True) == []
+        r = vireo_control(sock, action="snapshot", disks=True, name="s1")
+        assert r == {"ok": True, "state": "paused", "state_bytes": 0, "memory_bytes": 0}, r
+        assert internal_snapshots(a, share=True) == ["s1"]
+        assert internal_snapshots(b, share=True) == ["taken", "s1"]
+        assert internal_snapshots(ro, share=True) == []      # read-only: left alone
+        assert vireo_control(sock, action="resume")["ok"]
+        r = vireo_control(sock, action="disk-snapshot-delete", name="s1")
+        assert r == {"ok": True, "state": "running"}, r
+        assert internal_snapshots(a, share=True) == [] and internal_snapshots(b, share=True) == ["taken"]
+        assert vireo_control(sock, action="poweroff")["ok"]
+        assert guest.wait_exit(10)
+    finally:
+        guest.proc.kill()
+        guest.finish()
+    for img in (a, b):
+        assert subprocess.run(["qemu-img", "check", "-q", str(img)]).returncode == 0
+
+
 def test_bad_requests_change_nothing(sdaemon, tmp_path):
     d = sdaemon
     disk = qcow2(tmp_path)
@@ -250,6 +284,15 @@ def test_bad_requests_change_nothing(sdaemon, tmp_path):
     st, js = d.request("PUT", "/vms/b/snapshots")
     assert st == 405, js
     assert snapshots(d, "b")["snapshots"] == [] and internal_snapshots(disk) == []
+
+    # Two disks, the second has an internal snapshot by that name already:
+    # refused before the first is touched.
+    other = qcow2(tmp_path, "other.qcow2")
+    subprocess.run(["qemu-img", "snapshot", "-c", "dup", str(other)], check=True)
+    d.create("two", disks=[{"path": str(disk)}, {"path": str(other)}])
+    st, js = d.request("POST", "/vms/two/snapshots", {"name": "dup"})
+    assert st == 409 and "already has an internal snapshot 'dup'" in js["error"], js
+    assert internal_snapshots(disk) == [] and snapshots(d, "two")["snapshots"] == []
 
     # A raw disk cannot take an internal snapshot: refused before anything.
     d.create("rw", disks=[{"path": str(raw), "format": "raw"}])
