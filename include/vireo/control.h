@@ -67,6 +67,9 @@ struct control_action {
 	cpu_set_t cpus;         /* PIN: host CPUs, not empty */
 	uint64_t target;        /* BALLOON: bytes the guest should give back */
 	char dir[CONTROL_MAX_PATH]; /* SNAPSHOT: an absolute path; "": no memory */
+	bool fds;               /* SNAPSHOT: into the two descriptors passed with the
+				 * request (memory, state) instead of dir */
+	int fd[2];              /* their numbers, owned by the socket: -1 if none */
 	bool disks;             /* SNAPSHOT: internal snapshots of the writable disks */
 	char name[CONTROL_SNAP_NAME_MAX + 1]; /* SNAPSHOT with disks, DISK_SNAPSHOT_DELETE */
 };

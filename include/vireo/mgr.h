@@ -361,10 +361,11 @@ enum mgr_err mgr_pause(struct mgr *m, struct mgr_vm *vm, bool pause);
 enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm);
 /* Starts the VMM with `vireo run --restore dir` instead of a boot. */
 enum mgr_err mgr_start_restore(struct mgr *m, struct mgr_vm *vm, const char *dir);
-/* A control request with a deadline of timeout_ms; the reply's "code" picks
- * the error class; *reply (if not NULL) gets a successful reply. */
+/* A control request with a deadline of timeout_ms, passing nfds
+ * descriptors with it (vmm_request_fds); the reply's "code" picks the error
+ * class; *reply (if not NULL) gets a successful reply. */
 enum mgr_err mgr_control(struct mgr *m, struct mgr_vm *vm, const char *req, int timeout_ms,
-			 struct json_object **reply);
+			 const int *fds, unsigned int nfds, struct json_object **reply);
 enum mgr_err mgr_patch(struct mgr *m, struct mgr_vm *vm, struct vm_patch *p);
 /* GET /vms/NAME: definition, state, and with `live` the VMM's counters
  * from vm->info (stale: "vmm_info_age_ms" says how old). */
@@ -458,6 +459,10 @@ int store_path(const struct mgr *m, char *buf, size_t size, const char *sub,
 #define VMM_REQUEST_TIMEOUT_MS 2000
 struct json_object *vmm_request(const char *sock, const char *request);
 struct json_object *vmm_request_ms(const char *sock, const char *request, int timeout_ms);
+/* The same, passing nfds (at most 4) descriptors with the request
+ * (SCM_RIGHTS): files the sandboxed VMM cannot open itself. */
+struct json_object *vmm_request_fds(const char *sock, const char *request, int timeout_ms,
+				    const int *fds, unsigned int nfds);
 /* Starts the VMM of vm in its cgroup and waits until its socket answers.
  * The run record (pid, "running") is saved before the VMM is let go; on
  * failure *untouched says that nothing was started nor changed (the VM's

@@ -657,11 +657,11 @@ enum mgr_err mgr_start_restore(struct mgr *m, struct mgr_vm *vm, const char *dir
 static enum mgr_err control(struct mgr *m, struct mgr_vm *vm, const char *req,
 			    struct json_object **reply)
 {
-	return mgr_control(m, vm, req, VMM_REQUEST_TIMEOUT_MS, reply);
+	return mgr_control(m, vm, req, VMM_REQUEST_TIMEOUT_MS, NULL, 0, reply);
 }
 
 enum mgr_err mgr_control(struct mgr *m, struct mgr_vm *vm, const char *req, int timeout_ms,
-			 struct json_object **reply)
+			 const int *fds, unsigned int nfds, struct json_object **reply)
 {
 	char sock[PATH_MAX];
 	struct json_object *r, *ok, *v;
@@ -670,7 +670,7 @@ enum mgr_err mgr_control(struct mgr *m, struct mgr_vm *vm, const char *req, int 
 	sock_path(m, vm->def.name, sock, sizeof(sock));
 	/* The VM's operation lock keeps it ours meanwhile. */
 	pthread_mutex_unlock(&m->lock);
-	r = vmm_request_ms(sock, req, timeout_ms);
+	r = vmm_request_fds(sock, req, timeout_ms, fds, nfds);
 	pthread_mutex_lock(&m->lock);
 	if (!r)
 		return MGR_E_FAILED;

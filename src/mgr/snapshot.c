@@ -504,14 +504,25 @@ static enum mgr_err create_check(struct mgr *m, struct mgr_vm *vm, const struct 
 			vm->def.name, n);
 		return MGR_E_CONFLICT;
 	}
-	/* A sandboxed VMM (--user, --jail) sees no host directory to write to. */
-	if (q->memory && mgr_vm_active(vm) && vm->vmm_uid) {
-		err_set(-ENOTSUP, "not yet supported: a memory snapshot of a sandboxed VMM (its jail "
-			"has nowhere to write; run the daemon with --vmm-uid-base none), or take "
-			"one without memory (\"memory\": false, vireo vm snapshot --no-memory)");
-		return MGR_E_CONFLICT;
-	}
 	return err_class(disks_check_unlocked(m, &vm->def, mgr_vm_active(vm), q->name, false));
+}
+
+/* dir/memory and dir/state, new, for the VMM to fill: it gets them as
+ * descriptors, for a sandboxed VMM can open no file (docs/api.md). */
+static int open_outputs(const char *dir, int fd[2])
+{
+	static const char *const names[2] = { "memory", "state" };
+	char path[PATH_MAX];
+
+	fd[0] = fd[1] = -1;
+	for (int i = 0; i < 2; i++) {
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, names[i]) >= sizeof(path))
+			return err_set(-ENAMETOOLONG, "state path too long");
+		fd[i] = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd[i] < 0)
+			return err_set(-errno, "cannot create %s: %m", path);
+	}
+	return 0;
 }
 
 /* Asks the VMM of a paused VM for its part: memory and state into `dir`
@@ -520,17 +531,25 @@ static enum mgr_err vmm_take(struct mgr *m, struct mgr_vm *vm, const char *dir,
 			     const char *name, bool disks)
 {
 	struct json_object *req = json_object_new_object();
-	enum mgr_err e;
+	enum mgr_err e = MGR_OK;
+	int fd[2] = { -1, -1 };
 
 	json_object_object_add(req, "action", json_object_new_string("snapshot"));
-	if (dir)
-		json_object_object_add(req, "dir", json_object_new_string(dir));
+	if (dir) {
+		json_object_object_add(req, "fds", json_object_new_boolean(true));
+		if (open_outputs(dir, fd))
+			e = MGR_E_FAILED;
+	}
 	if (disks) {
 		json_object_object_add(req, "disks", json_object_new_boolean(true));
 		json_object_object_add(req, "name", json_object_new_string(name));
 	}
-	e = mgr_control(m, vm, json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN),
-			SNAP_VMM_TIMEOUT_MS, NULL);
+	if (e == MGR_OK)
+		e = mgr_control(m, vm, json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN),
+				SNAP_VMM_TIMEOUT_MS, fd, dir ? 2 : 0, NULL);
+	for (int i = 0; i < 2; i++)
+		if (fd[i] >= 0)
+			close(fd[i]);
 	json_object_put(req);
 	return e;
 }
@@ -617,7 +636,7 @@ static void undo_disks(struct mgr *m, struct mgr_vm *vm, const char *name)
 		return;
 	}
 	snprintf(req, sizeof(req), "{\"action\":\"disk-snapshot-delete\",\"name\":\"%s\"}", name);
-	if (mgr_control(m, vm, req, SNAP_VMM_TIMEOUT_MS, NULL) != MGR_OK)
+	if (mgr_control(m, vm, req, SNAP_VMM_TIMEOUT_MS, NULL, 0, NULL) != MGR_OK)
 		log_warn("VM %s: internal snapshot '%s' left in its disks: %s", vm->def.name, name,
 			 err_get());
 }
@@ -886,7 +905,7 @@ enum mgr_err mgr_snap_delete(struct mgr *m, struct mgr_vm *vm, const char *snap)
 	if (mgr_vm_active(vm) && ncovered(&vm->def)) {
 		snprintf(req, sizeof(req), "{\"action\":\"disk-snapshot-delete\",\"name\":\"%s\"}",
 			 snap);
-		e = mgr_control(m, vm, req, SNAP_VMM_TIMEOUT_MS, NULL);
+		e = mgr_control(m, vm, req, SNAP_VMM_TIMEOUT_MS, NULL, 0, NULL);
 	} else if ((ret = disks_do_unlocked(m, &vm->def, snap, DISK_DELETE))) {
 		e = err_class(ret);
 	}

@@ -89,6 +89,37 @@ struct json_object *vmm_request(const char *sock, const char *request)
 
 struct json_object *vmm_request_ms(const char *sock, const char *request, int timeout_ms)
 {
+	return vmm_request_fds(sock, request, timeout_ms, NULL, 0);
+}
+
+/* The request line, with fds (if any) passed along with its first byte. */
+static int send_request(int fd, const char *request, const int *fds, unsigned int nfds)
+{
+	char ctrl[CMSG_SPACE(sizeof(int) * 4)] = { 0 };
+	struct iovec iov = { .iov_base = (void *)request, .iov_len = strlen(request) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct cmsghdr *h;
+
+	if (nfds > 4)
+		return -EINVAL;
+	if (nfds) {
+		msg.msg_control = ctrl;
+		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+		h = CMSG_FIRSTHDR(&msg);
+		h->cmsg_level = SOL_SOCKET;
+		h->cmsg_type = SCM_RIGHTS;
+		h->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+		memcpy(CMSG_DATA(h), fds, sizeof(int) * nfds);
+	}
+	if (sendmsg(fd, &msg, MSG_NOSIGNAL) != (ssize_t)iov.iov_len ||
+	    send(fd, "\n", 1, MSG_NOSIGNAL) < 0)
+		return -errno ? -errno : -EIO;
+	return 0;
+}
+
+struct json_object *vmm_request_fds(const char *sock, const char *request, int timeout_ms,
+				    const int *fds, unsigned int nfds)
+{
 	static __thread char reply[REPLY_MAX];
 	struct json_object *obj = NULL;
 	uint64_t deadline = mono_ms() + (uint64_t)timeout_ms;
@@ -97,8 +128,7 @@ struct json_object *vmm_request_ms(const char *sock, const char *request, int ti
 
 	if (fd < 0)
 		return NULL;
-	if (!time_left(fd, deadline) || send(fd, request, strlen(request), MSG_NOSIGNAL) < 0 ||
-	    send(fd, "\n", 1, MSG_NOSIGNAL) < 0) {
+	if (!time_left(fd, deadline) || send_request(fd, request, fds, nfds) < 0) {
 		err_set(-errno, "cannot send to the VMM: %m");
 		goto out;
 	}

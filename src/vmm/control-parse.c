@@ -20,7 +20,7 @@ static const char *const limit_fields[] = { "disk", "bps", "iops", "nic", "rx_bp
 					    NULL };
 static const char *const pin_fields[] = { "vcpu", "cpus", NULL };
 static const char *const balloon_fields[] = { "target", NULL };
-static const char *const snapshot_fields[] = { "dir", "disks", "name", NULL };
+static const char *const snapshot_fields[] = { "dir", "fds", "disks", "name", NULL };
 static const char *const name_fields[] = { "name", NULL };
 
 static const struct action_desc actions[] = {
@@ -202,7 +202,14 @@ static int parse_snapshot(struct json_object *obj, struct control_action *a)
 	if (!a->disks && json_object_object_get_ex(obj, "name", &v))
 		return err_set(-EINVAL, "snapshot 'name' names the disks' snapshot: only with "
 			       "\"disks\": true");
-	if (!json_object_object_get_ex(obj, "dir", &v) && a->disks)
+	if (json_object_object_get_ex(obj, "fds", &v)) {
+		if (!json_object_is_type(v, json_type_boolean))
+			return err_set(-EINVAL, "snapshot 'fds' must be true or false");
+		a->fds = json_object_get_boolean(v);
+	}
+	if (a->fds && json_object_object_get_ex(obj, "dir", &v))
+		return err_set(-EINVAL, "snapshot takes 'dir' or 'fds', not both");
+	if (!json_object_object_get_ex(obj, "dir", &v) && (a->disks || a->fds))
 		return 0;
 	if (!v || !json_object_is_type(v, json_type_string))
 		return err_set(-EINVAL, "snapshot needs 'dir', a directory path");
@@ -237,6 +244,7 @@ static int parse_object(struct json_object *obj, struct control_action *a)
 			return err_set(-EINVAL, "unknown field '%.64s' for action %s", key, d->name);
 	}
 	memset(a, 0, sizeof(*a));
+	a->fd[0] = a->fd[1] = -1;
 	a->kind = d->kind;
 	if (a->kind == CONTROL_SET_LIMITS)
 		return parse_limits(obj, a);

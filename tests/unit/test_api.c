@@ -54,6 +54,9 @@ static void control_actions_parse(void **state)
 			       "\"name\":\"s\"}", &a), 0);
 	assert_true(a.disks);
 	assert_string_equal(a.dir, "/d");
+	assert_int_equal(parse("{\"action\":\"snapshot\",\"fds\":true}", &a), 0);
+	assert_true(a.fds && !a.dir[0] && !a.disks);
+	assert_true(a.fd[0] == -1 && a.fd[1] == -1);
 	assert_int_equal(parse("{\"action\":\"disk-snapshot-delete\",\"name\":\"s\"}", &a), 0);
 	assert_int_equal(a.kind, CONTROL_DISK_SNAPSHOT_DELETE);
 	assert_string_equal(a.name, "s");
@@ -94,6 +97,8 @@ static void control_rejects_bad_requests(void **state)
 		"{\"action\":\"snapshot\",\"disks\":true,\"name\":"
 		"\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}",
 		"{\"action\":\"disk-snapshot-delete\"}",
+		"{\"action\":\"snapshot\",\"fds\":true,\"dir\":\"/a\"}",
+		"{\"action\":\"snapshot\",\"fds\":1}", "{\"action\":\"snapshot\",\"fds\":false}",
 		"{\"action\":\"disk-snapshot-delete\",\"name\":\"-x\"}",
 		"{\"action\":\"disk-snapshot-delete\",\"name\":\"s\",\"dir\":\"/a\"}",
 	};
