@@ -167,6 +167,37 @@ def test_rollback_into_a_sandboxed_vmm_and_leftovers(sdaemon):
         d2.cleanup()
 
 
+def test_rollback_to_a_damaged_memory_snapshot_leaves_the_vm_running(sdaemon):
+    """Everything is checked before the VM is stopped: a state file with a
+    flipped byte, or a memory file cut short, is refused with one line and
+    the VM runs on in the same VMM."""
+    d = sdaemon
+    start_counting(d, "dm")
+    d.ok("POST", "/vms/dm/snapshots", {"name": "m"}, status=201)
+    files = os.path.join(d.state, "snapshots", "dm", "m")
+    pid = d.vm("dm")["pid"]
+    state = os.path.join(files, "state")
+    with open(state, "r+b") as f:
+        f.seek(os.path.getsize(state) // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0x40]))
+    st, js = d.request("POST", "/vms/dm/snapshots/m/rollback")
+    assert st == 400 and "snapshot 'm' cannot be restored" in js["error"], js
+    assert "checksum mismatch" in js["error"] and "\n" not in js["error"], js
+    with open(state, "r+b") as f:
+        f.seek(os.path.getsize(state) // 2)
+        f.write(b)
+    os.truncate(os.path.join(files, "memory"), 4096)
+    st, js = d.request("POST", "/vms/dm/snapshots/m/rollback")
+    assert st == 400 and "the snapshot's guest has" in js["error"], js
+    vm = d.vm("dm")
+    assert vm["state"] == "running" and vm["pid"] == pid, vm
+    n = last_count(d, "dm")
+    assert wait_for(lambda: last_count(d, "dm") >= n + 3, timeout=10)
+    assert snapshots(d, "dm")["current"] == "m"
+
+
 def test_disk_snapshot_of_a_stopped_vm(sdaemon, tmp_path):
     d = sdaemon
     disk = qcow2(tmp_path)
