@@ -244,6 +244,7 @@ struct mgr_vm {
 				      * uids and commitment */
 	const char *restore_dir;     /* the next start restores this snapshot
 				      * (vireo run --restore); NULL: boots */
+	bool restore_paused;         /* ... and leaves it paused (--paused) */
 	struct json_object *info;    /* the VMM's last info reply, or NULL */
 	uint64_t info_ms;            /* CLOCK_MONOTONIC ms of that reply */
 	struct mgr_vm *next;
@@ -359,8 +360,9 @@ enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm);
 enum mgr_err mgr_stop(struct mgr *m, struct mgr_vm *vm, bool force, unsigned int timeout_s);
 enum mgr_err mgr_pause(struct mgr *m, struct mgr_vm *vm, bool pause);
 enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm);
-/* Starts the VMM with `vireo run --restore dir` instead of a boot. */
-enum mgr_err mgr_start_restore(struct mgr *m, struct mgr_vm *vm, const char *dir);
+/* Starts the VMM with `vireo run --restore dir` instead of a boot; paused:
+ * the VM stays paused until resumed. */
+enum mgr_err mgr_start_restore(struct mgr *m, struct mgr_vm *vm, const char *dir, bool paused);
 /* A control request with a deadline of timeout_ms, passing nfds
  * descriptors with it (vmm_request_fds); the reply's "code" picks the error
  * class; *reply (if not NULL) gets a successful reply. */

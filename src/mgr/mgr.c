@@ -637,7 +637,7 @@ enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm)
 	return launch(m, vm, "started");
 }
 
-enum mgr_err mgr_start_restore(struct mgr *m, struct mgr_vm *vm, const char *dir)
+enum mgr_err mgr_start_restore(struct mgr *m, struct mgr_vm *vm, const char *dir, bool paused)
 {
 	enum mgr_err e;
 
@@ -648,8 +648,15 @@ enum mgr_err mgr_start_restore(struct mgr *m, struct mgr_vm *vm, const char *dir
 	if (check_overcommit(m, vm))
 		return MGR_E_CONFLICT;
 	vm->restore_dir = dir;
+	vm->restore_paused = paused;
 	e = launch(m, vm, "restored from a snapshot");
 	vm->restore_dir = NULL;
+	vm->restore_paused = false;
+	if (e == MGR_OK && paused) {
+		vm->state = MGR_PAUSED;
+		snprintf(vm->reason, sizeof(vm->reason), "restored from a snapshot, paused");
+		store_save_run(m, vm);
+	}
 	return e;
 }
 

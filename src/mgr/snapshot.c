@@ -852,7 +852,7 @@ enum mgr_err mgr_snap_rollback(struct mgr *m, struct mgr_vm *vm, const char *sna
 	if (e == MGR_OK) {
 		current_set(m, vm->def.name, snap);
 		if (s.memory && !snap_path(m, dir, sizeof(dir), vm->def.name, snap, NULL))
-			e = mgr_start_restore(m, vm, dir);
+			e = mgr_start_restore(m, vm, dir, !strcmp(s.vm_state, "paused"));
 	}
 	if (e == MGR_OK)
 		log_info("VM %s: rolled back to snapshot %s", vm->def.name, snap);

@@ -335,7 +335,7 @@ static char *xasprintf(const char *fmt, ...)
 
 /* argv of `vireo run` for a definition; NULL-terminated, heap strings. */
 static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
-		       unsigned int uid, const char *restore)
+		       unsigned int uid, const char *restore, bool paused)
 {
 	char **argv = calloc(16 + MGR_MAX_DISKS + MGR_MAX_NICS + m->nstorage, sizeof(char *));
 	char file[PATH_MAX];
@@ -352,6 +352,8 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 	/* A restore takes the machine from the snapshot (run --restore). */
 	if (restore) {
 		argv[n++] = xasprintf("--restore=%s", restore);
+		if (paused)
+			argv[n++] = strdup("--paused");
 		goto host;
 	}
 	argv[n++] = xasprintf("--kernel=%s", d->kernel);
@@ -694,7 +696,8 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock, bool *untouche
 		close(lockfd);
 		return ret;
 	}
-	argv = vmm_argv(m, &vm->def, sock, vm->vmm_uid, vm->restore_dir);
+	argv = vmm_argv(m, &vm->def, sock, vm->vmm_uid, vm->restore_dir,
+			vm->restore_paused);
 	ret = argv ? vmm_spawn(m, vm, argv, logfd, lockfd, untouched) :
 		     err_set(-ENOMEM, "out of memory");
 	argv_free(argv);

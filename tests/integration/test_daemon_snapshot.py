@@ -109,6 +109,7 @@ def test_memory_snapshot_of_a_running_vm_and_rollback(sdaemon):
 
     # A second snapshot descends from the first; rollback of a paused VM.
     d.ok("POST", "/vms/c/pause")
+    paused_at = last_count(d, "c")
     s2 = d.ok("POST", "/vms/c/snapshots", {"name": "s2"}, status=201)
     assert s2["parent"] == "s1" and s2["vm_state"] == "paused", s2
     assert d.vm("c")["state"] == "paused"
@@ -116,6 +117,14 @@ def test_memory_snapshot_of_a_running_vm_and_rollback(sdaemon):
     assert snapshots(d, "c")["current"] == "s1"
     assert wait_for(lambda: len(counts(d, "c")) >= 2, timeout=10), log_of(d, "c")
     assert before < counts(d, "c")[0] <= after + 1
+    # A snapshot taken paused comes back paused: no guest code has run yet;
+    # on resume it goes on with the very next count.
+    vm = d.ok("POST", "/vms/c/snapshots/s2/rollback")
+    assert vm["state"] == "paused" and d.vm("c")["vmm"]["state"] == "paused", vm
+    assert counts(d, "c") == [] and "PROBE boot" not in log_of(d, "c")
+    d.ok("POST", "/vms/c/resume")
+    assert wait_for(lambda: len(counts(d, "c")) >= 2, timeout=10), log_of(d, "c")
+    assert counts(d, "c")[:2] == [paused_at + 1, paused_at + 2], (paused_at, counts(d, "c"))
 
 
 def test_memory_snapshot_of_a_sandboxed_vmm(daemon):
