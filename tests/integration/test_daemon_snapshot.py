@@ -375,17 +375,23 @@ def test_bad_requests_change_nothing(sdaemon, tmp_path):
     shutil.copy(disk, ref)
     qemu_io(disk, "write -P 0x44 0 64k")
     meta = os.path.join(d.state, "snapshots", "b", "s", "meta.json")
-    with open(meta, "w") as f:
-        f.write('{"name": "s", "time": ')
-    st, js = d.request("POST", "/vms/b/snapshots/s/rollback")
-    assert st == 400 and "snapshot 's' of VM 'b' is damaged" in js["error"], js
-    assert not same_image(disk, ref)          # nothing rolled back
+    good = {"name": "s", "time_ns": 1, "parent": None, "memory": False,
+            "disks": [{"index": 0, "path": str(disk)}]}
+    for bad in ('{"name": "s", "time": ', "[]", "", json.dumps({**good, "name": "t"}),
+                json.dumps({**good, "parent": "../x"}), json.dumps({**good, "memory": 1}),
+                json.dumps({**good, "time_ns": "1"}), json.dumps({**good, "disks": None}),
+                json.dumps({**good, "disks": [{"index": 99, "path": "/x"}]}),
+                json.dumps({k: v for k, v in good.items() if k != "disks"})):
+        with open(meta, "w") as f:
+            f.write(bad)
+        st, js = d.request("POST", "/vms/b/snapshots/s/rollback")
+        assert st == 400 and "snapshot 's' of VM 'b' is damaged" in js["error"], (bad, js)
+        assert not same_image(disk, ref)          # nothing rolled back
     lst = snapshots(d, "b")["snapshots"]
     assert lst[0]["name"] == "s" and "damaged" in lst[0], lst
     # A missing disk snapshot is refused before the disk is touched.
     with open(meta, "w") as f:
-        json.dump({"name": "s", "time_ns": 1, "parent": None, "memory": False,
-                   "disks": [{"index": 0, "path": str(disk)}]}, f)
+        json.dump(good, f)
     subprocess.run(["qemu-img", "snapshot", "-d", "s", str(disk)], check=True)
     st, js = d.request("POST", "/vms/b/snapshots/s/rollback")
     assert st == 409 and "has no internal snapshot 's'" in js["error"], js
