@@ -18,6 +18,9 @@ struct json_object *vm_api_call(const char *socket, bool json, const char *metho
 void vm_api_print_json(struct json_object *o);
 /* Control characters escaped, for text from the daemon (lives briefly). */
 const char *vm_api_safe(const char *s);
+/* vireo vm snapshot|snapshots|rollback|delsnapshot (src/cmd/vm-snapshot.c):
+ * argv[0] is the verb; an exit status. */
+int vm_snapshot_cmd(const char *socket, bool json, int argc, char **argv);
 /* vireo vm console (src/cmd/vm-console.c): attaches the terminal to a VMM's
  * console socket until Ctrl-A x or the VM goes away; an exit status. */
 int vm_console_attach(const char *name, const char *path);

@@ -48,10 +48,14 @@ enum control_kind {
 	CONTROL_PIN,        /* running, paused */
 	CONTROL_BALLOON,    /* running, paused */
 	CONTROL_POWERDOWN,  /* running: presses the ACPI power button */
-	CONTROL_SNAPSHOT,   /* paused: saves the whole VM into a directory */
+	CONTROL_SNAPSHOT,   /* paused: saves the whole VM into a directory, and/or
+			     * takes the disks' internal snapshots */
+	CONTROL_DISK_SNAPSHOT_DELETE, /* running, paused: drops the disks' internal
+				       * snapshot `name` */
 };
 
 #define CONTROL_MAX_PATH 4096
+#define CONTROL_SNAP_NAME_MAX 64
 
 struct control_action {
 	enum control_kind kind;
@@ -62,7 +66,12 @@ struct control_action {
 	unsigned int vcpu;      /* PIN */
 	cpu_set_t cpus;         /* PIN: host CPUs, not empty */
 	uint64_t target;        /* BALLOON: bytes the guest should give back */
-	char dir[CONTROL_MAX_PATH]; /* SNAPSHOT: an absolute path */
+	char dir[CONTROL_MAX_PATH]; /* SNAPSHOT: an absolute path; "": no memory */
+	bool fds;               /* SNAPSHOT: into the two descriptors passed with the
+				 * request (memory, state) instead of dir */
+	int fd[2];              /* their numbers, owned by the socket: -1 if none */
+	bool disks;             /* SNAPSHOT: internal snapshots of the writable disks */
+	char name[CONTROL_SNAP_NAME_MAX + 1]; /* SNAPSHOT with disks, DISK_SNAPSHOT_DELETE */
 };
 
 /* What the control socket acts on; owned by the caller, outlives it. */
@@ -91,6 +100,14 @@ struct control_target {
 int control_parse(const char *text, size_t len, struct control_action *out);
 /* Parses a host CPU list like "0-3,6" into a set. 0 or -EINVAL. */
 int control_parse_cpulist(const char *text, cpu_set_t *out);
+
+/* The internal snapshot `name` of every writable disk of t (src/vmm/
+ * control-disks.c), for a paused VM: created in all (a disk that cannot
+ * take one, e.g. raw, or has one by that name: -ENOTSUP / -EEXIST, and the
+ * ones made are dropped again), or with `del` dropped where present. Each
+ * under the image's lock, so no request of the disk's I/O threads runs
+ * meanwhile. 0 or -errno with err_set(). */
+int control_disks_snapshot(const struct control_target *t, const char *name, bool del);
 
 /* Applies an action; returns the reply object (the caller puts it). */
 struct json_object *control_apply(struct control_target *t, const struct control_action *a);

@@ -13,6 +13,9 @@
  *   DIR/run/NAME.lock     OFD-locked by the VM's VMM for its whole life
  *   DIR/logs/NAME.log     the VMM's stdout and stderr (serial console too);
  *   DIR/logs/NAME.log.1   its previous generation, past --log-max
+ *   DIR/snapshots/NAME/SNAP/  a VM snapshot: meta.json, and with memory the
+ *                         VMM's state and memory files (snapshot.c)
+ *   DIR/snapshots/NAME/current.json  the snapshot the VM descends from
  *
  * Threading: HTTP requests are served by one thread per connection, beside
  * the supervisor (reaper) thread and the info thread. Two locks:
@@ -242,6 +245,9 @@ struct mgr_vm {
 	bool deleted;                /* unlinked: operations waiting for it give up */
 	bool starting;               /* a VMM is being started: counts as active for
 				      * uids and commitment */
+	const char *restore_dir;     /* the next start restores this snapshot
+				      * (vireo run --restore); NULL: boots */
+	bool restore_paused;         /* ... and leaves it paused (--paused) */
 	struct json_object *info;    /* the VMM's last info reply, or NULL */
 	uint64_t info_ms;            /* CLOCK_MONOTONIC ms of that reply */
 	struct mgr_vm *next;
@@ -386,6 +392,14 @@ enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm);
 enum mgr_err mgr_stop(struct mgr *m, struct mgr_vm *vm, bool force, unsigned int timeout_s);
 enum mgr_err mgr_pause(struct mgr *m, struct mgr_vm *vm, bool pause);
 enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm);
+/* Starts the VMM with `vireo run --restore dir` instead of a boot; paused:
+ * the VM stays paused until resumed. */
+enum mgr_err mgr_start_restore(struct mgr *m, struct mgr_vm *vm, const char *dir, bool paused);
+/* A control request with a deadline of timeout_ms, passing nfds
+ * descriptors with it (vmm_request_fds); the reply's "code" picks the error
+ * class; *reply (if not NULL) gets a successful reply. */
+enum mgr_err mgr_control(struct mgr *m, struct mgr_vm *vm, const char *req, int timeout_ms,
+			 const int *fds, unsigned int nfds, struct json_object **reply);
 enum mgr_err mgr_patch(struct mgr *m, struct mgr_vm *vm, struct vm_patch *p);
 /* GET /vms/NAME: definition, state, and with `live` the VMM's counters
  * from vm->info (stale: "vmm_info_age_ms" says how old). */
@@ -399,6 +413,19 @@ int mgr_info_start(struct mgr *m);
 void mgr_info_stop(struct mgr *m);
 /* Prometheus text exposition from the cached infos; the caller frees. */
 char *mgr_metrics(struct mgr *m);
+
+/* ---- VM snapshots (src/mgr/snapshot.c, docs/api.md); each under m->lock
+ * and the VM's operation lock ---- */
+#define MGR_MAX_SNAPSHOTS 32         /* per VM */
+/* POST /vms/NAME/snapshots {"name", "memory"}: *out is the new snapshot. */
+enum mgr_err mgr_snap_create(struct mgr *m, struct mgr_vm *vm, struct json_object *body,
+			     struct json_object **out);
+/* GET /vms/NAME/snapshots: {"snapshots": [...], "current"}. */
+enum mgr_err mgr_snap_list(struct mgr *m, struct mgr_vm *vm, struct json_object **out);
+enum mgr_err mgr_snap_rollback(struct mgr *m, struct mgr_vm *vm, const char *snap);
+enum mgr_err mgr_snap_delete(struct mgr *m, struct mgr_vm *vm, const char *snap);
+/* A deleted VM's snapshot files (its images keep their internal snapshots). */
+void mgr_snap_remove_all(struct mgr *m, const char *name);
 
 /* ---- automatic memory policy (src/mgr/policy.c) ---- */
 /* One round, under m->lock: reads each running ballooned VM's guest
@@ -466,6 +493,10 @@ int store_path(const struct mgr *m, char *buf, size_t size, const char *sub,
 #define VMM_REQUEST_TIMEOUT_MS 2000
 struct json_object *vmm_request(const char *sock, const char *request);
 struct json_object *vmm_request_ms(const char *sock, const char *request, int timeout_ms);
+/* The same, passing nfds (at most 4) descriptors with the request
+ * (SCM_RIGHTS): files the sandboxed VMM cannot open itself. */
+struct json_object *vmm_request_fds(const char *sock, const char *request, int timeout_ms,
+				    const int *fds, unsigned int nfds);
 /* Starts the VMM of vm in its cgroup and waits until its socket answers.
  * The run record (pid, "running") is saved before the VMM is let go; on
  * failure *untouched says that nothing was started nor changed (the VM's

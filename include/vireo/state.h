@@ -152,6 +152,11 @@ struct snapshot_stats {
  * with err_set(). */
 int snapshot_save(const char *dir, const struct snapshot_target *t,
 		  struct snapshot_stats *stats);
+/* The same into two files the caller opened (a sandboxed VMM cannot open
+ * any: the daemon passes them), truncated and written, then synced; the
+ * caller names them. 0 or -errno with err_set(). */
+int snapshot_save_fds(int mem_fd, int state_fd, const struct snapshot_target *t,
+		      struct snapshot_stats *stats);
 
 struct snapshot;
 /* Opens dir's snapshot, checks its state file whole and its memory file's

@@ -44,6 +44,11 @@ static const char vm_usage[] =
 	"         [--memory-min SIZE]\n"
 	"         [--nic-limit INDEX[,rx_bps=SIZE][,tx_bps=SIZE][,weight=N][,floor_bps=SIZE]]...\n"
 	"         [--nic-vlan INDEX[,vlan=N | ,trunk=N;A-B...[,native_vlan=N]]]...\n"
+	"  snapshot NAME SNAP [--no-memory]  snapshot the VM: memory (if it runs) and\n"
+	"                            disks (qcow2 internal snapshots) at one instant\n"
+	"  snapshots NAME            its snapshots (* the one it descends from)\n"
+	"  rollback NAME SNAP        back to a snapshot (a running VM is stopped first)\n"
+	"  delsnapshot NAME SNAP     delete a snapshot\n"
 	"  console NAME              attach to the serial console (Ctrl-A x detaches)\n"
 	"  top [--interval S] [--count N]  CPU use, steal and throttling per VM\n"
 	"  metrics                   the Prometheus metrics\n"
@@ -978,6 +983,9 @@ int cmd_vm(int argc, char **argv)
 		return cmd_console(&cli, argc, argv);
 	if (!strcmp(cmd, "stop"))
 		return cmd_stop(&cli, argc, argv);
+	if (!strcmp(cmd, "snapshot") || !strcmp(cmd, "snapshots") || !strcmp(cmd, "rollback") ||
+	    !strcmp(cmd, "delsnapshot"))
+		return vm_snapshot_cmd(cli.socket, cli.json, argc, argv);
 	if (!strcmp(cmd, "start") || !strcmp(cmd, "pause") ||
 	    !strcmp(cmd, "resume") || !strcmp(cmd, "reboot") || !strcmp(cmd, "delete") ||
 	    !strcmp(cmd, "info"))

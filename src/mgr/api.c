@@ -572,12 +572,81 @@ static void route_vm(struct mgr *m, const char *method, const char *name, const 
 	mgr_release(m, vm);
 }
 
+/* /vms/NAME/snapshots[/SNAP[/rollback]] (snapshot.c), under the VM's
+ * operation lock: a snapshot waits for an operation on the VM in progress. */
+static void snapshot_op(struct mgr *m, struct mgr_vm *vm, const char *method, const char *snap,
+			const char *action, const struct upload *u, struct reply *r)
+{
+	struct json_object *body = NULL;
+	enum mgr_err e;
+
+	if (!snap && !strcmp(method, "GET")) {
+		e = mgr_snap_list(m, vm, &r->json);
+	} else if (!snap) {
+		if (parse_body(u, false, &body, r))
+			return;
+		e = mgr_snap_create(m, vm, body, &r->json);
+		json_object_put(body);
+	} else if (action) {
+		if (action_body(u, false, &(struct action_args){ 0 }, r))
+			return;
+		e = mgr_snap_rollback(m, vm, snap);
+		if (e == MGR_OK)
+			r->json = mgr_vm_json(m, vm, false);
+	} else {
+		e = mgr_snap_delete(m, vm, snap);
+		if (e == MGR_OK) {
+			r->json = json_object_new_object();
+			json_object_object_add(r->json, "deleted", json_object_new_string(snap));
+		}
+	}
+	if (e != MGR_OK) {
+		json_object_put(r->json);
+		r->json = NULL;
+		return reply_mgr_error(r, e);
+	}
+	r->status = !snap && strcmp(method, "GET") ? 201 : 200;
+}
+
+static void route_snapshots(struct mgr *m, const char *method, const char *name,
+			    const char *snap, const char *action, const struct upload *u,
+			    struct reply *r)
+{
+	const char *want = !snap ? "GET, POST" : action ? "POST" : "DELETE";
+	struct mgr_vm *vm;
+
+	if (action && strcmp(action, "rollback"))
+		return reply_error(r, 404, "not-found", "unknown snapshot action (rollback)");
+	if (!vm_name_valid(name))
+		return reply_error(r, 400, "bad-request", "bad VM name: 1 to 64 of A-Z a-z 0-9 _ . -, "
+				   "not starting with '.' or '-'");
+	if (snap && !vm_name_valid(snap))
+		return reply_error(r, 400, "bad-request", "bad snapshot name: 1 to 64 of A-Z a-z "
+				   "0-9 _ . -, not starting with '.' or '-'");
+	if (!snap ? strcmp(method, "GET") && strcmp(method, "POST") :
+	    strcmp(method, action ? "POST" : "DELETE")) {
+		r->allow = want;
+		return reply_error(r, 405, "method-not-allowed", !snap ? "use GET or POST" :
+				   action ? "use POST" : "use DELETE");
+	}
+	if (!mgr_find(m, name))
+		return reply_no_vm(r, name);
+	vm = mgr_acquire(m, name);
+	if (!vm)
+		return reply_no_vm(r, name);
+	snapshot_op(m, vm, method, snap, action, u, r);
+	mgr_release(m, vm);
+}
+
 /* A raw path segment may hold a name of MGR_NAME_MAX bytes, each escaped. */
 #define SEG_MAX (3 * (MGR_NAME_MAX + 1))
 
-/* Splits "/vms/NAME/ACTION" into at most 3 raw (still %-escaped) segments;
- * -1 if more or empty segments in the middle. */
-static int split_url(const char *url, char seg[3][SEG_MAX + 1])
+/* The most segments of a path: /vms/NAME/snapshots/SNAP/rollback. */
+#define SEG_COUNT 5
+
+/* Splits "/vms/NAME/ACTION" into at most SEG_COUNT raw (still %-escaped)
+ * segments; -1 if more or empty segments in the middle. */
+static int split_url(const char *url, char seg[SEG_COUNT][SEG_MAX + 1])
 {
 	int n = 0;
 
@@ -587,7 +656,7 @@ static int split_url(const char *url, char seg[3][SEG_MAX + 1])
 		const char *start = ++url;
 		size_t len = strcspn(start, "/");
 
-		if (n == 3 || len == 0 || len > SEG_MAX)
+		if (n == SEG_COUNT || len == 0 || len > SEG_MAX)
 			return -1;
 		memcpy(seg[n], start, len);
 		seg[n++][len] = '\0';
@@ -686,7 +755,7 @@ static void route_networks(struct mgr *m, const char *method, const char *name,
 static void route(struct mgr *m, const char *method, const char *url, const struct upload *u,
 		  struct reply *r)
 {
-	char seg[3][SEG_MAX + 1];
+	char seg[SEG_COUNT][SEG_MAX + 1];
 	int n = split_url(url, seg);
 
 	for (int i = 0; i < n; i++)
@@ -715,6 +784,11 @@ static void route(struct mgr *m, const char *method, const char *url, const stru
 		r->allow = "GET, POST";
 		return reply_error(r, 405, "method-not-allowed", "use GET or POST");
 	}
+	if (n >= 3 && !strcmp(seg[2], "snapshots"))
+		return route_snapshots(m, method, seg[1], n >= 4 ? seg[3] : NULL,
+				       n == 5 ? seg[4] : NULL, u, r);
+	if (n > 3)
+		return reply_error(r, 404, "not-found", "no such route (see docs/api.md)");
 	route_vm(m, method, seg[1], n == 3 ? seg[2] : NULL, u, r);
 }
 

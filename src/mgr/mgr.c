@@ -474,6 +474,7 @@ enum mgr_err mgr_delete(struct mgr *m, struct mgr_vm *vm)
 		if (*p != vm)
 			continue;
 		store_remove(m, name);
+		mgr_snap_remove_all(m, name);
 		cgroup_vm_remove(&m->cg, name);
 		*p = vm->next;
 		/* Freed with the last reference (the caller holds one). */
@@ -636,9 +637,38 @@ enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm)
 	return launch(m, vm, "started");
 }
 
+enum mgr_err mgr_start_restore(struct mgr *m, struct mgr_vm *vm, const char *dir, bool paused)
+{
+	enum mgr_err e;
+
+	if (mgr_vm_active(vm)) {
+		err_set(-EBUSY, "VM '%s' is already %s", vm->def.name, mgr_state_name(vm->state));
+		return MGR_E_CONFLICT;
+	}
+	if (check_overcommit(m, vm))
+		return MGR_E_CONFLICT;
+	vm->restore_dir = dir;
+	vm->restore_paused = paused;
+	e = launch(m, vm, "restored from a snapshot");
+	vm->restore_dir = NULL;
+	vm->restore_paused = false;
+	if (e == MGR_OK && paused) {
+		vm->state = MGR_PAUSED;
+		snprintf(vm->reason, sizeof(vm->reason), "restored from a snapshot, paused");
+		store_save_run(m, vm);
+	}
+	return e;
+}
+
 /* A control request; the reply's "code" picks the error class. */
 static enum mgr_err control(struct mgr *m, struct mgr_vm *vm, const char *req,
 			    struct json_object **reply)
+{
+	return mgr_control(m, vm, req, VMM_REQUEST_TIMEOUT_MS, NULL, 0, reply);
+}
+
+enum mgr_err mgr_control(struct mgr *m, struct mgr_vm *vm, const char *req, int timeout_ms,
+			 const int *fds, unsigned int nfds, struct json_object **reply)
 {
 	char sock[PATH_MAX];
 	struct json_object *r, *ok, *v;
@@ -647,7 +677,7 @@ static enum mgr_err control(struct mgr *m, struct mgr_vm *vm, const char *req,
 	sock_path(m, vm->def.name, sock, sizeof(sock));
 	/* The VM's operation lock keeps it ours meanwhile. */
 	pthread_mutex_unlock(&m->lock);
-	r = vmm_request(sock, req);
+	r = vmm_request_fds(sock, req, timeout_ms, fds, nfds);
 	pthread_mutex_lock(&m->lock);
 	if (!r)
 		return MGR_E_FAILED;

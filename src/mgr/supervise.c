@@ -89,6 +89,37 @@ struct json_object *vmm_request(const char *sock, const char *request)
 
 struct json_object *vmm_request_ms(const char *sock, const char *request, int timeout_ms)
 {
+	return vmm_request_fds(sock, request, timeout_ms, NULL, 0);
+}
+
+/* The request line, with fds (if any) passed along with its first byte. */
+static int send_request(int fd, const char *request, const int *fds, unsigned int nfds)
+{
+	char ctrl[CMSG_SPACE(sizeof(int) * 4)] = { 0 };
+	struct iovec iov = { .iov_base = (void *)request, .iov_len = strlen(request) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct cmsghdr *h;
+
+	if (nfds > 4)
+		return -EINVAL;
+	if (nfds) {
+		msg.msg_control = ctrl;
+		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+		h = CMSG_FIRSTHDR(&msg);
+		h->cmsg_level = SOL_SOCKET;
+		h->cmsg_type = SCM_RIGHTS;
+		h->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+		memcpy(CMSG_DATA(h), fds, sizeof(int) * nfds);
+	}
+	if (sendmsg(fd, &msg, MSG_NOSIGNAL) != (ssize_t)iov.iov_len ||
+	    send(fd, "\n", 1, MSG_NOSIGNAL) < 0)
+		return -errno ? -errno : -EIO;
+	return 0;
+}
+
+struct json_object *vmm_request_fds(const char *sock, const char *request, int timeout_ms,
+				    const int *fds, unsigned int nfds)
+{
 	static __thread char reply[REPLY_MAX];
 	struct json_object *obj = NULL;
 	uint64_t deadline = mono_ms() + (uint64_t)timeout_ms;
@@ -97,8 +128,7 @@ struct json_object *vmm_request_ms(const char *sock, const char *request, int ti
 
 	if (fd < 0)
 		return NULL;
-	if (!time_left(fd, deadline) || send(fd, request, strlen(request), MSG_NOSIGNAL) < 0 ||
-	    send(fd, "\n", 1, MSG_NOSIGNAL) < 0) {
+	if (!time_left(fd, deadline) || send_request(fd, request, fds, nfds) < 0) {
 		err_set(-errno, "cannot send to the VMM: %m");
 		goto out;
 	}
@@ -305,7 +335,7 @@ static char *xasprintf(const char *fmt, ...)
 
 /* argv of `vireo run` for a definition; NULL-terminated, heap strings. */
 static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
-		       unsigned int uid)
+		       unsigned int uid, const char *restore, bool paused)
 {
 	char **argv = calloc(16 + MGR_MAX_DISKS + MGR_MAX_NICS + m->nstorage, sizeof(char *));
 	char file[PATH_MAX];
@@ -315,6 +345,17 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 		return NULL;
 	argv[n++] = strdup(m->exe);
 	argv[n++] = strdup("run");
+	/* The VMM enforces the storage directories too, and opens the disks
+	 * as its own uid (the daemon has granted it access: storage.c). */
+	for (unsigned int i = 0; i < m->nstorage; i++)
+		argv[n++] = xasprintf("--storage=%s", m->storage[i]);
+	/* A restore takes the machine from the snapshot (run --restore). */
+	if (restore) {
+		argv[n++] = xasprintf("--restore=%s", restore);
+		if (paused)
+			argv[n++] = strdup("--paused");
+		goto host;
+	}
 	argv[n++] = xasprintf("--kernel=%s", d->kernel);
 	if (d->initrd)
 		argv[n++] = xasprintf("--initrd=%s", d->initrd);
@@ -322,10 +363,6 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 	argv[n++] = xasprintf("--memory=%lluK", (unsigned long long)(d->memory >> 10));
 	if (d->cmdline)
 		argv[n++] = xasprintf("--cmdline=%s", d->cmdline);
-	/* The VMM enforces the storage directories too, and opens the disks
-	 * as its own uid (the daemon has granted it access: storage.c). */
-	for (unsigned int i = 0; i < m->nstorage; i++)
-		argv[n++] = xasprintf("--storage=%s", m->storage[i]);
 	for (unsigned int i = 0; i < d->ndisks; i++) {
 		const struct mgr_disk *k = &d->disks[i];
 
@@ -351,6 +388,7 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 	}
 	if (d->balloon)
 		argv[n++] = xasprintf("--balloon=target=%llu", (unsigned long long)d->balloon_target);
+host:
 	argv[n++] = xasprintf("--api-socket=%s", sock);
 	if (!store_path(m, file, sizeof(file), "run", d->name, ".status"))
 		argv[n++] = xasprintf("--status-file=%s", file);
@@ -661,7 +699,8 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock, bool *untouche
 		close(lockfd);
 		return ret;
 	}
-	argv = vmm_argv(m, &vm->def, sock, vm->vmm_uid);
+	argv = vmm_argv(m, &vm->def, sock, vm->vmm_uid, vm->restore_dir,
+			vm->restore_paused);
 	ret = argv ? vmm_spawn(m, vm, argv, logfd, lockfd, untouched) :
 		     err_set(-ENOMEM, "out of memory");
 	argv_free(argv);

@@ -147,6 +147,46 @@ static int collect_state(const struct snapshot_target *t, struct state_writer *w
 	return ret;
 }
 
+/* Fills fd (given, not named: nothing to rename) from empty and syncs it. */
+static int write_fd(int fd, const char *what, int (*fill)(int fd, void *opaque), void *opaque)
+{
+	int ret = ftruncate(fd, 0) < 0 ? err_set(-errno, "cannot truncate the %s file: %m", what) :
+		  fill(fd, opaque);
+
+	if (!ret && fsync(fd) < 0)
+		ret = err_set(-errno, "cannot sync the %s file: %m", what);
+	return ret;
+}
+
+int snapshot_save_fds(int mem_fd, int state_fd, const struct snapshot_target *t,
+		      struct snapshot_stats *stats)
+{
+	struct state_header h = { .ncpus = t->vm->ncpus, .mem_size = t->vm->mem.size,
+				  .created = (uint64_t)time(NULL) };
+	struct fill_memory fm = { .mem = &t->vm->mem };
+	struct fill_state fs;
+	struct state_writer *w;
+	int ret;
+
+	if (machine_snapshot_unsupported(t->machine))
+		return -ENOTSUP;
+	w = state_writer_new(&h);
+	if (!w)
+		return err_set(-ENOMEM, "out of memory");
+	ret = collect_state(t, w);
+	if (!ret)
+		ret = state_writer_finish(w, &fs.buf, &fs.len);
+	if (!ret)
+		ret = write_fd(mem_fd, "memory", fill_memory, &fm);
+	if (!ret)
+		ret = write_fd(state_fd, "state", fill_state, &fs);
+	if (!ret && stats)
+		*stats = (struct snapshot_stats){ .state_bytes = fs.len,
+						  .memory_bytes = fm.written };
+	state_writer_free(w);
+	return ret;
+}
+
 int snapshot_save(const char *dir, const struct snapshot_target *t,
 		  struct snapshot_stats *stats)
 {

@@ -20,7 +20,8 @@ static const char *const limit_fields[] = { "disk", "bps", "iops", "nic", "rx_bp
 					    NULL };
 static const char *const pin_fields[] = { "vcpu", "cpus", NULL };
 static const char *const balloon_fields[] = { "target", NULL };
-static const char *const snapshot_fields[] = { "dir", NULL };
+static const char *const snapshot_fields[] = { "dir", "fds", "disks", "name", NULL };
+static const char *const name_fields[] = { "name", NULL };
 
 static const struct action_desc actions[] = {
 	{ "info", CONTROL_INFO, no_fields },
@@ -33,6 +34,7 @@ static const struct action_desc actions[] = {
 	{ "pin", CONTROL_PIN, pin_fields },
 	{ "balloon", CONTROL_BALLOON, balloon_fields },
 	{ "snapshot", CONTROL_SNAPSHOT, snapshot_fields },
+	{ "disk-snapshot-delete", CONTROL_DISK_SNAPSHOT_DELETE, name_fields },
 };
 
 static bool field_allowed(const struct action_desc *d, const char *key)
@@ -162,14 +164,54 @@ static int parse_pin(struct json_object *obj, struct control_action *a)
 	return control_parse_cpulist(json_object_get_string(v), &a->cpus);
 }
 
-/* {"dir": "/abs/path"}: absolute, so that it does not depend on the
- * VMM's working directory. */
+/* A disk snapshot's name: 1..64 of [A-Za-z0-9_.-], not starting with '.'
+ * or '-' (the daemon's names). */
+static int parse_snap_name(struct json_object *obj, struct control_action *a)
+{
+	struct json_object *v;
+	const char *name;
+	size_t len;
+
+	if (!json_object_object_get_ex(obj, "name", &v) || !json_object_is_type(v, json_type_string))
+		return err_set(-EINVAL, "'name' (the disks' snapshot name, a string) is needed");
+	name = json_object_get_string(v);
+	len = strlen(name);
+	if (!len || len > CONTROL_SNAP_NAME_MAX || name[0] == '.' || name[0] == '-' ||
+	    strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") != len)
+		return err_set(-EINVAL, "'name' must be 1 to 64 of A-Z a-z 0-9 _ . -, not starting "
+			       "with '.' or '-'");
+	strcpy(a->name, name);
+	return 0;
+}
+
+/* {"dir": "/abs/path", "disks": BOOL, "name": SNAP}: dir absolute, so that
+ * it does not depend on the VMM's working directory; either may be left
+ * out (not both): disks only, or memory and state only. */
 static int parse_snapshot(struct json_object *obj, struct control_action *a)
 {
 	struct json_object *v;
 	const char *dir;
 
-	if (!json_object_object_get_ex(obj, "dir", &v) || !json_object_is_type(v, json_type_string))
+	if (json_object_object_get_ex(obj, "disks", &v)) {
+		if (!json_object_is_type(v, json_type_boolean))
+			return err_set(-EINVAL, "snapshot 'disks' must be true or false");
+		a->disks = json_object_get_boolean(v);
+	}
+	if (a->disks && parse_snap_name(obj, a))
+		return -EINVAL;
+	if (!a->disks && json_object_object_get_ex(obj, "name", &v))
+		return err_set(-EINVAL, "snapshot 'name' names the disks' snapshot: only with "
+			       "\"disks\": true");
+	if (json_object_object_get_ex(obj, "fds", &v)) {
+		if (!json_object_is_type(v, json_type_boolean))
+			return err_set(-EINVAL, "snapshot 'fds' must be true or false");
+		a->fds = json_object_get_boolean(v);
+	}
+	if (a->fds && json_object_object_get_ex(obj, "dir", &v))
+		return err_set(-EINVAL, "snapshot takes 'dir' or 'fds', not both");
+	if (!json_object_object_get_ex(obj, "dir", &v) && (a->disks || a->fds))
+		return 0;
+	if (!v || !json_object_is_type(v, json_type_string))
 		return err_set(-EINVAL, "snapshot needs 'dir', a directory path");
 	dir = json_object_get_string(v);
 	if (dir[0] != '/' || strlen(dir) >= sizeof(a->dir) - 16)
@@ -202,6 +244,7 @@ static int parse_object(struct json_object *obj, struct control_action *a)
 			return err_set(-EINVAL, "unknown field '%.64s' for action %s", key, d->name);
 	}
 	memset(a, 0, sizeof(*a));
+	a->fd[0] = a->fd[1] = -1;
 	a->kind = d->kind;
 	if (a->kind == CONTROL_SET_LIMITS)
 		return parse_limits(obj, a);
@@ -209,6 +252,8 @@ static int parse_object(struct json_object *obj, struct control_action *a)
 		return parse_pin(obj, a);
 	if (a->kind == CONTROL_SNAPSHOT)
 		return parse_snapshot(obj, a);
+	if (a->kind == CONTROL_DISK_SNAPSHOT_DELETE)
+		return parse_snap_name(obj, a);
 	if (a->kind == CONTROL_BALLOON && get_uint(obj, "target", 1ULL << 40, &a->target))
 		return err_set(-EINVAL, "balloon needs 'target': bytes the guest gives back, up to 1T");
 	return 0;

@@ -28,8 +28,13 @@
 #include "vireo/virtio.h"
 #include "vireo/vmm.h"
 
+/* Descriptors a client may pass with a request (SCM_RIGHTS): a snapshot's
+ * memory and state files, which a sandboxed VMM cannot open itself. */
+#define CONTROL_MAX_FDS 2
+
 struct control_client {
 	int fd;
+	int fds[CONTROL_MAX_FDS]; /* passed with the bytes not yet served; -1: none */
 	uint64_t last_ms;       /* CLOCK_MONOTONIC ms of its last request bytes */
 	size_t len;
 	char buf[CONTROL_MAX_LINE + 1];
@@ -252,6 +257,7 @@ static bool action_legal(enum control_kind kind, enum vm_state s)
 	case CONTROL_RESUME: return s == VM_STATE_PAUSED;
 	/* Paused: every vCPU parked, so the state is one instant's. */
 	case CONTROL_SNAPSHOT: return s == VM_STATE_PAUSED;
+	case CONTROL_DISK_SNAPSHOT_DELETE:
 	case CONTROL_POWEROFF: return s != VM_STATE_STOPPED;
 	case CONTROL_REBOOT:
 	case CONTROL_BALLOON:
@@ -267,6 +273,7 @@ static const char *const kind_names[] = {
 	[CONTROL_SET_LIMITS] = "set-limits",
 	[CONTROL_PIN] = "pin", [CONTROL_BALLOON] = "balloon",
 	[CONTROL_POWERDOWN] = "powerdown", [CONTROL_SNAPSHOT] = "snapshot",
+	[CONTROL_DISK_SNAPSHOT_DELETE] = "disk-snapshot-delete",
 };
 
 /* Sets the bandwidth of a limiter, keeping its ops rate. */
@@ -353,15 +360,26 @@ static struct json_object *apply_snapshot(const struct control_target *t,
 {
 	struct snapshot_target st = { .vm = t->vm, .serial = t->serial, .ged = t->ged,
 				      .machine = t->machine };
-	struct snapshot_stats stats;
+	struct snapshot_stats stats = { 0 };
 	struct json_object *r;
-	int ret;
+	int ret = 0;
 
 	if (!t->machine || !t->serial || !t->ged)
 		return control_error(CONTROL_E_FAILED, "this VMM cannot take snapshots");
-	ret = snapshot_save(a->dir, &st, &stats);
+	if (a->fds && (a->fd[0] < 0 || a->fd[1] < 0))
+		return control_error(CONTROL_E_BAD_REQUEST, "snapshot 'fds': pass the memory and "
+				     "state files' descriptors with the request (SCM_RIGHTS)");
+	if (a->fds)
+		ret = snapshot_save_fds(a->fd[0], a->fd[1], &st, &stats);
+	else if (a->dir[0])
+		ret = snapshot_save(a->dir, &st, &stats);
+	/* The disks after the state: a refused state leaves the disks as they
+	 * were, and the caller drops the state files if the disks fail. */
+	if (!ret && a->disks)
+		ret = control_disks_snapshot(t, a->name, false);
 	if (ret)
-		return control_error(ret == -ENOTSUP ? CONTROL_E_BAD_REQUEST : CONTROL_E_FAILED,
+		return control_error(ret == -ENOTSUP ? CONTROL_E_BAD_REQUEST :
+				     ret == -EEXIST ? CONTROL_E_WRONG_STATE : CONTROL_E_FAILED,
 				     err_get());
 	r = reply_ok(VM_STATE_PAUSED);
 	add_u64(r, "state_bytes", stats.state_bytes);
@@ -408,6 +426,10 @@ struct json_object *control_apply(struct control_target *t, const struct control
 		break;
 	case CONTROL_SNAPSHOT:
 		return apply_snapshot(t, a);
+	case CONTROL_DISK_SNAPSHOT_DELETE:
+		if (control_disks_snapshot(t, a->name, true))
+			return control_error(CONTROL_E_FAILED, err_get());
+		break;
 	case CONTROL_POWERDOWN:
 		/* The guest decides when (and whether) to power off. */
 		if (!t->ged)
@@ -431,10 +453,20 @@ static uint64_t mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static void client_drop_fds(struct control_client *c)
+{
+	for (int i = 0; i < CONTROL_MAX_FDS; i++)
+		if (c->fds[i] >= 0) {
+			close(c->fds[i]);
+			c->fds[i] = -1;
+		}
+}
+
 static void client_close(struct control *ctl, unsigned int slot)
 {
 	struct control_client *c = ctl->clients[slot];
 
+	client_drop_fds(c);
 	loop_del(ctl->loop, c->fd);
 	close(c->fd);
 	free(c);
@@ -465,13 +497,51 @@ static int client_send(int fd, struct json_object *reply)
 	return ret;
 }
 
-static int client_request(struct control *ctl, int fd, const char *line, size_t len)
+/* Descriptors passed with a request are its own: the next line served
+ * gets them, and they are closed once it is answered, used or not. */
+static int client_request(struct control *ctl, struct control_client *c, const char *line,
+			  size_t len)
 {
 	struct control_action a;
+	struct json_object *reply;
 
-	if (control_parse(line, len, &a))
-		return client_send(fd, control_error(CONTROL_E_BAD_REQUEST, err_get()));
-	return client_send(fd, control_apply(&ctl->target, &a));
+	if (control_parse(line, len, &a)) {
+		reply = control_error(CONTROL_E_BAD_REQUEST, err_get());
+	} else {
+		memcpy(a.fd, c->fds, sizeof(a.fd));
+		reply = control_apply(&ctl->target, &a);
+	}
+	client_drop_fds(c);
+	return client_send(c->fd, reply);
+}
+
+/* recv() that also takes the descriptors passed with the bytes (at most
+ * CONTROL_MAX_FDS pending; more are closed at once). */
+static ssize_t client_recv(struct control_client *c, size_t room)
+{
+	char ctrl[CMSG_SPACE(sizeof(int) * CONTROL_MAX_FDS)];
+	struct iovec iov = { .iov_base = c->buf + c->len, .iov_len = room };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl,
+			      .msg_controllen = sizeof(ctrl) };
+	ssize_t n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+	for (struct cmsghdr *h = n < 0 ? NULL : CMSG_FIRSTHDR(&msg); h; h = CMSG_NXTHDR(&msg, h)) {
+		size_t k = h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_RIGHTS ?
+			   (h->cmsg_len - CMSG_LEN(0)) / sizeof(int) : 0;
+
+		for (size_t i = 0; i < k; i++) {
+			int fd, slot = 0;
+
+			memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+			while (slot < CONTROL_MAX_FDS && c->fds[slot] >= 0)
+				slot++;
+			if (slot < CONTROL_MAX_FDS)
+				c->fds[slot] = fd;
+			else
+				close(fd);
+		}
+	}
+	return n;
 }
 
 /* Serves every complete line in the buffer; keeps the partial rest. */
@@ -482,7 +552,7 @@ static int client_serve_lines(struct control *ctl, struct control_client *c)
 	while ((nl = memchr(start, '\n', c->len - (size_t)(start - c->buf)))) {
 		size_t n = (size_t)(nl - start);
 
-		if (n && client_request(ctl, c->fd, start, n))
+		if (n && client_request(ctl, c, start, n))
 			return -1;
 		start = nl + 1;
 	}
@@ -505,13 +575,13 @@ static void client_input(struct loop *loop, int fd, uint32_t events, void *opaqu
 	if (slot == CONTROL_MAX_CLIENTS)
 		return;
 	c = ctl->clients[slot];
-	n = recv(fd, c->buf + c->len, CONTROL_MAX_LINE - c->len, MSG_DONTWAIT);
+	n = client_recv(c, CONTROL_MAX_LINE - c->len);
 	if (n < 0 && (errno == EINTR || errno == EAGAIN))
 		return;
 	if (n <= 0) {
 		/* EOF: a last request without '\n' still gets its answer. */
 		if (n == 0 && c->len)
-			client_request(ctl, fd, c->buf, c->len);
+			client_request(ctl, c, c->buf, c->len);
 		client_close(ctl, slot);
 		return;
 	}
@@ -569,6 +639,8 @@ static void control_accept(struct loop *loop, int fd, uint32_t events, void *opa
 		return;
 	}
 	ctl->clients[slot]->fd = cfd;
+	for (int i = 0; i < CONTROL_MAX_FDS; i++)
+		ctl->clients[slot]->fds[i] = -1;
 	ctl->clients[slot]->last_ms = mono_ms();
 	if (loop_add(loop, cfd, EPOLLIN, client_input, ctl) < 0) {
 		close(cfd);

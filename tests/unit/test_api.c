@@ -45,6 +45,21 @@ static void control_actions_parse(void **state)
 	assert_int_equal(parse("{\"action\":\"snapshot\",\"dir\":\"/var/snap/a\"}", &a), 0);
 	assert_int_equal(a.kind, CONTROL_SNAPSHOT);
 	assert_string_equal(a.dir, "/var/snap/a");
+	assert_false(a.disks);
+	/* The disks' internal snapshots, with or without memory and state. */
+	assert_int_equal(parse("{\"action\":\"snapshot\",\"disks\":true,\"name\":\"s-1.a\"}", &a), 0);
+	assert_true(a.disks && !a.dir[0]);
+	assert_string_equal(a.name, "s-1.a");
+	assert_int_equal(parse("{\"action\":\"snapshot\",\"dir\":\"/d\",\"disks\":true,"
+			       "\"name\":\"s\"}", &a), 0);
+	assert_true(a.disks);
+	assert_string_equal(a.dir, "/d");
+	assert_int_equal(parse("{\"action\":\"snapshot\",\"fds\":true}", &a), 0);
+	assert_true(a.fds && !a.dir[0] && !a.disks);
+	assert_true(a.fd[0] == -1 && a.fd[1] == -1);
+	assert_int_equal(parse("{\"action\":\"disk-snapshot-delete\",\"name\":\"s\"}", &a), 0);
+	assert_int_equal(a.kind, CONTROL_DISK_SNAPSHOT_DELETE);
+	assert_string_equal(a.name, "s");
 }
 
 static void control_rejects_bad_requests(void **state)
@@ -72,6 +87,20 @@ static void control_rejects_bad_requests(void **state)
 		"{\"action\":\"snapshot\"}", "{\"action\":\"snapshot\",\"dir\":1}",
 		"{\"action\":\"snapshot\",\"dir\":\"\"}", "{\"action\":\"snapshot\",\"dir\":\"a/b\"}",
 		"{\"action\":\"snapshot\",\"dir\":\"/a\",\"incremental\":true}",
+		"{\"action\":\"snapshot\",\"disks\":true}",
+		"{\"action\":\"snapshot\",\"disks\":false}",
+		"{\"action\":\"snapshot\",\"disks\":\"yes\",\"name\":\"s\"}",
+		"{\"action\":\"snapshot\",\"dir\":\"/a\",\"name\":\"s\"}",
+		"{\"action\":\"snapshot\",\"disks\":true,\"name\":\".s\"}",
+		"{\"action\":\"snapshot\",\"disks\":true,\"name\":\"a/b\"}",
+		"{\"action\":\"snapshot\",\"disks\":true,\"name\":\"\"}",
+		"{\"action\":\"snapshot\",\"disks\":true,\"name\":"
+		"\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}",
+		"{\"action\":\"disk-snapshot-delete\"}",
+		"{\"action\":\"snapshot\",\"fds\":true,\"dir\":\"/a\"}",
+		"{\"action\":\"snapshot\",\"fds\":1}", "{\"action\":\"snapshot\",\"fds\":false}",
+		"{\"action\":\"disk-snapshot-delete\",\"name\":\"-x\"}",
+		"{\"action\":\"disk-snapshot-delete\",\"name\":\"s\",\"dir\":\"/a\"}",
 	};
 	struct control_action a;
 

@@ -1,0 +1,247 @@
+/* vireo vm snapshot|snapshots|rollback|delsnapshot: the daemon's VM
+ * snapshots (docs/api.md "Snapshots") with Proxmox's verbs (qm snapshot,
+ * qm listsnapshot, qm rollback, qm delsnapshot). A request that takes more
+ * than a second shows a progress line on stderr until it is answered. */
+#include <errno.h>
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vireo/cmd.h"
+#include "vireo/size.h"
+
+struct snap_cli {
+	const char *socket;
+	bool json;
+	bool no_memory;
+	const char *args[3];
+	int nargs;
+};
+
+/* ---- the progress line ---- */
+
+struct progress {
+	const char *what;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool done, shown;
+};
+
+/* After a second, "vireo: WHAT... Ns" on stderr, redrawn each second on a
+ * terminal (elsewhere printed once): the daemon gives no finer progress. */
+static void *progress_run(void *arg)
+{
+	struct progress *p = arg;
+	bool tty = isatty(2);
+	struct timespec until;
+	unsigned int s = 0;
+
+	pthread_mutex_lock(&p->lock);
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	while (!p->done) {
+		until.tv_sec++;
+		if (pthread_cond_timedwait(&p->cond, &p->lock, &until) != ETIMEDOUT || p->done)
+			continue;
+		s++;
+		if (tty || !p->shown)
+			fprintf(stderr, tty ? "\rvireo: %s... %u s" : "vireo: %s...\n", p->what, s);
+		p->shown = true;
+	}
+	if (p->shown && tty)
+		fputs("\r\033[K", stderr);
+	pthread_mutex_unlock(&p->lock);
+	return NULL;
+}
+
+static struct json_object *call_with_progress(const struct snap_cli *c, const char *what,
+					      const char *method, const char *path,
+					      const char *body, bool *ok)
+{
+	struct progress p = { .what = what };
+	pthread_condattr_t attr;
+	struct json_object *o;
+	pthread_t t;
+	bool started;
+
+	pthread_mutex_init(&p.lock, NULL);
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&p.cond, &attr);
+	pthread_condattr_destroy(&attr);
+	started = !pthread_create(&t, NULL, progress_run, &p);
+	o = vm_api_call(c->socket, c->json, method, path, body, ok);
+	if (started) {
+		pthread_mutex_lock(&p.lock);
+		p.done = true;
+		pthread_cond_signal(&p.cond);
+		pthread_mutex_unlock(&p.lock);
+		pthread_join(t, NULL);
+	}
+	pthread_cond_destroy(&p.cond);
+	pthread_mutex_destroy(&p.lock);
+	return o;
+}
+
+/* ---- helpers ---- */
+
+static const char *str(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) && v ? json_object_get_string(v) : "";
+}
+
+static bool flag(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) && json_object_get_boolean(v);
+}
+
+/* Names go into the URL as they are: the daemon checks them, but nothing
+ * may make the path mean another route. */
+static bool names_ok(const struct snap_cli *c)
+{
+	for (int i = 0; i < c->nargs; i++)
+		if (!c->args[i][0] || strlen(c->args[i]) > 100 || strpbrk(c->args[i], "?#%/ ")) {
+			fprintf(stderr, "vireo: bad name '%s'\n", vm_api_safe(c->args[i]));
+			return false;
+		}
+	return true;
+}
+
+static int parse_args(struct snap_cli *c, int argc, char **argv, bool memory_flag)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+
+		if (memory_flag && !strcmp(a, "--no-memory"))
+			c->no_memory = true;
+		else if (!strcmp(a, "--output=json") || !strcmp(a, "--json"))
+			c->json = true;
+		else if (!strcmp(a, "--output=text"))
+			c->json = false;
+		else if (!strcmp(a, "--socket") && i + 1 < argc)
+			c->socket = argv[++i];
+		else if (!strncmp(a, "--socket=", 9))
+			c->socket = a + 9;
+		else if (a[0] == '-' || c->nargs == 3)
+			return -EINVAL;
+		else
+			c->args[c->nargs++] = a;
+	}
+	return 0;
+}
+
+/* ---- the verbs ---- */
+
+static int take(struct snap_cli *c, const char *vm, const char *snap)
+{
+	struct json_object *body = json_object_new_object(), *o;
+	char path[160], what[200];
+	bool ok;
+
+	json_object_object_add(body, "name", json_object_new_string(snap));
+	json_object_object_add(body, "memory", json_object_new_boolean(!c->no_memory));
+	snprintf(path, sizeof(path), "/vms/%s/snapshots", vm);
+	snprintf(what, sizeof(what), "taking snapshot %s of %s", snap, vm);
+	o = call_with_progress(c, what, "POST", path, json_object_to_json_string(body), &ok);
+	json_object_put(body);
+	if (ok && c->json)
+		vm_api_print_json(o);
+	else if (ok)
+		printf("%s: snapshot %s taken (%s)\n", vm, vm_api_safe(str(o, "name")),
+		       flag(o, "memory") ? "memory and disks" : "disks only");
+	json_object_put(o);
+	return ok ? 0 : 1;
+}
+
+static void print_one(struct json_object *s, const char *current)
+{
+	struct json_object *t;
+	char when[32] = "-", size[32];
+	time_t secs;
+	struct tm tm;
+
+	if (*str(s, "damaged")) {
+		printf("  %-20s DAMAGED: %s\n", vm_api_safe(str(s, "name")),
+		       vm_api_safe(str(s, "damaged")));
+		return;
+	}
+	if (json_object_object_get_ex(s, "time", &t)) {
+		secs = (time_t)json_object_get_int64(t);
+		if (localtime_r(&secs, &tm))
+			strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+	}
+	size_format(json_object_object_get_ex(s, "size", &t) ? (uint64_t)json_object_get_int64(t) : 0,
+		    size, sizeof(size));
+	printf("%c %-20s %-19s  %-6s  %10s  %s\n", strcmp(str(s, "name"), current) ? ' ' : '*',
+	       vm_api_safe(str(s, "name")), when, flag(s, "memory") ? "memory" : "disks", size,
+	       *str(s, "parent") ? vm_api_safe(str(s, "parent")) : "-");
+}
+
+static int list(struct snap_cli *c, const char *vm)
+{
+	struct json_object *o, *arr;
+	char path[160];
+	bool ok;
+
+	snprintf(path, sizeof(path), "/vms/%s/snapshots", vm);
+	o = vm_api_call(c->socket, c->json, "GET", path, NULL, &ok);
+	if (ok && c->json) {
+		vm_api_print_json(o);
+	} else if (ok && json_object_object_get_ex(o, "snapshots", &arr)) {
+		printf("  %-20s %-19s  %-6s  %10s  %s\n", "NAME", "TIME", "SAVES", "SIZE", "PARENT");
+		for (size_t i = 0; i < json_object_array_length(arr); i++)
+			print_one(json_object_array_get_idx(arr, i), str(o, "current"));
+	}
+	json_object_put(o);
+	return ok ? 0 : 1;
+}
+
+static int rollback_or_delete(struct snap_cli *c, bool rollback, const char *vm,
+			      const char *snap)
+{
+	struct json_object *o;
+	char path[240], what[200];
+	bool ok;
+
+	snprintf(path, sizeof(path), "/vms/%s/snapshots/%s%s", vm, snap,
+		 rollback ? "/rollback" : "");
+	snprintf(what, sizeof(what), "%s snapshot %s of %s", rollback ? "rolling back to" :
+		 "deleting", snap, vm);
+	o = call_with_progress(c, what, rollback ? "POST" : "DELETE", path, NULL, &ok);
+	if (ok && c->json)
+		vm_api_print_json(o);
+	else if (ok && rollback)
+		printf("%s: rolled back to %s (%s)\n", vm, snap, vm_api_safe(str(o, "state")));
+	else if (ok)
+		printf("%s: snapshot %s deleted\n", vm, snap);
+	json_object_put(o);
+	return ok ? 0 : 1;
+}
+
+int vm_snapshot_cmd(const char *socket, bool json, int argc, char **argv)
+{
+	struct snap_cli c = { .socket = socket, .json = json };
+	const char *cmd = argv[0];
+	bool list_cmd = !strcmp(cmd, "snapshots");
+	int want = list_cmd ? 1 : 2;
+
+	if (parse_args(&c, argc, argv, !strcmp(cmd, "snapshot")) || c.nargs != want) {
+		fprintf(stderr, "vireo: usage: vireo vm %s NAME%s\n", cmd,
+			list_cmd ? "" : !strcmp(cmd, "snapshot") ? " SNAP [--no-memory]" : " SNAP");
+		return 2;
+	}
+	if (!names_ok(&c))
+		return 2;
+	if (list_cmd)
+		return list(&c, c.args[0]);
+	if (!strcmp(cmd, "snapshot"))
+		return take(&c, c.args[0], c.args[1]);
+	return rollback_or_delete(&c, !strcmp(cmd, "rollback"), c.args[0], c.args[1]);
+}
