@@ -97,6 +97,14 @@ class Daemon:
     def vm(self, name):
         return self.ok("GET", f"/vms/{name}")
 
+    def vm_log(self, name):
+        """VM NAME's log (its VMM's output), "" if there is none yet."""
+        try:
+            with open(os.path.join(self.state, "logs", f"{name}.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
     def stop(self, name, timeout=30, **body):
         """POST stop (graceful unless force=True) and wait until it ends;
         returns the VM as the daemon then shows it."""

@@ -32,13 +32,8 @@ def sdaemon(tmp_path):
     d.cleanup()
 
 
-def log_of(d, name):
-    with open(os.path.join(d.state, "logs", f"{name}.log")) as f:
-        return f.read()
-
-
 def counts(d, name):
-    return [int(m.group(1)) for m in COUNT.finditer(log_of(d, name))]
+    return [int(m.group(1)) for m in COUNT.finditer(d.vm_log(name))]
 
 
 def last_count(d, name):
@@ -75,7 +70,7 @@ def snapshots(d, name):
 def start_counting(d, name, **kw):
     d.create(name, scenario="count=50", **kw)
     d.ok("POST", f"/vms/{name}/start")
-    assert wait_for(lambda: last_count(d, name) >= 5, timeout=10), log_of(d, name)
+    assert wait_for(lambda: last_count(d, name) >= 5, timeout=10), d.vm_log(name)
 
 
 def test_memory_snapshot_of_a_running_vm_and_rollback(sdaemon):
@@ -89,7 +84,7 @@ def test_memory_snapshot_of_a_running_vm_and_rollback(sdaemon):
     # The VM was resumed and keeps counting.
     vm = d.vm("c")
     assert vm["state"] == "running", vm
-    assert wait_for(lambda: last_count(d, "c") >= after + 10, timeout=10), log_of(d, "c")
+    assert wait_for(lambda: last_count(d, "c") >= after + 10, timeout=10), d.vm_log("c")
     gone_on = last_count(d, "c")
 
     lst = snapshots(d, "c")
@@ -101,11 +96,11 @@ def test_memory_snapshot_of_a_running_vm_and_rollback(sdaemon):
     vm = d.ok("POST", "/vms/c/snapshots/s1/rollback")
     assert vm["state"] == "running" and vm["pid"] != pid, vm
     # The new VMM's log: it goes on from the snapshot's counter, no boot.
-    assert wait_for(lambda: len(counts(d, "c")) >= 3, timeout=10), log_of(d, "c")
+    assert wait_for(lambda: len(counts(d, "c")) >= 3, timeout=10), d.vm_log("c")
     first = counts(d, "c")[0]
     assert before < first <= after + 1 and first < gone_on, (before, first, after, gone_on)
-    assert "PROBE boot" not in log_of(d, "c")
-    assert wait_for(lambda: last_count(d, "c") >= first + 5, timeout=10), log_of(d, "c")
+    assert "PROBE boot" not in d.vm_log("c")
+    assert wait_for(lambda: last_count(d, "c") >= first + 5, timeout=10), d.vm_log("c")
 
     # A second snapshot descends from the first; rollback of a paused VM.
     d.ok("POST", "/vms/c/pause")
@@ -115,15 +110,15 @@ def test_memory_snapshot_of_a_running_vm_and_rollback(sdaemon):
     assert d.vm("c")["state"] == "paused"
     d.ok("POST", "/vms/c/snapshots/s1/rollback")
     assert snapshots(d, "c")["current"] == "s1"
-    assert wait_for(lambda: len(counts(d, "c")) >= 2, timeout=10), log_of(d, "c")
+    assert wait_for(lambda: len(counts(d, "c")) >= 2, timeout=10), d.vm_log("c")
     assert before < counts(d, "c")[0] <= after + 1
     # A snapshot taken paused comes back paused: no guest code has run yet;
     # on resume it goes on with the very next count.
     vm = d.ok("POST", "/vms/c/snapshots/s2/rollback")
     assert vm["state"] == "paused" and d.vm("c")["vmm"]["state"] == "paused", vm
-    assert counts(d, "c") == [] and "PROBE boot" not in log_of(d, "c")
+    assert counts(d, "c") == [] and "PROBE boot" not in d.vm_log("c")
     d.ok("POST", "/vms/c/resume")
-    assert wait_for(lambda: len(counts(d, "c")) >= 2, timeout=10), log_of(d, "c")
+    assert wait_for(lambda: len(counts(d, "c")) >= 2, timeout=10), d.vm_log("c")
     assert counts(d, "c")[:2] == [paused_at + 1, paused_at + 2], (paused_at, counts(d, "c"))
 
 
@@ -139,14 +134,14 @@ def test_memory_snapshot_of_a_sandboxed_vmm(daemon):
     assert snap["memory"] is True, snap
     after = last_count(d, "sb")
     assert d.vm("sb")["state"] == "running"
-    assert wait_for(lambda: last_count(d, "sb") >= after + 10, timeout=10), log_of(d, "sb")
+    assert wait_for(lambda: last_count(d, "sb") >= after + 10, timeout=10), d.vm_log("sb")
     files = os.path.join(d.state, "snapshots", "sb", "m")
     assert sorted(os.listdir(files)) == ["memory", "meta.json", "state"]
     assert os.path.getsize(os.path.join(files, "memory")) == 64 << 20
     vm = d.ok("POST", "/vms/sb/snapshots/m/rollback")
     assert vm["state"] == "running" and vm["vmm_uid"] > 0, vm
-    assert wait_for(lambda: len(counts(d, "sb")) >= 3, timeout=10), log_of(d, "sb")
-    assert before < counts(d, "sb")[0] <= after + 1 and "PROBE boot" not in log_of(d, "sb")
+    assert wait_for(lambda: len(counts(d, "sb")) >= 3, timeout=10), d.vm_log("sb")
+    assert before < counts(d, "sb")[0] <= after + 1 and "PROBE boot" not in d.vm_log("sb")
 
 
 def test_rollback_into_a_sandboxed_vmm_and_leftovers(sdaemon):
@@ -168,8 +163,8 @@ def test_rollback_into_a_sandboxed_vmm_and_leftovers(sdaemon):
         assert [s["name"] for s in snapshots(d2, "j")["snapshots"]] == ["m"]
         vm = d2.ok("POST", "/vms/j/snapshots/m/rollback")
         assert vm["state"] == "running" and vm["vmm_uid"] > 0, vm
-        assert wait_for(lambda: len(counts(d2, "j")) >= 3, timeout=10), log_of(d2, "j")
-        assert counts(d2, "j")[0] <= at + 1 and "PROBE boot" not in log_of(d2, "j")
+        assert wait_for(lambda: len(counts(d2, "j")) >= 3, timeout=10), d2.vm_log("j")
+        assert counts(d2, "j")[0] <= at + 1 and "PROBE boot" not in d2.vm_log("j")
         d2.ok("POST", "/vms/j/snapshots", {"name": "d", "memory": False}, status=201)
         assert not os.path.exists(left)
     finally:

@@ -14,16 +14,11 @@ from daemonutil import wait_for
 pytestmark = [needs_kvm]
 
 
-def log_of(d, name):
-    with open(os.path.join(d.state, "logs", f"{name}.log")) as f:
-        return f.read()
-
-
 def start_waiting(d, name, scenario="wait"):
     d.create(name, scenario=scenario)
     d.ok("POST", f"/vms/{name}/start")
     ready = "PROBE wait ged_gsi=" if scenario == "wait" else "PROBE echo ready"
-    assert wait_for(lambda: ready in log_of(d, name), timeout=10), log_of(d, name)
+    assert wait_for(lambda: ready in d.vm_log(name), timeout=10), d.vm_log(name)
 
 
 def test_graceful_stop_powers_the_guest_off(daemon):
@@ -34,7 +29,7 @@ def test_graceful_stop_powers_the_guest_off(daemon):
     js = wait_for(lambda: (v := daemon.vm("w"))["state"] != "stopping" and v, timeout=20)
     assert js["state"] == "stopped" and js["reason"] == "powered off", js
     assert time.monotonic() - t0 < scaled(10)    # the guest's doing, not the timeout
-    assert "PROBE power_button=1" in log_of(daemon, "w")
+    assert "PROBE power_button=1" in daemon.vm_log("w")
     assert daemon.vm("w")["pid"] == 0
 
 
@@ -45,7 +40,7 @@ def test_guest_that_ignores_the_button_is_killed_at_the_timeout(daemon):
     assert js["state"] == "stopped", js
     assert "did not power off within 1 s" in js["reason"], js
     assert 1 <= time.monotonic() - t0 < scaled(8)
-    assert "power_button" not in log_of(daemon, "deaf")
+    assert "power_button" not in daemon.vm_log("deaf")
 
 
 def test_force_ends_a_stop_in_progress_and_paused_vms_need_force(daemon):

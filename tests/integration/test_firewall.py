@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -29,14 +28,6 @@ VM_MAC = "52:54:00:77:00:02"
 def ruleset():
     return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True,
                           check=True).stdout
-
-
-def log_of(d, vm):
-    try:
-        with open(os.path.join(d.state, "logs", vm + ".log")) as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 class Peer:
@@ -140,8 +131,8 @@ def start_vm(d, name="web", ip=VM_IP, **nic):
     d.create(name, scenario="net_ip", cmdline=f"scenario=net_ip net_ip={ip} net_ip_ms=600000",
              nics=[nic])
     d.ok("POST", f"/vms/{name}/start")
-    assert wait_for(lambda: "PROBE net_ip ready" in log_of(d, name), timeout=scaled(20)), \
-        log_of(d, name)
+    assert wait_for(lambda: "PROBE net_ip ready" in d.vm_log(name), timeout=scaled(20)), \
+        d.vm_log(name)
 
 
 def counters(d, name="web"):

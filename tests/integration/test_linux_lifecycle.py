@@ -126,11 +126,6 @@ def test_linux_powers_off_at_the_power_button(kit, vmm, tmp_path):
     assert "LINUX powerbutton pressed=1" in result.stdout, result.stdout[-4000:]
 
 
-def daemon_log(d, name):
-    with open(os.path.join(d.state, "logs", f"{name}.log")) as f:
-        return f.read()
-
-
 def linux_def(kit, name, cmdline, **kw):
     return {"name": name, "kernel": str(kit / "vmlinuz"), "initrd": str(kit / "initrd.img"),
             "cmdline": f"{BASE_CMDLINE} {cmdline}", **kw}
@@ -151,11 +146,11 @@ def test_daemon_stops_linux_gracefully_and_its_disk_is_clean(kit, vmm, tmp_path)
             disks=[{"path": str(img), "format": "qcow2"},
                    {"path": str(ro), "format": "raw", "readonly": True}]), status=201)
         d.ok("POST", "/vms/lx/start")
-        assert wait_for(lambda: "LINUX powerbutton ready" in daemon_log(d, "lx"),
-                        timeout=150), daemon_log(d, "lx")[-4000:]
+        assert wait_for(lambda: "LINUX powerbutton ready" in d.vm_log("lx"),
+                        timeout=150), d.vm_log("lx")[-4000:]
         js = d.stop("lx", timeout=120)
         assert js["state"] == "stopped" and js["reason"] == "powered off", js
-        log = daemon_log(d, "lx")
+        log = d.vm_log("lx")
         assert "LINUX powerbutton pressed=1" in log, log[-4000:]
         blk = linux_lines(log)["blk"]
         assert blk["bound"] == "2", blk
@@ -187,8 +182,8 @@ def test_daemon_cpu_weights_under_cgroup_v2(kit, vmm):
                  status=201)
             d.ok("POST", f"/vms/{name}/start")
         for name in ("heavy", "light"):
-            assert wait_for(lambda: "LINUX burn started=1" in daemon_log(d, name),
-                            timeout=150), daemon_log(d, name)[-4000:]
+            assert wait_for(lambda: "LINUX burn started=1" in d.vm_log(name),
+                            timeout=150), d.vm_log(name)[-4000:]
         before = {n: vcpu_cpu_ns(d, n) for n in ("heavy", "light")}
         # Both burn for a while; the ratio converges whatever the pace.
         assert wait_for(lambda: vcpu_cpu_ns(d, "light") - before["light"] > 3e9,

@@ -177,14 +177,6 @@ def test_networks_persist_across_restart(tmp_path):
             subprocess.run(["ip", "link", "del", "vb-" + a])
 
 
-def log_of(d, vm):
-    try:
-        with open(os.path.join(d.state, "logs", vm + ".log")) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
 def test_two_vms_on_a_network_exchange_frames(netd):
     """VM "echo" (MAC 02:00:00:00:00:01, the probe's "host" address) sends
     back what VM "send" sends it, through the bridge only."""
@@ -199,15 +191,15 @@ def test_two_vms_on_a_network_exchange_frames(netd):
     assert len(ports(br)) == 1
     st, js = netd.request("DELETE", f"/networks/{a}")
     assert st == 409 and "is used by VM" in js["error"], js
-    assert wait_for(lambda: "PROBE net_echo ready" in log_of(netd, "echo"), timeout=20), \
-        log_of(netd, "echo")
+    assert wait_for(lambda: "PROBE net_echo ready" in netd.vm_log("echo"), timeout=20), \
+        netd.vm_log("echo")
     netd.ok("POST", "/vms/send/start")
     assert wait_for(lambda: netd.vm("send")["state"] == "stopped", timeout=30), \
-        (netd.vm("send"), log_of(netd, "send"))
+        (netd.vm("send"), netd.vm_log("send"))
     assert "PROBE net mac=52:54:00:00:00:0a sent=64 received=64 mismatches=0" in \
-        log_of(netd, "send"), log_of(netd, "send")
-    assert wait_for(lambda: netd.vm("echo")["state"] == "stopped", timeout=30), log_of(netd, "echo")
-    assert "PROBE net_echo echoed=64" in log_of(netd, "echo")
+        netd.vm_log("send"), netd.vm_log("send")
+    assert wait_for(lambda: netd.vm("echo")["state"] == "stopped", timeout=30), netd.vm_log("echo")
+    assert "PROBE net_echo echoed=64" in netd.vm_log("echo")
     # Both VMMs ended: their taps (and so the ports) are gone.
     assert wait_for(lambda: ports(br) == [], timeout=10), ports(br)
     # Still defined on the network: deleting it is refused until the VMs go.

@@ -50,12 +50,13 @@ def remote():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def log_of(d, vm):
-    try:
-        with open(os.path.join(d.state, "logs", vm + ".log")) as f:
-            return f.read()
-    except OSError:
-        return ""
+def vlan_network(d, net, **kw):
+    """Creates vlan_aware network NET (skips where the kernel cannot)."""
+    st, js = d.request("POST", "/networks", {"name": net, "vlan_aware": True, **kw})
+    if st == 400 and "VLAN filtering" in js.get("error", ""):
+        pytest.skip(f"skipped: {js['error']}")
+    assert st == 201, js
+    return js
 
 
 def port_vlans(d, net):
@@ -67,9 +68,9 @@ def port_vlans(d, net):
 def probe_line(d, name, prefix):
     """The VM's "PROBE …" line starting with PREFIX once it stopped."""
     assert wait_for(lambda: d.vm(name)["state"] == "stopped", timeout=scaled(60)), \
-        (d.vm(name), log_of(d, name))
-    lines = [ln for ln in log_of(d, name).splitlines() if ln.startswith(prefix)]
-    assert lines, log_of(d, name)
+        (d.vm(name), d.vm_log(name))
+    lines = [ln for ln in d.vm_log(name).splitlines() if ln.startswith(prefix)]
+    assert lines, d.vm_log(name)
     return lines[-1]
 
 
@@ -78,11 +79,7 @@ def test_vlans_keep_traffic_apart_on_ports_trunks_and_the_uplink(tmp_path, remot
     d = Daemon(extra=["--storage", str(tmp_path)]).start()
     net = f"v{TAG}"
     try:
-        st, js = d.request("POST", "/networks", {"name": net, "vlan_aware": True, "uplink": up,
-                                                 "vlans": [10, 20]})
-        if st == 400 and "VLAN filtering" in js.get("error", ""):
-            pytest.skip(f"skipped: {js['error']}")
-        assert st == 201, js
+        js = vlan_network(d, net, uplink=up, vlans=[10, 20])
         (uplink,) = js["ports"]
         assert (uplink["name"], uplink["pvid"], uplink["vlans"]) == (up, 1, [10, 20]), js
 
@@ -90,8 +87,8 @@ def test_vlans_keep_traffic_apart_on_ports_trunks_and_the_uplink(tmp_path, remot
         d.create("echo", scenario="net_echo", cmdline="scenario=net_echo net_echo=64",
                  nics=[{"network": net, "vlan": 10, "mac": ECHO_MAC}])
         d.ok("POST", "/vms/echo/start")
-        assert wait_for(lambda: "PROBE net_echo ready" in log_of(d, "echo"),
-                        timeout=scaled(30)), log_of(d, "echo")
+        assert wait_for(lambda: "PROBE net_echo ready" in d.vm_log("echo"),
+                        timeout=scaled(30)), d.vm_log("echo")
         responder = subprocess.Popen(
             ["ip", "netns", "exec", ns, "python3", str(ROOT / "tests/net_echo.py"),
              f"{peer}.20", "--timeout", str(scaled(60))], stdout=subprocess.PIPE, text=True)
@@ -138,9 +135,7 @@ def test_vlans_survive_a_daemon_restart_that_rebuilds_the_bridge(tmp_path):
     d = Daemon(extra=["--storage", str(tmp_path)]).start()
     net = f"w{TAG}"
     try:
-        st, js = d.request("POST", "/networks", {"name": net, "vlan_aware": True})
-        if st == 400 and "VLAN filtering" in js.get("error", ""):
-            pytest.skip(f"skipped: {js['error']}")
+        vlan_network(d, net)
         d.create("w", scenario="wait", nics=[{"network": net, "vlan": 42}])
         d.ok("POST", "/vms/w/start")
         before = port_vlans(d, net)
@@ -173,11 +168,7 @@ def test_linux_vlan_subinterface(tmp_path, remote, port, reaches):
     d = Daemon(extra=["--storage", str(tmp_path)]).start()
     net = f"l{TAG}"
     try:
-        st, js = d.request("POST", "/networks", {"name": net, "vlan_aware": True, "uplink": up,
-                                                 "vlans": [10, 20]})
-        if st == 400 and "VLAN filtering" in js.get("error", ""):
-            pytest.skip(f"skipped: {js['error']}")
-        assert st == 201, js
+        vlan_network(d, net, uplink=up, vlans=[10, 20])
         cmdline = "vireo.test=net vireo.vlan=20 vireo.ip=10.0.20.2/24 vireo.peer=10.0.20.1 " \
                   "vireo.port=0"
         d.ok("POST", "/vms", {"name": "lx", "cpus": 1, "memory": "256M",
@@ -186,10 +177,10 @@ def test_linux_vlan_subinterface(tmp_path, remote, port, reaches):
                               "nics": [{"network": net, "mac": MAC, **port}]}, status=201)
         d.ok("POST", "/vms/lx/start")
         assert wait_for(lambda: d.vm("lx")["state"] == "stopped", timeout=scaled(150)), \
-            (d.vm("lx"), log_of(d, "lx")[-4000:])
-        net_line = linux_lines(log_of(d, "lx")).get("net")
+            (d.vm("lx"), d.vm_log("lx")[-4000:])
+        net_line = linux_lines(d.vm_log("lx")).get("net")
         assert net_line and net_line["bound"] == "1" and net_line["vlan"] == "20", \
-            log_of(d, "lx")[-4000:]
+            d.vm_log("lx")[-4000:]
         assert net_line["ping"] == ("ok" if reaches else "fail"), net_line
     finally:
         d.cleanup()
@@ -203,17 +194,15 @@ def test_patch_moves_a_running_vm_to_another_vlan(tmp_path):
     d = Daemon(extra=["--storage", str(tmp_path)]).start()
     net = f"p{TAG}"
     try:
-        st, js = d.request("POST", "/networks", {"name": net, "vlan_aware": True})
-        if st == 400 and "VLAN filtering" in js.get("error", ""):
-            pytest.skip(f"skipped: {js['error']}")
+        vlan_network(d, net)
         d.create("echo", scenario="net_echo",
                  cmdline=f"scenario=net_echo net_echo=8 net_echo_ms={scaled(120) * 1000}",
                  nics=[{"network": net, "vlan": 10, "mac": ECHO_MAC}])
         d.create("s", scenario="net", cmdline="scenario=net n=8 net_timeout_ms=3000",
                  nics=[{"network": net, "vlan": 20}])
         d.ok("POST", "/vms/echo/start")
-        assert wait_for(lambda: "PROBE net_echo ready" in log_of(d, "echo"),
-                        timeout=scaled(30)), log_of(d, "echo")
+        assert wait_for(lambda: "PROBE net_echo ready" in d.vm_log("echo"),
+                        timeout=scaled(30)), d.vm_log("echo")
         d.ok("POST", "/vms/s/start")
         assert "received=0 " in probe_line(d, "s", "PROBE net mac=")
         before = port_vlans(d, net)
