@@ -28,6 +28,7 @@
 #include "vireo/loop.h"
 #include "vireo/pci.h"
 #include "vireo/power.h"
+#include "vireo/rtc.h"
 #include "vireo/sandbox.h"
 #include "vireo/serial.h"
 #include "vireo/size.h"
@@ -70,6 +71,7 @@ struct run_options {
 struct vm_devices {
 	struct serial *serial;
 	struct ged *ged;
+	struct rtc *rtc;
 	struct virtio_blk *disks[MAX_DISKS];
 	struct virtio_rng *rng;
 	struct virtio_balloon *balloon;
@@ -634,6 +636,7 @@ static void vm_devices_destroy(struct vm_devices *devs)
 	for (unsigned int i = 0; i < MAX_NICS; i++)
 		virtio_net_destroy(devs->nics[i]);
 	ged_destroy(devs->ged);
+	rtc_destroy(devs->rtc);
 	serial_destroy(devs->serial);
 }
 
@@ -665,6 +668,8 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 		return -ENOMEM;
 	ret = power_devices_init(vm, o->debug_exit);
 	if (!ret && !(devs->ged = ged_create(vm)))
+		ret = -ENOMEM;
+	if (!ret && !(devs->rtc = rtc_create(vm)))
 		ret = -ENOMEM;
 	if (!ret)
 		ret = pci_init(pci, vm);
