@@ -11,8 +11,8 @@
  *     CPU count, no boot menu, and, when a kernel is given, QEMU's kernel,
  *     setup, initrd and command-line items with its linuxboot_dma option
  *     ROM, which loads them the way QEMU -kernel does.
- * vireo's own ACPI tables are not passed (no etc/table-loader yet):
- * SeaBIOS then publishes only its MP and PIR tables. */
+ * and vireo's own ACPI tables (those of a direct boot) through
+ * etc/table-loader, which the firmware installs and relocates. */
 #ifndef VIREO_FIRMWARE_H
 #define VIREO_FIRMWARE_H
 
@@ -42,6 +42,11 @@ void firmware_destroy(struct firmware *fw);
  * le32 type, packed). Returns the number written. */
 #define FIRMWARE_E820_ENTRY 20
 unsigned int firmware_e820(const struct vm *vm, uint8_t *out, unsigned int max);
+
+/* The ACPI tables as fw_cfg files etc/acpi/rsdp, etc/acpi/tables and the
+ * etc/table-loader script (src/boot/firmware-acpi.c). Builds them in guest
+ * RAM at LAYOUT_ACPI_TABLES first: call it before the shadow copy. */
+int firmware_add_acpi(struct fwcfg *f, struct vm *vm);
 
 /* QEMU -kernel through fw_cfg (src/boot/firmware-linux.c): a bzImage
  * (boot protocol 2.02 or later, loaded high) split into its real-mode

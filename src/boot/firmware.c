@@ -24,6 +24,7 @@
 #define FIRMWARE_MIN_SIZE  (64u << 10)
 #define FIRMWARE_MAX_SIZE  (16u << 20)
 #define FIRMWARE_SHADOW    (128u << 10)
+#define FIRMWARE_SHADOW_SEABIOS (256u << 10)
 #define PORT_DEBUGCON      0x0402 /* QEMU's isa-debugcon, where SeaBIOS logs */
 
 struct firmware {
@@ -101,12 +102,17 @@ static int firmware_map(struct firmware *fw)
 		.memory_size = fw->size,
 		.userspace_addr = (uint64_t)(uintptr_t)fw->rom,
 	};
-	size_t shadow = fw->size < FIRMWARE_SHADOW ? fw->size : FIRMWARE_SHADOW;
+	size_t shadow = fw->size <= FIRMWARE_SHADOW_SEABIOS ? fw->size : FIRMWARE_SHADOW;
 	uint8_t *low = guest_ptr(&vm->mem, LAYOUT_HIGH_RAM_START - shadow, shadow);
 
 	if (!low)
 		return err_set(-EINVAL, "no guest RAM below 1 MiB for the firmware");
-	/* The shadow RAM as the chipset holds it at reset: the image's end. */
+	/* The shadow RAM as the chipset holds it at reset: the image's last
+	 * 128 KiB. SeaBIOS's 256 KiB build then copies the rest of itself
+	 * from the high alias into RAM below 0xe0000, after opening the
+	 * i440FX's PAM registers, which vireo's host bridge does not have
+	 * (it says "Unable to unlock ram"): images up to 256 KiB are put
+	 * there whole, as that copy would leave them. */
 	memcpy(low, fw->rom + fw->size - shadow, shadow);
 	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &slot) < 0)
 		return err_set(-errno, "cannot map the firmware below 4 GiB: %m");
@@ -196,24 +202,25 @@ int firmware_load(struct vm *vm, struct pci_bus *pci, const char *path,
 	int ret;
 
 	*out = NULL;
-	/* Measured: kvm_pvm (DESIGN §5) never returns from KVM_RUN on real-mode
-	 * code, and the firmware starts in real mode. */
-	if (!vm->hw_virt) {
-		free(fw);
-		return err_set(-ENOTSUP, "--firmware needs hardware virtualization (vmx or svm): "
-			       "this host's KVM cannot run the firmware's real-mode code");
-	}
 	if (!fw)
 		return err_set(-ENOMEM, "out of memory");
 	fw->vm = vm;
 	pthread_mutex_init(&fw->debug_lock, NULL);
 	ret = firmware_read_image(path, fw);
-	if (!ret)
-		ret = firmware_map(fw);
+	/* Measured: kvm_pvm (DESIGN §5) never returns from KVM_RUN on real-mode
+	 * code, and the firmware starts in real mode. */
+	if (!ret && !vm->hw_virt)
+		ret = err_set(-ENOTSUP, "--firmware needs hardware virtualization (vmx or svm): "
+			      "this host's KVM cannot run the firmware's real-mode code");
 	if (!ret && !(fw->fwcfg = fwcfg_create(vm)))
 		ret = -ENOMEM;
 	if (!ret)
 		ret = firmware_fill(fw, pci);
+	/* Built where the shadow goes next. */
+	if (!ret)
+		ret = firmware_add_acpi(fw->fwcfg, vm);
+	if (!ret)
+		ret = firmware_map(fw);
 	if (!ret && debug)
 		ret = bus_register(&vm->pio, PORT_DEBUGCON, 1, debugcon_io, fw, "debugcon");
 	if (!ret && cfg->kernel)
