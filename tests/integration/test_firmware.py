@@ -123,7 +123,10 @@ def test_seabios_boots_the_disk(vmm, firmware, tmp_path):
     assert status == want, (status, out[-2000:], err[-4000:])
     assert "SeaBIOS (version" in out, out[-2000:]
     assert "Booting from Hard Disk" in out, out[-2000:]
-    assert MARKER in out.split("Booting from Hard Disk", 1)[1]
+    # SeaBIOS's serial console flushes its screen lazily (from its timer
+    # interrupt, on QEMU too): the rest of its "..." and line end may
+    # come in the middle of the MBR's direct writes.
+    assert MARKER in re.sub(r"[.\r\n]", "", out.split("Booting from Hard Disk", 1)[1]), out
     if vmm == "vireo":
         # What vireo still lacks shows in SeaBIOS's own log: nothing worse.
         log = [line for line in err.splitlines() if line.startswith("firmware: ")]
