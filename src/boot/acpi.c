@@ -149,6 +149,10 @@ static void dsdt_pci_root(struct aml *sb)
 	aml_res_io_window(&crs, 0x1000, 0xffff);
 	aml_res_mem32_window(&crs, (uint32_t)LAYOUT_PCI_MMIO_START,
 			     (uint32_t)(LAYOUT_PCI_MMIO_START + LAYOUT_PCI_MMIO_SIZE - 1));
+	/* Between the ECAM and the IOAPIC: where firmware puts BARs (SeaBIOS
+	 * allocates downwards from 0xfec00000, as on QEMU's pc machine). */
+	aml_res_mem32_window(&crs, (uint32_t)(LAYOUT_ECAM_BASE + LAYOUT_ECAM_SIZE),
+			     (uint32_t)LAYOUT_IOAPIC_BASE - 1);
 	aml_res_end(&crs);
 	aml_name_buffer(&dev, "_CRS", &crs);
 	dsdt_pci_prt(&dev);

@@ -150,11 +150,15 @@ unsigned int firmware_e820(const struct vm *vm, uint8_t *out, unsigned int max)
 
 /* One line per virtio-blk disk, in slot order (the --disk order): the
  * Open Firmware path QEMU gives such a disk, which SeaBIOS matches
- * against its own "/pci@i0cf8/ *@SLOT" pattern. */
-static int firmware_bootorder(struct fwcfg *f, struct pci_bus *pci)
+ * against its own "/pci@i0cf8/ *@SLOT" pattern. A kernel comes first, as
+ * QEMU -kernel gives its option ROM boot index 0. */
+static int firmware_bootorder(struct fwcfg *f, struct pci_bus *pci, bool kernel)
 {
-	char text[PCI_SLOTS * 40] = "";
+	char text[PCI_SLOTS * 40 + 64] = "";
 	size_t len = 0;
+
+	if (kernel)
+		len += (size_t)snprintf(text, sizeof(text), "/rom@genroms/linuxboot_dma.bin");
 
 	for (unsigned int s = 0; s < PCI_SLOTS; s++) {
 		const struct pci_device *d = pci->slots[s];
@@ -167,7 +171,7 @@ static int firmware_bootorder(struct fwcfg *f, struct pci_bus *pci)
 	return len ? fwcfg_add_file(f, "bootorder", text, len + 1) : 0;
 }
 
-static int firmware_fill(struct firmware *fw, struct pci_bus *pci)
+static int firmware_fill(struct firmware *fw, struct pci_bus *pci, bool kernel)
 {
 	struct vm *vm = fw->vm;
 	uint8_t e820[BOOT_MAX_E820 * FIRMWARE_E820_ENTRY];
@@ -191,7 +195,7 @@ static int firmware_fill(struct firmware *fw, struct pci_bus *pci)
 	if (!ret)
 		ret = fwcfg_add_file(fw->fwcfg, "etc/sercon-port", "\xf8\x03", 2);
 	if (!ret)
-		ret = firmware_bootorder(fw->fwcfg, pci);
+		ret = firmware_bootorder(fw->fwcfg, pci, kernel);
 	return ret ? err_set(ret, "cannot fill fw_cfg: %s", strerror(-ret)) : 0;
 }
 
@@ -215,7 +219,7 @@ int firmware_load(struct vm *vm, struct pci_bus *pci, const char *path,
 	if (!ret && !(fw->fwcfg = fwcfg_create(vm)))
 		ret = -ENOMEM;
 	if (!ret)
-		ret = firmware_fill(fw, pci);
+		ret = firmware_fill(fw, pci, cfg->kernel != NULL);
 	/* Built where the shadow goes next. */
 	if (!ret)
 		ret = firmware_add_acpi(fw->fwcfg, vm);

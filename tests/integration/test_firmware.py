@@ -140,17 +140,21 @@ def test_seabios_boots_the_disk(vmm, firmware, tmp_path):
                                                              LINUX_VM]),
                                  pytest.param("qemu", marks=[needs_qemu, needs_seabios,
                                                             LINUX_VM])])
-def test_kernel_through_firmware(kit, vmm):  # noqa: F811
+def test_kernel_through_firmware(kit, vmm, tmp_path):  # noqa: F811
     """--kernel with --firmware: the kernel, initrd and command line go
     through fw_cfg to QEMU's linuxboot_dma option ROM, which SeaBIOS runs;
     Debian's kernel finds vireo's ACPI tables (installed by the firmware
     from etc/table-loader), reaches its /init and powers off through
-    them."""
+    them. The kernel comes before the disk in the boot order, and the
+    BARs SeaBIOS placed lie in a window of the DSDT's PCI root."""
     cmdline = f"{BASE_CMDLINE} vireo.test=dmesg"
+    blank = tmp_path / "blank.raw"
+    with open(blank, "wb") as f:
+        f.truncate(16 << 20)
     if vmm == "vireo":
         argv = [str(VIREO), "run", "--firmware", SEABIOS, "--memory", "256M",
                 "--kernel", str(kit / "vmlinuz"), "--initrd", str(kit / "initrd.img"),
-                "--cmdline", cmdline]
+                "--cmdline", cmdline, "--disk", f"path={blank},format=raw"]
     else:
         argv = ["qemu-system-x86_64", "-accel", "kvm", "-M", "pc", "-m", "256M",
                 "-bios", SEABIOS, "-nographic", "-nodefaults", "-serial", "stdio",
@@ -165,6 +169,11 @@ def test_kernel_through_firmware(kit, vmm):  # noqa: F811
     if vmm == "vireo":
         xsdt = [line for line in out.splitlines() if "ACPI: XSDT" in line]
         assert xsdt and "VIREO" in xsdt[0], out[-3000:]
+        assert "Boot failed" not in out, out[-3000:]
+        assert "virtio_devices=1" in out, out[-3000:]
+        bad = [line for line in out.splitlines()
+               if "can't claim" in line or "no compatible bridge window" in line]
+        assert not bad, bad
 
 
 @pytest.mark.parametrize("vmm", [pytest.param("vireo", marks=[needs_kvm, LINUX_VM])])
