@@ -52,6 +52,14 @@ void rtc_destroy(struct rtc *r);
 void rtc_write_index(struct rtc *r, uint8_t value);
 uint8_t rtc_read_data(struct rtc *r);
 void rtc_write_data(struct rtc *r, uint8_t value);
+/* Save/restore (vireo/state.h, STATE_SEC_RTC): the index, the NMI mask,
+ * the NVRAM and the guest's offset from host time; a restored RTC follows
+ * the host clock from there, as a PC's RTC runs on while it is off.
+ * rtc_restore: 0 or -errno with err_set(). */
+struct state_writer;
+struct state_reader;
+void rtc_save(struct rtc *r, struct state_writer *w);
+int rtc_restore(struct rtc *r, const struct state_reader *rd);
 /* Register `index`, for tests (what a read of 0x71 after selecting it gives). */
 uint8_t rtc_read_reg(struct rtc *r, uint8_t index);
 /* Whether the guest has masked NMIs through port 0x70. */

@@ -659,7 +659,7 @@ static void vm_devices_destroy(struct vm_devices *devs)
 static int restore_state(struct vm *vm, struct vm_devices *devs, const struct run_options *o)
 {
 	struct snapshot_target t = { .vm = vm, .serial = devs->serial, .ged = devs->ged,
-				     .machine = &o->machine };
+				     .rtc = devs->rtc, .machine = &o->machine };
 	int ret = vm_memory_ready(vm);
 
 	return ret ? ret : snapshot_restore(o->snap, &t);
@@ -710,7 +710,7 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 {
 	struct control_target t = { .vm = vm, .disks = devs->disks, .disk_paths = paths,
 				    .ndisks = o->ndisks, .nics = devs->nics, .nnics = o->nnics,
-				    .balloon = devs->balloon, .ged = devs->ged,
+				    .balloon = devs->balloon, .ged = devs->ged, .rtc = devs->rtc,
 				    .serial = devs->serial,
 				    .balloon_target = o->balloon_target, .machine = &o->machine };
 

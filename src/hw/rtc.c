@@ -10,6 +10,7 @@
 #include "vireo/layout.h"
 #include "vireo/log.h"
 #include "vireo/rtc.h"
+#include "vireo/state.h"
 
 #define RTC_NVRAM_SIZE  128
 #define RTC_UIP_NS      244000 /* update-in-progress lead time, per the data sheet */
@@ -296,6 +297,57 @@ static void rtc_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, b
 		rtc_write_data(r, data[0]);
 	else
 		bus_put(data, len, rtc_read_data(r));
+}
+
+/* STATE_SEC_RTC: u8 index, u8 NMI masked, 128 bytes NVRAM, u64 offset
+ * (seconds, two's complement), u64 the time frozen while SET is held. */
+void rtc_save(struct rtc *r, struct state_writer *w)
+{
+	struct tm frozen;
+
+	pthread_mutex_lock(&r->lock);
+	frozen = r->frozen;
+	state_begin(w, STATE_SEC_RTC, 0, 0);
+	state_put_u8(w, __atomic_load_n(&r->index, __ATOMIC_RELAXED));
+	state_put_u8(w, rtc_nmi_masked(r));
+	state_put_bytes(w, r->nvram, sizeof(r->nvram));
+	state_put_u64(w, (uint64_t)r->offset);
+	state_put_u64(w, rtc_held(r) ? (uint64_t)timegm(&frozen) : 0);
+	state_end(w);
+	pthread_mutex_unlock(&r->lock);
+}
+
+int rtc_restore(struct rtc *r, const struct state_reader *rd)
+{
+	uint8_t nvram[RTC_NVRAM_SIZE], index, nmi;
+	struct state_cursor c;
+	int64_t offset;
+	time_t frozen;
+	int ret = state_section(rd, STATE_SEC_RTC, 0, &c);
+
+	if (ret)
+		return ret;
+	index = state_get_u8(&c);
+	nmi = state_get_u8(&c);
+	state_get_bytes(&c, nvram, sizeof(nvram));
+	offset = (int64_t)state_get_u64(&c);
+	frozen = (time_t)state_get_u64(&c);
+	ret = state_done(&c);
+	if (ret)
+		return ret;
+	/* A hostile file gets no further than an odd clock: 10,000 years. */
+	if (offset > 315576000000LL || offset < -315576000000LL)
+		return err_set(-EINVAL, "RTC state: clock offset out of range");
+	pthread_mutex_lock(&r->lock);
+	memcpy(r->nvram, nvram, sizeof(nvram));
+	r->nvram[RTC_REG_D] = 0x80;
+	r->nvram[RTC_REG_A] &= 0x7f;
+	r->offset = offset;
+	gmtime_r(&frozen, &r->frozen);
+	r->index = index & 0x7f;
+	r->nmi_masked = nmi != 0;
+	pthread_mutex_unlock(&r->lock);
+	return 0;
 }
 
 struct rtc *rtc_create(struct vm *vm)

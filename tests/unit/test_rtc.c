@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "vireo/rtc.h"
+#include "vireo/state.h"
 
 static struct timespec fake_now;
 
@@ -177,6 +178,40 @@ static void memory_sizes_as_seabios_reads_them(void **state)
 	rtc_destroy(r);
 }
 
+/* A snapshot keeps what the guest set: NVRAM bytes, the index, the NMI
+ * mask and its clock offset, which then runs on with the host clock. */
+static void save_and_restore(void **state)
+{
+	struct state_header h = { .version = STATE_VERSION, .ncpus = 1, .mem_size = 1 << 20 };
+	struct state_writer *w = state_writer_new(&h);
+	struct rtc *r = make_rtc(256 << 20, 0, 1), *r2;
+	struct state_reader *rd;
+	const uint8_t *buf;
+	size_t len;
+
+	(void)state;
+	rtc_write_index(r, 0x40);
+	rtc_write_data(r, 0x5a);
+	rtc_write_index(r, 0x09);
+	rtc_write_data(r, 0x30); /* year 2030 */
+	rtc_write_index(r, 0x80 | 0x00);
+	rtc_save(r, w);
+	assert_int_equal(state_writer_finish(w, &buf, &len), 0);
+	assert_int_equal(state_reader_open(buf, len, &rd), 0);
+	r2 = make_rtc(64 << 20, 0, 2);
+	fake_now.tv_sec += 3600;
+	assert_int_equal(rtc_restore(r2, rd), 0);
+	assert_int_equal(rtc_read_reg(r2, 0x40), 0x5a);
+	assert_int_equal(rtc_read_reg(r2, 0x09), 0x30);
+	assert_int_equal(rtc_read_reg(r2, 0x04), 0x16); /* an hour later */
+	assert_true(rtc_nmi_masked(r2));
+	assert_int_equal(rtc_read_data(r2), 0x05); /* index 0: seconds */
+	state_reader_free(rd);
+	state_writer_free(w);
+	rtc_destroy(r);
+	rtc_destroy(r2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -186,6 +221,7 @@ int main(void)
 		cmocka_unit_test(update_in_progress_before_each_second),
 		cmocka_unit_test(nmi_mask_and_nvram),
 		cmocka_unit_test(memory_sizes_as_seabios_reads_them),
+		cmocka_unit_test(save_and_restore),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
