@@ -195,3 +195,29 @@ def test_linux_reads_the_time_from_the_rtc(kit, vmm):  # noqa: F811
     assert m, "\n".join(line for line in dmesg if "rtc" in line)
     rtc = datetime.datetime.fromisoformat(f"{m[0][1]}T{m[0][2]}+00:00")
     assert before - datetime.timedelta(seconds=2) <= rtc <= after, (rtc, before, after)
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+@needs_kvm
+@needs_seabios
+@hw_virt
+def test_probe_bzimage_through_firmware(cpus):
+    """The probe guest's bzImage through SeaBIOS and QEMU's linuxboot ROM:
+    its real-mode setup runs (entry linux32, as on QEMU), and it finds the
+    same machine as when vireo boots it directly: CPUs (SMP through the
+    MADT), the hardware-reduced FADT, its sleep register and _S5_, the
+    ECAM and the tables, which the firmware put elsewhere."""
+    from conftest import run_vireo
+    bzimage = VIREO.parent / "guest" / "probe.bzimage"
+    direct = run_vireo("scenario=hello", cpus=cpus, timeout=60)
+    assert direct.returncode == 0, direct.stdout + direct.stderr
+    start = time.monotonic()
+    run = run_vireo("scenario=hello", cpus=cpus, kernel=bzimage, timeout=60,
+                    extra=["--firmware", SEABIOS])
+    print(f"probe.bzimage through SeaBIOS, {cpus} vCPUs: {time.monotonic() - start:.2f} s")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.all("boot")[0]["entry"] == "linux32", run.stdout
+    want, got = direct.facts(), run.facts()
+    for key in ("cpus", "hw_reduced", "sleep_ctl", "s5", "ecam", "tables"):
+        assert got.get(key) == want.get(key), (key, got, want)
+    assert got.get("rsdp") != want.get("rsdp")   # where SeaBIOS put it
