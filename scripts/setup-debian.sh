@@ -3,6 +3,8 @@
 # The nested test host (tests/nested/) needs qemu-system-x86, qemu-system-common
 # (virtiofsd), busybox-static and kmod, with apt-get, dpkg-deb and unshare from
 # the base system; it downloads Debian's kernel package itself.
+# The firmware tests boot seabios; --kernel through firmware needs
+# qemu-system-data (linuxboot_dma.bin).
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -12,5 +14,5 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 	build-essential clang pkg-config \
 	libcmocka-dev libjson-c-dev liburing-dev libmicrohttpd-dev libmnl-dev \
 	libnftables-dev libseccomp-dev libzstd-dev zlib1g-dev \
-	python3-pytest qemu-utils qemu-system-x86 qemu-system-common \
+	python3-pytest qemu-utils qemu-system-x86 qemu-system-common seabios qemu-system-data \
 	busybox-static cpio kmod iproute2 nftables acpica-tools strace gdb >/dev/null

@@ -34,6 +34,7 @@ struct virtio_blk;
 struct virtio_balloon;
 struct virtio_net;
 struct ged;
+struct rtc;
 struct serial;
 struct machine_config;
 struct json_object;
@@ -84,6 +85,7 @@ struct control_target {
 	unsigned int nnics;
 	struct virtio_balloon *balloon; /* NULL: none */
 	struct ged *ged;                /* the power button; NULL: none */
+	struct rtc *rtc;                /* saved in snapshots; NULL: none */
 	struct serial *serial;          /* the console; NULL: none */
 	uint64_t balloon_target;        /* its target (control_apply updates it) */
 	const struct machine_config *machine; /* for snapshots; NULL: none taken */

@@ -41,6 +41,7 @@
 #define PORT_DEBUG_EXIT         0x00f4 /* test device: guest status -> exit code */
 #define PORT_I8042_DATA         0x0060
 #define PORT_I8042_CMD          0x0064
+#define PORT_RTC_INDEX          0x0070 /* MC146818: index, then data at 0x71 */
 #define PORT_COM1               0x03f8
 #define PORT_ACPI_SLEEP_CONTROL 0x0600 /* FADT hardware-reduced sleep registers */
 #define PORT_ACPI_SLEEP_STATUS  0x0601

@@ -54,6 +54,7 @@ enum state_section_type {
 	STATE_SEC_SERIAL = 6,
 	STATE_SEC_GED = 7,
 	STATE_SEC_MEMORY = 8,   /* the memory file: its size and layout */
+	STATE_SEC_RTC = 9,      /* CMOS RTC: NVRAM and the guest's clock offset */
 	STATE_SEC_COUNT,        /* types below this are known */
 };
 
@@ -135,12 +136,15 @@ const char *state_section_name(uint32_t type);
 struct vm;
 struct serial;
 struct ged;
+struct rtc;
 struct machine_config;
 
 struct snapshot_target {
 	struct vm *vm;
 	struct serial *serial;
 	struct ged *ged;
+	struct rtc *rtc;        /* NULL: not saved (a snapshot without it keeps
+				 * the fresh RTC: host time, sizes of this VM) */
 	const struct machine_config *machine;
 };
 

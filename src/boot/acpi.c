@@ -13,6 +13,7 @@
 #include "vireo/layout.h"
 #include "vireo/log.h"
 #include "vireo/pci.h"
+#include "vireo/rtc.h"
 
 struct acpi_header {
 	char signature[4];
@@ -51,7 +52,8 @@ struct acpi_fadt {
 	struct acpi_header h;
 	uint32_t firmware_ctrl;
 	uint32_t dsdt;
-	uint8_t pad0[109 - 44];
+	uint8_t pad0[108 - 44];
+	uint8_t century;      /* CMOS index of the century register */
 	uint16_t iapc_boot_arch;
 	uint8_t reserved;
 	uint32_t flags;
@@ -76,7 +78,6 @@ _Static_assert(sizeof(struct acpi_fadt) == 276, "FADT revision 6 is 276 bytes");
 #define FADT_HW_REDUCED     (1u << 20)
 #define BOOT_ARCH_8042      (1u << 1)
 #define BOOT_ARCH_NO_VGA    (1u << 2)
-#define BOOT_ARCH_NO_CMOS   (1u << 5)
 
 /* Bump allocator over the ACPI area of guest memory. */
 struct acpi_area {
@@ -148,11 +149,30 @@ static void dsdt_pci_root(struct aml *sb)
 	aml_res_io_window(&crs, 0x1000, 0xffff);
 	aml_res_mem32_window(&crs, (uint32_t)LAYOUT_PCI_MMIO_START,
 			     (uint32_t)(LAYOUT_PCI_MMIO_START + LAYOUT_PCI_MMIO_SIZE - 1));
+	/* Between the ECAM and the IOAPIC: where firmware puts BARs (SeaBIOS
+	 * allocates downwards from 0xfec00000, as on QEMU's pc machine). */
+	aml_res_mem32_window(&crs, (uint32_t)(LAYOUT_ECAM_BASE + LAYOUT_ECAM_SIZE),
+			     (uint32_t)LAYOUT_IOAPIC_BASE - 1);
 	aml_res_end(&crs);
 	aml_name_buffer(&dev, "_CRS", &crs);
 	dsdt_pci_prt(&dev);
 	aml_device(sb, "PCI0", &dev);
 	sb->failed |= dev.failed;
+	aml_free(&crs);
+	aml_free(&dev);
+}
+
+/* The MC146818 (vireo/rtc.h): ports only, no IRQ (it raises none). */
+static void dsdt_rtc(struct aml *sb)
+{
+	struct aml dev = { 0 }, crs = { 0 };
+
+	aml_name_eisaid(&dev, "_HID", "PNP0B00");
+	aml_res_io(&crs, PORT_RTC_INDEX, 2);
+	aml_res_end(&crs);
+	aml_name_buffer(&dev, "_CRS", &crs);
+	aml_device(sb, "RTC_", &dev);
+	sb->failed |= dev.failed || crs.failed;
 	aml_free(&crs);
 	aml_free(&dev);
 }
@@ -219,6 +239,7 @@ static uint64_t acpi_build_dsdt(struct acpi_area *area)
 
 	dsdt_pci_root(&sb);
 	dsdt_com1(&sb);
+	dsdt_rtc(&sb);
 	dsdt_ged(&sb);
 	aml_scope(&body, "\\_SB_", &sb);
 	aml_name_package(&body, "_S5_", s5, 2);
@@ -248,7 +269,8 @@ static uint64_t acpi_build_fadt(struct acpi_area *area, uint64_t dsdt)
 	/* No 8042 flag: vireo's i8042 is only a reset line, and a guest told
 	 * there is a keyboard controller probes it for seconds (Linux:
 	 * "Can't read CTR"). The reset register still goes through its port. */
-	f->iapc_boot_arch = BOOT_ARCH_NO_VGA | BOOT_ARCH_NO_CMOS;
+	f->iapc_boot_arch = BOOT_ARCH_NO_VGA;
+	f->century = RTC_REG_CENTURY;
 	f->reset_reg = (struct acpi_gas){ 1, 8, 0, 1, PORT_I8042_CMD };
 	f->reset_value = 0xfe;
 	f->sleep_control = (struct acpi_gas){ 1, 8, 0, 1, PORT_ACPI_SLEEP_CONTROL };

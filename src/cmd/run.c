@@ -21,6 +21,7 @@
 #include "vireo/boot.h"
 #include "vireo/cmd.h"
 #include "vireo/control.h"
+#include "vireo/firmware.h"
 #include "vireo/ged.h"
 #include "vireo/log.h"
 #include "vireo/machine.h"
@@ -28,6 +29,7 @@
 #include "vireo/loop.h"
 #include "vireo/pci.h"
 #include "vireo/power.h"
+#include "vireo/rtc.h"
 #include "vireo/sandbox.h"
 #include "vireo/serial.h"
 #include "vireo/size.h"
@@ -41,6 +43,8 @@
 
 struct run_options {
 	struct boot_config boot;
+	const char *firmware;	/* --firmware: boot through it (vireo/firmware.h) */
+	bool firmware_debug;
 	struct vm_config vm;
 	bool reboot_restart;
 	struct disk_config disks[MAX_DISKS];
@@ -70,6 +74,8 @@ struct run_options {
 struct vm_devices {
 	struct serial *serial;
 	struct ged *ged;
+	struct rtc *rtc;
+	struct firmware *fw;
 	struct virtio_blk *disks[MAX_DISKS];
 	struct virtio_rng *rng;
 	struct virtio_balloon *balloon;
@@ -95,10 +101,13 @@ struct console {
 };
 
 static const char run_usage[] =
-	"usage: vireo run --kernel FILE [--initrd FILE] [--cmdline TEXT]\n"
+	"usage: vireo run --kernel FILE|--firmware FILE [--initrd FILE] [--cmdline TEXT]\n"
 	"                 [--cpus N] [--memory SIZE] [--hugepages] [--reboot=exit|restart]\n"
 	"\n"
 	"  --kernel FILE    bzImage, ELF vmlinux, or an ELF with a PVH note\n"
+	"  --firmware FILE  boot a BIOS image (SeaBIOS bios.bin): it boots the first\n"
+	"                   disk, or --kernel (a bzImage) with --initrd and --cmdline\n"
+	"  --firmware-debug the firmware's debug log (port 0x402) on stderr\n"
 	"  --initrd FILE    initial ramdisk\n"
 	"  --cmdline TEXT   kernel command line\n"
 	"  --cpus N         vCPUs (default 1)\n"
@@ -254,7 +263,7 @@ static int check_restore(struct run_options *o)
 	if (o->machine_opts)
 		return err_set(-EINVAL, "--restore takes the machine from the snapshot: no --kernel, "
 			       "--initrd, --cmdline, --cpus, --memory, --hugepages, --disk, --net, "
-			       "--rng, --balloon or --debug-exit with it");
+			       "--rng, --balloon, --debug-exit or --firmware with it");
 	if (o->reboot_restart)
 		return err_set(-EINVAL, "--reboot=restart would restore the snapshot again: "
 			       "use --reboot=exit with --restore");
@@ -287,9 +296,11 @@ static int check_run_options(struct run_options *o, bool seccomp_given)
 		return err_set(-errno, "--jail %s: %s", o->sandbox.jail, strerror(errno));
 	if (o->restore)
 		return check_restore(o);
-	if (!o->boot.kernel)
-		return err_set(-EINVAL, "--kernel is required (see 'vireo run --help')");
-	if (access(o->boot.kernel, R_OK) < 0)
+	if (!o->boot.kernel && !o->firmware)
+		return err_set(-EINVAL, "--kernel or --firmware is required (see 'vireo run --help')");
+	if (o->firmware && access(o->firmware, R_OK) < 0)
+		return err_set(-errno, "cannot read firmware %s: %s", o->firmware, strerror(errno));
+	if (o->boot.kernel && access(o->boot.kernel, R_OK) < 0)
 		return err_set(-errno, "cannot read kernel %s: %s", o->boot.kernel, strerror(errno));
 	if (o->boot.initrd && access(o->boot.initrd, R_OK) < 0)
 		return err_set(-errno, "cannot read initrd %s: %s", o->boot.initrd, strerror(errno));
@@ -325,10 +336,12 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_BALLOON, OPT_NET,
 	       OPT_API_SOCKET, OPT_VCPU_CGROUP, OPT_CONSOLE_SOCKET, OPT_USER, OPT_JAIL,
 	       OPT_SECCOMP, OPT_STORAGE, OPT_STATUS_FILE, OPT_DEBUG_EXIT, OPT_RESTORE,
-	       OPT_PAUSED };
+	       OPT_PAUSED, OPT_FIRMWARE, OPT_FIRMWARE_DEBUG };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
+		{ "firmware", required_argument, NULL, OPT_FIRMWARE },
+		{ "firmware-debug", no_argument, NULL, OPT_FIRMWARE_DEBUG },
 		{ "cmdline", required_argument, NULL, 'c' },
 		{ "cpus", required_argument, NULL, 'n' },
 		{ "memory", required_argument, NULL, 'm' },
@@ -361,6 +374,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		switch (c) {
 		case 'k': case 'i': case 'c': case 'n': case 'm': case OPT_HUGEPAGES:
 		case OPT_DISK: case OPT_RNG: case OPT_BALLOON: case OPT_NET: case OPT_DEBUG_EXIT:
+		case OPT_FIRMWARE:
 			o->machine_opts++;
 		}
 		switch (c) {
@@ -413,6 +427,8 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		case OPT_DEBUG_EXIT: o->debug_exit = true; break;
 		case OPT_RESTORE: o->restore = optarg; break;
 		case OPT_PAUSED: o->paused = true; break;
+		case OPT_FIRMWARE: o->firmware = optarg; break;
+		case OPT_FIRMWARE_DEBUG: o->firmware_debug = true; break;
 		case OPT_USER:
 			if (sandbox_parse_user(optarg, &o->sandbox))
 				return -EINVAL;
@@ -634,6 +650,8 @@ static void vm_devices_destroy(struct vm_devices *devs)
 	for (unsigned int i = 0; i < MAX_NICS; i++)
 		virtio_net_destroy(devs->nics[i]);
 	ged_destroy(devs->ged);
+	rtc_destroy(devs->rtc);
+	firmware_destroy(devs->fw);
 	serial_destroy(devs->serial);
 }
 
@@ -641,7 +659,7 @@ static void vm_devices_destroy(struct vm_devices *devs)
 static int restore_state(struct vm *vm, struct vm_devices *devs, const struct run_options *o)
 {
 	struct snapshot_target t = { .vm = vm, .serial = devs->serial, .ged = devs->ged,
-				     .machine = &o->machine };
+				     .rtc = devs->rtc, .machine = &o->machine };
 	int ret = vm_memory_ready(vm);
 
 	return ret ? ret : snapshot_restore(o->snap, &t);
@@ -666,12 +684,19 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 	ret = power_devices_init(vm, o->debug_exit);
 	if (!ret && !(devs->ged = ged_create(vm)))
 		ret = -ENOMEM;
+	if (!ret && !(devs->rtc = rtc_create(vm)))
+		ret = -ENOMEM;
 	if (!ret)
 		ret = pci_init(pci, vm);
 	if (!ret)
 		ret = virtio_devices_create(vm, pci, devs, o);
-	if (!ret)
-		ret = o->snap ? restore_state(vm, devs, o) : boot_load(vm, &o->boot);
+	if (!ret && o->snap)
+		ret = restore_state(vm, devs, o);
+	else if (!ret && o->firmware)
+		ret = firmware_load(vm, pci, o->firmware, &o->boot, o->firmware_debug,
+				    &devs->fw);
+	else if (!ret)
+		ret = boot_load(vm, &o->boot);
 	vm->start_paused = o->paused;
 	if (!ret && !vm->hw_virt)
 		fprintf(stderr, "vireo: notice: this host's KVM has no hardware virtualization "
@@ -685,7 +710,7 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 {
 	struct control_target t = { .vm = vm, .disks = devs->disks, .disk_paths = paths,
 				    .ndisks = o->ndisks, .nics = devs->nics, .nnics = o->nnics,
-				    .balloon = devs->balloon, .ged = devs->ged,
+				    .balloon = devs->balloon, .ged = devs->ged, .rtc = devs->rtc,
 				    .serial = devs->serial,
 				    .balloon_target = o->balloon_target, .machine = &o->machine };
 

@@ -11,6 +11,7 @@
 
 #include "vireo/ged.h"
 #include "vireo/log.h"
+#include "vireo/rtc.h"
 #include "vireo/machine.h"
 #include "vireo/serial.h"
 #include "vireo/state.h"
@@ -144,6 +145,8 @@ static int collect_state(const struct snapshot_target *t, struct state_writer *w
 		serial_save(t->serial, w);
 	if (!ret)
 		ged_save(t->ged, w);
+	if (!ret && t->rtc)
+		rtc_save(t->rtc, w);
 	return ret;
 }
 
@@ -297,6 +300,8 @@ int snapshot_restore(struct snapshot *s, const struct snapshot_target *t)
 		ret = serial_restore(t->serial, s->r);
 	if (!ret)
 		ret = ged_restore(t->ged, s->r);
+	if (!ret && t->rtc && state_has_section(s->r, STATE_SEC_RTC, 0))
+		ret = rtc_restore(t->rtc, s->r);
 	return ret ? err_set(ret, "cannot restore the snapshot: %s", err_get()) : 0;
 }
 

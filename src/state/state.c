@@ -46,7 +46,7 @@ const char *state_section_name(uint32_t type)
 		[STATE_SEC_VCPU] = "vcpu", [STATE_SEC_IRQCHIP] = "irqchip",
 		[STATE_SEC_PIT] = "pit", [STATE_SEC_CLOCK] = "clock",
 		[STATE_SEC_SERIAL] = "serial", [STATE_SEC_GED] = "ged",
-		[STATE_SEC_MEMORY] = "memory",
+		[STATE_SEC_MEMORY] = "memory", [STATE_SEC_RTC] = "rtc",
 	};
 
 	return type < STATE_SEC_COUNT ? names[type] : "unknown";

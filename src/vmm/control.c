@@ -359,7 +359,7 @@ static struct json_object *apply_snapshot(const struct control_target *t,
 					  const struct control_action *a)
 {
 	struct snapshot_target st = { .vm = t->vm, .serial = t->serial, .ged = t->ged,
-				      .machine = t->machine };
+				      .rtc = t->rtc, .machine = t->machine };
 	struct snapshot_stats stats = { 0 };
 	struct json_object *r;
 	int ret = 0;

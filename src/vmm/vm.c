@@ -60,7 +60,10 @@ static int kvm_open(struct vm *vm)
 
 static int vm_setup_platform(struct vm *vm)
 {
-	struct kvm_pit_config pit = { .flags = 0 };
+	/* The flag has KVM serve port 0x61 too (PIT channel 2's gate and
+	 * output): firmware calibrates its TSC timer by polling it (SeaBIOS
+	 * loops forever without it), and so does Linux's quick PIT calibration. */
+	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
 	uint64_t identity_map = 0xfeffc000;
 
 	/* Intel VMX needs these three pages for real-mode emulation; other

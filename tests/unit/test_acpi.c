@@ -215,6 +215,33 @@ static void dsdt_has_ged_and_power_button(void **state)
 	free_vm(vm);
 }
 
+/* The CMOS RTC for Linux's rtc_cmos: PNP0B00 with its two ports and no
+ * IRQ, the FADT no longer saying "no CMOS", and its century register. */
+static void dsdt_has_rtc_and_fadt_allows_cmos(void **state)
+{
+	struct vm *vm = fake_vm(1);
+	uint64_t rsdp = acpi_build_tables(vm);
+	const uint8_t *x = guest_ptr(&vm->mem, rd64(guest_ptr(&vm->mem, rsdp, 36) + 24), 60);
+	const uint8_t *fadt = NULL, *dsdt;
+	uint32_t pnp0b00 = aml_eisaid("PNP0B00"), len;
+	uint8_t io[8] = { 0x47, 1, 0x70, 0, 0x70, 0, 1, 2 };
+	uint16_t boot_arch;
+
+	(void)state;
+	for (unsigned int i = 0; i < 3 && !fadt; i++)
+		if (!memcmp(guest_ptr(&vm->mem, rd64(x + 36 + 8 * i), 4), "FACP", 4))
+			fadt = guest_ptr(&vm->mem, rd64(x + 36 + 8 * i), 148);
+	assert_non_null(fadt);
+	memcpy(&boot_arch, fadt + 109, 2);
+	assert_int_equal(boot_arch & (1u << 5), 0);
+	assert_int_equal(fadt[108], 0x32);
+	dsdt = table_at(vm, rd64(fadt + 140), "DSDT");
+	memcpy(&len, dsdt + 4, 4);
+	assert_true(contains(dsdt, len, &pnp0b00, 4));
+	assert_true(contains(dsdt, len, io, sizeof(io)));
+	free_vm(vm);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -224,6 +251,7 @@ int main(void)
 		cmocka_unit_test(ged_declarations_match_iasl),
 		cmocka_unit_test(evt_method_matches_iasl),
 		cmocka_unit_test(dsdt_has_ged_and_power_button),
+		cmocka_unit_test(dsdt_has_rtc_and_fadt_allows_cmos),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
