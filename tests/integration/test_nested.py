@@ -159,6 +159,15 @@ def test_only_the_known_l1_faults_are_re_run():
     assert not fault("failed", "assert 3 == 0")
     assert not fault("failed", ENTRY_CRASH.replace("Fatal exception in interrupt",
                                                    "Attempted to kill init!"))
+    # a vCPU looping in L1's instruction emulator, injecting page faults
+    loop = ("stall report (threads, then again 1 s later):\n"
+            "  kvm 151-4: exits=5650878 insn_emulation=5597977 io_exits=2 pf_guest=5596952 x=1\n"
+            "  --\n"
+            "  kvm 151-4: exits=5669951 insn_emulation=5617085 io_exits=2 pf_guest=5614390 x=1\n")
+    assert fault("failed", loop)
+    assert not fault("failed", loop.replace("pf_guest=5614390", "pf_guest=5596960"))
+    assert not fault("failed", loop.replace("insn_emulation=5617085", "insn_emulation=5597980"))
+    assert not fault("failed", loop.split("  --")[0])
 
 
 # --- a real L1 ------------------------------------------------------------------
