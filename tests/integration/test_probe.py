@@ -181,5 +181,7 @@ def test_guests_see_steal_time_under_contention(vmm):
         steal = [l for l in out.splitlines() if l.startswith("PROBE burn_steal_ms=")]
         assert steal, out
         # ~750 ms of 1500 when both share the CPU the whole time; the two
-        # start a few ms apart and the host runs other work too.
-        assert 400 <= int(steal[0].split("=")[1]) <= 1500, out
+        # start a few ms apart and the host runs other work too, which adds
+        # steal (a loaded host gave 1508: the counter is read just after the
+        # window). The upper bound catches a wrong unit, not the load.
+        assert 400 <= int(steal[0].split("=")[1]) <= 2000, out
