@@ -136,7 +136,7 @@ def test_fifo_kernel_fails_at_once_and_blocks_no_one(daemon, tmp_path):
     st, js = result["reply"]
     assert st == 400 and "kernel" in js["error"] and "FIFO" in js["error"], js
     assert result["took"] < scaled(1), result
-    assert worst < scaled(0.1), worst
+    assert worst < scaled(1), worst    # a loaded host's scheduling, not 5 s
     assert daemon.vm("fifo")["state"] == "stopped"
     # The VMM checks too, for a kernel that changes after the daemon looked.
     p = subprocess.run([str(VIREO), "run", "--kernel", str(kernel), "--memory", "64M"],
@@ -147,7 +147,8 @@ def test_fifo_kernel_fails_at_once_and_blocks_no_one(daemon, tmp_path):
 def test_stopped_vmm_slows_neither_listing_nor_metrics(daemon):
     """A VMM that stops answering (SIGSTOP): listing and /metrics answer at
     once from the cached info, also while an operation on that VM waits for
-    it (before: 3 s per request to it, under the one global lock)."""
+    it (before: 3 s per request to it, under the one global lock; the
+    bounds below are half of that, for a loaded host)."""
     daemon.create("hung")
     daemon.create("fine")
     pid = daemon.ok("POST", "/vms/hung/start")["pid"]
@@ -165,12 +166,12 @@ def test_stopped_vmm_slows_neither_listing_nor_metrics(daemon):
         time.sleep(0.1)    # the pause is under way: it waits for the VMM
         for _ in range(3):
             took, (st, text) = timed(daemon.request, "GET", "/metrics")
-            assert st == 200 and took < scaled(0.5), took
+            assert st == 200 and took < scaled(1.5), took
             assert 'vireo_vm_exits_total{vm="hung"}' in text  # from the cache
             took, (st, js) = timed(daemon.request, "GET", "/vms")
-            assert st == 200 and took < scaled(0.5), took
+            assert st == 200 and took < scaled(1.5), took
             took, js = timed(daemon.ok, "POST", "/vms/fine/pause")
-            assert js["state"] == "paused" and took < scaled(0.5), took
+            assert js["state"] == "paused" and took < scaled(1.5), took
             daemon.ok("POST", "/vms/fine/resume")
         t.join()
         st, js = result["reply"]
