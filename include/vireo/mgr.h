@@ -97,7 +97,8 @@ struct vm_def {
 	char name[MGR_NAME_MAX + 1];
 	unsigned int cpus;
 	uint64_t memory;             /* bytes */
-	char *kernel;
+	char *kernel;                /* NULL: the firmware boots the disks */
+	char *firmware;              /* NULL: the kernel is loaded directly */
 	char *initrd;                /* NULL: none */
 	char *cmdline;               /* may be NULL */
 	struct mgr_disk disks[MGR_MAX_DISKS];

@@ -24,7 +24,8 @@ static const char vm_usage[] =
 	"usage: vireo vm [--socket PATH] [--output=text|json] COMMAND [ARGS]\n"
 	"\n"
 	"  list                      VMs and their states\n"
-	"  create NAME --kernel FILE [--cpus N] [--memory SIZE] [--cmdline TEXT]\n"
+	"  create NAME --kernel FILE|--firmware FILE [--cpus N] [--memory SIZE]\n"
+	"         [--cmdline TEXT]\n"
 	"         [--disk path=FILE[,format=F][,readonly][,bps=SIZE][,iops=N][,cache=MODE]\n"
 	"                [,aio=io_uring|threads][,weight=N][,floor_bps=SIZE][,floor_iops=N]]...\n"
 	"         [--cpu-weight N] [--cpu-max PCT] [--cpu-pin CPUS]...\n"
@@ -483,13 +484,14 @@ static int def_flag(void *ctx, int c)
 {
 	struct def_flags *f = ctx;
 	struct json_object *o = f->o, *d;
-	bool create_only = strchr("knmcdfbN", c) != NULL;
+	bool create_only = strchr("kFnmcdfbN", c) != NULL;
 
 	if ((create_only && !f->create) || (strchr("lLV", c) && f->create))
 		return err_set(-EINVAL, "bad option for %s (see 'vireo vm --help')",
 			       f->create ? "create" : "set");
 	switch (c) {
 	case 'k': json_object_object_add(o, "kernel", json_object_new_string(optarg)); break;
+	case 'F': json_object_object_add(o, "firmware", json_object_new_string(optarg)); break;
 	case 'm': json_object_object_add(o, "memory", json_object_new_string(optarg)); break;
 	case 'c': json_object_object_add(o, "cmdline", json_object_new_string(optarg)); break;
 	case 'n': return add_number(o, "cpus", optarg);
@@ -531,6 +533,7 @@ static int parse_def_flags(struct vm_cli *cli, int argc, char **argv, struct jso
 {
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' }, { "cpus", required_argument, NULL, 'n' },
+		{ "firmware", required_argument, NULL, 'F' },
 		{ "memory", required_argument, NULL, 'm' }, { "cmdline", required_argument, NULL, 'c' },
 		{ "disk", required_argument, NULL, 'd' }, { "cpu-weight", required_argument, NULL, 'w' },
 		{ "cpu-max", required_argument, NULL, 'x' }, { "cpu-pin", required_argument, NULL, 'p' },

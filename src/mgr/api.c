@@ -345,11 +345,12 @@ static void route_create(struct mgr *m, const struct upload *u, struct reply *r)
 		vm_def_free(&def);
 		return reply_error(r, 400, "bad-request", err_get());
 	}
-	unreadable = access(def.kernel, R_OK) < 0 ? def.kernel :
+	unreadable = def.kernel && access(def.kernel, R_OK) < 0 ? def.kernel :
+		     def.firmware && access(def.firmware, R_OK) < 0 ? def.firmware :
 		     def.initrd && access(def.initrd, R_OK) < 0 ? def.initrd : NULL;
 	if (unreadable) {
-		err_set(-errno, "cannot read %s %s: %m", unreadable == def.kernel ? "kernel" : "initrd",
-			unreadable);
+		err_set(-errno, "cannot read %s %s: %m", unreadable == def.kernel ? "kernel" :
+			unreadable == def.firmware ? "firmware" : "initrd", unreadable);
 		vm_def_free(&def);
 		reply_mgr_error(r, MGR_E_BAD);
 		return;

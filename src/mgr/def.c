@@ -417,10 +417,30 @@ static int parse_cpu_limits(struct json_object *obj, struct vm_def *def)
 	return opt_ok(ret) ? 0 : ret;
 }
 
+/* "kernel" and/or "firmware" (docs/run.md, Firmware boot): absolute paths,
+ * at least one. */
+static int parse_boot(struct json_object *obj, struct vm_def *def)
+{
+	int ret = get_str(obj, "kernel", PATH_MAX - 1, &def->kernel);
+
+	if (!opt_ok(ret))
+		return ret;
+	if (!ret && def->kernel[0] != '/')
+		return err_set(-EINVAL, "'kernel' must be an absolute path");
+	ret = get_str(obj, "firmware", PATH_MAX - 1, &def->firmware);
+	if (!opt_ok(ret))
+		return ret;
+	if (!ret && def->firmware[0] != '/')
+		return err_set(-EINVAL, "'firmware' must be an absolute path");
+	if (!def->kernel && !def->firmware)
+		return err_set(-EINVAL, "'kernel' or 'firmware' is required, an absolute path");
+	return 0;
+}
+
 static int parse_def(struct json_object *obj, struct vm_def *def)
 {
-	static const char *const keys[] = { "name", "cpus", "memory", "kernel", "initrd",
-					    "cmdline", "disks",
+	static const char *const keys[] = { "name", "cpus", "memory", "kernel", "firmware",
+					    "initrd", "cmdline", "disks",
 					    "cpu_weight", "cpu_max", "cpu_pin", "balloon",
 					    "balloon_target", "memory_min", "nics", NULL };
 	char *name = NULL;
@@ -449,10 +469,7 @@ static int parse_def(struct json_object *obj, struct vm_def *def)
 	def->memory = 256ULL << 20;
 	if (!opt_ok(ret = get_memory(obj, &def->memory)))
 		return ret;
-	ret = get_str(obj, "kernel", PATH_MAX - 1, &def->kernel);
-	if (ret == -ENOENT || (!ret && def->kernel[0] != '/'))
-		return err_set(-EINVAL, "'kernel' is required, an absolute path");
-	if (ret)
+	if ((ret = parse_boot(obj, def)))
 		return ret;
 	ret = get_str(obj, "initrd", PATH_MAX - 1, &def->initrd);
 	if (!opt_ok(ret))
@@ -596,6 +613,7 @@ int vm_def_copy(const struct vm_def *src, struct vm_def *dst)
 void vm_def_free(struct vm_def *def)
 {
 	free(def->kernel);
+	free(def->firmware);
 	free(def->initrd);
 	free(def->cmdline);
 	for (unsigned int i = 0; i < def->ndisks; i++) {
@@ -676,7 +694,10 @@ struct json_object *vm_def_to_json(const struct vm_def *def)
 	json_object_object_add(o, "name", json_object_new_string(def->name));
 	json_object_object_add(o, "cpus", json_object_new_int((int)def->cpus));
 	json_object_object_add(o, "memory", json_object_new_int64((int64_t)def->memory));
-	json_object_object_add(o, "kernel", json_object_new_string(def->kernel));
+	if (def->kernel)
+		json_object_object_add(o, "kernel", json_object_new_string(def->kernel));
+	if (def->firmware)
+		json_object_object_add(o, "firmware", json_object_new_string(def->firmware));
 	if (def->initrd)
 		json_object_object_add(o, "initrd", json_object_new_string(def->initrd));
 	if (def->cmdline)

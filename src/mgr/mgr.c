@@ -570,8 +570,10 @@ static int check_type(const char *path, const char *what, unsigned int types)
  * them (DESIGN §3.15). */
 static int check_files(const struct vm_def *d)
 {
-	int ret = check_type(d->kernel, "kernel", FILE_REG);
+	int ret = d->kernel ? check_type(d->kernel, "kernel", FILE_REG) : 0;
 
+	if (!ret && d->firmware)
+		ret = check_type(d->firmware, "firmware", FILE_REG);
 	if (!ret && d->initrd)
 		ret = check_type(d->initrd, "initrd", FILE_REG);
 	for (unsigned int i = 0; !ret && i < d->ndisks; i++)

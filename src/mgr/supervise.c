@@ -356,7 +356,10 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 			argv[n++] = strdup("--paused");
 		goto host;
 	}
-	argv[n++] = xasprintf("--kernel=%s", d->kernel);
+	if (d->kernel)
+		argv[n++] = xasprintf("--kernel=%s", d->kernel);
+	if (d->firmware)
+		argv[n++] = xasprintf("--firmware=%s", d->firmware);
 	if (d->initrd)
 		argv[n++] = xasprintf("--initrd=%s", d->initrd);
 	argv[n++] = xasprintf("--cpus=%u", d->cpus);

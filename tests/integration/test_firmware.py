@@ -12,7 +12,8 @@ import time
 import pytest
 
 from conftest import VIREO, have_hw_virt, have_kvm, hw_virt, needs_kvm, needs_qemu, \
-    run_until_exit
+    run_until_exit, scaled
+from daemonutil import Daemon, wait_for
 from test_linux import BASE_CMDLINE, LINUX_VM, kit, linux_lines  # noqa: F401
 
 SEABIOS = "/usr/share/seabios/bios.bin"
@@ -224,3 +225,41 @@ def test_probe_bzimage_through_firmware(cpus):
     for key in ("cpus", "hw_reduced", "sleep_ctl", "s5", "ecam", "tables"):
         assert got.get(key) == want.get(key), (key, got, want)
     assert got.get("rsdp") != want.get("rsdp")   # where SeaBIOS put it
+
+
+def test_daemon_definition_takes_firmware(daemon, tmp_path):
+    """"firmware" is an alternative to "kernel" in a definition (or goes with
+    it): absolute paths, at least one of them, an unreadable one refused;
+    the definition shows it."""
+    disk = mbr_disk(tmp_path)
+    js = daemon.ok("POST", "/vms", {"name": "fw", "firmware": SEABIOS,
+                                     "disks": [{"path": str(disk), "format": "raw"}]},
+                   status=201)
+    assert js["firmware"] == SEABIOS and "kernel" not in js, js
+    for body, field in [({}, "'kernel' or 'firmware'"),
+                        ({"firmware": "bios.bin"}, "'firmware'"),
+                        ({"firmware": 7}, "'firmware'"),
+                        ({"firmware": str(tmp_path / "none.bin")}, "firmware")]:
+        st, js = daemon.request("POST", "/vms", {"name": "bad", **body})
+        assert st == 400 and field in js["error"], (body, js)
+    assert daemon.request("GET", "/vms/bad")[0] == 404
+
+
+@pytest.mark.parametrize("vmm", [pytest.param("vireo", marks=FIRMWARE_VM)])
+def test_daemon_boots_a_disk_through_firmware(vmm, tmp_path):
+    """Under the daemon, a VM defined with "firmware" and a disk: SeaBIOS
+    runs the disk's MBR, whose marker shows in the VM's log."""
+    disk = mbr_disk(tmp_path)
+    d = Daemon(extra=["--storage", str(tmp_path)]).start()
+    try:
+        d.ok("POST", "/vms", {"name": "fw", "firmware": SEABIOS, "memory": "128M",
+                              "disks": [{"path": str(disk), "format": "raw"}]}, status=201)
+        d.ok("POST", "/vms/fw/start")
+        assert wait_for(lambda: "Booting from Hard Disk" in d.vm_log("fw") and
+                        MARKER in re.sub(r"[.\r\n]", "", d.vm_log("fw").split(
+                            "Booting from Hard Disk", 1)[-1]),
+                        timeout=scaled(60)), d.vm_log("fw")[-3000:]
+        assert "SeaBIOS (version" in d.vm_log("fw")
+        assert d.stop("fw", force=True)["state"] == "stopped"
+    finally:
+        d.cleanup()
