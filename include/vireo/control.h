@@ -76,6 +76,8 @@ struct control_action {
 };
 
 /* What the control socket acts on; owned by the caller, outlives it. */
+struct virtio_dev;
+
 struct control_target {
 	struct vm *vm;
 	struct virtio_blk *const *disks;
@@ -89,6 +91,8 @@ struct control_target {
 	struct serial *serial;          /* the console; NULL: none */
 	uint64_t balloon_target;        /* its target (control_apply updates it) */
 	const struct machine_config *machine; /* for snapshots; NULL: none taken */
+	struct virtio_dev *const *virtio; /* every virtio device, for snapshots */
+	unsigned int nvirtio;
 };
 
 /* Error classes in replies ("code"), which the daemon maps to HTTP statuses. */

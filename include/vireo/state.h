@@ -55,6 +55,12 @@ enum state_section_type {
 	STATE_SEC_GED = 7,
 	STATE_SEC_MEMORY = 8,   /* the memory file: its size and layout */
 	STATE_SEC_RTC = 9,      /* CMOS RTC: NVRAM and the guest's clock offset */
+	/* virtio devices (src/virtio/pci.c: PCI config, transport, then the
+	 * model's own state); id: the device's index among those of its kind */
+	STATE_SEC_VIRTIO_BLK = 10,
+	STATE_SEC_VIRTIO_NET = 11,
+	STATE_SEC_VIRTIO_RNG = 12,
+	STATE_SEC_VIRTIO_BALLOON = 13,
 	STATE_SEC_COUNT,        /* types below this are known */
 };
 
@@ -138,6 +144,7 @@ struct serial;
 struct ged;
 struct rtc;
 struct machine_config;
+struct virtio_dev;
 
 struct snapshot_target {
 	struct vm *vm;
@@ -146,12 +153,21 @@ struct snapshot_target {
 	struct rtc *rtc;        /* NULL: not saved (a snapshot without it keeps
 				 * the fresh RTC: host time, sizes of this VM) */
 	const struct machine_config *machine;
+	/* The virtio devices, in the order the machine description creates
+	 * them (disks, rng, vNICs, balloon). */
+	struct virtio_dev *const *virtio;
+	unsigned int nvirtio;
 };
 
 struct snapshot_stats {
 	uint64_t state_bytes, memory_bytes; /* memory: bytes written (not holes) */
 };
 
+/* Stops the virtio devices serving requests once those in flight have
+ * finished (virtio_quiesce), for a snapshot of the disks at the same
+ * instant as the state; nests. 0 or -errno with err_set(). */
+int snapshot_quiesce(const struct snapshot_target *t);
+void snapshot_unquiesce(const struct snapshot_target *t);
 /* Saves a paused VM into dir (created if missing, 0700). 0 or -errno
  * with err_set(). */
 int snapshot_save(const char *dir, const struct snapshot_target *t,

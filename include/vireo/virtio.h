@@ -78,6 +78,9 @@ size_t virtq_write_in(const struct virtq_elem *e, size_t skip, const void *buf, 
 
 struct virtio_dev;
 struct block_policy;
+struct state_writer;
+struct state_reader;
+struct state_cursor;
 
 /* A device model. Callbacks run on the device's own I/O thread unless
  * said otherwise. */
@@ -101,6 +104,16 @@ struct virtio_device_ops {
 	/* dev->extra_fd became readable (edge-triggered). Optional; when set,
 	 * the model fills dev->extra_fd before virtio_pci_create(). */
 	void (*fd_ready)(struct virtio_dev *dev);
+	/* Snapshots (virtio_save/virtio_restore): the section type, and the
+	 * model's own state after the transport's. load parses and checks
+	 * all of it (state_done() included) before it applies anything; it
+	 * runs before the vCPUs do, dev->lock held. Both optional. */
+	uint32_t state_type;
+	void (*save)(struct virtio_dev *dev, struct state_writer *w);
+	int (*load)(struct virtio_dev *dev, struct state_cursor *c);
+	/* Whether no request is in flight (dev->lock held). Optional: a model
+	 * without it finishes each request inside queue_notify. */
+	bool (*idle)(struct virtio_dev *dev);
 };
 
 struct virtio_stats {
@@ -137,6 +150,8 @@ struct virtio_dev {
 	int msix_irqfd[64];            /* eventfd bound to that route */
 	uint64_t msix_pba;
 	struct virtio_stats stats;
+	unsigned int quiesced;         /* virtio_quiesce() depth: no new requests served */
+	unsigned int busy;             /* the I/O thread is in a model callback */
 };
 
 /* Creates the transport for a model, puts it on the PCI bus (BAR0
@@ -161,6 +176,25 @@ void virtio_undefer(struct virtio_dev *dev);
 /* Serves queue q now if the driver is ready and q is not deferred (the
  * model calls it when it can take requests again). dev->lock held. */
 void virtio_serve(struct virtio_dev *dev, unsigned int q);
+
+/* ---- snapshots ---- */
+
+/* Stops serving new requests and waits until those in flight have
+ * finished (their completions pushed): guest memory and the rings then
+ * stay still while a paused VM is saved. 0, or -ETIMEDOUT with err_set().
+ * virtio_unquiesce() serves again, every queue looked at once, when the
+ * last quiesce is undone (they nest). */
+int virtio_quiesce(struct virtio_dev *dev);
+void virtio_unquiesce(struct virtio_dev *dev);
+/* One section of type ops->state_type and this id: the PCI configuration
+ * space, the transport (features, status, queues with their indices,
+ * MSI-X table and PBA), then the model's state. Quiesced device. */
+void virtio_save(struct virtio_dev *dev, struct state_writer *w, uint32_t id);
+/* Checks the whole section (every queue inside guest RAM, sizes legal,
+ * features a subset of this device's) before it applies any of it; then
+ * routes the MSI-X vectors and kicks every live queue once, so that work
+ * the guest left pending raises its interrupt. Before the vCPUs run. */
+int virtio_restore(struct virtio_dev *dev, const struct state_reader *r, uint32_t id);
 
 /* ---- device models ---- */
 
@@ -212,6 +246,7 @@ void virtio_balloon_set_target(struct virtio_balloon *b, uint64_t target_bytes);
 /* Latest statistics; also asks the guest for new ones. */
 void virtio_balloon_get_stats(struct virtio_balloon *b, struct balloon_stats *out);
 void virtio_balloon_destroy(struct virtio_balloon *b);
+struct virtio_dev *virtio_balloon_dev(struct virtio_balloon *b);
 
 struct nic_config {
 	const char *tap;       /* tap device name; NULL: let the kernel pick */
@@ -225,6 +260,7 @@ struct virtio_net;
 int virtio_net_create(struct vm *vm, struct pci_bus *bus, const struct nic_config *cfg,
 		      struct virtio_net **out);
 void virtio_net_destroy(struct virtio_net *net);
+struct virtio_dev *virtio_net_dev(struct virtio_net *net);
 /* For the control plane: the receive or transmit limiter (ratelimit_set()
  * may be called from any thread) and the counters. */
 struct virtio_net_stats {
@@ -237,5 +273,6 @@ void virtio_net_get_stats(struct virtio_net *net, struct virtio_net_stats *out);
 struct virtio_rng;
 int virtio_rng_create(struct vm *vm, struct pci_bus *bus, uint64_t bps, struct virtio_rng **out);
 void virtio_rng_destroy(struct virtio_rng *rng);
+struct virtio_dev *virtio_rng_dev(struct virtio_rng *rng);
 
 #endif

@@ -80,6 +80,8 @@ struct vm_devices {
 	struct virtio_rng *rng;
 	struct virtio_balloon *balloon;
 	struct virtio_net *nics[MAX_NICS];
+	struct virtio_dev *virtio[MAX_DISKS + MAX_NICS + 2]; /* all, as created */
+	unsigned int nvirtio;
 };
 
 /* Console input sources (the terminal, the console socket's client) parked
@@ -255,6 +257,71 @@ static int parse_nic(char *spec, struct nic_config *n)
 	return 0;
 }
 
+static void apply_storage(struct run_options *o);
+
+/* The devices as the machine description records them (a restore reopens
+ * the disks by path and the taps by name). */
+static void devices_to_machine(struct run_options *o)
+{
+	struct machine_config *m = &o->machine;
+
+	for (unsigned int i = 0; i < o->ndisks; i++) {
+		const struct disk_config *d = &o->disks[i];
+		struct machine_disk *k = &m->disks[i];
+
+		snprintf(k->path, sizeof(k->path), "%s", d->path);
+		snprintf(k->format, sizeof(k->format), "%s", d->format ? d->format : "");
+		snprintf(k->serial, sizeof(k->serial), "%s", d->serial ? d->serial : "");
+		k->readonly = d->readonly;
+		k->bps = d->bps;
+		k->iops = d->iops;
+		k->cache = d->cache;
+		k->aio = d->aio;
+	}
+	for (unsigned int i = 0; i < o->nnics; i++) {
+		const struct nic_config *n = &o->nics[i];
+		struct machine_nic *k = &m->nics[i];
+
+		snprintf(k->tap, sizeof(k->tap), "%s", n->tap ? n->tap : "");
+		memcpy(k->mac, n->mac, 6);
+		k->mac_set = n->mac_set;
+		k->mtu = n->mtu;
+		k->rx_bps = n->rx_bps;
+		k->tx_bps = n->tx_bps;
+	}
+	m->rng_bps = o->rng_bps;
+	m->balloon_target = o->balloon_target;
+}
+
+static void devices_from_machine(struct run_options *o)
+{
+	const struct machine_config *m = &o->machine;
+
+	o->ndisks = m->ndisks;
+	for (unsigned int i = 0; i < m->ndisks; i++) {
+		const struct machine_disk *k = &m->disks[i];
+
+		o->disks[i] = (struct disk_config){ .path = k->path,
+			.format = k->format[0] ? k->format : NULL, .readonly = k->readonly,
+			.serial = k->serial[0] ? k->serial : NULL, .bps = k->bps, .iops = k->iops,
+			.cache = k->cache, .aio = k->aio };
+	}
+	o->nnics = m->nnics;
+	for (unsigned int i = 0; i < m->nnics; i++) {
+		const struct machine_nic *k = &m->nics[i];
+
+		o->nics[i] = (struct nic_config){ .tap = k->tap[0] ? k->tap : NULL,
+			.mac_set = k->mac_set, .mtu = k->mtu, .rx_bps = k->rx_bps,
+			.tx_bps = k->tx_bps };
+		memcpy(o->nics[i].mac, k->mac, 6);
+	}
+	o->rng = m->rng;
+	o->rng_bps = m->rng_bps;
+	o->balloon = m->balloon;
+	o->balloon_target = m->balloon_target;
+	apply_storage(o);
+}
+
 /* --restore: the machine and everything in it come from the snapshot. */
 static int check_restore(struct run_options *o)
 {
@@ -275,6 +342,7 @@ static int check_restore(struct run_options *o)
 	o->vm.mem_from_file = true;
 	o->vm.mem_fd = snapshot_take_memory_fd(o->snap);
 	o->debug_exit = o->machine.debug_exit;
+	devices_from_machine(o);
 	return 0;
 }
 
@@ -453,6 +521,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 	o->machine = (struct machine_config){ .ncpus = o->vm.ncpus, .mem_size = o->vm.mem_size,
 		.hugepages = o->vm.hugepages, .debug_exit = o->debug_exit, .ndisks = o->ndisks,
 		.nnics = o->nnics, .rng = o->rng, .balloon = o->balloon };
+	devices_to_machine(o);
 	return check_run_options(o, seccomp_given);
 }
 
@@ -631,13 +700,17 @@ static int virtio_devices_create(struct vm *vm, struct pci_bus *pci, struct vm_d
 		ret = virtio_blk_create(vm, pci, &o->disks[i], &devs->disks[i]);
 		if (ret)
 			err_set(ret, "disk %s: %s", o->disks[i].path, err_get());
+		else
+			devs->virtio[devs->nvirtio++] = virtio_blk_dev(devs->disks[i]);
 	}
-	if (!ret && o->rng)
-		ret = virtio_rng_create(vm, pci, o->rng_bps, &devs->rng);
+	if (!ret && o->rng && !(ret = virtio_rng_create(vm, pci, o->rng_bps, &devs->rng)))
+		devs->virtio[devs->nvirtio++] = virtio_rng_dev(devs->rng);
 	for (unsigned int i = 0; i < o->nnics && !ret; i++)
-		ret = virtio_net_create(vm, pci, &o->nics[i], &devs->nics[i]);
-	if (!ret && o->balloon)
-		ret = virtio_balloon_create(vm, pci, o->balloon_target, &devs->balloon);
+		if (!(ret = virtio_net_create(vm, pci, &o->nics[i], &devs->nics[i])))
+			devs->virtio[devs->nvirtio++] = virtio_net_dev(devs->nics[i]);
+	if (!ret && o->balloon &&
+	    !(ret = virtio_balloon_create(vm, pci, o->balloon_target, &devs->balloon)))
+		devs->virtio[devs->nvirtio++] = virtio_balloon_dev(devs->balloon);
 	return ret;
 }
 
@@ -659,7 +732,8 @@ static void vm_devices_destroy(struct vm_devices *devs)
 static int restore_state(struct vm *vm, struct vm_devices *devs, const struct run_options *o)
 {
 	struct snapshot_target t = { .vm = vm, .serial = devs->serial, .ged = devs->ged,
-				     .rtc = devs->rtc, .machine = &o->machine };
+				     .rtc = devs->rtc, .machine = &o->machine, .virtio = devs->virtio,
+				     .nvirtio = devs->nvirtio };
 	int ret = vm_memory_ready(vm);
 
 	return ret ? ret : snapshot_restore(o->snap, &t);
@@ -712,7 +786,8 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 				    .ndisks = o->ndisks, .nics = devs->nics, .nnics = o->nnics,
 				    .balloon = devs->balloon, .ged = devs->ged, .rtc = devs->rtc,
 				    .serial = devs->serial,
-				    .balloon_target = o->balloon_target, .machine = &o->machine };
+				    .balloon_target = o->balloon_target, .machine = &o->machine,
+				    .virtio = devs->virtio, .nvirtio = devs->nvirtio };
 
 	*out = NULL;
 	if (!o->api_socket)

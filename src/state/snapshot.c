@@ -15,6 +15,7 @@
 #include "vireo/machine.h"
 #include "vireo/serial.h"
 #include "vireo/state.h"
+#include "vireo/virtio.h"
 #include "vireo/vmm.h"
 
 #define STATE_NAME "state"
@@ -134,6 +135,38 @@ static int fill_state(int fd, void *opaque)
 	return write_all(fd, f->buf, f->len);
 }
 
+/* A virtio device's section id: its index among those of its kind. */
+static uint32_t virtio_index(const struct snapshot_target *t, unsigned int i)
+{
+	uint32_t id = 0;
+
+	for (unsigned int j = 0; j < i; j++)
+		id += t->virtio[j]->ops->state_type == t->virtio[i]->ops->state_type;
+	return id;
+}
+
+/* Requests in flight finish before anything is saved, and no new one
+ * starts until the snapshot is written (nor does a vNIC receive). */
+int snapshot_quiesce(const struct snapshot_target *t)
+{
+	for (unsigned int i = 0; i < t->nvirtio; i++) {
+		int ret = virtio_quiesce(t->virtio[i]);
+
+		if (ret) {
+			while (i--)
+				virtio_unquiesce(t->virtio[i]);
+			return ret;
+		}
+	}
+	return 0;
+}
+
+void snapshot_unquiesce(const struct snapshot_target *t)
+{
+	for (unsigned int i = 0; i < t->nvirtio; i++)
+		virtio_unquiesce(t->virtio[i]);
+}
+
 static int collect_state(const struct snapshot_target *t, struct state_writer *w)
 {
 	int ret;
@@ -147,6 +180,8 @@ static int collect_state(const struct snapshot_target *t, struct state_writer *w
 		ged_save(t->ged, w);
 	if (!ret && t->rtc)
 		rtc_save(t->rtc, w);
+	for (unsigned int i = 0; i < t->nvirtio && !ret; i++)
+		virtio_save(t->virtio[i], w, virtio_index(t, i));
 	return ret;
 }
 
@@ -171,12 +206,11 @@ int snapshot_save_fds(int mem_fd, int state_fd, const struct snapshot_target *t,
 	struct state_writer *w;
 	int ret;
 
-	if (machine_snapshot_unsupported(t->machine))
-		return -ENOTSUP;
+	ret = snapshot_quiesce(t);
+	if (ret)
+		return ret;
 	w = state_writer_new(&h);
-	if (!w)
-		return err_set(-ENOMEM, "out of memory");
-	ret = collect_state(t, w);
+	ret = w ? collect_state(t, w) : err_set(-ENOMEM, "out of memory");
 	if (!ret)
 		ret = state_writer_finish(w, &fs.buf, &fs.len);
 	if (!ret)
@@ -186,6 +220,7 @@ int snapshot_save_fds(int mem_fd, int state_fd, const struct snapshot_target *t,
 	if (!ret && stats)
 		*stats = (struct snapshot_stats){ .state_bytes = fs.len,
 						  .memory_bytes = fm.written };
+	snapshot_unquiesce(t);
 	state_writer_free(w);
 	return ret;
 }
@@ -200,14 +235,13 @@ int snapshot_save(const char *dir, const struct snapshot_target *t,
 	struct state_writer *w;
 	int ret;
 
-	if (machine_snapshot_unsupported(t->machine))
-		return -ENOTSUP;
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
 		return err_set(-errno, "cannot create %s: %m", dir);
+	ret = snapshot_quiesce(t);
+	if (ret)
+		return ret;
 	w = state_writer_new(&h);
-	if (!w)
-		return err_set(-ENOMEM, "out of memory");
-	ret = collect_state(t, w);
+	ret = w ? collect_state(t, w) : err_set(-ENOMEM, "out of memory");
 	if (!ret)
 		ret = state_writer_finish(w, &fs.buf, &fs.len);
 	/* Memory first: "state" appears only once all of it is on disk. */
@@ -218,6 +252,7 @@ int snapshot_save(const char *dir, const struct snapshot_target *t,
 	if (!ret && stats)
 		*stats = (struct snapshot_stats){ .state_bytes = fs.len,
 						  .memory_bytes = fm.written };
+	snapshot_unquiesce(t);
 	state_writer_free(w);
 	return ret;
 }
@@ -259,8 +294,6 @@ static int snapshot_check(const char *dir, struct snapshot *s, struct machine_co
 		ret = err_set(-EINVAL, "%s/%s is %llu bytes, the snapshot's guest has %llu",
 			      dir, MEMORY_NAME, (unsigned long long)st.st_size,
 			      (unsigned long long)m->mem_size);
-	if (!ret && machine_snapshot_unsupported(m))
-		ret = -ENOTSUP;
 	return ret;
 }
 
@@ -302,6 +335,11 @@ int snapshot_restore(struct snapshot *s, const struct snapshot_target *t)
 		ret = ged_restore(t->ged, s->r);
 	if (!ret && t->rtc && state_has_section(s->r, STATE_SEC_RTC, 0))
 		ret = rtc_restore(t->rtc, s->r);
+	if (!ret && t->nvirtio != t->machine->ndisks + t->machine->nnics + t->machine->rng +
+				    t->machine->balloon)
+		ret = err_set(-EINVAL, "%u virtio devices built, the machine has more", t->nvirtio);
+	for (unsigned int i = 0; i < t->nvirtio && !ret; i++)
+		ret = virtio_restore(t->virtio[i], s->r, virtio_index(t, i));
 	return ret ? err_set(ret, "cannot restore the snapshot: %s", err_get()) : 0;
 }
 

@@ -47,6 +47,9 @@ const char *state_section_name(uint32_t type)
 		[STATE_SEC_PIT] = "pit", [STATE_SEC_CLOCK] = "clock",
 		[STATE_SEC_SERIAL] = "serial", [STATE_SEC_GED] = "ged",
 		[STATE_SEC_MEMORY] = "memory", [STATE_SEC_RTC] = "rtc",
+		[STATE_SEC_VIRTIO_BLK] = "virtio-blk", [STATE_SEC_VIRTIO_NET] = "virtio-net",
+		[STATE_SEC_VIRTIO_RNG] = "virtio-rng",
+		[STATE_SEC_VIRTIO_BALLOON] = "virtio-balloon",
 	};
 
 	return type < STATE_SEC_COUNT ? names[type] : "unknown";

@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 
 #include "vireo/log.h"
+#include "vireo/state.h"
 #include "vireo/virtio.h"
 
 #define BALLOON_F_STATS_VQ       (1ULL << 1)
@@ -188,6 +189,59 @@ static void balloon_reset(struct virtio_dev *dev)
 	b->stats_held = false;
 }
 
+/* State: num_pages and actual (the config), the statistics buffer held
+ * (u8, u32 its head), the statistics last reported, the counters of pages
+ * freed. The inflated pages themselves are holes in the memory file, and
+ * stay holes after a restore. */
+static void balloon_save(struct virtio_dev *dev, struct state_writer *w)
+{
+	struct virtio_balloon *b = dev->opaque;
+
+	state_put_bytes(w, dev->config, 8);
+	state_put_u8(w, b->stats_held);
+	state_put_u32(w, b->stats_elem.head);
+	for (unsigned int i = 0; i < BALLOON_STATS_MAX; i++)
+		state_put_u64(w, b->stats.value[i]);
+	state_put_u32(w, b->stats.valid);
+	state_put_u64(w, b->stats.updates);
+	state_put_u64(w, b->inflated_pages);
+	state_put_u64(w, b->reported_pages);
+}
+
+static int balloon_load(struct virtio_dev *dev, struct state_cursor *c)
+{
+	struct virtio_balloon *b = dev->opaque;
+	struct balloon_stats st = { 0 };
+	uint8_t config[8];
+	uint64_t inflated, reported;
+	uint32_t head;
+	bool held;
+	int ret;
+
+	state_get_bytes(c, config, 8);
+	held = state_get_u8(c) != 0;
+	head = state_get_u32(c);
+	for (unsigned int i = 0; i < BALLOON_STATS_MAX; i++)
+		st.value[i] = state_get_u64(c);
+	st.valid = state_get_u32(c);
+	st.updates = state_get_u64(c);
+	inflated = state_get_u64(c);
+	reported = state_get_u64(c);
+	ret = state_done(c);
+	if (ret)
+		return ret;
+	if (head >= VIRTQ_MAX_SIZE)
+		return err_set(-EINVAL, "statistics buffer head %u out of range", head);
+	memcpy(dev->config, config, 8);
+	b->stats_held = held;
+	b->stats_elem.head = (uint16_t)head;
+	b->stats_elem.out_num = b->stats_elem.in_num = 0; /* only pushed back */
+	b->stats = st;
+	b->inflated_pages = inflated;
+	b->reported_pages = reported;
+	return 0;
+}
+
 static const struct virtio_device_ops balloon_ops = {
 	.name = "balloon",
 	.device_id = 5,
@@ -197,6 +251,9 @@ static const struct virtio_device_ops balloon_ops = {
 	.queue_notify = balloon_notify,
 	.config_write = balloon_config_write,
 	.reset = balloon_reset,
+	.state_type = STATE_SEC_VIRTIO_BALLOON,
+	.save = balloon_save,
+	.load = balloon_load,
 };
 
 int virtio_balloon_create(struct vm *vm, struct pci_bus *bus, uint64_t target_bytes,
@@ -241,6 +298,11 @@ void virtio_balloon_get_stats(struct virtio_balloon *b, struct balloon_stats *ou
 		virtio_notify(&b->dev, Q_STATS);
 	}
 	pthread_mutex_unlock(&b->dev.lock);
+}
+
+struct virtio_dev *virtio_balloon_dev(struct virtio_balloon *b)
+{
+	return &b->dev;
 }
 
 void virtio_balloon_destroy(struct virtio_balloon *b)

@@ -163,6 +163,11 @@ struct blk_req *blk_io_get(struct blk_io *io)
 	return req;
 }
 
+bool blk_io_idle(const struct blk_io *io)
+{
+	return io->nout == 0;
+}
+
 void blk_io_put(struct blk_io *io, struct blk_req *req)
 {
 	req->next = io->free_list;

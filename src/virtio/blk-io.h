@@ -87,6 +87,8 @@ void blk_io_complete(struct blk_io *io);
 void blk_io_reset(struct blk_io *io);
 /* DRIVER_OK: clean up what finished while the device was not live. */
 void blk_io_activate(struct blk_io *io);
+/* Whether every request taken from the ring has been pushed back. */
+bool blk_io_idle(const struct blk_io *io);
 void blk_io_get_stats(struct blk_io *io, struct blk_io_stats *out);
 
 #endif

@@ -18,6 +18,7 @@
 #include "vireo/block.h"
 #include "vireo/log.h"
 #include "vireo/ratelimit.h"
+#include "vireo/state.h"
 #include "vireo/virtio.h"
 
 #define BLK_F_SEG_MAX      (1ULL << 2)
@@ -358,6 +359,15 @@ static void blk_activate(struct virtio_dev *dev)
 		blk_io_activate(blk->io);
 }
 
+/* Nothing of a request may be in flight when state is taken: it has no
+ * state of its own (its counters are not state, its config is the disk's). */
+static bool blk_idle(struct virtio_dev *dev)
+{
+	struct virtio_blk *blk = dev->opaque;
+
+	return !blk->io || blk_io_idle(blk->io);
+}
+
 static const struct virtio_device_ops blk_ops = {
 	.name = "blk",
 	.device_id = 2,
@@ -369,6 +379,8 @@ static const struct virtio_device_ops blk_ops = {
 	.fd_ready = blk_fd_ready,
 	.reset = blk_reset,
 	.activate = blk_activate,
+	.state_type = STATE_SEC_VIRTIO_BLK,
+	.idle = blk_idle,
 };
 
 static void blk_fill_config(struct virtio_blk *blk)

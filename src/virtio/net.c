@@ -14,6 +14,7 @@
 #include "vireo/log.h"
 #include "vireo/net.h"
 #include "vireo/ratelimit.h"
+#include "vireo/state.h"
 #include "vireo/virtio.h"
 
 #define NET_F_CSUM       (1ULL << 0)
@@ -165,7 +166,10 @@ static void net_notify(struct virtio_dev *dev, unsigned int q)
 
 static void net_fd_ready(struct virtio_dev *dev)
 {
-	net_receive(dev->opaque);
+	/* Quiesced for a snapshot: the tap waits; virtio_unquiesce() kicks
+	 * the receive queue, which reads it. */
+	if (!dev->quiesced)
+		net_receive(dev->opaque);
 }
 
 static void net_activate(struct virtio_dev *dev)
@@ -185,6 +189,37 @@ static void net_reset(struct virtio_dev *dev)
 	n->packet_len = 0;
 }
 
+/* State: the MAC the guest knows (a random one is not in the machine
+ * description), then the packet read from the tap that waits for receive
+ * buffers (u32 length, 0: none, and its bytes). */
+static void net_save(struct virtio_dev *dev, struct state_writer *w)
+{
+	struct virtio_net *n = dev->opaque;
+
+	state_put_bytes(w, dev->config, 6);
+	state_put_blob(w, n->packet, n->packet_len);
+}
+
+static int net_load(struct virtio_dev *dev, struct state_cursor *c)
+{
+	struct virtio_net *n = dev->opaque;
+	uint8_t mac[6];
+	size_t len;
+	int ret;
+
+	state_get_bytes(c, mac, 6);
+	/* Read into place: a refused file discards the whole device. */
+	len = state_get_blob_max(c, n->packet, sizeof(n->packet));
+	ret = state_done(c);
+	if (ret)
+		return ret;
+	if (len && len <= HDR_LEN)
+		return err_set(-EINVAL, "pending packet of %zu bytes", len);
+	memcpy(dev->config, mac, 6);
+	n->packet_len = len;
+	return 0;
+}
+
 static const struct virtio_device_ops net_ops = {
 	.name = "net",
 	.device_id = 1,
@@ -197,6 +232,9 @@ static const struct virtio_device_ops net_ops = {
 	.reset = net_reset,
 	.activate = net_activate,
 	.fd_ready = net_fd_ready,
+	.state_type = STATE_SEC_VIRTIO_NET,
+	.save = net_save,
+	.load = net_load,
 };
 
 static void net_fill_config(struct virtio_net *n, const struct nic_config *cfg)
@@ -254,6 +292,11 @@ void virtio_net_destroy(struct virtio_net *n)
 	virtio_pci_destroy(&n->dev);
 	close(n->tap);
 	free(n);
+}
+
+struct virtio_dev *virtio_net_dev(struct virtio_net *n)
+{
+	return &n->dev;
 }
 
 struct ratelimit *virtio_net_ratelimit(struct virtio_net *n, bool tx)

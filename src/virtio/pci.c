@@ -9,14 +9,17 @@
 #include <errno.h>
 #include <linux/kvm.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vireo/log.h"
+#include "vireo/state.h"
 #include "vireo/virtio.h"
 
 #define BAR_SIZE        0x8000
@@ -479,10 +482,14 @@ static void pci_identity(struct virtio_dev *dev, struct pci_bus *bus)
 
 void virtio_serve(struct virtio_dev *dev, unsigned int q)
 {
+	/* Quiesced: the queue is looked at again by virtio_unquiesce(). */
 	if ((dev->status & VIRTIO_STATUS_DRIVER_OK) &&
 	    !(dev->status & VIRTIO_STATUS_NEEDS_RESET) && dev->vqs[q].enabled &&
-	    !(dev->deferred & (1u << q)))
+	    !(dev->deferred & (1u << q)) && !dev->quiesced) {
+		dev->busy++;
 		dev->ops->queue_notify(dev, q);
+		dev->busy--;
+	}
 }
 
 void virtio_defer(struct virtio_dev *dev, unsigned int q, uint64_t ns)
@@ -522,9 +529,15 @@ static void virtio_thread_event(struct virtio_dev *dev, unsigned int q)
 
 	if (q == ~2u) {
 		pthread_mutex_lock(&dev->lock);
+		/* Completions still run while quiesced: that is how in-flight
+		 * requests drain (a model that would take new work here, as
+		 * net's receive, checks dev->quiesced itself). */
 		if ((dev->status & VIRTIO_STATUS_DRIVER_OK) &&
-		    !(dev->status & VIRTIO_STATUS_NEEDS_RESET))
+		    !(dev->status & VIRTIO_STATUS_NEEDS_RESET)) {
+			dev->busy++;
 			dev->ops->fd_ready(dev);
+			dev->busy--;
+		}
 		pthread_mutex_unlock(&dev->lock);
 		return;
 	}
@@ -692,4 +705,256 @@ void virtio_pci_destroy(struct virtio_dev *dev)
 	}
 	virtio_unplug(dev);
 	virtio_fds_close(dev);
+}
+
+/* ---- snapshots ----
+ *
+ * Section ops->state_type, id: blob PCI config space (4 KiB); u64 driver
+ * features, u32 device and driver feature select, u32 queue select, u32
+ * config vector, u8 status, u8 ISR, u8 config generation; u32 queues, each
+ * u32 size, u8 enabled, u64 desc, avail and used addresses, u32 MSI-X
+ * vector, u32 last avail, u32 used idx, u32 signalled used, u8 event idx;
+ * u32 MSI-X vectors, each 4 u32 (address lo, hi, data, control); u64 PBA;
+ * then the model's state (ops->save). */
+
+#define QUIESCE_TIMEOUT_MS 10000
+
+int virtio_quiesce(struct virtio_dev *dev)
+{
+	struct timespec ms = { .tv_nsec = 1000000 };
+	unsigned int waited = 0;
+	int ret = 0;
+
+	pthread_mutex_lock(&dev->lock);
+	dev->quiesced++;
+	while (dev->busy || (dev->ops->idle && !dev->ops->idle(dev))) {
+		if (waited++ == QUIESCE_TIMEOUT_MS) {
+			ret = err_set(-ETIMEDOUT, "%s: requests still in flight after %d ms",
+				      dev->ops->name, QUIESCE_TIMEOUT_MS);
+			break;
+		}
+		pthread_mutex_unlock(&dev->lock);
+		nanosleep(&ms, NULL);
+		pthread_mutex_lock(&dev->lock);
+	}
+	pthread_mutex_unlock(&dev->lock);
+	return ret;
+}
+
+/* Every live queue looked at once by the I/O thread. dev->lock held. */
+static void kick_queues(struct virtio_dev *dev)
+{
+	uint64_t one = 1;
+
+	for (unsigned int q = 0; q < dev->ops->num_queues; q++)
+		if (dev->vqs[q].enabled && write(dev->kick_fd[q], &one, 8) < 0)
+			log_ratelimited("%s: kick: %s", dev->ops->name, strerror(errno));
+}
+
+void virtio_unquiesce(struct virtio_dev *dev)
+{
+	pthread_mutex_lock(&dev->lock);
+	if (dev->quiesced && !--dev->quiesced)
+		kick_queues(dev);
+	pthread_mutex_unlock(&dev->lock);
+}
+
+void virtio_save(struct virtio_dev *dev, struct state_writer *w, uint32_t id)
+{
+	pthread_mutex_lock(&dev->lock);
+	state_begin(w, dev->ops->state_type, id, STATE_SECTION_CRITICAL);
+	state_put_blob(w, dev->pci.config, PCI_CONFIG_SIZE);
+	state_put_u64(w, dev->driver_features);
+	state_put_u32(w, dev->device_feature_select);
+	state_put_u32(w, dev->driver_feature_select);
+	state_put_u32(w, dev->queue_select);
+	state_put_u32(w, dev->config_vector);
+	state_put_u8(w, dev->status);
+	state_put_u8(w, dev->isr);
+	state_put_u8(w, dev->config_generation);
+	state_put_u32(w, dev->ops->num_queues);
+	for (unsigned int q = 0; q < dev->ops->num_queues; q++) {
+		const struct virtq *vq = &dev->vqs[q];
+
+		state_put_u32(w, vq->size);
+		state_put_u8(w, vq->enabled);
+		state_put_u64(w, vq->desc_gpa);
+		state_put_u64(w, vq->avail_gpa);
+		state_put_u64(w, vq->used_gpa);
+		state_put_u32(w, vq->msix_vector);
+		state_put_u32(w, vq->last_avail);
+		state_put_u32(w, vq->used_idx);
+		state_put_u32(w, vq->signalled_used);
+		state_put_u8(w, vq->event_idx);
+	}
+	state_put_u32(w, MSIX_VECTORS);
+	for (unsigned int v = 0; v < MSIX_VECTORS; v++)
+		for (unsigned int i = 0; i < 4; i++)
+			state_put_u32(w, dev->msix[v][i]);
+	state_put_u64(w, dev->msix_pba);
+	if (dev->ops->save)
+		dev->ops->save(dev, w);
+	state_end(w);
+	pthread_mutex_unlock(&dev->lock);
+}
+
+/* The transport as the file has it, not yet applied. */
+struct virtio_image {
+	uint8_t config[PCI_CONFIG_SIZE];
+	uint64_t driver_features;
+	uint32_t device_feature_select, driver_feature_select, queue_select, config_vector;
+	uint8_t status, isr, config_generation;
+	uint32_t nqueues, nvectors;
+	struct virtq vqs[4];
+	uint32_t raw[4][5];  /* per queue: size, vector, last avail, used idx, signalled */
+	uint32_t msix[MSIX_VECTORS][4];
+	uint64_t pba;
+};
+
+static void image_parse_queue(struct virtio_image *im, unsigned int q, struct state_cursor *c)
+{
+	struct virtq *vq = &im->vqs[q];
+
+	im->raw[q][0] = state_get_u32(c);
+	vq->enabled = state_get_u8(c) != 0;
+	vq->desc_gpa = state_get_u64(c);
+	vq->avail_gpa = state_get_u64(c);
+	vq->used_gpa = state_get_u64(c);
+	for (unsigned int i = 1; i < 5; i++)
+		im->raw[q][i] = state_get_u32(c);
+	vq->event_idx = state_get_u8(c) != 0;
+}
+
+static void image_parse(struct virtio_image *im, struct state_cursor *c)
+{
+	state_get_blob(c, im->config, PCI_CONFIG_SIZE);
+	im->driver_features = state_get_u64(c);
+	im->device_feature_select = state_get_u32(c);
+	im->driver_feature_select = state_get_u32(c);
+	im->queue_select = state_get_u32(c);
+	im->config_vector = state_get_u32(c);
+	im->status = state_get_u8(c);
+	im->isr = state_get_u8(c);
+	im->config_generation = state_get_u8(c);
+	im->nqueues = state_get_u32(c);
+	for (unsigned int q = 0; q < im->nqueues && q < 4 && !c->bad; q++)
+		image_parse_queue(im, q, c);
+	im->nvectors = state_get_u32(c);
+	for (unsigned int v = 0; v < im->nvectors && v < MSIX_VECTORS && !c->bad; v++)
+		for (unsigned int i = 0; i < 4; i++)
+			im->msix[v][i] = state_get_u32(c);
+	im->pba = state_get_u64(c);
+}
+
+static bool vector_ok(uint32_t v)
+{
+	return v < MSIX_VECTORS || v == VIRTIO_NO_VECTOR;
+}
+
+static int image_check_queue(const struct virtio_dev *dev, struct virtio_image *im,
+			     unsigned int q)
+{
+	struct virtq *vq = &im->vqs[q];
+	uint32_t size = im->raw[q][0];
+
+	if (!size || size > VIRTQ_MAX_SIZE || (size & (size - 1)))
+		return err_set(-EINVAL, "queue %u has size %u", q, size);
+	if (!vector_ok(im->raw[q][1]) || im->raw[q][2] > 0xffff || im->raw[q][3] > 0xffff ||
+	    im->raw[q][4] > 0xffff)
+		return err_set(-EINVAL, "queue %u: vector or index out of range", q);
+	vq->size = (uint16_t)size;
+	vq->msix_vector = (uint16_t)im->raw[q][1];
+	vq->last_avail = (uint16_t)im->raw[q][2];
+	vq->used_idx = (uint16_t)im->raw[q][3];
+	vq->signalled_used = (uint16_t)im->raw[q][4];
+	vq->mem = dev->vqs[q].mem;
+	if (vq->enabled && !virtq_rings_ok(vq))
+		return err_set(-EINVAL, "queue %u's rings are misaligned or outside guest RAM", q);
+	return 0;
+}
+
+/* Everything a guest could not have written is what this build made. */
+static int image_check(const struct virtio_dev *dev, struct virtio_image *im)
+{
+	const struct pci_device *p = &dev->pci;
+	int ret = 0;
+
+	for (unsigned int i = 0; i < PCI_CONFIG_SIZE; i++)
+		if ((im->config[i] ^ p->config[i]) & ~p->wmask[i])
+			return err_set(-EINVAL, "PCI config byte 0x%x differs from this device's", i);
+	if (im->nqueues != dev->ops->num_queues || im->nvectors != MSIX_VECTORS)
+		return err_set(-EINVAL, "%u queues and %u MSI-X vectors, the device has %u and %u",
+			       im->nqueues, im->nvectors, dev->ops->num_queues, MSIX_VECTORS);
+	if (im->driver_features & ~device_features(dev))
+		return err_set(-EINVAL, "driver features 0x%llx are more than the device offers",
+			       (unsigned long long)im->driver_features);
+	if (!vector_ok(im->config_vector) || (im->isr & ~3u) || (im->pba >> MSIX_VECTORS))
+		return err_set(-EINVAL, "config vector, ISR or PBA out of range");
+	if (im->queue_select > 0xffff)
+		return err_set(-EINVAL, "queue select %u out of range", im->queue_select);
+	for (unsigned int q = 0; q < im->nqueues && !ret; q++)
+		ret = image_check_queue(dev, im, q);
+	return ret;
+}
+
+static void image_apply(struct virtio_dev *dev, const struct virtio_image *im)
+{
+	memcpy(dev->pci.config, im->config, PCI_CONFIG_SIZE);
+	dev->driver_features = im->driver_features;
+	dev->device_feature_select = im->device_feature_select;
+	dev->driver_feature_select = im->driver_feature_select;
+	dev->queue_select = (uint16_t)im->queue_select;
+	dev->config_vector = (uint16_t)im->config_vector;
+	dev->status = im->status;
+	dev->isr = im->isr;
+	dev->config_generation = im->config_generation;
+	memcpy(dev->vqs, im->vqs, sizeof(im->vqs[0]) * im->nqueues);
+	memcpy(dev->msix, im->msix, sizeof(im->msix));
+	dev->msix_pba = im->pba;
+}
+
+/* The VM around the restored state: BAR0 where the guest put it, MSI
+ * routes, INTx, the model told DRIVER_OK, pending work looked at. */
+static void virtio_restart(struct virtio_dev *dev)
+{
+	bar_remap(&dev->pci, 0x10, 4);
+	pthread_mutex_lock(&dev->lock);
+	for (unsigned int v = 0; v < MSIX_VECTORS; v++)
+		if (dev->msix[v][0] || dev->msix[v][1])
+			msix_route(dev, v);
+	intx_update(dev);
+	if ((dev->status & VIRTIO_STATUS_DRIVER_OK) && dev->ops->activate)
+		dev->ops->activate(dev);
+	msix_deliver_pending(dev);
+	kick_queues(dev);
+	pthread_mutex_unlock(&dev->lock);
+}
+
+int virtio_restore(struct virtio_dev *dev, const struct state_reader *r, uint32_t id)
+{
+	struct virtio_image *im = calloc(1, sizeof(*im));
+	struct state_cursor c;
+	int ret;
+
+	if (!im)
+		return err_set(-ENOMEM, "out of memory");
+	ret = state_section(r, dev->ops->state_type, id, &c);
+	if (ret)
+		goto out;
+	image_parse(im, &c);
+	ret = c.bad ? state_done(&c) : image_check(dev, im);
+	if (ret)
+		goto out;
+	pthread_mutex_lock(&dev->lock);
+	ret = dev->ops->load ? dev->ops->load(dev, &c) : state_done(&c);
+	if (!ret)
+		image_apply(dev, im);
+	pthread_mutex_unlock(&dev->lock);
+	if (!ret)
+		virtio_restart(dev);
+out:
+	free(im);
+	if (ret)
+		err_set(ret, "%s %u: %s", state_section_name(dev->ops->state_type), id, err_get());
+	return ret;
 }

@@ -6,6 +6,7 @@
 
 #include "vireo/log.h"
 #include "vireo/ratelimit.h"
+#include "vireo/state.h"
 #include "vireo/virtio.h"
 
 struct virtio_rng {
@@ -61,6 +62,7 @@ static const struct virtio_device_ops rng_ops = {
 	.pci_class = 0xff0000,
 	.num_queues = 1,
 	.queue_notify = rng_notify,
+	.state_type = STATE_SEC_VIRTIO_RNG, /* nothing of its own: served in queue_notify */
 };
 
 int virtio_rng_create(struct vm *vm, struct pci_bus *bus, uint64_t bps, struct virtio_rng **out)
@@ -79,6 +81,11 @@ int virtio_rng_create(struct vm *vm, struct pci_bus *bus, uint64_t bps, struct v
 	}
 	*out = rng;
 	return 0;
+}
+
+struct virtio_dev *virtio_rng_dev(struct virtio_rng *rng)
+{
+	return &rng->dev;
 }
 
 void virtio_rng_destroy(struct virtio_rng *rng)

@@ -359,7 +359,8 @@ static struct json_object *apply_snapshot(const struct control_target *t,
 					  const struct control_action *a)
 {
 	struct snapshot_target st = { .vm = t->vm, .serial = t->serial, .ged = t->ged,
-				      .rtc = t->rtc, .machine = t->machine };
+				      .rtc = t->rtc, .machine = t->machine, .virtio = t->virtio,
+				      .nvirtio = t->nvirtio };
 	struct snapshot_stats stats = { 0 };
 	struct json_object *r;
 	int ret = 0;
@@ -369,14 +370,21 @@ static struct json_object *apply_snapshot(const struct control_target *t,
 	if (a->fds && (a->fd[0] < 0 || a->fd[1] < 0))
 		return control_error(CONTROL_E_BAD_REQUEST, "snapshot 'fds': pass the memory and "
 				     "state files' descriptors with the request (SCM_RIGHTS)");
-	if (a->fds)
-		ret = snapshot_save_fds(a->fd[0], a->fd[1], &st, &stats);
-	else if (a->dir[0])
-		ret = snapshot_save(a->dir, &st, &stats);
-	/* The disks after the state: a refused state leaves the disks as they
-	 * were, and the caller drops the state files if the disks fail. */
-	if (!ret && a->disks)
-		ret = control_disks_snapshot(t, a->name, false);
+	/* The devices stay still until the disks are saved too: the state
+	 * and the disks show the same instant. */
+	ret = snapshot_quiesce(&st);
+	if (!ret) {
+		if (a->fds)
+			ret = snapshot_save_fds(a->fd[0], a->fd[1], &st, &stats);
+		else if (a->dir[0])
+			ret = snapshot_save(a->dir, &st, &stats);
+		/* The disks after the state: a refused state leaves the disks
+		 * as they were, and the caller drops the state files if the
+		 * disks fail. */
+		if (!ret && a->disks)
+			ret = control_disks_snapshot(t, a->name, false);
+		snapshot_unquiesce(&st);
+	}
 	if (ret)
 		return control_error(ret == -ENOTSUP ? CONTROL_E_BAD_REQUEST :
 				     ret == -EEXIST ? CONTROL_E_WRONG_STATE : CONTROL_E_FAILED,

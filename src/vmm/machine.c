@@ -1,9 +1,46 @@
 /* The machine description, as snapshots record it (include/vireo/machine.h). */
 #include <errno.h>
+#include <string.h>
 
+#include "vireo/block.h"
 #include "vireo/log.h"
 #include "vireo/machine.h"
 #include "vireo/state.h"
+
+static void put_str(struct state_writer *w, const char *s)
+{
+	state_put_blob(w, s, strlen(s));
+}
+
+static void save_devices(const struct machine_config *m, struct state_writer *w)
+{
+	for (unsigned int i = 0; i < m->ndisks; i++) {
+		const struct machine_disk *d = &m->disks[i];
+
+		put_str(w, d->path);
+		put_str(w, d->format);
+		put_str(w, d->serial);
+		state_put_u8(w, d->readonly);
+		state_put_u64(w, d->bps);
+		state_put_u64(w, d->iops);
+		state_put_u32(w, (uint32_t)d->cache);
+		state_put_u32(w, (uint32_t)d->aio);
+	}
+	for (unsigned int i = 0; i < m->nnics; i++) {
+		const struct machine_nic *n = &m->nics[i];
+
+		put_str(w, n->tap);
+		state_put_bytes(w, n->mac, 6);
+		state_put_u8(w, n->mac_set);
+		state_put_u32(w, n->mtu);
+		state_put_u64(w, n->rx_bps);
+		state_put_u64(w, n->tx_bps);
+	}
+	if (m->rng)
+		state_put_u64(w, m->rng_bps);
+	if (m->balloon)
+		state_put_u64(w, m->balloon_target);
+}
 
 void machine_save(const struct machine_config *m, struct state_writer *w)
 {
@@ -16,7 +53,55 @@ void machine_save(const struct machine_config *m, struct state_writer *w)
 	state_put_u32(w, m->nnics);
 	state_put_u8(w, m->rng);
 	state_put_u8(w, m->balloon);
+	save_devices(m, w);
 	state_end(w);
+}
+
+/* A string blob that fits `size` with its NUL and holds none. */
+static void get_str(struct state_cursor *c, char *out, size_t size)
+{
+	size_t n = state_get_blob_max(c, out, size - 1);
+
+	out[n] = 0;
+	if (strlen(out) != n)
+		c->bad = true;
+}
+
+static void load_devices(struct state_cursor *c, struct machine_config *m)
+{
+	for (unsigned int i = 0; i < m->ndisks && !c->bad; i++) {
+		struct machine_disk *d = &m->disks[i];
+
+		get_str(c, d->path, sizeof(d->path));
+		get_str(c, d->format, sizeof(d->format));
+		get_str(c, d->serial, sizeof(d->serial));
+		d->readonly = state_get_u8(c) != 0;
+		d->bps = state_get_u64(c);
+		d->iops = state_get_u64(c);
+		d->cache = (int)state_get_u32(c);
+		d->aio = (int)state_get_u32(c);
+		if (!d->path[0] || d->cache < 0 || d->cache > BLOCK_CACHE_UNSAFE || d->aio < 0 ||
+		    d->aio > BLOCK_AIO_THREADS)
+			c->bad = true;
+	}
+	for (unsigned int i = 0; i < m->nnics && !c->bad; i++) {
+		struct machine_nic *n = &m->nics[i];
+		uint32_t mtu;
+
+		get_str(c, n->tap, sizeof(n->tap));
+		state_get_bytes(c, n->mac, 6);
+		n->mac_set = state_get_u8(c) != 0;
+		mtu = state_get_u32(c);
+		n->mtu = (uint16_t)mtu;
+		n->rx_bps = state_get_u64(c);
+		n->tx_bps = state_get_u64(c);
+		if (mtu > 0xffff)
+			c->bad = true;
+	}
+	if (m->rng)
+		m->rng_bps = state_get_u64(c);
+	if (m->balloon)
+		m->balloon_target = state_get_u64(c);
 }
 
 int machine_load(const struct state_reader *r, struct machine_config *m)
@@ -34,6 +119,10 @@ int machine_load(const struct state_reader *r, struct machine_config *m)
 	m->nnics = state_get_u32(&c);
 	m->rng = state_get_u8(&c) != 0;
 	m->balloon = state_get_u8(&c) != 0;
+	if (m->ndisks > MACHINE_MAX_DISKS || m->nnics > MACHINE_MAX_NICS)
+		return err_set(-EINVAL, "state file: %u disks and %u vNICs (at most %d and %d)",
+			       m->ndisks, m->nnics, MACHINE_MAX_DISKS, MACHINE_MAX_NICS);
+	load_devices(&c, m);
 	ret = state_done(&c);
 	if (ret)
 		return ret;
@@ -41,12 +130,4 @@ int machine_load(const struct state_reader *r, struct machine_config *m)
 	    m->mem_size != state_reader_header(r)->mem_size)
 		return err_set(-EINVAL, "state file: the machine section disagrees with the header");
 	return 0;
-}
-
-bool machine_snapshot_unsupported(const struct machine_config *m)
-{
-	if (!m->ndisks && !m->nnics && !m->rng && !m->balloon)
-		return false;
-	err_set(-ENOTSUP, "not yet supported: snapshot of a VM with virtio devices");
-	return true;
 }
