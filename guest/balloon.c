@@ -174,3 +174,34 @@ void scn_balloon(const char *arg)
 	probe_printf("PROBE balloon_stats stats_requests=%u irq=%s irqs=%u\n", stats_requests,
 		     d->msix ? "msix" : "poll", virtio_irq_count());
 }
+
+/* For the devloop scenario: sets the device up and inflates by mib MiB;
+ * returns the pages given (0 on failure, reported). */
+uint64_t balloon_inflate(uint64_t mib)
+{
+	uint32_t *pfnbufs;
+	uint8_t *pages;
+
+	d = virtio_find(VIRTIO_ID_BALLOON, 0);
+	if (!d || vdev_init(d, F_MUST_TELL_HOST | F_STATS_VQ,
+			    vdev_offered(d) & F_STATS_VQ ? 3 : 2, 128))
+		return 0;
+	ram_total = ram_end() - 0x100000;
+	pfnbufs = dma_alloc(PFNS_PER_BUF * 4 * BUFS, 4096);
+	stats = dma_alloc(64, 64);
+	vdev_driver_ok(d);
+	if (d->features & F_STATS_VQ)
+		stats_post();
+	pages = dma_alloc(4096, 4096);
+	if ((ram_end() - (uintptr_t)pages) / 4096 < mib * 256 + 256 ||
+	    balloon_resize(pages, mib * 256, pfnbufs))
+		return 0;
+	return inflated;
+}
+
+/* Answers the statistics queue (devloop, between rounds). */
+void balloon_service(void)
+{
+	if (d)
+		stats_service();
+}

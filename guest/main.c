@@ -286,6 +286,7 @@ VIRTIO_SCN(scn_net_bench_wrap, scn_net_bench)
 VIRTIO_SCN(scn_net_echo_wrap, scn_net_echo)
 VIRTIO_SCN(scn_net_ip_wrap, scn_net_ip)
 VIRTIO_SCN(scn_hostile_wrap, scn_hostile)
+VIRTIO_SCN(scn_devloop_wrap, scn_devloop)
 
 static const struct scenario {
 	const char *name;
@@ -310,6 +311,7 @@ static const struct scenario {
 	{ "net_echo", scn_net_echo_wrap },
 	{ "net_ip", scn_net_ip_wrap },
 	{ "hostile", scn_hostile_wrap },
+	{ "devloop", scn_devloop_wrap },
 	{ "wait", scn_wait },
 	{ "echo", scn_echo },
 	{ "count", scn_count },

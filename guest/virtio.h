@@ -141,4 +141,7 @@ void scn_net_bench(const char *arg);
 void scn_net_echo(const char *arg);
 void scn_net_ip(const char *arg);
 void scn_hostile(const char *arg);
+void scn_devloop(const char *arg);
+uint64_t balloon_inflate(uint64_t mib);
+void balloon_service(void);
 #endif
