@@ -21,6 +21,7 @@
 #include <linux/kvm.h>
 
 #include "vireo/pci.h"
+#include "vireo/state.h"
 #include "vireo/virtio.h"
 
 #define RAM      (64ULL << 20)
@@ -313,12 +314,144 @@ static void balloon_request_is_bounded(void **state)
 	virtio_balloon_destroy(b);
 }
 
+/* ---- snapshots ---- */
+
+static unsigned int notifies, idle_calls;
+
+static void count_notify(struct virtio_dev *dev, unsigned int q)
+{
+	(void)dev;
+	(void)q;
+	__atomic_add_fetch(&notifies, 1, __ATOMIC_SEQ_CST);
+}
+
+/* A request in flight until the third look. */
+static bool idle_third_time(struct virtio_dev *dev)
+{
+	(void)dev;
+	return ++idle_calls >= 3;
+}
+
+static const struct virtio_device_ops state_ops = {
+	.name = "state", .device_id = 4, .pci_class = 0xff0000, .num_queues = 2,
+	.queue_notify = count_notify, .idle = idle_third_time,
+	.state_type = STATE_SEC_VIRTIO_RNG,
+};
+
+static bool notified_within(unsigned int want, unsigned int ms)
+{
+	for (unsigned int i = 0; i < ms; i++) {
+		if (__atomic_load_n(&notifies, __ATOMIC_SEQ_CST) >= want)
+			return true;
+		usleep(1000);
+	}
+	return false;
+}
+
+/* Quiesce waits until the model has nothing in flight; meanwhile and
+ * after, no request is served; unquiesce looks at every live queue. */
+static void quiesce_drains_and_holds(void **state)
+{
+	static struct virtio_dev dev;
+
+	(void)state;
+	memset(&dev, 0, sizeof(dev));
+	notifies = idle_calls = 0;
+	assert_int_equal(virtio_pci_create(&dev, &vm, &bus, &state_ops, NULL, 0), 0);
+	balloon_driver_up(dev.pci.slot);          /* queue 0 live, DRIVER_OK */
+	assert_int_equal(virtio_quiesce(&dev), 0);
+	assert_int_equal(idle_calls, 3);
+	pthread_mutex_lock(&dev.lock);
+	virtio_serve(&dev, 0);
+	pthread_mutex_unlock(&dev.lock);
+	assert_int_equal(notifies, 0);
+	/* Nested: only the last unquiesce serves again. */
+	assert_int_equal(virtio_quiesce(&dev), 0);
+	virtio_unquiesce(&dev);
+	pthread_mutex_lock(&dev.lock);
+	virtio_serve(&dev, 0);
+	pthread_mutex_unlock(&dev.lock);
+	assert_int_equal(notifies, 0);
+	virtio_unquiesce(&dev);
+	assert_true(notified_within(1, 5000));
+	virtio_pci_destroy(&dev);
+}
+
+/* The section of dev, with `damage` applied to the device first. */
+static struct state_reader *saved(struct virtio_dev *dev, void (*damage)(struct virtio_dev *))
+{
+	struct state_header h = { .ncpus = 1, .mem_size = RAM };
+	struct state_writer *w = state_writer_new(&h);
+	struct virtio_dev copy = *dev;
+	struct state_reader *r;
+	const uint8_t *buf;
+	size_t len;
+
+	assert_non_null(w);
+	if (damage)
+		damage(dev);
+	virtio_save(dev, w, 0);
+	*dev = copy;
+	assert_int_equal(state_writer_finish(w, &buf, &len), 0);
+	assert_int_equal(state_reader_open(buf, len, &r), 0);
+	state_writer_free(w);
+	return r;
+}
+
+static void bad_size(struct virtio_dev *d) { d->vqs[0].size = 3; }
+static void outside_ram(struct virtio_dev *d) { d->vqs[0].used_gpa = RAM - 8; }
+static void bad_vector(struct virtio_dev *d) { d->vqs[1].msix_vector = 100; }
+static void foreign_features(struct virtio_dev *d) { d->driver_features |= 1ULL << 40; }
+static void readonly_bits(struct virtio_dev *d) { d->pci.config[0] ^= 1; }
+
+/* A device's state comes back whole into a fresh one; a section a guest
+ * could never have produced is refused, and nothing of it applied. */
+static void restore_checks_before_applying(void **state)
+{
+	static struct virtio_dev a, b;
+	void (*const damages[])(struct virtio_dev *) = {
+		bad_size, outside_ram, bad_vector, foreign_features, readonly_bits,
+	};
+	struct state_reader *r;
+
+	(void)state;
+	memset(&a, 0, sizeof(a));
+	memset(&b, 0, sizeof(b));
+	notifies = idle_calls = 0;
+	assert_int_equal(virtio_pci_create(&a, &vm, &bus, &state_ops, NULL, 0), 0);
+	assert_int_equal(virtio_pci_create(&b, &vm, &bus, &state_ops, NULL, 0), 0);
+	balloon_driver_up(a.pci.slot);
+	a.vqs[0].last_avail = a.vqs[0].used_idx = 7;
+	a.config_generation = 5;
+	for (unsigned int i = 0; i < sizeof(damages) / sizeof(damages[0]); i++) {
+		r = saved(&a, damages[i]);
+		assert_int_equal(virtio_restore(&b, r, 0), -EINVAL);
+		state_reader_free(r);
+		assert_int_equal(b.status, 0);
+		assert_false(b.vqs[0].enabled);
+	}
+	r = saved(&a, NULL);
+	assert_int_equal(virtio_restore(&b, r, 0), 0);
+	state_reader_free(r);
+	assert_int_equal(b.status, a.status);
+	assert_true(b.vqs[0].enabled && !b.vqs[1].enabled);
+	assert_int_equal(b.vqs[0].desc_gpa, DESC);
+	assert_int_equal(b.vqs[0].last_avail, 7);
+	assert_int_equal(b.vqs[0].used_idx, 7);
+	assert_int_equal(b.config_generation, 5);
+	assert_int_equal(b.driver_features, a.driver_features);
+	virtio_pci_destroy(&a);
+	virtio_pci_destroy(&b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(msix_pending_survives_masks, setup, teardown),
 		cmocka_unit_test_setup_teardown(create_unwinds_on_every_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(balloon_request_is_bounded, setup, teardown),
+		cmocka_unit_test_setup_teardown(quiesce_drains_and_holds, setup, teardown),
+		cmocka_unit_test_setup_teardown(restore_checks_before_applying, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
