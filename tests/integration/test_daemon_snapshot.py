@@ -269,7 +269,7 @@ DEVLOOP = re.compile(r"PROBE devloop n=(\d+) ms=\d+ blk=(\w+)")
 
 
 def rounds(d, name):
-    return [(int(m.group(1)), m.group(2)) for m in DEVLOOP.finditer(log_of(d, name))]
+    return [(int(m.group(1)), m.group(2)) for m in DEVLOOP.finditer(d.vm_log(name))]
 
 
 def test_memory_snapshot_with_a_qcow2_disk_and_rollback(sdaemon, tmp_path):
@@ -281,17 +281,17 @@ def test_memory_snapshot_with_a_qcow2_disk_and_rollback(sdaemon, tmp_path):
     disk = qcow2(tmp_path, size="16M")
     d.create("v", scenario="devloop=50 irq=msix", disks=[{"path": str(disk)}])
     d.ok("POST", "/vms/v/start")
-    assert wait_for(lambda: len(rounds(d, "v")) >= 5, timeout=10), log_of(d, "v")
+    assert wait_for(lambda: len(rounds(d, "v")) >= 5, timeout=10), d.vm_log("v")
     snap = d.ok("POST", "/vms/v/snapshots", {"name": "full"}, status=201)
     assert snap["memory"] is True and snap["vm_state"] == "running", snap
     assert internal_snapshots(disk, share=True) == ["full"]
     after = rounds(d, "v")[-1][0]
-    assert wait_for(lambda: rounds(d, "v")[-1][0] >= after + 5, timeout=10), log_of(d, "v")
+    assert wait_for(lambda: rounds(d, "v")[-1][0] >= after + 5, timeout=10), d.vm_log("v")
     d.ok("POST", "/vms/v/snapshots/full/rollback")
-    assert wait_for(lambda: len(rounds(d, "v")) >= 4, timeout=10), log_of(d, "v")
+    assert wait_for(lambda: len(rounds(d, "v")) >= 4, timeout=10), d.vm_log("v")
     r = rounds(d, "v")
     assert r[0][0] <= after + 1 and all(ok == "ok" for _, ok in r), r
-    assert "PROBE boot" not in log_of(d, "v")
+    assert "PROBE boot" not in d.vm_log("v")
     d.ok("POST", "/vms/v/stop", {"force": True})
     assert wait_for(lambda: d.vm("v")["state"] == "stopped", timeout=10)
     assert subprocess.run(["qemu-img", "check", "-q", str(disk)]).returncode == 0

@@ -267,7 +267,7 @@ def test_hostile_device_sections_refused(tmp_path, sock):
         n = snapshot_devices(guest, sock, snap)
         assert vireo_control(sock, action="resume")["ok"]
         state = (snap / "state").read_bytes()
-        blk = state.index(struct.pack("<2I", 9, 0))  # section virtio-blk 0
+        blk = state.index(struct.pack("<2I", 10, 0))  # section virtio-blk 0
         flipped = state[:blk + 600] + bytes([state[blk + 600] ^ 1]) + state[blk + 601:]
         (snap / "state").write_bytes(flipped)
         assert "damaged state file: section virtio-blk 0 checksum mismatch" in \
@@ -290,7 +290,7 @@ def test_hostile_device_sections_refused(tmp_path, sock):
         assert struct.unpack_from("<Q", body, at)[0] != 0
         body[at:at + 8] = struct.pack("<Q", 1 << 40)
         return bytes(body)
-    for type_ in (9, 11):  # virtio-blk 0, virtio-rng 0
+    for type_ in (10, 12):  # virtio-blk 0, virtio-rng 0
         (snap / "state").write_bytes(rewrite_section(state, type_, far_away))
         line = refused(snap, sock2)
         assert "queue 0's rings are misaligned or outside guest RAM" in line, line
