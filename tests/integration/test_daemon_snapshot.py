@@ -272,12 +272,13 @@ def rounds(d, name):
     return [(int(m.group(1)), m.group(2)) for m in DEVLOOP.finditer(d.vm_log(name))]
 
 
-def test_memory_snapshot_with_a_qcow2_disk_and_rollback(sdaemon, tmp_path):
+@pytest.mark.parametrize("which", ["sdaemon", "daemon"])
+def test_memory_snapshot_with_a_qcow2_disk_and_rollback(request, which, tmp_path):
     """A VM that writes its qcow2 disk all the time (the devloop scenario):
     memory and disk saved at one instant; rolled back, the guest goes on
     from the snapshot and reads back what it had written, in the disk as
-    it was then."""
-    d = sdaemon
+    it was then. Unsandboxed and sandboxed (jail, own uid, seccomp)."""
+    d = request.getfixturevalue(which)
     disk = qcow2(tmp_path, size="16M")
     d.create("v", scenario="devloop=50 irq=msix", disks=[{"path": str(disk)}])
     d.ok("POST", "/vms/v/start")
