@@ -48,7 +48,7 @@ $(FB)/fuzz_control $(FB)/fuzz_def $(FB)/fuzz_api: $(FB)/fuzz_%: tests/fuzz/fuzz_
 	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -o $@ $< $(filter %.o,$^) $(FLIBS)
 
 # The state reader alone, with the util objects.
-$(FB)/fuzz_state: tests/fuzz/fuzz_state.c $(FOBJ) $(FB)/src/state/state.o $(FHDR)
+$(FB)/fuzz_state: tests/fuzz/fuzz_state.c $(FOBJ) $(FB)/src/state/state.o $(FB)/src/vmm/machine.o $(FHDR)
 	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -o $@ $< $(filter %.o,$^) $(FLIBS)
 
 $(FB)/fuzz_%: tests/fuzz/fuzz_image.c $(FOBJ) $(FHDR)

@@ -13,6 +13,7 @@
 #include <zlib.h>
 
 #include "vireo/log.h"
+#include "vireo/machine.h"
 #include "vireo/state.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -109,9 +110,14 @@ static void one(const uint8_t *data, size_t size)
 
 	if (state_reader_open(data, size, &r))
 		return;
+	static struct machine_config m;
+
 	for (uint32_t t = 0; t < STATE_SEC_COUNT + 1; t++)
 		for (uint32_t id = 0; id < MAX_ID; id++)
 			poke(r, t, id);
+	/* The machine description: disk paths, tap names, counts. */
+	if (!machine_load(r, &m) && (m.ndisks > MACHINE_MAX_DISKS || m.nnics > MACHINE_MAX_NICS))
+		abort();
 	rewrite(r);
 	state_reader_free(r);
 }
