@@ -13,7 +13,7 @@ import zlib
 import pytest
 
 from conftest import (VIREO, LiveProbe, in_netns, needs_kvm, needs_qemu_img, run_until_exit,
-                      scaled, vireo_args, vireo_control)
+                      scaled, vireo_args, vireo_control, wait_until)
 from test_virtio import netns_tap  # noqa: F401 (a fixture)
 
 pytestmark = [needs_kvm]
@@ -236,6 +236,42 @@ def test_snapshot_with_vnic(tmp_path, sock, netns_tap):
         run = guest.finish()
     assert run.returncode == 0, run.stderr
     subprocess.run(["qemu-img", "check", "-q", str(qcow2)], check=True)
+
+
+@needs_qemu_img
+def test_request_left_pending_is_served_after_restore(tmp_path, sock):
+    """A disk request the guest queued but the device had not served (held
+    by a rate limit) when the snapshot was taken: the restored device looks
+    at its queues once, serves it and interrupts, and the guest goes on."""
+    raw = tmp_path / "d.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), "16M"], check=True)
+    guest = LiveProbe(vireo_args(f"scenario=devloop={PERIOD_MS} irq=msix", memory="128M",
+                                 extra=["--api-socket", sock, "--disk", f"path={raw},format=raw"]))
+    snap = tmp_path / "snap"
+    try:
+        guest.wait_line("PROBE devloop n=3 ")
+        # One byte a second: the next 4 KiB request waits in the ring.
+        assert vireo_control(sock, action="set-limits", disk=0, bps=1)["ok"]
+        wait_until(lambda: vireo_control(sock, action="info")["disks"][0]["throttled_ns"] > 0,
+                   10, "a request held by the limit")
+        assert vireo_control(sock, action="pause")["ok"]
+        with guest.cond:
+            n = int(devloop(guest.out)[-1][0])
+        assert vireo_control(sock, action="snapshot", dir=str(snap))["ok"]
+        assert vireo_control(sock, action="poweroff")["ok"]
+        assert guest.wait_exit(10)
+    finally:
+        guest.proc.kill()
+        guest.finish()
+    # The limit was the old VMM's (set at run time, not in the machine).
+    sock2 = sock + ".2"
+    guest = LiveProbe(restore_args(snap, sock2))
+    try:
+        guest.wait_line(f"PROBE devloop n={n + 2} ", timeout=scaled(8))
+        assert all(r[2] == "ok" for r in devloop(guest.out)), guest.out
+    finally:
+        guest.proc.kill()
+        guest.finish()
 
 
 def rewrite_section(state, type_, patch):
