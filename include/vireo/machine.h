@@ -46,6 +46,7 @@ struct machine_config {
 	struct machine_disk disks[MACHINE_MAX_DISKS];
 	struct machine_nic nics[MACHINE_MAX_NICS];
 	uint64_t rng_bps, balloon_target;
+	bool firmware;        /* booted through --firmware: not described yet */
 };
 
 /* STATE_SEC_MACHINE: u32 vCPUs, u64 RAM bytes, u8 hugepages, u8 debug
@@ -56,5 +57,8 @@ struct machine_config {
 void machine_save(const struct machine_config *m, struct state_writer *w);
 /* 0, or -EINVAL with err_set() for a missing or malformed section. */
 int machine_load(const struct state_reader *r, struct machine_config *m);
+/* True (with err_set() detail) for a machine a snapshot cannot describe
+ * yet: one booted through --firmware (its ROM and fw_cfg are not in it). */
+bool machine_snapshot_unsupported(const struct machine_config *m);
 
 #endif

@@ -522,6 +522,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		.hugepages = o->vm.hugepages, .debug_exit = o->debug_exit, .ndisks = o->ndisks,
 		.nnics = o->nnics, .rng = o->rng, .balloon = o->balloon };
 	devices_to_machine(o);
+	o->machine.firmware = o->firmware != NULL;
 	return check_run_options(o, seccomp_given);
 }
 

@@ -206,6 +206,8 @@ int snapshot_save_fds(int mem_fd, int state_fd, const struct snapshot_target *t,
 	struct state_writer *w;
 	int ret;
 
+	if (machine_snapshot_unsupported(t->machine))
+		return -ENOTSUP;
 	ret = snapshot_quiesce(t);
 	if (ret)
 		return ret;
@@ -235,6 +237,8 @@ int snapshot_save(const char *dir, const struct snapshot_target *t,
 	struct state_writer *w;
 	int ret;
 
+	if (machine_snapshot_unsupported(t->machine))
+		return -ENOTSUP;
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
 		return err_set(-errno, "cannot create %s: %m", dir);
 	ret = snapshot_quiesce(t);

@@ -131,3 +131,11 @@ int machine_load(const struct state_reader *r, struct machine_config *m)
 		return err_set(-EINVAL, "state file: the machine section disagrees with the header");
 	return 0;
 }
+
+bool machine_snapshot_unsupported(const struct machine_config *m)
+{
+	if (!m->firmware)
+		return false;
+	err_set(-ENOTSUP, "not yet supported: snapshot of a VM booted through --firmware");
+	return true;
+}

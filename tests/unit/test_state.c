@@ -10,8 +10,13 @@
 #include <cmocka.h>
 #include <zlib.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "vireo/log.h"
+#include "vireo/machine.h"
 #include "vireo/state.h"
+#include "vireo/vmm.h"
 
 static const uint8_t blob[40] = "0123456789abcdefghijklmnopqrstuvwxyzABCD";
 
@@ -285,6 +290,116 @@ static void too_many_sections_refused(void **unused)
 	state_writer_free(w);
 }
 
+static struct state_reader *with_machine(const struct machine_config *m)
+{
+	struct state_header h = { .ncpus = m->ncpus, .mem_size = m->mem_size };
+	struct state_writer *w = state_writer_new(&h);
+	struct state_reader *r;
+	const uint8_t *buf;
+	size_t len;
+
+	assert_non_null(w);
+	machine_save(m, w);
+	assert_int_equal(state_writer_finish(w, &buf, &len), 0);
+	assert_int_equal(state_reader_open(buf, len, &r), 0);
+	state_writer_free(w);
+	return r;
+}
+
+/* A machine section with one disk whose path blob is `path` (len bytes). */
+static struct state_reader *with_disk_path(const char *path, size_t len)
+{
+	struct state_header h = { .ncpus = 1, .mem_size = 1 << 20 };
+	struct state_writer *w = state_writer_new(&h);
+	struct state_reader *r;
+	const uint8_t *buf;
+	size_t n;
+
+	assert_non_null(w);
+	state_begin(w, STATE_SEC_MACHINE, 0, STATE_SECTION_CRITICAL);
+	state_put_u32(w, 1);
+	state_put_u64(w, 1 << 20);
+	state_put_u8(w, 0);
+	state_put_u8(w, 0);
+	state_put_u32(w, 1);            /* one disk */
+	state_put_u32(w, 0);
+	state_put_u8(w, 0);
+	state_put_u8(w, 0);
+	state_put_blob(w, path, len);
+	state_put_blob(w, "", 0);       /* format, serial */
+	state_put_blob(w, "", 0);
+	state_put_u8(w, 0);
+	state_put_u64(w, 0);
+	state_put_u64(w, 0);
+	state_put_u32(w, 0);
+	state_put_u32(w, 0);
+	state_end(w);
+	assert_int_equal(state_writer_finish(w, &buf, &n), 0);
+	assert_int_equal(state_reader_open(buf, n, &r), 0);
+	state_writer_free(w);
+	return r;
+}
+
+/* The devices of the machine description come back as they went in; a
+ * disk path with a NUL in it, or too many disks, is refused. */
+static void machine_devices_round_trip(void **unused)
+{
+	static struct machine_config m, back;
+	struct state_reader *r;
+
+	(void)unused;
+	m = (struct machine_config){ .ncpus = 2, .mem_size = 128 << 20, .ndisks = 2, .nnics = 1,
+				     .rng = true, .balloon = true, .rng_bps = 1000,
+				     .balloon_target = 64 << 20 };
+	strcpy(m.disks[0].path, "/var/lib/vireo/a.qcow2");
+	strcpy(m.disks[0].format, "qcow2");
+	strcpy(m.disks[0].serial, "disk-a");
+	m.disks[0].iops = 100;
+	m.disks[0].cache = 1;
+	strcpy(m.disks[1].path, "/b.raw");
+	m.disks[1].readonly = true;
+	m.disks[1].aio = 1;
+	strcpy(m.nics[0].tap, "tap7");
+	memcpy(m.nics[0].mac, "\x52\x54\x00\x01\x02\x03", 6);
+	m.nics[0].mac_set = true;
+	m.nics[0].mtu = 9000;
+	m.nics[0].tx_bps = 5;
+	r = with_machine(&m);
+	assert_int_equal(machine_load(r, &back), 0);
+	assert_memory_equal(&m, &back, sizeof(m));
+	state_reader_free(r);
+
+	r = with_disk_path("/a\0b", 4);
+	assert_int_equal(machine_load(r, &back), -EINVAL);
+	state_reader_free(r);
+	r = with_disk_path("/a", 2);
+	assert_int_equal(machine_load(r, &back), 0);
+	assert_string_equal(back.disks[0].path, "/a");
+	state_reader_free(r);
+	m.ndisks = MACHINE_MAX_DISKS + 1;
+	r = with_machine(&m);
+	assert_int_equal(machine_load(r, &back), -EINVAL);
+	state_reader_free(r);
+}
+
+/* A machine the description cannot hold yet (booted through firmware):
+ * refused before anything is made. */
+static void firmware_machine_refused(void **unused)
+{
+	static struct vm vm;
+	struct machine_config m = { .firmware = true };
+	struct snapshot_target t = { .vm = &vm, .machine = &m };
+	char dir[] = "/tmp/vireo-test-state-XXXXXX";
+
+	(void)unused;
+	assert_non_null(mkdtemp(dir));
+	assert_int_equal(rmdir(dir), 0);
+	assert_int_equal(snapshot_save(dir, &t, NULL), -ENOTSUP);
+	assert_non_null(strstr(err_get(), "--firmware"));
+	assert_int_equal(access(dir, F_OK), -1);
+	assert_int_equal(snapshot_save_fds(-1, -1, &t, NULL), -ENOTSUP);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -299,6 +414,8 @@ int main(void)
 		cmocka_unit_test(writer_misuse),
 		cmocka_unit_test(duplicate_section_refused),
 		cmocka_unit_test(too_many_sections_refused),
+		cmocka_unit_test(machine_devices_round_trip),
+		cmocka_unit_test(firmware_machine_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
