@@ -453,7 +453,7 @@ class NestedHost:
         self.console_log.parent.mkdir(parents=True, exist_ok=True)
         agent = os.path.join(self._work, "agent.sock")
         mem = f"{self.mem_mib}M"
-        args = [tools["qemu"], "-accel", "tcg,thread=multi", "-M", "pc",
+        args = [tools["qemu"], "-accel", f"tcg,thread={os.environ.get('VIREO_L1_TCG_THREAD', 'multi')}", "-M", "pc",
                 "-cpu", "EPYC,+svm,+npt", "-smp", str(self.smp), "-m", mem,
                 "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
                 "-machine", "memory-backend=mem",
