@@ -107,6 +107,8 @@ struct vm {
 	struct kvm_irq_routing_entry *routes;
 	unsigned int nroutes;
 	uint32_t next_msi_gsi;
+	unsigned int throttle_pct; /* live migration's auto-converge: % of each
+				    * slice the vCPUs sleep (vcpu_throttle) */
 };
 
 #define VM_MAX_ROUTES 1024

@@ -1,0 +1,35 @@
+/* Private to src/vmm/migrate*.c: the wire helpers both ends share
+ * (protocol in include/vireo/migrate.h). */
+#ifndef VIREO_MIGRATE_WIRE_H
+#define VIREO_MIGRATE_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MIG_MAGIC "VIREOMIG"
+#define MIG_VERSION 1
+#define MIG_NONCE 32
+#define MIG_MAC 32
+#define MIG_HELLO_SIZE (8 + 4 + MIG_NONCE)
+
+enum { MIG_REC_HELLO = 1, MIG_REC_PAGES = 2, MIG_REC_ZERO = 3, MIG_REC_STATE = 4 };
+#define MIG_MAX_RUN 256u   /* pages in one record */
+
+/* 0, or -errno (-EPIPE at end of stream) with err_set(). */
+int mig_send(int fd, const void *buf, size_t len);
+int mig_recv(int fd, void *buf, size_t len);
+/* HMAC-SHA256(token, label || a || b) of two nonces. */
+int mig_mac(const char *token, const char *label, const uint8_t *a, const uint8_t *b,
+	    uint8_t out[MIG_MAC]);
+/* Compares in constant time: 0 if equal. */
+int mig_mac_cmp(const uint8_t *a, const uint8_t *b);
+void mig_hello(uint8_t out[MIG_HELLO_SIZE], const uint8_t nonce[MIG_NONCE]);
+/* Checks a peer's hello and returns its nonce. 0 or -EPROTO. */
+int mig_hello_check(const uint8_t in[MIG_HELLO_SIZE], const uint8_t **nonce);
+void mig_put32(uint8_t *p, uint32_t v);
+void mig_put64(uint8_t *p, uint64_t v);
+uint32_t mig_get32(const uint8_t *p);
+uint64_t mig_get64(const uint8_t *p);
+uint64_t mig_now_us(void);
+
+#endif
