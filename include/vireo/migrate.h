@@ -62,6 +62,9 @@ int migration_start(struct migration *m, const struct migrate_params *p);
 /* Asks a running migration to stop: 0, or -ENOENT (none running) or -EBUSY
  * (past the point of no return). */
 int migration_cancel(struct migration *m);
+/* True while the migration has the VM paused for the switch-over (or has
+ * handed it over): a resume then would make two running copies. */
+bool migration_holds_pause(struct migration *m);
 /* The figures for `info` ("migration"), or NULL if there never was one. */
 struct json_object *migration_info(struct migration *m);
 

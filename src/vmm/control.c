@@ -446,6 +446,9 @@ struct json_object *control_apply(struct control_target *t, const struct control
 			return control_error(CONTROL_E_FAILED, err_get());
 		return reply_ok(VM_STATE_PAUSED);
 	case CONTROL_RESUME:
+		if (t->migration && migration_holds_pause(t->migration))
+			return control_error(CONTROL_E_WRONG_STATE, "the VM is paused for the "
+					     "migration's switch-over");
 		if (vm_resume(t->vm))
 			return control_error(CONTROL_E_WRONG_STATE, err_get());
 		return reply_ok(VM_STATE_RUNNING);

@@ -370,14 +370,19 @@ static int complete(struct migration *m, uint64_t *paused_at)
 	state_writer_free(w);
 	if (!ret)
 		ret = wait_byte(m, 'R');
-	if (!ret && cancelled(m))
-		ret = err_set(-ECANCELED, "migration cancelled");
 	if (ret)
 		return ret;
-	/* The point of no return: after 'G' this VM never runs again. */
+	/* The point of no return: after 'G' this VM never runs again. Under
+	 * the lock, so that a cancel comes either before (and wins) or after
+	 * (and is refused). */
 	pthread_mutex_lock(&m->lock);
-	m->committed = true;
+	if (m->cancel)
+		ret = err_set(-ECANCELED, "migration cancelled");
+	else
+		m->committed = true;
 	pthread_mutex_unlock(&m->lock);
+	if (ret)
+		return ret;
 	ret = mig_send(m->fd, "G", 1);
 	if (!ret && !wait_byte(m, 'U')) {
 		uint8_t d[8];
@@ -564,6 +569,16 @@ void migration_destroy(struct migration *m)
 	reap(m);
 	pthread_mutex_destroy(&m->lock);
 	free(m);
+}
+
+bool migration_holds_pause(struct migration *m)
+{
+	bool held;
+
+	pthread_mutex_lock(&m->lock);
+	held = m->state == MIG_COMPLETING || m->committed;
+	pthread_mutex_unlock(&m->lock);
+	return held;
 }
 
 void migration_set_incoming(struct migration *m, uint64_t bytes, uint64_t downtime_us)
