@@ -255,3 +255,94 @@ def test_virtio_devices_refused(tmp_path, sock):
     finally:
         guest.proc.kill()
         guest.finish()
+
+
+def fake_destination(port, on_state):
+    """A destination that speaks the protocol (no token) up to the state,
+    then does on_state(conn): refuse, or vanish, at the last moment."""
+    import hashlib
+    import hmac
+    import os
+    import struct
+    import threading
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", port))
+    lsock.listen(1)
+    result = {}
+
+    def recv(c, n):
+        b = b""
+        while len(b) < n:
+            chunk = c.recv(n - len(b))
+            if not chunk:
+                raise EOFError
+            b += chunk
+        return b
+
+    def serve():
+        c, _ = lsock.accept()
+        with c:
+            nd = os.urandom(32)
+            c.sendall(b"VIREOMIG" + struct.pack("<I", 1) + nd)
+            peer = recv(c, 44 + 32)
+            ns = peer[12:44]
+            c.sendall(b"\x01" + hmac.new(b"", b"dst" + ns + nd, hashlib.sha256).digest())
+            while True:
+                rtype, = struct.unpack("<I", recv(c, 4))
+                if rtype == 4:
+                    n, = struct.unpack("<I", recv(c, 4))
+                    result["state"] = recv(c, n)
+                    break
+                rest = recv(c, 12)
+                if rtype == 1:
+                    continue
+                _, npages = struct.unpack("<QI", rest)
+                if rtype == 2:
+                    recv(c, npages * 4096)
+            on_state(c)
+        lsock.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t, result
+
+
+@pytest.mark.parametrize("how", ["refuse", "vanish"])
+def test_destination_fails_at_the_switch(tmp_path, sock, pairs, how):
+    """The source has paused the VM and sent its state; the destination
+    refuses it (or dies) instead of saying it is ready: the VM resumes on
+    the source, its counter going on without a gap."""
+    p = pairs(tmp_path, sock, "scenario=count=50", dest=False)
+
+    def on_state(c):
+        if how == "refuse":
+            c.sendall(b"E" + len(b"refused for the test").to_bytes(4, "little") +
+                      b"refused for the test")
+    t, result = fake_destination(p.port, on_state)
+    p.src.wait_line("PROBE count n=3 ")
+    p.migrate()
+    mig = p.wait_migration(("failed",))
+    t.join(scaled(10))
+    assert result["state"].startswith(b"VIREOSTA")
+    assert ("refused for the test" if how == "refuse" else "closed") in mig["error"], mig
+    assert vireo_control(p.ssock, action="info")["state"] == "running"
+    last = counts(lines_of(p.src))[-1]
+    p.src.wait_line(f"PROBE count n={last + 3} ")
+    seen = counts(lines_of(p.src))
+    assert seen == list(range(seen[-1] + 1))
+
+
+def test_garbage_to_the_destination(tmp_path, sock):
+    port = free_port()
+    dst = LiveProbe([str(VIREO), "run", "--incoming", f"tcp:127.0.0.1:{port}"])
+    try:
+        wait_err(dst, "waiting for a migration")
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            c.sendall(b"GET / HTTP/1.0\r\n\r\n" + bytes(range(256)) * 64)
+        assert dst.wait_exit(10) and dst.proc.returncode == 1
+        assert "not a vireo migration stream" in "".join(dst.err)
+        assert "PROBE" not in "".join(dst.out)
+    finally:
+        dst.proc.kill()
+        dst.finish()
