@@ -372,7 +372,7 @@ static int check_incoming(struct run_options *o)
 		return ret;
 	o->vm.ncpus = o->machine.ncpus;
 	o->vm.mem_size = o->machine.mem_size;
-	o->vm.mem_from_file = true;
+	o->vm.mem_from_file = o->vm.mem_is_memfd = true;
 	o->vm.mem_fd = snapshot_take_memory_fd(o->snap);
 	o->debug_exit = o->machine.debug_exit;
 	return 0;

@@ -503,12 +503,15 @@ static void reap(struct migration *m)
 int migration_start(struct migration *m, const struct migrate_params *p)
 {
 	enum mig_state s;
+	bool incoming;
 	int ret;
 
 	pthread_mutex_lock(&m->lock);
 	s = m->state;
+	incoming = m->incoming;
 	pthread_mutex_unlock(&m->lock);
-	if (s == MIG_ACTIVE || s == MIG_COMPLETING || s == MIG_COMPLETED)
+	/* The migration that brought the VM here does not stop it moving on. */
+	if (s == MIG_ACTIVE || s == MIG_COMPLETING || (s == MIG_COMPLETED && !incoming))
 		return err_set(-EBUSY, "a migration is %s", state_names[s]);
 	if (m->machine.ndisks || m->machine.nnics || m->machine.rng || m->machine.balloon)
 		return err_set(-ENOTSUP, "not yet supported: migration of a VM with virtio devices");
@@ -522,7 +525,7 @@ int migration_start(struct migration *m, const struct migrate_params *p)
 	if (!m->bits || !m->buf)
 		return err_set(-ENOMEM, "out of memory");
 	m->state = MIG_ACTIVE;
-	m->cancel = m->committed = false;
+	m->cancel = m->committed = m->incoming = false;
 	m->bytes_sent = m->remaining = m->dirty_rate = m->rounds = 0;
 	m->expected_downtime_ms = m->downtime_us = m->total_ms = m->throttle = 0;
 	m->pace_bytes = 0;

@@ -346,3 +346,30 @@ def test_garbage_to_the_destination(tmp_path, sock):
     finally:
         dst.proc.kill()
         dst.finish()
+
+
+def test_migrated_guest_migrates_again(tmp_path, sock, pairs):
+    """A → B → C: the VM a migration brought (its RAM the received memfd)
+    moves on, its pages all there (the dirty scenario checks them)."""
+    p = pairs(tmp_path, sock, "scenario=dirty=4")
+    p.src.wait_line("PROBE dirty pass=10 ")
+    p.migrate(max_downtime_ms=5000)
+    assert p.src.wait_exit(60) and p.src.proc.returncode == 0, "".join(p.src.err)
+    last = passes(lines_of(p.src))[-1][0]
+    p.dst.wait_line(f"PROBE dirty pass={last + 20} ")
+    port = free_port()
+    third = LiveProbe([str(VIREO), "run", "--incoming", f"tcp:127.0.0.1:{port}"])
+    try:
+        wait_err(third, "waiting for a migration")
+        r = vireo_control(p.dsock, action="migrate", uri=f"tcp:127.0.0.1:{port}",
+                          max_downtime_ms=5000)
+        assert r["ok"], r
+        assert p.dst.wait_exit(60) and p.dst.proc.returncode == 0, "".join(p.dst.err)
+        last = passes(lines_of(p.src, p.dst))[-1][0]
+        third.wait_line(f"PROBE dirty pass={last + 20} ")
+        seen = passes(lines_of(p.src, p.dst, third))
+        assert [n for n, _ in seen] == list(range(1, seen[-1][0] + 1))
+        assert all(bad == 0 for _, bad in seen), seen[-5:]
+    finally:
+        third.proc.kill()
+        third.finish()
