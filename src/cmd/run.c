@@ -363,7 +363,8 @@ static int check_incoming(struct run_options *o)
 	if (o->restore || o->machine_opts)
 		return err_set(-EINVAL, "--incoming takes the machine from the migration: no "
 			       "--restore, --kernel, --initrd, --cmdline, --cpus, --memory, "
-			       "--hugepages, --disk, --net, --rng, --balloon or --debug-exit with it");
+			       "--hugepages, --disk, --net, --rng, --balloon, --debug-exit or "
+			       "--firmware with it");
 	if (o->reboot_restart)
 		return err_set(-EINVAL, "use --reboot=exit with --incoming");
 	ret = migrate_incoming_receive(o->incoming, o->incoming_token, &o->in, &o->snap,
@@ -375,6 +376,7 @@ static int check_incoming(struct run_options *o)
 	o->vm.mem_from_file = o->vm.mem_is_memfd = true;
 	o->vm.mem_fd = snapshot_take_memory_fd(o->snap);
 	o->debug_exit = o->machine.debug_exit;
+	devices_from_machine(o);
 	return 0;
 }
 
@@ -865,7 +867,8 @@ static int run_vm(const struct run_options *o, char *reason, size_t size)
 	}
 	if (vm_build(&vm, &pci, &devs, o) || !(loop = loop_create()) ||
 	    !(mig = migration_create(&(struct snapshot_target){ .vm = &vm,
-			.serial = devs.serial, .ged = devs.ged, .machine = &o->machine })) ||
+			.serial = devs.serial, .ged = devs.ged, .rtc = devs.rtc,
+			.machine = &o->machine, .virtio = devs.virtio, .nvirtio = devs.nvirtio })) ||
 	    control_start(loop, &vm, &devs, o, mig, disk_paths, &ctl) ||
 	    (cs.serial = gate.serial = devs.serial, console_sock_open(loop, &cs)) ||
 	    loop_add(loop, serial_rx_space_fd(devs.serial), EPOLLIN, gate_release, &gate) ||

@@ -514,7 +514,11 @@ int migration_start(struct migration *m, const struct migrate_params *p)
 	if (s == MIG_ACTIVE || s == MIG_COMPLETING || (s == MIG_COMPLETED && !incoming))
 		return err_set(-EBUSY, "a migration is %s", state_names[s]);
 	if (m->machine.ndisks || m->machine.nnics || m->machine.rng || m->machine.balloon)
+		/* Their writes into guest RAM (used rings, read data) are the
+		 * VMM's, which KVM's dirty log does not see. */
 		return err_set(-ENOTSUP, "not yet supported: migration of a VM with virtio devices");
+	if (machine_snapshot_unsupported(&m->machine))
+		return -ENOTSUP;
 	reap(m);
 	m->p = *p;
 	if (!m->p.max_downtime_ms)
