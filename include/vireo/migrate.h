@@ -15,6 +15,8 @@
  *   D→S  "VIREOMIG" u32 version, 32-byte nonce Nd
  *   S→D  "VIREOMIG" u32 version, 32-byte nonce Ns, HMAC-SHA256(token, "src" Nd Ns)
  *   D→S  u8 1, HMAC-SHA256(token, "dst" Ns Nd)   (or u8 0 and close: refused)
+ *   with a token: a TLS handshake (PSK = the token), and all that follows
+ *   inside TLS records
  *   S→D  records: u32 type, then
  *        MIG_REC_HELLO  u64 RAM bytes, u32 vCPUs
  *        MIG_REC_PAGES  u64 RAM offset, u32 pages, the pages
@@ -24,8 +26,9 @@
  *   S→D  'G'     (go: from here the source never resumes)
  *   D→S  'U'     (running)
  *   S→D  u64 downtime in µs (pause on the source to 'U')
- * The stream is authenticated (both ends prove the token) but not
- * encrypted. */
+ * With a token, everything after the handshake goes through TLS with the
+ * token as pre-shared key (gnutls: encrypted and integrity-protected);
+ * without one, the caller asked for a plain stream (trusted networks). */
 #ifndef VIREO_MIGRATE_H
 #define VIREO_MIGRATE_H
 
@@ -92,6 +95,7 @@ void migrate_incoming_free(struct migrate_incoming *in);
 
 /* Shared by both ends (src/vmm/migrate-wire.c). */
 int migrate_parse_uri(const char *uri, char *host, size_t hsize, char *port, size_t psize);
-void migration_set_incoming(struct migration *m, uint64_t bytes, uint64_t downtime_us);
+void migration_set_incoming(struct migration *m, uint64_t bytes, uint64_t downtime_us,
+			    bool encrypted);
 
 #endif

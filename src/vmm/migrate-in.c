@@ -24,7 +24,7 @@
 #define MIG_DOWNTIME_TIMEOUT_S 2
 
 struct migrate_incoming {
-	int fd;
+	struct mig_conn conn;
 	uint64_t bytes;
 	char token[MIGRATE_TOKEN_MAX];
 	uint8_t *ram;
@@ -88,9 +88,9 @@ static int handshake(struct migrate_incoming *in)
 	if (getrandom(nd, sizeof(nd), 0) != sizeof(nd))
 		return err_set(-EIO, "getrandom: %m");
 	mig_hello(hello, nd);
-	ret = mig_send(in->fd, hello, sizeof(hello));
+	ret = mig_send(&in->conn, hello, sizeof(hello));
 	if (!ret)
-		ret = mig_recv(in->fd, peer, sizeof(peer));
+		ret = mig_recv(&in->conn, peer, sizeof(peer));
 	if (!ret)
 		ret = mig_hello_check(peer, &ns);
 	if (!ret)
@@ -99,18 +99,18 @@ static int handshake(struct migrate_incoming *in)
 		return ret;
 	if (mig_mac_cmp(mac, peer + MIG_HELLO_SIZE)) {
 		reply[0] = 0;
-		mig_send(in->fd, reply, 1);
+		mig_send(&in->conn, reply, 1);
 		return err_set(-EACCES, "migration refused: the source did not prove the token");
 	}
 	reply[0] = 1;
 	ret = mig_mac(in->token, "dst", ns, nd, reply + 1);
-	return ret ? ret : mig_send(in->fd, reply, sizeof(reply));
+	return ret ? ret : mig_send(&in->conn, reply, sizeof(reply));
 }
 
 static int recv_hello(struct migrate_incoming *in)
 {
 	uint8_t rec[16];
-	int ret = mig_recv(in->fd, rec, sizeof(rec));
+	int ret = mig_recv(&in->conn, rec, sizeof(rec));
 
 	if (ret)
 		return ret;
@@ -138,22 +138,22 @@ static int recv_memory(struct migrate_incoming *in, uint8_t **state, size_t *len
 	for (;;) {
 		uint8_t hdr[16];
 		uint64_t off, n;
-		int ret = mig_recv(in->fd, hdr, 4);
+		int ret = mig_recv(&in->conn, hdr, 4);
 		uint32_t type = ret ? 0 : mig_get32(hdr);
 
 		if (!ret && type == MIG_REC_STATE) {
-			ret = mig_recv(in->fd, hdr + 4, 4);
+			ret = mig_recv(&in->conn, hdr + 4, 4);
 			*len = ret ? 0 : mig_get32(hdr + 4);
 			if (!ret && (!*len || *len > STATE_MAX_FILE))
 				return err_set(-EPROTO, "migration stream: bad state length");
 			if (!ret && !(*state = malloc(*len)))
 				return err_set(-ENOMEM, "out of memory");
-			return ret ? ret : mig_recv(in->fd, *state, *len);
+			return ret ? ret : mig_recv(&in->conn, *state, *len);
 		}
 		if (!ret && type != MIG_REC_PAGES && type != MIG_REC_ZERO)
 			return err_set(-EPROTO, "migration stream: unknown record %u", type);
 		if (!ret)
-			ret = mig_recv(in->fd, hdr + 4, 12);
+			ret = mig_recv(&in->conn, hdr + 4, 12);
 		if (ret)
 			return ret;
 		off = mig_get64(hdr + 4);
@@ -163,7 +163,7 @@ static int recv_memory(struct migrate_incoming *in, uint8_t **state, size_t *len
 			return err_set(-EPROTO, "migration stream: pages out of range");
 		if (type == MIG_REC_ZERO)
 			memset(in->ram + off, 0, n);
-		else if ((ret = mig_recv(in->fd, in->ram + off, n)))
+		else if ((ret = mig_recv(&in->conn, in->ram + off, n)))
 			return ret;
 		in->bytes += 16 + (type == MIG_REC_PAGES ? n : 0);
 	}
@@ -177,13 +177,15 @@ static int receive(struct migrate_incoming *in, int lfd, struct snapshot **snap,
 	size_t len = 0;
 	int ret;
 
-	in->fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-	if (in->fd < 0)
+	in->conn.fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (in->conn.fd < 0)
 		return err_set(-errno, "--incoming: accept: %m");
 	/* A source that stops sending mid-stream has failed. */
-	setsockopt(in->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(in->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	setsockopt(in->conn.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(in->conn.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	ret = handshake(in);
+	if (!ret && in->token[0])
+		ret = mig_tls_start(&in->conn, in->token, true);
 	if (!ret)
 		ret = recv_hello(in);
 	if (!ret)
@@ -207,8 +209,8 @@ static void refuse(struct migrate_incoming *in, const char *why)
 
 	hdr[0] = 'E';
 	mig_put32(hdr + 1, (uint32_t)n);
-	if (!mig_send(in->fd, hdr, sizeof(hdr)))
-		mig_send(in->fd, why, n);
+	if (!mig_send(&in->conn, hdr, sizeof(hdr)))
+		mig_send(&in->conn, why, n);
 }
 
 int migrate_incoming_receive(const char *uri, const char *token_file,
@@ -221,7 +223,7 @@ int migrate_incoming_receive(const char *uri, const char *token_file,
 	*out = NULL;
 	if (!in)
 		return err_set(-ENOMEM, "out of memory");
-	in->fd = in->mem_fd = -1;
+	in->conn.fd = in->mem_fd = -1;
 	ret = token_file ? read_token(token_file, in->token, sizeof(in->token)) : 0;
 	lfd = ret ? ret : listen_on(uri);
 	if (lfd < 0) {
@@ -235,7 +237,7 @@ int migrate_incoming_receive(const char *uri, const char *token_file,
 		char why[256];
 
 		snprintf(why, sizeof(why), "%s", err_get());
-		if (in->fd >= 0 && ret != -EACCES)
+		if (in->conn.fd >= 0 && ret != -EACCES)
 			refuse(in, why);
 		migrate_incoming_free(in);
 		return err_set(ret, "--incoming: %s", why);
@@ -247,10 +249,10 @@ int migrate_incoming_receive(const char *uri, const char *token_file,
 int migrate_incoming_ready(struct migrate_incoming *in)
 {
 	uint8_t c;
-	int ret = mig_send(in->fd, "R", 1);
+	int ret = mig_send(&in->conn, "R", 1);
 
 	if (!ret)
-		ret = mig_recv(in->fd, &c, 1);
+		ret = mig_recv(&in->conn, &c, 1);
 	if (!ret && c != 'G')
 		ret = err_set(-EPROTO, "migration stream: no go from the source");
 	return ret ? err_set(ret, "the source did not hand the VM over: %s", err_get()) : 0;
@@ -262,21 +264,19 @@ void migrate_incoming_running(struct migrate_incoming *in, struct migration *m)
 	uint8_t d[8];
 	uint64_t downtime = 0;
 
-	setsockopt(in->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (!mig_send(in->fd, "U", 1) && !mig_recv(in->fd, d, sizeof(d)))
+	setsockopt(in->conn.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (!mig_send(&in->conn, "U", 1) && !mig_recv(&in->conn, d, sizeof(d)))
 		downtime = mig_get64(d);
 	if (m)
-		migration_set_incoming(m, in->bytes, downtime);
-	close(in->fd);
-	in->fd = -1;
+		migration_set_incoming(m, in->bytes, downtime, in->conn.tls != NULL);
+	mig_close(&in->conn);
 }
 
 void migrate_incoming_free(struct migrate_incoming *in)
 {
 	if (!in)
 		return;
-	if (in->fd >= 0)
-		close(in->fd);
+	mig_close(&in->conn);
 	if (in->ram)
 		munmap(in->ram, in->size);
 	if (in->mem_fd >= 0)

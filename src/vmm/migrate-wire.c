@@ -6,17 +6,135 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "migrate-wire.h"
 #include "vireo/log.h"
 #include "vireo/migrate.h"
 
-int mig_send(int fd, const void *buf, size_t len)
+#define MIG_TLS_PRIORITY "NORMAL:-KX-ALL:+ECDHE-PSK:+DHE-PSK:+PSK"
+
+static int tls_send(struct mig_conn *c, const uint8_t *p, size_t len)
+{
+	while (len) {
+		ssize_t n = gnutls_record_send(c->tls, p, len);
+
+		if (n == GNUTLS_E_INTERRUPTED || n == GNUTLS_E_AGAIN)
+			continue;
+		if (n < 0)
+			return err_set(-EPIPE, "migration stream (TLS): %s", gnutls_strerror((int)n));
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int tls_recv(struct mig_conn *c, uint8_t *p, size_t len)
+{
+	while (len) {
+		ssize_t n = gnutls_record_recv(c->tls, p, len);
+
+		if (n == GNUTLS_E_INTERRUPTED)
+			continue;
+		if (n == GNUTLS_E_AGAIN)
+			return err_set(-ETIMEDOUT, "migration stream: the peer stopped answering");
+		if (n == 0)
+			return err_set(-EPIPE, "migration stream: the peer closed the connection");
+		if (n < 0)
+			return err_set(-EPIPE, "migration stream (TLS): %s", gnutls_strerror((int)n));
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int psk_server_key(gnutls_session_t s, const char *user, gnutls_datum_t *key)
+{
+	struct mig_conn *c = gnutls_session_get_ptr(s);
+	size_t n = strlen(c->key);
+
+	(void)user;
+	key->data = gnutls_malloc(n);
+	if (!key->data)
+		return -1;
+	memcpy(key->data, c->key, n);
+	key->size = (unsigned int)n;
+	return 0;
+}
+
+static int tls_credentials(struct mig_conn *c, bool server, gnutls_session_t s)
+{
+	gnutls_datum_t key = { (unsigned char *)c->key, (unsigned int)strlen(c->key) };
+	int ret;
+
+	if (server) {
+		gnutls_psk_server_credentials_t cred;
+
+		ret = gnutls_psk_allocate_server_credentials(&cred);
+		if (ret < 0)
+			return ret;
+		c->cred = cred;
+		gnutls_psk_set_server_credentials_function(cred, psk_server_key);
+		return gnutls_credentials_set(s, GNUTLS_CRD_PSK, cred);
+	}
+	gnutls_psk_client_credentials_t cred;
+
+	ret = gnutls_psk_allocate_client_credentials(&cred);
+	if (ret < 0)
+		return ret;
+	c->cred = cred;
+	ret = gnutls_psk_set_client_credentials(cred, "vireo", &key, GNUTLS_PSK_KEY_RAW);
+	return ret < 0 ? ret : gnutls_credentials_set(s, GNUTLS_CRD_PSK, cred);
+}
+
+int mig_tls_start(struct mig_conn *c, const char *token, bool server)
+{
+	gnutls_session_t s;
+	int ret;
+
+	snprintf(c->key, sizeof(c->key), "%s", token);
+	/* NO_SIGNAL: a peer gone is an error here, not a SIGPIPE. */
+	ret = gnutls_init(&s, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NO_SIGNAL);
+	if (ret < 0)
+		return err_set(-EIO, "TLS: %s", gnutls_strerror(ret));
+	c->tls = s;
+	c->cred = NULL;
+	c->server = server;
+	gnutls_session_set_ptr(s, c);
+	ret = gnutls_priority_set_direct(s, MIG_TLS_PRIORITY, NULL);
+	if (ret >= 0)
+		ret = tls_credentials(c, server, s);
+	if (ret >= 0) {
+		gnutls_transport_set_int(s, c->fd);
+		do
+			ret = gnutls_handshake(s);
+		while (ret < 0 && !gnutls_error_is_fatal(ret));
+	}
+	return ret < 0 ? err_set(-EPROTO, "TLS handshake: %s", gnutls_strerror(ret)) : 0;
+}
+
+void mig_close(struct mig_conn *c)
+{
+	if (c->tls)
+		gnutls_deinit(c->tls);
+	if (c->cred && c->server)
+		gnutls_psk_free_server_credentials(c->cred);
+	else if (c->cred)
+		gnutls_psk_free_client_credentials(c->cred);
+	c->tls = c->cred = NULL;
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+}
+
+int mig_send(struct mig_conn *c, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
 
+	if (c->tls)
+		return tls_send(c, p, len);
 	while (len) {
-		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -28,12 +146,14 @@ int mig_send(int fd, const void *buf, size_t len)
 	return 0;
 }
 
-int mig_recv(int fd, void *buf, size_t len)
+int mig_recv(struct mig_conn *c, void *buf, size_t len)
 {
 	uint8_t *p = buf;
 
+	if (c->tls)
+		return tls_recv(c, p, len);
 	while (len) {
-		ssize_t n = recv(fd, p, len, 0);
+		ssize_t n = recv(c->fd, p, len, 0);
 
 		if (n < 0 && errno == EINTR)
 			continue;

@@ -49,7 +49,8 @@ struct migration {
 	enum mig_state state;
 	bool incoming;           /* the record of the migration that brought the VM */
 	bool cancel, committed;
-	int fd;
+	bool encrypted;          /* TLS (a token was given) */
+	struct mig_conn conn;
 	char error[256];
 	uint64_t bytes_sent, remaining, dirty_rate, rounds, expected_downtime_ms;
 	uint64_t downtime_us, total_ms, throttle, started_us;
@@ -110,7 +111,7 @@ static bool cancelled(struct migration *m)
 /* Sends and keeps to the bandwidth limit. */
 static int send_paced(struct migration *m, const void *buf, size_t len)
 {
-	int ret = mig_send(m->fd, buf, len);
+	int ret = mig_send(&m->conn, buf, len);
 
 	if (ret)
 		return ret;
@@ -229,7 +230,7 @@ static int connect_to(struct migration *m)
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	pthread_mutex_lock(&m->lock);
-	m->fd = fd;
+	m->conn.fd = fd;
 	if (m->cancel)
 		shutdown(fd, SHUT_RDWR);
 	pthread_mutex_unlock(&m->lock);
@@ -242,7 +243,7 @@ static int handshake(struct migration *m)
 	uint8_t peer[MIG_HELLO_SIZE], out[MIG_HELLO_SIZE + MIG_MAC], ns[MIG_NONCE], mac[MIG_MAC];
 	uint8_t reply[1 + MIG_MAC];
 	const uint8_t *nd;
-	int ret = mig_recv(m->fd, peer, sizeof(peer));
+	int ret = mig_recv(&m->conn, peer, sizeof(peer));
 
 	if (!ret)
 		ret = mig_hello_check(peer, &nd);
@@ -253,9 +254,9 @@ static int handshake(struct migration *m)
 	mig_hello(out, ns);
 	ret = mig_mac(m->p.token, "src", nd, ns, out + MIG_HELLO_SIZE);
 	if (!ret)
-		ret = mig_send(m->fd, out, sizeof(out));
+		ret = mig_send(&m->conn, out, sizeof(out));
 	if (!ret)
-		ret = mig_recv(m->fd, reply, sizeof(reply));
+		ret = mig_recv(&m->conn, reply, sizeof(reply));
 	if (ret == -EPIPE || (!ret && reply[0] != 1))
 		return err_set(-EACCES, "the destination refused the migration (wrong token?)");
 	if (!ret)
@@ -329,16 +330,16 @@ static int wait_byte(struct migration *m, char want)
 {
 	uint8_t c, len[4];
 	char msg[200] = "";
-	int ret = mig_recv(m->fd, &c, 1);
+	int ret = mig_recv(&m->conn, &c, 1);
 
 	if (ret)
 		return ret;
 	if (c == want)
 		return 0;
-	if (c == 'E' && !mig_recv(m->fd, len, 4)) {
+	if (c == 'E' && !mig_recv(&m->conn, len, 4)) {
 		size_t n = mig_get32(len) < sizeof(msg) - 1 ? mig_get32(len) : sizeof(msg) - 1;
 
-		mig_recv(m->fd, msg, n);
+		mig_recv(&m->conn, msg, n);
 		msg[n] = 0;
 	}
 	return err_set(-EPROTO, "the destination refused the VM: %s", msg[0] ? msg : "protocol error");
@@ -383,13 +384,13 @@ static int complete(struct migration *m, uint64_t *paused_at)
 	pthread_mutex_unlock(&m->lock);
 	if (ret)
 		return ret;
-	ret = mig_send(m->fd, "G", 1);
+	ret = mig_send(&m->conn, "G", 1);
 	if (!ret && !wait_byte(m, 'U')) {
 		uint8_t d[8];
 		uint64_t downtime = mig_now_us() - *paused_at;
 
 		mig_put64(d, downtime);
-		mig_send(m->fd, d, sizeof(d));
+		mig_send(&m->conn, d, sizeof(d));
 		pthread_mutex_lock(&m->lock);
 		m->downtime_us = downtime;
 		pthread_mutex_unlock(&m->lock);
@@ -403,9 +404,7 @@ static void finish(struct migration *m, enum mig_state state, const char *error)
 	m->state = state;
 	m->total_ms = (mig_now_us() - m->started_us) / 1000;
 	snprintf(m->error, sizeof(m->error), "%s", error ? error : "");
-	if (m->fd >= 0)
-		close(m->fd);
-	m->fd = -1;
+	mig_close(&m->conn);
 	pthread_mutex_unlock(&m->lock);
 }
 
@@ -415,6 +414,15 @@ static int migrate_run(struct migration *m, bool *logging, bool *paused, uint64_
 
 	if (!ret)
 		ret = handshake(m);
+	/* With a token everything after the handshake is encrypted; without
+	 * one, the caller asked for a plain stream. */
+	if (!ret && m->p.token[0])
+		ret = mig_tls_start(&m->conn, m->p.token, false);
+	if (!ret && m->p.token[0]) {
+		pthread_mutex_lock(&m->lock);
+		m->encrypted = true;
+		pthread_mutex_unlock(&m->lock);
+	}
 	if (!ret)
 		ret = send_hello(m);
 	if (!ret)
@@ -483,7 +491,7 @@ struct migration *migration_create(const struct snapshot_target *t)
 	if (t->machine)
 		m->machine = *t->machine;
 	m->t.machine = &m->machine;
-	m->fd = -1;
+	m->conn.fd = -1;
 	pthread_mutex_init(&m->lock, NULL);
 	return m;
 }
@@ -529,7 +537,7 @@ int migration_start(struct migration *m, const struct migrate_params *p)
 	if (!m->bits || !m->buf)
 		return err_set(-ENOMEM, "out of memory");
 	m->state = MIG_ACTIVE;
-	m->cancel = m->committed = m->incoming = false;
+	m->cancel = m->committed = m->incoming = m->encrypted = false;
 	m->bytes_sent = m->remaining = m->dirty_rate = m->rounds = 0;
 	m->expected_downtime_ms = m->downtime_us = m->total_ms = m->throttle = 0;
 	m->pace_bytes = 0;
@@ -555,8 +563,8 @@ int migration_cancel(struct migration *m)
 		ret = err_set(-EBUSY, "the migration is past the point of no return");
 	else {
 		__atomic_store_n(&m->cancel, true, __ATOMIC_RELAXED);
-		if (m->fd >= 0)
-			shutdown(m->fd, SHUT_RDWR);
+		if (m->conn.fd >= 0)
+			shutdown(m->conn.fd, SHUT_RDWR);
 	}
 	pthread_mutex_unlock(&m->lock);
 	return ret;
@@ -569,8 +577,8 @@ void migration_destroy(struct migration *m)
 	pthread_mutex_lock(&m->lock);
 	if (!m->committed) {
 		m->cancel = true;
-		if (m->fd >= 0)
-			shutdown(m->fd, SHUT_RDWR);
+		if (m->conn.fd >= 0)
+			shutdown(m->conn.fd, SHUT_RDWR);
 	}
 	pthread_mutex_unlock(&m->lock);
 	reap(m);
@@ -588,9 +596,11 @@ bool migration_holds_pause(struct migration *m)
 	return held;
 }
 
-void migration_set_incoming(struct migration *m, uint64_t bytes, uint64_t downtime_us)
+void migration_set_incoming(struct migration *m, uint64_t bytes, uint64_t downtime_us,
+			    bool encrypted)
 {
 	pthread_mutex_lock(&m->lock);
+	m->encrypted = encrypted;
 	m->incoming = true;
 	m->state = MIG_COMPLETED;
 	m->bytes_sent = bytes;
@@ -617,6 +627,7 @@ struct json_object *migration_info(struct migration *m)
 	json_object_object_add(o, "direction",
 			       json_object_new_string(m->incoming ? "incoming" : "outgoing"));
 	add_u64(o, m->incoming ? "bytes_received" : "bytes_sent", m->bytes_sent);
+	json_object_object_add(o, "encrypted", json_object_new_boolean(m->encrypted));
 	if (!m->incoming) {
 		add_u64(o, "remaining_bytes", m->remaining);
 		add_u64(o, "dirty_rate", m->dirty_rate);

@@ -377,3 +377,62 @@ def test_migrated_guest_migrates_again(tmp_path, sock, pairs):
     finally:
         third.proc.kill()
         third.finish()
+
+
+def recording_proxy(listen_port, to_port):
+    """Forwards one TCP connection and keeps every byte the source sent."""
+    import threading
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", listen_port))
+    lsock.listen(1)
+    seen = bytearray()
+
+    def pump(a, b, keep):
+        try:
+            while chunk := a.recv(65536):
+                if keep:
+                    seen.extend(chunk)
+                b.sendall(chunk)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def serve():
+        c, _ = lsock.accept()
+        d = socket.create_connection(("127.0.0.1", to_port))
+        threading.Thread(target=pump, args=(d, c, False), daemon=True).start()
+        pump(c, d, True)
+        lsock.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return seen
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"])
+def test_stream_encrypted_with_a_token(tmp_path, sock, pairs, token):
+    """With a token the guest's memory crosses the wire in TLS records: the
+    probe's own text (in its RAM) is not in the bytes the source sent;
+    without one (a plain stream, asked for) it is."""
+    token_file = None
+    if token:
+        token_file = tmp_path / "token"
+        token_file.write_text(token)
+    p = pairs(tmp_path, sock, "scenario=count=50", token_file=token_file)
+    proxy_port = free_port()
+    seen = recording_proxy(proxy_port, p.port)
+    p.src.wait_line("PROBE count n=3 ")
+    r = vireo_control(p.ssock, action="migrate", uri=f"tcp:127.0.0.1:{proxy_port}",
+                      **({"token": token} if token else {}))
+    assert r["ok"], r
+    assert p.src.wait_exit(30) and p.src.proc.returncode == 0, "".join(p.src.err)
+    last = counts(lines_of(p.src))[-1]
+    p.dst.wait_line(f"PROBE count n={last + 2} ")
+    assert vireo_control(p.dsock, action="info")["migration"]["encrypted"] == bool(token)
+    assert len(seen) > 100_000
+    assert (b"PROBE count n=" in seen) == (not token)
+    assert (b"VIREOSTA" in seen) == (not token)
