@@ -243,6 +243,33 @@ static void scn_count(const char *arg)
 	}
 }
 
+/* Dirties memory fast, for live migration: "dirty=MIB" writes every page
+ * of MIB MiB in turn, each with its own address and the pass number, and
+ * checks before each write that the page still holds what the previous
+ * pass left there (a page lost or stale after a migration shows as bad). */
+static void scn_dirty(const char *arg)
+{
+	uint64_t mib = parse_u64(arg, 16), pages, bad = 0, start = clock_ns();
+	volatile uint64_t *buf;
+
+	if (!mib)
+		mib = 16;
+	pages = mib << 8;
+	buf = dma_alloc((size_t)mib << 20, 4096);
+	for (uint64_t pass = 1;; pass++) {
+		for (uint64_t i = 0; i < pages; i++) {
+			volatile uint64_t *pg = buf + i * 512;
+
+			if (pass > 1 && (pg[0] != (uint64_t)(uintptr_t)pg || pg[1] != pass - 1))
+				bad++;
+			pg[0] = (uint64_t)(uintptr_t)pg;
+			pg[1] = pass;
+		}
+		probe_printf("PROBE dirty pass=%lu bad=%lu ms=%lu\n", pass, bad,
+			     (clock_ns() - start) / 1000000);
+	}
+}
+
 /* QEMU microvm has no MCFG (its ECAM is only in the DSDT): "ecam=ADDR"
  * on the command line supplies or overrides the base of bus 0. */
 /* Faults on purpose, to test the exception path: "fault=ud" or "fault=pf". */
@@ -315,6 +342,7 @@ static const struct scenario {
 	{ "wait", scn_wait },
 	{ "echo", scn_echo },
 	{ "count", scn_count },
+	{ "dirty", scn_dirty },
 };
 
 static void run_scenario(void)

@@ -38,6 +38,7 @@ struct rtc;
 struct serial;
 struct machine_config;
 struct json_object;
+struct migration;
 
 enum control_kind {
 	CONTROL_INFO,       /* any state */
@@ -53,6 +54,8 @@ enum control_kind {
 			     * takes the disks' internal snapshots */
 	CONTROL_DISK_SNAPSHOT_DELETE, /* running, paused: drops the disks' internal
 				       * snapshot `name` */
+	CONTROL_MIGRATE,    /* running, paused: live migration to `uri` */
+	CONTROL_MIGRATE_CANCEL, /* running, paused: stops it, the VM stays */
 };
 
 #define CONTROL_MAX_PATH 4096
@@ -73,6 +76,9 @@ struct control_action {
 	int fd[2];              /* their numbers, owned by the socket: -1 if none */
 	bool disks;             /* SNAPSHOT: internal snapshots of the writable disks */
 	char name[CONTROL_SNAP_NAME_MAX + 1]; /* SNAPSHOT with disks, DISK_SNAPSHOT_DELETE */
+	char uri[256];          /* MIGRATE: "tcp:HOST:PORT" */
+	char token[256];        /* MIGRATE: "" if none */
+	uint64_t max_downtime_ms; /* MIGRATE: 0: the default; bandwidth in bps */
 };
 
 /* What the control socket acts on; owned by the caller, outlives it. */
@@ -93,6 +99,7 @@ struct control_target {
 	const struct machine_config *machine; /* for snapshots; NULL: none taken */
 	struct virtio_dev *const *virtio; /* every virtio device, for snapshots */
 	unsigned int nvirtio;
+	struct migration *migration;    /* live migration; NULL: none */
 };
 
 /* Error classes in replies ("code"), which the daemon maps to HTTP statuses. */

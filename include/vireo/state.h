@@ -178,7 +178,17 @@ int snapshot_save(const char *dir, const struct snapshot_target *t,
 int snapshot_save_fds(int mem_fd, int state_fd, const struct snapshot_target *t,
 		      struct snapshot_stats *stats);
 
+/* The state file's bytes for a paused VM (what snapshot_save() writes
+ * as "state"), for a migration stream: *buf belongs to *w (free it with
+ * state_writer_free). 0 or -errno with err_set(). */
+int snapshot_state_build(const struct snapshot_target *t, struct state_writer **w,
+			 const uint8_t **buf, size_t *len);
+
 struct snapshot;
+/* A snapshot from a state file's bytes and a memory file (mem_fd, taken
+ * even on failure), as a migration brings them. 0 or -errno. */
+int snapshot_open_buffer(const void *state, size_t len, int mem_fd, struct snapshot **out,
+			 struct machine_config *m);
 /* Opens dir's snapshot, checks its state file whole and its memory file's
  * size, and reads the machine to build. 0 or -errno with err_set(). */
 int snapshot_open(const char *dir, struct snapshot **out, struct machine_config *m);

@@ -67,6 +67,7 @@ struct vm_config {
 	uint64_t mem_size;
 	bool hugepages;
 	bool mem_from_file; /* restore: guest RAM is mem_fd (taken), mapped privately */
+	bool mem_is_memfd;  /* with mem_from_file: mem_fd is a memfd, mapped shared */
 	int mem_fd;
 };
 
@@ -107,6 +108,8 @@ struct vm {
 	struct kvm_irq_routing_entry *routes;
 	unsigned int nroutes;
 	uint32_t next_msi_gsi;
+	unsigned int throttle_pct; /* live migration's auto-converge: % of each
+				    * slice the vCPUs sleep (vcpu_throttle) */
 };
 
 #define VM_MAX_ROUTES 1024
@@ -160,6 +163,9 @@ int guest_memory_init(struct guest_memory *mem, uint64_t size, bool hugepages);
 /* Guest RAM from a snapshot's memory file (fd taken, exactly size bytes),
  * mapped privately: pages load on first touch, guest writes stay in memory. */
 int guest_memory_init_file(struct guest_memory *mem, uint64_t size, int fd);
+/* Guest RAM that is already a memfd of exactly size bytes (fd taken), as a
+ * live migration receives it: mapped shared, like guest_memory_init's. */
+int guest_memory_init_memfd(struct guest_memory *mem, uint64_t size, int fd);
 /* Writes guest RAM to fd (a regular file, truncated to the RAM size) with
  * zero and never-touched pages left as holes; *written: bytes written. */
 int guest_memory_save(const struct guest_memory *mem, int fd, uint64_t *written);

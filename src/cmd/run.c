@@ -25,6 +25,7 @@
 #include "vireo/ged.h"
 #include "vireo/log.h"
 #include "vireo/machine.h"
+#include "vireo/migrate.h"
 #include "vireo/sock.h"
 #include "vireo/loop.h"
 #include "vireo/pci.h"
@@ -64,6 +65,9 @@ struct run_options {
 	char *storage[BLOCK_POLICY_MAX_DIRS];	/* --storage, resolved */
 	struct block_policy policy;		/* every disk's, with --storage */
 	const char *restore;			/* --restore DIR */
+	const char *incoming;			/* --incoming tcp:ADDR:PORT */
+	const char *incoming_token;		/* --incoming-token-file FILE */
+	struct migrate_incoming *in;		/* --incoming: the stream, received */
 	bool paused;				/* --paused */
 	unsigned int machine_opts;		/* options --restore takes from the snapshot */
 	struct snapshot *snap;			/* --restore: the snapshot, checked */
@@ -146,6 +150,10 @@ static const char run_usage[] =
 	"                   'snapshot' action) instead of booting: the machine and\n"
 	"                   its state come from DIR (docs/run.md)\n"
 	"  --paused         start paused (resume through the control socket)\n"
+	"  --incoming tcp:ADDR:PORT  wait for a live migration on ADDR:PORT and run\n"
+	"                   the VM it brings (the source's control action 'migrate')\n"
+	"  --incoming-token-file FILE  accept only a source that proves the token\n"
+	"                   in FILE (its 'migrate' \"token\")\n"
 	"  --seccomp=MODE   on (default): a syscall outside the VMM's allowlist kills\n"
 	"                   it (SIGSYS); log: allowed but logged by the kernel; off\n"
 	"                   (--reboot=restart implies off: a filter outlives exec)\n"
@@ -346,6 +354,32 @@ static int check_restore(struct run_options *o)
 	return 0;
 }
 
+/* --incoming: the machine comes from the migration stream, received here
+ * whole (memory into a memfd, then the state) before anything is built. */
+static int check_incoming(struct run_options *o)
+{
+	int ret;
+
+	if (o->restore || o->machine_opts)
+		return err_set(-EINVAL, "--incoming takes the machine from the migration: no "
+			       "--restore, --kernel, --initrd, --cmdline, --cpus, --memory, "
+			       "--hugepages, --disk, --net, --rng, --balloon, --debug-exit or "
+			       "--firmware with it");
+	if (o->reboot_restart)
+		return err_set(-EINVAL, "use --reboot=exit with --incoming");
+	ret = migrate_incoming_receive(o->incoming, o->incoming_token, &o->in, &o->snap,
+				       &o->machine);
+	if (ret)
+		return ret;
+	o->vm.ncpus = o->machine.ncpus;
+	o->vm.mem_size = o->machine.mem_size;
+	o->vm.mem_from_file = o->vm.mem_is_memfd = true;
+	o->vm.mem_fd = snapshot_take_memory_fd(o->snap);
+	o->debug_exit = o->machine.debug_exit;
+	devices_from_machine(o);
+	return 0;
+}
+
 /* What the options mean together, and the files they name. */
 static int check_run_options(struct run_options *o, bool seccomp_given)
 {
@@ -362,6 +396,10 @@ static int check_run_options(struct run_options *o, bool seccomp_given)
 		o->sandbox.seccomp = SANDBOX_SECCOMP_OFF;
 	if (o->sandbox.jail && access(o->sandbox.jail, X_OK) < 0)
 		return err_set(-errno, "--jail %s: %s", o->sandbox.jail, strerror(errno));
+	if (o->incoming_token && !o->incoming)
+		return err_set(-EINVAL, "--incoming-token-file goes with --incoming");
+	if (o->incoming)
+		return check_incoming(o);
 	if (o->restore)
 		return check_restore(o);
 	if (!o->boot.kernel && !o->firmware)
@@ -404,7 +442,8 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_BALLOON, OPT_NET,
 	       OPT_API_SOCKET, OPT_VCPU_CGROUP, OPT_CONSOLE_SOCKET, OPT_USER, OPT_JAIL,
 	       OPT_SECCOMP, OPT_STORAGE, OPT_STATUS_FILE, OPT_DEBUG_EXIT, OPT_RESTORE,
-	       OPT_PAUSED, OPT_FIRMWARE, OPT_FIRMWARE_DEBUG };
+	       OPT_PAUSED, OPT_FIRMWARE, OPT_FIRMWARE_DEBUG,
+	       OPT_INCOMING, OPT_INCOMING_TOKEN };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -430,6 +469,8 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "debug-exit", no_argument, NULL, OPT_DEBUG_EXIT },
 		{ "restore", required_argument, NULL, OPT_RESTORE },
 		{ "paused", no_argument, NULL, OPT_PAUSED },
+		{ "incoming", required_argument, NULL, OPT_INCOMING },
+		{ "incoming-token-file", required_argument, NULL, OPT_INCOMING_TOKEN },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -497,6 +538,8 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		case OPT_PAUSED: o->paused = true; break;
 		case OPT_FIRMWARE: o->firmware = optarg; break;
 		case OPT_FIRMWARE_DEBUG: o->firmware_debug = true; break;
+		case OPT_INCOMING: o->incoming = optarg; break;
+		case OPT_INCOMING_TOKEN: o->incoming_token = optarg; break;
 		case OPT_USER:
 			if (sandbox_parse_user(optarg, &o->sandbox))
 				return -EINVAL;
@@ -781,14 +824,16 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 
 /* The control socket (--api-socket) on the event loop; NULL without it. */
 static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *devs,
-			 const struct run_options *o, const char **paths, struct control **out)
+			 const struct run_options *o, struct migration *mig, const char **paths,
+			 struct control **out)
 {
 	struct control_target t = { .vm = vm, .disks = devs->disks, .disk_paths = paths,
 				    .ndisks = o->ndisks, .nics = devs->nics, .nnics = o->nnics,
 				    .balloon = devs->balloon, .ged = devs->ged, .rtc = devs->rtc,
 				    .serial = devs->serial,
 				    .balloon_target = o->balloon_target, .machine = &o->machine,
-				    .virtio = devs->virtio, .nvirtio = devs->nvirtio };
+				    .virtio = devs->virtio, .nvirtio = devs->nvirtio,
+				    .migration = mig };
 
 	*out = NULL;
 	if (!o->api_socket)
@@ -803,6 +848,7 @@ static int run_vm(const struct run_options *o, char *reason, size_t size)
 {
 	const char *disk_paths[MAX_DISKS];
 	struct control *ctl = NULL;
+	struct migration *mig = NULL;
 	struct vm vm;
 	struct pci_bus pci;
 	struct vm_devices devs = { 0 };
@@ -820,7 +866,10 @@ static int run_vm(const struct run_options *o, char *reason, size_t size)
 		return status;
 	}
 	if (vm_build(&vm, &pci, &devs, o) || !(loop = loop_create()) ||
-	    control_start(loop, &vm, &devs, o, disk_paths, &ctl) ||
+	    !(mig = migration_create(&(struct snapshot_target){ .vm = &vm,
+			.serial = devs.serial, .ged = devs.ged, .rtc = devs.rtc,
+			.machine = &o->machine, .virtio = devs.virtio, .nvirtio = devs.nvirtio })) ||
+	    control_start(loop, &vm, &devs, o, mig, disk_paths, &ctl) ||
 	    (cs.serial = gate.serial = devs.serial, console_sock_open(loop, &cs)) ||
 	    loop_add(loop, serial_rx_space_fd(devs.serial), EPOLLIN, gate_release, &gate) ||
 	    serial_output_start(devs.serial, loop) ||
@@ -828,7 +877,10 @@ static int run_vm(const struct run_options *o, char *reason, size_t size)
 	     * the seccomp filter does not allow: it must be done first. The
 	     * vCPU threads open their schedstat files before the sandbox, and
 	     * run the guest only after it. */
-	    vm_memory_ready(&vm) || vm_start_vcpus(&vm) || sandbox_enter(&o->sandbox) ||
+	    vm_memory_ready(&vm) || vm_start_vcpus(&vm) ||
+	    /* --incoming: built and restored; runs only once the source has
+	     * handed the VM over (it never resumes after that). */
+	    (o->in && migrate_incoming_ready(o->in)) || sandbox_enter(&o->sandbox) ||
 	    vm_start(&vm)) {
 		fprintf(stderr, "vireo: %s\n", err_get());
 		snprintf(reason, size, "%s", err_get());
@@ -837,6 +889,8 @@ static int run_vm(const struct run_options *o, char *reason, size_t size)
 		vm_join(&vm);
 		goto out;
 	}
+	if (o->in)
+		migrate_incoming_running(o->in, mig);
 	con = (struct console){ .serial = devs.serial, .gate = &gate, .vm = &vm };
 	console_raw(&con);
 	loop_add(loop, vm.stop_fd, EPOLLIN, vm_stopped, NULL);
@@ -853,6 +907,7 @@ static int run_vm(const struct run_options *o, char *reason, size_t size)
 out:
 	console_sock_close(&cs);
 	control_destroy(ctl);
+	migration_destroy(mig);
 	vm_devices_destroy(&devs);
 	vm_destroy(&vm);
 	loop_destroy(loop);
@@ -955,6 +1010,7 @@ out:
 	for (unsigned int i = 0; i < o.policy.ndirs; i++)
 		free(o.storage[i]);
 	snapshot_close(o.snap);
+	migrate_incoming_free(o.in);
 	argv_free(saved, argc);
 	return status;
 }

@@ -185,6 +185,30 @@ static int collect_state(const struct snapshot_target *t, struct state_writer *w
 	return ret;
 }
 
+int snapshot_state_build(const struct snapshot_target *t, struct state_writer **out,
+			 const uint8_t **buf, size_t *len)
+{
+	struct state_header h = { .ncpus = t->vm->ncpus, .mem_size = t->vm->mem.size,
+				  .created = (uint64_t)time(NULL) };
+	struct state_writer *w;
+	int ret;
+
+	*out = NULL;
+	if (machine_snapshot_unsupported(t->machine))
+		return -ENOTSUP;
+	w = state_writer_new(&h);
+	if (!w)
+		return err_set(-ENOMEM, "out of memory");
+	ret = collect_state(t, w);
+	if (!ret)
+		ret = state_writer_finish(w, buf, len);
+	if (ret)
+		state_writer_free(w);
+	else
+		*out = w;
+	return ret;
+}
+
 /* Fills fd (given, not named: nothing to rename) from empty and syncs it. */
 static int write_fd(int fd, const char *what, int (*fill)(int fd, void *opaque), void *opaque)
 {
@@ -311,6 +335,34 @@ int snapshot_open(const char *dir, struct snapshot **out, struct machine_config 
 		return err_set(-ENOMEM, "out of memory");
 	s->mem_fd = -1;
 	ret = snapshot_check(dir, s, m);
+	if (ret) {
+		snapshot_close(s);
+		return ret;
+	}
+	*out = s;
+	return 0;
+}
+
+int snapshot_open_buffer(const void *state, size_t len, int mem_fd, struct snapshot **out,
+			 struct machine_config *m)
+{
+	struct snapshot *s = calloc(1, sizeof(*s));
+	struct stat st;
+	int ret;
+
+	*out = NULL;
+	if (!s) {
+		close(mem_fd);
+		return err_set(-ENOMEM, "out of memory");
+	}
+	s->mem_fd = mem_fd;
+	ret = state_reader_open(state, len, &s->r);
+	if (!ret)
+		ret = machine_load(s->r, m);
+	if (!ret && (fstat(mem_fd, &st) < 0 || (uint64_t)st.st_size != m->mem_size))
+		ret = err_set(-EINVAL, "the memory received is not the size of the guest's");
+	if (!ret && machine_snapshot_unsupported(m))
+		ret = -ENOTSUP;
 	if (ret) {
 		snapshot_close(s);
 		return ret;

@@ -22,6 +22,8 @@ static const char *const pin_fields[] = { "vcpu", "cpus", NULL };
 static const char *const balloon_fields[] = { "target", NULL };
 static const char *const snapshot_fields[] = { "dir", "fds", "disks", "name", NULL };
 static const char *const name_fields[] = { "name", NULL };
+static const char *const migrate_fields[] = { "uri", "token", "max_downtime_ms", "bandwidth",
+					      NULL };
 
 static const struct action_desc actions[] = {
 	{ "info", CONTROL_INFO, no_fields },
@@ -35,6 +37,8 @@ static const struct action_desc actions[] = {
 	{ "balloon", CONTROL_BALLOON, balloon_fields },
 	{ "snapshot", CONTROL_SNAPSHOT, snapshot_fields },
 	{ "disk-snapshot-delete", CONTROL_DISK_SNAPSHOT_DELETE, name_fields },
+	{ "migrate", CONTROL_MIGRATE, migrate_fields },
+	{ "migrate-cancel", CONTROL_MIGRATE_CANCEL, no_fields },
 };
 
 static bool field_allowed(const struct action_desc *d, const char *key)
@@ -221,6 +225,43 @@ static int parse_snapshot(struct json_object *obj, struct control_action *a)
 	return 0;
 }
 
+static int get_string(struct json_object *obj, const char *key, char *out, size_t size)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(obj, key, &v))
+		return -ENOENT;
+	if (!json_object_is_type(v, json_type_string) ||
+	    strlen(json_object_get_string(v)) >= size)
+		return err_set(-EINVAL, "migrate '%s' must be a string of less than %zu bytes",
+			       key, size);
+	strcpy(out, json_object_get_string(v));
+	return 0;
+}
+
+/* {"uri": "tcp:HOST:PORT", "token": T, "max_downtime_ms": N, "bandwidth": B} */
+static int parse_migrate(struct json_object *obj, struct control_action *a)
+{
+	int ret = get_string(obj, "uri", a->uri, sizeof(a->uri));
+
+	if (ret == -ENOENT || (!ret && strncmp(a->uri, "tcp:", 4)))
+		return err_set(-EINVAL, "migrate needs 'uri': \"tcp:HOST:PORT\"");
+	if (ret)
+		return ret;
+	ret = get_string(obj, "token", a->token, sizeof(a->token));
+	if (ret && ret != -ENOENT)
+		return ret;
+	ret = get_uint(obj, "max_downtime_ms", 3600000, &a->max_downtime_ms);
+	if (ret == -ENOENT)
+		a->max_downtime_ms = 0;
+	else if (ret || !a->max_downtime_ms)
+		return err_set(-EINVAL, "migrate 'max_downtime_ms' must be 1..3600000");
+	ret = get_uint(obj, "bandwidth", CONTROL_MAX_RATE, &a->bps);
+	if (ret && ret != -ENOENT)
+		return err_set(-EINVAL, "migrate 'bandwidth' must be bytes per second");
+	return 0;
+}
+
 static int parse_object(struct json_object *obj, struct control_action *a)
 {
 	struct json_object *act;
@@ -254,6 +295,8 @@ static int parse_object(struct json_object *obj, struct control_action *a)
 		return parse_snapshot(obj, a);
 	if (a->kind == CONTROL_DISK_SNAPSHOT_DELETE)
 		return parse_snap_name(obj, a);
+	if (a->kind == CONTROL_MIGRATE)
+		return parse_migrate(obj, a);
 	if (a->kind == CONTROL_BALLOON && get_uint(obj, "target", 1ULL << 40, &a->target))
 		return err_set(-EINVAL, "balloon needs 'target': bytes the guest gives back, up to 1T");
 	return 0;

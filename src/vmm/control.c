@@ -21,6 +21,7 @@
 #include "vireo/control.h"
 #include "vireo/ged.h"
 #include "vireo/log.h"
+#include "vireo/migrate.h"
 #include "vireo/sock.h"
 #include "vireo/ratelimit.h"
 #include "vireo/serial.h"
@@ -242,6 +243,12 @@ static struct json_object *control_info(const struct control_target *t)
 		add_u64(r, "serial_dropped_bytes", ss.dropped_bytes);
 		add_u64(r, "serial_client_dropped_bytes", ss.client_dropped_bytes);
 	}
+	if (t->migration) {
+		struct json_object *mig = migration_info(t->migration);
+
+		if (mig)
+			json_object_object_add(r, "migration", mig);
+	}
 	return r;
 }
 
@@ -259,6 +266,8 @@ static bool action_legal(enum control_kind kind, enum vm_state s)
 	case CONTROL_SNAPSHOT: return s == VM_STATE_PAUSED;
 	case CONTROL_DISK_SNAPSHOT_DELETE:
 	case CONTROL_POWEROFF: return s != VM_STATE_STOPPED;
+	case CONTROL_MIGRATE:
+	case CONTROL_MIGRATE_CANCEL:
 	case CONTROL_REBOOT:
 	case CONTROL_BALLOON:
 	case CONTROL_SET_LIMITS:
@@ -274,6 +283,7 @@ static const char *const kind_names[] = {
 	[CONTROL_PIN] = "pin", [CONTROL_BALLOON] = "balloon",
 	[CONTROL_POWERDOWN] = "powerdown", [CONTROL_SNAPSHOT] = "snapshot",
 	[CONTROL_DISK_SNAPSHOT_DELETE] = "disk-snapshot-delete",
+	[CONTROL_MIGRATE] = "migrate", [CONTROL_MIGRATE_CANCEL] = "migrate-cancel",
 };
 
 /* Sets the bandwidth of a limiter, keeping its ops rate. */
@@ -395,6 +405,28 @@ static struct json_object *apply_snapshot(const struct control_target *t,
 	return r;
 }
 
+static struct json_object *apply_migrate(const struct control_target *t,
+					 const struct control_action *a)
+{
+	struct migrate_params p = { .max_downtime_ms = a->max_downtime_ms, .bandwidth = a->bps };
+	int ret;
+
+	if (!t->migration)
+		return control_error(CONTROL_E_FAILED, "this VMM cannot migrate");
+	if (a->kind == CONTROL_MIGRATE_CANCEL)
+		ret = migration_cancel(t->migration);
+	else {
+		snprintf(p.uri, sizeof(p.uri), "%s", a->uri);
+		snprintf(p.token, sizeof(p.token), "%s", a->token);
+		ret = migration_start(t->migration, &p);
+	}
+	if (ret)
+		return control_error(ret == -ENOTSUP || ret == -EINVAL ? CONTROL_E_BAD_REQUEST :
+				     ret == -ENOMEM ? CONTROL_E_FAILED : CONTROL_E_WRONG_STATE,
+				     err_get());
+	return NULL;
+}
+
 struct json_object *control_apply(struct control_target *t, const struct control_action *a)
 {
 	enum vm_state s = vm_get_state(t->vm);
@@ -414,6 +446,9 @@ struct json_object *control_apply(struct control_target *t, const struct control
 			return control_error(CONTROL_E_FAILED, err_get());
 		return reply_ok(VM_STATE_PAUSED);
 	case CONTROL_RESUME:
+		if (t->migration && migration_holds_pause(t->migration))
+			return control_error(CONTROL_E_WRONG_STATE, "the VM is paused for the "
+					     "migration's switch-over");
 		if (vm_resume(t->vm))
 			return control_error(CONTROL_E_WRONG_STATE, err_get());
 		return reply_ok(VM_STATE_RUNNING);
@@ -437,6 +472,10 @@ struct json_object *control_apply(struct control_target *t, const struct control
 	case CONTROL_DISK_SNAPSHOT_DELETE:
 		if (control_disks_snapshot(t, a->name, true))
 			return control_error(CONTROL_E_FAILED, err_get());
+		break;
+	case CONTROL_MIGRATE:
+	case CONTROL_MIGRATE_CANCEL:
+		r = apply_migrate(t, a);
 		break;
 	case CONTROL_POWERDOWN:
 		/* The guest decides when (and whether) to power off. */

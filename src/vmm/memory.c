@@ -98,6 +98,25 @@ int guest_memory_init_file(struct guest_memory *mem, uint64_t size, int fd)
 	return 0;
 }
 
+int guest_memory_init_memfd(struct guest_memory *mem, uint64_t size, int fd)
+{
+	struct stat st;
+
+	mem->fd = fd;
+	mem->from_file = false;
+	mem->host = NULL;
+	if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != size)
+		return err_set(-EINVAL, "guest memory: the memfd is not %llu bytes",
+			       (unsigned long long)size);
+	mem->host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+	if (mem->host == MAP_FAILED) {
+		mem->host = NULL;
+		return err_set(-errno, "cannot map guest memory: %m");
+	}
+	set_regions(mem, size);
+	return 0;
+}
+
 static bool page_is_zero(const uint8_t *p, size_t n)
 {
 	const uint64_t *q = (const uint64_t *)p;

@@ -22,6 +22,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <termios.h>
 #include <unistd.h>
@@ -34,8 +35,8 @@
  * images), the event loop (control and console sockets: accept4 and
  * recv/send on descriptors it already has), malloc, and thread start-up
  * (clone with CLONE_THREAD only, see below), ioctl with the requests
- * listed further down. Not here: socket, connect,
- * bind, execve, fork, ptrace, mount, setuid and the like. */
+ * listed further down. Not here: socket and connect (but for a migration's
+ * outgoing TCP stream, see allow_migration), bind, execve, fork, ptrace, mount, setuid and the like. */
 static const char *const allowed[] = {
 	"read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
 	"preadv2", "pwritev2", "lseek", "close", "fsync", "fdatasync", "fallocate",
@@ -83,6 +84,8 @@ static const unsigned long ioctls[] = {
 	KVM_GET_IRQCHIP, KVM_GET_PIT2, KVM_GET_CLOCK,
 	/* the first resume of a VM restored paused (src/vmm/pause.c) */
 	KVM_SET_CLOCK,
+	/* live migration (src/vmm/dirty.c): dirty logging on the same slots */
+	KVM_SET_USER_MEMORY_REGION, KVM_GET_DIRTY_LOG,
 };
 
 static int allow_ioctls(scmp_filter_ctx ctx)
@@ -114,6 +117,21 @@ static int allow_threads(scmp_filter_ctx ctx)
 	return ret ? err_set(ret, "seccomp: cannot add the thread rules") : 0;
 }
 
+/* The source of a live migration connects out: TCP sockets only (IPv4 or
+ * IPv6 streams), and connect; no bind, listen or other families. */
+static int allow_migration(scmp_filter_ctx ctx)
+{
+	int ret = 0;
+
+	for (int i = 0; i < 2 && !ret; i++)
+		ret = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 2,
+				       SCMP_A0(SCMP_CMP_EQ, i ? AF_INET6 : AF_INET),
+				       SCMP_A1(SCMP_CMP_MASKED_EQ, 0xf, SOCK_STREAM));
+	if (!ret)
+		ret = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(connect), 0);
+	return ret ? err_set(ret, "seccomp: cannot add the migration rules") : 0;
+}
+
 int sandbox_seccomp(enum sandbox_seccomp mode)
 {
 	scmp_filter_ctx ctx;
@@ -131,6 +149,8 @@ int sandbox_seccomp(enum sandbox_seccomp mode)
 		ret = allow_ioctls(ctx);
 	if (!ret)
 		ret = allow_threads(ctx);
+	if (!ret)
+		ret = allow_migration(ctx);
 	/* Every thread, including those started before (device I/O threads). */
 	if (!ret)
 		ret = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "vireo/log.h"
+#include "vireo/migrate.h"
 #include "vireo/sandbox.h"
 #include "vireo/vmm.h"
 
@@ -220,6 +221,7 @@ static void *vcpu_thread(void *arg)
 				if (__atomic_load_n(&vcpu->run->immediate_exit, __ATOMIC_SEQ_CST) &&
 				    vcpu_park(vcpu))
 					break;
+				vcpu_throttle(vcpu);
 				continue;
 			}
 			int err = errno;

@@ -165,7 +165,8 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 	if (vm->stop_fd < 0)
 		return err_set(-errno, "eventfd: %m");
 	sigaction(SIGUSR1, &kick, NULL);
-	ret = cfg->mem_from_file ? guest_memory_init_file(&vm->mem, cfg->mem_size, cfg->mem_fd) :
+	ret = cfg->mem_is_memfd ? guest_memory_init_memfd(&vm->mem, cfg->mem_size, cfg->mem_fd) :
+	      cfg->mem_from_file ? guest_memory_init_file(&vm->mem, cfg->mem_size, cfg->mem_fd) :
 	      guest_memory_init(&vm->mem, cfg->mem_size, cfg->hugepages);
 	if (ret)
 		return ret;

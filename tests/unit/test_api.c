@@ -113,6 +113,32 @@ static void control_rejects_bad_requests(void **state)
 	}
 }
 
+static void control_migrate_parse(void **state)
+{
+	struct control_action a;
+
+	(void)state;
+	assert_int_equal(parse("{\"action\":\"migrate\",\"uri\":\"tcp:10.0.0.2:4444\","
+			       "\"token\":\"t0k\",\"max_downtime_ms\":50,\"bandwidth\":1000}", &a), 0);
+	assert_int_equal(a.kind, CONTROL_MIGRATE);
+	assert_string_equal(a.uri, "tcp:10.0.0.2:4444");
+	assert_string_equal(a.token, "t0k");
+	assert_int_equal(a.max_downtime_ms, 50);
+	assert_int_equal(a.bps, 1000);
+	assert_int_equal(parse("{\"action\":\"migrate\",\"uri\":\"tcp:h:1\"}", &a), 0);
+	assert_true(!a.token[0] && !a.max_downtime_ms && !a.bps);
+	assert_int_equal(parse("{\"action\":\"migrate-cancel\"}", &a), 0);
+	assert_int_equal(a.kind, CONTROL_MIGRATE_CANCEL);
+	assert_int_equal(parse("{\"action\":\"migrate\"}", &a), -EINVAL);
+	assert_int_equal(parse("{\"action\":\"migrate\",\"uri\":\"unix:/x\"}", &a), -EINVAL);
+	assert_int_equal(parse("{\"action\":\"migrate\",\"uri\":\"tcp:h:1\","
+			       "\"max_downtime_ms\":0}", &a), -EINVAL);
+	assert_int_equal(parse("{\"action\":\"migrate\",\"uri\":\"tcp:h:1\",\"token\":5}", &a),
+			 -EINVAL);
+	assert_int_equal(parse("{\"action\":\"migrate-cancel\",\"uri\":\"tcp:h:1\"}", &a),
+			 -EINVAL);
+}
+
 static void control_rejects_embedded_nul_and_huge(void **state)
 {
 	struct control_action a;
@@ -273,6 +299,7 @@ int main(void)
 		cmocka_unit_test(control_actions_parse),
 		cmocka_unit_test(control_rejects_bad_requests),
 		cmocka_unit_test(control_rejects_embedded_nul_and_huge),
+		cmocka_unit_test(control_migrate_parse),
 		cmocka_unit_test(names),
 		cmocka_unit_test(definitions),
 		cmocka_unit_test(bad_definitions),

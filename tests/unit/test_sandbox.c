@@ -46,9 +46,29 @@ static int allowed_calls(void)
 	return syscall(SYS_clone3, NULL, 0) == -1 && errno == ENOSYS ? 0 : 2;
 }
 
-static int open_inet_socket(void)
+/* A migration's outgoing TCP stream is the only socket a VMM opens. */
+static int open_tcp_socket(void)
 {
-	return socket(AF_INET, SOCK_STREAM, 0) >= 0 ? 0 : 3;
+	int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	return fd >= 0 || errno == EAFNOSUPPORT ? 0 : 3;
+}
+
+static int open_udp_socket(void)
+{
+	return socket(AF_INET, SOCK_DGRAM, 0) >= 0 ? 0 : 3;
+}
+
+static int open_netlink_socket(void)
+{
+	return socket(AF_NETLINK, SOCK_STREAM, 0) >= 0 ? 0 : 3;
+}
+
+static int listen_tcp(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	return fd >= 0 && listen(fd, 1) == 0 ? 0 : 3;
 }
 
 static int make_process(void)
@@ -88,7 +108,14 @@ static void filter_allows_the_vmm_and_kills_the_rest(void **state)
 	st = in_filtered_child(allowed_calls);
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 0);
-	st = in_filtered_child(open_inet_socket);
+	st = in_filtered_child(open_tcp_socket);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	st = in_filtered_child(open_udp_socket);
+	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
+	st = in_filtered_child(open_netlink_socket);
+	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
+	st = in_filtered_child(listen_tcp);
 	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
 	st = in_filtered_child(make_process);
 	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);

@@ -1,0 +1,285 @@
+/* Live migration, the destination side (include/vireo/migrate.h): one
+ * authenticated stream into a memfd and a state file image, opened as a
+ * snapshot for `vireo run --incoming` to build and restore. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "migrate-wire.h"
+#include "vireo/dirty.h"
+#include "vireo/log.h"
+#include "vireo/migrate.h"
+#include "vireo/state.h"
+
+#define MIG_MAX_RAM (1ull << 40)
+#define MIG_GO_TIMEOUT_S 30
+#define MIG_DOWNTIME_TIMEOUT_S 2
+
+struct migrate_incoming {
+	struct mig_conn conn;
+	uint64_t bytes;
+	char token[MIGRATE_TOKEN_MAX];
+	uint8_t *ram;
+	uint64_t size;
+	int mem_fd;
+};
+
+static int read_token(const char *path, char *token, size_t size)
+{
+	FILE *f = fopen(path, "re");
+	size_t n;
+
+	if (!f)
+		return err_set(-errno, "--incoming-token-file %s: %m", path);
+	n = fread(token, 1, size - 1, f);
+	fclose(f);
+	token[n] = 0;
+	while (n && (token[n - 1] == '\n' || token[n - 1] == '\r'))
+		token[--n] = 0;
+	if (!n)
+		return err_set(-EINVAL, "--incoming-token-file %s is empty", path);
+	return 0;
+}
+
+static int listen_on(const char *uri)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE }, *ai;
+	char host[256], port[32];
+	int one = 1, fd, ret = migrate_parse_uri(uri, host, sizeof(host), port, sizeof(port));
+
+	if (ret)
+		return err_set(ret, "--incoming: %s", err_get());
+	ret = getaddrinfo(host, port, &hints, &ai);
+	if (ret)
+		return err_set(-EINVAL, "--incoming %s: %s", uri, gai_strerror(ret));
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd >= 0) {
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1) < 0) {
+			ret = -errno;
+			close(fd);
+			fd = ret;
+		}
+	} else {
+		fd = -errno;
+	}
+	freeaddrinfo(ai);
+	if (fd < 0)
+		return err_set(fd, "--incoming %s: %s", uri, strerror(-fd));
+	return fd;
+}
+
+/* The source proves the token first; then this end proves it too. */
+static int handshake(struct migrate_incoming *in)
+{
+	uint8_t nd[MIG_NONCE], hello[MIG_HELLO_SIZE], peer[MIG_HELLO_SIZE + MIG_MAC];
+	uint8_t mac[MIG_MAC], reply[1 + MIG_MAC];
+	const uint8_t *ns;
+	int ret;
+
+	if (getrandom(nd, sizeof(nd), 0) != sizeof(nd))
+		return err_set(-EIO, "getrandom: %m");
+	mig_hello(hello, nd);
+	ret = mig_send(&in->conn, hello, sizeof(hello));
+	if (!ret)
+		ret = mig_recv(&in->conn, peer, sizeof(peer));
+	if (!ret)
+		ret = mig_hello_check(peer, &ns);
+	if (!ret)
+		ret = mig_mac(in->token, "src", nd, ns, mac);
+	if (ret)
+		return ret;
+	if (mig_mac_cmp(mac, peer + MIG_HELLO_SIZE)) {
+		reply[0] = 0;
+		mig_send(&in->conn, reply, 1);
+		return err_set(-EACCES, "migration refused: the source did not prove the token");
+	}
+	reply[0] = 1;
+	ret = mig_mac(in->token, "dst", ns, nd, reply + 1);
+	return ret ? ret : mig_send(&in->conn, reply, sizeof(reply));
+}
+
+static int recv_hello(struct migrate_incoming *in)
+{
+	uint8_t rec[16];
+	int ret = mig_recv(&in->conn, rec, sizeof(rec));
+
+	if (ret)
+		return ret;
+	in->size = mig_get64(rec + 4);
+	if (mig_get32(rec) != MIG_REC_HELLO || !in->size || in->size > MIG_MAX_RAM ||
+	    in->size % DIRTY_PAGE_SIZE)
+		return err_set(-EPROTO, "migration stream: bad hello");
+	in->mem_fd = memfd_create("vireo-ram", MFD_CLOEXEC);
+	if (in->mem_fd < 0)
+		return err_set(-errno, "memfd_create: %m");
+	if (ftruncate(in->mem_fd, (off_t)in->size) < 0)
+		return err_set(-errno, "cannot size guest memory: %m");
+	in->ram = mmap(NULL, in->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+		       in->mem_fd, 0);
+	if (in->ram == MAP_FAILED) {
+		in->ram = NULL;
+		return err_set(-errno, "cannot map guest memory: %m");
+	}
+	return 0;
+}
+
+/* Page records until the state: returns the state's bytes (malloc'd). */
+static int recv_memory(struct migrate_incoming *in, uint8_t **state, size_t *len)
+{
+	for (;;) {
+		uint8_t hdr[16];
+		uint64_t off, n;
+		int ret = mig_recv(&in->conn, hdr, 4);
+		uint32_t type = ret ? 0 : mig_get32(hdr);
+
+		if (!ret && type == MIG_REC_STATE) {
+			ret = mig_recv(&in->conn, hdr + 4, 4);
+			*len = ret ? 0 : mig_get32(hdr + 4);
+			if (!ret && (!*len || *len > STATE_MAX_FILE))
+				return err_set(-EPROTO, "migration stream: bad state length");
+			if (!ret && !(*state = malloc(*len)))
+				return err_set(-ENOMEM, "out of memory");
+			return ret ? ret : mig_recv(&in->conn, *state, *len);
+		}
+		if (!ret && type != MIG_REC_PAGES && type != MIG_REC_ZERO)
+			return err_set(-EPROTO, "migration stream: unknown record %u", type);
+		if (!ret)
+			ret = mig_recv(&in->conn, hdr + 4, 12);
+		if (ret)
+			return ret;
+		off = mig_get64(hdr + 4);
+		n = mig_get32(hdr + 12) * (uint64_t)DIRTY_PAGE_SIZE;
+		if (off % DIRTY_PAGE_SIZE || !n || n > MIG_MAX_RUN * DIRTY_PAGE_SIZE ||
+		    off > in->size || n > in->size - off)
+			return err_set(-EPROTO, "migration stream: pages out of range");
+		if (type == MIG_REC_ZERO)
+			memset(in->ram + off, 0, n);
+		else if ((ret = mig_recv(&in->conn, in->ram + off, n)))
+			return ret;
+		in->bytes += 16 + (type == MIG_REC_PAGES ? n : 0);
+	}
+}
+
+static int receive(struct migrate_incoming *in, int lfd, struct snapshot **snap,
+		   struct machine_config *m)
+{
+	struct timeval tv = { MIG_GO_TIMEOUT_S, 0 };
+	uint8_t *state = NULL;
+	size_t len = 0;
+	int ret;
+
+	in->conn.fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (in->conn.fd < 0)
+		return err_set(-errno, "--incoming: accept: %m");
+	/* A source that stops sending mid-stream has failed. */
+	setsockopt(in->conn.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(in->conn.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	ret = handshake(in);
+	if (!ret && in->token[0])
+		ret = mig_tls_start(&in->conn, in->token, true);
+	if (!ret)
+		ret = recv_hello(in);
+	if (!ret)
+		ret = recv_memory(in, &state, &len);
+	if (!ret) {
+		munmap(in->ram, in->size);
+		in->ram = NULL;
+		ret = snapshot_open_buffer(state, len, in->mem_fd, snap, m);
+		in->mem_fd = -1;
+		in->bytes += len;
+	}
+	free(state);
+	return ret;
+}
+
+/* Tells the source why this end cannot take the VM. */
+static void refuse(struct migrate_incoming *in, const char *why)
+{
+	uint8_t hdr[5];
+	size_t n = strlen(why);
+
+	hdr[0] = 'E';
+	mig_put32(hdr + 1, (uint32_t)n);
+	if (!mig_send(&in->conn, hdr, sizeof(hdr)))
+		mig_send(&in->conn, why, n);
+}
+
+int migrate_incoming_receive(const char *uri, const char *token_file,
+			     struct migrate_incoming **out, struct snapshot **snap,
+			     struct machine_config *m)
+{
+	struct migrate_incoming *in = calloc(1, sizeof(*in));
+	int lfd, ret;
+
+	*out = NULL;
+	if (!in)
+		return err_set(-ENOMEM, "out of memory");
+	in->conn.fd = in->mem_fd = -1;
+	ret = token_file ? read_token(token_file, in->token, sizeof(in->token)) : 0;
+	lfd = ret ? ret : listen_on(uri);
+	if (lfd < 0) {
+		migrate_incoming_free(in);
+		return lfd;
+	}
+	fprintf(stderr, "vireo: waiting for a migration on %s\n", uri);
+	ret = receive(in, lfd, snap, m);
+	close(lfd);
+	if (ret) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "%s", err_get());
+		if (in->conn.fd >= 0 && ret != -EACCES)
+			refuse(in, why);
+		migrate_incoming_free(in);
+		return err_set(ret, "--incoming: %s", why);
+	}
+	*out = in;
+	return 0;
+}
+
+int migrate_incoming_ready(struct migrate_incoming *in)
+{
+	uint8_t c;
+	int ret = mig_send(&in->conn, "R", 1);
+
+	if (!ret)
+		ret = mig_recv(&in->conn, &c, 1);
+	if (!ret && c != 'G')
+		ret = err_set(-EPROTO, "migration stream: no go from the source");
+	return ret ? err_set(ret, "the source did not hand the VM over: %s", err_get()) : 0;
+}
+
+void migrate_incoming_running(struct migrate_incoming *in, struct migration *m)
+{
+	struct timeval tv = { MIG_DOWNTIME_TIMEOUT_S, 0 };
+	uint8_t d[8];
+	uint64_t downtime = 0;
+
+	setsockopt(in->conn.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (!mig_send(&in->conn, "U", 1) && !mig_recv(&in->conn, d, sizeof(d)))
+		downtime = mig_get64(d);
+	if (m)
+		migration_set_incoming(m, in->bytes, downtime, in->conn.tls != NULL);
+	mig_close(&in->conn);
+}
+
+void migrate_incoming_free(struct migrate_incoming *in)
+{
+	if (!in)
+		return;
+	mig_close(&in->conn);
+	if (in->ram)
+		munmap(in->ram, in->size);
+	if (in->mem_fd >= 0)
+		close(in->mem_fd);
+	free(in);
+}

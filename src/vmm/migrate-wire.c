@@ -1,0 +1,276 @@
+/* Wire helpers shared by the migration source and destination. */
+#include <errno.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "migrate-wire.h"
+#include "vireo/log.h"
+#include "vireo/migrate.h"
+
+#define MIG_TLS_PRIORITY "NORMAL:-KX-ALL:+ECDHE-PSK:+DHE-PSK:+PSK"
+
+static int tls_send(struct mig_conn *c, const uint8_t *p, size_t len)
+{
+	while (len) {
+		ssize_t n = gnutls_record_send(c->tls, p, len);
+
+		if (n == GNUTLS_E_INTERRUPTED || n == GNUTLS_E_AGAIN)
+			continue;
+		if (n < 0)
+			return err_set(-EPIPE, "migration stream (TLS): %s", gnutls_strerror((int)n));
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int tls_recv(struct mig_conn *c, uint8_t *p, size_t len)
+{
+	while (len) {
+		ssize_t n = gnutls_record_recv(c->tls, p, len);
+
+		if (n == GNUTLS_E_INTERRUPTED)
+			continue;
+		if (n == GNUTLS_E_AGAIN)
+			return err_set(-ETIMEDOUT, "migration stream: the peer stopped answering");
+		if (n == 0)
+			return err_set(-EPIPE, "migration stream: the peer closed the connection");
+		if (n < 0)
+			return err_set(-EPIPE, "migration stream (TLS): %s", gnutls_strerror((int)n));
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int psk_server_key(gnutls_session_t s, const char *user, gnutls_datum_t *key)
+{
+	struct mig_conn *c = gnutls_session_get_ptr(s);
+	size_t n = strlen(c->key);
+
+	(void)user;
+	key->data = gnutls_malloc(n);
+	if (!key->data)
+		return -1;
+	memcpy(key->data, c->key, n);
+	key->size = (unsigned int)n;
+	return 0;
+}
+
+static int tls_credentials(struct mig_conn *c, bool server, gnutls_session_t s)
+{
+	gnutls_datum_t key = { (unsigned char *)c->key, (unsigned int)strlen(c->key) };
+	int ret;
+
+	if (server) {
+		gnutls_psk_server_credentials_t cred;
+
+		ret = gnutls_psk_allocate_server_credentials(&cred);
+		if (ret < 0)
+			return ret;
+		c->cred = cred;
+		gnutls_psk_set_server_credentials_function(cred, psk_server_key);
+		return gnutls_credentials_set(s, GNUTLS_CRD_PSK, cred);
+	}
+	gnutls_psk_client_credentials_t cred;
+
+	ret = gnutls_psk_allocate_client_credentials(&cred);
+	if (ret < 0)
+		return ret;
+	c->cred = cred;
+	ret = gnutls_psk_set_client_credentials(cred, "vireo", &key, GNUTLS_PSK_KEY_RAW);
+	return ret < 0 ? ret : gnutls_credentials_set(s, GNUTLS_CRD_PSK, cred);
+}
+
+int mig_tls_start(struct mig_conn *c, const char *token, bool server)
+{
+	gnutls_session_t s;
+	int ret;
+
+	snprintf(c->key, sizeof(c->key), "%s", token);
+	/* NO_SIGNAL: a peer gone is an error here, not a SIGPIPE. */
+	ret = gnutls_init(&s, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NO_SIGNAL);
+	if (ret < 0)
+		return err_set(-EIO, "TLS: %s", gnutls_strerror(ret));
+	c->tls = s;
+	c->cred = NULL;
+	c->server = server;
+	gnutls_session_set_ptr(s, c);
+	ret = gnutls_priority_set_direct(s, MIG_TLS_PRIORITY, NULL);
+	if (ret >= 0)
+		ret = tls_credentials(c, server, s);
+	if (ret >= 0) {
+		gnutls_transport_set_int(s, c->fd);
+		do
+			ret = gnutls_handshake(s);
+		while (ret < 0 && !gnutls_error_is_fatal(ret));
+	}
+	return ret < 0 ? err_set(-EPROTO, "TLS handshake: %s", gnutls_strerror(ret)) : 0;
+}
+
+void mig_close(struct mig_conn *c)
+{
+	if (c->tls)
+		gnutls_deinit(c->tls);
+	if (c->cred && c->server)
+		gnutls_psk_free_server_credentials(c->cred);
+	else if (c->cred)
+		gnutls_psk_free_client_credentials(c->cred);
+	c->tls = c->cred = NULL;
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+}
+
+int mig_send(struct mig_conn *c, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	if (c->tls)
+		return tls_send(c, p, len);
+	while (len) {
+		ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return err_set(-errno, "migration stream: %m");
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int mig_recv(struct mig_conn *c, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+
+	if (c->tls)
+		return tls_recv(c, p, len);
+	while (len) {
+		ssize_t n = recv(c->fd, p, len, 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return err_set(errno == EAGAIN ? -ETIMEDOUT : -errno,
+				       "migration stream: %s",
+				       errno == EAGAIN ? "the peer stopped answering" : strerror(errno));
+		if (n == 0)
+			return err_set(-EPIPE, "migration stream: the peer closed the connection");
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int mig_mac(const char *token, const char *label, const uint8_t *a, const uint8_t *b,
+	    uint8_t out[MIG_MAC])
+{
+	uint8_t msg[3 + 2 * MIG_NONCE];
+	/* HMAC takes an empty key; gnutls wants a pointer all the same. */
+	static const char none[1];
+	int ret;
+
+	memcpy(msg, label, 3);
+	memcpy(msg + 3, a, MIG_NONCE);
+	memcpy(msg + 3 + MIG_NONCE, b, MIG_NONCE);
+	ret = gnutls_hmac_fast(GNUTLS_MAC_SHA256, token[0] ? token : none, strlen(token),
+			       msg, sizeof(msg), out);
+	return ret < 0 ? err_set(-EIO, "HMAC-SHA256: %s", gnutls_strerror(ret)) : 0;
+}
+
+int mig_mac_cmp(const uint8_t *a, const uint8_t *b)
+{
+	uint8_t d = 0;
+
+	for (unsigned int i = 0; i < MIG_MAC; i++)
+		d |= a[i] ^ b[i];
+	return d;
+}
+
+void mig_hello(uint8_t out[MIG_HELLO_SIZE], const uint8_t nonce[MIG_NONCE])
+{
+	memcpy(out, MIG_MAGIC, 8);
+	mig_put32(out + 8, MIG_VERSION);
+	memcpy(out + 12, nonce, MIG_NONCE);
+}
+
+int mig_hello_check(const uint8_t in[MIG_HELLO_SIZE], const uint8_t **nonce)
+{
+	if (memcmp(in, MIG_MAGIC, 8))
+		return err_set(-EPROTO, "not a vireo migration stream");
+	if (mig_get32(in + 8) != MIG_VERSION)
+		return err_set(-EPROTO, "migration protocol version %u: this vireo speaks %u",
+			       mig_get32(in + 8), MIG_VERSION);
+	*nonce = in + 12;
+	return 0;
+}
+
+void mig_put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+void mig_put64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+uint32_t mig_get32(const uint8_t *p)
+{
+	uint32_t v = 0;
+
+	for (int i = 3; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+uint64_t mig_get64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+uint64_t mig_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* "tcp:HOST:PORT"; HOST may be "[v6]". */
+int migrate_parse_uri(const char *uri, char *host, size_t hsize, char *port, size_t psize)
+{
+	const char *h, *colon;
+	size_t hlen;
+
+	if (strncmp(uri, "tcp:", 4))
+		return err_set(-EINVAL, "migration uri '%.64s': only tcp:HOST:PORT", uri);
+	h = uri + 4;
+	colon = strrchr(h, ':');
+	if (!colon || colon == h || !colon[1] || strlen(colon + 1) >= psize)
+		return err_set(-EINVAL, "migration uri '%.64s': tcp:HOST:PORT expected", uri);
+	hlen = (size_t)(colon - h);
+	if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
+		h++;
+		hlen -= 2;
+	}
+	if (hlen >= hsize)
+		return err_set(-EINVAL, "migration uri: host name too long");
+	memcpy(host, h, hlen);
+	host[hlen] = 0;
+	snprintf(port, psize, "%s", colon + 1);
+	return 0;
+}
