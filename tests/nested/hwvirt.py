@@ -47,7 +47,7 @@ import l1
 from report_stream import PREFIX as REPORT_PREFIX
 
 MARKER = "hw_virt"
-MAX_L1_RESTARTS = 2
+MAX_L1_RESTARTS = 3
 
 
 def host_has_hw_virt():
