@@ -294,6 +294,11 @@ struct image_format {
 	 * parent tables, refcounts before the use they count, so that a process
 	 * killed between any two file writes leaves at most leaked space. */
 	int (*write)(struct image *img, uint64_t off, const void *buf, size_t len);
+	/* concurrent: read and write are called WITHOUT img->lock, from several
+	 * threads at once; they take it themselves around metadata and may run
+	 * their data I/O outside it (qcow2). Every other callback is called
+	 * under img->lock as usual. */
+	bool concurrent;
 	/* write_compressed (optional; NULL: `convert -c` refuses the format):
 	 * store one cluster compressed. off is aligned to info.cluster_size and
 	 * len is one cluster (shorter only at the end of the image); the cluster

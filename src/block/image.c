@@ -303,16 +303,26 @@ static int check_write(struct image *img, uint64_t off, uint64_t len)
 	return check_range(img, off, len);
 }
 
+/* A format that is safe for concurrent callers locks itself. */
+static int fmt_read(struct image *img, uint64_t off, void *buf, size_t len)
+{
+	int ret;
+
+	if (img->fmt->concurrent)
+		return img->fmt->read(img, off, buf, len);
+	pthread_mutex_lock(&img->lock);
+	ret = img->fmt->read(img, off, buf, len);
+	pthread_mutex_unlock(&img->lock);
+	return ret;
+}
+
 int image_read(struct image *img, uint64_t off, void *buf, size_t len)
 {
 	int ret = check_range(img, off, len);
 
 	if (ret || !len)
 		return ret;
-	pthread_mutex_lock(&img->lock);
-	ret = img->fmt->read(img, off, buf, len);
-	pthread_mutex_unlock(&img->lock);
-	return ret;
+	return fmt_read(img, off, buf, len);
 }
 
 int image_write(struct image *img, uint64_t off, const void *buf, size_t len)
@@ -323,6 +333,8 @@ int image_write(struct image *img, uint64_t off, const void *buf, size_t len)
 		return ret;
 	if (!img->fmt->write)
 		return err_set(-EROFS, "%s: format %s is read-only", img->filename, img->fmt->name);
+	if (img->fmt->concurrent)
+		return img->fmt->write(img, off, buf, len);
 	pthread_mutex_lock(&img->lock);
 	ret = img->fmt->write(img, off, buf, len);
 	pthread_mutex_unlock(&img->lock);
@@ -548,9 +560,7 @@ int image_read_backing(struct image *img, uint64_t off, void *buf, size_t len)
 
 	if (b && off < b->size) {
 		n = b->size - off < len ? (size_t)(b->size - off) : len;
-		pthread_mutex_lock(&b->lock);
-		ret = b->fmt->read(b, off, buf, n);
-		pthread_mutex_unlock(&b->lock);
+		ret = fmt_read(b, off, buf, n);
 		if (ret)
 			return ret;
 	}

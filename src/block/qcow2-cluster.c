@@ -10,7 +10,25 @@
  * only after every dirty L2 table. So whatever subset of writes reached the
  * file when the process dies, no table points at a cluster whose refcount
  * doesn't count it: at worst clusters leak. New L2 tables are written before
- * the L1 entry pointing at them. */
+ * the L1 entry pointing at them.
+ *
+ * Concurrency (after QEMU's qcow2 and its in-flight allocations): img->lock
+ * guards the metadata (L1, L2 and refcount caches, the metadata set), and
+ * qcow2_read/qcow2_write take it themselves (image_format.concurrent).
+ * A read of a NORMAL cluster, or an in-place write of a NORMAL|COPIED one,
+ * maps its extent under the lock, copies the host offset (no pointer into
+ * the L2 cache survives the unlock), counts itself in io_inflight and runs
+ * its pread/pwrite without the lock. Freeing a cluster (a refcount
+ * decrement) first waits for io_inflight to drop to 0, so a host cluster is
+ * never reused under a running read or write. An allocating write over
+ * clusters that read as zeroes takes its clusters (refcounts counted) under
+ * the lock, records itself in s->allocs, writes its data without the lock,
+ * then retakes it to point the L2 entries: data still before the L2 entry
+ * that points at it, and the refcount before both. A write that meets an
+ * allocation in flight on one of its clusters waits for it (alloc_cond).
+ * The rest (copy-on-write over data or a backing file, compressed clusters,
+ * discard, write-zeroes, snapshots, resize, check) runs wholly under the
+ * lock after qcow2_quiesce(): serialized, as before. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +39,94 @@
 #include "vireo/log.h"
 
 #define WRITE_CHUNK (4u << 20)	/* most bytes one allocating write handles */
+
+/* ---- concurrency ---- */
+
+void (*qcow2_alloc_hook)(struct image *img, uint64_t off);
+
+static void io_get(struct qcow2 *s)
+{
+	pthread_mutex_lock(&s->io_lock);
+	s->io_inflight++;
+	pthread_mutex_unlock(&s->io_lock);
+}
+
+static void io_put(struct qcow2 *s)
+{
+	pthread_mutex_lock(&s->io_lock);
+	if (!--s->io_inflight)
+		pthread_cond_broadcast(&s->io_cond);
+	pthread_mutex_unlock(&s->io_lock);
+}
+
+/* Under img->lock: no new I/O can be mapped, and the I/O in flight needs
+ * only io_lock to finish. */
+void qcow2_drain_io(struct qcow2 *s)
+{
+	if (!s->concurrent)
+		return;
+	pthread_mutex_lock(&s->io_lock);
+	while (s->io_inflight)
+		pthread_cond_wait(&s->io_cond, &s->io_lock);
+	pthread_mutex_unlock(&s->io_lock);
+}
+
+void qcow2_quiesce(struct qcow2 *s)
+{
+	if (!s->concurrent)
+		return;
+	s->excl_waiting++;	/* no new allocation starts meanwhile */
+	while (s->allocs)
+		pthread_cond_wait(&s->alloc_cond, &s->img->lock);
+	s->excl_waiting--;
+	qcow2_drain_io(s);
+}
+
+static bool alloc_overlaps(struct qcow2 *s, uint64_t off, uint64_t len)
+{
+	uint64_t first = off >> s->cluster_bits, last = (off + len - 1) >> s->cluster_bits;
+
+	for (struct qcow2_alloc *a = s->allocs; a; a = a->next)
+		if (first < a->first + a->n && a->first <= last)
+			return true;
+	return false;
+}
+
+/* Under img->lock: a write to [off, off+len) waits for the allocations in
+ * flight on its clusters (the second of two writes allocating one cluster
+ * must see the first's L2 entry, not allocate again), and for an exclusive
+ * operation that is waiting. */
+static void wait_allocs(struct qcow2 *s, uint64_t off, uint64_t len)
+{
+	while (s->excl_waiting || alloc_overlaps(s, off, len))
+		pthread_cond_wait(&s->alloc_cond, &s->img->lock);
+}
+
+static void alloc_done(struct qcow2 *s, struct qcow2_alloc *a)
+{
+	struct qcow2_alloc **pp = &s->allocs;
+
+	while (*pp != a)
+		pp = &(*pp)->next;
+	*pp = a->next;
+	pthread_cond_broadcast(&s->alloc_cond);
+}
+
+/* Data I/O on a mapped host range: without img->lock when unlock. */
+static int mapped_io(struct qcow2 *s, bool unlock, uint64_t host, void *buf, uint64_t n,
+		     bool wr)
+{
+	int ret;
+
+	if (!unlock)
+		return wr ? bfile_pwrite(s->file, buf, n, host) : bfile_pread(s->file, buf, n, host);
+	io_get(s);
+	pthread_mutex_unlock(&s->img->lock);
+	ret = wr ? bfile_pwrite(s->file, buf, n, host) : bfile_pread(s->file, buf, n, host);
+	io_put(s);
+	pthread_mutex_lock(&s->img->lock);
+	return ret;
+}
 
 /* ---- metadata cache (write-through, LRU) ---- */
 
@@ -337,17 +443,18 @@ static int read_extent(struct qcow2 *s, enum qcow2_ctype t, uint64_t off, uint64
 	return -EINVAL;
 }
 
-int qcow2_read(struct image *img, uint64_t off, void *buf, size_t len)
+static int read_chunks(struct image *img, uint64_t off, uint8_t *p, size_t len, bool unlock)
 {
 	struct qcow2 *s = img->opaque;
-	uint8_t *p = buf;
 
 	while (len) {
 		enum qcow2_ctype t;
 		uint64_t host, n, l2e;
 		int ret = qcow2_get_extent(s, off, len, &t, &host, &n, &l2e);
 
-		if (!ret)
+		if (!ret && t == QCOW2_NORMAL)
+			ret = mapped_io(s, unlock, host, p, n, false);
+		else if (!ret)
 			ret = read_extent(s, t, off, host, l2e, p, n);
 		if (ret)
 			return ret;
@@ -356,6 +463,22 @@ int qcow2_read(struct image *img, uint64_t off, void *buf, size_t len)
 		len -= n;
 	}
 	return 0;
+}
+
+int qcow2_read_locked(struct image *img, uint64_t off, void *buf, size_t len)
+{
+	return read_chunks(img, off, buf, len, false);
+}
+
+int qcow2_read(struct image *img, uint64_t off, void *buf, size_t len)
+{
+	struct qcow2 *s = img->opaque;
+	int ret;
+
+	pthread_mutex_lock(&img->lock);
+	ret = read_chunks(img, off, buf, len, s->concurrent);
+	pthread_mutex_unlock(&img->lock);
+	return ret;
 }
 
 /* ---- L2 tables for writing ---- */
@@ -437,7 +560,7 @@ static int read_old_cluster(struct qcow2 *s, uint64_t coff, uint8_t *buf)
 	uint64_t n = s->img->size - coff < s->cluster_size ? s->img->size - coff : s->cluster_size;
 
 	memset(buf + n, 0, s->cluster_size - n);
-	return qcow2_read(s->img, coff, buf, n);
+	return qcow2_read_locked(s->img, coff, buf, n);
 }
 
 /* Whether the clusters being replaced read as zeroes (no backing file). */
@@ -468,14 +591,32 @@ static int point_l2(struct qcow2 *s, uint64_t l2_off, uint64_t idx, uint64_t hos
 	return 0;
 }
 
+/* The data of a fresh allocation: the guest's bytes, and zeroes around
+ * them when the clusters are reused space (not past the end of the file). */
+static int fresh_data(struct qcow2 *s, uint64_t host, bool reused, uint64_t head,
+		      const uint8_t *buf, uint64_t len, uint64_t k)
+{
+	uint64_t cs = s->cluster_size;
+	int ret = 0;
+
+	if (reused && head)
+		ret = bfile_pwrite_zeroes(s->file, host, head);
+	if (!ret && reused && (head + len) < k * cs)
+		ret = bfile_pwrite_zeroes(s->file, host + head + len, k * cs - head - len);
+	return ret ? ret : bfile_pwrite(s->file, buf, len, host + head);
+}
+
 /* Allocating write over clusters that read as zeroes: when the new clusters
  * lie past the end of the file, their unwritten head and tail read as zeroes
- * already, so only the guest's bytes are written (no zero-filling COW). */
+ * already, so only the guest's bytes are written (no zero-filling COW).
+ * With unlock, the data is written without img->lock (see the top). */
 static int cow_write_fresh(struct qcow2 *s, uint64_t l2_off, uint64_t idx, uint64_t off,
-			   const uint8_t *buf, uint64_t len, uint64_t k)
+			   const uint8_t *buf, uint64_t len, uint64_t k, bool unlock)
 {
 	uint64_t cs = s->cluster_size, first = off & ~(cs - 1), head = off - first;
 	int64_t eof = bfile_length(s->file), host;
+	struct qcow2_alloc a = { .first = first >> s->cluster_bits, .n = k };
+	bool reused;
 	int ret;
 
 	if (eof < 0)
@@ -483,22 +624,28 @@ static int cow_write_fresh(struct qcow2 *s, uint64_t l2_off, uint64_t idx, uint6
 	host = qcow2_alloc_clusters(s, k);
 	if (host < 0)
 		return (int)host;
-	if ((uint64_t)host < (uint64_t)eof) {	/* reused space: zero it */
-		ret = head ? bfile_pwrite_zeroes(s->file, (uint64_t)host, head) : 0;
-		if (!ret && (head + len) < k * cs)
-			ret = bfile_pwrite_zeroes(s->file, (uint64_t)host + head + len,
-						  k * cs - head - len);
-		if (ret)
-			return ret;
+	reused = (uint64_t)host < (uint64_t)eof;
+	if (!unlock) {
+		ret = fresh_data(s, (uint64_t)host, reused, head, buf, len, k);
+		return ret ? ret : point_l2(s, l2_off, idx, (uint64_t)host, k);
 	}
-	ret = bfile_pwrite(s->file, buf, len, (uint64_t)host + head);
+	a.next = s->allocs;
+	s->allocs = &a;
+	pthread_mutex_unlock(&s->img->lock);
+	if (qcow2_alloc_hook)
+		qcow2_alloc_hook(s->img, off);
+	ret = fresh_data(s, (uint64_t)host, reused, head, buf, len, k);
+	pthread_mutex_lock(&s->img->lock);
+	alloc_done(s, &a);
+	/* exclusive operations waited for us: the L2 table did not move */
 	return ret ? ret : point_l2(s, l2_off, idx, (uint64_t)host, k);
 }
 
 /* Writes [off, off+len), all within one L2 table, to newly allocated
  * clusters: fill a bounce buffer with the old head and tail, write it, point
  * the L2 entries at it, free what they pointed at before. */
-static int cow_write(struct qcow2 *s, uint64_t off, const uint8_t *buf, uint64_t len)
+static int cow_write(struct qcow2 *s, uint64_t off, const uint8_t *buf, uint64_t len,
+		     bool unlock)
 {
 	uint64_t cs = s->cluster_size, first = off & ~(cs - 1);
 	uint64_t k = (off + len - first + cs - 1) / cs, idx = (first / cs) & (s->l2_entries - 1);
@@ -514,7 +661,7 @@ static int cow_write(struct qcow2 *s, uint64_t off, const uint8_t *buf, uint64_t
 	for (uint64_t i = 0; i < k; i++)
 		old[i] = be64(t + (idx + i) * 8);
 	if (fresh_zero_cow(s, old, k))
-		return cow_write_fresh(s, l2_off, idx, off, buf, len, k);
+		return cow_write_fresh(s, l2_off, idx, off, buf, len, k, unlock);
 	bounce = malloc(k * cs);
 	if (!bounce)
 		return err_set(-ENOMEM, "out of memory");
@@ -533,7 +680,8 @@ static int cow_write(struct qcow2 *s, uint64_t off, const uint8_t *buf, uint64_t
 	return ret;
 }
 
-int qcow2_write(struct image *img, uint64_t off, const void *buf, size_t len)
+static int write_chunks(struct image *img, uint64_t off, const void *buf, size_t len,
+			bool unlock)
 {
 	struct qcow2 *s = img->opaque;
 	const uint8_t *p = buf;
@@ -553,13 +701,16 @@ int qcow2_write(struct image *img, uint64_t off, const void *buf, size_t len)
 			want = chunk - (off & (s->cluster_size - 1));
 		if (want > l2_end)
 			want = l2_end;
+		if (unlock)
+			wait_allocs(s, off, want);
 		ret = qcow2_get_extent(s, off, want, &t, &host, &n, &l2e);
 		if (ret)
 			return ret;
 		if (t == QCOW2_NORMAL && (l2e & QCOW2_OFLAG_COPIED))
-			ret = qcow2_check_data_write(s, host, n) ?: bfile_pwrite(s->file, p, n, host);
+			ret = qcow2_check_data_write(s, host, n) ?:
+			      mapped_io(s, unlock, host, (void *)p, n, true);
 		else
-			ret = cow_write(s, off, p, n);
+			ret = cow_write(s, off, p, n, unlock);
 		if (ret)
 			return ret;
 		s->cbuf_l2e = 0;
@@ -568,6 +719,22 @@ int qcow2_write(struct image *img, uint64_t off, const void *buf, size_t len)
 		len -= n;
 	}
 	return 0;
+}
+
+int qcow2_write_locked(struct image *img, uint64_t off, const void *buf, size_t len)
+{
+	return write_chunks(img, off, buf, len, false);
+}
+
+int qcow2_write(struct image *img, uint64_t off, const void *buf, size_t len)
+{
+	struct qcow2 *s = img->opaque;
+	int ret;
+
+	pthread_mutex_lock(&img->lock);
+	ret = write_chunks(img, off, buf, len, s->concurrent);
+	pthread_mutex_unlock(&img->lock);
+	return ret;
 }
 
 /* ---- compressed writes (convert -c) ---- */
@@ -647,7 +814,8 @@ int qcow2_write_compressed(struct image *img, uint64_t off, const void *buf, siz
 	memcpy(in, buf, len);
 	clen = compress_cluster(s, in, out, cs - 512);
 	pthread_mutex_lock(&img->lock);
-	ret = clen ? store_compressed(s, off, out, clen) : qcow2_write(img, off, buf, len);
+	qcow2_quiesce(s);
+	ret = clen ? store_compressed(s, off, out, clen) : qcow2_write_locked(img, off, buf, len);
 	pthread_mutex_unlock(&img->lock);
 	free(in);
 	return ret;
@@ -690,11 +858,13 @@ static int set_clusters(struct qcow2 *s, uint64_t off, uint64_t len, uint64_t va
 
 int qcow2_discard(struct image *img, uint64_t off, uint64_t len)
 {
+	qcow2_quiesce(img->opaque);
 	return set_clusters(img->opaque, off, len, 0);
 }
 
 int qcow2_make_empty(struct image *img)
 {
+	qcow2_quiesce(img->opaque);
 	return set_clusters(img->opaque, 0, img->size, 0);
 }
 
@@ -704,7 +874,7 @@ static int write_zero_buf(struct image *img, uint64_t off, uint64_t len)
 
 	while (len) {
 		size_t n = len < sizeof(zero) ? (size_t)len : sizeof(zero);
-		int ret = qcow2_write(img, off, zero, n);
+		int ret = qcow2_write_locked(img, off, zero, n);
 
 		if (ret)
 			return ret;
@@ -720,6 +890,7 @@ int qcow2_write_zeroes(struct image *img, uint64_t off, uint64_t len)
 	uint64_t cs = s->cluster_size, head, tail, end = off + len;
 	int ret;
 
+	qcow2_quiesce(s);
 	if (s->h.version < 3 && img->backing)
 		return write_zero_buf(img, off, len);
 	head = ((off + cs - 1) & ~(cs - 1)) - off;

@@ -318,6 +318,8 @@ int qcow2_update_refcount(struct qcow2 *s, uint64_t offset, uint64_t len, int64_
 	uint64_t c = offset / s->cluster_size;
 	uint64_t end = (offset + len + s->cluster_size - 1) / s->cluster_size;
 
+	if (delta < 0)
+		qcow2_drain_io(s);	/* a freed cluster may be reused at once */
 	while (c < end) {
 		uint64_t n = s->rb_entries - c % s->rb_entries;
 		int ret;

@@ -258,6 +258,7 @@ int qcow2_snapshot_create(struct image *img, const char *name)
 	int64_t l1_off;
 	int ret;
 
+	qcow2_quiesce(s);	/* the image as of now: no write half done */
 	if (find(s, name) >= 0 || strlen(name) > 65535)
 		return err_set(-EEXIST, "%s: snapshot '%s' already exists or bad name",
 			       s->file->path, name);
@@ -343,6 +344,7 @@ int qcow2_snapshot_apply(struct image *img, const char *name)
 	uint8_t b[8];
 	int ret;
 
+	qcow2_quiesce(s);
 	if (i < 0)
 		return err_set(-ENOENT, "%s: no snapshot '%s'", s->file->path, name);
 	if (s->snaps[i].l1_size > s->l1_size && (ret = qcow2_grow_l1(s, s->snaps[i].l1_size)))
@@ -384,6 +386,7 @@ int qcow2_snapshot_delete(struct image *img, const char *name)
 	struct qcow2_snapshot sn;
 	int ret;
 
+	qcow2_quiesce(s);
 	if (i < 0)
 		return err_set(-ENOENT, "%s: no snapshot '%s'", s->file->path, name);
 	sn = s->snaps[i];

@@ -269,6 +269,9 @@ static void qcow2_free_state(struct qcow2 *s)
 		return;
 	qcow2_snapshots_free(s);
 	qcow2_meta_free(s);
+	pthread_cond_destroy(&s->alloc_cond);
+	pthread_cond_destroy(&s->io_cond);
+	pthread_mutex_destroy(&s->io_lock);
 	qcow2_cache_free(&s->l2_cache);
 	qcow2_cache_free(&s->rb_cache);
 	for (size_t i = 0; i < s->nr_exts; i++)
@@ -378,6 +381,11 @@ static int qcow2_open(struct image *img)
 		return err_set(-ENOMEM, "out of memory");
 	s->img = img;
 	s->file = img->file;
+	/* only a host file's pread/pwrite are safe from several threads */
+	s->concurrent = s->file->fd >= 0;
+	pthread_mutex_init(&s->io_lock, NULL);
+	pthread_cond_init(&s->io_cond, NULL);
+	pthread_cond_init(&s->alloc_cond, NULL);
 	img->opaque = s;
 	file_len = bfile_length(s->file);
 	ret = file_len < 0 ? (int)file_len : bfile_pread(s->file, hbuf, sizeof(hbuf), 0);
@@ -402,6 +410,13 @@ static void qcow2_close(struct image *img)
 {
 	qcow2_free_state(img->opaque);
 	img->opaque = NULL;
+}
+
+/* img check on a disk in use: the image to itself for the walk. */
+static int qcow2_check_excl(struct image *img, struct image_check *res, int fix)
+{
+	qcow2_quiesce(img->opaque);
+	return qcow2_check(img, res, fix);
 }
 
 static int qcow2_flush(struct image *img)
@@ -621,6 +636,7 @@ static int qcow2_resize(struct image *img, uint64_t new_size)
 	uint8_t b[8];
 	int ret;
 
+	qcow2_quiesce(s);
 	if (new_size < s->h.size)
 		return err_set(-ENOTSUP, "%s: shrinking qcow2 images is not supported",
 			       s->file->path);
@@ -643,6 +659,7 @@ static int qcow2_set_backing(struct image *img, const char *name, const char *fm
 {
 	struct qcow2 *s = img->opaque;
 
+	qcow2_quiesce(s);
 	if (name && strlen(name) > 1023)
 		return err_set(-ENAMETOOLONG, "%s: backing file name too long", s->file->path);
 	if (fmt && strlen(fmt) >= sizeof(img->backing_fmt))
@@ -659,13 +676,14 @@ const struct image_format qcow2_format = {
 	.close = qcow2_close,
 	.read = qcow2_read,
 	.write = qcow2_write,
+	.concurrent = true,
 	.write_compressed = qcow2_write_compressed,
 	.flush = qcow2_flush,
 	.discard = qcow2_discard,
 	.write_zeroes = qcow2_write_zeroes,
 	.block_status = qcow2_block_status,
 	.create = qcow2_create,
-	.check = qcow2_check,
+	.check = qcow2_check_excl,
 	.resize = qcow2_resize,
 	.info = qcow2_info,
 	.set_backing = qcow2_set_backing,

@@ -133,7 +133,28 @@ struct qcow2 {
 	struct qcow2_mset meta;		/* clusters holding tables (qcow2-meta.c) */
 	int csize_shift;		/* compressed L2 entry: sector count position */
 	uint64_t csize_mask;
+	/* Concurrent requests (qcow2-cluster.c, "concurrency"): data I/O that
+	 * runs outside img->lock on clusters mapped under it. */
+	bool concurrent;		/* a host file: its pread/pwrite are thread-safe */
+	pthread_mutex_t io_lock;	/* guards io_inflight */
+	pthread_cond_t io_cond;
+	unsigned int io_inflight;	/* reads/in-place writes of mapped clusters */
+	pthread_cond_t alloc_cond;	/* with img->lock: an allocation finished */
+	struct qcow2_alloc *allocs;	/* allocating writes in flight */
+	unsigned int excl_waiting;	/* exclusive operations waiting for allocs */
 };
+
+/* An allocating write whose data I/O runs outside img->lock: guest
+ * clusters [first, first+n) have new host clusters with their refcount
+ * counted but no L2 entry yet. A second write to them waits for it. */
+struct qcow2_alloc {
+	uint64_t first, n;
+	struct qcow2_alloc *next;
+};
+
+/* Test hook: called outside img->lock after an allocating write took its
+ * clusters, before it writes its data. */
+extern void (*qcow2_alloc_hook)(struct image *img, uint64_t off);
 
 /* Endianness helpers for table entries. */
 
@@ -159,8 +180,19 @@ int qcow2_flush_caches(struct qcow2 *s);
 enum qcow2_ctype qcow2_ctype(struct qcow2 *s, uint64_t l2e);
 int qcow2_get_extent(struct qcow2 *s, uint64_t off, uint64_t len, enum qcow2_ctype *type,
 		     uint64_t *host, uint64_t *bytes, uint64_t *l2e);
+/* read/write: take img->lock themselves (image_format.concurrent); the
+ * _locked forms run under it and keep it (internal callers). */
 int qcow2_read(struct image *img, uint64_t off, void *buf, size_t len);
 int qcow2_write(struct image *img, uint64_t off, const void *buf, size_t len);
+int qcow2_read_locked(struct image *img, uint64_t off, void *buf, size_t len);
+int qcow2_write_locked(struct image *img, uint64_t off, const void *buf, size_t len);
+/* Under img->lock, before an operation that needs the image to itself
+ * (snapshots, discard, zeroes, resize, check): waits for the allocating
+ * writes and the data I/O in flight. */
+void qcow2_quiesce(struct qcow2 *s);
+/* Waits for the reads and in-place writes in flight (before a cluster is
+ * freed: it could be reused under them). */
+void qcow2_drain_io(struct qcow2 *s);
 int qcow2_write_compressed(struct image *img, uint64_t off, const void *buf, size_t len);
 int qcow2_discard(struct image *img, uint64_t off, uint64_t len);
 int qcow2_write_zeroes(struct image *img, uint64_t off, uint64_t len);
