@@ -78,7 +78,8 @@ void qcow2_quiesce(struct qcow2 *s)
 	s->excl_waiting++;	/* no new allocation starts meanwhile */
 	while (s->allocs)
 		pthread_cond_wait(&s->alloc_cond, &s->img->lock);
-	s->excl_waiting--;
+	if (!--s->excl_waiting)	/* writers held in wait_allocs() */
+		pthread_cond_broadcast(&s->alloc_cond);
 	qcow2_drain_io(s);
 }
 
@@ -110,6 +111,18 @@ static void alloc_done(struct qcow2 *s, struct qcow2_alloc *a)
 		pp = &(*pp)->next;
 	*pp = a->next;
 	pthread_cond_broadcast(&s->alloc_cond);
+}
+
+/* Under O_DIRECT, a write that is not aligned to the file's block goes
+ * through a read-modify-write of whole blocks (and may truncate the file
+ * back to its length, file.c): it runs alone, under the lock, with nothing
+ * else in flight. Clusters are at least a block (qcow2_open), so the guest
+ * offset's alignment is the host offset's. */
+static bool direct_aligned(struct qcow2 *s, uint64_t off, const void *buf, uint64_t len)
+{
+	uint64_t a = s->file->direct_align;
+
+	return !a || !((off | len | (uintptr_t)buf) & (a - 1));
 }
 
 /* Data I/O on a mapped host range: without img->lock when unlock. */
@@ -701,16 +714,20 @@ static int write_chunks(struct image *img, uint64_t off, const void *buf, size_t
 			want = chunk - (off & (s->cluster_size - 1));
 		if (want > l2_end)
 			want = l2_end;
-		if (unlock)
+		bool alone = unlock && !direct_aligned(s, off, p, want);
+
+		if (alone)	/* its read-modify-write must not race other writes */
+			qcow2_quiesce(s);
+		else if (unlock)
 			wait_allocs(s, off, want);
 		ret = qcow2_get_extent(s, off, want, &t, &host, &n, &l2e);
 		if (ret)
 			return ret;
 		if (t == QCOW2_NORMAL && (l2e & QCOW2_OFLAG_COPIED))
 			ret = qcow2_check_data_write(s, host, n) ?:
-			      mapped_io(s, unlock, host, (void *)p, n, true);
+			      mapped_io(s, unlock && !alone, host, (void *)p, n, true);
 		else
-			ret = cow_write(s, off, p, n, unlock);
+			ret = cow_write(s, off, p, n, unlock && !alone);
 		if (ret)
 			return ret;
 		s->cbuf_l2e = 0;

@@ -381,7 +381,9 @@ static int qcow2_open(struct image *img)
 		return err_set(-ENOMEM, "out of memory");
 	s->img = img;
 	s->file = img->file;
-	/* only a host file's pread/pwrite are safe from several threads */
+	/* Only a host file's pread/pwrite are safe from several threads; with
+	 * O_DIRECT, a cluster smaller than a block would share its block (and
+	 * its read-modify-writes) with neighbours. */
 	s->concurrent = s->file->fd >= 0;
 	pthread_mutex_init(&s->io_lock, NULL);
 	pthread_cond_init(&s->io_cond, NULL);
@@ -395,6 +397,8 @@ static int qcow2_open(struct image *img)
 	}
 	if (!ret)
 		ret = open_state(s, file_len);
+	if (!ret && s->file->direct_align > s->cluster_size)
+		s->concurrent = false;
 	if (!ret && img->writable)
 		ret = open_writable(s);
 	if (ret) {

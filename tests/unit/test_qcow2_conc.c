@@ -19,16 +19,19 @@
 
 #define CS      4096u		/* small clusters: many allocations */
 #define SIZE    (1u << 20)
-#define STRIPE  1024u		/* stripe i belongs to thread i % NTHR */
+/* Stripe i of `stripe` bytes belongs to thread i % NTHR: 1 KiB (threads
+ * share clusters) or, under O_DIRECT, 4 KiB (aligned writes, and 512-byte
+ * ones that go through a read-modify-write). */
+static unsigned int stripe;
 #define NTHR    4
 #define NOPS    3000
 
 static char path[64];
 
-static struct blockdev *make_image(void)
+static struct blockdev *make_image_cache(enum block_cache cache)
 {
 	struct image_create_opts o = { .size = SIZE, .cluster_size = CS };
-	struct blockdev_opts bo = { .path = path, .format = "qcow2" };
+	struct blockdev_opts bo = { .path = path, .format = "qcow2", .cache = cache };
 	struct blockdev *bd;
 	int fd;
 
@@ -39,6 +42,11 @@ static struct blockdev *make_image(void)
 	assert_int_equal(image_create(path, "qcow2", &o), 0);
 	assert_int_equal(blockdev_open(&bo, &bd), 0);
 	return bd;
+}
+
+static struct blockdev *make_image(void)
+{
+	return make_image_cache(BLOCK_CACHE_WRITEBACK);
 }
 
 static int bd_write(struct blockdev *bd, uint64_t off, const void *buf, size_t len)
@@ -188,12 +196,12 @@ struct worker {
 /* A random stripe of this thread's: [*off, *off + *len). */
 static void pick_own(struct worker *w, uint64_t *off, size_t *len)
 {
-	uint64_t stripe = (uint64_t)(rand_r(&w->seed) % (SIZE / STRIPE / NTHR)) * NTHR + w->id;
+	uint64_t i = (uint64_t)(rand_r(&w->seed) % (SIZE / stripe / NTHR)) * NTHR + w->id;
 
-	*off = stripe * STRIPE;
-	*len = STRIPE;
+	*off = i * stripe;
+	*len = stripe;
 	if (rand_r(&w->seed) % 2) {	/* one sector of it */
-		*off += (rand_r(&w->seed) % (STRIPE / 512)) * 512;
+		*off += (rand_r(&w->seed) % (stripe / 512)) * 512;
 		*len = 512;
 	}
 }
@@ -210,7 +218,7 @@ static void widen_hook(struct image *img, uint64_t off)
 static void *stress(void *arg)
 {
 	struct worker *w = arg;
-	uint8_t buf[4 * CS];
+	uint8_t buf[4 * CS] __attribute__((aligned(4096)));
 
 	for (int i = 0; i < NOPS; i++) {
 		int op = rand_r(&w->seed) % 10;
@@ -238,15 +246,14 @@ static void *stress(void *arg)
 	return NULL;
 }
 
-static void random_concurrent_rw(void **state)
+static void run_stress(enum block_cache cache)
 {
 	struct worker w[NTHR];
 	pthread_t t[NTHR];
 	struct blockdev_opts bo = { .path = NULL, .format = "qcow2" };
 	static uint8_t all[SIZE];
 
-	(void)state;
-	sbd = make_image();
+	sbd = make_image_cache(cache);
 	memset(model, 0, sizeof(model));
 	qcow2_alloc_hook = widen_hook;
 	for (int i = 0; i < NTHR; i++) {
@@ -268,11 +275,27 @@ static void random_concurrent_rw(void **state)
 	unlink(path);
 }
 
+static void random_concurrent_rw(void **state)
+{
+	(void)state;
+	stripe = 1024;
+	run_stress(BLOCK_CACHE_WRITEBACK);
+}
+
+/* O_DIRECT (cache=none): /tmp must take it (tmpfs does from Linux 6.6). */
+static void random_concurrent_rw_direct(void **state)
+{
+	(void)state;
+	stripe = 4096;
+	run_stress(BLOCK_CACHE_NONE);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(read_during_allocation),
 		cmocka_unit_test(random_concurrent_rw),
+		cmocka_unit_test(random_concurrent_rw_direct),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
