@@ -125,8 +125,10 @@ int blk_io_create(struct virtio_dev *dev, struct blockdev *bd, enum block_aio ai
 		io->aio = BLOCK_AIO_THREADS;
 	}
 	io->stats.aio = io->aio;
-	ret = blockdev_start_workers(bd, io->aio == BLOCK_AIO_THREADS ? WORKERS_THREADS
-								    : WORKERS_URING);
+	/* Without a ring (an image format: qcow2 runs requests concurrently),
+	 * the workers carry all the data. */
+	ret = blockdev_start_workers(bd, io->aio == BLOCK_AIO_THREADS || !io->ring_ok ?
+				     WORKERS_THREADS : WORKERS_URING);
 	if (ret)
 		goto close_ring;
 	dev->extra_fd = io->efd;
