@@ -220,52 +220,18 @@ static int write_fd(int fd, const char *what, int (*fill)(int fd, void *opaque),
 	return ret;
 }
 
-int snapshot_save_fds(int mem_fd, int state_fd, const struct snapshot_target *t,
-		      struct snapshot_stats *stats)
+/* Quiesces the devices, collects the state and writes memory, then state:
+ * into files in dir, or (dir NULL) into the given descriptors. */
+static int save(const struct snapshot_target *t, const char *dir, int mem_fd, int state_fd,
+		struct snapshot_stats *stats)
 {
 	struct state_header h = { .ncpus = t->vm->ncpus, .mem_size = t->vm->mem.size,
 				  .created = (uint64_t)time(NULL) };
 	struct fill_memory fm = { .mem = &t->vm->mem };
 	struct fill_state fs;
 	struct state_writer *w;
-	int ret;
+	int ret = snapshot_quiesce(t);
 
-	if (machine_snapshot_unsupported(t->machine))
-		return -ENOTSUP;
-	ret = snapshot_quiesce(t);
-	if (ret)
-		return ret;
-	w = state_writer_new(&h);
-	ret = w ? collect_state(t, w) : err_set(-ENOMEM, "out of memory");
-	if (!ret)
-		ret = state_writer_finish(w, &fs.buf, &fs.len);
-	if (!ret)
-		ret = write_fd(mem_fd, "memory", fill_memory, &fm);
-	if (!ret)
-		ret = write_fd(state_fd, "state", fill_state, &fs);
-	if (!ret && stats)
-		*stats = (struct snapshot_stats){ .state_bytes = fs.len,
-						  .memory_bytes = fm.written };
-	snapshot_unquiesce(t);
-	state_writer_free(w);
-	return ret;
-}
-
-int snapshot_save(const char *dir, const struct snapshot_target *t,
-		  struct snapshot_stats *stats)
-{
-	struct state_header h = { .ncpus = t->vm->ncpus, .mem_size = t->vm->mem.size,
-				  .created = (uint64_t)time(NULL) };
-	struct fill_memory fm = { .mem = &t->vm->mem };
-	struct fill_state fs;
-	struct state_writer *w;
-	int ret;
-
-	if (machine_snapshot_unsupported(t->machine))
-		return -ENOTSUP;
-	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-		return err_set(-errno, "cannot create %s: %m", dir);
-	ret = snapshot_quiesce(t);
 	if (ret)
 		return ret;
 	w = state_writer_new(&h);
@@ -274,15 +240,35 @@ int snapshot_save(const char *dir, const struct snapshot_target *t,
 		ret = state_writer_finish(w, &fs.buf, &fs.len);
 	/* Memory first: "state" appears only once all of it is on disk. */
 	if (!ret)
-		ret = write_file(dir, MEMORY_NAME, fill_memory, &fm);
+		ret = dir ? write_file(dir, MEMORY_NAME, fill_memory, &fm) :
+		      write_fd(mem_fd, "memory", fill_memory, &fm);
 	if (!ret)
-		ret = write_file(dir, STATE_NAME, fill_state, &fs);
+		ret = dir ? write_file(dir, STATE_NAME, fill_state, &fs) :
+		      write_fd(state_fd, "state", fill_state, &fs);
 	if (!ret && stats)
 		*stats = (struct snapshot_stats){ .state_bytes = fs.len,
 						  .memory_bytes = fm.written };
 	snapshot_unquiesce(t);
 	state_writer_free(w);
 	return ret;
+}
+
+int snapshot_save_fds(int mem_fd, int state_fd, const struct snapshot_target *t,
+		      struct snapshot_stats *stats)
+{
+	if (machine_snapshot_unsupported(t->machine))
+		return -ENOTSUP;
+	return save(t, NULL, mem_fd, state_fd, stats);
+}
+
+int snapshot_save(const char *dir, const struct snapshot_target *t,
+		  struct snapshot_stats *stats)
+{
+	if (machine_snapshot_unsupported(t->machine))
+		return -ENOTSUP;
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return err_set(-errno, "cannot create %s: %m", dir);
+	return save(t, dir, -1, -1, stats);
 }
 
 static int open_file(const char *dir, const char *name, int *fd)
