@@ -164,9 +164,7 @@ def boot(kit, vmm, cmdline="", cpus=1, memory_mib=256, disks=(), nic=None, rng=F
         rc, out, err = run_qemu_linux(kit, cmdline, cpus, memory_mib,
                                       qemu_args(disks, nic, rng, balloon_mib, balloon_doo),
                                       balloon_mib, netns, tmp)
-    # the LINUX lines, then the end of the console (dmesg when a scenario failed)
-    log = "\n".join(l for l in out.splitlines() if "LINUX " in l) + \
-        "\n...\n" + out[-6000:] + err
+    log = failure_log(rc, out, err)
     assert rc == 0, log
     lines = linux_lines(out)
     facts = lines.get("", {})
@@ -177,6 +175,20 @@ def boot(kit, vmm, cmdline="", cpus=1, memory_mib=256, disks=(), nic=None, rng=F
     if keep_output:
         lines["output"] = out
     return lines
+
+
+def failure_log(rc, out, err):
+    """What a failed boot says, most telling first (a CI report may show only
+    its start): the exit status and the VMM's stderr, the LINUX lines, the end
+    of the console, then the end of the guest's dmesg (printed when a
+    scenario failed, or by the dmesg scenario)."""
+    lines = out.splitlines()
+    dmesg = [l for l in lines if l.startswith("dmesg: ")]
+    console = [l for l in lines if not l.startswith("dmesg: ")]
+    return "\n".join([f"exit status {rc}; stderr ends with:", err[-2000:].rstrip(),
+                      "LINUX lines:", *(l for l in console if "LINUX " in l),
+                      "the console ends with:", *console[-40:],
+                      "dmesg ends with:", *dmesg[-80:]])
 
 
 def blk_pattern(seed, first, count):

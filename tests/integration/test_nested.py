@@ -20,7 +20,7 @@ import pytest
 import hwvirt
 import l1
 import report_stream
-from conftest import ROOT
+from conftest import PROBE, ROOT, VIREO
 
 L1_RUN = ROOT / "tests/nested/l1-run"
 
@@ -203,6 +203,23 @@ def test_l1_has_a_kvm_with_hardware_virtualization(host):
     assert int(out.split()[0]) == host.smp
 
 
+def test_vms_in_l1_patch_no_kernel_text(host):
+    """The agent pins KVM's static keys (agent.pin_kvm_static_keys): VMs that
+    come and go in L1 make its kernel patch no code, whose int3 dance of both
+    CPUs under multi-threaded TCG is where L1 froze (ftrace counts the calls
+    of text_poke_bp_batch: 3 per VM without the pin)."""
+    assert host.info["kvm_keys_pinned"], host.info
+    t = "/sys/kernel/tracing"
+    vm = f"{VIREO} run --kernel {PROBE} --cpus 2 --cmdline scenario=cpus >/dev/null"
+    rc, out, err = host.run(
+        f"mountpoint -q {t} || mount -t tracefs none {t}; "
+        f"echo text_poke_bp_batch > {t}/set_ftrace_filter && echo function > {t}/current_tracer"
+        f" && echo > {t}/trace && {vm} && {vm}; rc=$?; "
+        f"grep -c 'text_poke_bp_batch <-' {t}/trace; echo nop > {t}/current_tracer; exit $rc",
+        timeout=300)
+    assert (rc, out) == (0, "0\n"), err
+
+
 def test_l1_command_status_output_directory_and_environment(host):
     rc, out, err = host.run('echo out; echo err >&2; pwd; echo "$FOO $VIREO_IN_L1"; exit 7',
                             timeout=60, cwd=ROOT, env={"FOO": "bar"})
@@ -305,6 +322,14 @@ def test_freezes_l1_once():
 
 
 @VM
+def test_panics_l1_once():
+    if os.environ["VIREO_L1_BOOT"] == "2":
+        with open("/proc/sysrq-trigger", "w") as f:
+            f.write("c")                        # L1's kernel panics; QEMU ends
+        time.sleep(600)
+
+
+@VM
 def test_skips_in_l1():
     pytest.skip("skipped: a reason from L1")
 
@@ -319,8 +344,9 @@ def test_hw_virt_batch_reports_each_outcome(tmp_path):
     to L1 (VIREO_NESTED=always): each is reported with what it did there,
     the unmarked one runs on the host, prepare ran on the host first. One of
     them freezes the first L1 (its agent stops): a second L1 runs it and the
-    tests after it, and none of those before runs twice; a test quiet for
-    longer than the silence timeout is not taken for a freeze."""
+    tests after it, and none of those before runs twice; the next one makes
+    the second L1's kernel panic: a third L1 runs it and the last; a test
+    quiet for longer than the silence timeout is not taken for a freeze."""
     if os.environ.get("VIREO_IN_L1"):
         pytest.skip("skipped: no nested test host inside the nested test host")
     (tmp_path / "conftest.py").write_text(
@@ -344,9 +370,10 @@ def test_hw_virt_batch_reports_each_outcome(tmp_path):
     cases = {c.get("name"): c for c in ET.parse(tmp_path / "outer.xml").getroot().iter("testcase")}
     out = r.stdout + r.stderr
     assert set(cases) == {"test_in_l1", "test_fails_in_l1", "test_quiet_for_a_while",
-                          "test_freezes_l1_once", "test_skips_in_l1", "test_on_the_host"}, out
+                          "test_freezes_l1_once", "test_panics_l1_once", "test_skips_in_l1",
+                          "test_on_the_host"}, out
     for name in ("test_in_l1", "test_on_the_host", "test_quiet_for_a_while",
-                 "test_freezes_l1_once"):
+                 "test_freezes_l1_once", "test_panics_l1_once"):
         assert cases[name].find("failure") is None and cases[name].find("error") is None, out
     failure = cases["test_fails_in_l1"].find("failure")
     assert failure is not None and "arithmetic in L1" in failure.text, out
@@ -354,13 +381,18 @@ def test_hw_virt_batch_reports_each_outcome(tmp_path):
     skipped = cases["test_skips_in_l1"].find("skipped")
     assert skipped is not None and skipped.get("message") == "skipped: a reason from L1", out
     assert "tests go to the nested test host" in r.stdout and "L1 up in" in r.stdout, out
-    assert "L1 froze during test_batch.py::test_freezes_l1_once; a new L1 runs the 2 " \
+    assert "L1 froze during test_batch.py::test_freezes_l1_once; a new L1 runs the 3 " \
            "test(s)" in r.stdout, out
-    assert "2 boots of L1" in r.stdout, out
+    assert "L1 died during test_batch.py::test_panics_l1_once; a new L1 runs the 2 " \
+           "test(s)" in r.stdout, out
+    assert "3 boots of L1" in r.stdout, out
     log = (cache / "last-batch.log").read_text()
     assert log.count("test_batch.py::test_in_l1 PASSED") == 1, log
     assert log.count("test_batch.py::test_quiet_for_a_while PASSED") == 1, log
     assert log.count("test_batch.py::test_freezes_l1_once PASSED") == 1, log
+    assert log.count("test_batch.py::test_panics_l1_once PASSED") == 1, log
+    assert "L1's kernel reported:" in log and "sysrq triggered crash" in log, log
+    assert "'kvm_keys_pinned': True" in log, log
     assert "test_on_the_host" not in log, log
     cpus = (cache / "last-batch-console-cpus.txt").read_text()
     assert "# info registers -a" in cpus and "RIP=" in cpus, cpus

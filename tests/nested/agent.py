@@ -10,7 +10,8 @@ The protocol is one JSON object per line, both ways.
   host -> L1   {"op": "run", "id": N, "argv": [...], "cwd": DIR, "env": {...},
                 "timeout": SECONDS}
                {"op": "poweroff"}
-  L1 -> host   {"ready": 1, "kernel": ..., "kvm": bool, "svm": bool, "cpus": N}
+  L1 -> host   {"ready": 1, "kernel": ..., "kvm": bool, "svm": bool, "cpus": N,
+                "kvm_keys_pinned": bool}   (pin_kvm_static_keys)
                {"id": N, "fd": 1 or 2, "data": BASE64}    output as it comes
                {"id": N, "alive": 1}     at least every HEARTBEAT_S while a
                                          command runs (an L1 that is silent
@@ -25,6 +26,7 @@ when it exits, what it left running in its group is killed too, so that
 each command ends with its output complete and nothing running.
 """
 import base64
+import fcntl
 import glob
 import json
 import os
@@ -159,6 +161,34 @@ def run(port, req):
     port.send(id=rid, rc=rc, timed_out=timed_out)
 
 
+# KVM's ioctls (linux/kvm.h): _IO(KVMIO, n), KVMIO = 0xAE
+KVM_CREATE_VM, KVM_CREATE_VCPU, KVM_CREATE_IRQCHIP = 0xAE01, 0xAE41, 0xAE60
+
+
+def pin_kvm_static_keys():
+    """Holds a VM with an in-kernel irqchip and one vCPU that never runs, for
+    as long as the agent lives; returns its descriptors (None without KVM).
+
+    Each VM that comes or goes otherwise flips static keys in L1's kernel
+    (preempt notifiers, the lapic's "software disabled" key): three rounds of
+    int3-based text patching per VM, each a cross-modifying-code dance of both
+    CPUs under QEMU's multi-threaded TCG, where L1 was caught frozen or
+    panicked (docs/linux-guest-tests.md, "A frozen L1"). With this VM their
+    counts never go back to zero, so the tests' VMs patch no kernel text (0
+    text_poke_bp_batch calls for two VM lifecycles, against 6 without)."""
+    try:
+        kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        vm = fcntl.ioctl(kvm, KVM_CREATE_VM, 0)
+        fcntl.ioctl(vm, KVM_CREATE_IRQCHIP, 0)
+        return kvm, vm, fcntl.ioctl(vm, KVM_CREATE_VCPU, 0)
+    except OSError as e:
+        print(f"agent: cannot pin KVM's static keys: {e}", file=sys.stderr)
+        return None
+
+
 def info():
     with open("/proc/cpuinfo") as f:
         flags = f.read()
@@ -172,7 +202,8 @@ def main():
     port = Port(find_port(sys.argv[1]))
     if len(sys.argv) == 3:
         wait_file(sys.argv[2])
-    port.send(ready=1, **info())
+    pinned = pin_kvm_static_keys()
+    port.send(ready=1, kvm_keys_pinned=pinned is not None, **info())
     while True:
         req = port.recv()
         if req.get("op") == "run":

@@ -26,9 +26,9 @@ the whole run (default 300 + 45 per test, ~4x what they take). VIREO_NESTED=alwa
 tests to L1 even on a host with hardware virtualization, =never runs them
 directly even without.
 
-An L1 that freezes (its agent silent, l1.L1Frozen: seen in CI, cause unknown)
+An L1 that freezes or dies (its agent silent or gone, l1.L1Lost: seen in CI)
 is killed and a new one runs the tests that had not ended, up to
-MAX_L1_RESTARTS times; the test that was running when it froze is named in
+MAX_L1_RESTARTS times; the test that was running when it was lost is named in
 the terminal summary, and its first run's failure is kept in its report. In
 L1, VIREO_L1_BOOT says which boot of L1 runs the tests (1, 2, ...).
 """
@@ -48,6 +48,7 @@ from report_stream import PREFIX as REPORT_PREFIX
 
 MARKER = "hw_virt"
 MAX_L1_RESTARTS = 3
+SLOWEST = 8     # tests named in the summary with their time in L1 (where it went)
 
 
 def host_has_hw_virt():
@@ -210,6 +211,9 @@ class NestedBatch:
     def pytest_terminal_summary(self, terminalreporter):
         if self.times:
             terminalreporter.write_line(self.times)
+            slow = sorted(self.outcomes.items(), key=lambda kv: -kv[1].duration)[:SLOWEST]
+            terminalreporter.write_line("hw_virt: the slowest in L1: " + ", ".join(
+                f"{nodeid.rsplit('::', 1)[-1]} {o.duration:.0f} s" for nodeid, o in slow))
         for line in self.reruns:
             terminalreporter.write_line(f"hw_virt: a known L1 fault, re-run: {line}")
 
@@ -305,7 +309,7 @@ class NestedBatch:
             self.outcomes[item.nodeid] = outcome
 
     def _run_in(self, items, log):
-        """Runs ITEMS in L1 (a new one after a freeze), then re-runs once those
+        """Runs ITEMS in L1 (a new one after a freeze or death), then re-runs once those
         that failed the way only L1 does."""
         where = f"[in the nested test host; the run's log: {self.log}]\n"
         todo, frozen = list(items), {}
@@ -313,18 +317,19 @@ class NestedBatch:
             got = {}
             try:
                 self._pytest_in(todo, got, where, log)
-            except l1.L1Frozen as e:
+            except l1.L1Lost as e:
                 self.outcomes.update(got)
                 todo = [i for i in todo if i.nodeid not in got]
                 if self.boots > MAX_L1_RESTARTS:
                     return self._settle(todo, Outcome("failed", "call", f"{where}{e}"))
                 running = self.running or todo[0].nodeid
-                frozen[running] = str(e)
-                self.reruns.append(f"{running}: L1 froze while it ran; {len(todo)} test(s) "
+                how = "froze" if isinstance(e, l1.L1Frozen) else "died"
+                frozen[running] = (how, str(e))
+                self.reruns.append(f"{running}: L1 {how} while it ran; {len(todo)} test(s) "
                                    "that had not ended went to a new L1")
-                self._say(f"L1 froze during {running}; a new L1 runs the {len(todo)} test(s) "
+                self._say(f"L1 {how} during {running}; a new L1 runs the {len(todo)} test(s) "
                           "that had not ended")
-                log.write(f"# L1 froze during {running}: {e}\n# a new L1 for: "
+                log.write(f"# L1 {how} during {running}: {e}\n# a new L1 for: "
                           f"{' '.join(i.nodeid for i in todo)}\n".encode())
                 try:
                     self._start_l1()
@@ -339,8 +344,8 @@ class NestedBatch:
                                     Outcome("failed", "call", f"{where}{e}"))
             self.outcomes.update(got)
             todo = []
-        for nodeid, why in frozen.items():
-            self.outcomes[nodeid].sections.insert(0, ("First run in L1 (L1 froze)", why))
+        for nodeid, (how, why) in frozen.items():
+            self.outcomes[nodeid].sections.insert(0, (f"First run in L1 (L1 {how})", why))
         self._rerun_l1_faults(items, where, log)
 
     def _rerun_l1_faults(self, items, where, log):

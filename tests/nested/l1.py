@@ -73,7 +73,12 @@ class L1Error(Exception):
     """L1 did not come up, died, or stopped answering (it is killed)."""
 
 
-class L1Frozen(L1Error):
+class L1Lost(L1Error):
+    """L1 froze or died while a command ran (L1 is killed): L1's own fault
+    (docs/linux-guest-tests.md, "A frozen L1"), after which a new L1 can go on."""
+
+
+class L1Frozen(L1Lost):
     """L1's agent fell silent while a command ran (L1 is killed)."""
 
 
@@ -302,6 +307,28 @@ def tail(path, lines=15):
     kept = [l for l in text.splitlines() if l.strip() and
             "TCG doesn't support requested feature" not in l]
     return "\n".join("  " + l for l in kept[-lines:]) or "  (empty)"
+
+
+# The first line of a kernel's report of its own failure, in L1's console.
+KERNEL_TROUBLE = re.compile(r"Kernel panic|BUG:|Oops|general protection fault|"
+                            r"WARNING: CPU|cut here|watchdog: |rcu: INFO|INFO: task")
+
+
+def crash_excerpt(path, lines=25):
+    """The start of the first failure report of L1's kernel in the console
+    log at PATH (LINES lines, "" when there is none): the console's end shows
+    only the last frames of a panic."""
+    try:
+        text = pathlib.Path(path).read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+    text = ANSI.sub("", text).replace("\r", "")
+    found = KERNEL_TROUBLE.search(text)
+    if not found:
+        return ""
+    start = text.rfind("\n", 0, found.start()) + 1
+    kept = text[start:].splitlines()[:lines]
+    return "L1's kernel reported:\n" + "\n".join("  " + l for l in kept) + "\n"
 
 
 class NestedHost:
@@ -549,13 +576,15 @@ class NestedHost:
         if status is not None:
             msg += f" (QEMU exited with status {status}"
             msg += f"; it said:\n{qlog}\n" if qlog != "  (empty)" else ")"
-        return error(f"{msg}; L1's console ({self.console_log}) ends with:\n"
-                     f"{tail(self.console_log)}")
+        return error(f"{msg}; {crash_excerpt(self.console_log)}L1's console "
+                     f"({self.console_log}) ends with:\n{tail(self.console_log)}")
 
     def _frame(self, limit, what, frozen=False):
         """The agent's next frame, within LIMIT seconds; else L1 is killed
-        and L1Error (FROZEN: L1Frozen, with the state of L1's CPUs) says
-        WHAT was awaited."""
+        and L1Error says WHAT was awaited. FROZEN (a command runs): silence
+        raises L1Frozen, with the state of L1's CPUs, and an L1 that ended
+        L1Lost."""
+        lost = L1Lost if frozen else L1Error
         deadline = time.monotonic() + limit
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
@@ -570,13 +599,13 @@ class NestedHost:
             except socket.timeout:
                 continue
             except OSError as e:
-                raise self._fail(f"{what}: lost L1's agent ({e})") from None
+                raise self._fail(f"{what}: lost L1's agent ({e})", lost) from None
             if not chunk:
                 if self._qemu.poll() is None:
                     # QEMU closes the socket only when it ends: let it finish.
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         self._qemu.wait(timeout=5)
-                raise self._fail(f"{what}: L1 ended")
+                raise self._fail(f"{what}: L1 ended", lost)
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
@@ -595,8 +624,9 @@ class NestedHost:
         given, sees stdout (1) and stderr (2) as they come. Returns
         (returncode, stdout, stderr) as text; a negative returncode is a
         signal. Raises CommandTimeout after TIMEOUT seconds (L1 killed the
-        command), L1Frozen when the agent is silent for silence_timeout, and
-        L1Error when L1 fails or stops answering."""
+        command), L1Frozen when the agent is silent for silence_timeout,
+        L1Lost when L1 ends meanwhile, and L1Error when L1 fails or stops
+        answering."""
         if self._sock is None:
             raise L1Error("L1 is not running")
         argv = ["/bin/bash", "-c", cmd] if isinstance(cmd, str) else [str(a) for a in cmd]
