@@ -41,6 +41,10 @@ struct guest_memory {
 	uint64_t size;
 	struct mem_region regions[2];
 	unsigned int nregions;
+	/* The VMM's own writes into guest RAM while dirty pages are logged
+	 * (include/vireo/dirty.h): a bit per page, set by dirty_mark(). */
+	uint64_t *vmm_dirty;
+	bool vmm_tracking;
 };
 
 struct vm;

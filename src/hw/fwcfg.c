@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vireo/dirty.h"
 #include "vireo/fwcfg.h"
 #include "vireo/log.h"
 
@@ -206,6 +207,8 @@ static int fwcfg_dma_read(struct fwcfg *f, uint64_t gpa, uint32_t len)
 		memcpy(dst, f->cur->data + f->offset, n);
 	if (n < len)
 		memset(dst + n, 0, len - n);
+	if (len)
+		dirty_mark(f->mem, dst, len);
 	f->offset += n;
 	return 0;
 }
@@ -258,6 +261,7 @@ void fwcfg_dma(struct fwcfg *f, uint64_t gpa)
 	done = htobe32(ret ? FW_CFG_DMA_ERROR : 0);
 	__atomic_thread_fence(__ATOMIC_RELEASE);
 	memcpy(desc, &done, sizeof(done));
+	dirty_mark(f->mem, desc, sizeof(done));
 out:
 	pthread_mutex_unlock(&f->lock);
 }

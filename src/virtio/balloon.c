@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "vireo/dirty.h"
 #include "vireo/log.h"
 #include "vireo/state.h"
 #include "vireo/virtio.h"
@@ -54,6 +55,8 @@ static uint64_t balloon_discard(struct virtio_balloon *b, void *host, uint64_t l
 		log_ratelimited("balloon: cannot free guest pages: %s", strerror(-ret));
 		return 0;
 	}
+	/* They read as zero now: a migration sends that (as a zero run). */
+	dirty_mark(&b->dev.vm->mem, host, len);
 	return len >> PFN_SHIFT;
 }
 

@@ -2,10 +2,15 @@
  *   descriptor table: size x { addr u64, len u32, flags u16, next u16 }
  *   avail ring: flags u16, idx u16, ring[size] u16, used_event u16
  *   used ring:  flags u16, idx u16, ring[size] { id u32, len u32 }, avail_event u16
- * Every read of guest-controlled data is bounds-checked here. */
+ * Every read of guest-controlled data is bounds-checked here. Every write
+ * the device side makes into guest RAM is marked for dirty logging
+ * (dirty_mark): the used ring and avail_event here, and a chain's
+ * writable buffers when it is pushed (the devices fill them before, by
+ * virtq_write_in or by reading into their iovecs). */
 #include <errno.h>
 #include <string.h>
 
+#include "vireo/dirty.h"
 #include "vireo/log.h"
 #include "vireo/virtio.h"
 
@@ -140,8 +145,10 @@ int virtq_pop(struct virtq *vq, struct virtq_elem *elem)
 		 * may have added one before it could see avail_event. */
 		uint16_t *avail_event = vq_ptr(vq, vq->used_gpa + 4 + 8ULL * vq->size, 2);
 
-		if (avail_event)
+		if (avail_event) {
 			__atomic_store_n(avail_event, vq->last_avail, __ATOMIC_SEQ_CST);
+			dirty_mark(vq->mem, avail_event, 2);
+		}
 		__atomic_thread_fence(__ATOMIC_SEQ_CST);
 		vq_read16(vq, vq->avail_gpa + 2, &avail_idx);
 	}
@@ -166,6 +173,17 @@ void virtq_unpop(struct virtq *vq, unsigned int count)
 	vq->last_avail = (uint16_t)(vq->last_avail - count);
 }
 
+/* All of the writable buffers, not only `written` bytes: a device may
+ * have written more than it reports (a failed read's partial data). */
+static void mark_pushed(const struct virtq *vq, const struct virtq_elem *elem,
+			const uint32_t *slot, const uint16_t *idx)
+{
+	for (unsigned int i = elem->out_num; i < elem->out_num + elem->in_num; i++)
+		dirty_mark_range(vq->mem, elem->iov[i].iov_base, elem->iov[i].iov_len);
+	dirty_mark_range(vq->mem, slot, 8);
+	dirty_mark_range(vq->mem, idx, 2);
+}
+
 void virtq_push(struct virtq *vq, const struct virtq_elem *elem, uint32_t written)
 {
 	uint32_t *slot = vq_ptr(vq, vq->used_gpa + 4 + 8ULL * (vq->used_idx % vq->size), 8);
@@ -178,6 +196,8 @@ void virtq_push(struct virtq *vq, const struct virtq_elem *elem, uint32_t writte
 	vq->used_idx++;
 	__atomic_thread_fence(__ATOMIC_RELEASE);
 	__atomic_store_n(idx, vq->used_idx, __ATOMIC_RELEASE);
+	if (__builtin_expect(__atomic_load_n(&vq->mem->vmm_tracking, __ATOMIC_ACQUIRE), 0))
+		mark_pushed(vq, elem, slot, idx);
 }
 
 bool virtq_needs_interrupt(struct virtq *vq)

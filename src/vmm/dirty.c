@@ -1,5 +1,6 @@
-/* KVM dirty page logging (include/vireo/dirty.h): KVM_MEM_LOG_DIRTY_PAGES
- * on the memory slots, KVM_GET_DIRTY_LOG to read and clear the log. */
+/* Dirty page logging (include/vireo/dirty.h): KVM_MEM_LOG_DIRTY_PAGES on
+ * the memory slots, KVM_GET_DIRTY_LOG to read and clear the log; and a
+ * bitmap of the VMM's own writes, which KVM does not see. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,8 @@ int dirty_log_start(struct vm *vm)
 {
 	int ret = vm_memory_ready(vm);
 
+	if (!ret)
+		ret = dirty_track_start(&vm->mem);
 	for (unsigned int i = 0; !ret && i < vm->mem.nregions; i++)
 		ret = set_slot_flags(vm, i, KVM_MEM_LOG_DIRTY_PAGES);
 	if (ret)
@@ -43,6 +46,7 @@ int dirty_log_start(struct vm *vm)
 
 void dirty_log_stop(struct vm *vm)
 {
+	dirty_track_stop(&vm->mem);
 	for (unsigned int i = 0; i < vm->mem.nregions; i++)
 		set_slot_flags(vm, i, 0);
 }
@@ -78,6 +82,7 @@ int dirty_log_collect(struct vm *vm, uint64_t *bits)
 		merge(bits, log, words, r->offset / DIRTY_PAGE_SIZE);
 		free(log);
 	}
+	dirty_track_collect(&vm->mem, bits);
 	return 0;
 }
 
@@ -88,4 +93,58 @@ uint64_t dirty_bitmap_count(const uint64_t *bits, uint64_t n)
 	for (uint64_t i = 0; i < n; i++)
 		c += (uint64_t)__builtin_popcountll(bits[i]);
 	return c;
+}
+
+/* ---- the VMM's writes ---- */
+
+static uint64_t mem_words(const struct guest_memory *mem)
+{
+	return (mem->size / DIRTY_PAGE_SIZE + 63) / 64;
+}
+
+int dirty_track_start(struct guest_memory *mem)
+{
+	if (!mem->vmm_dirty) {
+		mem->vmm_dirty = calloc(mem_words(mem), sizeof(*mem->vmm_dirty));
+		if (!mem->vmm_dirty)
+			return err_set(-ENOMEM, "out of memory");
+	} else {
+		memset(mem->vmm_dirty, 0, mem_words(mem) * sizeof(*mem->vmm_dirty));
+	}
+	/* Release: a thread that sees tracking on sees the bitmap. */
+	__atomic_store_n(&mem->vmm_tracking, true, __ATOMIC_SEQ_CST);
+	return 0;
+}
+
+void dirty_track_stop(struct guest_memory *mem)
+{
+	__atomic_store_n(&mem->vmm_tracking, false, __ATOMIC_SEQ_CST);
+}
+
+void dirty_track_collect(struct guest_memory *mem, uint64_t *bits)
+{
+	uint64_t n = mem_words(mem);
+
+	if (!mem->vmm_dirty)
+		return;
+	for (uint64_t w = 0; w < n; w++)
+		/* Look before the exchange: most words are clear, and a
+		 * locked write to each would cost every cache line. */
+		if (__atomic_load_n(&mem->vmm_dirty[w], __ATOMIC_RELAXED))
+			bits[w] |= __atomic_exchange_n(&mem->vmm_dirty[w], 0, __ATOMIC_ACQ_REL);
+}
+
+void dirty_mark_range(const struct guest_memory *mem, const void *host, size_t len)
+{
+	uintptr_t base = (uintptr_t)mem->host, p = (uintptr_t)host;
+	uint64_t off, end;
+
+	/* Integer compares: host may point anywhere (a device's own buffer). */
+	if (!len || !mem->vmm_dirty || p < base || p - base >= mem->size)
+		return;
+	off = p - base;
+	end = len > mem->size - off ? mem->size : off + len;
+	for (uint64_t page = off / DIRTY_PAGE_SIZE; page <= (end - 1) / DIRTY_PAGE_SIZE; page++)
+		__atomic_fetch_or(&mem->vmm_dirty[page / 64], 1ull << (page % 64),
+				  __ATOMIC_SEQ_CST);
 }

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/memfd.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -64,6 +65,8 @@ int guest_memory_init(struct guest_memory *mem, uint64_t size, bool hugepages)
 {
 	int ret;
 
+	mem->vmm_dirty = NULL;
+	mem->vmm_tracking = false;
 	mem->fd = -1;
 	mem->from_file = false;
 	ret = map_memfd(mem, size, hugepages);
@@ -81,6 +84,8 @@ int guest_memory_init_file(struct guest_memory *mem, uint64_t size, int fd)
 {
 	struct stat st;
 
+	mem->vmm_dirty = NULL;
+	mem->vmm_tracking = false;
 	mem->fd = fd;
 	mem->from_file = true;
 	mem->host = NULL;
@@ -102,6 +107,8 @@ int guest_memory_init_memfd(struct guest_memory *mem, uint64_t size, int fd)
 {
 	struct stat st;
 
+	mem->vmm_dirty = NULL;
+	mem->vmm_tracking = false;
 	mem->fd = fd;
 	mem->from_file = false;
 	mem->host = NULL;
@@ -198,6 +205,9 @@ void guest_memory_free(struct guest_memory *mem)
 		munmap(mem->host, mem->size);
 	if (mem->fd >= 0)
 		close(mem->fd);
+	free(mem->vmm_dirty);
+	mem->vmm_dirty = NULL;
+	mem->vmm_tracking = false;
 	mem->host = NULL;
 	mem->fd = -1;
 }
