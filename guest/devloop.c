@@ -12,13 +12,20 @@
  *   rng: 64 bytes;  net: one broadcast frame (ethertype 0x88b5);
  * "PROBE devloop n=N ms=T blk=ok|bad rng=BYTES net=ok|bad|none" with T the
  * clock since the scenario began. A request not answered within 10 s:
- * "PROBE devloop_error=timeout dev=…". */
+ * "PROBE devloop_error=timeout dev=…".
+ *
+ * keep=K (for the migration tests): each disk also has K page-sized
+ * buffers that only the device writes: round n reads the slot it just
+ * wrote into buffer n % K, then checks all K still hold what their last
+ * read brought. A page the VMM wrote that a live migration did not carry
+ * over shows as " kept=bad" at the end of the line (else " kept=ok"). */
 #include "virtio.h"
 
 #define MAX_DISKS	4
 #define SLOTS		64
 #define WORDS		512		/* 4 KiB */
 #define TIMEOUT_MS	10000
+#define MAX_KEEP	16
 
 struct blk_hdr {
 	uint32_t type, reserved;
@@ -30,10 +37,12 @@ struct disk {
 	struct blk_hdr *hdr;
 	uint8_t *status;
 	uint64_t *buf;
+	uint64_t *kept[MAX_KEEP];
 };
 
 static struct disk disks[MAX_DISKS];
 static int ndisks;
+static uint64_t nkeep;
 static struct vdev *rng, *net;
 static uint8_t *rng_buf, *tx_frame, *rx_bufs;
 
@@ -43,9 +52,9 @@ static uint64_t word(uint64_t n, int k, int i)
 }
 
 /* One request: header, data, status; true when answered with status OK. */
-static bool blk_io(struct disk *s, bool write, uint64_t slot)
+static bool blk_io_buf(struct disk *s, bool write, uint64_t slot, uint64_t *buf)
 {
-	struct vq_buf v[3] = { { s->hdr, sizeof(*s->hdr) }, { s->buf, WORDS * 8 }, { s->status, 1 } };
+	struct vq_buf v[3] = { { s->hdr, sizeof(*s->hdr) }, { buf, WORDS * 8 }, { s->status, 1 } };
 
 	s->hdr->type = write ? 1 : 0;
 	s->hdr->reserved = 0;
@@ -61,6 +70,30 @@ static bool blk_io(struct disk *s, bool write, uint64_t slot)
 	return *s->status == 0;
 }
 
+static bool blk_io(struct disk *s, bool write, uint64_t slot)
+{
+	return blk_io_buf(s, write, slot, s->buf);
+}
+
+static bool words_are(const uint64_t *buf, uint64_t n, int k)
+{
+	for (int i = 0; i < WORDS; i++)
+		if (buf[i] != word(n, k, i))
+			return false;
+	return true;
+}
+
+/* Reads round n's slot into its kept buffer, then checks every kept
+ * buffer against the last round that read into it. */
+static bool keep_round(struct disk *s, int k, uint64_t n)
+{
+	bool ok = blk_io_buf(s, false, n % SLOTS, s->kept[n % nkeep]);
+
+	for (uint64_t j = 0; j < nkeep && j <= n; j++)
+		ok &= words_are(s->kept[j], n - (n - j) % nkeep, k);
+	return ok;
+}
+
 static bool blk_check(struct disk *s, int k, uint64_t n)
 {
 	if (!blk_io(s, false, n % SLOTS))
@@ -71,7 +104,7 @@ static bool blk_check(struct disk *s, int k, uint64_t n)
 	return true;
 }
 
-static bool blk_round(uint64_t n)
+static bool blk_round(uint64_t n, bool *kept)
 {
 	bool ok = true;
 
@@ -84,6 +117,8 @@ static bool blk_round(uint64_t n)
 		ok &= blk_check(s, k, n);
 		if (n)
 			ok &= blk_check(s, k, n - 1);
+		if (nkeep)
+			*kept &= keep_round(s, k, n);
 	}
 	return ok;
 }
@@ -142,6 +177,8 @@ static void devloop_setup(void)
 		s->hdr = dma_alloc(sizeof(*s->hdr), 64);
 		s->status = dma_alloc(64, 64);
 		s->buf = dma_alloc(WORDS * 8, 4096);
+		for (uint64_t j = 0; j < nkeep; j++)
+			s->kept[j] = dma_alloc(WORDS * 8, 4096);
 		vdev_driver_ok(s->d);
 	}
 	rng = virtio_find(VIRTIO_ID_RNG, 0);
@@ -173,6 +210,9 @@ void scn_devloop(const char *arg)
 
 	if (!ms)
 		ms = 100;
+	nkeep = cmdline_u64("keep", 0);
+	if (nkeep > MAX_KEEP)
+		nkeep = MAX_KEEP;
 	devloop_setup();
 	if (cmdline_u64("balloon_mib", 0) && virtio_find(VIRTIO_ID_BALLOON, 0))
 		pages = balloon_inflate(cmdline_u64("balloon_mib", 0));
@@ -180,13 +220,14 @@ void scn_devloop(const char *arg)
 		     rng != NULL, pages, net != NULL);
 	start = clock_ns();
 	for (uint64_t n = 0;; n++) {
-		bool blk = blk_round(n);
+		bool kept = true, blk = blk_round(n, &kept);
 		uint32_t bytes = rng ? rng_round() : 0;
 		const char *nt = net ? (net_round(n) ? "ok" : "bad") : "none";
 
 		balloon_service();
-		probe_printf("PROBE devloop n=%lu ms=%lu blk=%s rng=%u net=%s\n", n,
-			     (clock_ns() - start) / 1000000, blk ? "ok" : "bad", bytes, nt);
+		probe_printf("PROBE devloop n=%lu ms=%lu blk=%s rng=%u net=%s%s\n", n,
+			     (clock_ns() - start) / 1000000, blk ? "ok" : "bad", bytes, nt,
+			     !nkeep ? "" : kept ? " kept=ok" : " kept=bad");
 		clock_delay_us(ms * 1000);
 	}
 }

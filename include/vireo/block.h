@@ -125,6 +125,11 @@ int bfile_pread(struct bfile *f, void *buf, size_t len, uint64_t off);
 int bfile_pwrite(struct bfile *f, const void *buf, size_t len, uint64_t off);
 int bfile_pwrite_zeroes(struct bfile *f, uint64_t off, uint64_t len);
 int bfile_flush(struct bfile *f);
+/* Drops the image locks (locked false) or takes them again as the open
+ * did (true; -EBUSY if another process holds them meanwhile): a live
+ * migration hands a shared image to the destination this way. Files
+ * opened without locks are left alone. 0 or -errno with err_set(). */
+int bfile_set_locked(struct bfile *f, bool locked);
 int64_t bfile_length(struct bfile *f);
 int bfile_truncate(struct bfile *f, uint64_t len);
 /* Deallocates a range (raw discard); -EOPNOTSUPP if the backend can't. */
@@ -445,6 +450,8 @@ int image_write_zeroes(struct image *img, uint64_t off, uint64_t len);
 int image_write_compressed(struct image *img, uint64_t off, const void *buf, size_t len);
 int image_discard(struct image *img, uint64_t off, uint64_t len);
 int image_flush(struct image *img);
+/* bfile_set_locked() on every layer of the chain (not VMDK extents). */
+int image_set_locked(struct image *img, bool locked);
 int image_block_status(struct image *img, uint64_t off, uint64_t len,
 		       uint64_t *pnum, uint64_t *host_off);
 int image_resize(struct image *img, uint64_t new_size);

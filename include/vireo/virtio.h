@@ -218,6 +218,8 @@ struct virtio_dev *virtio_blk_dev(struct virtio_blk *blk);
  * from any thread) and its block device (blockdev_get_stats()). */
 struct ratelimit *virtio_blk_ratelimit(struct virtio_blk *blk);
 struct blockdev *virtio_blk_blockdev(struct virtio_blk *blk);
+/* The same for a device that may be any model: NULL if not a disk. */
+struct blockdev *virtio_dev_blockdev(struct virtio_dev *dev);
 /* Changes the disk's limits; requests waiting for the old ones are looked
  * at again at once. Any thread. */
 void virtio_blk_set_limits(struct virtio_blk *blk, uint64_t bps, uint64_t iops);

@@ -230,6 +230,21 @@ static int bfile_lock(struct bfile *f, bool writable)
 	return ret ? err_set(ret, "%s: cannot lock: %s", f->path, strerror(-ret)) : 0;
 }
 
+int bfile_set_locked(struct bfile *f, bool locked)
+{
+	struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = LOCK_PERM_BASE,
+			    .l_len = LOCK_SHARED_BASE + PERM_BITS - LOCK_PERM_BASE };
+
+	if (f->fd < 0 || f->force_share)
+		return 0;
+	if (locked)
+		return bfile_lock(f, !f->readonly);
+	if (fcntl(f->fd, F_OFD_SETLK, &fl) < 0 && errno != EINVAL && errno != ENOLCK &&
+	    errno != EOPNOTSUPP)
+		return err_set(-errno, "%s: cannot unlock: %m", f->path);
+	return 0;
+}
+
 /* open() says EINVAL for O_DIRECT on a file system without direct I/O
  * (older tmpfs, procfs, some FUSE): one message that names the way out. */
 static int direct_refused(const char *path, int oflags, int ret)

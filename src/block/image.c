@@ -247,6 +247,17 @@ void image_close(struct image *img)
 	image_free(img);
 }
 
+int image_set_locked(struct image *img, bool locked)
+{
+	for (; img; img = img->backing) {
+		int ret = bfile_set_locked(img->file, locked);
+
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
 int image_create(const char *path, const char *fmtname, const struct image_create_opts *opts)
 {
 	const struct image_format *fmt = image_format_find(fmtname);

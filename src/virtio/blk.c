@@ -488,3 +488,9 @@ const char *virtio_blk_aio(struct virtio_blk *blk, uint64_t *inflight_max)
 	*inflight_max = st.inflight_max;
 	return block_aio_name(st.aio);
 }
+
+struct blockdev *virtio_dev_blockdev(struct virtio_dev *dev)
+{
+	/* Each disk has its own copy of blk_ops (its features): known by a callback. */
+	return dev->ops->idle == blk_idle ? ((struct virtio_blk *)dev->opaque)->bd : NULL;
+}

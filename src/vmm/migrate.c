@@ -17,11 +17,13 @@
 #include <unistd.h>
 
 #include "migrate-wire.h"
+#include "vireo/block.h"
 #include "vireo/dirty.h"
 #include "vireo/log.h"
 #include "vireo/machine.h"
 #include "vireo/migrate.h"
 #include "vireo/state.h"
+#include "vireo/virtio.h"
 #include "vireo/vmm.h"
 
 #define MIG_MAX_ROUNDS 30        /* then give up: the VM stays here */
@@ -57,6 +59,8 @@ struct migration {
 	/* the thread's own */
 	uint64_t *bits, words, pace_start_us, pace_bytes;
 	uint8_t *buf;
+	bool quiesced;           /* the devices serve nothing (snapshot_quiesce) */
+	bool disks_released;     /* the image locks are dropped for the destination */
 };
 
 /* ---- throttling (auto-converge) ---- */
@@ -345,6 +349,65 @@ static int wait_byte(struct migration *m, char want)
 	return err_set(-EPROTO, "the destination refused the VM: %s", msg[0] ? msg : "protocol error");
 }
 
+/* ---- the devices at the switch ---- */
+
+static void disks_relock(struct migration *m)
+{
+	for (unsigned int i = 0; i < m->t.nvirtio; i++) {
+		struct blockdev *bd = virtio_dev_blockdev(m->t.virtio[i]);
+
+		if (bd && image_set_locked(blockdev_image(bd), true))
+			fprintf(stderr, "vireo: migration: %s\n", err_get());
+	}
+}
+
+/* Shared storage: the destination opens the same images, so they are
+ * written out (metadata caches included) and their locks dropped before
+ * it does; it opens them once it has the state. */
+static int disks_release(struct migration *m)
+{
+	for (unsigned int i = 0; i < m->t.nvirtio; i++) {
+		struct blockdev *bd = virtio_dev_blockdev(m->t.virtio[i]);
+		int ret;
+
+		if (!bd)
+			continue;
+		ret = blockdev_readonly(bd) ? 0 : blockdev_flush(bd);
+		if (ret)
+			ret = err_set(ret, "cannot flush a disk: %s", err_get());
+		if (!ret) {
+			m->disks_released = true;
+			ret = image_set_locked(blockdev_image(bd), false);
+		}
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+/* The vCPUs are paused: no request may start or still run when the last
+ * pages are collected, since the devices write guest RAM (used rings,
+ * read data, received frames) and the disks. */
+static int devices_stop(struct migration *m)
+{
+	int ret = snapshot_quiesce(&m->t);
+
+	if (ret)
+		return ret;
+	m->quiesced = true;
+	return disks_release(m);
+}
+
+/* Not handed over: the devices go on here. */
+static void devices_resume(struct migration *m)
+{
+	if (m->disks_released)
+		disks_relock(m);
+	if (m->quiesced)
+		snapshot_unquiesce(&m->t);
+	m->disks_released = m->quiesced = false;
+}
+
 /* Paused: the last pages, the state, and the handover. */
 static int complete(struct migration *m, uint64_t *paused_at)
 {
@@ -355,7 +418,8 @@ static int complete(struct migration *m, uint64_t *paused_at)
 	int ret;
 
 	/* bits still holds what precopy() found dirty last and did not send:
-	 * add what was written since, up to the pause. */
+	 * add what was written since, up to the pause (the guest's) and up
+	 * to devices_stop() (the VMM's). */
 	ret = dirty_log_collect(m->t.vm, m->bits);
 	if (!ret)
 		ret = send_pages(m, m->bits, false);
@@ -444,6 +508,9 @@ static int migrate_run(struct migration *m, bool *logging, bool *paused, uint64_
 		*paused = true;
 	}
 	throttle_set(m, 0);
+	ret = devices_stop(m);
+	if (ret)
+		return ret;
 	return complete(m, paused_at);
 }
 
@@ -468,7 +535,10 @@ static void *migrate_thread(void *arg)
 		vm_request_stop_why(m->t.vm, VM_EXIT_POWEROFF, "migrated");
 		return NULL;
 	}
-	/* Not handed over: the VM goes on here as it was. */
+	/* Not handed over: the VM goes on here as it was. After commit the
+	 * devices stay quiesced and the disks unlocked: they are the
+	 * destination's. */
+	devices_resume(m);
 	if (logging)
 		dirty_log_stop(m->t.vm);
 	if (paused)
@@ -521,10 +591,6 @@ int migration_start(struct migration *m, const struct migrate_params *p)
 	/* The migration that brought the VM here does not stop it moving on. */
 	if (s == MIG_ACTIVE || s == MIG_COMPLETING || (s == MIG_COMPLETED && !incoming))
 		return err_set(-EBUSY, "a migration is %s", state_names[s]);
-	if (m->machine.ndisks || m->machine.nnics || m->machine.rng || m->machine.balloon)
-		/* Their writes into guest RAM (used rings, read data) are the
-		 * VMM's, which KVM's dirty log does not see. */
-		return err_set(-ENOTSUP, "not yet supported: migration of a VM with virtio devices");
 	if (machine_snapshot_unsupported(&m->machine))
 		return -ENOTSUP;
 	reap(m);
@@ -541,6 +607,7 @@ int migration_start(struct migration *m, const struct migrate_params *p)
 	m->bytes_sent = m->remaining = m->dirty_rate = m->rounds = 0;
 	m->expected_downtime_ms = m->downtime_us = m->total_ms = m->throttle = 0;
 	m->pace_bytes = 0;
+	m->quiesced = m->disks_released = false;
 	m->error[0] = 0;
 	m->started_us = mig_now_us();
 	ret = pthread_create(&m->thread, NULL, migrate_thread, m);
