@@ -162,14 +162,14 @@ def devloop(lines):
     return [(int(m.group(1)), *m.groups()[1:]) for m in map(DEVLOOP.match, lines) if m]
 
 
-def virtio_pair(tmp_path, sock, pairs, cpus=1, hosts=None):
+def virtio_pair(tmp_path, sock, pairs, cpus=1, hosts=None, dest=True):
     qcow2, raw = tmp_path / "d.qcow2", tmp_path / "d.raw"
     for path, fmt in ((qcow2, "qcow2"), (raw, "raw")):
         subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), "16M"], check=True)
     extra = ["--disk", f"path={qcow2},format=qcow2", "--disk", f"path={raw},format=raw",
              "--rng", "--balloon"] + (["--net", "tap=tap0"] if hosts else [])
     p = pairs(tmp_path, sock, f"scenario=devloop={DEVLOOP_MS} keep={KEEP} balloon_mib=64",
-              cpus=cpus, memory="128M", extra=extra, hosts=hosts)
+              cpus=cpus, memory="128M", extra=extra, hosts=hosts, dest=dest)
     p.src.wait_line("PROBE devloop ready disks=2 rng=1 balloon_pages=16384 net=" +
                     ("1" if hosts else "0"))
     return p, qcow2, raw
@@ -200,14 +200,14 @@ def word_page(n, disk):
     return b"".join(((n << 32) | (disk << 16) | i).to_bytes(8, "little") for i in range(512))
 
 
-def check_disks(tmp_path, p, qcow2, raw):
-    """Powered off on the destination: each image passes qemu-img check and
+def check_disks(tmp_path, qcow2, raw, vmm_sock, vmm, *guests):
+    """Powered off where it runs (vmm): each image passes qemu-img check and
     compares equal to what the guest's rounds wrote (slot s: the last round
     n with n % 64 == s; the round after the last printed may or may not have
     reached the disk)."""
-    assert vireo_control(p.dsock, action="poweroff")["ok"]
-    assert p.dst.wait_exit(10) and p.dst.proc.returncode == 0, "".join(p.dst.err)
-    last = devloop(lines_of(p.src, p.dst))[-1][0]
+    assert vireo_control(vmm_sock, action="poweroff")["ok"]
+    assert vmm.wait_exit(10) and vmm.proc.returncode == 0, "".join(vmm.err)
+    last = devloop(lines_of(*guests))[-1][0]
     subprocess.run(["qemu-img", "check", "-q", str(qcow2)], check=True)
     for disk, (path, fmt) in enumerate(((qcow2, "qcow2"), (raw, "raw"))):
         actual = tmp_path / f"actual{disk}.raw"
@@ -243,7 +243,7 @@ def test_virtio_guest_moves_with_its_devices(tmp_path, sock, pairs, cpus):
     assert info["cpus"] == cpus
     # The balloon's 64 MiB cost nothing on the wire.
     assert info["migration"]["bytes_received"] < 48 << 20, info["migration"]
-    check_disks(tmp_path, p, qcow2, raw)
+    check_disks(tmp_path, qcow2, raw, p.dsock, p.dst, p.src, p.dst)
 
 
 SENDER = """
@@ -306,7 +306,7 @@ def test_virtio_guest_with_vnic_moves_between_hosts(tmp_path, sock, pairs, two_h
     info = migrate_devloop(p, net=True)
     wait_until(lambda: vireo_control(p.dsock, action="info")["nics"][0]["rx_packets"] > 20,
                10, "frames received at the destination")
-    check_disks(tmp_path, p, qcow2, raw)
+    check_disks(tmp_path, qcow2, raw, p.dsock, p.dst, p.src, p.dst)
 
 
 def test_fast_dirtying_guest_throttled_or_given_up(tmp_path, sock, pairs):
@@ -604,3 +604,45 @@ def test_stream_encrypted_with_a_token(tmp_path, sock, pairs, token):
     assert len(seen) > 100_000
     assert (b"PROBE count n=" in seen) == (not token)
     assert (b"VIREOSTA" in seen) == (not token)
+
+
+def lock_bytes(path):
+    """The byte offsets OFD-locked on path's inode, by any process."""
+    import os
+    ino = os.stat(path).st_ino
+    got = set()
+    with open("/proc/locks") as f:
+        for line in f:
+            parts = line.split()
+            if "OFDLCK" in parts and parts[5].endswith(f":{ino}"):
+                got.update(range(int(parts[6]), int(parts[7]) + 1))
+    return got
+
+
+@needs_qemu_img
+def test_refused_at_the_switch_source_keeps_its_devices(tmp_path, sock, pairs):
+    """The destination refuses after the source quiesced its devices and
+    dropped its image locks for it: the source takes the locks back (a
+    writer's, as at its start) and its devices serve again; the guest goes
+    on without a bad round and its images end intact."""
+    p, qcow2, raw = virtio_pair(tmp_path, sock, pairs, dest=False)
+    writer = {100, 101, 103, 201, 203}
+    assert writer <= lock_bytes(qcow2) and writer <= lock_bytes(raw)
+
+    def on_state(c):
+        c.sendall(b"E" + len(b"refused for the test").to_bytes(4, "little") +
+                  b"refused for the test")
+    t, result = fake_destination(p.port, on_state)
+    p.src.wait_line(f"PROBE devloop n={KEEP + 5} ")
+    p.migrate()
+    mig = p.wait_migration(("failed",))
+    t.join(scaled(10))
+    assert result["state"].startswith(b"VIREOSTA")
+    assert "refused for the test" in mig["error"], mig
+    assert writer <= lock_bytes(qcow2) and writer <= lock_bytes(raw)
+    last = devloop(lines_of(p.src))[-1][0]
+    p.src.wait_line(f"PROBE devloop n={last + KEEP + 5} ")
+    seen = devloop(lines_of(p.src))
+    assert [r[0] for r in seen] == list(range(seen[-1][0] + 1))
+    assert all(r[1] == "ok" and r[4] == "ok" for r in seen), [r for r in seen if r[1] != "ok"][:5]
+    check_disks(tmp_path, qcow2, raw, p.ssock, p.src, p.src)
