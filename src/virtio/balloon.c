@@ -294,8 +294,10 @@ void virtio_balloon_get_stats(struct virtio_balloon *b, struct balloon_stats *ou
 	memcpy(&out->actual_pages, b->dev.config + 4, 4);
 	out->inflated_pages = b->inflated_pages;
 	out->reported_pages = b->reported_pages;
-	/* Ask for fresh figures: hand the driver its buffer back. */
-	if (b->stats_held) {
+	/* Ask for fresh figures: hand the driver its buffer back; not while
+	 * quiesced (a snapshot or migration has taken guest RAM as it is: it
+	 * keeps the buffer, held in its state, and asks at the next call). */
+	if (b->stats_held && !b->dev.quiesced) {
 		b->stats_held = false;
 		virtq_push(&b->dev.vqs[Q_STATS], &b->stats_elem, 0);
 		virtio_notify(&b->dev, Q_STATS);

@@ -408,6 +408,19 @@ static void devices_resume(struct migration *m)
 	m->disks_released = m->quiesced = false;
 }
 
+/* Nothing may have written guest RAM since the last pages were collected
+ * (the devices are quiesced, the vCPUs paused): a write now would leave the
+ * destination a stale page, so the VM stays here rather than move broken. */
+static int check_still(struct migration *m)
+{
+	memset(m->bits, 0, m->words * sizeof(*m->bits));
+	dirty_track_collect(&m->t.vm->mem, m->bits);
+	if (dirty_bitmap_count(m->bits, m->words))
+		return err_set(-EIO, "the VMM wrote %llu guest pages after the switch began",
+			       (unsigned long long)dirty_bitmap_count(m->bits, m->words));
+	return 0;
+}
+
 /* Paused: the last pages, the state, and the handover. */
 static int complete(struct migration *m, uint64_t *paused_at)
 {
@@ -435,6 +448,8 @@ static int complete(struct migration *m, uint64_t *paused_at)
 	state_writer_free(w);
 	if (!ret)
 		ret = wait_byte(m, 'R');
+	if (!ret)
+		ret = check_still(m);
 	if (ret)
 		return ret;
 	/* The point of no return: after 'G' this VM never runs again. Under

@@ -646,3 +646,33 @@ def test_refused_at_the_switch_source_keeps_its_devices(tmp_path, sock, pairs):
     assert [r[0] for r in seen] == list(range(seen[-1][0] + 1))
     assert all(r[1] == "ok" and r[4] == "ok" for r in seen), [r for r in seen if r[1] != "ok"][:5]
     check_disks(tmp_path, qcow2, raw, p.ssock, p.src, p.src)
+
+
+@needs_qemu_img
+def test_info_during_the_switch_writes_no_guest_page(tmp_path, sock, pairs):
+    """`info` asks the balloon for fresh statistics by handing the guest
+    its stats buffer back, a write into its used ring. Asked after the last
+    pages went (here: by a destination that has the state and asks before it
+    says ready), that write would be missing on the destination: the
+    balloon waits while its device is quiesced, and the source checks that
+    nothing wrote guest RAM before it lets go of the VM."""
+    p, qcow2, raw = virtio_pair(tmp_path, sock, pairs, dest=False)
+    replies = {}
+
+    def on_state(c):
+        replies["info"] = vireo_control(p.ssock, action="info")
+        c.sendall(b"R")
+        replies["go"] = c.recv(1)
+        c.sendall(b"U")
+        c.recv(8)
+    t, result = fake_destination(p.port, on_state)
+    p.src.wait_line(f"PROBE devloop n={KEEP + 5} ")
+    # The guest has handed its stats buffer over by now.
+    assert vireo_control(p.ssock, action="info")["balloon"]["stats_updates"] > 0
+    p.migrate()
+    assert p.src.wait_exit(30), "".join(p.src.err)
+    t.join(scaled(10))
+    assert replies["info"]["migration"]["state"] == "completing", replies["info"]
+    assert replies["go"] == b"G", (replies, "".join(p.src.err))
+    assert p.src.proc.returncode == 0, "".join(p.src.err)
+    assert json.loads(p.status.read_text())["reason"] == "migrated"
