@@ -18,7 +18,10 @@
  * buffers that only the device writes: round n reads the slot it just
  * wrote into buffer n % K, then checks all K still hold what their last
  * read brought. A page the VMM wrote that a live migration did not carry
- * over shows as " kept=bad" at the end of the line (else " kept=ok"). */
+ * over shows as " kept=bad" at the end of the line (else " kept=ok").
+ * dirty_mib=M: each round also writes every page of M MiB with its address
+ * and the round, checking first what the previous round left (the guest's
+ * own writes, as the "dirty" scenario): " dirty=ok|bad" ends the line. */
 #include "virtio.h"
 
 #define MAX_DISKS	4
@@ -42,7 +45,8 @@ struct disk {
 
 static struct disk disks[MAX_DISKS];
 static int ndisks;
-static uint64_t nkeep;
+static uint64_t nkeep, dirty_pages;
+static volatile uint64_t *dirty_buf;
 static struct vdev *rng, *net;
 static uint8_t *rng_buf, *tx_frame, *rx_bufs;
 
@@ -119,6 +123,21 @@ static bool blk_round(uint64_t n, bool *kept)
 			ok &= blk_check(s, k, n - 1);
 		if (nkeep)
 			*kept &= keep_round(s, k, n);
+	}
+	return ok;
+}
+
+static bool dirty_round(uint64_t n)
+{
+	bool ok = true;
+
+	for (uint64_t i = 0; i < dirty_pages; i++) {
+		volatile uint64_t *pg = dirty_buf + i * 512;
+
+		if (n && (pg[0] != (uint64_t)(uintptr_t)pg || pg[1] != n - 1))
+			ok = false;
+		pg[0] = (uint64_t)(uintptr_t)pg;
+		pg[1] = n;
 	}
 	return ok;
 }
@@ -213,6 +232,9 @@ void scn_devloop(const char *arg)
 	nkeep = cmdline_u64("keep", 0);
 	if (nkeep > MAX_KEEP)
 		nkeep = MAX_KEEP;
+	dirty_pages = cmdline_u64("dirty_mib", 0) << 8;
+	if (dirty_pages)
+		dirty_buf = dma_alloc(dirty_pages * 4096, 4096);
 	devloop_setup();
 	if (cmdline_u64("balloon_mib", 0) && virtio_find(VIRTIO_ID_BALLOON, 0))
 		pages = balloon_inflate(cmdline_u64("balloon_mib", 0));
@@ -223,11 +245,13 @@ void scn_devloop(const char *arg)
 		bool kept = true, blk = blk_round(n, &kept);
 		uint32_t bytes = rng ? rng_round() : 0;
 		const char *nt = net ? (net_round(n) ? "ok" : "bad") : "none";
+		bool dirty = dirty_round(n);
 
 		balloon_service();
-		probe_printf("PROBE devloop n=%lu ms=%lu blk=%s rng=%u net=%s%s\n", n,
+		probe_printf("PROBE devloop n=%lu ms=%lu blk=%s rng=%u net=%s%s%s\n", n,
 			     (clock_ns() - start) / 1000000, blk ? "ok" : "bad", bytes, nt,
-			     !nkeep ? "" : kept ? " kept=ok" : " kept=bad");
+			     !nkeep ? "" : kept ? " kept=ok" : " kept=bad",
+			     !dirty_pages ? "" : dirty ? " dirty=ok" : " dirty=bad");
 		clock_delay_us(ms * 1000);
 	}
 }
