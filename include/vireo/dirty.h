@@ -41,7 +41,8 @@ uint64_t dirty_bitmap_count(const uint64_t *bits, uint64_t n);
 /* The VMM's side alone (dirty_log_* call these; tests may too).
  * dirty_track_start allocates mem's bitmap once (kept until
  * guest_memory_free, so a device thread that saw tracking on never
- * touches freed memory), clears it and turns marking on: 0 or -ENOMEM.
+ * touches freed memory), clears it and turns marking on: 0 or -ENOMEM;
+ * while on already it does nothing (the bits stay, as KVM's do).
  * dirty_track_stop turns it off. dirty_track_collect moves the marked
  * bits into bits (dirty_bitmap_words() words) and clears them, atomically
  * per word: a page marked during the call is in this result or the

@@ -104,6 +104,9 @@ static uint64_t mem_words(const struct guest_memory *mem)
 
 int dirty_track_start(struct guest_memory *mem)
 {
+	/* On already: a no-op, as for KVM's log (its bits stay). */
+	if (__atomic_load_n(&mem->vmm_tracking, __ATOMIC_SEQ_CST))
+		return 0;
 	if (!mem->vmm_dirty) {
 		mem->vmm_dirty = calloc(mem_words(mem), sizeof(*mem->vmm_dirty));
 		if (!mem->vmm_dirty)

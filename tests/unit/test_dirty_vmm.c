@@ -52,8 +52,16 @@ static void marks_only_while_tracking(void **state)
 	dirty_track_collect(&mem, bits);
 	assert_int_equal(dirty_bitmap_count(bits, WORDS), 2);
 	assert_true(bit(bits, 5) && bit(bits, 6));
-	/* A new start forgets what the last one left. */
+	/* A start while on keeps the bits; a new start forgets what the last
+	 * one left. */
+	assert_int_equal(dirty_track_start(&mem), 0);
+	dirty_mark(&mem, mem.host, 1);
+	assert_int_equal(dirty_track_start(&mem), 0);
+	memset(bits, 0, sizeof(bits));
 	dirty_track_collect(&mem, bits);
+	assert_true(bit(bits, 0) && dirty_bitmap_count(bits, WORDS) == 1);
+	dirty_mark(&mem, mem.host, 1);
+	dirty_track_stop(&mem);
 	assert_int_equal(dirty_track_start(&mem), 0);
 	memset(bits, 0, sizeof(bits));
 	dirty_track_collect(&mem, bits);
