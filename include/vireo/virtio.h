@@ -64,7 +64,10 @@ bool virtq_rings_ok(const struct virtq *vq);
 int virtq_pop(struct virtq *vq, struct virtq_elem *elem);
 /* Gives back the last `count` popped chains unused (no room for them yet). */
 void virtq_unpop(struct virtq *vq, unsigned int count);
-/* Returns a chain to the guest with `written` bytes in its in-segments. */
+/* Returns a chain to the guest with `written` bytes in its in-segments.
+ * While a dirty log runs it marks all of them and the used ring written
+ * (dirty_mark): a device writes a chain's buffers before it pushes it,
+ * and writes guest RAM no other way but through dirty_mark(). */
 void virtq_push(struct virtq *vq, const struct virtq_elem *elem, uint32_t written);
 /* Whether the guest wants an interrupt for what was pushed since the last
  * call (honours VIRTQ_AVAIL_F_NO_INTERRUPT and the event index). */
