@@ -1,4 +1,4 @@
-/* Dirty page logging (src/vmm/dirty.c): which guest pages were written
+/* Dirty page logging (src/vmm/dirty.c, dirty-track.c): which guest pages were written
  * since the last look. Used by live migration (src/vmm/migrate.c) and meant
  * for incremental snapshots too.
  *

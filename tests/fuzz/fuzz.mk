@@ -23,7 +23,7 @@ FLIBS    := -pthread -lz -lzstd -luring -ljson-c -ldl
 FSRC     := $(wildcard src/block/*.c src/util/*.c)
 FOBJ     := $(FSRC:%.c=$(FB)/%.o)
 # What the guest and client targets link besides FOBJ.
-FXSRC    := src/virtio/virtqueue.c src/vmm/memory.c src/vmm/control-parse.c src/mgr/def.c \
+FXSRC    := src/virtio/virtqueue.c src/vmm/memory.c src/vmm/dirty-track.c src/vmm/control-parse.c src/mgr/def.c \
             src/net/tap.c src/net/vlan.c src/mgr/fwdef.c src/net/fwaddr.c
 FXOBJ    := $(FXSRC:%.c=$(FB)/%.o)
 FTARGETS := $(FUZZ_FORMATS:%=$(FB)/fuzz_%) $(FUZZ_VIRTIO:%=$(FB)/fuzz_%) \
