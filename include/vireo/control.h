@@ -39,6 +39,7 @@ struct serial;
 struct machine_config;
 struct json_object;
 struct migration;
+struct snapshot_base;
 
 enum control_kind {
 	CONTROL_INFO,       /* any state */
@@ -76,6 +77,10 @@ struct control_action {
 	int fd[2];              /* their numbers, owned by the socket: -1 if none */
 	bool disks;             /* SNAPSHOT: internal snapshots of the writable disks */
 	char name[CONTROL_SNAP_NAME_MAX + 1]; /* SNAPSHOT with disks, DISK_SNAPSHOT_DELETE */
+	bool incremental;       /* SNAPSHOT: only the pages dirtied since the base */
+	char parent[CONTROL_MAX_PATH]; /* SNAPSHOT incremental: the parent's directory
+					* as the new one records it; "": the base's */
+	uint64_t parent_id;     /* SNAPSHOT incremental: the base must be this; 0: any */
 	char uri[256];          /* MIGRATE: "tcp:HOST:PORT" */
 	char token[256];        /* MIGRATE: "" if none */
 	uint64_t max_downtime_ms; /* MIGRATE: 0: the default; bandwidth in bps */
@@ -100,6 +105,7 @@ struct control_target {
 	struct virtio_dev *const *virtio; /* every virtio device, for snapshots */
 	unsigned int nvirtio;
 	struct migration *migration;    /* live migration; NULL: none */
+	struct snapshot_base *snap_base; /* incremental snapshots; NULL: none */
 };
 
 /* Error classes in replies ("code"), which the daemon maps to HTTP statuses. */

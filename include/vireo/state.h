@@ -61,6 +61,8 @@ enum state_section_type {
 	STATE_SEC_VIRTIO_NET = 11,
 	STATE_SEC_VIRTIO_RNG = 12,
 	STATE_SEC_VIRTIO_BALLOON = 13,
+	STATE_SEC_SNAPID = 14,  /* the snapshot's own id (src/state/snapshot-inc.c) */
+	STATE_SEC_DIFF = 15,    /* incremental: parent and dirty pages (critical) */
 	STATE_SEC_COUNT,        /* types below this are known */
 };
 
@@ -157,11 +159,61 @@ struct snapshot_target {
 	 * them (disks, rng, vNICs, balloon). */
 	struct virtio_dev *const *virtio;
 	unsigned int nvirtio;
+	/* Incremental snapshots; NULL: this VMM takes none (and the
+	 * snapshot_save*() functions only write full ones). */
+	struct snapshot_base *base;
+	bool incremental;       /* save only the pages dirtied since base */
+	const char *parent;     /* incremental: the parent's directory as recorded
+				 * in the new snapshot (relative: to the new
+				 * snapshot's directory); NULL: base->dir */
+	uint64_t parent_id;     /* incremental: if not 0, base->id must be this */
 };
 
 struct snapshot_stats {
 	uint64_t state_bytes, memory_bytes; /* memory: bytes written (not holes) */
+	uint64_t id;            /* the new snapshot's id */
+	uint64_t dirty_pages;   /* incremental: pages in its memory file */
 };
+
+/* ---- incremental snapshots (src/state/snapshot-inc.c) ----
+ *
+ * Every snapshot has a random nonzero 64-bit id (STATE_SEC_SNAPID). An
+ * incremental one also has a STATE_SEC_DIFF section (critical: a build
+ * without it refuses the file):
+ *   u64 parent id, blob the parent's directory (relative: to this
+ *   snapshot's directory), u64 pages in the memory file, blob the bitmap
+ *   (include/vireo/dirty.h's, over the whole of guest RAM)
+ * and its memory file holds only those pages, packed in bitmap order (page
+ * k of the file is the k-th set bit; zero pages as holes). A restore opens
+ * the chain up to its full snapshot (at most SNAPSHOT_MAX_CHAIN deep,
+ * checking each parent's id), maps the full one's memory file and writes
+ * the increments' pages over it, oldest first.
+ *
+ * The VMM's base: the snapshot its memory last equalled (the last one it
+ * took or the one it was restored from), with KVM dirty logging on from
+ * that instant. Only guest writes are logged, so a VM with virtio devices
+ * (whose model writes into guest RAM from the VMM) gets no base until
+ * dirty.c tracks those writes too. */
+#define SNAPSHOT_MAX_CHAIN 64
+
+struct snapshot_base {
+	uint64_t id;            /* 0: none, the next snapshot must be full */
+	char dir[4096];         /* where it is; "": unknown (written to fds) */
+	uint64_t *bits;         /* pages dirtied since, as collected so far */
+	uint64_t words;
+	bool disabled;          /* a migration took over the dirty log: no base
+				 * again in this process */
+};
+
+/* 0 if incremental snapshots are possible for t's VM, else -ENOTSUP with
+ * err_set() saying why. */
+int snapshot_incremental_supported(const struct snapshot_target *t);
+/* Makes snapshot `id` (in dir, NULL: unknown) the base and starts dirty
+ * logging, if t's VM can have one; otherwise drops the base. */
+void snapshot_base_set(const struct snapshot_target *t, uint64_t id, const char *dir);
+/* No base any more (e.g. a migration takes over the dirty log). */
+void snapshot_base_drop(struct snapshot_base *b);
+void snapshot_base_free(struct snapshot_base *b);
 
 /* Stops the virtio devices serving requests once those in flight have
  * finished (virtio_quiesce), for a snapshot of the disks at the same

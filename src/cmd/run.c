@@ -86,6 +86,7 @@ struct vm_devices {
 	struct virtio_net *nics[MAX_NICS];
 	struct virtio_dev *virtio[MAX_DISKS + MAX_NICS + 2]; /* all, as created */
 	unsigned int nvirtio;
+	struct snapshot_base snap_base; /* of incremental snapshots */
 };
 
 /* Console input sources (the terminal, the console socket's client) parked
@@ -770,6 +771,7 @@ static void vm_devices_destroy(struct vm_devices *devs)
 	rtc_destroy(devs->rtc);
 	firmware_destroy(devs->fw);
 	serial_destroy(devs->serial);
+	snapshot_base_free(&devs->snap_base);
 }
 
 /* --restore: the devices get their state back before any vCPU runs. */
@@ -777,7 +779,7 @@ static int restore_state(struct vm *vm, struct vm_devices *devs, const struct ru
 {
 	struct snapshot_target t = { .vm = vm, .serial = devs->serial, .ged = devs->ged,
 				     .rtc = devs->rtc, .machine = &o->machine, .virtio = devs->virtio,
-				     .nvirtio = devs->nvirtio };
+				     .nvirtio = devs->nvirtio, .base = &devs->snap_base };
 	int ret = vm_memory_ready(vm);
 
 	return ret ? ret : snapshot_restore(o->snap, &t);
@@ -833,7 +835,7 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 				    .serial = devs->serial,
 				    .balloon_target = o->balloon_target, .machine = &o->machine,
 				    .virtio = devs->virtio, .nvirtio = devs->nvirtio,
-				    .migration = mig };
+				    .migration = mig, .snap_base = &devs->snap_base };
 
 	*out = NULL;
 	if (!o->api_socket)

@@ -17,14 +17,10 @@
 #include "vireo/state.h"
 #include "vireo/virtio.h"
 #include "vireo/vmm.h"
+#include "snapshot-int.h"
 
 #define STATE_NAME "state"
 #define MEMORY_NAME "memory"
-
-struct snapshot {
-	struct state_reader *r;
-	int mem_fd;
-};
 
 static int path_in(char *out, size_t size, const char *dir, const char *name)
 {
@@ -118,14 +114,19 @@ static int write_file(const char *dir, const char *name,
 	return ret;
 }
 
-struct fill_memory { const struct guest_memory *mem; uint64_t written; };
+struct fill_memory {
+	const struct snapshot_target *t;
+	uint64_t written, pages;
+};
 struct fill_state { const uint8_t *buf; size_t len; };
 
 static int fill_memory(int fd, void *opaque)
 {
 	struct fill_memory *f = opaque;
 
-	return guest_memory_save(f->mem, fd, &f->written);
+	if (f->t->incremental)
+		return snapshot_inc_fill(f->t, fd, &f->written, &f->pages);
+	return guest_memory_save(&f->t->vm->mem, fd, &f->written);
 }
 
 static int fill_state(int fd, void *opaque)
@@ -167,11 +168,12 @@ void snapshot_unquiesce(const struct snapshot_target *t)
 		virtio_unquiesce(t->virtio[i]);
 }
 
-static int collect_state(const struct snapshot_target *t, struct state_writer *w)
+static int collect_state(const struct snapshot_target *t, struct state_writer *w, uint64_t id)
 {
 	int ret;
 
 	machine_save(t->machine, w);
+	snapshot_inc_sections(t, id, w);
 	memory_save_layout(&t->vm->mem, w);
 	ret = vm_save_state(t->vm, w);
 	if (!ret)
@@ -199,7 +201,7 @@ int snapshot_state_build(const struct snapshot_target *t, struct state_writer **
 	w = state_writer_new(&h);
 	if (!w)
 		return err_set(-ENOMEM, "out of memory");
-	ret = collect_state(t, w);
+	ret = collect_state(t, w, snapshot_new_id());
 	if (!ret)
 		ret = state_writer_finish(w, buf, len);
 	if (ret)
@@ -227,15 +229,19 @@ static int save(const struct snapshot_target *t, const char *dir, int mem_fd, in
 {
 	struct state_header h = { .ncpus = t->vm->ncpus, .mem_size = t->vm->mem.size,
 				  .created = (uint64_t)time(NULL) };
-	struct fill_memory fm = { .mem = &t->vm->mem };
+	struct fill_memory fm = { .t = t };
 	struct fill_state fs;
-	struct state_writer *w;
+	struct state_writer *w = NULL;
+	uint64_t id = snapshot_new_id();
 	int ret = snapshot_quiesce(t);
 
 	if (ret)
 		return ret;
-	w = state_writer_new(&h);
-	ret = w ? collect_state(t, w) : err_set(-ENOMEM, "out of memory");
+	ret = snapshot_inc_prepare(t);
+	if (!ret && !(w = state_writer_new(&h)))
+		ret = err_set(-ENOMEM, "out of memory");
+	if (!ret)
+		ret = collect_state(t, w, id);
 	if (!ret)
 		ret = state_writer_finish(w, &fs.buf, &fs.len);
 	/* Memory first: "state" appears only once all of it is on disk. */
@@ -247,7 +253,11 @@ static int save(const struct snapshot_target *t, const char *dir, int mem_fd, in
 		      write_fd(state_fd, "state", fill_state, &fs);
 	if (!ret && stats)
 		*stats = (struct snapshot_stats){ .state_bytes = fs.len,
-						  .memory_bytes = fm.written };
+						  .memory_bytes = fm.written, .id = id,
+						  .dirty_pages = fm.pages };
+	/* The VM's memory is this snapshot's now: the next increment's base. */
+	if (!ret)
+		snapshot_base_set(t, id, dir);
 	snapshot_unquiesce(t);
 	state_writer_free(w);
 	return ret;
@@ -290,13 +300,17 @@ static int open_file(const char *dir, const char *name, int *fd)
 	return 0;
 }
 
-static int snapshot_check(const char *dir, struct snapshot *s, struct machine_config *m)
+int snapshot_check(const char *dir, struct snapshot *s, struct machine_config *m,
+		   unsigned int depth)
 {
 	struct stat st;
 	int fd, ret = open_file(dir, STATE_NAME, &fd);
 
 	if (ret)
 		return ret;
+	/* Its increments name their parents relative to it. */
+	if (!realpath(dir, s->dir))
+		return err_set(-errno, "%s: %m", dir);
 	ret = state_reader_open_fd(fd, &s->r);
 	close(fd);
 	if (ret)
@@ -304,7 +318,9 @@ static int snapshot_check(const char *dir, struct snapshot *s, struct machine_co
 	ret = machine_load(s->r, m);
 	if (!ret)
 		ret = open_file(dir, MEMORY_NAME, &s->mem_fd);
-	if (!ret && fstat(s->mem_fd, &st) == 0 && (uint64_t)st.st_size != m->mem_size)
+	if (!ret)
+		ret = snapshot_inc_open(s, m, depth);
+	if (!ret && !s->bits && fstat(s->mem_fd, &st) == 0 && (uint64_t)st.st_size != m->mem_size)
 		ret = err_set(-EINVAL, "%s/%s is %llu bytes, the snapshot's guest has %llu",
 			      dir, MEMORY_NAME, (unsigned long long)st.st_size,
 			      (unsigned long long)m->mem_size);
@@ -320,7 +336,7 @@ int snapshot_open(const char *dir, struct snapshot **out, struct machine_config 
 	if (!s)
 		return err_set(-ENOMEM, "out of memory");
 	s->mem_fd = -1;
-	ret = snapshot_check(dir, s, m);
+	ret = snapshot_check(dir, s, m, 0);
 	if (ret) {
 		snapshot_close(s);
 		return ret;
@@ -359,9 +375,11 @@ int snapshot_open_buffer(const void *state, size_t len, int mem_fd, struct snaps
 
 int snapshot_take_memory_fd(struct snapshot *s)
 {
-	int fd = s->mem_fd;
+	/* An increment's pages go over its full snapshot's memory, in
+	 * snapshot_restore(). */
+	int fd = snapshot_root(s)->mem_fd;
 
-	s->mem_fd = -1;
+	snapshot_root(s)->mem_fd = -1;
 	return fd;
 }
 
@@ -369,6 +387,8 @@ int snapshot_restore(struct snapshot *s, const struct snapshot_target *t)
 {
 	int ret = memory_check_layout(s->r, &t->vm->mem);
 
+	if (!ret)
+		ret = snapshot_inc_apply(s, &t->vm->mem);
 	if (!ret)
 		ret = vm_restore_state(t->vm, s->r);
 	if (!ret)
@@ -382,15 +402,23 @@ int snapshot_restore(struct snapshot *s, const struct snapshot_target *t)
 		ret = err_set(-EINVAL, "%u virtio devices built, the machine has more", t->nvirtio);
 	for (unsigned int i = 0; i < t->nvirtio && !ret; i++)
 		ret = virtio_restore(t->virtio[i], s->r, virtio_index(t, i));
-	return ret ? err_set(ret, "cannot restore the snapshot: %s", err_get()) : 0;
+	if (ret)
+		return err_set(ret, "cannot restore the snapshot: %s", err_get());
+	/* The guest's memory is the snapshot's: the next increment's base. */
+	snapshot_base_set(t, s->id, s->dir[0] ? s->dir : NULL);
+	return 0;
 }
 
 void snapshot_close(struct snapshot *s)
 {
-	if (!s)
-		return;
-	state_reader_free(s->r);
-	if (s->mem_fd >= 0)
-		close(s->mem_fd);
-	free(s);
+	while (s) {
+		struct snapshot *parent = s->parent;
+
+		state_reader_free(s->r);
+		if (s->mem_fd >= 0)
+			close(s->mem_fd);
+		free(s->bits);
+		free(s);
+		s = parent;
+	}
 }

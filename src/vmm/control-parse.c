@@ -20,7 +20,8 @@ static const char *const limit_fields[] = { "disk", "bps", "iops", "nic", "rx_bp
 					    NULL };
 static const char *const pin_fields[] = { "vcpu", "cpus", NULL };
 static const char *const balloon_fields[] = { "target", NULL };
-static const char *const snapshot_fields[] = { "dir", "fds", "disks", "name", NULL };
+static const char *const snapshot_fields[] = { "dir", "fds", "disks", "name", "incremental",
+					       "parent", "parent_id", NULL };
 static const char *const name_fields[] = { "name", NULL };
 static const char *const migrate_fields[] = { "uri", "token", "max_downtime_ms", "bandwidth",
 					      NULL };
@@ -188,6 +189,41 @@ static int parse_snap_name(struct json_object *obj, struct control_action *a)
 	return 0;
 }
 
+/* "incremental": BOOL, "parent": PATH (the parent's directory as the new
+ * snapshot records it), "parent_id": "16 hex digits" (the base it must
+ * be); the last two only with "incremental". */
+static int parse_incremental(struct json_object *obj, struct control_action *a)
+{
+	struct json_object *v;
+	const char *s;
+	char *end;
+
+	if (json_object_object_get_ex(obj, "incremental", &v)) {
+		if (!json_object_is_type(v, json_type_boolean))
+			return err_set(-EINVAL, "snapshot 'incremental' must be true or false");
+		a->incremental = json_object_get_boolean(v);
+	}
+	if (!a->incremental && (json_object_object_get_ex(obj, "parent", &v) ||
+				json_object_object_get_ex(obj, "parent_id", &v)))
+		return err_set(-EINVAL, "snapshot 'parent' and 'parent_id' go with "
+			       "\"incremental\": true");
+	if (json_object_object_get_ex(obj, "parent", &v)) {
+		if (!json_object_is_type(v, json_type_string) || !json_object_get_string(v)[0] ||
+		    strlen(json_object_get_string(v)) >= sizeof(a->parent))
+			return err_set(-EINVAL, "snapshot 'parent' must be a directory path");
+		strcpy(a->parent, json_object_get_string(v));
+	}
+	if (json_object_object_get_ex(obj, "parent_id", &v)) {
+		s = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
+		errno = 0;
+		a->parent_id = strtoull(s, &end, 16);
+		if (strlen(s) != 16 || *end || errno || !a->parent_id)
+			return err_set(-EINVAL, "snapshot 'parent_id' must be a snapshot id "
+				       "(16 hex digits)");
+	}
+	return 0;
+}
+
 /* {"dir": "/abs/path", "disks": BOOL, "name": SNAP}: dir absolute, so that
  * it does not depend on the VMM's working directory; either may be left
  * out (not both): disks only, or memory and state only. */
@@ -195,6 +231,9 @@ static int parse_snapshot(struct json_object *obj, struct control_action *a)
 {
 	struct json_object *v;
 	const char *dir;
+
+	if (parse_incremental(obj, a))
+		return -EINVAL;
 
 	if (json_object_object_get_ex(obj, "disks", &v)) {
 		if (!json_object_is_type(v, json_type_boolean))
@@ -213,6 +252,8 @@ static int parse_snapshot(struct json_object *obj, struct control_action *a)
 	}
 	if (a->fds && json_object_object_get_ex(obj, "dir", &v))
 		return err_set(-EINVAL, "snapshot takes 'dir' or 'fds', not both");
+	if (!json_object_object_get_ex(obj, "dir", &v) && a->incremental && !a->fds)
+		return err_set(-EINVAL, "an incremental snapshot needs 'dir' or 'fds'");
 	if (!json_object_object_get_ex(obj, "dir", &v) && (a->disks || a->fds))
 		return 0;
 	if (!v || !json_object_is_type(v, json_type_string))

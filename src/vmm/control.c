@@ -370,8 +370,11 @@ static struct json_object *apply_snapshot(const struct control_target *t,
 {
 	struct snapshot_target st = { .vm = t->vm, .serial = t->serial, .ged = t->ged,
 				      .rtc = t->rtc, .machine = t->machine, .virtio = t->virtio,
-				      .nvirtio = t->nvirtio };
+				      .nvirtio = t->nvirtio, .base = t->snap_base,
+				      .incremental = a->incremental, .parent = a->parent,
+				      .parent_id = a->parent_id };
 	struct snapshot_stats stats = { 0 };
+	char id[17];
 	struct json_object *r;
 	int ret = 0;
 
@@ -396,12 +399,19 @@ static struct json_object *apply_snapshot(const struct control_target *t,
 		snapshot_unquiesce(&st);
 	}
 	if (ret)
-		return control_error(ret == -ENOTSUP ? CONTROL_E_BAD_REQUEST :
-				     ret == -EEXIST ? CONTROL_E_WRONG_STATE : CONTROL_E_FAILED,
-				     err_get());
+		return control_error(ret == -ENOTSUP || ret == -EINVAL ? CONTROL_E_BAD_REQUEST :
+				     ret == -EEXIST || ret == -ENOENT ? CONTROL_E_WRONG_STATE :
+				     CONTROL_E_FAILED, err_get());
 	r = reply_ok(VM_STATE_PAUSED);
 	add_u64(r, "state_bytes", stats.state_bytes);
 	add_u64(r, "memory_bytes", stats.memory_bytes);
+	if (stats.id) {
+		snprintf(id, sizeof(id), "%016llx", (unsigned long long)stats.id);
+		json_object_object_add(r, "id", json_object_new_string(id));
+		json_object_object_add(r, "incremental", json_object_new_boolean(a->incremental));
+	}
+	if (a->incremental)
+		add_u64(r, "dirty_pages", stats.dirty_pages);
 	return r;
 }
 
@@ -419,6 +429,12 @@ static struct json_object *apply_migrate(const struct control_target *t,
 		snprintf(p.uri, sizeof(p.uri), "%s", a->uri);
 		snprintf(p.token, sizeof(p.token), "%s", a->token);
 		ret = migration_start(t->migration, &p);
+		/* The migration collects and stops the dirty log: an increment
+		 * from the base would miss what it took. */
+		if (!ret && t->snap_base) {
+			snapshot_base_drop(t->snap_base);
+			t->snap_base->disabled = true;
+		}
 	}
 	if (ret)
 		return control_error(ret == -ENOTSUP || ret == -EINVAL ? CONTROL_E_BAD_REQUEST :

@@ -57,6 +57,14 @@ static void control_actions_parse(void **state)
 	assert_int_equal(parse("{\"action\":\"snapshot\",\"fds\":true}", &a), 0);
 	assert_true(a.fds && !a.dir[0] && !a.disks);
 	assert_true(a.fd[0] == -1 && a.fd[1] == -1);
+	/* Incremental: into a directory or descriptors, naming its parent. */
+	assert_int_equal(parse("{\"action\":\"snapshot\",\"dir\":\"/a\",\"incremental\":true}",
+			       &a), 0);
+	assert_true(a.incremental && !a.parent[0] && !a.parent_id);
+	assert_int_equal(parse("{\"action\":\"snapshot\",\"fds\":true,\"incremental\":true,"
+			       "\"parent\":\"../p\",\"parent_id\":\"00000000000000ff\"}", &a), 0);
+	assert_string_equal(a.parent, "../p");
+	assert_true(a.incremental && a.parent_id == 0xff);
 	assert_int_equal(parse("{\"action\":\"disk-snapshot-delete\",\"name\":\"s\"}", &a), 0);
 	assert_int_equal(a.kind, CONTROL_DISK_SNAPSHOT_DELETE);
 	assert_string_equal(a.name, "s");
@@ -86,7 +94,15 @@ static void control_rejects_bad_requests(void **state)
 		"{\"action\":\"balloon\",\"target\":1,\"disk\":0}",
 		"{\"action\":\"snapshot\"}", "{\"action\":\"snapshot\",\"dir\":1}",
 		"{\"action\":\"snapshot\",\"dir\":\"\"}", "{\"action\":\"snapshot\",\"dir\":\"a/b\"}",
-		"{\"action\":\"snapshot\",\"dir\":\"/a\",\"incremental\":true}",
+		"{\"action\":\"snapshot\",\"dir\":\"/a\",\"incremental\":1}",
+		"{\"action\":\"snapshot\",\"dir\":\"/a\",\"parent\":\"/p\"}",
+		"{\"action\":\"snapshot\",\"incremental\":true,\"disks\":true,\"name\":\"s\"}",
+		"{\"action\":\"snapshot\",\"dir\":\"/a\",\"incremental\":true,\"parent\":\"\"}",
+		"{\"action\":\"snapshot\",\"dir\":\"/a\",\"incremental\":true,\"parent_id\":\"12\"}",
+		"{\"action\":\"snapshot\",\"dir\":\"/a\",\"incremental\":true,"
+		"\"parent_id\":\"000000000000000g\"}",
+		"{\"action\":\"snapshot\",\"dir\":\"/a\",\"incremental\":true,"
+		"\"parent_id\":\"0000000000000000\"}",
 		"{\"action\":\"snapshot\",\"disks\":true}",
 		"{\"action\":\"snapshot\",\"disks\":false}",
 		"{\"action\":\"snapshot\",\"disks\":\"yes\",\"name\":\"s\"}",
