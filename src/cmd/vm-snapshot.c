@@ -18,6 +18,7 @@ struct snap_cli {
 	const char *socket;
 	bool json;
 	bool no_memory;
+	bool incremental;      /* --incremental: only the memory changed since the current one */
 	const char *args[3];
 	int nargs;
 };
@@ -121,6 +122,8 @@ static int parse_args(struct snap_cli *c, int argc, char **argv, bool memory_fla
 
 		if (memory_flag && !strcmp(a, "--no-memory"))
 			c->no_memory = true;
+		else if (memory_flag && !strcmp(a, "--incremental"))
+			c->incremental = true;
 		else if (!strcmp(a, "--output=json") || !strcmp(a, "--json"))
 			c->json = true;
 		else if (!strcmp(a, "--output=text"))
@@ -147,6 +150,8 @@ static int take(struct snap_cli *c, const char *vm, const char *snap)
 
 	json_object_object_add(body, "name", json_object_new_string(snap));
 	json_object_object_add(body, "memory", json_object_new_boolean(!c->no_memory));
+	if (c->incremental)
+		json_object_object_add(body, "incremental", json_object_new_boolean(true));
 	snprintf(path, sizeof(path), "/vms/%s/snapshots", vm);
 	snprintf(what, sizeof(what), "taking snapshot %s of %s", snap, vm);
 	o = call_with_progress(c, what, "POST", path, json_object_to_json_string(body), &ok);
@@ -155,6 +160,7 @@ static int take(struct snap_cli *c, const char *vm, const char *snap)
 		vm_api_print_json(o);
 	else if (ok)
 		printf("%s: snapshot %s taken (%s)\n", vm, vm_api_safe(str(o, "name")),
+		       flag(o, "incremental") ? "memory changed since its parent, and disks" :
 		       flag(o, "memory") ? "memory and disks" : "disks only");
 	json_object_put(o);
 	return ok ? 0 : 1;
@@ -180,7 +186,8 @@ static void print_one(struct json_object *s, const char *current)
 	size_format(json_object_object_get_ex(s, "size", &t) ? (uint64_t)json_object_get_int64(t) : 0,
 		    size, sizeof(size));
 	printf("%c %-20s %-19s  %-6s  %10s  %s\n", strcmp(str(s, "name"), current) ? ' ' : '*',
-	       vm_api_safe(str(s, "name")), when, flag(s, "memory") ? "memory" : "disks", size,
+	       vm_api_safe(str(s, "name")), when,
+	       flag(s, "incremental") ? "incr" : flag(s, "memory") ? "memory" : "disks", size,
 	       *str(s, "parent") ? vm_api_safe(str(s, "parent")) : "-");
 }
 
@@ -234,7 +241,7 @@ int vm_snapshot_cmd(const char *socket, bool json, int argc, char **argv)
 
 	if (parse_args(&c, argc, argv, !strcmp(cmd, "snapshot")) || c.nargs != want) {
 		fprintf(stderr, "vireo: usage: vireo vm %s NAME%s\n", cmd,
-			list_cmd ? "" : !strcmp(cmd, "snapshot") ? " SNAP [--no-memory]" : " SNAP");
+			list_cmd ? "" : !strcmp(cmd, "snapshot") ? " SNAP [--no-memory|--incremental]" : " SNAP");
 		return 2;
 	}
 	if (!names_ok(&c))

@@ -45,6 +45,8 @@ struct snap_meta {
 	char parent[MGR_NAME_MAX + 1];   /* "": none */
 	int64_t time_ns;                 /* when taken, CLOCK_REALTIME */
 	bool memory;
+	bool incremental;                /* memory holds only what changed since parent's */
+	char memory_id[17];              /* the VMM's id of the memory snapshot; "": none */
 	char vm_state[16];
 	unsigned int ndisks;
 	struct {
@@ -80,6 +82,9 @@ static struct json_object *meta_to_json(const struct snap_meta *s)
 	json_object_object_add(o, "time_ns", json_object_new_int64(s->time_ns));
 	json_object_object_add(o, "parent", s->parent[0] ? json_object_new_string(s->parent) : NULL);
 	json_object_object_add(o, "memory", json_object_new_boolean(s->memory));
+	json_object_object_add(o, "incremental", json_object_new_boolean(s->incremental));
+	if (s->memory_id[0])
+		json_object_object_add(o, "memory_id", json_object_new_string(s->memory_id));
 	json_object_object_add(o, "vm_state", json_object_new_string(s->vm_state));
 	for (unsigned int i = 0; i < s->ndisks; i++) {
 		struct json_object *k = json_object_new_object();
@@ -127,6 +132,29 @@ static int meta_disks(struct json_object *arr, struct snap_meta *s)
 	return 0;
 }
 
+/* "incremental" (absent: false) needs memory and a parent; "memory_id" is
+ * 16 hex digits (absent: taken by a vireo without incremental snapshots). */
+static int meta_incremental(struct json_object *o, struct snap_meta *s)
+{
+	struct json_object *v;
+	const char *id;
+
+	if (json_object_object_get_ex(o, "incremental", &v)) {
+		if (!json_object_is_type(v, json_type_boolean))
+			return err_set(-EINVAL, "bad 'incremental'");
+		s->incremental = json_object_get_boolean(v);
+	}
+	if (s->incremental && (!s->memory || !s->parent[0]))
+		return err_set(-EINVAL, "an incremental snapshot without memory or parent");
+	if (!json_object_object_get_ex(o, "memory_id", &v))
+		return 0;
+	id = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
+	if (strlen(id) != 16 || strspn(id, "0123456789abcdef") != 16)
+		return err_set(-EINVAL, "bad 'memory_id'");
+	strcpy(s->memory_id, id);
+	return 0;
+}
+
 static int meta_from_json(struct json_object *o, struct snap_meta *s)
 {
 	struct json_object *v;
@@ -146,6 +174,9 @@ static int meta_from_json(struct json_object *o, struct snap_meta *s)
 	if (!json_object_object_get_ex(o, "memory", &v) || !json_object_is_type(v, json_type_boolean))
 		return err_set(-EINVAL, "bad 'memory'");
 	s->memory = json_object_get_boolean(v);
+	ret = meta_incremental(o, s);
+	if (ret)
+		return ret;
 	if (json_object_object_get_ex(o, "vm_state", &v) && json_object_is_type(v, json_type_string))
 		snprintf(s->vm_state, sizeof(s->vm_state), "%s", json_object_get_string(v));
 	if (!json_object_object_get_ex(o, "disks", &v))
@@ -455,6 +486,10 @@ static int disks_do_unlocked(struct mgr *m, const struct vm_def *d, const char *
 struct snap_req {
 	char name[MGR_NAME_MAX + 1];
 	bool memory;
+	bool incremental;
+	char parent[MGR_NAME_MAX + 1];  /* incremental: the VM's current snapshot */
+	char parent_id[17];              /* and its memory's id */
+	char memory_id[17];              /* out: the new snapshot's */
 };
 
 static int parse_req(struct json_object *body, struct snap_req *q)
@@ -472,17 +507,53 @@ static int parse_req(struct json_object *body, struct snap_req *q)
 			if (!json_object_is_type(v, json_type_boolean))
 				return err_set(-EINVAL, "'memory' must be true or false");
 			q->memory = json_object_get_boolean(v);
+		} else if (!strcmp(key, "incremental")) {
+			if (!json_object_is_type(v, json_type_boolean))
+				return err_set(-EINVAL, "'incremental' must be true or false");
+			q->incremental = json_object_get_boolean(v);
 		} else {
 			return err_set(-EINVAL, "unknown field '%.64s'", key);
 		}
 	}
 	if (!q->name[0])
 		return err_set(-EINVAL, "a snapshot needs a 'name'");
+	if (q->incremental && !q->memory)
+		return err_set(-EINVAL, "an incremental snapshot is one of memory: not with "
+			       "\"memory\": false");
 	return 0;
 }
 
+/* An increment goes on the VM's current snapshot, which must have memory
+ * (the VMM checks that its memory descends from it: parent_id). */
+static enum mgr_err incremental_check(struct mgr *m, struct mgr_vm *vm, struct snap_req *q)
+{
+	struct snap_meta p;
+	int ret;
+
+	if (!mgr_vm_active(vm)) {
+		err_set(-EINVAL, "VM '%s' is stopped: an incremental snapshot needs its memory",
+			vm->def.name);
+		return MGR_E_BAD;
+	}
+	current_get(m, vm->def.name, q->parent);
+	if (!q->parent[0]) {
+		err_set(-ENOENT, "VM '%s' has no current snapshot to be incremental to: take a "
+			"full one first", vm->def.name);
+		return MGR_E_CONFLICT;
+	}
+	ret = meta_load(m, vm->def.name, q->parent, &p);
+	if (ret)
+		return meta_err(ret);
+	if (!p.memory || !p.memory_id[0])
+		ret = err_set(-ENOENT, "snapshot '%s', the VM's current one, has no memory%s: take "
+			      "a full snapshot", q->parent, p.memory ? " id" : "");
+	strcpy(q->parent_id, p.memory_id);
+	meta_free(&p);
+	return ret ? MGR_E_CONFLICT : MGR_OK;
+}
+
 /* What may be snapshotted, checked before anything is touched. */
-static enum mgr_err create_check(struct mgr *m, struct mgr_vm *vm, const struct snap_req *q)
+static enum mgr_err create_check(struct mgr *m, struct mgr_vm *vm, struct snap_req *q)
 {
 	char path[PATH_MAX];
 	unsigned int n = 0;
@@ -503,6 +574,12 @@ static enum mgr_err create_check(struct mgr *m, struct mgr_vm *vm, const struct 
 		err_set(-ENOSPC, "VM '%s' has %u snapshots, the most it may have: delete one first",
 			vm->def.name, n);
 		return MGR_E_CONFLICT;
+	}
+	if (q->incremental) {
+		enum mgr_err e = incremental_check(m, vm, q);
+
+		if (e != MGR_OK)
+			return e;
 	}
 	return err_class(disks_check_unlocked(m, &vm->def, mgr_vm_active(vm), q->name, false));
 }
@@ -527,10 +604,32 @@ static int open_outputs(const char *dir, int fd[2])
 
 /* Asks the VMM of a paused VM for its part: memory and state into `dir`
  * (NULL: none), and the covered disks' internal snapshots. */
-static enum mgr_err vmm_take(struct mgr *m, struct mgr_vm *vm, const char *dir,
-			     const char *name, bool disks)
+/* An increment names its parent relative to itself: snapshots/VM/SNAP and
+ * snapshots/VM/PARENT are siblings wherever the state dir is. */
+static void add_incremental(struct json_object *req, struct snap_req *q)
 {
-	struct json_object *req = json_object_new_object();
+	char parent[MGR_NAME_MAX + 4];
+
+	snprintf(parent, sizeof(parent), "../%s", q->parent);
+	json_object_object_add(req, "incremental", json_object_new_boolean(true));
+	json_object_object_add(req, "parent", json_object_new_string(parent));
+	json_object_object_add(req, "parent_id", json_object_new_string(q->parent_id));
+}
+
+/* The id the VMM gave the memory snapshot. */
+static void reply_id(struct json_object *reply, struct snap_req *q)
+{
+	struct json_object *v;
+
+	if (reply && json_object_object_get_ex(reply, "id", &v) &&
+	    json_object_is_type(v, json_type_string) && strlen(json_object_get_string(v)) == 16)
+		strcpy(q->memory_id, json_object_get_string(v));
+}
+
+static enum mgr_err vmm_take(struct mgr *m, struct mgr_vm *vm, const char *dir,
+			     struct snap_req *q, bool disks)
+{
+	struct json_object *req = json_object_new_object(), *reply = NULL;
 	enum mgr_err e = MGR_OK;
 	int fd[2] = { -1, -1 };
 
@@ -539,17 +638,22 @@ static enum mgr_err vmm_take(struct mgr *m, struct mgr_vm *vm, const char *dir,
 		json_object_object_add(req, "fds", json_object_new_boolean(true));
 		if (open_outputs(dir, fd))
 			e = MGR_E_FAILED;
+		if (q->incremental)
+			add_incremental(req, q);
 	}
 	if (disks) {
 		json_object_object_add(req, "disks", json_object_new_boolean(true));
-		json_object_object_add(req, "name", json_object_new_string(name));
+		json_object_object_add(req, "name", json_object_new_string(q->name));
 	}
 	if (e == MGR_OK)
 		e = mgr_control(m, vm, json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN),
-				SNAP_VMM_TIMEOUT_MS, fd, dir ? 2 : 0, NULL);
+				SNAP_VMM_TIMEOUT_MS, fd, dir ? 2 : 0, &reply);
+	if (e == MGR_OK)
+		reply_id(reply, q);
 	for (int i = 0; i < 2; i++)
 		if (fd[i] >= 0)
 			close(fd[i]);
+	json_object_put(reply);
 	json_object_put(req);
 	return e;
 }
@@ -557,7 +661,7 @@ static enum mgr_err vmm_take(struct mgr *m, struct mgr_vm *vm, const char *dir,
 /* Takes memory (if asked) and disks at one instant: a running VM is paused
  * meanwhile and resumed after, whatever happened. */
 static enum mgr_err take(struct mgr *m, struct mgr_vm *vm, const char *tmp,
-			 const struct snap_req *q)
+			 struct snap_req *q)
 {
 	bool disks = ncovered(&vm->def) > 0, resume = vm->state == MGR_RUNNING;
 	enum mgr_err e = MGR_OK;
@@ -568,7 +672,7 @@ static enum mgr_err take(struct mgr *m, struct mgr_vm *vm, const char *tmp,
 		return MGR_OK;
 	if (resume && (e = mgr_pause(m, vm, true)) != MGR_OK)
 		return e;
-	e = vmm_take(m, vm, q->memory ? tmp : NULL, q->name, disks);
+	e = vmm_take(m, vm, q->memory ? tmp : NULL, q, disks);
 	if (e == MGR_E_BAD && q->memory && strstr(err_get(), "not yet supported"))
 		err_set(-ENOTSUP, "%s (a snapshot without memory can be taken: \"memory\": "
 			"false, vireo vm snapshot --no-memory)", err_get());
@@ -699,6 +803,8 @@ enum mgr_err mgr_snap_create(struct mgr *m, struct mgr_vm *vm, struct json_objec
 		return MGR_E_FAILED;
 	meta_fill(m, vm, &q, &s);
 	e = take(m, vm, tmp, &q);
+	s.incremental = q.incremental;
+	strcpy(s.memory_id, q.memory_id);
 	if (e == MGR_OK && publish(m, vm->def.name, tmp, &s)) {
 		char why[256];
 
@@ -711,6 +817,7 @@ enum mgr_err mgr_snap_create(struct mgr *m, struct mgr_vm *vm, struct json_objec
 		remove_dir(tmp);
 	else
 		log_info("VM %s: snapshot %s taken (%s)", vm->def.name, q.name,
+			 s.incremental ? "incremental memory and disks" :
 			 s.memory ? "memory and disks" : "disks only");
 	if (e == MGR_OK)
 		*out = meta_to_json(&s);
@@ -889,6 +996,39 @@ static int reparent_one(const char *snap, void *ctx)
 	return 0;
 }
 
+struct child_ctx {
+	struct mgr *m;
+	const char *vm, *parent;
+	char child[MGR_NAME_MAX + 1];
+};
+
+static int find_increment(const char *snap, void *ctx)
+{
+	struct child_ctx *c = ctx;
+	struct snap_meta s;
+	bool found;
+
+	if (meta_load(c->m, c->vm, snap, &s))
+		return 0;
+	found = s.incremental && !strcmp(s.parent, c->parent);
+	if (found)
+		strcpy(c->child, snap);
+	meta_free(&s);
+	return found;
+}
+
+/* An increment needs its parent's memory: the parent stays while it has
+ * one (delete the increments first, newest first). */
+static int increments_of(struct mgr *m, const char *vm, const char *snap)
+{
+	struct child_ctx c = { m, vm, snap, "" };
+
+	if (!foreach_snap(m, vm, find_increment, &c))
+		return 0;
+	return err_set(-EBUSY, "snapshot '%s' is the parent of incremental snapshot '%s', "
+		       "which needs its memory: delete '%s' first", snap, c.child, c.child);
+}
+
 enum mgr_err mgr_snap_delete(struct mgr *m, struct mgr_vm *vm, const char *snap)
 {
 	char dir[PATH_MAX], cur[MGR_NAME_MAX + 1], req[160];
@@ -902,6 +1042,8 @@ enum mgr_err mgr_snap_delete(struct mgr *m, struct mgr_vm *vm, const char *snap)
 		return MGR_E_NOT_FOUND;
 	if (ret)
 		memset(&s, 0, sizeof(s));
+	if (increments_of(m, vm->def.name, snap))
+		return MGR_E_CONFLICT;
 	if (mgr_vm_active(vm) && ncovered(&vm->def)) {
 		snprintf(req, sizeof(req), "{\"action\":\"disk-snapshot-delete\",\"name\":\"%s\"}",
 			 snap);
