@@ -425,6 +425,16 @@ enum mgr_err mgr_snap_create(struct mgr *m, struct mgr_vm *vm, struct json_objec
 enum mgr_err mgr_snap_list(struct mgr *m, struct mgr_vm *vm, struct json_object **out);
 enum mgr_err mgr_snap_rollback(struct mgr *m, struct mgr_vm *vm, const char *snap);
 enum mgr_err mgr_snap_delete(struct mgr *m, struct mgr_vm *vm, const char *snap);
+/* POST /vms/NAME/snapshots/SNAP/export {"dir"} (src/mgr/export.c): the
+ * snapshot, its chain, the definition and the disks into a new directory
+ * in a storage directory; *out says what was written. */
+enum mgr_err mgr_snap_export(struct mgr *m, struct mgr_vm *vm, const char *snap,
+			     struct json_object *body, struct json_object **out);
+/* POST /vms/NAME/import {"dir"}: a new, stopped VM NAME from an export,
+ * its current snapshot the exported one; nothing is left of a refused
+ * one. Under m->lock (dropped while copying). *out: the VM. */
+enum mgr_err mgr_import(struct mgr *m, const char *name, struct json_object *body,
+			struct json_object **out);
 /* A deleted VM's snapshot files (its images keep their internal snapshots). */
 void mgr_snap_remove_all(struct mgr *m, const char *name);
 

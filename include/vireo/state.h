@@ -116,6 +116,9 @@ struct state_cursor {
 	bool bad;
 };
 
+/* Puts every section of r this build knows into w as it is, but those of
+ * type skip (to be written anew). */
+void state_copy_sections(const struct state_reader *r, struct state_writer *w, uint32_t skip);
 /* Finds section (type, id): 0, or -ENOENT with err_set(). */
 int state_section(const struct state_reader *r, uint32_t type, uint32_t id,
 		  struct state_cursor *c);
@@ -244,6 +247,10 @@ int snapshot_open_buffer(const void *state, size_t len, int mem_fd, struct snaps
 /* Opens dir's snapshot, checks its state file whole and its memory file's
  * size, and reads the machine to build. 0 or -errno with err_set(). */
 int snapshot_open(const char *dir, struct snapshot **out, struct machine_config *m);
+/* Rewrites dir's state file with disk i at paths[i] (n: the machine's
+ * disk count), for a snapshot moved to another host. 0 or -errno with
+ * err_set(). */
+int snapshot_set_disk_paths(const char *dir, const char *const *paths, unsigned int n);
 /* The memory file's descriptor, handed over (for vm_config.mem_fd). */
 int snapshot_take_memory_fd(struct snapshot *s);
 /* Restores the device state into a VM built from the machine (its RAM

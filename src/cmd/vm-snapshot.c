@@ -4,6 +4,7 @@
  * than a second shows a progress line on stderr until it is answered. */
 #include <errno.h>
 #include <json-c/json.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +20,7 @@ struct snap_cli {
 	bool json;
 	bool no_memory;
 	bool incremental;      /* --incremental: only the memory changed since the current one */
-	const char *args[3];
+	const char *args[4];
 	int nargs;
 };
 
@@ -132,7 +133,7 @@ static int parse_args(struct snap_cli *c, int argc, char **argv, bool memory_fla
 			c->socket = argv[++i];
 		else if (!strncmp(a, "--socket=", 9))
 			c->socket = a + 9;
-		else if (a[0] == '-' || c->nargs == 3)
+		else if (a[0] == '-' || c->nargs == 4)
 			return -EINVAL;
 		else
 			c->args[c->nargs++] = a;
@@ -232,6 +233,68 @@ static int rollback_or_delete(struct snap_cli *c, bool rollback, const char *vm,
 	return ok ? 0 : 1;
 }
 
+/* The daemon resolves the path itself (it must lie in its storage): a
+ * relative one is made absolute here, the last part kept as given. */
+static int absolute(const char *path, char *out, size_t size)
+{
+	char cwd[PATH_MAX];
+
+	if (path[0] == '/')
+		return snprintf(out, size, "%s", path) < (int)size ? 0 : -ENAMETOOLONG;
+	if (!getcwd(cwd, sizeof(cwd)))
+		return -errno;
+	return snprintf(out, size, "%s/%s", cwd, path) < (int)size ? 0 : -ENAMETOOLONG;
+}
+
+/* vireo vm snapshot export NAME SNAP DIR | import DIR NAME */
+static int export_import(struct snap_cli *c, bool export)
+{
+	struct json_object *body = json_object_new_object(), *o;
+	const char *vm = c->args[export ? 1 : 2], *dir = c->args[export ? 3 : 1];
+	char path[PATH_MAX], url[240], what[200];
+	bool ok;
+
+	if (absolute(dir, path, sizeof(path))) {
+		fprintf(stderr, "vireo: bad path '%s'\n", vm_api_safe(dir));
+		json_object_put(body);
+		return 2;
+	}
+	json_object_object_add(body, "dir", json_object_new_string(path));
+	if (export) {
+		snprintf(url, sizeof(url), "/vms/%s/snapshots/%s/export", vm, c->args[2]);
+		snprintf(what, sizeof(what), "exporting snapshot %s of %s", c->args[2], vm);
+	} else {
+		snprintf(url, sizeof(url), "/vms/%s/import", vm);
+		snprintf(what, sizeof(what), "importing %.100s as %s", path, vm);
+	}
+	o = call_with_progress(c, what, "POST", url, json_object_to_json_string(body), &ok);
+	json_object_put(body);
+	if (ok && c->json)
+		vm_api_print_json(o);
+	else if (ok && export)
+		printf("%s: snapshot %s exported to %s\n", vm, c->args[2], vm_api_safe(path));
+	else if (ok)
+		printf("%s: imported (stopped; vireo vm rollback %s SNAP to bring the snapshot "
+		       "back)\n", vm, vm);
+	json_object_put(o);
+	return ok ? 0 : 1;
+}
+
+/* Names go into the URL; a path is the body's (it may hold '/'). */
+static bool export_names_ok(struct snap_cli *c, bool export)
+{
+	const char *dir = c->args[export ? 3 : 1];
+	struct snap_cli names = *c;
+	bool ok;
+
+	names.nargs = 0;
+	for (int i = 1; i < c->nargs; i++)
+		if (c->args[i] != dir)
+			names.args[names.nargs++] = c->args[i];
+	ok = names_ok(&names);
+	return ok && dir[0];
+}
+
 int vm_snapshot_cmd(const char *socket, bool json, int argc, char **argv)
 {
 	struct snap_cli c = { .socket = socket, .json = json };
@@ -239,6 +302,14 @@ int vm_snapshot_cmd(const char *socket, bool json, int argc, char **argv)
 	bool list_cmd = !strcmp(cmd, "snapshots");
 	int want = list_cmd ? 1 : 2;
 
+	if (!strcmp(cmd, "snapshot") && !parse_args(&c, argc, argv, false) && c.nargs >= 1 &&
+	    ((!strcmp(c.args[0], "export") && c.nargs == 4) ||
+	     (!strcmp(c.args[0], "import") && c.nargs == 3))) {
+		bool export = !strcmp(c.args[0], "export");
+
+		return export_names_ok(&c, export) ? export_import(&c, export) : 2;
+	}
+	c = (struct snap_cli){ .socket = socket, .json = json };
 	if (parse_args(&c, argc, argv, !strcmp(cmd, "snapshot")) || c.nargs != want) {
 		fprintf(stderr, "vireo: usage: vireo vm %s NAME%s\n", cmd,
 			list_cmd ? "" : !strcmp(cmd, "snapshot") ? " SNAP [--no-memory|--incremental]" : " SNAP");

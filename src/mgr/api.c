@@ -588,6 +588,11 @@ static void snapshot_op(struct mgr *m, struct mgr_vm *vm, const char *method, co
 			return;
 		e = mgr_snap_create(m, vm, body, &r->json);
 		json_object_put(body);
+	} else if (action && !strcmp(action, "export")) {
+		if (parse_body(u, false, &body, r))
+			return;
+		e = mgr_snap_export(m, vm, snap, body, &r->json);
+		json_object_put(body);
 	} else if (action) {
 		if (action_body(u, false, &(struct action_args){ 0 }, r))
 			return;
@@ -616,8 +621,8 @@ static void route_snapshots(struct mgr *m, const char *method, const char *name,
 	const char *want = !snap ? "GET, POST" : action ? "POST" : "DELETE";
 	struct mgr_vm *vm;
 
-	if (action && strcmp(action, "rollback"))
-		return reply_error(r, 404, "not-found", "unknown snapshot action (rollback)");
+	if (action && strcmp(action, "rollback") && strcmp(action, "export"))
+		return reply_error(r, 404, "not-found", "unknown snapshot action (rollback, export)");
 	if (!vm_name_valid(name))
 		return reply_error(r, 400, "bad-request", "bad VM name: 1 to 64 of A-Z a-z 0-9 _ . -, "
 				   "not starting with '.' or '-'");
@@ -637,6 +642,26 @@ static void route_snapshots(struct mgr *m, const char *method, const char *name,
 		return reply_no_vm(r, name);
 	snapshot_op(m, vm, method, snap, action, u, r);
 	mgr_release(m, vm);
+}
+
+/* POST /vms/NAME/import {"dir"}: a new VM NAME from an export. */
+static void route_import(struct mgr *m, const char *method, const char *name,
+			 const struct upload *u, struct reply *r)
+{
+	struct json_object *body;
+	enum mgr_err e;
+
+	if (strcmp(method, "POST")) {
+		r->allow = "POST";
+		return reply_error(r, 405, "method-not-allowed", "use POST");
+	}
+	if (parse_body(u, false, &body, r))
+		return;
+	e = mgr_import(m, name, body, &r->json);
+	json_object_put(body);
+	if (e != MGR_OK)
+		return reply_mgr_error(r, e);
+	r->status = 201;
 }
 
 /* A raw path segment may hold a name of MGR_NAME_MAX bytes, each escaped. */
@@ -785,6 +810,8 @@ static void route(struct mgr *m, const char *method, const char *url, const stru
 		r->allow = "GET, POST";
 		return reply_error(r, 405, "method-not-allowed", "use GET or POST");
 	}
+	if (n == 3 && !strcmp(seg[2], "import"))
+		return route_import(m, method, seg[1], u, r);
 	if (n >= 3 && !strcmp(seg[2], "snapshots"))
 		return route_snapshots(m, method, seg[1], n >= 4 ? seg[3] : NULL,
 				       n == 5 ? seg[4] : NULL, u, r);

@@ -36,33 +36,19 @@
 #include "vireo/machine.h"
 #include "vireo/mgr.h"
 #include "vireo/state.h"
+#include "snapshot-int.h"
 
 /* Writing a guest's memory takes time; a paused VM is not guest-paced. */
 #define SNAP_VMM_TIMEOUT_MS 120000
 
-struct snap_meta {
-	char name[MGR_NAME_MAX + 1];
-	char parent[MGR_NAME_MAX + 1];   /* "": none */
-	int64_t time_ns;                 /* when taken, CLOCK_REALTIME */
-	bool memory;
-	bool incremental;                /* memory holds only what changed since parent's */
-	char memory_id[17];              /* the VMM's id of the memory snapshot; "": none */
-	char vm_state[16];
-	unsigned int ndisks;
-	struct {
-		unsigned int index;
-		char *path;
-	} disks[MGR_MAX_DISKS];
-};
-
-static void meta_free(struct snap_meta *s)
+void meta_free(struct snap_meta *s)
 {
 	for (unsigned int i = 0; i < s->ndisks; i++)
 		free(s->disks[i].path);
 	s->ndisks = 0;
 }
 
-static int snap_path(struct mgr *m, char *buf, size_t size, const char *vm, const char *snap,
+int snap_path(struct mgr *m, char *buf, size_t size, const char *vm, const char *snap,
 		     const char *file)
 {
 	int n = snprintf(buf, size, "%s/snapshots/%s%s%s%s%s", m->state_dir, vm, snap ? "/" : "",
@@ -73,7 +59,7 @@ static int snap_path(struct mgr *m, char *buf, size_t size, const char *vm, cons
 
 /* ---- meta.json ---- */
 
-static struct json_object *meta_to_json(const struct snap_meta *s)
+struct json_object *meta_to_json(const struct snap_meta *s)
 {
 	struct json_object *o = json_object_new_object(), *d = json_object_new_array();
 
@@ -155,7 +141,7 @@ static int meta_incremental(struct json_object *o, struct snap_meta *s)
 	return 0;
 }
 
-static int meta_from_json(struct json_object *o, struct snap_meta *s)
+int meta_from_json(struct json_object *o, struct snap_meta *s)
 {
 	struct json_object *v;
 	int ret;
@@ -188,7 +174,7 @@ static int meta_from_json(struct json_object *o, struct snap_meta *s)
 }
 
 /* -ENOENT: no such snapshot; -EINVAL: damaged (err_set() says how). */
-static int meta_load(struct mgr *m, const char *vm, const char *snap, struct snap_meta *s)
+int meta_load(struct mgr *m, const char *vm, const char *snap, struct snap_meta *s)
 {
 	char path[PATH_MAX];
 	struct json_object *o;
@@ -247,7 +233,7 @@ static void current_get(struct mgr *m, const char *vm, char out[MGR_NAME_MAX + 1
 	json_object_put(o);
 }
 
-static void current_set(struct mgr *m, const char *vm, const char *snap)
+void current_set(struct mgr *m, const char *vm, const char *snap)
 {
 	char path[PATH_MAX];
 	struct json_object *o;
@@ -265,7 +251,7 @@ static void current_set(struct mgr *m, const char *vm, const char *snap)
 
 /* Removes a snapshot directory's files and the directory itself (its
  * files are flat: meta.json, state, memory, and their temporaries). */
-static int remove_dir(const char *path)
+int remove_dir(const char *path)
 {
 	DIR *d = opendir(path);
 	struct dirent *e;
@@ -375,7 +361,7 @@ static int disk_has(struct image *img, const char *name, bool *has)
 
 /* Every covered disk can take an internal snapshot `name` (want = false:
  * has none by that name) or has one (want = true). */
-static int disks_check(const struct vm_def *d, bool vmm, const char *name, bool want)
+int disks_check(const struct vm_def *d, bool vmm, const char *name, bool want)
 {
 	for (unsigned int i = 0; i < d->ndisks; i++) {
 		struct image *img;

@@ -373,6 +373,50 @@ int snapshot_open_buffer(const void *state, size_t len, int mem_fd, struct snaps
 	return 0;
 }
 
+static int rewrite_disks(const struct state_reader *r, struct machine_config *m,
+			 const char *const *paths, unsigned int n, const char *dir)
+{
+	struct state_writer *w;
+	struct fill_state fs;
+	int ret = machine_load(r, m);
+
+	if (!ret && m->ndisks != n)
+		ret = err_set(-EINVAL, "the snapshot's machine has %u disks, not %u", m->ndisks, n);
+	for (unsigned int i = 0; !ret && i < n; i++)
+		if ((size_t)snprintf(m->disks[i].path, sizeof(m->disks[i].path), "%s", paths[i]) >=
+		    sizeof(m->disks[i].path))
+			ret = err_set(-ENAMETOOLONG, "disk path too long");
+	if (ret)
+		return ret;
+	w = state_writer_new(state_reader_header(r));
+	if (!w)
+		return err_set(-ENOMEM, "out of memory");
+	machine_save(m, w);
+	state_copy_sections(r, w, STATE_SEC_MACHINE);
+	ret = state_writer_finish(w, &fs.buf, &fs.len);
+	if (!ret)
+		ret = write_file(dir, STATE_NAME, fill_state, &fs);
+	state_writer_free(w);
+	return ret;
+}
+
+int snapshot_set_disk_paths(const char *dir, const char *const *paths, unsigned int n)
+{
+	struct machine_config *m = calloc(1, sizeof(*m));
+	struct state_reader *r = NULL;
+	int fd = -1, ret = m ? open_file(dir, STATE_NAME, &fd) : err_set(-ENOMEM, "out of memory");
+
+	if (!ret)
+		ret = state_reader_open_fd(fd, &r);
+	if (fd >= 0)
+		close(fd);
+	if (!ret)
+		ret = rewrite_disks(r, m, paths, n, dir);
+	state_reader_free(r);
+	free(m);
+	return ret ? err_set(ret, "%s/%s: %s", dir, STATE_NAME, err_get()) : 0;
+}
+
 int snapshot_take_memory_fd(struct snapshot *s)
 {
 	/* An increment's pages go over its full snapshot's memory, in

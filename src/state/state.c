@@ -413,6 +413,20 @@ bool state_has_section(const struct state_reader *r, uint32_t type, uint32_t id)
 	return find(r, type, id) != NULL;
 }
 
+void state_copy_sections(const struct state_reader *r, struct state_writer *w, uint32_t skip)
+{
+	for (size_t i = 0; i < r->nsec; i++) {
+		const struct state_section_ref *s = &r->sec[i];
+		const uint8_t *h = r->buf + s->off - STATE_SECTION_HEADER_SIZE;
+
+		if (s->type == skip)
+			continue;
+		state_begin(w, s->type, s->id, rd32(h + 8));
+		state_put_bytes(w, r->buf + s->off, s->len);
+		state_end(w);
+	}
+}
+
 int state_section(const struct state_reader *r, uint32_t type, uint32_t id,
 		  struct state_cursor *c)
 {

@@ -1,0 +1,43 @@
+/* What src/mgr/snapshot.c shares with export.c (not public). */
+#ifndef VIREO_MGR_SNAPSHOT_INT_H
+#define VIREO_MGR_SNAPSHOT_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "vireo/mgr.h"
+
+struct json_object;
+
+/* A snapshot's meta.json (docs/api.md "Snapshots"). */
+struct snap_meta {
+	char name[MGR_NAME_MAX + 1];
+	char parent[MGR_NAME_MAX + 1];   /* "": none */
+	int64_t time_ns;                 /* when taken, CLOCK_REALTIME */
+	bool memory;
+	bool incremental;                /* memory holds only what changed since parent's */
+	char memory_id[17];              /* the VMM's id of the memory snapshot; "": none */
+	char vm_state[16];
+	unsigned int ndisks;
+	struct {
+		unsigned int index;
+		char *path;
+	} disks[MGR_MAX_DISKS];
+};
+
+void meta_free(struct snap_meta *s);
+struct json_object *meta_to_json(const struct snap_meta *s);
+/* 0 or -EINVAL with err_set(); s is freed on failure. */
+int meta_from_json(struct json_object *o, struct snap_meta *s);
+/* -ENOENT: no such snapshot; -EINVAL: damaged (err_set() says how). */
+int meta_load(struct mgr *m, const char *vm, const char *snap, struct snap_meta *s);
+/* DIR/snapshots/VM[/SNAP[/FILE]]. */
+int snap_path(struct mgr *m, char *buf, size_t size, const char *vm, const char *snap,
+	      const char *file);
+void current_set(struct mgr *m, const char *vm, const char *snap);
+/* A snapshot directory (flat) and its files. */
+int remove_dir(const char *path);
+/* Every writable disk of d has (want) or lacks an internal snapshot name. */
+int disks_check(const struct vm_def *d, bool vmm, const char *name, bool want);
+
+#endif

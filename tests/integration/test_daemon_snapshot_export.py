@@ -1,0 +1,216 @@
+"""Export and import of VM snapshots (issue 11, "Backup and recovery"):
+POST /vms/NAME/snapshots/SNAP/export writes a directory with the snapshot
+(and its incremental chain), the definition and the disks, each file under
+a SHA-256; POST /vms/NEW/import on a second daemon (its own state dir and
+storage) makes a VM of it that a rollback brings back running. A damaged
+or hostile export is refused with one line and leaves nothing behind."""
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import VIREO, needs_kvm
+from daemonutil import Daemon, wait_for
+
+pytestmark = [needs_kvm]
+
+COUNT = re.compile(r"PROBE count n=(\d+) ")
+DIRTY = re.compile(r"PROBE dirty pass=(\d+) bad=(\d+) ms=\d+\n")
+
+
+@pytest.fixture
+def two(tmp_path):
+    """Daemon A and daemon B, each with its own state dir and storage."""
+    sa, sb = tmp_path / "a", tmp_path / "b"
+    sa.mkdir()
+    sb.mkdir()
+    a = Daemon(extra=["--storage", str(sa), "--vmm-uid-base", "none"]).start()
+    b = Daemon(extra=["--storage", str(sb)]).start()
+    yield a, b, sa, sb
+    a.cleanup()
+    b.cleanup()
+
+
+def counts(d, name):
+    return [int(m.group(1)) for m in COUNT.finditer(d.vm_log(name))]
+
+
+def passes(d, name):
+    return [(int(m.group(1)), int(m.group(2))) for m in DIRTY.finditer(d.vm_log(name))]
+
+
+def qcow2(path, size="8M"):
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
+    return path
+
+
+def counting_vm_with_disk(a, sa):
+    disk = qcow2(sa / "src.qcow2")
+    a.create("src", scenario="count=50", disks=[{"path": str(disk), "format": "qcow2"}])
+    a.ok("POST", "/vms/src/start")
+    assert wait_for(lambda: len(counts(a, "src")) >= 5, timeout=10), a.vm_log("src")
+    before = counts(a, "src")[-1]
+    a.ok("POST", "/vms/src/snapshots", {"name": "s1"}, status=201)
+    return disk, (before, counts(a, "src")[-1])
+
+
+def test_export_import_runs_on_a_second_daemon(two):
+    a, b, sa, sb = two
+    disk, at = counting_vm_with_disk(a, sa)
+    r = a.request("POST", "/vms/src/snapshots/s1/export", {"dir": str(sa / "exp")})
+    assert r[0] == 409 and "only while it is stopped" in r[1]["error"], r
+    a.stop("src", force=True)
+    out = a.ok("POST", "/vms/src/snapshots/s1/export", {"dir": str(sa / "exp")})
+    assert out["exported"] == "s1" and out["dir"] == str(sa / "exp"), out
+    files = sorted(f["path"] for f in out["files"])
+    assert files == ["boot/kernel", "disks/0", "snapshots/s1/memory", "snapshots/s1/state"]
+    manifest = (sa / "exp" / "manifest.json").read_text()
+    assert hashlib.sha256(manifest.encode()).hexdigest() + "\n" == \
+        (sa / "exp" / "manifest.sha256").read_text()
+    # Outside the storage, or onto something that exists: refused.
+    r = a.request("POST", "/vms/src/snapshots/s1/export", {"dir": "/tmp/elsewhere"})
+    assert r[0] == 400 and "not in a storage directory" in r[1]["error"], r
+    r = a.request("POST", "/vms/src/snapshots/s1/export", {"dir": str(sa / "exp")})
+    assert r[0] == 409 and "exists" in r[1]["error"], r
+
+    shutil.copytree(sa / "exp", sb / "exp")
+    vm = b.ok("POST", "/vms/dst/import", {"dir": str(sb / "exp")}, status=201)
+    assert vm["state"] == "stopped", vm
+    assert vm["disks"][0]["path"] == str(sb / "dst-disk0.qcow2"), vm
+    lst = b.ok("GET", "/vms/dst/snapshots")
+    assert lst["current"] == "s1" and [s["name"] for s in lst["snapshots"]] == ["s1"], lst
+    vm = b.ok("POST", "/vms/dst/snapshots/s1/rollback")
+    assert vm["state"] == "running" and vm["vmm_uid"] > 0, vm
+    assert wait_for(lambda: len(counts(b, "dst")) >= 5, timeout=10), b.vm_log("dst")
+    assert at[0] < counts(b, "dst")[0] <= at[1] + 1, (at, counts(b, "dst")[:3])
+    assert "PROBE boot" not in b.vm_log("dst")
+    b.stop("dst", force=True)
+    # Its disk is the source's at the snapshot (an internal snapshot in each).
+    subprocess.run(["qemu-img", "snapshot", "-a", "s1", str(disk)], check=True)
+    assert subprocess.run(["qemu-img", "compare", "-q", str(disk),
+                           str(sb / "dst-disk0.qcow2")]).returncode == 0
+
+
+def test_export_of_an_incremental_chain(two):
+    """A VM without disks can be exported running; an increment takes its
+    chain along, and the imported one rolls back exactly."""
+    a, b, sa, sb = two
+    a.create("c", scenario="dirty=4")
+    a.ok("POST", "/vms/c/start")
+    for snap, kw in (("s1", {}), ("s2", {"incremental": True})):
+        at = len(passes(a, "c"))
+        assert wait_for(lambda: len(passes(a, "c")) >= at + 20, timeout=20)
+        a.ok("POST", "/vms/c/snapshots", {"name": snap, **kw}, status=201)
+    mark = passes(a, "c")[-1][0]
+    p = subprocess.run([str(VIREO), "vm", "--socket", a.socket, "snapshot", "export", "c", "s2",
+                        str(sa / "chain")], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "exported to" in p.stdout, p
+    shutil.copytree(sa / "chain", sb / "chain")
+    p = subprocess.run([str(VIREO), "vm", "--socket", b.socket, "snapshot", "import",
+                        str(sb / "chain"), "c2"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "imported" in p.stdout, p
+    lst = {s["name"]: s for s in b.ok("GET", "/vms/c2/snapshots")["snapshots"]}
+    assert lst["s2"]["incremental"] and lst["s2"]["parent"] == "s1" and lst["s1"]["parent"] is None
+    b.ok("POST", "/vms/c2/snapshots/s2/rollback")
+    assert wait_for(lambda: len(passes(b, "c2")) >= 30, timeout=20), b.vm_log("c2")
+    seen = passes(b, "c2")
+    assert seen[0][0] <= mark + 2 and all(bad == 0 for _, bad in seen), seen[:3]
+    assert [n for n, _ in seen] == list(range(seen[0][0], seen[-1][0] + 1))
+
+
+def rehash(exp):
+    """Makes manifest.sha256 match manifest.json again."""
+    text = (exp / "manifest.json").read_bytes()
+    (exp / "manifest.sha256").write_text(hashlib.sha256(text).hexdigest() + "\n")
+
+
+def set_file_hash(exp, rel):
+    """Records rel's present size and hash in the manifest (a consistent
+    forgery: only the deeper checks can catch what is wrong in it)."""
+    m = json.loads((exp / "manifest.json").read_text())
+    data = (exp / rel).read_bytes()
+    for f in m["files"]:
+        if f["path"] == rel:
+            f["size"], f["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    (exp / "manifest.json").write_text(json.dumps(m))
+    rehash(exp)
+
+
+def test_damaged_exports_refused_and_nothing_left(two):
+    a, b, sa, sb = two
+    counting_vm_with_disk(a, sa)
+    a.stop("src", force=True)
+    a.ok("POST", "/vms/src/snapshots/s1/export", {"dir": str(sa / "exp")})
+
+    def damaged(change):
+        exp = sb / "exp"
+        if exp.exists():
+            shutil.rmtree(exp)
+        shutil.copytree(sa / "exp", exp)
+        change(exp)
+        before_storage = sorted(os.listdir(sb))
+        before_state = sorted(os.listdir(os.path.join(b.state, "snapshots"))) \
+            if os.path.exists(os.path.join(b.state, "snapshots")) else []
+        st, js = b.request("POST", "/vms/x/import", {"dir": str(exp)})
+        assert st in (400, 409), (st, js)
+        assert "\n" not in js["error"] and js["error"].startswith("cannot import"), js
+        assert b.request("GET", "/vms/x")[0] == 404
+        assert sorted(os.listdir(sb)) == before_storage
+        assert (sorted(os.listdir(os.path.join(b.state, "snapshots")))
+                if os.path.exists(os.path.join(b.state, "snapshots")) else []) == before_state
+        return js["error"]
+
+    def flip(rel, at):
+        def change(exp):
+            data = bytearray((exp / rel).read_bytes())
+            data[at] ^= 0x40
+            (exp / rel).write_bytes(bytes(data))
+        return change
+
+    assert "memory: checksum mismatch" in damaged(flip("snapshots/s1/memory", 4096 * 300))
+    assert "disks/0: checksum mismatch" in damaged(flip("disks/0", 100))
+    assert "does not match manifest.sha256" in damaged(flip("manifest.json", 40))
+
+    def truncate(exp):
+        os.truncate(exp / "snapshots/s1/state", 100)
+    assert "snapshots/s1/state is 100 bytes, the manifest says" in damaged(truncate)
+
+    def link(exp):
+        os.unlink(exp / "disks/0")
+        os.symlink("/etc/passwd", exp / "disks/0")
+    assert "disks/0" in damaged(link)
+
+    def version(exp):
+        m = json.loads((exp / "manifest.json").read_text())
+        m["version"] = 2
+        (exp / "manifest.json").write_text(json.dumps(m))
+        rehash(exp)
+    assert "export format version 2: this vireo reads version 1" in damaged(version)
+
+    def extra(exp):
+        m = json.loads((exp / "manifest.json").read_text())
+        m["files"][0]["path"] = "../../etc/shadow"
+        (exp / "manifest.json").write_text(json.dumps(m))
+        rehash(exp)
+    assert "unexpected file" in damaged(extra)
+
+    def forged_state(exp):
+        flip("snapshots/s1/state", 300)(exp)
+        set_file_hash(exp, "snapshots/s1/state")
+    assert "damaged state file" in damaged(forged_state)
+
+    def forged_disk(exp):
+        subprocess.run(["qemu-img", "snapshot", "-d", "s1", str(exp / "disks/0")], check=True)
+        set_file_hash(exp, "disks/0")
+    assert "has no internal snapshot 's1'" in damaged(forged_disk)
+
+    # And the intact one imports.
+    shutil.rmtree(sb / "exp")
+    shutil.copytree(sa / "exp", sb / "exp")
+    b.ok("POST", "/vms/x/import", {"dir": str(sb / "exp")}, status=201)
+    r = b.request("POST", "/vms/x/import", {"dir": str(sb / "exp")})
+    assert r[0] == 409 and "exists" in r[1]["error"], r
