@@ -270,6 +270,44 @@ static void scn_dirty(const char *arg)
 	}
 }
 
+/* For bench/snapshot.sh: "touch=MIB" writes every page of MIB MiB once
+ * (its address and generation 1) and says "filled"; after change_after_ms
+ * (default 1000) it rewrites the first change_mib MiB (default 10) with
+ * generation 2, checks every page and says "changed bad=N". All along it
+ * prints a tick every tick_ms (default 5), so that a restored guest shows
+ * at once that it runs. */
+static uint64_t touch_tick(uint64_t n, uint64_t start, uint64_t tick)
+{
+	probe_printf("PROBE touch tick n=%lu ms=%lu\n", n, (clock_ns() - start) / 1000000);
+	clock_delay_us(tick * 1000);
+	return n + 1;
+}
+
+static void scn_touch(const char *arg)
+{
+	uint64_t mib = parse_u64(arg, 512), change = cmdline_u64("change_mib", 10);
+	uint64_t after = cmdline_u64("change_after_ms", 1000), tick = cmdline_u64("tick_ms", 5);
+	uint64_t pages = mib << 8, bad = 0, n = 0, start;
+	volatile uint64_t *buf = dma_alloc((size_t)mib << 20, 4096);
+
+	for (uint64_t i = 0; i < pages; i++) {
+		buf[i * 512] = (uint64_t)(uintptr_t)(buf + i * 512);
+		buf[i * 512 + 1] = 1;
+	}
+	probe_printf("PROBE touch filled mib=%lu\n", mib);
+	start = clock_ns();
+	while (clock_ns() - start < after * 1000000)
+		n = touch_tick(n, start, tick);
+	for (uint64_t i = 0; i < (change << 8) && i < pages; i++)
+		buf[i * 512 + 1] = 2;
+	for (uint64_t i = 0; i < pages; i++)
+		bad += buf[i * 512] != (uint64_t)(uintptr_t)(buf + i * 512) ||
+		       buf[i * 512 + 1] != (i < (change << 8) ? 2u : 1u);
+	probe_printf("PROBE touch changed mib=%lu bad=%lu\n", change, bad);
+	for (;;)
+		n = touch_tick(n, start, tick);
+}
+
 /* QEMU microvm has no MCFG (its ECAM is only in the DSDT): "ecam=ADDR"
  * on the command line supplies or overrides the base of bus 0. */
 /* Faults on purpose, to test the exception path: "fault=ud" or "fault=pf". */
@@ -343,6 +381,7 @@ static const struct scenario {
 	{ "echo", scn_echo },
 	{ "count", scn_count },
 	{ "dirty", scn_dirty },
+	{ "touch", scn_touch },
 };
 
 static void run_scenario(void)
