@@ -276,6 +276,10 @@ int snapshot_save(const char *dir, const struct snapshot_target *t,
 {
 	if (machine_snapshot_unsupported(t->machine))
 		return -ENOTSUP;
+	/* Its files would replace the parent's that it needs. */
+	if (t->incremental && t->base && !strcmp(dir, t->base->dir))
+		return err_set(-EINVAL, "an incremental snapshot cannot go into the directory of "
+			       "its parent (%s)", dir);
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
 		return err_set(-errno, "cannot create %s: %m", dir);
 	return save(t, dir, -1, -1, stats);

@@ -190,6 +190,10 @@ def test_incremental_refused_without_base_or_with_virtio(tmp_path, sock):
         r = vireo_control(sock, action="snapshot", dir=str(tmp_path / "B"), incremental=True,
                           parent_id="0123456789abcdef")
         assert not r["ok"] and "does not descend" in r["error"], r
+        a = (tmp_path / "A" / "memory").read_bytes()
+        r = vireo_control(sock, action="snapshot", dir=str(tmp_path / "A"), incremental=True)
+        assert not r["ok"] and "directory of its parent" in r["error"], r
+        assert (tmp_path / "A" / "memory").read_bytes() == a
     finally:
         guest.proc.kill()
         guest.finish()
