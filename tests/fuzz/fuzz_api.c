@@ -233,6 +233,20 @@ enum mgr_err mgr_snap_delete(struct mgr *m, struct mgr_vm *vm, const char *snap)
 	return err_set(-ENOENT, "no snapshot"), MGR_E_NOT_FOUND;
 }
 
+enum mgr_err mgr_snap_export(struct mgr *m, struct mgr_vm *vm, const char *snap,
+			     struct json_object *body, struct json_object **out)
+{
+	(void)m, (void)vm, (void)snap, (void)body, (void)out;
+	return err_set(-ENOENT, "no snapshot"), MGR_E_NOT_FOUND;
+}
+
+enum mgr_err mgr_import(struct mgr *m, const char *name, struct json_object *body,
+			struct json_object **out)
+{
+	(void)m, (void)name, (void)body, (void)out;
+	return err_set(-EINVAL, "no export"), MGR_E_BAD;
+}
+
 void mgr_snap_remove_all(struct mgr *m, const char *name)
 {
 	(void)m, (void)name;
