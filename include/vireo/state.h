@@ -194,9 +194,8 @@ struct snapshot_stats {
  *
  * The VMM's base: the snapshot its memory last equalled (the last one it
  * took or the one it was restored from), with KVM dirty logging on from
- * that instant. Only guest writes are logged, so a VM with virtio devices
- * (whose model writes into guest RAM from the VMM) gets no base until
- * dirty.c tracks those writes too. */
+ * that instant: the guest's writes (KVM's log) and the VMM's own writes
+ * into guest RAM (the virtio devices', dirty_mark()). */
 #define SNAPSHOT_MAX_CHAIN 64
 
 struct snapshot_base {
