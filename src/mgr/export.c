@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "vireo/block.h"
 #include "vireo/log.h"
 #include "vireo/machine.h"
 #include "vireo/mgr.h"
@@ -794,6 +795,25 @@ static int import_snapshot_dirs(struct import *im)
 	return ret;
 }
 
+/* An export holds whole disks: one that names another file (a backing
+ * file, VMDK extents) would make the new VM read a file of this host. */
+static int import_check_disk(const struct mgr_disk *k, unsigned int i)
+{
+	struct image *img;
+	int ret = image_open(k->path, k->format, IMAGE_NO_BACKING, &img);
+
+	if (ret)
+		return err_set(-EINVAL, "disks/%u: %s", i, err_get());
+	if (strcmp(img->fmt->name, "qcow2") && strcmp(img->fmt->name, "raw"))
+		ret = err_set(-EINVAL, "disks/%u is %s: only qcow2 and raw disks are imported", i,
+			      img->fmt->name);
+	else if (img->backing_name[0])
+		ret = err_set(-EINVAL, "disks/%u has a backing file (%.200s): an export holds "
+			      "whole disks", i, img->backing_name);
+	image_close(img);
+	return ret;
+}
+
 /* What a rollback to SNAP will check, on the copies. */
 static int import_verify(struct import *im)
 {
@@ -814,6 +834,8 @@ static int import_verify(struct import *im)
 			snapshot_close(s);
 	}
 	free(mc);
+	for (unsigned int i = 0; !ret && i < im->def.ndisks; i++)
+		ret = import_check_disk(&im->def.disks[i], i);
 	if (!ret)
 		ret = disks_check(&im->def, false, im->snap, true);
 	return ret;

@@ -208,6 +208,16 @@ def test_damaged_exports_refused_and_nothing_left(two):
         set_file_hash(exp, "disks/0")
     assert "has no internal snapshot 's1'" in damaged(forged_disk)
 
+    def backing(exp):
+        # A disk that would read another file of the importing host.
+        other = sb / "other.qcow2"
+        if not other.exists():
+            qcow2(other)
+        subprocess.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", str(other), "-F",
+                        "qcow2", str(exp / "disks/0")], check=True)
+        set_file_hash(exp, "disks/0")
+    assert "has a backing file" in damaged(backing)
+
     # And the intact one imports.
     shutil.rmtree(sb / "exp")
     shutil.copytree(sa / "exp", sb / "exp")
