@@ -611,6 +611,7 @@ static int parse_file(struct import *im, struct json_object *f)
 	struct import_file *x = &im->files[im->nfiles];
 	struct json_object *p, *sz, *h;
 	const char *rel, *hex;
+	size_t len;
 
 	if (!json_object_object_get_ex(f, "path", &p) || !json_object_is_type(p, json_type_string) ||
 	    !json_object_object_get_ex(f, "size", &sz) || !json_object_is_type(sz, json_type_int) ||
@@ -629,6 +630,12 @@ static int parse_file(struct import *im, struct json_object *f)
 	strcpy(x->rel, rel);
 	strcpy(x->sha256, hex);
 	x->size = (uint64_t)json_object_get_int64(sz);
+	/* Bounds before any byte is copied: no state file is larger, no memory
+	 * file larger than the guest's RAM. */
+	len = strlen(rel);
+	if ((len > 6 && !strcmp(rel + len - 6, "/state") && x->size > STATE_MAX_FILE) ||
+	    (len > 7 && !strcmp(rel + len - 7, "/memory") && x->size > im->def.memory))
+		return err_set(-EINVAL, "manifest: '%s' is larger than such a file can be", rel);
 	im->nfiles++;
 	return 0;
 }

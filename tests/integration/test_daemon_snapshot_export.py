@@ -198,6 +198,16 @@ def test_damaged_exports_refused_and_nothing_left(two):
         rehash(exp)
     assert "unexpected file" in damaged(extra)
 
+    def huge(exp):
+        m = json.loads((exp / "manifest.json").read_text())
+        for f in m["files"]:
+            if f["path"].endswith("/memory"):
+                f["size"] = 1 << 40
+        (exp / "manifest.json").write_text(json.dumps(m))
+        rehash(exp)
+        os.truncate(exp / "snapshots/s1/memory", 1 << 40)
+    assert "larger than such a file can be" in damaged(huge)
+
     def forged_state(exp):
         flip("snapshots/s1/state", 300)(exp)
         set_file_hash(exp, "snapshots/s1/state")
