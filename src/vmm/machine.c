@@ -41,7 +41,7 @@ static void save_devices(const struct machine_config *m, struct state_writer *w)
 		state_put_u64(w, m->rng_bps);
 	if (m->balloon)
 		state_put_u64(w, m->balloon_target);
-	for (unsigned int i = 0; i < m->ndisks; i++)
+	for (unsigned int i = 0; i < m->ndisks && i < MACHINE_MAX_DISKS; i++)
 		state_put_u32(w, m->disks[i].queues);
 }
 

@@ -20,6 +20,7 @@
 
 #include <linux/kvm.h>
 
+#include "vireo/block.h"
 #include "vireo/pci.h"
 #include "vireo/state.h"
 #include "vireo/virtio.h"
@@ -503,7 +504,7 @@ static void blk_multiqueue_answers_on_each_queue(void **state)
 	char path[] = "/tmp/vireo-test-mq-XXXXXX";
 	int fd = mkstemp(path);
 	struct disk_config cfg = { .path = path, .format = "raw", .queues = 8,
-				   .aio = 1 /* threads: the same on every host */ };
+				   .aio = BLOCK_AIO_THREADS };	/* the same on every host */
 	struct virtio_blk *blk;
 	unsigned int slot;
 
