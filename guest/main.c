@@ -344,6 +344,7 @@ static void scn_virtio(const char *arg)
 VIRTIO_SCN(scn_blk_wrap, scn_blk)
 VIRTIO_SCN(scn_blk_bench_wrap, scn_blk_bench)
 VIRTIO_SCN(scn_blk_wz_wrap, scn_blk_wz)
+VIRTIO_SCN(scn_blk_mq_wrap, scn_blk_mq)
 VIRTIO_SCN(scn_rng_wrap, scn_rng)
 VIRTIO_SCN(scn_balloon_wrap, scn_balloon)
 VIRTIO_SCN(scn_net_wrap, scn_net)
@@ -369,6 +370,7 @@ static const struct scenario {
 	{ "blk", scn_blk_wrap },
 	{ "blk_bench", scn_blk_bench_wrap },
 	{ "blk_wz", scn_blk_wz_wrap },
+	{ "blk_mq", scn_blk_mq_wrap },
 	{ "rng", scn_rng_wrap },
 	{ "balloon", scn_balloon_wrap },
 	{ "net", scn_net_wrap },

@@ -134,6 +134,7 @@ void probe_memset(void *d, int c, size_t n);
 void scn_blk(const char *arg);
 void scn_blk_bench(const char *arg);
 void scn_blk_wz(const char *arg);
+void scn_blk_mq(const char *arg);
 void scn_rng(const char *arg);
 void scn_balloon(const char *arg);
 void scn_net(const char *arg);

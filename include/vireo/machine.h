@@ -24,6 +24,7 @@ struct machine_disk {
 	bool readonly;
 	uint64_t bps, iops;
 	int cache, aio;       /* enum block_cache, enum block_aio */
+	unsigned int queues;  /* virtqueues (1 to VIRTIO_BLK_MAX_QUEUES) */
 };
 
 /* A vNIC: its tap by name (the MAC the guest knows is device state). */
@@ -53,7 +54,8 @@ struct machine_config {
  * exit, u32 disks, u32 vNICs, u8 rng, u8 balloon; then per disk blob path,
  * blob format, blob serial, u8 readonly, u64 bps, u64 iops, u32 cache,
  * u32 aio; per vNIC blob tap, 6 bytes MAC, u8 MAC set, u32 MTU, u64 rx
- * and tx bps; u64 rng bps if rng; u64 balloon target if balloon. */
+ * and tx bps; u64 rng bps if rng; u64 balloon target if balloon; then per
+ * disk u32 queues (files from before multi-queue end before: 1 queue). */
 void machine_save(const struct machine_config *m, struct state_writer *w);
 /* 0, or -EINVAL with err_set() for a missing or malformed section. */
 int machine_load(const struct state_reader *r, struct machine_config *m);

@@ -30,6 +30,8 @@
 #define VIRTQ_MAX_SIZE  256   /* largest queue vireo offers */
 #define VIRTQ_MAX_SEGS  256   /* longest chain, indirect tables included */
 #define VIRTIO_NO_VECTOR 0xffff
+#define VIRTIO_MAX_QUEUES  8  /* per device (multi-queue blk: docs/run.md) */
+#define VIRTIO_MAX_VECTORS 64 /* MSI-X table entries the transport has room for */
 
 /* ---- split virtqueue (virtio 1.x §2.7) ---- */
 
@@ -92,7 +94,7 @@ struct virtio_device_ops {
 	uint16_t device_id;            /* virtio device id: 1 net, 2 blk, 4 rng, 5 balloon */
 	uint32_t pci_class;
 	uint64_t features;             /* offered, VIRTIO_F_VERSION_1 included by the core */
-	unsigned int num_queues;
+	unsigned int num_queues;       /* 1 to VIRTIO_MAX_QUEUES */
 	/* Device config space is dev->config (config_size bytes); the guest
 	 * writes only through config_write (vCPU thread, optional). */
 	void (*config_write)(struct virtio_dev *dev, unsigned int offset, const uint8_t *data,
@@ -138,8 +140,8 @@ struct virtio_dev {
 	uint8_t config_generation;
 	uint8_t config[256];
 	unsigned int config_size;
-	struct virtq vqs[4];
-	int kick_fd[4];                /* ioeventfd per queue */
+	struct virtq vqs[VIRTIO_MAX_QUEUES];
+	int kick_fd[VIRTIO_MAX_QUEUES]; /* ioeventfd per queue */
 	int wake_fd;                   /* stops the I/O thread */
 	int timer_fd;                  /* wakes deferred queues (rate limits) */
 	int extra_fd;                  /* a host fd the model reads (a tap) */
@@ -148,9 +150,10 @@ struct virtio_dev {
 	pthread_t thread;
 	bool thread_started;
 	uint64_t bar_base;             /* where BAR0 is mapped, 0 if not */
-	uint32_t msix[64][4];          /* MSI-X table: addr lo, addr hi, data, control */
-	int msix_gsi[64];              /* MSI route of each vector, -1: none yet */
-	int msix_irqfd[64];            /* eventfd bound to that route */
+	unsigned int nvectors;         /* MSI-X table size (virtio_pci_create) */
+	uint32_t msix[VIRTIO_MAX_VECTORS][4]; /* MSI-X table: addr lo, addr hi, data, control */
+	int msix_gsi[VIRTIO_MAX_VECTORS];     /* MSI route of each vector, -1: none yet */
+	int msix_irqfd[VIRTIO_MAX_VECTORS];   /* eventfd bound to that route */
 	uint64_t msix_pba;
 	struct virtio_stats stats;
 	unsigned int quiesced;         /* virtio_quiesce() depth: no new requests served */
@@ -209,8 +212,14 @@ struct disk_config {
 	uint64_t bps, iops;   /* rate limits; 0 = none */
 	int cache;            /* enum block_cache (vireo/block.h); 0 = writeback */
 	int aio;              /* enum block_aio; 0 = io_uring */
+	unsigned int queues;  /* virtqueues, 1 to VIRTIO_BLK_MAX_QUEUES; 0 = one */
 	const struct block_policy *policy; /* where its chain may be; NULL: anywhere */
 };
+
+/* --disk queues=: at most this many (docs/run.md says why), and by
+ * default one per vCPU up to it. */
+#define VIRTIO_BLK_MAX_QUEUES 8
+unsigned int virtio_blk_default_queues(unsigned int ncpus);
 
 struct virtio_blk;
 int virtio_blk_create(struct vm *vm, struct pci_bus *bus, const struct disk_config *cfg,

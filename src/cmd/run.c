@@ -125,7 +125,8 @@ static const char run_usage[] =
 	"                   path=FILE[,format=raw|qcow2|vpc|vmdk][,readonly][,serial=ID]\n"
 	"                   [,iops=N][,bps=SIZE]   (bps: bytes per second, e.g. 50M)\n"
 	"                   [,cache=writeback|none|writethrough|directsync|unsafe]\n"
-	"                   [,aio=io_uring|threads]\n"
+	"                   [,aio=io_uring|threads][,queues=N]\n"
+	"                   (queues: virtqueues, 1-8; default one per vCPU, up to 8)\n"
 	"  --rng[=bps=SIZE] a virtio-rng device, optionally rate-limited\n"
 	"  --balloon[=target=SIZE]  a virtio-balloon device; target: memory to reclaim\n"
 	"  --net SPEC       a virtio-net vNIC on a tap device (repeatable, up to 4):\n"
@@ -211,6 +212,12 @@ static int parse_disk(char *spec, struct disk_config *d)
 		else if (!strcmp(tok, "aio"))
 			return err_set(-EINVAL, "--disk: aio must be io_uring or threads, not '%s'",
 				       val);
+		else if (!strcmp(tok, "queues") && eq && !parse_count(val, &d->queues) &&
+			 d->queues >= 1 && d->queues <= VIRTIO_BLK_MAX_QUEUES)
+			;
+		else if (!strcmp(tok, "queues"))
+			return err_set(-EINVAL, "--disk: queues must be 1 to %d, not '%s'",
+				       VIRTIO_BLK_MAX_QUEUES, val);
 		else
 			return err_set(-EINVAL, "--disk: bad item '%s%s%s'", tok, eq ? "=" : "", val);
 	}
@@ -286,6 +293,7 @@ static void devices_to_machine(struct run_options *o)
 		k->iops = d->iops;
 		k->cache = d->cache;
 		k->aio = d->aio;
+		k->queues = d->queues;
 	}
 	for (unsigned int i = 0; i < o->nnics; i++) {
 		const struct nic_config *n = &o->nics[i];
@@ -313,7 +321,7 @@ static void devices_from_machine(struct run_options *o)
 		o->disks[i] = (struct disk_config){ .path = k->path,
 			.format = k->format[0] ? k->format : NULL, .readonly = k->readonly,
 			.serial = k->serial[0] ? k->serial : NULL, .bps = k->bps, .iops = k->iops,
-			.cache = k->cache, .aio = k->aio };
+			.cache = k->cache, .aio = k->aio, .queues = k->queues };
 	}
 	o->nnics = m->nnics;
 	for (unsigned int i = 0; i < m->nnics; i++) {
@@ -562,6 +570,9 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 	if (optind < argc)
 		return err_set(-EINVAL, "unexpected argument '%s'", argv[optind]);
 	apply_storage(o);
+	for (unsigned int i = 0; i < o->ndisks; i++)
+		if (!o->disks[i].queues)
+			o->disks[i].queues = virtio_blk_default_queues(o->vm.ncpus);
 	o->machine = (struct machine_config){ .ncpus = o->vm.ncpus, .mem_size = o->vm.mem_size,
 		.hugepages = o->vm.hugepages, .debug_exit = o->debug_exit, .ndisks = o->ndisks,
 		.nnics = o->nnics, .rng = o->rng, .balloon = o->balloon };

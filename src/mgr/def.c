@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "vireo/block.h"
+#include "vireo/virtio.h"
 #include "vireo/control.h"
 #include "vireo/log.h"
 #include "vireo/mgr.h"
@@ -188,9 +189,10 @@ static int parse_io_share(struct json_object *o, unsigned int *weight, const cha
 static int parse_disk(struct json_object *o, struct mgr_disk *d)
 {
 	static const char *const keys[] = { "path", "format", "readonly", "bps", "iops", "cache",
-					    "aio", "weight", "floor_bps", "floor_iops", NULL };
+					    "aio", "weight", "floor_bps", "floor_iops", "queues", NULL };
 	int ret = check_keys(o, "a disk", keys);
 	char *cache = NULL, *aio = NULL;
+	uint64_t queues = 0;
 
 	if (ret)
 		return ret;
@@ -229,6 +231,9 @@ static int parse_disk(struct json_object *o, struct mgr_disk *d)
 	free(aio);
 	if (d->aio < 0)
 		return err_set(-EINVAL, "disk 'aio' must be io_uring or threads");
+	if (!opt_ok(ret = get_uint(o, "queues", 1, VIRTIO_BLK_MAX_QUEUES, &queues)))
+		return ret;
+	d->queues = (unsigned int)queues;
 	return 0;
 }
 
@@ -657,6 +662,8 @@ static struct json_object *disk_to_json(const struct mgr_disk *d)
 	json_object_object_add(o, "cache", json_object_new_string(block_cache_name(d->cache)));
 	io_share_to_json(o, d->weight, d->floor_bps, d->floor_iops);
 	json_object_object_add(o, "aio", json_object_new_string(block_aio_name(d->aio)));
+	if (d->queues)
+		json_object_object_add(o, "queues", json_object_new_int((int)d->queues));
 	return o;
 }
 

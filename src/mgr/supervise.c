@@ -369,12 +369,16 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 	for (unsigned int i = 0; i < d->ndisks; i++) {
 		const struct mgr_disk *k = &d->disks[i];
 
-		argv[n++] = xasprintf("--disk=path=%s%s%s%s,bps=%llu,iops=%llu,cache=%s,aio=%s",
+		char queues[24] = "";
+
+		if (k->queues)
+			snprintf(queues, sizeof(queues), ",queues=%u", k->queues);
+		argv[n++] = xasprintf("--disk=path=%s%s%s%s,bps=%llu,iops=%llu,cache=%s,aio=%s%s",
 				      k->path,
 				      k->format ? ",format=" : "", k->format ? k->format : "",
 				      k->readonly ? ",readonly" : "", (unsigned long long)k->bps,
 				      (unsigned long long)k->iops, block_cache_name(k->cache),
-				      block_aio_name(k->aio));
+				      block_aio_name(k->aio), queues);
 	}
 	for (unsigned int i = 0; i < d->nnics; i++) {
 		const struct mgr_nic *k = &d->nics[i];

@@ -22,8 +22,9 @@
 #include "blk-io.h"
 #include "vireo/log.h"
 
-#define BLK_IO_MAX_REQS 512	/* two full queues: one reset's leftovers and the next */
-#define URING_ENTRIES   BLK_IO_MAX_REQS	/* so a request always finds an SQE */
+/* Per virtqueue, two full queues: one reset's leftovers and the next. The
+ * ring has as many entries as the pool (a request always finds an SQE). */
+#define REQS_PER_QUEUE  (2 * VIRTQ_MAX_SIZE)
 #define WORKERS_THREADS 8
 #define WORKERS_URING   2	/* formats, discard, unaligned buffers */
 
@@ -38,11 +39,12 @@ struct blk_io {
 	unsigned int uring_out;		/* SQEs handed to the kernel, not reaped */
 	unsigned int uring_pending;	/* prepared, not yet submitted */
 	struct bfile *raw;		/* the raw image's file, or NULL */
-	/* request pool */
-	struct blk_req *all[BLK_IO_MAX_REQS];
+	/* request pool, allocated as needed up to max_reqs */
+	struct blk_req **all;
+	unsigned int max_reqs;
 	struct blk_req *free_list;
 	unsigned int nall, nout;
-	bool stalled;			/* the queue stopped for want of requests */
+	unsigned int stalled;		/* bit per queue stopped for want of requests */
 	/* ordering (dev->lock) */
 	unsigned int gen;
 	unsigned int started;		/* started and not finished */
@@ -75,7 +77,7 @@ static int uring_setup(struct blk_io *io)
 		{ .opcode = IORING_RESTRICTION_SQE_OP, .sqe_op = IORING_OP_FSYNC },
 		{ .opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED, .sqe_flags = 0 },
 	};
-	int ret = io_uring_queue_init_params(URING_ENTRIES, &io->ring, &p);
+	int ret = io_uring_queue_init_params(io->max_reqs, &io->ring, &p);
 
 	if (ret)
 		return ret;
@@ -116,13 +118,19 @@ static int nr_workers(struct blk_io *io)
 
 
 int blk_io_create(struct virtio_dev *dev, struct blockdev *bd, enum block_aio aio,
-		  blk_run_fn *run, struct blk_io **out)
+		  unsigned int nqueues, blk_run_fn *run, struct blk_io **out)
 {
 	struct blk_io *io = calloc(1, sizeof(*io));
 	int ret;
 
 	if (!io)
 		return err_set(-ENOMEM, "out of memory");
+	io->max_reqs = REQS_PER_QUEUE * (nqueues ? nqueues : 1);
+	io->all = calloc(io->max_reqs, sizeof(*io->all));
+	if (!io->all) {
+		free(io);
+		return err_set(-ENOMEM, "out of memory");
+	}
 	io->dev = dev;
 	io->bd = bd;
 	io->run = run;
@@ -152,26 +160,28 @@ close_ring:
 	close(io->efd);
 free_io:
 	pthread_mutex_destroy(&io->c_lock);
+	free(io->all);
 	free(io);
 	return ret;
 }
 
 /* ---- the pool ---- */
 
-struct blk_req *blk_io_get(struct blk_io *io)
+struct blk_req *blk_io_get(struct blk_io *io, unsigned int q)
 {
 	struct blk_req *req = io->free_list;
 
 	if (req) {
 		io->free_list = req->next;
-	} else if (io->nall < BLK_IO_MAX_REQS && (req = malloc(sizeof(*req)))) {
+	} else if (io->nall < io->max_reqs && (req = malloc(sizeof(*req)))) {
 		io->all[io->nall++] = req;
 	} else {
-		io->stalled = true;
+		io->stalled |= 1u << q;
 		return NULL;
 	}
 	io->nout++;
 	req->io = io;
+	req->q = q;
 	req->gen = io->gen;
 	req->next = NULL;
 	return req;
@@ -432,14 +442,15 @@ void blk_io_start(struct blk_io *io, struct blk_req *req)
 
 /* ---- finishing ---- */
 
-/* Pushes a finished request (unless a reset dropped it) and frees it. */
-static bool finish(struct blk_io *io, struct blk_req *req)
+/* Pushes a finished request to its queue (unless a reset dropped it) and
+ * frees it. Returns the bit of the queue it was pushed to, or 0. */
+static unsigned int finish(struct blk_io *io, struct blk_req *req)
 {
-	bool pushed = req->gen == io->gen;
+	unsigned int pushed = req->gen == io->gen ? 1u << req->q : 0;
 
 	if (pushed) {
 		virtq_write_in(&req->elem, req->elem.in_len - 1, &req->status, 1);
-		virtq_push(&io->dev->vqs[0], &req->elem, req->written + 1);
+		virtq_push(&io->dev->vqs[req->q], &req->elem, req->written + 1);
 	}
 	if (req->writes) {
 		if (req->wprev)
@@ -470,7 +481,7 @@ static unsigned int reap_uring(struct blk_io *io)
 		io_uring_cqe_seen(&io->ring, cqe);
 		reaped++;
 		if (uring_result(io, req, res))
-			pushed += finish(io, req);
+			pushed |= finish(io, req);
 	}
 	pthread_mutex_lock(&io->c_lock);
 	io->uring_out -= reaped;
@@ -490,9 +501,18 @@ static unsigned int reap_workers(struct blk_io *io)
 	pthread_mutex_unlock(&io->c_lock);
 	for (; req; req = next) {
 		next = req->next;
-		pushed += finish(io, req);
+		pushed |= finish(io, req);
 	}
 	return pushed;
+}
+
+/* One interrupt per queue that had something pushed in this batch, each
+ * on its own vector. */
+static void notify_queues(struct blk_io *io, unsigned int queues)
+{
+	for (unsigned int q = 0; queues; q++, queues >>= 1)
+		if (queues & 1)
+			virtio_notify(io->dev, q);
 }
 
 /* What the kernel finished inside io_uring_enter (page-cache hits) is
@@ -500,11 +520,13 @@ static unsigned int reap_workers(struct blk_io *io)
 void blk_io_submit(struct blk_io *io)
 {
 	while (io->uring_pending) {
+		unsigned int pushed;
+
 		uring_submit(io);
-		if (reap_uring(io)) {
+		if ((pushed = reap_uring(io))) {
 			run_parked(io);
 			run_held(io);
-			virtio_notify(io->dev, 0);
+			notify_queues(io, pushed);
 		}
 	}
 }
@@ -517,14 +539,18 @@ void blk_io_complete(struct blk_io *io)
 
 	if (read(io->efd, &count, 8) < 0 && errno != EAGAIN)
 		log_ratelimited("blk: completion eventfd: %s", strerror(errno));
-	pushed = reap_uring(io) + reap_workers(io);
+	pushed = reap_uring(io) | reap_workers(io);
 	run_parked(io);
 	run_held(io);
-	if (pushed)
-		virtio_notify(dev, 0);	/* one interrupt for the batch */
-	if (io->stalled && io->nout < BLK_IO_MAX_REQS) {
-		io->stalled = false;
-		virtio_serve(dev, 0);	/* pops and submits, unless the queue is deferred */
+	notify_queues(io, pushed);	/* one interrupt per queue for the batch */
+	if (io->stalled && io->nout < io->max_reqs) {
+		unsigned int stalled = io->stalled;
+
+		io->stalled = 0;
+		/* pops and submits, unless a queue is deferred */
+		for (unsigned int q = 0; stalled; q++, stalled >>= 1)
+			if (stalled & 1)
+				virtio_serve(dev, q);
 	}
 	blk_io_submit(io);
 }
@@ -547,7 +573,7 @@ void blk_io_reset(struct blk_io *io)
 	}
 	io->parked = NULL;
 	io->parked_tail = &io->parked;
-	io->stalled = false;
+	io->stalled = 0;
 }
 
 void blk_io_activate(struct blk_io *io)
@@ -587,6 +613,7 @@ void blk_io_destroy(struct blk_io *io)
 		io_uring_queue_exit(&io->ring);
 	for (unsigned int i = 0; i < io->nall; i++)
 		free(io->all[i]);
+	free(io->all);
 	close(io->efd);
 	pthread_mutex_destroy(&io->c_lock);
 	free(io);

@@ -41,6 +41,7 @@ struct blk_req {
 	uint32_t written;			/* into the in-segments, status excluded */
 	/* blk-io's own */
 	struct blk_io *io;
+	unsigned int q;				/* its virtqueue: pushed back there */
 	unsigned int gen;			/* device generation at pop (resets) */
 	uint64_t seq;				/* writes: submission order */
 	uint64_t done;				/* io_uring: bytes moved so far */
@@ -59,20 +60,23 @@ struct blk_io_stats {
 /* Runs a request synchronously on a worker thread: sets status, written. */
 typedef void blk_run_fn(struct virtio_dev *dev, struct blk_req *req);
 
-/* Sets up the engine of a device (before virtio_pci_create: it fills
- * dev->extra_fd, the completion eventfd). An io_uring that the kernel
- * refuses falls back to threads, with a warning. */
+/* Sets up the engine of a device with nqueues virtqueues (before
+ * virtio_pci_create: it fills dev->extra_fd, the completion eventfd). All
+ * queues share it: one pool, one ring, one order of writes and flushes,
+ * each request pushed to the queue it came from and each queue interrupted
+ * for its own. An io_uring that the kernel refuses falls back to threads,
+ * with a warning. */
 int blk_io_create(struct virtio_dev *dev, struct blockdev *bd, enum block_aio aio,
-		  blk_run_fn *run, struct blk_io **out);
+		  unsigned int nqueues, blk_run_fn *run, struct blk_io **out);
 /* Waits for what the io_uring still has (the I/O thread has stopped);
  * then the caller closes the blockdev (which drains its workers) and calls
  * blk_io_destroy. */
 void blk_io_drain(struct blk_io *io);
 void blk_io_destroy(struct blk_io *io);
 
-/* A free request, or NULL when too many are out: the queue is served
- * again when some complete. */
-struct blk_req *blk_io_get(struct blk_io *io);
+/* A free request for queue q, or NULL when too many are out: the queue
+ * is served again when some complete. */
+struct blk_req *blk_io_get(struct blk_io *io, unsigned int q);
 void blk_io_put(struct blk_io *io, struct blk_req *req);
 /* Starts a popped, checked and charged request. */
 void blk_io_start(struct blk_io *io, struct blk_req *req);

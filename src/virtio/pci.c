@@ -30,7 +30,11 @@
 #define OFF_MSIX_TABLE  0x4000
 #define OFF_MSIX_PBA    0x6000
 #define NOTIFY_MULT     4
-#define MSIX_VECTORS    8       /* config + up to 4 queues, with room */
+/* MSI-X vectors: 8 (config + up to 7 queues, the layout every snapshot
+ * before multi-queue has), or one per queue and one for config on a device
+ * with more queues (multi-queue blk), so that each queue interrupts on its
+ * own vector and Linux can give each one the affinity of its CPUs. */
+#define MSIX_VECTORS_MIN 8
 
 #define CAP_COMMON 1
 #define CAP_NOTIFY 2
@@ -69,7 +73,7 @@ static void msix_send(struct virtio_dev *dev, uint16_t vector)
 	const uint32_t *e;
 	uint64_t one = 1;
 
-	if (vector >= MSIX_VECTORS)
+	if (vector >= dev->nvectors)
 		return;
 	e = dev->msix[vector];
 	if ((e[3] & 1) || (msix_control(dev) & MSIX_MASKALL)) {
@@ -245,7 +249,7 @@ static void queue_field_write(struct virtio_dev *dev, struct virtq *vq, unsigned
 		if (v && v <= VIRTQ_MAX_SIZE && !(v & (v - 1)))
 			vq->size = (uint16_t)v;
 		break;
-	case 26: vq->msix_vector = v < MSIX_VECTORS ? (uint16_t)v : VIRTIO_NO_VECTOR; break;
+	case 26: vq->msix_vector = v < dev->nvectors ? (uint16_t)v : VIRTIO_NO_VECTOR; break;
 	case 28: if (v == 1) queue_enable(dev, vq); break;
 	case 32: case 36: case 40: case 44: case 48: case 52: {
 		/* 64-bit fields, written as one quad or two dwords. */
@@ -275,7 +279,7 @@ static void common_write(struct virtio_dev *dev, unsigned int off, uint64_t v, u
 					       ((v & 0xffffffffULL) << shift);
 		}
 		break;
-	case 16: dev->config_vector = v < MSIX_VECTORS ? (uint16_t)v : VIRTIO_NO_VECTOR; break;
+	case 16: dev->config_vector = v < dev->nvectors ? (uint16_t)v : VIRTIO_NO_VECTOR; break;
 	case 20: status_write(dev, (uint8_t)v); break;
 	case 22: dev->queue_select = (uint16_t)v; break;
 	default:
@@ -296,7 +300,7 @@ static void msix_deliver_pending(struct virtio_dev *dev)
 
 	if (!(control & MSIX_ENABLE) || (control & MSIX_MASKALL))
 		return;
-	for (unsigned int v = 0; v < MSIX_VECTORS; v++) {
+	for (unsigned int v = 0; v < dev->nvectors; v++) {
 		if (!(dev->msix_pba & (1ULL << v)) || (dev->msix[v][3] & 1))
 			continue;
 		dev->msix_pba &= ~(1ULL << v);
@@ -309,7 +313,7 @@ static void msix_write(struct virtio_dev *dev, unsigned int off, uint64_t v, uns
 	unsigned int vector = off / 16, word = (off % 16) / 4;
 	bool was_masked;
 
-	if (vector >= MSIX_VECTORS || (len != 4 && len != 8))
+	if (vector >= dev->nvectors || (len != 4 && len != 8))
 		return;
 	was_masked = dev->msix[vector][3] & 1;
 	dev->msix[vector][word] = (uint32_t)v;
@@ -333,7 +337,7 @@ static void bar_read(struct virtio_dev *dev, unsigned int off, uint8_t *data, un
 		intx_update(dev);
 	} else if (off >= OFF_DEVICE && off - OFF_DEVICE + len <= dev->config_size) {
 		v = bus_get(dev->config + off - OFF_DEVICE, len);
-	} else if (off >= OFF_MSIX_TABLE && off < OFF_MSIX_TABLE + 16 * MSIX_VECTORS) {
+	} else if (off >= OFF_MSIX_TABLE && off < OFF_MSIX_TABLE + 16 * dev->nvectors) {
 		unsigned int i = (off - OFF_MSIX_TABLE) / 16, w = (off % 16) / 4;
 
 		v = dev->msix[i][w] | (len == 8 && w < 3 ? (uint64_t)dev->msix[i][w + 1] << 32 : 0);
@@ -358,7 +362,7 @@ static void bar_write(struct virtio_dev *dev, unsigned int off, const uint8_t *d
 
 		if (write(dev->kick_fd[(off - OFF_NOTIFY) / NOTIFY_MULT], &one, 8) < 0)
 			log_ratelimited("%s: kick: %s", dev->ops->name, strerror(errno));
-	} else if (off >= OFF_MSIX_TABLE && off < OFF_MSIX_TABLE + 16 * MSIX_VECTORS) {
+	} else if (off >= OFF_MSIX_TABLE && off < OFF_MSIX_TABLE + 16 * dev->nvectors) {
 		msix_write(dev, off - OFF_MSIX_TABLE, v, len);
 	}
 }
@@ -456,7 +460,7 @@ static void pci_identity(struct virtio_dev *dev, struct pci_bus *bus)
 	/* MSI-X: table and PBA in BAR0. */
 	c[CAP_AT_MSIX] = 0x11;
 	c[CAP_AT_MSIX + 1] = CAP_AT_COMMON;
-	bus_put(c + CAP_AT_MSIX + 2, 2, MSIX_VECTORS - 1);
+	bus_put(c + CAP_AT_MSIX + 2, 2, dev->nvectors - 1);
 	bus_put(c + CAP_AT_MSIX + 4, 4, OFF_MSIX_TABLE);
 	bus_put(c + CAP_AT_MSIX + 8, 4, OFF_MSIX_PBA);
 	bus_put(p->wmask + CAP_AT_MSIX + 2, 2, MSIX_ENABLE | MSIX_MASKALL);
@@ -602,7 +606,7 @@ static int virtio_fds_open(struct virtio_dev *dev)
 		if ((dev->kick_fd[q] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
 		    epoll_watch(dev->epoll_fd, dev->kick_fd[q], EPOLLIN, q) < 0)
 			return err_set(-errno, "%s: queue %u: %m", dev->ops->name, q);
-	for (unsigned int v = 0; v < MSIX_VECTORS; v++)
+	for (unsigned int v = 0; v < dev->nvectors; v++)
 		if ((dev->msix_irqfd[v] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
 			return err_set(-errno, "%s: MSI-X vector %u: %m", dev->ops->name, v);
 	if (epoll_watch(dev->epoll_fd, dev->wake_fd, EPOLLIN, ~0u) < 0 ||
@@ -627,7 +631,7 @@ static void virtio_fds_close(struct virtio_dev *dev)
 	close_fd(&dev->wake_fd);
 	close_fd(&dev->timer_fd);
 	close_fd(&dev->epoll_fd);
-	for (unsigned int v = 0; v < MSIX_VECTORS; v++) {
+	for (unsigned int v = 0; v < dev->nvectors; v++) {
 		if (dev->msix_gsi[v] >= 0 && dev->msix_irqfd[v] >= 0)
 			irq_irqfd(dev->vm, dev->msix_irqfd[v], (uint32_t)dev->msix_gsi[v], false);
 		dev->msix_gsi[v] = -1;
@@ -651,8 +655,13 @@ int virtio_pci_create(struct virtio_dev *dev, struct vm *vm, struct pci_bus *bus
 {
 	int slot, ret;
 
+	if (!ops->num_queues || ops->num_queues > VIRTIO_MAX_QUEUES)
+		return err_set(-EINVAL, "%s: %u queues (1 to %u)", ops->name, ops->num_queues,
+			       VIRTIO_MAX_QUEUES);
 	dev->ops = ops;
 	dev->opaque = opaque;
+	dev->nvectors = ops->num_queues + 1 > MSIX_VECTORS_MIN ? ops->num_queues + 1
+							      : MSIX_VECTORS_MIN;
 	dev->vm = vm;
 	dev->config_size = config_size;
 	dev->wake_fd = dev->timer_fd = dev->epoll_fd = -1;
@@ -660,7 +669,7 @@ int virtio_pci_create(struct virtio_dev *dev, struct vm *vm, struct pci_bus *bus
 		dev->kick_fd[q] = -1;
 		dev->vqs[q].mem = vm ? &vm->mem : NULL;
 	}
-	for (unsigned int v = 0; v < MSIX_VECTORS; v++) {
+	for (unsigned int v = 0; v < dev->nvectors; v++) {
 		dev->msix[v][3] = 1; /* masked */
 		dev->msix_gsi[v] = -1;
 		dev->msix_irqfd[v] = -1;
@@ -787,8 +796,8 @@ void virtio_save(struct virtio_dev *dev, struct state_writer *w, uint32_t id)
 		state_put_u32(w, vq->signalled_used);
 		state_put_u8(w, vq->event_idx);
 	}
-	state_put_u32(w, MSIX_VECTORS);
-	for (unsigned int v = 0; v < MSIX_VECTORS; v++)
+	state_put_u32(w, dev->nvectors);
+	for (unsigned int v = 0; v < dev->nvectors; v++)
 		for (unsigned int i = 0; i < 4; i++)
 			state_put_u32(w, dev->msix[v][i]);
 	state_put_u64(w, dev->msix_pba);
@@ -805,9 +814,9 @@ struct virtio_image {
 	uint32_t device_feature_select, driver_feature_select, queue_select, config_vector;
 	uint8_t status, isr, config_generation;
 	uint32_t nqueues, nvectors;
-	struct virtq vqs[4];
-	uint32_t raw[4][5];  /* per queue: size, vector, last avail, used idx, signalled */
-	uint32_t msix[MSIX_VECTORS][4];
+	struct virtq vqs[VIRTIO_MAX_QUEUES];
+	uint32_t raw[VIRTIO_MAX_QUEUES][5];  /* per queue: size, vector, last avail, used idx, signalled */
+	uint32_t msix[VIRTIO_MAX_VECTORS][4];
 	uint64_t pba;
 };
 
@@ -837,18 +846,18 @@ static void image_parse(struct virtio_image *im, struct state_cursor *c)
 	im->isr = state_get_u8(c);
 	im->config_generation = state_get_u8(c);
 	im->nqueues = state_get_u32(c);
-	for (unsigned int q = 0; q < im->nqueues && q < 4 && !c->bad; q++)
+	for (unsigned int q = 0; q < im->nqueues && q < VIRTIO_MAX_QUEUES && !c->bad; q++)
 		image_parse_queue(im, q, c);
 	im->nvectors = state_get_u32(c);
-	for (unsigned int v = 0; v < im->nvectors && v < MSIX_VECTORS && !c->bad; v++)
+	for (unsigned int v = 0; v < im->nvectors && v < VIRTIO_MAX_VECTORS && !c->bad; v++)
 		for (unsigned int i = 0; i < 4; i++)
 			im->msix[v][i] = state_get_u32(c);
 	im->pba = state_get_u64(c);
 }
 
-static bool vector_ok(uint32_t v)
+static bool vector_ok(const struct virtio_dev *dev, uint32_t v)
 {
-	return v < MSIX_VECTORS || v == VIRTIO_NO_VECTOR;
+	return v < dev->nvectors || v == VIRTIO_NO_VECTOR;
 }
 
 static int image_check_queue(const struct virtio_dev *dev, struct virtio_image *im,
@@ -859,7 +868,7 @@ static int image_check_queue(const struct virtio_dev *dev, struct virtio_image *
 
 	if (!size || size > VIRTQ_MAX_SIZE || (size & (size - 1)))
 		return err_set(-EINVAL, "queue %u has size %u", q, size);
-	if (!vector_ok(im->raw[q][1]) || im->raw[q][2] > 0xffff || im->raw[q][3] > 0xffff ||
+	if (!vector_ok(dev, im->raw[q][1]) || im->raw[q][2] > 0xffff || im->raw[q][3] > 0xffff ||
 	    im->raw[q][4] > 0xffff)
 		return err_set(-EINVAL, "queue %u: vector or index out of range", q);
 	vq->size = (uint16_t)size;
@@ -882,13 +891,13 @@ static int image_check(const struct virtio_dev *dev, struct virtio_image *im)
 	for (unsigned int i = 0; i < PCI_CONFIG_SIZE; i++)
 		if ((im->config[i] ^ p->config[i]) & ~p->wmask[i])
 			return err_set(-EINVAL, "PCI config byte 0x%x differs from this device's", i);
-	if (im->nqueues != dev->ops->num_queues || im->nvectors != MSIX_VECTORS)
+	if (im->nqueues != dev->ops->num_queues || im->nvectors != dev->nvectors)
 		return err_set(-EINVAL, "%u queues and %u MSI-X vectors, the device has %u and %u",
-			       im->nqueues, im->nvectors, dev->ops->num_queues, MSIX_VECTORS);
+			       im->nqueues, im->nvectors, dev->ops->num_queues, dev->nvectors);
 	if (im->driver_features & ~device_features(dev))
 		return err_set(-EINVAL, "driver features 0x%llx are more than the device offers",
 			       (unsigned long long)im->driver_features);
-	if (!vector_ok(im->config_vector) || (im->isr & ~3u) || (im->pba >> MSIX_VECTORS))
+	if (!vector_ok(dev, im->config_vector) || (im->isr & ~3u) || (im->pba >> dev->nvectors))
 		return err_set(-EINVAL, "config vector, ISR or PBA out of range");
 	if (im->queue_select > 0xffff)
 		return err_set(-EINVAL, "queue select %u out of range", im->queue_select);
@@ -919,7 +928,7 @@ static void virtio_restart(struct virtio_dev *dev)
 {
 	bar_remap(&dev->pci, 0x10, 4);
 	pthread_mutex_lock(&dev->lock);
-	for (unsigned int v = 0; v < MSIX_VECTORS; v++)
+	for (unsigned int v = 0; v < dev->nvectors; v++)
 		if (dev->msix[v][0] || dev->msix[v][1])
 			msix_route(dev, v);
 	intx_update(dev);

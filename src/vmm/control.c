@@ -149,6 +149,7 @@ static struct json_object *info_disk(const struct control_target *t, unsigned in
 	add_u64(o, "interrupts", vs->interrupts);
 	add_u64(o, "ring_errors", vs->ring_errors);
 	add_u64(o, "resets", vs->resets);
+	add_u64(o, "queues", virtio_blk_dev(blk)->ops->num_queues);
 	json_object_object_add(o, "aio", json_object_new_string(virtio_blk_aio(blk, &inflight_max)));
 	add_u64(o, "inflight_max", inflight_max);
 	pthread_mutex_lock(&rl->lock);

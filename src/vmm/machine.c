@@ -6,6 +6,7 @@
 #include "vireo/log.h"
 #include "vireo/machine.h"
 #include "vireo/state.h"
+#include "vireo/virtio.h"
 
 static void put_str(struct state_writer *w, const char *s)
 {
@@ -40,6 +41,8 @@ static void save_devices(const struct machine_config *m, struct state_writer *w)
 		state_put_u64(w, m->rng_bps);
 	if (m->balloon)
 		state_put_u64(w, m->balloon_target);
+	for (unsigned int i = 0; i < m->ndisks && i < MACHINE_MAX_DISKS; i++)
+		state_put_u32(w, m->disks[i].queues);
 }
 
 void machine_save(const struct machine_config *m, struct state_writer *w)
@@ -65,6 +68,21 @@ static void get_str(struct state_cursor *c, char *out, size_t size)
 	out[n] = 0;
 	if (strlen(out) != n)
 		c->bad = true;
+}
+
+/* Appended after the rest, so that older files (one queue per disk, and
+ * nothing after the devices) still load. */
+static void load_queues(struct state_cursor *c, struct machine_config *m)
+{
+	bool absent = c->pos == c->len;
+
+	for (unsigned int i = 0; i < m->ndisks && !c->bad; i++) {
+		struct machine_disk *d = &m->disks[i];
+
+		d->queues = absent ? 1 : state_get_u32(c);
+		if (!d->queues || d->queues > VIRTIO_BLK_MAX_QUEUES)
+			c->bad = true;
+	}
 }
 
 static void load_devices(struct state_cursor *c, struct machine_config *m)
@@ -102,6 +120,7 @@ static void load_devices(struct state_cursor *c, struct machine_config *m)
 		m->rng_bps = state_get_u64(c);
 	if (m->balloon)
 		m->balloon_target = state_get_u64(c);
+	load_queues(c, m);
 }
 
 int machine_load(const struct state_reader *r, struct machine_config *m)

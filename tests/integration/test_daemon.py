@@ -498,3 +498,24 @@ def test_disk_aio_mode_reaches_the_vmm(daemon, tmp_path):
     assert wait_for(lambda: daemon.vm("a").get("vmm", {}).get("disks", [{}])[0].get("aio")
                     == "threads")
     daemon.stop("a", force=True)
+
+
+def test_disk_queues_reach_the_vmm(daemon, tmp_path):
+    """A disk's "queues" (docs/api.md) is kept in the definition when given;
+    absent, the VMM gives the disk one queue per vCPU; the VMM's info says
+    how many it has."""
+    img = tmp_path / "q.img"
+    img.write_bytes(b"\0" * (1 << 20))
+    st, js = daemon.request("POST", "/vms", {"name": "qbad", "kernel": str(PROBE),
+                                             "disks": [{"path": str(img), "queues": 9}]})
+    assert st == 400 and "'queues' must be between 1 and 8" in js["error"], js
+    daemon.create("q2", cpus=2, disks=[{"path": str(img), "format": "raw", "readonly": True}])
+    assert "queues" not in daemon.vm("q2")["disks"][0]
+    daemon.create("q3", disks=[{"path": str(img), "format": "raw", "readonly": True,
+                                "queues": 3}])
+    assert daemon.vm("q3")["disks"][0]["queues"] == 3
+    for name, want in (("q2", 2), ("q3", 3)):
+        daemon.ok("POST", f"/vms/{name}/start")
+        assert wait_for(lambda: daemon.vm(name).get("vmm", {}).get("disks", [{}])[0]
+                        .get("queues") == want), daemon.vm(name)
+        daemon.stop(name, force=True)

@@ -151,3 +151,11 @@ def test_ctrl_a_x_quits_from_a_terminal():
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert termios.tcgetattr(fd)[3] & termios.ICANON       # restored on exit
     os.close(fd)
+
+
+@pytest.mark.parametrize("queues", ["0", "9", "two", ""])
+def test_disk_queues_out_of_range(tmpfile, queues):
+    disk = tmpfile("d.raw", b"\0" * 65536)
+    assert_clean_failure(vireo("--kernel", str(PROBE), "--disk",
+                               f"path={disk},format=raw,queues={queues}"),
+                         "queues must be 1 to 8")

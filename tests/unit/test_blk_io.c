@@ -18,6 +18,7 @@
 
 #define QSIZE 16
 #define USED  0x3000
+#define USED1 0x6000	/* queue 1's used ring */
 #define STATUS 0x8000
 #define RAM   (1 << 20)
 
@@ -48,9 +49,11 @@ static void fake_run(struct virtio_dev *d, struct blk_req *req)
 	req->written = 0;
 }
 
+static unsigned int cur_q;	/* the queue start_req pops from */
+
 static void start_req(uint32_t type, uint64_t id, bool barrier)
 {
-	struct blk_req *req = blk_io_get(io);
+	struct blk_req *req = blk_io_get(io, cur_q);
 
 	assert_non_null(req);
 	memset(&req->elem, 0, offsetof(struct virtq_elem, iov));
@@ -132,6 +135,7 @@ static int setup(void **state)
 	(void)state;
 	memset(released, 0, sizeof(released));
 	entered = nran = 0;
+	cur_q = 0;
 	assert_true(fd >= 0);
 	assert_int_equal(ftruncate(fd, 1 << 20), 0);
 	close(fd);
@@ -142,7 +146,9 @@ static int setup(void **state)
 	pthread_mutex_init(&dev.lock, NULL);
 	dev.vqs[0] = (struct virtq){ .size = QSIZE, .enabled = true, .desc_gpa = 0x1000,
 				     .avail_gpa = 0x2000, .used_gpa = USED, .mem = &mem };
-	assert_int_equal(blk_io_create(&dev, bd, BLOCK_AIO_THREADS, fake_run, &io), 0);
+	dev.vqs[1] = (struct virtq){ .size = QSIZE, .enabled = true, .desc_gpa = 0x4000,
+				     .avail_gpa = 0x5000, .used_gpa = USED1, .mem = &mem };
+	assert_int_equal(blk_io_create(&dev, bd, BLOCK_AIO_THREADS, 2, fake_run, &io), 0);
 	return 0;
 }
 
@@ -237,6 +243,39 @@ static void reset_drops_requests_in_flight(void **state)
 	assert_int_equal(used_idx(), 1);
 }
 
+static uint16_t used1_idx(void)
+{
+	return *(uint16_t *)guest_ptr(&mem, USED1 + 2, 2);
+}
+
+static bool pushed1(uint64_t n)
+{
+	return used1_idx() >= n;
+}
+
+/* Multi-queue: a request goes back to the queue it came from, whichever
+ * queue's requests finish around it; a flush on one queue still waits for
+ * a write started on another before it. */
+static void each_request_back_to_its_queue(void **state)
+{
+	(void)state;
+	cur_q = 1;
+	start(T_OUT, 1);
+	cur_q = 0;
+	start(T_FLUSH, 5);
+	start(T_IN, 6);
+	assert_true(complete_until(pushed, 1));
+	assert_int_equal(used_id(0), 6);	/* the read, on queue 0 */
+	assert_false(has_run(5));	/* queue 1's write is held: the flush waits */
+	assert_int_equal(used1_idx(), 0);
+	release(1);
+	assert_true(complete_until(pushed1, 1));
+	assert_true(complete_until(pushed, 2));
+	assert_int_equal(*(uint32_t *)guest_ptr(&mem, USED1 + 4, 4), 1);
+	assert_int_equal(used_id(1), 5);
+	assert_int_equal(used1_idx(), 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -244,6 +283,7 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(barrier_runs_alone, setup, teardown),
 		cmocka_unit_test_setup_teardown(reset_drops_requests_in_flight, setup, teardown),
+		cmocka_unit_test_setup_teardown(each_request_back_to_its_queue, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -356,7 +356,9 @@ static void machine_devices_round_trip(void **unused)
 	strcpy(m.disks[0].serial, "disk-a");
 	m.disks[0].iops = 100;
 	m.disks[0].cache = 1;
+	m.disks[0].queues = 4;
 	strcpy(m.disks[1].path, "/b.raw");
+	m.disks[1].queues = 1;
 	m.disks[1].readonly = true;
 	m.disks[1].aio = 1;
 	strcpy(m.nics[0].tap, "tap7");
@@ -375,6 +377,7 @@ static void machine_devices_round_trip(void **unused)
 	r = with_disk_path("/a", 2);
 	assert_int_equal(machine_load(r, &back), 0);
 	assert_string_equal(back.disks[0].path, "/a");
+	assert_int_equal(back.disks[0].queues, 1);	/* a file from before multi-queue */
 	state_reader_free(r);
 	m.ndisks = MACHINE_MAX_DISKS + 1;
 	r = with_machine(&m);
