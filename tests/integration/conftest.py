@@ -237,13 +237,16 @@ class LiveProbe:
         self.proc.stdin.flush()
 
     def wait_exit(self, timeout):
-        """True if the VMM exited within scaled(timeout) seconds."""
+        """True if the VMM exited within scaled(timeout) seconds; then its
+        output is all in out and err (the readers saw the pipes' end)."""
         import subprocess
         try:
             self.proc.wait(timeout=scaled(timeout))
-            return True
         except subprocess.TimeoutExpired:
             return False
+        for t in self.threads:
+            t.join(scaled(5))
+        return True
 
     def finish(self, timeout=30):
         """Waits for the exit (killing the VMM after scaled(timeout)) -> ProbeRun."""
