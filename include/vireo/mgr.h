@@ -220,8 +220,11 @@ void cgroup_cleanup(const struct cgroups *cg);
 
 /* STOPPING: the power button was pressed for a graceful stop; the VMM is
  * killed if the guest has not powered off by stop_deadline_ms. */
+/* INCOMING: a VMM waits for a live migration stream (migrate.c); it counts
+ * as active (it holds the VM's lock), and becomes RUNNING only once the VMM
+ * says the guest runs here. */
 enum mgr_state { MGR_STOPPED, MGR_RUNNING, MGR_PAUSED, MGR_CRASHED, MGR_STOPPING,
-		 MGR_NSTATES };
+		 MGR_INCOMING, MGR_NSTATES };
 
 struct mgr_vm {
 	struct vm_def def;
@@ -250,6 +253,10 @@ struct mgr_vm {
 	const char *restore_dir;     /* the next start restores this snapshot
 				      * (vireo run --restore); NULL: boots */
 	bool restore_paused;         /* ... and leaves it paused (--paused) */
+	const char *incoming_uri;    /* the next start waits for a migration
+				      * there (run --incoming); NULL: boots */
+	const char *incoming_token;  /* ... and this token file proves it */
+	char migrating_to[128];      /* an outgoing migration runs; "": none */
 	struct json_object *info;    /* the VMM's last info reply, or NULL */
 	uint64_t info_ms;            /* CLOCK_MONOTONIC ms of that reply */
 	struct mgr_vm *next;
@@ -290,7 +297,7 @@ struct mgr {
 };
 
 const char *mgr_state_name(enum mgr_state s);
-/* Has a VMM: running, paused or stopping. */
+/* Has a VMM: running, paused, stopping or incoming. */
 bool mgr_vm_active(const struct mgr_vm *vm);
 /* Opens (creating) the state dir, loads the definitions, re-adopts the
  * VMMs that are still running. */
@@ -397,6 +404,10 @@ enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm);
 /* Starts the VMM with `vireo run --restore dir` instead of a boot; paused:
  * the VM stays paused until resumed. */
 enum mgr_err mgr_start_restore(struct mgr *m, struct mgr_vm *vm, const char *dir, bool paused);
+/* Starts the VMM with `vireo run --incoming uri --incoming-token-file
+ * token_file`; returns once it is spawned, the VM INCOMING (migrate.c). */
+enum mgr_err mgr_start_incoming(struct mgr *m, struct mgr_vm *vm, const char *uri,
+				const char *token_file);
 /* A control request with a deadline of timeout_ms, passing nfds
  * descriptors with it (vmm_request_fds); the reply's "code" picks the error
  * class; *reply (if not NULL) gets a successful reply. */
@@ -438,6 +449,25 @@ enum mgr_err mgr_import(struct mgr *m, const char *name, struct json_object *bod
 			struct json_object **out);
 /* A deleted VM's snapshot files (its images keep their internal snapshots). */
 void mgr_snap_remove_all(struct mgr *m, const char *name);
+
+/* ---- live migration (src/mgr/migrate.c, docs/api.md "Live migration") ---- */
+/* POST /vms/NAME/incoming {"definition", "listen", "token"?, "timeout_s"?}
+ * on the destination: creates the VM and starts its VMM with --incoming;
+ * returns once the VMM listens (*out: the VM, "listen", "token"). A
+ * background thread then holds the VM's operation lock until the VMM
+ * reports the guest running here (state INCOMING -> RUNNING), or deletes
+ * the VM if it fails or the deadline passes. Under m->lock only. */
+enum mgr_err mgr_migrate_incoming(struct mgr *m, const char *name, struct json_object *body,
+				  struct json_object **out);
+/* POST /vms/NAME/migrate {"uri", "token", "max_downtime_ms"?, "bandwidth"?,
+ * "timeout_s"?} on the source, vm acquired: drives the VMM's migration to
+ * its end. MGR_OK: the VM runs there, stopped here ("migrated to URI");
+ * else it still runs here. */
+enum mgr_err mgr_migrate(struct mgr *m, struct mgr_vm *vm, struct json_object *body,
+			 struct json_object **out);
+/* POST /vms/NAME/migrate-cancel, without the operation lock (the migrate
+ * request holds it); under m->lock. */
+enum mgr_err mgr_migrate_cancel(struct mgr *m, struct mgr_vm *vm);
 
 /* ---- automatic memory policy (src/mgr/policy.c) ---- */
 /* One round, under m->lock: reads each running ballooned VM's guest

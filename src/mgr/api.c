@@ -465,6 +465,68 @@ static void route_firewall(struct mgr *m, struct mgr_vm *vm, const struct upload
 	r->json = mgr_vm_json(m, vm, false);
 }
 
+/* POST /vms/NAME/migrate (migrate.c): the reply comes at the end of the
+ * migration; GET /vms/NAME shows its progress meanwhile. */
+static void route_migrate(struct mgr *m, struct mgr_vm *vm, const struct upload *u,
+			  struct reply *r)
+{
+	struct json_object *body;
+	enum mgr_err e;
+
+	if (parse_body(u, false, &body, r))
+		return;
+	e = mgr_migrate(m, vm, body, &r->json);
+	json_object_put(body);
+	if (e != MGR_OK)
+		return reply_mgr_error(r, e);
+	r->status = 200;
+}
+
+/* POST /vms/NAME/incoming: the VM does not exist here yet. */
+static void route_incoming(struct mgr *m, const char *method, const char *name,
+			   const struct upload *u, struct reply *r)
+{
+	struct json_object *body;
+	enum mgr_err e;
+
+	if (strcmp(method, "POST")) {
+		r->allow = "POST";
+		return reply_error(r, 405, "method-not-allowed", "use POST");
+	}
+	if (!vm_name_valid(name))
+		return reply_error(r, 400, "bad-request", "bad VM name: 1 to 64 of A-Z a-z 0-9 _ . -, "
+				   "not starting with '.' or '-'");
+	if (parse_body(u, false, &body, r))
+		return;
+	e = mgr_migrate_incoming(m, name, body, &r->json);
+	json_object_put(body);
+	if (e != MGR_OK)
+		return reply_mgr_error(r, e);
+	r->status = 202;
+}
+
+/* POST /vms/NAME/migrate-cancel: not behind the migrate request, which
+ * holds the VM's operation lock until the migration ends. */
+static void route_migrate_cancel(struct mgr *m, const char *method, const char *name,
+				 struct reply *r)
+{
+	struct mgr_vm *vm = vm_name_valid(name) ? mgr_find(m, name) : NULL;
+	enum mgr_err e;
+
+	if (strcmp(method, "POST")) {
+		r->allow = "POST";
+		return reply_error(r, 405, "method-not-allowed", "use POST");
+	}
+	if (!vm)
+		return reply_error(r, 404, "not-found", "no such VM");
+	e = mgr_migrate_cancel(m, vm);
+	if (e != MGR_OK)
+		return reply_mgr_error(r, e);
+	r->status = 200;
+	r->json = json_object_new_object();
+	json_object_object_add(r->json, "cancelled", json_object_new_boolean(true));
+}
+
 static void route_action(struct mgr *m, struct mgr_vm *vm, const char *action,
 			 const struct upload *u, struct reply *r)
 {
@@ -473,10 +535,13 @@ static void route_action(struct mgr *m, struct mgr_vm *vm, const char *action,
 
 	if (!strcmp(action, "firewall"))
 		return route_firewall(m, vm, u, r);
+	if (!strcmp(action, "migrate"))
+		return route_migrate(m, vm, u, r);
 	if (strcmp(action, "start") && strcmp(action, "stop") && strcmp(action, "pause") &&
 	    strcmp(action, "resume") && strcmp(action, "reboot"))
 		return reply_error(r, 404, "not-found",
-				   "unknown action (start, stop, pause, resume, reboot, firewall)");
+				   "unknown action (start, stop, pause, resume, reboot, firewall, "
+				   "migrate, migrate-cancel, incoming)");
 	if (action_body(u, !strcmp(action, "stop"), &a, r))
 		return;
 	if (!strcmp(action, "start"))
@@ -817,6 +882,10 @@ static void route(struct mgr *m, const char *method, const char *url, const stru
 				       n == 5 ? seg[4] : NULL, u, r);
 	if (n > 3)
 		return reply_error(r, 404, "not-found", "no such route (see docs/api.md)");
+	if (n == 3 && !strcmp(seg[2], "incoming"))
+		return route_incoming(m, method, seg[1], u, r);
+	if (n == 3 && !strcmp(seg[2], "migrate-cancel"))
+		return route_migrate_cancel(m, method, seg[1], r);
 	route_vm(m, method, seg[1], n == 3 ? seg[2] : NULL, u, r);
 }
 

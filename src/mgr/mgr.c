@@ -30,6 +30,7 @@ const char *mgr_state_name(enum mgr_state s)
 	case MGR_PAUSED: return "paused";
 	case MGR_CRASHED: return "crashed";
 	case MGR_STOPPING: return "stopping";
+	case MGR_INCOMING: return "incoming";
 	case MGR_NSTATES: break;
 	}
 	return "unknown";
@@ -110,7 +111,8 @@ void mgr_release(struct mgr *m, struct mgr_vm *vm)
 
 bool mgr_vm_active(const struct mgr_vm *vm)
 {
-	return vm->state == MGR_RUNNING || vm->state == MGR_PAUSED || vm->state == MGR_STOPPING;
+	return vm->state == MGR_RUNNING || vm->state == MGR_PAUSED || vm->state == MGR_STOPPING ||
+	       vm->state == MGR_INCOMING;
 }
 
 static int sock_path(struct mgr *m, const char *name, char *buf, size_t size)
@@ -598,10 +600,12 @@ static enum mgr_err launch(struct mgr *m, struct mgr_vm *vm, const char *reason)
 		ret = vmm_start(m, vm, sock, &untouched);
 	vm->starting = false;
 	if (!ret) {
-		vm->state = MGR_RUNNING;
+		/* An incoming VMM runs nothing yet: migrate.c waits for it. */
+		vm->state = vm->incoming_uri ? MGR_INCOMING : MGR_RUNNING;
 		snprintf(vm->reason, sizeof(vm->reason), "%s", reason);
 		store_save_run(m, vm);
-		mgr_refresh_info(m, vm, MGR_INFO_TIMEOUT_MS);
+		if (!vm->incoming_uri)
+			mgr_refresh_info(m, vm, MGR_INFO_TIMEOUT_MS);
 		return MGR_OK;
 	}
 	snprintf(why, sizeof(why), "%s", err_get());
@@ -637,6 +641,21 @@ enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm)
 	if (storage_check(m, &vm->def) || check_files(&vm->def))
 		return MGR_E_BAD;
 	return launch(m, vm, "started");
+}
+
+enum mgr_err mgr_start_incoming(struct mgr *m, struct mgr_vm *vm, const char *uri,
+				const char *token_file)
+{
+	enum mgr_err e;
+
+	if (check_overcommit(m, vm))
+		return MGR_E_CONFLICT;
+	vm->incoming_uri = uri;
+	vm->incoming_token = token_file;
+	e = launch(m, vm, "waiting for a migration");
+	vm->incoming_uri = NULL;
+	vm->incoming_token = NULL;
+	return e;
 }
 
 enum mgr_err mgr_start_restore(struct mgr *m, struct mgr_vm *vm, const char *dir, bool paused)

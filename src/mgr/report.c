@@ -158,6 +158,17 @@ struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live)
 		json_object_object_add(o, "vmm_info_age_ms",
 				       json_object_new_uint64(mono_ms() - vm->info_ms));
 	}
+	/* An outgoing migration's progress, as the VMM last told it. */
+	if (vm->migrating_to[0]) {
+		struct json_object *mig = NULL, *copy = NULL;
+
+		if (vm->info && json_object_object_get_ex(vm->info, "migration", &mig))
+			json_object_deep_copy(mig, &copy, NULL);
+		if (!copy)
+			copy = json_object_new_object();
+		json_object_object_add(copy, "to", json_object_new_string(vm->migrating_to));
+		json_object_object_add(o, "migration", copy);
+	}
 	json_object_object_add(o, "firewall_counters", mgr_fw_counters(&vm->def));
 	return o;
 }

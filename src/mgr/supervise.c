@@ -280,7 +280,9 @@ void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known)
 			vm->state = MGR_STOPPED;
 	} else if (WEXITSTATUS(status) == 0) {
 		vm->state = MGR_STOPPED;
-		snprintf(vm->reason, sizeof(vm->reason), "powered off");
+		/* The source's VMM after a migration's handover (migrate.c). */
+		snprintf(vm->reason, sizeof(vm->reason), "%s",
+			 !strcmp(tail, "migrated") ? "migrated" : "powered off");
 	} else if (WEXITSTATUS(status) == 1) {
 		snprintf(vm->reason, sizeof(vm->reason), "VMM error: %s", tail);
 	} else if (WEXITSTATUS(status) == 2) {
@@ -335,7 +337,8 @@ static char *xasprintf(const char *fmt, ...)
 
 /* argv of `vireo run` for a definition; NULL-terminated, heap strings. */
 static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
-		       unsigned int uid, const char *restore, bool paused)
+		       unsigned int uid, const char *restore, bool paused, const char *vm_incoming,
+		       const char *token)
 {
 	char **argv = calloc(16 + MGR_MAX_DISKS + MGR_MAX_NICS + m->nstorage, sizeof(char *));
 	char file[PATH_MAX];
@@ -354,6 +357,12 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 		argv[n++] = xasprintf("--restore=%s", restore);
 		if (paused)
 			argv[n++] = strdup("--paused");
+		goto host;
+	}
+	/* An incoming VM takes the machine from the stream (run --incoming). */
+	if (vm_incoming) {
+		argv[n++] = xasprintf("--incoming=%s", vm_incoming);
+		argv[n++] = xasprintf("--incoming-token-file=%s", token);
 		goto host;
 	}
 	if (d->kernel)
@@ -502,7 +511,7 @@ static int record_start(struct mgr *m, struct mgr_vm *vm)
 	int ret;
 
 	memcpy(reason, vm->reason, sizeof(reason));
-	vm->state = MGR_RUNNING;
+	vm->state = vm->incoming_uri ? MGR_INCOMING : MGR_RUNNING;
 	snprintf(vm->reason, sizeof(vm->reason), "starting");
 	ret = store_save_run(m, vm);
 	if (ret) {
@@ -707,7 +716,7 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock, bool *untouche
 		return ret;
 	}
 	argv = vmm_argv(m, &vm->def, sock, vm->vmm_uid, vm->restore_dir,
-			vm->restore_paused);
+			vm->restore_paused, vm->incoming_uri, vm->incoming_token);
 	ret = argv ? vmm_spawn(m, vm, argv, logfd, lockfd, untouched) :
 		     err_set(-ENOMEM, "out of memory");
 	argv_free(argv);
@@ -715,6 +724,9 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock, bool *untouche
 	close(lockfd);	/* the VMM holds it now (or nobody does) */
 	if (ret && vm->pid <= 0)
 		mgr_net_detach(m, &vm->def);	/* else when the VMM is reaped */
+	/* An incoming VMM answers only once the stream is in (migrate.c). */
+	if (!ret && vm->incoming_uri)
+		return 0;
 	if (!ret)
 		ret = vmm_wait_ready(m, vm, sock);
 	if (!ret) {
