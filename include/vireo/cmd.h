@@ -21,6 +21,9 @@ const char *vm_api_safe(const char *s);
 /* vireo vm snapshot|snapshots|rollback|delsnapshot (src/cmd/vm-snapshot.c):
  * argv[0] is the verb; an exit status. */
 int vm_snapshot_cmd(const char *socket, bool json, int argc, char **argv);
+/* vireo vm migrate|migrate-cancel|incoming (src/cmd/vm-migrate.c): argv[0]
+ * is the verb; an exit status. */
+int vm_migrate_cmd(const char *socket, bool json, int argc, char **argv);
 /* vireo vm console (src/cmd/vm-console.c): attaches the terminal to a VMM's
  * console socket until Ctrl-A x or the VM goes away; an exit status. */
 int vm_console_attach(const char *name, const char *path);

@@ -54,6 +54,12 @@ static const char vm_usage[] =
 	"  snapshot export NAME SNAP DIR  the snapshot (and its chain), the VM's\n"
 	"                            definition and disks into DIR, checksummed\n"
 	"  snapshot import DIR NAME  a new VM NAME from an export (then: rollback)\n"
+	"  migrate NAME --to tcp:HOST:PORT --token-file FILE [--max-downtime MS]\n"
+	"         [--bandwidth SIZE] [--timeout S]  live-migrate to the daemon that\n"
+	"                            waits for it (shared storage); stopped here after\n"
+	"  incoming NAME --listen tcp:ADDR:PORT --file DEF.json [--token-file FILE]\n"
+	"         [--timeout S]      on the destination first: wait for that VM\n"
+	"  migrate-cancel NAME       cancel a migration; the VM goes on here\n"
 	"  console NAME              attach to the serial console (Ctrl-A x detaches)\n"
 	"  top [--interval S] [--count N]  CPU use, steal and throttling per VM\n"
 	"  metrics                   the Prometheus metrics\n"
@@ -993,6 +999,8 @@ int cmd_vm(int argc, char **argv)
 	if (!strcmp(cmd, "snapshot") || !strcmp(cmd, "snapshots") || !strcmp(cmd, "rollback") ||
 	    !strcmp(cmd, "delsnapshot"))
 		return vm_snapshot_cmd(cli.socket, cli.json, argc, argv);
+	if (!strcmp(cmd, "migrate") || !strcmp(cmd, "migrate-cancel") || !strcmp(cmd, "incoming"))
+		return vm_migrate_cmd(cli.socket, cli.json, argc, argv);
 	if (!strcmp(cmd, "start") || !strcmp(cmd, "pause") ||
 	    !strcmp(cmd, "resume") || !strcmp(cmd, "reboot") || !strcmp(cmd, "delete") ||
 	    !strcmp(cmd, "info"))

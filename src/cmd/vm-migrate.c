@@ -1,0 +1,341 @@
+/* vireo vm migrate|migrate-cancel|incoming: live migration between two
+ * daemons with shared storage (docs/api.md "Live migration"), with virsh's
+ * and Proxmox's habits: `migrate NAME --to URI` on the source (virsh
+ * migrate --live, qm migrate --online), `incoming NAME --listen URI` on the
+ * destination first (Cloud Hypervisor's receive-migration), and
+ * `migrate-cancel NAME` (virsh domjobabort). Options go anywhere on the
+ * line. While a migration runs, a progress line on stderr shows the VMM's
+ * figures (GET /vms/NAME), each second. */
+#include <errno.h>
+#include <getopt.h>
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vireo/cmd.h"
+#include "vireo/size.h"
+
+struct mig_cli {
+	const char *socket, *name, *to, *listen, *token_file, *def_file;
+	bool json;
+	uint64_t bandwidth;
+	long max_downtime_ms, timeout_s;
+};
+
+static const char usage[] =
+	"usage: vireo vm migrate NAME --to tcp:HOST:PORT --token-file FILE\n"
+	"                [--max-downtime MS] [--bandwidth SIZE] [--timeout S]\n"
+	"       vireo vm incoming NAME --listen tcp:ADDR:PORT --file DEF.json\n"
+	"                [--token-file FILE] [--timeout S]\n"
+	"       vireo vm migrate-cancel NAME\n";
+
+enum { O_TO = 0x100, O_LISTEN, O_TOKEN, O_FILE, O_DOWNTIME, O_BW, O_TIMEOUT, O_SOCKET,
+       O_OUTPUT, O_JSON };
+
+static int number(const char *text, long max, long *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(text, &end, 10);
+	if (errno || end == text || *end || v < 1 || v > max)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+static int option(struct mig_cli *c, int o)
+{
+	switch (o) {
+	case O_TO: c->to = optarg; return 0;
+	case O_LISTEN: c->listen = optarg; return 0;
+	case O_TOKEN: c->token_file = optarg; return 0;
+	case O_FILE: c->def_file = optarg; return 0;
+	case O_SOCKET: c->socket = optarg; return 0;
+	case O_JSON: c->json = true; return 0;
+	case O_OUTPUT:
+		if (strcmp(optarg, "json") && strcmp(optarg, "text"))
+			return -EINVAL;
+		c->json = !strcmp(optarg, "json");
+		return 0;
+	case O_DOWNTIME: return number(optarg, 3600000, &c->max_downtime_ms);
+	case O_TIMEOUT: return number(optarg, 86400, &c->timeout_s);
+	case O_BW: return size_parse(optarg, &c->bandwidth) || !c->bandwidth ? -EINVAL : 0;
+	}
+	return -EINVAL;
+}
+
+static int parse(struct mig_cli *c, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "to", required_argument, NULL, O_TO },
+		{ "listen", required_argument, NULL, O_LISTEN },
+		{ "token-file", required_argument, NULL, O_TOKEN },
+		{ "file", required_argument, NULL, O_FILE },
+		{ "max-downtime", required_argument, NULL, O_DOWNTIME },
+		{ "bandwidth", required_argument, NULL, O_BW },
+		{ "timeout", required_argument, NULL, O_TIMEOUT },
+		{ "socket", required_argument, NULL, O_SOCKET },
+		{ "output", required_argument, NULL, O_OUTPUT },
+		{ "json", no_argument, NULL, O_JSON },
+		{ NULL, 0, NULL, 0 },
+	};
+	int o;
+
+	optind = 0;
+	opterr = 0;
+	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1)
+		if (o == '?' || option(c, o)) {
+			fprintf(stderr, "vireo: bad option or value '%s'\n", argv[optind - 1]);
+			return -EINVAL;
+		}
+	if (optind + 1 != argc)
+		return -EINVAL;
+	c->name = argv[optind];
+	/* Names go into the URL as they are: nothing may make another route. */
+	if (!c->name[0] || strlen(c->name) > 100 || strpbrk(c->name, "?#%/ ")) {
+		fprintf(stderr, "vireo: bad name '%s'\n", vm_api_safe(c->name));
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* The token file's content, a trailing newline dropped (as the VMM's
+ * --incoming-token-file). */
+static char *read_token(const char *path)
+{
+	char buf[512];
+	FILE *f = fopen(path, "re");
+	size_t n;
+
+	if (!f) {
+		fprintf(stderr, "vireo: %s: %s\n", path, strerror(errno));
+		return NULL;
+	}
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		buf[--n] = 0;
+	if (!n) {
+		fprintf(stderr, "vireo: %s is empty\n", path);
+		return NULL;
+	}
+	return strdup(buf);
+}
+
+static const char *str(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return o && json_object_object_get_ex(o, key, &v) && v ? json_object_get_string(v) : "";
+}
+
+static uint64_t u64(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return o && json_object_object_get_ex(o, key, &v) ? (uint64_t)json_object_get_int64(v) : 0;
+}
+
+/* ---- the progress line ---- */
+
+struct progress {
+	const struct mig_cli *c;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool done, shown;
+};
+
+static void progress_show(struct progress *p, bool tty)
+{
+	char path[160], sent[32], left[32];
+	struct json_object *o, *mig;
+	bool ok;
+
+	snprintf(path, sizeof(path), "/vms/%s", p->c->name);
+	o = vm_api_call(p->c->socket, true, "GET", path, NULL, &ok);
+	if (ok && json_object_object_get_ex(o, "migration", &mig) && *str(mig, "state")) {
+		size_format(u64(mig, "bytes_sent"), sent, sizeof(sent));
+		size_format(u64(mig, "remaining_bytes"), left, sizeof(left));
+		fprintf(stderr, tty ? "\r\033[Kvireo: %s: %s sent, %s left, round %llu, throttle %llu %%"
+			: "vireo: %s: %s sent, %s left, round %llu, throttle %llu %%\n",
+			vm_api_safe(str(mig, "state")), sent, left,
+			(unsigned long long)u64(mig, "rounds"),
+			(unsigned long long)u64(mig, "throttle_percent"));
+		p->shown = true;
+	}
+	json_object_put(o);
+}
+
+static void *progress_run(void *arg)
+{
+	struct progress *p = arg;
+	bool tty = isatty(2);
+	struct timespec until;
+
+	pthread_mutex_lock(&p->lock);
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	while (!p->done) {
+		until.tv_sec++;
+		if (pthread_cond_timedwait(&p->cond, &p->lock, &until) != ETIMEDOUT || p->done)
+			continue;
+		pthread_mutex_unlock(&p->lock);
+		progress_show(p, tty);
+		pthread_mutex_lock(&p->lock);
+	}
+	if (p->shown && tty)
+		fputs("\r\033[K", stderr);
+	pthread_mutex_unlock(&p->lock);
+	return NULL;
+}
+
+static struct json_object *call_with_progress(const struct mig_cli *c, const char *path,
+					      const char *body, bool *ok)
+{
+	struct progress p = { .c = c };
+	pthread_condattr_t attr;
+	struct json_object *o;
+	pthread_t t;
+	bool started;
+
+	pthread_mutex_init(&p.lock, NULL);
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&p.cond, &attr);
+	pthread_condattr_destroy(&attr);
+	started = !pthread_create(&t, NULL, progress_run, &p);
+	o = vm_api_call(c->socket, c->json, "POST", path, body, ok);
+	if (started) {
+		pthread_mutex_lock(&p.lock);
+		p.done = true;
+		pthread_cond_signal(&p.cond);
+		pthread_mutex_unlock(&p.lock);
+		pthread_join(t, NULL);
+	}
+	pthread_cond_destroy(&p.cond);
+	pthread_mutex_destroy(&p.lock);
+	return o;
+}
+
+/* ---- the verbs ---- */
+
+static int migrate(struct mig_cli *c)
+{
+	struct json_object *body, *o, *mig;
+	char path[160], *token;
+	bool ok;
+
+	if (!c->to || !c->token_file || c->listen || c->def_file) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	token = read_token(c->token_file);
+	if (!token)
+		return 1;
+	body = json_object_new_object();
+	json_object_object_add(body, "uri", json_object_new_string(c->to));
+	json_object_object_add(body, "token", json_object_new_string(token));
+	free(token);
+	if (c->max_downtime_ms)
+		json_object_object_add(body, "max_downtime_ms", json_object_new_int64(c->max_downtime_ms));
+	if (c->bandwidth)
+		json_object_object_add(body, "bandwidth", json_object_new_int64((int64_t)c->bandwidth));
+	if (c->timeout_s)
+		json_object_object_add(body, "timeout_s", json_object_new_int64(c->timeout_s));
+	snprintf(path, sizeof(path), "/vms/%s/migrate", c->name);
+	o = call_with_progress(c, path, json_object_to_json_string(body), &ok);
+	json_object_put(body);
+	if (ok && c->json) {
+		vm_api_print_json(o);
+	} else if (ok) {
+		mig = NULL;
+		json_object_object_get_ex(o, "migration", &mig);
+		printf("%s: migrated to %s (downtime %llu ms, %llu bytes sent in %llu ms)\n", c->name,
+		       vm_api_safe(c->to), (unsigned long long)u64(mig, "downtime_ms"),
+		       (unsigned long long)u64(mig, "bytes_sent"),
+		       (unsigned long long)u64(mig, "total_ms"));
+	}
+	json_object_put(o);
+	return ok ? 0 : 1;
+}
+
+static int incoming(struct mig_cli *c)
+{
+	struct json_object *body, *def, *o;
+	char path[160], *token = NULL;
+	bool ok;
+
+	if (!c->listen || !c->def_file || c->to || c->max_downtime_ms || c->bandwidth) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	if (c->token_file && !(token = read_token(c->token_file)))
+		return 1;
+	def = json_object_from_file(c->def_file);
+	if (!def) {
+		fprintf(stderr, "vireo: %s: %s\n", c->def_file, json_util_get_last_err());
+		free(token);
+		return 1;
+	}
+	body = json_object_new_object();
+	json_object_object_add(body, "definition", def);
+	json_object_object_add(body, "listen", json_object_new_string(c->listen));
+	if (token)
+		json_object_object_add(body, "token", json_object_new_string(token));
+	free(token);
+	if (c->timeout_s)
+		json_object_object_add(body, "timeout_s", json_object_new_int64(c->timeout_s));
+	snprintf(path, sizeof(path), "/vms/%s/incoming", c->name);
+	o = vm_api_call(c->socket, c->json, "POST", path, json_object_to_json_string(body), &ok);
+	json_object_put(body);
+	if (ok && c->json) {
+		vm_api_print_json(o);
+	} else if (ok) {
+		printf("%s: incoming, listening on %s\n", c->name, vm_api_safe(str(o, "listen")));
+		if (*str(o, "token"))
+			printf("token: %s\n", vm_api_safe(str(o, "token")));
+	}
+	json_object_put(o);
+	return ok ? 0 : 1;
+}
+
+static int cancel(struct mig_cli *c)
+{
+	struct json_object *o;
+	char path[160];
+	bool ok;
+
+	if (c->to || c->listen || c->token_file || c->def_file) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	snprintf(path, sizeof(path), "/vms/%s/migrate-cancel", c->name);
+	o = vm_api_call(c->socket, c->json, "POST", path, NULL, &ok);
+	if (ok && c->json)
+		vm_api_print_json(o);
+	else if (ok)
+		printf("%s: migration cancelled\n", c->name);
+	json_object_put(o);
+	return ok ? 0 : 1;
+}
+
+int vm_migrate_cmd(const char *socket, bool json, int argc, char **argv)
+{
+	struct mig_cli c = { .socket = socket, .json = json };
+
+	if (parse(&c, argc, argv)) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	if (!strcmp(argv[0], "migrate"))
+		return migrate(&c);
+	if (!strcmp(argv[0], "incoming"))
+		return incoming(&c);
+	return cancel(&c);
+}
