@@ -80,6 +80,7 @@ struct incoming {
 	char token_path[PATH_MAX];
 	unsigned int timeout_s;
 	struct vm_def def;
+	bool existed;                  /* the VM was defined here before */
 	/* handed back to the API thread once the VMM listens, or failed */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -302,15 +303,65 @@ static bool incoming_wait(struct mgr *m, struct mgr_vm *vm, struct incoming *in)
 	return true;
 }
 
-/* A failed incoming VM leaves nothing: no VMM, no definition. */
-static void incoming_remove(struct mgr *m, struct mgr_vm *vm)
+/* A failed incoming VM leaves no VMM, and no definition unless it was
+ * here before (a VM that had moved away and was coming back). */
+static void incoming_remove(struct mgr *m, struct mgr_vm *vm, bool existed)
 {
+	char why[sizeof(vm->reason)];
+
+	snprintf(why, sizeof(why), "%s", vm->reason);
 	if (mgr_vm_active(vm) && vmm_kill(m, vm))
 		log_warn("VM %s: %s", vm->def.name, err_get());
 	vm->state = MGR_STOPPED;
+	if (existed) {
+		snprintf(vm->reason, sizeof(vm->reason), "incoming migration failed: %.200s", why);
+		store_save_run(m, vm);
+		return;
+	}
 	if (mgr_delete(m, vm) != MGR_OK)
 		log_warn("VM %s: cannot remove the failed incoming VM: %s", vm->def.name,
 			 err_get());
+}
+
+/* The VM to receive, taken (its operation lock): new, or one of that
+ * name that has no VMM here (it moved away and comes back), which takes
+ * the new definition. A new one is created and taken under m->lock
+ * throughout: no other operation comes between. */
+static enum mgr_err incoming_vm(struct mgr *m, struct incoming *in, struct mgr_vm **out)
+{
+	struct mgr_vm *vm;
+	enum mgr_err e;
+
+	*out = NULL;
+	in->existed = mgr_find(m, in->name) != NULL;
+	if (!in->existed) {
+		e = mgr_create(m, &in->def);
+		if (e == MGR_OK && !(*out = mgr_acquire(m, in->name))) {
+			err_set(-ENOENT, "VM '%s' vanished", in->name);
+			e = MGR_E_FAILED;
+		}
+		return e;
+	}
+	vm = mgr_acquire(m, in->name);
+	if (!vm) {
+		err_set(-ENOENT, "VM '%s' vanished", in->name);
+		return MGR_E_CONFLICT;
+	}
+	if (mgr_vm_active(vm) || store_vm_locked(m, in->name)) {
+		err_set(-EBUSY, "VM '%s' is %s here", in->name, mgr_vm_active(vm) ?
+			mgr_state_name(vm->state) : "held by a VMM");
+		mgr_release(m, vm);
+		return MGR_E_CONFLICT;
+	}
+	if (storage_check(m, &in->def) || store_save_def(m, &in->def)) {
+		mgr_release(m, vm);
+		return MGR_E_BAD;
+	}
+	vm_def_free(&vm->def);
+	vm->def = in->def;
+	memset(&in->def, 0, sizeof(in->def));
+	*out = vm;
+	return MGR_OK;
 }
 
 static void *incoming_thread(void *arg)
@@ -322,13 +373,7 @@ static void *incoming_thread(void *arg)
 	bool ran = false;
 
 	pthread_mutex_lock(&m->lock);
-	/* Created and taken at once: no other operation comes between. */
-	e = mgr_create(m, &in->def);
-	vm = e == MGR_OK ? mgr_acquire(m, in->name) : NULL;
-	if (e == MGR_OK && !vm) {
-		err_set(-ENOENT, "VM '%s' vanished", in->name);
-		e = MGR_E_FAILED;
-	}
+	e = incoming_vm(m, in, &vm);
 	if (e == MGR_OK && (e = mgr_start_incoming(m, vm, in->uri, in->token_path)) == MGR_OK &&
 	    wait_listening(m, vm, in->uri))
 		e = MGR_E_FAILED;
@@ -338,7 +383,7 @@ static void *incoming_thread(void *arg)
 	if (e == MGR_OK)
 		ran = incoming_wait(m, vm, in);
 	if (vm && !ran)
-		incoming_remove(m, vm);
+		incoming_remove(m, vm, in->existed);
 	if (vm)
 		mgr_release(m, vm);
 	pthread_mutex_unlock(&m->lock);
@@ -372,8 +417,8 @@ static enum mgr_err incoming_prepare(struct mgr *m, const char *name, struct jso
 		err_set(-ENOTSUP, "a VM booted through firmware cannot migrate yet");
 		return MGR_E_BAD;
 	}
-	if (mgr_find(m, name)) {
-		err_set(-EEXIST, "a VM named '%s' exists here", name);
+	if (mgr_find(m, name) && mgr_vm_active(mgr_find(m, name))) {
+		err_set(-EBUSY, "VM '%s' is %s here", name, mgr_state_name(mgr_find(m, name)->state));
 		return MGR_E_CONFLICT;
 	}
 	if (store_path(m, in->token_path, sizeof(in->token_path), "run", name, ".token") ||
@@ -574,8 +619,12 @@ enum mgr_err mgr_migrate(struct mgr *m, struct mgr_vm *vm, struct json_object *b
 		store_save_run(m, vm);
 		log_info("VM %s: migrated to %s", vm->def.name, o.uri);
 		*out = mgr_vm_json(m, vm, false);
-		if (last)
-			json_object_object_add(*out, "migration", json_object_get(last));
+		/* The VMM's last figures; it may have exited before it said
+		 * "completed" (its exit status said it). */
+		if (!last)
+			last = json_object_new_object();
+		json_object_object_add(last, "state", json_object_new_string("completed"));
+		json_object_object_add(*out, "migration", json_object_get(last));
 	} else {
 		log_warn("VM %s: %s", vm->def.name, err_get());
 	}

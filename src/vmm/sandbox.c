@@ -183,8 +183,10 @@ static long landlock_abi;
 
 /* Every file system right the kernel knows is handled and no rule grants
  * any: no path can be opened, created, listed, removed or executed. Also
- * TCP bind/connect (ABI 4) and abstract Unix sockets of other domains
- * (ABI 6). Rights the kernel does not know it would refuse (EINVAL). */
+ * TCP bind (ABI 4) and abstract Unix sockets of other domains (ABI 6).
+ * Not TCP connect: the source of a live migration connects out, to an
+ * address known only then (seccomp allows that, and no other network
+ * call). Rights the kernel does not know it would refuse (EINVAL). */
 static int landlock_create(void)
 {
 	long abi = syscall(__NR_landlock_create_ruleset, NULL, 0, LANDLOCK_GET_ABI);
@@ -201,7 +203,7 @@ static int landlock_create(void)
 	if (abi >= 5)
 		attr.handled_access_fs |= 1ULL << 15;          /* IOCTL_DEV */
 	if (abi >= 4) {
-		attr.handled_access_net = (1ULL << 0) | (1ULL << 1); /* TCP bind, connect */
+		attr.handled_access_net = 1ULL << 0;         /* TCP bind */
 		size = offsetof(struct landlock_attr, scoped);
 	}
 	if (abi >= 6) {

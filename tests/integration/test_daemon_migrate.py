@@ -1,0 +1,264 @@
+"""Live migration between two daemons (issue 12, the daemons' side): two
+hosts are two network namespaces joined by a veth, each with its own
+`vireo daemon` (own state dir); the storage is shared (the same qcow2 path
+on both). The destination waits with POST /vms/NAME/incoming, the source
+moves the VM with POST /vms/NAME/migrate. The probe's devloop scenario
+counts rounds (n), reads and writes its disk and checks the pages it
+dirtied each round (dirty=ok), so a lost or stale page or disk block, a
+round run twice or a second boot shows."""
+import json
+import os
+import re
+import subprocess
+import threading
+
+import pytest
+
+from conftest import PROBE, VIREO, needs_kvm, needs_qemu_img, scaled, wait_until
+from daemonutil import Daemon
+
+pytestmark = [needs_kvm, needs_qemu_img]
+
+DEVLOOP = re.compile(r"PROBE devloop n=(\d+) ms=\d+ blk=(\w+) rng=\d+ net=\w+ kept=(\w+) "
+                     r"dirty=(\w+)$", re.M)
+HOST_A, HOST_B = "10.232.0.1", "10.232.0.2"
+
+
+class NsDaemon(Daemon):
+    """A daemon inside a network namespace (its VMMs listen and connect
+    there); its API socket is a file, reachable from here."""
+
+    def __init__(self, netns, **kw):
+        super().__init__(**kw)
+        self.netns = netns
+
+    def start(self):
+        import daemonutil
+        real = daemonutil.subprocess.Popen
+
+        def popen(args, **kw):
+            return real(["ip", "netns", "exec", self.netns, *args], **kw)
+        daemonutil.subprocess.Popen = popen
+        try:
+            return super().start()
+        finally:
+            daemonutil.subprocess.Popen = real
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    """Daemons A and B in two namespaces joined by a veth; tmp_path is the
+    storage both share."""
+    if os.geteuid() != 0:
+        pytest.skip("skipped: needs root for network namespaces")
+    a, b = f"vireo-dm-a-{os.getpid()}", f"vireo-dm-b-{os.getpid()}"
+    daemons = []
+    try:
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "link", "add", "vdm-a", "netns", a, "type", "veth", "peer",
+                        "name", "vdm-b", "netns", b], check=True)
+        for ns, dev, ip in ((a, "vdm-a", HOST_A), (b, "vdm-b", HOST_B)):
+            subprocess.run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+        for ns in (a, b):
+            daemons.append(NsDaemon(ns, extra=["--storage", str(tmp_path)]).start())
+        yield daemons[0], daemons[1]
+    finally:
+        for d in daemons:
+            d.cleanup()
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+
+
+_ports = iter(range(4444, 4500))
+
+
+def free_port():
+    """Nothing else listens in the namespaces: a new port for each stream."""
+    return next(_ports)
+
+
+def definition(tmp_path, name="mig"):
+    disk = tmp_path / "d.qcow2"
+    if not disk.exists():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    return {"name": name, "cpus": 1, "memory": "128M", "kernel": str(PROBE),
+            "cmdline": "scenario=devloop=20 keep=16 dirty_mib=4",
+            "disks": [{"path": str(disk), "format": "qcow2"}]}
+
+
+def rounds(text):
+    return [(int(n), blk, kept, dirty) for n, blk, kept, dirty in DEVLOOP.findall(text)]
+
+
+def last_round(d, name="mig"):
+    r = rounds(d.vm_log(name))
+    return r[-1][0] if r else -1
+
+
+def wait_rounds(d, n, name="mig", timeout=30):
+    wait_until(lambda: last_round(d, name) >= n, timeout,
+               lambda: f"round {n} on {d.netns}: {d.vm_log(name)[-400:]}")
+
+
+def start_on(d, tmp_path):
+    d.ok("POST", "/vms", definition(tmp_path), status=201)
+    d.ok("POST", "/vms/mig/start")
+    wait_rounds(d, 20)
+
+
+def incoming(d, tmp_path, port, **kw):
+    js = d.ok("POST", "/vms/mig/incoming", {"definition": definition(tmp_path),
+                                           "listen": f"tcp:{d_addr(d)}:{port}", **kw},
+              status=202)
+    assert js["state"] == "incoming" and js["listen"] == f"tcp:{d_addr(d)}:{port}", js
+    assert d.vm("mig")["state"] == "incoming"
+    return js
+
+
+def d_addr(d):
+    return HOST_A if d.netns.startswith("vireo-dm-a") else HOST_B
+
+
+class Migrate(threading.Thread):
+    """POST /vms/mig/migrate on d, in the background (it answers at the end);
+    meanwhile GET /vms/mig shows the progress."""
+
+    def __init__(self, d, body):
+        super().__init__(daemon=True)
+        self.d, self.body, self.result = d, body, None
+        self.start()
+
+    def run(self):
+        self.result = self.d.request("POST", "/vms/mig/migrate", self.body)
+
+    def wait(self, timeout=90):
+        self.join(scaled(timeout))
+        assert not self.is_alive(), "the migrate request did not end"
+        return self.result
+
+
+def check_moved(src, dst, uri, result):
+    st, js = result
+    assert st == 200, js
+    assert js["state"] == "stopped" and js["reason"] == f"migrated to {uri}", js
+    assert js["migration"]["state"] == "completed", js
+    assert js["migration"]["bytes_sent"] > 0, js
+    v = src.vm("mig")
+    assert v["state"] == "stopped" and v["pid"] == 0, v
+    v = wait_until(lambda: (v := dst.vm("mig"))["state"] == "running" and v, 10,
+                   lambda: f"running on the destination: {dst.vm('mig')}")
+    assert v["reason"] == "migrated in" and v["pid"] > 0, v
+    assert v["vmm"]["migration"]["direction"] == "incoming", v
+
+
+def check_rounds(*logs):
+    """Every round once, in order, across the hosts, each with its disk,
+    kept buffers and dirtied pages intact; one boot."""
+    seen = [r for log in logs for r in rounds(log)]
+    assert [r[0] for r in seen] == list(range(seen[-1][0] + 1)), [r[0] for r in seen]
+    bad = [r for r in seen if r[1:] != ("ok", "ok", "ok")]
+    assert not bad, bad[:5]
+    assert sum(log.count("PROBE boot") for log in logs) <= 1
+
+
+def test_vm_moves_to_b_and_back(tmp_path, hosts):
+    a, b = hosts
+    start_on(a, tmp_path)
+    # A -> B through the API, the token made by B.
+    port = free_port()
+    uri = f"tcp:{HOST_B}:{port}"
+    token = incoming(b, tmp_path, port)["token"]
+    m = Migrate(a, {"uri": uri, "token": token, "max_downtime_ms": 300})
+    check_moved(a, b, uri, m.wait())
+    log_a1 = a.vm_log("mig")
+    wait_rounds(b, last_round(a) + 20)
+    # The token was good for that stream only: B has removed its file.
+    assert not os.path.exists(os.path.join(b.state, "run", "mig.token"))
+
+    # B -> A through the CLI, options anywhere, the token from a file.
+    tokfile = tmp_path / "token"
+    tokfile.write_text("s3cret-token\n")
+    deffile = tmp_path / "mig.json"
+    deffile.write_text(json.dumps(definition(tmp_path)))
+    port = free_port()
+    uri = f"tcp:{HOST_A}:{port}"
+    r = subprocess.run([str(VIREO), "vm", "incoming", "--socket", a.socket, "mig", "--listen",
+                        uri, "--file", str(deffile), "--token-file", str(tokfile)],
+                       capture_output=True, text=True, timeout=scaled(30))
+    assert r.returncode == 0 and r.stdout == f"mig: incoming, listening on {uri}\n", r
+    r = subprocess.run([str(VIREO), "vm", "migrate", "mig", "--to", uri, "--output=json",
+                        "--token-file", str(tokfile), "--socket", b.socket,
+                        "--max-downtime", "300"],
+                       capture_output=True, text=True, timeout=scaled(90))
+    assert r.returncode == 0, r
+    check_moved(b, a, uri, (200, json.loads(r.stdout)))
+    log_b = b.vm_log("mig")
+    wait_rounds(a, last_round(b) + 20)
+    check_rounds(log_a1, log_b, a.vm_log("mig"))
+    # Powered off where it runs, the image is whole.
+    a.stop("mig", force=True)
+    subprocess.run(["qemu-img", "check", "-q", str(tmp_path / "d.qcow2")], check=True)
+
+
+def goes_on_at_a(a, b):
+    v = a.vm("mig")
+    assert v["state"] == "running" and "migration" not in v, v
+    wait_rounds(a, last_round(a) + 20)
+    check_rounds(a.vm_log("mig"))
+    # Nothing is left on B: no VM, no VMM, no token.
+    wait_until(lambda: b.request("GET", "/vms/mig")[0] == 404, 10,
+               lambda: f"the VM removed from B: {b.vm('mig')}")
+    assert b.ok("GET", "/vms")["vms"] == []
+    assert not os.path.exists(os.path.join(b.state, "run", "mig.token"))
+    assert not os.path.exists(os.path.join(b.state, "vms", "mig.json"))
+
+
+def test_wrong_token_leaves_vm_on_a(tmp_path, hosts):
+    a, b = hosts
+    start_on(a, tmp_path)
+    port = free_port()
+    incoming(b, tmp_path, port, token="right-token")
+    st, js = a.request("POST", "/vms/mig/migrate",
+                       {"uri": f"tcp:{HOST_B}:{port}", "token": "wrong-token"})
+    assert st == 500 and "refused" in js["error"], (st, js)
+    goes_on_at_a(a, b)
+    assert "did not prove the token" in b.logtext() or "refused" in b.logtext()
+
+
+def test_killed_destination_leaves_vm_on_a(tmp_path, hosts):
+    a, b = hosts
+    start_on(a, tmp_path)
+    port = free_port()
+    token = incoming(b, tmp_path, port)["token"]
+    vmm = b.vm("mig")["pid"]
+    assert vmm > 0
+    m = Migrate(a, {"uri": f"tcp:{HOST_B}:{port}", "token": token, "bandwidth": 2_000_000})
+    wait_until(lambda: a.vm("mig").get("migration", {}).get("bytes_sent", 0) > 1 << 20, 30,
+               "1 MiB sent")
+    os.kill(vmm, 9)
+    st, js = m.wait()
+    assert st == 500 and "failed" in js["error"], (st, js)
+    goes_on_at_a(a, b)
+
+
+def test_incoming_times_out(tmp_path, hosts):
+    """No source comes: the VMM is killed at the deadline and B forgets the VM."""
+    a, b = hosts
+    port = free_port()
+    incoming(b, tmp_path, port, timeout_s=1)
+    wait_until(lambda: b.request("GET", "/vms/mig")[0] == 404, 10, "the VM removed from B")
+    assert "no migration completed within 1 s" in b.logtext()
+
+
+def test_incoming_refused_while_the_vm_runs_here(tmp_path, hosts):
+    a, b = hosts
+    start_on(a, tmp_path)
+    st, js = a.request("POST", "/vms/mig/incoming", {"definition": definition(tmp_path),
+                                                     "listen": f"tcp:{HOST_A}:4444"})
+    assert st == 409 and "running" in js["error"], (st, js)
+    st, js = a.request("POST", "/vms/mig/migrate", {"uri": f"tcp:{HOST_B}:1"})
+    assert st == 400 and "token" in js["error"], (st, js)
+    assert a.vm("mig")["state"] == "running"
