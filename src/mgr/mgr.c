@@ -300,6 +300,16 @@ static void load_run(struct mgr *m, struct mgr_vm *vm)
 		vm->state = (enum mgr_state)s;
 	if (mgr_vm_active(vm) || store_vm_locked(m, vm->def.name))
 		adopt(m, vm, run);
+	/* An incoming VMM that does not run the guest yet: nobody waits for
+	 * its stream any more (migrate.c), so it goes; the source keeps the VM. */
+	if (vm->state == MGR_INCOMING) {
+		if (vm->pid > 0 && vmm_kill(m, vm))
+			log_warn("VM %s: %s", vm->def.name, err_get());
+		vm->state = MGR_STOPPED;
+		snprintf(vm->reason, sizeof(vm->reason),
+			 "incoming migration interrupted by a daemon restart");
+		store_save_run(m, vm);
+	}
 	json_object_put(run);
 }
 
@@ -633,6 +643,12 @@ enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm)
 {
 	if (mgr_vm_active(vm)) {
 		err_set(-EBUSY, "VM '%s' is already %s", vm->def.name, mgr_state_name(vm->state));
+		return MGR_E_CONFLICT;
+	}
+	/* Its guest runs on another host now, on the same disks (migrate.c). */
+	if (!strncmp(vm->reason, "migrated to ", 12)) {
+		err_set(-EBUSY, "VM '%s' was %s: it runs there; migrate it back, or delete it "
+			"here", vm->def.name, vm->reason);
 		return MGR_E_CONFLICT;
 	}
 	if (check_overcommit(m, vm))

@@ -174,6 +174,9 @@ def test_vm_moves_to_b_and_back(tmp_path, hosts):
     m = Migrate(a, {"uri": uri, "token": token, "max_downtime_ms": 300})
     check_moved(a, b, uri, m.wait())
     log_a1 = a.vm_log("mig")
+    # Never two running copies: the moved-away VM does not start here.
+    st, js = a.request("POST", "/vms/mig/start")
+    assert st == 409 and "runs there" in js["error"], (st, js)
     wait_rounds(b, last_round(a) + 20)
     # The token was good for that stream only: B has removed its file.
     assert not os.path.exists(os.path.join(b.state, "run", "mig.token"))
@@ -262,3 +265,32 @@ def test_incoming_refused_while_the_vm_runs_here(tmp_path, hosts):
     st, js = a.request("POST", "/vms/mig/migrate", {"uri": f"tcp:{HOST_B}:1"})
     assert st == 400 and "token" in js["error"], (st, js)
     assert a.vm("mig")["state"] == "running"
+
+
+def test_garbage_to_the_migration_port(tmp_path, hosts):
+    """Whatever connects to B's port first and sends no proof of the token
+    ends the wait: B runs nothing and forgets the VM."""
+    a, b = hosts
+    port = free_port()
+    incoming(b, tmp_path, port)
+    subprocess.run(["ip", "netns", "exec", a.netns, "python3", "-c",
+                    "import socket, sys; s = socket.create_connection((sys.argv[1], "
+                    "int(sys.argv[2]))); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n' * 1000); "
+                    "s.close()", HOST_B, str(port)], check=True, timeout=scaled(10))
+    wait_until(lambda: b.request("GET", "/vms/mig")[0] == 404, 40, "the VM removed from B")
+    assert "incoming migration failed" in b.logtext()
+
+
+def test_daemon_restart_ends_an_incoming_vm(tmp_path, hosts):
+    """A daemon that died while a VM was incoming does not adopt a VMM that
+    runs nothing yet: it is killed, the VM stopped."""
+    a, b = hosts
+    port = free_port()
+    incoming(b, tmp_path, port)
+    vmm = b.vm("mig")["pid"]
+    b.kill()
+    b.start()
+    v = b.vm("mig")
+    assert v["state"] == "stopped" and "daemon restart" in v["reason"], v
+    wait_until(lambda: not os.path.exists(f"/proc/{vmm}") or
+               open(f"/proc/{vmm}/stat").read().split(") ")[1][0] == "Z", 10, "the VMM gone")
