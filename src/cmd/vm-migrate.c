@@ -225,6 +225,20 @@ static struct json_object *call_with_progress(const struct mig_cli *c, const cha
 
 /* ---- the verbs ---- */
 
+/* The source's VMM may exit before it knows the downtime (the
+ * destination's `info` has it): shown only when known. */
+static void print_moved(const struct mig_cli *c, struct json_object *mig)
+{
+	char down[48] = "";
+
+	if (mig && json_object_object_get_ex(mig, "downtime_ms", NULL))
+		snprintf(down, sizeof(down), "downtime %llu ms, ",
+			 (unsigned long long)u64(mig, "downtime_ms"));
+	printf("%s: migrated to %s (%s%llu bytes sent in %llu ms)\n", c->name, vm_api_safe(c->to),
+	       down, (unsigned long long)u64(mig, "bytes_sent"),
+	       (unsigned long long)u64(mig, "total_ms"));
+}
+
 static int migrate(struct mig_cli *c)
 {
 	struct json_object *body, *o, *mig;
@@ -251,16 +265,10 @@ static int migrate(struct mig_cli *c)
 	snprintf(path, sizeof(path), "/vms/%s/migrate", c->name);
 	o = call_with_progress(c, path, json_object_to_json_string(body), &ok);
 	json_object_put(body);
-	if (ok && c->json) {
+	if (ok && c->json)
 		vm_api_print_json(o);
-	} else if (ok) {
-		mig = NULL;
-		json_object_object_get_ex(o, "migration", &mig);
-		printf("%s: migrated to %s (downtime %llu ms, %llu bytes sent in %llu ms)\n", c->name,
-		       vm_api_safe(c->to), (unsigned long long)u64(mig, "downtime_ms"),
-		       (unsigned long long)u64(mig, "bytes_sent"),
-		       (unsigned long long)u64(mig, "total_ms"));
-	}
+	else if (ok)
+		print_moved(c, json_object_object_get_ex(o, "migration", &mig) ? mig : NULL);
 	json_object_put(o);
 	return ok ? 0 : 1;
 }

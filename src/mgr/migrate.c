@@ -596,6 +596,7 @@ enum mgr_err mgr_migrate(struct mgr *m, struct mgr_vm *vm, struct json_object *b
 			 struct json_object **out)
 {
 	struct json_object *last = NULL;
+	uint64_t t0 = now_ms();
 	struct outgoing o;
 	enum mgr_err e;
 
@@ -624,6 +625,9 @@ enum mgr_err mgr_migrate(struct mgr *m, struct mgr_vm *vm, struct json_object *b
 		if (!last)
 			last = json_object_new_object();
 		json_object_object_add(last, "state", json_object_new_string("completed"));
+		if (!json_object_object_get_ex(last, "total_ms", NULL))
+			json_object_object_add(last, "total_ms",
+					       json_object_new_int64((int64_t)(now_ms() - t0)));
 		json_object_object_add(*out, "migration", json_object_get(last));
 	} else {
 		log_warn("VM %s: %s", vm->def.name, err_get());
