@@ -552,12 +552,17 @@ static enum mgr_err start_vmm_migration(struct mgr *m, struct mgr_vm *vm,
 	return e;
 }
 
+/* After the handover the source's VMM only waits for the destination's
+ * "running" before it exits: one that does not is killed (it never resumes
+ * the guest, which runs there). */
+#define MIG_EXIT_GRACE_MS 30000
+
 /* Follows the VMM's migration to its end. MGR_OK: handed over and the
  * VMM exited ("migrated"); *last: its last migration figures. */
 static enum mgr_err follow(struct mgr *m, struct mgr_vm *vm, const struct outgoing *o,
 			   struct json_object **last)
 {
-	uint64_t end = now_ms() + (uint64_t)o->timeout_s * 1000;
+	uint64_t end = now_ms() + (uint64_t)o->timeout_s * 1000, completed = 0;
 	bool cancelled = false;
 
 	for (;; nap(m, MIG_POLL_MS)) {
@@ -565,7 +570,7 @@ static enum mgr_err follow(struct mgr *m, struct mgr_vm *vm, const struct outgoi
 		const char *state;
 
 		if (vmm_reap(m, vm)) {
-			if (!strcmp(vm->reason, "migrated"))
+			if (!strcmp(vm->reason, "migrated") || completed)
 				return MGR_OK;
 			err_set(-EIO, "the VMM ended during the migration: %s", vm->reason);
 			return MGR_E_FAILED;
@@ -580,6 +585,14 @@ static enum mgr_err follow(struct mgr *m, struct mgr_vm *vm, const struct outgoi
 			err_set(-EIO, "migration to %s %s: %s", o->uri, state, field(mig, "error"));
 			return strcmp(state, "cancelled") ? MGR_E_FAILED : MGR_E_CONFLICT;
 		}
+		if (!completed && !strcmp(state, "completed"))
+			completed = now_ms();
+		if (completed && now_ms() - completed > MIG_EXIT_GRACE_MS) {
+			log_warn("VM %s: handed over, but its VMM does not exit: killed",
+				 vm->def.name);
+			vmm_kill(m, vm);
+			continue;
+		}
 		/* Past the deadline: cancelled, which leaves the VM here (a
 		 * handover already under way completes). */
 		if (!cancelled && now_ms() >= end) {
@@ -588,6 +601,11 @@ static enum mgr_err follow(struct mgr *m, struct mgr_vm *vm, const struct outgoi
 			mgr_control(m, vm, "{\"action\":\"migrate-cancel\"}", VMM_REQUEST_TIMEOUT_MS,
 				    NULL, 0, NULL);
 			cancelled = true;
+		}
+		if (cancelled && !completed && now_ms() >= end + MIG_EXIT_GRACE_MS) {
+			err_set(-ETIMEDOUT, "the VMM did not end the migration within %u s of its "
+				"cancel", MIG_EXIT_GRACE_MS / 1000);
+			return MGR_E_FAILED;
 		}
 	}
 }
