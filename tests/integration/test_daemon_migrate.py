@@ -299,3 +299,23 @@ def test_daemon_restart_ends_an_incoming_vm(tmp_path, hosts):
     assert v["state"] == "stopped" and "daemon restart" in v["reason"], v
     wait_until(lambda: not os.path.exists(f"/proc/{vmm}") or
                open(f"/proc/{vmm}/stat").read().split(") ")[1][0] == "Z", 10, "the VMM gone")
+
+
+def test_cancel_leaves_vm_on_a(tmp_path, hosts):
+    """migrate-cancel (the CLI's, beside the migrate request that holds the
+    VM): the migrate request ends with 409, the VM goes on at A, B forgets it."""
+    a, b = hosts
+    start_on(a, tmp_path)
+    port = free_port()
+    token = incoming(b, tmp_path, port)["token"]
+    m = Migrate(a, {"uri": f"tcp:{HOST_B}:{port}", "token": token, "bandwidth": 2_000_000})
+    wait_until(lambda: a.vm("mig").get("migration", {}).get("bytes_sent", 0) > 1 << 20, 30,
+               "1 MiB sent")
+    r = subprocess.run([str(VIREO), "vm", "migrate-cancel", "mig", "--socket", a.socket],
+                       capture_output=True, text=True, timeout=scaled(10))
+    assert r.returncode == 0 and r.stdout == "mig: migration cancelled\n", r
+    st, js = m.wait()
+    assert st == 409 and "cancelled" in js["error"], (st, js)
+    goes_on_at_a(a, b)
+    st, js = a.request("POST", "/vms/mig/migrate-cancel")
+    assert st == 409 and "no migration" in js["error"], (st, js)
