@@ -50,16 +50,16 @@ def clone_rules(src_tap, src, dst_tap, dst):
     r = subprocess.run(["nft", "list", "table", "inet", "vireo"], capture_output=True, text=True)
     for name in re.findall(r"map (nic-" + re.escape(src_tap) + r"-\S+) \{", r.stdout):
         new = name.replace(src_tap, dst_tap)
-        cmds.append(f"add map inet vireo {new} {{ type inet_proto . inet_service : verdict; "
+        cmds.append(f"add map inet vireo {new} {{ type inet_service . inet_proto : verdict; "
                     "flags interval; counter; }")
         js = json.loads(subprocess.run(["nft", "-j", "list", "map", "inet", "vireo", name],
                                        capture_output=True, text=True, check=True).stdout)
         (m,) = [o["map"] for o in js["nftables"] if "map" in o]
         elems = []
         for key, verdict in m.get("elem", []):
-            proto, port = key["elem"]["val"]["concat"]
+            port, proto = key["elem"]["val"]["concat"]
             port = f"{port['range'][0]}-{port['range'][1]}" if isinstance(port, dict) else port
-            elems.append(f"{proto} . {port} : {next(iter(verdict))}")
+            elems.append(f"{port} . {proto} : {next(iter(verdict))}")
         if elems:
             cmds.append(f"add element inet vireo {new} {{ {', '.join(elems)} }}")
     for fam in ("bridge", "inet"):
@@ -96,6 +96,22 @@ def drop_clone(tap):
         for d in ("out", "in"):
             subprocess.run(["nft", "delete", "chain", fam, "vireo", f"nic-{tap}-{d}"],
                            stderr=subprocess.DEVNULL)
+
+
+def apply(d, taps, n):
+    """Setting n (None: nothing, 0: anti-spoofing, else n rules) on vireo's
+    vNICs through the API, and the same chains on QEMU's taps."""
+    for vm in ("a", "b"):
+        body = {"nic": 0, "anti_spoof": n is not None}
+        if n:
+            body["ips"], body["firewall"] = [VMS[vm][0]], firewall(n)
+        st, js = d.request("POST", f"/vms/{vm}/firewall", raw=json.dumps(body, separators=(",", ":")))
+        assert st == 200, js
+    for q, v in (("qa", "a"), ("qb", "b")):
+        drop_clone(taps[q])
+        if n is not None:
+            cmds = clone_rules(taps[v], v, taps[q], q)
+            subprocess.run(["nft", "-f", "-"], input="\n".join(cmds) + "\n", text=True, check=True)
 
 
 def trigger(src, dst):
@@ -163,26 +179,18 @@ def main():
             d.ok("POST", f"/vms/{vm}/firewall", {"nic": 0, "anti_spoof": True})
             taps[vm] = d.vm(vm)["firewall_counters"][0]["tap"]
         settings = [("none", None), ("anti-spoof", 0), ("10 rules", 10), ("1000 rules", 1000)]
-        res = {}
-        for label, n in settings:
-            for vm in ("a", "b"):
-                body = {"nic": 0, "anti_spoof": n is not None}
-                if n:
-                    body["ips"], body["firewall"] = [VMS[vm][0]], firewall(n)
-                st, js = d.request("POST", f"/vms/{vm}/firewall",
-                                   raw=json.dumps(body, separators=(",", ":")))
-                assert st == 200, js
-            for q, v in (("qa", "a"), ("qb", "b")):
-                drop_clone(taps[q])
-                if n is not None:
-                    cmds = clone_rules(taps[v], v, taps[q], q)
-                    subprocess.run(["nft", "-f", "-"], input="\n".join(cmds) + "\n", text=True, check=True)
-            for vmm, (src, dst) in (("vireo", ("a", "b")), ("qemu", ("qa", "qb"))):
-                run_once(src, dst, taps, logs)            # warm-up: ARP, conntrack
-                rates = [run_once(src, dst, taps, logs) for _ in range(RUNS)]
-                res[(vmm, label)] = statistics.median(rates)
+        rates = {}
+        # Round robin: every round measures every setting on both VMMs, so
+        # load from elsewhere on the host spreads over all of them alike.
+        for _ in range(RUNS):
+            for label, n in settings:
+                apply(d, taps, n)
+                for vmm, (src, dst) in (("vireo", ("a", "b")), ("qemu", ("qa", "qb"))):
+                    run_once(src, dst, taps, logs)        # warm-up: ARP, conntrack
+                    rates.setdefault((vmm, label), []).append(run_once(src, dst, taps, logs))
+        res = {k: statistics.median(v) for k, v in rates.items()}
         print(f"# bench/net.sh: {FRAMES} UDP datagrams of {SIZE} bytes, guest to guest through "
-              f"{BR}, median of {RUNS}")
+              f"{BR}, median of {RUNS} rounds")
         print(f"{'setting':<12} {'vireo fr/s':>12} {'qemu fr/s':>12} {'vireo/qemu':>11} "
               f"{'vireo vs none':>14} {'qemu vs none':>13}")
         for label, _ in settings:
