@@ -56,16 +56,16 @@ def clone_rules(src_tap, src, dst_tap, dst):
     r = subprocess.run(["nft", "list", "table", "inet", "vireo"], capture_output=True, text=True)
     for name in re.findall(r"map (nic-" + re.escape(src_tap) + r"-\S+) \{", r.stdout):
         new = name.replace(src_tap, dst_tap)
-        cmds.append(f"add map inet vireo {new} {{ type inet_service . inet_proto : verdict; "
-                    "flags interval; counter; }")
         js = json.loads(subprocess.run(["nft", "-j", "list", "map", "inet", "vireo", name],
                                        capture_output=True, text=True, check=True).stdout)
         (m,) = [o["map"] for o in js["nftables"] if "map" in o]
+        cmds.append(f"add map inet vireo {new} {{ type {' . '.join(m['type'])} : verdict; "
+                    "flags interval; counter; }")     # the key's fields in vireo's order
         elems = []
         for key, verdict in m.get("elem", []):
-            port, proto = key["elem"]["val"]["concat"]
-            port = f"{port['range'][0]}-{port['range'][1]}" if isinstance(port, dict) else port
-            elems.append(f"{port} . {proto} : {next(iter(verdict))}")
+            fields = [f"{f['range'][0]}-{f['range'][1]}" if isinstance(f, dict) else str(f)
+                      for f in key["elem"]["val"]["concat"]]
+            elems.append(f"{' . '.join(fields)} : {next(iter(verdict))}")
         if elems:
             cmds.append(f"add element inet vireo {new} {{ {', '.join(elems)} }}")
     for fam in ("bridge", "inet"):
