@@ -433,6 +433,41 @@ def test_rules_in_a_map_keep_their_order(fw):
     assert c["rule 1"]["packets"] == 0, c
 
 
+
+DHCP = """
+import json, socket
+socks = {}
+for port in (67, 68):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.settimeout(%f); socks[port] = s
+socks[67].sendto(b"x", ("%s", 9996))
+got = {}
+for port, s in socks.items():
+    try:
+        data, (src, sport) = s.recvfrom(100)
+        got[port] = [data.decode(), src, sport]
+    except socket.timeout:
+        got[port] = None
+print(json.dumps(got))
+"""
+
+
+def test_dhcp_client_passes_and_a_dhcp_server_is_dropped(fw):
+    """The guest broadcasts as a DHCP client (from 0.0.0.0) and as a DHCP
+    server (from its address, port 67): with ips and policy_out drop the
+    client's discover still reaches the network, the server's offer is
+    dropped and counted (dhcp-server); without anti-spoofing and firewall
+    both arrive, so it was the firewall that dropped it."""
+    start_vm(fw, ips=[VM_IP], firewall={"policy_out": "drop"})
+    got = fw.peer.py(DHCP % (scaled(2), VM_IP))
+    assert got == {"67": ["dhcp-client", "0.0.0.0", 68], "68": None}, got
+    c = counters(fw)
+    assert c["dhcp-server"]["packets"] == 1 and c["policy out"]["packets"] == 0, c
+    fw.ok("POST", "/vms/web/firewall", {"nic": 0, "anti_spoof": False})
+    got = fw.peer.py(DHCP % (scaled(2), VM_IP))
+    assert got == {"67": ["dhcp-client", "0.0.0.0", 68], "68": ["dhcp-server", VM_IP, 67]}, got
+
 # A listener in the peer namespace on each port: answers "ok" and closes.
 LISTEN = """
 import selectors, socket, sys
