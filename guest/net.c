@@ -362,7 +362,9 @@ void scn_net_bench(const char *arg)
  * flow: counted, not echoed, so two guests cannot loop), and one to
  * 9999, which it answers three times: "ok" from its own addresses,
  * "spoof-ip" from another IPv4 address, "spoof-mac" from another MAC, and
- * with an ARP reply claiming that other address (anti-spoofing tests).
+ * with an ARP reply claiming that other address (anti-spoofing tests); and
+ * one to 9996, which it answers with a DHCP client's and a DHCP server's
+ * broadcast (dhcp_frames).
  * Runs net_ip_ms (default 30000). PROBE net_ip ready mac=M ip=A, then
  * PROBE net_ip arp=N icmp=N syn=N tcp_data=N udp=N spoof=N other=N. */
 struct ipstat {
@@ -568,6 +570,34 @@ static void start_flow(struct net *t, const uint8_t *f, uint32_t iplen)
 	tx_frame(t, r, 14 + ihl + 8 + 5);
 }
 
+/* A datagram to 9996: two broadcasts as a DHCP client and a DHCP server
+ * would send them, "dhcp-client" from 0.0.0.0:68 to port 67 and
+ * "dhcp-server" from our address's port 67 to port 68 (firewall tests). */
+static void dhcp_frames(struct net *t, const uint8_t *f)
+{
+	static const char *const text[] = { "dhcp-client", "dhcp-server" };
+	uint32_t ihl = (f[14] & 15u) * 4, len;
+	uint8_t *r = t->expect, *ru;
+
+	for (int i = 0; i < 2; i++) {
+		len = 8 + (uint32_t)probe_strlen(text[i]);
+		ip_reply(t, f, r, ihl + len);
+		probe_memset(r, 0xff, 6);
+		probe_memset(r + 30, 0xff, 4);
+		if (i == 0)
+			probe_memset(r + 26, 0, 4);
+		put16(r + 24, 0);
+		put16(r + 24, csum_fold(csum_add(0, r + 14, ihl)));
+		ru = r + 14 + ihl;
+		put16(ru, i == 0 ? 68 : 67);
+		put16(ru + 2, i == 0 ? 67 : 68);
+		put16(ru + 4, len);
+		probe_memcpy(ru + 8, text[i], len - 8);
+		l4_csum(r + 14, ru, len, 6);
+		tx_frame(t, r, 14 + ihl + len);
+	}
+}
+
 /* A datagram to 9997 [count be32, size be16, IPv4 address, MAC]: count
  * datagrams of size payload bytes (zeros, no UDP checksum) from our port
  * 5555 to that address's port 7777, TX_WINDOW in flight (bench/net.sh).
@@ -633,6 +663,10 @@ static void udp_in(struct net *t, const uint8_t *f, uint32_t iplen)
 	ips.udp++;
 	if (be16(f + 14 + ihl + 2) == 9997) {
 		blast(t, f, iplen);
+		return;
+	}
+	if (be16(f + 14 + ihl + 2) == 9996) {
+		dhcp_frames(t, f);
 		return;
 	}
 	if (be16(f + 14 + ihl + 2) == 9998 && iplen >= ihl + 10) {

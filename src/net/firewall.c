@@ -307,13 +307,18 @@ static unsigned int run_end(const struct fw_conf *c, unsigned int i, bool out)
 }
 
 /* Rules [i, end) of one direction as one lookup: a map with a counter and
- * a comment "rule N" per element, which the counters are read from. */
+ * a comment "rule N" per element, which the counters are read from. The
+ * key is port . protocol, port first: the kernel's set for concatenated
+ * intervals (pipapo) narrows the candidates field by field and then walks
+ * the ones left, so a first field that all elements share (the protocol)
+ * would make each lookup cost as many steps as the map has elements
+ * (measured: 1,000 rules, 3 µs a packet; port first: as cheap as 10). */
 static void rule_map(struct sbuf *b, const struct fw_vnic *v, bool out, unsigned int i,
 		     unsigned int end)
 {
 	const char *d = out ? "out" : "in", *sep = "";
 
-	sb_printf(b, "add map inet vireo nic-%s-%s-m%u { type inet_proto . inet_service : "
+	sb_printf(b, "add map inet vireo nic-%s-%s-m%u { type inet_service . inet_proto : "
 		  "verdict; flags interval; counter; }\n", v->tap, d, i);
 	sb_printf(b, "add element inet vireo nic-%s-%s-m%u {", v->tap, d, i);
 	for (unsigned int k = i; k < end; k++) {
@@ -321,13 +326,14 @@ static void rule_map(struct sbuf *b, const struct fw_vnic *v, bool out, unsigned
 
 		if (r->out != out)
 			continue;
-		sb_printf(b, "%s %s . %u", sep, proto_nft[r->proto], r->dport_lo);
+		sb_printf(b, "%s %u", sep, r->dport_lo);
 		if (r->dport_hi != r->dport_lo)
 			sb_printf(b, "-%u", r->dport_hi);
-		sb_printf(b, " comment \"rule %u\" : %s", k, verdict(r->action, r->proto));
+		sb_printf(b, " . %s comment \"rule %u\" : %s", proto_nft[r->proto], k,
+			  verdict(r->action, r->proto));
 		sep = ",";
 	}
-	sb_printf(b, " }\nadd rule inet vireo nic-%s-%s meta l4proto . th dport vmap "
+	sb_printf(b, " }\nadd rule inet vireo nic-%s-%s th dport . meta l4proto vmap "
 		  "@nic-%s-%s-m%u comment \"rules %u-%u\"\n", v->tap, d, v->tap, d, i, i, end - 1);
 }
 

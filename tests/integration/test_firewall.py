@@ -6,6 +6,7 @@ iproute2 and nft (to compare rulesets); every bridge, namespace and veth the
 test makes is deleted afterwards."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,8 +14,9 @@ import time
 
 import pytest
 
-from conftest import needs_kvm, scaled
+from conftest import hw_virt, needs_kvm, scaled
 from daemonutil import Daemon, wait_for
+from test_linux import BASE_CMDLINE, build_kit, linux_lines
 
 pytestmark = [needs_kvm, pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None,
@@ -404,7 +406,10 @@ except socket.timeout: print(json.dumps("timeout"))
     c = counters(fw)
     assert c["rule 1023"]["packets"] == 1 and c["rule 0"]["packets"] == 0, took
     assert len([k for k in c if k.startswith("rule ")]) == 1024
-    assert "vmap @nic-" in ruleset()          # 1,023 of them are one lookup
+    # 1,023 of them are one lookup, keyed port first: keyed protocol first
+    # (one value for all), the kernel's lookup walked every element (bench/net.sh)
+    rs = ruleset()
+    assert "th dport . meta l4proto vmap @nic-" in rs and "20001 . udp" in rs, rs[:3000]
     st, js = fw.request("POST", "/vms/web/firewall", raw=json.dumps(
         {"nic": 0, "firewall": {"rules": rules + rules[:1]}}, separators=(",", ":")))
     assert st == 400 and "at most 1024" in js["error"], js
@@ -416,12 +421,116 @@ def test_rules_in_a_map_keep_their_order(fw):
     earlier one is not merged with it, so the first match still decides."""
     rules = [{"dir": "in", "proto": "tcp", "dport": "1-100", "action": "drop"}] + \
         [{"dir": "in", "proto": "tcp", "dport": p, "action": "accept"}
-         for p in (22, 80, 443, 8080)]
+         for p in (22, 80, 443, "8000-8090")]
     start_vm(fw, firewall={"policy_in": "drop", "rules": rules}, ips=[VM_IP])
     rs = ruleset()
     assert 'comment "rules 1-4"' in rs and 'comment "rule 0"' in rs, rs
+    assert '8000-8090 . tcp' in rs, rs                  # a range in the map
     r = tcp(fw.peer, [22, 8080])
     assert r["22"] == "timeout" and r["8080"] == "ping", r
     c = counters(fw)
     assert c["rule 0"]["packets"] >= 1 and c["rule 4"]["packets"] == 1, c
     assert c["rule 1"]["packets"] == 0, c
+
+
+
+DHCP = """
+import json, socket
+socks = {}
+for port in (67, 68):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.settimeout(%f); socks[port] = s
+socks[67].sendto(b"x", ("%s", 9996))
+got = {}
+for port, s in socks.items():
+    try:
+        data, (src, sport) = s.recvfrom(100)
+        got[port] = [data.decode(), src, sport]
+    except socket.timeout:
+        got[port] = None
+print(json.dumps(got))
+"""
+
+
+def test_dhcp_client_passes_and_a_dhcp_server_is_dropped(fw):
+    """The guest broadcasts as a DHCP client (from 0.0.0.0) and as a DHCP
+    server (from its address, port 67): with ips and policy_out drop the
+    client's discover still reaches the network, the server's offer is
+    dropped and counted (dhcp-server); without anti-spoofing and firewall
+    both arrive, so it was the firewall that dropped it."""
+    start_vm(fw, ips=[VM_IP], firewall={"policy_out": "drop"})
+    got = fw.peer.py(DHCP % (scaled(2), VM_IP))
+    assert got == {"67": ["dhcp-client", "0.0.0.0", 68], "68": None}, got
+    c = counters(fw)
+    assert c["dhcp-server"]["packets"] == 1 and c["policy out"]["packets"] == 0, c
+    fw.ok("POST", "/vms/web/firewall", {"nic": 0, "anti_spoof": False})
+    got = fw.peer.py(DHCP % (scaled(2), VM_IP))
+    assert got == {"67": ["dhcp-client", "0.0.0.0", 68], "68": ["dhcp-server", VM_IP, 67]}, got
+
+# A listener in the peer namespace on each port: answers "ok" and closes.
+LISTEN = """
+import selectors, socket, sys
+sel = selectors.DefaultSelector()
+for port in %r:
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(8); sel.register(s, selectors.EVENT_READ)
+print("ready", flush=True)
+while True:
+    for key, _ in sel.select():
+        c, _ = key.fileobj.accept(); c.sendall(b"ok\\n"); c.close()
+"""
+
+
+@hw_virt(prepare=build_kit)
+def test_linux_guest_allowed_dropped_rejected_and_spoofed(fw):
+    """Debian's kernel on a network with a firewall on its vNIC connects
+    with busybox nc to a listener on three ports of the peer: the allowed one
+    connects (its replies pass although policy_in is drop), the dropped one
+    times out, the rejected one is refused at once (a reset from the host);
+    its pings are answered (out: policy accept), but pings from an address
+    not in "ips" are dropped at the bridge and counted, each one. One boot."""
+    kit = build_kit()
+    if not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
+        subprocess.run(["modprobe", "br_netfilter"])   # the nested host loads none
+    # The reset leaves by the bridge port, but the kernel routes it first: the
+    # nested host has no default route, so it needs one to the network.
+    subprocess.run(["ip", "addr", "add", "10.77.0.254/24", "dev", "vb-" + fw.net], check=True)
+    allowed, dropped, rejected, n = 7001, 7002, 7003, 3
+    listener = subprocess.Popen(["ip", "netns", "exec", fw.peer.ns, "python3", "-c",
+                                 LISTEN % [allowed, dropped, rejected]],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        rules = [{"dir": "out", "proto": "tcp", "dport": allowed, "action": "accept"},
+                 {"dir": "out", "proto": "tcp", "dport": dropped, "action": "drop"},
+                 {"dir": "out", "proto": "tcp", "dport": rejected, "action": "reject"}]
+        cmdline = (f"vireo.test=fw vireo.ip={VM_IP}/24 vireo.peer={PEER_IP} "
+                   f"vireo.fw_ports={allowed},{dropped},{rejected} vireo.spoof=10.77.0.99 "
+                   f"vireo.spoof_n={n} vireo.fw_hold_s=600")
+        fw.ok("POST", "/vms", {"name": "lx", "cpus": 1, "memory": "256M",
+                               "kernel": str(kit / "vmlinuz"), "initrd": str(kit / "initrd.img"),
+                               "cmdline": f"{BASE_CMDLINE} {cmdline}",
+                               "nics": [{"network": fw.net, "mac": VM_MAC, "ips": [VM_IP],
+                                         "firewall": {"policy_in": "drop", "rules": rules}}]},
+               status=201)
+        fw.ok("POST", "/vms/lx/start")
+        assert wait_for(lambda: re.search(r"LINUX fw .* spoof_ping=\w+\r?\n", fw.vm_log("lx")) or
+                        fw.vm("lx")["state"] == "stopped", timeout=scaled(150)), \
+            (fw.vm("lx"), fw.vm_log("lx")[-4000:])
+        line = linux_lines(fw.vm_log("lx")).get("fw")
+        assert line and line["bound"] == "1" and line["ping"] == "ok", fw.vm_log("lx")[-4000:]
+        assert line[f"port_{allowed}"] == "ok", line
+        assert line[f"port_{dropped}"] == "timeout", line      # nc -w 5: 5 s
+        assert line[f"port_{rejected}"] == "refused", line
+        assert int(line[f"cs_{rejected}"]) < 300, line          # at once, not after a timeout
+        assert line["spoof_ping"] == "unanswered", line
+        c = counters(fw, "lx")
+        # the first packet of the allowed connection, the reset one, every
+        # SYN to the dropped port (retransmitted), every spoofed ping
+        assert c["rule 0"]["packets"] == 1 and c["rule 2"]["packets"] == 1, c
+        assert c["rule 1"]["packets"] >= 2, c
+        assert c["spoof-ip"]["packets"] == n, c
+    finally:
+        listener.kill()
+        listener.wait()

@@ -256,7 +256,7 @@ def test_init_uses_only_busybox_applets_and_parses():
     applets = set(subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
                                  check=True).stdout.split())
     used = {"awk", "base64", "blkdiscard", "blockdev", "cat", "cmp", "cut", "dd", "dmesg",
-            "grep", "head", "insmod", "ip", "ls", "md5sum", "mount", "od", "ping", "poweroff",
+            "grep", "head", "insmod", "ip", "ls", "md5sum", "mount", "nc", "od", "ping", "poweroff",
             "readlink", "rm", "sed", "sleep", "sort", "sync", "tail", "timeout", "tr", "uname",
             "wc", "wget"}
     assert used <= applets, used - applets
