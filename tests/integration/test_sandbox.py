@@ -548,3 +548,50 @@ def test_injected_connect_cannot_leave_the_jail(tmp_path, seccomp):
             guest.proc.kill()
         if os.path.exists(sock):
             os.unlink(sock)
+
+
+def test_daemon_connect_failures_leave_the_vm_running(tmp_path):
+    """The daemon makes a migration's connection for its jailed VMM: a
+    refused one, or one nobody answers (a listener whose backlog is full
+    drops the SYN), fails within its deadline with one clear line, and the
+    VM runs on, its VMM untouched."""
+    import socket
+    import time
+    d = Daemon().start()
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    queued = []
+    try:
+        d.create("c1", scenario="wait=60000")
+        pid = d.ok("POST", "/vms/c1/start")["pid"]
+        st, js = d.request("POST", "/vms/c1/migrate",
+                           {"uri": f"tcp:127.0.0.1:{port}", "token": "t"})
+        assert st == 500 and js["error"] == (f"cannot connect to tcp:127.0.0.1:{port}: "
+                                             "Connection refused"), (st, js)
+        assert d.logtext().count(f"cannot connect to tcp:127.0.0.1:{port}") == 1, d.logtext()
+        # Fill the backlog: the next SYN goes unanswered.
+        for _ in range(2):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(full.getsockname())
+            queued.append(c)
+        t0 = time.monotonic()
+        st, js = d.request("POST", "/vms/c1/migrate",
+                           {"uri": f"tcp:127.0.0.1:{full.getsockname()[1]}", "token": "t"})
+        took = time.monotonic() - t0
+        assert st == 500 and "no answer within 10 s" in js["error"], (st, js)
+        assert 9 <= took <= scaled(20), took
+        js = d.vm("c1")
+        assert js["state"] == "running" and js["pid"] == pid, js
+        # The VMM was never asked to migrate.
+        info = vireo_control(os.path.join(d.state, "run", "c1.sock"), action="info")
+        assert info["state"] == "running" and "migration" not in info, info
+    finally:
+        for c in queued:
+            c.close()
+        full.close()
+        d.cleanup()
