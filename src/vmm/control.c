@@ -439,7 +439,15 @@ static int migrate_stream(int fd)
 		return err_set(-EINVAL, "migrate to \"fd\": the descriptor passed is not a "
 			       "connected TCP socket");
 	fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-	return fd < 0 ? err_set(-errno, "migrate: cannot keep the socket: %m") : fd;
+	if (fd < 0)
+		return err_set(-errno, "migrate: cannot keep the socket: %m");
+	/* The sender's O_NONBLOCK is ours too (one open file): the stream's
+	 * I/O blocks, with timeouts. */
+	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+		close(fd);
+		return err_set(-errno, "migrate: cannot make the socket blocking: %m");
+	}
+	return fd;
 }
 
 static struct json_object *migrate_error(int ret)
