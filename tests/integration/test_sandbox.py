@@ -5,6 +5,7 @@ files, and every device still works inside it."""
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 
@@ -397,9 +398,10 @@ def fd_targets(pid):
 
 
 def jailed_vmm(tmp_path, sock, seccomp="on"):
+    """A jailed VMM that dumps no core when its filter kills it."""
     jail, extra = sandbox_args(tmp_path)
-    guest = LiveProbe(vireo_args("scenario=wait=60000", extra=[
-        *extra, "--api-socket", sock, f"--seccomp={seccomp}"]))
+    guest = LiveProbe(["sh", "-c", 'ulimit -c 0; exec "$@"', "sh", *vireo_args(
+        "scenario=wait=60000", extra=[*extra, "--api-socket", sock, f"--seccomp={seccomp}"])])
     guest.wait_line("PROBE wait ged_gsi=")
     return guest
 
@@ -511,8 +513,10 @@ sys 41 2 1 0
 set $sock = $ret
 sys 42 $sock $addr 16
 """)
+    # gdb may crash when the VMM dies under it (seccomp): no core file.
     out = subprocess.run(["gdb", "-nx", "-q", "-batch", "-p", str(pid), "-x", str(script)],
-                         capture_output=True, text=True, timeout=scaled(120))
+                         capture_output=True, text=True, timeout=scaled(120), cwd=tmp,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)))
     results = [int(l.split()[1]) for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     return results, out.stdout + out.stderr
 
