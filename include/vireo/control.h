@@ -81,7 +81,8 @@ struct control_action {
 	char parent[CONTROL_MAX_PATH]; /* SNAPSHOT incremental: the parent's directory
 					* as the new one records it; "": the base's */
 	uint64_t parent_id;     /* SNAPSHOT incremental: the base must be this; 0: any */
-	char uri[256];          /* MIGRATE: "tcp:HOST:PORT" */
+	char uri[256];          /* MIGRATE: "tcp:HOST:PORT", or "fd": the connected
+				 * TCP socket passed with the request (fd[0]) */
 	char token[256];        /* MIGRATE: "" if none */
 	uint64_t max_downtime_ms; /* MIGRATE: 0: the default; bandwidth in bps */
 };
@@ -106,6 +107,8 @@ struct control_target {
 	unsigned int nvirtio;
 	struct migration *migration;    /* live migration; NULL: none */
 	struct snapshot_base *snap_base; /* incremental snapshots; NULL: none */
+	bool no_connect;                /* jailed: a migration's stream must be passed
+					 * (uri "fd"), the VMM cannot connect */
 };
 
 /* Error classes in replies ("code"), which the daemon maps to HTTP statuses. */

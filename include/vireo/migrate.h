@@ -11,7 +11,9 @@
  * the source never resumes (never two running copies) and its VMM ends with
  * status 0, reason "migrated".
  *
- * Wire (all integers little-endian), after a TCP connect:
+ * Wire (all integers little-endian), after a TCP connect (the source's
+ * own, or the one its caller made and passed it, as the daemon does for a
+ * jailed VMM):
  *   D→S  "VIREOMIG" u32 version, 32-byte nonce Nd
  *   S→D  "VIREOMIG" u32 version, 32-byte nonce Ns, HMAC-SHA256(token, "src" Nd Ns)
  *   D→S  u8 1, HMAC-SHA256(token, "dst" Ns Nd)   (or u8 0 and close: refused)
@@ -47,7 +49,9 @@ struct machine_config;
 struct json_object;
 
 struct migrate_params {
-	char uri[MIGRATE_URI_MAX];     /* "tcp:HOST:PORT" */
+	char uri[MIGRATE_URI_MAX];     /* "tcp:HOST:PORT"; with fd, where it leads */
+	int fd;                        /* a connected TCP stream to use, or -1:
+					* connect to uri */
 	char token[MIGRATE_TOKEN_MAX]; /* "" : none */
 	uint64_t max_downtime_ms;
 	uint64_t bandwidth;            /* bytes/s, 0: unlimited */
@@ -60,7 +64,7 @@ struct migration *migration_create(const struct snapshot_target *t);
 /* Cancels a running migration (the VM stays here) and frees it. */
 void migration_destroy(struct migration *m);
 /* Starts migrating in the background: 0, or -EBUSY / -EINVAL / -ENOTSUP
- * with err_set(). */
+ * with err_set(). It owns p->fd (if >= 0) from then on, whatever it returns. */
 int migration_start(struct migration *m, const struct migrate_params *p);
 /* Asks a running migration to stop: 0, or -ENOENT (none running) or -EBUSY
  * (past the point of no return). */

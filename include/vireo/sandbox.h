@@ -39,7 +39,9 @@ int sandbox_restrict_thread(void);
  * and socket the VMM needs is open; no descriptor of a directory may stay
  * open (openat() relative to it would leave the jail). */
 int sandbox_enter(const struct sandbox *sb);
-/* The seccomp part alone (unit tests apply it in a child). */
-int sandbox_seccomp(enum sandbox_seccomp mode);
+/* The seccomp part alone (unit tests apply it in a child); connect_out:
+ * TCP socket and connect allowed (a VMM without a jail, which makes its
+ * migration's connection itself; a jailed one is handed it). */
+int sandbox_seccomp(enum sandbox_seccomp mode, bool connect_out);
 
 #endif

@@ -846,7 +846,8 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 				    .serial = devs->serial,
 				    .balloon_target = o->balloon_target, .machine = &o->machine,
 				    .virtio = devs->virtio, .nvirtio = devs->nvirtio,
-				    .migration = mig, .snap_base = &devs->snap_base };
+				    .migration = mig, .snap_base = &devs->snap_base,
+				    .no_connect = o->sandbox.jail != NULL };
 
 	*out = NULL;
 	if (!o->api_socket)

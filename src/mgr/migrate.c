@@ -14,22 +14,27 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
+#include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "vireo/log.h"
 #include "vireo/mgr.h"
+#include "vireo/migrate.h"
 
 #define MIG_INCOMING_TIMEOUT_S 300     /* default wait for the stream's end */
 #define MIG_LISTEN_TIMEOUT_MS 5000     /* the VMM's listening socket appears */
 #define MIG_TIMEOUT_S 3600             /* default limit of an outgoing one */
 #define MIG_POLL_MS 100
 #define MIG_TOKEN_MAX 255              /* the VMM's MIGRATE_TOKEN_MAX - 1 */
+#define MIG_CONNECT_TIMEOUT_S 10       /* the destination accepts the stream */
 
 static uint64_t now_ms(void)
 {
@@ -532,14 +537,82 @@ static int parse_outgoing(struct json_object *body, struct outgoing *o)
 	return 0;
 }
 
+/* One address: a non-blocking connect, given until end (CLOCK_MONOTONIC
+ * ms); the socket, blocking again (the VMM's I/O has its own timeouts), or
+ * -errno. */
+static int connect_one(const struct addrinfo *a, uint64_t end)
+{
+	int fd = socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
+	int err = 0, n;
+	socklen_t len = sizeof(err);
+	struct pollfd p = { .fd = fd, .events = POLLOUT };
+
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, a->ai_addr, a->ai_addrlen) && errno != EINPROGRESS) {
+		err = errno;
+		goto fail;
+	}
+	do {
+		uint64_t now = now_ms();
+
+		n = now < end ? poll(&p, 1, (int)(end - now)) : 0;
+	} while (n < 0 && errno == EINTR);
+	if (n <= 0)
+		err = n ? errno : ETIMEDOUT;
+	else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (!err && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
+		err = errno;
+	if (!err)
+		return fd;
+fail:
+	close(fd);
+	return -err;
+}
+
+/* The daemon makes the migration's connection and hands it to the VMM,
+ * which its sandbox keeps from connecting anywhere (as libvirt hands QEMU
+ * a migration fd). Numeric addresses only, as the VMM took them: a name
+ * lookup would not keep to the deadline. The socket, or -errno with
+ * err_set(). Called with m->lock free. */
+static int migration_connect(const char *uri)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST |
+				  AI_NUMERICSERV }, *ai, *a;
+	uint64_t end = now_ms() + MIG_CONNECT_TIMEOUT_S * 1000;
+	char host[256], port[32];
+	int ret = migrate_parse_uri(uri, host, sizeof(host), port, sizeof(port));
+	int fd = -EHOSTUNREACH;
+
+	if (ret)
+		return ret;
+	if (!strcmp(host, "localhost"))
+		snprintf(host, sizeof(host), "127.0.0.1");
+	ret = getaddrinfo(host, port, &hints, &ai);
+	if (ret)
+		return err_set(-EINVAL, "%s: %s (an IP address and a port number are needed)",
+			       uri, gai_strerror(ret));
+	for (a = ai; a && fd < 0 && fd != -ETIMEDOUT; a = a->ai_next)
+		fd = connect_one(a, end);
+	freeaddrinfo(ai);
+	if (fd == -ETIMEDOUT)
+		return err_set(fd, "cannot connect to %s: no answer within %d s", uri,
+			       MIG_CONNECT_TIMEOUT_S);
+	if (fd < 0)
+		return err_set(fd, "cannot connect to %s: %s", uri, strerror(-fd));
+	return fd;
+}
+
+/* The VMM's `migrate` over the connected socket fd, passed with it. */
 static enum mgr_err start_vmm_migration(struct mgr *m, struct mgr_vm *vm,
-					const struct outgoing *o)
+					const struct outgoing *o, int fd)
 {
 	struct json_object *req = json_object_new_object();
 	enum mgr_err e;
 
 	json_object_object_add(req, "action", json_object_new_string("migrate"));
-	json_object_object_add(req, "uri", json_object_new_string(o->uri));
+	json_object_object_add(req, "uri", json_object_new_string("fd"));
 	json_object_object_add(req, "token", json_object_new_string(o->token));
 	if (o->max_downtime_ms)
 		json_object_object_add(req, "max_downtime_ms",
@@ -547,7 +620,7 @@ static enum mgr_err start_vmm_migration(struct mgr *m, struct mgr_vm *vm,
 	if (o->bandwidth)
 		json_object_object_add(req, "bandwidth", json_object_new_int64(o->bandwidth));
 	e = mgr_control(m, vm, json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN),
-			VMM_REQUEST_TIMEOUT_MS, NULL, 0, NULL);
+			VMM_REQUEST_TIMEOUT_MS, &fd, 1, NULL);
 	json_object_put(req);
 	return e;
 }
@@ -617,6 +690,7 @@ enum mgr_err mgr_migrate(struct mgr *m, struct mgr_vm *vm, struct json_object *b
 	uint64_t t0 = now_ms();
 	struct outgoing o;
 	enum mgr_err e;
+	int fd;
 
 	if (parse_outgoing(body, &o))
 		return MGR_E_BAD;
@@ -625,9 +699,17 @@ enum mgr_err mgr_migrate(struct mgr *m, struct mgr_vm *vm, struct json_object *b
 			vm->def.name, mgr_state_name(vm->state));
 		return MGR_E_CONFLICT;
 	}
-	e = start_vmm_migration(m, vm, &o);
-	if (e != MGR_OK)
+	/* The VM's operation lock keeps it ours while the table is free. */
+	pthread_mutex_unlock(&m->lock);
+	fd = migration_connect(o.uri);
+	pthread_mutex_lock(&m->lock);
+	e = fd < 0 ? MGR_E_FAILED : start_vmm_migration(m, vm, &o, fd);
+	if (fd >= 0)
+		close(fd);      /* the VMM has its own now, or failed */
+	if (e != MGR_OK) {
+		log_warn("VM %s: migration to %s: %s", vm->def.name, o.uri, err_get());
 		return e;
+	}
 	snprintf(vm->migrating_to, sizeof(vm->migrating_to), "%s", o.uri);
 	log_info("VM %s: migrating to %s", vm->def.name, o.uri);
 	e = follow(m, vm, &o, &last);

@@ -280,13 +280,14 @@ static int get_string(struct json_object *obj, const char *key, char *out, size_
 	return 0;
 }
 
-/* {"uri": "tcp:HOST:PORT", "token": T, "max_downtime_ms": N, "bandwidth": B} */
+/* {"uri": "tcp:HOST:PORT" or "fd", "token": T, "max_downtime_ms": N,
+ * "bandwidth": B}; "fd": the stream is the socket passed with the request. */
 static int parse_migrate(struct json_object *obj, struct control_action *a)
 {
 	int ret = get_string(obj, "uri", a->uri, sizeof(a->uri));
 
-	if (ret == -ENOENT || (!ret && strncmp(a->uri, "tcp:", 4)))
-		return err_set(-EINVAL, "migrate needs 'uri': \"tcp:HOST:PORT\"");
+	if (ret == -ENOENT || (!ret && strncmp(a->uri, "tcp:", 4) && strcmp(a->uri, "fd")))
+		return err_set(-EINVAL, "migrate needs 'uri': \"tcp:HOST:PORT\" or \"fd\"");
 	if (ret)
 		return ret;
 	ret = get_string(obj, "token", a->token, sizeof(a->token));

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
@@ -30,7 +32,8 @@
 #include "vireo/vmm.h"
 
 /* Descriptors a client may pass with a request (SCM_RIGHTS): a snapshot's
- * memory and state files, which a sandboxed VMM cannot open itself. */
+ * memory and state files, which a sandboxed VMM cannot open itself, or a
+ * migration's connected stream, which it cannot connect itself. */
 #define CONTROL_MAX_FDS 2
 
 struct control_client {
@@ -416,10 +419,49 @@ static struct json_object *apply_snapshot(const struct control_target *t,
 	return r;
 }
 
+/* The migration's own copy of the stream passed with the request (the
+ * socket closes the passed one once the request is answered): a connected
+ * TCP stream (IPv4 or IPv6), not a listening socket nor anything else. */
+static int migrate_stream(int fd)
+{
+	struct tcp_info ti;
+	int v[3];
+	socklen_t len = sizeof(v[0]), tlen = sizeof(ti);
+
+	if (fd < 0)
+		return err_set(-EINVAL, "migrate to \"fd\": pass the connected TCP socket "
+			       "with the request (SCM_RIGHTS)");
+	if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &v[0], &len) ||
+	    getsockopt(fd, SOL_SOCKET, SO_TYPE, &v[1], &len) ||
+	    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v[2], &len) ||
+	    (v[0] != AF_INET && v[0] != AF_INET6) || v[1] != SOCK_STREAM || v[2] ||
+	    getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tlen) || ti.tcpi_state != TCP_ESTABLISHED)
+		return err_set(-EINVAL, "migrate to \"fd\": the descriptor passed is not a "
+			       "connected TCP socket");
+	fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0)
+		return err_set(-errno, "migrate: cannot keep the socket: %m");
+	/* The sender's O_NONBLOCK is ours too (one open file): the stream's
+	 * I/O blocks, with timeouts. */
+	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+		close(fd);
+		return err_set(-errno, "migrate: cannot make the socket blocking: %m");
+	}
+	return fd;
+}
+
+static struct json_object *migrate_error(int ret)
+{
+	return control_error(ret == -ENOTSUP || ret == -EINVAL ? CONTROL_E_BAD_REQUEST :
+			     ret == -ENOMEM || ret == -EMFILE ? CONTROL_E_FAILED :
+			     CONTROL_E_WRONG_STATE, err_get());
+}
+
 static struct json_object *apply_migrate(const struct control_target *t,
 					 const struct control_action *a)
 {
-	struct migrate_params p = { .max_downtime_ms = a->max_downtime_ms, .bandwidth = a->bps };
+	struct migrate_params p = { .max_downtime_ms = a->max_downtime_ms, .bandwidth = a->bps,
+				    .fd = -1 };
 	int ret;
 
 	if (!t->migration)
@@ -427,6 +469,12 @@ static struct json_object *apply_migrate(const struct control_target *t,
 	if (a->kind == CONTROL_MIGRATE_CANCEL)
 		ret = migration_cancel(t->migration);
 	else {
+		if (!strcmp(a->uri, "fd") && (p.fd = migrate_stream(a->fd[0])) < 0)
+			return migrate_error(p.fd);
+		/* Its seccomp filter would kill it at socket(). */
+		if (p.fd < 0 && t->no_connect)
+			return control_error(CONTROL_E_BAD_REQUEST, "this VMM is jailed and cannot "
+					     "connect: pass a connected TCP socket with uri \"fd\"");
 		snprintf(p.uri, sizeof(p.uri), "%s", a->uri);
 		snprintf(p.token, sizeof(p.token), "%s", a->token);
 		ret = migration_start(t->migration, &p);
@@ -437,11 +485,7 @@ static struct json_object *apply_migrate(const struct control_target *t,
 			t->snap_base->disabled = true;
 		}
 	}
-	if (ret)
-		return control_error(ret == -ENOTSUP || ret == -EINVAL ? CONTROL_E_BAD_REQUEST :
-				     ret == -ENOMEM ? CONTROL_E_FAILED : CONTROL_E_WRONG_STATE,
-				     err_get());
-	return NULL;
+	return ret ? migrate_error(ret) : NULL;
 }
 
 struct json_object *control_apply(struct control_target *t, const struct control_action *a)

@@ -197,6 +197,7 @@ static int send_pages(struct migration *m, const uint64_t *bits, bool skip_zero)
 
 /* ---- the phases ---- */
 
+/* The stream: the one passed in (m->p.fd), else a connection of our own. */
 static int connect_to(struct migration *m)
 {
 	/* Numeric only: a name lookup could reach for what the sandbox
@@ -207,6 +208,11 @@ static int connect_to(struct migration *m)
 	char host[256], port[32];
 	int ret = migrate_parse_uri(m->p.uri, host, sizeof(host), port, sizeof(port)), fd = -1;
 
+	if (m->p.fd >= 0) {
+		fd = m->p.fd;
+		m->p.fd = -1;
+		goto connected;
+	}
 	if (ret)
 		return ret;
 	if (!strcmp(host, "localhost"))
@@ -230,6 +236,7 @@ static int connect_to(struct migration *m)
 	if (fd < 0)
 		return err_set(ret ? ret : -EHOSTUNREACH, "cannot connect to %s: %s", m->p.uri,
 			       strerror(ret ? -ret : EHOSTUNREACH));
+connected:
 	tv.tv_sec = MIG_IO_TIMEOUT_S;
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -593,7 +600,9 @@ static void reap(struct migration *m)
 	m->buf = NULL;
 }
 
-int migration_start(struct migration *m, const struct migrate_params *p)
+/* migration_start() but for the passed stream: the thread owns it once it
+ * runs; on failure the caller closes it. */
+static int migration_begin(struct migration *m, const struct migrate_params *p)
 {
 	enum mig_state s;
 	bool incoming;
@@ -632,6 +641,15 @@ int migration_start(struct migration *m, const struct migrate_params *p)
 	}
 	m->thread_started = true;
 	return 0;
+}
+
+int migration_start(struct migration *m, const struct migrate_params *p)
+{
+	int ret = migration_begin(m, p);
+
+	if (ret && p->fd >= 0)
+		close(p->fd);
+	return ret;
 }
 
 int migration_cancel(struct migration *m)

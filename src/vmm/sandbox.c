@@ -35,8 +35,10 @@
  * images), the event loop (control and console sockets: accept4 and
  * recv/send on descriptors it already has), malloc, and thread start-up
  * (clone with CLONE_THREAD only, see below), ioctl with the requests
- * listed further down. Not here: socket and connect (but for a migration's
- * outgoing TCP stream, see allow_migration), bind, execve, fork, ptrace, mount, setuid and the like. */
+ * listed further down. Not here: socket and connect (but for the outgoing
+ * TCP stream of a VMM without a jail, see allow_migration; a jailed one
+ * gets its stream as a descriptor from the daemon), bind, execve, fork,
+ * ptrace, mount, setuid and the like. */
 static const char *const allowed[] = {
 	"read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
 	"preadv2", "pwritev2", "lseek", "close", "fsync", "fdatasync", "fallocate",
@@ -117,8 +119,9 @@ static int allow_threads(scmp_filter_ctx ctx)
 	return ret ? err_set(ret, "seccomp: cannot add the thread rules") : 0;
 }
 
-/* The source of a live migration connects out: TCP sockets only (IPv4 or
- * IPv6 streams), and connect; no bind, listen or other families. */
+/* The source of a live migration without a jail (`vireo run` by hand)
+ * connects out itself: TCP sockets only (IPv4 or IPv6 streams), and
+ * connect; no bind, listen or other families. */
 static int allow_migration(scmp_filter_ctx ctx)
 {
 	int ret = 0;
@@ -132,7 +135,7 @@ static int allow_migration(scmp_filter_ctx ctx)
 	return ret ? err_set(ret, "seccomp: cannot add the migration rules") : 0;
 }
 
-int sandbox_seccomp(enum sandbox_seccomp mode)
+int sandbox_seccomp(enum sandbox_seccomp mode, bool connect_out)
 {
 	scmp_filter_ctx ctx;
 	int ret;
@@ -149,7 +152,7 @@ int sandbox_seccomp(enum sandbox_seccomp mode)
 		ret = allow_ioctls(ctx);
 	if (!ret)
 		ret = allow_threads(ctx);
-	if (!ret)
+	if (!ret && connect_out)
 		ret = allow_migration(ctx);
 	/* Every thread, including those started before (device I/O threads). */
 	if (!ret)
@@ -183,10 +186,11 @@ static long landlock_abi;
 
 /* Every file system right the kernel knows is handled and no rule grants
  * any: no path can be opened, created, listed, removed or executed. Also
- * TCP bind (ABI 4) and abstract Unix sockets of other domains (ABI 6).
- * Not TCP connect: the source of a live migration connects out, to an
- * address known only then (seccomp allows that, and no other network
- * call). Rights the kernel does not know it would refuse (EINVAL). */
+ * TCP bind and connect (ABI 4): a jailed VMM reaches the network only
+ * through descriptors passed to it (the daemon connects a migration's
+ * stream and hands it over; an incoming one listens before the sandbox).
+ * And abstract Unix sockets of other domains (ABI 6). Rights the kernel
+ * does not know it would refuse (EINVAL). */
 static int landlock_create(void)
 {
 	long abi = syscall(__NR_landlock_create_ruleset, NULL, 0, LANDLOCK_GET_ABI);
@@ -203,7 +207,7 @@ static int landlock_create(void)
 	if (abi >= 5)
 		attr.handled_access_fs |= 1ULL << 15;          /* IOCTL_DEV */
 	if (abi >= 4) {
-		attr.handled_access_net = 1ULL << 0;         /* TCP bind */
+		attr.handled_access_net = (1ULL << 0) | (1ULL << 1); /* TCP bind, connect */
 		size = offsetof(struct landlock_attr, scoped);
 	}
 	if (abi >= 6) {
@@ -334,8 +338,9 @@ int sandbox_enter(const struct sandbox *sb)
 		ret = err_set(-errno, "PR_SET_NO_NEW_PRIVS: %m");
 	if (!ret)
 		ret = landlock_enter();
+	/* Jailed: the network only through passed descriptors. */
 	if (!ret)
-		ret = sandbox_seccomp(sb->seccomp);
+		ret = sandbox_seccomp(sb->seccomp, !sb->jail);
 	return ret;
 }
 

@@ -6,6 +6,7 @@ its dirty scenario writes every page of a buffer in a loop and checks what
 the previous pass left there, so a page lost or stale after a migration
 shows as bad=N."""
 import json
+import os
 import re
 import socket
 import subprocess
@@ -681,3 +682,35 @@ def test_info_during_the_switch_writes_no_guest_page(tmp_path, sock, pairs):
     assert replies["go"] == b"G", (replies, "".join(p.src.err))
     assert p.src.proc.returncode == 0, "".join(p.src.err)
     assert json.loads(p.status.read_text())["reason"] == "migrated"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="skipped: needs root for --user/--jail")
+def test_jailed_source_migrates_over_a_passed_socket(tmp_path, sock, pairs):
+    """A jailed source cannot connect: its caller connects and passes the
+    socket with `migrate` {"uri": "fd"} (what the daemon does). The socket
+    comes here non-blocking (Python's timeout), a flag the VMM shares: it
+    makes the stream blocking for itself."""
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    token = tmp_path / "token"
+    token.write_text("s3cret")
+    p = pairs(tmp_path, sock, "scenario=count=50", token_file=token,
+              extra=["--user", "65534", "--jail", str(jail)])
+    p.src.wait_line("PROBE count n=5 ")
+    r = vireo_control(p.ssock, action="migrate", uri=p.uri, token="s3cret")
+    assert r["code"] == "bad-request" and "jailed and cannot connect" in r["error"], r
+    stream = socket.create_connection(("127.0.0.1", p.port), timeout=scaled(10))
+    with socket.socket(socket.AF_UNIX) as ctl:
+        ctl.connect(p.ssock)
+        req = {"action": "migrate", "uri": "fd", "token": "s3cret"}
+        socket.send_fds(ctl, [json.dumps(req).encode() + b"\n"], [stream.fileno()])
+        assert json.loads(ctl.makefile().readline()) == {"ok": True, "state": "running"}
+    stream.close()
+    assert p.src.wait_exit(30), "".join(p.src.err)
+    assert p.src.proc.returncode == 0, "".join(p.src.err)
+    last = counts(lines_of(p.src))[-1]
+    p.dst.wait_line(f"PROBE count n={last + 3} ")
+    mig = vireo_control(p.dsock, action="info")["migration"]
+    assert mig["state"] == "completed" and mig["encrypted"], mig
+    assert vireo_control(p.dsock, action="poweroff")["ok"]
+    assert p.dst.wait_exit(10) and p.dst.proc.returncode == 0

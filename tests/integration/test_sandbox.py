@@ -5,12 +5,13 @@ files, and every device still works inside it."""
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 
 import pytest
 
-from conftest import (LiveProbe, ProbeRun, needs_kvm, run_until_exit, run_vireo, scaled,
+from conftest import (LiveProbe, ProbeRun, needs_kvm, run_until_exit, run_vireo, scaled, wait_until,
                       vireo_args, vireo_control)
 from daemonutil import Daemon, wait_for
 from test_virtio import echo_helper, make_image, netns_tap  # noqa: F401 (a fixture)
@@ -378,4 +379,223 @@ def test_daemon_without_uid_drop_still_filters():
         assert wait_for(lambda: all(status(js["pid"], t)["Seccomp"] == "2"
                                     for t in os.listdir(f"/proc/{js['pid']}/task")))
     finally:
+        d.cleanup()
+
+
+# ---- the network: a jailed VMM gets its migration stream from outside ----
+
+def control_with_fds(path, fds, **request):
+    """One control request with descriptors passed along (SCM_RIGHTS)."""
+    import socket
+    from conftest import wait_socket
+    with wait_socket(path) as s:
+        socket.send_fds(s, [(json.dumps(request) + "\n").encode()], fds)
+        return json.loads(s.makefile("r").readline())
+
+
+def fd_targets(pid):
+    return {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+
+
+def jailed_vmm(tmp_path, sock, seccomp="on"):
+    """A jailed VMM that dumps no core when its filter kills it."""
+    jail, extra = sandbox_args(tmp_path)
+    guest = LiveProbe(["sh", "-c", 'ulimit -c 0; exec "$@"', "sh", *vireo_args(
+        "scenario=wait=60000", extra=[*extra, "--api-socket", sock, f"--seccomp={seccomp}"])])
+    guest.wait_line("PROBE wait ged_gsi=")
+    return guest
+
+
+def test_jailed_vmm_migrates_only_through_a_passed_socket(tmp_path):
+    """A jailed VMM cannot connect: `migrate` takes a connected TCP socket
+    passed with the request (uri "fd"); without one, with anything else, or
+    with a tcp: uri, it is refused, the VM runs on, and no descriptor stays
+    behind (nor one passed with another request)."""
+    import socket
+    sock = f"/tmp/vsb-{os.getpid()}.sock"
+    guest = jailed_vmm(tmp_path, sock)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    pid = guest.proc.pid
+    try:
+        fds_before = sorted(os.listdir(f"/proc/{pid}/fd"))
+        r = vireo_control(sock, action="migrate", uri="fd", token="t")
+        assert r["ok"] is False and r["code"] == "bad-request", r
+        assert "pass the connected TCP socket with the request" in r["error"], r
+        r = vireo_control(sock, action="migrate", uri=f"tcp:127.0.0.1:{port}", token="t")
+        assert r["code"] == "bad-request" and "jailed and cannot connect" in r["error"], r
+        a, b = socket.socketpair()
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        unconnected = socket.socket()
+        for bad in (listener, a, udp, unconnected):
+            r = control_with_fds(sock, [bad.fileno()], action="migrate", uri="fd", token="t")
+            assert r["code"] == "bad-request" and "not a connected TCP socket" in r["error"], r
+        # Passed with another request: closed once it is answered.
+        r = control_with_fds(sock, [a.fileno(), udp.fileno()], action="info")
+        assert r["ok"] and r["state"] == "running" and "migration" not in r, r
+        # (Once the VMM has seen the end of the last control connection.)
+        wait_until(lambda: sorted(os.listdir(f"/proc/{pid}/fd")) == fds_before, 10,
+                   lambda: f"no descriptor left behind: {fd_targets(pid)}")
+        for s in (a, b, udp, unconnected):
+            s.close()
+        # A connected socket is taken: the migration runs on it (and fails
+        # here, the listener being no vireo), and the VM runs on.
+        out = socket.create_connection(("127.0.0.1", port))
+        peer, _ = listener.accept()
+        r = control_with_fds(sock, [out.fileno()], action="migrate", uri="fd", token="t")
+        assert r["ok"], r
+        out.close()
+        peer.close()
+        wait_until(lambda: vireo_control(sock, action="info").get("migration", {}).get("state") == "failed",
+                   10, "the migration fails")
+        assert vireo_control(sock, action="info")["state"] == "running"
+        wait_until(lambda: sorted(os.listdir(f"/proc/{pid}/fd")) == fds_before, 10,
+                   "the migration's socket closed")
+        assert vireo_control(sock, action="poweroff")["ok"]
+        assert guest.finish(timeout=20).returncode == 0
+    finally:
+        listener.close()
+        if guest.proc.poll() is None:
+            guest.proc.kill()
+        if os.path.exists(sock):
+            os.unlink(sock)
+
+
+# socket(2) then connect(2) made by the stopped thread, as gdb_openat does
+# it: $arg0 the call's number, $arg1..$arg3 its first arguments.
+GDB_SYSCALL = """
+define sys
+  set $sys = 0
+  if *(unsigned short *)$pc == 0x050f
+    set $sys = $pc
+    set $s_nr = $rax
+  else
+    if *(unsigned short *)($pc - 2) == 0x050f && $orig_rax != -1
+      set $sys = $pc - 2
+      set $s_nr = $orig_rax
+    end
+  end
+  if $sys
+    set $s_rdi = $rdi
+    set $s_rsi = $rsi
+    set $s_rdx = $rdx
+    set $rax = $arg0
+    set $rdi = $arg1
+    set $rsi = $arg2
+    set $rdx = $arg3
+    set $rip = $sys
+    stepi
+    set $ret = (int)$rax
+    printf "RESULT %d\\n", $ret
+    set $rdi = $s_rdi
+    set $rsi = $s_rsi
+    set $rdx = $s_rdx
+    set $rip = $sys
+    set $rax = $s_nr
+  else
+    printf "NOT-IN-SYSCALL\\n"
+  end
+end
+"""
+
+
+def gdb_connect(pid, port, tmp):
+    """Makes VMM PID call socket(AF_INET, SOCK_STREAM) and connect() it to
+    127.0.0.1:PORT; returns the results (or fewer, if it died) and gdb's
+    output."""
+    sin = 2 | (port >> 8) << 16 | (port & 0xff) << 24 | 0x7f << 32 | 1 << 56
+    script = tmp / "connect.gdb"
+    script.write_text(GDB_SYSCALL + f"""
+set $addr = $rsp - 1024
+set {{unsigned long long}}$addr = {sin:#x}
+set {{unsigned long long}}($addr + 8) = 0
+sys 41 2 1 0
+set $sock = $ret
+sys 42 $sock $addr 16
+""")
+    # gdb may crash when the VMM dies under it (seccomp): no core file.
+    out = subprocess.run(["gdb", "-nx", "-q", "-batch", "-p", str(pid), "-x", str(script)],
+                         capture_output=True, text=True, timeout=scaled(120), cwd=tmp,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)))
+    results = [int(l.split()[1]) for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    return results, out.stdout + out.stderr
+
+
+@pytest.mark.skipif(not shutil.which("gdb"), reason="skipped: needs gdb")
+@pytest.mark.parametrize("seccomp", ["on", "off"])
+def test_injected_connect_cannot_leave_the_jail(tmp_path, seccomp):
+    """socket() and connect() injected into a jailed VMM (code an attacker
+    runs in a compromised one) reach nothing: the seccomp filter kills the
+    VMM at socket(); without the filter, Landlock refuses the connect
+    (EACCES), on kernels that have Landlock's TCP rules (ABI 4)."""
+    import socket
+    if seccomp == "off" and landlock_abi() < 4:
+        pytest.skip("skipped: the kernel's Landlock has no TCP rules (ABI < 4)")
+    sock = f"/tmp/vsb-{os.getpid()}.sock"
+    guest = jailed_vmm(tmp_path, sock, seccomp)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    try:
+        results, out = gdb_connect(guest.proc.pid, listener.getsockname()[1], tmp_path)
+        if seccomp == "on":
+            assert results == [], out
+            run = guest.finish(timeout=20)
+            assert run.returncode == -31, (run.returncode, out)      # SIGSYS
+        else:
+            assert len(results) == 2 and results[0] >= 0 and results[1] == -13, out
+            assert vireo_control(sock, action="info")["state"] == "running"
+        with pytest.raises(socket.timeout):
+            listener.accept()
+    finally:
+        listener.close()
+        if guest.proc.poll() is None:
+            guest.proc.kill()
+        if os.path.exists(sock):
+            os.unlink(sock)
+
+
+def test_daemon_connect_failures_leave_the_vm_running(tmp_path):
+    """The daemon makes a migration's connection for its jailed VMM: a
+    refused one, or one nobody answers (a listener whose backlog is full
+    drops the SYN), fails within its deadline with one clear line, and the
+    VM runs on, its VMM untouched."""
+    import socket
+    import time
+    d = Daemon().start()
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    queued = []
+    try:
+        d.create("c1", scenario="wait=60000")
+        pid = d.ok("POST", "/vms/c1/start")["pid"]
+        st, js = d.request("POST", "/vms/c1/migrate",
+                           {"uri": f"tcp:127.0.0.1:{port}", "token": "t"})
+        assert st == 500 and js["error"] == (f"cannot connect to tcp:127.0.0.1:{port}: "
+                                             "Connection refused"), (st, js)
+        assert d.logtext().count(f"cannot connect to tcp:127.0.0.1:{port}") == 1, d.logtext()
+        # Fill the backlog: the next SYN goes unanswered.
+        for _ in range(2):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(full.getsockname())
+            queued.append(c)
+        t0 = time.monotonic()
+        st, js = d.request("POST", "/vms/c1/migrate",
+                           {"uri": f"tcp:127.0.0.1:{full.getsockname()[1]}", "token": "t"})
+        took = time.monotonic() - t0
+        assert st == 500 and "no answer within 10 s" in js["error"], (st, js)
+        assert 9 <= took <= scaled(20), took
+        js = d.vm("c1")
+        assert js["state"] == "running" and js["pid"] == pid, js
+        # The VMM was never asked to migrate.
+        info = vireo_control(os.path.join(d.state, "run", "c1.sock"), action="info")
+        assert info["state"] == "running" and "migration" not in info, info
+    finally:
+        for c in queued:
+            c.close()
+        full.close()
         d.cleanup()

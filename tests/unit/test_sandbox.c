@@ -2,10 +2,12 @@
  * works, what it does not kills the process with SIGSYS; and the --user /
  * --seccomp option parsers. */
 #include <errno.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -19,19 +21,25 @@
 
 #include "vireo/sandbox.h"
 
-/* Runs fn in a child under the filter; returns its wait status. */
-static int in_filtered_child(int (*fn)(void))
+/* Runs fn in a child under the filter (connect_out: a VMM without a
+ * jail's); returns its wait status. */
+static int in_child_filtered(int (*fn)(void), bool connect_out)
 {
 	int status = 0;
 	pid_t pid = fork();
 
 	if (pid == 0) {
-		if (sandbox_seccomp(SANDBOX_SECCOMP_ON))
+		if (sandbox_seccomp(SANDBOX_SECCOMP_ON, connect_out))
 			_exit(100);
 		_exit(fn());
 	}
 	waitpid(pid, &status, 0);
 	return status;
+}
+
+static int in_filtered_child(int (*fn)(void))
+{
+	return in_child_filtered(fn, true);
 }
 
 static int allowed_calls(void)
@@ -52,6 +60,18 @@ static int open_tcp_socket(void)
 	int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
 	return fd >= 0 || errno == EAFNOSUPPORT ? 0 : 3;
+}
+
+/* A TCP socket made before the filter, as a passed one would be. */
+static int tcp_fd = -1;
+
+/* connect() on it, to a port nobody listens on: refused, but called. */
+static int connect_tcp(void)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(1),
+				   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+
+	return connect(tcp_fd, (struct sockaddr *)&sin, sizeof(sin)) < 0 ? 0 : 3;
 }
 
 static int open_udp_socket(void)
@@ -128,6 +148,27 @@ static void filter_allows_the_vmm_and_kills_the_rest(void **state)
 	assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+/* A jailed VMM is handed its migration stream: neither socket nor connect. */
+static void jailed_filter_kills_socket_and_connect(void **state)
+{
+	int st;
+
+	(void)state;
+	tcp_fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(tcp_fd >= 0);
+	st = in_child_filtered(open_tcp_socket, false);
+	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
+	st = in_child_filtered(connect_tcp, false);
+	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS);
+	st = in_child_filtered(connect_tcp, true);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	st = in_child_filtered(allowed_calls, false);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	close(tcp_fd);
+}
+
 static void user_option(void **state)
 {
 	struct sandbox sb = { 0 };
@@ -155,6 +196,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(filter_allows_the_vmm_and_kills_the_rest),
+		cmocka_unit_test(jailed_filter_kills_socket_and_connect),
 		cmocka_unit_test(user_option),
 	};
 
