@@ -16,6 +16,15 @@ struct json_object;
 struct json_object *vm_api_call(const char *socket, bool json, const char *method,
 				const char *path, const char *body, bool *ok);
 void vm_api_print_json(struct json_object *o);
+/* vm_api_call for a request that may take long (src/cmd/vm-progress.c):
+ * while it waits, tick(arg, seconds, tty, shown) is called each second on
+ * another thread to print a progress line on stderr (on a terminal drawn
+ * in place: "\r" first, no newline) and returns whether it printed one;
+ * SHOWN says whether an earlier call did. The line is erased at the end. */
+typedef bool vm_api_tick_fn(void *arg, unsigned int seconds, bool tty, bool shown);
+struct json_object *vm_api_call_ticking(const char *socket, bool json, const char *method,
+					const char *path, const char *body, bool *ok,
+					vm_api_tick_fn *tick, void *arg);
 /* Control characters escaped, for text from the daemon (lives briefly). */
 const char *vm_api_safe(const char *s);
 /* vireo vm snapshot|snapshots|rollback|delsnapshot (src/cmd/vm-snapshot.c):

@@ -9,11 +9,9 @@
 #include <errno.h>
 #include <getopt.h>
 #include <json-c/json.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "vireo/cmd.h"
@@ -145,21 +143,18 @@ static uint64_t u64(struct json_object *o, const char *key)
 
 /* ---- the progress line ---- */
 
-struct progress {
-	const struct mig_cli *c;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	bool done, shown;
-};
-
-static void progress_show(struct progress *p, bool tty)
+/* The migration's figures from GET /vms/NAME (nothing before it runs). */
+static bool migrate_tick(void *arg, unsigned int seconds, bool tty, bool shown)
 {
+	const struct mig_cli *c = arg;
 	char path[160], sent[32], left[32];
 	struct json_object *o, *mig;
-	bool ok;
+	bool ok, printed = false;
 
-	snprintf(path, sizeof(path), "/vms/%s", p->c->name);
-	o = vm_api_call(p->c->socket, true, "GET", path, NULL, &ok);
+	(void)seconds;
+	(void)shown;
+	snprintf(path, sizeof(path), "/vms/%s", c->name);
+	o = vm_api_call(c->socket, true, "GET", path, NULL, &ok);
 	if (ok && json_object_object_get_ex(o, "migration", &mig) && *str(mig, "state")) {
 		size_format(u64(mig, "bytes_sent"), sent, sizeof(sent));
 		size_format(u64(mig, "remaining_bytes"), left, sizeof(left));
@@ -168,59 +163,17 @@ static void progress_show(struct progress *p, bool tty)
 			vm_api_safe(str(mig, "state")), sent, left,
 			(unsigned long long)u64(mig, "rounds"),
 			(unsigned long long)u64(mig, "throttle_percent"));
-		p->shown = true;
+		printed = true;
 	}
 	json_object_put(o);
-}
-
-static void *progress_run(void *arg)
-{
-	struct progress *p = arg;
-	bool tty = isatty(2);
-	struct timespec until;
-
-	pthread_mutex_lock(&p->lock);
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	while (!p->done) {
-		until.tv_sec++;
-		if (pthread_cond_timedwait(&p->cond, &p->lock, &until) != ETIMEDOUT || p->done)
-			continue;
-		pthread_mutex_unlock(&p->lock);
-		progress_show(p, tty);
-		pthread_mutex_lock(&p->lock);
-	}
-	if (p->shown && tty)
-		fputs("\r\033[K", stderr);
-	pthread_mutex_unlock(&p->lock);
-	return NULL;
+	return printed;
 }
 
 static struct json_object *call_with_progress(const struct mig_cli *c, const char *path,
 					      const char *body, bool *ok)
 {
-	struct progress p = { .c = c };
-	pthread_condattr_t attr;
-	struct json_object *o;
-	pthread_t t;
-	bool started;
-
-	pthread_mutex_init(&p.lock, NULL);
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&p.cond, &attr);
-	pthread_condattr_destroy(&attr);
-	started = !pthread_create(&t, NULL, progress_run, &p);
-	o = vm_api_call(c->socket, c->json, "POST", path, body, ok);
-	if (started) {
-		pthread_mutex_lock(&p.lock);
-		p.done = true;
-		pthread_cond_signal(&p.cond);
-		pthread_mutex_unlock(&p.lock);
-		pthread_join(t, NULL);
-	}
-	pthread_cond_destroy(&p.cond);
-	pthread_mutex_destroy(&p.lock);
-	return o;
+	return vm_api_call_ticking(c->socket, c->json, "POST", path, body, ok, migrate_tick,
+				   (void *)c);
 }
 
 /* ---- the verbs ---- */

@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <json-c/json.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,66 +25,22 @@ struct snap_cli {
 
 /* ---- the progress line ---- */
 
-struct progress {
-	const char *what;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	bool done, shown;
-};
-
-/* After a second, "vireo: WHAT... Ns" on stderr, redrawn each second on a
- * terminal (elsewhere printed once): the daemon gives no finer progress. */
-static void *progress_run(void *arg)
+/* "vireo: WHAT... Ns", redrawn each second on a terminal (elsewhere printed
+ * once): the daemon gives no finer progress. */
+static bool snapshot_tick(void *what, unsigned int seconds, bool tty, bool shown)
 {
-	struct progress *p = arg;
-	bool tty = isatty(2);
-	struct timespec until;
-	unsigned int s = 0;
-
-	pthread_mutex_lock(&p->lock);
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	while (!p->done) {
-		until.tv_sec++;
-		if (pthread_cond_timedwait(&p->cond, &p->lock, &until) != ETIMEDOUT || p->done)
-			continue;
-		s++;
-		if (tty || !p->shown)
-			fprintf(stderr, tty ? "\rvireo: %s... %u s" : "vireo: %s...\n", p->what, s);
-		p->shown = true;
-	}
-	if (p->shown && tty)
-		fputs("\r\033[K", stderr);
-	pthread_mutex_unlock(&p->lock);
-	return NULL;
+	if (tty || !shown)
+		fprintf(stderr, tty ? "\rvireo: %s... %u s" : "vireo: %s...\n", (const char *)what,
+			seconds);
+	return true;
 }
 
 static struct json_object *call_with_progress(const struct snap_cli *c, const char *what,
 					      const char *method, const char *path,
 					      const char *body, bool *ok)
 {
-	struct progress p = { .what = what };
-	pthread_condattr_t attr;
-	struct json_object *o;
-	pthread_t t;
-	bool started;
-
-	pthread_mutex_init(&p.lock, NULL);
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&p.cond, &attr);
-	pthread_condattr_destroy(&attr);
-	started = !pthread_create(&t, NULL, progress_run, &p);
-	o = vm_api_call(c->socket, c->json, method, path, body, ok);
-	if (started) {
-		pthread_mutex_lock(&p.lock);
-		p.done = true;
-		pthread_cond_signal(&p.cond);
-		pthread_mutex_unlock(&p.lock);
-		pthread_join(t, NULL);
-	}
-	pthread_cond_destroy(&p.cond);
-	pthread_mutex_destroy(&p.lock);
-	return o;
+	return vm_api_call_ticking(c->socket, c->json, method, path, body, ok, snapshot_tick,
+				   (void *)what);
 }
 
 /* ---- helpers ---- */

@@ -85,18 +85,17 @@ def test_sandboxed_vmm_is_unprivileged_jailed_and_filtered(tmp_path):
 
 
 # gdb's own "call" saves and restores the x86 extended state, which this
-# host's kernel refuses to write back (PTRACE_SETREGSET: EFAULT); so the
+# host's kernel refuses to write back (PTRACE_SETREGSET: EFAULT); so a
 # system call is made by hand: the thread is stopped inside one (epoll_wait,
 # KVM_RUN, futex...), its pc right after a "syscall" instruction, which is
-# re-executed with openat's number and arguments; then the thread is left
+# re-executed with another number and arguments; then the thread is left
 # on that instruction with the original ones, so that it makes its call
-# again when it resumes, as after any interrupted system call.
-GDB_INJECT = """
-define inject
+# again when it resumes, as after any interrupted system call. sys: $arg0
+# the number, $arg1..$arg4 the first arguments; prints RESULT and the value,
+# also kept in $ret.
+GDB_SYSCALL = """
+define sys
   set $sys = 0
-  if $pc == 0
-    printf "NOT-A-USER-THREAD\\n"
-  else
   if *(unsigned short *)$pc == 0x050f
     set $sys = $pc
     set $s_nr = $rax
@@ -106,36 +105,45 @@ define inject
       set $s_nr = $orig_rax
     end
   end
-  end
   if $sys
-    # Below the thread's stack pointer (and its red zone): unused memory.
-    set {char[$arg4]}($rsp - 1024) = $arg1
     set $s_rdi = $rdi
     set $s_rsi = $rsi
     set $s_rdx = $rdx
     set $s_r10 = $r10
-    set $s_r8 = $r8
-    set $s_r9 = $r9
-    set $rax = 257
-    set $rdi = $arg0
-    set $rsi = $rsp - 1024
-    set $rdx = $arg2
-    set $r10 = $arg3
+    set $rax = $arg0
+    set $rdi = $arg1
+    set $rsi = $arg2
+    set $rdx = $arg3
+    if $argc > 4
+      set $r10 = $arg4
+    end
     set $rip = $sys
     stepi
-    printf "RESULT %d\\n", (int)$rax
+    set $ret = (int)$rax
+    printf "RESULT %d\\n", $ret
     set $rdi = $s_rdi
     set $rsi = $s_rsi
     set $rdx = $s_rdx
     set $r10 = $s_r10
-    set $r8 = $s_r8
-    set $r9 = $s_r9
     set $rip = $sys
     set $rax = $s_nr
   else
-    if $pc != 0
-      printf "NOT-IN-SYSCALL\\n"
-    end
+    printf "NOT-IN-SYSCALL\\n"
+  end
+end
+"""
+
+
+# openat(dirfd, path, flags, mode) by the stopped thread: $arg1 the path,
+# $arg4 its size with the NUL.
+GDB_INJECT = """
+define inject
+  if $pc == 0
+    printf "NOT-A-USER-THREAD\\n"
+  else
+    # Below the thread's stack pointer (and its red zone): unused memory.
+    set {char[$arg4]}($rsp - 1024) = $arg1
+    sys 257 $arg0 $rsp-1024 $arg2 $arg3
   end
 end
 """
@@ -149,7 +157,7 @@ def gdb_openat(pid, calls, all_threads=False, tmp=None):
     -errno) in order, each with the name of its thread ("" on the first), and
     gdb's output."""
     script = tmp / "inject.gdb"
-    lines = [GDB_INJECT]
+    lines = [GDB_SYSCALL + GDB_INJECT]
     each = "thread apply all " if all_threads else ""
     for dirfd, path, flags, mode in calls:
         text = path.replace("\\", "\\\\").replace('"', '\\"')
@@ -461,42 +469,7 @@ def test_jailed_vmm_migrates_only_through_a_passed_socket(tmp_path):
             os.unlink(sock)
 
 
-# socket(2) then connect(2) made by the stopped thread, as gdb_openat does
-# it: $arg0 the call's number, $arg1..$arg3 its first arguments.
-GDB_SYSCALL = """
-define sys
-  set $sys = 0
-  if *(unsigned short *)$pc == 0x050f
-    set $sys = $pc
-    set $s_nr = $rax
-  else
-    if *(unsigned short *)($pc - 2) == 0x050f && $orig_rax != -1
-      set $sys = $pc - 2
-      set $s_nr = $orig_rax
-    end
-  end
-  if $sys
-    set $s_rdi = $rdi
-    set $s_rsi = $rsi
-    set $s_rdx = $rdx
-    set $rax = $arg0
-    set $rdi = $arg1
-    set $rsi = $arg2
-    set $rdx = $arg3
-    set $rip = $sys
-    stepi
-    set $ret = (int)$rax
-    printf "RESULT %d\\n", $ret
-    set $rdi = $s_rdi
-    set $rsi = $s_rsi
-    set $rdx = $s_rdx
-    set $rip = $sys
-    set $rax = $s_nr
-  else
-    printf "NOT-IN-SYSCALL\\n"
-  end
-end
-"""
+
 
 
 def gdb_connect(pid, port, tmp):
