@@ -97,6 +97,20 @@ class Daemon:
     def vm(self, name):
         return self.ok("GET", f"/vms/{name}")
 
+    def wait_log(self, name, text, timeout):
+        """Waits up to scaled(timeout) s for TEXT in VM NAME's log; else fails
+        with the log's end and where the VMM's threads were (stall_report,
+        by which the nested test host's batch tells its known faults)."""
+        if wait_for(lambda: text in self.vm_log(name), timeout=timeout):
+            return
+        from conftest import stall_report
+        pid = self.vm(name).get("pid") or 0
+        log = self.vm_log(name)
+        quiet = "" if log.strip() else " (its stdout stayed empty)"
+        raise AssertionError(f"VM {name}: no {text!r} in its log; its VMM {pid} still running "
+                             f"after {scaled(timeout):g} s{quiet}:\n{log[-4000:]}\n"
+                             f"{stall_report(pid) if pid else '(no VMM)'}")
+
     def vm_log(self, name):
         """VM NAME's log (its VMM's output), "" if there is none yet."""
         try:

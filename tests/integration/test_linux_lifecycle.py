@@ -146,8 +146,7 @@ def test_daemon_stops_linux_gracefully_and_its_disk_is_clean(kit, vmm, tmp_path)
             disks=[{"path": str(img), "format": "qcow2"},
                    {"path": str(ro), "format": "raw", "readonly": True}]), status=201)
         d.ok("POST", "/vms/lx/start")
-        assert wait_for(lambda: "LINUX powerbutton ready" in d.vm_log("lx"),
-                        timeout=150), d.vm_log("lx")[-4000:]
+        d.wait_log("lx", "LINUX powerbutton ready", timeout=150)
         js = d.stop("lx", timeout=120)
         assert js["state"] == "stopped" and js["reason"] == "powered off", js
         log = d.vm_log("lx")
