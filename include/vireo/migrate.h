@@ -99,6 +99,10 @@ void migrate_incoming_free(struct migrate_incoming *in);
 
 /* Shared by both ends (src/vmm/migrate-wire.c). */
 int migrate_parse_uri(const char *uri, char *host, size_t hsize, char *port, size_t psize);
+/* Its numeric addresses to connect to (freeaddrinfo them); 0 or -errno
+ * with err_set(). */
+struct addrinfo;
+int migrate_resolve(const char *uri, struct addrinfo **ai);
 void migration_set_incoming(struct migration *m, uint64_t bytes, uint64_t downtime_us,
 			    bool encrypted);
 

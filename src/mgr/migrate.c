@@ -578,21 +578,12 @@ fail:
  * err_set(). Called with m->lock free. */
 static int migration_connect(const char *uri)
 {
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST |
-				  AI_NUMERICSERV }, *ai, *a;
 	uint64_t end = now_ms() + MIG_CONNECT_TIMEOUT_S * 1000;
-	char host[256], port[32];
-	int ret = migrate_parse_uri(uri, host, sizeof(host), port, sizeof(port));
-	int fd = -EHOSTUNREACH;
+	struct addrinfo *ai, *a;
+	int fd = -EHOSTUNREACH, ret = migrate_resolve(uri, &ai);
 
 	if (ret)
 		return ret;
-	if (!strcmp(host, "localhost"))
-		snprintf(host, sizeof(host), "127.0.0.1");
-	ret = getaddrinfo(host, port, &hints, &ai);
-	if (ret)
-		return err_set(-EINVAL, "%s: %s (an IP address and a port number are needed)",
-			       uri, gai_strerror(ret));
 	for (a = ai; a && fd < 0 && fd != -ETIMEDOUT; a = a->ai_next)
 		fd = connect_one(a, end);
 	freeaddrinfo(ai);

@@ -1,5 +1,6 @@
 /* Wire helpers shared by the migration source and destination. */
 #include <errno.h>
+#include <netdb.h>
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <stdio.h>
@@ -272,5 +273,26 @@ int migrate_parse_uri(const char *uri, char *host, size_t hsize, char *port, siz
 	memcpy(host, h, hlen);
 	host[hlen] = 0;
 	snprintf(port, psize, "%s", colon + 1);
+	return 0;
+}
+
+/* The addresses of a "tcp:HOST:PORT" to connect to: numeric only (a name
+ * lookup would reach for what the VMM's sandbox forbids, nscd's socket,
+ * and would not keep to a deadline); "localhost" is 127.0.0.1. */
+int migrate_resolve(const char *uri, struct addrinfo **ai)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST |
+				  AI_NUMERICSERV };
+	char host[256], port[32];
+	int ret = migrate_parse_uri(uri, host, sizeof(host), port, sizeof(port));
+
+	if (ret)
+		return ret;
+	if (!strcmp(host, "localhost"))
+		snprintf(host, sizeof(host), "127.0.0.1");
+	ret = getaddrinfo(host, port, &hints, ai);
+	if (ret)
+		return err_set(-EINVAL, "%s: %s (an IP address and a port number are needed)",
+			       uri, gai_strerror(ret));
 	return 0;
 }

@@ -200,27 +200,18 @@ static int send_pages(struct migration *m, const uint64_t *bits, bool skip_zero)
 /* The stream: the one passed in (m->p.fd), else a connection of our own. */
 static int connect_to(struct migration *m)
 {
-	/* Numeric only: a name lookup could reach for what the sandbox
-	 * forbids (nscd's socket). */
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST |
-				  AI_NUMERICSERV }, *ai, *a;
+	struct addrinfo *ai, *a;
 	struct timeval tv = { MIG_CONNECT_TIMEOUT_S, 0 };
-	char host[256], port[32];
-	int ret = migrate_parse_uri(m->p.uri, host, sizeof(host), port, sizeof(port)), fd = -1;
+	int ret, fd = -1;
 
 	if (m->p.fd >= 0) {
 		fd = m->p.fd;
 		m->p.fd = -1;
 		goto connected;
 	}
+	ret = migrate_resolve(m->p.uri, &ai);
 	if (ret)
 		return ret;
-	if (!strcmp(host, "localhost"))
-		snprintf(host, sizeof(host), "127.0.0.1");
-	ret = getaddrinfo(host, port, &hints, &ai);
-	if (ret)
-		return err_set(-EINVAL, "%s: %s (an IP address and a port number are needed)",
-			       m->p.uri, gai_strerror(ret));
 	for (a = ai; a; a = a->ai_next) {
 		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
 		if (fd < 0)
