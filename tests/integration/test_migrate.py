@@ -15,6 +15,7 @@ import pytest
 
 from conftest import (VIREO, LiveProbe, in_netns, needs_kvm, needs_qemu_img, scaled, vireo_args,
                       vireo_control, wait_until)
+from test_image_lock import lock_bytes
 
 pytestmark = [needs_kvm]
 
@@ -610,19 +611,6 @@ def test_stream_encrypted_with_a_token(tmp_path, sock, pairs, token):
     assert len(seen) > 100_000
     assert (b"PROBE count n=" in seen) == (not token)
     assert (b"VIREOSTA" in seen) == (not token)
-
-
-def lock_bytes(path):
-    """The byte offsets OFD-locked on path's inode, by any process."""
-    import os
-    ino = os.stat(path).st_ino
-    got = set()
-    with open("/proc/locks") as f:
-        for line in f:
-            parts = line.split()
-            if "OFDLCK" in parts and parts[5].endswith(f":{ino}"):
-                got.update(range(int(parts[6]), int(parts[7]) + 1))
-    return got
 
 
 @needs_qemu_img
