@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -112,8 +113,10 @@ def test_debian_boots_from_its_disk_and_powers_off(image, vmm, tmp_path):
         guest = LiveProbe(argv(vmm, disk, sock, ns))
         try:
             out = lambda: "".join(guest.out)  # noqa: E731
+            start = time.monotonic()
             wait_until(lambda: MARKER in out() or guest.proc.poll() is not None, 240,
                        lambda: f"{MARKER}: {out()[-3000:]}")
+            print(f"{vmm}: {time.monotonic() - start:.1f} s to {MARKER}")
             assert MARKER in out(), out()[-3000:] + "".join(guest.err)[-3000:]
             ping = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "1", "-W",
                                    str(int(scaled(5))), "-w", str(int(scaled(60))),
