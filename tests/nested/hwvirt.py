@@ -73,8 +73,8 @@ def configure(config):
     """Called from conftest.py's pytest_configure: declares the marker and,
     on a host without hardware virtualization, sends the marked tests to L1."""
     config.addinivalue_line(
-        "markers", f"{MARKER}(prepare=None, seconds=45): needs hardware virtualization; runs in the "
-                   "nested test host where the host has none (tests/nested/hwvirt.py)")
+        "markers", f"{MARKER}(prepare=None, seconds=45): needs hardware virtualization; runs "
+                   "in the nested test host where the host has none (tests/nested/hwvirt.py)")
     if nested() and not config.pluginmanager.has_plugin("vireo-nested-batch"):
         config.pluginmanager.register(NestedBatch(config), "vireo-nested-batch")
 
