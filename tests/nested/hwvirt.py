@@ -11,11 +11,12 @@ with the failure text and the captured output, or skipped with its reason.
 Their fixtures run only in L1.
 
     @pytest.mark.hw_virt(prepare=build_kit)
+    @pytest.mark.hw_virt(prepare=build_image, seconds=600)
 
 prepare: a function run once on this host before L1 boots, for what the
 tests need and cannot make in L1 (the checkout is read-only there), such as
 the Linux kit; a skip or failure in it is the outcome of the tests that ask
-for it.
+for it. seconds: the test's share of the batch's deadline (below).
 
 In L1 the environment has VIREO_IN_L1=1 and VIREO_TEST_TIME_SCALE=4 (a
 factor for deadlines: everything there runs under TCG); VIREO_* variables of
@@ -23,7 +24,8 @@ this process go along. The inner run's output goes to build/nested/
 last-batch.log (under VIREO_L1_CACHE) as it comes, L1's console to
 last-batch-console.log next to it. VIREO_L1_BATCH_TIMEOUT (seconds) bounds
 the whole run (default 300 + 60 per test: they take ~15 s each here, and a CI machine
-was seen three times slower). VIREO_NESTED=always sends the
+was seen three times slower; a test that takes minutes there gives its share with the
+marker's seconds=). VIREO_NESTED=always sends the
 tests to L1 even on a host with hardware virtualization, =never runs them
 directly even without.
 
@@ -73,10 +75,17 @@ def configure(config):
     """Called from conftest.py's pytest_configure: declares the marker and,
     on a host without hardware virtualization, sends the marked tests to L1."""
     config.addinivalue_line(
-        "markers", f"{MARKER}(prepare=None): needs hardware virtualization; runs in the "
-                   "nested test host where the host has none (tests/nested/hwvirt.py)")
+        "markers", f"{MARKER}(prepare=None, seconds=60): needs hardware virtualization; runs "
+                   "in the nested test host where the host has none (tests/nested/hwvirt.py)")
     if nested() and not config.pluginmanager.has_plugin("vireo-nested-batch"):
         config.pluginmanager.register(NestedBatch(config), "vireo-nested-batch")
+
+
+def budget(item):
+    """An item's share of the batch's deadline: its marker's seconds= (a
+    test that takes minutes in L1, such as a whole Debian system's boot),
+    else 60."""
+    return max([m.kwargs.get("seconds", 60) for m in item.iter_markers(MARKER)] or [60])
 
 
 def nested():
@@ -388,7 +397,7 @@ class NestedBatch:
                if k.startswith("VIREO_") and not k.startswith("VIREO_L1_")}
         env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(Path(__file__).parent),
                    VIREO_L1_BOOT=str(self.boots))
-        timeout = l1.env_int("VIREO_L1_BATCH_TIMEOUT", 300 + 60 * len(items))
+        timeout = l1.env_int("VIREO_L1_BATCH_TIMEOUT", 300 + sum(map(budget, items)))
         log.write(f"# {l1.shorten(cmd, 10**6)}\n# in L1 ({self.host.info}), cwd {root}\n"
                   .encode())
         log.flush()
