@@ -7,6 +7,7 @@ scenario writes its disks every round; a byte on its console holds them
 equal the source's at the switch, byte for byte)."""
 import hashlib
 import hmac
+import json
 import os
 import socket
 import struct
@@ -14,8 +15,10 @@ import subprocess
 
 import pytest
 
-from conftest import VIREO, LiveProbe, needs_kvm, needs_qemu_img, scaled, vireo_control, wait_until
-from test_migrate import DEVLOOP, devloop, free_port, lines_of, pairs, wait_err  # noqa: F401
+from conftest import (PROBE, VIREO, LiveProbe, needs_kvm, needs_qemu_img, scaled, vireo_control,
+                      wait_until)
+from test_daemon_migrate import hosts  # noqa: F401
+from test_migrate import devloop, free_port, lines_of, pairs, wait_err  # noqa: F401
 
 pytestmark = [needs_kvm, needs_qemu_img]
 
@@ -225,3 +228,48 @@ def test_destination_image_must_be_empty(tmp_path):
     finally:
         g.proc.kill()
         g.finish()
+
+
+# ---- between two daemons ----
+
+def test_daemons_copy_the_disk(tmp_path, hosts):
+    """A -> B with copy_storage through the CLI (`vm incoming --copy-storage`
+    on B with B's own empty image, `vm migrate --copy-storage` on A): the
+    guest's rounds go on at B, each finding on B's copy what the round
+    before wrote on A's disk; B's image checks clean and holds the data
+    written before the VM started."""
+    from test_daemon_migrate import HOST_B, check_moved, check_rounds, last_round, wait_rounds
+    a, b = hosts
+    src, dst = images(tmp_path, "qcow2")
+
+    def definition(disk):
+        return {"name": "mig", "cpus": 1, "memory": "128M", "kernel": str(PROBE),
+                "cmdline": "scenario=devloop=20 keep=16 dirty_mib=4",
+                "disks": [{"path": str(disk), "format": "qcow2"}]}
+    a.ok("POST", "/vms", definition(src), status=201)
+    a.ok("POST", "/vms/mig/start")
+    wait_rounds(a, 20)
+    tokfile, deffile = tmp_path / "token", tmp_path / "mig.json"
+    tokfile.write_text("copy-token\n")
+    deffile.write_text(json.dumps(definition(dst)))
+    uri = f"tcp:{HOST_B}:4499"
+    r = subprocess.run([str(VIREO), "vm", "incoming", "--socket", b.socket, "mig", "--listen",
+                        uri, "--file", str(deffile), "--token-file", str(tokfile),
+                        "--copy-storage"], capture_output=True, text=True, timeout=scaled(30))
+    assert r.returncode == 0, r
+    r = subprocess.run([str(VIREO), "vm", "migrate", "mig", "--to", uri, "--output=json",
+                        "--token-file", str(tokfile), "--socket", a.socket, "--copy-storage"],
+                       capture_output=True, text=True, timeout=scaled(90))
+    assert r.returncode == 0, r
+    result = json.loads(r.stdout)
+    check_moved(a, b, uri, (200, result))
+    assert result["migration"]["copy_storage"] is True, result
+    log_a = a.vm_log("mig")
+    wait_rounds(b, last_round(a) + 20)
+    check_rounds(log_a, b.vm_log("mig"))
+    assert b.vm("mig")["disks"][0]["path"] == str(dst)
+    b.stop("mig", force=True)
+    subprocess.run(["qemu-img", "check", "-q", str(dst)], check=True)
+    r = subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"read -P 0x5a {DATA_AT} {DATA_LEN}",
+                        str(dst)], capture_output=True, text=True)
+    assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, r
