@@ -285,17 +285,14 @@ static int recv_memory(struct migrate_incoming *in, uint8_t **state, size_t *len
 				return err_set(-ENOMEM, "out of memory");
 			return ret ? ret : mig_recv(&in->conn, *state, *len);
 		}
-		if (!ret && type == MIG_REC_DISKS)
-			ret = recv_disks(in);
-		else if (!ret && (type == MIG_REC_DISK_DATA || type == MIG_REC_DISK_ZERO))
-			ret = recv_disk_range(in, type);
-		if (ret || type == MIG_REC_DISKS || type == MIG_REC_DISK_DATA ||
-		    type == MIG_REC_DISK_ZERO) {
+		if (!ret && (type == MIG_REC_DISKS || type == MIG_REC_DISK_DATA ||
+			     type == MIG_REC_DISK_ZERO)) {
+			ret = type == MIG_REC_DISKS ? recv_disks(in) : recv_disk_range(in, type);
 			if (ret)
 				return ret;
 			continue;
 		}
-		if (type != MIG_REC_PAGES && type != MIG_REC_ZERO)
+		if (!ret && type != MIG_REC_PAGES && type != MIG_REC_ZERO)
 			return err_set(-EPROTO, "migration stream: unknown record %u", type);
 		if (!ret)
 			ret = mig_recv(&in->conn, hdr + 4, 12);

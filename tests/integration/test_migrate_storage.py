@@ -108,9 +108,18 @@ def test_cancel_mid_copy(tmp_path, sock, pairs):
     p.src.wait_line(f"PROBE devloop n={last + 20} ")
     assert rounds_ok(lines_of(p.src)) and "held" not in "".join(p.src.out)
     assert vireo_control(p.ssock, action="info")["state"] == "running"
+    # The partial copy is nobody's disk: not taken as an empty image again.
+    p.dst.finish()
+    g = LiveProbe([str(VIREO), "run", "--incoming", p.uri, "--api-socket", p.dsock,
+                   "--incoming-disk", f"path={dst},format=qcow2"])
+    wait_err(g, "waiting for a migration")
+    p.migrate(copy_storage=True)
+    assert g.wait_exit(10) and g.proc.returncode == 1
+    g.finish()
+    assert "is not empty" in "".join(g.err), "".join(g.err)
+    p.wait_migration(("failed",))
     # Nothing left behind: a second migration goes (the disks held first,
     # so that the images compare at its end).
-    p.dst.finish()
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(dst), str(SIZE)], check=True)
     p.dst = LiveProbe([str(VIREO), "run", "--incoming", p.uri, "--api-socket", p.dsock,
                        "--incoming-disk", f"path={dst},format=qcow2"])
