@@ -26,22 +26,23 @@ SIZE = 64 << 20
 DATA_AT, DATA_LEN = 8 << 20, 6 << 20  # written before the VM starts: the first pass's bulk
 
 
-def images(tmp_path, fmt):
+def images(tmp_path, fmt, dst_fmt=None):
     """The source's disk (6 MiB of data, the rest holes) and the
     destination's empty image of the same virtual size."""
-    src, dst = tmp_path / f"src.{fmt}", tmp_path / f"dst.{fmt}"
-    for path in (src, dst):
-        subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), str(SIZE)], check=True)
+    dst_fmt = dst_fmt or fmt
+    src, dst = tmp_path / f"src.{fmt}", tmp_path / f"dst.{dst_fmt}"
+    for path, f in ((src, fmt), (dst, dst_fmt)):
+        subprocess.run(["qemu-img", "create", "-q", "-f", f, str(path), str(SIZE)], check=True)
     subprocess.run(["qemu-io", "-f", fmt, "-c", f"write -P 0x5a {DATA_AT} {DATA_LEN}", str(src)],
                    check=True, capture_output=True)
     return src, dst
 
 
-def copy_pair(tmp_path, sock, pairs, fmt, dest=True):
-    src, dst = images(tmp_path, fmt)
+def copy_pair(tmp_path, sock, pairs, fmt, dest=True, dst_fmt=None):
+    src, dst = images(tmp_path, fmt, dst_fmt)
     p = pairs(tmp_path, sock, "scenario=devloop=20 keep=4 dirty_mib=1", memory="128M",
               extra=["--disk", f"path={src},format={fmt}"], dest=dest,
-              dst_extra=["--incoming-disk", f"path={dst},format={fmt}"])
+              dst_extra=["--incoming-disk", f"path={dst},format={dst_fmt or fmt}"])
     p.src.wait_line("PROBE devloop ready disks=1 ")
     p.src.wait_line("PROBE devloop n=10 ")
     return p, src, dst
@@ -57,13 +58,14 @@ def hold_disks(p):
     return int(p.src.wait_line("PROBE devloop held n=").split("n=")[1])
 
 
-@pytest.mark.parametrize("fmt", ["qcow2", "raw"])
-def test_disk_copied_while_the_guest_writes_it(tmp_path, sock, pairs, fmt):
+@pytest.mark.parametrize("fmt,dst_fmt", [("qcow2", "qcow2"), ("raw", "raw"), ("qcow2", "raw")])
+def test_disk_copied_while_the_guest_writes_it(tmp_path, sock, pairs, fmt, dst_fmt):
     """The copy at 4 MB/s takes seconds; the guest writes its disk (slots
     below the 6 MiB of data, so copied before them and written again after)
     for a while of it, then holds its disks: after the switch the
-    destination's image compares equal to the source's and checks clean."""
-    p, src, dst = copy_pair(tmp_path, sock, pairs, fmt)
+    destination's image (in its own format) compares equal to the source's
+    and checks clean."""
+    p, src, dst = copy_pair(tmp_path, sock, pairs, fmt, dst_fmt=dst_fmt)
     p.migrate(copy_storage=True, bandwidth=4_000_000, max_downtime_ms=300)
     start = devloop(lines_of(p.src))[-1][0]
     wait_until(lambda: p.migration().get("bytes_sent", 0) > 2 << 20, 30, "2 MiB sent")
@@ -81,14 +83,14 @@ def test_disk_copied_while_the_guest_writes_it(tmp_path, sock, pairs, fmt):
     assert mig["bytes_received"] < 24 << 20, mig
     # The source is gone, its image as at the switch; the destination's
     # guest writes no more (held).
-    r = subprocess.run(["qemu-img", "compare", "-U", "-f", fmt, "-F", fmt, str(src), str(dst)],
-                       capture_output=True, text=True)
+    r = subprocess.run(["qemu-img", "compare", "-U", "-f", fmt, "-F", dst_fmt, str(src),
+                        str(dst)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert vireo_control(p.dsock, action="poweroff")["ok"]
     assert p.dst.wait_exit(10) and p.dst.proc.returncode == 0, "".join(p.dst.err)
-    if fmt == "qcow2":
+    if dst_fmt == "qcow2":
         subprocess.run(["qemu-img", "check", "-q", str(dst)], check=True)
-    r = subprocess.run(["qemu-img", "compare", "-f", fmt, "-F", fmt, str(src), str(dst)],
+    r = subprocess.run(["qemu-img", "compare", "-f", fmt, "-F", dst_fmt, str(src), str(dst)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
