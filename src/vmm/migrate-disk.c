@@ -82,9 +82,15 @@ static int send_range(struct mig_disks *d, unsigned int i, uint64_t off, uint32_
 	return d->send(d->ctx, d->buf, MIG_DISK_DATA_HDR + (size_t)len);
 }
 
-/* Ranges that read as zeroes in this layer and have nothing below are
- * skipped unread; the rest is read and its zero chunks skipped too. */
-static int copy_disk(struct mig_disks *d, unsigned int i)
+/* A range that reads as zeroes in this layer, with nothing below. */
+static bool skipped(const struct image *img, int st)
+{
+	return (st & BLOCK_ZERO) || (!(st & BLOCK_DATA) && !img->backing);
+}
+
+/* Skipped ranges are not even read; the rest is read and its zero chunks
+ * skipped too. With count, only adds the bytes to read to d->left. */
+static int copy_disk(struct mig_disks *d, unsigned int i, bool count)
 {
 	struct image *img = blockdev_image(d->bd[i]);
 	uint64_t size = blockdev_size(d->bd[i]), off = 0;
@@ -96,14 +102,17 @@ static int copy_disk(struct mig_disks *d, unsigned int i)
 		if (st < 0)
 			return err_set(st, "copying a disk: %s", err_get());
 		end = off + pnum;
-		if ((st & BLOCK_ZERO) || (!(st & BLOCK_DATA) && !img->backing)) {
+		if (skipped(img, st) || count) {
+			d->left += count && !skipped(img, st) ? pnum : 0;
 			off = end;
 			continue;
 		}
 		while (off < end) {
 			uint32_t n = end - off < MIG_DISK_CHUNK ? (uint32_t)(end - off) : MIG_DISK_CHUNK;
-			int ret = send_range(d, i, off, n, true);
+			int ret;
 
+			d->left -= n < d->left ? n : d->left;
+			ret = send_range(d, i, off, n, true);
 			if (ret)
 				return ret;
 			off += n;
@@ -129,7 +138,10 @@ int mig_disks_copy(struct mig_disks *d)
 		return ret;
 	d->tracking = true;
 	for (unsigned int i = 0; i < d->n && !ret; i++)
-		ret = copy_disk(d, i);
+		ret = copy_disk(d, i, true);
+	for (unsigned int i = 0; i < d->n && !ret; i++)
+		ret = copy_disk(d, i, false);
+	d->left = 0;
 	return ret;
 }
 

@@ -36,6 +36,7 @@ struct mig_disks {
 	struct blockdev *bd[MIGRATE_MAX_DISKS];
 	uint64_t *bits[MIGRATE_MAX_DISKS];   /* grains written and not sent yet */
 	uint8_t *buf;                        /* one chunk plus its record header */
+	uint64_t left;                       /* of the first pass, for the progress */
 	bool tracking;
 	mig_send_fn *send;
 	void *ctx;

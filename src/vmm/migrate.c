@@ -279,9 +279,17 @@ static int send_hello(struct migration *m)
 	return send_paced(m, rec, sizeof(rec));
 }
 
+/* The first pass over the disks shows what it has left as remaining. */
 static int disk_send(void *ctx, const void *buf, size_t len)
 {
-	return send_paced(ctx, buf, len);
+	struct migration *m = ctx;
+
+	if (m->disks.left) {
+		pthread_mutex_lock(&m->lock);
+		m->remaining = m->disks.left;
+		pthread_mutex_unlock(&m->lock);
+	}
+	return send_paced(m, buf, len);
 }
 
 static void set_progress(struct migration *m, uint64_t dirty, uint64_t round_us,

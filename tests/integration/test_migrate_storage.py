@@ -101,6 +101,8 @@ def test_cancel_mid_copy(tmp_path, sock, pairs):
     p, src, dst = copy_pair(tmp_path, sock, pairs, "qcow2")
     p.migrate(copy_storage=True, bandwidth=1_000_000)
     wait_until(lambda: p.migration().get("bytes_sent", 0) > 1 << 20, 30, "1 MiB sent")
+    mig = p.migration()
+    assert mig["remaining_bytes"] > 2 << 20, mig  # the disk's data not sent yet
     assert vireo_control(p.ssock, action="migrate-cancel")["ok"]
     mig = p.wait_migration(("cancelled",))
     assert mig["error"] == "migration cancelled" and mig["copy_storage"], mig
