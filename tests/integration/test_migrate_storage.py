@@ -150,6 +150,19 @@ def test_copy_needs_incoming_disks(tmp_path, sock, pairs):
     p.src.wait_line(f"PROBE devloop n={last + 5} ")
 
 
+def test_incoming_disks_need_a_copying_source(tmp_path, sock, pairs):
+    """The reverse: a source that does not copy (shared storage) and a
+    destination given its own images: refused at the switch, the VM stays."""
+    p, src, dst = copy_pair(tmp_path, sock, pairs, "raw")
+    p.migrate()
+    mig = p.wait_migration(("failed",))
+    assert "did not copy its disks" in mig["error"], mig
+    assert p.dst.wait_exit(10) and p.dst.proc.returncode == 1
+    last = devloop(lines_of(p.src))[-1][0]
+    p.src.wait_line(f"PROBE devloop n={last + 5} ")
+    assert rounds_ok(lines_of(p.src))
+
+
 # ---- a hostile source ----
 
 def fake_source(port, records):
