@@ -21,7 +21,10 @@
  * over shows as " kept=bad" at the end of the line (else " kept=ok").
  * dirty_mib=M: each round also writes every page of M MiB with its address
  * and the round, checking first what the previous round left (the guest's
- * own writes, as the "dirty" scenario): " dirty=ok|bad" ends the line. */
+ * own writes, as the "dirty" scenario): " dirty=ok|bad" ends the line.
+ * A byte on the serial console holds the disks (for the copied-storage
+ * migration tests: the images then stay as they are): "PROBE devloop held
+ * n=N" once, and from round N on no disk request, "blk=held". */
 #include "virtio.h"
 
 #define MAX_DISKS	4
@@ -226,6 +229,7 @@ static void devloop_setup(void)
 void scn_devloop(const char *arg)
 {
 	uint64_t ms = parse_u64(arg, 100), start, pages = 0;
+	bool held = false;
 
 	if (!ms)
 		ms = 100;
@@ -242,14 +246,21 @@ void scn_devloop(const char *arg)
 		     rng != NULL, pages, net != NULL);
 	start = clock_ns();
 	for (uint64_t n = 0;; n++) {
-		bool kept = true, blk = blk_round(n, &kept);
+		bool kept = true, blk;
+
+		if (!held && (inb(0x3f8 + 5) & 1)) {	/* COM1 LSR.DR */
+			(void)inb(0x3f8);
+			held = true;
+			probe_printf("PROBE devloop held n=%lu\n", n);
+		}
+		blk = held || blk_round(n, &kept);
 		uint32_t bytes = rng ? rng_round() : 0;
 		const char *nt = net ? (net_round(n) ? "ok" : "bad") : "none";
 		bool dirty = dirty_round(n);
 
 		balloon_service();
 		probe_printf("PROBE devloop n=%lu ms=%lu blk=%s rng=%u net=%s%s%s\n", n,
-			     (clock_ns() - start) / 1000000, blk ? "ok" : "bad", bytes, nt,
+			     (clock_ns() - start) / 1000000, held ? "held" : blk ? "ok" : "bad", bytes, nt,
 			     !nkeep ? "" : kept ? " kept=ok" : " kept=bad",
 			     !dirty_pages ? "" : dirty ? " dirty=ok" : " dirty=bad");
 		clock_delay_us(ms * 1000);

@@ -541,6 +541,25 @@ int blockdev_start_workers(struct blockdev *bd, int nr);
 void blockdev_account(struct blockdev *bd, enum blockdev_op op, uint64_t bytes, int ret);
 void blockdev_submit(struct blockdev *bd, struct blockdev_req *req);
 
+/* Dirty tracking (live migration with copied storage, src/vmm/migrate-disk.c):
+ * which grains of the disk were written since the last look, one bit per
+ * BLOCKDEV_DIRTY_GRAIN bytes, bit (n % 64) of word n / 64. Every write,
+ * discard and write-zeroes marks its range AFTER it has reached the image
+ * (blockdev_writev/discard/write_zeroes do it; a caller that writes
+ * blockdev_raw_file() itself calls blockdev_dirty_mark): a collect that
+ * sees the mark then reads the new data, and a copy read before the write
+ * landed is sent again. blockdev_dirty_start allocates the bitmap once (kept
+ * until blockdev_close, so a writer that saw tracking on never touches freed
+ * memory), clears it and turns marking on: 0 or -ENOMEM. blockdev_dirty_collect
+ * ORs the marks into bits (blockdev_dirty_words() words) and clears them,
+ * atomically per word. */
+#define BLOCKDEV_DIRTY_GRAIN 65536u
+int blockdev_dirty_start(struct blockdev *bd);
+void blockdev_dirty_stop(struct blockdev *bd);
+uint64_t blockdev_dirty_words(const struct blockdev *bd);
+void blockdev_dirty_mark(struct blockdev *bd, uint64_t off, uint64_t len);
+void blockdev_dirty_collect(struct blockdev *bd, uint64_t *bits);
+
 /* The formats (src/block/<name>*.c). */
 extern const struct image_format raw_format;
 extern const struct image_format qcow2_format;

@@ -85,6 +85,7 @@ struct control_action {
 				 * TCP socket passed with the request (fd[0]) */
 	char token[256];        /* MIGRATE: "" if none */
 	uint64_t max_downtime_ms; /* MIGRATE: 0: the default; bandwidth in bps */
+	bool copy_storage;      /* MIGRATE: the disks go too (non-shared storage) */
 };
 
 /* What the control socket acts on; owned by the caller, outlives it. */

@@ -256,6 +256,8 @@ struct mgr_vm {
 	const char *incoming_uri;    /* the next start waits for a migration
 				      * there (run --incoming); NULL: boots */
 	const char *incoming_token;  /* ... and this token file proves it */
+	bool incoming_copy;          /* ... and the disks come with it, into
+				      * the definition's images (--incoming-disk) */
 	char migrating_to[128];      /* an outgoing migration runs; "": none */
 	struct json_object *info;    /* the VMM's last info reply, or NULL */
 	uint64_t info_ms;            /* CLOCK_MONOTONIC ms of that reply */
@@ -451,7 +453,8 @@ enum mgr_err mgr_import(struct mgr *m, const char *name, struct json_object *bod
 void mgr_snap_remove_all(struct mgr *m, const char *name);
 
 /* ---- live migration (src/mgr/migrate.c, docs/api.md "Live migration") ---- */
-/* POST /vms/NAME/incoming {"definition", "listen", "token"?, "timeout_s"?}
+/* POST /vms/NAME/incoming {"definition", "listen", "token"?, "timeout_s"?,
+ * "copy_storage"?}
  * on the destination: creates the VM and starts its VMM with --incoming;
  * returns once the VMM listens (*out: the VM, "listen", "token"). A
  * background thread then holds the VM's operation lock until the VMM
@@ -460,7 +463,7 @@ void mgr_snap_remove_all(struct mgr *m, const char *name);
 enum mgr_err mgr_migrate_incoming(struct mgr *m, const char *name, struct json_object *body,
 				  struct json_object **out);
 /* POST /vms/NAME/migrate {"uri", "token", "max_downtime_ms"?, "bandwidth"?,
- * "timeout_s"?} on the source, vm acquired: drives the VMM's migration to
+ * "timeout_s"?, "copy_storage"?} on the source, vm acquired: drives the VMM's migration to
  * its end. MGR_OK: the VM runs there, stopped here ("migrated to URI");
  * else it still runs here. */
 enum mgr_err mgr_migrate(struct mgr *m, struct mgr_vm *vm, struct json_object *body,

@@ -24,6 +24,13 @@
  *        MIG_REC_PAGES  u64 RAM offset, u32 pages, the pages
  *        MIG_REC_ZERO   u64 RAM offset, u32 pages (now all zero)
  *        MIG_REC_STATE  u32 length, the state file's bytes (VM paused)
+ *      copied storage (copy_storage) adds, first after the hello:
+ *        MIG_REC_DISKS      u32 disks (1..MIGRATE_MAX_DISKS), u64 virtual size each
+ *      and, among the page records, in every round and in the pause:
+ *        MIG_REC_DISK_DATA  u32 disk, u64 offset, u32 length (<= 1 MiB), the data
+ *        MIG_REC_DISK_ZERO  u32 disk, u64 offset, u64 length (now all zero)
+ *      (the destination's images start empty: holes and zeroes are not sent
+ *      in the first pass; grains the guest writes meanwhile are sent again)
  *   D→S  'R' (built, ready to run) or 'E' u32 length, message
  *   S→D  'G'     (go: from here the source never resumes)
  *   D→S  'U'     (running)
@@ -40,6 +47,7 @@
 #define MIGRATE_URI_MAX 256
 #define MIGRATE_TOKEN_MAX 256
 #define MIGRATE_DEFAULT_DOWNTIME_MS 300
+#define MIGRATE_MAX_DISKS 8
 
 struct vm;
 struct vcpu;
@@ -55,6 +63,20 @@ struct migrate_params {
 	char token[MIGRATE_TOKEN_MAX]; /* "" : none */
 	uint64_t max_downtime_ms;
 	uint64_t bandwidth;            /* bytes/s, 0: unlimited */
+	bool copy_storage;             /* the disks go too, into the destination's
+					* own images (else: shared storage) */
+};
+
+/* The destination's own images for copied storage (`vireo run
+ * --incoming-disk`), in the VM's disk order: empty images of the source
+ * disks' virtual sizes, created beforehand (as for QEMU's
+ * --copy-storage-all). ndisks 0: shared storage. */
+struct block_policy;
+struct migrate_storage {
+	unsigned int ndisks;
+	const char *path[MIGRATE_MAX_DISKS];
+	const char *format[MIGRATE_MAX_DISKS];   /* NULL: probed */
+	const struct block_policy *policy;       /* NULL: none */
 };
 
 struct migration;
@@ -85,8 +107,11 @@ struct migrate_incoming;
 /* Listens on uri, takes one authenticated stream (token_file: NULL for
  * none), receives the memory into a memfd and the state, and opens it as a
  * snapshot: *snap and *m as snapshot_open() gives them, the memfd in the
- * snapshot. 0 or -errno with err_set(). */
+ * snapshot. With st (copied storage), the disks go into st's images, which
+ * are flushed and closed before this returns, and m names them instead of
+ * the source's. 0 or -errno with err_set(). */
 int migrate_incoming_receive(const char *uri, const char *token_file,
+			     const struct migrate_storage *st,
 			     struct migrate_incoming **out, struct snapshot **snap,
 			     struct machine_config *m);
 /* The machine is built and restored: tells the source and waits for its

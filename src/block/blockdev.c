@@ -22,6 +22,9 @@ struct blockdev {
 	bool stopping;
 	int nr_workers;
 	pthread_t workers[BLOCKDEV_MAX_WORKERS];
+	/* dirty tracking (block.h): marking on, and the grains written */
+	bool tracking;
+	uint64_t *dirty;
 };
 
 static const char *const cache_names[] = {
@@ -124,6 +127,7 @@ void blockdev_close(struct blockdev *bd)
 	pthread_mutex_destroy(&bd->q_lock);
 	image_close(bd->img);
 	pthread_mutex_destroy(&bd->stats_lock);
+	free(bd->dirty);
 	free(bd);
 }
 
@@ -257,6 +261,7 @@ int blockdev_readv(struct blockdev *bd, uint64_t off, const struct iovec *iov, i
 int blockdev_writev(struct blockdev *bd, uint64_t off, const struct iovec *iov, int iovcnt)
 {
 	size_t total = iov_total(iov, iovcnt);
+	uint64_t off0 = off;
 	int ret = 0;
 
 	if (bd->readonly)
@@ -271,6 +276,7 @@ int blockdev_writev(struct blockdev *bd, uint64_t off, const struct iovec *iov, 
 		ret = image_write(bd->img, off, iov[i].iov_base, iov[i].iov_len);
 		off += iov[i].iov_len;
 	}
+	blockdev_dirty_mark(bd, off0, total);
 	account(bd, &bd->stats.wr_ops, &bd->stats.wr_bytes, total, ret);
 	return ret;
 }
@@ -288,6 +294,7 @@ int blockdev_discard(struct blockdev *bd, uint64_t off, uint64_t len)
 	int ret = bd->readonly ? err_set(-EROFS, "%s: device is read-only", bd->img->filename)
 			       : image_discard(bd->img, off, len);
 
+	blockdev_dirty_mark(bd, off, len);
 	account(bd, &bd->stats.discard_ops, NULL, 0, ret);
 	return ret;
 }
@@ -297,8 +304,58 @@ int blockdev_write_zeroes(struct blockdev *bd, uint64_t off, uint64_t len)
 	int ret = bd->readonly ? err_set(-EROFS, "%s: device is read-only", bd->img->filename)
 			       : image_write_zeroes(bd->img, off, len);
 
+	blockdev_dirty_mark(bd, off, len);
 	account(bd, &bd->stats.wr_ops, NULL, 0, ret);
 	return ret;
+}
+
+/* ---- dirty tracking (block.h) ---- */
+
+uint64_t blockdev_dirty_words(const struct blockdev *bd)
+{
+	return (bd->img->size + (uint64_t)BLOCKDEV_DIRTY_GRAIN * 64 - 1) /
+	       ((uint64_t)BLOCKDEV_DIRTY_GRAIN * 64);
+}
+
+int blockdev_dirty_start(struct blockdev *bd)
+{
+	uint64_t words = blockdev_dirty_words(bd);
+
+	if (__atomic_load_n(&bd->tracking, __ATOMIC_SEQ_CST))
+		return 0;
+	if (!bd->dirty && !(bd->dirty = calloc(words ? words : 1, sizeof(*bd->dirty))))
+		return err_set(-ENOMEM, "out of memory");
+	memset(bd->dirty, 0, words * sizeof(*bd->dirty));
+	__atomic_store_n(&bd->tracking, true, __ATOMIC_SEQ_CST);
+	return 0;
+}
+
+void blockdev_dirty_stop(struct blockdev *bd)
+{
+	__atomic_store_n(&bd->tracking, false, __ATOMIC_SEQ_CST);
+}
+
+/* Whatever the result of the write: a failed one may have written part. */
+void blockdev_dirty_mark(struct blockdev *bd, uint64_t off, uint64_t len)
+{
+	uint64_t end;
+
+	if (!__atomic_load_n(&bd->tracking, __ATOMIC_ACQUIRE) || !len || off >= bd->img->size)
+		return;
+	end = len > bd->img->size - off ? bd->img->size : off + len;
+	for (uint64_t g = off / BLOCKDEV_DIRTY_GRAIN; g <= (end - 1) / BLOCKDEV_DIRTY_GRAIN; g++)
+		__atomic_fetch_or(&bd->dirty[g / 64], 1ull << (g % 64), __ATOMIC_SEQ_CST);
+}
+
+void blockdev_dirty_collect(struct blockdev *bd, uint64_t *bits)
+{
+	uint64_t n = blockdev_dirty_words(bd);
+
+	if (!bd->dirty)
+		return;
+	for (uint64_t w = 0; w < n; w++)
+		if (__atomic_load_n(&bd->dirty[w], __ATOMIC_RELAXED))
+			bits[w] |= __atomic_exchange_n(&bd->dirty[w], 0, __ATOMIC_ACQ_REL);
 }
 
 void blockdev_get_stats(struct blockdev *bd, struct blockdev_stats *out)

@@ -67,6 +67,7 @@ struct run_options {
 	const char *restore;			/* --restore DIR */
 	const char *incoming;			/* --incoming tcp:ADDR:PORT */
 	const char *incoming_token;		/* --incoming-token-file FILE */
+	struct migrate_storage incoming_disks;	/* --incoming-disk: copied storage */
 	struct migrate_incoming *in;		/* --incoming: the stream, received */
 	bool paused;				/* --paused */
 	unsigned int machine_opts;		/* options --restore takes from the snapshot */
@@ -156,6 +157,10 @@ static const char run_usage[] =
 	"                   the VM it brings (the source's control action 'migrate')\n"
 	"  --incoming-token-file FILE  accept only a source that proves the token\n"
 	"                   in FILE (its 'migrate' \"token\")\n"
+	"  --incoming-disk path=FILE[,format=FMT]  with --incoming: the source copies\n"
+	"                   its disks ('migrate' \"copy_storage\"); its next disk goes\n"
+	"                   into FILE, an empty image of the same virtual size (once\n"
+	"                   per disk, in order)\n"
 	"  --seccomp=MODE   on (default): a syscall outside the VMM's allowlist kills\n"
 	"                   it (SIGSYS); log: allowed but logged by the kernel; off\n"
 	"                   (--reboot=restart implies off: a filter outlives exec)\n"
@@ -363,6 +368,29 @@ static int check_restore(struct run_options *o)
 	return 0;
 }
 
+/* "path=FILE[,format=FMT]"; the strings point into spec (argv). */
+static int parse_incoming_disk(char *spec, struct migrate_storage *st)
+{
+	unsigned int i = st->ndisks;
+	char *save = NULL;
+
+	if (i == MIGRATE_MAX_DISKS)
+		return err_set(-EINVAL, "at most %d --incoming-disk options", MIGRATE_MAX_DISKS);
+	st->path[i] = st->format[i] = NULL;
+	for (char *tok = strtok_r(spec, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (!strncmp(tok, "path=", 5) && tok[5])
+			st->path[i] = tok + 5;
+		else if (!strncmp(tok, "format=", 7) && tok[7])
+			st->format[i] = tok + 7;
+		else
+			return err_set(-EINVAL, "--incoming-disk: bad item '%s'", tok);
+	}
+	if (!st->path[i])
+		return err_set(-EINVAL, "--incoming-disk needs path=FILE");
+	st->ndisks++;
+	return 0;
+}
+
 /* --incoming: the machine comes from the migration stream, received here
  * whole (memory into a memfd, then the state) before anything is built. */
 static int check_incoming(struct run_options *o)
@@ -376,8 +404,11 @@ static int check_incoming(struct run_options *o)
 			       "--firmware with it");
 	if (o->reboot_restart)
 		return err_set(-EINVAL, "use --reboot=exit with --incoming");
-	ret = migrate_incoming_receive(o->incoming, o->incoming_token, &o->in, &o->snap,
-				       &o->machine);
+	/* The copied disks are opened as the VM's will be (--storage, --user). */
+	apply_storage(o);
+	o->incoming_disks.policy = o->policy.ndirs ? &o->policy : NULL;
+	ret = migrate_incoming_receive(o->incoming, o->incoming_token, &o->incoming_disks,
+				       &o->in, &o->snap, &o->machine);
 	if (ret)
 		return ret;
 	o->vm.ncpus = o->machine.ncpus;
@@ -405,8 +436,8 @@ static int check_run_options(struct run_options *o, bool seccomp_given)
 		o->sandbox.seccomp = SANDBOX_SECCOMP_OFF;
 	if (o->sandbox.jail && access(o->sandbox.jail, X_OK) < 0)
 		return err_set(-errno, "--jail %s: %s", o->sandbox.jail, strerror(errno));
-	if (o->incoming_token && !o->incoming)
-		return err_set(-EINVAL, "--incoming-token-file goes with --incoming");
+	if ((o->incoming_token || o->incoming_disks.ndisks) && !o->incoming)
+		return err_set(-EINVAL, "--incoming-token-file and --incoming-disk go with --incoming");
 	if (o->incoming)
 		return check_incoming(o);
 	if (o->restore)
@@ -452,7 +483,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 	       OPT_API_SOCKET, OPT_VCPU_CGROUP, OPT_CONSOLE_SOCKET, OPT_USER, OPT_JAIL,
 	       OPT_SECCOMP, OPT_STORAGE, OPT_STATUS_FILE, OPT_DEBUG_EXIT, OPT_RESTORE,
 	       OPT_PAUSED, OPT_FIRMWARE, OPT_FIRMWARE_DEBUG,
-	       OPT_INCOMING, OPT_INCOMING_TOKEN };
+	       OPT_INCOMING, OPT_INCOMING_TOKEN, OPT_INCOMING_DISK };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -480,6 +511,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "paused", no_argument, NULL, OPT_PAUSED },
 		{ "incoming", required_argument, NULL, OPT_INCOMING },
 		{ "incoming-token-file", required_argument, NULL, OPT_INCOMING_TOKEN },
+		{ "incoming-disk", required_argument, NULL, OPT_INCOMING_DISK },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -549,6 +581,10 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		case OPT_FIRMWARE_DEBUG: o->firmware_debug = true; break;
 		case OPT_INCOMING: o->incoming = optarg; break;
 		case OPT_INCOMING_TOKEN: o->incoming_token = optarg; break;
+		case OPT_INCOMING_DISK:
+			if (parse_incoming_disk(optarg, &o->incoming_disks))
+				return -EINVAL;
+			break;
 		case OPT_USER:
 			if (sandbox_parse_user(optarg, &o->sandbox))
 				return -EINVAL;

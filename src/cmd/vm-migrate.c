@@ -19,7 +19,7 @@
 
 struct mig_cli {
 	const char *socket, *name, *to, *listen, *token_file, *def_file;
-	bool json;
+	bool json, copy_storage;
 	uint64_t bandwidth;
 	long max_downtime_ms, timeout_s;
 };
@@ -27,12 +27,13 @@ struct mig_cli {
 static const char usage[] =
 	"usage: vireo vm migrate NAME --to tcp:HOST:PORT --token-file FILE\n"
 	"                [--max-downtime MS] [--bandwidth SIZE] [--timeout S]\n"
+	"                [--copy-storage]\n"
 	"       vireo vm incoming NAME --listen tcp:ADDR:PORT --file DEF.json\n"
-	"                [--token-file FILE] [--timeout S]\n"
+	"                [--token-file FILE] [--timeout S] [--copy-storage]\n"
 	"       vireo vm migrate-cancel NAME\n";
 
 enum { O_TO = 0x100, O_LISTEN, O_TOKEN, O_FILE, O_DOWNTIME, O_BW, O_TIMEOUT, O_SOCKET,
-       O_OUTPUT, O_JSON };
+       O_OUTPUT, O_JSON, O_COPY };
 
 static int number(const char *text, long max, long *out)
 {
@@ -56,6 +57,7 @@ static int option(struct mig_cli *c, int o)
 	case O_FILE: c->def_file = optarg; return 0;
 	case O_SOCKET: c->socket = optarg; return 0;
 	case O_JSON: c->json = true; return 0;
+	case O_COPY: c->copy_storage = true; return 0;
 	case O_OUTPUT:
 		if (strcmp(optarg, "json") && strcmp(optarg, "text"))
 			return -EINVAL;
@@ -81,6 +83,7 @@ static int parse(struct mig_cli *c, int argc, char **argv)
 		{ "socket", required_argument, NULL, O_SOCKET },
 		{ "output", required_argument, NULL, O_OUTPUT },
 		{ "json", no_argument, NULL, O_JSON },
+		{ "copy-storage", no_argument, NULL, O_COPY },
 		{ NULL, 0, NULL, 0 },
 	};
 	int o;
@@ -215,6 +218,8 @@ static int migrate(struct mig_cli *c)
 		json_object_object_add(body, "bandwidth", json_object_new_int64((int64_t)c->bandwidth));
 	if (c->timeout_s)
 		json_object_object_add(body, "timeout_s", json_object_new_int64(c->timeout_s));
+	if (c->copy_storage)
+		json_object_object_add(body, "copy_storage", json_object_new_boolean(true));
 	snprintf(path, sizeof(path), "/vms/%s/migrate", c->name);
 	o = call_with_progress(c, path, json_object_to_json_string(body), &ok);
 	json_object_put(body);
@@ -252,6 +257,8 @@ static int incoming(struct mig_cli *c)
 	free(token);
 	if (c->timeout_s)
 		json_object_object_add(body, "timeout_s", json_object_new_int64(c->timeout_s));
+	if (c->copy_storage)
+		json_object_object_add(body, "copy_storage", json_object_new_boolean(true));
 	snprintf(path, sizeof(path), "/vms/%s/incoming", c->name);
 	o = vm_api_call(c->socket, c->json, "POST", path, json_object_to_json_string(body), &ok);
 	json_object_put(body);

@@ -2,7 +2,9 @@
  * top of the VMM's (src/vmm/migrate.c): the destination daemon starts a
  * VMM with `vireo run --incoming` under its usual supervision; the source
  * daemon drives its VMM's `migrate` action to the end. Storage is shared:
- * the definition names the same image paths on both hosts.
+ * the definition names the same image paths on both hosts, or, with
+ * "copy_storage", the destination's own empty images, which the VMMs fill
+ * (run --incoming-disk).
  *
  * The destination believes nothing of the stream: its VM is INCOMING until
  * the VMM's own `info` says the migration completed and the guest runs
@@ -86,6 +88,7 @@ struct incoming {
 	unsigned int timeout_s;
 	struct vm_def def;
 	bool existed;                  /* the VM was defined here before */
+	bool copy_storage;             /* the disks come with the stream */
 	/* handed back to the API thread once the VMM listens, or failed */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -155,6 +158,10 @@ static int parse_incoming(struct json_object *body, struct incoming *in, char *t
 		} else if (!strcmp(key, "listen") || !strcmp(key, "token")) {
 			if (!json_object_is_type(val, json_type_string))
 				return err_set(-EINVAL, "'%s' must be a string", key);
+		} else if (!strcmp(key, "copy_storage")) {
+			if (!json_object_is_type(val, json_type_boolean))
+				return err_set(-EINVAL, "'copy_storage' must be true or false");
+			in->copy_storage = json_object_get_boolean(val);
 		} else if (!strcmp(key, "timeout_s")) {
 			if (!json_object_is_type(val, json_type_int) || json_object_get_int64(val) < 1 ||
 			    json_object_get_int64(val) > 86400)
@@ -379,9 +386,13 @@ static void *incoming_thread(void *arg)
 
 	pthread_mutex_lock(&m->lock);
 	e = incoming_vm(m, in, &vm);
+	if (vm)
+		vm->incoming_copy = in->copy_storage;
 	if (e == MGR_OK && (e = mgr_start_incoming(m, vm, in->uri, in->token_path)) == MGR_OK &&
 	    wait_listening(m, vm, in->uri))
 		e = MGR_E_FAILED;
+	if (vm)
+		vm->incoming_copy = false;
 	/* The VMM has read it (it listens) or never will. */
 	unlink(in->token_path);
 	answer(in, e);
@@ -492,6 +503,7 @@ struct outgoing {
 	char token[MIG_TOKEN_MAX + 1];
 	int64_t max_downtime_ms, bandwidth;  /* 0: the VMM's default */
 	unsigned int timeout_s;
+	bool copy_storage;
 };
 
 static int int_field(struct json_object *v, const char *key, int64_t max, int64_t *out)
@@ -523,6 +535,10 @@ static int parse_outgoing(struct json_object *body, struct outgoing *o)
 			ret = int_field(v, key, INT64_MAX, &o->bandwidth);
 		} else if (!strcmp(key, "timeout_s")) {
 			ret = int_field(v, key, 86400, &t);
+		} else if (!strcmp(key, "copy_storage")) {
+			if (!json_object_is_type(v, json_type_boolean))
+				return err_set(-EINVAL, "'copy_storage' must be true or false");
+			o->copy_storage = json_object_get_boolean(v);
 		} else {
 			ret = err_set(-EINVAL, "unknown field '%.64s'", key);
 		}
@@ -610,6 +626,8 @@ static enum mgr_err start_vmm_migration(struct mgr *m, struct mgr_vm *vm,
 				       json_object_new_int64(o->max_downtime_ms));
 	if (o->bandwidth)
 		json_object_object_add(req, "bandwidth", json_object_new_int64(o->bandwidth));
+	if (o->copy_storage)
+		json_object_object_add(req, "copy_storage", json_object_new_boolean(true));
 	e = mgr_control(m, vm, json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN),
 			VMM_REQUEST_TIMEOUT_MS, &fd, 1, NULL);
 	json_object_put(req);

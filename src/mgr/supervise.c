@@ -338,7 +338,7 @@ static char *xasprintf(const char *fmt, ...)
 /* argv of `vireo run` for a definition; NULL-terminated, heap strings. */
 static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 		       unsigned int uid, const char *restore, bool paused, const char *vm_incoming,
-		       const char *token)
+		       const char *token, bool copy)
 {
 	char **argv = calloc(16 + MGR_MAX_DISKS + MGR_MAX_NICS + m->nstorage, sizeof(char *));
 	char file[PATH_MAX];
@@ -363,6 +363,11 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 	if (vm_incoming) {
 		argv[n++] = xasprintf("--incoming=%s", vm_incoming);
 		argv[n++] = xasprintf("--incoming-token-file=%s", token);
+		/* Copied storage: the definition's disks are this host's own. */
+		for (unsigned int i = 0; copy && i < d->ndisks; i++)
+			argv[n++] = xasprintf("--incoming-disk=path=%s%s%s", d->disks[i].path,
+					      d->disks[i].format ? ",format=" : "",
+					      d->disks[i].format ? d->disks[i].format : "");
 		goto host;
 	}
 	if (d->kernel)
@@ -716,7 +721,7 @@ int vmm_start(struct mgr *m, struct mgr_vm *vm, const char *sock, bool *untouche
 		return ret;
 	}
 	argv = vmm_argv(m, &vm->def, sock, vm->vmm_uid, vm->restore_dir,
-			vm->restore_paused, vm->incoming_uri, vm->incoming_token);
+			vm->restore_paused, vm->incoming_uri, vm->incoming_token, vm->incoming_copy);
 	ret = argv ? vmm_spawn(m, vm, argv, logfd, lockfd, untouched) :
 		     err_set(-ENOMEM, "out of memory");
 	argv_free(argv);

@@ -325,6 +325,9 @@ static bool uring_result(struct blk_io *io, struct blk_req *req, int res)
 		uring_prep(io, req);
 		return false;
 	}
+	/* The ring bypasses blockdev_writev, which marks the rest. */
+	if (!rd)
+		blockdev_dirty_mark(io->bd, req->off, req->len);
 	if (res == 0 && rd) {	/* end of file: the rest reads as zeroes */
 		for (int i = req->seg; i < req->ndata; i++)
 			memset(req->data[i].iov_base, 0, req->data[i].iov_len);

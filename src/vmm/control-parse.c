@@ -24,7 +24,7 @@ static const char *const snapshot_fields[] = { "dir", "fds", "disks", "name", "i
 					       "parent", "parent_id", NULL };
 static const char *const name_fields[] = { "name", NULL };
 static const char *const migrate_fields[] = { "uri", "token", "max_downtime_ms", "bandwidth",
-					      NULL };
+					      "copy_storage", NULL };
 
 static const struct action_desc actions[] = {
 	{ "info", CONTROL_INFO, no_fields },
@@ -281,9 +281,11 @@ static int get_string(struct json_object *obj, const char *key, char *out, size_
 }
 
 /* {"uri": "tcp:HOST:PORT" or "fd", "token": T, "max_downtime_ms": N,
- * "bandwidth": B}; "fd": the stream is the socket passed with the request. */
+ * "bandwidth": B, "copy_storage": bool}; "fd": the stream is the socket passed
+ * with the request. */
 static int parse_migrate(struct json_object *obj, struct control_action *a)
 {
+	struct json_object *v;
 	int ret = get_string(obj, "uri", a->uri, sizeof(a->uri));
 
 	if (ret == -ENOENT || (!ret && strncmp(a->uri, "tcp:", 4) && strcmp(a->uri, "fd")))
@@ -301,6 +303,11 @@ static int parse_migrate(struct json_object *obj, struct control_action *a)
 	ret = get_uint(obj, "bandwidth", CONTROL_MAX_RATE, &a->bps);
 	if (ret && ret != -ENOENT)
 		return err_set(-EINVAL, "migrate 'bandwidth' must be bytes per second");
+	if (json_object_object_get_ex(obj, "copy_storage", &v)) {
+		if (!json_object_is_type(v, json_type_boolean))
+			return err_set(-EINVAL, "migrate 'copy_storage' must be true or false");
+		a->copy_storage = json_object_get_boolean(v);
+	}
 	return 0;
 }
 

@@ -461,7 +461,7 @@ static struct json_object *apply_migrate(const struct control_target *t,
 					 const struct control_action *a)
 {
 	struct migrate_params p = { .max_downtime_ms = a->max_downtime_ms, .bandwidth = a->bps,
-				    .fd = -1 };
+				    .fd = -1, .copy_storage = a->copy_storage };
 	int ret;
 
 	if (!t->migration)

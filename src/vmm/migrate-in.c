@@ -14,8 +14,10 @@
 #include <unistd.h>
 
 #include "migrate-wire.h"
+#include "vireo/block.h"
 #include "vireo/dirty.h"
 #include "vireo/log.h"
+#include "vireo/machine.h"
 #include "vireo/migrate.h"
 #include "vireo/state.h"
 
@@ -30,6 +32,11 @@ struct migrate_incoming {
 	uint8_t *ram;
 	uint64_t size;
 	int mem_fd;
+	/* copied storage: the destination's images, open while they fill */
+	const struct migrate_storage *st;
+	struct image *img[MIGRATE_MAX_DISKS];
+	unsigned int ndisks;   /* from the DISKS record; 0 before it */
+	uint8_t *disk_buf;
 };
 
 static int read_token(const char *path, char *token, size_t size)
@@ -132,6 +139,134 @@ static int recv_hello(struct migrate_incoming *in)
 	return 0;
 }
 
+/* ---- copied storage ---- */
+
+/* Nothing in this image yet (holes, zero clusters, or data that reads as
+ * zeroes): the source does not send what reads as zeroes at first. */
+static int image_empty(struct image *img, uint8_t *buf)
+{
+	uint64_t off = 0, pnum, host;
+
+	if (img->backing)
+		return err_set(-EINVAL, "%s has a backing file: the copy needs an empty image "
+			       "without one", img->filename);
+	while (off < img->size) {
+		int st = image_block_status(img, off, img->size - off, &pnum, &host);
+
+		if (st < 0)
+			return st;
+		for (uint64_t o = off; (st & BLOCK_DATA) && !(st & BLOCK_ZERO) && o < off + pnum;) {
+			size_t n = off + pnum - o < MIG_DISK_CHUNK ? off + pnum - o : MIG_DISK_CHUNK;
+			int ret = image_read(img, o, buf, n);
+
+			if (ret)
+				return ret;
+			if (buf[0] || (n > 1 && memcmp(buf, buf + 1, n - 1)))
+				return err_set(-EEXIST, "%s is not empty: the copy goes into a new "
+					       "image (vireo img create)", img->filename);
+			o += n;
+		}
+		off += pnum;
+	}
+	return 0;
+}
+
+/* The DISKS record: as many disks as this end was given, each image open,
+ * empty and of the source disk's virtual size. */
+static int recv_disks(struct migrate_incoming *in)
+{
+	const struct migrate_storage *st = in->st;
+	uint8_t rec[4 + 8 * MIGRATE_MAX_DISKS];
+	uint32_t n;
+	int ret = mig_recv(&in->conn, rec, 4);
+
+	if (ret)
+		return ret;
+	n = mig_get32(rec);
+	if (!st || !st->ndisks)
+		return err_set(-EPROTO, "the source copies its disks: give --incoming-disk for each");
+	if (in->ndisks || n != st->ndisks)
+		return err_set(-EPROTO, "migration stream: %u disks to copy, %u --incoming-disk",
+			       n, st->ndisks);
+	ret = mig_recv(&in->conn, rec + 4, 8 * (size_t)n);
+	if (!ret && !(in->disk_buf = malloc(MIG_DISK_CHUNK)))
+		ret = err_set(-ENOMEM, "out of memory");
+	for (uint32_t i = 0; i < n && !ret; i++) {
+		uint64_t size = mig_get64(rec + 4 + 8 * i);
+
+		ret = image_open_policy(st->path[i], st->format[i], IMAGE_RDWR, st->policy,
+					&in->img[i]);
+		in->ndisks = i + 1;
+		if (!ret && in->img[i]->size != size)
+			ret = err_set(-EINVAL, "%s: virtual size %llu, the source's disk %u has %llu",
+				      st->path[i], (unsigned long long)in->img[i]->size, i,
+				      (unsigned long long)size);
+		if (!ret)
+			ret = image_empty(in->img[i], in->disk_buf);
+	}
+	return ret;
+}
+
+/* A DISK_DATA or DISK_ZERO record, checked against the disk it names. */
+static int recv_disk_range(struct migrate_incoming *in, uint32_t type)
+{
+	uint8_t hdr[MIG_DISK_ZERO_HDR];
+	size_t hlen = (type == MIG_REC_DISK_DATA ? MIG_DISK_DATA_HDR : MIG_DISK_ZERO_HDR) - 4;
+	uint64_t off, len;
+	uint32_t i;
+	int ret = mig_recv(&in->conn, hdr, hlen);
+
+	if (ret)
+		return ret;
+	i = mig_get32(hdr);
+	off = mig_get64(hdr + 4);
+	len = type == MIG_REC_DISK_DATA ? mig_get32(hdr + 12) : mig_get64(hdr + 12);
+	if (i >= in->ndisks || !len || off > in->img[i]->size || len > in->img[i]->size - off ||
+	    (type == MIG_REC_DISK_DATA && len > MIG_DISK_CHUNK))
+		return err_set(-EPROTO, "migration stream: disk range out of bounds");
+	if (type == MIG_REC_DISK_DATA) {
+		ret = mig_recv(&in->conn, in->disk_buf, len);
+		if (ret)
+			return ret;
+		ret = image_write(in->img[i], off, in->disk_buf, len);
+	} else {
+		ret = image_write_zeroes(in->img[i], off, len);
+	}
+	in->bytes += hlen + 4 + (type == MIG_REC_DISK_DATA ? len : 0);
+	return ret ? err_set(ret, "writing disk %u: %s", i, err_get()) : 0;
+}
+
+/* The copy is complete: durable, and the images closed for the VM to
+ * open; the machine names them instead of the source's. */
+static int disks_finish(struct migrate_incoming *in, struct machine_config *m)
+{
+	int ret = 0;
+
+	if (in->st && in->st->ndisks && !in->ndisks)
+		return err_set(-EPROTO, "the source did not copy its disks (shared storage?): "
+			       "migrate with copy_storage, or without --incoming-disk");
+	if (in->ndisks && m->ndisks != in->ndisks)
+		return err_set(-EPROTO, "migration stream: %u disks copied, the machine has %u",
+			       in->ndisks, m->ndisks);
+	for (unsigned int i = 0; i < in->ndisks && !ret; i++) {
+		ret = image_flush(in->img[i]);
+		snprintf(m->disks[i].path, sizeof(m->disks[i].path), "%s", in->st->path[i]);
+		snprintf(m->disks[i].format, sizeof(m->disks[i].format), "%s",
+			 in->img[i]->fmt->name);
+	}
+	return ret;
+}
+
+static void disks_close(struct migrate_incoming *in)
+{
+	for (unsigned int i = 0; i < in->ndisks; i++)
+		if (in->img[i])
+			image_close(in->img[i]);
+	in->ndisks = 0;
+	free(in->disk_buf);
+	in->disk_buf = NULL;
+}
+
 /* Page records until the state: returns the state's bytes (malloc'd). */
 static int recv_memory(struct migrate_incoming *in, uint8_t **state, size_t *len)
 {
@@ -149,6 +284,13 @@ static int recv_memory(struct migrate_incoming *in, uint8_t **state, size_t *len
 			if (!ret && !(*state = malloc(*len)))
 				return err_set(-ENOMEM, "out of memory");
 			return ret ? ret : mig_recv(&in->conn, *state, *len);
+		}
+		if (!ret && (type == MIG_REC_DISKS || type == MIG_REC_DISK_DATA ||
+			     type == MIG_REC_DISK_ZERO)) {
+			ret = type == MIG_REC_DISKS ? recv_disks(in) : recv_disk_range(in, type);
+			if (ret)
+				return ret;
+			continue;
 		}
 		if (!ret && type != MIG_REC_PAGES && type != MIG_REC_ZERO)
 			return err_set(-EPROTO, "migration stream: unknown record %u", type);
@@ -197,6 +339,11 @@ static int receive(struct migrate_incoming *in, int lfd, struct snapshot **snap,
 		in->mem_fd = -1;
 		in->bytes += len;
 	}
+	/* Flushed before this end says it is ready; closed either way (the
+	 * VM opens them again, and a failed copy is nobody's disk). */
+	if (!ret)
+		ret = disks_finish(in, m);
+	disks_close(in);
 	free(state);
 	return ret;
 }
@@ -214,6 +361,7 @@ static void refuse(struct migrate_incoming *in, const char *why)
 }
 
 int migrate_incoming_receive(const char *uri, const char *token_file,
+			     const struct migrate_storage *st,
 			     struct migrate_incoming **out, struct snapshot **snap,
 			     struct machine_config *m)
 {
@@ -224,6 +372,7 @@ int migrate_incoming_receive(const char *uri, const char *token_file,
 	if (!in)
 		return err_set(-ENOMEM, "out of memory");
 	in->conn.fd = in->mem_fd = -1;
+	in->st = st;
 	ret = token_file ? read_token(token_file, in->token, sizeof(in->token)) : 0;
 	lfd = ret ? ret : listen_on(uri);
 	if (lfd < 0) {
@@ -276,6 +425,7 @@ void migrate_incoming_free(struct migrate_incoming *in)
 {
 	if (!in)
 		return;
+	disks_close(in);
 	mig_close(&in->conn);
 	if (in->ram)
 		munmap(in->ram, in->size);

@@ -7,14 +7,54 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vireo/migrate.h"
+
 #define MIG_MAGIC "VIREOMIG"
 #define MIG_VERSION 1
 #define MIG_NONCE 32
 #define MIG_MAC 32
 #define MIG_HELLO_SIZE (8 + 4 + MIG_NONCE)
 
-enum { MIG_REC_HELLO = 1, MIG_REC_PAGES = 2, MIG_REC_ZERO = 3, MIG_REC_STATE = 4 };
+enum { MIG_REC_HELLO = 1, MIG_REC_PAGES = 2, MIG_REC_ZERO = 3, MIG_REC_STATE = 4,
+       MIG_REC_DISKS = 5, MIG_REC_DISK_DATA = 6, MIG_REC_DISK_ZERO = 7 };
 #define MIG_MAX_RUN 256u   /* pages in one record */
+#define MIG_DISK_CHUNK (1u << 20) /* bytes of disk data in one record */
+#define MIG_DISK_DATA_HDR 20      /* u32 type, u32 disk, u64 offset, u32 length */
+#define MIG_DISK_ZERO_HDR 24      /* u32 type, u32 disk, u64 offset, u64 length */
+
+/* ---- copied storage, the source's side (src/vmm/migrate-disk.c) ---- */
+
+struct blockdev;
+struct snapshot_target;
+
+/* Sends bytes on the migration stream (paced, counted): 0 or -errno. */
+typedef int mig_send_fn(void *ctx, const void *buf, size_t len);
+
+/* The VM's disks, copied to the destination's own images. */
+struct mig_disks {
+	unsigned int n;
+	struct blockdev *bd[MIGRATE_MAX_DISKS];
+	uint64_t *bits[MIGRATE_MAX_DISKS];   /* grains written and not sent yet */
+	uint8_t *buf;                        /* one chunk plus its record header */
+	uint64_t left;                       /* of the first pass, for the progress */
+	bool tracking;
+	mig_send_fn *send;
+	void *ctx;
+};
+
+/* Finds the disks and allocates; 0 or -errno with err_set(). */
+int mig_disks_init(struct mig_disks *d, const struct snapshot_target *t, mig_send_fn *send,
+		   void *ctx);
+/* The DISKS record, then tracking on, then every disk's data (zeroes and
+ * holes skipped: the destination's images start empty) while the VM runs. */
+int mig_disks_copy(struct mig_disks *d);
+/* Adds the grains written since the last call to what is to be sent;
+ * returns the bytes now to be sent. */
+uint64_t mig_disks_collect(struct mig_disks *d);
+/* Sends what mig_disks_collect() gathered (zero grains as zero records). */
+int mig_disks_send_dirty(struct mig_disks *d);
+/* Tracking off, memory freed (the disks themselves are untouched). */
+void mig_disks_free(struct mig_disks *d);
 
 /* A migration connection: a TCP socket, and once mig_tls_start() has
  * run, the TLS session over it that carries everything after. */

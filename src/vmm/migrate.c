@@ -61,6 +61,7 @@ struct migration {
 	uint8_t *buf;
 	bool quiesced;           /* the devices serve nothing (snapshot_quiesce) */
 	bool disks_released;     /* the image locks are dropped for the destination */
+	struct mig_disks disks;  /* copy_storage: the disks being copied */
 };
 
 /* ---- throttling (auto-converge) ---- */
@@ -278,11 +279,24 @@ static int send_hello(struct migration *m)
 	return send_paced(m, rec, sizeof(rec));
 }
 
+/* The first pass over the disks shows what it has left as remaining. */
+static int disk_send(void *ctx, const void *buf, size_t len)
+{
+	struct migration *m = ctx;
+
+	if (m->disks.left) {
+		pthread_mutex_lock(&m->lock);
+		m->remaining = m->disks.left;
+		pthread_mutex_unlock(&m->lock);
+	}
+	return send_paced(m, buf, len);
+}
+
 static void set_progress(struct migration *m, uint64_t dirty, uint64_t round_us,
 			 uint64_t round_bytes, uint64_t bw)
 {
 	pthread_mutex_lock(&m->lock);
-	m->remaining = dirty * DIRTY_PAGE_SIZE;
+	m->remaining = dirty;
 	m->dirty_rate = round_us ? m->remaining * 1000000 / round_us : 0;
 	m->expected_downtime_ms = bw ? m->remaining * 1000 / bw : 0;
 	m->rounds++;
@@ -305,11 +319,14 @@ static int precopy(struct migration *m)
 		ret = dirty_log_collect(m->t.vm, m->bits);
 		if (ret)
 			break;
-		dirty = dirty_bitmap_count(m->bits, m->words);
+		/* In bytes: the pages, and the disk grains when they go too. */
+		dirty = dirty_bitmap_count(m->bits, m->words) * DIRTY_PAGE_SIZE;
+		if (m->p.copy_storage)
+			dirty += mig_disks_collect(&m->disks);
 		set_progress(m, dirty, elapsed, bytes, bw);
 		/* Converged: the rest (these bits and what is written until the
 		 * pause) goes while the VM is paused. */
-		if (bw && dirty * DIRTY_PAGE_SIZE * 1000 / bw <= m->p.max_downtime_ms)
+		if (bw && dirty * 1000 / bw <= m->p.max_downtime_ms)
 			return 0;
 		if (round >= MIG_MAX_ROUNDS)
 			return err_set(-ETIMEDOUT, "migration did not converge in %u rounds "
@@ -324,6 +341,8 @@ static int precopy(struct migration *m)
 		start = mig_now_us();
 		sent0 = m->pace_bytes;
 		ret = send_pages(m, m->bits, false);
+		if (!ret && m->p.copy_storage)
+			ret = mig_disks_send_dirty(&m->disks);
 	}
 	return ret;
 }
@@ -393,7 +412,8 @@ static int devices_stop(struct migration *m)
 	if (ret)
 		return ret;
 	m->quiesced = true;
-	return disks_release(m);
+	/* Copied storage: the destination has images of its own. */
+	return m->p.copy_storage ? 0 : disks_release(m);
 }
 
 /* Not handed over: the devices go on here. */
@@ -416,6 +436,8 @@ static int check_still(struct migration *m)
 	if (dirty_bitmap_count(m->bits, m->words))
 		return err_set(-EIO, "the VMM wrote %llu guest pages after the switch began",
 			       (unsigned long long)dirty_bitmap_count(m->bits, m->words));
+	if (m->p.copy_storage && mig_disks_collect(&m->disks))
+		return err_set(-EIO, "a disk was written after the switch began");
 	return 0;
 }
 
@@ -434,6 +456,11 @@ static int complete(struct migration *m, uint64_t *paused_at)
 	ret = dirty_log_collect(m->t.vm, m->bits);
 	if (!ret)
 		ret = send_pages(m, m->bits, false);
+	/* The devices are quiesced: these are the disks' last writes. */
+	if (!ret && m->p.copy_storage) {
+		mig_disks_collect(&m->disks);
+		ret = mig_disks_send_dirty(&m->disks);
+	}
 	if (!ret)
 		ret = snapshot_state_build(&m->t, &w, &state, &len);
 	if (!ret) {
@@ -502,6 +529,11 @@ static int migrate_run(struct migration *m, bool *logging, bool *paused, uint64_
 	}
 	if (!ret)
 		ret = send_hello(m);
+	/* The disks first, while the VM runs: their bulk dwarfs the RAM's. */
+	if (!ret && m->p.copy_storage)
+		ret = mig_disks_init(&m->disks, &m->t, disk_send, m);
+	if (!ret && m->p.copy_storage)
+		ret = mig_disks_copy(&m->disks);
 	if (!ret)
 		ret = dirty_log_start(m->t.vm);
 	if (ret)
@@ -545,6 +577,7 @@ static void *migrate_thread(void *arg)
 		fprintf(stderr, "vireo: migrated to %s (downtime %llu ms)\n", m->p.uri,
 			(unsigned long long)(m->downtime_us + 999) / 1000);
 		finish(m, MIG_COMPLETED, NULL);
+		mig_disks_free(&m->disks);
 		vm_request_stop_why(m->t.vm, VM_EXIT_POWEROFF, "migrated");
 		return NULL;
 	}
@@ -552,6 +585,7 @@ static void *migrate_thread(void *arg)
 	 * devices stay quiesced and the disks unlocked: they are the
 	 * destination's. */
 	devices_resume(m);
+	mig_disks_free(&m->disks);
 	if (logging)
 		dirty_log_stop(m->t.vm);
 	if (paused)
@@ -719,6 +753,9 @@ struct json_object *migration_info(struct migration *m)
 			       json_object_new_string(m->incoming ? "incoming" : "outgoing"));
 	add_u64(o, m->incoming ? "bytes_received" : "bytes_sent", m->bytes_sent);
 	json_object_object_add(o, "encrypted", json_object_new_boolean(m->encrypted));
+	if (!m->incoming)
+		json_object_object_add(o, "copy_storage",
+				       json_object_new_boolean(m->p.copy_storage));
 	if (!m->incoming) {
 		add_u64(o, "remaining_bytes", m->remaining);
 		add_u64(o, "dirty_rate", m->dirty_rate);

@@ -56,9 +56,10 @@ class Pair:
     """A source VMM running the probe and a destination waiting for it."""
 
     def __init__(self, tmp_path, sock, scenario, cpus=1, token_file=None, dest=True,
-                 memory="256M", extra=(), hosts=None):
+                 memory="256M", extra=(), hosts=None, dst_extra=()):
         """hosts: (source netns, destination netns, destination address),
-        two namespaces joined by a veth; else both on this host's loopback."""
+        two namespaces joined by a veth; else both on this host's loopback.
+        dst_extra: more options of the destination's vireo run."""
         src_ns, dst_ns, addr = hosts or (None, None, "127.0.0.1")
         self.port = free_port()
         self.uri = f"tcp:{addr}:{self.port}"
@@ -71,6 +72,7 @@ class Pair:
             args = [str(VIREO), "run", "--incoming", self.uri, "--api-socket", self.dsock]
             if token_file:
                 args += ["--incoming-token-file", str(token_file)]
+            args += list(dst_extra)
             self.dst = LiveProbe(in_netns(args, dst_ns))
             wait_err(self.dst, "waiting for a migration")
 

@@ -280,6 +280,47 @@ static void blockdev_iovecs_and_stats(void **state)
 	unlink(path);
 }
 
+/* Dirty tracking (copied-storage migration): every write, discard and
+ * write-zeroes marks the grains it touched, clamped to the disk, only while
+ * on; a collect hands them over once. */
+static void blockdev_dirty_grains(void **state)
+{
+	char path[] = "/tmp/vireo-test-XXXXXX";
+	struct image_create_opts o = { .size = 1 << 20 };	/* 16 grains */
+	struct blockdev_opts bo = { .path = path, .format = "qcow2" };
+	struct blockdev *bd;
+	char a[512] = { 1 };
+	struct iovec w[1] = { { a, sizeof(a) } };
+	uint64_t bits[2] = { 0 };
+	int fd = mkstemp(path);
+
+	(void)state;
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(image_create(path, "qcow2", &o), 0);
+	assert_int_equal(blockdev_open(&bo, &bd), 0);
+	assert_int_equal(blockdev_dirty_words(bd), 1);
+	assert_int_equal(blockdev_writev(bd, 0, w, 1), 0);	/* before the start */
+	assert_int_equal(blockdev_dirty_start(bd), 0);
+	assert_int_equal(blockdev_writev(bd, 65536 - 256, w, 1), 0);	/* grains 0 and 1 */
+	assert_int_equal(blockdev_discard(bd, 5 * 65536, 65536), 0);	/* grain 5 */
+	assert_int_equal(blockdev_write_zeroes(bd, 15 * 65536 + 512, 512), 0);	/* 15 */
+	blockdev_dirty_mark(bd, (1 << 20) - 512, 1 << 30);	/* clamped: 15 */
+	blockdev_dirty_mark(bd, 1 << 20, 4096);			/* past the end: none */
+	blockdev_dirty_collect(bd, bits);
+	assert_int_equal(bits[0], (1ull << 0) | (1ull << 1) | (1ull << 5) | (1ull << 15));
+	assert_int_equal(bits[1], 0);
+	bits[0] = 0;
+	blockdev_dirty_collect(bd, bits);
+	assert_int_equal(bits[0], 0);
+	blockdev_dirty_stop(bd);
+	assert_int_equal(blockdev_writev(bd, 3 * 65536, w, 1), 0);
+	blockdev_dirty_collect(bd, bits);
+	assert_int_equal(bits[0], 0);
+	blockdev_close(bd);
+	unlink(path);
+}
+
 struct async_state {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -361,6 +402,7 @@ int main(void)
 		cmocka_unit_test(raw_probe_is_read_only),
 		cmocka_unit_test(blockdev_iovecs_and_stats),
 		cmocka_unit_test(blockdev_async_workers),
+		cmocka_unit_test(blockdev_dirty_grains),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
