@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import subprocess
+import threading
 
 import pytest
 
@@ -332,7 +333,6 @@ def test_vnics_announce_new_location(tmp_path, sock, pairs, two_hosts):
     MAC into its tap (five, at growing gaps, as QEMU does), so the bridge
     there learns the MAC on the VM's port at once, though the guest sends
     nothing."""
-    import threading
     dst_ns = two_hosts[1]
     mac = "52:54:00:9a:0b:01"
     subprocess.run(["ip", "netns", "exec", dst_ns, "sh", "-c",
