@@ -243,13 +243,25 @@ static void scn_count(const char *arg)
 	}
 }
 
+/* dirty_rate=MIB_PER_S: page i of the run is not written before i pages'
+ * share of the time at that rate (bench/migrate.sh's steady writer). */
+static void dirty_pace(uint64_t rate, uint64_t t0, uint64_t i)
+{
+	uint64_t due = t0 + i * (1000000000ull >> 8) / rate, now = clock_ns();
+
+	if (rate && i % 256 == 0 && due > now)
+		clock_delay_us((due - now) / 1000);
+}
+
 /* Dirties memory fast, for live migration: "dirty=MIB" writes every page
  * of MIB MiB in turn, each with its own address and the pass number, and
  * checks before each write that the page still holds what the previous
- * pass left there (a page lost or stale after a migration shows as bad). */
+ * pass left there (a page lost or stale after a migration shows as bad).
+ * dirty_rate=MIB_PER_S writes no faster than that (0: as fast as it can). */
 static void scn_dirty(const char *arg)
 {
 	uint64_t mib = parse_u64(arg, 16), pages, bad = 0, start = clock_ns();
+	uint64_t rate = cmdline_u64("dirty_rate", 0), written = 0;
 	volatile uint64_t *buf;
 
 	if (!mib)
@@ -260,6 +272,8 @@ static void scn_dirty(const char *arg)
 		for (uint64_t i = 0; i < pages; i++) {
 			volatile uint64_t *pg = buf + i * 512;
 
+			if (rate)
+				dirty_pace(rate, start, written++);
 			if (pass > 1 && (pg[0] != (uint64_t)(uintptr_t)pg || pg[1] != pass - 1))
 				bad++;
 			pg[0] = (uint64_t)(uintptr_t)pg;

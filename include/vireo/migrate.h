@@ -121,6 +121,15 @@ int migrate_incoming_ready(struct migrate_incoming *in);
  * measured, and records the outcome in m (for info). */
 void migrate_incoming_running(struct migrate_incoming *in, struct migration *m);
 void migrate_incoming_free(struct migrate_incoming *in);
+/* The guest runs here now (src/vmm/migrate-announce.c): each vNIC sends a
+ * RARP frame with its MAC into its tap at once and four more at growing
+ * gaps (50 to 350 ms, on the loop's timer), so that bridges and switches
+ * learn the VM's new port without waiting for the guest to send. nics
+ * must outlive the loop. 0 or -errno with err_set(). */
+struct loop;
+struct virtio_net;
+int migrate_announce_start(struct loop *loop, struct virtio_net *const *nics,
+			   unsigned int nnics);
 
 /* Shared by both ends (src/vmm/migrate-wire.c). */
 int migrate_parse_uri(const char *uri, char *host, size_t hsize, char *port, size_t psize);

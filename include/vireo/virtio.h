@@ -275,6 +275,9 @@ int virtio_net_create(struct vm *vm, struct pci_bus *bus, const struct nic_confi
 		      struct virtio_net **out);
 void virtio_net_destroy(struct virtio_net *net);
 struct virtio_dev *virtio_net_dev(struct virtio_net *net);
+/* Writes one RARP frame with the vNIC's MAC into its tap, so that the
+ * network learns where the VM now is (after a migration). 0 or -errno. */
+int virtio_net_announce(struct virtio_net *net);
 /* For the control plane: the receive or transmit limiter (ratelimit_set()
  * may be called from any thread) and the counters. */
 struct virtio_net_stats {

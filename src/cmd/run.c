@@ -939,8 +939,11 @@ static int run_vm(const struct run_options *o, char *reason, size_t size)
 		vm_join(&vm);
 		goto out;
 	}
-	if (o->in)
+	if (o->in) {
 		migrate_incoming_running(o->in, mig);
+		if (migrate_announce_start(loop, devs.nics, o->nnics))
+			log_warn("%s", err_get()); /* the VM runs: peers learn later */
+	}
 	con = (struct console){ .serial = devs.serial, .gate = &gate, .vm = &vm };
 	console_raw(&con);
 	loop_add(loop, vm.stop_fd, EPOLLIN, vm_stopped, NULL);

@@ -8,10 +8,14 @@
  * figures (GET /vms/NAME), each second. */
 #include <errno.h>
 #include <getopt.h>
+#include <netdb.h>
+#include <signal.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vireo/cmd.h"
@@ -27,6 +31,9 @@ struct mig_cli {
 static const char usage[] =
 	"usage: vireo vm migrate NAME --to tcp:HOST:PORT --token-file FILE\n"
 	"                [--max-downtime MS] [--bandwidth SIZE] [--timeout S]\n"
+	"                [--copy-storage]\n"
+	"       vireo vm migrate NAME --to DEST_SOCKET --listen tcp:ADDR:PORT\n"
+	"                [--token-file FILE] [--max-downtime MS] [--bandwidth SIZE] [--timeout S]\n"
 	"                [--copy-storage]\n"
 	"       vireo vm incoming NAME --listen tcp:ADDR:PORT --file DEF.json\n"
 	"                [--token-file FILE] [--timeout S] [--copy-storage]\n"
@@ -195,23 +202,16 @@ static void print_moved(const struct mig_cli *c, struct json_object *mig)
 	       (unsigned long long)u64(mig, "total_ms"));
 }
 
-static int migrate(struct mig_cli *c)
-{
-	struct json_object *body, *o, *mig;
-	char path[160], *token;
-	bool ok;
+static int migrate_via(struct mig_cli *c);
 
-	if (!c->to || !c->token_file || c->listen || c->def_file) {
-		fputs(usage, stderr);
-		return 2;
-	}
-	token = read_token(c->token_file);
-	if (!token)
-		return 1;
-	body = json_object_new_object();
-	json_object_object_add(body, "uri", json_object_new_string(c->to));
+/* The source's POST /vms/NAME/migrate body. */
+static struct json_object *migrate_body(const struct mig_cli *c, const char *uri,
+					const char *token)
+{
+	struct json_object *body = json_object_new_object();
+
+	json_object_object_add(body, "uri", json_object_new_string(uri));
 	json_object_object_add(body, "token", json_object_new_string(token));
-	free(token);
 	if (c->max_downtime_ms)
 		json_object_object_add(body, "max_downtime_ms", json_object_new_int64(c->max_downtime_ms));
 	if (c->bandwidth)
@@ -220,6 +220,26 @@ static int migrate(struct mig_cli *c)
 		json_object_object_add(body, "timeout_s", json_object_new_int64(c->timeout_s));
 	if (c->copy_storage)
 		json_object_object_add(body, "copy_storage", json_object_new_boolean(true));
+	return body;
+}
+
+static int migrate(struct mig_cli *c)
+{
+	struct json_object *body, *o, *mig;
+	char path[160], *token;
+	bool ok;
+
+	if (c->to && strncmp(c->to, "tcp:", 4))
+		return migrate_via(c);
+	if (!c->to || !c->token_file || c->listen || c->def_file) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	token = read_token(c->token_file);
+	if (!token)
+		return 1;
+	body = migrate_body(c, c->to, token);
+	free(token);
 	snprintf(path, sizeof(path), "/vms/%s/migrate", c->name);
 	o = call_with_progress(c, path, json_object_to_json_string(body), &ok);
 	json_object_put(body);
@@ -229,6 +249,23 @@ static int migrate(struct mig_cli *c)
 		print_moved(c, json_object_object_get_ex(o, "migration", &mig) ? mig : NULL);
 	json_object_put(o);
 	return ok ? 0 : 1;
+}
+
+/* The POST /vms/NAME/incoming body; def is taken. */
+static struct json_object *incoming_body(const struct mig_cli *c, struct json_object *def,
+					 const char *token)
+{
+	struct json_object *body = json_object_new_object();
+
+	json_object_object_add(body, "definition", def);
+	json_object_object_add(body, "listen", json_object_new_string(c->listen));
+	if (token)
+		json_object_object_add(body, "token", json_object_new_string(token));
+	if (c->timeout_s)
+		json_object_object_add(body, "timeout_s", json_object_new_int64(c->timeout_s));
+	if (c->copy_storage)
+		json_object_object_add(body, "copy_storage", json_object_new_boolean(true));
+	return body;
 }
 
 static int incoming(struct mig_cli *c)
@@ -249,16 +286,8 @@ static int incoming(struct mig_cli *c)
 		free(token);
 		return 1;
 	}
-	body = json_object_new_object();
-	json_object_object_add(body, "definition", def);
-	json_object_object_add(body, "listen", json_object_new_string(c->listen));
-	if (token)
-		json_object_object_add(body, "token", json_object_new_string(token));
+	body = incoming_body(c, def, token);
 	free(token);
-	if (c->timeout_s)
-		json_object_object_add(body, "timeout_s", json_object_new_int64(c->timeout_s));
-	if (c->copy_storage)
-		json_object_object_add(body, "copy_storage", json_object_new_boolean(true));
 	snprintf(path, sizeof(path), "/vms/%s/incoming", c->name);
 	o = vm_api_call(c->socket, c->json, "POST", path, json_object_to_json_string(body), &ok);
 	json_object_put(body);
@@ -289,6 +318,202 @@ static int cancel(struct mig_cli *c)
 		vm_api_print_json(o);
 	else if (ok)
 		printf("%s: migration cancelled\n", c->name);
+	json_object_put(o);
+	return ok ? 0 : 1;
+}
+
+/* ---- --to DEST_SOCKET: one command drives both daemons ----
+ * The destination daemon's API socket (local, or forwarded with ssh -L)
+ * prepares the incoming VM with the source's definition; then the source
+ * migrates to it. Whatever fails, or Ctrl-C, the VM runs on at the source
+ * and the destination is left without it. */
+
+/* What GET /vms/NAME shows besides the definition (src/mgr/report.c). */
+static const char *const report_keys[] = {
+	"state", "reason", "pid", "vmm_uid", "console", "cgroup", "cpu_ns", "cpu_throttled_ns",
+	"io_policy", "vmm", "vmm_info_age_ms", "migration", "firewall_counters",
+};
+
+static volatile sig_atomic_t interrupted;
+static bool cancel_sent;
+
+static void on_interrupt(int sig)
+{
+	(void)sig;
+	interrupted = 1;
+}
+
+/* The source's VM as a POST /vms body; NULL (said why) if it cannot move. */
+static struct json_object *source_definition(const struct mig_cli *c)
+{
+	struct json_object *o;
+	char path[160];
+	const char *state;
+	bool ok;
+
+	snprintf(path, sizeof(path), "/vms/%s", c->name);
+	o = vm_api_call(c->socket, c->json, "GET", path, NULL, &ok);
+	state = ok ? str(o, "state") : "";
+	if (ok && strcmp(state, "running") && strcmp(state, "paused")) {
+		fprintf(stderr, "vireo: %s is %s: only a running or paused VM migrates\n", c->name,
+			vm_api_safe(state));
+		ok = false;
+	}
+	if (!ok) {
+		json_object_put(o);
+		return NULL;
+	}
+	for (size_t i = 0; i < sizeof(report_keys) / sizeof(report_keys[0]); i++)
+		json_object_object_del(o, report_keys[i]);
+	return o;
+}
+
+/* POST /vms/NAME/incoming there: the token the source must prove (malloc'd),
+ * or NULL (printed). def is taken. */
+static char *prepare_destination(const struct mig_cli *c, struct json_object *def)
+{
+	struct json_object *body, *o;
+	char path[160], *token = NULL;
+	bool ok;
+
+	if (c->token_file && !(token = read_token(c->token_file))) {
+		json_object_put(def);
+		return NULL;
+	}
+	body = incoming_body(c, def, token);
+	snprintf(path, sizeof(path), "/vms/%s/incoming", c->name);
+	o = vm_api_call(c->to, c->json, "POST", path, json_object_to_json_string(body), &ok);
+	json_object_put(body);
+	if (ok && !token)
+		token = strdup(str(o, "token"));
+	if (!ok) {
+		free(token);
+		token = NULL;
+	}
+	json_object_put(o);
+	return token;
+}
+
+/* A destination VMM whose source never connected (it failed first) would
+ * wait out its timeout: a connection closed at once fails its stream, and
+ * its daemon then removes the incoming VM. Once it has taken a stream it
+ * no longer listens, so this cannot disturb one. */
+static void end_destination(const char *uri)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai;
+	char host[128];
+	const char *port = strrchr(uri, ':');
+	struct timeval tv = { 2, 0 };
+	int fd;
+
+	if (strlen(uri) >= sizeof(host) + 4 || !port || port <= uri + 4)
+		return;
+	snprintf(host, sizeof(host), "%.*s", (int)(port - uri - 4), uri + 4);
+	if (!strcmp(host, "localhost"))
+		snprintf(host, sizeof(host), "127.0.0.1");
+	if (getaddrinfo(host, port + 1, &hints, &ai))
+		return;
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd >= 0) {
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		connect(fd, ai->ai_addr, ai->ai_addrlen);
+		close(fd);
+	}
+	freeaddrinfo(ai);
+}
+
+static void cancel_source(const struct mig_cli *c)
+{
+	char path[160];
+	bool ok;
+
+	cancel_sent = true;
+	fprintf(stderr, "\nvireo: interrupted: cancelling the migration of %s\n", c->name);
+	snprintf(path, sizeof(path), "/vms/%s/migrate-cancel", c->name);
+	json_object_put(vm_api_call(c->socket, true, "POST", path, NULL, &ok));
+}
+
+static bool via_tick(void *arg, unsigned int seconds, bool tty, bool shown)
+{
+	if (interrupted && !cancel_sent)
+		cancel_source(arg);
+	return migrate_tick(arg, seconds, tty, shown);
+}
+
+/* The destination's VM once it runs there (its daemon believes the VMM,
+ * which says so shortly after the source has let go); NULL if not in 30 s. */
+static struct json_object *destination_running(const struct mig_cli *c)
+{
+	struct timespec nap = { 0, 100 * 1000000L };
+	char path[160];
+
+	snprintf(path, sizeof(path), "/vms/%s", c->name);
+	for (int i = 0; i < 300; i++, nanosleep(&nap, NULL)) {
+		bool ok;
+		struct json_object *o = vm_api_call(c->to, true, "GET", path, NULL, &ok);
+
+		if (ok && strcmp(str(o, "state"), "incoming"))
+			return o;
+		json_object_put(o);
+	}
+	return NULL;
+}
+
+/* The figures of both ends: the source's answer and, from the
+ * destination, the downtime and the VM there. */
+static void report_moved(const struct mig_cli *c, struct json_object *src,
+			 struct json_object *dst)
+{
+	struct json_object *mig = NULL, *vmm, *dmig, *down;
+
+	json_object_object_get_ex(src, "migration", &mig);
+	if (mig && json_object_object_get_ex(dst, "vmm", &vmm) &&
+	    json_object_object_get_ex(vmm, "migration", &dmig) &&
+	    json_object_object_get_ex(dmig, "downtime_ms", &down))
+		json_object_object_add(mig, "downtime_ms", json_object_get(down));
+	if (c->json) {
+		json_object_object_add(src, "destination", json_object_get(dst));
+		vm_api_print_json(src);
+	} else {
+		print_moved(c, mig);
+	}
+}
+
+static int migrate_via(struct mig_cli *c)
+{
+	struct sigaction sa = { .sa_handler = on_interrupt, .sa_flags = SA_RESTART };
+	struct json_object *def, *body, *o, *dst = NULL;
+	char path[160], *token;
+	bool ok = false;
+
+	if (!c->listen || c->def_file) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	def = source_definition(c);
+	token = def ? prepare_destination(c, def) : NULL;
+	if (!token)
+		return 1;
+	body = migrate_body(c, c->listen, token);
+	free(token);
+	snprintf(path, sizeof(path), "/vms/%s/migrate", c->name);
+	o = interrupted ? NULL : vm_api_call_ticking(c->socket, c->json, "POST", path,
+						     json_object_to_json_string(body), &ok,
+						     via_tick, c);
+	json_object_put(body);
+	if (!ok && o && interrupted && !cancel_sent)
+		cancel_source(c);
+	if (!ok)
+		end_destination(c->listen);
+	else if (!(dst = destination_running(c)) || strcmp(str(dst, "state"), "running"))
+		fprintf(stderr, "vireo: %s left the source but is %s on %s\n", c->name,
+			dst ? vm_api_safe(str(dst, "state")) : "not known", vm_api_safe(c->to));
+	else
+		report_moved(c, o, dst);
+	ok = ok && dst && !strcmp(str(dst, "state"), "running");
+	json_object_put(dst);
 	json_object_put(o);
 	return ok ? 0 : 1;
 }

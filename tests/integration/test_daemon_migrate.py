@@ -319,3 +319,83 @@ def test_cancel_leaves_vm_on_a(tmp_path, hosts):
     goes_on_at_a(a, b)
     st, js = a.request("POST", "/vms/mig/migrate-cancel")
     assert st == 409 and "no migration" in js["error"], (st, js)
+
+
+def one_command(a, b, port, *opts):
+    """`vireo vm migrate mig --to B's socket`: the CLI drives both daemons."""
+    args = [str(VIREO), "vm", "--socket", a.socket, "migrate", "mig", "--to", b.socket,
+            "--listen", f"tcp:{d_addr(b)}:{port}", *opts]
+    return subprocess.run(args,
+                          capture_output=True, text=True, timeout=scaled(90))
+
+
+def test_one_command_moves_vm_and_back(tmp_path, hosts):
+    """The destination prepared (the source's definition, a token B makes),
+    the source migrated, both ends' figures reported; JSON one way, text the
+    other."""
+    a, b = hosts
+    start_on(a, tmp_path)
+    port = free_port()
+    r = one_command(a, b, port, "--max-downtime", "300", "--output=json")
+    assert r.returncode == 0, r
+    js = json.loads(r.stdout)
+    check_moved(a, b, f"tcp:{HOST_B}:{port}", (200, js))
+    assert js["destination"]["state"] == "running", js
+    assert js["destination"]["memory"] == a.vm("mig")["memory"], js
+    assert 0 < js["migration"]["downtime_ms"] < scaled(2000), js["migration"]
+    assert not os.path.exists(os.path.join(b.state, "run", "mig.token"))
+    log_a1 = a.vm_log("mig")
+    wait_rounds(b, last_round(a) + 20)
+
+    port = free_port()
+    r = one_command(b, a, port, "--bandwidth", "500M")
+    assert r.returncode == 0, r
+    assert re.fullmatch(rf"mig: migrated to {re.escape(a.socket)} \(downtime \d+ ms, \d+ "
+                        r"bytes sent in \d+ ms\)\n", r.stdout), r
+    assert a.vm("mig")["state"] == "running" and b.vm("mig")["state"] == "stopped"
+    log_b = b.vm_log("mig")
+    wait_rounds(a, last_round(b) + 20)
+    check_rounds(log_a1, log_b, a.vm_log("mig"))
+
+
+def test_one_command_interrupted_leaves_vm_on_a(tmp_path, hosts):
+    """Ctrl-C while the memory goes: the CLI cancels at the source, the VM
+    goes on there, B forgets it."""
+    a, b = hosts
+    start_on(a, tmp_path)
+    port = free_port()
+    args = [str(VIREO), "vm", "--socket", a.socket, "migrate", "mig", "--to", b.socket,
+            "--listen", f"tcp:{HOST_B}:{port}", "--bandwidth", "2M"]
+    cli = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: a.vm("mig").get("migration", {}).get("bytes_sent", 0) > 1 << 20, 30,
+                   "1 MiB sent")
+        cli.send_signal(2)
+        out, err = cli.communicate(timeout=scaled(30))
+    finally:
+        cli.kill()
+    assert cli.returncode == 1 and "cancelling the migration of mig" in err, (out, err)
+    goes_on_at_a(a, b)
+
+
+def test_one_command_source_fails_before_connecting(tmp_path, hosts):
+    """The source cannot reach the address B listens on (B's 0.0.0.0 is
+    A's own host there): its migrate fails at once, and the CLI (on B's
+    network here) ends B's wait at once, not at its 300 s deadline. A
+    stopped VM is not offered to B at all."""
+    a, b = hosts
+    d = dict(definition(tmp_path), name="idle")
+    a.ok("POST", "/vms", d, status=201)
+    r = subprocess.run([str(VIREO), "vm", "--socket", a.socket, "migrate", "idle", "--to",
+                        b.socket, "--listen", f"tcp:{HOST_B}:{free_port()}"],
+                       capture_output=True, text=True, timeout=scaled(30))
+    assert r.returncode == 1 and "idle is stopped" in r.stderr, r
+    assert b.request("GET", "/vms/idle")[0] == 404
+
+    start_on(a, tmp_path)
+    port = free_port()
+    r = subprocess.run(["ip", "netns", "exec", b.netns, str(VIREO), "vm", "--socket", a.socket,
+                        "migrate", "mig", "--to", b.socket, "--listen", f"tcp:0.0.0.0:{port}"],
+                       capture_output=True, text=True, timeout=scaled(30))
+    assert r.returncode == 1 and "cannot connect" in r.stderr, r
+    goes_on_at_a(a, b)

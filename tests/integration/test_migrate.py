@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import subprocess
+import threading
 
 import pytest
 
@@ -316,6 +317,61 @@ def test_virtio_guest_with_vnic_moves_between_hosts(tmp_path, sock, pairs, two_h
     wait_until(lambda: vireo_control(p.dsock, action="info")["nics"][0]["rx_packets"] > 20,
                10, "frames received at the destination")
     check_disks(tmp_path, qcow2, raw, p.dsock, p.dst, p.src, p.dst)
+
+
+CAPTURE = """
+import socket, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x8035))
+s.bind(("br0", 0))
+print("ready", flush=True)
+while True:
+    frame = s.recv(2048)
+    print(f"{time.monotonic():.4f} {frame.hex()}", flush=True)
+"""
+
+
+def test_vnics_announce_new_location(tmp_path, sock, pairs, two_hosts):
+    """After the switch the destination sends RARP frames with the vNIC's
+    MAC into its tap (five, at growing gaps, as QEMU does), so the bridge
+    there learns the MAC on the VM's port at once, though the guest sends
+    nothing."""
+    dst_ns = two_hosts[1]
+    mac = "52:54:00:9a:0b:01"
+    subprocess.run(["ip", "netns", "exec", dst_ns, "sh", "-c",
+                    "ip link add br0 type bridge && ip link set tap0 master br0 && "
+                    "ip link set br0 up"], check=True)
+    cap = subprocess.Popen(["ip", "netns", "exec", dst_ns, "python3", "-c", CAPTURE],
+                           stdout=subprocess.PIPE, text=True)
+    frames = []
+    try:
+        assert cap.stdout.readline() == "ready\n"
+        threading.Thread(target=lambda: frames.extend(cap.stdout), daemon=True).start()
+        p = pairs(tmp_path, sock, "scenario=count=50", hosts=two_hosts,
+                  extra=["--net", f"tap=tap0,mac={mac}"])
+        p.src.wait_line("PROBE count n=3 ")
+        assert frames == []  # nothing from the MAC there before
+        p.migrate(max_downtime_ms=300)
+        assert p.src.wait_exit(30) and p.src.proc.returncode == 0, "".join(p.src.err)
+        wait_until(lambda: len(frames) >= 5, scaled(10), "five RARP frames on br0")
+        p.dst.wait_line(f"PROBE count n={counts(lines_of(p.src))[-1] + 2} ")
+    finally:
+        cap.kill()
+        cap.wait()
+    raw = bytes.fromhex(mac.replace(":", ""))
+    times = []
+    for line in frames[:5]:
+        t, f = line.split()
+        f = bytes.fromhex(f)
+        times.append(float(t))
+        assert len(f) == 60 and f[:6] == b"\xff" * 6 and f[6:12] == raw, f.hex()
+        # RARP: Ethernet/IPv4, 6/4-byte addresses, op 3, sender = target = the MAC
+        assert f[12:22] == bytes.fromhex("80350001080006040003"), f.hex()
+        assert f[22:28] == raw and f[32:38] == raw, f.hex()
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps[0] >= 0.04 and all(b > a for a, b in zip(gaps, gaps[1:])), gaps
+    fdb = subprocess.run(["ip", "netns", "exec", dst_ns, "bridge", "fdb", "show", "br", "br0"],
+                         capture_output=True, text=True, check=True).stdout
+    assert f"{mac} dev tap0 " in fdb, fdb
 
 
 def test_fast_dirtying_guest_throttled_or_given_up(tmp_path, sock, pairs):
