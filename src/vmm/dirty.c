@@ -41,6 +41,8 @@ int dirty_log_start(struct vm *vm)
 		ret = set_slot_flags(vm, i, KVM_MEM_LOG_DIRTY_PAGES);
 	if (ret)
 		dirty_log_stop(vm);
+	else
+		__atomic_store_n(&vm->dirty_logging, true, __ATOMIC_RELAXED);
 	return ret;
 }
 
@@ -49,6 +51,7 @@ void dirty_log_stop(struct vm *vm)
 	dirty_track_stop(&vm->mem);
 	for (unsigned int i = 0; i < vm->mem.nregions; i++)
 		set_slot_flags(vm, i, 0);
+	__atomic_store_n(&vm->dirty_logging, false, __ATOMIC_RELAXED);
 }
 
 /* ORs one slot's log (bit i: page i of the slot) in at page `first`. */
