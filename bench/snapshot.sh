@@ -7,16 +7,19 @@
 #   - snapshot size: disk blocks of the files;
 #   - restore time: process start (`vireo run --restore DIR`, `qemu ...
 #     -incoming "exec:cat FILE"` and `cont` as soon as it is in) to the
-#     guest's first line after it;
+#     guest's first line after it, RESTORES times per run (the first one
+#     also checks every page; the median of all is printed);
 #   - vireo's incremental snapshot after the 10 MiB change against its full one
 #     (and the restore of that chain).
-# usage: bench/snapshot.sh [RUNS] [MEMORY]   (from the repository root, after make)
+# The full snapshot asks for dirty tracking ("track_dirty"), which the
+# incremental one needs; the restores do not (no --track-dirty).
+# usage: bench/snapshot.sh [RUNS] [MEMORY] [RESTORES]   (from the repository root, after make)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec /usr/bin/python3 - "${1:-3}" "${2:-1G}" <<'PY'
+exec /usr/bin/python3 - "${1:-3}" "${2:-1G}" "${3:-5}" <<'PY'
 import json, os, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
 
-runs, MEM = int(sys.argv[1]), sys.argv[2]
+runs, MEM, RESTORES = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 ELF = "build/guest/probe.elf"
 CMD = "scenario=touch=512 change_mib=10 change_after_ms=2000 tick_ms=5"
 tmp = tempfile.mkdtemp(prefix="vireo-bench-snap-")
@@ -90,6 +93,10 @@ def blocks(path):
         return os.stat(path).st_blocks * 512
     return sum(os.stat(os.path.join(path, f)).st_blocks * 512 for f in os.listdir(path))
 
+def restores(argv, qmp=None):
+    """RESTORES restores of one snapshot: each time taken, the first checked."""
+    return [restore(argv, qmp=qmp, check=i == 0) for i in range(RESTORES)]
+
 def restore(argv, prefix="PROBE touch tick", qmp=None, check=True):
     g = Guest(argv)
     if qmp:
@@ -115,7 +122,7 @@ def vireo_run(i):
     g.wait("PROBE touch filled")
     t0 = time.monotonic()
     vireo_ctl(sock, action="pause")
-    vireo_ctl(sock, action="snapshot", dir=full)
+    vireo_ctl(sock, action="snapshot", dir=full, track_dirty=True)
     vireo_ctl(sock, action="resume")
     t_full = time.monotonic() - t0
     g.wait("PROBE touch changed")
@@ -126,7 +133,7 @@ def vireo_run(i):
     t_inc = time.monotonic() - t0
     g.kill()
     r = {"snap": t_full, "size": blocks(full), "inc_snap": t_inc, "inc_size": blocks(inc),
-         "restore": restore(["build/vireo", "run", "--restore", full]),
+         "restore": restores(["build/vireo", "run", "--restore", full]),
          "inc_restore": restore(["build/vireo", "run", "--restore", inc], check=False)}
     shutil.rmtree(full)
     shutil.rmtree(inc)
@@ -156,8 +163,8 @@ def qemu_run(i):
         raise SystemExit("QEMU's migration to a file failed")
     g.kill()
     r = {"snap": t, "size": blocks(state),
-         "restore": restore(qemu_argv(qmp + ".in", "-incoming", f"exec:cat {state}"),
-                            qmp=qmp + ".in")}
+         "restore": restores(qemu_argv(qmp + ".in", "-incoming", f"exec:cat {state}"),
+                             qmp=qmp + ".in")}
     os.unlink(state)
     return r
 
@@ -166,12 +173,15 @@ try:
     for i in range(runs):
         res["vireo"].append(vireo_run(i))
         res["qemu"].append(qemu_run(i))
-    med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in res.items()}
+    def median(vals):
+        return statistics.median(x for v in vals for x in (v if isinstance(v, list) else [v]))
+    med = {k: {f: median(r[f] for r in v) for f in v[0]} for k, v in res.items()}
     v, q = med["vireo"], med["qemu"]
     MiB = 1 << 20
     for name, m in med.items():
         print(f"{name:6s} snapshot {m['snap']*1000:8.1f} ms  size {m['size']/MiB:7.1f} MiB  "
-              f"restore {m['restore']*1000:7.1f} ms   ({runs} runs, {MEM}, 512 MiB touched)")
+              f"restore {m['restore']*1000:7.1f} ms   ({runs} runs x {RESTORES} restores, {MEM}, "
+              "512 MiB touched)")
     print(f"vireo  incremental after 10 MiB: snapshot {v['inc_snap']*1000:.1f} ms  size "
           f"{v['inc_size']/MiB:.1f} MiB  restore (chain) {v['inc_restore']*1000:.1f} ms")
     print(f"ratio vireo/qemu: snapshot {v['snap']/q['snap']:.3f}x  size {v['size']/q['size']:.3f}x  "

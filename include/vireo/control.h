@@ -81,6 +81,8 @@ struct control_action {
 	char parent[CONTROL_MAX_PATH]; /* SNAPSHOT incremental: the parent's directory
 					* as the new one records it; "": the base's */
 	uint64_t parent_id;     /* SNAPSHOT incremental: the base must be this; 0: any */
+	bool track_dirty;       /* SNAPSHOT: keep dirty logging on for a later
+				 * incremental snapshot (snapshot_target) */
 	char uri[256];          /* MIGRATE: "tcp:HOST:PORT", or "fd": the connected
 				 * TCP socket passed with the request (fd[0]) */
 	char token[256];        /* MIGRATE: "" if none */

@@ -170,6 +170,11 @@ struct snapshot_target {
 				 * in the new snapshot (relative: to the new
 				 * snapshot's directory); NULL: base->dir */
 	uint64_t parent_id;     /* incremental: if not 0, base->id must be this */
+	/* Keep (or start) dirty logging after this snapshot or restore, so
+	 * that the next snapshot can be incremental to it; false: logging
+	 * stops (no write faults, huge mappings again) and the next snapshot
+	 * must be full. */
+	bool track_dirty;
 };
 
 struct snapshot_stats {
@@ -195,7 +200,11 @@ struct snapshot_stats {
  * The VMM's base: the snapshot its memory last equalled (the last one it
  * took or the one it was restored from), with KVM dirty logging on from
  * that instant: the guest's writes (KVM's log) and the VMM's own writes
- * into guest RAM (the virtio devices', dirty_mark()). */
+ * into guest RAM (the virtio devices', dirty_mark()). Only if that
+ * snapshot or restore asked for it (snapshot_target.track_dirty): logging
+ * costs a write fault per page and 4 KiB mappings for as long as it runs,
+ * so without the request it stops and there is no base (an incremental
+ * snapshot is then refused, never silently full). */
 #define SNAPSHOT_MAX_CHAIN 64
 
 struct snapshot_base {
@@ -205,13 +214,17 @@ struct snapshot_base {
 	uint64_t words;
 	bool disabled;          /* a migration took over the dirty log: no base
 				 * again in this process */
+	uint64_t untracked;     /* id of the last snapshot taken or restored
+				 * without track_dirty (0: none), for the
+				 * refusal of an increment to it */
 };
 
 /* 0 if incremental snapshots are possible for t's VM, else -ENOTSUP with
  * err_set() saying why. */
 int snapshot_incremental_supported(const struct snapshot_target *t);
-/* Makes snapshot `id` (in dir, NULL: unknown) the base and starts dirty
- * logging, if t's VM can have one; otherwise drops the base. */
+/* With t->track_dirty: makes snapshot `id` (in dir, NULL: unknown) the
+ * base and starts dirty logging, if t's VM can have one; otherwise (or
+ * without track_dirty) drops the base and stops the logging it ran. */
 void snapshot_base_set(const struct snapshot_target *t, uint64_t id, const char *dir);
 /* No base any more (e.g. a migration takes over the dirty log). */
 void snapshot_base_drop(struct snapshot_base *b);

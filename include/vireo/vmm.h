@@ -85,6 +85,8 @@ struct vm {
 	unsigned int max_cpus;
 	unsigned int ncpus_hint; /* vCPUs the VM will have, for CPUID topology */
 	struct guest_memory mem;
+	bool dirty_logging;   /* KVM_MEM_LOG_DIRTY_PAGES on the memory slots
+			       * (dirty.c; read by the control socket's info) */
 	struct vcpu *vcpus;
 	struct bus pio;
 	struct bus mmio;

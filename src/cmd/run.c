@@ -70,6 +70,7 @@ struct run_options {
 	struct migrate_storage incoming_disks;	/* --incoming-disk: copied storage */
 	struct migrate_incoming *in;		/* --incoming: the stream, received */
 	bool paused;				/* --paused */
+	bool track_dirty;			/* --track-dirty (with --restore) */
 	unsigned int machine_opts;		/* options --restore takes from the snapshot */
 	struct snapshot *snap;			/* --restore: the snapshot, checked */
 	struct machine_config machine;		/* what snapshots record */
@@ -152,6 +153,9 @@ static const char run_usage[] =
 	"  --restore DIR    restore the snapshot in DIR (the control socket's\n"
 	"                   'snapshot' action) instead of booting: the machine and\n"
 	"                   its state come from DIR (docs/run.md)\n"
+	"  --track-dirty    with --restore: log the pages the guest writes from the\n"
+	"                   restore on, so that the next snapshot can be incremental\n"
+	"                   to this one (costs a write fault per page; docs/run.md)\n"
 	"  --paused         start paused (resume through the control socket)\n"
 	"  --incoming tcp:ADDR:PORT  wait for a live migration on ADDR:PORT and run\n"
 	"                   the VM it brings (the source's control action 'migrate')\n"
@@ -438,6 +442,9 @@ static int check_run_options(struct run_options *o, bool seccomp_given)
 		return err_set(-errno, "--jail %s: %s", o->sandbox.jail, strerror(errno));
 	if ((o->incoming_token || o->incoming_disks.ndisks) && !o->incoming)
 		return err_set(-EINVAL, "--incoming-token-file and --incoming-disk go with --incoming");
+	if (o->track_dirty && !o->restore)
+		return err_set(-EINVAL, "--track-dirty goes with --restore (a running VM starts "
+			       "tracking with the 'snapshot' action's \"track_dirty\")");
 	if (o->incoming)
 		return check_incoming(o);
 	if (o->restore)
@@ -482,7 +489,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 	enum { OPT_HUGEPAGES = 256, OPT_REBOOT, OPT_DISK, OPT_RNG, OPT_BALLOON, OPT_NET,
 	       OPT_API_SOCKET, OPT_VCPU_CGROUP, OPT_CONSOLE_SOCKET, OPT_USER, OPT_JAIL,
 	       OPT_SECCOMP, OPT_STORAGE, OPT_STATUS_FILE, OPT_DEBUG_EXIT, OPT_RESTORE,
-	       OPT_PAUSED, OPT_FIRMWARE, OPT_FIRMWARE_DEBUG,
+	       OPT_PAUSED, OPT_TRACK_DIRTY, OPT_FIRMWARE, OPT_FIRMWARE_DEBUG,
 	       OPT_INCOMING, OPT_INCOMING_TOKEN, OPT_INCOMING_DISK };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
@@ -509,6 +516,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "debug-exit", no_argument, NULL, OPT_DEBUG_EXIT },
 		{ "restore", required_argument, NULL, OPT_RESTORE },
 		{ "paused", no_argument, NULL, OPT_PAUSED },
+		{ "track-dirty", no_argument, NULL, OPT_TRACK_DIRTY },
 		{ "incoming", required_argument, NULL, OPT_INCOMING },
 		{ "incoming-token-file", required_argument, NULL, OPT_INCOMING_TOKEN },
 		{ "incoming-disk", required_argument, NULL, OPT_INCOMING_DISK },
@@ -577,6 +585,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		case OPT_DEBUG_EXIT: o->debug_exit = true; break;
 		case OPT_RESTORE: o->restore = optarg; break;
 		case OPT_PAUSED: o->paused = true; break;
+		case OPT_TRACK_DIRTY: o->track_dirty = true; break;
 		case OPT_FIRMWARE: o->firmware = optarg; break;
 		case OPT_FIRMWARE_DEBUG: o->firmware_debug = true; break;
 		case OPT_INCOMING: o->incoming = optarg; break;
@@ -826,7 +835,10 @@ static int restore_state(struct vm *vm, struct vm_devices *devs, const struct ru
 {
 	struct snapshot_target t = { .vm = vm, .serial = devs->serial, .ged = devs->ged,
 				     .rtc = devs->rtc, .machine = &o->machine, .virtio = devs->virtio,
-				     .nvirtio = devs->nvirtio, .base = &devs->snap_base };
+				     .nvirtio = devs->nvirtio, .base = &devs->snap_base,
+				     .track_dirty = o->track_dirty };
+	/* The slots first: KVM checks guest addresses in MSRs (kvmclock,
+	 * steal time, async PF, PV EOI) against them as they are set. */
 	int ret = vm_memory_ready(vm);
 
 	return ret ? ret : snapshot_restore(o->snap, &t);

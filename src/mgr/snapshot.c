@@ -624,6 +624,9 @@ static enum mgr_err vmm_take(struct mgr *m, struct mgr_vm *vm, const char *dir,
 		json_object_object_add(req, "fds", json_object_new_boolean(true));
 		if (open_outputs(dir, fd))
 			e = MGR_E_FAILED;
+		/* The daemon keeps an increment possible after every memory
+		 * snapshot (`vm snapshot --incremental`, docs/api.md). */
+		json_object_object_add(req, "track_dirty", json_object_new_boolean(true));
 		if (q->incremental)
 			add_incremental(req, q);
 	}

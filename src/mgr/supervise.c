@@ -355,6 +355,9 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 	/* A restore takes the machine from the snapshot (run --restore). */
 	if (restore) {
 		argv[n++] = xasprintf("--restore=%s", restore);
+		/* An increment over the snapshot rolled back to stays possible
+		 * (as after the daemon's snapshots: snapshot.c). */
+		argv[n++] = strdup("--track-dirty");
 		if (paused)
 			argv[n++] = strdup("--paused");
 		goto host;

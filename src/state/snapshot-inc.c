@@ -69,6 +69,16 @@ void snapshot_base_set(const struct snapshot_target *t, uint64_t id, const char 
 
 	if (!b)
 		return;
+	b->untracked = 0;
+	if (!t->track_dirty) {
+		/* Nothing can be incremental to it: no log (bits: ours runs;
+		 * a migration's, after it took over, is not ours to stop). */
+		if (b->bits)
+			dirty_log_stop(t->vm);
+		snapshot_base_drop(b);
+		b->untracked = id;
+		return;
+	}
 	if (!id || snapshot_incremental_supported(t) || base_reset(t)) {
 		snapshot_base_drop(b);
 		return;
@@ -101,6 +111,11 @@ int snapshot_inc_prepare(const struct snapshot_target *t)
 	ret = snapshot_incremental_supported(t);
 	if (ret)
 		return ret;
+	if (!b->id && b->untracked)
+		return err_set(-ENOENT, "dirty tracking is off since snapshot %016llx (taken or "
+			       "restored without \"track_dirty\": true): an incremental snapshot "
+			       "needs it; take a full one with \"track_dirty\": true first",
+			       (unsigned long long)b->untracked);
 	if (!b->id)
 		return err_set(-ENOENT, "no snapshot to be incremental to: this VM has taken or "
 			       "been restored from none since it started; take a full one first");

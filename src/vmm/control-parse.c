@@ -21,7 +21,7 @@ static const char *const limit_fields[] = { "disk", "bps", "iops", "nic", "rx_bp
 static const char *const pin_fields[] = { "vcpu", "cpus", NULL };
 static const char *const balloon_fields[] = { "target", NULL };
 static const char *const snapshot_fields[] = { "dir", "fds", "disks", "name", "incremental",
-					       "parent", "parent_id", NULL };
+					       "parent", "parent_id", "track_dirty", NULL };
 static const char *const name_fields[] = { "name", NULL };
 static const char *const migrate_fields[] = { "uri", "token", "max_downtime_ms", "bandwidth",
 					      "copy_storage", NULL };
@@ -224,6 +224,23 @@ static int parse_incremental(struct json_object *obj, struct control_action *a)
 	return 0;
 }
 
+/* "track_dirty": BOOL, with memory (dir or fds) only. */
+static int parse_track_dirty(struct json_object *obj, struct control_action *a)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(obj, "track_dirty", &v))
+		return 0;
+	if (!json_object_is_type(v, json_type_boolean))
+		return err_set(-EINVAL, "snapshot 'track_dirty' must be true or false");
+	a->track_dirty = json_object_get_boolean(v);
+	if (!json_object_object_get_ex(obj, "dir", &v) &&
+	    !(json_object_object_get_ex(obj, "fds", &v) && json_object_get_boolean(v)))
+		return err_set(-EINVAL, "snapshot 'track_dirty' goes with a snapshot of memory "
+			       "('dir' or 'fds')");
+	return 0;
+}
+
 /* {"dir": "/abs/path", "disks": BOOL, "name": SNAP}: dir absolute, so that
  * it does not depend on the VMM's working directory; either may be left
  * out (not both): disks only, or memory and state only. */
@@ -232,7 +249,7 @@ static int parse_snapshot(struct json_object *obj, struct control_action *a)
 	struct json_object *v;
 	const char *dir;
 
-	if (parse_incremental(obj, a))
+	if (parse_incremental(obj, a) || parse_track_dirty(obj, a))
 		return -EINVAL;
 
 	if (json_object_object_get_ex(obj, "disks", &v)) {

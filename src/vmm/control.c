@@ -222,6 +222,8 @@ static struct json_object *control_info(const struct control_target *t)
 	json_object_object_add(r, "pid", json_object_new_int((int)getpid()));
 	json_object_object_add(r, "cpus", json_object_new_int((int)t->vm->ncpus));
 	add_u64(r, "memory", t->vm->mem.size);
+	json_object_object_add(r, "dirty_log", json_object_new_boolean(
+		__atomic_load_n(&t->vm->dirty_logging, __ATOMIC_RELAXED)));
 	for (unsigned int i = 0; i < t->vm->ncpus; i++)
 		exits += __atomic_load_n(&t->vm->vcpus[i].exits, __ATOMIC_RELAXED);
 	add_u64(r, "exits", exits);
@@ -376,7 +378,7 @@ static struct json_object *apply_snapshot(const struct control_target *t,
 				      .rtc = t->rtc, .machine = t->machine, .virtio = t->virtio,
 				      .nvirtio = t->nvirtio, .base = t->snap_base,
 				      .incremental = a->incremental, .parent = a->parent,
-				      .parent_id = a->parent_id };
+				      .parent_id = a->parent_id, .track_dirty = a->track_dirty };
 	struct snapshot_stats stats = { 0 };
 	char id[17];
 	struct json_object *r;

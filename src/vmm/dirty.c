@@ -41,14 +41,22 @@ int dirty_log_start(struct vm *vm)
 		ret = set_slot_flags(vm, i, KVM_MEM_LOG_DIRTY_PAGES);
 	if (ret)
 		dirty_log_stop(vm);
+	else
+		__atomic_store_n(&vm->dirty_logging, true, __ATOMIC_RELAXED);
 	return ret;
 }
 
 void dirty_log_stop(struct vm *vm)
 {
+	bool all = true;
+
 	dirty_track_stop(&vm->mem);
 	for (unsigned int i = 0; i < vm->mem.nregions; i++)
-		set_slot_flags(vm, i, 0);
+		if (set_slot_flags(vm, i, 0))
+			all = false;
+	/* info says what the slots carry: a slot left logging shows. */
+	if (all)
+		__atomic_store_n(&vm->dirty_logging, false, __ATOMIC_RELAXED);
 }
 
 /* ORs one slot's log (bit i: page i of the slot) in at page `first`. */

@@ -1,7 +1,8 @@
 """Incremental snapshots (issue 11): the control socket's "snapshot" action
 with "incremental": true saves only the pages the guest dirtied since the
-VMM's base (its last snapshot, or the one it was restored from), naming that
-one as its parent; `vireo run --restore` of an increment restores the chain.
+VMM's base (its last snapshot taken with "track_dirty": true, or the one it
+was restored from with --track-dirty), naming that one as its parent;
+`vireo run --restore` of an increment restores the chain.
 
 The probe's dirty scenario writes every page of a 4 MiB buffer in each pass,
 each with its own address and the pass number, and checks first that the
@@ -72,7 +73,7 @@ def take_chain(tmp_path, sock):
     try:
         for name, inc in (("A", False), ("B", True), ("C", True)):
             pause_at(guest, sock, 20)
-            replies[name] = snapshot(sock, tmp_path / name, incremental=inc)
+            replies[name] = snapshot(sock, tmp_path / name, incremental=inc, track_dirty=True)
             last[name] = last_pass(guest)
             if name == "C":
                 replies["Cf"] = snapshot(sock, tmp_path / "Cf")
@@ -137,7 +138,7 @@ def test_increment_of_a_restored_chain(tmp_path, sock):
     """A VMM restored from C takes C as its base: its increment D restores
     exactly, through the chain A, B, C."""
     last, _ = take_chain(tmp_path, sock)
-    guest = LiveProbe([str(VIREO), "run", "--restore", str(tmp_path / "C"),
+    guest = LiveProbe([str(VIREO), "run", "--restore", str(tmp_path / "C"), "--track-dirty",
                        "--api-socket", fresh(sock)])
     try:
         pause_at(guest, sock, 10)
@@ -158,7 +159,7 @@ def test_small_change_small_increment(tmp_path, sock):
     try:
         guest.wait_line("PROBE count n=5 ")
         assert vireo_control(sock, action="pause")["ok"]
-        full = snapshot(sock, tmp_path / "A")
+        full = snapshot(sock, tmp_path / "A", track_dirty=True)
         assert vireo_control(sock, action="resume")["ok"]
         guest.wait_line("PROBE count n=15 ")
         assert vireo_control(sock, action="pause")["ok"]
@@ -189,7 +190,7 @@ def test_incremental_refused_without_base(tmp_path, sock):
         r = vireo_control(sock, action="snapshot", dir=str(tmp_path / "X"), incremental=True)
         assert not r["ok"] and "take a full one first" in r["error"], r
         assert not (tmp_path / "X" / "state").exists()
-        snapshot(sock, tmp_path / "A")
+        snapshot(sock, tmp_path / "A", track_dirty=True)
         r = vireo_control(sock, action="snapshot", dir=str(tmp_path / "B"), incremental=True,
                           parent_id="0123456789abcdef")
         assert not r["ok"] and "does not descend" in r["error"], r
@@ -281,7 +282,7 @@ def test_chain_with_virtio_devices(tmp_path, sock):
             at = devloop(guest)[-1][0] if devloop(guest) else 0
             guest.wait_line(f"PROBE devloop n={at + KEEP + 5} ")
             assert vireo_control(sock, action="pause")["ok"]
-            r = snapshot(sock, tmp_path / name, incremental=inc)
+            r = snapshot(sock, tmp_path / name, incremental=inc, track_dirty=True)
             if inc:
                 # Not all of RAM: the balloon's 64 MiB and the untouched rest stay out.
                 assert 0 < r["dirty_pages"] < 4096, r

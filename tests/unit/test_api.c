@@ -65,6 +65,14 @@ static void control_actions_parse(void **state)
 			       "\"parent\":\"../p\",\"parent_id\":\"00000000000000ff\"}", &a), 0);
 	assert_string_equal(a.parent, "../p");
 	assert_true(a.incremental && a.parent_id == 0xff);
+	assert_false(a.track_dirty);
+	/* Dirty tracking after it: asked for with memory only. */
+	assert_int_equal(parse("{\"action\":\"snapshot\",\"dir\":\"/a\",\"track_dirty\":true}",
+			       &a), 0);
+	assert_true(a.track_dirty && !a.incremental);
+	assert_int_equal(parse("{\"action\":\"snapshot\",\"fds\":true,\"incremental\":true,"
+			       "\"track_dirty\":true}", &a), 0);
+	assert_true(a.track_dirty && a.incremental && a.fds);
 	assert_int_equal(parse("{\"action\":\"disk-snapshot-delete\",\"name\":\"s\"}", &a), 0);
 	assert_int_equal(a.kind, CONTROL_DISK_SNAPSHOT_DELETE);
 	assert_string_equal(a.name, "s");
@@ -104,6 +112,10 @@ static void control_rejects_bad_requests(void **state)
 		"{\"action\":\"snapshot\",\"dir\":\"/a\",\"incremental\":true,"
 		"\"parent_id\":\"0000000000000000\"}",
 		"{\"action\":\"snapshot\",\"disks\":true}",
+		"{\"action\":\"snapshot\",\"dir\":\"/a\",\"track_dirty\":1}",
+		"{\"action\":\"snapshot\",\"disks\":true,\"name\":\"s\",\"track_dirty\":true}",
+		"{\"action\":\"snapshot\",\"fds\":false,\"disks\":true,\"name\":\"s\","
+		"\"track_dirty\":false}",
 		"{\"action\":\"snapshot\",\"disks\":false}",
 		"{\"action\":\"snapshot\",\"disks\":\"yes\",\"name\":\"s\"}",
 		"{\"action\":\"snapshot\",\"dir\":\"/a\",\"name\":\"s\"}",
