@@ -153,7 +153,7 @@ def wait_marker(out, proc):
 
     def look():
         now = time.time()
-        if re.search(MARKER + r" at [0-9.]+\n", out()):
+        if re.search(MARKER + r" at [0-9.]+\r?\n", out()):
             seen[1] = time.time()
             return True
         seen[0] = now
