@@ -206,6 +206,91 @@ def test_nic_bandwidth_follows_demand_and_weights(policy):
     assert abs(r["n2"] / r["n1"] - 2) <= 0.2, r
 
 
+def test_nic_burst_beside_idle_ones_gets_the_spare_budget(policy):
+    """Two vNICs idle, one transmitting as fast as it can: within two
+    intervals of its start it is allowed nearly the whole budget, does that
+    much, and the decision is logged and in /metrics."""
+    nic_vm(policy, "ni1", IDLE)
+    nic_vm(policy, "ni2", IDLE)
+    # The idle ones have been seen idle (a bounded demand).
+    assert wait_for(lambda: all(limits(policy, n, "nics", "demand_tx_bps") is not None
+                                for n in ("ni1", "ni2")), timeout=10), policy.vm("ni1")
+    nic_vm(policy, "nb", BUSY_NET)
+    t0 = time.monotonic()
+    assert wait_for(lambda: (limits(policy, "nb", "nics", "limit_tx_bps") or 0)
+                    >= 0.9 * NET_BUDGET, timeout=10), \
+        (policy.vm("nb").get("io_policy"), policy.logtext()[-3000:])
+    took = time.monotonic() - t0
+    assert took <= scaled(2 * INTERVAL_MS / 1000 + 1.5), took   # + start and a round trip
+    r = rates(policy, ["nb"], nic_bytes, 2 * NET_BUDGET)["nb"]
+    assert 0.85 * NET_BUDGET <= r <= 1.1 * NET_BUDGET, r
+    # The idle ones keep what they would need to start, no more.
+    for n in ("ni1", "ni2"):
+        assert limits(policy, n, "nics", "limit_tx_bps") <= 0.05 * NET_BUDGET, policy.vm(n)
+    assert "I/O policy: nic 0 tx_bps" in policy.logtext()
+    st, text = policy.request("GET", "/metrics")
+    assert 'vireo_vm_nic_policy_demand_tx_bytes_per_second{vm="nb",nic="0"} +Inf' in text
+    assert f'vireo_io_budget_per_second{{class="net_bytes"}} {NET_BUDGET}' in text
+
+
+def test_nic_shares_follow_weights_when_all_are_busy(policy):
+    weights = {"nw1": 100, "nw2": 200, "nw3": 300}
+    for n, w in weights.items():
+        nic_vm(policy, n, BUSY_NET, weight=w)
+    want = {n: NET_BUDGET * w / 600 for n, w in weights.items()}
+    assert wait_for(lambda: converged(policy, weights, want, "nics", "limit_tx_bps"),
+                    timeout=15), ({n: policy.vm(n)["io_policy"] for n in weights},
+                                  policy.logtext()[-3000:])
+    r = rates(policy, list(weights), nic_bytes, 2 * want["nw1"])
+    total = sum(r.values())
+    for n, w in weights.items():
+        assert abs(r[n] / total - w / 600) <= 0.1 * w / 600, (r, weights)
+    assert 0.85 * NET_BUDGET <= total <= 1.1 * NET_BUDGET, r
+
+
+def in_force(d, name, key):
+    """The limit the VMM's rate limiter has now (0: none)."""
+    return d.vm(name)["vmm"]["nics"][0][key]
+
+
+def test_fixed_nic_limit_holds_under_the_policy(policy):
+    """A vNIC's fixed tx_bps is a hard cap (docs/api.md rule 4): with weight
+    300 and a floor of half the budget it would get 3/4; capped at 1/4 it
+    never has more, and the other busy one takes the rest. A cap lowered on
+    the running VM holds from the PATCH on, and the PATCH leaves the
+    policy's receive limit in force (no unlimited moment)."""
+    cap = NET_BUDGET // 4
+    nic_vm(policy, "nc1", BUSY_NET, weight=300, floor_bps=NET_BUDGET // 2, tx_bps=cap)
+    nic_vm(policy, "nc2", BUSY_NET, weight=100)
+    names = ["nc1", "nc2"]
+    seen = []
+
+    def capped(want):
+        seen.append(in_force(policy, "nc1", "tx_bps"))
+        return converged(policy, names, want, "nics", "limit_tx_bps")
+
+    want = {"nc1": cap, "nc2": NET_BUDGET - cap}
+    assert wait_for(lambda: capped(want), timeout=15), \
+        ({n: policy.vm(n)["io_policy"] for n in names}, policy.logtext()[-3000:])
+    r = rates(policy, names, nic_bytes, 2 * cap)
+    assert 0 < min(seen) and max(seen) <= cap, seen
+    assert r["nc1"] <= 1.1 * cap, r
+    assert r["nc2"] >= 0.85 * (NET_BUDGET - cap), r
+    rx = policy.vm("nc1")["io_policy"]["nics"][0]["limit_rx_bps"]
+    assert rx and 0 < in_force(policy, "nc1", "rx_bps") <= rx, policy.vm("nc1")
+    low = cap // 2
+    policy.ok("PATCH", "/vms/nc1", {"nic_limits": [{"nic": 0, "tx_bps": low}]})
+    assert 0 < in_force(policy, "nc1", "rx_bps") <= NET_BUDGET, policy.vm("nc1")["vmm"]
+    assert policy.vm("nc1")["nics"][0]["tx_bps"] == low
+    want = {"nc1": low, "nc2": NET_BUDGET - low}
+    seen.clear()
+    assert wait_for(lambda: capped(want), timeout=15), \
+        ({n: policy.vm(n)["io_policy"] for n in names}, policy.logtext()[-3000:])
+    r = rates(policy, names, nic_bytes, 2 * low)
+    assert 0 < min(seen) and max(seen) <= low, seen
+    assert r["nc1"] <= 1.1 * low, r
+
+
 def test_weights_and_floors_in_definitions_and_cli(policy, tmp_path):
     """The fields are kept, shown only when set, refused out of range, and
     `vireo vm create` takes them."""
