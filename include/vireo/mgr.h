@@ -508,6 +508,12 @@ uint64_t io_demand(bool first, uint64_t used, uint64_t limit, uint64_t throttled
 /* One round, under m->lock: reads every running VM's counters, allocates
  * each budget and sets the changed limits through the control sockets. */
 void mgr_iopolicy_run(struct mgr *m);
+/* The limit to put in force when a running VM's fixed limit (`cap`, 0:
+ * none) of slot `dev`, dimension `k` changes: the policy's limit within
+ * the new cap while it manages that dimension (so the budget holds until
+ * its next round), else the cap. Under m->lock. */
+uint64_t mgr_iopolicy_bound(const struct mgr *m, const struct mgr_vm *vm, unsigned int dev,
+			    int k, uint64_t cap);
 /* The policy's view of a VM's devices (GET /vms/NAME), NULL when off. */
 struct json_object *mgr_iopolicy_json(struct mgr *m, const struct mgr_vm *vm);
 void mgr_iopolicy_metrics(struct mgr *m, FILE *f);

@@ -333,9 +333,33 @@ static const char *demand_text(uint64_t d, char *buf, size_t size)
 	return buf;
 }
 
+/* The fixed limit of slot `dev`, dimension `k` in the VM's definition. */
+static uint64_t dev_cap(const struct vm_def *def, unsigned int dev, int k)
+{
+	const struct mgr_nic *nic;
+
+	if (dev < MGR_MAX_DISKS)
+		return k ? def->disks[dev].iops : def->disks[dev].bps;
+	nic = &def->nics[(dev - MGR_MAX_DISKS) / 2];
+	return (dev - MGR_MAX_DISKS) % 2 ? nic->tx_bps : nic->rx_bps;
+}
+
+static uint64_t within(uint64_t v, uint64_t cap)
+{
+	return cap && (!v || v > cap) ? cap : v;
+}
+
+uint64_t mgr_iopolicy_bound(const struct mgr *m, const struct mgr_vm *vm, unsigned int dev,
+			    int k, uint64_t cap)
+{
+	if (!m->io_auto || vm->state != MGR_RUNNING || !vm->io[dev].limit[k])
+		return cap;
+	return within(vm->io[dev].limit[k], cap);
+}
+
 /* Sends one device's new limits (under the VM's operation lock, skipped if
  * the VM is in an operation; m->lock dropped for the request). */
-static void set_dev(struct mgr *m, struct mgr_vm *vm, unsigned int dev, const uint64_t want[2])
+static void set_dev(struct mgr *m, struct mgr_vm *vm, unsigned int dev, uint64_t want[2])
 {
 	bool nic = dev >= MGR_MAX_DISKS;
 	unsigned int idx = nic ? (dev - MGR_MAX_DISKS) / 2 : dev;
@@ -345,6 +369,10 @@ static void set_dev(struct mgr *m, struct mgr_vm *vm, unsigned int dev, const ui
 
 	if (vm->deleted || pthread_mutex_trylock(&vm->lock))
 		return;
+	/* A PATCH may have lowered the cap since this round read it. */
+	for (int k = 0; k < 2; k++)
+		if (want[k])
+			want[k] = within(want[k], dev_cap(&vm->def, dev, k));
 	store_path(m, sock, sizeof(sock), "run", vm->def.name, ".sock");
 	if (nic) {
 		snprintf(req, sizeof(req), "{\"action\":\"set-limits\",\"nic\":%u,\"%s\":%" PRIu64 "}",

@@ -935,16 +935,21 @@ static enum mgr_err patch_live(struct mgr *m, struct mgr_vm *vm, const struct vm
 		/* Only a weight or floor: the I/O policy's next round uses it. */
 		if (!p->limits[i].has_bps && !p->limits[i].has_iops)
 			continue;
+		/* Under the I/O policy its limits within the new caps, not
+		 * the caps: an uncapped one would run unlimited until the
+		 * policy's next round. */
 		if (p->limits[i].nic)
 			snprintf(req, sizeof(req), "{\"action\":\"set-limits\",\"nic\":%u,"
 				 "\"rx_bps\":%llu,\"tx_bps\":%llu}", k,
-				 (unsigned long long)nd->nics[k].rx_bps,
-				 (unsigned long long)nd->nics[k].tx_bps);
+				 (unsigned long long)mgr_iopolicy_bound(m, vm, MGR_MAX_DISKS + 2 * k,
+									0, nd->nics[k].rx_bps),
+				 (unsigned long long)mgr_iopolicy_bound(m, vm, MGR_MAX_DISKS + 2 * k + 1,
+									0, nd->nics[k].tx_bps));
 		else
 			snprintf(req, sizeof(req), "{\"action\":\"set-limits\",\"disk\":%u,"
 				 "\"bps\":%llu,\"iops\":%llu}", k,
-				 (unsigned long long)nd->disks[k].bps,
-				 (unsigned long long)nd->disks[k].iops);
+				 (unsigned long long)mgr_iopolicy_bound(m, vm, k, 0, nd->disks[k].bps),
+				 (unsigned long long)mgr_iopolicy_bound(m, vm, k, 1, nd->disks[k].iops));
 		e = control(m, vm, req, NULL);
 		if (e != MGR_OK)
 			return e;
