@@ -5,7 +5,9 @@
 counters (`vmm.disks[].wr_bytes`, `vmm.nics[].tx_bytes`) over a window that
 ends when enough bytes went through, never over a fixed sleep."""
 import os
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -181,6 +183,7 @@ def nic_vm(d, name, scenario, **nic):
     if st != 200 and "tap" in js.get("error", ""):
         pytest.skip("skipped: cannot create tap devices here: " + js["error"])
     assert st == 200, js
+    return tap
 
 
 def test_nic_bandwidth_follows_demand_and_weights(policy):
@@ -289,6 +292,102 @@ def test_fixed_nic_limit_holds_under_the_policy(policy):
     r = rates(policy, names, nic_bytes, 2 * low)
     assert 0 < min(seen) and max(seen) <= low, seen
     assert r["nc1"] <= 1.1 * low, r
+
+
+# Receive: the guest takes frames from its tap (net_echo counts the ones
+# not for it and sends nothing back); the host sends them into the tap.
+RECEIVE = "net_echo=1 net_echo_ms=600000 irq=msix"
+FRAME = 9014
+
+
+class Flood:
+    """Sends 9014-byte frames (not for the guest, another ethertype) into
+    taps at `rate` bytes/s each, paced, until stopped."""
+
+    def __init__(self):
+        self.rates, self.stop = {}, threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.error = None
+
+    def start(self, tap, rate):
+        # The VMM leaves the host side's MTU alone (1500); the frames are
+        # 9014 bytes, a sixth of the exits of 1514-byte ones.
+        subprocess.run(["ip", "link", "set", tap, "mtu", "9000"], check=True)
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        s.bind((tap, 0))
+        self.rates[tap] = [s, rate, time.monotonic(), 0]
+        if not self.thread.is_alive():
+            self.thread.start()
+
+    def run(self):
+        frame = bytes.fromhex("020000000099" "020000000098" "88b6") + bytes(FRAME - 14)
+        try:
+            while not self.stop.wait(0.005):
+                for entry in list(self.rates.values()):
+                    s, rate, t0, sent = entry
+                    due = int((time.monotonic() - t0) * rate / FRAME)
+                    for _ in range(min(due - sent, 200)):
+                        try:
+                            s.send(frame)
+                        except BlockingIOError:
+                            pass
+                        except OSError as e:   # ENOBUFS: the tap's queue is full
+                            if e.errno != 105:
+                                raise
+                    entry[3] = due
+        except Exception as e:   # noqa: BLE001 (reported by the test)
+            self.error = e
+
+    def close(self):
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(5)
+        for s, *_ in self.rates.values():
+            s.close()
+
+
+@pytest.fixture
+def flood():
+    f = Flood()
+    yield f
+    f.close()
+
+
+def nic_rx_bytes(d, name):
+    return d.vm(name)["vmm"]["nics"][0]["rx_bytes"]
+
+
+def test_nic_receive_follows_demand_and_weights(policy, flood):
+    """Receive bandwidth has its own pool with the same rules: a vNIC the
+    host floods beside two idle ones is allowed nearly the whole budget
+    within two intervals and receives that much; with all three flooded,
+    shares follow weights."""
+    weights = {"nr1": 100, "nr2": 200, "nr3": 300}
+    taps = {n: nic_vm(policy, n, RECEIVE, weight=w) for n, w in weights.items()}
+    assert wait_for(lambda: all(limits(policy, n, "nics", "demand_rx_bps") is not None
+                                for n in weights), timeout=10), policy.vm("nr1")
+    flood.start(taps["nr1"], 2 * NET_BUDGET)
+    t0 = time.monotonic()
+    assert wait_for(lambda: (limits(policy, "nr1", "nics", "limit_rx_bps") or 0)
+                    >= 0.9 * NET_BUDGET, timeout=10), \
+        (policy.vm("nr1").get("io_policy"), flood.error, policy.logtext()[-3000:])
+    took = time.monotonic() - t0
+    assert took <= scaled(2 * INTERVAL_MS / 1000 + 1.5), took
+    r = rates(policy, ["nr1"], nic_rx_bytes, 2 * NET_BUDGET)["nr1"]
+    assert 0.85 * NET_BUDGET <= r <= 1.1 * NET_BUDGET, r
+    assert "I/O policy: nic 0 rx_bps" in policy.logtext()
+    for n in ("nr2", "nr3"):
+        flood.start(taps[n], NET_BUDGET * 1.2)
+    want = {n: NET_BUDGET * w / 600 for n, w in weights.items()}
+    assert wait_for(lambda: converged(policy, weights, want, "nics", "limit_rx_bps"),
+                    timeout=15), ({n: policy.vm(n)["io_policy"] for n in weights},
+                                  flood.error, policy.logtext()[-3000:])
+    r = rates(policy, list(weights), nic_rx_bytes, 2 * want["nr1"])
+    total = sum(r.values())
+    for n, w in weights.items():
+        assert abs(r[n] / total - w / 600) <= 0.1 * w / 600, (r, weights)
+    assert 0.85 * NET_BUDGET <= total <= 1.1 * NET_BUDGET, r
+    assert flood.error is None, flood.error
 
 
 def test_weights_and_floors_in_definitions_and_cli(policy, tmp_path):
