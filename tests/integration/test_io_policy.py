@@ -251,9 +251,9 @@ def test_nic_shares_follow_weights_when_all_are_busy(policy):
     assert 0.85 * NET_BUDGET <= total <= 1.1 * NET_BUDGET, r
 
 
-def in_force(d, name, key):
+def in_force(d, name, key, kind="nics"):
     """The limit the VMM's rate limiter has now (0: none)."""
-    return d.vm(name)["vmm"]["nics"][0][key]
+    return d.vm(name)["vmm"][kind][0][key]
 
 
 def test_fixed_nic_limit_holds_under_the_policy(policy):
@@ -292,6 +292,48 @@ def test_fixed_nic_limit_holds_under_the_policy(policy):
     r = rates(policy, names, nic_bytes, 2 * low)
     assert 0 < min(seen) and max(seen) <= low, seen
     assert r["nc1"] <= 1.1 * low, r
+
+
+def test_fixed_disk_limit_holds_under_the_policy(tmp_path):
+    """The same for a disk's fixed bps, with an operations budget too: a
+    PATCH of bps leaves the policy's iops limit in force (the definition
+    has no fixed iops, which would mean none until the next round)."""
+    iops_budget = 2000
+    d = Daemon(extra=["--storage", str(tmp_path), "--io-policy=auto",
+                      f"--io-interval={INTERVAL_MS}", f"--io-budget-bps={BUDGET}",
+                      f"--io-budget-iops={iops_budget}"]).start()
+    try:
+        cap = BUDGET // 4
+        disk_vm(d, tmp_path, "dc1", BUSY_DISK, weight=300, floor_bps=BUDGET // 2, bps=cap)
+        disk_vm(d, tmp_path, "dc2", BUSY_DISK, weight=100)
+        names = ["dc1", "dc2"]
+        seen = []
+
+        def capped(want):
+            seen.append(in_force(d, "dc1", "bps", "disks"))
+            return converged(d, names, want)
+
+        want = {"dc1": cap, "dc2": BUDGET - cap}
+        assert wait_for(lambda: capped(want), timeout=15), \
+            ({n: d.vm(n)["io_policy"] for n in names}, d.logtext()[-3000:])
+        r = rates(d, names, disk_bytes, 2 * cap)
+        assert 0 < min(seen) and max(seen) <= cap, seen
+        assert r["dc1"] <= 1.1 * cap, r
+        assert r["dc2"] >= 0.85 * (BUDGET - cap), r
+        iops = limits(d, "dc1", "disks", "limit_iops")
+        assert iops and 0 < in_force(d, "dc1", "iops", "disks") <= iops_budget, d.vm("dc1")
+        low = cap // 2
+        d.ok("PATCH", "/vms/dc1", {"disk_limits": [{"disk": 0, "bps": low}]})
+        assert 0 < in_force(d, "dc1", "iops", "disks") <= iops_budget, d.vm("dc1")["vmm"]
+        assert 0 < in_force(d, "dc1", "bps", "disks") <= low, d.vm("dc1")["vmm"]
+        seen.clear()
+        assert wait_for(lambda: capped({"dc1": low, "dc2": BUDGET - low}), timeout=15), \
+            ({n: d.vm(n)["io_policy"] for n in names}, d.logtext()[-3000:])
+        r = rates(d, names, disk_bytes, 2 * low)
+        assert 0 < min(seen) and max(seen) <= low, seen
+        assert r["dc1"] <= 1.1 * low, r
+    finally:
+        d.cleanup()
 
 
 # Receive: the guest takes frames from its tap (net_echo counts the ones
