@@ -74,22 +74,47 @@ print("done bytes=%d md5=%s" % (total, md5.hexdigest()), flush=True)
 """
 
 
-class Client(threading.Thread):
-    """The client's process, its output read as it comes."""
+# Beside the client: every RARP frame that reaches the client's port of the
+# switch (the announce is a broadcast), by its sender's MAC.
+RARP = r"""
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x8035))
+s.bind((sys.argv[1], 0))
+print("ready", flush=True)
+while True:
+    print("rarp", s.recv(2048)[6:12].hex(":"), flush=True)
+"""
 
-    def __init__(self, netns, flag):
+
+class Proc(threading.Thread):
+    """A python script in a namespace, its output lines read as they come."""
+
+    def __init__(self, netns, script, *args):
         super().__init__(daemon=True)
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, "python3", "-c", CLIENT, GUEST_IP, str(flag),
-             str(RATE)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.sent, self.lines = 0, []
+        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, "python3", "-c", script,
+                                      *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.lines = []
         self.start()
 
     def run(self):
         for line in self.proc.stdout:
             self.lines.append(line)
-            if line.startswith("sent "):
-                self.sent = int(line.split()[1])
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Client(Proc):
+    def __init__(self, netns, flag):
+        super().__init__(netns, CLIENT, GUEST_IP, str(flag), str(RATE))
+
+    @property
+    def sent(self):
+        last = next((ln for ln in reversed(self.lines) if ln.startswith("sent ")), "sent 0")
+        return int(last.split()[1])
 
     def finish(self, timeout):
         self.proc.wait(timeout=timeout)
@@ -158,6 +183,13 @@ def migrate(src, dst, uri):
     return js["migration"]
 
 
+def announced(rarp, after):
+    """The VM's MAC was announced after the first AFTER lines of the watcher."""
+    wait_until(lambda: f"rarp {MAC}\n" in rarp.lines[after:], 10,
+               lambda: f"a RARP from {MAC} after the move: {rarp.lines}")
+    return len(rarp.lines)
+
+
 def stream_moves_on(client, part):
     """The stream goes on: another PART bytes go through."""
     at = client.sent
@@ -171,7 +203,9 @@ def test_linux_moves_to_b_and_back_while_streaming_and_counting(tmp_path, net):
     a = NsDaemon(net["a"], extra=["--storage", str(tmp_path)]).start()
     b = NsDaemon(net["b"], extra=["--storage", str(tmp_path)]).start()
     client = None
+    rarp = Proc(net["c"], RARP, "up-c")
     try:
+        wait_until(lambda: rarp.lines, 10, lambda: f"the RARP watcher: {rarp.proc.poll()}")
         a.ok("POST", "/networks", {"name": "lan", "uplink": "up-a"}, status=201)
         b.ok("POST", "/networks", {"name": "lan", "uplink": "up-b"}, status=201)
         cmdline = f"{BASE_CMDLINE} vireo.test=count vireo.ip={GUEST_IP}/24"
@@ -187,12 +221,17 @@ def test_linux_moves_to_b_and_back_while_streaming_and_counting(tmp_path, net):
         client = Client(net["c"], flag)
         stream_moves_on(client, PART)
 
+        # The stream alone teaches the switch the new port as soon as the
+        # guest answers it; the announce is what does it for a quiet guest.
+        seen = len(rarp.lines)
         first = migrate(a, b, f"tcp:{MIG_B}:4471")
+        seen = announced(rarp, seen)
         log_a1 = a.vm_log("lx")
         stream_moves_on(client, PART)
         wait_until(lambda: len(counts(b.vm_log("lx"))) >= 10, 30,
                    lambda: f"counting on B: {b.vm_log('lx')[-2000:]}")
         back = migrate(b, a, f"tcp:{MIG_A}:4472")
+        announced(rarp, seen)
         log_b = b.vm_log("lx")
         stream_moves_on(client, PART)
 
@@ -220,10 +259,13 @@ def test_linux_moves_to_b_and_back_while_streaming_and_counting(tmp_path, net):
         assert end["lines"] == end["end"] == end["last"] == str(got[-1][0]), (end, got[-1])
         assert linux_lines(log_a2)[""].get("fails") == "0", log_a2[-2000:]
         for m in (first, back):
+            print("migration:", {k: m.get(k) for k in ("downtime_ms", "bytes_sent",
+                                                       "total_ms", "rounds")})
             assert m["downtime_ms"] > 0 and m["bytes_sent"] > 0, m
     finally:
-        if client and client.proc.poll() is None:
-            client.proc.kill()
+        for p in (client, rarp):
+            if p:
+                p.kill()
         a.cleanup()
         b.cleanup()
     raw = tmp_path / "after.raw"
