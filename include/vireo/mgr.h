@@ -289,6 +289,13 @@ struct mgr {
 	unsigned int request_timeout_s; /* an API request must be in whole within
 				      * this; 0: MGR_REQUEST_TIMEOUT_S */
 #define MGR_REQUEST_TIMEOUT_S 10
+	/* --migration-address HOST[:PORT]: an incoming VM without "listen"
+	 * waits at HOST, on a free port from PORT up (MGR_MIGRATION_PORTS of
+	 * them, taken in turn from after the last one given) or, PORT 0, on
+	 * one the kernel picks. "": "listen" is required. */
+	char migration_host[16];
+	unsigned int migration_port, migration_next;
+#define MGR_MIGRATION_PORTS 64
 	unsigned int mem_low_pct;    /* guest free below this %: under pressure */
 	unsigned int mem_high_pct;   /* guest free above this %: idle */
 	struct mgr_vm *vms;

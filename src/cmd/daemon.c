@@ -1,6 +1,7 @@
 /* vireo daemon: the host manager (DESIGN §1). Serves the HTTP API on a
  * Unix socket and supervises one VMM per VM; VMMs outlive the daemon and
  * are re-adopted when it starts again (docs/api.md). */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <poll.h>
@@ -27,7 +28,8 @@ static const char daemon_usage[] =
 	"                    [--io-policy=manual|auto] [--io-interval MS] [--io-budget-bps N]\n"
 	"                    [--io-budget-iops N] [--net-budget-bps N]\n"
 	"                    [--log-max SIZE] [--vmm-uid-base N|none] [--storage DIR]...\n"
-	"                    [--request-timeout S] [--verbose]\n"
+	"                    [--request-timeout S] [--migration-address HOST[:PORT]]\n"
+	"                    [--verbose]\n"
 	"\n"
 	"  --state-dir DIR   VM definitions, runtime records, sockets and logs\n"
 	"  --socket PATH     the HTTP API's Unix socket (curl --unix-socket PATH)\n"
@@ -59,6 +61,9 @@ static const char daemon_usage[] =
 	"                    (repeatable, up to 16; symlinks resolved); default: the\n"
 	"                    state dir's images/ directory. Each VMM gets access to\n"
 	"                    exactly its VM's files while it runs (docs/api.md)\n"
+	"  --migration-address HOST[:PORT]  an incoming migration without \"listen\"\n"
+	"                    waits at this IPv4 address of this host, on a free port\n"
+	"                    (from PORT up, 64 of them; no PORT: any)\n"
 	"  --request-timeout S  an API request must arrive whole (headers and body)\n"
 	"                    within S seconds, or its connection is cut (default 10)\n"
 	"  --verbose         log VM state changes\n"
@@ -77,6 +82,8 @@ struct daemon_options {
 	const char *storage[16];
 	unsigned int nstorage;
 	unsigned int request_timeout_s;
+	char migration_host[16];
+	unsigned int migration_port;
 	bool io_auto;
 	unsigned int io_interval_ms;
 	uint64_t io_budget_bps, io_budget_iops, net_budget_bps;
@@ -98,6 +105,23 @@ static int uint_arg(const char *text, unsigned int lo, unsigned int hi, unsigned
 static int rate_arg(const char *text, uint64_t *out)
 {
 	return size_parse(text, out) || *out > (1ULL << 50) ? -EINVAL : 0;
+}
+
+/* HOST[:PORT]: an address the sources can connect to, so not the
+ * wildcard (the daemon hands it out as the place to send the stream). */
+static int migration_address_arg(const char *text, struct daemon_options *o)
+{
+	const char *colon = strchr(text, ':');
+	size_t n = colon ? (size_t)(colon - text) : strlen(text);
+	struct in_addr a;
+
+	if (n >= sizeof(o->migration_host))
+		return -EINVAL;
+	memcpy(o->migration_host, text, n);
+	o->migration_host[n] = 0;
+	if (inet_pton(AF_INET, o->migration_host, &a) != 1 || a.s_addr == htonl(INADDR_ANY))
+		return -EINVAL;
+	return colon ? uint_arg(colon + 1, 1, 65535, &o->migration_port) : 0;
 }
 
 static int parse_options(int argc, char **argv, struct daemon_options *o)
@@ -122,6 +146,7 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		{ "io-budget-bps", required_argument, NULL, 'B' },
 		{ "io-budget-iops", required_argument, NULL, 'O' },
 		{ "net-budget-bps", required_argument, NULL, 'N' },
+		{ "migration-address", required_argument, NULL, 'm' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -208,6 +233,12 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 				return err_set(-EINVAL, "--%s takes a rate (e.g. 100M)",
 					       c == 'B' ? "io-budget-bps" : c == 'O' ? "io-budget-iops"
 					       : "net-budget-bps");
+			break;
+		case 'm':
+			if (migration_address_arg(optarg, o))
+				return err_set(-EINVAL, "--migration-address takes HOST[:PORT], HOST "
+					       "an IPv4 address of this host (not 0.0.0.0), PORT "
+					       "1 to 65535");
 			break;
 		case 'v': log_set_level(LOG_INFO); break;
 		case 'h': fputs(daemon_usage, stdout); exit(0);
@@ -302,6 +333,8 @@ int cmd_daemon(int argc, char **argv)
 	m.log_max = o.log_max;
 	m.vmm_uid_base = o.vmm_uid_base;
 	m.request_timeout_s = o.request_timeout_s;
+	memcpy(m.migration_host, o.migration_host, sizeof(m.migration_host));
+	m.migration_port = o.migration_port;
 	m.io_auto = o.io_auto;
 	m.io_interval_ms = o.io_interval_ms;
 	m.io_budget_bps = o.io_budget_bps;

@@ -32,10 +32,10 @@ static const char usage[] =
 	"usage: vireo vm migrate NAME --to tcp:HOST:PORT --token-file FILE\n"
 	"                [--max-downtime MS] [--bandwidth SIZE] [--timeout S]\n"
 	"                [--copy-storage]\n"
-	"       vireo vm migrate NAME --to DEST_SOCKET --listen tcp:ADDR:PORT\n"
+	"       vireo vm migrate NAME --to DEST_SOCKET [--listen tcp:ADDR:PORT]\n"
 	"                [--token-file FILE] [--max-downtime MS] [--bandwidth SIZE] [--timeout S]\n"
 	"                [--copy-storage]\n"
-	"       vireo vm incoming NAME --listen tcp:ADDR:PORT --file DEF.json\n"
+	"       vireo vm incoming NAME [--listen tcp:ADDR:PORT] --file DEF.json\n"
 	"                [--token-file FILE] [--timeout S] [--copy-storage]\n"
 	"       vireo vm migrate-cancel NAME\n";
 
@@ -258,7 +258,8 @@ static struct json_object *incoming_body(const struct mig_cli *c, struct json_ob
 	struct json_object *body = json_object_new_object();
 
 	json_object_object_add(body, "definition", def);
-	json_object_object_add(body, "listen", json_object_new_string(c->listen));
+	if (c->listen)	/* else the daemon's --migration-address */
+		json_object_object_add(body, "listen", json_object_new_string(c->listen));
 	if (token)
 		json_object_object_add(body, "token", json_object_new_string(token));
 	if (c->timeout_s)
@@ -274,7 +275,7 @@ static int incoming(struct mig_cli *c)
 	char path[160], *token = NULL;
 	bool ok;
 
-	if (!c->listen || !c->def_file || c->to || c->max_downtime_ms || c->bandwidth) {
+	if (!c->def_file || c->to || c->max_downtime_ms || c->bandwidth) {
 		fputs(usage, stderr);
 		return 2;
 	}
@@ -369,8 +370,10 @@ static struct json_object *source_definition(const struct mig_cli *c)
 }
 
 /* POST /vms/NAME/incoming there: the token the source must prove (malloc'd),
- * or NULL (printed). def is taken. */
-static char *prepare_destination(const struct mig_cli *c, struct json_object *def)
+ * or NULL (printed); uri: where the destination listens, as it says (its
+ * --migration-address when there is no --listen). def is taken. */
+static char *prepare_destination(const struct mig_cli *c, struct json_object *def,
+				 char *uri, size_t size)
 {
 	struct json_object *body, *o;
 	char path[160], *token = NULL;
@@ -386,6 +389,8 @@ static char *prepare_destination(const struct mig_cli *c, struct json_object *de
 	json_object_put(body);
 	if (ok && !token)
 		token = strdup(str(o, "token"));
+	if (ok)
+		snprintf(uri, size, "%s", str(o, "listen"));
 	if (!ok) {
 		free(token);
 		token = NULL;
@@ -483,20 +488,20 @@ static int migrate_via(struct mig_cli *c)
 {
 	struct sigaction sa = { .sa_handler = on_interrupt, .sa_flags = SA_RESTART };
 	struct json_object *def, *body, *o, *dst = NULL;
-	char path[160], *token;
+	char path[160], uri[160], *token;
 	bool ok = false;
 
-	if (!c->listen || c->def_file) {
+	if (c->def_file) {
 		fputs(usage, stderr);
 		return 2;
 	}
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	def = source_definition(c);
-	token = def ? prepare_destination(c, def) : NULL;
+	token = def ? prepare_destination(c, def, uri, sizeof(uri)) : NULL;
 	if (!token)
 		return 1;
-	body = migrate_body(c, c->listen, token);
+	body = migrate_body(c, uri, token);
 	free(token);
 	snprintf(path, sizeof(path), "/vms/%s/migrate", c->name);
 	o = interrupted ? NULL : vm_api_call_ticking(c->socket, c->json, "POST", path,
@@ -506,7 +511,7 @@ static int migrate_via(struct mig_cli *c)
 	if (!ok && o && interrupted && !cancel_sent)
 		cancel_source(c);
 	if (!ok)
-		end_destination(c->listen);
+		end_destination(uri);
 	else if (!(dst = destination_running(c)) || strcmp(str(dst, "state"), "running"))
 		fprintf(stderr, "vireo: %s left the source but is %s on %s\n", c->name,
 			dst ? vm_api_safe(str(dst, "state")) : "not known", vm_api_safe(c->to));

@@ -12,6 +12,7 @@
  * a deadline that passes leaves no VM behind. The token is written to
  * DIR/run/NAME.token (0600) for the VMM to read, and removed once the VMM
  * has ended its wait either way: it is good for one stream. */
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -145,6 +146,55 @@ static int token_write(const char *path, const char *token)
 	return ret;
 }
 
+/* Whether the daemon could listen on HOST:port now (port 0: any free
+ * one, set to the kernel's pick). No SO_REUSEADDR: a port with
+ * connections in TIME_WAIT, or a wildcard listener on it, is not free. */
+static bool port_free(const char *host, unsigned int *port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)*port) };
+	socklen_t len = sizeof(a);
+	bool ok;
+	int fd;
+
+	if (inet_pton(AF_INET, host, &a.sin_addr) != 1)
+		return false;
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ok = fd >= 0 && !bind(fd, (struct sockaddr *)&a, sizeof(a)) &&
+	     !getsockname(fd, (struct sockaddr *)&a, &len);
+	if (fd >= 0)
+		close(fd);
+	if (ok)
+		*port = ntohs(a.sin_port);
+	return ok;
+}
+
+/* "listen" left out: a free port at --migration-address. The VMM binds
+ * it a moment later, so the ports of a range are taken in turn, not
+ * always the first free one: two incoming VMs prepared together do not
+ * both get it. The daemon runs in the VMMs' network namespace. */
+static int pick_listen(struct mgr *m, char *uri, size_t size)
+{
+	unsigned int n = m->migration_port ? MGR_MIGRATION_PORTS : 1;
+
+	if (m->migration_port && m->migration_port + n > 65536)
+		n = 65536 - m->migration_port;
+	for (unsigned int i = 0; i < n; i++) {
+		unsigned int k = (m->migration_next + i) % n;
+		unsigned int port = m->migration_port ? m->migration_port + k : 0;
+
+		if (!port_free(m->migration_host, &port))
+			continue;
+		m->migration_next = (k + 1) % n;
+		snprintf(uri, size, "tcp:%s:%u", m->migration_host, port);
+		return 0;
+	}
+	if (!m->migration_port)
+		return err_set(-EADDRNOTAVAIL, "cannot listen at --migration-address %s",
+			       m->migration_host);
+	return err_set(-EADDRINUSE, "no free port at --migration-address %s:%u-%u",
+		       m->migration_host, m->migration_port, m->migration_port + n - 1);
+}
+
 static int parse_incoming(struct json_object *body, struct incoming *in, char *token,
 			  size_t tsize, bool *made)
 {
@@ -171,11 +221,16 @@ static int parse_incoming(struct json_object *body, struct incoming *in, char *t
 			return err_set(-EINVAL, "unknown field '%.64s'", key);
 		}
 	}
-	if (!json_object_object_get_ex(body, "listen", &v))
-		return err_set(-EINVAL, "an incoming VM needs 'listen': \"tcp:ADDR:PORT\"");
-	if ((ret = uri_check(json_object_get_string(v))))
+	/* Without it, in->uri stays "": incoming_prepare picks a port. */
+	if (!json_object_object_get_ex(body, "listen", &v)) {
+		if (!in->m->migration_host[0])
+			return err_set(-EINVAL, "an incoming VM needs 'listen': \"tcp:ADDR:PORT\" "
+				       "(this daemon has no --migration-address)");
+	} else if ((ret = uri_check(json_object_get_string(v)))) {
 		return ret;
-	snprintf(in->uri, sizeof(in->uri), "%s", json_object_get_string(v));
+	} else {
+		snprintf(in->uri, sizeof(in->uri), "%s", json_object_get_string(v));
+	}
 	if (json_object_object_get_ex(body, "token", &v)) {
 		if ((ret = token_check(json_object_get_string(v))))
 			return ret;
@@ -437,6 +492,8 @@ static enum mgr_err incoming_prepare(struct mgr *m, const char *name, struct jso
 		err_set(-EBUSY, "VM '%s' is %s here", name, mgr_state_name(mgr_find(m, name)->state));
 		return MGR_E_CONFLICT;
 	}
+	if (!in->uri[0] && pick_listen(m, in->uri, sizeof(in->uri)))
+		return MGR_E_CONFLICT;
 	if (store_path(m, in->token_path, sizeof(in->token_path), "run", name, ".token") ||
 	    token_write(in->token_path, token))
 		return MGR_E_FAILED;

@@ -399,3 +399,72 @@ def test_one_command_source_fails_before_connecting(tmp_path, hosts):
                        capture_output=True, text=True, timeout=scaled(30))
     assert r.returncode == 1 and "cannot connect" in r.stderr, r
     goes_on_at_a(a, b)
+
+
+def restart_with(d, *opts):
+    d.kill()
+    d.extra += list(opts)
+    d.start()
+
+
+def test_migration_address_picks_a_free_port(tmp_path, hosts):
+    """`vireo daemon --migration-address HOST[:PORT]`: an incoming VM
+    without "listen" waits on a free port there (from PORT up, in turn;
+    without PORT, any), and `vm migrate NAME --to DEST_SOCKET` then needs
+    no --listen. A daemon without it still wants "listen"."""
+    a, b = hosts
+    for bad in ("0.0.0.0", "10.0.0.1:0", "10.0.0.1:65536", "b.example:4600", "::1"):
+        r = subprocess.run([str(VIREO), "daemon", "--state-dir", str(tmp_path / "x"), "--socket",
+                            str(tmp_path / "x.sock"), "--migration-address", bad],
+                           capture_output=True, text=True, timeout=scaled(10))
+        assert r.returncode == 2 and "--migration-address takes HOST[:PORT]" in r.stderr, (bad, r)
+    restart_with(b, "--migration-address", f"{HOST_B}:4600")
+    # Something else listens on the range's first port: it is skipped.
+    busy = subprocess.Popen(["ip", "netns", "exec", b.netns, "python3", "-c",
+                             "import socket, sys, time; s = socket.socket(); "
+                             "s.bind((sys.argv[1], 4600)); s.listen(); print(1, flush=True); "
+                             "time.sleep(600)", HOST_B], stdout=subprocess.PIPE, text=True)
+    try:
+        assert busy.stdout.readline() == "1\n"
+        start_on(a, tmp_path)
+        other = {"name": "other", "cpus": 1, "memory": "64M", "kernel": str(PROBE)}
+        st, js = a.request("POST", "/vms/other/incoming", {"definition": other})
+        assert st == 400 and "no --migration-address" in js["error"], (st, js)
+
+        r = subprocess.run([str(VIREO), "vm", "--socket", a.socket, "migrate", "mig", "--to",
+                            b.socket, "--output=json"],
+                           capture_output=True, text=True, timeout=scaled(90))
+        assert r.returncode == 0, r
+        check_moved(a, b, f"tcp:{HOST_B}:4601", (200, json.loads(r.stdout)))
+        log_a1 = a.vm_log("mig")
+        wait_rounds(b, last_round(a) + 20)
+        # The next one gets the next port, though 4601 is free again.
+        js = b.ok("POST", "/vms/other/incoming", {"definition": other, "timeout_s": 1},
+                  status=202)
+        assert js["listen"] == f"tcp:{HOST_B}:4602", js
+        wait_until(lambda: b.request("GET", "/vms/other")[0] == 404, 10, "other removed from B")
+    finally:
+        busy.kill()
+        busy.wait()
+
+    # No PORT: whichever the kernel gives; `vm incoming` needs no --listen either.
+    restart_with(a, "--migration-address", HOST_A)
+    deffile = tmp_path / "other.json"
+    deffile.write_text(json.dumps(other))
+    r = subprocess.run([str(VIREO), "vm", "incoming", "--socket", a.socket, "other", "--file",
+                        str(deffile), "--timeout", "1"],
+                       capture_output=True, text=True, timeout=scaled(30))
+    assert r.returncode == 0 and re.fullmatch(
+        rf"other: incoming, listening on tcp:{re.escape(HOST_A)}:\d+\ntoken: \w+\n", r.stdout), r
+    wait_until(lambda: a.request("GET", "/vms/other")[0] == 404, 10, "other removed from A")
+    r = subprocess.run([str(VIREO), "vm", "--socket", b.socket, "migrate", "mig", "--to",
+                        a.socket, "--output=json"],
+                       capture_output=True, text=True, timeout=scaled(90))
+    assert r.returncode == 0, r
+    js = json.loads(r.stdout)
+    uri = js["reason"].removeprefix("migrated to ")
+    assert re.fullmatch(rf"tcp:{re.escape(HOST_A)}:\d+", uri), js
+    check_moved(b, a, uri, (200, js))
+    log_b = b.vm_log("mig")
+    wait_rounds(a, last_round(b) + 20)
+    check_rounds(log_a1, log_b, a.vm_log("mig"))
