@@ -27,7 +27,11 @@
 #include "vireo/mgr.h"
 #include "vireo/vmm.h"
 
-#define START_TIMEOUT_MS 5000
+/* A VMM is given this long to answer and run its vCPUs (a restore maps its
+ * memory file first) before its start counts as failed. libvirt waits 30 s
+ * for QEMU's monitor: on a busy host 5 s was seen to pass (a rollback under
+ * a nested test host's load), and a VMM that dies is noticed at once anyway. */
+#define START_TIMEOUT_MS 30000
 #define STOP_TIMEOUT_MS 5000
 #define REPLY_MAX 65536
 
