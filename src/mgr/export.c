@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "vireo/block.h"
+#include "vireo/cmd.h"
 #include "vireo/log.h"
 #include "vireo/machine.h"
 #include "vireo/mgr.h"
@@ -267,25 +268,132 @@ struct export {
 	struct mgr *m;
 	const char *vm, *tmp;
 	struct json_object *files;
+	struct image *disks[MGR_MAX_DISKS];     /* what each disk exports */
 };
+
+static void record_file(struct export *x, const char *rel, uint64_t size, const char *hex)
+{
+	struct json_object *f = json_object_new_object();
+
+	json_object_object_add(f, "path", json_object_new_string(rel));
+	json_object_object_add(f, "size", json_object_new_int64((int64_t)size));
+	json_object_object_add(f, "sha256", json_object_new_string(hex));
+	json_object_array_add(x->files, f);
+}
 
 static int add_file(struct export *x, const char *src, const char *rel)
 {
 	char dst[PATH_MAX], hex[65];
-	struct json_object *f;
 	uint64_t size = 0;
 	int ret = join(dst, sizeof(dst), x->tmp, rel);
 
 	if (!ret)
 		ret = copy_file(src, dst, &size, hex);
+	if (!ret)
+		record_file(x, rel, size, hex);
+	return ret;
+}
+
+/* The SHA-256 of a file the export made. */
+static int hash_file(const char *path, uint64_t *size, char hex[65])
+{
+	uint8_t *buf = malloc(COPY_CHUNK), digest[32];
+	int fd = open_regular(path, size), ret = 0;
+	gnutls_hash_hd_t h;
+	ssize_t n;
+
+	if (fd < 0 || !buf || gnutls_hash_init(&h, GNUTLS_DIG_SHA256) < 0) {
+		free(buf);
+		if (fd >= 0)
+			close(fd);
+		return fd < 0 ? fd : err_set(-ENOMEM, "out of memory");
+	}
+	while ((n = read(fd, buf, COPY_CHUNK)) > 0 || (n < 0 && errno == EINTR))
+		if (n > 0 && gnutls_hash(h, buf, (size_t)n) < 0)
+			ret = -EIO;
+	if (n < 0 || ret)
+		ret = err_set(-EIO, "%s: cannot read it back", path);
+	gnutls_hash_deinit(h, digest);
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+	free(buf);
+	close(fd);
+	return ret;
+}
+
+/* A disk's export format: qcow2 (compressed clusters) for a qcow2 image,
+ * raw (sparse) for a raw one; the definition and the state keep theirs. */
+static const char *disk_out_format(const struct image *in)
+{
+	return strcmp(in->fmt->name, "qcow2") ? "raw" : "qcow2";
+}
+
+/* Disk i: a new image with what `in` reads (the backing chain
+ * flattened), by convert's copy; a writable disk's gets SNAP's internal
+ * snapshot again, which a rollback applies after the import. */
+static int export_disk(struct export *x, const struct mgr_disk *k, unsigned int i,
+		       const char *snap)
+{
+	struct image_create_opts o = { .size = x->disks[i]->size };
+	const char *fmt = disk_out_format(x->disks[i]);
+	char rel[32], path[PATH_MAX], hex[65];
+	struct image *out;
+	uint64_t size;
+	int ret;
+
+	snprintf(rel, sizeof(rel), "disks/%u", i);
+	ret = join(path, sizeof(path), x->tmp, rel);
+	if (!ret)
+		ret = image_create(path, fmt, &o);
+	if (!ret)
+		ret = image_open(path, fmt, IMAGE_RDWR, &out);
 	if (ret)
-		return ret;
-	f = json_object_new_object();
-	json_object_object_add(f, "path", json_object_new_string(rel));
-	json_object_object_add(f, "size", json_object_new_int64((int64_t)size));
-	json_object_object_add(f, "sha256", json_object_new_string(hex));
-	json_object_array_add(x->files, f);
+		return err_set(ret, "disk %u: %s", i, err_get());
+	ret = img_copy(x->disks[i], out, !strcmp(fmt, "qcow2"), false);
+	if (!ret && !k->readonly) {
+		pthread_mutex_lock(&out->lock);
+		ret = out->fmt->snapshot_create(out, snap);
+		pthread_mutex_unlock(&out->lock);
+	}
+	image_close(out);
+	if (!ret)
+		ret = hash_file(path, &size, hex);
+	if (ret)
+		return err_set(ret, "disk %u (%s): %s", i, k->path, err_get());
+	record_file(x, rel, size, hex);
 	return 0;
+}
+
+/* Opens what each disk exports: a writable one's internal snapshot SNAP
+ * (read-only and without the image lock: a running VMM writes the image,
+ * and leaves the snapshot's clusters as they are), a read-only one as it
+ * is. Run under the VM's operation lock: no snapshot is taken or dropped
+ * meanwhile, so the snapshot table is read whole. */
+static int open_disks(struct export *x, const struct vm_def *d, const char *snap)
+{
+	int ret = disks_check(d, true, snap, true);
+
+	for (unsigned int i = 0; !ret && i < d->ndisks; i++) {
+		const struct mgr_disk *k = &d->disks[i];
+
+		ret = image_open(k->path, k->format, IMAGE_FORCE_SHARE, &x->disks[i]);
+		if (!ret && strcmp(x->disks[i]->fmt->name, "qcow2") &&
+		    strcmp(x->disks[i]->fmt->name, "raw"))
+			ret = err_set(-ENOTSUP, "format %s: an export takes qcow2 and raw disks",
+				      x->disks[i]->fmt->name);
+		if (!ret && !k->readonly)
+			ret = image_snapshot_load(x->disks[i], snap);
+		if (ret)
+			return err_set(ret, "disk %u (%s): %s", i, k->path, err_get());
+	}
+	return ret;
+}
+
+static void close_disks(struct export *x)
+{
+	for (unsigned int i = 0; i < MGR_MAX_DISKS; i++)
+		if (x->disks[i])
+			image_close(x->disks[i]);
 }
 
 /* SNAP and, while incremental, its parents: oldest first in out[]. */
@@ -338,7 +446,6 @@ static int export_snapshot(struct export *x, const struct snap_meta *s)
 static int export_files(struct export *x, const struct vm_def *d, const struct snap_meta *chain,
 			unsigned int n)
 {
-	char rel[32];
 	int ret = mkdir_in(x->tmp, "snapshots");
 
 	for (unsigned int i = 0; !ret && i < n; i++)
@@ -347,10 +454,8 @@ static int export_files(struct export *x, const struct vm_def *d, const struct s
 		ret = mkdir_in(x->tmp, d->ndisks ? "disks" : "boot");
 	if (!ret && d->ndisks && (d->kernel || d->initrd))
 		ret = mkdir_in(x->tmp, "boot");
-	for (unsigned int i = 0; !ret && i < d->ndisks; i++) {
-		snprintf(rel, sizeof(rel), "disks/%u", i);
-		ret = add_file(x, d->disks[i].path, rel);
-	}
+	for (unsigned int i = 0; !ret && i < d->ndisks; i++)
+		ret = export_disk(x, &d->disks[i], i, chain[n - 1].name);
 	if (!ret && d->kernel)
 		ret = add_file(x, d->kernel, "boot/kernel");
 	if (!ret && d->initrd)
@@ -417,8 +522,13 @@ static enum mgr_err export_class(int ret)
 	       MGR_E_FAILED;
 }
 
-/* The copies run without the table lock; the VM's operation lock keeps
- * the VM stopped (or its VMM away from the disks) meanwhile. */
+int mgr_export_busy(const struct mgr_vm *vm)
+{
+	return vm->exports ? err_set(-EBUSY, "VM '%s' has an export under way: try again when it "
+				     "has ended", vm->def.name) : 0;
+}
+
+/* The copies run without the table lock. */
 static int export_unlocked(struct export *x, const struct vm_def *d, const char *snap,
 			   const struct snap_meta *chain, unsigned int n, const char *dir)
 {
@@ -441,12 +551,41 @@ static int export_unlocked(struct export *x, const struct vm_def *d, const char 
 	return ret;
 }
 
+/* Without the VM's operation lock either, on a copy of its definition:
+ * the VM goes on (an export of a running VM does not stop it). Its
+ * disks' views are opened first, under the operation lock; then
+ * vm->exports refuses what would remove the snapshot being read. */
+static int export_run(struct export *x, struct mgr_vm *vm, const struct vm_def *d,
+		      const char *snap, const struct snap_meta *chain, unsigned int n,
+		      const char *dir)
+{
+	int ret;
+
+	pthread_mutex_unlock(&x->m->lock);
+	ret = open_disks(x, d, snap);
+	pthread_mutex_lock(&x->m->lock);
+	if (!ret) {
+		vm->exports++;
+		pthread_mutex_unlock(&vm->lock);
+		ret = export_unlocked(x, d, snap, chain, n, dir);
+		/* Lock order: the VM's lock, then the table's. */
+		pthread_mutex_unlock(&x->m->lock);
+		pthread_mutex_lock(&vm->lock);
+		pthread_mutex_lock(&x->m->lock);
+		vm->exports--;
+	}
+	close_disks(x);
+	return ret;
+}
+
 enum mgr_err mgr_snap_export(struct mgr *m, struct mgr_vm *vm, const char *snap,
 			     struct json_object *body, struct json_object **out)
 {
 	struct snap_meta *chain = calloc(MAX_CHAIN, sizeof(*chain));
 	char dir[PATH_MAX], tmp[PATH_MAX + 16];
-	struct export x = { m, vm->def.name, tmp, NULL };
+	struct export x = { .m = m, .vm = vm->def.name, .tmp = tmp };
+	struct vm_def def;
+	bool have_def = false;
 	unsigned int n = 0;
 	struct stat st;
 	int ret = chain ? body_dir(m, body, dir, sizeof(dir)) : err_set(-ENOMEM, "out of memory");
@@ -456,14 +595,14 @@ enum mgr_err mgr_snap_export(struct mgr *m, struct mgr_vm *vm, const char *snap,
 	snprintf(tmp, sizeof(tmp), "%s.partial", dir);
 	if (!ret && lstat(tmp, &st) == 0)
 		ret = err_set(-EEXIST, "%s exists (an export that did not finish: remove it)", tmp);
-	if (!ret && mgr_vm_active(vm) && vm->def.ndisks)
-		ret = err_set(-EBUSY, "VM '%s' is %s: its disks can be exported only while it is "
-			      "stopped (its VMM writes them)", vm->def.name, mgr_state_name(vm->state));
 	if (!ret)
 		ret = load_chain(m, vm->def.name, snap, chain, &n);
+	if (!ret && !(ret = vm_def_copy(&vm->def, &def)))
+		have_def = true;
+	x.vm = have_def ? def.name : x.vm;
 	x.files = json_object_new_array();
 	if (!ret)
-		ret = export_unlocked(&x, &vm->def, snap, chain, n, dir);
+		ret = export_run(&x, vm, &def, snap, chain, n, dir);
 	if (!ret) {
 		*out = json_object_new_object();
 		json_object_object_add(*out, "exported", json_object_new_string(snap));
@@ -472,6 +611,8 @@ enum mgr_err mgr_snap_export(struct mgr *m, struct mgr_vm *vm, const char *snap,
 		log_info("VM %s: snapshot %s exported to %s", vm->def.name, snap, dir);
 	}
 	json_object_put(x.files);
+	if (have_def)
+		vm_def_free(&def);
 	while (n)
 		meta_free(&chain[--n]);
 	free(chain);
