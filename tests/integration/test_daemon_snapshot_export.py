@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
 import threading
 
 import pytest
@@ -308,3 +309,117 @@ def test_damaged_exports_refused_and_nothing_left(two):
     b.ok("POST", "/vms/x/import", {"dir": str(sb / "exp")}, status=201)
     r = b.request("POST", "/vms/x/import", {"dir": str(sb / "exp")})
     assert r[0] == 409 and "exists" in r[1]["error"], r
+
+
+# ---- one archive: vireo vm export NAME [SNAP] FILE, vireo vm import FILE [NEWNAME] ----
+
+def cli(d, *args):
+    return subprocess.run([str(VIREO), "vm", "--socket", d.socket, *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_archive_round_trip_of_a_running_vm(two):
+    """The one-file form: exported while the VM runs (no SNAP: the current
+    snapshot), a tar that tar lists, imported on a second daemon under the
+    exported VM's name; it resumes at the snapshot with its disk as then."""
+    a, b, sa, sb = two
+    disk, at = counting_vm_with_disk(a, sa)
+    pid = a.vm("src")["pid"]
+    p = cli(a, "export", "src", str(sa / "src.tar"))
+    assert p.returncode == 0 and "snapshot s1 exported to" in p.stdout, p
+    vm = a.vm("src")
+    assert vm["state"] == "running" and vm["pid"] == pid, vm
+    n = counts(a, "src")[-1]
+    assert wait_for(lambda: counts(a, "src")[-1] >= n + 5, timeout=10), a.vm_log("src")
+    with tarfile.open(sa / "src.tar") as t:
+        names = t.getnames()
+        assert all(m.isreg() for m in t.getmembers())
+    assert names[:2] == ["manifest.json", "manifest.sha256"], names
+    assert sorted(names[2:]) == ["boot/kernel", "disks/0", "snapshots/s1/memory",
+                                 "snapshots/s1/state"], names
+    # The memory file's holes stay holes: the archive is far smaller than
+    # the guest's RAM.
+    assert os.path.getsize(sa / "src.tar") < 16 << 20
+    # An existing file is not overwritten.
+    p = cli(a, "export", "src", "s1", str(sa / "src.tar"))
+    assert p.returncode == 1 and "exists" in p.stderr, p
+
+    shutil.copy(sa / "src.tar", sb / "src.tar")
+    p = cli(b, "import", str(sb / "src.tar"))
+    assert p.returncode == 0 and p.stdout.startswith("src: imported"), p
+    p = cli(b, "import", str(sb / "src.tar"), "src2")
+    assert p.returncode == 0 and p.stdout.startswith("src2: imported"), p
+    assert b.vm("src")["disks"][0]["path"] == str(sb / "src-disk0.qcow2")
+    b.ok("POST", "/vms/src/snapshots/s1/rollback")
+    assert wait_for(lambda: len(counts(b, "src")) >= 5, timeout=10), b.vm_log("src")
+    assert at[0] < counts(b, "src")[0] <= at[1] + 1, (at, counts(b, "src")[:3])
+    assert "PROBE boot" not in b.vm_log("src")
+    b.stop("src", force=True)
+    ref = sa / "ref.qcow2"
+    subprocess.run(["qemu-img", "convert", "-U", "-l", "snapshot.name=s1", "-O", "qcow2",
+                    str(disk), str(ref)], check=True)
+    assert subprocess.run(["qemu-img", "compare", "-q", str(ref),
+                           str(sb / "src2-disk0.qcow2")]).returncode == 0
+    assert subprocess.run(["qemu-img", "check", "-q", str(sb / "src2-disk0.qcow2")]
+                          ).returncode == 0
+
+
+def pax_member(name, data=b"", size=None, kind=tarfile.REGTYPE, link=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.size = len(data) if size is None else size
+    block = info.tobuf(tarfile.PAX_FORMAT)
+    pad = b"\0" * (-len(data) % 512)
+    return block + data + pad
+
+
+def test_hostile_archives_refused_and_nothing_left(two):
+    a, b, sa, sb = two
+    counting_vm_with_disk(a, sa)
+    a.ok("POST", "/vms/src/snapshots/s1/export", {"file": str(sa / "good.tar")})
+    good = (sa / "good.tar").read_bytes()
+    with tarfile.open(sa / "good.tar") as t:
+        members = {m.name: m for m in t.getmembers()}
+        head = b"".join(pax_member(n, t.extractfile(n).read())
+                        for n in ("manifest.json", "manifest.sha256"))
+
+    def refused(data):
+        path = sb / "x.tar"
+        path.write_bytes(data)
+        before = sorted(os.listdir(sb))
+        snaps = os.path.join(b.state, "snapshots")
+        before_state = sorted(os.listdir(snaps)) if os.path.exists(snaps) else []
+        st, js = b.request("POST", "/vms/x/import", {"file": str(path)})
+        assert st == 400, (st, js)
+        assert "\n" not in js["error"] and js["error"].startswith("cannot import"), js
+        assert b.request("GET", "/vms/x")[0] == 404
+        assert sorted(os.listdir(sb)) == before
+        assert (sorted(os.listdir(snaps)) if os.path.exists(snaps) else []) == before_state
+        path.unlink()
+        return js["error"]
+
+    assert "damaged archive" in refused(good[:len(good) // 2])
+    assert "not a vireo export archive" in refused(good[:300])
+    flipped = bytearray(good)
+    flipped[members["disks/0"].offset_data + 1000] ^= 0x40
+    assert "disks/0: checksum mismatch" in refused(bytes(flipped))
+    flipped = bytearray(good)
+    flipped[members["manifest.json"].offset_data + 40] ^= 0x40
+    assert "does not match manifest.sha256" in refused(bytes(flipped))
+    end = b"\0" * 1024
+    assert "not a plain relative path" in refused(head + pax_member("../evil", b"x") + end)
+    assert "not a plain relative path" in refused(head + pax_member("/etc/evil", b"x") + end)
+    assert "not a regular file" in refused(
+        head + pax_member("disks/0", kind=tarfile.SYMTYPE, link="/etc/passwd") + end)
+    assert "not a regular file" in refused(
+        head + pax_member("disks/0", kind=tarfile.CHRTYPE) + end)
+    state_size = members["snapshots/s1/state"].size
+    assert f"is {1 << 40} bytes, the manifest says {state_size}" in refused(
+        head + pax_member("snapshots/s1/state", b"x" * 512, size=1 << 40))
+    assert "not a file of the manifest" in refused(head + pax_member("disks/7", b"x") + end)
+    assert "the archive has no" in refused(head + end)
+
+    # The intact one imports, under the name asked for.
+    shutil.copy(sa / "good.tar", sb / "good.tar")
+    vm = b.ok("POST", "/vms/x/import", {"file": str(sb / "good.tar")}, status=201)
+    assert vm["name"] == "x" and vm["state"] == "stopped", vm
