@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tarfile
 import threading
+import time
 
 import pytest
 
@@ -152,27 +153,36 @@ def test_export_of_a_running_vm(two, tmp_path):
     a.create("run", scenario="devloop=50", disks=[{"path": str(disk), "format": "qcow2"}])
     a.ok("POST", "/vms/run/start")
     assert wait_for(lambda: len(rounds(a, "run")) >= 5, timeout=10), a.vm_log("run")
+    # A copy of the disk at the snapshot, taken while the VM is paused.
+    a.ok("POST", "/vms/run/pause")
     a.ok("POST", "/vms/run/snapshots", {"name": "s1"}, status=201)
-    a.ok("POST", "/vms/run/snapshots", {"name": "s0", "memory": False}, status=201)
     after = rounds(a, "run")[-1][0]
-    pid = a.vm("run")["pid"]
-    # What qemu-img reads of the snapshot: the disk as it was then.
     ref = tmp_path / "ref.qcow2"
-    subprocess.run(["qemu-img", "convert", "-U", "-l", "snapshot.name=s1", "-O", "qcow2",
-                    str(disk), str(ref)], check=True)
+    subprocess.run(["qemu-img", "convert", "-U", "-O", "qcow2", str(disk), str(ref)], check=True)
+    a.ok("POST", "/vms/run/resume")
+    assert wait_for(lambda: rounds(a, "run")[-1][0] >= after + 5, timeout=10), a.vm_log("run")
+    a.ok("POST", "/vms/run/snapshots", {"name": "s0", "memory": False}, status=201)
+    pid = a.vm("run")["pid"]
 
     done = {}
     t = threading.Thread(target=lambda: done.update(
         r=a.request("POST", "/vms/run/snapshots/s1/export", {"dir": str(sa / "exp")})))
+    n0 = rounds(a, "run")[-1][0]
     t.start()
     assert wait_for(lambda: (sa / "exp.partial").exists() or not t.is_alive(), timeout=30)
     busy = [a.request("POST", "/vms/run/snapshots/s1/rollback"),
             a.request("DELETE", "/vms/run/snapshots/s0"),
             a.request("DELETE", "/vms/run")]
+    # The guest goes on while the export runs.
+    wait_for(lambda: rounds(a, "run")[-1][0] >= n0 + 3 or not t.is_alive(), timeout=30)
+    went_on = rounds(a, "run")[-1][0] >= n0 + 3 and t.is_alive()
     still = t.is_alive()
+    t0 = time.monotonic()
     t.join(timeout=300)
     assert done["r"][0] == 200, done
+    print(f"export ran on {time.monotonic() - t0:.2f} s after the checks")
     assert still, "the export ended before the requests it should refuse"
+    assert went_on, "the guest did not go on during the export"
     for st, js in busy:
         assert st == 409 and "export under way" in js["error"], (st, js)
     vm = a.vm("run")
@@ -190,10 +200,12 @@ def test_export_of_a_running_vm(two, tmp_path):
 
     shutil.copytree(sa / "exp", sb / "exp")
     b.ok("POST", "/vms/dst/import", {"dir": str(sb / "exp")}, status=201)
-    b.ok("POST", "/vms/dst/snapshots/s1/rollback")
+    vm = b.ok("POST", "/vms/dst/snapshots/s1/rollback")
+    assert vm["state"] == "paused", vm
+    b.ok("POST", "/vms/dst/resume")
     assert wait_for(lambda: len(rounds(b, "dst")) >= 5, timeout=10), b.vm_log("dst")
     r = rounds(b, "dst")
-    assert r[0][0] <= after + 1 and all(blk == "ok" for _, _, blk in r), r[:3]
+    assert r[0][0] <= after + 1 and all(blk == "ok" for _, _, blk in r), (after, r)
     assert "PROBE boot" not in b.vm_log("dst")
 
 
