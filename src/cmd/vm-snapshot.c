@@ -201,19 +201,6 @@ static int absolute(const char *path, char *out, size_t size)
 	return snprintf(out, size, "%s/%s", cwd, path) < (int)size ? 0 : -ENAMETOOLONG;
 }
 
-/* The snapshot the VM descends from ("": none, or the request failed). */
-static void current_snapshot(const struct snap_cli *c, const char *vm, char *out, size_t size)
-{
-	struct json_object *o;
-	char path[160];
-	bool ok;
-
-	snprintf(path, sizeof(path), "/vms/%s/snapshots", vm);
-	o = vm_api_call(c->socket, false, "GET", path, NULL, &ok);
-	snprintf(out, size, "%s", ok ? str(o, "current") : "");
-	json_object_put(o);
-}
-
 /* vireo vm export NAME [SNAP] FILE | import FILE [NEW] (key "file": one
  * archive) and vireo vm snapshot export NAME SNAP DIR | import DIR NAME
  * (key "dir"): one request each. vm NULL: the exported VM's name. */
@@ -262,24 +249,43 @@ static bool names_but(const struct snap_cli *c, int from, const char *path)
 	return names_ok(&names);
 }
 
-/* vireo vm export NAME [SNAP] FILE: without SNAP, the one the VM
- * descends from. */
+/* A request whose answer is not shown (errors are). */
+static bool quiet(const struct snap_cli *c, const char *method, const char *path,
+		  const char *body)
+{
+	bool ok;
+
+	json_object_put(vm_api_call(c->socket, false, method, path, body, &ok));
+	return ok;
+}
+
+/* vireo vm export NAME [SNAP] FILE: without SNAP, the VM as it is now,
+ * through a snapshot (memory too if it runs: it is paused as long as a
+ * snapshot takes) that is exported and then deleted (as vzdump does). */
 static int export_cmd(struct snap_cli *c)
 {
-	const char *file = c->args[c->nargs - 1];
-	char cur[128];
+	const char *vm = c->args[0], *file = c->args[c->nargs - 1];
+	char snap[64], path[240], body[128];
+	time_t now = time(NULL);
+	struct tm tm;
+	int ret;
 
 	if (!names_but(c, 0, file))
 		return 2;
 	if (c->nargs == 3)
-		return transfer(c, true, "file", c->args[0], c->args[1], file);
-	current_snapshot(c, c->args[0], cur, sizeof(cur));
-	if (!cur[0] || strpbrk(cur, "?#%/ ")) {
-		fprintf(stderr, "vireo: VM %s has no current snapshot: name one, or take one "
-			"(vireo vm snapshot %s SNAP)\n", c->args[0], c->args[0]);
+		return transfer(c, true, "file", vm, c->args[1], file);
+	gmtime_r(&now, &tm);
+	strftime(snap, sizeof(snap), "export-%Y%m%dT%H%M%SZ", &tm);
+	snprintf(path, sizeof(path), "/vms/%s/snapshots", vm);
+	snprintf(body, sizeof(body), "{\"name\": \"%s\"}", snap);
+	if (!quiet(c, "POST", path, body))
 		return 1;
-	}
-	return transfer(c, true, "file", c->args[0], cur, file);
+	ret = transfer(c, true, "file", vm, snap, file);
+	snprintf(path, sizeof(path), "/vms/%s/snapshots/%s", vm, snap);
+	if (!quiet(c, "DELETE", path, NULL))
+		fprintf(stderr, "vireo: the snapshot %s of %s stays: vireo vm delsnapshot %s %s\n",
+			snap, vm, vm, snap);
+	return ret;
 }
 
 int vm_snapshot_cmd(const char *socket, bool json, int argc, char **argv)

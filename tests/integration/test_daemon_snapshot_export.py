@@ -332,13 +332,13 @@ def cli(d, *args):
 
 
 def test_archive_round_trip_of_a_running_vm(two):
-    """The one-file form: exported while the VM runs (no SNAP: the current
-    snapshot), a tar that tar lists, imported on a second daemon under the
-    exported VM's name; it resumes at the snapshot with its disk as then."""
+    """The one-file form: exported while the VM runs, a tar that tar
+    lists, imported on a second daemon under the exported VM's name; it
+    resumes at the snapshot with its disk as then."""
     a, b, sa, sb = two
     disk, at = counting_vm_with_disk(a, sa)
     pid = a.vm("src")["pid"]
-    p = cli(a, "export", "src", str(sa / "src.tar"))
+    p = cli(a, "export", "src", "s1", str(sa / "src.tar"))
     assert p.returncode == 0 and "snapshot s1 exported to" in p.stdout, p
     vm = a.vm("src")
     assert vm["state"] == "running" and vm["pid"] == pid, vm
@@ -375,6 +375,39 @@ def test_archive_round_trip_of_a_running_vm(two):
                            str(sb / "src2-disk0.qcow2")]).returncode == 0
     assert subprocess.run(["qemu-img", "check", "-q", str(sb / "src2-disk0.qcow2")]
                           ).returncode == 0
+
+
+def test_archive_of_the_vm_now(two):
+    """vireo vm export NAME FILE (no SNAP): the VM as it is now, through
+    a snapshot that is gone again afterwards; the VM ran on, and the
+    import resumes where it was when exported."""
+    a, b, sa, sb = two
+    counting_vm_with_disk(a, sa)
+    pid = a.vm("src")["pid"]
+    before = counts(a, "src")[-1]
+    p = cli(a, "export", "src", str(sa / "now.tar"))
+    assert p.returncode == 0 and "exported to" in p.stdout, p
+    after = counts(a, "src")[-1]
+    snap = re.search(r"snapshot (export-\d{8}T\d{6}Z) exported", p.stdout).group(1)
+    lst = a.ok("GET", "/vms/src/snapshots")
+    assert [s["name"] for s in lst["snapshots"]] == ["s1"] and lst["current"] == "s1", lst
+    vm = a.vm("src")
+    assert vm["state"] == "running" and vm["pid"] == pid, vm
+    # A stopped VM: its disks only.
+    a.stop("src", force=True)
+    p = cli(a, "export", "src", str(sa / "stopped.tar"))
+    assert p.returncode == 0, p
+    with tarfile.open(sa / "stopped.tar") as t:
+        assert not [n for n in t.getnames() if n.startswith("snapshots/")], t.getnames()
+
+    shutil.copy(sa / "now.tar", sb / "now.tar")
+    p = cli(b, "import", str(sb / "now.tar"), "now")
+    assert p.returncode == 0, p
+    assert b.ok("GET", "/vms/now/snapshots")["current"] == snap
+    b.ok("POST", f"/vms/now/snapshots/{snap}/rollback")
+    assert wait_for(lambda: len(counts(b, "now")) >= 3, timeout=10), b.vm_log("now")
+    assert before < counts(b, "now")[0] <= after + 1, (before, after, counts(b, "now")[:3])
+    assert "PROBE boot" not in b.vm_log("now")
 
 
 def pax_member(name, data=b"", size=None, kind=tarfile.REGTYPE, link=""):
