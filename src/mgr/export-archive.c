@@ -192,6 +192,20 @@ static bool plain_path(const char *p)
 	return true;
 }
 
+/* A directory's name: a plain path, with or without a trailing '/'. */
+static bool plain_dir(const char *p)
+{
+	char buf[256];
+	size_t n = p ? strlen(p) : 0;
+
+	if (!n || n >= sizeof(buf))
+		return false;
+	memcpy(buf, p, n + 1);
+	if (buf[n - 1] == '/')
+		buf[n - 1] = '\0';
+	return plain_path(buf);
+}
+
 int export_reader_next(struct export_reader *r, char *rel, size_t size, uint64_t *len)
 {
 	struct archive_entry *e;
@@ -206,11 +220,12 @@ int export_reader_next(struct export_reader *r, char *rel, size_t size, uint64_t
 			return err_set(-EINVAL, "damaged archive: %s", archive_error_string(r->a) ?:
 				       "bad header");
 		p = archive_entry_pathname(e);
+		if (archive_entry_filetype(e) == AE_IFDIR && !archive_entry_hardlink(e) &&
+		    plain_dir(p))
+			continue;       /* tar -c writes "disks/" and the like: no use here */
 		if (!plain_path(p))
 			return err_set(-EINVAL, "archive entry '%.80s': not a plain relative path",
 				       p ? p : "");
-		if (archive_entry_filetype(e) == AE_IFDIR && !archive_entry_hardlink(e))
-			continue;
 		if (archive_entry_filetype(e) != AE_IFREG || archive_entry_hardlink(e) ||
 		    archive_entry_symlink(e))
 			return err_set(-EINVAL, "archive entry '%.80s': not a regular file", p);

@@ -465,6 +465,15 @@ def test_hostile_archives_refused_and_nothing_left(two):
     assert "not a file of the manifest" in refused(head + pax_member("disks/7", b"x") + end)
     assert "the archive has no" in refused(head + end)
 
+    # Unpacked and packed again by tar (directory entries and all), with the
+    # manifest first: still an export.
+    unpacked = sa / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(["tar", "-xf", str(sa / "good.tar"), "-C", str(unpacked)], check=True)
+    subprocess.run(["tar", "-cf", str(sb / "repacked.tar"), "-C", str(unpacked),
+                    "manifest.json", "manifest.sha256", "snapshots", "disks", "boot"], check=True)
+    b.ok("POST", "/vms/re/import", {"file": str(sb / "repacked.tar")}, status=201)
+
     # The intact one imports, under the name asked for.
     shutil.copy(sa / "good.tar", sb / "good.tar")
     vm = b.ok("POST", "/vms/x/import", {"file": str(sb / "good.tar")}, status=201)
