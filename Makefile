@@ -8,7 +8,7 @@ WARN    := -Wall -Wextra -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes \
            -Wshadow -Werror
 CFLAGS  ?= -O2 -g
 override CFLAGS += -std=gnu11 $(WARN) -Iinclude -D_GNU_SOURCE -pthread -MMD -MP
-LDLIBS  := -pthread -lz -lzstd -luring -ljson-c -lseccomp -lmnl -lnftables -lgnutls
+LDLIBS  := -pthread -lz -lzstd -luring -ljson-c -lseccomp -lmnl -lnftables -lgnutls -larchive
 # The whole library is linked so that modules that are only reached through
 # weak references (image formats in src/block/registry.c) are kept.
 WHOLE_LIB = -Wl,--whole-archive $(BUILD)/libvireo.a -Wl,--no-whole-archive

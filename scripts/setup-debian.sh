@@ -14,7 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
 	build-essential clang pkg-config \
-	libcmocka-dev libjson-c-dev liburing-dev libmicrohttpd-dev libmnl-dev libgnutls28-dev \
+	libarchive-dev libcmocka-dev libjson-c-dev liburing-dev libmicrohttpd-dev libmnl-dev libgnutls28-dev \
 	libnftables-dev libseccomp-dev libzstd-dev zlib1g-dev \
 	python3-pytest qemu-utils qemu-system-x86 qemu-system-common seabios qemu-system-data \
 	busybox-static cpio kmod iproute2 iputils-ping e2fsprogs nftables acpica-tools strace gdb \

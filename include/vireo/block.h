@@ -356,6 +356,13 @@ struct image_format {
 	int (*snapshot_list)(struct image *img, struct image_snapshot **out, size_t *n);
 	int (*snapshot_apply)(struct image *img, const char *name_or_id);
 	int (*snapshot_delete)(struct image *img, const char *name_or_id);
+	/* snapshot_load: on an image opened read-only, reads show internal
+	 * snapshot name_or_id from now on (its tables and virtual size), as
+	 * QEMU's bdrv_snapshot_load_tmp (`qemu-img convert -l`). Writes
+	 * nothing: a snapshot's tables and clusters stay as they are while it
+	 * exists (a writer copies them on write), so this view can be read
+	 * without the image lock while a VMM writes the image. */
+	int (*snapshot_load)(struct image *img, const char *name_or_id);
 };
 
 /* One open layer of a chain. */
@@ -450,6 +457,9 @@ int image_write_zeroes(struct image *img, uint64_t off, uint64_t len);
 int image_write_compressed(struct image *img, uint64_t off, const void *buf, size_t len);
 int image_discard(struct image *img, uint64_t off, uint64_t len);
 int image_flush(struct image *img);
+/* fmt->snapshot_load on the top layer of a read-only image: -EROFS on a
+ * writable one, -ENOTSUP for a format without internal snapshots. */
+int image_snapshot_load(struct image *img, const char *name);
 /* bfile_set_locked() on every layer of the chain (not VMDK extents). */
 int image_set_locked(struct image *img, bool locked);
 int image_block_status(struct image *img, uint64_t off, uint64_t len,

@@ -10,6 +10,12 @@ int cmd_img(int argc, char **argv);
 int cmd_daemon(int argc, char **argv);
 int cmd_vm(int argc, char **argv);
 int cmd_net(int argc, char **argv);
+/* The copy of `vireo img convert` (src/cmd/img-copy.c), for the daemon's
+ * export too: every range of in (through its backing chain) that does not
+ * read as zero into out, a new image of in's size; compress: as qcow2
+ * compressed clusters, on a worker per CPU. Then flushes out. */
+struct image;
+int img_copy(struct image *in, struct image *out, bool compress, bool show_progress);
 /* The daemon's HTTP client (src/cmd/vm.c), shared with `vireo net`: one
  * request; prints a non-2xx reply's error, *ok says whether it succeeded. */
 struct json_object;

@@ -259,6 +259,7 @@ struct mgr_vm {
 	bool incoming_copy;          /* ... and the disks come with it, into
 				      * the definition's images (--incoming-disk) */
 	char migrating_to[128];      /* an outgoing migration runs; "": none */
+	unsigned int exports;        /* exports of its snapshots under way */
 	struct json_object *info;    /* the VMM's last info reply, or NULL */
 	uint64_t info_ms;            /* CLOCK_MONOTONIC ms of that reply */
 	struct mgr_vm *next;
@@ -446,12 +447,19 @@ enum mgr_err mgr_snap_create(struct mgr *m, struct mgr_vm *vm, struct json_objec
 enum mgr_err mgr_snap_list(struct mgr *m, struct mgr_vm *vm, struct json_object **out);
 enum mgr_err mgr_snap_rollback(struct mgr *m, struct mgr_vm *vm, const char *snap);
 enum mgr_err mgr_snap_delete(struct mgr *m, struct mgr_vm *vm, const char *snap);
-/* POST /vms/NAME/snapshots/SNAP/export {"dir"} (src/mgr/export.c): the
- * snapshot, its chain, the definition and the disks into a new directory
- * in a storage directory; *out says what was written. */
+/* POST /vms/NAME/snapshots/SNAP/export {"dir"|"file"} (src/mgr/export.c):
+ * the snapshot, its chain, the definition and the disks into a new
+ * directory, or one tar archive, in a storage directory; *out says what
+ * was written. Called with the VM's operation lock, which it drops while
+ * it copies (the VM goes on running): vm->exports counts the exports
+ * under way meanwhile. */
 enum mgr_err mgr_snap_export(struct mgr *m, struct mgr_vm *vm, const char *snap,
 			     struct json_object *body, struct json_object **out);
-/* POST /vms/NAME/import {"dir"}: a new, stopped VM NAME from an export,
+/* -EBUSY (err_set) while an export of vm runs: what would remove what
+ * it reads (a rollback, deleting a snapshot or the VM) is refused. */
+int mgr_export_busy(const struct mgr_vm *vm);
+/* POST /vms/NAME/import {"dir"|"file"}: a new, stopped VM NAME (NULL:
+ * the exported VM's name) from an export directory or archive,
  * its current snapshot the exported one; nothing is left of a refused
  * one. Under m->lock (dropped while copying). *out: the VM. */
 enum mgr_err mgr_import(struct mgr *m, const char *name, struct json_object *body,

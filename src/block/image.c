@@ -364,6 +364,21 @@ int image_write_compressed(struct image *img, uint64_t off, const void *buf, siz
 	return img->fmt->write_compressed(img, off, buf, len);	/* locks itself */
 }
 
+int image_snapshot_load(struct image *img, const char *name)
+{
+	int ret;
+
+	if (img->writable)
+		return err_set(-EROFS, "%s: a snapshot is loaded read-only", img->filename);
+	if (!img->fmt->snapshot_load)
+		return err_set(-ENOTSUP, "%s: format %s has no internal snapshots", img->filename,
+			       img->fmt->name);
+	pthread_mutex_lock(&img->lock);
+	ret = img->fmt->snapshot_load(img, name);
+	pthread_mutex_unlock(&img->lock);
+	return ret;
+}
+
 static int write_zeroes_default(struct image *img, uint64_t off, uint64_t len)
 {
 	enum { CHUNK = 1 << 20 };

@@ -405,3 +405,26 @@ int qcow2_snapshot_delete(struct image *img, const char *name)
 	free(sn.name);
 	return ret ? ret : qcow2_fix_copied(s, &fixed);
 }
+
+/* Read-only: the snapshot's L1 becomes the active one in memory only.
+ * Its L2 tables are read through the cache like any other (a fresh open:
+ * the cache holds none of another tree's tables). */
+int qcow2_snapshot_load(struct image *img, const char *name)
+{
+	struct qcow2 *s = img->opaque;
+	int i = find(s, name);
+	uint64_t *sl1;
+	int ret;
+
+	if (i < 0)
+		return err_set(-ENOENT, "%s: no snapshot '%s'", s->file->path, name);
+	ret = read_l1_copy(s, s->snaps[i].l1_table_offset, s->snaps[i].l1_size, &sl1);
+	if (ret)
+		return ret;
+	free(s->l1);
+	s->l1 = sl1;
+	s->l1_size = s->snaps[i].l1_size;
+	s->h.size = img->size = s->snaps[i].disk_size;
+	s->cbuf_l2e = 0;
+	return 0;
+}

@@ -696,4 +696,5 @@ const struct image_format qcow2_format = {
 	.snapshot_list = qcow2_snapshot_list,
 	.snapshot_apply = qcow2_snapshot_apply,
 	.snapshot_delete = qcow2_snapshot_delete,
+	.snapshot_load = qcow2_snapshot_load,
 };

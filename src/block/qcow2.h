@@ -236,6 +236,7 @@ int qcow2_snapshot_create(struct image *img, const char *name);
 int qcow2_snapshot_list(struct image *img, struct image_snapshot **out, size_t *n);
 int qcow2_snapshot_apply(struct image *img, const char *name);
 int qcow2_snapshot_delete(struct image *img, const char *name);
+int qcow2_snapshot_load(struct image *img, const char *name);
 /* refcount += delta on everything an L1 table references (L2s and data). */
 int qcow2_tree_refcount(struct qcow2 *s, const uint64_t *l1, uint32_t l1_size, int64_t delta);
 

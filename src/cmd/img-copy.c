@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "img.h"
+#include "vireo/cmd.h"
 #include "vireo/log.h"
 
 #define CHUNK (2u << 20)
@@ -185,22 +186,47 @@ static int copy_compressed(struct copy *c)
 	return c->error;
 }
 
+int img_copy(struct image *in, struct image *out, bool compress, bool show_progress)
+{
+	struct copy c = { .in = in, .out = out, .compress = compress,
+			  .progress = show_progress };
+	struct image_info info;
+	int ret = 0;
+
+	image_get_info(out, &info);
+	c.cluster = info.cluster_size ? (uint32_t)info.cluster_size : 65536;
+	if (compress && !out->fmt->write_compressed)
+		ret = err_set(-ENOTSUP, "format %s does not support compression", out->fmt->name);
+	c.buf = malloc(CHUNK);
+	if (!ret && !c.buf)
+		ret = err_set(-ENOMEM, "out of memory");
+	if (!ret)
+		ret = compress ? copy_compressed(&c) : copy_data(&c);
+	if (!ret)
+		ret = image_flush(out);
+	if (show_progress)
+		fprintf(stderr, "\n");
+	free(c.buf);
+	return ret;
+}
+
 int img_convert(int argc, char **argv)
 {
 	struct image_create_opts o = { 0 };
-	const char *ifmt = NULL, *ofmt = "raw";
-	struct copy c = { 0 };
-	struct image_info info;
+	const char *ifmt = NULL, *ofmt = "raw", *snap = NULL;
+	struct image *in, *out;
 	bool no_create = false;	/* -n: the output exists already */
+	bool compress = false, show = false;
 	int opt, ret, share = 0;
 
-	while ((opt = getopt(argc, argv, "f:O:o:cpqUn")) != -1) {
+	while ((opt = getopt(argc, argv, "f:O:o:l:cpqUn")) != -1) {
 		switch (opt) {
 		case 'f': ifmt = optarg; break;
 		case 'O': ofmt = optarg; break;
 		case 'o': if (img_parse_opts(optarg, &o)) return img_fail(NULL); break;
-		case 'c': c.compress = true; break;
-		case 'p': c.progress = isatty(STDERR_FILENO); break;
+		case 'l': snap = strncmp(optarg, "snapshot.name=", 14) ? optarg : optarg + 14; break;
+		case 'c': compress = true; break;
+		case 'p': show = isatty(STDERR_FILENO); break;
 		case 'n': no_create = true; break;
 		case 'U': share = IMAGE_FORCE_SHARE; break;	/* the input */
 		case 'q': break;
@@ -211,32 +237,21 @@ int img_convert(int argc, char **argv)
 		fprintf(stderr, "vireo img: convert needs IN and OUT\n");
 		return 1;
 	}
-	if (image_open(argv[optind], ifmt, share, &c.in))
+	if (image_open(argv[optind], ifmt, share, &in))
 		return img_fail(NULL);
-	o.size = c.in->size;
-	ret = no_create ? 0 : image_create(argv[optind + 1], ofmt, &o);
+	ret = snap ? image_snapshot_load(in, snap) : 0;
+	o.size = in->size;
+	if (!ret && !no_create)
+		ret = image_create(argv[optind + 1], ofmt, &o);
 	if (!ret)
-		ret = image_open(argv[optind + 1], ofmt, IMAGE_RDWR, &c.out);
+		ret = image_open(argv[optind + 1], ofmt, IMAGE_RDWR, &out);
 	if (ret) {
-		image_close(c.in);
+		image_close(in);
 		return img_fail("convert");
 	}
-	image_get_info(c.out, &info);
-	c.cluster = info.cluster_size ? (uint32_t)info.cluster_size : 65536;
-	if (c.compress && !c.out->fmt->write_compressed)
-		ret = err_set(-ENOTSUP, "format %s does not support compression", ofmt);
-	c.buf = malloc(CHUNK);
-	if (!ret && !c.buf)
-		ret = err_set(-ENOMEM, "out of memory");
-	if (!ret)
-		ret = c.compress ? copy_compressed(&c) : copy_data(&c);
-	if (!ret)
-		ret = image_flush(c.out);
-	if (c.progress)
-		fprintf(stderr, "\n");
-	free(c.buf);
-	image_close(c.out);
-	image_close(c.in);
+	ret = img_copy(in, out, compress, show);
+	image_close(out);
+	image_close(in);
 	return ret ? img_fail("convert") : 0;
 }
 

@@ -32,7 +32,7 @@ static int usage_to(FILE *out)
 		"  create [-f fmt] [-o opt=val,...] [-b backing [-F fmt]] FILE [SIZE]\n"
 		"  info [-f fmt] [--output=human|json] [--backing-chain] FILE\n"
 		"  check [-f fmt] [-r leaks|all] [--output=human|json] FILE\n"
-		"  convert [-f fmt] -O fmt [-o opts] [-c] [-p] [-n] IN OUT\n"
+		"  convert [-f fmt] -O fmt [-o opts] [-l SNAP] [-c] [-p] [-n] [-U] IN OUT\n"
 		"  snapshot -c|-l|-a|-d [NAME] FILE\n"
 		"  commit [-f fmt] FILE\n"
 		"  rebase [-f fmt] [-u] -b NEW [-F fmt] FILE\n"

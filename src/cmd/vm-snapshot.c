@@ -201,53 +201,91 @@ static int absolute(const char *path, char *out, size_t size)
 	return snprintf(out, size, "%s/%s", cwd, path) < (int)size ? 0 : -ENAMETOOLONG;
 }
 
-/* vireo vm snapshot export NAME SNAP DIR | import DIR NAME */
-static int export_import(struct snap_cli *c, bool export)
+/* vireo vm export NAME [SNAP] FILE | import FILE [NEW] (key "file": one
+ * archive) and vireo vm snapshot export NAME SNAP DIR | import DIR NAME
+ * (key "dir"): one request each. vm NULL: the exported VM's name. */
+static int transfer(struct snap_cli *c, bool export, const char *key, const char *vm,
+		    const char *snap, const char *where)
 {
-	struct json_object *body = json_object_new_object(), *o;
-	const char *vm = c->args[export ? 1 : 2], *dir = c->args[export ? 3 : 1];
+	struct json_object *body, *o;
 	char path[PATH_MAX], url[240], what[200];
 	bool ok;
 
-	if (absolute(dir, path, sizeof(path))) {
-		fprintf(stderr, "vireo: bad path '%s'\n", vm_api_safe(dir));
-		json_object_put(body);
+	if (!where[0] || absolute(where, path, sizeof(path))) {
+		fprintf(stderr, "vireo: bad path '%s'\n", vm_api_safe(where));
 		return 2;
 	}
-	json_object_object_add(body, "dir", json_object_new_string(path));
+	body = json_object_new_object();
+	json_object_object_add(body, key, json_object_new_string(path));
 	if (export) {
-		snprintf(url, sizeof(url), "/vms/%s/snapshots/%s/export", vm, c->args[2]);
-		snprintf(what, sizeof(what), "exporting snapshot %s of %s", c->args[2], vm);
+		snprintf(url, sizeof(url), "/vms/%s/snapshots/%s/export", vm, snap);
+		snprintf(what, sizeof(what), "exporting snapshot %s of %s", snap, vm);
 	} else {
-		snprintf(url, sizeof(url), "/vms/%s/import", vm);
-		snprintf(what, sizeof(what), "importing %.100s as %s", path, vm);
+		snprintf(url, sizeof(url), vm ? "/vms/%s/import" : "/vms/import", vm);
+		snprintf(what, sizeof(what), "importing %.100s", path);
 	}
 	o = call_with_progress(c, what, "POST", url, json_object_to_json_string(body), &ok);
 	json_object_put(body);
 	if (ok && c->json)
 		vm_api_print_json(o);
 	else if (ok && export)
-		printf("%s: snapshot %s exported to %s\n", vm, c->args[2], vm_api_safe(path));
+		printf("%s: snapshot %s exported to %s\n", vm, snap, vm_api_safe(path));
 	else if (ok)
 		printf("%s: imported (stopped; vireo vm rollback %s SNAP to bring the snapshot "
-		       "back)\n", vm, vm);
+		       "back)\n", vm_api_safe(str(o, "name")), vm_api_safe(str(o, "name")));
 	json_object_put(o);
 	return ok ? 0 : 1;
 }
 
 /* Names go into the URL; a path is the body's (it may hold '/'). */
-static bool export_names_ok(struct snap_cli *c, bool export)
+static bool names_but(const struct snap_cli *c, int from, const char *path)
 {
-	const char *dir = c->args[export ? 3 : 1];
 	struct snap_cli names = *c;
-	bool ok;
 
 	names.nargs = 0;
-	for (int i = 1; i < c->nargs; i++)
-		if (c->args[i] != dir)
+	for (int i = from; i < c->nargs; i++)
+		if (c->args[i] != path)
 			names.args[names.nargs++] = c->args[i];
-	ok = names_ok(&names);
-	return ok && dir[0];
+	return names_ok(&names);
+}
+
+/* A request whose answer is not shown (errors are). */
+static bool quiet(const struct snap_cli *c, const char *method, const char *path,
+		  const char *body)
+{
+	bool ok;
+
+	json_object_put(vm_api_call(c->socket, false, method, path, body, &ok));
+	return ok;
+}
+
+/* vireo vm export NAME [SNAP] FILE: without SNAP, the VM as it is now,
+ * through a snapshot (memory too if it runs: it is paused as long as a
+ * snapshot takes) that is exported and then deleted (as vzdump does). */
+static int export_cmd(struct snap_cli *c)
+{
+	const char *vm = c->args[0], *file = c->args[c->nargs - 1];
+	char snap[64], path[240], body[128];
+	time_t now = time(NULL);
+	struct tm tm;
+	int ret;
+
+	if (!names_but(c, 0, file))
+		return 2;
+	if (c->nargs == 3)
+		return transfer(c, true, "file", vm, c->args[1], file);
+	gmtime_r(&now, &tm);
+	strftime(snap, sizeof(snap), "export-%Y%m%dT%H%M%SZ", &tm);
+	snprintf(path, sizeof(path), "/vms/%s/snapshots", vm);
+	snprintf(body, sizeof(body), "{\"name\": \"%s\"}", snap);
+	if (!quiet(c, "POST", path, body))
+		return 1;
+	ret = transfer(c, true, "file", vm, snap, file);
+	snprintf(path, sizeof(path), "/vms/%s/snapshots/%s", vm, snap);
+	if (!quiet(c, "DELETE", path, NULL))
+		fprintf(stderr, "vireo: the snapshot %s of %s stays: vireo vm delsnapshot %s %s\n",
+			snap, vm, vm, snap);
+	return ret;
 }
 
 int vm_snapshot_cmd(const char *socket, bool json, int argc, char **argv)
@@ -257,12 +295,29 @@ int vm_snapshot_cmd(const char *socket, bool json, int argc, char **argv)
 	bool list_cmd = !strcmp(cmd, "snapshots");
 	int want = list_cmd ? 1 : 2;
 
+	if (!strcmp(cmd, "export") || !strcmp(cmd, "import")) {
+		bool export = !strcmp(cmd, "export");
+
+		if (parse_args(&c, argc, argv, false) || c.nargs < 1 + export || c.nargs > 2 + export) {
+			fprintf(stderr, "vireo: usage: vireo vm %s\n",
+				export ? "export NAME [SNAP] FILE" : "import FILE [NEWNAME]");
+			return 2;
+		}
+		if (export)
+			return export_cmd(&c);
+		return names_but(&c, 0, c.args[0]) ?
+		       transfer(&c, false, "file", c.nargs == 2 ? c.args[1] : NULL, NULL, c.args[0]) : 2;
+	}
 	if (!strcmp(cmd, "snapshot") && !parse_args(&c, argc, argv, false) && c.nargs >= 1 &&
 	    ((!strcmp(c.args[0], "export") && c.nargs == 4) ||
 	     (!strcmp(c.args[0], "import") && c.nargs == 3))) {
 		bool export = !strcmp(c.args[0], "export");
+		const char *dir = c.args[export ? 3 : 1];
 
-		return export_names_ok(&c, export) ? export_import(&c, export) : 2;
+		if (!names_but(&c, 1, dir))
+			return 2;
+		return export ? transfer(&c, true, "dir", c.args[1], c.args[2], dir) :
+				transfer(&c, false, "dir", c.args[2], NULL, dir);
 	}
 	c = (struct snap_cli){ .socket = socket, .json = json };
 	if (parse_args(&c, argc, argv, !strcmp(cmd, "snapshot")) || c.nargs != want) {

@@ -51,9 +51,13 @@ static const char vm_usage[] =
 	"  snapshots NAME            its snapshots (* the one it descends from)\n"
 	"  rollback NAME SNAP        back to a snapshot (a running VM is stopped first)\n"
 	"  delsnapshot NAME SNAP     delete a snapshot\n"
-	"  snapshot export NAME SNAP DIR  the snapshot (and its chain), the VM's\n"
-	"                            definition and disks into DIR, checksummed\n"
-	"  snapshot import DIR NAME  a new VM NAME from an export (then: rollback)\n"
+	"  export NAME [SNAP] FILE   the snapshot (and its chain), the VM's definition\n"
+	"                            and disks (compressed qcow2) into one checksummed\n"
+	"                            tar archive; the VM may run. No SNAP: the VM now\n"
+	"                            (through a snapshot deleted afterwards)\n"
+	"  import FILE [NEWNAME]     a new VM from an export (then: rollback)\n"
+	"  snapshot export NAME SNAP DIR / snapshot import DIR NAME  the same, as a\n"
+	"                            directory\n"
 	"  migrate NAME --to tcp:HOST:PORT --token-file FILE [--max-downtime MS]\n"
 	"         [--bandwidth SIZE] [--timeout S]  live-migrate to the daemon that\n"
 	"                            waits for it (shared storage); stopped here after\n"
@@ -997,7 +1001,7 @@ int cmd_vm(int argc, char **argv)
 	if (!strcmp(cmd, "stop"))
 		return cmd_stop(&cli, argc, argv);
 	if (!strcmp(cmd, "snapshot") || !strcmp(cmd, "snapshots") || !strcmp(cmd, "rollback") ||
-	    !strcmp(cmd, "delsnapshot"))
+	    !strcmp(cmd, "delsnapshot") || !strcmp(cmd, "export") || !strcmp(cmd, "import"))
 		return vm_snapshot_cmd(cli.socket, cli.json, argc, argv);
 	if (!strcmp(cmd, "migrate") || !strcmp(cmd, "migrate-cancel") || !strcmp(cmd, "incoming"))
 		return vm_migrate_cmd(cli.socket, cli.json, argc, argv);

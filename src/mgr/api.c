@@ -709,7 +709,8 @@ static void route_snapshots(struct mgr *m, const char *method, const char *name,
 	mgr_release(m, vm);
 }
 
-/* POST /vms/NAME/import {"dir"}: a new VM NAME from an export. */
+/* POST /vms/NAME/import {"dir"|"file"}: a new VM NAME from an export;
+ * POST /vms/import (name NULL): named as the exported VM. */
 static void route_import(struct mgr *m, const char *method, const char *name,
 			 const struct upload *u, struct reply *r)
 {
@@ -877,6 +878,9 @@ static void route(struct mgr *m, const char *method, const char *url, const stru
 	}
 	if (n == 3 && !strcmp(seg[2], "import"))
 		return route_import(m, method, seg[1], u, r);
+	/* No VM can be POSTed to: /vms/import takes the exported VM's name. */
+	if (n == 2 && !strcmp(seg[1], "import") && !strcmp(method, "POST"))
+		return route_import(m, method, NULL, u, r);
 	if (n >= 3 && !strcmp(seg[2], "snapshots"))
 		return route_snapshots(m, method, seg[1], n >= 4 ? seg[3] : NULL,
 				       n == 5 ? seg[4] : NULL, u, r);

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "vireo/block.h"
+#include "vireo/cmd.h"
 #include "vireo/log.h"
 #include "vireo/machine.h"
 #include "vireo/mgr.h"
@@ -232,7 +233,7 @@ static int storage_path(struct mgr *m, const char *path, char *out, size_t size)
 	const char *base = strrchr(path, '/');
 
 	if (path[0] != '/' || !base || strlen(path) >= sizeof(dir) - 16 || !vm_name_valid(base + 1))
-		return err_set(-EINVAL, "'dir' must be an absolute path whose last part is 1 to 64 "
+		return err_set(-EINVAL, "the path must be absolute, its last part 1 to 64 "
 			       "of A-Z a-z 0-9 _ . -, not starting with '.' or '-'");
 	memcpy(dir, path, (size_t)(base - path));
 	dir[base - path] = '\0';
@@ -251,13 +252,16 @@ static int storage_path(struct mgr *m, const char *path, char *out, size_t size)
 		       "--storage)", path);
 }
 
-static int body_dir(struct mgr *m, struct json_object *body, char *out, size_t size)
+/* {"dir": PATH} (a directory) or {"file": PATH} (one tar archive). */
+static int body_path(struct mgr *m, struct json_object *body, char *out, size_t size,
+		     bool *archive)
 {
-	struct json_object *v;
+	struct json_object *v = NULL;
 
 	if (!json_object_is_type(body, json_type_object) || json_object_object_length(body) != 1 ||
-	    !json_object_object_get_ex(body, "dir", &v) || !json_object_is_type(v, json_type_string))
-		return err_set(-EINVAL, "the body is {\"dir\": PATH}");
+	    !((*archive = json_object_object_get_ex(body, "file", &v)) ||
+	      json_object_object_get_ex(body, "dir", &v)) || !json_object_is_type(v, json_type_string))
+		return err_set(-EINVAL, "the body is {\"file\": PATH} or {\"dir\": PATH}");
 	return storage_path(m, json_object_get_string(v), out, size);
 }
 
@@ -267,25 +271,133 @@ struct export {
 	struct mgr *m;
 	const char *vm, *tmp;
 	struct json_object *files;
+	struct image *disks[MGR_MAX_DISKS];     /* what each disk exports */
+	bool archive;           /* one tar file, built from the directory tmp */
 };
+
+static void record_file(struct export *x, const char *rel, uint64_t size, const char *hex)
+{
+	struct json_object *f = json_object_new_object();
+
+	json_object_object_add(f, "path", json_object_new_string(rel));
+	json_object_object_add(f, "size", json_object_new_int64((int64_t)size));
+	json_object_object_add(f, "sha256", json_object_new_string(hex));
+	json_object_array_add(x->files, f);
+}
 
 static int add_file(struct export *x, const char *src, const char *rel)
 {
 	char dst[PATH_MAX], hex[65];
-	struct json_object *f;
 	uint64_t size = 0;
 	int ret = join(dst, sizeof(dst), x->tmp, rel);
 
 	if (!ret)
 		ret = copy_file(src, dst, &size, hex);
+	if (!ret)
+		record_file(x, rel, size, hex);
+	return ret;
+}
+
+/* The SHA-256 of a file the export made. */
+static int hash_file(const char *path, uint64_t *size, char hex[65])
+{
+	uint8_t *buf = malloc(COPY_CHUNK), digest[32];
+	int fd = open_regular(path, size), ret = 0;
+	gnutls_hash_hd_t h;
+	ssize_t n;
+
+	if (fd < 0 || !buf || gnutls_hash_init(&h, GNUTLS_DIG_SHA256) < 0) {
+		free(buf);
+		if (fd >= 0)
+			close(fd);
+		return fd < 0 ? fd : err_set(-ENOMEM, "out of memory");
+	}
+	while ((n = read(fd, buf, COPY_CHUNK)) > 0 || (n < 0 && errno == EINTR))
+		if (n > 0 && gnutls_hash(h, buf, (size_t)n) < 0)
+			ret = -EIO;
+	if (n < 0 || ret)
+		ret = err_set(-EIO, "%s: cannot read it back", path);
+	gnutls_hash_deinit(h, digest);
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+	free(buf);
+	close(fd);
+	return ret;
+}
+
+/* A disk's export format: qcow2 (compressed clusters) for a qcow2 image,
+ * raw (sparse) for a raw one; the definition and the state keep theirs. */
+static const char *disk_out_format(const struct image *in)
+{
+	return strcmp(in->fmt->name, "qcow2") ? "raw" : "qcow2";
+}
+
+/* Disk i: a new image with what `in` reads (the backing chain
+ * flattened), by convert's copy; a writable disk's gets SNAP's internal
+ * snapshot again, which a rollback applies after the import. */
+static int export_disk(struct export *x, const struct mgr_disk *k, unsigned int i,
+		       const char *snap)
+{
+	struct image_create_opts o = { .size = x->disks[i]->size };
+	const char *fmt = disk_out_format(x->disks[i]);
+	char rel[32], path[PATH_MAX], hex[65];
+	struct image *out;
+	uint64_t size;
+	int ret;
+
+	snprintf(rel, sizeof(rel), "disks/%u", i);
+	ret = join(path, sizeof(path), x->tmp, rel);
+	if (!ret)
+		ret = image_create(path, fmt, &o);
+	if (!ret)
+		ret = image_open(path, fmt, IMAGE_RDWR, &out);
 	if (ret)
-		return ret;
-	f = json_object_new_object();
-	json_object_object_add(f, "path", json_object_new_string(rel));
-	json_object_object_add(f, "size", json_object_new_int64((int64_t)size));
-	json_object_object_add(f, "sha256", json_object_new_string(hex));
-	json_object_array_add(x->files, f);
+		return err_set(ret, "disk %u: %s", i, err_get());
+	ret = img_copy(x->disks[i], out, !strcmp(fmt, "qcow2"), false);
+	if (!ret && !k->readonly) {
+		pthread_mutex_lock(&out->lock);
+		ret = out->fmt->snapshot_create(out, snap);
+		pthread_mutex_unlock(&out->lock);
+	}
+	image_close(out);
+	if (!ret)
+		ret = hash_file(path, &size, hex);
+	if (ret)
+		return err_set(ret, "disk %u (%s): %s", i, k->path, err_get());
+	record_file(x, rel, size, hex);
 	return 0;
+}
+
+/* Opens what each disk exports: a writable one's internal snapshot SNAP
+ * (read-only and without the image lock: a running VMM writes the image,
+ * and leaves the snapshot's clusters as they are), a read-only one as it
+ * is. Run under the VM's operation lock: no snapshot is taken or dropped
+ * meanwhile, so the snapshot table is read whole. */
+static int open_disks(struct export *x, const struct vm_def *d, const char *snap)
+{
+	int ret = disks_check(d, true, snap, true);
+
+	for (unsigned int i = 0; !ret && i < d->ndisks; i++) {
+		const struct mgr_disk *k = &d->disks[i];
+
+		ret = image_open(k->path, k->format, IMAGE_FORCE_SHARE, &x->disks[i]);
+		if (!ret && strcmp(x->disks[i]->fmt->name, "qcow2") &&
+		    strcmp(x->disks[i]->fmt->name, "raw"))
+			ret = err_set(-ENOTSUP, "format %s: an export takes qcow2 and raw disks",
+				      x->disks[i]->fmt->name);
+		if (!ret && !k->readonly)
+			ret = image_snapshot_load(x->disks[i], snap);
+		if (ret)
+			return err_set(ret, "disk %u (%s): %s", i, k->path, err_get());
+	}
+	return ret;
+}
+
+static void close_disks(struct export *x)
+{
+	for (unsigned int i = 0; i < MGR_MAX_DISKS; i++)
+		if (x->disks[i])
+			image_close(x->disks[i]);
 }
 
 /* SNAP and, while incremental, its parents: oldest first in out[]. */
@@ -338,7 +450,6 @@ static int export_snapshot(struct export *x, const struct snap_meta *s)
 static int export_files(struct export *x, const struct vm_def *d, const struct snap_meta *chain,
 			unsigned int n)
 {
-	char rel[32];
 	int ret = mkdir_in(x->tmp, "snapshots");
 
 	for (unsigned int i = 0; !ret && i < n; i++)
@@ -347,10 +458,8 @@ static int export_files(struct export *x, const struct vm_def *d, const struct s
 		ret = mkdir_in(x->tmp, d->ndisks ? "disks" : "boot");
 	if (!ret && d->ndisks && (d->kernel || d->initrd))
 		ret = mkdir_in(x->tmp, "boot");
-	for (unsigned int i = 0; !ret && i < d->ndisks; i++) {
-		snprintf(rel, sizeof(rel), "disks/%u", i);
-		ret = add_file(x, d->disks[i].path, rel);
-	}
+	for (unsigned int i = 0; !ret && i < d->ndisks; i++)
+		ret = export_disk(x, &d->disks[i], i, chain[n - 1].name);
 	if (!ret && d->kernel)
 		ret = add_file(x, d->kernel, "boot/kernel");
 	if (!ret && d->initrd)
@@ -417,8 +526,34 @@ static enum mgr_err export_class(int ret)
 	       MGR_E_FAILED;
 }
 
-/* The copies run without the table lock; the VM's operation lock keeps
- * the VM stopped (or its VMM away from the disks) meanwhile. */
+int mgr_export_busy(const struct mgr_vm *vm)
+{
+	return vm->exports ? err_set(-EBUSY, "VM '%s' has an export under way: try again when it "
+				     "has ended", vm->def.name) : 0;
+}
+
+/* The directory x->tmp as the archive `path`: manifest first. */
+static int export_archive(struct export *x, const char *path)
+{
+	const char *rels[MAX_FILES + 2] = { "manifest.json", "manifest.sha256" };
+	size_t n = json_object_array_length(x->files);
+	char part[PATH_MAX + 16];
+	struct json_object *p;
+	int ret;
+
+	for (size_t i = 0; i < n && i < MAX_FILES; i++)
+		rels[i + 2] = json_object_object_get_ex(json_object_array_get_idx(x->files, i),
+							"path", &p) ? json_object_get_string(p) : "";
+	snprintf(part, sizeof(part), "%s.tar", x->tmp);
+	ret = export_pack(x->tmp, rels, (unsigned int)(n + 2), part);
+	if (!ret && rename(part, path) < 0)
+		ret = err_set(-errno, "cannot rename %s: %m", part);
+	if (ret)
+		unlink(part);
+	return ret;
+}
+
+/* The copies run without the table lock. */
 static int export_unlocked(struct export *x, const struct vm_def *d, const char *snap,
 			   const struct snap_meta *chain, unsigned int n, const char *dir)
 {
@@ -433,11 +568,40 @@ static int export_unlocked(struct export *x, const struct vm_def *d, const char 
 	ret = export_files(x, d, chain, n);
 	if (!ret)
 		ret = write_manifest(x, d, snap, chain, n);
-	if (!ret && rename(x->tmp, dir) < 0)
+	if (!ret && x->archive)
+		ret = export_archive(x, dir);
+	else if (!ret && rename(x->tmp, dir) < 0)
 		ret = err_set(-errno, "cannot rename %s: %m", x->tmp);
-	if (ret)
+	if (ret || x->archive)
 		remove_tree(x->tmp);
 	pthread_mutex_lock(&x->m->lock);
+	return ret;
+}
+
+/* Without the VM's operation lock either, on a copy of its definition:
+ * the VM goes on (an export of a running VM does not stop it). Its
+ * disks' views are opened first, under the operation lock; then
+ * vm->exports refuses what would remove the snapshot being read. */
+static int export_run(struct export *x, struct mgr_vm *vm, const struct vm_def *d,
+		      const char *snap, const struct snap_meta *chain, unsigned int n,
+		      const char *dir)
+{
+	int ret;
+
+	pthread_mutex_unlock(&x->m->lock);
+	ret = open_disks(x, d, snap);
+	pthread_mutex_lock(&x->m->lock);
+	if (!ret) {
+		vm->exports++;
+		pthread_mutex_unlock(&vm->lock);
+		ret = export_unlocked(x, d, snap, chain, n, dir);
+		/* Lock order: the VM's lock, then the table's. */
+		pthread_mutex_unlock(&x->m->lock);
+		pthread_mutex_lock(&vm->lock);
+		pthread_mutex_lock(&x->m->lock);
+		vm->exports--;
+	}
+	close_disks(x);
 	return ret;
 }
 
@@ -446,32 +610,37 @@ enum mgr_err mgr_snap_export(struct mgr *m, struct mgr_vm *vm, const char *snap,
 {
 	struct snap_meta *chain = calloc(MAX_CHAIN, sizeof(*chain));
 	char dir[PATH_MAX], tmp[PATH_MAX + 16];
-	struct export x = { m, vm->def.name, tmp, NULL };
+	struct export x = { .m = m, .vm = vm->def.name, .tmp = tmp };
+	struct vm_def def;
+	bool have_def = false;
 	unsigned int n = 0;
 	struct stat st;
-	int ret = chain ? body_dir(m, body, dir, sizeof(dir)) : err_set(-ENOMEM, "out of memory");
+	int ret = chain ? body_path(m, body, dir, sizeof(dir), &x.archive) :
+		  err_set(-ENOMEM, "out of memory");
 
 	if (!ret && (lstat(dir, &st) == 0 || errno != ENOENT))
 		ret = err_set(-EEXIST, "%s exists", dir);
 	snprintf(tmp, sizeof(tmp), "%s.partial", dir);
 	if (!ret && lstat(tmp, &st) == 0)
 		ret = err_set(-EEXIST, "%s exists (an export that did not finish: remove it)", tmp);
-	if (!ret && mgr_vm_active(vm) && vm->def.ndisks)
-		ret = err_set(-EBUSY, "VM '%s' is %s: its disks can be exported only while it is "
-			      "stopped (its VMM writes them)", vm->def.name, mgr_state_name(vm->state));
 	if (!ret)
 		ret = load_chain(m, vm->def.name, snap, chain, &n);
+	if (!ret && !(ret = vm_def_copy(&vm->def, &def)))
+		have_def = true;
+	x.vm = have_def ? def.name : x.vm;
 	x.files = json_object_new_array();
 	if (!ret)
-		ret = export_unlocked(&x, &vm->def, snap, chain, n, dir);
+		ret = export_run(&x, vm, &def, snap, chain, n, dir);
 	if (!ret) {
 		*out = json_object_new_object();
 		json_object_object_add(*out, "exported", json_object_new_string(snap));
-		json_object_object_add(*out, "dir", json_object_new_string(dir));
+		json_object_object_add(*out, x.archive ? "file" : "dir", json_object_new_string(dir));
 		json_object_object_add(*out, "files", json_object_get(x.files));
 		log_info("VM %s: snapshot %s exported to %s", vm->def.name, snap, dir);
 	}
 	json_object_put(x.files);
+	if (have_def)
+		vm_def_free(&def);
 	while (n)
 		meta_free(&chain[--n]);
 	free(chain);
@@ -486,12 +655,14 @@ struct import_file {
 	char sha256[65];
 	char *dst;              /* where it goes: the storage, or the temporary
 				 * snapshot directory */
+	bool done;              /* copied (from an archive) */
 };
 
 struct import {
 	struct mgr *m;
 	char src[PATH_MAX];
-	const char *name;
+	struct export_reader *ar;       /* an archive's; NULL: a directory */
+	char name[MGR_NAME_MAX + 1];
 	char snap[MGR_NAME_MAX + 1];
 	struct vm_def def;
 	bool have_def;
@@ -558,13 +729,17 @@ static int read_small(const char *base, const char *rel, char **text, size_t max
 	return 0;
 }
 
-static int read_manifest(struct import *im, struct json_object **out)
+static int read_manifest(struct import *im, bool archive, struct json_object **out)
 {
 	char *text = NULL, *sum = NULL, hex[65];
-	int ret = read_small(im->src, "manifest.json", &text, MANIFEST_MAX);
+	int ret = archive ? export_reader_open(im->src, &im->ar) : 0;
 
 	if (!ret)
-		ret = read_small(im->src, "manifest.sha256", &sum, 128);
+		ret = im->ar ? export_reader_text(im->ar, "manifest.json", &text, MANIFEST_MAX) :
+		      read_small(im->src, "manifest.json", &text, MANIFEST_MAX);
+	if (!ret)
+		ret = im->ar ? export_reader_text(im->ar, "manifest.sha256", &sum, 128) :
+		      read_small(im->src, "manifest.sha256", &sum, 128);
 	if (!ret) {
 		sha256_hex(text, hex);
 		if (strncmp(sum, hex, 64) || strcmp(sum + 64, "\n"))
@@ -744,34 +919,76 @@ static int import_places(struct import *im)
 	return 0;
 }
 
-static int import_copy(struct import *im, struct import_file *f)
+/* f's data from in (a file of the directory), or from the archive's
+ * present entry (in < 0), into f->dst, checked against its hash. */
+static int import_write(struct import *im, struct import_file *f, int in)
 {
 	char hex[65];
-	uint64_t size;
-	int in = open_beneath(im->src, f->rel, &size), out, ret;
+	int out, ret;
 
-	if (in < 0)
-		return in;
-	if (size != f->size) {
-		close(in);
-		return err_set(-EINVAL, "%s is %llu bytes, the manifest says %llu", f->rel,
-			       (unsigned long long)size, (unsigned long long)f->size);
-	}
 	out = open(f->dst, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (out < 0) {
-		ret = err_set(-errno, "cannot create %s: %m", f->dst);
-		close(in);
-		return ret;
-	}
+	if (out < 0)
+		return err_set(-errno, "cannot create %s: %m", f->dst);
 	if (strncmp(f->rel, "snapshots/", 10))
 		im->made[im->nmade++] = f->dst;
-	ret = copy_hashed(in, out, size, hex);
+	ret = in >= 0 ? copy_hashed(in, out, f->size, hex) :
+	      export_reader_copy(im->ar, out, f->size, hex);
 	if (!ret && fsync(out) < 0)
 		ret = err_set(-errno, "cannot sync %s: %m", f->dst);
-	close(in);
 	close(out);
 	if (!ret && strcmp(hex, f->sha256))
 		ret = err_set(-EINVAL, "%s: checksum mismatch", f->rel);
+	else if (ret)
+		ret = err_set(ret, "%s: %s", f->rel, err_get());
+	return ret;
+}
+
+static int size_check(const struct import_file *f, uint64_t size)
+{
+	return size == f->size ? 0 :
+	       err_set(-EINVAL, "%s is %llu bytes, the manifest says %llu", f->rel,
+		       (unsigned long long)size, (unsigned long long)f->size);
+}
+
+static int import_copy(struct import *im, struct import_file *f)
+{
+	uint64_t size;
+	int in = open_beneath(im->src, f->rel, &size), ret;
+
+	if (in < 0)
+		return in;
+	ret = size_check(f, size);
+	if (!ret)
+		ret = import_write(im, f, in);
+	close(in);
+	return ret;
+}
+
+/* An archive's entries, each a file of the manifest once, in any order. */
+static int import_entries(struct import *im)
+{
+	char rel[MGR_NAME_MAX + 32];
+	uint64_t size;
+	int ret;
+
+	while ((ret = export_reader_next(im->ar, rel, sizeof(rel), &size)) > 0) {
+		struct import_file *f = NULL;
+
+		for (unsigned int i = 0; i < im->nfiles && !f; i++)
+			f = strcmp(im->files[i].rel, rel) ? NULL : &im->files[i];
+		if (!f || f->done)
+			return err_set(-EINVAL, "archive entry '%.80s': %s", rel,
+				       f ? "twice" : "not a file of the manifest");
+		f->done = true;
+		ret = size_check(f, size);
+		if (!ret)
+			ret = import_write(im, f, -1);
+		if (ret)
+			return ret;
+	}
+	for (unsigned int i = 0; !ret && i < im->nfiles; i++)
+		if (!im->files[i].done)
+			ret = err_set(-EINVAL, "the archive has no %s", im->files[i].rel);
 	return ret;
 }
 
@@ -872,7 +1089,9 @@ static int import_files(struct import *im)
 {
 	int ret = import_snapshot_dirs(im);
 
-	for (unsigned int i = 0; !ret && i < im->nfiles; i++)
+	if (!ret && im->ar)
+		ret = import_entries(im);
+	for (unsigned int i = 0; !ret && !im->ar && i < im->nfiles; i++)
 		ret = import_copy(im, &im->files[i]);
 	if (!ret)
 		ret = import_disk_paths(im);
@@ -891,6 +1110,18 @@ static void import_free(struct import *im, bool undo)
 		meta_free(&im->chain[i]);
 	if (im->have_def)
 		vm_def_free(&im->def);
+	export_reader_close(im->ar);
+}
+
+/* The exported VM's name (its definition is checked later). */
+static void manifest_vm_name(struct json_object *o, char out[MGR_NAME_MAX + 1])
+{
+	struct json_object *vm, *name;
+
+	if (json_object_object_get_ex(o, "vm", &vm) &&
+	    json_object_object_get_ex(vm, "name", &name) &&
+	    json_object_is_type(name, json_type_string))
+		snprintf(out, MGR_NAME_MAX + 1, "%s", json_object_get_string(name));
 }
 
 static int import_prepare(struct import *im, struct json_object *body)
@@ -898,16 +1129,19 @@ static int import_prepare(struct import *im, struct json_object *body)
 	char snaps[PATH_MAX], final[PATH_MAX];
 	struct json_object *manifest = NULL;
 	struct stat st;
-	int ret = body_dir(im->m, body, im->src, sizeof(im->src));
+	bool archive = false;
+	int ret = body_path(im->m, body, im->src, sizeof(im->src), &archive);
 
+	if (!ret && !im->m->nstorage)
+		ret = err_set(-EPERM, "this daemon has no storage directory for the disks");
+	if (!ret)
+		ret = read_manifest(im, archive, &manifest);
+	if (!ret && !im->name[0])
+		manifest_vm_name(manifest, im->name);
 	if (!ret && !vm_name_valid(im->name))
 		ret = err_set(-EINVAL, "bad VM name");
 	if (!ret && mgr_find(im->m, im->name))
 		ret = err_set(-EEXIST, "a VM named '%s' exists", im->name);
-	if (!ret && !im->m->nstorage)
-		ret = err_set(-EPERM, "this daemon has no storage directory for the disks");
-	if (!ret)
-		ret = read_manifest(im, &manifest);
 	if (!ret)
 		ret = parse_manifest(im, manifest);
 	json_object_put(manifest);
@@ -939,7 +1173,7 @@ enum mgr_err mgr_import(struct mgr *m, const char *name, struct json_object *bod
 	if (!im)
 		return err_set(-ENOMEM, "out of memory"), MGR_E_FAILED;
 	im->m = m;
-	im->name = name;
+	snprintf(im->name, sizeof(im->name), "%s", name ? name : "");
 	ret = import_prepare(im, body);
 	if (!ret) {
 		/* Copies and checks without the table lock. */
@@ -948,7 +1182,7 @@ enum mgr_err mgr_import(struct mgr *m, const char *name, struct json_object *bod
 		pthread_mutex_lock(&m->lock);
 	}
 	if (!ret)
-		ret = snap_path(m, final, sizeof(final), name, NULL, NULL);
+		ret = snap_path(m, final, sizeof(final), im->name, NULL, NULL);
 	if (!ret && rename(im->tmp, final) < 0)
 		ret = err_set(-errno, "cannot rename %s: %m", im->tmp);
 	if (!ret) {
@@ -964,8 +1198,8 @@ enum mgr_err mgr_import(struct mgr *m, const char *name, struct json_object *bod
 		    ret == -ENOSPC || ret == -EDQUOT ? MGR_E_FAILED : MGR_E_BAD;
 	}
 	if (e == MGR_OK) {
-		*out = mgr_vm_json(m, mgr_find(m, name), false);
-		log_info("VM %s: imported from %s, snapshot %s", name, im->src, im->snap);
+		*out = mgr_vm_json(m, mgr_find(m, im->name), false);
+		log_info("VM %s: imported from %s, snapshot %s", im->name, im->src, im->snap);
 	}
 	import_free(im, e != MGR_OK);
 	free(im);

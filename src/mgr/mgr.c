@@ -477,6 +477,8 @@ enum mgr_err mgr_delete(struct mgr *m, struct mgr_vm *vm)
 {
 	const char *name = vm->def.name;
 
+	if (mgr_export_busy(vm))
+		return MGR_E_CONFLICT;
 	if (mgr_vm_active(vm) || store_vm_locked(m, name)) {
 		err_set(-EBUSY, "VM '%s' is %s: stop it first", name, mgr_vm_active(vm) ?
 			mgr_state_name(vm->state) : "still held by a VMM");

@@ -3,6 +3,7 @@
 #define VIREO_MGR_SNAPSHOT_INT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "vireo/mgr.h"
@@ -39,5 +40,20 @@ void current_set(struct mgr *m, const char *vm, const char *snap);
 int remove_dir(const char *path);
 /* Every writable disk of d has (want) or lacks an internal snapshot name. */
 int disks_check(const struct vm_def *d, bool vmm, const char *name, bool want);
+
+/* An export as one tar archive (export-archive.c). export_pack writes
+ * dir's files rels[] (relative paths), in that order, into the new file
+ * path. A reader hands out an archive's regular files in order: next
+ * gives 1 with the entry's path and size (0: the end; a link, device or
+ * unsafe path: -EINVAL), copy writes its data into out (an empty file,
+ * holes left holes) with their SHA-256 in hex, text reads an entry that
+ * must be named want and be at most max bytes. 0 or -errno, err_set(). */
+struct export_reader;
+int export_pack(const char *dir, const char *const *rels, unsigned int n, const char *path);
+int export_reader_open(const char *path, struct export_reader **out);
+int export_reader_next(struct export_reader *r, char *rel, size_t size, uint64_t *len);
+int export_reader_copy(struct export_reader *r, int out, uint64_t size, char hex[65]);
+int export_reader_text(struct export_reader *r, const char *want, char **text, size_t max);
+void export_reader_close(struct export_reader *r);
 
 #endif

@@ -931,8 +931,11 @@ enum mgr_err mgr_snap_rollback(struct mgr *m, struct mgr_vm *vm, const char *sna
 	char dir[PATH_MAX];
 	struct snap_meta s;
 	enum mgr_err e = MGR_OK;
-	int ret = meta_load(m, vm->def.name, snap, &s);
+	int ret;
 
+	if (mgr_export_busy(vm))
+		return MGR_E_CONFLICT;
+	ret = meta_load(m, vm->def.name, snap, &s);
 	if (ret)
 		return meta_err(ret);
 	if (mgr_vm_active(vm) && vm->state != MGR_RUNNING && vm->state != MGR_PAUSED) {
@@ -1024,8 +1027,11 @@ enum mgr_err mgr_snap_delete(struct mgr *m, struct mgr_vm *vm, const char *snap)
 	struct snap_meta s;
 	struct reparent_ctx r = { m, vm->def.name, snap, "" };
 	enum mgr_err e = MGR_OK;
-	int ret = meta_load(m, vm->def.name, snap, &s);
+	int ret;
 
+	if (mgr_export_busy(vm))
+		return MGR_E_CONFLICT;
+	ret = meta_load(m, vm->def.name, snap, &s);
 	/* A damaged one can go: its disks are the VM's. */
 	if (ret == -ENOENT)
 		return MGR_E_NOT_FOUND;

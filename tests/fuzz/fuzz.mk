@@ -12,8 +12,9 @@ FUZZ_FORMATS ?= qcow2 $(if $(wildcard src/block/vhd*.c),vpc) $(if $(wildcard src
 FUZZ_VIRTIO ?= virtio_vq virtio_blk virtio_balloon virtio_net
 # Client input: the VMM control socket, the daemon's definitions and router.
 FUZZ_JSON ?= control def api
-# Files from outside: snapshot state files (src/state/).
-FUZZ_FILES ?= state
+# Files from outside: snapshot state files (src/state/), export archives
+# (src/mgr/export-archive.c).
+FUZZ_FILES ?= state export
 FUZZ_SECONDS ?= 20
 FB       := build-fuzz
 FCC      := clang
@@ -51,13 +52,17 @@ $(FB)/fuzz_control $(FB)/fuzz_def $(FB)/fuzz_api: $(FB)/fuzz_%: tests/fuzz/fuzz_
 $(FB)/fuzz_state: tests/fuzz/fuzz_state.c $(FOBJ) $(FB)/src/state/state.o $(FB)/src/vmm/machine.o $(FHDR)
 	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -o $@ $< $(filter %.o,$^) $(FLIBS)
 
+# The export archive reader alone, over libarchive.
+$(FB)/fuzz_export: tests/fuzz/fuzz_export.c $(FOBJ) $(FB)/src/mgr/export-archive.o $(FHDR)
+	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -o $@ $< $(filter %.o,$^) $(FLIBS) -larchive -lgnutls
+
 $(FB)/fuzz_%: tests/fuzz/fuzz_image.c $(FOBJ) $(FHDR)
 	$(FCC) $(FCFLAGS) -fsanitize=fuzzer -DFUZZ_FORMAT='"$*"' -o $@ $< $(filter %.o,$^) $(FLIBS)
 
 $(FB)/corpus/virtio_%: tests/fuzz/seeds_virtio.py
 	rm -rf $@ && tests/fuzz/seeds_virtio.py $* $@
 
-$(FB)/corpus/control $(FB)/corpus/def $(FB)/corpus/api $(FB)/corpus/state: $(FB)/corpus/%: $(wildcard tests/fuzz/seeds/*/*)
+$(FB)/corpus/control $(FB)/corpus/def $(FB)/corpus/api $(FB)/corpus/state $(FB)/corpus/export: $(FB)/corpus/%: $(wildcard tests/fuzz/seeds/*/*)
 	rm -rf $@ && mkdir -p $(dir $@) && cp -r tests/fuzz/seeds/$* $@
 
 $(FB)/corpus/%: build/vireo

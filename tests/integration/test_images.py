@@ -102,6 +102,34 @@ def test_qemu_snapshots_read(tmp_path):
     vireo("compare", "-F", "raw", img, ref_s1)
 
 
+def test_convert_reads_an_internal_snapshot(tmp_path):
+    """convert -l reads a snapshot's view as qemu-img does, also with -U
+    from an image another process holds (the daemon's export of a running
+    VM), and writes nothing to the image."""
+    img = qemu_filled(tmp_path)
+    qimg("snapshot", "-c", "s1", img)
+    run("qemu-io", "-c", "write -P 0x11 1M 64k", "-c", "write -z 10M 64k",
+        "-c", "write -P 0x22 30M 1M", img)
+    qimg("resize", img, "40M")
+    ref = tmp_path / "s1.raw"
+    qimg("convert", "-l", "snapshot.name=s1", "-O", "raw", img, ref)
+    before = img.read_bytes()
+    out = tmp_path / "out.qcow2"
+    vireo("convert", "-U", "-l", "snapshot.name=s1", "-c", "-O", "qcow2", img, out)
+    qcheck(out, "qcow2")
+    assert "compressed" in qimg("check", out).stdout
+    same(ref, out, "raw", "qcow2")
+    # The snapshot's size (a rollback's); qemu-img keeps the image's
+    # present size, with zeroes past the snapshot's end.
+    vireo("convert", "-l", "s1", "-O", "raw", img, tmp_path / "out.raw")
+    data, want = (tmp_path / "out.raw").read_bytes(), ref.read_bytes()
+    assert len(data) == 32 << 20 and data == want[:len(data)]
+    assert want[len(data):] == bytes(len(want) - len(data))
+    assert img.read_bytes() == before
+    p = vireo("convert", "-l", "nope", "-O", "raw", img, tmp_path / "x.raw", ok=False)
+    assert p.returncode == 1 and "no snapshot 'nope'" in p.stderr, p
+
+
 def test_vireo_snapshots(tmp_path):
     img = qemu_filled(tmp_path)
     ref = tmp_path / "ref.raw"
