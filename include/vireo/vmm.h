@@ -175,6 +175,12 @@ int guest_memory_init_memfd(struct guest_memory *mem, uint64_t size, int fd);
 /* Writes guest RAM to fd (a regular file, truncated to the RAM size) with
  * zero and never-touched pages left as holes; *written: bytes written. */
 int guest_memory_save(const struct guest_memory *mem, int fd, uint64_t *written);
+/* The next extent at or after off (page aligned) that may hold data:
+ * [*start, *end); the rest of a memfd's holes were never touched and read
+ * as zeroes (a restored guest's private mapping has none: all of it is one
+ * extent). 0, -ENXIO past the last one, or -errno with err_set(). */
+int guest_memory_next_data(const struct guest_memory *mem, uint64_t off, uint64_t *start,
+			   uint64_t *end);
 void guest_memory_free(struct guest_memory *mem);
 /* Gives len bytes of guest RAM at host (page aligned) back to the host: the
  * guest reads zeros there afterwards. Returns 0 or -errno. */

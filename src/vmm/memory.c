@@ -163,30 +163,48 @@ static int save_range(const struct guest_memory *mem, int fd, uint64_t off, uint
 	return 0;
 }
 
+int guest_memory_next_data(const struct guest_memory *mem, uint64_t off, uint64_t *start,
+			   uint64_t *end)
+{
+	off_t data, hole;
+
+	if (off >= mem->size)
+		return -ENXIO;
+	/* A memfd knows which pages were never touched (holes); a restored
+	 * guest's private mapping does not: all of it may hold data. */
+	if (mem->from_file) {
+		*start = off;
+		*end = mem->size;
+		return 0;
+	}
+	data = lseek(mem->fd, (off_t)off, SEEK_DATA);
+	if (data < 0)
+		return errno == ENXIO ? -ENXIO : err_set(-errno, "guest memory: SEEK_DATA: %m");
+	hole = lseek(mem->fd, data, SEEK_HOLE);
+	if (hole < 0)
+		return err_set(-errno, "guest memory: SEEK_HOLE: %m");
+	*start = (uint64_t)data & ~4095ull;
+	*end = ((uint64_t)hole + 4095) & ~4095ull;
+	if (*end > mem->size)
+		*end = mem->size;
+	return 0;
+}
+
 int guest_memory_save(const struct guest_memory *mem, int fd, uint64_t *written)
 {
-	off_t data = 0, hole;
+	uint64_t off = 0, start, end;
 	int ret;
 
 	*written = 0;
 	if (ftruncate(fd, 0) < 0 || ftruncate(fd, (off_t)mem->size) < 0)
 		return err_set(-errno, "cannot size the memory file: %m");
-	/* A memfd knows which pages were never touched (holes); a restored
-	 * guest's private mapping does not: all of it is scanned. */
-	if (mem->from_file)
-		return save_range(mem, fd, 0, mem->size, written);
-	for (;;) {
-		data = lseek(mem->fd, data, SEEK_DATA);
-		if (data < 0)
-			return errno == ENXIO ? 0 : err_set(-errno, "guest memory: SEEK_DATA: %m");
-		hole = lseek(mem->fd, data, SEEK_HOLE);
-		if (hole < 0)
-			return err_set(-errno, "guest memory: SEEK_HOLE: %m");
-		ret = save_range(mem, fd, (uint64_t)data & ~4095ull, (uint64_t)hole, written);
+	while (!(ret = guest_memory_next_data(mem, off, &start, &end))) {
+		ret = save_range(mem, fd, start, end, written);
 		if (ret)
 			return ret;
-		data = hole;
+		off = end;
 	}
+	return ret == -ENXIO ? 0 : ret;
 }
 
 int guest_memory_discard(const struct guest_memory *mem, void *host, uint64_t len)

@@ -160,17 +160,18 @@ static int send_run(struct migration *m, uint64_t first, uint32_t n, bool zero)
 	return send_paced(m, m->buf, sizeof(hdr) + (size_t)n * DIRTY_PAGE_SIZE);
 }
 
-/* Sends the pages whose bits are set (all pages: bits NULL). Zero pages
- * cost a record header per run, and nothing at all the first time
- * (skip_zero: the destination's RAM starts zeroed). */
-static int send_pages(struct migration *m, const uint64_t *bits, bool skip_zero)
+/* Sends the pages of [from, to) whose bits are set (all: bits NULL).
+ * Zero pages cost a record header per run, and nothing at all the first
+ * time (skip_zero: the destination's RAM starts zeroed). */
+static int send_range(struct migration *m, const uint64_t *bits, bool skip_zero,
+		      uint64_t from, uint64_t to)
 {
-	uint64_t pages = m->t.vm->mem.size / DIRTY_PAGE_SIZE, first = 0;
+	uint64_t first = 0;
 	uint32_t n = 0;
 	bool zero = false;
 	int ret = 0;
 
-	for (uint64_t i = 0; i < pages && !ret; i++) {
+	for (uint64_t i = from; i < to && !ret; i++) {
 		bool want = !bits || (bits[i / 64] >> (i % 64) & 1), z;
 
 		if (!want) {
@@ -194,6 +195,30 @@ static int send_pages(struct migration *m, const uint64_t *bits, bool skip_zero)
 	if (!ret && n && !(zero && skip_zero))
 		ret = send_run(m, first, n, zero);
 	return ret;
+}
+
+/* The first pass: every page but the zero ones. Only the memory's data
+ * extents are read: reading a page of a memfd's hole would allocate it
+ * (an idle 1 GiB guest: seconds, and the whole GiB resident here). */
+static int send_all(struct migration *m)
+{
+	const struct guest_memory *mem = &m->t.vm->mem;
+	uint64_t off = 0, start, end;
+	int ret;
+
+	while (!(ret = guest_memory_next_data(mem, off, &start, &end))) {
+		ret = send_range(m, NULL, true, start / DIRTY_PAGE_SIZE, end / DIRTY_PAGE_SIZE);
+		if (ret)
+			return ret;
+		off = end;
+	}
+	return ret == -ENXIO ? 0 : ret;
+}
+
+/* Sends the pages whose bits are set, zero ones as zero records. */
+static int send_pages(struct migration *m, const uint64_t *bits)
+{
+	return send_range(m, bits, false, 0, m->t.vm->mem.size / DIRTY_PAGE_SIZE);
 }
 
 /* ---- the phases ---- */
@@ -309,7 +334,7 @@ static int precopy(struct migration *m)
 {
 	uint64_t start = mig_now_us(), sent0 = m->pace_bytes, prev_dirty = UINT64_MAX;
 	unsigned int throttle = 0;
-	int ret = send_pages(m, NULL, true);
+	int ret = send_all(m);
 
 	for (unsigned int round = 1; !ret; round++) {
 		uint64_t now = mig_now_us(), elapsed = now - start, bytes = m->pace_bytes - sent0;
@@ -340,7 +365,7 @@ static int precopy(struct migration *m)
 		prev_dirty = dirty;
 		start = mig_now_us();
 		sent0 = m->pace_bytes;
-		ret = send_pages(m, m->bits, false);
+		ret = send_pages(m, m->bits);
 		if (!ret && m->p.copy_storage)
 			ret = mig_disks_send_dirty(&m->disks);
 	}
@@ -455,7 +480,7 @@ static int complete(struct migration *m, uint64_t *paused_at)
 	 * to devices_stop() (the VMM's). */
 	ret = dirty_log_collect(m->t.vm, m->bits);
 	if (!ret)
-		ret = send_pages(m, m->bits, false);
+		ret = send_pages(m, m->bits);
 	/* The devices are quiesced: these are the disks' last writes. */
 	if (!ret && m->p.copy_storage) {
 		mig_disks_collect(&m->disks);
