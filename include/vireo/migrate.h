@@ -137,7 +137,8 @@ int migrate_parse_uri(const char *uri, char *host, size_t hsize, char *port, siz
  * with err_set(). */
 struct addrinfo;
 int migrate_resolve(const char *uri, struct addrinfo **ai);
+/* cipher: the TLS cipher's name, NULL for a plain stream. */
 void migration_set_incoming(struct migration *m, uint64_t bytes, uint64_t downtime_us,
-			    bool encrypted);
+			    const char *cipher);
 
 #endif

@@ -417,7 +417,7 @@ void migrate_incoming_running(struct migrate_incoming *in, struct migration *m)
 	if (!mig_send(&in->conn, "U", 1) && !mig_recv(&in->conn, d, sizeof(d)))
 		downtime = mig_get64(d);
 	if (m)
-		migration_set_incoming(m, in->bytes, downtime, in->conn.tls != NULL);
+		migration_set_incoming(m, in->bytes, downtime, mig_tls_cipher(&in->conn));
 	mig_close(&in->conn);
 }
 

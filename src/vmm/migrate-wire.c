@@ -13,7 +13,11 @@
 #include "vireo/log.h"
 #include "vireo/migrate.h"
 
-#define MIG_TLS_PRIORITY "NORMAL:-KX-ALL:+ECDHE-PSK:+DHE-PSK:+PSK"
+/* PSK key exchanges only; AES-GCM first (AES-NI: ~6 GB/s a core here),
+ * since NORMAL's order had the peers agree on ChaCha20-Poly1305 (~0.6 GB/s),
+ * which left the encrypted stream a quarter of the plain one's throughput. */
+#define MIG_TLS_PRIORITY "NORMAL:-KX-ALL:+ECDHE-PSK:+DHE-PSK:+PSK:-CIPHER-ALL:" \
+	"+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305"
 
 static int tls_send(struct mig_conn *c, const uint8_t *p, size_t len)
 {
@@ -112,6 +116,11 @@ int mig_tls_start(struct mig_conn *c, const char *token, bool server)
 		while (ret < 0 && !gnutls_error_is_fatal(ret));
 	}
 	return ret < 0 ? err_set(-EPROTO, "TLS handshake: %s", gnutls_strerror(ret)) : 0;
+}
+
+const char *mig_tls_cipher(const struct mig_conn *c)
+{
+	return c->tls ? gnutls_cipher_get_name(gnutls_cipher_get(c->tls)) : NULL;
 }
 
 void mig_close(struct mig_conn *c)

@@ -74,6 +74,8 @@ int mig_recv(struct mig_conn *c, void *buf, size_t len);
 int mig_tls_start(struct mig_conn *c, const char *token, bool server);
 /* Ends the TLS session (if any) and closes the socket. */
 void mig_close(struct mig_conn *c);
+/* The TLS session's cipher ("AES-128-GCM"), NULL for a plain stream. */
+const char *mig_tls_cipher(const struct mig_conn *c);
 /* HMAC-SHA256(token, label || a || b) of two nonces. */
 int mig_mac(const char *token, const char *label, const uint8_t *a, const uint8_t *b,
 	    uint8_t out[MIG_MAC]);

@@ -52,6 +52,7 @@ struct migration {
 	bool incoming;           /* the record of the migration that brought the VM */
 	bool cancel, committed;
 	bool encrypted;          /* TLS (a token was given) */
+	char cipher[32];         /* its cipher */
 	struct mig_conn conn;
 	char error[256];
 	uint64_t bytes_sent, remaining, dirty_rate, rounds, expected_downtime_ms;
@@ -550,6 +551,7 @@ static int migrate_run(struct migration *m, bool *logging, bool *paused, uint64_
 	if (!ret && m->p.token[0]) {
 		pthread_mutex_lock(&m->lock);
 		m->encrypted = true;
+		snprintf(m->cipher, sizeof(m->cipher), "%s", mig_tls_cipher(&m->conn));
 		pthread_mutex_unlock(&m->lock);
 	}
 	if (!ret)
@@ -747,10 +749,11 @@ bool migration_holds_pause(struct migration *m)
 }
 
 void migration_set_incoming(struct migration *m, uint64_t bytes, uint64_t downtime_us,
-			    bool encrypted)
+			    const char *cipher)
 {
 	pthread_mutex_lock(&m->lock);
-	m->encrypted = encrypted;
+	m->encrypted = cipher != NULL;
+	snprintf(m->cipher, sizeof(m->cipher), "%s", cipher ? cipher : "");
 	m->incoming = true;
 	m->state = MIG_COMPLETED;
 	m->bytes_sent = bytes;
@@ -778,6 +781,8 @@ struct json_object *migration_info(struct migration *m)
 			       json_object_new_string(m->incoming ? "incoming" : "outgoing"));
 	add_u64(o, m->incoming ? "bytes_received" : "bytes_sent", m->bytes_sent);
 	json_object_object_add(o, "encrypted", json_object_new_boolean(m->encrypted));
+	if (m->encrypted)
+		json_object_object_add(o, "cipher", json_object_new_string(m->cipher));
 	if (!m->incoming)
 		json_object_object_add(o, "copy_storage",
 				       json_object_new_boolean(m->p.copy_storage));
