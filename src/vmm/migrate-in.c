@@ -325,6 +325,7 @@ static int receive(struct migrate_incoming *in, int lfd, struct snapshot **snap,
 	/* A source that stops sending mid-stream has failed. */
 	setsockopt(in->conn.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(in->conn.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	mig_nodelay(in->conn.fd);
 	ret = handshake(in);
 	if (!ret && in->token[0])
 		ret = mig_tls_start(&in->conn, in->token, true);

@@ -1,9 +1,12 @@
 /* Wire helpers shared by the migration source and destination. */
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -132,12 +135,15 @@ void mig_close(struct mig_conn *c)
 	else if (c->cred)
 		gnutls_psk_free_client_credentials(c->cred);
 	c->tls = c->cred = NULL;
+	free(c->wbuf);
+	c->wbuf = NULL;
+	c->wlen = 0;
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
 }
 
-int mig_send(struct mig_conn *c, const void *buf, size_t len)
+static int send_now(struct mig_conn *c, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
 
@@ -156,10 +162,52 @@ int mig_send(struct mig_conn *c, const void *buf, size_t len)
 	return 0;
 }
 
+int mig_buffer(struct mig_conn *c)
+{
+	c->wlen = 0;
+	c->wbuf = malloc(MIG_WBUF_SIZE);
+	return c->wbuf ? 0 : err_set(-ENOMEM, "out of memory");
+}
+
+void mig_nodelay(int fd)
+{
+	int one = 1;
+
+	/* Not TCP (a passed Unix socket): nothing to turn off. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+int mig_flush(struct mig_conn *c)
+{
+	size_t n = c->wlen;
+
+	c->wlen = 0;
+	return n ? send_now(c, c->wbuf, n) : 0;
+}
+
+int mig_send(struct mig_conn *c, const void *buf, size_t len)
+{
+	int ret;
+
+	if (!c->wbuf)
+		return send_now(c, buf, len);
+	if (c->wlen + len > MIG_WBUF_SIZE) {
+		ret = mig_flush(c);
+		if (ret || len >= MIG_WBUF_SIZE)
+			return ret ? ret : send_now(c, buf, len);
+	}
+	memcpy(c->wbuf + c->wlen, buf, len);
+	c->wlen += len;
+	return 0;
+}
+
 int mig_recv(struct mig_conn *c, void *buf, size_t len)
 {
 	uint8_t *p = buf;
+	int ret = mig_flush(c);
 
+	if (ret)
+		return ret;
 	if (c->tls)
 		return tls_recv(c, p, len);
 	while (len) {

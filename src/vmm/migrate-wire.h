@@ -64,11 +64,27 @@ struct mig_conn {
 	void *cred;  /* its PSK credentials */
 	bool server;
 	char key[256];
+	uint8_t *wbuf;  /* mig_buffer(): small records gathered, NULL: none */
+	size_t wlen;
 };
+
+/* Without a buffer every small record (a zero run's header, the state's)
+ * would be a TCP segment, or a TLS record, of its own. */
+#define MIG_WBUF_SIZE (64u << 10)
 
 /* 0, or -errno (-EPIPE at end of stream) with err_set(). */
 int mig_send(struct mig_conn *c, const void *buf, size_t len);
 int mig_recv(struct mig_conn *c, void *buf, size_t len);
+/* From now on mig_send() gathers what is smaller than MIG_WBUF_SIZE; it
+ * goes at mig_flush(), before mig_recv() waits for the peer, or when the
+ * buffer is full. 0 or -ENOMEM with err_set(). */
+int mig_buffer(struct mig_conn *c);
+/* TCP_NODELAY on the stream's socket (both ends): the source gathers its
+ * records itself, and the few small ones at the switch (the state's end,
+ * 'R', 'G') must go at once; Nagle's algorithm held them until the peer's
+ * delayed ACK, ~40 ms of downtime. */
+void mig_nodelay(int fd);
+int mig_flush(struct mig_conn *c);
 /* TLS 1.3 (or 1.2) with the token as pre-shared key, both ends proving it
  * again and every record encrypted and integrity-protected. */
 int mig_tls_start(struct mig_conn *c, const char *token, bool server);

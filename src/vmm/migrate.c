@@ -255,6 +255,7 @@ static int connect_to(struct migration *m)
 		return err_set(ret ? ret : -EHOSTUNREACH, "cannot connect to %s: %s", m->p.uri,
 			       strerror(ret ? -ret : EHOSTUNREACH));
 connected:
+	mig_nodelay(fd);
 	tv.tv_sec = MIG_IO_TIMEOUT_S;
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -520,7 +521,8 @@ static int complete(struct migration *m, uint64_t *paused_at)
 		uint64_t downtime = mig_now_us() - *paused_at;
 
 		mig_put64(d, downtime);
-		mig_send(&m->conn, d, sizeof(d));
+		if (!mig_send(&m->conn, d, sizeof(d)))
+			mig_flush(&m->conn);
 		pthread_mutex_lock(&m->lock);
 		m->downtime_us = downtime;
 		pthread_mutex_unlock(&m->lock);
@@ -554,6 +556,8 @@ static int migrate_run(struct migration *m, bool *logging, bool *paused, uint64_
 		snprintf(m->cipher, sizeof(m->cipher), "%s", mig_tls_cipher(&m->conn));
 		pthread_mutex_unlock(&m->lock);
 	}
+	if (!ret)
+		ret = mig_buffer(&m->conn);
 	if (!ret)
 		ret = send_hello(m);
 	/* The disks first, while the VM runs: their bulk dwarfs the RAM's. */

@@ -71,11 +71,42 @@ static void short_memory_file_refused(void **unused)
 	guest_memory_free(&back);
 }
 
+/* The extents a migration's first pass reads: a memfd's touched pages
+ * only (reading a hole would allocate it); a private file mapping whole. */
+static void data_extents(void **unused)
+{
+	struct guest_memory mem = { .fd = -1 }, back = { .fd = -1 };
+	uint64_t start, end, written;
+	int fd = tmpfile_fd();
+
+	(void)unused;
+	assert_int_equal(guest_memory_init(&mem, SIZE, false), 0);
+	assert_int_equal(guest_memory_next_data(&mem, 0, &start, &end), -ENXIO);
+	mem.host[4096 * 3 + 5] = 1;
+	memset(mem.host + (32ull << 20), 0x5a, 3 * 4096);
+	assert_int_equal(guest_memory_next_data(&mem, 0, &start, &end), 0);
+	assert_int_equal(start, 4096 * 3);
+	assert_int_equal(end, 4096 * 4);
+	assert_int_equal(guest_memory_next_data(&mem, end, &start, &end), 0);
+	assert_int_equal(start, 32ull << 20);
+	assert_int_equal(end, (32ull << 20) + 3 * 4096);
+	assert_int_equal(guest_memory_next_data(&mem, end, &start, &end), -ENXIO);
+	assert_int_equal(guest_memory_next_data(&mem, SIZE, &start, &end), -ENXIO);
+	assert_int_equal(guest_memory_save(&mem, fd, &written), 0);
+	assert_int_equal(guest_memory_init_file(&back, SIZE, fd), 0);
+	assert_int_equal(guest_memory_next_data(&back, 4096, &start, &end), 0);
+	assert_int_equal(start, 4096);
+	assert_int_equal(end, SIZE);
+	guest_memory_free(&back);
+	guest_memory_free(&mem);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(sparse_save_and_private_restore),
 		cmocka_unit_test(short_memory_file_refused),
+		cmocka_unit_test(data_extents),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
