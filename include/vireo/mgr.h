@@ -576,6 +576,9 @@ bool vmm_alive(const struct mgr_vm *vm);
 /* Has the VMM ended? If so, records why (state, reason) and returns true. */
 bool vmm_reap(struct mgr *m, struct mgr_vm *vm);
 void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known);
+/* The final migration figures the VMM pid wrote into its status file at
+ * exit (a reference), or NULL. */
+struct json_object *vmm_status_migration(struct mgr *m, const struct mgr_vm *vm, pid_t pid);
 int vmm_wait_exit(struct mgr *m, struct mgr_vm *vm, int timeout_ms);
 /* SIGKILL, then waits; the VM ends "stopped". */
 int vmm_kill(struct mgr *m, struct mgr_vm *vm);

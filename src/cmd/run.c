@@ -139,6 +139,7 @@ static const char run_usage[] =
 	"                   client at a time; bytes both ways)\n"
 	"  --status-file FILE  on exit, write {\"pid\",\"status\",\"reason\"} (JSON) to\n"
 	"                   FILE: the VMM's own account, apart from guest output\n"
+	"                   (and \"migration\": the last migration's figures)\n"
 	"  --debug-exit     the guest may end the VMM with any status through port\n"
 	"                   0xf4 (a test device, as QEMU's isa-debug-exit)\n"
 	"  --vcpu-cgroup FILE each vCPU thread writes its thread id to FILE (the\n"
@@ -906,7 +907,9 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 	return *out ? 0 : -1;
 }
 
-static int run_vm(const struct run_options *o, char *reason, size_t size)
+/* *migration: the last migration's figures (a reference), NULL if none. */
+static int run_vm(const struct run_options *o, char *reason, size_t size,
+		  struct json_object **migration)
 {
 	const char *disk_paths[MAX_DISKS];
 	struct control *ctl = NULL;
@@ -972,6 +975,7 @@ static int run_vm(const struct run_options *o, char *reason, size_t size)
 out:
 	console_sock_close(&cs);
 	control_destroy(ctl);
+	*migration = mig ? migration_info(mig) : NULL;
 	migration_destroy(mig);
 	vm_devices_destroy(&devs);
 	vm_destroy(&vm);
@@ -1023,7 +1027,7 @@ static int status_open(const char *path)
 	return fd;
 }
 
-static void status_write(int fd, int status, const char *reason)
+static void status_write(int fd, int status, const char *reason, struct json_object *migration)
 {
 	struct json_object *o = json_object_new_object();
 	const char *text;
@@ -1033,6 +1037,9 @@ static void status_write(int fd, int status, const char *reason)
 	json_object_object_add(o, "pid", json_object_new_int(getpid()));
 	json_object_object_add(o, "status", json_object_new_int(status));
 	json_object_object_add(o, "reason", json_object_new_string(reason));
+	/* A supervisor that polls info can miss a quick migration's end. */
+	if (migration)
+		json_object_object_add(o, "migration", json_object_get(migration));
 	text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
 	if (ftruncate(fd, 0) < 0 || pwrite(fd, text, strlen(text), 0) < 0)
 		fprintf(stderr, "vireo: cannot write the status file: %s\n", strerror(errno));
@@ -1044,6 +1051,7 @@ int cmd_run(int argc, char **argv)
 {
 	char **saved = argv_save(argc, argv);
 	struct run_options o = { 0 };
+	struct json_object *migration = NULL;
 	char reason[256] = "";
 	int status = VM_EXIT_VMM_ERROR, status_fd;
 
@@ -1057,7 +1065,7 @@ int cmd_run(int argc, char **argv)
 	status_fd = status_open(o.status_file);
 	if (o.status_file && status_fd < 0)
 		goto out;
-	status = run_vm(&o, reason, sizeof(reason));
+	status = run_vm(&o, reason, sizeof(reason), &migration);
 	if (status == VM_EXIT_REBOOT && !o.reboot_restart)
 		fprintf(stderr, "%s\n", VM_REBOOT_LINE);
 	if (status == VM_EXIT_REBOOT && o.reboot_restart) {
@@ -1069,7 +1077,8 @@ int cmd_run(int argc, char **argv)
 		status = VM_EXIT_VMM_ERROR;
 	}
 out:
-	status_write(status_fd, status, reason);
+	status_write(status_fd, status, reason, migration);
+	json_object_put(migration);
 	if (status_fd >= 0)
 		close(status_fd);
 	for (unsigned int i = 0; i < o.policy.ndirs; i++)

@@ -707,8 +707,16 @@ static enum mgr_err follow(struct mgr *m, struct mgr_vm *vm, const struct outgoi
 	for (;; nap(m, MIG_POLL_MS)) {
 		struct json_object *mig;
 		const char *state;
+		pid_t pid = vm->pid;
 
 		if (vmm_reap(m, vm)) {
+			/* A quick migration ends between two polls: its
+			 * figures are in the status file. */
+			mig = vmm_status_migration(m, vm, pid);
+			if (mig) {
+				json_object_put(*last);
+				*last = mig;
+			}
 			if (!strcmp(vm->reason, "migrated") || completed)
 				return MGR_OK;
 			err_set(-EIO, "the VMM ended during the migration: %s", vm->reason);

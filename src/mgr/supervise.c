@@ -217,21 +217,19 @@ void vmm_adopt_pid(struct mgr_vm *vm, pid_t pid)
 /* The VMM's own account of its end (`vireo run --status-file`): its
  * status and reason, if the file is this VMM's (its pid). The console log
  * is never read for this: the guest writes into it too. */
-static bool vmm_status_read(struct mgr *m, const struct mgr_vm *vm, int *status, char *reason,
-			    size_t size)
+static struct json_object *status_parse(struct mgr *m, const struct mgr_vm *vm, pid_t pid)
 {
 	struct json_object *o = NULL, *v;
-	char path[PATH_MAX], buf[1024];
+	char path[PATH_MAX], buf[2048];
 	struct stat st;
-	bool ok = false;
 	ssize_t n = -1;
 	int fd;
 
 	if (store_path(m, path, sizeof(path), "run", vm->def.name, ".status"))
-		return false;
+		return NULL;
 	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
-		return false;
+		return NULL;
 	if (!fstat(fd, &st) && S_ISREG(st.st_mode))
 		n = read(fd, buf, sizeof(buf) - 1);
 	close(fd);
@@ -239,8 +237,29 @@ static bool vmm_status_read(struct mgr *m, const struct mgr_vm *vm, int *status,
 		buf[n] = '\0';
 		o = json_tokener_parse(buf);
 	}
-	if (o && json_object_object_get_ex(o, "pid", &v) && json_object_get_int(v) == vm->pid &&
-	    json_object_object_get_ex(o, "status", &v)) {
+	if (o && json_object_object_get_ex(o, "pid", &v) && json_object_get_int(v) == pid)
+		return o;
+	json_object_put(o);
+	return NULL;
+}
+
+struct json_object *vmm_status_migration(struct mgr *m, const struct mgr_vm *vm, pid_t pid)
+{
+	struct json_object *o = status_parse(m, vm, pid), *mig = NULL;
+
+	if (o && json_object_object_get_ex(o, "migration", &mig))
+		json_object_get(mig);
+	json_object_put(o);
+	return mig;
+}
+
+static bool vmm_status_read(struct mgr *m, const struct mgr_vm *vm, int *status, char *reason,
+			    size_t size)
+{
+	struct json_object *o = status_parse(m, vm, vm->pid), *v;
+	bool ok = false;
+
+	if (o && json_object_object_get_ex(o, "status", &v)) {
 		*status = json_object_get_int(v);
 		if (json_object_object_get_ex(o, "reason", &v))
 			snprintf(reason, size, "%s", json_object_get_string(v));
