@@ -143,14 +143,15 @@ void mig_close(struct mig_conn *c)
 	c->fd = -1;
 }
 
-static int send_now(struct mig_conn *c, const void *buf, size_t len)
+/* flags: MSG_MORE when more follows at once (plain only). */
+static int send_now(struct mig_conn *c, const void *buf, size_t len, int flags)
 {
 	const uint8_t *p = buf;
 
 	if (c->tls)
 		return tls_send(c, p, len);
 	while (len) {
-		ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL);
+		ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL | flags);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -177,12 +178,17 @@ void mig_nodelay(int fd)
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-int mig_flush(struct mig_conn *c)
+static int flush(struct mig_conn *c, int flags)
 {
 	size_t n = c->wlen;
 
 	c->wlen = 0;
-	return n ? send_now(c, c->wbuf, n) : 0;
+	return n ? send_now(c, c->wbuf, n, flags) : 0;
+}
+
+int mig_flush(struct mig_conn *c)
+{
+	return flush(c, 0);
 }
 
 int mig_send(struct mig_conn *c, const void *buf, size_t len)
@@ -190,11 +196,12 @@ int mig_send(struct mig_conn *c, const void *buf, size_t len)
 	int ret;
 
 	if (!c->wbuf)
-		return send_now(c, buf, len);
+		return send_now(c, buf, len, 0);
 	if (c->wlen + len > MIG_WBUF_SIZE) {
-		ret = mig_flush(c);
+		/* A big send follows: the two in the same segments. */
+		ret = flush(c, len >= MIG_WBUF_SIZE ? MSG_MORE : 0);
 		if (ret || len >= MIG_WBUF_SIZE)
-			return ret ? ret : send_now(c, buf, len);
+			return ret ? ret : send_now(c, buf, len, 0);
 	}
 	memcpy(c->wbuf + c->wlen, buf, len);
 	c->wlen += len;

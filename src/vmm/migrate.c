@@ -59,7 +59,6 @@ struct migration {
 	uint64_t downtime_us, total_ms, throttle, started_us;
 	/* the thread's own */
 	uint64_t *bits, words, pace_start_us, pace_bytes;
-	uint8_t *buf;
 	bool quiesced;           /* the devices serve nothing (snapshot_quiesce) */
 	bool disks_released;     /* the image locks are dropped for the destination */
 	struct mig_disks disks;  /* copy_storage: the disks being copied */
@@ -149,16 +148,18 @@ static bool page_zero(const uint8_t *p)
 static int send_run(struct migration *m, uint64_t first, uint32_t n, bool zero)
 {
 	uint8_t hdr[16];
+	int ret;
 
 	mig_put32(hdr, zero ? MIG_REC_ZERO : MIG_REC_PAGES);
 	mig_put64(hdr + 4, first * DIRTY_PAGE_SIZE);
 	mig_put32(hdr + 12, n);
-	if (zero)
-		return send_paced(m, hdr, sizeof(hdr));
-	memcpy(m->buf, hdr, sizeof(hdr));
-	memcpy(m->buf + sizeof(hdr), m->t.vm->mem.host + first * DIRTY_PAGE_SIZE,
-	       (size_t)n * DIRTY_PAGE_SIZE);
-	return send_paced(m, m->buf, sizeof(hdr) + (size_t)n * DIRTY_PAGE_SIZE);
+	/* The header waits in the stream's buffer; the pages go from guest
+	 * RAM, without a copy of their own. */
+	ret = send_paced(m, hdr, sizeof(hdr));
+	if (!ret && !zero)
+		ret = send_paced(m, m->t.vm->mem.host + first * DIRTY_PAGE_SIZE,
+				 (size_t)n * DIRTY_PAGE_SIZE);
+	return ret;
 }
 
 /* Sends the pages of [from, to) whose bits are set (all: bits NULL).
@@ -651,9 +652,7 @@ static void reap(struct migration *m)
 		m->thread_started = false;
 	}
 	free(m->bits);
-	free(m->buf);
 	m->bits = NULL;
-	m->buf = NULL;
 }
 
 /* migration_start() but for the passed stream: the thread owns it once it
@@ -679,8 +678,7 @@ static int migration_begin(struct migration *m, const struct migrate_params *p)
 		m->p.max_downtime_ms = MIGRATE_DEFAULT_DOWNTIME_MS;
 	m->words = dirty_bitmap_words(m->t.vm);
 	m->bits = calloc(m->words, sizeof(*m->bits));
-	m->buf = malloc(16 + (size_t)MIG_MAX_RUN * DIRTY_PAGE_SIZE);
-	if (!m->bits || !m->buf)
+	if (!m->bits)
 		return err_set(-ENOMEM, "out of memory");
 	m->state = MIG_ACTIVE;
 	m->cancel = m->committed = m->incoming = m->encrypted = false;
