@@ -22,8 +22,88 @@
 #define MIG_TLS_PRIORITY "NORMAL:-KX-ALL:+ECDHE-PSK:+DHE-PSK:+PSK:-CIPHER-ALL:" \
 	"+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305"
 
+/* gnutls reads a record's 5-byte header and then its body, and writes
+ * each record, with a system call each: two calls per 16 KiB received,
+ * one per 16 KiB sent, which cost the encrypted stream more than the
+ * cipher did. Records go through these buffers instead. */
+#define MIG_TLS_IO (256u << 10)
+
+struct mig_tls_io {
+	size_t in_pos, in_len, out_len;
+	uint8_t in[MIG_TLS_IO], out[MIG_TLS_IO];
+};
+
+static int tls_flush(struct mig_conn *c)
+{
+	struct mig_tls_io *io = c->io;
+	size_t off = 0;
+
+	while (off < io->out_len) {
+		ssize_t n = send(c->fd, io->out + off, io->out_len - off, MSG_NOSIGNAL);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		off += (size_t)n;
+	}
+	io->out_len = 0;
+	return 0;
+}
+
+/* gnutls's push: gathers records until tls_send() ends or io->out fills. */
+static ssize_t tls_push(gnutls_transport_ptr_t ptr, const void *buf, size_t len)
+{
+	struct mig_conn *c = ptr;
+	struct mig_tls_io *io = c->io;
+	int ret = 0;
+
+	if (io->out_len + len > sizeof(io->out))
+		ret = tls_flush(c);
+	if (!ret && len > sizeof(io->out)) {
+		ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
+
+		ret = n < 0 ? -errno : 0;
+		len = n < 0 ? 0 : (size_t)n;
+	} else if (!ret) {
+		memcpy(io->out + io->out_len, buf, len);
+		io->out_len += len;
+	}
+	if (ret) {
+		gnutls_transport_set_errno(c->tls, -ret);
+		return -1;
+	}
+	return (ssize_t)len;
+}
+
+/* gnutls's pull: one recv() for as much as has arrived. */
+static ssize_t tls_pull(gnutls_transport_ptr_t ptr, void *buf, size_t len)
+{
+	struct mig_conn *c = ptr;
+	struct mig_tls_io *io = c->io;
+
+	if (io->in_pos == io->in_len) {
+		ssize_t n = recv(c->fd, io->in, sizeof(io->in), 0);
+
+		if (n <= 0) {
+			if (n < 0)
+				gnutls_transport_set_errno(c->tls, errno);
+			return n;
+		}
+		io->in_pos = 0;
+		io->in_len = (size_t)n;
+	}
+	if (len > io->in_len - io->in_pos)
+		len = io->in_len - io->in_pos;
+	memcpy(buf, io->in + io->in_pos, len);
+	io->in_pos += len;
+	return (ssize_t)len;
+}
+
 static int tls_send(struct mig_conn *c, const uint8_t *p, size_t len)
 {
+	int ret;
+
 	while (len) {
 		ssize_t n = gnutls_record_send(c->tls, p, len);
 
@@ -34,7 +114,8 @@ static int tls_send(struct mig_conn *c, const uint8_t *p, size_t len)
 		p += n;
 		len -= (size_t)n;
 	}
-	return 0;
+	ret = tls_flush(c);
+	return ret ? err_set(ret, "migration stream: %s", strerror(-ret)) : 0;
 }
 
 static int tls_recv(struct mig_conn *c, uint8_t *p, size_t len)
@@ -118,7 +199,16 @@ int mig_tls_start(struct mig_conn *c, const char *token, bool server)
 			ret = gnutls_handshake(s);
 		while (ret < 0 && !gnutls_error_is_fatal(ret));
 	}
-	return ret < 0 ? err_set(-EPROTO, "TLS handshake: %s", gnutls_strerror(ret)) : 0;
+	if (ret < 0)
+		return err_set(-EPROTO, "TLS handshake: %s", gnutls_strerror(ret));
+	/* After the handshake, whose messages must go at once. */
+	c->io = calloc(1, sizeof(*c->io));
+	if (!c->io)
+		return err_set(-ENOMEM, "out of memory");
+	gnutls_transport_set_ptr(s, c);
+	gnutls_transport_set_push_function(s, tls_push);
+	gnutls_transport_set_pull_function(s, tls_pull);
+	return 0;
 }
 
 const char *mig_tls_cipher(const struct mig_conn *c)
@@ -137,6 +227,8 @@ void mig_close(struct mig_conn *c)
 	c->tls = c->cred = NULL;
 	free(c->wbuf);
 	c->wbuf = NULL;
+	free(c->io);
+	c->io = NULL;
 	c->wlen = 0;
 	if (c->fd >= 0)
 		close(c->fd);

@@ -66,6 +66,7 @@ struct mig_conn {
 	char key[256];
 	uint8_t *wbuf;  /* mig_buffer(): small records gathered, NULL: none */
 	size_t wlen;
+	struct mig_tls_io *io;  /* TLS records to and from the socket */
 };
 
 /* Without a buffer every small record (a zero run's header, the state's)
