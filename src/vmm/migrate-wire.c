@@ -69,8 +69,10 @@ static ssize_t tls_push(gnutls_transport_ptr_t ptr, const void *buf, size_t len)
 		memcpy(io->out + io->out_len, buf, len);
 		io->out_len += len;
 	}
+	/* A send timeout (SO_SNDTIMEO) is the peer's failure, not a retry:
+	 * gnutls would take EAGAIN for one. */
 	if (ret) {
-		gnutls_transport_set_errno(c->tls, -ret);
+		gnutls_transport_set_errno(c->tls, ret == -EAGAIN ? ETIMEDOUT : -ret);
 		return -1;
 	}
 	return (ssize_t)len;
@@ -115,6 +117,8 @@ static int tls_send(struct mig_conn *c, const uint8_t *p, size_t len)
 		len -= (size_t)n;
 	}
 	ret = tls_flush(c);
+	if (ret == -EAGAIN)
+		return err_set(-ETIMEDOUT, "migration stream: the peer stopped answering");
 	return ret ? err_set(ret, "migration stream: %s", strerror(-ret)) : 0;
 }
 

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -185,6 +186,32 @@ static void tls_reads_ahead(void **state)
 	mig_close(&sv);
 }
 
+/* A peer that stops reading: the send timeout ends the stream with an
+ * error, where gnutls would retry a timed-out push for ever (the alarm
+ * fails the test instead of hanging it). */
+static void tls_send_times_out(void **state)
+{
+	struct mig_conn cl = { .fd = -1 }, sv = { .fd = -1 };
+	struct timeval tv = { 0, 100000 };
+	static uint8_t out[4 << 20];
+	pthread_t t;
+	int fds[2];
+
+	(void)state;
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+	cl.fd = fds[0];
+	sv.fd = fds[1];
+	assert_int_equal(pthread_create(&t, NULL, tls_server, &sv), 0);
+	assert_int_equal(mig_tls_start(&cl, "a token", false), 0);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_int_equal(setsockopt(cl.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)), 0);
+	alarm(20);
+	assert_true(mig_send(&cl, out, sizeof(out)) < 0);
+	alarm(0);
+	mig_close(&cl);
+	mig_close(&sv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -195,6 +222,7 @@ int main(void)
 		cmocka_unit_test(buffered_stream),
 		cmocka_unit_test(no_nagle),
 		cmocka_unit_test(tls_reads_ahead),
+		cmocka_unit_test(tls_send_times_out),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
