@@ -24,7 +24,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec /usr/bin/python3 - "${1:-3}" "${2:-1G}" <<'PY'
-import json, os, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
+import os, shutil, statistics, subprocess, sys, tempfile, threading, time
+sys.path.insert(0, "bench")
+from vmctl import Qmp, vireo_ctl  # noqa: E402
 
 runs, MEM = int(sys.argv[1]), sys.argv[2]
 ELF = "build/guest/probe.elf"
@@ -94,42 +96,6 @@ class Guest:
     def kill(self):
         self.p.kill()
         self.p.wait()
-
-def connect(path):
-    for _ in range(1000):
-        try:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(path)
-            return s
-        except OSError:
-            time.sleep(0.01)
-    raise SystemExit(f"cannot connect to {path}")
-
-def vireo_ctl(path, **req):
-    with connect(path) as s:
-        f = s.makefile("rw")
-        f.write(json.dumps(req) + "\n")
-        f.flush()
-        r = json.loads(f.readline())
-    if not r.get("ok"):
-        raise SystemExit(f"vireo {req}: {r}")
-    return r
-
-class Qmp:
-    def __init__(self, path):
-        self.s = connect(path)
-        self.f = self.s.makefile("rw")
-        json.loads(self.f.readline())
-        self.cmd("qmp_capabilities")
-    def cmd(self, name, **args):
-        self.f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
-        self.f.flush()
-        while True:
-            r = json.loads(self.f.readline())
-            if "return" in r:
-                return r["return"]
-            if "error" in r:
-                raise SystemExit(f"qmp {name}: {r['error']}")
 
 def gap(src, dst, line, t_mig):
     """For the guests with a line every 20 ms: the last line at the source
