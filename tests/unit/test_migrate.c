@@ -154,6 +154,22 @@ static void *tls_server(void *arg)
 	return (void *)(intptr_t)mig_tls_start(c, "a token", true);
 }
 
+/* Two ends of a socket pair, TLS set up between them with one token. */
+static void tls_pair(struct mig_conn *cl, struct mig_conn *sv)
+{
+	pthread_t t;
+	void *ret;
+	int fds[2];
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+	cl->fd = fds[0];
+	sv->fd = fds[1];
+	assert_int_equal(pthread_create(&t, NULL, tls_server, sv), 0);
+	assert_int_equal(mig_tls_start(cl, "a token", false), 0);
+	assert_int_equal(pthread_join(t, &ret), 0);
+	assert_int_equal((intptr_t)ret, 0);
+}
+
 /* gnutls alone read a record's header and its body with a recv() each;
  * the stream's pull takes what has arrived in one: after the first bytes
  * of four records nothing waits in the socket. And what the records carry
@@ -162,18 +178,10 @@ static void tls_reads_ahead(void **state)
 {
 	struct mig_conn cl = { .fd = -1 }, sv = { .fd = -1 };
 	static uint8_t out[64 << 10], in[64 << 10];
-	pthread_t t;
-	void *ret;
-	int fds[2], queued = -1;
+	int queued = -1;
 
 	(void)state;
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
-	cl.fd = fds[0];
-	sv.fd = fds[1];
-	assert_int_equal(pthread_create(&t, NULL, tls_server, &sv), 0);
-	assert_int_equal(mig_tls_start(&cl, "a token", false), 0);
-	assert_int_equal(pthread_join(t, &ret), 0);
-	assert_int_equal((intptr_t)ret, 0);
+	tls_pair(&cl, &sv);
 	for (size_t i = 0; i < sizeof(out); i++)
 		out[i] = (uint8_t)(i * 7 + 1);
 	assert_int_equal(mig_send(&cl, out, sizeof(out)), 0);
@@ -194,16 +202,9 @@ static void tls_send_times_out(void **state)
 	struct mig_conn cl = { .fd = -1 }, sv = { .fd = -1 };
 	struct timeval tv = { 0, 100000 };
 	static uint8_t out[4 << 20];
-	pthread_t t;
-	int fds[2];
 
 	(void)state;
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
-	cl.fd = fds[0];
-	sv.fd = fds[1];
-	assert_int_equal(pthread_create(&t, NULL, tls_server, &sv), 0);
-	assert_int_equal(mig_tls_start(&cl, "a token", false), 0);
-	assert_int_equal(pthread_join(t, NULL), 0);
+	tls_pair(&cl, &sv);
 	assert_int_equal(setsockopt(cl.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)), 0);
 	alarm(20);
 	assert_true(mig_send(&cl, out, sizeof(out)) < 0);
