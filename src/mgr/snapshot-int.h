@@ -57,3 +57,21 @@ int export_reader_text(struct export_reader *r, const char *want, char **text, s
 void export_reader_close(struct export_reader *r);
 
 #endif
+
+/* What export.c shares with import.c: the format's name and bounds, and
+ * the file helpers both use. */
+#define EXPORT_FORMAT "vireo-export"
+#define EXPORT_VERSION 1
+#define MANIFEST_MAX (1u << 20)
+#define MAX_CHAIN SNAPSHOT_MAX_CHAIN
+/* Files of an export: state and memory per snapshot, disks, kernel, initrd. */
+#define MAX_FILES (2 * MAX_CHAIN + MGR_MAX_DISKS + 2)
+int export_copy_hashed(int in, int out, uint64_t size, char hex[65]);
+void export_remove_tree(const char *path);
+int export_fmt_path(char *out, size_t size, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+int export_mkdir_in(const char *base, const char *sub);
+void export_sha256_hex(const char *text, char hex[65]);
+struct json_object;
+int export_body_path(struct mgr *m, struct json_object *body, char *out, size_t size,
+		     bool *archive);
