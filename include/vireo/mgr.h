@@ -464,6 +464,9 @@ int mgr_export_busy(const struct mgr_vm *vm);
  * one. Under m->lock (dropped while copying). *out: the VM. */
 enum mgr_err mgr_import(struct mgr *m, const char *name, struct json_object *body,
 			struct json_object **out);
+/* At start-up, once the storage directories are known: removes what an
+ * import interrupted by the daemon's death left. */
+void mgr_import_recover(struct mgr *m);
 /* A deleted VM's snapshot files (its images keep their internal snapshots). */
 void mgr_snap_remove_all(struct mgr *m, const char *name);
 

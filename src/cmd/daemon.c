@@ -323,6 +323,7 @@ int cmd_daemon(int argc, char **argv)
 		fprintf(stderr, "vireo: %s\n", sfd < 0 ? strerror(errno) : err_get());
 		return 1;
 	}
+	mgr_import_recover(&m);
 	m.overcommit = o.overcommit;
 	m.overcommit_warn = o.overcommit_warn;
 	m.mem_low_pct = o.mem_low_pct;
