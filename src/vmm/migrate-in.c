@@ -56,12 +56,40 @@ static int read_token(const char *path, char *token, size_t size)
 	return 0;
 }
 
+/* "fd:N": a TCP socket bound by whoever started this VMM (the daemon,
+ * which so holds the port from the moment it picks it until here); it is
+ * listened on only now, after the token is read, which tells the daemon
+ * that the source may connect. */
+static int listen_on_fd(const char *uri)
+{
+	struct sockaddr_storage a;
+	socklen_t alen = sizeof(a);
+	int type = 0, fd;
+	socklen_t tlen = sizeof(type);
+	char *end;
+	long n = strtol(uri + 3, &end, 10);
+
+	if (end == uri + 3 || *end || n < 3 || n > 65535)
+		return err_set(-EINVAL, "--incoming %s: fd:N with a descriptor number", uri);
+	fd = (int)n;
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 || type != SOCK_STREAM ||
+	    getsockname(fd, (struct sockaddr *)&a, &alen) < 0 ||
+	    (a.ss_family != AF_INET && a.ss_family != AF_INET6))
+		return err_set(-EBADF, "--incoming %s: not a TCP socket", uri);
+	if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || listen(fd, 1) < 0)
+		return err_set(-errno, "--incoming %s: %m", uri);
+	return fd;
+}
+
 static int listen_on(const char *uri)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE }, *ai;
 	char host[256], port[32];
-	int one = 1, fd, ret = migrate_parse_uri(uri, host, sizeof(host), port, sizeof(port));
+	int one = 1, fd, ret;
 
+	if (!strncmp(uri, "fd:", 3))
+		return listen_on_fd(uri);
+	ret = migrate_parse_uri(uri, host, sizeof(host), port, sizeof(port));
 	if (ret)
 		return err_set(ret, "--incoming: %s", err_get());
 	ret = getaddrinfo(host, port, &hints, &ai);
