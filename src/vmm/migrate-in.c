@@ -22,6 +22,7 @@
 #include "vireo/state.h"
 
 #define MIG_MAX_RAM (1ull << 40)
+#define MIG_MAX_CPUS 1024       /* beyond any KVM's; the VM checks its own limit */
 #define MIG_GO_TIMEOUT_S 30
 #define MIG_DOWNTIME_TIMEOUT_S 2
 
@@ -34,6 +35,8 @@ struct migrate_incoming {
 	int mem_fd;
 	/* copied storage: the destination's images, open while they fill */
 	const struct migrate_storage *st;
+	migrate_hello_fn *hello;   /* the caller's, at the hello */
+	void *ctx;
 	struct image *img[MIGRATE_MAX_DISKS];
 	unsigned int ndisks;   /* from the DISKS record; 0 before it */
 	uint8_t *disk_buf;
@@ -145,13 +148,15 @@ static int handshake(struct migrate_incoming *in)
 static int recv_hello(struct migrate_incoming *in)
 {
 	uint8_t rec[16];
+	uint32_t ncpus;
 	int ret = mig_recv(&in->conn, rec, sizeof(rec));
 
 	if (ret)
 		return ret;
 	in->size = mig_get64(rec + 4);
+	ncpus = mig_get32(rec + 12);
 	if (mig_get32(rec) != MIG_REC_HELLO || !in->size || in->size > MIG_MAX_RAM ||
-	    in->size % DIRTY_PAGE_SIZE)
+	    in->size % DIRTY_PAGE_SIZE || !ncpus || ncpus > MIG_MAX_CPUS)
 		return err_set(-EPROTO, "migration stream: bad hello");
 	in->mem_fd = memfd_create("vireo-ram", MFD_CLOEXEC);
 	if (in->mem_fd < 0)
@@ -159,7 +164,9 @@ static int recv_hello(struct migrate_incoming *in)
 	if (ftruncate(in->mem_fd, (off_t)in->size) < 0)
 		return err_set(-errno, "cannot size guest memory: %m");
 	in->pages = malloc((size_t)MIG_MAX_RUN * DIRTY_PAGE_SIZE);
-	return in->pages ? 0 : err_set(-ENOMEM, "out of memory");
+	if (!in->pages)
+		return err_set(-ENOMEM, "out of memory");
+	return in->hello ? in->hello(in->ctx, in->mem_fd, in->size, ncpus) : 0;
 }
 
 /* ---- copied storage ---- */
@@ -413,8 +420,8 @@ static void refuse(struct migrate_incoming *in, const char *why)
 }
 
 int migrate_incoming_receive(const char *uri, const char *token_file,
-			     const struct migrate_storage *st,
-			     struct migrate_incoming **out, struct snapshot **snap,
+			     const struct migrate_storage *st, migrate_hello_fn *hello,
+			     void *ctx, struct migrate_incoming **out, struct snapshot **snap,
 			     struct machine_config *m)
 {
 	struct migrate_incoming *in = calloc(1, sizeof(*in));
@@ -425,6 +432,8 @@ int migrate_incoming_receive(const char *uri, const char *token_file,
 		return err_set(-ENOMEM, "out of memory");
 	in->conn.fd = in->mem_fd = -1;
 	in->st = st;
+	in->hello = hello;
+	in->ctx = ctx;
 	ret = token_file ? read_token(token_file, in->token, sizeof(in->token)) : 0;
 	lfd = ret ? ret : listen_on(uri);
 	if (lfd < 0) {
