@@ -23,6 +23,7 @@
 # usage: bench/migrate.sh [RUNS] [MEMORY]   (root for the namespaces; after make)
 #   VIREO=PATH: another vireo binary (build/vireo by default), e.g. a copy of
 #   the one before a change, to compare the two on the same loaded host.
+#   GUESTS="idle touched": only those guests (all three by default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec /usr/bin/python3 - "${1:-3}" "${2:-1G}" <<'PY'
@@ -177,7 +178,8 @@ try:
     if use_ns:
         hosts_up()
     res = {}
-    for work in WORK:
+    works = os.environ.get("GUESTS", " ".join(WORK)).split()
+    for work in works:
         for i in range(runs):
             for name, fn in (("vireo", lambda: vireo_run(work, False)),
                              ("vireo-tls", lambda: vireo_run(work, True)),
@@ -196,8 +198,9 @@ try:
              if m["gap"] is not None else " " * 41)
         print(f"{work:8s} {name:9s} total {m['total']*1000:8.1f} ms  downtime "
               f"{m['downtime']*1000:6.1f} ms  {g}bytes {m['bytes']/MiB:8.1f} MiB  "
-              f"{m['bytes']/m['total']/1e6:7.1f} MB/s")
-    for work in WORK:
+              f"{m['bytes']/m['total']/1e6:7.1f} MB/s  (downtimes "
+              + "/".join(f"{r['downtime']*1000:.0f}" for r in rs) + ")")
+    for work in works:
         v, t, q = med[(work, "vireo")], med[(work, "vireo-tls")], med[(work, "qemu")]
         r = lambda a, b: f"{a/b:.3f}x" if b else "n/a"
         print(f"{work:8s} vireo/qemu: total {r(v['total'], q['total'])}  downtime "
