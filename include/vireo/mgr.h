@@ -256,6 +256,8 @@ struct mgr_vm {
 	const char *incoming_uri;    /* the next start waits for a migration
 				      * there (run --incoming); NULL: boots */
 	const char *incoming_token;  /* ... and this token file proves it */
+	int incoming_fd;             /* ... and the VMM inherits this socket
+				      * (uri "fd:N"); -1: none */
 	bool incoming_copy;          /* ... and the disks come with it, into
 				      * the definition's images (--incoming-disk) */
 	char migrating_to[128];      /* an outgoing migration runs; "": none */
@@ -415,8 +417,9 @@ enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm);
  * the VM stays paused until resumed. */
 enum mgr_err mgr_start_restore(struct mgr *m, struct mgr_vm *vm, const char *dir, bool paused);
 /* Starts the VMM with `vireo run --incoming uri --incoming-token-file
- * token_file`; returns once it is spawned, the VM INCOMING (migrate.c). */
-enum mgr_err mgr_start_incoming(struct mgr *m, struct mgr_vm *vm, const char *uri,
+ * token_file`; returns once it is spawned, the VM INCOMING (migrate.c).
+ * lfd >= 0: a bound socket the VMM inherits (uri "fd:LFD"); -1: none. */
+enum mgr_err mgr_start_incoming(struct mgr *m, struct mgr_vm *vm, const char *uri, int lfd,
 				const char *token_file);
 /* A control request with a deadline of timeout_ms, passing nfds
  * descriptors with it (vmm_request_fds); the reply's "code" picks the error
