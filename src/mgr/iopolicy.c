@@ -658,6 +658,29 @@ static void family(FILE *f, struct mgr *m, const char *name, const char *help, b
 	}
 }
 
+/* The networks with a budget: it, and what the last round gave them. */
+static void networks_metrics(FILE *f, const struct mgr *m)
+{
+	static const char *const dir[2] = { "rx", "tx" };
+
+	fputs("# HELP vireo_network_budget_bytes_per_second a network's vNIC budget "
+	      "(budget_bps, each direction)\n"
+	      "# TYPE vireo_network_budget_bytes_per_second gauge\n", f);
+	for (const struct mgr_net *n = m->nets; n; n = n->next)
+		if (n->budget_bps)
+			fprintf(f, "vireo_network_budget_bytes_per_second{network=\"%s\"} %" PRIu64
+				"\n", n->name, n->budget_bps);
+	for (int k = 0; k < 2; k++) {
+		fprintf(f, "# HELP vireo_network_policy_allocation_%s_bytes_per_second what the I/O "
+			"policy gave a network's vNICs together\n# TYPE "
+			"vireo_network_policy_allocation_%s_bytes_per_second gauge\n", dir[k], dir[k]);
+		for (const struct mgr_net *n = m->nets; n; n = n->next)
+			if (n->alloc[k])
+				fprintf(f, "vireo_network_policy_allocation_%s_bytes_per_second"
+					"{network=\"%s\"} %" PRIu64 "\n", dir[k], n->name, n->alloc[k]);
+	}
+}
+
 void mgr_iopolicy_metrics(struct mgr *m, FILE *f)
 {
 	static const struct { const char *name, *help; bool nic; unsigned int side; int k; bool demand; } fams[] = {
@@ -686,4 +709,5 @@ void mgr_iopolicy_metrics(struct mgr *m, FILE *f)
 	for (size_t i = 0; i < sizeof(fams) / sizeof(fams[0]); i++)
 		family(f, m, fams[i].name, fams[i].help, fams[i].nic, fams[i].side, fams[i].k,
 		       fams[i].demand);
+	networks_metrics(f, m);
 }

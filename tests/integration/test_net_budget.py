@@ -91,6 +91,10 @@ def test_each_network_gets_its_own_budget(tmp_path, made):
         assert js["budget_bps"] == B1, js
         assert 0.9 * B1 <= js["allocation"]["tx_bps"] <= B1, js
         assert js["allocation"]["rx_bps"] == B1, js   # idle receive: the whole budget
+        st, text = d.request("GET", "/metrics")
+        assert f'vireo_network_budget_bytes_per_second{{network="{b}"}} {B2}' in text, text
+        assert f'vireo_network_policy_allocation_tx_bytes_per_second{{network="{b}"}}' in text
+        assert "I/O policy: nic 0 tx_bps" in d.logtext()
         # A new budget for a running network: the next rounds follow.
         assert d.ok("PATCH", f"/networks/{a}", {"budget_bps": B1 // 2})["budget_bps"] == B1 // 2
         assert wait_for(lambda: converged(d, ["a1"], {"a1": B1 / 2}, "nics", "limit_tx_bps"),
