@@ -141,11 +141,31 @@ static void join(struct io_share *g, const struct io_share *x)
 	g->floor = add_sat(g->floor, x->cap && x->floor > x->cap ? x->cap : x->floor);
 }
 
+/* The shares of group g divide `alloc` among themselves. */
+static bool divide_group(struct io_share *s, const int *group, unsigned int n, int g,
+			 uint64_t alloc)
+{
+	static struct io_share sub[IO_MAX_SHARES];
+	static unsigned int idx[IO_MAX_SHARES];
+	unsigned int k = 0;
+	bool over;
+
+	for (unsigned int i = 0; i < n; i++)
+		if (group[i] == g) {
+			sub[k] = s[i];
+			idx[k++] = i;
+		}
+	over = io_allocate(sub, k, alloc);
+	for (unsigned int j = 0; j < k; j++)
+		s[idx[j]].limit = sub[j].limit;
+	return over;
+}
+
 bool io_allocate_groups(struct io_share *s, const int *group, unsigned int n,
 			const uint64_t *gbudget, uint64_t *galloc, unsigned int ng, uint64_t budget)
 {
-	static struct io_share top[IO_MAX_SHARES], sub[IO_MAX_SHARES];
-	static unsigned int at[IO_MAX_SHARES], idx[IO_MAX_SHARES];
+	static struct io_share top[IO_MAX_SHARES];
+	static unsigned int at[IO_MAX_SHARES];
 	static int gtop[IO_MAX_SHARES];
 	unsigned int nt = 0;
 	bool over = false;
@@ -181,19 +201,9 @@ bool io_allocate_groups(struct io_share *s, const int *group, unsigned int n,
 	}
 	/* Each group divides what it got among its shares. */
 	for (unsigned int g = 0; g < ng; g++) {
-		unsigned int k = 0;
-
 		galloc[g] = gtop[g] < 0 ? 0 : top[gtop[g]].limit;
-		for (unsigned int i = 0; i < n && gtop[g] >= 0; i++)
-			if (group[i] == (int)g) {
-				sub[k] = s[i];
-				idx[k++] = i;
-			}
-		if (!k)
-			continue;
-		over |= io_allocate(sub, k, galloc[g]);
-		for (unsigned int j = 0; j < k; j++)
-			s[idx[j]].limit = sub[j].limit;
+		if (gtop[g] >= 0)
+			over |= divide_group(s, group, n, (int)g, galloc[g]);
 	}
 	for (unsigned int i = 0; i < n; i++)
 		if (group[i] < 0 || group[i] >= (int)ng)
