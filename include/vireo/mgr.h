@@ -345,6 +345,9 @@ struct mgr_net {
 	char uplink[16];             /* "": none */
 	bool vlan_aware;
 	struct vlan_set vlans;       /* the uplink carries these tagged */
+	uint64_t budget_bps;         /* its vNICs' budget, each direction; 0: none */
+	uint64_t alloc[2];           /* the I/O policy's last round: what its vNICs
+				      * may receive and transmit together (0: none) */
 	struct mgr_net *next;
 };
 int mgr_net_load(struct mgr *m);
@@ -352,6 +355,10 @@ void mgr_net_free_all(struct mgr *m);
 struct mgr_net *mgr_net_find(struct mgr *m, const char *name);
 enum mgr_err mgr_net_create(struct mgr *m, struct json_object *body, struct json_object **out);
 enum mgr_err mgr_net_delete(struct mgr *m, const char *name);
+/* {"budget_bps": N}: a new budget for the network's vNICs, persisted (the
+ * other fields are fixed at create). */
+enum mgr_err mgr_net_patch(struct mgr *m, const char *name, struct json_object *body,
+			   struct json_object **out);
 struct json_object *mgr_net_json(const struct mgr_net *n);
 struct json_object *mgr_net_list_json(struct mgr *m);
 /* Every vNIC's network exists (at VM create): 0 or -EINVAL naming the field. */
@@ -519,6 +526,16 @@ struct io_share {
  * and the rest get the minimum: returns true then. Not reentrant (static
  * scratch space): the supervisor thread's. */
 bool io_allocate(struct io_share *s, unsigned int n, uint64_t budget);
+/* The same in two levels (networks with their own budget): share i belongs
+ * to group group[i] (0 to ng-1; -1: none), whose shares together never get
+ * more than gbudget[g]. With a host `budget` each group first competes in
+ * it as one share (its shares' weights, floors and capped demands summed),
+ * then divides what it got (io_allocate() at both levels); without (0), a
+ * group divides its own budget and an ungrouped share gets limit 0 (not
+ * managed). galloc[g]: what group g got (0: no shares). True if any
+ * level's floors asked for more than its budget. Not reentrant. */
+bool io_allocate_groups(struct io_share *s, const int *group, unsigned int n,
+			const uint64_t *gbudget, uint64_t *galloc, unsigned int ng, uint64_t budget);
 /* The demand of one dimension from a round's figures: unbounded if the
  * device used most of its limit or was held back a tenth of the interval
  * (throttled_ns: the caller passes 0 for a disk's bucket that was not the
