@@ -986,7 +986,8 @@ static int run_vm(const struct run_options *o, char *reason, size_t size,
 	if (vm_build(vm, &pci, &devs, o) || !(loop = loop_create()) ||
 	    !(mig = migration_create(&(struct snapshot_target){ .vm = vm,
 			.serial = devs.serial, .ged = devs.ged, .rtc = devs.rtc,
-			.fw = devs.fw, .pm = devs.pm, .machine = &o->machine, .virtio = devs.virtio, .nvirtio = devs.nvirtio })) ||
+			.fw = devs.fw, .pm = devs.pm, .machine = &o->machine,
+			.virtio = devs.virtio, .nvirtio = devs.nvirtio })) ||
 	    control_start(loop, vm, &devs, o, mig, disk_paths, &ctl) ||
 	    (cs.serial = gate.serial = devs.serial, console_sock_open(loop, &cs)) ||
 	    loop_add(loop, serial_rx_space_fd(devs.serial), EPOLLIN, gate_release, &gate) ||

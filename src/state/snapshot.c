@@ -184,6 +184,9 @@ static int collect_state(const struct snapshot_target *t, struct state_writer *w
 		ged_save(t->ged, w);
 	if (!ret && t->rtc)
 		rtc_save(t->rtc, w);
+	/* A restore could not build this machine without them. */
+	if (!ret && t->machine->firmware && (!t->fw || !t->pm))
+		ret = err_set(-EINVAL, "the machine boots through firmware, this VMM has none");
 	if (!ret && t->fw)
 		ret = firmware_save(t->fw, w);
 	if (!ret && t->pm)
