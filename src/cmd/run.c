@@ -664,6 +664,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		.nnics = o->nnics, .rng = o->rng, .balloon = o->balloon };
 	devices_to_machine(o);
 	o->machine.firmware = o->firmware != NULL;
+	o->machine.firmware_kernel = o->firmware && o->boot.kernel;
 	return check_run_options(o, seccomp_given);
 }
 
@@ -872,17 +873,24 @@ static void vm_devices_destroy(struct vm_devices *devs)
 	snapshot_base_free(&devs->snap_base);
 }
 
-/* --restore: the devices get their state back before any vCPU runs. */
-static int restore_state(struct vm *vm, struct vm_devices *devs, const struct run_options *o)
+/* --restore: the devices get their state back before any vCPU runs; a
+ * firmware's ROM and fw_cfg come back first, from the state too. */
+static int restore_state(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
+			 const struct run_options *o)
 {
 	struct snapshot_target t = { .vm = vm, .serial = devs->serial, .ged = devs->ged,
-				     .rtc = devs->rtc, .machine = &o->machine, .virtio = devs->virtio,
+				     .rtc = devs->rtc, .pm = devs->pm,
+				     .machine = &o->machine, .virtio = devs->virtio,
 				     .nvirtio = devs->nvirtio, .base = &devs->snap_base,
 				     .track_dirty = o->track_dirty };
 	/* The slots first: KVM checks guest addresses in MSRs (kvmclock,
 	 * steal time, async PF, PV EOI) against them as they are set. */
 	int ret = vm_memory_ready(vm);
 
+	if (!ret && o->machine.firmware)
+		ret = firmware_restore(vm, pci, snapshot_state(o->snap), o->machine.firmware_kernel,
+				       o->firmware_debug, &devs->fw);
+	t.fw = devs->fw;
 	return ret ? ret : snapshot_restore(o->snap, &t);
 }
 
@@ -906,9 +914,8 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 	ret = power_devices_init(vm, o->debug_exit);
 	if (!ret && !(devs->ged = ged_create(vm)))
 		ret = -ENOMEM;
-	/* Its tables are a PC's (acpi_build_tables()). No snapshots of such
-	 * a VM yet (machine_snapshot_unsupported()), so no state section. */
-	if (!ret && o->firmware && !(devs->pm = acpipm_create(vm)))
+	/* Its tables are a PC's (acpi_build_tables()); also when restored. */
+	if (!ret && o->machine.firmware && !(devs->pm = acpipm_create(vm)))
 		ret = -ENOMEM;
 	if (!ret && !(devs->rtc = rtc_create(vm)))
 		ret = -ENOMEM;
@@ -917,7 +924,7 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 	if (!ret)
 		ret = virtio_devices_create(vm, pci, devs, o);
 	if (!ret && o->snap)
-		ret = restore_state(vm, devs, o);
+		ret = restore_state(vm, pci, devs, o);
 	else if (!ret && o->firmware)
 		ret = firmware_load(vm, pci, o->firmware, &o->boot, o->firmware_debug,
 				    &devs->fw);
@@ -938,7 +945,7 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 	struct control_target t = { .vm = vm, .disks = devs->disks, .disk_paths = paths,
 				    .ndisks = o->ndisks, .nics = devs->nics, .nnics = o->nnics,
 				    .balloon = devs->balloon, .ged = devs->ged, .pm = devs->pm,
-				    .rtc = devs->rtc, .serial = devs->serial,
+				    .rtc = devs->rtc, .fw = devs->fw, .serial = devs->serial,
 				    .balloon_target = o->balloon_target, .machine = &o->machine,
 				    .virtio = devs->virtio, .nvirtio = devs->nvirtio,
 				    .migration = mig, .snap_base = &devs->snap_base,
@@ -979,7 +986,8 @@ static int run_vm(const struct run_options *o, char *reason, size_t size,
 	if (vm_build(vm, &pci, &devs, o) || !(loop = loop_create()) ||
 	    !(mig = migration_create(&(struct snapshot_target){ .vm = vm,
 			.serial = devs.serial, .ged = devs.ged, .rtc = devs.rtc,
-			.machine = &o->machine, .virtio = devs.virtio, .nvirtio = devs.nvirtio })) ||
+			.fw = devs.fw, .pm = devs.pm, .machine = &o->machine,
+			.virtio = devs.virtio, .nvirtio = devs.nvirtio })) ||
 	    control_start(loop, vm, &devs, o, mig, disk_paths, &ctl) ||
 	    (cs.serial = gate.serial = devs.serial, console_sock_open(loop, &cs)) ||
 	    loop_add(loop, serial_rx_space_fd(devs.serial), EPOLLIN, gate_release, &gate) ||

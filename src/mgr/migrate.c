@@ -511,10 +511,6 @@ static enum mgr_err incoming_prepare(struct mgr *m, const char *name, struct jso
 		return MGR_E_BAD;
 	if (vm_def_check_new(&in->def, m->state_dir) || mgr_net_check_def(m, &in->def))
 		return MGR_E_BAD;
-	if (in->def.firmware) {
-		err_set(-ENOTSUP, "a VM booted through firmware cannot migrate yet");
-		return MGR_E_BAD;
-	}
 	if (mgr_find(m, name) && mgr_vm_active(mgr_find(m, name))) {
 		err_set(-EBUSY, "VM '%s' is %s here", name, mgr_state_name(mgr_find(m, name)->state));
 		return MGR_E_CONFLICT;
