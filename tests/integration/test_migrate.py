@@ -468,6 +468,23 @@ def test_destination_killed_mid_stream(tmp_path, sock, pairs):
     source_goes_on(p)
 
 
+def test_link_cut_mid_stream(tmp_path, sock, pairs, two_hosts):
+    """The veth between the two hosts goes away mid-stream (no reset, no
+    FIN: the peer just falls silent): the source gives up after its I/O
+    timeout and runs on, the destination gives up too and exits without
+    having run the guest."""
+    p = pairs(tmp_path, sock, "scenario=dirty=16", hosts=two_hosts)
+    p.src.wait_line("PROBE dirty pass=5 ")
+    p.migrate(bandwidth=2_000_000)
+    wait_until(lambda: p.migration().get("bytes_sent", 0) > 1 << 20, 30, "1 MiB sent")
+    subprocess.run(["ip", "-n", two_hosts[0], "link", "del", "vmig-a"], check=True)
+    mig = p.wait_migration(("failed",), timeout=scaled(90))
+    assert mig["error"], mig
+    source_goes_on(p)
+    assert p.dst.wait_exit(scaled(90)) and p.dst.proc.returncode != 0, "".join(p.dst.err)
+    assert not any("PROBE dirty" in line for line in lines_of(p.dst)), lines_of(p.dst)[-5:]
+
+
 def kvm_vms(pid):
     """How many KVM VMs process pid holds (its anon_inode:kvm-vm fds)."""
     fds = f"/proc/{pid}/fd"
