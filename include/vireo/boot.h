@@ -32,8 +32,13 @@ struct e820_entry {
 unsigned int boot_memory_map(const struct vm *vm, struct e820_entry *out);
 
 /* Writes RSDP, XSDT, FADT, MADT, MCFG and DSDT at LAYOUT_ACPI_TABLES.
- * Returns the RSDP's guest address, or 0 with err_set() detail. */
-uint64_t acpi_build_tables(struct vm *vm);
+ * Returns the RSDP's guest address, or 0 with err_set() detail.
+ * REDUCED (direct kernel boot): hardware-reduced, power button through the
+ * GED. PC (firmware boot): PM1 blocks and an SCI (vireo/acpipm.h), a FACS,
+ * the fixed-feature power button: a guest then takes over the 8259 PIC the
+ * firmware left programmed, as on a PC. */
+enum acpi_platform { ACPI_PLATFORM_REDUCED, ACPI_PLATFORM_PC };
+uint64_t acpi_build_tables(struct vm *vm, enum acpi_platform platform);
 
 /* Loaded kernel image in memory (whole file) and what the format loaders
  * found in it. Internal to src/boot/, declared here for the unit tests. */

@@ -34,6 +34,7 @@ struct virtio_blk;
 struct virtio_balloon;
 struct virtio_net;
 struct ged;
+struct acpipm;
 struct rtc;
 struct serial;
 struct machine_config;
@@ -102,6 +103,8 @@ struct control_target {
 	unsigned int nnics;
 	struct virtio_balloon *balloon; /* NULL: none */
 	struct ged *ged;                /* the power button; NULL: none */
+	struct acpipm *pm;              /* the power button if not NULL (a PC:
+					 * firmware boot), instead of ged's */
 	struct rtc *rtc;                /* saved in snapshots; NULL: none */
 	struct serial *serial;          /* the console; NULL: none */
 	uint64_t balloon_target;        /* its target (control_apply updates it) */

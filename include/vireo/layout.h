@@ -46,11 +46,16 @@
 #define PORT_ACPI_SLEEP_CONTROL 0x0600 /* FADT hardware-reduced sleep registers */
 #define PORT_ACPI_SLEEP_STATUS  0x0601
 #define PORT_ACPI_GED           0x0604 /* GED event selector, 4 bytes (vireo/ged.h) */
+#define PORT_ACPI_PM1A_EVT      0x0608 /* firmware boot: PM1 status/enable, 4 bytes, */
+#define PORT_ACPI_PM1A_CNT      0x060c /* and PM1 control, 2 bytes (vireo/acpipm.h) */
 #define PORT_PCI_CONFIG_ADDRESS 0x0cf8
 #define PORT_PCI_CONFIG_DATA    0x0cfc
 #define PORT_RESET_CONTROL      0x0cf9 /* PIIX/ICH reset control, a byte inside 0xcf8-0xcff */
 
 #define IRQ_COM1 4
+/* The ACPI SCI of a firmware boot (vireo/acpipm.h): level, active high, as
+ * the MADT's override for IRQ 9 says (QEMU's pc has the same). */
+#define IRQ_SCI  9
 /* The GED's edge interrupt: an IOAPIC-only GSI (no 8259 line behind it),
  * so a guest that never masked its PICs cannot see it twice. */
 #define IRQ_GED  16

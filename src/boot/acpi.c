@@ -1,13 +1,16 @@
 /* The ACPI tables every guest gets, written at LAYOUT_ACPI_TABLES:
- * RSDP (v2) -> XSDT -> { FADT -> DSDT, MADT, MCFG }. The platform is
- * "hardware-reduced" (no PM1 blocks, no SCI): power-off goes through the
- * FADT's sleep control register, reset through the i8042 port, and the
- * power button is signalled through a Generic Event Device. Debian's
- * kernel has no MP-table support, so the MADT is how it finds its CPUs. */
+ * RSDP (v2) -> XSDT -> { FADT -> DSDT, MADT, MCFG }. For a direct boot the
+ * platform is "hardware-reduced" (no PM1 blocks, no SCI): power-off goes
+ * through the FADT's sleep control register, and the power button is
+ * signalled through a Generic Event Device. A firmware boot gets a PC
+ * instead (vireo/boot.h): PM1 blocks, an SCI, a FACS and the fixed power
+ * button. Reset goes through the i8042 port in both. Debian's kernel has
+ * no MP-table support, so the MADT is how it finds its CPUs. */
 #include <errno.h>
 #include <string.h>
 
 #include "vireo/acpi.h"
+#include "vireo/acpipm.h"
 #include "vireo/boot.h"
 #include "vireo/ged.h"
 #include "vireo/layout.h"
@@ -52,7 +55,20 @@ struct acpi_fadt {
 	struct acpi_header h;
 	uint32_t firmware_ctrl;
 	uint32_t dsdt;
-	uint8_t pad0[108 - 44];
+	uint8_t pad0[46 - 44];
+	uint16_t sci_int;
+	uint32_t smi_cmd;
+	uint8_t pad1[56 - 52];
+	uint32_t pm1a_evt_blk;
+	uint32_t pm1b_evt_blk;
+	uint32_t pm1a_cnt_blk;
+	uint8_t pad2[88 - 68];
+	uint8_t pm1_evt_len;
+	uint8_t pm1_cnt_len;
+	uint8_t pad3[96 - 90];
+	uint16_t p_lvl2_lat;
+	uint16_t p_lvl3_lat;
+	uint8_t pad4[108 - 100];
 	uint8_t century;      /* CMOS index of the century register */
 	uint16_t iapc_boot_arch;
 	uint8_t reserved;
@@ -63,7 +79,10 @@ struct acpi_fadt {
 	uint8_t minor_version;
 	uint64_t x_firmware_ctrl;
 	uint64_t x_dsdt;
-	uint8_t pad1[244 - 148];
+	struct acpi_gas x_pm1a_evt_blk;
+	uint8_t pad5[172 - 160];
+	struct acpi_gas x_pm1a_cnt_blk;
+	uint8_t pad6[244 - 184];
 	struct acpi_gas sleep_control;
 	struct acpi_gas sleep_status;
 	uint64_t hypervisor_vendor;
@@ -76,6 +95,7 @@ _Static_assert(sizeof(struct acpi_fadt) == 276, "FADT revision 6 is 276 bytes");
 #define FADT_SLP_BUTTON     (1u << 5)
 #define FADT_RESET_REG_SUP  (1u << 10)
 #define FADT_HW_REDUCED     (1u << 20)
+#define FADT_NO_C2_C3       0x0fff /* P_LVLx_LAT above 100/1000 us */
 #define BOOT_ARCH_8042      (1u << 1)
 #define BOOT_ARCH_NO_VGA    (1u << 2)
 
@@ -230,7 +250,7 @@ static void dsdt_ged(struct aml *sb)
 	aml_free(&dev);
 }
 
-static uint64_t acpi_build_dsdt(struct acpi_area *area)
+static uint64_t acpi_build_dsdt(struct acpi_area *area, enum acpi_platform platform)
 {
 	static const uint64_t s5[] = { ACPI_S5_SLP_TYP, 0 };
 	struct aml body = { 0 }, sb = { 0 };
@@ -240,7 +260,9 @@ static uint64_t acpi_build_dsdt(struct acpi_area *area)
 	dsdt_pci_root(&sb);
 	dsdt_com1(&sb);
 	dsdt_rtc(&sb);
-	dsdt_ged(&sb);
+	/* PC: the fixed-feature power button (PM1 PWRBTN_STS) instead. */
+	if (platform == ACPI_PLATFORM_REDUCED)
+		dsdt_ged(&sb);
 	aml_scope(&body, "\\_SB_", &sb);
 	aml_name_package(&body, "_S5_", s5, 2);
 	if (!body.failed && (h = acpi_alloc(area, sizeof(*h) + body.len, &gpa))) {
@@ -253,7 +275,43 @@ static uint64_t acpi_build_dsdt(struct acpi_area *area)
 	return gpa;
 }
 
-static uint64_t acpi_build_fadt(struct acpi_area *area, uint64_t dsdt)
+/* The FACS: 64 bytes, 64-byte aligned, no checksum. Only its existence
+ * matters (the global lock lives there; no S3/S4, so no waking vector). */
+static uint64_t acpi_build_facs(struct acpi_area *area)
+{
+	uint64_t gpa;
+	uint8_t *t;
+	uint32_t len = 64;
+
+	area->next = (area->next + 63) & ~63ULL;
+	t = acpi_alloc(area, len, &gpa);
+	if (!t)
+		return 0;
+	memcpy(t, "FACS", 4);
+	memcpy(t + 4, &len, 4);
+	t[32] = 2; /* version */
+	return gpa;
+}
+
+/* PC: the PM1 blocks of vireo/acpipm.h, SCI on IRQ_SCI; SMI_CMD 0 means
+ * the platform is always in ACPI mode. */
+static void fadt_pc(struct acpi_fadt *f, uint64_t facs)
+{
+	f->firmware_ctrl = (uint32_t)facs;
+	f->sci_int = IRQ_SCI;
+	f->smi_cmd = 0;
+	f->pm1a_evt_blk = PORT_ACPI_PM1A_EVT;
+	f->pm1a_cnt_blk = PORT_ACPI_PM1A_CNT;
+	f->pm1_evt_len = 4;
+	f->pm1_cnt_len = 2;
+	f->x_pm1a_evt_blk = (struct acpi_gas){ 1, 32, 0, 2, PORT_ACPI_PM1A_EVT };
+	f->x_pm1a_cnt_blk = (struct acpi_gas){ 1, 16, 0, 2, PORT_ACPI_PM1A_CNT };
+	f->p_lvl2_lat = FADT_NO_C2_C3;
+	f->p_lvl3_lat = FADT_NO_C2_C3;
+	f->flags = FADT_WBINVD | FADT_SLP_BUTTON | FADT_RESET_REG_SUP;
+}
+
+static uint64_t acpi_build_fadt(struct acpi_area *area, uint64_t dsdt, uint64_t facs)
 {
 	uint64_t gpa;
 	struct acpi_fadt *f = acpi_alloc(area, sizeof(*f), &gpa);
@@ -264,8 +322,14 @@ static uint64_t acpi_build_fadt(struct acpi_area *area, uint64_t dsdt)
 	f->minor_version = 3;
 	f->dsdt = (uint32_t)dsdt;
 	f->x_dsdt = dsdt;
-	f->flags = FADT_WBINVD | FADT_PWR_BUTTON | FADT_SLP_BUTTON | FADT_RESET_REG_SUP |
-		   FADT_HW_REDUCED;
+	if (facs) {
+		fadt_pc(f, facs);
+	} else {
+		f->flags = FADT_WBINVD | FADT_PWR_BUTTON | FADT_SLP_BUTTON | FADT_RESET_REG_SUP |
+			   FADT_HW_REDUCED;
+		f->sleep_control = (struct acpi_gas){ 1, 8, 0, 1, PORT_ACPI_SLEEP_CONTROL };
+		f->sleep_status = (struct acpi_gas){ 1, 8, 0, 1, PORT_ACPI_SLEEP_STATUS };
+	}
 	/* No 8042 flag: vireo's i8042 is only a reset line, and a guest told
 	 * there is a keyboard controller probes it for seconds (Linux:
 	 * "Can't read CTR"). The reset register still goes through its port. */
@@ -273,16 +337,26 @@ static uint64_t acpi_build_fadt(struct acpi_area *area, uint64_t dsdt)
 	f->century = RTC_REG_CENTURY;
 	f->reset_reg = (struct acpi_gas){ 1, 8, 0, 1, PORT_I8042_CMD };
 	f->reset_value = 0xfe;
-	f->sleep_control = (struct acpi_gas){ 1, 8, 0, 1, PORT_ACPI_SLEEP_CONTROL };
-	f->sleep_status = (struct acpi_gas){ 1, 8, 0, 1, PORT_ACPI_SLEEP_STATUS };
 	memcpy(&f->hypervisor_vendor, "VIREO\0\0\0", 8);
 	acpi_finish(&f->h);
 	return gpa;
 }
 
-static uint64_t acpi_build_madt(struct acpi_area *area, unsigned int ncpus)
+/* PC: the SCI's pin is level-triggered, active high (the default for an
+ * ISA IRQ would be edge; for the SCI, Linux's is active low). */
+static void madt_sci_override(uint8_t *e)
 {
-	size_t len = sizeof(struct acpi_header) + 8 + 8 * ncpus + 12 + 10 + 6;
+	uint32_t gsi = IRQ_SCI;
+	uint16_t flags = 0x1 | 0x3 << 2; /* active high, level */
+
+	e[0] = 2; e[1] = 10; e[2] = 0; e[3] = IRQ_SCI;
+	memcpy(e + 4, &gsi, 4);
+	memcpy(e + 8, &flags, 2);
+}
+
+static uint64_t acpi_build_madt(struct acpi_area *area, unsigned int ncpus, bool pc)
+{
+	size_t len = sizeof(struct acpi_header) + 8 + 8 * ncpus + 12 + 10 + 6 + (pc ? 10 : 0);
 	uint64_t gpa;
 	uint8_t *t = acpi_alloc(area, len, &gpa), *e;
 	uint32_t lapic = (uint32_t)LAYOUT_LAPIC_BASE, pcat = 1, ioapic = (uint32_t)LAYOUT_IOAPIC_BASE;
@@ -301,7 +375,9 @@ static uint64_t acpi_build_madt(struct acpi_area *area, unsigned int ncpus)
 	}
 	e[0] = 1; e[1] = 12; e[2] = 0; memcpy(e + 4, &ioapic, 4); e += 12; /* IOAPIC, GSI base 0 */
 	e[0] = 2; e[1] = 10; e[2] = 0; e[3] = 0; memcpy(e + 4, &gsi2, 4); e += 10; /* IRQ0 -> GSI2 */
-	e[0] = 4; e[1] = 6; e[2] = 0xff; e[5] = 1; /* LINT1 of every CPU is NMI */
+	e[0] = 4; e[1] = 6; e[2] = 0xff; e[5] = 1; e += 6; /* LINT1 of every CPU is NMI */
+	if (pc)
+		madt_sci_override(e);
 	acpi_finish((void *)t);
 	return gpa;
 }
@@ -337,18 +413,21 @@ static uint64_t acpi_build_xsdt(struct acpi_area *area, const uint64_t *tables, 
 	return gpa;
 }
 
-uint64_t acpi_build_tables(struct vm *vm)
+uint64_t acpi_build_tables(struct vm *vm, enum acpi_platform platform)
 {
 	struct acpi_area area = { vm, LAYOUT_ACPI_TABLES };
 	struct acpi_rsdp *rsdp;
-	uint64_t rsdp_gpa, dsdt, tables[3];
+	bool pc = platform == ACPI_PLATFORM_PC;
+	uint64_t rsdp_gpa, dsdt, facs = 0, tables[3];
 
 	rsdp = acpi_alloc(&area, sizeof(*rsdp), &rsdp_gpa);
-	dsdt = acpi_build_dsdt(&area);
-	tables[0] = acpi_build_fadt(&area, dsdt);
-	tables[1] = acpi_build_madt(&area, vm->ncpus);
+	dsdt = acpi_build_dsdt(&area, platform);
+	if (pc)
+		facs = acpi_build_facs(&area);
+	tables[0] = acpi_build_fadt(&area, dsdt, facs);
+	tables[1] = acpi_build_madt(&area, vm->ncpus, pc);
 	tables[2] = acpi_build_mcfg(&area);
-	if (!rsdp || !dsdt || !tables[0] || !tables[1] || !tables[2]) {
+	if (!rsdp || !dsdt || (pc && !facs) || !tables[0] || !tables[1] || !tables[2]) {
 		err_set(-ENOSPC, "ACPI tables do not fit below 1 MiB");
 		return 0;
 	}

@@ -134,7 +134,7 @@ int boot_load(struct vm *vm, const struct boot_config *cfg)
 	ret = boot_map_kernel(cfg->kernel, &img);
 	if (ret)
 		return ret;
-	rsdp = acpi_build_tables(vm);
+	rsdp = acpi_build_tables(vm, ACPI_PLATFORM_REDUCED);
 	if (!rsdp) {
 		ret = -EINVAL;
 		goto unmap;

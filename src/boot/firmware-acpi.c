@@ -1,5 +1,6 @@
 /* vireo's ACPI tables for the firmware, through QEMU's table loader
- * (include/vireo/firmware.h): the tables are built as for a direct boot,
+ * (include/vireo/firmware.h): the tables are built as for a direct boot
+ * (but for a PC, ACPI_PLATFORM_PC),
  * taken out of guest RAM before the firmware's shadow covers them, their
  * absolute addresses turned into offsets, and etc/table-loader tells the
  * firmware where to put them (RSDP in the F segment, the rest in high
@@ -118,11 +119,15 @@ static void loader_table(struct loader *l, uint64_t at)
 		l->bad = -EINVAL;
 		return;
 	}
-	/* The FADT's DSDT pointers (32 and 64 bits) and the DSDT itself. */
+	/* The FADT's DSDT pointers (32 and 64 bits) and the DSDT itself; its
+	 * FACS pointer (32 bits, the FACS has no checksum). The FACS's 64-byte
+	 * alignment survives: FILE_TABLES is allocated 64-byte aligned. */
 	if (!memcmp(l->tables + off, "FACP", 4) && len >= 148) {
 		loader_table(l, bus_get(l->tables + off + 140, 8));
 		loader_pointer(l, l->tables, FILE_TABLES, (uint32_t)off + 40, 4);
 		loader_pointer(l, l->tables, FILE_TABLES, (uint32_t)off + 140, 8);
+		if (bus_get(l->tables + off + 36, 4))
+			loader_pointer(l, l->tables, FILE_TABLES, (uint32_t)off + 36, 4);
 	}
 	loader_checksum(l, FILE_TABLES, (uint32_t)off + 9, (uint32_t)off, len);
 }
@@ -173,7 +178,7 @@ int firmware_add_acpi(struct fwcfg *f, struct vm *vm)
 
 	if (!l)
 		return err_set(-ENOMEM, "out of memory");
-	rsdp = acpi_build_tables(vm);
+	rsdp = acpi_build_tables(vm, ACPI_PLATFORM_PC);
 	ret = rsdp ? loader_build(l, vm, rsdp) : -EINVAL;
 	if (!ret)
 		ret = fwcfg_add_file(f, FILE_RSDP, l->rsdp, RSDP_LEN);

@@ -22,6 +22,7 @@
 #include "vireo/cmd.h"
 #include "vireo/control.h"
 #include "vireo/firmware.h"
+#include "vireo/acpipm.h"
 #include "vireo/ged.h"
 #include "vireo/log.h"
 #include "vireo/machine.h"
@@ -80,6 +81,7 @@ struct run_options {
 struct vm_devices {
 	struct serial *serial;
 	struct ged *ged;
+	struct acpipm *pm;	/* --firmware: the PC's PM1 blocks and power button */
 	struct rtc *rtc;
 	struct firmware *fw;
 	struct virtio_blk *disks[MAX_DISKS];
@@ -825,6 +827,7 @@ static void vm_devices_destroy(struct vm_devices *devs)
 	for (unsigned int i = 0; i < MAX_NICS; i++)
 		virtio_net_destroy(devs->nics[i]);
 	ged_destroy(devs->ged);
+	acpipm_destroy(devs->pm);
 	rtc_destroy(devs->rtc);
 	firmware_destroy(devs->fw);
 	serial_destroy(devs->serial);
@@ -864,6 +867,10 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 	ret = power_devices_init(vm, o->debug_exit);
 	if (!ret && !(devs->ged = ged_create(vm)))
 		ret = -ENOMEM;
+	/* Its tables are a PC's (acpi_build_tables()). No snapshots of such
+	 * a VM yet (machine_snapshot_unsupported()), so no state section. */
+	if (!ret && o->firmware && !(devs->pm = acpipm_create(vm)))
+		ret = -ENOMEM;
 	if (!ret && !(devs->rtc = rtc_create(vm)))
 		ret = -ENOMEM;
 	if (!ret)
@@ -891,8 +898,8 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 {
 	struct control_target t = { .vm = vm, .disks = devs->disks, .disk_paths = paths,
 				    .ndisks = o->ndisks, .nics = devs->nics, .nnics = o->nnics,
-				    .balloon = devs->balloon, .ged = devs->ged, .rtc = devs->rtc,
-				    .serial = devs->serial,
+				    .balloon = devs->balloon, .ged = devs->ged, .pm = devs->pm,
+				    .rtc = devs->rtc, .serial = devs->serial,
 				    .balloon_target = o->balloon_target, .machine = &o->machine,
 				    .virtio = devs->virtio, .nvirtio = devs->nvirtio,
 				    .migration = mig, .snap_base = &devs->snap_base,

@@ -21,6 +21,7 @@
 
 #include "vireo/block.h"
 #include "vireo/control.h"
+#include "vireo/acpipm.h"
 #include "vireo/ged.h"
 #include "vireo/log.h"
 #include "vireo/migrate.h"
@@ -240,7 +241,9 @@ static struct json_object *control_info(const struct control_target *t)
 	}
 	if (t->balloon)
 		json_object_object_add(r, "balloon", info_balloon(t));
-	if (t->ged)
+	if (t->pm)
+		add_u64(r, "power_button_presses", acpipm_power_button_count(t->pm));
+	else if (t->ged)
 		add_u64(r, "power_button_presses", ged_power_button_count(t->ged));
 	if (t->serial) {
 		struct serial_stats ss;
@@ -542,9 +545,12 @@ struct json_object *control_apply(struct control_target *t, const struct control
 		break;
 	case CONTROL_POWERDOWN:
 		/* The guest decides when (and whether) to power off. */
-		if (!t->ged)
+		if (t->pm)
+			acpipm_power_button(t->pm);
+		else if (t->ged)
+			ged_raise(t->ged, GED_EVENT_POWER_BUTTON);
+		else
 			return control_error(CONTROL_E_NOT_FOUND, "the VM has no power button");
-		ged_raise(t->ged, GED_EVENT_POWER_BUTTON);
 		break;
 	default:
 		return control_error(CONTROL_E_FAILED, "unhandled action");

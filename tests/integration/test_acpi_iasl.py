@@ -53,3 +53,27 @@ def test_dsdt_round_trips_through_iasl(tables):
     again = (tables / "again.aml").read_bytes()
     # The header's checksum and compiler id differ; the AML body must not.
     assert again[36:] == ours[36:]
+
+
+@pytest.fixture(scope="module")
+def pc_tables(tmp_path_factory):
+    out = tmp_path_factory.mktemp("acpi-pc")
+    subprocess.run([str(ACPIDUMP), "--pc", str(out), "2"], check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("name", ["dsdt", "facp", "apic", "mcfg", "facs"])
+def test_iasl_disassembles_every_pc_table(pc_tables, name):
+    """The tables of a firmware boot (PM1 blocks, SCI, FACS): iasl checks
+    the FADT's legacy and extended blocks against each other."""
+    out = iasl("-d", f"{name}.dat", cwd=pc_tables)
+    assert "Error" not in out and "Warning" not in out, out
+
+
+def test_pc_fadt_is_not_hardware_reduced(pc_tables):
+    iasl("-d", "facp.dat", cwd=pc_tables)
+    dsl = (pc_tables / "facp.dsl").read_text()
+    assert "Hardware Reduced (V5) : 0" in dsl
+    assert "SCI Interrupt : 0009" in dsl
+    assert "PM1A Event Block Address : 00000608" in dsl
+    assert "PM1A Control Block Address : 0000060C" in dsl

@@ -206,8 +206,9 @@ def test_probe_bzimage_through_firmware(cpus):
     """The probe guest's bzImage through SeaBIOS and QEMU's linuxboot ROM:
     its real-mode setup runs (entry linux32, as on QEMU), and it finds the
     same machine as when vireo boots it directly: CPUs (SMP through the
-    MADT), the hardware-reduced FADT, its sleep register and _S5_, the
-    ECAM and the tables, which the firmware put elsewhere."""
+    MADT), _S5_, the ECAM and the tables, which the firmware put elsewhere;
+    but a PC's FADT (not hardware-reduced, PM1a control block at 0x60c,
+    no sleep register), and it powers off through PM1a_CNT (exit 0)."""
     from conftest import ProbeRun, run_vireo
     bzimage = VIREO.parent / "guest" / "probe.bzimage"
     direct = run_vireo("scenario=hello", cpus=cpus, timeout=60)
@@ -222,8 +223,11 @@ def test_probe_bzimage_through_firmware(cpus):
     run = ProbeRun(run.returncode, re.sub(r"(?m)^.*?(?=PROBE )", "", run.stdout), run.stderr)
     assert run.all("boot")[0]["entry"] == "linux32", run.stdout
     want, got = direct.facts(), run.facts()
-    for key in ("cpus", "hw_reduced", "sleep_ctl", "s5", "ecam", "tables"):
+    for key in ("cpus", "s5", "ecam", "tables"):
         assert got.get(key) == want.get(key), (key, got, want)
+    assert want.get("hw_reduced") == "1" and want.get("sleep_ctl") == "io:0x600", want
+    assert got.get("hw_reduced") == "0" and got.get("pm1a_cnt") == "0x60c", got
+    assert got.get("sleep_ctl") == "mem:0x0", got
     assert got.get("rsdp") != want.get("rsdp")   # where SeaBIOS put it
 
 

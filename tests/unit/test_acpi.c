@@ -53,7 +53,7 @@ static uint64_t rd64(const uint8_t *p)
 static void tables_link_and_sum(void **state)
 {
 	struct vm *vm = fake_vm(3);
-	uint64_t rsdp = acpi_build_tables(vm), xsdt, fadt_dsdt;
+	uint64_t rsdp = acpi_build_tables(vm, ACPI_PLATFORM_REDUCED), xsdt, fadt_dsdt;
 	const uint8_t *r, *x, *fadt = NULL, *madt = NULL, *dsdt;
 	uint32_t xlen;
 
@@ -195,7 +195,7 @@ static bool contains(const uint8_t *hay, size_t n, const void *needle, size_t m)
 static void dsdt_has_ged_and_power_button(void **state)
 {
 	struct vm *vm = fake_vm(1);
-	uint64_t rsdp = acpi_build_tables(vm);
+	uint64_t rsdp = acpi_build_tables(vm, ACPI_PLATFORM_REDUCED);
 	const uint8_t *x = guest_ptr(&vm->mem, rd64(guest_ptr(&vm->mem, rsdp, 36) + 24), 60);
 	const uint8_t *fadt = NULL, *dsdt;
 	uint32_t pnp0c0c = aml_eisaid("PNP0C0C"), len;
@@ -220,7 +220,7 @@ static void dsdt_has_ged_and_power_button(void **state)
 static void dsdt_has_rtc_and_fadt_allows_cmos(void **state)
 {
 	struct vm *vm = fake_vm(1);
-	uint64_t rsdp = acpi_build_tables(vm);
+	uint64_t rsdp = acpi_build_tables(vm, ACPI_PLATFORM_REDUCED);
 	const uint8_t *x = guest_ptr(&vm->mem, rd64(guest_ptr(&vm->mem, rsdp, 36) + 24), 60);
 	const uint8_t *fadt = NULL, *dsdt;
 	uint32_t pnp0b00 = aml_eisaid("PNP0B00"), len;
@@ -242,6 +242,83 @@ static void dsdt_has_rtc_and_fadt_allows_cmos(void **state)
 	free_vm(vm);
 }
 
+static const uint8_t *find_fadt(struct vm *vm, uint64_t rsdp)
+{
+	const uint8_t *x = guest_ptr(&vm->mem, rd64(guest_ptr(&vm->mem, rsdp, 36) + 24), 60);
+
+	for (unsigned int i = 0; i < 3; i++)
+		if (!memcmp(guest_ptr(&vm->mem, rd64(x + 36 + 8 * i), 4), "FACP", 4))
+			return table_at(vm, rd64(x + 36 + 8 * i), "FACP");
+	fail_msg("no FADT");
+	return NULL;
+}
+
+static uint32_t rd32(const uint8_t *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, 4);
+	return v;
+}
+
+/* A firmware boot's PC (include/vireo/acpipm.h): not hardware-reduced, PM1
+ * blocks where the device is, SCI 9 (level, active high in the MADT), a
+ * 64-byte aligned FACS, the fixed power button and no GED. */
+static void pc_tables_have_pm1_sci_and_facs(void **state)
+{
+	struct vm *vm = fake_vm(2);
+	const uint8_t *fadt = find_fadt(vm, acpi_build_tables(vm, ACPI_PLATFORM_PC));
+	const uint8_t *x, *madt = NULL, *dsdt, *facs;
+	uint8_t iso[10] = { 2, 10, 0, IRQ_SCI, IRQ_SCI, 0, 0, 0, 0x0d, 0 };
+	uint32_t flags = rd32(fadt + 112), len;
+
+	(void)state;
+	assert_int_equal(flags & (1u << 20), 0);  /* HW_REDUCED */
+	assert_int_equal(flags & (1u << 4), 0);   /* fixed power button */
+	assert_int_equal(fadt[46] | fadt[47] << 8, IRQ_SCI);
+	assert_int_equal(rd32(fadt + 48), 0);     /* SMI_CMD */
+	assert_int_equal(rd32(fadt + 56), PORT_ACPI_PM1A_EVT);
+	assert_int_equal(rd32(fadt + 64), PORT_ACPI_PM1A_CNT);
+	assert_int_equal(PORT_ACPI_PM1A_CNT, PORT_ACPI_PM1A_EVT + 4); /* one device range */
+	assert_int_equal(fadt[88], 4);
+	assert_int_equal(fadt[89], 2);
+	assert_int_equal(rd64(fadt + 148 + 4), PORT_ACPI_PM1A_EVT);
+	assert_int_equal(rd64(fadt + 172 + 4), PORT_ACPI_PM1A_CNT);
+	assert_int_equal(rd32(fadt + 36) % 64, 0);
+	facs = guest_ptr(&vm->mem, rd32(fadt + 36), 64);
+	assert_memory_equal(facs, "FACS", 4);
+	assert_int_equal(rd32(facs + 4), 64);
+	x = guest_ptr(&vm->mem, rd64(guest_ptr(&vm->mem, LAYOUT_ACPI_TABLES, 36) + 24), 60);
+	for (unsigned int i = 0; i < 3; i++)
+		if (!memcmp(guest_ptr(&vm->mem, rd64(x + 36 + 8 * i), 4), "APIC", 4))
+			madt = table_at(vm, rd64(x + 36 + 8 * i), "APIC");
+	assert_non_null(madt);
+	assert_true(contains(madt, rd32(madt + 4), iso, sizeof(iso)));
+	dsdt = table_at(vm, rd64(fadt + 140), "DSDT");
+	len = rd32(dsdt + 4);
+	assert_false(contains(dsdt, len, "ACPI0013", 8));
+	assert_true(contains(dsdt, len, "_S5_", 4));
+	free_vm(vm);
+}
+
+/* A direct boot keeps the hardware-reduced tables: no PM1 blocks, SCI or
+ * FACS, the GED's button, no override for IRQ 9. */
+static void reduced_tables_have_no_pm1(void **state)
+{
+	struct vm *vm = fake_vm(2);
+	const uint8_t *fadt = find_fadt(vm, acpi_build_tables(vm, ACPI_PLATFORM_REDUCED));
+	uint32_t flags = rd32(fadt + 112);
+
+	(void)state;
+	assert_int_equal(flags & ((1u << 20) | (1u << 4)), (1u << 20) | (1u << 4));
+	assert_int_equal(rd32(fadt + 36), 0);
+	assert_int_equal(rd32(fadt + 56), 0);
+	assert_int_equal(rd32(fadt + 64), 0);
+	assert_int_equal(fadt[46] | fadt[47] << 8, 0);
+	assert_int_equal(rd64(fadt + 244 + 4), PORT_ACPI_SLEEP_CONTROL);
+	free_vm(vm);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -252,6 +329,8 @@ int main(void)
 		cmocka_unit_test(evt_method_matches_iasl),
 		cmocka_unit_test(dsdt_has_ged_and_power_button),
 		cmocka_unit_test(dsdt_has_rtc_and_fadt_allows_cmos),
+		cmocka_unit_test(pc_tables_have_pm1_sci_and_facs),
+		cmocka_unit_test(reduced_tables_have_no_pm1),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -160,6 +160,11 @@ static void table_loader_relocates_the_tables(void **state)
 	memcpy(&dsdt32, fadt + 40, 4);
 	assert_int_equal(dsdt32, rd64(fadt + 140));
 	table(vm, rd64(fadt + 140), "DSDT");
+	/* The PC's FACS (no checksum): relocated, still 64-byte aligned. */
+	memcpy(&dsdt32, fadt + 36, 4);
+	assert_true(dsdt32 >= TABLES_AT);
+	assert_int_equal(dsdt32 % 64, 0);
+	assert_memory_equal(guest_ptr(&vm->mem, dsdt32, 4), "FACS", 4);
 	fwcfg_destroy(f);
 	free_vm(vm);
 }

@@ -12,6 +12,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "vireo/acpi.h"
+#include "vireo/acpipm.h"
 #include "vireo/bus.h"
 #include "vireo/ged.h"
 #include "vireo/pci.h"
@@ -307,6 +309,85 @@ static void serial_and_ged_state_round_trip(void **unused)
 	ged_destroy(gb);
 }
 
+static uint64_t pm_read(struct acpipm *pm, uint64_t offset, uint32_t len)
+{
+	uint8_t d[8];
+
+	acpipm_io(pm, offset, d, len, false);
+	return bus_get(d, len);
+}
+
+static void pm_write(struct acpipm *pm, uint64_t offset, uint32_t len, uint64_t v)
+{
+	uint8_t d[8];
+
+	bus_put(d, len, v);
+	acpipm_io(pm, offset, d, len, true);
+}
+
+/* PM1 status is write-1-to-clear, enable is plain, and the SCI is the
+ * level of status & enable (a button pressed before it was enabled
+ * interrupts once enabled). */
+static void acpipm_status_enable_and_sci(void **state)
+{
+	struct acpipm *pm = acpipm_create(NULL);
+
+	(void)state;
+	assert_non_null(pm);
+	assert_int_equal(pm_read(pm, 0, 4), 0);
+	acpipm_power_button(pm);
+	assert_int_equal(pm_read(pm, 0, 2), ACPIPM_PWRBTN);
+	assert_false(acpipm_sci(pm));
+	pm_write(pm, 2, 2, ACPIPM_PWRBTN | (1u << 5));
+	assert_int_equal(pm_read(pm, 2, 2), ACPIPM_PWRBTN | (1u << 5));
+	assert_true(acpipm_sci(pm));
+	/* 0s, and 1s where no status is set, leave status as it is. */
+	pm_write(pm, 0, 2, 0);
+	assert_int_equal(pm_read(pm, 0, 2), ACPIPM_PWRBTN);
+	pm_write(pm, 0, 2, 1u << 0);
+	assert_true(acpipm_sci(pm));
+	/* A byte write on the high half (bit 8 is bit 0 of byte 1). */
+	pm_write(pm, 1, 1, 1);
+	assert_int_equal(pm_read(pm, 0, 2), 0);
+	assert_false(acpipm_sci(pm));
+	assert_int_equal(pm_read(pm, 2, 2), ACPIPM_PWRBTN | (1u << 5));
+	/* Disabled: a press sets status, no SCI; enabling raises it; a
+	 * 32-bit write clears status and keeps enable (written as is). */
+	pm_write(pm, 2, 2, 0);
+	acpipm_power_button(pm);
+	assert_false(acpipm_sci(pm));
+	pm_write(pm, 3, 1, ACPIPM_PWRBTN >> 8);
+	assert_true(acpipm_sci(pm));
+	pm_write(pm, 0, 4, (uint32_t)ACPIPM_PWRBTN << 16 | ACPIPM_PWRBTN);
+	assert_false(acpipm_sci(pm));
+	assert_int_equal(pm_read(pm, 0, 4), (uint32_t)ACPIPM_PWRBTN << 16);
+	assert_int_equal(acpipm_power_button_count(pm), 2);
+	acpipm_destroy(pm);
+}
+
+/* SCI_EN always reads 1; SLP_TYP is kept, SLP_EN reads 0; SLP_EN with any
+ * type but S5 does nothing, with S5 powers off (also when SLP_TYP was
+ * written first, as ACPICA does). */
+static void acpipm_control_and_s5(void **state)
+{
+	struct acpipm *pm = acpipm_create(NULL);
+	uint16_t s5 = ACPI_S5_SLP_TYP << ACPIPM_SLP_TYP_SHIFT;
+
+	(void)state;
+	assert_int_equal(pm_read(pm, 4, 2), ACPIPM_SCI_EN);
+	pm_write(pm, 4, 2, 3u << ACPIPM_SLP_TYP_SHIFT | ACPIPM_SLP_EN);
+	assert_false(acpipm_s5_requested(pm));
+	assert_int_equal(pm_read(pm, 4, 2), 3u << ACPIPM_SLP_TYP_SHIFT | ACPIPM_SCI_EN);
+	pm_write(pm, 4, 2, s5);
+	assert_false(acpipm_s5_requested(pm));
+	assert_int_equal(pm_read(pm, 4, 2), s5 | ACPIPM_SCI_EN);
+	pm_write(pm, 5, 1, (s5 | ACPIPM_SLP_EN) >> 8);
+	assert_true(acpipm_s5_requested(pm));
+	/* Beyond the blocks: reads 0, writes are ignored. */
+	assert_int_equal(pm_read(pm, 4, 4), s5 | ACPIPM_SCI_EN);
+	acpipm_destroy(pm);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -318,6 +399,8 @@ int main(void)
 		cmocka_unit_test(serial_output_drops_what_a_stuck_reader_cannot_take),
 		cmocka_unit_test(pci_config_space_and_bar_sizing),
 		cmocka_unit_test(ged_selector_reads_and_clears),
+		cmocka_unit_test(acpipm_status_enable_and_sci),
+		cmocka_unit_test(acpipm_control_and_s5),
 		cmocka_unit_test(serial_and_ged_state_round_trip),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
