@@ -112,9 +112,11 @@ class Daemon:
                              f"{stall_report(pid) if pid else '(no VMM)'}")
 
     def vm_log(self, name):
-        """VM NAME's log (its VMM's output), "" if there is none yet."""
+        """VM NAME's log (its VMM's output), "" if there is none yet. Read
+        while the guest writes it: a UTF-8 character may be cut in two."""
         try:
-            with open(os.path.join(self.state, "logs", f"{name}.log")) as f:
+            with open(os.path.join(self.state, "logs", f"{name}.log"),
+                      errors="replace") as f:
                 return f.read()
         except OSError:
             return ""

@@ -218,6 +218,10 @@ ALLOWED = [
      "Linux's standard note on _CRS"),
     (r"AMD Zen1 .*bug detected|Speculative Return Stack Overflow",
      "errata of the CPU model (the nested host's emulated EPYC): QEMU -cpu host shows them too"),
+    (r"^\.\.TIMER: vector=0x30 apic1=0 pin1=2 apic2=-1 pin2=-1$",
+     "a PC's timer check: the PIT on IOAPIC pin 2 (firmware boot, legacy PIC; QEMU -M pc too)"),
+    (r"systemd\[1\]: Mount(ing|ed) sys-kernel-debug\.mount",
+     "systemd mounting debugfs (the disk image): 'BUG' in 'Debug'"),
 ]
 # A kernel WARNING whose whole trace is the nested host's: QEMU -cpu host in
 # the same L1 prints it too (TCG's XSAVE sizes), so it is not vireo's.
