@@ -3,15 +3,18 @@ boot", docs/linux-guest-tests.md): tests/linux/mkdiskimage.sh builds a
 Debian 12 qcow2 image (systemd, the cloud kernel, GRUB in the MBR) on this
 host; vireo boots it through SeaBIOS and GRUB from virtio-blk to systemd's
 multi-user.target, whose marker unit says so, with the guest's clock, on the
-serial console; the ACPI
+serial console; its vNIC gets its address from dnsmasq (DHCP) on the host
+side and talks to a peer there over TCP; the ACPI
 power button (the control socket's powerdown) makes systemd shut the system
-down, vireo exits 0, and the image is clean afterwards. QEMU -M pc with the
+down, vireo exits 0, and the image is clean afterwards: the journal on it
+closed with the power-off, no unit failed, e2fsck -n clean. QEMU -M pc with the
 same SeaBIOS is the reference; the daemon's graceful stop does the same to a
 VM defined with "firmware". The firmware starts in real mode: hw_virt."""
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -26,7 +29,9 @@ SEABIOS = "/usr/share/seabios/bios.bin"
 IMAGE = BUILD / "debian" / "debian12.qcow2"
 MARKER = "VIREO-SYSTEM-UP"
 GRUB_LINE = "vireo-debian: GRUB loads Linux"   # grub.cfg's echo (mkdiskimage.sh)
-GUEST_ADDR = "10.0.2.2"          # the image's systemd-networkd address (mkdiskimage.sh)
+DHCP_FIRST, DHCP_LAST = 100, 149  # dnsmasq's range: 10.0.2.100-149
+PEER_PORT = 7777                 # the host-side peer the image's unit calls (mkdiskimage.sh)
+PEER_HELLO = "VIREO-PEER-HELLO"
 
 
 def build_image():
@@ -64,18 +69,99 @@ def overlay(tmp_path, base):
     return disk
 
 
-def netns_with_peer():
-    """A network namespace whose tap0 is HOST_IP/24: the guest's peer."""
-    ns = f"vireo-disk-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    subprocess.run(["ip", "netns", "exec", ns, "sh", "-c",
-                    "ip link set lo up && ip tuntap add tap0 mode tap && "
-                    "sysctl -qw net.ipv6.conf.tap0.disable_ipv6=1 && "
-                    f"ip addr add {HOST_IP}/24 dev tap0 && ip link set tap0 up"], check=True)
-    return ns
+# The host-side peer: answers each caller's line with PEER_HELLO and prints
+# who called and what it said.
+PEER = f"""
+import socket
+s = socket.create_server(("{HOST_IP}", {PEER_PORT}))
+print("listening", flush=True)
+while True:
+    c, addr = s.accept()
+    line = c.makefile().readline().strip()
+    c.sendall(b"{PEER_HELLO}\\n")
+    c.close()
+    print(addr[0], line, flush=True)
+"""
 
 
-def argv(vmm, disk, sock, ns):
+class HostSide:
+    """The vNIC's host side, in a network namespace of its own: tap0 at
+    HOST_IP/24, dnsmasq (the DHCP server libvirt and the field use) leasing
+    from 10.0.2.100-149 on it, and the TCP peer on HOST_IP:PEER_PORT. VMMs
+    run in the namespace (prefix)."""
+
+    def __init__(self, tmp_path):
+        self.ns = f"vireo-disk-{os.getpid()}"
+        self.prefix = ["ip", "netns", "exec", self.ns]
+        self.leases = tmp_path / "dnsmasq.leases"
+        subprocess.run(["ip", "netns", "add", self.ns], check=True)
+        self.dnsmasq = self.peer = None
+        try:
+            subprocess.run([*self.prefix, "sh", "-c",
+                            "ip link set lo up && ip tuntap add tap0 mode tap && "
+                            "sysctl -qw net.ipv6.conf.tap0.disable_ipv6=1 && "
+                            f"ip addr add {HOST_IP}/24 dev tap0 && ip link set tap0 up"],
+                           check=True)
+            self.dnsmasq = subprocess.Popen(
+                [*self.prefix, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
+                 "--interface=tap0", "--bind-interfaces", "--log-dhcp", "--log-facility=-",
+                 "--user=root", "--group=root", f"--pid-file={tmp_path / 'dnsmasq.pid'}",
+                 f"--dhcp-leasefile={self.leases}",
+                 f"--dhcp-range=10.0.2.{DHCP_FIRST},10.0.2.{DHCP_LAST},255.255.255.0,1h"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True)
+            self.peer = subprocess.Popen([*self.prefix, sys.executable, "-c", PEER],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         text=True)
+            assert self.peer.stdout.readline() == "listening\n"
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        """Ends dnsmasq and the peer; returns their output."""
+        outs = []
+        for p in (self.dnsmasq, self.peer):
+            if p is None:
+                outs.append("")
+                continue
+            p.terminate()
+            outs.append(p.communicate(timeout=10)[0] or "")
+        subprocess.run(["ip", "netns", "del", self.ns])
+        self.dnsmasq_log, self.peer_log = outs
+        return outs
+
+    def lease(self):
+        """(MAC, address) of the one lease dnsmasq gave, else None."""
+        try:
+            rows = [line.split() for line in self.leases.read_text().splitlines()]
+        except OSError:
+            return None
+        return (rows[0][1], rows[0][2]) if len(rows) == 1 else None
+
+    def check_guest_network(self, console):
+        """The guest took a lease from the range for its MAC, answered pings
+        on that address, and (its unit) called the peer from it over TCP
+        and got the peer's answer."""
+        lease = wait_until(self.lease, 30, lambda: f"a lease in {self.leases}")
+        mac, addr = lease
+        assert mac == MAC and DHCP_FIRST <= int(addr.split(".")[3]) <= DHCP_LAST, lease
+        m = re.search(r"peer: (.*) \(try \d+, addresses ([0-9. ]*)\)", console)
+        assert m and m.group(1) == PEER_HELLO, (m and m.group(0), console[-3000:])
+        assert m.group(2).split() == [addr], (m.group(0), lease)
+        ping = subprocess.run([*self.prefix, "ping", "-c", "1", "-W", str(int(scaled(5))),
+                               "-w", str(int(scaled(60))), addr], capture_output=True, text=True)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        return addr
+
+    def check_logs(self, addr):
+        """After close(): dnsmasq acknowledged the lease, the peer saw the
+        guest call from it."""
+        assert f"DHCPACK(tap0) {addr} {MAC}" in self.dnsmasq_log, self.dnsmasq_log[-3000:]
+        assert f"{addr} vireo-guest {addr}" in self.peer_log, self.peer_log
+
+
+def argv(vmm, disk, sock, prefix):
     if vmm == "vireo":
         cmd = [str(VIREO), "run", "--firmware", SEABIOS, "--memory", "512M",
                "--disk", f"path={disk},format=qcow2", "--net", f"tap=tap0,mac={MAC}",
@@ -90,18 +176,46 @@ def argv(vmm, disk, sock, ns):
                "-device", f"virtio-net-pci,netdev=n0,mac={MAC}",
                "-device", "virtio-rng-pci", "-device", "virtio-balloon-pci",
                "-qmp", f"unix:{sock},server=on,wait=off"]
-    return ["ip", "netns", "exec", ns, *cmd]
+    return [*prefix, *cmd]
 
 
-def fsck_clean(disk, tmp_path):
-    """e2fsck -n of the root partition (from 1 MiB) of DISK, made raw."""
+def check_disk(disk, tmp_path):
+    """The guest's disk after its power-off, made raw: e2fsck -n of the root
+    partition (from 1 MiB) is clean, and the journal on it (Debian 12's is
+    persistent, in /var/log/journal; copied out with debugfs) shows the
+    clean shutdown: systemd reached poweroff.target, journald was stopped by
+    systemd-shutdown and closed its files (state OFFLINE, not ONLINE as a
+    power cut leaves them), and no unit failed during the boot or the
+    shutdown."""
     raw = tmp_path / "check.raw"
     subprocess.run([str(VIREO), "img", "convert", "-f", "qcow2", "-O", "raw", str(disk),
                     str(raw)], check=True, capture_output=True)
-    r = subprocess.run(["e2fsck", "-n", "-f", f"{raw}?offset={1 << 20}"],
-                       capture_output=True, text=True)
-    raw.unlink()
-    return r
+    part = f"{raw}?offset={1 << 20}"
+    jdir = tmp_path / "journal"
+    try:
+        fsck = subprocess.run(["e2fsck", "-n", "-f", part], capture_output=True, text=True)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        shutil.rmtree(jdir, ignore_errors=True)
+        jdir.mkdir()
+        subprocess.run(["debugfs", "-R", f"rdump /var/log/journal {jdir}", part],
+                       check=True, capture_output=True)
+    finally:
+        raw.unlink()
+    if shutil.which("journalctl") is None:
+        return
+    journal = ["journalctl", "--no-pager", "-D", str(jdir / "journal")]
+    header = subprocess.run([*journal, "--header"], capture_output=True, text=True).stdout
+    states = re.findall(r"^State: (\S+)", header, re.M)
+    assert states and set(states) == {"OFFLINE"}, header
+    text = subprocess.run([*journal, "-o", "short-monotonic"], capture_output=True,
+                          text=True).stdout
+    assert "Reached target poweroff.target" in text, text[-4000:]
+    assert re.search(r"systemd-journald\[\d+\]: Received SIGTERM from PID 1 "
+                     r"\(systemd-shutdow\)", text), text[-4000:]
+    failed = [line for line in text.splitlines()
+              if re.search(r"Failed with result|[Ff]ailed to start|entered failed state", line)]
+    assert not failed, "\n".join(failed)
+    print("the journal's end:\n" + "\n".join(text.splitlines()[-8:]))
 
 
 @pytest.mark.parametrize("vmm", [pytest.param("vireo", marks=DISK_VM),
@@ -110,16 +224,18 @@ def test_debian_boots_from_its_disk_and_powers_off(image, vmm, tmp_path):
     """SeaBIOS runs the disk's MBR, GRUB loads Debian's kernel and
     initramfs, root is /dev/vda1 and systemd reaches multi-user.target with
     the guest's clock right;
-    networkd gives the vNIC its address and the host-side peer pings it.
+    networkd gets the vNIC's address from dnsmasq by DHCP, the host side
+    pings it there and the guest calls the host-side peer over TCP.
     The power button makes systemd stop everything and power off: exit 0,
-    qemu-img check and e2fsck -n of the disk clean."""
+    the journal's clean shutdown, qemu-img check and e2fsck -n of the disk
+    clean."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("skipped: needs root and iproute2 for network namespaces")
     disk = overlay(tmp_path, image)
     sock = str(tmp_path / "ctl")
-    ns = netns_with_peer()
+    host = HostSide(tmp_path)
     try:
-        guest = LiveProbe(argv(vmm, disk, sock, ns))
+        guest = LiveProbe(argv(vmm, disk, sock, host.prefix))
         try:
             out = lambda: "".join(guest.out)  # noqa: E731
             start = time.monotonic()
@@ -128,10 +244,7 @@ def test_debian_boots_from_its_disk_and_powers_off(image, vmm, tmp_path):
             assert MARKER in out(), out()[-3000:] + "".join(guest.err)[-3000:]
             check_guest_clock(out(), seen)
             check_devices_and_dmesg(out(), vmm)
-            ping = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "1", "-W",
-                                   str(int(scaled(5))), "-w", str(int(scaled(60))),
-                                   GUEST_ADDR], capture_output=True, text=True)
-            assert ping.returncode == 0, ping.stdout + ping.stderr
+            addr = host.check_guest_network(out())
             if vmm == "vireo":
                 assert vireo_control(sock, action="powerdown")["ok"]
             else:
@@ -142,9 +255,10 @@ def test_debian_boots_from_its_disk_and_powers_off(image, vmm, tmp_path):
         finally:
             result = guest.finish(timeout=120)
     finally:
-        subprocess.run(["ip", "netns", "del", ns])
+        host.close()
     print(f"{vmm}: the console's end:\n{result.stdout[-2500:]}")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    host.check_logs(addr)
     check_clean_shutdown(result.stdout, disk, tmp_path)
 
 
@@ -202,33 +316,44 @@ def check_clean_shutdown(text, disk, tmp_path):
     # systemd's shutdown, not a power cut: poweroff.target, then the file
     # systems unmounted (the root remounted read-only) before the power off.
     for step in ("Reached target poweroff.target - System Power Off",
-                 "systemd-shutdown[1]: All filesystems unmounted.", "reboot: Power down"):
+                 "systemd-shutdown[1]: All filesystems unmounted.",
+                 "systemd-shutdown[1]: Powering off.", "reboot: Power down"):
         assert step in plain, (step, plain[-4000:])
     assert "[FAILED]" not in plain, [line for line in plain.splitlines() if "FAILED" in line]
     if shutil.which("qemu-img"):
         check = subprocess.run(["qemu-img", "check", str(disk)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
-    fsck = fsck_clean(disk, tmp_path)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    check_disk(disk, tmp_path)
 
 
 @pytest.mark.parametrize("vmm", [pytest.param("vireo", marks=DISK_VM)])
 def test_daemon_stops_debian_gracefully(image, vmm, tmp_path):
     """Under the daemon, "firmware" and the image as the VM's disk: the
-    system reaches multi-user.target, the daemon's graceful stop presses
-    the power button and systemd powers off (state stopped, "powered off"),
-    and the disk is clean."""
+    system reaches multi-user.target with its vNIC's address from DHCP and
+    the peer's answer, the daemon's graceful stop presses the power button
+    and systemd powers off (state stopped, "powered off"), and the disk and
+    its journal are clean."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("skipped: needs root and iproute2 for network namespaces")
     disk = tmp_path / "deb.qcow2"
     shutil.copyfile(image, disk)
-    d = Daemon(extra=["--storage", str(tmp_path)]).start()
+    host = HostSide(tmp_path)
+    d = None
     try:
+        d = Daemon(extra=["--storage", str(tmp_path)], prefix=host.prefix).start()
         d.ok("POST", "/vms", {"name": "deb", "firmware": SEABIOS, "memory": "512M",
-                              "disks": [{"path": str(disk), "format": "qcow2"}]}, status=201)
+                              "disks": [{"path": str(disk), "format": "qcow2"}],
+                              "nics": [{"tap": "tap0", "mac": MAC}]}, status=201)
         d.ok("POST", "/vms/deb/start")
         assert wait_for(lambda: MARKER in d.vm_log("deb"), timeout=150), \
             d.vm_log("deb")[-4000:]
+        addr = host.check_guest_network(d.vm_log("deb"))
         js = d.stop("deb", timeout=int(scaled(60)))
         assert js["state"] == "stopped" and js["reason"] == "powered off", js
-        check_clean_shutdown(d.vm_log("deb"), disk, tmp_path)
+        console = d.vm_log("deb")
     finally:
-        d.cleanup()
+        if d:
+            d.cleanup()
+        host.close()
+    host.check_logs(addr)
+    check_clean_shutdown(console, disk, tmp_path)

@@ -12,8 +12,9 @@
 #   - vireo-system-up.service prints the kernel's log ("dmesg: " lines),
 #     the virtio drivers' devices ("bound: "), then VIREO-SYSTEM-UP and the
 #     guest's clock (Unix seconds) on /dev/ttyS0 once multi-user.target is
-#     reached; systemd-networkd gives a NIC named en*
-#     the static address 10.0.2.2/24 (the tests' tap peer is 10.0.2.1).
+#     reached; before the marker, when the VM has a NIC, what the host-side
+#     peer 10.0.2.1 answered on TCP port 7777 ("peer: ..."); systemd-networkd
+#     asks DHCP for the address of a NIC named en*.
 # Rebuilt only when older than this script. Needs root, a loop device, the
 # Debian mirror and debootstrap, grub-pc-bin, fdisk (sfdisk) and e2fsprogs (scripts/setup-debian.sh). VIREO names the vireo binary
 # (default build/vireo of this checkout), MIRROR the mirror (default: the
@@ -80,7 +81,7 @@ EOF
 # rate limit on writers): it reaches the serial console whatever
 # serial-getty does, whose vhangup() of /dev/ttyS0 cuts off other writers.
 cat > "$root/usr/local/sbin/vireo-system-up" <<'EOF'
-#!/bin/sh
+#!/bin/bash
 echo on > /proc/sys/kernel/printk_devkmsg
 {
 	dmesg | sed 's/^/dmesg: /'
@@ -90,6 +91,18 @@ echo on > /proc/sys/kernel/printk_devkmsg
 } | while IFS= read -r line; do
 	printf '%s\n' "$line" > /dev/kmsg
 done
+# With a NIC: the host-side peer's answer on TCP (bash's /dev/tcp), once
+# DHCP has given the NIC its address (tries for 60 s), and that address.
+if ls /sys/class/net | grep -q '^en'; then
+	reply="no answer"
+	for try in $(seq 60); do
+		got=$(timeout 10 bash -c 'exec 3<>/dev/tcp/10.0.2.1/7777 &&
+			echo "vireo-guest $(hostname -I)" >&3 && read -r line <&3 &&
+			echo "$line"' 2>/dev/null) && { reply=$got; break; }
+		sleep 1
+	done
+	echo "peer: $reply (try $try, addresses $(hostname -I))" > /dev/kmsg
+fi
 # The clock read only now, when everything before it is out.
 echo "VIREO-SYSTEM-UP at $(date +%s.%N)" > /dev/kmsg
 EOF
@@ -99,7 +112,7 @@ cat > "$root/etc/systemd/network/50-vireo.network" <<'EOF'
 Name=en*
 
 [Network]
-Address=10.0.2.2/24
+DHCP=ipv4
 EOF
 chroot "$root" systemctl enable -q vireo-system-up.service systemd-networkd.service
 # What a minimal image does without: apt's caches and lists, docs, man pages.
