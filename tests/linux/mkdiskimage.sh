@@ -10,12 +10,14 @@
 #     core.img in the gap before the partition, /boot/grub), on the serial
 #     console (GRUB's and the kernel's: console=ttyS0);
 #   - vireo-system-up.service prints the kernel's log ("dmesg: " lines),
-#     the virtio drivers' devices ("bound: "), then VIREO-SYSTEM-UP and the
+#     the virtio drivers' devices ("bound: "), the boot CPU's timer
+#     ("clockevent: "), then VIREO-SYSTEM-UP and the
 #     guest's clock (Unix seconds) on /dev/ttyS0 once multi-user.target is
 #     reached; before the marker, when the VM has a NIC, what the host-side
 #     peer 10.0.2.1 answered on TCP port 7777 ("peer: ..."); systemd-networkd
 #     asks DHCP for the address of a NIC named en*.
-# Rebuilt only when older than this script. Needs root, a loop device, the
+# Rebuilt only when older than this script (a cache between runs: build/ is
+# kept; exit status 75 when Debian's mirror cannot be reached). Needs root, a loop device, the
 # Debian mirror and debootstrap, grub-pc-bin, fdisk (sfdisk) and e2fsprogs (scripts/setup-debian.sh). VIREO names the vireo binary
 # (default build/vireo of this checkout), MIRROR the mirror (default: the
 # one apt on this host uses).
@@ -55,10 +57,20 @@ rm -rf "$work" && mkdir -p "$work"
 root="$work/root"
 
 # Recommends stay out (debootstrap installs none); dbus is there for logind.
-debootstrap --variant=minbase --merged-usr \
+# Exit status 75 (EX_TEMPFAIL) when the mirror cannot be reached: the tests
+# skip on it, and fail on any other error.
+if ! debootstrap --variant=minbase --merged-usr \
 	--include=systemd,systemd-sysv,udev,dbus,linux-image-cloud-amd64 \
-	bookworm "$root" "$MIRROR" >"$work/debootstrap.log" 2>&1 ||
-	{ tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
+	bookworm "$root" "$MIRROR" >"$work/debootstrap.log" 2>&1; then
+	tail -n 30 "$work/debootstrap.log" >&2
+	if grep -qE 'Failed getting release file|Couldn.t download|Failed to connect|Temporary failure resolving' \
+		"$work/debootstrap.log"; then
+		echo "mkdiskimage: cannot download from Debian's mirror $MIRROR (no network? set MIRROR)" >&2
+		exit 75
+	fi
+	echo "mkdiskimage: debootstrap failed (log above)" >&2
+	exit 1
+fi
 
 echo vireo-debian > "$root/etc/hostname"
 printf '/dev/vda1 / ext4 errors=remount-ro 0 1\n' > "$root/etc/fstab"
@@ -88,6 +100,7 @@ echo on > /proc/sys/kernel/printk_devkmsg
 	for dev in /sys/bus/virtio/drivers/*/virtio*; do
 		echo "bound: ${dev#/sys/bus/virtio/drivers/}"
 	done
+	echo "clockevent: $(cat /sys/devices/system/clockevents/clockevent0/current_device)"
 } | while IFS= read -r line; do
 	printf '%s\n' "$line" > /dev/kmsg
 done
