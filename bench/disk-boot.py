@@ -21,7 +21,7 @@ SEABIOS_MICROVM = "/usr/share/seabios/bios-microvm.bin"
 TMP = tempfile.mkdtemp(prefix="db-")
 QEMU = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", MEM, "-nographic",
         "-nodefaults", "-serial", "stdio", "-no-reboot"]
-TIMEOUT = 600
+TIMEOUT = 300
 # The console's first line of each stage, in order.
 STAGES = [("firmware", b"SeaBIOS (version"), ("boot loader", b"GRUB loading"),
           ("kernel", b"Linux version"), ("systemd", b"Welcome to"), ("login", b"login:")]

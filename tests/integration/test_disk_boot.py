@@ -173,7 +173,9 @@ def argv(vmm, disk, sock, prefix):
                "--rng", "--balloon=target=64M", "--api-socket", sock]
     else:
         accel = "kvm" if have_hw_virt() and have_kvm() else "tcg"
-        cmd = ["qemu-system-x86_64", "-accel", accel, "-M", "pc", "-m", "512M",
+        # The host's CPU, as vireo gives it (with KVM's TSC-deadline timer).
+        cpu = ["-cpu", "host"] if accel == "kvm" else []
+        cmd = ["qemu-system-x86_64", "-accel", accel, *cpu, "-M", "pc", "-m", "512M",
                "-bios", SEABIOS, "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot",
                "-drive", f"file={disk},if=none,id=d0,format=qcow2",
                "-device", "virtio-blk-pci,drive=d0,bootindex=1",
