@@ -21,6 +21,9 @@
 #     ram transferred), and MB/s = bytes / total;
 # and the ratios vireo/QEMU and encrypted/plain.
 # usage: bench/migrate.sh [RUNS] [MEMORY]   (root for the namespaces; after make)
+#   VIREO=PATH: another vireo binary (build/vireo by default), e.g. a copy of
+#   the one before a change, to compare the two on the same loaded host.
+#   GUESTS="idle touched": only those guests (all three by default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec /usr/bin/python3 - "${1:-3}" "${2:-1G}" <<'PY'
@@ -30,6 +33,7 @@ from vmctl import Qmp, vireo_ctl  # noqa: E402
 
 runs, MEM = int(sys.argv[1]), sys.argv[2]
 ELF = "build/guest/probe.elf"
+VIREO = os.environ.get("VIREO", "build/vireo")
 WORK = {"idle": ("scenario=count=20", "PROBE count n=20 ", "PROBE count"),
         "dirty": ("scenario=dirty=50 dirty_rate=50", "PROBE dirty pass=3 ", "PROBE dirty"),
         "touched": ("scenario=touch=512 tick_ms=20 change_after_ms=100000", "PROBE touch filled",
@@ -116,8 +120,8 @@ def vireo_run(work, token):
         with open(tok, "w") as f:
             f.write("bench-" + os.urandom(16).hex())
         extra = ["--incoming-token-file", tok]
-    dst = Guest(on(1, ["build/vireo", "run", "--incoming", uri, "--api-socket", dsock, *extra]))
-    src = Guest(on(0, ["build/vireo", "run", "--kernel", ELF, "--memory", MEM, "--cmdline", cmd,
+    dst = Guest(on(1, [VIREO, "run", "--incoming", uri, "--api-socket", dsock, *extra]))
+    src = Guest(on(0, [VIREO, "run", "--kernel", ELF, "--memory", MEM, "--cmdline", cmd,
                        "--api-socket", ssock]))
     try:
         dst.wait("vireo: waiting for a migration", err=True)
@@ -174,7 +178,8 @@ try:
     if use_ns:
         hosts_up()
     res = {}
-    for work in WORK:
+    works = os.environ.get("GUESTS", " ".join(WORK)).split()
+    for work in works:
         for i in range(runs):
             for name, fn in (("vireo", lambda: vireo_run(work, False)),
                              ("vireo-tls", lambda: vireo_run(work, True)),
@@ -193,8 +198,9 @@ try:
              if m["gap"] is not None else " " * 41)
         print(f"{work:8s} {name:9s} total {m['total']*1000:8.1f} ms  downtime "
               f"{m['downtime']*1000:6.1f} ms  {g}bytes {m['bytes']/MiB:8.1f} MiB  "
-              f"{m['bytes']/m['total']/1e6:7.1f} MB/s")
-    for work in WORK:
+              f"{m['bytes']/m['total']/1e6:7.1f} MB/s  (downtimes "
+              + "/".join(f"{r['downtime']*1000:.0f}" for r in rs) + ")")
+    for work in works:
         v, t, q = med[(work, "vireo")], med[(work, "vireo-tls")], med[(work, "qemu")]
         r = lambda a, b: f"{a/b:.3f}x" if b else "n/a"
         print(f"{work:8s} vireo/qemu: total {r(v['total'], q['total'])}  downtime "

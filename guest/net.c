@@ -364,7 +364,7 @@ void scn_net_bench(const char *arg)
  * "spoof-ip" from another IPv4 address, "spoof-mac" from another MAC, and
  * with an ARP reply claiming that other address (anti-spoofing tests); and
  * one to 9996, which it answers with a DHCP client's and a DHCP server's
- * broadcast (dhcp_frames).
+ * broadcast (dhcp_frames); one to 9995, with IPv6 frames (ipv6_frames).
  * Runs net_ip_ms (default 30000). PROBE net_ip ready mac=M ip=A, then
  * PROBE net_ip arp=N icmp=N syn=N tcp_data=N udp=N spoof=N other=N. */
 struct ipstat {
@@ -655,6 +655,63 @@ static void blast(struct net *t, const uint8_t *f, uint32_t iplen)
 		     (clock_ns() - t0) / 1000000);
 }
 
+/* An ICMPv6 message to dmac: type, the 4 bytes after the checksum (rest),
+ * then body; hop limit 255, as neighbour discovery requires. */
+static void icmp6_frame(struct net *t, const uint8_t *dmac, const uint8_t *src,
+			const uint8_t *dst, uint8_t type, uint32_t rest,
+			const uint8_t *body, uint32_t blen)
+{
+	uint8_t r[14 + 40 + 8 + 32], pseudo[40], *ip = r + 14, *ic = ip + 40;
+	uint32_t len = 8 + blen;
+
+	probe_memset(r, 0, sizeof(r));
+	probe_memcpy(r, dmac, 6);
+	probe_memcpy(r + 6, t->mac, 6);
+	put16(r + 12, 0x86dd);
+	ip[0] = 0x60;
+	put16(ip + 4, len);
+	ip[6] = 58;
+	ip[7] = 255;
+	probe_memcpy(ip + 8, src, 16);
+	probe_memcpy(ip + 24, dst, 16);
+	ic[0] = type;
+	put32(ic + 4, rest);
+	probe_memcpy(ic + 8, body, blen);
+	probe_memcpy(pseudo, src, 16);
+	probe_memcpy(pseudo + 16, dst, 16);
+	put32(pseudo + 32, len);
+	put32(pseudo + 36, 58);
+	put16(ic + 2, csum_fold(csum_add(csum_add(0, pseudo, 40), ic, len)));
+	tx_frame(t, r, 14 + 40 + len);
+}
+
+/* The IPv6 anti-spoofing test (a datagram to port 9995 whose payload is
+ * our IPv6 address, the sender's and a foreign one, 16 bytes each): to
+ * the sender, an echo request "ok6" from our address, one "spoof6" from
+ * the foreign address, a neighbour advert for the foreign address and one
+ * for ours, a router advert (from a link-local address, to all nodes);
+ * last an echo request "end6", so that the sender knows it has seen all
+ * that got through. */
+static void ipv6_frames(struct net *t, const uint8_t *f, uint32_t iplen)
+{
+	static const uint8_t all_nodes_mac[6] = { 0x33, 0x33, 0, 0, 0, 1 };
+	static const uint8_t all_nodes[16] = { 0xff, 2, [15] = 1 };
+	static const uint8_t link_local[16] = { 0xfe, 0x80, [15] = 0x99 };
+	const uint8_t *arg = f + 14 + (f[14] & 15u) * 4 + 8;
+	const uint8_t *own = arg, *peer = arg + 16, *other = arg + 32;
+	uint8_t ra[8] = { 0 };
+
+	if (iplen < (f[14] & 15u) * 4 + 8 + 48)
+		return;
+	icmp6_frame(t, f + 6, own, peer, 128, 0x00010001, (const uint8_t *)"ok6", 3);
+	icmp6_frame(t, f + 6, other, peer, 128, 0x00010002, (const uint8_t *)"spoof6", 6);
+	icmp6_frame(t, f + 6, own, peer, 136, 0x20000000, other, 16);
+	icmp6_frame(t, f + 6, own, peer, 136, 0x20000000, own, 16);
+	icmp6_frame(t, all_nodes_mac, link_local, all_nodes, 134, 0x40000708, ra, 8);
+	icmp6_frame(t, f + 6, own, peer, 128, 0x00010003, (const uint8_t *)"end6", 4);
+	ips.spoof++;
+}
+
 static void udp_in(struct net *t, const uint8_t *f, uint32_t iplen)
 {
 	uint32_t ihl = (f[14] & 15u) * 4;
@@ -667,6 +724,10 @@ static void udp_in(struct net *t, const uint8_t *f, uint32_t iplen)
 	}
 	if (be16(f + 14 + ihl + 2) == 9996) {
 		dhcp_frames(t, f);
+		return;
+	}
+	if (be16(f + 14 + ihl + 2) == 9995) {
+		ipv6_frames(t, f, iplen);
 		return;
 	}
 	if (be16(f + 14 + ihl + 2) == 9998 && iplen >= ihl + 10) {

@@ -42,4 +42,13 @@ uint64_t acpipm_power_button_count(const struct acpipm *pm);
 bool acpipm_sci(const struct acpipm *pm);
 bool acpipm_s5_requested(const struct acpipm *pm);
 
+/* Snapshots (vireo/state.h), with the vCPUs stopped. STATE_SEC_ACPIPM:
+ * u32 status, u32 enable, u32 control (16-bit registers), u64 power-button
+ * presses. Restore drives the SCI as the registers say; 0 or -errno with
+ * err_set(). */
+struct state_writer;
+struct state_reader;
+void acpipm_save(struct acpipm *pm, struct state_writer *w);
+int acpipm_restore(struct acpipm *pm, const struct state_reader *r);
+
 #endif

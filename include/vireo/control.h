@@ -106,6 +106,7 @@ struct control_target {
 	struct acpipm *pm;              /* the power button if not NULL (a PC:
 					 * firmware boot), instead of ged's */
 	struct rtc *rtc;                /* saved in snapshots; NULL: none */
+	struct firmware *fw;            /* --firmware: saved in snapshots */
 	struct serial *serial;          /* the console; NULL: none */
 	uint64_t balloon_target;        /* its target (control_apply updates it) */
 	const struct machine_config *machine; /* for snapshots; NULL: none taken */

@@ -35,6 +35,21 @@ struct firmware;
  * 0 or -errno with err_set(); *out is then freed by firmware_destroy(). */
 int firmware_load(struct vm *vm, struct pci_bus *pci, const char *path,
 		  const struct boot_config *cfg, bool debug, struct firmware **out);
+/* Snapshots (vireo/state.h), with the vCPUs stopped. STATE_SEC_FIRMWARE
+ * is the ROM image itself (all of the section), so that a restore or a
+ * migration needs no file and cannot map another one under a guest that
+ * runs this one's shadow copy; then fw_cfg's section (fwcfg_save()).
+ * firmware_save: 0 or -EBUSY with err_set(). firmware_restore: as
+ * firmware_load, with the ROM from the state, fw_cfg rebuilt from the
+ * machine description (kernel: one was booted, so bootorder names it; its
+ * own items are not rebuilt) and its selection restored, and the guest's
+ * RAM left as the snapshot has it (no shadow copy). */
+struct state_writer;
+struct state_reader;
+int firmware_save(struct firmware *fw, struct state_writer *w);
+int firmware_restore(struct vm *vm, struct pci_bus *pci, const struct state_reader *r,
+		     bool kernel, bool debug, struct firmware **out);
+
 /* After the vCPUs have stopped. NULL is fine. */
 void firmware_destroy(struct firmware *fw);
 

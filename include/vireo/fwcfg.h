@@ -97,4 +97,19 @@ uint8_t fwcfg_read_byte(struct fwcfg *f);
 void fwcfg_dma(struct fwcfg *f, uint64_t gpa);
 void fwcfg_get_stats(struct fwcfg *f, struct fwcfg_stats *out);
 
+/* Snapshots (vireo/state.h). A restore rebuilds the items from the machine
+ * description, except those added while boot_only is set (the kernel's:
+ * a restored VM that reboots ends, `run --reboot=exit`), and the directory
+ * once it lists such a file.
+ * STATE_SEC_FWCFG: u32 selected key (FWCFG_KEY_NONE: none, or an item read
+ * to its end), u64 offset in it, 8 bytes of the DMA address register.
+ * fwcfg_save: -EBUSY with err_set() while a boot-only item is half read;
+ * fwcfg_restore: the selection must be a rebuilt item, the offset in it. */
+#define FWCFG_KEY_NONE 0xffffffffu
+struct state_writer;
+struct state_reader;
+void fwcfg_set_boot_only(struct fwcfg *f, bool on);
+int fwcfg_save(struct fwcfg *f, struct state_writer *w);
+int fwcfg_restore(struct fwcfg *f, const struct state_reader *r);
+
 #endif

@@ -47,7 +47,10 @@ struct machine_config {
 	struct machine_disk disks[MACHINE_MAX_DISKS];
 	struct machine_nic nics[MACHINE_MAX_NICS];
 	uint64_t rng_bps, balloon_target;
-	bool firmware;        /* booted through --firmware: not described yet */
+	/* Booted through --firmware: the ROM is in the state itself
+	 * (STATE_SEC_FIRMWARE), fw_cfg is rebuilt from this description. */
+	bool firmware;
+	bool firmware_kernel; /* with --kernel: fw_cfg's bootorder names it */
 };
 
 /* STATE_SEC_MACHINE: u32 vCPUs, u64 RAM bytes, u8 hugepages, u8 debug
@@ -55,12 +58,11 @@ struct machine_config {
  * blob format, blob serial, u8 readonly, u64 bps, u64 iops, u32 cache,
  * u32 aio; per vNIC blob tap, 6 bytes MAC, u8 MAC set, u32 MTU, u64 rx
  * and tx bps; u64 rng bps if rng; u64 balloon target if balloon; then per
- * disk u32 queues (files from before multi-queue end before: 1 queue). */
+ * disk u32 queues (files from before multi-queue end before: 1 queue);
+ * then u8 firmware, u8 firmware kernel (files from before end before:
+ * a direct boot). */
 void machine_save(const struct machine_config *m, struct state_writer *w);
 /* 0, or -EINVAL with err_set() for a missing or malformed section. */
 int machine_load(const struct state_reader *r, struct machine_config *m);
-/* True (with err_set() detail) for a machine a snapshot cannot describe
- * yet: one booted through --firmware (its ROM and fw_cfg are not in it). */
-bool machine_snapshot_unsupported(const struct machine_config *m);
 
 #endif

@@ -256,6 +256,8 @@ struct mgr_vm {
 	const char *incoming_uri;    /* the next start waits for a migration
 				      * there (run --incoming); NULL: boots */
 	const char *incoming_token;  /* ... and this token file proves it */
+	int incoming_fd;             /* ... and the VMM inherits this socket
+				      * (uri "fd:N"); -1: none */
 	bool incoming_copy;          /* ... and the disks come with it, into
 				      * the definition's images (--incoming-disk) */
 	char migrating_to[128];      /* an outgoing migration runs; "": none */
@@ -343,6 +345,9 @@ struct mgr_net {
 	char uplink[16];             /* "": none */
 	bool vlan_aware;
 	struct vlan_set vlans;       /* the uplink carries these tagged */
+	uint64_t budget_bps;         /* its vNICs' budget, each direction; 0: none */
+	uint64_t alloc[2];           /* the I/O policy's last round: what its vNICs
+				      * may receive and transmit together (0: none) */
 	struct mgr_net *next;
 };
 int mgr_net_load(struct mgr *m);
@@ -350,6 +355,10 @@ void mgr_net_free_all(struct mgr *m);
 struct mgr_net *mgr_net_find(struct mgr *m, const char *name);
 enum mgr_err mgr_net_create(struct mgr *m, struct json_object *body, struct json_object **out);
 enum mgr_err mgr_net_delete(struct mgr *m, const char *name);
+/* {"budget_bps": N}: a new budget for the network's vNICs, persisted (the
+ * other fields are fixed at create). */
+enum mgr_err mgr_net_patch(struct mgr *m, const char *name, struct json_object *body,
+			   struct json_object **out);
 struct json_object *mgr_net_json(const struct mgr_net *n);
 struct json_object *mgr_net_list_json(struct mgr *m);
 /* Every vNIC's network exists (at VM create): 0 or -EINVAL naming the field. */
@@ -415,8 +424,9 @@ enum mgr_err mgr_reboot(struct mgr *m, struct mgr_vm *vm);
  * the VM stays paused until resumed. */
 enum mgr_err mgr_start_restore(struct mgr *m, struct mgr_vm *vm, const char *dir, bool paused);
 /* Starts the VMM with `vireo run --incoming uri --incoming-token-file
- * token_file`; returns once it is spawned, the VM INCOMING (migrate.c). */
-enum mgr_err mgr_start_incoming(struct mgr *m, struct mgr_vm *vm, const char *uri,
+ * token_file`; returns once it is spawned, the VM INCOMING (migrate.c).
+ * lfd >= 0: a bound socket the VMM inherits (uri "fd:LFD"); -1: none. */
+enum mgr_err mgr_start_incoming(struct mgr *m, struct mgr_vm *vm, const char *uri, int lfd,
 				const char *token_file);
 /* A control request with a deadline of timeout_ms, passing nfds
  * descriptors with it (vmm_request_fds); the reply's "code" picks the error
@@ -464,6 +474,9 @@ int mgr_export_busy(const struct mgr_vm *vm);
  * one. Under m->lock (dropped while copying). *out: the VM. */
 enum mgr_err mgr_import(struct mgr *m, const char *name, struct json_object *body,
 			struct json_object **out);
+/* At start-up, once the storage directories are known: removes what an
+ * import interrupted by the daemon's death left. */
+void mgr_import_recover(struct mgr *m);
 /* A deleted VM's snapshot files (its images keep their internal snapshots). */
 void mgr_snap_remove_all(struct mgr *m, const char *name);
 
@@ -513,6 +526,16 @@ struct io_share {
  * and the rest get the minimum: returns true then. Not reentrant (static
  * scratch space): the supervisor thread's. */
 bool io_allocate(struct io_share *s, unsigned int n, uint64_t budget);
+/* The same in two levels (networks with their own budget): share i belongs
+ * to group group[i] (0 to ng-1; -1: none), whose shares together never get
+ * more than gbudget[g]. With a host `budget` each group first competes in
+ * it as one share (its shares' weights, floors and capped demands summed),
+ * then divides what it got (io_allocate() at both levels); without (0), a
+ * group divides its own budget and an ungrouped share gets limit 0 (not
+ * managed). galloc[g]: what group g got (0: no shares). True if any
+ * level's floors asked for more than its budget. Not reentrant. */
+bool io_allocate_groups(struct io_share *s, const int *group, unsigned int n,
+			const uint64_t *gbudget, uint64_t *galloc, unsigned int ng, uint64_t budget);
 /* The demand of one dimension from a round's figures: unbounded if the
  * device used most of its limit or was held back a tenth of the interval
  * (throttled_ns: the caller passes 0 for a disk's bucket that was not the

@@ -104,15 +104,21 @@ void vcpu_throttle(struct vcpu *vcpu);
 /* ---- destination (src/vmm/migrate-in.c) ---- */
 
 struct migrate_incoming;
-/* Listens on uri, takes one authenticated stream (token_file: NULL for
+/* Called once the stream's hello has said the guest's memory size and
+ * vCPUs, before any memory arrives: the caller builds what needs no more
+ * (the KVM VM, its memory slot over mem_fd, the vCPUs) while the memory
+ * streams in, not in the downtime. mem_fd stays the stream's (dup it to
+ * keep it). 0, or -errno with err_set(): the migration is refused. */
+typedef int migrate_hello_fn(void *ctx, int mem_fd, uint64_t size, unsigned int ncpus);
+/* Listens on uri ("fd:N": on inherited socket N, bound already), takes one authenticated stream (token_file: NULL for
  * none), receives the memory into a memfd and the state, and opens it as a
  * snapshot: *snap and *m as snapshot_open() gives them, the memfd in the
  * snapshot. With st (copied storage), the disks go into st's images, which
  * are flushed and closed before this returns, and m names them instead of
  * the source's. 0 or -errno with err_set(). */
 int migrate_incoming_receive(const char *uri, const char *token_file,
-			     const struct migrate_storage *st,
-			     struct migrate_incoming **out, struct snapshot **snap,
+			     const struct migrate_storage *st, migrate_hello_fn *hello,
+			     void *ctx, struct migrate_incoming **out, struct snapshot **snap,
 			     struct machine_config *m);
 /* The machine is built and restored: tells the source and waits for its
  * go. Anything but 0 means the VM must not run. */

@@ -63,6 +63,10 @@ enum state_section_type {
 	STATE_SEC_VIRTIO_BALLOON = 13,
 	STATE_SEC_SNAPID = 14,  /* the snapshot's own id (src/state/snapshot-inc.c) */
 	STATE_SEC_DIFF = 15,    /* incremental: parent and dirty pages (critical) */
+	/* A VM booted through --firmware (src/boot/firmware.c) */
+	STATE_SEC_FIRMWARE = 16, /* the ROM image itself */
+	STATE_SEC_FWCFG = 17,    /* fw_cfg's selection and DMA address register */
+	STATE_SEC_ACPIPM = 18,   /* the PM1 registers (src/hw/acpipm.c) */
 	STATE_SEC_COUNT,        /* types below this are known */
 };
 
@@ -151,12 +155,20 @@ struct rtc;
 struct machine_config;
 struct virtio_dev;
 
+struct firmware;
+struct acpipm;
+
 struct snapshot_target {
 	struct vm *vm;
 	struct serial *serial;
 	struct ged *ged;
 	struct rtc *rtc;        /* NULL: not saved (a snapshot without it keeps
 				 * the fresh RTC: host time, sizes of this VM) */
+	/* --firmware: the ROM and fw_cfg, and the PM1 blocks (NULL otherwise;
+	 * a restore builds the firmware before snapshot_restore(): see
+	 * firmware_restore()). */
+	struct firmware *fw;
+	struct acpipm *pm;
 	const struct machine_config *machine;
 	/* The virtio devices, in the order the machine description creates
 	 * them (disks, rng, vNICs, balloon). */
@@ -265,6 +277,8 @@ int snapshot_open(const char *dir, struct snapshot **out, struct machine_config 
 int snapshot_set_disk_paths(const char *dir, const char *const *paths, unsigned int n);
 /* The memory file's descriptor, handed over (for vm_config.mem_fd). */
 int snapshot_take_memory_fd(struct snapshot *s);
+/* The snapshot's state file, checked (for firmware_restore()). */
+const struct state_reader *snapshot_state(const struct snapshot *s);
 /* Restores the device state into a VM built from the machine (its RAM
  * from the memory file), before its vCPUs run. */
 int snapshot_restore(struct snapshot *s, const struct snapshot_target *t);

@@ -18,6 +18,7 @@
 #include "vireo/firmware.h"
 #include "vireo/layout.h"
 #include "vireo/log.h"
+#include "vireo/state.h"
 
 /* Guest RAM uses slots 0 and 1 (src/vmm/vm.c); this one is apart. */
 #define FIRMWARE_SLOT      10
@@ -91,7 +92,7 @@ out:
 
 /* The image ends at 4 GiB, where the reset vector is; read-only when KVM
  * can (writes then exit to the MMIO bus, which drops them). */
-static int firmware_map(struct firmware *fw)
+static int firmware_map(struct firmware *fw, bool shadow_copy)
 {
 	struct vm *vm = fw->vm;
 	bool ro = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_READONLY_MEM) > 0;
@@ -113,7 +114,8 @@ static int firmware_map(struct firmware *fw)
 	 * i440FX's PAM registers, which vireo's host bridge does not have
 	 * (it says "Unable to unlock ram"): images up to 256 KiB are put
 	 * there whole, as that copy would leave them. */
-	memcpy(low, fw->rom + fw->size - shadow, shadow);
+	if (shadow_copy)
+		memcpy(low, fw->rom + fw->size - shadow, shadow);
 	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &slot) < 0)
 		return err_set(-errno, "cannot map the firmware below 4 GiB: %m");
 	if (ro)
@@ -224,11 +226,101 @@ int firmware_load(struct vm *vm, struct pci_bus *pci, const char *path,
 	if (!ret)
 		ret = firmware_add_acpi(fw->fwcfg, vm);
 	if (!ret)
-		ret = firmware_map(fw);
+		ret = firmware_map(fw, true);
 	if (!ret && debug)
 		ret = bus_register(&vm->pio, PORT_DEBUGCON, 1, debugcon_io, fw, "debugcon");
-	if (!ret && cfg->kernel)
+	/* Not rebuilt by a restore (fwcfg_save()). */
+	if (!ret && cfg->kernel) {
+		fwcfg_set_boot_only(fw->fwcfg, true);
 		ret = firmware_add_kernel(fw->fwcfg, vm, cfg);
+		fwcfg_set_boot_only(fw->fwcfg, false);
+	}
+	if (ret) {
+		firmware_destroy(fw);
+		return ret;
+	}
+	*out = fw;
+	return 0;
+}
+
+int firmware_save(struct firmware *fw, struct state_writer *w)
+{
+	state_begin(w, STATE_SEC_FIRMWARE, 0, STATE_SECTION_CRITICAL);
+	state_put_bytes(w, fw->rom, fw->size);
+	state_end(w);
+	return fwcfg_save(fw->fwcfg, w);
+}
+
+/* The ROM as the state holds it: the section's payload is the image. */
+static int firmware_read_state(const struct state_reader *r, struct firmware *fw)
+{
+	struct state_cursor c;
+	int ret = state_section(r, STATE_SEC_FIRMWARE, 0, &c);
+
+	if (ret)
+		return ret;
+	if (c.len < FIRMWARE_MIN_SIZE || c.len > FIRMWARE_MAX_SIZE || c.len % 4096)
+		return err_set(-EINVAL, "state file: a firmware image of %zu bytes (64 KiB to "
+			       "16 MiB, a multiple of 4 KiB)", c.len);
+	fw->size = c.len;
+	fw->rom = mmap(NULL, fw->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (fw->rom == MAP_FAILED) {
+		fw->rom = NULL;
+		return err_set(-errno, "cannot map the firmware: %m");
+	}
+	state_get_bytes(&c, fw->rom, fw->size);
+	return state_done(&c);
+}
+
+/* The tables are built where the guest's RAM (the shadow ROM, by now)
+ * is: in a zeroed area (loader_build() trims its trailing zeros), as at
+ * the boot, and the guest's bytes are put back after. */
+static int firmware_restore_acpi(struct firmware *fw)
+{
+	size_t len = LAYOUT_ACPI_TABLES_END - LAYOUT_ACPI_TABLES;
+	uint8_t *area = guest_ptr(&fw->vm->mem, LAYOUT_ACPI_TABLES, len);
+	uint8_t *keep = malloc(len);
+	int ret;
+
+	if (!area || !keep) {
+		free(keep);
+		return err_set(area ? -ENOMEM : -EINVAL, "cannot rebuild the ACPI tables");
+	}
+	memcpy(keep, area, len);
+	memset(area, 0, len);
+	ret = firmware_add_acpi(fw->fwcfg, fw->vm);
+	memcpy(area, keep, len);
+	free(keep);
+	return ret;
+}
+
+int firmware_restore(struct vm *vm, struct pci_bus *pci, const struct state_reader *r,
+		     bool kernel, bool debug, struct firmware **out)
+{
+	struct firmware *fw = calloc(1, sizeof(*fw));
+	int ret;
+
+	*out = NULL;
+	if (!fw)
+		return err_set(-ENOMEM, "out of memory");
+	fw->vm = vm;
+	pthread_mutex_init(&fw->debug_lock, NULL);
+	ret = firmware_read_state(r, fw);
+	if (!ret && !vm->hw_virt)
+		ret = err_set(-ENOTSUP, "a VM booted through firmware needs hardware "
+			      "virtualization (vmx or svm)");
+	if (!ret && !(fw->fwcfg = fwcfg_create(vm)))
+		ret = -ENOMEM;
+	if (!ret)
+		ret = firmware_fill(fw, pci, kernel);
+	if (!ret)
+		ret = firmware_restore_acpi(fw);
+	if (!ret)
+		ret = firmware_map(fw, false);
+	if (!ret && debug)
+		ret = bus_register(&vm->pio, PORT_DEBUGCON, 1, debugcon_io, fw, "debugcon");
+	if (!ret)
+		ret = fwcfg_restore(fw->fwcfg, r);
 	if (ret) {
 		firmware_destroy(fw);
 		return ret;

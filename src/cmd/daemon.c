@@ -51,7 +51,7 @@ static const char daemon_usage[] =
 	"  --io-budget-bps N   host disk bandwidth, bytes/s, all disks (0: not managed)\n"
 	"  --io-budget-iops N  host disk operations/s, all disks (0: not managed)\n"
 	"  --net-budget-bps N  host vNIC bandwidth, bytes/s, each direction, all vNICs\n"
-	"                    (0: not managed)\n"
+	"                    (0: not managed; a network's budget_bps is its own)\n"
 	"  --log-max SIZE    rotate a VM's log (DIR/logs/NAME.log) past this size,\n"
 	"                    keeping one old copy (default 16M; 0: never)\n"
 	"  --vmm-uid-base N  run as root, each VMM runs as its own user id from N\n"
@@ -249,9 +249,6 @@ static int parse_options(int argc, char **argv, struct daemon_options *o)
 		return err_set(-EINVAL, "unexpected argument '%s'", argv[optind]);
 	if (!o->state_dir || !o->socket)
 		return err_set(-EINVAL, "--state-dir and --socket are required");
-	if (o->io_auto && !o->io_budget_bps && !o->io_budget_iops && !o->net_budget_bps)
-		return err_set(-EINVAL, "--io-policy=auto needs a budget: --io-budget-bps, "
-			       "--io-budget-iops or --net-budget-bps");
 	if (o->mem_low_pct >= o->mem_high_pct)
 		return err_set(-EINVAL, "--memory-low must be below --memory-high");
 	return 0;
@@ -323,6 +320,7 @@ int cmd_daemon(int argc, char **argv)
 		fprintf(stderr, "vireo: %s\n", sfd < 0 ? strerror(errno) : err_get());
 		return 1;
 	}
+	mgr_import_recover(&m);
 	m.overcommit = o.overcommit;
 	m.overcommit_warn = o.overcommit_warn;
 	m.mem_low_pct = o.mem_low_pct;

@@ -8,12 +8,17 @@
 
 #include "vireo/cmd.h"
 #include "vireo/net.h"
+#include "vireo/size.h"
 
 static const char net_usage[] =
 	"usage: vireo net [--socket PATH] [--output=text|json] COMMAND [ARGS]\n"
 	"\n"
 	"  create NAME [--vlan-aware [--vlans N;A-B...]] [--uplink IFNAME]\n"
-	"                            a Linux bridge vb-NAME (--vlans: the uplink's)\n"
+	"              [--budget-bps SIZE]\n"
+	"                            a Linux bridge vb-NAME (--vlans: the uplink's;\n"
+	"                            --budget-bps: its vNICs' bandwidth, each direction,\n"
+	"                            with daemon --io-policy=auto)\n"
+	"  set NAME --budget-bps SIZE  a new budget for its vNICs\n"
 	"  list                      the networks, their bridges and ports\n"
 	"  info NAME                 a network's ports and counters\n"
 	"  delete NAME               (refused while a VM's vNIC uses it)\n"
@@ -23,10 +28,11 @@ static const char net_usage[] =
 
 struct net_cli {
 	const char *socket, *uplink, *vlans;
-	bool json, vlan_aware;
+	bool json, vlan_aware, has_budget;
+	uint64_t budget;
 };
 
-enum { OPT_SOCKET = 0x100, OPT_OUTPUT, OPT_JSON, OPT_VLAN, OPT_VLANS, OPT_UPLINK };
+enum { OPT_SOCKET = 0x100, OPT_OUTPUT, OPT_JSON, OPT_VLAN, OPT_VLANS, OPT_UPLINK, OPT_BUDGET };
 
 static int parse(struct net_cli *cli, int argc, char **argv)
 {
@@ -37,6 +43,7 @@ static int parse(struct net_cli *cli, int argc, char **argv)
 		{ "vlan-aware", no_argument, NULL, OPT_VLAN },
 		{ "uplink", required_argument, NULL, OPT_UPLINK },
 		{ "vlans", required_argument, NULL, OPT_VLANS },
+		{ "budget-bps", required_argument, NULL, OPT_BUDGET },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -51,6 +58,14 @@ static int parse(struct net_cli *cli, int argc, char **argv)
 		case OPT_VLAN: cli->vlan_aware = true; break;
 		case OPT_UPLINK: cli->uplink = optarg; break;
 		case OPT_VLANS: cli->vlans = optarg; break;
+		case OPT_BUDGET:
+			/* The daemon checks the bounds; 0 would mean none. */
+			if (size_parse(optarg, &cli->budget) || !cli->budget) {
+				fprintf(stderr, "vireo: --budget-bps takes a size above 0 (e.g. 100M)\n");
+				return -1;
+			}
+			cli->has_budget = true;
+			break;
 		case OPT_OUTPUT:
 			if (strcmp(optarg, "json") && strcmp(optarg, "text")) {
 				fprintf(stderr, "vireo: --output is text or json\n");
@@ -76,6 +91,14 @@ static const char *field(struct json_object *o, const char *key)
 	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
 }
 
+/* A field that may be null (or absent): `none` then. */
+static const char *field_or(struct json_object *o, const char *key, const char *none)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) && v ? json_object_get_string(v) : none;
+}
+
 static void print_net(struct json_object *n, bool ports)
 {
 	struct json_object *p, *c;
@@ -98,6 +121,9 @@ static void print_net(struct json_object *n, bool ports)
 		json_object_object_foreach(c, k, v)
 			printf("  %-12s %s\n", k, json_object_get_string(v));
 	}
+	if (*field(n, "budget_bps") && json_object_object_get_ex(n, "allocation", &c))
+		printf("  budget_bps   %s (allocated: rx_bps %s, tx_bps %s)\n", field(n, "budget_bps"),
+		       field_or(c, "rx_bps", "-"), field_or(c, "tx_bps", "-"));
 }
 
 static void print_header(void)
@@ -122,9 +148,18 @@ static int run(struct net_cli *cli, const char *cmd, const char *name)
 			json_object_object_add(req, "uplink", json_object_new_string(cli->uplink));
 		if (cli->vlans)
 			json_object_object_add(req, "vlans", vlan_list_json(cli->vlans));
+		if (cli->has_budget)
+			json_object_object_add(req, "budget_bps", json_object_new_uint64(cli->budget));
 		body = strdup(json_object_to_json_string(req));
 		json_object_put(req);
 		o = vm_api_call(cli->socket, cli->json, "POST", "/networks", body, &ok);
+		free(body);
+	} else if (!strcmp(cmd, "set")) {
+		req = json_object_new_object();
+		json_object_object_add(req, "budget_bps", json_object_new_uint64(cli->budget));
+		body = strdup(json_object_to_json_string(req));
+		json_object_put(req);
+		o = vm_api_call(cli->socket, cli->json, "PATCH", path, body, &ok);
 		free(body);
 	} else if (!strcmp(cmd, "list")) {
 		o = vm_api_call(cli->socket, cli->json, "GET", "/networks", NULL, &ok);
@@ -162,7 +197,8 @@ int cmd_net(int argc, char **argv)
 	if (optind >= argc)
 		return fputs(net_usage, stderr), 2;
 	cmd = argv[optind];
-	named = !strcmp(cmd, "create") || !strcmp(cmd, "info") || !strcmp(cmd, "delete");
+	named = !strcmp(cmd, "create") || !strcmp(cmd, "info") || !strcmp(cmd, "delete") ||
+		!strcmp(cmd, "set");
 	if (!named && strcmp(cmd, "list"))
 		return fprintf(stderr, "vireo: unknown net command '%s'\n%s", cmd, net_usage), 2;
 	if (argc - optind != (named ? 2 : 1))
@@ -171,6 +207,9 @@ int cmd_net(int argc, char **argv)
 	if ((cli.vlan_aware || cli.uplink || cli.vlans) && strcmp(cmd, "create"))
 		return fprintf(stderr, "vireo: --vlan-aware, --vlans and --uplink go with create\n"),
 		       2;
+	if (cli.has_budget != !strcmp(cmd, "set") && strcmp(cmd, "create"))
+		return fprintf(stderr, "vireo: --budget-bps goes with create or set (which needs "
+			       "it)\n"), 2;
 	/* A name the path cannot carry is refused here, the daemon checks the rest. */
 	if (named && strcmp(cmd, "create") && (strlen(argv[optind + 1]) > 64 || strpbrk(argv[optind + 1], "/?#% ")))
 		return fprintf(stderr, "vireo: bad network name\n"), 2;

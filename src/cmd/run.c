@@ -70,6 +70,7 @@ struct run_options {
 	const char *incoming_token;		/* --incoming-token-file FILE */
 	struct migrate_storage incoming_disks;	/* --incoming-disk: copied storage */
 	struct migrate_incoming *in;		/* --incoming: the stream, received */
+	struct vm *early_vm;			/* --incoming: created at the stream's hello */
 	bool paused;				/* --paused */
 	bool track_dirty;			/* --track-dirty (with --restore) */
 	unsigned int machine_opts;		/* options --restore takes from the snapshot */
@@ -161,7 +162,8 @@ static const char run_usage[] =
 	"                   to this one (costs a write fault per page; docs/run.md)\n"
 	"  --paused         start paused (resume through the control socket)\n"
 	"  --incoming tcp:ADDR:PORT  wait for a live migration on ADDR:PORT and run\n"
-	"                   the VM it brings (the source's control action 'migrate')\n"
+	"                   the VM it brings (the source's control action 'migrate');\n"
+	"                   fd:N: listen on inherited descriptor N, a bound TCP socket\n"
 	"  --incoming-token-file FILE  accept only a source that proves the token\n"
 	"                   in FILE (its 'migrate' \"token\")\n"
 	"  --incoming-disk path=FILE[,format=FMT]  with --incoming: the source copies\n"
@@ -398,12 +400,9 @@ static int parse_incoming_disk(char *spec, struct migrate_storage *st)
 	return 0;
 }
 
-/* --incoming: the machine comes from the migration stream, received here
- * whole (memory into a memfd, then the state) before anything is built. */
+/* --incoming: the machine comes from the migration stream. */
 static int check_incoming(struct run_options *o)
 {
-	int ret;
-
 	if (o->restore || o->machine_opts)
 		return err_set(-EINVAL, "--incoming takes the machine from the migration: no "
 			       "--restore, --kernel, --initrd, --cmdline, --cpus, --memory, "
@@ -411,17 +410,56 @@ static int check_incoming(struct run_options *o)
 			       "--firmware with it");
 	if (o->reboot_restart)
 		return err_set(-EINVAL, "use --reboot=exit with --incoming");
+	return 0;
+}
+
+/* The stream's hello: the KVM VM, its memory slot over the memfd and its
+ * vCPUs are made now, while the memory arrives. In the downtime they took
+ * 5-7 ms here (KVM_CREATE_IRQCHIP and the slot, ~4 ms each under kvm_pvm);
+ * the pause now carries only the last pages, the state and the devices. */
+static int incoming_hello(void *ctx, int mem_fd, uint64_t size, unsigned int ncpus)
+{
+	struct run_options *o = ctx;
+	struct vm_config cfg = { .ncpus = ncpus, .mem_size = size, .mem_from_file = true,
+				 .mem_is_memfd = true };
+
+	o->early_vm = calloc(1, sizeof(*o->early_vm));
+	if (!o->early_vm)
+		return err_set(-ENOMEM, "out of memory");
+	/* vm_create() takes it, even when it fails (vm_destroy() closes it). */
+	cfg.mem_fd = fcntl(mem_fd, F_DUPFD_CLOEXEC, 0);
+	if (cfg.mem_fd < 0) {
+		free(o->early_vm);
+		o->early_vm = NULL;
+		return err_set(-errno, "cannot duplicate the guest memory's fd: %m");
+	}
+	return vm_create(o->early_vm, &cfg);
+}
+
+/* --incoming: the stream, received whole (memory into a memfd, then the
+ * state), the VM created at its start. After sandbox_prepare(): the VM's
+ * threads start here, and the mount namespace wants a single thread. */
+static int receive_incoming(struct run_options *o)
+{
+	int ret;
+
 	/* The copied disks are opened as the VM's will be (--storage, --user). */
 	apply_storage(o);
 	o->incoming_disks.policy = o->policy.ndirs ? &o->policy : NULL;
 	ret = migrate_incoming_receive(o->incoming, o->incoming_token, &o->incoming_disks,
-				       &o->in, &o->snap, &o->machine);
+				       incoming_hello, o, &o->in, &o->snap, &o->machine);
 	if (ret)
 		return ret;
+	if (!o->early_vm || o->early_vm->ncpus != o->machine.ncpus ||
+	    o->early_vm->mem.size != o->machine.mem_size)
+		return err_set(-EPROTO, "migration stream: the state's machine is not the one "
+			       "its hello announced");
 	o->vm.ncpus = o->machine.ncpus;
 	o->vm.mem_size = o->machine.mem_size;
 	o->vm.mem_from_file = o->vm.mem_is_memfd = true;
-	o->vm.mem_fd = snapshot_take_memory_fd(o->snap);
+	/* The VM has its own (incoming_hello()). */
+	close(snapshot_take_memory_fd(o->snap));
+	o->vm.mem_fd = -1;
 	o->debug_exit = o->machine.debug_exit;
 	devices_from_machine(o);
 	return 0;
@@ -626,6 +664,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		.nnics = o->nnics, .rng = o->rng, .balloon = o->balloon };
 	devices_to_machine(o);
 	o->machine.firmware = o->firmware != NULL;
+	o->machine.firmware_kernel = o->firmware && o->boot.kernel;
 	return check_run_options(o, seccomp_given);
 }
 
@@ -834,24 +873,32 @@ static void vm_devices_destroy(struct vm_devices *devs)
 	snapshot_base_free(&devs->snap_base);
 }
 
-/* --restore: the devices get their state back before any vCPU runs. */
-static int restore_state(struct vm *vm, struct vm_devices *devs, const struct run_options *o)
+/* --restore: the devices get their state back before any vCPU runs; a
+ * firmware's ROM and fw_cfg come back first, from the state too. */
+static int restore_state(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
+			 const struct run_options *o)
 {
 	struct snapshot_target t = { .vm = vm, .serial = devs->serial, .ged = devs->ged,
-				     .rtc = devs->rtc, .machine = &o->machine, .virtio = devs->virtio,
+				     .rtc = devs->rtc, .pm = devs->pm,
+				     .machine = &o->machine, .virtio = devs->virtio,
 				     .nvirtio = devs->nvirtio, .base = &devs->snap_base,
 				     .track_dirty = o->track_dirty };
 	/* The slots first: KVM checks guest addresses in MSRs (kvmclock,
 	 * steal time, async PF, PV EOI) against them as they are set. */
 	int ret = vm_memory_ready(vm);
 
+	if (!ret && o->machine.firmware)
+		ret = firmware_restore(vm, pci, snapshot_state(o->snap), o->machine.firmware_kernel,
+				       o->firmware_debug, &devs->fw);
+	t.fw = devs->fw;
 	return ret ? ret : snapshot_restore(o->snap, &t);
 }
 
 static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 		    const struct run_options *o)
 {
-	int ret = vm_create(vm, &o->vm);
+	/* --incoming: created at the stream's hello (incoming_hello()). */
+	int ret = o->early_vm ? 0 : vm_create(vm, &o->vm);
 
 	if (ret)
 		return ret;
@@ -867,9 +914,8 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 	ret = power_devices_init(vm, o->debug_exit);
 	if (!ret && !(devs->ged = ged_create(vm)))
 		ret = -ENOMEM;
-	/* Its tables are a PC's (acpi_build_tables()). No snapshots of such
-	 * a VM yet (machine_snapshot_unsupported()), so no state section. */
-	if (!ret && o->firmware && !(devs->pm = acpipm_create(vm)))
+	/* Its tables are a PC's (acpi_build_tables()); also when restored. */
+	if (!ret && o->machine.firmware && !(devs->pm = acpipm_create(vm)))
 		ret = -ENOMEM;
 	if (!ret && !(devs->rtc = rtc_create(vm)))
 		ret = -ENOMEM;
@@ -878,7 +924,7 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 	if (!ret)
 		ret = virtio_devices_create(vm, pci, devs, o);
 	if (!ret && o->snap)
-		ret = restore_state(vm, devs, o);
+		ret = restore_state(vm, pci, devs, o);
 	else if (!ret && o->firmware)
 		ret = firmware_load(vm, pci, o->firmware, &o->boot, o->firmware_debug,
 				    &devs->fw);
@@ -899,7 +945,7 @@ static int control_start(struct loop *loop, struct vm *vm, struct vm_devices *de
 	struct control_target t = { .vm = vm, .disks = devs->disks, .disk_paths = paths,
 				    .ndisks = o->ndisks, .nics = devs->nics, .nnics = o->nnics,
 				    .balloon = devs->balloon, .ged = devs->ged, .pm = devs->pm,
-				    .rtc = devs->rtc, .serial = devs->serial,
+				    .rtc = devs->rtc, .fw = devs->fw, .serial = devs->serial,
 				    .balloon_target = o->balloon_target, .machine = &o->machine,
 				    .virtio = devs->virtio, .nvirtio = devs->nvirtio,
 				    .migration = mig, .snap_base = &devs->snap_base,
@@ -921,7 +967,7 @@ static int run_vm(const struct run_options *o, char *reason, size_t size,
 	const char *disk_paths[MAX_DISKS];
 	struct control *ctl = NULL;
 	struct migration *mig = NULL;
-	struct vm vm;
+	struct vm own, *vm = o->early_vm ? o->early_vm : &own;
 	struct pci_bus pci;
 	struct vm_devices devs = { 0 };
 	struct console con = { 0 };
@@ -937,11 +983,12 @@ static int run_vm(const struct run_options *o, char *reason, size_t size,
 		fprintf(stderr, "vireo: setgroups: %s\n", strerror(errno));
 		return status;
 	}
-	if (vm_build(&vm, &pci, &devs, o) || !(loop = loop_create()) ||
-	    !(mig = migration_create(&(struct snapshot_target){ .vm = &vm,
+	if (vm_build(vm, &pci, &devs, o) || !(loop = loop_create()) ||
+	    !(mig = migration_create(&(struct snapshot_target){ .vm = vm,
 			.serial = devs.serial, .ged = devs.ged, .rtc = devs.rtc,
-			.machine = &o->machine, .virtio = devs.virtio, .nvirtio = devs.nvirtio })) ||
-	    control_start(loop, &vm, &devs, o, mig, disk_paths, &ctl) ||
+			.fw = devs.fw, .pm = devs.pm, .machine = &o->machine,
+			.virtio = devs.virtio, .nvirtio = devs.nvirtio })) ||
+	    control_start(loop, vm, &devs, o, mig, disk_paths, &ctl) ||
 	    (cs.serial = gate.serial = devs.serial, console_sock_open(loop, &cs)) ||
 	    loop_add(loop, serial_rx_space_fd(devs.serial), EPOLLIN, gate_release, &gate) ||
 	    serial_output_start(devs.serial, loop) ||
@@ -949,16 +996,16 @@ static int run_vm(const struct run_options *o, char *reason, size_t size,
 	     * the seccomp filter does not allow: it must be done first. The
 	     * vCPU threads open their schedstat files before the sandbox, and
 	     * run the guest only after it. */
-	    vm_memory_ready(&vm) || vm_start_vcpus(&vm) ||
+	    vm_memory_ready(vm) || vm_start_vcpus(vm) ||
 	    /* --incoming: built and restored; runs only once the source has
 	     * handed the VM over (it never resumes after that). */
 	    (o->in && migrate_incoming_ready(o->in)) || sandbox_enter(&o->sandbox) ||
-	    vm_start(&vm)) {
+	    vm_start(vm)) {
 		fprintf(stderr, "vireo: %s\n", err_get());
 		snprintf(reason, size, "%s", err_get());
 		/* vCPU threads already waiting for vm_start() end without running. */
-		vm_request_stop(&vm, VM_EXIT_VMM_ERROR);
-		vm_join(&vm);
+		vm_request_stop(vm, VM_EXIT_VMM_ERROR);
+		vm_join(vm);
 		goto out;
 	}
 	if (o->in) {
@@ -966,26 +1013,26 @@ static int run_vm(const struct run_options *o, char *reason, size_t size,
 		if (migrate_announce_start(loop, devs.nics, o->nnics))
 			log_warn("%s", err_get()); /* the VM runs: peers learn later */
 	}
-	con = (struct console){ .serial = devs.serial, .gate = &gate, .vm = &vm };
+	con = (struct console){ .serial = devs.serial, .gate = &gate, .vm = vm };
 	console_raw(&con);
-	loop_add(loop, vm.stop_fd, EPOLLIN, vm_stopped, NULL);
+	loop_add(loop, vm->stop_fd, EPOLLIN, vm_stopped, NULL);
 	loop_add(loop, STDIN_FILENO, EPOLLIN, console_input, &con);
 	if (loop_run(loop) < 0)
-		vm_request_stop(&vm, VM_EXIT_VMM_ERROR);
-	vm_join(&vm);
+		vm_request_stop(vm, VM_EXIT_VMM_ERROR);
+	vm_join(vm);
 	/* The guest's last lines (its power-off messages), unless the output
 	 * is stuck: then stopping is worth more than them. */
 	serial_output_flush(devs.serial, SERIAL_FLUSH_MS);
 	console_restore(&con);
-	status = vm.exit_status;
-	snprintf(reason, size, "%s", vm.exit_reason);
+	status = vm->exit_status;
+	snprintf(reason, size, "%s", vm->exit_reason);
 out:
 	console_sock_close(&cs);
 	control_destroy(ctl);
 	*migration = mig ? migration_info(mig) : NULL;
 	migration_destroy(mig);
 	vm_devices_destroy(&devs);
-	vm_destroy(&vm);
+	vm_destroy(vm);
 	loop_destroy(loop);
 	return status;
 }
@@ -1061,9 +1108,11 @@ int cmd_run(int argc, char **argv)
 	struct json_object *migration = NULL;
 	char reason[256] = "";
 	int status = VM_EXIT_VMM_ERROR, status_fd;
+	bool ran = false;
 
 	/* The mount namespace, while this is the only thread. */
-	if (parse_run_options(argc, argv, &o) || sandbox_prepare(&o.sandbox)) {
+	if (parse_run_options(argc, argv, &o) || sandbox_prepare(&o.sandbox) ||
+	    (o.incoming && receive_incoming(&o))) {
 		fprintf(stderr, "vireo: %s\n", err_get());
 		snprintf(reason, sizeof(reason), "%s", err_get());
 		status_fd = status_open(o.status_file);
@@ -1073,6 +1122,7 @@ int cmd_run(int argc, char **argv)
 	if (o.status_file && status_fd < 0)
 		goto out;
 	status = run_vm(&o, reason, sizeof(reason), &migration);
+	ran = true;
 	if (status == VM_EXIT_REBOOT && !o.reboot_restart)
 		fprintf(stderr, "%s\n", VM_REBOOT_LINE);
 	if (status == VM_EXIT_REBOOT && o.reboot_restart) {
@@ -1092,6 +1142,11 @@ out:
 		free(o.storage[i]);
 	snapshot_close(o.snap);
 	migrate_incoming_free(o.in);
+	/* Created at the stream's hello: run_vm() destroyed it, unless it
+	 * never ran (the stream failed after the hello). */
+	if (o.early_vm && !ran)
+		vm_destroy(o.early_vm);
+	free(o.early_vm);
 	argv_free(saved, argc);
 	return status;
 }

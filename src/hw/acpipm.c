@@ -9,6 +9,7 @@
 #include "vireo/acpipm.h"
 #include "vireo/layout.h"
 #include "vireo/log.h"
+#include "vireo/state.h"
 
 #define REG_STS 0
 #define REG_EN  2
@@ -110,6 +111,49 @@ bool acpipm_sci(const struct acpipm *pm)
 bool acpipm_s5_requested(const struct acpipm *pm)
 {
 	return __atomic_load_n(&pm->s5, __ATOMIC_RELAXED);
+}
+
+void acpipm_save(struct acpipm *pm, struct state_writer *w)
+{
+	pthread_mutex_lock(&pm->lock);
+	state_begin(w, STATE_SEC_ACPIPM, 0, STATE_SECTION_CRITICAL);
+	state_put_u32(w, pm->sts);
+	state_put_u32(w, pm->en);
+	state_put_u32(w, pm->cnt);
+	state_put_u64(w, acpipm_power_button_count(pm));
+	state_end(w);
+	pthread_mutex_unlock(&pm->lock);
+}
+
+int acpipm_restore(struct acpipm *pm, const struct state_reader *r)
+{
+	struct state_cursor c;
+	uint32_t sts, en, cnt;
+	uint64_t buttons;
+	int ret = state_section(r, STATE_SEC_ACPIPM, 0, &c);
+
+	if (ret)
+		return ret;
+	sts = state_get_u32(&c);
+	en = state_get_u32(&c);
+	cnt = state_get_u32(&c);
+	buttons = state_get_u64(&c);
+	ret = state_done(&c);
+	if (ret)
+		return ret;
+	/* SLP_EN reads 0: a saved one would be a sleep never carried out. */
+	if (sts > UINT16_MAX || en > UINT16_MAX || cnt > UINT16_MAX || (cnt & ACPIPM_SLP_EN))
+		return err_set(-EINVAL, "ACPI PM state: registers out of range");
+	pthread_mutex_lock(&pm->lock);
+	pm->sts = (uint16_t)sts;
+	pm->en = (uint16_t)en;
+	pm->cnt = (uint16_t)cnt;
+	__atomic_store_n(&pm->power_buttons, buttons, __ATOMIC_RELAXED);
+	/* The SCI line as the registers drive it (a fresh VM's is low). */
+	pm->sci = false;
+	acpipm_update_sci(pm);
+	pthread_mutex_unlock(&pm->lock);
+	return 0;
 }
 
 struct acpipm *acpipm_create(struct vm *vm)

@@ -11,6 +11,7 @@
 #include "vireo/dirty.h"
 #include "vireo/fwcfg.h"
 #include "vireo/log.h"
+#include "vireo/state.h"
 
 #define FWCFG_MAX_ITEMS (32 + FWCFG_MAX_FILES)
 
@@ -18,6 +19,7 @@ struct fwcfg_item {
 	uint16_t key;
 	uint8_t *data;
 	uint64_t len;
+	bool boot_only;   /* not rebuilt by a restore (fwcfg_set_boot_only()) */
 };
 
 struct fwcfg_file {
@@ -36,6 +38,7 @@ struct fwcfg {
 	const struct fwcfg_item *cur; /* NULL: nothing (reads give zeros) */
 	uint64_t offset;
 	uint8_t dma_addr[8];          /* the address register, big endian */
+	bool boot_only;               /* what fwcfg_put() adds now is */
 	struct fwcfg_stats stats;
 };
 
@@ -66,7 +69,9 @@ static int fwcfg_put(struct fwcfg *f, uint16_t key, uint8_t *data, uint64_t len)
 		it = &f->items[f->nitems++];
 	else
 		free(it->data);
-	*it = (struct fwcfg_item){ key, data, len };
+	/* The directory lists the boot-only files too: it is as volatile. */
+	*it = (struct fwcfg_item){ key, data, len,
+				   f->boot_only || (key == FW_CFG_FILE_DIR && it->boot_only) };
 	if (f->cur == it)
 		f->offset = 0;
 	pthread_mutex_unlock(&f->lock);
@@ -264,6 +269,73 @@ void fwcfg_dma(struct fwcfg *f, uint64_t gpa)
 	dirty_mark(f->mem, desc, sizeof(done));
 out:
 	pthread_mutex_unlock(&f->lock);
+}
+
+void fwcfg_set_boot_only(struct fwcfg *f, bool on)
+{
+	pthread_mutex_lock(&f->lock);
+	f->boot_only = on;
+	pthread_mutex_unlock(&f->lock);
+}
+
+/* An item read to its end reads as no item at all (zeros, DMA skips and
+ * reads past the end alike): saved as none, it needs no rebuilt twin. */
+int fwcfg_save(struct fwcfg *f, struct state_writer *w)
+{
+	uint32_t key = FWCFG_KEY_NONE;
+	uint64_t offset = 0;
+	int ret = 0;
+
+	pthread_mutex_lock(&f->lock);
+	if (f->cur && f->offset < f->cur->len) {
+		key = f->cur->key;
+		offset = f->offset;
+		if (f->cur->boot_only)
+			ret = err_set(-EBUSY, "the firmware is reading fw_cfg item 0x%x (the "
+				      "kernel it boots): try again once it has started", key);
+	}
+	state_begin(w, STATE_SEC_FWCFG, 0, STATE_SECTION_CRITICAL);
+	state_put_u32(w, key);
+	state_put_u64(w, offset);
+	state_put_bytes(w, f->dma_addr, sizeof(f->dma_addr));
+	state_end(w);
+	pthread_mutex_unlock(&f->lock);
+	return ret;
+}
+
+int fwcfg_restore(struct fwcfg *f, const struct state_reader *r)
+{
+	struct state_cursor c;
+	uint8_t dma_addr[8];
+	uint32_t key;
+	uint64_t offset;
+	const struct fwcfg_item *it = NULL;
+	int ret = state_section(r, STATE_SEC_FWCFG, 0, &c);
+
+	if (ret)
+		return ret;
+	key = state_get_u32(&c);
+	offset = state_get_u64(&c);
+	state_get_bytes(&c, dma_addr, sizeof(dma_addr));
+	ret = state_done(&c);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&f->lock);
+	if (key != FWCFG_KEY_NONE) {
+		it = fwcfg_find(f, (uint16_t)key);
+		if (key > UINT16_MAX || !it || it->boot_only || offset >= it->len)
+			ret = err_set(-EINVAL, "fw_cfg state: item 0x%x at offset %llu is not in "
+				      "this machine", key, (unsigned long long)offset);
+	} else if (offset) {
+		ret = err_set(-EINVAL, "fw_cfg state: an offset without an item");
+	}
+	if (!ret) {
+		f->cur = it;
+		f->offset = offset;
+		memcpy(f->dma_addr, dma_addr, sizeof(dma_addr));
+	}
+	pthread_mutex_unlock(&f->lock);
+	return ret;
 }
 
 void fwcfg_get_stats(struct fwcfg *f, struct fwcfg_stats *out)

@@ -833,9 +833,19 @@ static void route_networks(struct mgr *m, const char *method, const char *name,
 		json_object_object_add(r->json, "deleted", json_object_new_string(name));
 		return;
 	}
+	if (!strcmp(method, "PATCH")) {
+		if (parse_body(u, false, &body, r))
+			return;
+		e = mgr_net_patch(m, name, body, &r->json);
+		json_object_put(body);
+		if (e != MGR_OK)
+			return reply_mgr_error(r, e);
+		r->status = 200;
+		return;
+	}
 	if (strcmp(method, "GET")) {
-		r->allow = "GET, DELETE";
-		return reply_error(r, 405, "method-not-allowed", "use GET or DELETE");
+		r->allow = "GET, PATCH, DELETE";
+		return reply_error(r, 405, "method-not-allowed", "use GET, PATCH or DELETE");
 	}
 	n = mgr_net_find(m, name);
 	if (!n)

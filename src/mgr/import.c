@@ -2,6 +2,7 @@
  * the other half of export.c, whose comment describes the layout. A
  * damaged or hostile export, directory or archive, is refused and leaves
  * nothing behind. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
@@ -363,6 +364,32 @@ static int import_entries(struct import *im)
 	return ret;
 }
 
+/* The storage files an import makes, listed in its temporary directory
+ * before the first one is created: what a daemon killed halfway through
+ * left is removed at its next start (mgr_import_recover). */
+#define IMPORT_JOURNAL "storage-files.json"
+
+static int import_journal(struct import *im)
+{
+	struct json_object *o = json_object_new_object(), *a = json_object_new_array();
+	char path[PATH_MAX];
+	int ret = o && a ? 0 : err_set(-ENOMEM, "out of memory");
+
+	for (unsigned int i = 0; !ret && i < im->nfiles; i++)
+		if (strncmp(im->files[i].rel, "snapshots/", 10))
+			json_object_array_add(a, json_object_new_string(im->files[i].dst));
+	if (!ret) {
+		json_object_object_add(o, "files", a);
+		a = NULL;
+		ret = export_fmt_path(path, sizeof(path), "%s/" IMPORT_JOURNAL, im->tmp);
+	}
+	if (!ret)
+		ret = store_write_json(path, o);
+	json_object_put(a);
+	json_object_put(o);
+	return ret;
+}
+
 static int import_snapshot_dirs(struct import *im)
 {
 	char path[PATH_MAX];
@@ -370,6 +397,8 @@ static int import_snapshot_dirs(struct import *im)
 	int ret = mkdir(im->tmp, 0700) < 0 ? err_set(-errno, "cannot create %s: %m", im->tmp) : 0;
 
 	im->tmp_made = !ret;
+	if (!ret)
+		ret = import_journal(im);
 	for (unsigned int i = 0; !ret && i < im->n; i++)
 		ret = export_mkdir_in(im->tmp, im->chain[i].name);
 	for (unsigned int i = 0; !ret && i < im->n; i++) {
@@ -537,7 +566,7 @@ enum mgr_err mgr_import(struct mgr *m, const char *name, struct json_object *bod
 			struct json_object **out)
 {
 	struct import *im = calloc(1, sizeof(*im));
-	char final[PATH_MAX];
+	char final[PATH_MAX], journal[PATH_MAX];
 	enum mgr_err e = MGR_OK;
 	int ret;
 
@@ -554,6 +583,10 @@ enum mgr_err mgr_import(struct mgr *m, const char *name, struct json_object *bod
 	}
 	if (!ret)
 		ret = snap_path(m, final, sizeof(final), im->name, NULL, NULL);
+	if (!ret)
+		ret = export_fmt_path(journal, sizeof(journal), "%s/" IMPORT_JOURNAL, im->tmp);
+	if (!ret && unlink(journal) < 0)
+		ret = err_set(-errno, "cannot remove %s: %m", journal);
 	if (!ret && rename(im->tmp, final) < 0)
 		ret = err_set(-errno, "cannot rename %s: %m", im->tmp);
 	if (!ret) {
@@ -575,4 +608,67 @@ enum mgr_err mgr_import(struct mgr *m, const char *name, struct json_object *bod
 	import_free(im, e != MGR_OK);
 	free(im);
 	return e;
+}
+
+/* Whether f, listed in an interrupted import's journal, is that import's
+ * leftover: a file directly in a storage directory that no VM uses (the
+ * state directory is not trusted to name any file to delete). */
+static bool import_leftover(const struct mgr *m, const char *f)
+{
+	const char *slash = strrchr(f, '/');
+	bool in_storage = false;
+
+	for (unsigned int i = 0; slash && i < m->nstorage; i++)
+		in_storage |= strlen(m->storage[i]) == (size_t)(slash - f) &&
+			      !strncmp(f, m->storage[i], (size_t)(slash - f));
+	for (const struct mgr_vm *vm = m->vms; in_storage && vm; vm = vm->next) {
+		const struct vm_def *d = &vm->def;
+
+		for (unsigned int i = 0; i < d->ndisks; i++)
+			in_storage &= strcmp(d->disks[i].path, f) != 0;
+		in_storage &= !(d->kernel && !strcmp(d->kernel, f)) &&
+			      !(d->initrd && !strcmp(d->initrd, f));
+	}
+	return in_storage;
+}
+
+static void import_recover_one(const struct mgr *m, const char *dir)
+{
+	struct json_object *o, *files;
+	char path[PATH_MAX];
+
+	if (export_fmt_path(path, sizeof(path), "%s/" IMPORT_JOURNAL, dir))
+		return;
+	o = store_read_json(path);
+	if (o && json_object_object_get_ex(o, "files", &files) &&
+	    json_object_is_type(files, json_type_array))
+		for (size_t i = 0; i < json_object_array_length(files); i++) {
+			const char *f = json_object_get_string(json_object_array_get_idx(files, i));
+
+			if (f && import_leftover(m, f) && unlink(f) == 0)
+				log_info("removed %s, left by an interrupted import", f);
+		}
+	json_object_put(o);
+	export_remove_tree(dir);
+	log_warn("removed %s: an import that did not finish", dir);
+}
+
+void mgr_import_recover(struct mgr *m)
+{
+	char snaps[PATH_MAX], dir[PATH_MAX];
+	struct dirent *e;
+	DIR *d;
+
+	if (store_path(m, snaps, sizeof(snaps), "snapshots", NULL, NULL) || !(d = opendir(snaps)))
+		return;
+	pthread_mutex_lock(&m->lock);
+	while ((e = readdir(d))) {
+		size_t n = strlen(e->d_name);
+
+		if (e->d_name[0] == '.' && n > 8 && !strcmp(e->d_name + n - 7, ".import") &&
+		    !export_fmt_path(dir, sizeof(dir), "%s/%s", snaps, e->d_name))
+			import_recover_one(m, dir);
+	}
+	pthread_mutex_unlock(&m->lock);
+	closedir(d);
 }

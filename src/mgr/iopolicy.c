@@ -125,6 +125,92 @@ bool io_allocate(struct io_share *s, unsigned int n, uint64_t budget)
 	return over;
 }
 
+static uint64_t add_sat(uint64_t a, uint64_t b)
+{
+	return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+/* Adds share x to its group's share g at the host level: what a capped
+ * share cannot take is not claimed for it (the others get it). */
+static void join(struct io_share *g, const struct io_share *x)
+{
+	uint64_t want = x->cap && x->demand > x->cap ? x->cap : x->demand;
+
+	g->demand = add_sat(g->demand, want);
+	g->weight += x->weight ? x->weight : 1;
+	g->floor = add_sat(g->floor, x->cap && x->floor > x->cap ? x->cap : x->floor);
+}
+
+/* The shares of group g divide `alloc` among themselves. */
+static bool divide_group(struct io_share *s, const int *group, unsigned int n, int g,
+			 uint64_t alloc)
+{
+	static struct io_share sub[IO_MAX_SHARES];
+	static unsigned int idx[IO_MAX_SHARES];
+	unsigned int k = 0;
+	bool over;
+
+	for (unsigned int i = 0; i < n; i++)
+		if (group[i] == g) {
+			sub[k] = s[i];
+			idx[k++] = i;
+		}
+	over = io_allocate(sub, k, alloc);
+	for (unsigned int j = 0; j < k; j++)
+		s[idx[j]].limit = sub[j].limit;
+	return over;
+}
+
+bool io_allocate_groups(struct io_share *s, const int *group, unsigned int n,
+			const uint64_t *gbudget, uint64_t *galloc, unsigned int ng, uint64_t budget)
+{
+	static struct io_share top[IO_MAX_SHARES];
+	static unsigned int at[IO_MAX_SHARES];
+	static int gtop[IO_MAX_SHARES];
+	unsigned int nt = 0;
+	bool over = false;
+
+	n = n > IO_MAX_SHARES ? IO_MAX_SHARES : n;
+	ng = ng > IO_MAX_SHARES ? IO_MAX_SHARES : ng;
+	for (unsigned int g = 0; g < ng; g++)
+		gtop[g] = -1;
+	/* The host level: each ungrouped share as itself, each group as one. */
+	for (unsigned int i = 0; i < n; i++) {
+		int g = group[i] < (int)ng ? group[i] : -1;
+
+		if (g < 0) {
+			top[nt] = s[i];
+			at[i] = nt++;
+			continue;
+		}
+		if (gtop[g] < 0) {
+			top[nt] = (struct io_share){ .cap = gbudget[g] };
+			gtop[g] = (int)nt++;
+		}
+		join(&top[gtop[g]], &s[i]);
+		at[i] = (unsigned int)gtop[g];
+	}
+	if (budget) {
+		over = io_allocate(top, nt, budget);
+	} else {
+		for (unsigned int t = 0; t < nt; t++)
+			top[t].limit = 0;	/* ungrouped: not managed */
+		for (unsigned int g = 0; g < ng; g++)
+			if (gtop[g] >= 0)
+				top[gtop[g]].limit = gbudget[g];
+	}
+	/* Each group divides what it got among its shares. */
+	for (unsigned int g = 0; g < ng; g++) {
+		galloc[g] = gtop[g] < 0 ? 0 : top[gtop[g]].limit;
+		if (gtop[g] >= 0)
+			over |= divide_group(s, group, n, (int)g, galloc[g]);
+	}
+	for (unsigned int i = 0; i < n; i++)
+		if (group[i] < 0 || group[i] >= (int)ng)
+			s[i].limit = top[at[i]].limit;
+	return over;
+}
+
 uint64_t io_demand(bool first, uint64_t used, uint64_t limit, uint64_t throttled_ns,
 		   uint64_t interval_ns, uint64_t budget)
 {
@@ -178,10 +264,28 @@ static int binding(const uint64_t used[2], const uint64_t cur[2])
 	return r1 > r0;
 }
 
+/* The network with its own budget that vNIC `nic` is on, or NULL. */
+static struct mgr_net *budget_net(struct mgr *m, const struct mgr_nic *nic)
+{
+	struct mgr_net *n = nic->network ? mgr_net_find(m, nic->network) : NULL;
+
+	return n && n->budget_bps ? n : NULL;
+}
+
+/* The budget a vNIC draws from (each direction): its network's, else the
+ * host's. */
+static uint64_t nic_budget(struct mgr *m, const struct mgr_nic *nic)
+{
+	struct mgr_net *n = budget_net(m, nic);
+
+	return n ? n->budget_bps : m->net_budget_bps;
+}
+
 /* Takes in one device's new counters (ops: 0 for a vNIC side) and the
- * limits in force (the VMM's own figures), and estimates its demand. */
-static void dev_update(struct mgr *m, struct io_dev *d, bool fresh, uint64_t ms,
-		       const uint64_t cnt[3], const uint64_t cur[2], const int pools[2])
+ * limits in force (the VMM's own figures), and estimates its demand
+ * (budgets: of its two dimensions, 0 for one not managed). */
+static void dev_update(struct io_dev *d, bool fresh, uint64_t ms, const uint64_t cnt[3],
+		       const uint64_t cur[2], const uint64_t budgets[2])
 {
 	bool first = !fresh || !d->seen || cnt[0] < d->bytes || cnt[1] < d->ops;
 	uint64_t throttled = first ? 0 : cnt[2] - d->throttled_ns;
@@ -191,7 +295,7 @@ static void dev_update(struct mgr *m, struct io_dev *d, bool fresh, uint64_t ms,
 		d->used[k] = first ? 0 : rate(cnt[k], k ? d->ops : d->bytes, ms);
 	bind = binding(d->used, cur);
 	for (int k = 0; k < 2; k++) {
-		uint64_t budget = pools[k] < 0 ? 0 : pool_budget(m, pools[k]);
+		uint64_t budget = budgets[k];
 
 		d->limit[k] = budget ? cur[k] : 0;
 		d->demand[k] = budget ? io_demand(first, d->used[k], cur[k],
@@ -208,8 +312,7 @@ static void dev_update(struct mgr *m, struct io_dev *d, bool fresh, uint64_t ms,
  * referenced). False if it has none or is no longer running. */
 static bool read_vm(struct mgr *m, struct mgr_vm *vm)
 {
-	static const int disk_pools[2] = { POOL_DISK_BPS, POOL_DISK_IOPS };
-	static const int rx_pools[2] = { POOL_NET_RX, -1 }, tx_pools[2] = { POOL_NET_TX, -1 };
+	const uint64_t disk_budgets[2] = { m->io_budget_bps, m->io_budget_iops };
 	struct json_object *disks = NULL, *nics = NULL;
 	uint64_t ms;
 	bool fresh, ok = true;
@@ -227,16 +330,17 @@ static bool read_vm(struct mgr *m, struct mgr_vm *vm)
 				  get_u64(o, "throttled_ns", &ok) };
 		uint64_t cur[2] = { get_u64(o, "bps", &ok), get_u64(o, "iops", &ok) };
 
-		dev_update(m, &vm->io[i], fresh, ms, c, cur, disk_pools);
+		dev_update(&vm->io[i], fresh, ms, c, cur, disk_budgets);
 	}
 	for (unsigned int i = 0; i < vm->def.nnics && ok; i++) {
 		struct json_object *o = json_object_array_get_idx(nics, i);
 		uint64_t rx[3] = { get_u64(o, "rx_bytes", &ok), 0, get_u64(o, "rx_throttled_ns", &ok) };
 		uint64_t tx[3] = { get_u64(o, "tx_bytes", &ok), 0, get_u64(o, "tx_throttled_ns", &ok) };
 		uint64_t crx[2] = { get_u64(o, "rx_bps", &ok), 0 }, ctx[2] = { get_u64(o, "tx_bps", &ok), 0 };
+		uint64_t b[2] = { nic_budget(m, &vm->def.nics[i]), 0 };
 
-		dev_update(m, &vm->io[MGR_MAX_DISKS + 2 * i], fresh, ms, rx, crx, rx_pools);
-		dev_update(m, &vm->io[MGR_MAX_DISKS + 2 * i + 1], fresh, ms, tx, ctx, tx_pools);
+		dev_update(&vm->io[MGR_MAX_DISKS + 2 * i], fresh, ms, rx, crx, b);
+		dev_update(&vm->io[MGR_MAX_DISKS + 2 * i + 1], fresh, ms, tx, ctx, b);
 	}
 	vm->io_pid = vm->pid;
 	vm->io_ms = vm->info_ms;
@@ -278,20 +382,48 @@ static unsigned int pool_shares(int pool, struct mgr_vm **vms, unsigned int nv, 
 	return n;
 }
 
-/* Divides one budget; true if its floors asked for more than it. */
+/* The group of a vNIC share: its network's index in nets (added if new),
+ * -1 if its network has no budget (or it is on a plain tap). */
+static int net_group(struct mgr *m, const struct slot *w, struct mgr_net **nets,
+		     uint64_t *gbudget, unsigned int *ng)
+{
+	struct mgr_net *n = budget_net(m, &w->vm->def.nics[(w->dev - MGR_MAX_DISKS) / 2]);
+	unsigned int g = 0;
+
+	if (!n)
+		return -1;
+	while (g < *ng && nets[g] != n)
+		g++;
+	if (g == *ng) {
+		nets[g] = n;
+		gbudget[g] = n->budget_bps;
+		(*ng)++;
+	}
+	return (int)g;
+}
+
+/* Divides one budget (a vNIC direction's: the host's and the networks');
+ * true if its floors asked for more than it. */
 static bool run_pool(struct mgr *m, int pool, struct mgr_vm **vms, unsigned int nv,
 		     uint64_t want[][MGR_IO_DEVS][2])
 {
 	static struct io_share s[IO_MAX_SHARES];
 	static struct slot where[IO_MAX_SHARES];
+	static struct mgr_net *nets[IO_MAX_SHARES];
+	static uint64_t gbudget[IO_MAX_SHARES], galloc[IO_MAX_SHARES];
+	static int group[IO_MAX_SHARES];
 	uint64_t budget = pool_budget(m, pool);
-	unsigned int n;
+	unsigned int n, ng = 0;
 	bool over;
 
-	if (!budget)
-		return false;
 	n = pool_shares(pool, vms, nv, s, where);
-	over = io_allocate(s, n, budget);
+	for (unsigned int i = 0; i < n; i++)
+		group[i] = pool >= POOL_NET_RX ? net_group(m, &where[i], nets, gbudget, &ng) : -1;
+	if (!budget && !ng)
+		return false;
+	over = io_allocate_groups(s, group, n, gbudget, galloc, ng, budget);
+	for (unsigned int g = 0; g < ng; g++)
+		nets[g]->alloc[pool - POOL_NET_RX] = galloc[g];
 	for (unsigned int i = 0; i < n; i++) {
 		unsigned int v = 0;
 
@@ -311,7 +443,8 @@ static void note_over(struct mgr *m, const bool over[3])
 	for (int c = 0; c < 3; c++) {
 		if (over[c] && !m->io_over[c])
 			log_warn("I/O policy: the floors ask for more %s than the budget %" PRIu64
-				 ": each gets the same fraction of its floor", what[c], budgets[c]);
+				 "%s: each gets the same fraction of its floor", what[c], budgets[c],
+				 c == 2 ? " (the host's) or a network's budget_bps" : "");
 		m->io_over[c] = over[c];
 	}
 }
@@ -445,6 +578,8 @@ void mgr_iopolicy_run(struct mgr *m)
 		}
 	}
 	memset(want, 0, sizeof(want[0]) * nr);
+	for (struct mgr_net *n = m->nets; n; n = n->next)
+		n->alloc[0] = n->alloc[1] = 0;	/* no running vNICs: nothing */
 	for (int p = 0; p < NPOOLS; p++)
 		over[p < POOL_NET_RX ? p : 2] |= run_pool(m, p, vms, nr, want);
 	note_over(m, over);
@@ -533,6 +668,29 @@ static void family(FILE *f, struct mgr *m, const char *name, const char *help, b
 	}
 }
 
+/* The networks with a budget: it, and what the last round gave them. */
+static void networks_metrics(FILE *f, const struct mgr *m)
+{
+	static const char *const dir[2] = { "rx", "tx" };
+
+	fputs("# HELP vireo_network_budget_bytes_per_second a network's vNIC budget "
+	      "(budget_bps, each direction)\n"
+	      "# TYPE vireo_network_budget_bytes_per_second gauge\n", f);
+	for (const struct mgr_net *n = m->nets; n; n = n->next)
+		if (n->budget_bps)
+			fprintf(f, "vireo_network_budget_bytes_per_second{network=\"%s\"} %" PRIu64
+				"\n", n->name, n->budget_bps);
+	for (int k = 0; k < 2; k++) {
+		fprintf(f, "# HELP vireo_network_policy_allocation_%s_bytes_per_second what the I/O "
+			"policy gave a network's vNICs together\n# TYPE "
+			"vireo_network_policy_allocation_%s_bytes_per_second gauge\n", dir[k], dir[k]);
+		for (const struct mgr_net *n = m->nets; n; n = n->next)
+			if (n->alloc[k])
+				fprintf(f, "vireo_network_policy_allocation_%s_bytes_per_second"
+					"{network=\"%s\"} %" PRIu64 "\n", dir[k], n->name, n->alloc[k]);
+	}
+}
+
 void mgr_iopolicy_metrics(struct mgr *m, FILE *f)
 {
 	static const struct { const char *name, *help; bool nic; unsigned int side; int k; bool demand; } fams[] = {
@@ -561,4 +719,5 @@ void mgr_iopolicy_metrics(struct mgr *m, FILE *f)
 	for (size_t i = 0; i < sizeof(fams) / sizeof(fams[0]); i++)
 		family(f, m, fams[i].name, fams[i].help, fams[i].nic, fams[i].side, fams[i].k,
 		       fams[i].demand);
+	networks_metrics(f, m);
 }

@@ -661,7 +661,7 @@ enum mgr_err mgr_start(struct mgr *m, struct mgr_vm *vm)
 	return launch(m, vm, "started");
 }
 
-enum mgr_err mgr_start_incoming(struct mgr *m, struct mgr_vm *vm, const char *uri,
+enum mgr_err mgr_start_incoming(struct mgr *m, struct mgr_vm *vm, const char *uri, int lfd,
 				const char *token_file)
 {
 	enum mgr_err e;
@@ -670,9 +670,11 @@ enum mgr_err mgr_start_incoming(struct mgr *m, struct mgr_vm *vm, const char *ur
 		return MGR_E_CONFLICT;
 	vm->incoming_uri = uri;
 	vm->incoming_token = token_file;
+	vm->incoming_fd = lfd;
 	e = launch(m, vm, "waiting for a migration");
 	vm->incoming_uri = NULL;
 	vm->incoming_token = NULL;
+	vm->incoming_fd = -1;
 	return e;
 }
 

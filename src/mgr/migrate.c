@@ -90,6 +90,7 @@ struct incoming {
 	struct vm_def def;
 	bool existed;                  /* the VM was defined here before */
 	bool copy_storage;             /* the disks come with the stream */
+	int lfd;                       /* pick_listen()'s socket, -1: the VMM binds uri */
 	/* handed back to the API thread once the VMM listens, or failed */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -146,32 +147,38 @@ static int token_write(const char *path, const char *token)
 	return ret;
 }
 
-/* Whether the daemon could listen on HOST:port now (port 0: any free
- * one, set to the kernel's pick). No SO_REUSEADDR: a port with
- * connections in TIME_WAIT, or a wildcard listener on it, is not free. */
-static bool port_free(const char *host, unsigned int *port)
+/* A TCP socket bound to HOST:port (port 0: any free one, set to the
+ * kernel's pick), or -errno. No SO_REUSEADDR: a port with connections in
+ * TIME_WAIT, or a wildcard listener on it, is not free. Not listening yet:
+ * the VMM it is passed to listens once it has read its token, and the
+ * daemon takes that as the sign that the source may connect. */
+static int port_bind(const char *host, unsigned int *port)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)*port) };
 	socklen_t len = sizeof(a);
-	bool ok;
-	int fd;
+	int fd, ret;
 
 	if (inet_pton(AF_INET, host, &a.sin_addr) != 1)
-		return false;
+		return -EINVAL;
 	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	ok = fd >= 0 && !bind(fd, (struct sockaddr *)&a, sizeof(a)) &&
-	     !getsockname(fd, (struct sockaddr *)&a, &len);
-	if (fd >= 0)
+	if (fd < 0)
+		return -errno;
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
+	    getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
+		ret = -errno;
 		close(fd);
-	if (ok)
-		*port = ntohs(a.sin_port);
-	return ok;
+		return ret;
+	}
+	*port = ntohs(a.sin_port);
+	return fd;
 }
 
-/* "listen" left out: a free port at --migration-address. The VMM binds
- * it a moment later, so the ports of a range are taken in turn, not
- * always the first free one: two incoming VMs prepared together do not
- * both get it. The daemon runs in the VMMs' network namespace. */
+/* "listen" left out: a port at --migration-address, bound here and kept
+ * bound until the VMM has the socket (run --incoming fd:N). Checking that
+ * a port is free and letting the VMM bind it later left a window in which
+ * another process could take it. The ports of a range are taken in turn,
+ * not always the first free one. The daemon runs in the VMMs' network
+ * namespace. Returns the socket or -errno. */
 static int pick_listen(struct mgr *m, char *uri, size_t size)
 {
 	unsigned int n = m->migration_port ? MGR_MIGRATION_PORTS : 1;
@@ -181,12 +188,13 @@ static int pick_listen(struct mgr *m, char *uri, size_t size)
 	for (unsigned int i = 0; i < n; i++) {
 		unsigned int k = (m->migration_next + i) % n;
 		unsigned int port = m->migration_port ? m->migration_port + k : 0;
+		int fd = port_bind(m->migration_host, &port);
 
-		if (!port_free(m->migration_host, &port))
+		if (fd < 0)
 			continue;
 		m->migration_next = (k + 1) % n;
 		snprintf(uri, size, "tcp:%s:%u", m->migration_host, port);
-		return 0;
+		return fd;
 	}
 	if (!m->migration_port)
 		return err_set(-EADDRNOTAVAIL, "cannot listen at --migration-address %s",
@@ -291,7 +299,8 @@ static bool listens(pid_t pid, unsigned int port)
 	return found;
 }
 
-/* Waits until the VMM listens: then the source may connect. */
+/* Waits until the VMM listens: then the source may connect. A VMM given
+ * a socket bound here listens on it only once it has read its token. */
 static int wait_listening(struct mgr *m, struct mgr_vm *vm, const char *uri)
 {
 	unsigned int port = (unsigned int)atoi(strrchr(uri, ':') + 1);
@@ -431,6 +440,21 @@ static enum mgr_err incoming_vm(struct mgr *m, struct incoming *in, struct mgr_v
 	return MGR_OK;
 }
 
+/* The VMM, given the socket bound here if there is one (it listens on
+ * it); the daemon's copy is closed either way. */
+static enum mgr_err start_vmm(struct mgr *m, struct mgr_vm *vm, struct incoming *in)
+{
+	char fduri[32];
+	enum mgr_err e;
+
+	snprintf(fduri, sizeof(fduri), "fd:%d", in->lfd);
+	e = mgr_start_incoming(m, vm, in->lfd >= 0 ? fduri : in->uri, in->lfd, in->token_path);
+	if (in->lfd >= 0)
+		close(in->lfd);
+	in->lfd = -1;
+	return e;
+}
+
 static void *incoming_thread(void *arg)
 {
 	struct incoming *in = arg;
@@ -443,8 +467,9 @@ static void *incoming_thread(void *arg)
 	e = incoming_vm(m, in, &vm);
 	if (vm)
 		vm->incoming_copy = in->copy_storage;
-	if (e == MGR_OK && (e = mgr_start_incoming(m, vm, in->uri, in->token_path)) == MGR_OK &&
-	    wait_listening(m, vm, in->uri))
+	if (e == MGR_OK)
+		e = start_vmm(m, vm, in);
+	if (e == MGR_OK && wait_listening(m, vm, in->uri))
 		e = MGR_E_FAILED;
 	if (vm)
 		vm->incoming_copy = false;
@@ -463,6 +488,8 @@ static void *incoming_thread(void *arg)
 
 static void incoming_free(struct incoming *in)
 {
+	if (in->lfd >= 0)
+		close(in->lfd);
 	vm_def_free(&in->def);
 	pthread_cond_destroy(&in->cond);
 	pthread_mutex_destroy(&in->lock);
@@ -484,15 +511,11 @@ static enum mgr_err incoming_prepare(struct mgr *m, const char *name, struct jso
 		return MGR_E_BAD;
 	if (vm_def_check_new(&in->def, m->state_dir) || mgr_net_check_def(m, &in->def))
 		return MGR_E_BAD;
-	if (in->def.firmware) {
-		err_set(-ENOTSUP, "a VM booted through firmware cannot migrate yet");
-		return MGR_E_BAD;
-	}
 	if (mgr_find(m, name) && mgr_vm_active(mgr_find(m, name))) {
 		err_set(-EBUSY, "VM '%s' is %s here", name, mgr_state_name(mgr_find(m, name)->state));
 		return MGR_E_CONFLICT;
 	}
-	if (!in->uri[0] && pick_listen(m, in->uri, sizeof(in->uri)))
+	if (!in->uri[0] && (in->lfd = pick_listen(m, in->uri, sizeof(in->uri))) < 0)
 		return MGR_E_CONFLICT;
 	if (store_path(m, in->token_path, sizeof(in->token_path), "run", name, ".token") ||
 	    token_write(in->token_path, token))
@@ -515,6 +538,7 @@ enum mgr_err mgr_migrate_incoming(struct mgr *m, const char *name, struct json_o
 	}
 	in->m = m;
 	in->timeout_s = MIG_INCOMING_TIMEOUT_S;
+	in->lfd = -1;
 	snprintf(in->name, sizeof(in->name), "%s", name);
 	pthread_mutex_init(&in->lock, NULL);
 	pthread_cond_init(&in->cond, NULL);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "vireo/control.h"
 #include "vireo/log.h"
 #include "vireo/mgr.h"
 #include "vireo/net.h"
@@ -44,8 +45,24 @@ void mgr_net_free_all(struct mgr *m)
 	}
 }
 
-/* {"name", "vlan_aware"?, "uplink"?, "vlans"?} into n: 0 or -EINVAL naming
- * the field. */
+/* "budget_bps" (bytes/s, each direction) if o has it: 0 or -EINVAL. */
+static int budget_from_json(struct json_object *o, uint64_t *out)
+{
+	struct json_object *v;
+	int64_t b;
+
+	if (!json_object_object_get_ex(o, "budget_bps", &v))
+		return 0;
+	b = json_object_is_type(v, json_type_int) ? json_object_get_int64(v) : 0;
+	if (b < 1 || (uint64_t)b > CONTROL_MAX_RATE)
+		return err_set(-EINVAL, "'budget_bps' must be an integer between 1 and %llu "
+			       "(bytes/s)", (unsigned long long)CONTROL_MAX_RATE);
+	*out = (uint64_t)b;
+	return 0;
+}
+
+/* {"name", "vlan_aware"?, "uplink"?, "vlans"?, "budget_bps"?} into n: 0 or
+ * -EINVAL naming the field. */
 static int net_from_json(struct json_object *o, struct mgr_net *n)
 {
 	struct json_object *v;
@@ -54,9 +71,11 @@ static int net_from_json(struct json_object *o, struct mgr_net *n)
 	json_object_object_foreach(o, key, val) {
 		(void)val;
 		if (strcmp(key, "name") && strcmp(key, "vlan_aware") && strcmp(key, "uplink") &&
-		    strcmp(key, "vlans"))
+		    strcmp(key, "vlans") && strcmp(key, "budget_bps"))
 			return err_set(-EINVAL, "unknown field '%s' in a network", key);
 	}
+	if (budget_from_json(o, &n->budget_bps))
+		return -EINVAL;
 	if (!json_object_object_get_ex(o, "name", &v) || !json_object_is_type(v, json_type_string) ||
 	    !net_name_valid(json_object_get_string(v)))
 		return err_set(-EINVAL, "'name' must be 1 to %d of A-Z a-z 0-9 _ - (not starting "
@@ -95,7 +114,20 @@ static struct json_object *net_def_json(const struct mgr_net *n)
 		json_object_object_add(o, "uplink", json_object_new_string(n->uplink));
 	if (!vlan_set_empty(&n->vlans))
 		json_object_object_add(o, "vlans", vlan_set_to_json(&n->vlans));
+	if (n->budget_bps)
+		json_object_object_add(o, "budget_bps", json_object_new_uint64(n->budget_bps));
 	return o;
+}
+
+/* What the I/O policy gave the network's vNICs together in its last round
+ * (null: the policy is off, or none of them runs). */
+static void alloc_json(struct json_object *o, const struct mgr_net *n)
+{
+	struct json_object *a = json_object_new_object();
+
+	json_object_object_add(a, "rx_bps", n->alloc[0] ? json_object_new_uint64(n->alloc[0]) : NULL);
+	json_object_object_add(a, "tx_bps", n->alloc[1] ? json_object_new_uint64(n->alloc[1]) : NULL);
+	json_object_object_add(o, "allocation", a);
 }
 
 /* A port's VLANs as the kernel has them: "pvid" (untagged) and "vlans"
@@ -138,6 +170,8 @@ struct json_object *mgr_net_json(const struct mgr_net *n)
 	DIR *d;
 
 	json_object_object_add(o, "bridge", json_object_new_string(n->bridge));
+	if (n->budget_bps)
+		alloc_json(o, n);
 	json_object_object_add(o, "present", json_object_new_boolean(!bridge_check(n->bridge)));
 	snprintf(path, sizeof(path), "/sys/class/net/%s/brif", n->bridge);
 	d = opendir(path);
@@ -257,6 +291,42 @@ enum mgr_err mgr_net_create(struct mgr *m, struct json_object *body, struct json
 	}
 	n->next = m->nets;
 	m->nets = n;
+	*out = mgr_net_json(n);
+	return MGR_OK;
+}
+
+enum mgr_err mgr_net_patch(struct mgr *m, const char *name, struct json_object *body,
+			   struct json_object **out)
+{
+	struct mgr_net *n = mgr_net_find(m, name);
+	uint64_t budget = 0, old;
+	char path[PATH_MAX];
+	struct json_object *def;
+	int ret;
+
+	if (!n)
+		return err_set(-ENOENT, "no network named '%s'", name), MGR_E_NOT_FOUND;
+	json_object_object_foreach(body, key, val) {
+		(void)val;
+		if (strcmp(key, "budget_bps"))
+			return err_set(-EINVAL, "'%s' cannot be changed (only 'budget_bps')", key),
+			       MGR_E_BAD;
+	}
+	if (budget_from_json(body, &budget))
+		return MGR_E_BAD;
+	if (!budget)
+		return err_set(-EINVAL, "'budget_bps' missing"), MGR_E_BAD;
+	if (net_path(m, name, path, sizeof(path)))
+		return MGR_E_FAILED;
+	old = n->budget_bps;
+	n->budget_bps = budget;
+	def = net_def_json(n);
+	ret = store_write_json(path, def);
+	json_object_put(def);
+	if (ret) {
+		n->budget_bps = old;
+		return MGR_E_FAILED;
+	}
 	*out = mgr_net_json(n);
 	return MGR_OK;
 }

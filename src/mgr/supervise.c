@@ -483,21 +483,22 @@ static void close_others(const int *keep, int n)
  * nothing: it drops every descriptor it does not need (the API socket,
  * daemon.lock, clients' connections, the gate's write end, other VMs'
  * locks) before anything else, gets SIGKILL with its parent until exec, and
- * reads EOF from the gate. `fds`: gate, log, lock. */
-static void vmm_child(char **argv, int fds[3], pid_t parent)
+ * reads EOF from the gate. `fds`: gate, log, lock, and an incoming VM's
+ * migration socket (-1: none), which the VMM inherits. */
+static void vmm_child(char **argv, int fds[4], pid_t parent)
 {
-	int keep[3] = { fds[0], fds[1], fds[2] }, null, t;
+	int keep[4] = { fds[0], fds[1], fds[2], fds[3] }, n = fds[3] >= 0 ? 4 : 3, null, t;
 	sigset_t none;
 	char c;
 
-	for (int i = 0; i < 2; i++)	/* sort three */
-		for (int j = 0; j < 2 - i; j++)
+	for (int i = 0; i < n - 1; i++)	/* sort three or four */
+		for (int j = 0; j < n - 1 - i; j++)
 			if (keep[j] > keep[j + 1]) {
 				t = keep[j];
 				keep[j] = keep[j + 1];
 				keep[j + 1] = t;
 			}
-	close_others(keep, 3);
+	close_others(keep, n);
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
 		_exit(127);
 	/* The daemon blocks SIGTERM/SIGINT (for its signalfd) and ignores
@@ -515,6 +516,8 @@ static void vmm_child(char **argv, int fds[3], pid_t parent)
 	dup2(fds[1], 1);
 	dup2(fds[1], 2);
 	fcntl(fds[2], F_SETFD, 0);
+	if (fds[3] >= 0)
+		fcntl(fds[3], F_SETFD, 0);
 	execv(argv[0], argv);
 	_exit(127);
 }
@@ -568,7 +571,8 @@ static int vmm_spawn(struct mgr *m, struct mgr_vm *vm, char **argv, int logfd, i
 		return ret;
 	}
 	if (pid == 0)
-		vmm_child(argv, (int[3]){ gate[0], logfd, lockfd }, self);
+		vmm_child(argv, (int[4]){ gate[0], logfd, lockfd,
+				       vm->incoming_uri ? vm->incoming_fd : -1 }, self);
 	close(gate[0]);
 	test_pause("forked");
 	ret = cgroup_vm_attach(&m->cg, vm->def.name, pid);

@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "vireo/acpipm.h"
+#include "vireo/firmware.h"
 #include "vireo/ged.h"
 #include "vireo/log.h"
 #include "vireo/rtc.h"
@@ -182,6 +184,13 @@ static int collect_state(const struct snapshot_target *t, struct state_writer *w
 		ged_save(t->ged, w);
 	if (!ret && t->rtc)
 		rtc_save(t->rtc, w);
+	/* A restore could not build this machine without them. */
+	if (!ret && t->machine->firmware && (!t->fw || !t->pm))
+		ret = err_set(-EINVAL, "the machine boots through firmware, this VMM has none");
+	if (!ret && t->fw)
+		ret = firmware_save(t->fw, w);
+	if (!ret && t->pm)
+		acpipm_save(t->pm, w);
 	for (unsigned int i = 0; i < t->nvirtio && !ret; i++)
 		virtio_save(t->virtio[i], w, virtio_index(t, i));
 	return ret;
@@ -196,8 +205,6 @@ int snapshot_state_build(const struct snapshot_target *t, struct state_writer **
 	int ret;
 
 	*out = NULL;
-	if (machine_snapshot_unsupported(t->machine))
-		return -ENOTSUP;
 	w = state_writer_new(&h);
 	if (!w)
 		return err_set(-ENOMEM, "out of memory");
@@ -266,16 +273,12 @@ static int save(const struct snapshot_target *t, const char *dir, int mem_fd, in
 int snapshot_save_fds(int mem_fd, int state_fd, const struct snapshot_target *t,
 		      struct snapshot_stats *stats)
 {
-	if (machine_snapshot_unsupported(t->machine))
-		return -ENOTSUP;
 	return save(t, NULL, mem_fd, state_fd, stats);
 }
 
 int snapshot_save(const char *dir, const struct snapshot_target *t,
 		  struct snapshot_stats *stats)
 {
-	if (machine_snapshot_unsupported(t->machine))
-		return -ENOTSUP;
 	/* Its files would replace the parent's that it needs. */
 	if (t->incremental && t->base && !strcmp(dir, t->base->dir))
 		return err_set(-EINVAL, "an incremental snapshot cannot go into the directory of "
@@ -367,8 +370,6 @@ int snapshot_open_buffer(const void *state, size_t len, int mem_fd, struct snaps
 		ret = machine_load(s->r, m);
 	if (!ret && (fstat(mem_fd, &st) < 0 || (uint64_t)st.st_size != m->mem_size))
 		ret = err_set(-EINVAL, "the memory received is not the size of the guest's");
-	if (!ret && machine_snapshot_unsupported(m))
-		ret = -ENOTSUP;
 	if (ret) {
 		snapshot_close(s);
 		return ret;
@@ -421,6 +422,11 @@ int snapshot_set_disk_paths(const char *dir, const char *const *paths, unsigned 
 	return ret ? err_set(ret, "%s/%s: %s", dir, STATE_NAME, err_get()) : 0;
 }
 
+const struct state_reader *snapshot_state(const struct snapshot *s)
+{
+	return s->r;
+}
+
 int snapshot_take_memory_fd(struct snapshot *s)
 {
 	/* An increment's pages go over its full snapshot's memory, in
@@ -445,6 +451,11 @@ int snapshot_restore(struct snapshot *s, const struct snapshot_target *t)
 		ret = ged_restore(t->ged, s->r);
 	if (!ret && t->rtc && state_has_section(s->r, STATE_SEC_RTC, 0))
 		ret = rtc_restore(t->rtc, s->r);
+	/* The firmware itself is restored first, by firmware_restore(). */
+	if (!ret && t->machine->firmware && (!t->fw || !t->pm))
+		ret = err_set(-EINVAL, "the machine boots through firmware, this VMM has none");
+	if (!ret && t->pm)
+		ret = acpipm_restore(t->pm, s->r);
 	if (!ret && t->nvirtio != t->machine->ndisks + t->machine->nnics + t->machine->rng +
 				    t->machine->balloon)
 		ret = err_set(-EINVAL, "%u virtio devices built, the machine has more", t->nvirtio);

@@ -50,6 +50,8 @@ const char *state_section_name(uint32_t type)
 		[STATE_SEC_VIRTIO_BLK] = "virtio-blk", [STATE_SEC_VIRTIO_NET] = "virtio-net",
 		[STATE_SEC_VIRTIO_RNG] = "virtio-rng",
 		[STATE_SEC_VIRTIO_BALLOON] = "virtio-balloon",
+		[STATE_SEC_FIRMWARE] = "firmware", [STATE_SEC_FWCFG] = "fw_cfg",
+		[STATE_SEC_ACPIPM] = "acpi-pm",
 	};
 
 	return type < STATE_SEC_COUNT ? names[type] : "unknown";

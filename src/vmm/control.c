@@ -378,7 +378,8 @@ static struct json_object *apply_snapshot(const struct control_target *t,
 					  const struct control_action *a)
 {
 	struct snapshot_target st = { .vm = t->vm, .serial = t->serial, .ged = t->ged,
-				      .rtc = t->rtc, .machine = t->machine, .virtio = t->virtio,
+				      .rtc = t->rtc, .fw = t->fw, .pm = t->pm,
+				      .machine = t->machine, .virtio = t->virtio,
 				      .nvirtio = t->nvirtio, .base = t->snap_base,
 				      .incremental = a->incremental, .parent = a->parent,
 				      .parent_id = a->parent_id, .track_dirty = a->track_dirty };

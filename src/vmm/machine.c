@@ -43,6 +43,8 @@ static void save_devices(const struct machine_config *m, struct state_writer *w)
 		state_put_u64(w, m->balloon_target);
 	for (unsigned int i = 0; i < m->ndisks && i < MACHINE_MAX_DISKS; i++)
 		state_put_u32(w, m->disks[i].queues);
+	state_put_u8(w, m->firmware);
+	state_put_u8(w, m->firmware_kernel);
 }
 
 void machine_save(const struct machine_config *m, struct state_writer *w)
@@ -121,6 +123,14 @@ static void load_devices(struct state_cursor *c, struct machine_config *m)
 	if (m->balloon)
 		m->balloon_target = state_get_u64(c);
 	load_queues(c, m);
+	/* Appended too: files from before firmware VMs could be saved. */
+	m->firmware = m->firmware_kernel = false;
+	if (c->pos == c->len || c->bad)
+		return;
+	m->firmware = state_get_u8(c) != 0;
+	m->firmware_kernel = state_get_u8(c) != 0;
+	if (m->firmware_kernel && !m->firmware)
+		c->bad = true;
 }
 
 int machine_load(const struct state_reader *r, struct machine_config *m)
@@ -149,12 +159,4 @@ int machine_load(const struct state_reader *r, struct machine_config *m)
 	    m->mem_size != state_reader_header(r)->mem_size)
 		return err_set(-EINVAL, "state file: the machine section disagrees with the header");
 	return 0;
-}
-
-bool machine_snapshot_unsupported(const struct machine_config *m)
-{
-	if (!m->firmware)
-		return false;
-	err_set(-ENOTSUP, "not yet supported: snapshot of a VM booted through --firmware");
-	return true;
 }

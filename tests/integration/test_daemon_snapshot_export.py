@@ -7,6 +7,7 @@ or hostile export is refused with one line and leaves nothing behind."""
 import hashlib
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -208,6 +209,82 @@ def test_export_of_a_running_vm(two, tmp_path):
     r = rounds(b, "dst")
     assert r[0][0] <= after + 1 and all(blk == "ok" for _, _, blk in r), (after, r)
     assert "PROBE boot" not in b.vm_log("dst")
+
+
+def in_thread(d, *req):
+    """d.request(*req) in a thread; its answer, or the error a killed
+    daemon gives, in the returned dict."""
+    done = {}
+
+    def call():
+        try:
+            done["r"] = d.request(*req)
+        except OSError as e:
+            done["r"] = e
+    t = threading.Thread(target=call)
+    t.start()
+    return t, done
+
+
+def test_daemon_killed_mid_export_and_mid_import(two):
+    """SIGKILL of the daemon while it exports a running VM's snapshot: the
+    VM runs on and is re-adopted, the export's directory never appears, the
+    unfinished one is named when the export is asked for again, and the
+    disk is intact. SIGKILL while it imports: the next start removes the
+    import's temporary directory and the disk copy it had begun, and the
+    same import then succeeds."""
+    a, b, sa, sb = two
+    disk = random_qcow2(sa / "run.qcow2", 128)     # incompressible: slow to copy
+    a.create("run", scenario="devloop=50", disks=[{"path": str(disk), "format": "qcow2"}])
+    a.ok("POST", "/vms/run/start")
+    assert wait_for(lambda: len(rounds(a, "run")) >= 5, timeout=10), a.vm_log("run")
+    a.ok("POST", "/vms/run/snapshots", {"name": "s1"}, status=201)
+    pid = a.vm("run")["pid"]
+
+    t, done = in_thread(a, "POST", "/vms/run/snapshots/s1/export", {"dir": str(sa / "exp")})
+    assert wait_for(lambda: (sa / "exp.partial").exists() or not t.is_alive(), timeout=30)
+    a.kill()
+    t.join(timeout=30)
+    assert isinstance(done["r"], OSError), f"the export ended before the kill: {done}"
+    assert not (sa / "exp").exists()
+    a.start()
+    vm = a.vm("run")
+    assert vm["state"] == "running" and vm["pid"] == pid, vm
+    n = rounds(a, "run")[-1][0]
+    assert wait_for(lambda: rounds(a, "run")[-1][0] >= n + 5, timeout=10), a.vm_log("run")
+    st, js = a.request("POST", "/vms/run/snapshots/s1/export", {"dir": str(sa / "exp")})
+    assert st == 409 and "did not finish" in js["error"], (st, js)
+    shutil.rmtree(sa / "exp.partial")
+    a.ok("POST", "/vms/run/snapshots/s1/export", {"dir": str(sa / "exp")})
+
+    shutil.copytree(sa / "exp", sb / "exp")
+    left = [sb / "dst-disk0.qcow2", pathlib.Path(b.state) / "snapshots" / ".dst.import"]
+    t, done = in_thread(b, "POST", "/vms/dst/import", {"dir": str(sb / "exp")})
+    assert wait_for(lambda: left[0].exists() or not t.is_alive(), timeout=30)
+    b.kill()
+    t.join(timeout=30)
+    assert isinstance(done["r"], OSError), f"the import ended before the kill: {done}"
+    assert all(p.exists() for p in left), left
+    # The state directory names the files to remove: one outside the
+    # storage directories is never removed.
+    keep = sb.parent / "keep"
+    keep.write_text("x")
+    journal = left[1] / "storage-files.json"
+    files = json.loads(journal.read_text())["files"]
+    journal.write_text(json.dumps({"files": files + [str(keep)]}))
+    b.start()
+    assert keep.exists()
+    assert not any(p.exists() for p in left), left
+    assert "an import that did not finish" in b.logtext()
+    assert b.request("GET", "/vms/dst")[0] == 404
+    b.ok("POST", "/vms/dst/import", {"dir": str(sb / "exp")}, status=201)
+    assert b.ok("POST", "/vms/dst/snapshots/s1/rollback")["state"] == "running"
+    assert wait_for(lambda: len(rounds(b, "dst")) >= 5, timeout=10), b.vm_log("dst")
+    b.stop("dst", force=True)
+
+    a.stop("run", force=True)
+    chk = subprocess.run(["qemu-img", "check", str(disk)], capture_output=True, text=True)
+    assert chk.returncode == 0 and "No errors" in chk.stdout, chk.stdout
 
 
 def rehash(exp):

@@ -468,13 +468,57 @@ def test_dhcp_client_passes_and_a_dhcp_server_is_dropped(fw):
     got = fw.peer.py(DHCP % (scaled(2), VM_IP))
     assert got == {"67": ["dhcp-client", "0.0.0.0", 68], "68": ["dhcp-server", VM_IP, 67]}, got
 
+# The peer asks the probe for its IPv6 frames (guest/net.c ipv6_frames) and
+# lists the ICMPv6 messages that reach it, until the last one ("end6").
+IPV6_FRAMES = """
+import json, socket
+own, peer, other = (socket.inet_pton(socket.AF_INET6, a) for a in %r)
+cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86dd))
+cap.bind(("eth0", 0)); cap.settimeout(%f)
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(own + peer + other, ("%s", 9995))
+got = []
+while not got or got[-1] != "echo end6":
+    ip = cap.recv(2000)[14:]
+    if ip[6] != 58:
+        continue
+    src, kind = socket.inet_ntop(socket.AF_INET6, ip[8:24]), ip[40]
+    if kind == 128:
+        got.append("echo " + ip[48:].decode(errors="replace"))
+    elif kind == 136:
+        got.append("advert " + socket.inet_ntop(socket.AF_INET6, ip[48:64]) + " from " + src)
+    elif kind == 134:
+        got.append("router-advert")
+print(json.dumps(got))
+"""
+VM_IP6, PEER_IP6, OTHER_IP6 = "fd00:77::2", "fd00:77::1", "fd00:77::99"
+
+
+def test_ipv6_spoofed_source_foreign_advert_and_router_advert_are_dropped(fw):
+    """Real IPv6 frames from the guest: an echo request from its own address
+    and a neighbour advert for it pass; one from a foreign address, an
+    advert claiming the foreign address and a router advert are dropped and
+    counted, each once. Without anti-spoofing all of them arrive, so it was
+    the firewall that dropped them."""
+    start_vm(fw, ips=[VM_IP, VM_IP6])
+    code = IPV6_FRAMES % ((VM_IP6, PEER_IP6, OTHER_IP6), scaled(10), VM_IP)
+    mine = f"advert {VM_IP6} from {VM_IP6}"
+    assert fw.peer.py(code) == ["echo ok6", mine, "echo end6"]
+    c = counters(fw)
+    assert (c["spoof-ip6"]["packets"], c["spoof-nd"]["packets"],
+            c["router-advert"]["packets"]) == (1, 1, 1), c
+    fw.ok("POST", "/vms/web/firewall", {"nic": 0, "anti_spoof": False})
+    assert fw.peer.py(code) == ["echo ok6", "echo spoof6", f"advert {OTHER_IP6} from {VM_IP6}",
+                                mine, "router-advert", "echo end6"]
+
+
 # A listener in the peer namespace on each port: answers "ok" and closes.
 LISTEN = """
 import selectors, socket, sys
 sel = selectors.DefaultSelector()
 for port in %r:
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(8); sel.register(s, selectors.EVENT_READ)
+    s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)   # IPv4 too
+    s.bind(("::", port)); s.listen(8); sel.register(s, selectors.EVENT_READ)
 print("ready", flush=True)
 while True:
     for key, _ in sel.select():
@@ -489,13 +533,20 @@ def test_linux_guest_allowed_dropped_rejected_and_spoofed(fw):
     connects (its replies pass although policy_in is drop), the dropped one
     times out, the rejected one is refused at once (a reset from the host);
     its pings are answered (out: policy accept), but pings from an address
-    not in "ips" are dropped at the bridge and counted, each one. One boot."""
+    not in "ips" are dropped at the bridge and counted, each one. The same
+    over IPv6, in the same boot."""
     kit = build_kit()
     if not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
         subprocess.run(["modprobe", "br_netfilter"])   # the nested host loads none
     # The reset leaves by the bridge port, but the kernel routes it first: the
     # nested host has no default route, so it needs one to the network.
     subprocess.run(["ip", "addr", "add", "10.77.0.254/24", "dev", "vb-" + fw.net], check=True)
+    subprocess.run(["ip", "addr", "add", "fd00:77::fe/64", "dev", "vb-" + fw.net, "nodad"],
+                   check=True)
+    for cmd in (["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"],
+                ["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"],
+                ["ip", "addr", "add", PEER_IP6 + "/64", "dev", "eth0", "nodad"]):
+        subprocess.run(["ip", "netns", "exec", fw.peer.ns, *cmd], check=True)
     allowed, dropped, rejected, n = 7001, 7002, 7003, 3
     listener = subprocess.Popen(["ip", "netns", "exec", fw.peer.ns, "python3", "-c",
                                  LISTEN % [allowed, dropped, rejected]],
@@ -507,30 +558,35 @@ def test_linux_guest_allowed_dropped_rejected_and_spoofed(fw):
                  {"dir": "out", "proto": "tcp", "dport": rejected, "action": "reject"}]
         cmdline = (f"vireo.test=fw vireo.ip={VM_IP}/24 vireo.peer={PEER_IP} "
                    f"vireo.fw_ports={allowed},{dropped},{rejected} vireo.spoof=10.77.0.99 "
-                   f"vireo.spoof_n={n} vireo.fw_hold_s=600")
+                   f"vireo.spoof_n={n} vireo.fw_hold_s=600 vireo.ip6={VM_IP6}/64 "
+                   f"vireo.peer6={PEER_IP6} vireo.spoof6={OTHER_IP6}")
         fw.ok("POST", "/vms", {"name": "lx", "cpus": 1, "memory": "256M",
                                "kernel": str(kit / "vmlinuz"), "initrd": str(kit / "initrd.img"),
                                "cmdline": f"{BASE_CMDLINE} {cmdline}",
-                               "nics": [{"network": fw.net, "mac": VM_MAC, "ips": [VM_IP],
+                               "nics": [{"network": fw.net, "mac": VM_MAC, "ips": [VM_IP, VM_IP6],
                                          "firewall": {"policy_in": "drop", "rules": rules}}]},
                status=201)
         fw.ok("POST", "/vms/lx/start")
-        assert wait_for(lambda: re.search(r"LINUX fw .* spoof_ping=\w+\r?\n", fw.vm_log("lx")) or
+        assert wait_for(lambda: re.search(r"LINUX fw .* spoof6_ping=\w+\r?\n", fw.vm_log("lx")) or
                         fw.vm("lx")["state"] == "stopped", timeout=scaled(150)), \
             (fw.vm("lx"), fw.vm_log("lx")[-4000:])
         line = linux_lines(fw.vm_log("lx")).get("fw")
         assert line and line["bound"] == "1" and line["ping"] == "ok", fw.vm_log("lx")[-4000:]
-        assert line[f"port_{allowed}"] == "ok", line
-        assert line[f"port_{dropped}"] == "timeout", line      # nc -w 5: 5 s
-        assert line[f"port_{rejected}"] == "refused", line
-        assert int(line[f"cs_{rejected}"]) < 300, line          # at once, not after a timeout
-        assert line["spoof_ping"] == "unanswered", line
+        assert line["ping6"] == "ok", line
+        for v in ("", "6"):
+            assert line[f"port{v}_{allowed}"] == "ok", line
+            assert line[f"port{v}_{dropped}"] == "timeout", line      # nc -w 5: 5 s
+            assert line[f"port{v}_{rejected}"] == "refused", line
+            assert int(line[f"cs{v}_{rejected}"]) < 300, line          # at once
+        assert line["spoof_ping"] == "unanswered" and line["spoof6_ping"] == "unanswered", line
         c = counters(fw, "lx")
-        # the first packet of the allowed connection, the reset one, every
-        # SYN to the dropped port (retransmitted), every spoofed ping
-        assert c["rule 0"]["packets"] == 1 and c["rule 2"]["packets"] == 1, c
-        assert c["rule 1"]["packets"] >= 2, c
-        assert c["spoof-ip"]["packets"] == n, c
+        # the first packet of each allowed connection, each reset one, every
+        # SYN to the dropped port (retransmitted), every spoofed ping: one
+        # connection each over IPv4 and IPv6
+        assert c["rule 0"]["packets"] == 2 and c["rule 2"]["packets"] == 2, c
+        assert c["rule 1"]["packets"] >= 4, c
+        assert c["spoof-ip"]["packets"] == n and c["spoof-ip6"]["packets"] == n, \
+            (c["spoof-ip"], c["spoof-ip6"], c["spoof-nd"], line)
     finally:
         listener.kill()
         listener.wait()

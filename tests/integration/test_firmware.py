@@ -272,3 +272,102 @@ def test_daemon_boots_a_disk_through_firmware(vmm, tmp_path):
         assert d.stop("fw", force=True)["state"] == "stopped"
     finally:
         d.cleanup()
+
+
+LINUX_COUNT = re.compile(r"LINUX count n=(\d+) up=([\d.]+)")
+# What a kernel prints at the console level the kit leaves (emergencies)
+# or at a boot: none of it may show after a restore or a migration.
+BAD_CONSOLE = ("LINUX userspace=1", "LINUX kernel=", "SeaBIOS (version", "Kernel panic",
+               "soft lockup", "BUG:", "Oops", "Call Trace")
+
+
+def console(guest):
+    with guest.cond:
+        return "".join(guest.out)
+
+
+def linux_counts(guest):
+    """(n, uptime) of the count lines a LiveProbe got (its stdout is the
+    console alone: no VMM line mixes in)."""
+    return [(int(n), float(up)) for n, up in LINUX_COUNT.findall(console(guest))]
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not all(map(__import__("shutil").which, ("mkfs.ext4", "qemu-img"))),
+                    reason="skipped: needs e2fsprogs and qemu-img")
+@pytest.mark.parametrize("vmm", [pytest.param("vireo", marks=[needs_kvm, needs_seabios,
+                                                             LINUX_VM])])
+def test_firmware_vm_restores_and_migrates(kit, vmm, tmp_path):  # noqa: F811
+    """A VM booted through SeaBIOS (2 vCPUs, Debian's kernel through fw_cfg,
+    an ext4 disk it counts on) is paused and snapshotted; the VMM ends, and
+    `run --restore` goes on from the snapshot's count (the ROM and fw_cfg
+    come from the state: no firmware file given); that VMM then migrates it
+    to a third (`run --incoming`), where it goes on again. One boot; no
+    firmware or kernel start lines, no kernel emergency, after it."""
+    from conftest import LiveProbe, vireo_control, wait_until
+    from test_linux_snapshot import ext4_qcow2
+    img, snap = ext4_qcow2(tmp_path), tmp_path / "snap"
+    socks = [str(tmp_path / f"{n}.sock") for n in "abc"]
+    vms = []
+    try:
+        vms.append(LiveProbe([str(VIREO), "run", "--firmware", SEABIOS, "--cpus", "2",
+                              "--memory", "256M", "--kernel", str(kit / "vmlinuz"),
+                              "--initrd", str(kit / "initrd.img"),
+                              "--cmdline", f"{BASE_CMDLINE} vireo.test=count",
+                              "--disk", f"path={img}", "--api-socket", socks[0]]))
+        a = vms[0]
+        wait_until(lambda: len(linux_counts(a)) >= 5, 150,
+                   lambda: f"counting: {console(a)[-3000:]} {''.join(a.err)[-2000:]}")
+        assert vireo_control(socks[0], action="pause")["ok"]
+        at = linux_counts(a)[-1]
+        r = vireo_control(socks[0], action="snapshot", dir=str(snap))
+        assert r["ok"], r
+        # The disk stays as the snapshot has it: this VMM never runs on.
+        a.proc.kill()
+        a.finish()
+
+        vms.append(LiveProbe([str(VIREO), "run", "--restore", str(snap),
+                              "--api-socket", socks[1]]))
+        b = vms[1]
+        wait_until(lambda: len(linux_counts(b)) >= 5, 60,
+                   lambda: f"counting after the restore: {console(b)[-2000:]} "
+                           f"{''.join(b.err)[-2000:]}")
+        got = linux_counts(b)
+        assert got[0][0] == at[0] + 1 and got[0][1] >= at[1], (at, got)
+
+        port = free_port()
+        vms.append(LiveProbe([str(VIREO), "run", "--incoming", f"tcp:127.0.0.1:{port}",
+                              "--api-socket", socks[2]]))
+        c = vms[2]
+        wait_until(lambda: any("waiting for a migration" in line for line in c.err), 10,
+                   lambda: "".join(c.err))
+        r = vireo_control(socks[1], action="migrate", uri=f"tcp:127.0.0.1:{port}",
+                          max_downtime_ms=300)
+        assert r == {"ok": True, "state": "running"}, r
+        assert b.wait_exit(60), "".join(b.err)
+        assert b.proc.returncode == 0, "".join(b.err)
+        last = linux_counts(b)[-1][0]
+        wait_until(lambda: linux_counts(c) and linux_counts(c)[-1][0] >= last + 5, 60,
+                   lambda: f"counting after the move: {console(c)[-2000:]} "
+                           f"{''.join(c.err)[-2000:]}")
+        # One count from the snapshot on, across the switch (a line the
+        # switch cut is whole again when the consoles are joined): each n
+        # once, in order, the uptime never back.
+        seen = [(int(n), float(up)) for n, up in
+                LINUX_COUNT.findall(console(b) + console(c))]
+        ns = [n for n, _ in seen]
+        assert ns == list(range(at[0] + 1, at[0] + 1 + len(ns))), ns
+        assert all(u1 <= u2 for (_, u1), (_, u2) in zip(seen, seen[1:])), seen
+        for g in (b, c):
+            bad = [s for s in BAD_CONSOLE if s in console(g)]
+            assert not bad, (bad, console(g)[-3000:])
+    finally:
+        for g in vms:
+            g.proc.kill()
+            g.finish()

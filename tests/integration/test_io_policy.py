@@ -399,6 +399,19 @@ def nic_rx_bytes(d, name):
     return d.vm(name)["vmm"]["nics"][0]["rx_bytes"]
 
 
+def rx_rates(d, names, least):
+    """rates() of received bytes, and the part of that window each vNIC's
+    limiter held frames back: a vNIC held back most of the time receives
+    what its limit allows; one that was not, on a host too loaded to feed
+    its guest (the ring ran empty), says nothing about the limit."""
+    def throttled(n):
+        return d.vm(n)["vmm"]["nics"][0]["rx_throttled_ns"]
+    t0, th0 = time.monotonic(), {n: throttled(n) for n in names}
+    r = rates(d, names, nic_rx_bytes, least)
+    t1 = time.monotonic()
+    return r, {n: (throttled(n) - th0[n]) / 1e9 / (t1 - t0) for n in names}
+
+
 def test_nic_receive_follows_demand_and_weights(policy, flood):
     """Receive bandwidth has its own pool with the same rules: a vNIC the
     host floods beside two idle ones is allowed nearly the whole budget
@@ -415,8 +428,9 @@ def test_nic_receive_follows_demand_and_weights(policy, flood):
         (policy.vm("nr1").get("io_policy"), flood.error, policy.logtext()[-3000:])
     took = time.monotonic() - t0
     assert took <= scaled(2 * INTERVAL_MS / 1000 + 1.5), took
-    r = rates(policy, ["nr1"], nic_rx_bytes, 2 * NET_BUDGET)["nr1"]
-    assert 0.85 * NET_BUDGET <= r <= 1.1 * NET_BUDGET, r
+    r, held = rx_rates(policy, ["nr1"], 2 * NET_BUDGET)
+    r, held = r["nr1"], held["nr1"]
+    assert r <= 1.1 * NET_BUDGET and (r >= 0.85 * NET_BUDGET or held < 0.5), (r, held)
     assert "I/O policy: nic 0 rx_bps" in policy.logtext()
     for n in ("nr2", "nr3"):
         flood.start(taps[n], NET_BUDGET * 1.2)
@@ -424,11 +438,12 @@ def test_nic_receive_follows_demand_and_weights(policy, flood):
     assert wait_for(lambda: converged(policy, weights, want, "nics", "limit_rx_bps"),
                     timeout=15), ({n: policy.vm(n)["io_policy"] for n in weights},
                                   flood.error, policy.logtext()[-3000:])
-    r = rates(policy, list(weights), nic_rx_bytes, 2 * want["nr1"])
+    r, held = rx_rates(policy, list(weights), 2 * want["nr1"])
     total = sum(r.values())
     for n, w in weights.items():
         assert abs(r[n] / total - w / 600) <= 0.1 * w / 600, (r, weights)
-    assert 0.85 * NET_BUDGET <= total <= 1.1 * NET_BUDGET, r
+    assert total <= 1.1 * NET_BUDGET, r
+    assert total >= 0.85 * NET_BUDGET or min(held.values()) < 0.5, (r, held)
     assert flood.error is None, flood.error
 
 

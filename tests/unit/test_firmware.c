@@ -3,6 +3,7 @@
  * pointers, fix checksums), must give the same linked, summed tables at
  * the addresses the firmware picked; and the etc/e820 file. */
 #include <endian.h>
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 #include "vireo/firmware.h"
 #include "vireo/fwcfg.h"
 #include "vireo/layout.h"
+#include "vireo/state.h"
 
 #define RSDP_AT   0xf5a10ULL    /* where a firmware might put them */
 #define TABLES_AT 0x1ff0000ULL
@@ -190,11 +192,62 @@ static void e820_file_has_ram_and_the_ecam(void **state)
 	free_vm(vm);
 }
 
+/* A state file whose firmware section holds len bytes (none: no section). */
+static struct state_reader *rom_state(size_t len, bool section)
+{
+	struct state_header h = { .ncpus = 1, .mem_size = 16 << 20 };
+	struct state_writer *w = state_writer_new(&h);
+	uint8_t *rom = calloc(1, len ? len : 1);
+	struct state_reader *r;
+	const uint8_t *buf;
+	size_t n;
+
+	assert_non_null(w);
+	assert_non_null(rom);
+	if (section) {
+		state_begin(w, STATE_SEC_FIRMWARE, 0, STATE_SECTION_CRITICAL);
+		state_put_bytes(w, rom, len);
+		state_end(w);
+	}
+	assert_int_equal(state_writer_finish(w, &buf, &n), 0);
+	assert_int_equal(state_reader_open(buf, n, &r), 0);
+	state_writer_free(w);
+	free(rom);
+	return r;
+}
+
+/* The ROM a restore maps comes from the (hostile) state: an image of a
+ * size no BIOS has, or none, is refused before anything is built; a good
+ * one is read whole (this fake VM then stops at its missing hardware
+ * virtualization). */
+static void restore_checks_the_rom(void **unused)
+{
+	static const struct { size_t len; bool section; int ret; } cases[] = {
+		{ 0, false, -ENOENT }, { 0, true, -EINVAL }, { 4096, true, -EINVAL },
+		{ (64 << 10) + 512, true, -EINVAL }, { 64 << 10, true, -ENOTSUP },
+		{ 256 << 10, true, -ENOTSUP },
+	};
+	struct vm *vm = fake_vm(1, 16 << 20);
+	struct firmware *fw = (struct firmware *)vm;
+
+	(void)unused;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct state_reader *r = rom_state(cases[i].len, cases[i].section);
+
+		assert_int_equal(firmware_restore(vm, NULL, r, false, false, &fw), cases[i].ret);
+		assert_null(fw);
+		state_reader_free(r);
+	}
+	guest_memory_free(&vm->mem);
+	free(vm);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(table_loader_relocates_the_tables),
 		cmocka_unit_test(e820_file_has_ram_and_the_ecam),
+		cmocka_unit_test(restore_checks_the_rom),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

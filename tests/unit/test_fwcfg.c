@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "vireo/fwcfg.h"
+#include "vireo/state.h"
 
 #define RAM_SIZE (1u << 20)
 
@@ -197,6 +198,141 @@ static void hostile_dma_descriptors(void **state)
 	fwcfg_destroy(f);
 }
 
+/* The items a restore rebuilds; with boot_only, the kernel's too. */
+static struct fwcfg *machine_fwcfg(bool kernel)
+{
+	struct fwcfg *f = fwcfg_create_model(&mem);
+
+	assert_int_equal(fwcfg_add_u16(f, FW_CFG_NB_CPUS, 2), 0);
+	assert_int_equal(fwcfg_add_file(f, "etc/e820", "E820DATA", 8), 0);
+	if (kernel) {
+		fwcfg_set_boot_only(f, true);
+		assert_int_equal(fwcfg_add_item(f, FW_CFG_KERNEL_DATA, "KERNELDATA", 10), 0);
+		assert_int_equal(fwcfg_add_file(f, "genroms/linuxboot_dma.bin", "ROM", 3), 0);
+		fwcfg_set_boot_only(f, false);
+	}
+	return f;
+}
+
+/* fwcfg_save() into a reader; *ret its result. */
+static struct state_reader *saved(struct fwcfg *f, int *ret)
+{
+	struct state_header h = { .ncpus = 1 };
+	struct state_writer *w = state_writer_new(&h);
+	struct state_reader *r;
+	const uint8_t *buf;
+	size_t len;
+
+	assert_non_null(w);
+	*ret = fwcfg_save(f, w);
+	assert_int_equal(state_writer_finish(w, &buf, &len), 0);
+	assert_int_equal(state_reader_open(buf, len, &r), 0);
+	state_writer_free(w);
+	return r;
+}
+
+static struct state_reader *hand_made(uint32_t key, uint64_t offset)
+{
+	struct state_header h = { .ncpus = 1 };
+	struct state_writer *w = state_writer_new(&h);
+	struct state_reader *r;
+	const uint8_t *buf;
+	size_t len;
+
+	assert_non_null(w);
+	state_begin(w, STATE_SEC_FWCFG, 0, STATE_SECTION_CRITICAL);
+	state_put_u32(w, key);
+	state_put_u64(w, offset);
+	state_put_bytes(w, "\0\0\0\0\0\0\0\0", 8);
+	state_end(w);
+	assert_int_equal(state_writer_finish(w, &buf, &len), 0);
+	assert_int_equal(state_reader_open(buf, len, &r), 0);
+	state_writer_free(w);
+	return r;
+}
+
+/* A read half done goes on in the restored device where it stopped; the
+ * kernel's items are boot-only: half read, no snapshot (EBUSY); read to
+ * the end, nothing is selected after the restore, which reads the same. */
+static void state_round_trip(void **state)
+{
+	struct fwcfg *a = machine_fwcfg(true), *b = machine_fwcfg(false);
+	struct state_reader *r;
+	char buf[8];
+	int ret;
+
+	(void)state;
+	read_bytes(a, FW_CFG_FILE_FIRST, buf, 3);
+	assert_memory_equal(buf, "E82", 3);
+	r = saved(a, &ret);
+	assert_int_equal(ret, 0);
+	assert_int_equal(fwcfg_restore(b, r), 0);
+	state_reader_free(r);
+	for (int i = 0; i < 5; i++)
+		buf[i] = (char)fwcfg_read_byte(b);
+	assert_memory_equal(buf, "0DATA", 5);
+	assert_int_equal(fwcfg_read_byte(b), 0);
+
+	read_bytes(a, FW_CFG_KERNEL_DATA, buf, 2);
+	r = saved(a, &ret);
+	assert_int_equal(ret, -EBUSY);
+	state_reader_free(r);
+	read_bytes(a, FW_CFG_FILE_DIR, buf, 4);   /* it lists a boot-only file */
+	r = saved(a, &ret);
+	assert_int_equal(ret, -EBUSY);
+	state_reader_free(r);
+	read_bytes(a, FW_CFG_KERNEL_DATA, buf, 8);
+	buf[0] = (char)fwcfg_read_byte(a);
+	buf[1] = (char)fwcfg_read_byte(a);
+	r = saved(a, &ret);
+	assert_int_equal(ret, 0);
+	read_bytes(b, FW_CFG_NB_CPUS, buf, 1);
+	assert_int_equal(fwcfg_restore(b, r), 0);
+	state_reader_free(r);
+	assert_int_equal(fwcfg_read_byte(b), 0);   /* not the CPU count's 2nd byte */
+	fwcfg_destroy(a);
+	fwcfg_destroy(b);
+}
+
+/* A hostile selection: an item this machine does not have (or only for
+ * the boot), an offset at or past its end, a key beyond 16 bits, an
+ * offset without an item. Refused, the selection as it was. */
+static void hostile_state_refused(void **state)
+{
+	static const struct { uint32_t key; uint64_t offset; } bad[] = {
+		{ 0x1234, 0 }, { FW_CFG_KERNEL_DATA, 0 }, { FW_CFG_NB_CPUS, 2 },
+		{ FW_CFG_NB_CPUS, UINT64_MAX }, { 0x10000 | FW_CFG_NB_CPUS, 0 },
+		{ FWCFG_KEY_NONE, 1 },
+	};
+	struct fwcfg *f = machine_fwcfg(true);
+	struct state_reader *r;
+	uint8_t v;
+
+	(void)state;
+	fwcfg_select(f, FW_CFG_FILE_FIRST);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		r = hand_made(bad[i].key, bad[i].offset);
+		assert_int_equal(fwcfg_restore(f, r), -EINVAL);
+		state_reader_free(r);
+	}
+	assert_int_equal(fwcfg_read_byte(f), 'E');
+	fwcfg_destroy(f);
+	f = machine_fwcfg(false);
+	r = hand_made(FW_CFG_KERNEL_DATA, 0);
+	assert_int_equal(fwcfg_restore(f, r), -EINVAL);
+	state_reader_free(r);
+	fwcfg_select(f, FW_CFG_FILE_FIRST);
+	r = hand_made(FW_CFG_NB_CPUS, 1);
+	assert_int_equal(fwcfg_restore(f, r), 0);
+	state_reader_free(r);
+	v = fwcfg_read_byte(f);
+	assert_int_equal(v, 0);                    /* le16 2: its high byte */
+	assert_int_equal(fwcfg_read_byte(f), 0);
+	fwcfg_select(f, FW_CFG_NB_CPUS);
+	assert_int_equal(fwcfg_read_byte(f), 2);
+	fwcfg_destroy(f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -204,6 +340,8 @@ int main(void)
 		cmocka_unit_test(directory_lists_files_sorted),
 		cmocka_unit_test(dma_select_read_skip),
 		cmocka_unit_test(hostile_dma_descriptors),
+		cmocka_unit_test(state_round_trip),
+		cmocka_unit_test(hostile_state_refused),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -388,6 +388,75 @@ static void acpipm_control_and_s5(void **state)
 	acpipm_destroy(pm);
 }
 
+/* A state file of pm's section, or (pm NULL) of one with these registers. */
+static struct state_reader *pm_state(struct acpipm *pm, uint32_t sts, uint32_t en, uint32_t cnt)
+{
+	struct state_header h = { .ncpus = 1 };
+	struct state_writer *w = state_writer_new(&h);
+	struct state_reader *r;
+	const uint8_t *buf;
+	size_t len;
+
+	assert_non_null(w);
+	if (pm) {
+		acpipm_save(pm, w);
+	} else {
+		state_begin(w, STATE_SEC_ACPIPM, 0, STATE_SECTION_CRITICAL);
+		state_put_u32(w, sts);
+		state_put_u32(w, en);
+		state_put_u32(w, cnt);
+		state_put_u64(w, 0);
+		state_end(w);
+	}
+	assert_int_equal(state_writer_finish(w, &buf, &len), 0);
+	assert_int_equal(state_reader_open(buf, len, &r), 0); /* a copy */
+	state_writer_free(w);
+	return r;
+}
+
+/* The PM1 registers and the SCI they drive come back in a fresh device;
+ * registers out of 16 bits, or a sleep in progress, are refused. */
+static void acpipm_state_round_trip(void **unused)
+{
+	struct acpipm *a = acpipm_create(NULL), *b = acpipm_create(NULL);
+	struct state_reader *r;
+
+	(void)unused;
+	acpipm_power_button(a);
+	pm_write(a, 2, 2, ACPIPM_PWRBTN | (1u << 5));
+	pm_write(a, 4, 2, 1u << 3);
+	assert_true(acpipm_sci(a));
+	r = pm_state(a, 0, 0, 0);
+	assert_false(acpipm_sci(b));
+	assert_int_equal(acpipm_restore(b, r), 0);
+	state_reader_free(r);
+	assert_true(acpipm_sci(b));
+	assert_int_equal(pm_read(b, 0, 2), ACPIPM_PWRBTN);
+	assert_int_equal(pm_read(b, 2, 2), ACPIPM_PWRBTN | (1u << 5));
+	assert_int_equal(pm_read(b, 4, 2), (1u << 3) | ACPIPM_SCI_EN);
+	assert_int_equal(acpipm_power_button_count(b), 1);
+	/* Cleared status, restored: the line drops. */
+	pm_write(a, 0, 2, ACPIPM_PWRBTN);
+	r = pm_state(a, 0, 0, 0);
+	assert_int_equal(acpipm_restore(b, r), 0);
+	state_reader_free(r);
+	assert_false(acpipm_sci(b));
+	for (int i = 0; i < 3; i++) {
+		uint32_t v[3] = { 0, 0, 0 };
+
+		v[i] = 0x10000;
+		r = pm_state(NULL, v[0], v[1], v[2]);
+		assert_int_equal(acpipm_restore(b, r), -EINVAL);
+		state_reader_free(r);
+	}
+	r = pm_state(NULL, 0, 0, ACPIPM_SLP_EN);
+	assert_int_equal(acpipm_restore(b, r), -EINVAL);
+	state_reader_free(r);
+	assert_int_equal(pm_read(b, 2, 2), ACPIPM_PWRBTN | (1u << 5)); /* unchanged */
+	acpipm_destroy(a);
+	acpipm_destroy(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -402,6 +471,7 @@ int main(void)
 		cmocka_unit_test(acpipm_status_enable_and_sci),
 		cmocka_unit_test(acpipm_control_and_s5),
 		cmocka_unit_test(serial_and_ged_state_round_trip),
+		cmocka_unit_test(acpipm_state_round_trip),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -207,6 +207,97 @@ static void limiter_counts_what_it_charged(void **state)
 	assert_true(rl.throttled_ns >= 99000000);
 }
 
+/* ---- two levels: networks with their own budget (io_allocate_groups) ---- */
+
+/* No host budget: each network divides its own, a vNIC on no budgeted
+ * network is not managed (limit 0). */
+static void networks_without_host_budget(void **state)
+{
+	struct io_share s[4] = { { .demand = U, .weight = 100 }, { .demand = U, .weight = 100 },
+				 { .demand = U, .weight = 200 }, { .demand = U, .weight = 100 } };
+	const int group[4] = { 0, 1, 1, -1 };
+	const uint64_t gbudget[2] = { 10 * MB, 30 * MB };
+	uint64_t galloc[2];
+
+	(void)state;
+	assert_false(io_allocate_groups(s, group, 4, gbudget, galloc, 2, 0));
+	assert_near(s[0].limit, 10 * MB, 2);
+	assert_near(s[1].limit, 10 * MB, 2);	/* weights within the network */
+	assert_near(s[2].limit, 20 * MB, 2);
+	assert_int_equal(s[3].limit, 0);
+	assert_int_equal(galloc[0], 10 * MB);
+	assert_int_equal(galloc[1], 30 * MB);
+}
+
+/* A host budget below the networks' sum holds for the total; each network
+ * never passes its own. */
+static void host_budget_caps_the_networks(void **state)
+{
+	struct io_share s[3] = { { .demand = U, .weight = 100 }, { .demand = U, .weight = 100 },
+				 { .demand = U, .weight = 100 } };
+	const int group[3] = { 0, 1, -1 };
+	const uint64_t gbudget[2] = { 5 * MB, 40 * MB };
+	uint64_t galloc[2];
+
+	(void)state;
+	assert_false(io_allocate_groups(s, group, 3, gbudget, galloc, 2, 30 * MB));
+	assert_near(s[0].limit, 5 * MB, 2);	/* its network's budget */
+	assert_near(s[1].limit, 12500000, 2);	/* the rest, evenly with the tap */
+	assert_near(s[2].limit, 12500000, 2);
+	assert_true(total(s, 3) <= 30 * MB);
+	assert_int_equal(galloc[0], s[0].limit);
+	assert_int_equal(galloc[1], s[1].limit);
+}
+
+/* At the host level a network weighs what its vNICs weigh together, its
+ * floors count, and what a capped or idle vNIC cannot take goes to the
+ * others (work-conserving across levels). */
+static void networks_compete_by_their_vnics(void **state)
+{
+	struct io_share s[4] = { { .demand = U, .weight = 100 }, { .demand = U, .weight = 100 },
+				 { .demand = U, .weight = 200 }, { .demand = 1 * MB, .weight = 100 } };
+	const int group[4] = { 0, 0, -1, 1 };
+	const uint64_t gbudget[2] = { 100 * MB, 100 * MB };
+	uint64_t galloc[2];
+
+	(void)state;
+	/* 1 MB for network 1 (its demand), the rest 200:200 by weight. */
+	io_allocate_groups(s, group, 4, gbudget, galloc, 2, 41 * MB);
+	assert_near(s[3].limit, 1 * MB, 2);
+	assert_near(s[2].limit, 20 * MB, 2);
+	assert_near(s[0].limit, 10 * MB, 2);
+	assert_near(s[1].limit, 10 * MB, 2);
+	assert_near(galloc[0], 20 * MB, 2);
+	/* A floor in network 0 raises the network's share. */
+	s[0].floor = 30 * MB;
+	io_allocate_groups(s, group, 4, gbudget, galloc, 2, 41 * MB);
+	assert_near(galloc[0], 30 * MB, 2);
+	/* (less the other vNIC's minimum, 0.1 % of the network's share) */
+	assert_near(s[0].limit, 30 * MB, 30 * MB / 1000);
+	/* A capped vNIC: its network claims the cap, the tap the rest. */
+	s[0].floor = 0;
+	s[0].cap = 2 * MB;
+	s[1].demand = 1 * MB;
+	io_allocate_groups(s, group, 4, gbudget, galloc, 2, 41 * MB);
+	assert_near(s[0].limit, 2 * MB, 2);
+	assert_true(s[2].limit >= 37 * MB);
+}
+
+/* Floors that sum above a network's budget are scaled within it and
+ * reported. */
+static void overcommitted_network_floors(void **state)
+{
+	struct io_share s[2] = { { .demand = U, .floor = 6 * MB }, { .demand = U, .floor = 12 * MB } };
+	const int group[2] = { 0, 0 };
+	const uint64_t gbudget[1] = { 12 * MB };
+	uint64_t galloc[1];
+
+	(void)state;
+	assert_true(io_allocate_groups(s, group, 2, gbudget, galloc, 1, 0));
+	assert_near(s[0].limit, 4 * MB, 2);
+	assert_near(s[1].limit, 8 * MB, 2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -222,6 +313,10 @@ int main(void)
 		cmocka_unit_test(edges),
 		cmocka_unit_test(demand_estimate),
 		cmocka_unit_test(limiter_counts_what_it_charged),
+		cmocka_unit_test(networks_without_host_budget),
+		cmocka_unit_test(host_budget_caps_the_networks),
+		cmocka_unit_test(networks_compete_by_their_vnics),
+		cmocka_unit_test(overcommitted_network_floors),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
