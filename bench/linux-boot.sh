@@ -12,14 +12,32 @@
 # Unmodified Linux needs hardware virtualization: on a host without it the
 # benchmark runs itself in the nested test host (tests/nested/l1-run), where
 # absolute times mean little (TCG) and only the ratios count.
-# usage: bench/linux-boot.sh [RUNS] [MEMORY_MIB] [CPUS]   (after make)
+#
+# bench/linux-boot.sh disk [RUNS] boots the Debian disk image instead
+# (tests/linux/mkdiskimage.sh, built first as root: SeaBIOS, GRUB, systemd),
+# 512 MiB, 1 vCPU, virtio-blk on a qcow2 overlay, and reports process start ->
+# the serial login prompt on vireo (--firmware bios.bin) and QEMU (-M pc with
+# the same SeaBIOS; -M microvm with its SeaBIOS build, /usr/share/seabios/bios-microvm.bin),
+# and when each boot stage's first line came (firmware, GRUB, kernel, systemd).
+# usage: bench/linux-boot.sh [disk] [RUNS] [MEMORY_MIB] [CPUS]   (after make)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=kernel
+if [ "${1:-}" = disk ]; then mode=disk; shift; fi
 runs=${1:-5} mem=${2:-128} cpus=${3:-1}
-[ -f build/linux/initrd.img ] || tests/linux/mkinitramfs.sh build/linux >/dev/null
-if ! grep -qw -e vmx -e svm /proc/cpuinfo; then
-	exec tests/nested/l1-run -t 3600 -- bench/linux-boot.sh "$runs" "$mem" "$cpus"
+if [ $mode = disk ]; then
+	# Built or found up to date (the nested test host's checkout is read-only).
+	grep -qw -e vmx -e svm /proc/cpuinfo && [ -f build/debian/debian12.qcow2 ] ||
+		tests/linux/mkdiskimage.sh build/debian/debian12.qcow2
+else
+	[ -f build/linux/initrd.img ] || tests/linux/mkinitramfs.sh build/linux >/dev/null
 fi
+if ! grep -qw -e vmx -e svm /proc/cpuinfo; then
+	args=("$runs" "$mem" "$cpus")
+	[ $mode = disk ] && args=(disk "$runs")
+	exec tests/nested/l1-run -t 3600 -- bench/linux-boot.sh "${args[@]}"
+fi
+[ $mode = disk ] && exec /usr/bin/python3 bench/disk-boot.py "$runs"
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
 exec /usr/bin/python3 - "$runs" "$mem" "$cpus" <<'PY'
 import os, socket, statistics, subprocess, sys, tempfile, time

@@ -4,7 +4,9 @@
 # (virtiofsd), busybox-static and kmod, with apt-get, dpkg-deb and unshare from
 # the base system; it downloads Debian's kernel package itself.
 # The firmware tests boot seabios; --kernel through firmware needs
-# qemu-system-data (linuxboot_dma.bin).
+# qemu-system-data (linuxboot_dma.bin). tests/linux/mkdiskimage.sh (the Debian disk
+# image) needs debootstrap, grub-pc-bin (GRUB for BIOS), fdisk and e2fsprogs; its
+# test pings the guest (iputils-ping) and serves its vNIC DHCP with dnsmasq (dnsmasq-base).
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -15,4 +17,5 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 	libarchive-dev libcmocka-dev libjson-c-dev liburing-dev libmicrohttpd-dev libmnl-dev libgnutls28-dev \
 	libnftables-dev libseccomp-dev libzstd-dev zlib1g-dev \
 	python3-pytest qemu-utils qemu-system-x86 qemu-system-common seabios qemu-system-data \
-	busybox-static cpio kmod iproute2 iputils-ping e2fsprogs nftables acpica-tools strace gdb >/dev/null
+	busybox-static cpio kmod iproute2 iputils-ping e2fsprogs nftables acpica-tools strace gdb \
+	debootstrap grub-pc-bin fdisk dnsmasq-base >/dev/null

@@ -52,13 +52,22 @@ static void cpuid_topology(struct kvm_cpuid_entry2 *e, unsigned int id, unsigned
 	}
 }
 
-static void cpuid_fix_entry(struct kvm_cpuid_entry2 *e, const struct vm *vm, unsigned int id)
+static void cpuid_fix_entry(struct kvm_cpuid_entry2 *e, const struct vm *vm, unsigned int id,
+			    bool tsc_deadline)
 {
 	switch (e->function) {
 	case 1:
 		e->ebx = (e->ebx & 0x0000ffffu) | (id << 24) | (vm->ncpus_hint << 16);
 		e->edx |= 1u << 28; /* HTT: the logical count in EBX is valid */
 		e->ecx |= F1_ECX_HYPERVISOR | F1_ECX_X2APIC;
+		/* The in-kernel LAPIC emulates the TSC-deadline timer, but KVM
+		 * leaves it out of KVM_GET_SUPPORTED_CPUID (it needs the in-kernel
+		 * irqchip, which we always create): as QEMU does, say so. Without
+		 * it Linux calibrates the LAPIC timer against the PIT's ticks,
+		 * and on a loaded host disables it ("APIC timer disabled due to
+		 * verification failure"). */
+		if (tsc_deadline)
+			e->ecx |= F1_ECX_TSC_DEADLINE;
 		if (!vm->hw_virt)
 			e->ecx &= ~(F1_ECX_CX16 | F1_ECX_XSAVE | F1_ECX_OSXSAVE | F1_ECX_AVX);
 		break;
@@ -83,6 +92,7 @@ static void cpuid_fix_entry(struct kvm_cpuid_entry2 *e, const struct vm *vm, uns
 int cpuid_setup(struct vm *vm, struct vcpu *vcpu)
 {
 	struct kvm_cpuid2 *cpuid;
+	bool tsc_deadline;
 	int ret = 0;
 
 	cpuid = calloc(1, sizeof(*cpuid) + CPUID_MAX_ENTRIES * sizeof(cpuid->entries[0]));
@@ -93,8 +103,9 @@ int cpuid_setup(struct vm *vm, struct vcpu *vcpu)
 		ret = err_set(-errno, "KVM_GET_SUPPORTED_CPUID: %m");
 		goto out;
 	}
+	tsc_deadline = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) > 0;
 	for (unsigned int i = 0; i < cpuid->nent; i++)
-		cpuid_fix_entry(&cpuid->entries[i], vm, vcpu->id);
+		cpuid_fix_entry(&cpuid->entries[i], vm, vcpu->id, tsc_deadline);
 	if (ioctl(vcpu->fd, KVM_SET_CPUID2, cpuid) < 0)
 		ret = err_set(-errno, "vCPU %u: KVM_SET_CPUID2: %m", vcpu->id);
 out:

@@ -40,7 +40,8 @@ class Daemon:
     """`vireo daemon` on a short temp dir (Unix socket paths are limited to
     107 bytes, pytest's tmp_path is long)."""
 
-    def __init__(self, root=None, extra=(), env=None):
+    def __init__(self, root=None, extra=(), env=None, prefix=()):
+        self.prefix = list(prefix)  # runs the daemon in, e.g. ["ip", "netns", "exec", NS]
         self.root = root or tempfile.mkdtemp(prefix="vd-", dir="/tmp")
         self.env = env  # extra environment variables of the daemon
         self.state = os.path.join(self.root, "state")
@@ -52,7 +53,7 @@ class Daemon:
     def start(self):
         self.log = open(os.path.join(self.root, "daemon.log"), "a")
         self.proc = subprocess.Popen(
-            [str(VIREO), "daemon", "--state-dir", self.state, "--socket", self.socket,
+            [*self.prefix, str(VIREO), "daemon", "--state-dir", self.state, "--socket", self.socket,
              "--verbose", *self.extra],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
             env={**os.environ, **self.env} if self.env else None)

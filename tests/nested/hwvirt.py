@@ -11,7 +11,7 @@ with the failure text and the captured output, or skipped with its reason.
 Their fixtures run only in L1.
 
     @pytest.mark.hw_virt(prepare=build_kit)
-    @pytest.mark.hw_virt(prepare=build_kit, seconds=300)
+    @pytest.mark.hw_virt(prepare=build_image, seconds=600)
 
 prepare: a function run once on this host before L1 boots, for what the
 tests need and cannot make in L1 (the checkout is read-only there), such as
@@ -83,7 +83,7 @@ def configure(config):
 
 def budget(item):
     """An item's share of the batch's deadline: its marker's seconds= (a
-    test that takes minutes in L1, such as the Linux migration test),
+    test that takes minutes in L1, such as a whole Debian system's boot),
     else 60."""
     return max([m.kwargs.get("seconds", 60) for m in item.iter_markers(MARKER)] or [60])
 

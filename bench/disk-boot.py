@@ -1,0 +1,103 @@
+"""The disk-boot half of bench/linux-boot.sh (run as `bench/linux-boot.sh
+disk [RUNS]`): the Debian image of tests/linux/mkdiskimage.sh through
+SeaBIOS and GRUB to systemd's serial login prompt, on vireo and on QEMU, each
+on its own qcow2 overlay, round robin; medians and ratios of process start
+-> "login:", and where the time goes: the median time at which each stage's
+first console line came: SeaBIOS's banner, GRUB's first words (its core
+loaded by the MBR), grub.cfg's echo (before GRUB reads the kernel and the
+initramfs through the BIOS), the kernel's banner, systemd's, the prompt."""
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+RUNS = int(sys.argv[1])
+IMAGE = "build/debian/debian12.qcow2"
+MEM = "512M"
+SEABIOS = "/usr/share/seabios/bios.bin"
+# SeaBIOS's microvm build, from the seabios package: qemu-system-data's
+# /usr/share/qemu/bios-microvm.bin is a link to qboot, which boots no disk.
+SEABIOS_MICROVM = "/usr/share/seabios/bios-microvm.bin"
+TMP = tempfile.mkdtemp(prefix="db-")
+QEMU = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", MEM, "-nographic",
+        "-nodefaults", "-serial", "stdio", "-no-reboot"]
+TIMEOUT = 300
+# The console's first line of each stage, in order.
+STAGES = [("firmware", b"SeaBIOS (version"), ("grub", b"GRUB loading"),
+          ("grub-cfg", b"GRUB loads Linux"), ("kernel", b"Linux version"),
+          ("systemd", b"running in system mode"), ("login", b"login:")]
+
+
+def vireo(disk):
+    return ["build/vireo", "run", "--firmware", SEABIOS, "--memory", MEM,
+            "--disk", f"path={disk},format=qcow2"]
+
+
+def qemu_pc(disk):
+    return [*QEMU, "-M", "pc", "-bios", SEABIOS,
+            "-drive", f"file={disk},if=none,id=d0,format=qcow2",
+            "-device", "virtio-blk-pci,drive=d0,bootindex=1"]
+
+
+def qemu_microvm(disk):
+    # The disk on virtio-mmio: SeaBIOS's microvm build does not find a
+    # virtio-blk-pci disk on microvm's PCIe host ("could not read the boot disk").
+    return [*QEMU, "-M", "microvm,rtc=on", "-bios", SEABIOS_MICROVM,
+            "-drive", f"file={disk},if=none,id=d0,format=qcow2",
+            "-device", "virtio-blk-device,drive=d0"]
+
+
+VMMS = {"vireo": vireo, "qemu-pc": qemu_pc, "qemu-microvm": qemu_microvm}
+
+
+def boot(name, argv_of):
+    """{stage: seconds from process start to its first line} on a fresh
+    overlay; "login" missing when the prompt did not come (the console's end
+    is printed then)."""
+    disk = os.path.join(TMP, f"{name}.qcow2")
+    subprocess.run(["build/vireo", "img", "create", "-f", "qcow2", "-b", os.path.abspath(IMAGE),
+                    "-F", "qcow2", disk], check=True, capture_output=True)
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv_of(disk), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    os.set_blocking(p.stdout.fileno(), False)
+    seen, text = {}, b""
+    while "login" not in seen and time.monotonic() - t0 < TIMEOUT and p.poll() is None:
+        chunk = p.stdout.read(65536)
+        if not chunk:
+            time.sleep(0.01)
+            continue
+        text += chunk
+        for stage, line in STAGES:
+            if stage not in seen and line in text:
+                seen[stage] = time.monotonic() - t0
+    p.kill()
+    p.wait()
+    os.unlink(disk)
+    if "login" not in seen:
+        print(f"{name}: no login prompt in {TIMEOUT} s (exit {p.returncode}); the console's "
+              f"end:\n{text[-1500:].decode(errors='replace')}", flush=True)
+    return seen
+
+
+times = {name: [] for name in VMMS}
+for _ in range(RUNS):
+    for name, argv_of in VMMS.items():
+        seen = boot(name, argv_of)
+        times[name].append(seen)
+        print(f"{name:13s} " + "  ".join(f"{s} {seen[s]:6.2f}" for s, _ in STAGES if s in seen),
+              flush=True)
+med = {}
+for name, runs in times.items():
+    stages = {s: statistics.median([r[s] for r in runs if s in r])
+              for s, _ in STAGES if any(s in r for r in runs)}
+    ok = sum("login" in r for r in runs)
+    med[name] = stages.get("login") if ok == len(runs) else None
+    print(f"{name:13s} median s from start: " +
+          "  ".join(f"{s} {t:6.2f}" for s, t in stages.items()) + f"  ({ok}/{len(runs)} to login)")
+for name in VMMS:
+    if name != "vireo" and med[name] and med["vireo"]:
+        print(f"vireo/{name}: {med['vireo'] / med[name]:.2f}x")
+print(f"({RUNS} runs each, {MEM}, 1 vCPU, medians)")
