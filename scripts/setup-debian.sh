@@ -6,7 +6,8 @@
 # The firmware tests boot seabios; --kernel through firmware needs
 # qemu-system-data (linuxboot_dma.bin). tests/linux/mkdiskimage.sh (the Debian disk
 # image) needs debootstrap, grub-pc-bin (GRUB for BIOS), fdisk and e2fsprogs; its
-# test pings the guest (iputils-ping) and serves its vNIC DHCP with dnsmasq (dnsmasq-base).
+# test pings the guest (iputils-ping), serves its vNIC DHCP with dnsmasq (dnsmasq-base)
+# and reads its journal off the disk with journalctl (systemd).
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -18,4 +19,4 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 	libnftables-dev libseccomp-dev libzstd-dev zlib1g-dev \
 	python3-pytest qemu-utils qemu-system-x86 qemu-system-common seabios qemu-system-data \
 	busybox-static cpio kmod iproute2 iputils-ping e2fsprogs nftables acpica-tools strace gdb \
-	debootstrap grub-pc-bin fdisk dnsmasq-base >/dev/null
+	debootstrap grub-pc-bin fdisk dnsmasq-base systemd >/dev/null
