@@ -20,8 +20,8 @@ import time
 import pytest
 
 from conftest import BUILD, ROOT, VIREO, LiveProbe, have_hw_virt, have_kvm, hw_virt, \
-    needs_kvm, needs_qemu, qmp_command, scaled, vireo_control, wait_until
-from daemonutil import Daemon, wait_for
+    needs_kvm, needs_qemu, qmp_command, scaled, stall_report, vireo_control, wait_until
+from daemonutil import Daemon
 from test_linux import HOST_IP, MAC
 from test_linux_lifecycle import complaints
 
@@ -37,7 +37,13 @@ PEER_HELLO = "VIREO-PEER-HELLO"
 def build_image():
     """The image, built (or found up to date) by mkdiskimage.sh, which needs
     root, debootstrap and Debian's mirror; in the nested test host (a
-    read-only checkout) the host built it before the batch."""
+    read-only checkout) the host built it before the batch. Only with
+    VIREO_DISK_BOOT=1: each boot takes minutes in the nested test host, and
+    one CI run (2026-12-06) saw vireo's boot stall once, not yet explained
+    (docs/linux-guest-tests.md), so `make test` leaves these out."""
+    if not os.environ.get("VIREO_DISK_BOOT"):
+        pytest.skip("skipped: the Debian disk-boot tests run with VIREO_DISK_BOOT=1 "
+                    "(docs/linux-guest-tests.md)")
     if os.environ.get("VIREO_IN_L1"):
         assert IMAGE.is_file(), f"{IMAGE}: missing (built on the host before the batch)"
         return IMAGE
@@ -281,7 +287,9 @@ def wait_marker(out, proc):
             return True
         seen[0] = now
         return proc.poll() is not None
-    wait_until(look, 150, lambda: f"{MARKER}: {out()[-3000:]}")
+    # A stall report on the way out: the nested host's known faults (an
+    # emulator loop) are then recognised and re-run once (tests/nested/hwvirt.py).
+    wait_until(look, 150, lambda: f"{MARKER}: {out()[-3000:]}\n{stall_report(proc.pid)}")
     return seen
 
 
