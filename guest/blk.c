@@ -441,7 +441,8 @@ static uint64_t bench_run(struct blk *b, const struct bench_mode *m, uint64_t ms
 	return ops;
 }
 
-/* blk_bench: time_ms=T per mode (default 2000), qd=N (default 16). */
+/* blk_bench: time_ms=T per mode (default 2000), qd=N (default 16),
+ * mode=NAME to run one mode only. */
 void scn_blk_bench(const char *arg)
 {
 	static const struct bench_mode modes[] = {
@@ -454,8 +455,10 @@ void scn_blk_bench(const char *arg)
 	uint64_t ms = cmdline_u64("time_ms", 2000);
 	int qd = (int)cmdline_u64("qd", 16);
 	uint8_t *bufs;
+	char only[64] = "";
 
 	(void)arg;
+	cmdline_get("mode", only);
 	if (qd < 1 || qd > SLOTS)
 		qd = 16;
 	if (blk_open(&b, BLK_F_FLUSH))
@@ -464,6 +467,8 @@ void scn_blk_bench(const char *arg)
 	for (size_t i = 0; i < (size_t)qd << 20; i += 8)
 		*(uint64_t *)(bufs + i) = mix64(i);
 	for (unsigned i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+		if (only[0] && probe_memcmp(only, modes[i].name, probe_strlen(modes[i].name) + 1))
+			continue;
 		for (int s = 0; s < SLOTS; s++)
 			b.reqs[s].done = true;
 		bench_run(&b, &modes[i], ms, qd, bufs);
