@@ -98,11 +98,10 @@ else:
     print(f"O_DIRECT (cache=none) on {ddir}, 512 MiB preallocated images, queue depth 16, "
           f"{secs:g} s per mode (IOPS; MB/s for 1 MiB modes)")
     direct_raw = None
-    # Guest RAM on 4 KiB pages makes a 1 MiB transfer 256 segments, which
-    # the host's block layer cannot merge into its largest requests. vireo's
-    # RAM comes in 2 MiB pages (src/vmm/memory.c) as QEMU's does; the run on
-    # hugetlbfs pages (--hugepages, reserved here for the run) shows whether
-    # the default still gets them.
+    # Guest RAM on 4 KiB pages (vireo's memfd) makes a 1 MiB transfer 256
+    # segments, which the host's block layer cannot merge into its largest
+    # requests; QEMU's RAM has transparent huge pages. So vireo runs once
+    # more on hugetlbfs pages (--hugepages), reserved here for the run.
     huge = reserve_hugepages(160)
     for fmt in ("raw", "qcow2"):
         img = direct_image(ddir, fmt)
