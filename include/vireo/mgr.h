@@ -364,9 +364,14 @@ struct json_object *mgr_net_list_json(struct mgr *m);
 /* Every vNIC's network exists (at VM create): 0 or -EINVAL naming the field. */
 int mgr_net_check_def(struct mgr *m, const struct vm_def *def);
 /* The tap name of vNIC i: its "tap", or for a vNIC on a network without
- * one a name made from the VM's name ("vt" + hash + "." + i), so the
- * daemon knows which link to make a port. "" if the kernel picks. */
+ * one a name made from the daemon's instance id and the VM's name ("vt" +
+ * hash + "." + i), so the daemon knows which link to make a port, and two
+ * daemons on one host (their VMs may share names) never take each other's
+ * taps. "" if the kernel picks. */
 void mgr_nic_tap(const struct vm_def *def, unsigned int i, char out[16]);
+/* Sets the instance id that tap names are made from (mgr_open(): one daemon
+ * per process; the id persists in its state dir, so names survive restarts). */
+void mgr_net_set_instance(const char *instance_id);
 /* Before the VMM starts: creates the taps of the vNICs on networks
  * (persistent, owned by uid, which the VMM runs as) as ports of their
  * bridges, up; all or none. mgr_net_detach() deletes them when the VMM has

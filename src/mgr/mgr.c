@@ -406,6 +406,7 @@ int mgr_open(struct mgr *m, const char *state_dir, const char *cgroup_mode)
 		ret = instance_id(m, id, sizeof(id));
 	if (ret)
 		return ret;
+	mgr_net_set_instance(id);
 	cgroup_init(&m->cg, id, cgroup_mode);
 	if (m->cg.mode == CGROUP_NONE)
 		log_warn("no cgroups: VMs run without CPU and memory limits (%s)", m->cg.reason);

@@ -434,9 +434,21 @@ int mgr_net_set_vlans(struct mgr *m, const struct vm_def *def, unsigned int i)
 	return bridge_check(tap) == -ENOENT ? 0 : bridge_port_set_vlans(tap, &v);
 }
 
+/* FNV-1a of the daemon's instance id: the start of every tap name's hash. */
+static uint32_t tap_salt = 2166136261u;
+
+void mgr_net_set_instance(const char *instance_id)
+{
+	uint32_t h = 2166136261u;
+
+	for (const char *p = instance_id; *p; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	tap_salt = h;
+}
+
 void mgr_nic_tap(const struct vm_def *def, unsigned int i, char out[16])
 {
-	uint32_t h = 2166136261u;	/* FNV-1a */
+	uint32_t h = tap_salt;	/* FNV-1a, on from the instance id's */
 
 	out[0] = '\0';
 	if (def->nics[i].tap) {

@@ -287,6 +287,30 @@ def test_a_tap_name_in_use_is_refused_and_left_alone(netd):
     assert ports(br) == [tap] and netd.vm("w1")["state"] == "running"
 
 
+def test_two_daemons_on_one_host_with_same_vm_names(netd, tmp_path):
+    """Two daemons (a test run beside another, or two state dirs) whose VMs
+    share a name: each VM gets its own tap; neither start is refused."""
+    a, b = netname("p"), netname("q")
+    create_net(netd, a)
+    (tmp_path / "other").mkdir()
+    other = Daemon(extra=["--storage", str(tmp_path / "other")]).start()
+    try:
+        other.ok("POST", "/networks", {"name": b}, status=201)
+        for d, n in ((netd, a), (other, b)):
+            d.create("web", scenario="wait", nics=[{"network": n}])
+            d.ok("POST", "/vms/web/start")
+        (ta,), (tb,) = ports("vb-" + a), ports("vb-" + b)
+        assert ta != tb and netd.vm("web")["state"] == other.vm("web")["state"] == "running"
+        # The same state dir keeps its names: a restart re-adopts the port.
+        other.kill(signal.SIGTERM)
+        other.start()
+        assert other.vm("web")["state"] == "running" and ports("vb-" + b) == [tb]
+    finally:
+        other.cleanup()
+        if link_exists("vb-" + b):
+            subprocess.run(["ip", "link", "del", "vb-" + b])
+
+
 def test_bad_vlans_are_refused_naming_the_field(netd):
     """VLAN ids out of 1..4094, a trunk with an access VLAN, a native VLAN
     without a trunk, VLANs on a network that is not vlan_aware: 400 naming
