@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec /usr/bin/python3 - "${1:-2}" <<'PY'
-import os, subprocess, sys, tempfile
+import os, shutil, subprocess, sys, tempfile
 
 secs = float(sys.argv[1])
 ELF = "build/guest/probe.elf"
@@ -90,19 +90,9 @@ def direct_image(d, fmt):
                     "512M"], check=True)
     return path
 
-ddir = tempfile.mkdtemp(prefix="vireo-bench-direct-", dir=os.environ.get("BENCH_DISK_DIR", "build"))
-if subprocess.run(["stat", "-f", "-c", "%T", ddir], capture_output=True,
-                  text=True).stdout.strip() == "tmpfs":
-    print(f"O_DIRECT section skipped: {ddir} is on tmpfs (set BENCH_DISK_DIR)")
-else:
-    print(f"O_DIRECT (cache=none) on {ddir}, 512 MiB preallocated images, queue depth 16, "
-          f"{secs:g} s per mode (IOPS; MB/s for 1 MiB modes)")
+def direct_section(ddir, huge):
+    """vireo (memfd RAM, and hugetlbfs RAM when huge) and QEMU on O_DIRECT images."""
     direct_raw = None
-    # Guest RAM on 4 KiB pages (vireo's memfd) makes a 1 MiB transfer 256
-    # segments, which the host's block layer cannot merge into its largest
-    # requests; QEMU's RAM has transparent huge pages. So vireo runs once
-    # more on hugetlbfs pages (--hugepages), reserved here for the run.
-    huge = reserve_hugepages(160)
     for fmt in ("raw", "qcow2"):
         img = direct_image(ddir, fmt)
         cmd = f"scenario=blk_bench time_ms={ms}"
@@ -126,8 +116,24 @@ else:
         if fmt == "raw":
             direct_raw = o
         os.unlink(img)
-    release_hugepages(huge)
-os.rmdir(ddir)
+
+ddir = tempfile.mkdtemp(prefix="vireo-bench-direct-", dir=os.environ.get("BENCH_DISK_DIR", "build"))
+if subprocess.run(["stat", "-f", "-c", "%T", ddir], capture_output=True,
+                  text=True).stdout.strip() == "tmpfs":
+    print(f"O_DIRECT section skipped: {ddir} is on tmpfs (set BENCH_DISK_DIR)")
+else:
+    print(f"O_DIRECT (cache=none) on {ddir}, 512 MiB preallocated images, queue depth 16, "
+          f"{secs:g} s per mode (IOPS; MB/s for 1 MiB modes)")
+    # Guest RAM on 4 KiB pages (vireo's memfd) makes a 1 MiB transfer 256
+    # segments, which the host's block layer cannot merge into its largest
+    # requests; QEMU's RAM has transparent huge pages. So vireo runs once
+    # more on hugetlbfs pages (--hugepages), reserved here for the run.
+    huge = reserve_hugepages(160)
+    try:
+        direct_section(ddir, huge)
+    finally:  # a failed run must not keep 320 MiB of the host's RAM reserved
+        release_hugepages(huge)
+shutil.rmtree(ddir, ignore_errors=True)
 
 print(f"disk rate limit 50 MB/s, sequential 1 MiB writes for 5 s")
 o = vireo("scenario=blk_bench time_ms=5000",

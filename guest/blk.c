@@ -456,6 +456,7 @@ void scn_blk_bench(const char *arg)
 	int qd = (int)cmdline_u64("qd", 16);
 	uint8_t *bufs;
 	char only[64] = "";
+	unsigned ran = 0;
 
 	(void)arg;
 	cmdline_get("mode", only);
@@ -472,7 +473,11 @@ void scn_blk_bench(const char *arg)
 		for (int s = 0; s < SLOTS; s++)
 			b.reqs[s].done = true;
 		bench_run(&b, &modes[i], ms, qd, bufs);
+		ran++;
 	}
+	if (!ran)	/* a misspelt mode= must not look like a run */
+		probe_printf("PROBE blk_bench unknown mode=%s (seqwrite, seqread, randwrite, "
+			     "randread)\n", only);
 	probe_printf("PROBE blk_bench_done irq=%s irqs=%u kicks=%lu errors=%lu\n",
 		     b.d->msix ? "msix" : "poll", virtio_irq_count(), b.q->kicks, b.errors);
 }
