@@ -562,6 +562,9 @@ struct json_object *mgr_iopolicy_json(struct mgr *m, const struct mgr_vm *vm);
 void mgr_iopolicy_metrics(struct mgr *m, FILE *f);
 
 /* ---- store (src/mgr/store.c) ---- */
+/* Replaces path's content with data, crash-safe (a file beside it, synced,
+ * renamed over path); a link planted at either name is not written through. */
+int store_write_file(const char *path, const char *data, size_t len);
 int store_write_json(const char *path, struct json_object *obj);
 struct json_object *store_read_json(const char *path);
 int store_save_def(struct mgr *m, const struct vm_def *def);

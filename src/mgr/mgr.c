@@ -149,19 +149,16 @@ static int instance_id(struct mgr *m, char *id, size_t size)
 	if (fd >= 0) {
 		n = (int)read(fd, id, size - 1);
 		close(fd);
-		if (n == 12) {
-			id[n] = '\0';
+		id[n > 0 ? n : 0] = '\0';
+		/* it names cgroup directories: 12 hex digits or a new one */
+		if (n == 12 && strspn(id, "0123456789abcdef") == 12)
 			return 0;
-		}
+		log_warn("%s: not an instance id: a new one is made", path);
 	}
 	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd))
 		return err_set(-EIO, "getrandom failed");
 	snprintf(id, size, "%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0 || write(fd, id, 12) != 12)
-		return err_set(-errno, "cannot write %s: %m", path);
-	close(fd);
-	return 0;
+	return store_write_file(path, id, 12);
 }
 
 /* Whether process pid is `vireo run` serving `sock`: a run record is never

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <json-c/json.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -44,27 +45,25 @@ static int fsync_dir_of(const char *path)
 	return 0;
 }
 
-int store_write_json(const char *path, struct json_object *obj)
+int store_write_file(const char *path, const char *data, size_t len)
 {
 	char tmp[PATH_MAX + 8];
-	size_t len;
-	const char *text = json_object_to_json_string_length(obj, JSON_C_TO_STRING_PRETTY |
-							     JSON_C_TO_STRING_NOSLASHESCAPE, &len);
 	int fd, ret = 0;
 
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	unlink(tmp);	/* a leftover, or something planted: never written through */
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return err_set(-errno, "cannot create %s: %m", tmp);
 	for (size_t off = 0; off < len && !ret; ) {
-		ssize_t w = write(fd, text + off, len - off);
+		ssize_t w = write(fd, data + off, len - off);
 
 		if (w < 0 && errno != EINTR)
 			ret = err_set(-errno, "cannot write %s: %m", tmp);
 		else if (w > 0)
 			off += (size_t)w;
 	}
-	if (!ret && (write(fd, "\n", 1) != 1 || fsync(fd) < 0))
+	if (!ret && fsync(fd) < 0)
 		ret = err_set(-errno, "cannot write %s: %m", tmp);
 	close(fd);
 	if (!ret && rename(tmp, path) < 0)
@@ -73,6 +72,23 @@ int store_write_json(const char *path, struct json_object *obj)
 		unlink(tmp);
 	else
 		fsync_dir_of(path);
+	return ret;
+}
+
+int store_write_json(const char *path, struct json_object *obj)
+{
+	size_t len;
+	const char *text = json_object_to_json_string_length(obj, JSON_C_TO_STRING_PRETTY |
+							     JSON_C_TO_STRING_NOSLASHESCAPE, &len);
+	char *line = malloc(len + 1);
+	int ret;
+
+	if (!line)
+		return err_set(-ENOMEM, "%s: out of memory", path);
+	memcpy(line, text, len);
+	line[len] = '\n';
+	ret = store_write_file(path, line, len + 1);
+	free(line);
 	return ret;
 }
 

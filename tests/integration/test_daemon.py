@@ -2,6 +2,7 @@
 socket, real VMMs running the probe guest."""
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -389,6 +390,38 @@ def test_damaged_state_files_are_skipped(daemon):
     log = daemon.logtext()
     assert "junk.json" in log and "liar.json" in log and "evil.json" in log
     assert daemon.ok("POST", "/vms/good/start")["state"] == "running"
+
+
+def test_forged_instance_id_and_planted_links_in_the_state_dir(tmp_path):
+    """The instance id names cgroup directories and taps: one that is not 12
+    hex digits is replaced, not used; a link planted at a state file's name
+    or its temporary is replaced, never written through."""
+    d = Daemon(root=str(tmp_path))
+    os.makedirs(d.state)
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    inst = os.path.join(d.state, "instance")
+    with open(inst, "w") as f:
+        f.write("../../../etc")
+    os.symlink(victim, inst + ".tmp")
+    try:
+        d.start()
+        ident = open(inst).read()
+        assert re.fullmatch(r"[0-9a-f]{12}", ident), ident
+        assert "not an instance id" in d.logtext()
+        vms = os.path.join(d.state, "vms")
+        os.symlink(victim, os.path.join(vms, "w.json.tmp"))
+        d.create("w")
+        assert victim.read_text() == "keep"
+        assert not os.path.islink(os.path.join(vms, "w.json"))
+        d.kill(signal.SIGTERM)
+        os.unlink(inst)
+        os.symlink(victim, inst)           # a link at the name itself
+        d.start()
+        assert victim.read_text() == "keep" and not os.path.islink(inst)
+        assert re.fullmatch(r"[0-9a-f]{12}", open(inst).read())
+    finally:
+        d.cleanup()
 
 
 def test_balloon_target_while_running(daemon):
