@@ -24,6 +24,13 @@ TMP = tempfile.mkdtemp(prefix="db-")
 QEMU = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", MEM, "-nographic",
         "-nodefaults", "-serial", "stdio", "-no-reboot"]
 TIMEOUT = 300
+# A console quiet this long is a stall (the longest quiet stage, GRUB reading
+# the kernel through the BIOS, takes seconds): the tests' stall report (each
+# thread's state, KVM's counters and last events) says whether it is the
+# nested host's emulator loop (docs/linux-guest-tests.md) or the VMM's.
+QUIET = 60
+sys.path.insert(0, "tests/integration")
+from conftest import stall_report  # noqa: E402
 # The console's first line of each stage, in order.
 STAGES = [("firmware", b"SeaBIOS (version"), ("grub", b"GRUB loading"),
           ("grub-cfg", b"GRUB loads Linux"), ("kernel", b"Linux version"),
@@ -63,13 +70,17 @@ def boot(name, argv_of):
     p = subprocess.Popen(argv_of(disk), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT)
     os.set_blocking(p.stdout.fileno(), False)
-    seen, text = {}, b""
+    seen, text, last = {}, b"", t0
     while "login" not in seen and time.monotonic() - t0 < TIMEOUT and p.poll() is None:
         chunk = p.stdout.read(65536)
         if not chunk:
+            if time.monotonic() - last > QUIET:
+                print(f"{name}: console quiet for {QUIET} s, {last - t0:.1f} s in\n"
+                      f"{stall_report(p.pid)}", flush=True)
+                break
             time.sleep(0.01)
             continue
-        text += chunk
+        text, last = text + chunk, time.monotonic()
         for stage, line in STAGES:
             if stage not in seen and line in text:
                 seen[stage] = time.monotonic() - t0

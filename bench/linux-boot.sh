@@ -37,8 +37,9 @@ if ! grep -qw -e vmx -e svm /proc/cpuinfo; then
 	[ $mode = disk ] && args=(disk "$runs")
 	exec tests/nested/l1-run -t 3600 -- bench/linux-boot.sh "${args[@]}"
 fi
-[ $mode = disk ] && exec /usr/bin/python3 bench/disk-boot.py "$runs"
+# KVM's counters and trace events: the exit counts, and a stalled boot's report
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
+[ $mode = disk ] && exec /usr/bin/python3 bench/disk-boot.py "$runs"
 exec /usr/bin/python3 - "$runs" "$mem" "$cpus" <<'PY'
 import os, socket, statistics, subprocess, sys, tempfile, time
 
