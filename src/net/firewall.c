@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "vireo/firewall.h"
@@ -625,32 +626,64 @@ out:
 	return sb_done(&b);
 }
 
+/* A change reads the ruleset, then writes one transaction made from what it
+ * read (the last vNIC's removal drops the tables). Two daemons on one host
+ * share the tables, so their read-then-write must not interleave (one could
+ * drop the tables the other just filled): they take this lock, as iptables
+ * takes xtables.lock. Waited for at most FW_LOCK_WAIT_MS. */
+#define FW_LOCK_PATH "/run/vireo-firewall.lock"
+#define FW_LOCK_WAIT_MS 10000
+
+static int ruleset_lock(void)
+{
+	int fd = open(FW_LOCK_PATH, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+	if (fd < 0)
+		return err_set(-errno, "cannot open %s: %m", FW_LOCK_PATH);
+	for (int waited = 0; flock(fd, LOCK_EX | LOCK_NB) < 0; waited += 10) {
+		if ((errno != EWOULDBLOCK && errno != EINTR) || waited >= FW_LOCK_WAIT_MS) {
+			close(fd);
+			return err_set(-EBUSY, "%s: held by another process for %d ms",
+				       FW_LOCK_PATH, FW_LOCK_WAIT_MS);
+		}
+		usleep(10000);
+	}
+	return fd;
+}
+
 int fw_vnic_apply(const struct fw_vnic *v, unsigned int n)
 {
 	char *text;
-	int ret;
+	int ret, lock;
 
 	for (unsigned int i = 0; i < n; i++)
 		if (v[i].conf->enabled && (ret = brnf_enable()))
 			return ret;
+	if ((lock = ruleset_lock()) < 0)
+		return lock;
 	err_clear();
 	text = fw_install_text(v, n);
 	if (!text)
-		return *err_get() ? -ENOENT : err_set(-ENOMEM, "out of memory");
-	ret = nft_run(text, NULL, false);
+		ret = *err_get() ? -ENOENT : err_set(-ENOMEM, "out of memory");
+	else
+		ret = nft_run(text, NULL, false);
 	free(text);
+	close(lock);
 	return ret;
 }
 
 int fw_vnic_remove(const char *const *taps, unsigned int n)
 {
-	char *text = fw_remove_text(taps, n);
+	int lock = ruleset_lock();
+	char *text;
 	int ret;
 
-	if (!text)
-		return err_set(-ENOMEM, "out of memory");
-	ret = nft_run(text, NULL, false);
+	if (lock < 0)
+		return lock;
+	text = fw_remove_text(taps, n);
+	ret = text ? nft_run(text, NULL, false) : err_set(-ENOMEM, "out of memory");
 	free(text);
+	close(lock);
 	return ret;
 }
 

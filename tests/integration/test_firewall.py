@@ -1,9 +1,11 @@
 """The per-vNIC firewall and anti-spoofing (issue 13): nftables rules the
 daemon puts on a VM's tap. A probe guest (scenario net_ip: a tiny IPv4 host
 that answers ARP, ping, TCP SYNs and data, UDP) sits on a network; a
-namespace "peer" with a veth port on the same bridge talks to it. Needs root,
-iproute2 and nft (to compare rulesets); every bridge, namespace and veth the
-test makes is deleted afterwards."""
+namespace "peer" with a veth port on the same bridge talks to it. The daemon,
+its bridge, taps and nftables tables live in a namespace of the test's own,
+so a second test run on the host (its rules, its routes to the same
+addresses) cannot disturb this one. Needs root, iproute2 and nft; every
+namespace the test makes is deleted afterwards, and everything in it."""
 import json
 import os
 import re
@@ -27,22 +29,28 @@ VM_IP, PEER_IP = "10.77.0.2", "10.77.0.1"
 VM_MAC = "52:54:00:77:00:02"
 
 
-def ruleset():
-    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True,
-                          check=True).stdout
+def in_ns(ns, *cmd, check=True):
+    """A command in namespace ns (the daemon's or the peer's); its stdout."""
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,
+                          check=check).stdout
+
+
+def ruleset(d):
+    return in_ns(d.ns, "nft", "list", "ruleset")
 
 
 class Peer:
-    """A network namespace with a veth whose other end is a port of bridge br."""
+    """A network namespace with a veth whose other end is a port of bridge br
+    in the daemon's namespace host_ns."""
 
-    def __init__(self, br):
+    def __init__(self, br, host_ns):
         self.ns, self.host = f"vfw{TAG}", f"vfh{TAG}"
         subprocess.run(["ip", "netns", "add", self.ns], check=True)
-        subprocess.run(["ip", "link", "add", self.host, "type", "veth", "peer", "name", "eth0",
-                        "netns", self.ns], check=True)
+        subprocess.run(["ip", "-n", host_ns, "link", "add", self.host, "type", "veth", "peer",
+                        "name", "eth0", "netns", self.ns], check=True)
         for cmd in (["ip", "link", "set", self.host, "master", br],
                     ["ip", "link", "set", self.host, "up"]):
-            subprocess.run(cmd, check=True)
+            in_ns(host_ns, *cmd)
         # No IPv6 of its own: its multicast would add to the counters.
         for cmd in (["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
                     ["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"],
@@ -58,7 +66,6 @@ class Peer:
         return json.loads(r.stdout)
 
     def close(self):
-        subprocess.run(["ip", "link", "del", self.host], stderr=subprocess.DEVNULL)
         subprocess.run(["ip", "netns", "del", self.ns])
 
 
@@ -104,28 +111,36 @@ def udp(peer, port, n=1, size=4, timeout=2.0, ip=VM_IP):
 
 @pytest.fixture
 def fw(tmp_path):
-    d = Daemon(extra=["--storage", str(tmp_path)]).start()
-    net = f"f{TAG}"[:12]
-    d.ok("POST", "/networks", {"name": net}, status=201)
-    peer = Peer("vb-" + net)
-    d.net, d.peer = net, peer
-    yield d
-    taps = [t for t in os.listdir(f"/sys/class/net/vb-{net}/brif") if t.startswith("vt")]
+    ns = f"vfd{TAG}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    d = peer = None
     try:
-        for vm in d.ok("GET", "/vms")["vms"]:     # stopped by the daemon: rules removed
-            if vm["state"] in ("running", "paused", "stopping"):
-                d.stop(vm["name"], force=True)
-    except OSError:
-        pass                                      # a test stopped the daemon
+        in_ns(ns, "ip", "link", "set", "lo", "up")
+        # br_netfilter's switches are per namespace: a new one starts with
+        # them off, and the daemon turns them on for its firewall.
+        if not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
+            subprocess.run(["modprobe", "br_netfilter"])   # the nested host loads none
+        d = Daemon(extra=["--storage", str(tmp_path)], prefix=["ip", "netns", "exec", ns]).start()
+        net = f"f{TAG}"[:12]
+        d.ok("POST", "/networks", {"name": net}, status=201)
+        peer = Peer("vb-" + net, ns)
+        # A reject's reset or ICMP error leaves by the bridge port, but the
+        # kernel routes it first: the namespace needs a route to the network.
+        in_ns(ns, "ip", "addr", "add", "10.77.0.254/24", "dev", "vb-" + net)
+        d.ns, d.net, d.peer = ns, net, peer
+        yield d
+        try:
+            for vm in d.ok("GET", "/vms")["vms"]:     # stopped by the daemon: rules removed
+                if vm["state"] in ("running", "paused", "stopping"):
+                    d.stop(vm["name"], force=True)
+        except OSError:
+            pass                                      # a test stopped the daemon
     finally:
-        d.cleanup()
-        peer.close()
-        for t in taps:
-            subprocess.run(["ip", "link", "del", t], stderr=subprocess.DEVNULL)
-        subprocess.run(["ip", "link", "del", "vb-" + net], stderr=subprocess.DEVNULL)
-        # After a failure too, the test leaves no rule behind.
-        for t in ("bridge", "inet"):
-            subprocess.run(["nft", "delete", "table", t, "vireo"], stderr=subprocess.DEVNULL)
+        if d:
+            d.cleanup()
+        if peer:
+            peer.close()
+        subprocess.run(["ip", "netns", "del", ns])   # its bridge, taps and rules with it
 
 
 def start_vm(d, name="web", ip=VM_IP, **nic):
@@ -176,7 +191,7 @@ def test_ipv6_rules_and_addresses_are_installed(fw):
                     {"dir": "in", "proto": "tcp", "dport": "443", "src": "fd00:77::1",
                      "action": "reject"}]}
     start_vm(fw, firewall=v6, ips=[VM_IP, "fd00:77::2"])
-    rs = ruleset()
+    rs = ruleset(fw)
     assert "ip6 saddr != { ::, fd00:77::2, fe80::/10 }" in rs, rs
     assert "ip6 daddr fd00:77::/64" in rs and "ip6 saddr fd00:77::1" in rs, rs
     assert "0xfd000077000000000000000000000002" in rs, rs    # NDP target
@@ -222,7 +237,7 @@ def test_spoofed_mac_and_ip_are_dropped_and_counted(fw):
     # Switched off on the running VM: the spoofed frames reach the peer.
     fw.ok("POST", "/vms/web/firewall", {"nic": 0, "anti_spoof": False})
     assert sorted(udp(fw.peer, 9999)) == ["ok", "spoof-ip", "spoof-mac"]
-    assert "nic-" not in ruleset()
+    assert "nic-" not in ruleset(fw)
     assert fw.vm("web")["nics"][0].get("anti_spoof") is False
 
 
@@ -278,7 +293,7 @@ BAD = [({"firewall": {"rules": [{"dir": "in", "action": "accept", "src": "10.0.0
 
 def test_bad_input_is_400_naming_the_field_and_changes_nothing(fw):
     start_vm(fw, firewall=WEB, ips=[VM_IP])
-    before = ruleset()
+    before = ruleset(fw)
     for body, field in BAD:
         st, js = fw.request("POST", "/vms/web/firewall", {"nic": 0, **body})
         assert st == 400 and field in js["error"], (body, st, js)
@@ -292,7 +307,7 @@ def test_bad_input_is_400_naming_the_field_and_changes_nothing(fw):
     st, js = fw.request("POST", "/vms", {"name": "bad", "cpus": 1, "memory": "64M",
                                          "kernel": "/x", "nics": [{"firewall": {}}]})
     assert st == 400 and "'network'" in js["error"], js
-    assert ruleset() == before
+    assert ruleset(fw) == before
     assert fw.vm("web")["nics"][0]["firewall"]["rules"] == WEB_STORED
     assert fw.request("GET", "/vms/bad")[0] == 404
 
@@ -301,21 +316,43 @@ def test_stop_leaves_no_rule_and_restart_keeps_them(fw):
     start_vm(fw, firewall=WEB, ips=[VM_IP])
     (c,) = fw.vm("web")["firewall_counters"]
     tap = c["tap"]
-    n = ruleset().count(f"nic-{tap}-in")
-    assert n == 4, ruleset()                          # a chain and a map element per table
+    n = ruleset(fw).count(f"nic-{tap}-in")
+    assert n == 4, ruleset(fw)                          # a chain and a map element per table
     fw.kill(signal.SIGTERM)                           # the rules outlive the daemon
-    assert ruleset().count(f"nic-{tap}-in") == n
+    assert ruleset(fw).count(f"nic-{tap}-in") == n
     r = tcp(fw.peer, [22, 24])
     assert r["22"] == "ping" and r["24"] == "timeout", r
     fw.start()
     assert fw.vm("web")["state"] == "running"
-    assert ruleset().count(f"nic-{tap}-in") == n      # re-applied, not doubled
+    assert ruleset(fw).count(f"nic-{tap}-in") == n      # re-applied, not doubled
     r = tcp(fw.peer, [22, 24])
     assert r["22"] == "ping" and r["24"] == "timeout", r
     fw.stop("web", force=True)
     assert wait_for(lambda: fw.vm("web")["state"] == "stopped", timeout=10)
-    rs = ruleset()
+    rs = ruleset(fw)
     assert tap not in rs and "vireo" not in rs, rs   # the last vNIC: the tables go too
+
+
+def test_rule_changes_wait_for_the_host_wide_lock(fw):
+    """Two daemons on a host share the nftables tables; each change reads the
+    ruleset, then writes, under /run/vireo-firewall.lock (as iptables takes
+    xtables.lock). Held by someone else: a start waits with its rules
+    unapplied, and goes on once the lock is free."""
+    import fcntl
+    import threading
+    fw.create("web", scenario="net_ip", cmdline=f"scenario=net_ip net_ip={VM_IP}",
+              nics=[{"network": fw.net, "mac": VM_MAC, "ips": [VM_IP], "firewall": WEB}])
+    done = []
+    with open("/run/vireo-firewall.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        t = threading.Thread(target=lambda: done.append(fw.request("POST", "/vms/web/start")))
+        t.start()
+        held = not wait_for(lambda: done or "nic-" in ruleset(fw), timeout=3)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    t.join(scaled(30))
+    assert held, (done, ruleset(fw))
+    assert done and done[0][0] == 200, done
+    assert ruleset(fw).count("nic-") >= 4 and fw.vm("web")["state"] == "running"
 
 
 def test_two_vms_each_chain_decides_and_one_cannot_spoof_the_other(fw):
@@ -338,9 +375,8 @@ def test_two_vms_each_chain_decides_and_one_cannot_spoof_the_other(fw):
     # The bridge learns a's MAC (a answers the peer's ARP), else b's frames
     # to a would be flooded and counted in b's chain once per port.
     udp(fw.peer, 9, timeout=0.2, ip=a_ip)
-    assert wait_for(lambda: a_mac in subprocess.run(
-        ["bridge", "fdb", "show", "br", "vb-" + fw.net], capture_output=True,
-        text=True).stdout, timeout=scaled(5))
+    assert wait_for(lambda: a_mac in in_ns(fw.ns, "bridge", "fdb", "show", "br", "vb-" + fw.net),
+                    timeout=scaled(5))
     base_a, base_b = counters(fw, "a"), counters(fw, "b")
     fw.peer.py("""
 import json, socket
@@ -379,10 +415,9 @@ print(json.dumps({"got": got, "neigh": neigh}))
 
 def test_udp_reject_and_a_thousand_rules(fw):
     """A rejected UDP port answers ICMP port unreachable (a connected socket
-    sees ECONNREFUSED): the host sends it through its routing, so it needs
-    an address on the network; 1,024 rules apply in one transaction on a
+    sees ECONNREFUSED: the host routes it, by the fixture's address on the
+    network); 1,024 rules apply in one transaction on a
     running VM and the last one still decides; 1,025 are refused."""
-    subprocess.run(["ip", "addr", "add", "10.77.0.254/24", "dev", "vb-" + fw.net], check=True)
     rules = [{"dir": "in", "proto": "udp", "dport": 20000 + i, "action": "drop"}
              for i in range(1023)]
     rules.append({"dir": "in", "proto": "udp", "dport": 5353, "action": "reject"})
@@ -408,7 +443,7 @@ except socket.timeout: print(json.dumps("timeout"))
     assert len([k for k in c if k.startswith("rule ")]) == 1024
     # 1,023 of them are one lookup, keyed port first: keyed protocol first
     # (one value for all), the kernel's lookup walked every element (bench/net.sh)
-    rs = ruleset()
+    rs = ruleset(fw)
     assert "th dport . meta l4proto vmap @nic-" in rs and "20001 . udp" in rs, rs[:3000]
     st, js = fw.request("POST", "/vms/web/firewall", raw=json.dumps(
         {"nic": 0, "firewall": {"rules": rules + rules[:1]}}, separators=(",", ":")))
@@ -423,7 +458,7 @@ def test_rules_in_a_map_keep_their_order(fw):
         [{"dir": "in", "proto": "tcp", "dport": p, "action": "accept"}
          for p in (22, 80, 443, "8000-8090")]
     start_vm(fw, firewall={"policy_in": "drop", "rules": rules}, ips=[VM_IP])
-    rs = ruleset()
+    rs = ruleset(fw)
     assert 'comment "rules 1-4"' in rs and 'comment "rule 0"' in rs, rs
     assert '8000-8090 . tcp' in rs, rs                  # a range in the map
     r = tcp(fw.peer, [22, 8080])
@@ -536,13 +571,8 @@ def test_linux_guest_allowed_dropped_rejected_and_spoofed(fw):
     not in "ips" are dropped at the bridge and counted, each one. The same
     over IPv6, in the same boot."""
     kit = build_kit()
-    if not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
-        subprocess.run(["modprobe", "br_netfilter"])   # the nested host loads none
-    # The reset leaves by the bridge port, but the kernel routes it first: the
-    # nested host has no default route, so it needs one to the network.
-    subprocess.run(["ip", "addr", "add", "10.77.0.254/24", "dev", "vb-" + fw.net], check=True)
-    subprocess.run(["ip", "addr", "add", "fd00:77::fe/64", "dev", "vb-" + fw.net, "nodad"],
-                   check=True)
+    # The IPv6 reset is routed too (the fixture gave the IPv4 address).
+    in_ns(fw.ns, "ip", "addr", "add", "fd00:77::fe/64", "dev", "vb-" + fw.net, "nodad")
     for cmd in (["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"],
                 ["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"],
                 ["ip", "addr", "add", PEER_IP6 + "/64", "dev", "eth0", "nodad"]):
