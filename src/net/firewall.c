@@ -641,10 +641,15 @@ static int ruleset_lock(void)
 	if (fd < 0)
 		return err_set(-errno, "cannot open %s: %m", FW_LOCK_PATH);
 	for (int waited = 0; flock(fd, LOCK_EX | LOCK_NB) < 0; waited += 10) {
-		if ((errno != EWOULDBLOCK && errno != EINTR) || waited >= FW_LOCK_WAIT_MS) {
+		int ret = errno != EWOULDBLOCK && errno != EINTR ?
+			  err_set(-errno, "cannot lock %s: %m", FW_LOCK_PATH) :
+			  waited >= FW_LOCK_WAIT_MS ?
+			  err_set(-EBUSY, "%s: held by another process for %d ms", FW_LOCK_PATH,
+				  FW_LOCK_WAIT_MS) : 0;
+
+		if (ret) {
 			close(fd);
-			return err_set(-EBUSY, "%s: held by another process for %d ms",
-				       FW_LOCK_PATH, FW_LOCK_WAIT_MS);
+			return ret;
 		}
 		usleep(10000);
 	}
