@@ -24,9 +24,11 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.unix_path)
 
 
-def wait_for(cond, timeout=5.0, step=0.02):
+def wait_for(cond, timeout=30.0, step=0.02):
     """cond()'s first true value within scaled(timeout) seconds, else its
-    last (false) value: callers assert on it with their own message."""
+    last (false) value: callers assert on it with their own message. The
+    deadline only bounds a hang (a true cond returns at once), so the
+    default leaves room for a 2-core host running a second test suite."""
     end = time.monotonic() + scaled(timeout)
     while time.monotonic() < end:
         v = cond()
