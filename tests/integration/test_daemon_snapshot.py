@@ -70,7 +70,7 @@ def snapshots(d, name):
 def start_counting(d, name, **kw):
     d.create(name, scenario="count=50", **kw)
     d.ok("POST", f"/vms/{name}/start")
-    assert wait_for(lambda: last_count(d, name) >= 5, timeout=10), d.vm_log(name)
+    assert wait_for(lambda: last_count(d, name) >= 5, timeout=30), d.vm_log(name)
 
 
 def test_memory_snapshot_of_a_running_vm_and_rollback(sdaemon):
@@ -84,7 +84,7 @@ def test_memory_snapshot_of_a_running_vm_and_rollback(sdaemon):
     # The VM was resumed and keeps counting.
     vm = d.vm("c")
     assert vm["state"] == "running", vm
-    assert wait_for(lambda: last_count(d, "c") >= after + 10, timeout=10), d.vm_log("c")
+    assert wait_for(lambda: last_count(d, "c") >= after + 10, timeout=30), d.vm_log("c")
     gone_on = last_count(d, "c")
 
     lst = snapshots(d, "c")
@@ -96,11 +96,11 @@ def test_memory_snapshot_of_a_running_vm_and_rollback(sdaemon):
     vm = d.ok("POST", "/vms/c/snapshots/s1/rollback")
     assert vm["state"] == "running" and vm["pid"] != pid, vm
     # The new VMM's log: it goes on from the snapshot's counter, no boot.
-    assert wait_for(lambda: len(counts(d, "c")) >= 3, timeout=10), d.vm_log("c")
+    assert wait_for(lambda: len(counts(d, "c")) >= 3, timeout=30), d.vm_log("c")
     first = counts(d, "c")[0]
     assert before < first <= after + 1 and first < gone_on, (before, first, after, gone_on)
     assert "PROBE boot" not in d.vm_log("c")
-    assert wait_for(lambda: last_count(d, "c") >= first + 5, timeout=10), d.vm_log("c")
+    assert wait_for(lambda: last_count(d, "c") >= first + 5, timeout=30), d.vm_log("c")
 
     # A second snapshot descends from the first; rollback of a paused VM.
     d.ok("POST", "/vms/c/pause")
@@ -110,7 +110,7 @@ def test_memory_snapshot_of_a_running_vm_and_rollback(sdaemon):
     assert d.vm("c")["state"] == "paused"
     d.ok("POST", "/vms/c/snapshots/s1/rollback")
     assert snapshots(d, "c")["current"] == "s1"
-    assert wait_for(lambda: len(counts(d, "c")) >= 2, timeout=10), d.vm_log("c")
+    assert wait_for(lambda: len(counts(d, "c")) >= 2, timeout=30), d.vm_log("c")
     assert before < counts(d, "c")[0] <= after + 1
     # A snapshot taken paused comes back paused: no guest code has run yet;
     # on resume it goes on with the very next count.
@@ -118,7 +118,7 @@ def test_memory_snapshot_of_a_running_vm_and_rollback(sdaemon):
     assert vm["state"] == "paused" and d.vm("c")["vmm"]["state"] == "paused", vm
     assert counts(d, "c") == [] and "PROBE boot" not in d.vm_log("c")
     d.ok("POST", "/vms/c/resume")
-    assert wait_for(lambda: len(counts(d, "c")) >= 2, timeout=10), d.vm_log("c")
+    assert wait_for(lambda: len(counts(d, "c")) >= 2, timeout=30), d.vm_log("c")
     assert counts(d, "c")[:2] == [paused_at + 1, paused_at + 2], (paused_at, counts(d, "c"))
 
 
@@ -134,13 +134,13 @@ def test_memory_snapshot_of_a_sandboxed_vmm(daemon):
     assert snap["memory"] is True, snap
     after = last_count(d, "sb")
     assert d.vm("sb")["state"] == "running"
-    assert wait_for(lambda: last_count(d, "sb") >= after + 10, timeout=10), d.vm_log("sb")
+    assert wait_for(lambda: last_count(d, "sb") >= after + 10, timeout=30), d.vm_log("sb")
     files = os.path.join(d.state, "snapshots", "sb", "m")
     assert sorted(os.listdir(files)) == ["memory", "meta.json", "state"]
     assert os.path.getsize(os.path.join(files, "memory")) == 64 << 20
     vm = d.ok("POST", "/vms/sb/snapshots/m/rollback")
     assert vm["state"] == "running" and vm["vmm_uid"] > 0, vm
-    assert wait_for(lambda: len(counts(d, "sb")) >= 3, timeout=10), d.vm_log("sb")
+    assert wait_for(lambda: len(counts(d, "sb")) >= 3, timeout=30), d.vm_log("sb")
     assert before < counts(d, "sb")[0] <= after + 1 and "PROBE boot" not in d.vm_log("sb")
 
 
@@ -163,7 +163,7 @@ def test_rollback_into_a_sandboxed_vmm_and_leftovers(sdaemon):
         assert [s["name"] for s in snapshots(d2, "j")["snapshots"]] == ["m"]
         vm = d2.ok("POST", "/vms/j/snapshots/m/rollback")
         assert vm["state"] == "running" and vm["vmm_uid"] > 0, vm
-        assert wait_for(lambda: len(counts(d2, "j")) >= 3, timeout=10), d2.vm_log("j")
+        assert wait_for(lambda: len(counts(d2, "j")) >= 3, timeout=30), d2.vm_log("j")
         assert counts(d2, "j")[0] <= at + 1 and "PROBE boot" not in d2.vm_log("j")
         d2.ok("POST", "/vms/j/snapshots", {"name": "d", "memory": False}, status=201)
         assert not os.path.exists(left)
@@ -198,7 +198,7 @@ def test_rollback_to_a_damaged_memory_snapshot_leaves_the_vm_running(sdaemon):
     vm = d.vm("dm")
     assert vm["state"] == "running" and vm["pid"] == pid, vm
     n = last_count(d, "dm")
-    assert wait_for(lambda: last_count(d, "dm") >= n + 3, timeout=10)
+    assert wait_for(lambda: last_count(d, "dm") >= n + 3, timeout=30)
     assert snapshots(d, "dm")["current"] == "m"
 
 
@@ -251,7 +251,7 @@ def test_disk_snapshot_of_a_running_vm_by_its_vmm(daemon, tmp_path):
     assert snap["memory"] is False and snap["vm_state"] == "running", snap
     assert d.vm("r")["state"] == "running"
     n = last_count(d, "r")
-    assert wait_for(lambda: last_count(d, "r") >= n + 5, timeout=10)
+    assert wait_for(lambda: last_count(d, "r") >= n + 5, timeout=30)
     assert internal_snapshots(disk, share=True) == ["disk-only"]
     # A second name: the VMM adds it beside the first; delete goes through
     # the VMM too, while it runs.
@@ -282,19 +282,19 @@ def test_memory_snapshot_with_a_qcow2_disk_and_rollback(request, which, tmp_path
     disk = qcow2(tmp_path, size="16M")
     d.create("v", scenario="devloop=50 irq=msix", disks=[{"path": str(disk)}])
     d.ok("POST", "/vms/v/start")
-    assert wait_for(lambda: len(rounds(d, "v")) >= 5, timeout=10), d.vm_log("v")
+    assert wait_for(lambda: len(rounds(d, "v")) >= 5, timeout=30), d.vm_log("v")
     snap = d.ok("POST", "/vms/v/snapshots", {"name": "full"}, status=201)
     assert snap["memory"] is True and snap["vm_state"] == "running", snap
     assert internal_snapshots(disk, share=True) == ["full"]
     after = rounds(d, "v")[-1][0]
-    assert wait_for(lambda: rounds(d, "v")[-1][0] >= after + 5, timeout=10), d.vm_log("v")
+    assert wait_for(lambda: rounds(d, "v")[-1][0] >= after + 5, timeout=30), d.vm_log("v")
     d.ok("POST", "/vms/v/snapshots/full/rollback")
-    assert wait_for(lambda: len(rounds(d, "v")) >= 4, timeout=10), d.vm_log("v")
+    assert wait_for(lambda: len(rounds(d, "v")) >= 4, timeout=30), d.vm_log("v")
     r = rounds(d, "v")
     assert r[0][0] <= after + 1 and all(ok == "ok" for _, ok in r), r
     assert "PROBE boot" not in d.vm_log("v")
     d.ok("POST", "/vms/v/stop", {"force": True})
-    assert wait_for(lambda: d.vm("v")["state"] == "stopped", timeout=10)
+    assert wait_for(lambda: d.vm("v")["state"] == "stopped", timeout=30)
     assert subprocess.run(["qemu-img", "check", "-q", str(disk)]).returncode == 0
 
 

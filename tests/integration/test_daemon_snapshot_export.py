@@ -56,7 +56,7 @@ def counting_vm_with_disk(a, sa):
     disk = qcow2(sa / "src.qcow2")
     a.create("src", scenario="count=50", disks=[{"path": str(disk), "format": "qcow2"}])
     a.ok("POST", "/vms/src/start")
-    assert wait_for(lambda: len(counts(a, "src")) >= 5, timeout=10), a.vm_log("src")
+    assert wait_for(lambda: len(counts(a, "src")) >= 5, timeout=30), a.vm_log("src")
     before = counts(a, "src")[-1]
     a.ok("POST", "/vms/src/snapshots", {"name": "s1"}, status=201)
     return disk, (before, counts(a, "src")[-1])
@@ -87,7 +87,7 @@ def test_export_import_runs_on_a_second_daemon(two):
     assert lst["current"] == "s1" and [s["name"] for s in lst["snapshots"]] == ["s1"], lst
     vm = b.ok("POST", "/vms/dst/snapshots/s1/rollback")
     assert vm["state"] == "running" and vm["vmm_uid"] > 0, vm
-    assert wait_for(lambda: len(counts(b, "dst")) >= 5, timeout=10), b.vm_log("dst")
+    assert wait_for(lambda: len(counts(b, "dst")) >= 5, timeout=30), b.vm_log("dst")
     assert at[0] < counts(b, "dst")[0] <= at[1] + 1, (at, counts(b, "dst")[:3])
     assert "PROBE boot" not in b.vm_log("dst")
     b.stop("dst", force=True)
@@ -154,7 +154,7 @@ def test_export_of_a_running_vm(two, tmp_path):
     disk = random_qcow2(sa / "run.qcow2", 96)
     a.create("run", scenario="devloop=50", disks=[{"path": str(disk), "format": "qcow2"}])
     a.ok("POST", "/vms/run/start")
-    assert wait_for(lambda: len(rounds(a, "run")) >= 5, timeout=10), a.vm_log("run")
+    assert wait_for(lambda: len(rounds(a, "run")) >= 5, timeout=30), a.vm_log("run")
     # A copy of the disk at the snapshot, taken while the VM is paused.
     a.ok("POST", "/vms/run/pause")
     a.ok("POST", "/vms/run/snapshots", {"name": "s1"}, status=201)
@@ -162,7 +162,7 @@ def test_export_of_a_running_vm(two, tmp_path):
     ref = tmp_path / "ref.qcow2"
     subprocess.run(["qemu-img", "convert", "-U", "-O", "qcow2", str(disk), str(ref)], check=True)
     a.ok("POST", "/vms/run/resume")
-    assert wait_for(lambda: rounds(a, "run")[-1][0] >= after + 5, timeout=10), a.vm_log("run")
+    assert wait_for(lambda: rounds(a, "run")[-1][0] >= after + 5, timeout=30), a.vm_log("run")
     a.ok("POST", "/vms/run/snapshots", {"name": "s0", "memory": False}, status=201)
     pid = a.vm("run")["pid"]
 
@@ -190,7 +190,7 @@ def test_export_of_a_running_vm(two, tmp_path):
     vm = a.vm("run")
     assert vm["state"] == "running" and vm["pid"] == pid, vm
     n = rounds(a, "run")[-1][0]
-    assert wait_for(lambda: rounds(a, "run")[-1][0] >= n + 5, timeout=10), a.vm_log("run")
+    assert wait_for(lambda: rounds(a, "run")[-1][0] >= n + 5, timeout=30), a.vm_log("run")
     assert all(blk == "ok" for _, _, blk in rounds(a, "run"))
     assert [s["name"] for s in a.ok("GET", "/vms/run/snapshots")["snapshots"]] == ["s1", "s0"]
 
@@ -205,7 +205,7 @@ def test_export_of_a_running_vm(two, tmp_path):
     vm = b.ok("POST", "/vms/dst/snapshots/s1/rollback")
     assert vm["state"] == "paused", vm
     b.ok("POST", "/vms/dst/resume")
-    assert wait_for(lambda: len(rounds(b, "dst")) >= 5, timeout=10), b.vm_log("dst")
+    assert wait_for(lambda: len(rounds(b, "dst")) >= 5, timeout=30), b.vm_log("dst")
     r = rounds(b, "dst")
     assert r[0][0] <= after + 1 and all(blk == "ok" for _, _, blk in r), (after, r)
     assert "PROBE boot" not in b.vm_log("dst")
@@ -237,7 +237,7 @@ def test_daemon_killed_mid_export_and_mid_import(two):
     disk = random_qcow2(sa / "run.qcow2", 128)     # incompressible: slow to copy
     a.create("run", scenario="devloop=50", disks=[{"path": str(disk), "format": "qcow2"}])
     a.ok("POST", "/vms/run/start")
-    assert wait_for(lambda: len(rounds(a, "run")) >= 5, timeout=10), a.vm_log("run")
+    assert wait_for(lambda: len(rounds(a, "run")) >= 5, timeout=30), a.vm_log("run")
     a.ok("POST", "/vms/run/snapshots", {"name": "s1"}, status=201)
     pid = a.vm("run")["pid"]
 
@@ -251,7 +251,7 @@ def test_daemon_killed_mid_export_and_mid_import(two):
     vm = a.vm("run")
     assert vm["state"] == "running" and vm["pid"] == pid, vm
     n = rounds(a, "run")[-1][0]
-    assert wait_for(lambda: rounds(a, "run")[-1][0] >= n + 5, timeout=10), a.vm_log("run")
+    assert wait_for(lambda: rounds(a, "run")[-1][0] >= n + 5, timeout=30), a.vm_log("run")
     st, js = a.request("POST", "/vms/run/snapshots/s1/export", {"dir": str(sa / "exp")})
     assert st == 409 and "did not finish" in js["error"], (st, js)
     shutil.rmtree(sa / "exp.partial")
@@ -279,7 +279,7 @@ def test_daemon_killed_mid_export_and_mid_import(two):
     assert b.request("GET", "/vms/dst")[0] == 404
     b.ok("POST", "/vms/dst/import", {"dir": str(sb / "exp")}, status=201)
     assert b.ok("POST", "/vms/dst/snapshots/s1/rollback")["state"] == "running"
-    assert wait_for(lambda: len(rounds(b, "dst")) >= 5, timeout=10), b.vm_log("dst")
+    assert wait_for(lambda: len(rounds(b, "dst")) >= 5, timeout=30), b.vm_log("dst")
     b.stop("dst", force=True)
 
     a.stop("run", force=True)
@@ -420,7 +420,7 @@ def test_archive_round_trip_of_a_running_vm(two):
     vm = a.vm("src")
     assert vm["state"] == "running" and vm["pid"] == pid, vm
     n = counts(a, "src")[-1]
-    assert wait_for(lambda: counts(a, "src")[-1] >= n + 5, timeout=10), a.vm_log("src")
+    assert wait_for(lambda: counts(a, "src")[-1] >= n + 5, timeout=30), a.vm_log("src")
     with tarfile.open(sa / "src.tar") as t:
         names = t.getnames()
         assert all(m.isreg() for m in t.getmembers())
@@ -441,7 +441,7 @@ def test_archive_round_trip_of_a_running_vm(two):
     assert p.returncode == 0 and p.stdout.startswith("src2: imported"), p
     assert b.vm("src")["disks"][0]["path"] == str(sb / "src-disk0.qcow2")
     b.ok("POST", "/vms/src/snapshots/s1/rollback")
-    assert wait_for(lambda: len(counts(b, "src")) >= 5, timeout=10), b.vm_log("src")
+    assert wait_for(lambda: len(counts(b, "src")) >= 5, timeout=30), b.vm_log("src")
     assert at[0] < counts(b, "src")[0] <= at[1] + 1, (at, counts(b, "src")[:3])
     assert "PROBE boot" not in b.vm_log("src")
     b.stop("src", force=True)
@@ -482,7 +482,7 @@ def test_archive_of_the_vm_now(two):
     assert p.returncode == 0, p
     assert b.ok("GET", "/vms/now/snapshots")["current"] == snap
     b.ok("POST", f"/vms/now/snapshots/{snap}/rollback")
-    assert wait_for(lambda: len(counts(b, "now")) >= 3, timeout=10), b.vm_log("now")
+    assert wait_for(lambda: len(counts(b, "now")) >= 3, timeout=30), b.vm_log("now")
     assert before < counts(b, "now")[0] <= after + 1, (before, after, counts(b, "now")[:3])
     assert "PROBE boot" not in b.vm_log("now")
 
