@@ -69,6 +69,8 @@ struct run_options {
 	const char *incoming;			/* --incoming tcp:ADDR:PORT */
 	const char *incoming_token;		/* --incoming-token-file FILE */
 	struct migrate_storage incoming_disks;	/* --incoming-disk: copied storage */
+	const char *host_taps[MAX_NICS];	/* --host-tap, in vNIC order */
+	unsigned int nhost_taps;
 	struct migrate_incoming *in;		/* --incoming: the stream, received */
 	struct vm *early_vm;			/* --incoming: created at the stream's hello */
 	bool paused;				/* --paused */
@@ -170,6 +172,9 @@ static const char run_usage[] =
 	"                   its disks ('migrate' \"copy_storage\"); its next disk goes\n"
 	"                   into FILE, an empty image of the same virtual size (once\n"
 	"                   per disk, in order)\n"
+	"  --host-tap NAME  with --incoming or --restore: this host's tap for the VM's\n"
+	"                   next vNIC (once per vNIC, in order; \"\" lets the kernel\n"
+	"                   name one); without it the taps named where the VM came from\n"
 	"  --seccomp=MODE   on (default): a syscall outside the VMM's allowlist kills\n"
 	"                   it (SIGSYS); log: allowed but logged by the kernel; off\n"
 	"                   (--reboot=restart implies off: a filter outlives exec)\n"
@@ -324,7 +329,10 @@ static void devices_to_machine(struct run_options *o)
 	m->balloon_target = o->balloon_target;
 }
 
-static void devices_from_machine(struct run_options *o)
+/* The machine of a stream or a snapshot names the taps of the host it came
+ * from; --host-tap names this host's, one per vNIC in order ("" for a tap
+ * the kernel names). */
+static int devices_from_machine(struct run_options *o)
 {
 	const struct machine_config *m = &o->machine;
 
@@ -346,11 +354,17 @@ static void devices_from_machine(struct run_options *o)
 			.tx_bps = k->tx_bps };
 		memcpy(o->nics[i].mac, k->mac, 6);
 	}
+	if (o->nhost_taps && o->nhost_taps != m->nnics)
+		return err_set(-EINVAL, "--host-tap given %u times, but the VM has %u vNICs",
+			       o->nhost_taps, m->nnics);
+	for (unsigned int i = 0; i < o->nhost_taps; i++)
+		o->nics[i].tap = *o->host_taps[i] ? o->host_taps[i] : NULL;
 	o->rng = m->rng;
 	o->rng_bps = m->rng_bps;
 	o->balloon = m->balloon;
 	o->balloon_target = m->balloon_target;
 	apply_storage(o);
+	return 0;
 }
 
 /* --restore: the machine and everything in it come from the snapshot. */
@@ -373,8 +387,7 @@ static int check_restore(struct run_options *o)
 	o->vm.mem_from_file = true;
 	o->vm.mem_fd = snapshot_take_memory_fd(o->snap);
 	o->debug_exit = o->machine.debug_exit;
-	devices_from_machine(o);
-	return 0;
+	return devices_from_machine(o);
 }
 
 /* "path=FILE[,format=FMT]"; the strings point into spec (argv). */
@@ -461,8 +474,7 @@ static int receive_incoming(struct run_options *o)
 	close(snapshot_take_memory_fd(o->snap));
 	o->vm.mem_fd = -1;
 	o->debug_exit = o->machine.debug_exit;
-	devices_from_machine(o);
-	return 0;
+	return devices_from_machine(o);
 }
 
 /* What the options mean together, and the files they name. */
@@ -483,6 +495,9 @@ static int check_run_options(struct run_options *o, bool seccomp_given)
 		return err_set(-errno, "--jail %s: %s", o->sandbox.jail, strerror(errno));
 	if ((o->incoming_token || o->incoming_disks.ndisks) && !o->incoming)
 		return err_set(-EINVAL, "--incoming-token-file and --incoming-disk go with --incoming");
+	if (o->nhost_taps && !o->incoming && !o->restore)
+		return err_set(-EINVAL, "--host-tap goes with --incoming or --restore (a new VM "
+			       "names its taps with --net tap=NAME)");
 	if (o->track_dirty && !o->restore)
 		return err_set(-EINVAL, "--track-dirty goes with --restore (a running VM starts "
 			       "tracking with the 'snapshot' action's \"track_dirty\")");
@@ -531,7 +546,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 	       OPT_API_SOCKET, OPT_VCPU_CGROUP, OPT_CONSOLE_SOCKET, OPT_USER, OPT_JAIL,
 	       OPT_SECCOMP, OPT_STORAGE, OPT_STATUS_FILE, OPT_DEBUG_EXIT, OPT_RESTORE,
 	       OPT_PAUSED, OPT_TRACK_DIRTY, OPT_FIRMWARE, OPT_FIRMWARE_DEBUG,
-	       OPT_INCOMING, OPT_INCOMING_TOKEN, OPT_INCOMING_DISK };
+	       OPT_INCOMING, OPT_INCOMING_TOKEN, OPT_INCOMING_DISK, OPT_HOST_TAP };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, 'k' },
 		{ "initrd", required_argument, NULL, 'i' },
@@ -561,6 +576,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		{ "incoming", required_argument, NULL, OPT_INCOMING },
 		{ "incoming-token-file", required_argument, NULL, OPT_INCOMING_TOKEN },
 		{ "incoming-disk", required_argument, NULL, OPT_INCOMING_DISK },
+		{ "host-tap", required_argument, NULL, OPT_HOST_TAP },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -634,6 +650,14 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 		case OPT_INCOMING_DISK:
 			if (parse_incoming_disk(optarg, &o->incoming_disks))
 				return -EINVAL;
+			break;
+		case OPT_HOST_TAP:
+			if (o->nhost_taps == MAX_NICS)
+				return err_set(-EINVAL, "at most %d --host-tap options", MAX_NICS);
+			if (strlen(optarg) >= 16)
+				return err_set(-EINVAL, "--host-tap: '%s' is too long for a tap name",
+					       optarg);
+			o->host_taps[o->nhost_taps++] = optarg;
 			break;
 		case OPT_USER:
 			if (sandbox_parse_user(optarg, &o->sandbox))

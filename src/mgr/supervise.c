@@ -363,7 +363,7 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 		       unsigned int uid, const char *restore, bool paused, const char *vm_incoming,
 		       const char *token, bool copy)
 {
-	char **argv = calloc(16 + MGR_MAX_DISKS + MGR_MAX_NICS + m->nstorage, sizeof(char *));
+	char **argv = calloc(16 + MGR_MAX_DISKS + 2 * MGR_MAX_NICS + m->nstorage, sizeof(char *));
 	char file[PATH_MAX];
 	unsigned int n = 0;
 
@@ -375,6 +375,15 @@ static char **vmm_argv(struct mgr *m, const struct vm_def *d, const char *sock,
 	 * as its own uid (the daemon has granted it access: storage.c). */
 	for (unsigned int i = 0; i < m->nstorage; i++)
 		argv[n++] = xasprintf("--storage=%s", m->storage[i]);
+	/* A snapshot's or a stream's machine names the taps of where it was
+	 * made: this daemon's are named here (its instance id is in them). */
+	if (restore || vm_incoming)
+		for (unsigned int i = 0; i < d->nnics; i++) {
+			char tap[16];
+
+			mgr_nic_tap(d, i, tap);
+			argv[n++] = xasprintf("--host-tap=%s", tap);
+		}
 	/* A restore takes the machine from the snapshot (run --restore). */
 	if (restore) {
 		argv[n++] = xasprintf("--restore=%s", restore);

@@ -358,6 +358,34 @@ def test_one_command_moves_vm_and_back(tmp_path, hosts):
     check_rounds(log_a1, log_b, a.vm_log("mig"))
 
 
+def test_vnic_on_a_network_lands_on_the_destinations_tap(tmp_path, hosts):
+    """Each daemon names its taps (its instance id is in the name), so the
+    stream's machine names A's tap; B's VMM must open B's own, the port of
+    B's bridge, and A's goes with A's VMM. Without it B's VMM opened a tap
+    of A's name, in no bridge, and the guest was cut off after the move."""
+    a, b = hosts
+    for d in (a, b):
+        d.ok("POST", "/networks", {"name": "lan"}, status=201)
+    defn = dict(definition(tmp_path), nics=[{"network": "lan", "mac": "52:54:00:43:00:07"}])
+    a.ok("POST", "/vms", defn, status=201)
+    a.ok("POST", "/vms/mig/start")
+    wait_rounds(a, 5)
+
+    def ports(d):
+        out = subprocess.run(["ip", "-n", d.netns, "-o", "link", "show", "master", "vb-lan"],
+                             capture_output=True, text=True, check=True).stdout
+        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+    (tap_a,) = ports(a)
+    r = one_command(a, b, free_port())
+    assert r.returncode == 0, (r, b.logtext()[-2000:])
+    (tap_b,) = wait_until(lambda: ports(b), 30, "B's tap in B's bridge")
+    assert tap_b != tap_a, (tap_a, tap_b)
+    v = b.vm("mig")
+    assert v["state"] == "running" and v["vmm"]["nics"][0]["tap"] == tap_b, v
+    wait_until(lambda: ports(a) == [], 30, "A's tap gone with A's VMM")
+    wait_rounds(b, last_round(a) + 10)
+
+
 def test_one_command_interrupted_leaves_vm_on_a(tmp_path, hosts):
     """Ctrl-C while the memory goes: the CLI cancels at the source, the VM
     goes on there, B forgets it."""
