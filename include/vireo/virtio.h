@@ -264,6 +264,8 @@ struct virtio_dev *virtio_balloon_dev(struct virtio_balloon *b);
 
 struct nic_config {
 	const char *tap;       /* tap device name; NULL: let the kernel pick */
+	int tap_fd;            /* with tap_opened: that tap, virtio_net_open_tap()'s */
+	bool tap_opened;
 	uint8_t mac[6];
 	bool mac_set;
 	uint16_t mtu;          /* 0: 1500 */
@@ -271,6 +273,11 @@ struct nic_config {
 };
 
 struct virtio_net;
+/* Attaches to tap `name` as the device will (an incoming VM's, early: the
+ * tap's carrier comes on now, so its bridge port forwards by the switch-over
+ * and the announce is not lost). The fd, or -errno. */
+int virtio_net_open_tap(const char *name);
+/* Takes cfg->tap_fd when cfg->tap_opened (closed on failure too). */
 int virtio_net_create(struct vm *vm, struct pci_bus *bus, const struct nic_config *cfg,
 		      struct virtio_net **out);
 void virtio_net_destroy(struct virtio_net *net);

@@ -70,6 +70,7 @@ struct run_options {
 	const char *incoming_token;		/* --incoming-token-file FILE */
 	struct migrate_storage incoming_disks;	/* --incoming-disk: copied storage */
 	const char *host_taps[MAX_NICS];	/* --host-tap, in vNIC order */
+	int host_tap_fds[MAX_NICS];		/* --incoming: attached early, or -1 */
 	unsigned int nhost_taps;
 	struct migrate_incoming *in;		/* --incoming: the stream, received */
 	struct vm *early_vm;			/* --incoming: created at the stream's hello */
@@ -357,8 +358,12 @@ static int devices_from_machine(struct run_options *o)
 	if (o->nhost_taps && o->nhost_taps != m->nnics)
 		return err_set(-EINVAL, "--host-tap given %u times, but the VM has %u vNICs",
 			       o->nhost_taps, m->nnics);
-	for (unsigned int i = 0; i < o->nhost_taps; i++)
+	for (unsigned int i = 0; i < o->nhost_taps; i++) {
 		o->nics[i].tap = *o->host_taps[i] ? o->host_taps[i] : NULL;
+		o->nics[i].tap_opened = o->host_tap_fds[i] >= 0;
+		o->nics[i].tap_fd = o->host_tap_fds[i];
+		o->host_tap_fds[i] = -1;	/* the device's now */
+	}
 	o->rng = m->rng;
 	o->rng_bps = m->rng_bps;
 	o->balloon = m->balloon;
@@ -456,6 +461,16 @@ static int receive_incoming(struct run_options *o)
 {
 	int ret;
 
+	/* This host's taps are attached now, not in the downtime: a tap's
+	 * carrier comes on when a VMM attaches, and its bridge port forwards
+	 * only after the kernel's link watch (up to ~1 s, longer when loaded)
+	 * notices; the announce right after the switch-over was lost then. */
+	for (unsigned int i = 0; i < o->nhost_taps; i++) {
+		o->host_tap_fds[i] = *o->host_taps[i] ? virtio_net_open_tap(o->host_taps[i]) : -1;
+		if (*o->host_taps[i] && o->host_tap_fds[i] < 0)
+			return err_set(o->host_tap_fds[i], "--host-tap %s: %s", o->host_taps[i],
+				       err_get());
+	}
 	/* The copied disks are opened as the VM's will be (--storage, --user). */
 	apply_storage(o);
 	o->incoming_disks.policy = o->policy.ndirs ? &o->policy : NULL;
@@ -657,6 +672,7 @@ static int parse_run_options(int argc, char **argv, struct run_options *o)
 			if (strlen(optarg) >= 16)
 				return err_set(-EINVAL, "--host-tap: '%s' is too long for a tap name",
 					       optarg);
+			o->host_tap_fds[o->nhost_taps] = -1;
 			o->host_taps[o->nhost_taps++] = optarg;
 			break;
 		case OPT_USER:

@@ -5,6 +5,7 @@
  * Config (little-endian): mac[6] @0, status u16 @6, max_virtqueue_pairs
  * u16 @8, mtu u16 @10. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -254,15 +255,30 @@ static void net_fill_config(struct virtio_net *n, const struct nic_config *cfg)
 	memcpy(c + 10, &mtu, 2);
 }
 
+int virtio_net_open_tap(const char *name)
+{
+	char ignored[16];
+
+	return tap_open(name, HDR_LEN, ignored);
+}
+
 int virtio_net_create(struct vm *vm, struct pci_bus *bus, const struct nic_config *cfg,
 		      struct virtio_net **out)
 {
 	struct virtio_net *n = calloc(1, sizeof(*n));
 	int ret;
 
-	if (!n)
+	if (!n) {
+		if (cfg->tap_opened)
+			close(cfg->tap_fd);
 		return err_set(-ENOMEM, "out of memory");
-	n->tap = tap_open(cfg->tap, HDR_LEN, n->tap_name);
+	}
+	if (cfg->tap_opened) {
+		n->tap = cfg->tap_fd;
+		snprintf(n->tap_name, sizeof(n->tap_name), "%s", cfg->tap ? cfg->tap : "");
+	} else {
+		n->tap = tap_open(cfg->tap, HDR_LEN, n->tap_name);
+	}
 	if (n->tap < 0) {
 		ret = n->tap;
 		free(n);

@@ -11,7 +11,6 @@ announces the VM's MAC (RARP), so the switch sends the stream to the new
 port. The connection must survive both moves, the guest must receive
 exactly the bytes sent (size and md5 of all it got), its count and uptime
 go on without a restart, and its file system is clean at the end."""
-import hashlib
 import json
 import os
 import re
@@ -235,6 +234,13 @@ def test_linux_moves_to_b_and_back_while_streaming_and_counting(tmp_path, net):
         log_b = b.vm_log("lx")
         stream_moves_on(client, PART)
 
+        def since_back():
+            log = a.vm_log("lx")
+            return log[len(log_a1):] if log.startswith(log_a1) else log
+        # counting on A again before the end (the stream alone can be done
+        # within seconds of the move, since B's tap is attached early)
+        wait_until(lambda: len(counts(since_back())) >= 5, 30,
+                   lambda: f"counting on A again: {since_back()[-2000:]}")
         flag.touch()
         sent = client.finish(timeout=scaled(60))
         wait_until(lambda: a.vm("lx")["state"] == "stopped", 60,

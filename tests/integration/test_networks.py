@@ -85,7 +85,10 @@ def test_bad_input_changes_nothing(netd):
     a = netname("b")
     create_net(netd, a)
     before = link_config("vb-" + a)
-    nets_before = netd.ok("GET", "/networks")
+    def nets():     # without the counters, which the bridge's own frames move
+        return [{k: v for k, v in n.items() if k != "counters"}
+                for n in netd.ok("GET", "/networks")["networks"]]
+    nets_before = nets()
     files_before = sorted(os.listdir(os.path.join(netd.state, "networks")))
     bad = [({"name": "bad name"}, "'name'"),
            ({"name": "x" * 13}, "'name'"),
@@ -107,7 +110,7 @@ def test_bad_input_changes_nothing(netd):
     # compared: a second test run beside this one makes bridges of its own).
     for name in ("bad name", "x" * 13, "-x", netname("c"), netname("zz")):
         assert not link_exists(("vb-" + name)[:15]), name
-    assert netd.ok("GET", "/networks") == nets_before
+    assert nets() == nets_before
     assert sorted(os.listdir(os.path.join(netd.state, "networks"))) == files_before
     assert link_config("vb-" + a) == before
 
