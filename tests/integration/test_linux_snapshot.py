@@ -22,7 +22,7 @@ pytestmark = [needs_kvm, LINUX_VM, pytest.mark.skipif(
 
 TAG = "%x" % (os.getpid() & 0xffff)
 HOST_IP, GUEST_IP = "10.0.31.1", "10.0.31.2"
-COUNT = re.compile(r"LINUX count n=(\d+) up=([\d.]+)")
+COUNT = re.compile(r"LINUX count n=(\d+) up=([\d.]+)\r?\n")   # whole lines only
 
 
 def counts(text):
