@@ -178,6 +178,17 @@ def test_only_the_known_l1_faults_are_re_run():
     assert fault("failed", triple)
     assert not fault("passed", triple)
     assert not fault("failed", triple.replace("triple fault", "KVM_RUN failed"))
+    # the QEMU reference's guest gone silently before its last line (ci26)
+    silent = ("exit status 0; stderr ends with:\n\nLINUX lines:\nLINUX userspace=1\n"
+              "LINUX rng bound=1\nassert None == '1'\n")
+    ref = "tests/integration/test_linux.py::test_linux_all_devices_on_two_cpus"
+    assert hwvirt.l1_fault(hwvirt.Outcome("failed", text=silent), ref + "[qemu]")
+    assert hwvirt.l1_fault(hwvirt.Outcome("failed", text=silent), ref + "[qemu-raw]")
+    assert not hwvirt.l1_fault(hwvirt.Outcome("failed", text=silent), ref + "[vireo]")
+    assert not hwvirt.l1_fault(hwvirt.Outcome("failed", text=silent + "LINUX done=1\n"),
+                               ref + "[qemu]")
+    assert not hwvirt.l1_fault(hwvirt.Outcome("failed", text="exit status 1; stderr ends with"),
+                               ref + "[qemu]")
 
 
 # --- a real L1 ------------------------------------------------------------------
