@@ -388,6 +388,37 @@ def test_vnic_on_a_network_lands_on_the_destinations_tap(tmp_path, hosts):
     wait_rounds(b, last_round(a) + 10)
 
 
+def test_killed_destination_with_a_vnic_leaves_no_tap_on_b(tmp_path, hosts):
+    """kill -9 of B's VMM mid-stream, its tap attached early: the VM goes on
+    at A on A's tap, and B deletes the tap it had made for the VM."""
+    a, b = hosts
+    for d in (a, b):
+        d.ok("POST", "/networks", {"name": "lan"}, status=201)
+    nics = [{"network": "lan", "mac": "52:54:00:43:00:08"}]
+    a.ok("POST", "/vms", dict(definition(tmp_path), nics=nics), status=201)
+    a.ok("POST", "/vms/mig/start")
+    wait_rounds(a, 5)
+
+    def ports(d):
+        out = subprocess.run(["ip", "-n", d.netns, "-o", "link", "show", "master", "vb-lan"],
+                             capture_output=True, text=True, check=True).stdout
+        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+    tap_a = ports(a)
+    port = free_port()
+    js = b.ok("POST", "/vms/mig/incoming", {"definition": dict(definition(tmp_path), nics=nics),
+                                            "listen": f"tcp:{HOST_B}:{port}"}, status=202)
+    assert len(ports(b)) == 1, ports(b)
+    m = Migrate(a, {"uri": f"tcp:{HOST_B}:{port}", "token": js["token"], "bandwidth": 2_000_000})
+    wait_until(lambda: a.vm("mig").get("migration", {}).get("bytes_sent", 0) > 1 << 20, 30,
+               "1 MiB sent")
+    os.kill(b.vm("mig")["pid"], 9)
+    st, r = m.wait()
+    assert st == 500 and "failed" in r["error"], (st, r)
+    goes_on_at_a(a, b)
+    assert ports(a) == tap_a
+    wait_until(lambda: ports(b) == [], 30, lambda: f"B's tap deleted: {ports(b)}")
+
+
 def test_one_command_interrupted_leaves_vm_on_a(tmp_path, hosts):
     """Ctrl-C while the memory goes: the CLI cancels at the source, the VM
     goes on there, B forgets it."""
