@@ -172,9 +172,22 @@ def answers(ns):
 def migrate(src, dst, uri):
     """`vireo vm migrate lx --to DST_SOCKET`: the CLI prepares dst (the
     source's definition), moves the VM and waits until it runs there."""
-    r = subprocess.run([str(VIREO), "vm", "--socket", src.socket, "migrate", "lx", "--to",
-                        dst.socket, "--listen", uri, "--max-downtime", "300", "--output=json"],
-                       capture_output=True, text=True, timeout=scaled(240))
+    argv = [str(VIREO), "vm", "--socket", src.socket, "migrate", "lx", "--to", dst.socket,
+            "--listen", uri, "--max-downtime", "300", "--output=json"]
+    try:
+        # ~12 s in the nested test host; a bound on a hang, which then says
+        # where each side was
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=scaled(90))
+    except subprocess.TimeoutExpired as e:
+        def side(d):
+            try:
+                info = d.vm("lx")
+            except Exception as why:    # the report must not hide the hang
+                info = why
+            return f"{info}\n{d.vm_log('lx')[-2500:]}"
+        raise AssertionError(f"the migration still ran after {e.timeout:g} s: {e.stdout!r} "
+                             f"{e.stderr!r}\nsource: {side(src)}\ndestination: {side(dst)}"
+                             ) from None
     # both VMs' logs' ends: a guest that died says why there (the nested test
     # host's batch re-runs its known faults by what they print)
     assert r.returncode == 0, (r, src.vm_log("lx")[-3000:], dst.vm_log("lx")[-2000:])

@@ -9,6 +9,11 @@ checkout, python3, QEMU and iproute2 are there at the same paths. /tmp, /run,
 /root, /var/lib, /var/tmp and /dev/shm are L1's own tmpfs; directories asked
 for as writable are shared read-write at their own paths.
 
+kvm-amd loads with npt=0 (VIREO_L1_KVM_AMD overrides): L1's KVM then shadows
+its guests' page tables itself, and TCG's emulation of nested paging, where
+the L1 faults that failed CI came from (docs/linux-guest-tests.md), is never
+used.
+
 One boot serves many commands: an agent inside L1 (agent.py) runs them, one
 at a time, over a virtio-serial port.
 
@@ -47,6 +52,11 @@ KERNEL_PACKAGE = "linux-image-cloud-amd64"
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 BUSYBOX = "/bin/busybox"
 AGENT_PORT = "org.vireo.l1.agent"
+# Shadow paging in L1's KVM: TCG's nested paging (QEMU 7.2) walked a guest's
+# page tables through a CR3 with a stray bit 32, and the guest looped in KVM's
+# emulator or triple-faulted (docs/linux-guest-tests.md). It costs 10-30 % in
+# the Linux tests' time.
+KVM_AMD_OPTIONS = "npt=0"
 # The modules L1's initramfs loads itself: virtio-fs for the root and
 # virtio_console for the agent's port (their dependencies come along).
 INITRAMFS_MODULES = ("virtio_pci", "virtiofs", "virtio_console")
@@ -391,7 +401,8 @@ class NestedHost:
         atexit.register(self.kill)
         try:
             conf = {"PYTHON": tools["python3"], "MODPROBE": tools["modprobe"],
-                    "AGENT_PORT": AGENT_PORT}
+                    "AGENT_PORT": AGENT_PORT,
+                    "KVM_AMD_OPTIONS": os.environ.get("VIREO_L1_KVM_AMD", KVM_AMD_OPTIONS)}
             initrd = os.path.join(self._work, "initrd.img")
             with open(initrd, "wb") as f:
                 f.write(build_initramfs(kernel, conf, keep,
