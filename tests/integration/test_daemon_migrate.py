@@ -360,6 +360,13 @@ def test_one_command_moves_vm_and_back(tmp_path, hosts):
     check_rounds(log_a1, log_b, a.vm_log("mig"))
 
 
+def lan_ports(d):
+    """The ports of network lan's bridge in daemon D's namespace (the VMs' taps)."""
+    out = subprocess.run(["ip", "-n", d.netns, "-o", "link", "show", "master", "vb-lan"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+
 def test_vnic_on_a_network_lands_on_the_destinations_tap(tmp_path, hosts):
     """Each daemon names its taps (its instance id is in the name), so the
     stream's machine names A's tap; B's VMM must open B's own, the port of
@@ -373,18 +380,14 @@ def test_vnic_on_a_network_lands_on_the_destinations_tap(tmp_path, hosts):
     a.ok("POST", "/vms/mig/start")
     wait_rounds(a, 5)
 
-    def ports(d):
-        out = subprocess.run(["ip", "-n", d.netns, "-o", "link", "show", "master", "vb-lan"],
-                             capture_output=True, text=True, check=True).stdout
-        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
-    (tap_a,) = ports(a)
+    (tap_a,) = lan_ports(a)
     r = one_command(a, b, free_port())
     assert r.returncode == 0, (r, b.logtext()[-2000:])
-    (tap_b,) = wait_until(lambda: ports(b), 30, "B's tap in B's bridge")
+    (tap_b,) = wait_until(lambda: lan_ports(b), 30, "B's tap in B's bridge")
     assert tap_b != tap_a, (tap_a, tap_b)
     v = b.vm("mig")
     assert v["state"] == "running" and v["vmm"]["nics"][0]["tap"] == tap_b, v
-    wait_until(lambda: ports(a) == [], 30, "A's tap gone with A's VMM")
+    wait_until(lambda: lan_ports(a) == [], 30, "A's tap gone with A's VMM")
     wait_rounds(b, last_round(a) + 10)
 
 
@@ -399,15 +402,11 @@ def test_killed_destination_with_a_vnic_leaves_no_tap_on_b(tmp_path, hosts):
     a.ok("POST", "/vms/mig/start")
     wait_rounds(a, 5)
 
-    def ports(d):
-        out = subprocess.run(["ip", "-n", d.netns, "-o", "link", "show", "master", "vb-lan"],
-                             capture_output=True, text=True, check=True).stdout
-        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
-    tap_a = ports(a)
+    tap_a = lan_ports(a)
     port = free_port()
     js = b.ok("POST", "/vms/mig/incoming", {"definition": dict(definition(tmp_path), nics=nics),
                                             "listen": f"tcp:{HOST_B}:{port}"}, status=202)
-    assert len(ports(b)) == 1, ports(b)
+    assert len(lan_ports(b)) == 1, lan_ports(b)
     m = Migrate(a, {"uri": f"tcp:{HOST_B}:{port}", "token": js["token"], "bandwidth": 2_000_000})
     wait_until(lambda: a.vm("mig").get("migration", {}).get("bytes_sent", 0) > 1 << 20, 30,
                "1 MiB sent")
@@ -415,8 +414,8 @@ def test_killed_destination_with_a_vnic_leaves_no_tap_on_b(tmp_path, hosts):
     st, r = m.wait()
     assert st == 500 and "failed" in r["error"], (st, r)
     goes_on_at_a(a, b)
-    assert ports(a) == tap_a
-    wait_until(lambda: ports(b) == [], 30, lambda: f"B's tap deleted: {ports(b)}")
+    assert lan_ports(a) == tap_a
+    wait_until(lambda: lan_ports(b) == [], 30, lambda: f"B's tap deleted: {lan_ports(b)}")
 
 
 def test_one_command_interrupted_leaves_vm_on_a(tmp_path, hosts):
