@@ -3,7 +3,10 @@
 1 MiB sequential writes, far faster here than the budget) and a vNIC budget
 (net_bench transmitting through a tap). Rates are measured on the VMMs' own
 counters (`vmm.disks[].wr_bytes`, `vmm.nics[].tx_bytes`) over a window that
-ends when enough bytes went through, never over a fixed sleep."""
+ends when enough bytes went through, never over a fixed sleep, and held
+against the limits with the time each limiter held its device back
+(`throttled_ns`), so that a guest starved of CPU by a loaded host is not
+taken for a policy that gave it too little."""
 import os
 import socket
 import subprocess
@@ -50,25 +53,52 @@ def disk_vm(d, tmp_path, name, scenario, **disk):
     d.ok("POST", f"/vms/{name}/start")
 
 
-def disk_bytes(d, name):
-    k = d.vm(name)["vmm"]["disks"][0]
-    return k["wr_bytes"] + k["rd_bytes"]
+def disk_counters(vmm):
+    k = vmm["disks"][0]
+    return k["wr_bytes"] + k["rd_bytes"], k["throttled_ns"]
 
 
-def nic_bytes(d, name):
-    return d.vm(name)["vmm"]["nics"][0]["tx_bytes"]
+def nic_tx_counters(vmm):
+    k = vmm["nics"][0]
+    return k["tx_bytes"], k["tx_throttled_ns"]
 
 
-def rates(d, names, counter, least):
-    """Bytes/s of each VM over a window that lasts until every one of them
-    has moved at least `least` bytes (and at least 4 s, to average out
-    the moments a guest waits for a host CPU)."""
-    t0, b0 = time.monotonic(), {n: counter(d, n) for n in names}
+def nic_rx_counters(vmm):
+    k = vmm["nics"][0]
+    return k["rx_bytes"], k["rx_throttled_ns"]
+
+
+def rates(d, names, counters, least):
+    """Bytes/s of each VM's device over a window that lasts until every one
+    of them has moved at least `least` bytes (and at least 4 s, to average
+    out the moments a guest waits for a host CPU); and the part of that
+    window each device's limiter held it back. counters(vmm) gives the
+    device's (bytes, throttled_ns)."""
+    def now():
+        return time.monotonic(), {n: counters(d.vm(n)["vmm"]) for n in names}
+    t0, c0 = now()
     done = wait_for(lambda: time.monotonic() - t0 >= 4 and
-                    all(counter(d, n) - b0[n] >= least for n in names), timeout=60, step=0.2)
-    t1, b1 = time.monotonic(), {n: counter(d, n) for n in names}
-    assert done, ("window never filled", {n: b1[n] - b0[n] for n in names}, d.logtext()[-3000:])
-    return {n: (b1[n] - b0[n]) / (t1 - t0) for n in names}
+                    all(counters(d.vm(n)["vmm"])[0] - c0[n][0] >= least for n in names),
+                    timeout=60, step=0.2)
+    t1, c1 = now()
+    moved = {n: c1[n][0] - c0[n][0] for n in names}
+    assert done, ("window never filled", moved, d.logtext()[-3000:])
+    return ({n: moved[n] / (t1 - t0) for n in names},
+            {n: (c1[n][1] - c0[n][1]) / 1e9 / (t1 - t0) for n in names})
+
+
+def assert_limits_hold(measured, limit):
+    """Each device moved at most its limit (+10 % for the window's edges),
+    and at least its limit over the part of the window its limiter held it
+    back: a held device has requests waiting, so it moves at its limit
+    then; the rest of the time its guest had nothing waiting (on a loaded
+    host, a vCPU that did not get a CPU), which says nothing about the
+    limit. A busy guest on a quiet host is held back nearly all the time,
+    so there this asks for nearly the whole limit."""
+    r, held = measured
+    for n in limit:
+        assert 0.9 * min(held[n], 1) * limit[n] <= r[n] <= 1.1 * limit[n], \
+            (n, {"rates": r, "held": held, "limits": limit})
 
 
 def limits(d, name, kind="disks", key="limit_bps"):
@@ -92,8 +122,7 @@ def test_disk_burst_alone_gets_the_spare_budget(policy, tmp_path):
         (policy.vm("burst")["io_policy"], policy.logtext()[-3000:])
     took = time.monotonic() - t0
     assert took <= scaled(2 * INTERVAL_MS / 1000 + 1.5), took   # + start and a round trip
-    r = rates(policy, ["burst"], disk_bytes, 3 * BUDGET)["burst"]
-    assert 0.85 * BUDGET <= r <= 1.1 * BUDGET, r
+    assert_limits_hold(rates(policy, ["burst"], disk_counters, 3 * BUDGET), {"burst": BUDGET})
     assert limits(policy, "burst") <= BUDGET
     assert "I/O policy: disk 0 bps" in policy.logtext()
     st, text = policy.request("GET", "/metrics")
@@ -114,11 +143,7 @@ def test_disk_shares_follow_weights_when_all_are_busy(policy, tmp_path):
     want = {n: BUDGET * w / 600 for n, w in weights.items()}
     assert wait_for(lambda: converged(policy, weights, want), timeout=15), \
         ({n: policy.vm(n)["io_policy"] for n in weights}, policy.logtext()[-3000:])
-    r = rates(policy, list(weights), disk_bytes, 2 * want["w1"])
-    total = sum(r.values())
-    for n, w in weights.items():
-        assert abs(r[n] / total - w / 600) <= 0.1 * w / 600, (r, weights)
-    assert 0.85 * BUDGET <= total <= 1.1 * BUDGET, r
+    assert_limits_hold(rates(policy, list(weights), disk_counters, 2 * want["w1"]), want)
 
 
 def test_weight_and_floor_patched_on_running_vms(policy, tmp_path):
@@ -157,9 +182,7 @@ def test_disk_floor_holds_while_the_others_are_busy(policy, tmp_path):
     assert wait_for(lambda: converged(policy, names, want), timeout=15), \
         ({n: policy.vm(n)["io_policy"] for n in names}, policy.logtext()[-3000:])
     assert policy.vm("floor")["disks"][0]["floor_bps"] == BUDGET // 2
-    r = rates(policy, names, disk_bytes, 2 * want["big1"])
-    assert r["floor"] >= 0.9 * BUDGET / 2, r
-    assert abs(r["big1"] - r["big2"]) <= 0.1 * r["big1"], r
+    assert_limits_hold(rates(policy, names, disk_counters, 2 * want["big1"]), want)
 
 
 def test_floors_above_the_budget_are_scaled_and_reported(policy, tmp_path):
@@ -193,8 +216,7 @@ def test_nic_bandwidth_follows_demand_and_weights(policy):
     nic_vm(policy, "n1", BUSY_NET, weight=100)
     assert wait_for(lambda: (limits(policy, "n1", "nics", "limit_tx_bps") or 0)
                     >= 0.9 * NET_BUDGET, timeout=10), policy.vm("n1").get("io_policy")
-    r = rates(policy, ["n1"], nic_bytes, 2 * NET_BUDGET)["n1"]
-    assert 0.85 * NET_BUDGET <= r <= 1.1 * NET_BUDGET, r
+    assert_limits_hold(rates(policy, ["n1"], nic_tx_counters, 2 * NET_BUDGET), {"n1": NET_BUDGET})
     nic_vm(policy, "n2", BUSY_NET, weight=200)
     nic_vm(policy, "n3", BUSY_NET, weight=100, floor_bps=NET_BUDGET // 2)
     names = ["n1", "n2", "n3"]
@@ -204,9 +226,7 @@ def test_nic_bandwidth_follows_demand_and_weights(policy):
     assert wait_for(lambda: converged(policy, names, want, "nics", "limit_tx_bps"),
                     timeout=15), ({n: policy.vm(n)["io_policy"] for n in names},
                                   policy.logtext()[-3000:])
-    r = rates(policy, names, nic_bytes, 2 * want["n1"])
-    assert r["n3"] >= 0.9 * NET_BUDGET / 2, r
-    assert abs(r["n2"] / r["n1"] - 2) <= 0.2, r
+    assert_limits_hold(rates(policy, names, nic_tx_counters, 2 * want["n1"]), want)
 
 
 def test_nic_burst_beside_idle_ones_gets_the_spare_budget(policy):
@@ -225,8 +245,7 @@ def test_nic_burst_beside_idle_ones_gets_the_spare_budget(policy):
         (policy.vm("nb").get("io_policy"), policy.logtext()[-3000:])
     took = time.monotonic() - t0
     assert took <= scaled(2 * INTERVAL_MS / 1000 + 1.5), took   # + start and a round trip
-    r = rates(policy, ["nb"], nic_bytes, 2 * NET_BUDGET)["nb"]
-    assert 0.85 * NET_BUDGET <= r <= 1.1 * NET_BUDGET, r
+    assert_limits_hold(rates(policy, ["nb"], nic_tx_counters, 2 * NET_BUDGET), {"nb": NET_BUDGET})
     # The idle ones keep what they would need to start, no more.
     for n in ("ni1", "ni2"):
         assert limits(policy, n, "nics", "limit_tx_bps") <= 0.05 * NET_BUDGET, policy.vm(n)
@@ -244,11 +263,7 @@ def test_nic_shares_follow_weights_when_all_are_busy(policy):
     assert wait_for(lambda: converged(policy, weights, want, "nics", "limit_tx_bps"),
                     timeout=15), ({n: policy.vm(n)["io_policy"] for n in weights},
                                   policy.logtext()[-3000:])
-    r = rates(policy, list(weights), nic_bytes, 2 * want["nw1"])
-    total = sum(r.values())
-    for n, w in weights.items():
-        assert abs(r[n] / total - w / 600) <= 0.1 * w / 600, (r, weights)
-    assert 0.85 * NET_BUDGET <= total <= 1.1 * NET_BUDGET, r
+    assert_limits_hold(rates(policy, list(weights), nic_tx_counters, 2 * want["nw1"]), want)
 
 
 def in_force(d, name, key, kind="nics"):
@@ -275,10 +290,9 @@ def test_fixed_nic_limit_holds_under_the_policy(policy):
     want = {"nc1": cap, "nc2": NET_BUDGET - cap}
     assert wait_for(lambda: capped(want), timeout=15), \
         ({n: policy.vm(n)["io_policy"] for n in names}, policy.logtext()[-3000:])
-    r = rates(policy, names, nic_bytes, 2 * cap)
+    measured = rates(policy, names, nic_tx_counters, 2 * cap)
     assert 0 < min(seen) and max(seen) <= cap, seen
-    assert r["nc1"] <= 1.1 * cap, r
-    assert r["nc2"] >= 0.85 * (NET_BUDGET - cap), r
+    assert_limits_hold(measured, want)
     rx = policy.vm("nc1")["io_policy"]["nics"][0]["limit_rx_bps"]
     assert rx and 0 < in_force(policy, "nc1", "rx_bps") <= rx, policy.vm("nc1")
     low = cap // 2
@@ -289,9 +303,9 @@ def test_fixed_nic_limit_holds_under_the_policy(policy):
     seen.clear()
     assert wait_for(lambda: capped(want), timeout=15), \
         ({n: policy.vm(n)["io_policy"] for n in names}, policy.logtext()[-3000:])
-    r = rates(policy, names, nic_bytes, 2 * low)
+    measured = rates(policy, names, nic_tx_counters, 2 * low)
     assert 0 < min(seen) and max(seen) <= low, seen
-    assert r["nc1"] <= 1.1 * low, r
+    assert_limits_hold(measured, want)
 
 
 def test_fixed_disk_limit_holds_under_the_policy(tmp_path):
@@ -316,10 +330,9 @@ def test_fixed_disk_limit_holds_under_the_policy(tmp_path):
         want = {"dc1": cap, "dc2": BUDGET - cap}
         assert wait_for(lambda: capped(want), timeout=15), \
             ({n: d.vm(n)["io_policy"] for n in names}, d.logtext()[-3000:])
-        r = rates(d, names, disk_bytes, 2 * cap)
+        measured = rates(d, names, disk_counters, 2 * cap)
         assert 0 < min(seen) and max(seen) <= cap, seen
-        assert r["dc1"] <= 1.1 * cap, r
-        assert r["dc2"] >= 0.85 * (BUDGET - cap), r
+        assert_limits_hold(measured, want)
         iops = limits(d, "dc1", "disks", "limit_iops")
         assert iops and 0 < in_force(d, "dc1", "iops", "disks") <= iops_budget, d.vm("dc1")
         low = cap // 2
@@ -327,11 +340,12 @@ def test_fixed_disk_limit_holds_under_the_policy(tmp_path):
         assert 0 < in_force(d, "dc1", "iops", "disks") <= iops_budget, d.vm("dc1")["vmm"]
         assert 0 < in_force(d, "dc1", "bps", "disks") <= low, d.vm("dc1")["vmm"]
         seen.clear()
-        assert wait_for(lambda: capped({"dc1": low, "dc2": BUDGET - low}), timeout=15), \
+        want = {"dc1": low, "dc2": BUDGET - low}
+        assert wait_for(lambda: capped(want), timeout=15), \
             ({n: d.vm(n)["io_policy"] for n in names}, d.logtext()[-3000:])
-        r = rates(d, names, disk_bytes, 2 * low)
+        measured = rates(d, names, disk_counters, 2 * low)
         assert 0 < min(seen) and max(seen) <= low, seen
-        assert r["dc1"] <= 1.1 * low, r
+        assert_limits_hold(measured, want)
     finally:
         d.cleanup()
 
@@ -395,23 +409,6 @@ def flood():
     f.close()
 
 
-def nic_rx_bytes(d, name):
-    return d.vm(name)["vmm"]["nics"][0]["rx_bytes"]
-
-
-def rx_rates(d, names, least):
-    """rates() of received bytes, and the part of that window each vNIC's
-    limiter held frames back: a vNIC held back most of the time receives
-    what its limit allows; one that was not, on a host too loaded to feed
-    its guest (the ring ran empty), says nothing about the limit."""
-    def throttled(n):
-        return d.vm(n)["vmm"]["nics"][0]["rx_throttled_ns"]
-    t0, th0 = time.monotonic(), {n: throttled(n) for n in names}
-    r = rates(d, names, nic_rx_bytes, least)
-    t1 = time.monotonic()
-    return r, {n: (throttled(n) - th0[n]) / 1e9 / (t1 - t0) for n in names}
-
-
 def test_nic_receive_follows_demand_and_weights(policy, flood):
     """Receive bandwidth has its own pool with the same rules: a vNIC the
     host floods beside two idle ones is allowed nearly the whole budget
@@ -428,9 +425,8 @@ def test_nic_receive_follows_demand_and_weights(policy, flood):
         (policy.vm("nr1").get("io_policy"), flood.error, policy.logtext()[-3000:])
     took = time.monotonic() - t0
     assert took <= scaled(2 * INTERVAL_MS / 1000 + 1.5), took
-    r, held = rx_rates(policy, ["nr1"], 2 * NET_BUDGET)
-    r, held = r["nr1"], held["nr1"]
-    assert r <= 1.1 * NET_BUDGET and (r >= 0.85 * NET_BUDGET or held < 0.5), (r, held)
+    assert_limits_hold(rates(policy, ["nr1"], nic_rx_counters, 2 * NET_BUDGET),
+                       {"nr1": NET_BUDGET})
     assert "I/O policy: nic 0 rx_bps" in policy.logtext()
     for n in ("nr2", "nr3"):
         flood.start(taps[n], NET_BUDGET * 1.2)
@@ -438,12 +434,7 @@ def test_nic_receive_follows_demand_and_weights(policy, flood):
     assert wait_for(lambda: converged(policy, weights, want, "nics", "limit_rx_bps"),
                     timeout=15), ({n: policy.vm(n)["io_policy"] for n in weights},
                                   flood.error, policy.logtext()[-3000:])
-    r, held = rx_rates(policy, list(weights), 2 * want["nr1"])
-    total = sum(r.values())
-    for n, w in weights.items():
-        assert abs(r[n] / total - w / 600) <= 0.1 * w / 600, (r, weights)
-    assert total <= 1.1 * NET_BUDGET, r
-    assert total >= 0.85 * NET_BUDGET or min(held.values()) < 0.5, (r, held)
+    assert_limits_hold(rates(policy, list(weights), nic_rx_counters, 2 * want["nr1"]), want)
     assert flood.error is None, flood.error
 
 
