@@ -55,50 +55,66 @@ def disk_vm(d, tmp_path, name, scenario, **disk):
 
 def disk_counters(vmm):
     k = vmm["disks"][0]
-    return k["wr_bytes"] + k["rd_bytes"], k["throttled_ns"]
+    return k["wr_bytes"] + k["rd_bytes"], k["throttled_ns"], k["bps"]
 
 
 def nic_tx_counters(vmm):
     k = vmm["nics"][0]
-    return k["tx_bytes"], k["tx_throttled_ns"]
+    return k["tx_bytes"], k["tx_throttled_ns"], k["tx_bps"]
 
 
 def nic_rx_counters(vmm):
     k = vmm["nics"][0]
-    return k["rx_bytes"], k["rx_throttled_ns"]
+    return k["rx_bytes"], k["rx_throttled_ns"], k["rx_bps"]
 
 
 def rates(d, names, counters, least):
     """Bytes/s of each VM's device over a window that lasts until every one
     of them has moved at least `least` bytes (and at least 4 s, to average
-    out the moments a guest waits for a host CPU); and the part of that
-    window each device's limiter held it back. counters(vmm) gives the
-    device's (bytes, throttled_ns)."""
-    def now():
-        return time.monotonic(), {n: counters(d.vm(n)["vmm"]) for n in names}
-    t0, c0 = now()
-    done = wait_for(lambda: time.monotonic() - t0 >= 4 and
-                    all(counters(d.vm(n)["vmm"])[0] - c0[n][0] >= least for n in names),
-                    timeout=60, step=0.2)
-    t1, c1 = now()
-    moved = {n: c1[n][0] - c0[n][0] for n in names}
+    out the moments a guest waits for a host CPU); the part of that window
+    each device's limiter held it back; and the limits the VMM had in force
+    through it (the policy moves a share a starved guest leaves unused to
+    the others). counters(vmm) gives the device's (bytes, throttled_ns,
+    limit in force)."""
+    seen = {n: [] for n in names}
+
+    def sample():
+        t = time.monotonic()
+        for n in names:
+            seen[n].append(counters(d.vm(n)["vmm"]))
+        return t
+
+    def filled():
+        sample()
+        return time.monotonic() - t0 >= 4 and all(seen[n][-1][0] - seen[n][0][0] >= least
+                                                  for n in names)
+    t0 = sample()
+    done = wait_for(filled, timeout=60, step=0.2)
+    t1 = sample()
+    moved = {n: seen[n][-1][0] - seen[n][0][0] for n in names}
     assert done, ("window never filled", moved, d.logtext()[-3000:])
     return ({n: moved[n] / (t1 - t0) for n in names},
-            {n: (c1[n][1] - c0[n][1]) / 1e9 / (t1 - t0) for n in names})
+            {n: (seen[n][-1][1] - seen[n][0][1]) / 1e9 / (t1 - t0) for n in names},
+            {n: [c[2] for c in seen[n]] for n in names})
 
 
-def assert_limits_hold(measured, limit):
-    """Each device moved at most its limit (+10 % for the window's edges),
-    and at least its limit over the part of the window its limiter held it
-    back: a held device has requests waiting, so it moves at its limit
-    then; the rest of the time its guest had nothing waiting (on a loaded
-    host, a vCPU that did not get a CPU), which says nothing about the
-    limit. A busy guest on a quiet host is held back nearly all the time,
-    so there this asks for nearly the whole limit."""
-    r, held = measured
-    for n in limit:
-        assert 0.9 * min(held[n], 1) * limit[n] <= r[n] <= 1.1 * limit[n], \
-            (n, {"rates": r, "held": held, "limits": limit})
+def assert_limits_hold(measured):
+    """Each device moved at most its limits' mean over the window (+10 %
+    for the window's edges), and at least its lowest limit over the part of
+    the window its limiter held it back: a held device has requests
+    waiting, so it moves at its limit then; the rest of the time its guest
+    had nothing waiting (on a loaded host, a vCPU that did not get a CPU),
+    which says nothing about the limit. A busy guest on a quiet host is
+    held back nearly all the time, so there this asks for nearly the whole
+    limit. The tests check the policy's limits themselves before they
+    measure (converged())."""
+    r, held, limits_in_force = measured
+    for n, seen in limits_in_force.items():
+        assert all(seen), (n, "a window without a limit", seen)
+        mean = sum(seen) / len(seen)
+        assert 0.9 * min(held[n], 1) * min(seen) <= r[n] <= 1.1 * mean, \
+            (n, {"rates": r, "held": held, "limits": {k: (min(v), mean, max(v))
+                                                      for k, v in limits_in_force.items()}})
 
 
 def limits(d, name, kind="disks", key="limit_bps"):
@@ -122,7 +138,7 @@ def test_disk_burst_alone_gets_the_spare_budget(policy, tmp_path):
         (policy.vm("burst")["io_policy"], policy.logtext()[-3000:])
     took = time.monotonic() - t0
     assert took <= scaled(2 * INTERVAL_MS / 1000 + 1.5), took   # + start and a round trip
-    assert_limits_hold(rates(policy, ["burst"], disk_counters, 3 * BUDGET), {"burst": BUDGET})
+    assert_limits_hold(rates(policy, ["burst"], disk_counters, 3 * BUDGET))
     assert limits(policy, "burst") <= BUDGET
     assert "I/O policy: disk 0 bps" in policy.logtext()
     st, text = policy.request("GET", "/metrics")
@@ -143,7 +159,7 @@ def test_disk_shares_follow_weights_when_all_are_busy(policy, tmp_path):
     want = {n: BUDGET * w / 600 for n, w in weights.items()}
     assert wait_for(lambda: converged(policy, weights, want), timeout=15), \
         ({n: policy.vm(n)["io_policy"] for n in weights}, policy.logtext()[-3000:])
-    assert_limits_hold(rates(policy, list(weights), disk_counters, 2 * want["w1"]), want)
+    assert_limits_hold(rates(policy, list(weights), disk_counters, 2 * want["w1"]))
 
 
 def test_weight_and_floor_patched_on_running_vms(policy, tmp_path):
@@ -182,7 +198,10 @@ def test_disk_floor_holds_while_the_others_are_busy(policy, tmp_path):
     assert wait_for(lambda: converged(policy, names, want), timeout=15), \
         ({n: policy.vm(n)["io_policy"] for n in names}, policy.logtext()[-3000:])
     assert policy.vm("floor")["disks"][0]["floor_bps"] == BUDGET // 2
-    assert_limits_hold(rates(policy, names, disk_counters, 2 * want["big1"]), want)
+    measured = rates(policy, names, disk_counters, 2 * want["big1"])
+    assert_limits_hold(measured)
+    # The floor held all through, whatever the others did.
+    assert min(measured[2]["floor"]) >= 0.97 * BUDGET / 2, measured[2]["floor"]
 
 
 def test_floors_above_the_budget_are_scaled_and_reported(policy, tmp_path):
@@ -216,7 +235,7 @@ def test_nic_bandwidth_follows_demand_and_weights(policy):
     nic_vm(policy, "n1", BUSY_NET, weight=100)
     assert wait_for(lambda: (limits(policy, "n1", "nics", "limit_tx_bps") or 0)
                     >= 0.9 * NET_BUDGET, timeout=10), policy.vm("n1").get("io_policy")
-    assert_limits_hold(rates(policy, ["n1"], nic_tx_counters, 2 * NET_BUDGET), {"n1": NET_BUDGET})
+    assert_limits_hold(rates(policy, ["n1"], nic_tx_counters, 2 * NET_BUDGET))
     nic_vm(policy, "n2", BUSY_NET, weight=200)
     nic_vm(policy, "n3", BUSY_NET, weight=100, floor_bps=NET_BUDGET // 2)
     names = ["n1", "n2", "n3"]
@@ -226,7 +245,9 @@ def test_nic_bandwidth_follows_demand_and_weights(policy):
     assert wait_for(lambda: converged(policy, names, want, "nics", "limit_tx_bps"),
                     timeout=15), ({n: policy.vm(n)["io_policy"] for n in names},
                                   policy.logtext()[-3000:])
-    assert_limits_hold(rates(policy, names, nic_tx_counters, 2 * want["n1"]), want)
+    measured = rates(policy, names, nic_tx_counters, 2 * want["n1"])
+    assert_limits_hold(measured)
+    assert min(measured[2]["n3"]) >= 0.97 * NET_BUDGET / 2, measured[2]["n3"]
 
 
 def test_nic_burst_beside_idle_ones_gets_the_spare_budget(policy):
@@ -245,7 +266,7 @@ def test_nic_burst_beside_idle_ones_gets_the_spare_budget(policy):
         (policy.vm("nb").get("io_policy"), policy.logtext()[-3000:])
     took = time.monotonic() - t0
     assert took <= scaled(2 * INTERVAL_MS / 1000 + 1.5), took   # + start and a round trip
-    assert_limits_hold(rates(policy, ["nb"], nic_tx_counters, 2 * NET_BUDGET), {"nb": NET_BUDGET})
+    assert_limits_hold(rates(policy, ["nb"], nic_tx_counters, 2 * NET_BUDGET))
     # The idle ones keep what they would need to start, no more.
     for n in ("ni1", "ni2"):
         assert limits(policy, n, "nics", "limit_tx_bps") <= 0.05 * NET_BUDGET, policy.vm(n)
@@ -263,7 +284,7 @@ def test_nic_shares_follow_weights_when_all_are_busy(policy):
     assert wait_for(lambda: converged(policy, weights, want, "nics", "limit_tx_bps"),
                     timeout=15), ({n: policy.vm(n)["io_policy"] for n in weights},
                                   policy.logtext()[-3000:])
-    assert_limits_hold(rates(policy, list(weights), nic_tx_counters, 2 * want["nw1"]), want)
+    assert_limits_hold(rates(policy, list(weights), nic_tx_counters, 2 * want["nw1"]))
 
 
 def in_force(d, name, key, kind="nics"):
@@ -292,7 +313,7 @@ def test_fixed_nic_limit_holds_under_the_policy(policy):
         ({n: policy.vm(n)["io_policy"] for n in names}, policy.logtext()[-3000:])
     measured = rates(policy, names, nic_tx_counters, 2 * cap)
     assert 0 < min(seen) and max(seen) <= cap, seen
-    assert_limits_hold(measured, want)
+    assert_limits_hold(measured)
     rx = policy.vm("nc1")["io_policy"]["nics"][0]["limit_rx_bps"]
     assert rx and 0 < in_force(policy, "nc1", "rx_bps") <= rx, policy.vm("nc1")
     low = cap // 2
@@ -305,7 +326,7 @@ def test_fixed_nic_limit_holds_under_the_policy(policy):
         ({n: policy.vm(n)["io_policy"] for n in names}, policy.logtext()[-3000:])
     measured = rates(policy, names, nic_tx_counters, 2 * low)
     assert 0 < min(seen) and max(seen) <= low, seen
-    assert_limits_hold(measured, want)
+    assert_limits_hold(measured)
 
 
 def test_fixed_disk_limit_holds_under_the_policy(tmp_path):
@@ -332,7 +353,7 @@ def test_fixed_disk_limit_holds_under_the_policy(tmp_path):
             ({n: d.vm(n)["io_policy"] for n in names}, d.logtext()[-3000:])
         measured = rates(d, names, disk_counters, 2 * cap)
         assert 0 < min(seen) and max(seen) <= cap, seen
-        assert_limits_hold(measured, want)
+        assert_limits_hold(measured)
         iops = limits(d, "dc1", "disks", "limit_iops")
         assert iops and 0 < in_force(d, "dc1", "iops", "disks") <= iops_budget, d.vm("dc1")
         low = cap // 2
@@ -345,7 +366,7 @@ def test_fixed_disk_limit_holds_under_the_policy(tmp_path):
             ({n: d.vm(n)["io_policy"] for n in names}, d.logtext()[-3000:])
         measured = rates(d, names, disk_counters, 2 * low)
         assert 0 < min(seen) and max(seen) <= low, seen
-        assert_limits_hold(measured, want)
+        assert_limits_hold(measured)
     finally:
         d.cleanup()
 
@@ -425,8 +446,7 @@ def test_nic_receive_follows_demand_and_weights(policy, flood):
         (policy.vm("nr1").get("io_policy"), flood.error, policy.logtext()[-3000:])
     took = time.monotonic() - t0
     assert took <= scaled(2 * INTERVAL_MS / 1000 + 1.5), took
-    assert_limits_hold(rates(policy, ["nr1"], nic_rx_counters, 2 * NET_BUDGET),
-                       {"nr1": NET_BUDGET})
+    assert_limits_hold(rates(policy, ["nr1"], nic_rx_counters, 2 * NET_BUDGET))
     assert "I/O policy: nic 0 rx_bps" in policy.logtext()
     for n in ("nr2", "nr3"):
         flood.start(taps[n], NET_BUDGET * 1.2)
@@ -434,7 +454,7 @@ def test_nic_receive_follows_demand_and_weights(policy, flood):
     assert wait_for(lambda: converged(policy, weights, want, "nics", "limit_rx_bps"),
                     timeout=15), ({n: policy.vm(n)["io_policy"] for n in weights},
                                   flood.error, policy.logtext()[-3000:])
-    assert_limits_hold(rates(policy, list(weights), nic_rx_counters, 2 * want["nr1"]), want)
+    assert_limits_hold(rates(policy, list(weights), nic_rx_counters, 2 * want["nr1"]))
     assert flood.error is None, flood.error
 
 
