@@ -227,21 +227,21 @@ def test_l1_has_a_kvm_with_hardware_virtualization(host):
     assert int(out.split()[0]) == host.smp
 
 
-def test_vms_in_l1_patch_no_kernel_text(host):
-    """The agent pins KVM's static keys (agent.pin_kvm_static_keys): VMs that
-    come and go in L1 make its kernel patch no code, whose int3 dance of both
-    CPUs under multi-threaded TCG is where L1 froze (ftrace counts the calls
-    of text_poke_bp_batch: 3 per VM without the pin)."""
+def test_vms_in_l1_leave_kvm_static_keys_pinned(host):
+    """The agent pins KVM's static keys (agent.pin_kvm_static_keys): it holds
+    a VM and its vCPU for as long as it lives, so VMs that come and go in L1
+    never bring those keys' counts to zero and L1's kernel patches no code
+    for them (the int3 dance of both CPUs under multi-threaded TCG, where L1
+    froze). Counting the patches takes ftrace, and turning ftrace's tracer
+    on or off is such a patch itself: that froze this test's L1 in two CI
+    runs (ci27, ci29). So the test checks the pin: the agent holds its VM
+    and vCPU before and after two VM lifecycles. (Counted with ftrace by
+    hand: 0 text_poke_bp_batch calls for two VMs, 6 without the pin.)"""
     assert host.info["kvm_keys_pinned"], host.info
-    t = "/sys/kernel/tracing"
+    held = "ls -l /proc/$PPID/fd | grep -cE 'anon_inode:kvm-(vm|vcpu)'"
     vm = f"{VIREO} run --kernel {PROBE} --cpus 2 --cmdline scenario=cpus >/dev/null"
-    rc, out, err = host.run(
-        f"mountpoint -q {t} || mount -t tracefs none {t}; "
-        f"echo text_poke_bp_batch > {t}/set_ftrace_filter && echo function > {t}/current_tracer"
-        f" && echo > {t}/trace && {vm} && {vm}; rc=$?; "
-        f"grep -c 'text_poke_bp_batch <-' {t}/trace; echo nop > {t}/current_tracer; exit $rc",
-        timeout=300)
-    assert (rc, out) == (0, "0\n"), err
+    rc, out, err = host.run(f"{held}; {vm} && {vm}; rc=$?; {held}; exit $rc", timeout=300)
+    assert (rc, out) == (0, "2\n2\n"), (out, err)
 
 
 def test_l1_command_status_output_directory_and_environment(host):
