@@ -113,8 +113,9 @@ def assert_limits_hold(measured):
         assert all(seen), (n, "a window without a limit", seen)
         mean = sum(seen) / len(seen)
         assert 0.9 * min(held[n], 1) * min(seen) <= r[n] <= 1.1 * mean, \
-            (n, {"rates": r, "held": held, "limits": {k: (min(v), mean, max(v))
-                                                      for k, v in limits_in_force.items()}})
+            (n, {"rates": r, "held": held,
+                 "limits (min, mean, max)": {k: (min(v), sum(v) / len(v), max(v))
+                                             for k, v in limits_in_force.items()}})
 
 
 def limits(d, name, kind="disks", key="limit_bps"):
