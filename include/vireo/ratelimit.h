@@ -28,8 +28,13 @@ struct ratelimit {
 };
 
 void ratelimit_init(struct ratelimit *rl);
-/* Changes the limits at any time (from the control plane). */
+/* Changes the limits at any time (from the control plane); 0: unlimited. A
+ * bucket that had a rate keeps its tokens or its debt; one that had none
+ * starts full. */
 void ratelimit_set(struct ratelimit *rl, uint64_t bytes_per_s, uint64_t ops_per_s);
+/* The same at now_ns (ratelimit_now_ns's clock). */
+void ratelimit_set_at(struct ratelimit *rl, uint64_t bytes_per_s, uint64_t ops_per_s,
+		      uint64_t now_ns);
 /* Nanoseconds to wait before the next request may start; 0 = now. */
 uint64_t ratelimit_delay_ns(struct ratelimit *rl, uint64_t now_ns);
 /* Firecracker's order, for requests whose cost is known before they run:

@@ -449,8 +449,8 @@ static void note_over(struct mgr *m, const bool over[3])
 	}
 }
 
-/* Worth a set-limits: new, or more than 1/32 away (each set refills the
- * bucket, so near-equal changes are left out). */
+/* Worth a set-limits: new, or more than 1/32 away (a near-equal change is
+ * not worth a round trip to the VMM). */
 static bool differs(uint64_t cur, uint64_t want)
 {
 	uint64_t d = cur > want ? cur - want : want - cur;

@@ -44,22 +44,36 @@ void ratelimit_init(struct ratelimit *rl)
 	pthread_mutex_init(&rl->lock, NULL);
 }
 
+/* A limit where there was none starts with a full bucket. A new rate for a
+ * limited bucket keeps what it holds, tokens earned at the old rate until
+ * now (at most the new capacity) or a debt: refilling it at every change
+ * would hand out a burst per change, and the I/O policy changes limits
+ * every interval (at 500 ms, up to 20 % over the limits). */
 static void bucket_set(struct token_bucket *b, uint64_t rate, uint64_t now_ns)
 {
+	bool was_limited = b->rate != 0;
+
+	if (was_limited)
+		bucket_refill(b, now_ns);
 	b->rate = rate;
 	b->burst = 0;
-	b->tokens = (double)bucket_capacity(b); /* a fresh limit starts full */
+	if (!was_limited || b->tokens > (double)bucket_capacity(b))
+		b->tokens = (double)bucket_capacity(b);
 	b->last_ns = now_ns;
+}
+
+void ratelimit_set_at(struct ratelimit *rl, uint64_t bytes_per_s, uint64_t ops_per_s,
+		      uint64_t now_ns)
+{
+	pthread_mutex_lock(&rl->lock);
+	bucket_set(&rl->bytes, bytes_per_s, now_ns);
+	bucket_set(&rl->ops, ops_per_s, now_ns);
+	pthread_mutex_unlock(&rl->lock);
 }
 
 void ratelimit_set(struct ratelimit *rl, uint64_t bytes_per_s, uint64_t ops_per_s)
 {
-	uint64_t now = ratelimit_now_ns();
-
-	pthread_mutex_lock(&rl->lock);
-	bucket_set(&rl->bytes, bytes_per_s, now);
-	bucket_set(&rl->ops, ops_per_s, now);
-	pthread_mutex_unlock(&rl->lock);
+	ratelimit_set_at(rl, bytes_per_s, ops_per_s, ratelimit_now_ns());
 }
 
 uint64_t ratelimit_delay_ns(struct ratelimit *rl, uint64_t now_ns)

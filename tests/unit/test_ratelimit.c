@@ -105,6 +105,28 @@ static void gib_of_zeroes_at_one_mib_takes_1000_s(void **state)
 	assert_true(t - start <= 1024 * SEC);
 }
 
+/* The I/O policy changes a limit every interval: a change must not refill
+ * the bucket (a burst per change) nor forgive a debt. */
+static void a_new_rate_keeps_the_bucket(void **state)
+{
+	struct ratelimit rl;
+	uint64_t t = 100 * SEC;
+
+	(void)state;
+	ratelimit_init(&rl);
+	ratelimit_set_at(&rl, 1000000, 0, t);		/* none before: full, 100 kB */
+	ratelimit_charge(&rl, 150000, t);		/* 50 kB of debt */
+	ratelimit_set_at(&rl, 2000000, 0, t);
+	assert_int_equal(ratelimit_delay_ns(&rl, t), 25000000 + 1);	/* 50 kB at 2 MB/s */
+	t += SEC;					/* full again: 200 kB */
+	ratelimit_set_at(&rl, 1000000, 0, t);		/* capped at the new 100 kB */
+	assert_int_equal(ratelimit_consume(&rl, 100000, t), 0);
+	assert_int_not_equal(ratelimit_consume(&rl, 1000, t), 0);
+	ratelimit_set_at(&rl, 0, 0, t);			/* unlimited, then limited: full */
+	ratelimit_set_at(&rl, 1000000, 0, t);
+	assert_int_equal(ratelimit_consume(&rl, 100000, t), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -113,6 +135,7 @@ int main(void)
 		cmocka_unit_test(ops_bucket_limits_count),
 		cmocka_unit_test(consume_takes_nothing_until_it_fits),
 		cmocka_unit_test(gib_of_zeroes_at_one_mib_takes_1000_s),
+		cmocka_unit_test(a_new_rate_keeps_the_bucket),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
