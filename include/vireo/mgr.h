@@ -445,6 +445,12 @@ struct json_object *mgr_vm_json(struct mgr *m, struct mgr_vm *vm, bool live);
 /* Asks the VMM for `info` within timeout_ms and caches it in vm->info;
  * under m->lock, which is dropped meanwhile (vm referenced). 0 or -errno. */
 #define MGR_INFO_TIMEOUT_MS 500
+/* A starting VMM is given this long to answer and run its vCPUs (a restore
+ * maps its memory file first), or to listen for an incoming migration,
+ * before its start counts as failed. libvirt waits 30 s for QEMU's monitor:
+ * on a busy host 5 s was seen to pass (a rollback, and an incoming VMM,
+ * under nested test hosts' load), and a VMM that dies is noticed at once. */
+#define MGR_START_TIMEOUT_MS 30000
 int mgr_refresh_info(struct mgr *m, struct mgr_vm *vm, int timeout_ms);
 /* The background refresher of every active VM's info (each second). */
 int mgr_info_start(struct mgr *m);
@@ -607,6 +613,9 @@ bool vmm_alive(const struct mgr_vm *vm);
 /* Has the VMM ended? If so, records why (state, reason) and returns true. */
 bool vmm_reap(struct mgr *m, struct mgr_vm *vm);
 void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known);
+/* Gives back what a VM's VMM held on the host once it ended (or is taken
+ * for ended): its cgroup, its storage grants, its taps and firewall rules. */
+void vmm_release(struct mgr *m, struct mgr_vm *vm);
 /* The final migration figures the VMM pid wrote into its status file at
  * exit (a reference), or NULL. */
 struct json_object *vmm_status_migration(struct mgr *m, const struct mgr_vm *vm, pid_t pid);

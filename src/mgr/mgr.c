@@ -217,6 +217,9 @@ static bool find_locked(struct mgr *m, struct mgr_vm *vm, const char *sock)
 			 "(run/%s.lock) but was not found; it is not started again until that "
 			 "VMM ends", vm->def.name);
 		log_warn("VM %s: %s", vm->def.name, vm->reason);
+		/* Most often a VMM killed just before this daemon started, still
+		 * exiting: a crashed VM keeps no tap, rule or grant behind. */
+		vmm_release(m, vm);
 		return true;
 	}
 	vmm_adopt_pid(vm, pid);

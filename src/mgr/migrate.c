@@ -33,7 +33,6 @@
 #include "vireo/migrate.h"
 
 #define MIG_INCOMING_TIMEOUT_S 300     /* default wait for the stream's end */
-#define MIG_LISTEN_TIMEOUT_MS 5000     /* the VMM's listening socket appears */
 #define MIG_TIMEOUT_S 3600             /* default limit of an outgoing one */
 #define MIG_POLL_MS 100
 #define MIG_TOKEN_MAX 255              /* the VMM's MIGRATE_TOKEN_MAX - 1 */
@@ -305,14 +304,14 @@ static int wait_listening(struct mgr *m, struct mgr_vm *vm, const char *uri)
 {
 	unsigned int port = (unsigned int)atoi(strrchr(uri, ':') + 1);
 
-	for (uint64_t end = now_ms() + MIG_LISTEN_TIMEOUT_MS; now_ms() < end; nap(m, 10)) {
+	for (uint64_t end = now_ms() + MGR_START_TIMEOUT_MS; now_ms() < end; nap(m, 10)) {
 		if (vmm_reap(m, vm))
 			return err_set(-EIO, "the VMM did not start: %s", vm->reason);
 		if (listens(vm->pid, port))
 			return 0;
 	}
 	return err_set(-ETIMEDOUT, "the VMM did not listen on %s within %d ms", uri,
-		       MIG_LISTEN_TIMEOUT_MS);
+		       MGR_START_TIMEOUT_MS);
 }
 
 /* Hands the result to the API thread, and waits until it has taken it

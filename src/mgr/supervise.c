@@ -27,11 +27,6 @@
 #include "vireo/mgr.h"
 #include "vireo/vmm.h"
 
-/* A VMM is given this long to answer and run its vCPUs (a restore maps its
- * memory file first) before its start counts as failed. libvirt waits 30 s
- * for QEMU's monitor: on a busy host 5 s was seen to pass (a rollback under
- * a nested test host's load), and a VMM that dies is noticed at once anyway. */
-#define START_TIMEOUT_MS 30000
 #define STOP_TIMEOUT_MS 5000
 #define REPLY_MAX 65536
 
@@ -319,10 +314,15 @@ void vmm_exited(struct mgr *m, struct mgr_vm *vm, int status, bool known)
 	vm->pid = 0;
 	vm->starttime = 0;
 	vm->stopping = false;
+	vmm_release(m, vm);
+	store_save_run(m, vm);
+}
+
+void vmm_release(struct mgr *m, struct mgr_vm *vm)
+{
 	cgroup_vm_remove(&m->cg, vm->def.name);
 	storage_revoke(m, vm->def.name);
 	mgr_net_detach(m, &vm->def);	/* its taps: no port stays behind */
-	store_save_run(m, vm);
 }
 
 /* Has the VMM ended? Reaps it if it is our child. */
@@ -626,7 +626,7 @@ static bool vcpus_started(struct json_object *info)
 static int vmm_wait_ready(struct mgr *m, struct mgr_vm *vm, const char *sock)
 {
 	/* A clock, not a count: each try may take up to a request's deadline. */
-	for (uint64_t end = mono_ms() + START_TIMEOUT_MS; mono_ms() < end; ) {
+	for (uint64_t end = mono_ms() + MGR_START_TIMEOUT_MS; mono_ms() < end; ) {
 		struct json_object *r;
 		int fd;
 		bool ready = false;
@@ -648,7 +648,7 @@ static int vmm_wait_ready(struct mgr *m, struct mgr_vm *vm, const char *sock)
 		if (vmm_reap(m, vm))
 			return err_set(-EIO, "the VMM did not start: %s", vm->reason);
 	}
-	return err_set(-ETIMEDOUT, "the VMM did not answer within %d ms", START_TIMEOUT_MS);
+	return err_set(-ETIMEDOUT, "the VMM did not answer within %d ms", MGR_START_TIMEOUT_MS);
 }
 
 static int vmm_prepare_cgroup(struct mgr *m, const struct vm_def *d)

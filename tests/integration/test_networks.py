@@ -266,6 +266,45 @@ def test_restart_rebuilds_the_bridge_of_a_running_vm(tmp_path):
             subprocess.run(["ip", "link", "del", br])
 
 
+def test_restart_with_the_lock_held_by_a_vmm_not_found_leaves_no_tap(tmp_path):
+    """A VMM killed just before the daemon starts can still be exiting: it
+    holds the VM's lock but is no longer found as that VM's VMM. The daemon
+    takes the VM for crashed, and then nothing of it may stay behind (its
+    tap outside any bridge would make the next start fail). Here a lock of
+    the test's own plays that VMM."""
+    import fcntl
+    a = netname("l")
+    br = "vb-" + a
+    d = Daemon(extra=["--storage", str(tmp_path)]).start()
+    try:
+        d.ok("POST", "/networks", {"name": a}, status=201)
+        d.create("held", scenario="wait", nics=[{"network": a}])
+        pid = d.ok("POST", "/vms/held/start")["pid"]
+        (tap,) = ports(br)
+        d.kill(signal.SIGTERM)
+        os.kill(pid, signal.SIGKILL)
+
+        def take(lock):
+            try:
+                fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:         # its threads are still exiting
+                return False
+        with open(os.path.join(d.state, "run", "held.lock"), "a") as lock:
+            assert wait_for(lambda: take(lock), timeout=10), "the killed VMM kept its lock"
+            d.start()
+            vm = d.vm("held")
+            assert vm["state"] == "crashed" and "holds its lock" in vm["reason"], vm
+            assert not link_exists(tap), (tap, ports(br), d.logtext())
+        assert ports(br) == []
+        d.ok("POST", "/vms/held/start")
+        assert d.vm("held")["state"] == "running" and ports(br) == [tap]
+    finally:
+        d.cleanup()
+        if link_exists(br):
+            subprocess.run(["ip", "link", "del", br])
+
+
 def test_uplink_is_a_port_and_survives_the_network(netd):
     a = netname("u")
     up, peer = f"vu{TAG}", f"vp{TAG}"
