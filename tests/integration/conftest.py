@@ -97,12 +97,14 @@ def vireo_args(cmdline, cpus=1, memory="256M", extra=(), kernel=None, netns=None
 
 @pytest.fixture
 def sock():
-    """A fresh path for a VMM's control socket, removed after the test."""
+    """A fresh path for a VMM's control socket, removed after the test with
+    the paths a test made from it (a second VMM's PATH.dst, PATH.2)."""
+    import glob
     import time
     path = f"/tmp/vireo-ctl-{os.getpid()}-{time.monotonic_ns()}.sock"
     yield path
-    if os.path.exists(path):
-        os.unlink(path)
+    for p in glob.glob(glob.escape(path) + "*"):
+        os.unlink(p)
 
 
 def run_until_exit(args, timeout):

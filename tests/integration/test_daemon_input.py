@@ -233,6 +233,8 @@ def vmm(tmp_path):
     if p.poll() is None:
         p.kill()
     p.wait()
+    if os.path.exists(sock):        # a killed VMM leaves its socket
+        os.unlink(sock)
 
 
 def test_control_socket_actions(vmm):
