@@ -5,7 +5,9 @@ on its own qcow2 overlay, round robin; medians and ratios of process start
 -> "login:", and where the time goes: the median time at which each stage's
 first console line came: SeaBIOS's banner, GRUB's first words (its core
 loaded by the MBR), grub.cfg's echo (before GRUB reads the kernel and the
-initramfs through the BIOS), the kernel's banner, systemd's, the prompt."""
+initramfs through the BIOS), the kernel's banner, systemd's, the prompt;
+and KVM's counters (exits by kind, emulated instructions, nested page
+faults) in each stage, from the previous stage's first line to its own."""
 import os
 import statistics
 import subprocess
@@ -31,6 +33,8 @@ TIMEOUT = 300
 QUIET = 60
 sys.path.insert(0, "tests/integration")
 from conftest import stall_report  # noqa: E402
+sys.path.insert(0, "bench")
+from kvmstat import kvm_stats  # noqa: E402
 # The console's first line of each stage, in order.
 STAGES = [("firmware", b"SeaBIOS (version"), ("grub", b"GRUB loading"),
           ("grub-cfg", b"GRUB loads Linux"), ("kernel", b"Linux version"),
@@ -60,12 +64,15 @@ VMMS = {"vireo": vireo, "qemu-pc": qemu_pc, "qemu-microvm": qemu_microvm}
 
 
 def boot(name, argv_of):
-    """{stage: seconds from process start to its first line} on a fresh
-    overlay; "login" missing when the prompt did not come (the console's end
-    is printed then)."""
+    """({stage: seconds from process start to its first line}, {stage: KVM's
+    counters in it}) on a fresh overlay; "login" missing when the prompt did
+    not come (the console's end is printed then). The VM is the only one on
+    the host while it runs, so KVM's sums are its own."""
     disk = os.path.join(TMP, f"{name}.qcow2")
     subprocess.run(["build/vireo", "img", "create", "-f", "qcow2", "-b", os.path.abspath(IMAGE),
                     "-F", "qcow2", disk], check=True, capture_output=True)
+    before = kvm_stats()
+    counts = {}
     t0 = time.monotonic()
     p = subprocess.Popen(argv_of(disk), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT)
@@ -84,20 +91,25 @@ def boot(name, argv_of):
         for stage, line in STAGES:
             if stage not in seen and line in text:
                 seen[stage] = time.monotonic() - t0
+                now = kvm_stats()
+                counts[stage] = {k: v - before.get(k, 0) for k, v in now.items()}
+                before = now
     p.kill()
     p.wait()
     os.unlink(disk)
     if "login" not in seen:
         print(f"{name}: no login prompt in {TIMEOUT} s (exit {p.returncode}); the console's "
               f"end:\n{text[-1500:].decode(errors='replace')}", flush=True)
-    return seen
+    return seen, counts
 
 
 times = {name: [] for name in VMMS}
+counters = {name: [] for name in VMMS}
 for _ in range(RUNS):
     for name, argv_of in VMMS.items():
-        seen = boot(name, argv_of)
+        seen, counts = boot(name, argv_of)
         times[name].append(seen)
+        counters[name].append(counts)
         print(f"{name:13s} " + "  ".join(f"{s} {seen[s]:6.2f}" for s, _ in STAGES if s in seen),
               flush=True)
 med = {}
@@ -108,6 +120,13 @@ for name, runs in times.items():
     med[name] = stages.get("login") if ok == len(runs) else None
     print(f"{name:13s} median s from start: " +
           "  ".join(f"{s} {t:6.2f}" for s, t in stages.items()) + f"  ({ok}/{len(runs)} to login)")
+print("KVM's counters in each stage (medians), from the previous stage's first line:")
+for name, runs in counters.items():
+    for stage, _ in STAGES:
+        got = [r[stage] for r in runs if stage in r]
+        if got:
+            print(f"{name:13s} {stage:9s} " + "  ".join(
+                f"{k} {int(statistics.median(g.get(k, 0) for g in got))}" for k in got[0]))
 for name in VMMS:
     if name != "vireo" and med[name] and med["vireo"]:
         print(f"vireo/{name}: {med['vireo'] / med[name]:.2f}x")

@@ -42,6 +42,8 @@ mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug 2>/de
 [ $mode = disk ] && exec /usr/bin/python3 bench/disk-boot.py "$runs"
 exec /usr/bin/python3 - "$runs" "$mem" "$cpus" <<'PY'
 import os, socket, statistics, subprocess, sys, tempfile, time
+sys.path.insert(0, "bench")
+from kvmstat import STATS, kvm_stats
 
 runs, mem, cpus = (int(a) for a in sys.argv[1:4])
 KERNEL, INITRD = "build/linux/vmlinuz", "build/linux/initrd.img"
@@ -64,17 +66,6 @@ def qemu(machine):
 
 VMMS = {"vireo": vireo, "qemu-microvm": qemu("microvm"), "qemu-pc": qemu("pc"),
         "qemu-q35": qemu("q35")}
-STATS = ["exits", "io_exits", "mmio_exits", "halt_exits", "irq_exits", "pf_taken"]
-
-def kvm_stats():
-    out = {}
-    for s in STATS:
-        try:
-            with open(f"/sys/kernel/debug/kvm/{s}") as f:
-                out[s] = int(f.read())
-        except OSError:
-            pass
-    return out
 
 def boot(argv_of):
     """(seconds to the first userspace line, seconds to exit, KVM's counts).
