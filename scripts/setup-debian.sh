@@ -5,7 +5,8 @@
 # the base system; it downloads Debian's kernel package itself.
 # The firmware tests boot seabios; --kernel through firmware needs
 # qemu-system-data (linuxboot_dma.bin). tests/linux/mkdiskimage.sh (the Debian disk
-# image) needs debootstrap, grub-pc-bin (GRUB for BIOS), fdisk and e2fsprogs; its
+# image) needs debootstrap, grub-pc-bin (GRUB for BIOS) and grub2-common
+# (grub-install), fdisk and e2fsprogs; its
 # test pings the guest (iputils-ping), serves its vNIC DHCP with dnsmasq (dnsmasq-base)
 # and reads its journal off the disk with journalctl (systemd).
 set -euo pipefail
@@ -19,4 +20,4 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 	libnftables-dev libseccomp-dev libzstd-dev zlib1g-dev \
 	python3-pytest qemu-utils qemu-system-x86 qemu-system-common seabios qemu-system-data \
 	busybox-static cpio kmod iproute2 iputils-ping e2fsprogs nftables acpica-tools strace gdb \
-	debootstrap grub-pc-bin fdisk dnsmasq-base systemd >/dev/null
+	debootstrap grub-pc-bin grub2-common fdisk dnsmasq-base systemd >/dev/null
