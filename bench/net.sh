@@ -10,12 +10,15 @@
 # to "none" (issue 13's target: 1,000 rules cost at most 10 %). The last
 # column has no VMM in it: two namespaces on veths in the same bridge with the
 # same rules, the CPU time a sender spends per datagram (the kernel's path).
+# Beside each guest rate, the host's CPU time per frame delivered (all CPUs,
+# /proc/stat, during the blast): what a frame costs the machine, which holds
+# where a rate on 2 busy cores moves by tens of percent.
 # The settings are measured round robin, RUNS rounds, and the medians kept.
 # usage: bench/net.sh [FRAMES] [SIZE] [RUNS]   (root, from the repository root, after make)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec /usr/bin/python3 - "${1:-20000}" "${2:-1000}" "${3:-3}" <<'PY'
-import json, os, re, shutil, signal, socket, statistics, struct, subprocess, sys, tempfile, time
+import json, os, re, shutil, socket, statistics, struct, subprocess, sys, tempfile, time
 sys.path.insert(0, "tests/integration")
 from daemonutil import Daemon, wait_for
 
@@ -154,12 +157,32 @@ def kernel_cost():
     return float(out)
 
 
-def trigger(src, dst):
-    ip, mac, _ = VMS[dst]
-    payload = struct.pack(">IH", FRAMES, SIZE) + socket.inet_aton(ip) + bytes.fromhex(mac.replace(":", ""))
-    code = (f"import socket; s = socket.socket(2, 2); "
-            f"s.sendto(bytes.fromhex('{payload.hex()}'), ('{VMS[src][0]}', 9997))")
-    sh("ip", "netns", "exec", NS, "python3", "-c", code)
+class Trigger:
+    """A sender in the peer's namespace, started once, so that starting a
+    blast costs one datagram and no process start inside the measurement."""
+
+    def __init__(self):
+        code = ("import socket, sys\ns = socket.socket(2, 2)\nfor line in sys.stdin:\n"
+                "    ip, data = line.split()\n    s.sendto(bytes.fromhex(data), (ip, 9997))\n")
+        self.p = subprocess.Popen(["ip", "netns", "exec", NS, "python3", "-u", "-c", code],
+                                  stdin=subprocess.PIPE, text=True)
+
+    def send(self, src, dst):
+        ip, mac, _ = VMS[dst]
+        payload = struct.pack(">IH", FRAMES, SIZE) + socket.inet_aton(ip) + bytes.fromhex(mac.replace(":", ""))
+        self.p.stdin.write(f"{VMS[src][0]} {payload.hex()}\n")
+        self.p.stdin.flush()
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait()
+
+
+def host_busy_s():
+    """CPU seconds all the host's CPUs have spent busy (not idle or in
+    iowait) since boot."""
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return (sum(f[:8]) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def tx_packets(tap):
@@ -170,29 +193,33 @@ BLAST = re.compile(r"PROBE net_ip blast frames=(\d+) size=\d+ ms=(\d+)\r?\n")
 retries = []
 
 
-def run_once(src, dst, taps, logs):
-    """Frames per second of one blast. The trigger is one datagram and a
-    blast ends early when the device stalls for a second (both happen on a
-    loaded host): such a run is repeated, and counted."""
+def run_once(src, dst, taps, logs, trig):
+    """Frames per second of one blast, and the host's CPU µs per frame
+    delivered. The trigger is one datagram and a blast ends early when the
+    device stalls for a second (both happen on a loaded host): such a run is
+    repeated, and counted."""
     for _ in range(5):
         before, n0 = tx_packets(taps[dst]), len(BLAST.findall(logs[src]()))
-        trigger(src, dst)
-        if not wait_for(lambda: len(BLAST.findall(logs[src]())) > n0, timeout=30):
+        busy0 = host_busy_s()
+        trig.send(src, dst)
+        if not wait_for(lambda: len(BLAST.findall(logs[src]())) > n0, timeout=30, step=0.05):
             retries.append((src, "no blast"))
             continue
+        busy = host_busy_s() - busy0
         frames, ms = (int(x) for x in BLAST.findall(logs[src]())[-1])
         if frames < FRAMES:
             retries.append((src, f"stalled after {frames}"))
             continue
         time.sleep(0.2)                       # the last frames reach B's tap
-        return (tx_packets(taps[dst]) - before) / max(ms, 1) * 1000
+        delivered = tx_packets(taps[dst]) - before
+        return delivered / max(ms, 1) * 1000, busy * 1e6 / max(delivered, 1)
     raise SystemExit(f"no blast from {src}: {retries[-5:]} {logs[src]()[-600:]}")
 
 
 def main():
     tmp = tempfile.mkdtemp(prefix="vireo-bench-net-")
     d = Daemon(extra=["--storage", tmp]).start()
-    qemus, logs, taps = [], {}, {}
+    qemus, logs, taps, trig = [], {}, {}, None
     try:
         d.ok("POST", "/networks", {"name": NET}, status=201)
         sh("ip", "netns", "add", NS)
@@ -201,6 +228,7 @@ def main():
         sh("ip", "netns", "exec", NS, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
         sh("ip", "-n", NS, "addr", "add", PEER_IP + "/24", "dev", "eth0")
         sh("ip", "-n", NS, "link", "set", "eth0", "up")
+        trig = Trigger()
         for vm, (ip, mac, vmm) in VMS.items():
             cmd = f"scenario=net_ip net_ip={ip} net_ip_ms=3600000"
             if vmm == "kernel":
@@ -237,17 +265,20 @@ def main():
         for vm, (_, mac, _) in VMS.items():
             sh("bridge", "fdb", "replace", mac, "dev", taps[vm], "master", "static")
         settings = [("none", None), ("anti-spoof", 0), ("10 rules", 10), ("1000 rules", 1000)]
-        rates = {}
+        rates, cpu = {}, {}
         # Round robin: every round measures every setting on both VMMs, so
         # load from elsewhere on the host spreads over all of them alike.
         for _ in range(RUNS):
             for label, n in settings:
                 apply(d, taps, n)
                 for vmm, (src, dst) in (("vireo", ("a", "b")), ("qemu", ("qa", "qb"))):
-                    run_once(src, dst, taps, logs)        # warm-up: ARP, conntrack
-                    rates.setdefault((vmm, label), []).append(run_once(src, dst, taps, logs))
+                    run_once(src, dst, taps, logs, trig)  # warm-up: ARP, conntrack
+                    rate, us = run_once(src, dst, taps, logs, trig)
+                    rates.setdefault((vmm, label), []).append(rate)
+                    cpu.setdefault((vmm, label), []).append(us)
                 rates.setdefault(("kernel", label), []).append(kernel_cost())
         res = {k: statistics.median(v) for k, v in rates.items()}
+        us = {k: statistics.median(v) for k, v in cpu.items()}
         print(f"# bench/net.sh: {FRAMES} UDP datagrams of {SIZE} bytes, guest to guest through "
               f"{BR}, median of {RUNS} rounds")
         print(f"{'setting':<12} {'vireo fr/s':>12} {'qemu fr/s':>12} {'vireo/qemu':>11} "
@@ -257,9 +288,21 @@ def main():
             print(f"{label:<12} {v:>12.0f} {q:>12.0f} {v / q:>11.2f} "
                   f"{v / res[('vireo', 'none')]:>14.3f} {q / res[('qemu', 'none')]:>13.3f} "
                   f"{res[('kernel', label)]:>16.2f}")
+        print("# host CPU µs per frame delivered (all CPUs, during the blast), and none's "
+              "figure over the setting's (the share of throughput a CPU-bound host keeps)")
+        print(f"{'setting':<12} {'vireo µs':>9} {'qemu µs':>9} {'vireo none/this':>16} "
+              f"{'qemu none/this':>15}")
+        for label, _ in settings:
+            v, q = us[("vireo", label)], us[("qemu", label)]
+            print(f"{label:<12} {v:>9.2f} {q:>9.2f} {us[('vireo', 'none')] / v:>16.3f} "
+                  f"{us[('qemu', 'none')] / q:>15.3f}")
+        print("# per round, vireo µs/frame: " + "; ".join(
+            f"{label} " + "/".join(f"{x:.2f}" for x in cpu[("vireo", label)]) for label, _ in settings))
         if retries:
             print(f"# runs repeated: {retries}")
     finally:
+        if trig:
+            trig.close()
         for p in qemus:
             p.kill()
             p.wait()
