@@ -166,6 +166,9 @@ int irq_irqfd(struct vm *vm, int fd, uint32_t gsi, bool assign);
  * not RAM. Every guest-supplied address goes through this (DESIGN §3.8). */
 void *guest_ptr(const struct guest_memory *mem, uint64_t gpa, uint64_t len);
 int guest_memory_init(struct guest_memory *mem, uint64_t size, bool hugepages);
+/* Guest RAM's file, sized: on a huge-page tmpfs of its own (memory.c), or
+ * a memfd; with hugepages, a hugetlbfs memfd. -errno with err_set(). */
+int guest_memory_create_fd(uint64_t size, bool hugepages);
 /* Guest RAM from a snapshot's memory file (fd taken, exactly size bytes),
  * mapped privately: pages load on first touch, guest writes stay in memory. */
 int guest_memory_init_file(struct guest_memory *mem, uint64_t size, int fd);

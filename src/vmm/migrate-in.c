@@ -158,11 +158,9 @@ static int recv_hello(struct migrate_incoming *in)
 	if (mig_get32(rec) != MIG_REC_HELLO || !in->size || in->size > MIG_MAX_RAM ||
 	    in->size % DIRTY_PAGE_SIZE || !ncpus || ncpus > MIG_MAX_CPUS)
 		return err_set(-EPROTO, "migration stream: bad hello");
-	in->mem_fd = memfd_create("vireo-ram", MFD_CLOEXEC);
+	in->mem_fd = guest_memory_create_fd(in->size, false);
 	if (in->mem_fd < 0)
-		return err_set(-errno, "memfd_create: %m");
-	if (ftruncate(in->mem_fd, (off_t)in->size) < 0)
-		return err_set(-errno, "cannot size guest memory: %m");
+		return in->mem_fd;
 	in->pages = malloc((size_t)MIG_MAX_RUN * DIRTY_PAGE_SIZE);
 	if (!in->pages)
 		return err_set(-ENOMEM, "out of memory");
