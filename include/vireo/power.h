@@ -1,8 +1,8 @@
 /* How a guest ends (src/hw/power.c): the ACPI hardware-reduced sleep
- * control register (power-off), the i8042 controller's reset line (reboot)
- * and the debug-exit port (a status for tests; QEMU's isa-debug-exit does
+ * control register (power-off) and the debug-exit port (a status for tests; QEMU's isa-debug-exit does
  * the same at the same port, there as (status << 1) | 1), present only with
- * debug_exit (`vireo run --debug-exit`). */
+ * debug_exit (`vireo run --debug-exit`). A reboot goes through the i8042's
+ * reset line (vireo/i8042.h). */
 #ifndef VIREO_POWER_H
 #define VIREO_POWER_H
 

@@ -330,9 +330,8 @@ static uint64_t acpi_build_fadt(struct acpi_area *area, uint64_t dsdt, uint64_t 
 		f->sleep_control = (struct acpi_gas){ 1, 8, 0, 1, PORT_ACPI_SLEEP_CONTROL };
 		f->sleep_status = (struct acpi_gas){ 1, 8, 0, 1, PORT_ACPI_SLEEP_STATUS };
 	}
-	/* No 8042 flag: vireo's i8042 is only a reset line, and a guest told
-	 * there is a keyboard controller probes it for seconds (Linux:
-	 * "Can't read CTR"). The reset register still goes through its port. */
+	/* No 8042 flag: vireo's i8042 has no keyboard behind it, and Linux
+	 * told there is one probes it. The reset register goes through its port. */
 	f->iapc_boot_arch = BOOT_ARCH_NO_VGA;
 	f->century = RTC_REG_CENTURY;
 	f->reset_reg = (struct acpi_gas){ 1, 8, 0, 1, PORT_I8042_CMD };

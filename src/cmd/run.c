@@ -24,6 +24,7 @@
 #include "vireo/firmware.h"
 #include "vireo/acpipm.h"
 #include "vireo/ged.h"
+#include "vireo/i8042.h"
 #include "vireo/log.h"
 #include "vireo/machine.h"
 #include "vireo/migrate.h"
@@ -87,6 +88,7 @@ struct vm_devices {
 	struct ged *ged;
 	struct acpipm *pm;	/* --firmware: the PC's PM1 blocks and power button */
 	struct rtc *rtc;
+	struct i8042 *i8042;
 	struct firmware *fw;
 	struct virtio_blk *disks[MAX_DISKS];
 	struct virtio_rng *rng;
@@ -908,6 +910,7 @@ static void vm_devices_destroy(struct vm_devices *devs)
 	ged_destroy(devs->ged);
 	acpipm_destroy(devs->pm);
 	rtc_destroy(devs->rtc);
+	i8042_destroy(devs->i8042);
 	firmware_destroy(devs->fw);
 	serial_destroy(devs->serial);
 	snapshot_base_free(&devs->snap_base);
@@ -958,6 +961,8 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 	if (!ret && o->machine.firmware && !(devs->pm = acpipm_create(vm)))
 		ret = -ENOMEM;
 	if (!ret && !(devs->rtc = rtc_create(vm)))
+		ret = -ENOMEM;
+	if (!ret && !(devs->i8042 = i8042_create(vm)))
 		ret = -ENOMEM;
 	if (!ret)
 		ret = pci_init(pci, vm);

@@ -4,7 +4,6 @@
 #include "vireo/power.h"
 
 #define SLP_EN (1u << 5)
-#define I8042_CMD_RESET 0xfe
 
 static void sleep_control_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len,
 			     bool is_write)
@@ -18,20 +17,6 @@ static void sleep_control_io(void *opaque, uint64_t offset, uint8_t *data, uint3
 	}
 	if (offset == 0 && (v & SLP_EN) && ((v >> 2) & 7) == ACPI_S5_SLP_TYP)
 		vm_request_stop(vm, VM_EXIT_POWEROFF);
-}
-
-/* i8042: only the reset line. Reads say "no data, input buffer empty", so
- * drivers that probe the controller give up quickly. */
-static void i8042_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len, bool is_write)
-{
-	struct vm *vm = opaque;
-
-	if (!is_write) {
-		bus_put(data, len, 0);
-		return;
-	}
-	if (offset == PORT_I8042_CMD - PORT_I8042_DATA && data[0] == I8042_CMD_RESET)
-		vm_request_stop(vm, VM_EXIT_REBOOT);
 }
 
 static void debug_exit_io(void *opaque, uint64_t offset, uint8_t *data, uint32_t len,
@@ -53,9 +38,6 @@ int power_devices_init(struct vm *vm, bool debug_exit)
 	int ret;
 
 	ret = bus_register(&vm->pio, PORT_ACPI_SLEEP_CONTROL, 2, sleep_control_io, vm, "acpi-sleep");
-	if (!ret)
-		ret = bus_register(&vm->pio, PORT_I8042_DATA, PORT_I8042_CMD - PORT_I8042_DATA + 1,
-				   i8042_io, vm, "i8042");
 	/* Opt-in: it lets the guest pick the VMM's exit status, which a
 	 * supervisor must be able to trust (a guest could claim a reboot). */
 	if (!ret && debug_exit)

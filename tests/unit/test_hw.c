@@ -16,6 +16,7 @@
 #include "vireo/acpipm.h"
 #include "vireo/bus.h"
 #include "vireo/ged.h"
+#include "vireo/i8042.h"
 #include "vireo/pci.h"
 #include "vireo/serial.h"
 #include "vireo/state.h"
@@ -317,6 +318,42 @@ static uint64_t pm_read(struct acpipm *pm, uint64_t offset, uint32_t len)
 	return bus_get(d, len);
 }
 
+/* SeaBIOS's probe, step by step: every command that expects an answer has
+ * one at once, and the keyboard's reset gets "no device", so the probe never
+ * waits; the input buffer is never full, so a reboot never waits either. */
+static void i8042_answers_a_probe_with_no_devices(void **unused)
+{
+	struct i8042 *c = i8042_create_model();
+
+	(void)unused;
+	assert_non_null(c);
+	assert_int_equal(i8042_read(c, 0x64) & 0x03, 0);        /* nothing waits, IBF clear */
+	assert_false(i8042_write(c, 0x64, 0xad));                /* keyboard off */
+	assert_false(i8042_write(c, 0x64, 0xaa));                /* self-test */
+	assert_int_equal(i8042_read(c, 0x64) & 0x21, 0x01);      /* a controller byte */
+	assert_int_equal(i8042_read(c, 0x60), 0x55);
+	assert_int_equal(i8042_read(c, 0x64) & 0x01, 0);
+	i8042_write(c, 0x64, 0xab);                              /* keyboard port test */
+	assert_int_equal(i8042_read(c, 0x60), 0x00);
+	i8042_write(c, 0x64, 0x20);                              /* the command byte... */
+	uint8_t ctr = i8042_read(c, 0x60);
+	i8042_write(c, 0x64, 0x60);                              /* ...written back changed */
+	i8042_write(c, 0x60, ctr ^ 0x01);
+	i8042_write(c, 0x64, 0x20);
+	assert_int_equal(i8042_read(c, 0x60), ctr ^ 0x01);
+	assert_false(i8042_write(c, 0x60, 0xff));                /* keyboard reset */
+	assert_int_equal(i8042_read(c, 0x64) & 0x61, 0x41);      /* time-out, keyboard's */
+	assert_int_equal(i8042_read(c, 0x60), 0xfe);
+	i8042_write(c, 0x64, 0xd4);                              /* to the mouse */
+	i8042_write(c, 0x60, 0xf4);
+	assert_int_equal(i8042_read(c, 0x64) & 0x61, 0x61);
+	assert_int_equal(i8042_read(c, 0x60), 0xfe);
+	assert_int_equal(i8042_read(c, 0x64) & 0x63, 0);
+	assert_false(i8042_write(c, 0x64, 0xff));                /* pulses no line */
+	assert_true(i8042_write(c, 0x64, 0xfe));                 /* the reset line */
+	i8042_destroy(c);
+}
+
 static void pm_write(struct acpipm *pm, uint64_t offset, uint32_t len, uint64_t v)
 {
 	uint8_t d[8];
@@ -463,6 +500,7 @@ int main(void)
 		cmocka_unit_test(bus_dispatches_and_refuses_overlaps),
 		cmocka_unit_test(serial_loopback_and_interrupt_identification),
 		cmocka_unit_test(serial_receive_is_bounded),
+		cmocka_unit_test(i8042_answers_a_probe_with_no_devices),
 		cmocka_unit_test(serial_rx_wait_wakes_at_half),
 		cmocka_unit_test(serial_output_keeps_every_byte_in_order),
 		cmocka_unit_test(serial_output_drops_what_a_stuck_reader_cannot_take),
