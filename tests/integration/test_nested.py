@@ -289,6 +289,28 @@ def test_l1_loads_modules_the_kernel_asks_for(host):
     assert (rc, out.split()) == (0, ["8021q", "bridge", "dummy"]), err
 
 
+def test_a_boot_of_l1_that_never_comes_up_is_booted_again(monkeypatch):
+    """An L1 whose agent never says ready (seen in CI: L1's console stopped
+    at "starting the agent") is killed and booted again; start() keeps why
+    the failed boot failed, and the next boot serves commands."""
+    real = l1.NestedHost._frame
+    failed = []
+
+    def first_boot_silent(self, limit, what, frozen=False):
+        if what == "L1 did not come up" and not failed:
+            failed.append(what)
+            raise self._fail(f"{what}: nothing from L1's agent (this test)", l1.L1Frozen)
+        return real(self, limit, what, frozen)
+
+    monkeypatch.setattr(l1.NestedHost, "_frame", first_boot_silent)
+    h = l1_or_skip()
+    try:
+        assert len(h.boot_failures) == 1 and "(this test)" in h.boot_failures[0]
+        assert h.run("echo up")[:2] == (0, "up\n")
+    finally:
+        h.close()
+
+
 def test_l1_run_cli_status_and_output(tmp_path):
     if os.environ.get("VIREO_IN_L1"):
         pytest.skip("skipped: no nested test host inside the nested test host")

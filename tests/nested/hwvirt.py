@@ -221,6 +221,7 @@ class NestedBatch:
         self.reruns = []        # what was re-run after a known L1 fault (l1_fault)
         self.host = None        # the L1 that runs the batch
         self.boots = 0          # of L1, in this batch
+        self.failed_boots = 0   # boots of L1 that never came up (l1.NestedHost.start)
         self.running = None     # the test L1 runs now, by its report_stream
         self.log = l1.cache_dir() / "last-batch.log"
 
@@ -295,6 +296,8 @@ class NestedBatch:
             t2 = time.monotonic()
             self.host.close()
             boots = f", {self.boots} boots of L1" if self.boots > 1 else ""
+            if self.failed_boots:
+                boots += f" ({self.failed_boots} more that did not come up)"
             self.times = (f"hw_virt: L1 up in {boot:.1f} s ({t1 - t0:.1f} s with "
                           f"its set-up), {len(todo)} tests in {t2 - t1:.1f} s{boots}, L1 off in "
                           f"{time.monotonic() - t2:.1f} s; log: {self.log}")
@@ -307,7 +310,10 @@ class NestedBatch:
         self.boots += 1
         self.host = l1.NestedHost(keep=sorted({root, checkout}), console_log=self.log.with_name(
             "last-batch-console.log"), kvm_amd=l1.SHADOW_PAGING)
-        self.host.start()
+        try:
+            self.host.start()
+        finally:
+            self.failed_boots += len(self.host.boot_failures)
 
 
     def _prepare(self, items):

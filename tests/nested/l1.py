@@ -69,6 +69,7 @@ HIDDEN_DIRS = TMPFS_DIRS + ("/proc", "/sys", "/dev")
 L1_ENV = {"VIREO_IN_L1": "1", "VIREO_TEST_TIME_SCALE": "4"}
 
 BOOT_TIMEOUT_S = 180    # QEMU start to the agent's "ready": ~4 s when idle
+BOOT_ATTEMPTS = 3       # boots of L1 before start() gives up (start(): why)
 START_TIMEOUT_S = 30    # QEMU's and virtiofsd's sockets
 ANSWER_GRACE_S = 60     # past a command's timeout, before L1 counts as hung
 # The agent says it is alive every 5 s while a command runs (agent.py): an L1
@@ -384,6 +385,7 @@ class NestedHost:
         self._lock = threading.Lock()
         self._in_flight = False     # a run() left before its command's end
         self._work = None
+        self.boot_failures = []     # why the boots before the one that came up failed
 
     def __enter__(self):
         return self.start()
@@ -403,6 +405,20 @@ class NestedHost:
         for k in keep:
             if not os.path.isdir(k):
                 raise L1Error(f"{k} (to keep visible in L1) is not a directory")
+        for attempt in range(1, BOOT_ATTEMPTS + 1):
+            try:
+                return self._boot(tools, kernel, keep)
+            except L1Lost as e:
+                # Its agent never said ready: L1 froze or died while it came
+                # up (seen once in ~30 boots: L1's console stopped at
+                # "starting the agent"); the CPU state is saved by then.
+                self.boot_failures.append(str(e))
+                if attempt == BOOT_ATTEMPTS:
+                    raise
+
+    def _boot(self, tools, kernel, keep):
+        """One boot of L1, up to its agent's "ready"; L1Lost if the agent
+        never says it (L1 silent for boot_timeout, or ended)."""
         self._work = tempfile.mkdtemp(prefix="vireo-l1-")
         atexit.register(self.kill)
         try:
@@ -416,7 +432,7 @@ class NestedHost:
             fsdevs = self._start_virtiofsd(tools)
             t0 = time.monotonic()
             self._start_qemu(tools, kernel, initrd, fsdevs)
-            self.info = self._frame(self.boot_timeout, "L1 did not come up")
+            self.info = self._frame(self.boot_timeout, "L1 did not come up", frozen=True)
             self.boot_seconds = time.monotonic() - t0
             if not self.info.get("ready"):
                 raise self._fail(f"L1's agent said {self.info!r} instead of ready")
