@@ -68,7 +68,7 @@ struct mgr_disk {
 	unsigned int weight;
 	uint64_t floor_bps, floor_iops;
 	int aio;                     /* enum block_aio; 0: io_uring */
-	unsigned int queues;         /* virtqueues; 0: the VMM's default (1) */
+	unsigned int queues;         /* virtqueues; 0: one per vCPU (the VMM's default) */
 };
 
 /* A vNIC's port on a vlan_aware network: an access port (vlan: untagged

@@ -216,8 +216,8 @@ struct disk_config {
 	const struct block_policy *policy; /* where its chain may be; NULL: anywhere */
 };
 
-/* --disk queues=: at most this many (docs/run.md says why); the default
- * (virtio_blk_default_queues) is one. */
+/* --disk queues=: at most this many (docs/run.md says why), and by
+ * default one per vCPU up to it. */
 #define VIRTIO_BLK_MAX_QUEUES 8
 unsigned int virtio_blk_default_queues(unsigned int ncpus);
 

@@ -136,7 +136,7 @@ static const char run_usage[] =
 	"                   [,iops=N][,bps=SIZE]   (bps: bytes per second, e.g. 50M)\n"
 	"                   [,cache=writeback|none|writethrough|directsync|unsafe]\n"
 	"                   [,aio=io_uring|threads][,queues=N]\n"
-	"                   (queues: virtqueues, 1-8; default 1)\n"
+	"                   (queues: virtqueues, 1-8; default one per vCPU, up to 8)\n"
 	"  --rng[=bps=SIZE] a virtio-rng device, optionally rate-limited\n"
 	"  --balloon[=target=SIZE]  a virtio-balloon device; target: memory to reclaim\n"
 	"  --net SPEC       a virtio-net vNIC on a tap device (repeatable, up to 4):\n"

@@ -402,13 +402,16 @@ static void blk_fill_config(struct virtio_blk *blk)
 	c[56] = 1;
 }
 
-/* One queue unless asked for more (queues=N): multi-queue is new, and
- * Linux guests with a queue per vCPU hung at boot in two nested-host
- * batches (docs/run.md) before the cause was found. */
+/* One queue per vCPU lets each CPU submit and complete on its own ring
+ * and vector, as QEMU does by default since 5.2. The cap: Linux gives a
+ * queue to at most nr_cpu_ids CPUs, and past a few queues per I/O thread
+ * (each device has one) more rings only cost the guest ring memory and
+ * vectors (docs/run.md). */
 unsigned int virtio_blk_default_queues(unsigned int ncpus)
 {
-	(void)ncpus;
-	return 1;
+	if (ncpus > VIRTIO_BLK_MAX_QUEUES)
+		return VIRTIO_BLK_MAX_QUEUES;
+	return ncpus ? ncpus : 1;
 }
 
 int virtio_blk_create(struct vm *vm, struct pci_bus *bus, const struct disk_config *cfg,

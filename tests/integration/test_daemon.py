@@ -535,7 +535,7 @@ def test_disk_aio_mode_reaches_the_vmm(daemon, tmp_path):
 
 def test_disk_queues_reach_the_vmm(daemon, tmp_path):
     """A disk's "queues" (docs/api.md) is kept in the definition when given;
-    absent, the VMM gives the disk one queue (on 2 vCPUs too); the VMM's info says
+    absent, the VMM gives the disk one queue per vCPU; the VMM's info says
     how many it has."""
     img = tmp_path / "q.img"
     img.write_bytes(b"\0" * (1 << 20))
@@ -547,7 +547,7 @@ def test_disk_queues_reach_the_vmm(daemon, tmp_path):
     daemon.create("q3", disks=[{"path": str(img), "format": "raw", "readonly": True,
                                 "queues": 3}])
     assert daemon.vm("q3")["disks"][0]["queues"] == 3
-    for name, want in (("q2", 1), ("q3", 3)):
+    for name, want in (("q2", 2), ("q3", 3)):
         daemon.ok("POST", f"/vms/{name}/start")
         assert wait_for(lambda: daemon.vm(name).get("vmm", {}).get("disks", [{}])[0]
                         .get("queues") == want), daemon.vm(name)

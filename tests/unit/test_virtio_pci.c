@@ -586,9 +586,9 @@ static void blk_too_many_queues_refused(void **state)
 
 	(void)state;
 	assert_int_equal(virtio_blk_create(&vm, &bus, &cfg, &blk), -EINVAL);
-	/* one queue unless asked for (docs/run.md) */
 	assert_int_equal(virtio_blk_default_queues(1), 1);
-	assert_int_equal(virtio_blk_default_queues(4), 1);
+	assert_int_equal(virtio_blk_default_queues(4), 4);
+	assert_int_equal(virtio_blk_default_queues(64), VIRTIO_BLK_MAX_QUEUES);
 }
 
 int main(void)
