@@ -356,8 +356,8 @@ def test_fails_in_l1():
 @VM
 def test_quiet_for_a_while():
     # longer than the outer run's silence timeout: the agent's heartbeats
-    # say that L1 is alive
-    time.sleep(25)
+    # say that L1 is alive; shorter than the tests' limit
+    time.sleep(20)
 
 
 @VM
@@ -376,6 +376,20 @@ def test_panics_l1_once():
 
 
 @VM
+def test_overruns_its_limit():
+    time.sleep(600)         # interrupted at VIREO_NESTED_TEST_LIMIT
+
+
+@VM
+def test_overruns_deaf_to_its_watchdog():
+    while True:             # a wait that never gives up, as in a process stuck in the kernel
+        try:
+            time.sleep(600)
+        except BaseException:
+            pass
+
+
+@VM
 def test_skips_in_l1():
     pytest.skip("skipped: a reason from L1")
 
@@ -385,6 +399,9 @@ def test_on_the_host():
 '''
 
 
+LIMIT = 30     # each test's in L1 (VIREO_NESTED_TEST_LIMIT)
+
+
 def test_hw_virt_batch_reports_each_outcome(tmp_path):
     """A test file with hw_virt tests, run by an outer pytest that sends them
     to L1 (VIREO_NESTED=always): each is reported with what it did there,
@@ -392,7 +409,9 @@ def test_hw_virt_batch_reports_each_outcome(tmp_path):
     them freezes the first L1 (its agent stops): a second L1 runs it and the
     tests after it, and none of those before runs twice; the next one makes
     the second L1's kernel panic: a third L1 runs it and the last; a test
-    quiet for longer than the silence timeout is not taken for a freeze."""
+    quiet for longer than the silence timeout is not taken for a freeze. A
+    test that runs past its limit fails, and the tests after it run in a new
+    L1; so does one deaf to its watchdog, whose run in L1 then ends."""
     if os.environ.get("VIREO_IN_L1"):
         pytest.skip("skipped: no nested test host inside the nested test host")
     (tmp_path / "conftest.py").write_text(
@@ -406,7 +425,8 @@ def test_hw_virt_batch_reports_each_outcome(tmp_path):
     kernels.mkdir(parents=True, exist_ok=True)
     (cache / "kernel").symlink_to(kernels)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIREO_")}
-    env.update(VIREO_NESTED="always", VIREO_L1_CACHE=str(cache), VIREO_L1_SILENCE_TIMEOUT="15")
+    env.update(VIREO_NESTED="always", VIREO_L1_CACHE=str(cache), VIREO_L1_SILENCE_TIMEOUT="15",
+               VIREO_NESTED_TEST_LIMIT=str(LIMIT))
     r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-rs",
                         "--rootdir", str(tmp_path), "--junitxml", str(tmp_path / "outer.xml"),
                         "test_batch.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -417,6 +437,7 @@ def test_hw_virt_batch_reports_each_outcome(tmp_path):
     out = r.stdout + r.stderr
     assert set(cases) == {"test_in_l1", "test_fails_in_l1", "test_quiet_for_a_while",
                           "test_freezes_l1_once", "test_panics_l1_once", "test_skips_in_l1",
+                          "test_overruns_its_limit", "test_overruns_deaf_to_its_watchdog",
                           "test_on_the_host"}, out
     for name in ("test_in_l1", "test_on_the_host", "test_quiet_for_a_while",
                  "test_freezes_l1_once", "test_panics_l1_once"):
@@ -427,11 +448,21 @@ def test_hw_virt_batch_reports_each_outcome(tmp_path):
     skipped = cases["test_skips_in_l1"].find("skipped")
     assert skipped is not None and skipped.get("message") == "skipped: a reason from L1", out
     assert "tests go to the nested test host" in r.stdout and "L1 up in" in r.stdout, out
-    assert "L1 froze during test_batch.py::test_freezes_l1_once; a new L1 runs the 3 " \
+    assert "L1 froze during test_batch.py::test_freezes_l1_once; a new L1 runs the 5 " \
            "test(s)" in r.stdout, out
-    assert "L1 died during test_batch.py::test_panics_l1_once; a new L1 runs the 2 " \
+    assert "L1 died during test_batch.py::test_panics_l1_once; a new L1 runs the 4 " \
            "test(s)" in r.stdout, out
-    assert "3 boots of L1" in r.stdout, out
+    failure = cases["test_overruns_its_limit"].find("failure")
+    assert failure is not None and f"ran past its {LIMIT} s in L1" in failure.text, out
+    assert "this run's processes:" in failure.text and "time.sleep(600)" in failure.text, out
+    failure = cases["test_overruns_deaf_to_its_watchdog"].find("error")
+    assert failure is not None and "still stuck after its limit" in failure.text, out
+    assert "(the run ends here)" in failure.text, out
+    assert "test_batch.py::test_overruns_its_limit overran its limit; a new L1 runs the 2 " \
+           "test(s)" in r.stdout, out
+    assert "test_batch.py::test_overruns_deaf_to_its_watchdog overran its limit; a new L1 " \
+           "runs the 1 test(s)" in r.stdout, out
+    assert "5 boots of L1" in r.stdout, out
     log = (cache / "last-batch.log").read_text()
     assert log.count("test_batch.py::test_in_l1 PASSED") == 1, log
     assert log.count("test_batch.py::test_quiet_for_a_while PASSED") == 1, log

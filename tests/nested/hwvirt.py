@@ -34,6 +34,12 @@ is killed and a new one runs the tests that had not ended, up to
 MAX_L1_RESTARTS times; the test that was running when it was lost is named in
 the terminal summary, and its first run's failure is kept in its report. In
 L1, VIREO_L1_BOOT says which boot of L1 runs the tests (1, 2, ...).
+
+Each test has a limit in L1 (test_limit: past all its own deadlines). One
+that runs past it is interrupted and fails, saying what its processes were
+doing, and the run in L1 stops after it (report_stream.py, its watchdog);
+should that not end the run either, the host does (l1.L1Wedged). The tests
+that had not run go on in a new L1, as after a freeze.
 """
 import contextlib
 import json
@@ -47,6 +53,7 @@ import traceback
 import pytest
 
 import l1
+import report_stream
 from report_stream import PREFIX as REPORT_PREFIX
 
 MARKER = "hw_virt"
@@ -89,6 +96,30 @@ def budget(item):
     test that takes minutes in L1, such as a whole Debian system's boot),
     else 60."""
     return max([m.kwargs.get("seconds", 60) for m in item.iter_markers(MARKER)] or [60])
+
+
+# The longest deadline of a test's own (a Linux boot's 150 s, before the time
+# scale): the watchdog in L1 (report_stream.py) fires only after it, so a test
+# fails with its own message first when it can.
+OWN_DEADLINE_S = 150
+LIMIT_MARGIN_S = 120
+
+
+# How long past a test's limit the host waits for the run in L1 to end it
+# (report_stream.py: up to MAX_ALARMS - 1 graces) before it takes the run as wedged.
+WATCHDOG_S = report_stream.OVERRUN_GRACE_S * report_stream.MAX_ALARMS + 60
+
+
+class TestsLeft(Exception):
+    """The run in L1 stopped after a test that overran its limit."""
+
+
+def test_limit(item, scale):
+    """How long ITEM may run in L1 (deadlines stretched by SCALE) before its
+    watchdog interrupts it; VIREO_NESTED_TEST_LIMIT (seconds) sets it for
+    every test."""
+    return (l1.env_int("VIREO_NESTED_TEST_LIMIT", 0) or
+            scale * max(budget(item), OWN_DEADLINE_S) + LIMIT_MARGIN_S)
 
 
 def nested():
@@ -218,7 +249,7 @@ class NestedBatch:
         self.items = {}         # nodeid -> item, the hw_virt tests selected
         self.outcomes = None    # nodeid -> Outcome, once the batch ran
         self.times = None
-        self.reruns = []        # what was re-run after a known L1 fault (l1_fault)
+        self.reruns = []        # what went to a new L1, or was re-run (l1_fault)
         self.host = None        # the L1 that runs the batch
         self.boots = 0          # of L1, in this batch
         self.failed_boots = 0   # boots of L1 that never came up (l1.NestedHost.start)
@@ -253,7 +284,7 @@ class NestedBatch:
             terminalreporter.write_line("hw_virt: the slowest in L1: " + ", ".join(
                 f"{nodeid.rsplit('::', 1)[-1]} {o.duration:.0f} s" for nodeid, o in slow))
         for line in self.reruns:
-            terminalreporter.write_line(f"hw_virt: a known L1 fault, re-run: {line}")
+            terminalreporter.write_line(f"hw_virt: {line}")
 
     # -- the batch -------------------------------------------------------------
 
@@ -352,29 +383,38 @@ class NestedBatch:
             self.outcomes[item.nodeid] = outcome
 
     def _run_in(self, items, log):
-        """Runs ITEMS in L1 (a new one after a freeze or death), then re-runs once those
-        that failed the way only L1 does."""
+        """Runs ITEMS in L1 (a new one after a freeze, a death or a test that
+        overran), then re-runs once those that failed the way only L1 does."""
         where = f"[in the nested test host; the run's log: {self.log}]\n"
         todo, frozen = list(items), {}
         while todo:
             got = {}
             try:
                 self._pytest_in(todo, got, where, log)
-            except l1.L1Lost as e:
-                self.outcomes.update(got)
+                todo = []
+            except (l1.L1Lost, TestsLeft) as e:
+                running = self.running or todo[0].nodeid
+                if isinstance(e, (l1.L1Wedged, TestsLeft)):
+                    # the test is over (failed); the others did not run
+                    got.setdefault(running, Outcome("failed", "call", f"{where}{e}"))
+                    what = f"{running} overran its limit"
+                else:
+                    how = "froze" if isinstance(e, l1.L1Frozen) else "died"
+                    frozen[running] = (how, str(e))
+                    what = f"L1 {how} during {running}"
                 todo = [i for i in todo if i.nodeid not in got]
+                self.outcomes.update(got)
+                if not todo:
+                    break
                 if self.boots > MAX_L1_RESTARTS:
                     return self._settle(todo, Outcome("failed", "call", f"{where}{e}"))
-                running = self.running or todo[0].nodeid
-                how = "froze" if isinstance(e, l1.L1Frozen) else "died"
-                frozen[running] = (how, str(e))
-                self.reruns.append(f"{running}: L1 {how} while it ran; {len(todo)} test(s) "
-                                   "that had not ended went to a new L1")
-                self._say(f"L1 {how} during {running}; a new L1 runs the {len(todo)} test(s) "
-                          "that had not ended")
-                log.write(f"# L1 {how} during {running}: {e}\n# a new L1 for: "
+                self.reruns.append(f"{what}; {len(todo)} test(s) that had not ended went "
+                                   "to a new L1")
+                self._say(f"{what}; a new L1 runs the {len(todo)} test(s) that had not ended")
+                log.write(f"# {what}: {e}\n# a new L1 for: "
                           f"{' '.join(i.nodeid for i in todo)}\n".encode())
                 try:
+                    self.host.kill()     # what the test left may never end
                     self._start_l1()
                 except l1.L1Error as e2:
                     return self._settle(todo, Outcome("failed", "setup",
@@ -386,7 +426,6 @@ class NestedBatch:
                 return self._settle([i for i in todo if i.nodeid not in got],
                                     Outcome("failed", "call", f"{where}{e}"))
             self.outcomes.update(got)
-            todo = []
         for nodeid, (how, why) in frozen.items():
             self.outcomes[nodeid].sections.insert(0, (f"First run in L1 (L1 {how})", why))
         self._rerun_l1_faults(items, where, log)
@@ -414,7 +453,8 @@ class NestedBatch:
             second.sections.insert(0, ("First run in L1 (re-run: a known L1 fault)",
                                        first.text))
             self.outcomes[item.nodeid] = second
-            self.reruns.append(f"{item.nodeid}: {second.outcome} when re-run")
+            self.reruns.append(f"a known L1 fault, re-run: {item.nodeid}: {second.outcome} "
+                               "when re-run")
 
     def _pytest_in(self, items, got, where, log):
         """Runs ITEMS with pytest in L1; fills GOT (nodeid -> Outcome) as each
@@ -433,14 +473,28 @@ class NestedBatch:
         log.flush()
         self.running = None
         partial = b""
+        began, limit, overran = 0.0, 0.0, []
 
         def report(line):
+            nonlocal began, limit
             msg = json.loads(line[len(REPORT_PREFIX):])
             if msg.get("started"):
                 self.running = msg["nodeid"]
+                began, limit = time.monotonic(), float(msg.get("limit") or 0)
             else:
                 got[msg["nodeid"]] = Outcome.from_phases(msg["phases"], where)
+                if msg.get("overran"):
+                    overran.append(msg["nodeid"])
                 self.running = None
+
+        def watch():
+            """Why the run in L1 is wedged: its test is past the time in which
+            its own watchdog (report_stream.py) would have ended the run."""
+            wedged = limit + WATCHDOG_S
+            if self.running and limit and time.monotonic() - began > wedged:
+                return (f"{self.running} did not end within {wedged:.0f} s in L1, past "
+                        "its watchdog's limit: the run there is wedged")
+            return None
 
         def output(fd, data):
             nonlocal partial
@@ -453,8 +507,14 @@ class NestedBatch:
                         report(line.decode())
             log.write(data)
             log.flush()
-        rc, _, _ = self.host.run(cmd, timeout=timeout, cwd=root, env=env, output=output)
+        rc, _, _ = self.host.run(cmd, timeout=timeout, cwd=root, env=env, output=output,
+                                 watch=watch)
         log.write(partial + f"# pytest exited with status {rc}\n".encode())
+        left = [i for i in items if i.nodeid not in got]
+        if overran and left:
+            self.running = overran[-1]
+            raise TestsLeft(f"{overran[-1]} overran its limit in L1; the run there stopped "
+                            f"after it (status {rc})")
         for item in items:
             got.setdefault(item.nodeid, Outcome("failed", "call", f"{where}not reported by "
                                                                   f"pytest in L1 (status {rc})"))

@@ -91,6 +91,11 @@ class L1Lost(L1Error):
     (docs/linux-guest-tests.md, "A frozen L1"), after which a new L1 can go on."""
 
 
+class L1Wedged(L1Lost):
+    """A command in L1 made no progress by its caller's measure (run()'s
+    watch; L1 is killed)."""
+
+
 class L1Frozen(L1Lost):
     """L1's agent fell silent while a command ran (L1 is killed)."""
 
@@ -651,12 +656,15 @@ class NestedHost:
 
     # -- use ---------------------------------------------------------------------
 
-    def run(self, cmd, timeout=600, cwd=None, env=None, output=None):
+    def run(self, cmd, timeout=600, cwd=None, env=None, output=None, watch=None):
         """Runs CMD in L1 (a string: with bash -c; a list: as argv) in CWD
         (default /), with L1's environment plus ENV. OUTPUT(fd, bytes), if
         given, sees stdout (1) and stderr (2) as they come. Returns
         (returncode, stdout, stderr) as text; a negative returncode is a
-        signal. Raises CommandTimeout after TIMEOUT seconds (L1 killed the
+        signal. WATCH(), if given, is called at each of the agent's frames
+        (at least every few seconds); a text it returns ends the command:
+        L1 is killed and L1Wedged says the text. Raises CommandTimeout
+        after TIMEOUT seconds (L1 killed the
         command), L1Frozen when the agent is silent for silence_timeout,
         L1Lost when L1 ends meanwhile, and L1Error when L1 fails or stops
         answering."""
@@ -677,6 +685,9 @@ class NestedHost:
                 frame = self._frame(min(left, self.silence_timeout),
                                     f"L1 stopped answering: no end of {shorten(cmd)!r} "
                                     f"(timeout {timeout} s)", frozen=frozen)
+                wedged = watch() if watch else None
+                if wedged:
+                    raise self._fail(wedged, L1Wedged)
                 if frame.get("id") != rid or frame.get("alive"):
                     continue
                 if "error" in frame:
