@@ -107,22 +107,45 @@ def sock():
         os.unlink(p)
 
 
+# How long a killed process may take to end: one that takes longer is stuck
+# in the kernel (state D, deaf to SIGKILL), and waiting on would hang the test.
+KILLED_END_S = 30
+
+
+def output_at_exit(p, timeout, name):
+    """(stdout, stderr) of Popen P (text pipes) once it ends; one that runs
+    past scaled(timeout) is killed and fails with what it printed so far and
+    where its threads were (stall_report); one that then does not end within
+    KILLED_END_S fails too, with where its threads are stuck."""
+    import subprocess
+    try:
+        return p.communicate(timeout=scaled(timeout))
+    except subprocess.TimeoutExpired:
+        report = stall_report(p.pid)
+    p.kill()
+    try:
+        out, err = p.communicate(timeout=scaled(KILLED_END_S))
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{name} still running after {scaled(timeout):g} s, and "
+                             f"{scaled(KILLED_END_S):g} s after SIGKILL (stuck in the "
+                             f"kernel):\n{stall_report(p.pid)}\nbefore the kill:\n{report}"
+                             ) from None
+    quiet = "" if out.strip() else " (its stdout stayed empty)"
+    raise AssertionError(f"{name} still running after {scaled(timeout):g} s"
+                         f"{quiet}:\n{out[-4000:]}\n{err[-2000:]}\n{report}")
+
+
 def run_until_exit(args, timeout):
     """(status, stdout, stderr) of ARGS; one that runs past scaled(timeout)
-    is killed and fails with what it printed so far, and where its threads
-    were (stall_report)."""
+    fails (output_at_exit)."""
     import subprocess
-    with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as p:
-        try:
-            out, err = p.communicate(timeout=scaled(timeout))
-        except subprocess.TimeoutExpired:
-            report = stall_report(p.pid)
-            p.kill()
-            out, err = p.communicate()
-            quiet = "" if out.strip() else " (its stdout stayed empty)"
-            raise AssertionError(f"{args[0]} still running after {scaled(timeout):g} s"
-                                 f"{quiet}:\n{out[-4000:]}\n{err[-2000:]}\n{report}") from None
+    p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = output_at_exit(p, timeout, args[0])
+    finally:
+        if p.poll() is None:
+            p.kill()        # not waited for: it may never end
     return p.returncode, out, err
 
 

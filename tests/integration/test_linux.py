@@ -22,7 +22,7 @@ import subprocess
 import pytest
 
 from conftest import (BUILD, ROOT, have_hw_virt, have_kvm, hw_virt, needs_kvm, needs_qemu,
-                      needs_qemu_img, qemu_hmp, run_vireo, scaled)
+                      needs_qemu_img, output_at_exit, qemu_hmp, run_vireo)
 
 KIT = BUILD / "linux"
 INIT = ROOT / "tests/linux/init"
@@ -145,11 +145,10 @@ def run_qemu_linux(kit, cmdline, cpus, memory_mib, args, balloon_mib, netns, tmp
     try:
         if balloon_mib is not None:
             qemu_hmp(sock, f"balloon {memory_mib - balloon_mib}")
-        out, err = p.communicate(timeout=scaled(150))
+        out, err = output_at_exit(p, 150, "qemu-system-x86_64")
     finally:
         if p.poll() is None:
-            p.kill()
-            p.communicate()
+            p.kill()        # not waited for: it may never end
     return p.returncode, out, err
 
 
