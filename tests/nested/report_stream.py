@@ -93,12 +93,38 @@ def processes_text():
     return "\n".join(lines) or "  (none)"
 
 
+def kernel_text():
+    """L1's memory and the end of its kernel log: a test stuck in the kernel
+    may be short of memory (the tests' files are on L1's tmpfs) or hit a
+    kernel warning."""
+    mem = [l for l in _read("/proc/meminfo").splitlines()
+           if l.split(":")[0] in ("MemTotal", "MemAvailable", "Shmem", "Dirty", "Writeback")]
+    log = []
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)     # a record per read
+    except OSError:
+        fd, log = None, ["(no /dev/kmsg)"]
+    while fd is not None and len(log) < 100000:
+        try:
+            rec = os.read(fd, 8192)
+        except BrokenPipeError:         # a record overwritten meanwhile: go on
+            continue
+        except OSError:                 # EAGAIN: the end
+            break
+        # "LEVEL,SEQ,USEC,-;TEXT\n" and maybe " KEY=VALUE" lines
+        log.append(rec.decode(errors="replace").split(";", 1)[-1].split("\n")[0])
+    if fd is not None:
+        os.close(fd)
+    return ("L1's memory: " + ", ".join(" ".join(l.split()) for l in mem) +
+            "\nthe end of L1's kernel log:\n  " + "\n  ".join(log[-30:]))
+
+
 def _alarm(signum, frame):
     _watch["alarms"] += 1
     nodeid, n = _watch["nodeid"], _watch["alarms"]
     what = (f"{nodeid} ran past its {_watch['limit']:.0f} s in L1" if n == 1 else
             f"{nodeid} is still stuck after its limit ({n - 1} more alarms)")
-    text = f"{what}; this run's processes:\n{processes_text()}"
+    text = f"{what}; this run's processes:\n{processes_text()}\n{kernel_text()}"
     grace = min(OVERRUN_GRACE_S, _watch["limit"] / 3)
     if n >= MAX_ALARMS:
         phases = _phases.pop(nodeid, []) + [{
