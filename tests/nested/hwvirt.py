@@ -323,6 +323,7 @@ class NestedBatch:
         boot = self.host.boot_seconds
         try:
             self._run_in(todo, log)
+            self._log_l1_memory(log)
         finally:
             t2 = time.monotonic()
             self.host.close()
@@ -333,6 +334,14 @@ class NestedBatch:
                           f"its set-up), {len(todo)} tests in {t2 - t1:.1f} s{boots}, L1 off in "
                           f"{time.monotonic() - t2:.1f} s; log: {self.log}")
             log.write(f"# {self.times}\n".encode())
+
+    def _log_l1_memory(self, log):
+        """What the batch left in L1's memory, into the log: the tests' files
+        stay on its tmpfs until the run ends (pytest keeps every tmp_path)."""
+        with contextlib.suppress(l1.L1Error, l1.CommandTimeout):
+            _, out, _ = self.host.run("df -k /tmp | tail -1; grep -E '^(MemAvailable|Shmem):' "
+                                      "/proc/meminfo", timeout=30)
+            log.write(("# L1 after the batch: " + " | ".join(out.split("\n")) + "\n").encode())
 
     def _start_l1(self):
         """Boots an L1 (self.host) that sees the rootdir and this checkout."""
