@@ -81,8 +81,9 @@ def broken():
 
 class TestC:
     @pytest.mark.parametrize("p", ["a/b", "x::y"])
-    def test_pass(self, p):
-        print("said", p)
+    def test_pass(self, p, tmp_path):
+        (tmp_path / "image").write_bytes(b"x" * 4096)
+        print("said", p, "in", tmp_path)
 
 def test_fail():
     print("before the failure")
@@ -103,7 +104,8 @@ def test_setup_error(broken):
 def test_report_stream_maps_back_to_the_outcomes(tmp_path):
     """An inner pytest run's report lines (report_stream.py), as the batch
     reads them: each node id with the right outcome, text and captured
-    output, and a line as each test starts."""
+    output, and a line as each test starts; each test's tmp_path is removed
+    after it."""
     (tmp_path / "test_inner.py").write_text(INNER_TESTS)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tests" / "nested"))
     r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
@@ -121,7 +123,10 @@ def test_report_stream_maps_back_to_the_outcomes(tmp_path):
     for p in ("a/b", "x::y"):
         o = outcome(f"test_inner.py::TestC::test_pass[{p}]")
         assert (o.outcome, o.when) == ("passed", "call")
-        assert any(f"said {p}" in text for _, text in o.sections), o.sections
+        said = [text for _, text in o.sections if f"said {p} in " in text]
+        assert said, o.sections
+        # its tmp_path is gone with its teardown (in L1: RAM for the next tests)
+        assert not os.path.exists(said[0].split(" in ", 1)[1].strip()), said
     o = outcome("test_inner.py::test_fail")
     assert (o.outcome, o.when) == ("failed", "call")
     assert o.text.startswith("[L1] ") and "one is not two" in o.text

@@ -21,6 +21,7 @@ for 3,600 s until the whole run was killed, with 25 tests unrun.
 Loaded with `-p report_stream` (tests/nested on PYTHONPATH)."""
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -150,6 +151,19 @@ def pytest_runtest_protocol(item, nextitem):
         signal.signal(signal.SIGALRM, previous)
     if _watch["alarms"]:
         item.session.shouldstop = f"{item.nodeid} overran its limit"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Removes the test's tmp_path once it is torn down: in L1 it is on a
+    tmpfs, in L1's RAM, and pytest would keep every test's until the run
+    ends (its disk images, snapshots, migration streams), while later tests
+    need that RAM for their guests (one has 2 GiB). L1's tmpfs goes with L1:
+    nothing there outlives the batch anyway."""
+    path = item.funcargs.get("tmp_path") if hasattr(item, "funcargs") else None
+    yield
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_runtest_logstart(nodeid, location):
