@@ -421,7 +421,8 @@ def test_hw_virt_batch_reports_each_outcome(tmp_path):
     to L1 (VIREO_NESTED=always): each is reported with what it did there,
     the unmarked one runs on the host, prepare ran on the host first. One of
     them freezes the first L1 (its agent stops): a second L1 runs it and the
-    tests after it, and none of those before runs twice; the next one makes
+    tests after it, and none of those before runs twice (the first L1 is
+    woken by a monitor command and an NMI before it counts as frozen); the next one makes
     the second L1's kernel panic: a third L1 runs it and the last; a test
     quiet for longer than the silence timeout is not taken for a freeze. A
     test that runs past its limit fails, and the tests after it run in a new
@@ -477,12 +478,18 @@ def test_hw_virt_batch_reports_each_outcome(tmp_path):
     assert "test_batch.py::test_overruns_deaf_to_its_watchdog overran its limit; a new L1 " \
            "runs the 1 test(s)" in r.stdout, out
     assert "5 boots of L1" in r.stdout, out
+    # the frozen L1 was woken twice before it counted as frozen (a slow
+    # heartbeat elsewhere may add more)
+    assert re.search(r", ([2-9]|\d\d+) wake-ups of a silent L1 \(", r.stdout), out
     log = (cache / "last-batch.log").read_text()
     assert log.count("test_batch.py::test_in_l1 PASSED") == 1, log
     assert log.count("test_batch.py::test_quiet_for_a_while PASSED") == 1, log
     assert log.count("test_batch.py::test_freezes_l1_once PASSED") == 1, log
     assert log.count("test_batch.py::test_panics_l1_once PASSED") == 1, log
     assert "L1's kernel reported:" in log and "sysrq triggered crash" in log, log
+    # its agent (stopped) did not answer, but L1's kernel took the NMI
+    assert "woken by a monitor command: no answer" in log, log
+    assert "woken by an NMI: no answer" in log and "NMI received for unknown reason" in log, log
     assert "'kvm_keys_pinned': True" in log, log
     assert "test_on_the_host" not in log, log
     cpus = (cache / "last-batch-console-cpus.txt").read_text()

@@ -261,6 +261,7 @@ class NestedBatch:
         self.boots = 0          # of L1, in this batch
         self.failed_boots = 0   # boots of L1 that never came up (l1.NestedHost.start)
         self.running = None     # the test L1 runs now, by its report_stream
+        self.hosts = []         # every L1 of the batch (their wakes)
         self.log = l1.cache_dir() / "last-batch.log"
 
     def pytest_collection_finish(self, session):
@@ -337,6 +338,13 @@ class NestedBatch:
             boots = f", {self.boots} boots of L1" if self.boots > 1 else ""
             if self.failed_boots:
                 boots += f" ({self.failed_boots} more that did not come up)"
+            wakes = [w for h in self.hosts for w in h.wakes]
+            for w in wakes:
+                log.write(f"# L1 silent {w['after_s']} s, woken by {w['by']}: "
+                          f"{'it came back' if w['woke'] else 'no answer'}\n".encode())
+            if wakes:
+                boots += (f", {len(wakes)} wake-ups of a silent L1 "
+                          f"({sum(w['woke'] for w in wakes)} brought it back)")
             self.times = (f"hw_virt: L1 up in {boot:.1f} s ({t1 - t0:.1f} s with "
                           f"its set-up), {len(todo)} tests in {t2 - t1:.1f} s{boots}, L1 off in "
                           f"{time.monotonic() - t2:.1f} s; log: {self.log}")
@@ -357,6 +365,7 @@ class NestedBatch:
         self.boots += 1
         self.host = l1.NestedHost(keep=sorted({root, checkout}), console_log=self.log.with_name(
             "last-batch-console.log"), kvm_amd=l1.SHADOW_PAGING)
+        self.hosts.append(self.host)
         try:
             self.host.start()
         finally:

@@ -75,6 +75,15 @@ ANSWER_GRACE_S = 60     # past a command's timeout, before L1 counts as hung
 # The agent says it is alive every 5 s while a command runs (agent.py): an L1
 # silent this long has frozen (seen in CI: both CPUs stuck, no console output).
 SILENCE_TIMEOUT_S = 120
+# A silent L1 is woken before it counts as frozen, a third into the silence
+# timeout and two thirds (for the default): first with a monitor command, which wakes QEMU's
+# main loop (its timers), then with an NMI to L1's CPUs, which takes them out
+# of HLT (a lost timer interrupt: in CI on 2026-12-07 L1 froze with both
+# CPUs in HLT, interrupts on, and QEMU's threads asleep). Which one brought
+# the agent back is kept in NestedHost.wakes; an unknown NMI only makes
+# L1's kernel log "Uhhuh. NMI received for unknown reason".
+WAKE_STEPS = (("a monitor command", "info cpus"), ("an NMI", "nmi"))
+WAKE_MIN_SILENCE_S = 10     # two of the agent's heartbeats (agent.HEARTBEAT_S)
 POWEROFF_TIMEOUT_S = 30
 
 
@@ -391,6 +400,7 @@ class NestedHost:
         self._in_flight = False     # a run() left before its command's end
         self._work = None
         self.boot_failures = []     # why the boots before the one that came up failed
+        self.wakes = []             # each time a silent L1 was woken: after_s, by, woke
 
     def __enter__(self):
         return self.start()
@@ -621,17 +631,31 @@ class NestedHost:
         """The agent's next frame, within LIMIT seconds; else L1 is killed
         and L1Error says WHAT was awaited. FROZEN (a command runs): silence
         raises L1Frozen, with the state of L1's CPUs, and an L1 that ended
-        L1Lost."""
+        L1Lost; before that, L1 is woken (WAKE_STEPS, self.wakes)."""
         lost = L1Lost if frozen else L1Error
-        deadline = time.monotonic() + limit
+        start = time.monotonic()
+        deadline = start + limit
+        # the first a third in, never before two heartbeats were missed; the
+        # second halfway from there to the deadline
+        first = max(limit / 3, WAKE_MIN_SILENCE_S)
+        steps = list(zip((first, (first + limit) / 2), WAKE_STEPS)) if frozen else []
+        woken = None
         while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 silent = f"{what}: nothing from L1's agent within {limit:.0f} s"
                 if frozen:
                     raise self._fail(silent + self._save_cpu_state(), L1Frozen)
                 raise self._fail(silent)
-            self._sock.settimeout(left)
+            wake_at = start + steps[0][0] if steps else deadline
+            if now >= wake_at:
+                how, command = steps.pop(0)[1]
+                woken = {"after_s": round(now - start), "by": how, "woke": False,
+                         "answer": self._hmp(command).strip()[:200]}
+                self.wakes.append(woken)
+                continue
+            self._sock.settimeout(min(left, wake_at - now))
             try:
                 chunk = self._sock.recv(65536)
             except socket.timeout:
@@ -645,6 +669,8 @@ class NestedHost:
                         self._qemu.wait(timeout=5)
                 raise self._fail(f"{what}: L1 ended", lost)
             self._buf += chunk
+            if woken:
+                woken["woke"] = True
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
 
