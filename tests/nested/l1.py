@@ -370,7 +370,8 @@ class NestedHost:
         that L1 must still see, read-only, at their own paths.
     console_log: where L1's serial console goes (default CACHE/console.log).
     silence_timeout: how long the agent may be silent during a command before
-        L1 counts as frozen (VIREO_L1_SILENCE_TIMEOUT, default 120 s); the
+        L1 counts as frozen (VIREO_L1_SILENCE_TIMEOUT, default 120 s); L1 is
+        woken twice meanwhile (WAKE_STEPS, recorded in wakes), and the
         state of L1's CPUs is then saved next to console_log (-cpus.txt).
     kvm_amd: kvm-amd's module options in L1 (VIREO_L1_KVM_AMD overrides):
         "" (nested paging) by default, SHADOW_PAGING for the Linux tests.
