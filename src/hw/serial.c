@@ -81,6 +81,19 @@ struct serial {
 	struct loop *loop; /* serial_output_start() */
 };
 
+/* Under the lock, after the guest took bytes out of the receive buffer:
+ * wakes the input source parked on it (serial_rx_wait) once half is free.
+ * Linux's 8250 driver clears the FIFO when the port opens, so a clear
+ * makes room too: a parked source must not wait for a read that a guest
+ * with nothing pending never does. */
+static void rx_made_room(struct serial *s)
+{
+	if (s->rx_waiting && s->rx_len <= RX_SIZE / 2) {
+		s->rx_waiting = false;
+		eventfd_write(s->space_fd, 1);
+	}
+}
+
 static bool serial_rx_ready(const struct serial *s)
 {
 	return s->rx_len > 0;
@@ -179,10 +192,7 @@ uint8_t serial_read_reg(struct serial *s, unsigned int offset)
 			s->rx_head = (s->rx_head + 1) % RX_SIZE;
 			s->rx_len--;
 		}
-		if (s->rx_waiting && s->rx_len <= RX_SIZE / 2) {
-			s->rx_waiting = false;
-			eventfd_write(s->space_fd, 1);
-		}
+		rx_made_room(s);
 		return v;
 	case REG_IER:
 		return (s->lcr & LCR_DLAB) ? s->dlm : s->ier;
@@ -225,8 +235,10 @@ void serial_write_reg(struct serial *s, unsigned int offset, uint8_t value)
 		break;
 	case REG_IIR_FCR:
 		s->fcr = value & 0xc9;
-		if (value & 0x02) /* clear receive FIFO */
+		if (value & 0x02) { /* clear receive FIFO */
 			s->rx_len = 0;
+			rx_made_room(s);
+		}
 		break;
 	case REG_LCR:
 		s->lcr = value;

@@ -148,6 +148,42 @@ ENTRY_CRASH = """\
 """
 
 
+class MarkedItem:
+    """Enough of a pytest item for hwvirt's routing: its markers."""
+
+    def __init__(self, *names):
+        self.names, self.added = set(names), []
+
+    def get_closest_marker(self, name):
+        return pytest.mark.kvm if name in self.names else None
+
+    def add_marker(self, mark):
+        self.added.append(mark)
+
+
+@pytest.mark.parametrize("kvm,hw,mode,probe,probe_to,linux_to", [
+    (False, False, "auto", "1", "L1", "L1"),        # some of our machines: no /dev/kvm
+    (False, False, "auto", "", "skip", "L1"),       # the same, by default
+    (True, False, "auto", "1", "here", "L1"),       # kvm_pvm
+    (True, True, "auto", "1", "here", "here"),      # a host with vmx/svm
+    (False, False, "never", "1", "skip", "skip"),
+    (True, True, "always", "", "L1", "L1")])
+def test_probe_tests_go_to_l1_only_without_dev_kvm(monkeypatch, kvm, hw, mode, probe,
+                                                    probe_to, linux_to):
+    monkeypatch.setattr(hwvirt, "host_has_kvm", lambda: kvm)
+    monkeypatch.setattr(hwvirt, "host_has_hw_virt", lambda: hw)
+    monkeypatch.setenv("VIREO_NESTED", mode)
+    monkeypatch.setenv("VIREO_NESTED_PROBE", probe)
+    monkeypatch.delenv("VIREO_IN_L1", raising=False)
+    probe, linux = MarkedItem(hwvirt.KVM_MARKER), MarkedItem(hwvirt.KVM_MARKER, hwvirt.MARKER)
+    hwvirt.skip_without_kvm([probe, linux])
+    for item, where in ((probe, probe_to), (linux, linux_to)):
+        got = "L1" if hwvirt.goes_to_l1(item) else "skip" if item.added else "here"
+        assert got == where, (item.names, kvm, hw, mode)
+    monkeypatch.setenv("VIREO_IN_L1", "1")      # in L1 everything runs where it is
+    assert not hwvirt.goes_to_l1(probe) and not hwvirt.goes_to_l1(linux)
+
+
 def test_only_the_known_l1_faults_are_re_run():
     """The batch re-runs a test that failed the ways seen only in L1 (a guest
     that died in its CPU entry code, a VM that printed nothing until its

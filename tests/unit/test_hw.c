@@ -122,6 +122,25 @@ static void serial_rx_wait_wakes_at_half(void **state)
 	serial_destroy(s);
 }
 
+/* A guest that clears its receive FIFO (Linux's 8250 does when the port
+ * opens) makes room as reading does: the parked source is woken. */
+static void serial_fifo_clear_wakes_a_parked_reader(void **state)
+{
+	struct serial *s = serial_create(NULL, -1);
+	uint8_t buf[4096];
+	eventfd_t v;
+	int fd = serial_rx_space_fd(s);
+
+	(void)state;
+	memset(buf, 'c', sizeof(buf));
+	assert_int_equal(serial_receive(s, buf, sizeof(buf)), 4096);
+	assert_false(serial_rx_wait(s));		/* full: armed */
+	serial_write_reg(s, 2, 0x07);			/* FCR: enable, clear both */
+	assert_int_equal(serial_rx_room(s), 4096);
+	assert_int_equal(eventfd_read(fd, &v), 0);	/* woken */
+	serial_destroy(s);
+}
+
 static uint8_t tx_pattern(uint64_t i)
 {
 	return (uint8_t)(i * 7 % 251);
@@ -502,6 +521,7 @@ int main(void)
 		cmocka_unit_test(serial_receive_is_bounded),
 		cmocka_unit_test(i8042_answers_a_probe_with_no_devices),
 		cmocka_unit_test(serial_rx_wait_wakes_at_half),
+		cmocka_unit_test(serial_fifo_clear_wakes_a_parked_reader),
 		cmocka_unit_test(serial_output_keeps_every_byte_in_order),
 		cmocka_unit_test(serial_output_drops_what_a_stuck_reader_cannot_take),
 		cmocka_unit_test(pci_config_space_and_bar_sizing),
