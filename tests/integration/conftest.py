@@ -55,8 +55,9 @@ def have_hw_virt():
     return " vmx" in flags or " svm" in flags
 
 
-# Where the host has no /dev/kvm, these go to the nested test host, which has
-# one (tests/nested/hwvirt.py), or are skipped with VIREO_NESTED=never.
+# Where the host has no /dev/kvm, these are skipped, or with
+# VIREO_NESTED_PROBE=1 go to the nested test host, which has one
+# (tests/nested/hwvirt.py).
 needs_kvm = pytest.mark.kvm
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                                 reason="skipped: qemu-system-x86_64 not installed")

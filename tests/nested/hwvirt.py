@@ -92,14 +92,13 @@ def time_scale():
 
 def configure(config):
     """Called from conftest.py's pytest_configure: declares the markers and,
-    on a host without hardware virtualization or without /dev/kvm, sends the
-    marked tests to L1."""
+    when some of the marked tests go to L1 (nested()), registers the batch."""
     config.addinivalue_line(
         "markers", f"{MARKER}(prepare=None, seconds=60): needs hardware virtualization; runs "
                    "in the nested test host where the host has none (tests/nested/hwvirt.py)")
     config.addinivalue_line(
-        "markers", f"{KVM_MARKER}: needs /dev/kvm (the probe guest's tests); runs in the nested "
-                   "test host where the host has none (tests/nested/hwvirt.py)")
+        "markers", f"{KVM_MARKER}: needs /dev/kvm (the probe guest's tests); where the host has "
+                   "none, skipped, or run in the nested test host with VIREO_NESTED_PROBE=1")
     if ((nested() or nested(kvm_only=True)) and
             not config.pluginmanager.has_plugin("vireo-nested-batch")):
         config.pluginmanager.register(NestedBatch(config), "vireo-nested-batch")
@@ -113,8 +112,8 @@ def goes_to_l1(item):
 
 def skip_without_kvm(items):
     """Called from conftest.py's pytest_collection_modifyitems: a test that
-    needs /dev/kvm, on a host without one, that does not go to L1
-    (VIREO_NESTED=never) is skipped, saying so."""
+    needs /dev/kvm, on a host without one, that does not go to L1 (the
+    default; VIREO_NESTED_PROBE=1 sends it) is skipped, saying so."""
     if host_has_kvm():
         return
     for item in items:
