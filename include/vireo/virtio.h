@@ -60,6 +60,9 @@ struct virtq_elem {
  * and the used ring (device-written) clear of the other two: the transport
  * enables a queue only then. */
 bool virtq_rings_ok(const struct virtq *vq);
+/* The driver's avail index (false: the queue is off or its ring is not in
+ * guest RAM). */
+bool virtq_avail_idx(const struct virtq *vq, uint16_t *idx);
 /* Takes the next available chain. Returns 1 with *elem filled, 0 if the
  * ring is empty, or -EINVAL (with err_set() detail) if the guest broke the
  * ring: then the device must go to NEEDS_RESET. */
@@ -150,6 +153,9 @@ struct virtio_dev {
 	pthread_t thread;
 	bool thread_started;
 	uint64_t bar_base;             /* where BAR0 is mapped, 0 if not */
+	bool ioeventfds_on;            /* kicks go to kick_fd without an exit */
+	pthread_cond_t used_cond;      /* signalled as requests are used, while */
+	unsigned int kick_waiters;     /* this many vCPUs wait in kick_wait() */
 	unsigned int nvectors;         /* MSI-X table size (virtio_pci_create) */
 	uint32_t msix[VIRTIO_MAX_VECTORS][4]; /* MSI-X table: addr lo, addr hi, data, control */
 	int msix_gsi[VIRTIO_MAX_VECTORS];     /* MSI route of each vector, -1: none yet */

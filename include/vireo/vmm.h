@@ -81,6 +81,8 @@ struct vm {
 	int stop_fd;          /* eventfd: written when the VM must stop */
 	size_t run_size;
 	bool hw_virt;         /* false on a host KVM that emulates CPL0 (DESIGN §5) */
+	bool firmware;        /* booted through firmware (--firmware), whose
+			       * drivers poll: virtio kicks wait (src/virtio/pci.c) */
 	unsigned int ncpus;
 	unsigned int max_cpus;
 	unsigned int ncpus_hint; /* vCPUs the VM will have, for CPUID topology */

@@ -966,6 +966,7 @@ static int vm_build(struct vm *vm, struct pci_bus *pci, struct vm_devices *devs,
 		ret = -ENOMEM;
 	if (!ret)
 		ret = pci_init(pci, vm);
+	vm->firmware = o->machine.firmware;
 	if (!ret)
 		ret = virtio_devices_create(vm, pci, devs, o);
 	if (!ret && o->snap)

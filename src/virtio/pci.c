@@ -4,8 +4,9 @@
  *   0x2000 device configuration   0x3000 notifications (4 bytes per queue)
  *   0x4000 MSI-X table            0x6000 MSI-X pending bits
  * and vendor capabilities in config space point at them. Queue kicks reach
- * the device's I/O thread through ioeventfds, interrupts go out as MSIs
- * (KVM_SIGNAL_MSI), or as ISR + INTx when the driver has no MSI-X. */
+ * the device's I/O thread through ioeventfds (or through the vCPU, which
+ * then waits: a firmware's polling driver, kick_wait()), interrupts go out
+ * as MSIs (KVM_SIGNAL_MSI), or as ISR + INTx when the driver has no MSI-X. */
 #include <errno.h>
 #include <linux/kvm.h>
 #include <stdio.h>
@@ -49,6 +50,8 @@
 #define CAP_AT_DEVICE 0x80
 #define MSIX_ENABLE   0x8000
 #define MSIX_MASKALL  0x4000
+/* How long a vCPU waits for the requests it kicked (kick_wait()). */
+#define KICK_WAIT_NS  (20 * 1000000L)
 
 bool virtio_feature(const struct virtio_dev *dev, uint64_t bit)
 {
@@ -137,6 +140,8 @@ void virtio_notify(struct virtio_dev *dev, unsigned int q)
 {
 	struct virtq *vq = &dev->vqs[q];
 
+	if (dev->kick_waiters)
+		pthread_cond_broadcast(&dev->used_cond);
 	if (virtq_needs_interrupt(vq))
 		virtio_interrupt(dev, vq->msix_vector, 1);
 }
@@ -347,6 +352,69 @@ static void bar_read(struct virtio_dev *dev, unsigned int off, uint8_t *data, un
 	bus_put(data, len, v);
 }
 
+static void ioeventfds_set(struct virtio_dev *dev, uint64_t base, bool assign);
+
+/* Whether kicks exit to the vCPU and wait there for their requests. A
+ * firmware's driver (SeaBIOS, and GRUB and other boot loaders through its
+ * disk calls) takes no interrupts: it polls the used ring, and between two
+ * looks it leaves its 32-bit driver for real mode and back, a handful of
+ * exits (CR0, the A20 and CMOS ports) that cost the most under nested
+ * virtualization. With the requests done before its kick returns, its first
+ * look finds them. Every OS driver enables MSI-X, and from then on kicks go
+ * through ioeventfds. */
+static bool kicks_wait(const struct virtio_dev *dev)
+{
+	return dev->vm && dev->vm->firmware && !(msix_control(dev) & MSIX_ENABLE);
+}
+
+/* Installs or removes the ioeventfds to match BAR0 and kicks_wait(). */
+static void kicks_route(struct virtio_dev *dev)
+{
+	bool on = dev->bar_base && !kicks_wait(dev);
+
+	if (on != dev->ioeventfds_on) {
+		ioeventfds_set(dev, dev->bar_base, on);
+		dev->ioeventfds_on = on;
+	}
+}
+
+/* A kick that reached us (kicks_wait(), or no ioeventfd could be
+ * installed): hand it to the I/O thread, as the ioeventfd would have, and
+ * report whether the vCPU must then wait for it. */
+static bool kick(struct virtio_dev *dev, unsigned int q)
+{
+	uint64_t one = 1;
+
+	if (write(dev->kick_fd[q], &one, 8) < 0)
+		log_ratelimited("%s: kick: %s", dev->ops->name, strerror(errno));
+	return kicks_wait(dev);
+}
+
+/* Waits until queue q has used every request the driver had made
+ * available, at most KICK_WAIT_NS (a request deferred by a rate limit, a
+ * quiesced device or a guest that lies about its avail index costs its own
+ * vCPU that long, no more). dev->lock held; released while waiting. */
+static void kick_wait(struct virtio_dev *dev, unsigned int q)
+{
+	struct virtq *vq = &dev->vqs[q];
+	struct timespec until;
+	uint16_t avail;
+
+	if (!virtq_avail_idx(vq, &avail))
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += KICK_WAIT_NS;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	dev->kick_waiters++;
+	while (vq->enabled && vq->used_idx != avail &&
+	       pthread_cond_timedwait(&dev->used_cond, &dev->lock, &until) == 0)
+		;
+	dev->kick_waiters--;
+}
+
 static void bar_write(struct virtio_dev *dev, unsigned int off, const uint8_t *data, unsigned int len)
 {
 	uint64_t v = bus_get(data, len);
@@ -357,11 +425,10 @@ static void bar_write(struct virtio_dev *dev, unsigned int off, const uint8_t *d
 		if (dev->ops->config_write)
 			dev->ops->config_write(dev, off - OFF_DEVICE, data, len);
 	} else if (off >= OFF_NOTIFY && off < OFF_NOTIFY + NOTIFY_MULT * dev->ops->num_queues) {
-		/* Only reached when the ioeventfd could not be installed. */
-		uint64_t one = 1;
+		unsigned int q = (off - OFF_NOTIFY) / NOTIFY_MULT;
 
-		if (write(dev->kick_fd[(off - OFF_NOTIFY) / NOTIFY_MULT], &one, 8) < 0)
-			log_ratelimited("%s: kick: %s", dev->ops->name, strerror(errno));
+		if (kick(dev, q))
+			kick_wait(dev, q);
 	} else if (off >= OFF_MSIX_TABLE && off < OFF_MSIX_TABLE + 16 * dev->nvectors) {
 		msix_write(dev, off - OFF_MSIX_TABLE, v, len);
 	}
@@ -395,6 +462,18 @@ static void ioeventfds_set(struct virtio_dev *dev, uint64_t base, bool assign)
 	}
 }
 
+/* Takes BAR0 and its kicks off the MMIO bus. */
+static void bar_unmap(struct virtio_dev *dev)
+{
+	if (!dev->bar_base)
+		return;
+	if (dev->ioeventfds_on)
+		ioeventfds_set(dev, dev->bar_base, false);
+	dev->ioeventfds_on = false;
+	bus_unregister(&dev->vm->mmio, dev->bar_base);
+	dev->bar_base = 0;
+}
+
 /* BAR0 moved or decoding changed: follow it on the MMIO bus. */
 static void bar_remap(struct pci_device *pci, unsigned int offset, unsigned int len)
 {
@@ -404,14 +483,10 @@ static void bar_remap(struct pci_device *pci, unsigned int offset, unsigned int 
 	(void)len;
 	if (!(offset <= 0x10 + 3 && offset + len > 0x4) || base == dev->bar_base || !dev->vm)
 		return;
-	if (dev->bar_base) {
-		ioeventfds_set(dev, dev->bar_base, false);
-		bus_unregister(&dev->vm->mmio, dev->bar_base);
-	}
-	dev->bar_base = 0;
+	bar_unmap(dev);
 	if (base && !bus_register(&dev->vm->mmio, base, BAR_SIZE, bar_io, dev, dev->ops->name)) {
 		dev->bar_base = base;
-		ioeventfds_set(dev, base, true);
+		kicks_route(dev);
 	}
 }
 
@@ -423,6 +498,7 @@ static void config_written(struct pci_device *pci, unsigned int offset, unsigned
 
 	bar_remap(pci, offset, len);
 	if (offset <= CAP_AT_MSIX + 3 && offset + len > CAP_AT_MSIX + 2) {
+		kicks_route(dev);
 		pthread_mutex_lock(&dev->lock);
 		msix_deliver_pending(dev);
 		pthread_mutex_unlock(&dev->lock);
@@ -642,12 +718,19 @@ static void virtio_fds_close(struct virtio_dev *dev)
 /* Takes BAR0 off the MMIO bus and the device off the PCI bus. */
 static void virtio_unplug(struct virtio_dev *dev)
 {
-	if (dev->bar_base && dev->vm) {
-		ioeventfds_set(dev, dev->bar_base, false);
-		bus_unregister(&dev->vm->mmio, dev->bar_base);
-	}
-	dev->bar_base = 0;
+	if (dev->vm)
+		bar_unmap(dev);
 	pci_remove_device(&dev->pci);
+}
+
+static void used_cond_init(struct virtio_dev *dev)
+{
+	pthread_condattr_t attr;
+
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC); /* kick_wait()'s deadline */
+	pthread_cond_init(&dev->used_cond, &attr);
+	pthread_condattr_destroy(&attr);
 }
 
 int virtio_pci_create(struct virtio_dev *dev, struct vm *vm, struct pci_bus *bus,
@@ -675,6 +758,7 @@ int virtio_pci_create(struct virtio_dev *dev, struct vm *vm, struct pci_bus *bus
 		dev->msix_irqfd[v] = -1;
 	}
 	pthread_mutex_init(&dev->lock, NULL);
+	used_cond_init(dev);
 	ret = virtio_fds_open(dev);
 	if (ret)
 		goto close_fds;
@@ -698,6 +782,7 @@ unplug:
 	virtio_unplug(dev);
 close_fds:
 	virtio_fds_close(dev);
+	pthread_cond_destroy(&dev->used_cond);
 	pthread_mutex_destroy(&dev->lock);
 	return ret;
 }
@@ -927,6 +1012,7 @@ static void image_apply(struct virtio_dev *dev, const struct virtio_image *im)
 static void virtio_restart(struct virtio_dev *dev)
 {
 	bar_remap(&dev->pci, 0x10, 4);
+	kicks_route(dev); /* the restored MSI-X enable bit, if BAR0 stayed */
 	pthread_mutex_lock(&dev->lock);
 	for (unsigned int v = 0; v < dev->nvectors; v++)
 		if (dev->msix[v][0] || dev->msix[v][1])

@@ -132,6 +132,11 @@ static int vq_walk_chain(const struct virtq *vq, struct virtq_elem *e, uint16_t 
 	}
 }
 
+bool virtq_avail_idx(const struct virtq *vq, uint16_t *idx)
+{
+	return vq->enabled && vq_read16(vq, vq->avail_gpa + 2, idx);
+}
+
 int virtq_pop(struct virtq *vq, struct virtq_elem *elem)
 {
 	uint16_t avail_idx, head;
