@@ -51,7 +51,7 @@
 #define MSIX_ENABLE   0x8000
 #define MSIX_MASKALL  0x4000
 /* How long a vCPU waits for the requests it kicked (kick_wait()). */
-#define KICK_WAIT_NS  (20 * 1000000L)
+#define KICK_WAIT_NS  (100 * 1000000L)
 
 bool virtio_feature(const struct virtio_dev *dev, uint64_t bit)
 {

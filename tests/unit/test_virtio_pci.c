@@ -536,6 +536,47 @@ static void blk_multiqueue_answers_on_each_queue(void **state)
 	virtio_blk_destroy(blk);
 }
 
+/* In a firmware boot a driver without MSI-X (SeaBIOS) polls: its kick
+ * has no ioeventfd, and returns only once the request is done, data and
+ * status in place. The OS's driver turns MSI-X on, and kicks go back to
+ * ioeventfds. */
+static void firmware_kick_returns_with_the_request_done(void **state)
+{
+	char path[] = "/tmp/vireo-test-fwkick-XXXXXX";
+	int fd = mkstemp(path);
+	struct disk_config cfg = { .path = path, .format = "raw", .queues = 2,
+				   .aio = BLOCK_AIO_THREADS };
+	uint8_t sector[512];
+	struct virtio_blk *blk;
+	struct virtio_dev *dev;
+	unsigned int slot;
+
+	(void)state;
+	memset(sector, 0xab, sizeof(sector));
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, 1 << 20), 0);
+	assert_int_equal(pwrite(fd, sector, sizeof(sector), 512), 512);
+	close(fd);
+	vm.firmware = true;
+	assert_int_equal(virtio_blk_create(&vm, &bus, &cfg, &blk), 0);
+	unlink(path);
+	dev = virtio_blk_dev(blk);
+	slot = dev->pci.slot;
+	assert_false(dev->ioeventfds_on);
+	mq_driver_up(slot, 1);
+	for (unsigned int i = 0; i < 20; i++) {
+		mq_read(slot, 0, 1);
+		assert_int_equal(mq_used(0), i + 1);
+		assert_int_equal(*(uint8_t *)guest_ptr(&vm.mem, MQ_RING(0) + 0x5000, 1), 0);
+		assert_memory_equal(guest_ptr(&vm.mem, MQ_RING(0) + 0x4000, 512), sector, 512);
+		memset(guest_ptr(&vm.mem, MQ_RING(0) + 0x4000, 512), 0, 512);
+	}
+	pci_config_write(&bus, slot << 3, 0x42, 2, 0x8000);	/* MSI-X on */
+	assert_true(dev->ioeventfds_on);
+	virtio_blk_destroy(blk);
+	vm.firmware = false;
+}
+
 static const struct virtio_device_ops mq_state_ops = {
 	.name = "mq", .device_id = 4, .pci_class = 0xff0000, .num_queues = 8,
 	.features = 1u << 12, .queue_notify = nop_notify, .state_type = STATE_SEC_VIRTIO_RNG,
@@ -602,6 +643,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(blk_multiqueue_answers_on_each_queue, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(blk_too_many_queues_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(firmware_kick_returns_with_the_request_done, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(multiqueue_state_round_trip, setup, teardown),
 	};
 
