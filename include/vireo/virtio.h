@@ -63,6 +63,9 @@ bool virtq_rings_ok(const struct virtq *vq);
 /* The driver's avail index (false: the queue is off or its ring is not in
  * guest RAM). */
 bool virtq_avail_idx(const struct virtq *vq, uint16_t *idx);
+/* Whether the driver asked for no interrupts on this queue (the avail
+ * ring's NO_INTERRUPT flag, without EVENT_IDX): it polls the used ring. */
+bool virtq_interrupts_off(const struct virtq *vq);
 /* Takes the next available chain. Returns 1 with *elem filled, 0 if the
  * ring is empty, or -EINVAL (with err_set() detail) if the guest broke the
  * ring: then the device must go to NEEDS_RESET. */

@@ -390,17 +390,20 @@ static bool kick(struct virtio_dev *dev, unsigned int q)
 	return kicks_wait(dev);
 }
 
-/* Waits until queue q has used every request the driver had made
- * available, at most KICK_WAIT_NS (a request deferred by a rate limit, a
- * quiesced device or a guest that lies about its avail index costs its own
- * vCPU that long, no more). dev->lock held; released while waiting. */
+/* If the driver polls queue q (it asked for no interrupts there, as
+ * SeaBIOS does), waits until the queue has used every request the driver
+ * had made available, at most KICK_WAIT_NS (a request deferred by a rate
+ * limit, a quiesced device or a guest that lies about its avail index costs
+ * its own vCPU that long, no more). A driver that takes interrupts, such as
+ * an OS's without MSI-X, goes on at once. dev->lock held; released while
+ * waiting. */
 static void kick_wait(struct virtio_dev *dev, unsigned int q)
 {
 	struct virtq *vq = &dev->vqs[q];
 	struct timespec until;
 	uint16_t avail;
 
-	if (!virtq_avail_idx(vq, &avail))
+	if (!virtq_interrupts_off(vq) || !virtq_avail_idx(vq, &avail))
 		return;
 	clock_gettime(CLOCK_MONOTONIC, &until);
 	until.tv_nsec += KICK_WAIT_NS;

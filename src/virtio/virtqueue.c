@@ -137,6 +137,14 @@ bool virtq_avail_idx(const struct virtq *vq, uint16_t *idx)
 	return vq->enabled && vq_read16(vq, vq->avail_gpa + 2, idx);
 }
 
+bool virtq_interrupts_off(const struct virtq *vq)
+{
+	uint16_t flags;
+
+	return vq->enabled && !vq->event_idx && vq_read16(vq, vq->avail_gpa, &flags) &&
+	       (flags & VIRTQ_AVAIL_F_NO_INTERRUPT);
+}
+
 int virtq_pop(struct virtq *vq, struct virtq_elem *elem)
 {
 	uint16_t avail_idx, head;

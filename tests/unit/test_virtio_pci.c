@@ -536,9 +536,9 @@ static void blk_multiqueue_answers_on_each_queue(void **state)
 	virtio_blk_destroy(blk);
 }
 
-/* In a firmware boot a driver without MSI-X (SeaBIOS) polls: its kick
- * has no ioeventfd, and returns only once the request is done, data and
- * status in place. The OS's driver turns MSI-X on, and kicks go back to
+/* In a firmware boot a driver without MSI-X that asks for no interrupts
+ * (SeaBIOS) polls: its kick has no ioeventfd, and returns only once the
+ * request is done, data and status in place. The OS's driver turns MSI-X on, and kicks go back to
  * ioeventfds. */
 static void firmware_kick_returns_with_the_request_done(void **state)
 {
@@ -564,6 +564,7 @@ static void firmware_kick_returns_with_the_request_done(void **state)
 	slot = dev->pci.slot;
 	assert_false(dev->ioeventfds_on);
 	mq_driver_up(slot, 1);
+	*(uint16_t *)guest_ptr(&vm.mem, MQ_RING(0) + 0x1000, 2) = 1; /* NO_INTERRUPT: it polls */
 	for (unsigned int i = 0; i < 20; i++) {
 		mq_read(slot, 0, 1);
 		assert_int_equal(mq_used(0), i + 1);
