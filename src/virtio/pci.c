@@ -354,14 +354,14 @@ static void bar_read(struct virtio_dev *dev, unsigned int off, uint8_t *data, un
 
 static void ioeventfds_set(struct virtio_dev *dev, uint64_t base, bool assign);
 
-/* Whether kicks exit to the vCPU and wait there for their requests. A
- * firmware's driver (SeaBIOS, and GRUB and other boot loaders through its
- * disk calls) takes no interrupts: it polls the used ring, and between two
- * looks it leaves its 32-bit driver for real mode and back, a handful of
- * exits (CR0, the A20 and CMOS ports) that cost the most under nested
- * virtualization. With the requests done before its kick returns, its first
- * look finds them. Every OS driver enables MSI-X, and from then on kicks go
- * through ioeventfds. */
+/* Whether kicks exit to the vCPU instead of going through ioeventfds:
+ * in a firmware boot, until the driver enables MSI-X (an OS's driver does,
+ * the firmware's does not). A firmware's driver (SeaBIOS, and GRUB and
+ * other boot loaders through its disk calls) takes no interrupts: it polls
+ * the used ring, and between two looks it leaves its 32-bit driver for
+ * real mode and back, a handful of exits (CR0, the A20 and CMOS ports) that
+ * cost the most under nested virtualization. Waiting in its kick until the
+ * requests are done (kick_wait()) lets its first look find them. */
 static bool kicks_wait(const struct virtio_dev *dev)
 {
 	return dev->vm && dev->vm->firmware && !(msix_control(dev) & MSIX_ENABLE);
@@ -396,7 +396,9 @@ static bool kick(struct virtio_dev *dev, unsigned int q)
  * limit, a quiesced device or a guest that lies about its avail index costs
  * its own vCPU that long, no more). A driver that takes interrupts, such as
  * an OS's without MSI-X, goes on at once. dev->lock held; released while
- * waiting. */
+ * waiting. The MMIO bus's read lock stays held (bus_access()), so the
+ * device cannot be unplugged meanwhile: the bound also bounds how long an
+ * unplug or a BAR move waits. */
 static void kick_wait(struct virtio_dev *dev, unsigned int q)
 {
 	struct virtq *vq = &dev->vqs[q];

@@ -38,21 +38,11 @@ def wait_until(cond, timeout, what, step=0.02):
         time.sleep(step)
 
 
-def have_kvm():
-    return os.access("/dev/kvm", os.R_OK | os.W_OK)
-
-
 def on_tmpfs(path):
     """Whether PATH is on a tmpfs, which refuses O_DIRECT."""
     out = subprocess.run(["stat", "-f", "-c", "%t", str(path)], capture_output=True, text=True,
                          check=True)
     return int(out.stdout.strip(), 16) == 0x01021994
-
-
-def have_hw_virt():
-    with open("/proc/cpuinfo") as f:
-        flags = f.read()
-    return " vmx" in flags or " svm" in flags
 
 
 # Where the host has no /dev/kvm, these are skipped, or with
@@ -420,6 +410,8 @@ def daemon(tmp_path):
 sys.path.insert(0, str(ROOT / "tests" / "nested"))
 import hwvirt  # noqa: E402
 
+have_kvm = hwvirt.host_has_kvm
+have_hw_virt = hwvirt.host_has_hw_virt
 hw_virt = pytest.mark.hw_virt
 
 

@@ -19,6 +19,7 @@ next tests to meet, and the host runs them in a new L1. In CI stop 28 a
 QEMU reference run hung past its own deadline in L1, and the batch went on
 for 3,600 s until the whole run was killed, with 25 tests unrun.
 Loaded with `-p report_stream` (tests/nested on PYTHONPATH)."""
+import collections
 import json
 import os
 import shutil
@@ -100,12 +101,13 @@ def kernel_text():
     kernel warning."""
     mem = [l for l in _read("/proc/meminfo").splitlines()
            if l.split(":")[0] in ("MemTotal", "MemAvailable", "Shmem", "Dirty", "Writeback")]
-    log = []
+    log = collections.deque(maxlen=30)     # its last records
     try:
         fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)     # a record per read
     except OSError:
-        fd, log = None, ["(no /dev/kmsg)"]
-    while fd is not None and len(log) < 100000:
+        fd = None
+        log.append("(no /dev/kmsg)")
+    for _ in range(100000 if fd is not None else 0):
         try:
             rec = os.read(fd, 8192)
         except BrokenPipeError:         # a record overwritten meanwhile: go on
@@ -117,7 +119,7 @@ def kernel_text():
     if fd is not None:
         os.close(fd)
     return ("L1's memory: " + ", ".join(" ".join(l.split()) for l in mem) +
-            "\nthe end of L1's kernel log:\n  " + "\n  ".join(log[-30:]))
+            "\nthe end of L1's kernel log:\n  " + "\n  ".join(log))
 
 
 def _alarm(signum, frame):
