@@ -622,6 +622,11 @@ static void *migrate_thread(void *arg)
 		dirty_log_stop(m->t.vm);
 	if (paused)
 		vm_resume(m->t.vm);
+	/* A cancel shuts the connection down: whatever error the stream met
+	 * after it (a send that failed, TLS's "Error in the push function") is
+	 * the cancel's doing, and is reported as the cancel. */
+	if (ret != -ECANCELED && cancelled(m))
+		ret = err_set(-ECANCELED, "migration cancelled");
 	fprintf(stderr, "vireo: migration to %s %s: %s\n", m->p.uri,
 		ret == -ECANCELED ? "cancelled" : "failed", err_get());
 	finish(m, ret == -ECANCELED ? MIG_CANCELLED : MIG_FAILED, err_get());

@@ -333,24 +333,43 @@ def test_stop_leaves_no_rule_and_restart_keeps_them(fw):
     assert tap not in rs and "vireo" not in rs, rs   # the last vNIC: the tables go too
 
 
+FW_LOCK = "/run/vireo-firewall.lock"
+
+
+def has_open(pid, path):
+    """Whether process PID has PATH open."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == path:
+                return True
+        except OSError:
+            pass                                      # closed meanwhile
+    return False
+
+
 def test_rule_changes_wait_for_the_host_wide_lock(fw):
     """Two daemons on a host share the nftables tables; each change reads the
     ruleset, then writes, under /run/vireo-firewall.lock (as iptables takes
     xtables.lock). Held by someone else: a start waits with its rules
-    unapplied, and goes on once the lock is free."""
+    unapplied, and goes on once the lock is free. The lock is let go as soon
+    as the daemon is seen waiting for it (it has the file open and retries),
+    well within the daemon's 10 s limit on any host."""
     import fcntl
     import threading
     fw.create("web", scenario="net_ip", cmdline=f"scenario=net_ip net_ip={VM_IP}",
               nics=[{"network": fw.net, "mac": VM_MAC, "ips": [VM_IP], "firewall": WEB}])
     done = []
-    with open("/run/vireo-firewall.lock", "a") as lock:
+    assert not has_open(fw.proc.pid, FW_LOCK)         # opened only for a change
+    with open(FW_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         t = threading.Thread(target=lambda: done.append(fw.request("POST", "/vms/web/start")))
         t.start()
-        held = not wait_for(lambda: done or "nic-" in ruleset(fw), timeout=3)
+        waiting = wait_for(lambda: has_open(fw.proc.pid, FW_LOCK), timeout=30)
+        applied_meanwhile = bool(done) or "nic-" in ruleset(fw)
         fcntl.flock(lock, fcntl.LOCK_UN)
     t.join(scaled(30))
-    assert held, (done, ruleset(fw))
+    assert waiting, (done, ruleset(fw))
+    assert not applied_meanwhile, (done, ruleset(fw))
     assert done and done[0][0] == 200, done
     assert ruleset(fw).count("nic-") >= 4 and fw.vm("web")["state"] == "running"
 
