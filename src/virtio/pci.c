@@ -379,15 +379,13 @@ static void kicks_route(struct virtio_dev *dev)
 }
 
 /* A kick that reached us (kicks_wait(), or no ioeventfd could be
- * installed): hand it to the I/O thread, as the ioeventfd would have, and
- * report whether the vCPU must then wait for it. */
-static bool kick(struct virtio_dev *dev, unsigned int q)
+ * installed): hand it to the I/O thread, as the ioeventfd would have. */
+static void kick(struct virtio_dev *dev, unsigned int q)
 {
 	uint64_t one = 1;
 
 	if (write(dev->kick_fd[q], &one, 8) < 0)
 		log_ratelimited("%s: kick: %s", dev->ops->name, strerror(errno));
-	return kicks_wait(dev);
 }
 
 /* If the driver polls queue q (it asked for no interrupts there, as
@@ -396,9 +394,8 @@ static bool kick(struct virtio_dev *dev, unsigned int q)
  * limit, a quiesced device or a guest that lies about its avail index costs
  * its own vCPU that long, no more). A driver that takes interrupts, such as
  * an OS's without MSI-X, goes on at once. dev->lock held; released while
- * waiting. The MMIO bus's read lock stays held (bus_access()), so the
- * device cannot be unplugged meanwhile: the bound also bounds how long an
- * unplug or a BAR move waits. */
+ * waiting. No other lock is held: bus_access() calls its handler after
+ * letting go of the bus's lock. */
 static void kick_wait(struct virtio_dev *dev, unsigned int q)
 {
 	struct virtq *vq = &dev->vqs[q];
@@ -432,7 +429,8 @@ static void bar_write(struct virtio_dev *dev, unsigned int off, const uint8_t *d
 	} else if (off >= OFF_NOTIFY && off < OFF_NOTIFY + NOTIFY_MULT * dev->ops->num_queues) {
 		unsigned int q = (off - OFF_NOTIFY) / NOTIFY_MULT;
 
-		if (kick(dev, q))
+		kick(dev, q);
+		if (kicks_wait(dev))
 			kick_wait(dev, q);
 	} else if (off >= OFF_MSIX_TABLE && off < OFF_MSIX_TABLE + 16 * dev->nvectors) {
 		msix_write(dev, off - OFF_MSIX_TABLE, v, len);
